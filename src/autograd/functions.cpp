@@ -1,0 +1,184 @@
+// Backward rules of the differentiable ops.
+#include "autograd/functions.h"
+
+#include "core/error.h"
+
+namespace lmtune::ag {
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  Shape in = x.shape();
+  return record("reshape", x.reshape(shape), {x}, [in](const Tensor& d) { return std::vector<Tensor>{d.reshape(in)}; });
+}
+
+Tensor cast(const Tensor& x, DType dt) {
+  DType src = x.dtype();
+  if (src == dt) return x;
+  return record("cast", ops::cast(x, dt), {x}, [src](const Tensor& d) { return std::vector<Tensor>{ops::cast(d, src)}; });
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  Shape bs = b.shape();
+  return record("add", ops::add(a, b), {a, b}, [bs](const Tensor& d) {
+    return std::vector<Tensor>{d, ops::sum_to_shape(d, bs)};
+  });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Shape bs = b.shape();
+  return record("sub", ops::sub(a, b), {a, b}, [bs](const Tensor& d) {
+    return std::vector<Tensor>{d, ops::scale(ops::sum_to_shape(d, bs), -1.f)};
+  });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor ad = a.detach(), bd = b.detach();
+  bool ga = requires_grad(a), gb = requires_grad(b);
+  return record("mul", ops::mul(a, b), {a, b}, [ad, bd, ga, gb](const Tensor& d) {
+    // b may broadcast over a's leading axes; its gradient sums over them.
+    Tensor da = ga ? ops::mul(d, bd) : Tensor();
+    Tensor db = gb ? ops::sum_to_shape(ops::mul(d, ad), bd.shape()) : Tensor();
+    return std::vector<Tensor>{da, db};
+  });
+}
+
+Tensor scale(const Tensor& x, float s) {
+  return record("scale", ops::scale(x, s), {x}, [s](const Tensor& d) { return std::vector<Tensor>{ops::scale(d, s)}; });
+}
+
+Tensor silu(const Tensor& x) {
+  Tensor xd = x.detach();
+  return record("silu", ops::unary(UnaryOp::silu, x), {x},
+                [xd](const Tensor& d) { return std::vector<Tensor>{ops::unary_backward(UnaryOp::silu, xd, d)}; });
+}
+
+Tensor gelu_tanh(const Tensor& x) {
+  Tensor xd = x.detach();
+  return record("gelu_tanh", ops::unary(UnaryOp::gelu_tanh, x), {x}, [xd](const Tensor& d) {
+    return std::vector<Tensor>{ops::unary_backward(UnaryOp::gelu_tanh, xd, d)};
+  });
+}
+
+Tensor sum(const Tensor& x) {
+  Shape s = x.shape();
+  DType dt = x.dtype();
+  Device dev = x.device();
+  Tensor xs = x.dtype() == DType::f32 ? x : ops::cast(x, DType::f32);
+  return record("sum", ops::sum_all(xs), {x}, [s, dt, dev](const Tensor& d) {
+    return std::vector<Tensor>{ops::full(s, ops::item(d), dt, dev)};
+  });
+}
+
+Tensor mean(const Tensor& x) {
+  float n = float(x.numel());
+  return scale(sum(x), n > 0 ? 1.f / n : 0.f);
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  Tensor ad = a.detach(), bd = b.detach();
+  bool ga = requires_grad(a), gb = requires_grad(b);
+  return record("matmul", ops::matmul(a, b, ta, tb), {a, b}, [ad, bd, ta, tb, ga, gb](const Tensor& d) {
+    // C = op(A) op(B): dA = dC op(B)^T (transposed back when ta); dB likewise.
+    Tensor da, db;
+    if (ga) da = ta ? ops::matmul(bd, d, tb, true) : ops::matmul(d, bd, false, !tb);
+    if (gb) {
+      if (bd.ndim() == 2 && ad.ndim() > 2) {
+        // b shared across a's batch: fold the batch into rows.
+        LMT_CHECK(!ta, "[matmul backward] a transposed batched a with a shared b is not supported");
+        Tensor a2 = ad.reshape({-1, ad.dim(-1)});
+        Tensor d2 = d.reshape({-1, d.dim(-1)});
+        db = tb ? ops::matmul(d2, a2, true, false) : ops::matmul(a2, d2, true, false);
+      } else {
+        db = tb ? ops::matmul(d, ad, true, ta) : ops::matmul(ad, d, !ta, false);
+      }
+    }
+    return std::vector<Tensor>{da, db};
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  Tensor xd = x.detach(), wd = w.detach();
+  bool gx = requires_grad(x), gw = requires_grad(w), gb = bias.defined() && requires_grad(bias);
+  std::vector<Tensor> inputs{x, w};
+  if (bias.defined()) inputs.push_back(bias);
+  bool has_bias = bias.defined();
+  return record("linear", ops::linear(x, w, bias), inputs, [=](const Tensor& d) {
+    Tensor d2 = d.reshape({d.numel() / d.dim(-1), d.dim(-1)});  // (N, out)
+    std::vector<Tensor> g(has_bias ? 3 : 2);
+    if (gx) g[0] = ops::matmul(d2, wd).reshape(xd.shape());  // (N, out) @ (out, in)
+    if (gw) g[1] = ops::matmul(d2, xd.reshape({d2.dim(0), xd.dim(-1)}), true, false);  // (out, in)
+    if (gb) g[2] = ops::sum_axis(d2, 0, d2.dtype());
+    return g;
+  });
+}
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  Tensor idc = ids.detach();
+  int64_t V = weight.dim(0);
+  DType dt = weight.dtype();
+  return record("embedding", ops::embedding(weight, ids), {weight, Tensor()}, [idc, V, dt](const Tensor& d) {
+    return std::vector<Tensor>{ops::cast(ops::embedding_backward(d, idc, V), dt), Tensor()};
+  });
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) {
+  ops::RmsNormOut r = ops::rms_norm(x, w, eps);
+  Tensor xd = x.detach(), wd = w.detach(), rstd = r.rstd;
+  return record("rms_norm", r.out, {x, w}, [xd, wd, rstd](const Tensor& d) {
+    ops::RmsNormGrads g = ops::rms_norm_backward(xd, wd, rstd, d);
+    return std::vector<Tensor>{g.dx, ops::cast(g.dw, wd.dtype())};
+  });
+}
+
+Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale) {
+  // The rotation is orthogonal (times mscale), so its transpose is the inverse rotation.
+  return record("rope", ops::rope(x, inv_freq, pos_offset, mscale, false), {x}, [=](const Tensor& d) {
+    return std::vector<Tensor>{ops::rope(d, inv_freq, pos_offset, mscale, true)};
+  });
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
+                 int64_t q_offset) {
+  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset);
+  Tensor qd = q.detach(), kd = k.detach(), vd = v.detach();
+  ops::AttentionOut saved{r.out.detach(), r.lse};
+  return record("attention", r.out, {q, k, v}, [=](const Tensor& d) {
+    ops::AttentionGrads g = ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset);
+    return std::vector<Tensor>{g.dq, g.dk, g.dv};
+  });
+}
+
+Tensor softmax(const Tensor& x) {
+  Tensor y = ops::softmax(x);
+  Tensor yd = y.detach();
+  return record("softmax", y, {x}, [yd](const Tensor& d) { return std::vector<Tensor>{ops::softmax_backward(yd, d)}; });
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  Tensor gd = gate.detach(), ud = up.detach();
+  return record("swiglu", ops::swiglu(gate, up), {gate, up}, [gd, ud](const Tensor& d) {
+    ops::SwigluGrads g = ops::swiglu_backward(gd, ud, d);
+    return std::vector<Tensor>{g.dgate, g.dup};
+  });
+}
+
+CrossEntropySum cross_entropy_sum(const Tensor& logits, const Tensor& targets) {
+  Tensor tc = ops::to(targets, Device::cpu);
+  int64_t n = 0;
+  for (int64_t i = 0; i < tc.numel(); ++i) n += tc.data<int32_t>()[i] >= 0;
+  ops::CrossEntropyOut r = ops::cross_entropy(logits, targets);
+  Tensor ld = logits.detach(), lse = r.lse, tdev = ops::to(targets, logits.device());
+  int64_t N = logits.dim(0);
+  Tensor total = ops::sum_all(r.loss);
+  total = record("cross_entropy", total, {logits}, [ld, tdev, lse, N](const Tensor& d) {
+    Tensor dl = ops::full({N}, ops::item(d), DType::f32, ld.device());
+    return std::vector<Tensor>{ops::cross_entropy_backward(ld, tdev, lse, dl)};
+  });
+  return {total, n};
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets) {
+  CrossEntropySum s = cross_entropy_sum(logits, targets);
+  return scale(s.sum, s.n_tokens > 0 ? 1.f / float(s.n_tokens) : 0.f);
+}
+
+}  // namespace lmtune::ag

@@ -1,0 +1,35 @@
+// Differentiable ops: each runs the ops/ forward and records its backward rule.
+#pragma once
+#include "autograd/tape.h"
+#include "ops/ops.h"
+
+namespace lmtune::ag {
+
+Tensor reshape(const Tensor& x, const Shape& shape);
+Tensor cast(const Tensor& x, DType dt);
+Tensor add(const Tensor& a, const Tensor& b);  // b may broadcast over a's leading axes
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, float s);
+Tensor silu(const Tensor& x);
+Tensor gelu_tanh(const Tensor& x);
+Tensor sum(const Tensor& x);   // f32 scalar
+Tensor mean(const Tensor& x);  // f32 scalar
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
+Tensor embedding(const Tensor& weight, const Tensor& ids);
+Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
+Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale);
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
+                 int64_t q_offset = 0);
+Tensor softmax(const Tensor& x);
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+// Mean over the targets that are >= 0 of -log softmax(logits)[target]; logits (N, V), i32 (N).
+// Returns an f32 scalar; with no supervised target the loss is 0.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets);
+// Sum (not mean) of the per-token losses and the count of supervised tokens, for callers that
+// average over several batches.
+struct CrossEntropySum { Tensor sum; int64_t n_tokens; };
+CrossEntropySum cross_entropy_sum(const Tensor& logits, const Tensor& targets);
+
+}  // namespace lmtune::ag

@@ -1,0 +1,62 @@
+#include "backend/backend.h"
+
+#include "core/error.h"
+
+namespace lmtune {
+
+void Backend::missing(const char* op) const { fail("[", op, "] has no ", name(), " implementation"); }
+
+void Backend::copy_h2d(void*, const void*, size_t) { missing("copy_h2d"); }
+void Backend::copy_d2h(void*, const void*, size_t) { missing("copy_d2h"); }
+void Backend::copy_d2d(void*, const void*, size_t) { missing("copy_d2d"); }
+void Backend::synchronize() {}
+void Backend::fill(void*, DType, int64_t, float) { missing("fill"); }
+void Backend::cast(const void*, DType, void*, DType, int64_t) { missing("cast"); }
+void Backend::binary(BinaryOp, const void*, const void*, void*, int64_t, int64_t, DType) { missing("binary"); }
+void Backend::axpby(const void*, const void*, void*, int64_t, float, float, DType) { missing("axpby"); }
+void Backend::unary(UnaryOp, const void*, void*, int64_t, float, DType) { missing("unary"); }
+void Backend::unary_backward(UnaryOp, const void*, const void*, void*, int64_t, DType) {
+  missing("unary_backward");
+}
+void Backend::reduce_sum(const void*, void*, int64_t, int64_t, int64_t, DType, DType) { missing("reduce_sum"); }
+void Backend::gemm(const GemmArgs&) { missing("gemm"); }
+void Backend::embedding(const void*, const int32_t*, void*, int64_t, int64_t, DType) { missing("embedding"); }
+void Backend::embedding_backward(const void*, const int32_t*, float*, int64_t, int64_t, DType) {
+  missing("embedding_backward");
+}
+void Backend::rms_norm(const void*, const void*, void*, float*, int64_t, int64_t, float, DType) {
+  missing("rms_norm");
+}
+void Backend::rms_norm_backward(const void*, const void*, const float*, const void*, void*, float*, int64_t,
+                                int64_t, DType) {
+  missing("rms_norm_backward");
+}
+void Backend::rope(const void*, void*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float, bool,
+                   DType) {
+  missing("rope");
+}
+void Backend::attention(const AttentionArgs&) { missing("attention"); }
+void Backend::attention_backward(const AttentionBackwardArgs&) { missing("attention_backward"); }
+void Backend::softmax(const void*, void*, int64_t, int64_t, DType) { missing("softmax"); }
+void Backend::softmax_backward(const void*, const void*, void*, int64_t, int64_t, DType) {
+  missing("softmax_backward");
+}
+void Backend::swiglu(const void*, const void*, void*, int64_t, DType) { missing("swiglu"); }
+void Backend::swiglu_backward(const void*, const void*, const void*, void*, void*, int64_t, DType) {
+  missing("swiglu_backward");
+}
+void Backend::cross_entropy(const void*, const int32_t*, float*, float*, int64_t, int64_t, DType) {
+  missing("cross_entropy");
+}
+void Backend::cross_entropy_backward(const void*, const int32_t*, const float*, const float*, void*, int64_t,
+                                     int64_t, DType) {
+  missing("cross_entropy_backward");
+}
+void Backend::adamw(float*, const float*, float*, float*, int64_t, float, float, float, float, float, float,
+                    float) {
+  missing("adamw");
+}
+
+Backend& backend(Device d) { return d == Device::cpu ? cpu_backend() : cuda_backend(); }
+
+}  // namespace lmtune

@@ -1,0 +1,139 @@
+// The kernel interface every device implements. Pointers are to contiguous device memory
+// of the stated dtype; shapes are given as sizes. ops/ validates before calling, so a
+// kernel may assume its arguments are consistent. A method a backend does not override
+// throws "[name] has no <device> implementation".
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace lmtune {
+
+enum class BinaryOp { add, sub, mul, div };
+enum class UnaryOp { silu, gelu_tanh, exp, neg, square, sqrt, rsqrt, scale, add_scalar };
+
+struct GemmArgs {
+  // For b in [0, batch): C[b] (M, N) = alpha * op(A[b]) (M, K) @ op(B[b]) (K, N) + beta * C[b]
+  // Row-major; op(X) = X^T when trans_x. ld* are row strides in elements of the stored
+  // matrix; stride_* are element strides between batches (0 broadcasts one matrix).
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+  DType dtype = DType::f32;  // A, B and C
+  int64_t M = 0, N = 0, K = 0;
+  bool trans_a = false, trans_b = false;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+  float alpha = 1.f, beta = 0.f;
+};
+
+struct AttentionArgs {
+  // q (B, T, n_head, head_dim); k, v (B, S, n_kv_head, head_dim); out like q; lse f32 (B, n_head, T).
+  // Query t is at absolute position q_offset + t, key s at position s. With causal, key s is
+  // visible iff s <= q_offset + t, and with window > 0 also q_offset + t - s < window.
+  // Head h reads kv head h / (n_head / n_kv_head).
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  DType dtype = DType::f32;
+  int64_t B = 0, T = 0, S = 0, n_head = 0, n_kv_head = 0, head_dim = 0;
+  int64_t q_offset = 0, window = 0;
+  float scale = 1.f;
+  bool causal = true;
+};
+
+struct AttentionBackwardArgs {
+  AttentionArgs fwd;  // with out and lse as the forward wrote them
+  const void* dout = nullptr;  // like q
+  void* dq = nullptr;          // like q (overwritten)
+  void* dk = nullptr;          // like k (overwritten)
+  void* dv = nullptr;          // like v (overwritten)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // Memory movement. Host pointers are ordinary CPU memory.
+  virtual void copy_h2d(void* dst, const void* src, size_t n);
+  virtual void copy_d2h(void* dst, const void* src, size_t n);
+  virtual void copy_d2d(void* dst, const void* src, size_t n);
+  virtual void synchronize();
+
+  // dst (n) = value, in dst's dtype.
+  virtual void fill(void* dst, DType dt, int64_t n, float value);
+  // dst (n) in dst_dt = src (n) in src_dt; float types and i32 -> float.
+  virtual void cast(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
+  // out[i] = a[i] op b[i % nb]; n % nb == 0. out may alias a.
+  virtual void binary(BinaryOp op, const void* a, const void* b, void* out, int64_t n, int64_t nb, DType dt);
+  // out[i] = alpha * a[i] + beta * b[i]; out may alias a or b.
+  virtual void axpby(const void* a, const void* b, void* out, int64_t n, float alpha, float beta, DType dt);
+  // out[i] = f(x[i]); param is the factor of scale and the addend of add_scalar.
+  virtual void unary(UnaryOp op, const void* x, void* out, int64_t n, float param, DType dt);
+  // dx[i] = dy[i] * f'(x[i]) for silu and gelu_tanh.
+  virtual void unary_backward(UnaryOp op, const void* x, const void* dy, void* dx, int64_t n, DType dt);
+  // out (outer, inner) in out_dt = sum over the middle axis of x (outer, n, inner) in dt.
+  virtual void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt,
+                          DType out_dt);
+
+  virtual void gemm(const GemmArgs& args);
+
+  // out (N, D) = weight (V, D)[ids (N)]; ids are checked by the caller to lie in [0, V).
+  virtual void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt);
+  // dweight f32 (V, D) += dout (N, D) scattered by ids.
+  virtual void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
+                                  DType dt);
+
+  // out (rows, dim) = x * rsqrt(mean(x^2) + eps) * w; rstd f32 (rows) saved for backward.
+  virtual void rms_norm(const void* x, const void* w, void* out, float* rstd, int64_t rows, int64_t dim,
+                        float eps, DType dt);
+  // dx (rows, dim) in dt; dw f32 (dim) overwritten with the sum over rows.
+  virtual void rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+                                 float* dw, int64_t rows, int64_t dim, DType dt);
+
+  // x, out (B, T, H, D): rotate-half RoPE at positions pos_offset + t with angles
+  // (pos * inv_freq[i]) for i < D/2, times mscale on cos and sin; inverse rotates by -angle.
+  virtual void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+                    int64_t pos_offset, float mscale, bool inverse, DType dt);
+
+  virtual void attention(const AttentionArgs& a);
+  virtual void attention_backward(const AttentionBackwardArgs& a);
+
+  // y (rows, n) = softmax(x) along the last axis; backward dx = y * (dy - sum(dy * y)).
+  virtual void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt);
+  virtual void softmax_backward(const void* y, const void* dy, void* dx, int64_t rows, int64_t n, DType dt);
+
+  // out (n) = silu(gate) * up; backward writes dgate and dup.
+  virtual void swiglu(const void* gate, const void* up, void* out, int64_t n, DType dt);
+  virtual void swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
+                               int64_t n, DType dt);
+
+  // logits (N, V); targets i32 (N), a target < 0 is ignored. loss f32 (N) = lse - logit[target]
+  // (0 where ignored); lse f32 (N). Backward: dlogits (N, V) = (softmax - onehot) * dloss[row],
+  // rows with ignored targets get zeros. Probabilities are recomputed, never stored.
+  virtual void cross_entropy(const void* logits, const int32_t* targets, float* loss, float* lse, int64_t N,
+                             int64_t V, DType dt);
+  virtual void cross_entropy_backward(const void* logits, const int32_t* targets, const float* lse,
+                                      const float* dloss, void* dlogits, int64_t N, int64_t V, DType dt);
+
+  // AdamW on f32 (n): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+  // p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + wd * p). bc1 = bc2 = 1 disables bias correction.
+  virtual void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
+                     float eps, float wd, float bc1, float bc2);
+
+ protected:
+  [[noreturn]] void missing(const char* op) const;
+};
+
+Backend& backend(Device d);
+Backend& cpu_backend();
+Backend& cuda_backend();      // defined by cuda/ or no_cuda/
+bool cuda_available();        // a CUDA device is present and the backend is built
+std::string cuda_device_name();  // "" where none
+
+}  // namespace lmtune

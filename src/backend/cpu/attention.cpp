@@ -1,0 +1,108 @@
+// CPU causal attention with grouped-query heads and an optional sliding window: per
+// (batch, head) the score matrix is materialized with sgemm; backward recomputes it from lse.
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+
+namespace lmtune {
+
+namespace {
+bool visible(const AttentionArgs& a, int64_t t, int64_t s) {
+  if (!a.causal) return true;
+  int64_t qp = a.q_offset + t;
+  if (s > qp) return false;
+  return a.window <= 0 || qp - s < a.window;
+}
+
+// scores (T, S) = scale * Q_h K_g^T for batch b, head h.
+void scores(const AttentionArgs& a, int64_t b, int64_t h, float* sc) {
+  int64_t group = a.n_head / a.n_kv_head, g = h / group, D = a.head_dim;
+  const float* q = static_cast<const float*>(a.q) + (b * a.T * a.n_head + h) * D;
+  const float* k = static_cast<const float*>(a.k) + (b * a.S * a.n_kv_head + g) * D;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(a.T), int(a.S), int(D), a.scale, q,
+              int(a.n_head * D), k, int(a.n_kv_head * D), 0.f, sc, int(a.S));
+}
+}  // namespace
+
+void CpuBackend::attention(const AttentionArgs& a) {
+  cpu_require_f32(a.dtype, "attention");
+  int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
+  std::vector<float> sc(static_cast<size_t>(T * S));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t b = 0; b < a.B; ++b) {
+    for (int64_t h = 0; h < a.n_head; ++h) {
+      scores(a, b, h, sc.data());
+      for (int64_t t = 0; t < T; ++t) {
+        float* row = sc.data() + t * S;
+        float mx = ninf;
+        for (int64_t s = 0; s < S; ++s) {
+          if (!visible(a, t, s)) row[s] = ninf;
+          mx = std::max(mx, row[s]);
+        }
+        double sum = 0;
+        for (int64_t s = 0; s < S; ++s) {
+          row[s] = row[s] == ninf ? 0.f : std::exp(row[s] - mx);
+          sum += row[s];
+        }
+        float inv = sum > 0 ? float(1.0 / sum) : 0.f;
+        for (int64_t s = 0; s < S; ++s) row[s] *= inv;
+        a.lse[(b * a.n_head + h) * T + t] = sum > 0 ? mx + float(std::log(sum)) : ninf;
+      }
+      const float* v = static_cast<const float*>(a.v) + (b * S * a.n_kv_head + h / group) * D;
+      float* out = static_cast<float*>(a.out) + (b * T * a.n_head + h) * D;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), 1.f, sc.data(), int(S), v,
+                  int(a.n_kv_head * D), 0.f, out, int(a.n_head * D));
+    }
+  }
+}
+
+void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
+  const AttentionArgs& a = ab.fwd;
+  cpu_require_f32(a.dtype, "attention_backward");
+  int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
+  int64_t ldq = a.n_head * D, ldk = a.n_kv_head * D;
+  std::memset(ab.dk, 0, size_t(a.B * S * ldk) * 4);
+  std::memset(ab.dv, 0, size_t(a.B * S * ldk) * 4);
+  std::vector<float> p(static_cast<size_t>(T * S)), dp(static_cast<size_t>(T * S)), delta(static_cast<size_t>(T));
+  for (int64_t b = 0; b < a.B; ++b) {
+    for (int64_t h = 0; h < a.n_head; ++h) {
+      int64_t g = h / group;
+      const float* q = static_cast<const float*>(a.q) + (b * T * a.n_head + h) * D;
+      const float* k = static_cast<const float*>(a.k) + (b * S * a.n_kv_head + g) * D;
+      const float* v = static_cast<const float*>(a.v) + (b * S * a.n_kv_head + g) * D;
+      const float* o = static_cast<const float*>(a.out) + (b * T * a.n_head + h) * D;
+      const float* dout = static_cast<const float*>(ab.dout) + (b * T * a.n_head + h) * D;
+      float* dq = static_cast<float*>(ab.dq) + (b * T * a.n_head + h) * D;
+      float* dk = static_cast<float*>(ab.dk) + (b * S * a.n_kv_head + g) * D;
+      float* dv = static_cast<float*>(ab.dv) + (b * S * a.n_kv_head + g) * D;
+      scores(a, b, h, p.data());
+      const float* lse = a.lse + (b * a.n_head + h) * T;
+      for (int64_t t = 0; t < T; ++t) {
+        double d = 0;
+        for (int64_t j = 0; j < D; ++j) d += double(dout[t * ldq + j]) * o[t * ldq + j];
+        delta[t] = float(d);
+        for (int64_t s = 0; s < S; ++s)
+          p[t * S + s] = visible(a, t, s) ? std::exp(p[t * S + s] - lse[t]) : 0.f;
+      }
+      // dV_g += P^T dO ; dP = dO V^T
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), 1.f, p.data(), int(S), dout,
+                  int(ldq), 1.f, dv, int(ldk));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), 1.f, dout, int(ldq), v,
+                  int(ldk), 0.f, dp.data(), int(S));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t s = 0; s < S; ++s) dp[t * S + s] = p[t * S + s] * (dp[t * S + s] - delta[t]);
+      // dQ = scale * dS K ; dK_g += scale * dS^T Q
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), a.scale, dp.data(), int(S),
+                  k, int(ldk), 0.f, dq, int(ldq));
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), a.scale, dp.data(), int(S), q,
+                  int(ldq), 1.f, dk, int(ldk));
+    }
+  }
+}
+
+}  // namespace lmtune

@@ -1,0 +1,96 @@
+#include "core/allocator.h"
+
+#include <cstdlib>
+#include <new>
+
+#include "core/error.h"
+
+namespace lmtune {
+namespace {
+
+struct CpuMemory final : DeviceMemory {
+  void* raw_alloc(size_t n) override {
+    void* p = std::aligned_alloc(64, n);
+    if (!p) fail("[allocator] cpu: out of memory allocating ", n, " bytes");
+    return p;
+  }
+  void raw_free(void* p) override { std::free(p); }
+};
+
+DeviceMemory* g_memory[2] = {nullptr, nullptr};
+
+DeviceMemory& memory_of(Device d) {
+  static CpuMemory cpu;
+  if (d == Device::cpu) return cpu;
+  DeviceMemory* m = g_memory[int(d)];
+  if (!m) fail("[allocator] no memory registered for device ", device_name(d));
+  return *m;
+}
+
+}  // namespace
+
+void register_device_memory(Device d, DeviceMemory* mem) { g_memory[int(d)] = mem; }
+
+size_t CachingAllocator::round_size(size_t n) {
+  if (n == 0) return 64;
+  if (n <= (size_t(1) << 20)) return (n + 511) & ~size_t(511);
+  // Above 1 MiB: round to 1/8 of the power of two below, bounding waste at 12.5%.
+  size_t p = 1;
+  while (p * 2 <= n) p *= 2;
+  size_t step = p / 8;
+  return (n + step - 1) / step * step;
+}
+
+void* CachingAllocator::allocate(size_t nbytes) {
+  size_t size = round_size(nbytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = free_.find(size);
+  void* p;
+  if (it != free_.end()) {
+    p = it->second;
+    free_.erase(it);
+    cached_ -= size;
+  } else {
+    try {
+      p = memory_of(device_).raw_alloc(size);
+    } catch (const Error&) {
+      // Out of memory: give the cache back and try once more.
+      for (auto& [s, q] : free_) memory_of(device_).raw_free(q);
+      free_.clear();
+      cached_ = 0;
+      p = memory_of(device_).raw_alloc(size);
+    }
+  }
+  current_ += size;
+  if (current_ > peak_) peak_ = current_;
+  return p;
+}
+
+void CachingAllocator::release(void* p, size_t nbytes) {
+  if (!p) return;
+  size_t size = round_size(nbytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  current_ -= size;
+  free_.emplace(size, p);
+  cached_ += size;
+}
+
+void CachingAllocator::empty_cache() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [s, q] : free_) memory_of(device_).raw_free(q);
+  free_.clear();
+  cached_ = 0;
+}
+
+CachingAllocator::~CachingAllocator() {
+  // Process exit: the device may already be torn down, so leave device blocks to the driver.
+  if (device_ == Device::cpu) empty_cache();
+}
+
+CachingAllocator& allocator(Device d) {
+  static CachingAllocator* cpu = new CachingAllocator(Device::cpu);
+  static CachingAllocator* cuda = new CachingAllocator(Device::cuda);
+  return d == Device::cpu ? *cpu : *cuda;
+}
+
+}  // namespace lmtune

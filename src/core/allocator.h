@@ -1,0 +1,43 @@
+// Caching allocator per device: freed blocks are kept in size buckets and reused; it
+// tracks current and peak bytes, which the CLI prints as "Peak mem".
+#pragma once
+#include <cstddef>
+#include <map>
+#include <mutex>
+
+#include "core/dtype.h"
+
+namespace lmtune {
+
+// Raw memory of one device; the CPU's lives in core, CUDA's is registered by its backend.
+struct DeviceMemory {
+  virtual ~DeviceMemory() = default;
+  virtual void* raw_alloc(size_t nbytes) = 0;
+  virtual void raw_free(void* p) = 0;
+};
+
+void register_device_memory(Device d, DeviceMemory* mem);
+
+class CachingAllocator {
+ public:
+  explicit CachingAllocator(Device d) : device_(d) {}
+  ~CachingAllocator();
+  void* allocate(size_t nbytes);
+  void release(void* p, size_t nbytes);
+  void empty_cache();  // return cached blocks to the device
+  size_t current_bytes() const { return current_; }
+  size_t peak_bytes() const { return peak_; }
+  size_t cached_bytes() const { return cached_; }
+  void reset_peak() { peak_ = current_; }
+  static size_t round_size(size_t nbytes);
+
+ private:
+  Device device_;
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;  // rounded size -> block
+  size_t current_ = 0, peak_ = 0, cached_ = 0;
+};
+
+CachingAllocator& allocator(Device d);
+
+}  // namespace lmtune

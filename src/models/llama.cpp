@@ -1,0 +1,94 @@
+#include "models/llama.h"
+
+#include <cmath>
+
+#include "autograd/checkpoint.h"
+#include "core/error.h"
+
+namespace lmtune {
+
+std::vector<TensorSpec> LlamaModel::tensor_specs() const {
+  const ModelConfig& c = cfg_;
+  int64_t q_out = c.n_head * c.head_dim, kv_out = c.n_kv_head * c.head_dim;
+  std::vector<TensorSpec> s{{"model.embed_tokens.weight", {c.n_vocab, c.n_embd}}};
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    s.push_back({p + "input_layernorm.weight", {c.n_embd}});
+    s.push_back({p + "self_attn.q_proj.weight", {q_out, c.n_embd}});
+    s.push_back({p + "self_attn.k_proj.weight", {kv_out, c.n_embd}});
+    s.push_back({p + "self_attn.v_proj.weight", {kv_out, c.n_embd}});
+    s.push_back({p + "self_attn.o_proj.weight", {c.n_embd, q_out}});
+    if (c.attention_bias || c.qkv_bias) {
+      s.push_back({p + "self_attn.q_proj.bias", {q_out}});
+      s.push_back({p + "self_attn.k_proj.bias", {kv_out}});
+      s.push_back({p + "self_attn.v_proj.bias", {kv_out}});
+    }
+    if (c.attention_bias) s.push_back({p + "self_attn.o_proj.bias", {c.n_embd}});
+    s.push_back({p + "post_attention_layernorm.weight", {c.n_embd}});
+    s.push_back({p + "mlp.gate_proj.weight", {c.n_ff, c.n_embd}});
+    s.push_back({p + "mlp.up_proj.weight", {c.n_ff, c.n_embd}});
+    s.push_back({p + "mlp.down_proj.weight", {c.n_embd, c.n_ff}});
+    if (c.mlp_bias) {
+      s.push_back({p + "mlp.gate_proj.bias", {c.n_ff}});
+      s.push_back({p + "mlp.up_proj.bias", {c.n_ff}});
+      s.push_back({p + "mlp.down_proj.bias", {c.n_embd}});
+    }
+  }
+  s.push_back({"model.norm.weight", {c.n_embd}});
+  if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {c.n_vocab, c.n_embd}});
+  return s;
+}
+
+void LlamaModel::on_weights_set() {
+  std::vector<float> inv = rope_inv_freq(cfg_);
+  inv_freq_ = ops::to(Tensor::from_f32(inv, {int64_t(inv.size())}), device());
+}
+
+nn::Linear LlamaModel::linear(const std::string& prefix) const {
+  nn::Linear l{weight(prefix + ".weight"), {}};
+  auto it = weights_.find(prefix + ".bias");
+  if (it != weights_.end()) l.bias = it->second;
+  return l;
+}
+
+Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset) {
+  const ModelConfig& c = cfg_;
+  std::string p = "model.layers." + std::to_string(layer) + ".";
+  int64_t B = x.dim(0), T = x.dim(1);
+  float eps = float(c.rms_norm_eps);
+
+  Tensor h = ag::rms_norm(x, weight(p + "input_layernorm.weight"), eps);
+  Tensor q = ag::reshape(linear(p + "self_attn.q_proj").forward(h), {B, T, c.n_head, c.head_dim});
+  Tensor k = ag::reshape(linear(p + "self_attn.k_proj").forward(h), {B, T, c.n_kv_head, c.head_dim});
+  Tensor v = ag::reshape(linear(p + "self_attn.v_proj").forward(h), {B, T, c.n_kv_head, c.head_dim});
+  q = ag::rope(q, inv_freq_, pos_offset, 1.f);
+  k = ag::rope(k, inv_freq_, pos_offset, 1.f);
+  float scale = 1.f / std::sqrt(float(c.head_dim));
+  Tensor a = ag::attention(q, k, v, scale, true, c.layer_window[size_t(layer)], 0);
+  a = ag::reshape(a, {B, T, c.n_head * c.head_dim});
+  Tensor x1 = ag::add(x, linear(p + "self_attn.o_proj").forward(a));
+
+  h = ag::rms_norm(x1, weight(p + "post_attention_layernorm.weight"), eps);
+  Tensor gate = linear(p + "mlp.gate_proj").forward(h);
+  Tensor up = linear(p + "mlp.up_proj").forward(h);
+  return ag::add(x1, linear(p + "mlp.down_proj").forward(ag::swiglu(gate, up)));
+}
+
+Tensor LlamaModel::forward(const Tensor& ids, int64_t pos_offset) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[llama] ids must be i32 (B, T), got ", ids.describe());
+  LMT_CHECK(!weights_.empty(), "[llama] forward before the weights were set");
+  Tensor x = ag::embedding(weight("model.embed_tokens.weight"), ids);
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    if (grad_checkpoint_ && ag::grad_enabled()) {
+      x = ag::checkpoint([this, i, pos_offset](const std::vector<Tensor>& in) { return block(i, in[0], pos_offset); },
+                         {x});
+    } else {
+      x = block(i, x, pos_offset);
+    }
+  }
+  x = ag::rms_norm(x, weight("model.norm.weight"), float(cfg_.rms_norm_eps));
+  const Tensor& head = cfg_.tie_word_embeddings ? weight("model.embed_tokens.weight") : weight("lm_head.weight");
+  return ag::linear(x, head);
+}
+
+}  // namespace lmtune

@@ -1,0 +1,42 @@
+#include "models/model.h"
+
+#include "autograd/functions.h"
+#include "core/error.h"
+#include "models/llama.h"
+
+namespace lmtune {
+
+Tensor Model::loss(const Tensor& ids, const Tensor& targets) {
+  Tensor logits = forward(ids);
+  LMT_CHECK(targets.shape() == ids.shape(), "[loss] targets ", targets.describe(), " for ids ", ids.describe());
+  Tensor flat = ag::reshape(logits, {ids.numel(), cfg_.n_vocab});
+  return ag::cross_entropy(flat, targets.reshape({ids.numel()}));
+}
+
+void Model::set_weights(std::map<std::string, Tensor> weights) {
+  for (const TensorSpec& s : tensor_specs()) {
+    auto it = weights.find(s.name);
+    LMT_CHECK(it != weights.end(), "[model] missing weight '", s.name, "' for ", cfg_.model_type);
+    LMT_CHECK(it->second.shape() == s.shape, "[model] weight '", s.name, "' has shape ",
+              shape_str(it->second.shape()), ", expected ", shape_str(s.shape));
+  }
+  weights_ = std::move(weights);
+  on_weights_set();
+}
+
+const Tensor& Model::weight(const std::string& name) const {
+  auto it = weights_.find(name);
+  LMT_CHECK(it != weights_.end(), "[model] no weight named '", name, "'");
+  return it->second;
+}
+
+Device Model::device() const { return weights_.empty() ? Device::cpu : weights_.begin()->second.device(); }
+DType Model::dtype() const { return weights_.empty() ? DType::f32 : weights_.begin()->second.dtype(); }
+
+std::unique_ptr<Model> create_model(const ModelConfig& cfg) {
+  if (cfg.model_type == "llama" || cfg.model_type == "mistral" || cfg.model_type == "qwen2")
+    return std::make_unique<LlamaModel>(cfg);
+  fail("[create_model] unsupported model_type '", cfg.model_type, "'");
+}
+
+}  // namespace lmtune

@@ -1,0 +1,51 @@
+// The model interface every architecture family implements, and the registry that maps a
+// config's model_type to its family. Weights are named as in the Hugging Face checkpoint.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/config.h"
+
+namespace lmtune {
+
+struct TensorSpec {
+  std::string name;
+  Shape shape;
+};
+
+class Model {
+ public:
+  explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
+  virtual ~Model() = default;
+  const ModelConfig& config() const { return cfg_; }
+
+  // Every tensor the family reads from a checkpoint, in checkpoint order.
+  virtual std::vector<TensorSpec> tensor_specs() const = 0;
+  // ids i32 (B, T) on the CPU -> logits (B, T, n_vocab) in the weights' dtype.
+  virtual Tensor forward(const Tensor& ids, int64_t pos_offset = 0) = 0;
+  // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar.
+  Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  // Weights by checkpoint name; set_weights checks every spec is present with its shape.
+  void set_weights(std::map<std::string, Tensor> weights);
+  std::map<std::string, Tensor>& weights() { return weights_; }
+  const Tensor& weight(const std::string& name) const;
+  Device device() const;
+  DType dtype() const;
+
+  void set_grad_checkpoint(bool on) { grad_checkpoint_ = on; }
+
+ protected:
+  virtual void on_weights_set() {}
+  ModelConfig cfg_;
+  std::map<std::string, Tensor> weights_;
+  bool grad_checkpoint_ = false;
+};
+
+// The family for cfg.model_type (llama, mistral, qwen2), without weights.
+std::unique_ptr<Model> create_model(const ModelConfig& cfg);
+
+}  // namespace lmtune

@@ -1,0 +1,17 @@
+// A linear layer y = x W^T (+ b). The weight is dense today; quantized weights and
+// LoRA / DoRA adapters attach here so that models never see the difference.
+#pragma once
+#include "autograd/functions.h"
+
+namespace lmtune::nn {
+
+struct Linear {
+  Tensor weight;  // (out, in)
+  Tensor bias;    // (out) or undefined
+
+  Tensor forward(const Tensor& x) const;
+  int64_t in_features() const { return weight.dim(1); }
+  int64_t out_features() const { return weight.dim(0); }
+};
+
+}  // namespace lmtune::nn

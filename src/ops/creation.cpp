@@ -1,0 +1,98 @@
+// Tensor creation, device moves, casts and host-side random fills.
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmtune::ops {
+
+Tensor empty(const Shape& shape, DType dt, Device d) {
+  backend(d);  // the CUDA backend registers its memory on first use
+  return Tensor::empty(shape, dt, d);
+}
+
+Tensor zeros(const Shape& shape, DType dt, Device d) { return full(shape, 0.f, dt, d); }
+
+Tensor full(const Shape& shape, float value, DType dt, Device d) {
+  Tensor t = empty(shape, dt, d);
+  if (t.numel() > 0) {
+    if (value == 0.f && d == Device::cpu) {
+      std::memset(t.raw(), 0, t.nbytes());
+    } else {
+      backend(d).fill(t.raw(), dt, t.numel(), value);
+    }
+  }
+  return t;
+}
+
+void copy_into(Tensor& dst, const Tensor& src) {
+  LMT_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "[copy_into] ", src.describe(), " into ",
+            dst.describe());
+  size_t n = src.nbytes();
+  if (n == 0) return;
+  if (src.device() == Device::cpu && dst.device() == Device::cpu) {
+    std::memmove(dst.raw(), src.raw(), n);
+  } else if (src.device() == Device::cpu) {
+    backend(dst.device()).copy_h2d(dst.raw(), src.raw(), n);
+  } else if (dst.device() == Device::cpu) {
+    backend(src.device()).copy_d2h(dst.raw(), src.raw(), n);
+  } else {
+    backend(src.device()).copy_d2d(dst.raw(), src.raw(), n);
+  }
+}
+
+Tensor to(const Tensor& x, Device d) {
+  if (x.device() == d) return x;
+  Tensor out = empty(x.shape(), x.dtype(), d);
+  copy_into(out, x);
+  return out;
+}
+
+Tensor clone(const Tensor& x) {
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  copy_into(out, x);
+  return out;
+}
+
+Tensor cast(const Tensor& x, DType dt) {
+  if (x.dtype() == dt) return x;
+  Tensor out = empty(x.shape(), dt, x.device());
+  if (x.numel() > 0) backend(x.device()).cast(x.raw(), x.dtype(), out.raw(), dt, x.numel());
+  return out;
+}
+
+Tensor to(const Tensor& x, Device d, DType dt) {
+  // Cast where it is cheaper: on the CPU before an upload, on the device before a download.
+  return d == Device::cpu ? to(cast(x, dt), d) : cast(to(x, d), dt);
+}
+
+namespace {
+Tensor host_values(const Shape& shape, const std::vector<float>& v, DType dt, Device d) {
+  return to(Tensor::from_f32(v, shape), d, dt);
+}
+}  // namespace
+
+Tensor randn(const Shape& shape, uint64_t seed, float std, DType dt, Device d) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.f, std);
+  std::vector<float> v(static_cast<size_t>(numel_of(shape)));
+  for (float& x : v) x = dist(rng);
+  return host_values(shape, v, dt, d);
+}
+
+Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt, Device d) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(numel_of(shape)));
+  for (float& x : v) x = dist(rng);
+  return host_values(shape, v, dt, d);
+}
+
+float item(const Tensor& x) {
+  LMT_CHECK(x.numel() == 1, "[item] tensor ", x.describe(), " has ", x.numel(), " elements");
+  return to(x, Device::cpu, DType::f32).data<float>()[0];
+}
+
+}  // namespace lmtune::ops

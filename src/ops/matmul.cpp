@@ -1,0 +1,91 @@
+// Matrix products: batched matmul with transpose flags, linear layers, accumulation.
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmtune::ops {
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  LMT_CHECK(a.device() == b.device() && a.dtype() == b.dtype(), "[matmul] ", a.describe(), " @ ", b.describe());
+  LMT_CHECK(a.ndim() >= 2 && b.ndim() >= 2, "[matmul] needs matrices, got ", a.describe(), " @ ", b.describe());
+  int64_t M = trans_a ? a.dim(-1) : a.dim(-2);
+  int64_t K = trans_a ? a.dim(-2) : a.dim(-1);
+  int64_t Kb = trans_b ? b.dim(-1) : b.dim(-2);
+  int64_t N = trans_b ? b.dim(-2) : b.dim(-1);
+  LMT_CHECK(K == Kb, "[matmul] inner dimensions differ: ", shape_str(a.shape()), (trans_a ? "^T" : ""), " @ ",
+            shape_str(b.shape()), (trans_b ? "^T" : ""));
+  int64_t batch = M * K > 0 ? a.numel() / (M * K) : numel_of(Shape(a.shape().begin(), a.shape().end() - 2));
+  int64_t bbatch = K * N > 0 ? b.numel() / (K * N) : numel_of(Shape(b.shape().begin(), b.shape().end() - 2));
+  LMT_CHECK(b.ndim() == 2 || bbatch == batch, "[matmul] batch shapes differ: ", shape_str(a.shape()), " @ ",
+            shape_str(b.shape()));
+  Shape os(a.shape().begin(), a.shape().end() - 2);
+  os.push_back(M);
+  os.push_back(N);
+  // One broadcast 2-D b with an untransposed a: fold the batch into M (a single larger GEMM).
+  bool fold = b.ndim() == 2 && !trans_a;
+  Tensor out = empty(os, a.dtype(), a.device());
+  if (out.numel() == 0) return out;
+  if (K == 0) return zeros(os, a.dtype(), a.device());
+  GemmArgs g;
+  g.a = a.raw();
+  g.b = b.raw();
+  g.c = out.raw();
+  g.dtype = a.dtype();
+  g.M = fold ? M * batch : M;
+  g.N = N;
+  g.K = K;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.lda = a.dim(-1);
+  g.ldb = b.dim(-1);
+  g.ldc = N;
+  g.batch = fold ? 1 : batch;
+  g.stride_a = M * K;
+  g.stride_b = b.ndim() == 2 ? 0 : K * N;
+  g.stride_c = M * N;
+  backend(a.device()).gemm(g);
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  LMT_CHECK(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "[linear] input ", x.describe(),
+            " does not match weight ", w.describe());
+  Tensor x2 = x.reshape({x.numel() / x.dim(-1), x.dim(-1)});
+  Tensor y = matmul(x2, w, false, true);
+  if (bias.defined()) {
+    LMT_CHECK(bias.ndim() == 1 && bias.dim(0) == w.dim(0), "[linear] bias ", bias.describe(), " for weight ",
+              w.describe());
+    y = add(y, bias);
+  }
+  Shape os = x.shape();
+  os.back() = w.dim(0);
+  return y.reshape(os);
+}
+
+void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta) {
+  LMT_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "[gemm_into] needs 2-D tensors");
+  LMT_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype() && a.device() == c.device() &&
+                b.device() == c.device(),
+            "[gemm_into] ", c.describe(), " = ", a.describe(), " @ ", b.describe());
+  int64_t M = trans_a ? a.dim(1) : a.dim(0), K = trans_a ? a.dim(0) : a.dim(1);
+  int64_t N = trans_b ? b.dim(0) : b.dim(1);
+  LMT_CHECK((trans_b ? b.dim(1) : b.dim(0)) == K && c.dim(0) == M && c.dim(1) == N, "[gemm_into] shapes ",
+            shape_str(c.shape()), " = ", shape_str(a.shape()), " @ ", shape_str(b.shape()));
+  GemmArgs g;
+  g.a = a.raw();
+  g.b = b.raw();
+  g.c = c.raw();
+  g.dtype = a.dtype();
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.lda = a.dim(1);
+  g.ldb = b.dim(1);
+  g.ldc = N;
+  g.alpha = alpha;
+  g.beta = beta;
+  backend(c.device()).gemm(g);
+}
+
+}  // namespace lmtune::ops

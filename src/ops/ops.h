@@ -1,0 +1,81 @@
+// Op front ends: validate shapes and dtypes, allocate outputs, dispatch to the tensor's
+// backend. No autograd here (autograd/ builds on these).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/tensor.h"
+
+namespace lmtune::ops {
+
+// Creation and movement.
+Tensor empty(const Shape& shape, DType dt, Device d);
+Tensor zeros(const Shape& shape, DType dt, Device d);
+Tensor full(const Shape& shape, float value, DType dt, Device d);
+Tensor to(const Tensor& x, Device d);      // copy (or the same tensor when already there)
+Tensor cast(const Tensor& x, DType dt);    // copy (or the same tensor when already dt)
+Tensor to(const Tensor& x, Device d, DType dt);
+Tensor clone(const Tensor& x);
+void copy_into(Tensor& dst, const Tensor& src);  // same shape and dtype, any devices
+// Deterministic N(0, std^2) / U(lo, hi) values drawn on the host from seed, then moved.
+Tensor randn(const Shape& shape, uint64_t seed, float std = 1.f, DType dt = DType::f32, Device d = Device::cpu);
+Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt = DType::f32,
+               Device d = Device::cpu);
+
+// Elementwise; b may have a trailing shape of a (broadcast b[i % b.numel()]).
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+void add_(Tensor& a, const Tensor& b);            // a += b (same shape)
+Tensor axpby(const Tensor& a, const Tensor& b, float alpha, float beta);
+Tensor unary(UnaryOp op, const Tensor& x, float param = 0.f);
+Tensor scale(const Tensor& x, float s);
+Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy);
+
+// Sum over one axis (keeps the others), over leading axes down to a trailing shape, or all.
+Tensor sum_axis(const Tensor& x, int axis, DType out_dt);
+Tensor sum_to_shape(const Tensor& x, const Shape& trailing);
+Tensor sum_all(const Tensor& x);  // f32 scalar, shape {}
+float item(const Tensor& x);      // a one-element tensor's value, any device
+
+// Matrix products. matmul: a (..., M, K) (or (..., K, M) with trans_a), b (K, N) or with the
+// same leading batch shape as a (or (N, K) with trans_b) -> (..., M, N).
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// x (..., in) @ w (out, in)^T (+ bias (out)) -> (..., out).
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
+// c (M, N) = alpha * op(a) @ op(b) + beta * c for 2-D matrices viewed as rows (accumulation).
+void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
+
+// Layers.
+Tensor embedding(const Tensor& weight, const Tensor& ids);  // (V, D), i32 (...) -> (..., D)
+Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
+struct RmsNormOut { Tensor out, rstd; };
+RmsNormOut rms_norm(const Tensor& x, const Tensor& w, float eps);
+struct RmsNormGrads { Tensor dx, dw; };  // dw f32
+RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy);
+// x (B, T, H, D); inv_freq f32 (D/2) on x's device.
+Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse);
+struct AttentionOut { Tensor out, lse; };
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
+                       int64_t window, int64_t q_offset);
+struct AttentionGrads { Tensor dq, dk, dv; };
+AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
+                                  const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset);
+Tensor softmax(const Tensor& x);  // over the last axis
+Tensor softmax_backward(const Tensor& y, const Tensor& dy);
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+struct SwigluGrads { Tensor dgate, dup; };
+SwigluGrads swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout);
+struct CrossEntropyOut { Tensor loss, lse; };  // f32 (N) each
+CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets);  // (N, V), i32 (N)
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              const Tensor& dloss);
+
+// Optimizer update, in place on f32 tensors of one shape.
+void adamw_(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+            float bc1, float bc2);
+
+}  // namespace lmtune::ops

@@ -1,0 +1,80 @@
+// Core: dtype conversions, tensor views, allocator accounting.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/allocator.h"
+#include "core/error.h"
+#include "ops/ops.h"
+
+using namespace lmtune;
+
+TEST(DType, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+  EXPECT_FLOAT_EQ(bf16_to_f32(f32_to_bf16(3.140625f)), 3.140625f);
+  // 1 + 2^-8 is exactly halfway between two bf16 values: ties to even (1.0).
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(DType, F16RoundTripsAndSubnormals) {
+  for (float v : {0.f, 1.f, -2.5f, 65504.f, 6.1035156e-05f, 5.9604645e-08f, 0.333251953125f})
+    EXPECT_FLOAT_EQ(f16_to_f32(f32_to_f16(v)), v) << v;
+  EXPECT_EQ(f32_to_f16(1e6f), 0x7c00);  // overflow to inf
+  EXPECT_EQ(f32_to_f16(1e-9f), 0x0000);
+  EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(NAN))));
+  // Every f16 value survives f16 -> f32 -> f16.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN payloads
+    ASSERT_EQ(f32_to_f16(f16_to_f32(uint16_t(h))), h) << std::hex << h;
+  }
+}
+
+TEST(Tensor, ReshapeAndSliceShareStorage) {
+  Tensor t = Tensor::from_f32({0, 1, 2, 3, 4, 5}, {2, 3});
+  Tensor r = t.reshape({3, -1});
+  EXPECT_EQ(r.shape(), (Shape{3, 2}));
+  EXPECT_EQ(r.raw(), t.raw());
+  Tensor s = t.slice_rows(1, 2);
+  EXPECT_EQ(s.data<float>()[0], 3.f);
+  EXPECT_THROW(t.reshape({4, 2}), Error);
+  EXPECT_THROW(t.slice_rows(1, 3), Error);
+  EXPECT_THROW(Tensor::from_f32({1, 2}, {3}), Error);
+}
+
+TEST(Allocator, TracksCurrentAndPeakAndReuses) {
+  CachingAllocator& a = allocator(Device::cpu);
+  size_t base = a.current_bytes();
+  a.reset_peak();
+  void* p;
+  {
+    Tensor t = Tensor::empty({1000}, DType::f32);
+    p = t.raw();
+    EXPECT_GE(a.current_bytes(), base + 4000);
+  }
+  EXPECT_EQ(a.current_bytes(), base);
+  EXPECT_GE(a.peak_bytes(), base + 4000);
+  Tensor u = Tensor::empty({1000}, DType::f32);
+  EXPECT_EQ(u.raw(), p);  // the cached block came back
+}
+
+TEST(Ops, CastAndCopyAcrossDtypes) {
+  Tensor t = Tensor::from_f32({1.5f, -2.25f, 3.0f}, {3});
+  Tensor b = ops::cast(t, DType::bf16);
+  EXPECT_EQ(b.dtype(), DType::bf16);
+  EXPECT_EQ(ops::cast(b, DType::f32).to_f32_vector(), (std::vector<float>{1.5f, -2.25f, 3.0f}));
+  Tensor h = ops::cast(t, DType::f16);
+  EXPECT_EQ(h.to_f32_vector(), (std::vector<float>{1.5f, -2.25f, 3.0f}));
+}
+
+TEST(Ops, CudaWithoutBackendThrowsClearly) {
+  if (cuda_available()) GTEST_SKIP() << "a CUDA device is present";
+  try {
+    ops::zeros({4}, DType::f32, Device::cuda);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
+  }
+}

@@ -1,0 +1,113 @@
+// A finite-difference check of every backward rule, and of gradient checkpointing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "autograd/checkpoint.h"
+#include "autograd/functions.h"
+#include "autograd/gradcheck.h"
+#include "tolerance.h"
+
+using namespace lmtune;
+using V = std::vector<Tensor>;
+
+namespace {
+Tensor rnd(const Shape& s, uint64_t seed, float std = 1.f) { return ops::randn(s, seed, std); }
+
+void check(const char* what, const std::function<Tensor(const V&)>& fn, const V& inputs,
+           std::vector<size_t> which = {}, ag::GradcheckOptions opt = {}) {
+  ag::GradcheckResult r = ag::gradcheck(fn, inputs, opt, which);
+  EXPECT_TRUE(r.ok) << what << ": max abs err " << r.max_abs_err << "\n" << r.report;
+}
+}  // namespace
+
+TEST(Gradcheck, Elementwise) {
+  Tensor a = rnd({3, 4}, 1), b = rnd({3, 4}, 2), c = rnd({4}, 3);
+  check("add", [](const V& x) { return ag::add(x[0], x[1]); }, {a, b});
+  check("add broadcast", [](const V& x) { return ag::add(x[0], x[1]); }, {a, c});
+  check("sub broadcast", [](const V& x) { return ag::sub(x[0], x[1]); }, {a, c});
+  check("mul", [](const V& x) { return ag::mul(x[0], x[1]); }, {a, b});
+  check("mul broadcast", [](const V& x) { return ag::mul(x[0], x[1]); }, {a, c});
+  check("scale", [](const V& x) { return ag::scale(x[0], -1.7f); }, {a});
+  check("silu", [](const V& x) { return ag::silu(x[0]); }, {a});
+  check("gelu_tanh", [](const V& x) { return ag::gelu_tanh(x[0]); }, {a});
+  check("reshape", [](const V& x) { return ag::mul(ag::reshape(x[0], {2, 6}), ag::reshape(x[1], {2, 6})); }, {a, b});
+  check("sum", [](const V& x) { return ag::sum(ag::mul(x[0], x[0])); }, {a});
+  check("mean", [](const V& x) { return ag::mean(ag::mul(x[0], x[1])); }, {a, b});
+  check("softmax", [](const V& x) { return ag::softmax(x[0]); }, {rnd({3, 9}, 4)});
+  check("swiglu", [](const V& x) { return ag::swiglu(x[0], x[1]); }, {a, b});
+}
+
+TEST(Gradcheck, CastOnExactGrid) {
+  // Values on a 1/16 grid below 2 in magnitude stay exact in bf16 and f16 under +-1/16 steps.
+  std::vector<float> v;
+  for (int i = 0; i < 12; ++i) v.push_back(float((i * 7) % 24 - 12) / 16.f);
+  Tensor x = Tensor::from_f32(v, {12});
+  ag::GradcheckOptions opt;
+  opt.eps = 1.f / 16;
+  for (DType dt : {DType::bf16, DType::f16})
+    check("cast", [dt](const V& in) { return ag::cast(ag::cast(in[0], dt), DType::f32); }, {x}, {}, opt);
+}
+
+TEST(Gradcheck, MatmulAndLinear) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Tensor a = rnd(ta ? Shape{2, 5, 3} : Shape{2, 3, 5}, 5), b = rnd(tb ? Shape{2, 4, 5} : Shape{2, 5, 4}, 6);
+      check("matmul batched", [ta, tb](const V& x) { return ag::matmul(x[0], x[1], ta, tb); }, {a, b});
+    }
+  for (bool tb : {false, true}) {
+    Tensor a = rnd({2, 3, 5}, 7), w = rnd(tb ? Shape{4, 5} : Shape{5, 4}, 8);
+    check("matmul shared b", [tb](const V& x) { return ag::matmul(x[0], x[1], false, tb); }, {a, w});
+  }
+  Tensor x = rnd({2, 3, 5}, 9), w = rnd({4, 5}, 10), bias = rnd({4}, 11);
+  check("linear", [](const V& in) { return ag::linear(in[0], in[1], in[2]); }, {x, w, bias});
+  check("linear no bias", [](const V& in) { return ag::linear(in[0], in[1]); }, {x, w});
+}
+
+TEST(Gradcheck, EmbeddingRmsNormRope) {
+  Tensor w = rnd({7, 5}, 12);
+  Tensor ids = Tensor::from_i32({3, 0, 3, 6}, {2, 2});
+  check("embedding", [ids](const V& x) { return ag::embedding(x[0], ids); }, {w});
+  Tensor x = rnd({4, 9}, 13), g = rnd({9}, 14);
+  check("rms_norm", [](const V& in) { return ag::rms_norm(in[0], in[1], 1e-5f); }, {x, g});
+  Tensor q = rnd({2, 3, 2, 8}, 15);
+  Tensor inv = Tensor::from_f32({1.f, 0.3f, 0.05f, 0.01f}, {4});
+  check("rope", [inv](const V& in) { return ag::rope(in[0], inv, 5, 1.f); }, {q});
+}
+
+TEST(Gradcheck, AttentionGqaAndWindow) {
+  struct Case { int64_t T, H, KV, D, window; };
+  for (Case c : {Case{5, 4, 2, 4, 0}, Case{6, 2, 1, 4, 3}, Case{4, 3, 3, 2, 0}}) {
+    Tensor q = rnd({2, c.T, c.H, c.D}, 16), k = rnd({2, c.T, c.KV, c.D}, 17), v = rnd({2, c.T, c.KV, c.D}, 18);
+    float scale = 1.f / std::sqrt(float(c.D));
+    check("attention", [c, scale](const V& x) { return ag::attention(x[0], x[1], x[2], scale, true, c.window); },
+          {q, k, v});
+  }
+}
+
+TEST(Gradcheck, CrossEntropyWithIgnoredTargets) {
+  Tensor logits = rnd({5, 7}, 19);
+  Tensor t = Tensor::from_i32({2, -100, 6, 0, -1}, {5});
+  check("cross_entropy", [t](const V& x) { return ag::cross_entropy(x[0], t); }, {logits});
+  Tensor none = Tensor::from_i32({-1, -1, -1, -1, -1}, {5});
+  Tensor l = ag::cross_entropy(ag::param(logits), none);
+  EXPECT_EQ(ops::item(l), 0.f);
+}
+
+TEST(Gradcheck, CheckpointMatchesPlainBackward) {
+  Tensor w = ag::param(rnd({6, 6}, 20, 0.5f)), g = ag::param(rnd({6}, 21));
+  Tensor x = rnd({3, 6}, 22);
+  auto block = [&](const V& in) { return ag::silu(ag::linear(ag::rms_norm(in[0], g, 1e-6f), w)); };
+  Tensor xp = ag::param(x);
+  ag::backward(ag::sum(block({xp})));
+  std::vector<float> gw = ag::grad(w).to_f32_vector(), gg = ag::grad(g).to_f32_vector();
+  std::vector<float> gx = ag::grad(xp).to_f32_vector();
+  ag::zero_grad(w);
+  ag::zero_grad(g);
+  Tensor xc = ag::param(x);
+  ag::backward(ag::sum(ag::checkpoint(block, {xc})));
+  expect_close(ag::grad(w).to_f32_vector(), gw, 1e-6, 1e-6, "checkpoint dW");
+  expect_close(ag::grad(g).to_f32_vector(), gg, 1e-6, 1e-6, "checkpoint dg");
+  expect_close(ag::grad(xc).to_f32_vector(), gx, 1e-6, 1e-6, "checkpoint dx");
+  check("checkpoint", [&](const V& in) { return ag::checkpoint(block, {in[0]}); }, {x});
+}

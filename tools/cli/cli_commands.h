@@ -1,0 +1,8 @@
+// Entry points of the subcommands; each takes argv with argv[0] = the command name.
+#pragma once
+
+namespace lmtune::cli {
+
+int run_inspect(int argc, char** argv);
+
+}  // namespace lmtune::cli

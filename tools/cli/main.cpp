@@ -1,0 +1,58 @@
+// The one lmtune binary: dispatches `lmtune <command> ...` to a command's entry point.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "backend/backend.h"
+#include "cli_commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+const Command kCommands[] = {
+    {"inspect", "Print a model folder's configuration and tensors", lmtune::cli::run_inspect},
+};
+
+void print_help() {
+  std::printf(
+      "usage: lmtune <command> [options]\n\n"
+      "Fine-tune and run open language models on your own machine (CPU or NVIDIA GPU),\n"
+      "with mlx-lm's commands, flags and file formats.\n\ncommands:\n");
+  for (const Command& c : kCommands) std::printf("  %-10s %s\n", c.name, c.summary);
+  std::printf("\noptions:\n  -h, --help     show this help\n  --version      print the version and the backends\n"
+              "\nRun `lmtune <command> --help` for a command's options.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
+    print_help();
+    return argc < 2 ? 1 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("lmtune %s\n", LMTUNE_VERSION);
+    std::string gpu = lmtune::cuda_available() ? lmtune::cuda_device_name() : std::string("none");
+    std::printf("backends: cpu, cuda (device: %s)\n", gpu.c_str());
+    return 0;
+  }
+  for (const Command& c : kCommands) {
+    if (!std::strcmp(argv[1], c.name)) {
+      try {
+        return c.run(argc - 1, argv + 1);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "lmtune %s: error: %s\n", c.name, e.what());
+        return 1;
+      }
+    }
+  }
+  std::fprintf(stderr, "lmtune: unknown command '%s'\n\n", argv[1]);
+  print_help();
+  return 2;
+}
