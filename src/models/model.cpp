@@ -1,7 +1,9 @@
 #include "models/model.h"
 
 #include "autograd/functions.h"
+#include "ops/ops.h"
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "models/llama.h"
 
 namespace lmtune {
@@ -37,6 +39,25 @@ std::unique_ptr<Model> create_model(const ModelConfig& cfg) {
   if (cfg.model_type == "llama" || cfg.model_type == "mistral" || cfg.model_type == "qwen2")
     return std::make_unique<LlamaModel>(cfg);
   fail("[create_model] unsupported model_type '", cfg.model_type, "'");
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType dtype) {
+  ModelConfig cfg = ModelConfig::load(dir);
+  auto model = create_model(cfg);
+  SafetensorsModel files(dir);
+  if (device == Device::cpu) dtype = DType::f32;
+  std::map<std::string, Tensor> w;
+  for (const TensorSpec& s : model->tensor_specs()) {
+    LMT_CHECK(files.contains(s.name), "[load_model] ", dir, ": the checkpoint has no tensor '", s.name, "'");
+    Tensor t = files.get(s.name);
+    LMT_CHECK(t.shape() == s.shape, "[load_model] ", dir, ": tensor '", s.name, "' has shape ", shape_str(t.shape()),
+              ", the config implies ", shape_str(s.shape));
+    LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": tensor '", s.name, "' has dtype ", dtype_name(t.dtype()),
+              "; quantized checkpoints are not supported yet");
+    w[s.name] = ops::to(t, device, dtype);
+  }
+  model->set_weights(std::move(w));
+  return model;
 }
 
 }  // namespace lmtune

@@ -48,4 +48,8 @@ class Model {
 // The family for cfg.model_type (llama, mistral, qwen2), without weights.
 std::unique_ptr<Model> create_model(const ModelConfig& cfg);
 
+// A Hugging Face model folder (config.json + safetensors, sharded or not) with its weights
+// cast to dtype on device. The CPU computes in f32, so a CPU model is always f32.
+std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType dtype);
+
 }  // namespace lmtune

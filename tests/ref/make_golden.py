@@ -1,0 +1,121 @@
+"""Writes tiny random-weight Llama-family models with Hugging Face transformers, and for a
+fixed batch the reference logits, loss and the gradient of every weight (golden.safetensors).
+
+Usage: make_golden.py OUT_DIR [--device cpu|cuda] [--dtype float32|bfloat16]
+Each case lands in OUT_DIR/<case>/ (config.json, model.safetensors, golden.safetensors).
+The reference always runs in float32 on the CPU; with --dtype bfloat16 the script also runs
+transformers in bf16 on --device and stores that run's relative error against the f32
+reference, so the C++ bf16 test can hold our error to the same standard.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+CASES = {
+    # Grouped-query attention, untied, odd sizes.
+    "llama_gqa": (LlamaConfig, LlamaForCausalLM, dict(
+        vocab_size=101, hidden_size=48, intermediate_size=97, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0)),
+    # Tied embeddings, llama3 rope scaling, attention and MLP biases.
+    "llama_tied_llama3rope_bias": (LlamaConfig, LlamaForCausalLM, dict(
+        vocab_size=67, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,
+        attention_bias=True, mlp_bias=True, rope_theta=500000.0,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=8))),
+    # head_dim larger than hidden/heads, linear rope scaling, multi-head (no GQA).
+    "llama_headdim_linearrope": (LlamaConfig, LlamaForCausalLM, dict(
+        vocab_size=53, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+        rope_scaling=dict(rope_type="linear", factor=2.0))),
+    # Sliding window shorter than the sequence.
+    "mistral_window": (MistralConfig, MistralForCausalLM, dict(
+        vocab_size=89, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, sliding_window=4, rope_theta=1e6)),
+    # q/k/v bias, tied embeddings.
+    "qwen2_bias_tied": (Qwen2Config, Qwen2ForCausalLM, dict(
+        vocab_size=79, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)),
+    # qwen2 with sliding attention from layer 1 on (max_window_layers=1).
+    "qwen2_sliding": (Qwen2Config, Qwen2ForCausalLM, dict(
+        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+        sliding_window=3, max_window_layers=1)),
+}
+
+B, T = 2, 11
+
+
+def batch(vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -100
+    targets[1, :3] = -100  # a masked prompt
+    return ids, targets
+
+
+def run(model, ids, targets):
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    loss.backward()
+    grads = {n: p.grad.detach().float().cpu().clone() for n, p in model.named_parameters()}
+    return logits.detach().float().cpu(), loss.detach().float().cpu(), grads
+
+
+def rel(a, r):
+    return float((a - r).abs().max() / r.abs().max().clamp_min(1e-30))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--cases", default=",".join(CASES))
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    for i, name in enumerate(a.cases.split(",")):
+        cfg_cls, model_cls, kw = CASES[name]
+        cfg = cfg_cls(**kw, attn_implementation="eager")
+        torch.manual_seed(100 + i)
+        model = model_cls(cfg).float().eval()
+        with torch.no_grad():  # larger than the default 0.02 init, so that every path matters
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                elif n.endswith("bias"):
+                    p.copy_(0.1 * torch.randn_like(p))
+                else:
+                    p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+        d = os.path.join(a.out, name)
+        os.makedirs(d, exist_ok=True)
+        model.save_pretrained(d, safe_serialization=True)
+        ids, targets = batch(cfg.vocab_size, 7 + i)
+        logits, loss, grads = run(model, ids, targets)
+        out = {"ids": ids.int().contiguous(), "targets": targets.int().contiguous(),
+               "logits": logits.contiguous(), "loss": loss.reshape(1).contiguous()}
+        for n, g in grads.items():
+            out["grad." + n] = g.contiguous()
+        meta = {"case": name, "transformers": __import__("transformers").__version__}
+        if a.dtype != "float32":
+            dt = getattr(torch, a.dtype)
+            m2 = model_cls.from_pretrained(d, torch_dtype=dt, attn_implementation="eager").to(a.device)
+            l2, s2, g2 = run(m2, ids.to(a.device), targets.to(a.device))
+            meta["ref_logits_rel_err"] = str(rel(l2, logits))
+            meta["ref_loss_rel_err"] = str(rel(s2, loss))
+            meta["ref_grad_rel_err"] = json.dumps({n: rel(g2[n], grads[n]) for n in grads})
+        save_file(out, os.path.join(d, "golden.safetensors"), metadata=meta)
+        print(f"wrote {d} (loss {loss.item():.6f})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
