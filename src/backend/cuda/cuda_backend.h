@@ -1,0 +1,136 @@
+// The CUDA backend: one stream, one cuBLASLt handle with its workspace, kernels in the .cu
+// files beside this. Every CUDA and cuBLAS call is checked; a failure throws lmtune::Error
+// naming the call. Internal to src/backend/cuda.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+
+#include "backend/backend.h"
+
+namespace lmtune {
+
+[[noreturn]] void cuda_fail(const char* what, const char* why, const char* file, int line);
+inline void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess) cuda_fail(what, cudaGetErrorString(e), file, line);
+}
+inline void cublas_check(cublasStatus_t s, const char* what, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS) cuda_fail(what, cublasLtGetStatusString(s), file, line);
+}
+
+}  // namespace lmtune
+
+#define LMT_CUDA_CHECK(call) ::lmtune::cuda_check((call), #call, __FILE__, __LINE__)
+#define LMT_CUBLAS_CHECK(call) ::lmtune::cublas_check((call), #call, __FILE__, __LINE__)
+// After every kernel launch: a bad launch configuration surfaces here, at its cause.
+#define LMT_CUDA_LAUNCH_CHECK(kernel) ::lmtune::cuda_check(cudaGetLastError(), kernel, __FILE__, __LINE__)
+
+namespace lmtune {
+
+// Scratch device memory from the caching allocator, returned when this goes out of scope.
+// Reuse by a later op is safe without synchronizing because every kernel of the backend runs
+// in order on its one stream.
+class DeviceScratch {
+ public:
+  explicit DeviceScratch(size_t nbytes);
+  ~DeviceScratch();
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_;
+  size_t nbytes_;
+};
+
+// One cached cuBLASLt plan: descriptors and the heuristic's algorithm for a shape key.
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;  // cuBLAS's operands (ours swapped)
+  cublasLtMatmulAlgo_t algo{};
+  GemmPlan() = default;
+  GemmPlan(const GemmPlan&) = delete;
+  GemmPlan& operator=(const GemmPlan&) = delete;
+  ~GemmPlan();
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend();
+  ~CudaBackend() override;
+  const char* name() const override { return "cuda"; }
+
+  cudaStream_t stream() const { return stream_; }
+  int sm_count() const { return sm_count_; }
+
+  void copy_h2d(void* dst, const void* src, size_t n) override;
+  void copy_d2h(void* dst, const void* src, size_t n) override;
+  void copy_d2d(void* dst, const void* src, size_t n) override;
+  void synchronize() override;
+
+  void fill(void* dst, DType dt, int64_t n, float value) override;
+  void cast(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n) override;
+  void binary(BinaryOp op, const void* a, const void* b, void* out, int64_t n, int64_t nb, DType dt) override;
+  void axpby(const void* a, const void* b, void* out, int64_t n, float alpha, float beta, DType dt) override;
+  void unary(UnaryOp op, const void* x, void* out, int64_t n, float param, DType dt) override;
+  void unary_backward(UnaryOp op, const void* x, const void* dy, void* dx, int64_t n, DType dt) override;
+  void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt, DType out_dt) override;
+
+  void gemm(const GemmArgs& args) override;
+  // gemm with C (and D) in c_dt while A and B are in args.dtype: bf16 x bf16 -> f32 for the
+  // attention scores and for f32 gradient accumulation.
+  void gemm_ex(const GemmArgs& args, DType c_dt);
+
+  void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt) override;
+  void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
+                          DType dt) override;
+  void rms_norm(const void* x, const void* w, void* out, float* rstd, int64_t rows, int64_t dim, float eps,
+                DType dt) override;
+  void rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx, float* dw,
+                         int64_t rows, int64_t dim, DType dt) override;
+  void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+            int64_t pos_offset, float mscale, bool inverse, DType dt) override;
+  void attention(const AttentionArgs& a) override;
+  void attention_backward(const AttentionBackwardArgs& a) override;
+  void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;
+  void softmax_backward(const void* y, const void* dy, void* dx, int64_t rows, int64_t n, DType dt) override;
+  void swiglu(const void* gate, const void* up, void* out, int64_t n, DType dt) override;
+  void swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup, int64_t n,
+                       DType dt) override;
+  void cross_entropy(const void* logits, const int32_t* targets, float* loss, float* lse, int64_t N, int64_t V,
+                     DType dt) override;
+  void cross_entropy_backward(const void* logits, const int32_t* targets, const float* lse, const float* dloss,
+                              void* dlogits, int64_t N, int64_t V, DType dt) override;
+  void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps, float wd,
+             float bc1, float bc2) override;
+
+ private:
+  // dtype of A/B, dtype of C, M, N, K, trans_a, trans_b, lda, ldb, ldc, batch, strides a/b/c,
+  // alignment (bytes) of A, B, C.
+  using GemmKey = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int, int, int>;
+  const GemmPlan& gemm_plan(const GemmKey& key);
+
+  int device_ = 0;
+  int sm_count_ = 1;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::mutex gemm_mu_;
+  std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans_;
+};
+
+// The one CudaBackend (the same object cuda_backend() returns).
+CudaBackend& cuda_impl();
+
+}  // namespace lmtune

@@ -1,0 +1,208 @@
+// CUDA kernels of the per-token layers: embedding (+ scatter-add backward), rms_norm (+ backward
+// with a deterministic f32 weight gradient) and rotate-half RoPE.
+#include "backend/cuda/cuda_common.cuh"
+
+namespace lmtune {
+
+namespace {
+
+// out (N, row_units) = weight[ids] in units U of the row's bytes.
+template <typename U>
+__global__ void embedding_kernel(const U* weight, const int32_t* ids, U* out, int64_t N, int64_t row_units) {
+  int64_t total = N * row_units;
+  for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
+    int64_t i = idx / row_units, j = idx % row_units;
+    out[idx] = weight[int64_t(ids[i]) * row_units + j];
+  }
+}
+
+template <typename T>
+__global__ void embedding_backward_kernel(const T* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D) {
+  int64_t total = N * D;
+  for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
+    int64_t i = idx / D, j = idx % D;
+    atomicAdd(dweight + int64_t(ids[i]) * D + j, to_f32(dout[idx]));
+  }
+}
+
+// One block per row (grid-stride); V elements per access when dim % V == 0.
+template <typename T, int V>
+__global__ void rms_norm_kernel(const T* x, const T* w, T* out, float* rstd, int64_t rows, int64_t dim, float eps) {
+  __shared__ float smem[32];
+  int64_t nv = dim / V;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * dim;
+    T* orow = out + r * dim;
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+      Pack<T, V> p = load_pack<V>(xr + i * V);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        float v = to_f32(p.v[j]);
+        ss += v * v;
+      }
+    }
+    ss = block_sum(ss, smem);
+    float s = 1.f / sqrtf(ss / float(dim) + eps);
+    if (threadIdx.x == 0) rstd[r] = s;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+      Pack<T, V> p = load_pack<V>(xr + i * V), q = load_pack<V>(w + i * V), o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(to_f32(p.v[j]) * s * to_f32(q.v[j]));
+      store_pack<V>(orow + i * V, o);
+    }
+  }
+}
+
+// dx = s * (dy * w - x * c), c = s^2 * mean(dy * w * x); block b also sums dy * x * s over its
+// rows into partial[b] (each thread owns its columns, so no atomics).
+template <typename T, int V>
+__global__ void rms_norm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx, float* partial,
+                                         int64_t rows, int64_t dim) {
+  __shared__ float smem[32];
+  int64_t nv = dim / V;
+  float* part = partial + int64_t(blockIdx.x) * dim;
+  for (int64_t i = threadIdx.x; i < nv; i += blockDim.x)
+#pragma unroll
+    for (int j = 0; j < V; ++j) part[i * V + j] = 0.f;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * dim;
+    const T* dyr = dy + r * dim;
+    float s = rstd[r];
+    float dot = 0.f;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+      Pack<T, V> px = load_pack<V>(xr + i * V), pw = load_pack<V>(w + i * V), pd = load_pack<V>(dyr + i * V);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        float xv = to_f32(px.v[j]), dv = to_f32(pd.v[j]);
+        dot += dv * to_f32(pw.v[j]) * xv;
+        part[i * V + j] += dv * xv * s;
+      }
+    }
+    dot = block_sum(dot, smem);
+    float c = dot / float(dim) * s * s;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+      Pack<T, V> px = load_pack<V>(xr + i * V), pw = load_pack<V>(w + i * V), pd = load_pack<V>(dyr + i * V), o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(s * (to_f32(pd.v[j]) * to_f32(pw.v[j]) - to_f32(px.v[j]) * c));
+      store_pack<V>(dx + r * dim + i * V, o);
+    }
+  }
+}
+
+__global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nrows, int64_t dim) {
+  for (int64_t j = global_tid(); j < dim; j += grid_stride()) {
+    float acc = 0.f;
+    for (int64_t b = 0; b < nrows; ++b) acc += partial[b * dim + j];
+    out[j] = acc;
+  }
+}
+
+template <typename T>
+__global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T_, int64_t H, int64_t D,
+                            int64_t pos_offset, float mscale, bool inverse, int64_t total) {
+  int64_t half = D / 2;
+  for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
+    int64_t i = idx % half, row = idx / half;  // row = (b * T + t) * H + h
+    int64_t t = (row / H) % T_;
+    float ang = float(pos_offset + t) * inv_freq[i];
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    cs *= mscale;
+    sn = (inverse ? -sn : sn) * mscale;
+    const T* xr = x + row * D;
+    float x1 = to_f32(xr[i]), x2 = to_f32(xr[i + half]);
+    out[row * D + i] = from_f32<T>(x1 * cs - x2 * sn);
+    out[row * D + i + half] = from_f32<T>(x2 * cs + x1 * sn);
+  }
+}
+
+template <typename U>
+void launch_embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t row_bytes) {
+  int64_t units = row_bytes / int64_t(sizeof(U));
+  launch("embedding", embedding_kernel<U>, grid_for(N * units), kThreads, 0, static_cast<const U*>(weight), ids,
+         static_cast<U*>(out), N, units);
+}
+
+}  // namespace
+
+void CudaBackend::embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt) {
+  int64_t row_bytes = D * int64_t(dtype_size(dt));
+  uintptr_t bits = reinterpret_cast<uintptr_t>(weight) | reinterpret_cast<uintptr_t>(out) | uintptr_t(row_bytes);
+  if (bits % 16 == 0)
+    launch_embedding<uint4>(weight, ids, out, N, row_bytes);
+  else if (bits % 8 == 0)
+    launch_embedding<uint2>(weight, ids, out, N, row_bytes);
+  else if (bits % 4 == 0)
+    launch_embedding<uint32_t>(weight, ids, out, N, row_bytes);
+  else if (bits % 2 == 0)
+    launch_embedding<uint16_t>(weight, ids, out, N, row_bytes);
+  else
+    launch_embedding<uint8_t>(weight, ids, out, N, row_bytes);
+}
+
+void CudaBackend::embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
+                                     DType dt) {
+  dispatch_float(dt, "embedding_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch("embedding_backward", embedding_backward_kernel<T>, grid_for(N * D), kThreads, 0,
+           static_cast<const T*>(dout), ids, dweight, N, D);
+  });
+}
+
+void CudaBackend::rms_norm(const void* x, const void* w, void* out, float* rstd, int64_t rows, int64_t dim, float eps,
+                           DType dt) {
+  if (rows == 0) return;
+  dispatch_float(dt, "rms_norm", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int V = kVec<T>;
+    unsigned blocks = unsigned(std::min<int64_t>(rows, int64_t(sm_count_) * 16));
+    const T* px = static_cast<const T*>(x);
+    const T* pw = static_cast<const T*>(w);
+    T* po = static_cast<T*>(out);
+    if (dim % V == 0 && aligned16(x) && aligned16(w) && aligned16(out))
+      launch("rms_norm", rms_norm_kernel<T, V>, blocks, kThreads, 0, px, pw, po, rstd, rows, dim, eps);
+    else
+      launch("rms_norm", rms_norm_kernel<T, 1>, blocks, kThreads, 0, px, pw, po, rstd, rows, dim, eps);
+  });
+}
+
+void CudaBackend::rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+                                    float* dw, int64_t rows, int64_t dim, DType dt) {
+  if (dim == 0) return;
+  if (rows == 0) {
+    fill(dw, DType::f32, dim, 0.f);
+    return;
+  }
+  dispatch_float(dt, "rms_norm_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int V = kVec<T>;
+    int64_t blocks = std::min<int64_t>(rows, int64_t(sm_count_) * 4);
+    DeviceScratch partial(size_t(blocks * dim) * sizeof(float));
+    const T* px = static_cast<const T*>(x);
+    const T* pw = static_cast<const T*>(w);
+    const T* pd = static_cast<const T*>(dy);
+    T* pdx = static_cast<T*>(dx);
+    if (dim % V == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx))
+      launch("rms_norm_backward", rms_norm_backward_kernel<T, V>, unsigned(blocks), kThreads, 0, px, pw, rstd, pd, pdx,
+             partial.as<float>(), rows, dim);
+    else
+      launch("rms_norm_backward", rms_norm_backward_kernel<T, 1>, unsigned(blocks), kThreads, 0, px, pw, rstd, pd, pdx,
+             partial.as<float>(), rows, dim);
+    launch("rms_norm_backward", sum_rows_f32_kernel, grid_for(dim), kThreads, 0, partial.as<const float>(), dw, blocks,
+           dim);
+  });
+}
+
+void CudaBackend::rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+                       int64_t pos_offset, float mscale, bool inverse, DType dt) {
+  int64_t total = B * T * H * (D / 2);
+  if (total == 0) return;
+  dispatch_float(dt, "rope", [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    launch("rope", rope_kernel<S>, grid_for(total), kThreads, 0, static_cast<const S*>(x), static_cast<S*>(out),
+           inv_freq, T, H, D, pos_offset, mscale, inverse, total);
+  });
+}
+
+}  // namespace lmtune

@@ -1,0 +1,475 @@
+// The CUDA backend against the CPU backend, method by method, through raw Backend calls on the
+// same random inputs (odd sizes; f32 and bf16). bf16 cases feed the CPU the bf16-rounded inputs
+// in f32 (the CPU computes in f32 only). Skips every test where no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "tolerance.h"
+
+namespace lmtune {
+namespace {
+
+using Vec = std::vector<float>;
+
+Backend& cpu() { return cpu_backend(); }
+Backend& gpu() { return cuda_backend(); }
+
+Vec uniform(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  Vec v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<uint8_t> encode(const Vec& v, DType dt) {
+  std::vector<uint8_t> out(v.size() * dtype_size(dt));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (dt == DType::f32) {
+      std::memcpy(out.data() + 4 * i, &v[i], 4);
+    } else if (dt == DType::i32) {
+      int32_t x = int32_t(v[i]);
+      std::memcpy(out.data() + 4 * i, &x, 4);
+    } else {
+      uint16_t h = dt == DType::bf16 ? f32_to_bf16(v[i]) : f32_to_f16(v[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
+Vec decode(const std::vector<uint8_t>& bytes, DType dt) {
+  size_t n = bytes.size() / dtype_size(dt);
+  Vec v(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (dt == DType::f32) {
+      std::memcpy(&v[i], bytes.data() + 4 * i, 4);
+    } else if (dt == DType::i32) {
+      int32_t x;
+      std::memcpy(&x, bytes.data() + 4 * i, 4);
+      v[i] = float(x);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, bytes.data() + 2 * i, 2);
+      v[i] = dt == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+  return v;
+}
+
+// v rounded to dt's precision, as f32.
+Vec rounded(const Vec& v, DType dt) { return decode(encode(v, dt), dt); }
+
+Tensor on_gpu(const Vec& v, DType dt) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, dt, Device::cuda);
+  std::vector<uint8_t> host = encode(v, dt);
+  gpu().copy_h2d(t.raw(), host.data(), host.size());
+  return t;
+}
+Tensor on_gpu_i32(const std::vector<int32_t>& v) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, DType::i32, Device::cuda);
+  gpu().copy_h2d(t.raw(), v.data(), v.size() * 4);
+  return t;
+}
+Tensor gpu_empty(int64_t n, DType dt) { return Tensor::empty({n}, dt, Device::cuda); }
+Vec read(const Tensor& t) {
+  std::vector<uint8_t> host(t.nbytes());
+  gpu().copy_d2h(host.data(), t.raw(), host.size());
+  return decode(host, t.dtype());
+}
+
+float* F(Vec& v) { return v.data(); }
+
+struct Tol {
+  float rtol;
+  float atol_frac;  // atol = atol_frac * max |ref|: error from cancellation scales with the terms, not the result
+};
+// Elementwise: f32 differs by a few ulp of libm vs CUDA's math; bf16 only by the final rounding (2^-9).
+Tol tol_elem(DType dt) { return dt == DType::f32 ? Tol{1e-5f, 1e-6f} : Tol{1e-2f, 2e-3f}; }
+// Reductions: summation order differs (the CPU often sums in double).
+Tol tol_reduce(DType dt) { return dt == DType::f32 ? Tol{1e-5f, 1e-5f} : Tol{1e-2f, 4e-3f}; }
+// Matrix products: cuBLAS and OpenBLAS block K differently; bf16 products are exact in f32, so
+// only accumulation order and the output rounding differ.
+Tol tol_gemm(DType dt) { return dt == DType::f32 ? Tol{1e-4f, 1e-5f} : Tol{1e-2f, 1e-3f}; }
+// Attention: gemms plus softmax; in bf16 P and dS are rounded to bf16 before their products,
+// as flash attention does, so errors of 2^-9 relative to the largest terms enter each sum.
+Tol tol_attn(DType dt) { return dt == DType::f32 ? Tol{1e-4f, 2e-5f} : Tol{2e-2f, 2e-2f}; }
+
+// The project's tolerance check, with atol scaled by the reference's largest finite magnitude
+// and matching infinities (lse of fully masked rows) counted as equal.
+void check_close(const Vec& got, const Vec& ref, Tol tol, const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  Vec a = got, r = ref;
+  float max_ref = 0.f;
+  for (size_t i = 0; i < r.size(); ++i) {
+    if (std::isinf(r[i]) && a[i] == r[i]) a[i] = r[i] = 0.f;
+    if (std::isfinite(r[i])) max_ref = std::max(max_ref, std::fabs(r[i]));
+  }
+  expect_close(a, r, double(tol.atol_frac) * max_ref, tol.rtol, what);
+  if (std::getenv("LMTUNE_TEST_VERBOSE")) std::printf("%-60s max_rel_error %.3g\n", what.c_str(), max_rel_error(a, r));
+}
+
+std::string dt_name(const ::testing::TestParamInfo<DType>& info) { return dtype_name(info.param); }
+
+class CudaVsCpu : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or lmtune built without CUDA): skipping";
+    gpu();  // registers device memory for Tensor::empty(..., Device::cuda)
+    dt = GetParam();
+  }
+  DType dt = DType::f32;
+};
+
+class CudaVsCpuOnce : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or lmtune built without CUDA): skipping";
+    gpu();
+  }
+};
+
+TEST_F(CudaVsCpuOnce, CopiesAndSynchronize) {
+  Vec x = uniform(257, 1);
+  Tensor a = on_gpu(x, DType::f32), b = gpu_empty(257, DType::f32);
+  gpu().copy_d2d(b.raw(), a.raw(), 257 * 4);
+  gpu().synchronize();
+  EXPECT_EQ(read(b), x);
+  EXPECT_FALSE(cuda_device_name().empty());
+}
+
+TEST_F(CudaVsCpuOnce, FillEveryDtype) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16, DType::i32}) {
+    for (int64_t n : {1, 31, 257, 1031}) {
+      Tensor t = gpu_empty(n, dt);
+      gpu().fill(t.raw(), dt, n, -3.25f);
+      check_close(read(t), Vec(size_t(n), dt == DType::i32 ? -3.f : -3.25f), {0.f, 0.f},
+                  std::string("fill ") + dtype_name(dt));
+    }
+  }
+}
+
+TEST_F(CudaVsCpuOnce, CastEveryPair) {
+  Vec x = uniform(1029, 2, -300.f, 300.f);
+  std::vector<DType> from = {DType::f32, DType::bf16, DType::f16, DType::i32};
+  for (DType s : from) {
+    for (DType d : {DType::f32, DType::bf16, DType::f16}) {
+      Vec src = s == DType::i32 ? rounded(x, DType::i32) : rounded(x, s);
+      Tensor a = on_gpu(src, s), b = gpu_empty(int64_t(x.size()), d);
+      gpu().cast(a.raw(), s, b.raw(), d, int64_t(x.size()));
+      // The CPU cast of the same source is the reference (exactly rounded on both sides).
+      std::vector<uint8_t> hs = encode(src, s), hd(x.size() * dtype_size(d));
+      cpu().cast(hs.data(), s, hd.data(), d, int64_t(x.size()));
+      check_close(read(b), decode(hd, d), {0.f, 0.f}, std::string("cast ") + dtype_name(s) + "->" + dtype_name(d));
+    }
+  }
+}
+
+TEST_P(CudaVsCpu, Binary) {
+  const int64_t n = 33 * 31;
+  for (BinaryOp op : {BinaryOp::add, BinaryOp::sub, BinaryOp::mul, BinaryOp::div}) {
+    for (int64_t nb : {n, int64_t(33), int64_t(1), int64_t(31 * 3)}) {
+      Vec a = rounded(uniform(size_t(n), 3), dt), b = rounded(uniform(size_t(nb), 4, 0.5f, 2.f), dt);
+      Vec ref(a.size());
+      cpu().binary(op, a.data(), b.data(), ref.data(), n, nb, DType::f32);
+      Tensor ga = on_gpu(a, dt), gb = on_gpu(b, dt), go = gpu_empty(n, dt);
+      gpu().binary(op, ga.raw(), gb.raw(), go.raw(), n, nb, dt);
+      check_close(read(go), ref, tol_elem(dt), "binary op " + std::to_string(int(op)) + " nb " + std::to_string(nb));
+      gpu().binary(op, ga.raw(), gb.raw(), ga.raw(), n, nb, dt);  // out aliases a
+      check_close(read(ga), ref, tol_elem(dt), "binary in place");
+    }
+  }
+}
+
+TEST_P(CudaVsCpu, Axpby) {
+  const int64_t n = 1027;
+  Vec a = rounded(uniform(n, 5), dt), b = rounded(uniform(n, 6), dt), ref(n);
+  cpu().axpby(a.data(), b.data(), ref.data(), n, 0.75f, -1.5f, DType::f32);
+  Tensor ga = on_gpu(a, dt), gb = on_gpu(b, dt), go = gpu_empty(n, dt);
+  gpu().axpby(ga.raw(), gb.raw(), go.raw(), n, 0.75f, -1.5f, dt);
+  check_close(read(go), ref, tol_elem(dt), "axpby");
+}
+
+TEST_P(CudaVsCpu, UnaryAndBackward) {
+  const int64_t n = 1031;
+  for (UnaryOp op : {UnaryOp::silu, UnaryOp::gelu_tanh, UnaryOp::exp, UnaryOp::neg, UnaryOp::square, UnaryOp::sqrt,
+                     UnaryOp::rsqrt, UnaryOp::scale, UnaryOp::add_scalar}) {
+    bool positive = op == UnaryOp::sqrt || op == UnaryOp::rsqrt;
+    Vec x = rounded(uniform(n, 7, positive ? 0.1f : -4.f, 4.f), dt), ref(n);
+    cpu().unary(op, x.data(), ref.data(), n, 0.3f, DType::f32);
+    Tensor gx = on_gpu(x, dt), go = gpu_empty(n, dt);
+    gpu().unary(op, gx.raw(), go.raw(), n, 0.3f, dt);
+    check_close(read(go), ref, tol_elem(dt), "unary op " + std::to_string(int(op)));
+  }
+  for (UnaryOp op : {UnaryOp::silu, UnaryOp::gelu_tanh}) {
+    Vec x = rounded(uniform(n, 8, -4.f, 4.f), dt), dy = rounded(uniform(n, 9), dt), ref(n);
+    cpu().unary_backward(op, x.data(), dy.data(), ref.data(), n, DType::f32);
+    Tensor gx = on_gpu(x, dt), gdy = on_gpu(dy, dt), gdx = gpu_empty(n, dt);
+    gpu().unary_backward(op, gx.raw(), gdy.raw(), gdx.raw(), n, dt);
+    check_close(read(gdx), ref, tol_elem(dt), "unary_backward op " + std::to_string(int(op)));
+  }
+}
+
+TEST_P(CudaVsCpu, ReduceSum) {
+  struct Case {
+    int64_t outer, n, inner;
+  };
+  for (Case c : {Case{3, 257, 1}, Case{2, 33, 31}, Case{1, 4099, 7}, Case{5, 1, 3}, Case{1, 20000, 33}}) {
+    Vec x = rounded(uniform(size_t(c.outer * c.n * c.inner), 10), dt), ref(size_t(c.outer * c.inner));
+    cpu().reduce_sum(x.data(), ref.data(), c.outer, c.n, c.inner, DType::f32, DType::f32);
+    Tensor gx = on_gpu(x, dt);
+    for (DType out_dt : {DType::f32, dt}) {
+      Tensor go = gpu_empty(c.outer * c.inner, out_dt);
+      gpu().reduce_sum(gx.raw(), go.raw(), c.outer, c.n, c.inner, dt, out_dt);
+      check_close(read(go), ref, tol_reduce(out_dt),
+                  "reduce_sum (" + std::to_string(c.outer) + ", " + std::to_string(c.n) + ", " +
+                      std::to_string(c.inner) + ") -> " + dtype_name(out_dt));
+    }
+  }
+}
+
+TEST_P(CudaVsCpu, Gemm) {
+  const int64_t M = 31, N = 33, K = 257;
+  for (int ta = 0; ta < 2; ++ta) {
+    for (int tb = 0; tb < 2; ++tb) {
+      for (int bcast = 0; bcast < 3; ++bcast) {  // 0: all batched, 1: A broadcast, 2: B broadcast
+        GemmArgs g;
+        g.M = M, g.N = N, g.K = K, g.trans_a = ta, g.trans_b = tb, g.batch = 3, g.alpha = 0.5f, g.beta = 0.25f;
+        int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+        g.lda = a_cols + 3, g.ldb = b_cols + 1, g.ldc = N + 2;  // padded rows
+        g.stride_a = bcast == 1 ? 0 : a_rows * g.lda;
+        g.stride_b = bcast == 2 ? 0 : b_rows * g.ldb;
+        g.stride_c = M * g.ldc;
+        Vec a = rounded(uniform(size_t(a_rows * g.lda * (bcast == 1 ? 1 : 3)), 11), dt);
+        Vec b = rounded(uniform(size_t(b_rows * g.ldb * (bcast == 2 ? 1 : 3)), 12), dt);
+        Vec c = rounded(uniform(size_t(M * g.ldc * 3), 13), dt);
+        Vec ref = c;
+        GemmArgs gc = g;
+        gc.a = a.data(), gc.b = b.data(), gc.c = ref.data(), gc.dtype = DType::f32;
+        cpu().gemm(gc);
+        Tensor ga = on_gpu(a, dt), gb = on_gpu(b, dt), gcu = on_gpu(c, dt);
+        g.a = ga.raw(), g.b = gb.raw(), g.c = gcu.raw(), g.dtype = dt;
+        gpu().gemm(g);
+        check_close(read(gcu), ref, tol_gemm(dt),
+                    "gemm ta " + std::to_string(ta) + " tb " + std::to_string(tb) + " bcast " + std::to_string(bcast));
+      }
+    }
+  }
+}
+
+TEST_P(CudaVsCpu, Embedding) {
+  const int64_t V = 37, N = 33;
+  for (int64_t D : {int64_t(31), int64_t(64)}) {
+    Vec w = rounded(uniform(size_t(V * D), 14), dt);
+    std::vector<int32_t> ids(N);
+    for (int64_t i = 0; i < N; ++i) ids[size_t(i)] = int32_t((i * 7 + 3) % V);  // repeats ids
+    std::vector<uint8_t> hw = encode(w, dt), hout(size_t(N * D) * dtype_size(dt));
+    cpu().embedding(hw.data(), ids.data(), hout.data(), N, D, dt);
+    Tensor gw = on_gpu(w, dt), gids = on_gpu_i32(ids), gout = gpu_empty(N * D, dt);
+    gpu().embedding(gw.raw(), static_cast<const int32_t*>(gids.raw()), gout.raw(), N, D, dt);
+    check_close(read(gout), decode(hout, dt), {0.f, 0.f}, "embedding");
+
+    Vec dout = rounded(uniform(size_t(N * D), 15), dt), dw_init = uniform(size_t(V * D), 16), ref = dw_init;
+    std::vector<uint8_t> hd = encode(dout, dt);
+    cpu().embedding_backward(hd.data(), ids.data(), ref.data(), N, D, dt);
+    Tensor gdout = on_gpu(dout, dt), gdw = on_gpu(dw_init, DType::f32);
+    gpu().embedding_backward(gdout.raw(), static_cast<const int32_t*>(gids.raw()), static_cast<float*>(gdw.raw()), N, D,
+                             dt);
+    check_close(read(gdw), ref, tol_reduce(DType::f32), "embedding_backward");
+  }
+}
+
+TEST_P(CudaVsCpu, RmsNorm) {
+  for (int64_t dim : {int64_t(257), int64_t(256)}) {
+    const int64_t rows = 33;
+    Vec x = rounded(uniform(size_t(rows * dim), 17, -2.f, 2.f), dt), w = rounded(uniform(size_t(dim), 18), dt);
+    Vec out(x.size()), rstd(static_cast<size_t>(rows));
+    cpu().rms_norm(x.data(), w.data(), out.data(), rstd.data(), rows, dim, 1e-5f, DType::f32);
+    Tensor gx = on_gpu(x, dt), gw = on_gpu(w, dt), gout = gpu_empty(rows * dim, dt),
+           grstd = gpu_empty(rows, DType::f32);
+    gpu().rms_norm(gx.raw(), gw.raw(), gout.raw(), static_cast<float*>(grstd.raw()), rows, dim, 1e-5f, dt);
+    check_close(read(gout), out, tol_elem(dt), "rms_norm out dim " + std::to_string(dim));
+    check_close(read(grstd), rstd, tol_reduce(DType::f32), "rms_norm rstd");
+
+    Vec dy = rounded(uniform(x.size(), 19), dt), dx(x.size()), dw(static_cast<size_t>(dim));
+    cpu().rms_norm_backward(x.data(), w.data(), rstd.data(), dy.data(), dx.data(), dw.data(), rows, dim, DType::f32);
+    Tensor gdy = on_gpu(dy, dt), gdx = gpu_empty(rows * dim, dt), gdw = on_gpu(uniform(size_t(dim), 20), DType::f32);
+    gpu().rms_norm_backward(gx.raw(), gw.raw(), static_cast<const float*>(grstd.raw()), gdy.raw(), gdx.raw(),
+                            static_cast<float*>(gdw.raw()), rows, dim, dt);
+    check_close(read(gdx), dx, tol_reduce(dt), "rms_norm_backward dx");
+    check_close(read(gdw), dw, tol_reduce(DType::f32), "rms_norm_backward dw");
+  }
+}
+
+TEST_P(CudaVsCpu, Rope) {
+  const int64_t B = 2, T = 7, H = 3, D = 34;
+  Vec x = rounded(uniform(size_t(B * T * H * D), 21), dt), inv_freq(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) inv_freq[size_t(i)] = std::pow(10000.f, -2.f * float(i) / float(D));
+  Tensor gx = on_gpu(x, dt), gf = on_gpu(inv_freq, DType::f32), gout = gpu_empty(B * T * H * D, dt);
+  for (bool inverse : {false, true}) {
+    for (float mscale : {1.f, 1.3f}) {
+      Vec ref(x.size());
+      cpu().rope(x.data(), ref.data(), inv_freq.data(), B, T, H, D, 1000, mscale, inverse, DType::f32);
+      gpu().rope(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), B, T, H, D, 1000, mscale, inverse, dt);
+      // Angles up to ~1000 rad: both sides use f32 sin/cos of the same f32 angle.
+      check_close(read(gout), ref, {dt == DType::f32 ? 1e-5f : 1e-2f, dt == DType::f32 ? 1e-5f : 4e-3f},
+                  std::string("rope inverse ") + (inverse ? "1" : "0"));
+    }
+  }
+}
+
+TEST_P(CudaVsCpu, SoftmaxAndBackward) {
+  const int64_t rows = 33;
+  for (int64_t n : {int64_t(257), int64_t(33), int64_t(4096)}) {
+    Vec x = rounded(uniform(size_t(rows * n), 22, -5.f, 5.f), dt), y(x.size());
+    cpu().softmax(x.data(), y.data(), rows, n, DType::f32);
+    Tensor gx = on_gpu(x, dt), gy = gpu_empty(rows * n, dt);
+    gpu().softmax(gx.raw(), gy.raw(), rows, n, dt);
+    check_close(read(gy), y, tol_elem(dt), "softmax n " + std::to_string(n));
+
+    Vec yr = rounded(y, dt), dy = rounded(uniform(x.size(), 23), dt), dx(x.size());
+    cpu().softmax_backward(yr.data(), dy.data(), dx.data(), rows, n, DType::f32);
+    Tensor gyr = on_gpu(yr, dt), gdy = on_gpu(dy, dt), gdx = gpu_empty(rows * n, dt);
+    gpu().softmax_backward(gyr.raw(), gdy.raw(), gdx.raw(), rows, n, dt);
+    check_close(read(gdx), dx, tol_reduce(dt), "softmax_backward n " + std::to_string(n));
+  }
+}
+
+TEST_P(CudaVsCpu, Swiglu) {
+  const int64_t n = 1029;
+  Vec g = rounded(uniform(n, 24, -4.f, 4.f), dt), u = rounded(uniform(n, 25), dt), out(n);
+  cpu().swiglu(g.data(), u.data(), out.data(), n, DType::f32);
+  Tensor gg = on_gpu(g, dt), gu = on_gpu(u, dt), gout = gpu_empty(n, dt);
+  gpu().swiglu(gg.raw(), gu.raw(), gout.raw(), n, dt);
+  check_close(read(gout), out, tol_elem(dt), "swiglu");
+
+  Vec d = rounded(uniform(n, 26), dt), dg(n), du(n);
+  cpu().swiglu_backward(g.data(), u.data(), d.data(), dg.data(), du.data(), n, DType::f32);
+  Tensor gd = on_gpu(d, dt), gdg = gpu_empty(n, dt), gdu = gpu_empty(n, dt);
+  gpu().swiglu_backward(gg.raw(), gu.raw(), gd.raw(), gdg.raw(), gdu.raw(), n, dt);
+  check_close(read(gdg), dg, tol_elem(dt), "swiglu_backward dgate");
+  check_close(read(gdu), du, tol_elem(dt), "swiglu_backward dup");
+}
+
+TEST_P(CudaVsCpu, CrossEntropy) {
+  const int64_t N = 33;
+  for (int64_t V : {int64_t(257), int64_t(1024)}) {
+    Vec logits = rounded(uniform(size_t(N * V), 27, -6.f, 6.f), dt);
+    std::vector<int32_t> targets(N);
+    for (int64_t i = 0; i < N; ++i) targets[size_t(i)] = i % 5 == 2 ? -1 : int32_t((i * 31 + 7) % V);
+    Vec loss(N), lse(N);
+    cpu().cross_entropy(logits.data(), targets.data(), loss.data(), lse.data(), N, V, DType::f32);
+    Tensor gl = on_gpu(logits, dt), gt = on_gpu_i32(targets), gloss = gpu_empty(N, DType::f32),
+           glse = gpu_empty(N, DType::f32);
+    const int32_t* tp = static_cast<const int32_t*>(gt.raw());
+    gpu().cross_entropy(gl.raw(), tp, static_cast<float*>(gloss.raw()), static_cast<float*>(glse.raw()), N, V, dt);
+    // Inputs are the same rounded values and both compute in f32 (or better): f32 tolerance.
+    check_close(read(gloss), loss, tol_reduce(DType::f32), "cross_entropy loss V " + std::to_string(V));
+    check_close(read(glse), lse, tol_reduce(DType::f32), "cross_entropy lse");
+
+    Vec dloss = uniform(N, 28), dl(size_t(N * V));
+    cpu().cross_entropy_backward(logits.data(), targets.data(), lse.data(), dloss.data(), dl.data(), N, V, DType::f32);
+    Tensor gdloss = on_gpu(dloss, DType::f32), gdl = gpu_empty(N * V, dt);
+    gpu().cross_entropy_backward(gl.raw(), tp, static_cast<const float*>(glse.raw()),
+                                 static_cast<const float*>(gdloss.raw()), gdl.raw(), N, V, dt);
+    check_close(read(gdl), dl, tol_elem(dt), "cross_entropy_backward");
+  }
+}
+
+TEST_F(CudaVsCpuOnce, AdamW) {
+  const int64_t n = 1027;
+  Vec p = uniform(n, 29), m = uniform(n, 30, -0.1f, 0.1f), v = uniform(n, 31, 0.f, 0.01f);
+  Tensor gp = on_gpu(p, DType::f32), gm = on_gpu(m, DType::f32), gv = on_gpu(v, DType::f32);
+  for (int step = 1; step <= 3; ++step) {
+    Vec g = uniform(n, 40 + step);
+    Tensor gg = on_gpu(g, DType::f32);
+    float bc1 = 1.f - std::pow(0.9f, float(step)), bc2 = 1.f - std::pow(0.999f, float(step));
+    cpu().adamw(F(p), g.data(), F(m), F(v), n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, bc1, bc2);
+    gpu().adamw(static_cast<float*>(gp.raw()), static_cast<const float*>(gg.raw()), static_cast<float*>(gm.raw()),
+                static_cast<float*>(gv.raw()), n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, bc1, bc2);
+  }
+  check_close(read(gp), p, {1e-5f, 1e-6f}, "adamw p");
+  check_close(read(gm), m, {1e-5f, 1e-6f}, "adamw m");
+  check_close(read(gv), v, {1e-5f, 1e-6f}, "adamw v");
+}
+
+struct AttnCase {
+  int64_t B, T, S, n_head, n_kv_head, head_dim, q_offset, window;
+  bool causal;
+  const char* chunk_rows;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS for the CUDA side, or null
+};
+
+void run_attention_case(DType dt, const AttnCase& c) {
+  std::string name = "attention B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " S" + std::to_string(c.S) +
+                     " H" + std::to_string(c.n_head) + "/" + std::to_string(c.n_kv_head) + " D" +
+                     std::to_string(c.head_dim) + " off" + std::to_string(c.q_offset) + " win" +
+                     std::to_string(c.window) + (c.causal ? " causal" : "") + (c.chunk_rows ? " chunked" : "");
+  SCOPED_TRACE(name);
+  size_t nq = size_t(c.B * c.T * c.n_head * c.head_dim), nk = size_t(c.B * c.S * c.n_kv_head * c.head_dim);
+  size_t nl = size_t(c.B * c.n_head * c.T);
+  Vec q = rounded(uniform(nq, 50, -2.f, 2.f), dt), k = rounded(uniform(nk, 51, -2.f, 2.f), dt);
+  Vec v = rounded(uniform(nk, 52), dt), dout = rounded(uniform(nq, 53), dt);
+  AttentionArgs a;
+  a.B = c.B, a.T = c.T, a.S = c.S, a.n_head = c.n_head, a.n_kv_head = c.n_kv_head, a.head_dim = c.head_dim;
+  a.q_offset = c.q_offset, a.window = c.window, a.causal = c.causal;
+  a.scale = 1.f / std::sqrt(float(c.head_dim));
+
+  Vec out(nq), lse(nl), dq(nq), dk(nk), dv(nk);
+  AttentionArgs ac = a;
+  ac.q = q.data(), ac.k = k.data(), ac.v = v.data(), ac.out = out.data(), ac.lse = lse.data(), ac.dtype = DType::f32;
+  cpu().attention(ac);
+  // The CPU backward runs on the CUDA forward's output rounded the same way, so that it
+  // checks the backward alone.
+  Tensor gq = on_gpu(q, dt), gk = on_gpu(k, dt), gv = on_gpu(v, dt), gout = gpu_empty(int64_t(nq), dt);
+  Tensor glse = gpu_empty(int64_t(nl), DType::f32);
+  if (c.chunk_rows) setenv("LMTUNE_CUDA_ATTN_CHUNK_ROWS", c.chunk_rows, 1);
+  AttentionArgs ag = a;
+  ag.q = gq.raw(), ag.k = gk.raw(), ag.v = gv.raw(), ag.out = gout.raw(), ag.lse = static_cast<float*>(glse.raw());
+  ag.dtype = dt;
+  gpu().attention(ag);
+  check_close(read(gout), out, tol_attn(dt), name + " out");
+  check_close(read(glse), lse, tol_reduce(DType::f32), name + " lse");
+
+  Vec out_g = read(gout);
+  ac.out = out_g.data();
+  AttentionBackwardArgs bc{ac, dout.data(), dq.data(), dk.data(), dv.data()};
+  cpu().attention_backward(bc);
+  Tensor gdout = on_gpu(dout, dt), gdq = gpu_empty(int64_t(nq), dt), gdk = gpu_empty(int64_t(nk), dt),
+         gdv = gpu_empty(int64_t(nk), dt);
+  AttentionBackwardArgs bg{ag, gdout.raw(), gdq.raw(), gdk.raw(), gdv.raw()};
+  gpu().attention_backward(bg);
+  if (c.chunk_rows) unsetenv("LMTUNE_CUDA_ATTN_CHUNK_ROWS");
+  check_close(read(gdq), dq, tol_attn(dt), name + " dq");
+  check_close(read(gdk), dk, tol_attn(dt), name + " dk");
+  check_close(read(gdv), dv, tol_attn(dt), name + " dv");
+}
+
+TEST_P(CudaVsCpu, Attention) {
+  const AttnCase cases[] = {
+      {2, 33, 33, 4, 2, 16, 0, 0, true, nullptr},     // GQA, causal
+      {2, 33, 33, 4, 2, 16, 0, 0, true, "7"},         // the same in chunks of 7 query rows
+      {1, 31, 31, 3, 3, 64, 0, 0, false, nullptr},    // MHA, not causal
+      {1, 5, 37, 4, 1, 64, 32, 0, true, nullptr},     // MQA, decoding-like offset
+      {2, 33, 33, 4, 2, 32, 0, 8, true, "5"},         // sliding window, chunked
+      {1, 5, 3, 2, 1, 16, 10, 4, true, nullptr},      // every row fully masked: lse -inf, out 0
+      {1, 257, 257, 2, 1, 128, 0, 0, true, nullptr},  // head_dim 128, longer
+  };
+  for (const AttnCase& c : cases) run_attention_case(dt, c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16), dt_name);
+
+}  // namespace
+}  // namespace lmtune
