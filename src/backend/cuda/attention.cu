@@ -137,6 +137,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.T * a.n_head * a.head_dim == 0) return;
+  if (flash_attention_forward(a)) return;
   dispatch_float(a.dtype, "attention", [&](auto tag) {
     using T = typename decltype(tag)::type;
     constexpr bool kF32 = std::is_same_v<T, float>;
@@ -191,6 +192,7 @@ void CudaBackend::attention_backward(const AttentionBackwardArgs& ab) {
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention_backward] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.head_dim * a.n_kv_head == 0) return;
+  if (flash_attention_backward(ab)) return;
   dispatch_float(a.dtype, "attention_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     constexpr bool kF32 = std::is_same_v<T, float>;

@@ -133,4 +133,10 @@ class CudaBackend final : public Backend {
 // The one CudaBackend (the same object cuda_backend() returns).
 CudaBackend& cuda_impl();
 
+// Fused attention (flash_*.cu) for bf16/f16 and head_dim 64 or 128; false where the arguments
+// are not covered, and then attention.cu's gemm path runs. LMTUNE_CUDA_FLASH=0 turns it off.
+bool flash_enabled();
+bool flash_attention_forward(const AttentionArgs& a);
+bool flash_attention_backward(const AttentionBackwardArgs& a);
+
 }  // namespace lmtune
