@@ -15,9 +15,10 @@ Tensor rnd(const Shape& s, uint64_t seed) { return ops::randn(s, seed); }
 }  // namespace
 
 TEST(OpsCpu, MatmulAllTransposesAndBatches) {
+  for (int64_t M : {7, 1})  // M = 1 takes the GEMV path
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
-      int64_t Bt = 3, M = 7, K = 13, N = 5;
+      int64_t Bt = 3, K = 13, N = 5;
       Tensor a = rnd(ta ? Shape{Bt, K, M} : Shape{Bt, M, K}, 1);
       Tensor b = rnd(tb ? Shape{Bt, N, K} : Shape{Bt, K, N}, 2);
       Tensor c = ops::matmul(a, b, ta, tb);
