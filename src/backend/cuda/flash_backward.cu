@@ -10,9 +10,9 @@ namespace lmtune {
 
 namespace {
 
-constexpr int kWarpsB = 4, kThreadsB = kWarpsB * 32;
-constexpr int kKeyTile = 64, kQueryTile = 32;  // dK/dV kernel
-constexpr int kRowTile = 64, kKeyStep = 64;    // dQ kernel
+constexpr int kWarpsB = 4, kThreadsB = kWarpsB * 32;     // 8 warps were slower on an H100
+constexpr int kKeyTile = 16 * kWarpsB, kQueryTile = 32;  // dK/dV kernel: keys per block, query rows per step
+constexpr int kRowTile = 16 * kWarpsB, kKeyStep = 64;    // dQ kernel: rows per block, keys per step
 constexpr float kLog2eB = 1.4426950408889634f;
 
 template <typename T>
@@ -69,6 +69,12 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
   const int64_t ldq = p.H * D, ldk = p.KV * D, bh = b * p.H + h;
   const T* qg = p.q + (b * p.T_ * p.H + h) * D;
   const T* dog = p.dout + (b * p.T_ * p.H + h) * D;
+  const uint32_t sk_a = flash::smem_addr(sk), sv_a = flash::smem_addr(sv), sq_a = flash::smem_addr(sq),
+                 sdo_a = flash::smem_addr(sdo);
+  constexpr uint32_t kQTileBytes = kQueryTile * D * sizeof(T);
+  const flash::TileLoader<kKeyTile, D, kThreadsB> kv_loader;
+  const flash::TileLoader<kQueryTile, D, kThreadsB> q_loader;
+  const flash::LaneAddr<D> la(lane);
 
   // Query rows that can see any key of [n0, n0 + 64).
   int64_t t_begin = 0, t_end = p.T_;
@@ -80,10 +86,10 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
   const int64_t qt_begin = t_begin / kQueryTile * kQueryTile;
   const int ntiles = int((t_end - qt_begin + kQueryTile - 1) / kQueryTile);
 
-  flash::load_tile<kKeyTile, D, kThreadsB>(sk, p.k + (b * p.S * p.KV + kvh) * D, ldk, n0, p.S);
-  flash::load_tile<kKeyTile, D, kThreadsB>(sv, p.v + (b * p.S * p.KV + kvh) * D, ldk, n0, p.S);
-  flash::load_tile<kQueryTile, D, kThreadsB>(sq, qg, ldq, qt_begin, p.T_);
-  flash::load_tile<kQueryTile, D, kThreadsB>(sdo, dog, ldq, qt_begin, p.T_);
+  kv_loader.load(sk_a, p.k + (b * p.S * p.KV + kvh) * D, ldk, n0, p.S);
+  kv_loader.load(sv_a, p.v + (b * p.S * p.KV + kvh) * D, ldk, n0, p.S);
+  q_loader.load(sq_a, qg, ldq, qt_begin, p.T_);
+  q_loader.load(sdo_a, dog, ldq, qt_begin, p.T_);
   load_row_stats(slse, sdelta, p, bh, qt_begin, kQueryTile);
   flash::cp_async_commit();
 
@@ -98,15 +104,14 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
     const int buf = it & 1;
     if (it + 1 < ntiles) {
       const int nb = buf ^ 1;
-      flash::load_tile<kQueryTile, D, kThreadsB>(sq + nb * kQueryTile * D, qg, ldq, qi0 + kQueryTile, p.T_);
-      flash::load_tile<kQueryTile, D, kThreadsB>(sdo + nb * kQueryTile * D, dog, ldq, qi0 + kQueryTile, p.T_);
+      q_loader.load(sq_a + nb * kQTileBytes, qg, ldq, qi0 + kQueryTile, p.T_);
+      q_loader.load(sdo_a + nb * kQTileBytes, dog, ldq, qi0 + kQueryTile, p.T_);
       load_row_stats(slse + nb * kQueryTile, sdelta + nb * kQueryTile, p, bh, qi0 + kQueryTile, kQueryTile);
     }
     flash::cp_async_commit();
     flash::cp_async_wait<1>();
     __syncthreads();
-    const T* qb = sq + buf * kQueryTile * D;
-    const T* dob = sdo + buf * kQueryTile * D;
+    const uint32_t qb = sq_a + buf * kQTileBytes, dob = sdo_a + buf * kQTileBytes;
     const float* lb = slse + buf * kQueryTile;
     const float* db = sdelta + buf * kQueryTile;
 
@@ -119,16 +124,15 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t ak[4], av[4];
-      flash::ldmatrix_x4(ak, sk + flash::swz<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
-      flash::ldmatrix_x4(av, sv + flash::swz<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+      flash::ldmatrix_x4(ak, la.a(sk_a, warp * 16, kk));
+      flash::ldmatrix_x4(av, la.a(sv_a, warp * 16, kk));
 #pragma unroll
       for (int np = 0; np < kQueryTile / 16; ++np) {
         uint32_t r[4];
-        int row = np * 16 + (lane / 16) * 8 + lane % 8, chunk = kk * 2 + (lane / 8) % 2;
-        flash::ldmatrix_x4(r, qb + flash::swz<D>(row, chunk));
+        flash::ldmatrix_x4(r, la.b(qb, np * 16, kk));
         flash::mma<T>(st[2 * np], ak, r[0], r[1]);
         flash::mma<T>(st[2 * np + 1], ak, r[2], r[3]);
-        flash::ldmatrix_x4(r, dob + flash::swz<D>(row, chunk));
+        flash::ldmatrix_x4(r, la.b(dob, np * 16, kk));
         flash::mma<T>(dpt[2 * np], av, r[0], r[1]);
         flash::mma<T>(dpt[2 * np + 1], av, r[2], r[3]);
       }
@@ -148,7 +152,7 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
           int64_t key = n0 + warp * 16 + quad_row + (e / 2) * 8, qpos = p.q_offset + qi0 + ql;
           if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) x = -INFINITY;
         }
-        float pv = exp2f(x);
+        float pv = flash::exp2_approx(x);
         st[n][e] = pv;
         dpt[n][e] = pv * (dpt[n][e] - db[ql]);
       }
@@ -167,11 +171,10 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t r[4];
-        int row = kq * 16 + lane % 8 + ((lane / 8) % 2) * 8, chunk = dp * 2 + lane / 16;
-        flash::ldmatrix_x4_trans(r, dob + flash::swz<D>(row, chunk));
+        flash::ldmatrix_x4_trans(r, la.t(dob, kq * 16, dp));
         flash::mma<T>(dv[2 * dp], ap, r[0], r[1]);
         flash::mma<T>(dv[2 * dp + 1], ap, r[2], r[3]);
-        flash::ldmatrix_x4_trans(r, qb + flash::swz<D>(row, chunk));
+        flash::ldmatrix_x4_trans(r, la.t(qb, kq * 16, dp));
         flash::mma<T>(dk[2 * dp], as, r[0], r[1]);
         flash::mma<T>(dk[2 * dp + 1], as, r[2], r[3]);
       }
@@ -209,6 +212,12 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
   const int64_t ldq = p.H * D, ldk = p.KV * D;
   const T* kg = p.k + (b * p.S * p.KV + kvh) * D;
   const T* vg = p.v + (b * p.S * p.KV + kvh) * D;
+  const uint32_t sq_a = flash::smem_addr(sq), sdo_a = flash::smem_addr(sdo), sk_a = flash::smem_addr(sk),
+                 sv_a = flash::smem_addr(sv);
+  constexpr uint32_t kKTileBytes = kKeyStep * D * sizeof(T);
+  const flash::TileLoader<kRowTile, D, kThreadsB> q_loader;
+  const flash::TileLoader<kKeyStep, D, kThreadsB> kv_loader;
+  const flash::LaneAddr<D> la(lane);
 
   const int64_t qfirst = p.q_offset + m0, qlast = p.q_offset + m0 + kRowTile - 1;
   int64_t s_begin = 0, s_end = p.S;
@@ -219,11 +228,11 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
   const int64_t n_begin = s_begin / kKeyStep * kKeyStep;
   const int nblocks = s_end > s_begin ? int((s_end - n_begin + kKeyStep - 1) / kKeyStep) : 0;
 
-  flash::load_tile<kRowTile, D, kThreadsB>(sq, p.q + (b * p.T_ * p.H + h) * D, ldq, m0, p.T_);
-  flash::load_tile<kRowTile, D, kThreadsB>(sdo, p.dout + (b * p.T_ * p.H + h) * D, ldq, m0, p.T_);
+  q_loader.load(sq_a, p.q + (b * p.T_ * p.H + h) * D, ldq, m0, p.T_);
+  q_loader.load(sdo_a, p.dout + (b * p.T_ * p.H + h) * D, ldq, m0, p.T_);
   if (nblocks > 0) {
-    flash::load_tile<kKeyStep, D, kThreadsB>(sk, kg, ldk, n_begin, p.S);
-    flash::load_tile<kKeyStep, D, kThreadsB>(sv, vg, ldk, n_begin, p.S);
+    kv_loader.load(sk_a, kg, ldk, n_begin, p.S);
+    kv_loader.load(sv_a, vg, ldk, n_begin, p.S);
   }
   flash::cp_async_commit();
 
@@ -242,14 +251,13 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
   for (int j = 0; j < nblocks; ++j) {
     const int64_t n0 = n_begin + int64_t(j) * kKeyStep;
     if (j + 1 < nblocks) {
-      flash::load_tile<kKeyStep, D, kThreadsB>(sk + ((j + 1) & 1) * kKeyStep * D, kg, ldk, n0 + kKeyStep, p.S);
-      flash::load_tile<kKeyStep, D, kThreadsB>(sv + ((j + 1) & 1) * kKeyStep * D, vg, ldk, n0 + kKeyStep, p.S);
+      kv_loader.load(sk_a + ((j + 1) & 1) * kKTileBytes, kg, ldk, n0 + kKeyStep, p.S);
+      kv_loader.load(sv_a + ((j + 1) & 1) * kKTileBytes, vg, ldk, n0 + kKeyStep, p.S);
     }
     flash::cp_async_commit();
     flash::cp_async_wait<1>();
     __syncthreads();
-    const T* kb = sk + (j & 1) * kKeyStep * D;
-    const T* vb = sv + (j & 1) * kKeyStep * D;
+    const uint32_t kb = sk_a + (j & 1) * kKTileBytes, vb = sv_a + (j & 1) * kKTileBytes;
 
     // S = Q K^T and dP = dO V^T for this warp's 16 rows and 64 keys.
     float s[kKeyStep / 8][4], dp[kKeyStep / 8][4];
@@ -260,16 +268,15 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t aq[4], ado[4];
-      flash::ldmatrix_x4(aq, sq + flash::swz<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
-      flash::ldmatrix_x4(ado, sdo + flash::swz<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+      flash::ldmatrix_x4(aq, la.a(sq_a, warp * 16, kk));
+      flash::ldmatrix_x4(ado, la.a(sdo_a, warp * 16, kk));
 #pragma unroll
       for (int np = 0; np < kKeyStep / 16; ++np) {
         uint32_t r[4];
-        int row = np * 16 + (lane / 16) * 8 + lane % 8, chunk = kk * 2 + (lane / 8) % 2;
-        flash::ldmatrix_x4(r, kb + flash::swz<D>(row, chunk));
+        flash::ldmatrix_x4(r, la.b(kb, np * 16, kk));
         flash::mma<T>(s[2 * np], aq, r[0], r[1]);
         flash::mma<T>(s[2 * np + 1], aq, r[2], r[3]);
-        flash::ldmatrix_x4(r, vb + flash::swz<D>(row, chunk));
+        flash::ldmatrix_x4(r, la.b(vb, np * 16, kk));
         flash::mma<T>(dp[2 * np], ado, r[0], r[1]);
         flash::mma<T>(dp[2 * np + 1], ado, r[2], r[3]);
       }
@@ -286,7 +293,7 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
           int64_t qpos = qfirst + warp * 16 + quad_row + (e / 2) * 8, key = n0 + n * 8 + quad_col * 2 + (e % 2);
           if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) x = -INFINITY;
         }
-        float pv = exp2f(x);
+        float pv = flash::exp2_approx(x);
         s[n][e] = pv * (dp[n][e] - dl[e / 2]);  // dS
       }
     }
@@ -300,7 +307,7 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
 #pragma unroll
       for (int dp2 = 0; dp2 < D / 16; ++dp2) {
         uint32_t r[4];
-        flash::ldmatrix_x4_trans(r, kb + flash::swz<D>(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, dp2 * 2 + lane / 16));
+        flash::ldmatrix_x4_trans(r, la.t(kb, kk * 16, dp2));
         flash::mma<T>(dq[2 * dp2], a, r[0], r[1]);
         flash::mma<T>(dq[2 * dp2 + 1], a, r[2], r[3]);
       }
@@ -376,7 +383,7 @@ bool flash_attention_backward(const AttentionBackwardArgs& ab) {
   if (!flash_enabled() || !half || (a.head_dim != 64 && a.head_dim != 128)) return false;
   for (const void* ptr : {a.q, a.k, a.v, ab.dout, static_cast<const void*>(ab.dq)})
     if (!aligned16(ptr)) return false;
-  if (a.n_head > 65535 || a.B > 65535) return false;
+  if (a.n_head > 65535 || a.B > 65535 || !(a.scale > 0.f)) return false;
   if (a.dtype == DType::bf16) {
     if (a.head_dim == 64)
       launch_flash_bwd<bf16, 64>(ab);

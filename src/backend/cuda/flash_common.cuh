@@ -24,25 +24,24 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
   }
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-  uint32_t addr = uint32_t(__cvta_generic_to_shared(smem));
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-  uint32_t addr = uint32_t(__cvta_generic_to_shared(smem));
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
 
 // 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src must still be mapped).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  uint32_t addr = uint32_t(__cvta_generic_to_shared(smem));
+__device__ __forceinline__ void cp_async16(uint32_t saddr, const void* gmem, bool valid) {
   int src_size = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(src_size));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gmem), "r"(src_size));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -62,24 +61,70 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   }
 }
 
-// Element offset of 16-byte chunk `chunk` of row `row` in a (rows, D) tile: the chunk index is
-// XORed with row % 8 so that ldmatrix's 8 rows hit 8 different bank groups.
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
-// Copies rows [row0, row0 + ROWS) of a (nrows, D) matrix with row stride ld into a swizzled tile;
-// rows past nrows read as zeros. All threads of the block take part.
-template <int ROWS, int D, int THREADS, typename T>
-__device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t ld, int64_t row0, int64_t nrows) {
-  constexpr int kChunks = D / 8;
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
-    int r = i / kChunks, c = i % kChunks;
-    int64_t gr = row0 + r;
-    bool valid = gr >= 0 && gr < nrows;
-    cp_async16(tile + swz<D>(r, c), g + (valid ? gr : 0) * ld + c * 8, valid);
+// Tiles are (rows, D) halves in shared memory with 16-byte chunk c of row r stored at chunk
+// c ^ (r % 8), so that the 8 rows one ldmatrix reads hit 8 different bank groups.
+//
+// Copies rows [row0, row0 + ROWS) of a (nrows, D) matrix with row stride ld into a tile; rows
+// past nrows read as zeros. Each thread keeps one chunk column, so its shared and global
+// offsets are computed once (rows per step are a multiple of 8: the swizzle is invariant).
+template <int ROWS, int D, int THREADS>
+struct TileLoader {
+  static constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks, kIters = ROWS / kRowStep;
+  static_assert(THREADS % kChunks == 0 && ROWS % kRowStep == 0 && kRowStep % 8 == 0, "tile shape");
+  int r0, col;
+  uint32_t soff;  // bytes
+  __device__ __forceinline__ TileLoader() {
+    int c = int(threadIdx.x) % kChunks;
+    r0 = int(threadIdx.x) / kChunks;
+    col = c * 8;
+    soff = uint32_t(r0 * D + ((c ^ (r0 & 7)) << 3)) * 2u;
   }
+  template <typename T>
+  __device__ __forceinline__ void load(uint32_t tile, const T* g, int64_t ld, int64_t row0, int64_t nrows) const {
+    const T* src = g + (row0 + r0) * ld + col;
+    int64_t left = nrows - row0 - r0;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      bool valid = k * kRowStep < left;
+      cp_async16(tile + soff + uint32_t(k * kRowStep * D * 2), valid ? src + k * kRowStep * ld : g, valid);
+    }
+  }
+};
+
+// Per-lane ldmatrix addresses for the three ways the kernels read a 16x16 block of a tile
+// whose first row is a multiple of 16, at 16-column step kk:
+//   a: rows r0 + lane % 16, chunks 2kk + lane / 16 (A operand, row-major);
+//   b: rows r0 + (lane / 16) * 8 + lane % 8, chunks 2kk + (lane / 8) % 2 (B operand of X^T);
+//   t: rows r0 + lane % 8 + ((lane / 8) % 2) * 8, chunks 2kk + lane / 16 (B operand, .trans).
+// Row r0 + i has i % 8 == lane % 8 in each, so the swizzle is an XOR with a lane constant.
+template <int D>
+struct LaneAddr {
+  static constexpr uint32_t kRowBytes = D * 2;
+  uint32_t row_a, row_b, row_t, x_a, x_b;
+  __device__ __forceinline__ explicit LaneAddr(int lane) {
+    uint32_t l = uint32_t(lane), lx = l & 7u;
+    x_a = (l >> 4) ^ lx;
+    x_b = ((l >> 3) & 1u) ^ lx;
+    row_a = (l & 15u) * kRowBytes;
+    row_b = (((l >> 4) << 3) + lx) * kRowBytes;
+    row_t = (lx + (((l >> 3) & 1u) << 3)) * kRowBytes;
+  }
+  __device__ __forceinline__ uint32_t a(uint32_t tile, int r0, int kk) const {
+    return tile + uint32_t(r0) * kRowBytes + row_a + ((uint32_t(2 * kk) ^ x_a) << 4);
+  }
+  __device__ __forceinline__ uint32_t b(uint32_t tile, int r0, int kk) const {
+    return tile + uint32_t(r0) * kRowBytes + row_b + ((uint32_t(2 * kk) ^ x_b) << 4);
+  }
+  __device__ __forceinline__ uint32_t t(uint32_t tile, int r0, int kk) const {
+    return tile + uint32_t(r0) * kRowBytes + row_t + ((uint32_t(2 * kk) ^ x_a) << 4);
+  }
+};
+
+// 2^x with one MUFU instruction (flush-to-zero; 2^-inf = 0), as flash attention uses it.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ bool visible(bool causal, int64_t window, int64_t qpos, int64_t s) {

@@ -11,7 +11,7 @@ namespace lmtune {
 
 namespace {
 
-constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreadsFlash = kWarps * 32;
+constexpr int kRows = 64, kKeys = 64, kThreadsFlash = 128;  // 4 warps of 16 rows
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 template <typename T>
@@ -26,6 +26,8 @@ struct FwdParams {
   float scale_log2;  // scale * log2(e): scores live in the log2 domain
 };
 
+// Two blocks per SM at D = 128 (registers). Tried and slower on an H100: capping registers for
+// a third block (spills), parking Q in a K buffer (serializes the first tile), 8 warps.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -39,6 +41,11 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
   const T* qg = p.q + (b * p.T_ * p.H + h) * D;
   const T* kg = p.k + (b * p.S * p.KV + kvh) * D;
   const T* vg = p.v + (b * p.S * p.KV + kvh) * D;
+  const uint32_t sq_a = flash::smem_addr(sq), sk_a = flash::smem_addr(sk), sv_a = flash::smem_addr(sv);
+  constexpr uint32_t kTileBytes = kKeys * D * sizeof(T);
+  const flash::TileLoader<kRows, D, kThreadsFlash> q_loader;
+  const flash::TileLoader<kKeys, D, kThreadsFlash> kv_loader;
+  const flash::LaneAddr<D> la(lane);
 
   // Keys any row of this block may see: [n_begin, s_end), in tiles of 64.
   const int64_t qfirst = p.q_offset + m0, qlast = p.q_offset + m0 + kRows - 1;
@@ -50,10 +57,10 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
   const int64_t n_begin = s_begin / kKeys * kKeys;
   const int nblocks = s_end > s_begin ? int((s_end - n_begin + kKeys - 1) / kKeys) : 0;
 
-  flash::load_tile<kRows, D, kThreadsFlash>(sq, qg, ldq, m0, p.T_);
+  q_loader.load(sq_a, qg, ldq, m0, p.T_);
   if (nblocks > 0) {
-    flash::load_tile<kKeys, D, kThreadsFlash>(sk, kg, ldk, n_begin, p.S);
-    flash::load_tile<kKeys, D, kThreadsFlash>(sv, vg, ldk, n_begin, p.S);
+    kv_loader.load(sk_a, kg, ldk, n_begin, p.S);
+    kv_loader.load(sv_a, vg, ldk, n_begin, p.S);
   }
   flash::cp_async_commit();
 
@@ -66,19 +73,17 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
   for (int j = 0; j < nblocks; ++j) {
     const int64_t n0 = n_begin + int64_t(j) * kKeys;
     if (j + 1 < nblocks) {
-      flash::load_tile<kKeys, D, kThreadsFlash>(sk + ((j + 1) & 1) * kKeys * D, kg, ldk, n0 + kKeys, p.S);
-      flash::load_tile<kKeys, D, kThreadsFlash>(sv + ((j + 1) & 1) * kKeys * D, vg, ldk, n0 + kKeys, p.S);
+      kv_loader.load(sk_a + ((j + 1) & 1) * kTileBytes, kg, ldk, n0 + kKeys, p.S);
+      kv_loader.load(sv_a + ((j + 1) & 1) * kTileBytes, vg, ldk, n0 + kKeys, p.S);
     }
     flash::cp_async_commit();
     flash::cp_async_wait<1>();
     __syncthreads();
     if (j == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        flash::ldmatrix_x4(qf[kk], sq + flash::swz<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+      for (int kk = 0; kk < D / 16; ++kk) flash::ldmatrix_x4(qf[kk], la.a(sq_a, warp * 16, kk));
     }
-    const T* kb = sk + (j & 1) * kKeys * D;
-    const T* vb = sv + (j & 1) * kKeys * D;
+    const uint32_t kb = sk_a + (j & 1) * kTileBytes, vb = sv_a + (j & 1) * kTileBytes;
 
     // S (16 rows of this warp, 64 keys) = Q K^T
     float s[kKeys / 8][4];
@@ -89,25 +94,23 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
 #pragma unroll
       for (int np = 0; np < kKeys / 16; ++np) {
         uint32_t r[4];
-        flash::ldmatrix_x4(r, kb + flash::swz<D>(np * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
+        flash::ldmatrix_x4(r, la.b(kb, np * 16, kk));
         flash::mma<T>(s[2 * np], qf[kk], r[0], r[1]);
         flash::mma<T>(s[2 * np + 1], qf[kk], r[2], r[3]);
       }
     }
 
-    // Scale into the log2 domain; mask only tiles that straddle a boundary.
+    // Mask only tiles that straddle a boundary; scores stay unscaled until the exponent.
     const bool full =
         n0 + kKeys <= p.S && (!p.causal || (n0 + kKeys - 1 <= qfirst && (p.window <= 0 || qlast - n0 < p.window)));
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = s[n][e] * p.scale_log2;
         if (!full) {
           int64_t qpos = qfirst + warp * 16 + quad_row + (e / 2) * 8, key = n0 + n * 8 + quad_col * 2 + (e % 2);
-          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) x = -INFINITY;
+          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) s[n][e] = -INFINITY;
         }
-        s[n][e] = x;
       }
     }
 
@@ -120,8 +123,9 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       float m_new = fmaxf(row_max[r], mx);
-      float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet stays at zero
-      float alpha = exp2f(row_max[r] - m_use);
+      // In the log2 domain; a row with nothing visible yet keeps a zero offset.
+      float m_use = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
+      float alpha = flash::exp2_approx(row_max[r] * p.scale_log2 - m_use);
       row_max[r] = m_new;
       row_sum[r] *= alpha;
 #pragma unroll
@@ -131,8 +135,8 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
       }
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n) {
-        s[n][2 * r] = exp2f(s[n][2 * r] - m_use);
-        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] - m_use);
+        s[n][2 * r] = flash::exp2_approx(fmaf(s[n][2 * r], p.scale_log2, -m_use));
+        s[n][2 * r + 1] = flash::exp2_approx(fmaf(s[n][2 * r + 1], p.scale_log2, -m_use));
         row_sum[r] += s[n][2 * r] + s[n][2 * r + 1];
       }
     }
@@ -146,7 +150,7 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t r[4];
-        flash::ldmatrix_x4_trans(r, vb + flash::swz<D>(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, dp * 2 + lane / 16));
+        flash::ldmatrix_x4_trans(r, la.t(vb, kk * 16, dp));
         flash::mma<T>(o[2 * dp], a, r[0], r[1]);
         flash::mma<T>(o[2 * dp + 1], a, r[2], r[3]);
       }
@@ -167,7 +171,8 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
 #pragma unroll
       for (int d = 0; d < D / 8; ++d)
         *reinterpret_cast<uint32_t*>(orow + d * 8) = flash::pack2<T>(o[d][2 * r] * inv, o[d][2 * r + 1] * inv);
-      if (quad_col == 0) p.lse[(b * p.H + h) * p.T_ + row] = l > 0.f ? (row_max[r] + log2f(l)) * kLn2 : -INFINITY;
+      if (quad_col == 0)
+        p.lse[(b * p.H + h) * p.T_ + row] = l > 0.f ? (row_max[r] * p.scale_log2 + log2f(l)) * kLn2 : -INFINITY;
     }
   }
 }
@@ -210,7 +215,7 @@ bool flash_attention_forward(const AttentionArgs& a) {
   bool half = a.dtype == DType::bf16 || a.dtype == DType::f16;
   if (!flash_enabled() || !half || (a.head_dim != 64 && a.head_dim != 128)) return false;
   if (!aligned16(a.q) || !aligned16(a.k) || !aligned16(a.v) || !aligned16(a.out)) return false;
-  if (a.n_head > 65535 || a.B > 65535) return false;
+  if (a.n_head > 65535 || a.B > 65535 || !(a.scale > 0.f)) return false;
   if (a.dtype == DType::bf16) {
     if (a.head_dim == 64)
       launch_flash_fwd<bf16, 64>(a);
