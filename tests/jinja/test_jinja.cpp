@@ -69,7 +69,10 @@ TEST(Jinja, AttributesAndSubscripts) {
   EXPECT_EQ(render("{{ l[0] }} {{ l[-1] }} {{ l[1:3] }} {{ l[::-1] }} {{ l[::2] }} {{ l[-2:] }} {{ l.1 }}", ctx),
             "1 5 [2, 3] [5, 4, 3, 2, 1] [1, 3, 5] [4, 5] 2");
   EXPECT_EQ(render("{{ 'hello'[1:] }} {{ 'hello'[::-1] }} {{ 'h\xc3\xa9llo'[1] }}"), "ello olleh \xc3\xa9");
-  EXPECT_EQ(render("{{ m.nope.deeper is defined }}", ctx), "False");
+  // As jinja2's default Undefined: looking inside an undefined value fails.
+  EXPECT_NE(error_of("{{ m.nope.deeper is defined }}", ctx).find("'nope'"), std::string::npos);
+  EXPECT_NE(error_of("{{ foo.bar }}").find("'foo' is undefined"), std::string::npos);
+  EXPECT_EQ(render("{{ (foo|default({})).bar }}|{{ l[9] is defined }}|{{ foo|length }}", ctx), "|False|0");
 }
 
 TEST(Jinja, IfElifElse) {
@@ -103,6 +106,8 @@ TEST(Jinja, ScopingAndNamespace) {
             "4");
   EXPECT_EQ(render("{% if true %}{% set y = 3 %}{% endif %}{{ y }}"), "3");
   EXPECT_EQ(render("{% set a, b = 1, 2 %}{{ a }}{{ b }}"), "12");
+  // Body assignments are per iteration: x reads the outer value each time.
+  EXPECT_EQ(render("{% set x = 0 %}{% for i in [1, 2] %}{{ x }}{% set x = i %}{% endfor %}{{ x }}"), "000");
   EXPECT_EQ(render("{% set block %}hi {{ 1 }}{% endset %}[{{ block }}]"), "[hi 1]");
 }
 

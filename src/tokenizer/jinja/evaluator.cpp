@@ -169,6 +169,7 @@ Evaluator::Flow Evaluator::exec_for(const Stmt& s, std::string& out) {
   }
   const int64_t n = int64_t(items.size());
   for (int64_t k = 0; k < n; ++k) {
+    frames_.back().vars.clear();  // jinja2: assignments in the body do not carry to the next iteration
     unpack(s.targets, items[k], s.pos);
     Value loop = Value::dict();
     auto& e = loop.map().entries;
@@ -310,6 +311,16 @@ Value Evaluator::eval_call(const Expr& e) {
   return call(fn, args);
 }
 
+// jinja2's default Undefined: printing, testing and iterating are fine, but looking inside
+// fails ("'foo' is undefined"), so `foo.bar is defined` raises when foo is missing.
+Value Evaluator::defined(const Expr& e) {
+  Value v = eval(e);
+  if (!v.is_undefined()) return v;
+  if (e.kind == ExprKind::Name) error(e.pos, "'" + e.name + "' is undefined");
+  if (e.kind == ExprKind::GetAttr) error(e.pos, "undefined attribute '" + e.name + "' has no attributes or items");
+  error(e.pos, "undefined value has no attributes or items");
+}
+
 Value Evaluator::eval_inner(const Expr& e) {
   switch (e.kind) {
     case ExprKind::Literal: return e.literal;
@@ -330,10 +341,13 @@ Value Evaluator::eval_inner(const Expr& e) {
       }
       return d;
     }
-    case ExprKind::GetAttr: return get_attr(eval(*e.args[0]), e.name);
-    case ExprKind::GetItem: return get_item(eval(*e.args[0]), eval(*e.args[1]));
+    case ExprKind::GetAttr: return get_attr(defined(*e.args[0]), e.name);
+    case ExprKind::GetItem: {
+      Value obj = defined(*e.args[0]);
+      return get_item(obj, eval(*e.args[1]));
+    }
     case ExprKind::Slice: {
-      Value obj = eval(*e.args[0]);
+      Value obj = defined(*e.args[0]);
       Value parts[3];
       for (int k = 0; k < 3; ++k)
         if (e.args[k + 1]) parts[k] = eval(*e.args[k + 1]);

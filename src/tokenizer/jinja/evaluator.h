@@ -36,6 +36,7 @@ class Evaluator {
   void exec_set(const Stmt& s, std::string& out);
   Value call_macro(const Stmt& s, CallArgs& args);
   Value eval_inner(const Expr& e);
+  Value defined(const Expr& e);  // eval, failing when the value is undefined
   Value eval_call(const Expr& e);
   Value binary(const Expr& e);
   void collect_args(const Expr& e, size_t first, CallArgs& args);
