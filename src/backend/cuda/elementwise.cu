@@ -172,6 +172,7 @@ __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* out, int64
     out[i] = from_f32<T>(binary_apply(op, to_f32(a[i]), to_f32(b[i % nb])));
 }
 
+// dst (n) = value.
 template <typename T, int V>
 __global__ void fill_kernel(T* dst, int64_t n, T value) {
   int64_t nv = n / V;
@@ -182,6 +183,7 @@ __global__ void fill_kernel(T* dst, int64_t n, T value) {
   for (int64_t i = nv * V + global_tid(); i < n; i += grid_stride()) dst[i] = value;
 }
 
+// dst (n) in D = src (n) in S, through f32.
 template <typename S, typename D, int V>
 __global__ void cast_kernel(const S* src, D* dst, int64_t n) {
   int64_t nv = n / V;

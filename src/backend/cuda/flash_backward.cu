@@ -17,12 +17,12 @@ constexpr float kLog2eB = 1.4426950408889634f;
 
 template <typename T>
 struct BwdParams {
-  const T *q, *k, *v, *dout;
-  const float* lse;        // (B, H, T), natural log
-  const float* delta;      // (B, H, T): rowsum(dout * out)
-  float *dk_acc, *dv_acc;  // f32 (B, S, KV, D), zeroed
-  T* dq;
-  int64_t T_, S, H, KV, G, q_offset, window;
+  const T *q, *k, *v, *dout;                  // q, dout (B, T, H, D); k, v (B, S, KV, D)
+  const float* lse;                           // (B, H, T), natural log
+  const float* delta;                         // (B, H, T): rowsum(dout * out)
+  float *dk_acc, *dv_acc;                     // f32 (B, S, KV, D), zeroed
+  T* dq;                                      // (B, T, H, D)
+  int64_t T_, S, H, KV, G, q_offset, window;  // G = H / KV
   bool causal;
   float scale, scale_log2;
 };
@@ -55,6 +55,8 @@ __device__ __forceinline__ void load_row_stats(float* slse, float* sdelta, const
   }
 }
 
+// Grid (S / 64, H, B): keys [64 x, 64 x + 64) of query head y in batch z; adds dK, dV into
+// the f32 accumulators of kv head y / G.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -199,6 +201,7 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
   }
 }
 
+// Grid (T / 64, H, B): dq rows of 64 queries of head y in batch z, written in T.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];

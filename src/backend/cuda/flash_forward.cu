@@ -16,14 +16,14 @@ constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 template <typename T>
 struct FwdParams {
-  const T* q;
-  const T* k;
-  const T* v;
-  T* o;
-  float* lse;
-  int64_t T_, S, H, KV, G, q_offset, window;
+  const T* q;                                 // (B, T, H, D)
+  const T* k;                                 // (B, S, KV, D)
+  const T* v;                                 // (B, S, KV, D)
+  T* o;                                       // (B, T, H, D)
+  float* lse;                                 // f32 (B, H, T), natural log
+  int64_t T_, S, H, KV, G, q_offset, window;  // G = H / KV query heads per kv head
   bool causal;
-  float scale_log2;  // scale * log2(e): scores live in the log2 domain
+  float scale_log2;  // scale * log2(e): the exponent is taken in the log2 domain
 };
 
 // Two blocks per SM at D = 128 (registers). Tried and slower on an H100: capping registers for

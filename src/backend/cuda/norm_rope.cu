@@ -16,6 +16,7 @@ __global__ void embedding_kernel(const U* weight, const int32_t* ids, U* out, in
   }
 }
 
+// dweight f32 (V, D) += dout (N, D) scattered by ids i32 (N).
 template <typename T>
 __global__ void embedding_backward_kernel(const T* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D) {
   int64_t total = N * D;
@@ -25,7 +26,8 @@ __global__ void embedding_backward_kernel(const T* dout, const int32_t* ids, flo
   }
 }
 
-// One block per row (grid-stride); V elements per access when dim % V == 0.
+// out (rows, dim) = x (rows, dim) * rstd * w (dim); rstd f32 (rows). One block per row
+// (grid-stride); V elements per access when dim % V == 0.
 template <typename T, int V>
 __global__ void rms_norm_kernel(const T* x, const T* w, T* out, float* rstd, int64_t rows, int64_t dim, float eps) {
   __shared__ float smem[32];
@@ -90,6 +92,7 @@ __global__ void rms_norm_backward_kernel(const T* x, const T* w, const float* rs
   }
 }
 
+// out f32 (dim) = sum over rows of partial f32 (nrows, dim).
 __global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nrows, int64_t dim) {
   for (int64_t j = global_tid(); j < dim; j += grid_stride()) {
     float acc = 0.f;
@@ -98,6 +101,7 @@ __global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nr
   }
 }
 
+// x, out (B, T, H, D); inv_freq f32 (D / 2); one thread per rotated pair, total = B T H D/2.
 template <typename T>
 __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T_, int64_t H, int64_t D,
                             int64_t pos_offset, float mscale, bool inverse, int64_t total) {

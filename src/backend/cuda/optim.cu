@@ -15,6 +15,7 @@ struct AdamW {
   }
 };
 
+// p, g, m, v f32 (n).
 template <int V>
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, AdamW opt) {
   int64_t nv = n / V;

@@ -40,6 +40,7 @@ __global__ void col_sum_kernel(const T* x, O* out, float* partial, int64_t outer
   }
 }
 
+// out (total) = sum over splits of partial f32 (splits, total).
 template <typename O>
 __global__ void sum_partials_kernel(const float* partial, O* out, int64_t total, int splits) {
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {

@@ -27,6 +27,7 @@ __device__ __forceinline__ void map_row(const T* in, T* out, int64_t n, G&& g) {
   }
 }
 
+// y (rows, n) = softmax(x (rows, n)) along n.
 template <typename T, int V>
 __global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t n) {
   __shared__ float smem[64];
@@ -40,6 +41,7 @@ __global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t n) {
   }
 }
 
+// dx (rows, n) = y * (dy - sum(dy * y)); y, dy (rows, n).
 template <typename T, int V>
 __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t rows, int64_t n) {
   __shared__ float smem[32];
@@ -62,6 +64,7 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
   }
 }
 
+// logits (N, nv); targets i32 (N); loss, lse f32 (N).
 template <typename T, int V>
 __global__ void cross_entropy_kernel(const T* logits, const int32_t* targets, float* loss, float* lse, int64_t N,
                                      int64_t nv) {
@@ -80,6 +83,7 @@ __global__ void cross_entropy_kernel(const T* logits, const int32_t* targets, fl
   }
 }
 
+// dlogits (N, nv) = (softmax(logits) - onehot(target)) * dloss; lse, dloss f32 (N).
 template <typename T, int V>
 __global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* targets, const float* lse,
                                               const float* dloss, T* dlogits, int64_t N, int64_t nv) {
