@@ -51,8 +51,8 @@ TEST_P(Golden, LogitsLossAndGradients) {
   // Logits and loss: ours <= 2 x theirs + 5e-3. Gradients: each <= 4 x theirs + 5e-3, because a
   // bias gradient is a sum over the batch's tokens with cancellation, so on such small tensors
   // the two errors are independent draws whose ratio can exceed 2 (seen on the H100, qwen2_bias_tied:
-  // a q_proj bias gradient at 0.044 against their 0.012, while every other gradient met 2x + 5e-3
-  // ); and, so that we are not systematically worse, the median over all gradients of
+  // a q_proj bias gradient at 0.044 against their 0.012, while every other gradient met 2x + 5e-3);
+  // and, so that we are not systematically worse, the median over all gradients of
   // ours / theirs must be at most 2.
   std::map<std::string, std::string> meta = ref.metadata();
   auto torch_err = [&](const char* key, const std::string& grad_name) {

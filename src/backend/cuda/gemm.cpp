@@ -104,11 +104,18 @@ void CudaBackend::gemm_ex(const GemmArgs& g, DType c_dt) {
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
   size_t es = dtype_size(g.dtype), cs = dtype_size(c_dt);
   if (g.K == 0) {
-    // cuBLASLt wants K >= 1; C = beta * C, with beta 0 meaning overwrite (never read C).
-    LMT_CHECK(g.beta == 0.f, "[gemm] cuda: K = 0 with beta != 0 is not supported");
-    for (int64_t i = 0; i < g.batch; ++i)
-      LMT_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(g.c) + i * g.stride_c * cs, size_t(g.ldc) * cs, 0,
-                                       size_t(g.N) * cs, size_t(g.M), stream_));
+    // cuBLASLt wants K >= 1, and C = beta * C here; beta 0 overwrites without reading C.
+    for (int64_t i = 0; i < g.batch; ++i) {
+      char* c = static_cast<char*>(g.c) + i * g.stride_c * cs;
+      if (g.beta == 0.f) {
+        LMT_CUDA_CHECK(cudaMemset2DAsync(c, size_t(g.ldc) * cs, 0, size_t(g.N) * cs, size_t(g.M), stream_));
+      } else if (g.ldc == g.N) {
+        unary(UnaryOp::scale, c, c, g.M * g.N, g.beta, c_dt);
+      } else {
+        for (int64_t r = 0; r < g.M; ++r)
+          unary(UnaryOp::scale, c + r * g.ldc * cs, c + r * g.ldc * cs, g.N, g.beta, c_dt);
+      }
+    }
     return;
   }
   LMT_CHECK(g.batch <= INT32_MAX, "[gemm] cuda: batch ", g.batch, " exceeds cuBLASLt's int32 limit");
