@@ -17,6 +17,7 @@ struct Command {
 
 const Command kCommands[] = {
     {"inspect", "Print a model folder's configuration and tensors", lmtune::cli::run_inspect},
+    {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},
 };
 
 void print_help() {
