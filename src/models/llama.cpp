@@ -48,6 +48,7 @@ nn::Linear LlamaModel::linear(const std::string& prefix) const {
   nn::Linear l{weight(prefix + ".weight"), {}};
   auto it = weights_.find(prefix + ".bias");
   if (it != weights_.end()) l.bias = it->second;
+  if (auto a = adapters_.find(prefix); a != adapters_.end()) l.adapter = &a->second;
   return l;
 }
 

@@ -8,6 +8,7 @@
 
 #include "core/tensor.h"
 #include "models/config.h"
+#include "nn/lora.h"
 
 namespace lmtune {
 
@@ -38,11 +39,17 @@ class Model {
 
   void set_grad_checkpoint(bool on) { grad_checkpoint_ = on; }
 
+  // LoRA / DoRA adapters by linear-layer prefix ("model.layers.3.self_attn.q_proj"); the family's
+  // linear layers use them in forward (train/adapters.h attaches, saves and loads them).
+  std::map<std::string, nn::LoraAdapter>& adapters() { return adapters_; }
+  const std::map<std::string, nn::LoraAdapter>& adapters() const { return adapters_; }
+
  protected:
   virtual void on_weights_set() {}
   ModelConfig cfg_;
   std::map<std::string, Tensor> weights_;
   bool grad_checkpoint_ = false;
+  std::map<std::string, nn::LoraAdapter> adapters_;
 };
 
 // The family for cfg.model_type (llama, mistral, qwen2), without weights.

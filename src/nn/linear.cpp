@@ -2,6 +2,9 @@
 
 namespace lmtune::nn {
 
-Tensor Linear::forward(const Tensor& x) const { return ag::linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) const {
+  if (adapter) return lora_forward(x, weight, bias, *adapter);
+  return ag::linear(x, weight, bias);
+}
 
 }  // namespace lmtune::nn

@@ -2,12 +2,14 @@
 // LoRA / DoRA adapters attach here so that models never see the difference.
 #pragma once
 #include "autograd/functions.h"
+#include "nn/lora.h"
 
 namespace lmtune::nn {
 
 struct Linear {
   Tensor weight;  // (out, in)
   Tensor bias;    // (out) or undefined
+  const LoraAdapter* adapter = nullptr;  // a LoRA / DoRA adapter owned by the model, or null
 
   Tensor forward(const Tensor& x) const;
   int64_t in_features() const { return weight.dim(1); }

@@ -1,0 +1,86 @@
+// LoRA / DoRA forward. The adapter path runs in f32: x is cast to f32 once (a no-op on the CPU,
+// where everything is f32), the two thin matmuls run against the f32 lora_a / lora_b, and only
+// the (..., out) result is cast back to the base dtype. So the parameter gradients are computed
+// in f32 directly from f32 operands (no bf16 rounding of a rank-r gradient), at the cost of one
+// f32 copy of the layer input, and no mixed-dtype matmul is needed in the backends.
+#include "nn/lora.h"
+
+#include <cmath>
+#include <random>
+
+#include "core/error.h"
+
+namespace lmtune::nn {
+
+namespace {
+
+// mlx.nn.Dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p).
+Tensor dropout_mask(const Shape& shape, float p, uint64_t seed, Device dev) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  std::vector<float> m(size_t(numel_of(shape)));
+  float keep = 1.f / (1.f - p);
+  for (float& v : m) v = u(rng) < 1.f - p ? keep : 0.f;
+  return ops::to(Tensor::from_f32(m, shape), dev);
+}
+
+}  // namespace
+
+Tensor dora_row_norms(const Tensor& weight, const Tensor& lora_a, const Tensor& lora_b, float scale) {
+  ag::NoGradGuard no_grad;
+  Tensor w = ops::cast(weight.detach(), DType::f32);  // (out, in)
+  if (lora_a.defined() && lora_b.defined()) {
+    // W + scale * lora_b^T @ lora_a^T: (out, r) @ (r, in)
+    Tensor delta = ops::matmul(lora_b.detach(), lora_a.detach(), true, true);
+    w = ops::axpby(w, delta, 1.f, scale);
+  }
+  Tensor sq = ops::sum_axis(ops::unary(UnaryOp::square, w), 1, DType::f32);  // (out)
+  return ops::unary(UnaryOp::sqrt, sq);
+}
+
+LoraAdapter make_lora_adapter(const Tensor& weight, AdapterKind kind, int64_t rank, float scale, float dropout,
+                              uint64_t seed) {
+  LMT_CHECK(weight.ndim() == 2, "[lora] base weight must be (out, in), got ", weight.describe());
+  LMT_CHECK(rank > 0, "[lora] rank must be positive, got ", rank);
+  LMT_CHECK(dropout >= 0.f && dropout < 1.f, "[lora] dropout must be in [0, 1), got ", dropout);
+  int64_t out = weight.dim(0), in = weight.dim(1);
+  float bound = 1.f / std::sqrt(float(in));
+  LoraAdapter a;
+  a.kind = kind;
+  a.scale = scale;
+  a.dropout = dropout;
+  a.lora_a = ag::param(ops::uniform({in, rank}, seed, -bound, bound, DType::f32, weight.device()));
+  a.lora_b = ag::param(ops::zeros({rank, out}, DType::f32, weight.device()));
+  if (kind == AdapterKind::dora) a.m = ag::param(dora_row_norms(weight, {}, {}, scale));
+  return a;
+}
+
+Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a) {
+  LMT_CHECK(a.lora_a.defined() && a.lora_b.defined(), "[lora] adapter without lora_a / lora_b");
+  LMT_CHECK(a.lora_a.dim(0) == weight.dim(1) && a.lora_b.dim(1) == weight.dim(0) &&
+                a.lora_a.dim(1) == a.lora_b.dim(0),
+            "[lora] lora_a ", a.lora_a.describe(), " and lora_b ", a.lora_b.describe(), " do not fit weight ",
+            weight.describe());
+  bool dora = a.kind == AdapterKind::dora;
+  DType dt = x.dtype();
+  // DoRA adds the bias after the magnitude rescaling, so its base product has none.
+  Tensor y = ag::linear(x, weight, dora ? Tensor() : bias);
+  Tensor xf = ag::cast(x, DType::f32);
+  if (a.dropout > 0.f && ag::grad_enabled()) {
+    uint64_t seed = a.dropout_seed ? (*a.dropout_seed)++ : 0x5eedull;
+    xf = ag::mul(xf, dropout_mask(xf.shape(), a.dropout, seed, xf.device()));
+  }
+  Tensor z = ag::matmul(ag::matmul(xf, a.lora_a), a.lora_b);  // f32 (..., out)
+  Tensor out = ag::add(y, ag::cast(ag::scale(z, a.scale), dt));
+  if (!dora) return out;
+  LMT_CHECK(a.m.defined() && a.m.numel() == weight.dim(0), "[dora] magnitude m missing or of the wrong size");
+  // m / stop_gradient(||W + scale B^T A^T||_row): the denominator carries no gradient.
+  Tensor inv = ops::div(ops::full({weight.dim(0)}, 1.f, DType::f32, weight.device()),
+                        dora_row_norms(weight, a.lora_a, a.lora_b, a.scale));
+  Tensor norm_scale = ag::mul(a.m, inv);  // f32 (out)
+  out = ag::mul(out, ag::cast(norm_scale, dt));
+  if (bias.defined()) out = ag::add(out, bias);
+  return out;
+}
+
+}  // namespace lmtune::nn

@@ -1,0 +1,37 @@
+// LoRA and DoRA adapters on a linear layer, exactly as mlx-lm defines them (tuner/lora.py,
+// tuner/dora.py): y = W x + scale * ((dropout(x) @ lora_a) @ lora_b), and DoRA rescales that
+// by m / stop_gradient(||W + scale * lora_b^T lora_a^T||_row) before the bias.
+#pragma once
+#include <cstdint>
+
+#include "autograd/functions.h"
+
+namespace lmtune::nn {
+
+enum class AdapterKind { lora, dora };
+
+// The trainable tensors of one adapted linear layer; all f32 whatever the base dtype, so that
+// gradients and optimizer state are f32 (DESIGN.md, Precision).
+struct LoraAdapter {
+  AdapterKind kind = AdapterKind::lora;
+  Tensor lora_a;  // f32 (in, r), U(-1/sqrt(in), 1/sqrt(in)) at creation
+  Tensor lora_b;  // f32 (r, out), zeros at creation
+  Tensor m;       // f32 (out): DoRA's magnitude (row norms of W at creation); undefined for LoRA
+  float scale = 20.f;    // the multiplier itself (PEFT's lora_alpha / r)
+  float dropout = 0.f;   // on the adapter's input only, as mlx-lm; active only while grad is on
+  uint64_t* dropout_seed = nullptr;  // advanced by each dropout draw; null uses a fixed seed
+};
+
+// Fresh adapter tensors for a base weight (out, in) of any dtype, on the weight's device.
+LoraAdapter make_lora_adapter(const Tensor& weight, AdapterKind kind, int64_t rank, float scale, float dropout,
+                              uint64_t seed);
+
+// The adapted forward. x (..., in) in the base dtype; weight (out, in); bias (out) or undefined.
+// Returns (..., out) in the base dtype.
+Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a);
+
+// Row norms of W + scale * lora_b^T lora_a^T as f32 (out), without autograd (DoRA's denominator
+// and, with zero lora_b, its initial magnitude).
+Tensor dora_row_norms(const Tensor& weight, const Tensor& lora_a, const Tensor& lora_b, float scale);
+
+}  // namespace lmtune::nn

@@ -1,0 +1,61 @@
+// Fine-tuning targets as mlx-lm sets them up (tuner/utils.py: linear_to_lora_layers, lora.py):
+// LoRA / DoRA adapters on the linear layers of the last num_layers blocks, or those blocks'
+// weights unfrozen for full fine-tuning; and the adapter folder (adapters.safetensors +
+// adapter_config.json) in mlx-lm's layout, written atomically.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "models/model.h"
+
+namespace lmtune::train {
+
+struct LoraParameters {
+  int64_t rank = 8;
+  float scale = 20.f;   // mlx-lm's default since June 2025 (it was 10.0)
+  float dropout = 0.f;
+  std::vector<std::string> keys;  // block-relative ("self_attn.q_proj"); empty: every linear of a block
+};
+
+struct AdapterConfig {
+  std::string fine_tune_type = "lora";  // lora | dora | full
+  int64_t num_layers = 16;              // counted from the last block; <= 0 means all (as mlx-lm's slice)
+  LoraParameters lora;                  // ignored for full
+};
+
+// mlx-lm's default keys: every linear layer inside a block (for the Llama family
+// self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj), read from the family's tensor list.
+std::vector<std::string> default_lora_keys(const Model& model);
+
+// Freezes the model (no weight is a parameter, adapters removed), then attaches fresh adapters
+// (lora | dora; lora_a from seed) or unfreezes the last num_layers blocks (full; norms included,
+// embeddings and lm_head stay frozen). Throws on an unknown type, a key that names no linear layer
+// of a block, or num_layers above the model's block count.
+void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed = 0);
+
+// The trainable tensors by mlx-lm's names, sorted: "<linear>.lora_a" (in, r), ".lora_b" (r, out),
+// ".m" (out) for adapters; the checkpoint names of unfrozen weights for full. The tensors are the
+// model's own leaves: updating them in place trains the model.
+std::vector<std::pair<std::string, Tensor>> trainable_parameters(Model& model);
+int64_t count_parameters(const std::vector<std::pair<std::string, Tensor>>& params);
+
+// adapter_config.json: `extra` (mlx-lm writes its whole argument namespace) overlaid with
+// fine_tune_type, num_layers and lora_parameters {rank, dropout, scale[, keys]} (null for full);
+// keys sorted, indent 4, as mlx-lm's save_config.
+void save_adapter_config(const std::string& dir, const AdapterConfig& cfg, const nlohmann::json& extra = {});
+AdapterConfig load_adapter_config(const std::string& dir);
+
+// Writes the trainable parameters to `path` (CPU copies, in their dtype: f32 for adapters).
+void save_adapter_weights(const std::string& path, Model& model);
+// Reads adapter_config.json and adapters.safetensors from dir, attaches the adapters and copies
+// the stored values in; like mlx-lm's load_adapters, every stored name must be a trainable
+// parameter (lora_a / lora_b / m leaves for lora and dora) with the right shape.
+AdapterConfig load_adapters(Model& model, const std::string& dir);
+// Copies the tensors of a safetensors file into the model's trainable parameters (names and
+// shapes checked as above); used for --resume-adapter-file.
+void load_adapter_weights(Model& model, const std::string& path);
+
+}  // namespace lmtune::train
