@@ -1,5 +1,6 @@
 #include "models/llama.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/checkpoint.h"
@@ -52,7 +53,7 @@ nn::Linear LlamaModel::linear(const std::string& prefix) const {
   return l;
 }
 
-Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset) {
+Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache) {
   const ModelConfig& c = cfg_;
   std::string p = "model.layers." + std::to_string(layer) + ".";
   int64_t B = x.dim(0), T = x.dim(1);
@@ -65,7 +66,14 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset) {
   q = ag::rope(q, inv_freq_, pos_offset, 1.f);
   k = ag::rope(k, inv_freq_, pos_offset, 1.f);
   float scale = 1.f / std::sqrt(float(c.head_dim));
-  Tensor a = ag::attention(q, k, v, scale, true, c.layer_window[size_t(layer)], 0);
+  int64_t window = c.layer_window[size_t(layer)];
+  Tensor a;
+  if (cache) {
+    KVCache::View kv = cache->update(layer, k, v);
+    a = ag::attention(q, kv.k, kv.v, scale, true, kv.positional ? window : 0, kv.q_offset);
+  } else {
+    a = ag::attention(q, k, v, scale, true, window, 0);
+  }
   a = ag::reshape(a, {B, T, c.n_head * c.head_dim});
   Tensor x1 = ag::add(x, linear(p + "self_attn.o_proj").forward(a));
 
@@ -87,9 +95,65 @@ Tensor LlamaModel::forward(const Tensor& ids, int64_t pos_offset) {
       x = block(i, x, pos_offset);
     }
   }
-  x = ag::rms_norm(x, weight("model.norm.weight"), float(cfg_.rms_norm_eps));
-  const Tensor& head = cfg_.tie_word_embeddings ? weight("model.embed_tokens.weight") : weight("lm_head.weight");
-  return ag::linear(x, head);
+  return head(x);
+}
+
+Tensor LlamaModel::head(const Tensor& x) {
+  Tensor h = ag::rms_norm(x, weight("model.norm.weight"), float(cfg_.rms_norm_eps));
+  const Tensor& w = cfg_.tie_word_embeddings ? weight("model.embed_tokens.weight") : weight("lm_head.weight");
+  return ag::linear(h, w);
+}
+
+Tensor LlamaModel::forward(const Tensor& ids, KVCache& cache, bool last_only) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[llama] ids must be i32 (B, T), got ", ids.describe());
+  LMT_CHECK(!weights_.empty(), "[llama] forward before the weights were set");
+  ag::NoGradGuard no_grad;
+  int64_t B = ids.dim(0), T = ids.dim(1);
+  int64_t step = std::max<int64_t>(1, cache.max_step());
+  if (T > step) {
+    // The cache takes fewer tokens at once (a rotating cache about to wrap): run the pieces in
+    // order and gather their logits.
+    int64_t T_out = last_only ? 1 : T;
+    Tensor out = ops::empty({B, T_out, cfg_.n_vocab}, dtype(), device());
+    for (int64_t t0 = 0; t0 < T;) {
+      int64_t n = std::min(T - t0, std::max<int64_t>(1, cache.max_step()));
+      Tensor part_ids = Tensor::empty({B, n}, DType::i32);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < n; ++t) part_ids.data<int32_t>()[b * n + t] = ids.data<int32_t>()[b * T + t0 + t];
+      bool last_piece = t0 + n == T;
+      if (last_only && !last_piece) {
+        forward_layers(part_ids, cache);
+      } else {
+        Tensor part = forward(part_ids, cache, last_only);
+        if (last_only) return part;
+        for (int64_t b = 0; b < B; ++b) {
+          Tensor dst = out.slice_rows(b, b + 1).reshape({T, cfg_.n_vocab});
+          ops::copy_rows_into(dst, t0, part.slice_rows(b, b + 1).reshape({n, cfg_.n_vocab}));
+        }
+      }
+      t0 += n;
+    }
+    return out;
+  }
+  Tensor x = forward_layers(ids, cache);
+  if (last_only && T > 1) {
+    int64_t C = cfg_.n_embd;
+    Tensor last = ops::empty({B, 1, C}, x.dtype(), x.device());
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor dst = last.slice_rows(b, b + 1).reshape({1, C});
+      ops::copy_rows_into(dst, 0, x.slice_rows(b, b + 1).reshape({T, C}).slice_rows(T - 1, T));
+    }
+    x = last;
+  }
+  return head(x);
+}
+
+Tensor LlamaModel::forward_layers(const Tensor& ids, KVCache& cache) {
+  int64_t pos = cache.offset();
+  Tensor x = ag::embedding(weight("model.embed_tokens.weight"), ids);
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) x = block(i, x, pos, &cache);
+  cache.advance(ids.dim(1));
+  return x;
 }
 
 }  // namespace lmtune

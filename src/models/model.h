@@ -17,6 +17,29 @@ struct TensorSpec {
   Shape shape;
 };
 
+// What a cached forward needs from a KV cache; runtime/kv_cache.h implements it (the cache lives
+// above the models layer, so the model sees only this interface).
+class KVCache {
+ public:
+  // The keys and values to attend over after an update, all on the model's device.
+  struct View {
+    Tensor k, v;        // (B, S, n_kv_head, head_dim) contiguous, the model's dtype
+    int64_t q_offset;   // query t of the update sits at key index q_offset + t (causal over indices)
+    bool positional;    // key index == absolute position, so sliding windows apply as usual
+  };
+  virtual ~KVCache() = default;
+  // Tokens the cache has seen: the absolute position of the next token.
+  virtual int64_t offset() const = 0;
+  // The most tokens one forward may append at the current offset (a rotating cache that is
+  // about to wrap takes one at a time); forward splits longer inputs.
+  virtual int64_t max_step() const = 0;
+  // Stores layer's new k, v (B, T, n_kv_head, head_dim) (rotary positions already applied) at
+  // positions offset() .. offset() + T - 1 and returns what that layer's queries attend over.
+  virtual View update(int64_t layer, const Tensor& k, const Tensor& v) = 0;
+  // After every layer was updated: the T new tokens count.
+  virtual void advance(int64_t T) = 0;
+};
+
 class Model {
  public:
   explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
@@ -27,6 +50,11 @@ class Model {
   virtual std::vector<TensorSpec> tensor_specs() const = 0;
   // ids i32 (B, T) on the CPU -> logits (B, T, n_vocab) in the weights' dtype.
   virtual Tensor forward(const Tensor& ids, int64_t pos_offset = 0) = 0;
+  // Inference with a KV cache: ids i32 (B, T) on the CPU are the tokens after the cached ones
+  // (rotary positions from cache.offset()); appends their keys and values, advances the cache
+  // and returns logits (B, T, n_vocab), or with last_only the last position's (B, 1, n_vocab)
+  // (prefill skips the lm_head on the rest). Records no autograd graph.
+  virtual Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) = 0;
   // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar.
   Tensor loss(const Tensor& ids, const Tensor& targets);
 

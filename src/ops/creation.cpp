@@ -43,6 +43,20 @@ void copy_into(Tensor& dst, const Tensor& src) {
   }
 }
 
+void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src) {
+  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() &&
+                dst.device() == src.device(),
+            "[copy_rows_into] ", src.describe(), " into ", dst.describe());
+  for (int i = 1; i < dst.ndim(); ++i)
+    LMT_CHECK(dst.dim(i) == src.dim(i), "[copy_rows_into] row shape of ", src.describe(), " differs from ",
+              dst.describe());
+  LMT_CHECK(dst_row >= 0 && dst_row + src.dim(0) <= dst.dim(0), "[copy_rows_into] rows [", dst_row, ", ",
+            dst_row + src.dim(0), ") out of range for ", dst.describe());
+  if (src.numel() == 0) return;
+  Tensor region = dst.slice_rows(dst_row, dst_row + src.dim(0));
+  backend(dst.device()).copy_d2d(region.raw(), src.raw(), src.nbytes());
+}
+
 Tensor to(const Tensor& x, Device d) {
   if (x.device() == d) return x;
   Tensor out = empty(x.shape(), x.dtype(), d);

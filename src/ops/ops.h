@@ -18,6 +18,9 @@ Tensor cast(const Tensor& x, DType dt);    // copy (or the same tensor when alre
 Tensor to(const Tensor& x, Device d, DType dt);
 Tensor clone(const Tensor& x);
 void copy_into(Tensor& dst, const Tensor& src);  // same shape and dtype, any devices
+// dst (R, ...) rows [dst_row, dst_row + n) = src (n, ...): same trailing shape, dtype and device.
+// One contiguous device copy (how the KV cache appends new keys and values).
+void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src);
 // Deterministic N(0, std^2) / U(lo, hi) values drawn on the host from seed, then moved.
 Tensor randn(const Shape& shape, uint64_t seed, float std = 1.f, DType dt = DType::f32, Device d = Device::cpu);
 Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt = DType::f32,

@@ -1,0 +1,120 @@
+// Appends go through ops::copy_rows_into (one device copy per batch row); for batch 1 the
+// attended prefix is a view of the buffer, for larger batches a packed copy.
+#include "runtime/kv_cache.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmtune {
+
+DenseKVCache::DenseKVCache(const ModelConfig& cfg, Device device, DType dtype, int64_t batch, int64_t max_size,
+                           int64_t keep, int64_t step)
+    : n_layer_(cfg.n_layer), n_kv_head_(cfg.n_kv_head), head_dim_(cfg.head_dim), batch_(batch), device_(device),
+      dtype_(dtype), max_size_(max_size), keep_(keep), step_(step) {
+  LMT_CHECK(batch >= 1 && step >= 1 && max_size >= 0 && keep >= 0, "[kv_cache] bad sizes: batch ", batch, ", step ",
+            step, ", max_size ", max_size, ", keep ", keep);
+  LMT_CHECK(max_size == 0 || max_size > keep, "[kv_cache] max_kv_size ", max_size, " must exceed the ", keep,
+            " kept sink tokens");
+  k_.resize(size_t(n_layer_));
+  v_.resize(size_t(n_layer_));
+}
+
+int64_t DenseKVCache::size() const { return max_size_ > 0 ? std::min(offset_, max_size_) : offset_; }
+
+int64_t DenseKVCache::max_step() const {
+  if (max_size_ == 0) return INT64_MAX;
+  return std::max<int64_t>(1, max_size_ - offset_);  // linear until full, then one at a time
+}
+
+void DenseKVCache::reserve(int64_t n) {
+  if (n <= capacity_) return;
+  int64_t cap = (n + step_ - 1) / step_ * step_;
+  if (max_size_ > 0) cap = std::min(cap, max_size_);
+  for (int64_t l = 0; l < n_layer_; ++l) {
+    for (Tensor* buf : {&k_[size_t(l)], &v_[size_t(l)]}) {
+      Tensor grown = ops::empty({batch_, cap, n_kv_head_, head_dim_}, dtype_, device_);
+      int64_t held = std::min(size(), capacity_);
+      for (int64_t b = 0; held > 0 && b < batch_; ++b) {
+        Tensor dst = grown.slice_rows(b, b + 1).reshape({cap, n_kv_head_, head_dim_});
+        Tensor src = buf->slice_rows(b, b + 1).reshape({capacity_, n_kv_head_, head_dim_}).slice_rows(0, held);
+        ops::copy_rows_into(dst, 0, src);
+      }
+      *buf = grown;
+    }
+  }
+  capacity_ = cap;
+}
+
+KVCache::View DenseKVCache::update(int64_t layer, const Tensor& k, const Tensor& v) {
+  LMT_CHECK(layer >= 0 && layer < n_layer_, "[kv_cache] layer ", layer, " of ", n_layer_);
+  LMT_CHECK(k.ndim() == 4 && k.dim(0) == batch_ && k.dim(2) == n_kv_head_ && k.dim(3) == head_dim_ &&
+                k.shape() == v.shape() && k.dtype() == dtype_ && v.dtype() == dtype_,
+            "[kv_cache] k ", k.describe(), ", v ", v.describe(), " for a cache of batch ", batch_, ", ", n_kv_head_,
+            " kv heads of ", head_dim_, ", ", dtype_name(dtype_));
+  int64_t T = k.dim(1);
+  bool linear = max_size_ == 0 || offset_ + T <= max_size_;
+  LMT_CHECK(linear || T == 1, "[kv_cache] a rotating cache at offset ", offset_, " takes one token at a time, got ",
+            T, " (see max_step)");
+  int64_t row = offset_;  // where the new tokens go
+  if (linear) {
+    reserve(offset_ + T);
+  } else {
+    row = keep_ + (offset_ - keep_) % (max_size_ - keep_);  // the oldest non-sink entry
+  }
+  const int64_t cap = capacity_, H = n_kv_head_, D = head_dim_;
+  Tensor* bufs[2] = {&k_[size_t(layer)], &v_[size_t(layer)]};
+  const Tensor* news[2] = {&k, &v};
+  for (int i = 0; i < 2; ++i)
+    for (int64_t b = 0; b < batch_; ++b) {
+      Tensor dst = bufs[i]->slice_rows(b, b + 1).reshape({cap, H, D});
+      ops::copy_rows_into(dst, row, news[i]->slice_rows(b, b + 1).reshape({T, H, D}));
+    }
+  // Attend over every held entry. Before wrapping, entry index == position; afterwards the T == 1
+  // query comes after all entries, so a causal mask with q_offset = S - 1 masks nothing and the
+  // rotated order does not matter (rotary positions were applied at write time).
+  int64_t S = linear ? offset_ + T : max_size_;
+  View view;
+  view.q_offset = linear ? offset_ : S - 1;
+  view.positional = linear;
+  Tensor* outs[2] = {&view.k, &view.v};
+  for (int i = 0; i < 2; ++i) {
+    if (batch_ == 1) {
+      *outs[i] = bufs[i]->reshape({cap, H, D}).slice_rows(0, S).reshape({1, S, H, D});
+    } else {
+      Tensor packed = ops::empty({batch_, S, H, D}, dtype_, device_);
+      for (int64_t b = 0; b < batch_; ++b) {
+        Tensor dst = packed.slice_rows(b, b + 1).reshape({S, H, D});
+        ops::copy_rows_into(dst, 0, bufs[i]->slice_rows(b, b + 1).reshape({cap, H, D}).slice_rows(0, S));
+      }
+      *outs[i] = packed;
+    }
+  }
+  return view;
+}
+
+void DenseKVCache::advance(int64_t T) { offset_ += T; }
+
+bool DenseKVCache::can_trim_to(int64_t n) const {
+  return n >= 0 && n <= offset_ && (max_size_ == 0 || offset_ <= max_size_);
+}
+
+void DenseKVCache::trim_to(int64_t n) {
+  if (n == 0) {  // a reset is always possible
+    offset_ = 0;
+    return;
+  }
+  LMT_CHECK(can_trim_to(n), "[kv_cache] cannot trim a cache at offset ", offset_, " to ", n,
+            max_size_ > 0 && offset_ > max_size_ ? " (the rotating cache has wrapped)" : "");
+  offset_ = n;
+}
+
+size_t DenseKVCache::nbytes() const {
+  size_t n = 0;
+  for (const Tensor& t : k_) n += t.defined() ? t.nbytes() : 0;
+  for (const Tensor& t : v_) n += t.defined() ? t.nbytes() : 0;
+  return n;
+}
+
+}  // namespace lmtune

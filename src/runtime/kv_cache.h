@@ -1,0 +1,45 @@
+// DenseKVCache: per-layer keys and values in the model's dtype on its device, growing in chunks;
+// with max_size it becomes mlx-lm's RotatingKVCache (the first `keep` tokens stay as attention
+// sinks, the oldest of the others are overwritten), so memory stays bounded.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/model.h"
+
+namespace lmtune {
+
+class DenseKVCache final : public KVCache {
+ public:
+  // max_size 0 = unbounded; else at most max_size entries per layer, `keep` of them sinks.
+  DenseKVCache(const ModelConfig& cfg, Device device, DType dtype, int64_t batch = 1, int64_t max_size = 0,
+               int64_t keep = 4, int64_t step = 256);
+
+  int64_t offset() const override { return offset_; }
+  int64_t max_step() const override;
+  View update(int64_t layer, const Tensor& k, const Tensor& v) override;
+  void advance(int64_t T) override;
+
+  int64_t size() const;  // entries held per layer: min(offset, max_size)
+  int64_t capacity() const { return capacity_; }
+  bool rotating() const { return max_size_ > 0; }
+  int64_t max_size() const { return max_size_; }
+  // Forget everything after the first n tokens (n <= offset; a rotating cache only while it has
+  // not wrapped). Chat uses it to drop a turn's tail that re-templating tokenizes differently.
+  bool can_trim_to(int64_t n) const;
+  void trim_to(int64_t n);
+  void reset() { trim_to(0); }
+  size_t nbytes() const;  // bytes held by the buffers
+
+ private:
+  void reserve(int64_t n);  // capacity >= n (rounded up to step, capped at max_size)
+  int64_t n_layer_, n_kv_head_, head_dim_, batch_;
+  Device device_;
+  DType dtype_;
+  int64_t max_size_, keep_, step_;
+  int64_t offset_ = 0, capacity_ = 0;
+  std::vector<Tensor> k_, v_;  // per layer: dtype (B, capacity, n_kv_head, head_dim)
+};
+
+}  // namespace lmtune
