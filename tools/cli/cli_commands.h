@@ -5,5 +5,6 @@ namespace lmtune::cli {
 
 int run_inspect(int argc, char** argv);
 int run_tokenize(int argc, char** argv);
+int run_manage(int argc, char** argv);
 
 }  // namespace lmtune::cli

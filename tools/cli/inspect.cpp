@@ -5,6 +5,7 @@
 
 #include "cli_commands.h"
 #include "core/error.h"
+#include "io/hub.h"
 #include "models/model.h"
 
 namespace lmtune::cli {
@@ -13,12 +14,12 @@ int run_inspect(int argc, char** argv) {
   std::string model;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) {
-      std::printf("usage: lmtune inspect --model DIR\n\nPrint the model's parsed config.json and the tensors "
+      std::printf("usage: lmtune inspect --model DIR|ORG/NAME[@REV]\n\nPrint the model's parsed config.json and the tensors "
                   "its family reads.\n");
       return 0;
     }
     if (!std::strcmp(argv[i], "--model") && i + 1 < argc) {
-      model = argv[++i];
+      model = resolve_model(argv[++i]);  // a folder, or org/name[@revision] from the Hub cache
     } else {
       fail("unknown or incomplete argument '", argv[i], "' (see lmtune inspect --help)");
     }

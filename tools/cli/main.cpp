@@ -18,6 +18,7 @@ struct Command {
 const Command kCommands[] = {
     {"inspect", "Print a model folder's configuration and tensors", lmtune::cli::run_inspect},
     {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},
+    {"manage", "List (--scan) or delete (--delete) models in the Hugging Face cache", lmtune::cli::run_manage},
 };
 
 void print_help() {

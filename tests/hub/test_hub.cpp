@@ -1,0 +1,490 @@
+// resolve_model and `lmtune manage` against a fake Hub (cpp-httplib on 127.0.0.1, a free port) that
+// serves the Hub API, resolve/ with X-Linked-Etag redirects to a "CDN", gated/missing repos, a
+// corrupt blob and a connection cut mid-file. No test touches the real network.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <openssl/evp.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "core/error.h"
+#include "io/hub.h"
+
+namespace fs = std::filesystem;
+using lmtune::resolve_model;
+
+namespace {
+
+std::string sha256(const std::string& s) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(s.data(), s.size(), md, &len, EVP_sha256(), nullptr);
+  std::string out;
+  const char* hex = "0123456789abcdef";
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+struct File {
+  std::string content;
+  bool lfs = false;
+  std::string served = {};  // what the CDN sends for an LFS file (differs from content for a corrupt one)
+};
+struct Revision {
+  std::string commit;
+  std::map<std::string, File> files;
+};
+struct Repo {
+  bool gated = false;
+  std::map<std::string, Revision> revisions;  // by branch/tag name and by commit
+};
+struct Request {
+  std::string method, path, range;
+};
+
+const std::string kMain = "1111111111111111111111111111111111111111";
+const std::string kV1 = "2222222222222222222222222222222222222222";
+const char* kConfig = R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+  "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})";
+
+std::string random_bytes(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = char(rng() & 0xff);
+  return s;
+}
+
+class FakeHub {
+ public:
+  FakeHub() {
+    std::string weights = random_bytes(300000, 1);
+    Revision main{kMain, {}};
+    main.files["config.json"] = {kConfig};
+    main.files["model.safetensors"] = {weights, true, weights};
+    main.files["tokenizer.json"] = {R"({"model": {"type": "BPE"}})"};
+    main.files["configs/generation.json"] = {R"({"eos_token_id": 2})"};
+    main.files["README.md"] = {"# tiny"};
+    main.files["modeling_tiny.py"] = {"print('remote code')"};
+    Revision v1 = main;
+    v1.commit = kV1;
+    v1.files["config.json"] = {"{\"revision\": \"v1\", " + std::string(kConfig + 1)};
+    add("org/tiny", false, {{"main", main}, {"v1", v1}});
+    add("org/gated", true, {{"main", main}});
+    Revision cut = main;
+    cut.files["model.safetensors"] = {random_bytes(400000, 2), true, ""};
+    cut.files["model.safetensors"].served = cut.files["model.safetensors"].content;
+    add("org/cut", false, {{"main", cut}});
+    Revision corrupt = main;
+    std::string good = random_bytes(200000, 3), bad = good;
+    bad[1234] ^= 0x5a;
+    corrupt.files["model.safetensors"] = {good, true, bad};
+    add("org/corrupt", false, {{"main", corrupt}});
+
+    svr_.Get(R"(/api/models/([^/]+)/([^/]+)/revision/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
+      log(q);
+      const Revision* rev = find(q, r, q.matches[1].str() + "/" + q.matches[2].str(), q.matches[3]);
+      if (!rev) return;
+      std::string siblings;
+      for (const auto& [name, f] : rev->files) {
+        if (!siblings.empty()) siblings += ',';
+        siblings.append("{\"rfilename\":\"").append(name).append("\"}");
+      }
+      r.set_content("{\"id\":\"x\",\"sha\":\"" + rev->commit + "\",\"siblings\":[" + siblings + "]}", "application/json");
+    });
+    svr_.Get(R"(/([^/]+)/([^/]+)/resolve/([^/]+)/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
+      log(q);
+      const Revision* rev = find(q, r, q.matches[1].str() + "/" + q.matches[2].str(), q.matches[3]);
+      if (!rev) return;
+      auto it = rev->files.find(q.matches[4]);
+      if (it == rev->files.end()) {
+        r.status = 404;
+        r.set_header("X-Error-Code", "EntryNotFound");
+        return;
+      }
+      r.set_header("X-Repo-Commit", rev->commit);
+      const File& f = it->second;
+      if (f.lfs) {
+        std::string h = sha256(f.content);
+        cdn_[h] = f.served;
+        r.set_header("X-Linked-Etag", "\"" + h + "\"");
+        r.set_header("X-Linked-Size", std::to_string(f.content.size()));
+        r.set_header("ETag", "\"pointer-etag\"");
+        r.set_redirect("http://127.0.0.1:" + std::to_string(port_) + "/cdn/" + h, 302);
+      } else {
+        r.set_header("ETag", "\"" + sha256(f.content).substr(0, 40) + "\"");
+        r.set_content(f.content, "application/octet-stream");
+      }
+    });
+    svr_.Get(R"(/cdn/([0-9a-f]+))", [this](const httplib::Request& q, httplib::Response& r) {
+      log(q);
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = cdn_.find(q.matches[1]);
+      if (it == cdn_.end()) {
+        r.status = 404;
+        return;
+      }
+      if (cuts_left_ > 0 && q.method == "GET") {
+        --cuts_left_;
+        auto body = std::make_shared<std::string>(it->second);
+        // Announce the whole size, send ~40%, then drop the connection.
+        r.set_content_provider(body->size(), "application/octet-stream",
+                               [body](size_t offset, size_t, httplib::DataSink& sink) {
+                                 if (offset > 0) return false;
+                                 sink.write(body->data(), body->size() * 2 / 5);
+                                 return false;
+                               });
+        return;
+      }
+      r.set_content(it->second, "application/octet-stream");  // httplib answers a Range with 206
+    });
+    port_ = svr_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { svr_.listen_after_bind(); });
+    while (!svr_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ~FakeHub() {
+    svr_.stop();
+    thread_.join();
+  }
+
+  int port() const { return port_; }
+  void cut_next_downloads(int n) { cuts_left_ = n; }
+  std::vector<Request> requests() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return log_;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    log_.clear();
+  }
+  int count(const std::string& method, const std::string& path_part) {
+    int n = 0;
+    for (const Request& q : requests())
+      if ((method.empty() || q.method == method) && q.path.find(path_part) != std::string::npos) ++n;
+    return n;
+  }
+  const Repo& repo(const std::string& id) { return repos_.at(id); }
+
+ private:
+  void add(const std::string& id, bool gated, std::map<std::string, Revision> revs) {
+    Repo r{gated, {}};
+    for (auto& [name, rev] : revs) {
+      r.revisions[rev.commit] = rev;
+      r.revisions[name] = rev;
+    }
+    repos_[id] = r;
+  }
+  void log(const httplib::Request& q) {
+    std::lock_guard<std::mutex> lock(mu_);
+    log_.push_back({q.method, q.path, q.get_header_value("Range")});
+  }
+  const Revision* find(const httplib::Request& q, httplib::Response& r, const std::string& id, const std::string& rev) {
+    auto it = repos_.find(id);
+    if (it == repos_.end()) {
+      r.status = q.has_header("Authorization") ? 404 : 401;  // the Hub hides private repos behind a 401
+      r.set_header("X-Error-Code", "RepoNotFound");
+      return nullptr;
+    }
+    if (it->second.gated && q.get_header_value("Authorization") != "Bearer secret") {
+      r.status = 401;
+      r.set_header("X-Error-Code", "GatedRepo");
+      r.set_header("X-Error-Message", "Access to model " + id + " is restricted.");
+      return nullptr;
+    }
+    auto rv = it->second.revisions.find(rev);
+    if (rv == it->second.revisions.end()) {
+      r.status = 404;
+      r.set_header("X-Error-Code", "RevisionNotFound");
+      return nullptr;
+    }
+    return &rv->second;
+  }
+
+  httplib::Server svr_;
+  int port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<Request> log_;
+  std::map<std::string, Repo> repos_;
+  std::map<std::string, std::string> cdn_;
+  std::atomic<int> cuts_left_{0};
+};
+
+// Runs a shell command (environment inherited), returns its exit status and stdout.
+int run(const std::string& cmd, std::string* out) {
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out->append(buf, n);
+  int st = ::pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+std::string error_of(const std::string& spec) {
+  try {
+    resolve_model(spec);
+  } catch (const lmtune::Error& e) {
+    std::printf("error for %s: %s\n", spec.c_str(), e.what());  // the message users see, in the test log
+    return e.what();
+  }
+  return "(no error)";
+}
+
+class Hub : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/lmtune-hub-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    cache_ = root_ + "/hub";
+    for (const char* v : {"HF_HOME", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE",
+                          "HF_TOKEN_PATH"})
+      ::unsetenv(v);
+    ::setenv("HF_HOME", (root_ + "/home").c_str(), 1);  // no token file from the real home
+    ::setenv("HF_HUB_CACHE", cache_.c_str(), 1);
+    ::setenv("HF_ENDPOINT", ("http://127.0.0.1:" + std::to_string(hub_.port())).c_str(), 1);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  fs::path repo_dir(const std::string& folder) { return fs::path(cache_) / folder; }
+  std::string sha_of(const std::string& repo, const std::string& file) {
+    return sha256(hub_.repo(repo).revisions.at("main").files.at(file).content);
+  }
+
+  FakeHub hub_;
+  std::string root_, cache_;
+};
+
+TEST_F(Hub, LocalFoldersAndPathsPassThrough) {
+  EXPECT_EQ(resolve_model(root_), root_);
+  EXPECT_EQ(resolve_model("/no/such/dir"), "/no/such/dir");
+  EXPECT_EQ(resolve_model("./relative/dir"), "./relative/dir");
+  EXPECT_EQ(resolve_model("a/b/c"), "a/b/c");
+  EXPECT_TRUE(lmtune::is_hub_repo_id("mlx-community/Qwen2.5-0.5B-Instruct-4bit"));
+  EXPECT_FALSE(lmtune::is_hub_repo_id("org--x/y"));
+  EXPECT_FALSE(lmtune::is_hub_repo_id("single"));
+  EXPECT_EQ(lmtune::hub_repo_folder_name("org/name"), "models--org--name");
+  EXPECT_TRUE(lmtune::hub_file_needed("model-00001-of-00002.safetensors"));
+  EXPECT_TRUE(lmtune::hub_file_needed("sub/x.json"));
+  EXPECT_TRUE(lmtune::hub_file_needed("tokenizer.model"));
+  EXPECT_FALSE(lmtune::hub_file_needed("modeling_x.py"));
+  EXPECT_FALSE(lmtune::hub_file_needed("pytorch_model.bin"));
+  EXPECT_FALSE(lmtune::hub_file_needed("README.md"));
+  EXPECT_EQ(hub_.requests().size(), 0u);
+}
+
+TEST_F(Hub, DownloadMakesHuggingfaceHubLayout) {
+  std::string snap = resolve_model("org/tiny");
+  fs::path repo = repo_dir("models--org--tiny");
+  EXPECT_EQ(snap, (repo / "snapshots" / kMain).string());
+  EXPECT_EQ(read_file(repo / "refs" / "main"), kMain);  // exactly the hash, no newline
+  const Revision& rev = hub_.repo("org/tiny").revisions.at("main");
+  std::string w = sha_of("org/tiny", "model.safetensors");
+  EXPECT_EQ(fs::read_symlink(repo / "snapshots" / kMain / "model.safetensors").string(), "../../blobs/" + w);
+  EXPECT_EQ(fs::read_symlink(repo / "snapshots" / kMain / "config.json").string(),
+            "../../blobs/" + sha256(kConfig).substr(0, 40));
+  EXPECT_EQ(fs::read_symlink(repo / "snapshots" / kMain / "configs/generation.json").string(),
+            "../../../blobs/" + sha256(rev.files.at("configs/generation.json").content).substr(0, 40));
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "configs/generation.json"})
+    EXPECT_EQ(read_file(fs::path(snap) / f), rev.files.at(f).content) << f;
+  EXPECT_FALSE(fs::exists(fs::path(snap) / "README.md"));
+  EXPECT_FALSE(fs::exists(fs::path(snap) / "modeling_tiny.py"));
+  EXPECT_EQ(hub_.count("", "README.md") + hub_.count("", ".py"), 0);
+  for (const auto& e : fs::directory_iterator(repo / "blobs"))
+    EXPECT_EQ(e.path().extension(), "") << "left over: " << e.path();
+  EXPECT_EQ(hub_.count("GET", "/cdn/"), 1);
+}
+
+TEST_F(Hub, CacheHitMakesNoDownload) {
+  std::string a = resolve_model("org/tiny");
+  hub_.clear();
+  std::string b = resolve_model("org/tiny");
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(hub_.count("GET", "/api/models/"), 1);  // only the revision -> commit lookup
+  EXPECT_EQ(hub_.count("", "/resolve/"), 0);
+  EXPECT_EQ(hub_.count("", "/cdn/"), 0);
+}
+
+TEST_F(Hub, OfflineUsesTheCacheOrFailsClearly) {
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  std::string e = error_of("org/tiny");
+  EXPECT_NE(e.find("not in the cache"), std::string::npos) << e;
+  EXPECT_NE(e.find("HF_HUB_OFFLINE"), std::string::npos) << e;
+  ::unsetenv("HF_HUB_OFFLINE");
+  std::string online = resolve_model("org/tiny");
+  hub_.clear();
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  EXPECT_EQ(resolve_model("org/tiny"), online);
+  EXPECT_EQ(resolve_model("org/tiny@" + kMain), online);
+  EXPECT_NE(error_of("org/tiny@v1").find("not in the cache"), std::string::npos);
+  EXPECT_EQ(hub_.requests().size(), 0u);
+}
+
+TEST_F(Hub, NetworkFailureSaysOfflineModeOrFallsBackToCache) {
+  ::setenv("HF_ENDPOINT", "http://127.0.0.1:1", 1);  // nothing listens on port 1
+  std::string e = error_of("org/tiny");
+  EXPECT_NE(e.find("HF_HUB_OFFLINE=1"), std::string::npos) << e;
+  ::setenv("HF_ENDPOINT", ("http://127.0.0.1:" + std::to_string(hub_.port())).c_str(), 1);
+  std::string online = resolve_model("org/tiny");
+  ::setenv("HF_ENDPOINT", "http://127.0.0.1:1", 1);
+  EXPECT_EQ(resolve_model("org/tiny"), online);
+}
+
+TEST_F(Hub, ResumesAfterACutConnection) {
+  hub_.cut_next_downloads(1);
+  std::string snap = resolve_model("org/cut");
+  std::string want = hub_.repo("org/cut").revisions.at("main").files.at("model.safetensors").content;
+  EXPECT_EQ(sha256(read_file(fs::path(snap) / "model.safetensors")), sha256(want));
+  std::vector<Request> gets;
+  for (const Request& q : hub_.requests())
+    if (q.path.find("/cdn/") != std::string::npos && q.method == "GET") gets.push_back(q);
+  ASSERT_EQ(gets.size(), 2u);
+  EXPECT_EQ(gets[0].range, "");
+  EXPECT_EQ(gets[1].range, "bytes=" + std::to_string(want.size() * 2 / 5) + "-");
+}
+
+TEST_F(Hub, ResumesAPartialFileLeftByAnEarlierRun) {
+  std::string want = hub_.repo("org/cut").revisions.at("main").files.at("model.safetensors").content;
+  fs::path blobs = repo_dir("models--org--cut") / "blobs";
+  fs::create_directories(blobs);
+  std::ofstream(blobs / (sha256(want) + ".incomplete"), std::ios::binary) << want.substr(0, 1000);
+  std::string snap = resolve_model("org/cut");
+  EXPECT_EQ(read_file(fs::path(snap) / "model.safetensors"), want);
+  EXPECT_EQ(hub_.count("GET", "/cdn/"), 1);
+  for (const Request& q : hub_.requests()) {
+    if (q.path.find("/cdn/") != std::string::npos) {
+      EXPECT_EQ(q.range, "bytes=1000-");
+    }
+  }
+}
+
+TEST_F(Hub, GatedRepoNeedsAToken) {
+  std::string e = error_of("org/gated");
+  EXPECT_NE(e.find("401"), std::string::npos) << e;
+  EXPECT_NE(e.find("HF_TOKEN"), std::string::npos) << e;
+  EXPECT_NE(e.find("gated"), std::string::npos) << e;
+  ::setenv("HF_TOKEN", "secret", 1);
+  std::string snap = resolve_model("org/gated");
+  EXPECT_TRUE(fs::is_regular_file(fs::path(snap) / "model.safetensors"));
+}
+
+TEST_F(Hub, MissingRepoAndRevisionAre404) {
+  ::setenv("HF_TOKEN", "any", 1);
+  std::string e = error_of("org/nope");
+  EXPECT_NE(e.find("not found"), std::string::npos) << e;
+  e = error_of("org/tiny@nope");
+  EXPECT_NE(e.find("revision 'nope' not found"), std::string::npos) << e;
+  ::unsetenv("HF_TOKEN");
+  e = error_of("org/nope");  // anonymous: the Hub answers 401 for a repo it will not show
+  EXPECT_NE(e.find("does not exist, or it is private or gated"), std::string::npos) << e;
+}
+
+TEST_F(Hub, CorruptDownloadIsRefusedAndRemoved) {
+  std::string e = error_of("org/corrupt");
+  EXPECT_NE(e.find("SHA-256 mismatch"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
+  std::string h = sha_of("org/corrupt", "model.safetensors");
+  fs::path repo = repo_dir("models--org--corrupt");
+  EXPECT_FALSE(fs::exists(repo / "blobs" / h));
+  EXPECT_FALSE(fs::exists(repo / "blobs" / (h + ".incomplete")));
+  EXPECT_FALSE(fs::exists(repo / "snapshots" / kMain / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(repo / "refs" / "main"));  // the snapshot is incomplete: main is not recorded
+}
+
+TEST_F(Hub, RevisionSelection) {
+  std::string main = resolve_model("org/tiny");
+  std::string v1 = resolve_model("org/tiny@v1");
+  fs::path repo = repo_dir("models--org--tiny");
+  EXPECT_EQ(v1, (repo / "snapshots" / kV1).string());
+  EXPECT_EQ(read_file(repo / "refs" / "v1"), kV1);
+  EXPECT_NE(read_file(fs::path(v1) / "config.json").find("\"revision\": \"v1\""), std::string::npos);
+  EXPECT_EQ(read_file(fs::path(main) / "config.json"), kConfig);
+  EXPECT_EQ(hub_.count("GET", "/cdn/"), 1);  // the weights blob is shared by both snapshots
+  EXPECT_EQ(resolve_model("org/tiny@" + kV1), v1);
+  EXPECT_FALSE(fs::exists(repo / "refs" / kV1));  // a commit is not a ref
+}
+
+TEST_F(Hub, InspectResolvesHubIds) {
+  std::string out;
+  ASSERT_EQ(run(std::string(LMTUNE_BIN) + " inspect --model org/tiny 2>/dev/null", &out), 0) << out;
+  EXPECT_NE(out.find("model_type llama"), std::string::npos) << out;
+}
+
+TEST_F(Hub, ManageScanAndDelete) {
+  resolve_model("org/tiny");
+  resolve_model("org/tiny@v1");
+  ::setenv("HF_TOKEN", "secret", 1);
+  resolve_model("org/gated");
+  std::string out;
+  ASSERT_EQ(run(std::string(LMTUNE_BIN) + " manage --scan", &out), 0) << out;
+  std::printf("%s", out.c_str());
+  EXPECT_NE(out.find("REPO ID"), std::string::npos) << out;
+  EXPECT_NE(out.find("org/tiny"), std::string::npos) << out;
+  EXPECT_NE(out.find("org/gated"), std::string::npos) << out;
+  EXPECT_NE(out.find("main, v1, 11111111, 22222222"), std::string::npos) << out;
+  EXPECT_NE(out.find("Found 2 model repo(s)"), std::string::npos) << out;
+  std::vector<lmtune::CachedRepo> repos = lmtune::scan_hub_cache(cache_);
+  ASSERT_EQ(repos.size(), 2u);
+  EXPECT_EQ(repos[1].repo_id, "org/tiny");
+  EXPECT_EQ(repos[1].n_files, 5);  // 2 configs + weights + tokenizer + generation config
+  EXPECT_GT(repos[1].size_on_disk, 300000u);
+
+  out.clear();
+  ASSERT_EQ(run("echo n | " + std::string(LMTUNE_BIN) + " manage --delete --pattern tiny", &out), 0) << out;
+  EXPECT_NE(out.find("Nothing deleted"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(repo_dir("models--org--tiny")));
+  out.clear();
+  ASSERT_EQ(run("echo y | " + std::string(LMTUNE_BIN) + " manage --delete --pattern tiny", &out), 0) << out;
+  EXPECT_NE(out.find("Deleted org/tiny"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(repo_dir("models--org--tiny")));
+  EXPECT_TRUE(fs::exists(repo_dir("models--org--gated")));
+  out.clear();
+  ASSERT_EQ(run(std::string(LMTUNE_BIN) + " manage --scan --pattern 'org/*'", &out), 0) << out;
+  EXPECT_NE(out.find("Found 1 model repo(s)"), std::string::npos) << out;
+}
+
+TEST_F(Hub, HuggingfaceHubFindsOurFiles) {
+  std::string py = LMTUNE_PYTHON;
+  std::string out;
+  if (py.empty() || run(py + " -c 'import huggingface_hub' 2>/dev/null", &out) != 0)
+    GTEST_SKIP() << "no huggingface_hub in " << py;
+  std::string snap = resolve_model("org/tiny");
+  resolve_model("org/tiny@v1");
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  std::string script =
+      "from huggingface_hub import try_to_load_from_cache, snapshot_download, scan_cache_dir\n"
+      "import sys\n"
+      "p = try_to_load_from_cache('org/tiny', 'model.safetensors')\n"
+      "q = try_to_load_from_cache('org/tiny', 'config.json', revision='v1')\n"
+      "s = snapshot_download('org/tiny', allow_patterns=['*.json', 'model*.safetensors'])\n"
+      "info = scan_cache_dir()\n"
+      "r = [r for r in info.repos if r.repo_id == 'org/tiny'][0]\n"
+      "print(p); print(q); print(s); print(sorted(r.refs)); print(r.nb_files)\n";
+  std::ofstream(root_ + "/check.py") << script;
+  ASSERT_EQ(run(py + " " + root_ + "/check.py", &out), 0) << out;
+  EXPECT_NE(out.find(snap + "/model.safetensors\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("/snapshots/" + kV1 + "/config.json\n"), std::string::npos) << out;
+  EXPECT_NE(out.find(snap + "\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("['main', 'v1']"), std::string::npos) << out;
+}
+
+}  // namespace
