@@ -1,0 +1,169 @@
+// Adapter targeting (mlx-lm's linear_to_lora_layers defaults, num_layers, full), adapter files in
+// mlx-lm's layout (round trip, refusals), and, for tests/ref/check_mlx_adapter.py, adapters and
+// logits written to LMTUNE_ADAPTER_OUT so that the real mlx-lm loads them and compares.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "tolerance.h"
+#include "train/adapters.h"
+
+using namespace lmtune;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string golden_model(const std::string& c) {
+  const char* d = std::getenv("LMTUNE_LORA_GOLDEN_DIR");
+  return std::string(d ? d : "") + "/" + c;
+}
+
+// Nonzero lora_b and perturbed m, so that a loaded adapter changes the logits.
+void randomize(Model& m, uint64_t seed) {
+  for (auto& [n, t] : train::trainable_parameters(m)) {
+    Tensor r = ops::randn(t.shape(), seed++, 0.1f);
+    if (n.size() > 2 && n.compare(n.size() - 2, 2, ".m") == 0) r = ops::add(t.detach(), r);
+    Tensor dst = t;
+    ops::copy_into(dst, r);
+  }
+}
+
+Tensor ids_batch() { return Tensor::from_i32({1, 5, 9, 2, 7, 3, 8, 4, 6, 0, 11, 12}, {2, 6}); }
+
+TEST(Adapters, DefaultKeysShapesAndInit) {
+  auto model = load_model(golden_model("llama_gqa"), Device::cpu, DType::f32);
+  std::vector<std::string> keys = train::default_lora_keys(*model);
+  EXPECT_EQ(keys, (std::vector<std::string>{"mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj",
+                                            "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"}));
+  train::AdapterConfig cfg;
+  cfg.num_layers = 1;
+  cfg.lora.rank = 4;
+  train::attach_adapters(*model, cfg, 3);
+  auto params = train::trainable_parameters(*model);
+  ASSERT_EQ(params.size(), 14u);
+  for (auto& [n, t] : params) {
+    EXPECT_EQ(n.rfind("model.layers.1.", 0), 0u) << n;
+    EXPECT_EQ(t.dtype(), DType::f32);
+  }
+  const Tensor& w = model->weight("model.layers.1.mlp.down_proj.weight");  // (48, 97)
+  const nn::LoraAdapter& a = model->adapters().at("model.layers.1.mlp.down_proj");
+  EXPECT_EQ(a.lora_a.shape(), (Shape{97, 4}));
+  EXPECT_EQ(a.lora_b.shape(), (Shape{4, 48}));
+  float bound = 1.f / std::sqrt(97.f), amax = 0;
+  for (float v : a.lora_a.to_f32_vector()) amax = std::max(amax, std::fabs(v));
+  EXPECT_LE(amax, bound);
+  EXPECT_GT(amax, 0.8f * bound);
+  for (float v : a.lora_b.to_f32_vector()) EXPECT_EQ(v, 0.f);
+  // Zero lora_b: the adapted model is the base model.
+  Tensor with = model->forward(ids_batch());
+  model->adapters().clear();
+  expect_close(with.to_f32_vector(), model->forward(ids_batch()).to_f32_vector(), 0, 0, "zero lora_b");
+
+  cfg.fine_tune_type = "dora";
+  cfg.num_layers = -1;
+  train::attach_adapters(*model, cfg);
+  EXPECT_EQ(train::trainable_parameters(*model).size(), 42u);
+  const nn::LoraAdapter& d = model->adapters().at("model.layers.0.self_attn.q_proj");
+  std::vector<float> wq = model->weight("model.layers.0.self_attn.q_proj.weight").to_f32_vector(), m = d.m.to_f32_vector();
+  for (int64_t r = 0; r < 48; ++r) {
+    double s = 0;
+    for (int64_t c = 0; c < 48; ++c) s += double(wq[size_t(r * 48 + c)]) * wq[size_t(r * 48 + c)];
+    EXPECT_NEAR(m[size_t(r)], std::sqrt(s), 1e-5 * std::sqrt(s));
+  }
+  (void)w;
+}
+
+TEST(Adapters, FullKeysAndRefusals) {
+  auto model = load_model(golden_model("llama_gqa"), Device::cpu, DType::f32);
+  train::AdapterConfig cfg;
+  cfg.fine_tune_type = "full";
+  cfg.num_layers = 1;
+  train::attach_adapters(*model, cfg);
+  auto params = train::trainable_parameters(*model);
+  EXPECT_EQ(params.size(), 9u);  // 7 linears + 2 norms of block 1
+  for (auto& [n, t] : params) EXPECT_EQ(n.rfind("model.layers.1.", 0), 0u) << n;
+  EXPECT_TRUE(model->adapters().empty());
+  cfg.num_layers = 3;
+  EXPECT_THROW(train::attach_adapters(*model, cfg), Error);
+  cfg = {};
+  cfg.num_layers = 1;
+  cfg.lora.keys = {"self_attn.q_proj", "lm_head"};
+  EXPECT_THROW(train::attach_adapters(*model, cfg), Error);
+  cfg.lora.keys = {"self_attn.q_proj", "mlp.up_proj"};
+  train::attach_adapters(*model, cfg);
+  EXPECT_EQ(train::trainable_parameters(*model).size(), 4u);  // a, b for each; base weights refrozen
+  cfg.fine_tune_type = "qlora";
+  EXPECT_THROW(train::attach_adapters(*model, cfg), Error);
+}
+
+TEST(Adapters, RoundTripAndMlxCheckFiles) {
+  const char* out_env = std::getenv("LMTUNE_ADAPTER_OUT");
+  std::string out = out_env && *out_env ? out_env : (fs::temp_directory_path() / "lmtune_adapter_rt").string();
+  for (const char* c : {"llama_gqa", "qwen2_bias_tied"}) {
+    for (const char* type : {"lora", "dora", "full"}) {
+      auto model = load_model(golden_model(c), Device::cpu, DType::f32);
+      train::AdapterConfig cfg;
+      cfg.fine_tune_type = type;
+      cfg.num_layers = 1;
+      cfg.lora.rank = 3;
+      cfg.lora.scale = 4.f;
+      train::attach_adapters(*model, cfg, 11);
+      randomize(*model, 77);
+      std::string dir = out + "/" + c + "_" + type;
+      fs::remove_all(dir);
+      train::save_adapter_config(dir, cfg, {{"model", golden_model(c)}, {"optimizer", "adam"}});
+      train::save_adapter_weights(dir + "/adapters.safetensors", *model);
+      Tensor logits = model->forward(ids_batch());
+      save_safetensors(dir + "/lmtune_logits.safetensors",
+                       {{"ids", ids_batch()}, {"logits", logits}}, {{"model_dir", golden_model(c)}});
+
+      // Loaded into a fresh model: same tensors, same logits.
+      auto again = load_model(golden_model(c), Device::cpu, DType::f32);
+      train::AdapterConfig back = train::load_adapters(*again, dir);
+      EXPECT_EQ(back.fine_tune_type, type);
+      EXPECT_EQ(back.num_layers, 1);
+      auto p1 = train::trainable_parameters(*model), p2 = train::trainable_parameters(*again);
+      ASSERT_EQ(p1.size(), p2.size());
+      for (size_t i = 0; i < p1.size(); ++i) {
+        EXPECT_EQ(p1[i].first, p2[i].first);
+        EXPECT_EQ(p1[i].second.to_f32_vector(), p2[i].second.to_f32_vector()) << p1[i].first;
+      }
+      expect_close(again->forward(ids_batch()).to_f32_vector(), logits.to_f32_vector(), 0, 0,
+                   std::string(c) + " " + type + " logits after reload");
+
+      // The stored file is f32 with mlx-lm's names, and the config has mlx-lm's fields.
+      SafetensorsFile f(dir + "/adapters.safetensors");
+      for (const std::string& n : f.names()) EXPECT_EQ(f.get(n).dtype(), DType::f32) << n;
+      std::ifstream js(dir + "/adapter_config.json");
+      nlohmann::json j = nlohmann::json::parse(js);
+      EXPECT_EQ(j["optimizer"], "adam");
+      if (std::string(type) == "full")
+        EXPECT_TRUE(j["lora_parameters"].is_null());
+      else
+        EXPECT_EQ(j["lora_parameters"]["rank"], 3);
+    }
+  }
+}
+
+TEST(Adapters, LoadRefusesForeignTensorsAndShapes) {
+  std::string dir = (fs::temp_directory_path() / "lmtune_adapter_bad").string();
+  fs::remove_all(dir);
+  auto model = load_model(golden_model("llama_gqa"), Device::cpu, DType::f32);
+  train::AdapterConfig cfg;
+  cfg.num_layers = 1;
+  cfg.lora.rank = 2;
+  train::save_adapter_config(dir, cfg);
+  save_safetensors(dir + "/adapters.safetensors",
+                   {{"model.layers.1.self_attn.q_proj.lora_a", Tensor::zeros_cpu({48, 3})}});
+  EXPECT_THROW(train::load_adapters(*model, dir), Error);  // rank 3 in a rank-2 config
+  save_safetensors(dir + "/adapters.safetensors", {{"model.layers.1.self_attn.q_proj.weight", Tensor::zeros_cpu({48, 48})}});
+  EXPECT_THROW(train::load_adapters(*model, dir), Error);  // a base weight is not an adapter parameter
+  EXPECT_THROW(train::load_adapters(*model, dir + "/missing"), Error);
+}
+
+}  // namespace
