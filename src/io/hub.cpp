@@ -214,7 +214,9 @@ struct Hub {
     HttpResult head;
     std::string target = url;
     for (int hop = 0;; ++hop) {
-      head = http_request("HEAD", target, auth(), false);
+      std::vector<std::string> headers = auth();
+      headers.push_back("Accept-Encoding: identity");  // the size announced must be the file's, not a gzip's
+      head = http_request("HEAD", target, headers, false);
       if (head.transport_failed()) network_fail(head, target);
       std::string loc = head.header("location");
       if (head.status >= 300 && head.status < 400 && !loc.empty() && loc[0] == '/' && hop < 5) {

@@ -107,6 +107,7 @@ class Progress {
       std::fprintf(stderr, "\r%-28.28s %3d%% |%s| %s/%s %s/s %s %s\033[K", name_.c_str(), pct, bar.c_str(),
                    human_bytes(now_bytes).c_str(), human_bytes(total_).c_str(), human_bytes(uint64_t(rate)).c_str(),
                    final ? "in" : "ETA", eta.c_str());
+      drawn_ = !final;
       if (final) std::fputc('\n', stderr);
     } else {
       std::fprintf(stderr, "[hub] %s %d%% %s/%s %s/s %s %s\n", name_.c_str(), pct, human_bytes(now_bytes).c_str(),
@@ -115,10 +116,17 @@ class Progress {
     }
   }
 
+  // Ends a bar left mid-line by a failed transfer, so the next message starts on its own line.
+  void interrupt() {
+    if (drawn_) std::fputc('\n', stderr);
+    drawn_ = false;
+  }
+
  private:
   std::string name_;
   uint64_t total_, start_;
   bool tty_;
+  bool drawn_ = false;  // a bar is on screen without its newline
   Clock::time_point t0_, last_;
 };
 
@@ -216,6 +224,7 @@ HttpResult download_append(const std::string& url, const std::vector<std::string
   curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &r.status);
   bool ok_status = r.status == 200 || r.status == 206;
   if (ok_status) progress.update(s.written, rc == CURLE_OK);
+  if (rc != CURLE_OK) progress.interrupt();
   if (::fsync(fd) != 0 && s.io_error.empty()) s.io_error = std::strerror(errno);
   ::close(fd);
   if (!s.io_error.empty()) fail("[hub] writing ", path, " failed: ", s.io_error);
