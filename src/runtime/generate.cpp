@@ -1,5 +1,7 @@
 #include "runtime/generate.h"
 
+#include "io/hub.h"
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -145,16 +147,10 @@ std::vector<int32_t> collect_eos_ids(const std::string& model_dir, const Tokeniz
 
 std::string resolve_model_dir(const std::string& model) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(model)) {
-    LMT_CHECK(fs::exists(fs::path(model) / "config.json"), "model folder ", model, " has no config.json");
-    return model;
-  }
-  bool repo_like = !model.empty() && model.find('/') != std::string::npos && model.front() != '/' &&
-                   model.front() != '.' && std::count(model.begin(), model.end(), '/') == 1;
-  if (repo_like)
-    fail("--model ", model, " is not a local folder, and downloading from the Hugging Face Hub is not available yet; ",
-         "download it first (e.g. `huggingface-cli download ", model, " --local-dir DIR`) and pass --model DIR");
-  fail("--model ", model, ": no such folder");
+  std::string dir = resolve_model(model);  // a local folder as is; org/name[@rev] through the Hub cache
+  LMT_CHECK(fs::is_directory(dir), "--model ", model, ": no such folder");
+  LMT_CHECK(fs::exists(fs::path(dir) / "config.json"), "model folder ", dir, " has no config.json");
+  return dir;
 }
 
 std::string unescape_prompt(const std::string& s) {

@@ -61,8 +61,8 @@ class Generator {
 std::vector<int32_t> collect_eos_ids(const std::string& model_dir, const Tokenizer& tokenizer,
                                      const std::vector<std::string>& extra = {});
 
-// --model: a local folder with config.json. An `org/name` that is not a folder is refused with a
-// message saying Hub downloads are not available yet.
+// --model: a local folder with config.json, or a Hub repo id `org/name[@revision]` resolved into
+// the huggingface_hub cache (io/hub.h).
 std::string resolve_model_dir(const std::string& model);
 
 // mlx-lm's prompt escapes: the two-character sequences \n and \t become a newline and a tab.

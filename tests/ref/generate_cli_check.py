@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 
-def run(cmd, stdin=None):
-    p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+def run(cmd, stdin=None, env=None):
+    p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120, env=env)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -77,8 +77,10 @@ def main():
         check(rc == 2 and "unrecognized arguments: --bogus" in err, err)
         rc, _, err = run([a.lmtune, "generate", "--model", os.path.join(a.ref_dir, "no-such-model")])
         check(rc == 1 and "no such folder" in err, err)
-        rc, _, err = run([a.lmtune, "generate", "--model", "mlx-community/no-such-model"])
-        check(rc == 1 and "Hugging Face Hub is not available yet" in err, err)
+        # A Hub id goes through the Hub cache; offline and uncached, it is refused clearly.
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=os.path.join(a.ref_dir, "empty-hub-cache"))
+        rc, _, err = run([a.lmtune, "generate", "--model", "mlx-community/no-such-model"], env=env)
+        check(rc == 1 and "mlx-community/no-such-model" in err and "offline" in err.lower(), err)
         rc, _, err = run(gen + ["--adapter-path", "adapters"])
         check(rc == 1 and "--adapter-path is not supported yet" in err, err)
         rc, _, err = run(gen + ["--temp", "hot"])
