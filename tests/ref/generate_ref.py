@@ -13,6 +13,8 @@ import shutil
 import sys
 
 import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_golden import randomize  # noqa: E402
 from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
@@ -28,17 +30,6 @@ CASES = {
         num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)),
 }
 NEW_TOKENS = 24
-
-
-def randomize(model):
-    with torch.no_grad():  # larger than the default init so that greedy paths are not flat
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif n.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
 
 
 def greedy(model, ids, n):

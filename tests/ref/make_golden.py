@@ -52,6 +52,19 @@ CASES = {
 B, T = 2, 11
 
 
+def randomize(model):
+    """Weights larger than transformers' default 0.02 init, so that every path matters (shared by
+    the other reference scripts, which must draw the same values in the same order)."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif n.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+
+
 def batch(vocab, seed):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (B, T), generator=g)
@@ -88,14 +101,7 @@ def main():
         cfg = cfg_cls(**kw, attn_implementation="eager")
         torch.manual_seed(100 + i)
         model = model_cls(cfg).float().eval()
-        with torch.no_grad():  # larger than the default 0.02 init, so that every path matters
-            for n, p in model.named_parameters():
-                if n.endswith("norm.weight"):
-                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
-                elif n.endswith("bias"):
-                    p.copy_(0.1 * torch.randn_like(p))
-                else:
-                    p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+        randomize(model)
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
         model.save_pretrained(d, safe_serialization=True)

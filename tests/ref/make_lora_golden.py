@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_golden import CASES  # noqa: E402
+from make_golden import CASES, randomize  # noqa: E402
 
 FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qwen2_bias_tied"]
 KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -38,14 +38,7 @@ def make_model(name, seed):
     cfg = cfg_cls(**kw, attn_implementation="eager")
     torch.manual_seed(seed)
     model = model_cls(cfg).float().eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif n.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+    randomize(model)
     return cfg, model
 
 
