@@ -127,12 +127,20 @@ TEST(Sampler, SeededDrawsReproduceAndFollowTheDistribution) {
 
 TEST(Helpers, UnescapeAndModelDir) {
   EXPECT_EQ(unescape_prompt("a\\nb\\tc\\x"), "a\nb\tc\\x");
+  // A Hub id goes through the Hub cache: offline and not cached, it is refused naming the repo.
+  std::string cache = (std::filesystem::temp_directory_path() / "lmtune-empty-hub-cache").string();
+  setenv("HF_HUB_OFFLINE", "1", 1);
+  setenv("HF_HUB_CACHE", cache.c_str(), 1);
   try {
     resolve_model_dir("some-org/some-model");
     FAIL();
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("Hugging Face Hub is not available yet"), std::string::npos);
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("some-org/some-model"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("HF_HUB_OFFLINE=1"), std::string::npos) << msg;
   }
+  unsetenv("HF_HUB_OFFLINE");
+  unsetenv("HF_HUB_CACHE");
   EXPECT_THROW(resolve_model_dir("/no/such/folder"), std::exception);
 }
 
