@@ -25,7 +25,7 @@ const char kUsage[] =
     "Chat with a model in the terminal (mlx_lm.chat). Commands: q quits, r resets, h shows help.\n"
     "\n"
     "  --model DIR                 a local Hugging Face model folder with a chat template\n"
-    "  --adapter-path PATH         (not supported yet: adapters come with fine-tuning)\n"
+    "  --adapter-path PATH         a folder with adapters.safetensors + adapter_config.json (lmtune lora / mlx_lm.lora)\n"
     "  --temp T (0.0)  --top-p P (1.0)  --top-k K (0)  --min-p P (0.0)\n"
     "  --xtc-probability P (0.0)  --xtc-threshold P (0.1)\n"
     "  --seed N (0)                RNG seed\n"

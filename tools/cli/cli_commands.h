@@ -9,5 +9,6 @@ int run_generate(int argc, char** argv);
 int run_chat(int argc, char** argv);
 int run_benchmark(int argc, char** argv);
 int run_manage(int argc, char** argv);
+int run_lora(int argc, char** argv);
 
 }  // namespace lmtune::cli

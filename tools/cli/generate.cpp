@@ -24,7 +24,7 @@ const char kUsage[] =
     "Generate text from a prompt (mlx_lm.generate's flags and output).\n"
     "\n"
     "  --model DIR                 a local Hugging Face model folder (Hub downloads are not available yet)\n"
-    "  --adapter-path PATH         (not supported yet: adapters come with fine-tuning)\n"
+    "  --adapter-path PATH         a folder with adapters.safetensors + adapter_config.json (lmtune lora / mlx_lm.lora)\n"
     "  --prompt, -p TEXT           the message (default 'hello'); '-' reads stdin; \\n and \\t are unescaped\n"
     "  --system-prompt TEXT        a system message before the prompt\n"
     "  --prefill-response TEXT     start the assistant's answer with TEXT (continue_final_message)\n"

@@ -19,6 +19,7 @@ const Command kCommands[] = {
     {"inspect", "Print a model folder's configuration and tensors", lmtune::cli::run_inspect},
     {"generate", "Generate text from a prompt", lmtune::cli::run_generate},
     {"chat", "Chat with a model in the terminal (persistent KV cache)", lmtune::cli::run_chat},
+    {"lora", "Fine-tune a model with LoRA, DoRA or full fine-tuning (mlx_lm.lora)", lmtune::cli::run_lora},
     {"benchmark", "Measure prompt and generation tokens/s on random tokens", lmtune::cli::run_benchmark},
     {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},
     {"manage", "List (--scan) or delete (--delete) models in the Hugging Face cache", lmtune::cli::run_manage},

@@ -6,6 +6,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "runtime/generate.h"
+#include "train/adapters.h"
 
 namespace lmtune::cli {
 
@@ -71,7 +72,6 @@ bool Args::bool_value() {
 void Args::unknown() const { throw UsageError("unrecognized arguments: " + std::string(argv_[i_])); }
 
 LoadedModel load_for_generation(const LoadOptions& o) {
-  LMT_CHECK(o.adapter_path.empty(), "--adapter-path is not supported yet: adapters come with fine-tuning (lmtune lora)");
   LoadedModel lm;
   lm.dir = resolve_model_dir(o.model);
   Device dev;
@@ -100,6 +100,7 @@ LoadedModel load_for_generation(const LoadOptions& o) {
   }
   lm.chat = std::make_unique<ChatTemplate>(ChatTemplate::load(lm.dir));
   lm.model = load_model(lm.dir, dev, dtype);
+  if (!o.adapter_path.empty()) train::load_adapters(*lm.model, o.adapter_path);
   return lm;
 }
 

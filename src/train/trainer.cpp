@@ -1,0 +1,366 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "autograd/tape.h"
+#include "core/allocator.h"
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "ops/ops.h"
+#include "train/adapters.h"
+
+namespace lmtune::train {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+const uint64_t kValSeedSalt = 0x76616c6964ull;  // "valid": the fixed validation order
+
+std::vector<std::vector<size_t>> fixed_subset(const Dataset& ds, int64_t batch_size, int64_t num_batches,
+                                              uint64_t seed) {
+  auto groups = length_sorted_batches(ds, batch_size);
+  auto order = batch_order(groups.size(), seed ^ kValSeedSalt, 0);
+  size_t n = num_batches < 0 ? groups.size() : std::min(groups.size(), size_t(num_batches));
+  std::vector<std::vector<size_t>> out;
+  for (size_t i = 0; i < n; ++i) out.push_back(groups[order[i]]);
+  return out;
+}
+
+// Everything beyond the weights that a resumed run needs to continue exactly.
+struct LoopState {
+  int64_t iteration = 0;        // last completed iteration
+  uint64_t dropout_seed = 0;    // the adapters' dropout counter
+  int64_t trained_tokens = 0;
+  double report_loss = 0;       // sums since the last report
+  int64_t report_tokens = 0, report_steps = 0;
+  double best_val = -1;
+  int64_t best_iter = 0, evals_since_best = 0;
+};
+
+json to_json(const LoopState& s) {
+  return {{"iteration", s.iteration},         {"dropout_seed", s.dropout_seed},   {"trained_tokens", s.trained_tokens},
+          {"report_loss", s.report_loss},     {"report_tokens", s.report_tokens}, {"report_steps", s.report_steps},
+          {"best_val_loss", s.best_val},      {"best_iteration", s.best_iter},    {"evals_since_best", s.evals_since_best}};
+}
+
+LoopState from_json(const json& j) {
+  LoopState s;
+  s.iteration = j.at("iteration");
+  s.dropout_seed = j.at("dropout_seed");
+  s.trained_tokens = j.at("trained_tokens");
+  s.report_loss = j.at("report_loss");
+  s.report_tokens = j.at("report_tokens");
+  s.report_steps = j.at("report_steps");
+  s.best_val = j.at("best_val_loss");
+  s.best_iter = j.at("best_iteration");
+  s.evals_since_best = j.at("evals_since_best");
+  return s;
+}
+
+std::string iter_name(int64_t it) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%07lld", (long long)it);
+  return b;
+}
+
+void copy_file_atomic(const fs::path& from, const fs::path& to) {
+  std::ifstream f(from, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  write_file_atomic(to.string(), s.str());
+}
+
+class Progress {
+ public:
+  Progress(bool on, int64_t total, int64_t start) : on_(on), total_(total), start_it_(start), t0_(Clock::now()) {}
+  void update(int64_t it) {
+    if (!on_) return;
+    double el = seconds_since(t0_);
+    double per = it > start_it_ ? el / double(it - start_it_) : 0;
+    int64_t eta = int64_t(per * double(total_ - it));
+    int w = 30, fill = int(double(w) * double(it) / double(std::max<int64_t>(total_, 1)));
+    std::fprintf(stderr, "\r\x1b[K[%s%s] %lld/%lld  ETA %lld:%02lld", std::string(size_t(fill), '#').c_str(),
+                 std::string(size_t(w - fill), '.').c_str(), (long long)it, (long long)total_, (long long)(eta / 60),
+                 (long long)(eta % 60));
+    std::fflush(stderr);
+  }
+  void clear() {
+    if (on_) std::fprintf(stderr, "\r\x1b[K");
+  }
+
+ private:
+  bool on_;
+  int64_t total_, start_it_;
+  Clock::time_point t0_;
+};
+
+}  // namespace
+
+double evaluate(Model& model, const Dataset& ds, int64_t batch_size, int64_t num_batches, int64_t max_seq_length,
+                uint64_t seed) {
+  ag::NoGradGuard ng;
+  double total = 0;
+  int64_t ntok = 0;
+  for (const auto& g : fixed_subset(ds, batch_size, num_batches, seed)) {
+    Batch b = make_batch(ds, g, max_seq_length);
+    if (b.n_tokens == 0) continue;
+    double l = ops::item(model.loss(b.inputs, b.targets));
+    total += l * double(b.n_tokens);
+    ntok += b.n_tokens;
+  }
+  LMT_CHECK(ntok > 0, "[evaluate] no supervised tokens in ", ds.path.empty() ? "the data" : ds.path);
+  return total / double(ntok);
+}
+
+void write_loss_svg(const std::string& metrics_jsonl, const std::string& svg_path) {
+  std::vector<std::pair<double, double>> tr, va;
+  std::ifstream f(metrics_jsonl);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.empty()) continue;
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    if (j.contains("train_loss")) tr.push_back({j["iteration"], j["train_loss"]});
+    if (j.contains("val_loss")) va.push_back({j["iteration"], j["val_loss"]});
+  }
+  double x0 = 0, x1 = 1, y0 = 1e300, y1 = -1e300;
+  for (const auto* v : {&tr, &va})
+    for (auto [x, y] : *v) x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
+  if (y0 > y1) y0 = 0, y1 = 1;
+  if (y1 - y0 < 1e-9) y1 = y0 + 1;
+  const double W = 640, H = 400, L = 60, R = 20, T = 30, B = 50;
+  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
+  auto py = [&](double y) { return H - B - (y - y0) / (y1 - y0) * (H - T - B); };
+  std::ostringstream s;
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" "
+    << "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\">loss (lmtune lora)</text>\n"
+    << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
+    << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
+  for (int i = 0; i <= 4; ++i) {
+    double y = y0 + (y1 - y0) * i / 4, x = x0 + (x1 - x0) * i / 4;
+    s << "<text x=\"" << L - 5 << "\" y=\"" << py(y) + 4 << "\" text-anchor=\"end\">" << std::round(y * 1000) / 1000
+      << "</text>\n<text x=\"" << px(x) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\">" << std::llround(x)
+      << "</text>\n";
+  }
+  s << "<text x=\"" << W / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">iteration</text>\n";
+  auto poly = [&](const std::vector<std::pair<double, double>>& v, const char* color, const char* name, int k) {
+    if (v.empty()) return;
+    s << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"2\" points=\"";
+    for (auto [x, y] : v) s << px(x) << "," << py(y) << " ";
+    s << "\"/>\n<text x=\"" << W - R - 90 << "\" y=\"" << T + 16 * k << "\" fill=\"" << color << "\">" << name
+      << "</text>\n";
+  };
+  poly(tr, "#1f77b4", "train loss", 1);
+  poly(va, "#d62728", "val loss", 2);
+  s << "</svg>\n";
+  write_file_atomic(svg_path, s.str());
+}
+
+TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Dataset& train_set, const Dataset& valid_set,
+                  const TrainingArgs& args, std::FILE* out) {
+  LMT_CHECK(args.grad_accumulation_steps >= 1, "grad_accumulation_steps must be at least 1");
+  LMT_CHECK(args.steps_per_report >= 1 && args.steps_per_eval >= 1 && args.save_every >= 1,
+            "steps_per_report, steps_per_eval and save_every must be at least 1");
+  auto params = trainable_parameters(model);
+  LMT_CHECK(!params.empty(), "[train] the model has no trainable parameters");
+  model.set_grad_checkpoint(args.grad_checkpoint);
+  const auto groups = length_sorted_batches(train_set, args.batch_size);
+  const int64_t nb = int64_t(groups.size());
+  const int64_t iters = args.epochs > 0 ? args.epochs * nb : args.iters;
+  std::vector<std::vector<size_t>> val_groups;
+  if (!valid_set.empty()) val_groups = fixed_subset(valid_set, args.batch_size, args.val_batches, args.seed);
+
+  fs::path dir(args.adapter_path);
+  fs::create_directories(dir);
+  const std::string adapter_file = (dir / "adapters.safetensors").string();
+  const fs::path metrics_path = dir / "metrics.jsonl";
+
+  LoopState st;
+  for (auto& [name, a] : model.adapters()) a.dropout_seed = &st.dropout_seed;
+  st.dropout_seed = args.seed * 0x2545F4914F6CDD1Dull + 7;
+  std::string metrics_text;
+  if (!args.resume.empty()) {
+    fs::path ck(args.resume);
+    LMT_CHECK(fs::exists(ck / "trainer_state.json"), "[train] --resume ", args.resume,
+              " is not a checkpoint folder (no trainer_state.json; checkpoints are written to ADAPTER_PATH/checkpoints/)");
+    json j = json::parse(std::ifstream(ck / "trainer_state.json"));
+    LMT_CHECK(j.at("batch_size").get<int64_t>() == args.batch_size && j.at("seed").get<uint64_t>() == args.seed,
+              "[train] --resume: the checkpoint was made with batch_size ", j.at("batch_size"), " and seed ",
+              j.at("seed"), "; this run has ", args.batch_size, " and ", args.seed);
+    st = from_json(j.at("loop"));
+    load_adapter_weights(model, (ck / "adapters.safetensors").string());
+    std::map<std::string, Tensor> ostate;
+    std::map<std::string, Tensor> grads;
+    for (auto& [name, t] : load_safetensors((ck / "optimizer.safetensors").string())) {
+      Tensor c = ops::to(ops::clone(t), model.device());
+      if (name.rfind("grad.", 0) == 0)
+        grads[name.substr(5)] = c;
+      else
+        ostate[name.substr(6)] = c;  // "state."
+    }
+    opt.set_state(ostate, j.at("optimizer_step"));
+    for (auto& [name, p] : params)
+      if (grads.count(name)) p.ag()->grad = grads[name];
+    if (fs::exists(ck / "metrics.jsonl")) {
+      std::ifstream f(ck / "metrics.jsonl");
+      std::stringstream s;
+      s << f.rdbuf();
+      metrics_text = s.str();
+    }
+    std::fprintf(out, "Resuming from %s at iteration %lld\n", args.resume.c_str(), (long long)st.iteration);
+  }
+  write_file_atomic(metrics_path.string(), metrics_text);
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  auto save_checkpoint = [&](int64_t it) {
+    fs::path cks = dir / "checkpoints", tmp = cks / (".tmp-" + iter_name(it)), fin = cks / iter_name(it);
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    save_adapter_weights((tmp / "adapters.safetensors").string(), model);
+    if (fs::exists(dir / "adapter_config.json")) copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
+    std::vector<std::pair<std::string, Tensor>> os;
+    for (auto& [name, t] : opt.state()) os.push_back({"state." + name, ops::to(t, Device::cpu)});
+    for (auto& [name, p] : params)
+      if (p.ag() && p.ag()->grad.defined()) os.push_back({"grad." + name, ops::to(p.ag()->grad, Device::cpu, DType::f32)});
+    if (os.empty()) os.push_back({"empty", Tensor::zeros_cpu({1})});
+    save_safetensors((tmp / "optimizer.safetensors").string(), os);
+    metrics.flush();
+    copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
+    json j = {{"iteration", it},          {"optimizer_step", opt.step()}, {"batch_size", args.batch_size},
+              {"seed", args.seed},        {"iters", iters},               {"loop", to_json(st)}};
+    write_file_atomic((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
+    fs::remove_all(fin);
+    fs::rename(tmp, fin);
+  };
+
+  TrainResult res;
+  Progress bar(args.progress, iters, st.iteration);
+  double train_time = 0;
+  auto& alloc = allocator(model.device());
+  std::fprintf(out, "Starting training..., iters: %lld\n", (long long)iters);
+  std::fflush(out);
+  int64_t it = st.iteration + 1;
+  for (; it <= iters; ++it) {
+    if (!val_groups.empty() && (it == 1 || it % args.steps_per_eval == 0 || it == iters)) {
+      auto tic = Clock::now();
+      double vl = evaluate(model, valid_set, args.batch_size, args.val_batches, args.max_seq_length, args.seed);
+      double vt = seconds_since(tic);
+      bar.clear();
+      std::fprintf(out, "Iter %lld: Val loss %.3f, Val took %.3fs\n", (long long)it, vl, vt);
+      metrics << json{{"iteration", it}, {"val_loss", vl}, {"val_time", vt}}.dump() << "\n";
+      if (st.best_val < 0 || vl < st.best_val) {
+        st.best_val = vl;
+        st.best_iter = it;
+        st.evals_since_best = 0;
+        save_adapter_weights((dir / "best_adapters.safetensors").string(), model);
+      } else {
+        ++st.evals_since_best;
+      }
+      std::fflush(out);
+      if (args.early_stop > 0 && st.evals_since_best >= args.early_stop) {
+        std::fprintf(out, "Iter %lld: Early stop: val loss has not improved for %lld evaluations (best %.3f at iter %lld)\n",
+                     (long long)it, (long long)st.evals_since_best, st.best_val, (long long)st.best_iter);
+        res.early_stopped = true;
+        break;
+      }
+    }
+    auto tic = Clock::now();
+    int64_t g = it - 1;
+    auto order = batch_order(size_t(nb), args.seed, g / nb);
+    Batch b = make_batch(train_set, groups[order[size_t(g % nb)]], args.max_seq_length);
+    Tensor loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets);
+    if (b.n_tokens > 0) ag::backward(loss);
+    st.report_loss += double(ops::item(loss));
+    st.report_tokens += b.n_tokens;
+    st.report_steps += 1;
+    if (it % args.grad_accumulation_steps == 0) {
+      std::map<std::string, Tensor> grads;
+      double sq = 0;
+      for (auto& [name, p] : params) {
+        const Tensor& gr = p.ag()->grad;
+        if (!gr.defined()) continue;
+        Tensor gg = args.grad_accumulation_steps > 1 ? ops::scale(gr, 1.f / float(args.grad_accumulation_steps)) : gr;
+        if (args.grad_clip > 0) sq += double(ops::item(ops::sum_all(ops::mul(gg, gg))));
+        grads[name] = gg;
+      }
+      if (args.grad_clip > 0) {
+        double norm = std::sqrt(sq);
+        if (norm > args.grad_clip) {
+          float c = float(args.grad_clip / (norm + 1e-6));
+          for (auto& [name, gg] : grads) gg = ops::scale(gg, c);
+        }
+      }
+      opt.update(params, grads);
+      for (auto& [name, p] : params) ag::zero_grad(p);
+    }
+    train_time += seconds_since(tic);
+    bar.update(it);
+    if (it % args.steps_per_report == 0 || it == iters) {
+      double tl = st.report_loss / double(st.report_steps);
+      double rate = lr(std::max<int64_t>(opt.step() - 1, 0));
+      double it_sec = double(args.steps_per_report) / train_time;
+      double tok_sec = double(st.report_tokens) / train_time;
+      st.trained_tokens += st.report_tokens;
+      double peak = double(alloc.peak_bytes()) / 1e9;
+      bar.clear();
+      std::fprintf(out,
+                   "Iter %lld: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %lld, "
+                   "Peak mem %.3f GB\n",
+                   (long long)it, tl, rate, it_sec, tok_sec, (long long)st.trained_tokens, peak);
+      std::fflush(out);
+      metrics << json{{"iteration", it},         {"train_loss", tl},
+                      {"learning_rate", rate},   {"iterations_per_second", it_sec},
+                      {"tokens_per_second", tok_sec}, {"trained_tokens", st.trained_tokens},
+                      {"peak_memory", peak}}
+                     .dump()
+              << "\n";
+      st.report_loss = 0;
+      st.report_tokens = 0;
+      st.report_steps = 0;
+      train_time = 0;
+    }
+    st.iteration = it;
+    if (it % args.save_every == 0) {
+      save_adapter_weights(adapter_file, model);
+      std::string ck = (dir / (iter_name(it) + "_adapters.safetensors")).string();
+      save_adapter_weights(ck, model);
+      save_checkpoint(it);
+      bar.clear();
+      std::fprintf(out, "Iter %lld: Saved adapter weights to %s and %s.\n", (long long)it, adapter_file.c_str(),
+                   ck.c_str());
+      std::fflush(out);
+    }
+  }
+  bar.clear();
+  res.iterations = st.iteration;
+  res.best_val_loss = st.best_val;
+  res.best_iteration = st.best_iter;
+  save_adapter_weights(adapter_file, model);
+  if (st.iteration % args.save_every != 0 && st.iteration > 0) save_checkpoint(st.iteration);
+  metrics.close();
+  std::fprintf(out, "Saved final weights to %s.\n", adapter_file.c_str());
+  if (st.best_val >= 0)
+    std::fprintf(out, "Best val loss %.3f at iter %lld: %s\n", st.best_val, (long long)st.best_iter,
+                 (dir / "best_adapters.safetensors").string().c_str());
+  write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
+  std::fflush(out);
+  return res;
+}
+
+}  // namespace lmtune::train
