@@ -4,6 +4,8 @@ max_new_tokens, so no early stop). Prompt tok/s: a 512-token prompt generating 1
 plus one lm_head and argmax, as lmtune's prompt time counts); decode tok/s: (G - 1) extra tokens
 over the extra time of generating G tokens. Median of the trials, after a warm-up of each.
 Usage: bench_generate_peer.py [--json PATH] [--smoke]   (--smoke: tiny model on the CPU in f32)
+       bench_generate_peer.py --model DIR [-p N] [-g N] [-n N] [--threads N]: a saved model folder in
+       f32 on the CPU instead (bench/bench_generate_cpu.sh), torch.set_num_threads(N).
 """
 import argparse
 import json
@@ -17,8 +19,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--model")
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-g", type=int, default=128)
+    ap.add_argument("-n", type=int, default=3)
+    ap.add_argument("--threads", type=int)
     a = ap.parse_args()
-    if a.smoke:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.model:
+        from transformers import AutoModelForCausalLM
+        P, G, trials, dev, dtype = a.p, a.g, a.n, "cpu", torch.float32
+        t0 = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).eval()
+        cfg = model.config
+    elif a.smoke:
         kw = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=64, vocab_size=1000)
         P, G, trials, dev, dtype = 64, 8, 2, "cpu", torch.float32
@@ -26,18 +41,19 @@ def main():
         kw = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=8, head_dim=128, vocab_size=32000)
         P, G, trials, dev, dtype = 512, 128, 3, "cuda", torch.bfloat16
-    cfg = MistralConfig(**kw, rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
-                        sliding_window=None, tie_word_embeddings=False, attn_implementation="sdpa")
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)  # random init straight in the target dtype, on the device
-    with torch.device(dev):
-        model = MistralForCausalLM(cfg).eval()
-    torch.set_default_dtype(torch.float32)
+    if not a.model:
+        cfg = MistralConfig(**kw, rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
+                            sliding_window=None, tie_word_embeddings=False, attn_implementation="sdpa")
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        torch.set_default_dtype(dtype)  # random init straight in the target dtype, on the device
+        with torch.device(dev):
+            model = MistralForCausalLM(cfg).eval()
+        torch.set_default_dtype(torch.float32)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     sync()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"transformers: MistralForCausalLM {n_params / 1e9:.3f} B parameters, {dtype}, {dev}, "
+    print(f"transformers: {type(model).__name__} {n_params / 1e9:.3f} B parameters, {dtype}, {dev}, "
           f"built in {time.perf_counter() - t0:.1f} s", flush=True)
 
     def gen(ids, n):
@@ -65,6 +81,7 @@ def main():
     med = lambda v: sorted(v)[len(v) // 2]
     peak = torch.cuda.max_memory_allocated() / 1e9 if dev == "cuda" else 0.0
     print(f"transformers median: prompt {med(ptps):.1f} tok/s, decode {med(dtps):.2f} tok/s, peak {peak:.2f} GB")
+    print(f"Averages: prompt_tps={sum(ptps) / len(ptps):.3f}, generation_tps={sum(dtps) / len(dtps):.3f}")
     if a.json:
         import transformers
         json.dump({"prompt_tps": med(ptps), "decode_tps": med(dtps), "peak_gb": peak,
