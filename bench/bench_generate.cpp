@@ -38,6 +38,22 @@ Config g;
 
 double secs(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Fills rows (n, C) with device copies of rows of pool (R, C), from a different pool offset each time.
+void fill_from_pool(Tensor& rows, const Tensor& pool) {
+  static int64_t start = 0;
+  const int64_t R = pool.dim(0), n = rows.dim(0);
+  for (int64_t r = 0; r < n;) {
+    start = (start + 389) % R;
+    int64_t k = std::min(R - start, n - r);
+    ops::copy_rows_into(rows, r, pool.slice_rows(start, start + k));
+    r += k;
+  }
+}
+
+Tensor random_pool() {  // one host draw, uploaded once: (R, n_embd)
+  return ops::randn({std::min<int64_t>(1024, g.vocab), g.embd}, 7, 0.02f, g.dtype, g.device);
+}
+
 // Every 2-D weight is filled by device copies of rows of one random pool (R, C) uploaded once.
 std::unique_ptr<Model> make_model() {
   char json[640];
@@ -50,11 +66,9 @@ std::unique_ptr<Model> make_model() {
                 (long long)g.vocab, (long long)g.embd, (long long)g.ff, (long long)g.layer, (long long)g.head,
                 (long long)g.kv_head, (long long)g.head_dim);
   auto model = create_model(ModelConfig::from_json_text(json, "bench_generate"));
-  const int64_t C = g.embd, R = std::min<int64_t>(1024, g.vocab);
-  // std 0.02 as transformers' initializer_range; the lm_head rows differ so the argmax moves.
-  Tensor pool = ops::randn({R, C}, 7, 0.02f, g.dtype, g.device);
+  const int64_t C = g.embd;
+  Tensor pool = random_pool();  // std 0.02, transformers' initializer_range
   std::map<std::string, Tensor> w;
-  int64_t start = 0;
   for (const TensorSpec& s : model->tensor_specs()) {
     int64_t n = 1;
     for (int64_t d : s.shape) n *= d;
@@ -65,12 +79,7 @@ std::unique_ptr<Model> make_model() {
     LMT_CHECK(n % C == 0, "[bench_generate] weight ", s.name, " of ", n, " elements is not a multiple of ", C);
     Tensor t = ops::empty(s.shape, g.dtype, g.device);
     Tensor rows = t.reshape({n / C, C});
-    for (int64_t r = 0; r < n / C;) {
-      start = (start + 389) % R;  // a different pool offset for every copy
-      int64_t k = std::min(R - start, n / C - r);
-      ops::copy_rows_into(rows, r, pool.slice_rows(start, start + k));
-      r += k;
-    }
+    fill_from_pool(rows, pool);
     w[s.name] = t;
   }
   model->set_weights(std::move(w));
@@ -80,7 +89,8 @@ std::unique_ptr<Model> make_model() {
 
 // Device-to-device copy of 1 GiB, bytes read + written over time: the bandwidth ceiling.
 double copy_bandwidth_gbps() {
-  Tensor src = ops::randn({g.copy_elems / 4096, 4096}, 3, 1.f, g.dtype, g.device);
+  Tensor src = ops::empty({g.copy_elems / g.embd, g.embd}, g.dtype, g.device);  // random, not zeros
+  fill_from_pool(src, random_pool());
   Tensor dst = ops::empty(src.shape(), g.dtype, g.device);
   for (int i = 0; i < 3; ++i) ops::copy_into(dst, src);
   backend(g.device).synchronize();
