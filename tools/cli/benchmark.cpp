@@ -85,10 +85,9 @@ int run_benchmark(int argc, char** argv) {
       if (a.is("-h", "--help")) {
         std::fputs(kUsage, stdout);
         return 0;
-      } else if (a.is("--model")) lo.model = a.value();
-      else if (a.is("--device")) lo.device = a.value();
-      else if (a.is("--dtype")) lo.dtype = a.value();
-      else if (a.is("--prompt-tokens", "-p")) P = a.int_value();
+      } else if (read_load_flag(a, lo)) {
+        // read by the shared flag readers (runtime_setup.h)
+      } else if (a.is("--prompt-tokens", "-p")) P = a.int_value();
       else if (a.is("--generation-tokens", "-g")) G = a.int_value();
       else if (a.is("--batch-size", "-b")) B = a.int_value();
       else if (a.is("--num-trials", "-n")) N = a.int_value();

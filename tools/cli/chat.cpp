@@ -57,17 +57,9 @@ int run_chat(int argc, char** argv) {
       if (a.is("-h", "--help")) {
         std::fputs(kUsage, stdout);
         return 0;
-      } else if (a.is("--model")) lo.model = a.value();
-      else if (a.is("--adapter-path")) lo.adapter_path = a.value();
-      else if (a.is("--device")) lo.device = a.value();
-      else if (a.is("--dtype")) lo.dtype = a.value();
-      else if (a.is("--temp")) so.temp = float(a.float_value());
-      else if (a.is("--top-p")) so.top_p = float(a.float_value());
-      else if (a.is("--top-k")) so.top_k = int(a.int_value());
-      else if (a.is("--min-p")) so.min_p = float(a.float_value());
-      else if (a.is("--xtc-probability")) so.xtc_probability = float(a.float_value());
-      else if (a.is("--xtc-threshold")) so.xtc_threshold = float(a.float_value());
-      else if (a.is("--seed")) seed = uint64_t(a.int_value());
+      } else if (read_load_flag(a, lo) || read_sampler_flag(a, so)) {
+        // read by the shared flag readers (runtime_setup.h)
+      } else if (a.is("--seed")) seed = uint64_t(a.int_value());
       else if (a.is("--max-kv-size")) max_kv_size = a.int_value();
       else if (a.is("--max-tokens", "-m")) gc.max_tokens = a.int_value();
       else if (a.is("--system-prompt")) system_prompt = a.value();

@@ -69,25 +69,12 @@ int run_generate(int argc, char** argv) {
       if (a.is("-h", "--help")) {
         std::fputs(kUsage, stdout);
         return 0;
-      } else if (a.is("--model")) lo.model = a.value();
-      else if (a.is("--adapter-path")) lo.adapter_path = a.value();
-      else if (a.is("--device")) lo.device = a.value();
-      else if (a.is("--dtype")) lo.dtype = a.value();
-      else if (a.is("--prompt", "-p")) prompt = a.value();
+      } else if (read_load_flag(a, lo) || read_sampler_flag(a, so)) {
+        // read by the shared flag readers (runtime_setup.h)
+      } else if (a.is("--prompt", "-p")) prompt = a.value();
       else if (a.is("--system-prompt")) system_prompt = a.value();
       else if (a.is("--prefill-response")) prefill = a.value();
       else if (a.is("--max-tokens", "-m")) gc.max_tokens = a.int_value();
-      else if (a.is("--temp")) so.temp = float(a.float_value());
-      else if (a.is("--top-p")) so.top_p = float(a.float_value());
-      else if (a.is("--top-k")) so.top_k = int(a.int_value());
-      else if (a.is("--min-p")) so.min_p = float(a.float_value());
-      else if (a.is("--min-tokens-to-keep")) so.min_tokens_to_keep = int(a.int_value());
-      else if (a.is("--xtc-probability")) so.xtc_probability = float(a.float_value());
-      else if (a.is("--xtc-threshold")) so.xtc_threshold = float(a.float_value());
-      else if (a.is("--repetition-penalty")) so.repetition_penalty = float(a.float_value());
-      else if (a.is("--repetition-context-size")) so.repetition_context_size = int(a.int_value());
-      else if (a.is("--presence-penalty")) so.presence_penalty = float(a.float_value());
-      else if (a.is("--frequency-penalty")) so.frequency_penalty = float(a.float_value());
       else if (a.is("--seed")) seed = uint64_t(a.int_value());
       else if (a.is("--ignore-chat-template")) ignore_template = true;
       else if (a.is("--chat-template-config")) template_config = a.value();

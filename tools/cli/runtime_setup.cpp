@@ -104,4 +104,29 @@ LoadedModel load_for_generation(const LoadOptions& o) {
   return lm;
 }
 
+bool read_load_flag(Args& a, LoadOptions& o) {
+  if (a.is("--model")) o.model = a.value();
+  else if (a.is("--adapter-path")) o.adapter_path = a.value();
+  else if (a.is("--device")) o.device = a.value();
+  else if (a.is("--dtype")) o.dtype = a.value();
+  else return false;
+  return true;
+}
+
+bool read_sampler_flag(Args& a, SamplerOptions& o) {
+  if (a.is("--temp")) o.temp = float(a.float_value());
+  else if (a.is("--top-p")) o.top_p = float(a.float_value());
+  else if (a.is("--top-k")) o.top_k = int(a.int_value());
+  else if (a.is("--min-p")) o.min_p = float(a.float_value());
+  else if (a.is("--min-tokens-to-keep")) o.min_tokens_to_keep = int(a.int_value());
+  else if (a.is("--xtc-probability")) o.xtc_probability = float(a.float_value());
+  else if (a.is("--xtc-threshold")) o.xtc_threshold = float(a.float_value());
+  else if (a.is("--repetition-penalty")) o.repetition_penalty = float(a.float_value());
+  else if (a.is("--repetition-context-size")) o.repetition_context_size = int(a.int_value());
+  else if (a.is("--presence-penalty")) o.presence_penalty = float(a.float_value());
+  else if (a.is("--frequency-penalty")) o.frequency_penalty = float(a.float_value());
+  else return false;
+  return true;
+}
+
 }  // namespace lmtune::cli

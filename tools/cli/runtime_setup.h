@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "models/model.h"
+#include "runtime/sampler.h"
 #include "tokenizer/chat_template.h"
 
 namespace lmtune::cli {
@@ -53,5 +54,10 @@ struct LoadedModel {
 };
 
 LoadedModel load_for_generation(const LoadOptions& o);
+
+// Flags the commands share. Each returns true when the current flag was one of its own (and
+// reads its value), so a command's loop reads `else if (read_load_flag(a, lo)) {}`.
+bool read_load_flag(Args& a, LoadOptions& o);        // --model --adapter-path --device --dtype
+bool read_sampler_flag(Args& a, SamplerOptions& o);  // --temp --top-p --top-k --min-p --xtc-* ...
 
 }  // namespace lmtune::cli
