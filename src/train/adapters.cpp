@@ -57,9 +57,14 @@ void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
   model.adapters().clear();
   int64_t first = first_trained_block(model, cfg.num_layers);
   std::string block_prefix_end = ".";
+  LMT_CHECK(!cfg.train_embeddings || cfg.fine_tune_type == "full",
+            "[adapters] train_embeddings needs fine_tune_type full");
   if (cfg.fine_tune_type == "full") {
     for (auto& [name, w] : model.weights()) {
-      if (name.rfind(kLayers, 0) != 0) continue;
+      if (name.rfind(kLayers, 0) != 0) {
+        if (cfg.train_embeddings) w = ag::param(w);
+        continue;
+      }
       int64_t layer = std::stoll(name.substr(kLayers.size()));
       if (layer >= first) w = ag::param(w);
     }
@@ -109,6 +114,8 @@ void save_adapter_config(const std::string& dir, const AdapterConfig& cfg, const
   j["num_layers"] = cfg.num_layers;
   if (cfg.fine_tune_type == "full") {
     j["lora_parameters"] = nullptr;
+    if (cfg.train_embeddings) j["train_embeddings"] = true;
+    else j.erase("train_embeddings");
   } else {
     json lp = {{"rank", cfg.lora.rank}, {"dropout", cfg.lora.dropout}, {"scale", cfg.lora.scale}};
     if (!cfg.lora.keys.empty()) lp["keys"] = cfg.lora.keys;
@@ -133,6 +140,8 @@ AdapterConfig load_adapter_config(const std::string& dir) {
     c.fine_tune_type = j.value("fine_tune_type", std::string("lora"));
     LMT_CHECK(j.contains("num_layers"), "[adapters] ", path, " has no num_layers");
     c.num_layers = j.at("num_layers").get<int64_t>();
+    if (j.contains("train_embeddings") && j["train_embeddings"].is_boolean())
+      c.train_embeddings = j["train_embeddings"].get<bool>();
     if (c.fine_tune_type != "full") {
       LMT_CHECK(j.contains("lora_parameters") && j["lora_parameters"].is_object(), "[adapters] ", path,
                 " has no lora_parameters");

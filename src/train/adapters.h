@@ -24,6 +24,8 @@ struct AdapterConfig {
   std::string fine_tune_type = "lora";  // lora | dora | full
   int64_t num_layers = 16;              // counted from the last block; <= 0 means all (as mlx-lm's slice)
   LoraParameters lora;                  // ignored for full
+  bool train_embeddings = false;        // full only (lmtune's addition): also train the weights outside the
+                                        // blocks (embeddings, final norm, lm_head), e.g. pretraining from scratch
 };
 
 // mlx-lm's default keys: every linear layer inside a block (for the Llama family
@@ -32,7 +34,7 @@ std::vector<std::string> default_lora_keys(const Model& model);
 
 // Freezes the model (no weight is a parameter, adapters removed), then attaches fresh adapters
 // (lora | dora; lora_a from seed) or unfreezes the last num_layers blocks (full; norms included,
-// embeddings and lm_head stay frozen). Throws on an unknown type, a key that names no linear layer
+// embeddings and lm_head stay frozen unless cfg.train_embeddings). Throws on an unknown type, a key that names no linear layer
 // of a block, or num_layers above the model's block count.
 void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed = 0);
 

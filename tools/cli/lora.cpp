@@ -63,6 +63,7 @@ const char kUsage[] =
     "  --grad-clip X                  clip the gradient's global L2 norm to X\n"
     "  --resume DIR                   continue exactly from a checkpoint (ADAPTER_PATH/checkpoints/NNNNNNN)\n"
     "  --early-stop N                 stop after N evaluations without a better val loss\n"
+    "  --train-embeddings             with --fine-tune-type full: also train embeddings, final norm, lm_head\n"
     "  --preview N                    print the first N training examples as the model sees them, then exit\n"
     "  --device cpu|cuda              (default: cuda when available)\n"
     "  --dtype float32|bfloat16|float16  the frozen base on CUDA; trainable parameters are float32\n"
@@ -103,7 +104,8 @@ json defaults() {
               {"epochs", 0},
               {"grad_clip", 0.0},
               {"resume", nullptr},
-              {"early_stop", 0}};
+              {"early_stop", 0},
+              {"train_embeddings", false}};
 }
 
 const std::set<std::string> kYamlOnly = {"prompt_feature", "completion_feature", "text_feature", "chat_feature",
@@ -210,6 +212,7 @@ int run_lora(int argc, char** argv) {
       else if (a.is("--grad-clip")) cli["grad_clip"] = a.float_value();
       else if (a.is("--resume")) cli["resume"] = a.value();
       else if (a.is("--early-stop")) cli["early_stop"] = a.int_value();
+      else if (a.is("--train-embeddings")) cli["train_embeddings"] = true;
       else if (a.is("--preview")) preview = a.int_value();
       else if (a.is("--device")) cli["device"] = a.value();
       else if (a.is("--dtype")) cli["dtype"] = a.value();
@@ -295,6 +298,7 @@ int run_lora(int argc, char** argv) {
     train::AdapterConfig ac;
     ac.fine_tune_type = cfg["fine_tune_type"];
     ac.num_layers = cfg["num_layers"];
+    ac.train_embeddings = cfg["train_embeddings"].get<bool>();
     if (ac.fine_tune_type != "full") {
       const json& lp = cfg["lora_parameters"];
       LMT_CHECK(lp.is_object(), "lora_parameters must be a mapping (rank, scale, dropout, keys)");
