@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# LoRA training speed and memory on the GPU: `lmtune lora --device cuda` and then transformers +
+# peft (bench/bench_lora_peer.py train) on one Mistral-7B-shaped bf16 model with random weights
+# (written once into a temporary folder, removed at exit), LoRA rank 8 (scale 20, dropout 0) on
+# all 7 linear layers of all 32 blocks, batch 1, every example truncated to 2048 tokens, Adam at
+# lr 1e-5, without and with gradient checkpointing. Prints one table of tokens/s (supervised
+# tokens over train time, steady state after warm-up) and peak device memory (weights included)
+# side by side. Target: lmtune at least the peer's tokens/s at no more memory.
+# About 3-5 minutes on an H100 once lmtune is built (most of it writing and loading 14.5 GB).
+# Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N] [--smoke]
+# (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report; --smoke: both
+# sides on the CPU with a 2-layer f32 model at sequence 128, a check of the scripts).
+# LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default python3).
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="$root/build"
+table=""
+smoke=0
+warmup=5 steps=20
+while (($#)); do
+  case "$1" in
+    --build) build="$(cd "$2" && pwd)"; shift 2 ;;
+    --table) table="$2"; shift 2 ;;
+    --warmup) warmup="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --smoke) smoke=1; shift ;;
+    *) echo "bench_lora_gpu: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+py="${LMTUNE_PYTHON:-$(command -v python3)}"
+lmtune="$build/bin/lmtune"
+if [[ ! -x "$lmtune" ]]; then
+  echo "bench_lora_gpu: $lmtune not built" >&2
+  exit 1
+fi
+if ((smoke)); then
+  seq=128 report=2 device=cpu smoke_flag=(--smoke)
+  ((warmup == 5)) && warmup=2
+  ((steps == 20)) && steps=4
+else
+  seq=2048 report=5 device=cuda smoke_flag=()
+fi
+if ((warmup % report || steps % report || warmup < report || steps < report)); then
+  echo "bench_lora_gpu: --warmup and --steps must be positive multiples of the $report-step report" >&2
+  exit 2
+fi
+iters=$((warmup + steps))
+tmp="$(mktemp -d)"
+trap 'smi_stop; rm -rf "$tmp"' EXIT
+status=0
+start=$SECONDS
+peer() { PYTHONUNBUFFERED=1 "$py" "$root/bench/bench_lora_peer.py" "$@"; }
+# Device memory as the driver sees it (CUDA context and cached blocks included), sampled every 200 ms
+# while a run lasts: a cross-check of the two tools' own "in use" peaks.
+smi_pid=""
+smi_start() {
+  if ((!smoke)) && command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$tmp/smi-$1.txt" 2>/dev/null &
+    smi_pid=$!
+  fi
+}
+smi_stop() {
+  if [[ -n "$smi_pid" ]]; then kill "$smi_pid" 2>/dev/null; wait "$smi_pid" 2>/dev/null; smi_pid=""; fi
+}
+
+echo "== model and data [$((SECONDS - start)) s]"
+peer model "$tmp/model" "${smoke_flag[@]}" || { echo "bench_lora_gpu: cannot write the model"; exit 1; }
+peer data "$tmp/data" --model "$tmp/model" --seq "$seq" || { echo "bench_lora_gpu: cannot write the data"; exit 1; }
+cat >"$tmp/lora.yaml" <<'EOF'
+lora_parameters:
+  rank: 8
+  scale: 20.0
+  dropout: 0.0
+  keys: [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+EOF
+
+for gc in off on; do
+  gcflag=()
+  [[ $gc == on ]] && gcflag=(--grad-checkpoint)
+  echo "== lmtune lora, gradient checkpointing $gc [$((SECONDS - start)) s]"
+  cmd=("$lmtune" lora --model "$tmp/model" --train --data "$tmp/data" --device "$device" -c "$tmp/lora.yaml"
+    --fine-tune-type lora --optimizer adam --num-layers -1 --batch-size 1 --iters "$iters"
+    --steps-per-report "$report" --steps-per-eval 100000 --val-batches 1 --learning-rate 1e-5
+    --max-seq-length "$seq" --save-every 100000 --seed 0 --adapter-path "$tmp/adapters-$gc" "${gcflag[@]}")
+  echo "${cmd[*]#"$tmp/"}" | sed "s|$tmp/||g"
+  smi_start "lmtune-$gc"
+  "${cmd[@]}" 2>&1 | grep -v '^\[WARNING\] Some sequences are longer' | tee "$tmp/lmtune-$gc.txt"
+  rc=${PIPESTATUS[0]}
+  smi_stop
+  ((rc == 0)) || { echo "lmtune lora ($gc) failed (rc $rc)"; status=1; }
+  echo "== transformers + peft, gradient checkpointing $gc [$((SECONDS - start)) s]"
+  smi_start "peer-$gc"
+  peer train --model "$tmp/model" --data "$tmp/data" --seq "$seq" --warmup "$warmup" --steps "$steps" \
+    --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
+    true
+  smi_stop
+  [[ -s "$tmp/peer-$gc.json" ]] || { echo "bench_lora_peer.py ($gc) failed"; status=1; }
+done
+echo "== done [$((SECONDS - start)) s]"
+
+if ((smoke)); then
+  card="CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), smoke: 2-layer f32 model, sequence $seq)"
+else
+  card="$(nvidia-smi -L 2>/dev/null | head -n 1 | sed 's/ (UUID.*//')"
+  card="${card:-unknown GPU}"
+fi
+"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" <<'PY'
+import json, os, re, sys
+tmp, warmup, steps, seq, card, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+pat = re.compile(r"Iter (\d+): Train loss ([\d.naninf]+), Learning Rate \S+, It/sec [\d.]+, Tokens/sec ([\d.]+), "
+                 r"Trained Tokens (\d+), Peak mem ([\d.]+) GB")
+
+def ours(gc):
+    p = f"{tmp}/lmtune-{gc}.txt"
+    if not os.path.exists(p):
+        return None
+    reps = [(int(m[1]), float(m[2]), float(m[3]), int(m[4]), float(m[5])) for m in pat.finditer(open(p).read())]
+    timed = [r for r in reps if r[0] > warmup]
+    if not timed or timed[-1][0] != warmup + steps:
+        return None
+    # Each report covers the same number of steps and tokens: the overall rate is the harmonic mean.
+    tps = len(timed) / sum(1 / r[2] for r in timed)
+    return {"tokens_per_sec": tps, "peak_gb": reps[-1][4], "first_loss": reps[0][1], "last_loss": reps[-1][1]}
+
+def peer(gc):
+    p = f"{tmp}/peer-{gc}.json"
+    return json.load(open(p)) if os.path.exists(p) and os.path.getsize(p) else None
+
+lines = []
+p0 = peer("off") or peer("on")
+vers = f"torch {p0['torch']}, transformers {p0['transformers']}, peft {p0['peft']}" if p0 else "peer failed"
+lines.append(f"{card}; peer: {vers}")
+lines.append(f"LoRA rank 8 (scale 20, dropout 0) on q,k,v,o,gate,up,down of every block; batch 1, sequence {seq} "
+             f"({seq - 1} supervised tokens a step); Adam lr 1e-5; {steps} timed steps after {warmup} warm-up")
+lines += ["", "| config | lmtune tok/s | peer tok/s | ratio | lmtune peak GB | peer peak GB | target met? |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+losses = []
+for gc, name in (("off", "no gradient checkpointing"), ("on", "gradient checkpointing")):
+    o, p = ours(gc), peer(gc)
+    f = lambda r, k, fmt: fmt.format(r[k]) if r else "FAILED"
+    ratio = f"{o['tokens_per_sec'] / p['tokens_per_sec']:.2f}" if o and p else "-"
+    if o and p:
+        fast, small = o["tokens_per_sec"] >= p["tokens_per_sec"], o["peak_gb"] <= p["peak_gb"]
+        met = "yes" if fast and small else "NO (" + ", ".join(
+            x for x, bad in (("slower", not fast), ("more memory", not small)) if bad) + ")"
+    else:
+        met = "-"
+    lines.append(f"| {name} | {f(o, 'tokens_per_sec', '{:.0f}')} | {f(p, 'tokens_per_sec', '{:.0f}')} | {ratio} | "
+                 f"{f(o, 'peak_gb', '{:.2f}')} | {f(p, 'peak_gb', '{:.2f}')} | {met} |")
+    if o and p:
+        losses.append(f"{name}: lmtune {o['first_loss']:.3f} -> {o['last_loss']:.3f}, "
+                      f"peer {p['first_loss']:.3f} -> {p['last_loss']:.3f}")
+text = "\n".join(lines) + "\n"
+def smi(name):
+    p = f"{tmp}/smi-{name}.txt"
+    v = [int(x) for x in open(p).read().split() if x.isdigit()] if os.path.exists(p) else []
+    return f"{max(v) * 2**20 / 1e9:.2f}" if v else "-"
+if any(os.path.exists(f"{tmp}/smi-{t}-{g}.txt") for t in ("lmtune", "peer") for g in ("off", "on")):
+    text += ("\nnvidia-smi memory.used, max over each whole run (CUDA context and cached blocks included), GB: "
+             f"lmtune {smi('lmtune-off')} / {smi('lmtune-on')}, peer {smi('peer-off')} / {smi('peer-on')} "
+             "(without / with gradient checkpointing)\n")
+if losses:
+    text += "\nTrain loss, first report -> last (both should start near ln(vocab) on random weights): " + \
+        "; ".join(losses) + "\n"
+print(text, end="")
+if out != "/dev/null":
+    open(out, "w").write(text)
+PY
+exit $status

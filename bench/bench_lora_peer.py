@@ -1,0 +1,249 @@
+"""Helper of bench/bench_lora_gpu.sh: makes the model folder and the data, and runs the peer
+(transformers + peft LoRA training) with the settings `lmtune lora` gets.
+
+  bench_lora_peer.py model DIR [--smoke]
+      A Mistral-7B-shaped model folder with random weights (hidden 4096, n_ff 14336, 32 layers,
+      32 heads, 8 kv heads, head_dim 128, vocab 32000, rope_theta 1e6, untied lm_head), bf16,
+      written as safetensors shards + index + config.json, plus models/default's tokenizer (ids <
+      2048). The weights are drawn on the GPU (N(0, 0.02), norms 1) and copied out shard by shard;
+      --smoke: a 2-layer f32 model of the same family on the CPU.
+  bench_lora_peer.py data DIR --model DIR --seq N [--n-train 16] [--n-valid 2]
+      train.jsonl / valid.jsonl of {"text": ...} records built from the words of examples/data,
+      each at least N + 64 tokens long (checked with the model's tokenizer), so that every example
+      is truncated to exactly N tokens (N - 1 inputs and N - 1 targets, as mlx-lm and lmtune cut).
+  bench_lora_peer.py train --model DIR --data DIR --seq N [--grad-checkpoint] [--warmup W]
+      [--steps S] [--json PATH] [--smoke]
+      The peer: AutoModelForCausalLM (sdpa, bf16 on cuda; f32 on the CPU with --smoke) + peft
+      LoraConfig(r 8, alpha 160 = mlx-lm's scale 20 x r, dropout 0, all 7 linear layers of every
+      block), torch.optim.Adam (lr 1e-5), batch 1; each step feeds the first N tokens of a record
+      (inputs = tokens[:-1], targets = tokens[1:], the loss as HF computes it: logits upcast to f32,
+      mean cross-entropy). W warm-up steps, then S timed steps (torch.cuda.synchronize around each);
+      tokens/s = S * (N - 1) / their time, like lmtune's Tokens/sec (supervised tokens over train
+      time). Peak = torch.cuda.max_memory_allocated over the whole process (weights included), as
+      lmtune's Peak mem counts its allocator's peak; on the CPU, the process's max RSS.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODEL = os.path.join(ROOT, "models", "default")
+LORA_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RANK, SCALE, LR = 8, 20.0, 1e-5
+
+
+def shapes(smoke):
+    if smoke:
+        return dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=64, vocab_size=2048)
+    return dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=32000)
+
+
+def cmd_model(a):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import MistralConfig, MistralForCausalLM
+
+    t0 = time.perf_counter()
+    dev = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
+    if not a.smoke and dev != "cuda":
+        sys.exit("bench_lora_peer model: no CUDA device (use --smoke on the CPU)")
+    dtype, dname = (torch.float32, "float32") if a.smoke else (torch.bfloat16, "bfloat16")
+    base = json.load(open(os.path.join(DEFAULT_MODEL, "config.json")))
+    cfg = MistralConfig(**shapes(a.smoke), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
+                        sliding_window=None, tie_word_embeddings=False, bos_token_id=base["bos_token_id"],
+                        eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"])
+    with torch.device("meta"):  # names and shapes only, no memory
+        specs = [(n, tuple(p.shape)) for n, p in MistralForCausalLM(cfg).state_dict().items()]
+    os.makedirs(a.dir, exist_ok=True)
+    d = cfg.to_dict()
+    d["architectures"] = ["MistralForCausalLM"]
+    d["torch_dtype"] = d["dtype"] = dname
+    json.dump(d, open(os.path.join(a.dir, "config.json"), "w"), indent=2)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(DEFAULT_MODEL, f), os.path.join(a.dir, f))
+
+    esize = torch.tensor([], dtype=dtype).element_size()
+    limit = 4 * 10**9
+    shards, cur, cur_bytes = [], [], 0
+    for n, s in specs:
+        b = math.prod(s) * esize
+        if cur and cur_bytes + b > limit:
+            shards.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append((n, s))
+        cur_bytes += b
+    shards.append(cur)
+    g = torch.Generator(device=dev).manual_seed(0)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for n, s in shard:
+            if n.endswith("norm.weight"):
+                t = torch.ones(s, dtype=dtype, device=dev)
+            else:
+                t = torch.randn(s, dtype=dtype, device=dev, generator=g).mul_(0.02)
+            tensors[n] = t.cpu()
+            weight_map[n] = fname
+            total += t.numel() * esize
+        save_file(tensors, os.path.join(a.dir, fname), metadata={"format": "pt"})
+        del tensors
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+              open(os.path.join(a.dir, "model.safetensors.index.json"), "w"), indent=2)
+    n_params = sum(math.prod(s) for _, s in specs)
+    print(f"model: {n_params / 1e9:.3f} B parameters, {dname}, {total / 1e9:.2f} GB in {len(shards)} shards, "
+          f"written in {time.perf_counter() - t0:.1f} s ({a.dir})", flush=True)
+
+
+def cmd_data(a):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
+    words = []
+    for line in open(os.path.join(ROOT, "examples", "data", "train.jsonl")):
+        r = json.loads(line)
+        words += (r.get("completion") or r.get("text") or "").split()
+    rng = random.Random(0)
+    need = a.seq + 64
+    os.makedirs(a.dir, exist_ok=True)
+    shortest = None
+    for name, n in (("train", a.n_train), ("valid", a.n_valid)):
+        with open(os.path.join(a.dir, f"{name}.jsonl"), "w") as f:
+            for _ in range(n):
+                parts = []
+                while True:
+                    parts += rng.choices(words, k=max(256, need // 2))
+                    text = " ".join(parts)
+                    ntok = len(tok.encode(text).ids)
+                    if ntok >= need:
+                        break
+                shortest = ntok if shortest is None else min(shortest, ntok)
+                f.write(json.dumps({"text": text}) + "\n")
+    print(f"data: {a.n_train} train + {a.n_valid} valid text records, each >= {shortest} tokens "
+          f"(truncated to {a.seq}) in {a.dir}", flush=True)
+
+
+def cmd_train(a):
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    import peft
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = "cpu" if a.smoke else "cuda"
+    dtype = torch.float32 if a.smoke else torch.bfloat16
+    cuda = dev == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    kw = dict(dtype=dtype, attn_implementation="sdpa")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(a.model, device_map=dev, **kw)
+    except (ImportError, ValueError) as e:  # no accelerate: load on the host, then move
+        print(f"peer: device_map unavailable ({e}); loading on the host", flush=True)
+        model = AutoModelForCausalLM.from_pretrained(a.model, **kw).to(dev)
+    sync()
+    load_s = time.perf_counter() - t0
+    if a.grad_checkpoint:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lcfg = peft.LoraConfig(r=RANK, lora_alpha=SCALE * RANK, lora_dropout=0.0, target_modules=LORA_KEYS,
+                           bias="none", task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, lcfg)
+    model.train()  # HF checkpoints only in training mode
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_lora = sum(p.numel() for p in params)
+    ldt = sorted({str(p.dtype) for p in params})
+    n_all = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.Adam(params, lr=LR)
+    print(f"peer: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
+          f"{n_all / 1e9:.3f} B parameters ({dtype}, {dev}), LoRA {n_lora / 1e6:.3f} M trainable ({', '.join(ldt)}), "
+          f"gradient checkpointing {'on' if a.grad_checkpoint else 'off'}; loaded in {load_s:.1f} s", flush=True)
+
+    tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
+    rows = []
+    for line in open(os.path.join(a.data, "train.jsonl")):
+        ids = tok.encode(json.loads(line)["text"]).ids
+        assert len(ids) >= a.seq, f"a record has {len(ids)} tokens < {a.seq}"
+        rows.append(torch.tensor(ids[:a.seq], dtype=torch.long))
+
+    def step(i):
+        ids = rows[i % len(rows)].to(dev).unsqueeze(0)
+        x, y = ids[:, :-1], ids[:, 1:]
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=x, use_cache=False).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        if i == 0:  # lora_B starts at zero, so its gradient is the one that must be there in every layer
+            gb = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+            bad = sum(1 for g_ in gb if g_ is None or not torch.isfinite(g_).all() or g_.abs().sum() == 0)
+            assert bad == 0, f"{bad} of {len(gb)} lora_B weights got no (finite, nonzero) gradient"
+        opt.step()
+        return loss.item()  # a sync, as lmtune's per-step loss read is
+
+    losses, times = [], []
+    for i in range(a.warmup + a.steps):
+        sync()
+        t = time.perf_counter()
+        losses.append(step(i))
+        sync()
+        times.append(time.perf_counter() - t)
+        if i < a.warmup:
+            print(f"warm-up step {i + 1}: loss {losses[-1]:.3f}, {times[-1] * 1e3:.1f} ms", flush=True)
+    meas = times[a.warmup:]
+    tokens = a.steps * (a.seq - 1)
+    tps = tokens / sum(meas)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 1e9
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    med = sorted(meas)[len(meas) // 2]
+    print(f"peer: {a.steps} steps of {a.seq - 1} tokens after {a.warmup} warm-up: {tps:.1f} tok/s "
+          f"(median step {med * 1e3:.1f} ms, min {min(meas) * 1e3:.1f}, max {max(meas) * 1e3:.1f}), "
+          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, peak {peak:.3f} GB", flush=True)
+    if a.json:
+        json.dump({"tokens_per_sec": tps, "peak_gb": peak, "median_step_ms": med * 1e3, "first_loss": losses[0],
+                   "last_loss": losses[-1], "lora_params": n_lora, "torch": torch.__version__,
+                   "transformers": transformers.__version__, "peft": peft.__version__}, open(a.json, "w"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("model")
+    m.add_argument("dir")
+    m.add_argument("--smoke", action="store_true")
+    d = sub.add_parser("data")
+    d.add_argument("dir")
+    d.add_argument("--model", required=True)
+    d.add_argument("--seq", type=int, required=True)
+    d.add_argument("--n-train", type=int, default=16)
+    d.add_argument("--n-valid", type=int, default=2)
+    t = sub.add_parser("train")
+    t.add_argument("--model", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--seq", type=int, required=True)
+    t.add_argument("--grad-checkpoint", action="store_true")
+    t.add_argument("--warmup", type=int, default=5)
+    t.add_argument("--steps", type=int, default=15)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--json")
+    t.add_argument("--smoke", action="store_true")
+    a = ap.parse_args()
+    {"model": cmd_model, "data": cmd_data, "train": cmd_train}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
