@@ -2,7 +2,8 @@
 # Generation speed on the GPU: bench_generate (lmtune's runtime, CUDA bf16) and then
 # bench_generate_peer.py (transformers' generate, bf16 sdpa) on a Mistral-7B-shaped model with
 # random weights, batch 1, 512-token prompt, 128 generated tokens; prints one table with prompt
-# and decode tok/s side by side and decode as a share of the memory-bandwidth bound (weight bytes
+# and decode tok/s side by side (lmtune's decode also without its CUDA graph, LMTUNE_CUDA_GRAPH=0)
+# and decode as a share of the memory-bandwidth bound (weight bytes
 # per token over the copy bandwidth bench_generate measures). Targets: decode >= 70% of the bound,
 # prompt >= 10k tok/s. About 1-2 minutes on an H100 once built.
 # Usage: bench/bench_generate_gpu.sh [--build DIR] [--table PATH] [--smoke]   (default build/;
@@ -32,14 +33,17 @@ status=0
 start=$SECONDS
 echo "== bench_generate (lmtune)"
 "$build/bin/bench_generate" --json "$tmp/lmtune.json" "${smoke[@]}" || { echo "bench_generate failed ($?)"; status=1; }
+echo "== bench_generate, decode without the CUDA graph (LMTUNE_CUDA_GRAPH=0) [$((SECONDS - start)) s]"
+LMTUNE_CUDA_GRAPH=0 "$build/bin/bench_generate" --json "$tmp/eager.json" "${smoke[@]}" ||
+  { echo "bench_generate (eager) failed ($?)"; status=1; }
 echo "== bench_generate_peer.py (transformers) [$((SECONDS - start)) s]"
 PYTHONUNBUFFERED=1 "$py" "$root/bench/bench_generate_peer.py" --json "$tmp/peer.json" "${smoke[@]}" ||
   { echo "bench_generate_peer.py failed ($?)"; status=1; }
 echo "== done [$((SECONDS - start)) s]"
-"$py" - "$tmp/lmtune.json" "$tmp/peer.json" "${table:-/dev/null}" <<'PY'
+"$py" - "$tmp/lmtune.json" "$tmp/peer.json" "${table:-/dev/null}" "$tmp/eager.json" <<'PY'
 import json, os, sys
 load = lambda p: json.load(open(p)) if os.path.exists(p) and os.path.getsize(p) else None
-o, p, out = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3]
+o, p, out, e = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3], load(sys.argv[4])
 f = lambda r, k, fmt: fmt.format(r[k]) if r else "FAILED"
 lines = []
 if o:
@@ -56,6 +60,8 @@ if o:
     share = lambda r: f"{100 * r['decode_tps'] / o['bound_tps']:.1f}%" if r else "-"
     dt = ">= 70%: " + ("met" if o["decode_tps"] >= 0.7 * o["bound_tps"] else "MISSED")
     lines.append(f"| decode / bound ({o['bound_tps']:.1f} tok/s) | {share(o)} | {share(p)} | | {dt} |")
+if e:
+    lines.append(f"| decode tok/s, no CUDA graph (LMTUNE_CUDA_GRAPH=0) | {e['decode_tps']:.1f} | | | |")
 lines.append(f"| peak memory GB | {f(o, 'peak_gb', '{:.2f}')} | {f(p, 'peak_gb', '{:.2f}')} | | |")
 text = "\n".join(lines) + "\n"
 print(text, end="")

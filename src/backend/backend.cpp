@@ -31,10 +31,15 @@ void Backend::rms_norm_backward(const void*, const void*, const float*, const vo
                                 int64_t, DType) {
   missing("rms_norm_backward");
 }
-void Backend::rope(const void*, void*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float, bool,
-                   DType) {
+void Backend::rope(const void*, void*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const int32_t*,
+                   float, bool, DType) {
   missing("rope");
 }
+void Backend::copy_rows_at(void*, const void*, int64_t, int64_t, const int32_t*) { missing("copy_rows_at"); }
+void Backend::graph_begin() { missing("graph_begin"); }
+void* Backend::graph_end() { missing("graph_end"); }
+void Backend::graph_launch(void*) { missing("graph_launch"); }
+void Backend::graph_free(void*) { missing("graph_free"); }
 void Backend::attention(const AttentionArgs&) { missing("attention"); }
 void Backend::attention_backward(const AttentionBackwardArgs&) { missing("attention_backward"); }
 void Backend::softmax(const void*, void*, int64_t, int64_t, DType) { missing("softmax"); }

@@ -42,6 +42,10 @@ struct AttentionArgs {
   DType dtype = DType::f32;
   int64_t B = 0, T = 0, S = 0, n_head = 0, n_kv_head = 0, head_dim = 0;
   int64_t q_offset = 0, window = 0;
+  // When set, *q_offset_at (device memory, read by the kernel at run time) is added to q_offset:
+  // a decode step captured once in a CUDA graph and replayed at every position. k and v then
+  // span the whole cache capacity and the causal mask keeps the keys past the query unread.
+  const int32_t* q_offset_at = nullptr;
   float scale = 1.f;
   bool causal = true;
 };
@@ -98,8 +102,21 @@ class Backend {
 
   // x, out (B, T, H, D): rotate-half RoPE at positions pos_offset + t with angles
   // (pos * inv_freq[i]) for i < D/2, times mscale on cos and sin; inverse rotates by -angle.
+  // pos_at, when not null, is an i32 in device memory added to pos_offset at run time.
   virtual void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
-                    int64_t pos_offset, float mscale, bool inverse, DType dt);
+                    int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt);
+  // dst rows [*row_at, *row_at + n) = src (n rows of row_bytes), the row read from device
+  // memory at run time (a KV-cache append inside a CUDA graph).
+  virtual void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at);
+
+  // Graph capture (CUDA graphs): the work this backend enqueues between graph_begin and
+  // graph_end is recorded, not run, and graph_launch replays it with the same pointers and
+  // sizes. Nothing in between may synchronize or copy from the host. Not every backend has it.
+  virtual bool has_graphs() const { return false; }
+  virtual void graph_begin();
+  virtual void* graph_end();  // the replayable graph; graph_free releases it
+  virtual void graph_launch(void* graph);
+  virtual void graph_free(void* graph);
 
   virtual void attention(const AttentionArgs& a);
   virtual void attention_backward(const AttentionBackwardArgs& a);

@@ -70,9 +70,31 @@ void CachingAllocator::release(void* p, size_t nbytes) {
   if (!p) return;
   size_t size = round_size(nbytes);
   std::lock_guard<std::mutex> lock(mu_);
+  if (holding_) {  // still counted as in use: the graph being captured owns it
+    held_.push_back({p, nbytes});
+    return;
+  }
   current_ -= size;
   free_.emplace(size, p);
   cached_ += size;
+}
+
+void CachingAllocator::begin_hold() {
+  std::lock_guard<std::mutex> lock(mu_);
+  LMT_CHECK(!holding_, "[allocator] a hold is already open on ", device_name(device_));
+  holding_ = true;
+}
+
+std::vector<CachingAllocator::Block> CachingAllocator::end_hold() {
+  std::lock_guard<std::mutex> lock(mu_);
+  holding_ = false;
+  std::vector<Block> out;
+  out.swap(held_);
+  return out;
+}
+
+void CachingAllocator::release_held(const std::vector<Block>& blocks) {
+  for (const Block& b : blocks) release(b.p, b.nbytes);
 }
 
 void CachingAllocator::empty_cache() {

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -31,10 +32,24 @@ class CachingAllocator {
   void reset_peak() { peak_ = current_; }
   static size_t round_size(size_t nbytes);
 
+  // While a hold is open, a released block is set aside instead of going back to the cache, so
+  // every block handed out during the hold stays distinct and untouched by anyone else until
+  // release_held: a CUDA graph being captured keeps its intermediates at fixed addresses that
+  // each replay writes again. Blocks still owned by tensors at end_hold are released as usual.
+  struct Block {
+    void* p;
+    size_t nbytes;
+  };
+  void begin_hold();
+  std::vector<Block> end_hold();
+  void release_held(const std::vector<Block>& blocks);
+
  private:
   Device device_;
   std::mutex mu_;
   std::multimap<size_t, void*> free_;  // rounded size -> block
+  bool holding_ = false;
+  std::vector<Block> held_;
   size_t current_ = 0, peak_ = 0, cached_ = 0;
 };
 

@@ -63,14 +63,23 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
   Tensor q = ag::reshape(linear(p + "self_attn.q_proj").forward(h), {B, T, c.n_head, c.head_dim});
   Tensor k = ag::reshape(linear(p + "self_attn.k_proj").forward(h), {B, T, c.n_kv_head, c.head_dim});
   Tensor v = ag::reshape(linear(p + "self_attn.v_proj").forward(h), {B, T, c.n_kv_head, c.head_dim});
-  q = ag::rope(q, inv_freq_, pos_offset, 1.f);
-  k = ag::rope(k, inv_freq_, pos_offset, 1.f);
+  if (const Tensor* pos_at = cache ? cache->position() : nullptr) {  // a recorded decode step
+    q = ops::rope(q, inv_freq_, 0, 1.f, false, pos_at);
+    k = ops::rope(k, inv_freq_, 0, 1.f, false, pos_at);
+  } else {
+    q = ag::rope(q, inv_freq_, pos_offset, 1.f);
+    k = ag::rope(k, inv_freq_, pos_offset, 1.f);
+  }
   float scale = 1.f / std::sqrt(float(c.head_dim));
   int64_t window = c.layer_window[size_t(layer)];
   Tensor a;
   if (cache) {
     KVCache::View kv = cache->update(layer, k, v);
-    a = ag::attention(q, kv.k, kv.v, scale, true, kv.positional ? window : 0, kv.q_offset);
+    int64_t w = kv.positional ? window : 0;
+    if (kv.q_offset_at.defined())
+      a = ops::attention(q, kv.k, kv.v, scale, true, w, kv.q_offset, &kv.q_offset_at).out;
+    else
+      a = ag::attention(q, kv.k, kv.v, scale, true, w, kv.q_offset);
   } else {
     a = ag::attention(q, k, v, scale, true, window, 0);
   }

@@ -26,6 +26,7 @@ class KVCache {
     Tensor k, v;        // (B, S, n_kv_head, head_dim) contiguous, the model's dtype
     int64_t q_offset;   // query t of the update sits at key index q_offset + t (causal over indices)
     bool positional;    // key index == absolute position, so sliding windows apply as usual
+    Tensor q_offset_at; // defined while a run-time position is bound: added to q_offset on the device
   };
   virtual ~KVCache() = default;
   // Tokens the cache has seen: the absolute position of the next token.
@@ -38,6 +39,10 @@ class KVCache {
   virtual View update(int64_t layer, const Tensor& k, const Tensor& v) = 0;
   // After every layer was updated: the T new tokens count.
   virtual void advance(int64_t T) = 0;
+  // While a decode step is captured for replay (runtime/decode_graph.h), the absolute position
+  // of the first new token lives in this i32 scalar on the device, and rotary positions come from
+  // it rather than from offset(); null otherwise.
+  virtual const Tensor* position() const { return nullptr; }
 };
 
 class Model {

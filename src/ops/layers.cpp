@@ -67,14 +67,25 @@ RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& r
   return {dx, dw};
 }
 
-Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse) {
+namespace {
+const int32_t* position_ptr(const Tensor* pos, const Tensor& like, const char* op) {
+  if (!pos) return nullptr;
+  LMT_CHECK(pos->dtype() == DType::i32 && pos->numel() == 1 && pos->device() == like.device(), "[", op,
+            "] a run-time position must be one i32 on ", device_name(like.device()), ", got ", pos->describe());
+  return static_cast<const int32_t*>(pos->raw());
+}
+}  // namespace
+
+Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse,
+            const Tensor* pos_at) {
   LMT_CHECK(x.ndim() == 4, "[rope] x must be (B, T, H, D), got ", x.describe());
   LMT_CHECK(inv_freq.dtype() == DType::f32 && inv_freq.numel() * 2 == x.dim(3) && inv_freq.device() == x.device(),
             "[rope] inv_freq ", inv_freq.describe(), " for head_dim ", x.dim(3));
   Tensor out = empty(x.shape(), x.dtype(), x.device());
   if (x.numel() > 0)
     backend(x.device()).rope(x.raw(), out.raw(), static_cast<const float*>(inv_freq.raw()), x.dim(0), x.dim(1),
-                             x.dim(2), x.dim(3), pos_offset, mscale, inverse, x.dtype());
+                             x.dim(2), x.dim(3), pos_offset, position_ptr(pos_at, x, "rope"), mscale, inverse,
+                             x.dtype());
   return out;
 }
 
@@ -108,8 +119,9 @@ AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, 
 }  // namespace
 
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                       int64_t q_offset) {
+                       int64_t q_offset, const Tensor* q_offset_at) {
   AttentionArgs a = attention_args(q, k, v, scale, causal, window, q_offset);
+  a.q_offset_at = position_ptr(q_offset_at, q, "attention");
   AttentionOut r{empty(q.shape(), q.dtype(), q.device()), empty({a.B, a.n_head, a.T}, DType::f32, q.device())};
   a.out = r.out.raw();
   a.lse = static_cast<float*>(r.lse.raw());

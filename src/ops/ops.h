@@ -21,6 +21,9 @@ void copy_into(Tensor& dst, const Tensor& src);  // same shape and dtype, any de
 // dst (R, ...) rows [dst_row, dst_row + n) = src (n, ...): same trailing shape, dtype and device.
 // One contiguous device copy (how the KV cache appends new keys and values).
 void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src);
+// The same with the row in device memory (an i32 scalar on dst's device, read at run time): no
+// bounds check is possible on the host, so callers keep *row_at + src rows <= dst rows.
+void copy_rows_at(Tensor& dst, const Tensor& row_at, const Tensor& src);
 // Deterministic N(0, std^2) / U(lo, hi) values drawn on the host from seed, then moved.
 Tensor randn(const Shape& shape, uint64_t seed, float std = 1.f, DType dt = DType::f32, Device d = Device::cpu);
 Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt = DType::f32,
@@ -60,10 +63,13 @@ RmsNormOut rms_norm(const Tensor& x, const Tensor& w, float eps);
 struct RmsNormGrads { Tensor dx, dw; };  // dw f32
 RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy);
 // x (B, T, H, D); inv_freq f32 (D/2) on x's device.
-Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse);
+// pos_at: an optional i32 scalar on x's device added to pos_offset at run time.
+Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse,
+            const Tensor* pos_at = nullptr);
 struct AttentionOut { Tensor out, lse; };
+// q_offset_at: an optional i32 scalar on q's device added to q_offset at run time (inference).
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
-                       int64_t window, int64_t q_offset);
+                       int64_t window, int64_t q_offset, const Tensor* q_offset_at = nullptr);
 struct AttentionGrads { Tensor dq, dk, dv; };
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
                                   const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset);

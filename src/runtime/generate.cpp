@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -93,7 +94,23 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
       st.finish_reason = "length";
       break;
     }
-    logits = last_logits(feed(&token, 1));
+    // The first step of a call runs eagerly (it also fills any lazily built state); the rest
+    // replay one recorded step where the device has graphs.
+    if (n >= 1 && !graph_ && !graph_off_ && DecodeGraph::usable(model_, cache_))
+      graph_ = std::make_unique<DecodeGraph>(model_, cache_);
+    bool fed = false;
+    if (n >= 1 && graph_) {
+      try {
+        logits = graph_->step(token);
+        cached_.push_back(token);
+        fed = true;
+      } catch (const Error& e) {  // recording failed (the cache is as it was): decode eagerly
+        std::fprintf(stderr, "[generate] decoding without a CUDA graph: %s\n", e.what());
+        graph_.reset();
+        graph_off_ = true;
+      }
+    }
+    if (!fed) logits = last_logits(feed(&token, 1));
     token = sampler_.sample(logits, history_);
   }
   st.generation_tokens = cfg.max_tokens == 0 ? 0 : n + 1;

@@ -4,10 +4,12 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "models/model.h"
+#include "runtime/decode_graph.h"
 #include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
@@ -54,6 +56,8 @@ class Generator {
   Sampler& sampler_;
   std::vector<int32_t> cached_;
   std::vector<int32_t> history_;  // what the penalties see: every prompt and generated token
+  std::unique_ptr<DecodeGraph> graph_;  // the recorded decode step, where the device has graphs
+  bool graph_off_ = false;              // recording failed once: eager from then on
 };
 
 // The EOS ids mlx-lm stops on: config.json's and generation_config.json's eos_token_id (an int

@@ -34,7 +34,7 @@ void DenseKVCache::reserve(int64_t n) {
   if (max_size_ > 0) cap = std::min(cap, max_size_);
   for (int64_t l = 0; l < n_layer_; ++l) {
     for (Tensor* buf : {&k_[size_t(l)], &v_[size_t(l)]}) {
-      Tensor grown = ops::empty({batch_, cap, n_kv_head_, head_dim_}, dtype_, device_);
+      Tensor grown = ops::zeros({batch_, cap, n_kv_head_, head_dim_}, dtype_, device_);
       int64_t held = std::min(size(), capacity_);
       for (int64_t b = 0; held > 0 && b < batch_; ++b) {
         Tensor dst = grown.slice_rows(b, b + 1).reshape({cap, n_kv_head_, head_dim_});
@@ -54,6 +54,7 @@ KVCache::View DenseKVCache::update(int64_t layer, const Tensor& k, const Tensor&
             "[kv_cache] k ", k.describe(), ", v ", v.describe(), " for a cache of batch ", batch_, ", ", n_kv_head_,
             " kv heads of ", head_dim_, ", ", dtype_name(dtype_));
   int64_t T = k.dim(1);
+  if (position_.defined()) return update_at(layer, k, v);
   bool linear = max_size_ == 0 || offset_ + T <= max_size_;
   LMT_CHECK(linear || T == 1, "[kv_cache] a rotating cache at offset ", offset_, " takes one token at a time, got ",
             T, " (see max_step)");
@@ -90,6 +91,34 @@ KVCache::View DenseKVCache::update(int64_t layer, const Tensor& k, const Tensor&
       }
       *outs[i] = packed;
     }
+  }
+  return view;
+}
+
+void DenseKVCache::bind_position(const Tensor& pos) {
+  LMT_CHECK(batch_ == 1 && max_size_ == 0, "[kv_cache] a run-time position needs batch 1 and no rotation (batch ",
+            batch_, ", max_kv_size ", max_size_, ")");
+  LMT_CHECK(pos.dtype() == DType::i32 && pos.numel() == 1 && pos.device() == device_,
+            "[kv_cache] the position must be one i32 on ", device_name(device_), ", got ", pos.describe());
+  position_ = pos;
+}
+
+KVCache::View DenseKVCache::update_at(int64_t layer, const Tensor& k, const Tensor& v) {
+  const int64_t T = k.dim(1), cap = capacity_, H = n_kv_head_, D = head_dim_;
+  // No growing here: a recorded step must not allocate or move the buffers.
+  LMT_CHECK(offset_ + T <= cap, "[kv_cache] a run-time position needs capacity for ", offset_ + T,
+            " entries reserved first, have ", cap);
+  Tensor* bufs[2] = {&k_[size_t(layer)], &v_[size_t(layer)]};
+  const Tensor* news[2] = {&k, &v};
+  View view;
+  view.q_offset = 0;
+  view.positional = true;
+  view.q_offset_at = position_;
+  Tensor* outs[2] = {&view.k, &view.v};
+  for (int i = 0; i < 2; ++i) {
+    Tensor dst = bufs[i]->reshape({cap, H, D});
+    ops::copy_rows_at(dst, position_, news[i]->reshape({T, H, D}));
+    *outs[i] = bufs[i]->reshape({1, cap, H, D});
   }
   return view;
 }

@@ -31,15 +31,27 @@ class DenseKVCache final : public KVCache {
   void trim_to(int64_t n);
   void reset() { trim_to(0); }
   size_t nbytes() const;  // bytes held by the buffers
+  // capacity >= n (rounded up to step, capped at max_size); new buffers are zero-filled, so a
+  // key past the written ones is never garbage. Growing moves the buffers.
+  void reserve(int64_t n);
+
+  // Run-time position (batch 1, not rotating): while bound, update() writes the new entries at
+  // row *pos (an i32 scalar on the cache's device, read when the kernels run) and returns the
+  // whole capacity with view.q_offset_at = pos, so one recorded decode step serves every
+  // position below capacity(). The caller reserves capacity first and keeps offset() == *pos.
+  void bind_position(const Tensor& pos);
+  void unbind_position() { position_ = Tensor(); }
+  const Tensor* position() const override { return position_.defined() ? &position_ : nullptr; }
 
  private:
-  void reserve(int64_t n);  // capacity >= n (rounded up to step, capped at max_size)
+  View update_at(int64_t layer, const Tensor& k, const Tensor& v);  // with a bound position
   int64_t n_layer_, n_kv_head_, head_dim_, batch_;
   Device device_;
   DType dtype_;
   int64_t max_size_, keep_, step_;
   int64_t offset_ = 0, capacity_ = 0;
   std::vector<Tensor> k_, v_;  // per layer: dtype (B, capacity, n_kv_head, head_dim)
+  Tensor position_;            // bound run-time position, or undefined
 };
 
 }  // namespace lmtune

@@ -340,11 +340,17 @@ TEST_P(CudaVsCpu, Rope) {
   for (bool inverse : {false, true}) {
     for (float mscale : {1.f, 1.3f}) {
       Vec ref(x.size());
-      cpu().rope(x.data(), ref.data(), inv_freq.data(), B, T, H, D, 1000, mscale, inverse, DType::f32);
-      gpu().rope(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), B, T, H, D, 1000, mscale, inverse, dt);
+      cpu().rope(x.data(), ref.data(), inv_freq.data(), B, T, H, D, 1000, nullptr, mscale, inverse, DType::f32);
+      gpu().rope(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), B, T, H, D, 1000, nullptr, mscale,
+                 inverse, dt);
       // Angles up to ~1000 rad: both sides use f32 sin/cos of the same f32 angle.
-      check_close(read(gout), ref, {dt == DType::f32 ? 1e-5f : 1e-2f, dt == DType::f32 ? 1e-5f : 4e-3f},
-                  std::string("rope inverse ") + (inverse ? "1" : "0"));
+      const Tol tol{dt == DType::f32 ? 1e-5f : 1e-2f, dt == DType::f32 ? 1e-5f : 4e-3f};
+      check_close(read(gout), ref, tol, std::string("rope inverse ") + (inverse ? "1" : "0"));
+      // The same positions with 100 of the offset read from device memory at run time.
+      Tensor pos = on_gpu_i32({100});
+      gpu().rope(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), B, T, H, D, 900,
+                 static_cast<const int32_t*>(pos.raw()), mscale, inverse, dt);
+      check_close(read(gout), ref, tol, std::string("rope at run-time position, inverse ") + (inverse ? "1" : "0"));
     }
   }
 }
@@ -499,6 +505,63 @@ TEST_P(CudaVsCpu, Attention) {
       {1, 4, 3, 2, 1, 64, 10, 4, true, nullptr},      // fused kernel, every row fully masked
   };
   for (const AttnCase& c : cases) run_attention_case(dt, c);
+}
+
+// A decode step recorded for replay: the query offset lives in device memory and k, v span the
+// whole cache, whose rows past the last query hold NaN here: the kernels must not read them.
+TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
+  struct Case {
+    int64_t T, cap, H, KV, D, pos, window;
+  };
+  const Case cases[] = {
+      {1, 256, 8, 2, 128, 150, 0},  // bf16/f16: the fused kernel; f32: decode_attention.cu
+      {1, 256, 8, 2, 128, 0, 0},    // the first token
+      {1, 256, 4, 4, 64, 255, 0},   // the last row of the capacity
+      {1, 200, 4, 1, 64, 120, 40},  // sliding window
+      {1, 100, 6, 3, 96, 70, 0},    // head_dim 96: decode_attention.cu in every dtype
+      {3, 128, 4, 2, 128, 60, 0},   // a few rows at once
+      {1, 64, 4, 2, 16, 30, 0},     // head_dim 16 and 48: lanes past head_dim idle
+      {1, 64, 2, 1, 48, 50, 8},
+  };
+  for (const Case& c : cases) {
+    std::string name = "attention at run-time offset T" + std::to_string(c.T) + " cap" + std::to_string(c.cap) +
+                       " H" + std::to_string(c.H) + "/" + std::to_string(c.KV) + " D" + std::to_string(c.D) +
+                       " pos" + std::to_string(c.pos) + " win" + std::to_string(c.window);
+    SCOPED_TRACE(name);
+    const int64_t S = c.pos + c.T, row = c.KV * c.D;
+    size_t nq = size_t(c.T * c.H * c.D), nl = size_t(c.H * c.T);
+    Vec q = rounded(uniform(nq, 60, -2.f, 2.f), dt), k = rounded(uniform(size_t(c.cap * row), 61, -2.f, 2.f), dt);
+    Vec v = rounded(uniform(size_t(c.cap * row), 62), dt);
+    AttentionArgs a;
+    a.B = 1, a.T = c.T, a.S = S, a.n_head = c.H, a.n_kv_head = c.KV, a.head_dim = c.D;
+    a.q_offset = c.pos, a.window = c.window, a.causal = true, a.scale = 1.f / std::sqrt(float(c.D));
+    Vec out(nq), lse(nl);
+    AttentionArgs ac = a;
+    ac.q = q.data(), ac.k = k.data(), ac.v = v.data(), ac.out = out.data(), ac.lse = lse.data(), ac.dtype = DType::f32;
+    cpu().attention(ac);
+    for (size_t i = size_t(S * row); i < k.size(); ++i) k[i] = v[i] = std::numeric_limits<float>::quiet_NaN();
+    Tensor gq = on_gpu(q, dt), gk = on_gpu(k, dt), gv = on_gpu(v, dt), gout = gpu_empty(int64_t(nq), dt);
+    Tensor glse = gpu_empty(int64_t(nl), DType::f32), pos = on_gpu_i32({int32_t(c.pos - 7)});
+    AttentionArgs ag = a;
+    ag.S = c.cap, ag.q_offset = 7, ag.q_offset_at = static_cast<const int32_t*>(pos.raw());
+    ag.q = gq.raw(), ag.k = gk.raw(), ag.v = gv.raw(), ag.out = gout.raw(), ag.lse = static_cast<float*>(glse.raw());
+    ag.dtype = dt;
+    gpu().attention(ag);
+    check_close(read(gout), out, tol_attn(dt), name + " out");
+    check_close(read(glse), lse, tol_reduce(DType::f32), name + " lse");
+  }
+}
+
+TEST_F(CudaVsCpuOnce, CopyRowsAtRunTimeRow) {
+  for (int64_t row_bytes : {48, 20}) {  // 16-byte units and bytes
+    Vec src = uniform(size_t(3 * row_bytes / 4), 70), dst = uniform(size_t(10 * row_bytes / 4), 71);
+    Tensor gsrc = on_gpu(src, DType::f32), gdst = on_gpu(dst, DType::f32);
+    Tensor row = on_gpu_i32({5});
+    gpu().copy_rows_at(gdst.raw(), gsrc.raw(), row_bytes, 3, static_cast<const int32_t*>(row.raw()));
+    Vec want = dst;
+    std::copy(src.begin(), src.end(), want.begin() + 5 * row_bytes / 4);
+    EXPECT_EQ(read(gdst), want) << "row_bytes " << row_bytes;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);

@@ -94,6 +94,40 @@ TEST_P(CacheFamilies, DecodeEqualsFullForward) {
   expect_close(row(last, 0, 0), row(full, 0, 18), 1e-4, 1e-4, "last_only");
 }
 
+// The recorded decode step's path (runtime/decode_graph.h) with the position bound as a tensor,
+// here on the CPU where the position is host memory: token by token it gives the same logits
+// as the ordinary cached forward, with sliding windows, over a capacity larger than the tokens.
+TEST_P(CacheFamilies, RunTimePositionEqualsOrdinaryDecode) {
+  auto [type, window] = GetParam();
+  auto model = random_model(tiny_config(type, window), 12);
+  std::vector<int32_t> ids = seq(13, 37, 2);
+  DenseKVCache plain(model->config(), Device::cpu, DType::f32, 1, 0, 4, 4);
+  DenseKVCache bound(model->config(), Device::cpu, DType::f32, 1, 0, 4, 4);
+  std::vector<int32_t> prompt(ids.begin(), ids.begin() + 4);
+  model->forward(ids_of(prompt), plain);
+  model->forward(ids_of(prompt), bound);
+  Tensor pos = Tensor::from_i32({0}, {1});
+  bound.reserve(64);  // as the graph does: nothing grows while the position is bound
+  for (size_t t = 4; t < ids.size(); ++t) {
+    Tensor want = model->forward(ids_of({ids[t]}), plain, true);
+    pos.data<int32_t>()[0] = int32_t(bound.offset());
+    bound.bind_position(pos);
+    Tensor got = model->forward(ids_of({ids[t]}), bound, true);
+    bound.unbind_position();
+    expect_close(row(got, 0, 0), row(want, 0, 0), 1e-5, 1e-5, "position " + std::to_string(t));
+  }
+  EXPECT_EQ(bound.offset(), 13);
+  EXPECT_EQ(bound.capacity(), 64);
+  // Capacity must be reserved first; rotating caches and batch 2 are refused.
+  DenseKVCache small(model->config(), Device::cpu, DType::f32, 1, 0, 4, 4);
+  small.bind_position(pos);
+  EXPECT_THROW(model->forward(ids_of({1}), small, true), std::exception);
+  DenseKVCache rot(model->config(), Device::cpu, DType::f32, 1, 12, 4, 8);
+  EXPECT_THROW(rot.bind_position(pos), std::exception);
+  DenseKVCache two(model->config(), Device::cpu, DType::f32, 2);
+  EXPECT_THROW(two.bind_position(pos), std::exception);
+}
+
 INSTANTIATE_TEST_SUITE_P(Runtime, CacheFamilies,
                          ::testing::Values(std::make_pair(std::string("llama"), int64_t(0)),
                                            std::make_pair(std::string("mistral"), int64_t(5)),

@@ -2,12 +2,14 @@
 // (batch, head) the score matrix is materialized with sgemm; backward recomputes it from lse.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "core/error.h"
 
 namespace lmtune {
 
@@ -27,9 +29,21 @@ void scores(const AttentionArgs& a, int64_t b, int64_t h, float* sc) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(a.T), int(a.S), int(D), a.scale, q,
               int(a.n_head * D), k, int(a.n_kv_head * D), 0.f, sc, int(a.S));
 }
+
+// A run-time offset (q_offset_at, host memory on the CPU) folded into q_offset; with one batch
+// row the keys past the last query are dropped (they are invisible, and may be stale).
+AttentionArgs resolve_offset(const AttentionArgs& in) {
+  AttentionArgs a = in;
+  if (!a.q_offset_at) return a;
+  a.q_offset += *a.q_offset_at;
+  a.q_offset_at = nullptr;
+  if (a.causal && a.B == 1) a.S = std::max<int64_t>(0, std::min(a.S, a.q_offset + a.T));
+  return a;
+}
 }  // namespace
 
-void CpuBackend::attention(const AttentionArgs& a) {
+void CpuBackend::attention(const AttentionArgs& args) {
+  const AttentionArgs a = resolve_offset(args);
   cpu_require_f32(a.dtype, "attention");
   int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
   std::vector<float> sc(static_cast<size_t>(T * S));
@@ -63,6 +77,7 @@ void CpuBackend::attention(const AttentionArgs& a) {
 
 void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
   const AttentionArgs& a = ab.fwd;
+  LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");
   cpu_require_f32(a.dtype, "attention_backward");
   int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
   int64_t ldq = a.n_head * D, ldk = a.n_kv_head * D;

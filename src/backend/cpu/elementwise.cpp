@@ -20,6 +20,9 @@ Backend& cpu_backend() {
 void CpuBackend::copy_h2d(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
 void CpuBackend::copy_d2h(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
 void CpuBackend::copy_d2d(void* dst, const void* src, size_t n) { std::memmove(dst, src, n); }
+void CpuBackend::copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) {
+  std::memmove(static_cast<char*>(dst) + *row_at * row_bytes, src, size_t(n * row_bytes));
+}
 
 namespace {
 float load(const void* p, DType dt, int64_t i) {

@@ -76,8 +76,9 @@ void CpuBackend::rms_norm_backward(const void* x_, const void* w_, const float* 
 }
 
 void CpuBackend::rope(const void* x_, void* out_, const float* inv_freq, int64_t B, int64_t T, int64_t H,
-                      int64_t D, int64_t pos_offset, float mscale, bool inverse, DType dt) {
+                      int64_t D, int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) {
   cpu_require_f32(dt, "rope");
+  if (pos_at) pos_offset += *pos_at;  // the CPU's "device memory" is host memory
   const float* x = F(x_);
   float* out = F(out_);
   int64_t half = D / 2;

@@ -138,6 +138,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.T * a.n_head * a.head_dim == 0) return;
   if (flash_attention_forward(a)) return;
+  if (a.q_offset_at) return decode_attention(a);  // the key range is known only on the device
   dispatch_float(a.dtype, "attention", [&](auto tag) {
     using T = typename decltype(tag)::type;
     constexpr bool kF32 = std::is_same_v<T, float>;
@@ -191,6 +192,7 @@ void CudaBackend::attention_backward(const AttentionBackwardArgs& ab) {
   const AttentionArgs& a = ab.fwd;
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention_backward] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
+  LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");
   if (a.B * a.head_dim * a.n_kv_head == 0) return;
   if (flash_attention_backward(ab)) return;
   dispatch_float(a.dtype, "attention_backward", [&](auto tag) {

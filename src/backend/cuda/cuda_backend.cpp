@@ -101,4 +101,26 @@ void CudaBackend::copy_d2d(void* dst, const void* src, size_t n) {
 
 void CudaBackend::synchronize() { LMT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+// Relaxed capture: the caching allocator may cudaMalloc a new block while a decode step is being
+// recorded (the block then belongs to the graph until it is freed; see CachingAllocator::hold).
+void CudaBackend::graph_begin() { LMT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed)); }
+
+void* CudaBackend::graph_end() {
+  cudaGraph_t graph = nullptr;
+  LMT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  LMT_CUDA_CHECK(e);
+  return exec;
+}
+
+void CudaBackend::graph_launch(void* graph) {
+  LMT_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), stream_));
+}
+
+void CudaBackend::graph_free(void* graph) {
+  if (graph) LMT_CUDA_CHECK(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph)));
+}
+
 }  // namespace lmtune

@@ -98,7 +98,13 @@ class CudaBackend final : public Backend {
   void rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx, float* dw,
                          int64_t rows, int64_t dim, DType dt) override;
   void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
-            int64_t pos_offset, float mscale, bool inverse, DType dt) override;
+            int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) override;
+  void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) override;
+  bool has_graphs() const override { return true; }
+  void graph_begin() override;
+  void* graph_end() override;
+  void graph_launch(void* graph) override;
+  void graph_free(void* graph) override;
   void attention(const AttentionArgs& a) override;
   void attention_backward(const AttentionBackwardArgs& a) override;
   void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;
@@ -138,5 +144,7 @@ CudaBackend& cuda_impl();
 bool flash_enabled();
 bool flash_attention_forward(const AttentionArgs& a);
 bool flash_attention_backward(const AttentionBackwardArgs& a);
+// Attention with a run-time query offset (decode_attention.cu), where flash does not apply.
+void decode_attention(const AttentionArgs& a);
 
 }  // namespace lmtune

@@ -296,4 +296,25 @@ void CudaBackend::swiglu_backward(const void* gate, const void* up, const void* 
   run_map<3, 2>("swiglu_backward", dt, SwigluBackwardF{}, {gate, up, dout}, {dgate, dup}, n);
 }
 
+// dst rows [*row_at, *row_at + n) = src: 16-byte units where everything is aligned to 16.
+template <typename U>
+__global__ void copy_rows_at_kernel(U* dst, const U* src, int64_t units_per_row, int64_t total,
+                                    const int32_t* row_at) {
+  U* d = dst + int64_t(*row_at) * units_per_row;
+  for (int64_t i = global_tid(); i < total; i += grid_stride()) d[i] = src[i];
+}
+
+void CudaBackend::copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) {
+  if (n * row_bytes == 0) return;
+  uintptr_t bits = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | uintptr_t(row_bytes);
+  if (bits % 16 == 0) {
+    int64_t u = row_bytes / 16;
+    launch("copy_rows_at", copy_rows_at_kernel<uint4>, grid_for(n * u), kThreads, 0, static_cast<uint4*>(dst),
+           static_cast<const uint4*>(src), u, n * u, row_at);
+  } else {
+    launch("copy_rows_at", copy_rows_at_kernel<uint8_t>, grid_for(n * row_bytes), kThreads, 0,
+           static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), row_bytes, n * row_bytes, row_at);
+  }
+}
+
 }  // namespace lmtune

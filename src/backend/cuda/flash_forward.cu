@@ -22,6 +22,7 @@ struct FwdParams {
   T* o;                                       // (B, T, H, D)
   float* lse;                                 // f32 (B, H, T), natural log
   int64_t T_, S, H, KV, G, q_offset, window;  // G = H / KV query heads per kv head
+  const int32_t* q_offset_at;                 // device i32 added to q_offset, or null
   bool causal;
   float scale_log2;  // scale * log2(e): the exponent is taken in the log2 domain
 };
@@ -47,8 +48,10 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
   const flash::TileLoader<kKeys, D, kThreadsFlash> kv_loader;
   const flash::LaneAddr<D> la(lane);
 
-  // Keys any row of this block may see: [n_begin, s_end), in tiles of 64.
-  const int64_t qfirst = p.q_offset + m0, qlast = p.q_offset + m0 + kRows - 1;
+  // Keys any row of this block may see: [n_begin, s_end), in tiles of 64. qlast is the last
+  // real row's position, so a decode step (T 1) over a whole cache reads no key past it.
+  const int64_t q_offset = p.q_offset + (p.q_offset_at ? int64_t(*p.q_offset_at) : 0);
+  const int64_t qfirst = q_offset + m0, qlast = q_offset + min(m0 + kRows, p.T_) - 1;
   int64_t s_begin = 0, s_end = p.S;
   if (p.causal) {
     s_end = min(p.S, max(int64_t(0), qlast + 1));
@@ -59,8 +62,8 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
 
   q_loader.load(sq_a, qg, ldq, m0, p.T_);
   if (nblocks > 0) {
-    kv_loader.load(sk_a, kg, ldk, n_begin, p.S);
-    kv_loader.load(sv_a, vg, ldk, n_begin, p.S);
+    kv_loader.load(sk_a, kg, ldk, n_begin, s_end);
+    kv_loader.load(sv_a, vg, ldk, n_begin, s_end);
   }
   flash::cp_async_commit();
 
@@ -73,8 +76,8 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
   for (int j = 0; j < nblocks; ++j) {
     const int64_t n0 = n_begin + int64_t(j) * kKeys;
     if (j + 1 < nblocks) {
-      kv_loader.load(sk_a + ((j + 1) & 1) * kTileBytes, kg, ldk, n0 + kKeys, p.S);
-      kv_loader.load(sv_a + ((j + 1) & 1) * kTileBytes, vg, ldk, n0 + kKeys, p.S);
+      kv_loader.load(sk_a + ((j + 1) & 1) * kTileBytes, kg, ldk, n0 + kKeys, s_end);
+      kv_loader.load(sv_a + ((j + 1) & 1) * kTileBytes, vg, ldk, n0 + kKeys, s_end);
     }
     flash::cp_async_commit();
     flash::cp_async_wait<1>();
@@ -191,6 +194,7 @@ void launch_flash_fwd(const AttentionArgs& a) {
                  a.n_head / a.n_kv_head,
                  a.q_offset,
                  a.window,
+                 a.q_offset_at,
                  a.causal,
                  a.scale * kLog2e};
   constexpr size_t smem = size_t(kRows + 4 * kKeys) * D * sizeof(T);

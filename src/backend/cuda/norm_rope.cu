@@ -104,8 +104,9 @@ __global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nr
 // x, out (B, T, H, D); inv_freq f32 (D / 2); one thread per rotated pair, total = B T H D/2.
 template <typename T>
 __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T_, int64_t H, int64_t D,
-                            int64_t pos_offset, float mscale, bool inverse, int64_t total) {
+                            int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, int64_t total) {
   int64_t half = D / 2;
+  if (pos_at) pos_offset += *pos_at;
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
     int64_t i = idx % half, row = idx / half;  // row = (b * T + t) * H + h
     int64_t t = (row / H) % T_;
@@ -199,13 +200,13 @@ void CudaBackend::rms_norm_backward(const void* x, const void* w, const float* r
 }
 
 void CudaBackend::rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
-                       int64_t pos_offset, float mscale, bool inverse, DType dt) {
+                       int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) {
   int64_t total = B * T * H * (D / 2);
   if (total == 0) return;
   dispatch_float(dt, "rope", [&](auto tag) {
     using S = typename decltype(tag)::type;
     launch("rope", rope_kernel<S>, grid_for(total), kThreads, 0, static_cast<const S*>(x), static_cast<S*>(out),
-           inv_freq, T, H, D, pos_offset, mscale, inverse, total);
+           inv_freq, T, H, D, pos_offset, pos_at, mscale, inverse, total);
   });
 }
 
