@@ -7,22 +7,27 @@
 # tokens over train time, steady state after warm-up) and peak device memory (weights included)
 # side by side. Target: lmtune at least the peer's tokens/s at no more memory.
 # About 3-5 minutes on an H100 once lmtune is built (most of it writing and loading 14.5 GB).
-# Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N] [--smoke]
-# (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report; --smoke: both
-# sides on the CPU with a 2-layer f32 model at sequence 128, a check of the scripts).
+# Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N]
+#          [--keys q,k,v,o,gate,up,down] [--checkpointing both|off|on] [--smoke]
+# (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report, all 7 keys, both;
+# --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
+# model's; --smoke: both sides on the CPU with a 2-layer f32 model at sequence 128, a check of the
+# scripts).
 # LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default python3).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
 table=""
 smoke=0
-warmup=5 steps=20
+warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
     --table) table="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
+    --keys) keys="$2"; shift 2 ;;
+    --checkpointing) checkpointing="$2"; shift 2 ;;
     --smoke) smoke=1; shift ;;
     *) echo "bench_lora_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -45,6 +50,20 @@ if ((warmup % report || steps % report || warmup < report || steps < report)); t
   exit 2
 fi
 iters=$((warmup + steps))
+case "$checkpointing" in
+  both) gcs=(off on) ;; off|on) gcs=("$checkpointing") ;;
+  *) echo "bench_lora_gpu: --checkpointing must be both, off or on" >&2; exit 2 ;;
+esac
+# Short key names -> the module paths of a block (mlx-lm's lora_parameters keys) and peft's names.
+ykeys="" pkeys=""
+IFS=, read -ra kl <<<"$keys"
+for k in "${kl[@]}"; do
+  case "$k" in
+    q|k|v|o) ykeys+="${ykeys:+, }self_attn.${k}_proj"; pkeys+="${pkeys:+,}${k}_proj" ;;
+    gate|up|down) ykeys+="${ykeys:+, }mlp.${k}_proj"; pkeys+="${pkeys:+,}${k}_proj" ;;
+    *) echo "bench_lora_gpu: unknown key $k (q k v o gate up down)" >&2; exit 2 ;;
+  esac
+done
 tmp="$(mktemp -d)"
 trap 'smi_stop; rm -rf "$tmp"' EXIT
 status=0
@@ -66,15 +85,15 @@ smi_stop() {
 echo "== model and data [$((SECONDS - start)) s]"
 peer model "$tmp/model" "${smoke_flag[@]}" || { echo "bench_lora_gpu: cannot write the model"; exit 1; }
 peer data "$tmp/data" --model "$tmp/model" --seq "$seq" || { echo "bench_lora_gpu: cannot write the data"; exit 1; }
-cat >"$tmp/lora.yaml" <<'EOF'
+cat >"$tmp/lora.yaml" <<EOF
 lora_parameters:
   rank: 8
   scale: 20.0
   dropout: 0.0
-  keys: [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+  keys: [$ykeys]
 EOF
 
-for gc in off on; do
+for gc in "${gcs[@]}"; do
   gcflag=()
   [[ $gc == on ]] && gcflag=(--grad-checkpoint)
   echo "== lmtune lora, gradient checkpointing $gc [$((SECONDS - start)) s]"
@@ -91,7 +110,7 @@ for gc in off on; do
   echo "== transformers + peft, gradient checkpointing $gc [$((SECONDS - start)) s]"
   smi_start "peer-$gc"
   peer train --model "$tmp/model" --data "$tmp/data" --seq "$seq" --warmup "$warmup" --steps "$steps" \
-    --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
+    --keys "$pkeys" --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
     true
   smi_stop
   [[ -s "$tmp/peer-$gc.json" ]] || { echo "bench_lora_peer.py ($gc) failed"; status=1; }
@@ -104,9 +123,9 @@ else
   card="$(nvidia-smi -L 2>/dev/null | head -n 1 | sed 's/ (UUID.*//')"
   card="${card:-unknown GPU}"
 fi
-"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" <<'PY'
+"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" "$keys" <<'PY'
 import json, os, re, sys
-tmp, warmup, steps, seq, card, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+tmp, warmup, steps, seq, card, out, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:8]
 pat = re.compile(r"Iter (\d+): Train loss ([\d.naninf]+), Learning Rate \S+, It/sec [\d.]+, Tokens/sec ([\d.]+), "
                  r"Trained Tokens (\d+), Peak mem ([\d.]+) GB")
 
@@ -130,12 +149,14 @@ lines = []
 p0 = peer("off") or peer("on")
 vers = f"torch {p0['torch']}, transformers {p0['transformers']}, peft {p0['peft']}" if p0 else "peer failed"
 lines.append(f"{card}; peer: {vers}")
-lines.append(f"LoRA rank 8 (scale 20, dropout 0) on q,k,v,o,gate,up,down of every block; batch 1, sequence {seq} "
+lines.append(f"LoRA rank 8 (scale 20, dropout 0) on {keys} of every block; batch 1, sequence {seq} "
              f"({seq - 1} supervised tokens a step); Adam lr 1e-5; {steps} timed steps after {warmup} warm-up")
 lines += ["", "| config | lmtune tok/s | peer tok/s | ratio | lmtune peak GB | peer peak GB | target met? |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
 losses = []
 for gc, name in (("off", "no gradient checkpointing"), ("on", "gradient checkpointing")):
+    if not os.path.exists(f"{tmp}/lmtune-{gc}.txt"):
+        continue  # not asked for (--checkpointing)
     o, p = ours(gc), peer(gc)
     f = lambda r, k, fmt: fmt.format(r[k]) if r else "FAILED"
     ratio = f"{o['tokens_per_sec'] / p['tokens_per_sec']:.2f}" if o and p else "-"

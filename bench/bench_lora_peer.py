@@ -12,7 +12,7 @@
       each at least N + 64 tokens long (checked with the model's tokenizer), so that every example
       is truncated to exactly N tokens (N - 1 inputs and N - 1 targets, as mlx-lm and lmtune cut).
   bench_lora_peer.py train --model DIR --data DIR --seq N [--grad-checkpoint] [--warmup W]
-      [--steps S] [--json PATH] [--smoke]
+      [--steps S] [--keys q_proj,...] [--json PATH] [--smoke]
       The peer: AutoModelForCausalLM (sdpa, bf16 on cuda; f32 on the CPU with --smoke) + peft
       LoraConfig(r 8, alpha 160 = mlx-lm's scale 20 x r, dropout 0, all 7 linear layers of every
       block), torch.optim.Adam (lr 1e-5), batch 1; each step feeds the first N tokens of a record
@@ -159,7 +159,7 @@ def cmd_train(a):
     load_s = time.perf_counter() - t0
     if a.grad_checkpoint:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lcfg = peft.LoraConfig(r=RANK, lora_alpha=SCALE * RANK, lora_dropout=0.0, target_modules=LORA_KEYS,
+    lcfg = peft.LoraConfig(r=RANK, lora_alpha=SCALE * RANK, lora_dropout=0.0, target_modules=a.keys.split(","),
                            bias="none", task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, lcfg)
     model.train()  # HF checkpoints only in training mode
@@ -239,6 +239,7 @@ def main():
     t.add_argument("--warmup", type=int, default=5)
     t.add_argument("--steps", type=int, default=15)
     t.add_argument("--threads", type=int)
+    t.add_argument("--keys", default=",".join(LORA_KEYS), help="peft target_modules, comma-separated")
     t.add_argument("--json")
     t.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
