@@ -95,6 +95,7 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
 Tensor LlamaModel::forward(const Tensor& ids, int64_t pos_offset) {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[llama] ids must be i32 (B, T), got ", ids.describe());
   LMT_CHECK(!weights_.empty(), "[llama] forward before the weights were set");
+  use_masters();
   Tensor x = ag::embedding(weight("model.embed_tokens.weight"), ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     if (grad_checkpoint_ && ag::grad_enabled()) {
@@ -117,6 +118,7 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache& cache, bool last_only) {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[llama] ids must be i32 (B, T), got ", ids.describe());
   LMT_CHECK(!weights_.empty(), "[llama] forward before the weights were set");
   ag::NoGradGuard no_grad;
+  use_masters();
   int64_t B = ids.dim(0), T = ids.dim(1);
   int64_t step = std::max<int64_t>(1, cache.max_step());
   if (T > step) {

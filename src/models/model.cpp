@@ -32,6 +32,21 @@ const Tensor& Model::weight(const std::string& name) const {
   return it->second;
 }
 
+void Model::use_masters() {
+  for (auto& [name, m] : masters_) {
+    Tensor& w = weights_.at(name);
+    w = ag::cast(m, w.dtype());
+  }
+}
+
+void Model::bake_masters() {
+  for (auto& [name, m] : masters_) {
+    Tensor& w = weights_.at(name);
+    w = ops::cast(m.detach(), w.dtype());
+  }
+  masters_.clear();
+}
+
 Device Model::device() const { return weights_.empty() ? Device::cpu : weights_.begin()->second.device(); }
 DType Model::dtype() const { return weights_.empty() ? DType::f32 : weights_.begin()->second.dtype(); }
 

@@ -77,12 +77,23 @@ class Model {
   std::map<std::string, nn::LoraAdapter>& adapters() { return adapters_; }
   const std::map<std::string, nn::LoraAdapter>& adapters() const { return adapters_; }
 
+  // f32 master copies of trained weights stored in another dtype (full fine-tuning of a bf16 or
+  // f16 model; train/adapters.h makes them): these are the trainable leaves. Each forward reads
+  // such a weight as cast(master, its dtype), recorded on the tape, so its gradient, optimizer
+  // state and updates stay f32 while the forward runs in the model's dtype (DESIGN.md, Precision).
+  std::map<std::string, Tensor>& masters() { return masters_; }
+  // Casts each master into its weight (frozen, the weight's dtype) and drops the masters.
+  void bake_masters();
+
  protected:
   virtual void on_weights_set() {}
+  // Families call this first in every forward: weights with a master become cast(master).
+  void use_masters();
   ModelConfig cfg_;
   std::map<std::string, Tensor> weights_;
   bool grad_checkpoint_ = false;
   std::map<std::string, nn::LoraAdapter> adapters_;
+  std::map<std::string, Tensor> masters_;  // f32 leaves by weight name; empty unless full-FT of non-f32 weights
 };
 
 // The family for cfg.model_type (llama, mistral, qwen2), without weights.

@@ -53,6 +53,7 @@ std::vector<std::string> default_lora_keys(const Model& model) {
 void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
   LMT_CHECK(cfg.fine_tune_type == "lora" || cfg.fine_tune_type == "dora" || cfg.fine_tune_type == "full",
             "[adapters] fine_tune_type must be lora, dora or full, got '", cfg.fine_tune_type, "'");
+  model.bake_masters();
   for (auto& [name, w] : model.weights()) w = w.detach();
   model.adapters().clear();
   int64_t first = first_trained_block(model, cfg.num_layers);
@@ -60,13 +61,21 @@ void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
   LMT_CHECK(!cfg.train_embeddings || cfg.fine_tune_type == "full",
             "[adapters] train_embeddings needs fine_tune_type full");
   if (cfg.fine_tune_type == "full") {
+    // An f32 weight is trained in place; any other gets an f32 master (Model::masters) so that
+    // small updates are not rounded away and the optimizer state is f32.
+    auto train_weight = [&](const std::string& name, Tensor& w) {
+      if (w.dtype() == DType::f32)
+        w = ag::param(w);
+      else
+        model.masters()[name] = ag::param(ops::cast(w, DType::f32));
+    };
     for (auto& [name, w] : model.weights()) {
       if (name.rfind(kLayers, 0) != 0) {
-        if (cfg.train_embeddings) w = ag::param(w);
+        if (cfg.train_embeddings) train_weight(name, w);
         continue;
       }
       int64_t layer = std::stoll(name.substr(kLayers.size()));
-      if (layer >= first) w = ag::param(w);
+      if (layer >= first) train_weight(name, w);
     }
     return;
   }
@@ -97,7 +106,8 @@ std::vector<std::pair<std::string, Tensor>> trainable_parameters(Model& model) {
     if (a.m.defined()) out.push_back({prefix + ".m", a.m});
   }
   for (auto& [name, w] : model.weights())
-    if (ag::requires_grad(w)) out.push_back({name, w});
+    if (ag::requires_grad(w) && !model.masters().count(name)) out.push_back({name, w});
+  for (auto& [name, m] : model.masters()) out.push_back({name, m});
   std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   return out;
 }

@@ -32,15 +32,18 @@ struct AdapterConfig {
 // self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj), read from the family's tensor list.
 std::vector<std::string> default_lora_keys(const Model& model);
 
-// Freezes the model (no weight is a parameter, adapters removed), then attaches fresh adapters
-// (lora | dora; lora_a from seed) or unfreezes the last num_layers blocks (full; norms included,
-// embeddings and lm_head stay frozen unless cfg.train_embeddings). Throws on an unknown type, a key that names no linear layer
-// of a block, or num_layers above the model's block count.
+// Freezes the model (no weight is a parameter, adapters removed, masters baked in), then attaches
+// fresh adapters (lora | dora; lora_a from seed) or unfreezes the last num_layers blocks (full;
+// norms included, embeddings and lm_head stay frozen unless cfg.train_embeddings). For full, an
+// f32 weight becomes the trainable leaf itself; a bf16 / f16 weight gets an f32 master copy
+// (Model::masters) that is trained while the forward reads its cast. Throws on an unknown type, a
+// key that names no linear layer of a block, or num_layers above the model's block count.
 void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed = 0);
 
 // The trainable tensors by mlx-lm's names, sorted: "<linear>.lora_a" (in, r), ".lora_b" (r, out),
-// ".m" (out) for adapters; the checkpoint names of unfrozen weights for full. The tensors are the
-// model's own leaves: updating them in place trains the model.
+// ".m" (out) for adapters; the checkpoint names of unfrozen weights for full (their f32 masters
+// where the model is not f32). All are f32 and the model's own leaves: updating them in place
+// trains the model.
 std::vector<std::pair<std::string, Tensor>> trainable_parameters(Model& model);
 int64_t count_parameters(const std::vector<std::pair<std::string, Tensor>>& params);
 
@@ -50,7 +53,9 @@ int64_t count_parameters(const std::vector<std::pair<std::string, Tensor>>& para
 void save_adapter_config(const std::string& dir, const AdapterConfig& cfg, const nlohmann::json& extra = {});
 AdapterConfig load_adapter_config(const std::string& dir);
 
-// Writes the trainable parameters to `path` (CPU copies, in their dtype: f32 for adapters).
+// Writes the trainable parameters to `path` (CPU copies, f32: adapters, and for full the f32
+// weights or masters, so that updates below the model dtype's resolution are kept; mlx-lm's
+// load_weights and lmtune's loader cast them to the model's dtype).
 void save_adapter_weights(const std::string& path, Model& model);
 // Reads adapter_config.json and adapters.safetensors from dir, attaches the adapters and copies
 // the stored values in; like mlx-lm's load_adapters, every stored name must be a trainable

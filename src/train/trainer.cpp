@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,28 +86,72 @@ void copy_file_atomic(const fs::path& from, const fs::path& to) {
   write_file_atomic(to.string(), s.str());
 }
 
+std::string clock_str(double s) {
+  int64_t t = int64_t(std::llround(std::max(0.0, s)));
+  char b[32];
+  if (t >= 3600)
+    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60), (long long)(t % 60));
+  else
+    std::snprintf(b, sizeof b, "%02lld:%02lld", (long long)(t / 60), (long long)(t % 60));
+  return b;
+}
+
+// A tqdm-style bar redrawn in place on stderr: " 45%|#########      | 45/100 [00:12<00:15, 3.61it/s,
+// loss 2.345]". The rate and ETA come from the wall time since this run started (validation
+// included, so the ETA holds); it is cleared before every report line so the lines stay clean.
 class Progress {
  public:
   Progress(bool on, int64_t total, int64_t start) : on_(on), total_(total), start_it_(start), t0_(Clock::now()) {}
+  void set_loss(double l) { loss_ = l; }
   void update(int64_t it) {
     if (!on_) return;
+    auto now = Clock::now();
+    if (drawn_ && it < total_ && std::chrono::duration<double>(now - last_).count() < 0.1) return;
+    last_ = now;
     double el = seconds_since(t0_);
-    double per = it > start_it_ ? el / double(it - start_it_) : 0;
-    int64_t eta = int64_t(per * double(total_ - it));
-    int w = 30, fill = int(double(w) * double(it) / double(std::max<int64_t>(total_, 1)));
-    std::fprintf(stderr, "\r\x1b[K[%s%s] %lld/%lld  ETA %lld:%02lld", std::string(size_t(fill), '#').c_str(),
-                 std::string(size_t(w - fill), '.').c_str(), (long long)it, (long long)total_, (long long)(eta / 60),
-                 (long long)(eta % 60));
+    int64_t done = it - start_it_;
+    double rate = done > 0 && el > 0 ? double(done) / el : 0;
+    char r[48];
+    if (rate <= 0)
+      std::snprintf(r, sizeof r, "?it/s");
+    else if (rate >= 1)
+      std::snprintf(r, sizeof r, "%.2fit/s", rate);
+    else
+      std::snprintf(r, sizeof r, "%.2fs/it", 1 / rate);
+    std::string eta = rate > 0 ? clock_str(double(total_ - it) / rate) : "?";
+    char loss[48] = "";
+    if (loss_ >= 0) std::snprintf(loss, sizeof loss, ", loss %.3f", loss_);
+    char tb[192];
+    std::snprintf(tb, sizeof tb, " %lld/%lld [%s<%s, %s%s]", (long long)it, (long long)total_, clock_str(el).c_str(),
+                  eta.c_str(), r, loss);
+    std::string tail = tb;
+    int pct = int(100.0 * double(it) / double(std::max<int64_t>(total_, 1)));
+    int width = std::max(10, std::min(40, terminal_columns() - 1 - 5 - 2 - int(tail.size())));
+    int fill = int(double(width) * double(it) / double(std::max<int64_t>(total_, 1)));
+    fill = std::clamp(fill, 0, width);
+    std::fprintf(stderr, "\r%3d%%|%s%s|%s\x1b[K", pct, std::string(size_t(fill), '#').c_str(),
+                 std::string(size_t(width - fill), ' ').c_str(), tail.c_str());
     std::fflush(stderr);
+    drawn_ = true;
   }
   void clear() {
-    if (on_) std::fprintf(stderr, "\r\x1b[K");
+    if (!on_ || !drawn_) return;
+    std::fprintf(stderr, "\r\x1b[K");
+    std::fflush(stderr);
+    drawn_ = false;
   }
 
  private:
+  static int terminal_columns() {
+    winsize ws{};
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+    return 80;
+  }
   bool on_;
   int64_t total_, start_it_;
-  Clock::time_point t0_;
+  Clock::time_point t0_, last_;
+  bool drawn_ = false;
+  double loss_ = -1;
 };
 
 }  // namespace
@@ -255,6 +300,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   auto& alloc = allocator(model.device());
   std::fprintf(out, "Starting training..., iters: %lld\n", (long long)iters);
   std::fflush(out);
+  bar.update(st.iteration);
   int64_t it = st.iteration + 1;
   for (; it <= iters; ++it) {
     if (!val_groups.empty() && (it == 1 || it % args.steps_per_eval == 0 || it == iters)) {
@@ -310,7 +356,6 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       for (auto& [name, p] : params) ag::zero_grad(p);
     }
     train_time += seconds_since(tic);
-    bar.update(it);
     if (it % args.steps_per_report == 0 || it == iters) {
       double tl = st.report_loss / double(st.report_steps);
       double rate = lr(std::max<int64_t>(opt.step() - 1, 0));
@@ -318,6 +363,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       double tok_sec = double(st.report_tokens) / train_time;
       st.trained_tokens += st.report_tokens;
       double peak = double(alloc.peak_bytes()) / 1e9;
+      bar.set_loss(tl);
       bar.clear();
       std::fprintf(out,
                    "Iter %lld: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %lld, "
@@ -346,6 +392,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
                    ck.c_str());
       std::fflush(out);
     }
+    bar.update(it);
   }
   bar.clear();
   res.iterations = st.iteration;

@@ -29,7 +29,8 @@ struct TrainingArgs {
   uint64_t seed = 0;
   std::string adapter_path = "adapters";
   std::string resume;             // a checkpoint folder (adapter_path/checkpoints/NNNNNNN) to continue from
-  bool progress = false;          // a progress bar with ETA on stderr (the CLI turns it on for a terminal)
+  bool progress = false;          // a progress bar (rate, ETA, last loss) on stderr; the CLI turns it on
+                                  // when stdout and stderr are both terminals
 };
 
 struct TrainResult {

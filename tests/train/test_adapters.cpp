@@ -1,6 +1,7 @@
-// Adapter targeting (mlx-lm's linear_to_lora_layers defaults, num_layers, full), adapter files in
-// mlx-lm's layout (round trip, refusals), and, for tests/ref/check_mlx_adapter.py, adapters and
-// logits written to LMTUNE_ADAPTER_OUT so that the real mlx-lm loads them and compares.
+// Adapter targeting (mlx-lm's linear_to_lora_layers defaults, num_layers, full), f32 master
+// weights for full fine-tuning of a bf16 model (plumbing on the CPU, Adam steps on CUDA), adapter
+// files in mlx-lm's layout (round trip, refusals), and, for tests/ref/check_mlx_adapter.py,
+// adapters and logits written to LMTUNE_ADAPTER_OUT so that the real mlx-lm loads them and compares.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,10 +9,13 @@
 #include <filesystem>
 #include <fstream>
 
+#include "autograd/tape.h"
+#include "backend/backend.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "tolerance.h"
 #include "train/adapters.h"
+#include "train/optimizers.h"
 
 using namespace lmtune;
 namespace fs = std::filesystem;
@@ -99,6 +103,108 @@ TEST(Adapters, FullKeysAndRefusals) {
   EXPECT_EQ(train::trainable_parameters(*model).size(), 4u);  // a, b for each; base weights refrozen
   cfg.fine_tune_type = "qlora";
   EXPECT_THROW(train::attach_adapters(*model, cfg), Error);
+}
+
+std::vector<float> host(const Tensor& t) { return ops::to(t.detach(), Device::cpu).to_f32_vector(); }
+
+// The CPU computes in f32 only, so this checks the bookkeeping without a forward: bf16 weights
+// get f32 masters (the trainable parameters, equal to the weights), the weights stay frozen
+// bf16, files hold the masters' f32 values, and baking casts them back into the weights.
+TEST(Adapters, FullOnBf16WeightsKeepsF32Masters) {
+  auto bf16_model = [] {
+    auto m = load_model(golden_model("llama_gqa"), Device::cpu, DType::f32);
+    for (auto& [n, w] : m->weights()) w = ops::cast(w, DType::bf16);
+    return m;
+  };
+  auto model = bf16_model();
+  train::AdapterConfig cfg;
+  cfg.fine_tune_type = "full";
+  cfg.num_layers = 1;
+  train::attach_adapters(*model, cfg);
+  EXPECT_EQ(model->masters().size(), 9u);
+  auto params = train::trainable_parameters(*model);
+  ASSERT_EQ(params.size(), 9u);
+  for (auto& [n, t] : params) {
+    EXPECT_EQ(t.dtype(), DType::f32) << n;
+    EXPECT_TRUE(ag::requires_grad(t)) << n;
+    const Tensor& w = model->weight(n);
+    EXPECT_EQ(w.dtype(), DType::bf16) << n;
+    EXPECT_FALSE(ag::requires_grad(w)) << n;
+    EXPECT_EQ(t.to_f32_vector(), w.to_f32_vector()) << n;
+  }
+  // A change far below bf16's resolution survives in the master and in the file.
+  const std::string name = "model.layers.1.mlp.down_proj.weight";
+  Tensor master = model->masters().at(name);
+  std::vector<float> before = master.to_f32_vector(), moved = before;
+  for (float& v : moved) v += 1e-6f;
+  ops::copy_into(master, Tensor::from_f32(moved, master.shape()));
+  std::string dir = (fs::temp_directory_path() / "lmtune_adapter_master").string();
+  fs::remove_all(dir);
+  train::save_adapter_config(dir, cfg);
+  train::save_adapter_weights(dir + "/adapters.safetensors", *model);
+  SafetensorsFile f(dir + "/adapters.safetensors");
+  EXPECT_EQ(f.get(name).dtype(), DType::f32);
+  EXPECT_EQ(f.get(name).to_f32_vector(), moved);
+  auto again = bf16_model();
+  train::load_adapters(*again, dir);
+  EXPECT_EQ(again->masters().at(name).to_f32_vector(), moved);
+  // Baked for inference: the weight is the master rounded to bf16, and no master is kept.
+  again->bake_masters();
+  EXPECT_TRUE(again->masters().empty());
+  EXPECT_TRUE(train::trainable_parameters(*again).empty());
+  EXPECT_EQ(again->weight(name).dtype(), DType::bf16);
+  EXPECT_EQ(again->weight(name).to_f32_vector(), ops::cast(ops::cast(master, DType::bf16), DType::f32).to_f32_vector());
+  // Re-attaching bakes the trained masters in before making fresh ones.
+  train::attach_adapters(*model, cfg);
+  EXPECT_EQ(model->masters().at(name).to_f32_vector(),
+            ops::cast(ops::cast(master, DType::bf16), DType::f32).to_f32_vector());
+}
+
+// On CUDA the forward runs in bf16: Adam steps far below bf16's resolution must still move the
+// f32 masters (gradients, state and updates f32), while the bf16 weights the forward reads are
+// the masters' casts (and, rounded, mostly the original weights).
+TEST(Adapters, FullOnBf16CudaTrainsMasters) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = load_model(golden_model("llama_gqa"), Device::cuda, DType::bf16);
+  train::AdapterConfig cfg;
+  cfg.fine_tune_type = "full";
+  cfg.num_layers = 1;
+  train::attach_adapters(*model, cfg);
+  auto params = train::trainable_parameters(*model);
+  ASSERT_EQ(params.size(), 9u);
+  std::map<std::string, std::vector<float>> start;
+  for (auto& [n, t] : params) start[n] = host(t);
+  auto opt = train::make_optimizer("adam", nlohmann::json::object(), train::constant_schedule(3e-7));
+  Tensor ids = ids_batch();
+  Tensor targets = Tensor::from_i32({5, 9, 2, 7, 3, -1, 4, 6, 0, 11, 12, -1}, {2, 6});
+  for (int step = 0; step < 4; ++step) {
+    Tensor loss = model->loss(ids, targets);
+    EXPECT_TRUE(std::isfinite(ops::item(loss)));
+    ag::backward(loss);
+    for (auto& [n, t] : params) {
+      ASSERT_TRUE(ag::grad(t).defined()) << n;
+      EXPECT_EQ(ag::grad(t).dtype(), DType::f32) << n;
+    }
+    opt->update(params);
+    for (auto& [n, t] : params) ag::zero_grad(t);
+  }
+  for (auto& [n, t] : opt->state()) EXPECT_EQ(t.dtype(), DType::f32) << n;
+  EXPECT_EQ(opt->state().size(), 18u);
+  { ag::NoGradGuard ng; model->loss(ids, targets); }  // the forward casts the masters into the weights
+  size_t n_all = 0, moved = 0, bf16_same = 0;
+  for (auto& [n, t] : params) {
+    std::vector<float> now = host(t), w = host(model->weight(n)), s0 = start[n];
+    std::vector<float> cast = host(ops::cast(t, DType::bf16));
+    EXPECT_EQ(w, cast) << n;
+    for (size_t i = 0; i < now.size(); ++i, ++n_all) {
+      moved += now[i] != s0[i];
+      bf16_same += cast[i] == s0[i];
+    }
+  }
+  std::printf("bf16 full fine-tuning on CUDA, 4 Adam steps at lr 3e-7: %zu/%zu f32 masters moved, %zu/%zu weights "
+              "unchanged in bf16\n", moved, n_all, bf16_same, n_all);
+  EXPECT_GT(moved, n_all * 9 / 10);
+  EXPECT_GT(bf16_same, n_all * 9 / 10);
 }
 
 TEST(Adapters, RoundTripAndMlxCheckFiles) {

@@ -344,7 +344,9 @@ int run_lora(int argc, char** argv) {
     ta.seed = cfg["seed"];
     ta.adapter_path = adapter_path;
     ta.resume = cfg["resume"].is_null() ? "" : cfg["resume"].get<std::string>();
-    ta.progress = isatty(fileno(stderr));
+    // The bar goes to stderr, and only when stdout is a terminal too: under `| tee log` it would
+    // interleave with the piped lines.
+    ta.progress = isatty(fileno(stdout)) && isatty(fileno(stderr));
     train::train(model, *opt, lr, data.train, data.valid, ta, stdout);
   }
   if (do_test) {

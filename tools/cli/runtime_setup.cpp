@@ -100,7 +100,10 @@ LoadedModel load_for_generation(const LoadOptions& o) {
   }
   lm.chat = std::make_unique<ChatTemplate>(ChatTemplate::load(lm.dir));
   lm.model = load_model(lm.dir, dev, dtype);
-  if (!o.adapter_path.empty()) train::load_adapters(*lm.model, o.adapter_path);
+  if (!o.adapter_path.empty()) {
+    train::load_adapters(*lm.model, o.adapter_path);
+    lm.model->bake_masters();  // inference: full-FT weights in the model's dtype, no f32 copies kept
+  }
   return lm;
 }
 
