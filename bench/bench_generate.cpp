@@ -7,6 +7,7 @@
 // once, and copied on the device into every weight (values finite and varied, never zeros).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -105,6 +106,57 @@ double copy_bandwidth_gbps() {
   return 2.0 * double(src.nbytes()) / t[t.size() / 2] / 1e9;
 }
 
+// Decoding's weight products alone, as the model runs them (x (1, K) W (N, K)^T), through
+// gemv.cu and through cuBLASLt (LMTUNE_CUDA_GEMV=0): time per call, W's bytes over it, and their
+// sum over one token's products. Several copies of W are cycled so that L2 (50 MB on an H100)
+// holds none of them between calls. Returns the per-token milliseconds {gemv, cublas}.
+std::pair<double, double> gemv_report() {
+  struct Shape {
+    const char* name;
+    int64_t N, K, per_token;
+  };
+  const Shape shapes[] = {{"q_proj, o_proj", g.head * g.head_dim, g.embd, 2 * g.layer},
+                          {"k_proj, v_proj", g.kv_head * g.head_dim, g.embd, 2 * g.layer},
+                          {"gate_proj, up_proj", g.ff, g.embd, 2 * g.layer},
+                          {"down_proj", g.embd, g.ff, g.layer},
+                          {"lm_head", g.vocab, g.embd, 1}};
+  Tensor pool = random_pool();
+  double total[2] = {0, 0};
+  std::printf("weight products of one decode token (x (1, K) W (N, K)^T, %s):\n", dtype_name(g.dtype));
+  std::printf("| product | N x K | calls/token | gemv.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const Shape& sh : shapes) {
+    const double bytes = double(sh.N * sh.K) * (g.dtype == DType::bf16 ? 2.0 : 4.0);
+    const int copies = g.device == Device::cpu ? 1 : int(std::max(1.0, std::ceil(256e6 / bytes)));
+    std::vector<Tensor> ws;
+    for (int i = 0; i < copies; ++i) {
+      Tensor w = ops::empty({sh.N, sh.K}, g.dtype, g.device);
+      Tensor rows = w.reshape({sh.N * sh.K / g.embd, g.embd});
+      fill_from_pool(rows, pool);
+      ws.push_back(w);
+    }
+    Tensor xr = ops::empty({sh.K / g.embd, g.embd}, g.dtype, g.device);
+    fill_from_pool(xr, pool);
+    Tensor x = xr.reshape({1, sh.K});
+    double us[2];
+    for (int mode = 0; mode < 2; ++mode) {
+      setenv("LMTUNE_CUDA_GEMV", mode == 0 ? "1" : "0", 1);
+      for (int i = 0; i < 3; ++i) (void)ops::linear(x, ws[size_t(i % copies)], Tensor());
+      backend(g.device).synchronize();
+      const int calls = 10 * copies;
+      auto t0 = Clock::now();
+      for (int i = 0; i < calls; ++i) (void)ops::linear(x, ws[size_t(i % copies)], Tensor());
+      backend(g.device).synchronize();
+      us[mode] = secs(t0) / calls * 1e6;
+      total[mode] += us[mode] * double(sh.per_token) / 1e3;
+    }
+    std::printf("| %s | %lld x %lld | %lld | %.1f | %.0f | %.1f | %.0f |\n", sh.name, (long long)sh.N, (long long)sh.K,
+                (long long)sh.per_token, us[0], bytes / us[0] / 1e3, us[1], bytes / us[1] / 1e3);
+  }
+  unsetenv("LMTUNE_CUDA_GEMV");
+  std::printf("per token: gemv.cu %.3f ms, cuBLASLt %.3f ms (eager launches included)\n", total[0], total[1]);
+  return {total[0], total[1]};
+}
+
 struct Trial {
   double prompt_tps, decode_tps, peak_gb;
 };
@@ -171,6 +223,7 @@ int main(int argc, char** argv) {
     std::printf("copy bandwidth (d2d, read + write): %.0f GB/s\n", bw);
     std::printf("bytes per decode token: %.3f GB weights + %.1f MB kv (mean context %.0f) -> bound %.1f tok/s\n",
                 read_params * esize / 1e9, kv_bytes / 1e6, mean_ctx, bound_tps);
+    auto [gemv_ms, cublas_ms] = gemv_report();
     (void)run_trial(*model, g.prompt, 8, 0);  // warm-up: handles, algorithms, allocator
     std::vector<double> ptps, dtps;
     double peak = 0;
@@ -191,7 +244,8 @@ int main(int argc, char** argv) {
       f << "{\"device\": \"" << dev << "\", \"prompt_tps\": " << p << ", \"decode_tps\": " << d
         << ", \"copy_gbps\": " << bw << ", \"bytes_per_token\": " << bytes_per_token
         << ", \"bound_tps\": " << bound_tps << ", \"peak_gb\": " << peak << ", \"prompt\": " << g.prompt
-        << ", \"gen\": " << g.gen << "}\n";
+        << ", \"gen\": " << g.gen << ", \"gemv_ms_per_token\": " << gemv_ms
+        << ", \"cublas_ms_per_token\": " << cublas_ms << "}\n";
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_generate: %s\n", e.what());

@@ -49,6 +49,10 @@ lines = []
 if o:
     lines.append(f"{o['device']}: copy bandwidth {o['copy_gbps']:.0f} GB/s; {o['bytes_per_token'] / 1e9:.3f} GB read per "
                  f"decode token -> bound {o['bound_tps']:.1f} tok/s; prompt {o['prompt']}, decode {o['gen']} tokens")
+if o and "gemv_ms_per_token" in o:
+    lines.append(f"one token's weight products alone: {o['gemv_ms_per_token']:.3f} ms through gemv.cu, "
+                 f"{o['cublas_ms_per_token']:.3f} ms through cuBLASLt; the whole token at the bound: "
+                 f"{1e3 / o['bound_tps']:.3f} ms")
 if p:
     lines.append(f"peer: torch {p['torch']}, transformers {p['transformers']}")
 lines += ["", "| batch 1, bf16 | lmtune | transformers | lmtune / transformers | target |", "| --- | --- | --- | --- | --- |"]

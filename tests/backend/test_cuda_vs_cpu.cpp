@@ -269,6 +269,27 @@ TEST_P(CudaVsCpu, Gemm) {
   }
 }
 
+// Decoding's products, x (M <= 4, K) W (N, K)^T: bf16/f16 take gemv.cu where K % 8 == 0, the
+// rest (and f32) cuBLASLt; odd N, K past the unrolled loop, alpha != 1.
+TEST_P(CudaVsCpu, GemvShapes) {
+  for (int64_t M : {1, 2, 3, 4})
+    for (int64_t N : {1, 37, 300})
+      for (int64_t K : {8, 264, 1000, 4104}) {
+        GemmArgs g;
+        g.M = M, g.N = N, g.K = K, g.trans_b = true, g.lda = K, g.ldb = K, g.ldc = N, g.alpha = 0.75f;
+        Vec a = rounded(uniform(size_t(M * K), 14), dt), b = rounded(uniform(size_t(N * K), 15), dt);
+        Vec ref(size_t(M * N));
+        GemmArgs gc = g;
+        gc.a = a.data(), gc.b = b.data(), gc.c = ref.data(), gc.dtype = DType::f32;
+        cpu().gemm(gc);
+        Tensor ga = on_gpu(a, dt), gb = on_gpu(b, dt), gcu = gpu_empty(M * N, dt);
+        g.a = ga.raw(), g.b = gb.raw(), g.c = gcu.raw(), g.dtype = dt;
+        gpu().gemm(g);
+        check_close(read(gcu), ref, tol_gemm(dt),
+                    "gemv M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
+      }
+}
+
 TEST_P(CudaVsCpu, GemmEmptyK) {  // C = beta * C, through BLAS semantics on the CPU
   for (float beta : {0.f, 0.5f}) {
     GemmArgs g;

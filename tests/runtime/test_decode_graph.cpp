@@ -2,8 +2,11 @@
 // the same model: token by token over a prompt that fills most of the cache's first 256-entry
 // chunk, so the step is recorded again when the cache grows. bf16 and f16 at head_dim 128 / 64
 // take the fused attention in both paths, and there the logits must be bit for bit the same;
-// f32 and head_dim 48 take decode_attention.cu in the graph and the gemm path eagerly, so
-// they agree to f32 rounding. Skips without a GPU.
+// f32 (head_dim 128 and 48) takes decode_attention.cu in the graph and the gemm path eagerly, so
+// they agree to f32 rounding. (In bf16 the gemm path rounds P to bf16 before P V and the decode
+// kernel does not, so there the two differ by bf16 rounding, not by a bug: that kernel is
+// checked against the CPU in test_cuda_vs_cpu's AttentionAtRunTimeOffset instead.) Skips
+// without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -81,7 +84,7 @@ TEST_P(DecodeGraphVsEager, SameLogitsAcrossRecordings) {
 
 INSTANTIATE_TEST_SUITE_P(Cuda, DecodeGraphVsEager,
                          ::testing::Values(GraphCase{DType::bf16, 128}, GraphCase{DType::f16, 64},
-                                           GraphCase{DType::f32, 128}, GraphCase{DType::bf16, 48}),
+                                           GraphCase{DType::f32, 128}, GraphCase{DType::f32, 48}),
                          [](const ::testing::TestParamInfo<GraphCase>& i) {
                            return std::string(dtype_name(i.param.dt)) + "_d" + std::to_string(i.param.head_dim);
                          });

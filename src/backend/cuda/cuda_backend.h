@@ -144,6 +144,9 @@ CudaBackend& cuda_impl();
 bool flash_enabled();
 bool flash_attention_forward(const AttentionArgs& a);
 bool flash_attention_backward(const AttentionBackwardArgs& a);
+// y = alpha x W^T for 1-4 rows of x in bf16/f16 (gemv.cu); false where the arguments are not
+// covered (then cuBLASLt runs). LMTUNE_CUDA_GEMV=0 turns it off.
+bool gemv(const GemmArgs& g, DType c_dt);
 // Attention with a run-time query offset (decode_attention.cu), where flash does not apply.
 void decode_attention(const AttentionArgs& a);
 
