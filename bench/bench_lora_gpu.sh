@@ -13,7 +13,8 @@
 # --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
 # model's; --smoke: both sides on the CPU with a 2-layer f32 model at sequence 128, a check of the
 # scripts).
-# LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default python3).
+# LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default .venv/bin/python
+# if present, else python3).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
@@ -32,7 +33,10 @@ while (($#)); do
     *) echo "bench_lora_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-py="${LMTUNE_PYTHON:-$(command -v python3)}"
+py="${LMTUNE_PYTHON:-}"
+if [[ -z "$py" ]]; then  # the project's .venv where there is one (the development machine), else python3
+  if [[ -x "$root/.venv/bin/python" ]]; then py="$root/.venv/bin/python"; else py="$(command -v python3)"; fi
+fi
 lmtune="$build/bin/lmtune"
 if [[ ! -x "$lmtune" ]]; then
   echo "bench_lora_gpu: $lmtune not built" >&2
