@@ -118,6 +118,25 @@ class Backend {
   virtual void graph_launch(void* graph);
   virtual void graph_free(void* graph);
 
+  // Fused inference paths for decoding (a few rows, no autograd). Each returns false where this
+  // backend has no such kernel or the arguments are not covered; ops/ then runs the plain ops,
+  // which give the same values.
+  // ys[i] (M, ns[i]) = x (M, K) ws[i] (ns[i], K)^T for up to 3 weights sharing x (q, k, v).
+  virtual bool gemv_group(const void* x, const void* const* ws, void* const* ys, const int64_t* ns, int count,
+                          int64_t M, int64_t K, DType dt) {
+    return false;
+  }
+  // out (M, N) = swiglu(x w_gate^T, x w_up^T), each product rounded to dt first.
+  virtual bool gemv_swiglu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t M, int64_t N,
+                           int64_t K, DType dt) {
+    return false;
+  }
+  // sum (rows, dim) = x + y (rounded to dt); out = rms_norm(sum) * w, as add then rms_norm.
+  virtual bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows,
+                            int64_t dim, float eps, DType dt) {
+    return false;
+  }
+
   virtual void attention(const AttentionArgs& a);
   virtual void attention_backward(const AttentionBackwardArgs& a);
 

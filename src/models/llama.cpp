@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <vector>
 
 #include "autograd/checkpoint.h"
 #include "core/error.h"
@@ -59,10 +61,24 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
   int64_t B = x.dim(0), T = x.dim(1);
   float eps = float(c.rms_norm_eps);
 
+  // Decoding (a few rows, no autograd): products that share an input, and the residual add with
+  // the norm after it, go to fused kernels where the backend has them (same values, fewer launches).
+  const bool fuse = cache && !ag::grad_enabled() && B * T <= 4;
+  auto plain = [](const nn::Linear& l) { return !l.adapter && !l.bias.defined(); };
+
   Tensor h = ag::rms_norm(x, weight(p + "input_layernorm.weight"), eps);
-  Tensor q = ag::reshape(linear(p + "self_attn.q_proj").forward(h), {B, T, c.n_head, c.head_dim});
-  Tensor k = ag::reshape(linear(p + "self_attn.k_proj").forward(h), {B, T, c.n_kv_head, c.head_dim});
-  Tensor v = ag::reshape(linear(p + "self_attn.v_proj").forward(h), {B, T, c.n_kv_head, c.head_dim});
+  nn::Linear lq = linear(p + "self_attn.q_proj"), lk = linear(p + "self_attn.k_proj"),
+             lv = linear(p + "self_attn.v_proj");
+  Tensor q, k, v;
+  if (fuse && plain(lq) && plain(lk) && plain(lv)) {
+    std::vector<Tensor> qkv = ops::linear_group(h, {lq.weight, lk.weight, lv.weight});
+    q = qkv[0], k = qkv[1], v = qkv[2];
+  } else {
+    q = lq.forward(h), k = lk.forward(h), v = lv.forward(h);
+  }
+  q = ag::reshape(q, {B, T, c.n_head, c.head_dim});
+  k = ag::reshape(k, {B, T, c.n_kv_head, c.head_dim});
+  v = ag::reshape(v, {B, T, c.n_kv_head, c.head_dim});
   if (const Tensor* pos_at = cache ? cache->position() : nullptr) {  // a recorded decode step
     q = ops::rope(q, inv_freq_, 0, 1.f, false, pos_at);
     k = ops::rope(k, inv_freq_, 0, 1.f, false, pos_at);
@@ -84,12 +100,18 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
     a = ag::attention(q, k, v, scale, true, window, 0);
   }
   a = ag::reshape(a, {B, T, c.n_head * c.head_dim});
-  Tensor x1 = ag::add(x, linear(p + "self_attn.o_proj").forward(a));
-
-  h = ag::rms_norm(x1, weight(p + "post_attention_layernorm.weight"), eps);
-  Tensor gate = linear(p + "mlp.gate_proj").forward(h);
-  Tensor up = linear(p + "mlp.up_proj").forward(h);
-  return ag::add(x1, linear(p + "mlp.down_proj").forward(ag::swiglu(gate, up)));
+  Tensor o = linear(p + "self_attn.o_proj").forward(a), x1;
+  const Tensor& post_norm = weight(p + "post_attention_layernorm.weight");
+  if (fuse) {
+    std::tie(x1, h) = ops::add_rms_norm(x, o, post_norm, eps);
+  } else {
+    x1 = ag::add(x, o);
+    h = ag::rms_norm(x1, post_norm, eps);
+  }
+  nn::Linear lg = linear(p + "mlp.gate_proj"), lu = linear(p + "mlp.up_proj");
+  Tensor act = fuse && plain(lg) && plain(lu) ? ops::swiglu_linear(h, lg.weight, lu.weight)
+                                              : ag::swiglu(lg.forward(h), lu.forward(h));
+  return ag::add(x1, linear(p + "mlp.down_proj").forward(act));
 }
 
 Tensor LlamaModel::forward(const Tensor& ids, int64_t pos_offset) {

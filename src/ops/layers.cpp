@@ -67,6 +67,20 @@ RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& r
   return {dx, dw};
 }
 
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+  check_same(x, y, "add_rms_norm", "x and y must match");
+  LMT_CHECK(w.ndim() == 1 && x.ndim() >= 1 && x.dim(-1) == w.dim(0) && x.dtype() == w.dtype() &&
+                x.device() == w.device(),
+            "[add_rms_norm] input ", x.describe(), " does not match weight ", w.describe());
+  const int64_t dim = w.dim(0), rows = x.numel() / (dim ? dim : 1);
+  Tensor sum = empty(x.shape(), x.dtype(), x.device()), out = empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() > 0 && backend(x.device()).add_rms_norm(x.raw(), y.raw(), w.raw(), sum.raw(), out.raw(), rows, dim,
+                                                          eps, x.dtype()))
+    return {sum, out};
+  sum = add(x, y);
+  return {sum, rms_norm(sum, w, eps).out};
+}
+
 namespace {
 const int32_t* position_ptr(const Tensor* pos, const Tensor& like, const char* op) {
   if (!pos) return nullptr;

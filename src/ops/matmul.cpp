@@ -61,6 +61,45 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return y.reshape(os);
 }
 
+std::vector<Tensor> linear_group(const Tensor& x, const std::vector<Tensor>& ws) {
+  LMT_CHECK(!ws.empty() && ws.size() <= 3, "[linear_group] takes 1 to 3 weights, got ", ws.size());
+  const int64_t K = x.dim(-1), M = x.numel() / (K ? K : 1);
+  std::vector<Tensor> out;
+  std::vector<const void*> wp;
+  std::vector<void*> yp;
+  std::vector<int64_t> ns;
+  for (const Tensor& w : ws) {
+    LMT_CHECK(w.ndim() == 2 && w.dim(1) == K && w.dtype() == x.dtype() && w.device() == x.device(),
+              "[linear_group] input ", x.describe(), " does not match weight ", w.describe());
+    Shape os = x.shape();
+    os.back() = w.dim(0);
+    out.push_back(empty(os, x.dtype(), x.device()));
+    wp.push_back(w.raw());
+    yp.push_back(out.back().raw());
+    ns.push_back(w.dim(0));
+  }
+  if (M > 0 && backend(x.device()).gemv_group(x.raw(), wp.data(), yp.data(), ns.data(), int(ws.size()), M, K,
+                                              x.dtype()))
+    return out;
+  for (size_t i = 0; i < ws.size(); ++i) out[i] = linear(x, ws[i]);
+  return out;
+}
+
+Tensor swiglu_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up) {
+  LMT_CHECK(w_gate.ndim() == 2 && w_gate.shape() == w_up.shape() && w_gate.dim(1) == x.dim(-1) &&
+                w_gate.dtype() == x.dtype() && w_up.dtype() == x.dtype() && w_gate.device() == x.device() &&
+                w_up.device() == x.device(),
+            "[swiglu_linear] input ", x.describe(), ", gate ", w_gate.describe(), ", up ", w_up.describe());
+  const int64_t K = x.dim(-1), M = x.numel() / (K ? K : 1);
+  Shape os = x.shape();
+  os.back() = w_gate.dim(0);
+  Tensor out = empty(os, x.dtype(), x.device());
+  if (M > 0 && backend(x.device()).gemv_swiglu(x.raw(), w_gate.raw(), w_up.raw(), out.raw(), M, w_gate.dim(0), K,
+                                               x.dtype()))
+    return out;
+  return swiglu(linear(x, w_gate), linear(x, w_up));
+}
+
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta) {
   LMT_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "[gemm_into] needs 2-D tensors");
   LMT_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype() && a.device() == c.device() &&

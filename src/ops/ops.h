@@ -2,6 +2,7 @@
 // backend. No autograd here (autograd/ builds on these).
 #pragma once
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -52,6 +53,14 @@ float item(const Tensor& x);      // a one-element tensor's value, any device
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x (..., in) @ w (out, in)^T (+ bias (out)) -> (..., out).
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
+// Inference only (no autograd), for decoding: the backend's fused kernel where it has one for
+// the shapes, else the plain ops, with the same values either way.
+// x (..., K) and up to 3 weights (N_i, K) sharing it -> x W_i^T each (q, k, v).
+std::vector<Tensor> linear_group(const Tensor& x, const std::vector<Tensor>& ws);
+// swiglu(x W_gate^T, x W_up^T).
+Tensor swiglu_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
+// {x + y, rms_norm(x + y) * w}: a residual add and the norm after it.
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps);
 // c (M, N) = alpha * op(a) @ op(b) + beta * c for 2-D matrices viewed as rows (accumulation).
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 

@@ -270,11 +270,11 @@ TEST_P(CudaVsCpu, Gemm) {
 }
 
 // Decoding's products, x (M <= 4, K) W (N, K)^T: bf16/f16 take gemv.cu where K % 8 == 0, the
-// rest (and f32) cuBLASLt; odd N, K past the unrolled loop, alpha != 1.
+// rest (and f32) cuBLASLt; odd N, K past the unrolled loop, alpha != 1, rows split over 1-8 warps.
 TEST_P(CudaVsCpu, GemvShapes) {
   for (int64_t M : {1, 2, 3, 4})
-    for (int64_t N : {1, 37, 300})
-      for (int64_t K : {8, 264, 1000, 4104}) {
+    for (int64_t N : {1, 37, 300, 5000})
+      for (int64_t K : {8, 264, 1000, 4104, 16384}) {
         GemmArgs g;
         g.M = M, g.N = N, g.K = K, g.trans_b = true, g.lda = K, g.ldb = K, g.ldc = N, g.alpha = 0.75f;
         Vec a = rounded(uniform(size_t(M * K), 14), dt), b = rounded(uniform(size_t(N * K), 15), dt);
@@ -288,6 +288,58 @@ TEST_P(CudaVsCpu, GemvShapes) {
         check_close(read(gcu), ref, tol_gemm(dt),
                     "gemv M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
       }
+}
+
+// Decoding's fused kernels: q, k, v products sharing x in one launch, gate and up with swiglu,
+// the residual add with the rms_norm after it; each against the CPU composing the plain ops
+// with the same roundings to dt.
+TEST_P(CudaVsCpu, FusedDecodeKernels) {
+  const bool half = dt != DType::f32;
+  for (int64_t M : {1, 3}) {
+    const int64_t K = 264, ns[3] = {96, 40, 40};
+    Vec x = rounded(uniform(size_t(M * K), 30), dt);
+    std::vector<Vec> w, ref;
+    std::vector<Tensor> gw, gy;
+    for (int i = 0; i < 3; ++i) {
+      w.push_back(rounded(uniform(size_t(ns[i] * K), uint64_t(31 + i)), dt));
+      Vec r(size_t(M * ns[i]));
+      GemmArgs g;
+      g.M = M, g.N = ns[i], g.K = K, g.trans_b = true, g.lda = K, g.ldb = K, g.ldc = ns[i];
+      g.a = x.data(), g.b = w[size_t(i)].data(), g.c = r.data(), g.dtype = DType::f32;
+      cpu().gemm(g);
+      ref.push_back(rounded(r, dt));
+      gw.push_back(on_gpu(w[size_t(i)], dt));
+      gy.push_back(gpu_empty(M * ns[i], dt));
+    }
+    Tensor gx = on_gpu(x, dt);
+    const void* wp[3] = {gw[0].raw(), gw[1].raw(), gw[2].raw()};
+    void* yp[3] = {gy[0].raw(), gy[1].raw(), gy[2].raw()};
+    ASSERT_EQ(gpu().gemv_group(gx.raw(), wp, yp, ns, 3, M, K, dt), half);
+    if (half)
+      for (int i = 0; i < 3; ++i) check_close(read(gy[size_t(i)]), ref[size_t(i)], tol_gemm(dt), "gemv_group " + std::to_string(i));
+    // gate = w[1], up = w[2] (both 40 x K)
+    Vec want(size_t(M * ns[1]));
+    for (size_t j = 0; j < want.size(); ++j) {
+      float g = ref[1][j], u = ref[2][j];
+      want[j] = g / (1.f + std::exp(-g)) * u;
+    }
+    Tensor gout = gpu_empty(M * ns[1], dt);
+    ASSERT_EQ(gpu().gemv_swiglu(gx.raw(), gw[1].raw(), gw[2].raw(), gout.raw(), M, ns[1], K, dt), half);
+    if (half) check_close(read(gout), rounded(want, dt), tol_gemm(dt), "gemv_swiglu");
+  }
+  for (int64_t dim : {int64_t(256), int64_t(257)}) {
+    const int64_t rows = 3;
+    Vec x = rounded(uniform(size_t(rows * dim), 40, -2.f, 2.f), dt), y = rounded(uniform(size_t(rows * dim), 41), dt);
+    Vec w = rounded(uniform(size_t(dim), 42), dt), sum(x.size()), out(x.size()), rstd(static_cast<size_t>(rows));
+    for (size_t i = 0; i < x.size(); ++i) sum[i] = x[i] + y[i];
+    sum = rounded(sum, dt);
+    cpu().rms_norm(sum.data(), w.data(), out.data(), rstd.data(), rows, dim, 1e-5f, DType::f32);
+    Tensor gx = on_gpu(x, dt), gy = on_gpu(y, dt), gw = on_gpu(w, dt), gs = gpu_empty(rows * dim, dt),
+           go = gpu_empty(rows * dim, dt);
+    ASSERT_TRUE(gpu().add_rms_norm(gx.raw(), gy.raw(), gw.raw(), gs.raw(), go.raw(), rows, dim, 1e-5f, dt));
+    check_close(read(gs), sum, tol_elem(dt), "add_rms_norm sum dim " + std::to_string(dim));
+    check_close(read(go), out, tol_elem(dt), "add_rms_norm out dim " + std::to_string(dim));
+  }
 }
 
 TEST_P(CudaVsCpu, GemmEmptyK) {  // C = beta * C, through BLAS semantics on the CPU

@@ -105,6 +105,12 @@ class CudaBackend final : public Backend {
   void* graph_end() override;
   void graph_launch(void* graph) override;
   void graph_free(void* graph) override;
+  bool gemv_group(const void* x, const void* const* ws, void* const* ys, const int64_t* ns, int count, int64_t M,
+                  int64_t K, DType dt) override;
+  bool gemv_swiglu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t M, int64_t N, int64_t K,
+                   DType dt) override;
+  bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows, int64_t dim,
+                    float eps, DType dt) override;
   void attention(const AttentionArgs& a) override;
   void attention_backward(const AttentionBackwardArgs& a) override;
   void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;

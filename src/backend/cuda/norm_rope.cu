@@ -56,6 +56,36 @@ __global__ void rms_norm_kernel(const T* x, const T* w, T* out, float* rstd, int
   }
 }
 
+// The residual add and the following rms_norm of decoding in one pass over the row: sum = x + y
+// rounded to T (written out), then rms_norm of the rounded sum, as the two ops give it.
+template <typename T, int V>
+__global__ void add_rms_norm_kernel(const T* x, const T* y, const T* w, T* sum, T* out, int64_t rows, int64_t dim,
+                                    float eps) {
+  __shared__ float smem[32];
+  int64_t nv = dim / V;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+      Pack<T, V> a = load_pack<V>(x + r * dim + i * V), b = load_pack<V>(y + r * dim + i * V), o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        o.v[j] = from_f32<T>(to_f32(a.v[j]) + to_f32(b.v[j]));
+        float v = to_f32(o.v[j]);
+        ss += v * v;
+      }
+      store_pack<V>(sum + r * dim + i * V, o);
+    }
+    ss = block_sum(ss, smem);
+    float s = 1.f / sqrtf(ss / float(dim) + eps);
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {  // the same thread wrote these
+      Pack<T, V> p = load_pack<V>(sum + r * dim + i * V), q = load_pack<V>(w + i * V), o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(to_f32(p.v[j]) * s * to_f32(q.v[j]));
+      store_pack<V>(out + r * dim + i * V, o);
+    }
+  }
+}
+
 // dx = s * (dy * w - x * c), c = s^2 * mean(dy * w * x); block b also sums dy * x * s over its
 // rows into partial[b] (each thread owns its columns, so no atomics).
 template <typename T, int V>
@@ -170,6 +200,23 @@ void CudaBackend::rms_norm(const void* x, const void* w, void* out, float* rstd,
     else
       launch("rms_norm", rms_norm_kernel<T, 1>, blocks, kThreads, 0, px, pw, po, rstd, rows, dim, eps);
   });
+}
+
+bool CudaBackend::add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows,
+                               int64_t dim, float eps, DType dt) {
+  if (rows == 0) return true;
+  dispatch_float(dt, "add_rms_norm", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int V = kVec<T>;
+    unsigned blocks = unsigned(std::min<int64_t>(rows, int64_t(sm_count_) * 16));
+    auto px = static_cast<const T*>(x), py = static_cast<const T*>(y), pw = static_cast<const T*>(w);
+    auto ps = static_cast<T*>(sum), po = static_cast<T*>(out);
+    if (dim % V == 0 && aligned16(x) && aligned16(y) && aligned16(w) && aligned16(sum) && aligned16(out))
+      launch("add_rms_norm", add_rms_norm_kernel<T, V>, blocks, kThreads, 0, px, py, pw, ps, po, rows, dim, eps);
+    else
+      launch("add_rms_norm", add_rms_norm_kernel<T, 1>, blocks, kThreads, 0, px, py, pw, ps, po, rows, dim, eps);
+  });
+  return true;
 }
 
 void CudaBackend::rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx,
