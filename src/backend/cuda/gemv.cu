@@ -57,6 +57,13 @@ struct GemvParams {
   int S;  // warps per row: 1, 2, 4 or 8 (8 / S rows a block)
 };
 
+// arr[i] for a run-time i < 4 without indexing the kernel's parameters dynamically (that copies
+// them to local memory in every thread: 112 bytes each, which halved the bandwidth once).
+template <typename A>
+__device__ __forceinline__ A pick(const A* arr, int i) {
+  return i == 0 ? arr[0] : i == 1 ? arr[1] : i == 2 ? arr[2] : arr[3];
+}
+
 // Each row is split over S warps of the block, which take interleaved 512-byte stretches of it,
 // so that a short W (k_proj's 1024 rows) still puts enough loads in flight across the card;
 // their partial sums meet in shared memory.
@@ -66,11 +73,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvParams<T> p) 
   __shared__ float part[kGemvWarps][kW][M];
   const int S = p.S, warp = threadIdx.x / 32, lane = threadIdx.x % 32, piece = warp % S;
   const int64_t n = int64_t(blockIdx.x) * (kGemvWarps / S) + warp / S;
-  const int64_t total = kSwiglu ? p.start[1] : p.start[p.count], chunks = p.K / 8, stride = 32 * int64_t(S);
+  const int64_t total = kSwiglu ? p.start[1] : pick(p.start, p.count), chunks = p.K / 8, stride = 32 * int64_t(S);
   int mat = 0;
-  if (!kSwiglu)
-    while (mat + 1 < p.count && n >= p.start[mat + 1]) ++mat;
-  const int64_t row = n - p.start[mat];
+  if (!kSwiglu) mat = (p.count > 1 && n >= p.start[1]) + (p.count > 2 && n >= p.start[2]);
+  const int64_t row = n - pick(p.start, mat);
   float acc[kW][M];
 #pragma unroll
   for (int r = 0; r < kW; ++r)
@@ -79,7 +85,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvParams<T> p) 
   if (n < total) {
     const uint4* wr[kW];
 #pragma unroll
-    for (int r = 0; r < kW; ++r) wr[r] = reinterpret_cast<const uint4*>(p.w[kSwiglu ? r : mat] + row * p.K);
+    for (int r = 0; r < kW; ++r) wr[r] = reinterpret_cast<const uint4*>(pick(p.w, kSwiglu ? r : mat) + row * p.K);
     const uint4* xr = reinterpret_cast<const uint4*>(p.x);
     int64_t c = lane + 32 * int64_t(piece);
     for (; c + stride * (kGemvUnroll - 1) < chunks; c += stride * kGemvUnroll) {
@@ -122,11 +128,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvParams<T> p) 
     for (int i = 0; i < S; ++i) v[r] += part[warp + i][r][lane];
     v[r] = to_f32(from_f32<T>(p.alpha * v[r]));  // the product as stored
   }
-  const int64_t rows = p.start[mat + 1] - p.start[mat];
+  const int64_t rows = pick(p.start, mat + 1) - pick(p.start, mat);
   if (kSwiglu)
     p.y[0][int64_t(lane) * rows + row] = from_f32<T>(v[0] * (1.f / (1.f + expf(-v[0]))) * v[kW - 1]);
   else
-    p.y[mat][int64_t(lane) * rows + row] = from_f32<T>(v[0]);
+    pick(p.y, mat)[int64_t(lane) * rows + row] = from_f32<T>(v[0]);
 }
 
 template <typename T, bool kSwiglu>
