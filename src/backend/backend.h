@@ -131,6 +131,13 @@ class Backend {
                            int64_t K, DType dt) {
     return false;
   }
+  // Batch 1: q_out (T, H, D) = rope(q); k_cache, v_cache rows [p, p + T) (KV, D each) = rope(k), v,
+  // with p = pos_offset (+ *pos_at) both the row and the rotary position (mscale 1).
+  virtual bool rope_append(const void* q, const void* k, const void* v, void* q_out, void* k_cache, void* v_cache,
+                           const float* inv_freq, int64_t T, int64_t H, int64_t KV, int64_t D, int64_t pos_offset,
+                           const int32_t* pos_at, DType dt) {
+    return false;
+  }
   // sum (rows, dim) = x + y (rounded to dt); out = rms_norm(sum) * w, as add then rms_norm.
   virtual bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows,
                             int64_t dim, float eps, DType dt) {

@@ -74,12 +74,18 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
     std::vector<Tensor> qkv = ops::linear_group(h, {lq.weight, lk.weight, lv.weight});
     q = qkv[0], k = qkv[1], v = qkv[2];
   } else {
-    q = lq.forward(h), k = lk.forward(h), v = lv.forward(h);
+    nn::AdapterInput hin(h);  // q, k and v's adapters share one f32 cast of h, freed at the brace
+    q = lq.forward(hin), k = lk.forward(hin), v = lv.forward(hin);
   }
   q = ag::reshape(q, {B, T, c.n_head, c.head_dim});
   k = ag::reshape(k, {B, T, c.n_kv_head, c.head_dim});
   v = ag::reshape(v, {B, T, c.n_kv_head, c.head_dim});
-  if (const Tensor* pos_at = cache ? cache->position() : nullptr) {  // a recorded decode step
+  KVCache::View kv;
+  Tensor q_rot;
+  const bool stored = fuse && cache->update_rotary(layer, q, k, v, inv_freq_, q_rot, kv);  // rope + append
+  if (stored) {
+    q = q_rot;
+  } else if (const Tensor* pos_at = cache ? cache->position() : nullptr) {  // a recorded decode step
     q = ops::rope(q, inv_freq_, 0, 1.f, false, pos_at);
     k = ops::rope(k, inv_freq_, 0, 1.f, false, pos_at);
   } else {
@@ -90,7 +96,7 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
   int64_t window = c.layer_window[size_t(layer)];
   Tensor a;
   if (cache) {
-    KVCache::View kv = cache->update(layer, k, v);
+    if (!stored) kv = cache->update(layer, k, v);
     int64_t w = kv.positional ? window : 0;
     if (kv.q_offset_at.defined())
       a = ops::attention(q, kv.k, kv.v, scale, true, w, kv.q_offset, &kv.q_offset_at).out;
@@ -109,8 +115,20 @@ Tensor LlamaModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVC
     h = ag::rms_norm(x1, post_norm, eps);
   }
   nn::Linear lg = linear(p + "mlp.gate_proj"), lu = linear(p + "mlp.up_proj");
-  Tensor act = fuse && plain(lg) && plain(lu) ? ops::swiglu_linear(h, lg.weight, lu.weight)
-                                              : ag::swiglu(lg.forward(h), lu.forward(h));
+  Tensor act;
+  if (fuse && plain(lg) && plain(lu)) {
+    act = ops::swiglu_linear(h, lg.weight, lu.weight);
+  } else {
+    Tensor gate, up;
+    {
+      // One f32 cast of h for both adapters; gate before up, in statements, so that their
+      // dropout draws keep their order (function arguments have none).
+      nn::AdapterInput hin(h);
+      gate = lg.forward(hin);
+      up = lu.forward(hin);
+    }
+    act = ag::swiglu(gate, up);
+  }
   return ag::add(x1, linear(p + "mlp.down_proj").forward(act));
 }
 

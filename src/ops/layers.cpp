@@ -103,6 +103,28 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
   return out;
 }
 
+Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t pos_offset,
+                   const Tensor* pos_at, Tensor& k_cache, Tensor& v_cache) {
+  LMT_CHECK(q.ndim() == 4 && k.ndim() == 4 && q.dim(0) == 1 && k.dim(0) == 1 && k.shape() == v.shape() &&
+                q.dim(1) == k.dim(1) && q.dim(3) == k.dim(3) && q.dtype() == k.dtype() && k.dtype() == v.dtype() &&
+                q.device() == k.device() && k.device() == v.device(),
+            "[rope_append] q ", q.describe(), ", k ", k.describe(), ", v ", v.describe());
+  LMT_CHECK(k_cache.ndim() == 3 && k_cache.shape() == v_cache.shape() && k_cache.dim(1) == k.dim(2) &&
+                k_cache.dim(2) == k.dim(3) && k_cache.dtype() == k.dtype() && k_cache.device() == k.device() &&
+                v_cache.dtype() == k.dtype() && v_cache.device() == k.device(),
+            "[rope_append] cache ", k_cache.describe(), " for k ", k.describe());
+  LMT_CHECK(inv_freq.dtype() == DType::f32 && inv_freq.numel() * 2 == q.dim(3) && inv_freq.device() == q.device(),
+            "[rope_append] inv_freq ", inv_freq.describe(), " for head_dim ", q.dim(3));
+  LMT_CHECK(pos_at || pos_offset + k.dim(1) <= k_cache.dim(0), "[rope_append] rows [", pos_offset, ", ",
+            pos_offset + k.dim(1), ") out of range for ", k_cache.describe());
+  Tensor out = empty(q.shape(), q.dtype(), q.device());
+  if (!backend(q.device()).rope_append(q.raw(), k.raw(), v.raw(), out.raw(), k_cache.raw(), v_cache.raw(),
+                                       static_cast<const float*>(inv_freq.raw()), q.dim(1), q.dim(2), k.dim(2),
+                                       q.dim(3), pos_offset, position_ptr(pos_at, q, "rope_append"), q.dtype()))
+    return Tensor();
+  return out;
+}
+
 namespace {
 AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
                              int64_t window, int64_t q_offset) {

@@ -75,6 +75,12 @@ RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& r
 // pos_at: an optional i32 scalar on x's device added to pos_offset at run time.
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse,
             const Tensor* pos_at = nullptr);
+// Inference, batch 1: q (1, T, H, D) rotated -> returned; k (1, T, KV, D) rotated and v stored
+// into the cache buffers k_cache, v_cache (rows, KV, D) at rows pos .. pos + T - 1, where pos =
+// pos_offset (+ *pos_at on the device) is also the rotary position. Undefined where the backend
+// has no fused kernel (nothing is written then).
+Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t pos_offset,
+                   const Tensor* pos_at, Tensor& k_cache, Tensor& v_cache);
 struct AttentionOut { Tensor out, lse; };
 // q_offset_at: an optional i32 scalar on q's device added to q_offset at run time (inference).
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,

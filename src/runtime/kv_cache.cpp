@@ -95,6 +95,32 @@ KVCache::View DenseKVCache::update(int64_t layer, const Tensor& k, const Tensor&
   return view;
 }
 
+bool DenseKVCache::update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& inv_freq, Tensor& q_rot, View& view) {
+  LMT_CHECK(layer >= 0 && layer < n_layer_, "[kv_cache] layer ", layer, " of ", n_layer_);
+  if (batch_ != 1 || k.ndim() != 4 || k.dim(0) != 1 || k.dtype() != dtype_ || v.dtype() != dtype_) return false;
+  const int64_t T = k.dim(1), H = n_kv_head_, D = head_dim_;
+  const bool bound = position_.defined();
+  if (!bound && max_size_ > 0 && offset_ + T > max_size_) return false;  // about to wrap: the plain path
+  if (bound) {
+    LMT_CHECK(offset_ + T <= capacity_, "[kv_cache] a run-time position needs capacity for ", offset_ + T,
+              " entries reserved first, have ", capacity_);
+  } else {
+    reserve(offset_ + T);
+  }
+  const int64_t cap = capacity_;
+  Tensor kb = k_[size_t(layer)].reshape({cap, H, D}), vb = v_[size_t(layer)].reshape({cap, H, D});
+  q_rot = ops::rope_append(q, k, v, inv_freq, bound ? 0 : offset_, bound ? &position_ : nullptr, kb, vb);
+  if (!q_rot.defined()) return false;
+  const int64_t S = bound ? cap : offset_ + T;
+  view.q_offset = bound ? 0 : offset_;
+  view.positional = true;
+  view.q_offset_at = bound ? position_ : Tensor();
+  view.k = kb.slice_rows(0, S).reshape({1, S, H, D});
+  view.v = vb.slice_rows(0, S).reshape({1, S, H, D});
+  return true;
+}
+
 void DenseKVCache::bind_position(const Tensor& pos) {
   LMT_CHECK(batch_ == 1 && max_size_ == 0, "[kv_cache] a run-time position needs batch 1 and no rotation (batch ",
             batch_, ", max_kv_size ", max_size_, ")");

@@ -20,6 +20,9 @@ class DenseKVCache final : public KVCache {
   int64_t max_step() const override;
   View update(int64_t layer, const Tensor& k, const Tensor& v) override;
   void advance(int64_t T) override;
+  // Batch 1, linear (or a bound position): one fused kernel where the backend has it.
+  bool update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
+                     Tensor& q_rot, View& view) override;
 
   int64_t size() const;  // entries held per layer: min(offset, max_size)
   int64_t capacity() const { return capacity_; }

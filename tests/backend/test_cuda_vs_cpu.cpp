@@ -327,6 +327,28 @@ TEST_P(CudaVsCpu, FusedDecodeKernels) {
     ASSERT_EQ(gpu().gemv_swiglu(gx.raw(), gw[1].raw(), gw[2].raw(), gout.raw(), M, ns[1], K, dt), half);
     if (half) check_close(read(gout), rounded(want, dt), tol_gemm(dt), "gemv_swiglu");
   }
+  {  // rope of q and k with the KV append: T 2, H 4, KV 2, D 34, rows 50 + 7 (7 from the device)
+    const int64_t T = 2, H = 4, KV = 2, D = 34, cap = 64, pos = 57;
+    Vec q = rounded(uniform(size_t(T * H * D), 50), dt), k = rounded(uniform(size_t(T * KV * D), 51), dt);
+    Vec v = rounded(uniform(size_t(T * KV * D), 52), dt), inv(D / 2);
+    for (int64_t i = 0; i < D / 2; ++i) inv[size_t(i)] = std::pow(10000.f, -2.f * float(i) / float(D));
+    Vec qr(q.size()), kr(k.size());
+    cpu().rope(q.data(), qr.data(), inv.data(), 1, T, H, D, pos, nullptr, 1.f, false, DType::f32);
+    cpu().rope(k.data(), kr.data(), inv.data(), 1, T, KV, D, pos, nullptr, 1.f, false, DType::f32);
+    Vec kc = rounded(uniform(size_t(cap * KV * D), 53), dt), vc = rounded(uniform(size_t(cap * KV * D), 54), dt);
+    Vec kwant = kc, vwant = vc;
+    std::copy(kr.begin(), kr.end(), kwant.begin() + pos * KV * D);
+    std::copy(v.begin(), v.end(), vwant.begin() + pos * KV * D);
+    Tensor gq = on_gpu(q, dt), gk = on_gpu(k, dt), gv = on_gpu(v, dt), gkc = on_gpu(kc, dt), gvc = on_gpu(vc, dt);
+    Tensor ginv = on_gpu(inv, DType::f32), gqo = gpu_empty(T * H * D, dt), gpos = on_gpu_i32({7});
+    ASSERT_TRUE(gpu().rope_append(gq.raw(), gk.raw(), gv.raw(), gqo.raw(), gkc.raw(), gvc.raw(),
+                                  static_cast<const float*>(ginv.raw()), T, H, KV, D, pos - 7,
+                                  static_cast<const int32_t*>(gpos.raw()), dt));
+    const Tol tol{dt == DType::f32 ? 1e-5f : 1e-2f, dt == DType::f32 ? 1e-5f : 4e-3f};
+    check_close(read(gqo), qr, tol, "rope_append q");
+    check_close(read(gkc), rounded(kwant, dt), tol, "rope_append k cache");
+    EXPECT_EQ(read(gvc), vwant) << "rope_append v cache";
+  }
   for (int64_t dim : {int64_t(256), int64_t(257)}) {
     const int64_t rows = 3;
     Vec x = rounded(uniform(size_t(rows * dim), 40, -2.f, 2.f), dt), y = rounded(uniform(size_t(rows * dim), 41), dt);

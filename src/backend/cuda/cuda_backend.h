@@ -109,6 +109,9 @@ class CudaBackend final : public Backend {
                   int64_t K, DType dt) override;
   bool gemv_swiglu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t M, int64_t N, int64_t K,
                    DType dt) override;
+  bool rope_append(const void* q, const void* k, const void* v, void* q_out, void* k_cache, void* v_cache,
+                   const float* inv_freq, int64_t T, int64_t H, int64_t KV, int64_t D, int64_t pos_offset,
+                   const int32_t* pos_at, DType dt) override;
   bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows, int64_t dim,
                     float eps, DType dt) override;
   void attention(const AttentionArgs& a) override;

@@ -152,6 +152,36 @@ __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T
   }
 }
 
+// Decoding's rope of q and k and the KV-cache append in one launch: one thread per rotated pair of
+// q, of k (stored at cache row p + t) and per pair of v values copied (p + t); same arithmetic as
+// rope_kernel, so the values equal rope then copy.
+template <typename T>
+__global__ void rope_append_kernel(const T* q, const T* k, const T* v, T* q_out, T* k_cache, T* v_cache,
+                                   const float* inv_freq, int64_t T_, int64_t H, int64_t KV, int64_t D,
+                                   int64_t pos_offset, const int32_t* pos_at) {
+  const int64_t half = D / 2, nq = T_ * H * half, nk = T_ * KV * half;
+  if (pos_at) pos_offset += *pos_at;
+  for (int64_t idx = global_tid(); idx < nq + 2 * nk; idx += grid_stride()) {
+    const bool is_q = idx < nq, is_v = idx >= nq + nk;
+    const int64_t j = is_q ? idx : is_v ? idx - nq - nk : idx - nq, heads = is_q ? H : KV;
+    const int64_t i = j % half, row = j / half, t = row / heads;  // row = t * heads + h
+    if (is_v) {
+      T* dst = v_cache + (pos_offset * KV) * D + row * D;
+      dst[i] = v[row * D + i];
+      dst[i + half] = v[row * D + i + half];
+      continue;
+    }
+    float ang = float(pos_offset + t) * inv_freq[i];
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    const T* xr = (is_q ? q : k) + row * D;
+    T* o = is_q ? q_out + row * D : k_cache + (pos_offset * KV) * D + row * D;
+    float x1 = to_f32(xr[i]), x2 = to_f32(xr[i + half]);
+    o[i] = from_f32<T>(x1 * cs - x2 * sn);
+    o[i + half] = from_f32<T>(x2 * cs + x1 * sn);
+  }
+}
+
 template <typename U>
 void launch_embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t row_bytes) {
   int64_t units = row_bytes / int64_t(sizeof(U));
@@ -200,6 +230,20 @@ void CudaBackend::rms_norm(const void* x, const void* w, void* out, float* rstd,
     else
       launch("rms_norm", rms_norm_kernel<T, 1>, blocks, kThreads, 0, px, pw, po, rstd, rows, dim, eps);
   });
+}
+
+bool CudaBackend::rope_append(const void* q, const void* k, const void* v, void* q_out, void* k_cache,
+                              void* v_cache, const float* inv_freq, int64_t T, int64_t H, int64_t KV, int64_t D,
+                              int64_t pos_offset, const int32_t* pos_at, DType dt) {
+  const int64_t total = T * (H + 2 * KV) * (D / 2);
+  if (total == 0 || D % 2 != 0) return total == 0;
+  dispatch_float(dt, "rope_append", [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    launch("rope_append", rope_append_kernel<S>, grid_for(total), kThreads, 0, static_cast<const S*>(q),
+           static_cast<const S*>(k), static_cast<const S*>(v), static_cast<S*>(q_out), static_cast<S*>(k_cache),
+           static_cast<S*>(v_cache), inv_freq, T, H, KV, D, pos_offset, pos_at);
+  });
+  return true;
 }
 
 bool CudaBackend::add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows,
