@@ -111,6 +111,40 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   });
 }
 
+Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask, const Tensor& x_cast) {
+  DType dt = a.dtype();
+  LMT_CHECK(a.ndim() == 2 && x.ndim() >= 2 && x.dim(-1) == a.dim(0), "[lora_down] ", x.describe(), " @ ",
+            a.describe());
+  LMT_CHECK(!mask.defined() || (mask.shape() == x.shape() && mask.dtype() == dt), "[lora_down] mask ",
+            mask.describe(), " for input ", x.describe());
+  LMT_CHECK(!x_cast.defined() || (x_cast.shape() == x.shape() && x_cast.dtype() == dt), "[lora_down] x_cast ",
+            x_cast.describe(), " for input ", x.describe());
+  Tensor z;
+  {
+    // The cast (and its masked copy) live only in this scope: nothing of them is saved.
+    Tensor xc = x_cast.defined() ? x_cast.detach() : ops::cast(x.detach(), dt);
+    if (mask.defined()) xc = ops::mul(xc, mask);
+    z = ops::matmul(xc, a.detach());
+  }
+  Tensor xd = x.detach(), ad = a.detach(), md = mask.defined() ? mask.detach() : Tensor();
+  bool gx = requires_grad(x), ga = requires_grad(a);
+  return record("lora_down", z, {x, a}, [xd, ad, md, gx, ga, dt](const Tensor& d) {
+    // The same products, in the same order, as matmul(mul(cast(x), mask), a) recorded op by op.
+    Tensor dx, da;
+    if (ga) {
+      Tensor xc = ops::cast(xd, dt);
+      if (md.defined()) xc = ops::mul(xc, md);
+      da = ops::matmul(xc.reshape({-1, xc.dim(-1)}), d.reshape({-1, d.dim(-1)}), true, false);  // (in, r)
+    }  // xc is released before dx's (..., in) temporaries are made
+    if (gx) {
+      Tensor dxc = ops::matmul(d, ad, false, true);  // (..., in) in a's dtype
+      if (md.defined()) dxc = ops::mul(dxc, md);
+      dx = ops::cast(dxc, xd.dtype());
+    }
+    return std::vector<Tensor>{dx, da};
+  });
+}
+
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   Tensor idc = ids.detach();
   int64_t V = weight.dim(0);

@@ -17,6 +17,12 @@ Tensor sum(const Tensor& x);   // f32 scalar
 Tensor mean(const Tensor& x);  // f32 scalar
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
+// LoRA's down projection z = (cast(x, a.dtype) * mask) @ a: x (..., in) in any float dtype,
+// a (in, r), mask (..., in) in a's dtype or undefined; z (..., r) in a's dtype. It saves x itself
+// (shared storage), never its cast: backward casts x again to form da = cast(x)^T dz and returns
+// dx = (dz a^T) * mask in x's dtype. x_cast, when given, is cast(x, a.dtype) made by the caller
+// for several adapters reading the same x; forward reads it, backward does not keep it.
+Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask = {}, const Tensor& x_cast = {});
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale);

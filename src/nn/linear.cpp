@@ -7,4 +7,9 @@ Tensor Linear::forward(const Tensor& x) const {
   return ag::linear(x, weight, bias);
 }
 
+Tensor Linear::forward(AdapterInput& in) const {
+  if (adapter) return lora_forward(in.x, weight, bias, *adapter, &in);
+  return ag::linear(in.x, weight, bias);
+}
+
 }  // namespace lmtune::nn

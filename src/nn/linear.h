@@ -12,6 +12,8 @@ struct Linear {
   const LoraAdapter* adapter = nullptr;  // a LoRA / DoRA adapter owned by the model, or null
 
   Tensor forward(const Tensor& x) const;
+  // The same, for an input that other adapted layers also read: their adapters share one cast.
+  Tensor forward(AdapterInput& in) const;
   int64_t in_features() const { return weight.dim(1); }
   int64_t out_features() const { return weight.dim(0); }
 };

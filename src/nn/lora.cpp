@@ -1,8 +1,10 @@
-// LoRA / DoRA forward. The adapter path runs in f32: x is cast to f32 once (a no-op on the CPU,
-// where everything is f32), the two thin matmuls run against the f32 lora_a / lora_b, and only
-// the (..., out) result is cast back to the base dtype. So the parameter gradients are computed
-// in f32 directly from f32 operands (no bf16 rounding of a rank-r gradient), at the cost of one
-// f32 copy of the layer input, and no mixed-dtype matmul is needed in the backends.
+// LoRA / DoRA forward. The adapter path runs in f32: x is cast to f32 (a no-op on the CPU, where
+// everything is f32), the two thin matmuls run against the f32 lora_a / lora_b, and only the
+// (..., out) result is cast back to the base dtype. So the parameter gradients are computed in f32
+// directly from f32 operands (no bf16 rounding of a rank-r gradient) and no mixed-dtype matmul is
+// needed in the backends. The f32 cast is a temporary of ag::lora_down: the tape keeps x itself
+// (which the base product keeps anyway) and backward casts it again, so an adapted layer saves
+// no (..., in) f32 copy; layers reading one input (q, k, v; gate, up) share one forward cast.
 #include "nn/lora.h"
 
 #include <cmath>
@@ -55,7 +57,13 @@ LoraAdapter make_lora_adapter(const Tensor& weight, AdapterKind kind, int64_t ra
   return a;
 }
 
-Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a) {
+const Tensor& AdapterInput::f32() {
+  if (!f32_.defined()) f32_ = ops::cast(x.detach(), DType::f32);
+  return f32_;
+}
+
+Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a,
+                    AdapterInput* shared) {
   LMT_CHECK(a.lora_a.defined() && a.lora_b.defined(), "[lora] adapter without lora_a / lora_b");
   LMT_CHECK(a.lora_a.dim(0) == weight.dim(1) && a.lora_b.dim(1) == weight.dim(0) &&
                 a.lora_a.dim(1) == a.lora_b.dim(0),
@@ -65,12 +73,14 @@ Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   DType dt = x.dtype();
   // DoRA adds the bias after the magnitude rescaling, so its base product has none.
   Tensor y = ag::linear(x, weight, dora ? Tensor() : bias);
-  Tensor xf = ag::cast(x, DType::f32);
+  LMT_CHECK(!shared || shared->x.raw() == x.raw(), "[lora] shared input cast made for another tensor");
+  Tensor mask;  // f32 (..., in)
   if (a.dropout > 0.f && ag::grad_enabled()) {
     uint64_t seed = a.dropout_seed ? (*a.dropout_seed)++ : 0x5eedull;
-    xf = ag::mul(xf, dropout_mask(xf.shape(), a.dropout, seed, xf.device()));
+    mask = dropout_mask(x.shape(), a.dropout, seed, x.device());
   }
-  Tensor z = ag::matmul(ag::matmul(xf, a.lora_a), a.lora_b);  // f32 (..., out)
+  Tensor xa = ag::lora_down(x, a.lora_a, mask, shared ? shared->f32() : Tensor());  // f32 (..., r)
+  Tensor z = ag::matmul(xa, a.lora_b);                                               // f32 (..., out)
   Tensor out = ag::add(y, ag::cast(ag::scale(z, a.scale), dt));
   if (!dora) return out;
   LMT_CHECK(a.m.defined() && a.m.numel() == weight.dim(0), "[dora] magnitude m missing or of the wrong size");

@@ -26,9 +26,22 @@ struct LoraAdapter {
 LoraAdapter make_lora_adapter(const Tensor& weight, AdapterKind kind, int64_t rank, float scale, float dropout,
                               uint64_t seed);
 
+// A layer input read by several adapted layers (q, k, v; gate, up): its f32 cast for the adapters
+// is made once, on first use, and lives as long as this object. Keep it in a scope that ends after
+// those layers' forward: backward does not use it.
+struct AdapterInput {
+  explicit AdapterInput(const Tensor& input) : x(input) {}
+  const Tensor& f32();  // f32 copy of x (x itself when already f32), detached
+  const Tensor& x;      // (..., in) in the base dtype
+
+ private:
+  Tensor f32_;
+};
+
 // The adapted forward. x (..., in) in the base dtype; weight (out, in); bias (out) or undefined.
-// Returns (..., out) in the base dtype.
-Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a);
+// Returns (..., out) in the base dtype. shared, when given, is an AdapterInput made for this x.
+Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a,
+                    AdapterInput* shared = nullptr);
 
 // Row norms of W + scale * lora_b^T lora_a^T as f32 (out), without autograd (DoRA's denominator
 // and, with zero lora_b, its initial magnitude).

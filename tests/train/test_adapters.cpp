@@ -1,4 +1,5 @@
-// Adapter targeting (mlx-lm's linear_to_lora_layers defaults, num_layers, full), f32 master
+// Adapter targeting (mlx-lm's linear_to_lora_layers defaults, num_layers, full), layers sharing
+// one input cast (nn::AdapterInput) computing what separate casts do, f32 master
 // weights for full fine-tuning of a bf16 model (plumbing on the CPU, Adam steps on CUDA), adapter
 // files in mlx-lm's layout (round trip, refusals), and, for tests/ref/check_mlx_adapter.py,
 // adapters and logits written to LMTUNE_ADAPTER_OUT so that the real mlx-lm loads them and compares.
@@ -13,6 +14,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "nn/linear.h"
 #include "tolerance.h"
 #include "train/adapters.h"
 #include "train/optimizers.h"
@@ -273,3 +275,43 @@ TEST(Adapters, LoadRefusesForeignTensorsAndShapes) {
 }
 
 }  // namespace
+
+// q, k and v (gate and up) read one input: forward(AdapterInput&) shares its f32 cast among
+// them and must give what forward(x) gives, values and gradients, for LoRA, DoRA and dropout.
+TEST(Adapters, SharedInputCastEqualsSeparateCasts) {
+  Tensor w = ops::randn({6, 10}, 31, 0.3f), bias = ops::randn({6}, 32);
+  Tensor x0 = ops::randn({2, 3, 10}, 33), dy = ops::randn({2, 3, 6}, 34);
+  for (nn::AdapterKind kind : {nn::AdapterKind::lora, nn::AdapterKind::dora})
+    for (float dropout : {0.f, 0.25f}) {
+      SCOPED_TRACE(std::string(kind == nn::AdapterKind::dora ? "dora" : "lora") + " dropout " +
+                   std::to_string(dropout));
+      std::vector<std::vector<float>> got[2];
+      for (int shared = 0; shared < 2; ++shared) {
+        uint64_t seed = 77;
+        nn::LoraAdapter a1 = nn::make_lora_adapter(w, kind, 4, 2.f, dropout, 5);
+        nn::LoraAdapter a2 = nn::make_lora_adapter(w, kind, 4, 2.f, dropout, 6);
+        for (nn::LoraAdapter* a : {&a1, &a2}) {
+          Tensor dst = a->lora_b;
+          ops::copy_into(dst, ops::randn(a->lora_b.shape(), 40 + uint64_t(a == &a2), 0.2f));
+          a->dropout_seed = &seed;
+        }
+        nn::Linear l1{w, bias, &a1}, l2{w, {}, &a2};
+        Tensor x = ag::param(x0);
+        Tensor y;
+        if (shared) {
+          nn::AdapterInput in(x);
+          y = ag::add(l1.forward(in), l2.forward(in));
+        } else {
+          y = ag::add(l1.forward(x), l2.forward(x));
+        }
+        ag::backward(y, dy);
+        got[shared] = {y.to_f32_vector(), ag::grad(x).to_f32_vector(), ag::grad(a1.lora_a).to_f32_vector(),
+                       ag::grad(a1.lora_b).to_f32_vector(), ag::grad(a2.lora_a).to_f32_vector()};
+      }
+      for (size_t i = 0; i < got[0].size(); ++i) EXPECT_EQ(got[1][i], got[0][i]) << "result " << i;
+    }
+  nn::LoraAdapter a = nn::make_lora_adapter(w, nn::AdapterKind::lora, 4, 2.f, 0.f, 5);
+  Tensor other = ops::randn({2, 3, 10}, 35);
+  nn::AdapterInput in(other);
+  EXPECT_THROW(nn::lora_forward(x0, w, bias, a, &in), Error);
+}

@@ -2,10 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
+#include "core/allocator.h"
 #include "tolerance.h"
 
 using namespace lmtune;
@@ -110,4 +112,65 @@ TEST(Gradcheck, CheckpointMatchesPlainBackward) {
   expect_close(ag::grad(g).to_f32_vector(), gg, 1e-6, 1e-6, "checkpoint dg");
   expect_close(ag::grad(xc).to_f32_vector(), gx, 1e-6, 1e-6, "checkpoint dx");
   check("checkpoint", [&](const V& in) { return ag::checkpoint(block, {in[0]}); }, {x});
+}
+
+TEST(Gradcheck, LoraDown) {
+  Tensor x = rnd({2, 3, 5}, 23), a = rnd({5, 4}, 24);
+  check("lora_down", [](const V& in) { return ag::lora_down(in[0], in[1]); }, {x, a});
+  check("lora_down 2-D", [](const V& in) { return ag::lora_down(in[0], in[1]); }, {rnd({3, 5}, 25), a});
+  std::vector<float> m(30);
+  for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 5) % 3 == 0 ? 0.f : 1.5f;  // dropout with p = 1/3
+  Tensor mask = Tensor::from_f32(m, {2, 3, 5});
+  check("lora_down masked", [mask](const V& in) { return ag::lora_down(in[0], in[1], mask); }, {x, a});
+}
+
+// The LoRA path's down projection against the ops it replaces, matmul(mul(cast(x), mask), a)
+// recorded one by one, for a bf16 input: the same values and gradients bit for bit, and the
+// tape holds only z, where the composed ops also kept the f32 copy of x (and its masked copy).
+TEST(LoraDown, MatchesComposedOpsAndSavesNoCast) {
+  Tensor xb = ops::cast(rnd({2, 7, 24}, 26), DType::bf16), a0 = rnd({24, 3}, 27, 0.2f);
+  Tensor dz = rnd({2, 7, 3}, 28);
+  std::vector<float> m(size_t(xb.numel()));
+  for (size_t i = 0; i < m.size(); ++i) m[i] = i % 4 == 1 ? 0.f : 4.f / 3.f;
+  Tensor mask = Tensor::from_f32(m, xb.shape());
+  CachingAllocator& mem = allocator(Device::cpu);
+  for (bool masked : {false, true}) {
+    for (bool shared : {false, true}) {
+      SCOPED_TRACE(std::string(masked ? "masked" : "plain") + (shared ? ", shared cast" : ""));
+      Tensor m_in = masked ? mask : Tensor();
+      // Composed, as lora.cpp recorded it before.
+      Tensor x1 = ag::param(xb), a1 = ag::param(a0);
+      Tensor z1;
+      size_t before1 = mem.current_bytes();
+      {
+        Tensor xf = ag::cast(x1, DType::f32);
+        if (masked) xf = ag::mul(xf, mask);
+        z1 = ag::matmul(xf, a1);
+      }
+      EXPECT_GT(mem.current_bytes() - before1, CachingAllocator::round_size(z1.nbytes()))
+          << "the composed ops' tape keeps the f32 copy";
+      ag::backward(z1, dz);
+      // Fused.
+      Tensor x2 = ag::param(xb), a2 = ag::param(a0);
+      Tensor z2;
+      size_t before = mem.current_bytes();
+      {
+        Tensor xc = shared ? ops::cast(xb, DType::f32) : Tensor();
+        z2 = ag::lora_down(x2, a2, m_in, xc);
+      }
+      EXPECT_EQ(mem.current_bytes() - before, CachingAllocator::round_size(z2.nbytes()))
+          << "lora_down kept more than its output";
+      ag::backward(z2, dz);
+      EXPECT_EQ(z2.dtype(), DType::f32);
+      EXPECT_EQ(ag::grad(x2).dtype(), DType::bf16);
+      EXPECT_EQ(z2.to_f32_vector(), z1.to_f32_vector());
+      EXPECT_EQ(ag::grad(a2).to_f32_vector(), ag::grad(a1).to_f32_vector());
+      EXPECT_EQ(ag::grad(x2).to_f32_vector(), ag::grad(x1).to_f32_vector());
+    }
+  }
+  // No gradient for a frozen input: only a's.
+  Tensor a3 = ag::param(a0);
+  Tensor z3 = ag::lora_down(xb, a3);
+  ag::backward(z3, dz);
+  EXPECT_TRUE(ag::grad(a3).defined());
 }
