@@ -113,6 +113,13 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--case", required=True)
+    ap.add_argument("--device", default="cpu", help="torch_losses*: where lmtune trains (the reference is CPU f32)")
+    ap.add_argument("--dtype", default="float32", help="torch_losses*: lmtune's frozen base on CUDA")
+    # 2e-3 suits the tiny random model; on models/default (trained weights) MLX's Adam (no bias
+    # correction: the first steps move every parameter by ~3 lr whatever its gradient's size) makes
+    # the run chaotic at 2e-3: gradients agree to 1e-6 for 3 steps, then rounding-level differences
+    # double every step. 1e-4 keeps it well-conditioned there (errors ~1e-6 .. 4e-5, a 4-5% drop).
+    ap.add_argument("--lr", type=float, default=2e-3, help="torch_losses*: the learning rate")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
@@ -564,7 +571,7 @@ def torch_losses(a, lora, w, mask=False):
     with open(f"{w}/data/train.jsonl", "w") as f:
         for r in recs:
             f.write(json.dumps(r) + "\n")
-    rank, scale, lr, steps = 4, 2.0, 2e-3, 20
+    rank, scale, lr, steps = 4, 2.0, a.lr, 20
     tok = AutoTokenizer.from_pretrained(a.model)
     model = LlamaForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, attn_implementation="eager")
     keys = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -632,10 +639,11 @@ def torch_losses(a, lora, w, mask=False):
                 vi.mul_(0.999).add_(gr * gr, alpha=0.001)
                 p.sub_(lr * mi / (vi.sqrt() + 1e-8))
     open(f"{w}/c.yaml", "w").write(f"lora_parameters:\n  rank: {rank}\n  scale: {scale}\n  dropout: 0.0\n")
-    rc, out, err = lora("-c", f"{w}/c.yaml", "--train", "--data", f"{w}/data", "--batch-size", 4, "--num-layers", 2,
+    rc, out, err = lora("-c", f"{w}/c.yaml", "--train", "--data", f"{w}/data", "--batch-size", 4, "--num-layers", -1,
                         "--iters", steps, "--learning-rate", lr, "--steps-per-report", 1, "--save-every", 1000,
                         "--resume-adapter-file", f"{w}/init.safetensors", "--adapter-path", f"{w}/ad",
-                        "--device", "cpu", *(["--mask-prompt"] if mask else []))
+                        "--device", a.device, *(["--dtype", a.dtype] if a.device == "cuda" else []),
+                        *(["--mask-prompt"] if mask else []))
     check(rc == 0, err)
     metrics = [json.loads(l) for l in open(f"{w}/ad/metrics.jsonl") if "train_loss" in l]
     got = [x["train_loss"] for x in metrics]
@@ -643,8 +651,16 @@ def torch_losses(a, lora, w, mask=False):
     worst = max(abs(x - y) / abs(y) for x, y in zip(got, ref))
     print(f"{case}: worst relative error {worst:.2e} over {steps} steps; first {got[0]:.6f} vs {ref[0]:.6f}, "
           f"last {got[-1]:.6f} vs {ref[-1]:.6f}")
-    check(worst <= 2e-4, f"{case}: ours {got}\nref {ref}")
-    check(ref[-1] < ref[0] * 0.95, f"{case}: the reference run does not learn {ref}")
+    # f32 (CPU, or CUDA with --dtype float32): only summation order differs, 2e-4 relative. A bf16 or
+    # f16 base on CUDA rounds every activation to 8 (11) bits, and through the blocks and the
+    # vocabulary-wide softmax the loss moves by up to ~1e-2 relative, so 3e-2 there; a wrong
+    # gradient still shows, because the run must also lower the loss by 80-125% of the reference's
+    # drop (at least 3% of the loss in 20 steps).
+    tol = 2e-4 if a.device == "cpu" or a.dtype == "float32" else 3e-2
+    check(worst <= tol, f"{case}: worst {worst:.2e} > {tol:.0e}: ours {got}\nref {ref}")
+    check(ref[-1] < ref[0] * 0.97, f"{case}: the reference run does not learn {ref}")
+    drop, ref_drop = got[0] - got[-1], ref[0] - ref[-1]
+    check(0.8 * ref_drop <= drop <= 1.25 * ref_drop, f"{case}: loss drop {drop:.5f} vs the reference's {ref_drop:.5f}")
     ours_tok = metrics[0]["trained_tokens"] if metrics else None
     print(f"{case}: supervised tokens per step: lmtune {ours_tok}, reference {n_sup} (of {n_all} without a mask)")
     check(ours_tok == n_sup, f"{case}: lmtune supervises {ours_tok} tokens per step, the reference {n_sup}")
