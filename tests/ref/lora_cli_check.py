@@ -656,7 +656,19 @@ def torch_losses(a, lora, w, mask=False):
     # vocabulary-wide softmax the loss moves by up to ~1e-2 relative, so 3e-2 there; a wrong
     # gradient still shows, because the run must also lower the loss by 80-125% of the reference's
     # drop (at least 3% of the loss in 20 steps).
-    tol = 2e-4 if a.device == "cpu" or a.dtype == "float32" else 3e-2
+    # On CUDA in f32 the products sum in another order than on the CPU; the first steps agree to
+    # ~1e-6, and MLX's Adam (no bias correction, near-sign updates) then amplifies such rounding
+    # differences step by step (on the CPU too: 3.7e-5 by step 20 with --mask-prompt at lr 1e-4),
+    # so there the first 3 losses must agree to 2e-5 and the whole run to 1e-3.
+    tol = 2e-4 if a.device == "cpu" else 1e-3 if a.dtype == "float32" else 3e-2
+    early = max(abs(x - y) / abs(y) for x, y in zip(got[:3], ref[:3]))
+    early_tol = 2e-5 if a.dtype == "float32" or a.device == "cpu" else 3e-2
+    print(f"{case}: first 3 steps worst relative error {early:.2e} (bound {early_tol:.0e}); whole run bound {tol:.0e}")
+    with open(f"{w}/figures.txt", "w") as f:  # kept for the record (a GPU run's log shows only failures)
+        f.write(f"{case} device {a.device} dtype {a.dtype} lr {lr}: worst {worst:.2e} (bound {tol:.0e}), first 3 "
+                f"{early:.2e} (bound {early_tol:.0e}); loss {got[0]:.6f} -> {got[-1]:.6f}, reference "
+                f"{ref[0]:.6f} -> {ref[-1]:.6f}\n")
+    check(early <= early_tol, f"{case}: first steps {early:.2e} > {early_tol:.0e}: ours {got[:3]} ref {ref[:3]}")
     check(worst <= tol, f"{case}: worst {worst:.2e} > {tol:.0e}: ours {got}\nref {ref}")
     check(ref[-1] < ref[0] * 0.97, f"{case}: the reference run does not learn {ref}")
     drop, ref_drop = got[0] - got[-1], ref[0] - ref[-1]
