@@ -57,20 +57,6 @@ void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src) {
   backend(dst.device()).copy_d2d(region.raw(), src.raw(), src.nbytes());
 }
 
-void copy_rows_at(Tensor& dst, const Tensor& row_at, const Tensor& src) {
-  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() &&
-                dst.device() == src.device() && src.dim(0) <= dst.dim(0),
-            "[copy_rows_at] ", src.describe(), " into ", dst.describe());
-  for (int i = 1; i < dst.ndim(); ++i)
-    LMT_CHECK(dst.dim(i) == src.dim(i), "[copy_rows_at] row shape of ", src.describe(), " differs from ",
-              dst.describe());
-  LMT_CHECK(row_at.dtype() == DType::i32 && row_at.numel() == 1 && row_at.device() == dst.device(),
-            "[copy_rows_at] the row must be one i32 on ", device_name(dst.device()), ", got ", row_at.describe());
-  if (src.numel() == 0) return;
-  backend(dst.device()).copy_rows_at(dst.raw(), src.raw(), int64_t(src.nbytes()) / src.dim(0), src.dim(0),
-                                     static_cast<const int32_t*>(row_at.raw()));
-}
-
 Tensor to(const Tensor& x, Device d) {
   if (x.device() == d) return x;
   Tensor out = empty(x.shape(), x.dtype(), d);

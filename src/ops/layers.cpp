@@ -90,6 +90,18 @@ const int32_t* position_ptr(const Tensor* pos, const Tensor& like, const char* o
 }
 }  // namespace
 
+void copy_rows_at(Tensor& dst, const Tensor& row_at, const Tensor& src) {
+  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() &&
+                dst.device() == src.device() && src.dim(0) <= dst.dim(0),
+            "[copy_rows_at] ", src.describe(), " into ", dst.describe());
+  for (int i = 1; i < dst.ndim(); ++i)
+    LMT_CHECK(dst.dim(i) == src.dim(i), "[copy_rows_at] row shape of ", src.describe(), " differs from ",
+              dst.describe());
+  const int32_t* row = position_ptr(&row_at, dst, "copy_rows_at");
+  if (src.numel() == 0) return;
+  backend(dst.device()).copy_rows_at(dst.raw(), src.raw(), int64_t(src.nbytes()) / src.dim(0), src.dim(0), row);
+}
+
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse,
             const Tensor* pos_at) {
   LMT_CHECK(x.ndim() == 4, "[rope] x must be (B, T, H, D), got ", x.describe());

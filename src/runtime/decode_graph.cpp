@@ -48,6 +48,13 @@ void DecodeGraph::record() {
   CachingAllocator& alloc = allocator(dev);
   const int64_t offset = cache_.offset();
   cache_.bind_position(pos_);
+  // Whatever happens, the hold ends and the cache is as it was (recording advanced it by a token
+  // that was never fed).
+  auto restore = [&] {
+    held_ = alloc.end_hold();
+    cache_.unbind_position();
+    cache_.trim_to(offset);
+  };
   alloc.begin_hold();
   be.graph_begin();
   bool capturing = true;
@@ -63,15 +70,11 @@ void DecodeGraph::record() {
       } catch (...) {  // the capture was already invalid: the original error says why
       }
     }
-    held_ = alloc.end_hold();
-    cache_.unbind_position();
-    cache_.trim_to(offset);
+    restore();
     logits_ = Tensor();
     throw;
   }
-  held_ = alloc.end_hold();
-  cache_.unbind_position();
-  cache_.trim_to(offset);  // recording advanced the cache without feeding a token
+  restore();
   capacity_ = cache_.capacity();
   ++recordings_;
 }

@@ -3,6 +3,7 @@
 #include "runtime/kv_cache.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/ops.h"
@@ -76,21 +77,22 @@ KVCache::View DenseKVCache::update(int64_t layer, const Tensor& k, const Tensor&
   // query comes after all entries, so a causal mask with q_offset = S - 1 masks nothing and the
   // rotated order does not matter (rotary positions were applied at write time).
   int64_t S = linear ? offset_ + T : max_size_;
+  if (batch_ == 1) {
+    View view = prefix_view(layer, S, linear ? offset_ : S - 1);
+    view.positional = linear;
+    return view;
+  }
   View view;
   view.q_offset = linear ? offset_ : S - 1;
   view.positional = linear;
   Tensor* outs[2] = {&view.k, &view.v};
-  for (int i = 0; i < 2; ++i) {
-    if (batch_ == 1) {
-      *outs[i] = bufs[i]->reshape({cap, H, D}).slice_rows(0, S).reshape({1, S, H, D});
-    } else {
-      Tensor packed = ops::empty({batch_, S, H, D}, dtype_, device_);
-      for (int64_t b = 0; b < batch_; ++b) {
-        Tensor dst = packed.slice_rows(b, b + 1).reshape({S, H, D});
-        ops::copy_rows_into(dst, 0, bufs[i]->slice_rows(b, b + 1).reshape({cap, H, D}).slice_rows(0, S));
-      }
-      *outs[i] = packed;
+  for (int i = 0; i < 2; ++i) {  // batch > 1: a packed copy of each row's prefix
+    Tensor packed = ops::empty({batch_, S, H, D}, dtype_, device_);
+    for (int64_t b = 0; b < batch_; ++b) {
+      Tensor dst = packed.slice_rows(b, b + 1).reshape({S, H, D});
+      ops::copy_rows_into(dst, 0, bufs[i]->slice_rows(b, b + 1).reshape({cap, H, D}).slice_rows(0, S));
     }
+    *outs[i] = packed;
   }
   return view;
 }
@@ -102,23 +104,31 @@ bool DenseKVCache::update_rotary(int64_t layer, const Tensor& q, const Tensor& k
   const int64_t T = k.dim(1), H = n_kv_head_, D = head_dim_;
   const bool bound = position_.defined();
   if (!bound && max_size_ > 0 && offset_ + T > max_size_) return false;  // about to wrap: the plain path
-  if (bound) {
-    LMT_CHECK(offset_ + T <= capacity_, "[kv_cache] a run-time position needs capacity for ", offset_ + T,
-              " entries reserved first, have ", capacity_);
-  } else {
-    reserve(offset_ + T);
-  }
+  make_room(T);
   const int64_t cap = capacity_;
   Tensor kb = k_[size_t(layer)].reshape({cap, H, D}), vb = v_[size_t(layer)].reshape({cap, H, D});
   q_rot = ops::rope_append(q, k, v, inv_freq, bound ? 0 : offset_, bound ? &position_ : nullptr, kb, vb);
   if (!q_rot.defined()) return false;
-  const int64_t S = bound ? cap : offset_ + T;
-  view.q_offset = bound ? 0 : offset_;
-  view.positional = true;
-  view.q_offset_at = bound ? position_ : Tensor();
-  view.k = kb.slice_rows(0, S).reshape({1, S, H, D});
-  view.v = vb.slice_rows(0, S).reshape({1, S, H, D});
+  view = bound ? prefix_view(layer, cap, 0) : prefix_view(layer, offset_ + T, offset_);
   return true;
+}
+
+void DenseKVCache::make_room(int64_t T) {
+  if (!position_.defined()) return reserve(offset_ + T);
+  // A bound position: a recorded step must not allocate or move the buffers.
+  LMT_CHECK(offset_ + T <= capacity_, "[kv_cache] a run-time position needs capacity for ", offset_ + T,
+            " entries reserved first, have ", capacity_);
+}
+
+KVCache::View DenseKVCache::prefix_view(int64_t layer, int64_t S, int64_t q_offset) const {
+  const int64_t cap = capacity_, H = n_kv_head_, D = head_dim_;
+  View view;
+  view.q_offset = q_offset;
+  view.positional = true;
+  view.q_offset_at = position_;  // undefined unless bound
+  view.k = k_[size_t(layer)].reshape({cap, H, D}).slice_rows(0, S).reshape({1, S, H, D});
+  view.v = v_[size_t(layer)].reshape({cap, H, D}).slice_rows(0, S).reshape({1, S, H, D});
+  return view;
 }
 
 void DenseKVCache::bind_position(const Tensor& pos) {
@@ -130,23 +140,13 @@ void DenseKVCache::bind_position(const Tensor& pos) {
 }
 
 KVCache::View DenseKVCache::update_at(int64_t layer, const Tensor& k, const Tensor& v) {
+  make_room(k.dim(1));
   const int64_t T = k.dim(1), cap = capacity_, H = n_kv_head_, D = head_dim_;
-  // No growing here: a recorded step must not allocate or move the buffers.
-  LMT_CHECK(offset_ + T <= cap, "[kv_cache] a run-time position needs capacity for ", offset_ + T,
-            " entries reserved first, have ", cap);
-  Tensor* bufs[2] = {&k_[size_t(layer)], &v_[size_t(layer)]};
-  const Tensor* news[2] = {&k, &v};
-  View view;
-  view.q_offset = 0;
-  view.positional = true;
-  view.q_offset_at = position_;
-  Tensor* outs[2] = {&view.k, &view.v};
-  for (int i = 0; i < 2; ++i) {
-    Tensor dst = bufs[i]->reshape({cap, H, D});
-    ops::copy_rows_at(dst, position_, news[i]->reshape({T, H, D}));
-    *outs[i] = bufs[i]->reshape({1, cap, H, D});
+  for (auto [buf, x] : {std::pair{&k_[size_t(layer)], &k}, std::pair{&v_[size_t(layer)], &v}}) {
+    Tensor dst = buf->reshape({cap, H, D});
+    ops::copy_rows_at(dst, position_, x->reshape({T, H, D}));
   }
-  return view;
+  return prefix_view(layer, cap, 0);
 }
 
 void DenseKVCache::advance(int64_t T) { offset_ += T; }

@@ -48,6 +48,9 @@ class DenseKVCache final : public KVCache {
 
  private:
   View update_at(int64_t layer, const Tensor& k, const Tensor& v);  // with a bound position
+  void make_room(int64_t T);  // for T entries at offset(): grow, or check the bound capacity
+  // Batch 1: layer's first S entries, for queries at q_offset (+ the bound position, if any).
+  View prefix_view(int64_t layer, int64_t S, int64_t q_offset) const;
   int64_t n_layer_, n_kv_head_, head_dim_, batch_;
   Device device_;
   DType dtype_;

@@ -84,12 +84,18 @@ TEST(Adapters, DefaultKeysShapesAndInit) {
   (void)w;
 }
 
-TEST(Adapters, FullKeysAndRefusals) {
-  auto model = load_model(golden_model("llama_gqa"), Device::cpu, DType::f32);
+// --fine-tune-type full on the last block (block 1 of the two-block golden models); the config used.
+train::AdapterConfig attach_full_last_block(Model& model) {
   train::AdapterConfig cfg;
   cfg.fine_tune_type = "full";
   cfg.num_layers = 1;
-  train::attach_adapters(*model, cfg);
+  train::attach_adapters(model, cfg);
+  return cfg;
+}
+
+TEST(Adapters, FullKeysAndRefusals) {
+  auto model = load_model(golden_model("llama_gqa"), Device::cpu, DType::f32);
+  train::AdapterConfig cfg = attach_full_last_block(*model);
   auto params = train::trainable_parameters(*model);
   EXPECT_EQ(params.size(), 9u);  // 7 linears + 2 norms of block 1
   for (auto& [n, t] : params) EXPECT_EQ(n.rfind("model.layers.1.", 0), 0u) << n;
@@ -119,10 +125,7 @@ TEST(Adapters, FullOnBf16WeightsKeepsF32Masters) {
     return m;
   };
   auto model = bf16_model();
-  train::AdapterConfig cfg;
-  cfg.fine_tune_type = "full";
-  cfg.num_layers = 1;
-  train::attach_adapters(*model, cfg);
+  train::AdapterConfig cfg = attach_full_last_block(*model);
   EXPECT_EQ(model->masters().size(), 9u);
   auto params = train::trainable_parameters(*model);
   ASSERT_EQ(params.size(), 9u);
@@ -168,10 +171,7 @@ TEST(Adapters, FullOnBf16WeightsKeepsF32Masters) {
 TEST(Adapters, FullOnBf16CudaTrainsMasters) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = load_model(golden_model("llama_gqa"), Device::cuda, DType::bf16);
-  train::AdapterConfig cfg;
-  cfg.fine_tune_type = "full";
-  cfg.num_layers = 1;
-  train::attach_adapters(*model, cfg);
+  attach_full_last_block(*model);
   auto params = train::trainable_parameters(*model);
   ASSERT_EQ(params.size(), 9u);
   std::map<std::string, std::vector<float>> start;

@@ -26,18 +26,26 @@ __global__ void embedding_backward_kernel(const T* dout, const int32_t* ids, flo
   }
 }
 
-// out (rows, dim) = x (rows, dim) * rstd * w (dim); rstd f32 (rows). One block per row
-// (grid-stride); V elements per access when dim % V == 0.
-template <typename T, int V>
-__global__ void rms_norm_kernel(const T* x, const T* w, T* out, float* rstd, int64_t rows, int64_t dim, float eps) {
+// out (rows, dim) = x (rows, dim) * rstd * w (dim); rstd f32 (rows), written unless null. One block
+// per row (grid-stride); V elements per access when dim % V == 0. With kAdd the row is first
+// x + y rounded to T, written to sum, and normalized as read back: decoding's residual add and the
+// norm after it in one pass, equal to the two ops.
+template <typename T, int V, bool kAdd>
+__global__ void rms_norm_kernel(const T* x, const T* y, const T* w, T* sum, T* out, float* rstd, int64_t rows,
+                                int64_t dim, float eps) {
   __shared__ float smem[32];
   int64_t nv = dim / V;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* xr = x + r * dim;
-    T* orow = out + r * dim;
+    const T* src = (kAdd ? sum : x) + r * dim;  // what is normalized
     float ss = 0.f;
     for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
-      Pack<T, V> p = load_pack<V>(xr + i * V);
+      Pack<T, V> p = load_pack<V>(x + r * dim + i * V);
+      if constexpr (kAdd) {
+        Pack<T, V> q = load_pack<V>(y + r * dim + i * V);
+#pragma unroll
+        for (int j = 0; j < V; ++j) p.v[j] = from_f32<T>(to_f32(p.v[j]) + to_f32(q.v[j]));
+        store_pack<V>(sum + r * dim + i * V, p);
+      }
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         float v = to_f32(p.v[j]);
@@ -46,39 +54,9 @@ __global__ void rms_norm_kernel(const T* x, const T* w, T* out, float* rstd, int
     }
     ss = block_sum(ss, smem);
     float s = 1.f / sqrtf(ss / float(dim) + eps);
-    if (threadIdx.x == 0) rstd[r] = s;
-    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
-      Pack<T, V> p = load_pack<V>(xr + i * V), q = load_pack<V>(w + i * V), o;
-#pragma unroll
-      for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(to_f32(p.v[j]) * s * to_f32(q.v[j]));
-      store_pack<V>(orow + i * V, o);
-    }
-  }
-}
-
-// The residual add and the following rms_norm of decoding in one pass over the row: sum = x + y
-// rounded to T (written out), then rms_norm of the rounded sum, as the two ops give it.
-template <typename T, int V>
-__global__ void add_rms_norm_kernel(const T* x, const T* y, const T* w, T* sum, T* out, int64_t rows, int64_t dim,
-                                    float eps) {
-  __shared__ float smem[32];
-  int64_t nv = dim / V;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    float ss = 0.f;
-    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
-      Pack<T, V> a = load_pack<V>(x + r * dim + i * V), b = load_pack<V>(y + r * dim + i * V), o;
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        o.v[j] = from_f32<T>(to_f32(a.v[j]) + to_f32(b.v[j]));
-        float v = to_f32(o.v[j]);
-        ss += v * v;
-      }
-      store_pack<V>(sum + r * dim + i * V, o);
-    }
-    ss = block_sum(ss, smem);
-    float s = 1.f / sqrtf(ss / float(dim) + eps);
-    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {  // the same thread wrote these
-      Pack<T, V> p = load_pack<V>(sum + r * dim + i * V), q = load_pack<V>(w + i * V), o;
+    if (rstd && threadIdx.x == 0) rstd[r] = s;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {  // with kAdd the same thread wrote these
+      Pack<T, V> p = load_pack<V>(src + i * V), q = load_pack<V>(w + i * V), o;
 #pragma unroll
       for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(to_f32(p.v[j]) * s * to_f32(q.v[j]));
       store_pack<V>(out + r * dim + i * V, o);
@@ -131,6 +109,19 @@ __global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nr
   }
 }
 
+// One rotated pair (i, i + D/2) of row xr into o at position pos: the arithmetic every rope shares.
+template <typename T>
+__device__ __forceinline__ void rotate_pair(const T* xr, T* o, int64_t i, int64_t half, float pos, float inv_freq,
+                                            float mscale, bool inverse) {
+  float sn, cs;
+  sincosf(pos * inv_freq, &sn, &cs);
+  cs *= mscale;
+  sn = (inverse ? -sn : sn) * mscale;
+  float x1 = to_f32(xr[i]), x2 = to_f32(xr[i + half]);
+  o[i] = from_f32<T>(x1 * cs - x2 * sn);
+  o[i + half] = from_f32<T>(x2 * cs + x1 * sn);
+}
+
 // x, out (B, T, H, D); inv_freq f32 (D / 2); one thread per rotated pair, total = B T H D/2.
 template <typename T>
 __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T_, int64_t H, int64_t D,
@@ -140,15 +131,7 @@ __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
     int64_t i = idx % half, row = idx / half;  // row = (b * T + t) * H + h
     int64_t t = (row / H) % T_;
-    float ang = float(pos_offset + t) * inv_freq[i];
-    float sn, cs;
-    sincosf(ang, &sn, &cs);
-    cs *= mscale;
-    sn = (inverse ? -sn : sn) * mscale;
-    const T* xr = x + row * D;
-    float x1 = to_f32(xr[i]), x2 = to_f32(xr[i + half]);
-    out[row * D + i] = from_f32<T>(x1 * cs - x2 * sn);
-    out[row * D + i + half] = from_f32<T>(x2 * cs + x1 * sn);
+    rotate_pair(x + row * D, out + row * D, i, half, float(pos_offset + t), inv_freq[i], mscale, inverse);
   }
 }
 
@@ -171,14 +154,8 @@ __global__ void rope_append_kernel(const T* q, const T* k, const T* v, T* q_out,
       dst[i + half] = v[row * D + i + half];
       continue;
     }
-    float ang = float(pos_offset + t) * inv_freq[i];
-    float sn, cs;
-    sincosf(ang, &sn, &cs);
-    const T* xr = (is_q ? q : k) + row * D;
     T* o = is_q ? q_out + row * D : k_cache + (pos_offset * KV) * D + row * D;
-    float x1 = to_f32(xr[i]), x2 = to_f32(xr[i + half]);
-    o[i] = from_f32<T>(x1 * cs - x2 * sn);
-    o[i + half] = from_f32<T>(x2 * cs + x1 * sn);
+    rotate_pair((is_q ? q : k) + row * D, o, i, half, float(pos_offset + t), inv_freq[i], 1.f, false);
   }
 }
 
@@ -226,9 +203,11 @@ void CudaBackend::rms_norm(const void* x, const void* w, void* out, float* rstd,
     const T* pw = static_cast<const T*>(w);
     T* po = static_cast<T*>(out);
     if (dim % V == 0 && aligned16(x) && aligned16(w) && aligned16(out))
-      launch("rms_norm", rms_norm_kernel<T, V>, blocks, kThreads, 0, px, pw, po, rstd, rows, dim, eps);
+      launch("rms_norm", rms_norm_kernel<T, V, false>, blocks, kThreads, 0, px, nullptr, pw, nullptr, po, rstd, rows,
+             dim, eps);
     else
-      launch("rms_norm", rms_norm_kernel<T, 1>, blocks, kThreads, 0, px, pw, po, rstd, rows, dim, eps);
+      launch("rms_norm", rms_norm_kernel<T, 1, false>, blocks, kThreads, 0, px, nullptr, pw, nullptr, po, rstd, rows,
+             dim, eps);
   });
 }
 
@@ -256,9 +235,11 @@ bool CudaBackend::add_rms_norm(const void* x, const void* y, const void* w, void
     auto px = static_cast<const T*>(x), py = static_cast<const T*>(y), pw = static_cast<const T*>(w);
     auto ps = static_cast<T*>(sum), po = static_cast<T*>(out);
     if (dim % V == 0 && aligned16(x) && aligned16(y) && aligned16(w) && aligned16(sum) && aligned16(out))
-      launch("add_rms_norm", add_rms_norm_kernel<T, V>, blocks, kThreads, 0, px, py, pw, ps, po, rows, dim, eps);
+      launch("add_rms_norm", rms_norm_kernel<T, V, true>, blocks, kThreads, 0, px, py, pw, ps, po, nullptr, rows, dim,
+             eps);
     else
-      launch("add_rms_norm", add_rms_norm_kernel<T, 1>, blocks, kThreads, 0, px, py, pw, ps, po, rows, dim, eps);
+      launch("add_rms_norm", rms_norm_kernel<T, 1, true>, blocks, kThreads, 0, px, py, pw, ps, po, nullptr, rows, dim,
+             eps);
   });
   return true;
 }
