@@ -19,6 +19,7 @@
 #include "backend/backend.h"
 #include "core/allocator.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "models/model.h"
 #include "ops/ops.h"
 #include "runtime/generate.h"
@@ -107,9 +108,9 @@ double copy_bandwidth_gbps() {
 }
 
 // Decoding's weight products alone, as the model runs them (x (1, K) W (N, K)^T), through
-// gemv.cu and through cuBLASLt (LMTUNE_CUDA_GEMV=0): time per call, W's bytes over it, and their
-// sum over one token's products. Several copies of W are cycled so that L2 (50 MB on an H100)
-// holds none of them between calls. Returns the per-token milliseconds {gemv, cublas}.
+// gemv.cu and through cuBLASLt (RuntimeConfig::cuda_gemv off): time per call, W's bytes over it,
+// and their sum over one token's products. Several copies of W are cycled so that L2 (50 MB on an
+// H100) holds none of them between calls. Returns the per-token milliseconds {gemv, cublas}.
 std::pair<double, double> gemv_report() {
   struct Shape {
     const char* name;
@@ -137,7 +138,9 @@ std::pair<double, double> gemv_report() {
     Tensor x = ops::randn({1, sh.K}, 9, 0.5f, g.dtype, g.device);  // K is not always a multiple of n_embd
     double us[2];
     for (int mode = 0; mode < 2; ++mode) {
-      setenv("LMTUNE_CUDA_GEMV", mode == 0 ? "1" : "0", 1);
+      RuntimeConfig rc = runtime_config();
+      rc.cuda_gemv = mode == 0;
+      ScopedRuntimeConfig scoped(rc);
       for (int i = 0; i < 3; ++i) (void)ops::linear(x, ws[size_t(i % copies)], Tensor());
       backend(g.device).synchronize();
       const int calls = 10 * copies;
@@ -150,7 +153,6 @@ std::pair<double, double> gemv_report() {
     std::printf("| %s | %lld x %lld | %lld | %.1f | %.0f | %.1f | %.0f |\n", sh.name, (long long)sh.N, (long long)sh.K,
                 (long long)sh.per_token, us[0], bytes / us[0] / 1e3, us[1], bytes / us[1] / 1e3);
   }
-  unsetenv("LMTUNE_CUDA_GEMV");
   std::printf("per token: gemv.cu %.3f ms, cuBLASLt %.3f ms (eager launches included)\n", total[0], total[1]);
   return {total[0], total[1]};
 }

@@ -1,10 +1,8 @@
 #include "runtime/decode_graph.h"
 
-#include <cstdlib>
-#include <cstring>
-
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "ops/ops.h"
 
 namespace lmtune {
@@ -25,9 +23,7 @@ DecodeGraph::~DecodeGraph() {
 }
 
 bool DecodeGraph::usable(const Model& model, const DenseKVCache& cache) {
-  const char* env = std::getenv("LMTUNE_CUDA_GRAPH");
-  if (env && std::strcmp(env, "0") == 0) return false;
-  return backend(model.device()).has_graphs() && !cache.rotating();
+  return backend(model.device()).has_graphs() && !cache.rotating() && runtime_config().cuda_graph;
 }
 
 void DecodeGraph::drop() {

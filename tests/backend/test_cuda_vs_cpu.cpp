@@ -9,12 +9,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "core/dtype.h"
+#include "core/error.h"
+#include "core/runtime_config.h"
 #include "core/tensor.h"
 #include "tolerance.h"
 
@@ -528,7 +532,7 @@ TEST_F(CudaVsCpuOnce, AdamW) {
 struct AttnCase {
   int64_t B, T, S, n_head, n_kv_head, head_dim, q_offset, window;
   bool causal;
-  const char* chunk_rows;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS for the gemm path (set: the fused kernel is off), or null
+  int64_t chunk_rows;  // RuntimeConfig::attn_chunk_rows for the gemm path (set: the fused kernel is off), or 0
 };
 
 void run_attention_case(DType dt, const AttnCase& c) {
@@ -554,9 +558,12 @@ void run_attention_case(DType dt, const AttnCase& c) {
   // checks the backward alone.
   Tensor gq = on_gpu(q, dt), gk = on_gpu(k, dt), gv = on_gpu(v, dt), gout = gpu_empty(int64_t(nq), dt);
   Tensor glse = gpu_empty(int64_t(nl), DType::f32);
+  std::optional<ScopedRuntimeConfig> chunked;
   if (c.chunk_rows) {
-    setenv("LMTUNE_CUDA_ATTN_CHUNK_ROWS", c.chunk_rows, 1);
-    setenv("LMTUNE_CUDA_FLASH", "0", 1);
+    RuntimeConfig rc = runtime_config();
+    rc.attn_chunk_rows = c.chunk_rows;
+    rc.cuda_flash = false;
+    chunked.emplace(rc);
   }
   AttentionArgs ag = a;
   ag.q = gq.raw(), ag.k = gk.raw(), ag.v = gv.raw(), ag.out = gout.raw(), ag.lse = static_cast<float*>(glse.raw());
@@ -573,10 +580,7 @@ void run_attention_case(DType dt, const AttnCase& c) {
          gdv = gpu_empty(int64_t(nk), dt);
   AttentionBackwardArgs bg{ag, gdout.raw(), gdq.raw(), gdk.raw(), gdv.raw()};
   gpu().attention_backward(bg);
-  if (c.chunk_rows) {
-    unsetenv("LMTUNE_CUDA_ATTN_CHUNK_ROWS");
-    unsetenv("LMTUNE_CUDA_FLASH");
-  }
+  chunked.reset();
   check_close(read(gdq), dq, tol_attn(dt), name + " dq");
   check_close(read(gdk), dk, tol_attn(dt), name + " dk");
   check_close(read(gdv), dv, tol_attn(dt), name + " dv");
@@ -584,20 +588,20 @@ void run_attention_case(DType dt, const AttnCase& c) {
 
 TEST_P(CudaVsCpu, Attention) {
   const AttnCase cases[] = {
-      {2, 33, 33, 4, 2, 16, 0, 0, true, nullptr},     // GQA, causal
-      {2, 33, 33, 4, 2, 16, 0, 0, true, "7"},         // the same in chunks of 7 query rows
-      {1, 31, 31, 3, 3, 64, 0, 0, false, nullptr},    // MHA, not causal
-      {1, 5, 37, 4, 1, 64, 32, 0, true, nullptr},     // MQA, decoding-like offset
-      {2, 33, 33, 4, 2, 32, 0, 8, true, "5"},         // sliding window, chunked
-      {1, 5, 3, 2, 1, 16, 10, 4, true, nullptr},      // every row fully masked: lse -inf, out 0
-      {1, 257, 257, 2, 1, 128, 0, 0, true, nullptr},  // head_dim 128, longer
+      {2, 33, 33, 4, 2, 16, 0, 0, true, 0},     // GQA, causal
+      {2, 33, 33, 4, 2, 16, 0, 0, true, 7},     // the same in chunks of 7 query rows
+      {1, 31, 31, 3, 3, 64, 0, 0, false, 0},    // MHA, not causal
+      {1, 5, 37, 4, 1, 64, 32, 0, true, 0},     // MQA, decoding-like offset
+      {2, 33, 33, 4, 2, 32, 0, 8, true, 5},     // sliding window, chunked
+      {1, 5, 3, 2, 1, 16, 10, 4, true, 0},      // every row fully masked: lse -inf, out 0
+      {1, 257, 257, 2, 1, 128, 0, 0, true, 0},  // head_dim 128, longer
       // head_dim 64 and 128 in bf16/f16 take the fused kernel: tiles of 64 rows and keys.
-      {2, 70, 70, 4, 2, 128, 0, 0, true, nullptr},    // partial row and key tiles
-      {2, 70, 70, 4, 2, 128, 0, 0, true, "16"},       // the same through the gemm path
-      {1, 150, 150, 2, 2, 64, 0, 40, true, nullptr},  // window crossing tiles
-      {1, 3, 200, 4, 2, 128, 197, 0, true, nullptr},  // decoding: few rows, many key tiles
-      {1, 130, 129, 2, 1, 64, 0, 0, false, nullptr},  // not causal, S not a multiple of 64
-      {1, 4, 3, 2, 1, 64, 10, 4, true, nullptr},      // fused kernel, every row fully masked
+      {2, 70, 70, 4, 2, 128, 0, 0, true, 0},    // partial row and key tiles
+      {2, 70, 70, 4, 2, 128, 0, 0, true, 16},   // the same through the gemm path
+      {1, 150, 150, 2, 2, 64, 0, 40, true, 0},  // window crossing tiles
+      {1, 3, 200, 4, 2, 128, 197, 0, true, 0},  // decoding: few rows, many key tiles
+      {1, 130, 129, 2, 1, 64, 0, 0, false, 0},  // not causal, S not a multiple of 64
+      {1, 4, 3, 2, 1, 64, 10, 4, true, 0},      // fused kernel, every row fully masked
   };
   for (const AttnCase& c : cases) run_attention_case(dt, c);
 }
@@ -657,6 +661,54 @@ TEST_F(CudaVsCpuOnce, CopyRowsAtRunTimeRow) {
     std::copy(src.begin(), src.end(), want.begin() + 5 * row_bytes / 4);
     EXPECT_EQ(read(gdst), want) << "row_bytes " << row_bytes;
   }
+}
+
+// The kernel switches come from the environment once (runtime_config_from_env); a bad value
+// names its variable. Needs no GPU.
+TEST(RuntimeConfig, FromEnvironment) {
+  std::map<std::string, std::string> env;
+  auto get = [&](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  };
+  RuntimeConfig d = runtime_config_from_env(get);
+  EXPECT_TRUE(d.cuda_gemv && d.cuda_flash && d.cuda_graph);
+  EXPECT_EQ(d.attn_chunk_rows, 0);
+  env = {{"LMTUNE_CUDA_GEMV", "0"}, {"LMTUNE_CUDA_FLASH", "0"}, {"LMTUNE_CUDA_GRAPH", "0"},
+         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"}};
+  RuntimeConfig c = runtime_config_from_env(get);
+  EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph);
+  EXPECT_EQ(c.attn_chunk_rows, 7);
+  env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
+  c = runtime_config_from_env(get);
+  EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
+  const std::pair<const char*, const char*> bad[] = {{"LMTUNE_CUDA_GRAPH", "yes"},
+                                                     {"LMTUNE_CUDA_FLASH", "2"},
+                                                     {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
+                                                     {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}};
+  for (const auto& [name, value] : bad) {
+    env = {{name, value}};
+    try {
+      (void)runtime_config_from_env(get);
+      ADD_FAILURE() << name << "=" << value << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(RuntimeConfig, ScopedConfigRestores) {
+  const RuntimeConfig before = runtime_config();
+  {
+    RuntimeConfig off = before;
+    off.cuda_graph = !before.cuda_graph;
+    off.attn_chunk_rows = 3;
+    ScopedRuntimeConfig scoped(off);
+    EXPECT_EQ(runtime_config().cuda_graph, off.cuda_graph);
+    EXPECT_EQ(runtime_config().attn_chunk_rows, 3);
+  }
+  EXPECT_EQ(runtime_config().cuda_graph, before.cuda_graph);
+  EXPECT_EQ(runtime_config().attn_chunk_rows, before.attn_chunk_rows);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);

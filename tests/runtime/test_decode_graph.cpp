@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "backend/backend.h"
+#include "core/runtime_config.h"
 #include "models/model.h"
 #include "ops/ops.h"
 #include "runtime/decode_graph.h"
@@ -89,7 +90,7 @@ INSTANTIATE_TEST_SUITE_P(Cuda, DecodeGraphVsEager,
                            return std::string(dtype_name(i.param.dt)) + "_d" + std::to_string(i.param.head_dim);
                          });
 
-// Greedy generation through Generator with graphs on and off (LMTUNE_CUDA_GRAPH=0) gives the
+// Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the
 // same tokens, including past a capacity boundary.
 TEST(DecodeGraphGenerate, SameTokensWithAndWithoutGraphs) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
@@ -97,8 +98,10 @@ TEST(DecodeGraphGenerate, SameTokensWithAndWithoutGraphs) {
   std::vector<int32_t> prompt(200);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 13 + 5) % 301);
   std::vector<std::vector<int32_t>> out;
-  for (const char* env : {"1", "0"}) {
-    setenv("LMTUNE_CUDA_GRAPH", env, 1);
+  for (bool graph : {true, false}) {
+    RuntimeConfig rc = runtime_config();
+    rc.cuda_graph = graph;
+    ScopedRuntimeConfig scoped(rc);
     DenseKVCache cache(model->config(), Device::cuda, DType::bf16);
     Sampler sampler(SamplerOptions{}, 0);
     Generator gen(*model, cache, sampler);
@@ -106,7 +109,6 @@ TEST(DecodeGraphGenerate, SameTokensWithAndWithoutGraphs) {
     cfg.max_tokens = 100;
     out.push_back(gen.generate(prompt, cfg).tokens);
   }
-  unsetenv("LMTUNE_CUDA_GRAPH");
   EXPECT_EQ(out[0].size(), 100u);
   EXPECT_EQ(out[0], out[1]);
 }

@@ -3,9 +3,8 @@
 // masked softmax writes P and lse, O = P V. Backward recomputes P from lse. Keys no query of a
 // chunk can see (causal, window) are skipped. LMTUNE_CUDA_ATTN_CHUNK_ROWS caps the rows per
 // chunk (tests use it to exercise chunking); by default scratch stays near kScratchBytes.
-#include <cstdlib>
-
 #include "backend/cuda/cuda_common.cuh"
+#include "core/runtime_config.h"
 
 namespace lmtune {
 
@@ -94,10 +93,7 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Query rows per chunk so that the chunk's scratch stays within the budget.
 int64_t chunk_rows(int64_t T, int64_t bytes_per_row) {
   int64_t rows = std::max<int64_t>(1, int64_t(kScratchBytes) / std::max<int64_t>(bytes_per_row, 1));
-  if (const char* env = std::getenv("LMTUNE_CUDA_ATTN_CHUNK_ROWS")) {
-    int64_t cap = std::atoll(env);
-    if (cap > 0) rows = std::min(rows, cap);
-  }
+  if (const int64_t cap = runtime_config().attn_chunk_rows; cap > 0) rows = std::min(rows, cap);
   return std::min(rows, T);
 }
 

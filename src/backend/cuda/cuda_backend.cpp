@@ -4,6 +4,7 @@
 
 #include "core/allocator.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 
 namespace lmtune {
 
@@ -34,6 +35,7 @@ DeviceScratch::DeviceScratch(size_t nbytes) : ptr_(allocator(Device::cuda).alloc
 DeviceScratch::~DeviceScratch() { allocator(Device::cuda).release(ptr_, nbytes_); }
 
 CudaBackend::CudaBackend() {
+  (void)runtime_config();  // the kernel switches: a bad LMTUNE_CUDA_* value fails here, before any work
   LMT_CHECK(cuda_available(), "[cuda] no CUDA device is available");
   LMT_CUDA_CHECK(cudaSetDevice(device_));
   LMT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));

@@ -2,10 +2,8 @@
 // block of 4 warps owns 64 query rows of one head, streams 64-key tiles of K and V through
 // double-buffered shared memory and keeps an online softmax in registers; S and P never reach
 // device memory. Writes out and lse exactly as the gemm path in attention.cu does.
-#include <cstdlib>
-#include <cstring>
-
 #include "backend/cuda/flash_common.cuh"
+#include "core/runtime_config.h"
 
 namespace lmtune {
 
@@ -210,10 +208,7 @@ void launch_flash_fwd(const AttentionArgs& a) {
 
 }  // namespace
 
-bool flash_enabled() {
-  const char* env = std::getenv("LMTUNE_CUDA_FLASH");
-  return !(env && std::strcmp(env, "0") == 0);
-}
+bool flash_enabled() { return runtime_config().cuda_flash; }
 
 bool flash_attention_forward(const AttentionArgs& a) {
   bool half = a.dtype == DType::bf16 || a.dtype == DType::f16;

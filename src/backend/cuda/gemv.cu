@@ -3,11 +3,10 @@
 // bytes in flight. Warps own rows of W (or pieces of a row); each lane streams 16-byte chunks
 // (8 values), four in flight, past L1 (W is read once), and dots them with x (L1/L2-resident,
 // every warp reads the same x). LMTUNE_CUDA_GEMV=0 sends these shapes to cuBLASLt instead.
-#include <cstdlib>
-#include <cstring>
 #include <initializer_list>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "core/runtime_config.h"
 
 namespace lmtune {
 
@@ -152,10 +151,7 @@ void launch_gemv(GemvParams<T> p, int64_t M) {
   }
 }
 
-bool gemv_enabled() {
-  const char* env = std::getenv("LMTUNE_CUDA_GEMV");
-  return !(env && std::strcmp(env, "0") == 0);
-}
+bool gemv_enabled() { return runtime_config().cuda_gemv; }
 
 }  // namespace
 

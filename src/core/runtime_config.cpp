@@ -1,0 +1,68 @@
+#include "core/runtime_config.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string_view>
+
+#include "core/error.h"
+
+namespace lmtune {
+
+namespace {
+
+struct State {
+  std::once_flag once;  // set by the first read or the first set, whichever comes first
+  RuntimeConfig config;
+};
+
+State& state() {
+  static State s;
+  return s;
+}
+
+bool read_switch(const char* name, const char* v, bool dflt) {
+  if (!v || !*v) return dflt;
+  if (std::strcmp(v, "0") == 0) return false;
+  if (std::strcmp(v, "1") == 0) return true;
+  fail("[runtime_config] ", name, " must be 0 or 1, got '", v, "'");
+}
+
+int64_t read_count(const char* name, const char* v, int64_t dflt) {
+  if (!v || !*v) return dflt;
+  std::string_view s(v);
+  int64_t n = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  LMT_CHECK(ec == std::errc() && end == s.data() + s.size() && n >= 0, "[runtime_config] ", name,
+            " must be an integer >= 0, got '", v, "'");
+  return n;
+}
+
+}  // namespace
+
+RuntimeConfig runtime_config_from_env(const std::function<const char*(const char*)>& get) {
+  auto var = [&](const char* name) { return get ? get(name) : std::getenv(name); };
+  RuntimeConfig d, c;
+  c.cuda_gemv = read_switch("LMTUNE_CUDA_GEMV", var("LMTUNE_CUDA_GEMV"), d.cuda_gemv);
+  c.cuda_flash = read_switch("LMTUNE_CUDA_FLASH", var("LMTUNE_CUDA_FLASH"), d.cuda_flash);
+  c.attn_chunk_rows =
+      read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
+  c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
+  return c;
+}
+
+const RuntimeConfig& runtime_config() {
+  State& s = state();
+  // An invalid variable throws here, leaving the flag unset: every later call throws the same.
+  std::call_once(s.once, [&] { s.config = runtime_config_from_env(); });
+  return s.config;
+}
+
+void set_runtime_config(const RuntimeConfig& config) {
+  State& s = state();
+  std::call_once(s.once, [] {});  // the environment is then never read
+  s.config = config;
+}
+
+}  // namespace lmtune

@@ -1,0 +1,38 @@
+// Kernel switches, read once from the environment (LMTUNE_CUDA_*) at the first runtime_config()
+// call instead of at every launch; tests and benchmarks set them directly (ScopedRuntimeConfig).
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace lmtune {
+
+struct RuntimeConfig {
+  bool cuda_gemv = true;        // LMTUNE_CUDA_GEMV=0: products of 1-4 rows go to cuBLASLt, not gemv.cu
+  bool cuda_flash = true;       // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
+  int64_t attn_chunk_rows = 0;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS: most query rows per gemm-path chunk (0: no cap)
+  bool cuda_graph = true;       // LMTUNE_CUDA_GRAPH=0: decode runs eagerly, no recorded CUDA graph
+};
+
+// The config in force: read from the environment at the first call unless set before. Set it at
+// start-up or between runs, not while another thread launches kernels.
+const RuntimeConfig& runtime_config();
+void set_runtime_config(const RuntimeConfig& config);
+
+// The config the variables give (the defaults for those unset or empty). A switch takes 0 or 1,
+// the chunk rows an integer >= 0; anything else throws naming the variable. get is std::getenv
+// outside tests.
+RuntimeConfig runtime_config_from_env(const std::function<const char*(const char*)>& get = {});
+
+// Sets a config for a scope and puts the previous one back.
+class ScopedRuntimeConfig {
+ public:
+  explicit ScopedRuntimeConfig(const RuntimeConfig& config) : saved_(runtime_config()) { set_runtime_config(config); }
+  ~ScopedRuntimeConfig() { set_runtime_config(saved_); }
+  ScopedRuntimeConfig(const ScopedRuntimeConfig&) = delete;
+  ScopedRuntimeConfig& operator=(const ScopedRuntimeConfig&) = delete;
+
+ private:
+  RuntimeConfig saved_;
+};
+
+}  // namespace lmtune
