@@ -1,0 +1,28 @@
+# ctest's layers_upward_include_refused: builds each layer probe (cmake/layers.cmake) and passes
+# when every one fails on its hidden header not being found, and on nothing else.
+# Run as: cmake -DLMTUNE_BUILD_DIR=build -DLMTUNE_PROBES=probe:header,... -P cmake/layer_check.cmake
+string(REPLACE "," ";" probes "${LMTUNE_PROBES}")
+if(NOT probes)
+  message(FATAL_ERROR "layer_check: no probes given")
+endif()
+set(failed 0)
+foreach(entry IN LISTS probes)
+  string(REPLACE ":" ";" entry "${entry}")
+  list(GET entry 0 probe)
+  list(GET entry 1 hidden)
+  execute_process(COMMAND ${CMAKE_COMMAND} --build ${LMTUNE_BUILD_DIR} --target ${probe}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  string(REPLACE "." "\\." hidden_re "${hidden}")
+  if(rc EQUAL 0)
+    message(SEND_ERROR "${probe}: compiled: ${hidden} is visible to a layer below it")
+    set(failed 1)
+  elseif(NOT out MATCHES "${hidden_re}'?:? (No such file or directory|file not found)")
+    message(SEND_ERROR "${probe}: failed, but not on ${hidden} being absent:\n${out}")
+    set(failed 1)
+  else()
+    message(STATUS "${probe}: refused (${hidden} not found)")
+  endif()
+endforeach()
+if(failed)
+  message(FATAL_ERROR "layer_check: the include roots let a layer see above itself (see above)")
+endif()
