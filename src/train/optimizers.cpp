@@ -1,8 +1,10 @@
 // The update rules of mlx/optimizers/optimizers.py. Adam and AdamW run the fused ops::adamw_
-// (any device); SGD and Adafactor run on host copies of the f32 tensors (CUDA tensors make a round
-// trip: adapters are small; a device kernel can replace it when full fine-tuning on a GPU needs it).
+// and Muon composes ops (elementwise, GEMM), so both run on any device; SGD and Adafactor run on
+// host copies of the f32 tensors (CUDA tensors make a round trip: adapters are small; a device
+// kernel can replace it when full fine-tuning on a GPU needs it).
 #include "train/optimizers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -104,7 +106,9 @@ class Adam : public Optimizer {
     LMT_CHECK(eps_ >= 0.0, "[", n, "] epsilon should be >= 0, ", eps_, " was provided instead");
     bias_correction_ = get(cfg, "bias_correction", false);
     wd_ = adamw ? get(cfg, "weight_decay", 0.01) : 0.0;
+    adamw_ = adamw;
   }
+  const char* name() const override { return adamw_ ? "adamw" : "adam"; }
 
  protected:
   void apply(const std::string& name, Tensor& p, const Tensor& g, double lr, int64_t t) override {
@@ -117,7 +121,7 @@ class Adam : public Optimizer {
 
  private:
   double b1_, b2_, eps_, wd_;
-  bool bias_correction_;
+  bool bias_correction_, adamw_;
 };
 
 class Sgd : public Optimizer {
@@ -131,6 +135,7 @@ class Sgd : public Optimizer {
     LMT_CHECK(!nesterov_ || (momentum_ > 0 && dampening_ == 0),
               "[sgd] Nesterov momentum requires a momentum and zero dampening.");
   }
+  const char* name() const override { return "sgd"; }
 
  protected:
   void apply(const std::string& name, Tensor& p, const Tensor& g, double lr, int64_t) override {
@@ -180,6 +185,7 @@ class Adafactor : public Optimizer {
     warmup_init_ = get(cfg, "warmup_init", false);
     LMT_CHECK(relative_step_ || has_lr_, "[adafactor] relative_step false needs a learning rate");
   }
+  const char* name() const override { return "adafactor"; }
 
  protected:
   void apply(const std::string& name, Tensor& p, const Tensor& g, double lr, int64_t t) override {
@@ -262,6 +268,70 @@ class Adafactor : public Optimizer {
   bool use_beta1_, scale_parameter_, relative_step_, warmup_init_;
 };
 
+// MLX's Muon._zeropower_via_newtonschulz5 on g f32 (r, c): X = g / (||g||_F + 1e-7), then
+// `steps` quintic iterations X <- a X + (b A + c A A) X, A = X X^T. MLX transposes a tall X
+// (r > c) first and back at the end; iterating on the tall X with A = X^T X and X <- a X + X B^T
+// forms the same products without the two transposes (ops has none).
+Tensor newton_schulz(const Tensor& g, int64_t steps) {
+  const float a = 3.4445f, b = -4.7750f, c = 2.0315f;
+  const bool tall = g.dim(0) > g.dim(1);
+  const int64_t n = tall ? g.dim(1) : g.dim(0);
+  const Device d = g.device();
+  float norm = std::sqrt(ops::item(ops::sum_all(ops::mul(g, g))));
+  Tensor x = ops::div(g, ops::full({g.dim(1)}, norm + 1e-7f, DType::f32, d));  // f32 (r, c)
+  for (int64_t i = 0; i < steps; ++i) {
+    Tensor A = ops::zeros({n, n}, DType::f32, d);
+    ops::gemm_into(A, x, x, tall, !tall, 1.f, 0.f);  // f32 (n, n)
+    Tensor B = ops::scale(A, b);
+    ops::gemm_into(B, A, A, false, false, c, 1.f);  // mx.addmm(b * A, A, A, alpha=c)
+    Tensor next = ops::scale(x, a);
+    if (tall)
+      ops::gemm_into(next, x, B, false, true, 1.f, 1.f);  // (a X^T + B X^T)^T = a X + X B^T
+    else
+      ops::gemm_into(next, B, x, false, false, 1.f, 1.f);  // mx.addmm(a * X, B, X)
+    x = next;
+  }
+  return x;
+}
+
+// mlx.optimizers.Muon: momentum SGD (coupled weight decay, Nesterov by default) whose update of a
+// parameter with 2 or more dimensions, viewed as (shape[0], -1), is orthogonalized by
+// Newton-Schulz and its rate scaled by sqrt(max(1, shape[-2] / shape[-1])); 1-D parameters take
+// the plain momentum update. mlx-lm applies it to every trainable parameter, as here.
+class Muon : public Optimizer {
+ public:
+  Muon(Schedule lr, const json& cfg) : Optimizer(std::move(lr)) {
+    check_keys("muon", cfg, {"momentum", "weight_decay", "nesterov", "ns_steps"});
+    momentum_ = get(cfg, "momentum", 0.95);
+    wd_ = get(cfg, "weight_decay", 0.01);
+    nesterov_ = get(cfg, "nesterov", true);
+    ns_steps_ = get(cfg, "ns_steps", int64_t(5));
+    LMT_CHECK(ns_steps_ >= 0, "[muon] ns_steps should be >= 0, ", ns_steps_, " was provided instead");
+  }
+  const char* name() const override { return "muon"; }
+
+ protected:
+  void apply(const std::string& name, Tensor& p, const Tensor& g, double lr, int64_t) override {
+    // MLX rounds each Python float to f32 where it meets an f32 array: 1 - momentum in double first.
+    const float mom = float(momentum_), rest = float(1.0 - momentum_);
+    Tensor gd = wd_ != 0 ? ops::axpby(g, p, 1.f, float(wd_)) : g;
+    Tensor& v = slot(name, "v", p.shape(), p.device());
+    v = ops::axpby(v, gd, mom, rest);
+    Tensor u = nesterov_ ? ops::axpby(gd, v, rest, mom) : v;
+    float flr = float(lr);
+    if (p.ndim() >= 2) {
+      u = newton_schulz(u.reshape({p.dim(0), -1}), ns_steps_).reshape(p.shape());
+      flr *= float(std::sqrt(std::max(1.0, double(p.dim(-2)) / double(p.dim(-1)))));
+    }
+    ops::copy_into(p, ops::axpby(p, u, 1.f, -flr));
+  }
+
+ private:
+  double momentum_, wd_;
+  bool nesterov_;
+  int64_t ns_steps_;
+};
+
 }  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const json& config, Schedule lr) {
@@ -269,8 +339,8 @@ std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const json& c
   if (name == "adamw") return std::make_unique<Adam>(std::move(lr), config, true);
   if (name == "sgd") return std::make_unique<Sgd>(std::move(lr), config);
   if (name == "adafactor") return std::make_unique<Adafactor>(std::move(lr), config, bool(lr));
-  if (name == "muon") fail("[optimizer] muon is not implemented yet (adam, adamw, sgd, adafactor)");
-  fail("[optimizer] unknown optimizer '", name, "' (adam, adamw, sgd, adafactor)");
+  if (name == "muon") return std::make_unique<Muon>(std::move(lr), config);
+  fail("[optimizer] unknown optimizer '", name, "' (adam, adamw, muon, sgd, adafactor)");
 }
 
 }  // namespace lmtune::train

@@ -1,4 +1,4 @@
-// Optimizers exactly as mlx.optimizers defines them (Adam, AdamW, SGD, Adafactor), with mlx's
+// Optimizers exactly as mlx.optimizers defines them (Adam, AdamW, SGD, Adafactor, Muon), with mlx's
 // defaults and optimizer_config keys; the learning rate comes from a Schedule evaluated at the
 // number of updates already made, as mlx's Optimizer.apply_gradients does. Parameters and state
 // are f32; updates are in place, so the model's own leaves are trained.
@@ -19,6 +19,7 @@ class Optimizer {
  public:
   explicit Optimizer(Schedule lr) : lr_(std::move(lr)) {}
   virtual ~Optimizer() = default;
+  virtual const char* name() const = 0;  // as make_optimizer takes it ("adamw")
   // One update of every parameter from the gradient of the same name (a parameter without a
   // gradient entry, or with an undefined one, is left alone).
   void update(const std::vector<std::pair<std::string, Tensor>>& params, const std::map<std::string, Tensor>& grads);
@@ -39,9 +40,8 @@ class Optimizer {
   std::map<std::string, std::map<std::string, Tensor>> state_;
 };
 
-// name: adam | adamw | sgd | adafactor; config: that optimizer's optimizer_config entry (mlx's
-// keyword arguments, e.g. {"betas": [0.9, 0.98], "weight_decay": 0.1}); unknown keys are refused.
-// muon is not implemented yet and is refused by name.
+// name: adam | adamw | sgd | adafactor | muon; config: that optimizer's optimizer_config entry
+// (mlx's keyword arguments, e.g. {"betas": [0.9, 0.98], "weight_decay": 0.1}); unknown keys are refused.
 std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const nlohmann::json& config, Schedule lr);
 
 }  // namespace lmtune::train

@@ -17,7 +17,8 @@ from mlx_lm.tuner.utils import build_schedule
 from safetensors.numpy import save_file
 
 STEPS = 6
-SHAPES = {"a": (6, 4), "b": (5,), "c": (2, 3, 4)}
+# Muon orthogonalizes a tall (a), a wide (d) and a 3-D (c, viewed as (2, 12)) update; b is 1-D.
+SHAPES = {"a": (6, 4), "b": (5,), "c": (2, 3, 4), "d": (3, 7)}
 CASES = [
     ("adam_default", "adam", {}, 1e-2),
     ("adam_bias_correction", "adam", {"betas": [0.8, 0.95], "eps": 1e-6, "bias_correction": True}, 1e-2),
@@ -32,6 +33,10 @@ CASES = [
     ("adafactor_warmup_init", "adafactor", {"warmup_init": True, "scale_parameter": False}, 1e-5),
     ("adam_cosine_warmup", "adam", {}, {"name": "cosine_decay", "arguments": [1e-2, 4, 1e-3],
                                         "warmup": 2, "warmup_init": 1e-4}),
+    ("muon_default", "muon", {}, 2e-2),
+    ("muon_plain", "muon", {"momentum": 0.9, "weight_decay": 0.0, "nesterov": False, "ns_steps": 3}, 5e-2),
+    ("muon_wd_linear", "muon", {"weight_decay": 0.1, "ns_steps": 7},
+     {"name": "linear_schedule", "arguments": [3e-2, 1e-3, 5]}),
 ]
 SCHEDULES = [
     {"name": "cosine_decay", "arguments": [1e-3, 20]},
@@ -56,7 +61,8 @@ def main():
     tensors = {f"init.{k}": v for k, v in init.items()}
     for i, g in enumerate(grads):
         tensors.update({f"grad.{i}.{k}": v for k, v in g.items()})
-    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor}
+    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor,
+           "muon": optim.Muon}
     for name, opt_name, cfg, lr in CASES:
         lr_arg = build_schedule(lr) if isinstance(lr, dict) else lr
         opt = cls[opt_name](learning_rate=lr_arg, **cfg)  # as mlx-lm's lora.py builds it
