@@ -6,68 +6,92 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "models/registry.h"
 
 namespace lmtune {
 
-namespace {
 using json = nlohmann::json;
 
-struct Reader {
-  const json& j;
-  const std::string& src;
-  int64_t int_or(const char* key, int64_t dflt) const {
-    if (!j.contains(key) || j[key].is_null()) return dflt;
-    LMT_CHECK(j[key].is_number_integer(), "[config] ", src, ": field '", key, "' must be an integer, got ",
-              j[key].dump());
-    return j[key].get<int64_t>();
-  }
-  int64_t required_int(const char* key) const {
-    LMT_CHECK(j.contains(key) && !j[key].is_null(), "[config] ", src, ": missing field '", key, "'");
-    int64_t v = int_or(key, 0);
-    LMT_CHECK(v > 0, "[config] ", src, ": field '", key, "' must be positive, got ", v);
-    return v;
-  }
-  double num_or(const json& o, const char* key, double dflt) const {
-    if (!o.contains(key) || o[key].is_null()) return dflt;
-    LMT_CHECK(o[key].is_number(), "[config] ", src, ": field '", key, "' must be a number, got ", o[key].dump());
-    return o[key].get<double>();
-  }
-  bool bool_or(const char* key, bool dflt) const {
-    if (!j.contains(key) || j[key].is_null()) return dflt;
-    LMT_CHECK(j[key].is_boolean(), "[config] ", src, ": field '", key, "' must be true or false, got ",
-              j[key].dump());
-    return j[key].get<bool>();
-  }
-  std::string str_or(const char* key, const std::string& dflt) const {
-    if (!j.contains(key) || j[key].is_null()) return dflt;
-    LMT_CHECK(j[key].is_string(), "[config] ", src, ": field '", key, "' must be a string");
-    return j[key].get<std::string>();
-  }
-};
+bool ConfigReader::has(const char* key) const { return j.contains(key) && !j[key].is_null(); }
 
-void parse_rope(const json& j, const Reader& r, ModelConfig& c) {
+int64_t ConfigReader::int_or(const char* key, int64_t dflt) const {
+  if (!has(key)) return dflt;
+  LMT_CHECK(j[key].is_number_integer(), "[config] ", src, ": field '", key, "' must be an integer, got ",
+            j[key].dump());
+  return j[key].get<int64_t>();
+}
+
+int64_t ConfigReader::required_int(const char* key) const {
+  LMT_CHECK(has(key), "[config] ", src, ": missing field '", key, "'");
+  int64_t v = int_or(key, 0);
+  LMT_CHECK(v > 0, "[config] ", src, ": field '", key, "' must be positive, got ", v);
+  return v;
+}
+
+double ConfigReader::num_or(const char* key, double dflt) const {
+  if (!has(key)) return dflt;
+  LMT_CHECK(j[key].is_number(), "[config] ", src, ": field '", key, "' must be a number, got ", j[key].dump());
+  return j[key].get<double>();
+}
+
+bool ConfigReader::bool_or(const char* key, bool dflt) const {
+  if (!has(key)) return dflt;
+  LMT_CHECK(j[key].is_boolean(), "[config] ", src, ": field '", key, "' must be true or false, got ",
+            j[key].dump());
+  return j[key].get<bool>();
+}
+
+std::string ConfigReader::str_or(const char* key, const std::string& dflt) const {
+  if (!has(key)) return dflt;
+  LMT_CHECK(j[key].is_string(), "[config] ", src, ": field '", key, "' must be a string, got ", j[key].dump());
+  return j[key].get<std::string>();
+}
+
+namespace {
+
+void parse_rope(const ConfigReader& r, ModelConfig& c) {
   // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files write
   // rope_theta and rope_scaling {type | rope_type, factor, ...}.
+  const json& j = r.j;
   const json* scaling = nullptr;
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) scaling = &j["rope_parameters"];
   else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) scaling = &j["rope_scaling"];
-  c.rope.theta = r.num_or(j, "rope_theta", 10000.0);
+  c.rope.theta = r.num_or("rope_theta", 10000.0);
   if (!scaling) return;
-  const json& s = *scaling;
-  c.rope.theta = r.num_or(s, "rope_theta", c.rope.theta);
-  std::string type = s.contains("rope_type") ? s["rope_type"].get<std::string>()
-                     : s.contains("type")    ? s["type"].get<std::string>()
-                                             : "default";
+  ConfigReader s{*scaling, r.src};
+  c.rope.theta = s.num_or("rope_theta", c.rope.theta);
+  std::string type = s.str_or("rope_type", s.str_or("type", "default"));
   LMT_CHECK(type == "default" || type == "linear" || type == "llama3", "[config] ", r.src,
             ": rope scaling type '", type, "' is not supported (supported: default, linear, llama3)");
   c.rope.type = type;
-  c.rope.factor = r.num_or(s, "factor", 1.0);
-  c.rope.low_freq_factor = r.num_or(s, "low_freq_factor", 1.0);
-  c.rope.high_freq_factor = r.num_or(s, "high_freq_factor", 4.0);
+  c.rope.factor = s.num_or("factor", 1.0);
+  c.rope.low_freq_factor = s.num_or("low_freq_factor", 1.0);
+  c.rope.high_freq_factor = s.num_or("high_freq_factor", 4.0);
   c.rope.original_max_position_embeddings =
-      int64_t(r.num_or(s, "original_max_position_embeddings", double(c.max_position_embeddings)));
+      int64_t(s.num_or("original_max_position_embeddings", double(c.max_position_embeddings)));
   if (type != "default")
     LMT_CHECK(c.rope.factor > 0, "[config] ", r.src, ": rope scaling factor must be positive");
+}
+
+// transformers 5's layer_types, when present, says which layers slide; the family parsers handle
+// the older per-family keys when it is absent.
+void parse_layer_types(const ConfigReader& r, ModelConfig& c) {
+  c.layer_window.assign(size_t(c.n_layer), 0);
+  if (!r.j.contains("layer_types") || !r.j["layer_types"].is_array()) return;
+  const json& lt = r.j["layer_types"];
+  int64_t window = r.int_or("sliding_window", 0);
+  LMT_CHECK(int64_t(lt.size()) == c.n_layer, "[config] ", r.src, ": layer_types has ", lt.size(),
+            " entries for ", c.n_layer, " layers");
+  for (size_t i = 0; i < lt.size(); ++i) {
+    std::string t = lt[i].is_string() ? lt[i].get<std::string>() : "";
+    LMT_CHECK(t == "full_attention" || t == "sliding_attention", "[config] ", r.src, ": layer_types[", i,
+              "] = ", lt[i].dump(), " is not supported");
+    if (t == "sliding_attention") {
+      LMT_CHECK(window > 0, "[config] ", r.src, ": layer ", i, " uses sliding attention but sliding_window is ",
+                window);
+      c.layer_window[i] = window;
+    }
+  }
 }
 }  // namespace
 
@@ -79,11 +103,10 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     fail("[config] ", src, ": not valid JSON: ", e.what());
   }
   LMT_CHECK(j.is_object(), "[config] ", src, ": expected a JSON object");
-  Reader r{j, src};
+  ConfigReader r{j, src};
   ModelConfig c;
   c.model_type = r.str_or("model_type", "");
-  LMT_CHECK(c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2", "[config] ", src,
-            ": model_type '", c.model_type, "' is not supported (supported: llama, mistral, qwen2)");
+  const ModelFamily& family = model_family(c.model_type, src);
   c.n_vocab = r.required_int("vocab_size");
   c.n_embd = r.required_int("hidden_size");
   c.n_ff = r.required_int("intermediate_size");
@@ -94,44 +117,16 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
             " is not a multiple of num_key_value_heads ", c.n_kv_head);
   c.head_dim = r.int_or("head_dim", c.n_embd / c.n_head);
   LMT_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0, "[config] ", src, ": head_dim ", c.head_dim, " must be even");
-  c.rms_norm_eps = r.num_or(j, "rms_norm_eps", 1e-6);
+  c.rms_norm_eps = r.num_or("rms_norm_eps", 1e-6);
   c.max_position_embeddings = r.int_or("max_position_embeddings", 4096);
   c.tie_word_embeddings = r.bool_or("tie_word_embeddings", false);
-  c.hidden_act = r.str_or("hidden_act", "silu");
-  LMT_CHECK(c.hidden_act == "silu", "[config] ", src, ": hidden_act '", c.hidden_act,
-            "' is not supported for ", c.model_type, " (expected silu)");
+  std::string act = r.str_or("hidden_act", "silu");
+  LMT_CHECK(act == "silu", "[config] ", src, ": hidden_act '", act, "' is not supported for ", c.model_type,
+            " (expected silu)");
   c.torch_dtype = r.str_or("torch_dtype", r.str_or("dtype", ""));
-  if (c.model_type == "llama") {
-    c.attention_bias = r.bool_or("attention_bias", false);
-    c.mlp_bias = r.bool_or("mlp_bias", false);
-  }
-  if (c.model_type == "qwen2") c.qkv_bias = true;
-  parse_rope(j, r, c);
-
-  // Sliding windows: layer_types (transformers 5) wins; else mistral's sliding_window for every
-  // layer, or qwen2's use_sliding_window from max_window_layers on.
-  c.layer_window.assign(size_t(c.n_layer), 0);
-  int64_t window = r.int_or("sliding_window", 0);
-  if (j.contains("layer_types") && j["layer_types"].is_array()) {
-    const json& lt = j["layer_types"];
-    LMT_CHECK(int64_t(lt.size()) == c.n_layer, "[config] ", src, ": layer_types has ", lt.size(),
-              " entries for ", c.n_layer, " layers");
-    for (size_t i = 0; i < lt.size(); ++i) {
-      std::string t = lt[i].is_string() ? lt[i].get<std::string>() : "";
-      LMT_CHECK(t == "full_attention" || t == "sliding_attention", "[config] ", src, ": layer_types[", i,
-                "] = ", lt[i].dump(), " is not supported");
-      if (t == "sliding_attention") {
-        LMT_CHECK(window > 0, "[config] ", src, ": layer ", i, " uses sliding attention but sliding_window is ",
-                  window);
-        c.layer_window[i] = window;
-      }
-    }
-  } else if (c.model_type == "mistral" && window > 0) {
-    c.layer_window.assign(size_t(c.n_layer), window);
-  } else if (c.model_type == "qwen2" && r.bool_or("use_sliding_window", false) && window > 0) {
-    int64_t from = r.int_or("max_window_layers", c.n_layer);
-    for (int64_t i = from; i < c.n_layer; ++i) c.layer_window[size_t(i)] = window;
-  }
+  parse_rope(r, c);
+  parse_layer_types(r, c);
+  family.parse(r, c);
   return c;
 }
 

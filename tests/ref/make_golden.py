@@ -1,4 +1,5 @@
-"""Writes tiny random-weight Llama-family models with Hugging Face transformers, and for a
+"""Writes tiny random-weight models of every registered family (src/models/registry.cpp lists
+each family's cases by these CASES keys) with Hugging Face transformers, and for a
 fixed batch the reference logits, loss and the gradient of every weight (golden.safetensors).
 
 Usage: make_golden.py OUT_DIR [--device cpu|cuda] [--dtype float32|bfloat16]
@@ -15,7 +16,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 CASES = {
     # Grouped-query attention, untied, odd sizes.
@@ -47,6 +48,15 @@ CASES = {
         vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
         sliding_window=3, max_window_layers=1)),
+    # q_norm / k_norm over a head_dim wider than hidden / heads, untied, GQA.
+    "qwen3_qknorm": (Qwen3Config, Qwen3ForCausalLM, dict(
+        vocab_size=71, hidden_size=48, intermediate_size=88, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6)),
+    # Tied embeddings, attention_bias (q/k/v/o), sliding attention from layer 1 on.
+    "qwen3_tied_bias_sliding": (Qwen3Config, Qwen3ForCausalLM, dict(
+        vocab_size=59, hidden_size=36, intermediate_size=60, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=3, head_dim=8, tie_word_embeddings=True,
+        attention_bias=True, use_sliding_window=True, sliding_window=3, max_window_layers=1)),
 }
 
 B, T = 2, 11

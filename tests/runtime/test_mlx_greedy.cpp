@@ -37,5 +37,5 @@ TEST_P(MlxGreedy, EqualsMlxLmGenerateStep) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, MlxGreedy, ::testing::Values("llama", "mistral", "qwen2"),
+INSTANTIATE_TEST_SUITE_P(Families, MlxGreedy, ::testing::Values("llama", "mistral", "qwen2", "qwen3"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });

@@ -188,5 +188,5 @@ TEST_P(GreedyRef, EqualsTransformersGenerate) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, GreedyRef, ::testing::Values("llama", "mistral_window", "qwen2"),
+INSTANTIATE_TEST_SUITE_P(Families, GreedyRef, ::testing::Values("llama", "mistral_window", "qwen2", "qwen3"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });

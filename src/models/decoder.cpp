@@ -1,0 +1,190 @@
+#include "models/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "autograd/checkpoint.h"
+#include "core/error.h"
+
+namespace lmtune {
+
+namespace {
+std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+}  // namespace
+
+DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
+  const ModelConfig& c = cfg_;
+  auto refuse = [&](bool asked, const char* what) {
+    LMT_CHECK(!asked, "[model] ", c.model_type, ": ", what, " is not implemented yet");
+  };
+  refuse(c.norm_unit_offset, "norm_unit_offset ((1 + w) norms)");
+  refuse(c.sandwich_norms, "sandwich_norms");
+  refuse(c.embed_scale != 1.0, "embed_scale");
+  refuse(c.attn_logit_softcap != 0.0, "attn_logit_softcap");
+  refuse(c.final_logit_softcap != 0.0, "final_logit_softcap");
+  refuse(c.fused_qkv, "fused_qkv");
+  refuse(c.fused_gate_up, "fused_gate_up");
+  LMT_CHECK(int64_t(c.layer_window.size()) == c.n_layer, "[model] ", c.model_type, ": layer_window has ",
+            c.layer_window.size(), " entries for ", c.n_layer, " layers");
+}
+
+std::vector<TensorSpec> DecoderModel::tensor_specs() const {
+  const ModelConfig& c = cfg_;
+  int64_t q_out = c.n_head * c.head_dim, kv_out = c.n_kv_head * c.head_dim;
+  std::vector<TensorSpec> s{{"model.embed_tokens.weight", {c.n_vocab, c.n_embd}}};
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    std::string p = layer_prefix(i);
+    s.push_back({p + "input_layernorm.weight", {c.n_embd}});
+    s.push_back({p + "self_attn.q_proj.weight", {q_out, c.n_embd}});
+    s.push_back({p + "self_attn.k_proj.weight", {kv_out, c.n_embd}});
+    s.push_back({p + "self_attn.v_proj.weight", {kv_out, c.n_embd}});
+    s.push_back({p + "self_attn.o_proj.weight", {c.n_embd, q_out}});
+    if (c.attention_bias || c.qkv_bias) {
+      s.push_back({p + "self_attn.q_proj.bias", {q_out}});
+      s.push_back({p + "self_attn.k_proj.bias", {kv_out}});
+      s.push_back({p + "self_attn.v_proj.bias", {kv_out}});
+    }
+    if (c.attention_bias) s.push_back({p + "self_attn.o_proj.bias", {c.n_embd}});
+    if (c.qk_norm) {
+      s.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+      s.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    }
+    s.push_back({p + "post_attention_layernorm.weight", {c.n_embd}});
+    s.push_back({p + "mlp.gate_proj.weight", {c.n_ff, c.n_embd}});
+    s.push_back({p + "mlp.up_proj.weight", {c.n_ff, c.n_embd}});
+    s.push_back({p + "mlp.down_proj.weight", {c.n_embd, c.n_ff}});
+    if (c.mlp_bias) {
+      s.push_back({p + "mlp.gate_proj.bias", {c.n_ff}});
+      s.push_back({p + "mlp.up_proj.bias", {c.n_ff}});
+      s.push_back({p + "mlp.down_proj.bias", {c.n_embd}});
+    }
+  }
+  s.push_back({"model.norm.weight", {c.n_embd}});
+  if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {c.n_vocab, c.n_embd}});
+  return s;
+}
+
+void DecoderModel::on_weights_set() {
+  std::vector<float> inv = rope_inv_freq(cfg_);
+  inv_freq_ = ops::to(Tensor::from_f32(inv, {int64_t(inv.size())}), device());
+}
+
+void DecoderModel::bind() {
+  const ModelConfig& c = cfg_;
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  auto w = [&](const std::string& name) -> const Tensor* {
+    auto it = weights_.find(name);
+    LMT_CHECK(it != weights_.end(), "[model] no weight named '", name, "'");
+    return &it->second;
+  };
+  auto optional = [&](const std::string& name) -> const Tensor* {
+    auto it = weights_.find(name);
+    return it == weights_.end() ? nullptr : &it->second;
+  };
+  auto linear = [&](const std::string& prefix) {
+    auto a = adapters_.find(prefix);
+    return nn::LinearRef{w(prefix + ".weight"), optional(prefix + ".bias"), a == adapters_.end() ? nullptr : &a->second};
+  };
+  const float eps = float(c.rms_norm_eps);
+  embed_ = {w("model.embed_tokens.weight")};
+  blocks_.assign(size_t(c.n_layer), {});
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    std::string p = layer_prefix(i);
+    Block& b = blocks_[size_t(i)];
+    b.attn_norm = {w(p + "input_layernorm.weight"), eps};
+    nn::Attention& at = b.attn;
+    at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
+    at.v = linear(p + "self_attn.v_proj"), at.o = linear(p + "self_attn.o_proj");
+    if (c.qk_norm) at.q_norm = {w(p + "self_attn.q_norm.weight"), eps}, at.k_norm = {w(p + "self_attn.k_norm.weight"), eps};
+    at.inv_freq = &inv_freq_;
+    float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
+    at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)]};
+    b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps};
+    b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"), c.activation};
+  }
+  head_ = {{w("model.norm.weight"), eps}, w(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")};
+}
+
+Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache) {
+  const Block& b = blocks_[size_t(layer)];
+  // Decoding: a few rows and no autograd, so the blocks may use their fused kernels.
+  const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
+  Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding);
+  auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
+  return ag::add(x1, b.mlp.forward(h, decoding));
+}
+
+Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  use_masters();
+  ensure_bound();
+  Tensor x = embed_.forward(ids);
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    if (grad_checkpoint_ && ag::grad_enabled()) {
+      x = ag::checkpoint([this, i, pos_offset](const std::vector<Tensor>& in) { return block(i, in[0], pos_offset); },
+                         {x});
+    } else {
+      x = block(i, x, pos_offset);
+    }
+  }
+  return head_.forward(x);
+}
+
+Tensor DecoderModel::forward(const Tensor& ids, KVCache& cache, bool last_only) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  ag::NoGradGuard no_grad;
+  use_masters();
+  ensure_bound();
+  int64_t B = ids.dim(0), T = ids.dim(1);
+  int64_t step = std::max<int64_t>(1, cache.max_step());
+  if (T > step) {
+    // The cache takes fewer tokens at once (a rotating cache about to wrap): run the pieces in
+    // order and gather their logits.
+    int64_t T_out = last_only ? 1 : T;
+    Tensor out = ops::empty({B, T_out, cfg_.n_vocab}, dtype(), device());
+    for (int64_t t0 = 0; t0 < T;) {
+      int64_t n = std::min(T - t0, std::max<int64_t>(1, cache.max_step()));
+      Tensor part_ids = Tensor::empty({B, n}, DType::i32);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < n; ++t) part_ids.data<int32_t>()[b * n + t] = ids.data<int32_t>()[b * T + t0 + t];
+      bool last_piece = t0 + n == T;
+      if (last_only && !last_piece) {
+        forward_layers(part_ids, cache);
+      } else {
+        Tensor part = forward(part_ids, cache, last_only);
+        if (last_only) return part;
+        for (int64_t b = 0; b < B; ++b) {
+          Tensor dst = out.slice_rows(b, b + 1).reshape({T, cfg_.n_vocab});
+          ops::copy_rows_into(dst, t0, part.slice_rows(b, b + 1).reshape({n, cfg_.n_vocab}));
+        }
+      }
+      t0 += n;
+    }
+    return out;
+  }
+  Tensor x = forward_layers(ids, cache);
+  if (last_only && T > 1) {
+    int64_t C = cfg_.n_embd;
+    Tensor last = ops::empty({B, 1, C}, x.dtype(), x.device());
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor dst = last.slice_rows(b, b + 1).reshape({1, C});
+      ops::copy_rows_into(dst, 0, x.slice_rows(b, b + 1).reshape({T, C}).slice_rows(T - 1, T));
+    }
+    x = last;
+  }
+  return head_.forward(x);
+}
+
+Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
+  int64_t pos = cache.offset();
+  Tensor x = embed_.forward(ids);
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) x = block(i, x, pos, &cache);
+  cache.advance(ids.dim(1));
+  return x;
+}
+
+std::unique_ptr<Model> build_decoder(const ModelConfig& cfg) { return std::make_unique<DecoderModel>(cfg); }
+
+}  // namespace lmtune

@@ -1,0 +1,40 @@
+// The dense decoder every family so far declares itself as: embedding, n_layer pre-norm blocks
+// (nn::Attention and nn::GatedMlp), final norm and head. The config's typed fields say what
+// differs (biases, q/k norms, windows, rope, tied head); family files only parse them.
+#pragma once
+#include "models/model.h"
+#include "nn/attention.h"
+#include "nn/embedding.h"
+#include "nn/mlp.h"
+
+namespace lmtune {
+
+class DecoderModel final : public Model {
+ public:
+  // Throws where the config asks for a declared difference the blocks do not implement yet.
+  explicit DecoderModel(ModelConfig cfg);
+  std::vector<TensorSpec> tensor_specs() const override;
+  Tensor forward(const Tensor& ids, int64_t pos_offset = 0) override;
+  Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) override;
+
+ private:
+  struct Block {
+    nn::RmsNorm attn_norm;  // input_layernorm
+    nn::Attention attn;     // self_attn
+    nn::RmsNorm mlp_norm;   // post_attention_layernorm
+    nn::GatedMlp mlp;       // mlp
+  };
+  void on_weights_set() override;
+  void bind() override;
+  // cache null: attention over x's own keys at positions pos_offset + t.
+  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr);
+  Tensor forward_layers(const Tensor& ids, KVCache& cache);  // hidden states (B, T, n_embd)
+  Tensor inv_freq_;  // f32 (head_dim / 2) on the weights' device
+  nn::Embedding embed_;
+  std::vector<Block> blocks_;
+  nn::LmHead head_;
+};
+
+std::unique_ptr<Model> build_decoder(const ModelConfig& cfg);
+
+}  // namespace lmtune

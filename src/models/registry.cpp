@@ -1,0 +1,33 @@
+#include "models/registry.h"
+
+#include "core/error.h"
+#include "models/decoder.h"
+
+namespace lmtune {
+
+// Each family file defines its parser; DecoderModel builds every dense family so far.
+void parse_llama(const ConfigReader& r, ModelConfig& c);    // models/llama.cpp
+void parse_mistral(const ConfigReader& r, ModelConfig& c);  // models/llama.cpp
+void parse_qwen2(const ConfigReader& r, ModelConfig& c);    // models/qwen2.cpp
+void parse_qwen3(const ConfigReader& r, ModelConfig& c);    // models/qwen3.cpp
+
+const std::vector<ModelFamily>& model_families() {
+  static const std::vector<ModelFamily> kFamilies = {
+      {"llama", parse_llama, build_decoder, {"llama_gqa", "llama_tied_llama3rope_bias", "llama_headdim_linearrope"}},
+      {"mistral", parse_mistral, build_decoder, {"mistral_window"}},
+      {"qwen2", parse_qwen2, build_decoder, {"qwen2_bias_tied", "qwen2_sliding"}},
+      {"qwen3", parse_qwen3, build_decoder, {"qwen3_qknorm", "qwen3_tied_bias_sliding"}},
+  };
+  return kFamilies;
+}
+
+const ModelFamily& model_family(const std::string& model_type, const std::string& source) {
+  std::string names;
+  for (const ModelFamily& f : model_families()) {
+    if (model_type == f.model_type) return f;
+    names += std::string(names.empty() ? "" : ", ") + f.model_type;
+  }
+  fail("[config] ", source, ": model_type '", model_type, "' is not supported (supported: ", names, ")");
+}
+
+}  // namespace lmtune

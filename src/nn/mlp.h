@@ -1,0 +1,18 @@
+// The gated MLP of Llama-style blocks: down(act(gate(x)) * up(x)).
+#pragma once
+#include "nn/activation.h"
+#include "nn/linear.h"
+
+namespace lmtune::nn {
+
+struct GatedMlp {
+  LinearRef gate, up;  // (n_ff, n_embd)
+  LinearRef down;      // (n_embd, n_ff)
+  Activation act = Activation::silu;
+
+  // x (B, T, n_embd) -> (B, T, n_embd). While decoding (a few rows, no autograd), plain gate and
+  // up products with silu run as one kernel with swiglu in its epilogue where the backend has one.
+  Tensor forward(const Tensor& x, bool decoding) const;
+};
+
+}  // namespace lmtune::nn

@@ -1,0 +1,13 @@
+#include "nn/norm.h"
+
+namespace lmtune::nn {
+
+Tensor RmsNorm::forward(const Tensor& x) const { return ag::rms_norm(x, *weight, eps); }
+
+std::pair<Tensor, Tensor> RmsNorm::add_forward(const Tensor& x, const Tensor& y, bool decoding) const {
+  if (decoding) return ops::add_rms_norm(x, y, *weight, eps);
+  Tensor sum = ag::add(x, y);
+  return {sum, forward(sum)};
+}
+
+}  // namespace lmtune::nn
