@@ -3,6 +3,7 @@
 // by m / stop_gradient(||W + scale * lora_b^T lora_a^T||_row) before the bias.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "autograd/functions.h"
 
@@ -19,7 +20,9 @@ struct LoraAdapter {
   Tensor m;       // f32 (out): DoRA's magnitude (row norms of W at creation); undefined for LoRA
   float scale = 20.f;    // the multiplier itself (PEFT's lora_alpha / r)
   float dropout = 0.f;   // on the adapter's input only, as mlx-lm; active only while grad is on
-  uint64_t* dropout_seed = nullptr;  // advanced by each dropout draw; null uses a fixed seed
+  // The dropout counter, advanced by each draw; null uses a fixed seed. Shared, not borrowed: the
+  // trainer hands every adapter one counter, and the adapters (owned by the model) outlive train().
+  std::shared_ptr<uint64_t> dropout_seed;
 };
 
 // Fresh adapter tensors for a base weight (out, in) of any dtype, on the weight's device.

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -45,7 +46,9 @@ std::vector<std::vector<size_t>> fixed_subset(const Dataset& ds, int64_t batch_s
 // Everything beyond the weights that a resumed run needs to continue exactly.
 struct LoopState {
   int64_t iteration = 0;        // last completed iteration
-  uint64_t dropout_seed = 0;    // the adapters' dropout counter
+  // The adapters' dropout counter. They co-own it (nn::LoraAdapter::dropout_seed) because the model
+  // outlives train(): a forward with dropout after it returns, or after it throws, still draws.
+  std::shared_ptr<uint64_t> dropout_seed = std::make_shared<uint64_t>(0);
   int64_t trained_tokens = 0;
   double report_loss = 0;       // sums since the last report
   int64_t report_tokens = 0, report_steps = 0;
@@ -54,15 +57,15 @@ struct LoopState {
 };
 
 json to_json(const LoopState& s) {
-  return {{"iteration", s.iteration},         {"dropout_seed", s.dropout_seed},   {"trained_tokens", s.trained_tokens},
+  return {{"iteration", s.iteration},         {"dropout_seed", *s.dropout_seed},  {"trained_tokens", s.trained_tokens},
           {"report_loss", s.report_loss},     {"report_tokens", s.report_tokens}, {"report_steps", s.report_steps},
           {"best_val_loss", s.best_val},      {"best_iteration", s.best_iter},    {"evals_since_best", s.evals_since_best}};
 }
 
-LoopState from_json(const json& j) {
-  LoopState s;
+// In place: s.dropout_seed keeps its identity (the adapters hold it), only its value is restored.
+void read_json(const json& j, LoopState& s) {
   s.iteration = j.at("iteration");
-  s.dropout_seed = j.at("dropout_seed");
+  *s.dropout_seed = j.at("dropout_seed").get<uint64_t>();
   s.trained_tokens = j.at("trained_tokens");
   s.report_loss = j.at("report_loss");
   s.report_tokens = j.at("report_tokens");
@@ -70,7 +73,6 @@ LoopState from_json(const json& j) {
   s.best_val = j.at("best_val_loss");
   s.best_iter = j.at("best_iteration");
   s.evals_since_best = j.at("evals_since_best");
-  return s;
 }
 
 std::string iter_name(int64_t it) {
@@ -237,8 +239,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   const fs::path metrics_path = dir / "metrics.jsonl";
 
   LoopState st;
-  for (auto& [name, a] : model.adapters()) a.dropout_seed = &st.dropout_seed;
-  st.dropout_seed = args.seed * 0x2545F4914F6CDD1Dull + 7;
+  *st.dropout_seed = args.seed * 0x2545F4914F6CDD1Dull + 7;
+  for (auto& [name, a] : model.adapters()) a.dropout_seed = st.dropout_seed;
   std::string metrics_text;
   if (!args.resume.empty()) {
     fs::path ck(args.resume);
@@ -248,7 +250,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     LMT_CHECK(j.at("batch_size").get<int64_t>() == args.batch_size && j.at("seed").get<uint64_t>() == args.seed,
               "[train] --resume: the checkpoint was made with batch_size ", j.at("batch_size"), " and seed ",
               j.at("seed"), "; this run has ", args.batch_size, " and ", args.seed);
-    st = from_json(j.at("loop"));
+    read_json(j.at("loop"), st);
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
     std::map<std::string, Tensor> ostate;
     std::map<std::string, Tensor> grads;

@@ -287,13 +287,13 @@ TEST(Adapters, SharedInputCastEqualsSeparateCasts) {
                    std::to_string(dropout));
       std::vector<std::vector<float>> got[2];
       for (int shared = 0; shared < 2; ++shared) {
-        uint64_t seed = 77;
+        auto seed = std::make_shared<uint64_t>(77);
         nn::LoraAdapter a1 = nn::make_lora_adapter(w, kind, 4, 2.f, dropout, 5);
         nn::LoraAdapter a2 = nn::make_lora_adapter(w, kind, 4, 2.f, dropout, 6);
         for (nn::LoraAdapter* a : {&a1, &a2}) {
           Tensor dst = a->lora_b;
           ops::copy_into(dst, ops::randn(a->lora_b.shape(), 40 + uint64_t(a == &a2), 0.2f));
-          a->dropout_seed = &seed;
+          a->dropout_seed = seed;
         }
         nn::Linear l1{w, bias, &a1}, l2{w, {}, &a2};
         Tensor x = ag::param(x0);
