@@ -17,20 +17,25 @@ namespace lmtune::cli {
 
 namespace {
 
-const char kUsage[] =
-    "usage: lmtune benchmark --model DIR [options]\n"
-    "\n"
-    "Measure prompt and generation speed on random tokens (mlx_lm.benchmark).\n"
-    "\n"
-    "  --model DIR                   a local Hugging Face model folder\n"
-    "  --prompt-tokens, -p N         prompt length (512)\n"
-    "  --generation-tokens, -g N     tokens to generate (1024)\n"
-    "  --batch-size, -b N            sequences at once (1)\n"
-    "  --num-trials, -n N            timed trials after a warmup (5)\n"
-    "  --prefill-step-size N         prompt tokens per prefill step (2048)\n"
-    "  --delay S                     seconds to wait between trials (0)\n"
-    "  --device cpu|cuda  --dtype float32|bfloat16|float16\n"
-    "  -h, --help                    show this help\n";
+struct BenchmarkOptions {
+  LoadOptions load;
+  int64_t prompt_tokens = 512, generation_tokens = 1024, batch_size = 1, num_trials = 5, prefill_step_size = 2048;
+  double delay = 0;
+};
+
+void declare(Options& t, BenchmarkOptions& o) {
+  t.add("--model", &o.load.model, "MODEL", kModelHelp);
+  t.add("--prompt-tokens, -p", &o.prompt_tokens, "N", "prompt length");
+  t.add("--generation-tokens, -g", &o.generation_tokens, "N", "tokens to generate");
+  t.add("--batch-size, -b", &o.batch_size, "N", "sequences at once");
+  t.add("--num-trials, -n", &o.num_trials, "N", "timed trials after a warmup");
+  t.add("--prefill-step-size", &o.prefill_step_size, "N", "prompt tokens per prefill step");
+  t.add("--delay", &o.delay, "S", "seconds to wait between trials");
+  t.group("lmtune's additions");
+  t.add("--adapter-path", &o.load.adapter_path, "PATH",
+        "run the model with these adapters (lmtune lora / mlx_lm.lora)");
+  add_device_options(t, o.load);
+}
 
 struct Trial {
   double prompt_tps, generation_tps, peak_memory, total_time;
@@ -51,8 +56,7 @@ Trial run_trial(Model& model, int64_t P, int64_t G, int64_t B, int64_t step, uin
   for (int64_t t0 = 0; t0 < P; t0 += step) {
     int64_t n = std::min(step, P - t0);
     Tensor ids = Tensor::empty({B, n}, DType::i32);
-    for (int64_t b = 0; b < B; ++b)
-      std::copy_n(prompt.begin() + b * P + t0, n, ids.data<int32_t>() + b * n);
+    for (int64_t b = 0; b < B; ++b) std::copy_n(prompt.begin() + b * P + t0, n, ids.data<int32_t>() + b * n);
     logits = model.forward(ids, cache, true);
   }
   auto argmax_rows = [&](const Tensor& lg) {
@@ -73,41 +77,17 @@ Trial run_trial(Model& model, int64_t P, int64_t G, int64_t B, int64_t step, uin
           double(allocator(model.device()).peak_bytes()) / 1e9, std::chrono::duration<double>(end - start).count()};
 }
 
-}  // namespace
-
-int run_benchmark(int argc, char** argv) {
-  LoadOptions lo;
-  int64_t P = 512, G = 1024, B = 1, N = 5, step = 2048;
-  double delay = 0;
-  try {
-    Args a(argc, argv);
-    while (a.next()) {
-      if (a.is("-h", "--help")) {
-        std::fputs(kUsage, stdout);
-        return 0;
-      } else if (read_load_flag(a, lo)) {
-        // read by the shared flag readers (runtime_setup.h)
-      } else if (a.is("--prompt-tokens", "-p")) P = a.int_value();
-      else if (a.is("--generation-tokens", "-g")) G = a.int_value();
-      else if (a.is("--batch-size", "-b")) B = a.int_value();
-      else if (a.is("--num-trials", "-n")) N = a.int_value();
-      else if (a.is("--prefill-step-size")) step = a.int_value();
-      else if (a.is("--delay")) delay = a.float_value();
-      else a.unknown();
-    }
-    if (lo.model.empty()) throw UsageError("--model is required (a local model folder)");
-    if (P < 1 || G < 1 || B < 1 || N < 1 || step < 1)
-      throw UsageError("-p, -g, -b, -n and --prefill-step-size must be positive");
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "lmtune benchmark: error: %s (see lmtune benchmark --help)\n", e.what());
-    return 2;
-  }
+int benchmark(const BenchmarkOptions& o) {
+  const int64_t P = o.prompt_tokens, G = o.generation_tokens, B = o.batch_size, N = o.num_trials,
+                step = o.prefill_step_size;
+  const double delay = o.delay;
+  const LoadOptions& lo = o.load;
   LoadedModel lm = load_for_generation(lo);
   std::printf("Running warmup..\n");
   std::fflush(stdout);
   run_trial(*lm.model, P, G, B, step, 0);
-  std::printf("Timing with prompt_tokens=%lld, generation_tokens=%lld, batch_size=%lld.\n", (long long)P,
-              (long long)G, (long long)B);
+  std::printf("Timing with prompt_tokens=%lld, generation_tokens=%lld, batch_size=%lld.\n", (long long)P, (long long)G,
+              (long long)B);
   std::vector<Trial> trials;
   for (int64_t i = 0; i < N; ++i) {
     if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
@@ -123,9 +103,26 @@ int run_benchmark(int argc, char** argv) {
     avg.generation_tps += t.generation_tps / double(N);
     avg.peak_memory += t.peak_memory / double(N);
   }
-  std::printf("Averages: prompt_tps=%.3f, generation_tps=%.3f, peak_memory=%.3f\n", avg.prompt_tps,
-              avg.generation_tps, avg.peak_memory);
+  std::printf("Averages: prompt_tps=%.3f, generation_tps=%.3f, peak_memory=%.3f\n", avg.prompt_tps, avg.generation_tps,
+              avg.peak_memory);
   return 0;
+}
+
+}  // namespace
+
+int run_benchmark(int argc, char** argv) {
+  BenchmarkOptions o;
+  Options t("benchmark", "lmtune benchmark --model MODEL [options]",
+            "Measure prompt and generation speed on random tokens (mlx_lm.benchmark): greedy decoding with EOS "
+            "ignored, a warmup run, then the timed trials and their averages.");
+  declare(t, o);
+  return run_with_options(t, argc, argv, [&] {
+    if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
+    if (o.prompt_tokens < 1 || o.generation_tokens < 1 || o.batch_size < 1 || o.num_trials < 1 ||
+        o.prefill_step_size < 1)
+      throw UsageError("-p, -g, -b, -n and --prefill-step-size must be positive");
+    return benchmark(o);
+  });
 }
 
 }  // namespace lmtune::cli

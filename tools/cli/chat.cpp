@@ -19,60 +19,40 @@ namespace lmtune::cli {
 
 namespace {
 
-const char kUsage[] =
-    "usage: lmtune chat --model DIR [options]\n"
-    "\n"
-    "Chat with a model in the terminal (mlx_lm.chat). Commands: q quits, r resets, h shows help.\n"
-    "\n"
-    "  --model DIR                 a local Hugging Face model folder with a chat template\n"
-    "  --adapter-path PATH         a folder with adapters.safetensors + adapter_config.json (lmtune lora / mlx_lm.lora)\n"
-    "  --temp T (0.0)  --top-p P (1.0)  --top-k K (0)  --min-p P (0.0)\n"
-    "  --xtc-probability P (0.0)  --xtc-threshold P (0.1)\n"
-    "  --seed N (0)                RNG seed\n"
-    "  --max-kv-size N             rotating KV cache of N entries\n"
-    "  --max-tokens, -m N          tokens per answer (256)\n"
-    "  --system-prompt TEXT        a system message at the start of the conversation\n"
-    "  --chat-template-config JSON extra chat-template variables\n"
-    "  --device cpu|cuda  --dtype float32|bfloat16|float16\n"
-    "  -h, --help                  show this help\n";
+struct ChatOptions {
+  LoadOptions load;
+  SamplerOptions sampler;
+  int64_t seed = 0;
+  int64_t max_kv_size = 0;
+  int64_t max_tokens = 256;
+  std::optional<std::string> system_prompt;
+  std::string chat_template_config;
+};
+
+void declare(Options& t, ChatOptions& o) {
+  add_model_options(t, o.load, std::string(kModelHelp) + "; it needs a chat template");
+  add_sampler_options(t, o.sampler);
+  t.add("--seed", &o.seed, "N", "RNG seed");
+  t.add("--max-kv-size", &o.max_kv_size, "N", "rotating KV cache of N entries, 4 sink tokens kept; 0 = unbounded");
+  t.add("--max-tokens, -m", &o.max_tokens, "N", "tokens per answer");
+  t.add("--system-prompt", &o.system_prompt, "TEXT", "a system message at the start of the conversation");
+  t.group("lmtune's additions");
+  t.add("--chat-template-config", &o.chat_template_config, "JSON",
+        "extra chat-template variables, e.g. '{\"enable_thinking\": false}'");
+  add_penalty_options(t, o.sampler);
+  add_device_options(t, o.load);
+}
 
 void print_help() {
   std::printf("The command list:\n- 'q' to exit\n- 'r' to reset the chat\n- 'h' to display these commands\n");
 }
 
-}  // namespace
-
-int run_chat(int argc, char** argv) {
-  LoadOptions lo;
-  SamplerOptions so;
+int chat(ChatOptions& o) {
+  const LoadOptions& lo = o.load;
+  SamplerOptions& so = o.sampler;
   GenerationConfig gc;
-  gc.max_tokens = 256;
-  uint64_t seed = 0;
-  int64_t max_kv_size = 0;
-  std::optional<std::string> system_prompt;
-  std::string template_config;
-  try {
-    Args a(argc, argv);
-    while (a.next()) {
-      if (a.is("-h", "--help")) {
-        std::fputs(kUsage, stdout);
-        return 0;
-      } else if (read_load_flag(a, lo) || read_sampler_flag(a, so)) {
-        // read by the shared flag readers (runtime_setup.h)
-      } else if (a.is("--seed")) seed = uint64_t(a.int_value());
-      else if (a.is("--max-kv-size")) max_kv_size = a.int_value();
-      else if (a.is("--max-tokens", "-m")) gc.max_tokens = a.int_value();
-      else if (a.is("--system-prompt")) system_prompt = a.value();
-      else if (a.is("--chat-template-config")) template_config = a.value();
-      else a.unknown();
-    }
-    if (lo.model.empty()) throw UsageError("--model is required (a local model folder)");
-    if (max_kv_size < 0 || (max_kv_size > 0 && max_kv_size <= 4))
-      throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "lmtune chat: error: %s (see lmtune chat --help)\n", e.what());
-    return 2;
-  }
+  gc.max_tokens = o.max_tokens;
+  const std::string& template_config = o.chat_template_config;
   ChatTemplateOptions opts;
   opts.add_generation_prompt = true;
   if (!template_config.empty()) {
@@ -85,13 +65,13 @@ int run_chat(int argc, char** argv) {
   gc.eos_ids = collect_eos_ids(lm.dir, tok);
   so.xtc_special_tokens = tok.encode("\n", false);
   so.xtc_special_tokens.insert(so.xtc_special_tokens.end(), gc.eos_ids.begin(), gc.eos_ids.end());
-  Sampler sampler(so, seed);
-  DenseKVCache cache(lm.model->config(), lm.model->device(), lm.model->dtype(), 1, max_kv_size);
+  Sampler sampler(so, uint64_t(o.seed));
+  DenseKVCache cache(lm.model->config(), lm.model->device(), lm.model->dtype(), 1, o.max_kv_size);
   Generator gen(*lm.model, cache, sampler);
 
   auto fresh = [&] {
     nlohmann::ordered_json m = nlohmann::ordered_json::array();
-    if (system_prompt) m.push_back({{"role", "system"}, {"content", *system_prompt}});
+    if (o.system_prompt) m.push_back({{"role", "system"}, {"content", *o.system_prompt}});
     return m;
   };
   nlohmann::ordered_json messages = fresh();
@@ -147,6 +127,21 @@ int run_chat(int argc, char** argv) {
                 st.peak_memory_gb);
   }
   return 0;
+}
+
+}  // namespace
+
+int run_chat(int argc, char** argv) {
+  ChatOptions o;
+  Options t("chat", "lmtune chat --model MODEL [options]",
+            "Chat with a model in the terminal (mlx_lm.chat). Commands: q quits, r resets, h shows help.");
+  declare(t, o);
+  return run_with_options(t, argc, argv, [&] {
+    if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
+    if (o.max_kv_size < 0 || (o.max_kv_size > 0 && o.max_kv_size <= 4))
+      throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
+    return chat(o);
+  });
 }
 
 }  // namespace lmtune::cli

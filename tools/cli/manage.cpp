@@ -1,7 +1,6 @@
 // `lmtune manage --scan | --delete --pattern P`: the Hugging Face Hub cache as mlx_lm.manage and
 // `huggingface-cli scan-cache` show it; deleting asks for confirmation on stdin.
 #include <cstdio>
-#include <cstring>
 #include <ctime>
 #include <fnmatch.h>
 #include <iostream>
@@ -10,6 +9,7 @@
 #include "cli_commands.h"
 #include "core/error.h"
 #include "io/hub.h"
+#include "options.h"
 
 namespace lmtune::cli {
 
@@ -66,34 +66,14 @@ void print_table(const std::vector<CachedRepo>& repos) {
   std::printf("\nFound %zu model repo(s) using %s on disk.\n", repos.size(), human(total).c_str());
 }
 
-}  // namespace
-
-int run_manage(int argc, char** argv) {
+struct ManageOptions {
   bool scan = false, del = false;
   std::string pattern;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) {
-      std::printf(
-          "usage: lmtune manage (--scan | --delete) [--pattern P]\n\n"
-          "Manage models in the Hugging Face Hub cache ($HF_HUB_CACHE, else $HF_HOME/hub, else\n"
-          "~/.cache/huggingface/hub), the cache huggingface_hub and mlx-lm share.\n\n"
-          "options:\n"
-          "  --scan         list cached models: repo id, size on disk, files, revisions\n"
-          "  --delete       delete the models matching --pattern, after confirmation on stdin\n"
-          "  --pattern P    repo ids containing P (or matching P when it has * ? [)\n");
-      return 0;
-    }
-    if (!std::strcmp(argv[i], "--scan")) {
-      scan = true;
-    } else if (!std::strcmp(argv[i], "--delete")) {
-      del = true;
-    } else if (!std::strcmp(argv[i], "--pattern") && i + 1 < argc) {
-      pattern = argv[++i];
-    } else {
-      fail("unknown or incomplete argument '", argv[i], "' (see lmtune manage --help)");
-    }
-  }
-  LMT_CHECK(scan != del, "give one of --scan or --delete (see lmtune manage --help)");
+};
+
+int manage(const ManageOptions& o) {
+  const bool scan = o.scan;
+  const std::string& pattern = o.pattern;
   std::string cache = HubSettings::from_env().cache_dir;
   std::vector<CachedRepo> repos;
   for (CachedRepo& r : scan_hub_cache(cache))
@@ -107,7 +87,6 @@ int run_manage(int argc, char** argv) {
     print_table(repos);
     return 0;
   }
-  LMT_CHECK(!pattern.empty(), "--delete needs --pattern P");
   if (repos.empty()) {
     std::printf("No models matching '%s' in %s.\n", pattern.c_str(), cache.c_str());
     return 0;
@@ -127,6 +106,24 @@ int run_manage(int argc, char** argv) {
     std::printf("Deleted %s (%s)\n", r.repo_id.c_str(), human(r.size_on_disk).c_str());
   }
   return 0;
+}
+
+}  // namespace
+
+int run_manage(int argc, char** argv) {
+  ManageOptions o;
+  Options t("manage", "lmtune manage (--scan | --delete) [--pattern P]",
+            "Manage models in the Hugging Face Hub cache ($HF_HUB_CACHE, else $HF_HOME/hub, else "
+            "~/.cache/huggingface/hub), the cache huggingface_hub and mlx-lm share.");
+  t.add("--scan", &o.scan, "", "list cached models: repo id, size on disk, files, revisions");
+  t.add("--delete", &o.del, "", "delete the models matching --pattern, after confirmation on stdin");
+  t.add("--pattern", &o.pattern, "P", "repo ids containing P (or matching P when it has * ? [)")
+      .default_text("every model; mlx_lm.manage's is mlx");
+  return run_with_options(t, argc, argv, [&] {
+    if (o.scan == o.del) throw UsageError("give one of --scan or --delete");
+    if (o.del && o.pattern.empty()) throw UsageError("--delete needs --pattern P");
+    return manage(o);
+  });
 }
 
 }  // namespace lmtune::cli

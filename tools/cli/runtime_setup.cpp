@@ -1,7 +1,5 @@
+// Model loading for the commands and the shared option-table fragments (see runtime_setup.h).
 #include "runtime_setup.h"
-
-#include <algorithm>
-#include <cstring>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -10,66 +8,9 @@
 
 namespace lmtune::cli {
 
-bool Args::next() {
-  if (++i_ >= argc_) return false;
-  std::string a = argv_[i_];
-  inline_.reset();
-  size_t eq = a.find('=');
-  if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
-    inline_ = a.substr(eq + 1);
-    a = a.substr(0, eq);
-  }
-  flag_ = a;
-  return true;
-}
-
-bool Args::is(const char* name) const { return flag_ == name; }
-
-std::string Args::value() {
-  if (inline_) return *inline_;
-  if (i_ + 1 >= argc_) throw UsageError("argument " + flag_ + ": expected one argument");
-  return argv_[++i_];
-}
-
-std::vector<std::string> Args::values() {
-  std::vector<std::string> out;
-  if (inline_) out.push_back(*inline_);
-  while (i_ + 1 < argc_ && !(argv_[i_ + 1][0] == '-' && argv_[i_ + 1][1] == '-')) out.push_back(argv_[++i_]);
-  if (out.empty()) throw UsageError("argument " + flag_ + ": expected at least one argument");
-  return out;
-}
-
-int64_t Args::int_value() {
-  std::string v = value();
-  try {
-    size_t pos = 0;
-    long long x = std::stoll(v, &pos);
-    if (pos == v.size()) return x;
-  } catch (const std::exception&) {
-  }
-  throw UsageError("argument " + flag_ + ": invalid int value: '" + v + "'");
-}
-
-double Args::float_value() {
-  std::string v = value();
-  try {
-    size_t pos = 0;
-    double x = std::stod(v, &pos);
-    if (pos == v.size()) return x;
-  } catch (const std::exception&) {
-  }
-  throw UsageError("argument " + flag_ + ": invalid float value: '" + v + "'");
-}
-
-bool Args::bool_value() {
-  std::string v = value();
-  std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  if (v == "yes" || v == "true" || v == "t" || v == "y" || v == "1") return true;
-  if (v == "no" || v == "false" || v == "f" || v == "n" || v == "0") return false;
-  throw UsageError("argument " + flag_ + ": Boolean value expected, got '" + v + "'");
-}
-
-void Args::unknown() const { throw UsageError("unrecognized arguments: " + std::string(argv_[i_])); }
+const char kModelHelp[] =
+    "a local model folder, or a Hugging Face repo id org/name[@revision] read from the Hub cache "
+    "(downloaded into it when missing; HF_HUB_OFFLINE=1 forbids that)";
 
 LoadedModel load_for_generation(const LoadOptions& o) {
   LoadedModel lm;
@@ -107,29 +48,40 @@ LoadedModel load_for_generation(const LoadOptions& o) {
   return lm;
 }
 
-bool read_load_flag(Args& a, LoadOptions& o) {
-  if (a.is("--model")) o.model = a.value();
-  else if (a.is("--adapter-path")) o.adapter_path = a.value();
-  else if (a.is("--device")) o.device = a.value();
-  else if (a.is("--dtype")) o.dtype = a.value();
-  else return false;
-  return true;
+void add_model_options(Options& t, LoadOptions& o, const std::string& model_help) {
+  t.add("--model", &o.model, "MODEL", model_help);
+  t.add("--adapter-path", &o.adapter_path, "PATH",
+        "a folder with adapters.safetensors + adapter_config.json (lmtune lora / mlx_lm.lora)");
 }
 
-bool read_sampler_flag(Args& a, SamplerOptions& o) {
-  if (a.is("--temp")) o.temp = float(a.float_value());
-  else if (a.is("--top-p")) o.top_p = float(a.float_value());
-  else if (a.is("--top-k")) o.top_k = int(a.int_value());
-  else if (a.is("--min-p")) o.min_p = float(a.float_value());
-  else if (a.is("--min-tokens-to-keep")) o.min_tokens_to_keep = int(a.int_value());
-  else if (a.is("--xtc-probability")) o.xtc_probability = float(a.float_value());
-  else if (a.is("--xtc-threshold")) o.xtc_threshold = float(a.float_value());
-  else if (a.is("--repetition-penalty")) o.repetition_penalty = float(a.float_value());
-  else if (a.is("--repetition-context-size")) o.repetition_context_size = int(a.int_value());
-  else if (a.is("--presence-penalty")) o.presence_penalty = float(a.float_value());
-  else if (a.is("--frequency-penalty")) o.frequency_penalty = float(a.float_value());
-  else return false;
-  return true;
+void add_device_options(Options& t, LoadOptions& o, const std::string& dtype_help) {
+  t.add("--device", &o.device, "", "where the model runs")
+      .choices({"cpu", "cuda"})
+      .default_text("cuda when available, else cpu")
+      .record_when_set();
+  // f32 / bf16 / f16 are accepted as well, as before.
+  t.add("--dtype", &o.dtype, "float32|bfloat16|float16", dtype_help)
+      .choices({"float32", "bfloat16", "float16", "f32", "bf16", "f16"})
+      .default_text("the config's torch_dtype, bfloat16 when unset")
+      .record_when_set();
+}
+
+void add_sampler_options(Options& t, SamplerOptions& o) {
+  t.add("--temp", &o.temp, "T", "sampling temperature; 0.0 = greedy");
+  t.add("--top-p", &o.top_p, "P", "nucleus sampling; 1.0 = off");
+  t.add("--min-p", &o.min_p, "P", "drop tokens below P times the top probability; 0.0 = off");
+  t.add("--top-k", &o.top_k, "K", "keep the K most likely tokens; 0 = off");
+  t.add("--min-tokens-to-keep", &o.min_tokens_to_keep, "N", "tokens min-p always keeps");
+  t.add("--xtc-probability", &o.xtc_probability, "P", "chance per step to exclude the top choices (XTC)");
+  t.add("--xtc-threshold", &o.xtc_threshold, "P", "XTC's probability threshold");
+}
+
+void add_penalty_options(Options& t, SamplerOptions& o) {
+  t.add("--repetition-penalty", &o.repetition_penalty, "R", "CTRL penalty on recent tokens").default_text("off");
+  t.add("--repetition-context-size", &o.repetition_context_size, "N", "recent tokens the repetition penalty looks at");
+  t.add("--presence-penalty", &o.presence_penalty, "P", "subtract P from each recent token's logit")
+      .default_text("off");
+  t.add("--frequency-penalty", &o.frequency_penalty, "P", "subtract P per recent occurrence").default_text("off");
 }
 
 }  // namespace lmtune::cli

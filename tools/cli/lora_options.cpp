@@ -1,0 +1,191 @@
+// `lmtune lora`'s option table and its -c config merge (see lora_options.h).
+#include "lora_options.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <yaml-cpp/yaml.h>
+
+#include "core/error.h"
+
+namespace lmtune::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+const std::vector<std::string> kOptimizers = {"adam", "adamw", "muon", "sgd", "adafactor"};
+
+void warn_unused(const json& unknown, const std::string& prefix, const char* what) {
+  for (auto it = unknown.begin(); it != unknown.end(); ++it)
+    std::fprintf(stderr, "Warning: config key '%s%s' %s\n", prefix.c_str(), it.key().c_str(), what);
+}
+
+// lora_parameters: {rank, scale, dropout, keys}, each key typed; the rest of the defaults stay.
+void read_lora_parameters(const YAML::Node& n, const std::string& source, train::LoraParameters& lp) {
+  Options sub("lora", "", "");
+  sub.add("", &lp.rank, "", "").key("rank");
+  sub.add("", &lp.scale, "", "").key("scale");
+  sub.add("", &lp.dropout, "", "").key("dropout");
+  sub.add("", &lp.keys, "", "").key("keys");
+  warn_unused(sub.read_yaml(n, source, "lora_parameters."), "lora_parameters.",
+              "is not a lora_parameters key (rank, scale, dropout, keys); ignored");
+}
+
+// optimizer_config: per optimizer a mapping of keyword arguments, merged over the defaults' empty
+// mappings; the optimizer checks the keywords themselves (train/optimizers.h).
+void read_optimizer_config(const YAML::Node& n, const std::string& source, json& out) {
+  json v = yaml_to_json(n);
+  if (v.is_null()) return;
+  LMT_CHECK(v.is_object(), "[config] ", source, ": key 'optimizer_config' must be a mapping of optimizer names (",
+            "adam, adamw, muon, sgd, adafactor) to their keyword arguments, got ", v.dump());
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (std::find(kOptimizers.begin(), kOptimizers.end(), it.key()) == kOptimizers.end())
+      std::fprintf(stderr,
+                   "Warning: config key 'optimizer_config.%s' is not an optimizer (adam, adamw, muon, sgd, "
+                   "adafactor); kept in adapter_config.json only\n",
+                   it.key().c_str());
+    LMT_CHECK(it->is_object() || it->is_null(), "[config] ", source, ": key 'optimizer_config.", it.key(),
+              "' must be a mapping of keyword arguments, got ", it->dump());
+    out[it.key()] = it->is_null() ? json::object() : *it;
+  }
+}
+
+// lr_schedule is recorded as written (mlx-lm does); its keys are type-checked here so that a
+// mistake names the key.
+void read_lr_schedule(const YAML::Node& n, const std::string& source, json& out) {
+  out = yaml_to_json(n);
+  if (out.is_null()) return;
+  std::string name;
+  json arguments;
+  int64_t warmup = 0;
+  double warmup_init = 0;
+  Options sub("lora", "", "");
+  sub.add("", &name, "", "")
+      .key("name")
+      .choices({"cosine_decay", "linear_schedule", "exponential_decay", "step_decay"});
+  sub.add("", &arguments, "", "").key("arguments");
+  sub.add("", &warmup, "", "").key("warmup");
+  sub.add("", &warmup_init, "", "").key("warmup_init");
+  // train::build_schedule checks the arguments against the schedule's signature.
+  warn_unused(sub.read_yaml(n, source, "lr_schedule."), "lr_schedule.",
+              "is not an lr_schedule key (name, arguments, warmup, warmup_init); ignored");
+}
+
+}  // namespace
+
+LoraOptions::LoraOptions() {
+  for (const std::string& name : kOptimizers) optimizer_config[name] = json::object();
+}
+
+void declare_lora_options(Options& t, LoraOptions& o) {
+  t.add("--model", &o.model, "MODEL", std::string("the model to fine-tune: ") + kModelHelp);
+  t.add("--train", &o.train, "", "do training");
+  t.add("--data", &o.data, "DIR",
+        "a local folder with train.jsonl, valid.jsonl, test.jsonl (Hugging Face dataset ids are not read)");
+  t.add("--fine-tune-type", &o.fine_tune_type, "", "").choices({"lora", "dora", "full"});
+  t.add("--optimizer", &o.optimizer, "", "its keyword arguments: optimizer_config in the config file")
+      .choices(kOptimizers);
+  t.add("--mask-prompt", &o.data_options.mask_prompt, "", "supervise only the completion / last message");
+  t.add("--num-layers", &o.num_layers, "N", "blocks to fine-tune, counted from the last; -1 = all");
+  t.add("--batch-size", &o.batch_size, "N", "");
+  t.add("--iters", &o.iters, "N", "micro-batches to train");
+  t.add("--val-batches", &o.val_batches, "N", "validation batches, -1 = all; the same ones each time");
+  t.add("--learning-rate", &o.learning_rate, "X", "lr_schedule in the config file replaces it");
+  t.add("--steps-per-report", &o.steps_per_report, "N", "");
+  t.add("--steps-per-eval", &o.steps_per_eval, "N", "");
+  t.add("--grad-accumulation-steps", &o.grad_accumulation_steps, "N", "");
+  t.add("--resume-adapter-file", &o.resume_adapter_file, "FILE",
+        "start from these adapter weights (mlx-lm's partial resume: no optimizer state, step 1)");
+  t.add("--adapter-path", &o.adapter_path, "DIR", "where adapters, checkpoints and metrics go");
+  t.add("--save-every", &o.save_every, "N", "");
+  t.add("--test", &o.test, "", "evaluate on test.jsonl after training (or the adapters in --adapter-path)");
+  t.add("--test-batches", &o.test_batches, "N", "-1 = all");
+  t.add("--max-seq-length", &o.max_seq_length, "N", "");
+  t.add("-c, --config", &o.config, "FILE",
+        "a YAML config: the keys below, and each flag's long name in snake_case (batch_size: 8)")
+      .cli_only();
+  t.add("--grad-checkpoint", &o.grad_checkpoint, "", "recompute each block in backward to save memory");
+  t.add("--clear-cache-threshold", &o.clear_cache_threshold, "SIZE", "accepted for compatibility (no effect)")
+      .default_text("");
+  t.add("--report-to", &o.report_to, "NAMES",
+        "wandb / swanlab are not available offline: metrics go to ADAPTER_PATH/metrics.jsonl");
+  t.add("--project-name", &o.project_name, "NAME", "accepted for compatibility");
+  t.add("--seed", &o.seed, "N", "");
+  t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility");
+
+  t.group("lmtune's additions");
+  t.add("--epochs", &o.epochs, "N", "train N passes over the data (replaces --iters); 0 = use --iters");
+  t.add("--grad-clip", &o.grad_clip, "X", "clip the gradient's global L2 norm to X; 0 = off");
+  t.add("--resume", &o.resume, "DIR", "continue exactly from a checkpoint (ADAPTER_PATH/checkpoints/NNNNNNN)");
+  t.add("--early-stop", &o.early_stop, "N", "stop after N evaluations without a better val loss; 0 = off");
+  t.add("--train-embeddings", &o.train_embeddings, "",
+        "with --fine-tune-type full: also train embeddings, final norm, lm_head");
+  t.add("--preview", &o.preview, "N",
+        "print the first N training examples as the model sees them (supervised part marked), then exit")
+      .cli_only()
+      .unrecorded();
+  add_device_options(t, o.load,
+                     "the frozen base's dtype on CUDA (trainable parameters are float32); the CPU "
+                     "computes in float32");
+
+  t.group("config-file keys (-c FILE), as mlx_lm.lora reads them");
+  t.add_config_key("lora_parameters", "{rank, scale, dropout, keys}",
+                   "the adapters: rank (8), scale (20.0), dropout (0.0), keys: the linear layers of a block to "
+                   "adapt (default: all of them)",
+                   [&o] {
+                     const train::LoraParameters& lp = o.lora_parameters;
+                     json j = {{"rank", lp.rank}, {"dropout", lp.dropout}, {"scale", lp.scale}};
+                     if (!lp.keys.empty()) j["keys"] = lp.keys;
+                     return j;
+                   })
+      .on_yaml(
+          [&o](const YAML::Node& n, const std::string& source) { read_lora_parameters(n, source, o.lora_parameters); });
+  t.add_config_key("optimizer_config", "{OPTIMIZER: {KEY: VALUE}}",
+                   "keyword arguments per optimizer, as mlx.optimizers names them (e.g. adamw: {weight_decay: 0.01})",
+                   [&o] { return o.optimizer_config; })
+      .on_yaml([&o](const YAML::Node& n, const std::string& source) {
+        read_optimizer_config(n, source, o.optimizer_config);
+      });
+  t.add_config_key("lr_schedule", "{name, arguments, warmup, warmup_init}",
+                   "cosine_decay | linear_schedule | exponential_decay | step_decay with its arguments, after an "
+                   "optional linear warmup of N updates from warmup_init",
+                   [&o] { return o.lr_schedule; })
+      .on_yaml([&o](const YAML::Node& n, const std::string& source) { read_lr_schedule(n, source, o.lr_schedule); });
+  t.add("", &o.data_options.prompt_feature, "NAME", "the prompt key of completions data")
+      .key("prompt_feature")
+      .record_when_set();
+  t.add("", &o.data_options.completion_feature, "NAME", "the completion key of completions data")
+      .key("completion_feature")
+      .record_when_set();
+  t.add("", &o.data_options.chat_feature, "NAME", "the messages key of chat data")
+      .key("chat_feature")
+      .record_when_set();
+  t.add("", &o.data_options.text_feature, "NAME", "the text key of text data").key("text_feature").record_when_set();
+  t.add("", &o.hf_dataset, "", "Hugging Face datasets: not read (use a local --data folder)")
+      .key("hf_dataset")
+      .record_when_set();
+}
+
+json merge_lora_config(Options& t, LoraOptions& o) {
+  json unknown = json::object();
+  if (o.config) {
+    YAML::Node root;
+    try {
+      root = YAML::LoadFile(*o.config);
+    } catch (const YAML::Exception& e) {
+      fail("[config] ", *o.config, ": ", e.what());
+    }
+    unknown = t.read_yaml(root, *o.config);
+    warn_unused(unknown, "", "is not an mlx_lm.lora key; kept in adapter_config.json only");
+  }
+  LMT_CHECK(o.hf_dataset.is_null(),
+            "hf_dataset: Hugging Face datasets are not read by lmtune; point --data at a local folder");
+  json recorded = unknown;
+  json table = t.to_json();
+  for (auto it = table.begin(); it != table.end(); ++it) recorded[it.key()] = *it;  // the table's keys win
+  o.load.model = o.model;
+  return recorded;
+}
+
+}  // namespace lmtune::cli
