@@ -663,54 +663,6 @@ TEST_F(CudaVsCpuOnce, CopyRowsAtRunTimeRow) {
   }
 }
 
-// The kernel switches come from the environment once (runtime_config_from_env); a bad value
-// names its variable. Needs no GPU.
-TEST(RuntimeConfig, FromEnvironment) {
-  std::map<std::string, std::string> env;
-  auto get = [&](const char* name) -> const char* {
-    auto it = env.find(name);
-    return it == env.end() ? nullptr : it->second.c_str();
-  };
-  RuntimeConfig d = runtime_config_from_env(get);
-  EXPECT_TRUE(d.cuda_gemv && d.cuda_flash && d.cuda_graph);
-  EXPECT_EQ(d.attn_chunk_rows, 0);
-  env = {{"LMTUNE_CUDA_GEMV", "0"}, {"LMTUNE_CUDA_FLASH", "0"}, {"LMTUNE_CUDA_GRAPH", "0"},
-         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"}};
-  RuntimeConfig c = runtime_config_from_env(get);
-  EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph);
-  EXPECT_EQ(c.attn_chunk_rows, 7);
-  env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
-  c = runtime_config_from_env(get);
-  EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
-  const std::pair<const char*, const char*> bad[] = {{"LMTUNE_CUDA_GRAPH", "yes"},
-                                                     {"LMTUNE_CUDA_FLASH", "2"},
-                                                     {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
-                                                     {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}};
-  for (const auto& [name, value] : bad) {
-    env = {{name, value}};
-    try {
-      (void)runtime_config_from_env(get);
-      ADD_FAILURE() << name << "=" << value << " accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
-    }
-  }
-}
-
-TEST(RuntimeConfig, ScopedConfigRestores) {
-  const RuntimeConfig before = runtime_config();
-  {
-    RuntimeConfig off = before;
-    off.cuda_graph = !before.cuda_graph;
-    off.attn_chunk_rows = 3;
-    ScopedRuntimeConfig scoped(off);
-    EXPECT_EQ(runtime_config().cuda_graph, off.cuda_graph);
-    EXPECT_EQ(runtime_config().attn_chunk_rows, 3);
-  }
-  EXPECT_EQ(runtime_config().cuda_graph, before.cuda_graph);
-  EXPECT_EQ(runtime_config().attn_chunk_rows, before.attn_chunk_rows);
-}
-
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);
 
 }  // namespace

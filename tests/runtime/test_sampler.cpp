@@ -122,7 +122,9 @@ TEST(Sampler, SeededDrawsReproduceAndFollowTheDistribution) {
   EXPECT_NE(a, c);
   int n0 = int(std::count(a.begin(), a.end(), 0));
   EXPECT_NEAR(n0 / 2000.0, 0.5, 0.05);
-  EXPECT_THROW(Sampler(SamplerOptions{.temp = -1.f}, 0), std::exception);
+  SamplerOptions negative;
+  negative.temp = -1.f;
+  EXPECT_THROW(Sampler(negative, 0), std::exception);
 }
 
 TEST(Helpers, UnescapeAndModelDir) {

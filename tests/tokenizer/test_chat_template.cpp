@@ -72,8 +72,9 @@ TEST(ChatTemplate, MatchesTransformers) {
       } catch (const lmtune::Error& e) {
         std::string frag = expected_fragment(hf), msg = e.what();
         EXPECT_NE(msg.find(frag), std::string::npos) << "message: " << msg << "\ntransformers: " << hf;
-        if (frag == "tokenizer.chat_template is not set")
+        if (frag == "tokenizer.chat_template is not set") {
           EXPECT_NE(msg.find(folder), std::string::npos) << "the error must name the folder: " << msg;
+        }
       }
       ++checked;
       continue;
