@@ -75,6 +75,50 @@ void read_json(const json& j, LoopState& s) {
   s.evals_since_best = j.at("evals_since_best");
 }
 
+// A checkpoint's optimizer.safetensors: "state.<parameter>.<slot>" (Optimizer::state) and
+// "grad.<parameter>" (gradients accumulated since the last update, mid grad-accumulation).
+const std::string kStatePrefix = "state.", kGradPrefix = "grad.";
+// The one tensor of the files that had neither, before empty files were written.
+const std::string kLegacyPlaceholder = "empty";
+
+struct OptimizerFile {
+  std::map<std::string, Tensor> state;  // by "<parameter>.<slot>", on the model's device
+  std::map<std::string, Tensor> grads;  // by parameter, f32 on the model's device
+};
+
+// Every tensor must name a trainable parameter of this model under a known prefix: a file from
+// another model, adapter layout or lmtune version is refused here, naming it, rather than later
+// as a shape mismatch or never (a state slot of an unknown parameter would be kept silently).
+OptimizerFile read_optimizer_file(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& params,
+                                  Device dev) {
+  std::map<std::string, Shape> shapes;
+  for (const auto& [name, p] : params) shapes[name] = p.shape();
+  auto starts = [](const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; };
+  OptimizerFile f;
+  for (auto& [key, t] : load_safetensors(path)) {
+    if (key == kLegacyPlaceholder) continue;
+    if (starts(key, kGradPrefix)) {
+      std::string name = key.substr(kGradPrefix.size());
+      auto it = shapes.find(name);
+      LMT_CHECK(it != shapes.end(), "[train] --resume: ", path, ": '", key, "' is the gradient of '", name,
+                "', which is not a trainable parameter of this model");
+      LMT_CHECK(t.shape() == it->second, "[train] --resume: ", path, ": '", key, "' is ", t.describe(),
+                "; the parameter is ", shape_str(it->second));
+      f.grads[name] = ops::to(ops::clone(t), dev, DType::f32);
+    } else if (starts(key, kStatePrefix)) {
+      std::string slot = key.substr(kStatePrefix.size());
+      size_t dot = slot.rfind('.');
+      LMT_CHECK(dot != std::string::npos && shapes.count(slot.substr(0, dot)), "[train] --resume: ", path, ": '", key,
+                "' is not the state of a trainable parameter of this model (state.<parameter>.<slot>)");
+      f.state[slot] = ops::to(ops::clone(t), dev);
+    } else {
+      fail("[train] --resume: ", path, ": unknown tensor '", key, "' (expected ", kStatePrefix, "<parameter>.<slot> or ",
+           kGradPrefix, "<parameter>)");
+    }
+  }
+  return f;
+}
+
 std::string iter_name(int64_t it) {
   char b[32];
   std::snprintf(b, sizeof b, "%07lld", (long long)it);
@@ -250,20 +294,15 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     LMT_CHECK(j.at("batch_size").get<int64_t>() == args.batch_size && j.at("seed").get<uint64_t>() == args.seed,
               "[train] --resume: the checkpoint was made with batch_size ", j.at("batch_size"), " and seed ",
               j.at("seed"), "; this run has ", args.batch_size, " and ", args.seed);
+    // Checkpoints before the optimizer was recorded have no "optimizer" key.
+    LMT_CHECK(!j.contains("optimizer") || j.at("optimizer").get<std::string>() == opt.name(), "[train] --resume: ",
+              args.resume, " holds the state of optimizer ", j.value("optimizer", ""), "; this run uses ", opt.name());
     read_json(j.at("loop"), st);
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
-    std::map<std::string, Tensor> ostate;
-    std::map<std::string, Tensor> grads;
-    for (auto& [name, t] : load_safetensors((ck / "optimizer.safetensors").string())) {
-      Tensor c = ops::to(ops::clone(t), model.device());
-      if (name.rfind("grad.", 0) == 0)
-        grads[name.substr(5)] = c;
-      else
-        ostate[name.substr(6)] = c;  // "state."
-    }
-    opt.set_state(ostate, j.at("optimizer_step"));
+    OptimizerFile of = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
+    opt.set_state(of.state, j.at("optimizer_step"));
     for (auto& [name, p] : params)
-      if (grads.count(name)) p.ag()->grad = grads[name];
+      if (of.grads.count(name)) p.ag()->grad = of.grads[name];
     if (fs::exists(ck / "metrics.jsonl")) {
       std::ifstream f(ck / "metrics.jsonl");
       std::stringstream s;
@@ -282,15 +321,17 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     save_adapter_weights((tmp / "adapters.safetensors").string(), model);
     if (fs::exists(dir / "adapter_config.json")) copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
     std::vector<std::pair<std::string, Tensor>> os;
-    for (auto& [name, t] : opt.state()) os.push_back({"state." + name, ops::to(t, Device::cpu)});
+    for (auto& [name, t] : opt.state()) os.push_back({kStatePrefix + name, ops::to(t, Device::cpu)});
     for (auto& [name, p] : params)
-      if (p.ag() && p.ag()->grad.defined()) os.push_back({"grad." + name, ops::to(p.ag()->grad, Device::cpu, DType::f32)});
-    if (os.empty()) os.push_back({"empty", Tensor::zeros_cpu({1})});
+      if (p.ag() && p.ag()->grad.defined())
+        os.push_back({kGradPrefix + name, ops::to(p.ag()->grad, Device::cpu, DType::f32)});
+    // May be empty (SGD without momentum, between updates): a file with no tensors, no placeholder.
     save_safetensors((tmp / "optimizer.safetensors").string(), os);
     metrics.flush();
     copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
-    json j = {{"iteration", it},          {"optimizer_step", opt.step()}, {"batch_size", args.batch_size},
-              {"seed", args.seed},        {"iters", iters},               {"loop", to_json(st)}};
+    json j = {{"iteration", it},          {"optimizer", opt.name()}, {"optimizer_step", opt.step()},
+              {"batch_size", args.batch_size}, {"seed", args.seed},  {"iters", iters},
+              {"loop", to_json(st)}};
     write_file_atomic((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
     fs::remove_all(fin);
     fs::rename(tmp, fin);

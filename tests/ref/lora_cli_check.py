@@ -2,7 +2,8 @@
 (generate_ref.py's chat_llama3 folder).
 
 Usage: lora_cli_check.py --lmtune BIN --model DIR --work DIR --case NAME
-Cases: chat, completions, text, mask_prompt, resume, early_stop, bad_line, preview, unknown_flag, yaml,
+Cases: chat, completions, text, mask_prompt, resume, resume_optimizers (exact resume with sgd, adafactor,
+muon, adamw), early_stop, bad_line, preview, unknown_flag, yaml,
 torch_losses (20 Adam steps against a PyTorch + peft run from the same adapters and batches),
 torch_losses_mask (the same on completions with --mask-prompt), dora and full (train, mlx-lm's file
 layout, generation with the adapter differs from the base), kill_resume (SIGKILL mid-run, no torn
@@ -181,6 +182,19 @@ def main():
         check(same, "resume: final adapters differ from the uninterrupted run")
         last = lambda s: re.findall(r"Iter 10: Train loss .*?,", s)
         check(last(out) == last(out2) and last(out), f"resume: {last(out)} vs {last(out2)}")
+    elif c == "resume_optimizers":
+        # Issue 9: with --optimizer sgd (no momentum: no state) and no accumulated gradient the
+        # checkpoint's optimizer file holds no tensor; --resume crashed on it. Every optimizer.
+        write_data(f"{w}/data", "chat")
+        for opt in ("sgd", "adafactor", "muon", "adamw"):
+            args = [*base, "--data", f"{w}/data", "--iters", 7, "--save-every", 3, "--optimizer", opt]
+            rc, out, err = lora(*args, "--adapter-path", f"{w}/{opt}_full")
+            check(rc == 0, f"{opt}: {err}")
+            rc, out2, err = lora(*args, "--adapter-path", f"{w}/{opt}_resumed", "--resume",
+                                 f"{w}/{opt}_full/checkpoints/0000003")
+            check(rc == 0 and "Resuming from" in out2, f"{opt}: {err}")
+            same = [open(f"{w}/{opt}_{r}/adapters.safetensors", "rb").read() for r in ("full", "resumed")]
+            check(same[0] == same[1], f"resume_optimizers: {opt}: final adapters differ from the uninterrupted run")
     elif c == "early_stop":
         write_data(f"{w}/data", "completions")
         rc, out, err = lora(*base, "--data", f"{w}/data", "--iters", 40, "--learning-rate", "3.0", "--steps-per-eval", 1,
