@@ -5,6 +5,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "core/runtime_config.h"
 #include "cli_commands.h"
 
 namespace {
@@ -51,6 +52,9 @@ int main(int argc, char** argv) {
   for (const Command& c : kCommands) {
     if (!std::strcmp(argv[1], c.name)) {
       try {
+        // The kernel switches (LMTUNE_CUDA_*) are read here, once: a bad value stops the command
+        // before any work, on any device.
+        (void)lmtune::runtime_config();
         return c.run(argc - 1, argv + 1);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "lmtune %s: error: %s\n", c.name, e.what());
