@@ -12,8 +12,8 @@
 
 namespace {
 
-using lmtune::DType;
 using lmtune::Device;
+using lmtune::DType;
 using lmtune::Tensor;
 namespace ops = lmtune::ops;
 
@@ -36,8 +36,8 @@ void bm_matmul(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
 
 // y (M, N) = x (M, K) @ w (N, K)^T: the layout of every projection (and, with M = 1, of decode).
 void bm_linear(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
-  Tensor x = ops::randn({M, K}, 3, 1.f);     // f32 (M, K)
-  Tensor w = ops::randn({N, K}, 4, 0.02f);   // f32 (N, K)
+  Tensor x = ops::randn({M, K}, 3, 1.f);    // f32 (M, K)
+  Tensor w = ops::randn({N, K}, 4, 0.02f);  // f32 (N, K)
   for (auto _ : state) benchmark::DoNotOptimize(ops::linear(x, w).raw());
   set_counters(state, 2.0 * M * K * N, 4.0 * (M * K + K * N + M * N));
 }
@@ -85,16 +85,20 @@ void configure(benchmark::internal::Benchmark* b) {
 }
 
 void register_all() {
-  struct Mm { int64_t m, k, n; };
+  struct Mm {
+    int64_t m, k, n;
+  };
   for (Mm s : {Mm{512, 512, 512}, Mm{256, 1024, 2816}})
     configure(benchmark::RegisterBenchmark(("matmul/" + mkn(s.m, s.k, s.n)).c_str(), bm_matmul, s.m, s.k, s.n));
   for (Mm s : {Mm{256, 1024, 2816}, Mm{1, 4096, 4096}})
     configure(benchmark::RegisterBenchmark(("linear/" + mkn(s.m, s.k, s.n)).c_str(), bm_linear, s.m, s.k, s.n));
-  struct Att { int64_t T, H, Hkv, D; };
+  struct Att {
+    int64_t T, H, Hkv, D;
+  };
   for (Att s : {Att{256, 8, 2, 64}, Att{512, 8, 2, 64}, Att{512, 8, 4, 64}}) {
     char shape[64];
-    std::snprintf(shape, sizeof shape, "T%lld H%lld KV%lld D%lld", (long long)s.T, (long long)s.H,
-                  (long long)s.Hkv, (long long)s.D);
+    std::snprintf(shape, sizeof shape, "T%lld H%lld KV%lld D%lld", (long long)s.T, (long long)s.H, (long long)s.Hkv,
+                  (long long)s.D);
     for (bool backward : {false, true}) {
       std::string name = std::string(backward ? "attention_fwd_bwd/" : "attention_fwd/") + shape;
       configure(benchmark::RegisterBenchmark(name.c_str(), bm_attention, s.T, s.H, s.Hkv, s.D, backward));

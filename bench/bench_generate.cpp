@@ -124,7 +124,9 @@ std::pair<double, double> gemv_report() {
   Tensor pool = random_pool();
   double total[2] = {0, 0};
   std::printf("weight products of one decode token (x (1, K) W (N, K)^T, %s):\n", dtype_name(g.dtype));
-  std::printf("| product | N x K | calls/token | gemv.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf(
+      "| product | N x K | calls/token | gemv.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | --- | --- | --- "
+      "| --- |\n");
   for (const Shape& sh : shapes) {
     const double bytes = double(sh.N * sh.K) * (g.dtype == DType::bf16 ? 2.0 : 4.0);
     const int copies = g.device == Device::cpu ? 1 : int(std::max(1.0, std::ceil(256e6 / bytes)));
@@ -242,10 +244,9 @@ int main(int argc, char** argv) {
     if (!json_path.empty()) {
       std::ofstream f(json_path);
       f << "{\"device\": \"" << dev << "\", \"prompt_tps\": " << p << ", \"decode_tps\": " << d
-        << ", \"copy_gbps\": " << bw << ", \"bytes_per_token\": " << bytes_per_token
-        << ", \"bound_tps\": " << bound_tps << ", \"peak_gb\": " << peak << ", \"prompt\": " << g.prompt
-        << ", \"gen\": " << g.gen << ", \"gemv_ms_per_token\": " << gemv_ms
-        << ", \"cublas_ms_per_token\": " << cublas_ms << "}\n";
+        << ", \"copy_gbps\": " << bw << ", \"bytes_per_token\": " << bytes_per_token << ", \"bound_tps\": " << bound_tps
+        << ", \"peak_gb\": " << peak << ", \"prompt\": " << g.prompt << ", \"gen\": " << g.gen
+        << ", \"gemv_ms_per_token\": " << gemv_ms << ", \"cublas_ms_per_token\": " << cublas_ms << "}\n";
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_generate: %s\n", e.what());

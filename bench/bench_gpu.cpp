@@ -146,9 +146,9 @@ void bench_gemms(Report& rep) {
   const int64_t T = g.batch * g.tokens;
   for (Proj p : {Proj{"q", g.head * g.head_dim, g.embd}, Proj{"kv", g.kv_head * g.head_dim, g.embd},
                  Proj{"gate_up", g.ff, g.embd}, Proj{"down", g.embd, g.ff}}) {
-    std::vector<Tensor> x = random_sets({T, p.in}, 11, 1.f);       // bf16 (T, in)
+    std::vector<Tensor> x = random_sets({T, p.in}, 11, 1.f);        // bf16 (T, in)
     std::vector<Tensor> w = random_sets({p.out, p.in}, 12, 0.02f);  // bf16 (out, in)
-    std::vector<Tensor> dy = random_sets({T, p.out}, 13, 1.f);     // bf16 (T, out)
+    std::vector<Tensor> dy = random_sets({T, p.out}, 13, 1.f);      // bf16 (T, out)
     double flops = 2.0 * T * p.in * p.out;
     double bytes = double(dtype_size(g.dtype)) * double(T * p.in + p.out * p.in + T * p.out);
     char what[96];
@@ -174,8 +174,8 @@ double attention_fwd_flops() { return 4.0 * g.batch * g.head * g.tokens * g.toke
 
 void bench_attention(Report& rep) {
   std::vector<Tensor> q = random_sets({g.batch, g.tokens, g.head, g.head_dim}, 21, 1.f);     // bf16 (B, T, H, D)
-  std::vector<Tensor> k = random_sets({g.batch, g.tokens, g.kv_head, g.head_dim}, 22, 1.f);   // bf16 (B, T, Hkv, D)
-  std::vector<Tensor> v = random_sets({g.batch, g.tokens, g.kv_head, g.head_dim}, 23, 1.f);   // bf16 (B, T, Hkv, D)
+  std::vector<Tensor> k = random_sets({g.batch, g.tokens, g.kv_head, g.head_dim}, 22, 1.f);  // bf16 (B, T, Hkv, D)
+  std::vector<Tensor> v = random_sets({g.batch, g.tokens, g.kv_head, g.head_dim}, 23, 1.f);  // bf16 (B, T, Hkv, D)
   std::vector<Tensor> dout = random_sets({g.batch, g.tokens, g.head, g.head_dim}, 24, 1.f);  // bf16 like q
   float scale = 1.f / std::sqrt(float(g.head_dim));
   // q, k, v, out, lse once; dout, dq, dk, dv once more for backward.
@@ -183,11 +183,10 @@ void bench_attention(Report& rep) {
   double fwd_bytes = es * double(2 * q[0].numel() + 2 * k[0].numel()) + 4.0 * g.batch * g.head * g.tokens;
   double bwd_bytes = fwd_bytes + es * double(2 * q[0].numel() + 2 * k[0].numel());
   char shape[96];
-  std::snprintf(shape, sizeof shape, "causal B%lld T%lld H%lld KV%lld D%lld", (long long)g.batch,
-                (long long)g.tokens, (long long)g.head, (long long)g.kv_head, (long long)g.head_dim);
-  rep.add("attn_fwd", shape, attention_fwd_flops(), fwd_bytes, [&] {
-    return time_ms([&](int i) { ops::attention(q[i], k[i], v[i], scale, true, 0, 0); }, 3, 10, 7);
-  });
+  std::snprintf(shape, sizeof shape, "causal B%lld T%lld H%lld KV%lld D%lld", (long long)g.batch, (long long)g.tokens,
+                (long long)g.head, (long long)g.kv_head, (long long)g.head_dim);
+  rep.add("attn_fwd", shape, attention_fwd_flops(), fwd_bytes,
+          [&] { return time_ms([&](int i) { ops::attention(q[i], k[i], v[i], scale, true, 0, 0); }, 3, 10, 7); });
   rep.add("attn_fwd_bwd", std::string(shape) + ", fwd + bwd", 3.5 * attention_fwd_flops(), bwd_bytes, [&] {
     return time_ms(
         [&](int i) {
@@ -200,8 +199,8 @@ void bench_attention(Report& rep) {
 
 // Matrix FLOPs of one Mistral-7B block's forward at T tokens: 7 projections + causal attention.
 double block_fwd_flops() {
-  double params = double(g.embd) * (g.head * g.head_dim) * 2 + double(g.embd) * (g.kv_head * g.head_dim) * 2 +
-                  3.0 * g.embd * g.ff;
+  double params =
+      double(g.embd) * (g.head * g.head_dim) * 2 + double(g.embd) * (g.kv_head * g.head_dim) * 2 + 3.0 * g.embd * g.ff;
   return 2.0 * g.batch * g.tokens * params + attention_fwd_flops();
 }
 double head_fwd_flops() { return 2.0 * g.batch * g.tokens * g.embd * g.vocab; }

@@ -11,8 +11,7 @@
 
 inline ::testing::AssertionResult all_close(const std::vector<float>& a, const std::vector<float>& r, double atol,
                                             double rtol) {
-  if (a.size() != r.size())
-    return ::testing::AssertionFailure() << "size " << a.size() << " vs reference " << r.size();
+  if (a.size() != r.size()) return ::testing::AssertionFailure() << "size " << a.size() << " vs reference " << r.size();
   std::vector<std::pair<double, size_t>> bad;
   double worst_rel = 0;
   for (size_t i = 0; i < a.size(); ++i) {

@@ -13,7 +13,8 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 Tensor cast(const Tensor& x, DType dt) {
   DType src = x.dtype();
   if (src == dt) return x;
-  return record("cast", ops::cast(x, dt), {x}, [src](const Tensor& d) { return std::vector<Tensor>{ops::cast(d, src)}; });
+  return record("cast", ops::cast(x, dt), {x},
+                [src](const Tensor& d) { return std::vector<Tensor>{ops::cast(d, src)}; });
 }
 
 Tensor add(const Tensor& a, const Tensor& b) {
@@ -53,9 +54,8 @@ Tensor silu(const Tensor& x) {
 
 Tensor gelu_tanh(const Tensor& x) {
   Tensor xd = x.detach();
-  return record("gelu_tanh", ops::unary(UnaryOp::gelu_tanh, x), {x}, [xd](const Tensor& d) {
-    return std::vector<Tensor>{ops::unary_backward(UnaryOp::gelu_tanh, xd, d)};
-  });
+  return record("gelu_tanh", ops::unary(UnaryOp::gelu_tanh, x), {x},
+                [xd](const Tensor& d) { return std::vector<Tensor>{ops::unary_backward(UnaryOp::gelu_tanh, xd, d)}; });
 }
 
 Tensor sum(const Tensor& x) {
@@ -63,9 +63,8 @@ Tensor sum(const Tensor& x) {
   DType dt = x.dtype();
   Device dev = x.device();
   Tensor xs = x.dtype() == DType::f32 ? x : ops::cast(x, DType::f32);
-  return record("sum", ops::sum_all(xs), {x}, [s, dt, dev](const Tensor& d) {
-    return std::vector<Tensor>{ops::full(s, ops::item(d), dt, dev)};
-  });
+  return record("sum", ops::sum_all(xs), {x},
+                [s, dt, dev](const Tensor& d) { return std::vector<Tensor>{ops::full(s, ops::item(d), dt, dev)}; });
 }
 
 Tensor mean(const Tensor& x) {
@@ -104,7 +103,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return record("linear", ops::linear(x, w, bias), inputs, [=](const Tensor& d) {
     Tensor d2 = d.reshape({d.numel() / d.dim(-1), d.dim(-1)});  // (N, out)
     std::vector<Tensor> g(has_bias ? 3 : 2);
-    if (gx) g[0] = ops::matmul(d2, wd).reshape(xd.shape());  // (N, out) @ (out, in)
+    if (gx) g[0] = ops::matmul(d2, wd).reshape(xd.shape());                            // (N, out) @ (out, in)
     if (gw) g[1] = ops::matmul(d2, xd.reshape({d2.dim(0), xd.dim(-1)}), true, false);  // (out, in)
     if (gb) g[2] = ops::sum_axis(d2, 0, d2.dtype());
     return g;
@@ -113,10 +112,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
 
 Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask, const Tensor& x_cast) {
   DType dt = a.dtype();
-  LMT_CHECK(a.ndim() == 2 && x.ndim() >= 2 && x.dim(-1) == a.dim(0), "[lora_down] ", x.describe(), " @ ",
-            a.describe());
-  LMT_CHECK(!mask.defined() || (mask.shape() == x.shape() && mask.dtype() == dt), "[lora_down] mask ",
-            mask.describe(), " for input ", x.describe());
+  LMT_CHECK(a.ndim() == 2 && x.ndim() >= 2 && x.dim(-1) == a.dim(0), "[lora_down] ", x.describe(), " @ ", a.describe());
+  LMT_CHECK(!mask.defined() || (mask.shape() == x.shape() && mask.dtype() == dt), "[lora_down] mask ", mask.describe(),
+            " for input ", x.describe());
   LMT_CHECK(!x_cast.defined() || (x_cast.shape() == x.shape() && x_cast.dtype() == dt), "[lora_down] x_cast ",
             x_cast.describe(), " for input ", x.describe());
   Tensor z;
@@ -165,9 +163,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) {
 
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale) {
   // The rotation is orthogonal (times mscale), so its transpose is the inverse rotation.
-  return record("rope", ops::rope(x, inv_freq, pos_offset, mscale, false), {x}, [=](const Tensor& d) {
-    return std::vector<Tensor>{ops::rope(d, inv_freq, pos_offset, mscale, true)};
-  });
+  return record("rope", ops::rope(x, inv_freq, pos_offset, mscale, false), {x},
+                [=](const Tensor& d) { return std::vector<Tensor>{ops::rope(d, inv_freq, pos_offset, mscale, true)}; });
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,

@@ -35,7 +35,10 @@ Tensor swiglu(const Tensor& gate, const Tensor& up);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets);
 // Sum (not mean) of the per-token losses and the count of supervised tokens, for callers that
 // average over several batches.
-struct CrossEntropySum { Tensor sum; int64_t n_tokens; };
+struct CrossEntropySum {
+  Tensor sum;
+  int64_t n_tokens;
+};
 CrossEntropySum cross_entropy_sum(const Tensor& logits, const Tensor& targets);
 
 }  // namespace lmtune::ag

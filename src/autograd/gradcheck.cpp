@@ -10,8 +10,7 @@
 namespace lmtune::ag {
 
 GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
-                          const std::vector<Tensor>& inputs, const GradcheckOptions& opt,
-                          std::vector<size_t> check) {
+                          const std::vector<Tensor>& inputs, const GradcheckOptions& opt, std::vector<size_t> check) {
   if (check.empty())
     for (size_t i = 0; i < inputs.size(); ++i) check.push_back(i);
   std::vector<Tensor> work;

@@ -16,7 +16,7 @@ struct GradcheckResult {
 };
 
 struct GradcheckOptions {
-  float eps = 1e-2f;   // step; f32 forward rounding limits how small it can be
+  float eps = 1e-2f;  // step; f32 forward rounding limits how small it can be
   double atol = 1e-3;
   double rtol = 5e-3;
   uint64_t seed = 1234;

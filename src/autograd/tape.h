@@ -13,8 +13,8 @@ struct Node;
 
 struct AutogradMeta {
   bool requires_grad = false;
-  Tensor grad;                     // accumulated gradient of a leaf
-  std::shared_ptr<Node> grad_fn;   // null for a leaf
+  Tensor grad;                    // accumulated gradient of a leaf
+  std::shared_ptr<Node> grad_fn;  // null for a leaf
 };
 
 // A recorded op: given the gradient of its output, returns one gradient per input (an
@@ -32,6 +32,7 @@ class NoGradGuard {
  public:
   NoGradGuard();
   ~NoGradGuard();
+
  private:
   bool prev_;
 };
@@ -39,6 +40,7 @@ class EnableGradGuard {
  public:
   EnableGradGuard();
   ~EnableGradGuard();
+
  private:
   bool prev_;
 };

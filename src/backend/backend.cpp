@@ -15,24 +15,20 @@ void Backend::cast(const void*, DType, void*, DType, int64_t) { missing("cast");
 void Backend::binary(BinaryOp, const void*, const void*, void*, int64_t, int64_t, DType) { missing("binary"); }
 void Backend::axpby(const void*, const void*, void*, int64_t, float, float, DType) { missing("axpby"); }
 void Backend::unary(UnaryOp, const void*, void*, int64_t, float, DType) { missing("unary"); }
-void Backend::unary_backward(UnaryOp, const void*, const void*, void*, int64_t, DType) {
-  missing("unary_backward");
-}
+void Backend::unary_backward(UnaryOp, const void*, const void*, void*, int64_t, DType) { missing("unary_backward"); }
 void Backend::reduce_sum(const void*, void*, int64_t, int64_t, int64_t, DType, DType) { missing("reduce_sum"); }
 void Backend::gemm(const GemmArgs&) { missing("gemm"); }
 void Backend::embedding(const void*, const int32_t*, void*, int64_t, int64_t, DType) { missing("embedding"); }
 void Backend::embedding_backward(const void*, const int32_t*, float*, int64_t, int64_t, DType) {
   missing("embedding_backward");
 }
-void Backend::rms_norm(const void*, const void*, void*, float*, int64_t, int64_t, float, DType) {
-  missing("rms_norm");
-}
-void Backend::rms_norm_backward(const void*, const void*, const float*, const void*, void*, float*, int64_t,
-                                int64_t, DType) {
+void Backend::rms_norm(const void*, const void*, void*, float*, int64_t, int64_t, float, DType) { missing("rms_norm"); }
+void Backend::rms_norm_backward(const void*, const void*, const float*, const void*, void*, float*, int64_t, int64_t,
+                                DType) {
   missing("rms_norm_backward");
 }
-void Backend::rope(const void*, void*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const int32_t*,
-                   float, bool, DType) {
+void Backend::rope(const void*, void*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const int32_t*, float,
+                   bool, DType) {
   missing("rope");
 }
 void Backend::copy_rows_at(void*, const void*, int64_t, int64_t, const int32_t*) { missing("copy_rows_at"); }
@@ -53,12 +49,11 @@ void Backend::swiglu_backward(const void*, const void*, const void*, void*, void
 void Backend::cross_entropy(const void*, const int32_t*, float*, float*, int64_t, int64_t, DType) {
   missing("cross_entropy");
 }
-void Backend::cross_entropy_backward(const void*, const int32_t*, const float*, const float*, void*, int64_t,
-                                     int64_t, DType) {
+void Backend::cross_entropy_backward(const void*, const int32_t*, const float*, const float*, void*, int64_t, int64_t,
+                                     DType) {
   missing("cross_entropy_backward");
 }
-void Backend::adamw(float*, const float*, float*, float*, int64_t, float, float, float, float, float, float,
-                    float) {
+void Backend::adamw(float*, const float*, float*, float*, int64_t, float, float, float, float, float, float, float) {
   missing("adamw");
 }
 

@@ -51,7 +51,7 @@ struct AttentionArgs {
 };
 
 struct AttentionBackwardArgs {
-  AttentionArgs fwd;  // with out and lse as the forward wrote them
+  AttentionArgs fwd;           // with out and lse as the forward wrote them
   const void* dout = nullptr;  // like q
   void* dq = nullptr;          // like q (overwritten)
   void* dk = nullptr;          // like k (overwritten)
@@ -82,23 +82,21 @@ class Backend {
   // dx[i] = dy[i] * f'(x[i]) for silu and gelu_tanh.
   virtual void unary_backward(UnaryOp op, const void* x, const void* dy, void* dx, int64_t n, DType dt);
   // out (outer, inner) in out_dt = sum over the middle axis of x (outer, n, inner) in dt.
-  virtual void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt,
-                          DType out_dt);
+  virtual void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt, DType out_dt);
 
   virtual void gemm(const GemmArgs& args);
 
   // out (N, D) = weight (V, D)[ids (N)]; ids are checked by the caller to lie in [0, V).
   virtual void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt);
   // dweight f32 (V, D) += dout (N, D) scattered by ids.
-  virtual void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
-                                  DType dt);
+  virtual void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D, DType dt);
 
   // out (rows, dim) = x * rsqrt(mean(x^2) + eps) * w; rstd f32 (rows) saved for backward.
-  virtual void rms_norm(const void* x, const void* w, void* out, float* rstd, int64_t rows, int64_t dim,
-                        float eps, DType dt);
+  virtual void rms_norm(const void* x, const void* w, void* out, float* rstd, int64_t rows, int64_t dim, float eps,
+                        DType dt);
   // dx (rows, dim) in dt; dw f32 (dim) overwritten with the sum over rows.
-  virtual void rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx,
-                                 float* dw, int64_t rows, int64_t dim, DType dt);
+  virtual void rms_norm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx, float* dw,
+                                 int64_t rows, int64_t dim, DType dt);
 
   // x, out (B, T, H, D): rotate-half RoPE at positions pos_offset + t with angles
   // (pos * inv_freq[i]) for i < D/2, times mscale on cos and sin; inverse rotates by -angle.
@@ -153,21 +151,21 @@ class Backend {
 
   // out (n) = silu(gate) * up; backward writes dgate and dup.
   virtual void swiglu(const void* gate, const void* up, void* out, int64_t n, DType dt);
-  virtual void swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
-                               int64_t n, DType dt);
+  virtual void swiglu_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup, int64_t n,
+                               DType dt);
 
   // logits (N, V); targets i32 (N), a target < 0 is ignored. loss f32 (N) = lse - logit[target]
   // (0 where ignored); lse f32 (N). Backward: dlogits (N, V) = (softmax - onehot) * dloss[row],
   // rows with ignored targets get zeros. Probabilities are recomputed, never stored.
-  virtual void cross_entropy(const void* logits, const int32_t* targets, float* loss, float* lse, int64_t N,
-                             int64_t V, DType dt);
-  virtual void cross_entropy_backward(const void* logits, const int32_t* targets, const float* lse,
-                                      const float* dloss, void* dlogits, int64_t N, int64_t V, DType dt);
+  virtual void cross_entropy(const void* logits, const int32_t* targets, float* loss, float* lse, int64_t N, int64_t V,
+                             DType dt);
+  virtual void cross_entropy_backward(const void* logits, const int32_t* targets, const float* lse, const float* dloss,
+                                      void* dlogits, int64_t N, int64_t V, DType dt);
 
   // AdamW on f32 (n): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
   // p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + wd * p). bc1 = bc2 = 1 disables bias correction.
-  virtual void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
-                     float eps, float wd, float bc1, float bc2);
+  virtual void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps,
+                     float wd, float bc1, float bc2);
 
  protected:
   [[noreturn]] void missing(const char* op) const;
@@ -175,8 +173,8 @@ class Backend {
 
 Backend& backend(Device d);
 Backend& cpu_backend();
-Backend& cuda_backend();      // defined by cuda/ or no_cuda/
-bool cuda_available();        // a CUDA device is present and the backend is built
+Backend& cuda_backend();         // defined by cuda/ or no_cuda/
+bool cuda_available();           // a CUDA device is present and the backend is built
 std::string cuda_device_name();  // "" where none
 
 }  // namespace lmtune

@@ -6,10 +6,14 @@ namespace lmtune {
 
 size_t dtype_size(DType dt) {
   switch (dt) {
-    case DType::f32: case DType::i32: case DType::u32: return 4;
-    case DType::bf16: case DType::f16: return 2;
+    case DType::f32:
+    case DType::i32:
+    case DType::u32: return 4;
+    case DType::bf16:
+    case DType::f16: return 2;
     case DType::i64: return 8;
-    case DType::i8: case DType::u8: return 1;
+    case DType::i8:
+    case DType::u8: return 1;
   }
   fail("[dtype_size] unknown dtype ", int(dt));
 }
@@ -49,7 +53,10 @@ float f16_to_f32(uint16_t h) {
       bits = sign;
     } else {  // subnormal: normalise
       exp = 127 - 15 + 1;
-      while ((mant & 0x400) == 0) { mant <<= 1; --exp; }
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
       mant &= 0x3ff;
       bits = sign | (exp << 23) | (mant << 13);
     }
@@ -68,9 +75,9 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&x, &f, 4);
   uint32_t sign = (x >> 16) & 0x8000;
   uint32_t absx = x & 0x7fffffffu;
-  if (absx > 0x7f800000u) return uint16_t(sign | 0x7e00);  // NaN
+  if (absx > 0x7f800000u) return uint16_t(sign | 0x7e00);   // NaN
   if (absx >= 0x47800000u) return uint16_t(sign | 0x7c00);  // overflow -> inf
-  if (absx < 0x38800000u) {  // subnormal or zero in f16
+  if (absx < 0x38800000u) {                                 // subnormal or zero in f16
     if (absx < 0x33000000u) return uint16_t(sign);
     uint32_t e = absx >> 23;
     uint32_t m = (absx & 0x7fffff) | 0x800000;

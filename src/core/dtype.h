@@ -11,10 +11,10 @@ enum class DType : uint8_t { f32, bf16, f16, i32, u32, i64, i8, u8 };
 enum class Device : uint8_t { cpu, cuda };
 
 size_t dtype_size(DType dt);
-const char* dtype_name(DType dt);           // "f32", "bf16", ...
-const char* device_name(Device d);          // "cpu", "cuda"
+const char* dtype_name(DType dt);   // "f32", "bf16", ...
+const char* device_name(Device d);  // "cpu", "cuda"
 bool is_float(DType dt);
-DType parse_dtype(std::string_view name);   // accepts f32/float32/bf16/bfloat16/f16/float16
+DType parse_dtype(std::string_view name);  // accepts f32/float32/bf16/bfloat16/f16/float16
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t bits = uint32_t(h) << 16;

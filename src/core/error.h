@@ -37,7 +37,7 @@ template <typename... Args>
 }  // namespace lmtune
 
 // LMT_CHECK(cond, "[op] message ", value) throws lmtune::Error when cond is false.
-#define LMT_CHECK(cond, ...)                 \
-  do {                                       \
+#define LMT_CHECK(cond, ...)                  \
+  do {                                        \
     if (!(cond)) ::lmtune::fail(__VA_ARGS__); \
   } while (0)

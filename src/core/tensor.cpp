@@ -22,8 +22,7 @@ std::string shape_str(const Shape& s) {
   return os.str();
 }
 
-Storage::Storage(Device d, size_t nbytes)
-    : device_(d), data_(allocator(d).allocate(nbytes)), nbytes_(nbytes) {}
+Storage::Storage(Device d, size_t nbytes) : device_(d), data_(allocator(d).allocate(nbytes)), nbytes_(nbytes) {}
 
 Storage::Storage(Device d, void* data, size_t nbytes, std::shared_ptr<void> owner)
     : device_(d), data_(data), nbytes_(nbytes), owner_(std::move(owner)) {
@@ -50,16 +49,16 @@ Tensor Tensor::zeros_cpu(const Shape& shape, DType dt) {
 }
 
 Tensor Tensor::from_f32(const std::vector<float>& v, const Shape& shape) {
-  LMT_CHECK(int64_t(v.size()) == numel_of(shape), "[Tensor::from_f32] ", v.size(),
-            " values for shape ", shape_str(shape));
+  LMT_CHECK(int64_t(v.size()) == numel_of(shape), "[Tensor::from_f32] ", v.size(), " values for shape ",
+            shape_str(shape));
   Tensor t = empty(shape, DType::f32);
   std::memcpy(t.raw(), v.data(), v.size() * 4);
   return t;
 }
 
 Tensor Tensor::from_i32(const std::vector<int32_t>& v, const Shape& shape) {
-  LMT_CHECK(int64_t(v.size()) == numel_of(shape), "[Tensor::from_i32] ", v.size(),
-            " values for shape ", shape_str(shape));
+  LMT_CHECK(int64_t(v.size()) == numel_of(shape), "[Tensor::from_i32] ", v.size(), " values for shape ",
+            shape_str(shape));
   Tensor t = empty(shape, DType::i32);
   std::memcpy(t.raw(), v.data(), v.size() * 4);
   return t;
@@ -71,8 +70,8 @@ Tensor Tensor::borrow(std::shared_ptr<Storage> st, size_t offset, const Shape& s
   t.offset_ = offset;
   t.shape_ = shape;
   t.dtype_ = dt;
-  LMT_CHECK(offset + t.nbytes() <= t.storage_->nbytes(), "[Tensor::borrow] view ", shape_str(shape),
-            " at offset ", offset, " exceeds storage of ", t.storage_->nbytes(), " bytes");
+  LMT_CHECK(offset + t.nbytes() <= t.storage_->nbytes(), "[Tensor::borrow] view ", shape_str(shape), " at offset ",
+            offset, " exceeds storage of ", t.storage_->nbytes(), " bytes");
   return t;
 }
 
@@ -108,8 +107,8 @@ Tensor Tensor::reshape(const Shape& shape) const {
 }
 
 Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
-  LMT_CHECK(ndim() >= 1 && begin >= 0 && begin <= end && end <= shape_[0], "[slice_rows] [", begin, ", ",
-            end, ") out of range for ", shape_str(shape_));
+  LMT_CHECK(ndim() >= 1 && begin >= 0 && begin <= end && end <= shape_[0], "[slice_rows] [", begin, ", ", end,
+            ") out of range for ", shape_str(shape_));
   Tensor t = *this;
   int64_t row = numel() / (shape_[0] ? shape_[0] : 1);
   t.offset_ = offset_ + size_t(begin * row) * dtype_size(dtype_);

@@ -19,7 +19,7 @@ std::string shape_str(const Shape& s);  // "(2, 3, 4)"
 // Device memory owned by the caching allocator, or borrowed (an mmap) and kept alive by owner.
 class Storage {
  public:
-  Storage(Device d, size_t nbytes);                                        // allocates
+  Storage(Device d, size_t nbytes);                                           // allocates
   Storage(Device d, void* data, size_t nbytes, std::shared_ptr<void> owner);  // borrows
   ~Storage();
   Storage(const Storage&) = delete;
@@ -59,15 +59,18 @@ class Tensor {
 
   void* raw() const { return static_cast<char*>(storage_->data()) + offset_; }
   template <typename T>
-  T* data() const { check_host_access(); return static_cast<T*>(raw()); }
+  T* data() const {
+    check_host_access();
+    return static_cast<T*>(raw());
+  }
 
   // Views sharing storage (no copy).
-  Tensor reshape(const Shape& shape) const;           // one dim may be -1
+  Tensor reshape(const Shape& shape) const;             // one dim may be -1
   Tensor slice_rows(int64_t begin, int64_t end) const;  // along dim 0
-  Tensor detach() const;                              // same data, no autograd history
+  Tensor detach() const;                                // same data, no autograd history
 
   std::vector<float> to_f32_vector() const;  // CPU tensors of any float dtype
-  std::string describe() const;             // "bf16 (2, 3) cuda"
+  std::string describe() const;              // "bf16 (2, 3) cuda"
 
   const std::shared_ptr<AutogradMeta>& ag() const { return ag_; }
   void set_ag(std::shared_ptr<AutogradMeta> m) { ag_ = std::move(m); }

@@ -156,8 +156,8 @@ struct Hub {
     if (s.offline) {
       std::string snap = cached_snapshot();
       if (snap.empty())
-        fail("[hub] ", where(), " is not in the cache (", repo_dir, ") and HF_HUB_OFFLINE=1 forbids downloading: ",
-             "run once without HF_HUB_OFFLINE to fetch it");
+        fail("[hub] ", where(), " is not in the cache (", repo_dir,
+             ") and HF_HUB_OFFLINE=1 forbids downloading: ", "run once without HF_HUB_OFFLINE to fetch it");
       return snap;
     }
     std::string url = str_cat(s.endpoint, "/api/models/", repo_id, "/revision/", url_quote(revision, false));
@@ -190,8 +190,8 @@ struct Hub {
         if (hub_file_needed(name)) files.push_back(name);
       }
     }
-    LMT_CHECK(!files.empty(), "[hub] ", where(), " (commit ", commit, ") has no model files (config.json, *.safetensors, ",
-              "tokenizer files)");
+    LMT_CHECK(!files.empty(), "[hub] ", where(), " (commit ", commit,
+              ") has no model files (config.json, *.safetensors, ", "tokenizer files)");
     std::string snap = repo_dir + "/snapshots/" + commit;
     for (const std::string& f : files) {
       if (fs::is_regular_file(snap + "/" + f)) continue;  // cached: the link resolves to a blob
@@ -248,8 +248,8 @@ struct Hub {
     link_snapshot(commit, file, blob);
   }
 
-  void download_blob(const std::string& url, const std::string& file, const std::string& blob,
-                     const std::string& etag, uint64_t size) {
+  void download_blob(const std::string& url, const std::string& file, const std::string& blob, const std::string& etag,
+                     uint64_t size) {
     std::string part = blob + ".incomplete";
     // The CDN's URL is signed: the token goes only to the endpoint.
     std::vector<std::string> headers = url.rfind(s.endpoint, 0) == 0 ? auth() : std::vector<std::string>{};
@@ -279,7 +279,8 @@ struct Hub {
            " bytes kept in ", part, "; run again to resume): ", last.transport_error);
     if (size > 0 && have != size) {
       fs::remove(part);
-      fail("[hub] ", file, ": downloaded ", have, " bytes but the Hub announced ", size, "; the partial file was deleted");
+      fail("[hub] ", file, ": downloaded ", have, " bytes but the Hub announced ", size,
+           "; the partial file was deleted");
     }
     if (is_sha256_hex(etag)) {
       std::string got = sha256_file(part);
@@ -361,8 +362,8 @@ std::string hub_repo_folder_name(const std::string& repo_id) {
 bool hub_file_needed(const std::string& name) {
   // mlx-lm's allow_patterns without *.py (lmtune runs no remote code); fnmatch without FNM_PATHNAME
   // lets '*' cross '/', as huggingface_hub's filter_repo_objects does.
-  static const char* kPatterns[] = {"*.json",  "model*.safetensors", "tokenizer.model", "*.tiktoken",
-                                    "tiktoken.model", "*.txt", "*.jsonl", "*.jinja"};
+  static const char* kPatterns[] = {
+      "*.json", "model*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jsonl", "*.jinja"};
   for (const char* p : kPatterns)
     if (::fnmatch(p, name.c_str(), 0) == 0) return true;
   return false;
@@ -376,8 +377,8 @@ std::string resolve_model(const std::string& spec, const HubSettings& settings) 
   std::string repo_id = spec.substr(0, at);
   std::string revision = at == std::string::npos ? "main" : spec.substr(at + 1);
   if (!is_hub_repo_id(repo_id)) return spec;  // a path; loading reports it missing
-  LMT_CHECK(!revision.empty() && revision.find("..") == std::string::npos && revision[0] != '/', "[hub] invalid revision '",
-            revision, "' in '", spec, "'");
+  LMT_CHECK(!revision.empty() && revision.find("..") == std::string::npos && revision[0] != '/',
+            "[hub] invalid revision '", revision, "' in '", spec, "'");
   Hub hub{settings, repo_id, revision, settings.cache_dir + "/" + hub_repo_folder_name(repo_id)};
   return fs::absolute(hub.resolve()).lexically_normal().string();
 }

@@ -83,10 +83,15 @@ CurlPtr make_handle(const std::string& url, const std::vector<std::string>& head
 class Progress {
  public:
   Progress(std::string name, uint64_t total, uint64_t start)
-      : name_(std::move(name)), total_(total), start_(start), tty_(::isatty(STDERR_FILENO)), t0_(Clock::now()),
+      : name_(std::move(name)),
+        total_(total),
+        start_(start),
+        tty_(::isatty(STDERR_FILENO)),
+        t0_(Clock::now()),
         last_(t0_) {
-    if (!tty_) std::fprintf(stderr, "[hub] downloading %s (%s)%s\n", name_.c_str(), human_bytes(total_).c_str(),
-                            start_ ? str_cat(", resuming at ", human_bytes(start_)).c_str() : "");
+    if (!tty_)
+      std::fprintf(stderr, "[hub] downloading %s (%s)%s\n", name_.c_str(), human_bytes(total_).c_str(),
+                   start_ ? str_cat(", resuming at ", human_bytes(start_)).c_str() : "");
   }
 
   void update(uint64_t now_bytes, bool final) {
@@ -111,8 +116,7 @@ class Progress {
       if (final) std::fputc('\n', stderr);
     } else {
       std::fprintf(stderr, "[hub] %s %d%% %s/%s %s/s %s %s\n", name_.c_str(), pct, human_bytes(now_bytes).c_str(),
-                   human_bytes(total_).c_str(), human_bytes(uint64_t(rate)).c_str(), final ? "in" : "ETA",
-                   eta.c_str());
+                   human_bytes(total_).c_str(), human_bytes(uint64_t(rate)).c_str(), final ? "in" : "ETA", eta.c_str());
     }
   }
 
@@ -134,10 +138,10 @@ struct AppendState {
   CURL* handle = nullptr;
   HttpResult* result = nullptr;
   int fd = -1;
-  uint64_t offset = 0;    // bytes in the file before this transfer
-  uint64_t written = 0;   // bytes in the file now
-  bool decided = false;   // whether the response status was seen
-  bool to_file = false;   // 200/206: the body goes to the file
+  uint64_t offset = 0;   // bytes in the file before this transfer
+  uint64_t written = 0;  // bytes in the file now
+  bool decided = false;  // whether the response status was seen
+  bool to_file = false;  // 200/206: the body goes to the file
   std::string io_error;
   Progress* progress = nullptr;
 };
@@ -286,8 +290,10 @@ std::string human_bytes(uint64_t n) {
     ++u;
   }
   char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", (unsigned long long)n);
-  else std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", (unsigned long long)n);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
   return buf;
 }
 

@@ -43,13 +43,13 @@ struct DtypeEntry {
 // Every dtype the safetensors spec names. Unsupported ones with a whole-byte size still validate
 // (so a file holding one F64 buffer opens), and get() refuses them by name.
 constexpr DtypeEntry kDtypes[] = {
-    {"F32", 4, true, DType::f32},      {"F16", 2, true, DType::f16},      {"BF16", 2, true, DType::bf16},
-    {"I8", 1, true, DType::i8},        {"U8", 1, true, DType::u8},        {"I32", 4, true, DType::i32},
-    {"U32", 4, true, DType::u32},      {"I64", 8, true, DType::i64},      {"BOOL", 1, false, DType::u8},
-    {"F64", 8, false, DType::u8},      {"I16", 2, false, DType::u8},      {"U16", 2, false, DType::u8},
-    {"U64", 8, false, DType::u8},      {"C64", 8, false, DType::u8},      {"F8_E4M3", 1, false, DType::u8},
-    {"F8_E5M2", 1, false, DType::u8},  {"F8_E8M0", 1, false, DType::u8},  {"F4", 0, false, DType::u8},
-    {"F6_E2M3", 0, false, DType::u8},  {"F6_E3M2", 0, false, DType::u8},
+    {"F32", 4, true, DType::f32},     {"F16", 2, true, DType::f16},     {"BF16", 2, true, DType::bf16},
+    {"I8", 1, true, DType::i8},       {"U8", 1, true, DType::u8},       {"I32", 4, true, DType::i32},
+    {"U32", 4, true, DType::u32},     {"I64", 8, true, DType::i64},     {"BOOL", 1, false, DType::u8},
+    {"F64", 8, false, DType::u8},     {"I16", 2, false, DType::u8},     {"U16", 2, false, DType::u8},
+    {"U64", 8, false, DType::u8},     {"C64", 8, false, DType::u8},     {"F8_E4M3", 1, false, DType::u8},
+    {"F8_E5M2", 1, false, DType::u8}, {"F8_E8M0", 1, false, DType::u8}, {"F4", 0, false, DType::u8},
+    {"F6_E2M3", 0, false, DType::u8}, {"F6_E3M2", 0, false, DType::u8},
 };
 
 const DtypeEntry* find_dtype(const std::string& s) {
@@ -179,16 +179,14 @@ SafetensorsInfo parse_entry(const std::string& name, const json& v, uint64_t dat
 
   it = v.find("data_offsets");
   LMT_CHECK(it != v.end(), where, "entry has no data_offsets");
-  LMT_CHECK(it->is_array() && it->size() == 2, where, "data_offsets is not an array of two integers: ",
-            it->dump());
+  LMT_CHECK(it->is_array() && it->size() == 2, where, "data_offsets is not an array of two integers: ", it->dump());
   info.begin = as_u64((*it)[0], where, "data_offsets[0]");
   info.end = as_u64((*it)[1], where, "data_offsets[1]");
   LMT_CHECK(info.begin <= info.end, where, "data_offsets begin ", info.begin, " > end ", info.end);
-  LMT_CHECK(info.end <= data_len, where, "data_offsets end ", info.end, " is past the data section of ",
-            data_len, " bytes");
+  LMT_CHECK(info.end <= data_len, where, "data_offsets end ", info.end, " is past the data section of ", data_len,
+            " bytes");
   LMT_CHECK(info.end - info.begin == nbytes, where, "data_offsets [", info.begin, ", ", info.end, ") hold ",
-            info.end - info.begin, " bytes but ", info.file_dtype, " ", shape_str(info.shape), " needs ",
-            nbytes);
+            info.end - info.begin, " bytes but ", info.file_dtype, " ", shape_str(info.shape), " needs ", nbytes);
   return info;
 }
 
@@ -216,14 +214,14 @@ void check_tiling(const std::unordered_map<std::string, SafetensorsInfo>& index,
       fail(file, "tensors '", *prev->name, "' [", prev->begin, ", ", prev->end, ") and '", *r.name, "' [", r.begin,
            ", ", r.end, ") overlap");
     if (r.begin > cursor)
-      fail(file, "bytes [", cursor, ", ", r.begin, ") of the data section belong to no tensor (a gap before '",
-           *r.name, "')");
+      fail(file, "bytes [", cursor, ", ", r.begin, ") of the data section belong to no tensor (a gap before '", *r.name,
+           "')");
     cursor = r.end;
     prev = &r;
   }
   if (cursor != data_len)
-    fail(file, "the data section has ", data_len - cursor, " trailing bytes after the last tensor (",
-         data_len, " bytes, tensors cover ", cursor, ")");
+    fail(file, "the data section has ", data_len - cursor, " trailing bytes after the last tensor (", data_len,
+         " bytes, tensors cover ", cursor, ")");
 }
 
 }  // namespace
@@ -334,8 +332,7 @@ void SafetensorsModel::add_file(const std::string& path) {
   const size_t fi = files_.size() - 1;
   for (const std::string& n : files_[fi].names()) {
     auto [it, inserted] = where_.emplace(n, fi);
-    if (!inserted)
-      fail("[safetensors] tensor '", n, "' is in both ", files_[it->second].path(), " and ", path);
+    if (!inserted) fail("[safetensors] tensor '", n, "' is in both ", files_[it->second].path(), " and ", path);
     names_.push_back(n);
   }
 }
@@ -364,8 +361,7 @@ SafetensorsModel::SafetensorsModel(const std::string& folder) : folder_(folder) 
 
     std::map<std::string, std::string> shard_first_tensor;  // shard -> one tensor it should hold
     for (const auto& [tensor, shard] : wm->items()) {
-      LMT_CHECK(shard.is_string(), where, "weight_map entry of tensor '", tensor, "' is not a string: ",
-                shard.dump());
+      LMT_CHECK(shard.is_string(), where, "weight_map entry of tensor '", tensor, "' is not a string: ", shard.dump());
       const std::string s = shard.get<std::string>();
       // Shards live beside the index; a path could point anywhere on the disk.
       LMT_CHECK(!s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos &&

@@ -39,7 +39,7 @@ class SafetensorsFile {
   // header to 8 bytes, e.g. MLX) is copied into aligned memory instead.
   Tensor get(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }  // __metadata__
-  uint64_t data_offset() const { return data_offset_; }  // file offset of the data section
+  uint64_t data_offset() const { return data_offset_; }                             // file offset of the data section
   uint64_t file_size() const { return file_size_; }
 
  private:

@@ -36,8 +36,7 @@ double ConfigReader::num_or(const char* key, double dflt) const {
 
 bool ConfigReader::bool_or(const char* key, bool dflt) const {
   if (!has(key)) return dflt;
-  LMT_CHECK(j[key].is_boolean(), "[config] ", src, ": field '", key, "' must be true or false, got ",
-            j[key].dump());
+  LMT_CHECK(j[key].is_boolean(), "[config] ", src, ": field '", key, "' must be true or false, got ", j[key].dump());
   return j[key].get<bool>();
 }
 
@@ -54,23 +53,24 @@ void parse_rope(const ConfigReader& r, ModelConfig& c) {
   // rope_theta and rope_scaling {type | rope_type, factor, ...}.
   const json& j = r.j;
   const json* scaling = nullptr;
-  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) scaling = &j["rope_parameters"];
-  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) scaling = &j["rope_scaling"];
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object())
+    scaling = &j["rope_parameters"];
+  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object())
+    scaling = &j["rope_scaling"];
   c.rope.theta = r.num_or("rope_theta", 10000.0);
   if (!scaling) return;
   ConfigReader s{*scaling, r.src};
   c.rope.theta = s.num_or("rope_theta", c.rope.theta);
   std::string type = s.str_or("rope_type", s.str_or("type", "default"));
-  LMT_CHECK(type == "default" || type == "linear" || type == "llama3", "[config] ", r.src,
-            ": rope scaling type '", type, "' is not supported (supported: default, linear, llama3)");
+  LMT_CHECK(type == "default" || type == "linear" || type == "llama3", "[config] ", r.src, ": rope scaling type '",
+            type, "' is not supported (supported: default, linear, llama3)");
   c.rope.type = type;
   c.rope.factor = s.num_or("factor", 1.0);
   c.rope.low_freq_factor = s.num_or("low_freq_factor", 1.0);
   c.rope.high_freq_factor = s.num_or("high_freq_factor", 4.0);
   c.rope.original_max_position_embeddings =
       int64_t(s.num_or("original_max_position_embeddings", double(c.max_position_embeddings)));
-  if (type != "default")
-    LMT_CHECK(c.rope.factor > 0, "[config] ", r.src, ": rope scaling factor must be positive");
+  if (type != "default") LMT_CHECK(c.rope.factor > 0, "[config] ", r.src, ": rope scaling factor must be positive");
 }
 
 // transformers 5's layer_types, when present, says which layers slide; the family parsers handle
@@ -80,8 +80,8 @@ void parse_layer_types(const ConfigReader& r, ModelConfig& c) {
   if (!r.j.contains("layer_types") || !r.j["layer_types"].is_array()) return;
   const json& lt = r.j["layer_types"];
   int64_t window = r.int_or("sliding_window", 0);
-  LMT_CHECK(int64_t(lt.size()) == c.n_layer, "[config] ", r.src, ": layer_types has ", lt.size(),
-            " entries for ", c.n_layer, " layers");
+  LMT_CHECK(int64_t(lt.size()) == c.n_layer, "[config] ", r.src, ": layer_types has ", lt.size(), " entries for ",
+            c.n_layer, " layers");
   for (size_t i = 0; i < lt.size(); ++i) {
     std::string t = lt[i].is_string() ? lt[i].get<std::string>() : "";
     LMT_CHECK(t == "full_attention" || t == "sliding_attention", "[config] ", r.src, ": layer_types[", i,

@@ -29,22 +29,22 @@ struct ModelConfig {
   std::string torch_dtype;  // as the file says ("bfloat16", ...), may be empty
 
   // Family differences (DESIGN.md, "Architectures are declarations"). The defaults are Llama's.
-  bool attention_bias = false;  // q/k/v/o biases (llama's attention_bias, qwen3's)
-  bool qkv_bias = false;        // q/k/v only (qwen2)
-  bool mlp_bias = false;        // gate/up/down biases
-  bool qk_norm = false;         // RMS norm over head_dim of q and k before rotary (qwen3)
+  bool attention_bias = false;                       // q/k/v/o biases (llama's attention_bias, qwen3's)
+  bool qkv_bias = false;                             // q/k/v only (qwen2)
+  bool mlp_bias = false;                             // gate/up/down biases
+  bool qk_norm = false;                              // RMS norm over head_dim of q and k before rotary (qwen3)
   nn::Activation activation = nn::Activation::silu;  // of the gated MLP's gate
-  std::vector<int64_t> layer_window;  // per layer: 0 = full attention, else sliding window size
+  std::vector<int64_t> layer_window;                 // per layer: 0 = full attention, else sliding window size
   // Declared for the families that come next (Gemma, Phi-3); the decoder refuses values other
   // than these defaults until its blocks implement them, so a config is never half-honoured.
-  bool norm_unit_offset = false;    // norms scale by (1 + w) (gemma)
-  bool sandwich_norms = false;      // extra norms after attention and after the MLP (gemma2/3)
-  double embed_scale = 1.0;         // embeddings multiplied by this (gemma: sqrt(n_embd))
-  double attn_logit_softcap = 0.0;  // tanh soft-cap of attention scores, 0 = none (gemma2)
-  double final_logit_softcap = 0.0; // tanh soft-cap of the logits, 0 = none (gemma2)
-  double attn_scale = 0.0;          // on q.k; 0 = 1 / sqrt(head_dim)
-  bool fused_qkv = false;           // one qkv_proj weight (phi3)
-  bool fused_gate_up = false;       // one gate_up_proj weight (phi3)
+  bool norm_unit_offset = false;     // norms scale by (1 + w) (gemma)
+  bool sandwich_norms = false;       // extra norms after attention and after the MLP (gemma2/3)
+  double embed_scale = 1.0;          // embeddings multiplied by this (gemma: sqrt(n_embd))
+  double attn_logit_softcap = 0.0;   // tanh soft-cap of attention scores, 0 = none (gemma2)
+  double final_logit_softcap = 0.0;  // tanh soft-cap of the logits, 0 = none (gemma2)
+  double attn_scale = 0.0;           // on q.k; 0 = 1 / sqrt(head_dim)
+  bool fused_qkv = false;            // one qkv_proj weight (phi3)
+  bool fused_gate_up = false;        // one gate_up_proj weight (phi3)
 
   // Throws naming the file and the field on a missing, mistyped or unsupported value.
   static ModelConfig from_json_text(const std::string& text, const std::string& source);

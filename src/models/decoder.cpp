@@ -83,7 +83,8 @@ void DecoderModel::bind() {
   };
   auto linear = [&](const std::string& prefix) {
     auto a = adapters_.find(prefix);
-    return nn::LinearRef{w(prefix + ".weight"), optional(prefix + ".bias"), a == adapters_.end() ? nullptr : &a->second};
+    return nn::LinearRef{w(prefix + ".weight"), optional(prefix + ".bias"),
+                         a == adapters_.end() ? nullptr : &a->second};
   };
   const float eps = float(c.rms_norm_eps);
   embed_ = {w("model.embed_tokens.weight")};
@@ -95,7 +96,8 @@ void DecoderModel::bind() {
     nn::Attention& at = b.attn;
     at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
     at.v = linear(p + "self_attn.v_proj"), at.o = linear(p + "self_attn.o_proj");
-    if (c.qk_norm) at.q_norm = {w(p + "self_attn.q_norm.weight"), eps}, at.k_norm = {w(p + "self_attn.k_norm.weight"), eps};
+    if (c.qk_norm)
+      at.q_norm = {w(p + "self_attn.q_norm.weight"), eps}, at.k_norm = {w(p + "self_attn.k_norm.weight"), eps};
     at.inv_freq = &inv_freq_;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
     at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)]};

@@ -29,7 +29,7 @@ class DecoderModel final : public Model {
   // cache null: attention over x's own keys at positions pos_offset + t.
   Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr);
   Tensor forward_layers(const Tensor& ids, KVCache& cache);  // hidden states (B, T, n_embd)
-  Tensor inv_freq_;  // f32 (head_dim / 2) on the weights' device
+  Tensor inv_freq_;                                          // f32 (head_dim / 2) on the weights' device
   nn::Embedding embed_;
   std::vector<Block> blocks_;
   nn::LmHead head_;

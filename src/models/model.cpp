@@ -1,10 +1,10 @@
 #include "models/model.h"
 
 #include "autograd/functions.h"
-#include "ops/ops.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "models/registry.h"
+#include "ops/ops.h"
 
 namespace lmtune {
 
@@ -19,8 +19,8 @@ void Model::set_weights(std::map<std::string, Tensor> weights) {
   for (const TensorSpec& s : tensor_specs()) {
     auto it = weights.find(s.name);
     LMT_CHECK(it != weights.end(), "[model] missing weight '", s.name, "' for ", cfg_.model_type);
-    LMT_CHECK(it->second.shape() == s.shape, "[model] weight '", s.name, "' has shape ",
-              shape_str(it->second.shape()), ", expected ", shape_str(s.shape));
+    LMT_CHECK(it->second.shape() == s.shape, "[model] weight '", s.name, "' has shape ", shape_str(it->second.shape()),
+              ", expected ", shape_str(s.shape));
   }
   weights_ = std::move(weights);
   bound_ = false;

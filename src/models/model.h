@@ -40,7 +40,10 @@ class Model {
   void set_weights(std::map<std::string, Tensor> weights);
   // The non-const accessors let callers restructure the maps, so they mark the model for
   // rebinding: families bind typed weight structs to the map entries before the next forward.
-  std::map<std::string, Tensor>& weights() { bound_ = false; return weights_; }
+  std::map<std::string, Tensor>& weights() {
+    bound_ = false;
+    return weights_;
+  }
   const std::map<std::string, Tensor>& weights() const { return weights_; }
   const Tensor& weight(const std::string& name) const;
   Device device() const;
@@ -50,14 +53,20 @@ class Model {
 
   // LoRA / DoRA adapters by linear-layer prefix ("model.layers.3.self_attn.q_proj"); the family's
   // linear layers use them in forward (train/adapters.h attaches, saves and loads them).
-  std::map<std::string, nn::LoraAdapter>& adapters() { bound_ = false; return adapters_; }
+  std::map<std::string, nn::LoraAdapter>& adapters() {
+    bound_ = false;
+    return adapters_;
+  }
   const std::map<std::string, nn::LoraAdapter>& adapters() const { return adapters_; }
 
   // f32 master copies of trained weights stored in another dtype (full fine-tuning of a bf16 or
   // f16 model; train/adapters.h makes them): these are the trainable leaves. Each forward reads
   // such a weight as cast(master, its dtype), recorded on the tape, so its gradient, optimizer
   // state and updates stay f32 while the forward runs in the model's dtype (DESIGN.md, Precision).
-  std::map<std::string, Tensor>& masters() { bound_ = false; return masters_; }
+  std::map<std::string, Tensor>& masters() {
+    bound_ = false;
+    return masters_;
+  }
   // Casts each master into its weight (frozen, the weight's dtype) and drops the masters.
   void bake_masters();
 

@@ -15,9 +15,9 @@ struct AttentionOptions {
 };
 
 struct Attention {
-  LinearRef q, k, v;  // (n_head * head_dim | n_kv_head * head_dim, n_embd)
-  LinearRef o;        // (n_embd, n_head * head_dim)
-  RmsNorm q_norm, k_norm;  // (head_dim) before rope, or undefined (no norm)
+  LinearRef q, k, v;                 // (n_head * head_dim | n_kv_head * head_dim, n_embd)
+  LinearRef o;                       // (n_embd, n_head * head_dim)
+  RmsNorm q_norm, k_norm;            // (head_dim) before rope, or undefined (no norm)
   const Tensor* inv_freq = nullptr;  // f32 (head_dim / 2) on the weights' device
   AttentionOptions opt;
 

@@ -11,10 +11,10 @@ class KVCache {
  public:
   // The keys and values to attend over after an update, all on the model's device.
   struct View {
-    Tensor k, v;        // (B, S, n_kv_head, head_dim) contiguous, the model's dtype
+    Tensor k, v;             // (B, S, n_kv_head, head_dim) contiguous, the model's dtype
     int64_t q_offset = 0;    // query t of the update sits at key index q_offset + t (causal over indices)
     bool positional = true;  // key index == absolute position, so sliding windows apply as usual
-    Tensor q_offset_at; // defined while a run-time position is bound: added to q_offset on the device
+    Tensor q_offset_at;      // defined while a run-time position is bound: added to q_offset on the device
   };
   virtual ~KVCache() = default;
   // Tokens the cache has seen: the absolute position of the next token.
@@ -30,8 +30,8 @@ class KVCache {
   // Decoding's fused path: rotates q and k (B, T, heads, head_dim) at the new tokens' positions,
   // stores k and v like update() and sets q_rot and view. False where the cache or the backend has
   // no fused path: then nothing was stored, and the caller rotates and calls update().
-  virtual bool update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v,
-                             const Tensor& inv_freq, Tensor& q_rot, View& view) {
+  virtual bool update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
+                             Tensor& q_rot, View& view) {
     return false;
   }
   // While a decode step is captured for replay (runtime/decode_graph.h), the absolute position

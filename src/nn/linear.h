@@ -7,8 +7,8 @@
 namespace lmtune::nn {
 
 struct Linear {
-  Tensor weight;  // (out, in)
-  Tensor bias;    // (out) or undefined
+  Tensor weight;                         // (out, in)
+  Tensor bias;                           // (out) or undefined
   const LoraAdapter* adapter = nullptr;  // a LoRA / DoRA adapter owned by the model, or null
 
   Tensor forward(const Tensor& x) const;
@@ -24,9 +24,9 @@ struct Linear {
 // weight and adapter maps (whose entries stay put while the maps are not restructured), so that
 // a weight replaced in place (a cast master, a parameter leaf) is seen without looking it up.
 struct LinearRef {
-  const Tensor* weight = nullptr;         // (out, in)
-  const Tensor* bias = nullptr;           // (out) or null
-  const LoraAdapter* adapter = nullptr;   // or null
+  const Tensor* weight = nullptr;        // (out, in)
+  const Tensor* bias = nullptr;          // (out) or null
+  const LoraAdapter* adapter = nullptr;  // or null
   Linear get() const { return {*weight, bias ? *bias : Tensor{}, adapter}; }
   Tensor forward(const Tensor& x) const { return get().forward(x); }
 };

@@ -65,8 +65,7 @@ const Tensor& AdapterInput::f32() {
 Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a,
                     AdapterInput* shared) {
   LMT_CHECK(a.lora_a.defined() && a.lora_b.defined(), "[lora] adapter without lora_a / lora_b");
-  LMT_CHECK(a.lora_a.dim(0) == weight.dim(1) && a.lora_b.dim(1) == weight.dim(0) &&
-                a.lora_a.dim(1) == a.lora_b.dim(0),
+  LMT_CHECK(a.lora_a.dim(0) == weight.dim(1) && a.lora_b.dim(1) == weight.dim(0) && a.lora_a.dim(1) == a.lora_b.dim(0),
             "[lora] lora_a ", a.lora_a.describe(), " and lora_b ", a.lora_b.describe(), " do not fit weight ",
             weight.describe());
   bool dora = a.kind == AdapterKind::dora;
@@ -80,7 +79,7 @@ Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     mask = dropout_mask(x.shape(), a.dropout, seed, x.device());
   }
   Tensor xa = ag::lora_down(x, a.lora_a, mask, shared ? shared->f32() : Tensor());  // f32 (..., r)
-  Tensor z = ag::matmul(xa, a.lora_b);                                               // f32 (..., out)
+  Tensor z = ag::matmul(xa, a.lora_b);                                              // f32 (..., out)
   Tensor out = ag::add(y, ag::cast(ag::scale(z, a.scale), dt));
   if (!dora) return out;
   LMT_CHECK(a.m.defined() && a.m.numel() == weight.dim(0), "[dora] magnitude m missing or of the wrong size");

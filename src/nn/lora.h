@@ -15,11 +15,11 @@ enum class AdapterKind { lora, dora };
 // gradients and optimizer state are f32 (DESIGN.md, Precision).
 struct LoraAdapter {
   AdapterKind kind = AdapterKind::lora;
-  Tensor lora_a;  // f32 (in, r), U(-1/sqrt(in), 1/sqrt(in)) at creation
-  Tensor lora_b;  // f32 (r, out), zeros at creation
-  Tensor m;       // f32 (out): DoRA's magnitude (row norms of W at creation); undefined for LoRA
-  float scale = 20.f;    // the multiplier itself (PEFT's lora_alpha / r)
-  float dropout = 0.f;   // on the adapter's input only, as mlx-lm; active only while grad is on
+  Tensor lora_a;        // f32 (in, r), U(-1/sqrt(in), 1/sqrt(in)) at creation
+  Tensor lora_b;        // f32 (r, out), zeros at creation
+  Tensor m;             // f32 (out): DoRA's magnitude (row norms of W at creation); undefined for LoRA
+  float scale = 20.f;   // the multiplier itself (PEFT's lora_alpha / r)
+  float dropout = 0.f;  // on the adapter's input only, as mlx-lm; active only while grad is on
   // The dropout counter, advanced by each draw; null uses a fixed seed. Shared, not borrowed: the
   // trainer hands every adapter one counter, and the adapters (owned by the model) outlive train().
   std::shared_ptr<uint64_t> dropout_seed;

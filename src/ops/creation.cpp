@@ -44,8 +44,7 @@ void copy_into(Tensor& dst, const Tensor& src) {
 }
 
 void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src) {
-  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() &&
-                dst.device() == src.device(),
+  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() && dst.device() == src.device(),
             "[copy_rows_into] ", src.describe(), " into ", dst.describe());
   for (int i = 1; i < dst.ndim(); ++i)
     LMT_CHECK(dst.dim(i) == src.dim(i), "[copy_rows_into] row shape of ", src.describe(), " differs from ",

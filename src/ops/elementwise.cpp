@@ -6,8 +6,7 @@ namespace lmtune::ops {
 
 namespace {
 void same_device(const Tensor& a, const Tensor& b, const char* op) {
-  LMT_CHECK(a.device() == b.device(), "[", op, "] tensors on different devices: ", a.describe(), " and ",
-            b.describe());
+  LMT_CHECK(a.device() == b.device(), "[", op, "] tensors on different devices: ", a.describe(), " and ", b.describe());
   LMT_CHECK(a.dtype() == b.dtype(), "[", op, "] dtype mismatch: ", a.describe(), " and ", b.describe());
 }
 
@@ -27,8 +26,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   LMT_CHECK(trailing_of(a.shape(), bs) || b.numel() == 1, "[binary] shape ", shape_str(b.shape()),
             " does not broadcast to ", shape_str(a.shape()));
   Tensor out = empty(a.shape(), a.dtype(), a.device());
-  if (a.numel() > 0)
-    backend(a.device()).binary(op, a.raw(), b.raw(), out.raw(), a.numel(), b.numel(), a.dtype());
+  if (a.numel() > 0) backend(a.device()).binary(op, a.raw(), b.raw(), out.raw(), a.numel(), b.numel(), a.dtype());
   return out;
 }
 
@@ -87,8 +85,7 @@ Tensor sum_axis(const Tensor& x, int axis, DType out_dt) {
 Tensor sum_to_shape(const Tensor& x, const Shape& trailing) {
   if (x.shape() == trailing) return x;
   int64_t inner = numel_of(trailing);
-  LMT_CHECK(inner > 0 && x.numel() % inner == 0, "[sum_to_shape] ", shape_str(x.shape()), " to ",
-            shape_str(trailing));
+  LMT_CHECK(inner > 0 && x.numel() % inner == 0, "[sum_to_shape] ", shape_str(x.shape()), " to ", shape_str(trailing));
   Tensor flat = x.reshape({x.numel() / inner, inner});
   return sum_axis(flat, 0, x.dtype()).reshape(trailing);
 }

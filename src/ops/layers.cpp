@@ -8,8 +8,8 @@ namespace lmtune::ops {
 
 namespace {
 void check_same(const Tensor& a, const Tensor& b, const char* op, const char* what) {
-  LMT_CHECK(a.device() == b.device() && a.dtype() == b.dtype() && a.shape() == b.shape(), "[", op, "] ", what,
-            ": ", a.describe(), " vs ", b.describe());
+  LMT_CHECK(a.device() == b.device() && a.dtype() == b.dtype() && a.shape() == b.shape(), "[", op, "] ", what, ": ",
+            a.describe(), " vs ", b.describe());
 }
 }  // namespace
 
@@ -27,8 +27,9 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   os.push_back(weight.dim(1));
   Tensor out = empty(os, weight.dtype(), weight.device());
   if (ids.numel() > 0)
-    backend(weight.device()).embedding(weight.raw(), static_cast<const int32_t*>(dev_ids.raw()), out.raw(),
-                                       ids.numel(), weight.dim(1), weight.dtype());
+    backend(weight.device())
+        .embedding(weight.raw(), static_cast<const int32_t*>(dev_ids.raw()), out.raw(), ids.numel(), weight.dim(1),
+                   weight.dtype());
   return out;
 }
 
@@ -39,8 +40,9 @@ Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab
   Tensor dw = zeros({n_vocab, D}, DType::f32, dout.device());
   Tensor dev_ids = to(ids, dout.device());
   if (ids.numel() > 0)
-    backend(dout.device()).embedding_backward(dout.raw(), static_cast<const int32_t*>(dev_ids.raw()),
-                                              static_cast<float*>(dw.raw()), ids.numel(), D, dout.dtype());
+    backend(dout.device())
+        .embedding_backward(dout.raw(), static_cast<const int32_t*>(dev_ids.raw()), static_cast<float*>(dw.raw()),
+                            ids.numel(), D, dout.dtype());
   return dw;
 }
 
@@ -52,8 +54,8 @@ RmsNormOut rms_norm(const Tensor& x, const Tensor& w, float eps) {
   Tensor out = empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = empty({rows}, DType::f32, x.device());
   if (x.numel() > 0)
-    backend(x.device()).rms_norm(x.raw(), w.raw(), out.raw(), static_cast<float*>(rstd.raw()), rows, dim, eps,
-                                 x.dtype());
+    backend(x.device())
+        .rms_norm(x.raw(), w.raw(), out.raw(), static_cast<float*>(rstd.raw()), rows, dim, eps, x.dtype());
   return {out, rstd};
 }
 
@@ -62,8 +64,9 @@ RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& r
   int64_t dim = w.dim(0), rows = x.numel() / (dim ? dim : 1);
   Tensor dx = empty(x.shape(), x.dtype(), x.device());
   Tensor dw = empty({dim}, DType::f32, x.device());
-  backend(x.device()).rms_norm_backward(x.raw(), w.raw(), static_cast<const float*>(rstd.raw()), dy.raw(),
-                                        dx.raw(), static_cast<float*>(dw.raw()), rows, dim, x.dtype());
+  backend(x.device())
+      .rms_norm_backward(x.raw(), w.raw(), static_cast<const float*>(rstd.raw()), dy.raw(), dx.raw(),
+                         static_cast<float*>(dw.raw()), rows, dim, x.dtype());
   return {dx, dw};
 }
 
@@ -74,8 +77,8 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const T
             "[add_rms_norm] input ", x.describe(), " does not match weight ", w.describe());
   const int64_t dim = w.dim(0), rows = x.numel() / (dim ? dim : 1);
   Tensor sum = empty(x.shape(), x.dtype(), x.device()), out = empty(x.shape(), x.dtype(), x.device());
-  if (x.numel() > 0 && backend(x.device()).add_rms_norm(x.raw(), y.raw(), w.raw(), sum.raw(), out.raw(), rows, dim,
-                                                          eps, x.dtype()))
+  if (x.numel() > 0 &&
+      backend(x.device()).add_rms_norm(x.raw(), y.raw(), w.raw(), sum.raw(), out.raw(), rows, dim, eps, x.dtype()))
     return {sum, out};
   sum = add(x, y);
   return {sum, rms_norm(sum, w, eps).out};
@@ -91,8 +94,8 @@ const int32_t* position_ptr(const Tensor* pos, const Tensor& like, const char* o
 }  // namespace
 
 void copy_rows_at(Tensor& dst, const Tensor& row_at, const Tensor& src) {
-  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() &&
-                dst.device() == src.device() && src.dim(0) <= dst.dim(0),
+  LMT_CHECK(dst.ndim() >= 1 && src.ndim() == dst.ndim() && dst.dtype() == src.dtype() && dst.device() == src.device() &&
+                src.dim(0) <= dst.dim(0),
             "[copy_rows_at] ", src.describe(), " into ", dst.describe());
   for (int i = 1; i < dst.ndim(); ++i)
     LMT_CHECK(dst.dim(i) == src.dim(i), "[copy_rows_at] row shape of ", src.describe(), " differs from ",
@@ -109,9 +112,9 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
             "[rope] inv_freq ", inv_freq.describe(), " for head_dim ", x.dim(3));
   Tensor out = empty(x.shape(), x.dtype(), x.device());
   if (x.numel() > 0)
-    backend(x.device()).rope(x.raw(), out.raw(), static_cast<const float*>(inv_freq.raw()), x.dim(0), x.dim(1),
-                             x.dim(2), x.dim(3), pos_offset, position_ptr(pos_at, x, "rope"), mscale, inverse,
-                             x.dtype());
+    backend(x.device())
+        .rope(x.raw(), out.raw(), static_cast<const float*>(inv_freq.raw()), x.dim(0), x.dim(1), x.dim(2), x.dim(3),
+              pos_offset, position_ptr(pos_at, x, "rope"), mscale, inverse, x.dtype());
   return out;
 }
 
@@ -130,9 +133,10 @@ Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   LMT_CHECK(pos_at || pos_offset + k.dim(1) <= k_cache.dim(0), "[rope_append] rows [", pos_offset, ", ",
             pos_offset + k.dim(1), ") out of range for ", k_cache.describe());
   Tensor out = empty(q.shape(), q.dtype(), q.device());
-  if (!backend(q.device()).rope_append(q.raw(), k.raw(), v.raw(), out.raw(), k_cache.raw(), v_cache.raw(),
-                                       static_cast<const float*>(inv_freq.raw()), q.dim(1), q.dim(2), k.dim(2),
-                                       q.dim(3), pos_offset, position_ptr(pos_at, q, "rope_append"), q.dtype()))
+  if (!backend(q.device())
+           .rope_append(q.raw(), k.raw(), v.raw(), out.raw(), k_cache.raw(), v_cache.raw(),
+                        static_cast<const float*>(inv_freq.raw()), q.dim(1), q.dim(2), k.dim(2), q.dim(3), pos_offset,
+                        position_ptr(pos_at, q, "rope_append"), q.dtype()))
     return Tensor();
   return out;
 }
@@ -140,8 +144,8 @@ Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
 namespace {
 AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
                              int64_t window, int64_t q_offset) {
-  LMT_CHECK(q.ndim() == 4 && k.ndim() == 4, "[attention] q and k must be (B, T, heads, head_dim), got ",
-            q.describe(), " and ", k.describe());
+  LMT_CHECK(q.ndim() == 4 && k.ndim() == 4, "[attention] q and k must be (B, T, heads, head_dim), got ", q.describe(),
+            " and ", k.describe());
   check_same(k, v, "attention", "k and v must match");
   LMT_CHECK(q.dtype() == k.dtype() && q.device() == k.device() && q.dim(0) == k.dim(0) && q.dim(3) == k.dim(3),
             "[attention] q ", q.describe(), " and k ", k.describe(), " disagree");
@@ -220,8 +224,8 @@ SwigluGrads swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& 
   check_same(gate, dout, "swiglu_backward", "dout must match gate");
   SwigluGrads g{empty(gate.shape(), gate.dtype(), gate.device()), empty(up.shape(), up.dtype(), up.device())};
   if (gate.numel() > 0)
-    backend(gate.device()).swiglu_backward(gate.raw(), up.raw(), dout.raw(), g.dgate.raw(), g.dup.raw(),
-                                           gate.numel(), gate.dtype());
+    backend(gate.device())
+        .swiglu_backward(gate.raw(), up.raw(), dout.raw(), g.dgate.raw(), g.dup.raw(), gate.numel(), gate.dtype());
   return g;
 }
 
@@ -238,9 +242,9 @@ CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets) {
   Tensor dt = to(targets, logits.device());
   CrossEntropyOut r{empty({N}, DType::f32, logits.device()), empty({N}, DType::f32, logits.device())};
   if (N > 0)
-    backend(logits.device()).cross_entropy(logits.raw(), static_cast<const int32_t*>(dt.raw()),
-                                           static_cast<float*>(r.loss.raw()), static_cast<float*>(r.lse.raw()), N,
-                                           V, logits.dtype());
+    backend(logits.device())
+        .cross_entropy(logits.raw(), static_cast<const int32_t*>(dt.raw()), static_cast<float*>(r.loss.raw()),
+                       static_cast<float*>(r.lse.raw()), N, V, logits.dtype());
   return r;
 }
 
@@ -250,22 +254,23 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
   Tensor dt = to(targets, logits.device());
   Tensor dl = empty(logits.shape(), logits.dtype(), logits.device());
   if (N > 0)
-    backend(logits.device()).cross_entropy_backward(logits.raw(), static_cast<const int32_t*>(dt.raw()),
-                                                    static_cast<const float*>(lse.raw()),
-                                                    static_cast<const float*>(dloss.raw()), dl.raw(), N, V,
-                                                    logits.dtype());
+    backend(logits.device())
+        .cross_entropy_backward(logits.raw(), static_cast<const int32_t*>(dt.raw()),
+                                static_cast<const float*>(lse.raw()), static_cast<const float*>(dloss.raw()), dl.raw(),
+                                N, V, logits.dtype());
   return dl;
 }
 
 void adamw_(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
             float bc1, float bc2) {
-  for (const Tensor* t : {static_cast<const Tensor*>(&p), &g, static_cast<const Tensor*>(&m), static_cast<const Tensor*>(&v)})
+  for (const Tensor* t :
+       {static_cast<const Tensor*>(&p), &g, static_cast<const Tensor*>(&m), static_cast<const Tensor*>(&v)})
     LMT_CHECK(t->dtype() == DType::f32 && t->shape() == p.shape() && t->device() == p.device(),
               "[adamw] parameter, gradient and state must be f32 of one shape; got ", t->describe(), " for ",
               p.describe());
-  backend(p.device()).adamw(static_cast<float*>(p.raw()), static_cast<const float*>(g.raw()),
-                            static_cast<float*>(m.raw()), static_cast<float*>(v.raw()), p.numel(), lr, b1, b2, eps,
-                            wd, bc1, bc2);
+  backend(p.device())
+      .adamw(static_cast<float*>(p.raw()), static_cast<const float*>(g.raw()), static_cast<float*>(m.raw()),
+             static_cast<float*>(v.raw()), p.numel(), lr, b1, b2, eps, wd, bc1, bc2);
 }
 
 }  // namespace lmtune::ops

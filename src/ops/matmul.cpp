@@ -78,8 +78,8 @@ std::vector<Tensor> linear_group(const Tensor& x, const std::vector<Tensor>& ws)
     yp.push_back(out.back().raw());
     ns.push_back(w.dim(0));
   }
-  if (M > 0 && backend(x.device()).gemv_group(x.raw(), wp.data(), yp.data(), ns.data(), int(ws.size()), M, K,
-                                              x.dtype()))
+  if (M > 0 &&
+      backend(x.device()).gemv_group(x.raw(), wp.data(), yp.data(), ns.data(), int(ws.size()), M, K, x.dtype()))
     return out;
   for (size_t i = 0; i < ws.size(); ++i) out[i] = linear(x, ws[i]);
   return out;
@@ -94,16 +94,15 @@ Tensor swiglu_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up) 
   Shape os = x.shape();
   os.back() = w_gate.dim(0);
   Tensor out = empty(os, x.dtype(), x.device());
-  if (M > 0 && backend(x.device()).gemv_swiglu(x.raw(), w_gate.raw(), w_up.raw(), out.raw(), M, w_gate.dim(0), K,
-                                               x.dtype()))
+  if (M > 0 &&
+      backend(x.device()).gemv_swiglu(x.raw(), w_gate.raw(), w_up.raw(), out.raw(), M, w_gate.dim(0), K, x.dtype()))
     return out;
   return swiglu(linear(x, w_gate), linear(x, w_up));
 }
 
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta) {
   LMT_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "[gemm_into] needs 2-D tensors");
-  LMT_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype() && a.device() == c.device() &&
-                b.device() == c.device(),
+  LMT_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype() && a.device() == c.device() && b.device() == c.device(),
             "[gemm_into] ", c.describe(), " = ", a.describe(), " @ ", b.describe());
   int64_t M = trans_a ? a.dim(1) : a.dim(0), K = trans_a ? a.dim(0) : a.dim(1);
   int64_t N = trans_b ? b.dim(0) : b.dim(1);

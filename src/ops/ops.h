@@ -14,8 +14,8 @@ namespace lmtune::ops {
 Tensor empty(const Shape& shape, DType dt, Device d);
 Tensor zeros(const Shape& shape, DType dt, Device d);
 Tensor full(const Shape& shape, float value, DType dt, Device d);
-Tensor to(const Tensor& x, Device d);      // copy (or the same tensor when already there)
-Tensor cast(const Tensor& x, DType dt);    // copy (or the same tensor when already dt)
+Tensor to(const Tensor& x, Device d);    // copy (or the same tensor when already there)
+Tensor cast(const Tensor& x, DType dt);  // copy (or the same tensor when already dt)
 Tensor to(const Tensor& x, Device d, DType dt);
 Tensor clone(const Tensor& x);
 void copy_into(Tensor& dst, const Tensor& src);  // same shape and dtype, any devices
@@ -27,8 +27,7 @@ void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src);
 void copy_rows_at(Tensor& dst, const Tensor& row_at, const Tensor& src);
 // Deterministic N(0, std^2) / U(lo, hi) values drawn on the host from seed, then moved.
 Tensor randn(const Shape& shape, uint64_t seed, float std = 1.f, DType dt = DType::f32, Device d = Device::cpu);
-Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt = DType::f32,
-               Device d = Device::cpu);
+Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt = DType::f32, Device d = Device::cpu);
 
 // Elementwise; b may have a trailing shape of a (broadcast b[i % b.numel()]).
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
@@ -36,7 +35,7 @@ Tensor add(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor div(const Tensor& a, const Tensor& b);
-void add_(Tensor& a, const Tensor& b);            // a += b (same shape)
+void add_(Tensor& a, const Tensor& b);  // a += b (same shape)
 Tensor axpby(const Tensor& a, const Tensor& b, float alpha, float beta);
 Tensor unary(UnaryOp op, const Tensor& x, float param = 0.f);
 Tensor scale(const Tensor& x, float s);
@@ -65,11 +64,15 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const T
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
 // Layers.
-Tensor embedding(const Tensor& weight, const Tensor& ids);  // (V, D), i32 (...) -> (..., D)
+Tensor embedding(const Tensor& weight, const Tensor& ids);                          // (V, D), i32 (...) -> (..., D)
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
-struct RmsNormOut { Tensor out, rstd; };
+struct RmsNormOut {
+  Tensor out, rstd;
+};
 RmsNormOut rms_norm(const Tensor& x, const Tensor& w, float eps);
-struct RmsNormGrads { Tensor dx, dw; };  // dw f32
+struct RmsNormGrads {
+  Tensor dx, dw;
+};  // dw f32
 RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy);
 // x (B, T, H, D); inv_freq f32 (D/2) on x's device.
 // pos_at: an optional i32 scalar on x's device added to pos_offset at run time.
@@ -81,22 +84,29 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
 // has no fused kernel (nothing is written then).
 Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t pos_offset,
                    const Tensor* pos_at, Tensor& k_cache, Tensor& v_cache);
-struct AttentionOut { Tensor out, lse; };
+struct AttentionOut {
+  Tensor out, lse;
+};
 // q_offset_at: an optional i32 scalar on q's device added to q_offset at run time (inference).
-AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
-                       int64_t window, int64_t q_offset, const Tensor* q_offset_at = nullptr);
-struct AttentionGrads { Tensor dq, dk, dv; };
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
+                       int64_t q_offset, const Tensor* q_offset_at = nullptr);
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
                                   const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset);
 Tensor softmax(const Tensor& x);  // over the last axis
 Tensor softmax_backward(const Tensor& y, const Tensor& dy);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
-struct SwigluGrads { Tensor dgate, dup; };
+struct SwigluGrads {
+  Tensor dgate, dup;
+};
 SwigluGrads swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout);
-struct CrossEntropyOut { Tensor loss, lse; };  // f32 (N) each
+struct CrossEntropyOut {
+  Tensor loss, lse;
+};                                                                           // f32 (N) each
 CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets);  // (N, V), i32 (N)
-Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
-                              const Tensor& dloss);
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dloss);
 
 // Optimizer update, in place on f32 tensors of one shape.
 void adamw_(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,

@@ -38,10 +38,10 @@ class DecodeGraph {
   void drop();
   Model& model_;
   DenseKVCache& cache_;
-  Tensor io_;       // i32 (2) on the device: the token, its position
-  Tensor ids_;      // (1, 1) view of io_[0]
-  Tensor pos_;      // (1) view of io_[1]
-  Tensor logits_;   // f32 (1, 1, n_vocab) on the device, written by every replay
+  Tensor io_;      // i32 (2) on the device: the token, its position
+  Tensor ids_;     // (1, 1) view of io_[0]
+  Tensor pos_;     // (1) view of io_[1]
+  Tensor logits_;  // f32 (1, 1, n_vocab) on the device, written by every replay
   void* graph_ = nullptr;
   int64_t capacity_ = -1;  // the cache capacity the graph was recorded for
   int64_t recordings_ = 0;

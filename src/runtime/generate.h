@@ -23,8 +23,8 @@ struct GenerationConfig {
 };
 
 struct GenerationStats {
-  int64_t prompt_tokens = 0;  // tokens prefilled by this call
-  double prompt_tps = 0;      // prompt_tokens / (time to the first generated token)
+  int64_t prompt_tokens = 0;      // tokens prefilled by this call
+  double prompt_tps = 0;          // prompt_tokens / (time to the first generated token)
   int64_t generation_tokens = 0;  // as mlx-lm counts them: the final EOS included
   double generation_tps = 0;      // generation_tokens / (time after the first token)
   double peak_memory_gb = 0;      // the model device's allocator peak, in 1e9 bytes
@@ -55,7 +55,7 @@ class Generator {
   DenseKVCache& cache_;
   Sampler& sampler_;
   std::vector<int32_t> cached_;
-  std::vector<int32_t> history_;  // what the penalties see: every prompt and generated token
+  std::vector<int32_t> history_;        // what the penalties see: every prompt and generated token
   std::unique_ptr<DecodeGraph> graph_;  // the recorded decode step, where the device has graphs
   bool graph_off_ = false;              // recording failed once: eager from then on
 };

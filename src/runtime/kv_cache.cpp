@@ -12,8 +12,15 @@ namespace lmtune {
 
 DenseKVCache::DenseKVCache(const ModelConfig& cfg, Device device, DType dtype, int64_t batch, int64_t max_size,
                            int64_t keep, int64_t step)
-    : n_layer_(cfg.n_layer), n_kv_head_(cfg.n_kv_head), head_dim_(cfg.head_dim), batch_(batch), device_(device),
-      dtype_(dtype), max_size_(max_size), keep_(keep), step_(step) {
+    : n_layer_(cfg.n_layer),
+      n_kv_head_(cfg.n_kv_head),
+      head_dim_(cfg.head_dim),
+      batch_(batch),
+      device_(device),
+      dtype_(dtype),
+      max_size_(max_size),
+      keep_(keep),
+      step_(step) {
   LMT_CHECK(batch >= 1 && step >= 1 && max_size >= 0 && keep >= 0, "[kv_cache] bad sizes: batch ", batch, ", step ",
             step, ", max_size ", max_size, ", keep ", keep);
   LMT_CHECK(max_size == 0 || max_size > keep, "[kv_cache] max_kv_size ", max_size, " must exceed the ", keep,
@@ -57,8 +64,8 @@ KVCache::View DenseKVCache::update(int64_t layer, const Tensor& k, const Tensor&
   int64_t T = k.dim(1);
   if (position_.defined()) return update_at(layer, k, v);
   bool linear = max_size_ == 0 || offset_ + T <= max_size_;
-  LMT_CHECK(linear || T == 1, "[kv_cache] a rotating cache at offset ", offset_, " takes one token at a time, got ",
-            T, " (see max_step)");
+  LMT_CHECK(linear || T == 1, "[kv_cache] a rotating cache at offset ", offset_, " takes one token at a time, got ", T,
+            " (see max_step)");
   int64_t row = offset_;  // where the new tokens go
   if (linear) {
     reserve(offset_ + T);

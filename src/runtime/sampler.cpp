@@ -27,8 +27,7 @@ Sampler::Sampler(SamplerOptions opts, uint64_t seed) : opts_(std::move(opts)), r
   LMT_CHECK(opts_.top_p >= 0.f && opts_.top_p <= 1.f, "[sampler] top_p must be in [0, 1], got ", opts_.top_p);
   LMT_CHECK(opts_.top_k >= 0, "[sampler] top_k must be >= 0, got ", opts_.top_k);
   LMT_CHECK(opts_.min_p >= 0.f && opts_.min_p <= 1.f, "[sampler] min_p must be in [0, 1], got ", opts_.min_p);
-  LMT_CHECK(opts_.min_tokens_to_keep >= 1, "[sampler] min_tokens_to_keep must be >= 1, got ",
-            opts_.min_tokens_to_keep);
+  LMT_CHECK(opts_.min_tokens_to_keep >= 1, "[sampler] min_tokens_to_keep must be >= 1, got ", opts_.min_tokens_to_keep);
   LMT_CHECK(opts_.xtc_probability >= 0.f && opts_.xtc_probability <= 1.f,
             "[sampler] xtc_probability must be in [0, 1], got ", opts_.xtc_probability);
   LMT_CHECK(opts_.xtc_threshold >= 0.f && opts_.xtc_threshold <= 0.5f,

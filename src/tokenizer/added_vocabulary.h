@@ -2,8 +2,8 @@
 // and pre-tokenizer run (leftmost-longest match, with lstrip / rstrip / single_word).
 #pragma once
 #include <cstdint>
-#include <string>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -42,7 +42,7 @@ class AddedVocabulary {
   struct Trie {
     struct Node {
       std::vector<std::pair<unsigned char, int32_t>> kids;  // sorted by byte
-      int32_t token = -1;                                  // index into tokens_
+      int32_t token = -1;                                   // index into tokens_
     };
     std::vector<Node> nodes{Node{}};
     bool first_byte[256] = {};

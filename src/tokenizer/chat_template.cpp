@@ -35,9 +35,13 @@ struct ClassDefaults {
 const ClassDefaults kClassDefaults[] = {
     {"LlamaTokenizer", {{"unk_token", "<unk>"}, {"bos_token", "<s>"}, {"eos_token", "</s>"}}},
     {"GemmaTokenizer",
-     {{"unk_token", "<unk>"}, {"bos_token", "<bos>"}, {"eos_token", "<eos>"}, {"pad_token", "<pad>"},
+     {{"unk_token", "<unk>"},
+      {"bos_token", "<bos>"},
+      {"eos_token", "<eos>"},
+      {"pad_token", "<pad>"},
       {"mask_token", "<mask>"}}},
-    {"Qwen2Tokenizer", {{"unk_token", "<|endoftext|>"}, {"eos_token", "<|endoftext|>"}, {"pad_token", "<|endoftext|>"}}},
+    {"Qwen2Tokenizer",
+     {{"unk_token", "<|endoftext|>"}, {"eos_token", "<|endoftext|>"}, {"pad_token", "<|endoftext|>"}}},
 };
 
 // A config token is a string or an AddedToken object {"content": ...}; anything else is unset.
@@ -109,8 +113,10 @@ std::string py_strip(const std::string& s) {
   std::string r = py_rstrip(s);
   size_t i = 0;
   while (i < r.size())
-    if (size_t n = space_len(r, i)) i += n;
-    else break;
+    if (size_t n = space_len(r, i))
+      i += n;
+    else
+      break;
   return r.substr(i);
 }
 
@@ -175,8 +181,9 @@ const std::string& ChatTemplate::select_template(const ChatTemplateOptions& o) c
     auto it = templates.find(o.chat_template);
     return it != templates.end() ? it->second : o.chat_template;
   }
-  LMT_CHECK(!templates.empty(), "[chat_template] cannot use chat template functions because tokenizer.chat_template is not set: ",
-            source_, " has no chat template (no chat_template in its tokenizer_config.json and no chat_template.jinja), "
+  LMT_CHECK(!templates.empty(),
+            "[chat_template] cannot use chat template functions because tokenizer.chat_template is not set: ", source_,
+            " has no chat template (no chat_template in its tokenizer_config.json and no chat_template.jinja), "
             "and no template was passed");
   if (!o.tools.is_null()) {
     auto it = templates.find("tool_use");
@@ -186,8 +193,8 @@ const std::string& ChatTemplate::select_template(const ChatTemplateOptions& o) c
   if (it == templates.end()) {
     std::string names;
     for (const auto& [k, v] : templates) names += (names.empty() ? "" : ", ") + k;
-    fail("[chat_template] ", source_, " has several chat templates and none named 'default': pass one of [",
-         names, "] as chat_template");
+    fail("[chat_template] ", source_, " has several chat templates and none named 'default': pass one of [", names,
+         "] as chat_template");
   }
   return it->second;
 }
@@ -248,8 +255,9 @@ std::string ChatTemplate::render(const ojson& conversation, const ChatTemplateOp
           (*it)["text"] = final_text + kTag;
           done = true;
         }
-      LMT_CHECK(done, "[chat_template] continue_final_message is set but there is no text to continue in the final "
-                      "message");
+      LMT_CHECK(done,
+                "[chat_template] continue_final_message is set but there is no text to continue in the final "
+                "message");
     } else {
       LMT_CHECK(final_message.is_string(), "[chat_template] continue_final_message: the final message's \"", field,
                 "\" must be text, got ", final_message.type_name());
@@ -282,8 +290,10 @@ std::string ChatTemplate::render(const ojson& conversation, const ChatTemplateOp
     LMT_CHECK(rendered.find(py_strip(final_text)) != std::string::npos && tag_loc != std::string::npos,
               "[chat_template] continue_final_message is set but the final message does not appear in the chat "
               "after applying the chat template (the template deletes part of it)");
-    if (rendered.compare(tag_loc, kTag.size(), kTag) == 0) rendered.resize(tag_loc);
-    else rendered = py_rstrip(rendered.substr(0, tag_loc));
+    if (rendered.compare(tag_loc, kTag.size(), kTag) == 0)
+      rendered.resize(tag_loc);
+    else
+      rendered = py_rstrip(rendered.substr(0, tag_loc));
   }
   return rendered;
 }

@@ -29,7 +29,7 @@ void StrIdMap::rehash(size_t cap) {
 void StrIdMap::insert(std::string key, int32_t id) {
   if ((keys_.size() + 1) * 2 > slots_.size()) rehash(std::max<size_t>(16, slots_.size() * 2));
   size_t mask = slots_.size() - 1;
-  size_t h = std::hash<std::string_view>{}(key) & mask;
+  size_t h = std::hash<std::string_view>{}(key)&mask;
   while (slots_[h] >= 0) {
     if (keys_[slots_[h]] == key) {
       ids_[slots_[h]] = id;
@@ -45,7 +45,7 @@ void StrIdMap::insert(std::string key, int32_t id) {
 int32_t StrIdMap::find(std::string_view key) const {
   if (slots_.empty()) return -1;
   size_t mask = slots_.size() - 1;
-  size_t h = std::hash<std::string_view>{}(key) & mask;
+  size_t h = std::hash<std::string_view>{}(key)&mask;
   while (slots_[h] >= 0) {
     if (keys_[slots_[h]] == key) return ids_[slots_[h]];
     h = (h + 1) & mask;
@@ -76,7 +76,8 @@ class WordLevel : public Model {
     int32_t id = vocab_.find(word);
     if (id < 0) {
       id = vocab_.find(unk_);
-      LMT_CHECK(id >= 0, "[tokenizer] WordLevel: ", std::string(word), " is not in the vocab and there is no unk_token");
+      LMT_CHECK(id >= 0, "[tokenizer] WordLevel: ", std::string(word),
+                " is not in the vocab and there is no unk_token");
     }
     out.push_back(id);
   }

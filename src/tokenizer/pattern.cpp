@@ -14,8 +14,8 @@ namespace lmtune::tok {
 Regex::Regex(const std::string& pattern) : pattern_(pattern) {
   int err = 0;
   PCRE2_SIZE off = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
+                                   &err, &off, nullptr);
   if (!code) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(err, buf, sizeof(buf));
@@ -32,8 +32,8 @@ void Regex::for_each_match(std::string_view s, const std::function<void(size_t, 
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
   size_t start = 0;
   while (start <= s.size()) {
-    int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md,
-                         nullptr);
+    int rc =
+        pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       pcre2_match_data_free(md);
@@ -138,9 +138,7 @@ std::vector<Span> apply_split_behavior(std::vector<Span> m, SplitBehavior behavi
   std::vector<Span> acc;
   acc.reserve(m.size());
   switch (behavior) {
-    case SplitBehavior::kIsolated:
-      acc = std::move(m);
-      break;
+    case SplitBehavior::kIsolated: acc = std::move(m); break;
     case SplitBehavior::kRemoved:
       for (const Span& s : m)
         if (!s.is_match) acc.push_back(s);

@@ -8,8 +8,7 @@
 namespace lmtune::tok {
 namespace {
 
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // Replaces every piece by its split into spans; only the first span keeps at_start.
 void split_pieces(std::vector<Piece>& pieces, const Pattern& p, SplitBehavior behavior, bool invert = false) {
@@ -73,7 +72,10 @@ Prepend parse_prepend_scheme(const nlohmann::json& j) {
 class Metaspace : public PreTokenizer {
  public:
   Metaspace(std::string replacement, Prepend scheme, bool split)
-      : rep_(std::move(replacement)), scheme_(scheme), split_(split), space_(Pattern::literal(" ")),
+      : rep_(std::move(replacement)),
+        scheme_(scheme),
+        split_(split),
+        space_(Pattern::literal(" ")),
         rep_pattern_(Pattern::literal(rep_)) {}
   void pre_tokenize(std::vector<Piece>& pieces) const override {
     for (Piece& p : pieces) {
@@ -120,18 +122,17 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j) {
   std::string type = component_type(j, "pre_tokenizer");
   if (type == "Split") {
     return std::make_unique<Split>(Pattern::from_json(j.at("pattern"), "Split pre_tokenizer"),
-                                   parse_split_behavior(j.at("behavior").get<std::string>()),
-                                   j.value("invert", false));
+                                   parse_split_behavior(j.at("behavior").get<std::string>()), j.value("invert", false));
   }
-  if (type == "ByteLevel") return std::make_unique<ByteLevel>(j.value("add_prefix_space", true), j.value("use_regex", true));
+  if (type == "ByteLevel")
+    return std::make_unique<ByteLevel>(j.value("add_prefix_space", true), j.value("use_regex", true));
   if (type == "Metaspace") {
     std::string rep = j.contains("replacement") ? j["replacement"].get<std::string>() : "\xE2\x96\x81";
     return std::make_unique<Metaspace>(rep, parse_prepend_scheme(j), j.value("split", true));
   }
   if (type == "Digits") {
-    return std::make_unique<PredicateSplit>(is_numeric, j.value("individual_digits", false)
-                                                            ? SplitBehavior::kIsolated
-                                                            : SplitBehavior::kContiguous);
+    return std::make_unique<PredicateSplit>(
+        is_numeric, j.value("individual_digits", false) ? SplitBehavior::kIsolated : SplitBehavior::kContiguous);
   }
   if (type == "Punctuation") {
     return std::make_unique<PredicateSplit>(is_punctuation,

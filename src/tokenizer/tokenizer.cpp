@@ -116,7 +116,7 @@ std::shared_ptr<TokenizerImpl> build(const std::string& json_text, const std::st
     t->post_processor = make_post_processor(get("post_processor"));
     t->decoder = make_decoder(get("decoder"));
     t->added.load(get("added_tokens"), t->normalizer.get(),
-                   [&](const std::string& c) { return t->model->token_to_id(c); });
+                  [&](const std::string& c) { return t->model->token_to_id(c); });
   } catch (const nlohmann::json::exception& e) {
     fail("[tokenizer] ", source, ": malformed component: ", e.what());
   } catch (const Error& e) {
@@ -138,8 +138,8 @@ std::shared_ptr<TokenizerImpl> build(const std::string& json_text, const std::st
 Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::string& config_json,
                                const std::string& source) {
   auto impl = tok::build(tokenizer_json, source);
-  if (!config_json.empty()) tok::apply_config(*impl, tok::parse_json(config_json, "tokenizer_config.json"),
-                                              "tokenizer_config.json");
+  if (!config_json.empty())
+    tok::apply_config(*impl, tok::parse_json(config_json, "tokenizer_config.json"), "tokenizer_config.json");
   Tokenizer t;
   t.impl_ = std::move(impl);
   return t;

@@ -30,10 +30,10 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
   std::string decode(const int32_t* ids, size_t n, bool skip_special_tokens = false) const;
 
-  int32_t token_to_id(std::string_view token) const;            // -1 when absent
-  std::optional<std::string> id_to_token(int32_t id) const;      // nullopt when absent
-  bool is_special(int32_t id) const;                             // an added token flagged special
-  int32_t vocab_size() const;                                    // highest id + 1, added tokens included
+  int32_t token_to_id(std::string_view token) const;         // -1 when absent
+  std::optional<std::string> id_to_token(int32_t id) const;  // nullopt when absent
+  bool is_special(int32_t id) const;                         // an added token flagged special
+  int32_t vocab_size() const;                                // highest id + 1, added tokens included
 
   // Special tokens named by tokenizer_config.json; "" / -1 when unset.
   const std::string& bos_token() const;

@@ -167,8 +167,9 @@ bool is_alphanumeric(uint32_t cp) {
 }
 
 bool is_punctuation(uint32_t cp) {
-  if (cp < 0x80) return (cp >= 0x21 && cp <= 0x2F) || (cp >= 0x3A && cp <= 0x40) || (cp >= 0x5B && cp <= 0x60) ||
-                        (cp >= 0x7B && cp <= 0x7E);
+  if (cp < 0x80)
+    return (cp >= 0x21 && cp <= 0x2F) || (cp >= 0x3A && cp <= 0x40) || (cp >= 0x5B && cp <= 0x60) ||
+           (cp >= 0x7B && cp <= 0x7E);
   // HF tokenizers' Punctuation uses the unicode_categories crate, whose tables are Unicode 8.0:
   // later punctuation is not punctuation there, and two characters kept their old category.
   if (cp == 0x166D || cp == 0x111C9) return true;
@@ -198,8 +199,8 @@ std::string to_lower(std::string_view s) {
     std::u16string in = to_u16(s.substr(b, i - b));
     UErrorCode err = U_ZERO_ERROR;
     UChar buf[16];
-    int32_t len = u_strToLower(buf, 16, reinterpret_cast<const UChar*>(in.data()), static_cast<int32_t>(in.size()),
-                               "", &err);
+    int32_t len =
+        u_strToLower(buf, 16, reinterpret_cast<const UChar*>(in.data()), static_cast<int32_t>(in.size()), "", &err);
     LMT_CHECK(U_SUCCESS(err), "[tokenizer] lowercase failed: ", u_errorName(err));
     out += from_u16(std::u16string(reinterpret_cast<const char16_t*>(buf), len));
   }

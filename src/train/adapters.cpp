@@ -124,8 +124,10 @@ void save_adapter_config(const std::string& dir, const AdapterConfig& cfg, const
   j["num_layers"] = cfg.num_layers;
   if (cfg.fine_tune_type == "full") {
     j["lora_parameters"] = nullptr;
-    if (cfg.train_embeddings) j["train_embeddings"] = true;
-    else j.erase("train_embeddings");
+    if (cfg.train_embeddings)
+      j["train_embeddings"] = true;
+    else
+      j.erase("train_embeddings");
   } else {
     json lp = {{"rank", cfg.lora.rank}, {"dropout", cfg.lora.dropout}, {"scale", cfg.lora.scale}};
     if (!cfg.lora.keys.empty()) lp["keys"] = cfg.lora.keys;

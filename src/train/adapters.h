@@ -15,7 +15,7 @@ namespace lmtune::train {
 
 struct LoraParameters {
   int64_t rank = 8;
-  float scale = 20.f;   // mlx-lm's default since June 2025 (it was 10.0)
+  float scale = 20.f;  // mlx-lm's default since June 2025 (it was 10.0)
   float dropout = 0.f;
   std::vector<std::string> keys;  // block-relative ("self_attn.q_proj"); empty: every linear of a block
 };

@@ -45,9 +45,10 @@ DataFormat detect_format(const ojson& r, const DataOptions& o) {
 }
 
 bool tokenizer_has_thinking(const Tokenizer& tok) {
-  static const char* kPairs[][2] = {
-      {"<think>", "</think>"}, {"<longcat_think>", "</longcat_think>"}, {"<|think:start|>", "<|think:end|>"},
-      {"<|channel>", "<channel|>"}};
+  static const char* kPairs[][2] = {{"<think>", "</think>"},
+                                    {"<longcat_think>", "</longcat_think>"},
+                                    {"<|think:start|>", "<|think:end|>"},
+                                    {"<|channel>", "<channel|>"}};
   for (const auto& p : kPairs)
     if (tok.token_to_id(p[0]) >= 0 && tok.token_to_id(p[1]) >= 0) return true;
   return false;
@@ -155,8 +156,8 @@ Dataset load_jsonl_dataset(const std::string& path, const ChatTemplate& chat, co
   }
   if (!errors.empty()) {
     std::ostringstream s;
-    s << "[data] " << errors.size() << " malformed line" << (errors.size() > 1 ? "s" : "") << " in " << path
-      << " (" << ds.examples.size() << " good); fix or remove them:";
+    s << "[data] " << errors.size() << " malformed line" << (errors.size() > 1 ? "s" : "") << " in " << path << " ("
+      << ds.examples.size() << " good); fix or remove them:";
     for (size_t i = 0; i < errors.size() && i < 20; ++i) s << "\n  " << errors[i];
     if (errors.size() > 20) s << "\n  ... and " << errors.size() - 20 << " more (all listed above)";
     throw Error(s.str());
@@ -164,10 +165,12 @@ Dataset load_jsonl_dataset(const std::string& path, const ChatTemplate& chat, co
   return ds;
 }
 
-DataSplits load_local_dataset(const std::string& dir, const ChatTemplate& chat, const DataOptions& o,
-                              bool need_train, bool need_test) {
-  LMT_CHECK(std::filesystem::is_directory(dir), "[data] --data must be a local folder with train.jsonl, "
-            "valid.jsonl and test.jsonl (Hugging Face datasets are not available offline): ", dir);
+DataSplits load_local_dataset(const std::string& dir, const ChatTemplate& chat, const DataOptions& o, bool need_train,
+                              bool need_test) {
+  LMT_CHECK(std::filesystem::is_directory(dir),
+            "[data] --data must be a local folder with train.jsonl, "
+            "valid.jsonl and test.jsonl (Hugging Face datasets are not available offline): ",
+            dir);
   DataSplits s;
   if (need_train) {
     s.train = load_jsonl_dataset(dir + "/train.jsonl", chat, o);
@@ -191,9 +194,10 @@ Batch make_batch(const Dataset& ds, const std::vector<size_t>& indices, int64_t 
   int64_t max_len = 0;
   for (size_t i : indices) max_len = std::max<int64_t>(max_len, int64_t(ds.examples.at(i).tokens.size()));
   if (max_len > max_seq_length && warn)
-    std::printf("[WARNING] Some sequences are longer than %lld tokens. The longest sentence %lld will be truncated "
-                "to %lld. Consider pre-splitting your data to save memory.\n",
-                (long long)max_seq_length, (long long)max_len, (long long)max_seq_length);
+    std::printf(
+        "[WARNING] Some sequences are longer than %lld tokens. The longest sentence %lld will be truncated "
+        "to %lld. Consider pre-splitting your data to save memory.\n",
+        (long long)max_seq_length, (long long)max_len, (long long)max_seq_length);
   const int64_t pad_to = 32;
   int64_t width = std::min<int64_t>(1 + pad_to * ((max_len + pad_to - 1) / pad_to), max_seq_length);
   int64_t B = int64_t(indices.size()), T = width - 1;
@@ -222,9 +226,8 @@ std::vector<std::vector<size_t>> length_sorted_batches(const Dataset& ds, int64_
             " examples but only has ", ds.size(), ".", ds.path.empty() ? "" : " (" + ds.path + ")");
   std::vector<size_t> idx(ds.size());
   std::iota(idx.begin(), idx.end(), size_t(0));
-  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) {
-    return ds.examples[a].tokens.size() < ds.examples[b].tokens.size();
-  });
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](size_t a, size_t b) { return ds.examples[a].tokens.size() < ds.examples[b].tokens.size(); });
   std::vector<std::vector<size_t>> out;
   for (size_t i = 0; i + size_t(batch_size) <= idx.size(); i += size_t(batch_size))
     out.emplace_back(idx.begin() + long(i), idx.begin() + long(i) + long(batch_size));

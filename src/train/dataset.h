@@ -65,17 +65,17 @@ struct DataSplits {
 };
 // dir/{train,valid,test}.jsonl; with need_train a missing or empty train.jsonl is an error (and
 // a missing valid.jsonl a warning), with need_test so is a missing test.jsonl (mlx-lm's messages).
-DataSplits load_local_dataset(const std::string& dir, const ChatTemplate& chat, const DataOptions& o,
-                              bool need_train, bool need_test);
+DataSplits load_local_dataset(const std::string& dir, const ChatTemplate& chat, const DataOptions& o, bool need_train,
+                              bool need_test);
 
 // One padded batch. Width W = min(1 + 32 * ceil(max_len / 32), max_seq_length), as mlx-lm.
 struct Batch {
-  Tensor inputs;   // i32 (B, W - 1): tokens[:, :-1], padded with id 0
-  Tensor targets;  // i32 (B, W - 1): tokens[:, 1:] where supervised, else -1 (Model::loss ignores it)
-  int64_t n_tokens = 0;            // supervised targets
-  std::vector<int64_t> lengths;    // per row, after truncation
-  std::vector<int64_t> offsets;    // per row
-  std::vector<size_t> indices;     // dataset indices of the rows
+  Tensor inputs;                 // i32 (B, W - 1): tokens[:, :-1], padded with id 0
+  Tensor targets;                // i32 (B, W - 1): tokens[:, 1:] where supervised, else -1 (Model::loss ignores it)
+  int64_t n_tokens = 0;          // supervised targets
+  std::vector<int64_t> lengths;  // per row, after truncation
+  std::vector<int64_t> offsets;  // per row
+  std::vector<size_t> indices;   // dataset indices of the rows
 };
 
 // Supervised target j of a row (target j is token j + 1) iff j + 1 >= offset and j + 1 < length:

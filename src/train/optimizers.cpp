@@ -169,8 +169,9 @@ class Sgd : public Optimizer {
 class Adafactor : public Optimizer {
  public:
   Adafactor(Schedule lr, const json& cfg, bool has_lr) : Optimizer(std::move(lr)), has_lr_(has_lr) {
-    check_keys("adafactor", cfg, {"eps", "clip_threshold", "decay_rate", "beta_1", "weight_decay", "scale_parameter",
-                                  "relative_step", "warmup_init"});
+    check_keys("adafactor", cfg,
+               {"eps", "clip_threshold", "decay_rate", "beta_1", "weight_decay", "scale_parameter", "relative_step",
+                "warmup_init"});
     std::vector<double> eps = get(cfg, "eps", std::vector<double>{1e-30, 1e-3});
     LMT_CHECK(eps.size() == 2, "[adafactor] eps needs two values");
     eps1_ = eps[0];

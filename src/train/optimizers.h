@@ -25,7 +25,7 @@ class Optimizer {
   void update(const std::vector<std::pair<std::string, Tensor>>& params, const std::map<std::string, Tensor>& grads);
   // The same, taking each parameter's accumulated autograd gradient.
   void update(const std::vector<std::pair<std::string, Tensor>>& params);
-  int64_t step() const { return step_; }  // updates made so far
+  int64_t step() const { return step_; }               // updates made so far
   double learning_rate() const { return lr_(step_); }  // the rate of the next update
   // State tensors by "<param>.<slot>" (f32, the parameter's device), for checkpoints.
   std::map<std::string, Tensor> state() const;

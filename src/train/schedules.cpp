@@ -77,8 +77,7 @@ Schedule build_schedule(const json& cfg, double learning_rate) {
     count(3, 3);
     main = step_decay(arg(0, "init"), arg(1, "decay_rate"), int64_t(arg(2, "step_size")));
   } else {
-    fail("[lr_schedule] unknown schedule '", name,
-         "' (cosine_decay, linear_schedule, exponential_decay, step_decay)");
+    fail("[lr_schedule] unknown schedule '", name, "' (cosine_decay, linear_schedule, exponential_decay, step_decay)");
   }
   int64_t warmup = cfg.value("warmup", int64_t(0));
   if (warmup == 0) return main;

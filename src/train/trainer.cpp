@@ -45,21 +45,21 @@ std::vector<std::vector<size_t>> fixed_subset(const Dataset& ds, int64_t batch_s
 
 // Everything beyond the weights that a resumed run needs to continue exactly.
 struct LoopState {
-  int64_t iteration = 0;        // last completed iteration
+  int64_t iteration = 0;  // last completed iteration
   // The adapters' dropout counter. They co-own it (nn::LoraAdapter::dropout_seed) because the model
   // outlives train(): a forward with dropout after it returns, or after it throws, still draws.
   std::shared_ptr<uint64_t> dropout_seed = std::make_shared<uint64_t>(0);
   int64_t trained_tokens = 0;
-  double report_loss = 0;       // sums since the last report
+  double report_loss = 0;  // sums since the last report
   int64_t report_tokens = 0, report_steps = 0;
   double best_val = -1;
   int64_t best_iter = 0, evals_since_best = 0;
 };
 
 json to_json(const LoopState& s) {
-  return {{"iteration", s.iteration},         {"dropout_seed", *s.dropout_seed},  {"trained_tokens", s.trained_tokens},
-          {"report_loss", s.report_loss},     {"report_tokens", s.report_tokens}, {"report_steps", s.report_steps},
-          {"best_val_loss", s.best_val},      {"best_iteration", s.best_iter},    {"evals_since_best", s.evals_since_best}};
+  return {{"iteration", s.iteration},     {"dropout_seed", *s.dropout_seed},  {"trained_tokens", s.trained_tokens},
+          {"report_loss", s.report_loss}, {"report_tokens", s.report_tokens}, {"report_steps", s.report_steps},
+          {"best_val_loss", s.best_val},  {"best_iteration", s.best_iter},    {"evals_since_best", s.evals_since_best}};
 }
 
 // In place: s.dropout_seed keeps its identity (the adapters hold it), only its value is restored.
@@ -112,8 +112,8 @@ OptimizerFile read_optimizer_file(const std::string& path, const std::vector<std
                 "' is not the state of a trainable parameter of this model (state.<parameter>.<slot>)");
       f.state[slot] = ops::to(ops::clone(t), dev);
     } else {
-      fail("[train] --resume: ", path, ": unknown tensor '", key, "' (expected ", kStatePrefix, "<parameter>.<slot> or ",
-           kGradPrefix, "<parameter>)");
+      fail("[train] --resume: ", path, ": unknown tensor '", key, "' (expected ", kStatePrefix,
+           "<parameter>.<slot> or ", kGradPrefix, "<parameter>)");
     }
   }
   return f;
@@ -136,7 +136,8 @@ std::string clock_str(double s) {
   int64_t t = int64_t(std::llround(std::max(0.0, s)));
   char b[32];
   if (t >= 3600)
-    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60), (long long)(t % 60));
+    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60),
+                  (long long)(t % 60));
   else
     std::snprintf(b, sizeof b, "%02lld:%02lld", (long long)(t / 60), (long long)(t % 60));
   return b;
@@ -238,10 +239,12 @@ void write_loss_svg(const std::string& metrics_jsonl, const std::string& svg_pat
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
   auto py = [&](double y) { return H - B - (y - y0) / (y1 - y0) * (H - T - B); };
   std::ostringstream s;
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" "
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+    << "\" font-family=\"sans-serif\" "
     << "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\">loss (lmtune lora)</text>\n"
-    << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
+    << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B
+    << "\" stroke=\"black\"/>\n"
     << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
   for (int i = 0; i <= 4; ++i) {
     double y = y0 + (y1 - y0) * i / 4, x = x0 + (x1 - x0) * i / 4;
@@ -288,15 +291,17 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   std::string metrics_text;
   if (!args.resume.empty()) {
     fs::path ck(args.resume);
-    LMT_CHECK(fs::exists(ck / "trainer_state.json"), "[train] --resume ", args.resume,
-              " is not a checkpoint folder (no trainer_state.json; checkpoints are written to ADAPTER_PATH/checkpoints/)");
+    LMT_CHECK(
+        fs::exists(ck / "trainer_state.json"), "[train] --resume ", args.resume,
+        " is not a checkpoint folder (no trainer_state.json; checkpoints are written to ADAPTER_PATH/checkpoints/)");
     json j = json::parse(std::ifstream(ck / "trainer_state.json"));
     LMT_CHECK(j.at("batch_size").get<int64_t>() == args.batch_size && j.at("seed").get<uint64_t>() == args.seed,
               "[train] --resume: the checkpoint was made with batch_size ", j.at("batch_size"), " and seed ",
               j.at("seed"), "; this run has ", args.batch_size, " and ", args.seed);
     // Checkpoints before the optimizer was recorded have no "optimizer" key.
-    LMT_CHECK(!j.contains("optimizer") || j.at("optimizer").get<std::string>() == opt.name(), "[train] --resume: ",
-              args.resume, " holds the state of optimizer ", j.value("optimizer", ""), "; this run uses ", opt.name());
+    LMT_CHECK(!j.contains("optimizer") || j.at("optimizer").get<std::string>() == opt.name(),
+              "[train] --resume: ", args.resume, " holds the state of optimizer ", j.value("optimizer", ""),
+              "; this run uses ", opt.name());
     read_json(j.at("loop"), st);
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
     OptimizerFile of = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
@@ -319,7 +324,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     save_adapter_weights((tmp / "adapters.safetensors").string(), model);
-    if (fs::exists(dir / "adapter_config.json")) copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
+    if (fs::exists(dir / "adapter_config.json"))
+      copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
     std::vector<std::pair<std::string, Tensor>> os;
     for (auto& [name, t] : opt.state()) os.push_back({kStatePrefix + name, ops::to(t, Device::cpu)});
     for (auto& [name, p] : params)
@@ -329,9 +335,9 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     save_safetensors((tmp / "optimizer.safetensors").string(), os);
     metrics.flush();
     copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
-    json j = {{"iteration", it},          {"optimizer", opt.name()}, {"optimizer_step", opt.step()},
-              {"batch_size", args.batch_size}, {"seed", args.seed},  {"iters", iters},
-              {"loop", to_json(st)}};
+    json j = {
+        {"iteration", it},   {"optimizer", opt.name()}, {"optimizer_step", opt.step()}, {"batch_size", args.batch_size},
+        {"seed", args.seed}, {"iters", iters},          {"loop", to_json(st)}};
     write_file_atomic((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
     fs::remove_all(fin);
     fs::rename(tmp, fin);
@@ -363,7 +369,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       }
       std::fflush(out);
       if (args.early_stop > 0 && st.evals_since_best >= args.early_stop) {
-        std::fprintf(out, "Iter %lld: Early stop: val loss has not improved for %lld evaluations (best %.3f at iter %lld)\n",
+        std::fprintf(out,
+                     "Iter %lld: Early stop: val loss has not improved for %lld evaluations (best %.3f at iter %lld)\n",
                      (long long)it, (long long)st.evals_since_best, st.best_val, (long long)st.best_iter);
         res.early_stopped = true;
         break;
@@ -413,9 +420,12 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
                    "Peak mem %.3f GB\n",
                    (long long)it, tl, rate, it_sec, tok_sec, (long long)st.trained_tokens, peak);
       std::fflush(out);
-      metrics << json{{"iteration", it},         {"train_loss", tl},
-                      {"learning_rate", rate},   {"iterations_per_second", it_sec},
-                      {"tokens_per_second", tok_sec}, {"trained_tokens", st.trained_tokens},
+      metrics << json{{"iteration", it},
+                      {"train_loss", tl},
+                      {"learning_rate", rate},
+                      {"iterations_per_second", it_sec},
+                      {"tokens_per_second", tok_sec},
+                      {"trained_tokens", st.trained_tokens},
                       {"peak_memory", peak}}
                      .dump()
               << "\n";

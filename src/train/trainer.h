@@ -15,27 +15,27 @@ namespace lmtune::train {
 
 struct TrainingArgs {
   int64_t batch_size = 4;
-  int64_t iters = 1000;           // micro-batches, as mlx-lm; replaced by epochs when epochs > 0
-  int64_t epochs = 0;             // passes over the length-sorted batches of the training set
-  int64_t val_batches = 25;       // -1: all; the same batches at every evaluation
+  int64_t iters = 1000;      // micro-batches, as mlx-lm; replaced by epochs when epochs > 0
+  int64_t epochs = 0;        // passes over the length-sorted batches of the training set
+  int64_t val_batches = 25;  // -1: all; the same batches at every evaluation
   int64_t steps_per_report = 10;
   int64_t steps_per_eval = 200;
   int64_t save_every = 100;
   int64_t max_seq_length = 2048;
   int64_t grad_accumulation_steps = 1;
   bool grad_checkpoint = false;
-  double grad_clip = 0.0;         // max global L2 norm of the averaged gradient; 0 = off
-  int64_t early_stop = 0;         // stop after this many evaluations without a better val loss; 0 = off
+  double grad_clip = 0.0;  // max global L2 norm of the averaged gradient; 0 = off
+  int64_t early_stop = 0;  // stop after this many evaluations without a better val loss; 0 = off
   uint64_t seed = 0;
   std::string adapter_path = "adapters";
-  std::string resume;             // a checkpoint folder (adapter_path/checkpoints/NNNNNNN) to continue from
-  bool progress = false;          // a progress bar (rate, ETA, last loss) on stderr; the CLI turns it on
-                                  // when stdout and stderr are both terminals
+  std::string resume;     // a checkpoint folder (adapter_path/checkpoints/NNNNNNN) to continue from
+  bool progress = false;  // a progress bar (rate, ETA, last loss) on stderr; the CLI turns it on
+                          // when stdout and stderr are both terminals
 };
 
 struct TrainResult {
-  int64_t iterations = 0;         // the last iteration run
-  double best_val_loss = -1;      // -1 without validation
+  int64_t iterations = 0;     // the last iteration run
+  double best_val_loss = -1;  // -1 without validation
   int64_t best_iteration = 0;
   bool early_stopped = false;
 };

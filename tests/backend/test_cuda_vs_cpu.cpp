@@ -320,7 +320,8 @@ TEST_P(CudaVsCpu, FusedDecodeKernels) {
     void* yp[3] = {gy[0].raw(), gy[1].raw(), gy[2].raw()};
     ASSERT_EQ(gpu().gemv_group(gx.raw(), wp, yp, ns, 3, M, K, dt), half);
     if (half)
-      for (int i = 0; i < 3; ++i) check_close(read(gy[size_t(i)]), ref[size_t(i)], tol_gemm(dt), "gemv_group " + std::to_string(i));
+      for (int i = 0; i < 3; ++i)
+        check_close(read(gy[size_t(i)]), ref[size_t(i)], tol_gemm(dt), "gemv_group " + std::to_string(i));
     // gate = w[1], up = w[2] (both 40 x K)
     Vec want(size_t(M * ns[1]));
     for (size_t j = 0; j < want.size(); ++j) {
@@ -440,8 +441,8 @@ TEST_P(CudaVsCpu, Rope) {
     for (float mscale : {1.f, 1.3f}) {
       Vec ref(x.size());
       cpu().rope(x.data(), ref.data(), inv_freq.data(), B, T, H, D, 1000, nullptr, mscale, inverse, DType::f32);
-      gpu().rope(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), B, T, H, D, 1000, nullptr, mscale,
-                 inverse, dt);
+      gpu().rope(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), B, T, H, D, 1000, nullptr, mscale, inverse,
+                 dt);
       // Angles up to ~1000 rad: both sides use f32 sin/cos of the same f32 angle.
       const Tol tol{dt == DType::f32 ? 1e-5f : 1e-2f, dt == DType::f32 ? 1e-5f : 4e-3f};
       check_close(read(gout), ref, tol, std::string("rope inverse ") + (inverse ? "1" : "0"));
@@ -623,9 +624,9 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       {1, 64, 2, 1, 48, 50, 8},
   };
   for (const Case& c : cases) {
-    std::string name = "attention at run-time offset T" + std::to_string(c.T) + " cap" + std::to_string(c.cap) +
-                       " H" + std::to_string(c.H) + "/" + std::to_string(c.KV) + " D" + std::to_string(c.D) +
-                       " pos" + std::to_string(c.pos) + " win" + std::to_string(c.window);
+    std::string name = "attention at run-time offset T" + std::to_string(c.T) + " cap" + std::to_string(c.cap) + " H" +
+                       std::to_string(c.H) + "/" + std::to_string(c.KV) + " D" + std::to_string(c.D) + " pos" +
+                       std::to_string(c.pos) + " win" + std::to_string(c.window);
     SCOPED_TRACE(name);
     const int64_t S = c.pos + c.T, row = c.KV * c.D;
     size_t nq = size_t(c.T * c.H * c.D), nl = size_t(c.H * c.T);

@@ -136,7 +136,6 @@ TEST_P(Golden, CaseIsItsRowsFamily) {
   EXPECT_EQ(ModelConfig::load(dir).model_type, family);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, Golden, ::testing::ValuesIn(cases()),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Families, Golden, ::testing::ValuesIn(cases()), [](const auto& info) { return info.param; });
 
 }  // namespace

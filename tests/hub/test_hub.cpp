@@ -108,7 +108,8 @@ class FakeHub {
         if (!siblings.empty()) siblings += ',';
         siblings.append("{\"rfilename\":\"").append(name).append("\"}");
       }
-      r.set_content("{\"id\":\"x\",\"sha\":\"" + rev->commit + "\",\"siblings\":[" + siblings + "]}", "application/json");
+      r.set_content("{\"id\":\"x\",\"sha\":\"" + rev->commit + "\",\"siblings\":[" + siblings + "]}",
+                    "application/json");
     });
     svr_.Get(R"(/([^/]+)/([^/]+)/resolve/([^/]+)/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
       log(q);
@@ -256,8 +257,8 @@ class Hub : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     root_ = tmpl;
     cache_ = root_ + "/hub";
-    for (const char* v : {"HF_HOME", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE",
-                          "HF_TOKEN_PATH"})
+    for (const char* v :
+         {"HF_HOME", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH"})
       ::unsetenv(v);
     ::setenv("HF_HOME", (root_ + "/home").c_str(), 1);  // no token file from the real home
     ::setenv("HF_HUB_CACHE", cache_.c_str(), 1);

@@ -86,17 +86,19 @@ TEST(Jinja, ForLoop) {
   json ctx = {{"xs", {"a", "b", "c"}}};
   EXPECT_EQ(render("{% for x in xs %}{{ loop.index }}{{ x }}{% if not loop.last %},{% endif %}{% endfor %}", ctx),
             "1a,2b,3c");
-  EXPECT_EQ(render("{% for x in xs %}{{ loop.index0 }}{{ loop.first }}{{ loop.revindex }}{{ loop.length }} {% endfor %}",
-                   ctx),
-            "0True33 1False23 2False13 ");
+  EXPECT_EQ(
+      render("{% for x in xs %}{{ loop.index0 }}{{ loop.first }}{{ loop.revindex }}{{ loop.length }} {% endfor %}",
+             ctx),
+      "0True33 1False23 2False13 ");
   EXPECT_EQ(render("{% for x in xs %}{{ loop.previtem }}-{{ loop.nextitem }} {% endfor %}", ctx), "-b a-c b- ");
   EXPECT_EQ(render("{% for x in [] %}x{% else %}empty{% endfor %}"), "empty");
   EXPECT_EQ(render("{% for x in xs if x != 'b' %}{{ x }}{{ loop.length }}{% endfor %}", ctx), "a2c2");
   EXPECT_EQ(render("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}"), "a=1;b=2;");
   EXPECT_EQ(render("{% for k in {'z': 1, 'a': 2} %}{{ k }}{% endfor %}"), "za");
-  EXPECT_EQ(render("{% for x in range(5) %}{% if x == 1 %}{% continue %}{% endif %}{% if x == 3 %}{% break %}{% endif %}"
-                   "{{ x }}{% endfor %}"),
-            "02");
+  EXPECT_EQ(
+      render("{% for x in range(5) %}{% if x == 1 %}{% continue %}{% endif %}{% if x == 3 %}{% break %}{% endif %}"
+             "{{ x }}{% endfor %}"),
+      "02");
   EXPECT_EQ(render("{% for x in xs %}{{ loop.cycle('o', 'e') }}{% endfor %}", ctx), "oeo");
 }
 
@@ -115,7 +117,8 @@ TEST(Jinja, Macros) {
   EXPECT_EQ(render("{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}"
                    "{{ greet('a') }} {{ greet('b', '?') }} {{ greet(name='c', punct='.') }}"),
             "Hi a! Hi b? Hi c.");
-  EXPECT_EQ(render("{% set g = 'G' %}{% macro m() %}{{ g }}{% endmacro %}{% for g in [1] %}{{ m() }}{% endfor %}"), "G");
+  EXPECT_EQ(render("{% set g = 'G' %}{% macro m() %}{{ g }}{% endmacro %}{% for g in [1] %}{{ m() }}{% endfor %}"),
+            "G");
 }
 
 TEST(Jinja, WhitespaceControl) {
@@ -125,7 +128,7 @@ TEST(Jinja, WhitespaceControl) {
   EXPECT_EQ(render("{% if true %}\nx\n{% endif %}\ny"), "x\ny");
   EXPECT_EQ(render("  {% if true %}\n  x\n  {% endif %}\n"), "  x\n");
   EXPECT_EQ(render("a {% if true %}b{% endif %}"), "a b");  // not at line start: kept
-  EXPECT_EQ(render("  {{ 'v' }}\n"), "  v");                  // lstrip does not touch {{
+  EXPECT_EQ(render("  {{ 'v' }}\n"), "  v");                // lstrip does not touch {{
   EXPECT_EQ(render("{# c #}\nx"), "x");
   EXPECT_EQ(render("  {%+ if true %}x{% endif %}"), "  x");
   EXPECT_EQ(render("{% if true +%}\nx{% endif %}"), "\nx");
@@ -136,13 +139,14 @@ TEST(Jinja, Tests) {
   EXPECT_EQ(render("{{ x is defined }} {{ y is undefined }} {{ none is none }} {{ 'a' is string }} {{ 1 is number }}",
                    {{"x", 1}}),
             "True True True True True");
-  EXPECT_EQ(render("{{ 1 is integer }} {{ 1.0 is float }} {{ {} is mapping }} {{ [] is iterable }} {{ 'a' is sequence }}"),
-            "True True True True True");
+  EXPECT_EQ(
+      render("{{ 1 is integer }} {{ 1.0 is float }} {{ {} is mapping }} {{ [] is iterable }} {{ 'a' is sequence }}"),
+      "True True True True True");
   EXPECT_EQ(render("{{ true is boolean }} {{ true is true }} {{ 0 is false }} {{ 4 is even }} {{ 3 is odd }}"),
             "True True False True True");
-  EXPECT_EQ(render("{{ 9 is divisibleby 3 }} {{ 9 is divisibleby(4) }} {{ 'a' is eq 'a' }} {{ x is not none }}",
-                   {{"x", 1}}),
-            "True False True True");
+  EXPECT_EQ(
+      render("{{ 9 is divisibleby 3 }} {{ 9 is divisibleby(4) }} {{ 'a' is eq 'a' }} {{ x is not none }}", {{"x", 1}}),
+      "True False True True");
   EXPECT_EQ(render("{{ 'abc' is lower }} {{ 'aBc' is upper }}"), "True False");
 }
 
@@ -156,14 +160,17 @@ TEST(Jinja, Filters) {
             "d  d n");
   EXPECT_EQ(render("{{ ['a', 'b']|map('upper')|list }} {{ [{'n': 1}, {'n': 2}]|map(attribute='n')|list }}"),
             "['A', 'B'] [1, 2]");
-  EXPECT_EQ(render("{{ [1, 2, 3, 4]|select('even')|list }} {{ [1, 2, 3]|reject('odd')|list }} {{ [0, 1, '']|select|list }}"),
-            "[2, 4] [2] [1]");
+  EXPECT_EQ(
+      render("{{ [1, 2, 3, 4]|select('even')|list }} {{ [1, 2, 3]|reject('odd')|list }} {{ [0, 1, '']|select|list }}"),
+      "[2, 4] [2] [1]");
   std::string people = "{% set p = [{'n': 'a', 'ok': true}, {'n': 'b', 'ok': false}, {'n': 'c'}] %}";
-  EXPECT_EQ(render(people + "{{ p|selectattr('ok')|map(attribute='n')|join }} {{ p|rejectattr('ok')|map(attribute='n')|join }}"
-                            " {{ p|selectattr('n', 'equalto', 'c')|list|length }}"),
+  EXPECT_EQ(render(people +
+                   "{{ p|selectattr('ok')|map(attribute='n')|join }} {{ p|rejectattr('ok')|map(attribute='n')|join }}"
+                   " {{ p|selectattr('n', 'equalto', 'c')|list|length }}"),
             "a bc 1");
-  EXPECT_EQ(render("{{ '42'|int + 1 }} {{ 'x'|int }} {{ 3.9|int }} {{ '2.5'|float }} {{ 2.567|round(2) }} {{ 2.5|round }}"),
-            "43 0 3 2.5 2.57 2.0");
+  EXPECT_EQ(
+      render("{{ '42'|int + 1 }} {{ 'x'|int }} {{ 3.9|int }} {{ '2.5'|float }} {{ 2.567|round(2) }} {{ 2.5|round }}"),
+      "43 0 3 2.5 2.57 2.0");
   EXPECT_EQ(render("{{ -3|abs }} {{ 5|string ~ 'x' }} {{ 'a'|safe }} {{ [3, 1, 2]|sort }} {{ [1, 1, 2]|unique|list }}"),
             "3 5x a [1, 2, 3] [1, 2]");
   EXPECT_EQ(render("{{ 'a\nb\n\nc'|indent(2) }}|{{ 'a\nb'|indent(2, true) }}"), "a\n  b\n\n  c|  a\n  b");
@@ -204,9 +211,7 @@ TEST(Jinja, Globals) {
   EXPECT_NE(error_of("{{ raise_exception('bad role') }}").find("bad role"), std::string::npos);
 }
 
-TEST(Jinja, Generation) {
-  EXPECT_EQ(render("a{% generation %}b{{ 1 }}{% endgeneration %}c"), "ab1c");
-}
+TEST(Jinja, Generation) { EXPECT_EQ(render("a{% generation %}b{{ 1 }}{% endgeneration %}c"), "ab1c"); }
 
 TEST(Jinja, Errors) {
   EXPECT_EQ(error_of("a\nb\n{{ x|frobnicate }}"), "[jinja] line 3, column 6: unknown filter 'frobnicate'");

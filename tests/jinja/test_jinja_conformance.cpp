@@ -62,7 +62,8 @@ TEST(JinjaConformance, MatchesPythonJinja2) {
     if (c.contains("error")) {
       ++n_raise;
       EXPECT_FALSE(err.empty()) << name << ": jinja2 raised (" << c["error"].get<std::string>()
-                                << ") but we rendered:\n" << got;
+                                << ") but we rendered:\n"
+                                << got;
       if (c["error_type"] == "TemplateError") {
         EXPECT_NE(err.find(c["error"].get<std::string>()), std::string::npos)
             << name << ": raise_exception message lost: " << err;
@@ -76,8 +77,8 @@ TEST(JinjaConformance, MatchesPythonJinja2) {
       }
     }
   }
-  std::cout << "jinja conformance: " << n_ok << " renders, " << n_raise << " raising cases over "
-            << per_template.size() << " templates\n";
+  std::cout << "jinja conformance: " << n_ok << " renders, " << n_raise << " raising cases over " << per_template.size()
+            << " templates\n";
   EXPECT_GT(n_ok, 0u);
 }
 

@@ -44,9 +44,7 @@ std::unique_ptr<Model> random_model(const ModelConfig& cfg, uint64_t seed) {
   return m;
 }
 
-Tensor ids_of(const std::vector<int32_t>& v, int64_t B = 1) {
-  return Tensor::from_i32(v, {B, int64_t(v.size()) / B});
-}
+Tensor ids_of(const std::vector<int32_t>& v, int64_t B = 1) { return Tensor::from_i32(v, {B, int64_t(v.size()) / B}); }
 
 std::vector<float> row(const Tensor& logits, int64_t b, int64_t t) {
   std::vector<float> all = ops::to(logits, Device::cpu, DType::f32).to_f32_vector();

@@ -30,13 +30,18 @@ ChatTemplateOptions to_options(const ojson& o) {
   for (auto it = o.begin(); it != o.end(); ++it) {
     const std::string& k = it.key();
     const ojson& v = it.value();
-    if (k == "add_generation_prompt") opts.add_generation_prompt = v.get<bool>();
-    else if (k == "continue_final_message") opts.continue_final_message = v.is_string() ? v.get<std::string>()
-                                                                          : (v.get<bool>() ? "content" : "");
-    else if (k == "tools") opts.tools = v;
-    else if (k == "documents") opts.documents = v;
-    else if (k == "chat_template") opts.chat_template = v.get<std::string>();
-    else opts.kwargs[k] = v;
+    if (k == "add_generation_prompt")
+      opts.add_generation_prompt = v.get<bool>();
+    else if (k == "continue_final_message")
+      opts.continue_final_message = v.is_string() ? v.get<std::string>() : (v.get<bool>() ? "content" : "");
+    else if (k == "tools")
+      opts.tools = v;
+    else if (k == "documents")
+      opts.documents = v;
+    else if (k == "chat_template")
+      opts.chat_template = v.get<std::string>();
+    else
+      opts.kwargs[k] = v;
   }
   return opts;
 }
@@ -98,24 +103,36 @@ ChatTemplate tiny(const std::string& config) {
   for (char ch = ' ' + 1; ch <= '~'; ++ch) v[std::string(1, ch)] = id++;
   v["\xc4\xa0"] = id++;  // "Ġ" (space)
   v["\xc4\x8a"] = id++;  // "Ċ" (newline)
-  ojson tj = {{"version", "1.0"},
-              {"added_tokens", ojson::array({{{"id", id}, {"content", "<eos>"}, {"single_word", false},
-                                              {"lstrip", false}, {"rstrip", false}, {"normalized", false},
-                                              {"special", true}}})},
-              {"normalizer", nullptr},
-              {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
-                                 {"use_regex", true}}},
-              {"post_processor", nullptr},
-              {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
-                           {"use_regex", true}}},
-              {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
-                         {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-                         {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", v}, {"merges", ojson::array()}}}};
+  ojson tj = {
+      {"version", "1.0"},
+      {"added_tokens", ojson::array({{{"id", id},
+                                      {"content", "<eos>"},
+                                      {"single_word", false},
+                                      {"lstrip", false},
+                                      {"rstrip", false},
+                                      {"normalized", false},
+                                      {"special", true}}})},
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"vocab", v},
+        {"merges", ojson::array()}}}};
   return ChatTemplate(Tokenizer::from_json(tj.dump(), config), config, "tiny-folder");
 }
 
-const char kEcho[] = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
-                     "{% if add_generation_prompt %}<assistant>{% endif %}";
+const char kEcho[] =
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}";
 
 TEST(ChatTemplate, NamedTemplatesSelection) {
   ojson cfg = {{"eos_token", "<eos>"},
@@ -135,7 +152,8 @@ TEST(ChatTemplate, NamedTemplatesSelection) {
 }
 
 TEST(ChatTemplate, NoDefaultAmongSeveral) {
-  ojson cfg = {{"chat_template", ojson::array({{{"name", "a"}, {"template", "A"}}, {{"name", "b"}, {"template", "B"}}})}};
+  ojson cfg = {
+      {"chat_template", ojson::array({{{"name", "a"}, {"template", "A"}}, {{"name", "b"}, {"template", "B"}}})}};
   ChatTemplate ct = tiny(cfg.dump());
   try {
     ct.render(ojson::array({{{"role", "user"}, {"content", "x"}}}));
@@ -148,9 +166,9 @@ TEST(ChatTemplate, NoDefaultAmongSeveral) {
 TEST(ChatTemplate, RefusedInputs) {
   ojson cfg = {{"eos_token", "<eos>"}, {"chat_template", kEcho}};
   ChatTemplate ct = tiny(cfg.dump());
-  EXPECT_THROW(ct.render(ojson::array()), lmtune::Error);                       // empty conversation
-  EXPECT_THROW(ct.render(ojson::object()), lmtune::Error);                      // not a list
-  EXPECT_THROW(ct.render(ojson::array({"just text"})), lmtune::Error);          // message not an object
+  EXPECT_THROW(ct.render(ojson::array()), lmtune::Error);               // empty conversation
+  EXPECT_THROW(ct.render(ojson::object()), lmtune::Error);              // not a list
+  EXPECT_THROW(ct.render(ojson::array({"just text"})), lmtune::Error);  // message not an object
   ChatTemplateOptions o;
   o.continue_final_message = "content";
   o.add_generation_prompt = true;

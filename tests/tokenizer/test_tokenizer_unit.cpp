@@ -25,8 +25,13 @@ json byte_level_json() {
   for (int b = 0; b < 256; ++b) vocab[lmtune::tok::byte_to_unicode(static_cast<unsigned char>(b))] = b;
   vocab["ab"] = 256;
   return {{"version", "1.0"},
-          {"added_tokens", json::array({{{"id", 257}, {"content", "<|end|>"}, {"special", true}, {"lstrip", false},
-                                         {"rstrip", false}, {"normalized", false}, {"single_word", false}}})},
+          {"added_tokens", json::array({{{"id", 257},
+                                         {"content", "<|end|>"},
+                                         {"special", true},
+                                         {"lstrip", false},
+                                         {"rstrip", false},
+                                         {"normalized", false},
+                                         {"single_word", false}}})},
           {"normalizer", nullptr},
           {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
           {"post_processor", nullptr},
@@ -49,26 +54,35 @@ json byte_fallback_json() {
   vocab["\xE2\x96\x81hi"] = 263;
   json special = json::array();
   for (auto [id, s] : {std::pair{0, "<unk>"}, {1, "<s>"}, {2, "</s>"}})
-    special.push_back({{"id", id}, {"content", s}, {"special", true}, {"lstrip", false}, {"rstrip", false},
-                       {"normalized", false}, {"single_word", false}});
-  return {{"added_tokens", special},
-          {"normalizer",
-           {{"type", "Sequence"},
-            {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                                         {{"type", "Replace"}, {"pattern", {{"String", " "}}},
-                                          {"content", "\xE2\x96\x81"}}})}}},
-          {"pre_tokenizer", nullptr},
-          {"post_processor", nullptr},
-          {"decoder",
-           {{"type", "Sequence"},
-            {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-                                      {{"type", "ByteFallback"}},
-                                      {{"type", "Fuse"}},
-                                      {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
-          {"model",
-           {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({json::array({"h", "i"}),
-                                                                       json::array({"\xE2\x96\x81", "hi"})})},
-            {"unk_token", "<unk>"}, {"fuse_unk", true}, {"byte_fallback", true}}}};
+    special.push_back({{"id", id},
+                       {"content", s},
+                       {"special", true},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", false},
+                       {"single_word", false}});
+  return {
+      {"added_tokens", special},
+      {"normalizer",
+       {{"type", "Sequence"},
+        {"normalizers",
+         json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+                      {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}}},
+      {"pre_tokenizer", nullptr},
+      {"post_processor", nullptr},
+      {"decoder",
+       {{"type", "Sequence"},
+        {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+                                  {{"type", "ByteFallback"}},
+                                  {{"type", "Fuse"}},
+                                  {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+      {"model",
+       {{"type", "BPE"},
+        {"vocab", vocab},
+        {"merges", json::array({json::array({"h", "i"}), json::array({"\xE2\x96\x81", "hi"})})},
+        {"unk_token", "<unk>"},
+        {"fuse_unk", true},
+        {"byte_fallback", true}}}};
 }
 
 std::string error_of(const std::function<void()>& f) {
@@ -83,8 +97,8 @@ std::string error_of(const std::function<void()>& f) {
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() / ("lmtune_tok_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
+    path = fs::temp_directory_path() /
+           ("lmtune_tok_" + std::to_string(::getpid()) + "_" + std::to_string(reinterpret_cast<uintptr_t>(this)));
     fs::create_directories(path);
   }
   ~TempDir() { fs::remove_all(path); }

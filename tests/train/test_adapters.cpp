@@ -75,7 +75,8 @@ TEST(Adapters, DefaultKeysShapesAndInit) {
   train::attach_adapters(*model, cfg);
   EXPECT_EQ(train::trainable_parameters(*model).size(), 42u);
   const nn::LoraAdapter& d = model->adapters().at("model.layers.0.self_attn.q_proj");
-  std::vector<float> wq = model->weight("model.layers.0.self_attn.q_proj.weight").to_f32_vector(), m = d.m.to_f32_vector();
+  std::vector<float> wq = model->weight("model.layers.0.self_attn.q_proj.weight").to_f32_vector(),
+                     m = d.m.to_f32_vector();
   for (int64_t r = 0; r < 48; ++r) {
     double s = 0;
     for (int64_t c = 0; c < 48; ++c) s += double(wq[size_t(r * 48 + c)]) * wq[size_t(r * 48 + c)];
@@ -192,7 +193,10 @@ TEST(Adapters, FullOnBf16CudaTrainsMasters) {
   }
   for (auto& [n, t] : opt->state()) EXPECT_EQ(t.dtype(), DType::f32) << n;
   EXPECT_EQ(opt->state().size(), 18u);
-  { ag::NoGradGuard ng; model->loss(ids, targets); }  // the forward casts the masters into the weights
+  {
+    ag::NoGradGuard ng;
+    model->loss(ids, targets);
+  }  // the forward casts the masters into the weights
   size_t n_all = 0, moved = 0, bf16_same = 0;
   for (auto& [n, t] : params) {
     std::vector<float> now = host(t), w = host(model->weight(n)), s0 = start[n];
@@ -203,8 +207,10 @@ TEST(Adapters, FullOnBf16CudaTrainsMasters) {
       bf16_same += cast[i] == s0[i];
     }
   }
-  std::printf("bf16 full fine-tuning on CUDA, 4 Adam steps at lr 3e-7: %zu/%zu f32 masters moved, %zu/%zu weights "
-              "unchanged in bf16\n", moved, n_all, bf16_same, n_all);
+  std::printf(
+      "bf16 full fine-tuning on CUDA, 4 Adam steps at lr 3e-7: %zu/%zu f32 masters moved, %zu/%zu weights "
+      "unchanged in bf16\n",
+      moved, n_all, bf16_same, n_all);
   EXPECT_GT(moved, n_all * 9 / 10);
   EXPECT_GT(bf16_same, n_all * 9 / 10);
 }
@@ -227,8 +233,8 @@ TEST(Adapters, RoundTripAndMlxCheckFiles) {
       train::save_adapter_config(dir, cfg, {{"model", golden_model(c)}, {"optimizer", "adam"}});
       train::save_adapter_weights(dir + "/adapters.safetensors", *model);
       Tensor logits = model->forward(ids_batch());
-      save_safetensors(dir + "/lmtune_logits.safetensors",
-                       {{"ids", ids_batch()}, {"logits", logits}}, {{"model_dir", golden_model(c)}});
+      save_safetensors(dir + "/lmtune_logits.safetensors", {{"ids", ids_batch()}, {"logits", logits}},
+                       {{"model_dir", golden_model(c)}});
 
       // Loaded into a fresh model: same tensors, same logits.
       auto again = load_model(golden_model(c), Device::cpu, DType::f32);
@@ -269,7 +275,8 @@ TEST(Adapters, LoadRefusesForeignTensorsAndShapes) {
   save_safetensors(dir + "/adapters.safetensors",
                    {{"model.layers.1.self_attn.q_proj.lora_a", Tensor::zeros_cpu({48, 3})}});
   EXPECT_THROW(train::load_adapters(*model, dir), Error);  // rank 3 in a rank-2 config
-  save_safetensors(dir + "/adapters.safetensors", {{"model.layers.1.self_attn.q_proj.weight", Tensor::zeros_cpu({48, 48})}});
+  save_safetensors(dir + "/adapters.safetensors",
+                   {{"model.layers.1.self_attn.q_proj.weight", Tensor::zeros_cpu({48, 48})}});
   EXPECT_THROW(train::load_adapters(*model, dir), Error);  // a base weight is not an adapter parameter
   EXPECT_THROW(train::load_adapters(*model, dir + "/missing"), Error);
 }

@@ -109,7 +109,8 @@ class DatasetChecks : public ::testing::Test {
 
 TEST_F(DatasetChecks, MalformedLinesReportedWithLineNumbers) {
   std::string p = (tmp_ / "train.jsonl").string();
-  write(p, "{\"text\": \"one\"}\n\n{\"text\": \"two\"\n[1, 2]\n{\"text\": 5}\n{\"prompt\": \"x\"}\n{\"text\": \"ok\"}\n");
+  write(p,
+        "{\"text\": \"one\"}\n\n{\"text\": \"two\"\n[1, 2]\n{\"text\": 5}\n{\"prompt\": \"x\"}\n{\"text\": \"ok\"}\n");
   testing::internal::CaptureStderr();
   try {
     load_jsonl_dataset(p, *chat_, {});

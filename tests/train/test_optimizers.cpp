@@ -39,8 +39,8 @@ TEST(OptimizersVsMlx, SixUpdates) {
   std::vector<std::string> names = meta["params"].get<std::vector<std::string>>();
   for (const json& c : meta["cases"]) {
     std::string cname = c["name"].get<std::string>();
-    train::Schedule lr = c["lr"].is_object() ? train::build_schedule(c["lr"], 0.0)
-                                             : train::constant_schedule(c["lr"].get<double>());
+    train::Schedule lr =
+        c["lr"].is_object() ? train::build_schedule(c["lr"], 0.0) : train::constant_schedule(c["lr"].get<double>());
     auto opt = train::make_optimizer(c["optimizer"].get<std::string>(), c["config"], lr);
     std::vector<std::pair<std::string, Tensor>> params;
     for (const std::string& n : names) params.push_back({n, ops::clone(ref.get("init." + n))});
@@ -149,8 +149,8 @@ TEST(Optimizers, MuonOnCudaMatchesCpu) {
     double e = max_rel_error(ops::to(pg[i].second, Device::cpu).to_f32_vector(), pc[i].second.to_f32_vector());
     // f32 GEMMs in another summation order, through 5 Newton-Schulz steps: a few ulps of the update.
     EXPECT_LE(e, 1e-5) << pc[i].first;
-    std::printf("muon cuda vs cpu %s %s: 4 updates, rel err %.2e\n", pc[i].first.c_str(),
-                shape_str(shapes[i]).c_str(), e);
+    std::printf("muon cuda vs cpu %s %s: 4 updates, rel err %.2e\n", pc[i].first.c_str(), shape_str(shapes[i]).c_str(),
+                e);
   }
 }
 

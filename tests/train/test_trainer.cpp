@@ -108,12 +108,8 @@ struct OptCase {
 // dropout is on, so the restored dropout counter is checked too.
 TEST(Trainer, ResumeEqualsUninterruptedRunForEveryOptimizer) {
   const std::vector<OptCase> cases = {
-      {"sgd", json::object()},
-      {"sgd", {{"momentum", 0.9}}},
-      {"adafactor", json::object()},
-      {"adam", json::object()},
-      {"adamw", {{"weight_decay", 0.1}}},
-      {"muon", json::object()},
+      {"sgd", json::object()},  {"sgd", {{"momentum", 0.9}}},       {"adafactor", json::object()},
+      {"adam", json::object()}, {"adamw", {{"weight_decay", 0.1}}}, {"muon", json::object()},
   };
   for (const OptCase& c : cases) {
     std::string label = std::string(c.name) + " " + c.config.dump();

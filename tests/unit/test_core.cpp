@@ -93,7 +93,9 @@ TEST(RuntimeConfig, FromEnvironment) {
   RuntimeConfig d = runtime_config_from_env(get);
   EXPECT_TRUE(d.cuda_gemv && d.cuda_flash && d.cuda_graph);
   EXPECT_EQ(d.attn_chunk_rows, 0);
-  env = {{"LMTUNE_CUDA_GEMV", "0"}, {"LMTUNE_CUDA_FLASH", "0"}, {"LMTUNE_CUDA_GRAPH", "0"},
+  env = {{"LMTUNE_CUDA_GEMV", "0"},
+         {"LMTUNE_CUDA_FLASH", "0"},
+         {"LMTUNE_CUDA_GRAPH", "0"},
          {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph);

@@ -16,8 +16,8 @@ using V = std::vector<Tensor>;
 namespace {
 Tensor rnd(const Shape& s, uint64_t seed, float std = 1.f) { return ops::randn(s, seed, std); }
 
-void check(const char* what, const std::function<Tensor(const V&)>& fn, const V& inputs,
-           std::vector<size_t> which = {}, ag::GradcheckOptions opt = {}) {
+void check(const char* what, const std::function<Tensor(const V&)>& fn, const V& inputs, std::vector<size_t> which = {},
+           ag::GradcheckOptions opt = {}) {
   ag::GradcheckResult r = ag::gradcheck(fn, inputs, opt, which);
   EXPECT_TRUE(r.ok) << what << ": max abs err " << r.max_abs_err << "\n" << r.report;
 }
@@ -48,7 +48,8 @@ TEST(Gradcheck, CastOnExactGrid) {
   ag::GradcheckOptions opt;
   opt.eps = 1.f / 16;
   for (DType dt : {DType::bf16, DType::f16})
-    check("cast", [dt](const V& in) { return ag::cast(ag::cast(in[0], dt), DType::f32); }, {x}, {}, opt);
+    check(
+        "cast", [dt](const V& in) { return ag::cast(ag::cast(in[0], dt), DType::f32); }, {x}, {}, opt);
 }
 
 TEST(Gradcheck, MatmulAndLinear) {
@@ -78,7 +79,9 @@ TEST(Gradcheck, EmbeddingRmsNormRope) {
 }
 
 TEST(Gradcheck, AttentionGqaAndWindow) {
-  struct Case { int64_t T, H, KV, D, window; };
+  struct Case {
+    int64_t T, H, KV, D, window;
+  };
   for (Case c : {Case{5, 4, 2, 4, 0}, Case{6, 2, 1, 4, 3}, Case{4, 3, 3, 2, 0}}) {
     Tensor q = rnd({2, c.T, c.H, c.D}, 16), k = rnd({2, c.T, c.KV, c.D}, 17), v = rnd({2, c.T, c.KV, c.D}, 18);
     float scale = 1.f / std::sqrt(float(c.D));

@@ -16,29 +16,29 @@ Tensor rnd(const Shape& s, uint64_t seed) { return ops::randn(s, seed); }
 
 TEST(OpsCpu, MatmulAllTransposesAndBatches) {
   for (int64_t M : {7, 1})  // M = 1 takes the GEMV path
-  for (bool ta : {false, true}) {
-    for (bool tb : {false, true}) {
-      int64_t Bt = 3, K = 13, N = 5;
-      Tensor a = rnd(ta ? Shape{Bt, K, M} : Shape{Bt, M, K}, 1);
-      Tensor b = rnd(tb ? Shape{Bt, N, K} : Shape{Bt, K, N}, 2);
-      Tensor c = ops::matmul(a, b, ta, tb);
-      ASSERT_EQ(c.shape(), (Shape{Bt, M, N}));
-      auto av = vec(a), bv = vec(b);
-      std::vector<float> ref(static_cast<size_t>(Bt * M * N));
-      for (int64_t z = 0; z < Bt; ++z)
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t j = 0; j < N; ++j) {
-            double s = 0;
-            for (int64_t k = 0; k < K; ++k) {
-              float x = ta ? av[size_t(z * K * M + k * M + i)] : av[size_t(z * M * K + i * K + k)];
-              float y = tb ? bv[size_t(z * N * K + j * K + k)] : bv[size_t(z * K * N + k * N + j)];
-              s += double(x) * y;
+    for (bool ta : {false, true}) {
+      for (bool tb : {false, true}) {
+        int64_t Bt = 3, K = 13, N = 5;
+        Tensor a = rnd(ta ? Shape{Bt, K, M} : Shape{Bt, M, K}, 1);
+        Tensor b = rnd(tb ? Shape{Bt, N, K} : Shape{Bt, K, N}, 2);
+        Tensor c = ops::matmul(a, b, ta, tb);
+        ASSERT_EQ(c.shape(), (Shape{Bt, M, N}));
+        auto av = vec(a), bv = vec(b);
+        std::vector<float> ref(static_cast<size_t>(Bt * M * N));
+        for (int64_t z = 0; z < Bt; ++z)
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double s = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                float x = ta ? av[size_t(z * K * M + k * M + i)] : av[size_t(z * M * K + i * K + k)];
+                float y = tb ? bv[size_t(z * N * K + j * K + k)] : bv[size_t(z * K * N + k * N + j)];
+                s += double(x) * y;
+              }
+              ref[size_t(z * M * N + i * N + j)] = float(s);
             }
-            ref[size_t(z * M * N + i * N + j)] = float(s);
-          }
-      expect_close(vec(c), ref, 1e-5, 1e-5, "matmul");
+        expect_close(vec(c), ref, 1e-5, 1e-5, "matmul");
+      }
     }
-  }
   Tensor a = rnd({2, 3, 4}, 3), w = rnd({4, 6}, 4);
   Tensor c = ops::matmul(a, w);  // broadcast b folds the batch into rows
   Tensor c0 = ops::matmul(a.slice_rows(1, 2).reshape({3, 4}), w);
@@ -98,8 +98,8 @@ TEST(OpsCpu, RopeRotatesHalvesAndInverts) {
 namespace {
 // Naive attention in double: softmax over visible keys.
 std::vector<float> naive_attention(const std::vector<float>& q, const std::vector<float>& k,
-                                   const std::vector<float>& v, int64_t B, int64_t T, int64_t S, int64_t H,
-                                   int64_t KV, int64_t D, float scale, int64_t window, int64_t off) {
+                                   const std::vector<float>& v, int64_t B, int64_t T, int64_t S, int64_t H, int64_t KV,
+                                   int64_t D, float scale, int64_t window, int64_t off) {
   std::vector<float> out(static_cast<size_t>(B * T * H * D));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
@@ -130,7 +130,9 @@ std::vector<float> naive_attention(const std::vector<float>& q, const std::vecto
 }  // namespace
 
 TEST(OpsCpu, AttentionGqaWindowOffset) {
-  struct Case { int64_t B, T, S, H, KV, D, window, off; };
+  struct Case {
+    int64_t B, T, S, H, KV, D, window, off;
+  };
   for (Case c : {Case{2, 7, 7, 4, 2, 8, 0, 0}, Case{1, 9, 9, 6, 3, 16, 3, 0}, Case{1, 3, 10, 2, 1, 8, 0, 7},
                  Case{2, 5, 5, 3, 3, 4, 2, 0}}) {
     Tensor q = rnd({c.B, c.T, c.H, c.D}, 11), k = rnd({c.B, c.S, c.KV, c.D}, 12), v = rnd({c.B, c.S, c.KV, c.D}, 13);

@@ -48,9 +48,7 @@ std::string le64(uint64_t v) {
 }
 
 // A safetensors file written by hand: length prefix, header as given (no padding), then data.
-std::string st_bytes(const std::string& header, const std::string& data) {
-  return le64(header.size()) + header + data;
-}
+std::string st_bytes(const std::string& header, const std::string& data) { return le64(header.size()) + header + data; }
 
 // The message of the lmtune::Error that fn throws; fails the test on no throw or another type.
 std::string error_of(const std::function<void()>& fn) {
@@ -87,8 +85,7 @@ const std::string kF32x2 = R"({"dtype":"F32","shape":[2],"data_offsets":[0,8]})"
 // Round trips and zero-copy
 
 TEST_F(SafetensorsTest, RoundTripEveryDtypeWithMetadata) {
-  const DType dts[] = {DType::f32, DType::f16, DType::bf16, DType::i8,
-                       DType::u8,  DType::i32, DType::u32,  DType::i64};
+  const DType dts[] = {DType::f32, DType::f16, DType::bf16, DType::i8, DType::u8, DType::i32, DType::u32, DType::i64};
   const char* names[] = {"F32", "F16", "BF16", "I8", "U8", "I32", "U32", "I64"};
   std::vector<std::pair<std::string, Tensor>> ts;
   int seed = 0;
@@ -220,8 +217,7 @@ TEST_F(SafetensorsTest, ZeroSizeTensorsShareAnOffset) {
 }
 
 TEST_F(SafetensorsTest, UnsupportedDtypeOpensButGetRefuses) {
-  const std::string header =
-      R"({"w":)" + kF32x2 + R"(,"d":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})";
+  const std::string header = R"({"w":)" + kF32x2 + R"(,"d":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})";
   const std::string path = p("f64.safetensors");
   write_bytes(path, st_bytes(header, std::string(16, '\0')));
   SafetensorsFile f(path);
@@ -511,8 +507,7 @@ TEST_F(HostileTest, DuplicateTensorName) {
 }
 
 TEST_F(HostileTest, DuplicateKeyInsideEntry) {
-  std::string msg = entry_error(R"({"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]})",
-                                std::string(8, 0));
+  std::string msg = entry_error(R"({"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]})", std::string(8, 0));
   EXPECT_CONTAINS(msg, "'w'");
   EXPECT_CONTAINS(msg, "duplicate key 'dtype'");
 }
@@ -535,8 +530,7 @@ TEST_F(HostileTest, NotARegularFile) {
 // tensor reads in range) or throw lmtune::Error, never anything else.
 TEST_F(HostileTest, TruncationsAndCorruptionsFailCleanly) {
   const std::string good = p("good.safetensors");
-  save_safetensors(good, {{"a", patterned({3, 2}, DType::f32, 1)}, {"b", patterned({5}, DType::u8, 2)}},
-                   {{"k", "v"}});
+  save_safetensors(good, {{"a", patterned({3, 2}, DType::f32, 1)}, {"b", patterned({5}, DType::u8, 2)}}, {{"k", "v"}});
   std::ifstream in(good, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const std::string path = p("bad.safetensors");
@@ -603,8 +597,7 @@ TEST_F(SafetensorsTest, FailedRenameRemovesTempFile) {
   // The target is a non-empty folder: the temp file is written, then rename fails.
   fs::create_directory(p("target.safetensors"));
   write_bytes(p("target.safetensors") + "/keep", "x");
-  std::string msg =
-      error_of([&] { save_safetensors(p("target.safetensors"), {{"w", Tensor::from_f32({1.f}, {1})}}); });
+  std::string msg = error_of([&] { save_safetensors(p("target.safetensors"), {{"w", Tensor::from_f32({1.f}, {1})}}); });
   EXPECT_CONTAINS(msg, "rename");
   EXPECT_FALSE(has_temp_files(dir_));
   EXPECT_TRUE(fs::is_directory(p("target.safetensors")));

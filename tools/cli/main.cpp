@@ -5,8 +5,8 @@
 #include <string>
 
 #include "backend/backend.h"
-#include "core/runtime_config.h"
 #include "cli_commands.h"
+#include "core/runtime_config.h"
 
 namespace {
 
@@ -32,8 +32,9 @@ void print_help() {
       "Fine-tune and run open language models on your own machine (CPU or NVIDIA GPU),\n"
       "with mlx-lm's commands, flags and file formats.\n\ncommands:\n");
   for (const Command& c : kCommands) std::printf("  %-10s %s\n", c.name, c.summary);
-  std::printf("\noptions:\n  -h, --help     show this help\n  --version      print the version and the backends\n"
-              "\nRun `lmtune <command> --help` for a command's options.\n");
+  std::printf(
+      "\noptions:\n  -h, --help     show this help\n  --version      print the version and the backends\n"
+      "\nRun `lmtune <command> --help` for a command's options.\n");
 }
 
 }  // namespace

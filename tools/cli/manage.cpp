@@ -1,8 +1,8 @@
 // `lmtune manage --scan | --delete --pattern P`: the Hugging Face Hub cache as mlx_lm.manage and
 // `huggingface-cli scan-cache` show it; deleting asks for confirmation on stdin.
+#include <fnmatch.h>
 #include <cstdio>
 #include <ctime>
-#include <fnmatch.h>
 #include <iostream>
 #include <string>
 

@@ -26,8 +26,8 @@ void scores(const AttentionArgs& a, int64_t b, int64_t h, float* sc) {
   int64_t group = a.n_head / a.n_kv_head, g = h / group, D = a.head_dim;
   const float* q = static_cast<const float*>(a.q) + (b * a.T * a.n_head + h) * D;
   const float* k = static_cast<const float*>(a.k) + (b * a.S * a.n_kv_head + g) * D;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(a.T), int(a.S), int(D), a.scale, q,
-              int(a.n_head * D), k, int(a.n_kv_head * D), 0.f, sc, int(a.S));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(a.T), int(a.S), int(D), a.scale, q, int(a.n_head * D), k,
+              int(a.n_kv_head * D), 0.f, sc, int(a.S));
 }
 
 // A run-time offset (q_offset_at, host memory on the CPU) folded into q_offset; with one batch
@@ -101,19 +101,18 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
         double d = 0;
         for (int64_t j = 0; j < D; ++j) d += double(dout[t * ldq + j]) * o[t * ldq + j];
         delta[t] = float(d);
-        for (int64_t s = 0; s < S; ++s)
-          p[t * S + s] = visible(a, t, s) ? std::exp(p[t * S + s] - lse[t]) : 0.f;
+        for (int64_t s = 0; s < S; ++s) p[t * S + s] = visible(a, t, s) ? std::exp(p[t * S + s] - lse[t]) : 0.f;
       }
       // dV_g += P^T dO ; dP = dO V^T
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), 1.f, p.data(), int(S), dout,
                   int(ldq), 1.f, dv, int(ldk));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), 1.f, dout, int(ldq), v,
-                  int(ldk), 0.f, dp.data(), int(S));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), 1.f, dout, int(ldq), v, int(ldk),
+                  0.f, dp.data(), int(S));
       for (int64_t t = 0; t < T; ++t)
         for (int64_t s = 0; s < S; ++s) dp[t * S + s] = p[t * S + s] * (dp[t * S + s] - delta[t]);
       // dQ = scale * dS K ; dK_g += scale * dS^T Q
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), a.scale, dp.data(), int(S),
-                  k, int(ldk), 0.f, dq, int(ldq));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), a.scale, dp.data(), int(S), k,
+                  int(ldk), 0.f, dq, int(ldq));
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), a.scale, dp.data(), int(S), q,
                   int(ldq), 1.f, dk, int(ldk));
     }

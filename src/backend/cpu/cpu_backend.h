@@ -17,8 +17,7 @@ class CpuBackend final : public Backend {
   void axpby(const void* a, const void* b, void* out, int64_t n, float alpha, float beta, DType dt) override;
   void unary(UnaryOp op, const void* x, void* out, int64_t n, float param, DType dt) override;
   void unary_backward(UnaryOp op, const void* x, const void* dy, void* dx, int64_t n, DType dt) override;
-  void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt,
-                  DType out_dt) override;
+  void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt, DType out_dt) override;
   void gemm(const GemmArgs& args) override;
   void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt) override;
   void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
@@ -41,8 +40,8 @@ class CpuBackend final : public Backend {
                      DType dt) override;
   void cross_entropy_backward(const void* logits, const int32_t* targets, const float* lse, const float* dloss,
                               void* dlogits, int64_t N, int64_t V, DType dt) override;
-  void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps,
-             float wd, float bc1, float bc2) override;
+  void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps, float wd,
+             float bc1, float bc2) override;
 };
 
 // Throws unless dt is f32: the CPU computes in f32 only.

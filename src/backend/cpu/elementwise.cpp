@@ -78,10 +78,18 @@ void CpuBackend::binary(BinaryOp op, const void* a_, const void* b_, void* out_,
     const float* ar = a + base;
     float* o = out + base;
     switch (op) {
-      case BinaryOp::add: for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] + b[j]; break;
-      case BinaryOp::sub: for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] - b[j]; break;
-      case BinaryOp::mul: for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] * b[j]; break;
-      case BinaryOp::div: for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] / b[j]; break;
+      case BinaryOp::add:
+        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] + b[j];
+        break;
+      case BinaryOp::sub:
+        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] - b[j];
+        break;
+      case BinaryOp::mul:
+        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] * b[j];
+        break;
+      case BinaryOp::div:
+        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] / b[j];
+        break;
     }
   }
 }
@@ -156,8 +164,8 @@ void CpuBackend::reduce_sum(const void* x_, void* out_, int64_t outer, int64_t n
   }
 }
 
-void CpuBackend::adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2,
-                       float eps, float wd, float bc1, float bc2) {
+void CpuBackend::adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps,
+                       float wd, float bc1, float bc2) {
   for (int64_t i = 0; i < n; ++i) {
     m[i] = b1 * m[i] + (1.f - b1) * g[i];
     v[i] = b2 * v[i] + (1.f - b2) * g[i] * g[i];

@@ -19,9 +19,9 @@ void CpuBackend::gemm(const GemmArgs& g) {
                   g.trans_a ? int(g.lda) : 1, g.beta, c + i * g.stride_c, 1);
       continue;
     }
-    cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
-                int(g.M), int(g.N), int(g.K), g.alpha, a + i * g.stride_a, int(g.lda), b + i * g.stride_b,
-                int(g.ldb), g.beta, c + i * g.stride_c, int(g.ldc));
+    cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans, int(g.M),
+                int(g.N), int(g.K), g.alpha, a + i * g.stride_a, int(g.lda), b + i * g.stride_b, int(g.ldb), g.beta,
+                c + i * g.stride_c, int(g.ldc));
   }
 }
 

@@ -36,8 +36,8 @@ void CpuBackend::embedding_backward(const void* dout, const int32_t* ids, float*
   }
 }
 
-void CpuBackend::rms_norm(const void* x_, const void* w_, void* out_, float* rstd, int64_t rows, int64_t dim,
-                          float eps, DType dt) {
+void CpuBackend::rms_norm(const void* x_, const void* w_, void* out_, float* rstd, int64_t rows, int64_t dim, float eps,
+                          DType dt) {
   cpu_require_f32(dt, "rms_norm");
   const float* x = F(x_);
   const float* w = F(w_);
@@ -75,8 +75,8 @@ void CpuBackend::rms_norm_backward(const void* x_, const void* w_, const float* 
   }
 }
 
-void CpuBackend::rope(const void* x_, void* out_, const float* inv_freq, int64_t B, int64_t T, int64_t H,
-                      int64_t D, int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) {
+void CpuBackend::rope(const void* x_, void* out_, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+                      int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) {
   cpu_require_f32(dt, "rope");
   if (pos_at) pos_offset += *pos_at;  // the CPU's "device memory" is host memory
   const float* x = F(x_);

@@ -27,17 +27,10 @@ struct TypeTag {
 template <typename F>
 void dispatch_float(DType dt, const char* op, F&& f) {
   switch (dt) {
-    case DType::f32:
-      f(TypeTag<float>{});
-      return;
-    case DType::bf16:
-      f(TypeTag<bf16>{});
-      return;
-    case DType::f16:
-      f(TypeTag<f16>{});
-      return;
-    default:
-      fail("[", op, "] cuda: unsupported dtype ", dtype_name(dt));
+    case DType::f32: f(TypeTag<float>{}); return;
+    case DType::bf16: f(TypeTag<bf16>{}); return;
+    case DType::f16: f(TypeTag<f16>{}); return;
+    default: fail("[", op, "] cuda: unsupported dtype ", dtype_name(dt));
   }
 }
 

@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(Attention
 
 template <typename T, int P>
 void launch_decode(const AttentionArgs& a) {
-  launch("attention (decode)", decode_attention_kernel<T, P>,
-         dim3(unsigned(a.n_head), unsigned(a.T), unsigned(a.B)), dim3(kWarps * 32), 0, a);
+  launch("attention (decode)", decode_attention_kernel<T, P>, dim3(unsigned(a.n_head), unsigned(a.T), unsigned(a.B)),
+         dim3(kWarps * 32), 0, a);
 }
 
 }  // namespace

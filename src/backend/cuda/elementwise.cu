@@ -83,33 +83,15 @@ struct UnaryF {
   __device__ void operator()(const float (&x)[1], float (&y)[1]) const {
     float v = x[0];
     switch (op) {
-      case UnaryOp::silu:
-        y[0] = v * sigmoid(v);
-        break;
-      case UnaryOp::gelu_tanh:
-        y[0] = gelu_tanh(v);
-        break;
-      case UnaryOp::exp:
-        y[0] = expf(v);
-        break;
-      case UnaryOp::neg:
-        y[0] = -v;
-        break;
-      case UnaryOp::square:
-        y[0] = v * v;
-        break;
-      case UnaryOp::sqrt:
-        y[0] = sqrtf(v);
-        break;
-      case UnaryOp::rsqrt:
-        y[0] = 1.f / sqrtf(v);
-        break;
-      case UnaryOp::scale:
-        y[0] = v * param;
-        break;
-      case UnaryOp::add_scalar:
-        y[0] = v + param;
-        break;
+      case UnaryOp::silu: y[0] = v * sigmoid(v); break;
+      case UnaryOp::gelu_tanh: y[0] = gelu_tanh(v); break;
+      case UnaryOp::exp: y[0] = expf(v); break;
+      case UnaryOp::neg: y[0] = -v; break;
+      case UnaryOp::square: y[0] = v * v; break;
+      case UnaryOp::sqrt: y[0] = sqrtf(v); break;
+      case UnaryOp::rsqrt: y[0] = 1.f / sqrtf(v); break;
+      case UnaryOp::scale: y[0] = v * param; break;
+      case UnaryOp::add_scalar: y[0] = v + param; break;
     }
   }
 };
@@ -146,14 +128,10 @@ struct SwigluBackwardF {  // inputs gate, up, dout; outputs dgate, dup
 
 __device__ __forceinline__ float binary_apply(BinaryOp op, float a, float b) {
   switch (op) {
-    case BinaryOp::add:
-      return a + b;
-    case BinaryOp::sub:
-      return a - b;
-    case BinaryOp::mul:
-      return a * b;
-    case BinaryOp::div:
-      return a / b;
+    case BinaryOp::add: return a + b;
+    case BinaryOp::sub: return a - b;
+    case BinaryOp::mul: return a * b;
+    case BinaryOp::div: return a / b;
   }
   return 0.f;
 }
@@ -298,8 +276,7 @@ void CudaBackend::swiglu_backward(const void* gate, const void* up, const void* 
 
 // dst rows [*row_at, *row_at + n) = src: 16-byte units where everything is aligned to 16.
 template <typename U>
-__global__ void copy_rows_at_kernel(U* dst, const U* src, int64_t units_per_row, int64_t total,
-                                    const int32_t* row_at) {
+__global__ void copy_rows_at_kernel(U* dst, const U* src, int64_t units_per_row, int64_t total, const int32_t* row_at) {
   U* d = dst + int64_t(*row_at) * units_per_row;
   for (int64_t i = global_tid(); i < total; i += grid_stride()) d[i] = src[i];
 }

@@ -10,14 +10,10 @@ namespace {
 
 cudaDataType_t cuda_type(DType dt) {
   switch (dt) {
-    case DType::f32:
-      return CUDA_R_32F;
-    case DType::bf16:
-      return CUDA_R_16BF;
-    case DType::f16:
-      return CUDA_R_16F;
-    default:
-      fail("[gemm] cuda: unsupported dtype ", dtype_name(dt));
+    case DType::f32: return CUDA_R_32F;
+    case DType::bf16: return CUDA_R_16BF;
+    case DType::f16: return CUDA_R_16F;
+    default: fail("[gemm] cuda: unsupported dtype ", dtype_name(dt));
   }
 }
 

@@ -25,7 +25,9 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 __device__ __forceinline__ float2 to_f32x2(uint32_t u, bf16) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
 }
-__device__ __forceinline__ float2 to_f32x2(uint32_t u, f16) { return __half22float2(*reinterpret_cast<const __half2*>(&u)); }
+__device__ __forceinline__ float2 to_f32x2(uint32_t u, f16) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&u));
+}
 
 template <typename T>
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {

@@ -211,9 +211,9 @@ void CudaBackend::rms_norm(const void* x, const void* w, void* out, float* rstd,
   });
 }
 
-bool CudaBackend::rope_append(const void* q, const void* k, const void* v, void* q_out, void* k_cache,
-                              void* v_cache, const float* inv_freq, int64_t T, int64_t H, int64_t KV, int64_t D,
-                              int64_t pos_offset, const int32_t* pos_at, DType dt) {
+bool CudaBackend::rope_append(const void* q, const void* k, const void* v, void* q_out, void* k_cache, void* v_cache,
+                              const float* inv_freq, int64_t T, int64_t H, int64_t KV, int64_t D, int64_t pos_offset,
+                              const int32_t* pos_at, DType dt) {
   const int64_t total = T * (H + 2 * KV) * (D / 2);
   if (total == 0 || D % 2 != 0) return total == 0;
   dispatch_float(dt, "rope_append", [&](auto tag) {

@@ -17,24 +17,24 @@ using FilterFn = Value (*)(Evaluator&, const Value&, CallArgs&);
 using TestFn = bool (*)(Evaluator&, const Value&, CallArgs&);
 
 enum class ExprKind : uint8_t {
-  Literal,   // value
-  Name,      // name
-  List,      // args
-  Tuple,     // args
-  Dict,      // args: key, value, key, value...
-  GetAttr,   // args[0].name
-  GetItem,   // args[0][args[1]]
-  Slice,     // args[0][args[1]:args[2]:args[3]] (null parts allowed)
-  Call,      // args[0](args[1..], kwargs)
-  Filter,    // args[0] | name(args[1..], kwargs)
-  Test,      // args[0] is name(args[1..], kwargs); negate for `is not`
-  Not,       // not args[0]
-  Neg,       // -args[0]
-  Pos,       // +args[0]
-  Binary,    // args[0] op args[1]
+  Literal,  // value
+  Name,     // name
+  List,     // args
+  Tuple,    // args
+  Dict,     // args: key, value, key, value...
+  GetAttr,  // args[0].name
+  GetItem,  // args[0][args[1]]
+  Slice,    // args[0][args[1]:args[2]:args[3]] (null parts allowed)
+  Call,     // args[0](args[1..], kwargs)
+  Filter,   // args[0] | name(args[1..], kwargs)
+  Test,     // args[0] is name(args[1..], kwargs); negate for `is not`
+  Not,      // not args[0]
+  Neg,      // -args[0]
+  Pos,      // +args[0]
+  Binary,   // args[0] op args[1]
   And,
   Or,
-  Cond,      // args[1] if args[0] else args[2] (args[2] may be null)
+  Cond,  // args[1] if args[0] else args[2] (args[2] may be null)
 };
 
 enum class BinOp : uint8_t { Add, Sub, Mul, Div, FloorDiv, Mod, Pow, Concat, Eq, Ne, Lt, Le, Gt, Ge, In, NotIn };
@@ -57,13 +57,13 @@ using StmtPtr = std::unique_ptr<Stmt>;
 using Body = std::vector<StmtPtr>;
 
 enum class StmtKind : uint8_t {
-  Text,         // text
-  Output,       // {{ expr }}
-  If,           // branches (expr null = else)
-  For,          // targets in expr [if cond] body [else else_body]
-  Set,          // targets = expr, or attr_target.attr = expr
-  SetBlock,     // {% set name %}body{% endset %}
-  Macro,        // name(params = defaults) body
+  Text,      // text
+  Output,    // {{ expr }}
+  If,        // branches (expr null = else)
+  For,       // targets in expr [if cond] body [else else_body]
+  Set,       // targets = expr, or attr_target.attr = expr
+  SetBlock,  // {% set name %}body{% endset %}
+  Macro,     // name(params = defaults) body
   Break,
   Continue,
   FilterBlock,  // {% filter f %}body{% endfilter %}: filter_expr applies to a placeholder

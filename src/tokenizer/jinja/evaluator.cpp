@@ -49,14 +49,18 @@ Value percent_format(const std::string& fmt, const Value& args) {
     }
     if (next >= vals.size()) fail("not enough arguments for format string");
     const Value& v = vals[next++];
-    if (c == 's') out += to_str(v);
-    else if (c == 'r') out += repr(v);
-    else if (c == 'd' || c == 'i') out += std::to_string(v.kind == Kind::Float ? int64_t(v.f) : to_int(v, "%d"));
+    if (c == 's')
+      out += to_str(v);
+    else if (c == 'r')
+      out += repr(v);
+    else if (c == 'd' || c == 'i')
+      out += std::to_string(v.kind == Kind::Float ? int64_t(v.f) : to_int(v, "%d"));
     else if (c == 'f') {
       char b[64];
       std::snprintf(b, sizeof b, "%f", v.as_double());
       out += b;
-    } else fail("unsupported format character '", c, "'");
+    } else
+      fail("unsupported format character '", c, "'");
   }
   return Value::string(std::move(out));
 }
@@ -124,7 +128,8 @@ Evaluator::Flow Evaluator::exec(const Body& body, std::string& out) {
       case StmtKind::SetBlock: exec_set(s, out); break;
       case StmtKind::Macro: {
         const Stmt* macro = &s;
-        assign(s.text, Value::function(s.text, [macro](Evaluator& ev, CallArgs& a) { return ev.call_macro(*macro, a); }));
+        assign(s.text,
+               Value::function(s.text, [macro](Evaluator& ev, CallArgs& a) { return ev.call_macro(*macro, a); }));
         break;
       }
       case StmtKind::Break: return Flow::Break;

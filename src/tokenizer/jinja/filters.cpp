@@ -14,7 +14,6 @@ namespace {
 const Value kNoValue;
 const Value kNone = Value::none();
 
-
 std::string lower_ascii(std::string s) {
   for (char& c : s)
     if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
@@ -339,8 +338,9 @@ Value f_wordcount(Evaluator&, const Value& v, CallArgs&) {
     if (u >= 0x80) {
       // Approximates Python's \w for non-ASCII: letters of Latin/Greek/Cyrillic/.. and CJK/Hangul
       // count, symbols and emoji do not.
-      uint32_t cp = u >= 0xf0 ? 0x10000 : u >= 0xe0 ? ((u & 0x0f) << 12) | ((ch[1] & 0x3f) << 6) | (ch[2] & 0x3f)
-                                                    : ((u & 0x1f) << 6) | (ch[1] & 0x3f);
+      uint32_t cp = u >= 0xf0   ? 0x10000
+                    : u >= 0xe0 ? ((u & 0x0f) << 12) | ((ch[1] & 0x3f) << 6) | (ch[2] & 0x3f)
+                                : ((u & 0x1f) << 6) | (ch[1] & 0x3f);
       w = (cp >= 0xc0 && cp < 0x2000 && cp != 0xd7 && cp != 0xf7) || (cp >= 0x3040 && cp < 0xa000) ||
           (cp >= 0xac00 && cp < 0xd7b0);
     }
@@ -426,7 +426,8 @@ Value f_format(Evaluator& ev, const Value& v, CallArgs& a) {
     } else if (c == 's' || c == 'd' || c == 'i' || c == 'r') {
       if (next >= a.pos.size()) fail("not enough arguments for format string");
       const Value& x = a.pos[next++];
-      out += c == 'r' ? repr(x) : (c == 's' ? to_str(x) : std::to_string(x.kind == Kind::Float ? int64_t(x.f) : to_int(x, "%d")));
+      out += c == 'r' ? repr(x)
+                      : (c == 's' ? to_str(x) : std::to_string(x.kind == Kind::Float ? int64_t(x.f) : to_int(x, "%d")));
     } else {
       fail("unsupported format character '", c, "'");
     }
@@ -489,17 +490,48 @@ bool t_test(Evaluator&, const Value& v, CallArgs&) { return v.is_string() && fin
 
 FilterFn find_filter(const std::string& name) {
   static const std::pair<const char*, FilterFn> kFilters[] = {
-      {"trim", f_trim},           {"length", f_length},       {"count", f_length},         {"upper", f_upper},
-      {"lower", f_lower},         {"title", f_title},         {"capitalize", f_capitalize}, {"tojson", f_tojson},
-      {"items", f_items},         {"first", f_first},         {"last", f_last},             {"join", f_join},
-      {"replace", f_replace},     {"default", f_default},     {"d", f_default},             {"map", f_map},
-      {"select", f_select},       {"reject", f_reject},       {"selectattr", f_selectattr}, {"rejectattr", f_rejectattr},
-      {"list", f_list},           {"string", f_string},       {"int", f_int},               {"float", f_float},
-      {"round", f_round},         {"safe", f_safe},           {"indent", f_indent},         {"abs", f_abs},
-      {"unique", f_unique},       {"dictsort", f_dictsort},   {"wordcount", f_wordcount},   {"batch", f_batch},
-      {"sort", f_sort},           {"reverse", f_reverse},     {"min", f_min},               {"max", f_max},
-      {"sum", f_sum},             {"escape", f_escape},       {"e", f_escape},              {"format", f_format},
-      {"attr", f_attr},           {"forceescape", f_escape},
+      {"trim", f_trim},
+      {"length", f_length},
+      {"count", f_length},
+      {"upper", f_upper},
+      {"lower", f_lower},
+      {"title", f_title},
+      {"capitalize", f_capitalize},
+      {"tojson", f_tojson},
+      {"items", f_items},
+      {"first", f_first},
+      {"last", f_last},
+      {"join", f_join},
+      {"replace", f_replace},
+      {"default", f_default},
+      {"d", f_default},
+      {"map", f_map},
+      {"select", f_select},
+      {"reject", f_reject},
+      {"selectattr", f_selectattr},
+      {"rejectattr", f_rejectattr},
+      {"list", f_list},
+      {"string", f_string},
+      {"int", f_int},
+      {"float", f_float},
+      {"round", f_round},
+      {"safe", f_safe},
+      {"indent", f_indent},
+      {"abs", f_abs},
+      {"unique", f_unique},
+      {"dictsort", f_dictsort},
+      {"wordcount", f_wordcount},
+      {"batch", f_batch},
+      {"sort", f_sort},
+      {"reverse", f_reverse},
+      {"min", f_min},
+      {"max", f_max},
+      {"sum", f_sum},
+      {"escape", f_escape},
+      {"e", f_escape},
+      {"format", f_format},
+      {"attr", f_attr},
+      {"forceescape", f_escape},
   };
   for (const auto& [n, f] : kFilters)
     if (name == n) return f;
@@ -508,16 +540,45 @@ FilterFn find_filter(const std::string& name) {
 
 TestFn find_test(const std::string& name) {
   static const std::pair<const char*, TestFn> kTests[] = {
-      {"defined", t_defined}, {"undefined", t_undefined}, {"none", t_none},         {"string", t_string},
-      {"number", t_number},   {"integer", t_integer},     {"float", t_float},       {"mapping", t_mapping},
-      {"iterable", t_iterable}, {"sequence", t_sequence}, {"boolean", t_boolean},   {"true", t_true},
-      {"false", t_false},     {"callable", t_callable},   {"even", t_even},         {"odd", t_odd},
-      {"divisibleby", t_divisibleby}, {"eq", t_eq},       {"equalto", t_eq},        {"==", t_eq},
-      {"ne", t_ne},           {"!=", t_ne},               {"lt", t_lt},             {"lessthan", t_lt},
-      {"<", t_lt},            {"le", t_le},               {"<=", t_le},             {"gt", t_gt},
-      {"greaterthan", t_gt},  {">", t_gt},                {"ge", t_ge},             {">=", t_ge},
-      {"in", t_in},           {"sameas", t_sameas},       {"lower", t_lower},       {"upper", t_upper},
-      {"escaped", t_escaped}, {"filter", t_filter},       {"test", t_test},
+      {"defined", t_defined},
+      {"undefined", t_undefined},
+      {"none", t_none},
+      {"string", t_string},
+      {"number", t_number},
+      {"integer", t_integer},
+      {"float", t_float},
+      {"mapping", t_mapping},
+      {"iterable", t_iterable},
+      {"sequence", t_sequence},
+      {"boolean", t_boolean},
+      {"true", t_true},
+      {"false", t_false},
+      {"callable", t_callable},
+      {"even", t_even},
+      {"odd", t_odd},
+      {"divisibleby", t_divisibleby},
+      {"eq", t_eq},
+      {"equalto", t_eq},
+      {"==", t_eq},
+      {"ne", t_ne},
+      {"!=", t_ne},
+      {"lt", t_lt},
+      {"lessthan", t_lt},
+      {"<", t_lt},
+      {"le", t_le},
+      {"<=", t_le},
+      {"gt", t_gt},
+      {"greaterthan", t_gt},
+      {">", t_gt},
+      {"ge", t_ge},
+      {">=", t_ge},
+      {"in", t_in},
+      {"sameas", t_sameas},
+      {"lower", t_lower},
+      {"upper", t_upper},
+      {"escaped", t_escaped},
+      {"filter", t_filter},
+      {"test", t_test},
   };
   for (const auto& [n, t] : kTests)
     if (name == n) return t;

@@ -334,8 +334,6 @@ class Lexer {
 
 }  // namespace
 
-std::vector<Token> tokenize(const std::string& source, const LexOptions& opt) {
-  return Lexer(source, opt).run();
-}
+std::vector<Token> tokenize(const std::string& source, const LexOptions& opt) { return Lexer(source, opt).run(); }
 
 }  // namespace lmtune::jinja

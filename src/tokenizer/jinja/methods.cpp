@@ -96,8 +96,8 @@ Value get_attr(const Value& obj, const std::string& name) {
 }
 
 // Python's slice.indices(): clamps start/stop for the step's direction.
-static void slice_indices(int64_t n, const Value& start, const Value& stop, const Value& step, int64_t& b,
-                          int64_t& e, int64_t& s) {
+static void slice_indices(int64_t n, const Value& start, const Value& stop, const Value& step, int64_t& b, int64_t& e,
+                          int64_t& s) {
   auto opt = [](const Value& v) { return !(v.is_undefined() || v.is_none()); };
   s = opt(step) ? to_int(step, "slice step") : 1;
   if (s == 0) fail("slice step cannot be zero");
@@ -346,12 +346,18 @@ Value str_method(Evaluator& ev, const std::string& s, const std::string& name, C
     bool cased = false;
     for (char c : s) {
       unsigned char u = static_cast<unsigned char>(c);
-      if (name == "isdigit") ok = ok && std::isdigit(u);
-      else if (name == "isalpha") ok = ok && std::isalpha(u);
-      else if (name == "isalnum") ok = ok && std::isalnum(u);
-      else if (name == "isspace") ok = ok && std::isspace(u);
-      else if (name == "islower") ok = ok && !std::isupper(u), cased = cased || std::islower(u);
-      else ok = ok && !std::islower(u), cased = cased || std::isupper(u);
+      if (name == "isdigit")
+        ok = ok && std::isdigit(u);
+      else if (name == "isalpha")
+        ok = ok && std::isalpha(u);
+      else if (name == "isalnum")
+        ok = ok && std::isalnum(u);
+      else if (name == "isspace")
+        ok = ok && std::isspace(u);
+      else if (name == "islower")
+        ok = ok && !std::isupper(u), cased = cased || std::islower(u);
+      else
+        ok = ok && !std::islower(u), cased = cased || std::isupper(u);
     }
     if (name == "islower" || name == "isupper") ok = ok && cased;
     return Value::boolean(ok);
@@ -371,9 +377,12 @@ Value str_method(Evaluator& ev, const std::string& s, const std::string& name, C
         if (e == std::string::npos) fail("single '{' encountered in format string");
         std::string field = s.substr(k + 1, e - k - 1);
         Value v;
-        if (field.empty()) v = arg(a, next++, "", Value());
-        else if (std::isdigit(static_cast<unsigned char>(field[0]))) v = arg(a, size_t(std::stoul(field)), "", Value());
-        else v = arg(a, size_t(-1), field.c_str(), Value());
+        if (field.empty())
+          v = arg(a, next++, "", Value());
+        else if (std::isdigit(static_cast<unsigned char>(field[0])))
+          v = arg(a, size_t(std::stoul(field)), "", Value());
+        else
+          v = arg(a, size_t(-1), field.c_str(), Value());
         append_str(out, v);
         k = e;
       } else {
@@ -491,10 +500,10 @@ Value list_method(Evaluator& ev, const Value& l, const std::string& name, CallAr
 }  // namespace
 
 bool has_method(const Value& obj, const std::string& name) {
-  static const char* kStr[] = {"strip", "lstrip", "rstrip", "split", "startswith", "endswith", "upper", "lower",
-                               "title", "capitalize", "replace", "find", "rfind", "index", "count", "join",
-                               "splitlines", "isdigit", "isalpha", "isspace", "isalnum", "islower", "isupper",
-                               "format"};
+  static const char* kStr[] = {"strip",   "lstrip",  "rstrip",  "split",      "startswith", "endswith",
+                               "upper",   "lower",   "title",   "capitalize", "replace",    "find",
+                               "rfind",   "index",   "count",   "join",       "splitlines", "isdigit",
+                               "isalpha", "isspace", "isalnum", "islower",    "isupper",    "format"};
   static const char* kDict[] = {"get", "items", "keys", "values", "pop", "update", "copy", "setdefault"};
   static const char* kList[] = {"append", "extend", "insert", "pop", "index", "count"};
   auto in = [&](auto& table) {
@@ -575,7 +584,7 @@ Value fn_strftime(Evaluator&, CallArgs& a) {
 
 Value find_global(const std::string& name) {
   static const std::pair<const char*, Value (*)(Evaluator&, CallArgs&)> kGlobals[] = {
-      {"range", fn_range},          {"namespace", fn_namespace},     {"dict", fn_dict},
+      {"range", fn_range},           {"namespace", fn_namespace},   {"dict", fn_dict},
       {"raise_exception", fn_raise}, {"strftime_now", fn_strftime},
   };
   for (const auto& [n, f] : kGlobals)

@@ -324,13 +324,20 @@ class Parser {
     while (true) {
       int pos = cur().pos;
       BinOp op;
-      if (skip_op("==")) op = BinOp::Eq;
-      else if (skip_op("!=")) op = BinOp::Ne;
-      else if (skip_op("<")) op = BinOp::Lt;
-      else if (skip_op("<=")) op = BinOp::Le;
-      else if (skip_op(">")) op = BinOp::Gt;
-      else if (skip_op(">=")) op = BinOp::Ge;
-      else if (skip_name("in")) op = BinOp::In;
+      if (skip_op("=="))
+        op = BinOp::Eq;
+      else if (skip_op("!="))
+        op = BinOp::Ne;
+      else if (skip_op("<"))
+        op = BinOp::Lt;
+      else if (skip_op("<="))
+        op = BinOp::Le;
+      else if (skip_op(">"))
+        op = BinOp::Gt;
+      else if (skip_op(">="))
+        op = BinOp::Ge;
+      else if (skip_name("in"))
+        op = BinOp::In;
       else if (is_name("not") && peek().type == Tok::Name && peek().text == "in") {
         p_ += 2;
         op = BinOp::NotIn;
@@ -361,7 +368,10 @@ class Parser {
     ExprPtr e = parse_pow();
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
       const Token& t = t_[p_++];
-      BinOp op = t.text == "*" ? BinOp::Mul : t.text == "/" ? BinOp::Div : t.text == "//" ? BinOp::FloorDiv : BinOp::Mod;
+      BinOp op = t.text == "*"    ? BinOp::Mul
+                 : t.text == "/"  ? BinOp::Div
+                 : t.text == "//" ? BinOp::FloorDiv
+                                  : BinOp::Mod;
       e = binary(ExprKind::Binary, std::move(e), parse_pow(), t.pos, op);
     }
     return e;

@@ -309,9 +309,12 @@ static void append_json(std::string& out, const Value& v, const JsonOptions& opt
     case Kind::Bool: out += v.b ? "true" : "false"; return;
     case Kind::Int: out += std::to_string(v.i); return;
     case Kind::Float:
-      if (std::isnan(v.f)) out += "NaN";
-      else if (std::isinf(v.f)) out += v.f > 0 ? "Infinity" : "-Infinity";
-      else out += format_float(v.f);
+      if (std::isnan(v.f))
+        out += "NaN";
+      else if (std::isinf(v.f))
+        out += v.f > 0 ? "Infinity" : "-Infinity";
+      else
+        out += format_float(v.f);
       return;
     case Kind::String: append_json_string(out, v.str(), opt.ensure_ascii); return;
     case Kind::List:
