@@ -1,0 +1,320 @@
+// quant/ against MLX itself, bit for bit (QuantVsMlx: tests/ref/quant_ref.py runs mx.quantize and
+// mx.dequantize at test time for every mode x bits x group size on f32, bf16 and f16 weights), and
+// the layout and errors by hand (Quant*: no reference needed).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "quant/fp_formats.h"
+#include "quant/quant.h"
+
+using namespace lmtune;
+using namespace lmtune::quant;
+using json = nlohmann::json;
+
+namespace {
+
+std::string ref_dir() {
+  const char* d = std::getenv("LMTUNE_QUANT_REF_DIR");
+  return d && *d ? d : "";
+}
+
+// Byte equality of two tensors; on failure names the first differing element with both values.
+::testing::AssertionResult same_bits(const Tensor& got, const Tensor& want) {
+  if (got.dtype() != want.dtype() || got.shape() != want.shape())
+    return ::testing::AssertionFailure() << "got " << got.describe() << ", MLX " << want.describe();
+  const size_t es = dtype_size(got.dtype());
+  const auto* a = static_cast<const unsigned char*>(got.raw());
+  const auto* b = static_cast<const unsigned char*>(want.raw());
+  int64_t bad = 0, first = -1;
+  for (int64_t i = 0; i < got.numel(); ++i)
+    if (std::memcmp(a + i * es, b + i * es, es) != 0) {
+      if (first < 0) first = i;
+      ++bad;
+    }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  auto show = [&](const unsigned char* p) {
+    uint32_t v = 0;
+    std::memcpy(&v, p + first * es, es);
+    std::ostringstream os;
+    os << "0x" << std::hex << v;
+    if (is_float(got.dtype())) {
+      const float f = got.dtype() == DType::f32    ? *reinterpret_cast<const float*>(p + first * es)
+                      : got.dtype() == DType::bf16 ? bf16_to_f32(uint16_t(v))
+                                                   : f16_to_f32(uint16_t(v));
+      os << " (" << f << ")";
+    }
+    return os.str();
+  };
+  const int64_t cols = got.dim(-1);
+  return ::testing::AssertionFailure() << bad << " of " << got.numel() << " elements differ; first at row "
+                                       << first / cols << " col " << first % cols << ": got " << show(a) << ", MLX "
+                                       << show(b);
+}
+
+DType dtype_of(const std::string& s) { return parse_dtype(s); }
+
+TEST(QuantVsMlx, QuantizeAndDequantizeBitExact) {
+  std::ifstream f(ref_dir() + "/quant.json");
+  ASSERT_TRUE(f.good()) << "no reference at " << ref_dir() << " (tests/ref/quant_ref.py makes it)";
+  const json meta = json::parse(f);
+  SafetensorsFile ref(ref_dir() + "/quant.safetensors");
+  const auto weights = meta["weights"].get<std::vector<std::string>>();
+  int n_quant = 0, n_deq = 0, per_mode[4] = {0, 0, 0, 0};
+  for (const json& c : meta["cases"]) {
+    const std::string name = c["name"], dt = c["dtype"];
+    QuantParams p{parse_mode(c["mode"], "test"), c["bits"].get<int>(), c["group_size"].get<int>()};
+    for (const std::string& wname : weights) {
+      SCOPED_TRACE(name + " on " + wname);
+      const std::string key = name + "." + wname;
+      const QuantizedWeight q = quantize(ref.get("w." + dt + "." + wname), p);
+      EXPECT_TRUE(same_bits(q.wq, ref.get(key + ".wq"))) << "wq";
+      EXPECT_TRUE(same_bits(q.scales, ref.get(key + ".scales"))) << "scales";
+      if (p.mode == Mode::affine) {
+        EXPECT_TRUE(same_bits(q.biases, ref.get(key + ".biases"))) << "biases";
+      } else {
+        EXPECT_FALSE(q.biases.defined());
+      }
+      ++n_quant;
+      ++per_mode[int(p.mode)];
+      // Dequantize MLX's own tensors, so that a quantize bug cannot hide a dequantize one.
+      QuantizedWeight mq{ref.get(key + ".wq"), ref.get(key + ".scales"),
+                         p.mode == Mode::affine ? ref.get(key + ".biases") : Tensor(), p};
+      for (const char* odt : {"f32", "bf16", "f16"}) {
+        EXPECT_TRUE(same_bits(dequantize(mq, dtype_of(odt)), ref.get(key + ".deq." + std::string(odt))))
+            << "dequantize to " << odt;
+        ++n_deq;
+      }
+      // mx.dequantize's default dtype: the scales' for affine, bf16 for the fp modes.
+      EXPECT_EQ(c["default_deq"].get<std::string>(), p.mode == Mode::affine ? dt : "bf16");
+    }
+  }
+  EXPECT_EQ(meta["cases"].size(), 63u);
+  std::printf("MLX %s: %d quantize cases (affine %d, mxfp4 %d, nvfp4 %d, mxfp8 %d) and %d dequantize cases\n",
+              meta["mlx"].get<std::string>().c_str(), n_quant, per_mode[0], per_mode[1], per_mode[2], per_mode[3],
+              n_deq);
+}
+
+// A weight (rows, cols) of f32 values.
+Tensor f32_weight(const std::vector<float>& v, int64_t rows) {
+  return Tensor::from_f32(v, {rows, int64_t(v.size()) / rows});
+}
+
+TEST(QuantLayout, FourBitsLowNibbleFirst) {
+  // w = 0..15 twice: max 15 is the edge, scale -1, bias 15, so code = 15 - w.
+  std::vector<float> v(32);
+  for (int i = 0; i < 32; ++i) v[i] = float(i % 16);
+  const QuantizedWeight q = quantize(f32_weight(v, 1), {Mode::affine, 4, 32});
+  const uint32_t* w = q.wq.data<uint32_t>();
+  EXPECT_EQ(w[0], 0x89abcdefu);  // element 0 (code 15) in bits 0-3
+  EXPECT_EQ(w[1], 0x01234567u);
+  EXPECT_EQ(q.scales.data<float>()[0], -1.0f);
+  EXPECT_EQ(q.biases.data<float>()[0], 15.0f);
+}
+
+TEST(QuantLayout, ThreeBitsStraddleWords) {
+  // code = 7 - w; 32 codes of 3 bits fill 3 words as one LSB-first bitstream.
+  std::vector<float> v(32);
+  for (int i = 0; i < 32; ++i) v[i] = float(i % 8);
+  const QuantizedWeight q = quantize(f32_weight(v, 1), {Mode::affine, 3, 32});
+  ASSERT_EQ(q.wq.shape(), (Shape{1, 3}));
+  uint32_t want[3] = {0, 0, 0};
+  for (int k = 0; k < 32; ++k) {
+    const uint64_t code = uint64_t(7 - k % 8), bit = uint64_t(k) * 3;
+    want[bit / 32] |= uint32_t(code << (bit % 32));
+    if (bit % 32 + 3 > 32) want[bit / 32 + 1] |= uint32_t(code >> (32 - bit % 32));
+  }
+  const uint32_t* w = q.wq.data<uint32_t>();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(w[i], want[i]) << "word " << i;
+  // Code 10 (w = 2, code 5 = 0b101) straddles: bits 30-31 of word 0 hold 0b01, bit 0 of word 1 holds 1.
+  EXPECT_EQ(w[0] >> 30, 0b01u);
+  EXPECT_EQ(w[1] & 1u, 1u);
+  const std::vector<float> back = dequantize(q).to_f32_vector();
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(back[i], v[i]) << i;
+}
+
+TEST(QuantLayout, RoundTripEveryAffineWidthOnItsGrid) {
+  // Values on a grid of step 0.25 whose every group spans all 2^bits levels (its first two elements
+  // are the ends) come back exactly: scale -0.25, bias the group's max.
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int gs : {32, 64, 128}) {
+      const int levels = 1 << bits;
+      std::vector<float> v(3 * 128);
+      for (size_t i = 0; i < v.size(); ++i) {
+        const size_t j = i % size_t(gs);
+        const int k = j == 0 ? 0 : j == 1 ? levels - 1 : int(i * 7 % size_t(levels));
+        v[i] = float(k) * 0.25f - 1.0f;
+      }
+      const QuantizedWeight q = quantize(f32_weight(v, 3), {Mode::affine, bits, gs});
+      EXPECT_EQ(dequantize(q).to_f32_vector(), v) << "bits " << bits << " group " << gs;
+    }
+}
+
+TEST(QuantFormats, E4m3AndE2m1) {
+  EXPECT_EQ(f32_to_e4m3(448.0f), 0x7e);
+  EXPECT_EQ(f32_to_e4m3(1e9f), 0x7e);
+  EXPECT_EQ(f32_to_e4m3(-448.0f), 0xfe);
+  EXPECT_EQ(f32_to_e4m3(1.0f), 0x38);
+  EXPECT_EQ(f32_to_e4m3(1.0625f), 0x38);  // halfway between 1 and 1.125: ties to even
+  EXPECT_EQ(f32_to_e4m3(1.1875f), 0x3a);
+  EXPECT_EQ(f32_to_e4m3(0.001953125f), 0x01);  // 2^-9, the smallest subnormal
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(e4m3_to_f32(uint8_t(c))));
+      continue;
+    }
+    EXPECT_EQ(f32_to_e4m3(e4m3_to_f32(uint8_t(c))), c) << c;  // decode, encode: the same code
+  }
+  EXPECT_EQ(e4m3_to_f32(0x7e), 448.0f);
+  EXPECT_EQ(e8m0_to_f32(127), 1.0f);
+  EXPECT_EQ(e8m0_to_f32(0), std::ldexp(1.0f, -127));
+  EXPECT_EQ(kE2m1Values[7], 6.0f);
+}
+
+TEST(QuantParamsTest, ModesAndDefaults) {
+  EXPECT_EQ(parse_mode("nvfp4", "x"), Mode::nvfp4);
+  EXPECT_STREQ(mode_name(Mode::mxfp8), "mxfp8");
+  EXPECT_EQ(default_params(Mode::affine).group_size, 64);
+  EXPECT_EQ(default_params(Mode::nvfp4).group_size, 16);
+  EXPECT_EQ(default_params(Mode::mxfp8).bits, 8);
+  for (Mode m : {Mode::affine, Mode::mxfp4, Mode::nvfp4, Mode::mxfp8})
+    EXPECT_NO_THROW(check_params(default_params(m), 4096, "x"));
+}
+
+// The message of the lmtune::Error that f throws ("" when it throws none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A valid 4-bit affine bf16 weight (5, 128) and one mxfp4 weight of the same shape.
+QuantizedWeight affine_weight() {
+  std::vector<float> v(5 * 128);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(float(i));
+  return quantize(f32_weight(v, 5), {Mode::affine, 4, 64});
+}
+
+TEST(QuantValidate, AcceptsWhatQuantizeMakes) {
+  EXPECT_NO_THROW(validate(affine_weight(), 128, "layer"));
+  std::vector<float> v(5 * 128, 0.5f);
+  EXPECT_NO_THROW(validate(quantize(f32_weight(v, 5), default_params(Mode::mxfp4)), 128, "layer"));
+}
+
+TEST(QuantValidate, ErrorsNameTheLayerAndTensor) {
+  const std::string layer = "model.layers.3.mlp.down_proj";
+  {  // a truncated packed tensor: 15 words a row instead of 16
+    QuantizedWeight q = affine_weight();
+    q.wq = Tensor::zeros_cpu({5, 15}, DType::u32);
+    const std::string e = error_of([&] { validate(q, 128, layer); });
+    EXPECT_NE(e.find(layer + ".weight"), std::string::npos) << e;
+    EXPECT_NE(e.find("(5, 16)"), std::string::npos) << e;
+  }
+  {  // scales of the wrong shape
+    QuantizedWeight q = affine_weight();
+    q.scales = Tensor::zeros_cpu({5, 3});
+    const std::string e = error_of([&] { validate(q, 128, layer); });
+    EXPECT_NE(e.find(layer + ".scales"), std::string::npos) << e;
+    EXPECT_NE(e.find("(5, 2)"), std::string::npos) << e;
+  }
+  {  // biases missing, of another dtype, present where the mode has none
+    QuantizedWeight q = affine_weight();
+    q.biases = Tensor();
+    EXPECT_NE(error_of([&] { validate(q, 128, layer); }).find(layer + ".biases is missing"), std::string::npos);
+    q = affine_weight();
+    q.biases = Tensor::zeros_cpu({5, 2}, DType::bf16);
+    EXPECT_NE(error_of([&] { validate(q, 128, layer); }).find(layer + ".biases"), std::string::npos);
+    q = affine_weight();
+    q.params = default_params(Mode::mxfp4);
+    q.wq = Tensor::zeros_cpu({5, 16}, DType::u32);
+    q.scales = Tensor::zeros_cpu({5, 4}, DType::u8);
+    EXPECT_NE(error_of([&] { validate(q, 128, layer); }).find("no biases"), std::string::npos);
+  }
+  {  // a float packed weight, fp scales that are not u8
+    QuantizedWeight q = affine_weight();
+    q.wq = Tensor::zeros_cpu({5, 16});
+    EXPECT_NE(error_of([&] { validate(q, 128, layer); }).find("must be u32"), std::string::npos);
+    q = quantize(f32_weight(std::vector<float>(5 * 128, 1.0f), 5), default_params(Mode::nvfp4));
+    q.scales = Tensor::zeros_cpu({5, 8});
+    EXPECT_NE(error_of([&] { validate(q, 128, layer); }).find("must be u8"), std::string::npos);
+  }
+  {  // bits 7, a group size that does not divide the input dimension, a wrong fp combination
+    QuantizedWeight q = affine_weight();
+    q.params.bits = 7;
+    std::string e = error_of([&] { validate(q, 128, layer); });
+    EXPECT_NE(e.find(layer), std::string::npos) << e;
+    EXPECT_NE(e.find("got 7"), std::string::npos) << e;
+    q = affine_weight();
+    e = error_of([&] { validate(q, 96, layer); });
+    EXPECT_NE(e.find("96 is not a multiple of the group size 64"), std::string::npos) << e;
+    q.params.group_size = 48;
+    EXPECT_NE(error_of([&] { validate(q, 96, layer); }).find("group sizes 32, 64 and 128, got 48"), std::string::npos);
+    q.params = {Mode::nvfp4, 4, 32};
+    EXPECT_NE(error_of([&] { validate(q, 128, layer); }).find("nvfp4 quantization needs group size 16"),
+              std::string::npos);
+  }
+}
+
+TEST(QuantValidate, QuantizeAndDequantizeRefuseBadInput) {
+  std::vector<float> v(4 * 100, 1.0f);
+  EXPECT_NE(error_of([&] {
+              quantize(f32_weight(v, 4), {Mode::affine, 4, 64});
+            }).find("input dimension 100 is not a multiple of the group size 64"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              quantize(f32_weight(std::vector<float>(128, 1.0f), 1), {Mode::affine, 7, 64});
+            }).find("bits 2, 3, 4, 5, 6 and 8, got 7"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              quantize(Tensor::zeros_cpu({2, 64}, DType::i32), {Mode::affine, 4, 64});
+            }).find("needs a float weight"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              quantize(Tensor::zeros_cpu({64}), {Mode::affine, 4, 64});
+            }).find("at least 2"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_mode("int4", "convert"); }).find("[convert] unknown quantization mode 'int4'"),
+            std::string::npos);
+  QuantizedWeight q = affine_weight();
+  q.scales = Tensor::zeros_cpu({5, 1});
+  EXPECT_NE(error_of([&] { dequantize(q); }).find("dequantize.scales"), std::string::npos);
+  q = affine_weight();
+  q.wq = Tensor::zeros_cpu({5, 7}, DType::u32);  // 7 words at 3 bits: not whole codes
+  q.params.bits = 3;
+  EXPECT_NE(error_of([&] { dequantize(q); }).find("do not hold whole 3-bit codes"), std::string::npos);
+}
+
+TEST(QuantSpeed, Bf16Square4096) {
+  // Not a gate: prints the reference quantize's speed on a 7B-sized projection (ctest -V).
+  const int64_t n = 4096;
+  Tensor w = Tensor::empty({n, n}, DType::bf16);
+  uint16_t* p = w.data<uint16_t>();
+  uint32_t s = 12345;
+  for (int64_t i = 0; i < n * n; ++i) {
+    s = s * 1664525u + 1013904223u;
+    p[i] = f32_to_bf16((float(s >> 8) / float(1 << 24) - 0.5f) * 0.05f);
+  }
+  for (QuantParams qp : {QuantParams{Mode::affine, 4, 64}, QuantParams{Mode::affine, 3, 64},
+                         default_params(Mode::mxfp4), default_params(Mode::nvfp4), default_params(Mode::mxfp8)}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const QuantizedWeight q = quantize(w, qp);
+    const auto t1 = std::chrono::steady_clock::now();
+    const Tensor d = dequantize(q, DType::bf16);
+    const auto t2 = std::chrono::steady_clock::now();
+    std::printf("4096x4096 bf16 %s bits %d group %d: quantize %.0f ms, dequantize %.0f ms\n", mode_name(qp.mode),
+                qp.bits, qp.group_size, std::chrono::duration<double, std::milli>(t1 - t0).count(),
+                std::chrono::duration<double, std::milli>(t2 - t1).count());
+  }
+}
+
+}  // namespace
