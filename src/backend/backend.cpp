@@ -36,6 +36,9 @@ void Backend::graph_begin() { missing("graph_begin"); }
 void* Backend::graph_end() { missing("graph_end"); }
 void Backend::graph_launch(void*) { missing("graph_launch"); }
 void Backend::graph_free(void*) { missing("graph_free"); }
+void Backend::dequantize_affine(const uint32_t*, const void*, const void*, void*, int64_t, int64_t, int, int, DType) {
+  missing("dequantize_affine");
+}
 void Backend::attention(const AttentionArgs&) { missing("attention"); }
 void Backend::attention_backward(const AttentionBackwardArgs&) { missing("attention_backward"); }
 void Backend::softmax(const void*, void*, int64_t, int64_t, DType) { missing("softmax"); }

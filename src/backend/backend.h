@@ -142,6 +142,13 @@ class Backend {
     return false;
   }
 
+  // MLX's affine dequantization (quant/quant.h): out (rows, in) in dt, element i of row r =
+  // round_dt(round_dt(scale * q) + bias), where q is the bits-wide code at bit offset i * bits of
+  // row r's little-endian bit stream (wq: in * bits / 32 u32 words a row) and scale, bias (in dt)
+  // are row r's entries for group i / group_size of (rows, in / group_size). Rounding after each
+  // op as MLX's dequantize does in dt (identity for f32).
+  virtual void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
+                                 int64_t in, int bits, int group_size, DType dt);
   virtual void attention(const AttentionArgs& a);
   virtual void attention_backward(const AttentionBackwardArgs& a);
 

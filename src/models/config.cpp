@@ -93,6 +93,51 @@ void parse_layer_types(const ConfigReader& r, ModelConfig& c) {
     }
   }
 }
+// mlx-lm's "quantization": {group_size, bits, mode, <layer path>: {group_size, bits, mode} | false}.
+// Without it, a "quantization_config" from another tool (GPTQ, AWQ, ...) is refused by name: its
+// weights are not MLX's layout.
+void parse_quantization(const ConfigReader& r, ModelConfig& c) {
+  auto layer = [&](const json& o, const LayerQuant& dflt, const std::string& where) {
+    LayerQuant q = dflt;
+    ConfigReader lr{o, r.src};
+    q.bits = int(lr.int_or("bits", q.bits));
+    q.group_size = int(lr.int_or("group_size", q.group_size));
+    q.mode = lr.str_or("mode", q.mode);
+    LMT_CHECK(q.mode == "affine" || q.mode == "mxfp4" || q.mode == "nvfp4" || q.mode == "mxfp8", "[config] ", r.src,
+              ": ", where, " mode '", q.mode, "' is not one of affine, mxfp4, nvfp4, mxfp8");
+    return q;
+  };
+  if (!r.has("quantization")) {
+    if (r.has("quantization_config")) {
+      const json& qc = r.j["quantization_config"];
+      std::string method = qc.is_object() && qc.contains("quant_method") && qc["quant_method"].is_string()
+                               ? qc["quant_method"].get<std::string>()
+                               : "?";
+      fail("[config] ", r.src, ": quantization_config with quant_method '", method,
+           "' is not MLX's quantized layout; lmtune reads MLX-quantized folders (config \"quantization\"): convert "
+           "the original weights with `lmtune convert -q`");
+    }
+    return;
+  }
+  const json& q = r.j["quantization"];
+  LMT_CHECK(q.is_object(), "[config] ", r.src, ": field 'quantization' must be an object, got ", q.dump());
+  c.quantization.present = true;
+  c.quantization.defaults = layer(q, LayerQuant{}, "quantization");
+  for (auto it = q.begin(); it != q.end(); ++it) {
+    const std::string& k = it.key();
+    if (k == "bits" || k == "group_size" || k == "mode") continue;
+    if (it->is_boolean()) {
+      if (it->get<bool>())
+        c.quantization.layers[k] = c.quantization.defaults;
+      else
+        c.quantization.layers[k] = std::nullopt;
+    } else {
+      LMT_CHECK(it->is_object(), "[config] ", r.src, ": quantization['", k, "'] must be an object or false, got ",
+                it->dump());
+      c.quantization.layers[k] = layer(*it, c.quantization.defaults, "quantization['" + k + "']");
+    }
+  }
+}
 }  // namespace
 
 ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& src) {
@@ -126,6 +171,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   c.torch_dtype = r.str_or("torch_dtype", r.str_or("dtype", ""));
   parse_rope(r, c);
   parse_layer_types(r, c);
+  parse_quantization(r, c);
   family.parse(r, c);
   return c;
 }

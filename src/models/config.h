@@ -3,7 +3,9 @@
 // families and their parsers are listed in models/registry.h).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,22 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 8192;
 };
 
+// How a layer's weight is quantized (MLX's layout; quant/quant.h).
+struct LayerQuant {
+  int bits = 4, group_size = 64;
+  std::string mode = "affine";  // affine | mxfp4 | nvfp4 | mxfp8
+};
+
+// config.json's "quantization" (mlx-lm): the defaults, and per-layer entries keyed by the layer's
+// path ("model.layers.0.mlp.down_proj"): their own parameters, or nullopt (false: not quantized).
+// Which layers are quantized is settled at load time (models/model.cpp): an entry here, or else a
+// "<layer>.scales" tensor in the checkpoint, as mlx-lm decides it.
+struct QuantizationConfig {
+  bool present = false;
+  LayerQuant defaults;
+  std::map<std::string, std::optional<LayerQuant>> layers;
+};
+
 struct ModelConfig {
   std::string model_type;  // a row of models/registry.cpp
   int64_t n_vocab = 0, n_embd = 0, n_ff = 0, n_layer = 0, n_head = 0, n_kv_head = 0, head_dim = 0;
@@ -27,6 +45,7 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   std::string torch_dtype;  // as the file says ("bfloat16", ...), may be empty
+  QuantizationConfig quantization;
 
   // Family differences (DESIGN.md, "Architectures are declarations"). The defaults are Llama's.
   bool attention_bias = false;                       // q/k/v/o biases (llama's attention_bias, qwen3's)

@@ -83,11 +83,15 @@ void DecoderModel::bind() {
   };
   auto linear = [&](const std::string& prefix) {
     auto a = adapters_.find(prefix);
-    return nn::LinearRef{w(prefix + ".weight"), optional(prefix + ".bias"),
-                         a == adapters_.end() ? nullptr : &a->second};
+    nn::LinearRef l{w(prefix + ".weight"), optional(prefix + ".bias"), a == adapters_.end() ? nullptr : &a->second};
+    if (auto q = quantized_.find(prefix); q != quantized_.end()) {
+      l.scales = w(prefix + ".scales"), l.biases = w(prefix + ".biases");
+      l.bits = q->second.bits, l.group_size = q->second.group_size;
+    }
+    return l;
   };
   const float eps = float(c.rms_norm_eps);
-  embed_ = {w("model.embed_tokens.weight")};
+  embed_ = {linear("model.embed_tokens")};
   blocks_.assign(size_t(c.n_layer), {});
   for (int64_t i = 0; i < c.n_layer; ++i) {
     std::string p = layer_prefix(i);
@@ -104,7 +108,7 @@ void DecoderModel::bind() {
     b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps};
     b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"), c.activation};
   }
-  head_ = {{w("model.norm.weight"), eps}, w(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")};
+  head_ = {{w("model.norm.weight"), eps}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
 }
 
 Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache) {

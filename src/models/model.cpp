@@ -1,5 +1,7 @@
 #include "models/model.h"
 
+#include <optional>
+
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -7,6 +9,19 @@
 #include "ops/ops.h"
 
 namespace lmtune {
+
+namespace {
+
+// "<layer>.weight" -> "<layer>"; "" for other names.
+std::string layer_of(const std::string& weight_name) {
+  const std::string suffix = ".weight";
+  if (weight_name.size() <= suffix.size() ||
+      weight_name.compare(weight_name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return {};
+  return weight_name.substr(0, weight_name.size() - suffix.size());
+}
+
+}  // namespace
 
 Tensor Model::loss(const Tensor& ids, const Tensor& targets) {
   Tensor logits = forward(ids);
@@ -19,8 +34,22 @@ void Model::set_weights(std::map<std::string, Tensor> weights) {
   for (const TensorSpec& s : tensor_specs()) {
     auto it = weights.find(s.name);
     LMT_CHECK(it != weights.end(), "[model] missing weight '", s.name, "' for ", cfg_.model_type);
-    LMT_CHECK(it->second.shape() == s.shape, "[model] weight '", s.name, "' has shape ", shape_str(it->second.shape()),
-              ", expected ", shape_str(s.shape));
+    auto q = quantized_.find(layer_of(s.name));
+    if (q == quantized_.end()) {
+      LMT_CHECK(it->second.shape() == s.shape, "[model] weight '", s.name, "' has shape ",
+                shape_str(it->second.shape()), ", expected ", shape_str(s.shape));
+      continue;
+    }
+    // A packed weight: (out, in * bits / 32) u32 beside its scales and biases.
+    const std::string& layer = q->first;
+    for (const char* part : {".scales", ".biases"})
+      LMT_CHECK(weights.count(layer + part), "[model] quantized layer '", layer, "' has no '", layer, part, "'");
+    const Tensor& wq = it->second;
+    const int bits = q->second.bits;
+    LMT_CHECK(s.shape.size() == 2 && wq.ndim() == 2 && wq.dtype() == DType::u32 && wq.dim(0) == s.shape[0] &&
+                  wq.dim(1) * 32 == s.shape[1] * bits,
+              "[model] quantized weight '", s.name, "' is ", wq.describe(), "; a ", bits, "-bit packing of ",
+              shape_str(s.shape), " is u32 (", s.shape[0], ", ", s.shape.size() == 2 ? s.shape[1] * bits / 32 : 0, ")");
   }
   weights_ = std::move(weights);
   bound_ = false;
@@ -31,6 +60,14 @@ const Tensor& Model::weight(const std::string& name) const {
   auto it = weights_.find(name);
   LMT_CHECK(it != weights_.end(), "[model] no weight named '", name, "'");
   return it->second;
+}
+
+Tensor Model::dense_weight(const std::string& name) const {
+  auto q = quantized_.find(layer_of(name));
+  if (q == quantized_.end()) return weight(name);
+  const std::string& layer = q->first;
+  return ops::dequantize_affine(weight(name), weight(layer + ".scales"), weight(layer + ".biases"), q->second.bits,
+                                q->second.group_size, layer);
 }
 
 void Model::use_masters() {
@@ -49,25 +86,99 @@ void Model::bake_masters() {
 }
 
 Device Model::device() const { return weights_.empty() ? Device::cpu : weights_.begin()->second.device(); }
-DType Model::dtype() const { return weights_.empty() ? DType::f32 : weights_.begin()->second.dtype(); }
+
+DType Model::dtype() const {
+  for (const auto& [name, w] : weights_)  // packed quantized weights are u32: the first float one
+    if (is_float(w.dtype())) return w.dtype();
+  return DType::f32;
+}
 
 std::unique_ptr<Model> create_model(const ModelConfig& cfg) {
   return model_family(cfg.model_type, "[create_model]").build(cfg);
 }
+
+namespace {
+
+// Which layers of the checkpoint are quantized, as mlx-lm's load_model decides it: the layer's own
+// entry in config "quantization" if there is one, else whether the file has "<layer>.scales"
+// (bits and group size then read off the tensors' shapes, as mlx-lm's infer_quant_config does).
+std::map<std::string, LayerQuant> quantized_layers(const std::string& dir, const ModelConfig& cfg,
+                                                   const std::vector<TensorSpec>& specs,
+                                                   const SafetensorsModel& files) {
+  std::map<std::string, LayerQuant> out;
+  for (const TensorSpec& s : specs) {
+    const std::string layer = layer_of(s.name);
+    if (layer.empty() || s.shape.size() != 2) continue;  // norms are never quantized
+    const bool has_scales = files.contains(layer + ".scales");
+    std::optional<LayerQuant> q;
+    auto entry = cfg.quantization.layers.find(layer);
+    if (entry != cfg.quantization.layers.end()) {
+      q = entry->second;
+      LMT_CHECK(!q || has_scales, "[load_model] ", dir, ": config.json's quantization names layer '", layer,
+                "' as quantized, but the checkpoint has no tensor '", layer, ".scales'");
+    } else if (has_scales) {
+      LMT_CHECK(cfg.quantization.present, "[load_model] ", dir, ": the checkpoint has '", layer,
+                ".scales' but config.json has no \"quantization\"");
+      Tensor sc = files.get(layer + ".scales"), wq = files.get(s.name);
+      LMT_CHECK(wq.ndim() == 2 && wq.dim(1) * 32 % s.shape[1] == 0, "[load_model] ", dir, ": quantized weight '",
+                s.name, "' is ", wq.describe(), ": its rows of ", wq.ndim() == 2 ? wq.dim(1) * 32 : 0,
+                " bits are not a whole number of bits for each of the ", s.shape[1],
+                " inputs of the layer (a truncated or mismatched tensor)");
+      LMT_CHECK(sc.ndim() == 2 && sc.dim(1) > 0 && s.shape[1] % sc.dim(1) == 0 && wq.ndim() == 2, "[load_model] ", dir,
+                ": '", layer, ".scales' has shape ", shape_str(sc.shape()), ", which does not divide the ", s.shape[1],
+                " inputs of '", layer, "' into groups");
+      q = LayerQuant{int(wq.dim(1) * 32 / s.shape[1]), int(s.shape[1] / sc.dim(1)),
+                     sc.dtype() == DType::u8 ? "mxfp4 / nvfp4 / mxfp8" : "affine"};
+    }
+    if (!q) continue;
+    LMT_CHECK(q->mode == "affine", "[load_model] ", dir, ": layer '", layer, "' is quantized in mode ", q->mode,
+              "; lmtune reads affine quantization today (mlx_lm.convert's default, --q-mode affine)");
+    out[layer] = *q;
+  }
+  return out;
+}
+
+}  // namespace
 
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType dtype) {
   ModelConfig cfg = ModelConfig::load(dir);
   auto model = create_model(cfg);
   SafetensorsModel files(dir);
   if (device == Device::cpu) dtype = DType::f32;
+  const std::vector<TensorSpec> specs = model->tensor_specs();
   std::map<std::string, Tensor> w;
-  for (const TensorSpec& s : model->tensor_specs()) {
+  const std::map<std::string, LayerQuant> quantized = quantized_layers(dir, cfg, specs, files);
+  for (const auto& [layer, q] : quantized) {
+    Tensor wq = files.get(layer + ".weight");
+    LMT_CHECK(wq.dtype() == DType::u32, "[load_model] ", dir, ": quantized weight '", layer, ".weight' has dtype ",
+              dtype_name(wq.dtype()), ", expected u32");
+    LMT_CHECK(files.contains(layer + ".biases"), "[load_model] ", dir, ": affine-quantized layer '", layer,
+              "' has no tensor '", layer, ".biases'");
+    w[layer + ".weight"] = ops::to(wq, device);
+    for (const char* part : {".scales", ".biases"}) {
+      Tensor t = files.get(layer + part);
+      LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": '", layer, part, "' has dtype ", dtype_name(t.dtype()),
+                ", expected a float dtype");
+      w[layer + part] = ops::to(t, device, dtype);
+    }
+    // The three tensors' shapes against each other, bits and group size, naming the layer (no rows:
+    // nothing is computed).
+    const Tensor& pw = w[layer + ".weight"];
+    ops::dequantize_affine(pw.slice_rows(0, 0), w[layer + ".scales"].slice_rows(0, 0),
+                           w[layer + ".biases"].slice_rows(0, 0), q.bits, q.group_size, layer);
+    LMT_CHECK(w[layer + ".scales"].dim(0) == pw.dim(0) && w[layer + ".biases"].dim(0) == pw.dim(0), "[load_model] ",
+              dir, ": '", layer, ".scales' / '.biases' have ", w[layer + ".scales"].dim(0), " / ",
+              w[layer + ".biases"].dim(0), " rows for ", pw.dim(0), " packed rows");
+  }
+  model->set_quantized(quantized);
+  for (const TensorSpec& s : specs) {
+    if (quantized.count(layer_of(s.name))) continue;
     LMT_CHECK(files.contains(s.name), "[load_model] ", dir, ": the checkpoint has no tensor '", s.name, "'");
     Tensor t = files.get(s.name);
     LMT_CHECK(t.shape() == s.shape, "[load_model] ", dir, ": tensor '", s.name, "' has shape ", shape_str(t.shape()),
               ", the config implies ", shape_str(s.shape));
     LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": tensor '", s.name, "' has dtype ", dtype_name(t.dtype()),
-              "; quantized checkpoints are not supported yet");
+              "; a packed weight needs \"quantization\" in config.json and its '.scales' tensor");
     w[s.name] = ops::to(t, device, dtype);
   }
   model->set_weights(std::move(w));

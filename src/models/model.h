@@ -36,8 +36,16 @@ class Model {
   // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar.
   Tensor loss(const Tensor& ids, const Tensor& targets);
 
-  // Weights by checkpoint name; set_weights checks every spec is present with its shape.
+  // Weights by checkpoint name; set_weights checks every spec is present with its shape. A
+  // quantized layer (set_quantized, before) holds "<layer>.weight" packed u32 (out, in * bits / 32)
+  // with "<layer>.scales" and "<layer>.biases" (out, in / group_size) instead of its dense weight.
   void set_weights(std::map<std::string, Tensor> weights);
+  // Layers stored in MLX's affine layout, by layer path ("model.layers.0.mlp.down_proj").
+  void set_quantized(std::map<std::string, LayerQuant> layers) { quantized_ = std::move(layers); }
+  const std::map<std::string, LayerQuant>& quantized() const { return quantized_; }
+  // The dense (out, in) weight of a linear or embedding layer: the weight itself, or the
+  // dequantization of a quantized one (a fresh tensor, frozen) in the model's dtype.
+  Tensor dense_weight(const std::string& name) const;
   // The non-const accessors let callers restructure the maps, so they mark the model for
   // rebinding: families bind typed weight structs to the map entries before the next forward.
   std::map<std::string, Tensor>& weights() {
@@ -86,6 +94,7 @@ class Model {
   std::map<std::string, nn::LoraAdapter> adapters_;
   std::map<std::string, Tensor> masters_;  // f32 leaves by weight name; empty unless full-FT of non-f32 weights
   bool bound_ = false;
+  std::map<std::string, LayerQuant> quantized_;
 };
 
 // The family for cfg.model_type (models/registry.h), without weights.

@@ -1,20 +1,21 @@
 // Token embedding and the output head (final norm, then the lm_head or the tied embedding).
 #pragma once
+#include "nn/linear.h"
 #include "nn/norm.h"
 
 namespace lmtune::nn {
 
 struct Embedding {
-  const Tensor* weight = nullptr;  // (n_vocab, n_embd)
+  LinearRef table;  // (n_vocab, n_embd), dense or quantized
   // ids i32 (B, T) on the CPU -> (B, T, n_embd) in the weight's dtype.
-  Tensor forward(const Tensor& ids) const { return ag::embedding(*weight, ids); }
+  Tensor forward(const Tensor& ids) const { return ag::embedding(table.dense(), ids); }
 };
 
 struct LmHead {
-  RmsNorm norm;                    // the final norm
-  const Tensor* weight = nullptr;  // (n_vocab, n_embd): lm_head, or the embedding when tied
+  RmsNorm norm;      // the final norm
+  LinearRef weight;  // (n_vocab, n_embd): lm_head, or the embedding when tied
   // x (B, T, n_embd) -> logits (B, T, n_vocab) in the weight's dtype.
-  Tensor forward(const Tensor& x) const { return ag::linear(norm.forward(x), *weight); }
+  Tensor forward(const Tensor& x) const { return ag::linear(norm.forward(x), weight.dense()); }
 };
 
 }  // namespace lmtune::nn

@@ -12,4 +12,9 @@ Tensor Linear::forward(AdapterInput& in) const {
   return ag::linear(in.x, weight, bias);
 }
 
+Tensor LinearRef::dense() const {
+  if (!scales) return *weight;
+  return ops::dequantize_affine(*weight, *scales, *biases, bits, group_size);
+}
+
 }  // namespace lmtune::nn

@@ -23,11 +23,18 @@ struct Linear {
 // A linear layer bound once, at load time, to the model's tensors: pointers into the model's
 // weight and adapter maps (whose entries stay put while the maps are not restructured), so that
 // a weight replaced in place (a cast master, a parameter leaf) is seen without looking it up.
+// A quantized layer (MLX's affine layout) points at its packed weight, scales and biases.
 struct LinearRef {
-  const Tensor* weight = nullptr;        // (out, in)
+  const Tensor* weight = nullptr;        // (out, in), or u32 (out, in * bits / 32) when quantized
   const Tensor* bias = nullptr;          // (out) or null
   const LoraAdapter* adapter = nullptr;  // or null
-  Linear get() const { return {*weight, bias ? *bias : Tensor{}, adapter}; }
+  const Tensor* scales = nullptr;        // (out, in / group_size) when quantized, else null
+  const Tensor* biases = nullptr;        // like scales
+  int bits = 0, group_size = 0;
+
+  // The dense weight: the weight itself, or its dequantization (frozen; a scratch tensor).
+  Tensor dense() const;
+  Linear get() const { return {dense(), bias ? *bias : Tensor{}, adapter}; }
   Tensor forward(const Tensor& x) const { return get().forward(x); }
 };
 

@@ -2,6 +2,7 @@
 // backend. No autograd here (autograd/ builds on these).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -64,6 +65,11 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const T
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
 // Layers.
+// MLX's affine dequantization (quant/quant.h's layout): wq u32 (rows, in * bits / 32), scales and
+// biases (rows, in / group_size) in a float dtype, all on one device -> (rows, in) in that dtype.
+// Throws naming `name` (the layer) when the shapes, dtypes, bits or group size do not fit.
+Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
+                         const std::string& name = "weight");
 Tensor embedding(const Tensor& weight, const Tensor& ids);                          // (V, D), i32 (...) -> (..., D)
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
 struct RmsNormOut {

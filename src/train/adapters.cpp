@@ -61,6 +61,10 @@ void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
   LMT_CHECK(!cfg.train_embeddings || cfg.fine_tune_type == "full",
             "[adapters] train_embeddings needs fine_tune_type full");
   if (cfg.fine_tune_type == "full") {
+    LMT_CHECK(model.quantized().empty(),
+              "[adapters] full fine-tuning needs dense weights, and this model is quantized (",
+              model.quantized().size(), " layers): train a LoRA or DoRA adapter on it (QLoRA: --fine-tune-type lora), ",
+              "or fine-tune the unquantized model and quantize the result with lmtune convert -q");
     // An f32 weight is trained in place; any other gets an f32 master (Model::masters) so that
     // small updates are not rounded away and the optimizer state is f32.
     auto train_weight = [&](const std::string& name, Tensor& w) {
@@ -90,7 +94,7 @@ void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
     found.insert(key);
     if (layer < first) continue;
     std::string prefix = s.name.substr(0, s.name.size() - 7);  // minus ".weight"
-    model.adapters()[prefix] = nn::make_lora_adapter(model.weight(s.name), kind, cfg.lora.rank, cfg.lora.scale,
+    model.adapters()[prefix] = nn::make_lora_adapter(model.dense_weight(s.name), kind, cfg.lora.rank, cfg.lora.scale,
                                                      cfg.lora.dropout, seed * 1000003ull + n++);
   }
   for (const std::string& k : wanted)

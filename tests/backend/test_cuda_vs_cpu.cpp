@@ -664,6 +664,32 @@ TEST_F(CudaVsCpuOnce, CopyRowsAtRunTimeRow) {
   }
 }
 
+// Affine dequantization (MLX's layout) on both devices from the same packed words, scales and
+// biases: identical arithmetic (a rounding to dt after the product and after the sum), so the
+// outputs must be equal bit for bit, for every bits x group size.
+TEST_P(CudaVsCpu, DequantizeAffine) {
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
+    for (int group : {32, 64, 128}) {
+      const int64_t rows = 5, in = 256, words = in * bits / 32, groups = in / group;
+      std::vector<uint32_t> wq(size_t(rows * words));
+      uint32_t x = 0x9E3779B9u * uint32_t(bits * 131 + group);
+      for (uint32_t& w : wq) w = (x = x * 1664525u + 1013904223u);
+      Vec sc = rounded(uniform(size_t(rows * groups), 11, -0.2f, 0.2f), dt);
+      Vec bi = rounded(uniform(size_t(rows * groups), 12, -2.f, 2.f), dt);
+      std::vector<uint8_t> hs = encode(sc, dt), hb = encode(bi, dt);
+      std::vector<uint8_t> cpu_out(size_t(rows * in) * dtype_size(dt));
+      cpu().dequantize_affine(wq.data(), hs.data(), hb.data(), cpu_out.data(), rows, in, bits, group, dt);
+      Tensor gw = Tensor::empty({rows * words}, DType::u32, Device::cuda);
+      gpu().copy_h2d(gw.raw(), wq.data(), wq.size() * 4);
+      Tensor gs = on_gpu(sc, dt), gb = on_gpu(bi, dt), go = gpu_empty(rows * in, dt);
+      gpu().dequantize_affine(static_cast<const uint32_t*>(gw.raw()), gs.raw(), gb.raw(), go.raw(), rows, in, bits,
+                              group, dt);
+      check_close(read(go), decode(cpu_out, dt), {0.f, 0.f},
+                  "dequantize_affine bits " + std::to_string(bits) + " group " + std::to_string(group));
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);
 
 }  // namespace

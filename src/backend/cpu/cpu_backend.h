@@ -29,6 +29,8 @@ class CpuBackend final : public Backend {
   void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
             int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) override;
   void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) override;
+  void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
+                         int64_t in, int bits, int group_size, DType dt) override;
   void attention(const AttentionArgs& a) override;
   void attention_backward(const AttentionBackwardArgs& a) override;
   void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;

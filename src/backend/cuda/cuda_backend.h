@@ -114,6 +114,8 @@ class CudaBackend final : public Backend {
                    const int32_t* pos_at, DType dt) override;
   bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows, int64_t dim,
                     float eps, DType dt) override;
+  void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
+                         int64_t in, int bits, int group_size, DType dt) override;
   void attention(const AttentionArgs& a) override;
   void attention_backward(const AttentionBackwardArgs& a) override;
   void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;
