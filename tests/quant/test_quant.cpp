@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "ops/ops.h"
 #include "quant/fp_formats.h"
 #include "quant/quant.h"
 
@@ -292,6 +293,20 @@ TEST(QuantValidate, QuantizeAndDequantizeRefuseBadInput) {
   q.wq = Tensor::zeros_cpu({5, 7}, DType::u32);  // 7 words at 3 bits: not whole codes
   q.params.bits = 3;
   EXPECT_NE(error_of([&] { dequantize(q); }).find("do not hold whole 3-bit codes"), std::string::npos);
+}
+
+// The backend's dequantize_affine (ops::dequantize_affine on the CPU: what every quantized layer
+// runs) equals this reference, bit for bit, for every bits x group size x dtype; the CUDA kernel is
+// held to the CPU one in test_cuda_vs_cpu.
+TEST(QuantKernels, CpuDequantizeOpEqualsReference) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (int bits : {2, 3, 4, 5, 6, 8})
+      for (int group : {32, 64, 128}) {
+        Tensor w = ops::cast(ops::randn({9, 384}, uint64_t(bits * 1000 + group), 0.7f), dt);
+        QuantizedWeight q = quantize(w, {Mode::affine, bits, group});
+        Tensor got = ops::dequantize_affine(q.wq, q.scales, q.biases, bits, group, "layer");
+        EXPECT_TRUE(same_bits(got, dequantize(q, dt))) << dtype_name(dt) << " bits " << bits << " group " << group;
+      }
 }
 
 TEST(QuantSpeed, Bf16Square4096) {

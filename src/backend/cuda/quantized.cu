@@ -22,8 +22,9 @@ __global__ void dequantize_affine_kernel(const uint32_t* __restrict__ wq, const 
     if (off + bits > 32) q |= w[word + 1] << (32 - off);
     const int64_t g = r * groups + i / group_size;
     // Round to T after the product and after the sum, as mx.dequantize computes in T.
-    const float t = to_f32(from_f32<T>(to_f32(scales[g]) * float(q & mask)));
-    out[e] = from_f32<T>(t + to_f32(biases[g]));
+    // __fmul_rn / __fadd_rn: never contracted into an fma, which would skip the first rounding.
+    const float t = to_f32(from_f32<T>(__fmul_rn(to_f32(scales[g]), float(q & mask))));
+    out[e] = from_f32<T>(__fadd_rn(t, to_f32(biases[g])));
   }
 }
 
