@@ -10,5 +10,6 @@ int run_chat(int argc, char** argv);
 int run_benchmark(int argc, char** argv);
 int run_manage(int argc, char** argv);
 int run_lora(int argc, char** argv);
+int run_convert(int argc, char** argv);
 
 }  // namespace lmtune::cli

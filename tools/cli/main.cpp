@@ -21,6 +21,8 @@ const Command kCommands[] = {
     {"generate", "Generate text from a prompt", lmtune::cli::run_generate},
     {"chat", "Chat with a model in the terminal (persistent KV cache)", lmtune::cli::run_chat},
     {"lora", "Fine-tune a model with LoRA, DoRA or full fine-tuning (mlx_lm.lora)", lmtune::cli::run_lora},
+    {"convert", "Convert, quantize (-q) or dequantize (-d) a model into MLX's format (mlx_lm.convert)",
+     lmtune::cli::run_convert},
     {"benchmark", "Measure prompt and generation tokens/s on random tokens", lmtune::cli::run_benchmark},
     {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},
     {"manage", "List (--scan) or delete (--delete) models in the Hugging Face cache", lmtune::cli::run_manage},

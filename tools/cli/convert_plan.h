@@ -1,0 +1,91 @@
+// What `lmtune convert` writes, decided before any weight is touched, by mlx_lm.convert's rules
+// (convert.py, utils.py: load_model, quantize_model, dequantize_model, save_model, save_config):
+// the model's modules in mlx-lm's tree order, the dtype cast, which layers are quantized with
+// which parameters (incl. the mixed_* recipes), the output tensors and shards, config.json and
+// the bits-per-weight figure. produce() then makes one module's output tensors.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "convert_io.h"
+#include "io/safetensors.h"
+#include "quant/quant.h"
+
+namespace lmtune::cli::convert {
+
+struct Request {
+  std::string source;  // the model folder (a Hub id already resolved)
+  bool quantize = false, dequantize = false;
+  std::optional<int64_t> q_group_size, q_bits;  // unset: the mode's default
+  std::string q_mode = "affine";
+  std::optional<std::string> quant_predicate;    // mixed_2_6 | mixed_3_4 | mixed_3_6 | mixed_4_6
+  std::optional<std::string> dtype;              // float16 | bfloat16 | float32
+  uint64_t max_shard_bytes = uint64_t(5) << 30;  // mlx-lm's MAX_FILE_SIZE_GB = 5, shifted by 30
+};
+
+// A module of mlx-lm's model that holds parameters: Linear, Embedding or RMSNorm.
+struct Leaf {
+  std::string path;          // "model.layers.0.mlp.down_proj"
+  bool quantizable = false;  // Linear or Embedding: the modules with mlx's to_quantized
+  bool has_bias = false;
+  Shape shape;                                  // the dense weight: (out, in), (n_vocab, n_embd) or (n,)
+  DType source_dtype = DType::f32;              // the float dtype in the source (of the scales if quantized)
+  std::optional<quant::QuantParams> in_quant;   // quantized in the source folder
+  std::optional<quant::QuantParams> out_quant;  // quantized in the output
+  size_t first_tensor = 0, n_tensors = 0;       // its slice of Plan::tensors
+};
+
+class Plan {
+ public:
+  // Reads the folder's config.json, generation_config.json and safetensors headers and decides
+  // everything; throws on a folder, a flag combination or parameters mlx-lm refuses.
+  explicit Plan(const Request& r);
+
+  // --dtype, else config torch_dtype, else text_config.dtype, when one of the three names.
+  const std::optional<std::string>& cast_name() const { return cast_name_; }
+  double bits_per_weight() const;  // quantize_model's compute_bits_per_weight
+  int64_t total_parameters() const { return total_parameters_; }
+  uint64_t total_size() const;  // bytes of every output tensor
+  // Layers left dense because their input size is not a multiple of the group size.
+  const std::vector<std::string>& not_divisible() const { return not_divisible_; }
+
+  const std::vector<Leaf>& leaves() const { return leaves_; }
+  const std::vector<TensorEntry>& tensors() const { return tensors_; }  // mlx-lm's order
+  // make_shards: consecutive tensors, a new shard when the next would pass max_shard_bytes.
+  std::vector<std::vector<size_t>> shards() const;
+  static std::string shard_name(size_t i, size_t n);  // model.safetensors | model-0000i-of-0000n.safetensors
+
+  // config.json as save_config writes it: sorted top level, _name_or_path and vision_config
+  // removed, quantization_config = quantization.
+  std::string config_text() const;
+  // model.safetensors.index.json: total_size, total_parameters and the sorted weight_map.
+  std::string index_text(const std::vector<std::vector<size_t>>& shards) const;
+
+  // One module's output tensors (CPU), in the order of its Plan::tensors slice.
+  std::vector<std::pair<std::string, Tensor>> produce(const Leaf& leaf) const;
+
+ private:
+  void read_leaves(const nlohmann::ordered_json& dense_config);
+  void plan_quantization(const Request& r);
+  void plan_tensors();
+
+  Request req_;
+  nlohmann::ordered_json config_;  // the output config.json (not yet sorted)
+  SafetensorsModel source_;
+  std::string model_type_;
+  int64_t n_layer_ = 0;
+  std::optional<std::string> cast_name_;
+  std::optional<DType> cast_;
+  std::vector<Leaf> leaves_;
+  std::vector<TensorEntry> tensors_;
+  std::vector<std::string> not_divisible_;
+  int64_t total_parameters_ = 0;
+  uint64_t nonparameter_bytes_ = 0;  // arrays mlx-lm's modules hold besides parameters (Llama3RoPE._freqs)
+};
+
+}  // namespace lmtune::cli::convert
