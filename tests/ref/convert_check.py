@@ -35,6 +35,9 @@ refusals        an existing --mlx-path, --q-bits 7, --q-group-size 48, a group s
                 mlx-lm refuses the same for the first, second, fifth, sixth and seventh; for 48 and
                 for a group dividing no layer it writes an unquantized model labelled quantized,
                 which lmtune refuses (the check records mlx-lm's behaviour so a change shows).
+hub             a Hub id (test-org/tiny-llama) resolved from a Hugging Face cache made under WORK,
+                offline (HF_HUB_OFFLINE=1): the same output as mlx-lm's, but for README.md, which
+                mlx-lm builds from the repo's own card and lmtune from the template (with base_model).
 progress        on a pseudo-terminal stderr shows a progress bar ending at 100%; on a pipe, nothing.
 mlx_generate    models/default (f32 via --dtype float32) converted by lmtune (affine 4 group 64,
                 8 bits group 32, mixed_3_6) loads in mlx-lm (`mlx_lm generate`, which calls
@@ -400,6 +403,38 @@ def case_mlx_generate(a):
     check(differs, f"no recipe changed the text of the f32 model ({base!r}): quantization had no effect?")
 
 
+def case_hub(a):
+    f32, _, _ = llama_models(a)
+    repo_id = "test-org/tiny-llama"
+    hub = os.path.join(a.work, "hub")
+    shutil.rmtree(hub, ignore_errors=True)
+    repo = os.path.join(hub, "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(repo, "snapshots", "1" * 40)
+    shutil.copytree(f32, snap)
+    open(os.path.join(snap, "README.md"), "w").write("---\nlicense: mit\n---\n\n# tiny llama\n")
+    os.makedirs(os.path.join(repo, "refs"))
+    open(os.path.join(repo, "refs", "main"), "w").write("1" * 40)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=hub)
+    ours, theirs = os.path.join(a.work, "out", "hub-lmtune"), os.path.join(a.work, "out", "hub-mlx")
+    for d in (ours, theirs):
+        shutil.rmtree(d, ignore_errors=True)
+    r1 = run([a.lmtune, "convert", "--hf-path", repo_id, "--mlx-path", ours, "-q"], env=env)
+    r2 = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", repo_id, "--mlx-path", theirs, "-q"], env=env)
+    if not (check(r1.returncode == 0, f"hub: lmtune: {r1.stderr[-2000:]}") and
+            check(r2.returncode == 0, f"hub: mlx-lm: {r2.stderr[-2000:]}")):
+        return
+    check(r1.stdout == r2.stdout, f"hub: stdout differs:\n{r1.stdout}\n{r2.stdout}")
+    # mlx-lm's card starts from the repo's README (license: mit here); lmtune's is the template card.
+    card = open(os.path.join(ours, "README.md")).read()
+    check(card == "---\nlanguage: en\nbase_model: test-org/tiny-llama\nlibrary_name: mlx\n"
+                  "pipeline_tag: text-generation\ntags:\n- mlx\n---\n", f"hub: lmtune's card {card!r}")
+    print("mlx-lm's card:", repr(open(os.path.join(theirs, "README.md")).read()))
+    shutil.copy(os.path.join(theirs, "README.md"), os.path.join(a.work, "mlx-card.md"))
+    shutil.copy(os.path.join(ours, "README.md"), os.path.join(theirs, "README.md"))
+    n = compare_folders("hub", ours, theirs)
+    print(f"hub: {repo_id} from the cache (offline): {n} tensors identical, card {card!r}")
+
+
 def case_progress(a):
     import pty
     src = os.path.join(a.root, "models", "default")
@@ -443,7 +478,7 @@ def main():
     p.add_argument("--root", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--case", required=True, choices=["quantize_llama", "quantize_qwen", "dequantize", "shards",
-                                                     "refusals", "mlx_generate", "progress"])
+                                                     "refusals", "mlx_generate", "progress", "hub"])
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     globals()["case_" + a.case](a)
