@@ -240,6 +240,8 @@ void Plan::read_leaves(const ojson& dense_config) {
                 "' must be true, false or an object, got ", e.dump());
       if (e.is_object()) l.in_quant = params_from_entry(e, cfg_path + ": quantization." + l.path);
       if (e.is_boolean() && e.get<bool>()) l.in_quant = params_from_entry(q, cfg_path + ": quantization");
+      LMT_CHECK(!l.in_quant || l.quantizable, "[convert] ", cfg_path, ": quantization entry '", l.path,
+                "' names a layer that cannot be quantized (mlx-lm: Unable to quantize model of type RMSNorm)");
     } else if (l.quantizable && source_.contains(l.path + ".scales")) {
       const SafetensorsInfo& w = need(l.path + ".weight");
       const SafetensorsInfo& s = need(l.path + ".scales");
