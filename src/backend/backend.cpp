@@ -39,6 +39,10 @@ void Backend::graph_free(void*) { missing("graph_free"); }
 void Backend::dequantize_affine(const uint32_t*, const void*, const void*, void*, int64_t, int64_t, int, int, DType) {
   missing("dequantize_affine");
 }
+bool Backend::quantized_gemv(const void*, const uint32_t*, const void*, const void*, void*, int64_t, int64_t, int64_t,
+                             int, int, DType) {
+  return false;
+}
 void Backend::attention(const AttentionArgs&) { missing("attention"); }
 void Backend::attention_backward(const AttentionBackwardArgs&) { missing("attention_backward"); }
 void Backend::softmax(const void*, void*, int64_t, int64_t, DType) { missing("softmax"); }

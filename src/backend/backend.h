@@ -149,6 +149,11 @@ class Backend {
   // op as MLX's dequantize does in dt (identity for f32).
   virtual void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
                                  int64_t in, int bits, int group_size, DType dt);
+  // y (M, N) = x (M, K) @ dequant(W)^T for MLX's affine layout (see dequantize_affine); x, y, scales,
+  // biases in dt. False where this backend has no kernel for these sizes (callers then dequantize
+  // and use gemm). M small (decoding: 1..8).
+  virtual bool quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
+                              int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt);
   virtual void attention(const AttentionArgs& a);
   virtual void attention_backward(const AttentionBackwardArgs& a);
 

@@ -7,15 +7,16 @@ namespace lmtune::nn {
 
 struct Embedding {
   LinearRef table;  // (n_vocab, n_embd), dense or quantized
-  // ids i32 (B, T) on the CPU -> (B, T, n_embd) in the weight's dtype.
-  Tensor forward(const Tensor& ids) const { return ag::embedding(table.dense(), ids); }
+  // ids i32 (B, T) on the CPU -> (B, T, n_embd) in the weight's dtype. A quantized table gathers
+  // the ids' packed rows and dequantizes only those (frozen: no gradient).
+  Tensor forward(const Tensor& ids) const;
 };
 
 struct LmHead {
   RmsNorm norm;      // the final norm
   LinearRef weight;  // (n_vocab, n_embd): lm_head, or the embedding when tied
   // x (B, T, n_embd) -> logits (B, T, n_vocab) in the weight's dtype.
-  Tensor forward(const Tensor& x) const { return ag::linear(norm.forward(x), weight.dense()); }
+  Tensor forward(const Tensor& x) const { return weight.get().base(norm.forward(x)); }
 };
 
 }  // namespace lmtune::nn

@@ -3,13 +3,24 @@
 namespace lmtune::nn {
 
 Tensor Linear::forward(const Tensor& x) const {
-  if (adapter) return lora_forward(x, weight, bias, *adapter);
-  return ag::linear(x, weight, bias);
+  if (adapter) return lora_forward(x, *this, *adapter);
+  return base(x);
 }
 
 Tensor Linear::forward(AdapterInput& in) const {
-  if (adapter) return lora_forward(in.x, weight, bias, *adapter, &in);
-  return ag::linear(in.x, weight, bias);
+  if (adapter) return lora_forward(in.x, *this, *adapter, &in);
+  return base(in.x);
+}
+
+Tensor Linear::base(const Tensor& x, bool with_bias) const {
+  const Tensor& b = with_bias ? bias : Tensor();
+  if (quantized()) return ag::quantized_linear(x, weight, scales, biases, bits, group_size, b);
+  return ag::linear(x, weight, b);
+}
+
+Tensor Linear::dense_weight() const {
+  if (!quantized()) return weight;
+  return ops::dequantize_affine(weight, scales, biases, bits, group_size);
 }
 
 Tensor LinearRef::dense() const {

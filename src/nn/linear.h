@@ -7,17 +7,25 @@
 namespace lmtune::nn {
 
 struct Linear {
-  Tensor weight;                         // (out, in)
+  Tensor weight;                         // (out, in), or u32 (out, in * bits / 32) when quantized
   Tensor bias;                           // (out) or undefined
   const LoraAdapter* adapter = nullptr;  // a LoRA / DoRA adapter owned by the model, or null
+  // MLX's affine quantization (frozen): scales and biases (out, in / group_size); undefined if dense.
+  Tensor scales, biases;
+  int bits = 0, group_size = 0;
 
   Tensor forward(const Tensor& x) const;
   // The same, for an input that other adapted layers also read: their adapters share one cast.
   Tensor forward(AdapterInput& in) const;
-  int64_t in_features() const { return weight.dim(1); }
+  // x W^T (+ bias): the frozen base product, through the quantized kernels when quantized.
+  Tensor base(const Tensor& x, bool with_bias = true) const;
+  // The (out, in) weight: the weight itself, or its dequantization (a scratch tensor).
+  Tensor dense_weight() const;
+  bool quantized() const { return scales.defined(); }
+  int64_t in_features() const { return quantized() ? weight.dim(1) * 32 / bits : weight.dim(1); }
   int64_t out_features() const { return weight.dim(0); }
-  // No adapter and no bias: decoding may hand the bare weight to a fused kernel.
-  bool plain() const { return !adapter && !bias.defined(); }
+  // Dense, no adapter and no bias: decoding may hand the bare weight to a fused kernel.
+  bool plain() const { return !adapter && !bias.defined() && !quantized(); }
 };
 
 // A linear layer bound once, at load time, to the model's tensors: pointers into the model's
@@ -34,7 +42,11 @@ struct LinearRef {
 
   // The dense weight: the weight itself, or its dequantization (frozen; a scratch tensor).
   Tensor dense() const;
-  Linear get() const { return {dense(), bias ? *bias : Tensor{}, adapter}; }
+  Linear get() const {
+    Linear l{*weight, bias ? *bias : Tensor{}, adapter};
+    if (scales) l.scales = *scales, l.biases = *biases, l.bits = bits, l.group_size = group_size;
+    return l;
+  }
   Tensor forward(const Tensor& x) const { return get().forward(x); }
 };
 

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "nn/linear.h"
 
 namespace lmtune::nn {
 
@@ -62,16 +63,15 @@ const Tensor& AdapterInput::f32() {
   return f32_;
 }
 
-Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a,
-                    AdapterInput* shared) {
+Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, AdapterInput* shared) {
+  const int64_t in = base.in_features(), out_dim = base.out_features();
   LMT_CHECK(a.lora_a.defined() && a.lora_b.defined(), "[lora] adapter without lora_a / lora_b");
-  LMT_CHECK(a.lora_a.dim(0) == weight.dim(1) && a.lora_b.dim(1) == weight.dim(0) && a.lora_a.dim(1) == a.lora_b.dim(0),
-            "[lora] lora_a ", a.lora_a.describe(), " and lora_b ", a.lora_b.describe(), " do not fit weight ",
-            weight.describe());
+  LMT_CHECK(a.lora_a.dim(0) == in && a.lora_b.dim(1) == out_dim && a.lora_a.dim(1) == a.lora_b.dim(0), "[lora] lora_a ",
+            a.lora_a.describe(), " and lora_b ", a.lora_b.describe(), " do not fit a (", out_dim, ", ", in, ") weight");
   bool dora = a.kind == AdapterKind::dora;
   DType dt = x.dtype();
   // DoRA adds the bias after the magnitude rescaling, so its base product has none.
-  Tensor y = ag::linear(x, weight, dora ? Tensor() : bias);
+  Tensor y = base.base(x, !dora);
   LMT_CHECK(!shared || shared->x.raw() == x.raw(), "[lora] shared input cast made for another tensor");
   Tensor mask;  // f32 (..., in)
   if (a.dropout > 0.f && ag::grad_enabled()) {
@@ -82,13 +82,13 @@ Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   Tensor z = ag::matmul(xa, a.lora_b);                                              // f32 (..., out)
   Tensor out = ag::add(y, ag::cast(ag::scale(z, a.scale), dt));
   if (!dora) return out;
-  LMT_CHECK(a.m.defined() && a.m.numel() == weight.dim(0), "[dora] magnitude m missing or of the wrong size");
+  LMT_CHECK(a.m.defined() && a.m.numel() == out_dim, "[dora] magnitude m missing or of the wrong size");
   // m / stop_gradient(||W + scale B^T A^T||_row): the denominator carries no gradient.
-  Tensor inv = ops::div(ops::full({weight.dim(0)}, 1.f, DType::f32, weight.device()),
-                        dora_row_norms(weight, a.lora_a, a.lora_b, a.scale));
+  Tensor inv = ops::div(ops::full({out_dim}, 1.f, DType::f32, x.device()),
+                        dora_row_norms(base.dense_weight(), a.lora_a, a.lora_b, a.scale));
   Tensor norm_scale = ag::mul(a.m, inv);  // f32 (out)
   out = ag::mul(out, ag::cast(norm_scale, dt));
-  if (bias.defined()) out = ag::add(out, bias);
+  if (base.bias.defined()) out = ag::add(out, base.bias);
   return out;
 }
 

@@ -41,10 +41,12 @@ struct AdapterInput {
   Tensor f32_;
 };
 
-// The adapted forward. x (..., in) in the base dtype; weight (out, in); bias (out) or undefined.
-// Returns (..., out) in the base dtype. shared, when given, is an AdapterInput made for this x.
-Tensor lora_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const LoraAdapter& a,
-                    AdapterInput* shared = nullptr);
+struct Linear;  // nn/linear.h
+
+// The adapted forward. x (..., in) in the base dtype; base: the frozen layer (dense or quantized:
+// QLoRA) whose product and bias are adapted. Returns (..., out) in the base dtype. shared, when
+// given, is an AdapterInput made for this x.
+Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, AdapterInput* shared = nullptr);
 
 // Row norms of W + scale * lora_b^T lora_a^T as f32 (out), without autograd (DoRA's denominator
 // and, with zero lora_b, its initial magnitude).

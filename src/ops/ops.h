@@ -70,6 +70,11 @@ void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool t
 // Throws naming `name` (the layer) when the shapes, dtypes, bits or group size do not fit.
 Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
                          const std::string& name = "weight");
+// x (..., K) @ dequant(W)^T (+ bias) for W in MLX's affine layout (wq u32 (N, K * bits / 32), scales
+// and biases (N, K / group_size) in x's dtype): the backend's fused kernel for a few rows
+// (decoding), else a dequantized scratch weight and the dense product. -> (..., N) in x's dtype.
+Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits,
+                        int group_size, const Tensor& bias = {});
 Tensor embedding(const Tensor& weight, const Tensor& ids);                          // (V, D), i32 (...) -> (..., D)
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
 struct RmsNormOut {

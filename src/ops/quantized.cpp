@@ -1,4 +1,6 @@
 // Op front ends for MLX's quantized layout: validation, then the device's kernel.
+#include <algorithm>
+
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -29,6 +31,30 @@ Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& b
         .dequantize_affine(static_cast<const uint32_t*>(wq.raw()), scales.raw(), biases.raw(), out.raw(), rows, in,
                            bits, group_size, scales.dtype());
   return out;
+}
+
+Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits,
+                        int group_size, const Tensor& bias) {
+  const int64_t N = wq.dim(0), K = wq.dim(1) * 32 / std::max(bits, 1);
+  LMT_CHECK(x.ndim() >= 1 && x.dim(-1) == K && x.dtype() == scales.dtype() && x.device() == wq.device(),
+            "[quantized_linear] input ", x.describe(), " does not fit a quantized weight of ", K, " inputs with ",
+            scales.describe(), " scales");
+  const int64_t M = x.numel() / std::max<int64_t>(K, 1);
+  if (M >= 1 && M <= 8) {
+    // Validates the three tensors as dequantize does, without computing anything.
+    dequantize_affine(wq.slice_rows(0, 0), scales.slice_rows(0, 0), biases.slice_rows(0, 0), bits, group_size,
+                      "quantized_linear");
+    LMT_CHECK(scales.dim(0) == N && biases.dim(0) == N, "[quantized_linear] scales ", scales.describe(),
+              " for a packed weight ", wq.describe());
+    Shape os = x.shape();
+    os.back() = N;
+    Tensor y = empty(os, x.dtype(), x.device());
+    if (backend(x.device())
+            .quantized_gemv(x.raw(), static_cast<const uint32_t*>(wq.raw()), scales.raw(), biases.raw(), y.raw(), M, N,
+                            K, bits, group_size, x.dtype()))
+      return bias.defined() ? add(y, bias) : y;
+  }
+  return linear(x, dequantize_affine(wq, scales, biases, bits, group_size, "quantized_linear"), bias);
 }
 
 }  // namespace lmtune::ops

@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "autograd/functions.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -307,6 +309,36 @@ TEST(QuantKernels, CpuDequantizeOpEqualsReference) {
         Tensor got = ops::dequantize_affine(q.wq, q.scales, q.biases, bits, group, "layer");
         EXPECT_TRUE(same_bits(got, dequantize(q, dt))) << dtype_name(dt) << " bits " << bits << " group " << group;
       }
+}
+
+// ops::quantized_linear (the CPU's fused kernel for 1-8 rows, the dequantized product beyond)
+// against the dense product with the dequantized weight: the fused kernel sums scale * (q . x) +
+// bias * sum(x) per group, so the two differ by f32 rounding of those sums only (1e-5 of the
+// largest output). And ag::quantized_linear's input gradient equals ag::linear's.
+TEST(QuantKernels, QuantizedLinearEqualsDenseProduct) {
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int group : {32, 64, 128})
+      for (int64_t M : {1, 3, 8, 9}) {
+        const int64_t N = 37, K = 384;
+        QuantizedWeight q = quantize(ops::randn({N, K}, uint64_t(bits * 7 + group), 0.5f), {Mode::affine, bits, group});
+        Tensor x = ops::randn({M, K}, uint64_t(M + 100));
+        Tensor dense = ops::dequantize_affine(q.wq, q.scales, q.biases, bits, group);
+        Tensor got = ops::quantized_linear(x, q.wq, q.scales, q.biases, bits, group);
+        Tensor want = ops::linear(x, dense);
+        std::vector<float> g = got.to_f32_vector(), w = want.to_f32_vector();
+        float max_ref = 0.f, max_err = 0.f;
+        for (size_t i = 0; i < w.size(); ++i)
+          max_ref = std::max(max_ref, std::fabs(w[i])), max_err = std::max(max_err, std::fabs(g[i] - w[i]));
+        EXPECT_LE(max_err, 1e-5f * max_ref) << "bits " << bits << " group " << group << " M " << M;
+      }
+  QuantizedWeight q = quantize(ops::randn({11, 128}, 5, 0.5f), {Mode::affine, 4, 64});
+  Tensor dense = ops::dequantize_affine(q.wq, q.scales, q.biases, 4, 64);
+  Tensor x1 = ag::param(ops::randn({2, 3, 128}, 6)), x2 = ag::param(ops::clone(x1.detach()));
+  Tensor dy = ops::randn({2, 3, 11}, 7);
+  ag::backward(ag::quantized_linear(x1, q.wq, q.scales, q.biases, 4, 64), dy);
+  ag::backward(ag::linear(x2, dense), dy);
+  std::vector<float> g1 = ag::grad(x1).to_f32_vector(), g2 = ag::grad(x2).to_f32_vector();
+  for (size_t i = 0; i < g1.size(); ++i) EXPECT_NEAR(g1[i], g2[i], 1e-5f) << "dx " << i;
 }
 
 TEST(QuantSpeed, Bf16Square4096) {

@@ -320,5 +320,5 @@ TEST(Adapters, SharedInputCastEqualsSeparateCasts) {
   nn::LoraAdapter a = nn::make_lora_adapter(w, nn::AdapterKind::lora, 4, 2.f, 0.f, 5);
   Tensor other = ops::randn({2, 3, 10}, 35);
   nn::AdapterInput in(other);
-  EXPECT_THROW(nn::lora_forward(x0, w, bias, a, &in), Error);
+  EXPECT_THROW(nn::lora_forward(x0, nn::Linear{w, bias}, a, &in), Error);
 }

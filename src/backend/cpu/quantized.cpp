@@ -54,6 +54,42 @@ void dequantize_rows(const uint32_t* wq, const void* scales, const void* biases,
   }
 }
 
+// y (M, N) = x (M, K) W^T for W in MLX's affine layout, all f32: per group, scale * (q . x) +
+// bias * sum(x), as MLX's quantized matmul accumulates it (not dequantize-then-dot, so it differs
+// from dense products by f32 rounding only). BITS is a compile-time constant so that the code
+// extraction unrolls; rows n in [n0, n1).
+template <int BITS>
+void qgemv_rows(const float* x, const uint32_t* wq, const float* scales, const float* biases, float* y, int64_t M,
+                int64_t N, int64_t K, int group_size, const float* xsum, int64_t n0, int64_t n1) {
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  const int64_t words = K * BITS / 32, groups = K / group_size;
+  float codes[128];
+  float acc[8];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint32_t* w = wq + n * words;
+    for (int64_t m = 0; m < M; ++m) acc[m] = 0.f;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t i0 = g * group_size;
+      for (int j = 0; j < group_size; ++j) {
+        const int64_t bit = (i0 + j) * BITS, word = bit >> 5;
+        const int off = int(bit & 31);
+        uint32_t q = w[word] >> off;
+        if constexpr (32 % BITS != 0)
+          if (off + BITS > 32) q |= w[word + 1] << (32 - off);
+        codes[j] = float(q & kMask);
+      }
+      const float scale = scales[n * groups + g], bias = biases[n * groups + g];
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * K + i0;
+        float dot = 0.f;
+        for (int j = 0; j < group_size; ++j) dot += codes[j] * xm[j];
+        acc[m] += scale * dot + bias * xsum[m * groups + g];
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) y[m * N + n] = acc[m];
+  }
+}
+
 }  // namespace
 
 void CpuBackend::dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
@@ -78,6 +114,54 @@ void CpuBackend::dequantize_affine(const uint32_t* wq, const void* scales, const
   }
   run(0, std::min(rows, per));
   for (std::thread& th : pool) th.join();
+}
+
+}  // namespace lmtune
+
+namespace lmtune {
+
+bool CpuBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
+                                int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt) {
+  if (dt != DType::f32 || M < 1 || M > 8 || group_size > 128) return false;
+  const float* xf = static_cast<const float*>(x);
+  const int64_t groups = K / group_size;
+  std::vector<float> xsum(size_t(M * groups));  // sum of x over each group, shared by every row
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      float s = 0.f;
+      for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) s += xf[m * K + i];
+      xsum[size_t(m * groups + g)] = s;
+    }
+  auto run = [&](int64_t n0, int64_t n1) {
+    auto go = [&](auto kernel) {
+      kernel(xf, wq, static_cast<const float*>(scales), static_cast<const float*>(biases), static_cast<float*>(y), M, N,
+             K, group_size, xsum.data(), n0, n1);
+    };
+    switch (bits) {
+      case 2: return go(qgemv_rows<2>);
+      case 3: return go(qgemv_rows<3>);
+      case 4: return go(qgemv_rows<4>);
+      case 5: return go(qgemv_rows<5>);
+      case 6: return go(qgemv_rows<6>);
+      case 8: return go(qgemv_rows<8>);
+      default: fail("[quantized_gemv] cpu: bits ", bits);
+    }
+  };
+  const int64_t n_threads =
+      std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), std::max<int64_t>(1, N * K / (1 << 16)));
+  if (n_threads <= 1) {
+    run(0, N);
+    return true;
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (N + n_threads - 1) / n_threads;
+  for (int64_t t = 1; t < n_threads; ++t) {
+    const int64_t n0 = t * per, n1 = std::min(N, n0 + per);
+    if (n0 < n1) pool.emplace_back(run, n0, n1);
+  }
+  run(0, std::min(N, per));
+  for (std::thread& th : pool) th.join();
+  return true;
 }
 
 }  // namespace lmtune
