@@ -1,0 +1,185 @@
+// Decoding's weight products on quantized weights (MLX's affine layout, default 4 bits, group 64,
+// bf16 scales and biases) at Mistral-7B's shapes: the fused kernel (Backend::quantized_gemv,
+// qgemv.cu) against today's path, ops::dequantize_affine into a scratch matrix then ops::linear
+// (gemv.cu for 1-4 rows, cuBLASLt above). Time per call from CUDA graphs of many calls (so that
+// launch gaps stay out, as in the decode graph), several copies of each weight cycled so that L2
+// holds none between calls; GB/s counts the packed bytes read once (wq + scales + biases), beside
+// the device-to-device copy bandwidth (read + write) measured in the same run.
+//   bench_quantized [--bits B] [--group G] [--rows 1,8]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace {
+
+using namespace lmtune;
+using Clock = std::chrono::steady_clock;
+
+double secs(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Device-to-device copy of 1 GiB, bytes read + written over time (as bench_generate measures it).
+double copy_bandwidth_gbps() {
+  Tensor src = ops::uniform({int64_t(1) << 29}, 3, -1.f, 1.f, DType::bf16, Device::cuda);
+  Tensor dst = ops::empty(src.shape(), DType::bf16, Device::cuda);
+  Backend& be = backend(Device::cuda);
+  for (int i = 0; i < 3; ++i) ops::copy_into(dst, src);
+  be.synchronize();
+  std::vector<double> t;
+  for (int r = 0; r < 5; ++r) {
+    auto t0 = Clock::now();
+    for (int i = 0; i < 10; ++i) ops::copy_into(dst, src);
+    be.synchronize();
+    t.push_back(secs(t0) / 10);
+  }
+  return 2.0 * double(src.nbytes()) / median(t) / 1e9;
+}
+
+// Microseconds a call: `calls` calls of body(i) recorded into one CUDA graph, the graph replayed
+// 7 times, the median replay over calls. Eager warm-up first (plans, allocator blocks).
+template <typename F>
+double time_graph(F&& body, int calls) {
+  Backend& be = backend(Device::cuda);
+  for (int i = 0; i < 3; ++i) body(i);
+  be.synchronize();
+  be.graph_begin();
+  for (int i = 0; i < calls; ++i) body(i);
+  void* graph = be.graph_end();
+  be.graph_launch(graph);
+  be.synchronize();
+  std::vector<double> t;
+  for (int r = 0; r < 7; ++r) {
+    auto t0 = Clock::now();
+    be.graph_launch(graph);
+    be.synchronize();
+    t.push_back(secs(t0) / calls * 1e6);
+  }
+  be.graph_free(graph);
+  return median(t);
+}
+
+struct Product {
+  const char* name;
+  int64_t N, K, per_token;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int bits = 4, group = 64;
+  std::vector<int64_t> rows_list = {1, 8};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--bits") == 0 && i + 1 < argc) {
+      bits = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--group") == 0 && i + 1 < argc) {
+      group = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
+      rows_list.clear();
+      for (const char* s = argv[++i]; *s;) {
+        rows_list.push_back(std::strtoll(s, const_cast<char**>(&s), 10));
+        if (*s == ',') ++s;
+      }
+    } else {
+      std::fprintf(stderr, "usage: bench_quantized [--bits B] [--group G] [--rows 1,8]\n");
+      return 2;
+    }
+  }
+  try {
+    LMT_CHECK(cuda_available(), "[bench_quantized] no CUDA device");
+    const Product products[] = {{"q_proj, o_proj", 4096, 4096, 64},
+                                {"k_proj, v_proj", 1024, 4096, 64},
+                                {"gate_proj, up_proj", 14336, 4096, 64},
+                                {"down_proj", 4096, 14336, 32},
+                                {"lm_head", 32000, 4096, 1}};
+    Backend& be = backend(Device::cuda);
+    const double bw = copy_bandwidth_gbps();
+    std::printf(
+        "bench_quantized: %s, %d-bit, group %d, bf16 scales/biases; copy bandwidth (d2d, read + write) %.0f GB/s\n",
+        cuda_device_name().c_str(), bits, group, bw);
+    for (int64_t M : rows_list) {
+      LMT_CHECK(M >= 1, "[bench_quantized] rows must be >= 1");
+      std::printf("\nx (%lld, K) @ dequant(W)^T, bf16:\n", (long long)M);
+      std::printf(
+          "| product | N x K | packed MB | fused us | GB/s | %% of copy | dequantize + linear us | GB/s | speedup | "
+          "max "
+          "rel diff |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+      double tok_fused = 0, tok_base = 0, tok_bytes = 0;
+      for (const Product& pr : products) {
+        const int64_t N = pr.N, K = pr.K, words = K * bits / 32, groups = K / group;
+        const double bytes = double(N * words) * 4 + 2.0 * double(N * groups) * 2;
+        const int copies = int(std::max(1.0, std::ceil(256e6 / bytes)));
+        // One host draw of the packed words, uploaded into every copy (distinct addresses are
+        // what keeps L2 from serving a call); scales of either sign, biases around -7.5 scales.
+        std::vector<uint32_t> host(size_t(N * words));
+        uint64_t r = 0x9E3779B97F4A7C15ull * uint64_t(N + K);
+        for (uint32_t& w : host) {
+          r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+          w = uint32_t(r >> 16);
+        }
+        std::vector<Tensor> wq, sc, bi;
+        for (int c = 0; c < copies; ++c) {
+          Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
+          be.copy_h2d(w.raw(), host.data(), host.size() * 4);
+          wq.push_back(w);
+          sc.push_back(ops::uniform({N, groups}, uint64_t(11 + c), 0.005f, 0.05f, DType::bf16, Device::cuda));
+          bi.push_back(ops::uniform({N, groups}, uint64_t(51 + c), -0.4f, -0.04f, DType::bf16, Device::cuda));
+        }
+        Tensor x = ops::uniform({M, K}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
+        Tensor y = ops::empty({M, N}, DType::bf16, Device::cuda);
+        const int calls = copies * std::max(1, 40 / copies);
+        bool fused_ok = true;
+        auto fused = [&](int i) {
+          const size_t c = size_t(i % copies);
+          fused_ok = fused_ok && be.quantized_gemv(x.raw(), static_cast<const uint32_t*>(wq[c].raw()), sc[c].raw(),
+                                                   bi[c].raw(), y.raw(), M, N, K, bits, group, DType::bf16);
+        };
+        auto baseline = [&](int i) {
+          const size_t c = size_t(i % copies);
+          (void)ops::linear(x, ops::dequantize_affine(wq[c], sc[c], bi[c], bits, group));
+        };
+        // The two paths on copy 0: the same function up to the dense path's rounding of each w.
+        fused(0);
+        const std::vector<float> a = ops::to(y, Device::cpu, DType::f32).to_f32_vector();
+        const std::vector<float> b =
+            ops::to(ops::linear(x, ops::dequantize_affine(wq[0], sc[0], bi[0], bits, group)), Device::cpu, DType::f32)
+                .to_f32_vector();
+        double num = 0, den = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          num = std::max(num, std::fabs(double(a[i]) - b[i]));
+          den = std::max(den, std::fabs(double(b[i])));
+        }
+        double us_f = NAN;
+        if (fused_ok) us_f = time_graph(fused, calls);
+        const double us_b = time_graph(baseline, calls);
+        std::printf("| %s | %lld x %lld | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.0f | %.2fx | %.1e |\n", pr.name,
+                    (long long)N, (long long)K, bytes / 1e6, us_f, bytes / us_f / 1e3, 100.0 * bytes / us_f / 1e3 / bw,
+                    us_b, bytes / us_b / 1e3, us_b / us_f, den > 0 ? num / den : num);
+        if (!fused_ok) std::printf("  (quantized_gemv declined these sizes: no fused time)\n");
+        tok_fused += us_f * double(pr.per_token);
+        tok_base += us_b * double(pr.per_token);
+        tok_bytes += bytes * double(pr.per_token);
+      }
+      std::printf(
+          "one token's products (32 layers + lm_head, %.3f GB packed): fused %.3f ms (%.0f GB/s), dequantize + "
+          "linear %.3f ms; bound at the copy bandwidth %.3f ms\n",
+          tok_bytes / 1e9, tok_fused / 1e3, tok_bytes / tok_fused / 1e3, tok_base / 1e3, tok_bytes / (bw * 1e9) * 1e3);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_quantized: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,388 @@
+// Fused quantized products for decoding: y (M, N) = x (M, K) @ dequant(W)^T, M = 1..8, W in MLX's
+// affine layout (wq u32 (N, K * bits / 32), LSB-first codes; scales, biases (N, K / group_size)),
+// read once and never written out dense. As MLX's qmv, each group adds scale * sum(q x) +
+// bias * sum(x) in f32: no dequantized weight is rounded to dt (dequantize + gemm rounds every w).
+#include <type_traits>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "core/runtime_config.h"
+
+namespace lmtune {
+
+namespace {
+
+constexpr int kQWarps = 8;  // warps a block
+
+template <typename T>
+struct QgemvParams {
+  const T* x;          // (M, K)
+  const uint32_t* wq;  // (N, K * bits / 32)
+  const T* scales;     // (N, K / group_size)
+  const T* biases;     // (N, K / group_size)
+  T* y;                // (M, N)
+  int64_t N, K;
+  int M;
+  int S;  // warps sharing a row tile, each over its own stretch of K: 1, 2, 4 or 8
+};
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core path: bf16/f16, bits 4 and 8 (any group), bits 2 (groups 64, 128), 16-byte
+// aligned x and wq. A warp owns a tile of 16 rows of W and runs mma.m16n8k16 with A = codes
+// (rows of W), B = x (its M <= 8 rows are the n = 8 columns; columns >= M are zeros) and f32
+// accumulators. An mma sums over its 16 k-slots, so all 16 must lie in one group (each group has
+// its own scale): lane (g, t) = (lane / 4, lane % 4) holds quarter t of each group (GS / 4
+// consecutive codes) of rows g and g + 8, and every mma takes 4 codes from each quarter. The
+// k-slots of an mma are any 16 distinct k of the group as long as A and B agree: lane (g, t)
+// gives A's slots {2t, 2t + 1} (and {2t + 8, 2t + 9}) the code pair P (and P + 1) of its quarter,
+// where pair P of a word is its codes (j, j + V / 2) (j = P % (V / 2)): a single mask of the word
+// (shifted by j codes) puts them in the low and high 16 bits. B's lane (g, t) gives the same
+// slots x[g][k] at those k, paired from two 16-bit halves by one byte permute.
+//   A code becomes a 16-bit float by or-ing it into the mantissa of a magic constant: bf16 0x4300
+// is 128 (mantissa step 1), so 0x4300 | q = 128 + q exactly for q < 128; f16 0x6400 = 1024 + q.
+// f16 subtracts 1024 (exact); bf16 keeps the offset and takes it back per group with sum(x)
+// (bias - 128 * scale), which a second mma with A = ones gives in the accumulator layout anyway.
+// bf16 has 8 significant bits, so an 8-bit code splits into nibbles: lo as 128 + lo and hi as
+// 0x4500 | hi = 2048 + 16 hi (mantissa step 16), two mmas into one accumulator, offset 2176.
+// Products of 16-bit floats are exact in f32, so the only rounding is the f32 accumulation.
+//   Each group then folds into the lane's four outputs: acc += scale * C_group + bias' * C_ones.
+// A lane streams 32 bytes of each of its two rows a batch (U groups), past L1; x (a few KB, every
+// warp reads it) is read through L1. Short matrices split K over S warps of a block whose
+// partial sums meet in shared memory.
+
+template <int BITS, int GS>
+struct MmaShape {
+  static constexpr int V = 32 / BITS;             // codes a word
+  static constexpr int H = V / 2;                 // pairs a word: codes (j, j + H)
+  static constexpr int QV = GS / 4;               // codes of a group a lane holds (a quarter)
+  static constexpr int QW = QV / V;               // their words
+  static constexpr int XW = QV / 2;               // their x values as u32 pairs
+  static constexpr int MMAS = GS / 16;            // k16 steps a group
+  static constexpr int U = QW >= 8 ? 1 : 8 / QW;  // groups a batch: 8 words of each row
+  // Blocks a multiprocessor: 4 (64 registers) where that spills nothing (-Xptxas -v), else 3.
+  static constexpr int kMinBlocks = (BITS == 4 && GS <= 64) || (BITS == 8 && GS == 32) ? 4 : 3;
+  static_assert(QW >= 1 && QV % V == 0 && XW % 4 == 0 && H % 2 == 0, "unsupported bits / group size");
+};
+
+__device__ __forceinline__ uint32_t ld_stream(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 ld_stream2(const uint32_t* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 ld_stream4(const uint32_t* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// NW words at p (aligned to min(4 NW, 16) bytes), streamed.
+template <int NW>
+__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[NW]) {
+  if constexpr (NW == 1) {
+    w[0] = ld_stream(p);
+  } else if constexpr (NW == 2) {
+    const uint2 v = ld_stream2(p);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    static_assert(NW % 4 == 0, "quarter of 1, 2 or a multiple of 4 words");
+#pragma unroll
+    for (int i = 0; i < NW / 4; ++i) {
+      const uint4 v = ld_stream4(p + 4 * i);
+      w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+    }
+  }
+}
+
+// 2 * NX x values at p (16-byte aligned) as NX u32 pairs, through L1 (every warp reads x).
+template <typename T, int NX>
+__device__ __forceinline__ void load_x(const T* p, uint32_t (&xw)[NX]) {
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < NX / 4; ++i) {
+    const uint4 v = __ldg(q + i);
+    xw[4 * i] = v.x, xw[4 * i + 1] = v.y, xw[4 * i + 2] = v.z, xw[4 * i + 3] = v.w;
+  }
+}
+
+template <typename T>
+struct Magic;
+template <>
+struct Magic<bf16> {
+  static constexpr uint32_t kCode = 0x43004300u;    // 128 + q, q < 128
+  static constexpr uint32_t kCodeHi = 0x45004500u;  // 2048 + 16 q, q < 16 (an 8-bit code's high nibble)
+  static constexpr uint32_t kOne = 0x3F803F80u;
+};
+template <>
+struct Magic<f16> {
+  static constexpr uint32_t kCode = 0x64006400u;  // 1024 + q, q < 1024
+  static constexpr uint32_t kOne = 0x3C003C00u;
+};
+
+// (a & mask) | magic as one LOP3: written as C, the compiler spends two (one immediate each).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t magic) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(magic));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t sub_f16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+// Codes (j, j + V / 2) of word w as a pair of T (j in the low half): q exactly for f16; 128 + q
+// for bf16 (the low nibbles, 128 + lo, for 8 bits). j is a constant once loops are unrolled.
+template <typename T, int BITS>
+__device__ __forceinline__ uint32_t code_pair(uint32_t w, int j) {
+  uint32_t v;
+  if constexpr (BITS == 8 && std::is_same_v<T, f16>) {
+    v = __byte_perm(w, 0x64u, j == 0 ? 0x4240 : 0x4341);  // bytes j, j + 2 under 0x64
+  } else if constexpr (BITS == 8) {
+    v = and_or(w >> (8 * j), 0x000f000fu, Magic<T>::kCode);
+  } else {
+    v = and_or(w >> (BITS * j), ((1u << BITS) - 1) * 0x00010001u, Magic<T>::kCode);
+  }
+  if constexpr (std::is_same_v<T, f16>) v = sub_f16x2(v, Magic<f16>::kCode);
+  return v;
+}
+// bf16, 8 bits: the high nibbles of bytes j and j + 2 as 2048 + 16 hi.
+__device__ __forceinline__ uint32_t code_pair_hi8(uint32_t w, int j) {
+  return and_or(w >> (8 * j + 4), 0x000f000fu, Magic<bf16>::kCodeHi);
+}
+
+// x values (lo, lo + H) of a quarter, lo = pair P's first code, as B's 16-bit pair.
+template <int BITS, int NX>
+__device__ __forceinline__ uint32_t x_pair(const uint32_t (&xw)[NX], int P) {
+  constexpr int V = 32 / BITS, H = V / 2;
+  const int j = P % H, lo = (P / H) * V + j, hi = lo + H;
+  return __byte_perm(xw[lo / 2], xw[hi / 2], (j & 1) ? 0x7632 : 0x5410);
+}
+
+// c (16 x 8, f32) += a (16 x 16) b (16 x 8), m16n8k16 fragments.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T, int BITS, int GS>
+__global__ void __launch_bounds__(kQWarps * 32, MmaShape<BITS, GS>::kMinBlocks) qgemv_mma_kernel(QgemvParams<T> p) {
+  using Sh = MmaShape<BITS, GS>;
+  constexpr int H = Sh::H, QW = Sh::QW, U = Sh::U, kGroupWords = GS * BITS / 32;
+  constexpr bool kBf16 = std::is_same_v<T, bf16>, kSplit8 = kBf16 && BITS == 8;
+  constexpr float kOffset = !kBf16 ? 0.f : BITS == 8 ? 2176.f : 128.f;  // what A's codes carry above q
+  __shared__ float part[kQWarps][4][32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int S = p.S, piece = warp % S;
+  const int64_t N = p.N, K = p.K, tiles = (N + 15) / 16, groups = K / GS;
+  const int64_t tile = int64_t(blockIdx.x) * (kQWarps / S) + warp / S, n0 = tile * 16;
+  const int64_t per = (groups + S - 1) / S;
+  const int64_t g_begin = min(groups, piece * per), g_end = min(groups, g_begin + per);
+  // acc: rows (n0 + g, m 2t), (n0 + g, m 2t + 1), (n0 + g + 8, m 2t), (n0 + g + 8, m 2t + 1).
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if (tile < tiles) {
+    // Rows past N (the last tile) read row N - 1 and are never written.
+    const int64_t r0 = min(n0 + g, N - 1), r1 = min(n0 + g + 8, N - 1), row_words = K * BITS / 32;
+    const uint32_t* w0 = p.wq + r0 * row_words + t * QW;
+    const uint32_t* w1 = p.wq + r1 * row_words + t * QW;
+    // Lane t loads one of the four per-group values its quad needs (scale and bias of rows g and
+    // g + 8) and the quad swaps them: a quarter of the registers of each lane loading all four.
+    const T* sb = (t & 1 ? p.biases : p.scales) + (t & 2 ? r1 : r0) * groups;
+    const bool has_x = g < p.M;  // B's column g is x row g; columns >= M stay zero
+    const T* xq = p.x + int64_t(has_x ? g : 0) * K + t * Sh::QV;
+    for (int64_t G0 = g_begin; G0 < g_end; G0 += U) {
+      uint32_t wa[U][QW], wb[U][QW];
+      T sbv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (G0 + u < g_end) {
+          load_words<QW>(w0 + (G0 + u) * kGroupWords, wa[u]);
+          load_words<QW>(w1 + (G0 + u) * kGroupWords, wb[u]);
+          sbv[u] = __ldg(sb + G0 + u);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (G0 + u < g_end) {
+          uint32_t xw[Sh::XW];
+          if (has_x) {
+            load_x(xq + (G0 + u) * GS, xw);
+          } else {
+#pragma unroll
+            for (int i = 0; i < Sh::XW; ++i) xw[i] = 0u;
+          }
+          float cq[4] = {0.f, 0.f, 0.f, 0.f}, cx[4] = {0.f, 0.f, 0.f, 0.f};  // sum (q + offset) x, sum x
+#pragma unroll
+          for (int mm = 0; mm < Sh::MMAS; ++mm) {
+            const int P0 = 2 * mm, P1 = 2 * mm + 1;
+            const uint32_t x0 = x_pair<BITS>(xw, P0), x1 = x_pair<BITS>(xw, P1);
+            mma16816<T>(cq, code_pair<T, BITS>(wa[u][P0 / H], P0 % H), code_pair<T, BITS>(wb[u][P0 / H], P0 % H),
+                        code_pair<T, BITS>(wa[u][P1 / H], P1 % H), code_pair<T, BITS>(wb[u][P1 / H], P1 % H), x0, x1);
+            if constexpr (kSplit8)
+              mma16816<T>(cq, code_pair_hi8(wa[u][P0 / H], P0 % H), code_pair_hi8(wb[u][P0 / H], P0 % H),
+                          code_pair_hi8(wa[u][P1 / H], P1 % H), code_pair_hi8(wb[u][P1 / H], P1 % H), x0, x1);
+            constexpr uint32_t one = Magic<T>::kOne;
+            mma16816<T>(cx, one, one, one, one, x0, x1);
+          }
+          // cx[2], cx[3] (rows g + 8 of the ones) equal cx[0], cx[1].
+          const float v = to_f32(sbv[u]);  // lane 4g + {0, 1, 2, 3}: scale g, bias g, scale g + 8, bias g + 8
+          const float sc0 = __shfl_sync(0xffffffffu, v, 4 * g), sc1 = __shfl_sync(0xffffffffu, v, 4 * g + 2);
+          const float bi0 = fmaf(-kOffset, sc0, __shfl_sync(0xffffffffu, v, 4 * g + 1));
+          const float bi1 = fmaf(-kOffset, sc1, __shfl_sync(0xffffffffu, v, 4 * g + 3));
+          acc[0] = fmaf(sc0, cq[0], fmaf(bi0, cx[0], acc[0]));
+          acc[1] = fmaf(sc0, cq[1], fmaf(bi0, cx[1], acc[1]));
+          acc[2] = fmaf(sc1, cq[2], fmaf(bi1, cx[0], acc[2]));
+          acc[3] = fmaf(sc1, cq[3], fmaf(bi1, cx[1], acc[3]));
+        }
+      }
+    }
+  }
+  if (S > 1) {  // the S pieces of a tile are warps tile_in_block * S .. + S - 1
+#pragma unroll
+    for (int c = 0; c < 4; ++c) part[warp][c][lane] = acc[c];
+    __syncthreads();
+    if (piece == 0)
+      for (int i = 1; i < S; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[c] += part[warp + i][c][lane];
+  }
+  if (piece != 0 || tile >= tiles) return;
+  const int m0 = 2 * t, m1 = 2 * t + 1;
+  const int64_t na = n0 + g, nb = n0 + g + 8;
+  if (m0 < p.M) {
+    if (na < N) p.y[m0 * N + na] = from_f32<T>(acc[0]);
+    if (nb < N) p.y[m0 * N + nb] = from_f32<T>(acc[2]);
+  }
+  if (m1 < p.M) {
+    if (na < N) p.y[m1 * N + na] = from_f32<T>(acc[1]);
+    if (nb < N) p.y[m1 * N + nb] = from_f32<T>(acc[3]);
+  }
+}
+
+template <typename T, int BITS, int GS>
+void launch_mma(QgemvParams<T> p) {
+  using Sh = MmaShape<BITS, GS>;
+  // Split K over S warps until the card has about 24 warps a multiprocessor, keeping at least a
+  // full batch of groups per piece.
+  const int64_t tiles = (p.N + 15) / 16, groups = p.K / GS;
+  const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
+  p.S = 1;
+  while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * Sh::U) p.S *= 2;
+  const int64_t tiles_per_block = kQWarps / p.S;
+  const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
+  launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS>, grid, kQWarps * 32, 0, p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Any bits (2-8), group, dtype and alignment: a warp a row, lane l on codes k = l, l + 32, ...
+// (a group is gs / 32 steps, so every lane is in the same group at each step), each lane
+// keeping its share of sum(q x) and sum(x) per group and folding them with the group's scale and
+// bias; the lanes' shares meet in a warp sum at the end.
+template <typename T>
+__global__ void __launch_bounds__(kQWarps * 32) qgemv_generic_kernel(QgemvParams<T> p, int bits, int group_size) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * kQWarps + warp;
+  if (n >= p.N) return;  // whole warps
+  const int64_t K = p.K, groups = K / group_size;
+  const uint32_t mask = (1u << bits) - 1;
+  const uint32_t* w = p.wq + n * (K * bits / 32);
+  float acc[8];
+#pragma unroll
+  for (int m = 0; m < 8; ++m) acc[m] = 0.f;
+  for (int64_t G = 0; G < groups; ++G) {
+    float qx[8], sx[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) qx[m] = sx[m] = 0.f;
+    for (int64_t k = G * group_size + lane; k < (G + 1) * group_size; k += 32) {
+      const int64_t bit = k * bits, word = bit >> 5;
+      const int off = int(bit & 31);
+      uint32_t q = w[word] >> off;
+      if (off + bits > 32) q |= w[word + 1] << (32 - off);  // a 3/5/6-bit code across two words
+      const float qf = float(q & mask);
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        if (m < p.M) {
+          const float xv = to_f32(p.x[m * K + k]);
+          qx[m] = fmaf(qf, xv, qx[m]);
+          sx[m] += xv;
+        }
+      }
+    }
+    const float s = to_f32(p.scales[n * groups + G]), b = to_f32(p.biases[n * groups + G]);
+#pragma unroll
+    for (int m = 0; m < 8; ++m) acc[m] = fmaf(s, qx[m], fmaf(b, sx[m], acc[m]));
+  }
+#pragma unroll
+  for (int m = 0; m < 8; ++m) {
+    if (m < p.M) {  // M is the same for the whole warp
+      const float v = warp_sum(acc[m]);
+      if (lane == 0) p.y[m * p.N + n] = from_f32<T>(v);
+    }
+  }
+}
+
+}  // namespace
+
+// LMTUNE_CUDA_GEMV=0 turns this off as it does gemv.cu (callers then dequantize and use gemm).
+bool CudaBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
+                                 int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt) {
+  if (M < 1 || M > 8 || N < 0 || K < 1 || !runtime_config().cuda_gemv) return false;
+  if ((bits < 2 || bits > 8 || bits == 7) || (group_size != 32 && group_size != 64 && group_size != 128) ||
+      K % group_size != 0)
+    return false;
+  if (dt != DType::f32 && dt != DType::bf16 && dt != DType::f16) return false;
+  if (N == 0) return true;
+  const bool tensor_cores =
+      dt != DType::f32 && aligned16(x) && aligned16(wq) && (bits == 4 || bits == 8 || (bits == 2 && group_size >= 64));
+  dispatch_float(dt, "quantized_gemv", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    QgemvParams<T> p{};
+    p.x = static_cast<const T*>(x);
+    p.wq = wq;
+    p.scales = static_cast<const T*>(scales);
+    p.biases = static_cast<const T*>(biases);
+    p.y = static_cast<T*>(y);
+    p.N = N;
+    p.K = K;
+    p.M = int(M);
+    p.S = 1;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (tensor_cores) {
+        const int key = bits * 1000 + group_size;
+        switch (key) {
+          case 4032: return launch_mma<T, 4, 32>(p);
+          case 4064: return launch_mma<T, 4, 64>(p);
+          case 4128: return launch_mma<T, 4, 128>(p);
+          case 8032: return launch_mma<T, 8, 32>(p);
+          case 8064: return launch_mma<T, 8, 64>(p);
+          case 8128: return launch_mma<T, 8, 128>(p);
+          case 2064: return launch_mma<T, 2, 64>(p);
+          case 2128: return launch_mma<T, 2, 128>(p);
+          default: break;
+        }
+      }
+    }
+    const dim3 grid(unsigned((N + kQWarps - 1) / kQWarps));
+    launch("quantized_gemv", qgemv_generic_kernel<T>, grid, kQWarps * 32, 0, p, bits, group_size);
+  });
+  return true;
+}
+
+}  // namespace lmtune
