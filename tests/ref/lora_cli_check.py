@@ -112,6 +112,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lmtune", required=True)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--ref-model", help="the folder the torch reference loads (default: --model); for QLoRA, "
+                    "the dequantized copy of a quantized --model")
     ap.add_argument("--work", required=True)
     ap.add_argument("--case", required=True)
     ap.add_argument("--device", default="cpu", help="torch_losses*: where lmtune trains (the reference is CPU f32)")
@@ -586,8 +588,9 @@ def torch_losses(a, lora, w, mask=False):
         for r in recs:
             f.write(json.dumps(r) + "\n")
     rank, scale, lr, steps = 4, 2.0, a.lr, 20
-    tok = AutoTokenizer.from_pretrained(a.model)
-    model = LlamaForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, attn_implementation="eager")
+    ref_model = a.ref_model or a.model
+    tok = AutoTokenizer.from_pretrained(ref_model)
+    model = LlamaForCausalLM.from_pretrained(ref_model, torch_dtype=torch.float32, attn_implementation="eager")
     keys = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=scale * rank, target_modules=keys, lora_dropout=0.0))
     g = torch.Generator().manual_seed(5)
