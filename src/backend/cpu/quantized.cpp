@@ -57,37 +57,76 @@ void dequantize_rows(const uint32_t* wq, const void* scales, const void* biases,
 // y (M, N) = x (M, K) W^T for W in MLX's affine layout, all f32: per group, scale * (q . x) +
 // bias * sum(x), as MLX's quantized matmul accumulates it (not dequantize-then-dot, so it differs
 // from dense products by f32 rounding only). BITS is a compile-time constant so that the code
-// extraction unrolls; rows n in [n0, n1).
+// extraction unrolls (word by word where codes do not straddle words); the dots keep 8 partial
+// sums so that they vectorize without reassociation flags. Rows n in [n0, n1).
 template <int BITS>
-void qgemv_rows(const float* x, const uint32_t* wq, const float* scales, const float* biases, float* y, int64_t M,
-                int64_t N, int64_t K, int group_size, const float* xsum, int64_t n0, int64_t n1) {
+[[gnu::always_inline]] inline void qgemv_body(const float* x, const uint32_t* wq, const float* scales,
+                                              const float* biases, float* y, int64_t M, int64_t N, int64_t K,
+                                              int group_size, const float* xsum, int64_t n0, int64_t n1) {
   constexpr uint32_t kMask = (1u << BITS) - 1;
   const int64_t words = K * BITS / 32, groups = K / group_size;
-  float codes[128];
+  alignas(32) float codes[128];
   float acc[8];
   for (int64_t n = n0; n < n1; ++n) {
     const uint32_t* w = wq + n * words;
     for (int64_t m = 0; m < M; ++m) acc[m] = 0.f;
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t i0 = g * group_size;
-      for (int j = 0; j < group_size; ++j) {
-        const int64_t bit = (i0 + j) * BITS, word = bit >> 5;
-        const int off = int(bit & 31);
-        uint32_t q = w[word] >> off;
-        if constexpr (32 % BITS != 0)
+      if constexpr (32 % BITS == 0) {
+        constexpr int kPer = 32 / BITS;
+        const uint32_t* wg = w + i0 / kPer;
+        for (int u = 0; u < group_size / kPer; ++u) {
+          const uint32_t word = wg[u];
+          for (int k = 0; k < kPer; ++k) codes[u * kPer + k] = float((word >> (k * BITS)) & kMask);
+        }
+      } else {
+        for (int j = 0; j < group_size; ++j) {
+          const int64_t bit = (i0 + j) * BITS, word = bit >> 5;
+          const int off = int(bit & 31);
+          uint32_t q = w[word] >> off;
           if (off + BITS > 32) q |= w[word + 1] << (32 - off);
-        codes[j] = float(q & kMask);
+          codes[j] = float(q & kMask);
+        }
       }
       const float scale = scales[n * groups + g], bias = biases[n * groups + g];
       for (int64_t m = 0; m < M; ++m) {
         const float* xm = x + m * K + i0;
-        float dot = 0.f;
-        for (int j = 0; j < group_size; ++j) dot += codes[j] * xm[j];
+        float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int j = 0; j < group_size; j += 8)
+          for (int l = 0; l < 8; ++l) part[l] += codes[j + l] * xm[j + l];
+        const float dot = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         acc[m] += scale * dot + bias * xsum[m * groups + g];
       }
     }
     for (int64_t m = 0; m < M; ++m) y[m * N + n] = acc[m];
   }
+}
+
+using QgemvFn = void (*)(const float*, const uint32_t*, const float*, const float*, float*, int64_t, int64_t, int64_t,
+                         int, const float*, int64_t, int64_t);
+
+template <int BITS>
+void qgemv_plain(const float* x, const uint32_t* wq, const float* s, const float* b, float* y, int64_t M, int64_t N,
+                 int64_t K, int g, const float* xsum, int64_t n0, int64_t n1) {
+  qgemv_body<BITS>(x, wq, s, b, y, M, N, K, g, xsum, n0, n1);
+}
+
+// The same code compiled for AVX2 + FMA, chosen at run time where the processor has them (the
+// binary itself targets the x86-64 baseline).
+template <int BITS>
+__attribute__((target("avx2,fma"))) void qgemv_avx2(const float* x, const uint32_t* wq, const float* s, const float* b,
+                                                    float* y, int64_t M, int64_t N, int64_t K, int g, const float* xsum,
+                                                    int64_t n0, int64_t n1) {
+  qgemv_body<BITS>(x, wq, s, b, y, M, N, K, g, xsum, n0, n1);
+}
+
+template <int BITS>
+QgemvFn qgemv_for() {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) return qgemv_avx2<BITS>;
+#endif
+  return qgemv_plain<BITS>;
 }
 
 }  // namespace
@@ -133,19 +172,16 @@ bool CpuBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* s
       xsum[size_t(m * groups + g)] = s;
     }
   auto run = [&](int64_t n0, int64_t n1) {
-    auto go = [&](auto kernel) {
-      kernel(xf, wq, static_cast<const float*>(scales), static_cast<const float*>(biases), static_cast<float*>(y), M, N,
-             K, group_size, xsum.data(), n0, n1);
-    };
-    switch (bits) {
-      case 2: return go(qgemv_rows<2>);
-      case 3: return go(qgemv_rows<3>);
-      case 4: return go(qgemv_rows<4>);
-      case 5: return go(qgemv_rows<5>);
-      case 6: return go(qgemv_rows<6>);
-      case 8: return go(qgemv_rows<8>);
-      default: fail("[quantized_gemv] cpu: bits ", bits);
-    }
+    QgemvFn kernel = bits == 2   ? qgemv_for<2>()
+                     : bits == 3 ? qgemv_for<3>()
+                     : bits == 4 ? qgemv_for<4>()
+                     : bits == 5 ? qgemv_for<5>()
+                     : bits == 6 ? qgemv_for<6>()
+                     : bits == 8 ? qgemv_for<8>()
+                                 : nullptr;
+    LMT_CHECK(kernel, "[quantized_gemv] cpu: bits ", bits);
+    kernel(xf, wq, static_cast<const float*>(scales), static_cast<const float*>(biases), static_cast<float*>(y), M, N,
+           K, group_size, xsum.data(), n0, n1);
   };
   const int64_t n_threads =
       std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), std::max<int64_t>(1, N * K / (1 << 16)));
