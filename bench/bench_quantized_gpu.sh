@@ -57,7 +57,7 @@ if m:
     lines.append(f"lmtune benchmark: prompt {float(m[1]):.0f} tok/s, decode {float(m[2]):.1f} tok/s")
 if m and bw and nbytes:
     bound = float(bw[1]) * 1e9 / nbytes
-    lines.append(f"decode bound: {nbytes / 1e9:.3f} GB of packed weights per token (the folder's safetensors) "
+    lines.append(f"decode bound: {nbytes / 1e9:.3f} GB of packed weights, scales and biases per token (all but the embedding) "
                  f"at {float(bw[1]):.0f} GB/s copy bandwidth = {bound:.1f} tok/s; decode = {100 * float(m[2]) / bound:.1f}% of it")
 text = "\n".join(lines) + "\n"
 print(text, end="")
