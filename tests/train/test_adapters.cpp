@@ -320,5 +320,7 @@ TEST(Adapters, SharedInputCastEqualsSeparateCasts) {
   nn::LoraAdapter a = nn::make_lora_adapter(w, nn::AdapterKind::lora, 4, 2.f, 0.f, 5);
   Tensor other = ops::randn({2, 3, 10}, 35);
   nn::AdapterInput in(other);
-  EXPECT_THROW(nn::lora_forward(x0, nn::Linear{w, bias}, a, &in), Error);
+  nn::Linear base;
+  base.weight = w, base.bias = bias;
+  EXPECT_THROW(nn::lora_forward(x0, base, a, &in), Error);
 }
