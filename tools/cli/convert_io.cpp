@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/hub_http.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -272,19 +273,6 @@ void copy_file(const std::string& from, const std::string& to) {
   write_file_atomic(to, ss.str());
 }
 
-std::string human_bytes(uint64_t n) {
-  const char* units[] = {"B", "kB", "MB", "GB", "TB"};
-  double v = double(n);
-  int u = 0;
-  while (v >= 1000.0 && u < 4) v /= 1000.0, ++u;
-  char buf[32];
-  if (u == 0)
-    std::snprintf(buf, sizeof buf, "%llu B", (unsigned long long)n);
-  else
-    std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
-  return buf;
-}
-
 // --- Progress ---
 
 namespace {
@@ -311,7 +299,8 @@ void Progress::draw(bool force) {
   std::string eta = rate > 0 && done_ < total_ ? str_cat(int64_t(double(total_ - done_) / rate), "s") : "0s";
   std::fprintf(stderr, "\r[convert] %3d%% |%s%s| %s/%s ETA %s %-.40s\033[K", int(100 * frac),
                std::string(size_t(fill), '#').c_str(), std::string(size_t(kWidth - fill), ' ').c_str(),
-               human_bytes(done_).c_str(), human_bytes(total_).c_str(), eta.c_str(), what_.c_str());
+               hub_detail::human_bytes(done_).c_str(), hub_detail::human_bytes(total_).c_str(), eta.c_str(),
+               what_.c_str());
   std::fflush(stderr);
   drawn_ = true;
 }

@@ -76,9 +76,6 @@ class StagedFolder {
 // Copies a small file byte for byte (atomically, io/atomic_file.h).
 void copy_file(const std::string& from, const std::string& to);
 
-// Human-readable bytes for progress lines: "512 B", "3.4 MB", "1.20 GB".
-std::string human_bytes(uint64_t n);
-
 // A progress bar on stderr, redrawn in place at most 10 times a second; silent unless stderr
 // is a terminal (mlx-lm prints none; lmtune's lora draws its bar the same way).
 class Progress {
