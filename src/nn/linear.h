@@ -11,7 +11,7 @@ struct Linear {
   Tensor bias;                           // (out) or undefined
   const LoraAdapter* adapter = nullptr;  // a LoRA / DoRA adapter owned by the model, or null
   // MLX's affine quantization (frozen): scales and biases (out, in / group_size); undefined if dense.
-  Tensor scales, biases;
+  Tensor scales{}, biases{};
   int bits = 0, group_size = 0;
 
   Tensor forward(const Tensor& x) const;
@@ -43,7 +43,9 @@ struct LinearRef {
   // The dense weight: the weight itself, or its dequantization (frozen; a scratch tensor).
   Tensor dense() const;
   Linear get() const {
-    Linear l{*weight, bias ? *bias : Tensor{}, adapter};
+    Linear l;
+    l.weight = *weight, l.adapter = adapter;
+    if (bias) l.bias = *bias;
     if (scales) l.scales = *scales, l.biases = *biases, l.bits = bits, l.group_size = group_size;
     return l;
   }
