@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "io/hub_http.h"
 #include "io/safetensors.h"
+#include "tokenizer/jinja/value.h"
 
 namespace fs = std::filesystem;
 
@@ -26,125 +27,15 @@ namespace lmtune::cli::convert {
 
 // --- JSON as Python prints it ---
 
-std::string python_float_repr(double v) {
-  if (std::isnan(v)) return "NaN";
-  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
-  char buf[64];
-  auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);  // shortest round trip
-  std::string s(buf, r.ptr);
-  std::string sign;
-  if (s[0] == '-') sign = "-", s.erase(0, 1);
-  size_t e = s.find('e');
-  std::string digits;
-  for (size_t i = 0; i < e; ++i)
-    if (s[i] != '.') digits += s[i];
-  int decpt = std::stoi(s.substr(e + 1)) + 1;  // value = 0.DIGITS x 10^decpt
-  int nd = int(digits.size());
-  std::string out;
-  if (decpt > -4 && decpt <= 16) {  // CPython's float_repr_style 'short': fixed notation in this range
-    if (decpt <= 0)
-      out = "0." + std::string(size_t(-decpt), '0') + digits;
-    else if (decpt >= nd)
-      out = digits + std::string(size_t(decpt - nd), '0') + ".0";
-    else
-      out = digits.substr(0, size_t(decpt)) + "." + digits.substr(size_t(decpt));
-  } else {
-    out = digits.substr(0, 1);
-    if (nd > 1) out += "." + digits.substr(1);
-    int x = decpt - 1;
-    char eb[16];
-    std::snprintf(eb, sizeof eb, "e%c%02d", x < 0 ? '-' : '+', std::abs(x));
-    out += eb;
-  }
-  return sign + out;
-}
-
-namespace {
-
-void append_u_escape(std::string& out, uint32_t unit) {
-  char b[8];
-  std::snprintf(b, sizeof b, "\\u%04x", unsigned(unit));
-  out += b;
-}
-
-// json.dumps's ensure_ascii encoder: short escapes, \u00XX for controls and DEL, \uXXXX (a
-// surrogate pair above U+FFFF) for every non-ASCII code point.
-std::string python_string(const std::string& s) {
-  std::string out = "\"";
-  for (size_t i = 0; i < s.size();) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        case '\b': out += "\\b"; break;
-        case '\f': out += "\\f"; break;
-        default:
-          if (c < 0x20 || c == 0x7f)
-            append_u_escape(out, c);
-          else
-            out += char(c);
-      }
-      ++i;
-      continue;
-    }
-    // nlohmann's parser has checked the UTF-8 of every string it read.
-    int len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-    uint32_t cp = c & (len == 4 ? 0x07 : len == 3 ? 0x0f : 0x1f);
-    for (int k = 1; k < len && i + size_t(k) < s.size(); ++k) cp = (cp << 6) | (uint32_t(s[i + size_t(k)]) & 0x3f);
-    if (cp > 0xffff) {
-      cp -= 0x10000;
-      append_u_escape(out, 0xd800 + (cp >> 10));
-      append_u_escape(out, 0xdc00 + (cp & 0x3ff));
-    } else {
-      append_u_escape(out, cp);
-    }
-    i += size_t(len);
-  }
-  return out + "\"";
-}
-
-void dump_value(const nlohmann::ordered_json& j, int level, std::string& out) {
-  using T = nlohmann::ordered_json::value_t;
-  switch (j.type()) {
-    case T::null: out += "null"; return;
-    case T::boolean: out += j.get<bool>() ? "true" : "false"; return;
-    case T::number_integer: out += std::to_string(j.get<int64_t>()); return;
-    case T::number_unsigned: out += std::to_string(j.get<uint64_t>()); return;
-    case T::number_float: out += python_float_repr(j.get<double>()); return;
-    case T::string: out += python_string(j.get<std::string>()); return;
-    case T::object:
-    case T::array: {
-      bool obj = j.is_object();
-      if (j.empty()) {
-        out += obj ? "{}" : "[]";
-        return;
-      }
-      std::string inner = "\n" + std::string(size_t(4 * (level + 1)), ' ');
-      out += obj ? '{' : '[';
-      bool first = true;
-      for (auto it = j.begin(); it != j.end(); ++it) {
-        out += first ? inner : "," + inner;
-        first = false;
-        if (obj) out += python_string(it.key()) + ": ";
-        dump_value(*it, level + 1, out);
-      }
-      out += "\n" + std::string(size_t(4 * level), ' ') + (obj ? '}' : ']');
-      return;
-    }
-    default: fail("[convert] a JSON value of type ", j.type_name(), " cannot be written");
-  }
-}
-
-}  // namespace
-
 std::string python_json(const nlohmann::ordered_json& j) {
-  std::string out;
-  dump_value(j, 0, out);
-  return out;
+  // json.dumps(j, indent=4) with its defaults (ensure_ascii, "," and ": "): the chat templates'
+  // tojson already writes exactly that.
+  jinja::JsonOptions opt;
+  opt.ensure_ascii = true;
+  opt.indent = 4;
+  opt.item_sep = ",";
+  opt.key_sep = ": ";
+  return jinja::to_json(jinja::Value::from_json(j), opt);
 }
 
 // --- Shards ---

@@ -15,8 +15,6 @@
 
 namespace lmtune::cli::convert {
 
-// Python's repr of a float: the shortest digits that round-trip, "1e-05", "10000.0", "1e+16".
-std::string python_float_repr(double v);
 // json.dump(j, indent=4) with Python's defaults (ensure_ascii, ", " / ": " separators, no newline
 // at the end); object keys keep j's order (ordered_json), as Python's dicts do.
 std::string python_json(const nlohmann::ordered_json& j);
