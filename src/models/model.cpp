@@ -161,14 +161,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType d
                 ", expected a float dtype");
       w[layer + part] = ops::to(t, device, dtype);
     }
-    // The three tensors' shapes against each other, bits and group size, naming the layer (no rows:
-    // nothing is computed).
-    const Tensor& pw = w[layer + ".weight"];
-    ops::dequantize_affine(pw.slice_rows(0, 0), w[layer + ".scales"].slice_rows(0, 0),
-                           w[layer + ".biases"].slice_rows(0, 0), q.bits, q.group_size, layer);
-    LMT_CHECK(w[layer + ".scales"].dim(0) == pw.dim(0) && w[layer + ".biases"].dim(0) == pw.dim(0), "[load_model] ",
-              dir, ": '", layer, ".scales' / '.biases' have ", w[layer + ".scales"].dim(0), " / ",
-              w[layer + ".biases"].dim(0), " rows for ", pw.dim(0), " packed rows");
+    ops::check_quantized(w[layer + ".weight"], w[layer + ".scales"], w[layer + ".biases"], q.bits, q.group_size, layer);
   }
   model->set_quantized(quantized);
   for (const TensorSpec& s : specs) {

@@ -68,6 +68,9 @@ void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool t
 // MLX's affine dequantization (quant/quant.h's layout): wq u32 (rows, in * bits / 32), scales and
 // biases (rows, in / group_size) in a float dtype, all on one device -> (rows, in) in that dtype.
 // Throws naming `name` (the layer) when the shapes, dtypes, bits or group size do not fit.
+// Throws naming `name` unless wq, scales and biases fit each other, bits and group_size as above.
+void check_quantized(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
+                     const std::string& name);
 Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
                          const std::string& name = "weight");
 // x (..., K) @ dequant(W)^T (+ bias) for W in MLX's affine layout (wq u32 (N, K * bits / 32), scales

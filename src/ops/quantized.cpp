@@ -6,8 +6,8 @@
 
 namespace lmtune::ops {
 
-Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
-                         const std::string& name) {
+void check_quantized(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
+                     const std::string& name) {
   LMT_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8, "[dequantize] ", name,
             ": bits must be 2, 3, 4, 5, 6 or 8, got ", bits);
   LMT_CHECK(group_size == 32 || group_size == 64 || group_size == 128, "[dequantize] ", name,
@@ -25,6 +25,12 @@ Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& b
             ": biases must match scales ", scales.describe(), ", got ", biases.defined() ? biases.describe() : "none");
   LMT_CHECK(wq.device() == scales.device() && wq.device() == biases.device(), "[dequantize] ", name,
             ": packed weight, scales and biases are on different devices");
+}
+
+Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
+                         const std::string& name) {
+  check_quantized(wq, scales, biases, bits, group_size, name);
+  const int64_t rows = wq.dim(0), in = wq.dim(1) * 32 / bits;
   Tensor out = empty({rows, in}, scales.dtype(), wq.device());
   if (rows > 0)
     backend(wq.device())
@@ -41,11 +47,7 @@ Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales,
             scales.describe(), " scales");
   const int64_t M = x.numel() / std::max<int64_t>(K, 1);
   if (M >= 1 && M <= 8) {
-    // Validates the three tensors as dequantize does, without computing anything.
-    dequantize_affine(wq.slice_rows(0, 0), scales.slice_rows(0, 0), biases.slice_rows(0, 0), bits, group_size,
-                      "quantized_linear");
-    LMT_CHECK(scales.dim(0) == N && biases.dim(0) == N, "[quantized_linear] scales ", scales.describe(),
-              " for a packed weight ", wq.describe());
+    check_quantized(wq, scales, biases, bits, group_size, "quantized_linear");
     Shape os = x.shape();
     os.back() = N;
     Tensor y = empty(os, x.dtype(), x.device());

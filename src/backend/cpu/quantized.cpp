@@ -129,6 +129,23 @@ QgemvFn qgemv_for() {
   return qgemv_plain<BITS>;
 }
 
+// Runs f(r0, r1) over [0, rows) split across the cores, on this thread alone when `work`
+// elements would not repay starting threads (a few hundred thousand for these kernels).
+template <typename F>
+void split_rows(int64_t rows, int64_t work, F&& f) {
+  const int64_t n_threads =
+      std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), std::max<int64_t>(1, work));
+  if (n_threads <= 1 || rows < 2) return f(int64_t(0), rows);
+  std::vector<std::thread> pool;
+  const int64_t per = (rows + n_threads - 1) / n_threads;
+  for (int64_t t = 1; t < n_threads; ++t) {
+    const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
+    if (r0 < r1) pool.emplace_back(f, r0, r1);
+  }
+  f(int64_t(0), std::min(rows, per));
+  for (std::thread& th : pool) th.join();
+}
+
 }  // namespace
 
 void CpuBackend::dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
@@ -141,18 +158,7 @@ void CpuBackend::dequantize_affine(const uint32_t* wq, const void* scales, const
       default: fail("[dequantize_affine] cpu: unsupported dtype ", dtype_name(dt));
     }
   };
-  // Threads only where the work dwarfs starting them (a few hundred thousand elements).
-  const int64_t n_threads =
-      std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), std::max<int64_t>(1, rows * in / (1 << 18)));
-  if (n_threads <= 1 || rows < 2) return run(0, rows);
-  std::vector<std::thread> pool;
-  const int64_t per = (rows + n_threads - 1) / n_threads;
-  for (int64_t t = 1; t < n_threads; ++t) {
-    int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
-    if (r0 < r1) pool.emplace_back(run, r0, r1);
-  }
-  run(0, std::min(rows, per));
-  for (std::thread& th : pool) th.join();
+  split_rows(rows, rows * in / (1 << 18), run);
 }
 
 }  // namespace lmtune
@@ -183,20 +189,7 @@ bool CpuBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* s
     kernel(xf, wq, static_cast<const float*>(scales), static_cast<const float*>(biases), static_cast<float*>(y), M, N,
            K, group_size, xsum.data(), n0, n1);
   };
-  const int64_t n_threads =
-      std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), std::max<int64_t>(1, N * K / (1 << 16)));
-  if (n_threads <= 1) {
-    run(0, N);
-    return true;
-  }
-  std::vector<std::thread> pool;
-  const int64_t per = (N + n_threads - 1) / n_threads;
-  for (int64_t t = 1; t < n_threads; ++t) {
-    const int64_t n0 = t * per, n1 = std::min(N, n0 + per);
-    if (n0 < n1) pool.emplace_back(run, n0, n1);
-  }
-  run(0, std::min(N, per));
-  for (std::thread& th : pool) th.join();
+  split_rows(N, N * K / (1 << 16), run);
   return true;
 }
 
