@@ -12,7 +12,7 @@
       each at least N + 64 tokens long (checked with the model's tokenizer), so that every example
       is truncated to exactly N tokens (N - 1 inputs and N - 1 targets, as mlx-lm and lmtune cut).
   bench_lora_peer.py train --model DIR --data DIR --seq N [--grad-checkpoint] [--warmup W]
-      [--steps S] [--keys q_proj,...] [--json PATH] [--smoke]
+      [--steps S] [--keys q_proj,...] [--json PATH] [--nf4] [--smoke]
       The peer: AutoModelForCausalLM (sdpa, bf16 on cuda; f32 on the CPU with --smoke) + peft
       LoraConfig(r 8, alpha 160 = mlx-lm's scale 20 x r, dropout 0, all 7 linear layers of every
       block), torch.optim.Adam (lr 1e-5), batch 1; each step feeds the first N tokens of a record
@@ -21,6 +21,7 @@
       tokens/s = S * (N - 1) / their time, like lmtune's Tokens/sec (supervised tokens over train
       time). Peak = torch.cuda.max_memory_allocated over the whole process (weights included), as
       lmtune's Peak mem counts its allocator's peak; on the CPU, the process's max RSS.
+      --nf4: QLoRA, the base loaded by bitsandbytes in 4-bit NormalFloat (bf16 compute).
 """
 import argparse
 import json
@@ -150,6 +151,10 @@ def cmd_train(a):
     torch.manual_seed(0)
     t0 = time.perf_counter()
     kw = dict(dtype=dtype, attn_implementation="sdpa")
+    if a.nf4:  # QLoRA's usual recipe: the frozen base in bitsandbytes' 4-bit NormalFloat, bf16 compute
+        from transformers import BitsAndBytesConfig
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_compute_dtype=torch.bfloat16)
     try:
         model = AutoModelForCausalLM.from_pretrained(a.model, device_map=dev, **kw)
     except (ImportError, ValueError) as e:  # no accelerate: load on the host, then move
@@ -168,7 +173,11 @@ def cmd_train(a):
     ldt = sorted({str(p.dtype) for p in params})
     n_all = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(params, lr=LR)
-    print(f"peer: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
+    extra = ""
+    if a.nf4:
+        import bitsandbytes
+        extra = f", bitsandbytes {bitsandbytes.__version__} nf4 base"
+    print(f"peer: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}{extra}; "
           f"{n_all / 1e9:.3f} B parameters ({dtype}, {dev}), LoRA {n_lora / 1e6:.3f} M trainable ({', '.join(ldt)}), "
           f"gradient checkpointing {'on' if a.grad_checkpoint else 'off'}; loaded in {load_s:.1f} s", flush=True)
 
@@ -241,6 +250,7 @@ def main():
     t.add_argument("--threads", type=int)
     t.add_argument("--keys", default=",".join(LORA_KEYS), help="peft target_modules, comma-separated")
     t.add_argument("--json")
+    t.add_argument("--nf4", action="store_true", help="the base in bitsandbytes nf4 (QLoRA), bf16 compute")
     t.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     {"model": cmd_model, "data": cmd_data, "train": cmd_train}[a.cmd](a)

@@ -5,7 +5,8 @@
 // launch gaps stay out, as in the decode graph), several copies of each weight cycled so that L2
 // holds none between calls; GB/s counts the packed bytes read once (wq + scales + biases), beside
 // the device-to-device copy bandwidth (read + write) measured in the same run.
-//   bench_quantized [--bits B] [--group G] [--rows 1,8]
+// q, k, v and gate, up also run as one launch each (quantized_gemv_group), as decoding runs them.
+//   bench_quantized [--bits B] [--group G] [--rows 1,8] [--once (one eager call each, for ncu)]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -71,15 +72,21 @@ double time_graph(F&& body, int calls) {
   return median(t);
 }
 
+// One launch: a single product, or a group of products sharing x (quantized_gemv_group: decoding's
+// q, k, v and gate, up). per_token: launches a token (a launch of every row that is not `grouped`
+// for the single-product token; of every row but those `split` for the grouped one).
 struct Product {
   const char* name;
-  int64_t N, K, per_token;
+  std::vector<int64_t> Ns;
+  int64_t K;
+  int per_token_single, per_token_grouped;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int bits = 4, group = 64;
+  bool once = false;  // --once: one eager call of each fused product, no timing (for ncu)
   std::vector<int64_t> rows_list = {1, 8};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--bits") == 0 && i + 1 < argc) {
@@ -92,18 +99,22 @@ int main(int argc, char** argv) {
         rows_list.push_back(std::strtoll(s, const_cast<char**>(&s), 10));
         if (*s == ',') ++s;
       }
+    } else if (std::strcmp(argv[i], "--once") == 0) {
+      once = true;
     } else {
-      std::fprintf(stderr, "usage: bench_quantized [--bits B] [--group G] [--rows 1,8]\n");
+      std::fprintf(stderr, "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once]\n");
       return 2;
     }
   }
   try {
     LMT_CHECK(cuda_available(), "[bench_quantized] no CUDA device");
-    const Product products[] = {{"q_proj, o_proj", 4096, 4096, 64},
-                                {"k_proj, v_proj", 1024, 4096, 64},
-                                {"gate_proj, up_proj", 14336, 4096, 64},
-                                {"down_proj", 4096, 14336, 32},
-                                {"lm_head", 32000, 4096, 1}};
+    const Product products[] = {{"q_proj, o_proj", {4096}, 4096, 64, 32},
+                                {"k_proj, v_proj", {1024}, 4096, 64, 0},
+                                {"gate_proj, up_proj", {14336}, 4096, 64, 0},
+                                {"down_proj", {4096}, 14336, 32, 32},
+                                {"lm_head", {32000}, 4096, 1, 1},
+                                {"q, k, v (one launch)", {4096, 1024, 1024}, 4096, 0, 32},
+                                {"gate, up (one launch)", {14336, 14336}, 4096, 0, 32}};
     Backend& be = backend(Device::cuda);
     const double bw = copy_bandwidth_gbps();
     std::printf(
@@ -116,66 +127,106 @@ int main(int argc, char** argv) {
           "| product | N x K | packed MB | fused us | GB/s | %% of copy | dequantize + linear us | GB/s | speedup | "
           "max "
           "rel diff |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-      double tok_fused = 0, tok_base = 0, tok_bytes = 0;
+      double tok_fused = 0, tok_base = 0, tok_bytes = 0, tok_grouped = 0, tok_grouped_bytes = 0;
       for (const Product& pr : products) {
-        const int64_t N = pr.N, K = pr.K, words = K * bits / 32, groups = K / group;
-        const double bytes = double(N * words) * 4 + 2.0 * double(N * groups) * 2;
+        const int64_t K = pr.K, words = K * bits / 32, groups = K / group, count = int64_t(pr.Ns.size());
+        double bytes = 0;
+        for (int64_t N : pr.Ns) bytes += double(N * words) * 4 + 2.0 * double(N * groups) * 2;
         const int copies = int(std::max(1.0, std::ceil(256e6 / bytes)));
-        // One host draw of the packed words, uploaded into every copy (distinct addresses are
-        // what keeps L2 from serving a call); scales of either sign, biases around -7.5 scales.
-        std::vector<uint32_t> host(size_t(N * words));
-        uint64_t r = 0x9E3779B97F4A7C15ull * uint64_t(N + K);
-        for (uint32_t& w : host) {
-          r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-          w = uint32_t(r >> 16);
-        }
-        std::vector<Tensor> wq, sc, bi;
-        for (int c = 0; c < copies; ++c) {
-          Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
-          be.copy_h2d(w.raw(), host.data(), host.size() * 4);
-          wq.push_back(w);
-          sc.push_back(ops::uniform({N, groups}, uint64_t(11 + c), 0.005f, 0.05f, DType::bf16, Device::cuda));
-          bi.push_back(ops::uniform({N, groups}, uint64_t(51 + c), -0.4f, -0.04f, DType::bf16, Device::cuda));
+        // One host draw of the packed words per matrix, uploaded into every copy (distinct
+        // addresses are what keeps L2 from serving a call); scales of either sign, biases around
+        // -7.5 scales.
+        std::vector<std::vector<Tensor>> wq(static_cast<size_t>(count)), sc(static_cast<size_t>(count)),
+            bi(static_cast<size_t>(count));
+        std::vector<Tensor> y;
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t N = pr.Ns[size_t(i)];
+          std::vector<uint32_t> host(size_t(N * words));
+          uint64_t r = 0x9E3779B97F4A7C15ull * uint64_t(N + K + i);
+          for (uint32_t& w : host) {
+            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+            w = uint32_t(r >> 16);
+          }
+          for (int c = 0; c < copies; ++c) {
+            Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
+            be.copy_h2d(w.raw(), host.data(), host.size() * 4);
+            wq[size_t(i)].push_back(w);
+            sc[size_t(i)].push_back(
+                ops::uniform({N, groups}, uint64_t(11 + c + 100 * i), 0.005f, 0.05f, DType::bf16, Device::cuda));
+            bi[size_t(i)].push_back(
+                ops::uniform({N, groups}, uint64_t(51 + c + 100 * i), -0.4f, -0.04f, DType::bf16, Device::cuda));
+          }
+          y.push_back(ops::empty({M, N}, DType::bf16, Device::cuda));
         }
         Tensor x = ops::uniform({M, K}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
-        Tensor y = ops::empty({M, N}, DType::bf16, Device::cuda);
         const int calls = copies * std::max(1, 40 / copies);
         bool fused_ok = true;
-        auto fused = [&](int i) {
-          const size_t c = size_t(i % copies);
-          fused_ok = fused_ok && be.quantized_gemv(x.raw(), static_cast<const uint32_t*>(wq[c].raw()), sc[c].raw(),
-                                                   bi[c].raw(), y.raw(), M, N, K, bits, group, DType::bf16);
+        auto fused = [&](int call) {
+          const size_t c = size_t(call % copies);
+          if (count == 1) {
+            fused_ok =
+                fused_ok && be.quantized_gemv(x.raw(), static_cast<const uint32_t*>(wq[0][c].raw()), sc[0][c].raw(),
+                                              bi[0][c].raw(), y[0].raw(), M, pr.Ns[0], K, bits, group, DType::bf16);
+            return;
+          }
+          const uint32_t* wp[3];
+          const void *sp[3], *bp[3];
+          void* yp[3];
+          for (int64_t i = 0; i < count; ++i) {
+            wp[i] = static_cast<const uint32_t*>(wq[size_t(i)][c].raw());
+            sp[i] = sc[size_t(i)][c].raw(), bp[i] = bi[size_t(i)][c].raw(), yp[i] = y[size_t(i)].raw();
+          }
+          fused_ok = fused_ok && be.quantized_gemv_group(x.raw(), wp, sp, bp, yp, pr.Ns.data(), int(count), M, K, bits,
+                                                         group, DType::bf16);
         };
-        auto baseline = [&](int i) {
-          const size_t c = size_t(i % copies);
-          (void)ops::linear(x, ops::dequantize_affine(wq[c], sc[c], bi[c], bits, group));
+        auto baseline = [&](int call) {
+          const size_t c = size_t(call % copies);
+          for (int64_t i = 0; i < count; ++i)
+            (void)ops::linear(
+                x, ops::dequantize_affine(wq[size_t(i)][c], sc[size_t(i)][c], bi[size_t(i)][c], bits, group));
         };
         // The two paths on copy 0: the same function up to the dense path's rounding of each w.
         fused(0);
-        const std::vector<float> a = ops::to(y, Device::cpu, DType::f32).to_f32_vector();
-        const std::vector<float> b =
-            ops::to(ops::linear(x, ops::dequantize_affine(wq[0], sc[0], bi[0], bits, group)), Device::cpu, DType::f32)
-                .to_f32_vector();
         double num = 0, den = 0;
-        for (size_t i = 0; i < a.size(); ++i) {
-          num = std::max(num, std::fabs(double(a[i]) - b[i]));
-          den = std::max(den, std::fabs(double(b[i])));
+        for (int64_t i = 0; i < count; ++i) {
+          const std::vector<float> a = ops::to(y[size_t(i)], Device::cpu, DType::f32).to_f32_vector();
+          const std::vector<float> b = ops::to(ops::linear(x, ops::dequantize_affine(wq[size_t(i)][0], sc[size_t(i)][0],
+                                                                                     bi[size_t(i)][0], bits, group)),
+                                               Device::cpu, DType::f32)
+                                           .to_f32_vector();
+          for (size_t j = 0; j < a.size(); ++j) {
+            num = std::max(num, std::fabs(double(a[j]) - b[j]));
+            den = std::max(den, std::fabs(double(b[j])));
+          }
+        }
+        std::string shape;
+        for (int64_t N : pr.Ns) shape += (shape.empty() ? "" : " + ") + std::to_string(N);
+        if (once) {  // one eager call each, for a profiler
+          be.synchronize();
+          std::printf("| %s | (%s) x %lld | %.2f | profiled once |\n", pr.name, shape.c_str(), (long long)K,
+                      bytes / 1e6);
+          continue;
         }
         double us_f = NAN;
         if (fused_ok) us_f = time_graph(fused, calls);
         const double us_b = time_graph(baseline, calls);
-        std::printf("| %s | %lld x %lld | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.0f | %.2fx | %.1e |\n", pr.name,
-                    (long long)N, (long long)K, bytes / 1e6, us_f, bytes / us_f / 1e3, 100.0 * bytes / us_f / 1e3 / bw,
+        std::printf("| %s | (%s) x %lld | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.0f | %.2fx | %.1e |\n", pr.name,
+                    shape.c_str(), (long long)K, bytes / 1e6, us_f, bytes / us_f / 1e3, 100.0 * bytes / us_f / 1e3 / bw,
                     us_b, bytes / us_b / 1e3, us_b / us_f, den > 0 ? num / den : num);
         if (!fused_ok) std::printf("  (quantized_gemv declined these sizes: no fused time)\n");
-        tok_fused += us_f * double(pr.per_token);
-        tok_base += us_b * double(pr.per_token);
-        tok_bytes += bytes * double(pr.per_token);
+        tok_fused += us_f * double(pr.per_token_single);
+        tok_base += us_b * double(pr.per_token_single);
+        tok_bytes += bytes * double(pr.per_token_single);
+        tok_grouped += us_f * double(pr.per_token_grouped);
+        tok_grouped_bytes += bytes * double(pr.per_token_grouped);
       }
+      if (once) continue;
       std::printf(
           "one token's products (32 layers + lm_head, %.3f GB packed): fused %.3f ms (%.0f GB/s), dequantize + "
           "linear %.3f ms; bound at the copy bandwidth %.3f ms\n",
           tok_bytes / 1e9, tok_fused / 1e3, tok_bytes / tok_fused / 1e3, tok_base / 1e3, tok_bytes / (bw * 1e9) * 1e3);
+      std::printf("one token's products with q/k/v and gate/up grouped (%.3f GB): fused %.3f ms (%.0f GB/s)\n",
+                  tok_grouped_bytes / 1e9, tok_grouped / 1e3, tok_grouped_bytes / tok_grouped / 1e3);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_quantized: %s\n", e.what());

@@ -4,15 +4,23 @@
 # model: bench_lora_peer.py's Mistral-7B-shaped bf16 model with random weights, quantized by
 # `lmtune convert -q` (affine 4-bit group 64), run by `lmtune benchmark` (batch 1, 512-token prompt,
 # 128 generated tokens), with decode's share of the bound (packed bytes per token over the copy
-# bandwidth bench_quantized measured). Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH]
+# bandwidth bench_quantized measured), also with a 16-token prompt (as llama-bench's tg128).
+# --llamacpp DIR: llama.cpp built there by bench/bench_llamacpp_gpu.sh build (waited for), run on
+# the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
+# model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
+# fused product and the duration of every kernel of a short generation (into $OUT).
+# Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
-table=""
+table="" llamacpp="" tokenizer="" profile=0
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
     --table) table="$2"; shift 2 ;;
+    --llamacpp) llamacpp="$2"; shift 2 ;;
+    --tokenizer) tokenizer="$2"; shift 2 ;;
+    --ncu) profile=1; shift ;;
     *) echo "bench_quantized_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -23,13 +31,56 @@ status=0
 start=$SECONDS
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
+logdir="${OUT:-$tmp}"
+if ((profile)) && command -v ncu >/dev/null; then
+  echo "== ncu: one call of each fused product, M = 1 [$((SECONDS - start)) s]"
+  ncu --clock-control none --kernel-name regex:qgemv --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats \
+    "$build/bin/bench_quantized" --rows 1 --once >"$logdir/ncu-qgemv.txt" 2>&1 || echo "ncu failed (see ncu-qgemv.txt)"
+  grep -E "qgemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Stall" \
+    "$logdir/ncu-qgemv.txt" | head -n 80
+fi
 echo "== model [$((SECONDS - start)) s]"
 PYTHONUNBUFFERED=1 "$py" "$root/bench/bench_lora_peer.py" model "$tmp/model" || exit 1
+if [[ -n "$tokenizer" ]]; then  # Llama 2's tokenizer (vocabulary 32000): llama.cpp's converter knows it
+  tar xJf "$tokenizer" -C "$tmp" && cp "$tmp"/llama2-tokenizer/* "$tmp/model/" || exit 1
+fi
 echo "== lmtune convert -q [$((SECONDS - start)) s]"
 "$build/bin/lmtune" convert --hf-path "$tmp/model" --mlx-path "$tmp/q4" -q --q-bits 4 --q-group-size 64 || exit 1
+if [[ -n "$llamacpp" ]]; then
+  echo "== llama.cpp: convert_hf_to_gguf.py, llama-quantize, llama-bench [$((SECONDS - start)) s]"
+  LMTUNE_PYTHON="$py" bash "$root/bench/bench_llamacpp_gpu.sh" run "$llamacpp" "$tmp/model" "$tmp/llamacpp.md" || status=1
+fi
 rm -rf "$tmp/model"
 echo "== lmtune benchmark [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 512 -g 128 -n 3 2>&1 | tee "$tmp/bench.txt" || status=1
+echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
+"$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
+if ((profile)) && command -v ncu >/dev/null; then
+  echo "== ncu: every kernel of a 3-token prompt and 3 decode steps, no graph [$((SECONDS - start)) s]"
+  LMTUNE_CUDA_GRAPH=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    "$build/bin/lmtune" generate --model "$tmp/q4" --device cuda --prompt "a b c" --max-tokens 4 --temp 0 --ignore-chat-template \
+    >"$logdir/ncu-decode.csv" 2>"$logdir/ncu-decode.err" || echo "ncu failed (see ncu-decode.err)"
+  "$py" - "$logdir/ncu-decode.csv" <<'PY'
+import csv, collections, sys
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+if not rows:
+    sys.exit("no ncu rows")
+h = rows[0]
+ki, vi, ii = h.index("Kernel Name"), h.index("Metric Value"), h.index("ID")
+ks = [(int(r[ii]), r[ki].split("(")[0].split("<")[0][-40:] + ("<" + r[ki].split("<")[1].split(">")[0][:30] + ">" if "<" in r[ki] else ""), float(r[vi]) / 1e3) for r in rows[1:]]
+n = len(ks)
+# The last decode step: the kernels after the last lm_head-sized product are the sampler's; take the
+# final quarter of the run, which is one of the three decode steps when the prompt step is similar.
+step = ks[3 * n // 4:]
+tot = collections.defaultdict(float); cnt = collections.Counter()
+for _, k, us in step:
+    tot[k] += us; cnt[k] += 1
+print(f"ncu: {n} kernels in all; the last quarter ({len(step)} kernels, about one decode step): {sum(tot.values()):.0f} us")
+for k, us in sorted(tot.items(), key=lambda x: -x[1])[:25]:
+    print(f"  {us:9.1f} us  {cnt[k]:4d} x  {k}")
+PY
+fi
 # Bytes a decode step streams: every tensor but the embedding (of which it gathers one row).
 "$py" - "$tmp/q4" >"$tmp/bytes.txt" <<'PY'
 import glob, json, struct, sys
@@ -55,6 +106,16 @@ nbytes = int(open(f"{tmp}/bytes.txt").read().strip() or 0)
 lines = [f"{card}; Mistral-7B shape, affine 4-bit group 64 (lmtune convert -q), batch 1, prompt 512, generate 128"]
 if m:
     lines.append(f"lmtune benchmark: prompt {float(m[1]):.0f} tok/s, decode {float(m[2]):.1f} tok/s")
+try:
+    m16 = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+)", open(f"{tmp}/bench16.txt").read())
+    if m16:
+        lines.append(f"lmtune benchmark -p 16 -g 128: decode {float(m16[2]):.1f} tok/s")
+except OSError:
+    pass
+try:
+    lines += ["", "llama.cpp (llama-bench, CUDA, -ngl 99 -fa 1, same weights through convert_hf_to_gguf.py + llama-quantize):", open(f"{tmp}/llamacpp.md").read().strip()]
+except OSError:
+    pass
 if m and bw and nbytes:
     bound = float(bw[1]) * 1e9 / nbytes
     lines.append(f"decode bound: {nbytes / 1e9:.3f} GB of packed weights, scales and biases per token (all but the embedding) "

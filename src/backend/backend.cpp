@@ -43,6 +43,10 @@ bool Backend::quantized_gemv(const void*, const uint32_t*, const void*, const vo
                              int, int, DType) {
   return false;
 }
+bool Backend::quantized_gemv_group(const void*, const uint32_t* const*, const void* const*, const void* const*,
+                                   void* const*, const int64_t*, int, int64_t, int64_t, int, int, DType) {
+  return false;
+}
 void Backend::attention(const AttentionArgs&) { missing("attention"); }
 void Backend::attention_backward(const AttentionBackwardArgs&) { missing("attention_backward"); }
 void Backend::softmax(const void*, void*, int64_t, int64_t, DType) { missing("softmax"); }

@@ -154,6 +154,12 @@ class Backend {
   // and use gemm). M small (decoding: 1..8).
   virtual bool quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
                               int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt);
+  // The same for up to three weights that share x, bits and group size (decoding's q, k and v;
+  // gate and up) in one launch: ys[i] (M, ns[i]). False where this backend cannot (callers then
+  // run quantized_gemv per weight).
+  virtual bool quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,
+                                    const void* const* biases, void* const* ys, const int64_t* ns, int count, int64_t M,
+                                    int64_t K, int bits, int group_size, DType dt);
   virtual void attention(const AttentionArgs& a);
   virtual void attention_backward(const AttentionBackwardArgs& a);
 

@@ -26,6 +26,13 @@ struct Linear {
   int64_t out_features() const { return weight.dim(0); }
   // Dense, no adapter and no bias: decoding may hand the bare weight to a fused kernel.
   bool plain() const { return !adapter && !bias.defined() && !quantized(); }
+  // Quantized, no adapter and no bias: decoding may hand the packed weight to a fused kernel.
+  bool plain_quantized() const { return !adapter && !bias.defined() && quantized(); }
+  // Whether two plain quantized layers can share a fused launch (one bits and group size).
+  bool quantized_like(const Linear& o) const {
+    return plain_quantized() && o.plain_quantized() && bits == o.bits && group_size == o.group_size;
+  }
+  ops::QuantizedWeight packed() const { return {&weight, &scales, &biases}; }
 };
 
 // A linear layer bound once, at load time, to the model's tensors: pointers into the model's

@@ -78,6 +78,16 @@ Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& b
 // (decoding), else a dequantized scratch weight and the dense product. -> (..., N) in x's dtype.
 Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits,
                         int group_size, const Tensor& bias = {});
+// A quantized weight's three tensors (borrowed).
+struct QuantizedWeight {
+  const Tensor* wq;
+  const Tensor* scales;
+  const Tensor* biases;
+};
+// Inference only, for decoding: up to 3 quantized weights of one bits and group size that share
+// x -> quantized_linear(x, W_i) each, in one launch where the backend can (q, k and v; gate and up).
+std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws, int bits,
+                                           int group_size);
 Tensor embedding(const Tensor& weight, const Tensor& ids);                          // (V, D), i32 (...) -> (..., D)
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
 struct RmsNormOut {

@@ -686,6 +686,13 @@ TEST_P(CudaVsCpu, DequantizeAffine) {
                               group, dt);
       check_close(read(go), decode(cpu_out, dt), {0.f, 0.f},
                   "dequantize_affine bits " + std::to_string(bits) + " group " + std::to_string(group));
+      // An output one element past a 16-byte boundary: the element-at-a-time fallback.
+      Tensor gu = gpu_empty(rows * in + 1, dt);
+      Tensor gu_view = gu.slice_rows(1, rows * in + 1);
+      gpu().dequantize_affine(static_cast<const uint32_t*>(gw.raw()), gs.raw(), gb.raw(), gu_view.raw(), rows, in, bits,
+                              group, dt);
+      check_close(read(gu_view), decode(cpu_out, dt), {0.f, 0.f},
+                  "dequantize_affine unaligned bits " + std::to_string(bits) + " group " + std::to_string(group));
     }
   }
 }
@@ -805,6 +812,71 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
   EXPECT_FALSE(gpu().quantized_gemv(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), 9, 2, 64, 4, 64, dt)) << "M 9";
   EXPECT_FALSE(gpu().quantized_gemv(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), 1, 2, 64, 7, 64, dt)) << "bits 7";
   EXPECT_FALSE(gpu().quantized_gemv(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), 1, 2, 64, 4, 48, dt)) << "group 48";
+}
+
+// quantized_gemv_group (decoding's q/k/v and gate/up in one launch) against quantized_gemv on each
+// weight alone (checked above against the CPU): the same kernel, so equal up to the f32 order of
+// the K-split (which depends on the launch's total tiles) and the final rounding to dt.
+TEST_P(CudaVsCpu, QuantizedGemvGroup) {
+  const Tol tol = dt == DType::f32 ? Tol{1e-5f, 1e-5f} : Tol{1e-2f, 1e-3f};
+  uint32_t seed = 500;
+  auto run = [&](int bits, int group, int64_t M, int64_t K, std::vector<int64_t> ns) {
+    const int count = int(ns.size());
+    Vec x = rounded(uniform(size_t(M * K), ++seed), dt);
+    Tensor gx = on_gpu(x, dt);
+    std::vector<Tensor> gw, gs, gb, gy;
+    std::vector<const uint32_t*> wp;
+    std::vector<const void*> sp, bp;
+    std::vector<void*> yp;
+    for (int i = 0; i < count; ++i) {
+      const int64_t N = ns[size_t(i)], words = K * bits / 32, groups = K / group;
+      std::vector<uint32_t> wq(size_t(N * words));
+      uint32_t r = 0x9E3779B9u * ++seed;
+      for (uint32_t& w : wq) {
+        r = r * 1664525u + 1013904223u;
+        w = r ^ (r >> 16);
+      }
+      Vec sc = rounded(uniform(size_t(N * groups), ++seed, 0.01f, 0.1f), dt), bi(sc.size());
+      for (size_t j = 0; j < sc.size(); ++j) bi[j] = -sc[j] * float((1 << bits) - 1) / 2;
+      bi = rounded(bi, dt);
+      gw.push_back(Tensor::empty({int64_t(wq.size())}, DType::u32, Device::cuda));
+      gpu().copy_h2d(gw.back().raw(), wq.data(), wq.size() * 4);
+      gs.push_back(on_gpu(sc, dt));
+      gb.push_back(on_gpu(bi, dt));
+      gy.push_back(gpu_empty(M * N, dt));
+      gpu().fill(gy.back().raw(), dt, M * N, std::numeric_limits<float>::quiet_NaN());
+      wp.push_back(static_cast<const uint32_t*>(gw.back().raw()));
+      sp.push_back(gs.back().raw());
+      bp.push_back(gb.back().raw());
+      yp.push_back(gy.back().raw());
+    }
+    const std::string what = "quantized_gemv_group bits " + std::to_string(bits) + " group " + std::to_string(group) +
+                             " M " + std::to_string(M) + " K " + std::to_string(K) + " count " + std::to_string(count);
+    const bool ok = gpu().quantized_gemv_group(gx.raw(), wp.data(), sp.data(), bp.data(), yp.data(), ns.data(), count,
+                                               M, K, bits, group, dt);
+    if (dt == DType::f32) {  // the tensor-core path only: f32 runs the products one by one
+      EXPECT_FALSE(ok) << what;
+      return;
+    }
+    ASSERT_TRUE(ok) << what;
+    for (int i = 0; i < count; ++i) {
+      const int64_t N = ns[size_t(i)];
+      const Vec got = read(gy[size_t(i)]);
+      int64_t unwritten = 0;
+      for (float v : got) unwritten += std::isnan(v) ? 1 : 0;
+      ASSERT_EQ(unwritten, 0) << what << " weight " << i << ": outputs left unwritten (NaN poison)";
+      Tensor alone = gpu_empty(M * N, dt);
+      ASSERT_TRUE(gpu().quantized_gemv(gx.raw(), wp[size_t(i)], sp[size_t(i)], bp[size_t(i)], alone.raw(), M, N, K,
+                                       bits, group, dt));
+      check_close(got, read(alone), tol, what + " weight " + std::to_string(i) + " vs alone");
+    }
+  };
+  run(4, 64, 1, 4096, {4096, 1024, 1024});  // Mistral 7B's q, k, v
+  run(4, 64, 1, 4096, {14336, 14336});      // gate, up
+  run(4, 64, 8, 256, {37, 16, 61});         // partial tiles at each boundary
+  run(8, 32, 3, 512, {17, 33});
+  run(2, 128, 2, 1024, {45});
+  run(4, 128, 5, 64 * 37, {61, 1, 20});  // K split into uneven pieces
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);

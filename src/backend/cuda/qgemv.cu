@@ -23,7 +23,37 @@ struct QgemvParams {
   int64_t N, K;
   int M;
   int S;  // warps sharing a row tile, each over its own stretch of K: 1, 2, 4 or 8
+  // Up to three matrices that share x (decoding's q, k and v; gate and up) in one launch: their
+  // 16-row tiles are numbered one after another, matrix i owning tiles [tile_start[i],
+  // tile_start[i + 1]); the fields above hold matrix 0 (and stay what a single product uses).
+  int count;
+  const uint32_t* wqs[3];
+  const T* scaless[3];
+  const T* biasess[3];
+  T* ys[3];
+  int64_t Ns[3];
+  int64_t tile_start[4];
 };
+
+// The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:
+// selects between constant-bank parameters (modifying p itself would copy the whole struct into
+// local memory). Single products have count 1 and tile_start {0, tiles, tiles, tiles}.
+template <typename T>
+struct QMatrix {
+  const uint32_t* wq;
+  const T* scales;
+  const T* biases;
+  T* y;
+  int64_t N, tile;
+};
+template <typename T>
+__device__ __forceinline__ QMatrix<T> select_matrix(const QgemvParams<T>& p, int64_t tile) {
+  if (tile < p.tile_start[1]) return {p.wq, p.scales, p.biases, p.y, p.N, tile};
+  const bool two = tile >= p.tile_start[2];
+  return {two ? p.wqs[2] : p.wqs[1],         two ? p.scaless[2] : p.scaless[1],
+          two ? p.biasess[2] : p.biasess[1], two ? p.ys[2] : p.ys[1],
+          two ? p.Ns[2] : p.Ns[1],           tile - (two ? p.tile_start[2] : p.tile_start[1])};
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core path: bf16/f16, bits 4 and 8 (any group), bits 2 (groups 64, 128), 16-byte
@@ -58,8 +88,11 @@ struct MmaShape {
   static constexpr int XW = QV / 2;               // their x values as u32 pairs
   static constexpr int MMAS = GS / 16;            // k16 steps a group
   static constexpr int U = QW >= 8 ? 1 : 8 / QW;  // groups a batch: 8 words of each row
-  // Blocks a multiprocessor: 4 (64 registers) where that spills nothing (-Xptxas -v), else 3.
+  // Blocks a multiprocessor: 4 (64 registers) where that spills nothing (-Xptxas -v), else 3
+  // (80). A grouped launch's matrix selection needs more registers: always 3 (at 64 the 4-bit
+  // kernels spilled).
   static constexpr int kMinBlocks = (BITS == 4 && GS <= 64) || (BITS == 8 && GS == 32) ? 4 : 3;
+  static constexpr int kMinBlocksGroup = 3;
   static_assert(QW >= 1 && QV % V == 0 && XW % 4 == 0 && H % 2 == 0, "unsupported bits / group size");
 };
 
@@ -182,8 +215,15 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
-template <typename T, int BITS, int GS>
-__global__ void __launch_bounds__(kQWarps * 32, MmaShape<BITS, GS>::kMinBlocks) qgemv_mma_kernel(QgemvParams<T> p) {
+template <typename T, int BITS, int GS, bool GROUP>
+__global__ void __launch_bounds__(kQWarps * 32,
+                                  GROUP ? MmaShape<BITS, GS>::kMinBlocksGroup : MmaShape<BITS, GS>::kMinBlocks)
+    qgemv_mma_kernel(QgemvParams<T> p) {
+  const int64_t global_tile = int64_t(blockIdx.x) * (kQWarps / p.S) + (threadIdx.x / 32) / p.S;
+  const bool valid = global_tile < p.tile_start[p.count];
+  const QMatrix<T> mt =
+      GROUP ? select_matrix(p, valid ? global_tile : 0) : QMatrix<T>{p.wq, p.scales, p.biases, p.y, p.N, global_tile};
+  const int64_t tile = mt.tile;
   using Sh = MmaShape<BITS, GS>;
   constexpr int H = Sh::H, QW = Sh::QW, U = Sh::U, kGroupWords = GS * BITS / 32;
   constexpr bool kBf16 = std::is_same_v<T, bf16>, kSplit8 = kBf16 && BITS == 8;
@@ -191,20 +231,19 @@ __global__ void __launch_bounds__(kQWarps * 32, MmaShape<BITS, GS>::kMinBlocks) 
   __shared__ float part[kQWarps][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int S = p.S, piece = warp % S;
-  const int64_t N = p.N, K = p.K, tiles = (N + 15) / 16, groups = K / GS;
-  const int64_t tile = int64_t(blockIdx.x) * (kQWarps / S) + warp / S, n0 = tile * 16;
+  const int64_t N = mt.N, K = p.K, groups = K / GS, n0 = tile * 16;
   const int64_t per = (groups + S - 1) / S;
   const int64_t g_begin = min(groups, piece * per), g_end = min(groups, g_begin + per);
   // acc: rows (n0 + g, m 2t), (n0 + g, m 2t + 1), (n0 + g + 8, m 2t), (n0 + g + 8, m 2t + 1).
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  if (tile < tiles) {
+  if (valid) {
     // Rows past N (the last tile) read row N - 1 and are never written.
     const int64_t r0 = min(n0 + g, N - 1), r1 = min(n0 + g + 8, N - 1), row_words = K * BITS / 32;
-    const uint32_t* w0 = p.wq + r0 * row_words + t * QW;
-    const uint32_t* w1 = p.wq + r1 * row_words + t * QW;
+    const uint32_t* w0 = mt.wq + r0 * row_words + t * QW;
+    const uint32_t* w1 = mt.wq + r1 * row_words + t * QW;
     // Lane t loads one of the four per-group values its quad needs (scale and bias of rows g and
     // g + 8) and the quad swaps them: a quarter of the registers of each lane loading all four.
-    const T* sb = (t & 1 ? p.biases : p.scales) + (t & 2 ? r1 : r0) * groups;
+    const T* sb = (t & 1 ? mt.biases : mt.scales) + (t & 2 ? r1 : r0) * groups;
     const bool has_x = g < p.M;  // B's column g is x row g; columns >= M stay zero
     const T* xq = p.x + int64_t(has_x ? g : 0) * K + t * Sh::QV;
     for (int64_t G0 = g_begin; G0 < g_end; G0 += U) {
@@ -263,31 +302,35 @@ __global__ void __launch_bounds__(kQWarps * 32, MmaShape<BITS, GS>::kMinBlocks) 
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[c] += part[warp + i][c][lane];
   }
-  if (piece != 0 || tile >= tiles) return;
+  if (piece != 0 || !valid) return;
   const int m0 = 2 * t, m1 = 2 * t + 1;
   const int64_t na = n0 + g, nb = n0 + g + 8;
   if (m0 < p.M) {
-    if (na < N) p.y[m0 * N + na] = from_f32<T>(acc[0]);
-    if (nb < N) p.y[m0 * N + nb] = from_f32<T>(acc[2]);
+    if (na < N) mt.y[m0 * N + na] = from_f32<T>(acc[0]);
+    if (nb < N) mt.y[m0 * N + nb] = from_f32<T>(acc[2]);
   }
   if (m1 < p.M) {
-    if (na < N) p.y[m1 * N + na] = from_f32<T>(acc[1]);
-    if (nb < N) p.y[m1 * N + nb] = from_f32<T>(acc[3]);
+    if (na < N) mt.y[m1 * N + na] = from_f32<T>(acc[1]);
+    if (nb < N) mt.y[m1 * N + nb] = from_f32<T>(acc[3]);
   }
 }
 
 template <typename T, int BITS, int GS>
 void launch_mma(QgemvParams<T> p) {
+  const bool group = p.count > 1;
   using Sh = MmaShape<BITS, GS>;
   // Split K over S warps until the card has about 24 warps a multiprocessor, keeping at least a
   // full batch of groups per piece.
-  const int64_t tiles = (p.N + 15) / 16, groups = p.K / GS;
+  const int64_t tiles = p.tile_start[p.count], groups = p.K / GS;
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * Sh::U) p.S *= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
   const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
-  launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS>, grid, kQWarps * 32, 0, p);
+  if (group)
+    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, true>, grid, kQWarps * 32, 0, p);
+  else
+    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, false>, grid, kQWarps * 32, 0, p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,19 +381,42 @@ __global__ void __launch_bounds__(kQWarps * 32) qgemv_generic_kernel(QgemvParams
   }
 }
 
+// Whether the tensor-core kernel takes these bits, group and dtype (and 16-byte aligned x and wq).
+bool mma_path(int bits, int group_size, DType dt) {
+  return dt != DType::f32 && (bits == 4 || bits == 8 || (bits == 2 && group_size >= 64));
+}
+
+template <typename T>
+void launch_mma_for(int bits, int group_size, const QgemvParams<T>& p) {
+  switch (bits * 1000 + group_size) {
+    case 4032: return launch_mma<T, 4, 32>(p);
+    case 4064: return launch_mma<T, 4, 64>(p);
+    case 4128: return launch_mma<T, 4, 128>(p);
+    case 8032: return launch_mma<T, 8, 32>(p);
+    case 8064: return launch_mma<T, 8, 64>(p);
+    case 8128: return launch_mma<T, 8, 128>(p);
+    case 2064: return launch_mma<T, 2, 64>(p);
+    case 2128: return launch_mma<T, 2, 128>(p);
+    default: LMT_CHECK(false, "[quantized_gemv] no tensor-core kernel for bits ", bits, " group ", group_size);
+  }
+}
+
+bool gemv_shape_ok(int64_t M, int64_t K, int bits, int group_size, DType dt) {
+  if (M < 1 || M > 8 || K < 1 || !runtime_config().cuda_gemv) return false;
+  if ((bits < 2 || bits > 8 || bits == 7) || (group_size != 32 && group_size != 64 && group_size != 128) ||
+      K % group_size != 0)
+    return false;
+  return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16;
+}
+
 }  // namespace
 
 // LMTUNE_CUDA_GEMV=0 turns this off as it does gemv.cu (callers then dequantize and use gemm).
 bool CudaBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
                                  int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt) {
-  if (M < 1 || M > 8 || N < 0 || K < 1 || !runtime_config().cuda_gemv) return false;
-  if ((bits < 2 || bits > 8 || bits == 7) || (group_size != 32 && group_size != 64 && group_size != 128) ||
-      K % group_size != 0)
-    return false;
-  if (dt != DType::f32 && dt != DType::bf16 && dt != DType::f16) return false;
+  if (N < 0 || !gemv_shape_ok(M, K, bits, group_size, dt)) return false;
   if (N == 0) return true;
-  const bool tensor_cores =
-      dt != DType::f32 && aligned16(x) && aligned16(wq) && (bits == 4 || bits == 8 || (bits == 2 && group_size >= 64));
+  const bool tensor_cores = mma_path(bits, group_size, dt) && aligned16(x) && aligned16(wq);
   dispatch_float(dt, "quantized_gemv", [&](auto tag) {
     using T = typename decltype(tag)::type;
     QgemvParams<T> p{};
@@ -363,24 +429,48 @@ bool CudaBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* 
     p.K = K;
     p.M = int(M);
     p.S = 1;
+    p.count = 1;
+    p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
     if constexpr (!std::is_same_v<T, float>) {
-      if (tensor_cores) {
-        const int key = bits * 1000 + group_size;
-        switch (key) {
-          case 4032: return launch_mma<T, 4, 32>(p);
-          case 4064: return launch_mma<T, 4, 64>(p);
-          case 4128: return launch_mma<T, 4, 128>(p);
-          case 8032: return launch_mma<T, 8, 32>(p);
-          case 8064: return launch_mma<T, 8, 64>(p);
-          case 8128: return launch_mma<T, 8, 128>(p);
-          case 2064: return launch_mma<T, 2, 64>(p);
-          case 2128: return launch_mma<T, 2, 128>(p);
-          default: break;
-        }
-      }
+      if (tensor_cores) return launch_mma_for<T>(bits, group_size, p);
     }
     const dim3 grid(unsigned((N + kQWarps - 1) / kQWarps));
     launch("quantized_gemv", qgemv_generic_kernel<T>, grid, kQWarps * 32, 0, p, bits, group_size);
+  });
+  return true;
+}
+
+// One launch for up to three products of one x (the tensor-core path only; false otherwise, and
+// the caller runs them one by one).
+bool CudaBackend::quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,
+                                       const void* const* biases, void* const* ys, const int64_t* ns, int count,
+                                       int64_t M, int64_t K, int bits, int group_size, DType dt) {
+  if (count < 1 || count > 3 || !gemv_shape_ok(M, K, bits, group_size, dt) || !mma_path(bits, group_size, dt) ||
+      !aligned16(x))
+    return false;
+  for (int i = 0; i < count; ++i)
+    if (ns[i] < 1 || !aligned16(wqs[i])) return false;
+  dispatch_float(dt, "quantized_gemv", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      QgemvParams<T> p{};
+      p.x = static_cast<const T*>(x);
+      p.K = K;
+      p.M = int(M);
+      p.S = 1;
+      p.count = count;
+      for (int i = 0; i < 3; ++i) {
+        const int j = i < count ? i : count - 1;
+        p.wqs[i] = wqs[j];
+        p.scaless[i] = static_cast<const T*>(scales[j]);
+        p.biasess[i] = static_cast<const T*>(biases[j]);
+        p.ys[i] = static_cast<T*>(ys[j]);
+        p.Ns[i] = ns[j];
+        p.tile_start[i + 1] = p.tile_start[i] + (i < count ? (ns[i] + 15) / 16 : 0);
+      }
+      p.wq = p.wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0], p.y = p.ys[0], p.N = p.Ns[0];
+      launch_mma_for<T>(bits, group_size, p);
+    }
   });
   return true;
 }
