@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
           y.push_back(ops::empty({M, N}, DType::bf16, Device::cuda));
         }
         Tensor x = ops::uniform({M, K}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
+        const QuantFormat fmt{QuantMode::affine, bits, group};
         const int calls = copies * std::max(1, 40 / copies);
         bool fused_ok = true;
         auto fused = [&](int call) {
@@ -182,16 +183,16 @@ int main(int argc, char** argv) {
         auto baseline = [&](int call) {
           const size_t c = size_t(call % copies);
           for (int64_t i = 0; i < count; ++i)
-            (void)ops::linear(
-                x, ops::dequantize_affine(wq[size_t(i)][c], sc[size_t(i)][c], bi[size_t(i)][c], bits, group));
+            (void)ops::linear(x,
+                              ops::dequantize(wq[size_t(i)][c], sc[size_t(i)][c], bi[size_t(i)][c], fmt, DType::bf16));
         };
         // The two paths on copy 0: the same function up to the dense path's rounding of each w.
         fused(0);
         double num = 0, den = 0;
         for (int64_t i = 0; i < count; ++i) {
           const std::vector<float> a = ops::to(y[size_t(i)], Device::cpu, DType::f32).to_f32_vector();
-          const std::vector<float> b = ops::to(ops::linear(x, ops::dequantize_affine(wq[size_t(i)][0], sc[size_t(i)][0],
-                                                                                     bi[size_t(i)][0], bits, group)),
+          const std::vector<float> b = ops::to(ops::linear(x, ops::dequantize(wq[size_t(i)][0], sc[size_t(i)][0],
+                                                                              bi[size_t(i)][0], fmt, DType::bf16)),
                                                Device::cpu, DType::f32)
                                            .to_f32_vector();
           for (size_t j = 0; j < a.size(); ++j) {

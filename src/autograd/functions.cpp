@@ -110,20 +110,20 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   });
 }
 
-Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits,
-                        int group_size, const Tensor& bias) {
+Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases,
+                        const QuantFormat& f, const Tensor& bias) {
   const bool gx = requires_grad(x), gb = bias.defined() && requires_grad(bias);
   std::vector<Tensor> inputs{x};
   if (bias.defined()) inputs.push_back(bias);
   const bool has_bias = bias.defined();
   const Shape x_shape = x.shape();
-  Tensor wqd = wq.detach(), sd = scales.detach(), bd = biases.detach();
-  return record("quantized_linear", ops::quantized_linear(x, wq, scales, biases, bits, group_size, bias), inputs,
+  Tensor wqd = wq.detach(), sd = scales.detach(), bd = biases.defined() ? biases.detach() : Tensor();
+  return record("quantized_linear", ops::quantized_linear(x, wq, scales, biases, f, bias), inputs,
                 [=](const Tensor& d) {
                   Tensor d2 = d.reshape({d.numel() / d.dim(-1), d.dim(-1)});  // (N, out)
                   std::vector<Tensor> g(has_bias ? 2 : 1);
                   if (gx)
-                    g[0] = ops::matmul(d2, ops::dequantize_affine(wqd, sd, bd, bits, group_size, "quantized_linear"))
+                    g[0] = ops::matmul(d2, ops::dequantize(wqd, sd, bd, f, d2.dtype(), "quantized_linear"))
                                .reshape(x_shape);  // (N, out) @ (out, in)
                   if (gb) g[1] = ops::sum_axis(d2, 0, d2.dtype());
                   return g;

@@ -23,11 +23,12 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
 // dx = (dz a^T) * mask in x's dtype. x_cast, when given, is cast(x, a.dtype) made by the caller
 // for several adapters reading the same x; forward reads it, backward does not keep it.
 Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask = {}, const Tensor& x_cast = {});
-// x @ dequant(W)^T (+ bias) for a frozen weight in MLX's affine layout (ops::quantized_linear);
+// x @ dequant(W)^T (+ bias) for a frozen weight in MLX's quantized layout, any mode
+// (ops::quantized_linear);
 // gradients flow to x (dx = dy @ dequant(W), the weight dequantized again in backward rather than
 // kept) and to bias, never to the packed weight.
-Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits,
-                        int group_size, const Tensor& bias = {});
+Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases,
+                        const QuantFormat& f, const Tensor& bias = {});
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale);

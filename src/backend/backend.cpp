@@ -47,6 +47,13 @@ bool Backend::quantized_gemv_group(const void*, const uint32_t* const*, const vo
                                    void* const*, const int64_t*, int, int64_t, int64_t, int, int, DType) {
   return false;
 }
+void Backend::dequantize_fp(const uint32_t*, const uint8_t*, void*, int64_t, int64_t, QuantMode, DType) {
+  missing("dequantize_fp");
+}
+bool Backend::quantized_gemv_fp(const void*, const uint32_t*, const uint8_t*, void*, int64_t, int64_t, int64_t,
+                                QuantMode, DType) {
+  return false;
+}
 void Backend::attention(const AttentionArgs&) { missing("attention"); }
 void Backend::attention_backward(const AttentionBackwardArgs&) { missing("attention_backward"); }
 void Backend::softmax(const void*, void*, int64_t, int64_t, DType) { missing("softmax"); }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "core/quant_format.h"
 
 namespace lmtune {
 
@@ -160,6 +161,17 @@ class Backend {
   virtual bool quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,
                                     const void* const* biases, void* const* ys, const int64_t* ns, int count, int64_t M,
                                     int64_t K, int bits, int group_size, DType dt);
+  // MLX's fp modes (mode mxfp4, nvfp4 or mxfp8; core/quant_format.h): out (rows, in) in dt, element
+  // i of row r = round_dt(round_dt(v) * round_dt(s)), v the value of the code at bit offset i * bits
+  // of row r's stream (E2M1 for the fp4 modes, E4M3 for mxfp8; core/fp_formats.h) and s the value of
+  // row r's u8 scale for group i / group_size (E8M0 = 2^(s - 127), or E4M3 for nvfp4), as
+  // mx.dequantize(..., dtype=dt) computes it.
+  virtual void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in,
+                             QuantMode mode, DType dt);
+  // y (M, N) = x (M, K) @ dequant(W)^T for those modes; false where this backend has no kernel for
+  // these sizes (callers then dequantize and use gemm). M small (decoding: 1..8).
+  virtual bool quantized_gemv_fp(const void* x, const uint32_t* wq, const uint8_t* scales, void* y, int64_t M,
+                                 int64_t N, int64_t K, QuantMode mode, DType dt);
   virtual void attention(const AttentionArgs& a);
   virtual void attention_backward(const AttentionBackwardArgs& a);
 

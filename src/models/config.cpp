@@ -93,18 +93,24 @@ void parse_layer_types(const ConfigReader& r, ModelConfig& c) {
     }
   }
 }
-// mlx-lm's "quantization": {group_size, bits, mode, <layer path>: {group_size, bits, mode} | false}.
+// mlx-lm's "quantization": {group_size, bits, mode, <layer path>: {group_size, bits, mode} | true |
+// false}, read as mlx-lm's loader passes it to nn.quantize: the defaults' mode is "affine" unless
+// given; a layer's own entry is to_quantized's arguments, so its mode is "affine" unless given
+// (never the defaults') and a missing or null group_size / bits is its mode's default; `true`
+// takes the defaults. Every entry is checked against its mode here, naming the field.
 // Without it, a "quantization_config" from another tool (GPTQ, AWQ, ...) is refused by name: its
 // weights are not MLX's layout.
 void parse_quantization(const ConfigReader& r, ModelConfig& c) {
-  auto layer = [&](const json& o, const LayerQuant& dflt, const std::string& where) {
-    LayerQuant q = dflt;
+  auto layer = [&](const json& o, const std::string& where) {
     ConfigReader lr{o, r.src};
+    const std::string mode = lr.str_or("mode", "affine");
+    LMT_CHECK(mode == "affine" || mode == "mxfp4" || mode == "nvfp4" || mode == "mxfp8", "[config] ", r.src, ": ",
+              where, " mode '", mode, "' is not one of affine, mxfp4, nvfp4, mxfp8");
+    LayerQuant q = default_quant_format(parse_quant_mode(mode, "config"));
     q.bits = int(lr.int_or("bits", q.bits));
     q.group_size = int(lr.int_or("group_size", q.group_size));
-    q.mode = lr.str_or("mode", q.mode);
-    LMT_CHECK(q.mode == "affine" || q.mode == "mxfp4" || q.mode == "nvfp4" || q.mode == "mxfp8", "[config] ", r.src,
-              ": ", where, " mode '", q.mode, "' is not one of affine, mxfp4, nvfp4, mxfp8");
+    const std::string error = quant_format_error(q, 0);
+    LMT_CHECK(error.empty(), "[config] ", r.src, ": ", where, ": ", error);
     return q;
   };
   if (!r.has("quantization")) {
@@ -122,7 +128,7 @@ void parse_quantization(const ConfigReader& r, ModelConfig& c) {
   const json& q = r.j["quantization"];
   LMT_CHECK(q.is_object(), "[config] ", r.src, ": field 'quantization' must be an object, got ", q.dump());
   c.quantization.present = true;
-  c.quantization.defaults = layer(q, LayerQuant{}, "quantization");
+  c.quantization.defaults = layer(q, "quantization");
   for (auto it = q.begin(); it != q.end(); ++it) {
     const std::string& k = it.key();
     if (k == "bits" || k == "group_size" || k == "mode") continue;
@@ -134,7 +140,7 @@ void parse_quantization(const ConfigReader& r, ModelConfig& c) {
     } else {
       LMT_CHECK(it->is_object(), "[config] ", r.src, ": quantization['", k, "'] must be an object or false, got ",
                 it->dump());
-      c.quantization.layers[k] = layer(*it, c.quantization.defaults, "quantization['" + k + "']");
+      c.quantization.layers[k] = layer(*it, "quantization['" + k + "']");
     }
   }
 }

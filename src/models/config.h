@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/quant_format.h"
 #include "nn/activation.h"
 
 namespace lmtune {
@@ -21,11 +22,8 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 8192;
 };
 
-// How a layer's weight is quantized (MLX's layout; quant/quant.h).
-struct LayerQuant {
-  int bits = 4, group_size = 64;
-  std::string mode = "affine";  // affine | mxfp4 | nvfp4 | mxfp8
-};
+// How a layer's weight is quantized (MLX's layout, any mode: core/quant_format.h).
+using LayerQuant = QuantFormat;
 
 // config.json's "quantization" (mlx-lm): the defaults, and per-layer entries keyed by the layer's
 // path ("model.layers.0.mlp.down_proj"): their own parameters, or nullopt (false: not quantized).

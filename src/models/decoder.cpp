@@ -81,12 +81,13 @@ void DecoderModel::bind() {
     auto it = weights_.find(name);
     return it == weights_.end() ? nullptr : &it->second;
   };
+  const DType dtype = this->dtype();  // what quantized weights dequantize to
   auto linear = [&](const std::string& prefix) {
     auto a = adapters_.find(prefix);
     nn::LinearRef l{w(prefix + ".weight"), optional(prefix + ".bias"), a == adapters_.end() ? nullptr : &a->second};
     if (auto q = quantized_.find(prefix); q != quantized_.end()) {
-      l.scales = w(prefix + ".scales"), l.biases = w(prefix + ".biases");
-      l.bits = q->second.bits, l.group_size = q->second.group_size;
+      l.scales = w(prefix + ".scales"), l.biases = q->second.has_biases() ? w(prefix + ".biases") : nullptr;
+      l.format = q->second, l.dense_dtype = dtype;
     }
     return l;
   };

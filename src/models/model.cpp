@@ -40,12 +40,14 @@ void Model::set_weights(std::map<std::string, Tensor> weights) {
                 shape_str(it->second.shape()), ", expected ", shape_str(s.shape));
       continue;
     }
-    // A packed weight: (out, in * bits / 32) u32 beside its scales and biases.
+    // A packed weight: (out, in * bits / 32) u32 beside its scales (and biases for affine).
     const std::string& layer = q->first;
-    for (const char* part : {".scales", ".biases"})
-      LMT_CHECK(weights.count(layer + part), "[model] quantized layer '", layer, "' has no '", layer, part, "'");
+    const LayerQuant& f = q->second;
+    LMT_CHECK(weights.count(layer + ".scales"), "[model] quantized layer '", layer, "' has no '", layer, ".scales'");
+    LMT_CHECK(weights.count(layer + ".biases") == (f.has_biases() ? 1u : 0u), "[model] ", quant_mode_name(f.mode),
+              "-quantized layer '", layer, "' ", f.has_biases() ? "has no" : "must not have", " '", layer, ".biases'");
     const Tensor& wq = it->second;
-    const int bits = q->second.bits;
+    const int bits = f.bits;
     LMT_CHECK(s.shape.size() == 2 && wq.ndim() == 2 && wq.dtype() == DType::u32 && wq.dim(0) == s.shape[0] &&
                   wq.dim(1) * 32 == s.shape[1] * bits,
               "[model] quantized weight '", s.name, "' is ", wq.describe(), "; a ", bits, "-bit packing of ",
@@ -66,8 +68,8 @@ Tensor Model::dense_weight(const std::string& name) const {
   auto q = quantized_.find(layer_of(name));
   if (q == quantized_.end()) return weight(name);
   const std::string& layer = q->first;
-  return ops::dequantize_affine(weight(name), weight(layer + ".scales"), weight(layer + ".biases"), q->second.bits,
-                                q->second.group_size, layer);
+  const Tensor biases = q->second.has_biases() ? weight(layer + ".biases") : Tensor();
+  return ops::dequantize(weight(name), weight(layer + ".scales"), biases, q->second, dtype(), layer);
 }
 
 void Model::use_masters() {
@@ -99,9 +101,11 @@ std::unique_ptr<Model> create_model(const ModelConfig& cfg) {
 
 namespace {
 
-// Which layers of the checkpoint are quantized, as mlx-lm's load_model decides it: the layer's own
-// entry in config "quantization" if there is one, else whether the file has "<layer>.scales"
-// (bits and group size then read off the tensors' shapes, as mlx-lm's infer_quant_config does).
+// Which layers of the checkpoint are quantized, and how, as mlx-lm's load_model decides it: the
+// layer's own entry in config "quantization" if there is one, else whether the file has
+// "<layer>.scales", with bits and group size read off the tensors' shapes and the mode off the
+// scales' dtype (as mlx-lm's infer_quant_config: float scales are affine; u8 scales are nvfp4 at
+// 4 bits in groups of 16, mxfp4 at 4 bits in 32, mxfp8 at 8 bits in 32, and nothing else).
 std::map<std::string, LayerQuant> quantized_layers(const std::string& dir, const ModelConfig& cfg,
                                                    const std::vector<TensorSpec>& specs,
                                                    const SafetensorsModel& files) {
@@ -127,12 +131,25 @@ std::map<std::string, LayerQuant> quantized_layers(const std::string& dir, const
       LMT_CHECK(sc.ndim() == 2 && sc.dim(1) > 0 && s.shape[1] % sc.dim(1) == 0 && wq.ndim() == 2, "[load_model] ", dir,
                 ": '", layer, ".scales' has shape ", shape_str(sc.shape()), ", which does not divide the ", s.shape[1],
                 " inputs of '", layer, "' into groups");
-      q = LayerQuant{int(wq.dim(1) * 32 / s.shape[1]), int(s.shape[1] / sc.dim(1)),
-                     sc.dtype() == DType::u8 ? "mxfp4 / nvfp4 / mxfp8" : "affine"};
+      const int bits = int(wq.dim(1) * 32 / s.shape[1]), group_size = int(s.shape[1] / sc.dim(1));
+      QuantMode mode = QuantMode::affine;
+      if (sc.dtype() == DType::u8) {
+        if (bits == 4 && group_size == 16)
+          mode = QuantMode::nvfp4;
+        else if (bits == 4 && group_size == 32)
+          mode = QuantMode::mxfp4;
+        else if (bits == 8 && group_size == 32)
+          mode = QuantMode::mxfp8;
+        else
+          fail("[load_model] ", dir, ": cannot infer the quantization mode of '", layer, "': u8 scales ('", layer,
+               ".scales') with ", bits, " bits in groups of ", group_size,
+               " are none of nvfp4 (4 bits, 16), mxfp4 (4, 32) or mxfp8 (8, 32)");
+      }
+      q = LayerQuant{mode, bits, group_size};
     }
     if (!q) continue;
-    LMT_CHECK(q->mode == "affine", "[load_model] ", dir, ": layer '", layer, "' is quantized in mode ", q->mode,
-              "; lmtune reads affine quantization today (mlx_lm.convert's default, --q-mode affine)");
+    const std::string error = quant_format_error(*q, s.shape[1]);
+    LMT_CHECK(error.empty(), "[load_model] ", dir, ": layer '", layer, "': ", error);
     out[layer] = *q;
   }
   return out;
@@ -149,19 +166,30 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType d
   std::map<std::string, Tensor> w;
   const std::map<std::string, LayerQuant> quantized = quantized_layers(dir, cfg, specs, files);
   for (const auto& [layer, q] : quantized) {
+    const char* mode = quant_mode_name(q.mode);
     Tensor wq = files.get(layer + ".weight");
     LMT_CHECK(wq.dtype() == DType::u32, "[load_model] ", dir, ": quantized weight '", layer, ".weight' has dtype ",
               dtype_name(wq.dtype()), ", expected u32");
-    LMT_CHECK(files.contains(layer + ".biases"), "[load_model] ", dir, ": affine-quantized layer '", layer,
-              "' has no tensor '", layer, ".biases'");
     w[layer + ".weight"] = ops::to(wq, device);
-    for (const char* part : {".scales", ".biases"}) {
-      Tensor t = files.get(layer + part);
-      LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": '", layer, part, "' has dtype ", dtype_name(t.dtype()),
-                ", expected a float dtype");
-      w[layer + part] = ops::to(t, device, dtype);
+    Tensor scales = files.get(layer + ".scales"), biases;
+    if (q.has_biases()) {
+      LMT_CHECK(files.contains(layer + ".biases"), "[load_model] ", dir, ": affine-quantized layer '", layer,
+                "' has no tensor '", layer, ".biases'");
+      for (const char* part : {".scales", ".biases"}) {
+        Tensor t = files.get(layer + part);
+        LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": '", layer, part, "' has dtype ", dtype_name(t.dtype()),
+                  ", expected a float dtype (affine quantization)");
+        w[layer + part] = ops::to(t, device, dtype);
+      }
+      biases = w[layer + ".biases"];
+    } else {  // mxfp4 / nvfp4 / mxfp8: u8 scales kept as they are, and no biases
+      LMT_CHECK(!files.contains(layer + ".biases"), "[load_model] ", dir, ": layer '", layer, "' is ", mode,
+                "-quantized, which has no biases, but the checkpoint has '", layer, ".biases'");
+      LMT_CHECK(scales.dtype() == DType::u8, "[load_model] ", dir, ": '", layer, ".scales' has dtype ",
+                dtype_name(scales.dtype()), ", expected u8 (", mode, " scales)");
+      w[layer + ".scales"] = ops::to(scales, device);
     }
-    ops::check_quantized(w[layer + ".weight"], w[layer + ".scales"], w[layer + ".biases"], q.bits, q.group_size, layer);
+    ops::check_quantized(w[layer + ".weight"], w[layer + ".scales"], biases, q, layer);
   }
   model->set_quantized(quantized);
   for (const TensorSpec& s : specs) {

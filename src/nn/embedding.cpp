@@ -6,8 +6,8 @@ Tensor Embedding::forward(const Tensor& ids) const {
   if (!table.scales) return ag::embedding(*table.weight, ids);
   Tensor flat = ids.reshape({ids.numel()});
   Tensor wq = ops::embedding(*table.weight, flat), s = ops::embedding(*table.scales, flat),
-         b = ops::embedding(*table.biases, flat);  // the ids' rows, packed
-  Tensor rows = ops::dequantize_affine(wq, s, b, table.bits, table.group_size, "embedding");
+         b = table.biases ? ops::embedding(*table.biases, flat) : Tensor();  // the ids' rows, packed
+  Tensor rows = ops::dequantize(wq, s, b, table.format, table.dense_dtype, "embedding");
   Shape shape = ids.shape();
   shape.push_back(rows.dim(1));
   return rows.reshape(shape);

@@ -14,18 +14,18 @@ Tensor Linear::forward(AdapterInput& in) const {
 
 Tensor Linear::base(const Tensor& x, bool with_bias) const {
   const Tensor& b = with_bias ? bias : Tensor();
-  if (quantized()) return ag::quantized_linear(x, weight, scales, biases, bits, group_size, b);
+  if (quantized()) return ag::quantized_linear(x, weight, scales, biases, format, b);
   return ag::linear(x, weight, b);
 }
 
 Tensor Linear::dense_weight() const {
   if (!quantized()) return weight;
-  return ops::dequantize_affine(weight, scales, biases, bits, group_size);
+  return ops::dequantize(weight, scales, biases, format, dense_dtype);
 }
 
 Tensor LinearRef::dense() const {
   if (!scales) return *weight;
-  return ops::dequantize_affine(*weight, *scales, *biases, bits, group_size);
+  return ops::dequantize(*weight, *scales, biases ? *biases : Tensor(), format, dense_dtype);
 }
 
 }  // namespace lmtune::nn

@@ -1,5 +1,5 @@
-// A linear layer y = x W^T (+ b). The weight is dense today; quantized weights and
-// LoRA / DoRA adapters attach here so that models never see the difference.
+// A linear layer y = x W^T (+ b). The weight is dense or quantized (MLX's layout, any mode), and
+// LoRA / DoRA adapters attach here, so that models never see the difference.
 #pragma once
 #include "autograd/functions.h"
 #include "nn/lora.h"
@@ -10,9 +10,11 @@ struct Linear {
   Tensor weight;                         // (out, in), or u32 (out, in * bits / 32) when quantized
   Tensor bias;                           // (out) or undefined
   const LoraAdapter* adapter = nullptr;  // a LoRA / DoRA adapter owned by the model, or null
-  // MLX's affine quantization (frozen): scales and biases (out, in / group_size); undefined if dense.
+  // MLX's quantization (frozen): scales (out, in / group_size), float for affine or u8 for the fp
+  // modes; biases like scales for affine only; both undefined if dense. format: mode, bits, group.
   Tensor scales{}, biases{};
-  int bits = 0, group_size = 0;
+  QuantFormat format{};
+  DType dense_dtype = DType::f32;  // what a quantized weight dequantizes to (the model's dtype)
 
   Tensor forward(const Tensor& x) const;
   // The same, for an input that other adapted layers also read: their adapters share one cast.
@@ -22,30 +24,29 @@ struct Linear {
   // The (out, in) weight: the weight itself, or its dequantization (a scratch tensor).
   Tensor dense_weight() const;
   bool quantized() const { return scales.defined(); }
-  int64_t in_features() const { return quantized() ? weight.dim(1) * 32 / bits : weight.dim(1); }
+  int64_t in_features() const { return quantized() ? weight.dim(1) * 32 / format.bits : weight.dim(1); }
   int64_t out_features() const { return weight.dim(0); }
   // Dense, no adapter and no bias: decoding may hand the bare weight to a fused kernel.
   bool plain() const { return !adapter && !bias.defined() && !quantized(); }
   // Quantized, no adapter and no bias: decoding may hand the packed weight to a fused kernel.
   bool plain_quantized() const { return !adapter && !bias.defined() && quantized(); }
-  // Whether two plain quantized layers can share a fused launch (one bits and group size).
-  bool quantized_like(const Linear& o) const {
-    return plain_quantized() && o.plain_quantized() && bits == o.bits && group_size == o.group_size;
-  }
+  // Whether two plain quantized layers can share a fused launch (one format).
+  bool quantized_like(const Linear& o) const { return plain_quantized() && o.plain_quantized() && format == o.format; }
   ops::QuantizedWeight packed() const { return {&weight, &scales, &biases}; }
 };
 
 // A linear layer bound once, at load time, to the model's tensors: pointers into the model's
 // weight and adapter maps (whose entries stay put while the maps are not restructured), so that
 // a weight replaced in place (a cast master, a parameter leaf) is seen without looking it up.
-// A quantized layer (MLX's affine layout) points at its packed weight, scales and biases.
+// A quantized layer (MLX's layout) points at its packed weight, scales and (affine) biases.
 struct LinearRef {
   const Tensor* weight = nullptr;        // (out, in), or u32 (out, in * bits / 32) when quantized
   const Tensor* bias = nullptr;          // (out) or null
   const LoraAdapter* adapter = nullptr;  // or null
   const Tensor* scales = nullptr;        // (out, in / group_size) when quantized, else null
-  const Tensor* biases = nullptr;        // like scales
-  int bits = 0, group_size = 0;
+  const Tensor* biases = nullptr;        // like scales for affine; null for the fp modes
+  QuantFormat format{};
+  DType dense_dtype = DType::f32;  // what a quantized weight dequantizes to (the model's dtype)
 
   // The dense weight: the weight itself, or its dequantization (frozen; a scratch tensor).
   Tensor dense() const;
@@ -53,7 +54,10 @@ struct LinearRef {
     Linear l;
     l.weight = *weight, l.adapter = adapter;
     if (bias) l.bias = *bias;
-    if (scales) l.scales = *scales, l.biases = *biases, l.bits = bits, l.group_size = group_size;
+    if (scales) {
+      l.scales = *scales, l.format = format, l.dense_dtype = dense_dtype;
+      if (biases) l.biases = *biases;
+    }
     return l;
   }
   Tensor forward(const Tensor& x) const { return get().forward(x); }

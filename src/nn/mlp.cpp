@@ -8,7 +8,7 @@ Tensor GatedMlp::forward(const Tensor& x, bool decoding) const {
   if (decoding && act == Activation::silu && lg.plain() && lu.plain()) {
     act_out = ops::swiglu_linear(x, lg.weight, lu.weight);
   } else if (decoding && act == Activation::silu && lg.quantized_like(lu)) {
-    std::vector<Tensor> gu = ops::quantized_linear_group(x, {lg.packed(), lu.packed()}, lg.bits, lg.group_size);
+    std::vector<Tensor> gu = ops::quantized_linear_group(x, {lg.packed(), lu.packed()}, lg.format);
     act_out = ops::swiglu(gu[0], gu[1]);
   } else {
     Tensor g, u;

@@ -65,29 +65,32 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const T
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
 // Layers.
-// MLX's affine dequantization (quant/quant.h's layout): wq u32 (rows, in * bits / 32), scales and
-// biases (rows, in / group_size) in a float dtype, all on one device -> (rows, in) in that dtype.
-// Throws naming `name` (the layer) when the shapes, dtypes, bits or group size do not fit.
-// Throws naming `name` unless wq, scales and biases fit each other, bits and group_size as above.
-void check_quantized(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
+// MLX's quantized layout (quant/quant.h; the mode, bits and group size in f: core/quant_format.h):
+// wq u32 (rows, in * bits / 32); scales (rows, in / group_size), a float dtype for affine (with
+// biases of the same shape and dtype) or u8 for the fp modes (mxfp4, nvfp4, mxfp8: biases
+// undefined); all on one device.
+// Throws naming `name` (the layer) and the tensor at fault unless wq, scales and biases fit f.
+void check_quantized(const Tensor& wq, const Tensor& scales, const Tensor& biases, const QuantFormat& f,
                      const std::string& name);
-Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
-                         const std::string& name = "weight");
-// x (..., K) @ dequant(W)^T (+ bias) for W in MLX's affine layout (wq u32 (N, K * bits / 32), scales
-// and biases (N, K / group_size) in x's dtype): the backend's fused kernel for a few rows
-// (decoding), else a dequantized scratch weight and the dense product. -> (..., N) in x's dtype.
-Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits,
-                        int group_size, const Tensor& bias = {});
+// The dense weight (rows, in) in dt, equal bit for bit to mx.dequantize: affine computes in the
+// scales' dtype (then cast to dt), the fp modes in dt itself.
+Tensor dequantize(const Tensor& wq, const Tensor& scales, const Tensor& biases, const QuantFormat& f, DType dt,
+                  const std::string& name = "weight");
+// x (..., K) @ dequant(W)^T (+ bias) for W (N, K) in that layout (affine scales in x's dtype): the
+// backend's fused kernel for a few rows (decoding) where it has one, else a dequantized scratch
+// weight and the dense product. -> (..., N) in x's dtype.
+Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales, const Tensor& biases,
+                        const QuantFormat& f, const Tensor& bias = {});
 // A quantized weight's three tensors (borrowed).
 struct QuantizedWeight {
   const Tensor* wq;
   const Tensor* scales;
   const Tensor* biases;
 };
-// Inference only, for decoding: up to 3 quantized weights of one bits and group size that share
-// x -> quantized_linear(x, W_i) each, in one launch where the backend can (q, k and v; gate and up).
-std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws, int bits,
-                                           int group_size);
+// Inference only, for decoding: up to 3 quantized weights of one format that share x ->
+// quantized_linear(x, W_i) each, in one launch where the backend can (q, k and v; gate and up).
+std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
+                                           const QuantFormat& f);
 Tensor embedding(const Tensor& weight, const Tensor& ids);                          // (V, D), i32 (...) -> (..., D)
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
 struct RmsNormOut {

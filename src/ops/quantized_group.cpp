@@ -4,8 +4,8 @@
 
 namespace lmtune::ops {
 
-std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws, int bits,
-                                           int group_size) {
+std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
+                                           const QuantFormat& f) {
   LMT_CHECK(!ws.empty() && ws.size() <= 3, "[quantized_linear_group] takes 1 to 3 weights, got ", ws.size());
   const int64_t K = x.dim(-1), M = x.numel() / (K ? K : 1);
   std::vector<Tensor> out;
@@ -13,9 +13,11 @@ std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<Qu
   std::vector<const void*> sp, bp;
   std::vector<void*> yp;
   std::vector<int64_t> ns;
-  bool fits = M >= 1 && M <= 8;
+  // The grouped kernel is affine's; the fp modes run their products one by one.
+  bool fits = M >= 1 && M <= 8 && f.mode == QuantMode::affine;
+  const int bits = f.bits, group_size = f.group_size;
   for (const QuantizedWeight& w : ws) {
-    check_quantized(*w.wq, *w.scales, *w.biases, bits, group_size, "quantized_linear_group");
+    check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_linear_group");
     fits = fits && w.wq->dim(1) * 32 / bits == K && w.scales->dtype() == x.dtype() && w.wq->device() == x.device();
     if (!fits) break;
     Shape os = x.shape();
@@ -32,7 +34,7 @@ std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<Qu
                                         M, K, bits, group_size, x.dtype()))
     return out;
   out.clear();
-  for (const QuantizedWeight& w : ws) out.push_back(quantized_linear(x, *w.wq, *w.scales, *w.biases, bits, group_size));
+  for (const QuantizedWeight& w : ws) out.push_back(quantized_linear(x, *w.wq, *w.scales, *w.biases, f));
   return out;
 }
 

@@ -12,7 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "quant/fp_formats.h"
+#include "core/fp_formats.h"
 #include "quant/quant_impl.h"
 
 namespace lmtune::quant::detail {

@@ -13,9 +13,6 @@ namespace lmtune::quant {
 
 namespace {
 
-bool is_affine_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 5 || b == 6 || b == 8; }
-bool is_affine_group(int g) { return g == 32 || g == 64 || g == 128; }
-
 // "(7, 32)" for a shape with its last dimension replaced.
 Shape with_last(Shape s, int64_t last) {
   s.back() = last;
@@ -23,48 +20,6 @@ Shape with_last(Shape s, int64_t last) {
 }
 
 }  // namespace
-
-const char* mode_name(Mode m) {
-  switch (m) {
-    case Mode::affine: return "affine";
-    case Mode::mxfp4: return "mxfp4";
-    case Mode::nvfp4: return "nvfp4";
-    case Mode::mxfp8: return "mxfp8";
-  }
-  return "?";
-}
-
-Mode parse_mode(const std::string& name, const std::string& where) {
-  for (Mode m : {Mode::affine, Mode::mxfp4, Mode::nvfp4, Mode::mxfp8})
-    if (name == mode_name(m)) return m;
-  fail("[", where, "] unknown quantization mode '", name, "' (affine, mxfp4, nvfp4, mxfp8)");
-}
-
-QuantParams default_params(Mode m) {
-  switch (m) {
-    case Mode::affine: return {Mode::affine, 4, 64};
-    case Mode::mxfp4: return {Mode::mxfp4, 4, 32};
-    case Mode::nvfp4: return {Mode::nvfp4, 4, 16};
-    case Mode::mxfp8: return {Mode::mxfp8, 8, 32};
-  }
-  return {};
-}
-
-void check_params(const QuantParams& p, int64_t in_features, const std::string& where) {
-  if (p.mode == Mode::affine) {
-    LMT_CHECK(is_affine_bits(p.bits), "[", where, "] affine quantization supports bits 2, 3, 4, 5, 6 and 8, got ",
-              p.bits);
-    LMT_CHECK(is_affine_group(p.group_size), "[", where,
-              "] affine quantization supports group sizes 32, 64 and 128, got ", p.group_size);
-  } else {
-    const QuantParams d = default_params(p.mode);
-    LMT_CHECK(p.bits == d.bits && p.group_size == d.group_size, "[", where, "] ", mode_name(p.mode),
-              " quantization needs group size ", d.group_size, " and bits ", d.bits, ", got group size ", p.group_size,
-              " and bits ", p.bits);
-  }
-  LMT_CHECK(in_features <= 0 || in_features % p.group_size == 0, "[", where, "] the input dimension ", in_features,
-            " is not a multiple of the group size ", p.group_size);
-}
 
 void validate(const QuantizedWeight& q, int64_t in_features, const std::string& name) {
   const QuantParams& p = q.params;

@@ -12,31 +12,26 @@
 // in bits [k * bits, (k + 1) * bits) of the stream, so with 3, 5 and 6 bits a code can straddle two
 // words (code 10 at 3 bits: bits 30-31 of word 0 and bit 0 of word 1). A group always fills whole
 // words (group_size * bits is a multiple of 32). The fp codes: E2M1 (mxfp4, nvfp4), E4M3 (mxfp8);
-// scales E8M0 (2^(s - 127); mxfp4, mxfp8) or E4M3 (nvfp4); quant/fp_formats.h decodes them.
+// scales E8M0 (2^(s - 127); mxfp4, mxfp8) or E4M3 (nvfp4); core/fp_formats.h decodes them.
 #pragma once
 #include <cstdint>
 #include <string>
 
+#include "core/quant_format.h"
 #include "core/tensor.h"
 
 namespace lmtune::quant {
 
-enum class Mode { affine, mxfp4, nvfp4, mxfp8 };
+// The mode and its parameters are core's (core/quant_format.h), named here as convert knows them.
+using Mode = QuantMode;
+using QuantParams = QuantFormat;
 
-struct QuantParams {
-  Mode mode = Mode::affine;
-  int bits = 4;
-  int group_size = 64;
-};
-
-// "affine" | "mxfp4" | "nvfp4" | "mxfp8" (as config.json and mx.quantize spell them).
-const char* mode_name(Mode m);
-Mode parse_mode(const std::string& name, const std::string& where);  // throws naming where
-// Throws (naming where) unless p is a combination MLX accepts; in_features (when > 0) must be
-// a multiple of the group size.
-void check_params(const QuantParams& p, int64_t in_features, const std::string& where);
-// MLX's defaults for a mode: affine 64/4, mxfp4 32/4, nvfp4 16/4, mxfp8 32/8.
-QuantParams default_params(Mode m);
+inline const char* mode_name(Mode m) { return quant_mode_name(m); }
+inline Mode parse_mode(const std::string& name, const std::string& where) { return parse_quant_mode(name, where); }
+inline void check_params(const QuantParams& p, int64_t in_features, const std::string& where) {
+  check_quant_format(p, in_features, where);
+}
+inline QuantParams default_params(Mode m) { return default_quant_format(m); }
 
 // A quantized weight: the three tensors of a checkpoint's <layer>.weight / .scales / .biases.
 // Leading batch dimensions (stacked experts, (n_expert, out, in)) are allowed throughout.

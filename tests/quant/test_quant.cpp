@@ -12,9 +12,9 @@
 
 #include "autograd/functions.h"
 #include "core/error.h"
+#include "core/fp_formats.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
-#include "quant/fp_formats.h"
 #include "quant/quant.h"
 
 using namespace lmtune;
@@ -92,6 +92,10 @@ TEST(QuantVsMlx, QuantizeAndDequantizeBitExact) {
       for (const char* odt : {"f32", "bf16", "f16"}) {
         EXPECT_TRUE(same_bits(dequantize(mq, dtype_of(odt)), ref.get(key + ".deq." + std::string(odt))))
             << "dequantize to " << odt;
+        // And the op every quantized layer runs (the CPU backend's kernels), against MLX directly.
+        EXPECT_TRUE(same_bits(ops::dequantize(mq.wq, mq.scales, mq.biases, p, dtype_of(odt), "layer"),
+                              ref.get(key + ".deq." + std::string(odt))))
+            << "ops::dequantize to " << odt;
         ++n_deq;
       }
       // mx.dequantize's default dtype: the scales' for affine, bf16 for the fp modes.
@@ -306,7 +310,7 @@ TEST(QuantKernels, CpuDequantizeOpEqualsReference) {
       for (int group : {32, 64, 128}) {
         Tensor w = ops::cast(ops::randn({9, 384}, uint64_t(bits * 1000 + group), 0.7f), dt);
         QuantizedWeight q = quantize(w, {Mode::affine, bits, group});
-        Tensor got = ops::dequantize_affine(q.wq, q.scales, q.biases, bits, group, "layer");
+        Tensor got = ops::dequantize(q.wq, q.scales, q.biases, q.params, dt, "layer");
         EXPECT_TRUE(same_bits(got, dequantize(q, dt))) << dtype_name(dt) << " bits " << bits << " group " << group;
       }
 }
@@ -322,8 +326,8 @@ TEST(QuantKernels, QuantizedLinearEqualsDenseProduct) {
         const int64_t N = 37, K = 384;
         QuantizedWeight q = quantize(ops::randn({N, K}, uint64_t(bits * 7 + group), 0.5f), {Mode::affine, bits, group});
         Tensor x = ops::randn({M, K}, uint64_t(M + 100));
-        Tensor dense = ops::dequantize_affine(q.wq, q.scales, q.biases, bits, group);
-        Tensor got = ops::quantized_linear(x, q.wq, q.scales, q.biases, bits, group);
+        Tensor dense = ops::dequantize(q.wq, q.scales, q.biases, q.params, DType::f32);
+        Tensor got = ops::quantized_linear(x, q.wq, q.scales, q.biases, q.params);
         Tensor want = ops::linear(x, dense);
         std::vector<float> g = got.to_f32_vector(), w = want.to_f32_vector();
         float max_ref = 0.f, max_err = 0.f;
@@ -332,13 +336,84 @@ TEST(QuantKernels, QuantizedLinearEqualsDenseProduct) {
         EXPECT_LE(max_err, 1e-5f * max_ref) << "bits " << bits << " group " << group << " M " << M;
       }
   QuantizedWeight q = quantize(ops::randn({11, 128}, 5, 0.5f), {Mode::affine, 4, 64});
-  Tensor dense = ops::dequantize_affine(q.wq, q.scales, q.biases, 4, 64);
+  Tensor dense = ops::dequantize(q.wq, q.scales, q.biases, q.params, DType::f32);
   Tensor x1 = ag::param(ops::randn({2, 3, 128}, 6)), x2 = ag::param(ops::clone(x1.detach()));
   Tensor dy = ops::randn({2, 3, 11}, 7);
-  ag::backward(ag::quantized_linear(x1, q.wq, q.scales, q.biases, 4, 64), dy);
+  ag::backward(ag::quantized_linear(x1, q.wq, q.scales, q.biases, q.params), dy);
   ag::backward(ag::linear(x2, dense), dy);
   std::vector<float> g1 = ag::grad(x1).to_f32_vector(), g2 = ag::grad(x2).to_f32_vector();
   for (size_t i = 0; i < g1.size(); ++i) EXPECT_NEAR(g1[i], g2[i], 1e-5f) << "dx " << i;
+}
+
+// The CPU backend's fp kernels (ops::dequantize) equal the reference for every packed word and
+// every u8 scale (so every code, E4M3's NaN too, and the scales 0 = 2^-127 and 255 = inf, whose
+// 0 * inf is a NaN written as MLX writes it), into f32, bf16 and f16.
+TEST(QuantKernels, CpuDequantizeFpOpEqualsReference) {
+  for (Mode mode : {Mode::mxfp4, Mode::nvfp4, Mode::mxfp8})
+    for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+      const QuantParams p = default_params(mode);
+      const int64_t rows = 300, in = 256;
+      QuantizedWeight q{Tensor::empty({rows, in * p.bits / 32}, DType::u32),
+                        Tensor::empty({rows, in / p.group_size}, DType::u8), Tensor(), p};
+      uint32_t x = 12345u + uint32_t(mode) * 7u;
+      for (int64_t i = 0; i < q.wq.numel(); ++i) q.wq.data<uint32_t>()[i] = (x = x * 1664525u + 1013904223u);
+      for (int64_t i = 0; i < q.scales.numel(); ++i) q.scales.data<uint8_t>()[i] = uint8_t(i * 7 % 256);
+      EXPECT_TRUE(same_bits(ops::dequantize(q.wq, q.scales, Tensor(), p, dt, "layer"), dequantize(q, dt)))
+          << mode_name(mode) << " to " << dtype_name(dt);
+    }
+}
+
+// ops::quantized_linear in the fp modes (the CPU's fused kernel for 1-8 rows, the dequantized
+// product beyond) against the dense product with the dequantized weight (f32 rounding of the
+// sums only), and ag::quantized_linear's input gradient against ag::linear's (QLoRA's backward).
+TEST(QuantKernels, QuantizedLinearFpEqualsDenseProduct) {
+  for (Mode mode : {Mode::mxfp4, Mode::nvfp4, Mode::mxfp8})
+    for (int64_t M : {1, 3, 8, 9}) {
+      const int64_t N = 37, K = 384;
+      const QuantParams p = default_params(mode);
+      QuantizedWeight q = quantize(ops::randn({N, K}, uint64_t(int(mode) * 7), 0.5f), p);
+      Tensor x = ops::randn({M, K}, uint64_t(M + 100));
+      Tensor got = ops::quantized_linear(x, q.wq, q.scales, Tensor(), p);
+      Tensor want = ops::linear(x, ops::dequantize(q.wq, q.scales, Tensor(), p, DType::f32));
+      std::vector<float> g = got.to_f32_vector(), w = want.to_f32_vector();
+      float max_ref = 0.f, max_err = 0.f;
+      for (size_t i = 0; i < w.size(); ++i)
+        max_ref = std::max(max_ref, std::fabs(w[i])), max_err = std::max(max_err, std::fabs(g[i] - w[i]));
+      EXPECT_GT(max_ref, 0.f);
+      EXPECT_LE(max_err, 1e-5f * max_ref) << mode_name(mode) << " M " << M;
+    }
+  const QuantParams p = default_params(Mode::nvfp4);
+  QuantizedWeight q = quantize(ops::randn({11, 128}, 5, 0.5f), p);
+  Tensor dense = ops::dequantize(q.wq, q.scales, Tensor(), p, DType::f32);
+  Tensor x1 = ag::param(ops::randn({2, 3, 128}, 6)), x2 = ag::param(ops::clone(x1.detach()));
+  Tensor dy = ops::randn({2, 3, 11}, 7);
+  ag::backward(ag::quantized_linear(x1, q.wq, q.scales, Tensor(), p), dy);
+  ag::backward(ag::linear(x2, dense), dy);
+  std::vector<float> g1 = ag::grad(x1).to_f32_vector(), g2 = ag::grad(x2).to_f32_vector();
+  for (size_t i = 0; i < g1.size(); ++i) EXPECT_NEAR(g1[i], g2[i], 1e-5f) << "dx " << i;
+}
+
+// ops::check_quantized (what the loader and every op run) names the layer and the tensor at fault
+// for the fp modes: biases where the mode has none, float scales, scales of the wrong shape, and a
+// group size or bits the mode does not have.
+TEST(QuantKernels, CheckQuantizedFpErrors) {
+  const QuantParams p = default_params(Mode::mxfp4);
+  QuantizedWeight q = quantize(ops::randn({4, 64}, 1), p);
+  EXPECT_NO_THROW(ops::check_quantized(q.wq, q.scales, Tensor(), p, "blk.q_proj"));
+  auto err = [&](const Tensor& s, const Tensor& b, const QuantParams& f) {
+    return error_of([&] { ops::check_quantized(q.wq, s, b, f, "blk.q_proj"); });
+  };
+  EXPECT_NE(err(q.scales, ops::zeros({4, 2}, DType::f32, Device::cpu), p)
+                .find("blk.q_proj.biases: present, but mxfp4 quantization has no biases"),
+            std::string::npos);
+  EXPECT_NE(err(ops::zeros({4, 2}, DType::f32, Device::cpu), Tensor(), p).find("blk.q_proj.scales: must be u8 (4, 2)"),
+            std::string::npos);
+  EXPECT_NE(err(Tensor::zeros_cpu({3, 2}, DType::u8), Tensor(), p).find("blk.q_proj.scales: must be u8 (4, 2)"),
+            std::string::npos);
+  EXPECT_NE(err(q.scales, Tensor(), {Mode::mxfp4, 4, 64}).find("mxfp4 quantization needs group size 32 and bits 4"),
+            std::string::npos);
+  EXPECT_NE(err(q.scales, Tensor(), {Mode::mxfp8, 4, 32}).find("mxfp8 quantization needs group size 32 and bits 8"),
+            std::string::npos);
 }
 
 TEST(QuantSpeed, Bf16Square4096) {

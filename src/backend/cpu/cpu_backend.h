@@ -33,6 +33,10 @@ class CpuBackend final : public Backend {
                          int64_t in, int bits, int group_size, DType dt) override;
   bool quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y, int64_t M,
                       int64_t N, int64_t K, int bits, int group_size, DType dt) override;
+  void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in, QuantMode mode,
+                     DType dt) override;
+  bool quantized_gemv_fp(const void* x, const uint32_t* wq, const uint8_t* scales, void* y, int64_t M, int64_t N,
+                         int64_t K, QuantMode mode, DType dt) override;
   void attention(const AttentionArgs& a) override;
   void attention_backward(const AttentionBackwardArgs& a) override;
   void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;

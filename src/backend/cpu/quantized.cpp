@@ -1,10 +1,15 @@
-// CPU kernels for MLX's quantized layout: affine dequantization, rows split over the cores.
+// CPU kernels for MLX's quantized layout: dequantization and the fused decoding GEMV of the affine
+// mode and of the fp modes (mxfp4, nvfp4, mxfp8), rows split over the cores.
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/fp_formats.h"
 
 namespace lmtune {
 
@@ -190,6 +195,165 @@ bool CpuBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* s
            K, group_size, xsum.data(), n0, n1);
   };
   split_rows(N, N * K / (1 << 16), run);
+  return true;
+}
+
+}  // namespace lmtune
+
+// MLX's fp modes (mxfp4, nvfp4, mxfp8): u8 scales and floating-point codes, no biases.
+namespace lmtune {
+
+namespace {
+
+constexpr int fp_bits(QuantMode m) { return m == QuantMode::mxfp8 ? 8 : 4; }
+constexpr int fp_group(QuantMode m) { return m == QuantMode::nvfp4 ? 16 : 32; }
+
+// Every code's value in f32 (E2M1: 16, E4M3: 256) and every scale's (E4M3 for nvfp4, else E8M0).
+const float* fp_code_values(int bits) {
+  static const auto e4m3 = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[size_t(c)] = e4m3_to_f32(uint8_t(c));
+    return t;
+  }();
+  return bits == 4 ? kE2m1Values : e4m3.data();
+}
+const float* fp_scale_values(QuantMode m) {
+  static const auto tables = [] {
+    std::array<std::array<float, 256>, 2> t{};
+    for (int c = 0; c < 256; ++c) t[0][size_t(c)] = e8m0_to_f32(uint8_t(c)), t[1][size_t(c)] = e4m3_to_f32(uint8_t(c));
+    return t;
+  }();
+  return tables[m == QuantMode::nvfp4 ? 1 : 0].data();
+}
+
+// D::store, writing MLX's own NaNs (bf16 0x7fc0, f16 sign | 0x7d00: quant/quant_impl.h) so that even
+// 0 * inf (code 0 under scale 255) matches mx.dequantize bit for bit.
+template <typename D>
+typename D::T store_mlx(float x) {
+  if constexpr (!std::is_same_v<typename D::T, float>) {
+    if (std::isnan(x)) {
+      if constexpr (std::is_same_v<D, Bf16>) return uint16_t(0x7fc0);
+      return uint16_t((std::signbit(x) ? 0x8000 : 0) | 0x7d00);
+    }
+  }
+  return D::store(x);
+}
+
+// out (rows, in) = round_D(round_D(v) * round_D(s)) per code, rows [r0, r1). An fp4 group is a
+// 16-entry table of its products, looked up per code.
+template <typename D>
+void dequantize_fp_rows(const uint32_t* wq, const uint8_t* scales, void* out, int64_t r0, int64_t r1, int64_t in,
+                        QuantMode mode) {
+  using T = typename D::T;
+  const int bits = fp_bits(mode), group_size = fp_group(mode);
+  const int64_t words = in * bits / 32, groups = in / group_size, group_words = group_size * bits / 32;
+  const float* values = fp_code_values(bits);
+  const float* scale_values = fp_scale_values(mode);
+  float rounded[256];
+  for (int c = 0; c < (1 << bits); ++c) rounded[c] = D::round(values[c]);
+  T* o = static_cast<T*>(out);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* w = wq + r * words;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float s = D::round(scale_values[scales[r * groups + g]]);
+      const uint32_t* wg = w + g * group_words;
+      T* dst = o + r * in + g * group_size;
+      if (bits == 4) {
+        T table[16];
+        for (int c = 0; c < 16; ++c) table[c] = store_mlx<D>(rounded[c] * s);
+        for (int64_t u = 0; u < group_words; ++u)
+          for (int k = 0; k < 8; ++k) dst[u * 8 + k] = table[(wg[u] >> (4 * k)) & 15u];
+      } else {
+        for (int64_t u = 0; u < group_words; ++u)
+          for (int k = 0; k < 4; ++k) dst[u * 4 + k] = store_mlx<D>(rounded[(wg[u] >> (8 * k)) & 255u] * s);
+      }
+    }
+  }
+}
+
+// y (M, N) = x (M, K) W^T, all f32, for W in fp mode MODE: per group, s * (v . x), the codes' values
+// looked up and the dot kept in 8 partial sums (as qgemv_body). Rows n in [n0, n1).
+template <QuantMode MODE>
+[[gnu::always_inline]] inline void qgemv_fp_body(const float* x, const uint32_t* wq, const uint8_t* scales, float* y,
+                                                 int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+  constexpr int kBits = fp_bits(MODE), kGroup = fp_group(MODE), kPer = 32 / kBits;
+  constexpr uint32_t kMask = (1u << kBits) - 1;
+  const float* values = fp_code_values(kBits);
+  const float* scale_values = fp_scale_values(MODE);
+  const int64_t words = K * kBits / 32, groups = K / kGroup;
+  alignas(32) float codes[kGroup];
+  float acc[8];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint32_t* w = wq + n * words;
+    for (int64_t m = 0; m < M; ++m) acc[m] = 0.f;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint32_t* wg = w + g * (kGroup / kPer);
+      for (int u = 0; u < kGroup / kPer; ++u) {
+        const uint32_t word = wg[u];
+        for (int k = 0; k < kPer; ++k) codes[u * kPer + k] = values[(word >> (k * kBits)) & kMask];
+      }
+      const float s = scale_values[scales[n * groups + g]];
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * K + g * kGroup;
+        float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int j = 0; j < kGroup; j += 8)
+          for (int l = 0; l < 8; ++l) part[l] += codes[j + l] * xm[j + l];
+        acc[m] += s * (((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7])));
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) y[m * N + n] = acc[m];
+  }
+}
+
+using QgemvFpFn = void (*)(const float*, const uint32_t*, const uint8_t*, float*, int64_t, int64_t, int64_t, int64_t,
+                           int64_t);
+
+template <QuantMode MODE>
+void qgemv_fp_plain(const float* x, const uint32_t* wq, const uint8_t* s, float* y, int64_t M, int64_t N, int64_t K,
+                    int64_t n0, int64_t n1) {
+  qgemv_fp_body<MODE>(x, wq, s, y, M, N, K, n0, n1);
+}
+
+template <QuantMode MODE>
+__attribute__((target("avx2,fma"))) void qgemv_fp_avx2(const float* x, const uint32_t* wq, const uint8_t* s, float* y,
+                                                       int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+  qgemv_fp_body<MODE>(x, wq, s, y, M, N, K, n0, n1);
+}
+
+template <QuantMode MODE>
+QgemvFpFn qgemv_fp_for() {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) return qgemv_fp_avx2<MODE>;
+#endif
+  return qgemv_fp_plain<MODE>;
+}
+
+}  // namespace
+
+void CpuBackend::dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in,
+                               QuantMode mode, DType dt) {
+  LMT_CHECK(mode != QuantMode::affine, "[dequantize_fp] cpu: mode affine has its own kernel");
+  auto run = [&](int64_t r0, int64_t r1) {
+    switch (dt) {
+      case DType::f32: return dequantize_fp_rows<F32>(wq, scales, out, r0, r1, in, mode);
+      case DType::bf16: return dequantize_fp_rows<Bf16>(wq, scales, out, r0, r1, in, mode);
+      case DType::f16: return dequantize_fp_rows<F16>(wq, scales, out, r0, r1, in, mode);
+      default: fail("[dequantize_fp] cpu: unsupported dtype ", dtype_name(dt));
+    }
+  };
+  split_rows(rows, rows * in / (1 << 18), run);
+}
+
+bool CpuBackend::quantized_gemv_fp(const void* x, const uint32_t* wq, const uint8_t* scales, void* y, int64_t M,
+                                   int64_t N, int64_t K, QuantMode mode, DType dt) {
+  if (dt != DType::f32 || M < 1 || M > 8 || mode == QuantMode::affine) return false;
+  const QgemvFpFn kernel = mode == QuantMode::mxfp4   ? qgemv_fp_for<QuantMode::mxfp4>()
+                           : mode == QuantMode::nvfp4 ? qgemv_fp_for<QuantMode::nvfp4>()
+                                                      : qgemv_fp_for<QuantMode::mxfp8>();
+  split_rows(N, N * K / (1 << 16), [&](int64_t n0, int64_t n1) {
+    kernel(static_cast<const float*>(x), wq, scales, static_cast<float*>(y), M, N, K, n0, n1);
+  });
   return true;
 }
 

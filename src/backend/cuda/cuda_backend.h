@@ -121,6 +121,8 @@ class CudaBackend final : public Backend {
   bool quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,
                             const void* const* biases, void* const* ys, const int64_t* ns, int count, int64_t M,
                             int64_t K, int bits, int group_size, DType dt) override;
+  void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in, QuantMode mode,
+                     DType dt) override;
   void attention(const AttentionArgs& a) override;
   void attention_backward(const AttentionBackwardArgs& a) override;
   void softmax(const void* x, void* y, int64_t rows, int64_t n, DType dt) override;

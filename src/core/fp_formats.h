@@ -8,7 +8,7 @@
 
 #include "core/dtype.h"
 
-namespace lmtune::quant {
+namespace lmtune {
 
 // E2M1 code -> value: sign bit 3, then magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6.
 inline constexpr float kE2m1Values[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
@@ -52,4 +52,4 @@ inline uint8_t f32_to_e4m3(float f) {
 // E8M0 scale -> 2^(s - 127) as f32 (255 gives +inf, as MLX's 2^(s - 127) does).
 inline float e8m0_to_f32(uint8_t s) { return std::ldexp(1.0f, int(s) - 127); }
 
-}  // namespace lmtune::quant
+}  // namespace lmtune

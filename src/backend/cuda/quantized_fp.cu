@@ -1,0 +1,97 @@
+// CUDA kernels for MLX's fp quantization modes (mxfp4: E2M1 codes, E8M0 scales, groups of 32;
+// nvfp4: E2M1 codes, E4M3 scales, groups of 16; mxfp8: E4M3 codes, E8M0 scales, groups of 32):
+// element-wise dequantization into a dense scratch matrix, which the GEMM / GEMV then reads. The
+// decoders are core/fp_formats.h's, written for the device; test_cuda_vs_cpu holds them to the CPU.
+#include <type_traits>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace lmtune {
+
+namespace {
+
+// E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; bit 3 is the sign.
+__device__ __forceinline__ float e2m1_value(uint32_t c) {
+  const uint32_t m = c & 7u;
+  // 0.5 * m for m < 4 (0, 0.5, 1, 1.5), then 2, 3, 4, 6.
+  const float mag = m < 4u ? 0.5f * float(m) : (m == 4u ? 2.f : m == 5u ? 3.f : m == 6u ? 4.f : 6.f);
+  return c & 8u ? -mag : mag;
+}
+
+// E4M3 (bias 7, no infinities, magnitude 0x7f NaN) -> f32, exactly.
+__device__ __forceinline__ float e4m3_value(uint32_t c) {
+  const uint32_t e = (c >> 3) & 15u, m = c & 7u;
+  float mag;
+  if ((c & 127u) == 127u)
+    mag = __int_as_float(0x7fc00000);
+  else if (e == 0)
+    mag = float(m) * 0.001953125f;  // m * 2^-9: subnormals
+  else
+    mag = __int_as_float(int((e + 120u) << 23 | m << 20));  // (1 + m / 8) * 2^(e - 7)
+  return c & 128u ? -mag : mag;
+}
+
+// E8M0 -> 2^(s - 127): 0 is the f32 subnormal 2^-127, 255 is +inf (as MLX's 2^(s - 127)).
+__device__ __forceinline__ float e8m0_value(uint32_t s) {
+  return s == 0 ? __int_as_float(0x00400000) : s == 255 ? __int_as_float(0x7f800000) : __int_as_float(int(s << 23));
+}
+
+// MLX's NaNs (quant/quant_impl.h): bf16 0x7fc0 whatever the sign, f16 sign | 0x7d00; f32 as computed.
+template <typename T>
+__device__ __forceinline__ T store_mlx(float x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (isnan(x)) return __ushort_as_bfloat16(0x7fc0);
+  } else if constexpr (std::is_same_v<T, f16>) {
+    if (isnan(x)) return __ushort_as_half(uint16_t((signbit(x) ? 0x8000 : 0) | 0x7d00));
+  }
+  return from_f32<T>(x);
+}
+
+// round_T(round_T(v) * round_T(s)) as mx.dequantize computes in T. One thread per packed word (8
+// fp4 codes or 4 fp8 codes), so neighbouring threads read neighbouring words and write
+// neighbouring runs of outputs.
+template <typename T, int BITS, int GROUP, bool E4M3_SCALE>
+__global__ void dequantize_fp_kernel(const uint32_t* __restrict__ wq, const uint8_t* __restrict__ scales,
+                                     T* __restrict__ out, int64_t rows, int64_t in) {
+  constexpr int kPer = 32 / BITS;
+  const int64_t words = in / kPer, groups = in / GROUP;
+  for (int64_t e = global_tid(); e < rows * words; e += grid_stride()) {
+    const int64_t r = e / words, u = e - r * words;
+    const uint32_t word = wq[e];
+    const uint32_t sc = scales[r * groups + u * kPer / GROUP];
+    const float s = to_f32(from_f32<T>(E4M3_SCALE ? e4m3_value(sc) : e8m0_value(sc)));
+    T* dst = out + r * in + u * kPer;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const uint32_t c = (word >> (k * BITS)) & ((1u << BITS) - 1);
+      const float v = to_f32(from_f32<T>(BITS == 4 ? e2m1_value(c) : e4m3_value(c)));
+      dst[k] = store_mlx<T>(__fmul_rn(v, s));
+    }
+  }
+}
+
+}  // namespace
+
+void CudaBackend::dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in,
+                                QuantMode mode, DType dt) {
+  dispatch_float(dt, "dequantize_fp", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const unsigned grid = grid_for(rows * in * (mode == QuantMode::mxfp8 ? 8 : 4) / 32);
+    T* o = static_cast<T*>(out);
+    switch (mode) {
+      case QuantMode::mxfp4:
+        launch("dequantize_fp", dequantize_fp_kernel<T, 4, 32, false>, grid, kThreads, 0, wq, scales, o, rows, in);
+        return;
+      case QuantMode::nvfp4:
+        launch("dequantize_fp", dequantize_fp_kernel<T, 4, 16, true>, grid, kThreads, 0, wq, scales, o, rows, in);
+        return;
+      case QuantMode::mxfp8:
+        launch("dequantize_fp", dequantize_fp_kernel<T, 8, 32, false>, grid, kThreads, 0, wq, scales, o, rows, in);
+        return;
+      case QuantMode::affine: break;
+    }
+    fail("[dequantize_fp] cuda: mode ", quant_mode_name(mode), " has its own kernel");
+  });
+}
+
+}  // namespace lmtune
