@@ -73,6 +73,13 @@ void check_quantized(const Tensor& wq, const Tensor& scales, const Tensor& biase
                      const std::string& name);
 Tensor dequantize_affine(const Tensor& wq, const Tensor& scales, const Tensor& biases, int bits, int group_size,
                          const std::string& name = "weight");
+// The inverse: x (rows, in) in a float dtype -> {wq u32 (rows, in * bits / 32), scales and biases
+// (rows, in / group_size) in x's dtype} on x's device, bit for bit mx.quantize (quant::quantize is
+// the reference). Bits 2, 3, 4, 5, 6, 8; group size 32, 64, 128 dividing in.
+struct AffineQuantized {
+  Tensor wq, scales, biases;
+};
+AffineQuantized quantize_affine(const Tensor& x, int bits, int group_size);
 // x (..., K) @ dequant(W)^T (+ bias) for W in MLX's affine layout (wq u32 (N, K * bits / 32), scales
 // and biases (N, K / group_size) in x's dtype): the backend's fused kernel for a few rows
 // (decoding), else a dequantized scratch weight and the dense product. -> (..., N) in x's dtype.
