@@ -43,6 +43,7 @@ ModelConfig config(int64_t head_dim) {
   c.n_ff = 3 * c.n_embd;
   c.n_layer = 2;
   c.rms_norm_eps = 1e-5;
+  c.layer_window = {0, 0};
   return c;
 }
 
