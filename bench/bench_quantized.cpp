@@ -1,6 +1,6 @@
 // Decoding's weight products on quantized weights (MLX's affine layout, default 4 bits, group 64,
 // bf16 scales and biases) at Mistral-7B's shapes: the fused kernel (Backend::quantized_gemv,
-// qgemv.cu) against today's path, ops::dequantize_affine into a scratch matrix then ops::linear
+// qgemv.cu) against today's path, ops::dequantize into a scratch matrix then ops::linear
 // (gemv.cu for 1-4 rows, cuBLASLt above). Time per call from CUDA graphs of many calls (so that
 // launch gaps stay out, as in the decode graph), several copies of each weight cycled so that L2
 // holds none between calls; GB/s counts the packed bytes read once (wq + scales + biases), beside

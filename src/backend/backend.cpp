@@ -39,6 +39,9 @@ void Backend::graph_free(void*) { missing("graph_free"); }
 void Backend::dequantize_affine(const uint32_t*, const void*, const void*, void*, int64_t, int64_t, int, int, DType) {
   missing("dequantize_affine");
 }
+void Backend::quantize_affine(const void*, uint32_t*, void*, void*, int64_t, int64_t, int, int, DType) {
+  missing("quantize_affine");
+}
 bool Backend::quantized_gemv(const void*, const uint32_t*, const void*, const void*, void*, int64_t, int64_t, int64_t,
                              int, int, DType) {
   return false;

@@ -150,6 +150,12 @@ class Backend {
   // op as MLX's dequantize does in dt (identity for f32).
   virtual void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
                                  int64_t in, int bits, int group_size, DType dt);
+  // MLX's affine quantization, bit for bit quant::quantize (mx.quantize): w (rows, in) in dt ->
+  // wq u32 (rows, in * bits / 32), scales and biases (rows, in / group_size) in dt; per group the
+  // range, scale, bias and codes are computed in f32 as quant/affine.cpp documents. (The KV cache's
+  // --kv-bits: each new key and value row is quantized on the device.)
+  virtual void quantize_affine(const void* w, uint32_t* wq, void* scales, void* biases, int64_t rows, int64_t in,
+                               int bits, int group_size, DType dt);
   // y (M, N) = x (M, K) @ dequant(W)^T for MLX's affine layout (see dequantize_affine); x, y, scales,
   // biases in dt. False where this backend has no kernel for these sizes (callers then dequantize
   // and use gemm). M small (decoding: 1..8).

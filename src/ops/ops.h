@@ -91,6 +91,13 @@ struct QuantizedWeight {
 // quantized_linear(x, W_i) each, in one launch where the backend can (q, k and v; gate and up).
 std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
                                            const QuantFormat& f);
+// The inverse of affine dequantize: x (rows, in) in a float dtype -> {wq u32 (rows, in * bits / 32), scales and biases
+// (rows, in / group_size) in x's dtype} on x's device, bit for bit mx.quantize (quant::quantize is
+// the reference). Bits 2, 3, 4, 5, 6, 8; group size 32, 64, 128 dividing in.
+struct AffineQuantized {
+  Tensor wq, scales, biases;
+};
+AffineQuantized quantize_affine(const Tensor& x, int bits, int group_size);
 Tensor embedding(const Tensor& weight, const Tensor& ids);                          // (V, D), i32 (...) -> (..., D)
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t n_vocab);  // f32 (V, D)
 struct RmsNormOut {

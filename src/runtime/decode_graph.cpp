@@ -23,7 +23,10 @@ DecodeGraph::~DecodeGraph() {
 }
 
 bool DecodeGraph::usable(const Model& model, const DenseKVCache& cache) {
-  return backend(model.device()).has_graphs() && !cache.rotating() && runtime_config().cuda_graph;
+  // A quantized cache (--kv-bits) changes its buffers mid-run and quantizes on the host's schedule:
+  // decoded eagerly.
+  return backend(model.device()).has_graphs() && !cache.rotating() && !cache.quantization().enabled() &&
+         runtime_config().cuda_graph;
 }
 
 void DecodeGraph::drop() {

@@ -65,10 +65,16 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
   Clock::time_point tic = Clock::now();
   const int32_t* p = prompt.data();
   int64_t left = int64_t(prompt.size());
-  while (left > cfg.prefill_step_size) {
-    (void)feed(p, cfg.prefill_step_size);
-    p += cfg.prefill_step_size;
-    left -= cfg.prefill_step_size;
+  // mlx-lm prefills all but the last token in chunks, then feeds that one alone. With --kv-bits the
+  // cache may be quantized between the two (after a forward leaves it holding quantized_kv_start
+  // tokens), which changes what the last token attends over: split as mlx-lm does. Without it the
+  // split changes nothing but speed, so the prompt goes in whole chunks.
+  const bool split_last = cache_.quantization().enabled();
+  while (split_last ? left > 1 : left > cfg.prefill_step_size) {
+    const int64_t n = split_last ? std::min(cfg.prefill_step_size, left - 1) : cfg.prefill_step_size;
+    (void)feed(p, n);
+    p += n;
+    left -= n;
   }
   std::vector<float> logits = last_logits(feed(p, left));
   history_.insert(history_.end(), prompt.begin(), prompt.end());

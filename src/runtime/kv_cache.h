@@ -1,14 +1,29 @@
 // DenseKVCache: per-layer keys and values in the model's dtype on its device, growing in chunks;
 // with max_size it becomes mlx-lm's RotatingKVCache (the first `keep` tokens stay as attention
-// sinks, the oldest of the others are overwritten), so memory stays bounded.
+// sinks, the oldest of the others are overwritten), so memory stays bounded. With a KVQuantization
+// it becomes mlx-lm's QuantizedKVCache once it holds `start` tokens (--kv-bits), rotating or not.
 #pragma once
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
 #include "models/model.h"
+#include "ops/ops.h"
 
 namespace lmtune {
+
+// mlx_lm.generate's --kv-bits / --kv-group-size / --quantized-kv-start. After a forward leaves the
+// cache holding >= start tokens (mlx-lm's maybe_quantize_kv_cache: offset >= quantized_kv_start),
+// every key and value held is replaced by MLX's affine quantization along head_dim (u32 codes +
+// a scale and a bias per group, in the model's dtype), and so is every later one as it is stored;
+// attention reads them dequantized. bits 0 = off.
+struct KVQuantization {
+  int bits = 0;          // 0 (off), 2, 3, 4, 5, 6 or 8
+  int group_size = 64;   // 32, 64 or 128, dividing head_dim
+  int64_t start = 5000;  // tokens held before the cache is quantized (>= 0)
+  bool enabled() const { return bits > 0; }
+};
 
 class DenseKVCache final : public KVCache {
  public:
@@ -34,6 +49,12 @@ class DenseKVCache final : public KVCache {
   void trim_to(int64_t n);
   void reset() { trim_to(0); }
   size_t nbytes() const;  // bytes held by the buffers
+
+  // --kv-bits: set before the first token (throws on bad values, naming the field, or once the
+  // cache holds tokens). The quantized state: keys and values are stored packed from now on.
+  void set_quantization(const KVQuantization& q);
+  const KVQuantization& quantization() const { return quant_; }
+  bool quantized() const { return quantized_; }
   // capacity >= n (rounded up to step, capped at max_size); new buffers are zero-filled, so a
   // key past the written ones is never garbage. Growing moves the buffers.
   void reserve(int64_t n);
@@ -51,13 +72,27 @@ class DenseKVCache final : public KVCache {
   void make_room(int64_t T);  // for T entries at offset(): grow, or check the bound capacity
   // Batch 1: layer's first S entries, for queries at q_offset (+ the bound position, if any).
   View prefix_view(int64_t layer, int64_t S, int64_t q_offset) const;
+  // The layer's stored planes, each (B, capacity, n_kv_head, width): dense {k, v}; quantized
+  // {k codes, k scales, k biases, v codes, v scales, v biases}; and their widths and dtypes.
+  std::vector<Tensor*> planes(int64_t layer);
+  std::vector<std::pair<int64_t, DType>> plane_specs() const;
+  // Writes rows [row, row + T) of each plane from news[i] (B, T, n_kv_head, width_i).
+  void store_rows(int64_t layer, int64_t row, const std::vector<Tensor>& news);
+  void quantize_held();  // dense -> quantized: every held entry, then the dense buffers go
+  // Quantized: batch row b's first S keys or values (plane 0 or 3) dequantized, (S, H, D).
+  Tensor dequantized(int64_t layer, int first_plane, int64_t b, int64_t S);
   int64_t n_layer_, n_kv_head_, head_dim_, batch_;
   Device device_;
   DType dtype_;
   int64_t max_size_, keep_, step_;
   int64_t offset_ = 0, capacity_ = 0;
-  std::vector<Tensor> k_, v_;  // per layer: dtype (B, capacity, n_kv_head, head_dim)
-  Tensor position_;            // bound run-time position, or undefined
+  std::vector<Tensor> k_, v_;  // per layer: dtype (B, capacity, n_kv_head, head_dim); undefined once quantized
+  // per layer, once quantized: codes u32 (B, capacity, n_kv_head, head_dim * bits / 32), scales
+  // and biases dtype (B, capacity, n_kv_head, head_dim / group_size)
+  std::vector<ops::AffineQuantized> kq_, vq_;
+  Tensor position_;  // bound run-time position, or undefined
+  KVQuantization quant_;
+  bool quantized_ = false;
 };
 
 }  // namespace lmtune

@@ -21,6 +21,7 @@ struct BenchmarkOptions {
   LoadOptions load;
   int64_t prompt_tokens = 512, generation_tokens = 1024, batch_size = 1, num_trials = 5, prefill_step_size = 2048;
   double delay = 0;
+  KVQuantOptions kv;
 };
 
 void declare(Options& t, BenchmarkOptions& o) {
@@ -34,6 +35,7 @@ void declare(Options& t, BenchmarkOptions& o) {
   t.group("lmtune's additions");
   t.add("--adapter-path", &o.load.adapter_path, "PATH",
         "run the model with these adapters (lmtune lora / mlx_lm.lora)");
+  add_kv_quant_options(t, o.kv);
   add_device_options(t, o.load);
 }
 
@@ -43,7 +45,7 @@ struct Trial {
 
 using Clock = std::chrono::steady_clock;
 
-Trial run_trial(Model& model, int64_t P, int64_t G, int64_t B, int64_t step, uint64_t seed) {
+Trial run_trial(Model& model, int64_t P, int64_t G, int64_t B, int64_t step, const KVQuantization& kv, uint64_t seed) {
   const ModelConfig& c = model.config();
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> dist(0, int32_t(c.n_vocab - 1));
@@ -51,6 +53,7 @@ Trial run_trial(Model& model, int64_t P, int64_t G, int64_t B, int64_t step, uin
   for (int32_t& t : prompt) t = dist(rng);
   allocator(model.device()).reset_peak();
   DenseKVCache cache(c, model.device(), model.dtype(), B);
+  cache.set_quantization(kv);
   auto start = Clock::now();
   Tensor logits;
   for (int64_t t0 = 0; t0 < P; t0 += step) {
@@ -83,15 +86,16 @@ int benchmark(const BenchmarkOptions& o) {
   const double delay = o.delay;
   const LoadOptions& lo = o.load;
   LoadedModel lm = load_for_generation(lo);
+  const KVQuantization kv = kv_quantization(o.kv, lm.model->config().head_dim);
   std::printf("Running warmup..\n");
   std::fflush(stdout);
-  run_trial(*lm.model, P, G, B, step, 0);
+  run_trial(*lm.model, P, G, B, step, kv, 0);
   std::printf("Timing with prompt_tokens=%lld, generation_tokens=%lld, batch_size=%lld.\n", (long long)P, (long long)G,
               (long long)B);
   std::vector<Trial> trials;
   for (int64_t i = 0; i < N; ++i) {
     if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-    Trial t = run_trial(*lm.model, P, G, B, step, uint64_t(i + 1));
+    Trial t = run_trial(*lm.model, P, G, B, step, kv, uint64_t(i + 1));
     trials.push_back(t);
     std::printf("Trial %lld:  prompt_tps=%.3f, generation_tps=%.3f, peak_memory=%.3f, total_time=%.3f\n",
                 (long long)(i + 1), t.prompt_tps, t.generation_tps, t.peak_memory, t.total_time);
@@ -121,6 +125,7 @@ int run_benchmark(int argc, char** argv) {
     if (o.prompt_tokens < 1 || o.generation_tokens < 1 || o.batch_size < 1 || o.num_trials < 1 ||
         o.prefill_step_size < 1)
       throw UsageError("-p, -g, -b, -n and --prefill-step-size must be positive");
+    (void)kv_quantization(o.kv);
     return benchmark(o);
   });
 }

@@ -27,6 +27,7 @@ struct ChatOptions {
   int64_t max_tokens = 256;
   std::optional<std::string> system_prompt;
   std::string chat_template_config;
+  KVQuantOptions kv;
 };
 
 void declare(Options& t, ChatOptions& o) {
@@ -40,6 +41,7 @@ void declare(Options& t, ChatOptions& o) {
   t.add("--chat-template-config", &o.chat_template_config, "JSON",
         "extra chat-template variables, e.g. '{\"enable_thinking\": false}'");
   add_penalty_options(t, o.sampler);
+  add_kv_quant_options(t, o.kv);
   add_device_options(t, o.load);
 }
 
@@ -67,6 +69,7 @@ int chat(ChatOptions& o) {
   so.xtc_special_tokens.insert(so.xtc_special_tokens.end(), gc.eos_ids.begin(), gc.eos_ids.end());
   Sampler sampler(so, uint64_t(o.seed));
   DenseKVCache cache(lm.model->config(), lm.model->device(), lm.model->dtype(), 1, o.max_kv_size);
+  cache.set_quantization(kv_quantization(o.kv, lm.model->config().head_dim));
   Generator gen(*lm.model, cache, sampler);
 
   auto fresh = [&] {
@@ -140,6 +143,7 @@ int run_chat(int argc, char** argv) {
     if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
     if (o.max_kv_size < 0 || (o.max_kv_size > 0 && o.max_kv_size <= 4))
       throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
+    (void)kv_quantization(o.kv);
     return chat(o);
   });
 }

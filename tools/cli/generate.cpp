@@ -29,6 +29,7 @@ struct GenerateOptions {
   std::string chat_template_config;
   std::vector<std::string> extra_eos_token;
   int64_t max_kv_size = 0;
+  KVQuantOptions kv;
 };
 
 void declare(Options& t, GenerateOptions& o) {
@@ -46,6 +47,7 @@ void declare(Options& t, GenerateOptions& o) {
   t.add("--extra-eos-token", &o.extra_eos_token, "T", "more stop tokens (token strings or ids)");
   t.add("--verbose", &o.verbose, "BOOL", "print the frame and statistics (yes/no, true/false, 1/0)").str2bool();
   t.add("--max-kv-size", &o.max_kv_size, "N", "rotating KV cache of N entries, 4 sink tokens kept; 0 = unbounded");
+  add_kv_quant_options(t, o.kv);
   t.group("lmtune's additions");
   add_penalty_options(t, o.sampler);
   t.add("--prefill-step-size", &o.gen.prefill_step_size, "N", "prompt tokens per prefill step");
@@ -98,6 +100,7 @@ int generate(GenerateOptions& o) {
   so.xtc_special_tokens.insert(so.xtc_special_tokens.end(), gc.eos_ids.begin(), gc.eos_ids.end());
   Sampler sampler(so, o.seed ? uint64_t(*o.seed) : std::random_device{}());
   DenseKVCache cache(lm.model->config(), lm.model->device(), lm.model->dtype(), 1, o.max_kv_size);
+  cache.set_quantization(kv_quantization(o.kv, lm.model->config().head_dim));
   Generator gen(*lm.model, cache, sampler);
 
   StreamingDetokenizer detok(tok);
@@ -142,6 +145,7 @@ int run_generate(int argc, char** argv) {
     if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
     if (o.max_kv_size < 0 || (o.max_kv_size > 0 && o.max_kv_size <= 4))
       throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
+    (void)kv_quantization(o.kv);  // the flags' own checks before loading; head_dim's after
     return generate(o);
   });
 }

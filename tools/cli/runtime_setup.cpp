@@ -84,4 +84,34 @@ void add_penalty_options(Options& t, SamplerOptions& o) {
   t.add("--frequency-penalty", &o.frequency_penalty, "P", "subtract P per recent occurrence").default_text("off");
 }
 
+void add_kv_quant_options(Options& t, KVQuantOptions& o) {
+  t.add("--kv-bits", &o.kv_bits, "N",
+        "quantize the KV cache to N bits (2, 3, 4, 5, 6 or 8; MLX's affine layout); unset = not quantized")
+      .default_text("None");
+  t.add("--kv-group-size", &o.kv_group_size, "N", "KV-cache quantization group along head_dim (32, 64 or 128)");
+  t.add("--quantized-kv-start", &o.quantized_kv_start, "N",
+        "with --kv-bits, quantize the cache once it holds N tokens (rotating caches too)");
+}
+
+KVQuantization kv_quantization(const KVQuantOptions& o, int64_t head_dim) {
+  KVQuantization q;
+  if (o.kv_bits) {
+    const int64_t b = *o.kv_bits;
+    if (b != 2 && b != 3 && b != 4 && b != 5 && b != 6 && b != 8)
+      throw UsageError("argument --kv-bits: must be 2, 3, 4, 5, 6 or 8, got " + std::to_string(b));
+    q.bits = int(b);
+  }
+  const int64_t g = o.kv_group_size;
+  if (g != 32 && g != 64 && g != 128)
+    throw UsageError("argument --kv-group-size: must be 32, 64 or 128, got " + std::to_string(g));
+  q.group_size = int(g);
+  if (o.quantized_kv_start < 0)
+    throw UsageError("argument --quantized-kv-start: must be >= 0, got " + std::to_string(o.quantized_kv_start));
+  q.start = o.quantized_kv_start;
+  if (q.enabled() && head_dim > 0 && head_dim % g != 0)
+    throw UsageError("argument --kv-group-size: " + std::to_string(g) + " does not divide the model's head_dim " +
+                     std::to_string(head_dim) + " (the KV cache is quantized along head_dim)");
+  return q;
+}
+
 }  // namespace lmtune::cli

@@ -7,6 +7,7 @@
 
 #include "models/model.h"
 #include "options.h"
+#include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
 #include "tokenizer/chat_template.h"
 
@@ -40,5 +41,17 @@ void add_sampler_options(Options& t, SamplerOptions& o);  // --temp --top-p --mi
                                                           // --xtc-probability --xtc-threshold
 void add_penalty_options(Options& t, SamplerOptions& o);  // --repetition-penalty --repetition-context-size
                                                           // --presence-penalty --frequency-penalty
+
+// mlx_lm.generate's KV-cache quantization flags (runtime/kv_cache.h's KVQuantization).
+struct KVQuantOptions {
+  std::optional<int64_t> kv_bits;  // none: off
+  int64_t kv_group_size = 64;
+  int64_t quantized_kv_start = 5000;
+};
+void add_kv_quant_options(Options& t, KVQuantOptions& o);  // --kv-bits --kv-group-size --quantized-kv-start
+// The cache's settings; throws UsageError naming the flag unless bits are 2, 3, 4, 5, 6 or 8, the
+// group size 32, 64 or 128 and the start >= 0, and (head_dim > 0, bits set) the group size divides
+// the model's head_dim.
+KVQuantization kv_quantization(const KVQuantOptions& o, int64_t head_dim = 0);
 
 }  // namespace lmtune::cli

@@ -31,6 +31,8 @@ class CpuBackend final : public Backend {
   void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) override;
   void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
                          int64_t in, int bits, int group_size, DType dt) override;
+  void quantize_affine(const void* w, uint32_t* wq, void* scales, void* biases, int64_t rows, int64_t in, int bits,
+                       int group_size, DType dt) override;
   bool quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y, int64_t M,
                       int64_t N, int64_t K, int bits, int group_size, DType dt) override;
   void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in, QuantMode mode,

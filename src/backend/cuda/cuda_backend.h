@@ -116,6 +116,8 @@ class CudaBackend final : public Backend {
                     float eps, DType dt) override;
   void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
                          int64_t in, int bits, int group_size, DType dt) override;
+  void quantize_affine(const void* w, uint32_t* wq, void* scales, void* biases, int64_t rows, int64_t in, int bits,
+                       int group_size, DType dt) override;
   bool quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y, int64_t M,
                       int64_t N, int64_t K, int bits, int group_size, DType dt) override;
   bool quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,

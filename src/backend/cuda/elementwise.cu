@@ -201,6 +201,10 @@ T host_value(float v) {
 }  // namespace
 
 void CudaBackend::fill(void* dst, DType dt, int64_t n, float value) {
+  if (dt == DType::u32 && value == 0.f) {  // zeroed packed codes (the quantized KV cache's buffers)
+    LMT_CUDA_CHECK(cudaMemsetAsync(dst, 0, size_t(n) * 4, stream_));
+    return;
+  }
   dispatch_castable(dt, "fill", [&](auto tag) {
     using T = typename decltype(tag)::type;
     T v = host_value<T>(value);
