@@ -113,7 +113,7 @@ try:
 except OSError:
     pass
 try:
-    lines += ["", "llama.cpp (llama-bench, CUDA, -ngl 99 -fa 1, same weights through convert_hf_to_gguf.py + llama-quantize):", open(f"{tmp}/llamacpp.md").read().strip()]
+    lines += ["", "llama.cpp (llama-bench, CUDA, -ngl 99 -fa 0, same weights through convert_hf_to_gguf.py + llama-quantize):", open(f"{tmp}/llamacpp.md").read().strip()]
 except OSError:
     pass
 if m and bw and nbytes:
