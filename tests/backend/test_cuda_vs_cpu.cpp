@@ -876,7 +876,7 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
   run(4, 64, 8, 256, {37, 16, 61});         // partial tiles at each boundary
   run(8, 32, 3, 512, {17, 33});
   run(2, 128, 2, 1024, {45});
-  run(4, 128, 5, 64 * 37, {61, 1, 20});  // K split into uneven pieces
+  run(4, 128, 5, 128 * 37, {61, 1, 20});  // K split into uneven pieces
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);

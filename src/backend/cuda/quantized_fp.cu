@@ -47,6 +47,22 @@ __device__ __forceinline__ T store_mlx(float x) {
   return from_f32<T>(x);
 }
 
+// x rounded to T and back, a NaN kept with its sign (as the CPU's conversions keep it; CUDA's
+// would make it the canonical positive NaN).
+template <typename T>
+__device__ __forceinline__ float round_keep_nan(float x) {
+  return isnan(x) ? x : to_f32(from_f32<T>(x));
+}
+
+// v * s with the NaN an x86 multiply gives (the CPU backend's, and MLX's on x86): a NaN operand's
+// own (v's first), and for 0 * inf the "default" NaN, whose sign bit is set; CUDA's product
+// would give its canonical positive NaN, which f16's sign | 0x7d00 store then tells apart.
+__device__ __forceinline__ float x86_product(float v, float s) {
+  const float p = __fmul_rn(v, s);
+  if (!isnan(p)) return p;
+  return isnan(v) ? v : isnan(s) ? s : __int_as_float(int(0xffc00000u));
+}
+
 // round_T(round_T(v) * round_T(s)) as mx.dequantize computes in T. One thread per packed word (8
 // fp4 codes or 4 fp8 codes), so neighbouring threads read neighbouring words and write
 // neighbouring runs of outputs.
@@ -59,13 +75,13 @@ __global__ void dequantize_fp_kernel(const uint32_t* __restrict__ wq, const uint
     const int64_t r = e / words, u = e - r * words;
     const uint32_t word = wq[e];
     const uint32_t sc = scales[r * groups + u * kPer / GROUP];
-    const float s = to_f32(from_f32<T>(E4M3_SCALE ? e4m3_value(sc) : e8m0_value(sc)));
+    const float s = round_keep_nan<T>(E4M3_SCALE ? e4m3_value(sc) : e8m0_value(sc));
     T* dst = out + r * in + u * kPer;
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const uint32_t c = (word >> (k * BITS)) & ((1u << BITS) - 1);
-      const float v = to_f32(from_f32<T>(BITS == 4 ? e2m1_value(c) : e4m3_value(c)));
-      dst[k] = store_mlx<T>(__fmul_rn(v, s));
+      const float v = round_keep_nan<T>(BITS == 4 ? e2m1_value(c) : e4m3_value(c));
+      dst[k] = store_mlx<T>(x86_product(v, s));
     }
   }
 }
