@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp's CUDA build as the quantized-decode peer (issue 10), from the llama.cpp source vendored
-# in PyPI's llama-cpp-python sdist (scripts/gpu-deps trims it into .gpu/peers/llama.cpp-src.tar.xz).
+# in PyPI's llama-cpp-python sdist (scripts/gpu-peers trims it into .gpu/peers/llama.cpp-src.tar.xz).
 #   bench/bench_llamacpp_gpu.sh build TARBALL DIR
 #       unpacks TARBALL into DIR/src and builds llama-bench and llama-quantize with CUDA for sm_90
 #       into DIR/build (without ggml's flash-attention kernels, GGML_CUDA_FA=OFF: they double the

@@ -3,18 +3,12 @@
 # mlx_lm.benchmark (MLX's CPU backend), each with 2 threads, on bench_generate_cpu.sh's ~110M-parameter
 # Llama-shaped model quantized by mlx_lm.convert -q (affine, 4 bits, group 64, f32 scales: both tools
 # then compute in f32). Prints a table of prompt and generation tok/s (each tool's average).
-# --llamacpp DIR: also llama.cpp's CPU build (DIR/build/bin/llama-bench and llama-quantize, DIR/src
-# its source with convert_hf_to_gguf.py, as bench/bench_llamacpp_gpu.sh lays it out but built
-# without CUDA) on the same dense model: convert_hf_to_gguf.py to F16, llama-quantize to Q4_0,
-# llama-bench -t threads (pp P, tg G). Not the same bytes as MLX's affine 4-bit g64, but its
-# nearest format (4.5 bits a weight both).
 # Usage: bench/bench_quantized_cpu.sh [--build DIR] [-p N] [-g N] [-n N] [--threads N] [--bits B] [--group G]
-#        [--llamacpp DIR]
 # (defaults: build/, 128, 64, 3, 2, 4, 64). Needs build/npm-tokenizers (the tokenizer tests' fixture) and .venv.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
-P=128 G=64 N=3 threads=2 bits=4 group=64 llamacpp=""
+P=128 G=64 N=3 threads=2 bits=4 group=64
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -24,7 +18,6 @@ while (($#)); do
     --threads) threads="$2"; shift 2 ;;
     --bits) bits="$2"; shift 2 ;;
     --group) group="$2"; shift 2 ;;
-    --llamacpp) llamacpp="$(cd "$2" && pwd)"; shift 2 ;;
     *) echo "bench_quantized_cpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -50,15 +43,6 @@ echo "== lmtune benchmark"
 "$build/bin/lmtune" benchmark --model "$model" --device cpu -p "$P" -g "$G" -n "$N" | tee "$tmp/lmtune.txt" || status=1
 echo "== mlx_lm.benchmark (MLX $("$py" -c 'import mlx.core as mx; print(mx.__version__, mx.default_device())'))"
 "$py" -m mlx_lm benchmark --model "$model" -p "$P" -g "$G" -n "$N" 2>&1 | grep -v -i warn | tee "$tmp/mlx.txt" || status=1
-if [[ -n "$llamacpp" ]]; then
-  echo "== llama.cpp CPU (llama-bench, Q4_0)"
-  PYTHONPATH="$llamacpp/src/gguf-py" "$py" "$llamacpp/src/convert_hf_to_gguf.py" "$dense" --outtype f16 \
-    --outfile "$tmp/f16.gguf" >"$tmp/convert.log" 2>&1 || { tail -n 20 "$tmp/convert.log"; status=1; }
-  "$llamacpp/build/bin/llama-quantize" "$tmp/f16.gguf" "$tmp/q4_0.gguf" Q4_0 >"$tmp/quantize.log" 2>&1 ||
-    { tail -n 20 "$tmp/quantize.log"; status=1; }
-  "$llamacpp/build/bin/llama-bench" -m "$tmp/q4_0.gguf" -t "$threads" -p "$P" -n "$G" -r "$N" -o md 2>/dev/null |
-    tee "$tmp/llamacpp.txt" || status=1
-fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" - "$tmp" "$threads" "$bits" "$group" <<'PY'
 import re, sys
@@ -67,25 +51,11 @@ def avg(name):
     m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+)", open(f"{tmp}/{name}.txt").read())
     return (float(m[1]), float(m[2])) if m else None
 ours, mlx = avg("lmtune"), avg("mlx")
-def llama():
-    try:
-        rows = [l for l in open(f"{tmp}/llamacpp.txt") if l.startswith("|") and " pp" in l or " tg" in l]
-    except OSError:
-        return None
-    val = lambda t: next((float(l.split("|")[-2].split("±")[0]) for l in rows if f" {t}" in l), None)
-    pp, tg = val("pp"), val("tg")
-    return (pp, tg) if pp and tg else None
-lc = llama()
 print(f"\n| tool ({threads} threads, {bits}-bit g{group}) | prompt tok/s | generation tok/s |")
 print("| --- | --- | --- |")
-rows = [("lmtune benchmark", ours), ("mlx_lm.benchmark (MLX CPU)", mlx)]
-if lc or __import__("os").path.exists(f"{tmp}/llamacpp.txt"):
-    rows.append(("llama.cpp llama-bench (CPU, Q4_0)", lc))
-for name, r in rows:
+for name, r in (("lmtune benchmark", ours), ("mlx_lm.benchmark (MLX CPU)", mlx)):
     print(f"| {name} | {r[0]:.1f} | {r[1]:.2f} |" if r else f"| {name} | FAILED | FAILED |")
 if ours and mlx:
     print(f"| lmtune / mlx-lm | {ours[0] / mlx[0]:.2f} | {ours[1] / mlx[1]:.2f} |")
-if ours and lc:
-    print(f"| lmtune / llama.cpp | {ours[0] / lc[0]:.2f} | {ours[1] / lc[1]:.2f} |")
 PY
 exit $status
