@@ -1,17 +1,13 @@
 // Affine quantization as MLX's CPU backend computes it (mlx/backend/cpu/quantized.cpp `quantize`,
-// ops.cpp `affine_dequantize`). Per group, in f32:
-//   scale = max((max - min) / (2^bits - 1), 1e-7), negated unless |min| > |max|;
-//   edge  = min if |min| > |max| else max (the larger-magnitude end);
-//   q0    = rint(edge / scale); if q0 != 0: scale = edge / q0, bias = edge; else bias = 0;
-//   code  = clip(rint((w - bias) / scale), 0, 2^bits - 1)   (rint: ties to even; NaN -> 0).
-// So the edge is represented exactly (code 0 for max, or the code of min) and the scale is negative
-// when the codes count down from max. Scale and bias are stored rounded to the weight's dtype, but
-// the codes use the unrounded f32 values. Dequantization: (scale * q, rounded) + bias, rounded,
-// both in the scales' dtype (two MLX ops, no fused multiply-add).
+// ops.cpp `affine_dequantize`): one group at a time by core/affine_group.h, which says how. Scale
+// and bias are stored rounded to the weight's dtype, but the codes use the unrounded f32 values.
+// Dequantization: (scale * q, rounded) + bias, rounded, both in the scales' dtype (two MLX ops, no
+// fused multiply-add).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "core/affine_group.h"
 #include "quant/quant_impl.h"
 
 namespace lmtune::quant::detail {
@@ -21,8 +17,6 @@ namespace {
 template <typename D>
 void quantize_rows(const typename D::T* w, uint32_t* wq, typename D::T* scales, typename D::T* biases, int64_t r0,
                    int64_t r1, int64_t in, int bits, int group_size) {
-  const float n_bins = float((1 << bits) - 1);
-  const float eps = 1e-7f;
   const int64_t groups = in / group_size, words = in * bits / 32;
   float x[128];  // one group as f32
   uint8_t codes[128];
@@ -30,33 +24,11 @@ void quantize_rows(const typename D::T* w, uint32_t* wq, typename D::T* scales, 
     BitWriter out(wq + r * words);
     for (int64_t g = 0; g < groups; ++g) {
       const typename D::T* src = w + r * in + g * group_size;
-      float w_min = std::numeric_limits<float>::infinity(), w_max = -w_min;
-      for (int j = 0; j < group_size; ++j) {
-        x[j] = D::load(src[j]);
-        w_max = std::max(w_max, x[j]);
-        w_min = std::min(w_min, x[j]);
-      }
-      const bool min_edge = std::abs(w_min) > std::abs(w_max);
-      float scale = std::max((w_max - w_min) / n_bins, eps);
-      scale = min_edge ? scale : -scale;
-      const float edge = min_edge ? w_min : w_max;
-      const float q0 = std::rint(edge / scale);
-      float bias = 0;
-      if (q0 != 0) {
-        scale = edge / q0;
-        bias = edge;
-      }
-      for (int j = 0; j < group_size; ++j) {
-        // rint (ties to even) of the positive values by the 2^23 trick, which vectorizes; values
-        // <= 0 and NaN (0 / 0 when a huge constant row made the scale 0, which MLX's float-to-integer
-        // cast also turns into 0) give code 0, those past 2^bits - 1 the top code.
-        const float v = (x[j] - bias) / scale;
-        const float r = (std::min(v, 0x1p23f) + 0x1p23f) - 0x1p23f;
-        codes[j] = v > 0 ? uint8_t(std::min(r, n_bins)) : uint8_t(0);
-      }
+      for (int j = 0; j < group_size; ++j) x[j] = D::load(src[j]);
+      const AffineGroup q = affine_quantize_group(x, group_size, bits, codes);
       for (int j = 0; j < group_size; ++j) out.put(codes[j], bits);
-      scales[r * groups + g] = D::store(scale);
-      biases[r * groups + g] = D::store(bias);
+      scales[r * groups + g] = D::store(q.scale);
+      biases[r * groups + g] = D::store(q.bias);
     }
   }
 }

@@ -1,11 +1,12 @@
-// CPU kernel for MLX's affine quantization (the KV cache's --kv-bits): the algorithm of
-// quant/affine.cpp (the reference, which tests compare with mx.quantize bit for bit) over raw
-// pointers, since the backend sits below quant/. Tests check the two are byte-identical.
+// CPU kernel for MLX's affine quantization (the KV cache's --kv-bits) over raw pointers: the same
+// group quantizer as quant/affine.cpp (core/affine_group.h), which tests compare with mx.quantize
+// bit for bit; tests also check the two are byte-identical.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "backend/cpu/cpu_backend.h"
+#include "core/affine_group.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -36,36 +37,19 @@ void quantize_rows(const void* w_, uint32_t* wq, void* scales_, void* biases_, i
   const T* w = static_cast<const T*>(w_);
   T* scales = static_cast<T*>(scales_);
   T* biases = static_cast<T*>(biases_);
-  const float n_bins = float((1 << bits) - 1);
   const int64_t groups = in / group_size, words = in * bits / 32;
   float x[128];
+  uint8_t codes[128];
   for (int64_t r = 0; r < rows; ++r) {
     uint32_t* out = wq + r * words;
     uint64_t acc = 0;  // LSB-first bit stream of the row (a group fills whole words)
     int n = 0;
     for (int64_t g = 0; g < groups; ++g) {
       const T* src = w + r * in + g * group_size;
-      float w_min = std::numeric_limits<float>::infinity(), w_max = -w_min;
+      for (int j = 0; j < group_size; ++j) x[j] = D::load(src[j]);
+      const AffineGroup q = affine_quantize_group(x, group_size, bits, codes);
       for (int j = 0; j < group_size; ++j) {
-        x[j] = D::load(src[j]);
-        w_max = std::max(w_max, x[j]);
-        w_min = std::min(w_min, x[j]);
-      }
-      const bool min_edge = std::abs(w_min) > std::abs(w_max);
-      float scale = std::max((w_max - w_min) / n_bins, 1e-7f);
-      scale = min_edge ? scale : -scale;
-      const float edge = min_edge ? w_min : w_max;
-      const float q0 = std::rint(edge / scale);
-      float bias = 0;
-      if (q0 != 0) {
-        scale = edge / q0;
-        bias = edge;
-      }
-      for (int j = 0; j < group_size; ++j) {
-        const float v = (x[j] - bias) / scale;
-        const float rounded = (std::min(v, 0x1p23f) + 0x1p23f) - 0x1p23f;        // rint for 0 <= v <= 2^23
-        const uint32_t code = v > 0 ? uint32_t(std::min(rounded, n_bins)) : 0u;  // NaN and v <= 0: code 0
-        acc |= uint64_t(code) << n;
+        acc |= uint64_t(codes[j]) << n;
         n += bits;
         if (n >= 32) {
           *out++ = uint32_t(acc);
@@ -73,8 +57,8 @@ void quantize_rows(const void* w_, uint32_t* wq, void* scales_, void* biases_, i
           n -= 32;
         }
       }
-      scales[r * groups + g] = D::store(scale);
-      biases[r * groups + g] = D::store(bias);
+      scales[r * groups + g] = D::store(q.scale);
+      biases[r * groups + g] = D::store(q.bias);
     }
   }
 }
