@@ -1,20 +1,17 @@
-""
-        "`lmtune fuse` against the real mlx_lm.fuse (MLX's CPU backend) on the same base and adapter.
+"""`lmtune fuse` against the real mlx_lm.fuse (MLX's CPU backend) on the same base and adapter.
 
-        Usage : fuse_check.py-- lmtune BIN-- root REPO-- work DIR-- case CASE
+Usage: fuse_check.py --lmtune BIN --root REPO --work DIR --case CASE
 
-                    The base is models /
-        default(bf16, tied embeddings) or
-    its 4 - bit conversion(`lmtune convert - q`, bf16 scales); the adapter is trained by `lmtune lora` on examples/data for a few iterations at a
+The base is models/default (bf16, tied embeddings) or its 4-bit conversion (`lmtune convert -q`,
+bf16 scales); the adapter is trained by `lmtune lora` on examples/data for 30 iterations at a
 high learning rate (so that it changes the greedy text) on the last 2 of the 4 blocks. Each fuse
 runs `lmtune fuse ARGS` and `python -m mlx_lm fuse ARGS` and requires, as tests/ref/convert_check.py
-does for convert: both succeed;
-every tensor bit - identical(names, dtypes, shapes, bytes);
-config.json, model.safetensors.index.json, README.md and generation_config.json byte - identical; the
-same files but for the tokenizer files transformers re-writes (which must load to the same ids and
-chat-template text). Then `lmtune generate` on lmtune's fused folder gives the same greedy text as
-`lmtune generate --adapter-path` on the base, and a text that differs from the base's own (so an
-adapter ignored by fuse fails the case). Cases:
+does for convert: both succeed and print the same lines; every tensor bit-identical (names, dtypes,
+shapes, bytes); config.json, model.safetensors.index.json, README.md and generation_config.json
+byte-identical; the same files but for the tokenizer files transformers re-writes (which must load
+to the same ids and chat-template text). Then `lmtune generate` on lmtune's fused folder gives the
+same greedy text as `lmtune generate --adapter-path` on the base, and a text that differs from the
+base's own (so an adapter ignored by fuse fails the case). Cases:
 lora      LoRA (rank 8, scale 20) on the bf16 base.
 dora      DoRA on the bf16 base (mlx-lm writes the merged layers in float32: (f32 m / ||W'||) * W').
 full      --fine-tune-type full on the last block (lmtune's adapter file holds f32 weights; mlx-lm
@@ -40,10 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convert_check as cc  # noqa: E402  (tensors_of, compare_folders, check, FAILS)
 
 check = cc.check
-TRAIN = ["--train", "--device", "cpu", "--num-layers", "2", "--batch-size", "4", "--iters", "12",
+TRAIN = ["--train", "--device", "cpu", "--num-layers", "2", "--batch-size", "4", "--iters", "30",
          "--learning-rate", "1e-3", "--seed", "3", "--steps-per-report", "100", "--steps-per-eval", "1000",
          "--save-every", "1000"]
-PROMPT = "Define: lantern"
+PROMPT = "lantern (noun):"  # raw text (--ignore-chat-template): the few-step adapters change it visibly
 
 
 def run(cmd, env=None):
@@ -66,7 +63,8 @@ def train(a, base, tag, ftype):
 
 
 def greedy(a, model, adapter=None):
-    cmd = [a.lmtune, "generate", "--model", model, "--device", "cpu", "-m", "24", "--temp", "0", "-p", PROMPT]
+    cmd = [a.lmtune, "generate", "--model", model, "--device", "cpu", "-m", "24", "--temp", "0", "--ignore-chat-template",
+           "-p", PROMPT]
     r = must(run(cmd + (["--adapter-path", adapter] if adapter else [])), f"lmtune generate {model}")
     m = re.search(r"==========\n(.*?)\n==========", r.stdout, re.S)
     return m.group(1) if m else None
@@ -94,15 +92,14 @@ def fuse_both(a, tag, base, ad, extra=()):
 def same_text_as_adapter(a, tag, base, ad, fused):
     t_base, t_ad, t_fused = greedy(a, base), greedy(a, base, ad), greedy(a, fused)
     print(f"{tag}: base          {t_base!r}\n{tag}: base+adapter  {t_ad!r}\n{tag}: fused         {t_fused!r}")
-    check(t_ad is not None and t_fused == t_ad, f"{tag}: the fused model's greedy text {t_fused!r} differs from "
+    check(t_ad is not None and t_ad.strip() != "" and t_fused == t_ad, f"{tag}: the fused model's greedy text {t_fused!r} differs from "
                                                 f"generate --adapter-path's {t_ad!r}")
     check(t_ad != t_base, f"{tag}: the adapter does not change the greedy text ({t_base!r}): train it harder")
 
 
 def dtypes_of(d):
-    return {
-k: v[1] for k, v in cc.tensors_of(d).items()
-}
+    return {k: v[1] for k, v in cc.tensors_of(d).items()}
+
 
 def case_dense(a, ftype):
     base = os.path.join(a.root, "models", "default")
@@ -192,7 +189,7 @@ def case_refusals(a):
     check(not os.path.exists(never), "a refused fuse left its --save-path")
     check(not [f for f in os.listdir(out) if ".tmp." in f], f"a refused fuse left a .tmp folder: {os.listdir(out)}")
     check(os.listdir(existing) == [], "the refused fuse wrote into the existing --save-path")
-#mlx - lm writes into an existing folder(save_model : mkdir(exist_ok = True)); recorded so a change shows.
+    # mlx-lm writes into an existing folder (save_model: mkdir(exist_ok=True)); recorded so a change shows.
     r = run([sys.executable, "-m", "mlx_lm", "fuse", "--model", base, "--adapter-path", ad, "--save-path", existing])
     check(r.returncode == 0 and os.path.exists(os.path.join(existing, "model.safetensors")),
           f"mlx_lm.fuse no longer writes into an existing --save-path (rc {r.returncode}): update the README")
@@ -207,11 +204,19 @@ def main():
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     try:
-  if a
-.case in("lora", "dora", "full")
-    : case_dense(a, a.case) elif a.case ==
-    "q4" : case_q4(a) else : case_refusals(a) except SystemExit
-    : pass if cc.FAILS : print(f "{len(cc.FAILS)} check(s) failed", file = sys.stderr) sys.exit(1) print("OK")
+        if a.case in ("lora", "dora", "full"):
+            case_dense(a, a.case)
+        elif a.case == "q4":
+            case_q4(a)
+        else:
+            case_refusals(a)
+    except SystemExit:
+        pass
+    if cc.FAILS:
+        print(f"{len(cc.FAILS)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+    print("OK")
 
-                             if __name__
-    == "__main__" : main()
+
+if __name__ == "__main__":
+    main()
