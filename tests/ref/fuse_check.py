@@ -19,6 +19,10 @@ full      --fine-tune-type full on the last block (lmtune's adapter file holds f
 q4        LoRA trained on the 4-bit base (QLoRA), fused without --dequantize (merged layers
           re-quantized with their own bits and group size) and with --dequantize (dense, no
           quantization keys in config.json).
+q4_dora   DoRA on the 4-bit base: mlx-lm re-quantizes the f32 merged weight, so the merged layers'
+          scales and biases are f32 beside the others' bf16; lmtune writes the same.
+mxfp4     the same on an mxfp4 base (u8 scales; mx.dequantize gives bf16, merged in bf16 and quantized
+          again to mxfp4).
 refusals  a missing adapter folder, adapter tensors that do not match the model (rank and layers
           edited in adapter_config.json), an existing --save-path, --export-gguf, --gguf-path,
           --upload-repo: lmtune exits non-zero naming the reason and leaves neither the output nor a
@@ -114,30 +118,33 @@ def case_dense(a, ftype):
     same_text_as_adapter(a, ftype, base, ad, fused)
 
 
-def quantized_base(a):
-    q4 = os.path.join(a.work, "default-q4")
-    if not os.path.isdir(q4):
-        must(run([a.lmtune, "convert", "--hf-path", os.path.join(a.root, "models", "default"), "--mlx-path", q4, "-q"]),
-             "lmtune convert -q")
-    return q4
+def quantized_base(a, tag, args):
+    q = os.path.join(a.work, "default-" + tag)
+    if not os.path.isdir(q):
+        must(run([a.lmtune, "convert", "--hf-path", os.path.join(a.root, "models", "default"), "--mlx-path", q, "-q",
+                  *args]), f"lmtune convert -q {args}")
+    return q
 
 
-def case_q4(a):
-    base = quantized_base(a)
-    ad = train(a, base, "q4", "lora")
-    fused = fuse_both(a, "q4", base, ad)
+def case_quantized(a, tag, args, ftype="lora"):
+    base = quantized_base(a, tag, args)
+    ad = train(a, base, tag, ftype)
+    fused = fuse_both(a, tag, base, ad)
     cfg = json.load(open(os.path.join(fused, "config.json")))
     dt = dtypes_of(fused)
     check("quantization" in cfg and dt.get("model.layers.3.mlp.down_proj.weight") == "U32"
-          and "model.layers.3.mlp.down_proj.scales" in dt, "q4: the merged layers are not quantized again")
-    same_text_as_adapter(a, "q4", base, ad, fused)
-    deq = fuse_both(a, "q4-dequantize", base, ad, ["--dequantize"])
+          and "model.layers.3.mlp.down_proj.scales" in dt, f"{tag}: the merged layers are not quantized again")
+    want = "F32" if ftype == "dora" else "BF16"
+    check(dt.get("model.layers.3.mlp.down_proj.scales") in (want, "U8"), f"{tag}: merged scales are "
+          f"{dt.get('model.layers.3.mlp.down_proj.scales')}, expected {want}")
+    same_text_as_adapter(a, tag, base, ad, fused)
+    deq = fuse_both(a, tag + "-dequantize", base, ad, ["--dequantize"])
     cfg = json.load(open(os.path.join(deq, "config.json")))
     dt = dtypes_of(deq)
-    check("quantization" not in cfg and "quantization_config" not in cfg, "q4 --dequantize: quantization keys kept")
+    check("quantization" not in cfg and "quantization_config" not in cfg, f"{tag} --dequantize: quantization keys kept")
     check(not any(k.endswith(".scales") for k in dt) and dt["model.embed_tokens.weight"] == "BF16",
-          f"q4 --dequantize: not dense bf16: {sorted(set(dt.values()))}")
-    same_text_as_adapter(a, "q4-dequantize", base, ad, deq)
+          f"{tag} --dequantize: not dense bf16: {sorted(set(dt.values()))}")
+    same_text_as_adapter(a, tag + "-dequantize", base, ad, deq)
 
 
 def case_refusals(a):
@@ -200,14 +207,18 @@ def main():
     p.add_argument("--lmtune", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--work", required=True)
-    p.add_argument("--case", required=True, choices=["lora", "dora", "full", "q4", "refusals"])
+    p.add_argument("--case", required=True, choices=["lora", "dora", "full", "q4", "q4_dora", "mxfp4", "refusals"])
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     try:
         if a.case in ("lora", "dora", "full"):
             case_dense(a, a.case)
         elif a.case == "q4":
-            case_q4(a)
+            case_quantized(a, "q4", [])
+        elif a.case == "q4_dora":
+            case_quantized(a, "q4_dora", [], "dora")
+        elif a.case == "mxfp4":
+            case_quantized(a, "mxfp4", ["--q-mode", "mxfp4"])
         else:
             case_refusals(a)
     except SystemExit:
