@@ -64,86 +64,6 @@ void say(const std::string& line) {
   std::fflush(stdout);
 }
 
-// The tokenizer and the small files save() leaves beside the weights: tokenizer.save_pretrained's
-// files (copied as they are, not re-serialized by transformers), generation_config.json and *.py.
-bool copied_beside_weights(const std::string& name) {
-  static const std::set<std::string> kNames = {"tokenizer.json",
-                                               "tokenizer_config.json",
-                                               "special_tokens_map.json",
-                                               "added_tokens.json",
-                                               "chat_template.jinja",
-                                               "chat_template.json",
-                                               "tokenizer.model",
-                                               "tiktoken.model",
-                                               "vocab.json",
-                                               "merges.txt",
-                                               "vocab.txt",
-                                               "generation_config.json"};
-  auto ends_with = [&](const char* s) {
-    std::string suf = s;
-    return name.size() > suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
-  };
-  return kNames.count(name) || ends_with(".tiktoken") || ends_with(".py");
-}
-
-// create_model_card: huggingface_hub's template card with mlx-lm's fields (base_model for a Hub id).
-std::string model_card(const std::optional<std::string>& base_model) {
-  std::string s = "---\nlanguage: en\n";
-  if (base_model) s += "base_model: " + *base_model + "\n";
-  return s + "library_name: mlx\npipeline_tag: text-generation\ntags:\n- mlx\n---\n";
-}
-
-void write_folder(const convert::Plan& plan, const std::string& source, const ConvertOptions& o,
-                  const std::optional<std::string>& base_model) {
-  convert::StagedFolder folder(o.mlx_path);
-  std::vector<std::vector<size_t>> shards = plan.shards();
-  std::vector<size_t> shard_of(plan.tensors().size());
-  for (size_t s = 0; s < shards.size(); ++s)
-    for (size_t i : shards[s]) shard_of[i] = s;
-
-  convert::Progress progress(plan.total_size());
-  std::unique_ptr<convert::ShardWriter> writer;
-  size_t current = shards.size();
-  for (const convert::Leaf& leaf : plan.leaves()) {
-    std::vector<std::pair<std::string, Tensor>> made = plan.produce(leaf);
-    LMT_CHECK(made.size() == leaf.n_tensors, "[convert] ", leaf.path, ": made ", made.size(), " tensors, planned ",
-              leaf.n_tensors);
-    for (size_t k = 0; k < made.size(); ++k) {
-      size_t i = leaf.first_tensor + k;
-      LMT_CHECK(made[k].first == plan.tensors()[i].name, "[convert] made ", made[k].first, ", planned ",
-                plan.tensors()[i].name);
-      if (shard_of[i] != current) {  // the shards hold consecutive tensors of mlx-lm's order
-        if (writer) writer->commit();
-        current = shard_of[i];
-        std::vector<convert::TensorEntry> entries;
-        for (size_t j : shards[current]) entries.push_back(plan.tensors()[j]);
-        writer = std::make_unique<convert::ShardWriter>(folder.file(convert::Plan::shard_name(current, shards.size())),
-                                                        std::move(entries),
-                                                        std::map<std::string, std::string>{{"format", "mlx"}});
-      }
-      progress.add(writer->put(made[k].first, made[k].second), leaf.path);
-    }
-  }
-  if (writer) writer->commit();
-  progress.done();
-
-  write_file_atomic(folder.file("model.safetensors.index.json"), plan.index_text(shards));
-  write_file_atomic(folder.file("config.json"), plan.config_text());
-  bool tokenizer = false;
-  for (const fs::directory_entry& e : fs::directory_iterator(source)) {
-    std::string name = e.path().filename().string();
-    if (!e.is_regular_file() || !copied_beside_weights(name)) continue;
-    convert::copy_file(e.path().string(), folder.file(name));
-    tokenizer |= name == "tokenizer.json" || name == "tokenizer.model" || name == "vocab.json" ||
-                 name == "tiktoken.model" || name.find(".tiktoken") != std::string::npos;
-  }
-  if (!tokenizer)
-    std::fprintf(stderr, "[WARN] %s has no tokenizer files; %s has none either (mlx-lm needs them to load it)\n",
-                 source.c_str(), o.mlx_path.c_str());
-  write_file_atomic(folder.file("README.md"), model_card(base_model));
-  folder.commit();
-}
-
 int convert_model(const ConvertOptions& o) {
   if (o.hf_path.empty()) throw UsageError("--hf-path (or --model) is required: a model folder or a Hub repo id");
   if (o.upload_repo)
@@ -195,7 +115,7 @@ int convert_model(const ConvertOptions& o) {
     say(buf);
   }
   if (o.dequantize) say("[INFO] Dequantizing");
-  write_folder(plan, req.source, o, base_model);
+  convert::write_folder(plan, req.source, o.mlx_path, base_model);
   return 0;
 }
 

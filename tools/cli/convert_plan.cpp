@@ -161,12 +161,30 @@ Plan::Plan(const Request& r) : req_(r), source_(r.source) {
   if (d.is_null() && config_.contains("text_config") && truthy(config_["text_config"]) &&
       config_["text_config"].is_object())
     d = config_["text_config"].value("dtype", ojson());
-  if (d.is_string() && (d == "float16" || d == "bfloat16" || d == "float32")) {
+  if (r.cast && d.is_string() && (d == "float16" || d == "bfloat16" || d == "float32")) {
     cast_name_ = d.get<std::string>();
     cast_ = parse_dtype(*cast_name_);
   }
 
   for (Leaf& l : leaves_) l.out_quant = r.dequantize ? std::nullopt : l.in_quant;
+  for (const auto& [path, merge] : req_.merges) {
+    auto it = std::find_if(leaves_.begin(), leaves_.end(), [&](const Leaf& l) { return l.path == path; });
+    LMT_CHECK(it != leaves_.end() && it->quantizable && it->shape.size() == 2, "[fuse] ", path,
+              " is not a linear layer of the ", model_type_, " model in ", r.source);
+    it->merge = &merge;
+    // mx.dequantize gives the scales' dtype for affine, bfloat16 for the fp modes.
+    DType dense = !it->in_quant                               ? it->source_dtype
+                  : it->in_quant->mode == quant::Mode::affine ? it->source_dtype
+                                                              : DType::bf16;
+    it->merged_dtype = merge.out_dtype.value_or(dense);
+  }
+  for (const auto& [name, t] : req_.replace) {
+    LMT_CHECK(source_.contains(name), "[fuse] the adapter's tensor ", name, " is not in the model ", r.source);
+    LMT_CHECK(!source_.contains(name.substr(0, name.rfind('.')) + ".scales"), "[fuse] ", name,
+              ": a full adapter's weights cannot replace a quantized layer");
+    LMT_CHECK(t.shape() == source_.info(name).shape, "[fuse] the adapter's ", name,
+              " has another shape than the model's");
+  }
   if (r.quantize) plan_quantization(r);
   if (r.dequantize) {
     config_.erase("quantization");
@@ -401,19 +419,26 @@ void Plan::plan_tensors() {
     if (l.out_quant) {
       const quant::QuantParams& p = *l.out_quant;
       int64_t out = l.shape[0], in = l.shape[1];
-      DType sdt = p.mode == quant::Mode::affine ? cast_or(l.source_dtype) : DType::u8;
+      // A merged layer is quantized from the merged weight: the scales take its dtype.
+      DType sdt = p.mode != quant::Mode::affine ? DType::u8 : l.merge ? l.merged_dtype : cast_or(l.source_dtype);
       tensors_.push_back({l.path + ".weight", DType::u32, {out, in * p.bits / 32}});
       tensors_.push_back({l.path + ".scales", sdt, {out, in / p.group_size}});
       if (p.mode == quant::Mode::affine) tensors_.push_back({l.path + ".biases", sdt, {out, in / p.group_size}});
+    } else if (l.merge) {
+      tensors_.push_back({l.path + ".weight", l.merged_dtype, l.shape});
     } else if (l.in_quant) {  // mx.dequantize: the scales' dtype for affine, bfloat16 for the fp modes
       DType wdt = l.in_quant->mode == quant::Mode::affine ? cast_or(l.source_dtype) : DType::bf16;
       tensors_.push_back({l.path + ".weight", wdt, l.shape});
     } else {
-      tensors_.push_back({l.path + ".weight", cast_or(l.source_dtype), l.shape});
+      auto rep = req_.replace.find(l.path + ".weight");
+      tensors_.push_back(
+          {l.path + ".weight", rep != req_.replace.end() ? rep->second.dtype() : cast_or(l.source_dtype), l.shape});
     }
     total_parameters_ += numel_of(l.shape);
     if (l.has_bias) {
-      tensors_.push_back({l.path + ".bias", cast_or(source_.info(l.path + ".bias").dtype), {l.shape[0]}});
+      auto rep = req_.replace.find(l.path + ".bias");
+      DType bdt = rep != req_.replace.end() ? rep->second.dtype() : cast_or(source_.info(l.path + ".bias").dtype);
+      tensors_.push_back({l.path + ".bias", bdt, {l.shape[0]}});
       total_parameters_ += l.shape[0];
     }
     l.n_tensors = tensors_.size() - l.first_tensor;
@@ -487,7 +512,26 @@ std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
     if (q.params.mode == quant::Mode::affine) q.biases = cast_if(source_.get(l.path + ".biases"), cast_);
     return q;
   };
-  if (l.out_quant) {
+  if (l.merge) {
+    Tensor dense;
+    if (l.in_quant) {
+      quant::QuantizedWeight q = source_quantized();
+      dense = quant::dequantize(q, q.params.mode == quant::Mode::affine ? q.scales.dtype() : DType::bf16);
+    } else {
+      dense = source_.get(w);
+    }
+    Tensor merged = l.merge->apply(dense);
+    LMT_CHECK(merged.dtype() == l.merged_dtype && merged.shape() == l.shape, "[fuse] ", l.path,
+              ": the merged weight is ", merged.describe(), ", planned ", dtype_name(l.merged_dtype));
+    if (l.out_quant) {
+      quant::QuantizedWeight q = quant::quantize(merged, *l.out_quant);
+      out.emplace_back(w, q.wq);
+      out.emplace_back(l.path + ".scales", q.scales);
+      if (q.biases.defined()) out.emplace_back(l.path + ".biases", q.biases);
+    } else {
+      out.emplace_back(w, merged);
+    }
+  } else if (l.out_quant) {
     quant::QuantizedWeight q =
         l.in_quant ? source_quantized() : quant::quantize(cast_if(source_.get(w), cast_), *l.out_quant);
     out.emplace_back(w, q.wq);
@@ -498,9 +542,14 @@ std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
     DType wdt = q.params.mode == quant::Mode::affine ? q.scales.dtype() : DType::bf16;
     out.emplace_back(w, quant::dequantize(q, wdt));
   } else {
-    out.emplace_back(w, cast_if(source_.get(w), cast_));
+    auto rep = req_.replace.find(w);
+    out.emplace_back(w, rep != req_.replace.end() ? rep->second : cast_if(source_.get(w), cast_));
   }
-  if (l.has_bias) out.emplace_back(l.path + ".bias", cast_if(source_.get(l.path + ".bias"), cast_));
+  if (l.has_bias) {
+    auto rep = req_.replace.find(l.path + ".bias");
+    out.emplace_back(l.path + ".bias",
+                     rep != req_.replace.end() ? rep->second : cast_if(source_.get(l.path + ".bias"), cast_));
+  }
   return out;
 }
 

@@ -5,6 +5,8 @@
 // the bits-per-weight figure. produce() then makes one module's output tensors.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -26,6 +28,19 @@ struct Request {
   std::optional<std::string> quant_predicate;    // mixed_2_6 | mixed_3_4 | mixed_3_6 | mixed_4_6
   std::optional<std::string> dtype;              // float16 | bfloat16 | float32
   uint64_t max_shard_bytes = uint64_t(5) << 30;  // mlx-lm's MAX_FILE_SIZE_GB = 5, shifted by 30
+  // convert casts to --dtype / torch_dtype; fuse writes the dtypes mlx-lm's load() gives (no cast).
+  bool cast = true;
+  // fuse: layers whose weight is replaced. apply() takes the layer's dense weight (its source
+  // dtype; a quantized layer dequantized as mx.dequantize does) and returns the merged weight, of
+  // dtype out_dtype (unset: the dense weight's); a quantized layer is then quantized again with its own parameters
+  // unless dequantize is set (mlx-lm's LoRALinear.fuse / DoRALinear.fuse).
+  struct Merge {
+    std::optional<DType> out_dtype;
+    std::function<Tensor(const Tensor&)> apply;
+  };
+  std::map<std::string, Merge> merges;  // by layer path ("model.layers.0.self_attn.q_proj")
+  // fuse of a `full` adapter: tensors written instead of the source's, as they are (dense layers only).
+  std::map<std::string, Tensor> replace;  // by tensor name ("model.layers.3.mlp.up_proj.weight")
 };
 
 // A module of mlx-lm's model that holds parameters: Linear, Embedding or RMSNorm.
@@ -37,6 +52,8 @@ struct Leaf {
   DType source_dtype = DType::f32;              // the float dtype in the source (of the scales if quantized)
   std::optional<quant::QuantParams> in_quant;   // quantized in the source folder
   std::optional<quant::QuantParams> out_quant;  // quantized in the output
+  const Request::Merge* merge = nullptr;        // fuse: the layer's weight is merged
+  DType merged_dtype = DType::f32;              // with merge: the merged weight's dtype
   size_t first_tensor = 0, n_tensors = 0;       // its slice of Plan::tensors
 };
 
@@ -87,5 +104,11 @@ class Plan {
   int64_t total_parameters_ = 0;
   uint64_t nonparameter_bytes_ = 0;  // arrays mlx-lm's modules hold besides parameters (Llama3RoPE._freqs)
 };
+
+// Writes the planned model to out_path as mlx-lm's save() does (shards, index, config.json, the
+// tokenizer files, generation_config.json, *.py of `source`, README.md with base_model when set),
+// under "<out_path>.tmp.<pid>" renamed into place at the end (convert_io.h: StagedFolder).
+void write_folder(const Plan& plan, const std::string& source, const std::string& out_path,
+                  const std::optional<std::string>& base_model);
 
 }  // namespace lmtune::cli::convert
