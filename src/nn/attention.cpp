@@ -10,8 +10,7 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     std::vector<Tensor> qkv = ops::linear_group(x, {lq.weight, lk.weight, lv.weight});  // one launch
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
   } else if (decoding && lq.quantized_like(lk) && lq.quantized_like(lv)) {
-    std::vector<Tensor> qkv =
-        ops::quantized_linear_group(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format);
+    std::vector<Tensor> qkv = ops::quantized_linear_group(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format);
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
   } else {
     AdapterInput in(x);  // q, k and v's adapters share one f32 cast of x, freed at the brace
