@@ -79,19 +79,7 @@ int lora(const LoraOptions& o, const json& recorded) {
     }
     auto params = train::trainable_parameters(model);
     double trainable = double(train::count_parameters(params)) / 1e6;
-    double total = 0;
-    // As mlx-lm's get_total_parameters: a quantized layer counts its dense weight (packed size
-    // x 32 / bits), not its scales and biases.
-    const auto& quantized = model.quantized();
-    for (auto& [n, w] : model.weights()) {
-      const size_t dot = n.rfind('.');
-      auto q = quantized.find(n.substr(0, dot));
-      if (q == quantized.end()) {
-        total += double(w.numel());
-      } else if (n.compare(dot, std::string::npos, ".weight") == 0) {
-        total += double(w.numel()) * 32 / q->second.bits;
-      }
-    }
+    double total = total_parameters(model);  // mlx-lm's get_total_parameters
     if (ac.fine_tune_type != "full") total += double(train::count_parameters(params));
     total /= 1e6;
     std::printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", trainable * 100 / total, trainable, total);

@@ -114,4 +114,19 @@ KVQuantization kv_quantization(const KVQuantOptions& o, int64_t head_dim) {
   return q;
 }
 
+double total_parameters(const Model& model) {
+  double total = 0;
+  const auto& quantized = model.quantized();
+  for (auto& [n, w] : model.weights()) {
+    const size_t dot = n.rfind('.');
+    auto q = quantized.find(n.substr(0, dot));
+    if (q == quantized.end()) {
+      total += double(w.numel());
+    } else if (n.compare(dot, std::string::npos, ".weight") == 0) {
+      total += double(w.numel()) * 32 / q->second.bits;
+    }
+  }
+  return total;
+}
+
 }  // namespace lmtune::cli

@@ -54,4 +54,8 @@ void add_kv_quant_options(Options& t, KVQuantOptions& o);  // --kv-bits --kv-gro
 // the model's head_dim.
 KVQuantization kv_quantization(const KVQuantOptions& o, int64_t head_dim = 0);
 
+// mlx-lm's get_total_parameters: every weight's size, a quantized layer counting its dense weight
+// (packed size x 32 / bits) and not its scales and biases; adapters not included.
+double total_parameters(const Model& model);
+
 }  // namespace lmtune::cli
