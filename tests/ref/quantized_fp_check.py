@@ -22,33 +22,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from quant_folder_checks import FAILS, check, damaged_copy, run, text_of
 
 PROMPT = "Define: lantern"
 # Several raw prompts: the tiny model's greedy answers are short (it often stops at an EOS early).
 PROMPTS = ["Define: tree", "In the", "The meaning of", "Define: lantern"]
-FAILS = []
 LAYER = "model.layers.0.mlp.down_proj"
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg[-3000:], file=sys.stderr)
-    return cond
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, **kw)
-
-
-def text_of(out):
-    m = re.search(r"==========\n(.*?)\n==========", out, re.S)
-    return m.group(1) if m else None
 
 
 def lmtune_text(a, d, prompt):
@@ -151,20 +135,7 @@ def case_refusals(a):
         return
 
     def damaged(tag, edit_tensors=None, edit_config=None):
-        d = os.path.join(a.work, tag)
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.copytree(src, d)
-        if edit_tensors:
-            for f in [f for f in os.listdir(d) if f.endswith(".safetensors")]:
-                t = load_file(os.path.join(d, f))
-                if f"{LAYER}.weight" in t:
-                    edit_tensors(t)
-                    save_file(t, os.path.join(d, f), metadata={"format": "mlx"})
-        if edit_config:
-            c = json.load(open(os.path.join(d, "config.json")))
-            edit_config(c)
-            json.dump(c, open(os.path.join(d, "config.json"), "w"))
-        return d
+        return damaged_copy(src, os.path.join(a.work, tag), LAYER, edit_tensors, edit_config)
 
     def add_biases(t):
         t[f"{LAYER}.biases"] = np.zeros(t[f"{LAYER}.scales"].shape, np.float32)

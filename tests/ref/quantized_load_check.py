@@ -18,33 +18,15 @@ refusals  one 4-bit folder, damaged five ways (a packed weight one word short, s
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
+
+from quant_folder_checks import FAILS, check, damaged_copy, run, text_of
 
 PROMPT = "Define: lantern"
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, file=sys.stderr)
-    return cond
-
-
-def run(cmd, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    return r
-
-
-def text_of(out):
-    m = re.search(r"==========\n(.*?)\n==========", out, re.S)
-    return m.group(1) if m else None
 
 
 def lmtune_text(a, d):
@@ -110,21 +92,7 @@ def case_refusals(a):
     layer = "model.layers.0.mlp.down_proj"
 
     def damaged(tag, edit_tensors=None, edit_config=None):
-        d = os.path.join(a.work, tag)
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.copytree(src, d)
-        files = [f for f in os.listdir(d) if f.endswith(".safetensors")]
-        if edit_tensors:
-            for f in files:
-                t = load_file(os.path.join(d, f))
-                if f"{layer}.weight" in t:
-                    edit_tensors(t)
-                    save_file(t, os.path.join(d, f), metadata={"format": "mlx"})
-        if edit_config:
-            c = json.load(open(os.path.join(d, "config.json")))
-            edit_config(c)
-            json.dump(c, open(os.path.join(d, "config.json"), "w"))
-        return d
+        return damaged_copy(src, os.path.join(a.work, tag), layer, edit_tensors, edit_config)
 
     def short_word(t):
         t[f"{layer}.weight"] = np.ascontiguousarray(t[f"{layer}.weight"][:, :-1])
