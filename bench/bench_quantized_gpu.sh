@@ -8,12 +8,14 @@
 # --llamacpp DIR: llama.cpp built there by bench/bench_llamacpp_gpu.sh build (waited for), run on
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
-# fused product and the duration of every kernel of a short generation (into $OUT).
-# Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu]
+# fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
+# per-product times without the GEMV's software pipeline, and the whole model's decode (prompt 16)
+# for each of LMTUNE_CUDA_PDL x LMTUNE_CUDA_QGEMV_PIPELINE = 0/1 (before/after figures of both).
+# Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
-table="" llamacpp="" tokenizer="" profile=0
+table="" llamacpp="" tokenizer="" profile=0 ab=0
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -21,6 +23,7 @@ while (($#)); do
     --llamacpp) llamacpp="$2"; shift 2 ;;
     --tokenizer) tokenizer="$2"; shift 2 ;;
     --ncu) profile=1; shift ;;
+    --ab) ab=1; shift ;;
     *) echo "bench_quantized_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +34,10 @@ status=0
 start=$SECONDS
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
+if ((ab)); then
+  echo "== bench_quantized, LMTUNE_CUDA_QGEMV_PIPELINE=0 [$((SECONDS - start)) s]"
+  LMTUNE_CUDA_QGEMV_PIPELINE=0 "$build/bin/bench_quantized" 2>&1 | grep -v "^#" || status=1
+fi
 logdir="${OUT:-$tmp}"
 if ((profile)) && command -v ncu >/dev/null; then
   echo "== ncu: one call of each fused product, M = 1 [$((SECONDS - start)) s]"
@@ -56,6 +63,15 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 512 -g 128 -n 3 2>&1 | tee "$tmp/bench.txt" || status=1
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
+if ((ab)); then
+  for pdl in 0 1; do
+    for pipe in 0 1; do
+      echo "== lmtune benchmark -p 16 -g 128, LMTUNE_CUDA_PDL=$pdl LMTUNE_CUDA_QGEMV_PIPELINE=$pipe [$((SECONDS - start)) s]"
+      LMTUNE_CUDA_PDL=$pdl LMTUNE_CUDA_QGEMV_PIPELINE=$pipe "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
+        -p 16 -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
+    done
+  done
+fi
 if ((profile)) && command -v ncu >/dev/null; then
   echo "== ncu: every kernel of a 3-token prompt and 3 decode steps, no graph [$((SECONDS - start)) s]"
   LMTUNE_CUDA_GRAPH=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \

@@ -48,6 +48,9 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_flash = read_switch("LMTUNE_CUDA_FLASH", var("LMTUNE_CUDA_FLASH"), d.cuda_flash);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
+  c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);
+  c.cuda_qgemv_pipeline =
+      read_switch("LMTUNE_CUDA_QGEMV_PIPELINE", var("LMTUNE_CUDA_QGEMV_PIPELINE"), d.cuda_qgemv_pipeline);
   return c;
 }
 

@@ -11,6 +11,10 @@ struct RuntimeConfig {
   bool cuda_flash = true;       // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
   int64_t attn_chunk_rows = 0;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS: most query rows per gemm-path chunk (0: no cap)
   bool cuda_graph = true;       // LMTUNE_CUDA_GRAPH=0: decode runs eagerly, no recorded CUDA graph
+  bool cuda_pdl = true;         // LMTUNE_CUDA_PDL=0: a recorded decode step's kernels wait for each other in full (no
+                                // programmatic dependent launch)
+  bool cuda_qgemv_pipeline = true;  // LMTUNE_CUDA_QGEMV_PIPELINE=0: the quantized GEMV loads a batch, then
+                                    // uses it (no software pipeline; for A/B measurements)
 };
 
 // The config in force: read from the environment at the first call unless set before. Set it at

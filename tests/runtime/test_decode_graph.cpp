@@ -28,7 +28,9 @@ struct GraphCase {
   int64_t head_dim;
 };
 
-std::unique_ptr<Model> random_model(const GraphCase& gc) {
+// quant_bits > 0: every projection quantized (affine, groups of 64) as a 4-bit checkpoint would
+// load, so decode steps take the fused quantized GEMV.
+std::unique_ptr<Model> random_model(const GraphCase& gc, int quant_bits = 0) {
   ModelConfig c;
   c.model_type = "llama";
   c.n_vocab = 301;
@@ -42,13 +44,25 @@ std::unique_ptr<Model> random_model(const GraphCase& gc) {
   c.layer_window = {0, 0};
   auto m = create_model(c);
   std::map<std::string, Tensor> w;
+  std::map<std::string, LayerQuant> quantized;
   uint64_t seed = 100;
   for (const TensorSpec& spec : m->tensor_specs()) {
     bool norm = spec.name.find("norm") != std::string::npos;
     Tensor t = norm ? ops::full(spec.shape, 1.f, DType::f32, Device::cpu)
                     : ops::randn(spec.shape, ++seed, 1.f / std::sqrt(float(spec.shape.back())));
+    const std::string suffix = "_proj.weight";
+    if (quant_bits > 0 && spec.name.ends_with(suffix)) {
+      const std::string layer = spec.name.substr(0, spec.name.size() - 7);  // without ".weight"
+      ops::AffineQuantized q = ops::quantize_affine(ops::cast(t, gc.dt), quant_bits, 64);
+      w[spec.name] = ops::to(q.wq, Device::cuda);
+      w[layer + ".scales"] = ops::to(q.scales, Device::cuda);
+      w[layer + ".biases"] = ops::to(q.biases, Device::cuda);
+      quantized[layer] = LayerQuant{QuantMode::affine, quant_bits, 64};
+      continue;
+    }
     w[spec.name] = ops::to(t, Device::cuda, gc.dt);
   }
+  m->set_quantized(std::move(quantized));
   m->set_weights(std::move(w));
   return m;
 }
@@ -89,6 +103,36 @@ INSTANTIATE_TEST_SUITE_P(Cuda, DecodeGraphVsEager,
                          [](const ::testing::TestParamInfo<GraphCase>& i) {
                            return std::string(dtype_name(i.param.dt)) + "_d" + std::to_string(i.param.head_dim);
                          });
+
+// A 4-bit model's recorded step (fused quantized GEMVs whose first weight loads run before
+// programmatic dependent launch's wait) against the eager step, which runs the same kernels one by
+// one: the same logits bit for bit, with the GEMV's software pipeline and without, and with
+// programmatic dependent launch off.
+TEST(DecodeGraphQuantized, SameLogitsAsEager) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = random_model({DType::bf16, 128}, 4);
+  ASSERT_FALSE(model->quantized().empty());
+  for (int variant = 0; variant < 3; ++variant) {
+    RuntimeConfig rc = runtime_config();
+    rc.cuda_qgemv_pipeline = variant != 1;
+    rc.cuda_pdl = variant != 2;
+    ScopedRuntimeConfig scoped(rc);
+    const std::string what = variant == 0 ? "pipeline, PDL" : variant == 1 ? "no pipeline, PDL" : "pipeline, no PDL";
+    DenseKVCache eager(model->config(), Device::cuda, DType::bf16), graphed(model->config(), Device::cuda, DType::bf16);
+    std::vector<int32_t> prompt(30);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + 3) % 301);
+    Tensor ids = Tensor::from_i32(prompt, {1, int64_t(prompt.size())});
+    model->forward(ids, eager, true);
+    model->forward(ids, graphed, true);
+    DecodeGraph graph(*model, graphed);
+    for (int step = 0; step < 12; ++step) {
+      int32_t token = int32_t((step * 41 + 5) % 301);
+      std::vector<float> want = host_logits(model->forward(Tensor::from_i32({token}, {1, 1}), eager, true));
+      std::vector<float> got = graph.step(token);
+      ASSERT_EQ(got, want) << what << ", step " << step;
+    }
+  }
+}
 
 // Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the
 // same tokens, including past a capacity boundary.

@@ -20,6 +20,7 @@ __device__ __forceinline__ bool visible(bool causal, int64_t window, int64_t qpo
 // Between token-major rows tok (tc, n_head, D) and head-major rows hm (n_head, tc, D).
 template <typename T, int V>
 __global__ void heads_copy_kernel(const T* src, T* dst, int64_t n_head, int64_t tc, int64_t D, bool to_head_major) {
+  pdl_enter();
   int64_t dv = D / V, total = n_head * tc * dv;
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
     int64_t r = idx / dv, d = (idx % dv) * V;  // r = h * tc + tr
@@ -39,6 +40,7 @@ struct RowGeom {  // rows r = h * tc + tr of a chunk's (n_head * tc, se) score m
 // P = softmax(S) over visible keys, written in P's dtype (in place when P is f32); lse per row.
 template <typename P>
 __global__ void attn_softmax_kernel(const float* sc, P* pb, float* lse, int64_t rows, RowGeom g) {
+  pdl_enter();
   __shared__ float smem[64];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int64_t h = r / g.tc, tr = r % g.tc, qpos = g.q_offset + g.t0 + tr;
@@ -61,6 +63,7 @@ __global__ void attn_softmax_kernel(const float* sc, P* pb, float* lse, int64_t 
 template <typename P>
 __global__ void attn_grad_kernel(const float* sc, const float* dp, P* pb, P* ds, const float* lse, const float* delta,
                                  int64_t rows, RowGeom g) {
+  pdl_enter();
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int64_t h = r / g.tc, tr = r % g.tc, qpos = g.q_offset + g.t0 + tr;
     float l = lse[g.lse_base + h * g.T + tr], dl = delta[r];
@@ -77,6 +80,7 @@ __global__ void attn_grad_kernel(const float* sc, const float* dp, P* pb, P* ds,
 // delta[h * tc + tr] = sum_d dout * out over token-major rows; one warp per row.
 template <typename T>
 __global__ void attn_delta_kernel(const T* dout, const T* out, float* delta, int64_t n_head, int64_t tc, int64_t D) {
+  pdl_enter();
   int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   int lane = threadIdx.x & 31;
   for (int64_t r = global_tid() / 32; r < n_head * tc; r += warps) {

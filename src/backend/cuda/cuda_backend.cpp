@@ -39,6 +39,7 @@ CudaBackend::CudaBackend() {
   LMT_CHECK(cuda_available(), "[cuda] no CUDA device is available");
   LMT_CUDA_CHECK(cudaSetDevice(device_));
   LMT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
+  LMT_CUDA_CHECK(cudaDeviceGetAttribute(&cc_major_, cudaDevAttrComputeCapabilityMajor, device_));
   // A blocking stream: work on the legacy default stream (other libraries) stays ordered with ours.
   LMT_CUDA_CHECK(cudaStreamCreate(&stream_));
   LMT_CUBLAS_CHECK(cublasLtCreate(&lt_));
@@ -105,9 +106,14 @@ void CudaBackend::synchronize() { LMT_CUDA_CHECK(cudaStreamSynchronize(stream_))
 
 // Relaxed capture: the caching allocator may cudaMalloc a new block while a decode step is being
 // recorded (the block then belongs to the graph until it is freed; see CachingAllocator::hold).
-void CudaBackend::graph_begin() { LMT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed)); }
+// The recorded kernels go out with programmatic dependent launch (see pdl()).
+void CudaBackend::graph_begin() {
+  LMT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  pdl_ = cc_major_ >= 9 && runtime_config().cuda_pdl;
+}
 
 void* CudaBackend::graph_end() {
+  pdl_ = false;
   cudaGraph_t graph = nullptr;
   LMT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
   cudaGraphExec_t exec = nullptr;

@@ -71,6 +71,10 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
   int sm_count() const { return sm_count_; }
+  // Whether launches now go out with programmatic dependent launch: only while a decode step is
+  // recorded (its weights are constant, which the quantized products' early weight loads need),
+  // on sm_90 and newer, unless LMTUNE_CUDA_PDL=0.
+  bool pdl() const { return pdl_; }
 
   void copy_h2d(void* dst, const void* src, size_t n) override;
   void copy_d2h(void* dst, const void* src, size_t n) override;
@@ -148,6 +152,8 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   int sm_count_ = 1;
+  int cc_major_ = 0;
+  bool pdl_ = false;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;

@@ -156,11 +156,47 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
   return unsigned(std::max<int64_t>(0, std::min(blocks, cap)));
 }
 
+// Programmatic dependent launch (sm_90+). A kernel launched with it may start while the kernel
+// before it in the stream still runs, once every block of that one has called pdl_trigger (or
+// ended); pdl_wait then returns when that kernel has finished and its writes are visible. Every
+// kernel calls pdl_enter (both) before it touches memory, so each one may be launched this way; a
+// kernel may do work that reads only constant data (weights) between the two, as the quantized
+// products do. Both are no-ops in a kernel launched without it.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_enter() {
+  pdl_trigger();
+  pdl_wait();
+}
+
 // Launches kernel k on the backend's stream and checks the launch; an empty grid is a no-op.
+// While a decode step is recorded (CudaBackend::pdl), with programmatic dependent launch.
 template <typename... KArgs, typename... Args>
 void launch(const char* name, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  k<<<grid, block, smem, cuda_impl().stream()>>>(std::forward<Args>(args)...);
+  if (cuda_impl().pdl()) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = cuda_impl().stream();
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    LMT_CUDA_CHECK(cudaLaunchKernelEx(&config, k, KArgs(std::forward<Args>(args))...));
+  } else {
+    k<<<grid, block, smem, cuda_impl().stream()>>>(std::forward<Args>(args)...);
+  }
   LMT_CUDA_LAUNCH_CHECK(name);
 }
 

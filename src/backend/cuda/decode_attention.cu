@@ -13,6 +13,7 @@ constexpr int kWarps = 4, kMaxPerLane = 8;  // head_dim <= 256
 
 template <typename T, int P>  // P = ceil(head_dim / 32) values per lane
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(AttentionArgs a) {
+  pdl_enter();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t h = blockIdx.x, t = blockIdx.y, b = blockIdx.z, D = a.head_dim;
   const int64_t kvh = h / (a.n_head / a.n_kv_head), ldk = a.n_kv_head * D;

@@ -15,6 +15,7 @@ struct Ptrs {
 // alias inputs: each element is read and written by the same thread.
 template <typename T, int V, int NIN, int NOUT, typename F>
 __global__ void map_kernel(F f, Ptrs<const T, NIN> in, Ptrs<T, NOUT> out, int64_t n) {
+  pdl_enter();
   int64_t nv = n / V;
   for (int64_t i = global_tid(); i < nv; i += grid_stride()) {
     Pack<T, V> x[NIN], y[NOUT];
@@ -139,6 +140,7 @@ __device__ __forceinline__ float binary_apply(BinaryOp op, float a, float b) {
 // out[i] = a[i] op b[i % nb]; with V > 1, nb % V == 0 so a pack never wraps around b.
 template <typename T, int V>
 __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* out, int64_t n, int64_t nb) {
+  pdl_enter();
   int64_t nv = n / V;
   for (int64_t i = global_tid(); i < nv; i += grid_stride()) {
     Pack<T, V> x = load_pack<V>(a + i * V), y = load_pack<V>(b + (i * V) % nb), r;
@@ -153,6 +155,7 @@ __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* out, int64
 // dst (n) = value.
 template <typename T, int V>
 __global__ void fill_kernel(T* dst, int64_t n, T value) {
+  pdl_enter();
   int64_t nv = n / V;
   Pack<T, V> p;
 #pragma unroll
@@ -164,6 +167,7 @@ __global__ void fill_kernel(T* dst, int64_t n, T value) {
 // dst (n) in D = src (n) in S, through f32.
 template <typename S, typename D, int V>
 __global__ void cast_kernel(const S* src, D* dst, int64_t n) {
+  pdl_enter();
   int64_t nv = n / V;
   for (int64_t i = global_tid(); i < nv; i += grid_stride()) {
     Pack<S, V> x = load_pack<V>(src + i * V);
@@ -281,6 +285,7 @@ void CudaBackend::swiglu_backward(const void* gate, const void* up, const void* 
 // dst rows [*row_at, *row_at + n) = src: 16-byte units where everything is aligned to 16.
 template <typename U>
 __global__ void copy_rows_at_kernel(U* dst, const U* src, int64_t units_per_row, int64_t total, const int32_t* row_at) {
+  pdl_enter();
   U* d = dst + int64_t(*row_at) * units_per_row;
   for (int64_t i = global_tid(); i < total; i += grid_stride()) d[i] = src[i];
 }

@@ -31,6 +31,7 @@ struct BwdParams {
 template <typename T>
 __global__ void flash_delta_kernel(const T* dout, const T* out, float* delta, int64_t B, int64_t T_, int64_t H,
                                    int64_t D) {
+  pdl_enter();
   int64_t rows = B * T_ * H, warps = int64_t(gridDim.x) * (blockDim.x / 32);
   int lane = threadIdx.x & 31;
   for (int64_t r = global_tid() / 32; r < rows; r += warps) {  // r = (b * T + t) * H + h
@@ -59,6 +60,7 @@ __device__ __forceinline__ void load_row_stats(float* slse, float* sdelta, const
 // the f32 accumulators of kv head y / G.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> p) {
+  pdl_enter();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sk = reinterpret_cast<T*>(smem_raw);                            // (64, D)
   T* sv = sk + kKeyTile * D;                                         // (64, D)
@@ -204,6 +206,7 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
 // Grid (T / 64, H, B): dq rows of 64 queries of head y in batch z, written in T.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p) {
+  pdl_enter();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);  // (64, D)
   T* sdo = sq + kRowTile * D;              // (64, D)

@@ -29,6 +29,7 @@ struct FwdParams {
 // a third block (spills), parking Q in a K buffer (serializes the first tile), 8 warps.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p) {
+  pdl_enter();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);  // (64, D)
   T* sk = sq + kRows * D;                  // 2 x (64, D)

@@ -70,6 +70,7 @@ __device__ __forceinline__ A pick(const A* arr, int i) {
 // their partial sums meet in shared memory.
 template <typename T, int M, bool kSwiglu>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvParams<T> p) {
+  pdl_enter();
   constexpr int kW = kSwiglu ? 2 : 1;  // rows dotted per warp
   __shared__ float part[kGemvWarps][kW][M];
   const int S = p.S, warp = threadIdx.x / 32, lane = threadIdx.x % 32, piece = warp % S;

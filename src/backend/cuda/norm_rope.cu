@@ -9,6 +9,7 @@ namespace {
 // out (N, row_units) = weight[ids] in units U of the row's bytes.
 template <typename U>
 __global__ void embedding_kernel(const U* weight, const int32_t* ids, U* out, int64_t N, int64_t row_units) {
+  pdl_enter();
   int64_t total = N * row_units;
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
     int64_t i = idx / row_units, j = idx % row_units;
@@ -19,6 +20,7 @@ __global__ void embedding_kernel(const U* weight, const int32_t* ids, U* out, in
 // dweight f32 (V, D) += dout (N, D) scattered by ids i32 (N).
 template <typename T>
 __global__ void embedding_backward_kernel(const T* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D) {
+  pdl_enter();
   int64_t total = N * D;
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
     int64_t i = idx / D, j = idx % D;
@@ -33,6 +35,7 @@ __global__ void embedding_backward_kernel(const T* dout, const int32_t* ids, flo
 template <typename T, int V, bool kAdd>
 __global__ void rms_norm_kernel(const T* x, const T* y, const T* w, T* sum, T* out, float* rstd, int64_t rows,
                                 int64_t dim, float eps) {
+  pdl_enter();
   __shared__ float smem[32];
   int64_t nv = dim / V;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -69,6 +72,7 @@ __global__ void rms_norm_kernel(const T* x, const T* y, const T* w, T* sum, T* o
 template <typename T, int V>
 __global__ void rms_norm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx, float* partial,
                                          int64_t rows, int64_t dim) {
+  pdl_enter();
   __shared__ float smem[32];
   int64_t nv = dim / V;
   float* part = partial + int64_t(blockIdx.x) * dim;
@@ -102,6 +106,7 @@ __global__ void rms_norm_backward_kernel(const T* x, const T* w, const float* rs
 
 // out f32 (dim) = sum over rows of partial f32 (nrows, dim).
 __global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nrows, int64_t dim) {
+  pdl_enter();
   for (int64_t j = global_tid(); j < dim; j += grid_stride()) {
     float acc = 0.f;
     for (int64_t b = 0; b < nrows; ++b) acc += partial[b * dim + j];
@@ -126,6 +131,7 @@ __device__ __forceinline__ void rotate_pair(const T* xr, T* o, int64_t i, int64_
 template <typename T>
 __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T_, int64_t H, int64_t D,
                             int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, int64_t total) {
+  pdl_enter();
   int64_t half = D / 2;
   if (pos_at) pos_offset += *pos_at;
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
@@ -142,6 +148,7 @@ template <typename T>
 __global__ void rope_append_kernel(const T* q, const T* k, const T* v, T* q_out, T* k_cache, T* v_cache,
                                    const float* inv_freq, int64_t T_, int64_t H, int64_t KV, int64_t D,
                                    int64_t pos_offset, const int32_t* pos_at) {
+  pdl_enter();
   const int64_t half = D / 2, nq = T_ * H * half, nk = T_ * KV * half;
   if (pos_at) pos_offset += *pos_at;
   for (int64_t idx = global_tid(); idx < nq + 2 * nk; idx += grid_stride()) {

@@ -18,6 +18,7 @@ struct AdamW {
 // p, g, m, v f32 (n).
 template <int V>
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, AdamW opt) {
+  pdl_enter();
   int64_t nv = n / V;
   for (int64_t i = global_tid(); i < nv; i += grid_stride()) {
     Pack<float, V> pp = load_pack<V>(p + i * V), pg = load_pack<V>(g + i * V), pm = load_pack<V>(m + i * V),

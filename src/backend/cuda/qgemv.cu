@@ -81,18 +81,25 @@ __device__ __forceinline__ QMatrix<T> select_matrix(const QgemvParams<T>& p, int
 
 template <int BITS, int GS>
 struct MmaShape {
-  static constexpr int V = 32 / BITS;             // codes a word
-  static constexpr int H = V / 2;                 // pairs a word: codes (j, j + H)
-  static constexpr int QV = GS / 4;               // codes of a group a lane holds (a quarter)
-  static constexpr int QW = QV / V;               // their words
-  static constexpr int XW = QV / 2;               // their x values as u32 pairs
-  static constexpr int MMAS = GS / 16;            // k16 steps a group
-  static constexpr int U = QW >= 8 ? 1 : 8 / QW;  // groups a batch: 8 words of each row
+  static constexpr int V = 32 / BITS;   // codes a word
+  static constexpr int H = V / 2;       // pairs a word: codes (j, j + H)
+  static constexpr int QV = GS / 4;     // codes of a group a lane holds (a quarter)
+  static constexpr int QW = QV / V;     // their words
+  static constexpr int XW = QV / 2;     // their x values as u32 pairs
+  static constexpr int MMAS = GS / 16;  // k16 steps a group
+  // Groups a batch: 8 words of each row, loaded and then used; or, software-pipelined, 4 words
+  // whose loads are in flight while the batch before is used (two of 8 spill).
+  static constexpr int U = QW >= 8 ? 1 : 8 / QW;
+  static constexpr int UP = QW >= 4 ? 1 : 4 / QW;
   // Blocks a multiprocessor: 4 (64 registers) where that spills nothing (-Xptxas -v), else 3
   // (80). A grouped launch's matrix selection needs more registers: always 3 (at 64 the 4-bit
   // kernels spilled).
   static constexpr int kMinBlocks = (BITS == 4 && GS <= 64) || (BITS == 8 && GS == 32) ? 4 : 3;
   static constexpr int kMinBlocksGroup = 3;
+  static constexpr int kMinBlocksPipe = 3;  // two batches in flight: 80 registers
+  // Where the pipeline fits 80 registers without spilling (-Xptxas -v): not for 2 bits or groups
+  // of 128 (16 registers of x a group).
+  static constexpr bool kPipe = BITS != 2 && GS <= 64;
   static_assert(QW >= 1 && QV % V == 0 && XW % 4 == 0 && H % 2 == 0, "unsupported bits / group size");
 };
 
@@ -215,9 +222,14 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
-template <typename T, int BITS, int GS, bool GROUP>
-__global__ void __launch_bounds__(kQWarps * 32,
-                                  GROUP ? MmaShape<BITS, GS>::kMinBlocksGroup : MmaShape<BITS, GS>::kMinBlocks)
+template <int BITS, int GS, bool GROUP, bool PIPE>
+constexpr int min_blocks() {
+  using Sh = MmaShape<BITS, GS>;
+  return PIPE ? Sh::kMinBlocksPipe : GROUP ? Sh::kMinBlocksGroup : Sh::kMinBlocks;
+}
+
+template <typename T, int BITS, int GS, bool GROUP, bool PIPE>
+__global__ void __launch_bounds__(kQWarps * 32, min_blocks<BITS, GS, GROUP, PIPE>())
     qgemv_mma_kernel(QgemvParams<T> p) {
   const int64_t global_tile = int64_t(blockIdx.x) * (kQWarps / p.S) + (threadIdx.x / 32) / p.S;
   const bool valid = global_tile < p.tile_start[p.count];
@@ -225,7 +237,7 @@ __global__ void __launch_bounds__(kQWarps * 32,
       GROUP ? select_matrix(p, valid ? global_tile : 0) : QMatrix<T>{p.wq, p.scales, p.biases, p.y, p.N, global_tile};
   const int64_t tile = mt.tile;
   using Sh = MmaShape<BITS, GS>;
-  constexpr int H = Sh::H, QW = Sh::QW, U = Sh::U, kGroupWords = GS * BITS / 32;
+  constexpr int H = Sh::H, QW = Sh::QW, U = PIPE ? Sh::UP : Sh::U, kGroupWords = GS * BITS / 32;
   constexpr bool kBf16 = std::is_same_v<T, bf16>, kSplit8 = kBf16 && BITS == 8;
   constexpr float kOffset = !kBf16 ? 0.f : BITS == 8 ? 2176.f : 128.f;  // what A's codes carry above q
   __shared__ float part[kQWarps][4][32];
@@ -236,7 +248,10 @@ __global__ void __launch_bounds__(kQWarps * 32,
   const int64_t g_begin = min(groups, piece * per), g_end = min(groups, g_begin + per);
   // acc: rows (n0 + g, m 2t), (n0 + g, m 2t + 1), (n0 + g + 8, m 2t), (n0 + g + 8, m 2t + 1).
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  if (valid) {
+  pdl_trigger();
+  if (!valid) {
+    pdl_wait();
+  } else {
     // Rows past N (the last tile) read row N - 1 and are never written.
     const int64_t r0 = min(n0 + g, N - 1), r1 = min(n0 + g + 8, N - 1), row_words = K * BITS / 32;
     const uint32_t* w0 = mt.wq + r0 * row_words + t * QW;
@@ -246,17 +261,32 @@ __global__ void __launch_bounds__(kQWarps * 32,
     const T* sb = (t & 1 ? mt.biases : mt.scales) + (t & 2 ? r1 : r0) * groups;
     const bool has_x = g < p.M;  // B's column g is x row g; columns >= M stay zero
     const T* xq = p.x + int64_t(has_x ? g : 0) * K + t * Sh::QV;
-    for (int64_t G0 = g_begin; G0 < g_end; G0 += U) {
+    // A batch of U groups: the words of both rows and the lane's scale or bias.
+    struct Batch {
       uint32_t wa[U][QW], wb[U][QW];
       T sbv[U];
+    };
+    auto load_batch = [&](int64_t G0, Batch& b) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (G0 + u < g_end) {
-          load_words<QW>(w0 + (G0 + u) * kGroupWords, wa[u]);
-          load_words<QW>(w1 + (G0 + u) * kGroupWords, wb[u]);
-          sbv[u] = __ldg(sb + G0 + u);
+          load_words<QW>(w0 + (G0 + u) * kGroupWords, b.wa[u]);
+          load_words<QW>(w1 + (G0 + u) * kGroupWords, b.wb[u]);
+          b.sbv[u] = __ldg(sb + G0 + u);
         }
       }
+    };
+    // PIPE: batch i + 1's loads are in flight while batch i is used, and the first batch is
+    // loaded before pdl_wait: weights never change while a decode step is recorded, so under
+    // programmatic dependent launch their loads overlap the kernel before this one; x, the previous
+    // kernel's output, is read only after the wait. Otherwise a batch is loaded, then used.
+    Batch cur;  // PIPE: the batch in use
+    if (PIPE && g_begin < g_end) load_batch(g_begin, cur);
+    pdl_wait();
+    for (int64_t G0 = g_begin; G0 < g_end; G0 += U) {
+      Batch next;  // PIPE: the batch after; otherwise the batch in use
+      if (!PIPE || G0 + U < g_end) load_batch(PIPE ? G0 + U : G0, next);
+      const Batch& b = PIPE ? cur : next;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (G0 + u < g_end) {
@@ -267,21 +297,23 @@ __global__ void __launch_bounds__(kQWarps * 32,
 #pragma unroll
             for (int i = 0; i < Sh::XW; ++i) xw[i] = 0u;
           }
+          const uint32_t(&wa)[QW] = b.wa[u];
+          const uint32_t(&wb)[QW] = b.wb[u];
           float cq[4] = {0.f, 0.f, 0.f, 0.f}, cx[4] = {0.f, 0.f, 0.f, 0.f};  // sum (q + offset) x, sum x
 #pragma unroll
           for (int mm = 0; mm < Sh::MMAS; ++mm) {
             const int P0 = 2 * mm, P1 = 2 * mm + 1;
             const uint32_t x0 = x_pair<BITS>(xw, P0), x1 = x_pair<BITS>(xw, P1);
-            mma16816<T>(cq, code_pair<T, BITS>(wa[u][P0 / H], P0 % H), code_pair<T, BITS>(wb[u][P0 / H], P0 % H),
-                        code_pair<T, BITS>(wa[u][P1 / H], P1 % H), code_pair<T, BITS>(wb[u][P1 / H], P1 % H), x0, x1);
+            mma16816<T>(cq, code_pair<T, BITS>(wa[P0 / H], P0 % H), code_pair<T, BITS>(wb[P0 / H], P0 % H),
+                        code_pair<T, BITS>(wa[P1 / H], P1 % H), code_pair<T, BITS>(wb[P1 / H], P1 % H), x0, x1);
             if constexpr (kSplit8)
-              mma16816<T>(cq, code_pair_hi8(wa[u][P0 / H], P0 % H), code_pair_hi8(wb[u][P0 / H], P0 % H),
-                          code_pair_hi8(wa[u][P1 / H], P1 % H), code_pair_hi8(wb[u][P1 / H], P1 % H), x0, x1);
+              mma16816<T>(cq, code_pair_hi8(wa[P0 / H], P0 % H), code_pair_hi8(wb[P0 / H], P0 % H),
+                          code_pair_hi8(wa[P1 / H], P1 % H), code_pair_hi8(wb[P1 / H], P1 % H), x0, x1);
             constexpr uint32_t one = Magic<T>::kOne;
             mma16816<T>(cx, one, one, one, one, x0, x1);
           }
           // cx[2], cx[3] (rows g + 8 of the ones) equal cx[0], cx[1].
-          const float v = to_f32(sbv[u]);  // lane 4g + {0, 1, 2, 3}: scale g, bias g, scale g + 8, bias g + 8
+          const float v = to_f32(b.sbv[u]);  // lane 4g + {0, 1, 2, 3}: scale g, bias g, scale g + 8, bias g + 8
           const float sc0 = __shfl_sync(0xffffffffu, v, 4 * g), sc1 = __shfl_sync(0xffffffffu, v, 4 * g + 2);
           const float bi0 = fmaf(-kOffset, sc0, __shfl_sync(0xffffffffu, v, 4 * g + 1));
           const float bi1 = fmaf(-kOffset, sc1, __shfl_sync(0xffffffffu, v, 4 * g + 3));
@@ -291,6 +323,7 @@ __global__ void __launch_bounds__(kQWarps * 32,
           acc[3] = fmaf(sc1, cq[3], fmaf(bi1, cx[1], acc[3]));
         }
       }
+      if constexpr (PIPE) cur = next;
     }
   }
   if (S > 1) {  // the S pieces of a tile are warps tile_in_block * S .. + S - 1
@@ -324,13 +357,22 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t tiles = p.tile_start[p.count], groups = p.K / GS;
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
-  while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * Sh::U) p.S *= 2;
+  const bool pipe = Sh::kPipe && runtime_config().cuda_qgemv_pipeline;
+  while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * (pipe ? Sh::UP : Sh::U)) p.S *= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
   const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
+  if constexpr (Sh::kPipe) {
+    if (pipe) {
+      launch("quantized_gemv",
+             group ? qgemv_mma_kernel<T, BITS, GS, true, true> : qgemv_mma_kernel<T, BITS, GS, false, true>, grid,
+             kQWarps * 32, 0, p);
+      return;
+    }
+  }
   if (group)
-    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, true>, grid, kQWarps * 32, 0, p);
+    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, true, false>, grid, kQWarps * 32, 0, p);
   else
-    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, false>, grid, kQWarps * 32, 0, p);
+    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, false, false>, grid, kQWarps * 32, 0, p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,6 +382,7 @@ void launch_mma(QgemvParams<T> p) {
 // bias; the lanes' shares meet in a warp sum at the end.
 template <typename T>
 __global__ void __launch_bounds__(kQWarps * 32) qgemv_generic_kernel(QgemvParams<T> p, int bits, int group_size) {
+  pdl_enter();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kQWarps + warp;
   if (n >= p.N) return;  // whole warps

@@ -28,6 +28,7 @@ __device__ __forceinline__ f16 store_mlx<f16>(float x) {
 template <typename T>
 __global__ void quantize_affine_kernel(const T* __restrict__ w, uint32_t* __restrict__ wq, T* __restrict__ scales,
                                        T* __restrict__ biases, int64_t rows, int64_t in, int bits, int group_size) {
+  pdl_enter();
   const int64_t groups = in / group_size, words_per_group = group_size * bits / 32;
   const float n_bins = float((1 << bits) - 1);
   for (int64_t e = global_tid(); e < rows * groups; e += grid_stride()) {

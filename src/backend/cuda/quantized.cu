@@ -54,6 +54,7 @@ template <typename T>
 __global__ void dequantize_elementwise_kernel(const uint32_t* __restrict__ wq, const T* __restrict__ scales,
                                               const T* __restrict__ biases, T* __restrict__ out, int64_t rows,
                                               int64_t in, int bits, int group_size) {
+  pdl_enter();
   const int64_t words = in * bits / 32, groups = in / group_size;
   const uint32_t mask = (1u << bits) - 1;
   for (int64_t e = global_tid(); e < rows * in; e += grid_stride()) {
@@ -73,6 +74,7 @@ template <typename T, int BITS>
 __global__ void dequantize_word_kernel(const uint32_t* __restrict__ wq, const T* __restrict__ scales,
                                        const T* __restrict__ biases, T* __restrict__ out, int64_t rows, int64_t in,
                                        int group_size) {
+  pdl_enter();
   constexpr int E = 32 / BITS;
   constexpr uint32_t kMask = (1u << BITS) - 1;
   const int64_t words = in / E, groups = in / group_size, total = rows * words;
@@ -94,6 +96,7 @@ template <typename T>
 __global__ void dequantize_run_kernel(const uint32_t* __restrict__ wq, const T* __restrict__ scales,
                                       const T* __restrict__ biases, T* __restrict__ out, int64_t rows, int64_t in,
                                       int bits, int group_size) {
+  pdl_enter();
   const int64_t runs_per_row = in / 32, groups = in / group_size, total = rows * runs_per_row;
   const uint32_t mask = (1u << bits) - 1;
   for (int64_t e = global_tid(); e < total; e += grid_stride()) {

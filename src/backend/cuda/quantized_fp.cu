@@ -69,6 +69,7 @@ __device__ __forceinline__ float x86_product(float v, float s) {
 template <typename T, int BITS, int GROUP, bool E4M3_SCALE>
 __global__ void dequantize_fp_kernel(const uint32_t* __restrict__ wq, const uint8_t* __restrict__ scales,
                                      T* __restrict__ out, int64_t rows, int64_t in) {
+  pdl_enter();
   constexpr int kPer = 32 / BITS;
   const int64_t words = in / kPer, groups = in / GROUP;
   for (int64_t e = global_tid(); e < rows * words; e += grid_stride()) {

@@ -10,6 +10,7 @@ namespace {
 // inner == 1: one block per row of n.
 template <typename T, typename O>
 __global__ void row_sum_kernel(const T* x, O* out, int64_t outer, int64_t n) {
+  pdl_enter();
   __shared__ float smem[32];
   for (int64_t r = blockIdx.x; r < outer; r += gridDim.x) {
     const T* row = x + r * n;
@@ -25,6 +26,7 @@ __global__ void row_sum_kernel(const T* x, O* out, int64_t outer, int64_t n) {
 template <typename T, typename O>
 __global__ void col_sum_kernel(const T* x, O* out, float* partial, int64_t outer, int64_t n, int64_t inner,
                                int64_t rows_per_split) {
+  pdl_enter();
   int64_t total = outer * inner;
   int64_t k0 = int64_t(blockIdx.y) * rows_per_split;
   int64_t k1 = min(n, k0 + rows_per_split);
@@ -43,6 +45,7 @@ __global__ void col_sum_kernel(const T* x, O* out, float* partial, int64_t outer
 // out (total) = sum over splits of partial f32 (splits, total).
 template <typename O>
 __global__ void sum_partials_kernel(const float* partial, O* out, int64_t total, int splits) {
+  pdl_enter();
   for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
     float acc = 0.f;
     for (int s = 0; s < splits; ++s) acc += partial[int64_t(s) * total + idx];

@@ -30,6 +30,7 @@ __device__ __forceinline__ void map_row(const T* in, T* out, int64_t n, G&& g) {
 // y (rows, n) = softmax(x (rows, n)) along n.
 template <typename T, int V>
 __global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t n) {
+  pdl_enter();
   __shared__ float smem[64];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * n;
@@ -44,6 +45,7 @@ __global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t n) {
 // dx (rows, n) = y * (dy - sum(dy * y)); y, dy (rows, n).
 template <typename T, int V>
 __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t rows, int64_t n) {
+  pdl_enter();
   __shared__ float smem[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* yr = y + r * n;
@@ -68,6 +70,7 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
 template <typename T, int V>
 __global__ void cross_entropy_kernel(const T* logits, const int32_t* targets, float* loss, float* lse, int64_t N,
                                      int64_t nv) {
+  pdl_enter();
   __shared__ float smem[64];
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
     const T* xr = logits + r * nv;
@@ -87,6 +90,7 @@ __global__ void cross_entropy_kernel(const T* logits, const int32_t* targets, fl
 template <typename T, int V>
 __global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* targets, const float* lse,
                                               const float* dloss, T* dlogits, int64_t N, int64_t nv) {
+  pdl_enter();
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
     int32_t t = targets[r];
     float g = t < 0 ? 0.f : dloss[r], l = lse[r];
