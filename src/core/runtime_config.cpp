@@ -49,8 +49,10 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);
-  c.cuda_qgemv_pipeline =
-      read_switch("LMTUNE_CUDA_QGEMV_PIPELINE", var("LMTUNE_CUDA_QGEMV_PIPELINE"), d.cuda_qgemv_pipeline);
+  c.cuda_qgemv_variant =
+      read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
+  LMT_CHECK(c.cuda_qgemv_variant <= 2, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0, 1 or 2, got ",
+            c.cuda_qgemv_variant);
   return c;
 }
 

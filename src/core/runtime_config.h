@@ -11,10 +11,13 @@ struct RuntimeConfig {
   bool cuda_flash = true;       // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
   int64_t attn_chunk_rows = 0;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS: most query rows per gemm-path chunk (0: no cap)
   bool cuda_graph = true;       // LMTUNE_CUDA_GRAPH=0: decode runs eagerly, no recorded CUDA graph
-  bool cuda_pdl = true;         // LMTUNE_CUDA_PDL=0: a recorded decode step's kernels wait for each other in full (no
-                                // programmatic dependent launch)
-  bool cuda_qgemv_pipeline = true;  // LMTUNE_CUDA_QGEMV_PIPELINE=0: the quantized GEMV loads a batch, then
-                                    // uses it (no software pipeline; for A/B measurements)
+  // LMTUNE_CUDA_PDL=1: a recorded decode step's kernels go out with programmatic dependent launch
+  // (off by default: a 4-bit Mistral-7B decoded 3% slower with it on the H200; bench/NOTES.md).
+  bool cuda_pdl = false;
+  // LMTUNE_CUDA_QGEMV_VARIANT: the quantized GEMV's batches (backend/cuda/qgemv.cu; for A/B
+  // measurements): 0 loads 8 words a row, then uses them; 1 software-pipelines 4-word batches; 2
+  // loads 16 words, then uses them.
+  int64_t cuda_qgemv_variant = 0;
 };
 
 // The config in force: read from the environment at the first call unless set before. Set it at

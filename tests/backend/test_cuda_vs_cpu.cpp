@@ -772,8 +772,8 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     const uint32_t* wp = static_cast<const uint32_t*>(gw.raw()) + w_off;
     const std::string what = "quantized_gemv bits " + std::to_string(bits) + " group " + std::to_string(group) + " M " +
                              std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
-                             (x_off || w_off ? " unaligned" : "") +
-                             (runtime_config().cuda_qgemv_pipeline ? "" : " no pipeline");
+                             (x_off || w_off ? " unaligned" : "") + " variant " +
+                             std::to_string(runtime_config().cuda_qgemv_variant);
     ASSERT_TRUE(gpu().quantized_gemv(xp, wp, gs.raw(), gb.raw(), gy.raw(), M, N, K, bits, group, dt)) << what;
     const Vec got = read(gy);
     int64_t unwritten = 0;
@@ -782,14 +782,14 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     check_close(got, ref_mlx, tol_mlx, what + " vs MLX's qmv arithmetic");
     check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
   };
-  // The tensor-core kernel with and without its software pipeline (LMTUNE_CUDA_QGEMV_PIPELINE).
-  for (bool pipeline : {false, true}) {
+  // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; 0 is also what the runs below use).
+  for (int variant : {1, 2}) {
     RuntimeConfig rc = runtime_config();
-    rc.cuda_qgemv_pipeline = pipeline;
+    rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);
     for (int bits : {2, 4, 8})
       for (int group : {32, 64, 128})
-        for (int64_t M : {1, 3, 8}) run(bits, group, M, 37, 64 * 7, 0, 0);
+        for (int64_t M : {1, 3, 8}) run(bits, group, M, 37, 128 * 7, 0, 0);
     run(4, 64, 1, 4096, 4096, 0, 0);
     run(4, 64, 3, 37, 64 * 37, 0, 0);
   }

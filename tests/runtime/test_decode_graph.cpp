@@ -104,20 +104,19 @@ INSTANTIATE_TEST_SUITE_P(Cuda, DecodeGraphVsEager,
                            return std::string(dtype_name(i.param.dt)) + "_d" + std::to_string(i.param.head_dim);
                          });
 
-// A 4-bit model's recorded step (fused quantized GEMVs whose first weight loads run before
-// programmatic dependent launch's wait) against the eager step, which runs the same kernels one by
-// one: the same logits bit for bit, with the GEMV's software pipeline and without, and with
-// programmatic dependent launch off.
+// A 4-bit model's recorded step (fused quantized GEMVs) against the eager step, which runs the same
+// kernels one by one: the same logits bit for bit for each GEMV variant, with programmatic
+// dependent launch off and on (the pipelined variant's first weight loads run before its wait).
 TEST(DecodeGraphQuantized, SameLogitsAsEager) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   ASSERT_FALSE(model->quantized().empty());
-  for (int variant = 0; variant < 3; ++variant) {
+  for (int run = 0; run < 6; ++run) {
     RuntimeConfig rc = runtime_config();
-    rc.cuda_qgemv_pipeline = variant != 1;
-    rc.cuda_pdl = variant != 2;
+    rc.cuda_qgemv_variant = run % 3;
+    rc.cuda_pdl = run >= 3;
     ScopedRuntimeConfig scoped(rc);
-    const std::string what = variant == 0 ? "pipeline, PDL" : variant == 1 ? "no pipeline, PDL" : "pipeline, no PDL";
+    const std::string what = "GEMV variant " + std::to_string(run % 3) + (rc.cuda_pdl ? ", PDL" : ", no PDL");
     DenseKVCache eager(model->config(), Device::cuda, DType::bf16), graphed(model->config(), Device::cuda, DType::bf16);
     std::vector<int32_t> prompt(30);
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + 3) % 301);

@@ -73,7 +73,7 @@ class CudaBackend final : public Backend {
   int sm_count() const { return sm_count_; }
   // Whether launches now go out with programmatic dependent launch: only while a decode step is
   // recorded (its weights are constant, which the quantized products' early weight loads need),
-  // on sm_90 and newer, unless LMTUNE_CUDA_PDL=0.
+  // on sm_90 and newer, with LMTUNE_CUDA_PDL=1.
   bool pdl() const { return pdl_; }
 
   void copy_h2d(void* dst, const void* src, size_t n) override;

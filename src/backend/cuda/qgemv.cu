@@ -87,19 +87,25 @@ struct MmaShape {
   static constexpr int QW = QV / V;     // their words
   static constexpr int XW = QV / 2;     // their x values as u32 pairs
   static constexpr int MMAS = GS / 16;  // k16 steps a group
-  // Groups a batch: 8 words of each row, loaded and then used; or, software-pipelined, 4 words
-  // whose loads are in flight while the batch before is used (two of 8 spill).
+  // Groups a batch, by kernel variant (RuntimeConfig::cuda_qgemv_variant): 0, 8 words of each
+  // row, loaded and then used; 1, software-pipelined, 4 words whose loads are in flight while the
+  // batch before is used (two of 8 spill); 2, 16 words loaded and then used.
   static constexpr int U = QW >= 8 ? 1 : 8 / QW;
   static constexpr int UP = QW >= 4 ? 1 : 4 / QW;
+  static constexpr int UW = QW >= 16 ? 1 : 16 / QW;
+  template <int VAR>
+  static constexpr int batch() {
+    return VAR == 1 ? UP : VAR == 2 ? UW : U;
+  }
   // Blocks a multiprocessor: 4 (64 registers) where that spills nothing (-Xptxas -v), else 3
   // (80). A grouped launch's matrix selection needs more registers: always 3 (at 64 the 4-bit
   // kernels spilled).
   static constexpr int kMinBlocks = (BITS == 4 && GS <= 64) || (BITS == 8 && GS == 32) ? 4 : 3;
   static constexpr int kMinBlocksGroup = 3;
-  static constexpr int kMinBlocksPipe = 3;  // two batches in flight: 80 registers
-  // Where the pipeline fits 80 registers without spilling (-Xptxas -v): not for 2 bits or groups
-  // of 128 (16 registers of x a group).
-  static constexpr bool kPipe = BITS != 2 && GS <= 64;
+  static constexpr int kMinBlocksVariant = 3;  // variants 1 and 2: 80 registers
+  // Where variants 1 and 2 fit 80 registers without spilling (-Xptxas -v): not for 2 bits or
+  // groups of 128 (16 registers of x a group); elsewhere variant 0 runs.
+  static constexpr bool kVariants = BITS != 2 && GS <= 64;
   static_assert(QW >= 1 && QV % V == 0 && XW % 4 == 0 && H % 2 == 0, "unsupported bits / group size");
 };
 
@@ -222,22 +228,22 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
-template <int BITS, int GS, bool GROUP, bool PIPE>
+template <int BITS, int GS, bool GROUP, int VAR>
 constexpr int min_blocks() {
   using Sh = MmaShape<BITS, GS>;
-  return PIPE ? Sh::kMinBlocksPipe : GROUP ? Sh::kMinBlocksGroup : Sh::kMinBlocks;
+  return VAR != 0 ? Sh::kMinBlocksVariant : GROUP ? Sh::kMinBlocksGroup : Sh::kMinBlocks;
 }
 
-template <typename T, int BITS, int GS, bool GROUP, bool PIPE>
-__global__ void __launch_bounds__(kQWarps * 32, min_blocks<BITS, GS, GROUP, PIPE>())
-    qgemv_mma_kernel(QgemvParams<T> p) {
+template <typename T, int BITS, int GS, bool GROUP, int VAR>
+__global__ void __launch_bounds__(kQWarps * 32, min_blocks<BITS, GS, GROUP, VAR>()) qgemv_mma_kernel(QgemvParams<T> p) {
   const int64_t global_tile = int64_t(blockIdx.x) * (kQWarps / p.S) + (threadIdx.x / 32) / p.S;
   const bool valid = global_tile < p.tile_start[p.count];
   const QMatrix<T> mt =
       GROUP ? select_matrix(p, valid ? global_tile : 0) : QMatrix<T>{p.wq, p.scales, p.biases, p.y, p.N, global_tile};
   const int64_t tile = mt.tile;
   using Sh = MmaShape<BITS, GS>;
-  constexpr int H = Sh::H, QW = Sh::QW, U = PIPE ? Sh::UP : Sh::U, kGroupWords = GS * BITS / 32;
+  constexpr int H = Sh::H, QW = Sh::QW, U = Sh::template batch<VAR>(), kGroupWords = GS * BITS / 32;
+  constexpr bool PIPE = VAR == 1;
   constexpr bool kBf16 = std::is_same_v<T, bf16>, kSplit8 = kBf16 && BITS == 8;
   constexpr float kOffset = !kBf16 ? 0.f : BITS == 8 ? 2176.f : 128.f;  // what A's codes carry above q
   __shared__ float part[kQWarps][4][32];
@@ -357,22 +363,21 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t tiles = p.tile_start[p.count], groups = p.K / GS;
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
-  const bool pipe = Sh::kPipe && runtime_config().cuda_qgemv_pipeline;
-  while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * (pipe ? Sh::UP : Sh::U)) p.S *= 2;
+  const int variant = Sh::kVariants ? int(runtime_config().cuda_qgemv_variant) : 0;
+  const int batch = variant == 1 ? Sh::UP : variant == 2 ? Sh::UW : Sh::U;
+  while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * batch) p.S *= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
   const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
-  if constexpr (Sh::kPipe) {
-    if (pipe) {
-      launch("quantized_gemv",
-             group ? qgemv_mma_kernel<T, BITS, GS, true, true> : qgemv_mma_kernel<T, BITS, GS, false, true>, grid,
-             kQWarps * 32, 0, p);
-      return;
-    }
+  auto go = [&](auto var) {
+    constexpr int V = decltype(var)::value;
+    launch("quantized_gemv", group ? qgemv_mma_kernel<T, BITS, GS, true, V> : qgemv_mma_kernel<T, BITS, GS, false, V>,
+           grid, kQWarps * 32, 0, p);
+  };
+  if constexpr (Sh::kVariants) {
+    if (variant == 1) return go(std::integral_constant<int, 1>{});
+    if (variant == 2) return go(std::integral_constant<int, 2>{});
   }
-  if (group)
-    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, true, false>, grid, kQWarps * 32, 0, p);
-  else
-    launch("quantized_gemv", qgemv_mma_kernel<T, BITS, GS, false, false>, grid, kQWarps * 32, 0, p);
+  go(std::integral_constant<int, 0>{});
 }
 
 // ---------------------------------------------------------------------------------------------
