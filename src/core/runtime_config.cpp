@@ -51,7 +51,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
-  LMT_CHECK(c.cuda_qgemv_variant <= 2, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0, 1 or 2, got ",
+  LMT_CHECK(c.cuda_qgemv_variant <= 3, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0, 1, 2 or 3, got ",
             c.cuda_qgemv_variant);
   return c;
 }

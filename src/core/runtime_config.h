@@ -16,7 +16,8 @@ struct RuntimeConfig {
   bool cuda_pdl = false;
   // LMTUNE_CUDA_QGEMV_VARIANT: the quantized GEMV's batches (backend/cuda/qgemv.cu; for A/B
   // measurements): 0 loads 8 words a row, then uses them; 1 software-pipelines 4-word batches; 2
-  // loads 16 words, then uses them.
+  // loads 16 words, then uses them; 3 stages the weights through shared memory by cp.async
+  // (qgemv_async.cu; where it does not apply, 0).
   int64_t cuda_qgemv_variant = 0;
 };
 

@@ -783,7 +783,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
   };
   // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; 0 is also what the runs below use).
-  for (int variant : {1, 2}) {
+  for (int variant : {1, 2, 3}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);
@@ -791,6 +791,8 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
       for (int group : {32, 64, 128})
         for (int64_t M : {1, 3, 8}) run(bits, group, M, 37, 128 * 7, 0, 0);
     run(4, 64, 1, 4096, 4096, 0, 0);
+    run(4, 64, 1, 4096, 14336, 0, 0);
+    run(4, 32, 8, 1000, 4096, 0, 0);
     run(4, 64, 3, 37, 64 * 37, 0, 0);
   }
   for (int bits : {2, 3, 4, 5, 6, 8})

@@ -106,17 +106,17 @@ INSTANTIATE_TEST_SUITE_P(Cuda, DecodeGraphVsEager,
 
 // A 4-bit model's recorded step (fused quantized GEMVs) against the eager step, which runs the same
 // kernels one by one: the same logits bit for bit for each GEMV variant, with programmatic
-// dependent launch off and on (the pipelined variant's first weight loads run before its wait).
+// dependent launch off and on (variants 1 and 3 load their first weights before its wait).
 TEST(DecodeGraphQuantized, SameLogitsAsEager) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   ASSERT_FALSE(model->quantized().empty());
-  for (int run = 0; run < 6; ++run) {
+  for (int run = 0; run < 8; ++run) {
     RuntimeConfig rc = runtime_config();
-    rc.cuda_qgemv_variant = run % 3;
-    rc.cuda_pdl = run >= 3;
+    rc.cuda_qgemv_variant = run % 4;
+    rc.cuda_pdl = run >= 4;
     ScopedRuntimeConfig scoped(rc);
-    const std::string what = "GEMV variant " + std::to_string(run % 3) + (rc.cuda_pdl ? ", PDL" : ", no PDL");
+    const std::string what = "GEMV variant " + std::to_string(run % 4) + (rc.cuda_pdl ? ", PDL" : ", no PDL");
     DenseKVCache eager(model->config(), Device::cuda, DType::bf16), graphed(model->config(), Device::cuda, DType::bf16);
     std::vector<int32_t> prompt(30);
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + 3) % 301);
