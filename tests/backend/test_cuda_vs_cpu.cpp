@@ -783,7 +783,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
   };
   // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; 0 is also what the runs below use).
-  for (int variant : {1, 2, 3}) {
+  for (int variant : {1, 2, 3, 4}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);

@@ -150,7 +150,7 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
-  if (wanted == 3 && launch_async<T>(BITS, GS, p)) return;
+  if (wanted >= 3 && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
   const int variant = Sh::kVariants && wanted <= 2 ? wanted : 0;
   const int batch = variant == 1 ? Sh::UP : variant == 2 ? Sh::UW : Sh::U;
   while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * batch) p.S *= 2;

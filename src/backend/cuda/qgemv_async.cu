@@ -3,24 +3,29 @@
 // plus the chunk's scales and biases) with cp.async into a ring of kStages buffers, so that
 // kStages - 1 chunks are in flight while one is used and none of them holds a register. qgemv.cu's
 // kernel keeps its loads in registers, which caps the bytes in flight a multiprocessor (bench/NOTES.md,
-// session 3). Taken for 4 bits in groups of 32 or 64 and 8 bits in groups of 32 (a chunk holds an
-// even number of groups; 2 bits would fit but spill), an even number of groups a row and 4-byte
-// aligned scales; elsewhere the caller runs qgemv.cu's kernel.
+// session 3). Taken where a chunk holds an even number of groups (64-byte chunks: 4 bits in
+// groups of 32 or 64, 8 bits in groups of 32; 128-byte chunks: also 4 bits in groups of 128 and 8
+// bits in groups of 64; 2 bits would fit but spill), for an even number of groups a row and
+// 4-byte aligned scales; elsewhere the caller runs qgemv.cu's kernel.
 #include "backend/cuda/qgemv_mma.cuh"
 
 namespace lmtune::qgemv {
 
 namespace {
 
-constexpr int kStages = 4;
-constexpr int kChunkRowBytes = 64;               // bytes of each row a chunk holds
-constexpr int kRowStride = kChunkRowBytes + 16;  // padded: lane (g, t)'s 8-byte reads hit distinct banks
-// Blocks a multiprocessor: 4 (64 registers, ~49 KB of shared memory each); a grouped launch's
-// matrix selection needs more registers: 3 (80; at 64 they spill).
-constexpr int kAsyncMinBlocks = 4, kAsyncMinBlocksGroup = 3;
+// CB: bytes of each row a chunk holds, 64 (4 stages, ~49 KB of shared memory a block, 4 blocks a
+// multiprocessor at 64 registers) or 128 (whole 128-byte lines; 3 stages, ~65 KB, 3 blocks). A
+// grouped launch's matrix selection needs more registers: 3 blocks (80; at 64 they spill).
 
-template <typename T, int BITS, int GS>
+template <typename T, int BITS, int GS, int CB>
 struct AsyncShape {
+  static constexpr int kChunkRowBytes = CB;
+  static constexpr int kRowStride = CB + 16;  // padded: lane (g, t)'s reads hit distinct banks
+  static constexpr int kStages = CB == 64 ? 4 : 3;
+  template <bool GROUP>
+  static constexpr int min_blocks() {
+    return CB == 64 && !GROUP ? 4 : 3;
+  }
   static constexpr int kGroupBytes = GS * BITS / 8;
   static constexpr int C = kChunkRowBytes / kGroupBytes;           // groups a chunk
   static constexpr int kWeightBytes = 16 * kRowStride;             // a chunk's 16 rows
@@ -48,12 +53,13 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-template <typename T, int BITS, int GS, bool GROUP>
-__global__ void __launch_bounds__(kQWarps * 32, GROUP ? kAsyncMinBlocksGroup : kAsyncMinBlocks)
+template <typename T, int BITS, int GS, int CB, bool GROUP>
+__global__ void __launch_bounds__(kQWarps * 32, AsyncShape<T, BITS, GS, CB>::template min_blocks<GROUP>())
     qgemv_async_kernel(QgemvParams<T> p) {
   using Sh = MmaShape<BITS, GS>;
-  using As = AsyncShape<T, BITS, GS>;
-  constexpr int H = Sh::H, QW = Sh::QW, C = As::C;
+  using As = AsyncShape<T, BITS, GS, CB>;
+  constexpr int H = Sh::H, QW = Sh::QW, C = As::C, kStages = As::kStages, kChunkRowBytes = CB,
+                kRowStride = As::kRowStride;
   constexpr bool kBf16 = std::is_same_v<T, bf16>, kSplit8 = kBf16 && BITS == 8;
   constexpr float kOffset = !kBf16 ? 0.f : BITS == 8 ? 2176.f : 128.f;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -179,21 +185,21 @@ __global__ void __launch_bounds__(kQWarps * 32, GROUP ? kAsyncMinBlocksGroup : k
   }
 }
 
-template <typename T, int BITS, int GS>
+template <typename T, int BITS, int GS, int CB>
 void launch_async_shape(QgemvParams<T> p) {
-  using As = AsyncShape<T, BITS, GS>;
+  using As = AsyncShape<T, BITS, GS, CB>;
   const bool group = p.count > 1;
-  // Split K over S warps until the card has about 32 warps a multiprocessor (4 blocks), keeping
+  // Split K over S warps until the card has about a full set of blocks a multiprocessor, keeping
   // at least two chunks a piece.
   const int64_t tiles = p.tile_start[p.count], groups = p.K / GS;
-  const int64_t want = int64_t(cuda_impl().sm_count()) * 32;
+  const int64_t want = int64_t(cuda_impl().sm_count()) * 8 * As::template min_blocks<false>();
   p.S = 1;
   while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * As::C) p.S *= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
   const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
-  auto kernel = group ? qgemv_async_kernel<T, BITS, GS, true> : qgemv_async_kernel<T, BITS, GS, false>;
+  auto kernel = group ? qgemv_async_kernel<T, BITS, GS, CB, true> : qgemv_async_kernel<T, BITS, GS, CB, false>;
   static const bool sized = [&] {  // more than 48 KB of shared memory a block needs the opt-in
-    for (auto k : {qgemv_async_kernel<T, BITS, GS, true>, qgemv_async_kernel<T, BITS, GS, false>})
+    for (auto k : {qgemv_async_kernel<T, BITS, GS, CB, true>, qgemv_async_kernel<T, BITS, GS, CB, false>})
       LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, As::kBlockBytes));
     return true;
   }();
@@ -204,7 +210,7 @@ void launch_async_shape(QgemvParams<T> p) {
 }  // namespace
 
 template <typename T>
-bool launch_async(int bits, int group_size, QgemvParams<T> p) {
+bool launch_async(int bits, int group_size, int chunk_row_bytes, QgemvParams<T> p) {
   {
     // The scales' 4-byte pieces need an even number of groups a row and 4-byte aligned bases.
     if ((p.K / group_size) % 2 != 0) return false;
@@ -213,16 +219,26 @@ bool launch_async(int bits, int group_size, QgemvParams<T> p) {
       const T* bi = i == 0 ? p.biases : p.biasess[i];
       if (reinterpret_cast<uintptr_t>(sc) % 4 != 0 || reinterpret_cast<uintptr_t>(bi) % 4 != 0) return false;
     }
+    if (chunk_row_bytes == 64) {
+      switch (bits * 1000 + group_size) {
+        case 4032: launch_async_shape<T, 4, 32, 64>(p); return true;
+        case 4064: launch_async_shape<T, 4, 64, 64>(p); return true;
+        case 8032: launch_async_shape<T, 8, 32, 64>(p); return true;
+        default: return false;
+      }
+    }
     switch (bits * 1000 + group_size) {
-      case 4032: launch_async_shape<T, 4, 32>(p); return true;
-      case 4064: launch_async_shape<T, 4, 64>(p); return true;
-      case 8032: launch_async_shape<T, 8, 32>(p); return true;
+      case 4032: launch_async_shape<T, 4, 32, 128>(p); return true;
+      case 4064: launch_async_shape<T, 4, 64, 128>(p); return true;
+      case 4128: launch_async_shape<T, 4, 128, 128>(p); return true;
+      case 8032: launch_async_shape<T, 8, 32, 128>(p); return true;
+      case 8064: launch_async_shape<T, 8, 64, 128>(p); return true;
       default: return false;
     }
   }
 }
 
-template bool launch_async<bf16>(int, int, QgemvParams<bf16>);
-template bool launch_async<f16>(int, int, QgemvParams<f16>);
+template bool launch_async<bf16>(int, int, int, QgemvParams<bf16>);
+template bool launch_async<f16>(int, int, int, QgemvParams<f16>);
 
 }  // namespace lmtune::qgemv

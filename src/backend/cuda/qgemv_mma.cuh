@@ -225,9 +225,9 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
-// The shared-memory kernel (qgemv_async.cu) for these bits, group and dtype, when it takes them:
-// false leaves the product to the caller.
+// The shared-memory kernel (qgemv_async.cu) for these bits, group and dtype, with chunks of 64 or
+// 128 bytes a row, when it takes them: false leaves the product to the caller.
 template <typename T>
-bool launch_async(int bits, int group_size, QgemvParams<T> p);
+bool launch_async(int bits, int group_size, int chunk_row_bytes, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv
