@@ -34,14 +34,17 @@ int export_peft(const ExportPeftOptions& o) {
          " as it already exists. Please delete the file/directory or specify a new path to save to.");
   LMT_CHECK(fs::is_directory(o.adapter_path), "The adapter path does not exist: ", o.adapter_path);
   const std::string dir = resolve_model_dir(o.model);
-  // The adapters are read and checked (names, shapes) as generate --adapter-path reads them.
-  std::unique_ptr<Model> model = load_model(dir, Device::cpu, DType::f32);
+  // The adapters are read and checked (names, shapes) as generate --adapter-path reads them, on the
+  // base loaded as fuse loads it (CPU, its dtype: the adapters themselves are f32 whatever it is).
+  std::string cfg_dtype = ModelConfig::load(dir).torch_dtype;
+  DType dtype = cfg_dtype == "float32" ? DType::f32 : cfg_dtype == "float16" ? DType::f16 : DType::bf16;
+  std::unique_ptr<Model> model = load_model(dir, Device::cpu, dtype);
   train::AdapterConfig cfg = train::load_adapters(*model, o.adapter_path);
   std::string base = o.base_model_name.empty()
                          ? (is_hub_repo_id(o.model) ? o.model.substr(0, o.model.find('@')) : o.model)
                          : o.base_model_name;
   train::export_peft(*model, cfg, base, o.save_path);
-  std::printf("Saved %s adapter (rank %lld, %zu layers) as a PEFT folder to %s\n", cfg.fine_tune_type.c_str(),
+  std::printf("Saved %s adapter (rank %lld, %zu linear layers) as a PEFT folder to %s\n", cfg.fine_tune_type.c_str(),
               (long long)cfg.lora.rank, model->adapters().size(), o.save_path.c_str());
   return 0;
 }
