@@ -18,7 +18,7 @@ using json = nlohmann::json;
 
 namespace {
 
-// null, false, 0-free defaults: "", [], {} count as unset.
+// null, false, "", [] and {} count as unset (peft's defaults for the options it leaves off).
 bool unset(const json& v) {
   return v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_string() && v.get<std::string>().empty()) ||
          ((v.is_array() || v.is_object()) && v.empty());

@@ -5,36 +5,40 @@ Usage: peft_check.py --lmtune BIN --root REPO --work DIR --case CASE
 Bases: "llama" is models/default loaded by transformers in float32 and saved with save_pretrained
 (its tokenizer files copied); "qwen2" is a tiny random Qwen2 (q/k/v biases, 3 blocks) made by
 transformers with models/default's tokenizer. Every lmtune command runs with --device cpu --dtype
-float32. Losses are compared on WORK/data/test.jsonl, random letter strings in mlx-lm's text format
-(tokens = the tokenizer's ids + EOS, as mlx-lm's text dataset; 8 records in batches of 4, as mlx-lm drops a last partial batch), where the loss is high, so the
-"Test ppl" lmtune prints with 3 decimals gives its log to better than 1e-7 relative (the case fails
-if not); the reference is the token-weighted mean cross-entropy of the transformers model (with the
-peft adapter) over the same tokens. LOSS_TOL (relative) is the f32 tolerance; the base model's loss
-is compared too (so the tokens are the same) and the adapter must move the loss by more than 100x
-the tolerance (so an ignored adapter, a wrong scale or layout fails). Greedy texts (24 tokens, raw
+float32. Losses are compared on WORK/data/test.jsonl: 8 records of random letter strings in mlx-lm's
+text format (tokens = the tokenizer's ids + EOS, as mlx-lm's text dataset; 8 so that batches of 4
+use them all, as mlx-lm drops a last partial batch). There the loss is high, so the "Test ppl"
+lmtune prints with 3 decimals gives its log to better than 1e-7 relative (the case fails if not).
+The reference is the token-weighted mean cross-entropy of the transformers model (with the peft
+adapter) over the same tokens. LOSS_TOL (relative) is the f32 tolerance; the base model's loss is
+compared too (so the tokens are the same) and the adapter must move the loss by more than 100x the
+tolerance (so an ignored adapter, a wrong scale or layout fails). Greedy texts (24 tokens, raw
 prompt) must be equal, and differ from the base model's. Cases:
-lmtune_lora   `lmtune lora` trains a LoRA (last 2 of 4 blocks, so layers_to_transform is written)
-              on examples/data; `lmtune export-peft` writes a PEFT folder; PeftModel.from_pretrained
-              loads it on the transformers model: its loss equals lmtune's with the lmtune folder,
-              its greedy text equals lmtune's, and lmtune reading the exported folder back gives the
-              same loss as the original folder.
-lmtune_dora   the same with --fine-tune-type dora (lora_magnitude_vector).
-peft_lora     peft's get_peft_model (list target_modules, every block, random non-zero lora_B)
-              saved by save_pretrained: lmtune --adapter-path on the folder gives peft's loss and
-              greedy text, and `lmtune fuse --adapter-path` gives merge_and_unload()'s weights
-              (rel 1e-5 + abs 1e-6 per element; adapted layers must differ from the base).
-peft_dora     the same with use_dora (magnitude perturbed away from the row norms).
-peft_rslora   use_rslora (scale = alpha / sqrt(r); r 6, alpha 12) and layers_to_transform [2, 3]
-              (the last two blocks).
-qwen2_dora    peft DoRA on the qwen2 base (biased q/k/v: the bias is added after DoRA's rescale), a
-              regex target_modules, with fuse.
-qwen2_lmtune  lmtune LoRA on the qwen2 base exported and loaded in peft.
-resume        `lora --train --resume-adapter-file PEFT_FOLDER` (and .../adapter_model.safetensors):
-              its first validation loss (metrics.jsonl, before the first update) equals `lora --test
-              --adapter-path PEFT_FOLDER` on the same records and differs from the base's; a
-              scale that differs from the adapter's is refused naming lora_parameters.scale.
-refusals      bad PEFT folders and exports, each refused with a message naming the field, tensor or
-              file, leaving no output and no .tmp folder (fuse, export-peft).
+export_lora        `lmtune lora` trains a LoRA (last 2 of 4 blocks, so layers_to_transform is
+                   written) on examples/data; `lmtune export-peft` writes a PEFT folder;
+                   PeftModel.from_pretrained loads it on the transformers model: its loss and greedy
+                   text equal lmtune's with the lmtune folder, and lmtune reading the exported folder
+                   back gives the same loss as the original folder.
+export_dora        the same with --fine-tune-type dora (lora_magnitude_vector).
+export_qwen2       the same with a LoRA on the qwen2 base (last 2 of 3 blocks).
+import_lora        peft's get_peft_model (list target_modules, every block, random non-zero lora_B)
+                   saved by save_pretrained: lmtune --adapter-path on the folder gives peft's loss
+                   and greedy text, and `lmtune fuse --adapter-path` gives merge_and_unload()'s
+                   weights (rel 1e-5 + abs 1e-6 per element; adapted layers must differ from the
+                   base) and a fused model with the adapter's greedy text.
+import_dora        the same with use_dora (magnitudes moved away from the row norms).
+import_rslora      use_rslora (scale = alpha / sqrt(r); r 6, alpha 12) and layers_to_transform [2, 3]
+                   (the last two blocks).
+import_qwen2_dora  DoRA on the qwen2 base (biased q/k/v: the bias is added after DoRA's rescale),
+                   a regex target_modules.
+resume             `lora --train --resume-adapter-file PEFT_FOLDER` (and .../adapter_model.safetensors):
+                   its first validation loss (metrics.jsonl, before the first update) equals `lora
+                   --test --adapter-path PEFT_FOLDER` on the same records and differs from the
+                   base's; a scale that differs from the adapter's is refused naming
+                   lora_parameters.scale.
+refusals           bad PEFT folders, each refused by generate and fuse (the first also by chat,
+                   benchmark and lora --test) with a message naming the field, tensor or file; bad
+                   exports; no output and no .tmp folder left.
 """
 import argparse
 import json
@@ -426,6 +430,17 @@ def case_refusals(a):
          r"has no adapter_model\.safetensors$"),
         ("no adapter_config.json", edited("nocfg", drop=["adapter_config.json"]), r"cannot open .*adapter_config\.json"),
     ]
+    # The other commands that take --adapter-path read a PEFT folder through the same loader.
+    data = write_data(a)
+    for cmd in (["chat", "--model", base, *CPU, "--adapter-path", cases[0][1]],
+                ["benchmark", "--model", base, *CPU, "-p", "4", "-g", "2", "-n", "1", "--adapter-path", cases[0][1]],
+                ["lora", "--model", base, *CPU, "--test", "--data", data, "--adapter-path", cases[0][1]]):
+        r = subprocess.run([a.lmtune, *cmd], input="hello\nq\n", capture_output=True, text=True)
+        check(r.returncode != 0 and re.search(cases[0][2], r.stderr),
+              f"lmtune {cmd[0]} --adapter-path {cases[0][0]}: rc {r.returncode}, stderr:\n{r.stderr[-1500:]}")
+        print(f"refused: lmtune {cmd[0]}: {cases[0][0]}")
+    for cmd in (["benchmark", "--model", base, *CPU, "-p", "4", "-g", "2", "-n", "1", "--adapter-path", good],):
+        must(run([a.lmtune, *cmd]), f"lmtune {cmd[0]} --adapter-path PEFT")
     d = edited("bin")
     bin_only(d)
     os.remove(os.path.join(d, "adapter_model.safetensors"))
@@ -466,19 +481,19 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     c = a.case
-    if c == "lmtune_lora":
+    if c == "export_lora":
         case_lmtune(a, "llama", "lora", c)
-    elif c == "lmtune_dora":
+    elif c == "export_dora":
         case_lmtune(a, "llama", "dora", c)
-    elif c == "qwen2_lmtune":
+    elif c == "export_qwen2":
         case_lmtune(a, "qwen2", "lora", c)
-    elif c == "peft_lora":
+    elif c == "import_lora":
         case_peft(a, "llama", c)
-    elif c == "peft_dora":
+    elif c == "import_dora":
         case_peft(a, "llama", c, dora=True)
-    elif c == "peft_rslora":
+    elif c == "import_rslora":
         case_peft(a, "llama", c, rslora=True, target=("q_proj", "k_proj", "up_proj"), layers=[2, 3], alpha=12, r=6)
-    elif c == "qwen2_dora":
+    elif c == "import_qwen2_dora":
         case_peft(a, "qwen2", c, dora=True, target=r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.gate_proj)")
     elif c == "resume":
         case_resume(a)
