@@ -31,6 +31,10 @@ import_rslora      use_rslora (scale = alpha / sqrt(r); r 6, alpha 12) and layer
                    (the last two blocks).
 import_qwen2_dora  DoRA on the qwen2 base (biased q/k/v: the bias is added after DoRA's rescale),
                    a regex target_modules.
+import_q4_dora     a peft DoRA adapter on the llama quantized by `lmtune convert -q` (4 bits, group
+                   64; f32 scales): lmtune --adapter-path on the 4-bit folder against transformers +
+                   peft on its dequantization (`lmtune convert -d`, which equals mx.dequantize bit
+                   for bit: tests/convert), the weights QLoRA computes with.
 resume             `lora --train --resume-adapter-file PEFT_FOLDER` (and .../adapter_model.safetensors):
                    its first validation loss (metrics.jsonl, before the first update) equals `lora
                    --test --adapter-path PEFT_FOLDER` on the same records and differs from the
@@ -189,12 +193,14 @@ def rel(x, y):
     return abs(x - y) / abs(y)
 
 
-def compare(a, tag, base, data, lm_adapter, peft_dir):
-    """lmtune with lm_adapter against transformers + peft with peft_dir: loss and greedy text."""
-    m0, tok = hf_model(base)
+def compare(a, tag, base, data, lm_adapter, peft_dir, hf_base=None):
+    """lmtune with lm_adapter against transformers + peft with peft_dir (on hf_base, default base): loss
+    and greedy text."""
+    hf_base = hf_base or base
+    m0, tok = hf_model(hf_base)
     ref_base = hf_loss(m0, tok, data)
     ours_base = lm_loss(a, base, data, None)
-    m, tok = hf_model(base, peft_dir)
+    m, tok = hf_model(hf_base, peft_dir)
     ref = hf_loss(m, tok, data)
     ours = lm_loss(a, base, data, lm_adapter)
     print(f"{tag}: test loss base lmtune {ours_base:.9f} transformers {ref_base:.9f} (rel {rel(ours_base, ref_base):.1e}); "
@@ -318,6 +324,17 @@ def case_peft(a, kind, tag, **kw):
     fused = fuse_vs_merge(a, tag, base, peft_dir)
     t_fused, t_ad = lm_greedy(a, fused), lm_greedy(a, base, peft_dir)
     check(t_fused == t_ad, f"{tag}: fused greedy {t_fused!r} != --adapter-path's {t_ad!r}")
+
+
+def case_q4(a, tag):
+    base, data = make_base(a, "llama"), write_data(a)
+    q4, deq = os.path.join(a.work, "llama-q4"), os.path.join(a.work, "llama-q4-dequantized")
+    for d in (q4, deq):
+        shutil.rmtree(d, ignore_errors=True)
+    must(run([a.lmtune, "convert", "--hf-path", base, "--mlx-path", q4, "-q"]), "lmtune convert -q")
+    must(run([a.lmtune, "convert", "--hf-path", q4, "--mlx-path", deq, "-d"]), "lmtune convert -d")
+    peft_dir = make_peft(a, base, tag, dora=True)
+    compare(a, tag, q4, data, peft_dir, peft_dir, hf_base=deq)
 
 
 def case_resume(a):
@@ -495,6 +512,8 @@ def main():
         case_peft(a, "llama", c, rslora=True, target=("q_proj", "k_proj", "up_proj"), layers=[2, 3], alpha=12, r=6)
     elif c == "import_qwen2_dora":
         case_peft(a, "qwen2", c, dora=True, target=r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.gate_proj)")
+    elif c == "import_q4_dora":
+        case_q4(a, c)
     elif c == "resume":
         case_resume(a)
     elif c == "refusals":
