@@ -21,6 +21,8 @@ export_lora        `lmtune lora` trains a LoRA (last 2 of 4 blocks, so layers_to
                    back gives the same loss as the original folder.
 export_dora        the same with --fine-tune-type dora (lora_magnitude_vector).
 export_qwen2       the same with a LoRA on the qwen2 base (last 2 of 3 blocks).
+export_mlx_dora    a DoRA trained by the real mlx_lm.lora (MLX's CPU backend; last 2 blocks),
+                   exported by lmtune and loaded by peft, against lmtune with the mlx-lm folder.
 import_lora        peft's get_peft_model (list target_modules, every block, random non-zero lora_B)
                    saved by save_pretrained: lmtune --adapter-path on the folder gives peft's loss
                    and greedy text, and `lmtune fuse --adapter-path` gives merge_and_unload()'s
@@ -251,6 +253,28 @@ def case_lmtune(a, kind, ftype, tag):
     back = lm_loss(a, base, data, out)
     check(back == ours, f"{tag}: lmtune on the exported PEFT folder {back} != on its own folder {ours}")
     print(f"{tag}: lmtune reads the exported folder back: loss {back:.9f} (equal: {back == ours})")
+
+
+def case_export_mlx(a, tag):
+    """An adapter trained by the real mlx_lm.lora, exported by lmtune export-peft, loaded by peft."""
+    base, data = make_base(a, "llama"), write_data(a)
+    # mlx-lm 0.32 reads rope_theta only at the top level of config.json (transformers 5 nests it).
+    mbase = os.path.join(a.work, "llama-for-mlx")
+    shutil.rmtree(mbase, ignore_errors=True)
+    shutil.copytree(base, mbase)
+    cfg = json.load(open(os.path.join(mbase, "config.json")))
+    cfg.setdefault("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    json.dump(cfg, open(os.path.join(mbase, "config.json"), "w"))
+    ad = os.path.join(a.work, "adapters", tag)
+    shutil.rmtree(ad, ignore_errors=True)
+    must(run([sys.executable, "-m", "mlx_lm", "lora", "--model", mbase, "--train", "--data",
+              os.path.join(a.root, "examples", "data"), "--fine-tune-type", "dora", "--adapter-path", ad,
+              "--num-layers", "2", "--batch-size", "4", "--iters", "20", "--learning-rate", "1e-3", "--seed", "3",
+              "--steps-per-report", "100", "--steps-per-eval", "1000", "--val-batches", "1", "--save-every", "1000"]),
+         "mlx_lm lora --fine-tune-type dora")
+    check(json.load(open(os.path.join(ad, "adapter_config.json")))["fine_tune_type"] == "dora", f"{tag}: not dora")
+    out = export(a, base, ad, tag)
+    compare(a, tag, base, data, ad, out)
 
 
 def make_peft(a, base, tag, dora=False, rslora=False, target=("q_proj", "v_proj", "down_proj"), layers=None,
@@ -504,6 +528,8 @@ def main():
         case_lmtune(a, "llama", "dora", c)
     elif c == "export_qwen2":
         case_lmtune(a, "qwen2", "lora", c)
+    elif c == "export_mlx_dora":
+        case_export_mlx(a, c)
     elif c == "import_lora":
         case_peft(a, "llama", c)
     elif c == "import_dora":
