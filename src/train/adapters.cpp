@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "train/peft.h"
 
 namespace lmtune::train {
 
@@ -207,6 +208,7 @@ void load_adapter_weights(Model& model, const std::string& path) {
 
 AdapterConfig load_adapters(Model& model, const std::string& dir) {
   LMT_CHECK(std::filesystem::exists(dir), "[adapters] the adapter path does not exist: ", dir);
+  if (is_peft_folder(dir)) return load_peft_adapters(model, dir);
   AdapterConfig cfg = load_adapter_config(dir);
   attach_adapters(model, cfg);
   load_adapter_weights(model, dir + "/adapters.safetensors");

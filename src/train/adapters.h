@@ -59,7 +59,8 @@ AdapterConfig load_adapter_config(const std::string& dir);
 void save_adapter_weights(const std::string& path, Model& model);
 // Reads adapter_config.json and adapters.safetensors from dir, attaches the adapters and copies
 // the stored values in; like mlx-lm's load_adapters, every stored name must be a trainable
-// parameter (lora_a / lora_b / m leaves for lora and dora) with the right shape.
+// parameter (lora_a / lora_b / m leaves for lora and dora) with the right shape. A Hugging Face
+// PEFT folder (train/peft.h) is read as the lmtune adapter it equals.
 AdapterConfig load_adapters(Model& model, const std::string& dir);
 // Copies the tensors of a safetensors file into the model's trainable parameters (names and
 // shapes checked as above); used for --resume-adapter-file.

@@ -34,7 +34,7 @@ void declare(Options& t, BenchmarkOptions& o) {
   t.add("--delay", &o.delay, "S", "seconds to wait between trials");
   t.group("lmtune's additions");
   t.add("--adapter-path", &o.load.adapter_path, "PATH",
-        "run the model with these adapters (lmtune lora / mlx_lm.lora)");
+        "run the model with these adapters (lmtune lora / mlx_lm.lora, or a Hugging Face PEFT folder)");
   add_kv_quant_options(t, o.kv);
   add_device_options(t, o.load);
 }

@@ -13,5 +13,6 @@ int run_lora(int argc, char** argv);
 int run_convert(int argc, char** argv);
 int run_fuse(int argc, char** argv);
 int run_perplexity(int argc, char** argv);
+int run_export_peft(int argc, char** argv);
 
 }  // namespace lmtune::cli

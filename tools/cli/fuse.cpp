@@ -39,7 +39,7 @@ void declare(Options& t, FuseOptions& o) {
   t.add("--save-path", &o.save_path, "PATH", "The path to save the fused model (it must not exist).");
   t.add("--adapter-path", &o.adapter_path, "PATH",
         "Path to the trained adapter weights and config (adapters.safetensors + adapter_config.json of "
-        "lmtune lora / mlx_lm.lora: lora, dora or full).");
+        "lmtune lora / mlx_lm.lora: lora, dora or full), or a Hugging Face PEFT LoRA / DoRA folder.");
   t.add("--upload-repo", &o.upload_repo, "REPO",
         "refused: lmtune does not upload (upload the folder with `huggingface-cli upload`)");
   t.add("--dequantize", &o.dequantize, "",

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,7 @@
 #include "runtime_setup.h"
 #include "train/adapters.h"
 #include "train/dataset.h"
+#include "train/peft.h"
 #include "train/trainer.h"
 
 namespace lmtune::cli {
@@ -31,6 +33,24 @@ void print_preview(const train::Dataset& ds, const Tokenizer& tok, int64_t n, bo
     int64_t sup = std::max<int64_t>(0, int64_t(ex.tokens.size()) - std::max<int64_t>(ex.offset, 1));
     std::printf("\n--- example %lld (line %lld): %zu tokens, %lld supervised ---\n%s\n", (long long)i + 1,
                 (long long)ex.line, ex.tokens.size(), (long long)sup, train::preview_example(ex, tok, color).c_str());
+  }
+}
+
+// --resume-adapter-file: an adapters.safetensors of lmtune / mlx-lm, or a Hugging Face PEFT folder
+// or its adapter_model.safetensors (names and layouts converted, config checked against ac).
+void load_resume_file(Model& model, const train::AdapterConfig& ac, const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p(path);
+  std::string parent = p.has_parent_path() ? p.parent_path().string() : ".";
+  if (fs::is_directory(p)) {
+    LMT_CHECK(train::is_peft_folder(path), "--resume-adapter-file ", path,
+              " is a folder but not a PEFT adapter folder (adapter_config.json + adapter_model.safetensors); "
+              "give an adapters .safetensors file");
+    train::load_peft_weights_into(model, ac, path);
+  } else if (p.filename() == "adapter_model.safetensors" && train::is_peft_folder(parent)) {
+    train::load_peft_weights_into(model, ac, path);
+  } else {
+    train::load_adapter_weights(model, path);
   }
 }
 
@@ -75,7 +95,7 @@ int lora(const LoraOptions& o, const json& recorded) {
     train::attach_adapters(model, ac, uint64_t(o.seed));
     if (o.resume_adapter_file) {
       std::printf("Loading fine-tuned weights from %s\n", o.resume_adapter_file->c_str());
-      train::load_adapter_weights(model, *o.resume_adapter_file);
+      load_resume_file(model, ac, *o.resume_adapter_file);
     }
     auto params = train::trainable_parameters(model);
     double trainable = double(train::count_parameters(params)) / 1e6;

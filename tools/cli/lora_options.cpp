@@ -96,7 +96,8 @@ void declare_lora_options(Options& t, LoraOptions& o) {
   t.add("--steps-per-eval", &o.steps_per_eval, "N", "");
   t.add("--grad-accumulation-steps", &o.grad_accumulation_steps, "N", "");
   t.add("--resume-adapter-file", &o.resume_adapter_file, "FILE",
-        "start from these adapter weights (mlx-lm's partial resume: no optimizer state, step 1)");
+        "start from these adapter weights (mlx-lm's partial resume: no optimizer state, step 1); also a "
+        "Hugging Face PEFT folder or its adapter_model.safetensors");
   t.add("--adapter-path", &o.adapter_path, "DIR", "where adapters, checkpoints and metrics go");
   t.add("--save-every", &o.save_every, "N", "");
   t.add("--test", &o.test, "", "evaluate on test.jsonl after training (or the adapters in --adapter-path)");

@@ -24,6 +24,7 @@ const Command kCommands[] = {
     {"convert", "Convert, quantize (-q) or dequantize (-d) a model into MLX's format (mlx_lm.convert)",
      lmtune::cli::run_convert},
     {"fuse", "Fuse LoRA, DoRA or full fine-tuning adapters into the base model (mlx_lm.fuse)", lmtune::cli::run_fuse},
+    {"export-peft", "Write a LoRA / DoRA adapter folder as a Hugging Face PEFT adapter", lmtune::cli::run_export_peft},
     {"perplexity", "Evaluate a model's perplexity on a dataset (mlx_lm.perplexity)", lmtune::cli::run_perplexity},
     {"benchmark", "Measure prompt and generation tokens/s on random tokens", lmtune::cli::run_benchmark},
     {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},
@@ -35,7 +36,7 @@ void print_help() {
       "usage: lmtune <command> [options]\n\n"
       "Fine-tune and run open language models on your own machine (CPU or NVIDIA GPU),\n"
       "with mlx-lm's commands, flags and file formats.\n\ncommands:\n");
-  for (const Command& c : kCommands) std::printf("  %-10s %s\n", c.name, c.summary);
+  for (const Command& c : kCommands) std::printf("  %-12s %s\n", c.name, c.summary);
   std::printf(
       "\noptions:\n  -h, --help     show this help\n  --version      print the version and the backends\n"
       "\nRun `lmtune <command> --help` for a command's options.\n");

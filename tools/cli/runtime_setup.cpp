@@ -51,7 +51,8 @@ LoadedModel load_for_generation(const LoadOptions& o) {
 void add_model_options(Options& t, LoadOptions& o, const std::string& model_help) {
   t.add("--model", &o.model, "MODEL", model_help);
   t.add("--adapter-path", &o.adapter_path, "PATH",
-        "a folder with adapters.safetensors + adapter_config.json (lmtune lora / mlx_lm.lora)");
+        "a folder with adapters.safetensors + adapter_config.json (lmtune lora / mlx_lm.lora), or a Hugging "
+        "Face PEFT folder (adapter_model.safetensors + adapter_config.json: LoRA, DoRA)");
 }
 
 void add_device_options(Options& t, LoadOptions& o, const std::string& dtype_help) {
