@@ -12,6 +12,8 @@
 #include "cli_commands.h"
 #include "convert_plan.h"
 #include "core/error.h"
+#include "fuse_keep.h"
+#include "fuse_report.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -30,7 +32,9 @@ struct FuseOptions {
   std::string model = "mlx_model";
   std::string save_path = "fused_model";
   std::string adapter_path = "adapters";
-  std::optional<std::string> upload_repo, gguf_path;
+  std::optional<std::string> upload_repo, gguf_path, data;
+  std::string requantize = "keep";  // lmtune's: keep | mlx
+  double keep_threshold = 0.9;
   bool dequantize = false, export_gguf = false, trust_remote_code = false;
 };
 
@@ -49,6 +53,16 @@ void declare(Options& t, FuseOptions& o) {
   t.add("--gguf-path", &o.gguf_path, "PATH", "refused with --export-gguf (not implemented yet)")
       .default_text("ggml-model-f16.gguf");
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility; lmtune runs no model code");
+  t.group("lmtune's options (not in mlx_lm.fuse)");
+  t.add("--requantize", &o.requantize, "keep|mlx",
+        "How merged layers of a quantized base are written: keep = each at the fewest bits that keep "
+        "--keep-threshold of its change (its own bits, 8 bits, else dense); mlx = re-quantized with its "
+        "own parameters, as mlx_lm.fuse (small changes can round away)");
+  t.add("--keep-threshold", &o.keep_threshold, "F",
+        "With --requantize keep: the share of each merged layer's change its output must keep, in [0, 1]");
+  t.add("--data", &o.data, "DIR",
+        "A lora data folder: report the validation loss (valid.jsonl) of the base, the base with the adapter "
+        "and the fused model, and warn when the fused model keeps under 90% of the adapter's gain");
 }
 
 void say(const char* line) {
@@ -132,6 +146,11 @@ int fuse_model(const FuseOptions& o) {
   if (o.upload_repo)
     throw UsageError("--upload-repo: lmtune works offline and does not upload; upload " + o.save_path +
                      " with `huggingface-cli upload " + *o.upload_repo + " " + o.save_path + "`");
+  if (o.requantize != "keep" && o.requantize != "mlx")
+    throw UsageError("argument --requantize: invalid choice: '" + o.requantize + "' (choose from 'keep', 'mlx')");
+  if (!(o.keep_threshold >= 0 && o.keep_threshold <= 1))
+    throw UsageError(str_cat("argument --keep-threshold: ", o.keep_threshold, " is not in [0, 1]"));
+  if (o.data) fuse_report::check_data(*o.data);
   say("Loading pretrained model");
   // mlx-lm writes into an existing folder (mkdir exist_ok), mixing old and new files; lmtune
   // refuses, as convert does, and builds the folder under a temporary name.
@@ -175,9 +194,21 @@ int fuse_model(const FuseOptions& o) {
   }
   model.reset();  // the planner reads the weights from the files again, one layer at a time
 
-  convert::Plan plan(req);
+  std::optional<convert::Plan> plan;
+  plan.emplace(req);
+  if (o.requantize == "keep" && !o.dequantize) {
+    std::vector<fuse_keep::Choice> choices = fuse_keep::choose(*plan, o.keep_threshold);
+    if (!choices.empty()) {
+      const double bpw_requantized = plan->bits_per_weight();
+      for (const fuse_keep::Choice& c : choices)
+        if (c.changed) req.merge_outputs[c.path] = c.output;
+      plan.emplace(req);
+      fuse_keep::print_summary(choices, o.keep_threshold, plan->bits_per_weight(), bpw_requantized);
+    }
+  }
   if (o.dequantize) say("Dequantizing model");
-  convert::write_folder(plan, dir, o.save_path, base_model);
+  convert::write_folder(*plan, dir, o.save_path, base_model);
+  if (o.data) fuse_report::report(dir, o.adapter_path, o.save_path, *o.data);
   return 0;
 }
 
