@@ -5,7 +5,7 @@ Usage: fuse_check.py --lmtune BIN --root REPO --work DIR --case CASE
 The base is models/default (bf16, tied embeddings) or its 4-bit conversion (`lmtune convert -q`,
 bf16 scales); the adapter is trained by `lmtune lora` on examples/data for 30 iterations at a
 high learning rate (so that it changes the greedy text) on the last 2 of the 4 blocks. Each fuse
-runs `lmtune fuse ARGS` and `python -m mlx_lm fuse ARGS` and requires, as tests/ref/convert_check.py
+runs `lmtune fuse ARGS --requantize mlx` and `python -m mlx_lm fuse ARGS` and requires, as tests/ref/convert_check.py
 does for convert: both succeed and print the same lines; every tensor bit-identical (names, dtypes,
 shapes, bytes); config.json, model.safetensors.index.json, README.md and generation_config.json
 byte-identical; the same files but for the tokenizer files transformers re-writes (which must load
@@ -80,7 +80,9 @@ def fuse_both(a, tag, base, ad, extra=()):
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(os.path.join(a.work, "out"), exist_ok=True)
     args = ["--model", base, "--adapter-path", ad, *extra]
-    r1 = run([a.lmtune, "fuse", *args, "--save-path", ours])
+    # --requantize mlx: mlx-lm's re-quantization of merged layers on a quantized base (lmtune's
+    # default keeps small changes instead: tests/ref/fuse_keep_check.py); a no-op on a dense base.
+    r1 = run([a.lmtune, "fuse", *args, "--requantize", "mlx", "--save-path", ours])
     r2 = run([sys.executable, "-m", "mlx_lm", "fuse", *args, "--save-path", theirs])
     ok = check(r1.returncode == 0, f"{tag}: lmtune fuse {extra}: rc {r1.returncode}\n{r1.stderr[-2000:]}")
     ok &= check(r2.returncode == 0, f"{tag}: mlx_lm fuse {extra}: rc {r2.returncode}\n{r2.stderr[-2000:]}")

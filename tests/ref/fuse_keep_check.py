@@ -1,0 +1,214 @@
+"""`lmtune fuse` on a quantized base: lmtune's way (--requantize keep, the default) against mlx-lm's
+(--requantize mlx, byte-identical to mlx_lm.fuse: tests/ref/fuse_check.py), measured by fuse's own
+--data report (validation loss of base, base + adapter and fused model on examples/data/valid.jsonl).
+
+Usage: fuse_keep_check.py --lmtune BIN --root REPO --work DIR --case CASE
+
+The adapter is a real `lmtune lora` run on examples/data: 60 iterations at mlx_lm.lora's default
+learning rate (1e-5), rank 8, scale 20, all 4 blocks, --mask-prompt, batch 8. Cases:
+q4        models/default quantized by `lmtune convert -q` (4 bits, group 64). Requires: the report lines
+          of both fuses; every loss equal (3 decimals) to `lmtune lora --test` on the same rows (base,
+          base + adapter, each fused folder); mlx-lm's way keeps under 90% of the gain here (this is the
+          case the design is for) and prints the warning on stdout and stderr; lmtune's way keeps >= 90%
+          and prints no warning; its config.json gives the raised layers their own entries (8 bits or
+          false) and its tensors match them; the folder loads in mlx_lm.generate, and MLX in float32
+          (lmtune's CPU precision) gives the same greedy text as `lmtune generate`.
+dense     the same adapter recipe on the bf16 models/default: the report works (nothing re-quantized, no
+          "Keeping" lines, the fused folder has no quantization).
+refusals  --data without valid.jsonl (names the file), --requantize other, --keep-threshold 1.5: exit
+          non-zero before any work, no output folder and no .tmp folder.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quant_folder_checks import FAILS, check, run, text_of  # noqa: E402
+
+PROMPT = "Define: lantern"
+TRAIN = ["--train", "--device", "cpu", "--num-layers", "-1", "--batch-size", "8", "--iters", "60",
+         "--learning-rate", "1e-5", "--mask-prompt", "--seed", "0", "--steps-per-report", "60",
+         "--steps-per-eval", "1000", "--save-every", "1000"]
+LOSS = {k: re.compile(rf"^  {re.escape(k)} +([0-9.]+)$", re.M) for k in ("base", "base + adapter", "fused")}
+KEPT = re.compile(r"^The fused model keeps (-?[0-9.]+)% of the adapter's gain", re.M)
+WARN = "[WARN] The fused model keeps only"
+
+
+def must(r, what):
+    if not check(r.returncode == 0, f"{what}: rc {r.returncode}\n{r.stdout[-1500:]}\n{r.stderr[-2500:]}"):
+        raise SystemExit(1)
+    return r
+
+
+def train(a, base, tag):
+    ad = os.path.join(a.work, "adapters-" + tag)
+    shutil.rmtree(ad, ignore_errors=True)
+    must(run([a.lmtune, "lora", "--model", base, "--data", os.path.join(a.root, "examples", "data"),
+              "--adapter-path", ad] + TRAIN), f"lmtune lora on {base}")
+    return ad
+
+
+def test_loss(a, model, adapter=None):
+    """`lmtune lora --test` on valid.jsonl (copied as test.jsonl), batch 8, --mask-prompt."""
+    data = os.path.join(a.work, "valid-as-test")
+    if not os.path.isdir(data):
+        os.makedirs(data)
+        shutil.copy(os.path.join(a.root, "examples", "data", "valid.jsonl"), os.path.join(data, "test.jsonl"))
+    cmd = [a.lmtune, "lora", "--model", model, "--data", data, "--test", "--device", "cpu", "--batch-size", "8",
+           "--mask-prompt"] + (["--adapter-path", adapter] if adapter else ["--adapter-path", ""])
+    r = must(run(cmd), f"lmtune lora --test {model} {adapter or ''}")
+    m = re.search(r"Test loss ([0-9.]+)", r.stdout)
+    return float(m.group(1)) if m else float("nan")
+
+
+def fuse(a, base, ad, tag, extra=()):
+    out = os.path.join(a.work, "fused-" + tag)
+    shutil.rmtree(out, ignore_errors=True)
+    r = must(run([a.lmtune, "fuse", "--model", base, "--adapter-path", ad, "--save-path", out,
+                  "--data", os.path.join(a.root, "examples", "data"), *extra]), f"lmtune fuse {tag}")
+    losses = {}
+    for k, rx in LOSS.items():
+        m = rx.search(r.stdout)
+        check(m is not None, f"{tag}: no '{k}' line in fuse's report:\n{r.stdout}")
+        losses[k] = float(m.group(1)) if m else float("nan")
+    check(re.search(r"^Validation loss on .*valid\.jsonl \(50 examples, batch size 8\):$", r.stdout, re.M),
+          f"{tag}: no 'Validation loss on ...' line:\n{r.stdout}")
+    m = KEPT.search(r.stdout)
+    check(m is not None, f"{tag}: no kept-gain line:\n{r.stdout}")
+    kept = float(m.group(1)) / 100 if m else float("nan")
+    want = (losses["base"] - losses["fused"]) / (losses["base"] - losses["base + adapter"])
+    check(abs(kept - want) < 2e-3 + 1e-3 * abs(want), f"{tag}: kept {kept} is not (base - fused) / (base - adapter) "
+                                                     f"= {want} of the printed losses")
+    warned = WARN in r.stdout, WARN in r.stderr
+    check(warned[0] == warned[1] == (kept < 0.9), f"{tag}: kept {kept:.3f}, warning on stdout/stderr {warned}")
+    print(f"{tag}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f": keeps {100 * kept:.1f}% of the gain")
+    return out, r, losses, kept
+
+
+def same_losses_as_lora_test(a, tag, base, ad, losses, fused):
+    ref = {"base": test_loss(a, base), "base + adapter": test_loss(a, base, ad), "fused": test_loss(a, fused)}
+    for k, v in ref.items():
+        check(abs(v - losses[k]) <= 6e-4, f"{tag}: fuse's '{k}' loss {losses[k]:.4f}, lora --test gives {v:.3f}")
+
+
+def safetensors_header(folder):
+    import struct
+    hdr = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(folder, f), "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                hdr.update(json.loads(fh.read(n)))
+    hdr.pop("__metadata__", None)
+    return hdr
+
+
+def mlx_f32_text(folder):
+    code = (
+        "import sys, mlx.core as mx\n"
+        "from mlx_lm.utils import load\nfrom mlx_lm.generate import generate_step\n"
+        "model, tok = load(sys.argv[1]); model.set_dtype(mx.float32)\n"
+        "out = []\n"
+        "for (t, _), _ in zip(generate_step(mx.array(tok.encode(sys.argv[2])), model, max_tokens=24), range(24)):\n"
+        "    t = int(t)\n"
+        "    if t in tok.eos_token_ids: break\n"
+        "    out.append(t)\n"
+        "print(repr(tok.decode(out)))\n")
+    r = must(run([sys.executable, "-c", code, folder, PROMPT]), f"MLX float32 greedy on {folder}")
+    return r.stdout.strip().splitlines()[-1]
+
+
+def case_q4(a):
+    base = os.path.join(a.work, "default-q4")
+    shutil.rmtree(base, ignore_errors=True)
+    must(run([a.lmtune, "convert", "--hf-path", os.path.join(a.root, "models", "default"), "--mlx-path", base, "-q"]),
+         "lmtune convert -q")
+    ad = train(a, base, "q4")
+    mlx_way, _, l_mlx, kept_mlx = fuse(a, base, ad, "q4-requantize-mlx", ["--requantize", "mlx"])
+    keep_way, r, l_keep, kept_keep = fuse(a, base, ad, "q4-keep")
+    check(kept_mlx < 0.9, f"mlx-lm's way keeps {kept_mlx:.3f} of the gain here: the case no longer shows the loss")
+    check(kept_keep >= 0.9, f"lmtune's way keeps only {kept_keep:.3f} of the gain (< 0.9)")
+    check("[INFO] Keeping the fine-tune: 28 merged layers written as" in r.stdout, f"no Keeping line:\n{r.stdout}")
+    same_losses_as_lora_test(a, "q4-requantize-mlx", base, ad, l_mlx, mlx_way)
+    check(abs(test_loss(a, keep_way) - l_keep["fused"]) <= 6e-4, "q4-keep: fused loss differs from lora --test's")
+
+    # The raised layers: config entries and tensors agree, and mlx-lm loads the folder.
+    q = json.load(open(os.path.join(keep_way, "config.json")))["quantization"]
+    hdr = safetensors_header(keep_way)
+    raised = {k: v for k, v in q.items() if k not in ("group_size", "bits", "mode")}
+    check(raised and all(v is False or v["bits"] == 8 for v in raised.values()),
+          f"q4-keep: per-layer entries {raised}")
+    for path, e in raised.items():
+        w = hdr.get(path + ".weight")
+        if e is False:
+            check(w and w["dtype"] in ("BF16", "F32") and path + ".scales" not in hdr, f"{path}: false but {w}")
+        else:
+            check(w and w["dtype"] == "U32" and w["shape"][1] * 32 // 8 == hdr[path + ".scales"]["shape"][1] * 64,
+                  f"{path}: 8 bits in config.json, tensors {w} {hdr.get(path + '.scales')}")
+    print(f"q4-keep: {sum(v is False for v in raised.values())} layers dense, "
+          f"{sum(v is not False for v in raised.values())} at 8 bits, {28 - len(raised)} at 4 bits")
+    r = run([sys.executable, "-m", "mlx_lm", "generate", "--model", keep_way, "--temp", "0", "-m", "24",
+             "--ignore-chat-template", "-p", PROMPT])
+    check(r.returncode == 0 and text_of(r.stdout), f"mlx_lm generate on the kept folder: rc {r.returncode}\n"
+                                                   f"{r.stderr[-2000:]}")
+    ours = must(run([a.lmtune, "generate", "--model", keep_way, "--device", "cpu", "--temp", "0", "-m", "24",
+                     "--ignore-chat-template", "-p", PROMPT]), "lmtune generate")
+    mine, theirs = repr(text_of(ours.stdout)), mlx_f32_text(keep_way)
+    print(f"q4-keep: lmtune {mine}, MLX f32 {theirs}, mlx_lm generate (bf16) {text_of(r.stdout)!r}")
+    check(mine == theirs, f"q4-keep: lmtune's greedy text {mine} differs from MLX's in float32 {theirs}")
+
+
+def case_dense(a):
+    base = os.path.join(a.root, "models", "default")
+    ad = train(a, base, "dense")
+    out, r, losses, kept = fuse(a, base, ad, "dense")
+    check("Keeping" not in r.stdout, f"dense: a Keeping line on a dense base:\n{r.stdout}")
+    check("quantization" not in json.load(open(os.path.join(out, "config.json"))), "dense: quantization in config")
+    same_losses_as_lora_test(a, "dense", base, ad, losses, out)
+
+
+def case_refusals(a):
+    base = os.path.join(a.root, "models", "default")
+    ad = os.path.join(a.work, "adapters-unread")  # each refusal comes before the adapters are read
+    os.makedirs(ad, exist_ok=True)
+    out = os.path.join(a.work, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    never = os.path.join(out, "never")
+    nodata = os.path.join(a.work, "no-valid")
+    os.makedirs(nodata, exist_ok=True)
+    cases = [(["--data", nodata], r"--data .*no-valid.*valid\.jsonl not found"),
+             (["--requantize", "exact"], r"argument --requantize: invalid choice: 'exact'"),
+             (["--keep-threshold", "1.5"], r"argument --keep-threshold: 1.5 is not in \[0, 1\]")]
+    for args, regex in cases:
+        r = run([a.lmtune, "fuse", "--model", base, "--adapter-path", ad, "--save-path", never, *args])
+        check(r.returncode != 0 and re.search(regex, r.stderr) and "Loading" not in r.stdout,
+              f"{args}: rc {r.returncode}, stdout {r.stdout!r}, stderr {r.stderr[-1500:]!r} (expected /{regex}/)")
+        print(f"refused {args}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
+    check(os.listdir(out) == [], f"a refused fuse left {os.listdir(out)}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--lmtune", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--case", required=True, choices=["q4", "dense", "refusals"])
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    try:
+        {"q4": case_q4, "dense": case_dense, "refusals": case_refusals}[a.case](a)
+    except SystemExit:
+        pass
+    if FAILS:
+        print(f"{len(FAILS)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+    print("OK")
+
+
+if __name__ == "__main__":
+    main()
