@@ -13,6 +13,7 @@ q4        models/default quantized by `lmtune convert -q` (4 bits, group 64). Re
           and prints no warning; its config.json gives the raised layers their own entries (8 bits or
           false) and its tensors match them; the folder loads in mlx_lm.generate, and MLX in float32
           (lmtune's CPU precision) gives the same greedy text as `lmtune generate`.
+mxfp4     the same on models/default in mxfp4 (`convert -q --q-mode mxfp4`); raised layers are mxfp8 or dense.
 dense     the same adapter recipe on the bf16 models/default: the report works (nothing re-quantized, no
           "Keeping" lines, the fused folder has no quantization).
 refusals  --data without valid.jsonl (names the file), --requantize other, --keep-threshold 1.5: exit
@@ -122,35 +123,37 @@ def mlx_f32_text(folder):
     return r.stdout.strip().splitlines()[-1]
 
 
-def case_q4(a):
-    base = os.path.join(a.work, "default-q4")
+def case_quantized(a, tag, args):
+    base = os.path.join(a.work, "default-" + tag)
     shutil.rmtree(base, ignore_errors=True)
-    must(run([a.lmtune, "convert", "--hf-path", os.path.join(a.root, "models", "default"), "--mlx-path", base, "-q"]),
-         "lmtune convert -q")
-    ad = train(a, base, "q4")
-    mlx_way, _, l_mlx, kept_mlx = fuse(a, base, ad, "q4-requantize-mlx", ["--requantize", "mlx"])
-    keep_way, r, l_keep, kept_keep = fuse(a, base, ad, "q4-keep")
+    must(run([a.lmtune, "convert", "--hf-path", os.path.join(a.root, "models", "default"), "--mlx-path", base, "-q",
+              *args]), f"lmtune convert -q {args}")
+    ad = train(a, base, tag)
+    mlx_way, _, l_mlx, kept_mlx = fuse(a, base, ad, tag + "-requantize-mlx", ["--requantize", "mlx"])
+    keep_way, r, l_keep, kept_keep = fuse(a, base, ad, tag + "-keep")
     check(kept_mlx < 0.9, f"mlx-lm's way keeps {kept_mlx:.3f} of the gain here: the case no longer shows the loss")
     check(kept_keep >= 0.9, f"lmtune's way keeps only {kept_keep:.3f} of the gain (< 0.9)")
     check("[INFO] Keeping the fine-tune: 28 merged layers written as" in r.stdout, f"no Keeping line:\n{r.stdout}")
-    same_losses_as_lora_test(a, "q4-requantize-mlx", base, ad, l_mlx, mlx_way)
-    check(abs(test_loss(a, keep_way) - l_keep["fused"]) <= 6e-4, "q4-keep: fused loss differs from lora --test's")
+    same_losses_as_lora_test(a, tag + "-requantize-mlx", base, ad, l_mlx, mlx_way)
+    check(abs(test_loss(a, keep_way) - l_keep["fused"]) <= 6e-4, f"{tag}-keep: fused loss differs from lora --test's")
 
     # The raised layers: config entries and tensors agree, and mlx-lm loads the folder.
     q = json.load(open(os.path.join(keep_way, "config.json")))["quantization"]
     hdr = safetensors_header(keep_way)
     raised = {k: v for k, v in q.items() if k not in ("group_size", "bits", "mode")}
-    check(raised and all(v is False or v["bits"] == 8 for v in raised.values()),
-          f"q4-keep: per-layer entries {raised}")
+    eight = "mxfp8" if "mxfp4" in args else "affine"
+    check(raised and all(v is False or (v["bits"] == 8 and v["mode"] == eight) for v in raised.values()),
+          f"{tag}-keep: per-layer entries {raised}")
     for path, e in raised.items():
         w = hdr.get(path + ".weight")
         if e is False:
             check(w and w["dtype"] in ("BF16", "F32") and path + ".scales" not in hdr, f"{path}: false but {w}")
         else:
-            check(w and w["dtype"] == "U32" and w["shape"][1] * 32 // 8 == hdr[path + ".scales"]["shape"][1] * 64,
+            g = e["group_size"]
+            check(w and w["dtype"] == "U32" and w["shape"][1] * 32 // 8 == hdr[path + ".scales"]["shape"][1] * g,
                   f"{path}: 8 bits in config.json, tensors {w} {hdr.get(path + '.scales')}")
-    print(f"q4-keep: {sum(v is False for v in raised.values())} layers dense, "
-          f"{sum(v is not False for v in raised.values())} at 8 bits, {28 - len(raised)} at 4 bits")
+    print(f"{tag}-keep: {sum(v is False for v in raised.values())} layers dense, "
+          f"{sum(v is not False for v in raised.values())} at 8 bits, {28 - len(raised)} at 4 bits ({args or 'affine'})")
     r = run([sys.executable, "-m", "mlx_lm", "generate", "--model", keep_way, "--temp", "0", "-m", "24",
              "--ignore-chat-template", "-p", PROMPT])
     check(r.returncode == 0 and text_of(r.stdout), f"mlx_lm generate on the kept folder: rc {r.returncode}\n"
@@ -158,8 +161,8 @@ def case_q4(a):
     ours = must(run([a.lmtune, "generate", "--model", keep_way, "--device", "cpu", "--temp", "0", "-m", "24",
                      "--ignore-chat-template", "-p", PROMPT]), "lmtune generate")
     mine, theirs = repr(text_of(ours.stdout)), mlx_f32_text(keep_way)
-    print(f"q4-keep: lmtune {mine}, MLX f32 {theirs}, mlx_lm generate (bf16) {text_of(r.stdout)!r}")
-    check(mine == theirs, f"q4-keep: lmtune's greedy text {mine} differs from MLX's in float32 {theirs}")
+    print(f"{tag}-keep: lmtune {mine}, MLX f32 {theirs}, mlx_lm generate (bf16) {text_of(r.stdout)!r}")
+    check(mine == theirs, f"{tag}-keep: lmtune's greedy text {mine} differs from MLX's in float32 {theirs}")
 
 
 def case_dense(a):
@@ -197,11 +200,16 @@ def main():
     p.add_argument("--lmtune", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--work", required=True)
-    p.add_argument("--case", required=True, choices=["q4", "dense", "refusals"])
+    p.add_argument("--case", required=True, choices=["q4", "mxfp4", "dense", "refusals"])
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     try:
-        {"q4": case_q4, "dense": case_dense, "refusals": case_refusals}[a.case](a)
+        if a.case == "q4":
+            case_quantized(a, "q4", [])
+        elif a.case == "mxfp4":
+            case_quantized(a, "mxfp4", ["--q-mode", "mxfp4"])
+        else:
+            {"dense": case_dense, "refusals": case_refusals}[a.case](a)
     except SystemExit:
         pass
     if FAILS:
