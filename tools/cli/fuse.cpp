@@ -21,6 +21,7 @@
 #include "runtime/generate.h"
 #include "runtime_setup.h"
 #include "train/adapters.h"
+#include "upload_option.h"
 
 namespace fs = std::filesystem;
 
@@ -45,7 +46,8 @@ void declare(Options& t, FuseOptions& o) {
         "Path to the trained adapter weights and config (adapters.safetensors + adapter_config.json of "
         "lmtune lora / mlx_lm.lora: lora, dora or full).");
   t.add("--upload-repo", &o.upload_repo, "REPO",
-        "refused: lmtune does not upload (upload the folder with `huggingface-cli upload`)");
+        "The Hugging Face repo to upload the model to (org/name; created if missing; token: HF_TOKEN, else "
+        "$HF_HOME/token)");
   t.add("--dequantize", &o.dequantize, "",
         "Generate a dequantized model: every layer of a quantized base written dense, the quantization "
         "keys dropped from config.json.");
@@ -143,9 +145,7 @@ int fuse_model(const FuseOptions& o) {
         "the folder with llama.cpp's convert_hf_to_gguf.py)");
   if (o.gguf_path)
     throw UsageError("--gguf-path: it names the file of --export-gguf, which lmtune does not implement yet");
-  if (o.upload_repo)
-    throw UsageError("--upload-repo: lmtune works offline and does not upload; upload " + o.save_path +
-                     " with `huggingface-cli upload " + *o.upload_repo + " " + o.save_path + "`");
+  check_upload_repo(o.upload_repo);
   if (o.requantize != "keep" && o.requantize != "mlx")
     throw UsageError("argument --requantize: invalid choice: '" + o.requantize + "' (choose from 'keep', 'mlx')");
   if (!(o.keep_threshold >= 0 && o.keep_threshold <= 1))
@@ -209,6 +209,7 @@ int fuse_model(const FuseOptions& o) {
   if (o.dequantize) say("Dequantizing model");
   convert::write_folder(*plan, dir, o.save_path, base_model);
   if (o.data) fuse_report::report(dir, o.adapter_path, o.save_path, *o.data);
+  upload_output(o.save_path, o.upload_repo, "Upload fused model with lmtune");
   return 0;
 }
 
