@@ -25,7 +25,7 @@ mxfp4     the same on an mxfp4 base (u8 scales; mx.dequantize gives bf16, merged
           again to mxfp4).
 refusals  a missing adapter folder, adapter tensors that do not match the model (rank and layers
           edited in adapter_config.json), an existing --save-path, --export-gguf, --gguf-path,
-          --upload-repo: lmtune exits non-zero naming the reason and leaves neither the output nor a
+          --upload-repo without a token: lmtune exits non-zero naming the reason and leaves neither the output nor a
           .tmp folder. mlx-lm's behaviour is recorded beside it where it differs (it writes into an
           existing --save-path).
 """
@@ -186,12 +186,15 @@ def case_refusals(a):
          r"Cannot save to the path .*existing as it already exists"),
         ("--export-gguf", ["--adapter-path", ad, "--export-gguf"], r"--export-gguf: GGUF export is not implemented"),
         ("--gguf-path", ["--adapter-path", ad, "--gguf-path", "x.gguf"], r"--gguf-path: .*--export-gguf"),
-        ("--upload-repo", ["--adapter-path", ad, "--upload-repo", "me/x"], r"--upload-repo: .*does not upload"),
+        ("--upload-repo without a token", ["--adapter-path", ad, "--upload-repo", "me/x"],
+         r"--upload-repo: no Hugging Face token to upload me/x"),
     ]
     for what, args, regex in cases:
         if "--save-path" not in args:
             args = args + ["--save-path", never]
-        r = run([a.lmtune, "fuse", "--model", base, *args])
+        no_token = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+        no_token["HF_TOKEN_PATH"] = os.path.join(a.work, "no-such-token")  # not the real home's token
+        r = run([a.lmtune, "fuse", "--model", base, *args], env=no_token)
         check(r.returncode != 0 and re.search(regex, r.stderr),
               f"refusal '{what}': rc {r.returncode}, stderr:\n{r.stderr[-1500:]}\n(expected /{regex}/)")
         print(f"refused: {what}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
