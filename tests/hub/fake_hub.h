@@ -255,6 +255,11 @@ class FakeHub {
       repos_[id] = Repo{};
       r.set_content(json({{"url", "http://127.0.0.1:" + std::to_string(port_) + "/" + id}}).dump(), "application/json");
     });
+    // huggingface_hub checks a README.md's metadata before committing it (lmtune does not).
+    svr_.Post("/api/validate-yaml", [=, this](const httplib::Request& q, httplib::Response& r) {
+      log(q);
+      r.set_content(R"({"warnings": []})", "application/json");
+    });
     svr_.Post(R"(/api/models/([^/]+)/([^/]+)/preupload/main)",
               [=, this](const httplib::Request& q, httplib::Response& r) {
                 log(q);
@@ -343,8 +348,11 @@ class FakeHub {
       repo->second.revisions[rev.commit] = rev;
       repo->second.revisions["main"] = rev;
       commit_messages_.push_back(summary);
-      r.set_content(json({{"commitOid", rev.commit}, {"commitUrl", "http://x/" + id + "/commit/" + rev.commit}}).dump(),
-                    "application/json");
+      r.set_content(
+          json({{"commitOid", rev.commit},
+                {"commitUrl", "http://127.0.0.1:" + std::to_string(port_) + "/" + id + "/commit/" + rev.commit}})
+              .dump(),
+          "application/json");
     });
   }
 

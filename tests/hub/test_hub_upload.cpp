@@ -183,4 +183,36 @@ TEST_F(HubUpload, UnreachableEndpointKeepsTheFolder) {
     EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
 }
 
+// The fake's upload API is the one huggingface_hub's client speaks (its LFS path: HF_HUB_DISABLE_XET=1):
+// HfApi.upload_folder of an lmtune folder lands the same files as lmtune's upload.
+TEST_F(HubUpload, HuggingfaceHubUploadsToTheFakeHubAsLmtuneDoes) {
+  const std::string py = LMTUNE_PYTHON;
+  std::string out;
+  ASSERT_EQ(run(py + " -c 'import huggingface_hub' 2>&1", &out), 0) << "this test needs huggingface_hub in " << py;
+  ::setenv("HF_TOKEN", "secret", 1);
+  ASSERT_EQ(lmtune(convert_args("m") + " --upload-repo me/by-lmtune", &out), 0) << out;
+  out.clear();
+  const std::string script =
+      "import os, sys\n"
+      "from huggingface_hub import HfApi\n"
+      "api = HfApi(endpoint=os.environ['HF_ENDPOINT'], token='secret')\n"
+      "api.create_repo('me/by-hf', exist_ok=True)\n"
+      "api.upload_folder(folder_path=sys.argv[1], repo_id='me/by-hf', commit_message='hf')\n";
+  std::ofstream(root_ + "/up.py") << script;
+  ASSERT_EQ(
+      run("HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_PROGRESS_BARS=1 " + py + " " + root_ + "/up.py " + root_ + "/m 2>&1",
+          &out),
+      0)
+      << out;
+  const auto& ours = hub_.repo("me/by-lmtune").revisions.at("main").files;
+  const auto& theirs = hub_.repo("me/by-hf").revisions.at("main").files;
+  ASSERT_EQ(ours.size(), theirs.size());
+  for (const auto& [name, f] : ours) {
+    ASSERT_TRUE(theirs.count(name)) << name;
+    EXPECT_TRUE(theirs.at(name).content == f.content) << name;
+    EXPECT_EQ(theirs.at(name).lfs, f.lfs) << name;
+  }
+  EXPECT_EQ(hub_.count("POST", "/api/models/me/by-hf/commit/main"), 1);
+}
+
 }  // namespace
