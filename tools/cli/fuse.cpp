@@ -194,18 +194,8 @@ int fuse_model(const FuseOptions& o) {
   }
   model.reset();  // the planner reads the weights from the files again, one layer at a time
 
-  std::optional<convert::Plan> plan;
-  plan.emplace(req);
-  if (o.requantize == "keep" && !o.dequantize) {
-    std::vector<fuse_keep::Choice> choices = fuse_keep::choose(*plan, o.keep_threshold);
-    if (!choices.empty()) {
-      const double bpw_requantized = plan->bits_per_weight();
-      for (const fuse_keep::Choice& c : choices)
-        if (c.changed) req.merge_outputs[c.path] = c.output;
-      plan.emplace(req);
-      fuse_keep::print_summary(choices, o.keep_threshold, plan->bits_per_weight(), bpw_requantized);
-    }
-  }
+  std::unique_ptr<convert::Plan> plan =
+      fuse_keep::make_plan(req, o.requantize == "keep" && !o.dequantize, o.keep_threshold);
   if (o.dequantize) say("Dequantizing model");
   convert::write_folder(*plan, dir, o.save_path, base_model);
   if (o.data) fuse_report::report(dir, o.adapter_path, o.save_path, *o.data);

@@ -120,4 +120,17 @@ void print_summary(const std::vector<Choice>& choices, double threshold, double 
   std::fflush(stdout);
 }
 
+std::unique_ptr<convert::Plan> make_plan(convert::Request req, bool keep, double threshold) {
+  auto plan = std::make_unique<convert::Plan>(req);
+  if (!keep) return plan;
+  std::vector<Choice> choices = choose(*plan, threshold);
+  if (choices.empty()) return plan;
+  const double bpw_requantized = plan->bits_per_weight();
+  for (const Choice& c : choices)
+    if (c.changed) req.merge_outputs[c.path] = c.output;
+  plan = std::make_unique<convert::Plan>(req);
+  print_summary(choices, threshold, plan->bits_per_weight(), bpw_requantized);
+  return plan;
+}
+
 }  // namespace lmtune::cli::fuse_keep

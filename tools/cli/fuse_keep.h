@@ -3,6 +3,7 @@
 // merge computed in f32), and the smallest output that keeps at least the threshold: the layer's
 // own parameters (mlx-lm's way), 8 bits, dense in the merged dtype, dense f32.
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,5 +31,9 @@ std::vector<Choice> choose(const convert::Plan& plan, double threshold);
 // The summary lines fuse prints: how many layers at which output, the kept fractions, the bits
 // per weight of the output (bpw) and of mlx_lm.fuse's (bpw_requantized).
 void print_summary(const std::vector<Choice>& choices, double threshold, double bpw, double bpw_requantized);
+
+// The plan fuse writes: req's as it is, or with keep, each merged layer's output chosen by choose()
+// (print_summary's lines printed when there are merged quantized layers).
+std::unique_ptr<convert::Plan> make_plan(convert::Request req, bool keep, double threshold);
 
 }  // namespace lmtune::cli::fuse_keep
