@@ -12,7 +12,8 @@ q4        models/default quantized by `lmtune convert -q` (4 bits, group 64). Re
           case the design is for) and prints the warning on stdout and stderr; lmtune's way keeps >= 90%
           and prints no warning; its config.json gives the raised layers their own entries (8 bits or
           false) and its tensors match them; the folder loads in mlx_lm.generate, and MLX in float32
-          (lmtune's CPU precision) gives the same greedy text as `lmtune generate`.
+          (lmtune's CPU precision) gives the same greedy text as `lmtune generate`; `--keep-threshold 0`
+          writes the same bytes as `--requantize mlx`.
 mxfp4     the same on models/default in mxfp4 (`convert -q --q-mode mxfp4`); raised layers are mxfp8 or dense.
 dense     the same adapter recipe on the bf16 models/default: the report works (nothing re-quantized, no
           "Keeping" lines, the fused folder has no quantization).
@@ -135,6 +136,15 @@ def case_quantized(a, tag, args):
     check(kept_keep >= 0.9, f"lmtune's way keeps only {kept_keep:.3f} of the gain (< 0.9)")
     check("[INFO] Keeping the fine-tune: 28 merged layers written as" in r.stdout, f"no Keeping line:\n{r.stdout}")
     same_losses_as_lora_test(a, tag + "-requantize-mlx", base, ad, l_mlx, mlx_way)
+    # --keep-threshold 0 accepts every layer's own parameters: mlx-lm's folder, byte for byte.
+    zero = os.path.join(a.work, "fused-" + tag + "-threshold-0")
+    shutil.rmtree(zero, ignore_errors=True)
+    must(run([a.lmtune, "fuse", "--model", base, "--adapter-path", ad, "--save-path", zero, "--keep-threshold", "0"]),
+         "fuse --keep-threshold 0")
+    for f in sorted(os.listdir(mlx_way)):
+        check(open(os.path.join(zero, f), "rb").read() == open(os.path.join(mlx_way, f), "rb").read(),
+              f"{tag}: --keep-threshold 0 wrote another {f} than --requantize mlx")
+    check(sorted(os.listdir(zero)) == sorted(os.listdir(mlx_way)), f"{tag}: --keep-threshold 0: other files")
     check(abs(test_loss(a, keep_way) - l_keep["fused"]) <= 6e-4, f"{tag}-keep: fused loss differs from lora --test's")
 
     # The raised layers: config entries and tensors agree, and mlx-lm loads the folder.
