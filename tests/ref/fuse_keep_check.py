@@ -13,7 +13,8 @@ q4        models/default quantized by `lmtune convert -q` (4 bits, group 64). Re
           and prints no warning; its config.json gives the raised layers their own entries (8 bits or
           false) and its tensors match them; the folder loads in mlx_lm.generate, and MLX in float32
           (lmtune's CPU precision) gives the same greedy text as `lmtune generate`; `--keep-threshold 0`
-          writes the same bytes as `--requantize mlx`.
+          writes the same bytes as `--requantize mlx`; lmtune's greedy text on the kept folder equals
+          `generate --adapter-path` on the base.
 mxfp4     the same on models/default in mxfp4 (`convert -q --q-mode mxfp4`); raised layers are mxfp8 or dense.
 dense     the same adapter recipe on the bf16 models/default: the report works (nothing re-quantized, no
           "Keeping" lines, the fused folder has no quantization).
@@ -173,6 +174,14 @@ def case_quantized(a, tag, args):
     mine, theirs = repr(text_of(ours.stdout)), mlx_f32_text(keep_way)
     print(f"{tag}-keep: lmtune {mine}, MLX f32 {theirs}, mlx_lm generate (bf16) {text_of(r.stdout)!r}")
     check(mine == theirs, f"{tag}-keep: lmtune's greedy text {mine} differs from MLX's in float32 {theirs}")
+    # lmtune's greedy text: the fused folder's equals the base's with --adapter-path.
+    def greedy(model, *extra):
+        r = must(run([a.lmtune, "generate", "--model", model, "--device", "cpu", "--temp", "0", "-m", "24",
+                      "--ignore-chat-template", "-p", PROMPT, *extra]), f"lmtune generate {model}")
+        return repr(text_of(r.stdout))
+    t_base, t_ad, t_mlx = greedy(base), greedy(base, "--adapter-path", ad), greedy(mlx_way)
+    print(f"{tag}: greedy base {t_base}, base + adapter {t_ad}, lmtune's fuse {mine}, mlx-lm's fuse {t_mlx}")
+    check(mine == t_ad, f"{tag}-keep: greedy text {mine}, base + adapter gives {t_ad}")
 
 
 def case_dense(a):
