@@ -187,6 +187,11 @@ class FakeHub {
     std::lock_guard<std::mutex> lock(mu_);
     return repos_.count(id) > 0;
   }
+  // The next commit is refused with HTTP 422 and this message (as the Hub refuses a bad commit).
+  void refuse_next_commit(const std::string& message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    refuse_commit_ = message;
+  }
   std::vector<std::string> commit_messages() {
     std::lock_guard<std::mutex> lock(mu_);
     return commit_messages_;
@@ -321,6 +326,11 @@ class FakeHub {
       std::lock_guard<std::mutex> lock(mu_);
       auto repo = repos_.find(id);
       if (repo == repos_.end()) return bad(r, 404, "Repository not found");
+      if (!refuse_commit_.empty()) {
+        bad(r, 422, refuse_commit_);
+        refuse_commit_.clear();
+        return;
+      }
       Revision rev = repo->second.revisions.count("main") ? repo->second.revisions["main"] : Revision{};
       std::string summary;
       size_t b = 0, n = 0;
@@ -387,6 +397,7 @@ class FakeHub {
   std::map<std::string, std::string> cdn_;
   std::map<std::string, std::string> lfs_;  // uploaded LFS objects by sha256
   std::vector<std::string> commit_messages_;
+  std::string refuse_commit_;
   std::atomic<int> cuts_left_{0};
 };
 

@@ -54,7 +54,12 @@ class HubUpload : public ::testing::Test {
   // files a model needs, byte for byte.
   void expect_round_trip(const std::string& repo, const fs::path& folder) {
     std::map<std::string, std::string> local = files_of(folder);
-    ASSERT_TRUE(local.count("model.safetensors") && local.count("config.json"));
+    auto has_weights = [](const std::map<std::string, std::string>& files) {
+      for (const auto& [name, bytes] : files)
+        if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") return true;
+      return false;
+    };
+    ASSERT_TRUE(has_weights(local) && local.count("config.json"));
     const Revision& main = hub_.repo(repo).revisions.at("main");
     std::set<std::string> names;
     for (const auto& [name, f] : main.files) {
@@ -66,7 +71,9 @@ class HubUpload : public ::testing::Test {
     EXPECT_EQ(names.size(), local.size());
     std::string snap = lmtune::resolve_model(repo);
     std::map<std::string, std::string> back = files_of(snap);
-    EXPECT_TRUE(back.count("model.safetensors") && back.count("config.json") && back.count("tokenizer.json"));
+    EXPECT_TRUE(has_weights(back) && back.count("config.json") && back.count("tokenizer.json"));
+    for (const auto& [name, bytes] : local)  // the files a model needs all came back
+      EXPECT_TRUE(back.count(name) || !lmtune::hub_file_needed(name)) << name << " was not downloaded";
     for (const auto& [name, bytes] : back) EXPECT_TRUE(bytes == local[name]) << "downloaded " << name << " differs";
   }
 
@@ -123,6 +130,34 @@ TEST_F(HubUpload, SecondUploadToAnExistingRepoSendsNoKnownLfsObject) {
   EXPECT_EQ(hub_.count("PUT", ""), 0) << "identical weights were sent again";
   EXPECT_NE(out.find("(1 through LFS, 0 sent)"), std::string::npos) << out;
   expect_round_trip("me/same", root_ + "/b");
+}
+
+TEST_F(HubUpload, ShardedFolderSendsEveryShardThroughLfs) {
+  ::setenv("HF_TOKEN", "secret", 1);
+  std::string out;
+  ASSERT_EQ(lmtune(convert_args("s") + " --max-shard-size 800000 --upload-repo me/sharded", &out), 0) << out;
+  int shards = 0;
+  for (const auto& [name, bytes] : files_of(root_ + "/s")) shards += name.rfind("model-0000", 0) == 0;
+  EXPECT_GE(shards, 2) << out;
+  EXPECT_EQ(hub_.count("PUT", "/lfs-put/"), shards);
+  EXPECT_EQ(hub_.count("POST", "/lfs-verify"), shards);
+  EXPECT_EQ(hub_.count("POST", "/me/sharded.git/info/lfs/objects/batch"), 1);  // one batch for all
+  expect_round_trip("me/sharded", root_ + "/s");
+}
+
+TEST_F(HubUpload, RefusedCommitNamesTheStepAndKeepsTheFolder) {
+  ::setenv("HF_TOKEN", "secret", 1);
+  hub_.refuse_next_commit("Your push was rejected because it contains binary files");
+  std::string out;
+  EXPECT_NE(lmtune(convert_args("r") + " --upload-repo me/r", &out), 0);
+  std::printf("%s", out.c_str());
+  EXPECT_NE(out.find("the commit for me/r failed: HTTP 422 for http://127.0.0.1:" + std::to_string(hub_.port()) +
+                     "/api/models/me/r/commit/main: Your push was rejected"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("The model is kept in " + root_ + "/r"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(root_ + "/r/model.safetensors"));
+  EXPECT_EQ(hub_.repo("me/r").revisions.count("main"), 0u);  // nothing committed
 }
 
 TEST_F(HubUpload, TokenFromHfHomeFile) {
