@@ -10,7 +10,8 @@ q4        models/default quantized by `lmtune convert -q` (4 bits, group 64). Re
           of both fuses; every loss equal (3 decimals) to `lmtune lora --test` on the same rows (base,
           base + adapter, each fused folder); mlx-lm's way keeps under 90% of the gain here (this is the
           case the design is for) and prints the warning on stdout and stderr; lmtune's way keeps >= 90%
-          and prints no warning; its config.json gives the raised layers their own entries (8 bits or
+          and prints no warning; the per-layer shares fuse prints for mlx-lm's way (mean, lowest) equal
+          the same measure computed with MLX's mx.quantize / mx.dequantize; its config.json gives the raised layers their own entries (8 bits or
           false) and its tensors match them; the folder loads in mlx_lm.generate, and MLX in float32
           (lmtune's CPU precision) gives the same greedy text as `lmtune generate`; `--keep-threshold 0`
           writes the same bytes as `--requantize mlx`; lmtune's greedy text on the kept folder equals
@@ -125,6 +126,39 @@ def mlx_f32_text(folder):
     return r.stdout.strip().splitlines()[-1]
 
 
+def mlx_kept_shares(base, ad, mode):
+    """Each merged layer's share of the change kept by mlx-lm's re-quantization, from MLX itself:
+    W = mx.dequantize of the base, dW = (scale * B^T) @ A^T in f32, LoRALinear.fuse's merge in W's dtype
+    quantized again with the layer's parameters: <deq(q(W + dW)) - W, dW> / ||dW||^2."""
+    import mlx.core as mx
+    cfg = json.load(open(os.path.join(base, "config.json")))["quantization"]
+    scale = json.load(open(os.path.join(ad, "adapter_config.json")))["lora_parameters"]["scale"]
+    w = {}
+    for f in os.listdir(base):
+        if f.endswith(".safetensors"):
+            w.update(mx.load(os.path.join(base, f)))
+    adapters = mx.load(os.path.join(ad, "adapters.safetensors"))
+    out = {}
+    for k in sorted(adapters):
+        if not k.endswith(".lora_a"):
+            continue
+        path = k[: -len(".lora_a")]
+        gs, bits = cfg["group_size"], cfg["bits"]
+        kw = dict(group_size=gs, bits=bits, mode=mode)
+        biases = w.get(path + ".biases")
+        dense = mx.dequantize(w[path + ".weight"], w[path + ".scales"], biases, dtype=mx.bfloat16, **kw)
+        a, b = adapters[k].astype(mx.float32), adapters[path + ".lora_b"].astype(mx.float32)
+        delta = (scale * b.T) @ a.T
+        merged = dense + delta.astype(dense.dtype)
+        q = mx.quantize(merged, **kw)
+        back = mx.dequantize(*q, dtype=mx.float32, **kw) if mode == "affine" else \
+            mx.dequantize(q[0], q[1], None, dtype=mx.float32, **kw)
+        base_f = dense.astype(mx.float32)
+        d = (base_f + delta) - base_f
+        out[path] = (mx.sum((back - base_f) * d) / mx.sum(d * d)).item()
+    return out
+
+
 def case_quantized(a, tag, args):
     base = os.path.join(a.work, "default-" + tag)
     shutil.rmtree(base, ignore_errors=True)
@@ -136,6 +170,16 @@ def case_quantized(a, tag, args):
     check(kept_mlx < 0.9, f"mlx-lm's way keeps {kept_mlx:.3f} of the gain here: the case no longer shows the loss")
     check(kept_keep >= 0.9, f"lmtune's way keeps only {kept_keep:.3f} of the gain (< 0.9)")
     check("[INFO] Keeping the fine-tune: 28 merged layers written as" in r.stdout, f"no Keeping line:\n{r.stdout}")
+    # The printed kept shares of mlx-lm's way against MLX's own quantize / dequantize.
+    m = re.search(r"as mlx_lm\.fuse: mean ([0-9.-]+), lowest ([0-9.-]+) at (\S+)\)", r.stdout)
+    ref = mlx_kept_shares(base, ad, "mxfp4" if "mxfp4" in args else "affine")
+    lowest = min(ref, key=ref.get)
+    mean = sum(ref.values()) / len(ref)
+    print(f"{tag}: MLX's kept shares: mean {mean:.4f}, lowest {ref[lowest]:.4f} at {lowest} "
+          f"(lmtune printed {m.groups() if m else None})")
+    check(m is not None and len(ref) == 28 and abs(float(m.group(1)) - mean) <= 1.5e-3
+          and abs(float(m.group(2)) - ref[lowest]) <= 1.5e-3 and m.group(3) == lowest,
+          f"{tag}: lmtune's kept shares {m.groups() if m else None} differ from MLX's")
     same_losses_as_lora_test(a, tag + "-requantize-mlx", base, ad, l_mlx, mlx_way)
     # --keep-threshold 0 accepts every layer's own parameters: mlx-lm's folder, byte for byte.
     zero = os.path.join(a.work, "fused-" + tag + "-threshold-0")
