@@ -77,6 +77,7 @@ struct LocalFile {
   uint64_t size = 0;
   std::string sha256;
   bool lfs = false;
+  bool ignored = false;  // preupload's shouldIgnore (the repo's .gitignore): left out of the commit
 };
 
 class Uploader {
@@ -132,7 +133,8 @@ class Uploader {
                   "[hub] preupload: malformed entry ", f.dump());
         auto it = std::find_if(files.begin(), files.end(), [&](const LocalFile& l) { return l.path == f["path"]; });
         LMT_CHECK(it != files.end(), "[hub] preupload: the Hub named a file not sent: ", f["path"].dump());
-        it->lfs = f["uploadMode"] == "lfs";
+        it->lfs = f["uploadMode"] == "lfs" && it->size > 0;  // an empty file cannot go through LFS: inline
+        it->ignored = f.contains("shouldIgnore") && f["shouldIgnore"].is_boolean() && f["shouldIgnore"].get<bool>();
       }
     }
   }
@@ -141,7 +143,7 @@ class Uploader {
   int64_t upload_lfs(const std::vector<LocalFile>& files) const {
     std::vector<const LocalFile*> lfs;
     for (const LocalFile& f : files)
-      if (f.lfs) lfs.push_back(&f);
+      if (f.lfs && !f.ignored) lfs.push_back(&f);
     const std::string url = s_.endpoint + "/" + repo_ + ".git/info/lfs/objects/batch";
     const std::vector<std::string> lfs_headers = {"Accept: application/vnd.git-lfs+json",
                                                   "Content-Type: application/vnd.git-lfs+json"};
@@ -197,6 +199,7 @@ class Uploader {
     const std::string url = s_.endpoint + "/api/models/" + repo_ + "/commit/main";
     std::string body = json({{"key", "header"}, {"value", {{"summary", message}, {"description", ""}}}}).dump() + "\n";
     for (const LocalFile& f : files) {
+      if (f.ignored) continue;
       json line =
           f.lfs
               ? json({{"key", "lfsFile"},
@@ -256,8 +259,13 @@ UploadSummary upload_folder(const std::string& folder, const std::string& repo_i
   sum.n_lfs_sent = up.upload_lfs(files);
   sum.commit_oid = up.commit(files, commit_message);
   sum.repo_url = s.endpoint + "/" + repo_id;
-  sum.n_files = int64_t(files.size());
-  for (const LocalFile& f : files) sum.n_lfs += f.lfs, sum.bytes += f.size;
+  for (const LocalFile& f : files) {
+    if (f.ignored) {
+      std::fprintf(stderr, "[hub] %s: left out (the repo's .gitignore matches it)\n", f.path.c_str());
+      continue;
+    }
+    sum.n_files += 1, sum.n_lfs += f.lfs, sum.bytes += f.size;
+  }
   return sum;
 }
 

@@ -15,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -187,6 +188,11 @@ class FakeHub {
     std::lock_guard<std::mutex> lock(mu_);
     return repos_.count(id) > 0;
   }
+  // preupload answers shouldIgnore for this path (as a repo's .gitignore would make the Hub do).
+  void ignore_path(const std::string& path) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ignored_.insert(path);
+  }
   // The next commit is refused with HTTP 422 and this message (as the Hub refuses a bad commit).
   void refuse_next_commit(const std::string& message) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -278,7 +284,12 @@ class FakeHub {
                     return bad(r, 400, "bad file entry");
                   std::string path = f["path"];
                   bool lfs = path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
-                  out.push_back({{"path", path}, {"uploadMode", lfs ? "lfs" : "regular"}, {"shouldIgnore", false}});
+                  bool ignore = false;
+                  {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    ignore = ignored_.count(path) > 0;
+                  }
+                  out.push_back({{"path", path}, {"uploadMode", lfs ? "lfs" : "regular"}, {"shouldIgnore", ignore}});
                 }
                 r.set_content(json({{"files", out}}).dump(), "application/json");
               });
@@ -398,6 +409,7 @@ class FakeHub {
   std::map<std::string, std::string> lfs_;  // uploaded LFS objects by sha256
   std::vector<std::string> commit_messages_;
   std::string refuse_commit_;
+  std::set<std::string> ignored_;
   std::atomic<int> cuts_left_{0};
 };
 

@@ -160,6 +160,17 @@ TEST_F(HubUpload, RefusedCommitNamesTheStepAndKeepsTheFolder) {
   EXPECT_EQ(hub_.repo("me/r").revisions.count("main"), 0u);  // nothing committed
 }
 
+TEST_F(HubUpload, FilesTheHubIgnoresAreLeftOut) {
+  ::setenv("HF_TOKEN", "secret", 1);
+  hub_.ignore_path("README.md");
+  std::string out;
+  ASSERT_EQ(lmtune(convert_args("i") + " --upload-repo me/i", &out), 0) << out;
+  const auto& files = hub_.repo("me/i").revisions.at("main").files;
+  EXPECT_EQ(files.count("README.md"), 0u);
+  EXPECT_EQ(files.size() + 1, files_of(root_ + "/i").size());
+  EXPECT_NE(out.find("README.md: left out"), std::string::npos) << out;
+}
+
 TEST_F(HubUpload, TokenFromHfHomeFile) {
   fs::create_directories(root_ + "/home");
   std::ofstream(root_ + "/home/token") << "secret\n";
