@@ -203,6 +203,54 @@ HttpResult http_request(const std::string& method, const std::string& url, const
   return r;
 }
 
+HttpResult http_send(const std::string& method, const std::string& url, const std::vector<std::string>& headers,
+                     const std::string& body) {
+  std::vector<std::string> all = headers;
+  all.push_back("Expect:");  // no 100-continue round trip
+  ListPtr list(nullptr, curl_slist_free_all);
+  CurlPtr h = make_handle(url, all, list, false);
+  HttpResult r;
+  curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &r);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(h.get(), CURLOPT_CUSTOMREQUEST, method.c_str());
+  curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.data());
+  curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.size()));
+  curl_easy_setopt(h.get(), CURLOPT_TIMEOUT, 600L);
+  CURLcode rc = curl_easy_perform(h.get());
+  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &r.status);
+  if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
+  return r;
+}
+
+namespace {
+size_t on_read_file(char* buf, size_t size, size_t n, void* user) {
+  return std::fread(buf, 1, size * n, static_cast<std::FILE*>(user));
+}
+}  // namespace
+
+HttpResult http_put_file(const std::string& url, const std::vector<std::string>& headers, const std::string& path,
+                         uint64_t size) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
+  if (!f) fail("[hub] cannot open ", path, ": ", std::strerror(errno));
+  std::vector<std::string> all = headers;
+  all.push_back("Expect:");
+  ListPtr list(nullptr, curl_slist_free_all);
+  CurlPtr h = make_handle(url, all, list, false);
+  HttpResult r;
+  curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &r);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(h.get(), CURLOPT_UPLOAD, 1L);
+  curl_easy_setopt(h.get(), CURLOPT_READFUNCTION, on_read_file);
+  curl_easy_setopt(h.get(), CURLOPT_READDATA, f.get());
+  curl_easy_setopt(h.get(), CURLOPT_INFILESIZE_LARGE, curl_off_t(size));
+  CURLcode rc = curl_easy_perform(h.get());
+  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &r.status);
+  if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
+  return r;
+}
+
 HttpResult download_append(const std::string& url, const std::vector<std::string>& headers, const std::string& path,
                            uint64_t expected_size, const std::string& display_name) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

@@ -22,6 +22,14 @@ struct HttpResult {
 HttpResult http_request(const std::string& method, const std::string& url, const std::vector<std::string>& headers,
                         bool follow_redirects);
 
+// One request with a body (POST / PUT of small JSON or ndjson; redirects not followed).
+HttpResult http_send(const std::string& method, const std::string& url, const std::vector<std::string>& headers,
+                     const std::string& body);
+
+// PUTs the bytes of the file at path (size bytes) to url, streamed from disk (an LFS upload).
+HttpResult http_put_file(const std::string& url, const std::vector<std::string>& headers, const std::string& path,
+                         uint64_t size);
+
 // GETs url (redirects followed) and appends the body to path, sending "Range: bytes=<size>-" when path
 // already holds bytes; a 200 answer to a Range request restarts the file. Progress goes to stderr,
 // labelled display_name, over expected_size bytes (0 = unknown). The body of an HTTP error is not

@@ -30,7 +30,7 @@ shards          --max-shard-size N against mlx-lm with make_shards limited to th
                 (mlx-lm's own function with the limit as a parameter): the same shard files
                 (model-0000i-of-0000n.safetensors), the same weight_map, the same tensors.
 refusals        an existing --mlx-path, --q-bits 7, --q-group-size 48, a group size dividing no
-                layer, --q-mode foo, -q with -d, a mixed recipe with mxfp4, --upload-repo: lmtune
+                layer, --q-mode foo, -q with -d, a mixed recipe with mxfp4, --upload-repo without a token: lmtune
                 exits non-zero with the reason, and leaves neither the output nor a .tmp folder.
                 mlx-lm refuses the same for the first, second, fifth, sixth and seventh; for 48 and
                 for a group dividing no layer it writes an unquantized model labelled quantized,
@@ -334,12 +334,14 @@ def case_refusals(a):
               "Choose either quantize or dequantize"),
              ("mixed_mxfp4", f32, ["-q", "--q-mode", "mxfp4", "--quant-predicate", "mixed_3_6"],
               "Quant predicates only support 'affine'", 1, "Quant predicates only support 'affine'"),
-             ("upload", f32, ["--upload-repo", "me/model"], "does not upload", None, None)]
+             ("upload", f32, ["--upload-repo", "me/model"], "--upload-repo: no Hugging Face token", None, None)]
+    no_token = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    no_token["HF_TOKEN_PATH"] = os.path.join(a.work, "no-such-token")  # not the real home's token
     for tag, src, flags, ours_msg, mlx_rc, mlx_msg in cases:
         path = existing if tag == "existing" else target
         args = ["--hf-path", src] + ([] if "--mlx-path" in flags else ["--mlx-path", target]) + flags
         shutil.rmtree(target, ignore_errors=True)
-        r = run([a.lmtune, "convert"] + args)
+        r = run([a.lmtune, "convert"] + args, env=no_token)
         last = (r.stderr.strip().splitlines() or [""])[-1]
         print(f"{tag}: lmtune rc {r.returncode}: {last}")
         check(r.returncode in (1, 2), f"{tag}: lmtune rc {r.returncode} (want 1 or 2)\n{r.stdout}{r.stderr}")

@@ -5,7 +5,7 @@ Usage: fuse_check.py --lmtune BIN --root REPO --work DIR --case CASE
 The base is models/default (bf16, tied embeddings) or its 4-bit conversion (`lmtune convert -q`,
 bf16 scales); the adapter is trained by `lmtune lora` on examples/data for 30 iterations at a
 high learning rate (so that it changes the greedy text) on the last 2 of the 4 blocks. Each fuse
-runs `lmtune fuse ARGS` and `python -m mlx_lm fuse ARGS` and requires, as tests/ref/convert_check.py
+runs `lmtune fuse ARGS --requantize mlx` and `python -m mlx_lm fuse ARGS` and requires, as tests/ref/convert_check.py
 does for convert: both succeed and print the same lines; every tensor bit-identical (names, dtypes,
 shapes, bytes); config.json, model.safetensors.index.json, README.md and generation_config.json
 byte-identical; the same files but for the tokenizer files transformers re-writes (which must load
@@ -25,7 +25,7 @@ mxfp4     the same on an mxfp4 base (u8 scales; mx.dequantize gives bf16, merged
           again to mxfp4).
 refusals  a missing adapter folder, adapter tensors that do not match the model (rank and layers
           edited in adapter_config.json), an existing --save-path, --export-gguf, --gguf-path,
-          --upload-repo: lmtune exits non-zero naming the reason and leaves neither the output nor a
+          --upload-repo without a token: lmtune exits non-zero naming the reason and leaves neither the output nor a
           .tmp folder. mlx-lm's behaviour is recorded beside it where it differs (it writes into an
           existing --save-path).
 """
@@ -80,7 +80,9 @@ def fuse_both(a, tag, base, ad, extra=()):
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(os.path.join(a.work, "out"), exist_ok=True)
     args = ["--model", base, "--adapter-path", ad, *extra]
-    r1 = run([a.lmtune, "fuse", *args, "--save-path", ours])
+    # --requantize mlx: mlx-lm's re-quantization of merged layers on a quantized base (lmtune's
+    # default keeps small changes instead: tests/ref/fuse_keep_check.py); a no-op on a dense base.
+    r1 = run([a.lmtune, "fuse", *args, "--requantize", "mlx", "--save-path", ours])
     r2 = run([sys.executable, "-m", "mlx_lm", "fuse", *args, "--save-path", theirs])
     ok = check(r1.returncode == 0, f"{tag}: lmtune fuse {extra}: rc {r1.returncode}\n{r1.stderr[-2000:]}")
     ok &= check(r2.returncode == 0, f"{tag}: mlx_lm fuse {extra}: rc {r2.returncode}\n{r2.stderr[-2000:]}")
@@ -184,12 +186,15 @@ def case_refusals(a):
          r"Cannot save to the path .*existing as it already exists"),
         ("--export-gguf", ["--adapter-path", ad, "--export-gguf"], r"--export-gguf: GGUF export is not implemented"),
         ("--gguf-path", ["--adapter-path", ad, "--gguf-path", "x.gguf"], r"--gguf-path: .*--export-gguf"),
-        ("--upload-repo", ["--adapter-path", ad, "--upload-repo", "me/x"], r"--upload-repo: .*does not upload"),
+        ("--upload-repo without a token", ["--adapter-path", ad, "--upload-repo", "me/x"],
+         r"--upload-repo: no Hugging Face token to upload me/x"),
     ]
     for what, args, regex in cases:
         if "--save-path" not in args:
             args = args + ["--save-path", never]
-        r = run([a.lmtune, "fuse", "--model", base, *args])
+        no_token = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+        no_token["HF_TOKEN_PATH"] = os.path.join(a.work, "no-such-token")  # not the real home's token
+        r = run([a.lmtune, "fuse", "--model", base, *args], env=no_token)
         check(r.returncode != 0 and re.search(regex, r.stderr),
               f"refusal '{what}': rc {r.returncode}, stderr:\n{r.stderr[-1500:]}\n(expected /{regex}/)")
         print(f"refused: {what}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")

@@ -16,6 +16,7 @@
 #include "options.h"
 #include "runtime/generate.h"
 #include "runtime_setup.h"
+#include "upload_option.h"
 
 namespace fs = std::filesystem;
 
@@ -51,7 +52,8 @@ void declare(Options& t, ConvertOptions& o) {
         "text_config.dtype), else the weights' own dtype.")
       .choices({"float16", "bfloat16", "float32"});
   t.add("--upload-repo", &o.upload_repo, "REPO",
-        "refused: lmtune does not upload (upload the folder with `huggingface-cli upload`)");
+        "The Hugging Face repo to upload the model to (org/name; created if missing; token: HF_TOKEN, else "
+        "$HF_HOME/token)");
   t.add("-d, --dequantize", &o.dequantize, "", "Dequantize a quantized model.");
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility; lmtune runs no model code");
   t.group("lmtune's additions");
@@ -66,9 +68,7 @@ void say(const std::string& line) {
 
 int convert_model(const ConvertOptions& o) {
   if (o.hf_path.empty()) throw UsageError("--hf-path (or --model) is required: a model folder or a Hub repo id");
-  if (o.upload_repo)
-    throw UsageError("--upload-repo: lmtune works offline and does not upload; upload " + o.mlx_path +
-                     " with `huggingface-cli upload " + *o.upload_repo + " " + o.mlx_path + "`");
+  check_upload_repo(o.upload_repo);
   if (o.max_shard_size <= 0) throw UsageError("--max-shard-size must be positive");
   if (fs::exists(fs::symlink_status(o.mlx_path)))
     fail("Cannot save to the path ", o.mlx_path,
@@ -116,6 +116,7 @@ int convert_model(const ConvertOptions& o) {
   }
   if (o.dequantize) say("[INFO] Dequantizing");
   convert::write_folder(plan, req.source, o.mlx_path, base_model);
+  upload_output(o.mlx_path, o.upload_repo, "Upload model converted with lmtune");
   return 0;
 }
 

@@ -177,7 +177,19 @@ Plan::Plan(const Request& r) : req_(r), source_(r.source) {
                   : it->in_quant->mode == quant::Mode::affine ? it->source_dtype
                                                               : DType::bf16;
     it->merged_dtype = merge.out_dtype.value_or(dense);
+    if (auto o = req_.merge_outputs.find(path); o != req_.merge_outputs.end()) {
+      LMT_CHECK(it->in_quant && !r.dequantize, "[fuse] ", path,
+                ": an output choice for a layer that is not re-quantized");
+      it->out_quant = o->second.quant;
+      it->f32_merge = !o->second.quant && o->second.f32_merge;
+      if (it->f32_merge) it->merged_dtype = DType::f32;
+      const quant::QuantParams* p = o->second.quant ? &*o->second.quant : nullptr;
+      config_["quantization"][path] =
+          p ? params_entry(int64_t(p->group_size), p->bits, quant::mode_name(p->mode)) : ojson(false);
+    }
   }
+  for (const auto& [path, out] : req_.merge_outputs)
+    LMT_CHECK(req_.merges.count(path), "[fuse] ", path, ": an output choice for a layer that is not merged");
   for (const auto& [name, t] : req_.replace) {
     LMT_CHECK(source_.contains(name), "[fuse] the adapter's tensor ", name, " is not in the model ", r.source);
     LMT_CHECK(!source_.contains(name.substr(0, name.rfind('.')) + ".scales"), "[fuse] ", name,
@@ -501,6 +513,23 @@ std::string Plan::index_text(const std::vector<std::vector<size_t>>& shards) con
   return python_json(idx);
 }
 
+Tensor Plan::source_dense(const Leaf& l) const {
+  const std::string w = l.path + ".weight";
+  if (!l.in_quant) return source_.get(w);
+  quant::QuantizedWeight q;
+  q.params = *l.in_quant;
+  q.wq = source_.get(w);
+  q.scales = cast_if(source_.get(l.path + ".scales"), cast_);
+  if (q.params.mode == quant::Mode::affine) q.biases = cast_if(source_.get(l.path + ".biases"), cast_);
+  return quant::dequantize(q, q.params.mode == quant::Mode::affine ? q.scales.dtype() : DType::bf16);
+}
+
+Tensor Plan::merged(const Leaf& l, bool f32) const {
+  LMT_CHECK(l.merge, "[fuse] ", l.path, " is not merged");
+  Tensor dense = source_dense(l);
+  return l.merge->apply(f32 ? ops::cast(dense, DType::f32) : dense);
+}
+
 std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
   std::vector<std::pair<std::string, Tensor>> out;
   const std::string w = l.path + ".weight";
@@ -513,14 +542,7 @@ std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
     return q;
   };
   if (l.merge) {
-    Tensor dense;
-    if (l.in_quant) {
-      quant::QuantizedWeight q = source_quantized();
-      dense = quant::dequantize(q, q.params.mode == quant::Mode::affine ? q.scales.dtype() : DType::bf16);
-    } else {
-      dense = source_.get(w);
-    }
-    Tensor merged = l.merge->apply(dense);
+    Tensor merged = this->merged(l, l.f32_merge);
     LMT_CHECK(merged.dtype() == l.merged_dtype && merged.shape() == l.shape, "[fuse] ", l.path,
               ": the merged weight is ", merged.describe(), ", planned ", dtype_name(l.merged_dtype));
     if (l.out_quant) {

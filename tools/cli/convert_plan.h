@@ -39,6 +39,15 @@ struct Request {
     std::function<Tensor(const Tensor&)> apply;
   };
   std::map<std::string, Merge> merges;  // by layer path ("model.layers.0.self_attn.q_proj")
+  // fuse, lmtune's way on a quantized base (fuse_keep.h): a merged layer's output chosen per layer
+  // instead of its source parameters: quantized with `quant`, or (unset) dense; a dense layer in
+  // f32 (f32_merge) is merged in f32 from the dequantized weight. config.json records the choice as
+  // the layer's own "quantization" entry (its parameters, or false).
+  struct MergeOutput {
+    std::optional<quant::QuantParams> quant;
+    bool f32_merge = false;
+  };
+  std::map<std::string, MergeOutput> merge_outputs;  // by layer path
   // fuse of a `full` adapter: tensors written instead of the source's, as they are (dense layers only).
   std::map<std::string, Tensor> replace;  // by tensor name ("model.layers.3.mlp.up_proj.weight")
 };
@@ -54,6 +63,7 @@ struct Leaf {
   std::optional<quant::QuantParams> out_quant;  // quantized in the output
   const Request::Merge* merge = nullptr;        // fuse: the layer's weight is merged
   DType merged_dtype = DType::f32;              // with merge: the merged weight's dtype
+  bool f32_merge = false;                       // with merge: merged from the weight cast to f32
   size_t first_tensor = 0, n_tensors = 0;       // its slice of Plan::tensors
 };
 
@@ -82,6 +92,11 @@ class Plan {
   std::string config_text() const;
   // model.safetensors.index.json: total_size, total_parameters and the sorted weight_map.
   std::string index_text(const std::vector<std::vector<size_t>>& shards) const;
+
+  // A merged layer's source weight, dense (a quantized one dequantized as mx.dequantize does),
+  // and the merged weight: in the merged dtype, or in f32 (the merge computed in f32) with f32.
+  Tensor source_dense(const Leaf& leaf) const;
+  Tensor merged(const Leaf& leaf, bool f32) const;
 
   // One module's output tensors (CPU), in the order of its Plan::tensors slice.
   std::vector<std::pair<std::string, Tensor>> produce(const Leaf& leaf) const;

@@ -12,6 +12,8 @@
 #include "cli_commands.h"
 #include "convert_plan.h"
 #include "core/error.h"
+#include "fuse_keep.h"
+#include "fuse_report.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -19,6 +21,7 @@
 #include "runtime/generate.h"
 #include "runtime_setup.h"
 #include "train/adapters.h"
+#include "upload_option.h"
 
 namespace fs = std::filesystem;
 
@@ -30,7 +33,9 @@ struct FuseOptions {
   std::string model = "mlx_model";
   std::string save_path = "fused_model";
   std::string adapter_path = "adapters";
-  std::optional<std::string> upload_repo, gguf_path;
+  std::optional<std::string> upload_repo, gguf_path, data;
+  std::string requantize = "keep";  // lmtune's: keep | mlx
+  double keep_threshold = 0.9;
   bool dequantize = false, export_gguf = false, trust_remote_code = false;
 };
 
@@ -41,7 +46,8 @@ void declare(Options& t, FuseOptions& o) {
         "Path to the trained adapter weights and config (adapters.safetensors + adapter_config.json of "
         "lmtune lora / mlx_lm.lora: lora, dora or full), or a Hugging Face PEFT LoRA / DoRA folder.");
   t.add("--upload-repo", &o.upload_repo, "REPO",
-        "refused: lmtune does not upload (upload the folder with `huggingface-cli upload`)");
+        "The Hugging Face repo to upload the model to (org/name; created if missing; token: HF_TOKEN, else "
+        "$HF_HOME/token)");
   t.add("--dequantize", &o.dequantize, "",
         "Generate a dequantized model: every layer of a quantized base written dense, the quantization "
         "keys dropped from config.json.");
@@ -49,6 +55,16 @@ void declare(Options& t, FuseOptions& o) {
   t.add("--gguf-path", &o.gguf_path, "PATH", "refused with --export-gguf (not implemented yet)")
       .default_text("ggml-model-f16.gguf");
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility; lmtune runs no model code");
+  t.group("lmtune's options (not in mlx_lm.fuse)");
+  t.add("--requantize", &o.requantize, "keep|mlx",
+        "How merged layers of a quantized base are written: keep = each at the fewest bits that keep "
+        "--keep-threshold of its change (its own bits, 8 bits, else dense); mlx = re-quantized with its "
+        "own parameters, as mlx_lm.fuse (small changes can round away)");
+  t.add("--keep-threshold", &o.keep_threshold, "F",
+        "With --requantize keep: the share of each merged layer's change its output must keep, in [0, 1]");
+  t.add("--data", &o.data, "DIR",
+        "A lora data folder: report the validation loss (valid.jsonl) of the base, the base with the adapter "
+        "and the fused model, and warn when the fused model keeps under 90% of the adapter's gain");
 }
 
 void say(const char* line) {
@@ -129,9 +145,12 @@ int fuse_model(const FuseOptions& o) {
         "the folder with llama.cpp's convert_hf_to_gguf.py)");
   if (o.gguf_path)
     throw UsageError("--gguf-path: it names the file of --export-gguf, which lmtune does not implement yet");
-  if (o.upload_repo)
-    throw UsageError("--upload-repo: lmtune works offline and does not upload; upload " + o.save_path +
-                     " with `huggingface-cli upload " + *o.upload_repo + " " + o.save_path + "`");
+  check_upload_repo(o.upload_repo);
+  if (o.requantize != "keep" && o.requantize != "mlx")
+    throw UsageError("argument --requantize: invalid choice: '" + o.requantize + "' (choose from 'keep', 'mlx')");
+  if (!(o.keep_threshold >= 0 && o.keep_threshold <= 1))
+    throw UsageError(str_cat("argument --keep-threshold: ", o.keep_threshold, " is not in [0, 1]"));
+  if (o.data) fuse_report::check_data(*o.data);
   say("Loading pretrained model");
   // mlx-lm writes into an existing folder (mkdir exist_ok), mixing old and new files; lmtune
   // refuses, as convert does, and builds the folder under a temporary name.
@@ -175,9 +194,12 @@ int fuse_model(const FuseOptions& o) {
   }
   model.reset();  // the planner reads the weights from the files again, one layer at a time
 
-  convert::Plan plan(req);
+  std::unique_ptr<convert::Plan> plan =
+      fuse_keep::make_plan(req, o.requantize == "keep" && !o.dequantize, o.keep_threshold);
   if (o.dequantize) say("Dequantizing model");
-  convert::write_folder(plan, dir, o.save_path, base_model);
+  convert::write_folder(*plan, dir, o.save_path, base_model);
+  if (o.data) fuse_report::report(dir, o.adapter_path, o.save_path, *o.data);
+  upload_output(o.save_path, o.upload_repo, "Upload fused model with lmtune");
   return 0;
 }
 
