@@ -12,6 +12,7 @@
 #include "cli_commands.h"
 #include "convert_plan.h"
 #include "core/error.h"
+#include "gguf_export.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -30,7 +31,7 @@ struct FuseOptions {
   std::string model = "mlx_model";
   std::string save_path = "fused_model";
   std::string adapter_path = "adapters";
-  std::optional<std::string> upload_repo, gguf_path;
+  std::optional<std::string> upload_repo, gguf_path, gguf_type;
   bool dequantize = false, export_gguf = false, trust_remote_code = false;
 };
 
@@ -45,9 +46,13 @@ void declare(Options& t, FuseOptions& o) {
   t.add("--dequantize", &o.dequantize, "",
         "Generate a dequantized model: every layer of a quantized base written dense, the quantization "
         "keys dropped from config.json.");
-  t.add("--export-gguf", &o.export_gguf, "", "refused: GGUF export is not implemented in lmtune yet");
-  t.add("--gguf-path", &o.gguf_path, "PATH", "refused with --export-gguf (not implemented yet)")
+  t.add("--export-gguf", &o.export_gguf, "",
+        "Export the fused model as a GGUF file for llama.cpp (llama, mistral, qwen2, qwen3).");
+  t.add("--gguf-path", &o.gguf_path, "PATH", "Path to save the exported GGUF file, relative to --save-path.")
       .default_text("ggml-model-f16.gguf");
+  t.add("--gguf-type", &o.gguf_type, "TYPE",
+        std::string("lmtune: the GGUF's weight type (") + gguf_export::kOutTypes + "); norms stay f32.")
+      .default_text("f16");
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility; lmtune runs no model code");
 }
 
@@ -123,12 +128,6 @@ Tensor dora_merge(const Tensor& w, const Tensor& a, const Tensor& b, const Tenso
 }
 
 int fuse_model(const FuseOptions& o) {
-  if (o.export_gguf)
-    throw UsageError(
-        "--export-gguf: GGUF export is not implemented in lmtune yet (fuse without it, then convert "
-        "the folder with llama.cpp's convert_hf_to_gguf.py)");
-  if (o.gguf_path)
-    throw UsageError("--gguf-path: it names the file of --export-gguf, which lmtune does not implement yet");
   if (o.upload_repo)
     throw UsageError("--upload-repo: lmtune works offline and does not upload; upload " + o.save_path +
                      " with `huggingface-cli upload " + *o.upload_repo + " " + o.save_path + "`");
@@ -142,6 +141,7 @@ int fuse_model(const FuseOptions& o) {
   std::optional<std::string> base_model;
   if (is_hub_repo_id(o.model)) base_model = o.model.substr(0, o.model.find('@'));
   const std::string dir = resolve_model_dir(o.model);
+  auto gguf = gguf_export::fuse_request(o.export_gguf, o.gguf_path, o.gguf_type, o.save_path, dir);
 
   // The adapters are read and checked by the code of `generate --adapter-path`: every stored name
   // must be a parameter the config's adapters create, with its shape.
@@ -178,6 +178,7 @@ int fuse_model(const FuseOptions& o) {
   convert::Plan plan(req);
   if (o.dequantize) say("Dequantizing model");
   convert::write_folder(plan, dir, o.save_path, base_model);
+  if (gguf) gguf_export::fuse_export(*gguf, o.save_path);
   return 0;
 }
 
