@@ -17,7 +17,7 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           bf16 exactly as numpy casts; q8_0 / q4_0 byte-identical to gguf-py's quantizer, which
           mirrors ggml's reference quantizer, and within half a step of the source after our own
           numpy dequantization).
-struct_FAMILY  the same for a tiny FAMILY model in f16 and q8_0 (rows of 48: q8_0 falls back to F16
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and q8_0 (qwen3 rows of 48: q8_0 falls back to F16
           for tensors whose rows are not blocks of 32, as llama.cpp's converter does).
 struct_quantized  a 4-bit base (lmtune convert -q): the GGUF (f32) holds its dequantized weights
           (equal to `lmtune convert -d`'s tensors).
@@ -27,8 +27,8 @@ fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (an
           ggml-model-q8_0.gguf), byte-identical to `lmtune gguf` on the fused folder.
 refusals  unknown --gguf-type, --gguf-path / --gguf-type without --export-gguf, a q8_0 LoRA, a DoRA
           adapter, an existing output, a config llama.cpp cannot load (qwen3 with attention_bias),
-          a pre-tokenizer llama.cpp does not know: non-zero exit, a message naming it, no output file
-          and no .tmp file left.
+          a pre-tokenizer llama.cpp does not know, a GGUF that fails after fuse wrote its folder: non-zero
+          exit, a message naming it, no output file or folder and no .tmp left.
 
 llama.cpp cases (label llamacpp; --llamacpp-bin from scripts/build-llamacpp):
 llamacpp_FAMILY_TYPE  fuse --export-gguf --gguf-type TYPE, then llama-completion's greedy text (24
@@ -537,6 +537,10 @@ def case_refusals(a):
             "add --export-gguf", save, "--gguf-path without --export-gguf")
     refused(a, ["fuse", "--model", base, "--adapter-path", ad, "--save-path", save, "--export-gguf", "--gguf-type",
                 "q3"], "'q3' is not a GGUF type", save, "fuse --gguf-type q3")
+    # The GGUF fails after the fused folder was written (its --gguf-path names a missing subfolder):
+    # the fused folder is removed too, so the failed fuse leaves nothing.
+    refused(a, ["fuse", "--model", base, "--adapter-path", ad, "--save-path", save, "--export-gguf", "--gguf-path",
+                "missing/m.gguf"], "was removed", save, "GGUF failing after the fuse")
     # A config llama.cpp's qwen3 cannot load: o_proj biases.
     bad = os.path.join(a.work, "qwen3-bias")
     shutil.rmtree(bad, ignore_errors=True)

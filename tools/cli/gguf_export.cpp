@@ -272,7 +272,7 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
         for (const auto& [n, tensor] : cache->second)
           if (n == hf) {
             std::vector<float> x = to_f32(tensor);
-            const int64_t rows = dims.size() == 1 ? dims[0] : dims[0], cols = dims.size() == 1 ? 1 : dims[1];
+            const int64_t rows = dims[0], cols = dims.size() == 1 ? 1 : dims[1];
             if (heads) x = permute_rows(x.data(), rows, cols, heads);
             return encode(t, x.data(), int64_t(x.size()));
           }
@@ -293,7 +293,9 @@ void export_lora(const std::string& model_dir, const std::string& adapter_dir, c
   LMT_CHECK(fs::is_directory(adapter_dir), "[gguf] the adapter path does not exist: ", adapter_dir);
   const ModelConfig c = ModelConfig::load(model_dir);
   const Arch arch = arch_of(c, model_dir);
-  std::unique_ptr<Model> model = load_model(model_dir, Device::cpu, DType::f32);
+  // The base is loaded (in its own dtype, as fuse loads it) only to check and attach the adapters.
+  const DType dt = c.torch_dtype == "float32" ? DType::f32 : c.torch_dtype == "float16" ? DType::f16 : DType::bf16;
+  std::unique_ptr<Model> model = load_model(model_dir, Device::cpu, dt);
   train::AdapterConfig acfg = train::load_adapters(*model, adapter_dir);
   LMT_CHECK(acfg.fine_tune_type == "lora", "[gguf] ", adapter_dir, ": a ", acfg.fine_tune_type,
             " adapter has no llama.cpp LoRA form (llama.cpp applies only W + alpha/r * B A); fuse it instead: "
