@@ -24,8 +24,9 @@ q4_dora   DoRA on the 4-bit base: mlx-lm re-quantizes the f32 merged weight, so 
 mxfp4     the same on an mxfp4 base (u8 scales; mx.dequantize gives bf16, merged in bf16 and quantized
           again to mxfp4).
 refusals  a missing adapter folder, adapter tensors that do not match the model (rank and layers
-          edited in adapter_config.json), an existing --save-path, --export-gguf, --gguf-path,
-          --upload-repo without a token: lmtune exits non-zero naming the reason and leaves neither the output nor a
+          edited in adapter_config.json), an existing --save-path, --gguf-path without --export-gguf, an
+          unknown --gguf-type, --upload-repo without a token: lmtune exits non-zero naming the reason and
+          leaves neither the output nor a
           .tmp folder. mlx-lm's behaviour is recorded beside it where it differs (it writes into an
           existing --save-path).
 """
@@ -184,8 +185,10 @@ def case_refusals(a):
          r"model\.layers\.2\.mlp\.down_proj\.lora_a: not an adapter parameter in the model"),
         ("existing --save-path", ["--adapter-path", ad, "--save-path", existing],
          r"Cannot save to the path .*existing as it already exists"),
-        ("--export-gguf", ["--adapter-path", ad, "--export-gguf"], r"--export-gguf: GGUF export is not implemented"),
-        ("--gguf-path", ["--adapter-path", ad, "--gguf-path", "x.gguf"], r"--gguf-path: .*--export-gguf"),
+        # GGUF export itself is tested by tests/ref/gguf_check.py; its flag refusals here.
+        ("--gguf-path without --export-gguf", ["--adapter-path", ad, "--gguf-path", "x.gguf"],
+         r"--gguf-path names the file of --export-gguf; add --export-gguf"),
+        ("--gguf-type q3", ["--adapter-path", ad, "--export-gguf", "--gguf-type", "q3"], r"'q3' is not a GGUF type"),
         ("--upload-repo without a token", ["--adapter-path", ad, "--upload-repo", "me/x"],
          r"--upload-repo: no Hugging Face token to upload me/x"),
     ]

@@ -12,6 +12,7 @@ int run_manage(int argc, char** argv);
 int run_lora(int argc, char** argv);
 int run_convert(int argc, char** argv);
 int run_fuse(int argc, char** argv);
+int run_gguf(int argc, char** argv);
 int run_perplexity(int argc, char** argv);
 int run_export_peft(int argc, char** argv);
 

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "fuse_keep.h"
 #include "fuse_report.h"
+#include "gguf_export.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -33,7 +34,7 @@ struct FuseOptions {
   std::string model = "mlx_model";
   std::string save_path = "fused_model";
   std::string adapter_path = "adapters";
-  std::optional<std::string> upload_repo, gguf_path, data;
+  std::optional<std::string> upload_repo, gguf_path, gguf_type, data;
   std::string requantize = "keep";  // lmtune's: keep | mlx
   double keep_threshold = 0.9;
   bool dequantize = false, export_gguf = false, trust_remote_code = false;
@@ -51,9 +52,13 @@ void declare(Options& t, FuseOptions& o) {
   t.add("--dequantize", &o.dequantize, "",
         "Generate a dequantized model: every layer of a quantized base written dense, the quantization "
         "keys dropped from config.json.");
-  t.add("--export-gguf", &o.export_gguf, "", "refused: GGUF export is not implemented in lmtune yet");
-  t.add("--gguf-path", &o.gguf_path, "PATH", "refused with --export-gguf (not implemented yet)")
+  t.add("--export-gguf", &o.export_gguf, "",
+        "Export the fused model as a GGUF file for llama.cpp (llama, mistral, qwen2, qwen3).");
+  t.add("--gguf-path", &o.gguf_path, "PATH", "Path to save the exported GGUF file, relative to --save-path.")
       .default_text("ggml-model-f16.gguf");
+  t.add("--gguf-type", &o.gguf_type, "TYPE",
+        std::string("lmtune: the GGUF's weight type (") + gguf_export::kOutTypes + "); norms stay f32.")
+      .default_text("f16");
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility; lmtune runs no model code");
   t.group("lmtune's options (not in mlx_lm.fuse)");
   t.add("--requantize", &o.requantize, "keep|mlx",
@@ -139,12 +144,6 @@ Tensor dora_merge(const Tensor& w, const Tensor& a, const Tensor& b, const Tenso
 }
 
 int fuse_model(const FuseOptions& o) {
-  if (o.export_gguf)
-    throw UsageError(
-        "--export-gguf: GGUF export is not implemented in lmtune yet (fuse without it, then convert "
-        "the folder with llama.cpp's convert_hf_to_gguf.py)");
-  if (o.gguf_path)
-    throw UsageError("--gguf-path: it names the file of --export-gguf, which lmtune does not implement yet");
   check_upload_repo(o.upload_repo);
   if (o.requantize != "keep" && o.requantize != "mlx")
     throw UsageError("argument --requantize: invalid choice: '" + o.requantize + "' (choose from 'keep', 'mlx')");
@@ -161,6 +160,7 @@ int fuse_model(const FuseOptions& o) {
   std::optional<std::string> base_model;
   if (is_hub_repo_id(o.model)) base_model = o.model.substr(0, o.model.find('@'));
   const std::string dir = resolve_model_dir(o.model);
+  auto gguf = gguf_export::fuse_request(o.export_gguf, o.gguf_path, o.gguf_type, o.save_path, dir);
 
   // The adapters are read and checked by the code of `generate --adapter-path`: every stored name
   // must be a parameter the config's adapters create, with its shape.
@@ -198,6 +198,7 @@ int fuse_model(const FuseOptions& o) {
       fuse_keep::make_plan(req, o.requantize == "keep" && !o.dequantize, o.keep_threshold);
   if (o.dequantize) say("Dequantizing model");
   convert::write_folder(*plan, dir, o.save_path, base_model);
+  if (gguf) gguf_export::fuse_export(*gguf, o.save_path);
   if (o.data) fuse_report::report(dir, o.adapter_path, o.save_path, *o.data);
   upload_output(o.save_path, o.upload_repo, "Upload fused model with lmtune");
   return 0;

@@ -25,6 +25,7 @@ const Command kCommands[] = {
      lmtune::cli::run_convert},
     {"fuse", "Fuse LoRA, DoRA or full fine-tuning adapters into the base model (mlx_lm.fuse)", lmtune::cli::run_fuse},
     {"export-peft", "Write a LoRA / DoRA adapter folder as a Hugging Face PEFT adapter", lmtune::cli::run_export_peft},
+    {"gguf", "Write a model, or its LoRA adapter, as a GGUF file for llama.cpp", lmtune::cli::run_gguf},
     {"perplexity", "Evaluate a model's perplexity on a dataset (mlx_lm.perplexity)", lmtune::cli::run_perplexity},
     {"benchmark", "Measure prompt and generation tokens/s on random tokens", lmtune::cli::run_benchmark},
     {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},

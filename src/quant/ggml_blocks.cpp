@@ -1,0 +1,118 @@
+// ggml's Q8_0 / Q4_0 blocks and f16 / bf16 rows, bit for bit as ggml-quants.c's reference
+// quantizers compute them (this file is built without FMA contraction, as ggml's scalar code).
+#include "quant/ggml_blocks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace lmtune::quant::ggml {
+
+namespace {
+
+void put_f16(char* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+float get_f16(const char* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+void check_blocks(int64_t n, const char* what) {
+  LMT_CHECK(n % kBlock == 0, "[ggml] ", what, ": ", n, " elements are not a multiple of the block of ", kBlock);
+}
+
+}  // namespace
+
+std::string encode_q8_0(const float* x, int64_t n) {
+  check_blocks(n, "Q8_0");
+  std::string out(size_t(n / kBlock * 34), '\0');
+  for (int64_t b = 0; b < n / kBlock; ++b) {
+    const float* v = x + b * kBlock;
+    float amax = 0.f;
+    for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(v[j]));
+    const float d = amax / 127;
+    const float id = d != 0.f ? 1.0f / d : 0.0f;
+    char* p = out.data() + b * 34;
+    put_f16(p, d);
+    for (int j = 0; j < kBlock; ++j) p[2 + j] = char(int8_t(std::roundf(v[j] * id)));
+  }
+  return out;
+}
+
+std::string encode_q4_0(const float* x, int64_t n) {
+  check_blocks(n, "Q4_0");
+  std::string out(size_t(n / kBlock * 18), '\0');
+  for (int64_t b = 0; b < n / kBlock; ++b) {
+    const float* v = x + b * kBlock;
+    float amax = 0.f, max = 0.f;
+    for (int j = 0; j < kBlock; ++j)
+      if (amax < std::fabs(v[j])) {
+        amax = std::fabs(v[j]);
+        max = v[j];
+      }
+    const float d = max / -8;
+    const float id = d != 0.f ? 1.0f / d : 0.0f;
+    char* p = out.data() + b * 18;
+    put_f16(p, d);
+    for (int j = 0; j < kBlock / 2; ++j) {
+      const uint8_t q0 = std::min<uint8_t>(15, uint8_t(int8_t(v[j] * id + 8.5f)));
+      const uint8_t q1 = std::min<uint8_t>(15, uint8_t(int8_t(v[j + kBlock / 2] * id + 8.5f)));
+      p[2 + j] = char(q0 | (q1 << 4));
+    }
+  }
+  return out;
+}
+
+std::vector<float> decode_q8_0(const std::string& bytes) {
+  LMT_CHECK(bytes.size() % 34 == 0, "[ggml] Q8_0: ", bytes.size(), " bytes are not whole blocks of 34");
+  std::vector<float> out(bytes.size() / 34 * kBlock);
+  for (size_t b = 0; b < bytes.size() / 34; ++b) {
+    const char* p = bytes.data() + b * 34;
+    const float d = get_f16(p);
+    for (int j = 0; j < kBlock; ++j) out[b * kBlock + j] = d * float(int8_t(p[2 + j]));
+  }
+  return out;
+}
+
+std::vector<float> decode_q4_0(const std::string& bytes) {
+  LMT_CHECK(bytes.size() % 18 == 0, "[ggml] Q4_0: ", bytes.size(), " bytes are not whole blocks of 18");
+  std::vector<float> out(bytes.size() / 18 * kBlock);
+  for (size_t b = 0; b < bytes.size() / 18; ++b) {
+    const char* p = bytes.data() + b * 18;
+    const float d = get_f16(p);
+    for (int j = 0; j < kBlock / 2; ++j) {
+      const uint8_t q = uint8_t(p[2 + j]);
+      out[b * kBlock + j] = d * float(int(q & 15) - 8);
+      out[b * kBlock + j + kBlock / 2] = d * float(int(q >> 4) - 8);
+    }
+  }
+  return out;
+}
+
+std::string encode_f32(const float* x, int64_t n) {
+  return std::string(reinterpret_cast<const char*>(x), size_t(n) * 4);
+}
+
+std::string encode_f16(const float* x, int64_t n) {
+  std::string out(size_t(n) * 2, '\0');
+  for (int64_t i = 0; i < n; ++i) put_f16(out.data() + 2 * i, x[i]);
+  return out;
+}
+
+std::string encode_bf16(const float* x, int64_t n) {
+  std::string out(size_t(n) * 2, '\0');
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = f32_to_bf16(x[i]);
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
+}
+
+}  // namespace lmtune::quant::ggml
