@@ -131,9 +131,11 @@ class Uploader {
       for (const json& f : j["files"]) {
         LMT_CHECK(f.is_object() && f.contains("path") && f["path"].is_string() && f.contains("uploadMode"),
                   "[hub] preupload: malformed entry ", f.dump());
-        auto it = std::find_if(files.begin(), files.end(), [&](const LocalFile& l) { return l.path == f["path"]; });
+        const std::string path = f["path"].get<std::string>();
+        auto it = std::find_if(files.begin(), files.end(), [&](const LocalFile& l) { return l.path == path; });
         LMT_CHECK(it != files.end(), "[hub] preupload: the Hub named a file not sent: ", f["path"].dump());
-        it->lfs = f["uploadMode"] == "lfs" && it->size > 0;  // an empty file cannot go through LFS: inline
+        it->lfs = f["uploadMode"].is_string() && f["uploadMode"].get<std::string>() == "lfs" &&
+                  it->size > 0;  // an empty file cannot go through LFS: inline
         it->ignored = f.contains("shouldIgnore") && f["shouldIgnore"].is_boolean() && f["shouldIgnore"].get<bool>();
       }
     }
