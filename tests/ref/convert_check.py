@@ -55,17 +55,10 @@ import struct
 import subprocess
 import sys
 import zlib
+from checks import FAILS, check
 
-FAILS = []
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt"}
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg[-3000:], file=sys.stderr)
-    return cond
 
 
 def run(cmd, **kw):

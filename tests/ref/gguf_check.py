@@ -55,18 +55,11 @@ import subprocess
 import sys
 
 import numpy as np
+from checks import FAILS, check
 
-FAILS = []
 PROMPT = "lantern (noun):"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
 LOGIT_SCALE = 8.0
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, file=sys.stderr)
-    return cond
 
 
 def run(cmd, **kw):

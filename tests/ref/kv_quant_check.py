@@ -28,17 +28,10 @@ import subprocess
 import sys
 
 import numpy as np
+from checks import FAILS, check
 
 PROMPT = "the light of a lamp that"
 LONG_PROMPT = "A lantern is a lamp with a transparent case that protects the flame, and the light of a lamp that"
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, file=sys.stderr)
-    return cond
 
 
 def run(cmd, stdin=None):

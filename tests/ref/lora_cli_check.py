@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import time
+from checks import FAILS, check
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up",
           "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}]
@@ -52,7 +53,6 @@ def write_data(d, fmt, n=(12, 4, 4)):
                 f.write(json.dumps(r) + "\n")
 
 
-FAILS = []
 
 
 def st_header(path):
@@ -100,12 +100,6 @@ def generated_text(out):
     """The text between generate's two ========== lines."""
     parts = out.split("==========\n")
     return parts[1] if len(parts) >= 3 else None
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg[-3000:], file=sys.stderr)
 
 
 def main():

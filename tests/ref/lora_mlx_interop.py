@@ -49,6 +49,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from checks import FAILS, check
 
 DEFS = {
     "cat": "a small furry animal that purrs", "dog": "a loyal animal that barks",
@@ -70,14 +71,6 @@ TRAIN = ["--num-layers", "2", "--batch-size", "4", "--learning-rate", "1e-2", "-
 LOSS_TOL, RECON_TOL = 1e-4, 1e-5
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg[-3000:], file=sys.stderr)
-    return cond
 
 
 def run(cmd, what, raw=False):

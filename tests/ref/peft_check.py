@@ -55,16 +55,9 @@ import re
 import shutil
 import subprocess
 import sys
+from checks import FAILS, check
 
 LOSS_TOL = 2e-6
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL: " + msg)
-    return cond
 
 
 def run(cmd):

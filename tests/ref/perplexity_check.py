@@ -40,15 +40,8 @@ import shutil
 import subprocess
 import sys
 import types
+from checks import FAILS, check
 
-FAILS = []
-
-
-def check(ok, msg):
-    if not ok:
-        FAILS.append(msg)
-        print("FAIL:", msg)
-    return ok
 
 
 def run(cmd):

@@ -8,15 +8,8 @@ import subprocess
 import sys
 
 from safetensors.numpy import load_file, save_file
+from checks import FAILS, check
 
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg[-3000:], file=sys.stderr)
-    return cond
 
 
 def run(cmd, **kw):
