@@ -1,5 +1,5 @@
 // Decoding's fused quantized products (qgemv.cu's method and tile arithmetic) with the weights
-// staged through shared memory: each warp streams its 16-row tile in chunks (64 bytes of each row,
+// staged through shared memory: each warp streams its 16-row tile in chunks (64 or 128 bytes of each row,
 // plus the chunk's scales and biases) with cp.async into a ring of kStages buffers, so that
 // kStages - 1 chunks are in flight while one is used and none of them holds a register. qgemv.cu's
 // kernel keeps its loads in registers, which caps the bytes in flight a multiprocessor (bench/NOTES.md,
