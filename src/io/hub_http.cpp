@@ -180,6 +180,21 @@ size_t on_append(char* data, size_t size, size_t n, void* user) {
   return bytes;
 }
 
+// Headers and body of the answer go into r.
+void capture_into(CURL* h, HttpResult& r) {
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, &r);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+}
+
+// Runs the request; the status, or the transport error, into r.
+HttpResult perform(CURL* h, HttpResult& r) {
+  CURLcode rc = curl_easy_perform(h);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
+  if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
+  return r;
+}
+
 }  // namespace
 
 std::string HttpResult::header(const std::string& lower_name) const {
@@ -192,15 +207,10 @@ HttpResult http_request(const std::string& method, const std::string& url, const
   ListPtr list(nullptr, curl_slist_free_all);
   CurlPtr h = make_handle(url, headers, list, follow_redirects);
   HttpResult r;
-  curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &r);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &r);
+  capture_into(h.get(), r);
   curl_easy_setopt(h.get(), CURLOPT_TIMEOUT, 60L);
   if (method == "HEAD") curl_easy_setopt(h.get(), CURLOPT_NOBODY, 1L);
-  CURLcode rc = curl_easy_perform(h.get());
-  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &r.status);
-  if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
-  return r;
+  return perform(h.get(), r);
 }
 
 HttpResult http_send(const std::string& method, const std::string& url, const std::vector<std::string>& headers,
@@ -210,17 +220,12 @@ HttpResult http_send(const std::string& method, const std::string& url, const st
   ListPtr list(nullptr, curl_slist_free_all);
   CurlPtr h = make_handle(url, all, list, false);
   HttpResult r;
-  curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &r);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &r);
+  capture_into(h.get(), r);
   curl_easy_setopt(h.get(), CURLOPT_CUSTOMREQUEST, method.c_str());
   curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.data());
   curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.size()));
   curl_easy_setopt(h.get(), CURLOPT_TIMEOUT, 600L);
-  CURLcode rc = curl_easy_perform(h.get());
-  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &r.status);
-  if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
-  return r;
+  return perform(h.get(), r);
 }
 
 namespace {
@@ -238,17 +243,12 @@ HttpResult http_put_file(const std::string& url, const std::vector<std::string>&
   ListPtr list(nullptr, curl_slist_free_all);
   CurlPtr h = make_handle(url, all, list, false);
   HttpResult r;
-  curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &r);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &r);
+  capture_into(h.get(), r);
   curl_easy_setopt(h.get(), CURLOPT_UPLOAD, 1L);
   curl_easy_setopt(h.get(), CURLOPT_READFUNCTION, on_read_file);
   curl_easy_setopt(h.get(), CURLOPT_READDATA, f.get());
   curl_easy_setopt(h.get(), CURLOPT_INFILESIZE_LARGE, curl_off_t(size));
-  CURLcode rc = curl_easy_perform(h.get());
-  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &r.status);
-  if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
-  return r;
+  return perform(h.get(), r);
 }
 
 HttpResult download_append(const std::string& url, const std::vector<std::string>& headers, const std::string& path,
