@@ -32,6 +32,10 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 status=0
 start=$SECONDS
+if [[ -x "$build/bin/bench_stream" ]]; then
+  echo "== bench_stream: reads alone, row-major tile order against contiguous [$((SECONDS - start)) s]"
+  "$build/bin/bench_stream" || status=1
+fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
@@ -48,6 +52,13 @@ if ((profile)) && command -v ncu >/dev/null; then
     "$build/bin/bench_quantized" --rows 1 --once >"$logdir/ncu-qgemv.txt" 2>&1 || echo "ncu failed (see ncu-qgemv.txt)"
   grep -E "qgemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Stall" \
     "$logdir/ncu-qgemv.txt" | head -n 80
+  echo "== ncu: the same with LMTUNE_CUDA_QGEMV_VARIANT=3 (shared-memory staging) [$((SECONDS - start)) s]"
+  LMTUNE_CUDA_QGEMV_VARIANT=3 ncu --clock-control none --kernel-name regex:qgemv --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
+    --metrics dram__bytes_read.sum.per_second,lts__t_sector_hit_rate.pct,dram__sectors_read.sum,lts__t_sectors_srcunit_tex_op_read.sum \
+    "$build/bin/bench_quantized" --rows 1 --once >"$logdir/ncu-qgemv-v3.txt" 2>&1 || echo "ncu failed (see ncu-qgemv-v3.txt)"
+  grep -E "qgemv|Duration|DRAM Throughput|dram__bytes_read|hit_rate|dram__sectors|srcunit_tex|Stall" \
+    "$logdir/ncu-qgemv-v3.txt" | head -n 80
 fi
 echo "== model [$((SECONDS - start)) s]"
 PYTHONUNBUFFERED=1 "$py" "$root/bench/bench_lora_peer.py" model "$tmp/model" || exit 1
