@@ -39,7 +39,7 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for variant in 3 4; do
+  for variant in 3 4 5; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
     LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/bench_quantized" --rows 1 2>&1 | grep -v "^#" || status=1
   done
@@ -78,7 +78,7 @@ echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty c
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
 if ((ab)); then
   for gu in 0 1; do
-    for variant in 0 3 4; do
+    for variant in 0 3 5; do
       echo "== lmtune benchmark -p 16 -g 128, LMTUNE_GROUP_GATE_UP=$gu LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
       LMTUNE_GROUP_GATE_UP=$gu LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
         -p 16 -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1

@@ -17,13 +17,13 @@
 #include <cstring>
 #include <vector>
 
-#define CK(x)                                                                           \
-  do {                                                                                  \
-    cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                            \
+#define CK(x)                                                                          \
+  do {                                                                                 \
+    cudaError_t e_ = (x);                                                              \
+    if (e_ != cudaSuccess) {                                                           \
       std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+      std::exit(1);                                                                    \
+    }                                                                                  \
   } while (0)
 
 namespace {
@@ -33,8 +33,8 @@ constexpr int kWarps = 8;
 // SEQ = false: tile order; true: contiguous. CB bytes of each of 16 rows a step (CB / 16 pieces
 // of 16 bytes a row, 16 * CB / 16 / 32 a lane), U steps in flight.
 template <bool SEQ, int CB, int U>
-__global__ void __launch_bounds__(kWarps * 32) stream_kernel(const uint8_t* base, int64_t row_bytes, int S,
-                                                             int64_t tiles, uint32_t* sink) {
+__global__ void __launch_bounds__(kWarps * 32)
+    stream_kernel(const uint8_t* base, int64_t row_bytes, int S, int64_t tiles, uint32_t* sink) {
   constexpr int kPer = 16 * CB / 16 / 32;  // 16-byte pieces a lane a step
   static_assert(kPer >= 1, "chunk");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
   uint32_t* sink;
   CK(cudaMalloc(&sink, 64));
   // Mistral-7B 4-bit group 64: packed bytes of a row (K / 2) and rows; scales and biases left out.
-  const Case cases[] = {{"k_proj", 1024, 2048},    {"q_proj", 4096, 2048},    {"gate", 14336, 2048},
-                        {"down", 4096, 7168},      {"gate+up", 28672, 2048},  {"lm_head", 32768, 2048}};
+  const Case cases[] = {{"k_proj", 1024, 2048}, {"q_proj", 4096, 2048},   {"gate", 14336, 2048},
+                        {"down", 4096, 7168},   {"gate+up", 28672, 2048}, {"lm_head", 32768, 2048}};
   const int64_t pool = int64_t(1) << 30;  // copies cycled: at least 1 GiB in all
   uint8_t* buf;
   CK(cudaMalloc(&buf, pool + (int64_t(64) << 20)));
@@ -136,7 +136,9 @@ int main(int argc, char** argv) {
         st, [&](int) { empty_kernel<<<sms * 4, 256, 0, st>>>(sink); }, calls);
     std::printf("empty kernel, %d blocks: %.2f us a launch\n", sms * 4, us);
   }
-  std::printf("| product | MB | S | tile CB64 U4 | seq CB64 U4 | tile CB128 U2 | seq CB128 U2 | tile CB64 U8 | seq CB64 U8 |\n");
+  std::printf(
+      "| product | MB | S | tile CB64 U4 | seq CB64 U4 | tile CB128 U2 | seq CB128 U2 | tile CB64 U8 | seq CB64 U8 "
+      "|\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const Case& c : cases) {
     const int64_t bytes = c.rows * c.row_bytes, tiles = c.rows / 16;

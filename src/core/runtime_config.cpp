@@ -52,7 +52,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.group_gate_up = read_switch("LMTUNE_GROUP_GATE_UP", var("LMTUNE_GROUP_GATE_UP"), d.group_gate_up);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
-  LMT_CHECK(c.cuda_qgemv_variant <= 4, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 4, got ",
+  LMT_CHECK(c.cuda_qgemv_variant <= 5, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 5, got ",
             c.cuda_qgemv_variant);
   return c;
 }

@@ -783,7 +783,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
   };
   // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; 0 is also what the runs below use).
-  for (int variant : {1, 2, 3, 4}) {
+  for (int variant : {1, 2, 3, 4, 5}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);
@@ -794,6 +794,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     run(4, 64, 1, 4096, 14336, 0, 0);
     run(4, 32, 8, 1000, 4096, 0, 0);
     run(4, 64, 3, 37, 64 * 37, 0, 0);
+    if (variant == 5) run(4, 64, 1, 32000, 4096, 0, 0);  // more tiles than the card holds blocks: items loop
   }
   for (int bits : {2, 3, 4, 5, 6, 8})
     for (int group : {32, 64, 128})
@@ -885,12 +886,17 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
       check_close(got, read(alone), tol, what + " weight " + std::to_string(i) + " vs alone");
     }
   };
-  run(4, 64, 1, 4096, {4096, 1024, 1024});  // Mistral 7B's q, k, v
-  run(4, 64, 1, 4096, {14336, 14336});      // gate, up
-  run(4, 64, 8, 256, {37, 16, 61});         // partial tiles at each boundary
-  run(8, 32, 3, 512, {17, 33});
-  run(2, 128, 2, 1024, {45});
-  run(4, 128, 5, 128 * 37, {61, 1, 20});  // K split into uneven pieces
+  for (int variant : {0, 5}) {  // the default kernel and the persistent one (qgemv_persist.cu)
+    RuntimeConfig rc = runtime_config();
+    rc.cuda_qgemv_variant = variant;
+    ScopedRuntimeConfig scoped(rc);
+    run(4, 64, 1, 4096, {4096, 1024, 1024});  // Mistral 7B's q, k, v
+    run(4, 64, 1, 4096, {14336, 14336});      // gate, up
+    run(4, 64, 8, 256, {37, 16, 61});         // partial tiles at each boundary
+    run(8, 32, 3, 512, {17, 33});
+    run(2, 128, 2, 1024, {45});
+    run(4, 128, 5, 128 * 37, {61, 1, 20});  // K split into uneven pieces
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaVsCpu, ::testing::Values(DType::f32, DType::bf16, DType::f16), dt_name);

@@ -128,16 +128,7 @@ __global__ void __launch_bounds__(kQWarps * 32, min_blocks<BITS, GS, GROUP, VAR>
         for (int c = 0; c < 4; ++c) acc[c] += part[warp + i][c][lane];
   }
   if (piece != 0 || !valid) return;
-  const int m0 = 2 * t, m1 = 2 * t + 1;
-  const int64_t na = n0 + g, nb = n0 + g + 8;
-  if (m0 < p.M) {
-    if (na < N) mt.y[m0 * N + na] = from_f32<T>(acc[0]);
-    if (nb < N) mt.y[m0 * N + nb] = from_f32<T>(acc[2]);
-  }
-  if (m1 < p.M) {
-    if (na < N) mt.y[m1 * N + na] = from_f32<T>(acc[1]);
-    if (nb < N) mt.y[m1 * N + nb] = from_f32<T>(acc[3]);
-  }
+  store_tile(mt, acc, n0, p.M, g, t);
 }
 
 template <typename T, int BITS, int GS>
@@ -150,7 +141,8 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
-  if (wanted >= 3 && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
+  if (wanted == 5 && launch_persist<T>(BITS, GS, p)) return;
+  if ((wanted == 3 || wanted == 4) && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
   const int variant = Sh::kVariants && wanted <= 2 ? wanted : 0;
   const int batch = variant == 1 ? Sh::UP : variant == 2 ? Sh::UW : Sh::U;
   while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * batch) p.S *= 2;

@@ -225,9 +225,29 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
+// Lane (g, t)'s four outputs (rows n0 + g and n0 + g + 8, x rows 2t and 2t + 1) into mt.y,
+// those past N or M left out.
+template <typename T>
+__device__ __forceinline__ void store_tile(const QMatrix<T>& mt, const float (&acc)[4], int64_t n0, int M, int g,
+                                           int t) {
+  const int m0 = 2 * t, m1 = 2 * t + 1;
+  const int64_t N = mt.N, na = n0 + g, nb = n0 + g + 8;
+  if (m0 < M) {
+    if (na < N) mt.y[m0 * N + na] = from_f32<T>(acc[0]);
+    if (nb < N) mt.y[m0 * N + nb] = from_f32<T>(acc[2]);
+  }
+  if (m1 < M) {
+    if (na < N) mt.y[m1 * N + na] = from_f32<T>(acc[1]);
+    if (nb < N) mt.y[m1 * N + nb] = from_f32<T>(acc[3]);
+  }
+}
+
 // The shared-memory kernel (qgemv_async.cu) for these bits, group and dtype, with chunks of 64 or
 // 128 bytes a row, when it takes them: false leaves the product to the caller.
 template <typename T>
 bool launch_async(int bits, int group_size, int chunk_row_bytes, QgemvParams<T> p);
+// The persistent kernel (qgemv_persist.cu) likewise.
+template <typename T>
+bool launch_persist(int bits, int group_size, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv
