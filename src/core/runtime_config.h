@@ -17,9 +17,8 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_QGEMV_VARIANT: the quantized GEMV's batches (backend/cuda/qgemv.cu; for A/B
   // measurements): 0 loads 8 words a row, then uses them; 1 software-pipelines 4-word batches; 2
   // loads 16 words, then uses them; 3 stages the weights through shared memory by cp.async
-  // in 64-byte chunks of a row, 4 in 128-byte chunks (qgemv_async.cu), 5 runs a persistent launch
-  // whose warps stream 64-byte chunks through one ring across tiles (qgemv_persist.cu); where 3-5
-  // do not apply, 0.
+  // in 64-byte chunks of a row, 4 in 128-byte chunks (qgemv_async.cu), 5 is 3 with fewer
+  // instructions a chunk (qgemv_lean.cu); where 3-5 do not apply, 0.
   int64_t cuda_qgemv_variant = 0;
   // LMTUNE_GROUP_GATE_UP=1: a decode step's quantized gate and up products in one launch (off:
   // slower with variant 0, bench/NOTES.md; for A/B measurements with the others).

@@ -794,7 +794,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     run(4, 64, 1, 4096, 14336, 0, 0);
     run(4, 32, 8, 1000, 4096, 0, 0);
     run(4, 64, 3, 37, 64 * 37, 0, 0);
-    if (variant == 5) run(4, 64, 1, 32000, 4096, 0, 0);  // more tiles than the card holds blocks: items loop
+    if (variant == 5) run(4, 64, 1, 32000, 4096, 0, 0);  // lm_head: more blocks than the card holds
   }
   for (int bits : {2, 3, 4, 5, 6, 8})
     for (int group : {32, 64, 128})
@@ -886,7 +886,7 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
       check_close(got, read(alone), tol, what + " weight " + std::to_string(i) + " vs alone");
     }
   };
-  for (int variant : {0, 5}) {  // the default kernel and the persistent one (qgemv_persist.cu)
+  for (int variant : {0, 5}) {  // the default kernel and the lean shared-memory one (qgemv_lean.cu)
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);

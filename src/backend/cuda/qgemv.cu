@@ -141,7 +141,7 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
-  if (wanted == 5 && launch_persist<T>(BITS, GS, p)) return;
+  if (wanted == 5 && launch_lean<T>(BITS, GS, p)) return;
   if ((wanted == 3 || wanted == 4) && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
   const int variant = Sh::kVariants && wanted <= 2 ? wanted : 0;
   const int batch = variant == 1 ? Sh::UP : variant == 2 ? Sh::UW : Sh::U;

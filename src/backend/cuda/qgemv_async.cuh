@@ -1,6 +1,6 @@
 // The cp.async pieces of the shared-memory quantized GEMVs (qgemv_async.cu: a warp's slice of a
-// tile staged through a ring; qgemv_persist.cu: the same ring running across the tiles of a
-// persistent launch): the chunk shape and the copies.
+// tile staged through a ring; qgemv_lean.cu: the same with fewer instructions a chunk): the chunk
+// shape, the copies and a chunk's products.
 #pragma once
 #include "backend/cuda/qgemv_mma.cuh"
 
@@ -39,6 +39,13 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
 // 4 bytes, the last 4 - src_bytes of them zero (src_bytes 0, 2 or 4).
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+// The same to a shared-memory address already converted (smem_addr).
+__device__ __forceinline__ void cp_async16_at(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4_at(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
@@ -89,12 +96,12 @@ __device__ __forceinline__ void copy_chunk(uint8_t* st, const QMatrix<T>& mt, in
   }
 }
 
-// acc (lane (g, t)'s four outputs, qgemv.cu's layout) += the chunk in stage st (groups G0 ..,
-// those at or past g_end skipped) times x; xq is x's row g at this lane's quarter (any row when
-// !has_x: B's columns >= M are zeros).
-template <typename T, int BITS, int GS, int CB, int STAGES>
-__device__ __forceinline__ void chunk_product(const uint8_t* st, const T* xq, bool has_x, int64_t G0, int64_t g_end,
-                                              int g, float (&acc)[4]) {
+// acc (lane (g, t)'s four outputs, qgemv.cu's layout) += the first `count` groups of the chunk in
+// stage st times x; xq is x at the chunk's first group, row g, this lane's quarter (any row when
+// !has_x: B's columns >= M are zeros). FULL: all C of them, no count checks.
+template <typename T, int BITS, int GS, int CB, int STAGES, bool FULL>
+__device__ __forceinline__ void chunk_groups(const uint8_t* st, const T* xq, bool has_x, int count, int g,
+                                             float (&acc)[4]) {
   using Sh = MmaShape<BITS, GS>;
   using As = AsyncShape<T, BITS, GS, CB, STAGES>;
   constexpr int H = Sh::H, QW = Sh::QW, C = As::C, kRowStride = As::kRowStride;
@@ -104,7 +111,7 @@ __device__ __forceinline__ void chunk_product(const uint8_t* st, const T* xq, bo
   const T* ss = reinterpret_cast<const T*>(st + As::kWeightBytes);
 #pragma unroll
   for (int u = 0; u < C; ++u) {
-    if (G0 + u >= g_end) break;
+    if (!FULL && u >= count) break;
     uint32_t wa[QW], wb[QW], xw[Sh::XW];
     const uint32_t* ra = reinterpret_cast<const uint32_t*>(st + g * kRowStride + u * As::kGroupBytes) + t * QW;
     const uint32_t* rb = reinterpret_cast<const uint32_t*>(st + (g + 8) * kRowStride + u * As::kGroupBytes) + t * QW;
@@ -116,7 +123,7 @@ __device__ __forceinline__ void chunk_product(const uint8_t* st, const T* xq, bo
       for (int j = 0; j < QW; ++j) wa[j] = ra[j], wb[j] = rb[j];
     }
     if (has_x) {
-      load_x(xq + (G0 + u) * GS, xw);
+      load_x(xq + u * GS, xw);
     } else {
 #pragma unroll
       for (int j = 0; j < Sh::XW; ++j) xw[j] = 0u;
@@ -143,6 +150,14 @@ __device__ __forceinline__ void chunk_product(const uint8_t* st, const T* xq, bo
     acc[2] = fmaf(sc1, cq[2], fmaf(bi1, cx[0], acc[2]));
     acc[3] = fmaf(sc1, cq[3], fmaf(bi1, cx[1], acc[3]));
   }
+}
+
+// The same for the chunk of groups G0 .. (those at or past g_end skipped), xq at group 0.
+template <typename T, int BITS, int GS, int CB, int STAGES>
+__device__ __forceinline__ void chunk_product(const uint8_t* st, const T* xq, bool has_x, int64_t G0, int64_t g_end,
+                                              int g, float (&acc)[4]) {
+  chunk_groups<T, BITS, GS, CB, STAGES, false>(
+      st, xq + G0 * GS, has_x, int(min(g_end - G0, int64_t(AsyncShape<T, BITS, GS, CB, STAGES>::C))), g, acc);
 }
 
 }  // namespace lmtune::qgemv

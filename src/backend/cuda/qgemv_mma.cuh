@@ -246,8 +246,8 @@ __device__ __forceinline__ void store_tile(const QMatrix<T>& mt, const float (&a
 // 128 bytes a row, when it takes them: false leaves the product to the caller.
 template <typename T>
 bool launch_async(int bits, int group_size, int chunk_row_bytes, QgemvParams<T> p);
-// The persistent kernel (qgemv_persist.cu) likewise.
+// The lean shared-memory kernel (qgemv_lean.cu) likewise.
 template <typename T>
-bool launch_persist(int bits, int group_size, QgemvParams<T> p);
+bool launch_lean(int bits, int group_size, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv
