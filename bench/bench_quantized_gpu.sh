@@ -10,7 +10,7 @@
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
 # per-product times of the GEMV's variants 3 and 4, and the whole model's decode (prompt 16) for
-# each of LMTUNE_GROUP_GATE_UP = 0/1 x LMTUNE_CUDA_QGEMV_VARIANT = 0/3/4 (runtime_config.h).
+# each of LMTUNE_GROUP_GATE_UP = 0/1 x LMTUNE_CUDA_QGEMV_VARIANT = 0/3/5 (runtime_config.h; 5 and grouped are the defaults).
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +39,7 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for variant in 3 4 5; do
+  for variant in 0 3; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
     LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/bench_quantized" --rows 1 2>&1 | grep -v "^#" || status=1
   done

@@ -18,11 +18,12 @@ struct RuntimeConfig {
   // measurements): 0 loads 8 words a row, then uses them; 1 software-pipelines 4-word batches; 2
   // loads 16 words, then uses them; 3 stages the weights through shared memory by cp.async
   // in 64-byte chunks of a row, 4 in 128-byte chunks (qgemv_async.cu), 5 is 3 with fewer
-  // instructions a chunk (qgemv_lean.cu); where 3-5 do not apply, 0.
-  int64_t cuda_qgemv_variant = 0;
-  // LMTUNE_GROUP_GATE_UP=1: a decode step's quantized gate and up products in one launch (off:
-  // slower with variant 0, bench/NOTES.md; for A/B measurements with the others).
-  bool group_gate_up = false;
+  // instructions a chunk (qgemv_lean.cu), the default: +5-10% decode over 0 on the H200; where 3-5
+  // do not apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0.
+  int64_t cuda_qgemv_variant = 5;
+  // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
+  // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
+  bool group_gate_up = true;
 };
 
 // The config in force: read from the environment at the first call unless set before. Set it at

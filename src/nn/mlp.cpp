@@ -13,9 +13,7 @@ Tensor GatedMlp::forward(const Tensor& x, bool decoding) const {
     std::vector<Tensor> gu = ops::quantized_linear_group(x, {lg.packed(), lu.packed()}, lg.format);
     act_out = act == Activation::silu ? ag::swiglu(gu[0], gu[1]) : ag::mul(ag::gelu_tanh(gu[0]), gu[1]);
   } else {
-    // Quantized gate and up stay two launches: one grouped launch measured 48.9 us against 2 x 21.9
-    // for Mistral 7B's 4-bit gate/up on the H200 (the grouped kernel runs 3 blocks a multiprocessor,
-    // the single one 4; bench/NOTES.md), while q/k/v gain from grouping (10.8 us against 21.5).
+    // Training, prefill, adapters on gate or up, or LMTUNE_GROUP_GATE_UP=0: one product each.
     Tensor g, u;
     {
       // One f32 cast of x for both adapters; gate before up, in statements, so that their

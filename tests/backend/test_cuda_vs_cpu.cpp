@@ -782,8 +782,9 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     check_close(got, ref_mlx, tol_mlx, what + " vs MLX's qmv arithmetic");
     check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
   };
-  // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; 0 is also what the runs below use).
-  for (int variant : {1, 2, 3, 4, 5}) {
+  // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; the default, 5, is what the runs
+  // below use, and 0 where 5 does not apply).
+  for (int variant : {0, 1, 2, 3, 4, 5}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);
@@ -886,7 +887,7 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
       check_close(got, read(alone), tol, what + " weight " + std::to_string(i) + " vs alone");
     }
   };
-  for (int variant : {0, 5}) {  // the default kernel and the lean shared-memory one (qgemv_lean.cu)
+  for (int variant : {0, 5}) {  // the register kernel (big matrices split into launches of their own), the default
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);

@@ -93,17 +93,19 @@ TEST(RuntimeConfig, FromEnvironment) {
   RuntimeConfig d = runtime_config_from_env(get);
   EXPECT_TRUE(d.cuda_gemv && d.cuda_flash && d.cuda_graph);
   EXPECT_EQ(d.attn_chunk_rows, 0);
-  EXPECT_FALSE(d.cuda_pdl || d.group_gate_up);
-  EXPECT_EQ(d.cuda_qgemv_variant, 0);
+  EXPECT_FALSE(d.cuda_pdl);
+  EXPECT_TRUE(d.group_gate_up);
+  EXPECT_EQ(d.cuda_qgemv_variant, 5);
   env = {{"LMTUNE_CUDA_GEMV", "0"},         {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},        {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
-         {"LMTUNE_CUDA_PDL", "1"},          {"LMTUNE_GROUP_GATE_UP", "1"},
-         {"LMTUNE_CUDA_QGEMV_VARIANT", "5"}};
+         {"LMTUNE_CUDA_PDL", "1"},          {"LMTUNE_GROUP_GATE_UP", "0"},
+         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph);
   EXPECT_EQ(c.attn_chunk_rows, 7);
-  EXPECT_TRUE(c.cuda_pdl && c.group_gate_up);
-  EXPECT_EQ(c.cuda_qgemv_variant, 5);
+  EXPECT_TRUE(c.cuda_pdl);
+  EXPECT_FALSE(c.group_gate_up);
+  EXPECT_EQ(c.cuda_qgemv_variant, 3);
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
   c = runtime_config_from_env(get);
   EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);

@@ -144,6 +144,25 @@ void launch_mma(QgemvParams<T> p) {
   if (wanted == 5 && launch_lean<T>(BITS, GS, p)) return;
   if ((wanted == 3 || wanted == 4) && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
   const int variant = Sh::kVariants && wanted <= 2 ? wanted : 0;
+  if (group && variant == 0) {
+    // The grouped instance of this kernel runs 3 blocks a multiprocessor instead of 4, so matrices
+    // that each fill the card alone (Mistral 7B's gate and up) run faster as launches of their own
+    // (bench/NOTES.md, session 3); small ones (q, k, v) gain from sharing a launch.
+    bool each_fills = true;
+    for (int i = 0; i < p.count; ++i) each_fills = each_fills && p.tile_start[i + 1] - p.tile_start[i] >= want / 4;
+    if (each_fills) {
+      for (int i = 0; i < p.count; ++i) {
+        QgemvParams<T> one = p;
+        one.count = 1;
+        one.wq = p.wqs[i], one.scales = p.scaless[i], one.biases = p.biasess[i], one.y = p.ys[i], one.N = p.Ns[i];
+        const int64_t t = p.tile_start[i + 1] - p.tile_start[i];
+        one.tile_start[0] = 0;
+        one.tile_start[1] = one.tile_start[2] = one.tile_start[3] = t;
+        launch_mma<T, BITS, GS>(one);
+      }
+      return;
+    }
+  }
   const int batch = variant == 1 ? Sh::UP : variant == 2 ? Sh::UW : Sh::U;
   while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * batch) p.S *= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
