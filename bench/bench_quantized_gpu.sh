@@ -9,7 +9,7 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 3 and 4, and the whole model's decode (prompt 16) for
+# per-product times of the GEMV's variants 0 and 3, and the whole model's decode (prompt 16) for
 # each of LMTUNE_GROUP_GATE_UP = 0/1 x LMTUNE_CUDA_QGEMV_VARIANT = 0/3/5 (runtime_config.h; 5 and grouped are the defaults).
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
