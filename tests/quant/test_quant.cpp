@@ -16,6 +16,7 @@
 #include "io/safetensors.h"
 #include "ops/ops.h"
 #include "quant/quant.h"
+#include "same_bits.h"
 
 using namespace lmtune;
 using namespace lmtune::quant;
@@ -26,39 +27,6 @@ namespace {
 std::string ref_dir() {
   const char* d = std::getenv("LMTUNE_QUANT_REF_DIR");
   return d && *d ? d : "";
-}
-
-// Byte equality of two tensors; on failure names the first differing element with both values.
-::testing::AssertionResult same_bits(const Tensor& got, const Tensor& want) {
-  if (got.dtype() != want.dtype() || got.shape() != want.shape())
-    return ::testing::AssertionFailure() << "got " << got.describe() << ", MLX " << want.describe();
-  const size_t es = dtype_size(got.dtype());
-  const auto* a = static_cast<const unsigned char*>(got.raw());
-  const auto* b = static_cast<const unsigned char*>(want.raw());
-  int64_t bad = 0, first = -1;
-  for (int64_t i = 0; i < got.numel(); ++i)
-    if (std::memcmp(a + i * es, b + i * es, es) != 0) {
-      if (first < 0) first = i;
-      ++bad;
-    }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  auto show = [&](const unsigned char* p) {
-    uint32_t v = 0;
-    std::memcpy(&v, p + first * es, es);
-    std::ostringstream os;
-    os << "0x" << std::hex << v;
-    if (is_float(got.dtype())) {
-      const float f = got.dtype() == DType::f32    ? *reinterpret_cast<const float*>(p + first * es)
-                      : got.dtype() == DType::bf16 ? bf16_to_f32(uint16_t(v))
-                                                   : f16_to_f32(uint16_t(v));
-      os << " (" << f << ")";
-    }
-    return os.str();
-  };
-  const int64_t cols = got.dim(-1);
-  return ::testing::AssertionFailure() << bad << " of " << got.numel() << " elements differ; first at row "
-                                       << first / cols << " col " << first % cols << ": got " << show(a) << ", MLX "
-                                       << show(b);
 }
 
 DType dtype_of(const std::string& s) { return parse_dtype(s); }
@@ -77,10 +45,10 @@ TEST(QuantVsMlx, QuantizeAndDequantizeBitExact) {
       SCOPED_TRACE(name + " on " + wname);
       const std::string key = name + "." + wname;
       const QuantizedWeight q = quantize(ref.get("w." + dt + "." + wname), p);
-      EXPECT_TRUE(same_bits(q.wq, ref.get(key + ".wq"))) << "wq";
-      EXPECT_TRUE(same_bits(q.scales, ref.get(key + ".scales"))) << "scales";
+      EXPECT_TRUE(same_bits(q.wq, ref.get(key + ".wq"), "", "MLX")) << "wq";
+      EXPECT_TRUE(same_bits(q.scales, ref.get(key + ".scales"), "", "MLX")) << "scales";
       if (p.mode == Mode::affine) {
-        EXPECT_TRUE(same_bits(q.biases, ref.get(key + ".biases"))) << "biases";
+        EXPECT_TRUE(same_bits(q.biases, ref.get(key + ".biases"), "", "MLX")) << "biases";
       } else {
         EXPECT_FALSE(q.biases.defined());
       }
@@ -90,11 +58,11 @@ TEST(QuantVsMlx, QuantizeAndDequantizeBitExact) {
       QuantizedWeight mq{ref.get(key + ".wq"), ref.get(key + ".scales"),
                          p.mode == Mode::affine ? ref.get(key + ".biases") : Tensor(), p};
       for (const char* odt : {"f32", "bf16", "f16"}) {
-        EXPECT_TRUE(same_bits(dequantize(mq, dtype_of(odt)), ref.get(key + ".deq." + std::string(odt))))
+        EXPECT_TRUE(same_bits(dequantize(mq, dtype_of(odt)), ref.get(key + ".deq." + std::string(odt)), "", "MLX"))
             << "dequantize to " << odt;
         // And the op every quantized layer runs (the CPU backend's kernels), against MLX directly.
         EXPECT_TRUE(same_bits(ops::dequantize(mq.wq, mq.scales, mq.biases, p, dtype_of(odt), "layer"),
-                              ref.get(key + ".deq." + std::string(odt))))
+                              ref.get(key + ".deq." + std::string(odt)), "", "MLX"))
             << "ops::dequantize to " << odt;
         ++n_deq;
       }

@@ -15,22 +15,12 @@
 #include "ops/ops.h"
 #include "runtime/decode_graph.h"
 #include "runtime/kv_cache.h"
+#include "same_bits.h"
 #include "tolerance.h"
 
 using namespace lmtune;
 
 namespace {
-
-::testing::AssertionResult same_bits(const Tensor& got, const Tensor& want, const std::string& what) {
-  if (got.dtype() != want.dtype() || got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": got " << got.describe() << ", want " << want.describe();
-  Tensor a = ops::to(got, Device::cpu), b = ops::to(want, Device::cpu);
-  const size_t es = dtype_size(a.dtype());
-  for (int64_t i = 0; i < a.numel(); ++i)
-    if (std::memcmp(static_cast<const char*>(a.raw()) + i * es, static_cast<const char*>(b.raw()) + i * es, es) != 0)
-      return ::testing::AssertionFailure() << what << ": element " << i << " of " << a.numel() << " differs";
-  return ::testing::AssertionSuccess();
-}
 
 ModelConfig config(int64_t head_dim) {
   ModelConfig c;

@@ -13,6 +13,7 @@
 #include "ops/ops.h"
 #include "quant/quant.h"
 #include "runtime/kv_cache.h"
+#include "same_bits.h"
 
 using namespace lmtune;
 
@@ -29,17 +30,6 @@ ModelConfig cache_config(int64_t head_dim = 64) {
   c.n_kv_head = 2;
   c.head_dim = head_dim;
   return c;
-}
-
-::testing::AssertionResult same_bits(const Tensor& got, const Tensor& want, const std::string& what) {
-  if (got.dtype() != want.dtype() || got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": got " << got.describe() << ", want " << want.describe();
-  Tensor a = ops::to(got, Device::cpu), b = ops::to(want, Device::cpu);
-  const size_t es = dtype_size(a.dtype());
-  for (int64_t i = 0; i < a.numel(); ++i)
-    if (std::memcmp(static_cast<const char*>(a.raw()) + i * es, static_cast<const char*>(b.raw()) + i * es, es) != 0)
-      return ::testing::AssertionFailure() << what << ": element " << i << " of " << a.numel() << " differs";
-  return ::testing::AssertionSuccess();
 }
 
 // What a quantized cache must return for dense keys x (B, S, H, D): MLX's round trip, per row of D.
