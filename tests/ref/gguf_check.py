@@ -16,9 +16,15 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           the safetensors source (q/k rows permuted by an independent numpy permutation; f32 / f16 /
           bf16 exactly as numpy casts; q8_0 / q4_0 byte-identical to gguf-py's quantizer, which
           mirrors ggml's reference quantizer, and within half a step of the source after our own
-          numpy dequantization).
-struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and q8_0 (qwen3 rows of 48: q8_0 falls back to F16
-          for tensors whose rows are not blocks of 32, as llama.cpp's converter does).
+          numpy dequantization). The K-quant mixes (q4_k_s q4_k_m q5_k_s q5_k_m q6_k): each tensor's
+          type as llama-quantize's rules give it (gguf_mix_ref.py, written from llama-quant.cpp), values
+          by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
+          the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and
+          q8_0 (qwen3 rows of 48: q8_0 falls back to F16 for tensors whose rows are not blocks of 32, as
+          llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
+          not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
+          to gguf-py's quantizers).
 struct_quantized  a 4-bit base (lmtune convert -q): the GGUF (f32) holds its dequantized weights
           (equal to `lmtune convert -d`'s tensors).
 lora      `lmtune gguf --adapter-path`: general.type adapter, adapter.type lora, alpha = scale * r,
@@ -56,6 +62,7 @@ import sys
 
 import numpy as np
 from checks import FAILS, check
+from gguf_mix_ref import FTYPES, MIXES, check_values, mix_type
 
 PROMPT = "lantern (noun):"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -252,7 +259,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     check(np.float32(val(f"{arch}.rope.freq_base")) == np.float32(rope["rope_theta"]), f"{path}: rope.freq_base")
     check(np.float32(val(f"{arch}.attention.layer_norm_rms_epsilon")) == np.float32(cfg["rms_norm_eps"]),
           f"{path}: rms eps")
-    ftype = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}[want]
+    ftype = FTYPES[want]
     check(val("general.file_type") == ftype, f"{path}: file_type {val('general.file_type')} != {ftype}")
 
     # Tokenizer metadata against tokenizer.json.
@@ -316,7 +323,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
         if mt in ("llama", "mistral") and ".k_proj." in hf:
             x = permute(x, cfg["num_key_value_heads"])
         tt = t.tensor_type.name
-        et = expected_type(t.name, x.shape, want)
+        et = expected_type(t.name, x.shape, want) if want not in MIXES or len(x.shape) == 1 else \
+            mix_type(want, t.name, x.shape[-1], cfg, "output.weight" in names)
         check(tt == et, f"{path}: {t.name} is {tt}, expected {et}")
         got = dequantize(t.data, t.tensor_type).reshape(x.shape) if tt not in ("F32", "F16") else \
             np.asarray(t.data).astype(np.float32).reshape(x.shape)
@@ -343,6 +351,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
             # Half a step, or one step at the edge opposite the largest magnitude (codes span -8d..7d).
             check(np.all(np.abs(got.reshape(-1, 32) - x.reshape(-1, 32)) <= step * 1.01 + 1e-7),
                   f"{path}: {t.name} Q4_0 error above a step")
+        else:  # Q5_0 / Q5_1 and the K-quants of the mixes
+            check_values(check, path, t.name, tt, np.asarray(t.data), got, x)
     rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if rp.get("rope_type") == "llama3":
         # convert_hf_to_gguf's divisors, computed here from the formula in llama.cpp's converter.
@@ -427,7 +437,8 @@ def case_struct_default(a, want):
 
 def case_struct_family(a, fam):
     d = model_dir(a, fam)
-    for want in ("f16", "q8_0"):
+    # The mixes on mistral only (reading a GGUF's 128k / 151k-token vocabularies costs 11 s a file).
+    for want in ("f16", "q8_0") + (("q4_k_m", "q5_k_m") if fam == "mistral" else ()):
         out = os.path.join(a.work, f"{fam}-{want}.gguf")
         if os.path.exists(out):
             os.remove(out)
