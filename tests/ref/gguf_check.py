@@ -29,8 +29,8 @@ struct_quantized  a 4-bit base (lmtune convert -q): the GGUF (f32) holds its deq
           (equal to `lmtune convert -d`'s tensors).
 lora      `lmtune gguf --adapter-path`: general.type adapter, adapter.type lora, alpha = scale * r,
           <tensor>.lora_a = A^T (r, in) and .lora_b = B^T (out, r) (q/k rows permuted for llama).
-fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (and --gguf-type q8_0
-          ggml-model-q8_0.gguf), byte-identical to `lmtune gguf` on the fused folder.
+fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (and --gguf-type q8_0 /
+          q4_k_m ggml-model-q8_0.gguf / ggml-model-q4_k_m.gguf), byte-identical to `lmtune gguf` on the fused folder.
 refusals  unknown --gguf-type, --gguf-path / --gguf-type without --export-gguf, a q8_0 LoRA, a DoRA
           adapter, an existing output, a config llama.cpp cannot load (qwen3 with attention_bias),
           a pre-tokenizer llama.cpp does not know, a GGUF that fails after fuse wrote its folder: non-zero
@@ -497,7 +497,7 @@ def case_lora(a):
 def case_fuse(a):
     base = model_dir(a, "default")
     ad = write_adapter(a, base, "fuse", seed=5)
-    for want, extra in (("f16", []), ("q8_0", ["--gguf-type", "q8_0"])):
+    for want, extra in (("f16", []), ("q8_0", ["--gguf-type", "q8_0"]), ("q4_k_m", ["--gguf-type", "q4_k_m"])):
         save = os.path.join(a.work, f"fused-{want}")
         shutil.rmtree(save, ignore_errors=True)
         r = must(lm(a, "fuse", "--model", base, "--adapter-path", ad, "--save-path", save, "--export-gguf", *extra),

@@ -12,7 +12,8 @@ text as on llama-quantize's. Models: "kq", a random llama written here (8 blocks
 GQA 4/2, untied, models/default's tokenizer), so that every rule of the mixes picks a type (attn_v and
 ffn_down of layers 0, 3, 6, 7 for *_m; attn_v of layers 0-3 and ffn_down of layer 0 for q4_k_s;
 output Q6_K); models/default (tied: token_embd is the head, Q6_K), where llama.cpp's greedy text
-must also equal `lmtune generate`'s on the bf16 folder (a trained model, as for q4_0); and for q4_k_m / q5_k_m the tiny mistral (rows of 64
+must also equal `lmtune generate`'s on the bf16 folder (a trained model, as for q4_0); for q4_k_s / q4_k_m "deep80" (80 blocks of width 256, FFN 256, GQA: llama.cpp's 70B type, whose
+Q4_K attn_v become Q5_K, and use_more_bits over 80 layers); for q4_k_m / q5_k_m the tiny mistral (rows of 64
 and 128: Q5_0 / Q5_1 / Q8_0 fallbacks) and for q4_k_m qwen3 (rows of 48: F16).
 """
 import argparse
@@ -85,15 +86,15 @@ def read_gguf(path):
     return {k: v for k, v in kv.items() if not isinstance(v, list)}, tensors
 
 
-def make_kq(a):
-    """The 8-block, 256-wide random llama (bf16, models/default's tokenizer)."""
+def make_kq(a, name="kq", n_layer=8, n_ff=768):
+    """A 256-wide random llama (bf16, models/default's tokenizer)."""
     import torch
     import transformers
-    d = os.path.join(a.work, "models", "kq")
+    d = os.path.join(a.work, "models", name)
     if os.path.exists(os.path.join(d, "model.safetensors")):
         return d
     torch.manual_seed(2024)
-    cfg = transformers.LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=8,
+    cfg = transformers.LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=n_ff, num_hidden_layers=n_layer,
                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                                    max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
     model = transformers.LlamaForCausalLM(cfg).eval()
@@ -166,6 +167,10 @@ def main():
     counts = compare(a, "kq", make_kq(a), mix)
     check(len(counts) >= 2 or mix in ("q5_k_s", "q6_k"), f"kq {mix}: one type only {counts}: the rules were not exercised")
     compare(a, "default", os.path.join(a.root, "models", "default"), mix)
+    if mix in ("q4_k_s", "q4_k_m"):
+        # 80 blocks with GQA: llama.cpp's LLM_TYPE_70B, whose attn_v Q4_K becomes Q5_K.
+        counts = compare(a, "deep80", make_kq(a, "deep80", 80, 256), mix)
+        check(counts.get("Q5_K", 0) > 0, f"deep80 {mix}: no Q5_K tensor: the 70B rule was not exercised")
     if mix in ("q4_k_m", "q5_k_m"):
         compare(a, "mistral", make_family(a, "mistral"), mix)
     if mix == "q4_k_m":
