@@ -17,7 +17,7 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           bf16 exactly as numpy casts; q8_0 / q4_0 byte-identical to gguf-py's quantizer, which
           mirrors ggml's reference quantizer, and within half a step of the source after our own
           numpy dequantization). The K-quant mixes (q4_k_s q4_k_m q5_k_s q5_k_m q6_k): each tensor's
-          type as llama-quantize's rules give it (gguf_mix_ref.py, written from llama-quant.cpp), values
+          type as llama-quantize's rules give it (gguf_quant_ref.py, written from llama-quant.cpp), values
           by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
           the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
 struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and
@@ -25,8 +25,10 @@ struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwe
           llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
           not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
           to gguf-py's quantizers).
-struct_quantized  a 4-bit base (lmtune convert -q): the GGUF (f32) holds its dequantized weights
-          (equal to `lmtune convert -d`'s tensors).
+struct_quantized_MODE  a base quantized by `lmtune convert -q --q-mode MODE` (affine: 4 bits, group 64;
+          mxfp4, nvfp4, mxfp8): the GGUF (f32) holds its dequantized weights, equal to `lmtune convert
+          -d`'s tensors, which equal MLX's own mx.dequantize of the folder (bf16 for the fp modes);
+          mxfp4 also in q4_k_m (the dequantized weights K-quantized).
 lora      `lmtune gguf --adapter-path`: general.type adapter, adapter.type lora, alpha = scale * r,
           <tensor>.lora_a = A^T (r, in) and .lora_b = B^T (out, r) (q/k rows permuted for llama).
 fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (and --gguf-type q8_0 /
@@ -62,7 +64,7 @@ import sys
 
 import numpy as np
 from checks import FAILS, check
-from gguf_mix_ref import FTYPES, MIXES, check_values, mix_type
+from gguf_quant_ref import FTYPES, MIXES, check_values, mix_type, mlx_dequantized
 
 PROMPT = "lantern (noun):"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -446,18 +448,25 @@ def case_struct_family(a, fam):
         check_model_gguf(a, out, d, want)
 
 
-def case_struct_quantized(a):
-    q = os.path.join(a.work, "default-4bit")
-    dq = os.path.join(a.work, "default-4bit-dq")
+def case_struct_quantized(a, mode):
+    q = os.path.join(a.work, f"default-{mode}")
+    dq = os.path.join(a.work, f"default-{mode}-dq")
     for p in (q, dq):
         shutil.rmtree(p, ignore_errors=True)
-    must(lm(a, "convert", "--hf-path", model_dir(a, "default"), "--mlx-path", q, "-q"), "convert -q")
+    must(lm(a, "convert", "--hf-path", model_dir(a, "default"), "--mlx-path", q, "-q", "--q-mode", mode),
+         f"convert -q --q-mode {mode}")
     must(lm(a, "convert", "--hf-path", q, "--mlx-path", dq, "-d"), "convert -d")
-    out = os.path.join(a.work, "default-4bit.gguf")
-    if os.path.exists(out):
-        os.remove(out)
-    must(lm(a, "gguf", "--model", q, "--gguf-path", out, "--gguf-type", "f32"), "lmtune gguf (4-bit)")
-    check_model_gguf(a, out, q, "f32", dense=read_safetensors(dq))
+    dense = read_safetensors(dq)
+    ref = mlx_dequantized(q, mode)
+    check(len(ref) == 29, f"{mode}: {len(ref)} quantized layers, expected 29")
+    for k, x in ref.items():
+        check(np.array_equal(dense[k], x), f"{mode}: convert -d's {k} differs from mx.dequantize's")
+    for want in ("f32", "q4_k_m") if mode == "mxfp4" else ("f32",):
+        out = os.path.join(a.work, f"default-{mode}-{want}.gguf")
+        if os.path.exists(out):
+            os.remove(out)
+        must(lm(a, "gguf", "--model", q, "--gguf-path", out, "--gguf-type", want), f"lmtune gguf ({mode})")
+        check_model_gguf(a, out, q, want, dense=dense)
 
 
 def case_lora(a):
@@ -745,8 +754,8 @@ def main():
             print("made", make_family(a, fam))
     elif c.startswith("struct_default_"):
         case_struct_default(a, c[len("struct_default_"):])
-    elif c == "struct_quantized":
-        case_struct_quantized(a)
+    elif c.startswith("struct_quantized_"):
+        case_struct_quantized(a, c[len("struct_quantized_"):])
     elif c.startswith("struct_"):
         case_struct_family(a, c[len("struct_"):])
     elif c == "lora":

@@ -1,7 +1,10 @@
-"""llama-quantize's K-quant mixes written again from llama.cpp's src/llama-quant.cpp (llama_tensor_get_type,
-tensor_type_fallback; a dense model, no imatrix), independently of lmtune's tools/cli/gguf_mix.cpp, and
-the value checks of ggml's 32-blocks and K-quants for gguf_check.py.
+"""References for quantized GGUF exports (gguf_check.py): llama-quantize's K-quant mixes written again
+from llama.cpp's src/llama-quant.cpp (llama_tensor_get_type, tensor_type_fallback; a dense model, no
+imatrix), independently of lmtune's tools/cli/gguf_mix.cpp; the value checks of ggml's 32-blocks and
+K-quants; MLX's own dequantization of a quantized folder.
 """
+import json
+import os
 import re
 
 import numpy as np
@@ -65,3 +68,23 @@ def check_values(check, path, name, tt, raw, got, x):
           "steps of its super-block")
     rms = np.sqrt((err ** 2).mean() / max((step ** 2).mean(), 1e-30))
     check(rms <= 0.35, f"{path}: {name} {tt}: RMS error {rms:.3f} steps")
+
+
+def mlx_dequantized(q, mode):
+    """MLX's own mx.dequantize of each quantized layer of the folder q, as float32 numpy arrays (the
+    dtype convert -d writes: the scales' for affine, bfloat16 for the fp modes, as mlx-lm)."""
+    import mlx.core as mx
+    cfg = json.load(open(os.path.join(q, "config.json")))["quantization"]
+    w = {}
+    for f in sorted(os.listdir(q)):
+        if f.endswith(".safetensors"):
+            w.update(mx.load(os.path.join(q, f)))
+    out = {}
+    for k in sorted(w):
+        if k.endswith(".scales"):
+            p = k[:-len(".scales")]
+            dt = w[k].dtype if mode == "affine" else mx.bfloat16
+            x = mx.dequantize(w[p + ".weight"], w[k], w.get(p + ".biases"), group_size=cfg["group_size"],
+                              bits=cfg["bits"], mode=mode, dtype=dt)
+            out[p + ".weight"] = np.array(x.astype(mx.float32))
+    return out
