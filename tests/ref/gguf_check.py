@@ -35,7 +35,8 @@ fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (an
           q4_k_m ggml-model-q8_0.gguf / ggml-model-q4_k_m.gguf), byte-identical to `lmtune gguf` on the fused folder.
 refusals  unknown --gguf-type, --gguf-path / --gguf-type without --export-gguf, a q8_0 LoRA, a DoRA
           adapter, an existing output, a config llama.cpp cannot load (qwen3 with attention_bias),
-          a pre-tokenizer llama.cpp does not know, a GGUF that fails after fuse wrote its folder: non-zero
+          a pre-tokenizer llama.cpp does not know, a NaN weight (q4_k_m, q8_0), a GGUF that fails after fuse
+          wrote its folder: non-zero
           exit, a message naming it, no output file or folder and no .tmp left.
 
 llama.cpp cases (label llamacpp; --llamacpp-bin from scripts/build-llamacpp):
@@ -574,6 +575,18 @@ def case_refusals(a):
     json.dump(tj, open(os.path.join(odd, "tokenizer.json"), "w"))
     refused(a, ["gguf", "--model", odd, "--gguf-path", out], "matches none of llama.cpp's byte-level pre-tokenizers",
             out, "unknown pre-tokenizer")
+    # A weight ggml's quantizers cannot encode: refused naming the tensor, for a K-quant mix and q8_0.
+    nan = os.path.join(a.work, "default-nan")
+    shutil.rmtree(nan, ignore_errors=True)
+    shutil.copytree(base, nan)
+    from safetensors.torch import load_file, save_file
+    st = os.path.join(nan, "model.safetensors")
+    w = load_file(st)
+    w["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(w, st, metadata={"format": "pt"})
+    for want in ("q4_k_m", "q8_0"):
+        refused(a, ["gguf", "--model", nan, "--gguf-path", out, "--gguf-type", want],
+                "tensor model.layers.1.mlp.up_proj.weight holds nan at element 773", out, f"a NaN weight in {want}")
 
 
 # Near-ties: a greedy step whose top-2 logit margin (transformers, float32, on the same weights) is

@@ -315,6 +315,10 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
         for (const auto& [n, tensor] : cache->second)
           if (n == hf) {
             std::vector<float> x = to_f32(tensor);
+            if (gguf::block_elems(t) > 1)  // ggml's quantizers turn a NaN or inf into garbage blocks
+              for (size_t k = 0; k < x.size(); ++k)
+                LMT_CHECK(std::isfinite(x[k]), "[gguf] tensor ", hf, " holds ", x[k], " at element ", k, ", which ",
+                          gguf::tensor_type_name(t), " cannot encode");
             const int64_t rows = dims[0], cols = dims.size() == 1 ? 1 : dims[1];
             if (heads) x = permute_rows(x.data(), rows, cols, heads);
             return encode(t, x.data(), int64_t(x.size()));
