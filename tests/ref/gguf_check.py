@@ -11,7 +11,8 @@ both with the Qwen3 tokenizer ("qwen2"). Adapters are random LoRA / DoRA weights
 mlx-lm's layout (large enough to change the greedy text).
 
 Structural cases (no llama.cpp needed):
-struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4_0): metadata
+struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4_0; struct_default_kquants:
+          the five K-quant mixes): metadata
           against config.json and tokenizer.json, tensor names / shapes / types, every value against
           the safetensors source (q/k rows permuted by an independent numpy permutation; f32 / f16 /
           bf16 exactly as numpy casts; q8_0 / q4_0 byte-identical to gguf-py's quantizer, which
@@ -26,7 +27,7 @@ struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwe
           not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
           to gguf-py's quantizers).
 struct_quantized_MODE  a base quantized by `lmtune convert -q --q-mode MODE` (affine: 4 bits, group 64;
-          mxfp4, nvfp4, mxfp8): the GGUF (f32) holds its dequantized weights, equal to `lmtune convert
+          struct_quantized_fp: mxfp4, nvfp4, mxfp8): the GGUF (f32) holds its dequantized weights, equal to `lmtune convert
           -d`'s tensors, which equal MLX's own mx.dequantize of the folder (bf16 for the fp modes);
           mxfp4 also in q4_k_m (the dequantized weights K-quantized).
 lora      `lmtune gguf --adapter-path`: general.type adapter, adapter.type lora, alpha = scale * r,
@@ -765,8 +766,14 @@ def main():
     if c == "make_models":
         for fam in FAMILIES:
             print("made", make_family(a, fam))
+    elif c == "struct_default_kquants":  # the five mixes in one process (its imports cost more than a mix)
+        for mix in MIXES:
+            case_struct_default(a, mix)
     elif c.startswith("struct_default_"):
         case_struct_default(a, c[len("struct_default_"):])
+    elif c == "struct_quantized_fp":
+        for mode in ("mxfp4", "nvfp4", "mxfp8"):
+            case_struct_quantized(a, mode)
     elif c.startswith("struct_quantized_"):
         case_struct_quantized(a, c[len("struct_quantized_"):])
     elif c.startswith("struct_"):
