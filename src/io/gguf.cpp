@@ -51,7 +51,9 @@ void put_scalar(std::string& out, ValueType t, const Value& v) {
 
 uint64_t pad_to(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
-bool known_tensor_type(uint32_t t) { return t == 0 || t == 1 || t == 2 || t == 8 || t == 30; }
+bool known_tensor_type(uint32_t t) {
+  return t == 0 || t == 1 || t == 2 || t == 6 || t == 7 || t == 8 || t == 12 || t == 13 || t == 14 || t == 30;
+}
 
 }  // namespace
 
@@ -66,21 +68,45 @@ const char* tensor_type_name(TensorType t) {
     case TensorType::f32: return "F32";
     case TensorType::f16: return "F16";
     case TensorType::q4_0: return "Q4_0";
+    case TensorType::q5_0: return "Q5_0";
+    case TensorType::q5_1: return "Q5_1";
     case TensorType::q8_0: return "Q8_0";
+    case TensorType::q4_k: return "Q4_K";
+    case TensorType::q5_k: return "Q5_K";
+    case TensorType::q6_k: return "Q6_K";
     case TensorType::bf16: return "BF16";
   }
   return "unknown";
 }
 
-int64_t block_elems(TensorType t) { return t == TensorType::q4_0 || t == TensorType::q8_0 ? 32 : 1; }
+int64_t block_elems(TensorType t) {
+  switch (t) {
+    case TensorType::f32:
+    case TensorType::f16:
+    case TensorType::bf16: return 1;
+    case TensorType::q4_0:
+    case TensorType::q5_0:
+    case TensorType::q5_1:
+    case TensorType::q8_0: return 32;
+    case TensorType::q4_k:
+    case TensorType::q5_k:
+    case TensorType::q6_k: return 256;
+  }
+  return 1;
+}
 
 uint64_t block_bytes(TensorType t) {
   switch (t) {
     case TensorType::f32: return 4;
     case TensorType::f16:
     case TensorType::bf16: return 2;
-    case TensorType::q4_0: return 2 + 16;  // f16 d, 32 nibbles
-    case TensorType::q8_0: return 2 + 32;  // f16 d, 32 int8
+    case TensorType::q4_0: return 2 + 16;                 // f16 d, 32 nibbles
+    case TensorType::q5_0: return 2 + 4 + 16;             // f16 d, 32 fifth bits, 32 nibbles
+    case TensorType::q5_1: return 2 + 2 + 4 + 16;         // f16 d and m, fifth bits, nibbles
+    case TensorType::q8_0: return 2 + 32;                 // f16 d, 32 int8
+    case TensorType::q4_k: return 2 + 2 + 12 + 128;       // f16 d and dmin, 8 6-bit scale / min pairs, nibbles
+    case TensorType::q5_k: return 2 + 2 + 12 + 32 + 128;  // + 256 fifth bits
+    case TensorType::q6_k: return 128 + 64 + 16 + 2;      // low nibbles, high 2 bits, int8 scales, f16 d
   }
   return 0;
 }
@@ -364,7 +390,7 @@ Reader::Reader(const std::string& path) : path_(path) {
     }
     const uint32_t type = c.get<uint32_t>("a tensor type");
     LMT_CHECK(known_tensor_type(type), "[gguf] ", path, ": tensor ", t.name, " has ggml type ", type,
-              " (lmtune reads F32, F16, BF16, Q8_0, Q4_0)");
+              " (lmtune reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)");
     t.type = TensorType(type);
     t.offset = c.get<uint64_t>("a tensor offset");
     LMT_CHECK(t.offset % align == 0, "[gguf] ", path, ": tensor ", t.name, " offset ", t.offset, " is not aligned to ",

@@ -16,10 +16,21 @@ enum class ValueType : uint32_t { u8 = 0, i8, u16, i16, u32, i32, f32, boolean, 
 const char* value_type_name(ValueType t);
 
 // The ggml tensor types lmtune writes or reads (ggml.h's enum ggml_type numbers).
-enum class TensorType : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, bf16 = 30 };
-const char* tensor_type_name(TensorType t);                             // "F32", "F16", "Q4_0", "Q8_0", "BF16"
-int64_t block_elems(TensorType t);                                      // elements per block: 1, or 32 for q4_0 / q8_0
-uint64_t block_bytes(TensorType t);                                     // bytes per block
+enum class TensorType : uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q5_0 = 6,
+  q5_1 = 7,
+  q8_0 = 8,
+  q4_k = 12,
+  q5_k = 13,
+  q6_k = 14,
+  bf16 = 30
+};
+const char* tensor_type_name(TensorType t);  // "F32", "F16", "Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q4_K", ..., "BF16"
+int64_t block_elems(TensorType t);           // elements per block: 1; 32 (Q4_0 ... Q8_0); 256 (the K-quants)
+uint64_t block_bytes(TensorType t);          // bytes per block
 uint64_t tensor_bytes(TensorType t, const std::vector<int64_t>& dims);  // throws if the rows do not divide
 
 // One metadata value: a scalar of `type`, or an array of `elem` (nested arrays are not supported).

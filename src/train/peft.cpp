@@ -86,6 +86,33 @@ void copy_into_model(Model& model, const PeftAdapter& p) {
   }
 }
 
+// README.md as peft's save_pretrained writes one (create_or_update_model_card): YAML front matter
+// with base_model, library_name peft, pipeline_tag and peft's tags, then a short body. Strings are
+// written double-quoted in JSON's escaping, which YAML reads the same.
+std::string model_card(const AdapterConfig& cfg, const std::string& base_model, const std::vector<std::string>& keys,
+                       int64_t first, int64_t n_layer, double alpha) {
+  auto q = [](const std::string& v) { return json(v).dump(); };
+  std::ostringstream s;
+  s << "---\nbase_model: " << q(base_model) << "\nlibrary_name: peft\npipeline_tag: text-generation\ntags:\n- "
+    << q("base_model:adapter:" + base_model) << "\n- lora\n- transformers\n- lmtune\n---\n\n";
+  const std::string kind = cfg.fine_tune_type == "dora" ? "DoRA" : "LoRA";
+  s << "# " << kind << " adapter for " << base_model << "\n\n"
+    << "A Hugging Face PEFT adapter written by `lmtune export-peft` from an lmtune / mlx-lm adapter folder: " << kind
+    << " of rank " << cfg.lora.rank << ", lora_alpha " << alpha << " (scale " << cfg.lora.scale << "), on";
+  for (size_t i = 0; i < keys.size(); ++i) s << (i ? ", " : " ") << "`" << keys[i] << "`";
+  if (first > 0)
+    s << " of blocks " << first << "-" << n_layer - 1 << " (of " << n_layer << ").\n\n";
+  else
+    s << " of every block.\n\n";
+  s << "## Use\n\n```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+    << "base = AutoModelForCausalLM.from_pretrained(" << q(base_model) << ")\n"
+    << "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")\n```\n\n"
+    << "lmtune reads the folder too: `lmtune generate --model " << base_model
+    << " --adapter-path path/to/this/folder`.\n\n### Framework versions\n\n- PEFT (adapter_config.json as peft 0.21 "
+       "writes it)\n";
+  return s.str();
+}
+
 }  // namespace
 
 bool is_peft_folder(const std::string& dir) {
@@ -282,6 +309,7 @@ void export_peft(const Model& model, const AdapterConfig& cfg, const std::string
     fs::create_directories(tmp);
     save_safetensors(tmp + "/" + kWeights, out, {{"format", "pt"}});
     write_file_atomic(tmp + "/adapter_config.json", c.dump(2) + "\n");
+    write_file_atomic(tmp + "/README.md", model_card(cfg, base_model, keys, first, n, alpha));
     fs::rename(tmp, save_path);
   } catch (...) {
     std::error_code ec;

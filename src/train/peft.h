@@ -50,8 +50,9 @@ void load_peft_weights_into(Model& model, const AdapterConfig& cfg, const std::s
 // Writes the model's LoRA / DoRA adapters (attached by load_adapters) as a PEFT folder at
 // save_path: adapter_config.json (peft_type LORA, task_type CAUSAL_LM, r, lora_alpha = scale * r,
 // target_modules, layers_to_transform when not every block is adapted, use_dora, ...) and
-// adapter_model.safetensors (f32). Built as save_path.tmp.<pid> and renamed; an existing
-// save_path is refused.
+// adapter_model.safetensors (f32), and README.md, a model card like peft's save_pretrained writes
+// (front matter: base_model, library_name peft, pipeline_tag, tags). Built as save_path.tmp.<pid>
+// and renamed; an existing save_path is refused.
 void export_peft(const Model& model, const AdapterConfig& cfg, const std::string& base_model,
                  const std::string& save_path);
 

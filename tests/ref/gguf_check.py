@@ -11,23 +11,33 @@ both with the Qwen3 tokenizer ("qwen2"). Adapters are random LoRA / DoRA weights
 mlx-lm's layout (large enough to change the greedy text).
 
 Structural cases (no llama.cpp needed):
-struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4_0): metadata
+struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4_0; struct_default_kquants:
+          the five K-quant mixes): metadata
           against config.json and tokenizer.json, tensor names / shapes / types, every value against
           the safetensors source (q/k rows permuted by an independent numpy permutation; f32 / f16 /
           bf16 exactly as numpy casts; q8_0 / q4_0 byte-identical to gguf-py's quantizer, which
           mirrors ggml's reference quantizer, and within half a step of the source after our own
-          numpy dequantization).
-struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and q8_0 (qwen3 rows of 48: q8_0 falls back to F16
-          for tensors whose rows are not blocks of 32, as llama.cpp's converter does).
-struct_quantized  a 4-bit base (lmtune convert -q): the GGUF (f32) holds its dequantized weights
-          (equal to `lmtune convert -d`'s tensors).
+          numpy dequantization). The K-quant mixes (q4_k_s q4_k_m q5_k_s q5_k_m q6_k): each tensor's
+          type as llama-quantize's rules give it (gguf_quant_ref.py, written from llama-quant.cpp), values
+          by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
+          the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and
+          q8_0 (qwen3 rows of 48: q8_0 falls back to F16 for tensors whose rows are not blocks of 32, as
+          llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
+          not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
+          to gguf-py's quantizers).
+struct_quantized_MODE  a base quantized by `lmtune convert -q --q-mode MODE` (affine: 4 bits, group 64;
+          struct_quantized_fp: mxfp4, nvfp4, mxfp8): the GGUF (f32) holds its dequantized weights, equal to `lmtune convert
+          -d`'s tensors, which equal MLX's own mx.dequantize of the folder (bf16 for the fp modes);
+          mxfp4 also in q4_k_m (the dequantized weights K-quantized).
 lora      `lmtune gguf --adapter-path`: general.type adapter, adapter.type lora, alpha = scale * r,
           <tensor>.lora_a = A^T (r, in) and .lora_b = B^T (out, r) (q/k rows permuted for llama).
-fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (and --gguf-type q8_0
-          ggml-model-q8_0.gguf), byte-identical to `lmtune gguf` on the fused folder.
+fuse      `lmtune fuse --export-gguf` writes <save-path>/ggml-model-f16.gguf (and --gguf-type q8_0 /
+          q4_k_m ggml-model-q8_0.gguf / ggml-model-q4_k_m.gguf), byte-identical to `lmtune gguf` on the fused folder.
 refusals  unknown --gguf-type, --gguf-path / --gguf-type without --export-gguf, a q8_0 LoRA, a DoRA
           adapter, an existing output, a config llama.cpp cannot load (qwen3 with attention_bias),
-          a pre-tokenizer llama.cpp does not know, a GGUF that fails after fuse wrote its folder: non-zero
+          a pre-tokenizer llama.cpp does not know, a NaN weight (q4_k_m, q8_0), a GGUF that fails after fuse
+          wrote its folder: non-zero
           exit, a message naming it, no output file or folder and no .tmp left.
 
 llama.cpp cases (label llamacpp; --llamacpp-bin from scripts/build-llamacpp):
@@ -56,6 +66,7 @@ import sys
 
 import numpy as np
 from checks import FAILS, check
+from gguf_quant_ref import FTYPES, MIXES, check_values, mix_type, mlx_dequantized
 
 PROMPT = "lantern (noun):"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -252,7 +263,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     check(np.float32(val(f"{arch}.rope.freq_base")) == np.float32(rope["rope_theta"]), f"{path}: rope.freq_base")
     check(np.float32(val(f"{arch}.attention.layer_norm_rms_epsilon")) == np.float32(cfg["rms_norm_eps"]),
           f"{path}: rms eps")
-    ftype = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}[want]
+    ftype = FTYPES[want]
     check(val("general.file_type") == ftype, f"{path}: file_type {val('general.file_type')} != {ftype}")
 
     # Tokenizer metadata against tokenizer.json.
@@ -316,7 +327,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
         if mt in ("llama", "mistral") and ".k_proj." in hf:
             x = permute(x, cfg["num_key_value_heads"])
         tt = t.tensor_type.name
-        et = expected_type(t.name, x.shape, want)
+        et = expected_type(t.name, x.shape, want) if want not in MIXES or len(x.shape) == 1 else \
+            mix_type(want, t.name, x.shape[-1], cfg, "output.weight" in names)
         check(tt == et, f"{path}: {t.name} is {tt}, expected {et}")
         got = dequantize(t.data, t.tensor_type).reshape(x.shape) if tt not in ("F32", "F16") else \
             np.asarray(t.data).astype(np.float32).reshape(x.shape)
@@ -343,6 +355,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
             # Half a step, or one step at the edge opposite the largest magnitude (codes span -8d..7d).
             check(np.all(np.abs(got.reshape(-1, 32) - x.reshape(-1, 32)) <= step * 1.01 + 1e-7),
                   f"{path}: {t.name} Q4_0 error above a step")
+        else:  # Q5_0 / Q5_1 and the K-quants of the mixes
+            check_values(check, path, t.name, tt, np.asarray(t.data), got, x)
     rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if rp.get("rope_type") == "llama3":
         # convert_hf_to_gguf's divisors, computed here from the formula in llama.cpp's converter.
@@ -427,7 +441,8 @@ def case_struct_default(a, want):
 
 def case_struct_family(a, fam):
     d = model_dir(a, fam)
-    for want in ("f16", "q8_0"):
+    # The mixes on mistral only (reading a GGUF's 128k / 151k-token vocabularies costs 11 s a file).
+    for want in ("f16", "q8_0") + (("q4_k_m", "q5_k_m") if fam == "mistral" else ()):
         out = os.path.join(a.work, f"{fam}-{want}.gguf")
         if os.path.exists(out):
             os.remove(out)
@@ -435,18 +450,25 @@ def case_struct_family(a, fam):
         check_model_gguf(a, out, d, want)
 
 
-def case_struct_quantized(a):
-    q = os.path.join(a.work, "default-4bit")
-    dq = os.path.join(a.work, "default-4bit-dq")
+def case_struct_quantized(a, mode):
+    q = os.path.join(a.work, f"default-{mode}")
+    dq = os.path.join(a.work, f"default-{mode}-dq")
     for p in (q, dq):
         shutil.rmtree(p, ignore_errors=True)
-    must(lm(a, "convert", "--hf-path", model_dir(a, "default"), "--mlx-path", q, "-q"), "convert -q")
+    must(lm(a, "convert", "--hf-path", model_dir(a, "default"), "--mlx-path", q, "-q", "--q-mode", mode),
+         f"convert -q --q-mode {mode}")
     must(lm(a, "convert", "--hf-path", q, "--mlx-path", dq, "-d"), "convert -d")
-    out = os.path.join(a.work, "default-4bit.gguf")
-    if os.path.exists(out):
-        os.remove(out)
-    must(lm(a, "gguf", "--model", q, "--gguf-path", out, "--gguf-type", "f32"), "lmtune gguf (4-bit)")
-    check_model_gguf(a, out, q, "f32", dense=read_safetensors(dq))
+    dense = read_safetensors(dq)
+    ref = mlx_dequantized(q, mode)
+    check(len(ref) == 29, f"{mode}: {len(ref)} quantized layers, expected 29")
+    for k, x in ref.items():
+        check(np.array_equal(dense[k], x), f"{mode}: convert -d's {k} differs from mx.dequantize's")
+    for want in ("f32", "q4_k_m") if mode == "mxfp4" else ("f32",):
+        out = os.path.join(a.work, f"default-{mode}-{want}.gguf")
+        if os.path.exists(out):
+            os.remove(out)
+        must(lm(a, "gguf", "--model", q, "--gguf-path", out, "--gguf-type", want), f"lmtune gguf ({mode})")
+        check_model_gguf(a, out, q, want, dense=dense)
 
 
 def case_lora(a):
@@ -486,7 +508,7 @@ def case_lora(a):
 def case_fuse(a):
     base = model_dir(a, "default")
     ad = write_adapter(a, base, "fuse", seed=5)
-    for want, extra in (("f16", []), ("q8_0", ["--gguf-type", "q8_0"])):
+    for want, extra in (("f16", []), ("q8_0", ["--gguf-type", "q8_0"]), ("q4_k_m", ["--gguf-type", "q4_k_m"])):
         save = os.path.join(a.work, f"fused-{want}")
         shutil.rmtree(save, ignore_errors=True)
         r = must(lm(a, "fuse", "--model", base, "--adapter-path", ad, "--save-path", save, "--export-gguf", *extra),
@@ -554,6 +576,18 @@ def case_refusals(a):
     json.dump(tj, open(os.path.join(odd, "tokenizer.json"), "w"))
     refused(a, ["gguf", "--model", odd, "--gguf-path", out], "matches none of llama.cpp's byte-level pre-tokenizers",
             out, "unknown pre-tokenizer")
+    # A weight ggml's quantizers cannot encode: refused naming the tensor, for a K-quant mix and q8_0.
+    nan = os.path.join(a.work, "default-nan")
+    shutil.rmtree(nan, ignore_errors=True)
+    shutil.copytree(base, nan)
+    from safetensors.torch import load_file, save_file
+    st = os.path.join(nan, "model.safetensors")
+    w = load_file(st)
+    w["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(w, st, metadata={"format": "pt"})
+    for want in ("q4_k_m", "q8_0"):
+        refused(a, ["gguf", "--model", nan, "--gguf-path", out, "--gguf-type", want],
+                "tensor model.layers.1.mlp.up_proj.weight holds nan at element 773", out, f"a NaN weight in {want}")
 
 
 # Near-ties: a greedy step whose top-2 logit margin (transformers, float32, on the same weights) is
@@ -732,10 +766,16 @@ def main():
     if c == "make_models":
         for fam in FAMILIES:
             print("made", make_family(a, fam))
+    elif c == "struct_default_kquants":  # the five mixes in one process (its imports cost more than a mix)
+        for mix in MIXES:
+            case_struct_default(a, mix)
     elif c.startswith("struct_default_"):
         case_struct_default(a, c[len("struct_default_"):])
-    elif c == "struct_quantized":
-        case_struct_quantized(a)
+    elif c == "struct_quantized_fp":
+        for mode in ("mxfp4", "nvfp4", "mxfp8"):
+            case_struct_quantized(a, mode)
+    elif c.startswith("struct_quantized_"):
+        case_struct_quantized(a, c[len("struct_quantized_"):])
     elif c.startswith("struct_"):
         case_struct_family(a, c[len("struct_"):])
     elif c == "lora":

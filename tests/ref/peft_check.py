@@ -18,8 +18,11 @@ export_lora        `lmtune lora` trains a LoRA (last 2 of 4 blocks, so layers_to
                    written) on examples/data; `lmtune export-peft` writes a PEFT folder;
                    PeftModel.from_pretrained loads it on the transformers model: its loss and greedy
                    text equal lmtune's with the lmtune folder, and lmtune reading the exported folder
-                   back gives the same loss as the original folder.
-export_dora        the same with --fine-tune-type dora (lora_magnitude_vector).
+                   back gives the same loss as the original folder. Each export's README.md (the
+                   model card peft's save_pretrained writes) read by huggingface_hub's ModelCard:
+                   base_model, library_name peft, pipeline_tag, peft's tags, rank and alpha.
+export_dora        the same with --fine-tune-type dora (lora_magnitude_vector) and a
+                   --base-model-name that YAML must quote.
 export_qwen2       the same with a LoRA on the qwen2 base (last 2 of 3 blocks).
 export_mlx_dora    a DoRA trained by the real mlx_lm.lora (MLX's CPU backend; last 2 blocks),
                    exported by lmtune and loaded by peft, against lmtune with the mlx-lm folder.
@@ -221,21 +224,43 @@ def train_lmtune(a, base, tag, ftype, num_layers="2"):
     return ad
 
 
-def export(a, base, ad, tag):
+def export(a, base, ad, tag, name=None):
     out = os.path.join(a.work, "peft", tag)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    r = must(run([a.lmtune, "export-peft", "--model", base, "--adapter-path", ad, "--save-path", out]), "export-peft")
+    extra = ["--base-model-name", name] if name else []
+    r = must(run([a.lmtune, "export-peft", "--model", base, "--adapter-path", ad, "--save-path", out, *extra]),
+             "export-peft")
     print(f"{tag}: {r.stdout.strip()}")
-    check(sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"],
+    check(sorted(os.listdir(out)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"],
           f"{tag}: export wrote {sorted(os.listdir(out))}")
+    check_card(out, name or base, tag)
     return out
+
+
+def check_card(out, base, tag):
+    """README.md read by huggingface_hub's ModelCard (the parser of the Hub and of peft's
+    create_or_update_model_card): the front matter peft's save_pretrained writes."""
+    from huggingface_hub import ModelCard
+    cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+    card = ModelCard.load(os.path.join(out, "README.md"))
+    d = card.data.to_dict()
+    print(f"{tag}: README.md front matter {json.dumps(d)}")
+    check(d.get("base_model") == base == cfg["base_model_name_or_path"],
+          f"{tag}: README.md base_model {d.get('base_model')!r}, expected {base!r}")
+    check(d.get("library_name") == "peft" and d.get("pipeline_tag") == "text-generation",
+          f"{tag}: README.md library_name / pipeline_tag {d}")
+    check({"lora", "transformers", f"base_model:adapter:{base}"} <= set(d.get("tags", [])), f"{tag}: README.md tags {d}")
+    kind = "DoRA" if cfg["use_dora"] else "LoRA"
+    check(f"{kind} of rank {cfg['r']}, lora_alpha {cfg['lora_alpha']}" in card.text and
+          "PeftModel.from_pretrained(base" in card.text, f"{tag}: README.md body {card.text[:400]!r}")
 
 
 def case_lmtune(a, kind, ftype, tag):
     base, data = make_base(a, kind), write_data(a)
     ad = train_lmtune(a, base, tag, ftype)
-    out = export(a, base, ad, tag)
+    # A --base-model-name that YAML must quote (": ", "#") lands in README.md's base_model unchanged.
+    out = export(a, base, ad, tag, name="my-org/tiny: llama #2" if ftype == "dora" else None)
     cfg = json.load(open(os.path.join(out, "adapter_config.json")))
     n = json.load(open(os.path.join(base, "config.json")))["num_hidden_layers"]
     print(f"{tag}: adapter_config.json {json.dumps({k: cfg[k] for k in ('r', 'lora_alpha', 'use_dora', 'target_modules', 'layers_to_transform')})}")

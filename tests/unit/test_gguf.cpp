@@ -210,3 +210,50 @@ TEST(Gguf, DamagedFilesAreRefusedByName) {
   fs::remove(p);
   fs::remove(bad);
 }
+
+TEST(Gguf, BlockTypesHaveGgmlsSizesAndRoundTrip) {
+  struct Size {
+    TensorType t;
+    const char* name;
+    int64_t elems;
+    uint64_t bytes;
+  };
+  // ggml's type traits (blck_size, type_size) and enum numbers.
+  for (const Size& s : {Size{TensorType::q5_0, "Q5_0", 32, 22}, Size{TensorType::q5_1, "Q5_1", 32, 24},
+                        Size{TensorType::q4_k, "Q4_K", 256, 144}, Size{TensorType::q5_k, "Q5_K", 256, 176},
+                        Size{TensorType::q6_k, "Q6_K", 256, 210}}) {
+    EXPECT_STREQ(gguf::tensor_type_name(s.t), s.name);
+    EXPECT_EQ(gguf::block_elems(s.t), s.elems) << s.name;
+    EXPECT_EQ(gguf::block_bytes(s.t), s.bytes) << s.name;
+    EXPECT_EQ(gguf::tensor_bytes(s.t, {3, 2 * s.elems}), 6 * s.bytes) << s.name;
+  }
+  EXPECT_EQ(uint32_t(TensorType::q5_0), 6u);
+  EXPECT_EQ(uint32_t(TensorType::q4_k), 12u);
+  EXPECT_EQ(uint32_t(TensorType::q6_k), 14u);
+  try {
+    gguf::tensor_bytes(TensorType::q4_k, {2, 288});
+    FAIL() << "rows of 288 taken as Q4_K";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a row of 288 elements is not a multiple of Q4_K's block of 256"),
+              std::string::npos)
+        << e.what();
+  }
+
+  std::vector<float> x(2 * 512);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(float(i) * 0.37f);
+  gguf::Writer w;
+  w.set("general.architecture", Value::str("llama"));
+  w.add_tensor("w.q4k", TensorType::q4_k, {2, 512}, quant::ggml::encode_q4_k(x.data(), 1024));
+  w.add_tensor("w.q6k", TensorType::q6_k, {4, 256}, quant::ggml::encode_q6_k(x.data(), 1024));
+  w.add_tensor("w.q51", TensorType::q5_1, {2, 512}, quant::ggml::encode_q5_1(x.data(), 1024));
+  const std::string p = tmp_path("kquant.gguf");
+  fs::remove(p);
+  w.write(p);
+  gguf::Reader r(p);
+  EXPECT_EQ(r.tensor("w.q4k").type, TensorType::q4_k);
+  EXPECT_EQ(r.tensor("w.q6k").nbytes, 4u * 210);
+  EXPECT_EQ(r.tensor_data("w.q4k"), quant::ggml::encode_q4_k(x.data(), 1024));
+  const std::vector<float> y = quant::ggml::decode_q6_k(r.tensor_data("w.q6k"));
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(y[i], x[i], 2.f / 63) << i;
+  fs::remove(p);
+}

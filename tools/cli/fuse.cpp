@@ -57,7 +57,8 @@ void declare(Options& t, FuseOptions& o) {
   t.add("--gguf-path", &o.gguf_path, "PATH", "Path to save the exported GGUF file, relative to --save-path.")
       .default_text("ggml-model-f16.gguf");
   t.add("--gguf-type", &o.gguf_type, "TYPE",
-        std::string("lmtune: the GGUF's weight type (") + gguf_export::kOutTypes + "); norms stay f32.")
+        std::string("lmtune: the GGUF's weight type (") + gguf_export::kOutTypes +
+            "; q4_k_s ... q6_k are llama-quantize's mixes); norms stay f32.")
       .default_text("f16");
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for compatibility; lmtune runs no model code");
   t.group("lmtune's options (not in mlx_lm.fuse)");

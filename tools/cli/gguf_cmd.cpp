@@ -75,7 +75,8 @@ int run_gguf(int argc, char** argv) {
       .default_text("ggml-model-TYPE.gguf, or ggml-adapter-TYPE.gguf with --adapter-path");
   t.add("--gguf-type", &o.gguf_type, "TYPE",
         std::string("The type of the 2-D weights (") + gguf_export::kOutTypes +
-            "; norms and biases stay f32; a LoRA adapter: f32, f16 or bf16).")
+            "; q4_k_s ... q6_k are llama-quantize's K-quant mixes, a type per tensor as it chooses them; norms "
+            "and biases stay f32; a LoRA adapter: f32, f16 or bf16).")
       .default_text("f16");
   return run_with_options(t, argc, argv, [&] {
     if (o.model.empty()) throw UsageError("the following arguments are required: --model");

@@ -14,6 +14,7 @@
 
 #include "convert_plan.h"
 #include "core/error.h"
+#include "gguf_mix.h"
 #include "gguf_vocab.h"
 #include "io/gguf.h"
 #include "models/model.h"
@@ -67,6 +68,18 @@ std::vector<float> permute_rows(const float* x, int64_t rows, int64_t cols, int6
   return out;
 }
 
+std::optional<KMix> k_mix_of(OutType t) {
+  switch (t) {
+    case OutType::q4_k_s: return KMix::q4_k_s;
+    case OutType::q4_k_m: return KMix::q4_k_m;
+    case OutType::q5_k_s: return KMix::q5_k_s;
+    case OutType::q5_k_m: return KMix::q5_k_m;
+    case OutType::q6_k: return KMix::q6_k;
+    default: return std::nullopt;
+  }
+}
+
+// The one type of the 2-D weights of the single-type outputs (f32 ... q4_0).
 TensorType tensor_type_for(OutType t) {
   switch (t) {
     case OutType::f32: return TensorType::f32;
@@ -74,8 +87,8 @@ TensorType tensor_type_for(OutType t) {
     case OutType::bf16: return TensorType::bf16;
     case OutType::q8_0: return TensorType::q8_0;
     case OutType::q4_0: return TensorType::q4_0;
+    default: fail("[gguf] ", out_type_name(t), " is a mix of types, not one");
   }
-  return TensorType::f32;
 }
 
 std::string encode(TensorType t, const float* x, int64_t n) {
@@ -85,20 +98,26 @@ std::string encode(TensorType t, const float* x, int64_t n) {
     case TensorType::bf16: return quant::ggml::encode_bf16(x, n);
     case TensorType::q8_0: return quant::ggml::encode_q8_0(x, n);
     case TensorType::q4_0: return quant::ggml::encode_q4_0(x, n);
+    case TensorType::q5_0: return quant::ggml::encode_q5_0(x, n);
+    case TensorType::q5_1: return quant::ggml::encode_q5_1(x, n);
+    case TensorType::q4_k: return quant::ggml::encode_q4_k(x, n);
+    case TensorType::q5_k: return quant::ggml::encode_q5_k(x, n);
+    case TensorType::q6_k: return quant::ggml::encode_q6_k(x, n);
   }
   return {};
 }
 
 // llama.cpp's general.file_type (enum llama_ftype).
 uint32_t file_type(OutType t) {
+  if (auto mix = k_mix_of(t)) return k_mix_file_type(*mix);
   switch (t) {
     case OutType::f32: return 0;
     case OutType::f16: return 1;
     case OutType::q4_0: return 2;
     case OutType::q8_0: return 7;
     case OutType::bf16: return 32;
+    default: return 0;
   }
-  return 0;
 }
 
 std::vector<float> to_f32(const Tensor& t) {
@@ -171,6 +190,11 @@ OutType parse_out_type(const std::string& name) {
   if (name == "bf16") return OutType::bf16;
   if (name == "q8_0") return OutType::q8_0;
   if (name == "q4_0") return OutType::q4_0;
+  if (name == "q4_k_s") return OutType::q4_k_s;
+  if (name == "q4_k_m") return OutType::q4_k_m;
+  if (name == "q5_k_s") return OutType::q5_k_s;
+  if (name == "q5_k_m") return OutType::q5_k_m;
+  if (name == "q6_k") return OutType::q6_k;
   fail("--gguf-type: '", name, "' is not a GGUF type lmtune writes (", kOutTypes, ")");
 }
 
@@ -181,6 +205,11 @@ const char* out_type_name(OutType t) {
     case OutType::bf16: return "bf16";
     case OutType::q8_0: return "q8_0";
     case OutType::q4_0: return "q4_0";
+    case OutType::q4_k_s: return "q4_k_s";
+    case OutType::q4_k_m: return "q4_k_m";
+    case OutType::q5_k_s: return "q5_k_s";
+    case OutType::q5_k_m: return "q5_k_m";
+    case OutType::q6_k: return "q6_k";
   }
   return "?";
 }
@@ -236,7 +265,8 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   w.set("general.name", Value::str(fs::path(dir).lexically_normal().filename().string()));
   w.set("general.alignment", Value::u32(32));
   w.set("general.file_type", Value::u32(file_type(type)));
-  if (type == OutType::q8_0 || type == OutType::q4_0) w.set("general.quantization_version", Value::u32(2));
+  const std::optional<KMix> mix = k_mix_of(type);
+  if (type == OutType::q8_0 || type == OutType::q4_0 || mix) w.set("general.quantization_version", Value::u32(2));
   add_arch_metadata(w, c, arch, dir);
   add_vocab(w, vocab);
 
@@ -245,7 +275,12 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
     w.add_tensor("rope_freqs.weight", TensorType::f32, {int64_t(f.size())},
                  quant::ggml::encode_f32(f.data(), int64_t(f.size())));
   }
-  const TensorType asked = tensor_type_for(type);
+  std::map<std::string, int> counts;  // tensors per written type
+  if (c.rope.type == "llama3") ++counts["F32"];
+  const TensorType asked = mix ? TensorType::f32 : tensor_type_for(type);
+  // llama-quantize takes token_embd for the head when the file has no output.weight.
+  MixModel mm{arch.name, c.n_layer, c.n_head, c.n_kv_head, false};
+  for (const convert::TensorEntry& e : plan->tensors()) mm.has_output |= gguf_name(e.name) == "output.weight";
   int fallbacks = 0;
   // A module's tensors (weight and bias) come from one produce() call, kept until both are written.
   auto cache = std::make_shared<std::pair<const convert::Leaf*, std::vector<std::pair<std::string, Tensor>>>>();
@@ -255,13 +290,21 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
       const std::string name = gguf_name(e.name);
       LMT_CHECK(!name.empty(), "[gguf] ", dir, ": tensor ", e.name, " has no place in llama.cpp's ", arch.name);
       std::vector<int64_t> dims(e.shape.begin(), e.shape.end());
-      TensorType t = dims.size() == 1 ? TensorType::f32 : asked;
-      if (gguf::block_elems(t) > 1 && dims.back() % gguf::block_elems(t) != 0) {
+      TensorType t = dims.size() == 1 ? TensorType::f32 : asked, wanted = t;
+      if (dims.size() > 1 && mix) {
+        const MixChoice ch = k_mix_type(*mix, mm, name, dims.back());
+        t = ch.type;
+        wanted = ch.wanted;
+      } else if (gguf::block_elems(t) > 1 && dims.back() % gguf::block_elems(t) != 0) {
         t = TensorType::f16;  // as convert_hf_to_gguf: rows that are not whole blocks fall back to F16
-        std::printf("[gguf] %s: rows of %lld are not blocks of 32; written as F16\n", name.c_str(),
-                    (long long)dims.back());
+      }
+      if (t != wanted) {
+        std::printf("[gguf] %s: rows of %lld are not blocks of %lld (%s); written as %s%s\n", name.c_str(),
+                    (long long)dims.back(), (long long)gguf::block_elems(wanted), gguf::tensor_type_name(wanted),
+                    gguf::tensor_type_name(t), mix ? ", as llama-quantize does" : "");
         ++fallbacks;
       }
+      ++counts[gguf::tensor_type_name(t)];
       int64_t heads = 0;
       if (arch.permute_qk && e.name.find("self_attn.q_proj.") != std::string::npos) heads = c.n_head;
       if (arch.permute_qk && e.name.find("self_attn.k_proj.") != std::string::npos) heads = c.n_kv_head;
@@ -272,6 +315,10 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
         for (const auto& [n, tensor] : cache->second)
           if (n == hf) {
             std::vector<float> x = to_f32(tensor);
+            if (gguf::block_elems(t) > 1)  // ggml's quantizers turn a NaN or inf into garbage blocks
+              for (size_t k = 0; k < x.size(); ++k)
+                LMT_CHECK(std::isfinite(x[k]), "[gguf] tensor ", hf, " holds ", x[k], " at element ", k, ", which ",
+                          gguf::tensor_type_name(t), " cannot encode");
             const int64_t rows = dims[0], cols = dims.size() == 1 ? 1 : dims[1];
             if (heads) x = permute_rows(x.data(), rows, cols, heads);
             return encode(t, x.data(), int64_t(x.size()));
@@ -281,8 +328,10 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
     }
   }
   w.write(path);
-  std::printf("[gguf] Wrote %s: %s, %zu tensors, type %s%s\n", path.c_str(), arch.name.c_str(), w.n_tensors(),
-              out_type_name(type), fallbacks ? " (some tensors F16, see above)" : "");
+  std::string types;
+  for (const auto& [n, k] : counts) types += (types.empty() ? "" : ", ") + std::to_string(k) + " " + n;
+  std::printf("[gguf] Wrote %s: %s, %zu tensors, type %s (%s)%s\n", path.c_str(), arch.name.c_str(), w.n_tensors(),
+              out_type_name(type), types.c_str(), fallbacks ? "; some rows were not whole blocks, see above" : "");
   std::fflush(stdout);
 }
 

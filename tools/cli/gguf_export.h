@@ -10,8 +10,10 @@
 
 namespace lmtune::cli::gguf_export {
 
-enum class OutType { f32, f16, bf16, q8_0, q4_0 };
-constexpr const char* kOutTypes = "f32, f16, bf16, q8_0, q4_0";
+// f32 ... q4_0: every 2-D weight in that type (as convert_hf_to_gguf --outtype); q4_k_s ... q6_k:
+// llama-quantize's K-quant mixes, a type per tensor (gguf_mix.h).
+enum class OutType { f32, f16, bf16, q8_0, q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k };
+constexpr const char* kOutTypes = "f32, f16, bf16, q8_0, q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k";
 OutType parse_out_type(const std::string& name);  // throws naming the value and the choices
 const char* out_type_name(OutType t);
 
@@ -27,7 +29,7 @@ Arch arch_of(const ModelConfig& cfg, const std::string& dir);
 void check_model(const std::string& dir);
 
 // Writes the model in dir to path (which must not exist), atomically. Prints one line per tensor
-// written in another type than asked (rows that are not whole blocks) and a summary.
+// written in another type than asked (rows that are not whole blocks) and a summary of the types.
 void export_model(const std::string& dir, const std::string& path, OutType type);
 
 // Writes the LoRA adapter of adapter_dir (adapters.safetensors + adapter_config.json, checked
