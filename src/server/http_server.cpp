@@ -81,11 +81,12 @@ struct HttpServer::Impl {
     }
   }
 
-  void refuse(httplib::Response& res, const std::string& endpoint, const ApiError& e, Clock::time_point arrival) {
+  void refuse(const httplib::Request& req, httplib::Response& res, const std::string& endpoint, const ApiError& e,
+              Clock::time_point arrival) {
     reply_json(res, e.status, error_body(e));
     metrics.request_finished(endpoint, e.status, seconds_since(arrival));
     log_line(e.status >= 500 ? LogLevel::error : LogLevel::info,
-             "- POST " + endpoint + " " + std::to_string(e.status) + " " + e.code +
+             "- " + req.method + " " + endpoint + " " + std::to_string(e.status) + " " + e.code +
                  (e.param.empty() ? "" : " param=" + e.param) + ": " + std::string(e.what()).substr(0, 300));
   }
 
@@ -126,9 +127,9 @@ struct HttpServer::Impl {
       }
       stream(res, std::move(r), std::move(ids), head, std::move(lock), arrival, deadline, endpoint);
     } catch (const ApiError& e) {
-      refuse(res, endpoint, e, arrival);
+      refuse(req, res, endpoint, e, arrival);
     } catch (const std::exception& e) {
-      refuse(res, endpoint,
+      refuse(req, res, endpoint,
              ApiError(500, std::string("generation failed: ") + e.what(), "", "internal_error", "server_error"),
              arrival);
     }
@@ -203,7 +204,7 @@ struct HttpServer::Impl {
       metrics.request_finished("/v1/models", 200, seconds_since(arrival));
       log_line(LogLevel::debug, "- GET " + req.path + " 200");
     } catch (const ApiError& e) {
-      refuse(res, "/v1/models", e, arrival);
+      refuse(req, res, "/v1/models", e, arrival);
     }
   }
 

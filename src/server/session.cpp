@@ -82,7 +82,13 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
     const bool add_special = tok.bos_token().empty() || text.rfind(tok.bos_token(), 0) != 0;
     ids = tok.encode(text, add_special);
   }
-  if (ids.empty()) throw ApiError(400, "the prompt is empty (no tokens to predict from)", "prompt");
+  const char* param = r.endpoint == Endpoint::chat ? "messages" : "prompt";
+  if (ids.empty()) throw ApiError(400, "the prompt is empty (no tokens to predict from)", param);
+  if (served_.max_prompt_tokens > 0 && int64_t(ids.size()) > served_.max_prompt_tokens)
+    throw ApiError(400,
+                   "the prompt has " + std::to_string(ids.size()) + " tokens; this server takes at most " +
+                       std::to_string(served_.max_prompt_tokens) + " (--max-prompt-tokens)",
+                   param, "context_length_exceeded");
   return ids;
 }
 

@@ -27,6 +27,7 @@ struct ServedModel {
   std::string chat_template;               // --chat-template: a template name or source; "" = the tokenizer's
   bool use_default_chat_template = false;  // no template in the tokenizer: ChatML, as HF's old default
   int64_t prefill_step_size = 2048;
+  int64_t max_prompt_tokens = 0;  // longer prompts are refused (400 context_length_exceeded); 0 = no limit
 };
 
 struct TokenLogprob {
@@ -65,7 +66,7 @@ class Session {
 
   // The request's prompt ids (chat: the template's render, or mlx-lm's role prefixes when the
   // model has no template). Needs no lock. Throws ApiError 400 when the template refuses the
-  // messages or the prompt is empty.
+  // messages, or the prompt is empty or longer than max_prompt_tokens.
   std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
 
   // The model's lock, waited for until `deadline` (owns_lock() false when it passed).

@@ -2,6 +2,8 @@
 // once and serves src/server's OpenAI-compatible API until SIGINT or SIGTERM. Flags for what this
 // slice lacks (speculative decoding, batching, the prompt cache) are accepted and reported as not
 // implemented yet at startup.
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <sstream>
@@ -18,6 +20,9 @@
 namespace lmtune::cli {
 
 namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int sig) { g_stop = sig; }
 
 struct ServerOptions {
   LoadOptions load;
@@ -40,6 +45,7 @@ struct ServerOptions {
   std::string api_key;
   int64_t max_body_bytes = 4 << 20;
   int64_t max_tokens_limit = 32768;
+  int64_t max_prompt_tokens = 0;
   double request_timeout = 600;
 };
 
@@ -71,6 +77,9 @@ void declare(Options& t, ServerOptions& o) {
   t.add("--api-key", &o.api_key, "KEY", "require 'Authorization: Bearer KEY' on /v1/ (default: none)");
   t.add("--max-body-bytes", &o.max_body_bytes, "N", "larger request bodies get 413");
   t.add("--max-tokens-limit", &o.max_tokens_limit, "N", "a request asking for more max_tokens gets 400");
+  t.add("--max-prompt-tokens", &o.max_prompt_tokens, "N",
+        "a longer prompt gets 400 (context_length_exceeded); 0 = the model's max_position_embeddings (no limit when "
+        "the config has none)");
   t.add("--request-timeout", &o.request_timeout, "SECONDS",
         "per request, from arrival: waiting for the model (then 503), and decoding (then finish_reason length)");
   add_device_options(t, o.load);
@@ -113,12 +122,11 @@ int serve(ServerOptions& o) {
       throw UsageError("argument --chat-template-args: must be a JSON object, got '" + o.chat_template_args + "'");
   }
   warn_not_implemented(o);
-  // Block the stop signals before any thread starts: one thread waits for them and stops the server.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGINT / SIGTERM set a flag that a watcher thread turns into a clean stop (threads that
+  // libraries started before main may take the signal, so sigwait on a blocked mask would miss it).
+  g_stop = 0;
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGPIPE, SIG_IGN);  // a client that left must not end the process
 
   LoadedModel lm = load_for_generation(o.load);
@@ -131,6 +139,7 @@ int serve(ServerOptions& o) {
   served.chat_template = o.chat_template;
   served.use_default_chat_template = o.use_default_chat_template;
   served.prefill_step_size = o.prefill_step_size;
+  served.max_prompt_tokens = o.max_prompt_tokens > 0 ? o.max_prompt_tokens : lm.model->config().max_position_embeddings;
   server::Session session(served);
 
   server::RequestDefaults d;
@@ -157,13 +166,14 @@ int serve(ServerOptions& o) {
                "lmtune server: serving %s on http://%s:%d (OpenAI API under /v1; one request at a time). "
                "Not meant for production: put it behind a proxy before exposing it.\n",
                o.load.model.c_str(), o.host.c_str(), port);
+  std::atomic<bool> done{false};
   std::thread stopper([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    std::fprintf(stderr, "lmtune server: signal %d, stopping\n", sig);
+    while (!g_stop && !done) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (g_stop) std::fprintf(stderr, "lmtune server: signal %d, stopping\n", int(g_stop));
     http.stop();
   });
   http.serve();
+  done = true;
   stopper.join();
   return 0;
 }
@@ -185,6 +195,7 @@ int run_server(int argc, char** argv) {
       throw UsageError("argument --max-tokens-limit: must be >= --max-tokens (" + std::to_string(o.max_tokens) + ")");
     if (o.max_body_bytes < 1024) throw UsageError("argument --max-body-bytes: must be >= 1024");
     if (!(o.request_timeout > 0)) throw UsageError("argument --request-timeout: must be > 0");
+    if (o.max_prompt_tokens < 0) throw UsageError("argument --max-prompt-tokens: must be >= 0");
     if (o.prefill_step_size < 1) throw UsageError("argument --prefill-step-size: must be >= 1");
     if (o.allowed_origins.empty()) throw UsageError("argument --allowed-origins: must not be empty");
     return serve(o);
