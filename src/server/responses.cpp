@@ -36,7 +36,7 @@ json chat_logprobs(const std::vector<TokenLogprob>& lps) {
   return {{"content", content}};
 }
 
-json completion_logprobs(const std::vector<TokenLogprob>& lps, size_t offset) {
+json completion_logprobs(const std::vector<TokenLogprob>& lps) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   for (const TokenLogprob& t : lps) {
     tokens.push_back(t.token);
@@ -44,15 +44,14 @@ json completion_logprobs(const std::vector<TokenLogprob>& lps, size_t offset) {
     json alts = json::object();
     for (const auto& a : t.top) alts[a.token] = finite_logprob(a.logprob);
     top.push_back(alts);
-    offsets.push_back(offset);
-    offset += t.token.size();
+    offsets.push_back(t.text_offset);
   }
   return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
 }
 
 json logprobs_of(const CompletionRequest& r, const std::vector<TokenLogprob>& lps) {
   if (!r.logprobs) return nullptr;
-  return r.endpoint == Endpoint::chat ? chat_logprobs(lps) : completion_logprobs(lps, 0);
+  return r.endpoint == Endpoint::chat ? chat_logprobs(lps) : completion_logprobs(lps);
 }
 
 json head_json(const ResponseHead& h, bool chunk) {

@@ -123,6 +123,7 @@ GenerationResult Session::run(const CompletionRequest& r, const std::vector<int3
   StopMatcher stop(r.stop);
   Delta pending;
   Clock::time_point first{};
+  size_t token_bytes = 0;
   auto emit = [&](std::string text) {
     if (text.empty() && pending.logprobs.empty()) return true;
     pending.text = std::move(text);
@@ -135,7 +136,11 @@ GenerationResult Session::run(const CompletionRequest& r, const std::vector<int3
   };
   GenerationStats st = gen_->generate(ids, gc, [&](int32_t id) {
     if (res.completion_tokens++ == 0) first = Clock::now();
-    if (r.logprobs) pending.logprobs.push_back(logprob_entry(id, sampler_.last_logprobs(), r.top_logprobs));
+    if (r.logprobs) {
+      pending.logprobs.push_back(logprob_entry(id, sampler_.last_logprobs(), r.top_logprobs));
+      pending.logprobs.back().text_offset = token_bytes;
+      token_bytes += pending.logprobs.back().token.size();
+    }
     if (!emit(stop.push(detok.push(id)))) return false;
     if (stop.stopped()) return false;
     if (Clock::now() >= deadline) {

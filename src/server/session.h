@@ -39,7 +39,8 @@ struct TokenLogprob {
   int32_t id;
   std::string token;  // the token decoded alone (a partial UTF-8 character shows as U+FFFD)
   float logprob;
-  std::vector<Alt> top;  // the most likely alternatives, best first
+  std::vector<Alt> top;    // the most likely alternatives, best first
+  size_t text_offset = 0;  // bytes of the tokens' text before this one (completions' text_offset)
 };
 
 // A piece of the answer: text released since the last delta and the tokens generated meanwhile.

@@ -4,6 +4,8 @@
   openai   the official openai client: models list, chat, completions, streaming with usage, stop
            strings, logprobs, seeds, the API key and an unknown model
   greedy   greedy text through the server (chat, completions, streamed) equals `lmtune generate`'s
+  templates --chat-template, --chat-template-args, chat_template_kwargs; a model without a template
+           (mlx-lm's role prefixes; ChatML with --use-default-chat-template)
   hostile  malformed JSON, wrong types, a 100 MB body, unknown fields, invalid UTF-8, bad
            max_tokens, 10k stop strings, deep nesting, a client leaving mid-stream and concurrent
            clients: each bad request gets its 4xx JSON error, and good requests still succeed
@@ -16,6 +18,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -184,6 +187,21 @@ def case_openai(a):
         check(len(lps.tokens) == len(lps.token_logprobs) == len(lps.top_logprobs) == tl.usage.completion_tokens and
               all(len(x) == 2 for x in lps.top_logprobs), f"completion logprobs {lps}")
 
+        offsets = lps.text_offset
+        check(offsets == [sum(len(t.encode()) for t in lps.tokens[:i]) for i in range(len(lps.tokens))],
+              f"text_offset {offsets}")
+        streamed_lp = [e for ch in client.chat.completions.create(
+            model=a.model, messages=msgs, max_tokens=12, temperature=0, logprobs=True, top_logprobs=2, stream=True)
+            if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+        check([e.token for e in streamed_lp] == [e.token for e in content] and
+              all(abs(x.logprob - y.logprob) < 1e-6 for x, y in zip(streamed_lp, content)), "streamed logprobs")
+
+        # A penalty changes greedy text (the model repeats itself without one).
+        plain = client.chat.completions.create(model=a.model, messages=msgs, max_tokens=30, temperature=0)
+        pen = client.chat.completions.create(model=a.model, messages=msgs, max_tokens=30, temperature=0,
+                                             frequency_penalty=2.0)
+        check(pen.choices[0].message.content != plain.choices[0].message.content, "frequency_penalty changed nothing")
+
         # Seeds reproduce sampled text; logit_bias steers it.
         s = [client.chat.completions.create(model=a.model, messages=msgs, max_tokens=16, temperature=1.0, seed=7)
              .choices[0].message.content for _ in range(2)]
@@ -266,6 +284,65 @@ def case_greedy(a):
             {"role": "user", "content": [{"type": "text", "text": "Define: "}, {"type": "text", "text": "lantern"}]}],
             "max_tokens": 20, "temperature": 0})
         check(st == 200 and j["choices"][0]["message"]["content"] == want, f"system + parts: {j} != {want!r}")
+    finally:
+        srv.stop()
+
+
+def completion_text(srv, prompt, n):
+    """(text, prompt tokens, logprobs): the logprobs tell apart prompts that give the same text."""
+    st, j = srv.post("/v1/completions", {"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 0})
+    check(st == 200, f"completion {st} {j}")
+    if st != 200:
+        return None
+    c = j["choices"][0]
+    return c["text"], j["usage"]["prompt_tokens"], [round(x, 5) for x in c["logprobs"]["token_logprobs"]]
+
+
+def chat_text(srv, messages, n, **kw):
+    st, j = srv.post("/v1/chat/completions", {"messages": messages, "max_tokens": n, "temperature": 0,
+                                              "logprobs": True, **kw})
+    check(st == 200, f"chat {st} {j}")
+    if st != 200:
+        return None
+    c = j["choices"][0]
+    return (c["message"]["content"], j["usage"]["prompt_tokens"],
+            [round(e["logprob"], 5) for e in c["logprobs"]["content"]])
+
+
+def case_templates(a):
+    """--chat-template, --chat-template-args and chat_template_kwargs; a model without a template
+    (mlx-lm's role prefixes, or ChatML with --use-default-chat-template). Each chat prompt is
+    checked against /v1/completions on the text the template should render."""
+    user = [{"role": "user", "content": "lantern"}]
+    srv = Server(a.lmtune, a.model, "--chat-template",
+                 "{{ greeting }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                 "--chat-template-args", '{"greeting": "Define: "}')
+    try:
+        want = completion_text(srv, "Define: lantern", 20)
+        check(chat_text(srv, user, 20) == want, "--chat-template with --chat-template-args")
+        other = completion_text(srv, "The lantern", 20)
+        check(other != want and chat_text(srv, user, 20, chat_template_kwargs={"greeting": "The "}) == other,
+              "chat_template_kwargs over --chat-template-args")
+    finally:
+        srv.stop()
+    bare = os.path.join(a.work, "no-template")
+    shutil.rmtree(bare, ignore_errors=True)
+    shutil.copytree(a.model, bare)
+    cfg = json.load(open(os.path.join(bare, "tokenizer_config.json")))
+    del cfg["chat_template"]
+    json.dump(cfg, open(os.path.join(bare, "tokenizer_config.json"), "w"))
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Define: lantern"}]
+    srv = Server(a.lmtune, bare)
+    try:
+        want = completion_text(srv, "ASSISTANT's RULE: Be brief.\nUSER: Define: lantern\nASSISTANT:", 16)
+        check(chat_text(srv, msgs, 16) == want, "mlx-lm's role prefixes without a template")
+    finally:
+        srv.stop()
+    srv = Server(a.lmtune, bare, "--use-default-chat-template")
+    try:
+        want = completion_text(srv, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nDefine: lantern"
+                               "<|im_end|>\n<|im_start|>assistant\n", 16)
+        check(chat_text(srv, msgs, 16) == want, "--use-default-chat-template (ChatML)")
     finally:
         srv.stop()
 
@@ -480,10 +557,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lmtune", required=True)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--case", required=True, choices=["openai", "greedy", "hostile", "http"])
+    ap.add_argument("--case", required=True, choices=["openai", "greedy", "templates", "hostile", "http"])
+    ap.add_argument("--work", default="/tmp/lmtune-server-check")
     a = ap.parse_args()
     a.model = os.path.join(a.root, "models", "default")
-    {"openai": case_openai, "greedy": case_greedy, "hostile": case_hostile, "http": case_http}[a.case](a)
+    os.makedirs(a.work, exist_ok=True)
+    cases = {"openai": case_openai, "greedy": case_greedy, "templates": case_templates, "hostile": case_hostile,
+             "http": case_http}
+    cases[a.case](a)
     if FAILS:
         print(f"{len(FAILS)} check(s) failed", file=sys.stderr)
         sys.exit(1)
