@@ -135,9 +135,9 @@ struct HttpServer::Impl {
     }
   }
 
-  // SSE: the role chunk at once, a chunk per released piece, the finish chunk, the usage chunk
-  // when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs
-  // once whether or not the provider ran.
+  // SSE: the role chunk at once, a keepalive comment per prefill step, a chunk per released piece, the finish chunk,
+  // the usage chunk when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs once
+  // whether or not the provider ran.
   void stream(httplib::Response& res, CompletionRequest r, std::vector<int32_t> ids, ResponseHead head,
               std::unique_lock<std::timed_mutex> lock, Clock::time_point arrival, Clock::time_point deadline,
               const std::string& endpoint) {
@@ -163,8 +163,13 @@ struct HttpServer::Impl {
           bool ok = r.endpoint != Endpoint::chat || write(sse(chunk_json(st->head, r, Delta{}, true)));
           if (ok) {
             try {
-              st->g = session.run(r, st->ids, arrival, deadline,
-                                  [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); });
+              // mlx-lm's keepalive comments during prefill (clients skip them; a failed write stops it).
+              auto keepalive = [&](int64_t done, int64_t total) {
+                return write(": keepalive " + std::to_string(done) + "/" + std::to_string(total) + "\n\n");
+              };
+              st->g = session.run(
+                  r, st->ids, arrival, deadline,
+                  [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); }, keepalive);
               ok = !st->g.cancelled && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
               if (ok && r.include_usage)
                 ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));

@@ -110,7 +110,8 @@ TokenLogprob Session::logprob_entry(int32_t id, const std::vector<float>& lp, in
 }
 
 GenerationResult Session::run(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
-                              Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta) {
+                              Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta,
+                              const std::function<bool(int64_t, int64_t)>& on_prefill) {
   GenerationResult res;
   sampler_ = Sampler(r.sampler, r.seed ? *r.seed : std::random_device{}());
   gen_->reset();  // no prompt cache in this slice: every request prefills its whole prompt
@@ -118,6 +119,12 @@ GenerationResult Session::run(const CompletionRequest& r, const std::vector<int3
   gc.max_tokens = r.max_tokens;
   gc.prefill_step_size = served_.prefill_step_size;
   gc.eos_ids = served_.eos_ids;
+  if (on_prefill) {
+    gc.on_prefill = [&](int64_t done, int64_t total) {
+      if (!on_prefill(done, total)) res.cancelled = true;
+      return !res.cancelled;
+    };
+  }
 
   StreamingDetokenizer detok(served_.chat->tokenizer());
   StopMatcher stop(r.stop);

@@ -74,9 +74,11 @@ class Session {
   std::unique_lock<std::timed_mutex> acquire(Clock::time_point deadline);
 
   // Generates one request; the caller holds acquire()'s lock. on_delta gets each released piece
-  // (and the logprobs of the tokens since the last one); returning false stops generation.
+  // (and the logprobs of the tokens since the last one); on_prefill (optional) gets (prompt tokens
+  // fed, prompt tokens) after each prefill step. Either returning false stops generation.
   GenerationResult run(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
-                       Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta);
+                       Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta,
+                       const std::function<bool(int64_t, int64_t)>& on_prefill = {});
 
  private:
   TokenLogprob logprob_entry(int32_t id, const std::vector<float>& logprobs, int top) const;

@@ -3,7 +3,8 @@
 
   openai   the official openai client: models list, chat, completions, streaming with usage, stop
            strings, logprobs, seeds, the API key and an unknown model
-  greedy   greedy text through the server (chat, completions, streamed) equals `lmtune generate`'s
+  greedy   greedy text through the server (chat, completions, streamed) equals `lmtune generate`'s;
+           keepalive comments during a stepped prefill
   templates --chat-template, --chat-template-args, chat_template_kwargs; a model without a template
            (mlx-lm's role prefixes; ChatML with --use-default-chat-template)
   hostile  malformed JSON, wrong types, a 100 MB body, unknown fields, invalid UTF-8, bad
@@ -245,7 +246,8 @@ def generate(a, prompt, max_tokens, *extra):
     return out.stdout[:-1] if out.stdout.endswith("\n") else out.stdout
 
 
-def sse_text(srv, path, body):
+def sse_events(srv, path, body):
+    """The events of a streamed answer: comments (": ...") and data payloads, in order."""
     c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = c.getresponse()
@@ -253,12 +255,17 @@ def sse_text(srv, path, body):
     raw = r.read().decode()
     c.close()
     events = [e for e in raw.split("\n\n") if e]
-    check(all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]", f"SSE framing: {raw[-300:]}")
+    check(all(e.startswith("data: ") or e.startswith(": ") for e in events) and events[-1] == "data: [DONE]",
+          f"SSE framing: {raw[-300:]}")
+    return events
+
+
+def sse_text(srv, path, body):
     text = ""
-    for e in events[:-1]:
-        ch = json.loads(e[6:])
-        for choice in ch["choices"]:
-            text += choice["delta"].get("content") or "" if "delta" in choice else choice["text"]
+    for e in sse_events(srv, path, body):
+        if e.startswith("data: {"):
+            for choice in json.loads(e[6:])["choices"]:
+                text += choice["delta"].get("content") or "" if "delta" in choice else choice["text"]
     return text
 
 
@@ -277,8 +284,24 @@ def case_greedy(a):
             got = j["choices"][0]["text"] if st == 200 else None
             check(got == raw, f"completion {prompt!r}: server {got!r} != generate {raw!r}")
             check(want != raw, "the chat template changed nothing (the test would not tell the paths apart)")
+    finally:
+        srv.stop()
+    # Prefill in steps of 4: a keepalive comment after each step (mlx-lm's), before the first text,
+    # and the text of generate with the same steps.
+    srv = Server(a.lmtune, a.model, "--prefill-step-size", "4")
+    try:
+        want = generate(a, "Define: lantern", 20, "--prefill-step-size", "4")
+        events = sse_events(srv, "/v1/chat/completions", chat_body("Define: lantern", max_tokens=20, stream=True))
+        keep = [e for e in events if e.startswith(": ")]
+        check(keep == [": keepalive 4/13", ": keepalive 8/13", ": keepalive 12/13", ": keepalive 13/13"],
+              f"keepalives {keep}")
+        first_text = next(i for i, e in enumerate(events) if '"content":"' in e and '"content":""' not in e)
+        check(events.index(keep[-1]) < first_text if keep else False, "a keepalive after the first text")
+        text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+                       for e in events if e.startswith("data: {"))
+        check(text == want, f"stepped prefill: {text!r} != generate {want!r}")
         # A system message and text parts render as the chat template renders them for generate.
-        want = generate(a, "Define: lantern", 20, "--system-prompt", "Be brief.")
+        want = generate(a, "Define: lantern", 20, "--system-prompt", "Be brief.", "--prefill-step-size", "4")
         st, j = srv.post("/v1/chat/completions", {"messages": [
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": [{"type": "text", "text": "Define: "}, {"type": "text", "text": "lantern"}]}],
