@@ -119,12 +119,12 @@ GenerationResult Session::run(const CompletionRequest& r, const std::vector<int3
   gc.max_tokens = r.max_tokens;
   gc.prefill_step_size = served_.prefill_step_size;
   gc.eos_ids = served_.eos_ids;
-  if (on_prefill) {
-    gc.on_prefill = [&](int64_t done, int64_t total) {
-      if (!on_prefill(done, total)) res.cancelled = true;
-      return !res.cancelled;
-    };
-  }
+  // Between prefill steps: the client's keepalive (when streaming) and the deadline.
+  gc.on_prefill = [&](int64_t done, int64_t total) {
+    if (on_prefill && !on_prefill(done, total)) res.cancelled = true;
+    if (!res.cancelled && done < total && Clock::now() >= deadline) res.timed_out = true;
+    return !res.cancelled && !res.timed_out;
+  };
 
   StreamingDetokenizer detok(served_.chat->tokenizer());
   StopMatcher stop(r.stop);

@@ -12,8 +12,8 @@
            clients: each bad request gets its 4xx JSON error, good requests still succeed, and the
            resident memory ends near where it started
   http     CORS (preflight, allowed origins), /health, /metrics, 404s, the not-implemented flags'
-           warnings, --request-timeout (long generations cut at their deadlines, counted from
-           arrival) and a clean exit on SIGTERM
+           warnings, --request-timeout (long generations and a long prefill cut at their
+           deadlines, counted from arrival) and a clean exit on SIGTERM
 """
 import argparse
 import http.client
@@ -587,6 +587,19 @@ def case_http(a):
     finally:
         srv.stop()
     check(srv.proc.returncode == 0, f"SIGTERM exit code {srv.proc.returncode}:\n{srv.log()}")
+
+    # The deadline also ends a prefill (500 steps of one token against 0.02 s): no tokens, "length".
+    srv = Server(a.lmtune, a.model, "--request-timeout", "0.02", "--prefill-step-size", "1")
+    try:
+        t0 = time.time()
+        st, j = srv.post("/v1/completions", {"prompt": [100] * 500, "max_tokens": 5})
+        took = time.time() - t0
+        check(st == 200 and j["choices"][0]["finish_reason"] == "length" and j["usage"]["completion_tokens"] == 0
+              and j["usage"]["prompt_tokens"] == 500, f"timed-out prefill: {st} {j}")
+        check(any(" out=0 " in l and " timeout" in l for l in srv.lines), "no timeout line:\n" + srv.log())
+        print(f"a 500-step prefill stopped by a 0.02 s timeout answered in {took:.3f} s")
+    finally:
+        srv.stop()
 
 
 def main():
