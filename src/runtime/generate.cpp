@@ -70,13 +70,27 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
   // tokens), which changes what the last token attends over: split as mlx-lm does. Without it the
   // split changes nothing but speed, so the prompt goes in whole chunks.
   const bool split_last = cache_.quantization().enabled();
+  const int64_t total = int64_t(prompt.size());
+  // Stops after a prefill forward when on_prefill says so: the fed tokens stay cached and counted.
+  auto stopped_in_prefill = [&]() {
+    if (!cfg.on_prefill || cfg.on_prefill(total - left, total)) return false;
+    history_.insert(history_.end(), prompt.begin(), prompt.end() - left);
+    st.finish_reason = "stop";
+    st.prompt_tps = double(total - left) / std::max(seconds_since(tic), 1e-9);
+    st.peak_memory_gb = double(allocator(model_.device()).peak_bytes()) / 1e9;
+    return true;
+  };
   while (split_last ? left > 1 : left > cfg.prefill_step_size) {
     const int64_t n = split_last ? std::min(cfg.prefill_step_size, left - 1) : cfg.prefill_step_size;
     (void)feed(p, n);
     p += n;
     left -= n;
+    if (stopped_in_prefill()) return st;
   }
-  std::vector<float> logits = last_logits(feed(p, left));
+  Tensor last = feed(p, left);
+  left = 0;
+  if (stopped_in_prefill()) return st;
+  std::vector<float> logits = last_logits(last);
   history_.insert(history_.end(), prompt.begin(), prompt.end());
   int32_t token = sampler_.sample(logits, history_);
   double prompt_time = seconds_since(tic);

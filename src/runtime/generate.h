@@ -20,6 +20,10 @@ struct GenerationConfig {
   int64_t max_tokens = 100;          // < 0: until an EOS id
   int64_t prefill_step_size = 2048;  // prompt tokens per forward during prefill
   std::vector<int32_t> eos_ids;      // stop ids; empty never stops early
+  // Called after each prefill forward with (prompt tokens fed so far, prompt tokens), the last one
+  // included (mlx-lm's prompt_progress_callback); returning false stops before the first token is
+  // chosen (finish_reason "stop", no tokens). The server's SSE keepalives; a client gone stops it.
+  std::function<bool(int64_t done, int64_t total)> on_prefill;
 };
 
 struct GenerationStats {

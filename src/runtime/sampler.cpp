@@ -39,6 +39,8 @@ Sampler::Sampler(SamplerOptions opts, uint64_t seed) : opts_(std::move(opts)), r
 void Sampler::apply_penalties(std::vector<float>& logits, const std::vector<int32_t>& history) const {
   const int64_t V = int64_t(logits.size());
   auto valid = [V](int32_t t) { return t >= 0 && t < V; };
+  for (const auto& [t, bias] : opts_.logit_bias)
+    if (valid(t)) logits[size_t(t)] += bias;
   if (opts_.repetition_penalty != 0.f && !history.empty()) {
     // CTRL: each distinct recent token once; positive logits divided, negative multiplied.
     std::vector<int32_t> ctx = tail(history, opts_.repetition_context_size);
@@ -140,6 +142,10 @@ int32_t Sampler::categorical(const std::vector<float>& lp, float temp) {
 
 int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& history) {
   apply_penalties(logits, history);
+  if (opts_.keep_logprobs) {
+    last_logprobs_ = logits;
+    log_softmax(last_logprobs_);
+  }
   if (opts_.temp == 0.f) return argmax(logits);
   log_softmax(logits);
   if (opts_.top_p > 0.f && opts_.top_p < 1.f) apply_top_p(logits, opts_.top_p);

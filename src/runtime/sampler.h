@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace lmtune {
@@ -25,6 +26,11 @@ struct SamplerOptions {
   int presence_context_size = 20;
   float frequency_penalty = 0.f;
   int frequency_context_size = 20;
+  // OpenAI's / mlx-lm's logit_bias: added to the raw logits before the penalties. Ids outside the
+  // vocabulary are ignored here (the server refuses them first).
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  // Keep last_logprobs() after each sample() (the server's logprobs; costs one copy of the row).
+  bool keep_logprobs = false;
 };
 
 class Sampler {
@@ -47,8 +53,13 @@ class Sampler {
   static int32_t argmax(const std::vector<float>& x);
   int32_t categorical(const std::vector<float>& logprobs, float temp);
 
+  // With keep_logprobs: the log-softmax of the last sample()'s logits after the processors (bias,
+  // penalties) and before the filters and the temperature, as mlx-lm reports logprobs. Else empty.
+  const std::vector<float>& last_logprobs() const { return last_logprobs_; }
+
  private:
   SamplerOptions opts_;
+  std::vector<float> last_logprobs_;
   std::mt19937_64 rng_;
 };
 

@@ -105,6 +105,28 @@ TEST(Sampler, PenaltiesAsSpecified) {
   EXPECT_EQ(Sampler(g, 0).sample(lg, {0}), 1);
 }
 
+TEST(Sampler, LogitBiasComesFirstAndLogprobsAreKept) {
+  SamplerOptions o;
+  o.logit_bias = {{1, 3.f}, {7, 100.f}};  // id 7 is outside the row: ignored
+  o.repetition_penalty = 2.f;
+  std::vector<float> l{2.f, 0.5f, 1.f};
+  Sampler s(o, 0);
+  s.apply_penalties(l, {1});  // 0.5 + 3 = 3.5, then the CTRL penalty halves it
+  EXPECT_EQ(l, (std::vector<float>{2.f, 1.75f, 1.f}));
+  EXPECT_TRUE(s.last_logprobs().empty());  // off unless asked
+  o.keep_logprobs = true;
+  o.repetition_penalty = 0.f;
+  Sampler k(o, 0);
+  std::vector<float> m{2.f, 0.5f, 1.f};
+  EXPECT_EQ(k.sample(m, {}), 1);  // the bias wins the argmax
+  const std::vector<float>& lp = k.last_logprobs();
+  ASSERT_EQ(lp.size(), 3u);
+  const double z = std::log(std::exp(2.0) + std::exp(3.5) + std::exp(1.0));
+  EXPECT_NEAR(lp[0], 2.0 - z, 1e-5);
+  EXPECT_NEAR(lp[1], 3.5 - z, 1e-5);
+  EXPECT_NEAR(lp[2], 1.0 - z, 1e-5);
+}
+
 TEST(Sampler, SeededDrawsReproduceAndFollowTheDistribution) {
   SamplerOptions o;
   o.temp = 1.f;

@@ -15,5 +15,6 @@ int run_fuse(int argc, char** argv);
 int run_gguf(int argc, char** argv);
 int run_perplexity(int argc, char** argv);
 int run_export_peft(int argc, char** argv);
+int run_server(int argc, char** argv);
 
 }  // namespace lmtune::cli

@@ -29,6 +29,7 @@ const Command kCommands[] = {
     {"perplexity", "Evaluate a model's perplexity on a dataset (mlx_lm.perplexity)", lmtune::cli::run_perplexity},
     {"benchmark", "Measure prompt and generation tokens/s on random tokens", lmtune::cli::run_benchmark},
     {"tokenize", "Encode a prompt or a chat conversation and print the token ids", lmtune::cli::run_tokenize},
+    {"server", "Serve a model over an OpenAI-compatible HTTP API (mlx_lm.server)", lmtune::cli::run_server},
     {"manage", "List (--scan) or delete (--delete) models in the Hugging Face cache", lmtune::cli::run_manage},
 };
 

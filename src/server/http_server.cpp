@@ -1,0 +1,273 @@
+// Routes and their guards. A refusal is an ApiError turned into OpenAI's error body; httplib's own
+// refusals (no route, a body over the limit) get the same shape from the error handler. Generation
+// runs on the connection's thread under the session's lock; a streamed answer is written as SSE
+// from the content provider, and a failed write (the client left) stops the generation.
+#include "server/http_server.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+#include "core/error.h"
+#include "server/api_error.h"
+#include "server/metrics.h"
+#include "server/responses.h"
+
+namespace lmtune::server {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+void reply_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump_json(body), "application/json");
+}
+
+const char* reason_for(int status) {
+  switch (status) {
+    case 404: return "no such endpoint (see /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics)";
+    case 405: return "method not allowed";
+    case 413: return "the request body is over the server's limit (--max-body-bytes)";
+    case 414: return "the request URI is too long";
+    default: return "the request could not be read";
+  }
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  Session& session;
+  RequestDefaults defaults;
+  HttpConfig cfg;
+  httplib::Server svr;
+  Metrics metrics;
+  int port = -1;
+  const int64_t started = int64_t(std::time(nullptr));  // /v1/models' created
+
+  Impl(Session& s, RequestDefaults d, HttpConfig c) : session(s), defaults(std::move(d)), cfg(std::move(c)) {}
+
+  bool logs(LogLevel l) const { return int(l) >= int(cfg.log_level); }
+
+  void log_line(LogLevel l, const std::string& line) {
+    if (logs(l)) std::fprintf(stderr, "[server] %s\n", line.c_str());
+  }
+
+  // The bearer token, compared without an early exit.
+  void check_auth(const httplib::Request& req) const {
+    if (cfg.api_key.empty()) return;
+    const std::string h = req.get_header_value("Authorization");
+    const std::string want = "Bearer " + cfg.api_key;
+    unsigned diff = h.size() != want.size();
+    for (size_t i = 0; i < std::min(h.size(), want.size()); ++i) diff |= unsigned(h[i] ^ want[i]);
+    if (diff)
+      throw ApiError(401, h.empty() ? "missing the API key (Authorization: Bearer KEY)" : "incorrect API key", "",
+                     "invalid_api_key");
+  }
+
+  void cors(const httplib::Request& req, httplib::Response& res) const {
+    const auto& o = cfg.allowed_origins;
+    if (std::find(o.begin(), o.end(), "*") != o.end()) {
+      res.set_header("Access-Control-Allow-Origin", "*");
+    } else if (req.has_header("Origin")) {
+      const std::string origin = req.get_header_value("Origin");
+      if (std::find(o.begin(), o.end(), origin) != o.end()) res.set_header("Access-Control-Allow-Origin", origin);
+      res.set_header("Vary", "Origin");
+    }
+  }
+
+  void refuse(const httplib::Request& req, httplib::Response& res, const std::string& endpoint, const ApiError& e,
+              Clock::time_point arrival) {
+    reply_json(res, e.status, error_body(e));
+    metrics.request_finished(endpoint, e.status, seconds_since(arrival));
+    log_line(e.status >= 500 ? LogLevel::error : LogLevel::info,
+             "- " + req.method + " " + endpoint + " " + std::to_string(e.status) + " " + e.code +
+                 (e.param.empty() ? "" : " param=" + e.param) + ": " + std::string(e.what()).substr(0, 300));
+  }
+
+  void log_generation(const std::string& id, const std::string& endpoint, const GenerationResult& g, bool stream,
+                      Clock::time_point arrival) {
+    metrics.generation_finished(g.prompt_tokens, g.completion_tokens, g.ttft_s, g.cancelled, g.timed_out);
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "%s POST %s 200 in=%lld out=%lld ttft=%.3fs %.1f tok/s total=%.3fs finish=%s%s%s%s",
+                  id.c_str(), endpoint.c_str(), (long long)g.prompt_tokens, (long long)g.completion_tokens, g.ttft_s,
+                  g.decode_tps, seconds_since(arrival), g.finish_reason.c_str(), stream ? " stream" : "",
+                  g.cancelled ? " client-gone" : "", g.timed_out ? " timeout" : "");
+    log_line(LogLevel::info, buf);
+  }
+
+  void completion(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
+    const Clock::time_point arrival = Clock::now();
+    const auto deadline =
+        arrival + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.request_timeout_s));
+    const std::string endpoint = ep == Endpoint::chat ? "/v1/chat/completions" : "/v1/completions";
+    metrics.request_started();
+    try {
+      check_auth(req);
+      CompletionRequest r = parse_request(req.body, ep, defaults);
+      std::vector<int32_t> ids = session.prompt_ids(r);
+      ResponseHead head{new_response_id(ep), int64_t(std::time(nullptr)),
+                        r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
+      auto lock = session.acquire(deadline);
+      if (!lock.owns_lock())
+        throw ApiError(503, "the server is busy: the model stayed taken past --request-timeout", "", "server_busy",
+                       "server_error");
+      if (!r.stream) {
+        GenerationResult g = session.run(r, ids, arrival, deadline, [](const Delta&) { return true; });
+        lock.unlock();
+        reply_json(res, 200, completion_json(head, r, g));
+        log_generation(head.id, endpoint, g, false, arrival);
+        metrics.request_finished(endpoint, 200, seconds_since(arrival));
+        return;
+      }
+      stream(res, std::move(r), std::move(ids), head, std::move(lock), arrival, deadline, endpoint);
+    } catch (const ApiError& e) {
+      refuse(req, res, endpoint, e, arrival);
+    } catch (const std::exception& e) {
+      refuse(req, res, endpoint,
+             ApiError(500, std::string("generation failed: ") + e.what(), "", "internal_error", "server_error"),
+             arrival);
+    }
+  }
+
+  // SSE: the role chunk at once, a keepalive comment per prefill step, a chunk per released piece, the finish chunk,
+  // the usage chunk when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs once
+  // whether or not the provider ran.
+  void stream(httplib::Response& res, CompletionRequest r, std::vector<int32_t> ids, ResponseHead head,
+              std::unique_lock<std::timed_mutex> lock, Clock::time_point arrival, Clock::time_point deadline,
+              const std::string& endpoint) {
+    struct State {
+      CompletionRequest r;
+      std::vector<int32_t> ids;
+      ResponseHead head;
+      std::unique_lock<std::timed_mutex> lock;
+      GenerationResult g;
+      bool ran = false, failed = false;
+    };
+    auto st = std::make_shared<State>(
+        State{std::move(r), std::move(ids), std::move(head), std::move(lock), {}, false, false});
+    res.status = 200;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, st, arrival, deadline](size_t, httplib::DataSink& sink) {
+          st->ran = true;
+          auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+          const CompletionRequest& r = st->r;
+          bool ok = r.endpoint != Endpoint::chat || write(sse(chunk_json(st->head, r, Delta{}, true)));
+          if (ok) {
+            try {
+              // mlx-lm's keepalive comments during prefill (clients skip them; a failed write stops it).
+              auto keepalive = [&](int64_t done, int64_t total) {
+                return write(": keepalive " + std::to_string(done) + "/" + std::to_string(total) + "\n\n");
+              };
+              st->g = session.run(
+                  r, st->ids, arrival, deadline,
+                  [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); }, keepalive);
+              ok = !st->g.cancelled && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
+              if (ok && r.include_usage)
+                ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));
+            } catch (const std::exception& e) {
+              st->failed = true;
+              log_line(LogLevel::error, st->head.id + " generation failed: " + e.what());
+              ok = write(
+                  sse(error_body(std::string("generation failed: ") + e.what(), "server_error", "", "internal_error")));
+            }
+          } else {
+            st->g.cancelled = true;
+          }
+          st->lock = {};
+          if (ok) ok = write("data: [DONE]\n\n");
+          if (ok) sink.done();
+          return ok;
+        },
+        [this, st, arrival, endpoint](bool) {
+          if (st->lock.owns_lock()) st->lock.unlock();
+          if (!st->ran) st->g.cancelled = true;  // the client left before the first byte
+          if (!st->failed) log_generation(st->head.id, endpoint, st->g, true, arrival);
+          metrics.request_finished(endpoint, st->failed ? 500 : 200, seconds_since(arrival));
+        });
+  }
+
+  void models(const httplib::Request& req, httplib::Response& res) {
+    const Clock::time_point arrival = Clock::now();
+    metrics.request_started();
+    try {
+      check_auth(req);
+      const std::string& id = session.served().id;
+      if (req.matches.size() > 1 && req.matches[1] != id)
+        throw ApiError(404, "The model '" + std::string(req.matches[1]) + "' does not exist", "model",
+                       "model_not_found");
+      json body = models_json(id, started);
+      reply_json(res, 200, req.matches.size() > 1 ? body["data"][0] : body);
+      metrics.request_finished("/v1/models", 200, seconds_since(arrival));
+      log_line(LogLevel::debug, "- GET " + req.path + " 200");
+    } catch (const ApiError& e) {
+      refuse(req, res, "/v1/models", e, arrival);
+    }
+  }
+
+  void routes() {
+    using httplib::Request, httplib::Response;
+    svr.set_payload_max_length(cfg.max_body_bytes);
+    svr.new_task_queue = [n = cfg.threads] { return new httplib::ThreadPool(n); };
+    for (const char* p : {"/v1/chat/completions", "/chat/completions"})
+      svr.Post(p, [this](const Request& q, Response& s) { completion(q, s, Endpoint::chat); });
+    for (const char* p : {"/v1/completions", "/completions"})
+      svr.Post(p, [this](const Request& q, Response& s) { completion(q, s, Endpoint::completions); });
+    svr.Get("/v1/models", [this](const Request& q, Response& s) { models(q, s); });
+    svr.Get("/v1/models/(.+)", [this](const Request& q, Response& s) { models(q, s); });
+    svr.Get("/health", [](const Request&, Response& s) { reply_json(s, 200, {{"status", "ok"}}); });
+    svr.Get("/metrics", [this](const Request&, Response& s) {
+      s.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    svr.Options(".*", [](const Request&, Response& s) {
+      s.status = 204;
+      s.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      s.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization");
+      s.set_header("Access-Control-Max-Age", "86400");
+    });
+    svr.set_post_routing_handler([this](const Request& q, Response& s) { cors(q, s); });
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const Request& q, Response& s) {
+      if (!s.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // already an OpenAI error
+      const std::string code = s.status == 413 ? "request_too_large" : s.status == 404 ? "not_found" : "bad_request";
+      reply_json(s, s.status, error_body(reason_for(s.status), "invalid_request_error", "", code));
+      log_line(LogLevel::info,
+               "- " + q.method + " " + q.path.substr(0, 200) + " " + std::to_string(s.status) + " " + code);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    svr.set_exception_handler([](const Request&, Response& s, std::exception_ptr) {
+      reply_json(s, 500, error_body("internal error", "server_error", "", "internal_error"));
+    });
+  }
+};
+
+HttpServer::HttpServer(Session& session, RequestDefaults defaults, HttpConfig config)
+    : impl_(std::make_unique<Impl>(session, std::move(defaults), std::move(config))) {
+  impl_->routes();
+}
+
+HttpServer::~HttpServer() = default;
+
+int HttpServer::bind() {
+  Impl& m = *impl_;
+  if (m.cfg.port == 0) {
+    m.port = m.svr.bind_to_any_port(m.cfg.host);
+  } else {
+    m.port = m.svr.bind_to_port(m.cfg.host, m.cfg.port) ? m.cfg.port : -1;
+  }
+  LMT_CHECK(m.port > 0, "[server] cannot listen on ", m.cfg.host, ":", m.cfg.port, " (in use, or not an address here)");
+  return m.port;
+}
+
+void HttpServer::serve() { impl_->svr.listen_after_bind(); }
+
+void HttpServer::stop() { impl_->svr.stop(); }
+
+}  // namespace lmtune::server

@@ -1,0 +1,83 @@
+// Prometheus text format 0.0.4: # HELP / # TYPE lines, cumulative histogram buckets with le="+Inf".
+#include "server/metrics.h"
+
+#include <cstdio>
+
+namespace lmtune::server {
+
+namespace {
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+}  // namespace
+
+void Metrics::Histogram::observe(double v) {
+  if (counts.size() != bounds.size() + 1) counts.assign(bounds.size() + 1, 0);
+  size_t i = 0;
+  while (i < bounds.size() && v > bounds[i]) ++i;
+  ++counts[i];
+  sum += v;
+  ++count;
+}
+
+void Metrics::Histogram::render(std::string& out, const std::string& name, const std::string& help) const {
+  out += "# HELP " + name + " " + help + "\n# TYPE " + name + " histogram\n";
+  uint64_t cum = 0;
+  for (size_t i = 0; i <= bounds.size(); ++i) {
+    cum += i < counts.size() ? counts[i] : 0;
+    const std::string le = i < bounds.size() ? num(bounds[i]) : "+Inf";
+    out += name + "_bucket{le=\"" + le + "\"} " + std::to_string(cum) + "\n";
+  }
+  out += name + "_sum " + num(sum) + "\n" + name + "_count " + std::to_string(count) + "\n";
+}
+
+void Metrics::request_started() {
+  std::lock_guard<std::mutex> g(mu_);
+  ++in_flight_;
+}
+
+void Metrics::request_finished(const std::string& endpoint, int status, double seconds) {
+  std::lock_guard<std::mutex> g(mu_);
+  --in_flight_;
+  ++requests_[{endpoint, status}];
+  latency_.observe(seconds);
+}
+
+void Metrics::generation_finished(int64_t prompt_tokens, int64_t completion_tokens, double ttft_s, bool cancelled,
+                                  bool timed_out) {
+  std::lock_guard<std::mutex> g(mu_);
+  prompt_tokens_ += uint64_t(prompt_tokens);
+  completion_tokens_ += uint64_t(completion_tokens);
+  if (ttft_s >= 0 && completion_tokens > 0) ttft_.observe(ttft_s);
+  cancelled_ += cancelled;
+  timed_out_ += timed_out;
+}
+
+std::string Metrics::render() const {
+  std::lock_guard<std::mutex> g(mu_);
+  std::string out =
+      "# HELP lmtune_requests_total HTTP requests answered, by endpoint and status.\n"
+      "# TYPE lmtune_requests_total counter\n";
+  for (const auto& [k, n] : requests_)
+    out += "lmtune_requests_total{endpoint=\"" + k.first + "\",status=\"" + std::to_string(k.second) + "\"} " +
+           std::to_string(n) + "\n";
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  counter("lmtune_prompt_tokens_total", "Prompt tokens prefilled.", prompt_tokens_);
+  counter("lmtune_completion_tokens_total", "Tokens generated.", completion_tokens_);
+  counter("lmtune_client_disconnects_total", "Generations stopped because the client went away.", cancelled_);
+  counter("lmtune_request_timeouts_total", "Generations stopped by --request-timeout.", timed_out_);
+  out +=
+      "# HELP lmtune_requests_in_flight Requests being answered now.\n# TYPE lmtune_requests_in_flight gauge\n"
+      "lmtune_requests_in_flight " +
+      std::to_string(in_flight_) + "\n";
+  latency_.render(out, "lmtune_request_duration_seconds", "Time from a request's arrival to its last byte.");
+  ttft_.render(out, "lmtune_time_to_first_token_seconds", "Time from a request's arrival to its first token.");
+  return out;
+}
+
+}  // namespace lmtune::server

@@ -1,0 +1,142 @@
+// Response shapes as OpenAI's API reference gives them; logprobs as chat's content list or the
+// legacy completions' tokens / token_logprobs / top_logprobs / text_offset.
+#include "server/responses.h"
+
+#include <random>
+
+#include "server/api_error.h"
+
+namespace lmtune::server {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+// JSON has no -inf: a token the processors made impossible gets OpenAI's floor instead.
+double finite_logprob(float lp) { return std::isfinite(lp) ? double(lp) : -9999.0; }
+
+json bytes_of(const std::string& s) {
+  json b = json::array();
+  for (unsigned char c : s) b.push_back(int(c));
+  return b;
+}
+
+json chat_logprobs(const std::vector<TokenLogprob>& lps) {
+  json content = json::array();
+  for (const TokenLogprob& t : lps) {
+    json top = json::array();
+    for (const auto& a : t.top)
+      top.push_back({{"token", a.token}, {"logprob", finite_logprob(a.logprob)}, {"bytes", bytes_of(a.token)}});
+    content.push_back({{"id", t.id},
+                       {"token", t.token},
+                       {"logprob", finite_logprob(t.logprob)},
+                       {"bytes", bytes_of(t.token)},
+                       {"top_logprobs", top}});
+  }
+  return {{"content", content}};
+}
+
+json completion_logprobs(const std::vector<TokenLogprob>& lps) {
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
+  for (const TokenLogprob& t : lps) {
+    tokens.push_back(t.token);
+    token_logprobs.push_back(finite_logprob(t.logprob));
+    json alts = json::object();
+    for (const auto& a : t.top) alts[a.token] = finite_logprob(a.logprob);
+    top.push_back(alts);
+    offsets.push_back(t.text_offset);
+  }
+  return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
+json logprobs_of(const CompletionRequest& r, const std::vector<TokenLogprob>& lps) {
+  if (!r.logprobs) return nullptr;
+  return r.endpoint == Endpoint::chat ? chat_logprobs(lps) : completion_logprobs(lps);
+}
+
+json head_json(const ResponseHead& h, bool chunk) {
+  const char* object =
+      h.endpoint == Endpoint::chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
+  return {{"id", h.id}, {"object", object}, {"created", h.created}, {"model", h.model}};
+}
+
+}  // namespace
+
+std::string new_response_id(Endpoint endpoint) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static const char kHex[] = "0123456789abcdef";
+  std::string id = endpoint == Endpoint::chat ? "chatcmpl-" : "cmpl-";
+  for (int i = 0; i < 24; ++i) id += kHex[rng() % 16];
+  return id;
+}
+
+json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+json completion_json(const ResponseHead& h, const CompletionRequest& r, const GenerationResult& g) {
+  json j = head_json(h, false);
+  json choice = {{"index", 0}};
+  if (r.endpoint == Endpoint::chat) {
+    choice["message"] = {{"role", "assistant"}, {"content", g.text}};
+  } else {
+    choice["text"] = g.text;
+  }
+  choice["logprobs"] = logprobs_of(r, g.logprobs);
+  choice["finish_reason"] = g.finish_reason;
+  j["choices"] = json::array({choice});
+  j["usage"] = usage_json(g.prompt_tokens, g.completion_tokens);
+  return j;
+}
+
+json chunk_json(const ResponseHead& h, const CompletionRequest& r, const Delta& d, bool first) {
+  json j = head_json(h, true);
+  json choice = {{"index", 0}};
+  if (r.endpoint == Endpoint::chat) {
+    json delta = {{"content", d.text}};
+    if (first) delta["role"] = "assistant";
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = d.text;
+  }
+  choice["logprobs"] = logprobs_of(r, d.logprobs);
+  choice["finish_reason"] = nullptr;
+  j["choices"] = json::array({choice});
+  if (r.include_usage) j["usage"] = nullptr;
+  return j;
+}
+
+json final_chunk_json(const ResponseHead& h, const CompletionRequest& r, const std::string& finish_reason) {
+  json j = head_json(h, true);
+  json choice = {{"index", 0}};
+  if (r.endpoint == Endpoint::chat) {
+    choice["delta"] = json::object();
+  } else {
+    choice["text"] = "";
+  }
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = finish_reason;
+  j["choices"] = json::array({choice});
+  if (r.include_usage) j["usage"] = nullptr;
+  return j;
+}
+
+json usage_chunk_json(const ResponseHead& h, const CompletionRequest& r, int64_t prompt_tokens,
+                      int64_t completion_tokens) {
+  json j = head_json(h, true);
+  j["choices"] = json::array();
+  j["usage"] = usage_json(prompt_tokens, completion_tokens);
+  return j;
+}
+
+std::string sse(const json& j) { return "data: " + dump_json(j) + "\n\n"; }
+
+json models_json(const std::string& model_id, int64_t created) {
+  return {
+      {"object", "list"},
+      {"data", json::array({{{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "lmtune"}}})}};
+}
+
+}  // namespace lmtune::server

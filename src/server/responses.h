@@ -1,0 +1,45 @@
+// OpenAI's response objects: chat.completion, chat.completion.chunk, text_completion (whole and
+// streamed), the usage object, the model list, and SSE framing.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "server/request.h"
+#include "server/session.h"
+
+namespace lmtune::server {
+
+// The fields every object of one response shares.
+struct ResponseHead {
+  std::string id;  // chatcmpl-... / cmpl-...
+  int64_t created = 0;
+  std::string model;
+  Endpoint endpoint = Endpoint::chat;
+};
+
+// "chatcmpl-" or "cmpl-" and 24 random hex digits.
+std::string new_response_id(Endpoint endpoint);
+
+nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+
+// The non-streamed answer.
+nlohmann::ordered_json completion_json(const ResponseHead& h, const CompletionRequest& r, const GenerationResult& g);
+
+// One streamed chunk: a delta's text (and logprobs); chat's first chunk also carries the role.
+nlohmann::ordered_json chunk_json(const ResponseHead& h, const CompletionRequest& r, const Delta& d, bool first);
+// The chunk that ends the choice (empty delta, finish_reason).
+nlohmann::ordered_json final_chunk_json(const ResponseHead& h, const CompletionRequest& r,
+                                        const std::string& finish_reason);
+// stream_options.include_usage's last chunk: no choices, the usage.
+nlohmann::ordered_json usage_chunk_json(const ResponseHead& h, const CompletionRequest& r, int64_t prompt_tokens,
+                                        int64_t completion_tokens);
+
+// "data: JSON\n\n".
+std::string sse(const nlohmann::ordered_json& j);
+
+nlohmann::ordered_json models_json(const std::string& model_id, int64_t created);
+
+}  // namespace lmtune::server

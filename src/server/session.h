@@ -1,0 +1,93 @@
+// The generation session: the one loaded model behind a mutex (requests run one at a time in this
+// slice), a request's prompt built through the chat template, and one request generated with its
+// own sampler, stop strings, length, deadline and logprobs, streamed as text deltas.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "models/model.h"
+#include "runtime/generate.h"
+#include "server/request.h"
+#include "tokenizer/chat_template.h"
+
+namespace lmtune::server {
+
+using Clock = std::chrono::steady_clock;
+
+struct ServedModel {
+  Model* model = nullptr;              // outlives the session
+  const ChatTemplate* chat = nullptr;  // the tokenizer and its templates; outlives the session
+  std::vector<int32_t> eos_ids;
+  std::string id;                          // the name /v1/models lists and responses carry
+  std::string chat_template;               // --chat-template: a template name or source; "" = the tokenizer's
+  bool use_default_chat_template = false;  // no template in the tokenizer: ChatML, as HF's old default
+  int64_t prefill_step_size = 2048;
+  int64_t max_prompt_tokens = 0;  // longer prompts are refused (400 context_length_exceeded); 0 = no limit
+};
+
+struct TokenLogprob {
+  struct Alt {
+    int32_t id;
+    std::string token;
+    float logprob;
+  };
+  int32_t id;
+  std::string token;  // the token decoded alone (a partial UTF-8 character shows as U+FFFD)
+  float logprob;
+  std::vector<Alt> top;    // the most likely alternatives, best first
+  size_t text_offset = 0;  // bytes of the tokens' text before this one (completions' text_offset)
+};
+
+// A piece of the answer: text released since the last delta and the tokens generated meanwhile.
+struct Delta {
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+};
+
+struct GenerationResult {
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  std::string finish_reason;  // "stop" (EOS or a stop string) or "length" (max_tokens or the deadline)
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  double ttft_s = 0;       // from the request's arrival to its first generated token
+  double decode_tps = 0;   // completion tokens per second after the first
+  bool cancelled = false;  // on_delta returned false (the client went away)
+  bool timed_out = false;  // the deadline passed while decoding
+};
+
+class Session {
+ public:
+  explicit Session(ServedModel served);
+  const ServedModel& served() const { return served_; }
+
+  // The request's prompt ids (chat: the template's render, or mlx-lm's role prefixes when the
+  // model has no template). Needs no lock. Throws ApiError 400 when the template refuses the
+  // messages, or the prompt is empty or longer than max_prompt_tokens.
+  std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
+
+  // The model's lock, waited for until `deadline` (owns_lock() false when it passed).
+  std::unique_lock<std::timed_mutex> acquire(Clock::time_point deadline);
+
+  // Generates one request; the caller holds acquire()'s lock. on_delta gets each released piece
+  // (and the logprobs of the tokens since the last one); on_prefill (optional) gets (prompt tokens
+  // fed, prompt tokens) after each prefill step. Either returning false stops generation.
+  GenerationResult run(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
+                       Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta,
+                       const std::function<bool(int64_t, int64_t)>& on_prefill = {});
+
+ private:
+  TokenLogprob logprob_entry(int32_t id, const std::vector<float>& logprobs, int top) const;
+
+  ServedModel served_;
+  std::timed_mutex mutex_;
+  std::unique_ptr<DenseKVCache> cache_;
+  Sampler sampler_;  // replaced per request; the generator keeps a reference to this member
+  std::unique_ptr<Generator> gen_;
+};
+
+}  // namespace lmtune::server
