@@ -118,15 +118,7 @@ __global__ void __launch_bounds__(kQWarps * 32, min_blocks<BITS, GS, GROUP, VAR>
       if constexpr (PIPE) cur = next;
     }
   }
-  if (S > 1) {  // the S pieces of a tile are warps tile_in_block * S .. + S - 1
-#pragma unroll
-    for (int c = 0; c < 4; ++c) part[warp][c][lane] = acc[c];
-    __syncthreads();
-    if (piece == 0)
-      for (int i = 1; i < S; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[c] += part[warp + i][c][lane];
-  }
+  meet_pieces(part, acc, warp, lane, S, piece);
   if (piece != 0 || !valid) return;
   store_tile(mt, acc, n0, p.M, g, t);
 }

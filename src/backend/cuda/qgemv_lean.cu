@@ -92,15 +92,7 @@ __global__ void __launch_bounds__(kQWarps * 32, AsyncShape<T, BITS, GS, 64>::tem
       chunk_groups<T, BITS, GS, 64, kStages, false>(st, xq + int64_t(i) * C * GS, has_x, ng - i * C, g, acc);
   }
   cp_async_wait<0>();  // no copy may land after the block is gone
-  if (S > 1) {
-#pragma unroll
-    for (int c = 0; c < 4; ++c) part[warp][c][lane] = acc[c];
-    __syncthreads();
-    if (piece == 0)
-      for (int i = 1; i < S; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[c] += part[warp + i][c][lane];
-  }
+  meet_pieces(part, acc, warp, lane, S, piece);
   if (piece != 0 || !valid) return;
   store_tile(mt, acc, n0, p.M, g, t);
 }

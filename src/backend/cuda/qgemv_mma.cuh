@@ -225,6 +225,21 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
+// The S pieces of a tile (warps tile_in_block * S .. + S - 1, each over its stretch of K) meet:
+// piece 0's acc becomes the sum, in piece order. Every thread of the block calls it (a barrier
+// when S > 1).
+__device__ __forceinline__ void meet_pieces(float (&part)[kQWarps][4][32], float (&acc)[4], int warp, int lane, int S,
+                                            int piece) {
+  if (S <= 1) return;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) part[warp][c][lane] = acc[c];
+  __syncthreads();
+  if (piece == 0)
+    for (int i = 1; i < S; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[c] += part[warp + i][c][lane];
+}
+
 // Lane (g, t)'s four outputs (rows n0 + g and n0 + g + 8, x rows 2t and 2t + 1) into mt.y,
 // those past N or M left out.
 template <typename T>
