@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "tokenizer/jinja/builtins.h"
 #include "tokenizer/jinja/evaluator.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
 namespace {
@@ -191,7 +192,9 @@ Value f_abs(Evaluator&, const Value& v, CallArgs&) {
 
 Value f_indent(Evaluator&, const Value& v, CallArgs& a) {
   const Value& width = arg(a, 0, "width", Value::integer(4));
-  std::string pad = width.is_string() ? width.str() : std::string(size_t(to_int(width, "indent width")), ' ');
+  int64_t n = width.is_string() ? 0 : to_int(width, "indent width");
+  check_string_size(double(n), "indent");
+  std::string pad = width.is_string() ? width.str() : std::string(size_t(std::max<int64_t>(n, 0)), ' ');
   bool first = arg(a, 1, "first", Value::boolean(false)).truthy();
   bool blank = arg(a, 2, "blank", Value::boolean(false)).truthy();
   std::string s = to_str(v) + "\n";

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "tokenizer/jinja/builtins.h"
 #include "tokenizer/jinja/evaluator.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
 
@@ -223,6 +224,17 @@ bool affix(const std::string& s, const Value& p, bool start) {
 }
 
 std::string replace_all(const std::string& s, const std::string& from, const std::string& to, int64_t count) {
+  {  // the result's size, bounded before any of it is built
+    double n = 0;
+    if (from.empty())
+      n = double(utf8_length(s)) + 1;
+    else
+      for (size_t f = s.find(from); f != std::string::npos && (count < 0 || n < double(count));
+           f = s.find(from, f + from.size()))
+        ++n;
+    if (count >= 0) n = std::min(n, double(count));
+    check_string_size(double(s.size()) + n * (double(to.size()) - double(from.size())), "replace");
+  }
   if (from.empty()) {
     std::string out;
     int64_t n = 0;
