@@ -46,6 +46,9 @@ TEST(JinjaLimits, RecursiveMacro) {
   // two calls a level: 2^40 calls unless the total is bounded
   EXPECT_ERROR("{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}",
                "macro calls in one render");
+  // 200 macro levels of 250-deep expressions each: bounded by the total evaluation depth
+  EXPECT_ERROR("{% macro f(n) %}{{ " + repeat("[", 250) + "f(n + 1)" + repeat("]", 250) + " }}{% endmacro %}{{ f(0) }}",
+               "evaluation nested deeper than 2000 levels");
 }
 
 TEST(JinjaLimits, RecursionWithinLimitRenders) {

@@ -15,7 +15,7 @@ inline constexpr int kMaxNesting = 256;
 // Render time: macro calls in progress at once (jinja2 itself stops near 200, at Python's
 // recursion limit), and statement + expression evaluation depth across macro calls.
 inline constexpr int kMaxMacroDepth = 200;
-inline constexpr int kMaxEvalDepth = 4000;
+inline constexpr int kMaxEvalDepth = 2000;  // ~1 MB of stack in a release build
 // Render time, per render: for-loop iterations in total, and macro calls in total.
 inline constexpr int64_t kMaxLoopIterations = 1'000'000;
 inline constexpr int64_t kMaxMacroCalls = 1'000'000;
