@@ -104,6 +104,36 @@ TEST(JinjaLimits, BuiltValues) {
   EXPECT_ERROR("{{ 'ab' * 40000000 }}", "over the limit");
 }
 
+TEST(JinjaLimits, NestedAndSelfContainingValues) {
+  // nested lists past the bound: printing and comparing fail; 300,000 levels (a segfault before) are freed without deep
+  // recursion
+  const std::string chain =
+      "{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}";
+  EXPECT_ERROR(chain + "{{ ns.x }}", "value nested deeper than 512 levels");
+  EXPECT_ERROR(chain + "{{ ns.x|tojson }}", "value nested deeper than 512 levels");
+  EXPECT_ERROR(chain + "{{ ns.x == ns.x }}", "value nested deeper than 512 levels");
+  EXPECT_EQ(Template::parse("{% set ns = namespace(x=1) %}{% for i in range(300000) %}{% set ns.x = [ns.x] %}"
+                            "{% endfor %}done")
+                .render(json::object()),
+            "done");
+  // a list that contains itself
+  EXPECT_ERROR("{% set l = [1] %}{% do l.append(l) %}{{ l }}", "contains itself");
+  EXPECT_ERROR("{% set l = [1] %}{% for i in range(40) %}{% do l.extend(l) %}{% endfor %}", "extend would build");
+  EXPECT_ERROR("{{ ('{0}' * 1000000).format('x' * 1000) }}", "format would build");
+  EXPECT_ERROR("{{ [[1, 2]]|tojson(indent=1000000000000) }}", "tojson indent would build");
+  // a context nested past the bound
+  json deep = 1;
+  for (int k = 0; k < 2000; ++k) deep = json::array({deep});
+  try {
+    Template::parse("{{ x }}").render(json{{"x", deep}});
+    ADD_FAILURE() << "no error";
+  } catch (const lmtune::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper"), std::string::npos) << e.what();
+  }
+  // ordinary nesting still prints as jinja2 does
+  EXPECT_EQ(Template::parse("{{ [[1, [2, {'a': (3,)}]]] }}").render(json::object()), "[[1, [2, {'a': (3,)}]]]");
+}
+
 TEST(JinjaLimits, PowerIsLogarithmic) {
   // 2**(10**18) wraps to 0 as repeated int64 multiplication did, without 10**18 steps
   EXPECT_EQ(Template::parse("{{ 2 ** 1000000000000000000 }}").render(json::object()), "0");

@@ -146,7 +146,15 @@ Evaluator::Flow Evaluator::exec(const Body& body, std::string& out) {
       error(s.pos, str_cat("output grew past the limit of ", kMaxStringBytes, " bytes"));
     switch (s.kind) {
       case StmtKind::Text: out += s.text; break;
-      case StmtKind::Output: append_str(out, eval(*s.expr)); break;
+      case StmtKind::Output: {
+        Value v = eval(*s.expr);
+        try {
+          append_str(out, v);  // printing a nested value can fail (limits.h)
+        } catch (const Error& e) {
+          error(s.pos, e.what());
+        }
+        break;
+      }
       case StmtKind::If:
         for (const Branch& b : s.branches) {
           if (!b.cond || eval(*b.cond).truthy()) {

@@ -78,7 +78,9 @@ Value f_tojson(Evaluator&, const Value& v, CallArgs& a) {
   opt.ensure_ascii = arg(a, 0, "ensure_ascii", Value::boolean(false)).truthy();
   const Value& indent = arg(a, 1, "indent", kNone);
   if (!indent.is_none() && !indent.is_undefined()) {
-    opt.indent = int(to_int(indent, "tojson indent"));
+    int64_t n = to_int(indent, "tojson indent");
+    check_string_size(double(n), "tojson indent");
+    opt.indent = int(n);
     opt.item_sep = std::string(1, ',');
   }
   const Value& seps = arg(a, 2, "separators", kNone);

@@ -19,6 +19,9 @@ inline constexpr int kMaxEvalDepth = 2000;  // ~1 MB of stack in a release build
 // Render time, per render: for-loop iterations in total, and macro calls in total.
 inline constexpr int64_t kMaxLoopIterations = 1'000'000;
 inline constexpr int64_t kMaxMacroCalls = 1'000'000;
+// Values nested in values (printing, JSON, comparison, a context's JSON): deeper is refused, and a
+// list that contains itself is caught by the same bound.
+inline constexpr int kMaxValueDepth = 512;
 // Any one string (the output included) and any one list, tuple or dict the template builds.
 inline constexpr size_t kMaxStringBytes = size_t(64) << 20;
 inline constexpr size_t kMaxItems = 10'000'000;

@@ -396,6 +396,7 @@ Value str_method(Evaluator& ev, const std::string& s, const std::string& name, C
         else
           v = arg(a, size_t(-1), field.c_str(), Value());
         append_str(out, v);
+        check_string_size(double(out.size()), "format");
         k = e;
       } else {
         out += s[k];
@@ -467,6 +468,9 @@ Value list_method(Evaluator& ev, const Value& l, const std::string& name, CallAr
   found = true;
   List& items = l.items();
   bool mutable_list = l.kind == Kind::List;
+  if (mutable_list && (name == "append" || name == "extend" || name == "insert"))
+    check_item_count(double(items.size()) + (name == "extend" ? double(length(arg(a, 0, "iterable", Value()))) : 1.0),
+                     name.c_str());
   if (mutable_list && name == "append") {
     items.push_back(arg(a, 0, "object", Value()));
     return Value::none();
