@@ -103,6 +103,12 @@ def main():
             refused(["generate", "--model", d, "--prompt", "hi", "--max-tokens", "1"], 1,
                     f"{d}/config.json", f"'{field}'")
 
+        # within the bounds but beyond what the weights file holds: the loader names the tensor
+        for field, value, needle in [("num_hidden_layers", 4000, "has no tensor 'model.layers.4."),
+                                     ("vocab_size", 16000000, "the config implies (16000000, 256)")]:
+            d = model_copy(f"{field}-{value}", config={field: value})
+            refused(["generate", "--model", d, "--prompt", "hi", "--max-tokens", "1"], 1, needle)
+
         def big_id(t):
             t["model"]["vocab"]["<big>"] = 10**9
 
