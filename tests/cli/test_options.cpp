@@ -199,10 +199,10 @@ TEST(Options, YamlToJsonTypes) {
 std::string billion_laughs() {
   std::string doc = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n";
   for (int k = 1; k <= 9; ++k) {
-    std::string p = "*a" + std::to_string(k - 1);
-    doc += "a" + std::to_string(k) + ": &a" + std::to_string(k) + " [" + p;
-    for (int r = 1; r < 9; ++r) doc += ", " + p;
-    doc += "]\n";
+    const std::string n = std::to_string(k), prev = std::to_string(k - 1);
+    doc.append("a").append(n).append(": &a").append(n).append(" [*a").append(prev);
+    for (int r = 1; r < 9; ++r) doc.append(", *a").append(prev);
+    doc.append("]\n");
   }
   return doc;
 }
