@@ -57,6 +57,14 @@ std::string read_trimmed(const std::string& path) {
   return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
 }
 
+// A commit id as a cache folder name: [A-Za-z0-9._-], 1 to 128 characters, not "." or "..".
+bool is_safe_commit_name(const std::string& s) {
+  if (s.empty() || s.size() > 128 || s == "." || s == "..") return false;
+  for (char c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
+  return true;
+}
+
 bool is_sha256_hex(const std::string& s) {
   if (s.size() != 64) return false;
   for (char c : s)
@@ -145,7 +153,16 @@ struct Hub {
   // The snapshot folder of revision from the cache alone; empty when it is not there.
   std::string cached_snapshot() const {
     std::string commit = revision;
-    if (!fs::is_directory(repo_dir + "/snapshots/" + commit)) commit = read_trimmed(repo_dir + "/refs/" + revision);
+    if (!fs::is_directory(repo_dir + "/snapshots/" + commit)) {
+      std::string ref = repo_dir + "/refs/" + revision;
+      commit = read_trimmed(ref);
+      // huggingface_hub writes a commit hash here; anything else (`../../..`, a path) could lead
+      // the snapshot folder out of the cache
+      LMT_CHECK(commit.empty() || is_safe_commit_name(commit), "[hub] ", ref, " holds '", commit.substr(0, 100),
+                "', not a commit hash: refusing to follow it out of snapshots/ (delete the file, or the repo with "
+                "`lmtune manage --delete --pattern ",
+                repo_id, "`)");
+    }
     if (commit.empty()) return {};
     std::string snap = repo_dir + "/snapshots/" + commit;
     if (!fs::is_directory(snap) || fs::is_empty(snap)) return {};

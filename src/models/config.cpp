@@ -144,6 +144,30 @@ void parse_quantization(const ConfigReader& r, ModelConfig& c) {
     }
   }
 }
+// Sizes and constants a real model never exceeds, checked before anything is allocated from
+// them: a hostile config.json (num_hidden_layers 10^9) fails here, naming the field, instead of
+// in std::bad_alloc or a climb through memory. The largest released models stay far inside
+// (vocab ~262k, hidden 16k-25k, intermediate ~100k, layers ~130, heads ~128, head_dim 256).
+void check_bounds(const ConfigReader& r, const ModelConfig& c) {
+  auto most = [&](const char* key, int64_t v, int64_t limit) {
+    LMT_CHECK(v <= limit, "[config] ", r.src, ": field '", key, "' is ", v, ", over the limit of ", limit,
+              " (no real model comes near; refusing before allocating for it)");
+  };
+  most("vocab_size", c.n_vocab, int64_t(1) << 24);
+  most("hidden_size", c.n_embd, int64_t(1) << 17);
+  most("intermediate_size", c.n_ff, int64_t(1) << 20);
+  most("num_hidden_layers", c.n_layer, 4096);
+  most("num_attention_heads", c.n_head, 4096);
+  most("head_dim", c.head_dim, 16384);
+  most("head_dim x num_attention_heads", c.head_dim * c.n_head, int64_t(1) << 20);
+  LMT_CHECK(c.max_position_embeddings > 0, "[config] ", r.src,
+            ": field 'max_position_embeddings' must be positive, got ", c.max_position_embeddings);
+  most("max_position_embeddings", c.max_position_embeddings, int64_t(1) << 30);
+  LMT_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps > 0 && c.rms_norm_eps < 1, "[config] ", r.src,
+            ": field 'rms_norm_eps' must be a small positive number (as 1e-6), got ", c.rms_norm_eps);
+  LMT_CHECK(std::isfinite(c.rope.theta) && c.rope.theta > 0, "[config] ", r.src,
+            ": field 'rope_theta' must be a positive number (as 10000.0), got ", c.rope.theta);
+}
 }  // namespace
 
 ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& src) {
@@ -176,6 +200,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
             " (expected silu)");
   c.torch_dtype = r.str_or("torch_dtype", r.str_or("dtype", ""));
   parse_rope(r, c);
+  check_bounds(r, c);
   parse_layer_types(r, c);
   parse_quantization(r, c);
   family.parse(r, c);

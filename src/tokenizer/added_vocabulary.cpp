@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "tokenizer/model.h"
 #include "tokenizer/unicode.h"
 
 namespace lmtune::tok {
@@ -37,13 +38,15 @@ void AddedVocabulary::load(const nlohmann::json& added, const Normalizer* normal
   for (const auto& a : added) {
     AddedToken t;
     t.content = a.at("content").get<std::string>();
-    t.id = a.at("id").get<int32_t>();
+    const int64_t id = token_id(a.at("id"));
     t.special = a.value("special", false);
     t.lstrip = a.value("lstrip", false);
     t.rstrip = a.value("rstrip", false);
     t.normalized = a.value("normalized", !t.special);
     t.single_word = a.value("single_word", false);
-    LMT_CHECK(t.id >= 0 && t.id < (1 << 30), "[tokenizer] added token ", t.content, " has id ", t.id);
+    LMT_CHECK(id >= 0 && id < kMaxTokenId, "[tokenizer] added token ", t.content, " has id ", id,
+              ", out of range (0 to ", kMaxTokenId - 1, ")");
+    t.id = int32_t(id);
     if (t.content.empty() || by_content_.count(t.content)) continue;
     if (int32_t mid = model_id(t.content); mid >= 0) t.id = mid;
     int32_t index = static_cast<int32_t>(tokens_.size());

@@ -70,7 +70,7 @@ class Bpe : public Model {
     const auto& vocab = j.at("vocab");
     LMT_CHECK(vocab.is_object(), "[tokenizer] BPE vocab must be an object");
     vocab_.reserve(vocab.size());
-    for (const auto& [tok, id] : vocab.items()) add_token(tok, id.get<int32_t>());
+    for (const auto& [tok, id] : vocab.items()) add_token(tok, token_id(id));
     auto opt_string = [&](const char* k) {
       return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
     };

@@ -276,13 +276,21 @@ std::string ChatTemplate::render(const ojson& conversation, const ChatTemplateOp
     for (auto it = o.kwargs.begin(); it != o.kwargs.end(); ++it) ctx[it.key()] = it.value();
 
   jinja::Template tmpl;
-  {
-    std::lock_guard<std::mutex> lock(cache_->mu);
-    auto it = cache_->parsed.find(source);
-    if (it == cache_->parsed.end()) it = cache_->parsed.emplace(source, jinja::Template::parse(source)).first;
-    tmpl = it->second;
+  std::string rendered;
+  try {
+    {
+      std::lock_guard<std::mutex> lock(cache_->mu);
+      auto it = cache_->parsed.find(source);
+      if (it == cache_->parsed.end()) it = cache_->parsed.emplace(source, jinja::Template::parse(source)).first;
+      tmpl = it->second;
+    }
+    rendered = tmpl.render(ctx);
+  } catch (const Error& e) {
+    // name the template's folder: the template may come from a stranger's model
+    std::string msg = e.what();
+    if (msg.rfind("[jinja]", 0) != 0 || source_.empty()) throw;
+    fail("[chat_template] chat template of ", source_, ": ", msg);
   }
-  std::string rendered = tmpl.render(ctx);
 
   if (!field.empty()) {
     std::string tag = py_strip(kTag);

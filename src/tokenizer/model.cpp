@@ -53,8 +53,15 @@ int32_t StrIdMap::find(std::string_view key) const {
   return -1;
 }
 
-void Model::add_token(const std::string& token, int32_t id) {
-  LMT_CHECK(id >= 0 && id < (1 << 30), "[tokenizer] vocab id ", id, " of token ", token, " is out of range");
+int64_t token_id(const nlohmann::json& v) {
+  LMT_CHECK(v.is_number_integer(), "[tokenizer] token id must be an integer, got ", v.dump());
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) return INT64_MAX;
+  return v.get<int64_t>();
+}
+
+void Model::add_token(const std::string& token, int64_t id) {
+  LMT_CHECK(id >= 0 && id < kMaxTokenId, "[tokenizer] vocab id ", id, " of token ", token, " is out of range (0 to ",
+            kMaxTokenId - 1, ")");
   vocab_.insert(token, id);
   if (static_cast<size_t>(id) >= id_to_token_.size()) {
     id_to_token_.resize(id + 1);
@@ -69,7 +76,7 @@ namespace {
 class WordLevel : public Model {
  public:
   explicit WordLevel(const nlohmann::json& j) {
-    for (const auto& [tok, id] : j.at("vocab").items()) add_token(tok, id.get<int32_t>());
+    for (const auto& [tok, id] : j.at("vocab").items()) add_token(tok, token_id(id));
     unk_ = j.contains("unk_token") && j["unk_token"].is_string() ? j["unk_token"].get<std::string>() : "";
   }
   void tokenize(std::string_view word, std::vector<int32_t>& out) const override {

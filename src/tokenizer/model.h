@@ -11,6 +11,12 @@
 
 namespace lmtune::tok {
 
+// Token ids above this are refused: the largest real vocabularies hold about 262k tokens, and an id
+// table of 10^9 entries would take tens of GB before anything could check the file.
+inline constexpr int64_t kMaxTokenId = int64_t(1) << 24;
+// A token id from tokenizer.json as written (no silent narrowing of 10^12 to 32 bits).
+int64_t token_id(const nlohmann::json& v);
+
 // string -> id with open addressing; keys are owned.
 class StrIdMap {
  public:
@@ -39,7 +45,8 @@ class Model {
   int32_t vocab_size() const { return static_cast<int32_t>(id_to_token_.size()); }
 
  protected:
-  void add_token(const std::string& token, int32_t id);
+  // Fails unless 0 <= id < kMaxTokenId (before growing the id table to id + 1 entries).
+  void add_token(const std::string& token, int64_t id);
   StrIdMap vocab_;
   std::vector<std::string> id_to_token_;
   std::vector<char> has_id_;

@@ -129,6 +129,30 @@ TEST_F(Hub, OfflineUsesTheCacheOrFailsClearly) {
   EXPECT_EQ(hub_.requests().size(), 0u);
 }
 
+// A refs/main holding a path would make the snapshot folder <repo>/snapshots/../../.. : refused,
+// naming the file, online-fallback and offline alike.
+TEST_F(Hub, CachedRefThatIsAPathIsRefused) {
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  fs::path repo = repo_dir("models--org--evil");
+  fs::create_directories(repo / "refs");
+  fs::create_directories(repo / "snapshots");
+  fs::create_directories(fs::path(root_) / "outside");
+  std::ofstream(fs::path(root_) / "outside" / "config.json") << "{}";
+  for (const std::string& target :
+       std::vector<std::string>{"../../..", "../../../outside", root_ + "/outside", "abc/../../.."}) {
+    std::ofstream(repo / "refs" / "main") << target << "\n";
+    std::string e = error_of("org/evil");
+    EXPECT_NE(e.find("refs/main holds"), std::string::npos) << target << ": " << e;
+    EXPECT_NE(e.find("not a commit hash"), std::string::npos) << target << ": " << e;
+  }
+  // a plain commit name still resolves
+  std::string commit(40, 'a');
+  fs::create_directories(repo / "snapshots" / commit);
+  std::ofstream(repo / "snapshots" / commit / "config.json") << "{}";
+  std::ofstream(repo / "refs" / "main") << commit;
+  EXPECT_EQ(fs::path(resolve_model("org/evil")).filename().string(), commit);
+}
+
 TEST_F(Hub, NetworkFailureSaysOfflineModeOrFallsBackToCache) {
   ::setenv("HF_ENDPOINT", "http://127.0.0.1:1", 1);  // nothing listens on port 1
   std::string e = error_of("org/tiny");

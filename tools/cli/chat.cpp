@@ -143,6 +143,8 @@ int run_chat(int argc, char** argv) {
     if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
     if (o.max_kv_size < 0 || (o.max_kv_size > 0 && o.max_kv_size <= 4))
       throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
+    if (o.max_tokens <= 0)
+      throw UsageError("--max-tokens must be a positive number of tokens, got " + std::to_string(o.max_tokens));
     (void)kv_quantization(o.kv);
     return chat(o);
   });

@@ -145,6 +145,9 @@ int run_generate(int argc, char** argv) {
     if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
     if (o.max_kv_size < 0 || (o.max_kv_size > 0 && o.max_kv_size <= 4))
       throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
+    // mlx-lm loops until n == max_tokens, so -5 never stops and 0 still prints a token: refused
+    if (o.gen.max_tokens <= 0)
+      throw UsageError("--max-tokens must be a positive number of tokens, got " + std::to_string(o.gen.max_tokens));
     (void)kv_quantization(o.kv);  // the flags' own checks before loading; head_dim's after
     return generate(o);
   });

@@ -155,6 +155,14 @@ int run_lora(int argc, char** argv) {
     json recorded = merge_lora_config(t, o);
     if (!o.train && !o.test && !o.preview) throw UsageError("Must provide at least one of --train or --test");
     if (o.preview && *o.preview < 0) throw UsageError("--preview needs N >= 0");
+    // a config's `iters: -5` lands here too: name both spellings
+    if (o.iters < 0 || (o.iters == 0 && o.train && o.epochs == 0))
+      throw UsageError("--iters (iters in a config) must be a positive number of steps, got " +
+                       std::to_string(o.iters) + "; nothing would be trained");
+    if (o.epochs < 0) throw UsageError("--epochs must be 0 (use --iters) or more, got " + std::to_string(o.epochs));
+    if (!std::isfinite(o.learning_rate) || o.learning_rate < 0)
+      throw UsageError("--learning-rate (learning_rate in a config) must be a finite number >= 0, got " +
+                       show_default(o.learning_rate));
     return lora(o, recorded);
   });
 }

@@ -177,6 +177,7 @@ json merge_lora_config(Options& t, LoraOptions& o) {
     } catch (const YAML::Exception& e) {
       fail("[config] ", *o.config, ": ", e.what());
     }
+    check_yaml_size(root, *o.config);
     unknown = t.read_yaml(root, *o.config);
     warn_unused(unknown, "", "is not an mlx_lm.lora key; kept in adapter_config.json only");
   }

@@ -243,6 +243,37 @@ void from_yaml(const YAML::Node& n, std::vector<std::string>& out) {
 
 void from_yaml(const YAML::Node& n, json& out) { out = yaml_to_json(n); }
 
+namespace {
+struct YamlBudget {
+  const std::string& source;
+  int64_t nodes = 0, bytes = 0;
+  void walk(const YAML::Node& n, int depth) {
+    if (depth > kMaxYamlDepth) fail("[config] ", source, ": YAML nested deeper than ", kMaxYamlDepth, " levels");
+    if (++nodes > kMaxYamlNodes)
+      fail("[config] ", source, ": YAML document expands to more than ", kMaxYamlNodes,
+           " nodes (aliases of aliases, as in a 'billion laughs' document?)");
+    if (n.IsScalar()) {
+      bytes += int64_t(n.Scalar().size());
+      if (bytes > kMaxYamlBytes)
+        fail("[config] ", source, ": YAML document expands to more than ", kMaxYamlBytes,
+             " bytes of values (aliases of aliases, as in a 'billion laughs' document?)");
+    } else if (n.IsSequence()) {
+      for (const auto& x : n) walk(x, depth + 1);
+    } else if (n.IsMap()) {
+      for (const auto& kv : n) {
+        walk(kv.first, depth + 1);
+        walk(kv.second, depth + 1);
+      }
+    }
+  }
+};
+}  // namespace
+
+void check_yaml_size(const YAML::Node& root, const std::string& source) {
+  YamlBudget b{source};
+  b.walk(root, 0);
+}
+
 json yaml_to_json(const YAML::Node& n) {
   if (yaml_null(n)) return nullptr;
   if (n.IsSequence()) {

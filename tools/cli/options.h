@@ -75,6 +75,14 @@ void from_yaml(const YAML::Node& n, nlohmann::json& out);  // any value, convert
 // mlx-lm's loader adds), quoted scalars strings.
 nlohmann::json yaml_to_json(const YAML::Node& n);
 
+// Fails ("[config] SOURCE: ...") when the document, with its aliases expanded as every reader
+// walks it, exceeds kMaxYamlNodes nodes, kMaxYamlBytes bytes of scalars or kMaxYamlDepth levels:
+// a "billion laughs" of nested aliases would otherwise hang the reader. Bounded work itself.
+inline constexpr int64_t kMaxYamlNodes = 1'000'000;
+inline constexpr int64_t kMaxYamlBytes = int64_t(64) << 20;
+inline constexpr int kMaxYamlDepth = 256;
+void check_yaml_size(const YAML::Node& root, const std::string& source);
+
 template <class V>
 nlohmann::json to_json_value(const V& v) {
   return nlohmann::json(v);

@@ -44,6 +44,7 @@ struct Expr {
   BinOp op = BinOp::Add;
   bool negate = false;
   int pos = 0;
+  int depth = 1;  // levels of this subtree, bounded by kMaxNesting at parse time
   std::string name;
   Value literal;
   std::vector<ExprPtr> args;

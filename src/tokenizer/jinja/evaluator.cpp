@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "tokenizer/jinja/builtins.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
 
@@ -21,11 +22,14 @@ int64_t int_of(const Value& v) { return v.kind == Kind::Int ? v.i : int64_t(v.b)
 }
 
 Value repeat(const Value& seq, int64_t n) {
+  if (n <= 0) return seq.is_string() ? Value::string("") : seq.kind == Kind::Tuple ? Value::tuple({}) : Value::list();
   if (seq.is_string()) {
+    check_string_size(double(seq.str().size()) * double(n), "'*'");
     std::string out;
     for (int64_t k = 0; k < n; ++k) out += seq.str();
     return Value::string(std::move(out));
   }
+  check_item_count(double(seq.items().size()) * double(n), "'*'");
   List out;
   for (int64_t k = 0; k < n; ++k) out.insert(out.end(), seq.items().begin(), seq.items().end());
   return seq.kind == Kind::Tuple ? Value::tuple(std::move(out)) : Value::list(std::move(out));
@@ -70,6 +74,35 @@ Evaluator::Evaluator(const SourceMap& map, Value context) : map_(map), context_(
   frames_.emplace_back();
 }
 
+struct Evaluator::Depth {
+  Evaluator& ev;
+  Depth(Evaluator& e, int pos) : ev(e) {
+    if (++ev.depth_ > kMaxEvalDepth) {
+      --ev.depth_;
+      ev.error(pos, str_cat("evaluation nested deeper than ", kMaxEvalDepth, " levels"));
+    }
+  }
+  ~Depth() { --ev.depth_; }
+  Depth(const Depth&) = delete;
+  Depth& operator=(const Depth&) = delete;
+};
+
+void Evaluator::charge(const Value& v, int pos) {
+  int64_t bytes = 0;
+  if (v.is_string()) {
+    bytes = int64_t(v.str().size());
+    if (size_t(bytes) > kMaxStringBytes)
+      error(pos, str_cat("built a string of ", bytes, " bytes, over the limit of ", kMaxStringBytes, " bytes"));
+  } else if (v.is_list_like() || v.is_mapping()) {
+    size_t n = v.is_list_like() ? v.items().size() : v.map().entries.size();
+    if (n > kMaxItems) error(pos, str_cat("built ", n, " items, over the limit of ", kMaxItems, " items"));
+    bytes = int64_t(n * sizeof(Value));
+  }
+  built_bytes_ += bytes;
+  if (built_bytes_ > kMaxBuiltBytes)
+    error(pos, str_cat("the template built more than ", kMaxBuiltBytes, " bytes of strings and lists in one render"));
+}
+
 void Evaluator::error(int pos, const std::string& msg) const { fail("[jinja] ", map_.where(pos), ": ", msg); }
 
 void Evaluator::render(const Body& body, std::string& out) { exec(body, out); }
@@ -106,11 +139,22 @@ void Evaluator::unpack(const std::vector<std::string>& targets, const Value& v, 
 }
 
 Evaluator::Flow Evaluator::exec(const Body& body, std::string& out) {
+  Depth depth(*this, body.empty() ? 0 : body.front()->pos);
   for (const StmtPtr& sp : body) {
     const Stmt& s = *sp;
+    if (out.size() > kMaxStringBytes)
+      error(s.pos, str_cat("output grew past the limit of ", kMaxStringBytes, " bytes"));
     switch (s.kind) {
       case StmtKind::Text: out += s.text; break;
-      case StmtKind::Output: append_str(out, eval(*s.expr)); break;
+      case StmtKind::Output: {
+        Value v = eval(*s.expr);
+        try {
+          append_str(out, v);  // printing a nested value can fail (limits.h)
+        } catch (const Error& e) {
+          error(s.pos, e.what());
+        }
+        break;
+      }
       case StmtKind::If:
         for (const Branch& b : s.branches) {
           if (!b.cond || eval(*b.cond).truthy()) {
@@ -174,6 +218,8 @@ Evaluator::Flow Evaluator::exec_for(const Stmt& s, std::string& out) {
   }
   const int64_t n = int64_t(items.size());
   for (int64_t k = 0; k < n; ++k) {
+    if (++loop_iterations_ > kMaxLoopIterations)
+      error(s.pos, str_cat("more than ", kMaxLoopIterations, " loop iterations in one render"));
     frames_.back().vars.clear();  // jinja2: assignments in the body do not carry to the next iteration
     unpack(s.targets, items[k], s.pos);
     Value loop = Value::dict();
@@ -227,6 +273,15 @@ void Evaluator::exec_set(const Stmt& s, std::string& out) {
 }
 
 Value Evaluator::call_macro(const Stmt& s, CallArgs& args) {
+  if (macro_depth_ >= kMaxMacroDepth)
+    error(s.pos, str_cat("macro '", s.text, "' called at a depth over ", kMaxMacroDepth, " (recursion without end?)"));
+  if (++macro_calls_ > kMaxMacroCalls)
+    error(s.pos, str_cat("more than ", kMaxMacroCalls, " macro calls in one render"));
+  struct MacroDepth {
+    int& d;
+    explicit MacroDepth(int& depth) : d(++depth) {}
+    ~MacroDepth() { --d; }
+  } macro_depth(macro_depth_);
   if (args.pos.size() > s.params.size())
     fail("macro '", s.text, "' takes not more than ", s.params.size(), " argument(s)");
   Frame frame;
@@ -256,6 +311,8 @@ Value Evaluator::call_macro(const Stmt& s, CallArgs& args) {
   std::string out;
   exec(s.body, out);
   frames_.pop_back();
+  if (out.size() > kMaxStringBytes)
+    error(s.pos, str_cat("macro '", s.text, "' output over ", kMaxStringBytes, " bytes"));
   return Value::string(std::move(out));
 }
 
@@ -286,8 +343,20 @@ bool Evaluator::apply_test(const std::string& name, const Value& input, CallArgs
 }
 
 Value Evaluator::eval(const Expr& e) {
+  Depth depth(*this, e.pos);
   try {
-    return eval_inner(e);
+    Value v = eval_inner(e);
+    switch (e.kind) {  // the kinds that build new values; names and lookups share existing ones
+      case ExprKind::List:
+      case ExprKind::Tuple:
+      case ExprKind::Dict:
+      case ExprKind::Slice:
+      case ExprKind::Call:
+      case ExprKind::Filter:
+      case ExprKind::Binary: charge(v, e.pos); break;
+      default: break;
+    }
+    return v;
   } catch (const Error& err) {
     std::string msg = err.what();
     if (msg.rfind("[jinja]", 0) == 0) throw;
@@ -405,8 +474,12 @@ Value Evaluator::binary(const Expr& e) {
     case BinOp::Add:
       if (ints) return Value::integer(int_of(a) + int_of(b));
       if (nums) return Value::number(a.as_double() + b.as_double());
-      if (a.is_string() && b.is_string()) return Value::string(a.str() + b.str());
+      if (a.is_string() && b.is_string()) {
+        check_string_size(double(a.str().size()) + double(b.str().size()), "'+'");
+        return Value::string(a.str() + b.str());
+      }
       if (a.is_list_like() && a.kind == b.kind) {
+        check_item_count(double(a.items().size()) + double(b.items().size()), "'+'");
         List out = a.items();
         out.insert(out.end(), b.items().begin(), b.items().end());
         return a.kind == Kind::List ? Value::list(std::move(out)) : Value::tuple(std::move(out));
@@ -449,9 +522,11 @@ Value Evaluator::binary(const Expr& e) {
     }
     case BinOp::Pow:
       if (ints && int_of(b) >= 0) {
-        int64_t r = 1, base = int_of(a);
-        for (int64_t k = 0; k < int_of(b); ++k) r *= base;
-        return Value::integer(r);
+        // by squaring: the same wrapped int64 as repeated multiplication, in log(b) steps
+        uint64_t r = 1, base = uint64_t(int_of(a));
+        for (uint64_t n = uint64_t(int_of(b)); n; n >>= 1, base *= base)
+          if (n & 1) r *= base;
+        return Value::integer(int64_t(r));
       }
       if (nums) return Value::number(std::pow(a.as_double(), b.as_double()));
       bad_operands("**", a, b);

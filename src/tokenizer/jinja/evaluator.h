@@ -45,9 +45,17 @@ class Evaluator {
   void assign(const std::string& name, Value v);
   void unpack(const std::vector<std::string>& targets, const Value& v, int pos);
 
+  // Fails at pos when a string or container just built is over its limit or the render's
+  // budget of built bytes is spent (limits.h).
+  void charge(const Value& v, int pos);
+  struct Depth;  // RAII counter of eval/exec nesting
+
   const SourceMap& map_;
   Value context_;
   std::vector<Frame> frames_;
+  int depth_ = 0;        // exec + eval calls in progress
+  int macro_depth_ = 0;  // macro calls in progress
+  int64_t loop_iterations_ = 0, macro_calls_ = 0, built_bytes_ = 0;
 };
 
 }  // namespace lmtune::jinja

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "tokenizer/jinja/builtins.h"
 #include "tokenizer/jinja/evaluator.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
 namespace {
@@ -77,7 +78,9 @@ Value f_tojson(Evaluator&, const Value& v, CallArgs& a) {
   opt.ensure_ascii = arg(a, 0, "ensure_ascii", Value::boolean(false)).truthy();
   const Value& indent = arg(a, 1, "indent", kNone);
   if (!indent.is_none() && !indent.is_undefined()) {
-    opt.indent = int(to_int(indent, "tojson indent"));
+    int64_t n = to_int(indent, "tojson indent");
+    check_string_size(double(n), "tojson indent");
+    opt.indent = int(n);
     opt.item_sep = std::string(1, ',');
   }
   const Value& seps = arg(a, 2, "separators", kNone);
@@ -191,7 +194,9 @@ Value f_abs(Evaluator&, const Value& v, CallArgs&) {
 
 Value f_indent(Evaluator&, const Value& v, CallArgs& a) {
   const Value& width = arg(a, 0, "width", Value::integer(4));
-  std::string pad = width.is_string() ? width.str() : std::string(size_t(to_int(width, "indent width")), ' ');
+  int64_t n = width.is_string() ? 0 : to_int(width, "indent width");
+  check_string_size(double(n), "indent");
+  std::string pad = width.is_string() ? width.str() : std::string(size_t(std::max<int64_t>(n, 0)), ' ');
   bool first = arg(a, 1, "first", Value::boolean(false)).truthy();
   bool blank = arg(a, 2, "blank", Value::boolean(false)).truthy();
   std::string s = to_str(v) + "\n";

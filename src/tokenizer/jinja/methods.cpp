@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "tokenizer/jinja/builtins.h"
 #include "tokenizer/jinja/evaluator.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
 
@@ -223,6 +224,17 @@ bool affix(const std::string& s, const Value& p, bool start) {
 }
 
 std::string replace_all(const std::string& s, const std::string& from, const std::string& to, int64_t count) {
+  {  // the result's size, bounded before any of it is built
+    double n = 0;
+    if (from.empty())
+      n = double(utf8_length(s)) + 1;
+    else
+      for (size_t f = s.find(from); f != std::string::npos && (count < 0 || n < double(count));
+           f = s.find(from, f + from.size()))
+        ++n;
+    if (count >= 0) n = std::min(n, double(count));
+    check_string_size(double(s.size()) + n * (double(to.size()) - double(from.size())), "replace");
+  }
   if (from.empty()) {
     std::string out;
     int64_t n = 0;
@@ -384,6 +396,7 @@ Value str_method(Evaluator& ev, const std::string& s, const std::string& name, C
         else
           v = arg(a, size_t(-1), field.c_str(), Value());
         append_str(out, v);
+        check_string_size(double(out.size()), "format");
         k = e;
       } else {
         out += s[k];
@@ -455,6 +468,9 @@ Value list_method(Evaluator& ev, const Value& l, const std::string& name, CallAr
   found = true;
   List& items = l.items();
   bool mutable_list = l.kind == Kind::List;
+  if (mutable_list && (name == "append" || name == "extend" || name == "insert"))
+    check_item_count(double(items.size()) + (name == "extend" ? double(length(arg(a, 0, "iterable", Value()))) : 1.0),
+                     name.c_str());
   if (mutable_list && name == "append") {
     items.push_back(arg(a, 0, "object", Value()));
     return Value::none();

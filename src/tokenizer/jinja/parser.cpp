@@ -2,10 +2,12 @@
 // filter, generation, break/continue, do) and expressions from conditional down to primary.
 #include "tokenizer/jinja/parser.h"
 
+#include <algorithm>
 #include <initializer_list>
 
 #include "core/error.h"
 #include "tokenizer/jinja/builtins.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
 namespace {
@@ -67,6 +69,28 @@ class Parser {
     e->pos = pos;
     return e;
   }
+  // Records e's depth from its children's and fails past kMaxNesting, so neither parsing, nor
+  // evaluating, nor destroying the tree recurses without bound (`1+1+...` is built by a loop).
+  ExprPtr fin(ExprPtr e) {
+    int d = 0;
+    for (const ExprPtr& a : e->args)
+      if (a) d = std::max(d, a->depth);
+    for (const auto& kv : e->kwargs) d = std::max(d, kv.second->depth);
+    e->depth = d + 1;
+    if (e->depth > kMaxNesting) error(e->pos, str_cat("expression nested deeper than ", kMaxNesting, " levels"));
+    return e;
+  }
+  // Bounds the parser's own recursion (parentheses, `not not ...`, nested blocks).
+  struct Nest {
+    int& n;
+    Nest(Parser& p, int pos, const char* what) : n(what[0] == 's' ? p.stmt_nest_ : p.expr_nest_) {
+      if (++n > kMaxNesting) p.error(pos, str_cat(what, " nested deeper than ", kMaxNesting, " levels"));
+    }
+    ~Nest() { --n; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+  };
+
   StmtPtr make_stmt(StmtKind kind, int pos) {
     auto s = std::make_unique<Stmt>();
     s->kind = kind;
@@ -77,6 +101,7 @@ class Parser {
   // ---- statements ----
   // Parses until a block tag whose name is in `ends`; leaves the cursor after that name.
   Body parse_body(std::initializer_list<const char*> ends, std::string& which) {
+    Nest nest(*this, cur().pos, "statements");
     Body body;
     while (true) {
       const Token& t = cur();
@@ -268,10 +293,13 @@ class Parser {
       if (cur().type == Tok::BlockEnd || cur().type == Tok::VarEnd || is_op(")")) break;
       t->args.push_back(parse_expr(with_cond));
     }
-    return t;
+    return fin(std::move(t));
   }
 
-  ExprPtr parse_expr(bool with_cond = true) { return with_cond ? parse_condexpr() : parse_or(); }
+  ExprPtr parse_expr(bool with_cond = true) {
+    Nest nest(*this, cur().pos, "expression");
+    return with_cond ? parse_condexpr() : parse_or();
+  }
 
   ExprPtr parse_condexpr() {
     int pos = cur().pos;
@@ -281,7 +309,7 @@ class Parser {
       c->args.push_back(parse_or());
       c->args.push_back(std::move(e));
       c->args.push_back(skip_name("else") ? parse_condexpr() : nullptr);
-      e = std::move(c);
+      e = fin(std::move(c));
     }
     return e;
   }
@@ -291,7 +319,7 @@ class Parser {
     e->op = op;
     e->args.push_back(std::move(a));
     e->args.push_back(std::move(b));
-    return e;
+    return fin(std::move(e));
   }
 
   ExprPtr parse_or() {
@@ -312,9 +340,10 @@ class Parser {
   }
   ExprPtr parse_not() {
     if (is_name("not")) {
+      Nest nest(*this, cur().pos, "expression");
       auto e = make(ExprKind::Not, t_[p_++].pos);
       e->args.push_back(parse_not());
-      return e;
+      return fin(std::move(e));
     }
     return parse_compare();
   }
@@ -388,9 +417,11 @@ class Parser {
   ExprPtr parse_unary(bool with_filter = true) {
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
+      Nest nest(*this, cur().pos, "expression");
       const Token& t = t_[p_++];
       e = make(t.text == "-" ? ExprKind::Neg : ExprKind::Pos, t.pos);
       e->args.push_back(parse_unary(false));
+      e = fin(std::move(e));
     } else {
       e = parse_primary();
     }
@@ -432,7 +463,7 @@ class Parser {
             auto tup = make(ExprKind::Tuple, t.pos);
             tup->args.push_back(std::move(e));
             while (skip_op(",") && !is_op(")")) tup->args.push_back(parse_expr());
-            e = std::move(tup);
+            e = fin(std::move(tup));
           }
           expect_op(")");
           return e;
@@ -445,7 +476,7 @@ class Parser {
             if (skip_op("]")) break;
             e->args.push_back(parse_expr());
           }
-          return e;
+          return fin(std::move(e));
         }
         if (t.text == "{") {
           ++p_;
@@ -457,7 +488,7 @@ class Parser {
             expect_op(":");
             e->args.push_back(parse_expr());
           }
-          return e;
+          return fin(std::move(e));
         }
         break;
       default: break;
@@ -476,13 +507,13 @@ class Parser {
           idx->literal = Value::integer(cur().i);
           ++p_;
           g->args.push_back(std::move(idx));
-          e = std::move(g);
+          e = fin(std::move(g));
           continue;
         }
         auto g = make(ExprKind::GetAttr, pos);
         g->name = expect_name();
         g->args.push_back(std::move(e));
-        e = std::move(g);
+        e = fin(std::move(g));
       } else if (skip_op("[")) {
         e = parse_subscript(std::move(e), pos);
       } else if (is_op("(")) {
@@ -506,7 +537,7 @@ class Parser {
     auto e = make(is_slice ? ExprKind::Slice : ExprKind::GetItem, pos);
     e->args.push_back(std::move(obj));
     for (int k = 0; k < (is_slice ? 3 : 1); ++k) e->args.push_back(std::move(parts[k]));
-    return e;
+    return fin(std::move(e));
   }
 
   // Reads "(args)" into e's args (after any already there) and kwargs.
@@ -533,7 +564,7 @@ class Parser {
     auto e = make(ExprKind::Call, cur().pos);
     e->args.push_back(std::move(callee));
     parse_call_args(*e);
-    return e;
+    return fin(std::move(e));
   }
 
   // After '|': name [(args)].
@@ -546,7 +577,7 @@ class Parser {
     if (!e->filter) error(pos, "unknown filter '" + e->name + "'");
     e->args.push_back(std::move(input));
     if (is_op("(")) parse_call_args(*e);
-    return e;
+    return fin(std::move(e));
   }
 
   ExprPtr parse_filter_expr(ExprPtr e) {
@@ -571,7 +602,7 @@ class Parser {
           if (is_name("is")) error(n.pos, "you cannot chain multiple tests with is");
           t->args.push_back(parse_postfix(parse_primary()));
         }
-        e = std::move(t);
+        e = fin(std::move(t));
       } else if (is_op("(")) {
         e = parse_call(std::move(e));
       } else {
@@ -583,6 +614,7 @@ class Parser {
   const std::vector<Token>& t_;
   const SourceMap& map_;
   size_t p_ = 0;
+  int stmt_nest_ = 0, expr_nest_ = 0;
 };
 
 }  // namespace

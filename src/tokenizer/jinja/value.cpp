@@ -8,8 +8,50 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
+
+namespace {
+// Recursion over nested values (printing, JSON, equality, ordering) counted per thread: a value
+// nested past kMaxValueDepth, or a list appended to itself, fails instead of overflowing the stack.
+thread_local int value_depth = 0;
+struct ValueDepth {
+  ValueDepth() {
+    if (++value_depth > kMaxValueDepth) {
+      value_depth = 0;  // the throw unwinds every level; the guards below it are not destroyed twice
+      fail("value nested deeper than ", kMaxValueDepth, " levels (or a list or dict that contains itself)");
+    }
+  }
+  ~ValueDepth() {
+    if (value_depth > 0) --value_depth;
+  }
+  ValueDepth(const ValueDepth&) = delete;
+  ValueDepth& operator=(const ValueDepth&) = delete;
+};
+
+// Lists and dicts are freed through a per-thread queue, so a chain of 10^5 nested lists is freed
+// in a loop rather than 10^5 nested destructor calls.
+template <class T>
+struct QueuedDelete {
+  void operator()(T* p) const {
+    thread_local bool draining = false;
+    thread_local std::vector<T*> queue;
+    if (draining) {
+      queue.push_back(p);
+      return;
+    }
+    draining = true;
+    delete p;  // children's deleters queue their payloads
+    while (!queue.empty()) {
+      T* q = queue.back();
+      queue.pop_back();
+      delete q;
+    }
+    draining = false;
+  }
+};
+}  // namespace
 
 Value Value::string(std::string s) {
   Value v;
@@ -20,7 +62,7 @@ Value Value::string(std::string s) {
 Value Value::list(List items) {
   Value v;
   v.kind = Kind::List;
-  v.ptr = std::make_shared<List>(std::move(items));
+  v.ptr = std::shared_ptr<List>(new List(std::move(items)), QueuedDelete<List>());
   return v;
 }
 Value Value::tuple(List items) {
@@ -31,7 +73,7 @@ Value Value::tuple(List items) {
 Value Value::dict() {
   Value v;
   v.kind = Kind::Dict;
-  v.ptr = std::make_shared<Dict>();
+  v.ptr = std::shared_ptr<Dict>(new Dict(), QueuedDelete<Dict>());
   return v;
 }
 Value Value::namespace_() {
@@ -47,6 +89,7 @@ Value Value::function(std::string name, NativeFn fn) {
 }
 
 Value Value::from_json(const nlohmann::ordered_json& j) {
+  ValueDepth guard;
   using T = nlohmann::ordered_json::value_t;
   switch (j.type()) {
     case T::null: return none();
@@ -185,6 +228,8 @@ static void append_repr_string(std::string& out, const std::string& s) {
 }
 
 static void append_repr(std::string& out, const Value& v) {
+  ValueDepth guard;
+  if (out.size() > kMaxStringBytes) check_string_size(double(out.size()), "printing a value");
   switch (v.kind) {
     case Kind::String: append_repr_string(out, v.str()); return;
     case Kind::List:
@@ -298,8 +343,11 @@ static void append_json_string(std::string& out, const std::string& s, bool ensu
 }
 
 static void append_json(std::string& out, const Value& v, const JsonOptions& opt, int depth) {
+  ValueDepth guard;
+  if (out.size() > kMaxStringBytes) check_string_size(double(out.size()), "tojson");
   auto newline = [&](int d) {
     if (opt.indent < 0) return;
+    check_string_size(double(out.size()) + double(opt.indent) * d, "tojson");
     out += '\n';
     out.append(size_t(opt.indent) * d, ' ');
   };
@@ -367,6 +415,7 @@ std::string to_json(const Value& v, const JsonOptions& opt) {
 }
 
 bool equals(const Value& a, const Value& b) {
+  ValueDepth guard;
   if (a.is_number() && b.is_number()) {
     if (a.kind != Kind::Float && b.kind != Kind::Float)
       return (a.kind == Kind::Int ? a.i : a.b) == (b.kind == Kind::Int ? b.i : b.b);
@@ -402,6 +451,7 @@ bool equals(const Value& a, const Value& b) {
 }
 
 int compare(const Value& a, const Value& b) {
+  ValueDepth guard;
   if (a.is_number() && b.is_number()) {
     if (a.kind == Kind::Int && b.kind == Kind::Int) return a.i < b.i ? -1 : a.i > b.i ? 1 : 0;
     double x = a.as_double(), y = b.as_double();
