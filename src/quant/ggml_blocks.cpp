@@ -1,6 +1,7 @@
 // ggml's Q8_0 / Q4_0 / Q5_0 / Q5_1 blocks and f16 / bf16 rows, bit for bit as ggml-quants.c's reference
 // quantizers compute them (this file is built without FMA contraction, as ggml's scalar code).
 #include "quant/ggml_blocks.h"
+#include "quant/ggml_bytes.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,17 +13,6 @@
 namespace lmtune::quant::ggml {
 
 namespace {
-
-void put_f16(char* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-
-float get_f16(const char* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
 
 void check_blocks(int64_t n, const char* what) {
   LMT_CHECK(n % kBlock == 0, "[ggml] ", what, ": ", n, " elements are not a multiple of the block of ", kBlock);

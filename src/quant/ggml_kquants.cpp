@@ -9,6 +9,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "quant/ggml_blocks.h"
+#include "quant/ggml_bytes.h"
 
 namespace lmtune::quant::ggml {
 
@@ -18,17 +19,6 @@ constexpr int64_t kQ4kBytes = 2 + 2 + 12 + 128;       // d, dmin, 8 x (6-bit sca
 constexpr int64_t kQ5kBytes = 2 + 2 + 12 + 32 + 128;  // + the codes' fifth bits
 constexpr int64_t kQ6kBytes = 128 + 64 + 16 + 2;      // low nibbles, high 2 bits, int8 scales, d
 constexpr float kGroupMaxEps = 1e-15f;                // ggml's GROUP_MAX_EPS: below it a group is zero
-
-void put_f16(char* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-
-float get_f16(const char* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
 
 void check_super_blocks(int64_t n, const char* what) {
   LMT_CHECK(n % kSuperBlock == 0, "[ggml] ", what, ": ", n, " elements are not a multiple of the super-block of ",

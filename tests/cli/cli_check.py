@@ -13,13 +13,8 @@ import shutil
 import subprocess
 import sys
 
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg[-3000:], file=sys.stderr)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
+from checks import FAILS, check  # noqa: E402  (the shared failure list, tests/ref/checks.py)
 
 
 def main():
