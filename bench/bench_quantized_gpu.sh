@@ -9,8 +9,8 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 0 and 3, and the whole model's decode (prompt 16) for
-# each of LMTUNE_GROUP_GATE_UP = 0/1 x LMTUNE_CUDA_QGEMV_VARIANT = 0/3/5 (runtime_config.h; 5 and grouped are the defaults).
+# per-product times of the GEMV's variants 5 and 6, and the whole model's decode (prompt 16) for
+# each of LMTUNE_FUSED_EPILOGUES = 0/1 x LMTUNE_CUDA_QGEMV_VARIANT = 0/5/6 (runtime_config.h).
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +39,7 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for variant in 0 3; do
+  for variant in 5 6; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
     LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/bench_quantized" --rows 1 2>&1 | grep -v "^#" || status=1
   done
@@ -86,10 +86,10 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
 if ((ab)); then
-  for gu in 0 1; do
-    for variant in 0 3 5; do
-      echo "== lmtune benchmark -p 16 -g 128, LMTUNE_GROUP_GATE_UP=$gu LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
-      LMTUNE_GROUP_GATE_UP=$gu LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
+  for fe in 0 1; do
+    for variant in 0 5 6; do
+      echo "== lmtune benchmark -p 16 -g 128, LMTUNE_FUSED_EPILOGUES=$fe LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
+      LMTUNE_FUSED_EPILOGUES=$fe LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
         -p 16 -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
     done
   done

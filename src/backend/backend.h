@@ -167,6 +167,21 @@ class Backend {
   virtual bool quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,
                                     const void* const* biases, void* const* ys, const int64_t* ns, int count, int64_t M,
                                     int64_t K, int bits, int group_size, DType dt);
+  // Decoding's fused quantized steps (affine; false where this backend has no kernel for them, and
+  // ops/ composes the plain ops, which give the same values). y (M, N) = residual (M, N, not
+  // aliasing y) + x W^T, the product rounded to dt first:
+  virtual bool quantized_gemv_add(const void* x, const uint32_t* wq, const void* scales, const void* biases,
+                                  const void* residual, void* y, int64_t M, int64_t N, int64_t K, int bits,
+                                  int group_size, DType dt) {
+    return false;
+  }
+  // out (M, N) = swiglu(x W_0^T, x W_1^T) for gate (index 0) and up (1), both (N, K), each product
+  // rounded to dt first.
+  virtual bool quantized_gemv_swiglu(const void* x, const uint32_t* const* wqs, const void* const* scales,
+                                     const void* const* biases, void* out, int64_t M, int64_t N, int64_t K, int bits,
+                                     int group_size, DType dt) {
+    return false;
+  }
   // MLX's fp modes (mode mxfp4, nvfp4 or mxfp8; core/quant_format.h): out (rows, in) in dt, element
   // i of row r = round_dt(round_dt(v) * round_dt(s)), v the value of the code at bit offset i * bits
   // of row r's stream (E2M1 for the fp4 modes, E4M3 for mxfp8; core/fp_formats.h) and s the value of

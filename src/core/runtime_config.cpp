@@ -50,9 +50,10 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);
   c.group_gate_up = read_switch("LMTUNE_GROUP_GATE_UP", var("LMTUNE_GROUP_GATE_UP"), d.group_gate_up);
+  c.fused_epilogues = read_switch("LMTUNE_FUSED_EPILOGUES", var("LMTUNE_FUSED_EPILOGUES"), d.fused_epilogues);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
-  LMT_CHECK(c.cuda_qgemv_variant <= 5, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 5, got ",
+  LMT_CHECK(c.cuda_qgemv_variant <= 6, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 6, got ",
             c.cuda_qgemv_variant);
   return c;
 }

@@ -118,7 +118,7 @@ Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, K
   const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
   Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding);
   auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
-  return ag::add(x1, b.mlp.forward(h, decoding));
+  return b.mlp.forward(h, decoding, &x1);
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {

@@ -4,11 +4,13 @@
 
 namespace lmtune::nn {
 
-Tensor GatedMlp::forward(const Tensor& x, bool decoding) const {
+Tensor GatedMlp::forward(const Tensor& x, bool decoding, const Tensor* residual) const {
   Linear lg = gate.get(), lu = up.get();
   Tensor act_out;
   if (decoding && act == Activation::silu && lg.plain() && lu.plain()) {
     act_out = ops::swiglu_linear(x, lg.weight, lu.weight);
+  } else if (decoding && act == Activation::silu && runtime_config().group_gate_up && lg.quantized_like(lu)) {
+    act_out = ops::quantized_swiglu_linear(x, lg.packed(), lu.packed(), lg.format);
   } else if (decoding && runtime_config().group_gate_up && lg.quantized_like(lu)) {
     std::vector<Tensor> gu = ops::quantized_linear_group(x, {lg.packed(), lu.packed()}, lg.format);
     act_out = act == Activation::silu ? ag::swiglu(gu[0], gu[1]) : ag::mul(ag::gelu_tanh(gu[0]), gu[1]);
@@ -24,7 +26,10 @@ Tensor GatedMlp::forward(const Tensor& x, bool decoding) const {
     }
     act_out = act == Activation::silu ? ag::swiglu(g, u) : ag::mul(ag::gelu_tanh(g), u);
   }
-  return down.forward(act_out);
+  if (!residual) return down.forward(act_out);
+  Linear ld = down.get();
+  if (decoding && ld.plain_quantized()) return ops::quantized_linear_add(act_out, ld.packed(), *residual, ld.format);
+  return ag::add(*residual, down.forward(act_out));
 }
 
 }  // namespace lmtune::nn

@@ -10,9 +10,11 @@ struct GatedMlp {
   LinearRef down;      // (n_embd, n_ff)
   Activation act = Activation::silu;
 
-  // x (B, T, n_embd) -> (B, T, n_embd). While decoding (a few rows, no autograd), plain gate and
-  // up products with silu run as one kernel with swiglu in its epilogue where the backend has one.
-  Tensor forward(const Tensor& x, bool decoding) const;
+  // x (B, T, n_embd) -> (B, T, n_embd), plus *residual (B, T, n_embd) when given. While decoding
+  // (a few rows, no autograd), plain gate and up products with silu run as one kernel with swiglu
+  // in its epilogue, and a plain quantized down product with the residual add in its epilogue,
+  // where the backend has such kernels.
+  Tensor forward(const Tensor& x, bool decoding, const Tensor* residual = nullptr) const;
 };
 
 }  // namespace lmtune::nn

@@ -91,6 +91,13 @@ struct QuantizedWeight {
 // quantized_linear(x, W_i) each, in one launch where the backend can (q, k and v; gate and up).
 std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
                                            const QuantFormat& f);
+// Inference only, for decoding: swiglu(quantized_linear(x, gate), quantized_linear(x, up)) in one
+// launch where the backend can; the same values either way.
+Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, const QuantizedWeight& up,
+                               const QuantFormat& f);
+// Inference only, for decoding: add(residual, quantized_linear(x, W)) in one launch where the
+// backend can; the same values either way.
+Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Tensor& residual, const QuantFormat& f);
 // The inverse of affine dequantize: x (rows, in) in a float dtype -> {wq u32 (rows, in * bits / 32), scales and biases
 // (rows, in / group_size) in x's dtype} on x's device, bit for bit mx.quantize (quant::quantize is
 // the reference). Bits 2, 3, 4, 5, 6, 8; group size 32, 64, 128 dividing in.

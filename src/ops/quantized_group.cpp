@@ -1,4 +1,5 @@
-// quantized_linear_group: decoding's products that share x, in one launch where the backend can.
+// Decoding's fused quantized products: those that share x (quantized_linear_group), gate and up
+// with swiglu, a product with the residual add; one launch each where the backend can.
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -36,6 +37,53 @@ std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<Qu
   out.clear();
   for (const QuantizedWeight& w : ws) out.push_back(quantized_linear(x, *w.wq, *w.scales, *w.biases, f));
   return out;
+}
+
+namespace {
+// The fused kernels' conditions: affine, a few rows, x's dtype in the scales, x on W's device.
+bool fusable(const Tensor& x, const QuantizedWeight& w, const QuantFormat& f, int64_t& M, int64_t& K) {
+  K = x.dim(-1), M = x.numel() / (K ? K : 1);
+  return M >= 1 && M <= 8 && f.mode == QuantMode::affine && w.wq->dim(1) * 32 / f.bits == K &&
+         w.scales->dtype() == x.dtype() && w.wq->device() == x.device();
+}
+}  // namespace
+
+Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, const QuantizedWeight& up,
+                               const QuantFormat& f) {
+  check_quantized(*gate.wq, *gate.scales, *gate.biases, f, "quantized_swiglu_linear");
+  check_quantized(*up.wq, *up.scales, *up.biases, f, "quantized_swiglu_linear");
+  int64_t M = 0, K = 0;
+  if (fusable(x, gate, f, M, K) && fusable(x, up, f, M, K) && gate.wq->shape() == up.wq->shape()) {
+    const int64_t N = gate.wq->dim(0);
+    Shape os = x.shape();
+    os.back() = N;
+    Tensor out = empty(os, x.dtype(), x.device());
+    const uint32_t* wqs[2] = {static_cast<const uint32_t*>(gate.wq->raw()), static_cast<const uint32_t*>(up.wq->raw())};
+    const void* sc[2] = {gate.scales->raw(), up.scales->raw()};
+    const void* bi[2] = {gate.biases->raw(), up.biases->raw()};
+    if (backend(x.device())
+            .quantized_gemv_swiglu(x.raw(), wqs, sc, bi, out.raw(), M, N, K, f.bits, f.group_size, x.dtype()))
+      return out;
+  }
+  std::vector<Tensor> gu = quantized_linear_group(x, {gate, up}, f);
+  return swiglu(gu[0], gu[1]);
+}
+
+Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Tensor& residual, const QuantFormat& f) {
+  check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_linear_add");
+  int64_t M = 0, K = 0;
+  const int64_t N = w.wq->dim(0);
+  Shape os = x.shape();
+  os.back() = N;
+  if (fusable(x, w, f, M, K) && residual.shape() == os && residual.dtype() == x.dtype() &&
+      residual.device() == x.device()) {
+    Tensor y = empty(os, x.dtype(), x.device());
+    if (backend(x.device())
+            .quantized_gemv_add(x.raw(), static_cast<const uint32_t*>(w.wq->raw()), w.scales->raw(), w.biases->raw(),
+                                residual.raw(), y.raw(), M, N, K, f.bits, f.group_size, x.dtype()))
+      return y;
+  }
+  return add(residual, quantized_linear(x, *w.wq, *w.scales, *w.biases, f));
 }
 
 }  // namespace lmtune::ops

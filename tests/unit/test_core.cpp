@@ -95,16 +95,17 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(d.attn_chunk_rows, 0);
   EXPECT_FALSE(d.cuda_pdl);
   EXPECT_TRUE(d.group_gate_up);
+  EXPECT_TRUE(d.fused_epilogues);
   EXPECT_EQ(d.cuda_qgemv_variant, 5);
-  env = {{"LMTUNE_CUDA_GEMV", "0"},         {"LMTUNE_CUDA_FLASH", "0"},
-         {"LMTUNE_CUDA_GRAPH", "0"},        {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
-         {"LMTUNE_CUDA_PDL", "1"},          {"LMTUNE_GROUP_GATE_UP", "0"},
-         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}};
+  env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
+         {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
+         {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
+         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph);
   EXPECT_EQ(c.attn_chunk_rows, 7);
   EXPECT_TRUE(c.cuda_pdl);
-  EXPECT_FALSE(c.group_gate_up);
+  EXPECT_FALSE(c.group_gate_up || c.fused_epilogues);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
   c = runtime_config_from_env(get);
@@ -112,7 +113,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   const std::pair<const char*, const char*> bad[] = {
       {"LMTUNE_CUDA_GRAPH", "yes"},          {"LMTUNE_CUDA_FLASH", "2"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
       {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},          {"LMTUNE_GROUP_GATE_UP", "2"},
-      {"LMTUNE_CUDA_QGEMV_VARIANT", "6"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}};
+      {"LMTUNE_CUDA_QGEMV_VARIANT", "7"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {

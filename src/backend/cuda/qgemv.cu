@@ -133,7 +133,7 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
-  if (wanted == 5 && launch_lean<T>(BITS, GS, p)) return;
+  if ((wanted == 5 || wanted == 6) && launch_lean<T>(BITS, GS, p, wanted == 6)) return;
   if ((wanted == 3 || wanted == 4) && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
   const int variant = Sh::kVariants && wanted <= 2 ? wanted : 0;
   if (group && variant == 0) {
@@ -312,6 +312,71 @@ bool CudaBackend::quantized_gemv_group(const void* x, const uint32_t* const* wqs
     }
   });
   return true;
+}
+
+// Decoding's fused steps, on the lean kernel only (variants 5 and 6; qgemv_lean.cu): false
+// elsewhere, and the caller composes the plain ops, which give the same values.
+namespace {
+int lean_variant() {
+  const RuntimeConfig& rc = runtime_config();
+  const int v = int(rc.cuda_qgemv_variant);
+  return rc.fused_epilogues && (v == 5 || v == 6) ? v : 0;
+}
+bool aligned4(const void* p) { return reinterpret_cast<uintptr_t>(p) % 4 == 0; }
+}  // namespace
+
+bool CudaBackend::quantized_gemv_add(const void* x, const uint32_t* wq, const void* scales, const void* biases,
+                                     const void* residual, void* y, int64_t M, int64_t N, int64_t K, int bits,
+                                     int group_size, DType dt) {
+  const int variant = lean_variant();
+  if (N < 1 || !variant || !gemv_shape_ok(M, K, bits, group_size, dt) || !mma_path(bits, group_size, dt) ||
+      !aligned16(x) || !aligned16(wq))
+    return false;
+  bool done = false;
+  dispatch_float(dt, "quantized_gemv_add", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      QgemvParams<T> p{};
+      p.x = static_cast<const T*>(x);
+      p.wq = wq;
+      p.scales = static_cast<const T*>(scales);
+      p.biases = static_cast<const T*>(biases);
+      p.residual = static_cast<const T*>(residual);
+      p.y = static_cast<T*>(y);
+      p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1;
+      p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
+      done = launch_lean<T>(bits, group_size, p, variant == 6);
+    }
+  });
+  return done;
+}
+
+bool CudaBackend::quantized_gemv_swiglu(const void* x, const uint32_t* const* wqs, const void* const* scales,
+                                        const void* const* biases, void* out, int64_t M, int64_t N, int64_t K, int bits,
+                                        int group_size, DType dt) {
+  const int variant = lean_variant();
+  if (N < 1 || !variant || !gemv_shape_ok(M, K, bits, group_size, dt) || !mma_path(bits, group_size, dt) ||
+      !aligned16(x) || !aligned16(wqs[0]) || !aligned16(wqs[1]) || !aligned4(scales[1]) || !aligned4(biases[1]))
+    return false;
+  bool done = false;
+  dispatch_float(dt, "quantized_gemv_swiglu", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      QgemvParams<T> p{};
+      p.x = static_cast<const T*>(x);
+      for (int i = 0; i < 2; ++i) {
+        p.wqs[i] = wqs[i];
+        p.scaless[i] = static_cast<const T*>(scales[i]);
+        p.biasess[i] = static_cast<const T*>(biases[i]);
+      }
+      p.wq = wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0];
+      p.y = static_cast<T*>(out);
+      p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1, p.swiglu = true;
+      p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 7) / 8;  // 8 rows of gate and of up a tile
+      done = launch_lean<T>(bits, group_size, p, variant == 6);
+    }
+  });
+  return done;
 }
 
 }  // namespace lmtune

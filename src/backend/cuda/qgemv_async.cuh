@@ -98,10 +98,12 @@ __device__ __forceinline__ void copy_chunk(uint8_t* st, const QMatrix<T>& mt, in
 
 // acc (lane (g, t)'s four outputs, qgemv.cu's layout) += the first `count` groups of the chunk in
 // stage st times x; xq is x at the chunk's first group, row g, this lane's quarter (any row when
-// !has_x: B's columns >= M are zeros). FULL: all C of them, no count checks.
-template <typename T, int BITS, int GS, int CB, int STAGES, bool FULL>
+// !has_x: B's columns >= M are zeros). FULL: all C of them, no count checks. PRESUM: the sums of
+// x per group come from xsum (this lane's rows 2t and 2t + 1 at the chunk's first group, the next
+// group xsum_stride further) instead of a second mma with A = ones.
+template <typename T, int BITS, int GS, int CB, int STAGES, bool FULL, bool PRESUM = false>
 __device__ __forceinline__ void chunk_groups(const uint8_t* st, const T* xq, bool has_x, int count, int g,
-                                             float (&acc)[4]) {
+                                             float (&acc)[4], const float2* xsum = nullptr, int xsum_stride = 0) {
   using Sh = MmaShape<BITS, GS>;
   using As = AsyncShape<T, BITS, GS, CB, STAGES>;
   constexpr int H = Sh::H, QW = Sh::QW, C = As::C, kRowStride = As::kRowStride;
@@ -138,8 +140,14 @@ __device__ __forceinline__ void chunk_groups(const uint8_t* st, const T* xq, boo
       if constexpr (kSplit8)
         mma16816<T>(cq, code_pair_hi8(wa[P0 / H], P0 % H), code_pair_hi8(wb[P0 / H], P0 % H),
                     code_pair_hi8(wa[P1 / H], P1 % H), code_pair_hi8(wb[P1 / H], P1 % H), x0, x1);
-      constexpr uint32_t one = Magic<T>::kOne;
-      mma16816<T>(cx, one, one, one, one, x0, x1);
+      if constexpr (!PRESUM) {
+        constexpr uint32_t one = Magic<T>::kOne;
+        mma16816<T>(cx, one, one, one, one, x0, x1);
+      }
+    }
+    if constexpr (PRESUM) {
+      const float2 s = xsum[u * xsum_stride];
+      cx[0] = s.x, cx[1] = s.y;
     }
     // cx[2], cx[3] (rows g + 8 of the ones) equal cx[0], cx[1].
     const float sc0 = to_f32(ss[g * C + u]), sc1 = to_f32(ss[(g + 8) * C + u]);

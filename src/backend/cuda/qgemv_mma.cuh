@@ -30,6 +30,12 @@ struct QgemvParams {
   T* ys[3];
   int64_t Ns[3];
   int64_t tile_start[4];
+  // Epilogues of the lean kernel (qgemv_lean.cu; decoding's fused steps). residual (M, N) or null:
+  // y = residual + y, each rounded to T as ops::add after the plain product would. swiglu: matrix
+  // 0 is gate and matrix 1 (wqs[1], ...) is up, both N rows; a tile holds 8 rows of each and y
+  // (M, N) = swiglu(gate, up), each product rounded to T first as ops::swiglu after the products.
+  const T* residual;
+  bool swiglu;
 };
 
 // The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:
@@ -261,8 +267,9 @@ __device__ __forceinline__ void store_tile(const QMatrix<T>& mt, const float (&a
 // 128 bytes a row, when it takes them: false leaves the product to the caller.
 template <typename T>
 bool launch_async(int bits, int group_size, int chunk_row_bytes, QgemvParams<T> p);
-// The lean shared-memory kernel (qgemv_lean.cu) likewise.
+// The lean shared-memory kernel (qgemv_lean.cu) likewise; presum: variant 6 (x's group sums once
+// a block) where its shared memory allows. The only kernel with p.residual and p.swiglu.
 template <typename T>
-bool launch_lean(int bits, int group_size, QgemvParams<T> p);
+bool launch_lean(int bits, int group_size, QgemvParams<T> p, bool presum);
 
 }  // namespace lmtune::qgemv
