@@ -199,7 +199,10 @@ void launch_lean_shape(QgemvParams<T> p) {
   const int64_t tiles = p.tile_start[p.count], groups = p.K / GS;
   const int64_t want = int64_t(cuda_impl().sm_count()) * 8 * As::template min_blocks<false>();
   p.S = 1;
-  while (p.S < kQWarps && tiles * p.S < want && groups >= int64_t(2 * p.S) * As::C) p.S *= 2;
+  // swiglu's tiles hold 8 rows of gate and of up: split K as the plain gate product of 16-row
+  // tiles would, so that the sums (and the values) are the plain path's.
+  const int64_t split_tiles = p.swiglu ? (p.N + 15) / 16 : tiles;
+  while (p.S < kQWarps && split_tiles * p.S < want && groups >= int64_t(2 * p.S) * As::C) p.S *= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
   const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
   if (p.swiglu) return launch_lean_kernel<T, BITS, GS, kSwiglu, PRESUM>(p, grid);
