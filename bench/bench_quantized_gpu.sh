@@ -9,8 +9,9 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 5 and 6, and the whole model's decode (prompt 16) for
-# each of LMTUNE_FUSED_EPILOGUES = 0/1 x LMTUNE_CUDA_QGEMV_VARIANT = 0/5/6 (runtime_config.h).
+# per-product times of the GEMV's variants 5 and 6, and the whole model's decode (prompts 16 and
+# 512) with LMTUNE_CUDA_DECODE_SPLIT = 0/1 (runtime_config.h; session 5 compared the GEMV variants
+# and the fused epilogues the same way).
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,8 +50,9 @@ if ((profile)) && command -v ncu >/dev/null; then
   echo "== ncu: one call of each fused product, M = 1 [$((SECONDS - start)) s]"
   ncu --clock-control none --kernel-name regex:qgemv --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats \
+    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__inst_executed_pipe_tensor_op_hmma.sum \
     "$build/bin/bench_quantized" --rows 1 --once >"$logdir/ncu-qgemv.txt" 2>&1 || echo "ncu failed (see ncu-qgemv.txt)"
-  grep -E "qgemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Stall" \
+  grep -E "qgemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Stall|hmma|inst_executed" \
     "$logdir/ncu-qgemv.txt" | head -n 80
   echo "== ncu: the same with LMTUNE_CUDA_QGEMV_VARIANT=3 (shared-memory staging) [$((SECONDS - start)) s]"
   LMTUNE_CUDA_QGEMV_VARIANT=3 ncu --clock-control none --kernel-name regex:qgemv --section SpeedOfLight \
@@ -86,11 +88,11 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
 if ((ab)); then
-  for fe in 0 1; do
-    for variant in 0 5 6; do
-      echo "== lmtune benchmark -p 16 -g 128, LMTUNE_FUSED_EPILOGUES=$fe LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
-      LMTUNE_FUSED_EPILOGUES=$fe LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
-        -p 16 -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
+  for split in 0 1; do
+    for prompt in 16 512; do
+      echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_DECODE_SPLIT=$split [$((SECONDS - start)) s]"
+      LMTUNE_CUDA_DECODE_SPLIT=$split "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
+        -p $prompt -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
     done
   done
 fi
@@ -106,7 +108,8 @@ if not rows:
     sys.exit("no ncu rows")
 h = rows[0]
 ki, vi, ii = h.index("Kernel Name"), h.index("Metric Value"), h.index("ID")
-ks = [(int(r[ii]), r[ki].split("(")[0].split("<")[0][-40:] + ("<" + r[ki].split("<")[1].split(">")[0][:30] + ">" if "<" in r[ki] else ""), float(r[vi]) / 1e3) for r in rows[1:]]
+num = lambda v: float(v.replace(",", ""))  # ncu prints thousands separators ("3,616")
+ks = [(int(num(r[ii])), r[ki].split("(")[0].split("<")[0][-40:] + ("<" + r[ki].split("<")[1].split(">")[0][:30] + ">" if "<" in r[ki] else ""), num(r[vi]) / 1e3) for r in rows[1:]]
 n = len(ks)
 # The last decode step: the kernels after the last lm_head-sized product are the sampler's; take the
 # final quarter of the run, which is one of the three decode steps when the prompt step is similar.

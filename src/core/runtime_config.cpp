@@ -46,6 +46,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   RuntimeConfig d, c;
   c.cuda_gemv = read_switch("LMTUNE_CUDA_GEMV", var("LMTUNE_CUDA_GEMV"), d.cuda_gemv);
   c.cuda_flash = read_switch("LMTUNE_CUDA_FLASH", var("LMTUNE_CUDA_FLASH"), d.cuda_flash);
+  c.cuda_decode_split = read_switch("LMTUNE_CUDA_DECODE_SPLIT", var("LMTUNE_CUDA_DECODE_SPLIT"), d.cuda_decode_split);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);

@@ -7,8 +7,11 @@
 namespace lmtune {
 
 struct RuntimeConfig {
-  bool cuda_gemv = true;        // LMTUNE_CUDA_GEMV=0: products of 1-4 rows go to cuBLASLt, not gemv.cu
-  bool cuda_flash = true;       // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
+  bool cuda_gemv = true;   // LMTUNE_CUDA_GEMV=0: products of 1-4 rows go to cuBLASLt, not gemv.cu
+  bool cuda_flash = true;  // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
+  // LMTUNE_CUDA_DECODE_SPLIT=0: decoding's attention (T <= 4) takes the flash kernel, one block a
+  // head, instead of decode_split.cu's blocks over stretches of the keys.
+  bool cuda_decode_split = true;
   int64_t attn_chunk_rows = 0;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS: most query rows per gemm-path chunk (0: no cap)
   bool cuda_graph = true;       // LMTUNE_CUDA_GRAPH=0: decode runs eagerly, no recorded CUDA graph
   // LMTUNE_CUDA_PDL=1: a recorded decode step's kernels go out with programmatic dependent launch

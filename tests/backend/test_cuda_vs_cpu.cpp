@@ -621,35 +621,44 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       {1, 100, 6, 3, 96, 70, 0},    // head_dim 96: decode_attention.cu in every dtype
       {3, 128, 4, 2, 128, 60, 0},   // a few rows at once
       {1, 64, 4, 2, 16, 30, 0},     // head_dim 16 and 48: lanes past head_dim idle
-      {1, 64, 2, 1, 48, 50, 8},
+      {1, 64, 2, 1, 48, 50, 8},       {1, 4096, 32, 8, 128, 3000, 0},  // Mistral's heads over a long cache: many splits
+      {2, 2048, 8, 2, 64, 1500, 300},                                  // two rows, a window across split boundaries
+      {4, 512, 4, 4, 128, 40, 0},                                      // fewer keys than one split takes
   };
-  for (const Case& c : cases) {
-    std::string name = "attention at run-time offset T" + std::to_string(c.T) + " cap" + std::to_string(c.cap) + " H" +
-                       std::to_string(c.H) + "/" + std::to_string(c.KV) + " D" + std::to_string(c.D) + " pos" +
-                       std::to_string(c.pos) + " win" + std::to_string(c.window);
-    SCOPED_TRACE(name);
-    const int64_t S = c.pos + c.T, row = c.KV * c.D;
-    size_t nq = size_t(c.T * c.H * c.D), nl = size_t(c.H * c.T);
-    Vec q = rounded(uniform(nq, 60, -2.f, 2.f), dt), k = rounded(uniform(size_t(c.cap * row), 61, -2.f, 2.f), dt);
-    Vec v = rounded(uniform(size_t(c.cap * row), 62), dt);
-    AttentionArgs a;
-    a.B = 1, a.T = c.T, a.S = S, a.n_head = c.H, a.n_kv_head = c.KV, a.head_dim = c.D;
-    a.q_offset = c.pos, a.window = c.window, a.causal = true, a.scale = 1.f / std::sqrt(float(c.D));
-    Vec out(nq), lse(nl);
-    AttentionArgs ac = a;
-    ac.q = q.data(), ac.k = k.data(), ac.v = v.data(), ac.out = out.data(), ac.lse = lse.data(), ac.dtype = DType::f32;
-    cpu().attention(ac);
-    for (size_t i = size_t(S * row); i < k.size(); ++i) k[i] = v[i] = std::numeric_limits<float>::quiet_NaN();
-    Tensor gq = on_gpu(q, dt), gk = on_gpu(k, dt), gv = on_gpu(v, dt), gout = gpu_empty(int64_t(nq), dt);
-    Tensor glse = gpu_empty(int64_t(nl), DType::f32), pos = on_gpu_i32({int32_t(c.pos - 7)});
-    AttentionArgs ag = a;
-    ag.S = c.cap, ag.q_offset = 7, ag.q_offset_at = static_cast<const int32_t*>(pos.raw());
-    ag.q = gq.raw(), ag.k = gk.raw(), ag.v = gv.raw(), ag.out = gout.raw(), ag.lse = static_cast<float*>(glse.raw());
-    ag.dtype = dt;
-    gpu().attention(ag);
-    check_close(read(gout), out, tol_attn(dt), name + " out");
-    check_close(read(glse), lse, tol_reduce(DType::f32), name + " lse");
-  }
+  // decode_split.cu (bf16/f16, head_dim 64 and 128, T <= 4) and, with it off, the flash kernel.
+  for (bool split : {true, false})
+    for (const Case& c : cases) {
+      RuntimeConfig rc = runtime_config();
+      rc.cuda_decode_split = split;
+      ScopedRuntimeConfig scoped(rc);
+      std::string name = std::string(split ? "split " : "") + "attention at run-time offset T" + std::to_string(c.T) +
+                         " cap" + std::to_string(c.cap) + " H" + std::to_string(c.H) + "/" + std::to_string(c.KV) +
+                         " D" + std::to_string(c.D) + " pos" + std::to_string(c.pos) + " win" +
+                         std::to_string(c.window);
+      SCOPED_TRACE(name);
+      const int64_t S = c.pos + c.T, row = c.KV * c.D;
+      size_t nq = size_t(c.T * c.H * c.D), nl = size_t(c.H * c.T);
+      Vec q = rounded(uniform(nq, 60, -2.f, 2.f), dt), k = rounded(uniform(size_t(c.cap * row), 61, -2.f, 2.f), dt);
+      Vec v = rounded(uniform(size_t(c.cap * row), 62), dt);
+      AttentionArgs a;
+      a.B = 1, a.T = c.T, a.S = S, a.n_head = c.H, a.n_kv_head = c.KV, a.head_dim = c.D;
+      a.q_offset = c.pos, a.window = c.window, a.causal = true, a.scale = 1.f / std::sqrt(float(c.D));
+      Vec out(nq), lse(nl);
+      AttentionArgs ac = a;
+      ac.q = q.data(), ac.k = k.data(), ac.v = v.data(), ac.out = out.data(), ac.lse = lse.data(),
+      ac.dtype = DType::f32;
+      cpu().attention(ac);
+      for (size_t i = size_t(S * row); i < k.size(); ++i) k[i] = v[i] = std::numeric_limits<float>::quiet_NaN();
+      Tensor gq = on_gpu(q, dt), gk = on_gpu(k, dt), gv = on_gpu(v, dt), gout = gpu_empty(int64_t(nq), dt);
+      Tensor glse = gpu_empty(int64_t(nl), DType::f32), pos = on_gpu_i32({int32_t(c.pos - 7)});
+      AttentionArgs ag = a;
+      ag.S = c.cap, ag.q_offset = 7, ag.q_offset_at = static_cast<const int32_t*>(pos.raw());
+      ag.q = gq.raw(), ag.k = gk.raw(), ag.v = gv.raw(), ag.out = gout.raw(), ag.lse = static_cast<float*>(glse.raw());
+      ag.dtype = dt;
+      gpu().attention(ag);
+      check_close(read(gout), out, tol_attn(dt), name + " out");
+      check_close(read(glse), lse, tol_reduce(DType::f32), name + " lse");
+    }
 }
 
 TEST_F(CudaVsCpuOnce, CopyRowsAtRunTimeRow) {

@@ -91,7 +91,7 @@ TEST(RuntimeConfig, FromEnvironment) {
     return it == env.end() ? nullptr : it->second.c_str();
   };
   RuntimeConfig d = runtime_config_from_env(get);
-  EXPECT_TRUE(d.cuda_gemv && d.cuda_flash && d.cuda_graph);
+  EXPECT_TRUE(d.cuda_gemv && d.cuda_flash && d.cuda_graph && d.cuda_decode_split);
   EXPECT_EQ(d.attn_chunk_rows, 0);
   EXPECT_FALSE(d.cuda_pdl);
   EXPECT_TRUE(d.group_gate_up);
@@ -100,9 +100,10 @@ TEST(RuntimeConfig, FromEnvironment) {
   env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
          {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
-         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"}};
+         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"},
+         {"LMTUNE_CUDA_DECODE_SPLIT", "0"}};
   RuntimeConfig c = runtime_config_from_env(get);
-  EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph);
+  EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
   EXPECT_TRUE(c.cuda_pdl);
   EXPECT_FALSE(c.group_gate_up || c.fused_epilogues);
@@ -111,9 +112,9 @@ TEST(RuntimeConfig, FromEnvironment) {
   c = runtime_config_from_env(get);
   EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
   const std::pair<const char*, const char*> bad[] = {
-      {"LMTUNE_CUDA_GRAPH", "yes"},          {"LMTUNE_CUDA_FLASH", "2"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
-      {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},          {"LMTUNE_GROUP_GATE_UP", "2"},
-      {"LMTUNE_CUDA_QGEMV_VARIANT", "7"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}};
+      {"LMTUNE_CUDA_GRAPH", "yes"},          {"LMTUNE_CUDA_FLASH", "2"},          {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
+      {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},           {"LMTUNE_GROUP_GATE_UP", "2"},
+      {"LMTUNE_CUDA_QGEMV_VARIANT", "7"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {

@@ -137,7 +137,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.T * a.n_head * a.head_dim == 0) return;
-  if (flash_attention_forward(a)) return;
+  if (decode_split_attention(a) || flash_attention_forward(a)) return;
   if (a.q_offset_at) return decode_attention(a);  // the key range is known only on the device
   dispatch_float(a.dtype, "attention", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -45,6 +45,8 @@ CudaBackend::CudaBackend() {
   LMT_CUBLAS_CHECK(cublasLtCreate(&lt_));
   workspace_bytes_ = kWorkspaceBytes;
   LMT_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  LMT_CUDA_CHECK(cudaMalloc(&decode_counters_, size_t(kDecodeCounters) * sizeof(int32_t)));
+  LMT_CUDA_CHECK(cudaMemset(decode_counters_, 0, size_t(kDecodeCounters) * sizeof(int32_t)));
   static CudaMemory memory;
   register_device_memory(Device::cuda, &memory);
 }
@@ -54,6 +56,7 @@ CudaBackend::CudaBackend() {
 CudaBackend::~CudaBackend() {
   gemm_plans_.clear();
   if (workspace_) cudaFree(workspace_);
+  if (decode_counters_) cudaFree(decode_counters_);
   if (lt_) cublasLtDestroy(lt_);
   if (stream_) cudaStreamDestroy(stream_);
 }

@@ -105,6 +105,9 @@ class CudaBackend final : public Backend {
             int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) override;
   void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) override;
   bool has_graphs() const override { return true; }
+  // Per-row counters of the split decode attention (decode_split.cu), zero between its launches.
+  static constexpr int64_t kDecodeCounters = 65536;
+  int32_t* decode_counters() const { return decode_counters_; }
   void graph_begin() override;
   void* graph_end() override;
   void graph_launch(void* graph) override;
@@ -164,6 +167,7 @@ class CudaBackend final : public Backend {
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  int32_t* decode_counters_ = nullptr;
   std::mutex gemm_mu_;
   std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans_;
 };
@@ -179,6 +183,9 @@ bool flash_attention_backward(const AttentionBackwardArgs& a);
 // y = alpha x W^T for 1-4 rows of x in bf16/f16 (gemv.cu); false where the arguments are not
 // covered (then cuBLASLt runs). LMTUNE_CUDA_GEMV=0 turns it off.
 bool gemv(const GemmArgs& g, DType c_dt);
+// Decoding's attention (T <= 4, bf16/f16, head_dim 64 or 128) split over the keys
+// (decode_split.cu); false where it does not apply. LMTUNE_CUDA_DECODE_SPLIT=0 turns it off.
+bool decode_split_attention(const AttentionArgs& a);
 // Attention with a run-time query offset (decode_attention.cu), where flash does not apply.
 void decode_attention(const AttentionArgs& a);
 

@@ -240,6 +240,22 @@ void launch_mma_for(int bits, int group_size, const QgemvParams<T>& p) {
   }
 }
 
+// One product's parameters: y (M, N) = x (M, K) dequant(wq, scales, biases)^T in 16-row tiles
+// (count 1; matrix 0 only). Callers add what their launch needs (residual, swiglu).
+template <typename T>
+QgemvParams<T> single_params(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
+                             int64_t M, int64_t N, int64_t K) {
+  QgemvParams<T> p{};
+  p.x = static_cast<const T*>(x);
+  p.wq = wq;
+  p.scales = static_cast<const T*>(scales);
+  p.biases = static_cast<const T*>(biases);
+  p.y = static_cast<T*>(y);
+  p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1;
+  p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
+  return p;
+}
+
 bool gemv_shape_ok(int64_t M, int64_t K, int bits, int group_size, DType dt) {
   if (M < 1 || M > 8 || K < 1 || !runtime_config().cuda_gemv) return false;
   if ((bits < 2 || bits > 8 || bits == 7) || (group_size != 32 && group_size != 64 && group_size != 128) ||
@@ -258,18 +274,7 @@ bool CudaBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* 
   const bool tensor_cores = mma_path(bits, group_size, dt) && aligned16(x) && aligned16(wq);
   dispatch_float(dt, "quantized_gemv", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    QgemvParams<T> p{};
-    p.x = static_cast<const T*>(x);
-    p.wq = wq;
-    p.scales = static_cast<const T*>(scales);
-    p.biases = static_cast<const T*>(biases);
-    p.y = static_cast<T*>(y);
-    p.N = N;
-    p.K = K;
-    p.M = int(M);
-    p.S = 1;
-    p.count = 1;
-    p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
+    QgemvParams<T> p = single_params<T>(x, wq, scales, biases, y, M, N, K);
     if constexpr (!std::is_same_v<T, float>) {
       if (tensor_cores) return launch_mma_for<T>(bits, group_size, p);
     }
@@ -336,15 +341,8 @@ bool CudaBackend::quantized_gemv_add(const void* x, const uint32_t* wq, const vo
   dispatch_float(dt, "quantized_gemv_add", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
-      QgemvParams<T> p{};
-      p.x = static_cast<const T*>(x);
-      p.wq = wq;
-      p.scales = static_cast<const T*>(scales);
-      p.biases = static_cast<const T*>(biases);
+      QgemvParams<T> p = single_params<T>(x, wq, scales, biases, y, M, N, K);
       p.residual = static_cast<const T*>(residual);
-      p.y = static_cast<T*>(y);
-      p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1;
-      p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
       done = launch_lean<T>(bits, group_size, p, variant == 6);
     }
   });
@@ -362,16 +360,13 @@ bool CudaBackend::quantized_gemv_swiglu(const void* x, const uint32_t* const* wq
   dispatch_float(dt, "quantized_gemv_swiglu", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
-      QgemvParams<T> p{};
-      p.x = static_cast<const T*>(x);
+      QgemvParams<T> p = single_params<T>(x, wqs[0], scales[0], biases[0], out, M, N, K);
       for (int i = 0; i < 2; ++i) {
         p.wqs[i] = wqs[i];
         p.scaless[i] = static_cast<const T*>(scales[i]);
         p.biasess[i] = static_cast<const T*>(biases[i]);
       }
-      p.wq = wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0];
-      p.y = static_cast<T*>(out);
-      p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1, p.swiglu = true;
+      p.swiglu = true;
       p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 7) / 8;  // 8 rows of gate and of up a tile
       done = launch_lean<T>(bits, group_size, p, variant == 6);
     }
