@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "ops/ops.h"
 #include "runtime/decode_graph.h"
@@ -124,6 +125,9 @@ void BatchEngine::loop() {
     }
     if (!active.empty()) step(active);
     std::erase_if(active, [](const std::unique_ptr<Sequence>& s) { return s->done; });
+    // Idle on the CPU: the freed caches and activations go back to the system, so a server's
+    // resident memory returns to its baseline between bursts (a GPU keeps its cache for speed).
+    if (active.empty() && waiting.empty() && model_.device() == Device::cpu) allocator(Device::cpu).empty_cache();
     std::lock_guard<std::mutex> lk(mu_);
     stats_.waiting = int64_t(waiting.size() + incoming_.size());
     stats_.decoding = std::count_if(active.begin(), active.end(), [](const auto& s) { return s->decoding; });

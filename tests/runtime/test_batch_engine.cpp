@@ -5,10 +5,12 @@
 // which run on the scheduler thread between steps, so no test depends on timing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <future>
 #include <thread>
 
 #include "batch_fixture.h"
+#include "core/error.h"
 #include "runtime/batch_engine.h"
 #include "runtime/generate.h"
 

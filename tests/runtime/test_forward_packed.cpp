@@ -10,9 +10,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 
 #include "backend/backend.h"
 #include "batch_fixture.h"
+#include "core/error.h"
+#include "runtime/sampler.h"
 #include "tolerance.h"
 
 using namespace lmtune;
@@ -74,6 +78,7 @@ void run_case(const TinySpec& spec) {
   for (size_t j = 0; j < ps.size(); ++j)
     caches.push_back(std::make_unique<DenseKVCache>(model->config(), kDevice, kDtype));
   int max_rows = 0, mixed_steps = 0;
+  double worst = 0;  // the largest |packed - alone| over every logit, printed
   for (int step = 0;; ++step) {
     std::vector<int32_t> ids;
     std::vector<PackedSequence> seqs;
@@ -98,6 +103,7 @@ void run_case(const TinySpec& spec) {
       std::vector<float> row(got.begin() + long(r * size_t(V)), got.begin() + long((r + 1) * size_t(V)));
       const std::vector<float>& want = alone[j][next[j]];
       expect_close(row, want, kTol, kTol, "step " + std::to_string(step) + " sequence " + std::to_string(j));
+      for (size_t v = 0; v < row.size(); ++v) worst = std::max(worst, double(std::fabs(row[v] - want[v])));
       EXPECT_EQ(Sampler::argmax(row), Sampler::argmax(want)) << "step " << step << " sequence " << j;
       ++next[j];
     }
@@ -106,6 +112,7 @@ void run_case(const TinySpec& spec) {
     EXPECT_EQ(next[j], alone[j].size());
     EXPECT_EQ(caches[j]->offset(), int64_t(ps[j].prompt.size()) + ps[j].decode);
   }
+  std::printf("largest |packed - alone| logit difference: %.3g\n", worst);
   EXPECT_EQ(max_rows, 5) << "every sequence ran in one step at least once";
   EXPECT_GT(mixed_steps, 0) << "a step mixed prefill chunks and decode tokens";
 }
