@@ -680,8 +680,14 @@ def case_batch(a):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="x", max_retries=0, timeout=120)
         conn, held = hold_stream(srv)
         held.read1(64)  # the role chunk: the holder is running
-        drained = threading.Thread(target=lambda: [None for _ in iter(lambda: held.read1(4096), b"")], daemon=True)
-        drained.start()
+        def drain():
+            try:
+                while held.read1(4096):
+                    pass
+            except (OSError, AttributeError, ValueError):  # closed below, while reading
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
         results = [None] * 16
         for t in fire(client, range(16), results):
             t.join(120)
