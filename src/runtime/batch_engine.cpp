@@ -38,7 +38,7 @@ struct BatchEngine::Sequence {
   int32_t next = -1;                   // chosen, not fed yet (while decoding)
   bool decoding = false;               // the whole prompt is in the cache
   int64_t decode_feeds = 0;            // tokens fed while decoding
-  std::unique_ptr<DecodeGraph> graph;  // only while it decodes alone
+  std::unique_ptr<DecodeGraph> graph;  // recorded once it first decodes alone (CUDA)
   bool graph_off = false;              // recording failed once
   bool done = false;
   Sequence(Pending p, std::unique_ptr<DenseKVCache> c)
@@ -206,9 +206,10 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
           first.graph_off = true;
         }
       }
-    } else {
-      for (Sequence* s : in_step) s->graph.reset();  // a graph holds its intermediates' memory
     }
+    // A sequence keeps its recorded step while others run beside it (it holds only one batch-1
+    // step's intermediates): eager steps write the same cache rows, and the graph is recorded
+    // again only if the cache's buffers moved meanwhile (DecodeGraph::step checks).
     if (!graphed) {
       Tensor lg = model_.forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
       host = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
