@@ -192,6 +192,47 @@ Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
   return x;
 }
 
+Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dim(0) == 1 && ids.dtype() == DType::i32,
+            "[model] packed ids must be i32 (1, N), got ", ids.describe());
+  LMT_CHECK(!seqs.empty(), "[model] a packed forward needs at least one sequence");
+  const int64_t N = ids.dim(1), C = cfg_.n_embd;
+  std::vector<nn::PackedSpan> spans;
+  int64_t begin = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const PackedSequence& s = seqs[i];
+    LMT_CHECK(s.cache && s.length >= 1 && s.length <= std::max<int64_t>(1, s.cache->max_step()),
+              "[model] packed sequence ", i, ": length ", s.length, " (its cache takes at most ",
+              s.cache ? s.cache->max_step() : 0, " at once)");
+    spans.push_back({begin, s.length, s.cache});
+    begin += s.length;
+  }
+  LMT_CHECK(begin == N, "[model] the packed lengths sum to ", begin, ", not ", N);
+  if (seqs.size() == 1) return forward(ids, *seqs[0].cache, true).reshape({1, cfg_.n_vocab});
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  ag::NoGradGuard no_grad;
+  use_masters();
+  ensure_bound();
+  const bool decoding = N <= 4;  // as block(): few rows may take the fused kernels
+  Tensor x = embed_.forward(ids);
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    const Block& b = blocks_[size_t(i)];
+    Tensor a = b.attn.forward_packed(b.attn_norm.forward(x), i, spans, decoding);
+    auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
+    x = b.mlp.forward(h, decoding, &x1);
+  }
+  for (const nn::PackedSpan& s : spans) s.cache->advance(s.length);
+  // Only each sequence's last row reaches the head.
+  const int64_t S = int64_t(spans.size());
+  Tensor rows = x.reshape({N, C});
+  Tensor last = ops::empty({S, C}, x.dtype(), x.device());
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t end = spans[size_t(i)].begin + spans[size_t(i)].length;
+    ops::copy_rows_into(last, i, rows.slice_rows(end - 1, end));
+  }
+  return head_.forward(last.reshape({1, S, C})).reshape({S, cfg_.n_vocab});
+}
+
 std::unique_ptr<Model> build_decoder(const ModelConfig& cfg) { return std::make_unique<DecoderModel>(cfg); }
 
 }  // namespace lmtune

@@ -16,6 +16,9 @@ class DecoderModel final : public Model {
   std::vector<TensorSpec> tensor_specs() const override;
   Tensor forward(const Tensor& ids, int64_t pos_offset = 0) override;
   Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) override;
+  // One sequence: forward(ids, cache, true) itself. More: every projection, norm and MLP once over
+  // all rows; attention per sequence against its cache (nn::Attention::forward_packed).
+  Tensor forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs) override;
 
  private:
   struct Block {

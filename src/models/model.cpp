@@ -23,6 +23,28 @@ std::string layer_of(const std::string& weight_name) {
 
 }  // namespace
 
+Tensor Model::forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dim(0) == 1 && ids.dtype() == DType::i32,
+            "[model] packed ids must be i32 (1, N), got ", ids.describe());
+  LMT_CHECK(!seqs.empty(), "[model] a packed forward needs at least one sequence");
+  const int64_t V = cfg_.n_vocab;
+  Tensor out;
+  int64_t begin = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const PackedSequence& s = seqs[i];
+    LMT_CHECK(s.cache && s.length >= 1 && begin + s.length <= ids.dim(1), "[model] packed sequence ", i, " (length ",
+              s.length, ") does not fit the ", ids.dim(1), " packed ids");
+    Tensor part = Tensor::from_i32(
+        std::vector<int32_t>(ids.data<int32_t>() + begin, ids.data<int32_t>() + begin + s.length), {1, s.length});
+    Tensor lg = forward(part, *s.cache, true).reshape({1, V});
+    if (!out.defined()) out = ops::empty({int64_t(seqs.size()), V}, lg.dtype(), lg.device());
+    ops::copy_rows_into(out, int64_t(i), lg);
+    begin += s.length;
+  }
+  LMT_CHECK(begin == ids.dim(1), "[model] the packed lengths sum to ", begin, ", not ", ids.dim(1));
+  return out;
+}
+
 Tensor Model::loss(const Tensor& ids, const Tensor& targets) {
   Tensor logits = forward(ids);
   LMT_CHECK(targets.shape() == ids.shape(), "[loss] targets ", targets.describe(), " for ids ", ids.describe());

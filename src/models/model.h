@@ -18,6 +18,13 @@ struct TensorSpec {
   Shape shape;
 };
 
+// One sequence of a packed forward (Model::forward_packed): its new tokens' count in the packed
+// ids and its own KV cache (batch 1, unbounded or not about to wrap).
+struct PackedSequence {
+  int64_t length = 0;
+  KVCache* cache = nullptr;
+};
+
 class Model {
  public:
   explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
@@ -33,6 +40,14 @@ class Model {
   // and returns logits (B, T, n_vocab), or with last_only the last position's (B, 1, n_vocab)
   // (prefill skips the lm_head on the rest). Records no autograd graph.
   virtual Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) = 0;
+  // Continuous batching: ids i32 (1, N) on the CPU hold each sequence's new tokens in turn (N =
+  // the sum of the lengths; sequences at different positions, e.g. one token of each decoding
+  // sequence and a prefill chunk of another). Each cache takes its sequence's keys and values and
+  // advances by its length. Returns the logits of each sequence's last new token (n_seq, n_vocab)
+  // in the weights' dtype; each row equals forward(that sequence's ids, its cache, true) up to
+  // the rounding of a product over more rows. This default runs the sequences one by one; a
+  // family with shared blocks runs every linear layer once over all N rows.
+  virtual Tensor forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs);
   // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar.
   Tensor loss(const Tensor& ids, const Tensor& targets);
 

@@ -1,11 +1,12 @@
 #include "nn/attention.h"
 
+#include "core/error.h"
+
 namespace lmtune::nn {
 
-Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding) const {
+void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt) const {
   const int64_t B = x.dim(0), T = x.dim(1);
   Linear lq = q.get(), lk = k.get(), lv = v.get();
-  Tensor qt, kt, vt;
   if (decoding && lq.plain() && lk.plain() && lv.plain()) {
     std::vector<Tensor> qkv = ops::linear_group(x, {lq.weight, lk.weight, lv.weight});  // one launch
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
@@ -21,6 +22,12 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
   vt = ag::reshape(vt, {B, T, opt.n_kv_head, opt.head_dim});
   if (q_norm.defined()) qt = q_norm.forward(qt);
   if (k_norm.defined()) kt = k_norm.forward(kt);
+}
+
+Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding) const {
+  const int64_t B = x.dim(0), T = x.dim(1);
+  Tensor qt, kt, vt;
+  project(x, decoding, qt, kt, vt);
 
   KVCache::View kv;
   Tensor q_rot;
@@ -46,6 +53,40 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0);
   }
   return o.forward(ag::reshape(a, {B, T, opt.n_head * opt.head_dim}));
+}
+
+Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vector<PackedSpan>& spans,
+                                 bool decoding) const {
+  LMT_CHECK(x.ndim() == 3 && x.dim(0) == 1, "[attention] packed rows must be (1, N, n_embd), got ", x.describe());
+  const int64_t N = x.dim(1), H = opt.n_head, Hkv = opt.n_kv_head, D = opt.head_dim;
+  Tensor qt, kt, vt;
+  project(x, decoding, qt, kt, vt);
+  // Rows of the packed projections as (N, heads, head_dim): a span is a contiguous row range.
+  const Tensor q_rows = qt.reshape({N, H, D}), k_rows = kt.reshape({N, Hkv, D}), v_rows = vt.reshape({N, Hkv, D});
+  Tensor out = ops::empty({N, H * D}, qt.dtype(), qt.device());  // every row is written below
+  for (const PackedSpan& s : spans) {
+    LMT_CHECK(s.cache && !s.cache->position(), "[attention] a packed span needs its own cache, unbound");
+    const int64_t T = s.length;
+    Tensor qs = q_rows.slice_rows(s.begin, s.begin + T).reshape({1, T, H, D});
+    Tensor ks = k_rows.slice_rows(s.begin, s.begin + T).reshape({1, T, Hkv, D});
+    Tensor vs = v_rows.slice_rows(s.begin, s.begin + T).reshape({1, T, Hkv, D});
+    // As forward() would run this span alone: few rows take the fused rope + append.
+    KVCache::View kv;
+    Tensor q_rot;
+    const bool stored = T <= 4 && s.cache->update_rotary(layer, qs, ks, vs, *inv_freq, q_rot, kv);
+    if (stored) {
+      qs = q_rot;
+    } else {
+      const int64_t pos = s.cache->offset();
+      qs = ops::rope(qs, *inv_freq, pos, 1.f, false);
+      ks = ops::rope(ks, *inv_freq, pos, 1.f, false);
+      kv = s.cache->update(layer, ks, vs);
+    }
+    const int64_t w = kv.positional ? opt.window : 0;
+    Tensor a = ops::attention(qs, kv.k, kv.v, opt.scale, true, w, kv.q_offset).out;  // (1, T, H, D)
+    ops::copy_rows_into(out, s.begin, a.reshape({T, H * D}));
+  }
+  return o.forward(out.reshape({1, N, H * D}));
 }
 
 }  // namespace lmtune::nn

@@ -6,12 +6,21 @@
 #include "nn/linear.h"
 #include "nn/norm.h"
 
+#include <vector>
+
 namespace lmtune::nn {
 
 struct AttentionOptions {
   int64_t n_head = 0, n_kv_head = 0, head_dim = 0;
   float scale = 0.f;   // on q.k
   int64_t window = 0;  // sliding window (keys within the last `window` positions), 0 = full
+};
+
+// One sequence's rows in a packed batch (Attention::forward_packed): rows [begin, begin + length)
+// of the packed input are its new tokens, appended to its own cache at cache->offset().
+struct PackedSpan {
+  int64_t begin = 0, length = 0;
+  KVCache* cache = nullptr;
 };
 
 struct Attention {
@@ -26,6 +35,15 @@ struct Attention {
   // (rotary positions from it, or from the device position a recorded decode step binds) and
   // attends over what the cache holds. decoding: a few rows, no autograd (fused kernels allowed).
   Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding) const;
+  // Several sequences packed along T: x (1, N, n_embd), normed -> (1, N, n_embd). The projections
+  // run once over all N rows (one read of each weight); rope, the cache update and attention run
+  // per span against its own cache, as forward() does for that span alone. decoding: N is small
+  // enough for the fused projection kernels (the block decides, as for forward()).
+  Tensor forward_packed(const Tensor& x, int64_t layer, const std::vector<PackedSpan>& spans, bool decoding) const;
+
+ private:
+  // q (B, T, n_head, head_dim), k and v (B, T, n_kv_head, head_dim), q/k norms applied, no rope.
+  void project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt) const;
 };
 
 }  // namespace lmtune::nn

@@ -1,7 +1,8 @@
 // Routes and their guards. A refusal is an ApiError turned into OpenAI's error body; httplib's own
-// refusals (no route, a body over the limit) get the same shape from the error handler. Generation
-// runs on the connection's thread under the session's lock; a streamed answer is written as SSE
-// from the content provider, and a failed write (the client left) stops the generation.
+// refusals (no route, a body over the limit) get the same shape from the error handler. A request
+// takes an admission slot (or 503 at once), is handed to the session's batching engine, and its
+// deltas are written from the connection's thread; a streamed answer is written as SSE from the
+// content provider, and a failed write (the client left) stops its generation at the next step.
 #include "server/http_server.h"
 
 #include <httplib.h>
@@ -113,19 +114,17 @@ struct HttpServer::Impl {
       std::vector<int32_t> ids = session.prompt_ids(r);
       ResponseHead head{new_response_id(ep), int64_t(std::time(nullptr)),
                         r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
-      auto lock = session.acquire(deadline);
-      if (!lock.owns_lock())
-        throw ApiError(503, "the server is busy: the model stayed taken past --request-timeout", "", "server_busy",
-                       "server_error");
+      Session::Slot slot = session.admit();
+      std::shared_ptr<Session::Job> job = session.start(r, ids, arrival, deadline);
       if (!r.stream) {
-        GenerationResult g = session.run(r, ids, arrival, deadline, [](const Delta&) { return true; });
-        lock.unlock();
+        GenerationResult g = session.run(*job, [](const Delta&) { return true; });
+        slot.release();
         reply_json(res, 200, completion_json(head, r, g));
         log_generation(head.id, endpoint, g, false, arrival);
         metrics.request_finished(endpoint, 200, seconds_since(arrival));
         return;
       }
-      stream(res, std::move(r), std::move(ids), head, std::move(lock), arrival, deadline, endpoint);
+      stream(res, std::move(r), std::move(job), head, std::move(slot), arrival, endpoint);
     } catch (const ApiError& e) {
       refuse(req, res, endpoint, e, arrival);
     } catch (const std::exception& e) {
@@ -138,25 +137,24 @@ struct HttpServer::Impl {
   // SSE: the role chunk at once, a keepalive comment per prefill step, a chunk per released piece, the finish chunk,
   // the usage chunk when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs once
   // whether or not the provider ran.
-  void stream(httplib::Response& res, CompletionRequest r, std::vector<int32_t> ids, ResponseHead head,
-              std::unique_lock<std::timed_mutex> lock, Clock::time_point arrival, Clock::time_point deadline,
-              const std::string& endpoint) {
+  void stream(httplib::Response& res, CompletionRequest r, std::shared_ptr<Session::Job> job, ResponseHead head,
+              Session::Slot slot, Clock::time_point arrival, const std::string& endpoint) {
     struct State {
       CompletionRequest r;
-      std::vector<int32_t> ids;
+      std::shared_ptr<Session::Job> job;
       ResponseHead head;
-      std::unique_lock<std::timed_mutex> lock;
+      Session::Slot slot;
       GenerationResult g;
       bool ran = false, failed = false;
     };
     auto st = std::make_shared<State>(
-        State{std::move(r), std::move(ids), std::move(head), std::move(lock), {}, false, false});
+        State{std::move(r), std::move(job), std::move(head), std::move(slot), {}, false, false});
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, st, arrival, deadline](size_t, httplib::DataSink& sink) {
+        [this, st](size_t, httplib::DataSink& sink) {
           st->ran = true;
           auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
           const CompletionRequest& r = st->r;
@@ -168,8 +166,7 @@ struct HttpServer::Impl {
                 return write(": keepalive " + std::to_string(done) + "/" + std::to_string(total) + "\n\n");
               };
               st->g = session.run(
-                  r, st->ids, arrival, deadline,
-                  [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); }, keepalive);
+                  *st->job, [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); }, keepalive);
               ok = !st->g.cancelled && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
               if (ok && r.include_usage)
                 ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));
@@ -180,16 +177,20 @@ struct HttpServer::Impl {
                   sse(error_body(std::string("generation failed: ") + e.what(), "server_error", "", "internal_error")));
             }
           } else {
+            Session::abandon(*st->job);
             st->g.cancelled = true;
           }
-          st->lock = {};
+          st->slot.release();
           if (ok) ok = write("data: [DONE]\n\n");
           if (ok) sink.done();
           return ok;
         },
         [this, st, arrival, endpoint](bool) {
-          if (st->lock.owns_lock()) st->lock.unlock();
-          if (!st->ran) st->g.cancelled = true;  // the client left before the first byte
+          st->slot.release();
+          if (!st->ran) {  // the client left before the first byte
+            Session::abandon(*st->job);
+            st->g.cancelled = true;
+          }
           if (!st->failed) log_generation(st->head.id, endpoint, st->g, true, arrival);
           metrics.request_finished(endpoint, st->failed ? 500 : 200, seconds_since(arrival));
         });
@@ -225,7 +226,7 @@ struct HttpServer::Impl {
     svr.Get("/v1/models/(.+)", [this](const Request& q, Response& s) { models(q, s); });
     svr.Get("/health", [](const Request&, Response& s) { reply_json(s, 200, {{"status", "ok"}}); });
     svr.Get("/metrics", [this](const Request&, Response& s) {
-      s.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
+      s.set_content(metrics.render(session.batch_stats()), "text/plain; version=0.0.4; charset=utf-8");
     });
     svr.Options(".*", [](const Request&, Response& s) {
       s.status = 204;

@@ -20,7 +20,7 @@ struct HttpConfig {
   std::string api_key;  // "" = no token needed
   size_t max_body_bytes = 4u << 20;
   double request_timeout_s = 600;  // from arrival: waiting for the model, then decoding
-  size_t threads = 16;             // connections served at once (generation is serialized)
+  size_t threads = 16;             // connections served at once
   LogLevel log_level = LogLevel::info;
 };
 

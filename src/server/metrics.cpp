@@ -80,4 +80,26 @@ std::string Metrics::render() const {
   return out;
 }
 
+std::string Metrics::render(const BatchStats& b) const {
+  std::string out = render();
+  auto line = [&](const char* name, const char* type, const char* help, const std::string& v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + v + "\n";
+  };
+  line("lmtune_sequences_running", "gauge", "Sequences decoding in the batch now.", std::to_string(b.decoding));
+  line("lmtune_sequences_prefilling", "gauge", "Sequences prefilling their prompts now.", std::to_string(b.prefilling));
+  line("lmtune_sequences_waiting", "gauge", "Requests waiting for a batch slot.", std::to_string(b.waiting));
+  line("lmtune_batch_steps_total", "counter", "Batched forward steps run.", std::to_string(b.steps));
+  line("lmtune_batch_tokens_total", "counter", "Tokens fed over all steps (decode tokens and prefill chunks).",
+       std::to_string(b.step_rows));
+  line("lmtune_batch_graph_steps_total", "counter", "Steps replayed as a recorded CUDA graph (one sequence alone).",
+       std::to_string(b.graph_steps));
+  Histogram h;
+  for (int i = 0; i + 1 < BatchStats::kBuckets; ++i) h.bounds.push_back(double(1 << i));
+  h.counts.assign(b.batch_counts, b.batch_counts + BatchStats::kBuckets);
+  h.sum = double(b.batch_sum);
+  h.count = b.steps;
+  h.render(out, "lmtune_batch_size", "Sequences per batched forward step.");
+  return out;
+}
+
 }  // namespace lmtune::server

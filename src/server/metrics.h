@@ -1,6 +1,7 @@
 // Server metrics in Prometheus' text exposition format: request counts by endpoint and status,
 // prompt / completion tokens, client disconnects, timeouts, requests in flight, and histograms of
-// request latency and time to first token. Thread-safe.
+// request latency and time to first token; with the batching engine's stats also the sequences
+// running and waiting and the batch sizes. Thread-safe.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -8,6 +9,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "runtime/batch_engine.h"
 
 namespace lmtune::server {
 
@@ -19,6 +22,9 @@ class Metrics {
   void generation_finished(int64_t prompt_tokens, int64_t completion_tokens, double ttft_s, bool cancelled,
                            bool timed_out);
   std::string render() const;
+  // The same, then the engine's gauges (lmtune_sequences_{running,prefilling,waiting}), step counters
+  // and the histogram of sequences per step (lmtune_batch_size).
+  std::string render(const BatchStats& batch) const;
 
  private:
   struct Histogram {

@@ -1,9 +1,11 @@
-// One request at a time on the shared cache and generator: reset, a fresh sampler with the
-// request's options and seed, then the loop with detokenizer, stop matcher, deadline and logprobs.
+// Requests through the batching engine: each with a fresh sampler (its options and seed), its own
+// detokenizer, stop matcher and logprobs; admission bounds the requests in flight.
 #include "server/session.h"
 
 #include <algorithm>
 #include <cctype>
+#include <condition_variable>
+#include <deque>
 #include <numeric>
 #include <random>
 
@@ -43,17 +45,28 @@ double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 
 }  // namespace
 
-Session::Session(ServedModel served) : served_(std::move(served)), sampler_(SamplerOptions{}, 0) {
+Session::Session(ServedModel served) : served_(std::move(served)) {
   LMT_CHECK(served_.model && served_.chat, "[server] the session needs a model and its tokenizer");
-  const Model& m = *served_.model;
-  cache_ = std::make_unique<DenseKVCache>(m.config(), m.device(), m.dtype(), 1, 0);
-  gen_ = std::make_unique<Generator>(*served_.model, *cache_, sampler_);
+  LMT_CHECK(served_.max_queued >= 0, "[server] max_queued must be >= 0, got ", served_.max_queued);
+  BatchEngineOptions o;
+  o.decode_concurrency = served_.decode_concurrency;
+  o.prompt_concurrency = served_.prompt_concurrency;
+  o.prefill_step_size = served_.prefill_step_size;
+  engine_ = std::make_unique<BatchEngine>(*served_.model, o);
 }
 
-std::unique_lock<std::timed_mutex> Session::acquire(Clock::time_point deadline) {
-  std::unique_lock<std::timed_mutex> lock(mutex_, std::defer_lock);
-  (void)lock.try_lock_until(deadline);
-  return lock;
+Session::~Session() = default;
+
+Session::Slot Session::admit() {
+  const int64_t limit = served_.decode_concurrency + served_.max_queued;
+  if (++admitted_ > limit) {
+    --admitted_;
+    throw ApiError(503,
+                   "the server is busy: " + std::to_string(limit) +
+                       " requests are in flight (--decode-concurrency + --max-queued-requests); retry later",
+                   "", "server_busy", "server_error");
+  }
+  return Slot(&admitted_);
 }
 
 std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
@@ -109,69 +122,152 @@ TokenLogprob Session::logprob_entry(int32_t id, const std::vector<float>& lp, in
   return e;
 }
 
-GenerationResult Session::run(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
-                              Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta,
-                              const std::function<bool(int64_t, int64_t)>& on_prefill) {
-  GenerationResult res;
-  sampler_ = Sampler(r.sampler, r.seed ? *r.seed : std::random_device{}());
-  gen_->reset();  // no prompt cache in this slice: every request prefills its whole prompt
-  GenerationConfig gc;
-  gc.max_tokens = r.max_tokens;
-  gc.prefill_step_size = served_.prefill_step_size;
-  gc.eos_ids = served_.eos_ids;
-  // Between prefill steps: the client's keepalive (when streaming) and the deadline.
-  gc.on_prefill = [&](int64_t done, int64_t total) {
-    if (on_prefill && !on_prefill(done, total)) res.cancelled = true;
-    if (!res.cancelled && done < total && Clock::now() >= deadline) res.timed_out = true;
-    return !res.cancelled && !res.timed_out;
+// The scheduler's side (the engine's callbacks) fills the event queue; the connection's thread
+// drains it. Detokenizing, stop strings and logprobs run on the scheduler side, so a stop string
+// ends the sequence at the token that completed it, as a lone generation would.
+struct Session::Job {
+  struct Event {
+    bool prefill = false;
+    int64_t done = 0, total = 0;  // prefill progress
+    Delta delta;
   };
-
-  StreamingDetokenizer detok(served_.chat->tokenizer());
-  StopMatcher stop(r.stop);
-  Delta pending;
-  Clock::time_point first{};
+  Job(const Tokenizer& tok, std::vector<std::string> stops) : detok(tok), stop(std::move(stops)) {}
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Event> events;
+  bool started = false, finished = false;
+  BatchOutcome outcome;
+  GenerationResult res;  // text, logprobs and counts, written by the scheduler side under mu
+  Clock::time_point arrival, first{}, end{};
+  std::shared_ptr<BatchTicket> ticket;
+  std::atomic<bool> client_gone{false};
+  // Scheduler side only.
+  StreamingDetokenizer detok;
+  StopMatcher stop;
   size_t token_bytes = 0;
-  auto emit = [&](std::string text) {
-    if (text.empty() && pending.logprobs.empty()) return true;
-    pending.text = std::move(text);
-    res.text += pending.text;
-    res.logprobs.insert(res.logprobs.end(), pending.logprobs.begin(), pending.logprobs.end());
-    const bool keep_going = on_delta(pending);
-    pending = Delta{};
-    if (!keep_going) res.cancelled = true;
-    return keep_going;
-  };
-  GenerationStats st = gen_->generate(ids, gc, [&](int32_t id) {
-    if (res.completion_tokens++ == 0) first = Clock::now();
-    if (r.logprobs) {
-      pending.logprobs.push_back(logprob_entry(id, sampler_.last_logprobs(), r.top_logprobs));
-      pending.logprobs.back().text_offset = token_bytes;
-      token_bytes += pending.logprobs.back().token.size();
+  Delta pending;
+
+  void push(Event e) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (!e.prefill) {
+        res.text += e.delta.text;
+        res.logprobs.insert(res.logprobs.end(), e.delta.logprobs.begin(), e.delta.logprobs.end());
+      }
+      events.push_back(std::move(e));
     }
-    if (!emit(stop.push(detok.push(id)))) return false;
-    if (stop.stopped()) return false;
-    if (Clock::now() >= deadline) {
-      res.timed_out = true;
-      return false;
-    }
-    return true;
-  });
-  if (!res.cancelled && !stop.stopped()) {
-    std::string rest = stop.push(detok.finish());
-    if (!stop.stopped()) rest += stop.finish();
-    emit(std::move(rest));
-  } else if (!res.cancelled) {
-    emit("");  // the stopping token's logprobs
+    cv.notify_all();
   }
-  const Clock::time_point end = Clock::now();
-  res.prompt_tokens = int64_t(ids.size());
-  res.finish_reason = stop.stopped() ? "stop" : res.timed_out ? "length" : st.finish_reason;
+  // Releases text (and the logprobs gathered since the last release), as the one-at-a-time loop did.
+  void emit(std::string text) {
+    if (text.empty() && pending.logprobs.empty()) return;
+    pending.text = std::move(text);
+    push({false, 0, 0, std::move(pending)});
+    pending = Delta{};
+  }
+};
+
+std::shared_ptr<Session::Job> Session::start(const CompletionRequest& r, const std::vector<int32_t>& ids,
+                                             Clock::time_point arrival, Clock::time_point deadline) {
+  auto job = std::make_shared<Job>(served_.chat->tokenizer(), r.stop);
+  job->arrival = arrival;
+  job->res.prompt_tokens = int64_t(ids.size());
+  BatchJob b;
+  b.prompt = ids;
+  b.sampler = r.sampler;
+  b.seed = r.seed ? *r.seed : std::random_device{}();
+  b.max_tokens = r.max_tokens;
+  b.eos_ids = served_.eos_ids;
+  b.deadline = deadline;
+  b.on_start = [job] {
+    {
+      std::lock_guard<std::mutex> lk(job->mu);
+      job->started = true;
+    }
+    job->cv.notify_all();
+  };
+  b.on_prefill = [job](int64_t done, int64_t total) {
+    job->push({true, done, total, {}});
+    return !job->client_gone;
+  };
+  const bool logprobs = r.logprobs;
+  const int top = r.top_logprobs;
+  b.on_token = [this, job, logprobs, top](int32_t id, const Sampler& sampler) {
+    Job& j = *job;
+    if (j.res.completion_tokens++ == 0) j.first = Clock::now();
+    if (logprobs) {
+      j.pending.logprobs.push_back(logprob_entry(id, sampler.last_logprobs(), top));
+      j.pending.logprobs.back().text_offset = j.token_bytes;
+      j.token_bytes += j.pending.logprobs.back().token.size();
+    }
+    j.emit(j.stop.push(j.detok.push(id)));
+    return !j.stop.stopped() && !j.client_gone;
+  };
+  b.on_done = [job](const BatchOutcome& out) {
+    Job& j = *job;
+    const bool gone = j.client_gone || out.end == BatchEnd::cancelled;
+    if (out.end != BatchEnd::expired && out.end != BatchEnd::failed) {
+      if (!gone && !j.stop.stopped()) {
+        std::string rest = j.stop.push(j.detok.finish());
+        if (!j.stop.stopped()) rest += j.stop.finish();
+        j.emit(std::move(rest));
+      } else if (!gone) {
+        j.emit("");  // the stopping token's logprobs
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lk(j.mu);
+      j.outcome = out;
+      j.finished = true;
+      j.end = Clock::now();
+    }
+    j.cv.notify_all();
+  };
+  job->ticket = engine_->submit(std::move(b));
+  std::unique_lock<std::mutex> lk(job->mu);
+  job->cv.wait(lk, [&] { return job->started || job->finished; });
+  if (!job->started && job->outcome.end == BatchEnd::expired)
+    throw ApiError(503, "the server is busy: no slot freed before --request-timeout", "", "server_busy",
+                   "server_error");
+  if (!job->started) throw Error("[server] the request did not start: " + job->outcome.error);
+  return job;
+}
+
+void Session::abandon(Job& job) {
+  job.client_gone = true;
+  job.ticket->cancel();
+}
+
+GenerationResult Session::run(Job& job, const std::function<bool(const Delta&)>& on_delta,
+                              const std::function<bool(int64_t, int64_t)>& on_prefill) {
+  bool gone = false;
+  std::unique_lock<std::mutex> lk(job.mu);
+  for (;;) {
+    job.cv.wait(lk, [&] { return !job.events.empty() || job.finished; });
+    if (job.events.empty()) break;  // finished, everything delivered
+    Job::Event e = std::move(job.events.front());
+    job.events.pop_front();
+    if (gone) continue;
+    lk.unlock();  // the write may block on a slow client; the scheduler keeps going
+    const bool ok = e.prefill ? !on_prefill || on_prefill(e.done, e.total) : on_delta(e.delta);
+    lk.lock();
+    if (!ok) {
+      gone = true;
+      abandon(job);
+    }
+  }
+  const BatchOutcome& out = job.outcome;
+  if (out.end == BatchEnd::failed) throw Error(out.error.empty() ? "the engine failed the request" : out.error);
+  GenerationResult res = job.res;
+  res.cancelled = gone || job.client_gone || out.end == BatchEnd::cancelled;
+  res.timed_out = out.end == BatchEnd::deadline;
+  res.finish_reason = job.stop.stopped() ? "stop" : out.finish_reason();
   if (res.completion_tokens > 0) {
-    res.ttft_s = seconds(arrival, first);
+    res.ttft_s = seconds(job.arrival, job.first);
     res.decode_tps =
-        res.completion_tokens > 1 ? double(res.completion_tokens - 1) / std::max(seconds(first, end), 1e-9) : 0;
+        res.completion_tokens > 1 ? double(res.completion_tokens - 1) / std::max(seconds(job.first, job.end), 1e-9) : 0;
   } else {
-    res.ttft_s = seconds(arrival, end);
+    res.ttft_s = seconds(job.arrival, job.end);
   }
   return res;
 }

@@ -1,16 +1,20 @@
-// The generation session: the one loaded model behind a mutex (requests run one at a time in this
-// slice), a request's prompt built through the chat template, and one request generated with its
-// own sampler, stop strings, length, deadline and logprobs, streamed as text deltas.
+// The generation session: the one loaded model driven by a continuous-batching engine
+// (runtime/batch_engine.h), a request's prompt built through the chat template, admission (a
+// bounded number of requests in flight), and each request generated with its own sampler, stop
+// strings, length, deadline and logprobs, streamed to its connection's thread as text deltas.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/model.h"
+#include "runtime/batch_engine.h"
 #include "runtime/generate.h"
 #include "server/request.h"
 #include "tokenizer/chat_template.h"
@@ -27,7 +31,10 @@ struct ServedModel {
   std::string chat_template;               // --chat-template: a template name or source; "" = the tokenizer's
   bool use_default_chat_template = false;  // no template in the tokenizer: ChatML, as HF's old default
   int64_t prefill_step_size = 2048;
-  int64_t max_prompt_tokens = 0;  // longer prompts are refused (400 context_length_exceeded); 0 = no limit
+  int64_t max_prompt_tokens = 0;    // longer prompts are refused (400 context_length_exceeded); 0 = no limit
+  int64_t decode_concurrency = 32;  // sequences running together (prefilling or decoding)
+  int64_t prompt_concurrency = 8;   // of those, prefilling at once
+  int64_t max_queued = 64;          // requests admitted beyond decode_concurrency, waiting for a slot
 };
 
 struct TokenLogprob {
@@ -62,7 +69,31 @@ struct GenerationResult {
 
 class Session {
  public:
+  struct Job;  // one request's state, shared by the engine's callbacks and the connection's thread
+
+  // Held from a request's admission until its answer is sent (or the client left): at most
+  // decode_concurrency + max_queued at once.
+  class Slot {
+   public:
+    Slot() = default;
+    explicit Slot(std::atomic<int64_t>* count) : count_(count) {}
+    Slot(Slot&& o) noexcept : count_(std::exchange(o.count_, nullptr)) {}
+    Slot& operator=(Slot&& o) noexcept {
+      release();
+      count_ = std::exchange(o.count_, nullptr);
+      return *this;
+    }
+    ~Slot() { release(); }
+    void release() {
+      if (count_) --*count_, count_ = nullptr;
+    }
+
+   private:
+    std::atomic<int64_t>* count_ = nullptr;
+  };
+
   explicit Session(ServedModel served);
+  ~Session();
   const ServedModel& served() const { return served_; }
 
   // The request's prompt ids (chat: the template's render, or mlx-lm's role prefixes when the
@@ -70,24 +101,32 @@ class Session {
   // messages, or the prompt is empty or longer than max_prompt_tokens.
   std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
 
-  // The model's lock, waited for until `deadline` (owns_lock() false when it passed).
-  std::unique_lock<std::timed_mutex> acquire(Clock::time_point deadline);
+  // A slot, or ApiError 503 server_busy at once when every one is taken.
+  Slot admit();
 
-  // Generates one request; the caller holds acquire()'s lock. on_delta gets each released piece
-  // (and the logprobs of the tokens since the last one); on_prefill (optional) gets (prompt tokens
-  // fed, prompt tokens) after each prefill step. Either returning false stops generation.
-  GenerationResult run(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
-                       Clock::time_point deadline, const std::function<bool(const Delta&)>& on_delta,
+  // Hands the request to the engine and waits until it starts (its prefill begins). Throws
+  // ApiError 503 server_busy when `deadline` passes first (it never ran).
+  std::shared_ptr<Job> start(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
+                             Clock::time_point deadline);
+
+  // On the caller's thread until the job ends: on_delta gets each released piece (and the
+  // logprobs of the tokens since the last one) in order; on_prefill (optional) gets (prompt tokens
+  // fed, prompt tokens) after each prefill step. Either returning false stops the generation at
+  // the engine's next step (cancelled). Throws when the engine failed the job.
+  GenerationResult run(Job& job, const std::function<bool(const Delta&)>& on_delta,
                        const std::function<bool(int64_t, int64_t)>& on_prefill = {});
+  // The client left before run(): the job stops at the engine's next step.
+  static void abandon(Job& job);
+
+  BatchStats batch_stats() const { return engine_->stats(); }
+  int64_t in_flight() const { return admitted_; }
 
  private:
   TokenLogprob logprob_entry(int32_t id, const std::vector<float>& logprobs, int top) const;
 
   ServedModel served_;
-  std::timed_mutex mutex_;
-  std::unique_ptr<DenseKVCache> cache_;
-  Sampler sampler_;  // replaced per request; the generator keeps a reference to this member
-  std::unique_ptr<Generator> gen_;
+  std::atomic<int64_t> admitted_{0};
+  std::unique_ptr<BatchEngine> engine_;
 };
 
 }  // namespace lmtune::server

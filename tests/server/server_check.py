@@ -14,6 +14,10 @@
   http     CORS (preflight, allowed origins), /health, /metrics, 404s, the not-implemented flags'
            warnings, --request-timeout (long generations and a long prefill cut at their
            deadlines, counted from arrival) and a clean exit on SIGTERM
+  batch    continuous batching: 16 concurrent requests through the openai client (chat and
+           completions, streamed and whole) beside a running stream each get `lmtune generate`'s
+           greedy text; /metrics shows batched steps; past --decode-concurrency requests wait in
+           the queue (and then get generate's text), past --max-queued-requests too they get 503
 """
 import argparse
 import http.client
@@ -539,9 +543,10 @@ def case_http(a):
     srv = Server(a.lmtune, a.model, "--allowed-origins", "http://a.example,http://b.example", "--request-timeout",
                  "1.5", "--decode-concurrency", "4", "--prompt-cache-size", "3", "--draft-model", "x")
     try:
-        for flag in ("--decode-concurrency", "--prompt-cache-size", "--draft-model"):
+        for flag in ("--prompt-cache-size", "--draft-model"):
             check(any(flag in l and "not implemented yet" in l for l in srv.lines), f"no warning for {flag}")
         check(not any("--prompt-concurrency" in l for l in srv.lines), "a warning for a flag not given")
+        check(not any("--decode-concurrency" in l for l in srv.lines), "a warning for an implemented flag")
         st, h, body = srv.request("GET", "/health")
         check(st == 200 and json.loads(body) == {"status": "ok"}, f"/health {st} {body}")
         st, h, body = srv.request("OPTIONS", "/v1/chat/completions", headers={
@@ -611,17 +616,145 @@ def case_http(a):
         srv.stop()
 
 
+# --- batch ---
+
+BATCH_WORDS = ["lantern", "river", "anchor", "basket", "candle", "desert", "engine", "forest", "garden", "harbor",
+               "island", "jacket", "kettle", "ladder", "mirror", "needle"]
+
+
+def hold_stream(srv, max_tokens=30000):
+    """A streamed chat request that decodes until closed (EOS banned); returns it once its headers came:
+    by then the server admitted it and its prefill began."""
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    body = chat_body("Define: lantern", max_tokens=max_tokens, stream=True, logit_bias={str(EOS_ID): -100})
+    c.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    check(r.status == 200, f"a held stream got {r.status}")
+    return c, r
+
+
+def metric(srv, name):
+    _, _, body = srv.request("GET", "/metrics")
+    m = re.search("^" + re.escape(name) + r" (\S+)$", body.decode(), re.M)
+    return float(m.group(1)) if m else None
+
+
+def case_batch(a):
+    import openai
+    # (kind, prompt, max_tokens) -> generate's greedy text, made before any server runs.
+    jobs = [("chat" if i % 4 else "completion", f"Define: {w}", 16 + 3 * i) for i, w in enumerate(BATCH_WORDS)]
+    want = [generate(a, p, n, *([] if k == "chat" else ["--ignore-chat-template"])) for k, p, n in jobs]
+
+    def ask(client, i, stream):
+        kind, prompt, n = jobs[i]
+        if kind == "chat":
+            msgs = [{"role": "user", "content": prompt}]
+            if stream:
+                return "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+                    model=a.model, messages=msgs, max_tokens=n, temperature=0, stream=True) if ch.choices)
+            return client.chat.completions.create(model=a.model, messages=msgs, max_tokens=n,
+                                                  temperature=0).choices[0].message.content
+        if stream:
+            return "".join(ch.choices[0].text for ch in client.completions.create(
+                model=a.model, prompt=prompt, max_tokens=n, temperature=0, stream=True) if ch.choices)
+        return client.completions.create(model=a.model, prompt=prompt, max_tokens=n, temperature=0).choices[0].text
+
+    def fire(client, idx, results, stream_every=2):
+        barrier = threading.Barrier(len(idx))
+
+        def one(k, i):
+            try:
+                barrier.wait(30)
+                results[i] = ask(client, i, stream=k % stream_every == 0)
+            except Exception as e:  # noqa: BLE001 - reported as a failure below
+                results[i] = repr(e)
+
+        threads = [threading.Thread(target=one, args=(k, i)) for k, i in enumerate(idx)]
+        for t in threads:
+            t.start()
+        return threads
+
+    # 1. Sixteen at once beside a stream that keeps decoding (so every step of theirs is batched).
+    srv = Server(a.lmtune, a.model)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="x", max_retries=0, timeout=120)
+        conn, held = hold_stream(srv)
+        held.read1(64)  # the role chunk: the holder is running
+        def drain():
+            try:
+                while held.read1(4096):
+                    pass
+            except (OSError, AttributeError, ValueError):  # closed below, while reading
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        results = [None] * 16
+        for t in fire(client, range(16), results):
+            t.join(120)
+        for i, (r, w) in enumerate(zip(results, want)):
+            check(r == w, f"batched request {i} {jobs[i]}: {r!r} != generate {w!r}")
+        steps, single = metric(srv, "lmtune_batch_size_count"), metric(srv, 'lmtune_batch_size_bucket{le="1"}')
+        check(steps and single is not None and steps - single >= 16, f"batched steps: {steps} steps, {single} alone")
+        check(metric(srv, "lmtune_sequences_running") == 1, "the held stream is not the one running sequence")
+        check(metric(srv, "lmtune_sequences_waiting") == 0, "sequences left waiting")
+        conn.close()
+        check(srv.wait_line(lambda l: "client-gone" in l, timeout=30), "the held stream did not stop:\n" + srv.log())
+        print(f"16 concurrent requests equal generate's; {steps:.0f} steps, {steps - single:.0f} batched")
+    finally:
+        srv.stop()
+
+    # 2. The limits: 16 running (held streams), 2 queued (they wait, then answer), the 19th refused.
+    srv = Server(a.lmtune, a.model, "--decode-concurrency", "16", "--prompt-concurrency", "4",
+                 "--max-queued-requests", "2")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="x", max_retries=0, timeout=120)
+        holders = [hold_stream(srv) for _ in range(16)]
+        results = [None] * 16
+        queued = fire(client, [0, 5], results)
+        end = time.time() + 30
+        while metric(srv, "lmtune_sequences_waiting") != 2 and time.time() < end:
+            time.sleep(0.05)
+        check(metric(srv, "lmtune_sequences_waiting") == 2, "the two queued requests are not waiting")
+        check(metric(srv, "lmtune_sequences_running") + metric(srv, "lmtune_sequences_prefilling") == 16,
+              "not 16 sequences in the batch")
+        st, j = srv.post("/v1/chat/completions", chat_body("Define: river", max_tokens=4))
+        check(st == 503 and isinstance(j, dict) and j.get("error", {}).get("code") == "server_busy" and
+              j["error"]["type"] == "server_error", f"the 19th request: {st} {str(j)[:300]}")
+        try:
+            client.chat.completions.create(model=a.model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            check(False, "the openai client's 20th request was answered")
+        except openai.InternalServerError as e:
+            check(e.status_code == 503, f"the 20th request: {e}")
+        for c, r in holders:
+            check(b"data: " in r.read1(256), "a held stream sent no data")
+            c.close()
+        for t in queued:
+            t.join(120)
+        for i in (0, 5):
+            check(results[i] == want[i], f"queued request {i}: {results[i]!r} != generate {want[i]!r}")
+        check(len(srv.wait_line(lambda l: "client-gone" in l, timeout=30)) >= 1, "no held stream stopped")
+        end = time.time() + 30
+        while len([l for l in srv.lines if "client-gone" in l]) < 16 and time.time() < end:
+            time.sleep(0.05)
+        check(len([l for l in srv.lines if "client-gone" in l]) == 16, "not every held stream stopped:\n" + srv.log())
+        good_request_works(srv, "the limits")
+        check(re.search(r'lmtune_requests_total\{endpoint="/v1/chat/completions",status="503"\} 2',
+                        srv.request("GET", "/metrics")[2].decode()), "503s not counted")
+    finally:
+        srv.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lmtune", required=True)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--case", required=True, choices=["openai", "greedy", "templates", "hostile", "http"])
+    ap.add_argument("--case", required=True, choices=["openai", "greedy", "templates", "hostile", "http", "batch"])
     ap.add_argument("--work", default="/tmp/lmtune-server-check")
     a = ap.parse_args()
     a.model = os.path.join(a.root, "models", "default")
     os.makedirs(a.work, exist_ok=True)
     cases = {"openai": case_openai, "greedy": case_greedy, "templates": case_templates, "hostile": case_hostile,
-             "http": case_http}
+             "http": case_http, "batch": case_batch}
     cases[a.case](a)
     if FAILS:
         print(f"{len(FAILS)} check(s) failed", file=sys.stderr)

@@ -244,3 +244,22 @@ TEST(Metrics, PrometheusText) {
   EXPECT_NE(t.find("lmtune_time_to_first_token_seconds_count 1\n"), std::string::npos);
   EXPECT_NE(t.find("lmtune_requests_in_flight 0\n"), std::string::npos);
 }
+
+TEST(Metrics, BatchGaugesAndSizes) {
+  Metrics m;
+  BatchStats b;
+  b.decoding = 3, b.prefilling = 1, b.waiting = 2;
+  b.steps = 5, b.step_rows = 40, b.graph_steps = 1;
+  b.batch_counts[0] = 2, b.batch_counts[2] = 3;  // two steps of one sequence, three of 3 or 4
+  b.batch_sum = 2 + 3 + 4 + 4;
+  const std::string t = m.render(b);
+  EXPECT_NE(t.find("lmtune_requests_in_flight 0\n"), std::string::npos) << "the plain metrics come first";
+  for (const char* line :
+       {"lmtune_sequences_running 3\n", "lmtune_sequences_prefilling 1\n", "lmtune_sequences_waiting 2\n",
+        "# TYPE lmtune_sequences_waiting gauge\n", "lmtune_batch_steps_total 5\n", "lmtune_batch_tokens_total 40\n",
+        "lmtune_batch_graph_steps_total 1\n", "lmtune_batch_size_bucket{le=\"1\"} 2\n",
+        "lmtune_batch_size_bucket{le=\"2\"} 2\n", "lmtune_batch_size_bucket{le=\"4\"} 5\n",
+        "lmtune_batch_size_bucket{le=\"128\"} 5\n", "lmtune_batch_size_bucket{le=\"+Inf\"} 5\n",
+        "lmtune_batch_size_sum 13\n", "lmtune_batch_size_count 5\n"})
+    EXPECT_NE(t.find(line), std::string::npos) << line << t;
+}

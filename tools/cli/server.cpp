@@ -38,7 +38,8 @@ struct ServerOptions {
   bool use_default_chat_template = false;
   int64_t max_tokens = 512;
   std::string chat_template_args;
-  std::optional<int64_t> decode_concurrency, prompt_concurrency, prompt_cache_size;
+  int64_t decode_concurrency = 32, prompt_concurrency = 8, max_queued_requests = 64;
+  std::optional<int64_t> prompt_cache_size;
   std::optional<std::string> prompt_cache_bytes;
   int64_t prefill_step_size = 2048;
   bool pipeline = false;
@@ -62,14 +63,15 @@ void declare(Options& t, ServerOptions& o) {
   t.add("--chat-template-args", &o.chat_template_args, "JSON",
         "chat-template variables for every request, e.g. '{\"enable_thinking\": false}'");
   t.add("--prefill-step-size", &o.prefill_step_size, "N", "prompt tokens per prefill step");
+  t.add("--decode-concurrency", &o.decode_concurrency, "N",
+        "sequences batched together (continuous batching: prefilling or decoding)");
+  t.add("--prompt-concurrency", &o.prompt_concurrency, "N", "of those, prompts prefilled at once (in chunks)");
   t.add("--log-level", &o.log_level, "", "how much the server logs (one line per request at INFO)")
       .choices({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"});
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for mlx-lm's sake; lmtune runs no model code");
   t.group("accepted, not implemented yet (a warning at startup)");
   t.add("--draft-model", &o.draft_model, "MODEL", "speculative decoding's draft model").default_text("None");
   t.add("--num-draft-tokens", &o.num_draft_tokens, "N", "draft tokens per step").default_text("3");
-  t.add("--decode-concurrency", &o.decode_concurrency, "N", "sequences decoded together").default_text("32");
-  t.add("--prompt-concurrency", &o.prompt_concurrency, "N", "prompts prefilled together").default_text("8");
   t.add("--prompt-cache-size", &o.prompt_cache_size, "N", "prompt cache entries").default_text("10");
   t.add("--prompt-cache-bytes", &o.prompt_cache_bytes, "SIZE", "prompt cache bytes").default_text("None");
   t.add("--pipeline", &o.pipeline, "", "pipeline-parallel sharded loading");
@@ -80,6 +82,8 @@ void declare(Options& t, ServerOptions& o) {
   t.add("--max-prompt-tokens", &o.max_prompt_tokens, "N",
         "a longer prompt gets 400 (context_length_exceeded); 0 = the model's max_position_embeddings (no limit when "
         "the config has none)");
+  t.add("--max-queued-requests", &o.max_queued_requests, "N",
+        "requests waiting for a batch slot beyond --decode-concurrency; more get 503 server_busy at once");
   t.add("--request-timeout", &o.request_timeout, "SECONDS",
         "per request, from arrival: waiting for the model (then 503), and decoding (then finish_reason length)");
   add_device_options(t, o.load);
@@ -107,8 +111,6 @@ void warn_not_implemented(const ServerOptions& o) {
   };
   if (o.draft_model) warn("--draft-model", "no speculative decoding in the server");
   if (o.num_draft_tokens) warn("--num-draft-tokens", "no speculative decoding in the server");
-  if (o.decode_concurrency) warn("--decode-concurrency", "requests run one at a time");
-  if (o.prompt_concurrency) warn("--prompt-concurrency", "requests run one at a time");
   if (o.prompt_cache_size) warn("--prompt-cache-size", "no prompt cache; every request prefills its prompt");
   if (o.prompt_cache_bytes) warn("--prompt-cache-bytes", "no prompt cache; every request prefills its prompt");
   if (o.pipeline) warn("--pipeline", "no distributed serving");
@@ -140,6 +142,9 @@ int serve(ServerOptions& o) {
   served.use_default_chat_template = o.use_default_chat_template;
   served.prefill_step_size = o.prefill_step_size;
   served.max_prompt_tokens = o.max_prompt_tokens > 0 ? o.max_prompt_tokens : lm.model->config().max_position_embeddings;
+  served.decode_concurrency = o.decode_concurrency;
+  served.prompt_concurrency = o.prompt_concurrency;
+  served.max_queued = o.max_queued_requests;
   server::Session session(served);
 
   server::RequestDefaults d;
@@ -160,12 +165,15 @@ int serve(ServerOptions& o) {
   hc.max_body_bytes = size_t(o.max_body_bytes);
   hc.request_timeout_s = o.request_timeout;
   hc.log_level = log_level(o.log_level);
+  // A connection thread per admitted request, and a few for refusals, /health and /metrics.
+  hc.threads = size_t(o.decode_concurrency + o.max_queued_requests + 8);
   server::HttpServer http(session, d, hc);
   const int port = http.bind();
   std::fprintf(stderr,
-               "lmtune server: serving %s on http://%s:%d (OpenAI API under /v1; one request at a time). "
+               "lmtune server: serving %s on http://%s:%d (OpenAI API under /v1; continuous batching of up to %lld "
+               "sequences). "
                "Not meant for production: put it behind a proxy before exposing it.\n",
-               o.load.model.c_str(), o.host.c_str(), port);
+               o.load.model.c_str(), o.host.c_str(), port, (long long)o.decode_concurrency);
   std::atomic<bool> done{false};
   std::thread stopper([&] {
     while (!g_stop && !done) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -191,6 +199,9 @@ int run_server(int argc, char** argv) {
     if (o.port < 0 || o.port > 65535)
       throw UsageError("argument --port: must be in [0, 65535], got " + std::to_string(o.port));
     if (o.max_tokens < 1) throw UsageError("argument --max-tokens: must be >= 1");
+    if (o.decode_concurrency < 1) throw UsageError("argument --decode-concurrency: must be >= 1");
+    if (o.prompt_concurrency < 1) throw UsageError("argument --prompt-concurrency: must be >= 1");
+    if (o.max_queued_requests < 0) throw UsageError("argument --max-queued-requests: must be >= 0");
     if (o.max_tokens_limit < o.max_tokens)
       throw UsageError("argument --max-tokens-limit: must be >= --max-tokens (" + std::to_string(o.max_tokens) + ")");
     if (o.max_body_bytes < 1024) throw UsageError("argument --max-body-bytes: must be >= 1024");

@@ -1,0 +1,291 @@
+// The scheduler: admission (arrival order, within the two concurrency bounds), one packed forward
+// per step (decoding sequences first, then prefill chunks within prefill_step_size tokens), and
+// per sequence the same choices as Generator::generate (EOS, on_token, max_tokens) plus deadline
+// and cancellation, checked between steps.
+#include "runtime/batch_engine.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "core/allocator.h"
+#include "core/error.h"
+#include "ops/ops.h"
+#include "runtime/decode_graph.h"
+#include "runtime/kv_cache.h"
+
+namespace lmtune {
+
+using Clock = std::chrono::steady_clock;
+
+std::string BatchOutcome::finish_reason() const {
+  switch (end) {
+    case BatchEnd::eos:
+    case BatchEnd::stopped:
+    case BatchEnd::cancelled: return "stop";
+    case BatchEnd::length:
+    case BatchEnd::deadline: return "length";
+    default: return "";
+  }
+}
+
+struct BatchEngine::Sequence {
+  BatchJob job;
+  std::shared_ptr<BatchTicket> ticket;
+  std::unique_ptr<DenseKVCache> cache;
+  Sampler sampler;
+  std::vector<int32_t> history;  // what the penalties see: the prompt, then every generated id
+  BatchOutcome out;
+  int32_t next = -1;                   // chosen, not fed yet (while decoding)
+  bool decoding = false;               // the whole prompt is in the cache
+  int64_t decode_feeds = 0;            // tokens fed while decoding
+  std::unique_ptr<DecodeGraph> graph;  // recorded once it first decodes alone (CUDA)
+  bool graph_off = false;              // recording failed once
+  bool done = false;
+  Sequence(Pending p, std::unique_ptr<DenseKVCache> c)
+      : job(std::move(p.job)), ticket(std::move(p.ticket)), cache(std::move(c)), sampler(job.sampler, job.seed) {}
+};
+
+namespace {
+
+int bucket_of(size_t n) {
+  int b = 0;
+  while (b + 1 < BatchStats::kBuckets && (size_t(1) << b) < n) ++b;
+  return b;
+}
+
+void end_pending(BatchJob& job, BatchEnd end, const std::string& error = {}) {
+  BatchOutcome o;
+  o.end = end;
+  o.error = error;
+  if (job.on_done) job.on_done(o);
+}
+
+}  // namespace
+
+BatchEngine::BatchEngine(Model& model, BatchEngineOptions opts) : model_(model), opts_(opts) {
+  LMT_CHECK(opts_.decode_concurrency >= 1, "[batch] decode_concurrency must be >= 1, got ", opts_.decode_concurrency);
+  LMT_CHECK(opts_.prompt_concurrency >= 1, "[batch] prompt_concurrency must be >= 1, got ", opts_.prompt_concurrency);
+  LMT_CHECK(opts_.prefill_step_size >= 1, "[batch] prefill_step_size must be >= 1, got ", opts_.prefill_step_size);
+  LMT_CHECK(opts_.kv_block >= 1, "[batch] kv_block must be >= 1, got ", opts_.kv_block);
+  thread_ = std::thread([this] { loop(); });
+}
+
+BatchEngine::~BatchEngine() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<BatchTicket> BatchEngine::submit(BatchJob job) {
+  LMT_CHECK(!job.prompt.empty(), "[batch] the prompt is empty (nothing to predict from)");
+  const int64_t V = model_.config().n_vocab;
+  for (int32_t t : job.prompt)
+    LMT_CHECK(t >= 0 && t < V, "[batch] prompt token ", t, " is outside the model's vocabulary of ", V);
+  auto ticket = std::make_shared<BatchTicket>();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    LMT_CHECK(!stop_, "[batch] the engine has stopped");
+    incoming_.push_back({std::move(job), ticket});
+    ++stats_.waiting;
+  }
+  cv_.notify_all();
+  return ticket;
+}
+
+BatchStats BatchEngine::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+void BatchEngine::loop() {
+  std::vector<std::unique_ptr<Sequence>> active;
+  std::deque<Pending> waiting;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (active.empty() && waiting.empty()) cv_.wait(lk, [&] { return stop_ || !incoming_.empty(); });
+      if (stop_) break;
+      while (!incoming_.empty()) waiting.push_back(std::move(incoming_.front())), incoming_.pop_front();
+    }
+    // Free slots go first (in arrival order); a job still waiting past its deadline, or
+    // cancelled, never starts.
+    admit(active, waiting);
+    const Clock::time_point now = Clock::now();
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      const bool cancelled = it->ticket->cancelled();
+      if (cancelled || now >= it->job.deadline) {
+        end_pending(it->job, cancelled ? BatchEnd::cancelled : BatchEnd::expired);
+        it = waiting.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!active.empty()) step(active);
+    std::erase_if(active, [](const std::unique_ptr<Sequence>& s) { return s->done; });
+    // Idle on the CPU: the freed caches and activations go back to the system, so a server's
+    // resident memory returns to its baseline between bursts (a GPU keeps its cache for speed).
+    if (active.empty() && waiting.empty() && model_.device() == Device::cpu) allocator(Device::cpu).empty_cache();
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.waiting = int64_t(waiting.size() + incoming_.size());
+    stats_.decoding = std::count_if(active.begin(), active.end(), [](const auto& s) { return s->decoding; });
+    stats_.prefilling = int64_t(active.size()) - stats_.decoding;
+  }
+  for (auto& s : active) finish(*s, BatchEnd::failed, "the engine stopped");
+  for (auto& p : waiting) end_pending(p.job, BatchEnd::failed, "the engine stopped");
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& p : incoming_) end_pending(p.job, BatchEnd::failed, "the engine stopped");
+  incoming_.clear();
+}
+
+void BatchEngine::admit(std::vector<std::unique_ptr<Sequence>>& active, std::deque<Pending>& waiting) {
+  int64_t prefilling = std::count_if(active.begin(), active.end(), [](const auto& s) { return !s->decoding; });
+  while (!waiting.empty() && int64_t(active.size()) < opts_.decode_concurrency &&
+         prefilling < opts_.prompt_concurrency) {
+    Pending p = std::move(waiting.front());
+    waiting.pop_front();
+    if (p.ticket->cancelled()) {
+      end_pending(p.job, BatchEnd::cancelled);
+      continue;
+    }
+    std::unique_ptr<DenseKVCache> cache;
+    try {
+      const Model& m = model_;
+      cache = std::make_unique<DenseKVCache>(m.config(), m.device(), m.dtype(), 1, 0, 4, opts_.kv_block);
+    } catch (const std::exception& e) {
+      end_pending(p.job, BatchEnd::failed, e.what());
+      continue;
+    }
+    active.push_back(std::make_unique<Sequence>(std::move(p), std::move(cache)));
+    ++prefilling;
+    Sequence& s = *active.back();
+    try {
+      if (s.job.on_start) s.job.on_start();
+    } catch (const std::exception& e) {
+      finish(s, BatchEnd::failed, e.what());
+    }
+  }
+}
+
+void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
+  std::vector<Sequence*> in_step;
+  std::vector<int32_t> ids;
+  std::vector<PackedSequence> packed;
+  std::vector<int64_t> chunk;  // prompt tokens fed per sequence in the step (0: a decode token)
+  for (auto& s : active) {
+    if (s->done || !s->decoding) continue;
+    in_step.push_back(s.get()), ids.push_back(s->next), packed.push_back({1, s->cache.get()}), chunk.push_back(0);
+  }
+  int64_t budget = opts_.prefill_step_size;
+  for (auto& s : active) {
+    if (s->done || s->decoding || budget <= 0) continue;
+    const int64_t fed = s->out.prompt_fed, n = std::min(int64_t(s->job.prompt.size()) - fed, budget);
+    ids.insert(ids.end(), s->job.prompt.begin() + fed, s->job.prompt.begin() + fed + n);
+    in_step.push_back(s.get()), packed.push_back({n, s->cache.get()}), chunk.push_back(n);
+    budget -= n;
+  }
+  if (in_step.empty()) return;
+  const int64_t V = model_.config().n_vocab;
+  std::vector<float> host;
+  bool graphed = false;
+  try {
+    Sequence& first = *in_step[0];
+    if (in_step.size() == 1 && first.decoding && opts_.decode_graph && first.decode_feeds >= 1 && !first.graph_off) {
+      // One sequence decoding alone: generate's recorded step, where the device has graphs.
+      if (!first.graph && DecodeGraph::usable(model_, *first.cache))
+        first.graph = std::make_unique<DecodeGraph>(model_, *first.cache);
+      if (first.graph) {
+        try {
+          host = first.graph->step(first.next);
+          graphed = true;
+        } catch (const Error& e) {  // recording failed (the cache is as it was): eager from now on
+          std::fprintf(stderr, "[batch] decoding without a CUDA graph: %s\n", e.what());
+          first.graph.reset();
+          first.graph_off = true;
+        }
+      }
+    }
+    // A sequence keeps its recorded step while others run beside it (it holds only one batch-1
+    // step's intermediates): eager steps write the same cache rows, and the graph is recorded
+    // again only if the cache's buffers moved meanwhile (DecodeGraph::step checks).
+    if (!graphed) {
+      Tensor lg = model_.forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
+      host = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+    }
+  } catch (const std::exception& e) {
+    for (Sequence* s : in_step) finish(*s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++stats_.steps;
+    stats_.step_rows += ids.size();
+    stats_.graph_steps += graphed;
+    ++stats_.batch_counts[bucket_of(in_step.size())];
+    stats_.batch_sum += in_step.size();
+  }
+  for (size_t i = 0; i < in_step.size(); ++i) {
+    Sequence& s = *in_step[i];
+    const float* row = host.data() + i * size_t(V);
+    try {
+      if (chunk[i] == 0) {
+        ++s.decode_feeds;
+        std::vector<float> logits(row, row + V);
+        after_token(s, s.sampler.sample(logits, s.history));
+      } else {
+        s.out.prompt_fed += chunk[i];
+        after_prefill_chunk(s, row);
+      }
+    } catch (const std::exception& e) {
+      if (!s.done) finish(s, BatchEnd::failed, e.what());
+    }
+  }
+}
+
+bool BatchEngine::after_prefill_chunk(Sequence& s, const float* row) {
+  const int64_t total = int64_t(s.job.prompt.size()), fed = s.out.prompt_fed;
+  if (s.job.on_prefill && !s.job.on_prefill(fed, total)) return finish(s, BatchEnd::stopped), false;
+  if (fed < total) {
+    if (s.ticket->cancelled()) return finish(s, BatchEnd::cancelled), false;
+    if (Clock::now() >= s.job.deadline) return finish(s, BatchEnd::deadline), false;
+    return true;
+  }
+  s.history = s.job.prompt;
+  std::vector<float> logits(row, row + model_.config().n_vocab);
+  return after_token(s, s.sampler.sample(logits, s.history));
+}
+
+bool BatchEngine::after_token(Sequence& s, int32_t token) {
+  const auto& eos = s.job.eos_ids;
+  if (std::find(eos.begin(), eos.end(), token) != eos.end()) return finish(s, BatchEnd::eos), false;
+  s.out.tokens.push_back(token);
+  s.history.push_back(token);
+  if (s.job.on_token && !s.job.on_token(token, s.sampler)) return finish(s, BatchEnd::stopped), false;
+  if (s.job.max_tokens >= 0 && int64_t(s.out.tokens.size()) >= s.job.max_tokens)
+    return finish(s, BatchEnd::length), false;
+  if (s.ticket->cancelled()) return finish(s, BatchEnd::cancelled), false;
+  if (Clock::now() >= s.job.deadline) return finish(s, BatchEnd::deadline), false;
+  s.next = token;
+  s.decoding = true;
+  return true;
+}
+
+void BatchEngine::finish(Sequence& s, BatchEnd end, std::string error) {
+  if (s.done) return;
+  s.done = true;
+  s.out.end = end;
+  s.out.error = std::move(error);
+  s.graph.reset();
+  s.cache.reset();  // the sequence's KV memory goes back to the allocator now
+  if (s.job.on_done) {
+    try {
+      s.job.on_done(s.out);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "[batch] on_done threw: %s\n", e.what());
+    }
+  }
+}
+
+}  // namespace lmtune

@@ -1,0 +1,127 @@
+// Continuous batching: one scheduler thread owns the model and runs every admitted sequence
+// together. Each step packs one token of every decoding sequence and prefill chunks of new prompts
+// into one Model::forward_packed (one weight read per step serves them all); requests join and
+// leave between steps, each with its own sampler, length, deadline and KV cache (batch 1, growing
+// in blocks of kv_block positions, freed when the sequence ends).
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "models/model.h"
+#include "runtime/sampler.h"
+
+namespace lmtune {
+
+struct BatchEngineOptions {
+  int64_t decode_concurrency = 32;   // sequences admitted at once (prefilling or decoding)
+  int64_t prompt_concurrency = 8;    // of those, at most this many prefilling at once
+  int64_t prefill_step_size = 2048;  // prompt tokens per step, over all prefilling sequences
+  int64_t kv_block = 256;            // a sequence's cache grows by this many positions at a time
+  bool decode_graph = true;          // one sequence decoding alone replays the recorded step (CUDA)
+};
+
+// How a sequence ended.
+enum class BatchEnd {
+  eos,        // an EOS id was chosen (finish "stop")
+  stopped,    // on_token or on_prefill returned false (finish "stop")
+  length,     // max_tokens reached (finish "length")
+  deadline,   // the deadline passed after it started (finish "length")
+  expired,    // the deadline passed while it waited for a slot: it never started
+  cancelled,  // BatchTicket::cancel() (finish "stop")
+  failed,     // the forward threw (error says why), or the engine shut down before it ended
+};
+
+struct BatchOutcome {
+  BatchEnd end = BatchEnd::failed;
+  std::vector<int32_t> tokens;  // generated ids, a final EOS left out
+  int64_t prompt_fed = 0;       // prompt tokens prefilled
+  std::string error;
+  std::string finish_reason() const;  // OpenAI's: "stop" or "length" ("" for expired / failed)
+};
+
+// A request. The callbacks run on the scheduler thread between steps: keep them short (no
+// blocking I/O), they hold up every running sequence.
+struct BatchJob {
+  std::vector<int32_t> prompt;  // non-empty, ids inside the vocabulary
+  SamplerOptions sampler;
+  uint64_t seed = 0;
+  int64_t max_tokens = 100;  // < 0: until an EOS id
+  std::vector<int32_t> eos_ids;
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  std::function<void()> on_start;                               // admitted: prefill begins
+  std::function<bool(int64_t done, int64_t total)> on_prefill;  // after each of its prefill chunks
+  // Each generated id except a final EOS; the sampler's last_logprobs() are that token's. The
+  // per-request hook for logits constraints is the Sampler itself (sample() runs on the row).
+  std::function<bool(int32_t token, const Sampler& sampler)> on_token;
+  std::function<void(const BatchOutcome&)> on_done;  // exactly once
+};
+
+// A submitted job's handle: cancel() ends it at the next step (on_done with BatchEnd::cancelled).
+class BatchTicket {
+ public:
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Counters for the server's /metrics; a consistent snapshot.
+struct BatchStats {
+  int64_t waiting = 0, prefilling = 0, decoding = 0;
+  uint64_t steps = 0;                    // forward steps run
+  uint64_t step_rows = 0;                // tokens over all steps
+  uint64_t graph_steps = 0;              // of the steps, recorded-graph replays (one sequence alone)
+  static constexpr int kBuckets = 9;     // sequences per step <= 1, 2, 4, ..., 128, more
+  uint64_t batch_counts[kBuckets] = {};  // per bucket, not cumulative; over: the last
+  uint64_t batch_sum = 0;
+};
+
+class BatchEngine {
+ public:
+  // model must outlive the engine; the engine's thread is its only user meanwhile.
+  BatchEngine(Model& model, BatchEngineOptions opts);
+  ~BatchEngine();  // unfinished jobs end as failed ("the engine stopped")
+  BatchEngine(const BatchEngine&) = delete;
+  BatchEngine& operator=(const BatchEngine&) = delete;
+
+  // Queues a job (it starts when a slot is free, in arrival order). Throws on an empty prompt or
+  // ids outside the vocabulary, before queueing.
+  std::shared_ptr<BatchTicket> submit(BatchJob job);
+  BatchStats stats() const;
+  const BatchEngineOptions& options() const { return opts_; }
+
+ private:
+  struct Sequence;
+  struct Pending {
+    BatchJob job;
+    std::shared_ptr<BatchTicket> ticket;
+  };
+  void loop();
+  void admit(std::vector<std::unique_ptr<Sequence>>& active, std::deque<Pending>& waiting);
+  // One forward over the active sequences; sequences that end are finished and removed.
+  void step(std::vector<std::unique_ptr<Sequence>>& active);
+  bool after_prefill_chunk(Sequence& s, const float* logits);  // false: the sequence ended
+  bool after_token(Sequence& s, int32_t token);                // false: the sequence ended
+  void finish(Sequence& s, BatchEnd end, std::string error = {});
+
+  Model& model_;
+  BatchEngineOptions opts_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> incoming_;  // submitted, not yet seen by the scheduler
+  bool stop_ = false;
+  BatchStats stats_;  // under mu_
+  std::thread thread_;
+};
+
+}  // namespace lmtune

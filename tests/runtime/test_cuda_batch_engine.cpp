@@ -1,0 +1,68 @@
+// The batching engine on CUDA (f32 weights, so that argmax near-ties cannot flip): a sequence
+// alone decodes through the recorded step (runtime/decode_graph.h) as generate does, with
+// generate's tokens; sequences that join mid-way get their tokens alone. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "backend/backend.h"
+#include "batch_fixture.h"
+#include "runtime/batch_engine.h"
+#include "runtime/generate.h"
+
+using namespace lmtune;
+using namespace lmtune::test;
+
+namespace {
+
+std::vector<int32_t> alone(Model& m, const std::vector<int32_t>& prompt, int64_t max_tokens) {
+  DenseKVCache cache(m.config(), Device::cuda, DType::f32);
+  Sampler sampler(SamplerOptions{}, 0);
+  Generator gen(m, cache, sampler);
+  GenerationConfig cfg;
+  cfg.max_tokens = max_tokens;
+  cfg.prefill_step_size = 16;
+  return gen.generate(prompt, cfg).tokens;
+}
+
+}  // namespace
+
+TEST(CudaBatchEngine, LoneSequenceUsesTheGraphAndJoinersEqualAlone) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = tiny_model({Device::cuda, DType::f32, 0, false});
+  BatchEngineOptions o;
+  o.prefill_step_size = 16;
+  BatchEngine engine(*model, o);
+  // Alone: 300 tokens, so the cache grows past its first 256-position block while graphed.
+  std::promise<BatchOutcome> lone;
+  BatchJob j;
+  j.prompt = tokens(20, 1);
+  j.max_tokens = 300;
+  j.on_done = [&](const BatchOutcome& out) { lone.set_value(out); };
+  engine.submit(std::move(j));
+  EXPECT_EQ(lone.get_future().get().tokens, alone(*model, tokens(20, 1), 300));
+  EXPECT_GT(engine.stats().graph_steps, 250u) << "the lone sequence did not replay the recorded step";
+  // Three more, joining while the first decodes.
+  std::vector<std::promise<BatchOutcome>> done(3);
+  std::vector<std::future<BatchOutcome>> results;
+  for (auto& d : done) results.push_back(d.get_future());
+  BatchJob first;
+  first.prompt = tokens(9, 2);
+  first.max_tokens = 40;
+  first.on_done = [&](const BatchOutcome& out) { done[0].set_value(out); };
+  first.on_token = [&, n = 0](int32_t, const Sampler&) mutable {
+    if (++n == 3 || n == 6) {
+      BatchJob b;
+      b.prompt = tokens(size_t(5 * n), n);
+      b.max_tokens = 20;
+      const size_t slot = n == 3 ? 1 : 2;
+      b.on_done = [&, slot](const BatchOutcome& out) { done[slot].set_value(out); };
+      engine.submit(std::move(b));
+    }
+    return true;
+  };
+  engine.submit(std::move(first));
+  EXPECT_EQ(results[0].get().tokens, alone(*model, tokens(9, 2), 40));
+  EXPECT_EQ(results[1].get().tokens, alone(*model, tokens(15, 3), 20));
+  EXPECT_EQ(results[2].get().tokens, alone(*model, tokens(30, 6), 20));
+}
