@@ -31,8 +31,6 @@ Tensor swap_axes12(const Tensor& x, int64_t keep) {
   return out;
 }
 
-bool is_float(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }
-
 struct Reader {
   const SafetensorsFile& f;
   const std::string& path;

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <tuple>
 
 #include "core/allocator.h"
 #include "core/error.h"
@@ -38,7 +37,7 @@ SpeculativeGenerator::SpeculativeGenerator(Model& model, DenseKVCache& cache, Mo
 std::vector<float> SpeculativeGenerator::feed(Model& m, DenseKVCache& c, std::vector<int32_t>& fed, const int32_t* ids,
                                               int64_t n, int64_t n_out) {
   Tensor t = Tensor::from_i32(std::vector<int32_t>(ids, ids + n), {1, n});
-  Tensor lg = m.forward(t, c, n_out == 1);  // (1, n or 1, V)
+  Tensor lg = m.forward(t, c, n_out <= 1);  // (1, n or 1, V)
   fed.insert(fed.end(), ids, ids + n);
   if (n_out == 0) return {};
   std::vector<float> all = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
@@ -65,14 +64,14 @@ SpeculativeStats SpeculativeGenerator::generate(const std::vector<int32_t>& prom
 
   Clock::time_point tic = Clock::now();
   // As mlx-lm's _prefill: everything but the last token, in chunks, into both caches.
-  for (auto [m, c, fed] :
-       {std::tuple<Model*, DenseKVCache*, std::vector<int32_t>*>{&draft_, &draft_cache_, &draft_fed_},
-        {&model_, &cache_, &fed_}}) {
+  auto prefill = [&](Model& m, DenseKVCache& c, std::vector<int32_t>& fed) {
     for (int64_t i = 0; i + 1 < int64_t(prompt.size()); i += cfg.prefill_step_size) {
       const int64_t n = std::min(cfg.prefill_step_size, int64_t(prompt.size()) - 1 - i);
-      (void)feed(*m, *c, *fed, prompt.data() + i, n, 0);
+      (void)feed(m, c, fed, prompt.data() + i, n, 0);
     }
-  }
+  };
+  prefill(draft_, draft_cache_, draft_fed_);
+  prefill(model_, cache_, fed_);
 
   std::vector<int32_t> seq = prompt;  // every token so far; the caches hold at most seq[:-1]
   auto is_eos = [&](int32_t t) { return std::find(cfg.eos_ids.begin(), cfg.eos_ids.end(), t) != cfg.eos_ids.end(); };

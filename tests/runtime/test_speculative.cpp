@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "core/error.h"
 #include "ops/ops.h"
 #include "runtime/generate.h"
 #include "runtime/speculative.h"
