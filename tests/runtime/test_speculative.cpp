@@ -5,6 +5,7 @@
 // settings are refused.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -38,6 +39,19 @@ std::unique_ptr<Model> random_draft(int64_t n_vocab, uint64_t seed) {
     w[spec.name] = norm ? ops::full(spec.shape, 1.f, DType::f32, Device::cpu)
                         : ops::randn(spec.shape, ++seed, 1.f / std::sqrt(float(spec.shape.back())));
   }
+  m->set_weights(std::move(w));
+  return m;
+}
+
+// models/default's first n_layer layers (embedding, final norm and head kept): a draft that agrees
+// with the model on some tokens and not on others.
+std::unique_ptr<Model> truncated(const Model& model, int64_t n_layer) {
+  ModelConfig c = model.config();
+  c.n_layer = n_layer;
+  c.layer_window.resize(size_t(n_layer));
+  auto m = create_model(c);
+  std::map<std::string, Tensor> w;
+  for (const TensorSpec& spec : m->tensor_specs()) w[spec.name] = model.weights().at(spec.name);
   m->set_weights(std::move(w));
   return m;
 }
@@ -87,6 +101,22 @@ TEST(Speculative, GreedyEqualsPlainWithARandomDraft) {
     EXPECT_EQ(st.gen.finish_reason, "length");
     EXPECT_GT(st.drafted, 0);
     EXPECT_LT(st.accepted, st.drafted) << "a random draft agreeing everywhere: the check is not checking";
+  }
+}
+
+TEST(Speculative, GreedyEqualsPlainWithAPartlyAgreeingDraft) {
+  auto model = default_model();
+  auto draft = truncated(*model, 2);
+  GenerationConfig cfg;
+  cfg.max_tokens = 40;
+  const GenerationStats ref = plain(*model, {}, cfg);
+  for (int64_t n_draft : {2, 3, 4}) {
+    std::vector<bool> from_draft;
+    SpeculativeStats st = speculative(*model, *draft, {}, cfg, n_draft, &from_draft);
+    EXPECT_EQ(st.gen.tokens, ref.tokens) << "num_draft_tokens " << n_draft;
+    EXPECT_GT(st.accepted, 0) << "no proposal accepted: the accepting path is not exercised";
+    EXPECT_LT(st.accepted, st.drafted) << "every proposal accepted: the rejecting path is not exercised";
+    EXPECT_EQ(int64_t(std::count(from_draft.begin(), from_draft.end(), true)), st.accepted);
   }
 }
 
