@@ -32,8 +32,8 @@ from checks import FAILS, check  # noqa: E402
 from kv_quant_check import f32_copy, run, same, tiny_model  # noqa: E402
 
 PROMPT = "the light of a lamp that"
-PREFIX = "A lantern is a lamp with a transparent case that protects the flame."
-SUFFIX = " Tell me about the light of a lamp that"
+PREFIX = "Define the word lantern and the word"
+SUFFIX = " lamp"
 
 
 def lmtune(a, args, ok=True):
