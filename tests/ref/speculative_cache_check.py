@@ -7,6 +7,8 @@ spec_greedy   temp 0 text with --draft-model equals plain generate's: the model 
               Draft line says 100.0%), its first 2 layers (some proposals accepted, not all) and a tiny
               random llama with the same tokenizer, at --num-draft-tokens 1 to 5; the verbose stats
               lines keep their form.
+spec_mlx      the same text as mlx_lm.generate --draft-model (f32 copy of --model, its first 2 layers
+              as the draft, the chat template, temp 0).
 spec_refused  a draft whose tokenizer has another vocabulary size, --num-draft-tokens 0, --max-kv-size
               with a draft: exit non-zero with a message naming the cause.
 cache_mlx     on an f32 copy of --model: a file written by mlx_lm.cache_prompt continues in lmtune
@@ -103,6 +105,16 @@ def spec_greedy(a):
                 check(acc < drafted, f"tiny draft n {n}: every proposal accepted ({acc}/{drafted})?")
             else:
                 check(0 < acc < drafted, f"{name} n {n}: {acc}/{drafted} accepted; expected some but not all")
+
+
+def spec_mlx(a):
+    m, part = f32_copy(a), truncated_model(a)
+    flags = ["--draft-model", part, "--num-draft-tokens", "3", "--temp", "0", "--prompt", "Define: lantern"]
+    ours = text_of(lmtune(a, ["generate", "--model", m, "--device", "cpu", "-m", "40", "--verbose", "False"] + flags))
+    theirs = mlx_cli(["generate", "--model", m, "--max-tokens", "40", "--verbose", "False"] + flags)
+    theirs = theirs[:-1] if theirs.endswith("\n") else theirs
+    print(f"lmtune {ours!r}\nmlx-lm {theirs!r}")
+    check(len(ours) > 20 and same(ours, theirs), f"--draft-model: lmtune {ours!r} != mlx-lm {theirs!r}")
 
 
 def spec_refused(a):
@@ -226,10 +238,10 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--case", required=True,
-                    choices=["spec_greedy", "spec_refused", "cache_mlx", "cache_refused"])
+                    choices=["spec_greedy", "spec_mlx", "spec_refused", "cache_mlx", "cache_refused"])
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
-    {"spec_greedy": spec_greedy, "spec_refused": spec_refused, "cache_mlx": cache_mlx,
+    {"spec_greedy": spec_greedy, "spec_mlx": spec_mlx, "spec_refused": spec_refused, "cache_mlx": cache_mlx,
      "cache_refused": cache_refused}[a.case](a)
     if FAILS:
         print(f"{len(FAILS)} check(s) failed", file=sys.stderr)
