@@ -69,7 +69,7 @@ void declare(Options& t, GenerateOptions& o) {
 
 // --prompt-cache-file: mlx-lm takes --model from the file's metadata when it is not given and
 // refuses another model; the file's own eos_token (cache_prompt --eos-token) joins the stop ids.
-PromptCacheInfo open_prompt_cache(GenerateOptions& o) {
+void open_prompt_cache(GenerateOptions& o) {
   namespace fs = std::filesystem;
   PromptCacheInfo info = read_prompt_cache_info(*o.prompt_cache_file);
   auto it = info.metadata.find("model");
@@ -100,7 +100,6 @@ PromptCacheInfo open_prompt_cache(GenerateOptions& o) {
                        " does not match the prompt cache file's " + std::to_string(info.kv_group_size));
     o.kv.kv_bits = info.kv_bits;
   }
-  return info;
 }
 
 int generate(GenerateOptions& o) {
@@ -115,7 +114,7 @@ int generate(GenerateOptions& o) {
     LMT_CHECK(template_kwargs.is_object(), "--chat-template-config must be a JSON object, got: ", template_config);
   }
   const bool using_cache = o.prompt_cache_file.has_value();
-  if (using_cache) (void)open_prompt_cache(o);
+  if (using_cache) open_prompt_cache(o);
   if (lo.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
   LoadedModel lm = load_for_generation(lo);
   const Tokenizer& tok = lm.chat->tokenizer();
