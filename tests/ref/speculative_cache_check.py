@@ -16,6 +16,9 @@ cache_mlx     on an f32 copy of --model: a file written by mlx_lm.cache_prompt c
               all four runs (and not the text of the new prompt alone); both files have the same tensor
               names, metadata keys and (tokens aside) shapes. Also with --kv-bits 4 --quantized-kv-start 0
               (QuantizedKVCache files).
+cache_flags   cache_prompt --eos-token lands in the file's tokenizer_config and generate (lmtune's and
+              mlx-lm's) stops on it; --kv-bits / --kv-group-size that disagree with a quantized file
+              are refused (as mlx-lm).
 cache_refused a file made with another model (layer count), a truncated file, a non-cache safetensors
               file, --model other than the file's, --draft-model with a cache file: each refused naming
               the file or the flags.
@@ -190,6 +193,30 @@ def cache_mlx(a):
         check(alone.strip() != ref.strip(), f"{tag}: the cached prefix changes nothing ({alone!r})")
 
 
+def cache_flags(a):
+    f, plain_f = os.path.join(a.work, "eos.safetensors"), os.path.join(a.work, "plain.safetensors")
+    base = ["cache_prompt", "--model", a.model, "--device", "cpu", "--prompt", PREFIX, "--prompt-cache-file"]
+    lmtune(a, base + [plain_f])
+    lmtune(a, base + [f, "--eos-token", "\u0120person"])
+    _, meta = header(f)
+    check(json.loads(meta.get("0.tokenizer_config", "{}")) == {"trust_remote_code": False, "eos_token": "\u0120person"},
+          f"tokenizer_config metadata: {meta.get('0.tokenizer_config')!r}")
+    gen = ["generate", "--device", "cpu", "-m", "24", "--temp", "0", "--verbose", "False", "-p", SUFFIX,
+           "--prompt-cache-file"]
+    ref, ours = text_of(lmtune(a, gen + [plain_f])), text_of(lmtune(a, gen + [f]))
+    check(" person" in ref and ours == ref.split(" person")[0],
+          f"--eos-token ' person' in the file: {ours!r}, without it {ref!r}")
+    out = mlx_cli(["generate", "--prompt-cache-file", f, "--max-tokens", "24", "--temp", "0", "--verbose", "False",
+                   "--prompt", SUFFIX])
+    check(same(out[:-1] if out.endswith("\n") else out, ours), f"mlx-lm with the eos file: {out!r} != {ours!r}")
+    q = os.path.join(a.work, "q4.safetensors")
+    lmtune(a, base[:-1] + ["--kv-bits", "4", "--quantized-kv-start", "0", "--prompt-cache-file", q])
+    for extra, want in [(["--kv-bits", "8"], "--kv-bits 8 does not match the prompt cache file's 4"),
+                        (["--kv-group-size", "32"], "--kv-group-size 32 does not match the prompt cache file's 64")]:
+        r = lmtune(a, gen + [q] + extra, ok=False)
+        check(r.returncode != 0 and want in r.stderr, f"{extra}: rc {r.returncode}, want {want!r} in {r.stderr!r}")
+
+
 def cache_refused(a):
     tiny = tiny_model(a)
     f = os.path.join(a.work, "tiny.safetensors")
@@ -238,10 +265,11 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--case", required=True,
-                    choices=["spec_greedy", "spec_mlx", "spec_refused", "cache_mlx", "cache_refused"])
+                    choices=["spec_greedy", "spec_mlx", "spec_refused", "cache_mlx", "cache_flags",
+                             "cache_refused"])
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
-    {"spec_greedy": spec_greedy, "spec_mlx": spec_mlx, "spec_refused": spec_refused, "cache_mlx": cache_mlx,
+    {"spec_greedy": spec_greedy, "spec_mlx": spec_mlx, "spec_refused": spec_refused, "cache_mlx": cache_mlx, "cache_flags": cache_flags,
      "cache_refused": cache_refused}[a.case](a)
     if FAILS:
         print(f"{len(FAILS)} check(s) failed", file=sys.stderr)
