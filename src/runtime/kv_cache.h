@@ -67,6 +67,19 @@ class DenseKVCache final : public KVCache {
   void unbind_position() { position_ = Tensor(); }
   const Tensor* position() const override { return position_.defined() ? &position_ : nullptr; }
 
+  // Prompt cache files (runtime/prompt_cache_file.h; defined in kv_cache_held.cpp). held_planes:
+  // a layer's stored planes (dense {k, v}; quantized {k codes, k scales, k biases, v codes, v
+  // scales, v biases}), each a CPU copy of the held rows (B, offset(), n_kv_head, width); a
+  // rotating cache is refused. load_held: an empty, non-rotating cache takes n tokens per layer in
+  // that layout (quantized ones need set_quantization first), checked against plane_specs.
+  std::vector<Tensor> held_planes(int64_t layer);
+  void load_held(const std::vector<std::vector<Tensor>>& layers, int64_t n, bool quantized);
+  int64_t n_layer() const { return n_layer_; }
+  int64_t n_kv_head() const { return n_kv_head_; }
+  int64_t head_dim() const { return head_dim_; }
+  int64_t batch() const { return batch_; }
+  DType dtype() const { return dtype_; }
+
  private:
   View update_at(int64_t layer, const Tensor& k, const Tensor& v);  // with a bound position
   void make_room(int64_t T);  // for T entries at offset(): grow, or check the bound capacity

@@ -6,6 +6,7 @@ namespace lmtune::cli {
 int run_inspect(int argc, char** argv);
 int run_tokenize(int argc, char** argv);
 int run_generate(int argc, char** argv);
+int run_cache_prompt(int argc, char** argv);
 int run_chat(int argc, char** argv);
 int run_benchmark(int argc, char** argv);
 int run_manage(int argc, char** argv);

@@ -1,7 +1,10 @@
 // `lmtune generate`: mlx_lm.generate's flags, defaults and output. The prompt goes through the
 // chat template (unless --ignore-chat-template or the tokenizer has none), the text streams to
 // stdout, and with --verbose (the default) the prompt / generation speeds and peak memory follow.
+// --draft-model decodes speculatively (runtime/speculative.h); --prompt-cache-file continues a
+// cache written by cache_prompt (runtime/prompt_cache_file.h) with the new prompt.
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -11,6 +14,8 @@
 #include "cli_commands.h"
 #include "core/error.h"
 #include "runtime/generate.h"
+#include "runtime/prompt_cache_file.h"
+#include "runtime/speculative.h"
 #include "runtime_setup.h"
 #include "tokenizer/streaming_detokenizer.h"
 
@@ -30,6 +35,8 @@ struct GenerateOptions {
   std::vector<std::string> extra_eos_token;
   int64_t max_kv_size = 0;
   KVQuantOptions kv;
+  std::optional<std::string> prompt_cache_file, draft_model;
+  int64_t num_draft_tokens = 3;
 };
 
 void declare(Options& t, GenerateOptions& o) {
@@ -48,10 +55,51 @@ void declare(Options& t, GenerateOptions& o) {
   t.add("--verbose", &o.verbose, "BOOL", "print the frame and statistics (yes/no, true/false, 1/0)").str2bool();
   t.add("--max-kv-size", &o.max_kv_size, "N", "rotating KV cache of N entries, 4 sink tokens kept; 0 = unbounded");
   add_kv_quant_options(t, o.kv);
+  t.add("--prompt-cache-file", &o.prompt_cache_file, "FILE",
+        "continue a prompt cache written by `lmtune cache_prompt` (or mlx_lm.cache_prompt): the prompt is "
+        "appended to the cached one; --model defaults to the file's");
+  t.add("--draft-model", &o.draft_model, "MODEL",
+        "a smaller model with the same tokenizer that drafts tokens for speculative decoding");
+  t.add("--num-draft-tokens", &o.num_draft_tokens, "N", "tokens the draft model proposes per step");
   t.group("lmtune's additions");
   add_penalty_options(t, o.sampler);
   t.add("--prefill-step-size", &o.gen.prefill_step_size, "N", "prompt tokens per prefill step");
   add_device_options(t, o.load);
+}
+
+// --prompt-cache-file: mlx-lm takes --model from the file's metadata when it is not given and
+// refuses another model; the file's own eos_token (cache_prompt --eos-token) joins the stop ids.
+void open_prompt_cache(GenerateOptions& o) {
+  namespace fs = std::filesystem;
+  PromptCacheInfo info = read_prompt_cache_info(*o.prompt_cache_file);
+  auto it = info.metadata.find("model");
+  const std::string made_with = it == info.metadata.end() ? "" : it->second;
+  if (o.load.model.empty()) {
+    if (made_with.empty())
+      throw UsageError("--model is required: the prompt cache file " + *o.prompt_cache_file +
+                       " does not name its model (metadata 'model')");
+    o.load.model = made_with;
+  } else if (!made_with.empty() && made_with != o.load.model) {
+    std::error_code ec;
+    if (!fs::equivalent(o.load.model, made_with, ec))
+      throw UsageError("--model " + o.load.model + " is not the model the prompt cache file " + *o.prompt_cache_file +
+                       " was made with (" + made_with + ")");
+  }
+  auto tc = info.metadata.find("tokenizer_config");
+  if (tc != info.metadata.end()) {
+    nlohmann::json j = nlohmann::json::parse(tc->second, nullptr, false);
+    if (j.is_object() && j.contains("eos_token") && j["eos_token"].is_string())
+      o.extra_eos_token.push_back(j["eos_token"].get<std::string>());
+  }
+  if (info.kv_bits > 0) {  // as mlx-lm: flags that disagree with a quantized file are errors
+    if (o.kv.kv_bits && *o.kv.kv_bits != info.kv_bits)
+      throw UsageError("--kv-bits " + std::to_string(*o.kv.kv_bits) + " does not match the prompt cache file's " +
+                       std::to_string(info.kv_bits));
+    if (o.kv.kv_group_size != info.kv_group_size)
+      throw UsageError("--kv-group-size " + std::to_string(o.kv.kv_group_size) +
+                       " does not match the prompt cache file's " + std::to_string(info.kv_group_size));
+    o.kv.kv_bits = info.kv_bits;
+  }
 }
 
 int generate(GenerateOptions& o) {
@@ -65,6 +113,9 @@ int generate(GenerateOptions& o) {
     template_kwargs = nlohmann::ordered_json::parse(template_config, nullptr, false);
     LMT_CHECK(template_kwargs.is_object(), "--chat-template-config must be a JSON object, got: ", template_config);
   }
+  const bool using_cache = o.prompt_cache_file.has_value();
+  if (using_cache) open_prompt_cache(o);
+  if (lo.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
   LoadedModel lm = load_for_generation(lo);
   const Tokenizer& tok = lm.chat->tokenizer();
 
@@ -88,11 +139,22 @@ int generate(GenerateOptions& o) {
     }
     opts.kwargs = template_kwargs;
     std::string text = lm.chat->render(messages, opts);
-    // As mlx-lm: no second BOS when the template already starts with it.
-    bool add_special = tok.bos_token().empty() || text.rfind(tok.bos_token(), 0) != 0;
-    ids = tok.encode(text, add_special);
+    if (using_cache) {
+      // As mlx-lm: the cache holds the templated prefix, so only the text from the final message's
+      // content on is new; it is found by rendering a marker in that content's place.
+      messages.back()["content"] = "<query>";
+      const std::string marked = lm.chat->render(messages, opts);
+      const size_t at = marked.find("<query>");
+      LMT_CHECK(at != std::string::npos, "the chat template drops the message content; cannot continue ",
+                *o.prompt_cache_file);
+      ids = tok.encode(text.substr(at), false);
+    } else {
+      // As mlx-lm: no second BOS when the template already starts with it.
+      bool add_special = tok.bos_token().empty() || text.rfind(tok.bos_token(), 0) != 0;
+      ids = tok.encode(text, add_special);
+    }
   } else {
-    ids = tok.encode(prompt, true);
+    ids = tok.encode(prompt, true);  // with a cache too, as mlx-lm (add_special_tokens when untemplated)
   }
 
   gc.eos_ids = collect_eos_ids(lm.dir, tok, o.extra_eos_token);
@@ -101,13 +163,13 @@ int generate(GenerateOptions& o) {
   Sampler sampler(so, o.seed ? uint64_t(*o.seed) : std::random_device{}());
   DenseKVCache cache(lm.model->config(), lm.model->device(), lm.model->dtype(), 1, o.max_kv_size);
   cache.set_quantization(kv_quantization(o.kv, lm.model->config().head_dim));
-  Generator gen(*lm.model, cache, sampler);
+  if (using_cache) (void)load_prompt_cache(*o.prompt_cache_file, cache);
 
   StreamingDetokenizer detok(tok);
   std::string text;
   if (o.verbose) std::printf("==========\n");
   std::fflush(stdout);
-  GenerationStats st = gen.generate(ids, gc, [&](int32_t id) {
+  auto on_token = [&](int32_t id) {
     std::string piece = detok.push(id);
     if (o.verbose && !piece.empty()) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -115,7 +177,27 @@ int generate(GenerateOptions& o) {
     }
     text += piece;
     return true;
-  });
+  };
+  GenerationStats st;
+  std::optional<SpeculativeStats> spec;
+  if (o.draft_model) {
+    LoadOptions dl = lo;
+    dl.model = *o.draft_model;
+    dl.adapter_path.clear();
+    LoadedModel draft = load_for_generation(dl);
+    const int32_t nv = tok.vocab_size(), dv = draft.chat->tokenizer().vocab_size();
+    if (nv != dv)
+      throw UsageError("--draft-model " + *o.draft_model + ": its tokenizer has " + std::to_string(dv) +
+                       " tokens, the model's has " + std::to_string(nv) + " (the draft must share the tokenizer)");
+    DenseKVCache dcache(draft.model->config(), draft.model->device(), draft.model->dtype());
+    dcache.set_quantization(kv_quantization(o.kv, draft.model->config().head_dim));
+    SpeculativeGenerator gen(*lm.model, cache, *draft.model, dcache, sampler, o.num_draft_tokens);
+    spec = gen.generate(ids, gc, [&](int32_t id, bool) { return on_token(id); });
+    st = spec->gen;
+  } else {
+    Generator gen(*lm.model, cache, sampler);
+    st = gen.generate(ids, gc, on_token);
+  }
   std::string rest = detok.finish();
   text += rest;
   if (!o.verbose) {
@@ -131,9 +213,11 @@ int generate(GenerateOptions& o) {
   std::printf("Prompt: %lld tokens, %.3f tokens-per-sec\n", (long long)st.prompt_tokens, st.prompt_tps);
   std::printf("Generation: %lld tokens, %.3f tokens-per-sec\n", (long long)st.generation_tokens, st.generation_tps);
   std::printf("Peak memory: %.3f GB\n", st.peak_memory_gb);
+  if (spec)  // lmtune's addition (mlx-lm prints no acceptance figure)
+    std::printf("Draft: %lld of %lld proposed tokens accepted (%.1f%%)\n", (long long)spec->accepted,
+                (long long)spec->drafted, 100.0 * spec->acceptance_rate());
   return 0;
 }
-
 }  // namespace
 
 int run_generate(int argc, char** argv) {
@@ -142,7 +226,20 @@ int run_generate(int argc, char** argv) {
             "Generate text from a prompt (mlx_lm.generate's flags and output).");
   declare(t, o);
   return run_with_options(t, argc, argv, [&] {
-    if (o.load.model.empty()) throw UsageError("--model is required (a local model folder or a Hub repo id)");
+    if (o.load.model.empty() && !o.prompt_cache_file)
+      throw UsageError("--model is required (a local model folder or a Hub repo id)");
+    if (o.draft_model && o.num_draft_tokens < 1)
+      throw UsageError("--num-draft-tokens must be at least 1, got " + std::to_string(o.num_draft_tokens));
+    if (o.draft_model && o.max_kv_size > 0)
+      throw UsageError(
+          "--max-kv-size cannot be combined with --draft-model: speculative decoding trims the cache "
+          "back after a rejected draft, which a rotating cache cannot do once it wraps");
+    if (o.prompt_cache_file && o.max_kv_size > 0)
+      throw UsageError("--max-kv-size cannot be combined with --prompt-cache-file: the file's cache is not rotating");
+    if (o.prompt_cache_file && o.draft_model)
+      throw UsageError(
+          "--draft-model cannot be combined with --prompt-cache-file: the file holds no cache for the "
+          "draft model and not the cached tokens to rebuild one");
     if (o.max_kv_size < 0 || (o.max_kv_size > 0 && o.max_kv_size <= 4))
       throw UsageError("--max-kv-size must be more than the 4 kept sink tokens");
     // mlx-lm loops until n == max_tokens, so -5 never stops and 0 still prints a token: refused

@@ -19,6 +19,8 @@ struct Command {
 const Command kCommands[] = {
     {"inspect", "Print a model folder's configuration and tensors", lmtune::cli::run_inspect},
     {"generate", "Generate text from a prompt", lmtune::cli::run_generate},
+    {"cache_prompt", "Save a prompt's KV cache for generate --prompt-cache-file (mlx_lm.cache_prompt)",
+     lmtune::cli::run_cache_prompt},
     {"chat", "Chat with a model in the terminal (persistent KV cache)", lmtune::cli::run_chat},
     {"lora", "Fine-tune a model with LoRA, DoRA or full fine-tuning (mlx_lm.lora)", lmtune::cli::run_lora},
     {"convert", "Convert, quantize (-q) or dequantize (-d) a model into MLX's format (mlx_lm.convert)",
