@@ -123,21 +123,29 @@ void BatchEngine::loop() {
         ++it;
       }
     }
+    // The gauges as they stand before the step (a step may be long: a job admitted now counts as
+    // prefilling, not as waiting, while it runs), and again after it.
+    update_gauges(active, waiting);
     if (!active.empty()) step(active);
     std::erase_if(active, [](const std::unique_ptr<Sequence>& s) { return s->done; });
     // Idle on the CPU: the freed caches and activations go back to the system, so a server's
     // resident memory returns to its baseline between bursts (a GPU keeps its cache for speed).
     if (active.empty() && waiting.empty() && model_.device() == Device::cpu) allocator(Device::cpu).empty_cache();
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.waiting = int64_t(waiting.size() + incoming_.size());
-    stats_.decoding = std::count_if(active.begin(), active.end(), [](const auto& s) { return s->decoding; });
-    stats_.prefilling = int64_t(active.size()) - stats_.decoding;
+    update_gauges(active, waiting);
   }
   for (auto& s : active) finish(*s, BatchEnd::failed, "the engine stopped");
   for (auto& p : waiting) end_pending(p.job, BatchEnd::failed, "the engine stopped");
   std::lock_guard<std::mutex> lk(mu_);
   for (auto& p : incoming_) end_pending(p.job, BatchEnd::failed, "the engine stopped");
   incoming_.clear();
+}
+
+void BatchEngine::update_gauges(const std::vector<std::unique_ptr<Sequence>>& active,
+                                const std::deque<Pending>& waiting) {
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.waiting = int64_t(waiting.size() + incoming_.size());
+  stats_.decoding = std::count_if(active.begin(), active.end(), [](const auto& s) { return s->decoding; });
+  stats_.prefilling = int64_t(active.size()) - stats_.decoding;
 }
 
 void BatchEngine::admit(std::vector<std::unique_ptr<Sequence>>& active, std::deque<Pending>& waiting) {

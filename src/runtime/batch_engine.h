@@ -108,6 +108,8 @@ class BatchEngine {
   };
   void loop();
   void admit(std::vector<std::unique_ptr<Sequence>>& active, std::deque<Pending>& waiting);
+  // stats_'s waiting / decoding / prefilling from the scheduler's lists (under mu_).
+  void update_gauges(const std::vector<std::unique_ptr<Sequence>>& active, const std::deque<Pending>& waiting);
   // One forward over the active sequences; sequences that end are finished and removed.
   void step(std::vector<std::unique_ptr<Sequence>>& active);
   bool after_prefill_chunk(Sequence& s, const float* logits);  // false: the sequence ended

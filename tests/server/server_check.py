@@ -712,11 +712,16 @@ def case_batch(a):
         results = [None] * 16
         queued = fire(client, [0, 5], results)
         end = time.time() + 30
-        while metric(srv, "lmtune_sequences_waiting") != 2 and time.time() < end:
+
+        def settled():  # the two queued ones submitted and waiting, the 16 held ones in the batch
+            return metric(srv, "lmtune_sequences_waiting") == 2 and \
+                metric(srv, "lmtune_sequences_running") + metric(srv, "lmtune_sequences_prefilling") == 16
+        while not settled() and time.time() < end:
             time.sleep(0.05)
-        check(metric(srv, "lmtune_sequences_waiting") == 2, "the two queued requests are not waiting")
-        check(metric(srv, "lmtune_sequences_running") + metric(srv, "lmtune_sequences_prefilling") == 16,
-              "not 16 sequences in the batch")
+        waiting, running, prefilling = (metric(srv, "lmtune_sequences_" + k) for k in ("waiting", "running", "prefilling"))
+        check(waiting == 2, f"the two queued requests are not waiting: {waiting} waiting, {running} running, "
+              f"{prefilling} prefilling\n" + srv.log())
+        check(running + prefilling == 16, f"not 16 sequences in the batch: {running} running, {prefilling} prefilling")
         st, j = srv.post("/v1/chat/completions", chat_body("Define: river", max_tokens=4))
         check(st == 503 and isinstance(j, dict) and j.get("error", {}).get("code") == "server_busy" and
               j["error"]["type"] == "server_error", f"the 19th request: {st} {str(j)[:300]}")
