@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "server/api_error.h"
+#include "server/chat_output.h"
 #include "server/metrics.h"
 #include "server/responses.h"
 
@@ -111,6 +112,12 @@ struct HttpServer::Impl {
       check_auth(req);
       CompletionRequest r = parse_request(req.body, ep, defaults);
       std::vector<int32_t> ids = session.prompt_ids(r);
+      OutputSplit split;
+      if (ep == Endpoint::chat) {
+        const size_t tail = std::min<size_t>(ids.size(), 8);
+        split = prepare_chat_output(r, session.template_source(r),
+                                    session.served().chat->tokenizer().decode(ids.data() + ids.size() - tail, tail));
+      }
       ResponseHead head{new_response_id(ep), int64_t(std::time(nullptr)),
                         r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
       auto lock = session.acquire(deadline);
@@ -120,12 +127,13 @@ struct HttpServer::Impl {
       if (!r.stream) {
         GenerationResult g = session.run(r, ids, arrival, deadline, [](const Delta&) { return true; });
         lock.unlock();
-        reply_json(res, 200, completion_json(head, r, g));
+        const SplitOutput parts = split.active() ? split_output(split, g.text) : SplitOutput{};
+        reply_json(res, 200, completion_json(head, r, g, split.active() ? &parts : nullptr));
         log_generation(head.id, endpoint, g, false, arrival);
         metrics.request_finished(endpoint, 200, seconds_since(arrival));
         return;
       }
-      stream(res, std::move(r), std::move(ids), head, std::move(lock), arrival, deadline, endpoint);
+      stream(res, std::move(r), std::move(ids), head, std::move(lock), arrival, deadline, endpoint, split);
     } catch (const ApiError& e) {
       refuse(req, res, endpoint, e, arrival);
     } catch (const std::exception& e) {
@@ -140,7 +148,7 @@ struct HttpServer::Impl {
   // whether or not the provider ran.
   void stream(httplib::Response& res, CompletionRequest r, std::vector<int32_t> ids, ResponseHead head,
               std::unique_lock<std::timed_mutex> lock, Clock::time_point arrival, Clock::time_point deadline,
-              const std::string& endpoint) {
+              const std::string& endpoint, OutputSplit split) {
     struct State {
       CompletionRequest r;
       std::vector<int32_t> ids;
@@ -156,9 +164,22 @@ struct HttpServer::Impl {
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, st, arrival, deadline](size_t, httplib::DataSink& sink) {
+        [this, st, arrival, deadline, split](size_t, httplib::DataSink& sink) {
           st->ran = true;
           auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+          // A split answer (tools, reasoning): the parser's pieces, the delta's logprobs on the first.
+          OutputParser parser(split);
+          int n_calls = 0;
+          auto write_pieces = [&](std::vector<OutputPiece> pieces, const std::vector<TokenLogprob>& lps) {
+            if (pieces.empty() && !lps.empty()) pieces.push_back({});
+            for (size_t i = 0; i < pieces.size(); ++i) {
+              const int index = pieces[i].kind == OutputPiece::Kind::tool_call ? n_calls++ : 0;
+              if (!write(sse(
+                      piece_chunk_json(st->head, st->r, pieces[i], index, i == 0 ? lps : std::vector<TokenLogprob>{}))))
+                return false;
+            }
+            return true;
+          };
           const CompletionRequest& r = st->r;
           bool ok = r.endpoint != Endpoint::chat || write(sse(chunk_json(st->head, r, Delta{}, true)));
           if (ok) {
@@ -169,8 +190,14 @@ struct HttpServer::Impl {
               };
               st->g = session.run(
                   r, st->ids, arrival, deadline,
-                  [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); }, keepalive);
-              ok = !st->g.cancelled && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
+                  [&](const Delta& d) {
+                    if (split.active()) return write_pieces(parser.push(d.text), d.logprobs);
+                    return write(sse(chunk_json(st->head, r, d, false)));
+                  },
+                  keepalive);
+              ok = !st->g.cancelled && (!split.active() || write_pieces(parser.finish(), {}));
+              const std::string finish = n_calls > 0 ? "tool_calls" : st->g.finish_reason;
+              ok = ok && write(sse(final_chunk_json(st->head, r, finish)));
               if (ok && r.include_usage)
                 ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));
             } catch (const std::exception& e) {

@@ -70,6 +70,7 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
       o.add_generation_prompt = true;
       o.kwargs = r.template_kwargs;
       o.chat_template = source;
+      o.tools = r.tools;
       try {
         text = served_.chat->render(r.messages, o);
       } catch (const std::exception& e) {
@@ -90,6 +91,21 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
                        std::to_string(served_.max_prompt_tokens) + " (--max-prompt-tokens)",
                    param, "context_length_exceeded");
   return ids;
+}
+
+std::string Session::template_source(const CompletionRequest& r) const {
+  const Tokenizer& tok = served_.chat->tokenizer();
+  std::string source = served_.chat_template;
+  if (source.empty() && tok.chat_templates().empty() && served_.use_default_chat_template) source = kChatMl;
+  if (source.empty() && tok.chat_templates().empty()) return "";
+  ChatTemplateOptions o;
+  o.chat_template = source;
+  o.tools = r.tools;
+  try {
+    return served_.chat->select_template(o);
+  } catch (const std::exception&) {
+    return "";
+  }
 }
 
 TokenLogprob Session::logprob_entry(int32_t id, const std::vector<float>& lp, int top) const {
@@ -114,6 +130,10 @@ GenerationResult Session::run(const CompletionRequest& r, const std::vector<int3
                               const std::function<bool(int64_t, int64_t)>& on_prefill) {
   GenerationResult res;
   sampler_ = Sampler(r.sampler, r.seed ? *r.seed : std::random_device{}());
+  if (r.grammar) {
+    std::call_once(token_table_once_, [&] { token_table_ = TokenTable::from_tokenizer(served_.chat->tokenizer()); });
+    sampler_.set_constraint(std::make_shared<JsonConstraint>(r.grammar, token_table_, served_.eos_ids));
+  }
   gen_->reset();  // no prompt cache in this slice: every request prefills its whole prompt
   GenerationConfig gc;
   gc.max_tokens = r.max_tokens;

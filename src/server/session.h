@@ -12,6 +12,7 @@
 
 #include "models/model.h"
 #include "runtime/generate.h"
+#include "runtime/json_constraint.h"
 #include "server/request.h"
 #include "tokenizer/chat_template.h"
 
@@ -70,6 +71,9 @@ class Session {
   // messages, or the prompt is empty or longer than max_prompt_tokens.
   std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
 
+  // The source of the chat template that renders r's messages ("" when mlx-lm's role prefixes do).
+  std::string template_source(const CompletionRequest& r) const;
+
   // The model's lock, waited for until `deadline` (owns_lock() false when it passed).
   std::unique_lock<std::timed_mutex> acquire(Clock::time_point deadline);
 
@@ -88,6 +92,9 @@ class Session {
   std::unique_ptr<DenseKVCache> cache_;
   Sampler sampler_;  // replaced per request; the generator keeps a reference to this member
   std::unique_ptr<Generator> gen_;
+  // Each vocabulary token's bytes for constrained decoding, built by the first request that needs them.
+  std::once_flag token_table_once_;
+  std::shared_ptr<const TokenTable> token_table_;
 };
 
 }  // namespace lmtune::server
