@@ -296,6 +296,7 @@ def case_npm(a):
         check(p.returncode == 0, f"node client failed: {p.stderr[-2000:]}")
         if p.returncode == 0:
             out = json.loads(p.stdout.strip().splitlines()[-1])
+            print("npm client:", json.dumps(out)[:800])
             check(out["chat"] and out["stream"] == out["chat"], f"npm chat / stream: {out}")
             calls = out["tool_calls"] or []
             check(out["tool_finish"] == "tool_calls" and len(calls) == 1, f"npm tools: {out}")
