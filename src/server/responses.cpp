@@ -87,7 +87,9 @@ json completion_json(const ResponseHead& h, const CompletionRequest& r, const Ge
   std::string finish = g.finish_reason;
   if (r.endpoint == Endpoint::chat && split) {
     json m = {{"role", "assistant"}, {"content", split->content}};
-    if (split->content.empty() && !split->calls.empty()) m["content"] = nullptr;
+    // Only calls (the newlines a model writes around them aside): no content, as OpenAI answers.
+    if (!split->calls.empty() && split->content.find_first_not_of(" \t\r\n") == std::string::npos)
+      m["content"] = nullptr;
     if (!split->reasoning.empty()) m["reasoning"] = split->reasoning;
     if (!split->calls.empty()) {
       json calls = json::array();

@@ -3,12 +3,15 @@
 // the forced-call grammars, and the request fields' refusals.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "runtime/json_schema.h"
 #include "server/api_error.h"
 #include "server/chat_output.h"
 #include "server/output_parser.h"
 #include "server/request.h"
 #include "server/tool_calls.h"
+#include "tokenizer/chat_template.h"
 
 using namespace lmtune;
 using namespace lmtune::server;
@@ -312,4 +315,45 @@ TEST(ToolRequests, PrepareChooseFormatAndForce) {
   EXPECT_TRUE(s.thinking);
   EXPECT_TRUE(s.start_in_reasoning);
   EXPECT_EQ(s.tools, ToolFormat::none);
+}
+
+// Qwen3's real template (the tokenizer tests' npm fixture): hermes calls, thinking, and a history with
+// a call (arguments sent as JSON text) and its result rendered as the model was trained to read them.
+TEST(RealTemplates, Qwen3ToolsAndThinking) {
+  const char* dir = std::getenv("LMTUNE_QWEN3_TOKENIZER");
+  if (!dir || !*dir) GTEST_SKIP() << "LMTUNE_QWEN3_TOKENIZER is not set";
+  ChatTemplate chat = ChatTemplate::load(dir);
+  CompletionRequest r =
+      parse({{"tools", tools_json()}, {"messages", ojson::parse(R"([{"role": "user", "content": "Weather in Rome?"},
+      {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+       "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+      {"role": "tool", "tool_call_id": "call_1", "content": "20C"}])")}});
+  ChatTemplateOptions o;
+  o.tools = r.tools;
+  o.add_generation_prompt = true;
+  const std::string src = chat.select_template(o);
+  const std::string text = chat.render(r.messages, o);
+  EXPECT_NE(text.find("\"name\": \"get_weather\""), std::string::npos) << text;  // the tools listed
+  EXPECT_NE(text.find("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("<tool_response>\n20C\n</tool_response>"), std::string::npos) << text;
+  CompletionRequest plain;
+  OutputSplit s = prepare_chat_output(r, src, text.substr(text.size() - 30));
+  EXPECT_EQ(s.tools, ToolFormat::hermes);
+  EXPECT_TRUE(s.thinking);
+  EXPECT_FALSE(s.start_in_reasoning);
+  // enable_thinking false: the prompt closes an empty think block; the answer is content.
+  o.kwargs = {{"enable_thinking", false}};
+  const std::string closed = chat.render(ojson::parse(R"([{"role": "user", "content": "hi"}])"), o);
+  s = prepare_chat_output(plain, src, closed.substr(closed.size() - 30));
+  EXPECT_TRUE(s.thinking);
+  EXPECT_FALSE(s.start_in_reasoning);
+  // A call as Qwen3 writes it, spaces and newlines included, parses.
+  auto out = split_output({ToolFormat::hermes, true, false},
+                          "<think>\nweather\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+                          "{\"city\": \"Rome\"}}\n</tool_call>");
+  EXPECT_EQ(out.reasoning, "\nweather\n");
+  ASSERT_EQ(out.calls.size(), 1u);
+  EXPECT_EQ(out.calls[0].arguments, R"({"city":"Rome"})");
 }
