@@ -1,6 +1,8 @@
 // Each tool field's type checked by name, as request.cpp checks the sampling fields.
 #include "server/request_tools.h"
 
+#include <cctype>
+
 #include "server/api_error.h"
 
 namespace lmtune::server {
@@ -46,6 +48,10 @@ void parse_tools(const ojson& body, CompletionRequest& r) {
       const ojson* name = field(*fn, "name");
       if (!name || !name->is_string() || !valid_function_name(name->get<std::string>()))
         throw bad(p + ".function.name", "'" + p + ".function.name' must be 1 to 64 letters, digits, '_', '-' or '.'");
+      for (size_t k = 0; k < i; ++k)
+        if ((*t)[k]["function"]["name"] == *name)
+          throw bad(p + ".function.name",
+                    "'" + p + ".function.name': tool " + std::to_string(k) + " has this name too");
       if (const ojson* d = field(*fn, "description"); d && !d->is_string())
         throw must_be(p + ".function.description", "a string");
       if (const ojson* ps = field(*fn, "parameters"); ps && !ps->is_object())

@@ -297,6 +297,7 @@ std::shared_ptr<const JsonGrammar> forced_call_grammar(ToolFormat f, const ojson
     return JsonGrammar::wrapped_choice(prefix, choices, suffix);
   } catch (const SchemaError& e) {
     // The compiler's path starts with the choice's number: name the tool instead.
+    if (e.path.empty() || !std::isdigit(static_cast<unsigned char>(e.path[0]))) throw SchemaError("tools", e.what());
     const size_t dot = e.path.find('.');
     const size_t k = size_t(std::stoul(e.path.substr(0, dot)));
     const std::string where = "tools[" + std::to_string(index[k]) + "].function.parameters" +

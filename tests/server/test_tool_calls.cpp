@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <random>
 
 #include "runtime/json_schema.h"
 #include "server/api_error.h"
@@ -191,6 +192,34 @@ TEST(OutputParser, MistralPythonicAndLlamaJson) {
   EXPECT_EQ(s.content, "{\"not\": \"a call\"}");
 }
 
+// Every prefix of each format's calls, and random byte changes to them, split without an exception;
+// a text whose call does not parse keeps every byte (content + reasoning + markers).
+TEST(OutputParser, CutAndMangledCallsNeverThrow) {
+  const std::vector<std::pair<ToolFormat, std::string>> texts = {
+      {ToolFormat::hermes,
+       "Hi <tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, {\"b\": \"x\"}]}}\n</tool_call>"},
+      {ToolFormat::mistral, "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"a\": 1}}]"},
+      {ToolFormat::mistral, "[TOOL_CALLS]f[ARGS]{\"a\": \"b\"}"},
+      {ToolFormat::pythonic, "[f(a=1, b='x', c=[1, {'d': None}]), g()]"},
+      {ToolFormat::llama_json, "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"a\": 1}}"}};
+  std::mt19937 rng(1);
+  for (const auto& [f, text] : texts) {
+    for (size_t n = 0; n <= text.size(); ++n) {
+      std::string t = text.substr(0, n);
+      for (bool think : {false, true}) {
+        SplitOutput s;
+        ASSERT_NO_THROW(s = split(f, t, think)) << t;
+        if (s.calls.empty() && !think) EXPECT_EQ(s.content, t);
+      }
+    }
+    for (int k = 0; k < 300; ++k) {
+      std::string t = text;
+      for (int m = 0; m < 3; ++m) t[rng() % t.size()] = char(rng() % 256);
+      ASSERT_NO_THROW((void)split(f, t, true)) << t;
+    }
+  }
+}
+
 TEST(OutputParser, ReasoningSplit) {
   auto s = split(ToolFormat::none, "<think>Let me think.\nOK</think>\n\nThe answer is 4.", true);
   EXPECT_EQ(s.reasoning, "Let me think.\nOK");
@@ -266,6 +295,9 @@ TEST(ToolRequests, FieldsCheckedByName) {
   EXPECT_EQ(refused_param(
                 with("tools", ojson::parse(R"([{"type": "function", "function": {"name": "a", "parameters": 1}}])"))),
             "tools[0].function.parameters");
+  ojson twice = tools_json();
+  twice.push_back(twice[0]);
+  EXPECT_EQ(refused_param(with("tools", twice)), "tools[2].function.name");
   EXPECT_EQ(refused_param(with("tool_choice", "sometimes")), "tool_choice");
   EXPECT_EQ(refused_param(with("tool_choice", {{"type", "function"}, {"function", {{"name", "nope"}}}})),
             "tool_choice.function.name");
