@@ -33,6 +33,9 @@ TOOLS_TEMPLATE = (
     "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
     "{% else %}{{ m['content'] }}{% endif %}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+# The same conversation markup with the other formats' markers, so the server picks their parsers.
+MISTRAL_TEMPLATE = TOOLS_TEMPLATE.replace("<tool_call>", "[TOOL_CALLS][").replace("</tool_call>", "]")
+LLAMA_TEMPLATE = TOOLS_TEMPLATE.replace("<tool_call>", "<|python_tag|>").replace("</tool_call>", "")
 THINK_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n<think>\n{% endif %}")
@@ -176,6 +179,26 @@ def case_tools(a):
                 messages=msgs + [{"role": "tool", "content": "x"}])
     finally:
         srv.stop()
+    # Mistral's and Llama 3.1's formats: the forced call is written in each format and parsed back.
+    for template, marker, written in ((MISTRAL_TEMPLATE, "[TOOL_CALLS]", "[TOOL_CALLS][{\"name\":\"get_weather\""),
+                                      (LLAMA_TEMPLATE, "<|python_tag|>", "{\"name\":\"get_weather\",\"parameters\":")):
+        assert marker in template and "<tool_call>" not in template
+        srv = Server(a.lmtune, a.model, "--chat-template", template)
+        try:
+            c = client_for(srv)
+            r = c.chat.completions.create(model=a.model, messages=msgs, tools=TOOLS, temperature=1.0, seed=5,
+                                          tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                          max_tokens=120, logprobs=True)
+            ch = r.choices[0]
+            raw = "".join(t.token for t in ch.logprobs.content)  # the text the model wrote
+            check(raw.startswith(written), f"{marker} call written as {raw!r}")
+            calls = ch.message.tool_calls or []
+            check(ch.finish_reason == "tool_calls" and len(calls) == 1 and calls[0].function.name == "get_weather",
+                  f"{marker} forced call: {ch}")
+            if calls:
+                check_call(calls[0], marker)
+        finally:
+            srv.stop()
 
 
 def case_reasoning(a):
