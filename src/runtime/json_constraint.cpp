@@ -3,6 +3,7 @@
 // ids that are parts of a UTF-8 character (they decode to U+FFFD alone).
 #include "runtime/json_constraint.h"
 
+#include <algorithm>
 #include <limits>
 #include <map>
 
@@ -72,9 +73,11 @@ int plain_char_count(const std::string& b) {
 
 }  // namespace
 
-std::shared_ptr<const TokenTable> TokenTable::from_bytes(std::vector<std::string> bytes) {
+std::shared_ptr<const TokenTable> TokenTable::from_bytes(std::vector<std::string> bytes,
+                                                         std::vector<std::pair<int32_t, std::string>> specials) {
   auto t = std::make_shared<TokenTable>();
   t->bytes = std::move(bytes);
+  t->specials = std::move(specials);
   for (size_t id = 0; id < t->bytes.size(); ++id) {
     const std::string& b = t->bytes[id];
     if (b.empty()) continue;
@@ -97,8 +100,13 @@ std::shared_ptr<const TokenTable> TokenTable::from_tokenizer(const Tokenizer& to
   const std::string ref_text = ref >= 0 ? tok.decode(&ref, 1) : "";
   const std::string replacement = "\xEF\xBF\xBD";
   std::vector<std::string> bytes(size_t(std::max(V, 0)));
+  std::vector<std::pair<int32_t, std::string>> specials;
   for (int32_t id = 0; id < V; ++id) {
-    if (tok.is_special(id) || !tok.id_to_token(id)) continue;
+    if (!tok.id_to_token(id)) continue;
+    if (tok.is_special(id)) {
+      if (!tok.id_to_token(id)->empty()) specials.push_back({id, *tok.id_to_token(id)});
+      continue;
+    }
     std::string s;
     if (ref >= 0) {
       const int32_t pair[2] = {ref, id};
@@ -126,7 +134,15 @@ std::shared_ptr<const TokenTable> TokenTable::from_tokenizer(const Tokenizer& to
     }
     bytes[size_t(id)] = std::move(s);
   }
-  return from_bytes(std::move(bytes));
+  return from_bytes(std::move(bytes), std::move(specials));
+}
+
+const std::string& TokenTable::text_of(int32_t id) const {
+  static const std::string none;
+  if (id >= 0 && size_t(id) < bytes.size() && !bytes[size_t(id)].empty()) return bytes[size_t(id)];
+  for (const auto& [sid, text] : specials)
+    if (sid == id) return text;
+  return none;
 }
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonGrammar> grammar, std::shared_ptr<const TokenTable> table,
@@ -161,6 +177,12 @@ std::vector<uint8_t> JsonConstraint::allowed(size_t n_vocab) const {
       }
     }
   }
+  if (machine_.in_forced_literal())
+    for (const auto& [id, text] : t.specials) {
+      if (size_t(id) >= n_vocab || std::find(eos_.begin(), eos_.end(), id) != eos_.end()) continue;
+      JsonMachine m(machine_);
+      ok[size_t(id)] = m.feed(text);
+    }
   if (machine_.can_end())
     for (int32_t e : eos_)
       if (e >= 0 && size_t(e) < n_vocab) ok[size_t(e)] = 1;
@@ -183,9 +205,9 @@ void JsonConstraint::mask(std::vector<float>& logits) {
 void JsonConstraint::accept(int32_t token) {
   for (int32_t e : eos_)
     if (e == token) return;
-  LMT_CHECK(token >= 0 && size_t(token) < table_->bytes.size() && !table_->bytes[size_t(token)].empty() &&
-                machine_.feed(table_->bytes[size_t(token)]),
-            "[json constraint] token ", token, " was not allowed by the constraint");
+  const std::string& text = table_->text_of(token);
+  LMT_CHECK(!text.empty() && machine_.feed(text), "[json constraint] token ", token,
+            " was not allowed by the constraint");
 }
 
 }  // namespace lmtune

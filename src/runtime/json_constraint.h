@@ -22,8 +22,13 @@ struct TokenTable {
   std::vector<int32_t> plain_chars;
   std::array<std::vector<int32_t>, 256> by_first;           // every usable id, by first byte
   std::array<std::vector<int32_t>, 256> nonplain_by_first;  // the usable ids not in `plain`
+  // Special tokens and their text: allowed only inside a forced literal (e.g. Mistral's [TOOL_CALLS]
+  // control token), never inside a JSON value.
+  std::vector<std::pair<int32_t, std::string>> specials;
 
-  static std::shared_ptr<const TokenTable> from_bytes(std::vector<std::string> bytes);
+  static std::shared_ptr<const TokenTable> from_bytes(std::vector<std::string> bytes,
+                                                      std::vector<std::pair<int32_t, std::string>> specials = {});
+  const std::string& text_of(int32_t id) const;  // bytes, or a special token's text; "" when neither
   // The bytes each id adds to the text in the middle of a stream (decoder prefixes and byte-level
   // or <0xXX> byte tokens included); special tokens get "".
   static std::shared_ptr<const TokenTable> from_tokenizer(const Tokenizer& tok);

@@ -108,6 +108,14 @@ bool JsonMachine::in_plain_string(int64_t* room) const {
   return true;
 }
 
+bool JsonMachine::in_forced_literal() const {
+  if (n_ == 0) return false;
+  const Frame& t = f_[size_t(n_ - 1)];
+  const size_t part = t.kind == k_sequence ? size_t(t.a) : 0;
+  const bool seq = t.kind == k_sequence || (t.kind == k_value && t.node->kind == SchemaNode::Kind::sequence);
+  return seq && part < t.node->parts.size() && !t.node->parts[part];
+}
+
 JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
   const SchemaNode* nd = f.node;
   const bool full = size_t(n_) >= f_.size();

@@ -79,6 +79,8 @@ class JsonMachine {
   // Inside a string's plain run: any character but '"', '\\' and controls may follow, `room` more
   // of them (-1 = unbounded).
   bool in_plain_string(int64_t* room) const;
+  // Inside (or before) a literal part of a forced sequence, where special tokens may spell the text.
+  bool in_forced_literal() const;
 
  private:
   struct Frame {

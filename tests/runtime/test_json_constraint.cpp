@@ -4,6 +4,7 @@
 // LMTUNE_QWEN3_TOKENIZER names its folder).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <random>
@@ -287,4 +288,33 @@ TEST(JsonConstraint, MaskCostOnQwen3Vocabulary) {
   EXPECT_GT(usable, 150000u);
   EXPECT_EQ(table->bytes[size_t(tok.encode("{\"", false).at(0))], "{\"");
   time_masks(table, "qwen3");
+}
+
+// A special token may spell a forced literal (Mistral's [TOOL_CALLS] control token), never JSON text.
+TEST(JsonConstraint, SpecialTokensOnlyInForcedLiterals) {
+  std::vector<std::string> bytes = small_vocab();
+  const int32_t marker = int32_t(bytes.size()), im_end = marker + 1;
+  bytes.push_back("");  // [TOOL_CALLS], special
+  bytes.push_back("");  // <|im_end|>, special
+  auto table = TokenTable::from_bytes(bytes, {{marker, "[TOOL_CALLS]"}, {im_end, "<|im_end|>"}});
+  auto g = JsonGrammar::wrapped_choice(
+      "[TOOL_CALLS][", {{"{\"name\":\"f\",\"arguments\":", ojson::parse(R"({"type": "object", "properties":
+      {"s": {"type": "string"}}, "required": ["s"]})")}},
+      "}]");
+  JsonConstraint c(g, table, {0});
+  std::vector<uint8_t> ok = c.allowed(bytes.size());
+  EXPECT_TRUE(ok[size_t(marker)]);
+  EXPECT_TRUE(ok['[']);  // or spelled in pieces
+  EXPECT_FALSE(ok[size_t(im_end)]);
+  c.accept(marker);
+  for (char ch : std::string("[{\"name\":\"f\",\"arguments\":{\"s\":\"")) c.accept(uint8_t(ch));
+  ok = c.allowed(bytes.size());
+  EXPECT_FALSE(ok[size_t(marker)]) << "a special token inside a JSON string";
+  EXPECT_FALSE(ok[size_t(im_end)]);
+  EXPECT_TRUE(ok['x']);
+  for (char ch : std::string("x\"}}]")) c.accept(uint8_t(ch));
+  EXPECT_TRUE(c.complete());
+  ok = c.allowed(bytes.size());
+  EXPECT_EQ(std::count(ok.begin(), ok.end(), 1), 1);
+  EXPECT_TRUE(ok[0]);
 }
