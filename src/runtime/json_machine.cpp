@@ -14,25 +14,36 @@ enum ObjPhase : uint8_t { o_open, o_first, o_key, o_colon, o_after, o_next };
 enum StrPhase : uint8_t { s_open, s_body, s_escape, s_utf8 };
 enum NumPhase : uint8_t { n_start, n_minus, n_zero, n_int, n_dot, n_frac, n_e, n_esign, n_exp };
 
-const SchemaNode* any_node() {
-  static const SchemaNode n = [] {
-    SchemaNode x;
-    x.kind = SchemaNode::Kind::any;
-    for (const char* p = "{[\"-0123456789tfn"; *p; ++p) x.first[uint8_t(*p)] = true;
-    return x;
-  }();
-  return &n;
+const SchemaNode* any_node(bool python) {
+  static const SchemaNode nodes[2] = {[] {
+                                        SchemaNode x;
+                                        for (const char* p = "{[\"-0123456789tfn"; *p; ++p) x.first[uint8_t(*p)] = true;
+                                        return x;
+                                      }(),
+                                      [] {
+                                        SchemaNode x;
+                                        x.python = true;
+                                        for (const char* p = "{[\"-0123456789TFN"; *p; ++p) x.first[uint8_t(*p)] = true;
+                                        return x;
+                                      }()};
+  return &nodes[python];
 }
 
-const SchemaNode* true_false_null() {
-  static const SchemaNode n = [] {
-    SchemaNode x;
-    x.kind = SchemaNode::Kind::literal;
-    x.literals = {"true", "false", "null"};
-    x.first['t'] = x.first['f'] = x.first['n'] = true;
-    return x;
-  }();
-  return &n;
+const SchemaNode* true_false_null(bool python) {
+  static const SchemaNode nodes[2] = {[] {
+                                        SchemaNode x;
+                                        x.kind = SchemaNode::Kind::literal;
+                                        x.literals = {"true", "false", "null"};
+                                        return x;
+                                      }(),
+                                      [] {
+                                        SchemaNode x;
+                                        x.kind = SchemaNode::Kind::literal;
+                                        x.python = true;
+                                        x.literals = {"True", "False", "None"};
+                                        return x;
+                                      }()};
+  return &nodes[python];
 }
 
 uint64_t all_of(size_t n) { return n >= 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1; }
@@ -121,19 +132,24 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
   const bool full = size_t(n_) >= f_.size();
   switch (f.kind) {
     case k_value: {
+      if (nd->kwargs) {  // keyword arguments may be empty: no first byte to check
+        f = Frame{nd, 0, 0, 0, k_object, o_first, 0, 0, 0};
+        return refeed;
+      }
       if (!nd->first[c]) return reject;
       using K = SchemaNode::Kind;
       switch (nd->kind) {
         case K::any:
           if (c == '{' || c == '[') {
             if (n_ > JsonGrammar::kMaxDepth) return reject;
-            f = Frame{c == '{' ? nd : any_node(), 0, 0, 0, uint8_t(c == '{' ? k_object_any : k_array), 0, 0, 0, 0};
+            f = Frame{
+                c == '{' ? nd : any_node(nd->python), 0, 0, 0, uint8_t(c == '{' ? k_object_any : k_array), 0, 0, 0, 0};
           } else if (c == '"') {
-            f = Frame{any_node(), 0, 0, 0, k_string, s_open, 0, 0, 0};
-          } else if (c == 't' || c == 'f' || c == 'n') {
-            f = Frame{true_false_null(), all_of(3), 0, 0, k_literal, 0, 0, 0, 0};
+            f = Frame{any_node(nd->python), 0, 0, 0, k_string, s_open, 0, 0, 0};
+          } else if (std::string_view("tfnTFN").find(char(c)) != std::string_view::npos) {
+            f = Frame{true_false_null(nd->python), all_of(3), 0, 0, k_literal, 0, 0, 0, 0};
           } else {
-            f = Frame{any_node(), 0, 0, 0, k_number, n_start, 0, 0, 0};
+            f = Frame{any_node(nd->python), 0, 0, 0, k_number, n_start, 0, 0, 0};
           }
           return refeed;
         case K::object:
@@ -174,6 +190,18 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
           return consumed;
         case o_first:
         case o_next:
+          if (nd->kwargs) {  // name=value,...: a key starts here, or the arguments end
+            f.mask = key_candidates(nd, f.a);
+            for (size_t i = 0; i < nd->keys.size(); ++i)
+              if ((f.mask >> i & 1) && uint8_t(nd->keys[i][0]) == c) {
+                f.phase = o_key;
+                f.b = 0;
+                return refeed;
+              }
+            if (f.phase != o_first || required_left(f.a)) return reject;
+            pop();
+            return refeed;
+          }
           if (c == '}' && f.phase == o_first && !required_left(f.a)) {
             pop();
             return consumed;
@@ -191,10 +219,15 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
           f.mask = m;
           ++f.b;
           for (size_t i = 0; i < nd->keys.size(); ++i)
-            if ((m >> i & 1) && nd->keys[i].size() == size_t(f.b)) {  // quoted keys are prefix-free
+            if ((m >> i & 1) && nd->keys[i].size() == size_t(f.b)) {  // "key" and name= are prefix-free
               f.a = int32_t(i) + 1;
               f.b = int32_t(i);
               f.phase = o_colon;
+              if (nd->kwargs) {  // the '=' was part of the key
+                if (full) return reject;
+                f.phase = o_after;
+                push_value(nd->values[i]);
+              }
               break;
             }
           return consumed;
@@ -209,11 +242,14 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
             f.phase = o_next;
             return consumed;
           }
-          if (c == '}' && !required_left(f.a)) {
+          if (required_left(f.a)) return reject;
+          if (nd->kwargs) {  // the arguments end; the byte is the caller's
             pop();
-            return consumed;
+            return refeed;
           }
-          return reject;
+          if (c != '}') return reject;
+          pop();
+          return consumed;
       }
       return reject;
     }
@@ -232,12 +268,12 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
           }
           if (c != '"' || full) return reject;
           f.phase = o_colon;
-          f_[size_t(n_++)] = Frame{any_node(), 0, 0, 0, k_string, s_body, 0, 0, 0};
+          f_[size_t(n_++)] = Frame{any_node(nd->python), 0, 0, 0, k_string, s_body, 0, 0, 0};
           return consumed;
         case o_colon:
           if (c != ':' || full) return reject;
           f.phase = o_after;
-          push_value(any_node());
+          push_value(any_node(nd->python));
           return consumed;
         case o_after:
           if (c == ',') {
@@ -251,7 +287,7 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
       return reject;
 
     case k_array: {
-      const SchemaNode* items = nd->kind == SchemaNode::Kind::array ? nd->items : any_node();
+      const SchemaNode* items = nd->kind == SchemaNode::Kind::array ? nd->items : any_node(nd->python);
       const int64_t min = nd->kind == SchemaNode::Kind::array ? nd->min_items : 0;
       const int64_t max = nd->kind == SchemaNode::Kind::array ? nd->max_items : -1;
       switch (f.phase) {
@@ -320,6 +356,7 @@ JsonMachine::Step JsonMachine::step(Frame& f, uint8_t c) {
         case s_escape:
           // \uXXXX is left out: it could spell a lone surrogate that strict parsers refuse.
           if (std::string_view("\"\\/bfnrt").find(char(c)) == std::string_view::npos) return reject;
+          if (c == '/' && nd->python) return reject;  // Python keeps the backslash of \/
           f.phase = s_body;
           return consumed;
         case s_utf8:

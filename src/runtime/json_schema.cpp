@@ -4,6 +4,7 @@
 // branches that start with different characters for the same reason.
 #include "runtime/json_schema.h"
 
+#include <cctype>
 #include <set>
 
 namespace lmtune {
@@ -23,26 +24,59 @@ std::string join(const std::string& path, const std::string& key) { return path.
 
 std::string compact(const ojson& v) { return v.dump(-1, ' ', false, ojson::error_handler_t::replace); }
 
+// A JSON value as a Python literal (strings keep JSON's quoting, which Python reads alike).
+std::string python_literal(const ojson& v) {
+  if (v.is_boolean()) return v.get<bool>() ? "True" : "False";
+  if (v.is_null()) return "None";
+  if (!v.is_array() && !v.is_object()) return compact(v);
+  std::string out(1, v.is_array() ? '[' : '{');
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (out.size() > 1) out.push_back(',');
+    if (v.is_object()) {
+      out.append(compact(ojson(it.key())));
+      out.push_back(':');
+    }
+    out.append(python_literal(*it));
+  }
+  out.push_back(v.is_array() ? ']' : '}');
+  return out;
+}
+
+bool is_identifier(const std::string& s) {
+  if (s.empty() || std::isdigit(static_cast<unsigned char>(s[0]))) return false;
+  for (char c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
+  return true;
+}
+
 void set_first(SchemaNode& n, const char* chars) {
   for (const char* p = chars; *p; ++p) n.first[uint8_t(*p)] = true;
 }
 
 class Compiler {
  public:
-  explicit Compiler(JsonGrammar& g) : g_(g) {}
+  explicit Compiler(JsonGrammar& g, bool python = false) : g_(g), python_(python) {}
 
   const SchemaNode* any() {
-    SchemaNode* n = g_.add();
+    SchemaNode* n = add();
     n->kind = SchemaNode::Kind::any;
-    set_first(*n, "{[\"-0123456789tfn");
+    set_first(*n, python_ ? "{[\"-0123456789TFN" : "{[\"-0123456789tfn");
     return n;
   }
+
+  SchemaNode* add() {
+    SchemaNode* n = g_.add();
+    n->python = python_;
+    return n;
+  }
+
+  std::string literal_text(const ojson& v) const { return python_ ? python_literal(v) : compact(v); }
 
   const SchemaNode* literal(std::vector<std::string> lits, const std::string& path) {
     if (lits.empty() || lits.size() > JsonGrammar::kMaxAlternatives)
       throw SchemaError(path, "'" + path + "' must list between 1 and " +
                                   std::to_string(JsonGrammar::kMaxAlternatives) + " values");
-    SchemaNode* n = g_.add();
+    SchemaNode* n = add();
     n->kind = SchemaNode::Kind::literal;
     for (const std::string& l : lits) n->first[uint8_t(l[0])] = true;
     n->literals = std::move(lits);
@@ -51,7 +85,7 @@ class Compiler {
 
   const SchemaNode* one_of(std::vector<const SchemaNode*> branches, const std::string& path) {
     if (branches.size() == 1) return branches[0];
-    SchemaNode* n = g_.add();
+    SchemaNode* n = add();
     n->kind = SchemaNode::Kind::one_of;
     for (const SchemaNode* b : branches)
       for (int c = 0; c < 256; ++c) {
@@ -81,12 +115,12 @@ class Compiler {
                               "' is not supported by lmtune's constrained decoding (supported: type, properties, "
                               "required, additionalProperties, items, minItems, maxItems, minLength, maxLength, "
                               "enum, const, anyOf, oneOf)");
-    if (s.contains("const")) return literal({compact(s["const"])}, join(path, "const"));
+    if (s.contains("const")) return literal({literal_text(s["const"])}, join(path, "const"));
     if (s.contains("enum")) {
       const ojson& e = s["enum"];
       if (!e.is_array()) throw SchemaError(join(path, "enum"), "'" + join(path, "enum") + "' must be an array");
       std::vector<std::string> lits;
-      for (const auto& v : e) lits.push_back(compact(v));
+      for (const auto& v : e) lits.push_back(literal_text(v));
       return literal(std::move(lits), join(path, "enum"));
     }
     for (const char* k : {"anyOf", "oneOf"}) {
@@ -125,7 +159,7 @@ class Compiler {
   }
 
   const SchemaNode* typed(const ojson& s, const std::string& type, const std::string& path, int depth) {
-    SchemaNode* n = g_.add();
+    SchemaNode* n = add();
     if (type == "object") {
       n->kind = SchemaNode::Kind::object;
       set_first(*n, "{");
@@ -178,9 +212,9 @@ class Compiler {
       n->kind = type == "number" ? SchemaNode::Kind::number : SchemaNode::Kind::integer;
       set_first(*n, "-0123456789");
     } else if (type == "boolean") {
-      return literal({"true", "false"}, path);
+      return literal({literal_text(true), literal_text(false)}, path);
     } else if (type == "null") {
-      return literal({"null"}, path);
+      return literal({literal_text(nullptr)}, path);
     } else {
       throw SchemaError(join(path, "type"), "'" + join(path, "type") + "': unknown type '" + type + "'");
     }
@@ -188,7 +222,33 @@ class Compiler {
   }
 
   JsonGrammar& g_;
+  bool python_;
 };
+
+// A compiled object schema turned into Python keyword arguments (keys "name=", no braces).
+const SchemaNode* as_kwargs(JsonGrammar& g, const SchemaNode* node, const std::string& path) {
+  SchemaNode* n = g.add();
+  n->python = true;
+  n->kwargs = true;
+  n->kind = SchemaNode::Kind::object;
+  if (node->kind == SchemaNode::Kind::object) {
+    *n = *node;
+    n->kwargs = true;
+    for (std::string& k : n->keys) {
+      const std::string name = ojson::parse(k).get<std::string>();
+      if (!is_identifier(name))
+        throw SchemaError(join(path, "properties." + name),
+                          "'" + join(path, "properties." + name) +
+                              "': a pythonic call's argument names must be identifiers");
+      k = name + "=";
+    }
+  } else if (node->kind != SchemaNode::Kind::any) {
+    throw SchemaError(path, "'" + (path.empty() ? std::string("parameters") : path) + "' must be an object schema");
+  }
+  n->first = {};
+  for (const std::string& k : n->keys) n->first[uint8_t(k[0])] = true;
+  return n;
+}
 
 }  // namespace
 
@@ -213,11 +273,12 @@ std::shared_ptr<const JsonGrammar> JsonGrammar::any_object() {
 }
 
 std::shared_ptr<const JsonGrammar> JsonGrammar::wrapped_choice(
-    const std::string& prefix, const std::vector<std::pair<std::string, ojson>>& choices, const std::string& suffix) {
+    const std::string& prefix, const std::vector<std::pair<std::string, ojson>>& choices, const std::string& suffix,
+    bool python) {
   if (choices.empty() || choices.size() > kMaxAlternatives)
     throw SchemaError("", "a forced choice needs between 1 and " + std::to_string(kMaxAlternatives) + " alternatives");
   auto g = std::make_shared<JsonGrammar>();
-  Compiler c(*g);
+  Compiler c(*g, python);
   SchemaNode* choice = g->add();
   choice->kind = SchemaNode::Kind::choice;
   for (size_t i = 0; i < choices.size(); ++i) {
@@ -227,7 +288,8 @@ std::shared_ptr<const JsonGrammar> JsonGrammar::wrapped_choice(
       if (other.compare(0, lit.size(), lit) == 0 || lit.compare(0, other.size(), other) == 0)
         throw SchemaError(std::to_string(i), "two choices start alike: '" + lit + "' and '" + other + "'");
     choice->literals.push_back(lit);
-    choice->values.push_back(c.compile(choices[i].second, std::to_string(i), 0));
+    const SchemaNode* value = c.compile(choices[i].second, std::to_string(i), 0);
+    choice->values.push_back(python ? as_kwargs(*g, value, std::to_string(i)) : value);
     choice->first[uint8_t(lit[0])] = true;
   }
   SchemaNode* seq = g->add();

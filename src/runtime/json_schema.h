@@ -36,6 +36,9 @@ struct SchemaNode {
   std::vector<std::string> literals;
   std::vector<const SchemaNode*> parts;
   std::array<bool, 256> first{};  // the bytes a value of this node may start with
+  // Python literals instead of JSON (True / False / None, no \/ escape), for pythonic tool calls;
+  // kwargs: an object written as `name=value,...` without braces (keys hold "name=").
+  bool python = false, kwargs = false;
 };
 
 // The compiled automaton's nodes, shared read-only by every state walking them.
@@ -52,9 +55,11 @@ class JsonGrammar {
   static std::shared_ptr<const JsonGrammar> any_object();
   // prefix, then exactly one of choices[i].first (a literal) followed by a value of schema
   // choices[i].second, then suffix. Throws SchemaError with path "<i>.<keyword>" for a bad schema.
+  // python: each choice's schema is an object written as Python keyword arguments with Python
+  // literal values (a pythonic call "f(a=1,b=True)").
   static std::shared_ptr<const JsonGrammar> wrapped_choice(
       const std::string& prefix, const std::vector<std::pair<std::string, nlohmann::ordered_json>>& choices,
-      const std::string& suffix);
+      const std::string& suffix, bool python = false);
 
   const SchemaNode* root() const { return root_; }
   SchemaNode* add();  // for the compiler

@@ -160,7 +160,7 @@ class Pythonic {
       if (c == '\\') {
         if (i_ >= s_.size()) return std::nullopt;
         const char e = s_[i_++];
-        c = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e;
+        c = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e == 'b' ? '\b' : e == 'f' ? '\f' : e;
       }
       out += c;
     }
@@ -276,6 +276,7 @@ std::shared_ptr<const JsonGrammar> forced_call_grammar(ToolFormat f, const ojson
     case ToolFormat::hermes: prefix = "<tool_call>\n", suffix = "}\n</tool_call>"; break;
     case ToolFormat::mistral: prefix = "[TOOL_CALLS][", suffix = "}]"; break;
     case ToolFormat::llama_json: suffix = "}", args_key = "parameters"; break;
+    case ToolFormat::pythonic: prefix = "[", suffix = ")]"; break;
     default:
       throw std::invalid_argument(std::string("forcing a tool call is not supported for the ") + tool_format_name(f) +
                                   " tool-call format of this chat template");
@@ -289,12 +290,14 @@ std::shared_ptr<const JsonGrammar> forced_call_grammar(ToolFormat f, const ojson
     const ojson params = fn.contains("parameters") && !fn["parameters"].is_null()
                              ? fn["parameters"]
                              : ojson{{"type", "object"}, {"properties", ojson::object()}};
-    choices.push_back({"{\"name\":" + compact(ojson(name)) + ",\"" + args_key + "\":", params});
+    const std::string head =
+        f == ToolFormat::pythonic ? name + "(" : "{\"name\":" + compact(ojson(name)) + ",\"" + args_key + "\":";
+    choices.push_back({head, params});
     index.push_back(i);
   }
   if (choices.empty()) throw std::invalid_argument("no tool named '" + only_name + "' in 'tools'");
   try {
-    return JsonGrammar::wrapped_choice(prefix, choices, suffix);
+    return JsonGrammar::wrapped_choice(prefix, choices, suffix, f == ToolFormat::pythonic);
   } catch (const SchemaError& e) {
     // The compiler's path starts with the choice's number: name the tool instead.
     if (e.path.empty() || !std::isdigit(static_cast<unsigned char>(e.path[0]))) throw SchemaError("tools", e.what());

@@ -45,8 +45,9 @@ std::string new_call_id();
 
 // A grammar whose every output is one call, in the format's own text, of one of `tools` (OpenAI's
 // [{"type": "function", "function": {"name", "parameters"}}]), or of the one named. Throws
-// SchemaError with a path under "tools[i].function.parameters" when a schema is unsupported, and
-// std::invalid_argument when the format has no forced form (pythonic).
+// SchemaError with a path under "tools[i].function.parameters" when a schema is unsupported (or, for
+// pythonic calls, not an object of identifier-named properties), and std::invalid_argument when the
+// format has no forced form (none).
 std::shared_ptr<const JsonGrammar> forced_call_grammar(ToolFormat f, const nlohmann::ordered_json& tools,
                                                        const std::string& only_name);
 

@@ -189,7 +189,9 @@ TEST(JsonConstraint, RandomWalksAlwaysParseAndValidate) {
       ASSERT_FALSE(ids.empty()) << "no token allowed after: " << text;
       // Prefer ending when allowed, so most walks finish.
       int32_t id = ok[0] && rng() % 3 == 0 ? 0 : ids[rng() % ids.size()];
-      if (c.complete()) ASSERT_EQ(ids, std::vector<int32_t>{0}) << "only EOS after a closed value";
+      if (c.complete()) {
+        ASSERT_EQ(ids, std::vector<int32_t>{0}) << "only EOS after a closed value";
+      }
       c.accept(id);
       if (id == 0) {
         ended = true;

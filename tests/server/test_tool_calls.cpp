@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <random>
 
+#include "runtime/json_constraint.h"
 #include "runtime/json_schema.h"
 #include "server/api_error.h"
 #include "server/chat_output.h"
@@ -209,7 +210,9 @@ TEST(OutputParser, CutAndMangledCallsNeverThrow) {
       for (bool think : {false, true}) {
         SplitOutput s;
         ASSERT_NO_THROW(s = split(f, t, think)) << t;
-        if (s.calls.empty() && !think) EXPECT_EQ(s.content, t);
+        if (s.calls.empty() && !think) {
+          EXPECT_EQ(s.content, t);
+        }
       }
     }
     for (int k = 0; k < 300; ++k) {
@@ -261,7 +264,7 @@ TEST(ForcedCalls, GrammarsMatchTheParsers) {
   ASSERT_TRUE(JsonMachine(*lg).feed(lt));
   EXPECT_EQ(split_output({ToolFormat::llama_json, false, false}, lt).calls.size(), 1u);
 
-  EXPECT_THROW(forced_call_grammar(ToolFormat::pythonic, tools, ""), std::invalid_argument);
+  EXPECT_THROW(forced_call_grammar(ToolFormat::none, tools, ""), std::invalid_argument);
   ojson bad = tools;
   bad[1]["function"]["parameters"] = ojson::parse(R"({"type": "object", "properties": {"x": {"pattern": "a"}}})");
   try {
@@ -271,6 +274,62 @@ TEST(ForcedCalls, GrammarsMatchTheParsers) {
     EXPECT_EQ(e.path, "tools[1].function.parameters.properties.x.pattern");
     EXPECT_NE(std::string(e.what()).find("tools[1].function.parameters.properties.x.pattern"), std::string::npos);
   }
+}
+
+// Forced pythonic calls: Python keyword arguments and literals, read back by the pythonic parser on
+// every finished random walk over a small vocabulary.
+TEST(ForcedCalls, PythonicWalksParse) {
+  const ojson tools = ojson::parse(R"([
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+      "city": {"type": "string", "maxLength": 6}, "days": {"type": "integer"}, "metric": {"type": "boolean"},
+      "extra": {"type": ["null", "array"], "items": {"enum": ["a", true, null]}, "maxItems": 2},
+      "opts": {"type": "object", "properties": {"deep": {"type": "boolean"}}}},
+      "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time"}}])");
+  auto g = forced_call_grammar(ToolFormat::pythonic, tools, "");
+  EXPECT_TRUE(JsonMachine(*g).feed("[get_time()]"));
+  EXPECT_TRUE(JsonMachine(*g).feed("[get_weather(city=\"Rome\",metric=True,extra=None)]"));
+  EXPECT_FALSE(JsonMachine(*g).feed("[get_weather()"));                       // city is required
+  EXPECT_FALSE(JsonMachine(*g).feed("[get_weather(city=\"R\",metric=true"));  // Python literals
+  EXPECT_FALSE(JsonMachine(*g).feed("[get_weather(city=\"\\/"));              // Python keeps the backslash of \/
+  std::vector<std::string> vocab = {""};
+  for (int b = 1; b < 128; ++b) vocab.push_back(std::string(1, char(b)));
+  for (const char* p : {"get_", "weather(", "city=\"", "True", "False", "None", "\")]", "opts={", "\"deep\":"})
+    vocab.push_back(p);
+  auto table = TokenTable::from_bytes(vocab);
+  std::mt19937 rng(5);
+  int parsed = 0;
+  for (int walk = 0; walk < 200; ++walk) {
+    JsonConstraint c(g, table, {0});
+    std::string text;
+    for (int step = 0; step < 300; ++step) {
+      std::vector<uint8_t> ok = c.allowed(vocab.size());
+      std::vector<int32_t> ids;
+      for (size_t i = 0; i < ok.size(); ++i)
+        if (ok[i]) ids.push_back(int32_t(i));
+      ASSERT_FALSE(ids.empty()) << text;
+      const int32_t id = ok[0] ? 0 : ids[rng() % ids.size()];
+      c.accept(id);
+      if (id == 0) break;
+      text += vocab[size_t(id)];
+    }
+    if (!c.complete()) continue;
+    auto calls = parse_pythonic_calls(text);
+    ASSERT_TRUE(calls) << text;
+    ASSERT_EQ(calls->size(), 1u);
+    const ojson args = ojson::parse((*calls)[0].arguments);
+    if ((*calls)[0].name == "get_weather") {
+      EXPECT_TRUE(args.contains("city") && args["city"].is_string()) << text;
+      if (args.contains("metric")) {
+        EXPECT_TRUE(args["metric"].is_boolean()) << text;
+      }
+    } else {
+      EXPECT_EQ((*calls)[0].name, "get_time");
+      EXPECT_TRUE(args.empty());
+    }
+    ++parsed;
+  }
+  EXPECT_GT(parsed, 150);
 }
 
 TEST(ToolRequests, FieldsCheckedByName) {
@@ -336,11 +395,18 @@ TEST(ToolRequests, PrepareChooseFormatAndForce) {
   CompletionRequest p;
   p.tools = tools_json();
   p.tool_choice = "required";
+  s = prepare_chat_output(p, "func_name1(", "");
+  EXPECT_EQ(s.tools, ToolFormat::pythonic);
+  EXPECT_TRUE(p.grammar);
+  CompletionRequest q;  // a pythonic call's argument names must be identifiers
+  q.tools = ojson::parse(R"([{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+      "properties": {"a-b": {"type": "string"}}}}}])");
+  q.tool_choice = "required";
   try {
-    (void)prepare_chat_output(p, "func_name1(", "");
-    FAIL() << "pythonic forcing was accepted";
+    (void)prepare_chat_output(q, "func_name1(", "");
+    FAIL() << "a non-identifier argument name was accepted";
   } catch (const ApiError& e) {
-    EXPECT_EQ(e.param, "tool_choice");
+    EXPECT_EQ(e.param, "tools[0].function.parameters.properties.a-b");
   }
   CompletionRequest t;
   s = prepare_chat_output(t, "<think></think>", "<|im_start|>assistant\n<think>\n");

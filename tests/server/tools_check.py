@@ -36,6 +36,7 @@ TOOLS_TEMPLATE = (
 # The same conversation markup with the other formats' markers, so the server picks their parsers.
 MISTRAL_TEMPLATE = TOOLS_TEMPLATE.replace("<tool_call>", "[TOOL_CALLS][").replace("</tool_call>", "]")
 LLAMA_TEMPLATE = TOOLS_TEMPLATE.replace("<tool_call>", "<|python_tag|>").replace("</tool_call>", "")
+PYTHONIC_TEMPLATE = TOOLS_TEMPLATE.replace("<tool_call>", "[func_name1(").replace("</tool_call>", ")]")
 THINK_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n<think>\n{% endif %}")
@@ -179,9 +180,10 @@ def case_tools(a):
                 messages=msgs + [{"role": "tool", "content": "x"}])
     finally:
         srv.stop()
-    # Mistral's and Llama 3.1's formats: the forced call is written in each format and parsed back.
+    # Mistral's, Llama 3.1's and the pythonic format: the forced call is written in each and parsed back.
     for template, marker, written in ((MISTRAL_TEMPLATE, "[TOOL_CALLS]", "[TOOL_CALLS][{\"name\":\"get_weather\""),
-                                      (LLAMA_TEMPLATE, "<|python_tag|>", "{\"name\":\"get_weather\",\"parameters\":")):
+                                      (LLAMA_TEMPLATE, "<|python_tag|>", "{\"name\":\"get_weather\",\"parameters\":"),
+                                      (PYTHONIC_TEMPLATE, "func_name1(", "[get_weather(city=\"")):
         assert marker in template and "<tool_call>" not in template
         srv = Server(a.lmtune, a.model, "--chat-template", template)
         try:
