@@ -170,6 +170,8 @@ GenerationResult Session::run(const CompletionRequest& r, const std::vector<int3
     }
     if (!emit(stop.push(detok.push(id)))) return false;
     if (stop.stopped()) return false;
+    // A closed constrained value allows nothing but EOS: stop now, without one more forward pass.
+    if (sampler_.constraint() && sampler_.constraint()->complete()) return false;
     if (Clock::now() >= deadline) {
       res.timed_out = true;
       return false;
