@@ -251,6 +251,15 @@ TEST(ForcedCalls, GrammarsMatchTheParsers) {
   EXPECT_EQ(s.calls[0].arguments, R"({"city":"Rome"})");
   EXPECT_FALSE(JsonMachine(*g).feed("<tool_call>\n{\"name\":\"get_weathe\","));
   EXPECT_FALSE(JsonMachine(*g).feed("<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{}}"));  // city required
+  ojson many = ojson::array();  // more tools than a forced choice takes
+  for (int i = 0; i < 65; ++i)
+    many.push_back({{"type", "function"}, {"function", {{"name", std::to_string(i).insert(0, "t")}}}});
+  try {
+    (void)forced_call_grammar(ToolFormat::hermes, many, "");
+    FAIL() << "65 forced alternatives were accepted";
+  } catch (const SchemaError& e) {
+    EXPECT_EQ(e.path, "tools");
+  }
   auto only = forced_call_grammar(ToolFormat::hermes, tools, "get_time");
   EXPECT_FALSE(JsonMachine(*only).feed("<tool_call>\n{\"name\":\"get_weather\""));
   EXPECT_TRUE(JsonMachine(*only).feed("<tool_call>\n{\"name\":\"get_time\",\"arguments\":{}}\n</tool_call>"));
@@ -369,6 +378,23 @@ TEST(ToolRequests, FieldsCheckedByName) {
       "response_format.json_schema.schema.$ref");
   EXPECT_EQ(refused_param({{"messages", msgs}, {"response_format", {{"type", "json_schema"}}}}),
             "response_format.json_schema");
+  // Schemas past the automaton's bounds are refused by place, not built.
+  ojson big_enum = ojson::array();
+  for (int i = 0; i < 65; ++i) big_enum.push_back(i);
+  auto schema_param = [&](const ojson& schema) {
+    return refused_param(
+        {{"messages", msgs}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"schema", schema}}}}}});
+  };
+  EXPECT_EQ(schema_param({{"enum", big_enum}}), "response_format.json_schema.schema.enum");
+  ojson deep = {{"type", "string"}};
+  for (int i = 0; i < 40; ++i) deep = {{"type", "array"}, {"items", deep}};
+  EXPECT_NE(schema_param(deep).find("response_format.json_schema.schema.items.items"), std::string::npos);
+  EXPECT_EQ(schema_param({{"type", "string"}, {"maxLength", -1}}), "response_format.json_schema.schema.maxLength");
+  EXPECT_EQ(schema_param(false), "response_format.json_schema.schema");
+  EXPECT_EQ(schema_param({{"anyOf", {{{"type", "string"}}, {{"enum", {"x"}}}}}}),
+            "response_format.json_schema.schema.anyOf");  // both start with '"'
+  EXPECT_EQ(schema_param(ojson::parse(R"({"type": "object", "properties": {"a": {}}, "required": ["b"]})")),
+            "response_format.json_schema.schema.required");
   // History: a tool message needs its tool_call_id; an assistant's call arguments must be JSON.
   EXPECT_EQ(refused_param({{"messages", ojson::parse(R"([{"role": "tool", "content": "20C"}])")}}),
             "messages[0].tool_call_id");
