@@ -3,6 +3,7 @@
 // the forced-call grammars, and the request fields' refusals.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 
@@ -252,8 +253,11 @@ TEST(ForcedCalls, GrammarsMatchTheParsers) {
   EXPECT_FALSE(JsonMachine(*g).feed("<tool_call>\n{\"name\":\"get_weathe\","));
   EXPECT_FALSE(JsonMachine(*g).feed("<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{}}"));  // city required
   ojson many = ojson::array();  // more tools than a forced choice takes
-  for (int i = 0; i < 65; ++i)
-    many.push_back({{"type", "function"}, {"function", {{"name", std::to_string(i).insert(0, "t")}}}});
+  for (int i = 0; i < 65; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof name, "t%d", i);
+    many.push_back({{"type", "function"}, {"function", {{"name", name}}}});
+  }
   try {
     (void)forced_call_grammar(ToolFormat::hermes, many, "");
     FAIL() << "65 forced alternatives were accepted";
