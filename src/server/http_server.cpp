@@ -129,6 +129,7 @@ struct HttpServer::Impl {
         lock.unlock();
         const SplitOutput parts = split.active() ? split_output(split, g.text) : SplitOutput{};
         reply_json(res, 200, completion_json(head, r, g, split.active() ? &parts : nullptr));
+        if (!parts.calls.empty()) g.finish_reason = "tool_calls";  // for the log line
         log_generation(head.id, endpoint, g, false, arrival);
         metrics.request_finished(endpoint, 200, seconds_since(arrival));
         return;
@@ -196,8 +197,8 @@ struct HttpServer::Impl {
                   },
                   keepalive);
               ok = !st->g.cancelled && (!split.active() || write_pieces(parser.finish(), {}));
-              const std::string finish = n_calls > 0 ? "tool_calls" : st->g.finish_reason;
-              ok = ok && write(sse(final_chunk_json(st->head, r, finish)));
+              if (n_calls > 0) st->g.finish_reason = "tool_calls";
+              ok = ok && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
               if (ok && r.include_usage)
                 ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));
             } catch (const std::exception& e) {
