@@ -42,7 +42,9 @@ struct BatchEngine::Sequence {
   bool graph_off = false;              // recording failed once
   bool done = false;
   Sequence(Pending p, std::unique_ptr<DenseKVCache> c)
-      : job(std::move(p.job)), ticket(std::move(p.ticket)), cache(std::move(c)), sampler(job.sampler, job.seed) {}
+      : job(std::move(p.job)), ticket(std::move(p.ticket)), cache(std::move(c)), sampler(job.sampler, job.seed) {
+    sampler.set_constraint(job.constraint);
+  }
 };
 
 namespace {

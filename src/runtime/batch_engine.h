@@ -59,10 +59,10 @@ struct BatchJob {
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   std::function<void()> on_start;                               // admitted: prefill begins
   std::function<bool(int64_t done, int64_t total)> on_prefill;  // after each of its prefill chunks
-  // Each generated id except a final EOS; the sampler's last_logprobs() are that token's. The
-  // per-request hook for logits constraints is the Sampler itself (sample() runs on the row).
+  // Each generated id except a final EOS; the sampler's last_logprobs() are that token's.
   std::function<bool(int32_t token, const Sampler& sampler)> on_token;
   std::function<void(const BatchOutcome&)> on_done;  // exactly once
+  std::shared_ptr<LogitsConstraint> constraint;      // masks the job's logits before sampling, or null
 };
 
 // A submitted job's handle: cancel() ends it at the next step (on_done with BatchEnd::cancelled).

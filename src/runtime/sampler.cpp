@@ -142,10 +142,18 @@ int32_t Sampler::categorical(const std::vector<float>& lp, float temp) {
 
 int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& history) {
   apply_penalties(logits, history);
-  if (opts_.keep_logprobs) {
+  if (opts_.keep_logprobs) {  // before any constraint: the model's own view of the chosen token
     last_logprobs_ = logits;
     log_softmax(last_logprobs_);
   }
+  if (!constraint_) return choose(logits);
+  constraint_->mask(logits);
+  const int32_t token = choose(logits);
+  constraint_->accept(token);
+  return token;
+}
+
+int32_t Sampler::choose(std::vector<float>& logits) {
   if (opts_.temp == 0.f) return argmax(logits);
   log_softmax(logits);
   if (opts_.top_p > 0.f && opts_.top_p < 1.f) apply_top_p(logits, opts_.top_p);

@@ -4,9 +4,12 @@
 // Runs on the host on one row of logits; a seeded RNG makes sampled output reproducible.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <utility>
 #include <vector>
+
+#include "runtime/logits_constraint.h"
 
 namespace lmtune {
 
@@ -37,6 +40,10 @@ class Sampler {
  public:
   Sampler(SamplerOptions opts, uint64_t seed);
   const SamplerOptions& options() const { return opts_; }
+  // A constraint (JSON schema, forced tool call) masks the logits after the processors and before
+  // the filters, and is told each chosen token. nullptr = none.
+  void set_constraint(std::shared_ptr<LogitsConstraint> c) { constraint_ = std::move(c); }
+  LogitsConstraint* constraint() const { return constraint_.get(); }
 
   // logits f32 (n_vocab), modified in place by the processors; history: every token so far
   // (prompt included), as mlx-lm's processors see it. Returns the chosen id.
@@ -58,7 +65,10 @@ class Sampler {
   const std::vector<float>& last_logprobs() const { return last_logprobs_; }
 
  private:
+  int32_t choose(std::vector<float>& logits);
+
   SamplerOptions opts_;
+  std::shared_ptr<LogitsConstraint> constraint_;
   std::vector<float> last_logprobs_;
   std::mt19937_64 rng_;
 };

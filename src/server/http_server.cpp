@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "server/api_error.h"
+#include "server/chat_output.h"
 #include "server/metrics.h"
 #include "server/responses.h"
 
@@ -112,6 +113,12 @@ struct HttpServer::Impl {
       check_auth(req);
       CompletionRequest r = parse_request(req.body, ep, defaults);
       std::vector<int32_t> ids = session.prompt_ids(r);
+      OutputSplit split;
+      if (ep == Endpoint::chat) {
+        const size_t tail = std::min<size_t>(ids.size(), 8);
+        split = prepare_chat_output(r, session.template_source(r),
+                                    session.served().chat->tokenizer().decode(ids.data() + ids.size() - tail, tail));
+      }
       ResponseHead head{new_response_id(ep), int64_t(std::time(nullptr)),
                         r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
       Session::Slot slot = session.admit();
@@ -119,12 +126,14 @@ struct HttpServer::Impl {
       if (!r.stream) {
         GenerationResult g = session.run(*job, [](const Delta&) { return true; });
         slot.release();
-        reply_json(res, 200, completion_json(head, r, g));
+        const SplitOutput parts = split.active() ? split_output(split, g.text) : SplitOutput{};
+        reply_json(res, 200, completion_json(head, r, g, split.active() ? &parts : nullptr));
+        if (!parts.calls.empty()) g.finish_reason = "tool_calls";  // for the log line
         log_generation(head.id, endpoint, g, false, arrival);
         metrics.request_finished(endpoint, 200, seconds_since(arrival));
         return;
       }
-      stream(res, std::move(r), std::move(job), head, std::move(slot), arrival, endpoint);
+      stream(res, std::move(r), std::move(job), head, std::move(slot), arrival, endpoint, split);
     } catch (const ApiError& e) {
       refuse(req, res, endpoint, e, arrival);
     } catch (const std::exception& e) {
@@ -138,7 +147,7 @@ struct HttpServer::Impl {
   // the usage chunk when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs once
   // whether or not the provider ran.
   void stream(httplib::Response& res, CompletionRequest r, std::shared_ptr<Session::Job> job, ResponseHead head,
-              Session::Slot slot, Clock::time_point arrival, const std::string& endpoint) {
+              Session::Slot slot, Clock::time_point arrival, const std::string& endpoint, OutputSplit split) {
     struct State {
       CompletionRequest r;
       std::shared_ptr<Session::Job> job;
@@ -154,9 +163,22 @@ struct HttpServer::Impl {
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, st](size_t, httplib::DataSink& sink) {
+        [this, st, split](size_t, httplib::DataSink& sink) {
           st->ran = true;
           auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+          // A split answer (tools, reasoning): the parser's pieces, the delta's logprobs on the first.
+          OutputParser parser(split);
+          int n_calls = 0;
+          auto write_pieces = [&](std::vector<OutputPiece> pieces, const std::vector<TokenLogprob>& lps) {
+            if (pieces.empty() && !lps.empty()) pieces.push_back({});
+            for (size_t i = 0; i < pieces.size(); ++i) {
+              const int index = pieces[i].kind == OutputPiece::Kind::tool_call ? n_calls++ : 0;
+              if (!write(sse(
+                      piece_chunk_json(st->head, st->r, pieces[i], index, i == 0 ? lps : std::vector<TokenLogprob>{}))))
+                return false;
+            }
+            return true;
+          };
           const CompletionRequest& r = st->r;
           bool ok = r.endpoint != Endpoint::chat || write(sse(chunk_json(st->head, r, Delta{}, true)));
           if (ok) {
@@ -166,8 +188,15 @@ struct HttpServer::Impl {
                 return write(": keepalive " + std::to_string(done) + "/" + std::to_string(total) + "\n\n");
               };
               st->g = session.run(
-                  *st->job, [&](const Delta& d) { return write(sse(chunk_json(st->head, r, d, false))); }, keepalive);
-              ok = !st->g.cancelled && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
+                  *st->job,
+                  [&](const Delta& d) {
+                    if (split.active()) return write_pieces(parser.push(d.text), d.logprobs);
+                    return write(sse(chunk_json(st->head, r, d, false)));
+                  },
+                  keepalive);
+              ok = !st->g.cancelled && (!split.active() || write_pieces(parser.finish(), {}));
+              if (n_calls > 0) st->g.finish_reason = "tool_calls";
+              ok = ok && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
               if (ok && r.include_usage)
                 ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));
             } catch (const std::exception& e) {

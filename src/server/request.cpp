@@ -6,6 +6,7 @@
 #include <set>
 
 #include "server/api_error.h"
+#include "server/request_tools.h"
 
 namespace lmtune::server {
 
@@ -122,15 +123,6 @@ void check_unsupported(const ojson& body, Endpoint ep) {
   if (integer_in(body, "n", 1, 1000000, 1) != 1) throw not_yet("n", "more than one choice");
   for (const char* k : {"adapters", "draft_model", "num_draft_tokens", "functions", "function_call"})
     if (field(body, k)) throw not_yet(k, std::string("'") + k + "'");
-  if (const ojson* t = field(body, "tools"); t && !(t->is_array() && t->empty()))
-    throw not_yet("tools", "tool calling");
-  if (const ojson* t = field(body, "tool_choice"); t && !(t->is_string() && (*t == "none" || *t == "auto")))
-    throw not_yet("tool_choice", "choosing a tool");
-  if (const ojson* r = field(body, "response_format")) {
-    if (!r->is_object()) throw wrong_type("response_format", "an object", *r);
-    const ojson* type = field(*r, "type");
-    if (!type || *type != "text") throw not_yet("response_format", "a response format other than text");
-  }
   if (ep == Endpoint::completions) {
     if (boolean(body, "echo", false)) throw not_yet("echo", "echoing the prompt");
     if (field(body, "suffix")) throw not_yet("suffix", "a suffix");
@@ -174,6 +166,7 @@ ojson parse_messages(const ojson& body) {
       throw wrong_type(p + ".role", "a non-empty string", *role);
     ojson copy = msg;
     if (msg.contains("content")) copy["content"] = flatten_content(msg["content"], p + ".content");
+    check_message_tools(copy, p);
     out.push_back(std::move(copy));
   }
   return out;
@@ -367,6 +360,10 @@ CompletionRequest parse_request(std::string_view text, Endpoint ep, const Reques
     r.logprobs = true;
   }
   r.sampler.keep_logprobs = r.logprobs;
+  if (ep == Endpoint::chat) {
+    parse_tools(body, r);
+    parse_response_format(body, r);
+  }
   return r;
 }
 

@@ -3,6 +3,7 @@
 // any mistake throws ApiError (400, or 404 for an unknown model) naming the field.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/json_schema.h"
 #include "runtime/sampler.h"
 
 namespace lmtune::server {
@@ -48,6 +50,14 @@ struct CompletionRequest {
   bool include_usage = false;
   bool logprobs = false;
   int top_logprobs = 0;
+  // Tools (chat): OpenAI's list as sent (null = none) and tool_choice: "auto", "none", "required"
+  // or "function" (then tool_name names it).
+  nlohmann::ordered_json tools = nullptr;
+  std::string tool_choice = "auto";
+  std::string tool_name;
+  // The grammar every answer must follow: response_format's json_object / json_schema, or a forced
+  // tool call (set once the chat template's call format is known). nullptr = free text.
+  std::shared_ptr<const JsonGrammar> grammar;
 };
 
 // Throws ApiError. The body must be valid UTF-8 JSON (nlohmann checks while parsing), an object,

@@ -76,16 +76,35 @@ json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
           {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-json completion_json(const ResponseHead& h, const CompletionRequest& r, const GenerationResult& g) {
+json tool_call_json(const ToolCall& c) {
+  return {{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
+}
+
+json completion_json(const ResponseHead& h, const CompletionRequest& r, const GenerationResult& g,
+                     const SplitOutput* split) {
   json j = head_json(h, false);
   json choice = {{"index", 0}};
-  if (r.endpoint == Endpoint::chat) {
+  std::string finish = g.finish_reason;
+  if (r.endpoint == Endpoint::chat && split) {
+    json m = {{"role", "assistant"}, {"content", split->content}};
+    // Only calls (the newlines a model writes around them aside): no content, as OpenAI answers.
+    if (!split->calls.empty() && split->content.find_first_not_of(" \t\r\n") == std::string::npos)
+      m["content"] = nullptr;
+    if (!split->reasoning.empty()) m["reasoning"] = split->reasoning;
+    if (!split->calls.empty()) {
+      json calls = json::array();
+      for (const ToolCall& c : split->calls) calls.push_back(tool_call_json(c));
+      m["tool_calls"] = calls;
+      finish = "tool_calls";
+    }
+    choice["message"] = m;
+  } else if (r.endpoint == Endpoint::chat) {
     choice["message"] = {{"role", "assistant"}, {"content", g.text}};
   } else {
     choice["text"] = g.text;
   }
   choice["logprobs"] = logprobs_of(r, g.logprobs);
-  choice["finish_reason"] = g.finish_reason;
+  choice["finish_reason"] = finish;
   j["choices"] = json::array({choice});
   j["usage"] = usage_json(g.prompt_tokens, g.completion_tokens);
   return j;
@@ -102,6 +121,25 @@ json chunk_json(const ResponseHead& h, const CompletionRequest& r, const Delta& 
     choice["text"] = d.text;
   }
   choice["logprobs"] = logprobs_of(r, d.logprobs);
+  choice["finish_reason"] = nullptr;
+  j["choices"] = json::array({choice});
+  if (r.include_usage) j["usage"] = nullptr;
+  return j;
+}
+
+json piece_chunk_json(const ResponseHead& h, const CompletionRequest& r, const OutputPiece& p, int tool_index,
+                      const std::vector<TokenLogprob>& logprobs) {
+  json j = head_json(h, true);
+  json delta = json::object();
+  if (p.kind == OutputPiece::Kind::content) delta["content"] = p.text;
+  if (p.kind == OutputPiece::Kind::reasoning) delta["reasoning"] = p.text;
+  if (p.kind == OutputPiece::Kind::tool_call) {
+    json c = tool_call_json(p.call);
+    c = {{"index", tool_index}, {"id", c["id"]}, {"type", c["type"]}, {"function", c["function"]}};
+    delta["tool_calls"] = json::array({c});
+  }
+  json choice = {{"index", 0}, {"delta", delta}};
+  choice["logprobs"] = logprobs_of(r, logprobs);
   choice["finish_reason"] = nullptr;
   j["choices"] = json::array({choice});
   if (r.include_usage) j["usage"] = nullptr;

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/output_parser.h"
 #include "server/request.h"
 #include "server/session.h"
 
@@ -25,8 +26,15 @@ std::string new_response_id(Endpoint endpoint);
 
 nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
-// The non-streamed answer.
-nlohmann::ordered_json completion_json(const ResponseHead& h, const CompletionRequest& r, const GenerationResult& g);
+// The non-streamed answer; with `split` (chat), its content, reasoning and tool_calls instead of
+// g.text (finish_reason "tool_calls" when there are calls).
+nlohmann::ordered_json completion_json(const ResponseHead& h, const CompletionRequest& r, const GenerationResult& g,
+                                       const SplitOutput* split = nullptr);
+// A chat chunk for one piece of a split answer: delta.content, delta.reasoning, or delta.tool_calls
+// with the call's index among this answer's calls; logprobs of the tokens since the last chunk.
+nlohmann::ordered_json piece_chunk_json(const ResponseHead& h, const CompletionRequest& r, const OutputPiece& p,
+                                        int tool_index, const std::vector<TokenLogprob>& logprobs);
+nlohmann::ordered_json tool_call_json(const ToolCall& c);
 
 // One streamed chunk: a delta's text (and logprobs); chat's first chunk also carries the role.
 nlohmann::ordered_json chunk_json(const ResponseHead& h, const CompletionRequest& r, const Delta& d, bool first);

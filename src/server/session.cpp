@@ -83,6 +83,7 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
       o.add_generation_prompt = true;
       o.kwargs = r.template_kwargs;
       o.chat_template = source;
+      o.tools = r.tools;
       try {
         text = served_.chat->render(r.messages, o);
       } catch (const std::exception& e) {
@@ -103,6 +104,21 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
                        std::to_string(served_.max_prompt_tokens) + " (--max-prompt-tokens)",
                    param, "context_length_exceeded");
   return ids;
+}
+
+std::string Session::template_source(const CompletionRequest& r) const {
+  const Tokenizer& tok = served_.chat->tokenizer();
+  std::string source = served_.chat_template;
+  if (source.empty() && tok.chat_templates().empty() && served_.use_default_chat_template) source = kChatMl;
+  if (source.empty() && tok.chat_templates().empty()) return "";
+  ChatTemplateOptions o;
+  o.chat_template = source;
+  o.tools = r.tools;
+  try {
+    return served_.chat->select_template(o);
+  } catch (const std::exception&) {
+    return "";
+  }
 }
 
 TokenLogprob Session::logprob_entry(int32_t id, const std::vector<float>& lp, int top) const {
@@ -179,6 +195,10 @@ std::shared_ptr<Session::Job> Session::start(const CompletionRequest& r, const s
   b.max_tokens = r.max_tokens;
   b.eos_ids = served_.eos_ids;
   b.deadline = deadline;
+  if (r.grammar) {  // response_format / a forced tool call: the engine's sampler for this job masks by it
+    std::call_once(token_table_once_, [&] { token_table_ = TokenTable::from_tokenizer(served_.chat->tokenizer()); });
+    b.constraint = std::make_shared<JsonConstraint>(r.grammar, token_table_, served_.eos_ids);
+  }
   b.on_start = [job] {
     {
       std::lock_guard<std::mutex> lk(job->mu);
@@ -201,7 +221,9 @@ std::shared_ptr<Session::Job> Session::start(const CompletionRequest& r, const s
       j.token_bytes += j.pending.logprobs.back().token.size();
     }
     j.emit(j.stop.push(j.detok.push(id)));
-    return !j.stop.stopped() && !j.client_gone;
+    // A closed constrained value allows nothing but EOS: stop now, without one more forward pass.
+    const bool closed = sampler.constraint() && sampler.constraint()->complete();
+    return !j.stop.stopped() && !j.client_gone && !closed;
   };
   b.on_done = [job](const BatchOutcome& out) {
     Job& j = *job;

@@ -16,6 +16,7 @@
 #include "models/model.h"
 #include "runtime/batch_engine.h"
 #include "runtime/generate.h"
+#include "runtime/json_constraint.h"
 #include "server/request.h"
 #include "tokenizer/chat_template.h"
 
@@ -104,6 +105,9 @@ class Session {
   // A slot, or ApiError 503 server_busy at once when every one is taken.
   Slot admit();
 
+  // The source of the chat template that renders r's messages ("" when mlx-lm's role prefixes do).
+  std::string template_source(const CompletionRequest& r) const;
+
   // Hands the request to the engine and waits until it starts (its prefill begins). Throws
   // ApiError 503 server_busy when `deadline` passes first (it never ran).
   std::shared_ptr<Job> start(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
@@ -127,6 +131,9 @@ class Session {
   ServedModel served_;
   std::atomic<int64_t> admitted_{0};
   std::unique_ptr<BatchEngine> engine_;
+  // Each vocabulary token's bytes for constrained decoding, built by the first request that needs them.
+  std::once_flag token_table_once_;
+  std::shared_ptr<const TokenTable> token_table_;
 };
 
 }  // namespace lmtune::server

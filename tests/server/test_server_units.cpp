@@ -136,8 +136,10 @@ TEST(Request, EachRefusalNamesItsField) {
       {chat(R"("model": 4)"), 400, "model", "invalid_type"},
       {chat(R"("frobnicate": 1)"), 400, "frobnicate", "unknown_parameter"},
       {chat(R"("n": 2)"), 400, "n", "unsupported_parameter"},
-      {chat(R"("tools": [{"type": "function"}])"), 400, "tools", "unsupported_parameter"},
-      {chat(R"("response_format": {"type": "json_object"})"), 400, "response_format", "unsupported_parameter"},
+      {chat(R"("tools": [{"type": "function"}])"), 400, "tools[0].function", "invalid_type"},
+      {chat(
+           R"("response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a"}}})"),
+       400, "response_format.json_schema.schema.pattern", "invalid_value"},
       {chat(R"("adapters": "x")"), 400, "adapters", "unsupported_parameter"},
       {R"({"prompt": "x", "messages": []})", 400, "messages", "unknown_parameter", Endpoint::completions},
       {R"({"max_tokens": 3})", 400, "prompt", "missing_required_parameter", Endpoint::completions},
