@@ -137,6 +137,28 @@ class Backend {
                            const int32_t* pos_at, DType dt) {
     return false;
   }
+  // A packed batch's decoding rows, each its own sequence with its own dense cache (batch 1): row
+  // i is query row row[i] of q (N, H, D) at position pos[i]; the layer's cache planes of its
+  // sequence, (capacity, KV, D) each, start at k[i], v[i]. Passed by value to the kernels.
+  struct DecodeRows {
+    static constexpr int kMax = 64;
+    int n = 0;
+    int32_t row[kMax] = {}, pos[kMax] = {};
+    void* k[kMax] = {};
+    void* v[kMax] = {};
+  };
+  // For each listed row: q_out's row = rope(q's row) at pos; the cache row pos of k and v = rope(k's
+  // row), v's row (q, q_out (N, H, D); k, v (N, KV, D)), the arithmetic of rope_append.
+  virtual bool rope_append_rows(const void* q, const void* k, const void* v, void* q_out, const float* inv_freq,
+                                int64_t H, int64_t KV, int64_t D, const DecodeRows& rows, DType dt) {
+    return false;
+  }
+  // For each listed row: out's row (N, H * D) = causal attention of q's row (N, H, D) over its
+  // cache's keys [0, pos] (those within `window` of pos when window > 0).
+  virtual bool attention_rows(const void* q, void* out, const DecodeRows& rows, int64_t H, int64_t KV, int64_t D,
+                              float scale, int64_t window, DType dt) {
+    return false;
+  }
   // sum (rows, dim) = x + y (rounded to dt); out = rms_norm(sum) * w, as add then rms_norm.
   virtual bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows,
                             int64_t dim, float eps, DType dt) {

@@ -64,7 +64,27 @@ Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vect
   // Rows of the packed projections as (N, heads, head_dim): a span is a contiguous row range.
   const Tensor q_rows = qt.reshape({N, H, D}), k_rows = kt.reshape({N, Hkv, D}), v_rows = vt.reshape({N, Hkv, D});
   Tensor out = ops::empty({N, H * D}, qt.dtype(), qt.device());  // every row is written below
-  for (const PackedSpan& s : spans) {
+  // Decoding rows (a span of one token over a plain dense cache): their rope, cache append and
+  // attention in two launches for all of them where the backend has the kernels (CUDA), rather than
+  // three a sequence; the other spans (prefill chunks) below, one by one.
+  std::vector<bool> done(spans.size(), false);
+  if (spans.size() > 1) {
+    std::vector<ops::DecodeRowRef> rows;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < spans.size(); ++i) {
+      const PackedSpan& s = spans[i];
+      Tensor kc, vc;
+      if (s.length != 1 || !s.cache->decode_planes(layer, qt.dtype(), kc, vc)) continue;
+      rows.push_back({s.begin, s.cache->offset(), kc, vc});
+      which.push_back(i);
+    }
+    const int64_t w = opt.window;  // a plain dense cache is positional
+    if (rows.size() > 1 && ops::decode_rows_attention(q_rows, k_rows, v_rows, *inv_freq, rows, opt.scale, w, out))
+      for (size_t i : which) done[i] = true;
+  }
+  for (size_t si = 0; si < spans.size(); ++si) {
+    if (done[si]) continue;
+    const PackedSpan& s = spans[si];
     LMT_CHECK(s.cache && !s.cache->position(), "[attention] a packed span needs its own cache, unbound");
     const int64_t T = s.length;
     Tensor qs = q_rows.slice_rows(s.begin, s.begin + T).reshape({1, T, H, D});

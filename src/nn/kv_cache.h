@@ -34,6 +34,11 @@ class KVCache {
                              Tensor& q_rot, View& view) {
     return false;
   }
+  // A packed batch's decoding row (nn::Attention::forward_packed): room made for one new entry at
+  // offset(), the layer's planes k, v (capacity, n_kv_head, head_dim), written by the caller at
+  // row offset(). False where the cache is not a plain dense one (quantized, rotating, batch > 1,
+  // a bound position, another dtype): then nothing changed and the caller takes update_rotary().
+  virtual bool decode_planes(int64_t layer, DType dtype, Tensor& k, Tensor& v) { return false; }
   // While a decode step is captured for replay (runtime/decode_graph.h), the absolute position
   // of the first new token lives in this i32 scalar on the device, and rotary positions come from
   // it rather than from offset(); null otherwise.

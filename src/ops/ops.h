@@ -125,6 +125,19 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
 // has no fused kernel (nothing is written then).
 Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t pos_offset,
                    const Tensor* pos_at, Tensor& k_cache, Tensor& v_cache);
+// A packed batch's decoding rows (nn::Attention::forward_packed), each its own sequence: query row
+// `row` of the packed projections at position `pos`, with its cache planes for the layer.
+struct DecodeRowRef {
+  int64_t row, pos;
+  Tensor k_cache, v_cache;  // (capacity, KV, D), the projections' dtype and device
+};
+// For every row: q's row (q (N, H, D)) rotated at pos, k's and v's rows (N, KV, D) rotated (k)
+// and stored at row pos of its caches, then out's row (out (N, H * D), allocated by the caller) =
+// causal attention of the rotated row over its cache's keys [0, pos] (within `window` when > 0).
+// Two launches for up to 64 rows (Backend::rope_append_rows, attention_rows). False where the
+// backend has no such kernels or the shapes are not theirs: nothing was written then.
+bool decode_rows_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
+                           const std::vector<DecodeRowRef>& rows, float scale, int64_t window, Tensor& out);
 struct AttentionOut {
   Tensor out, lse;
 };

@@ -235,6 +235,15 @@ bool DenseKVCache::update_rotary(int64_t layer, const Tensor& q, const Tensor& k
   return true;
 }
 
+bool DenseKVCache::decode_planes(int64_t layer, DType dtype, Tensor& k, Tensor& v) {
+  LMT_CHECK(layer >= 0 && layer < n_layer_, "[kv_cache] layer ", layer, " of ", n_layer_);
+  if (quantized_ || batch_ != 1 || dtype != dtype_ || position_.defined() || max_size_ > 0) return false;
+  reserve(offset_ + 1);
+  k = k_[size_t(layer)].reshape({capacity_, n_kv_head_, head_dim_});
+  v = v_[size_t(layer)].reshape({capacity_, n_kv_head_, head_dim_});
+  return true;
+}
+
 void DenseKVCache::make_room(int64_t T) {
   if (!position_.defined()) return reserve(offset_ + T);
   // A bound position: a recorded step must not allocate or move the buffers.

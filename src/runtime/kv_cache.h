@@ -38,6 +38,7 @@ class DenseKVCache final : public KVCache {
   // Batch 1, linear (or a bound position): one fused kernel where the backend has it.
   bool update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
                      Tensor& q_rot, View& view) override;
+  bool decode_planes(int64_t layer, DType dtype, Tensor& k, Tensor& v) override;
 
   int64_t size() const;  // entries held per layer: min(offset, max_size)
   int64_t capacity() const { return capacity_; }

@@ -30,6 +30,11 @@ std::vector<int32_t> alone(Model& m, const std::vector<int32_t>& prompt, int64_t
 TEST(CudaBatchEngine, LoneSequenceUsesTheGraphAndJoinersEqualAlone) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = tiny_model({Device::cuda, DType::f32, 0, false});
+  // The references first: the backend has one stream, and a reference generated while the engine's
+  // thread records its decode step would run inside that capture (and break it).
+  const std::vector<int32_t> want_lone = alone(*model, tokens(20, 1), 300);
+  const std::vector<int32_t> want[3] = {alone(*model, tokens(9, 2), 40), alone(*model, tokens(15, 3), 20),
+                                        alone(*model, tokens(30, 6), 20)};
   BatchEngineOptions o;
   o.prefill_step_size = 16;
   BatchEngine engine(*model, o);
@@ -40,7 +45,7 @@ TEST(CudaBatchEngine, LoneSequenceUsesTheGraphAndJoinersEqualAlone) {
   j.max_tokens = 300;
   j.on_done = [&](const BatchOutcome& out) { lone.set_value(out); };
   engine.submit(std::move(j));
-  EXPECT_EQ(lone.get_future().get().tokens, alone(*model, tokens(20, 1), 300));
+  EXPECT_EQ(lone.get_future().get().tokens, want_lone);
   EXPECT_GT(engine.stats().graph_steps, 250u) << "the lone sequence did not replay the recorded step";
   // Three more, joining while the first decodes.
   std::vector<std::promise<BatchOutcome>> done(3);
@@ -62,7 +67,5 @@ TEST(CudaBatchEngine, LoneSequenceUsesTheGraphAndJoinersEqualAlone) {
     return true;
   };
   engine.submit(std::move(first));
-  EXPECT_EQ(results[0].get().tokens, alone(*model, tokens(9, 2), 40));
-  EXPECT_EQ(results[1].get().tokens, alone(*model, tokens(15, 3), 20));
-  EXPECT_EQ(results[2].get().tokens, alone(*model, tokens(30, 6), 20));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(results[size_t(i)].get().tokens, want[i]) << "sequence " << i;
 }

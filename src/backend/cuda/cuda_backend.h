@@ -121,6 +121,10 @@ class CudaBackend final : public Backend {
                    const int32_t* pos_at, DType dt) override;
   bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows, int64_t dim,
                     float eps, DType dt) override;
+  bool rope_append_rows(const void* q, const void* k, const void* v, void* q_out, const float* inv_freq, int64_t H,
+                        int64_t KV, int64_t D, const DecodeRows& rows, DType dt) override;
+  bool attention_rows(const void* q, void* out, const DecodeRows& rows, int64_t H, int64_t KV, int64_t D, float scale,
+                      int64_t window, DType dt) override;
   void dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
                          int64_t in, int bits, int group_size, DType dt) override;
   void quantize_affine(const void* w, uint32_t* wq, void* scales, void* biases, int64_t rows, int64_t in, int bits,

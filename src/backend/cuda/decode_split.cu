@@ -1,8 +1,9 @@
 // Decoding's attention split over the keys (flash-decoding): a few query rows (T <= 4) in bf16/f16
-// with head_dim 64 or 128 against a cache of any length. flash_forward.cu gives such a row one
-// block per head that walks every key in turn (32 blocks for Mistral-7B, 5.8 us a layer at 80
-// keys on the H200, growing with the context); here each (split, head, row) block takes its own
-// stretch of the visible keys, and the last block of a row to finish merges the stretches.
+// with head_dim 64 or 128 against a cache of any length; and (attention_rows) a packed batch's
+// decoding rows, each against its own cache, in f32/bf16/f16 with head_dim 32, 64 or 128. flash_forward.cu gives such a
+// row one block per head that walks every key in turn (32 blocks for Mistral-7B, 5.8 us a layer at 80 keys on the H200,
+// growing with the context); here each (split, head, row) block takes its own stretch of the visible keys, and the last
+// block of a row to finish merges the stretches.
 //   A lane holds 8 dimensions (16 bytes) of q and of its running output: D / 8 lanes share a key,
 // 32 / (D / 8) keys a warp at once, each lane group with its own online softmax (scores in the
 // log2 domain). The block merges its groups through shared memory; with one split it writes the
@@ -22,21 +23,36 @@ constexpr int kWarps = 4, kMaxSplits = 32, kMinKeysPerSplit = 32;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 struct SplitParams {
-  AttentionArgs a;
-  float* part;     // (rows, splits, D): a split's output scaled by 2^-max, unnormalised
-  float* part_ml;  // (rows, splits, 2): its max (log2 domain) and sum
+  AttentionArgs a;           // ROWS: dtype, n_head, n_kv_head, head_dim, scale, window and q / out only
+  Backend::DecodeRows rows;  // ROWS: a packed batch's decoding rows, each over its own cache
+  float* part;               // (rows, splits, D): a split's output scaled by 2^-max, unnormalised
+  float* part_ml;            // (rows, splits, 2): its max (log2 domain) and sum
   int32_t* counters;
   int splits;
 };
 
+// 8 consecutive values (16 bytes of bf16/f16, 32 of f32) as raw words, then as floats.
 template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
-  const T* e = reinterpret_cast<const T*>(&u);
+struct Raw8 {
+  uint4 u[sizeof(T) / 2];
+};
+template <typename T>
+__device__ __forceinline__ Raw8<T> load8(const T* p) {
+  Raw8<T> r;
+#pragma unroll
+  for (int i = 0; i < int(sizeof(T)) / 2; ++i) r.u[i] = reinterpret_cast<const uint4*>(p)[i];
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ void unpack8(const Raw8<T>& r, float (&f)[8]) {
+  const T* e = reinterpret_cast<const T*>(&r);
 #pragma unroll
   for (int i = 0; i < 8; ++i) f[i] = to_f32(e[i]);
 }
 
-template <typename T, int D>
+// ROWS: block z is DecodeRows entry z (its query row, position and cache); otherwise (b, t) of
+// AttentionArgs' batch over its k and v.
+template <typename T, int D, bool ROWS>
 __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(SplitParams p) {
   constexpr int kLanesPerKey = D / 8, kKeysPerWarp = 32 / kLanesPerKey, kGroups = kWarps * kKeysPerWarp;
   pdl_enter();
@@ -44,26 +60,41 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(SplitParams p
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
   const int grp = warp * kKeysPerWarp + lane / kLanesPerKey, sub = lane % kLanesPerKey;
   const int split = blockIdx.x;
-  const int64_t h = blockIdx.y, bt = blockIdx.z, b = bt / a.T, t = bt % a.T;
+  const int64_t h = blockIdx.y, bt = blockIdx.z;
   const int64_t kvh = h / (a.n_head / a.n_kv_head), ldk = a.n_kv_head * D;
-  const int64_t row = bt * a.n_head + h;  // (b, t, h): out's row
-  const int64_t qpos = a.q_offset + (a.q_offset_at ? int64_t(*a.q_offset_at) : 0) + t;
-  int64_t s_begin = 0, s_end = a.S;
-  if (a.causal) {
-    s_end = min(a.S, max(int64_t(0), qpos + 1));
-    if (a.window > 0) s_begin = min(s_end, max(int64_t(0), qpos - a.window + 1));
+  const int64_t row = bt * a.n_head + h;  // the counter's and the partials' index
+  int64_t s_begin = 0, s_end, q_index;    // q_index: q's and out's (row, head) index
+  const T *kbase, *vbase;
+  float* lse = nullptr;
+  if constexpr (ROWS) {
+    const int64_t qpos = p.rows.pos[bt];
+    q_index = int64_t(p.rows.row[bt]) * a.n_head + h;
+    kbase = static_cast<const T*>(p.rows.k[bt]), vbase = static_cast<const T*>(p.rows.v[bt]);
+    s_end = qpos + 1;
+    if (a.window > 0) s_begin = max(int64_t(0), qpos - a.window + 1);
+  } else {
+    const int64_t b = bt / a.T, t = bt % a.T;
+    const int64_t qpos = a.q_offset + (a.q_offset_at ? int64_t(*a.q_offset_at) : 0) + t;
+    q_index = row;
+    kbase = static_cast<const T*>(a.k) + b * a.S * ldk, vbase = static_cast<const T*>(a.v) + b * a.S * ldk;
+    lse = a.lse + (b * a.n_head + h) * a.T + t;
+    s_end = a.S;
+    if (a.causal) {
+      s_end = min(a.S, max(int64_t(0), qpos + 1));
+      if (a.window > 0) s_begin = min(s_end, max(int64_t(0), qpos - a.window + 1));
+    }
   }
   const int64_t len = max(int64_t(0), s_end - s_begin);
   const int64_t per = max(int64_t(kMinKeysPerSplit), (len + p.splits - 1) / p.splits);
   const int64_t k0 = min(s_end, s_begin + split * per), k1 = min(s_end, k0 + per);
 
   float q[8], acc[8];
-  unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + row * D + sub * 8), q);
+  unpack8<T>(load8(static_cast<const T*>(a.q) + q_index * D + sub * 8), q);
   const float qscale = a.scale * kLog2e;
 #pragma unroll
   for (int i = 0; i < 8; ++i) q[i] *= qscale, acc[i] = 0.f;
-  const T* kb = static_cast<const T*>(a.k) + b * a.S * ldk + kvh * D + sub * 8;
-  const T* vb = static_cast<const T*>(a.v) + b * a.S * ldk + kvh * D + sub * 8;
+  const T* kb = kbase + kvh * D + sub * 8;
+  const T* vb = vbase + kvh * D + sub * 8;
   float m = -INFINITY, l = 0.f;
   // Two keys a lane group per round, both loaded before either is used. The rounds are the same
   // for the whole warp (its shuffles need every lane); a group past the stretch computes on zeros
@@ -72,9 +103,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(SplitParams p
   for (int64_t base = k0 + warp * kKeysPerWarp; base < k1; base += 2 * kGroups) {
     const int64_t s1 = base + gi, s2 = s1 + kGroups;
     const bool in1 = s1 < k1, in2 = s2 < k1;
-    uint4 ku = {}, vu = {}, ku2 = {}, vu2 = {};
-    if (in1) ku = *reinterpret_cast<const uint4*>(kb + s1 * ldk), vu = *reinterpret_cast<const uint4*>(vb + s1 * ldk);
-    if (in2) ku2 = *reinterpret_cast<const uint4*>(kb + s2 * ldk), vu2 = *reinterpret_cast<const uint4*>(vb + s2 * ldk);
+    Raw8<T> ku = {}, vu = {}, ku2 = {}, vu2 = {};
+    if (in1) ku = load8(kb + s1 * ldk), vu = load8(vb + s1 * ldk);
+    if (in2) ku2 = load8(kb + s2 * ldk), vu2 = load8(vb + s2 * ldk);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float kf[8], vf[8];
@@ -113,13 +144,12 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(SplitParams p
     for (int j = 0; j < kPerThread; ++j)
       if (tid + j * kWarps * 32 < D) o[j] += sacc[g][tid + j * kWarps * 32] * f;
   }
-  T* out = static_cast<T*>(a.out) + row * D;
-  float* lse = a.lse + (b * a.n_head + h) * a.T + t;
+  T* out = static_cast<T*>(a.out) + q_index * D;
   if (p.splits == 1) {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j)
       if (tid + j * kWarps * 32 < D) out[tid + j * kWarps * 32] = from_f32<T>(L > 0.f ? o[j] / L : 0.f);
-    if (tid == 0) *lse = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
+    if (tid == 0 && lse) *lse = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
     return;
   }
   const int64_t slot = row * p.splits + split;
@@ -148,15 +178,41 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(SplitParams p
   for (int j = 0; j < kPerThread; ++j)
     if (tid + j * kWarps * 32 < D) out[tid + j * kWarps * 32] = from_f32<T>(LX > 0.f ? ox[j] / LX : 0.f);
   if (tid == 0) {
-    *lse = LX > 0.f ? (MX + log2f(LX)) * kLn2 : -INFINITY;
+    if (lse) *lse = LX > 0.f ? (MX + log2f(LX)) * kLn2 : -INFINITY;
     p.counters[row] = 0;  // ready for the next launch (a recorded step replays this one)
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool ROWS>
 void launch_split(const SplitParams& p, int64_t rows_bt) {
-  launch("attention (decode split)", decode_split_kernel<T, D>,
+  launch("attention (decode split)", decode_split_kernel<T, D, ROWS>,
          dim3(unsigned(p.splits), unsigned(p.a.n_head), unsigned(rows_bt)), dim3(kWarps * 32), 0, p);
+}
+
+// Splits: enough blocks for two a multiprocessor, no more than stretches of 32 keys `keys` holds.
+int split_count(int64_t blocks_without, int64_t keys) {
+  const int64_t want = (2 * int64_t(cuda_impl().sm_count()) + blocks_without - 1) / blocks_without;
+  const int64_t fit = (keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  return int(std::clamp<int64_t>(std::min(want, fit), 1, kMaxSplits));
+}
+
+template <typename T, bool ROWS>
+void launch_split_dims(const SplitParams& p, int64_t rows_bt) {
+  switch (p.a.head_dim) {
+    case 32: return launch_split<T, 32, ROWS>(p, rows_bt);
+    case 64: return launch_split<T, 64, ROWS>(p, rows_bt);
+    default: return launch_split<T, 128, ROWS>(p, rows_bt);
+  }
+}
+
+// head_dim 32, 64 or 128 (checked by the callers).
+template <bool ROWS>
+void launch_split_for(const SplitParams& p, int64_t rows_bt) {
+  switch (p.a.dtype) {
+    case DType::bf16: return launch_split_dims<bf16, ROWS>(p, rows_bt);
+    case DType::f16: return launch_split_dims<f16, ROWS>(p, rows_bt);
+    default: return launch_split_dims<float, ROWS>(p, rows_bt);
+  }
 }
 
 }  // namespace
@@ -167,27 +223,37 @@ bool decode_split_attention(const AttentionArgs& a) {
   if (!aligned16(a.q) || !aligned16(a.k) || !aligned16(a.v) || a.n_head > 65535 || a.B * a.T > 65535) return false;
   const int64_t rows = a.B * a.T * a.n_head;
   if (rows > CudaBackend::kDecodeCounters) return false;
-  // Enough blocks for two a multiprocessor, no more splits than stretches of 32 keys the cache
-  // (its capacity, when the query offset is read at run time) can hold.
-  const int64_t want = (2 * int64_t(cuda_impl().sm_count()) + rows - 1) / rows;
-  const int64_t fit = (a.S + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
-  SplitParams p{a, nullptr, nullptr, cuda_impl().decode_counters(),
-                int(std::clamp<int64_t>(std::min(want, fit), 1, kMaxSplits))};
+  // With a run-time query offset, S is the cache's capacity.
+  SplitParams p{a, {}, nullptr, nullptr, cuda_impl().decode_counters(), split_count(rows, a.S)};
   const size_t part_floats = p.splits > 1 ? size_t(rows * p.splits * (a.head_dim + 2)) : 0;
   DeviceScratch part(part_floats * sizeof(float));  // held by a recorded graph (CachingAllocator::hold)
   p.part = part.as<float>();
-  p.part_ml = p.part ? p.part + rows * p.splits * a.head_dim : nullptr;
-  if (a.dtype == DType::bf16) {
-    if (a.head_dim == 64)
-      launch_split<bf16, 64>(p, a.B * a.T);
-    else
-      launch_split<bf16, 128>(p, a.B * a.T);
-  } else {
-    if (a.head_dim == 64)
-      launch_split<f16, 64>(p, a.B * a.T);
-    else
-      launch_split<f16, 128>(p, a.B * a.T);
+  p.part_ml = p.part + rows * p.splits * a.head_dim;
+  launch_split_for<false>(p, a.B * a.T);
+  return true;
+}
+
+bool CudaBackend::attention_rows(const void* q, void* out, const DecodeRows& rows, int64_t H, int64_t KV, int64_t D,
+                                 float scale, int64_t window, DType dt) {
+  if (rows.n == 0) return true;
+  if ((D != 32 && D != 64 && D != 128) || !aligned16(q) || KV < 1 || H % KV != 0 || H > 65535 ||
+      int64_t(rows.n) * H > kDecodeCounters)
+    return false;
+  int64_t longest = 1;
+  for (int i = 0; i < rows.n; ++i) {
+    if (!aligned16(rows.k[i]) || !aligned16(rows.v[i])) return false;
+    longest = std::max<int64_t>(longest, int64_t(rows.pos[i]) + 1);
   }
+  AttentionArgs a;
+  a.q = q, a.out = out, a.dtype = dt, a.n_head = H, a.n_kv_head = KV, a.head_dim = D, a.scale = scale;
+  a.window = window, a.causal = true, a.T = 1;
+  const int64_t n = int64_t(rows.n) * H;
+  SplitParams p{
+      a, rows, nullptr, nullptr, decode_counters(), split_count(n, window > 0 ? std::min(longest, window) : longest)};
+  DeviceScratch part(p.splits > 1 ? size_t(n * p.splits * (D + 2)) * sizeof(float) : 0);
+  p.part = part.as<float>();
+  p.part_ml = p.part + n * p.splits * D;
+  launch_split_for<true>(p, rows.n);
   return true;
 }
 

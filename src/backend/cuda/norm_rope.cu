@@ -217,6 +217,32 @@ __global__ void rope_append_kernel(const T* q, const T* k, const T* v, T* q_out,
   }
 }
 
+// rope_append_kernel for a packed batch's decoding rows, each at its own position and into its
+// own cache (Backend::DecodeRows, by value): the same pairs and arithmetic per row.
+template <typename T>
+__global__ void rope_append_rows_kernel(const T* q, const T* k, const T* v, T* q_out, const float* inv_freq, int64_t H,
+                                        int64_t KV, int64_t D, Backend::DecodeRows rows) {
+  pdl_enter();
+  const int64_t half = D / 2, per_row = (H + 2 * KV) * half, total = per_row * rows.n;
+  for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
+    const int r = int(idx / per_row);
+    const int64_t j = idx % per_row, nq = H * half, nk = KV * half;
+    const bool is_q = j < nq, is_v = j >= nq + nk;
+    const int64_t jj = is_q ? j : is_v ? j - nq - nk : j - nq, i = jj % half, h = jj / half;
+    const int64_t row = rows.row[r], pos = rows.pos[r];
+    if (is_v) {
+      T* dst = static_cast<T*>(rows.v[r]) + (pos * KV + h) * D;
+      const T* src = v + (row * KV + h) * D;
+      dst[i] = src[i];
+      dst[i + half] = src[i + half];
+      continue;
+    }
+    const T* src = is_q ? q + (row * H + h) * D : k + (row * KV + h) * D;
+    T* o = is_q ? q_out + (row * H + h) * D : static_cast<T*>(rows.k[r]) + (pos * KV + h) * D;
+    rotate_pair(src, o, i, half, float(pos), inv_freq[i], 1.f, false);
+  }
+}
+
 template <typename U>
 void launch_embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t row_bytes) {
   int64_t units = row_bytes / int64_t(sizeof(U));
@@ -286,6 +312,18 @@ bool CudaBackend::rope_append(const void* q, const void* k, const void* v, void*
     launch("rope_append", rope_append_kernel<S>, grid_for(total), kThreads, 0, static_cast<const S*>(q),
            static_cast<const S*>(k), static_cast<const S*>(v), static_cast<S*>(q_out), static_cast<S*>(k_cache),
            static_cast<S*>(v_cache), inv_freq, T, H, KV, D, pos_offset, pos_at);
+  });
+  return true;
+}
+
+bool CudaBackend::rope_append_rows(const void* q, const void* k, const void* v, void* q_out, const float* inv_freq,
+                                   int64_t H, int64_t KV, int64_t D, const DecodeRows& rows, DType dt) {
+  if (rows.n == 0 || D % 2 != 0) return rows.n == 0;
+  dispatch_float(dt, "rope_append_rows", [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    launch("rope_append_rows", rope_append_rows_kernel<S>, grid_for(int64_t(rows.n) * (H + 2 * KV) * (D / 2)), kThreads,
+           0, static_cast<const S*>(q), static_cast<const S*>(k), static_cast<const S*>(v), static_cast<S*>(q_out),
+           inv_freq, H, KV, D, rows);
   });
   return true;
 }
