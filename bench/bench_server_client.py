@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--streams", default="1,8,32,64")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--word", default="hello", help="a word the tokenizer keeps as one token")
+    ap.add_argument("--word", default="the", help="a word the tokenizer keeps as one token (Llama 2: \"the\")")
     ap.add_argument("--eos-id", type=int, default=2)
     ap.add_argument("--json")
     a = ap.parse_args()
