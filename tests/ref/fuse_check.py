@@ -11,7 +11,10 @@ shapes, bytes); config.json, model.safetensors.index.json, README.md and generat
 byte-identical; the same files but for the tokenizer files transformers re-writes (which must load
 to the same ids and chat-template text). Then `lmtune generate` on lmtune's fused folder gives the
 same greedy text as `lmtune generate --adapter-path` on the base, and a text that differs from the
-base's own (so an adapter ignored by fuse fails the case). Cases:
+base's own (so an adapter ignored by fuse fails the case). A fused model re-quantized after the merge
+(q4, q4_dora, mxfp4 without --dequantize) is not W + dW, so there equal greedy text is a near-tie's
+luck (it flipped on this VM's CPU): instead its text must differ from the base's and `fuse --data` must
+measure >= 90% of the adapter's validation-loss gain kept. Cases:
 lora      LoRA (rank 8, scale 20) on the bf16 base.
 dora      DoRA on the bf16 base (mlx-lm writes the merged layers in float32: (f32 m / ||W'||) * W').
 full      --fine-tune-type full on the last block (lmtune's adapter file holds f32 weights; mlx-lm
@@ -104,6 +107,28 @@ def same_text_as_adapter(a, tag, base, ad, fused):
     check(t_ad != t_base, f"{tag}: the adapter does not change the greedy text ({t_base!r}): train it harder")
 
 
+def keeps_adapter(a, tag, base, ad, fused):
+    """A model re-quantized after the merge (mlx-lm's way) is not W + dW: greedy text equal to
+    generate --adapter-path's is then a matter of near-ties (this VM's OpenBLAS kernels train a
+    slightly different adapter than another CPU's, and one token flipped). What must hold is that
+    the merge kept the fine-tune: fuse --data's validation losses put the fused model's gain at
+    >= 90% of the adapter's, and its greedy text is no longer the base's."""
+    t_base, t_ad, t_fused = greedy(a, base), greedy(a, base, ad), greedy(a, fused)
+    print(f"{tag}: base          {t_base!r}\n{tag}: base+adapter  {t_ad!r}\n{tag}: fused         {t_fused!r}"
+          f"{'' if t_fused == t_ad else '   (a near-tie flipped; the loss check below decides)'}")
+    check(t_ad != t_base, f"{tag}: the adapter does not change the greedy text ({t_base!r}): train it harder")
+    check(t_fused is not None and t_fused != t_base, f"{tag}: the fused model answers as the base ({t_base!r})")
+    scratch = os.path.join(a.work, "out", tag + "-measure")
+    shutil.rmtree(scratch, ignore_errors=True)
+    r = must(run([a.lmtune, "fuse", "--model", base, "--adapter-path", ad, "--requantize", "mlx", "--save-path", scratch,
+                  "--data", os.path.join(a.root, "examples", "data")]), f"{tag}: lmtune fuse --data")
+    m = re.search(r"The fused model keeps (-?[0-9.]+)% of the adapter's gain", r.stdout + r.stderr)
+    check(m is not None, f"{tag}: fuse --data printed no kept gain:\n{r.stdout}{r.stderr}")
+    if m:
+        print(f"{tag}: the fused model keeps {m.group(1)}% of the adapter's validation-loss gain")
+        check(float(m.group(1)) >= 90.0, f"{tag}: the re-quantized merge keeps only {m.group(1)}% of the gain")
+
+
 def dtypes_of(d):
     return {k: v[1] for k, v in cc.tensors_of(d).items()}
 
@@ -140,7 +165,7 @@ def case_quantized(a, tag, args, ftype="lora"):
     want = "F32" if ftype == "dora" else "BF16"
     check(dt.get("model.layers.3.mlp.down_proj.scales") in (want, "U8"), f"{tag}: merged scales are "
           f"{dt.get('model.layers.3.mlp.down_proj.scales')}, expected {want}")
-    same_text_as_adapter(a, tag, base, ad, fused)
+    keeps_adapter(a, tag, base, ad, fused)
     deq = fuse_both(a, tag + "-dequantize", base, ad, ["--dequantize"])
     cfg = json.load(open(os.path.join(deq, "config.json")))
     dt = dtypes_of(deq)
