@@ -250,7 +250,7 @@ def case_openai(a):
         check(srv.alive(), "server died")
         srv.wait_line(lambda l: l.startswith("[server] cmpl-"))
         lines = [l for l in srv.lines if l.startswith("[server] chatcmpl-") or l.startswith("[server] cmpl-")]
-        check(lines and all(re.search(r" in=\d+ out=\d+ ttft=[0-9.]+s [0-9.]+ tok/s ", l) for l in lines),
+        check(lines and all(re.search(r" in=\d+ cached=\d+ out=\d+ ttft=[0-9.]+s [0-9.]+ tok/s ", l) for l in lines),
               "request log lines:\n" + "\n".join(lines))
     finally:
         srv.stop()
@@ -352,6 +352,13 @@ def chat_text(srv, messages, n, **kw):
             [round(e["logprob"], 5) for e in c["logprobs"]["content"]])
 
 
+def same_answer(x, y):
+    """Equal text and prompt length, logprobs to f32 rounding: a prompt whose prefix came from the
+    prompt cache prefills fewer rows at once, so its products sum in another order (1e-5 apart)."""
+    return (x is not None and y is not None and x[:2] == y[:2] and len(x[2]) == len(y[2]) and
+            all(abs(p - q) <= 1e-4 for p, q in zip(x[2], y[2])))
+
+
 def case_templates(a):
     """--chat-template, --chat-template-args and chat_template_kwargs; a model without a template
     (mlx-lm's role prefixes, or ChatML with --use-default-chat-template). Each chat prompt is
@@ -362,9 +369,10 @@ def case_templates(a):
                  "--chat-template-args", '{"greeting": "Define: "}')
     try:
         want = completion_text(srv, "Define: lantern", 20)
-        check(chat_text(srv, user, 20) == want, "--chat-template with --chat-template-args")
+        check(same_answer(chat_text(srv, user, 20), want), "--chat-template with --chat-template-args")
         other = completion_text(srv, "The lantern", 20)
-        check(other != want and chat_text(srv, user, 20, chat_template_kwargs={"greeting": "The "}) == other,
+        check(not same_answer(other, want) and
+              same_answer(chat_text(srv, user, 20, chat_template_kwargs={"greeting": "The "}), other),
               "chat_template_kwargs over --chat-template-args")
     finally:
         srv.stop()
@@ -378,14 +386,14 @@ def case_templates(a):
     srv = Server(a.lmtune, bare)
     try:
         want = completion_text(srv, "ASSISTANT's RULE: Be brief.\nUSER: Define: lantern\nASSISTANT:", 16)
-        check(chat_text(srv, msgs, 16) == want, "mlx-lm's role prefixes without a template")
+        check(same_answer(chat_text(srv, msgs, 16), want), "mlx-lm's role prefixes without a template")
     finally:
         srv.stop()
     srv = Server(a.lmtune, bare, "--use-default-chat-template")
     try:
         want = completion_text(srv, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nDefine: lantern"
                                "<|im_end|>\n<|im_start|>assistant\n", 16)
-        check(chat_text(srv, msgs, 16) == want, "--use-default-chat-template (ChatML)")
+        check(same_answer(chat_text(srv, msgs, 16), want), "--use-default-chat-template (ChatML)")
     finally:
         srv.stop()
 
