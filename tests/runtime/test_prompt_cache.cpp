@@ -3,11 +3,14 @@
 // by entries and by bytes in use order, entries covered by a longer one dropped, size strings; then
 // the batching engine with the cache: a second request sharing a prefix reports cached tokens and
 // the cold run's greedy tokens, while other sequences run and entries are stored and evicted.
+// Built twice: on the CPU, and with LMTUNE_PROMPT_CACHE_CUDA on a CUDA device (test_cuda_prompt_cache,
+// gpu label; skips without one), where the caches, their copies and the model live on the GPU.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <future>
 
+#include "backend/backend.h"
 #include "batch_fixture.h"
 #include "core/error.h"
 #include "ops/ops.h"
@@ -19,6 +22,15 @@ using namespace lmtune;
 using namespace lmtune::test;
 
 namespace {
+
+#ifdef LMTUNE_PROMPT_CACHE_CUDA
+constexpr Device kDev = Device::cuda;
+#define SKIP_WITHOUT_DEVICE() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+#else
+constexpr Device kDev = Device::cpu;
+#define SKIP_WITHOUT_DEVICE()
+#endif
 
 ModelConfig kv_config() {
   ModelConfig c;
@@ -32,13 +44,14 @@ ModelConfig kv_config() {
 // filled with tokens[t] * 10 + l (values), so a copy can be checked row by row.
 std::unique_ptr<DenseKVCache> filled(const std::vector<int32_t>& tokens, int64_t step = 16) {
   const ModelConfig c = kv_config();
-  auto cache = std::make_unique<DenseKVCache>(c, Device::cpu, DType::f32, 1, 0, 4, step);
+  auto cache = std::make_unique<DenseKVCache>(c, kDev, DType::f32, 1, 0, 4, step);
   const int64_t T = int64_t(tokens.size());
   for (int64_t l = 0; l < c.n_layer; ++l) {
     std::vector<float> k;
     for (int32_t t : tokens) k.insert(k.end(), size_t(c.n_kv_head * c.head_dim), float(t * 10 + l));
     Tensor kt = Tensor::from_f32(k, {1, T, c.n_kv_head, c.head_dim});
-    cache->update(l, kt, ops::mul(kt, ops::full(kt.shape(), -1.f, DType::f32, Device::cpu)));
+    cache->update(l, ops::to(kt, kDev),
+                  ops::to(ops::mul(kt, ops::full(kt.shape(), -1.f, DType::f32, Device::cpu)), kDev));
   }
   cache->advance(T);
   return cache;
@@ -58,6 +71,7 @@ std::vector<int32_t> cat(std::vector<int32_t> a, const std::vector<int32_t>& b) 
 }  // namespace
 
 TEST(PromptCache, LongestPrefixCopiedNeverTheWholePrompt) {
+  SKIP_WITHOUT_DEVICE();
   PromptCache pc({10, 0});
   const std::vector<int32_t> a = range(1, 20), b = cat(range(1, 8), range(100, 12));
   pc.insert(a, filled(a));
@@ -86,7 +100,7 @@ TEST(PromptCache, LongestPrefixCopiedNeverTheWholePrompt) {
   EXPECT_FALSE(pc.lookup(range(300, 5)).cache);
   // The copy is independent: growing it leaves the entry as it was.
   h = pc.lookup(p);
-  Tensor more = Tensor::from_f32(std::vector<float>(2 * 64, 9.f), {1, 2, 2, 32});
+  Tensor more = ops::to(Tensor::from_f32(std::vector<float>(2 * 64, 9.f), {1, 2, 2, 32}), kDev);
   h.cache->update(0, more, more);
   h.cache->advance(2);
   EXPECT_EQ(h.cache->offset(), 14);
@@ -95,6 +109,7 @@ TEST(PromptCache, LongestPrefixCopiedNeverTheWholePrompt) {
 }
 
 TEST(PromptCache, EvictsLeastRecentlyUsedByEntries) {
+  SKIP_WITHOUT_DEVICE();
   PromptCache pc({3, 0});
   const auto a = range(10, 5), b = range(20, 5), c = range(30, 5), d = range(40, 5);
   pc.insert(a, filled(a));
@@ -110,6 +125,7 @@ TEST(PromptCache, EvictsLeastRecentlyUsedByEntries) {
 }
 
 TEST(PromptCache, EvictsByBytes) {
+  SKIP_WITHOUT_DEVICE();
   const auto a = range(10, 5), b = range(20, 5), c = range(30, 40);
   const int64_t one = int64_t(filled(a)->nbytes());  // 16 rows
   EXPECT_EQ(int64_t(filled(c)->nbytes()), 3 * one);  // 48 rows
@@ -129,6 +145,7 @@ TEST(PromptCache, EvictsByBytes) {
 }
 
 TEST(PromptCache, CoveredEntriesAndDisabled) {
+  SKIP_WITHOUT_DEVICE();
   PromptCache pc({10, 0});
   const auto a = range(1, 6), longer = cat(a, {50, 51, 52});
   pc.insert(a, filled(a));
@@ -146,10 +163,11 @@ TEST(PromptCache, CoveredEntriesAndDisabled) {
 }
 
 TEST(PromptCache, QuantizedCacheCopied) {
+  SKIP_WITHOUT_DEVICE();
   const ModelConfig c = kv_config();
-  DenseKVCache q(c, Device::cpu, DType::f32, 1, 0, 4, 16);
+  DenseKVCache q(c, kDev, DType::f32, 1, 0, 4, 16);
   q.set_quantization({4, 32, 0});
-  Tensor k = ops::randn({1, 9, 2, 32}, 3, 1.f), v = ops::randn({1, 9, 2, 32}, 4, 1.f);
+  Tensor k = ops::to(ops::randn({1, 9, 2, 32}, 3, 1.f), kDev), v = ops::to(ops::randn({1, 9, 2, 32}, 4, 1.f), kDev);
   for (int64_t l = 0; l < 2; ++l) q.update(l, k, v);
   q.advance(9);
   ASSERT_TRUE(q.quantized());
@@ -182,7 +200,7 @@ TEST(PromptCache, SizeStrings) {
 namespace {
 
 std::vector<int32_t> alone(Model& m, const std::vector<int32_t>& prompt, int64_t max_tokens) {
-  DenseKVCache cache(m.config(), Device::cpu, DType::f32);
+  DenseKVCache cache(m.config(), kDev, DType::f32);
   Sampler sampler(SamplerOptions{}, 0);
   Generator gen(m, cache, sampler);
   GenerationConfig cfg;
@@ -213,7 +231,8 @@ BatchOutcome run_one(BatchEngine& e, const std::vector<int32_t>& prompt, int64_t
 }  // namespace
 
 TEST(PromptCacheEngine, SecondTurnReusesTheFirstWithTheColdTokens) {
-  auto model = tiny_model({});
+  SKIP_WITHOUT_DEVICE();
+  auto model = tiny_model({kDev, DType::f32, 0, false});
   BatchEngineOptions o;
   o.prefill_step_size = 16;
   o.kv_block = 16;
@@ -244,7 +263,8 @@ TEST(PromptCacheEngine, SecondTurnReusesTheFirstWithTheColdTokens) {
 }
 
 TEST(PromptCacheEngine, QuantizedModelSecondTurn) {
-  auto model = tiny_model({Device::cpu, DType::f32, 4, false});
+  SKIP_WITHOUT_DEVICE();
+  auto model = tiny_model({kDev, DType::f32, 4, false});
   BatchEngineOptions o;
   o.prefill_step_size = 8;
   o.prompt_cache = {4, 0};
@@ -258,7 +278,8 @@ TEST(PromptCacheEngine, QuantizedModelSecondTurn) {
 }
 
 TEST(PromptCacheEngine, EntriesStoredAndEvictedWhileOthersRun) {
-  auto model = tiny_model({});
+  SKIP_WITHOUT_DEVICE();
+  auto model = tiny_model({kDev, DType::f32, 0, false});
   BatchEngineOptions o;
   o.prefill_step_size = 16;
   o.kv_block = 16;
