@@ -2,7 +2,8 @@
 // together. Each step packs one token of every decoding sequence and prefill chunks of new prompts
 // into one Model::forward_packed (one weight read per step serves them all); requests join and
 // leave between steps, each with its own sampler, length, deadline and KV cache (batch 1, growing
-// in blocks of kv_block positions, freed when the sequence ends).
+// in blocks of kv_block positions, freed when the sequence ends or moved into the prompt cache,
+// runtime/prompt_cache.h, from which a later prompt sharing a prefix starts with a copy).
 #pragma once
 #include <atomic>
 #include <chrono>

@@ -21,8 +21,8 @@
   prompt_cache  a multi-turn chat through the openai client: the second turn reuses the first's KV
            cache (usage.prompt_tokens_details.cached_tokens > 0, whole and in the streamed usage
            chunk, the log line's cached=, /metrics' prompt cache counters) and its text equals
-           `lmtune generate`'s for the same full prompt; with --prompt-cache-size 0 the same text
-           and 0 cached
+           `lmtune generate`'s for the same full prompt; with --prompt-cache-size 0 the same text,
+           logprobs within 1e-4 and 0 cached
 """
 import argparse
 import http.client
