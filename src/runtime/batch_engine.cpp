@@ -64,7 +64,8 @@ void end_pending(BatchJob& job, BatchEnd end, const std::string& error = {}) {
 
 }  // namespace
 
-BatchEngine::BatchEngine(Model& model, BatchEngineOptions opts) : model_(model), opts_(opts) {
+BatchEngine::BatchEngine(Model& model, BatchEngineOptions opts)
+    : model_(model), opts_(opts), prompt_cache_(opts.prompt_cache) {
   LMT_CHECK(opts_.decode_concurrency >= 1, "[batch] decode_concurrency must be >= 1, got ", opts_.decode_concurrency);
   LMT_CHECK(opts_.prompt_concurrency >= 1, "[batch] prompt_concurrency must be >= 1, got ", opts_.prompt_concurrency);
   LMT_CHECK(opts_.prefill_step_size >= 1, "[batch] prefill_step_size must be >= 1, got ", opts_.prefill_step_size);
@@ -148,6 +149,47 @@ void BatchEngine::update_gauges(const std::vector<std::unique_ptr<Sequence>>& ac
   stats_.waiting = int64_t(waiting.size() + incoming_.size());
   stats_.decoding = std::count_if(active.begin(), active.end(), [](const auto& s) { return s->decoding; });
   stats_.prefilling = int64_t(active.size()) - stats_.decoding;
+  stats_.cache_entries = prompt_cache_.entries();
+  stats_.cache_bytes = prompt_cache_.bytes();
+  stats_.cache_evictions = prompt_cache_.evictions();
+}
+
+std::unique_ptr<DenseKVCache> BatchEngine::cache_for(const std::vector<int32_t>& prompt, int64_t& cached) {
+  cached = 0;
+  if (prompt_cache_.enabled()) {
+    PromptCache::Hit hit;
+    try {
+      hit = prompt_cache_.lookup(prompt);
+    } catch (const std::exception& e) {  // the copy failed (memory): prefill the whole prompt
+      std::fprintf(stderr, "[batch] prompt cache copy failed, prefilling the whole prompt: %s\n", e.what());
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++stats_.cache_lookups;
+      stats_.cache_hits += hit.cache != nullptr;
+      stats_.cache_tokens += uint64_t(hit.cache ? hit.tokens : 0);
+    }
+    if (hit.cache) return cached = hit.tokens, std::move(hit.cache);
+  }
+  const Model& m = model_;
+  return std::make_unique<DenseKVCache>(m.config(), m.device(), m.dtype(), 1, 0, 4, opts_.kv_block);
+}
+
+void BatchEngine::keep_in_prompt_cache(Sequence& s) {
+  if (!prompt_cache_.enabled() || !s.cache || s.out.end == BatchEnd::failed) return;
+  const int64_t held = s.cache->offset();
+  // Fed so far: the prompt's first prompt_fed ids, then (once decoding) the generated ones but
+  // the last, which was chosen and never fed.
+  std::vector<int32_t> tokens(s.job.prompt.begin(), s.job.prompt.begin() + s.out.prompt_fed);
+  if (s.out.prompt_fed == int64_t(s.job.prompt.size()))
+    tokens.insert(tokens.end(), s.out.tokens.begin(), s.out.tokens.end());
+  if (held <= 0 || held > int64_t(tokens.size())) return;
+  tokens.resize(size_t(held));
+  try {
+    prompt_cache_.insert(std::move(tokens), std::move(s.cache));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[batch] prompt cache insert failed: %s\n", e.what());
+  }
 }
 
 void BatchEngine::admit(std::vector<std::unique_ptr<Sequence>>& active, std::deque<Pending>& waiting) {
@@ -161,9 +203,9 @@ void BatchEngine::admit(std::vector<std::unique_ptr<Sequence>>& active, std::deq
       continue;
     }
     std::unique_ptr<DenseKVCache> cache;
+    int64_t cached = 0;
     try {
-      const Model& m = model_;
-      cache = std::make_unique<DenseKVCache>(m.config(), m.device(), m.dtype(), 1, 0, 4, opts_.kv_block);
+      cache = cache_for(p.job.prompt, cached);
     } catch (const std::exception& e) {
       end_pending(p.job, BatchEnd::failed, e.what());
       continue;
@@ -171,6 +213,7 @@ void BatchEngine::admit(std::vector<std::unique_ptr<Sequence>>& active, std::deq
     active.push_back(std::make_unique<Sequence>(std::move(p), std::move(cache)));
     ++prefilling;
     Sequence& s = *active.back();
+    s.out.prompt_cached = s.out.prompt_fed = cached;
     try {
       if (s.job.on_start) s.job.on_start();
     } catch (const std::exception& e) {
@@ -288,7 +331,8 @@ void BatchEngine::finish(Sequence& s, BatchEnd end, std::string error) {
   s.out.end = end;
   s.out.error = std::move(error);
   s.graph.reset();
-  s.cache.reset();  // the sequence's KV memory goes back to the allocator now
+  keep_in_prompt_cache(s);  // moves the cache into the prompt cache, when there is one
+  s.cache.reset();          // the sequence's KV memory goes back to the allocator now
   if (s.job.on_done) {
     try {
       s.job.on_done(s.out);

@@ -2,7 +2,8 @@
 // together. Each step packs one token of every decoding sequence and prefill chunks of new prompts
 // into one Model::forward_packed (one weight read per step serves them all); requests join and
 // leave between steps, each with its own sampler, length, deadline and KV cache (batch 1, growing
-// in blocks of kv_block positions, freed when the sequence ends).
+// in blocks of kv_block positions, freed when the sequence ends or moved into the prompt cache,
+// runtime/prompt_cache.h, from which a later prompt sharing a prefix starts with a copy).
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "models/model.h"
+#include "runtime/prompt_cache.h"
 #include "runtime/sampler.h"
 
 namespace lmtune {
@@ -27,6 +29,10 @@ struct BatchEngineOptions {
   int64_t prefill_step_size = 2048;  // prompt tokens per step, over all prefilling sequences
   int64_t kv_block = 256;            // a sequence's cache grows by this many positions at a time
   bool decode_graph = true;          // one sequence decoding alone replays the recorded step (CUDA)
+  // The prompt cache (runtime/prompt_cache.h): a finished sequence's KV cache is kept under its
+  // tokens; a new prompt sharing a prefix starts from a copy of it. max_entries 0 (here the
+  // default; the server's is 10): off.
+  PromptCacheLimits prompt_cache{0, 0};
 };
 
 // How a sequence ended.
@@ -43,7 +49,8 @@ enum class BatchEnd {
 struct BatchOutcome {
   BatchEnd end = BatchEnd::failed;
   std::vector<int32_t> tokens;  // generated ids, a final EOS left out
-  int64_t prompt_fed = 0;       // prompt tokens prefilled
+  int64_t prompt_fed = 0;       // prompt tokens in the sequence's cache: prompt_cached + those prefilled
+  int64_t prompt_cached = 0;    // of them, copied from the prompt cache at admission (not prefilled)
   std::string error;
   std::string finish_reason() const;  // OpenAI's: "stop" or "length" ("" for expired / failed)
 };
@@ -84,6 +91,10 @@ struct BatchStats {
   static constexpr int kBuckets = 9;     // sequences per step <= 1, 2, 4, ..., 128, more
   uint64_t batch_counts[kBuckets] = {};  // per bucket, not cumulative; over: the last
   uint64_t batch_sum = 0;
+  // The prompt cache: lookups at admission, hits among them and the prompt tokens they supplied;
+  // entries dropped for the bounds; the entries and bytes held now.
+  uint64_t cache_lookups = 0, cache_hits = 0, cache_tokens = 0, cache_evictions = 0;
+  int64_t cache_entries = 0, cache_bytes = 0;
 };
 
 class BatchEngine {
@@ -115,6 +126,9 @@ class BatchEngine {
   bool after_prefill_chunk(Sequence& s, const float* logits);  // false: the sequence ended
   bool after_token(Sequence& s, int32_t token);                // false: the sequence ended
   void finish(Sequence& s, BatchEnd end, std::string error = {});
+  // Admission's cache: a copy of the prompt cache's longest prefix of the prompt, or a fresh one.
+  std::unique_ptr<DenseKVCache> cache_for(const std::vector<int32_t>& prompt, int64_t& cached);
+  void keep_in_prompt_cache(Sequence& s);  // a sequence ending: its cache into the prompt cache
 
   Model& model_;
   BatchEngineOptions opts_;
@@ -122,7 +136,8 @@ class BatchEngine {
   std::condition_variable cv_;
   std::deque<Pending> incoming_;  // submitted, not yet seen by the scheduler
   bool stop_ = false;
-  BatchStats stats_;  // under mu_
+  BatchStats stats_;          // under mu_
+  PromptCache prompt_cache_;  // the scheduler thread's only
   std::thread thread_;
 };
 

@@ -4,6 +4,7 @@
 // it becomes mlx-lm's QuantizedKVCache once it holds `start` tokens (--kv-bits), rotating or not.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,11 @@ class DenseKVCache final : public KVCache {
   // rotating cache is refused. load_held: an empty, non-rotating cache takes n tokens per layer in
   // that layout (quantized ones need set_quantization first), checked against plane_specs.
   std::vector<Tensor> held_planes(int64_t layer);
+  // The server's prompt cache (runtime/prompt_cache.h; defined in kv_cache_copy.cpp): a new cache
+  // on the same device holding a copy of this one's first n tokens (0 < n <= offset()), made by
+  // device copies, quantized or not as this one is, with the same quantization settings and block
+  // step; it grows as any cache does. A rotating or position-bound cache is refused.
+  std::unique_ptr<DenseKVCache> copy_prefix(int64_t n);
   void load_held(const std::vector<std::vector<Tensor>>& layers, int64_t n, bool quantized);
   int64_t n_layer() const { return n_layer_; }
   int64_t n_kv_head() const { return n_kv_head_; }

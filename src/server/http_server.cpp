@@ -96,10 +96,12 @@ struct HttpServer::Impl {
                       Clock::time_point arrival) {
     metrics.generation_finished(g.prompt_tokens, g.completion_tokens, g.ttft_s, g.cancelled, g.timed_out);
     char buf[512];
-    std::snprintf(buf, sizeof buf, "%s POST %s 200 in=%lld out=%lld ttft=%.3fs %.1f tok/s total=%.3fs finish=%s%s%s%s",
-                  id.c_str(), endpoint.c_str(), (long long)g.prompt_tokens, (long long)g.completion_tokens, g.ttft_s,
-                  g.decode_tps, seconds_since(arrival), g.finish_reason.c_str(), stream ? " stream" : "",
-                  g.cancelled ? " client-gone" : "", g.timed_out ? " timeout" : "");
+    std::snprintf(buf, sizeof buf,
+                  "%s POST %s 200 in=%lld cached=%lld out=%lld ttft=%.3fs %.1f tok/s total=%.3fs finish=%s%s%s%s",
+                  id.c_str(), endpoint.c_str(), (long long)g.prompt_tokens, (long long)g.cached_tokens,
+                  (long long)g.completion_tokens, g.ttft_s, g.decode_tps, seconds_since(arrival),
+                  g.finish_reason.c_str(), stream ? " stream" : "", g.cancelled ? " client-gone" : "",
+                  g.timed_out ? " timeout" : "");
     log_line(LogLevel::info, buf);
   }
 
@@ -198,7 +200,8 @@ struct HttpServer::Impl {
               if (n_calls > 0) st->g.finish_reason = "tool_calls";
               ok = ok && write(sse(final_chunk_json(st->head, r, st->g.finish_reason)));
               if (ok && r.include_usage)
-                ok = write(sse(usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens)));
+                ok = write(sse(
+                    usage_chunk_json(st->head, r, st->g.prompt_tokens, st->g.completion_tokens, st->g.cached_tokens)));
             } catch (const std::exception& e) {
               st->failed = true;
               log_line(LogLevel::error, st->head.id + " generation failed: " + e.what());

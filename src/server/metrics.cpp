@@ -67,7 +67,7 @@ std::string Metrics::render() const {
     out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
            std::to_string(v) + "\n";
   };
-  counter("lmtune_prompt_tokens_total", "Prompt tokens prefilled.", prompt_tokens_);
+  counter("lmtune_prompt_tokens_total", "Prompt tokens (those the prompt cache supplied included).", prompt_tokens_);
   counter("lmtune_completion_tokens_total", "Tokens generated.", completion_tokens_);
   counter("lmtune_client_disconnects_total", "Generations stopped because the client went away.", cancelled_);
   counter("lmtune_request_timeouts_total", "Generations stopped by --request-timeout.", timed_out_);
@@ -93,6 +93,17 @@ std::string Metrics::render(const BatchStats& b) const {
        std::to_string(b.step_rows));
   line("lmtune_batch_graph_steps_total", "counter", "Steps replayed as a recorded CUDA graph (one sequence alone).",
        std::to_string(b.graph_steps));
+  line("lmtune_prompt_cache_lookups_total", "counter", "Prompts looked up in the prompt cache.",
+       std::to_string(b.cache_lookups));
+  line("lmtune_prompt_cache_hits_total", "counter", "Prompts that started from a prompt cache entry.",
+       std::to_string(b.cache_hits));
+  line("lmtune_prompt_cache_tokens_total", "counter", "Prompt tokens taken from the prompt cache (not prefilled).",
+       std::to_string(b.cache_tokens));
+  line("lmtune_prompt_cache_evictions_total", "counter", "Prompt cache entries dropped for its bounds.",
+       std::to_string(b.cache_evictions));
+  line("lmtune_prompt_cache_entries", "gauge", "Entries in the prompt cache.", std::to_string(b.cache_entries));
+  line("lmtune_prompt_cache_bytes", "gauge", "Bytes of KV cache held by the prompt cache.",
+       std::to_string(b.cache_bytes));
   Histogram h;
   for (int i = 0; i + 1 < BatchStats::kBuckets; ++i) h.bounds.push_back(double(1 << i));
   h.counts.assign(b.batch_counts, b.batch_counts + BatchStats::kBuckets);

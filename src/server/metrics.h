@@ -23,7 +23,7 @@ class Metrics {
                            bool timed_out);
   std::string render() const;
   // The same, then the engine's gauges (lmtune_sequences_{running,prefilling,waiting}), step counters
-  // and the histogram of sequences per step (lmtune_batch_size).
+  // the histogram of sequences per step (lmtune_batch_size) and the prompt cache's counters and gauges.
   std::string render(const BatchStats& batch) const;
 
  private:

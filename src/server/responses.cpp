@@ -70,10 +70,11 @@ std::string new_response_id(Endpoint endpoint) {
   return id;
 }
 
-json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+json usage_json(int64_t prompt_tokens, int64_t completion_tokens, int64_t cached_tokens) {
   return {{"prompt_tokens", prompt_tokens},
           {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
 }
 
 json tool_call_json(const ToolCall& c) {
@@ -106,7 +107,7 @@ json completion_json(const ResponseHead& h, const CompletionRequest& r, const Ge
   choice["logprobs"] = logprobs_of(r, g.logprobs);
   choice["finish_reason"] = finish;
   j["choices"] = json::array({choice});
-  j["usage"] = usage_json(g.prompt_tokens, g.completion_tokens);
+  j["usage"] = usage_json(g.prompt_tokens, g.completion_tokens, g.cached_tokens);
   return j;
 }
 
@@ -162,10 +163,10 @@ json final_chunk_json(const ResponseHead& h, const CompletionRequest& r, const s
 }
 
 json usage_chunk_json(const ResponseHead& h, const CompletionRequest& r, int64_t prompt_tokens,
-                      int64_t completion_tokens) {
+                      int64_t completion_tokens, int64_t cached_tokens) {
   json j = head_json(h, true);
   j["choices"] = json::array();
-  j["usage"] = usage_json(prompt_tokens, completion_tokens);
+  j["usage"] = usage_json(prompt_tokens, completion_tokens, cached_tokens);
   return j;
 }
 

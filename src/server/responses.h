@@ -24,7 +24,8 @@ struct ResponseHead {
 // "chatcmpl-" or "cmpl-" and 24 random hex digits.
 std::string new_response_id(Endpoint endpoint);
 
-nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+// OpenAI's usage, with prompt_tokens_details.cached_tokens: prompt tokens the prompt cache supplied.
+nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens, int64_t cached_tokens);
 
 // The non-streamed answer; with `split` (chat), its content, reasoning and tool_calls instead of
 // g.text (finish_reason "tool_calls" when there are calls).
@@ -43,7 +44,7 @@ nlohmann::ordered_json final_chunk_json(const ResponseHead& h, const CompletionR
                                         const std::string& finish_reason);
 // stream_options.include_usage's last chunk: no choices, the usage.
 nlohmann::ordered_json usage_chunk_json(const ResponseHead& h, const CompletionRequest& r, int64_t prompt_tokens,
-                                        int64_t completion_tokens);
+                                        int64_t completion_tokens, int64_t cached_tokens);
 
 // "data: JSON\n\n".
 std::string sse(const nlohmann::ordered_json& j);

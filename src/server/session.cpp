@@ -52,6 +52,7 @@ Session::Session(ServedModel served) : served_(std::move(served)) {
   o.decode_concurrency = served_.decode_concurrency;
   o.prompt_concurrency = served_.prompt_concurrency;
   o.prefill_step_size = served_.prefill_step_size;
+  o.prompt_cache = served_.prompt_cache;
   engine_ = std::make_unique<BatchEngine>(*served_.model, o);
 }
 
@@ -281,6 +282,7 @@ GenerationResult Session::run(Job& job, const std::function<bool(const Delta&)>&
   const BatchOutcome& out = job.outcome;
   if (out.end == BatchEnd::failed) throw Error(out.error.empty() ? "the engine failed the request" : out.error);
   GenerationResult res = job.res;
+  res.cached_tokens = out.prompt_cached;
   res.cancelled = gone || job.client_gone || out.end == BatchEnd::cancelled;
   res.timed_out = out.end == BatchEnd::deadline;
   res.finish_reason = job.stop.stopped() ? "stop" : out.finish_reason();

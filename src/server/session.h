@@ -32,10 +32,11 @@ struct ServedModel {
   std::string chat_template;               // --chat-template: a template name or source; "" = the tokenizer's
   bool use_default_chat_template = false;  // no template in the tokenizer: ChatML, as HF's old default
   int64_t prefill_step_size = 2048;
-  int64_t max_prompt_tokens = 0;    // longer prompts are refused (400 context_length_exceeded); 0 = no limit
-  int64_t decode_concurrency = 32;  // sequences running together (prefilling or decoding)
-  int64_t prompt_concurrency = 8;   // of those, prefilling at once
-  int64_t max_queued = 64;          // requests admitted beyond decode_concurrency, waiting for a slot
+  int64_t max_prompt_tokens = 0;          // longer prompts are refused (400 context_length_exceeded); 0 = no limit
+  int64_t decode_concurrency = 32;        // sequences running together (prefilling or decoding)
+  int64_t prompt_concurrency = 8;         // of those, prefilling at once
+  int64_t max_queued = 64;                // requests admitted beyond decode_concurrency, waiting for a slot
+  PromptCacheLimits prompt_cache{10, 0};  // --prompt-cache-size / --prompt-cache-bytes (0 entries: off)
 };
 
 struct TokenLogprob {
@@ -62,10 +63,11 @@ struct GenerationResult {
   std::vector<TokenLogprob> logprobs;
   std::string finish_reason;  // "stop" (EOS or a stop string) or "length" (max_tokens or the deadline)
   int64_t prompt_tokens = 0, completion_tokens = 0;
-  double ttft_s = 0;       // from the request's arrival to its first generated token
-  double decode_tps = 0;   // completion tokens per second after the first
-  bool cancelled = false;  // on_delta returned false (the client went away)
-  bool timed_out = false;  // the deadline passed while decoding
+  int64_t cached_tokens = 0;  // of the prompt tokens, those taken from the prompt cache (not prefilled)
+  double ttft_s = 0;          // from the request's arrival to its first generated token
+  double decode_tps = 0;      // completion tokens per second after the first
+  bool cancelled = false;     // on_delta returned false (the client went away)
+  bool timed_out = false;     // the deadline passed while decoding
 };
 
 class Session {

@@ -206,8 +206,8 @@ TEST(Responses, ShapesFollowOpenAi) {
       c.dump(),
       R"({"id":"chatcmpl-x","object":"chat.completion.chunk","created":5,"model":"m","choices":[{"index":0,"delta":{"content":"hi","role":"assistant"},"logprobs":null,"finish_reason":null}],"usage":null})");
   EXPECT_EQ(
-      usage_chunk_json(h, r, 3, 4).dump(),
-      R"({"id":"chatcmpl-x","object":"chat.completion.chunk","created":5,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}})");
+      usage_chunk_json(h, r, 3, 4, 2).dump(),
+      R"({"id":"chatcmpl-x","object":"chat.completion.chunk","created":5,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":2}}})");
   GenerationResult g;
   g.text = "ok";
   g.finish_reason = "length";
@@ -254,14 +254,30 @@ TEST(Metrics, BatchGaugesAndSizes) {
   b.steps = 5, b.step_rows = 40, b.graph_steps = 1;
   b.batch_counts[0] = 2, b.batch_counts[2] = 3;  // two steps of one sequence, three of 3 or 4
   b.batch_sum = 2 + 3 + 4 + 4;
+  b.cache_lookups = 6, b.cache_hits = 4, b.cache_tokens = 120, b.cache_evictions = 2;
+  b.cache_entries = 3, b.cache_bytes = 4096;
   const std::string t = m.render(b);
   EXPECT_NE(t.find("lmtune_requests_in_flight 0\n"), std::string::npos) << "the plain metrics come first";
-  for (const char* line :
-       {"lmtune_sequences_running 3\n", "lmtune_sequences_prefilling 1\n", "lmtune_sequences_waiting 2\n",
-        "# TYPE lmtune_sequences_waiting gauge\n", "lmtune_batch_steps_total 5\n", "lmtune_batch_tokens_total 40\n",
-        "lmtune_batch_graph_steps_total 1\n", "lmtune_batch_size_bucket{le=\"1\"} 2\n",
-        "lmtune_batch_size_bucket{le=\"2\"} 2\n", "lmtune_batch_size_bucket{le=\"4\"} 5\n",
-        "lmtune_batch_size_bucket{le=\"128\"} 5\n", "lmtune_batch_size_bucket{le=\"+Inf\"} 5\n",
-        "lmtune_batch_size_sum 13\n", "lmtune_batch_size_count 5\n"})
+  for (const char* line : {"lmtune_sequences_running 3\n",
+                           "lmtune_sequences_prefilling 1\n",
+                           "lmtune_sequences_waiting 2\n",
+                           "# TYPE lmtune_sequences_waiting gauge\n",
+                           "lmtune_batch_steps_total 5\n",
+                           "lmtune_batch_tokens_total 40\n",
+                           "lmtune_batch_graph_steps_total 1\n",
+                           "lmtune_batch_size_bucket{le=\"1\"} 2\n",
+                           "lmtune_batch_size_bucket{le=\"2\"} 2\n",
+                           "lmtune_batch_size_bucket{le=\"4\"} 5\n",
+                           "lmtune_batch_size_bucket{le=\"128\"} 5\n",
+                           "lmtune_batch_size_bucket{le=\"+Inf\"} 5\n",
+                           "lmtune_batch_size_sum 13\n",
+                           "lmtune_batch_size_count 5\n",
+                           "lmtune_prompt_cache_lookups_total 6\n",
+                           "lmtune_prompt_cache_hits_total 4\n",
+                           "lmtune_prompt_cache_tokens_total 120\n",
+                           "lmtune_prompt_cache_evictions_total 2\n",
+                           "# TYPE lmtune_prompt_cache_entries gauge\n",
+                           "lmtune_prompt_cache_entries 3\n",
+                           "lmtune_prompt_cache_bytes 4096\n"})
     EXPECT_NE(t.find(line), std::string::npos) << line << t;
 }

@@ -1,6 +1,6 @@
 // `lmtune server`: mlx_lm.server's flags, plus an API key and request limits; loads the model
 // once and serves src/server's OpenAI-compatible API until SIGINT or SIGTERM. Flags for what this
-// slice lacks (speculative decoding, batching, the prompt cache) are accepted and reported as not
+// slice lacks (speculative decoding, pipeline serving) are accepted and reported as not
 // implemented yet at startup.
 #include <atomic>
 #include <chrono>
@@ -14,6 +14,7 @@
 #include "cli_commands.h"
 #include "core/error.h"
 #include "runtime/generate.h"
+#include "runtime/prompt_cache.h"
 #include "runtime_setup.h"
 #include "server/http_server.h"
 
@@ -39,7 +40,7 @@ struct ServerOptions {
   int64_t max_tokens = 512;
   std::string chat_template_args;
   int64_t decode_concurrency = 32, prompt_concurrency = 8, max_queued_requests = 64;
-  std::optional<int64_t> prompt_cache_size;
+  int64_t prompt_cache_size = 10;
   std::optional<std::string> prompt_cache_bytes;
   int64_t prefill_step_size = 2048;
   bool pipeline = false;
@@ -66,14 +67,17 @@ void declare(Options& t, ServerOptions& o) {
   t.add("--decode-concurrency", &o.decode_concurrency, "N",
         "sequences batched together (continuous batching: prefilling or decoding)");
   t.add("--prompt-concurrency", &o.prompt_concurrency, "N", "of those, prompts prefilled at once (in chunks)");
+  t.add("--prompt-cache-size", &o.prompt_cache_size, "N",
+        "prompt cache entries (finished sequences' KV caches reused by prompts sharing a prefix); 0 = no cache");
+  t.add("--prompt-cache-bytes", &o.prompt_cache_bytes, "SIZE",
+        "prompt cache bytes, e.g. 2GB or 512MiB (least recently used entries go first)")
+      .default_text("None");
   t.add("--log-level", &o.log_level, "", "how much the server logs (one line per request at INFO)")
       .choices({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"});
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for mlx-lm's sake; lmtune runs no model code");
   t.group("accepted, not implemented yet (a warning at startup)");
   t.add("--draft-model", &o.draft_model, "MODEL", "speculative decoding's draft model").default_text("None");
   t.add("--num-draft-tokens", &o.num_draft_tokens, "N", "draft tokens per step").default_text("3");
-  t.add("--prompt-cache-size", &o.prompt_cache_size, "N", "prompt cache entries").default_text("10");
-  t.add("--prompt-cache-bytes", &o.prompt_cache_bytes, "SIZE", "prompt cache bytes").default_text("None");
   t.add("--pipeline", &o.pipeline, "", "pipeline-parallel sharded loading");
   t.group("lmtune's additions");
   t.add("--api-key", &o.api_key, "KEY", "require 'Authorization: Bearer KEY' on /v1/ (default: none)");
@@ -111,8 +115,6 @@ void warn_not_implemented(const ServerOptions& o) {
   };
   if (o.draft_model) warn("--draft-model", "no speculative decoding in the server");
   if (o.num_draft_tokens) warn("--num-draft-tokens", "no speculative decoding in the server");
-  if (o.prompt_cache_size) warn("--prompt-cache-size", "no prompt cache; every request prefills its prompt");
-  if (o.prompt_cache_bytes) warn("--prompt-cache-bytes", "no prompt cache; every request prefills its prompt");
   if (o.pipeline) warn("--pipeline", "no distributed serving");
 }
 
@@ -145,6 +147,8 @@ int serve(ServerOptions& o) {
   served.decode_concurrency = o.decode_concurrency;
   served.prompt_concurrency = o.prompt_concurrency;
   served.max_queued = o.max_queued_requests;
+  served.prompt_cache.max_entries = o.prompt_cache_size;
+  served.prompt_cache.max_bytes = o.prompt_cache_bytes ? parse_size(*o.prompt_cache_bytes) : 0;
   server::Session session(served);
 
   server::RequestDefaults d;
@@ -208,6 +212,17 @@ int run_server(int argc, char** argv) {
     if (!(o.request_timeout > 0)) throw UsageError("argument --request-timeout: must be > 0");
     if (o.max_prompt_tokens < 0) throw UsageError("argument --max-prompt-tokens: must be >= 0");
     if (o.prefill_step_size < 1) throw UsageError("argument --prefill-step-size: must be >= 1");
+    if (o.prompt_cache_size < 0) throw UsageError("argument --prompt-cache-size: must be >= 0");
+    if (o.prompt_cache_bytes) {
+      int64_t bytes = 0;
+      try {
+        bytes = parse_size(*o.prompt_cache_bytes);
+      } catch (const std::exception&) {
+        throw UsageError("argument --prompt-cache-bytes: '" + *o.prompt_cache_bytes +
+                         "' is not a size (a number with an optional unit B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)");
+      }
+      if (bytes < 1) throw UsageError("argument --prompt-cache-bytes: must be >= 1 byte");
+    }
     if (o.allowed_origins.empty()) throw UsageError("argument --allowed-origins: must not be empty");
     return serve(o);
   });
