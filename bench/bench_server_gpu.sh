@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # lmtune server's continuous batching on the GPU: a Mistral-7B-shaped bf16 model with random weights
-# (bench_lora_peer.py model, Llama 2's tokenizer so that every id decodes), `lmtune server --device
-# cuda`, and bench_server_client.py's streamed /v1/completions at 1, 8, 32 and 64 concurrent streams
-# (512-token prompts, 256 output tokens, EOS banned): aggregate output tok/s and time to first token
-# p50 / p99 (issue 12's load). Peers (transformers serve, llama.cpp's llama-server) are not part of
-# this script yet. Usage: bench/bench_server_gpu.sh [--build DIR] [--table PATH] --tokenizer TARBALL
-# [--streams LIST] [--smoke]   (--smoke: models/default on the CPU, short, a check of the scripts)
+# (bench_lora_peer.py model, Llama 2's tokenizer so that every id decodes), `lmtune server --device cuda`,
+# and bench_server_client.py's streamed /v1/completions at 1, 8, 32 and 64 concurrent streams (512-token
+# prompts, 256 output tokens, EOS banned): aggregate output tok/s and time to first token p50 / p99 (issue
+# 12's load), with the prompt cache off (every stream has the same prompt). Peers (transformers serve,
+# llama.cpp's llama-server) are not part of this script yet. Usage: bench/bench_server_gpu.sh [--build DIR]
+# [--table PATH] --tokenizer TARBALL [--streams LIST] [--smoke]   (--smoke: models/default on the CPU,
+# short, a check of the scripts)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build" table="" tokenizer="" streams="1,8,32,64" smoke=0
@@ -36,7 +37,7 @@ else
 fi
 port=$((20000 + RANDOM % 20000))
 echo "== lmtune server on port $port [$((SECONDS - start)) s]"
-"$build/bin/lmtune" server --model "$model" --device "$device" --port "$port" --decode-concurrency 64 \
+"$build/bin/lmtune" server --model "$model" --device "$device" --port "$port" --decode-concurrency 64 --prompt-cache-size 0 \
   --max-queued-requests 64 --max-tokens 256 --log-level WARNING >"$tmp/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 600); do
