@@ -3,6 +3,7 @@
 // "alone" reference: one sequence fed chunk by chunk through Model::forward with its own cache.
 #pragma once
 #include <cmath>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "models/model.h"
 #include "ops/ops.h"
+#include "runtime/batch_engine.h"
 #include "runtime/kv_cache.h"
 
 namespace lmtune::test {
@@ -66,5 +68,20 @@ inline std::vector<int32_t> tokens(size_t n, int salt, int vocab = 257) {
 }
 
 inline std::vector<float> host_f32(const Tensor& t) { return ops::to(t, Device::cpu, DType::f32).to_f32_vector(); }
+
+// A batch job whose outcome lands in a future.
+struct Waiter {
+  std::promise<BatchOutcome> done;
+  std::future<BatchOutcome> result = done.get_future();
+};
+
+// A greedy job (the sampler's defaults) of prompt for max_tokens, ending in w.
+inline BatchJob greedy_job(const std::vector<int32_t>& prompt, int64_t max_tokens, Waiter& w) {
+  BatchJob j;
+  j.prompt = prompt;
+  j.max_tokens = max_tokens;
+  j.on_done = [&w](const BatchOutcome& o) { w.done.set_value(o); };
+  return j;
+}
 
 }  // namespace lmtune::test

@@ -32,20 +32,6 @@ std::vector<int32_t> alone(Model& m, const std::vector<int32_t>& prompt, int64_t
   return gen.generate(prompt, cfg).tokens;
 }
 
-// A job whose outcome lands in a future.
-struct Waiter {
-  std::promise<BatchOutcome> done;
-  std::future<BatchOutcome> result = done.get_future();
-};
-
-BatchJob greedy_job(const std::vector<int32_t>& prompt, int64_t max_tokens, Waiter& w) {
-  BatchJob j;
-  j.prompt = prompt;
-  j.max_tokens = max_tokens;
-  j.on_done = [&w](const BatchOutcome& o) { w.done.set_value(o); };
-  return j;
-}
-
 }  // namespace
 
 TEST(BatchEngine, JoiningSequencesEqualGenerateAlone) {

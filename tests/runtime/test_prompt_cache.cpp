@@ -209,19 +209,6 @@ std::vector<int32_t> alone(Model& m, const std::vector<int32_t>& prompt, int64_t
   return gen.generate(prompt, cfg).tokens;
 }
 
-struct Waiter {
-  std::promise<BatchOutcome> done;
-  std::future<BatchOutcome> result = done.get_future();
-};
-
-BatchJob greedy_job(const std::vector<int32_t>& prompt, int64_t max_tokens, Waiter& w) {
-  BatchJob j;
-  j.prompt = prompt;
-  j.max_tokens = max_tokens;
-  j.on_done = [&w](const BatchOutcome& o) { w.done.set_value(o); };
-  return j;
-}
-
 BatchOutcome run_one(BatchEngine& e, const std::vector<int32_t>& prompt, int64_t max_tokens) {
   Waiter w;
   e.submit(greedy_job(prompt, max_tokens, w));
