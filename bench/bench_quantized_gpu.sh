@@ -9,9 +9,9 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 5 and 6, and the whole model's decode (prompts 16 and
-# 512) with LMTUNE_CUDA_DECODE_SPLIT = 0/1 (runtime_config.h; session 5 compared the GEMV variants
-# and the fused epilogues the same way).
+# per-product times of the GEMV's variants 5 and 7, and the whole model's decode (prompts 16 and
+# 512) with each, twice in turn (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
+# session 5 the fused epilogues the same way).
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +40,7 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for variant in 5 6; do
+  for variant in 5 7; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
     LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/bench_quantized" --rows 1 2>&1 | grep -v "^#" || status=1
   done
@@ -88,10 +88,10 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
 if ((ab)); then
-  for split in 0 1; do
+  for variant in 5 7 5 7; do
     for prompt in 16 512; do
-      echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_DECODE_SPLIT=$split [$((SECONDS - start)) s]"
-      LMTUNE_CUDA_DECODE_SPLIT=$split "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
+      echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
+      LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
         -p $prompt -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
     done
   done

@@ -249,5 +249,8 @@ Backend& cpu_backend();
 Backend& cuda_backend();         // defined by cuda/ or no_cuda/
 bool cuda_available();           // a CUDA device is present and the backend is built
 std::string cuda_device_name();  // "" where none
+// Launches of the bulk-tensor-copy quantized GEMV so far (qgemv_tma.cu; 0 without CUDA): lets a
+// test tell that kernel ran rather than its fallback.
+int64_t cuda_qgemv_tma_launches();
 
 }  // namespace lmtune

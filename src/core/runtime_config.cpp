@@ -54,7 +54,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.fused_epilogues = read_switch("LMTUNE_FUSED_EPILOGUES", var("LMTUNE_FUSED_EPILOGUES"), d.fused_epilogues);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
-  LMT_CHECK(c.cuda_qgemv_variant <= 6, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 6, got ",
+  LMT_CHECK(c.cuda_qgemv_variant <= 7, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 7, got ",
             c.cuda_qgemv_variant);
   return c;
 }

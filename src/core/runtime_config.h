@@ -22,9 +22,10 @@ struct RuntimeConfig {
   // loads 16 words, then uses them; 3 stages the weights through shared memory by cp.async
   // in 64-byte chunks of a row, 4 in 128-byte chunks (qgemv_async.cu), 5 is 3 with fewer
   // instructions a chunk (qgemv_lean.cu), the default: +5-10% decode over 0 on the H200; 6 is 5
-  // with x's group sums computed once a block (qgemv_lean.cu); where 3-6 do not apply (4 bits in
-  // groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused epilogues (swiglu
-  // of gate and up, the residual add of down) run with 5 and 6 only.
+  // with x's group sums computed once a block (qgemv_lean.cu); 7 is 5 with the weights brought by
+  // bulk tensor copies (qgemv_tma.cu; 5 where its copies cannot take a shape); where 3-7 do not
+  // apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused
+  // epilogues (swiglu of gate and up, the residual add of down) run with 5, 6 and 7 only.
   int64_t cuda_qgemv_variant = 5;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).

@@ -42,7 +42,7 @@ void check_case(const Case& c, DType dt, int variant, uint64_t seed) {
   Tensor x = ops::randn({c.M, c.K}, seed, 1.f, dt, Device::cuda);
   const ops::AffineQuantized gate = random_weight(c.N, c.K, c, dt, seed + 1),
                              up = random_weight(c.N, c.K, c, dt, seed + 2);
-  const bool fuses = variant == 5 || variant == 6;
+  const bool fuses = variant == 5 || variant == 6 || variant == 7;
 
   // swiglu(gate, up)
   Tensor fused = ops::quantized_swiglu_linear(x, ref(gate), ref(up), f);
@@ -82,11 +82,60 @@ TEST(QgemvFused, SameAsPlainOps) {
   };
   uint64_t seed = 11;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {0, 5, 6}) {
+    for (int variant : {0, 5, 6, 7}) {
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant;
       ScopedRuntimeConfig scoped(rc);
       for (const Case& c : cases) check_case(c, dt, variant, seed += 7);
+    }
+}
+
+// Variant 7 (qgemv_tma.cu) takes qgemv_lean.cu's tiles, pieces and per-group arithmetic, so every
+// product, group, swiglu and residual add must equal variant 5's bit for bit; each shape here fits
+// its copies (groups a row a multiple of 8), and the launch counter shows it ran, not the fallback.
+TEST(QgemvFused, TmaEqualsLean) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 14336, 4096}, {4, 64, 1, 4096, 14336}, {4, 64, 1, 1024, 4096}, {4, 64, 3, 37, 512},
+      {4, 32, 8, 61, 1024},    {8, 32, 2, 45, 512},     {4, 64, 1, 8, 64 * 40},  // 5 chunks, uneven pieces
+  };
+  uint64_t seed = 101;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const Case& c : cases) {
+      const std::string what = std::string(dtype_name(dt)) + " bits " + std::to_string(c.bits) + " group " +
+                               std::to_string(c.group) + " M " + std::to_string(c.M) + " N " + std::to_string(c.N) +
+                               " K " + std::to_string(c.K);
+      const QuantFormat f{QuantMode::affine, c.bits, c.group};
+      Tensor x = ops::randn({c.M, c.K}, seed += 5, 1.f, dt, Device::cuda);
+      const ops::AffineQuantized a = random_weight(c.N, c.K, c, dt, seed + 1), b = random_weight(c.N, c.K, c, dt, seed + 2),
+                                 v = random_weight(c.N / 2 + 3, c.K, c, dt, seed + 3);
+      Tensor residual = ops::randn({c.M, c.N}, seed + 4, 1.f, dt, Device::cuda);
+      std::vector<std::vector<uint8_t>> out[2];
+      for (int run = 0; run < 2; ++run) {
+        RuntimeConfig rc = runtime_config();
+        rc.cuda_qgemv_variant = run == 0 ? 5 : 7;
+        ScopedRuntimeConfig scoped(rc);
+        const int64_t before = cuda_qgemv_tma_launches();
+        out[run].push_back(bytes(ops::quantized_linear(x, a.wq, a.scales, a.biases, f)));
+        out[run].push_back(bytes(ops::quantized_swiglu_linear(x, ref(a), ref(b), f)));
+        out[run].push_back(bytes(ops::quantized_linear_add(x, ref(a), residual, f)));
+        Tensor ys[3] = {ops::empty({c.M, c.N}, dt, Device::cuda), ops::empty({c.M, c.N}, dt, Device::cuda),
+                        ops::empty({c.M, c.N / 2 + 3}, dt, Device::cuda)};
+        const uint32_t* wqs[3] = {static_cast<const uint32_t*>(a.wq.raw()), static_cast<const uint32_t*>(b.wq.raw()),
+                                  static_cast<const uint32_t*>(v.wq.raw())};
+        const void* sc[3] = {a.scales.raw(), b.scales.raw(), v.scales.raw()};
+        const void* bi[3] = {a.biases.raw(), b.biases.raw(), v.biases.raw()};
+        void* yp[3] = {ys[0].raw(), ys[1].raw(), ys[2].raw()};
+        const int64_t ns[3] = {c.N, c.N, c.N / 2 + 3};
+        ASSERT_TRUE(cuda_backend().quantized_gemv_group(x.raw(), wqs, sc, bi, yp, ns, 3, c.M, c.K, c.bits, c.group, dt))
+            << what;
+        for (const Tensor& y : ys) out[run].push_back(bytes(y));
+        if (run == 1) {
+          EXPECT_EQ(cuda_qgemv_tma_launches() - before, 4) << what << ": the TMA kernel did not run";
+        }
+      }
+      const char* names[] = {"product", "swiglu", "residual add", "group 0", "group 1", "group 2"};
+      for (size_t i = 0; i < out[0].size(); ++i) EXPECT_EQ(out[0][i], out[1][i]) << what << ": " << names[i];
     }
 }
 

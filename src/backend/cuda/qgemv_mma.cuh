@@ -271,5 +271,10 @@ bool launch_async(int bits, int group_size, int chunk_row_bytes, QgemvParams<T> 
 // a block) where its shared memory allows. The only kernel with p.residual and p.swiglu.
 template <typename T>
 bool launch_lean(int bits, int group_size, QgemvParams<T> p, bool presum);
+// The bulk-tensor-copy kernel (qgemv_tma.cu, variant 7): the lean kernel's tiles, pieces and sums
+// with the weights brought by the tensor memory accelerator; false where its copies cannot take
+// the shapes or addresses (the caller falls back to the lean kernel).
+template <typename T>
+bool launch_tma(int bits, int group_size, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv

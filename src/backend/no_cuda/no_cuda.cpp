@@ -15,5 +15,6 @@ Backend& cuda_backend() {
 }
 bool cuda_available() { return false; }
 std::string cuda_device_name() { return ""; }
+int64_t cuda_qgemv_tma_launches() { return 0; }
 
 }  // namespace lmtune
