@@ -896,7 +896,8 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
       check_close(got, read(alone), tol, what + " weight " + std::to_string(i) + " vs alone");
     }
   };
-  for (int variant : {0, 5, 6, 7}) {  // the register kernel (big matrices split into launches of their own), the lean ones
+  for (int variant :
+       {0, 5, 6, 7}) {  // the register kernel (big matrices split into launches of their own), the lean ones
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);

@@ -107,7 +107,8 @@ TEST(QgemvFused, TmaEqualsLean) {
                                " K " + std::to_string(c.K);
       const QuantFormat f{QuantMode::affine, c.bits, c.group};
       Tensor x = ops::randn({c.M, c.K}, seed += 5, 1.f, dt, Device::cuda);
-      const ops::AffineQuantized a = random_weight(c.N, c.K, c, dt, seed + 1), b = random_weight(c.N, c.K, c, dt, seed + 2),
+      const ops::AffineQuantized a = random_weight(c.N, c.K, c, dt, seed + 1),
+                                 b = random_weight(c.N, c.K, c, dt, seed + 2),
                                  v = random_weight(c.N / 2 + 3, c.K, c, dt, seed + 3);
       Tensor residual = ops::randn({c.M, c.N}, seed + 4, 1.f, dt, Device::cuda);
       std::vector<std::vector<uint8_t>> out[2];

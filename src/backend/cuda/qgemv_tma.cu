@@ -36,15 +36,15 @@ enum Mode { kSingle, kGroup, kSwiglu };
 template <typename T, int BITS, int GS>
 struct TmaShape {
   static constexpr int kGroupBytes = GS * BITS / 8;
-  static constexpr int kBoxBytes = 128;                        // a code box's row (the swizzle span)
-  static constexpr int kBoxes = 2;                             // code boxes a chunk
-  static constexpr int kBoxSmem = 16 * kBoxBytes;              // 2 KB
-  static constexpr int C = kBoxes * kBoxBytes / kGroupBytes;   // groups a chunk
-  static constexpr int kCodeStage = kBoxes * kBoxSmem;         // 4 KB, 1024-aligned
-  static constexpr int kScaleRow = C * int(sizeof(T));         // a row's scales in a chunk
-  static constexpr int kScaleStage = 2 * 16 * kScaleRow;       // scales, then biases
+  static constexpr int kBoxBytes = 128;                         // a code box's row (the swizzle span)
+  static constexpr int kBoxes = 2;                              // code boxes a chunk
+  static constexpr int kBoxSmem = 16 * kBoxBytes;               // 2 KB
+  static constexpr int C = kBoxes * kBoxBytes / kGroupBytes;    // groups a chunk
+  static constexpr int kCodeStage = kBoxes * kBoxSmem;          // 4 KB, 1024-aligned
+  static constexpr int kScaleRow = C * int(sizeof(T));          // a row's scales in a chunk
+  static constexpr int kScaleStage = 2 * 16 * kScaleRow;        // scales, then biases
   static constexpr int kStageBytes = kCodeStage + kScaleStage;  // what a stage's copies bring
-  static constexpr int kQuarter = kGroupBytes / 4;             // bytes of a group a lane reads a row
+  static constexpr int kQuarter = kGroupBytes / 4;              // bytes of a group a lane reads a row
   static_assert(kScaleRow % 16 == 0, "a scale box row must be a multiple of 16 bytes");
   static_assert(kBoxBytes % kGroupBytes == 0 && kQuarter >= 4, "groups tile the code box");
 };
@@ -292,8 +292,8 @@ struct MapKey {
 };
 struct MapKeyHash {
   size_t operator()(const MapKey& k) const {
-    return std::hash<const void*>()(k.ptr) ^ (k.inner * 0x9E3779B97F4A7C15ull) ^ (k.rows << 7) ^
-           (k.box_rows << 3) ^ uint64_t(k.kind);
+    return std::hash<const void*>()(k.ptr) ^ (k.inner * 0x9E3779B97F4A7C15ull) ^ (k.rows << 7) ^ (k.box_rows << 3) ^
+           uint64_t(k.kind);
   }
 };
 
