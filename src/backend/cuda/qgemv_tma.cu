@@ -36,16 +36,19 @@ enum Mode { kSingle, kGroup, kSwiglu };
 template <typename T, int BITS, int GS>
 struct TmaShape {
   static constexpr int kGroupBytes = GS * BITS / 8;
-  static constexpr int kBoxBytes = 128;                         // a code box's row (the swizzle span)
-  static constexpr int kBoxes = 2;                              // code boxes a chunk
-  static constexpr int kBoxSmem = 16 * kBoxBytes;               // 2 KB
-  static constexpr int C = kBoxes * kBoxBytes / kGroupBytes;    // groups a chunk
-  static constexpr int kCodeStage = kBoxes * kBoxSmem;          // 4 KB, 1024-aligned
-  static constexpr int kScaleRow = C * int(sizeof(T));          // a row's scales in a chunk
+  static constexpr int kBoxBytes = 128;                       // a code box's row (the swizzle span)
+  static constexpr int kBoxes = 2;                            // code boxes a chunk
+  static constexpr int kBoxSmem = 16 * kBoxBytes;             // 2 KB
+  static constexpr int C = kBoxes * kBoxBytes / kGroupBytes;  // groups a chunk
+  static constexpr int kCodeStage = kBoxes * kBoxSmem;        // 4 KB, 1024-aligned
+  // A bulk copy's innermost start must fall on 16 bytes, and a piece of K may start on any even
+  // group: the scale boxes start at the group rounded down to 8 and hold 8 more than a chunk.
+  static constexpr int kScaleBox = C + 8;  // scales a row a box
+  static constexpr int kScaleRow = kScaleBox * int(sizeof(T));
   static constexpr int kScaleStage = 2 * 16 * kScaleRow;        // scales, then biases
   static constexpr int kStageBytes = kCodeStage + kScaleStage;  // what a stage's copies bring
   static constexpr int kQuarter = kGroupBytes / 4;              // bytes of a group a lane reads a row
-  static_assert(kScaleRow % 16 == 0, "a scale box row must be a multiple of 16 bytes");
+  static_assert(kScaleRow % 16 == 0 && C % 8 == 0, "scale boxes of whole 16-byte pieces");
   static_assert(kBoxBytes % kGroupBytes == 0 && kQuarter >= 4, "groups tile the code box");
 };
 
@@ -127,7 +130,7 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
     const int s = i % STAGES;
     const uint32_t bar = bar0 + 8 * s, cst = codes + s * Ts::kCodeStage, sst = scale_sm + s * Ts::kScaleStage;
     mbar_expect_tx(bar, Ts::kStageBytes);
-    const int gx = int(g_begin) + i * C;
+    const int gx = int(g_begin) + i * C, sx = int(g_begin & ~int64_t(7)) + i * C;
     if constexpr (MODE == kSwiglu) {
       const int y = int(n0);
 #pragma unroll
@@ -136,16 +139,16 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
         for (int b = 0; b < Ts::kBoxes; ++b)
           tma_2d(cst + b * Ts::kBoxSmem + m * 8 * Ts::kBoxBytes, &maps.codes[m], gx * Ts::kGroupBytes + b * 128, y,
                  bar);
-        tma_2d(sst + m * 8 * Ts::kScaleRow, &maps.scales[m], gx, y, bar);
-        tma_2d(sst + 16 * Ts::kScaleRow + m * 8 * Ts::kScaleRow, &maps.biases[m], gx, y, bar);
+        tma_2d(sst + m * 8 * Ts::kScaleRow, &maps.scales[m], sx, y, bar);
+        tma_2d(sst + 16 * Ts::kScaleRow + m * 8 * Ts::kScaleRow, &maps.biases[m], sx, y, bar);
       }
     } else {
       const int y = int(n0);
 #pragma unroll
       for (int b = 0; b < Ts::kBoxes; ++b)
         tma_2d(cst + b * Ts::kBoxSmem, &maps.codes[mi], gx * Ts::kGroupBytes + b * 128, y, bar);
-      tma_2d(sst, &maps.scales[mi], gx, y, bar);
-      tma_2d(sst + 16 * Ts::kScaleRow, &maps.biases[mi], gx, y, bar);
+      tma_2d(sst, &maps.scales[mi], sx, y, bar);
+      tma_2d(sst + 16 * Ts::kScaleRow, &maps.biases[mi], sx, y, bar);
     }
   };
   pdl_trigger();
@@ -157,6 +160,7 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
   const bool has_x = g < p.M;
   const T* xq = p.x + int64_t(has_x ? g : 0) * K + t * Sh::QV + g_begin * GS;
   const int ra = box_row(g), rb = 8 + ra;
+  const int soff = int(g_begin & 7);           // the piece's first group within the scale boxes
   for (int i = 0; valid && i < chunks; ++i) {  // a warp past the last tile armed no barrier
     const int s = i % STAGES;
     mbar_wait(bar0 + 8 * s, uint32_t(i / STAGES) & 1u);
@@ -203,9 +207,10 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
           constexpr uint32_t one = Magic<T>::kOne;
           mma16816<T>(cx, one, one, one, one, x0, x1);
         }
-        const float sc0 = to_f32(ss[ra * C + u]), sc1 = to_f32(ss[rb * C + u]);
-        const float bi0 = fmaf(-kOffset, sc0, to_f32(ss[(16 + ra) * C + u]));
-        const float bi1 = fmaf(-kOffset, sc1, to_f32(ss[(16 + rb) * C + u]));
+        constexpr int SB = Ts::kScaleBox;
+        const float sc0 = to_f32(ss[ra * SB + soff + u]), sc1 = to_f32(ss[rb * SB + soff + u]);
+        const float bi0 = fmaf(-kOffset, sc0, to_f32(ss[(16 + ra) * SB + soff + u]));
+        const float bi1 = fmaf(-kOffset, sc1, to_f32(ss[(16 + rb) * SB + soff + u]));
         acc[0] = fmaf(sc0, cq[0], fmaf(bi0, cx[0], acc[0]));
         acc[1] = fmaf(sc0, cq[1], fmaf(bi0, cx[1], acc[1]));
         acc[2] = fmaf(sc1, cq[2], fmaf(bi1, cx[0], acc[2]));
@@ -217,7 +222,7 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
     issue(i + STAGES);
   }
   // The pieces meet as in meet_pieces, each warp's partial sums in its own first code stage (its
-  // copies have all landed and been read by now), which keeps the block under 2 x 114 KB.
+  // copies have all landed and been read by now): no static buffer beside the stages.
   if (S > 1) {
     float* mine = reinterpret_cast<float*>(aligned + warp * STAGES * Ts::kCodeStage);
 #pragma unroll
@@ -362,8 +367,8 @@ bool launch_tma_shape(QgemvParams<T> p) {
         reinterpret_cast<uintptr_t>(wq) % 16 != 0)
       return false;
     if (!make_map(&maps.codes[i], wq, uint64_t(p.K * BITS / 8), uint64_t(N), Ts::kBoxBytes, box_rows, 0) ||
-        !make_map(&maps.scales[i], sc, uint64_t(groups), uint64_t(N), Ts::C, box_rows, 1) ||
-        !make_map(&maps.biases[i], bi, uint64_t(groups), uint64_t(N), Ts::C, box_rows, 1))
+        !make_map(&maps.scales[i], sc, uint64_t(groups), uint64_t(N), Ts::kScaleBox, box_rows, 1) ||
+        !make_map(&maps.biases[i], bi, uint64_t(groups), uint64_t(N), Ts::kScaleBox, box_rows, 1))
       return false;
   }
   // qgemv_lean.cu's split of K (the same S, so the same sums).
@@ -382,7 +387,7 @@ bool launch_tma_shape(QgemvParams<T> p) {
     if (one_chunk)
       launch_tma_kernel<T, BITS, GS, MODE, 1>(maps, p, grid);
     else
-      launch_tma_kernel<T, BITS, GS, MODE, 3>(maps, p, grid);
+      launch_tma_kernel<T, BITS, GS, MODE, 2>(maps, p, grid);
   };
   if (p.swiglu)
     go(std::integral_constant<int, kSwiglu>{});
