@@ -9,8 +9,8 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 5 and 7, and the whole model's decode (prompts 16 and
-# 512) with each, twice in turn (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
+# per-product times of the GEMV's variants 5 and 7 (7 with LMTUNE_CUDA_QGEMV_TMA_SPLIT 0, 4, 2, 1),
+# and the whole model's decode (prompts 16 and 512) with several of them, some twice (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
 # session 5 the fused epilogues the same way).
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 set -uo pipefail
@@ -40,9 +40,10 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for variant in 5 7; do
-    echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
-    LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/bench_quantized" --rows 1 2>&1 | grep -v "^#" || status=1
+  for vs in 5:0 7:0 7:4 7:2 7:1; do
+    echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} [$((SECONDS - start)) s]"
+    LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} "$build/bin/bench_quantized" --rows 1 2>&1 |
+      grep -v "^#" || status=1
   done
 fi
 logdir="${OUT:-$tmp}"
@@ -88,11 +89,11 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
 if ((ab)); then
-  for variant in 5 7 5 7; do
+  for vs in 5:0 7:0 7:2 7:1 5:0 7:2 7:1; do
     for prompt in 16 512; do
-      echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_QGEMV_VARIANT=$variant [$((SECONDS - start)) s]"
-      LMTUNE_CUDA_QGEMV_VARIANT=$variant "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda \
-        -p $prompt -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
+      echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} [$((SECONDS - start)) s]"
+      LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} "$build/bin/lmtune" benchmark \
+        --model "$tmp/q4" --device cuda -p $prompt -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
     done
   done
 fi

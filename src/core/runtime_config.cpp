@@ -54,6 +54,10 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.fused_epilogues = read_switch("LMTUNE_FUSED_EPILOGUES", var("LMTUNE_FUSED_EPILOGUES"), d.fused_epilogues);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
+  c.cuda_qgemv_tma_split =
+      read_count("LMTUNE_CUDA_QGEMV_TMA_SPLIT", var("LMTUNE_CUDA_QGEMV_TMA_SPLIT"), d.cuda_qgemv_tma_split);
+  LMT_CHECK(c.cuda_qgemv_tma_split <= 8, "[runtime_config] LMTUNE_CUDA_QGEMV_TMA_SPLIT must be 0 to 8, got ",
+            c.cuda_qgemv_tma_split);
   LMT_CHECK(c.cuda_qgemv_variant <= 7, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 7, got ",
             c.cuda_qgemv_variant);
   return c;

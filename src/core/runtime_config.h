@@ -27,6 +27,10 @@ struct RuntimeConfig {
   // apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused
   // epilogues (swiglu of gate and up, the residual add of down) run with 5, 6 and 7 only.
   int64_t cuda_qgemv_variant = 5;
+  // LMTUNE_CUDA_QGEMV_TMA_SPLIT: variant 7's most warps sharing a row tile's K (1, 2, 4, 8; 0: as
+  // the lean kernel splits, which gives the lean kernel's sums bit for bit). Fewer warps a tile
+  // give each warp more chunks to stream through its two stages (for A/B measurements).
+  int64_t cuda_qgemv_tma_split = 0;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

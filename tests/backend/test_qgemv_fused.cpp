@@ -6,6 +6,8 @@
 // cannot pass by comparing the fallback with itself; variant 0 must fall back.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -112,12 +114,15 @@ TEST(QgemvFused, TmaEqualsLean) {
                                  v = random_weight(c.N / 2 + 3, c.K, c, dt, seed + 3);
       Tensor residual = ops::randn({c.M, c.N}, seed + 4, 1.f, dt, Device::cuda);
       std::vector<std::vector<uint8_t>> out[2];
+      std::vector<float> lean_product;
       for (int run = 0; run < 2; ++run) {
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = run == 0 ? 5 : 7;
         ScopedRuntimeConfig scoped(rc);
         const int64_t before = cuda_qgemv_tma_launches();
-        out[run].push_back(bytes(ops::quantized_linear(x, a.wq, a.scales, a.biases, f)));
+        Tensor product = ops::quantized_linear(x, a.wq, a.scales, a.biases, f);
+        out[run].push_back(bytes(product));
+        if (run == 0) lean_product = ops::to(product, Device::cpu).to_f32_vector();
         out[run].push_back(bytes(ops::quantized_swiglu_linear(x, ref(a), ref(b), f)));
         out[run].push_back(bytes(ops::quantized_linear_add(x, ref(a), residual, f)));
         Tensor ys[3] = {ops::empty({c.M, c.N}, dt, Device::cuda), ops::empty({c.M, c.N}, dt, Device::cuda),
@@ -137,6 +142,22 @@ TEST(QgemvFused, TmaEqualsLean) {
       }
       const char* names[] = {"product", "swiglu", "residual add", "group 0", "group 1", "group 2"};
       for (size_t i = 0; i < out[0].size(); ++i) EXPECT_EQ(out[0][i], out[1][i]) << what << ": " << names[i];
+      // Fewer warps a tile (LMTUNE_CUDA_QGEMV_TMA_SPLIT=1: a warp streams all of K through its
+      // stages) sums K in another order: the same products to f32 rounding, then one rounding to
+      // the dtype (a unit in the last place of bf16 is 2^-8 of the value, hence 1.6e-2 of the
+      // largest output, 4 ulp, as the bound).
+      RuntimeConfig rc = runtime_config();
+      rc.cuda_qgemv_variant = 7;
+      rc.cuda_qgemv_tma_split = 1;
+      ScopedRuntimeConfig scoped(rc);
+      const std::vector<float> got =
+          ops::to(ops::quantized_linear(x, a.wq, a.scales, a.biases, f), Device::cpu).to_f32_vector();
+      EXPECT_EQ(got.size(), lean_product.size()) << what;
+      float peak = 0.f, worst = 0.f;
+      for (float v : lean_product) peak = std::max(peak, std::fabs(v));
+      for (size_t i = 0; i < got.size() && i < lean_product.size(); ++i)
+        worst = std::max(worst, std::fabs(got[i] - lean_product[i]));
+      EXPECT_LE(worst, 1.6e-2f * peak) << what << ": split 1 against the lean kernel";
     }
 }
 

@@ -19,6 +19,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/qgemv_mma.cuh"
+#include "core/runtime_config.h"
 
 namespace lmtune {
 namespace {
@@ -378,6 +379,8 @@ bool launch_tma_shape(QgemvParams<T> p) {
   p.S = 1;
   const int64_t split_tiles = p.swiglu ? (p.N + 15) / 16 : tiles;
   while (p.S < kQWarps && split_tiles * p.S < want && groups >= int64_t(2 * p.S) * kLeanC) p.S *= 2;
+  const int64_t cap = runtime_config().cuda_qgemv_tma_split;
+  while (cap > 0 && p.S > cap) p.S /= 2;
   const int64_t tiles_per_block = kQWarps / p.S;
   const dim3 grid(unsigned((tiles + tiles_per_block - 1) / tiles_per_block));
   const int64_t per = ((groups + p.S - 1) / p.S + kLeanC - 1) / kLeanC * kLeanC;
