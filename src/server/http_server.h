@@ -20,7 +20,10 @@ struct HttpConfig {
   std::string api_key;  // "" = no token needed
   size_t max_body_bytes = 4u << 20;
   double request_timeout_s = 600;  // from arrival: waiting for the model, then decoding
-  size_t threads = 16;             // connections served at once
+  // Connections served at once, a thread each (cpp-httplib blocks a thread on a connection while it
+  // reads the request): enough that hundreds of slow clients (a byte a second) leave threads for the
+  // rest (tests/server's server_slowloris); idle threads cost a stack reservation, little memory.
+  size_t threads = 512;
   LogLevel log_level = LogLevel::info;
 };
 
