@@ -170,9 +170,8 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
       const uint8_t* cst = aligned + uint32_t(warp * STAGES * Ts::kCodeStage + s * Ts::kCodeStage);
       const T* ss = reinterpret_cast<const T*>(scale_ptr + s * Ts::kScaleStage);
       const T* xc = xq + int64_t(i) * C * GS;
-#pragma unroll
-      for (int u = 0; u < C; ++u) {
-        if (u >= count) break;
+      // Group u of the chunk into acc.
+      auto group = [&](int u) {
         // Byte of this lane's quarter in the chunk's row, then its place in the swizzled box.
         const int off = (u * Ts::kGroupBytes) % Ts::kBoxBytes + t * Ts::kQuarter;
         const int box = u * Ts::kGroupBytes / Ts::kBoxBytes;
@@ -216,6 +215,18 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
         acc[1] = fmaf(sc0, cq[1], fmaf(bi0, cx[1], acc[1]));
         acc[2] = fmaf(sc1, cq[2], fmaf(bi1, cx[0], acc[2]));
         acc[3] = fmaf(sc1, cq[3], fmaf(bi1, cx[1], acc[3]));
+      };
+      // A full chunk without per-group checks, so that the compiler may start a group's loads while
+      // the group before is still in its mmas; the last chunk of a piece with them.
+      if (count == C) {
+#pragma unroll
+        for (int u = 0; u < C; ++u) group(u);
+      } else {
+#pragma unroll
+        for (int u = 0; u < C; ++u) {
+          if (u >= count) break;
+          group(u);
+        }
       }
     }
     __syncwarp();  // every lane is done with stage s
