@@ -21,12 +21,13 @@ struct RuntimeConfig {
   // measurements): 0 loads 8 words a row, then uses them; 1 software-pipelines 4-word batches; 2
   // loads 16 words, then uses them; 3 stages the weights through shared memory by cp.async
   // in 64-byte chunks of a row, 4 in 128-byte chunks (qgemv_async.cu), 5 is 3 with fewer
-  // instructions a chunk (qgemv_lean.cu), the default: +5-10% decode over 0 on the H200; 6 is 5
-  // with x's group sums computed once a block (qgemv_lean.cu); 7 is 5 with the weights brought by
-  // bulk tensor copies (qgemv_tma.cu; 5 where its copies cannot take a shape); where 3-7 do not
+  // instructions a chunk (qgemv_lean.cu): +5-10% decode over 0 on the H200; 6 is 5 with x's group
+  // sums computed once a block (qgemv_lean.cu); 7, the default, is 5 with the weights brought by
+  // bulk tensor copies (qgemv_tma.cu; the same sums; 5 where its copies cannot take a shape): a
+  // token's products 2.13 ms against 5's 2.31 on the H200 (bench/NOTES.md); where 3-7 do not
   // apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused
   // epilogues (swiglu of gate and up, the residual add of down) run with 5, 6 and 7 only.
-  int64_t cuda_qgemv_variant = 5;
+  int64_t cuda_qgemv_variant = 7;
   // LMTUNE_CUDA_QGEMV_TMA_SPLIT: variant 7's most warps sharing a row tile's K (1, 2, 4, 8; 0: as
   // the lean kernel splits, which gives the lean kernel's sums bit for bit). Fewer warps a tile
   // give each warp more chunks to stream through its two stages (for A/B measurements).

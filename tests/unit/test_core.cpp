@@ -96,7 +96,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(d.cuda_pdl);
   EXPECT_TRUE(d.group_gate_up);
   EXPECT_TRUE(d.fused_epilogues);
-  EXPECT_EQ(d.cuda_qgemv_variant, 5);
+  EXPECT_EQ(d.cuda_qgemv_variant, 7);
   env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
          {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
