@@ -102,7 +102,9 @@ struct HttpServer::Impl {
                   (long long)g.completion_tokens, g.ttft_s, g.decode_tps, seconds_since(arrival),
                   g.finish_reason.c_str(), stream ? " stream" : "", g.cancelled ? " client-gone" : "",
                   g.timed_out ? " timeout" : "");
-    log_line(LogLevel::info, buf);
+    std::string line = buf;
+    if (g.drafted > 0) line += " drafted=" + std::to_string(g.drafted) + " accepted=" + std::to_string(g.accepted);
+    log_line(LogLevel::info, line);
   }
 
   void completion(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
@@ -114,19 +116,23 @@ struct HttpServer::Impl {
     try {
       check_auth(req);
       CompletionRequest r = parse_request(req.body, ep, defaults);
-      std::vector<int32_t> ids = session.prompt_ids(r);
+      Session::Slot slot = session.admit();
+      // The model (and adapters) r names: waits for a switch when another one is resident.
+      Session::Lease lease = session.acquire(r, deadline);
+      const Resident& m = lease.resident();
+      std::vector<int32_t> ids = session.prompt_ids(m, r);
       OutputSplit split;
       if (ep == Endpoint::chat) {
         const size_t tail = std::min<size_t>(ids.size(), 8);
-        split = prepare_chat_output(r, session.template_source(r),
-                                    session.served().chat->tokenizer().decode(ids.data() + ids.size() - tail, tail));
+        split = prepare_chat_output(r, session.template_source(m, r),
+                                    m.chat->tokenizer().decode(ids.data() + ids.size() - tail, tail));
       }
       ResponseHead head{new_response_id(ep), int64_t(std::time(nullptr)),
                         r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
-      Session::Slot slot = session.admit();
-      std::shared_ptr<Session::Job> job = session.start(r, ids, arrival, deadline);
+      std::shared_ptr<Session::Job> job = session.start(lease, r, ids, arrival, deadline);
       if (!r.stream) {
         GenerationResult g = session.run(*job, [](const Delta&) { return true; });
+        lease.release();
         slot.release();
         const SplitOutput parts = split.active() ? split_output(split, g.text) : SplitOutput{};
         reply_json(res, 200, completion_json(head, r, g, split.active() ? &parts : nullptr));
@@ -135,7 +141,7 @@ struct HttpServer::Impl {
         metrics.request_finished(endpoint, 200, seconds_since(arrival));
         return;
       }
-      stream(res, std::move(r), std::move(job), head, std::move(slot), arrival, endpoint, split);
+      stream(res, std::move(r), std::move(job), head, std::move(slot), std::move(lease), arrival, endpoint, split);
     } catch (const ApiError& e) {
       refuse(req, res, endpoint, e, arrival);
     } catch (const std::exception& e) {
@@ -149,17 +155,19 @@ struct HttpServer::Impl {
   // the usage chunk when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs once
   // whether or not the provider ran.
   void stream(httplib::Response& res, CompletionRequest r, std::shared_ptr<Session::Job> job, ResponseHead head,
-              Session::Slot slot, Clock::time_point arrival, const std::string& endpoint, OutputSplit split) {
+              Session::Slot slot, Session::Lease lease, Clock::time_point arrival, const std::string& endpoint,
+              OutputSplit split) {
     struct State {
       CompletionRequest r;
       std::shared_ptr<Session::Job> job;
       ResponseHead head;
       Session::Slot slot;
+      Session::Lease lease;
       GenerationResult g;
       bool ran = false, failed = false;
     };
     auto st = std::make_shared<State>(
-        State{std::move(r), std::move(job), std::move(head), std::move(slot), {}, false, false});
+        State{std::move(r), std::move(job), std::move(head), std::move(slot), std::move(lease), {}, false, false});
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
@@ -212,17 +220,19 @@ struct HttpServer::Impl {
             Session::abandon(*st->job);
             st->g.cancelled = true;
           }
+          st->lease.release();
           st->slot.release();
           if (ok) ok = write("data: [DONE]\n\n");
           if (ok) sink.done();
           return ok;
         },
         [this, st, arrival, endpoint](bool) {
-          st->slot.release();
           if (!st->ran) {  // the client left before the first byte
             Session::abandon(*st->job);
             st->g.cancelled = true;
           }
+          st->lease.release();
+          st->slot.release();
           if (!st->failed) log_generation(st->head.id, endpoint, st->g, true, arrival);
           metrics.request_finished(endpoint, st->failed ? 500 : 200, seconds_since(arrival));
         });
@@ -258,7 +268,8 @@ struct HttpServer::Impl {
     svr.Get("/v1/models/(.+)", [this](const Request& q, Response& s) { models(q, s); });
     svr.Get("/health", [](const Request&, Response& s) { reply_json(s, 200, {{"status", "ok"}}); });
     svr.Get("/metrics", [this](const Request&, Response& s) {
-      s.set_content(metrics.render(session.batch_stats()), "text/plain; version=0.0.4; charset=utf-8");
+      s.set_content(metrics.render(session.batch_stats(), session.model_switches()),
+                    "text/plain; version=0.0.4; charset=utf-8");
     });
     svr.Options(".*", [](const Request&, Response& s) {
       s.status = 204;

@@ -37,10 +37,11 @@ constexpr int kMaxTopLogprobs = 20;
 
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::chat;
-  std::string model;                // as the client named it ("" = the served model)
-  nlohmann::ordered_json messages;  // chat: [{role, content: string}, ...]; text parts joined
-  std::string prompt;               // completions: the text
-  std::vector<int32_t> prompt_ids;  // completions: a prompt given as token ids (then prompt is "")
+  std::string model;                    // as the client named it ("" = the served model)
+  std::optional<std::string> adapters;  // an adapter folder ("" = none); absent: the model's default
+  nlohmann::ordered_json messages;      // chat: [{role, content: string}, ...]; text parts joined
+  std::string prompt;                   // completions: the text
+  std::vector<int32_t> prompt_ids;      // completions: a prompt given as token ids (then prompt is "")
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // flags', then the request's
   int64_t max_tokens = 0;
   SamplerOptions sampler;
