@@ -2,7 +2,8 @@
 // refusals (no route, a body over the limit) get the same shape from the error handler. A request
 // takes an admission slot (or 503 at once), is handed to the session's batching engine, and its
 // deltas are written from the connection's thread; a streamed answer is written as SSE from the
-// content provider, and a failed write (the client left) stops its generation at the next step.
+// content provider, and a failed write (the client left) stops its generation at the next step; a
+// whole answer's client is watched on its socket (server/connection.h) with the same effect.
 #include "server/http_server.h"
 
 #include <httplib.h>
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "server/api_error.h"
 #include "server/chat_output.h"
+#include "server/connection.h"
 #include "server/metrics.h"
 #include "server/responses.h"
 
@@ -131,7 +133,12 @@ struct HttpServer::Impl {
                         r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
       std::shared_ptr<Session::Job> job = session.start(lease, r, ids, arrival, deadline);
       if (!r.stream) {
-        GenerationResult g = session.run(*job, [](const Delta&) { return true; });
+        // Nothing is written before the answer, so the client's leaving shows only on its socket:
+        // checked at each released piece and prefill step (a generation for nobody stops there).
+        const int fd = find_connection_socket(req.remote_addr, req.remote_port, req.local_addr, req.local_port);
+        auto here = [fd] { return fd < 0 || !peer_closed(fd); };
+        GenerationResult g = session.run(
+            *job, [&](const Delta&) { return here(); }, [&](int64_t, int64_t) { return here(); });
         lease.release();
         slot.release();
         const SplitOutput parts = split.active() ? split_output(split, g.text) : SplitOutput{};

@@ -34,6 +34,9 @@
            one at a time and mixed concurrently; the prompt cache never serves one pair's entries to
            another; missing or wrong folders get 404 / 400 and a failed load leaves the served
            model; a server started with --adapter-path serves the base model for `adapters: ""`
+  disconnect  a client that sends a whole (non-streamed) request that would decode for a minute and
+           closes its socket: the generation stops within seconds (its log line says client-gone,
+           /metrics counts it), twice, then the server answers as before
 """
 import argparse
 import http.client
@@ -1043,19 +1046,58 @@ def case_adapters(a):
         srv.stop()
 
 
+# --- disconnect ---
+
+def send_and_leave(srv, body, after):
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    data = json.dumps(body).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    time.sleep(after)
+    s.close()
+
+
+def case_disconnect(a):
+    srv = Server(a.lmtune, a.model, "--request-timeout", "60")
+    try:
+        long_body = chat_body("Define: lantern", max_tokens=30000, logit_bias={str(EOS_ID): -100})
+        for i in range(2):
+            t0 = time.time()
+            send_and_leave(srv, long_body, 0.5)
+            until = time.time() + 10
+            while True:
+                lines = [l for l in list(srv.lines) if " client-gone" in l and " stream" not in l]
+                if len(lines) > i or time.time() > until:
+                    break
+                time.sleep(0.05)
+            took = time.time() - t0
+            check(len(lines) == i + 1, f"left client {i}: log lines {lines}\n{srv.log()[-2000:]}")
+            m = re.search(r" out=(\d+) ", lines[-1]) if lines else None
+            check(m and 0 < int(m.group(1)) < 30000 and took < 8, f"left client {i}: stopped after {took:.1f} s: {lines}")
+        st, h, body = srv.request("GET", "/metrics")
+        check(re.search(r"lmtune_client_disconnects_total 2", body.decode()), f"metrics: {body.decode()[-1500:]}")
+        good_request_works(srv, "clients leaving whole requests")
+        # A client that stays gets its whole answer (the check does not take a waiting client for gone).
+        st, j = srv.post("/v1/chat/completions", chat_body("Define: lantern", max_tokens=300,
+                                                           logit_bias={str(EOS_ID): -100}))
+        check(st == 200 and j["usage"]["completion_tokens"] == 300, f"a patient client: {st} {str(j)[:300]}")
+    finally:
+        srv.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lmtune", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--case", required=True, choices=["openai", "greedy", "templates", "hostile", "http", "batch", "prompt_cache",
-                                                   "speculative", "adapters"])
+                                                   "speculative", "adapters", "disconnect"])
     ap.add_argument("--work", default="/tmp/lmtune-server-check")
     a = ap.parse_args()
     a.model = os.path.join(a.root, "models", "default")
     os.makedirs(a.work, exist_ok=True)
     cases = {"openai": case_openai, "greedy": case_greedy, "templates": case_templates, "hostile": case_hostile,
              "http": case_http, "batch": case_batch, "prompt_cache": case_prompt_cache,
-             "speculative": case_speculative, "adapters": case_adapters}
+             "speculative": case_speculative, "adapters": case_adapters, "disconnect": case_disconnect}
     cases[a.case](a)
     if FAILS:
         print(f"{len(FAILS)} check(s) failed", file=sys.stderr)
