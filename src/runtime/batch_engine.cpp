@@ -376,7 +376,7 @@ void BatchEngine::speculative_round(Sequence& s) {
   Model& draft = *opts_.draft_model;
   const int64_t V = model_->config().n_vocab;
   const size_t V_shared = size_t(std::min(V, draft.config().n_vocab));
-  int64_t n_draft = opts_.num_draft_tokens;
+  int64_t n_draft = s.job.num_draft_tokens > 0 ? s.job.num_draft_tokens : opts_.num_draft_tokens;
   if (s.job.max_tokens >= 0)
     n_draft = std::max<int64_t>(1, std::min(n_draft, s.job.max_tokens - int64_t(s.out.tokens.size())));
   std::vector<int32_t> proposals;

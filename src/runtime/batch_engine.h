@@ -86,6 +86,7 @@ struct BatchJob {
   // May decode speculatively when alone (the engine has a draft model). A job with a constraint
   // never does: the constraint's state cannot be rewound past rejected proposals.
   bool speculative = true;
+  int64_t num_draft_tokens = 0;  // proposals per round; 0: the engine's num_draft_tokens
 };
 
 // A submitted job's handle: cancel() ends it at the next step (on_done with BatchEnd::cancelled).

@@ -122,7 +122,7 @@ ApiError not_yet(const std::string& param, const std::string& what) {
 // Fields whose feature this slice does not have: refused unless they ask for the default.
 void check_unsupported(const ojson& body, Endpoint ep) {
   if (integer_in(body, "n", 1, 1000000, 1) != 1) throw not_yet("n", "more than one choice");
-  for (const char* k : {"draft_model", "num_draft_tokens", "functions", "function_call"})
+  for (const char* k : {"draft_model", "functions", "function_call"})
     if (field(body, k)) throw not_yet(k, std::string("'") + k + "'");
   if (ep == Endpoint::completions) {
     if (boolean(body, "echo", false)) throw not_yet("echo", "echoing the prompt");
@@ -336,6 +336,7 @@ CompletionRequest parse_request(std::string_view text, Endpoint ep, const Reques
   r.sampler = d.sampler;
   parse_sampler(body, r.sampler);
   r.sampler.logit_bias = parse_logit_bias(body, d.n_vocab);
+  if (field(body, "num_draft_tokens")) r.num_draft_tokens = integer_in(body, "num_draft_tokens", 0, kMaxDraftTokens, 0);
   if (const ojson* s = field(body, "seed")) {
     if (!s->is_number_integer()) throw wrong_type("seed", "an integer", *s);
     r.seed = s->is_number_unsigned() ? s->get<uint64_t>() : uint64_t(s->get<int64_t>());

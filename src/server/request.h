@@ -34,6 +34,7 @@ constexpr size_t kMaxJsonDepth = 64;
 constexpr size_t kMaxStopStrings = 16;
 constexpr size_t kMaxStopBytes = 512;
 constexpr int kMaxTopLogprobs = 20;
+constexpr int64_t kMaxDraftTokens = 64;
 
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::chat;
@@ -46,6 +47,9 @@ struct CompletionRequest {
   int64_t max_tokens = 0;
   SamplerOptions sampler;
   std::optional<uint64_t> seed;
+  // mlx-lm's per-request num_draft_tokens (with --draft-model): 0 = no speculative decoding; absent:
+  // --num-draft-tokens. Ignored without a draft model.
+  std::optional<int64_t> num_draft_tokens;
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;

@@ -314,7 +314,8 @@ std::shared_ptr<Session::Job> Session::start(const Lease& lease, const Completio
   b.max_tokens = r.max_tokens;
   b.eos_ids = m.eos_ids;
   b.deadline = deadline;
-  b.speculative = !(r.seed && r.sampler.temp > 0);
+  b.speculative = !(r.seed && r.sampler.temp > 0) && r.num_draft_tokens.value_or(1) > 0;
+  b.num_draft_tokens = r.num_draft_tokens.value_or(0);
   if (r.grammar) {  // response_format / a forced tool call: the engine's sampler for this job masks by it
     std::call_once(m.token_table_once, [&] { m.token_table = TokenTable::from_tokenizer(m.chat->tokenizer()); });
     b.constraint = std::make_shared<JsonConstraint>(r.grammar, m.token_table, m.eos_ids);

@@ -23,7 +23,8 @@
            chunk, the log line's cached=, /metrics' prompt cache counters) and its text equals
            `lmtune generate`'s for the same full prompt; with --prompt-cache-size 0 the same text,
            logprobs within 1e-4 and 0 cached
-  speculative  --draft-model (models/default's first 2 layers, then models/default itself): greedy
+  speculative  --draft-model (models/default's first 2 layers, then models/default itself), and a
+           request's num_draft_tokens (0: none; 1): greedy
            chat, completions and streamed text equal plain `lmtune generate`'s, alone and 4 at once;
            the log lines and /metrics show drafted and accepted tokens (all of them with the model
            as its own draft, some but not all with the 2-layer one); a seeded sampled request and a
@@ -844,15 +845,20 @@ def case_prompt_cache(a):
 
 # --- speculative ---
 
-def draft_counts(srv, n):
-    """(drafted, accepted) of the log's last n request lines (None where a line has none)."""
-    lines = srv.wait_line(lambda l: l.startswith("[server] ") and " POST " in l, 5)
+def request_lines(srv):
+    return [l for l in list(srv.lines) if l.startswith("[server] ") and " POST " in l]
+
+
+def draft_counts(srv, first, n):
+    """(drafted, accepted) of request lines first .. first + n - 1 (None where a line has none), once
+    they are in the log (it is read asynchronously)."""
     until = time.time() + 10
-    while len(lines) < n and time.time() < until:
+    lines = request_lines(srv)
+    while len(lines) < first + n and time.time() < until:
         time.sleep(0.05)
-        lines = [l for l in srv.lines if l.startswith("[server] ") and " POST " in l]
+        lines = request_lines(srv)
     out = []
-    for l in lines[-n:]:
+    for l in lines[first:first + n]:
         m = re.search(r" drafted=(\d+) accepted=(\d+)", l)
         out.append((int(m.group(1)), int(m.group(2))) if m else None)
     return out
@@ -883,7 +889,7 @@ def case_speculative(a):
                 lp = j["choices"][0]["logprobs"]
                 check(len(lp["tokens"]) == j["usage"]["completion_tokens"] and "".join(lp["tokens"]) == raw and
                       all(x <= 0 for x in lp["token_logprobs"]), f"{name} draft, logprobs {lp}")
-            counts = draft_counts(srv, 4)
+            counts = draft_counts(srv, 0, 4)
             check(all(c and c[0] > 0 for c in counts), f"{name} draft: requests without drafts: {counts}")
             if name == "self":
                 check(all(c and c[0] == c[1] for c in counts), f"self draft: not every proposal accepted: {counts}")
@@ -912,8 +918,19 @@ def case_speculative(a):
                                                                seed=3))
             st2, j2 = srv.post("/v1/chat/completions", chat_body("Define: lantern", max_tokens=8, temperature=1.0,
                                                                  response_format={"type": "json_object"}))
-            check(st == 200 and st2 == 200, f"{name} draft: seeded / json answers {st} {st2}")
-            check(draft_counts(srv, 2) == [None, None], f"{name} draft: seeded / json drafted: {draft_counts(srv, 2)}")
+            st3, j3 = srv.post("/v1/chat/completions", chat_body(prompts[0][0], max_tokens=prompts[0][1],
+                                                                 num_draft_tokens=0))
+            check(st == 200 and st2 == 200 and st3 == 200, f"{name} draft: seeded / json / no-draft answers {st} {st2}")
+            counts = draft_counts(srv, 8, 3)
+            check(counts == [None, None, None], f"{name} draft: seeded / json / num_draft_tokens 0 drafted: {counts}")
+            check(st3 == 200 and j3["choices"][0]["message"]["content"] == want[prompts[0][0]], f"no draft: {j3}")
+            # The request's own num_draft_tokens: one proposal a round.
+            st, j = srv.post("/v1/chat/completions", chat_body(prompts[0][0], max_tokens=prompts[0][1],
+                                                               num_draft_tokens=1))
+            got = j["choices"][0]["message"]["content"] if st == 200 else j
+            check(got == want[prompts[0][0]], f"{name} draft, num_draft_tokens 1: {got!r}")
+            c = draft_counts(srv, 11, 1)[0]
+            check(c and (name != "self" or c[0] == c[1]), f"{name} draft, num_draft_tokens 1: {c}")
             st, h, body = srv.request("GET", "/metrics")
             rounds = re.search(r"lmtune_speculative_rounds_total (\d+)", body.decode())
             acc = re.search(r"lmtune_draft_tokens_accepted_total (\d+)", body.decode())
