@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -25,6 +26,12 @@ bool host_port(const sockaddr_storage& a, socklen_t len, std::string& host, int&
   return true;
 }
 
+int port_of(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+  if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+  return -1;
+}
+
 }  // namespace
 
 int find_connection_socket(const std::string& remote_addr, int remote_port, const std::string& local_addr,
@@ -41,6 +48,7 @@ int find_connection_socket(const std::string& remote_addr, int remote_port, cons
     sockaddr_storage peer{}, self{};
     socklen_t peer_len = sizeof peer, self_len = sizeof self;
     if (getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
+    if (port_of(peer) != remote_port) continue;  // cheap first: the client's port is nearly unique
     if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&self), &self_len) != 0) continue;
     std::string ph, sh;
     int pp = 0, sp = 0;
