@@ -45,7 +45,8 @@ struct BatchEngine::Sequence {
   // prefix of history; it catches up on what it missed while the sequence decoded in a batch).
   std::unique_ptr<DenseKVCache> draft_cache;
   std::vector<int32_t> draft_fed;
-  int64_t verified = -1;  // during a round: the model's cache rows past this are unchecked proposals
+  int64_t verified = -1;   // during a round: the model's cache rows past this are unchecked proposals
+  bool draft_off = false;  // the draft failed once (memory, an id past its vocabulary): plain steps
   Sequence(Pending p, std::unique_ptr<DenseKVCache> c)
       : job(std::move(p.job)), ticket(std::move(p.ticket)), cache(std::move(c)), sampler(job.sampler, job.seed) {
     sampler.set_constraint(job.constraint);
@@ -363,7 +364,7 @@ bool BatchEngine::after_token(Sequence& s, int32_t token) {
 }
 
 bool BatchEngine::drafts(const Sequence& s) const {
-  return opts_.draft_model && s.job.speculative && !s.job.constraint;
+  return opts_.draft_model && s.job.speculative && !s.job.constraint && !s.draft_off;
 }
 
 // The round of SpeculativeGenerator::generate on this sequence's caches: the draft catches up on
@@ -371,7 +372,8 @@ bool BatchEngine::drafts(const Sequence& s) const {
 // history's last id and the proposals in one forward, and each row's choice goes through
 // after_token until one disagrees or the sequence ends. Then the model's cache is cut back to
 // history but its last id, as after a plain step; a sequence ending inside the round is cut to the
-// rows checked so far (Sequence::verified) before its cache goes to the prompt cache.
+// rows checked so far (Sequence::verified) before its cache goes to the prompt cache. A draft that
+// fails leaves the model's cache untouched: the sequence goes on in plain steps.
 void BatchEngine::speculative_round(Sequence& s) {
   Model& draft = *opts_.draft_model;
   const int64_t V = model_->config().n_vocab;
@@ -382,6 +384,8 @@ void BatchEngine::speculative_round(Sequence& s) {
   std::vector<int32_t> proposals;
   std::vector<float> rows;
   try {
+    LMT_CHECK(*std::max_element(s.history.begin(), s.history.end()) < int32_t(V_shared),
+              "[batch] an id past the draft model's vocabulary of ", V_shared);
     if (!s.draft_cache) {
       s.draft_cache =
           std::make_unique<DenseKVCache>(draft.config(), draft.device(), draft.dtype(), 1, 0, 4, opts_.kv_block);
@@ -404,6 +408,14 @@ void BatchEngine::speculative_round(Sequence& s) {
       history.push_back(d);
       feed.assign(1, d);
     }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[batch] the draft model failed, decoding without it: %s\n", e.what());
+    s.draft_cache.reset();
+    s.draft_fed.clear();
+    s.draft_off = true;
+    return;  // no step for this sequence now; the next one is a plain step
+  }
+  try {
     std::vector<int32_t> ids{s.history.back()};
     ids.insert(ids.end(), proposals.begin(), proposals.end());
     Tensor lg = model_->forward(Tensor::from_i32(ids, {1, int64_t(ids.size())}), *s.cache, false);

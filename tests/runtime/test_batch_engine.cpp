@@ -328,3 +328,23 @@ TEST(BatchEngine, SwitchModelKeepsPromptCachesApart) {
   EXPECT_EQ(back.tokens, first.tokens);
   EXPECT_EQ(engine.stats().cache_entries, 2);
 }
+
+// A draft that cannot run (here a prompt id past its smaller vocabulary) costs the sequence
+// nothing: it decodes in plain steps with generate's tokens, and no proposal is counted.
+TEST(BatchEngine, FailingDraftFallsBackToPlainSteps) {
+  auto model = tiny_model({});
+  auto draft = tiny_model({Device::cpu, DType::f32, 0, false, 200});
+  BatchEngineOptions o;
+  o.draft_model = draft.get();
+  BatchEngine engine(*model, o);
+  std::vector<int32_t> p = tokens(12, 6);
+  p[3] = 240;
+  Waiter w;
+  engine.submit(greedy_job(p, 20, w));
+  ASSERT_EQ(w.result.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  BatchOutcome out = w.result.get();
+  EXPECT_EQ(out.end, BatchEnd::length) << out.error;
+  EXPECT_EQ(out.tokens, alone(*model, p, 20, 2048));
+  EXPECT_EQ(out.drafted, 0);
+  EXPECT_EQ(engine.stats().spec_rounds, 0u);
+}
