@@ -64,7 +64,8 @@ Session::Session(ServedModel served) : served_(std::move(served)) {
   engine_ = std::make_unique<BatchEngine>(*current_->model, o);
 }
 
-Session::~Session() = default;
+// The engine first: its thread runs on current_'s model until it stops.
+Session::~Session() { engine_.reset(); }
 
 Session::Slot Session::admit() {
   const int64_t limit = served_.decode_concurrency + served_.max_queued;
