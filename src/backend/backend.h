@@ -137,6 +137,9 @@ class Backend {
                            const int32_t* pos_at, DType dt) {
     return false;
   }
+  // Whether rope_append_rows and attention_rows exist here (a packed batch's decoding rows in two
+  // launches): callers skip gathering the rows where they do not.
+  virtual bool has_decode_rows() const { return false; }
   // A packed batch's decoding rows, each its own sequence with its own dense cache (batch 1): row
   // i is query row row[i] of q (N, H, D) at position pos[i]; the layer's cache planes of its
   // sequence, (capacity, KV, D) each, start at k[i], v[i]. Passed by value to the kernels.

@@ -66,9 +66,10 @@ Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vect
   Tensor out = ops::empty({N, H * D}, qt.dtype(), qt.device());  // every row is written below
   // Decoding rows (a span of one token over a plain dense cache): their rope, cache append and
   // attention in two launches for all of them where the backend has the kernels (CUDA), rather than
-  // three a sequence; the other spans (prefill chunks) below, one by one.
+  // three a sequence; the other spans (prefill chunks) below, one by one. Where the backend lacks
+  // those kernels (the CPU) the rows are not even gathered.
   std::vector<bool> done(spans.size(), false);
-  if (spans.size() > 1) {
+  if (spans.size() > 1 && ops::has_decode_rows(x.device())) {
     std::vector<ops::DecodeRowRef> rows;
     std::vector<size_t> which;
     for (size_t i = 0; i < spans.size(); ++i) {

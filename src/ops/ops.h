@@ -131,11 +131,15 @@ struct DecodeRowRef {
   int64_t row, pos;
   Tensor k_cache, v_cache;  // (capacity, KV, D), the projections' dtype and device
 };
+// Whether decode_rows_attention can run on device d (the backend has its kernels: CUDA). Where it
+// cannot, callers skip gathering the rows (decode_rows_attention would return false at once).
+bool has_decode_rows(Device d);
 // For every row: q's row (q (N, H, D)) rotated at pos, k's and v's rows (N, KV, D) rotated (k)
 // and stored at row pos of its caches, then out's row (out (N, H * D), allocated by the caller) =
 // causal attention of the rotated row over its cache's keys [0, pos] (within `window` when > 0).
 // Two launches for up to 64 rows (Backend::rope_append_rows, attention_rows). False where the
-// backend has no such kernels or the shapes are not theirs: nothing was written then.
+// backend has no such kernels (checked first, before the shapes) or the shapes are not theirs:
+// nothing was written then.
 bool decode_rows_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
                            const std::vector<DecodeRowRef>& rows, float scale, int64_t window, Tensor& out);
 struct AttentionOut {

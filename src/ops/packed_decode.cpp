@@ -9,8 +9,11 @@
 
 namespace lmtune::ops {
 
+bool has_decode_rows(Device d) { return backend(d).has_decode_rows(); }
+
 bool decode_rows_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
                            const std::vector<DecodeRowRef>& rows, float scale, int64_t window, Tensor& out) {
+  if (!has_decode_rows(q.device())) return false;  // the CPU: no kernels, so no checks either
   LMT_CHECK(q.ndim() == 3 && k.ndim() == 3 && k.shape() == v.shape() && q.dim(0) == k.dim(0) && q.dim(2) == k.dim(2) &&
                 q.dtype() == k.dtype() && k.dtype() == v.dtype() && q.device() == k.device() &&
                 k.device() == v.device(),

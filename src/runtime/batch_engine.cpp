@@ -41,6 +41,12 @@ struct BatchEngine::Sequence {
   std::unique_ptr<DecodeGraph> graph;  // recorded once it first decodes alone (CUDA)
   bool graph_off = false;              // recording failed once
   bool done = false;
+  // Speculative rounds: the draft's cache, made at the first round, and the ids it holds (always a
+  // prefix of history; it catches up on what it missed while the sequence decoded in a batch).
+  std::unique_ptr<DenseKVCache> draft_cache;
+  std::vector<int32_t> draft_fed;
+  int64_t verified = -1;   // during a round: the model's cache rows past this are unchecked proposals
+  bool draft_off = false;  // the draft failed once (memory, an id past its vocabulary): plain steps
   Sequence(Pending p, std::unique_ptr<DenseKVCache> c)
       : job(std::move(p.job)), ticket(std::move(p.ticket)), cache(std::move(c)), sampler(job.sampler, job.seed) {
     sampler.set_constraint(job.constraint);
@@ -65,11 +71,14 @@ void end_pending(BatchJob& job, BatchEnd end, const std::string& error = {}) {
 }  // namespace
 
 BatchEngine::BatchEngine(Model& model, BatchEngineOptions opts)
-    : model_(model), opts_(opts), prompt_cache_(opts.prompt_cache) {
+    : model_(&model), opts_(opts), prompt_cache_(opts.prompt_cache), cache_key_(opts.cache_key) {
   LMT_CHECK(opts_.decode_concurrency >= 1, "[batch] decode_concurrency must be >= 1, got ", opts_.decode_concurrency);
   LMT_CHECK(opts_.prompt_concurrency >= 1, "[batch] prompt_concurrency must be >= 1, got ", opts_.prompt_concurrency);
   LMT_CHECK(opts_.prefill_step_size >= 1, "[batch] prefill_step_size must be >= 1, got ", opts_.prefill_step_size);
   LMT_CHECK(opts_.kv_block >= 1, "[batch] kv_block must be >= 1, got ", opts_.kv_block);
+  LMT_CHECK(!opts_.draft_model || opts_.num_draft_tokens >= 1, "[batch] num_draft_tokens must be >= 1, got ",
+            opts_.num_draft_tokens);
+
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -84,18 +93,32 @@ BatchEngine::~BatchEngine() {
 
 std::shared_ptr<BatchTicket> BatchEngine::submit(BatchJob job) {
   LMT_CHECK(!job.prompt.empty(), "[batch] the prompt is empty (nothing to predict from)");
-  const int64_t V = model_.config().n_vocab;
+  int64_t V;
+  {
+    std::lock_guard<std::mutex> lk(mu_);  // switch_model changes the model
+    V = model_->config().n_vocab;
+  }
   for (int32_t t : job.prompt)
     LMT_CHECK(t >= 0 && t < V, "[batch] prompt token ", t, " is outside the model's vocabulary of ", V);
   auto ticket = std::make_shared<BatchTicket>();
   {
     std::lock_guard<std::mutex> lk(mu_);
     LMT_CHECK(!stop_, "[batch] the engine has stopped");
+    LMT_CHECK(!switch_to_, "[batch] a job submitted while the engine switches models");
     incoming_.push_back({std::move(job), ticket});
     ++stats_.waiting;
   }
   cv_.notify_all();
   return ticket;
+}
+
+void BatchEngine::switch_model(Model& model, std::string cache_key) {
+  std::unique_lock<std::mutex> lk(mu_);
+  LMT_CHECK(!stop_, "[batch] the engine has stopped");
+  switch_to_ = &model;
+  switch_key_ = std::move(cache_key);
+  cv_.notify_all();
+  switched_.wait(lk, [&] { return switch_to_ == nullptr; });
 }
 
 BatchStats BatchEngine::stats() const {
@@ -109,8 +132,16 @@ void BatchEngine::loop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lk(mu_);
-      if (active.empty() && waiting.empty()) cv_.wait(lk, [&] { return stop_ || !incoming_.empty(); });
+      if (active.empty() && waiting.empty()) cv_.wait(lk, [&] { return stop_ || !incoming_.empty() || switch_to_; });
       if (stop_) break;
+      if (switch_to_ && active.empty() && waiting.empty() && incoming_.empty()) {
+        model_ = switch_to_;
+        cache_key_ = std::move(switch_key_);
+        switch_to_ = nullptr;
+        if (model_->device() == Device::cpu) allocator(Device::cpu).empty_cache();
+        switched_.notify_all();
+        continue;
+      }
       while (!incoming_.empty()) waiting.push_back(std::move(incoming_.front())), incoming_.pop_front();
     }
     // Free slots go first (in arrival order); a job still waiting past its deadline, or
@@ -133,8 +164,13 @@ void BatchEngine::loop() {
     std::erase_if(active, [](const std::unique_ptr<Sequence>& s) { return s->done; });
     // Idle on the CPU: the freed caches and activations go back to the system, so a server's
     // resident memory returns to its baseline between bursts (a GPU keeps its cache for speed).
-    if (active.empty() && waiting.empty() && model_.device() == Device::cpu) allocator(Device::cpu).empty_cache();
+    if (active.empty() && waiting.empty() && model_->device() == Device::cpu) allocator(Device::cpu).empty_cache();
     update_gauges(active, waiting);
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    switch_to_ = nullptr;
+    switched_.notify_all();
   }
   for (auto& s : active) finish(*s, BatchEnd::failed, "the engine stopped");
   for (auto& p : waiting) end_pending(p.job, BatchEnd::failed, "the engine stopped");
@@ -159,7 +195,7 @@ std::unique_ptr<DenseKVCache> BatchEngine::cache_for(const std::vector<int32_t>&
   if (prompt_cache_.enabled()) {
     PromptCache::Hit hit;
     try {
-      hit = prompt_cache_.lookup(prompt);
+      hit = prompt_cache_.lookup(prompt, cache_key_);
     } catch (const std::exception& e) {  // the copy failed (memory): prefill the whole prompt
       std::fprintf(stderr, "[batch] prompt cache copy failed, prefilling the whole prompt: %s\n", e.what());
     }
@@ -171,12 +207,13 @@ std::unique_ptr<DenseKVCache> BatchEngine::cache_for(const std::vector<int32_t>&
     }
     if (hit.cache) return cached = hit.tokens, std::move(hit.cache);
   }
-  const Model& m = model_;
+  const Model& m = *model_;
   return std::make_unique<DenseKVCache>(m.config(), m.device(), m.dtype(), 1, 0, 4, opts_.kv_block);
 }
 
 void BatchEngine::keep_in_prompt_cache(Sequence& s) {
   if (!prompt_cache_.enabled() || !s.cache || s.out.end == BatchEnd::failed) return;
+  if (s.verified >= 0 && s.cache->offset() > s.verified) s.cache->trim_to(s.verified);  // ended in a round
   const int64_t held = s.cache->offset();
   // Fed so far: the prompt's first prompt_fed ids, then (once decoding) the generated ones but
   // the last, which was chosen and never fed.
@@ -186,7 +223,7 @@ void BatchEngine::keep_in_prompt_cache(Sequence& s) {
   if (held <= 0 || held > int64_t(tokens.size())) return;
   tokens.resize(size_t(held));
   try {
-    prompt_cache_.insert(std::move(tokens), std::move(s.cache));
+    prompt_cache_.insert(std::move(tokens), std::move(s.cache), cache_key_);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "[batch] prompt cache insert failed: %s\n", e.what());
   }
@@ -240,15 +277,16 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     budget -= n;
   }
   if (in_step.empty()) return;
-  const int64_t V = model_.config().n_vocab;
+  const int64_t V = model_->config().n_vocab;
   std::vector<float> host;
   bool graphed = false;
   try {
     Sequence& first = *in_step[0];
+    if (in_step.size() == 1 && first.decoding && drafts(first)) return speculative_round(first);
     if (in_step.size() == 1 && first.decoding && opts_.decode_graph && first.decode_feeds >= 1 && !first.graph_off) {
       // One sequence decoding alone: generate's recorded step, where the device has graphs.
-      if (!first.graph && DecodeGraph::usable(model_, *first.cache))
-        first.graph = std::make_unique<DecodeGraph>(model_, *first.cache);
+      if (!first.graph && DecodeGraph::usable(*model_, *first.cache))
+        first.graph = std::make_unique<DecodeGraph>(*model_, *first.cache);
       if (first.graph) {
         try {
           host = first.graph->step(first.next);
@@ -264,7 +302,7 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     // step's intermediates): eager steps write the same cache rows, and the graph is recorded
     // again only if the cache's buffers moved meanwhile (DecodeGraph::step checks).
     if (!graphed) {
-      Tensor lg = model_.forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
+      Tensor lg = model_->forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
       host = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
     }
   } catch (const std::exception& e) {
@@ -306,7 +344,7 @@ bool BatchEngine::after_prefill_chunk(Sequence& s, const float* row) {
     return true;
   }
   s.history = s.job.prompt;
-  std::vector<float> logits(row, row + model_.config().n_vocab);
+  std::vector<float> logits(row, row + model_->config().n_vocab);
   return after_token(s, s.sampler.sample(logits, s.history));
 }
 
@@ -325,12 +363,110 @@ bool BatchEngine::after_token(Sequence& s, int32_t token) {
   return true;
 }
 
+bool BatchEngine::drafts(const Sequence& s) const {
+  return opts_.draft_model && s.job.speculative && !s.job.constraint && !s.draft_off;
+}
+
+// The round of SpeculativeGenerator::generate on this sequence's caches: the draft catches up on
+// history (its first round: the whole prompt, in prefill steps), proposes, the model scores
+// history's last id and the proposals in one forward, and each row's choice goes through
+// after_token until one disagrees or the sequence ends. Then the model's cache is cut back to
+// history but its last id, as after a plain step; a sequence ending inside the round is cut to the
+// rows checked so far (Sequence::verified) before its cache goes to the prompt cache. A draft that
+// fails leaves the model's cache untouched: the sequence goes on in plain steps.
+void BatchEngine::speculative_round(Sequence& s) {
+  Model& draft = *opts_.draft_model;
+  const int64_t V = model_->config().n_vocab;
+  const size_t V_shared = size_t(std::min(V, draft.config().n_vocab));
+  int64_t n_draft = s.job.num_draft_tokens > 0 ? s.job.num_draft_tokens : opts_.num_draft_tokens;
+  if (s.job.max_tokens >= 0)
+    n_draft = std::max<int64_t>(1, std::min(n_draft, s.job.max_tokens - int64_t(s.out.tokens.size())));
+  std::vector<int32_t> proposals;
+  std::vector<float> rows;
+  try {
+    LMT_CHECK(*std::max_element(s.history.begin(), s.history.end()) < int32_t(V_shared),
+              "[batch] an id past the draft model's vocabulary of ", V_shared);
+    if (!s.draft_cache) {
+      s.draft_cache =
+          std::make_unique<DenseKVCache>(draft.config(), draft.device(), draft.dtype(), 1, 0, 4, opts_.kv_block);
+      s.draft_fed.clear();
+    }
+    std::vector<int32_t> history = s.history;
+    std::vector<int32_t> feed(history.begin() + ptrdiff_t(s.draft_fed.size()), history.end());
+    for (int64_t i = 0; i < n_draft; ++i) {
+      Tensor lg;
+      for (size_t at = 0; at < feed.size(); at += size_t(opts_.prefill_step_size)) {
+        const size_t n = std::min(feed.size() - at, size_t(opts_.prefill_step_size));
+        std::vector<int32_t> chunk(feed.begin() + ptrdiff_t(at), feed.begin() + ptrdiff_t(at + n));
+        lg = draft.forward(Tensor::from_i32(chunk, {1, int64_t(n)}), *s.draft_cache, true);
+        s.draft_fed.insert(s.draft_fed.end(), chunk.begin(), chunk.end());
+      }
+      std::vector<float> row = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+      row.resize(V_shared);  // ids past the shared vocabulary are padding rows the model cannot take
+      const int32_t d = s.sampler.sample(row, history);
+      proposals.push_back(d);
+      history.push_back(d);
+      feed.assign(1, d);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[batch] the draft model failed, decoding without it: %s\n", e.what());
+    s.draft_cache.reset();
+    s.draft_fed.clear();
+    s.draft_off = true;
+    return;  // no step for this sequence now; the next one is a plain step
+  }
+  try {
+    std::vector<int32_t> ids{s.history.back()};
+    ids.insert(ids.end(), proposals.begin(), proposals.end());
+    Tensor lg = model_->forward(Tensor::from_i32(ids, {1, int64_t(ids.size())}), *s.cache, false);
+    rows = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();  // (n_draft + 1, V)
+  } catch (const std::exception& e) {
+    finish(s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
+    return;
+  }
+  int64_t accepted = 0;
+  s.out.drafted += n_draft;
+  try {
+    for (int64_t n = 0; n <= n_draft; ++n) {
+      std::vector<float> row(rows.begin() + ptrdiff_t(size_t(n) * size_t(V)),
+                             rows.begin() + ptrdiff_t(size_t(n + 1) * size_t(V)));
+      const int32_t t = s.sampler.sample(row, s.history);
+      const bool agree = n < n_draft && t == proposals[size_t(n)];
+      accepted += agree;
+      s.out.accepted += agree;
+      // Rows up to history hold it; the next one holds proposal n, which is t when they agree.
+      s.verified = int64_t(s.history.size()) + (agree ? 1 : 0);
+      if (!after_token(s, t) || !agree) break;
+    }
+  } catch (const std::exception& e) {
+    if (!s.done) finish(s, BatchEnd::failed, e.what());
+  }
+  s.verified = -1;
+  if (!s.done) {
+    s.cache->trim_to(int64_t(s.history.size()) - 1);
+    size_t common = 0;
+    while (common < s.draft_fed.size() && common + 1 < s.history.size() && s.draft_fed[common] == s.history[common])
+      ++common;
+    s.draft_cache->trim_to(int64_t(common));
+    s.draft_fed.resize(common);
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  ++stats_.steps;
+  stats_.step_rows += uint64_t(n_draft + 1);
+  ++stats_.batch_counts[bucket_of(1)];
+  ++stats_.batch_sum;
+  ++stats_.spec_rounds;
+  stats_.drafted += uint64_t(n_draft);
+  stats_.accepted += uint64_t(accepted);
+}
+
 void BatchEngine::finish(Sequence& s, BatchEnd end, std::string error) {
   if (s.done) return;
   s.done = true;
   s.out.end = end;
   s.out.error = std::move(error);
   s.graph.reset();
+  s.draft_cache.reset();
   keep_in_prompt_cache(s);  // moves the cache into the prompt cache, when there is one
   s.cache.reset();          // the sequence's KV memory goes back to the allocator now
   if (s.job.on_done) {

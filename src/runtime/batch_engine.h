@@ -3,7 +3,8 @@
 // into one Model::forward_packed (one weight read per step serves them all); requests join and
 // leave between steps, each with its own sampler, length, deadline and KV cache (batch 1, growing
 // in blocks of kv_block positions, freed when the sequence ends or moved into the prompt cache,
-// runtime/prompt_cache.h, from which a later prompt sharing a prefix starts with a copy).
+// runtime/prompt_cache.h, from which a later prompt sharing a prefix starts with a copy). With a
+// draft model, a sequence decoding alone decodes speculatively.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -33,6 +34,16 @@ struct BatchEngineOptions {
   // tokens; a new prompt sharing a prefix starts from a copy of it. max_entries 0 (here the
   // default; the server's is 10): off.
   PromptCacheLimits prompt_cache{0, 0};
+  // Speculative decoding (mlx-lm's rounds, as runtime/speculative.h): when a step would decode one
+  // sequence alone, and its job allows it, draft_model proposes num_draft_tokens tokens and the
+  // model scores them in one forward, keeping the longest agreeing prefix plus its own next token.
+  // Sequences that decode together take plain batched steps. null: off. The draft must outlive
+  // the engine and share the model's tokenizer (it proposes only ids below both n_vocab).
+  Model* draft_model = nullptr;
+  int64_t num_draft_tokens = 3;
+  // The prompt cache's key for this model's entries (PromptCache: entries of one key never serve
+  // another); switch_model sets a new one.
+  std::string cache_key;
 };
 
 // How a sequence ended.
@@ -51,6 +62,8 @@ struct BatchOutcome {
   std::vector<int32_t> tokens;  // generated ids, a final EOS left out
   int64_t prompt_fed = 0;       // prompt tokens in the sequence's cache: prompt_cached + those prefilled
   int64_t prompt_cached = 0;    // of them, copied from the prompt cache at admission (not prefilled)
+  int64_t drafted = 0;          // speculative rounds: draft tokens the model scored
+  int64_t accepted = 0;         // of them, those the model chose too (emitted from the draft)
   std::string error;
   std::string finish_reason() const;  // OpenAI's: "stop" or "length" ("" for expired / failed)
 };
@@ -70,6 +83,10 @@ struct BatchJob {
   std::function<bool(int32_t token, const Sampler& sampler)> on_token;
   std::function<void(const BatchOutcome&)> on_done;  // exactly once
   std::shared_ptr<LogitsConstraint> constraint;      // masks the job's logits before sampling, or null
+  // May decode speculatively when alone (the engine has a draft model). A job with a constraint
+  // never does: the constraint's state cannot be rewound past rejected proposals.
+  bool speculative = true;
+  int64_t num_draft_tokens = 0;  // proposals per round; 0: the engine's num_draft_tokens
 };
 
 // A submitted job's handle: cancel() ends it at the next step (on_done with BatchEnd::cancelled).
@@ -95,6 +112,9 @@ struct BatchStats {
   // entries dropped for the bounds; the entries and bytes held now.
   uint64_t cache_lookups = 0, cache_hits = 0, cache_tokens = 0, cache_evictions = 0;
   int64_t cache_entries = 0, cache_bytes = 0;
+  // Speculative decoding: rounds run (each also counts as a step of one sequence), draft tokens
+  // scored and, of them, accepted.
+  uint64_t spec_rounds = 0, drafted = 0, accepted = 0;
 };
 
 class BatchEngine {
@@ -109,6 +129,12 @@ class BatchEngine {
   // ids outside the vocabulary, before queueing.
   std::shared_ptr<BatchTicket> submit(BatchJob job);
   BatchStats stats() const;
+  // Makes `model` (outliving the engine, or the next switch) the one every later job runs on, its
+  // prompt cache entries kept under cache_key; the previous model's entries stay under theirs.
+  // Waits until the scheduler has applied it, which it does once no job is queued or running: the
+  // caller must stop submitting jobs for the old model first, and submit none meanwhile (throws).
+  // The draft model stays.
+  void switch_model(Model& model, std::string cache_key);
   const BatchEngineOptions& options() const { return opts_; }
 
  private:
@@ -123,6 +149,10 @@ class BatchEngine {
   void update_gauges(const std::vector<std::unique_ptr<Sequence>>& active, const std::deque<Pending>& waiting);
   // One forward over the active sequences; sequences that end are finished and removed.
   void step(std::vector<std::unique_ptr<Sequence>>& active);
+  // Whether s (decoding alone) takes a speculative round, and the round (its tokens through
+  // after_token, as a plain step's).
+  bool drafts(const Sequence& s) const;
+  void speculative_round(Sequence& s);
   bool after_prefill_chunk(Sequence& s, const float* logits);  // false: the sequence ended
   bool after_token(Sequence& s, int32_t token);                // false: the sequence ended
   void finish(Sequence& s, BatchEnd end, std::string error = {});
@@ -130,14 +160,18 @@ class BatchEngine {
   std::unique_ptr<DenseKVCache> cache_for(const std::vector<int32_t>& prompt, int64_t& cached);
   void keep_in_prompt_cache(Sequence& s);  // a sequence ending: its cache into the prompt cache
 
-  Model& model_;
+  Model* model_;  // written by the scheduler under mu_ (switch_model); read there, or under mu_
   BatchEngineOptions opts_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Pending> incoming_;  // submitted, not yet seen by the scheduler
+  std::condition_variable switched_;  // switch_to_ applied (or the engine stopped)
+  Model* switch_to_ = nullptr;        // under mu_: the model switch_model asked for
+  std::string switch_key_;            // under mu_
+  std::deque<Pending> incoming_;      // submitted, not yet seen by the scheduler
   bool stop_ = false;
   BatchStats stats_;          // under mu_
   PromptCache prompt_cache_;  // the scheduler thread's only
+  std::string cache_key_;     // the scheduler thread's only: the current model's prompt cache key
   std::thread thread_;
 };
 

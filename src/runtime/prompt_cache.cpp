@@ -28,11 +28,12 @@ PromptCache::PromptCache(PromptCacheLimits limits) : limits_(limits) {
             " entries, ", limits_.max_bytes, " bytes");
 }
 
-PromptCache::Hit PromptCache::lookup(const std::vector<int32_t>& prompt) {
+PromptCache::Hit PromptCache::lookup(const std::vector<int32_t>& prompt, const std::string& key) {
   const int64_t usable = int64_t(prompt.size()) - 1;
   auto best = entries_.end();
   int64_t best_len = 0;
   for (auto it = entries_.begin(); it != entries_.end() && usable > 0; ++it) {
+    if (it->key != key) continue;
     const int64_t n = std::min(common_prefix(it->tokens, prompt), usable);
     if (n > best_len) best = it, best_len = n;  // strictly longer: ties keep the more recent
   }
@@ -41,11 +42,15 @@ PromptCache::Hit PromptCache::lookup(const std::vector<int32_t>& prompt) {
   return {best->cache->copy_prefix(best_len), best_len};
 }
 
-void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache) {
+void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key) {
   if (!enabled() || tokens.empty() || !cache) return;
   LMT_CHECK(cache->offset() == int64_t(tokens.size()), "[prompt_cache] a cache holding ", cache->offset(),
             " tokens stored under ", tokens.size());
   for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->key != key) {
+      ++it;
+      continue;
+    }
     const int64_t n = common_prefix(it->tokens, tokens);
     if (n == int64_t(tokens.size())) {  // already covered: keep the older, longer (or equal) entry
       entries_.splice(entries_.begin(), entries_, it);
@@ -60,7 +65,7 @@ void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCac
   }
   const int64_t b = int64_t(cache->nbytes());
   if (limits_.max_bytes > 0 && b > limits_.max_bytes) return;
-  entries_.push_front({std::move(tokens), std::move(cache), b});
+  entries_.push_front({std::move(tokens), key, std::move(cache), b});
   bytes_ += b;
   evict();
 }

@@ -3,6 +3,9 @@
 // a prefix with one of them starts from a copy of that prefix and prefills only the rest. Bounded
 // by entries and bytes, least recently used first out. Used from the batching engine's thread only:
 // no locking. Lookup is a scan over the entries (their count is --prompt-cache-size, 10 by default).
+// Each entry also carries a key naming the weights that made it (the server's model folder and
+// adapters): a lookup only sees entries of its own key, so caches never cross models or adapters;
+// the bounds hold over every key together.
 #pragma once
 #include <cstdint>
 #include <list>
@@ -30,15 +33,16 @@ class PromptCache {
   // The entry sharing the longest prefix with prompt (ties: the most recently used), its cache
   // copied (DenseKVCache::copy_prefix) up to that prefix, at most prompt.size() - 1 tokens: the
   // last prompt token is always fed, its logits choose the first generated token. The entry
-  // becomes the most recently used. A miss when no entry shares a first token.
-  Hit lookup(const std::vector<int32_t>& prompt);
+  // becomes the most recently used. A miss when no entry of `key` shares a first token.
+  Hit lookup(const std::vector<int32_t>& prompt, const std::string& key = {});
 
   // Keeps cache (holding exactly tokens.size() tokens) under tokens, as the most recently used.
   // An entry whose tokens are a prefix of these is dropped (this one serves every prompt it did,
   // at least as far); if these tokens are a prefix of (or equal to) an entry's, that entry is
   // kept and marked used instead and cache is discarded. A cache over max_bytes alone is
-  // discarded. Then the least recently used entries go until both bounds hold.
-  void insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache);
+  // discarded. Then the least recently used entries go until both bounds hold. Entries of other
+  // keys are neither dropped nor kept instead (only evicted for the bounds).
+  void insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key = {});
 
   bool enabled() const { return limits_.max_entries > 0; }
   int64_t entries() const { return int64_t(entries_.size()); }
@@ -50,6 +54,7 @@ class PromptCache {
  private:
   struct Entry {
     std::vector<int32_t> tokens;
+    std::string key;
     std::unique_ptr<DenseKVCache> cache;
     int64_t bytes = 0;
   };

@@ -2,7 +2,8 @@
 // refusals (no route, a body over the limit) get the same shape from the error handler. A request
 // takes an admission slot (or 503 at once), is handed to the session's batching engine, and its
 // deltas are written from the connection's thread; a streamed answer is written as SSE from the
-// content provider, and a failed write (the client left) stops its generation at the next step.
+// content provider, and a failed write (the client left) stops its generation at the next step; a
+// whole answer's client is watched on its socket (server/connection.h) with the same effect.
 #include "server/http_server.h"
 
 #include <httplib.h>
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "server/api_error.h"
 #include "server/chat_output.h"
+#include "server/connection.h"
 #include "server/metrics.h"
 #include "server/responses.h"
 
@@ -102,7 +104,9 @@ struct HttpServer::Impl {
                   (long long)g.completion_tokens, g.ttft_s, g.decode_tps, seconds_since(arrival),
                   g.finish_reason.c_str(), stream ? " stream" : "", g.cancelled ? " client-gone" : "",
                   g.timed_out ? " timeout" : "");
-    log_line(LogLevel::info, buf);
+    std::string line = buf;
+    if (g.drafted > 0) line += " drafted=" + std::to_string(g.drafted) + " accepted=" + std::to_string(g.accepted);
+    log_line(LogLevel::info, line);
   }
 
   void completion(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
@@ -114,19 +118,28 @@ struct HttpServer::Impl {
     try {
       check_auth(req);
       CompletionRequest r = parse_request(req.body, ep, defaults);
-      std::vector<int32_t> ids = session.prompt_ids(r);
+      Session::Slot slot = session.admit();
+      // The model (and adapters) r names: waits for a switch when another one is resident.
+      Session::Lease lease = session.acquire(r, deadline);
+      const Resident& m = lease.resident();
+      std::vector<int32_t> ids = session.prompt_ids(m, r);
       OutputSplit split;
       if (ep == Endpoint::chat) {
         const size_t tail = std::min<size_t>(ids.size(), 8);
-        split = prepare_chat_output(r, session.template_source(r),
-                                    session.served().chat->tokenizer().decode(ids.data() + ids.size() - tail, tail));
+        split = prepare_chat_output(r, session.template_source(m, r),
+                                    m.chat->tokenizer().decode(ids.data() + ids.size() - tail, tail));
       }
       ResponseHead head{new_response_id(ep), int64_t(std::time(nullptr)),
                         r.model.empty() || r.model == "default_model" ? session.served().id : r.model, ep};
-      Session::Slot slot = session.admit();
-      std::shared_ptr<Session::Job> job = session.start(r, ids, arrival, deadline);
+      std::shared_ptr<Session::Job> job = session.start(lease, r, ids, arrival, deadline);
       if (!r.stream) {
-        GenerationResult g = session.run(*job, [](const Delta&) { return true; });
+        // Nothing is written before the answer, so the client's leaving shows only on its socket:
+        // checked at each released piece and prefill step (a generation for nobody stops there).
+        const int fd = find_connection_socket(req.remote_addr, req.remote_port, req.local_addr, req.local_port);
+        auto here = [fd] { return fd < 0 || !peer_closed(fd); };
+        GenerationResult g = session.run(
+            *job, [&](const Delta&) { return here(); }, [&](int64_t, int64_t) { return here(); });
+        lease.release();
         slot.release();
         const SplitOutput parts = split.active() ? split_output(split, g.text) : SplitOutput{};
         reply_json(res, 200, completion_json(head, r, g, split.active() ? &parts : nullptr));
@@ -135,7 +148,7 @@ struct HttpServer::Impl {
         metrics.request_finished(endpoint, 200, seconds_since(arrival));
         return;
       }
-      stream(res, std::move(r), std::move(job), head, std::move(slot), arrival, endpoint, split);
+      stream(res, std::move(r), std::move(job), head, std::move(slot), std::move(lease), arrival, endpoint, split);
     } catch (const ApiError& e) {
       refuse(req, res, endpoint, e, arrival);
     } catch (const std::exception& e) {
@@ -149,17 +162,19 @@ struct HttpServer::Impl {
   // the usage chunk when asked, then [DONE]. Metrics and the log line come from the releaser, which httplib runs once
   // whether or not the provider ran.
   void stream(httplib::Response& res, CompletionRequest r, std::shared_ptr<Session::Job> job, ResponseHead head,
-              Session::Slot slot, Clock::time_point arrival, const std::string& endpoint, OutputSplit split) {
+              Session::Slot slot, Session::Lease lease, Clock::time_point arrival, const std::string& endpoint,
+              OutputSplit split) {
     struct State {
       CompletionRequest r;
       std::shared_ptr<Session::Job> job;
       ResponseHead head;
       Session::Slot slot;
+      Session::Lease lease;
       GenerationResult g;
       bool ran = false, failed = false;
     };
     auto st = std::make_shared<State>(
-        State{std::move(r), std::move(job), std::move(head), std::move(slot), {}, false, false});
+        State{std::move(r), std::move(job), std::move(head), std::move(slot), std::move(lease), {}, false, false});
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
@@ -212,17 +227,19 @@ struct HttpServer::Impl {
             Session::abandon(*st->job);
             st->g.cancelled = true;
           }
+          st->lease.release();
           st->slot.release();
           if (ok) ok = write("data: [DONE]\n\n");
           if (ok) sink.done();
           return ok;
         },
         [this, st, arrival, endpoint](bool) {
-          st->slot.release();
           if (!st->ran) {  // the client left before the first byte
             Session::abandon(*st->job);
             st->g.cancelled = true;
           }
+          st->lease.release();
+          st->slot.release();
           if (!st->failed) log_generation(st->head.id, endpoint, st->g, true, arrival);
           metrics.request_finished(endpoint, st->failed ? 500 : 200, seconds_since(arrival));
         });
@@ -258,7 +275,8 @@ struct HttpServer::Impl {
     svr.Get("/v1/models/(.+)", [this](const Request& q, Response& s) { models(q, s); });
     svr.Get("/health", [](const Request&, Response& s) { reply_json(s, 200, {{"status", "ok"}}); });
     svr.Get("/metrics", [this](const Request&, Response& s) {
-      s.set_content(metrics.render(session.batch_stats()), "text/plain; version=0.0.4; charset=utf-8");
+      s.set_content(metrics.render(session.batch_stats(), session.model_switches()),
+                    "text/plain; version=0.0.4; charset=utf-8");
     });
     svr.Options(".*", [](const Request&, Response& s) {
       s.status = 204;

@@ -80,7 +80,7 @@ std::string Metrics::render() const {
   return out;
 }
 
-std::string Metrics::render(const BatchStats& b) const {
+std::string Metrics::render(const BatchStats& b, uint64_t model_switches) const {
   std::string out = render();
   auto line = [&](const char* name, const char* type, const char* help, const std::string& v) {
     out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + v + "\n";
@@ -104,6 +104,14 @@ std::string Metrics::render(const BatchStats& b) const {
   line("lmtune_prompt_cache_entries", "gauge", "Entries in the prompt cache.", std::to_string(b.cache_entries));
   line("lmtune_prompt_cache_bytes", "gauge", "Bytes of KV cache held by the prompt cache.",
        std::to_string(b.cache_bytes));
+  line("lmtune_speculative_rounds_total", "counter", "Speculative rounds (--draft-model; one sequence decoding alone).",
+       std::to_string(b.spec_rounds));
+  line("lmtune_draft_tokens_total", "counter", "Draft tokens the model scored.", std::to_string(b.drafted));
+  line("lmtune_draft_tokens_accepted_total", "counter", "Draft tokens the model chose too.",
+       std::to_string(b.accepted));
+  line("lmtune_model_switches_total", "counter",
+       "Times a request's model or adapters were loaded in place of the resident ones.",
+       std::to_string(model_switches));
   Histogram h;
   for (int i = 0; i + 1 < BatchStats::kBuckets; ++i) h.bounds.push_back(double(1 << i));
   h.counts.assign(b.batch_counts, b.batch_counts + BatchStats::kBuckets);

@@ -24,7 +24,7 @@ class Metrics {
   std::string render() const;
   // The same, then the engine's gauges (lmtune_sequences_{running,prefilling,waiting}), step counters
   // the histogram of sequences per step (lmtune_batch_size) and the prompt cache's counters and gauges.
-  std::string render(const BatchStats& batch) const;
+  std::string render(const BatchStats& batch, uint64_t model_switches = 0) const;
 
  private:
   struct Histogram {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <set>
 
 #include "server/api_error.h"
@@ -121,7 +122,7 @@ ApiError not_yet(const std::string& param, const std::string& what) {
 // Fields whose feature this slice does not have: refused unless they ask for the default.
 void check_unsupported(const ojson& body, Endpoint ep) {
   if (integer_in(body, "n", 1, 1000000, 1) != 1) throw not_yet("n", "more than one choice");
-  for (const char* k : {"adapters", "draft_model", "num_draft_tokens", "functions", "function_call"})
+  for (const char* k : {"draft_model", "functions", "function_call"})
     if (field(body, k)) throw not_yet(k, std::string("'") + k + "'");
   if (ep == Endpoint::completions) {
     if (boolean(body, "echo", false)) throw not_yet("echo", "echoing the prompt");
@@ -266,7 +267,9 @@ void parse_model(const ojson& body, const RequestDefaults& d, CompletionRequest&
   if (!m->is_string()) throw wrong_type("model", "a string", *m);
   r.model = m->get<std::string>();
   if (r.model == "default_model") return;  // mlx-lm's name for the loaded model
-  if (std::find(d.model_names.begin(), d.model_names.end(), r.model) == d.model_names.end())
+  std::error_code ec;                      // a local folder: a model to switch to (Session::key_for checks it further)
+  if (std::find(d.model_names.begin(), d.model_names.end(), r.model) == d.model_names.end() &&
+      !std::filesystem::is_directory(r.model, ec))
     throw ApiError(404,
                    "The model '" + r.model + "' does not exist (this server serves " +
                        (d.model_names.empty() ? std::string("none") : d.model_names[0]) + ")",
@@ -316,6 +319,10 @@ CompletionRequest parse_request(std::string_view text, Endpoint ep, const Reques
   CompletionRequest r;
   r.endpoint = ep;
   parse_model(body, d, r);
+  if (const ojson* a = field(body, "adapters"); a && !a->is_null()) {
+    if (!a->is_string()) throw wrong_type("adapters", "a string (an adapter folder)", *a);
+    r.adapters = a->get<std::string>();
+  }
   if (ep == Endpoint::chat) {
     r.messages = parse_messages(body);
   } else {
@@ -329,6 +336,7 @@ CompletionRequest parse_request(std::string_view text, Endpoint ep, const Reques
   r.sampler = d.sampler;
   parse_sampler(body, r.sampler);
   r.sampler.logit_bias = parse_logit_bias(body, d.n_vocab);
+  if (field(body, "num_draft_tokens")) r.num_draft_tokens = integer_in(body, "num_draft_tokens", 0, kMaxDraftTokens, 0);
   if (const ojson* s = field(body, "seed")) {
     if (!s->is_number_integer()) throw wrong_type("seed", "an integer", *s);
     r.seed = s->is_number_unsigned() ? s->get<uint64_t>() : uint64_t(s->get<int64_t>());

@@ -34,17 +34,22 @@ constexpr size_t kMaxJsonDepth = 64;
 constexpr size_t kMaxStopStrings = 16;
 constexpr size_t kMaxStopBytes = 512;
 constexpr int kMaxTopLogprobs = 20;
+constexpr int64_t kMaxDraftTokens = 64;
 
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::chat;
-  std::string model;                // as the client named it ("" = the served model)
-  nlohmann::ordered_json messages;  // chat: [{role, content: string}, ...]; text parts joined
-  std::string prompt;               // completions: the text
-  std::vector<int32_t> prompt_ids;  // completions: a prompt given as token ids (then prompt is "")
+  std::string model;                    // as the client named it ("" = the served model)
+  std::optional<std::string> adapters;  // an adapter folder ("" = none); absent: the model's default
+  nlohmann::ordered_json messages;      // chat: [{role, content: string}, ...]; text parts joined
+  std::string prompt;                   // completions: the text
+  std::vector<int32_t> prompt_ids;      // completions: a prompt given as token ids (then prompt is "")
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // flags', then the request's
   int64_t max_tokens = 0;
   SamplerOptions sampler;
   std::optional<uint64_t> seed;
+  // mlx-lm's per-request num_draft_tokens (with --draft-model): 0 = no speculative decoding; absent:
+  // --num-draft-tokens. Ignored without a draft model.
+  std::optional<int64_t> num_draft_tokens;
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 #include <numeric>
 #include <random>
 
@@ -46,17 +47,25 @@ double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 }  // namespace
 
 Session::Session(ServedModel served) : served_(std::move(served)) {
-  LMT_CHECK(served_.model && served_.chat, "[server] the session needs a model and its tokenizer");
+  LMT_CHECK(served_.resident && served_.resident->model && served_.resident->chat,
+            "[server] the session needs a model and its tokenizer");
   LMT_CHECK(served_.max_queued >= 0, "[server] max_queued must be >= 0, got ", served_.max_queued);
   BatchEngineOptions o;
   o.decode_concurrency = served_.decode_concurrency;
   o.prompt_concurrency = served_.prompt_concurrency;
   o.prefill_step_size = served_.prefill_step_size;
   o.prompt_cache = served_.prompt_cache;
-  engine_ = std::make_unique<BatchEngine>(*served_.model, o);
+  o.draft_model = served_.draft;
+  o.num_draft_tokens = served_.num_draft_tokens;
+  o.cache_key = served_.resident->cache_key();
+  served_dir_ = served_.resident->model_dir;
+  served_adapters_ = served_.resident->adapters;
+  current_ = std::move(served_.resident);  // not kept apart: a switch frees it
+  engine_ = std::make_unique<BatchEngine>(*current_->model, o);
 }
 
-Session::~Session() = default;
+// The engine first: its thread runs on current_'s model until it stops.
+Session::~Session() { engine_.reset(); }
 
 Session::Slot Session::admit() {
   const int64_t limit = served_.decode_concurrency + served_.max_queued;
@@ -70,8 +79,112 @@ Session::Slot Session::admit() {
   return Slot(&admitted_);
 }
 
-std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
-  const Tokenizer& tok = served_.chat->tokenizer();
+std::pair<std::string, std::string> Session::key_for(const CompletionRequest& r) const {
+  namespace fs = std::filesystem;
+  std::string model_dir = served_dir_, adapters = served_adapters_;
+  std::error_code ec;
+  const bool named = !r.model.empty() && r.model != "default_model" && r.model != served_.id;
+  if (named) {
+    const fs::path p(r.model);
+    if (!fs::is_directory(p, ec))
+      throw ApiError(404,
+                     "The model '" + r.model + "' does not exist (this server serves " + served_.id +
+                         ", and loads other models from local folders only)",
+                     "model", "model_not_found");
+    if (!fs::is_regular_file(p / "config.json", ec))
+      throw ApiError(404, "The model folder '" + r.model + "' has no config.json", "model", "model_not_found");
+    model_dir = fs::canonical(p, ec).string();
+    if (model_dir != served_dir_) adapters.clear();  // another model: no adapters unless named
+  }
+  if (r.adapters) {
+    adapters.clear();
+    if (!r.adapters->empty()) {
+      const fs::path p(*r.adapters);
+      if (!fs::is_directory(p, ec))
+        throw ApiError(404, "The adapter folder '" + *r.adapters + "' does not exist", "adapters",
+                       "adapters_not_found");
+      if (!fs::is_regular_file(p / "adapter_config.json", ec))
+        throw ApiError(400, "The folder '" + *r.adapters + "' has no adapter_config.json (not an adapter folder)",
+                       "adapters", "invalid_value");
+      adapters = fs::canonical(p, ec).string();
+    }
+  }
+  return {model_dir, adapters};
+}
+
+void Session::Lease::release() {
+  if (!session_) return;
+  {
+    std::lock_guard<std::mutex> lk(session_->swap_mu_);
+    --session_->leases_;
+  }
+  session_->swap_cv_.notify_all();
+  session_ = nullptr;
+  resident_.reset();
+}
+
+Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point deadline) {
+  const auto [model_dir, adapters] = key_for(r);
+  std::unique_lock<std::mutex> lk(swap_mu_);
+  const uint64_t me = next_ticket_++;
+  waiters_.push_back(me);
+  auto leave = [&] {
+    waiters_.erase(std::find(waiters_.begin(), waiters_.end(), me));
+    swap_cv_.notify_all();
+  };
+  for (;;) {
+    if (!loading_ && waiters_.front() == me) {
+      if (current_->model_dir == model_dir && current_->adapters == adapters) {
+        leave();
+        ++leases_;
+        return Lease(this, current_);
+      }
+      if (leases_ == 0) {
+        if (!served_.loader) {
+          leave();
+          throw ApiError(400, "this server serves one model and its adapters only",
+                         adapters.empty() ? "model" : "adapters", "unsupported_parameter");
+        }
+        // The first waiter, nothing running: load the pair (the others wait meanwhile), then
+        // switch the idle engine to it. The resident model stays until the new one is loaded.
+        loading_ = true;
+        lk.unlock();
+        std::shared_ptr<Resident> next;
+        std::string error;
+        try {
+          next = served_.loader(model_dir, adapters);
+          LMT_CHECK(next && next->model && next->chat, "[server] the loader returned no model");
+          engine_->switch_model(*next->model, next->cache_key());
+        } catch (const std::exception& e) {
+          error = e.what();
+          next.reset();
+        }
+        lk.lock();
+        loading_ = false;
+        if (!next) {
+          leave();
+          throw ApiError(400,
+                         "cannot load model " + model_dir + (adapters.empty() ? "" : " with adapters " + adapters) +
+                             ": " + error,
+                         r.adapters && !r.adapters->empty() ? "adapters" : "model", "invalid_value");
+        }
+        current_ = std::move(next);
+        ++switches_;
+        leave();
+        ++leases_;
+        return Lease(this, current_);
+      }
+    }
+    if (swap_cv_.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
+      leave();
+      throw ApiError(503, "the server is busy: the model it asks for was not loaded before --request-timeout", "",
+                     "server_busy", "server_error");
+    }
+  }
+}
+
+std::vector<int32_t> Session::prompt_ids(const Resident& m, const CompletionRequest& r) const {
+  const Tokenizer& tok = m.chat->tokenizer();
   std::vector<int32_t> ids;
   if (r.endpoint == Endpoint::completions) {
     ids = r.prompt_ids.empty() ? tok.encode(r.prompt, true) : r.prompt_ids;
@@ -86,7 +199,7 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
       o.chat_template = source;
       o.tools = r.tools;
       try {
-        text = served_.chat->render(r.messages, o);
+        text = m.chat->render(r.messages, o);
       } catch (const std::exception& e) {
         throw ApiError(400, std::string("the chat template refused these messages: ") + e.what(), "messages");
       }
@@ -99,16 +212,16 @@ std::vector<int32_t> Session::prompt_ids(const CompletionRequest& r) const {
   }
   const char* param = r.endpoint == Endpoint::chat ? "messages" : "prompt";
   if (ids.empty()) throw ApiError(400, "the prompt is empty (no tokens to predict from)", param);
-  if (served_.max_prompt_tokens > 0 && int64_t(ids.size()) > served_.max_prompt_tokens)
+  if (m.max_prompt_tokens > 0 && int64_t(ids.size()) > m.max_prompt_tokens)
     throw ApiError(400,
                    "the prompt has " + std::to_string(ids.size()) + " tokens; this server takes at most " +
-                       std::to_string(served_.max_prompt_tokens) + " (--max-prompt-tokens)",
+                       std::to_string(m.max_prompt_tokens) + " (--max-prompt-tokens)",
                    param, "context_length_exceeded");
   return ids;
 }
 
-std::string Session::template_source(const CompletionRequest& r) const {
-  const Tokenizer& tok = served_.chat->tokenizer();
+std::string Session::template_source(const Resident& m, const CompletionRequest& r) const {
+  const Tokenizer& tok = m.chat->tokenizer();
   std::string source = served_.chat_template;
   if (source.empty() && tok.chat_templates().empty() && served_.use_default_chat_template) source = kChatMl;
   if (source.empty() && tok.chat_templates().empty()) return "";
@@ -116,14 +229,13 @@ std::string Session::template_source(const CompletionRequest& r) const {
   o.chat_template = source;
   o.tools = r.tools;
   try {
-    return served_.chat->select_template(o);
+    return m.chat->select_template(o);
   } catch (const std::exception&) {
     return "";
   }
 }
 
-TokenLogprob Session::logprob_entry(int32_t id, const std::vector<float>& lp, int top) const {
-  const Tokenizer& tok = served_.chat->tokenizer();
+TokenLogprob Session::logprob_entry(const Tokenizer& tok, int32_t id, const std::vector<float>& lp, int top) {
   TokenLogprob e{id, tok.decode(&id, 1), id >= 0 && size_t(id) < lp.size() ? lp[size_t(id)] : 0.f, {}};
   if (top > 0 && !lp.empty()) {
     std::vector<int32_t> order(lp.size());
@@ -148,7 +260,11 @@ struct Session::Job {
     int64_t done = 0, total = 0;  // prefill progress
     Delta delta;
   };
-  Job(const Tokenizer& tok, std::vector<std::string> stops) : detok(tok), stop(std::move(stops)) {}
+  Job(std::shared_ptr<const Resident> m, std::vector<std::string> stops)
+      : resident(std::move(m)), detok(resident->chat->tokenizer()), stop(std::move(stops)) {}
+  // Keeps the tokenizer (and model) alive until the engine is done with the job, even when the
+  // client left and the lease ended first.
+  std::shared_ptr<const Resident> resident;
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Event> events;
@@ -184,21 +300,26 @@ struct Session::Job {
   }
 };
 
-std::shared_ptr<Session::Job> Session::start(const CompletionRequest& r, const std::vector<int32_t>& ids,
-                                             Clock::time_point arrival, Clock::time_point deadline) {
-  auto job = std::make_shared<Job>(served_.chat->tokenizer(), r.stop);
+std::shared_ptr<Session::Job> Session::start(const Lease& lease, const CompletionRequest& r,
+                                             const std::vector<int32_t>& ids, Clock::time_point arrival,
+                                             Clock::time_point deadline) {
+  Resident& m = *lease.shared();
+  auto job = std::make_shared<Job>(lease.shared(), r.stop);
   job->arrival = arrival;
   job->res.prompt_tokens = int64_t(ids.size());
   BatchJob b;
   b.prompt = ids;
   b.sampler = r.sampler;
+  b.sampler.xtc_special_tokens = m.xtc_special_tokens;
   b.seed = r.seed ? *r.seed : std::random_device{}();
   b.max_tokens = r.max_tokens;
-  b.eos_ids = served_.eos_ids;
+  b.eos_ids = m.eos_ids;
   b.deadline = deadline;
+  b.speculative = !(r.seed && r.sampler.temp > 0) && r.num_draft_tokens.value_or(1) > 0;
+  b.num_draft_tokens = r.num_draft_tokens.value_or(0);
   if (r.grammar) {  // response_format / a forced tool call: the engine's sampler for this job masks by it
-    std::call_once(token_table_once_, [&] { token_table_ = TokenTable::from_tokenizer(served_.chat->tokenizer()); });
-    b.constraint = std::make_shared<JsonConstraint>(r.grammar, token_table_, served_.eos_ids);
+    std::call_once(m.token_table_once, [&] { m.token_table = TokenTable::from_tokenizer(m.chat->tokenizer()); });
+    b.constraint = std::make_shared<JsonConstraint>(r.grammar, m.token_table, m.eos_ids);
   }
   b.on_start = [job] {
     {
@@ -213,11 +334,11 @@ std::shared_ptr<Session::Job> Session::start(const CompletionRequest& r, const s
   };
   const bool logprobs = r.logprobs;
   const int top = r.top_logprobs;
-  b.on_token = [this, job, logprobs, top](int32_t id, const Sampler& sampler) {
+  b.on_token = [job, logprobs, top](int32_t id, const Sampler& sampler) {
     Job& j = *job;
     if (j.res.completion_tokens++ == 0) j.first = Clock::now();
     if (logprobs) {
-      j.pending.logprobs.push_back(logprob_entry(id, sampler.last_logprobs(), top));
+      j.pending.logprobs.push_back(logprob_entry(j.resident->chat->tokenizer(), id, sampler.last_logprobs(), top));
       j.pending.logprobs.back().text_offset = j.token_bytes;
       j.token_bytes += j.pending.logprobs.back().token.size();
     }
@@ -283,6 +404,8 @@ GenerationResult Session::run(Job& job, const std::function<bool(const Delta&)>&
   if (out.end == BatchEnd::failed) throw Error(out.error.empty() ? "the engine failed the request" : out.error);
   GenerationResult res = job.res;
   res.cached_tokens = out.prompt_cached;
+  res.drafted = out.drafted;
+  res.accepted = out.accepted;
   res.cancelled = gone || job.client_gone || out.end == BatchEnd::cancelled;
   res.timed_out = out.end == BatchEnd::deadline;
   res.finish_reason = job.stop.stopped() ? "stop" : out.finish_reason();

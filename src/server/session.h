@@ -1,11 +1,16 @@
-// The generation session: the one loaded model driven by a continuous-batching engine
+// The generation session: the resident model driven by a continuous-batching engine
 // (runtime/batch_engine.h), a request's prompt built through the chat template, admission (a
 // bounded number of requests in flight), and each request generated with its own sampler, stop
 // strings, length, deadline and logprobs, streamed to its connection's thread as text deltas.
+// A request naming another model folder or adapters (mlx-lm's per-request `model` / `adapters`)
+// waits until the requests on the resident one have ended, then the session loads that pair
+// (through the loader the CLI gives) and switches the engine to it: one model resident at a time.
 #pragma once
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -24,19 +29,41 @@ namespace lmtune::server {
 
 using Clock = std::chrono::steady_clock;
 
-struct ServedModel {
-  Model* model = nullptr;              // outlives the session
-  const ChatTemplate* chat = nullptr;  // the tokenizer and its templates; outlives the session
+// One loaded (model folder, adapters) pair and what depends on its tokenizer.
+struct Resident {
+  std::string model_dir;  // the folder, canonical (the served one, or a request's `model`)
+  std::string adapters;   // the adapter folder, canonical; "" = none
+  std::shared_ptr<Model> model;
+  std::shared_ptr<const ChatTemplate> chat;  // the tokenizer and its templates
   std::vector<int32_t> eos_ids;
-  std::string id;                          // the name /v1/models lists and responses carry
-  std::string chat_template;               // --chat-template: a template name or source; "" = the tokenizer's
+  std::vector<int32_t> xtc_special_tokens;  // never cut by XTC: the "\n" ids and the EOS ids (mlx-lm's)
+  int64_t max_prompt_tokens = 0;            // longer prompts are refused (400 context_length_exceeded); 0 = no limit
+  // The prompt cache's key: its entries serve this pair only.
+  std::string cache_key() const { return model_dir + "\n" + adapters; }
+  // Each vocabulary token's bytes for constrained decoding, built by the first request that needs them.
+  std::once_flag token_table_once;
+  std::shared_ptr<const TokenTable> token_table;
+};
+
+// Loads (model folder, adapter folder or "") into a Resident; throws saying why it cannot.
+using ModelLoader = std::function<std::shared_ptr<Resident>(const std::string& model_dir, const std::string& adapters)>;
+
+struct ServedModel {
+  std::shared_ptr<Resident> resident;  // the model served at startup (--model, --adapter-path); the session takes it
+  ModelLoader loader;                  // null: requests may not name other models or adapters
+  std::string id;                      // the name /v1/models lists and responses carry
+  std::string chat_template;           // --chat-template: a template name or source; "" = the tokenizer's
   bool use_default_chat_template = false;  // no template in the tokenizer: ChatML, as HF's old default
   int64_t prefill_step_size = 2048;
-  int64_t max_prompt_tokens = 0;          // longer prompts are refused (400 context_length_exceeded); 0 = no limit
   int64_t decode_concurrency = 32;        // sequences running together (prefilling or decoding)
   int64_t prompt_concurrency = 8;         // of those, prefilling at once
   int64_t max_queued = 64;                // requests admitted beyond decode_concurrency, waiting for a slot
   PromptCacheLimits prompt_cache{10, 0};  // --prompt-cache-size / --prompt-cache-bytes (0 entries: off)
+  // --draft-model (outlives the session; null: none) and --num-draft-tokens: a request decoding
+  // alone decodes speculatively, unless it is constrained (response_format, a forced tool call) or
+  // sampled with a seed (its text then does not depend on the load; see BatchEngineOptions).
+  Model* draft = nullptr;
+  int64_t num_draft_tokens = 3;
 };
 
 struct TokenLogprob {
@@ -63,11 +90,12 @@ struct GenerationResult {
   std::vector<TokenLogprob> logprobs;
   std::string finish_reason;  // "stop" (EOS or a stop string) or "length" (max_tokens or the deadline)
   int64_t prompt_tokens = 0, completion_tokens = 0;
-  int64_t cached_tokens = 0;  // of the prompt tokens, those taken from the prompt cache (not prefilled)
-  double ttft_s = 0;          // from the request's arrival to its first generated token
-  double decode_tps = 0;      // completion tokens per second after the first
-  bool cancelled = false;     // on_delta returned false (the client went away)
-  bool timed_out = false;     // the deadline passed while decoding
+  int64_t cached_tokens = 0;          // of the prompt tokens, those taken from the prompt cache (not prefilled)
+  double ttft_s = 0;                  // from the request's arrival to its first generated token
+  double decode_tps = 0;              // completion tokens per second after the first
+  int64_t drafted = 0, accepted = 0;  // speculative rounds: draft tokens scored, and accepted
+  bool cancelled = false;             // on_delta returned false (the client went away)
+  bool timed_out = false;             // the deadline passed while decoding
 };
 
 class Session {
@@ -95,25 +123,61 @@ class Session {
     std::atomic<int64_t>* count_ = nullptr;
   };
 
+  // A request's hold on the resident model, from acquire() until its answer ends: no switch to
+  // another model happens while one is held.
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(Session* s, std::shared_ptr<Resident> r) : session_(s), resident_(std::move(r)) {}
+    Lease(Lease&& o) noexcept : session_(std::exchange(o.session_, nullptr)), resident_(std::move(o.resident_)) {}
+    Lease& operator=(Lease&& o) noexcept {
+      release();
+      session_ = std::exchange(o.session_, nullptr);
+      resident_ = std::move(o.resident_);
+      return *this;
+    }
+    ~Lease() { release(); }
+    void release();
+    const Resident& resident() const { return *resident_; }
+    const std::shared_ptr<Resident>& shared() const { return resident_; }
+
+   private:
+    Session* session_ = nullptr;
+    std::shared_ptr<Resident> resident_;
+  };
+
   explicit Session(ServedModel served);
   ~Session();
   const ServedModel& served() const { return served_; }
 
+  // The (model folder, adapters) pair r asks for: its `model` (absent, "default_model", the
+  // served id or the served folder: the served model; else a model folder here) and `adapters`
+  // (absent: the served model's --adapter-path, none for another folder; "": none; else an
+  // adapter folder). Throws ApiError 404 (model_not_found, adapters_not_found) for a name that
+  // is no folder here, 400 for a folder without config.json / adapter_config.json.
+  std::pair<std::string, std::string> key_for(const CompletionRequest& r) const;
+
+  // Waits (arrival order) until the resident model is r's pair and holds it: when it is another,
+  // once every lease on that one has ended the pair is loaded and the engine switched to it.
+  // Throws ApiError 503 server_busy when `deadline` passes first, 400 when the load fails (the
+  // resident model stays), and key_for's errors.
+  Lease acquire(const CompletionRequest& r, Clock::time_point deadline);
+
   // The request's prompt ids (chat: the template's render, or mlx-lm's role prefixes when the
   // model has no template). Needs no lock. Throws ApiError 400 when the template refuses the
   // messages, or the prompt is empty or longer than max_prompt_tokens.
-  std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
+  std::vector<int32_t> prompt_ids(const Resident& m, const CompletionRequest& r) const;
 
   // A slot, or ApiError 503 server_busy at once when every one is taken.
   Slot admit();
 
   // The source of the chat template that renders r's messages ("" when mlx-lm's role prefixes do).
-  std::string template_source(const CompletionRequest& r) const;
+  std::string template_source(const Resident& m, const CompletionRequest& r) const;
 
-  // Hands the request to the engine and waits until it starts (its prefill begins). Throws
-  // ApiError 503 server_busy when `deadline` passes first (it never ran).
-  std::shared_ptr<Job> start(const CompletionRequest& r, const std::vector<int32_t>& ids, Clock::time_point arrival,
-                             Clock::time_point deadline);
+  // Hands the request to the engine (running lease's model) and waits until it starts (its
+  // prefill begins). Throws ApiError 503 server_busy when `deadline` passes first (it never ran).
+  std::shared_ptr<Job> start(const Lease& lease, const CompletionRequest& r, const std::vector<int32_t>& ids,
+                             Clock::time_point arrival, Clock::time_point deadline);
 
   // On the caller's thread until the job ends: on_delta gets each released piece (and the
   // logprobs of the tokens since the last one) in order; on_prefill (optional) gets (prompt tokens
@@ -126,16 +190,25 @@ class Session {
 
   BatchStats batch_stats() const { return engine_->stats(); }
   int64_t in_flight() const { return admitted_; }
+  uint64_t model_switches() const { return switches_; }
 
  private:
-  TokenLogprob logprob_entry(int32_t id, const std::vector<float>& logprobs, int top) const;
+  static TokenLogprob logprob_entry(const Tokenizer& tok, int32_t id, const std::vector<float>& logprobs, int top);
 
   ServedModel served_;
   std::atomic<int64_t> admitted_{0};
   std::unique_ptr<BatchEngine> engine_;
-  // Each vocabulary token's bytes for constrained decoding, built by the first request that needs them.
-  std::once_flag token_table_once_;
-  std::shared_ptr<const TokenTable> token_table_;
+  // The resident model and its leases (under swap_mu_): requests wait in ticket order, and only
+  // the first waiter may take a lease or, with none held, load its pair.
+  std::mutex swap_mu_;
+  std::condition_variable swap_cv_;
+  std::shared_ptr<Resident> current_;
+  std::string served_dir_, served_adapters_;  // the startup pair, what requests get by default
+  int64_t leases_ = 0;
+  bool loading_ = false;
+  uint64_t next_ticket_ = 0;
+  std::deque<uint64_t> waiters_;
+  std::atomic<uint64_t> switches_{0};
 };
 
 }  // namespace lmtune::server

@@ -21,12 +21,13 @@ struct TinySpec {
   DType dtype = DType::f32;
   int quant_bits = 0;  // 0: dense
   bool qk_norm = false;
+  int64_t n_vocab = 257;
 };
 
 inline std::unique_ptr<Model> tiny_model(const TinySpec& t) {
   ModelConfig c;
   c.model_type = "llama";
-  c.n_vocab = 257;
+  c.n_vocab = t.n_vocab;
   c.n_head = 4;
   c.n_kv_head = 2;
   c.head_dim = 32;

@@ -234,3 +234,117 @@ TEST(BatchEngine, RefusesBadJobsAndEndsQueuedOnesAtShutdown) {
   EXPECT_EQ(out.end, BatchEnd::failed);
   EXPECT_NE(out.error.find("stopped"), std::string::npos);
 }
+
+// With a draft model, a sequence decoding alone takes speculative rounds; its greedy tokens stay
+// those of generate alone, with the model as its own draft (every proposal accepted) and with an
+// unrelated draft (few accepted), for sequences alone, joining others (plain batched steps while
+// together), cut by max_tokens inside a round, stopped by EOS, and continued from the prompt cache.
+TEST(BatchEngine, SpeculativeWhenAloneKeepsGreedyTokens) {
+  auto model = tiny_model({});
+  auto self = tiny_model({});
+  auto other = tiny_model({Device::cpu, DType::f32, 0, true});
+  for (Model* draft : {self.get(), other.get()}) {
+    BatchEngineOptions o;
+    o.prefill_step_size = 16;
+    o.draft_model = draft;
+    o.num_draft_tokens = 3;
+    o.prompt_cache = {4, 0};
+    BatchEngine engine(*model, o);
+    const std::vector<std::vector<int32_t>> prompts = {tokens(20, 1), tokens(7, 2), tokens(45, 3)};
+    const std::vector<int64_t> lengths = {40, 26, 13};
+    std::vector<Waiter> w(prompts.size());
+    BatchJob first = greedy_job(prompts[0], lengths[0], w[0]);
+    int seen = 0;
+    first.on_token = [&](int32_t, const Sampler&) {
+      if (++seen == 10) engine.submit(greedy_job(prompts[1], lengths[1], w[1]));
+      if (seen == 12) engine.submit(greedy_job(prompts[2], lengths[2], w[2]));
+      return true;
+    };
+    engine.submit(std::move(first));
+    int64_t drafted = 0, accepted = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      // The later ones are submitted by the first one's tokens: none if it failed.
+      ASSERT_EQ(w[i].result.wait_for(std::chrono::seconds(60)), std::future_status::ready) << i;
+      BatchOutcome out = w[i].result.get();
+      ASSERT_EQ(out.end, BatchEnd::length) << i << ": " << out.error;
+      EXPECT_EQ(out.tokens, alone(*model, prompts[i], lengths[i], 16)) << "sequence " << i;
+      drafted += out.drafted, accepted += out.accepted;
+    }
+    // EOS inside a round: the first sequence's 7th token as EOS.
+    const std::vector<int32_t> want = alone(*model, prompts[0], lengths[0], 16);
+    Waiter we;
+    BatchJob eos = greedy_job(prompts[0], 40, we);
+    eos.eos_ids = {want[6]};
+    engine.submit(std::move(eos));
+    BatchOutcome out = we.result.get();
+    EXPECT_EQ(out.end, BatchEnd::eos);
+    EXPECT_EQ(out.tokens, alone(*model, prompts[0], 40, 16, {want[6]}));
+    // Again from the prompt cache (the first run's entry): the same tokens.
+    Waiter wa;
+    engine.submit(greedy_job(prompts[0], lengths[0], wa));
+    out = wa.result.get();
+    EXPECT_GT(out.prompt_cached, 0);
+    EXPECT_EQ(out.tokens, want);
+    BatchStats st = engine.stats();
+    EXPECT_GT(st.spec_rounds, 0u);
+    EXPECT_GE(int64_t(st.drafted), drafted);
+    EXPECT_GT(drafted, 0);
+    if (draft == self.get()) {
+      EXPECT_EQ(accepted, drafted) << "the model as its own draft";
+    } else {
+      EXPECT_LT(accepted, drafted) << "an unrelated draft";
+    }
+    uint64_t multi = 0;
+    for (int b = 1; b < BatchStats::kBuckets; ++b) multi += st.batch_counts[b];
+    EXPECT_GT(multi, 0u) << "no batched step while sequences ran together";
+  }
+}
+
+// switch_model: later jobs run on the new model, and the prompt cache never hands one model's
+// entries to the other (a switch back finds its own again).
+TEST(BatchEngine, SwitchModelKeepsPromptCachesApart) {
+  auto a = tiny_model({});
+  auto b = tiny_model({Device::cpu, DType::f32, 0, true});
+  BatchEngineOptions o;
+  o.prompt_cache = {4, 0};
+  o.cache_key = "a";
+  BatchEngine engine(*a, o);
+  const std::vector<int32_t> p = tokens(24, 5);
+  auto run = [&] {
+    Waiter w;
+    engine.submit(greedy_job(p, 12, w));
+    return w.result.get();
+  };
+  BatchOutcome first = run();
+  EXPECT_EQ(first.tokens, alone(*a, p, 12, 2048));
+  engine.switch_model(*b, "b");
+  BatchOutcome other = run();
+  EXPECT_EQ(other.prompt_cached, 0) << "model a's entry served model b";
+  EXPECT_EQ(other.tokens, alone(*b, p, 12, 2048));
+  EXPECT_NE(other.tokens, first.tokens) << "the two models must differ for this test to mean anything";
+  engine.switch_model(*a, "a");
+  BatchOutcome back = run();
+  EXPECT_EQ(back.prompt_cached, int64_t(p.size()) - 1);
+  EXPECT_EQ(back.tokens, first.tokens);
+  EXPECT_EQ(engine.stats().cache_entries, 2);
+}
+
+// A draft that cannot run (here a prompt id past its smaller vocabulary) costs the sequence
+// nothing: it decodes in plain steps with generate's tokens, and no proposal is counted.
+TEST(BatchEngine, FailingDraftFallsBackToPlainSteps) {
+  auto model = tiny_model({});
+  auto draft = tiny_model({Device::cpu, DType::f32, 0, false, 200});
+  BatchEngineOptions o;
+  o.draft_model = draft.get();
+  BatchEngine engine(*model, o);
+  std::vector<int32_t> p = tokens(12, 6);
+  p[3] = 240;
+  Waiter w;
+  engine.submit(greedy_job(p, 20, w));
+  ASSERT_EQ(w.result.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  BatchOutcome out = w.result.get();
+  EXPECT_EQ(out.end, BatchEnd::length) << out.error;
+  EXPECT_EQ(out.tokens, alone(*model, p, 20, 2048));
+  EXPECT_EQ(out.drafted, 0);
+  EXPECT_EQ(engine.stats().spec_rounds, 0u);
+}

@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "batch_fixture.h"
 #include "core/error.h"
+#include "ops/ops.h"
 #include "runtime/sampler.h"
 #include "tolerance.h"
 
@@ -156,4 +157,20 @@ TEST(ForwardPacked, RefusesBadLengths) {
   EXPECT_THROW(model->forward_packed(ids, {{5, &a}, {0, &b}}), Error);  // an empty sequence
   EXPECT_THROW(model->forward_packed(ids, {{3, &a}, {2, nullptr}}), Error);
   EXPECT_THROW(model->forward_packed(ids, {}), Error);
+}
+
+// The batched decode-row kernels are CUDA's only: the CPU declines at once, before gathering or
+// checking anything (bad shapes pass unnoticed there), while CUDA checks them.
+TEST(ForwardPacked, DecodeRowsOnlyWhereTheBackendHasThem) {
+  if (!device_ready()) GTEST_SKIP() << "no CUDA device";
+  EXPECT_EQ(ops::has_decode_rows(kDevice), kDevice == Device::cuda);
+  Tensor q = ops::zeros({2, 4, 64}, kDtype, kDevice), k = ops::zeros({2, 2, 64}, kDtype, kDevice);
+  Tensor bad_v = ops::zeros({3, 2, 64}, kDtype, kDevice), inv = ops::zeros({32}, DType::f32, kDevice);
+  Tensor out = ops::empty({2, 4 * 64}, kDtype, kDevice);
+  Tensor kc = ops::zeros({8, 2, 64}, kDtype, kDevice), vc = ops::zeros({8, 2, 64}, kDtype, kDevice);
+  std::vector<ops::DecodeRowRef> rows{{0, 3, kc, vc}, {1, 5, kc, vc}};
+  if (kDevice == Device::cpu)
+    EXPECT_FALSE(ops::decode_rows_attention(q, k, bad_v, inv, rows, 0.125f, 0, out));
+  else
+    EXPECT_THROW(ops::decode_rows_attention(q, k, bad_v, inv, rows, 0.125f, 0, out), Error);
 }

@@ -162,6 +162,30 @@ TEST(PromptCache, CoveredEntriesAndDisabled) {
   EXPECT_FALSE(off.lookup(longer).cache);
 }
 
+// Entries of one key (model and adapters) are invisible to another's lookups and inserts; the
+// bounds count them all.
+TEST(PromptCache, KeysNeverCross) {
+  SKIP_WITHOUT_DEVICE();
+  PromptCache pc({3, 0});
+  const auto a = range(1, 10), longer = cat(a, {70, 71});
+  pc.insert(a, filled(a), "base");
+  EXPECT_FALSE(pc.lookup(longer, "adapter").cache);
+  EXPECT_FALSE(pc.lookup(longer).cache);  // the empty key is a key too
+  EXPECT_EQ(pc.lookup(longer, "base").tokens, 10);
+  pc.insert(longer, filled(longer), "adapter");  // does not drop base's a, which it would cover
+  EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{longer, a}));
+  pc.insert(a, filled(a), "adapter");  // covered by adapter's longer: not stored again
+  EXPECT_EQ(pc.entries(), 2);
+  PromptCache::Hit h = pc.lookup(cat(a, {5}), "adapter");
+  ASSERT_TRUE(h.cache);
+  EXPECT_EQ(h.tokens, 10);
+  EXPECT_EQ(h.cache->held_planes(0)[0].to_f32_vector()[0], float(a[0] * 10));
+  pc.insert(range(200, 4), filled(range(200, 4)), "third");
+  pc.insert(range(300, 4), filled(range(300, 4)), "base");  // one over the bound: the oldest (base's a) goes
+  EXPECT_EQ(pc.entries(), 3);
+  EXPECT_FALSE(pc.lookup(longer, "base").cache);
+}
+
 TEST(PromptCache, QuantizedCacheCopied) {
   SKIP_WITHOUT_DEVICE();
   const ModelConfig c = kv_config();

@@ -140,7 +140,10 @@ TEST(Request, EachRefusalNamesItsField) {
       {chat(
            R"("response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a"}}})"),
        400, "response_format.json_schema.schema.pattern", "invalid_value"},
-      {chat(R"("adapters": "x")"), 400, "adapters", "unsupported_parameter"},
+      {chat(R"("adapters": 3)"), 400, "adapters", "invalid_type"},
+      {chat(R"("draft_model": "x")"), 400, "draft_model", "unsupported_parameter"},
+      {chat(R"("num_draft_tokens": 65)"), 400, "num_draft_tokens", "invalid_value"},
+      {chat(R"("num_draft_tokens": "3")"), 400, "num_draft_tokens", "invalid_type"},
       {R"({"prompt": "x", "messages": []})", 400, "messages", "unknown_parameter", Endpoint::completions},
       {R"({"max_tokens": 3})", 400, "prompt", "missing_required_parameter", Endpoint::completions},
       {R"({"prompt": {"a": 1}})", 400, "prompt", "invalid_type", Endpoint::completions},

@@ -1,11 +1,12 @@
 // `lmtune server`: mlx_lm.server's flags, plus an API key and request limits; loads the model
-// once and serves src/server's OpenAI-compatible API until SIGINT or SIGTERM. Flags for what this
-// slice lacks (speculative decoding, pipeline serving) are accepted and reported as not
+// once (and --draft-model's draft) and serves src/server's OpenAI-compatible API until SIGINT or
+// SIGTERM. --pipeline (sharded serving), which this slice lacks, is accepted and reported as not
 // implemented yet at startup.
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 #include <thread>
 
@@ -32,7 +33,7 @@ struct ServerOptions {
   int64_t port = 8080;
   std::string allowed_origins = "*";
   std::optional<std::string> draft_model;
-  std::optional<int64_t> num_draft_tokens;
+  int64_t num_draft_tokens = 3;
   bool trust_remote_code = false;
   std::string log_level = "INFO";
   std::string chat_template;
@@ -75,9 +76,11 @@ void declare(Options& t, ServerOptions& o) {
   t.add("--log-level", &o.log_level, "", "how much the server logs (one line per request at INFO)")
       .choices({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"});
   t.add("--trust-remote-code", &o.trust_remote_code, "", "accepted for mlx-lm's sake; lmtune runs no model code");
+  t.add("--draft-model", &o.draft_model, "MODEL",
+        "a smaller model with the same tokenizer: a request decoding alone decodes speculatively with it")
+      .default_text("None");
+  t.add("--num-draft-tokens", &o.num_draft_tokens, "N", "tokens the draft model proposes per round");
   t.group("accepted, not implemented yet (a warning at startup)");
-  t.add("--draft-model", &o.draft_model, "MODEL", "speculative decoding's draft model").default_text("None");
-  t.add("--num-draft-tokens", &o.num_draft_tokens, "N", "draft tokens per step").default_text("3");
   t.add("--pipeline", &o.pipeline, "", "pipeline-parallel sharded loading");
   t.group("lmtune's additions");
   t.add("--api-key", &o.api_key, "KEY", "require 'Authorization: Bearer KEY' on /v1/ (default: none)");
@@ -113,8 +116,6 @@ void warn_not_implemented(const ServerOptions& o) {
   auto warn = [](const char* flag, const char* what) {
     std::fprintf(stderr, "lmtune server: warning: %s is not implemented yet (%s); ignored\n", flag, what);
   };
-  if (o.draft_model) warn("--draft-model", "no speculative decoding in the server");
-  if (o.num_draft_tokens) warn("--num-draft-tokens", "no speculative decoding in the server");
   if (o.pipeline) warn("--pipeline", "no distributed serving");
 }
 
@@ -133,32 +134,69 @@ int serve(ServerOptions& o) {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGPIPE, SIG_IGN);  // a client that left must not end the process
 
-  LoadedModel lm = load_for_generation(o.load);
-  const Tokenizer& tok = lm.chat->tokenizer();
+  // A (model folder, adapters) pair as the session holds it: at startup, and for a request naming
+  // another folder or adapters (loaded on the same device and dtype; it must share the draft's
+  // tokenizer size when there is a draft).
+  int32_t draft_vocab = -1;
+  server::ModelLoader loader = [&o, &draft_vocab](const std::string& model, const std::string& adapters) {
+    LoadOptions lo = o.load;
+    lo.model = model;
+    lo.adapter_path = adapters;
+    LoadedModel lm = load_for_generation(lo);
+    auto r = std::make_shared<server::Resident>();
+    r->model_dir = std::filesystem::canonical(lm.dir).string();
+    r->adapters = adapters.empty() ? "" : std::filesystem::canonical(adapters).string();
+    const Tokenizer& tok = lm.chat->tokenizer();
+    if (draft_vocab >= 0 && tok.vocab_size() != draft_vocab)
+      throw Error("its tokenizer has " + std::to_string(tok.vocab_size()) + " tokens, the draft model's has " +
+                  std::to_string(draft_vocab) + " (--draft-model must share the tokenizer)");
+    r->eos_ids = collect_eos_ids(lm.dir, tok);
+    r->xtc_special_tokens = tok.encode("\n", false);
+    r->xtc_special_tokens.insert(r->xtc_special_tokens.end(), r->eos_ids.begin(), r->eos_ids.end());
+    r->max_prompt_tokens = o.max_prompt_tokens > 0 ? o.max_prompt_tokens : lm.model->config().max_position_embeddings;
+    r->model = std::move(lm.model);
+    r->chat = std::move(lm.chat);
+    return r;
+  };
+  std::shared_ptr<server::Resident> first = loader(o.load.model, o.load.adapter_path);
+  const Tokenizer& tok = first->chat->tokenizer();
+  const std::string first_dir = first->model_dir;
+  const int64_t first_vocab = first->model->config().n_vocab;
   server::ServedModel served;
-  served.model = lm.model.get();
-  served.chat = lm.chat.get();
-  served.eos_ids = collect_eos_ids(lm.dir, tok);
+  served.resident = first;
+  served.loader = loader;
   served.id = o.load.model;
   served.chat_template = o.chat_template;
   served.use_default_chat_template = o.use_default_chat_template;
   served.prefill_step_size = o.prefill_step_size;
-  served.max_prompt_tokens = o.max_prompt_tokens > 0 ? o.max_prompt_tokens : lm.model->config().max_position_embeddings;
   served.decode_concurrency = o.decode_concurrency;
   served.prompt_concurrency = o.prompt_concurrency;
   served.max_queued = o.max_queued_requests;
   served.prompt_cache.max_entries = o.prompt_cache_size;
   served.prompt_cache.max_bytes = o.prompt_cache_bytes ? parse_size(*o.prompt_cache_bytes) : 0;
-  server::Session session(served);
+  LoadedModel draft;
+  if (o.draft_model) {
+    LoadOptions dl = o.load;
+    dl.model = *o.draft_model;
+    dl.adapter_path.clear();
+    draft = load_for_generation(dl);
+    const int32_t nv = tok.vocab_size(), dv = draft.chat->tokenizer().vocab_size();
+    if (nv != dv)
+      throw UsageError("--draft-model " + *o.draft_model + ": its tokenizer has " + std::to_string(dv) +
+                       " tokens, the model's has " + std::to_string(nv) + " (the draft must share the tokenizer)");
+    draft_vocab = dv;
+    served.draft = draft.model.get();
+    served.num_draft_tokens = o.num_draft_tokens;
+  }
+  first.reset();  // the session holds it now (and frees it when a request switches models)
+  server::Session session(std::move(served));
 
   server::RequestDefaults d;
-  d.sampler = o.sampler;
-  d.sampler.xtc_special_tokens = tok.encode("\n", false);
-  d.sampler.xtc_special_tokens.insert(d.sampler.xtc_special_tokens.end(), served.eos_ids.begin(), served.eos_ids.end());
+  d.sampler = o.sampler;  // the XTC exceptions come from the resident model's tokenizer (Session::start)
   d.max_tokens = o.max_tokens;
   d.max_tokens_limit = o.max_tokens_limit;
-  d.n_vocab = lm.model->config().n_vocab;
-  d.model_names = {o.load.model, lm.dir};
+  d.n_vocab = first_vocab;  // logit_bias ids are checked against the startup model's vocabulary
+  d.model_names = {o.load.model, first_dir};
   d.chat_template_args = template_args;
 
   server::HttpConfig hc;
@@ -223,6 +261,8 @@ int run_server(int argc, char** argv) {
       }
       if (bytes < 1) throw UsageError("argument --prompt-cache-bytes: must be >= 1 byte");
     }
+    if (o.num_draft_tokens < 1)
+      throw UsageError("argument --num-draft-tokens: must be >= 1, got " + std::to_string(o.num_draft_tokens));
     if (o.allowed_origins.empty()) throw UsageError("argument --allowed-origins: must not be empty");
     return serve(o);
   });

@@ -121,6 +121,7 @@ class CudaBackend final : public Backend {
                    const int32_t* pos_at, DType dt) override;
   bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows, int64_t dim,
                     float eps, DType dt) override;
+  bool has_decode_rows() const override { return true; }
   bool rope_append_rows(const void* q, const void* k, const void* v, void* q_out, const float* inv_freq, int64_t H,
                         int64_t KV, int64_t D, const DecodeRows& rows, DType dt) override;
   bool attention_rows(const void* q, void* out, const DecodeRows& rows, int64_t H, int64_t KV, int64_t D, float scale,
