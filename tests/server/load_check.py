@@ -11,12 +11,17 @@ loopback port (server_check.py's Server).
                 normal request every 0.25 s must be answered (correctly, within a bound); the slow
                 ones that finish must get their full, correct answers; afterwards no request is left
                 in flight and the resident memory is back near its baseline
+  backlog       the listening socket's backlog is at least 128 (a burst of that many clients connects
+                at once) and a burst of 256 connects at once gets 256 answers, each within 3 s
+  slowloris     300 clients that send their request heads a byte a second (three times the server's
+                connection threads) must not keep a normal request from its answer
 """
 import argparse
 import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -277,16 +282,93 @@ def case_slow_clients(a):
         srv.stop()
 
 
+# --- backlog ---
+
+def listen_backlog(port):
+    """The backlog of the socket listening on port, from `ss -ltn` (its Send-Q column), or None."""
+    try:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"LISTEN\s+\d+\s+(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def case_backlog(a):
+    srv = sc.Server(a.lmtune, a.model)
+    try:
+        backlog = listen_backlog(srv.port)
+        print(f"listen backlog: {backlog}")
+        check(backlog is None or backlog >= 128,
+              f"the server listens with a backlog of {backlog}: a burst of connects overflows it (resets, 1 s "
+              "SYN retries); cpp-httplib's CPPHTTPLIB_LISTEN_BACKLOG defaults to 5")
+        n = 256
+        res, barrier = [None] * n, threading.Barrier(n)
+
+        def one(i):
+            barrier.wait()
+            t0 = time.time()
+            try:
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                st, _, _ = read_response(s)
+                s.close()
+                res[i] = (st, time.time() - t0)
+            except Exception as e:  # noqa: BLE001
+                res[i] = (repr(e), time.time() - t0)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        bad = [r for r in res if r is None or r[0] != 200]
+        slowest = max(r[1] for r in res if r)
+        print(f"{n} connects at once: {n - len(bad)} answered, slowest {slowest * 1e3:.0f} ms")
+        check(not bad, f"{len(bad)} of {n} connects at once failed: {bad[:5]}")
+        # A dropped SYN is sent again 1, 3, 7, ... s later: an overflowing backlog shows as seconds here.
+        check(slowest < 3, f"the slowest of {n} connects at once took {slowest:.1f} s (SYN retries)")
+    finally:
+        srv.stop()
+
+
+# --- slowloris ---
+
+def case_slowloris(a):
+    srv = sc.Server(a.lmtune, a.model)
+    try:
+        n, outs = 300, []
+        body = json.dumps(sc.chat_body("Define: river", max_tokens=4)).encode()
+        for _ in range(n):  # each sends its head a byte a second, under httplib's 5 s read timeout
+            outs.append({})
+            threading.Thread(target=slow_sender, args=(srv.port, body, 1.0, True, outs[-1]), daemon=True).start()
+        time.sleep(4)
+        t0 = time.time()
+        try:
+            st, j = srv.post("/v1/chat/completions", sc.chat_body("Define: lantern", max_tokens=4), timeout=10)
+            got = f"HTTP {st}"
+        except Exception as e:  # noqa: BLE001
+            got = repr(e)
+        took = time.time() - t0
+        print(f"a normal request beside {n} clients sending their heads a byte a second: {got} in {took:.2f} s")
+        check(got == "HTTP 200" and took < 5,
+              f"{n} slow clients starve the server: a normal request got {got} after {took:.1f} s (one thread "
+              "per connection, and a connection that sends a byte every few seconds keeps its thread)")
+        check(srv.alive(), "the server died")
+    finally:
+        srv.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lmtune", required=True)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--case", required=True, choices=["load", "slow_clients"])
+    ap.add_argument("--case", required=True, choices=["load", "slow_clients", "backlog", "slowloris"])
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=200)
     a = ap.parse_args()
     a.model = os.path.join(a.root, "models", "default")
-    {"load": case_load, "slow_clients": case_slow_clients}[a.case](a)
+    {"load": case_load, "slow_clients": case_slow_clients, "backlog": case_backlog, "slowloris": case_slowloris}[a.case](a)
     if sc.FAILS:
         print(f"{len(sc.FAILS)} check(s) failed", file=sys.stderr)
         sys.exit(1)
