@@ -138,7 +138,8 @@ run_peer() {  # name extra-body-json model-field command...
   if wait_ready "$port" "$tmp/$name.log"; then
     echo "ready [$((SECONDS - start)) s]"
     "$py" "$root/bench/bench_server_client.py" --port "$port" --streams "$streams" --eos-id "$eos" "${client_args[@]}" \
-      --model "$mfield" --extra-body "$extra" --json "$tmp/$name.json" || { status=1; notrun[$name]="client errors"; }
+      --model "$mfield" --extra-body "$extra" --json "$tmp/$name.json" ||
+      { status=1; notrun[$name]="client errors"; echo "$name's log:"; tail -n 40 "$tmp/$name.log"; }
     [[ "$name" == lmtune ]] && "$py" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" |
       grep -E "^lmtune_batch_(steps|tokens|graph_steps)_total" || true
   else
@@ -163,7 +164,8 @@ if want transformers; then
 from transformers.utils.import_utils import is_serve_available
 assert is_serve_available()
 print('transformers', transformers.__version__, 'fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__, 'openai', openai.__version__)"; then
-    ((smoke)) && tdev=(--device cpu) || tdev=(--device cuda --dtype bfloat16)
+    # On the CPU its cache and batch buffers would be sized from 80% of the free RAM (the OOM killer took it): fixed.
+    ((smoke)) && tdev=(--device cpu --cb-num-blocks 64 --cb-max-batch-tokens 512) || tdev=(--device cuda --dtype bfloat16)
     # eos_token_id -1 in the request's generation_config: its continuous batching then never stops at EOS.
     run_peer transformers '{"generation_config": "{\"do_sample\": false, \"eos_token_id\": -1}"}' "$model" \
       env PYTHONPATH="$tpath${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_CACHE="$tmp/hf-cache" "$py" -c \
