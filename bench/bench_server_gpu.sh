@@ -198,7 +198,7 @@ if want llamacpp; then
       # The server's prompt reuse off (every stream sends the same prompt; lmtune runs without its cache).
       run_peer llamacpp '{"ignore_eos": true, "cache_prompt": false}' default_model \
         "$llamacpp_bin/llama-server" -m "$tmp/model-f16.gguf" --host 127.0.0.1 "${lc[@]}" --cont-batching \
-        --no-webui --log-disable
+        --no-webui
     else
       tail -n 30 "$tmp/gguf.log"
       status=1
