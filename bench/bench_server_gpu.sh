@@ -21,6 +21,15 @@
 # starts it in the background at its beginning (`--only-build-llamacpp --llamacpp-src T --build B` touches
 # B/llama-server/done when it ends; this script's --llamacpp-wait names that file).
 #
+# On the GPU machine through scripts/gpu-check, after scripts/gpu-deps and scripts/gpu-peers here; the
+# device call carries only what --server needs (.gpu whole, with bitsandbytes, is over 64 MiB with the
+# tree): command `bash scripts/gpu-check --server --skip-tests --skip-cpu-tests --skip-bench
+# --skip-generate --skip-lora --targets lmtune`, carry [".gpu/debs", ".gpu/peers/llama.cpp-src.tar.xz",
+# ".gpu/peers/llama2-tokenizer.tar.xz", ".gpu/peers/transformers-serve-py312.tar.xz"], timeout 600 s.
+# Expected 6-8 min: lmtune's build ~1 min while llama-server builds in the background (~4 min), the
+# model ~30 s, lmtune ~45 s, transformers serve ~1.5-2 min (loading, then its Python-paced steps), the
+# GGUF conversion ~1 min, llama-server ~1 min. The table: $OUT/gpu-server.md and the summary.
+#
 # Usage: bench/bench_server_gpu.sh [--build DIR] [--table PATH] --tokenizer TARBALL [--streams LIST]
 #   [--peers lmtune,transformers,llamacpp] [--llamacpp-src TARBALL | --llamacpp-bin DIR] [--llamacpp-wait FILE]
 #   [--serve-site TARBALL] [--smoke]
