@@ -5,7 +5,8 @@ with a prompt of about --prompt-tokens tokens and --max-tokens output tokens (EO
 logit_bias so every stream runs its full length). Reports per c: aggregate output tok/s (all
 completion tokens over the wall time from the barrier to the last stream's end), time to first
 token p50 / p99 (request sent to the first chunk carrying text), and the prompt tokens the server
-counted. Standard library only. Writes a JSON list with --json."""
+counted. A stream counts as failed when its usage is missing or its completion tokens fall short of
+--max-tokens (a peer that did not ban EOS). Standard library only. Writes a JSON list with --json."""
 import argparse
 import http.client
 import json
@@ -50,9 +51,10 @@ def pct(xs, q):
 
 
 def run(a, c):
-    body = json.dumps({"model": "default_model", "prompt": " ".join([a.word] * (a.prompt_tokens - 1)),
-                       "max_tokens": a.max_tokens, "temperature": 0, "stream": True,
-                       "stream_options": {"include_usage": True}, "logit_bias": {str(a.eos_id): -100}})
+    body = {"model": a.model, "prompt": " ".join([a.word] * (a.prompt_tokens - 1)), "max_tokens": a.max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+            "logit_bias": {str(a.eos_id): -100}}
+    body = json.dumps({**body, **json.loads(a.extra_body)})
     outs = [{} for _ in range(c)]
     barrier = threading.Barrier(c + 1)
     threads = [threading.Thread(target=one, args=(a.port, body, outs[i], barrier)) for i in range(c)]
@@ -62,8 +64,13 @@ def run(a, c):
     t0 = time.perf_counter()
     for t in threads:
         t.join()
+    for o in outs:
+        if "error" not in o and not o.get("usage"):
+            o["error"] = "no usage in the stream"
+        elif "error" not in o and o["usage"].get("completion_tokens", 0) < a.max_tokens:
+            o["error"] = f"{o['usage'].get('completion_tokens')} of {a.max_tokens} tokens (EOS not banned?)"
     errors = [o["error"] for o in outs if "error" in o]
-    ok = [o for o in outs if "error" not in o and o.get("usage")]
+    ok = [o for o in outs if "error" not in o]
     wall = max((o["end"] for o in ok), default=t0) - t0
     gen = sum(o["usage"]["completion_tokens"] for o in ok)
     ttfts = [o["ttft"] for o in ok if o["ttft"] is not None]
@@ -81,6 +88,12 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--word", default="the", help="a word the tokenizer keeps as one token (Llama 2: \"the\")")
     ap.add_argument("--eos-id", type=int, default=2)
+    ap.add_argument("--model", default="default_model", help="the request's model field")
+    ap.add_argument("--extra-body", default="{}",
+                    help="JSON fields merged into each request, for a peer that bans EOS its own way: transformers "
+                         "serve ignores logit_bias on /v1/completions but takes "
+                         "'{\"generation_config\": \"{\\\"eos_token_id\\\": -1}\"}'; llama-server takes "
+                         "'{\"ignore_eos\": true}'")
     ap.add_argument("--json")
     a = ap.parse_args()
     warm = argparse.Namespace(**{**vars(a), "max_tokens": 8})
