@@ -2,6 +2,7 @@
 // once (and --draft-model's draft) and serves src/server's OpenAI-compatible API until SIGINT or
 // SIGTERM. --pipeline (sharded serving), which this slice lacks, is accepted and reported as not
 // implemented yet at startup.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -207,8 +208,9 @@ int serve(ServerOptions& o) {
   hc.max_body_bytes = size_t(o.max_body_bytes);
   hc.request_timeout_s = o.request_timeout;
   hc.log_level = log_level(o.log_level);
-  // A connection thread per admitted request, and a few for refusals, /health and /metrics.
-  hc.threads = size_t(o.decode_concurrency + o.max_queued_requests + 8);
+  // A connection thread per admitted request and a few for refusals, /health and /metrics, and at
+  // least HttpConfig's 512, so that slow clients (a byte a second) leave threads for the rest.
+  hc.threads = std::max(hc.threads, size_t(o.decode_concurrency + o.max_queued_requests + 8));
   server::HttpServer http(session, d, hc);
   const int port = http.bind();
   std::fprintf(stderr,
