@@ -7,6 +7,9 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
@@ -52,6 +55,7 @@ struct HttpServer::Impl {
   httplib::Server svr;
   Metrics metrics;
   int port = -1;
+  int listen_fd = -1;                                   // the listening socket, seen by the socket-options hook
   const int64_t started = int64_t(std::time(nullptr));  // /v1/models' created
 
   Impl(Session& s, RequestDefaults d, HttpConfig c) : session(s), defaults(std::move(d)), cfg(std::move(c)) {}
@@ -267,6 +271,14 @@ struct HttpServer::Impl {
     using httplib::Request, httplib::Response;
     svr.set_payload_max_length(cfg.max_body_bytes);
     svr.new_task_queue = [n = cfg.threads] { return new httplib::ThreadPool(n); };
+    // Debian's cpp-httplib is a shared library built with a listen backlog of 5 (the macro cannot be
+    // changed from here): a burst of clients connecting at once overflowed it (resets, and SYN
+    // retries seconds later; tests/server's server_backlog). The hook keeps httplib's own options and
+    // notes the socket, which bind() then listens on again with a backlog of 1024.
+    svr.set_socket_options([this](httplib::socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_fd = int(sock);
+    });
     for (const char* p : {"/v1/chat/completions", "/chat/completions"})
       svr.Post(p, [this](const Request& q, Response& s) { completion(q, s, Endpoint::chat); });
     for (const char* p : {"/v1/completions", "/completions"})
@@ -314,6 +326,9 @@ int HttpServer::bind() {
     m.port = m.svr.bind_to_port(m.cfg.host, m.cfg.port) ? m.cfg.port : -1;
   }
   LMT_CHECK(m.port > 0, "[server] cannot listen on ", m.cfg.host, ":", m.cfg.port, " (in use, or not an address here)");
+  // Linux takes a second listen() on a listening socket as a new backlog (capped at somaxconn).
+  if (m.listen_fd >= 0 && ::listen(m.listen_fd, 1024) != 0)
+    std::fprintf(stderr, "lmtune server: warning: could not raise the listen backlog (%s)\n", std::strerror(errno));
   return m.port;
 }
 
