@@ -275,7 +275,7 @@ struct HttpServer::Impl {
     // changed from here): a burst of clients connecting at once overflowed it (resets, and SYN
     // retries seconds later; tests/server's server_backlog). The hook keeps httplib's own options and
     // notes the socket, which bind() then listens on again with a backlog of 1024.
-    svr.set_socket_options([this](httplib::socket_t sock) {
+    svr.set_socket_options([this](socket_t sock) {
       httplib::default_socket_options(sock);
       listen_fd = int(sock);
     });
