@@ -82,8 +82,8 @@ std::string show(const ojson& v) {
   return d.size() > 60 ? d.substr(0, 57) + "..." : d;
 }
 
-// A message as chat templates read it: a string role; content a string, a list of content parts
-// (objects), or null / absent only beside tool_calls. A number, a list of strings or a null would
+// A message as chat templates read it: a string role; content a string, an object (a tool
+// result), a list of content parts (objects), or null / absent only beside tool_calls. A number, a list of strings or a null would
 // otherwise be printed by the template as "5", "['a']" or "None" and trained on silently.
 void check_message(const ojson& m, size_t i, const std::string& key) {
   LMT_CHECK(m.is_object(), "'", key, "'[", i, "] is not a JSON object: ", show(m));
@@ -96,7 +96,7 @@ void check_message(const ojson& m, size_t i, const std::string& key) {
     return;
   }
   const ojson& c = m["content"];
-  if (c.is_string()) return;
+  if (c.is_string() || c.is_object()) return;  // an object: a tool result some templates serialize
   LMT_CHECK(c.is_array(), "'", key, "'[", i, "]'s 'content' must be a string or a list of content parts, got ",
             show(c));
   for (size_t k = 0; k < c.size(); ++k)
