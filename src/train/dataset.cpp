@@ -83,8 +83,8 @@ std::string show(const ojson& v) {
 }
 
 // A message as chat templates read it: a string role; content a string, an object (a tool
-// result), a list of content parts (objects), or null / absent only beside tool_calls. A number, a list of strings or a null would
-// otherwise be printed by the template as "5", "['a']" or "None" and trained on silently.
+// result), a list of content parts (objects), or null / absent only beside tool_calls. A number, a list of strings or a
+// null would otherwise be printed by the template as "5", "['a']" or "None" and trained on silently.
 void check_message(const ojson& m, size_t i, const std::string& key) {
   LMT_CHECK(m.is_object(), "'", key, "'[", i, "] is not a JSON object: ", show(m));
   LMT_CHECK(m.contains("role") && m["role"].is_string(), "'", key, "'[", i, "] needs a string 'role', got ",
