@@ -17,7 +17,14 @@ namespace {
 
 constexpr size_t kBufferBytes = size_t(1) << 20;
 
-std::string errno_str(int e) { return std::strerror(e); }
+// A full disk or a file size limit gets a hint: the old file (if any) is still the one in place.
+std::string errno_str(int e) {
+  std::string s = std::strerror(e);
+  if (e == ENOSPC || e == EFBIG || e == EDQUOT)
+    s += " (the disk is full, or a quota or file size limit such as `ulimit -f` was reached; the previous file, if "
+         "any, is left as it was)";
+  return s;
+}
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -63,6 +64,22 @@ bool is_safe_commit_name(const std::string& s) {
   for (char c : s)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
   return true;
+}
+
+// A file name of a Hub listing as a relative path inside the snapshot: no empty, "." or ".."
+// component, not absolute, no backslash or NUL (the Hub never lists such names; a server that does
+// is trying to write outside the cache).
+bool is_safe_repo_file_name(const std::string& name) {
+  if (name.empty() || name.size() > 1024 || name[0] == '/') return false;
+  if (name.find('\\') != std::string::npos || name.find('\0') != std::string::npos) return false;
+  size_t start = 0;
+  for (;;) {
+    size_t slash = name.find('/', start);
+    std::string part = name.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    if (slash == std::string::npos) return true;
+    start = slash + 1;
+  }
 }
 
 bool is_sha256_hex(const std::string& s) {
@@ -150,6 +167,33 @@ struct Hub {
          "): check the network, or set HF_HUB_OFFLINE=1 to use models already in the cache (", s.cache_dir, ")");
   }
 
+  // A snapshot must be a real folder under snapshots/ whose links all end inside the cache (the
+  // blobs, as huggingface_hub makes them): a planted symlink would otherwise make lmtune read, and
+  // `lmtune manage` or a later download write, outside it.
+  void check_snapshot(const std::string& snap) const {
+    std::error_code ec;
+    LMT_CHECK(!fs::is_symlink(snap, ec), "[hub] ", snap,
+              " is a symbolic link, not a snapshot folder: refusing to follow it out of the cache");
+    const fs::path cache = fs::weakly_canonical(s.cache_dir, ec);
+    auto inside = [&](const fs::path& p) {
+      std::error_code pec;
+      const fs::path c = fs::weakly_canonical(p, pec);
+      auto [a, b] = std::mismatch(cache.begin(), cache.end(), c.begin(), c.end());
+      return !pec && a == cache.end() && b != c.end();
+    };
+    LMT_CHECK(inside(snap), "[hub] ", snap, " resolves to ", fs::weakly_canonical(snap, ec).string(),
+              ", outside the cache ", s.cache_dir);
+    for (auto it = fs::recursive_directory_iterator(snap, ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec)) {
+      if (!it->is_symlink(ec)) continue;
+      LMT_CHECK(inside(it->path()), "[hub] ", it->path().string(), " links to ",
+                fs::read_symlink(it->path(), ec).string(), ", outside the cache ", s.cache_dir,
+                ": refusing to load it (delete the repo with `lmtune manage --delete "
+                "--pattern ",
+                repo_id, "`)");
+    }
+  }
+
   // The snapshot folder of revision from the cache alone; empty when it is not there.
   std::string cached_snapshot() const {
     std::string commit = revision;
@@ -166,6 +210,7 @@ struct Hub {
     if (commit.empty()) return {};
     std::string snap = repo_dir + "/snapshots/" + commit;
     if (!fs::is_directory(snap) || fs::is_empty(snap)) return {};
+    check_snapshot(snap);
     return snap;
   }
 
@@ -196,20 +241,23 @@ struct Hub {
     LMT_CHECK(info.is_object() && info.contains("sha") && info["sha"].is_string(), "[hub] ", url,
               " returned no commit 'sha'");
     std::string commit = info["sha"].get<std::string>();
-    LMT_CHECK(!commit.empty() && commit.find('/') == std::string::npos && commit.find("..") == std::string::npos,
-              "[hub] ", url, " returned an invalid commit '", commit, "'");
+    LMT_CHECK(is_safe_commit_name(commit), "[hub] ", url, " returned an invalid commit '", commit.substr(0, 100),
+              "' (a commit hash is [A-Za-z0-9._-])");
     std::vector<std::string> files;
     if (info.contains("siblings") && info["siblings"].is_array()) {
       for (const auto& sib : info["siblings"]) {
         if (!sib.is_object() || !sib.contains("rfilename") || !sib["rfilename"].is_string()) continue;
         std::string name = sib["rfilename"].get<std::string>();
-        if (name.empty() || name[0] == '/' || name.find("..") != std::string::npos) continue;  // stay in the snapshot
+        LMT_CHECK(is_safe_repo_file_name(name), "[hub] ", url, " lists a file named '", name.substr(0, 200),
+                  "', which is not a relative path inside the repo (an absolute path or a '..' component): refusing "
+                  "to download from this listing");
         if (hub_file_needed(name)) files.push_back(name);
       }
     }
     LMT_CHECK(!files.empty(), "[hub] ", where(), " (commit ", commit,
               ") has no model files (config.json, *.safetensors, ", "tokenizer files)");
     std::string snap = repo_dir + "/snapshots/" + commit;
+    if (fs::is_directory(snap)) check_snapshot(snap);  // before anything is written through it
     for (const std::string& f : files) {
       if (fs::is_regular_file(snap + "/" + f)) continue;  // cached: the link resolves to a blob
       fetch_file(commit, f);

@@ -143,6 +143,8 @@ struct AppendState {
   bool decided = false;  // whether the response status was seen
   bool to_file = false;  // 200/206: the body goes to the file
   std::string io_error;
+  uint64_t expected = 0;  // the announced size; 0 = unknown
+  bool overrun = false;   // the body went past it: stopped there
   Progress* progress = nullptr;
 };
 
@@ -163,6 +165,11 @@ size_t on_append(char* data, size_t size, size_t n, void* user) {
     }
   }
   if (!s->to_file) return on_body(data, size, n, s->result);
+  // A server that sends more than it announced is stopped at once, not after filling the disk.
+  if (s->expected > 0 && s->written + bytes > s->expected) {
+    s->overrun = true;
+    return 0;
+  }
   const char* p = data;
   size_t left = bytes;
   while (left > 0) {
@@ -269,6 +276,7 @@ HttpResult download_append(const std::string& url, const std::vector<std::string
   s.fd = fd;
   s.offset = s.written = uint64_t(size);
   s.progress = &progress;
+  s.expected = expected_size;
   curl_easy_setopt(h.get(), CURLOPT_HEADERDATA, &r);
   curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, on_append);
   curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &s);
@@ -280,6 +288,11 @@ HttpResult download_append(const std::string& url, const std::vector<std::string
   if (::fsync(fd) != 0 && s.io_error.empty()) s.io_error = std::strerror(errno);
   ::close(fd);
   if (!s.io_error.empty()) fail("[hub] writing ", path, " failed: ", s.io_error);
+  if (s.overrun) {
+    ::unlink(path.c_str());
+    fail("[hub] ", display_name, ": the server sent more than the ", expected_size,
+         " bytes it announced; the download was stopped and its partial file deleted");
+  }
   if (rc != CURLE_OK) r.transport_error = curl_easy_strerror(rc);
   return r;
 }

@@ -48,29 +48,66 @@ std::string ConfigReader::str_or(const char* key, const std::string& dflt) const
 
 namespace {
 
+// The rope type an object names ("rope_type", or the older "type"), refused unless supported.
+std::string rope_type_of(const ConfigReader& s, const char* field) {
+  std::string type = s.str_or("rope_type", s.str_or("type", "default"));
+  LMT_CHECK(type == "default" || type == "linear" || type == "llama3", "[config] ", s.src, ": ", field, " type '", type,
+            "' is not supported (supported: default, linear, llama3)");
+  return type;
+}
+
 void parse_rope(const ConfigReader& r, ModelConfig& c) {
   // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files write
-  // rope_theta and rope_scaling {type | rope_type, factor, ...}.
+  // rope_theta and rope_scaling {type | rope_type, factor, ...}. A file with both is read from
+  // rope_parameters, but rope_scaling must agree: mlx-lm reads only rope_scaling, so a scaling
+  // ignored here would give another model there.
   const json& j = r.j;
-  const json* scaling = nullptr;
-  if (j.contains("rope_parameters") && j["rope_parameters"].is_object())
-    scaling = &j["rope_parameters"];
-  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object())
-    scaling = &j["rope_scaling"];
+  auto object = [&](const char* key) {
+    if (!j.contains(key) || j[key].is_null()) return static_cast<const json*>(nullptr);
+    LMT_CHECK(j[key].is_object(), "[config] ", r.src, ": field '", key, "' must be an object, got ", j[key].dump());
+    return &j[key];
+  };
+  const json* params = object("rope_parameters");
+  const json* legacy = object("rope_scaling");
+  const json* scaling = params ? params : legacy;
+  const char* field = params ? "rope_parameters" : "rope_scaling";
   c.rope.theta = r.num_or("rope_theta", 10000.0);
   if (!scaling) return;
   ConfigReader s{*scaling, r.src};
+  const std::string type = rope_type_of(s, field);
+  if (params && legacy) {
+    const std::string other = rope_type_of(ConfigReader{*legacy, r.src}, "rope_scaling");
+    LMT_CHECK(other == type, "[config] ", r.src, ": rope_parameters has rope type '", type, "' but rope_scaling has '",
+              other, "'; remove the one that is wrong");
+  }
   c.rope.theta = s.num_or("rope_theta", c.rope.theta);
-  std::string type = s.str_or("rope_type", s.str_or("type", "default"));
-  LMT_CHECK(type == "default" || type == "linear" || type == "llama3", "[config] ", r.src, ": rope scaling type '",
-            type, "' is not supported (supported: default, linear, llama3)");
   c.rope.type = type;
+  // transformers' rope validation: each type's keys must be there (no silent defaults).
+  auto need = [&](const char* key) {
+    LMT_CHECK(s.has(key), "[config] ", r.src, ": ", field, " of type '", type, "' needs '", key, "'");
+  };
+  if (type == "linear" || type == "llama3") need("factor");
+  if (type == "llama3")
+    for (const char* k : {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) need(k);
   c.rope.factor = s.num_or("factor", 1.0);
   c.rope.low_freq_factor = s.num_or("low_freq_factor", 1.0);
   c.rope.high_freq_factor = s.num_or("high_freq_factor", 4.0);
-  c.rope.original_max_position_embeddings =
-      int64_t(s.num_or("original_max_position_embeddings", double(c.max_position_embeddings)));
-  if (type != "default") LMT_CHECK(c.rope.factor > 0, "[config] ", r.src, ": rope scaling factor must be positive");
+  c.rope.original_max_position_embeddings = c.max_position_embeddings;  // checked by check_bounds
+  if (s.has("original_max_position_embeddings")) {
+    const double original = s.num_or("original_max_position_embeddings", 0);
+    LMT_CHECK(std::isfinite(original) && original >= 1 && original <= double(int64_t(1) << 30), "[config] ", r.src,
+              ": ", field, " 'original_max_position_embeddings' must be 1 to 2^30, got ", original);
+    c.rope.original_max_position_embeddings = int64_t(original);
+  }
+  if (type == "default") return;
+  LMT_CHECK(std::isfinite(c.rope.factor) && c.rope.factor > 0, "[config] ", r.src, ": ", field,
+            " 'factor' must be a positive number, got ", c.rope.factor);
+  if (type == "llama3") {
+    LMT_CHECK(std::isfinite(c.rope.low_freq_factor) && std::isfinite(c.rope.high_freq_factor) &&
+                  c.rope.low_freq_factor > 0 && c.rope.high_freq_factor > c.rope.low_freq_factor,
+              "[config] ", r.src, ": ", field, " needs 0 < 'low_freq_factor' < 'high_freq_factor', got ",
+              c.rope.low_freq_factor, " and ", c.rope.high_freq_factor);
+  }
 }
 
 // transformers 5's layer_types, when present, says which layers slide; the family parsers handle

@@ -1,6 +1,7 @@
 #include "models/model.h"
 
 #include <optional>
+#include <set>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -177,7 +178,74 @@ std::map<std::string, LayerQuant> quantized_layers(const std::string& dir, const
   return out;
 }
 
+// Tensors of the checkpoint that no parameter of the model reads. mlx-lm's Model.sanitize drops
+// rotary_emb.inv_freq and, with tied embeddings, lm_head.weight; its strict load_weights refuses
+// anything else, and so does lmtune: a leftover tensor means the config does not describe the file.
+void check_no_unused_tensors(const std::string& dir, const ModelConfig& cfg, const std::vector<TensorSpec>& specs,
+                             const std::map<std::string, LayerQuant>& quantized, const SafetensorsModel& files) {
+  std::set<std::string> used;
+  for (const TensorSpec& s : specs) used.insert(s.name);
+  for (const auto& [layer, q] : quantized) {
+    used.insert(layer + ".scales");
+    if (q.has_biases()) used.insert(layer + ".biases");
+  }
+  std::vector<std::string> extra;
+  for (const std::string& n : files.names()) {
+    if (used.count(n) || n.find("self_attn.rotary_emb.inv_freq") != std::string::npos) continue;
+    if (n == "lm_head.weight" && cfg.tie_word_embeddings) continue;
+    extra.push_back(n);
+  }
+  if (extra.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < extra.size() && i < 8; ++i) list += (i ? ", " : "") + extra[i];
+  if (extra.size() > 8) list += str_cat(", ... (", extra.size() - 8, " more)");
+  fail("[load_model] ", dir, ": ", extra.size(), " tensor", extra.size() > 1 ? "s are" : " is",
+       " not a parameter of a ", cfg.model_type, " model with this config.json (", cfg.n_layer,
+       " layers; mlx-lm's strict loading refuses them too): ", list);
+}
+
 }  // namespace
+
+std::map<std::string, LayerQuant> check_checkpoint(const std::string& dir, const ModelConfig& cfg,
+                                                   const std::vector<TensorSpec>& specs,
+                                                   const SafetensorsModel& files) {
+  const std::map<std::string, LayerQuant> quantized = quantized_layers(dir, cfg, specs, files);
+  for (const auto& [layer, q] : quantized) {
+    const char* mode = quant_mode_name(q.mode);
+    Tensor wq = files.get(layer + ".weight");
+    LMT_CHECK(wq.dtype() == DType::u32, "[load_model] ", dir, ": quantized weight '", layer, ".weight' has dtype ",
+              dtype_name(wq.dtype()), ", expected u32");
+    Tensor scales = files.get(layer + ".scales"), biases;
+    if (q.has_biases()) {
+      LMT_CHECK(files.contains(layer + ".biases"), "[load_model] ", dir, ": affine-quantized layer '", layer,
+                "' has no tensor '", layer, ".biases'");
+      for (const char* part : {".scales", ".biases"}) {
+        const DType dt = files.get(layer + part).dtype();
+        LMT_CHECK(is_float(dt), "[load_model] ", dir, ": '", layer, part, "' has dtype ", dtype_name(dt),
+                  ", expected a float dtype (affine quantization)");
+      }
+      biases = files.get(layer + ".biases");
+    } else {  // mxfp4 / nvfp4 / mxfp8: u8 scales kept as they are, and no biases
+      LMT_CHECK(!files.contains(layer + ".biases"), "[load_model] ", dir, ": layer '", layer, "' is ", mode,
+                "-quantized, which has no biases, but the checkpoint has '", layer, ".biases'");
+      LMT_CHECK(scales.dtype() == DType::u8, "[load_model] ", dir, ": '", layer, ".scales' has dtype ",
+                dtype_name(scales.dtype()), ", expected u8 (", mode, " scales)");
+    }
+    ops::check_quantized(wq, scales, biases, q, layer);
+  }
+  for (const TensorSpec& s : specs) {
+    if (quantized.count(layer_of(s.name))) continue;
+    LMT_CHECK(files.contains(s.name), "[load_model] ", dir, ": the checkpoint has no tensor '", s.name, "'");
+    const SafetensorsInfo& t = files.info(s.name);
+    LMT_CHECK(t.shape == s.shape, "[load_model] ", dir, ": tensor '", s.name, "' has shape ", shape_str(t.shape),
+              ", the config implies ", shape_str(s.shape));
+    if (!t.supported) (void)files.get(s.name);  // the reader's own error names the dtype it does not read
+    LMT_CHECK(is_float(t.dtype), "[load_model] ", dir, ": tensor '", s.name, "' has dtype ", dtype_name(t.dtype),
+              "; a packed weight needs \"quantization\" in config.json and its '.scales' tensor");
+  }
+  check_no_unused_tensors(dir, cfg, specs, quantized, files);
+  return quantized;
+}
 
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType dtype) {
   ModelConfig cfg = ModelConfig::load(dir);
@@ -185,45 +253,19 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType d
   SafetensorsModel files(dir);
   if (device == Device::cpu) dtype = DType::f32;
   const std::vector<TensorSpec> specs = model->tensor_specs();
+  const std::map<std::string, LayerQuant> quantized = check_checkpoint(dir, cfg, specs, files);
   std::map<std::string, Tensor> w;
-  const std::map<std::string, LayerQuant> quantized = quantized_layers(dir, cfg, specs, files);
   for (const auto& [layer, q] : quantized) {
-    const char* mode = quant_mode_name(q.mode);
-    Tensor wq = files.get(layer + ".weight");
-    LMT_CHECK(wq.dtype() == DType::u32, "[load_model] ", dir, ": quantized weight '", layer, ".weight' has dtype ",
-              dtype_name(wq.dtype()), ", expected u32");
-    w[layer + ".weight"] = ops::to(wq, device);
-    Tensor scales = files.get(layer + ".scales"), biases;
+    w[layer + ".weight"] = ops::to(files.get(layer + ".weight"), device);
     if (q.has_biases()) {
-      LMT_CHECK(files.contains(layer + ".biases"), "[load_model] ", dir, ": affine-quantized layer '", layer,
-                "' has no tensor '", layer, ".biases'");
-      for (const char* part : {".scales", ".biases"}) {
-        Tensor t = files.get(layer + part);
-        LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": '", layer, part, "' has dtype ", dtype_name(t.dtype()),
-                  ", expected a float dtype (affine quantization)");
-        w[layer + part] = ops::to(t, device, dtype);
-      }
-      biases = w[layer + ".biases"];
-    } else {  // mxfp4 / nvfp4 / mxfp8: u8 scales kept as they are, and no biases
-      LMT_CHECK(!files.contains(layer + ".biases"), "[load_model] ", dir, ": layer '", layer, "' is ", mode,
-                "-quantized, which has no biases, but the checkpoint has '", layer, ".biases'");
-      LMT_CHECK(scales.dtype() == DType::u8, "[load_model] ", dir, ": '", layer, ".scales' has dtype ",
-                dtype_name(scales.dtype()), ", expected u8 (", mode, " scales)");
-      w[layer + ".scales"] = ops::to(scales, device);
+      for (const char* part : {".scales", ".biases"}) w[layer + part] = ops::to(files.get(layer + part), device, dtype);
+    } else {
+      w[layer + ".scales"] = ops::to(files.get(layer + ".scales"), device);
     }
-    ops::check_quantized(w[layer + ".weight"], w[layer + ".scales"], biases, q, layer);
   }
   model->set_quantized(quantized);
-  for (const TensorSpec& s : specs) {
-    if (quantized.count(layer_of(s.name))) continue;
-    LMT_CHECK(files.contains(s.name), "[load_model] ", dir, ": the checkpoint has no tensor '", s.name, "'");
-    Tensor t = files.get(s.name);
-    LMT_CHECK(t.shape() == s.shape, "[load_model] ", dir, ": tensor '", s.name, "' has shape ", shape_str(t.shape()),
-              ", the config implies ", shape_str(s.shape));
-    LMT_CHECK(is_float(t.dtype()), "[load_model] ", dir, ": tensor '", s.name, "' has dtype ", dtype_name(t.dtype()),
-              "; a packed weight needs \"quantization\" in config.json and its '.scales' tensor");
-    w[s.name] = ops::to(t, device, dtype);
-  }
+  for (const TensorSpec& s : specs)
+    if (!quantized.count(layer_of(s.name))) w[s.name] = ops::to(files.get(s.name), device, dtype);
   model->set_weights(std::move(w));
   return model;
 }

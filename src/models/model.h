@@ -13,6 +13,8 @@
 
 namespace lmtune {
 
+class SafetensorsModel;
+
 struct TensorSpec {
   std::string name;
   Shape shape;
@@ -118,5 +120,11 @@ std::unique_ptr<Model> create_model(const ModelConfig& cfg);
 // A Hugging Face model folder (config.json + safetensors, sharded or not) with its weights
 // cast to dtype on device. The CPU computes in f32, so a CPU model is always f32.
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType dtype);
+
+// Everything load_model checks of a folder's checkpoint against its config, without converting a
+// tensor: every parameter present with the implied shape and a float dtype (or a valid MLX
+// quantization), and no tensor the model does not use. Returns the quantized layers.
+std::map<std::string, LayerQuant> check_checkpoint(const std::string& dir, const ModelConfig& cfg,
+                                                   const std::vector<TensorSpec>& specs, const SafetensorsModel& files);
 
 }  // namespace lmtune

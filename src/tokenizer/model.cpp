@@ -59,9 +59,20 @@ int64_t token_id(const nlohmann::json& v) {
   return v.get<int64_t>();
 }
 
+namespace {
+std::string shown(const std::string& token) {
+  return nlohmann::json(token).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+}  // namespace
+
 void Model::add_token(const std::string& token, int64_t id) {
   LMT_CHECK(id >= 0 && id < kMaxTokenId, "[tokenizer] vocab id ", id, " of token ", token, " is out of range (0 to ",
             kMaxTokenId - 1, ")");
+  // Two tokens with one id: decode could give either, and encode would emit an id that does not
+  // round-trip (HF keeps whichever its map saw last).
+  LMT_CHECK(static_cast<size_t>(id) >= has_id_.size() || !has_id_[size_t(id)] || id_to_token_[size_t(id)] == token,
+            "[tokenizer] vocab id ", id, " is given to two tokens, ", shown(id_to_token_[size_t(id)]), " and ",
+            shown(token));
   vocab_.insert(token, id);
   if (static_cast<size_t>(id) >= id_to_token_.size()) {
     id_to_token_.resize(id + 1);

@@ -77,15 +77,44 @@ std::vector<int32_t> encode_chat(const ChatTemplate& chat, const ojson& messages
   return chat.encode(messages, template_options(chat, tools, agp));
 }
 
+std::string show(const ojson& v) {
+  std::string d = v.dump();
+  return d.size() > 60 ? d.substr(0, 57) + "..." : d;
+}
+
+// A message as chat templates read it: a string role; content a string, an object (a tool
+// result), a list of content parts (objects), or null / absent only beside tool_calls. A number, a list of strings or a
+// null would otherwise be printed by the template as "5", "['a']" or "None" and trained on silently.
+void check_message(const ojson& m, size_t i, const std::string& key) {
+  LMT_CHECK(m.is_object(), "'", key, "'[", i, "] is not a JSON object: ", show(m));
+  LMT_CHECK(m.contains("role") && m["role"].is_string(), "'", key, "'[", i, "] needs a string 'role', got ",
+            m.contains("role") ? show(m["role"]) : std::string("none"));
+  const bool tool_calls = m.contains("tool_calls") && m["tool_calls"].is_array() && !m["tool_calls"].empty();
+  if (!m.contains("content") || m["content"].is_null()) {
+    LMT_CHECK(tool_calls, "'", key, "'[", i, "] (role ", m["role"].get<std::string>(),
+              ") has no 'content' (null or absent is allowed only beside 'tool_calls')");
+    return;
+  }
+  const ojson& c = m["content"];
+  if (c.is_string() || c.is_object()) return;  // an object: a tool result some templates serialize
+  LMT_CHECK(c.is_array(), "'", key, "'[", i, "]'s 'content' must be a string or a list of content parts, got ",
+            show(c));
+  for (size_t k = 0; k < c.size(); ++k)
+    LMT_CHECK(c[k].is_object() && c[k].contains("type") && c[k]["type"].is_string(), "'", key, "'[", i,
+              "]'s content part ", k, " must be an object with a 'type' (as {\"type\": \"text\", \"text\": ...}), got ",
+              show(c[k]));
+}
+
 }  // namespace
 
 Example tokenize_record(const ojson& r, DataFormat format, const ChatTemplate& chat, const DataOptions& o) {
   LMT_CHECK(r.is_object(), "the line is not a JSON object");
   Example ex;
   ojson tools = r.contains("tools") ? r["tools"] : ojson(nullptr);
+  LMT_CHECK(tools.is_null() || tools.is_array(), "'tools' must be a list of tool definitions, got ", show(tools));
   if (format == DataFormat::text) {
     LMT_CHECK(r.contains(o.text_feature), "missing key '", o.text_feature, "' (text format)");
-    LMT_CHECK(r[o.text_feature].is_string(), "'", o.text_feature, "' is not a string");
+    LMT_CHECK(r[o.text_feature].is_string(), "'", o.text_feature, "' must be a string, got ", show(r[o.text_feature]));
     ex.tokens = chat.tokenizer().encode(r[o.text_feature].get<std::string>());
     int32_t eos = chat.tokenizer().eos_id();
     LMT_CHECK(eos >= 0, "the tokenizer has no eos_token to end a text example with");
@@ -97,13 +126,15 @@ Example tokenize_record(const ojson& r, DataFormat format, const ChatTemplate& c
   if (format == DataFormat::completions) {
     LMT_CHECK(r.contains(o.prompt_feature) && r.contains(o.completion_feature), "missing key '",
               r.contains(o.prompt_feature) ? o.completion_feature : o.prompt_feature, "' (completions format)");
+    for (const std::string& k : {o.prompt_feature, o.completion_feature})
+      LMT_CHECK(r[k].is_string(), "'", k, "' must be a string, got ", show(r[k]));
     messages = ojson::array({ojson{{"role", "user"}, {"content", r[o.prompt_feature]}},
                              ojson{{"role", "assistant"}, {"content", r[o.completion_feature]}}});
   } else {
     LMT_CHECK(r.contains(o.chat_feature), "missing key '", o.chat_feature, "' (chat format)");
     messages = r[o.chat_feature];
     LMT_CHECK(messages.is_array() && !messages.empty(), "'", o.chat_feature, "' is not a non-empty list of messages");
-    for (const auto& m : messages) LMT_CHECK(m.is_object(), "a message is not a JSON object");
+    for (size_t i = 0; i < messages.size(); ++i) check_message(messages[i], i, o.chat_feature);
     const ojson& last = messages.back();
     agp = last.contains("role") && last["role"] == "assistant";
   }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <type_traits>
 
 #include "autograd/tape.h"
 #include "core/error.h"
@@ -82,9 +83,21 @@ void check_keys(const char* opt, const json& cfg, std::set<std::string> allowed)
     LMT_CHECK(allowed.count(k), "[", opt, "] unknown optimizer_config key '", k, "'");
 }
 
+// A keyword's value, or an error naming the keyword (not nlohmann's bare "type must be number").
 template <typename T>
 T get(const json& cfg, const char* key, T dflt) {
-  return cfg.is_object() && cfg.contains(key) && !cfg[key].is_null() ? cfg[key].get<T>() : dflt;
+  if (!cfg.is_object() || !cfg.contains(key) || cfg[key].is_null()) return dflt;
+  const json& v = cfg[key];
+  const bool ok = std::is_same_v<T, bool> ? v.is_boolean()
+                  : std::is_arithmetic_v<T>
+                      ? v.is_number()
+                      : v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_number(); });
+  LMT_CHECK(ok, "key '", key, "' must be ",
+            std::is_same_v<T, bool>   ? "true or false"
+            : std::is_arithmetic_v<T> ? "a number"
+                                      : "a list of numbers",
+            ", got ", v.dump());
+  return v.get<T>();
 }
 
 class Adam : public Optimizer {

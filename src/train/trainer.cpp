@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "ops/ops.h"
 #include "train/adapters.h"
+#include "train/run_files.h"
 
 namespace lmtune::train {
 
@@ -62,17 +63,63 @@ json to_json(const LoopState& s) {
           {"best_val_loss", s.best_val},  {"best_iteration", s.best_iter},    {"evals_since_best", s.evals_since_best}};
 }
 
+// trainer_state.json's fields, each of its JSON type, or an error naming the file and the key
+// (never nlohmann's bare "type must be number, but is string").
+struct StateReader {
+  const json& j;
+  const std::string& path;
+  std::string prefix;  // "" or "loop."
+
+  const json& at(const char* key) const {
+    LMT_CHECK(j.is_object() && j.contains(key), "[train] --resume: ", path, ": missing key '", prefix, key, "'");
+    return j[key];
+  }
+  [[noreturn]] void bad(const char* key, const char* want) const {
+    fail("[train] --resume: ", path, ": key '", prefix, key, "' must be ", want, ", got ", at(key).dump());
+  }
+  int64_t i64(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)))
+      bad(key, "an integer");
+    return v.get<int64_t>();
+  }
+  int64_t count(const char* key) const {  // an integer >= 0
+    int64_t v = i64(key);
+    if (v < 0) bad(key, "an integer >= 0");
+    return v;
+  }
+  uint64_t u64(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) bad(key, "an integer >= 0");
+    return v.get<uint64_t>();
+  }
+  double num(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number()) bad(key, "a number");
+    return v.get<double>();
+  }
+  std::string str(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_string()) bad(key, "a string");
+    return v.get<std::string>();
+  }
+  StateReader object(const char* key) const {
+    if (!at(key).is_object()) bad(key, "an object");
+    return {at(key), path, prefix + key + "."};
+  }
+};
+
 // In place: s.dropout_seed keeps its identity (the adapters hold it), only its value is restored.
-void read_json(const json& j, LoopState& s) {
-  s.iteration = j.at("iteration");
-  *s.dropout_seed = j.at("dropout_seed").get<uint64_t>();
-  s.trained_tokens = j.at("trained_tokens");
-  s.report_loss = j.at("report_loss");
-  s.report_tokens = j.at("report_tokens");
-  s.report_steps = j.at("report_steps");
-  s.best_val = j.at("best_val_loss");
-  s.best_iter = j.at("best_iteration");
-  s.evals_since_best = j.at("evals_since_best");
+void read_state(const StateReader& r, LoopState& s) {
+  s.iteration = r.count("iteration");
+  *s.dropout_seed = r.u64("dropout_seed");
+  s.trained_tokens = r.count("trained_tokens");
+  s.report_loss = r.num("report_loss");
+  s.report_tokens = r.count("report_tokens");
+  s.report_steps = r.count("report_steps");
+  s.best_val = r.num("best_val_loss");
+  s.best_iter = r.count("best_iteration");
+  s.evals_since_best = r.count("evals_since_best");
 }
 
 // A checkpoint's optimizer.safetensors: "state.<parameter>.<slot>" (Optimizer::state) and
@@ -117,6 +164,23 @@ OptimizerFile read_optimizer_file(const std::string& path, const std::vector<std
     }
   }
   return f;
+}
+
+// The first trainable parameter holding NaN or Inf, or "" (x * 0 is 0 for every finite x).
+std::string first_non_finite(const std::vector<std::pair<std::string, Tensor>>& params) {
+  ag::NoGradGuard ng;
+  for (const auto& [name, p] : params)
+    if (!std::isfinite(ops::item(ops::sum_all(ops::scale(p.detach(), 0.f))))) return name;
+  return {};
+}
+
+// Training stops on a loss or a parameter that is not finite, before anything is saved from it:
+// NaN adapters would otherwise be written, and every later step would stay NaN.
+[[noreturn]] void stop_not_finite(int64_t it, const std::string& what, const std::string& adapter_dir) {
+  fail("[train] iteration ", it, ": ", what, "; training stopped before saving anything from it (the files already in ",
+       adapter_dir,
+       " are those of the last finite step). Likely causes: NaN or Inf in the model's weights, a learning rate "
+       "too high, or an overflow in 16-bit weights (try --dtype float32 or a lower --learning-rate)");
 }
 
 std::string iter_name(int64_t it) {
@@ -282,6 +346,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
 
   fs::path dir(args.adapter_path);
   fs::create_directories(dir);
+  for (const std::string& f : remove_stale_temp_files(dir.string()))
+    std::fprintf(out, "Removed %s, left by an interrupted save\n", f.c_str());
   const std::string adapter_file = (dir / "adapters.safetensors").string();
   const fs::path metrics_path = dir / "metrics.jsonl";
 
@@ -294,18 +360,35 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     LMT_CHECK(
         fs::exists(ck / "trainer_state.json"), "[train] --resume ", args.resume,
         " is not a checkpoint folder (no trainer_state.json; checkpoints are written to ADAPTER_PATH/checkpoints/)");
-    json j = json::parse(std::ifstream(ck / "trainer_state.json"));
-    LMT_CHECK(j.at("batch_size").get<int64_t>() == args.batch_size && j.at("seed").get<uint64_t>() == args.seed,
-              "[train] --resume: the checkpoint was made with batch_size ", j.at("batch_size"), " and seed ",
-              j.at("seed"), "; this run has ", args.batch_size, " and ", args.seed);
+    const std::string state_path = (ck / "trainer_state.json").string();
+    json j;
+    try {
+      j = json::parse(std::ifstream(state_path));
+    } catch (const json::exception& e) {
+      fail("[train] --resume: ", state_path, " is not valid JSON: ", e.what());
+    }
+    const StateReader r{j, state_path, ""};
+    const int64_t ck_batch = r.i64("batch_size");
+    const uint64_t ck_seed = r.u64("seed");
+    LMT_CHECK(ck_batch == args.batch_size && ck_seed == args.seed,
+              "[train] --resume: the checkpoint was made with batch_size ", ck_batch, " and seed ", ck_seed,
+              "; this run has ", args.batch_size, " and ", args.seed);
     // Checkpoints before the optimizer was recorded have no "optimizer" key.
-    LMT_CHECK(!j.contains("optimizer") || j.at("optimizer").get<std::string>() == opt.name(),
-              "[train] --resume: ", args.resume, " holds the state of optimizer ", j.value("optimizer", ""),
-              "; this run uses ", opt.name());
-    read_json(j.at("loop"), st);
+    LMT_CHECK(!j.contains("optimizer") || r.str("optimizer") == opt.name(), "[train] --resume: ", args.resume,
+              " holds the state of optimizer ", j.value("optimizer", ""), "; this run uses ", opt.name());
+    read_state(r.object("loop"), st);
+    // A checkpoint at or past the last iteration has nothing left to run: say so instead of
+    // rewriting the final adapters unchanged.
+    LMT_CHECK(st.iteration<iters, "[train] --resume ", args.resume, " is at iteration ", st.iteration,
+                           ", and this run ends at iteration ", iters, args.epochs> 0
+                  ? " (--epochs)"
+                  : " (--iters)",
+              ": nothing left to train; raise ", args.epochs > 0 ? "--epochs" : "--iters",
+              " to continue training from it");
+    const int64_t optimizer_step = r.count("optimizer_step");
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
     OptimizerFile of = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
-    opt.set_state(of.state, j.at("optimizer_step"));
+    opt.set_state(of.state, optimizer_step);
     for (auto& [name, p] : params)
       if (of.grads.count(name)) p.ag()->grad = of.grads[name];
     if (fs::exists(ck / "metrics.jsonl")) {
@@ -316,13 +399,20 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     }
     std::fprintf(out, "Resuming from %s at iteration %lld\n", args.resume.c_str(), (long long)st.iteration);
   }
-  write_file_atomic(metrics_path.string(), metrics_text);
-  std::ofstream metrics(metrics_path, std::ios::app);
+  MetricsLog metrics(metrics_path.string(), metrics_text);
 
   auto save_checkpoint = [&](int64_t it) {
     fs::path cks = dir / "checkpoints", tmp = cks / (".tmp-" + iter_name(it)), fin = cks / iter_name(it);
     fs::remove_all(tmp);
     fs::create_directories(tmp);
+    struct RemoveUnlessRenamed {
+      const fs::path& p;
+      bool done = false;
+      ~RemoveUnlessRenamed() {
+        std::error_code ec;
+        if (!done) fs::remove_all(p, ec);
+      }
+    } tmp_guard{tmp};
     save_adapter_weights((tmp / "adapters.safetensors").string(), model);
     if (fs::exists(dir / "adapter_config.json"))
       copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
@@ -333,7 +423,6 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
         os.push_back({kGradPrefix + name, ops::to(p.ag()->grad, Device::cpu, DType::f32)});
     // May be empty (SGD without momentum, between updates): a file with no tensors, no placeholder.
     save_safetensors((tmp / "optimizer.safetensors").string(), os);
-    metrics.flush();
     copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
     json j = {
         {"iteration", it},   {"optimizer", opt.name()}, {"optimizer_step", opt.step()}, {"batch_size", args.batch_size},
@@ -341,6 +430,14 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     write_file_atomic((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
     fs::remove_all(fin);
     fs::rename(tmp, fin);
+    tmp_guard.done = true;
+  };
+
+  // A finite loss can still give an Inf gradient (an overflow): what an update made is checked
+  // before it is saved.
+  auto check_parameters = [&](int64_t it) {
+    std::string bad = first_non_finite(params);
+    if (!bad.empty()) stop_not_finite(it, str_cat("parameter '", bad, "' is NaN or Inf"), dir.string());
   };
 
   TrainResult res;
@@ -356,9 +453,10 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       auto tic = Clock::now();
       double vl = evaluate(model, valid_set, args.batch_size, args.val_batches, args.max_seq_length, args.seed);
       double vt = seconds_since(tic);
+      if (!std::isfinite(vl)) stop_not_finite(it, str_cat("the validation loss is ", vl), dir.string());
       bar.clear();
       std::fprintf(out, "Iter %lld: Val loss %.3f, Val took %.3fs\n", (long long)it, vl, vt);
-      metrics << json{{"iteration", it}, {"val_loss", vl}, {"val_time", vt}}.dump() << "\n";
+      metrics.append(json{{"iteration", it}, {"val_loss", vl}, {"val_time", vt}}.dump());
       if (st.best_val < 0 || vl < st.best_val) {
         st.best_val = vl;
         st.best_iter = it;
@@ -381,8 +479,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     auto order = batch_order(size_t(nb), args.seed, g / nb);
     Batch b = make_batch(train_set, groups[order[size_t(g % nb)]], args.max_seq_length);
     Tensor loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets);
+    const double loss_value = double(ops::item(loss));
+    if (b.n_tokens > 0 && !std::isfinite(loss_value))
+      stop_not_finite(it, str_cat("the training loss is ", loss_value), dir.string());
     if (b.n_tokens > 0) ag::backward(loss);
-    st.report_loss += double(ops::item(loss));
+    st.report_loss += loss_value;
     st.report_tokens += b.n_tokens;
     st.report_steps += 1;
     if (it % args.grad_accumulation_steps == 0) {
@@ -420,15 +521,15 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
                    "Peak mem %.3f GB\n",
                    (long long)it, tl, rate, it_sec, tok_sec, (long long)st.trained_tokens, peak);
       std::fflush(out);
-      metrics << json{{"iteration", it},
-                      {"train_loss", tl},
-                      {"learning_rate", rate},
-                      {"iterations_per_second", it_sec},
-                      {"tokens_per_second", tok_sec},
-                      {"trained_tokens", st.trained_tokens},
-                      {"peak_memory", peak}}
-                     .dump()
-              << "\n";
+      metrics.append(json{
+          {"iteration", it},
+          {"train_loss", tl},
+          {"learning_rate", rate},
+          {"iterations_per_second", it_sec},
+          {"tokens_per_second", tok_sec},
+          {"trained_tokens", st.trained_tokens},
+          {"peak_memory",
+           peak}}.dump());
       st.report_loss = 0;
       st.report_tokens = 0;
       st.report_steps = 0;
@@ -436,6 +537,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     }
     st.iteration = it;
     if (it % args.save_every == 0) {
+      check_parameters(it);
       save_adapter_weights(adapter_file, model);
       std::string ck = (dir / (iter_name(it) + "_adapters.safetensors")).string();
       save_adapter_weights(ck, model);
@@ -451,9 +553,9 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   res.iterations = st.iteration;
   res.best_val_loss = st.best_val;
   res.best_iteration = st.best_iter;
+  check_parameters(st.iteration);
   save_adapter_weights(adapter_file, model);
   if (st.iteration % args.save_every != 0 && st.iteration > 0) save_checkpoint(st.iteration);
-  metrics.close();
   std::fprintf(out, "Saved final weights to %s.\n", adapter_file.c_str());
   if (st.best_val >= 0)
     std::fprintf(out, "Best val loss %.3f at iter %lld: %s\n", st.best_val, (long long)st.best_iter,

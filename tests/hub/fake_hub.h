@@ -98,6 +98,18 @@ class FakeHub {
     bad[1234] ^= 0x5a;
     corrupt.files["model.safetensors"] = {good, true, bad};
     add("org/corrupt", false, {{"main", corrupt}});
+    // Hostile servers: listings naming files outside the repo, and a CDN that sends more than announced.
+    for (const auto& [repo, name] :
+         std::vector<std::pair<std::string, std::string>>{{"org/dots", "../../etc/passwd.json"},
+                                                          {"org/absolute", "/tmp/lmtune-absolute.json"},
+                                                          {"org/inner-dots", "ok/../../../x.json"}}) {
+      Revision evil = main;
+      evil.files[name] = {"{}"};
+      add(repo, false, {{"main", evil}});
+    }
+    Revision oversized = main;
+    oversized.files["model.safetensors"].served = weights + random_bytes(1 << 20, 4);
+    add("org/oversized", false, {{"main", oversized}});
 
     svr_.Get(R"(/api/models/([^/]+)/([^/]+)/revision/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
       log(q);

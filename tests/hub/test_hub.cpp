@@ -153,6 +153,55 @@ TEST_F(Hub, CachedRefThatIsAPathIsRefused) {
   EXPECT_EQ(fs::path(resolve_model("org/evil")).filename().string(), commit);
 }
 
+// A listing that names a file outside the repo is refused before anything is downloaded: nothing
+// lands outside the cache (issue 13).
+TEST_F(Hub, ListingWithPathTraversalIsRefused) {
+  for (const std::string& repo : {"org/dots", "org/absolute", "org/inner-dots"}) {
+    std::string e = error_of(repo);
+    EXPECT_NE(e.find("lists a file named"), std::string::npos) << repo << ": " << e;
+    EXPECT_NE(e.find("not a relative path inside the repo"), std::string::npos) << repo << ": " << e;
+  }
+  EXPECT_EQ(hub_.count("", "/resolve/"), 0);  // not one file fetched
+  EXPECT_FALSE(fs::exists(fs::path(root_) / "etc"));
+  EXPECT_FALSE(fs::exists("/tmp/lmtune-absolute.json"));
+  EXPECT_FALSE(fs::exists(fs::path(cache_).parent_path() / "x.json"));
+}
+
+// A snapshot whose files (or the snapshot folder itself) link out of the cache is refused, offline
+// and online; huggingface_hub's links all end in the repo's blobs/.
+TEST_F(Hub, SnapshotLinkingOutOfTheCacheIsRefused) {
+  fs::path outside = fs::path(root_) / "outside";
+  fs::create_directories(outside);
+  std::ofstream(outside / "config.json") << "{}";
+  fs::path repo = repo_dir("models--org--tiny");
+  fs::create_directories(repo / "refs");
+  std::ofstream(repo / "refs" / "main") << kMain;
+  fs::path snap = repo / "snapshots" / kMain;
+  fs::create_directories(snap);
+  fs::create_symlink(outside / "config.json", snap / "config.json");
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  std::string e = error_of("org/tiny");
+  EXPECT_NE(e.find("outside the cache"), std::string::npos) << e;
+  ::unsetenv("HF_HUB_OFFLINE");
+  e = error_of("org/tiny");
+  EXPECT_NE(e.find("outside the cache"), std::string::npos) << e;
+  EXPECT_EQ(read_file(outside / "config.json"), "{}");  // not overwritten through the link
+  fs::remove_all(snap);
+  fs::create_directory_symlink(outside, snap);
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  e = error_of("org/tiny");
+  EXPECT_NE(e.find("is a symbolic link"), std::string::npos) << e;
+}
+
+// A CDN that sends more than the announced size is cut off there, and the partial blob deleted.
+TEST_F(Hub, DownloadPastTheAnnouncedSizeIsStopped) {
+  std::string e = error_of("org/oversized");
+  EXPECT_NE(e.find("sent more than the"), std::string::npos) << e;
+  std::string h = sha_of("org/oversized", "model.safetensors");
+  EXPECT_FALSE(fs::exists(repo_dir("models--org--oversized") / "blobs" / (h + ".incomplete")));
+  EXPECT_FALSE(fs::exists(repo_dir("models--org--oversized") / "blobs" / h));
+}
+
 TEST_F(Hub, NetworkFailureSaysOfflineModeOrFallsBackToCache) {
   ::setenv("HF_ENDPOINT", "http://127.0.0.1:1", 1);  // nothing listens on port 1
   std::string e = error_of("org/tiny");
@@ -237,10 +286,14 @@ TEST_F(Hub, RevisionSelection) {
   EXPECT_FALSE(fs::exists(repo / "refs" / kV1));  // a commit is not a ref
 }
 
+// The fake repo's model.safetensors is random bytes: inspect resolves the id, prints the config,
+// then refuses the weights file (it used to list the config's tensors as if the file were fine).
 TEST_F(Hub, InspectResolvesHubIds) {
   std::string out;
-  ASSERT_EQ(run(std::string(LMTUNE_BIN) + " inspect --model org/tiny 2>/dev/null", &out), 0) << out;
+  EXPECT_NE(run(std::string(LMTUNE_BIN) + " inspect --model org/tiny 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("model_type llama"), std::string::npos) << out;
+  EXPECT_NE(out.find("[safetensors]"), std::string::npos) << out;
+  EXPECT_NE(out.find(kMain + "/model.safetensors"), std::string::npos) << out;
 }
 
 TEST_F(Hub, ManageScanAndDelete) {

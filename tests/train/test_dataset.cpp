@@ -119,8 +119,8 @@ TEST_F(DatasetChecks, MalformedLinesReportedWithLineNumbers) {
     std::string w = e.what();
     EXPECT_NE(w.find("4 malformed lines"), std::string::npos) << w;
     EXPECT_NE(w.find("(2 good)"), std::string::npos) << w;
-    for (const char* line : {":3: invalid JSON", ":4: the line is not a JSON object", ":5: 'text' is not a string",
-                             ":6: missing key 'text'"})
+    for (const char* line : {":3: invalid JSON", ":4: the line is not a JSON object",
+                             ":5: 'text' must be a string, got 5", ":6: missing key 'text'"})
       EXPECT_NE(w.find(p + line), std::string::npos) << line << "\n" << w;
   }
   std::string err = testing::internal::GetCapturedStderr();

@@ -63,6 +63,55 @@ TEST(HostileConfig, NormAndRopeConstants) {
   EXPECT_EQ(config_error("rope_theta", "1000000.0"), "<no error>");
 }
 
+// The base config with both of these set (JSON literals), parsed; the error text or "<no error>".
+std::string rope_error(const std::string& params, const std::string& scaling) {
+  nlohmann::json j = nlohmann::json::parse(kBase);
+  if (!params.empty()) j["rope_parameters"] = nlohmann::json::parse(params);
+  if (!scaling.empty()) j["rope_scaling"] = nlohmann::json::parse(scaling);
+  try {
+    ModelConfig::from_json_text(j.dump(), "/m/config.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+#define EXPECT_ROPE_ERROR(params, scaling, needle)                                    \
+  do {                                                                                \
+    std::string m_ = rope_error(params, scaling);                                     \
+    EXPECT_NE(m_.find("[config] /m/config.json"), std::string::npos) << m_;           \
+    EXPECT_NE(m_.find(needle), std::string::npos) << "want " << needle << ": " << m_; \
+  } while (0)
+
+TEST(HostileConfig, RopeScaling) {
+  const std::string dflt = R"({"rope_type": "default", "rope_theta": 10000.0})";
+  const std::string llama3 = R"({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})";
+  EXPECT_EQ(rope_error(dflt, ""), "<no error>");
+  EXPECT_EQ(rope_error(llama3, ""), "<no error>");
+  EXPECT_EQ(rope_error("", llama3), "<no error>");
+  EXPECT_EQ(rope_error(llama3, llama3), "<no error>");  // transformers 5 files may carry both
+  // a scaling behind rope_parameters used to be ignored; mlx-lm reads rope_scaling
+  EXPECT_ROPE_ERROR(dflt, R"({"type": "yarn", "factor": 4.0})", "rope_scaling type 'yarn' is not supported");
+  EXPECT_ROPE_ERROR(dflt, R"({"rope_type": "linear", "factor": 4.0})", "but rope_scaling has 'linear'");
+  EXPECT_ROPE_ERROR(R"({"rope_type": "dynamic", "factor": 4.0})", "", "rope_parameters type 'dynamic'");
+  // each type's keys, as transformers' validation requires them
+  for (const char* key : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) {
+    nlohmann::json p = nlohmann::json::parse(llama3);
+    p.erase(key);
+    EXPECT_ROPE_ERROR(p.dump(), "", std::string("of type 'llama3' needs '") + key + "'");
+  }
+  EXPECT_ROPE_ERROR(R"({"rope_type": "linear"})", "", "of type 'linear' needs 'factor'");
+  EXPECT_ROPE_ERROR(R"({"rope_type": "linear", "factor": -2.0})", "", "'factor' must be a positive number");
+  EXPECT_ROPE_ERROR(R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+    "original_max_position_embeddings": 8192})",
+                    "", "0 < 'low_freq_factor' < 'high_freq_factor'");
+  EXPECT_ROPE_ERROR("", R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": -1})",
+                    "'original_max_position_embeddings' must be 1 to 2^30");
+  EXPECT_ROPE_ERROR("[1, 2]", "", "field 'rope_parameters' must be an object");
+}
+
 std::string tokenizer_error(const std::string& vocab, const std::string& added = "[]") {
   std::string tj = R"({"version": "1.0", "added_tokens": )" + added +
                    R"(, "model": {"type": "WordLevel", "unk_token": "a", "vocab": )" + vocab + "}}";
@@ -81,6 +130,10 @@ TEST(HostileConfig, TokenizerIds) {
     EXPECT_NE(m.find("vocab id"), std::string::npos) << id << ": " << m;
     EXPECT_NE(m.find("/m/tokenizer.json"), std::string::npos) << id << ": " << m;
   }
+  // two tokens with one id (the id table would keep the last, the string map both)
+  std::string d = tokenizer_error(R"({"a": 0, "b": 1, "c": 1})");
+  EXPECT_NE(d.find("vocab id 1 is given to two tokens, \"b\" and \"c\""), std::string::npos) << d;
+  EXPECT_NE(d.find("/m/tokenizer.json"), std::string::npos) << d;
   std::string m = tokenizer_error(R"({"a": 0})", R"([{"id": 1000000000, "content": "<x>", "special": true}])");
   EXPECT_NE(m.find("added token <x> has id 1000000000"), std::string::npos) << m;
   EXPECT_NE(m.find("/m/tokenizer.json"), std::string::npos) << m;

@@ -164,6 +164,16 @@ int generate(GenerateOptions& o) {
   DenseKVCache cache(lm.model->config(), lm.model->device(), lm.model->dtype(), 1, o.max_kv_size);
   cache.set_quantization(kv_quantization(o.kv, lm.model->config().head_dim));
   if (using_cache) (void)load_prompt_cache(*o.prompt_cache_file, cache);
+  // As Hugging Face's tokenizers warn: a prompt past the trained context still runs (mlx-lm runs it
+  // silently), but its output may degrade and the prefill grows with the square of the length.
+  const int64_t context = lm.model->config().max_position_embeddings;
+  const int64_t prompt_len = cache.offset() + int64_t(ids.size());
+  if (prompt_len > context)
+    std::fprintf(stderr,
+                 "Warning: the prompt is %lld tokens, longer than the model's context of %lld "
+                 "(max_position_embeddings in %s/config.json): positions past it were never trained, so the "
+                 "output may degrade, and the prompt takes time quadratic in its length to process.\n",
+                 (long long)prompt_len, (long long)context, lm.dir.c_str());
 
   StreamingDetokenizer detok(tok);
   std::string text;

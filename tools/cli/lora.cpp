@@ -105,12 +105,19 @@ int lora(const LoraOptions& o, const json& recorded) {
     std::printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", trainable * 100 / total, trainable, total);
     train::save_adapter_config(adapter_path, ac, recorded);
 
-    train::Schedule lr = train::build_schedule(o.lr_schedule, o.learning_rate);
+    // Both come from the config file only: their errors name it and the key.
+    const std::string config_file = o.config ? *o.config + ": " : std::string();
+    train::Schedule lr;
+    try {
+      lr = train::build_schedule(o.lr_schedule, o.learning_rate);
+    } catch (const std::exception& e) {
+      fail("[config] ", config_file, "lr_schedule: ", e.what());
+    }
     std::unique_ptr<train::Optimizer> opt;
     try {
       opt = train::make_optimizer(o.optimizer, o.optimizer_config.value(o.optimizer, json::object()), lr);
-    } catch (const json::exception& e) {  // a keyword's value of the wrong type
-      fail("[config] optimizer_config.", o.optimizer, ": ", e.what());
+    } catch (const std::exception& e) {  // a keyword unknown, or of the wrong type
+      fail("[config] ", config_file, "optimizer_config.", o.optimizer, ": ", e.what());
     }
 
     train::TrainingArgs ta;

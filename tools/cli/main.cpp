@@ -1,4 +1,5 @@
 // The one lmtune binary: dispatches `lmtune <command> ...` to a command's entry point.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -49,6 +50,10 @@ void print_help() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file size limit (`ulimit -f`) would otherwise kill the process with SIGXFSZ in the middle of a
+  // save, leaving a temp file and no message; ignored, the write fails with EFBIG and the atomic
+  // writer removes its temp file and reports it (the previous file stays in place).
+  std::signal(SIGXFSZ, SIG_IGN);
   if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
     print_help();
     return argc < 2 ? 1 : 0;
