@@ -1,8 +1,8 @@
 // The Hub's answers, as a hostile or broken endpoint could send them: revision JSON NUL file
 // answer NUL file bytes. A local HTTP server (cpp-httplib, 127.0.0.1) answers the revision API
-// (/api/models/org/name/revision/main) with the first part, every HEAD or GET of a file with the
-// status and headers of the second ("302" on the first line, then "Name: value" lines: ETag,
-// X-Linked-Etag, X-Linked-Size, Location, ...) and every GET body with the third. resolve_model
+// (/api/models/org/name/revision/main) with the first part, every HEAD of a file with the status and
+// headers of the second ("302" on the first line, then "Name: value" lines: ETag, X-Linked-Etag,
+// X-Linked-Size, Location, ...) and every GET of a file with 200 and the third as its body. resolve_model
 // then downloads into a scratch cache: file names from the listing, ETags and sizes from the
 // headers must never lead outside it.
 #include <httplib.h>
@@ -28,13 +28,13 @@ Answers& answers() {
   return a;
 }
 
-// The second part as a status and headers; absolute redirects are pointed back at this server.
-void answer_file(const httplib::Request& q, httplib::Response& r) {
-  std::string head, body;
+// A HEAD of a file: the second part as a status and headers; absolute redirects are pointed back
+// at this server.
+void answer_head(const httplib::Request&, httplib::Response& r) {
+  std::string head;
   {
     std::lock_guard<std::mutex> lock(answers().mu);
     head = answers().head;
-    body = answers().body;
   }
   std::istringstream lines(head);
   std::string line;
@@ -59,7 +59,13 @@ void answer_file(const httplib::Request& q, httplib::Response& r) {
     }
     r.set_header(name, value);
   }
-  if (q.method != "HEAD") r.set_content(body, "application/octet-stream");
+}
+
+// A GET of a file (wherever a redirect pointed): the third part (httplib answers a Range with 206).
+void answer_get(const httplib::Request& q, httplib::Response& r) {
+  if (q.method == "HEAD") return answer_head(q, r);  // httplib sends HEAD to the GET handlers
+  std::lock_guard<std::mutex> lock(answers().mu);
+  r.set_content(answers().body, "application/octet-stream");
 }
 
 struct Server {
@@ -71,7 +77,7 @@ struct Server {
       std::lock_guard<std::mutex> lock(answers().mu);
       r.set_content(answers().revision, "application/json");
     });
-    svr.Get(R"(/.*)", answer_file);
+    svr.Get(R"(/.*)", answer_get);
     port = svr.bind_to_any_port("127.0.0.1");
     if (port <= 0) std::abort();
     thread = std::thread([this] { svr.listen_after_bind(); });
