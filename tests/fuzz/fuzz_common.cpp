@@ -57,7 +57,11 @@ std::string write_file(const std::string& path, std::string_view bytes) {
   return path;
 }
 
-std::string source_dir() { return LMTUNE_SOURCE_DIR; }
+std::string source_dir() {
+  // The build's checkout, unless LMTUNE_SOURCE_DIR names another copy (binaries run elsewhere).
+  const char* env = std::getenv("LMTUNE_SOURCE_DIR");
+  return env && *env ? env : LMTUNE_SOURCE_DIR;
+}
 std::string default_model_dir() { return source_dir() + "/models/default"; }
 
 }  // namespace lmtune::fuzz

@@ -7,8 +7,7 @@
 
 LMTUNE_FUZZ_TARGET(jinja) {
   std::vector<std::string> parts = lmtune::fuzz::split(data, size, 2);
-  nlohmann::ordered_json context =
-      nlohmann::ordered_json::parse(parts[1], nullptr, /*allow_exceptions=*/false);
+  nlohmann::ordered_json context = nlohmann::ordered_json::parse(parts[1], nullptr, /*allow_exceptions=*/false);
   if (!context.is_object()) {
     context = {{"messages",
                 {{{"role", "system"}, {"content", "Be brief."}},

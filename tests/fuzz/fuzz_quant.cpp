@@ -72,9 +72,9 @@ LMTUNE_FUZZ_TARGET(quant) {
   }
   const std::string rest(reinterpret_cast<const char*>(in.p), in.n);
   using Decode = std::vector<float> (*)(const std::string&);
-  for (Decode d : {quant::ggml::decode_q8_0, quant::ggml::decode_q4_0, quant::ggml::decode_q5_0,
-                   quant::ggml::decode_q5_1, quant::ggml::decode_q4_k, quant::ggml::decode_q5_k,
-                   quant::ggml::decode_q6_k}) {
+  for (Decode d :
+       {quant::ggml::decode_q8_0, quant::ggml::decode_q4_0, quant::ggml::decode_q5_0, quant::ggml::decode_q5_1,
+        quant::ggml::decode_q4_k, quant::ggml::decode_q5_k, quant::ggml::decode_q6_k}) {
     try {
       volatile size_t sink = d(rest).size();
       (void)sink;

@@ -14,8 +14,7 @@ std::string make_folder() {
   lmtune::save_safetensors(dir + "/model-00001-of-00002.safetensors",
                            {{"a", Tensor::from_f32({1, 2, 3, 4}, Shape{2, 2})}, {"b", Tensor::from_i32({7}, Shape{1})}},
                            {{"format", "pt"}});
-  lmtune::save_safetensors(dir + "/model-00002-of-00002.safetensors",
-                           {{"c", Tensor::from_f32({5, 6}, Shape{2})}});
+  lmtune::save_safetensors(dir + "/model-00002-of-00002.safetensors", {{"c", Tensor::from_f32({5, 6}, Shape{2})}});
   return dir;
 }
 

@@ -29,23 +29,22 @@ std::string scratch_dir(const std::string& name);
 // Writes bytes to path (truncating); returns path.
 std::string write_file(const std::string& path, std::string_view bytes);
 
-// The repository root (LMTUNE_SOURCE_DIR at build time) and models/default in it.
+// The repository root (LMTUNE_SOURCE_DIR in the environment, else the build's source folder) and
+// models/default in it.
 std::string source_dir();
 std::string default_model_dir();
 
 }  // namespace lmtune::fuzz
 
 #ifdef LMTUNE_FUZZ_LIBFUZZER
-#define LMTUNE_FUZZ_REGISTER(name)                                                       \
-  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {              \
-    return fuzz_target_##name(data, size);                                               \
-  }
+#define LMTUNE_FUZZ_REGISTER(name) \
+  extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { return fuzz_target_##name(data, size); }
 #else
 #define LMTUNE_FUZZ_REGISTER(name) \
   [[maybe_unused]] static const int fuzz_registered_##name = lmtune::fuzz::register_target(#name, fuzz_target_##name);
 #endif
 
-#define LMTUNE_FUZZ_TARGET(name)                                        \
-  static int fuzz_target_##name(const uint8_t* data, size_t size);      \
-  LMTUNE_FUZZ_REGISTER(name)                                            \
+#define LMTUNE_FUZZ_TARGET(name)                                   \
+  static int fuzz_target_##name(const uint8_t* data, size_t size); \
+  LMTUNE_FUZZ_REGISTER(name)                                       \
   static int fuzz_target_##name(const uint8_t* data, size_t size)
