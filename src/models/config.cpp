@@ -211,7 +211,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number past double's range
     fail("[config] ", src, ": not valid JSON: ", e.what());
   }
   LMT_CHECK(j.is_object(), "[config] ", src, ": expected a JSON object");

@@ -1,6 +1,7 @@
 // Jinja lexer: text/tag splitting with jinja2's whitespace rules, then expression tokens
 // (names, string and number literals, operators) inside {{ }} and {% %}.
 #include "tokenizer/jinja/lexer.h"
+#include <cctype>
 
 #include <algorithm>
 #include <cstring>
@@ -266,6 +267,9 @@ class Lexer {
         case 'U': {
           size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
           if (k + n > src_.size()) error(k, "truncated \\" + std::string(1, e) + " escape");
+          for (size_t d = k; d < k + n; ++d)
+            if (!std::isxdigit(static_cast<unsigned char>(src_[d])))
+              error(k, "\\" + std::string(1, e) + " escape needs " + std::to_string(n) + " hex digits");
           uint32_t cp = uint32_t(std::stoul(src_.substr(k, n), nullptr, 16));
           append_utf8(out, cp);
           k += n;
