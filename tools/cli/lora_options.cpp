@@ -10,6 +10,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/error.h"
+#include "tokenizer/unicode.h"
 
 namespace lmtune::cli {
 
@@ -171,37 +172,6 @@ void declare_lora_options(Options& t, LoraOptions& o) {
       .record_when_set();
 }
 
-namespace {
-// The line (from 1) of the first byte that does not start a well-formed UTF-8 sequence (RFC 3629:
-// no overlong forms, no surrogates, nothing past U+10FFFF), or 0 when all of text is well-formed.
-// A key or value with such bytes would otherwise fail much later, when the recorded config is
-// written out as JSON, naming neither file nor key.
-size_t invalid_utf8_line(const std::string& text) {
-  size_t line = 1;
-  for (size_t i = 0; i < text.size();) {
-    const auto b = static_cast<unsigned char>(text[i]);
-    if (b == '\n') ++line;
-    size_t n = b < 0x80                   ? 1
-               : (b >= 0xC2 && b <= 0xDF) ? 2
-               : (b >= 0xE0 && b <= 0xEF) ? 3
-               : (b >= 0xF0 && b <= 0xF4) ? 4
-                                          : 0;
-    if (n == 0 || i + n > text.size()) return line;
-    unsigned char lo = 0x80, hi = 0xBF;  // the second byte's range
-    if (b == 0xE0) lo = 0xA0;
-    if (b == 0xED) hi = 0x9F;
-    if (b == 0xF0) lo = 0x90;
-    if (b == 0xF4) hi = 0x8F;
-    for (size_t k = 1; k < n; ++k) {
-      const auto c = static_cast<unsigned char>(text[i + k]);
-      if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) return line;
-    }
-    i += n;
-  }
-  return 0;
-}
-}  // namespace
-
 json merge_lora_config(Options& t, LoraOptions& o) {
   json unknown = json::object();
   if (o.config) {
@@ -210,8 +180,11 @@ json merge_lora_config(Options& t, LoraOptions& o) {
       std::ifstream in(*o.config, std::ios::binary);
       LMT_CHECK(in.good(), "[config] ", *o.config, ": cannot read the file");
       const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (const size_t line = invalid_utf8_line(text))
-        fail("[config] ", *o.config, ": line ", line, ": not valid UTF-8 (keys and values must be UTF-8 text)");
+      // A key or value that is not UTF-8 would otherwise fail much later, when the recorded config is
+      // written out as JSON, naming neither file nor key.
+      if (const size_t bad = tok::find_invalid_utf8(text); bad != std::string::npos)
+        fail("[config] ", *o.config, ": line ", 1 + std::count(text.begin(), text.begin() + ptrdiff_t(bad), '\n'),
+             ": not valid UTF-8 (keys and values must be UTF-8 text)");
       root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
       fail("[config] ", *o.config, ": ", e.what());
