@@ -38,6 +38,9 @@ struct RuntimeConfig {
   // LMTUNE_FUSED_EPILOGUES=0: a quantized decode step's swiglu and the residual add after down as
   // kernels of their own, not in the GEMVs' epilogues (variants 5 and 6; for A/B measurements).
   bool fused_epilogues = true;
+  // LMTUNE_CUDA_PROFILE=1: every kernel and cuBLASLt product timed with CUDA events and a table of
+  // time by kernel printed to stderr at exit (backend/cuda/profile.cpp; graph captures excluded).
+  bool cuda_profile = false;
 };
 
 // The config in force: read from the environment at the first call unless set before. Set it at
