@@ -35,6 +35,10 @@ if [[ -z "$py" ]]; then
   if [[ -x "$root/.venv/bin/python" ]]; then py="$root/.venv/bin/python"; else py="$(command -v python3)"; fi
 fi
 lmtune="$build/bin/lmtune"
+# On the device machine the Debian libraries lmtune links (ICU, OpenBLAS) are unpacked into .gpu/root
+# by scripts/gpu-check, not installed.
+libdir="$root/.gpu/root/usr/lib/x86_64-linux-gnu"
+[[ -d "$libdir" ]] && export LD_LIBRARY_PATH="$libdir/openblas-pthread:$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [[ -x "$lmtune" ]] || { echo "profile_lora_gpu: $lmtune not built" >&2; exit 1; }
 case "$ckpt" in off) ckflag=() pk=() ;; on) ckflag=(--grad-checkpoint) pk=(--ckpt) ;;
   *) echo "profile_lora_gpu: --ckpt must be off or on" >&2; exit 2 ;; esac
