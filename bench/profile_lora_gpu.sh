@@ -10,10 +10,13 @@
 # share is small; cuBLASLt's plans are made once). Kernel time only: the gaps between kernels (host
 # work, launches) are the difference between the step's wall time and the kernels' sum, printed too.
 # Usage: bench/profile_lora_gpu.sh [--build DIR] [--shape mistral-7b|qwen2-0.5b|llama3-8b] [--batch N]
-#          [--seq N] [--ckpt off|on] [--iters N] [--peer] [--dora] [--table PATH] [-- extra lmtune lora flags]
+#          [--seq N] [--ckpt off|on] [--iters N] [--peer] [--dora] [--table PATH] [--keep DIR]
+#          [-- extra lmtune lora flags]
+# --keep DIR: the model folder is DIR, written there on the first run and reused by later ones of the
+# same shape (without --peer the writing run trains one uncompiled step only).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build" shape=mistral-7b batch=1 seq=2048 ckpt=off iters=6 peer=0 table="" dora=0
+build="$root/build" shape=mistral-7b batch=1 seq=2048 ckpt=off iters=6 peer=0 table="" dora=0 keep=""
 extra=()
 while (($#)); do
   case "$1" in
@@ -26,6 +29,7 @@ while (($#)); do
     --peer) peer=1; shift ;;
     --dora) dora=1; shift ;;
     --table) table="$2"; shift 2 ;;
+    --keep) keep="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "profile_lora_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -45,13 +49,17 @@ case "$ckpt" in off) ckflag=() pk=() ;; on) ckflag=(--grad-checkpoint) pk=(--ckp
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
-echo "== model ($shape) [$((SECONDS - start)) s]"
-if ((peer)); then pargs=(--warmup 3 --steps 5); else pargs=(--warmup 0 --steps 1 --no-compile); fi
-"$py" "$root/bench/hf_compiled_lora.py" --shape "$shape" --seq "$seq" --batch "$batch" --save "$tmp/model" \
-  "${pargs[@]}" "${pk[@]}" 2>&1 | grep -v -i warn | tee "$tmp/peer.txt"
-cp "$root/models/default/tokenizer.json" "$root/models/default/tokenizer_config.json" "$tmp/model/"
-((peer)) || : >"$tmp/peer.txt"
-"$py" "$root/bench/bench_lora_peer.py" data "$tmp/data" --model "$tmp/model" --seq "$seq" --n-train $((4 * batch)) \
+: >"$tmp/peer.txt"
+model="${keep:-$tmp/model}"
+if ((peer)) || [[ ! -f "$model/config.json" ]]; then
+  echo "== model ($shape) [$((SECONDS - start)) s]"
+  if ((peer)); then pargs=(--warmup 3 --steps 5); else pargs=(--warmup 0 --steps 1 --no-compile); fi
+  "$py" "$root/bench/hf_compiled_lora.py" --shape "$shape" --seq "$seq" --batch "$batch" --save "$model" \
+    "${pargs[@]}" "${pk[@]}" 2>&1 | grep -v -i warn | tee "$tmp/peer-out.txt"
+  ((peer)) && cp "$tmp/peer-out.txt" "$tmp/peer.txt"
+  cp "$root/models/default/tokenizer.json" "$root/models/default/tokenizer_config.json" "$model/"
+fi
+"$py" "$root/bench/bench_lora_peer.py" data "$tmp/data" --model "$model" --seq "$seq" --n-train $((4 * batch)) \
   >/dev/null || { echo "profile_lora_gpu: cannot write the data"; exit 1; }
 cat >"$tmp/lora.yaml" <<YAML
 lora_parameters:
@@ -63,7 +71,7 @@ YAML
 ftt=lora
 ((dora)) && ftt=dora
 echo "== lmtune lora ($ftt, checkpointing $ckpt, batch $batch, $iters steps) under LMTUNE_CUDA_PROFILE=1 [$((SECONDS - start)) s]"
-LMTUNE_CUDA_PROFILE=1 "$lmtune" lora --model "$tmp/model" --train --data "$tmp/data" --device cuda -c "$tmp/lora.yaml" \
+LMTUNE_CUDA_PROFILE=1 "$lmtune" lora --model "$model" --train --data "$tmp/data" --device cuda -c "$tmp/lora.yaml" \
   --fine-tune-type "$ftt" --optimizer adam --num-layers -1 --batch-size "$batch" --iters "$iters" \
   --steps-per-report 2 --steps-per-eval 100000 --val-batches 1 --learning-rate 1e-5 --max-seq-length "$seq" \
   --save-every 100000 --seed 0 --adapter-path "$tmp/adapters" "${ckflag[@]}" "${extra[@]}" >"$tmp/lmtune.txt" 2>&1
