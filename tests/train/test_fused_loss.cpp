@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/tape.h"
+#include "backend/backend.h"
 #include "core/allocator.h"
 #include "core/runtime_config.h"
 #include "quant/quant.h"
@@ -26,7 +27,7 @@ struct Shape_ {
   bool quantized_head = false;  // lm_head in MLX's affine 4-bit layout (untied only)
 };
 
-std::unique_ptr<Model> random_model(const Shape_& s, uint64_t seed) {
+std::unique_ptr<Model> random_model(const Shape_& s, uint64_t seed, Device dev = Device::cpu, DType dt = DType::f32) {
   nlohmann::json j = {{"model_type", "qwen2"},    {"vocab_size", s.vocab},          {"hidden_size", s.embd},
                       {"intermediate_size", 48},  {"num_hidden_layers", 2},         {"num_attention_heads", 4},
                       {"num_key_value_heads", 2}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-6},
@@ -44,6 +45,7 @@ std::unique_ptr<Model> random_model(const Shape_& s, uint64_t seed) {
     w["lm_head.weight"] = q.wq, w["lm_head.scales"] = q.scales, w["lm_head.biases"] = q.biases;
     model->set_quantized({{"lm_head", f}});
   }
+  for (auto& [name, t] : w) t = ops::to(t, dev, is_float(t.dtype()) ? dt : t.dtype());
   model->set_weights(std::move(w));
   return model;
 }
@@ -83,12 +85,12 @@ Grads loss_and_grads(Model& m, const Tensor& ids, const Tensor& targets, int64_t
   for (auto& [n, p] : params) ag::zero_grad(p);
   Tensor loss = m.loss(ids, targets);
   Grads out;
-  out.loss = ops::item(loss);
+  out.loss = ops::item(loss);  // any device
   ag::backward(loss);
   for (auto& [n, p] : params) {
     const Tensor& g = ag::grad(p);
     EXPECT_TRUE(g.defined()) << "no gradient reached " << n;
-    if (g.defined()) out.g[n] = g.to_f32_vector();
+    if (g.defined()) out.g[n] = ops::to(g, Device::cpu).to_f32_vector();
   }
   return out;
 }
@@ -221,4 +223,38 @@ TEST(FusedLoss, PeakMemoryOfLossAndBackward) {
               unfused / (1 << 20), fused / (1 << 20));
   EXPECT_GE(unfused, 2 * logits);
   EXPECT_LE(fused, unfused / 3);
+}
+
+// On CUDA in bf16 (skipped without a device): fused against unfused on the same device. Per row the
+// same bf16 logits and dlogits; the products over fewer rows or chunk by chunk may round
+// differently in bf16, so each gradient tensor to 1e-2 of its largest element.
+TEST(FusedLoss, CudaBf16LoraTiedAndUntied) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or lmtune built without CUDA): skipping";
+  for (bool tied : {false, true}) {
+    Shape_ s;
+    s.tied = tied;
+    s.vocab = 1000;
+    s.embd = 64;
+    auto m = random_model(s, 600, Device::cuda, DType::bf16);
+    train::AdapterConfig cfg;
+    cfg.lora.rank = 4;
+    cfg.num_layers = -1;
+    train::attach_adapters(*m, cfg, 4);
+    randomize_adapters(*m, 13);
+    Tensor ids = ids_of(2, 40, s.vocab, 15), targets = targets_of(ids, s.vocab);
+    Grads ref = loss_and_grads(*m, ids, targets, -1);
+    for (int64_t chunk : {7, 0}) {
+      Grads g = loss_and_grads(*m, ids, targets, chunk);
+      std::string what = std::string(tied ? "cuda tied" : "cuda untied") + " chunk " + std::to_string(chunk);
+      expect_close({g.loss}, {ref.loss}, 0, 1e-5, what + " loss");
+      ASSERT_EQ(g.g.size(), ref.g.size());
+      double worst = 0;
+      for (const auto& [n, r] : ref.g) {
+        const double e = max_rel_error(g.g.at(n), r);
+        EXPECT_LE(e, 1e-2) << what << " d " << n;
+        worst = std::max(worst, e);
+      }
+      std::printf("%s: loss %.9g vs %.9g, worst gradient error %.2e\n", what.c_str(), g.loss, ref.loss, worst);
+    }
+  }
 }
