@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   int64_t N = 4 * 2048, C = 896, V = 151936, reps = 5;
   double mask = 0;
   bool train_head = false;
-  std::vector<int64_t> chunks{0, 2048, 256};
+  std::vector<int64_t> chunks{0, 2048, 512};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {

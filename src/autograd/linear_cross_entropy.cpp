@@ -13,6 +13,9 @@ namespace lmtune::ag {
 int64_t default_xent_chunk_rows(int64_t n_vocab, DType dt) {
   const int64_t budget = int64_t(256) << 20;
   const int64_t rows = budget / std::max<int64_t>(1, n_vocab * int64_t(dtype_size(dt)));
+  // Whole tiles of the products: on the H200 a Qwen2-0.5B loss (8192 x 151,936, bf16) took
+  // 12.96 ms in chunks of 832 rows against 9.48 in chunks of 768 (bench/bench_xent.cpp).
+  if (rows >= 256) return rows / 256 * 256;
   if (rows >= 64) return rows / 64 * 64;
   return std::max<int64_t>(1, rows);
 }

@@ -27,8 +27,8 @@ struct HeadWeight {
 Tensor linear_cross_entropy(const Tensor& hidden, const HeadWeight& head, const Tensor& targets,
                             int64_t chunk_rows = 0);
 
-// The rows whose logits (n_vocab wide, in dt) take at most 256 MiB, a multiple of 64 where that is
-// at least 64; at least 1.
+// The most rows whose logits (n_vocab wide, in dt) take at most 256 MiB, rounded down to a multiple
+// of 256 (or of 64 below 256); at least 1. 768 for a 151,936-token vocabulary in bf16.
 int64_t default_xent_chunk_rows(int64_t n_vocab, DType dt);
 
 }  // namespace lmtune::ag

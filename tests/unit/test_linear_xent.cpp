@@ -91,6 +91,16 @@ TEST(LinearCrossEntropy, EqualsUnfusedForAnyChunking) {
   }
 }
 
+TEST(LinearCrossEntropy, DefaultChunkRows) {
+  EXPECT_EQ(ag::default_xent_chunk_rows(151936, DType::bf16), 768);  // 883 rows fit 256 MiB
+  EXPECT_EQ(ag::default_xent_chunk_rows(128256, DType::bf16), 1024);
+  EXPECT_EQ(ag::default_xent_chunk_rows(32768, DType::bf16), 4096);
+  EXPECT_EQ(ag::default_xent_chunk_rows(151936, DType::f32), 256);
+  EXPECT_EQ(ag::default_xent_chunk_rows(int64_t(3) << 18, DType::f32), 64);  // 85 rows
+  EXPECT_EQ(ag::default_xent_chunk_rows(int64_t(1) << 22, DType::f32), 16);
+  EXPECT_EQ(ag::default_xent_chunk_rows(int64_t(1) << 30, DType::f32), 1);
+}
+
 TEST(LinearCrossEntropy, NoSupervisedTarget) {
   const int64_t N = 9, C = 8, V = 11;
   Tensor h = rnd({N, C}, 4), w = rnd({V, C}, 5);
