@@ -68,6 +68,8 @@ Tensor linear_cross_entropy(const Tensor& hidden, const HeadWeight& head, const 
   Tensor dx = gx ? ops::empty({n, C}, dt, dev) : Tensor();                    // (n, C)
   Tensor dw = gw ? ops::zeros({V, C}, dt, dev) : Tensor();                    // (V, C)
   const int64_t step = chunk_rows > 0 ? chunk_rows : default_xent_chunk_rows(V, dt);
+  // The gradient of the mean for each supervised row, sliced for each chunk.
+  Tensor dloss = gx || gw ? ops::full({std::min(n, step)}, inv_n, DType::f32, dev) : Tensor();
   for (int64_t r0 = 0; r0 < n; r0 += step) {
     const int64_t r1 = std::min(n, r0 + step);
     Tensor xc = x.slice_rows(r0, r1), tgc = tg.slice_rows(r0, r1);
@@ -76,7 +78,7 @@ Tensor linear_cross_entropy(const Tensor& hidden, const HeadWeight& head, const 
       Tensor logits = ops::linear(xc, w);  // (r1 - r0, V), freed at the end of this scope
       ops::CrossEntropyOut ce = ops::cross_entropy(logits, tgc);
       ops::copy_rows_into(loss_rows, r0, ce.loss);
-      if (gx || gw) dl = ops::cross_entropy_backward(logits, tgc, ce.lse, ops::full({r1 - r0}, inv_n, DType::f32, dev));
+      if (gx || gw) dl = ops::cross_entropy_backward(logits, tgc, ce.lse, dloss.slice_rows(0, r1 - r0));
     }
     if (gx) {
       Tensor dst = dx.slice_rows(r0, r1);

@@ -23,7 +23,9 @@ struct HeadWeight {
 // time (0: default_xent_chunk_rows). With gradients on, each chunk's dlogits are formed while its
 // logits are live (the upstream gradient of the mean is then 1 / n_tokens) and reduced at once to
 // d hidden (N, C) and, for a trainable dense weight, d W (V, C): a third product over the vocabulary
-// (recomputing the logits in backward) is saved; backward scales them by the loss's gradient.
+// (recomputing the logits in backward) is saved; backward scales them by the loss's gradient. d W
+// is accumulated chunk by chunk in W's dtype (bf16 on CUDA: one rounding a chunk, where the unfused
+// product rounds once).
 Tensor linear_cross_entropy(const Tensor& hidden, const HeadWeight& head, const Tensor& targets,
                             int64_t chunk_rows = 0);
 
