@@ -51,7 +51,7 @@ if ((peer)); then pargs=(--warmup 3 --steps 5); else pargs=(--warmup 0 --steps 1
   "${pargs[@]}" "${pk[@]}" 2>&1 | grep -v -i warn | tee "$tmp/peer.txt"
 cp "$root/models/default/tokenizer.json" "$root/models/default/tokenizer_config.json" "$tmp/model/"
 ((peer)) || : >"$tmp/peer.txt"
-"$py" "$root/bench/bench_lora_peer.py" data "$tmp/data" --model "$tmp/model" --seq "$seq" --n-train $((4 * batch)) \
+"$py" "$root/bench/bench_lora_peer.py" data "$tmp/data" --model "$tmp/model" --seq "$seq" --n-train $((4 * batch)) --n-valid $batch \
   >/dev/null || { echo "profile_lora_gpu: cannot write the data"; exit 1; }
 cat >"$tmp/lora.yaml" <<YAML
 lora_parameters:
