@@ -39,15 +39,35 @@ if [[ -z "$py" ]]; then
   if [[ -x "$root/.venv/bin/python" ]]; then py="$root/.venv/bin/python"; else py="$(command -v python3)"; fi
 fi
 lmtune="$build/bin/lmtune"
-# On the device machine the Debian libraries lmtune links (ICU, OpenBLAS) are unpacked into .gpu/root
-# by scripts/gpu-check, not installed.
-libdir="$root/.gpu/root/usr/lib/x86_64-linux-gnu"
-[[ -d "$libdir" ]] && export LD_LIBRARY_PATH="$libdir/openblas-pthread:$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# On the device machine the Debian libraries lmtune links (ICU, OpenBLAS) are not installed;
+# scripts/gpu-check unpacks them into .gpu/root and removes it at exit: unpacked again here (from the
+# carried .gpu/debs, into a temporary folder) when lmtune cannot find them.
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+if ldd "$lmtune" 2>/dev/null | grep -q "not found" && compgen -G "$root/.gpu/debs/*.deb" >/dev/null; then
+  for deb in "$root"/.gpu/debs/*.deb; do
+    [[ $deb == *-dev_* ]] && continue  # headers and static libraries: not needed to run
+    "$py" - "$deb" "$tmp/root" <<'PY' || { echo "profile_lora_gpu: cannot unpack $deb" >&2; exit 1; }
+import io, sys, tarfile
+data = open(sys.argv[1], "rb").read()
+pos = 8
+while pos < len(data):  # an ar archive: its data.tar.* member holds the files
+    name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
+    if name.startswith("data.tar"):
+        tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])).extractall(sys.argv[2], filter="tar")
+    pos += 60 + size + (size & 1)
+PY
+  done
+  libdir="$tmp/root/usr/lib/x86_64-linux-gnu"
+  for so in libgfortran.so.5 libquadmath.so.0; do  # the image's own builds of these stay
+    if ldconfig -p 2>/dev/null | grep -q "$so "; then rm -f "$libdir/$so" "$libdir/$so".*; fi
+  done
+  export LD_LIBRARY_PATH="$libdir/openblas-pthread:$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if ldd "$lmtune" 2>/dev/null | grep "not found"; then echo "profile_lora_gpu: $lmtune misses libraries" >&2; exit 1; fi
 [[ -x "$lmtune" ]] || { echo "profile_lora_gpu: $lmtune not built" >&2; exit 1; }
 case "$ckpt" in off) ckflag=() pk=() ;; on) ckflag=(--grad-checkpoint) pk=(--ckpt) ;;
   *) echo "profile_lora_gpu: --ckpt must be off or on" >&2; exit 2 ;; esac
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 : >"$tmp/peer.txt"
 model="${keep:-$tmp/model}"
@@ -59,7 +79,7 @@ if ((peer)) || [[ ! -f "$model/config.json" ]]; then
   ((peer)) && cp "$tmp/peer-out.txt" "$tmp/peer.txt"
   cp "$root/models/default/tokenizer.json" "$root/models/default/tokenizer_config.json" "$model/"
 fi
-"$py" "$root/bench/bench_lora_peer.py" data "$tmp/data" --model "$model" --seq "$seq" --n-train $((4 * batch)) \
+"$py" "$root/bench/bench_lora_peer.py" data "$tmp/data" --model "$model" --seq "$seq" --n-train $((4 * batch)) --n-valid $batch \
   >/dev/null || { echo "profile_lora_gpu: cannot write the data"; exit 1; }
 cat >"$tmp/lora.yaml" <<YAML
 lora_parameters:

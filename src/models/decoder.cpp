@@ -122,6 +122,19 @@ Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, K
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
+  return head_.forward(forward_blocks(ids, pos_offset));
+}
+
+bool DecoderModel::forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head) {
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  ensure_bound();
+  if (head_.weight.adapter || head_.weight.bias) return false;
+  hidden = head_.norm.forward(forward_blocks(ids, 0));
+  head = head_.weight.get();  // after forward_blocks: a master's cast is made there
+  return true;
+}
+
+Tensor DecoderModel::forward_blocks(const Tensor& ids, int64_t pos_offset) {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   use_masters();
@@ -135,7 +148,7 @@ Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
       x = block(i, x, pos_offset);
     }
   }
-  return head_.forward(x);
+  return x;
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, KVCache& cache, bool last_only) {

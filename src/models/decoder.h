@@ -15,6 +15,7 @@ class DecoderModel final : public Model {
   explicit DecoderModel(ModelConfig cfg);
   std::vector<TensorSpec> tensor_specs() const override;
   Tensor forward(const Tensor& ids, int64_t pos_offset = 0) override;
+  bool forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head) override;
   Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) override;
   // One sequence: forward(ids, cache, true) itself. More: every projection, norm and MLP once over
   // all rows; attention per sequence against its cache (nn::Attention::forward_packed).
@@ -31,8 +32,9 @@ class DecoderModel final : public Model {
   void bind() override;
   // cache null: attention over x's own keys at positions pos_offset + t.
   Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr);
-  Tensor forward_layers(const Tensor& ids, KVCache& cache);  // hidden states (B, T, n_embd)
-  Tensor inv_freq_;                                          // f32 (head_dim / 2) on the weights' device
+  Tensor forward_layers(const Tensor& ids, KVCache& cache);      // hidden states (B, T, n_embd)
+  Tensor forward_blocks(const Tensor& ids, int64_t pos_offset);  // the same without a cache, before the final norm
+  Tensor inv_freq_;                                              // f32 (head_dim / 2) on the weights' device
   nn::Embedding embed_;
   std::vector<Block> blocks_;
   nn::LmHead head_;

@@ -4,9 +4,12 @@
 #include <set>
 
 #include "autograd/functions.h"
+#include "autograd/linear_cross_entropy.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "io/safetensors.h"
 #include "models/registry.h"
+#include "nn/linear.h"
 #include "ops/ops.h"
 
 namespace lmtune {
@@ -46,9 +49,19 @@ Tensor Model::forward_packed(const Tensor& ids, const std::vector<PackedSequence
   return out;
 }
 
+bool Model::forward_hidden(const Tensor&, Tensor&, nn::Linear&) { return false; }
+
 Tensor Model::loss(const Tensor& ids, const Tensor& targets) {
-  Tensor logits = forward(ids);
   LMT_CHECK(targets.shape() == ids.shape(), "[loss] targets ", targets.describe(), " for ids ", ids.describe());
+  const RuntimeConfig& rc = runtime_config();
+  Tensor hidden;
+  nn::Linear head;
+  if (rc.fused_xent && forward_hidden(ids, hidden, head)) {
+    ag::HeadWeight w{head.weight, head.scales, head.biases, head.format, head.dense_dtype};
+    Tensor flat = ag::reshape(hidden, {ids.numel(), hidden.dim(-1)});
+    return ag::linear_cross_entropy(flat, w, targets.reshape({ids.numel()}), rc.xent_chunk_rows);
+  }
+  Tensor logits = forward(ids);
   Tensor flat = ag::reshape(logits, {ids.numel(), cfg_.n_vocab});
   return ag::cross_entropy(flat, targets.reshape({ids.numel()}));
 }
