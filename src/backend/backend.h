@@ -28,6 +28,9 @@ struct GemmArgs {
   int64_t lda = 0, ldb = 0, ldc = 0;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
   float alpha = 1.f, beta = 0.f;
+  // C (read with beta, and written) in f32 while A and B are in dtype: f32 products of 16-bit
+  // operands with f32 accumulation (LoRA's parameter gradients). The CPU's dtype is f32 anyway.
+  bool c_f32 = false;
 };
 
 struct AttentionArgs {

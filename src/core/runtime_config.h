@@ -47,6 +47,15 @@ struct RuntimeConfig {
   // LMTUNE_XENT_CHUNK_ROWS: most rows a chunk of the fused loss (0: as many as keep one chunk's
   // logits within 256 MiB).
   int64_t xent_chunk_rows = 0;
+  // LMTUNE_LORA_FUSED=0: an adapted layer's scale * (x A) B added to the base output op by op (cast,
+  // products, scale, add), not by ag::lora_add (the scale the second product's alpha, the sum its
+  // beta = 1 into the base output); for A/B measurements.
+  bool lora_fused = true;
+  // LMTUNE_LORA_16BIT=1: with lora_add, a 16-bit base (bf16 on a GPU) keeps the adapter's products in
+  // its dtype (x and dy read as they are, A and B cast once a call, f32 accumulation; dA and dB
+  // written in f32) instead of casting x and dy to f32. Off by default until measured and checked on
+  // a GPU (bench/NOTES.md, "Training speed: the profile first").
+  bool lora_16bit = false;
 };
 
 // The config in force: read from the environment at the first call unless set before. Set it at

@@ -61,7 +61,8 @@ std::vector<Tensor> linear_group(const Tensor& x, const std::vector<Tensor>& ws)
 Tensor swiglu_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
 // {x + y, rms_norm(x + y) * w}: a residual add and the norm after it.
 std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps);
-// c (M, N) = alpha * op(a) @ op(b) + beta * c for 2-D matrices viewed as rows (accumulation).
+// c (M, N) = alpha * op(a) @ op(b) + beta * c for 2-D matrices viewed as rows (accumulation); c in a's
+// dtype, or f32 for 16-bit a and b (f32 accumulation kept in the output).
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
 // Layers.

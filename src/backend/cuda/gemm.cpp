@@ -104,7 +104,7 @@ const GemmPlan& CudaBackend::gemm_plan(const GemmKey& key) {
   return *gemm_plans_.emplace(key, std::move(plan)).first->second;
 }
 
-void CudaBackend::gemm(const GemmArgs& g) { gemm_ex(g, g.dtype); }
+void CudaBackend::gemm(const GemmArgs& g) { gemm_ex(g, g.c_f32 ? DType::f32 : g.dtype); }
 
 void CudaBackend::gemm_ex(const GemmArgs& g, DType c_dt) {
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;

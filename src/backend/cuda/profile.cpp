@@ -81,7 +81,8 @@ void report() {
   for (const auto& r : rows) all += r.second.ms, calls += r.second.calls;
   std::fprintf(stderr, "[profile] CUDA kernel time by name (LMTUNE_CUDA_PROFILE=1): %lld launches, %.3f ms in all",
                (long long)calls, all);
-  if (p.skipped_captured) std::fprintf(stderr, " (%lld launches inside graph captures not timed)", (long long)p.skipped_captured);
+  if (p.skipped_captured)
+    std::fprintf(stderr, " (%lld launches inside graph captures not timed)", (long long)p.skipped_captured);
   std::fprintf(stderr, "\n[profile]  share   total ms     calls    mean us  name\n");
   for (const auto& [name, t] : rows)
     std::fprintf(stderr, "[profile] %5.1f%% %10.3f %9lld %10.2f  %s\n", all > 0 ? 100.0 * t.ms / all : 0.0, t.ms,
