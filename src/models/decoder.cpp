@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "autograd/checkpoint.h"
 #include "core/error.h"
@@ -112,16 +113,27 @@ void DecoderModel::bind() {
   head_ = {{w("model.norm.weight"), eps}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
 }
 
-Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache) {
+Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache,
+                           const nn::Segments* seg) {
   const Block& b = blocks_[size_t(layer)];
   // Decoding: a few rows and no autograd, so the blocks may use their fused kernels.
   const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
-  Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding);
+  Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding, seg);
   auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
   return b.mlp.forward(h, decoding, &x1);
 }
 
-Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
+Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) { return forward_rows(ids, pos_offset, nullptr); }
+
+Tensor DecoderModel::forward(const Tensor& ids, const PackedRows& rows) {
+  LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
+  check_packed_rows(ids, rows);
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  const nn::Segments seg{ops::to(rows.positions, device()), ops::to(rows.segments, device())};
+  return forward_rows(ids, 0, &seg);
+}
+
+Tensor DecoderModel::forward_rows(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg) {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   use_masters();
@@ -129,10 +141,14 @@ Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
   Tensor x = embed_.forward(ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     if (grad_checkpoint_ && ag::grad_enabled()) {
-      x = ag::checkpoint([this, i, pos_offset](const std::vector<Tensor>& in) { return block(i, in[0], pos_offset); },
-                         {x});
+      // The block is run again in backward, after this forward returned: the closure keeps its
+      // own copy of the segments.
+      x = ag::checkpoint(
+          [this, i, pos_offset, sc = seg ? std::optional<nn::Segments>(*seg) : std::nullopt](
+              const std::vector<Tensor>& in) { return block(i, in[0], pos_offset, nullptr, sc ? &*sc : nullptr); },
+          {x});
     } else {
-      x = block(i, x, pos_offset);
+      x = block(i, x, pos_offset, nullptr, seg);
     }
   }
   return head_.forward(x);

@@ -15,6 +15,7 @@ class DecoderModel final : public Model {
   explicit DecoderModel(ModelConfig cfg);
   std::vector<TensorSpec> tensor_specs() const override;
   Tensor forward(const Tensor& ids, int64_t pos_offset = 0) override;
+  Tensor forward(const Tensor& ids, const PackedRows& rows) override;
   Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) override;
   // One sequence: forward(ids, cache, true) itself. More: every projection, norm and MLP once over
   // all rows; attention per sequence against its cache (nn::Attention::forward_packed).
@@ -29,8 +30,12 @@ class DecoderModel final : public Model {
   };
   void on_weights_set() override;
   void bind() override;
-  // cache null: attention over x's own keys at positions pos_offset + t.
-  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr);
+  // cache null: attention over x's own keys at positions pos_offset + t (or, with seg, at its
+  // positions within its segments).
+  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr,
+               const nn::Segments* seg = nullptr);
+  // The training / scoring forward over ids i32 (B, T) on the CPU, packed when seg is set.
+  Tensor forward_rows(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg);
   Tensor forward_layers(const Tensor& ids, KVCache& cache);  // hidden states (B, T, n_embd)
   Tensor inv_freq_;                                          // f32 (head_dim / 2) on the weights' device
   nn::Embedding embed_;

@@ -1,4 +1,4 @@
-// CPU causal attention with grouped-query heads and an optional sliding window: per
+// CPU causal attention with grouped-query heads, an optional sliding window and packed-row segments: per
 // (batch, head) the score matrix is materialized with sgemm; backward recomputes it from lse.
 #include <cblas.h>
 
@@ -14,7 +14,9 @@
 namespace lmtune {
 
 namespace {
-bool visible(const AttentionArgs& a, int64_t t, int64_t s) {
+bool visible(const AttentionArgs& a, int64_t b, int64_t t, int64_t s) {
+  // Packed rows: only keys of the query's own segment (example).
+  if (a.segment && a.segment[b * a.T + s] != a.segment[b * a.T + t]) return false;
   if (!a.causal) return true;
   int64_t qp = a.q_offset + t;
   if (s > qp) return false;
@@ -55,7 +57,7 @@ void CpuBackend::attention(const AttentionArgs& args) {
         float* row = sc.data() + t * S;
         float mx = ninf;
         for (int64_t s = 0; s < S; ++s) {
-          if (!visible(a, t, s)) row[s] = ninf;
+          if (!visible(a, b, t, s)) row[s] = ninf;
           mx = std::max(mx, row[s]);
         }
         double sum = 0;
@@ -101,7 +103,7 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
         double d = 0;
         for (int64_t j = 0; j < D; ++j) d += double(dout[t * ldq + j]) * o[t * ldq + j];
         delta[t] = float(d);
-        for (int64_t s = 0; s < S; ++s) p[t * S + s] = visible(a, t, s) ? std::exp(p[t * S + s] - lse[t]) : 0.f;
+        for (int64_t s = 0; s < S; ++s) p[t * S + s] = visible(a, b, t, s) ? std::exp(p[t * S + s] - lse[t]) : 0.f;
       }
       // dV_g += P^T dO ; dP = dO V^T
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), 1.f, p.data(), int(S), dout,
