@@ -75,7 +75,9 @@ TEST(PackRows, EveryExampleOnceWithinMaxLengthWithItsOwnTargets) {
       for (size_t g = 0; g < groups.size(); ++g) {
         ASSERT_FALSE(groups[g].empty());
         ASSERT_LE(int64_t(groups[g].size()), bs);
-        if (g + 1 < groups.size()) EXPECT_EQ(int64_t(groups[g].size()), bs) << "only the last group may be short";
+        if (g + 1 < groups.size()) {
+          EXPECT_EQ(int64_t(groups[g].size()), bs) << "only the last group may be short";
+        }
         for (const auto& row : groups[g]) {
           int64_t f = 0;
           for (size_t i : row) ++seen[i], f += fill_of(ds.examples[i], max_seq);
@@ -100,8 +102,12 @@ TEST(PackRows, EveryExampleOnceWithinMaxLengthWithItsOwnTargets) {
               ASSERT_EQ(in[k], uin[size_t(j)]) << "example " << i << " input " << j;
               ASSERT_EQ(tg[k], utg[size_t(j)]) << "example " << i << " target " << j;
               ASSERT_EQ(pos[k], j) << "positions restart at each example";
-              if (j > 0) ASSERT_EQ(seg[k], seg[k - 1]);
-              if (j == 0 && at > 0) ASSERT_EQ(seg[k], seg[k - 1] + 1) << "a new example, a new segment";
+              if (j > 0) {
+                ASSERT_EQ(seg[k], seg[k - 1]);
+              }
+              if (j == 0 && at > 0) {
+                ASSERT_EQ(seg[k], seg[k - 1] + 1) << "a new example, a new segment";
+              }
             }
             for (size_t j = size_t(n); j < utg.size(); ++j) ASSERT_EQ(utg[j], -1) << "nothing supervised past it";
             n_tokens += u.n_tokens;
@@ -109,7 +115,9 @@ TEST(PackRows, EveryExampleOnceWithinMaxLengthWithItsOwnTargets) {
           }
           for (int64_t k = at; k < T; ++k) {
             EXPECT_EQ(tg[size_t(r * T + k)], -1) << "padding is never a target";
-            if (k > 0) EXPECT_GE(seg[size_t(r * T + k)], seg[size_t(r * T + k - 1)]);
+            if (k > 0) {
+              EXPECT_GE(seg[size_t(r * T + k)], seg[size_t(r * T + k - 1)]);
+            }
           }
         }
         EXPECT_EQ(b.n_tokens, n_tokens);
