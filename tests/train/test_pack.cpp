@@ -182,8 +182,8 @@ TEST(PackRows, RopeAtEqualsRopeOfEachPiece) {
   expect_close(back, xv, 1e-6, 1e-5, "rope_at inverse");
 }
 
-// An adapted f32 model: LoRA rank 4 on every linear layer of every block, B random (at creation it is
-// zero, which would leave A's gradient zero and the check weaker).
+// An adapted f32 model: LoRA rank 4 on every linear layer of every block, A and B drawn here on the
+// host (the same on every device; B is zero at creation, which would leave A's gradient zero).
 std::unique_ptr<Model> adapted(const std::string& family, Device dev = Device::cpu) {
   auto m = load_model(golden_model(family), dev, DType::f32);
   train::AdapterConfig cfg;
@@ -192,14 +192,22 @@ std::unique_ptr<Model> adapted(const std::string& family, Device dev = Device::c
   train::attach_adapters(*m, cfg, 9);
   std::mt19937 rng(17);
   std::normal_distribution<float> nd(0.f, 0.05f);
-  for (auto& [name, a] : m->adapters()) {
-    std::vector<float> v(size_t(a.lora_b.numel()));
-    for (float& x : v) x = nd(rng);
-    Tensor host = Tensor::from_f32(v, a.lora_b.shape());
-    backend(a.lora_b.device()).copy_h2d(a.lora_b.raw(), host.raw(), host.nbytes());
-  }
+  for (auto& [name, a] : m->adapters())
+    for (Tensor* t : {&a.lora_a, &a.lora_b}) {
+      std::vector<float> v(size_t(t->numel()));
+      for (float& x : v) x = nd(rng);
+      Tensor host = Tensor::from_f32(v, t->shape());
+      backend(t->device()).copy_h2d(t->raw(), host.raw(), host.nbytes());
+    }
   return m;
 }
+
+// A packed step's per-token losses (each example's supervised and unsupervised inputs, in row order)
+// and LoRA gradients by name.
+struct PackedStep {
+  std::vector<float> losses;
+  std::map<std::string, std::vector<float>> grads;
+};
 
 std::map<std::string, std::vector<float>> grads_and_clear(Model& m) {
   std::map<std::string, std::vector<float>> out;
@@ -223,7 +231,8 @@ std::vector<float> token_losses_backward(Model& m, const train::Batch& b, bool p
 
 // The packed step against the unpacked runs of the same examples: per-token losses, and the LoRA
 // gradients of the summed loss (packed: one backward; unpacked: one per example, accumulated).
-void check_packed_equals_unpacked(const std::string& family, bool checkpoint, Device dev, double rtol) {
+void check_packed_equals_unpacked(const std::string& family, bool checkpoint, Device dev, double rtol,
+                                  PackedStep* step = nullptr) {
   SCOPED_TRACE(family + (checkpoint ? " with grad checkpointing" : "") + " on " + device_name(dev));
   auto m = adapted(family, dev);
   m->set_grad_checkpoint(checkpoint);
@@ -268,6 +277,7 @@ void check_packed_equals_unpacked(const std::string& family, bool checkpoint, De
   const PackedRows rows{pb.positions, pb.segments};
   ag::NoGradGuard no_grad;
   EXPECT_NEAR(double(ops::item(m->loss(pb.inputs, pb.targets, &rows))), sum / double(pb.n_tokens), 1e-5);
+  if (step) *step = {got, packed_grads};
 }
 
 TEST(PackModel, LossesAndLoraGradientsEqualUnpacked) {
@@ -333,12 +343,23 @@ TEST(PackModel, TrainerRunsPackedAndRefusesAMismatchedResume) {
   std::filesystem::remove_all(root);
 }
 
-// CUDA against the CPU on the same packed step (f32; the tiny models' head_dim keeps attention on the
-// gemm path: the flash kernels' segment masks are checked by test_cuda_vs_cpu's AttentionPackedRows).
+// On CUDA, packed against unpacked as on the CPU, and the packed step's losses and gradients against
+// the CPU's (f32; the tiny models' head_dim keeps attention on the gemm path: the flash kernels'
+// segment masks are checked by test_cuda_vs_cpu's AttentionPackedRows).
 TEST(PackCuda, PackedStepMatchesCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or lmtune built without CUDA): skipping";
-  check_packed_equals_unpacked("llama_gqa", false, Device::cuda, 2e-3);
-  check_packed_equals_unpacked("mistral_window", true, Device::cuda, 2e-3);
+  for (const auto& [family, checkpoint] : {std::pair{"llama_gqa", false}, std::pair{"mistral_window", true}}) {
+    PackedStep gpu, cpu;
+    check_packed_equals_unpacked(family, checkpoint, Device::cuda, 2e-3, &gpu);
+    check_packed_equals_unpacked(family, checkpoint, Device::cpu, 1e-4, &cpu);
+    expect_close(gpu.losses, cpu.losses, 1e-6, 1e-3, std::string(family) + ": CUDA vs CPU packed per-token losses");
+    ASSERT_EQ(gpu.grads.size(), cpu.grads.size());
+    for (const auto& [name, gc] : cpu.grads) {
+      float mx = 0.f;
+      for (float x : gc) mx = std::max(mx, std::fabs(x));
+      expect_close(gpu.grads.at(name), gc, 1e-4 * mx, 1e-3, std::string(family) + ": CUDA vs CPU gradient of " + name);
+    }
+  }
 }
 
 }  // namespace
