@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# `lmtune lora --pack` against padded batches, same model, same data, same token budget per step:
-# a chat dataset of 100-800-token examples (bench/make_pack_data.py) trained for one epoch
-# (--epochs 1) on the Mistral-7B-shaped bf16 model of bench_lora_gpu.sh (bench_lora_peer.py model),
-# LoRA rank 8 on all 7 linear layers of every block, Adam lr 1e-5, on CUDA:
-#   padded: --batch-size B (B examples a step, each row padded to the longest of its length-sorted
-#           batch, about 800 tokens at most): about B x 800 token slots a step at most;
-#   packed: --pack --batch-size B/2 --max-seq-length 1600: B/2 rows of 1599 input slots, filled with
-#           whole examples (best-fit decreasing): the same B x 800 slots at most.
+# `lmtune lora --pack` against padded batches, same model, same data, same token budget per step
+# (the same --batch-size B and --max-seq-length L: at most B x L token slots a step): a chat dataset
+# of 100-800-token examples (bench/make_pack_data.py) trained for one epoch (--epochs 1) on the
+# Mistral-7B-shaped bf16 model of bench_lora_gpu.sh (bench_lora_peer.py model), LoRA rank 8 on all 7
+# linear layers of every block, Adam lr 1e-5, on CUDA:
+#   padded: B examples a step, each row padded to the longest of its length-sorted batch (so about
+#           B x 460 of the B x L slots hold tokens);
+#   packed: --pack: B rows of L - 1 input slots, filled with whole examples (best-fit decreasing).
 # Prints tokens/s (supervised tokens over train time, the mean of the reports after the first),
 # steps, peak memory and the last train loss of each, and the ratio (target: packed >= 2x padded).
-# Usage: bench/bench_pack_gpu.sh [--build DIR] [--model DIR] [--batch B] [--n N] [--table PATH]
-#          [--grad-checkpoint] [--smoke]
-# (default build/, a fresh model in a temporary folder (or --model, reused), B 8, N 2000 training
-# examples; --smoke: the CPU with bench_lora_peer.py's 2-layer f32 model, B 4 and N 40, a check of
-# the script). LMTUNE_PYTHON: Python with torch + transformers + tokenizers (default .venv/bin/python
-# if present, else python3).
+# Usage: bench/bench_pack_gpu.sh [--build DIR] [--model DIR] [--batch B] [--seq L] [--n N]
+#          [--table PATH] [--grad-checkpoint] [--smoke]
+# (default build/, a fresh model in a temporary folder (or --model, reused), B 4, L 2048, N 2000
+# training examples; --smoke: the CPU with bench_lora_peer.py's 2-layer f32 model, B 2, L 1600, N 40,
+# a check of the script). LMTUNE_PYTHON: Python with torch + transformers + tokenizers (default
+# .venv/bin/python if present, else python3).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build" model="" batch="" n="" table="" smoke=0 gc=()
+build="$root/build" model="" batch="" seq="" n="" table="" smoke=0 gc=()
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
     --model) model="$(cd "$2" && pwd)"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
+    --seq) seq="$2"; shift 2 ;;
     --n) n="$2"; shift 2 ;;
     --table) table="$2"; shift 2 ;;
     --grad-checkpoint) gc=(--grad-checkpoint); shift ;;
@@ -38,12 +39,12 @@ lmtune="$build/bin/lmtune"
 [[ -x "$lmtune" ]] || { echo "bench_pack_gpu: $lmtune not built" >&2; exit 1; }
 if ((smoke)); then
   device=cpu dtype=float32 smoke_flag=(--smoke) report=2
-  batch="${batch:-4}" n="${n:-40}"
+  batch="${batch:-2}" seq="${seq:-1600}" n="${n:-40}"
 else
   device=cuda dtype=bfloat16 smoke_flag=() report=10
-  batch="${batch:-8}" n="${n:-2000}"
+  batch="${batch:-4}" seq="${seq:-2048}" n="${n:-2000}"
 fi
-((batch >= 2 && batch % 2 == 0)) || { echo "bench_pack_gpu: --batch must be even and >= 2" >&2; exit 2; }
+((batch >= 1 && seq >= 801)) || { echo "bench_pack_gpu: --batch must be >= 1 and --seq > 800" >&2; exit 2; }
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
@@ -78,12 +79,12 @@ run() {  # name, then the flags that differ
   grep -E '^(Packed|Iter [0-9]+: Train)' "$tmp/$name.txt" | sed -n '1p;$p'
   ((rc == 0)) || { echo "lmtune lora ($name) failed (rc $rc):"; tail -5 "$tmp/$name.txt"; status=1; }
 }
-run padded --batch-size "$batch" --max-seq-length 1600
-run packed --pack --batch-size "$((batch / 2))" --max-seq-length 1600
+run padded --batch-size "$batch" --max-seq-length "$seq"
+run packed --pack --batch-size "$batch" --max-seq-length "$seq"
 
-"$py" - "$tmp" "$batch" "$n" "$device" "${table:-/dev/null}" <<'PY'
+"$py" - "$tmp" "$batch" "$seq" "$n" "$device" "${table:-/dev/null}" <<'PY'
 import re, sys
-tmp, batch, n, device, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+tmp, batch, seq, n, device, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 pat = re.compile(r"Iter (\d+): Train loss ([\d.]+), .*Tokens/sec ([\d.]+), Trained Tokens (\d+), Peak mem ([\d.]+) GB")
 def parse(name):
     try:
@@ -96,10 +97,10 @@ def parse(name):
     return dict(steps=int(rows[-1][0]), loss=float(rows[-1][1]), tok_s=sum(rates) / len(rates),
                 tokens=int(rows[-1][3]), peak=max(float(r[4]) for r in rows))
 p, k = parse("padded"), parse("packed")
-lines = [f"{n} chat examples of 100-800 tokens, one epoch, on {device}; budget {batch} x 800 token slots a step",
+lines = [f"{n} chat examples of 100-800 tokens, one epoch, on {device}; budget {batch} x {seq} token slots a step",
          "", "| batches | steps | tok/s | trained tokens | peak GB | last train loss |", "| --- | --- | --- | --- | --- | --- |"]
-for name, r, how in (("padded", p, f"--batch-size {batch} --max-seq-length 1600"),
-                     ("packed", k, f"--pack --batch-size {batch // 2} --max-seq-length 1600")):
+for name, r, how in (("padded", p, f"--batch-size {batch} --max-seq-length {seq}"),
+                     ("packed", k, f"--pack --batch-size {batch} --max-seq-length {seq}")):
     lines.append(f"| {name} ({how}) | " + (f"{r['steps']} | {r['tok_s']:.0f} | {r['tokens']} | {r['peak']:.2f} | "
                                          f"{r['loss']:.3f} |" if r else "FAILED | | | | |"))
 if p and k:
