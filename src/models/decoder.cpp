@@ -123,17 +123,34 @@ Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, K
   return b.mlp.forward(h, decoding, &x1);
 }
 
-Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) { return forward_rows(ids, pos_offset, nullptr); }
+Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
+  return head_.forward(forward_blocks(ids, pos_offset));
+}
 
 Tensor DecoderModel::forward(const Tensor& ids, const PackedRows& rows) {
+  const nn::Segments seg = segments(ids, rows);
+  return head_.forward(forward_blocks(ids, 0, &seg));
+}
+
+nn::Segments DecoderModel::segments(const Tensor& ids, const PackedRows& rows) const {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
   check_packed_rows(ids, rows);
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
-  const nn::Segments seg{ops::to(rows.positions, device()), ops::to(rows.segments, device())};
-  return forward_rows(ids, 0, &seg);
+  return {ops::to(rows.positions, device()), ops::to(rows.segments, device())};
 }
 
-Tensor DecoderModel::forward_rows(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg) {
+bool DecoderModel::forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head, const PackedRows* rows) {
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  ensure_bound();
+  if (head_.weight.adapter || head_.weight.bias) return false;
+  std::optional<nn::Segments> seg;
+  if (rows) seg = segments(ids, *rows);
+  hidden = head_.norm.forward(forward_blocks(ids, 0, seg ? &*seg : nullptr));
+  head = head_.weight.get();  // after forward_blocks: a master's cast is made there
+  return true;
+}
+
+Tensor DecoderModel::forward_blocks(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg) {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   use_masters();
@@ -151,7 +168,7 @@ Tensor DecoderModel::forward_rows(const Tensor& ids, int64_t pos_offset, const n
       x = block(i, x, pos_offset, nullptr, seg);
     }
   }
-  return head_.forward(x);
+  return x;
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, KVCache& cache, bool last_only) {

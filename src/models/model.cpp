@@ -4,9 +4,12 @@
 #include <set>
 
 #include "autograd/functions.h"
+#include "autograd/linear_cross_entropy.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "io/safetensors.h"
 #include "models/registry.h"
+#include "nn/linear.h"
 #include "ops/ops.h"
 
 namespace lmtune {
@@ -66,9 +69,19 @@ void Model::check_packed_rows(const Tensor& ids, const PackedRows& rows) {
     }
 }
 
+bool Model::forward_hidden(const Tensor&, Tensor&, nn::Linear&, const PackedRows*) { return false; }
+
 Tensor Model::loss(const Tensor& ids, const Tensor& targets, const PackedRows* rows) {
-  Tensor logits = rows ? forward(ids, *rows) : forward(ids);
   LMT_CHECK(targets.shape() == ids.shape(), "[loss] targets ", targets.describe(), " for ids ", ids.describe());
+  const RuntimeConfig& rc = runtime_config();
+  Tensor hidden;
+  nn::Linear head;
+  if (rc.fused_xent && forward_hidden(ids, hidden, head, rows)) {
+    ag::HeadWeight w{head.weight, head.scales, head.biases, head.format, head.dense_dtype};
+    Tensor flat = ag::reshape(hidden, {ids.numel(), hidden.dim(-1)});
+    return ag::linear_cross_entropy(flat, w, targets.reshape({ids.numel()}), rc.xent_chunk_rows);
+  }
+  Tensor logits = rows ? forward(ids, *rows) : forward(ids);
   Tensor flat = ag::reshape(logits, {ids.numel(), cfg_.n_vocab});
   return ag::cross_entropy(flat, targets.reshape({ids.numel()}));
 }

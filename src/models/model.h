@@ -63,8 +63,15 @@ class Model {
   // family with shared blocks runs every linear layer once over all N rows.
   virtual Tensor forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs);
   // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar. With rows,
-  // ids are packed rows (forward(ids, *rows)).
+  // ids are packed rows (forward(ids, *rows)). Where the family splits off its head (forward_hidden)
+  // and runtime_config().fused_xent is on, the head and the loss run fused in chunks
+  // (autograd/linear_cross_entropy.h): the logits are never whole.
   Tensor loss(const Tensor& ids, const Tensor& targets, const PackedRows* rows = nullptr);
+  // forward(ids) (or with rows, forward(ids, *rows)) stopped before the head, for loss(): the final
+  // norm's output (B, T, n_embd) and the head layer that maps it to forward()'s logits (the lm_head
+  // or the tied embedding, dense or quantized). Returns false, having run nothing, where the family
+  // has no such split or its head carries a bias or an adapter (loss() then takes forward()'s logits).
+  virtual bool forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head, const PackedRows* rows = nullptr);
 
   // Weights by checkpoint name; set_weights checks every spec is present with its shape. A
   // quantized layer (set_quantized, before) holds "<layer>.weight" packed u32 (out, in * bits / 32)
