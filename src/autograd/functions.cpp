@@ -234,13 +234,21 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
                 [=](const Tensor& d) { return std::vector<Tensor>{ops::rope(d, inv_freq, pos_offset, mscale, true)}; });
 }
 
+Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale) {
+  return record("rope", ops::rope_at(x, inv_freq, positions, mscale, false), {x}, [=](const Tensor& d) {
+    return std::vector<Tensor>{ops::rope_at(d, inv_freq, positions, mscale, true)};
+  });
+}
+
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                 int64_t q_offset) {
-  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset);
+                 int64_t q_offset, const Tensor* segments) {
+  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset, nullptr, segments);
   Tensor qd = q.detach(), kd = k.detach(), vd = v.detach();
   ops::AttentionOut saved{r.out.detach(), r.lse};
+  const Tensor seg = segments ? *segments : Tensor();  // kept alive by the backward closure
   return record("attention", r.out, {q, k, v}, [=](const Tensor& d) {
-    ops::AttentionGrads g = ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset);
+    ops::AttentionGrads g =
+        ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset, seg.defined() ? &seg : nullptr);
     return std::vector<Tensor>{g.dq, g.dk, g.dv};
   });
 }

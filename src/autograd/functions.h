@@ -42,8 +42,11 @@ Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales,
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale);
+// positions: i32 (B, T) on x's device, a rotary position per token (packed rows).
+Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale);
+// segments: packed rows' i32 (B, T) segment ids (ops::attention); null for ordinary rows.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                 int64_t q_offset = 0);
+                 int64_t q_offset = 0, const Tensor* segments = nullptr);
 Tensor softmax(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 // Mean over the targets that are >= 0 of -log softmax(logits)[target]; logits (N, V), i32 (N).

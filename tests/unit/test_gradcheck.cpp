@@ -91,6 +91,21 @@ TEST(Gradcheck, AttentionGqaAndWindow) {
   }
 }
 
+// Packed rows (lora --pack): rope at per-token positions, attention kept within segments.
+TEST(Gradcheck, PackedRowsRopeAtAndSegmentAttention) {
+  Tensor q = rnd({2, 5, 2, 8}, 21);
+  Tensor inv = Tensor::from_f32({1.f, 0.3f, 0.05f, 0.01f}, {4});
+  Tensor pos = Tensor::from_i32({0, 1, 0, 1, 2, 0, 1, 2, 3, 4}, {2, 5});
+  check("rope_at", [inv, pos](const V& in) { return ag::rope_at(in[0], inv, pos, 1.f); }, {q});
+  Tensor seg = Tensor::from_i32({0, 0, 1, 1, 1, 0, 1, 1, 1, 2}, {2, 5});
+  for (int64_t window : {0, 2}) {
+    Tensor k = rnd({2, 5, 1, 8}, 22), v = rnd({2, 5, 1, 8}, 23);
+    check("attention with segments",
+          [seg, window](const V& x) { return ag::attention(x[0], x[1], x[2], 0.35f, true, window, 0, &seg); },
+          {q, k, v});
+  }
+}
+
 TEST(Gradcheck, CrossEntropyWithIgnoredTargets) {
   Tensor logits = rnd({5, 7}, 19);
   Tensor t = Tensor::from_i32({2, -100, 6, 0, -1}, {5});
