@@ -1,14 +1,19 @@
 // CPU causal attention with grouped-query heads and an optional sliding window: per
 // (batch, head) the score matrix is materialized with sgemm; backward recomputes it from lse.
+// The (batch, kv head) pairs are split over the cores (parallel.h), each piece's products on its
+// own thread; a pair's query heads run in order, so dK and dV sum in the same order on any split.
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/parallel.h"
+#include "backend/cpu/profile.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -43,13 +48,18 @@ AttentionArgs resolve_offset(const AttentionArgs& in) {
 }  // namespace
 
 void CpuBackend::attention(const AttentionArgs& args) {
+  LMT_CPU_PROFILE("attention");
   const AttentionArgs a = resolve_offset(args);
   cpu_require_f32(a.dtype, "attention");
   int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
-  std::vector<float> sc(static_cast<size_t>(T * S));
   const float ninf = -std::numeric_limits<float>::infinity();
-  for (int64_t b = 0; b < a.B; ++b) {
-    for (int64_t h = 0; h < a.n_head; ++h) {
+  std::optional<cpu::BlasOneThread> one;  // one (batch, kv head) pair keeps OpenBLAS's threads
+  if (a.B * a.n_kv_head > 1) one.emplace();
+  cpu::parallel_rows(a.B * a.n_kv_head, a.B * a.n_head * T * S * D >> 17, [&](int64_t u0, int64_t u1) {
+    std::vector<float> sc(static_cast<size_t>(T * S));
+    // Pair u = b * n_kv_head + g holds the query heads u * group ... of b * n_head + h.
+    for (int64_t bh = u0 * group; bh < u1 * group; ++bh) {
+      const int64_t b = bh / a.n_head, h = bh % a.n_head;
       scores(a, b, h, sc.data());
       for (int64_t t = 0; t < T; ++t) {
         float* row = sc.data() + t * S;
@@ -72,10 +82,11 @@ void CpuBackend::attention(const AttentionArgs& args) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), 1.f, sc.data(), int(S), v,
                   int(a.n_kv_head * D), 0.f, out, int(a.n_head * D));
     }
-  }
+  });
 }
 
 void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
+  LMT_CPU_PROFILE("attention_backward");
   const AttentionArgs& a = ab.fwd;
   LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");
   cpu_require_f32(a.dtype, "attention_backward");
@@ -83,10 +94,12 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
   int64_t ldq = a.n_head * D, ldk = a.n_kv_head * D;
   std::memset(ab.dk, 0, size_t(a.B * S * ldk) * 4);
   std::memset(ab.dv, 0, size_t(a.B * S * ldk) * 4);
-  std::vector<float> p(static_cast<size_t>(T * S)), dp(static_cast<size_t>(T * S)), delta(static_cast<size_t>(T));
-  for (int64_t b = 0; b < a.B; ++b) {
-    for (int64_t h = 0; h < a.n_head; ++h) {
-      int64_t g = h / group;
+  std::optional<cpu::BlasOneThread> one;
+  if (a.B * a.n_kv_head > 1) one.emplace();
+  cpu::parallel_rows(a.B * a.n_kv_head, a.B * a.n_head * T * S * D >> 16, [&](int64_t u0, int64_t u1) {
+    std::vector<float> p(static_cast<size_t>(T * S)), dp(static_cast<size_t>(T * S)), delta(static_cast<size_t>(T));
+    for (int64_t bh = u0 * group; bh < u1 * group; ++bh) {
+      const int64_t b = bh / a.n_head, h = bh % a.n_head, g = h / group;
       const float* q = static_cast<const float*>(a.q) + (b * T * a.n_head + h) * D;
       const float* k = static_cast<const float*>(a.k) + (b * S * a.n_kv_head + g) * D;
       const float* v = static_cast<const float*>(a.v) + (b * S * a.n_kv_head + g) * D;
@@ -116,7 +129,7 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), a.scale, dp.data(), int(S), q,
                   int(ldq), 1.f, dk, int(ldk));
     }
-  }
+  });
 }
 
 }  // namespace lmtune

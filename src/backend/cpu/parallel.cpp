@@ -1,5 +1,7 @@
 #include "backend/cpu/parallel.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -107,6 +109,13 @@ Pool& pool() {
 void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f) {
   if (rows < 2 || work < 2 || std::thread::hardware_concurrency() <= 1) return f(0, rows);
   pool().run(rows, f);
+}
+
+BlasOneThread::BlasOneThread() : saved_(openblas_get_num_threads()) {
+  if (saved_ != 1) openblas_set_num_threads(1);
+}
+BlasOneThread::~BlasOneThread() {
+  if (saved_ != 1) openblas_set_num_threads(saved_);
 }
 
 }  // namespace lmtune::cpu

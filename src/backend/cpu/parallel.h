@@ -13,4 +13,23 @@ namespace lmtune::cpu {
 // then rethrows the first exception a piece threw. Not reentrant: f must not call parallel_rows.
 void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f);
 
+// A streaming kernel over n elements (f(i0, i1) on a piece), split from 2^16 element-costs on:
+// `cost` is a rough per-element weight (1 for an add, ~16 for a kernel with an exp).
+inline void parallel_elems(int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& f) {
+  parallel_rows(n, n * cost >> 15, f);
+}
+
+// While alive, OpenBLAS runs each call on the calling thread: for products issued from the pool's
+// pieces, so that OpenBLAS's own threads and the pool never share the cores at once.
+class BlasOneThread {
+ public:
+  BlasOneThread();
+  ~BlasOneThread();
+  BlasOneThread(const BlasOneThread&) = delete;
+  BlasOneThread& operator=(const BlasOneThread&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace lmtune::cpu
