@@ -14,16 +14,20 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/parallel.h"
 #include "backend/cpu/profile.h"
+#include "backend/cpu/vexp.h"
 #include "core/error.h"
 
 namespace lmtune {
 
 namespace {
-bool visible(const AttentionArgs& a, int64_t t, int64_t s) {
-  if (!a.causal) return true;
+// The keys query t sees, [lo, hi): with causal, key s is visible iff s <= q_offset + t and, with
+// a window, q_offset + t - s < window.
+void visible_range(const AttentionArgs& a, int64_t t, int64_t* lo, int64_t* hi) {
+  *lo = 0, *hi = a.S;
+  if (!a.causal) return;
   int64_t qp = a.q_offset + t;
-  if (s > qp) return false;
-  return a.window <= 0 || qp - s < a.window;
+  *hi = std::clamp<int64_t>(qp + 1, 0, a.S);
+  if (a.window > 0) *lo = std::clamp<int64_t>(qp - a.window + 1, 0, *hi);
 }
 
 // scores (T, S) = scale * Q_h K_g^T for batch b, head h.
@@ -63,18 +67,14 @@ void CpuBackend::attention(const AttentionArgs& args) {
       scores(a, b, h, sc.data());
       for (int64_t t = 0; t < T; ++t) {
         float* row = sc.data() + t * S;
-        float mx = ninf;
-        for (int64_t s = 0; s < S; ++s) {
-          if (!visible(a, t, s)) row[s] = ninf;
-          mx = std::max(mx, row[s]);
-        }
-        double sum = 0;
-        for (int64_t s = 0; s < S; ++s) {
-          row[s] = row[s] == ninf ? 0.f : std::exp(row[s] - mx);
-          sum += row[s];
-        }
+        int64_t lo, hi;
+        visible_range(a, t, &lo, &hi);
+        const float mx = cpu::max_of(row + lo, hi - lo);
+        const double sum = hi > lo ? cpu::exp_sub_sum(row + lo, mx, row + lo, hi - lo) : 0.0;
+        std::fill(row, row + lo, 0.f);
+        std::fill(row + hi, row + S, 0.f);
         float inv = sum > 0 ? float(1.0 / sum) : 0.f;
-        for (int64_t s = 0; s < S; ++s) row[s] *= inv;
+        for (int64_t s = lo; s < hi; ++s) row[s] *= inv;
         a.lse[(b * a.n_head + h) * T + t] = sum > 0 ? mx + float(std::log(sum)) : ninf;
       }
       const float* v = static_cast<const float*>(a.v) + (b * S * a.n_kv_head + h / group) * D;
@@ -114,7 +114,12 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
         double d = 0;
         for (int64_t j = 0; j < D; ++j) d += double(dout[t * ldq + j]) * o[t * ldq + j];
         delta[t] = float(d);
-        for (int64_t s = 0; s < S; ++s) p[t * S + s] = visible(a, t, s) ? std::exp(p[t * S + s] - lse[t]) : 0.f;
+        int64_t lo, hi;
+        visible_range(a, t, &lo, &hi);
+        float* row = p.data() + t * S;
+        if (hi > lo) cpu::exp_sub_sum(row + lo, lse[t], row + lo, hi - lo);
+        std::fill(row, row + lo, 0.f);
+        std::fill(row + hi, row + S, 0.f);
       }
       // dV_g += P^T dO ; dP = dO V^T
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), 1.f, p.data(), int(S), dout,

@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/parallel.h"
 #include "backend/cpu/profile.h"
+#include "backend/cpu/vexp.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -165,9 +166,7 @@ void CpuBackend::swiglu(const void* gate_, const void* up_, void* out_, int64_t 
   const float* g = F(gate_);
   const float* u = F(up_);
   float* o = F(out_);
-  cpu::parallel_elems(n, 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  });
+  cpu::parallel_elems(n, 4, [&](int64_t i0, int64_t i1) { cpu::swiglu_rows(g + i0, u + i0, o + i0, i1 - i0); });
 }
 
 void CpuBackend::swiglu_backward(const void* gate_, const void* up_, const void* dout_, void* dgate_, void* dup_,
@@ -179,13 +178,8 @@ void CpuBackend::swiglu_backward(const void* gate_, const void* up_, const void*
   const float* d = F(dout_);
   float* dg = F(dgate_);
   float* du = F(dup_);
-  cpu::parallel_elems(n, 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      float s = 1.f / (1.f + std::exp(-g[i]));
-      float silu = g[i] * s;
-      du[i] = d[i] * silu;
-      dg[i] = d[i] * u[i] * s * (1.f + g[i] * (1.f - s));
-    }
+  cpu::parallel_elems(n, 4, [&](int64_t i0, int64_t i1) {
+    cpu::swiglu_backward_rows(g + i0, u + i0, d + i0, dg + i0, du + i0, i1 - i0);
   });
 }
 
