@@ -1,14 +1,13 @@
 // CPU causal attention with grouped-query heads and an optional sliding window: per
 // (batch, head) the score matrix is materialized with sgemm; backward recomputes it from lse.
-// The (batch, kv head) pairs are split over the cores (parallel.h), each piece's products on its
-// own thread; a pair's query heads run in order, so dK and dV sum in the same order on any split.
+// The (batch, head) pairs are split over the pool's threads (parallel.h; backward: the (batch, kv
+// head) pairs, a pair's query heads in order, so dK and dV sum in the same order on any split).
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <optional>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
@@ -57,12 +56,9 @@ void CpuBackend::attention(const AttentionArgs& args) {
   cpu_require_f32(a.dtype, "attention");
   int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::optional<cpu::BlasOneThread> one;  // one (batch, kv head) pair keeps OpenBLAS's threads
-  if (a.B * a.n_kv_head > 1) one.emplace();
-  cpu::parallel_rows(a.B * a.n_kv_head, a.B * a.n_head * T * S * D >> 17, [&](int64_t u0, int64_t u1) {
+  cpu::parallel_rows(a.B * a.n_head, a.B * a.n_head * T * S * D >> 17, [&](int64_t u0, int64_t u1) {
     std::vector<float> sc(static_cast<size_t>(T * S));
-    // Pair u = b * n_kv_head + g holds the query heads u * group ... of b * n_head + h.
-    for (int64_t bh = u0 * group; bh < u1 * group; ++bh) {
+    for (int64_t bh = u0; bh < u1; ++bh) {
       const int64_t b = bh / a.n_head, h = bh % a.n_head;
       scores(a, b, h, sc.data());
       for (int64_t t = 0; t < T; ++t) {
@@ -94,10 +90,9 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
   int64_t ldq = a.n_head * D, ldk = a.n_kv_head * D;
   std::memset(ab.dk, 0, size_t(a.B * S * ldk) * 4);
   std::memset(ab.dv, 0, size_t(a.B * S * ldk) * 4);
-  std::optional<cpu::BlasOneThread> one;
-  if (a.B * a.n_kv_head > 1) one.emplace();
   cpu::parallel_rows(a.B * a.n_kv_head, a.B * a.n_head * T * S * D >> 16, [&](int64_t u0, int64_t u1) {
     std::vector<float> p(static_cast<size_t>(T * S)), dp(static_cast<size_t>(T * S)), delta(static_cast<size_t>(T));
+    // Pair u = b * n_kv_head + g holds the query heads u * group ... of b * n_head + h.
     for (int64_t bh = u0 * group; bh < u1 * group; ++bh) {
       const int64_t b = bh / a.n_head, h = bh % a.n_head, g = h / group;
       const float* q = static_cast<const float*>(a.q) + (b * T * a.n_head + h) * D;

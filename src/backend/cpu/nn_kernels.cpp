@@ -52,8 +52,7 @@ void CpuBackend::rms_norm(const void* x_, const void* w_, void* out_, float* rst
   cpu::parallel_rows(rows, rows * dim >> 15, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * dim;
-      double ss = 0;
-      for (int64_t j = 0; j < dim; ++j) ss += double(xr[j]) * xr[j];
+      const double ss = cpu::sum_squares(xr, dim);
       float s = 1.f / std::sqrt(float(ss / double(dim)) + eps);
       rstd[r] = s;
       for (int64_t j = 0; j < dim; ++j) out[r * dim + j] = xr[j] * s * w[j];
@@ -189,12 +188,11 @@ void CpuBackend::cross_entropy(const void* logits_, const int32_t* targets, floa
   cpu_require_f32(dt, "cross_entropy");
   const float* logits = F(logits_);
   cpu::parallel_rows(N, N * V >> 11, [&](int64_t r0, int64_t r1) {
+    std::vector<float> exps(static_cast<size_t>(V));  // the row's exps, summed in double
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = logits + r * V;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x[j]);
-      double sum = 0;
-      for (int64_t j = 0; j < V; ++j) sum += std::exp(double(x[j] - mx));
+      const float mx = cpu::max_of(x, V);
+      const double sum = cpu::exp_sub_sum(x, mx, exps.data(), V);
       float l = mx + float(std::log(sum));
       lse[r] = l;
       loss[r] = targets[r] < 0 ? 0.f : l - x[targets[r]];
@@ -217,7 +215,7 @@ void CpuBackend::cross_entropy_backward(const void* logits_, const int32_t* targ
       }
       const float* x = logits + r * V;
       float g = dloss[r];
-      for (int64_t j = 0; j < V; ++j) d[j] = std::exp(x[j] - lse[r]) * g;
+      cpu::exp_sub_scale(x, lse[r], g, d, V);
       d[targets[r]] -= g;
     }
   });

@@ -100,22 +100,25 @@ class Pool {
 };
 
 Pool& pool() {
-  static Pool p(std::max(1, int(std::thread::hardware_concurrency())) - 1);
+  static Pool p(threads() - 1);
   return p;
 }
 
 }  // namespace
 
-void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f) {
-  if (rows < 2 || work < 2 || std::thread::hardware_concurrency() <= 1) return f(0, rows);
-  pool().run(rows, f);
+int threads() {
+  static const int n = [] {
+    const int hw = std::max(1, int(std::thread::hardware_concurrency()));
+    const int blas = openblas_get_num_threads();  // OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, else the cores
+    openblas_set_num_threads(1);
+    return std::clamp(blas, 1, hw);
+  }();
+  return n;
 }
 
-BlasOneThread::BlasOneThread() : saved_(openblas_get_num_threads()) {
-  if (saved_ != 1) openblas_set_num_threads(1);
-}
-BlasOneThread::~BlasOneThread() {
-  if (saved_ != 1) openblas_set_num_threads(saved_);
+void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f) {
+  if (threads() <= 1 || rows < 2 || work < 2) return f(0, rows);
+  pool().run(rows, f);
 }
 
 }  // namespace lmtune::cpu

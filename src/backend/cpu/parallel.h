@@ -7,7 +7,14 @@
 
 namespace lmtune::cpu {
 
-// Runs f(r0, r1) over [0, rows) in contiguous pieces, one a core, the calling thread taking the
+// The CPU backend's threads: OpenBLAS's count as it starts (OPENBLAS_NUM_THREADS, else
+// OMP_NUM_THREADS, else the cores), at most the cores. The first call also sets OpenBLAS to one
+// thread for good: every product runs on its caller's thread and the pool below does all the
+// splitting, so OpenBLAS's threads (which spin for a while after each call) and the pool's never
+// compete for the same cores. Call it before any OpenBLAS call.
+int threads();
+
+// Runs f(r0, r1) over [0, rows) in contiguous pieces, one a thread (threads()), the calling thread taking the
 // first; on the calling thread alone when `work` is below 2 (each caller scales its element count
 // so that 2 repays a second core), on one core, or for one row. Returns when every piece has run;
 // then rethrows the first exception a piece threw. Not reentrant: f must not call parallel_rows.
@@ -18,18 +25,5 @@ void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t,
 inline void parallel_elems(int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& f) {
   parallel_rows(n, n * cost >> 15, f);
 }
-
-// While alive, OpenBLAS runs each call on the calling thread: for products issued from the pool's
-// pieces, so that OpenBLAS's own threads and the pool never share the cores at once.
-class BlasOneThread {
- public:
-  BlasOneThread();
-  ~BlasOneThread();
-  BlasOneThread(const BlasOneThread&) = delete;
-  BlasOneThread& operator=(const BlasOneThread&) = delete;
-
- private:
-  int saved_;
-};
 
 }  // namespace lmtune::cpu

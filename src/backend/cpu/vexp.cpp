@@ -45,6 +45,21 @@ LMT_CPU_CLONES double exp_sub_sum(const float* x, float sub, float* y, int64_t n
   return s;
 }
 
+LMT_CPU_CLONES void exp_sub_scale(const float* x, float sub, float scale, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i] - sub) * scale;
+}
+
+LMT_CPU_CLONES double sum_squares(const float* x, int64_t n) {
+  double acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += double(x[i + k]) * x[i + k];
+  for (; i < n; ++i) acc[0] += double(x[i]) * x[i];
+  double s = 0;
+  for (double v : acc) s += v;
+  return s;
+}
+
 LMT_CPU_CLONES void swiglu_rows(const float* g, const float* u, float* o, int64_t n) {
   for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.f + exp_poly(-g[i])) * u[i];
 }

@@ -33,6 +33,10 @@ inline float exp_poly(float x) {
 float max_of(const float* x, int64_t n);
 // y[i] = exp(x[i] - sub) for i in [0, n) (y may be x); returns the sum of the y in double.
 double exp_sub_sum(const float* x, float sub, float* y, int64_t n);
+// y[i] = exp(x[i] - sub) * scale.
+void exp_sub_scale(const float* x, float sub, float scale, float* y, int64_t n);
+// The sum of x[i]^2 in double.
+double sum_squares(const float* x, int64_t n);
 // o[i] = silu(g[i]) * u[i].
 void swiglu_rows(const float* g, const float* u, float* o, int64_t n);
 // du = d * silu(g), dg = d * u * silu'(g).
