@@ -9,6 +9,9 @@
 # load change on the shared machine hits both; with --baseline DIR a second lmtune build (an older
 # binary) takes a turn too, for an A/B of lmtune itself. Prints each turn's tokens/s and a table
 # of the medians. --profile: lmtune's runs also print the CPU kernel profile (LMTUNE_CPU_PROFILE).
+# torch's OpenMP threads spin at each barrier and lose most when another process holds a core; on
+# a shared machine OMP_WAIT_POLICY=PASSIVE in the environment (it reaches only the peer: lmtune
+# uses no OpenMP) gives the peer its better figure.
 # Usage: bench/bench_lora_cpu_peft.sh [--build DIR] [--baseline DIR] [--rounds N] [--warmup W]
 #          [--steps S] [--batch N] [--seq N] [--threads N] [--profile]
 # (defaults build/, none, 2, 5, 20, 4, 241, 2; W and S multiples of the 5-step report).
