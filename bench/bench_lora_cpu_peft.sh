@@ -49,7 +49,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 peer() { PYTHONUNBUFFERED=1 "$py" "$root/bench/bench_lora_peer.py" "$@"; }
 start=$SECONDS
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $threads"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(grep -c ^processor /proc/cpuinfo) cores; threads $threads"
 peer model "$tmp/model" --shape qwen2-26m || { echo "bench_lora_cpu_peft: cannot write the model"; exit 1; }
 peer data "$tmp/data" --model "$tmp/model" --seq "$seq" --n-valid "$batch" || { echo "bench_lora_cpu_peft: cannot write the data"; exit 1; }
 cat >"$tmp/lora.yaml" <<YAML
