@@ -11,6 +11,7 @@
 # reports it.
 # Usage: bench/bench_lora_cpu.sh [--build DIR] [--warmup W] [--steps S] [--batch N] [--threads N]
 # (defaults: build/, 10, 30, 4, 2; W and S multiples of the 10-step report). .venv needs mlx-lm.
+# The peer transformers + peft (torch CPU) on a 26M Qwen2-shaped model: bench/bench_lora_cpu_peft.sh.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"

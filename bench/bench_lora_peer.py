@@ -6,13 +6,16 @@
       32 heads, 8 kv heads, head_dim 128, vocab 32000, rope_theta 1e6, untied lm_head), bf16,
       written as safetensors shards + index + config.json, plus models/default's tokenizer (ids <
       2048). The weights are drawn on the GPU (N(0, 0.02), norms 1) and copied out shard by shard;
-      --smoke: a 2-layer f32 model of the same family on the CPU.
+      --smoke: a 2-layer f32 model of the same family on the CPU. --shape qwen2-26m: a Qwen2-shaped
+      f32 model on the CPU (hidden 512, n_ff 1536, 8 layers, 8 heads, 2 kv heads, head_dim 64,
+      vocab 2048 = models/default's, q/k/v biases, untied lm_head: 26.2 M parameters), the
+      model of bench/bench_lora_cpu.sh --peer peft.
   bench_lora_peer.py data DIR --model DIR --seq N [--n-train 16] [--n-valid 2]
       train.jsonl / valid.jsonl of {"text": ...} records built from the words of examples/data,
       each at least N + 64 tokens long (checked with the model's tokenizer), so that every example
       is truncated to exactly N tokens (N - 1 inputs and N - 1 targets, as mlx-lm and lmtune cut).
   bench_lora_peer.py train --model DIR --data DIR --seq N [--grad-checkpoint] [--warmup W]
-      [--steps S] [--keys q_proj,...] [--json PATH] [--nf4] [--smoke]
+      [--steps S] [--keys q_proj,...] [--json PATH] [--nf4] [--smoke] [--cpu] [--batch N] [--threads N]
       The peer: AutoModelForCausalLM (sdpa, bf16 on cuda; f32 on the CPU with --smoke) + peft
       LoraConfig(r 8, alpha 160 = mlx-lm's scale 20 x r, dropout 0, all 7 linear layers of every
       block), torch.optim.Adam (lr 1e-5), batch 1; each step feeds the first N tokens of a record
@@ -22,6 +25,8 @@
       time). Peak = torch.cuda.max_memory_allocated over the whole process (weights included), as
       lmtune's Peak mem counts its allocator's peak; on the CPU, the process's max RSS.
       --nf4: QLoRA, the base loaded by bitsandbytes in 4-bit NormalFloat (bf16 compute).
+      --cpu: f32 on the CPU (as --smoke does); --batch N: N records a step (tokens/s counts
+      N * (seq - 1) a step); --threads N: torch.set_num_threads.
 """
 import argparse
 import json
@@ -39,7 +44,10 @@ LORA_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 RANK, SCALE, LR = 8, 20.0, 1e-5
 
 
-def shapes(smoke):
+def shapes(smoke, shape=None):
+    if shape == "qwen2-26m":
+        return dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                    num_key_value_heads=2, head_dim=64, vocab_size=2048)
     if smoke:
         return dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=64, vocab_size=2048)
@@ -50,22 +58,26 @@ def shapes(smoke):
 def cmd_model(a):
     import torch
     from safetensors.torch import save_file
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     t0 = time.perf_counter()
-    dev = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
-    if not a.smoke and dev != "cuda":
+    cpu = a.smoke or a.shape == "qwen2-26m"
+    dev = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
+    if not cpu and dev != "cuda":
         sys.exit("bench_lora_peer model: no CUDA device (use --smoke on the CPU)")
-    dtype, dname = (torch.float32, "float32") if a.smoke else (torch.bfloat16, "bfloat16")
+    dtype, dname = (torch.float32, "float32") if cpu else (torch.bfloat16, "bfloat16")
     base = json.load(open(os.path.join(DEFAULT_MODEL, "config.json")))
-    cfg = MistralConfig(**shapes(a.smoke), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
-                        sliding_window=None, tie_word_embeddings=False, bos_token_id=base["bos_token_id"],
-                        eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"])
+    Config, Model, arch = MistralConfig, MistralForCausalLM, "MistralForCausalLM"
+    if a.shape == "qwen2-26m":
+        Config, Model, arch = Qwen2Config, Qwen2ForCausalLM, "Qwen2ForCausalLM"
+    cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
+                 sliding_window=None, tie_word_embeddings=False, bos_token_id=base["bos_token_id"],
+                 eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"])
     with torch.device("meta"):  # names and shapes only, no memory
-        specs = [(n, tuple(p.shape)) for n, p in MistralForCausalLM(cfg).state_dict().items()]
+        specs = [(n, tuple(p.shape)) for n, p in Model(cfg).state_dict().items()]
     os.makedirs(a.dir, exist_ok=True)
     d = cfg.to_dict()
-    d["architectures"] = ["MistralForCausalLM"]
+    d["architectures"] = [arch]
     d["torch_dtype"] = d["dtype"] = dname
     json.dump(d, open(os.path.join(a.dir, "config.json"), "w"), indent=2)
     for f in ("tokenizer.json", "tokenizer_config.json"):
@@ -90,6 +102,8 @@ def cmd_model(a):
         for n, s in shard:
             if n.endswith("norm.weight"):
                 t = torch.ones(s, dtype=dtype, device=dev)
+            elif n.endswith(".bias"):
+                t = torch.zeros(s, dtype=dtype, device=dev).add_(0.02)
             else:
                 t = torch.randn(s, dtype=dtype, device=dev, generator=g).mul_(0.02)
             tensors[n] = t.cpu()
@@ -142,8 +156,8 @@ def cmd_train(a):
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    dev = "cpu" if a.smoke else "cuda"
-    dtype = torch.float32 if a.smoke else torch.bfloat16
+    dev = "cpu" if a.smoke or a.cpu else "cuda"
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
     cuda = dev == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
@@ -189,7 +203,7 @@ def cmd_train(a):
         rows.append(torch.tensor(ids[:a.seq], dtype=torch.long))
 
     def step(i):
-        ids = rows[i % len(rows)].to(dev).unsqueeze(0)
+        ids = torch.stack([rows[(i * a.batch + j) % len(rows)] for j in range(a.batch)]).to(dev)
         x, y = ids[:, :-1], ids[:, 1:]
         opt.zero_grad(set_to_none=True)
         logits = model(input_ids=x, use_cache=False).logits
@@ -212,14 +226,14 @@ def cmd_train(a):
         if i < a.warmup:
             print(f"warm-up step {i + 1}: loss {losses[-1]:.3f}, {times[-1] * 1e3:.1f} ms", flush=True)
     meas = times[a.warmup:]
-    tokens = a.steps * (a.seq - 1)
+    tokens = a.steps * a.batch * (a.seq - 1)
     tps = tokens / sum(meas)
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 1e9
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     med = sorted(meas)[len(meas) // 2]
-    print(f"peer: {a.steps} steps of {a.seq - 1} tokens after {a.warmup} warm-up: {tps:.1f} tok/s "
+    print(f"peer: {a.steps} steps of {a.batch} x {a.seq - 1} tokens after {a.warmup} warm-up: {tps:.1f} tok/s "
           f"(median step {med * 1e3:.1f} ms, min {min(meas) * 1e3:.1f}, max {max(meas) * 1e3:.1f}), "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, peak {peak:.3f} GB", flush=True)
     if a.json:
@@ -234,6 +248,7 @@ def main():
     m = sub.add_parser("model")
     m.add_argument("dir")
     m.add_argument("--smoke", action="store_true")
+    m.add_argument("--shape", choices=["qwen2-26m"], help="a CPU model shape instead of Mistral-7B's")
     d = sub.add_parser("data")
     d.add_argument("dir")
     d.add_argument("--model", required=True)
@@ -252,6 +267,8 @@ def main():
     t.add_argument("--json")
     t.add_argument("--nf4", action="store_true", help="the base in bitsandbytes nf4 (QLoRA), bf16 compute")
     t.add_argument("--smoke", action="store_true")
+    t.add_argument("--cpu", action="store_true", help="f32 on the CPU")
+    t.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
     {"model": cmd_model, "data": cmd_data, "train": cmd_train}[a.cmd](a)
 

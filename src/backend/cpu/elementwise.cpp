@@ -3,6 +3,8 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/parallel.h"
+#include "backend/cpu/profile.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -17,10 +19,20 @@ Backend& cpu_backend() {
   return b;
 }
 
-void CpuBackend::copy_h2d(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
-void CpuBackend::copy_d2h(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
-void CpuBackend::copy_d2d(void* dst, const void* src, size_t n) { std::memmove(dst, src, n); }
+void CpuBackend::copy_h2d(void* dst, const void* src, size_t n) {
+  LMT_CPU_PROFILE("copy_h2d");
+  std::memcpy(dst, src, n);
+}
+void CpuBackend::copy_d2h(void* dst, const void* src, size_t n) {
+  LMT_CPU_PROFILE("copy_d2h");
+  std::memcpy(dst, src, n);
+}
+void CpuBackend::copy_d2d(void* dst, const void* src, size_t n) {
+  LMT_CPU_PROFILE("copy_d2d");
+  std::memmove(dst, src, n);
+}
 void CpuBackend::copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) {
+  LMT_CPU_PROFILE("copy_rows_at");
   std::memmove(static_cast<char*>(dst) + *row_at * row_bytes, src, size_t(n * row_bytes));
 }
 
@@ -58,10 +70,12 @@ float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 }  // namespace
 
 void CpuBackend::fill(void* dst, DType dt, int64_t n, float value) {
+  LMT_CPU_PROFILE("fill");
   for (int64_t i = 0; i < n; ++i) store(dst, dt, i, value);
 }
 
 void CpuBackend::cast(const void* src, DType sdt, void* dst, DType ddt, int64_t n) {
+  LMT_CPU_PROFILE("cast");
   if (sdt == ddt) {
     std::memmove(dst, src, size_t(n) * dtype_size(sdt));
     return;
@@ -70,79 +84,103 @@ void CpuBackend::cast(const void* src, DType sdt, void* dst, DType ddt, int64_t 
 }
 
 void CpuBackend::binary(BinaryOp op, const void* a_, const void* b_, void* out_, int64_t n, int64_t nb, DType dt) {
+  LMT_CPU_PROFILE(op == BinaryOp::add ? "binary add" : op == BinaryOp::mul ? "binary mul" : "binary sub/div");
   cpu_require_f32(dt, "binary");
   const float* a = static_cast<const float*>(a_);
   const float* b = static_cast<const float*>(b_);
   float* out = static_cast<float*>(out_);
-  for (int64_t base = 0; base < n; base += nb) {
-    const float* ar = a + base;
-    float* o = out + base;
-    switch (op) {
-      case BinaryOp::add:
-        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] + b[j];
-        break;
-      case BinaryOp::sub:
-        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] - b[j];
-        break;
-      case BinaryOp::mul:
-        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] * b[j];
-        break;
-      case BinaryOp::div:
-        for (int64_t j = 0; j < nb; ++j) o[j] = ar[j] / b[j];
-        break;
+  // Rows of nb (b broadcast over them) split across the cores; one long row split by elements.
+  auto rows = [&](int64_t base, int64_t end, int64_t j0, int64_t j1) {
+    for (; base < end; base += nb) {
+      const float* ar = a + base;
+      float* o = out + base;
+      switch (op) {
+        case BinaryOp::add:
+          for (int64_t j = j0; j < j1; ++j) o[j] = ar[j] + b[j];
+          break;
+        case BinaryOp::sub:
+          for (int64_t j = j0; j < j1; ++j) o[j] = ar[j] - b[j];
+          break;
+        case BinaryOp::mul:
+          for (int64_t j = j0; j < j1; ++j) o[j] = ar[j] * b[j];
+          break;
+        case BinaryOp::div:
+          for (int64_t j = j0; j < j1; ++j) o[j] = ar[j] / b[j];
+          break;
+      }
     }
-  }
+  };
+  if (nb <= 0) return;
+  if (nb == n) return cpu::parallel_elems(n, 1, [&](int64_t j0, int64_t j1) { rows(0, nb, j0, j1); });
+  cpu::parallel_rows(n / nb, n >> 15, [&](int64_t r0, int64_t r1) { rows(r0 * nb, r1 * nb, 0, nb); });
 }
 
 void CpuBackend::axpby(const void* a_, const void* b_, void* out_, int64_t n, float alpha, float beta, DType dt) {
+  LMT_CPU_PROFILE("axpby");
   cpu_require_f32(dt, "axpby");
   const float* a = static_cast<const float*>(a_);
   const float* b = static_cast<const float*>(b_);
   float* out = static_cast<float*>(out_);
-  for (int64_t i = 0; i < n; ++i) out[i] = alpha * a[i] + beta * b[i];
+  cpu::parallel_elems(n, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = alpha * a[i] + beta * b[i];
+  });
 }
 
 void CpuBackend::unary(UnaryOp op, const void* x_, void* out_, int64_t n, float param, DType dt) {
+  LMT_CPU_PROFILE("unary");
   cpu_require_f32(dt, "unary");
   const float* x = static_cast<const float*>(x_);
   float* y = static_cast<float*>(out_);
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i];
-    switch (op) {
-      case UnaryOp::silu: y[i] = v * sigmoid(v); break;
-      case UnaryOp::gelu_tanh: y[i] = gelu_tanh(v); break;
-      case UnaryOp::exp: y[i] = std::exp(v); break;
-      case UnaryOp::neg: y[i] = -v; break;
-      case UnaryOp::square: y[i] = v * v; break;
-      case UnaryOp::sqrt: y[i] = std::sqrt(v); break;
-      case UnaryOp::rsqrt: y[i] = 1.f / std::sqrt(v); break;
-      case UnaryOp::scale: y[i] = v * param; break;
-      case UnaryOp::add_scalar: y[i] = v + param; break;
-    }
+  if (op == UnaryOp::scale) {  // LoRA's scale of its product: a loop of its own, vectorized
+    return cpu::parallel_elems(n, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) y[i] = x[i] * param;
+    });
   }
+  cpu::parallel_elems(n, op == UnaryOp::gelu_tanh || op == UnaryOp::silu || op == UnaryOp::exp ? 16 : 1,
+                      [&](int64_t i0, int64_t i1) {
+                        for (int64_t i = i0; i < i1; ++i) {
+                          float v = x[i];
+                          switch (op) {
+                            case UnaryOp::silu: y[i] = v * sigmoid(v); break;
+                            case UnaryOp::gelu_tanh: y[i] = gelu_tanh(v); break;
+                            case UnaryOp::exp: y[i] = std::exp(v); break;
+                            case UnaryOp::neg: y[i] = -v; break;
+                            case UnaryOp::square: y[i] = v * v; break;
+                            case UnaryOp::sqrt: y[i] = std::sqrt(v); break;
+                            case UnaryOp::rsqrt: y[i] = 1.f / std::sqrt(v); break;
+                            case UnaryOp::scale: y[i] = v * param; break;
+                            case UnaryOp::add_scalar: y[i] = v + param; break;
+                          }
+                        }
+                      });
 }
 
 void CpuBackend::unary_backward(UnaryOp op, const void* x_, const void* dy_, void* dx_, int64_t n, DType dt) {
+  LMT_CPU_PROFILE("unary_backward");
   cpu_require_f32(dt, "unary_backward");
   const float* x = static_cast<const float*>(x_);
   const float* dy = static_cast<const float*>(dy_);
   float* dx = static_cast<float*>(dx_);
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i];
-    switch (op) {
-      case UnaryOp::silu: {
-        float s = sigmoid(v);
-        dx[i] = dy[i] * s * (1.f + v * (1.f - s));
-        break;
+  if (op != UnaryOp::silu && op != UnaryOp::gelu_tanh) fail("[unary_backward] no backward for this unary op on cpu");
+  cpu::parallel_elems(n, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float v = x[i];
+      switch (op) {
+        case UnaryOp::silu: {
+          float s = sigmoid(v);
+          dx[i] = dy[i] * s * (1.f + v * (1.f - s));
+          break;
+        }
+        case UnaryOp::gelu_tanh: dx[i] = dy[i] * gelu_tanh_grad(v); break;
+        default: fail("[unary_backward] no backward for this unary op on cpu");
       }
-      case UnaryOp::gelu_tanh: dx[i] = dy[i] * gelu_tanh_grad(v); break;
-      default: fail("[unary_backward] no backward for this unary op on cpu");
     }
-  }
+  });
 }
 
 void CpuBackend::reduce_sum(const void* x_, void* out_, int64_t outer, int64_t n, int64_t inner, DType dt,
                             DType out_dt) {
+  LMT_CPU_PROFILE("reduce_sum");
   cpu_require_f32(dt, "reduce_sum");
   cpu_require_f32(out_dt, "reduce_sum");
   const float* x = static_cast<const float*>(x_);
@@ -166,6 +204,7 @@ void CpuBackend::reduce_sum(const void* x_, void* out_, int64_t outer, int64_t n
 
 void CpuBackend::adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps,
                        float wd, float bc1, float bc2) {
+  LMT_CPU_PROFILE("adamw");
   for (int64_t i = 0; i < n; ++i) {
     m[i] = b1 * m[i] + (1.f - b1) * g[i];
     v[i] = b2 * v[i] + (1.f - b2) * g[i] * g[i];

@@ -1,10 +1,14 @@
 // CPU kernels of the fused layers: embedding, rms_norm, rope, softmax, swiglu, cross-entropy.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/parallel.h"
+#include "backend/cpu/profile.h"
+#include "backend/cpu/vexp.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -23,6 +27,7 @@ float* F(void* p) { return static_cast<float*>(p); }
 }  // namespace
 
 void CpuBackend::embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt) {
+  LMT_CPU_PROFILE("embedding");
   size_t row = size_t(D) * dtype_size(dt);
   for (int64_t i = 0; i < N; ++i)
     std::memcpy(static_cast<char*>(out) + i * row, static_cast<const char*>(weight) + int64_t(ids[i]) * row, row);
@@ -30,6 +35,7 @@ void CpuBackend::embedding(const void* weight, const int32_t* ids, void* out, in
 
 void CpuBackend::embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
                                     DType dt) {
+  LMT_CPU_PROFILE("embedding_backward");
   for (int64_t i = 0; i < N; ++i) {
     float* dst = dweight + int64_t(ids[i]) * D;
     for (int64_t j = 0; j < D; ++j) dst[j] += load_any(dout, dt, i * D + j);
@@ -38,45 +44,61 @@ void CpuBackend::embedding_backward(const void* dout, const int32_t* ids, float*
 
 void CpuBackend::rms_norm(const void* x_, const void* w_, void* out_, float* rstd, int64_t rows, int64_t dim, float eps,
                           DType dt) {
+  LMT_CPU_PROFILE("rms_norm");
   cpu_require_f32(dt, "rms_norm");
   const float* x = F(x_);
   const float* w = F(w_);
   float* out = F(out_);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    double ss = 0;
-    for (int64_t j = 0; j < dim; ++j) ss += double(xr[j]) * xr[j];
-    float s = 1.f / std::sqrt(float(ss / double(dim)) + eps);
-    rstd[r] = s;
-    for (int64_t j = 0; j < dim; ++j) out[r * dim + j] = xr[j] * s * w[j];
-  }
+  cpu::parallel_rows(rows, rows * dim >> 15, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * dim;
+      const double ss = cpu::sum_squares(xr, dim);
+      float s = 1.f / std::sqrt(float(ss / double(dim)) + eps);
+      rstd[r] = s;
+      for (int64_t j = 0; j < dim; ++j) out[r * dim + j] = xr[j] * s * w[j];
+    }
+  });
 }
 
 void CpuBackend::rms_norm_backward(const void* x_, const void* w_, const float* rstd, const void* dy_, void* dx_,
                                    float* dw, int64_t rows, int64_t dim, DType dt) {
+  LMT_CPU_PROFILE("rms_norm_backward");
   cpu_require_f32(dt, "rms_norm_backward");
   const float* x = F(x_);
   const float* w = F(w_);
   const float* dy = F(dy_);
   float* dx = F(dx_);
-  for (int64_t j = 0; j < dim; ++j) dw[j] = 0.f;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    const float* dyr = dy + r * dim;
-    float s = rstd[r];
-    // y = x * s * w; dx = s * (g - x * s^2 * mean(g * x)) with g = dy * w.
-    double dot = 0;
-    for (int64_t j = 0; j < dim; ++j) {
-      dot += double(dyr[j]) * w[j] * xr[j];
-      dw[j] += dyr[j] * xr[j] * s;
+  // dw sums over the rows: each fixed block of kDwRows rows sums into its own partial, and the
+  // partials are added in block order, so the result does not depend on the number of cores.
+  constexpr int64_t kDwRows = 64;
+  const int64_t blocks = (rows + kDwRows - 1) / kDwRows;
+  std::vector<float> part(size_t(blocks * dim), 0.f);
+  cpu::parallel_rows(blocks, rows * dim >> 14, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      float* pw = part.data() + blk * dim;
+      for (int64_t r = blk * kDwRows; r < std::min(rows, (blk + 1) * kDwRows); ++r) {
+        const float* xr = x + r * dim;
+        const float* dyr = dy + r * dim;
+        float s = rstd[r];
+        // y = x * s * w; dx = s * (g - x * s^2 * mean(g * x)) with g = dy * w.
+        double dot = 0;
+        for (int64_t j = 0; j < dim; ++j) {
+          dot += double(dyr[j]) * w[j] * xr[j];
+          pw[j] += dyr[j] * xr[j] * s;
+        }
+        float c = float(dot / double(dim)) * s * s;
+        for (int64_t j = 0; j < dim; ++j) dx[r * dim + j] = s * (dyr[j] * w[j] - xr[j] * c);
+      }
     }
-    float c = float(dot / double(dim)) * s * s;
-    for (int64_t j = 0; j < dim; ++j) dx[r * dim + j] = s * (dyr[j] * w[j] - xr[j] * c);
-  }
+  });
+  for (int64_t j = 0; j < dim; ++j) dw[j] = 0.f;
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t j = 0; j < dim; ++j) dw[j] += part[size_t(blk * dim + j)];
 }
 
 void CpuBackend::rope(const void* x_, void* out_, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
                       int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) {
+  LMT_CPU_PROFILE("rope");
   cpu_require_f32(dt, "rope");
   if (pos_at) pos_offset += *pos_at;  // the CPU's "device memory" is host memory
   const float* x = F(x_);
@@ -131,6 +153,7 @@ void CpuBackend::rope_at(const void* x_, void* out_, const float* inv_freq, cons
 }
 
 void CpuBackend::softmax(const void* x_, void* y_, int64_t rows, int64_t n, DType dt) {
+  LMT_CPU_PROFILE("softmax");
   cpu_require_f32(dt, "softmax");
   const float* x = F(x_);
   float* y = F(y_);
@@ -150,6 +173,7 @@ void CpuBackend::softmax(const void* x_, void* y_, int64_t rows, int64_t n, DTyp
 }
 
 void CpuBackend::softmax_backward(const void* y_, const void* dy_, void* dx_, int64_t rows, int64_t n, DType dt) {
+  LMT_CPU_PROFILE("softmax_backward");
   cpu_require_f32(dt, "softmax_backward");
   const float* y = F(y_);
   const float* dy = F(dy_);
@@ -162,61 +186,65 @@ void CpuBackend::softmax_backward(const void* y_, const void* dy_, void* dx_, in
 }
 
 void CpuBackend::swiglu(const void* gate_, const void* up_, void* out_, int64_t n, DType dt) {
+  LMT_CPU_PROFILE("swiglu");
   cpu_require_f32(dt, "swiglu");
   const float* g = F(gate_);
   const float* u = F(up_);
   float* o = F(out_);
-  for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  cpu::parallel_elems(n, 4, [&](int64_t i0, int64_t i1) { cpu::swiglu_rows(g + i0, u + i0, o + i0, i1 - i0); });
 }
 
 void CpuBackend::swiglu_backward(const void* gate_, const void* up_, const void* dout_, void* dgate_, void* dup_,
                                  int64_t n, DType dt) {
+  LMT_CPU_PROFILE("swiglu_backward");
   cpu_require_f32(dt, "swiglu_backward");
   const float* g = F(gate_);
   const float* u = F(up_);
   const float* d = F(dout_);
   float* dg = F(dgate_);
   float* du = F(dup_);
-  for (int64_t i = 0; i < n; ++i) {
-    float s = 1.f / (1.f + std::exp(-g[i]));
-    float silu = g[i] * s;
-    du[i] = d[i] * silu;
-    dg[i] = d[i] * u[i] * s * (1.f + g[i] * (1.f - s));
-  }
+  cpu::parallel_elems(n, 4, [&](int64_t i0, int64_t i1) {
+    cpu::swiglu_backward_rows(g + i0, u + i0, d + i0, dg + i0, du + i0, i1 - i0);
+  });
 }
 
 void CpuBackend::cross_entropy(const void* logits_, const int32_t* targets, float* loss, float* lse, int64_t N,
                                int64_t V, DType dt) {
+  LMT_CPU_PROFILE("cross_entropy");
   cpu_require_f32(dt, "cross_entropy");
   const float* logits = F(logits_);
-  for (int64_t r = 0; r < N; ++r) {
-    const float* x = logits + r * V;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x[j]);
-    double sum = 0;
-    for (int64_t j = 0; j < V; ++j) sum += std::exp(double(x[j] - mx));
-    float l = mx + float(std::log(sum));
-    lse[r] = l;
-    loss[r] = targets[r] < 0 ? 0.f : l - x[targets[r]];
-  }
+  cpu::parallel_rows(N, N * V >> 11, [&](int64_t r0, int64_t r1) {
+    std::vector<float> exps(static_cast<size_t>(V));  // the row's exps, summed in double
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = logits + r * V;
+      const float mx = cpu::max_of(x, V);
+      const double sum = cpu::exp_sub_sum(x, mx, exps.data(), V);
+      float l = mx + float(std::log(sum));
+      lse[r] = l;
+      loss[r] = targets[r] < 0 ? 0.f : l - x[targets[r]];
+    }
+  });
 }
 
 void CpuBackend::cross_entropy_backward(const void* logits_, const int32_t* targets, const float* lse,
                                         const float* dloss, void* dlogits_, int64_t N, int64_t V, DType dt) {
+  LMT_CPU_PROFILE("cross_entropy_backward");
   cpu_require_f32(dt, "cross_entropy_backward");
   const float* logits = F(logits_);
   float* dl = F(dlogits_);
-  for (int64_t r = 0; r < N; ++r) {
-    float* d = dl + r * V;
-    if (targets[r] < 0) {
-      std::memset(d, 0, size_t(V) * 4);
-      continue;
+  cpu::parallel_rows(N, N * V >> 11, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* d = dl + r * V;
+      if (targets[r] < 0) {
+        std::memset(d, 0, size_t(V) * 4);
+        continue;
+      }
+      const float* x = logits + r * V;
+      float g = dloss[r];
+      cpu::exp_sub_scale(x, lse[r], g, d, V);
+      d[targets[r]] -= g;
     }
-    const float* x = logits + r * V;
-    float g = dloss[r];
-    for (int64_t j = 0; j < V; ++j) d[j] = std::exp(x[j] - lse[r]) * g;
-    d[targets[r]] -= g;
-  }
+  });
 }
 
 }  // namespace lmtune

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/profile.h"
 #include "core/affine_group.h"
 #include "core/error.h"
 
@@ -67,6 +68,7 @@ void quantize_rows(const void* w_, uint32_t* wq, void* scales_, void* biases_, i
 
 void CpuBackend::quantize_affine(const void* w, uint32_t* wq, void* scales, void* biases, int64_t rows, int64_t in,
                                  int bits, int group_size, DType dt) {
+  LMT_CPU_PROFILE("quantize_affine");
   LMT_CHECK(group_size <= 128 && in % group_size == 0 && group_size * bits % 32 == 0,
             "[quantize_affine] cpu: group size ", group_size, " with ", bits, " bits over ", in, " inputs");
   switch (dt) {

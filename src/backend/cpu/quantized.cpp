@@ -11,6 +11,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/parallel.h"
+#include "backend/cpu/profile.h"
 #include "core/error.h"
 #include "core/fp_formats.h"
 
@@ -200,6 +201,7 @@ void split_rows(int64_t rows, int64_t work, F&& f) {
 
 void CpuBackend::dequantize_affine(const uint32_t* wq, const void* scales, const void* biases, void* out, int64_t rows,
                                    int64_t in, int bits, int group_size, DType dt) {
+  LMT_CPU_PROFILE("dequantize_affine");
   auto run = [&](int64_t r0, int64_t r1) {
     switch (dt) {
       case DType::f32: return dequantize_rows<F32>(wq, scales, biases, out, r0, r1, in, bits, group_size);
@@ -217,6 +219,7 @@ namespace lmtune {
 
 bool CpuBackend::quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
                                 int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt) {
+  LMT_CPU_PROFILE("quantized_gemv");
   if (dt != DType::f32 || M < 1 || M > 8 || group_size > 128) return false;
   const float* xf = static_cast<const float*>(x);
   const int64_t groups = K / group_size;
@@ -378,6 +381,7 @@ QgemvFpFn qgemv_fp_for() {
 
 void CpuBackend::dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in,
                                QuantMode mode, DType dt) {
+  LMT_CPU_PROFILE("dequantize_fp");
   LMT_CHECK(mode != QuantMode::affine, "[dequantize_fp] cpu: mode affine has its own kernel");
   auto run = [&](int64_t r0, int64_t r1) {
     switch (dt) {
@@ -392,6 +396,7 @@ void CpuBackend::dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* 
 
 bool CpuBackend::quantized_gemv_fp(const void* x, const uint32_t* wq, const uint8_t* scales, void* y, int64_t M,
                                    int64_t N, int64_t K, QuantMode mode, DType dt) {
+  LMT_CPU_PROFILE("quantized_gemv_fp");
   if (dt != DType::f32 || M < 1 || M > 8 || mode == QuantMode::affine) return false;
   const QgemvFpFn kernel = mode == QuantMode::mxfp4   ? qgemv_fp_for<QuantMode::mxfp4>()
                            : mode == QuantMode::nvfp4 ? qgemv_fp_for<QuantMode::nvfp4>()
