@@ -203,8 +203,9 @@ def main():
         mid = [i for i, e in enumerate(ev, 1) if kind(e[3]) == k and e[2] in ("partial", "appended", "folder-created",
                                                                            "folder-renamed") and i <= last]
         plan.append(("point", rng.choice(mid)))
-    plan.append(("setup", None))  # adapter_config.json (points 1-4) or metrics.jsonl being rewritten on resume
-    plan.append(("setup", None))
+    # Before training: adapter_config.json (setup points 1-4), the metrics.jsonl a resume rewrites (5-).
+    plan.append(("setup", (1, 4, "adapter_config.json")))
+    plan.append(("setup", (5, n_setup, "metrics.jsonl")))
     n_timed = 3
     while len(plan) < a.kills - n_timed:
         plan.append(("point", rng.randint(1, last)))
@@ -230,7 +231,8 @@ def main():
                 target = rng.choice(later or list(range(r + 1, last + 1)))
             e["LMTUNE_TEST_KILL_AT"] = f"train:{target - r}"
         elif how == "setup":
-            target = rng.randint(1, n_setup)
+            lo, hi, setup_file = target
+            target = rng.randint(lo, hi)
             e["LMTUNE_TEST_KILL_AT"] = f"setup:{target}"
         else:
             e["LMTUNE_TEST_KILL_AT"] = f"train:{last - r}"  # the backstop
@@ -265,7 +267,8 @@ def main():
             want = ("train", target - r, ev[target - 1][2], ev[target - 1][3])
             check(at == want, f"kill {n}: the run died at {at}, planned {want} (point {target} of the uninterrupted run)")
         elif how == "setup":
-            check(at is not None and at[:2] == ("setup", target), f"kill {n}: died at {at}, planned setup point {target}")
+            check(at is not None and at[:2] == ("setup", target) and at[3] == setup_file,
+                  f"kill {n}: died at {at}, planned setup point {target} ({setup_file})")
         bad = torn_files(killed)
         check(not bad, f"kill {n}: torn files under final names: {bad}")
         left = temps(killed)
