@@ -1,5 +1,6 @@
 #include "core/allocator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 
@@ -41,21 +42,44 @@ size_t CachingAllocator::round_size(size_t n) {
   return (n + step - 1) / step * step;
 }
 
+void CachingAllocator::evict_for(size_t size) {
+  constexpr size_t kSlack = size_t(32) << 20;
+  const size_t in_use = std::max(high_water_, current_ + size);
+  const size_t bound = in_use + in_use / 4 + kSlack;
+  while (!lru_.empty() && current_ + cached_ + size > bound) {
+    const Block b = lru_.front();
+    auto [lo, hi] = free_.equal_range(b.nbytes);
+    for (auto it = lo; it != hi; ++it) {
+      if (it->second == lru_.begin()) {
+        free_.erase(it);
+        break;
+      }
+    }
+    lru_.pop_front();
+    cached_ -= b.nbytes;
+    memory_of(device_).raw_free(b.p);
+  }
+}
+
 void* CachingAllocator::allocate(size_t nbytes) {
   size_t size = round_size(nbytes);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = free_.find(size);
   void* p;
   if (it != free_.end()) {
-    p = it->second;
+    p = it->second->p;
+    lru_.erase(it->second);
     free_.erase(it);
     cached_ -= size;
   } else {
+    // Not while a CUDA graph is captured: freeing device memory would synchronize the stream.
+    if (!holding_) evict_for(size);
     try {
       p = memory_of(device_).raw_alloc(size);
     } catch (const Error&) {
       // Out of memory: give the cache back and try once more.
-      for (auto& [s, q] : free_) memory_of(device_).raw_free(q);
+      for (const Block& b : lru_) memory_of(device_).raw_free(b.p);
+      lru_.clear();
       free_.clear();
       cached_ = 0;
       p = memory_of(device_).raw_alloc(size);
@@ -63,6 +87,7 @@ void* CachingAllocator::allocate(size_t nbytes) {
   }
   current_ += size;
   if (current_ > peak_) peak_ = current_;
+  if (current_ > high_water_) high_water_ = current_;
   return p;
 }
 
@@ -75,7 +100,8 @@ void CachingAllocator::release(void* p, size_t nbytes) {
     return;
   }
   current_ -= size;
-  free_.emplace(size, p);
+  lru_.push_back({p, size});
+  free_.emplace(size, std::prev(lru_.end()));
   cached_ += size;
 }
 
@@ -99,7 +125,8 @@ void CachingAllocator::release_held(const std::vector<Block>& blocks) {
 
 void CachingAllocator::empty_cache() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [s, q] : free_) memory_of(device_).raw_free(q);
+  for (const Block& b : lru_) memory_of(device_).raw_free(b.p);
+  lru_.clear();
   free_.clear();
   cached_ = 0;
 }
