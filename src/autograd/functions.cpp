@@ -163,6 +163,53 @@ Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask, const Ten
   });
 }
 
+Tensor lora_add(const Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, float scale, const Tensor& mask) {
+  const DType dt = x.dtype();
+  LMT_CHECK(a.ndim() == 2 && b.ndim() == 2 && x.ndim() >= 2 && x.dim(-1) == a.dim(0) && a.dim(1) == b.dim(0),
+            "[lora_add] ", x.describe(), " @ ", a.describe(), " @ ", b.describe());
+  const int64_t in = a.dim(0), r = a.dim(1), out = b.dim(1), rows = x.numel() / in;
+  LMT_CHECK(y.dtype() == dt && y.dim(-1) == out && y.numel() == rows * out && y.device() == x.device(),
+            "[lora_add] base output ", y.describe(), " for input ", x.describe(), " and ", b.describe());
+  LMT_CHECK(!mask.defined() || mask.shape() == x.shape(), "[lora_add] mask ", mask.describe(), " for input ",
+            x.describe());
+  const Tensor a_dt = ops::cast(a.detach(), dt), b_dt = ops::cast(b.detach(), dt);
+  const Tensor m_dt = mask.defined() ? ops::cast(mask.detach(), dt) : Tensor();
+  const Tensor xd = x.detach();
+  Tensor xa;  // (rows, r)
+  {
+    Tensor xm = m_dt.defined() ? ops::mul(xd, m_dt) : xd;  // the masked copy is not kept
+    xa = ops::matmul(xm.reshape({rows, in}), a_dt);
+  }
+  Tensor res = y.detach();
+  Tensor res2 = res.reshape({rows, out});
+  ops::gemm_into(res2, xa, b_dt, false, false, scale, 1.f);
+  const bool gx = requires_grad(x), ga = requires_grad(a), gb = requires_grad(b);
+  return record("lora_add", res, {y, x, a, b}, [=](const Tensor& d) {
+    const Device dev = d.device();
+    const Tensor d2 = d.reshape({rows, out});
+    Tensor dx, da, db;
+    if (gb) {
+      db = ops::empty({r, out}, DType::f32, dev);
+      ops::gemm_into(db, xa, d2, true, false, scale, 0.f);
+    }
+    if (ga || gx) {
+      Tensor dxa = ops::empty({rows, r}, dt, dev);
+      ops::gemm_into(dxa, d2, b_dt, false, true, scale, 0.f);
+      if (ga) {
+        Tensor xm = m_dt.defined() ? ops::mul(xd, m_dt) : xd;
+        da = ops::empty({in, r}, DType::f32, dev);
+        ops::gemm_into(da, xm.reshape({rows, in}), dxa, true, false, 1.f, 0.f);
+      }  // the masked copy is released before dx is made
+      if (gx) {
+        dx = ops::matmul(dxa, a_dt, false, true);  // (rows, in)
+        if (m_dt.defined()) dx = ops::mul(dx, m_dt.reshape({rows, in}));
+        dx = dx.reshape(xd.shape());
+      }
+    }
+    return std::vector<Tensor>{d, dx, da, db};
+  });
+}
+
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   Tensor idc = ids.detach();
   int64_t V = weight.dim(0);
@@ -187,13 +234,21 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
                 [=](const Tensor& d) { return std::vector<Tensor>{ops::rope(d, inv_freq, pos_offset, mscale, true)}; });
 }
 
+Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale) {
+  return record("rope", ops::rope_at(x, inv_freq, positions, mscale, false), {x}, [=](const Tensor& d) {
+    return std::vector<Tensor>{ops::rope_at(d, inv_freq, positions, mscale, true)};
+  });
+}
+
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                 int64_t q_offset) {
-  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset);
+                 int64_t q_offset, const Tensor* segments) {
+  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset, nullptr, segments);
   Tensor qd = q.detach(), kd = k.detach(), vd = v.detach();
   ops::AttentionOut saved{r.out.detach(), r.lse};
+  const Tensor seg = segments ? *segments : Tensor();  // kept alive by the backward closure
   return record("attention", r.out, {q, k, v}, [=](const Tensor& d) {
-    ops::AttentionGrads g = ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset);
+    ops::AttentionGrads g =
+        ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset, seg.defined() ? &seg : nullptr);
     return std::vector<Tensor>{g.dq, g.dk, g.dv};
   });
 }

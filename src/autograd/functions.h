@@ -23,6 +23,16 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
 // dx = (dz a^T) * mask in x's dtype. x_cast, when given, is cast(x, a.dtype) made by the caller
 // for several adapters reading the same x; forward reads it, backward does not keep it.
 Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask = {}, const Tensor& x_cast = {});
+// y + scale * ((x * mask) @ a) @ b written into y's storage and returned: LoRA's sum in two products
+// in x's dtype (f32 accumulation), the scale the second product's alpha and the sum its beta = 1,
+// with no (..., out) temporary. y (..., out) in x's dtype is the fresh base product of x (nothing else
+// reads it; the base's backward does not); a (in, r) and b (r, out) are the f32 adapter, cast to x's
+// dtype once a call; mask (..., in) f32 or undefined (dropout; applied in x's dtype). Backward: dy
+// passes through, db = scale (x a)^T dy and da = (x mask)^T (scale dy b^T) in f32 straight from
+// x's-dtype operands, dx = (scale dy b^T) a^T * mask in x's dtype. Saves x (shared), x a (..., r),
+// the cast a and b, and the mask.
+Tensor lora_add(const Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, float scale,
+                const Tensor& mask = {});
 // x @ dequant(W)^T (+ bias) for a frozen weight in MLX's quantized layout, any mode
 // (ops::quantized_linear);
 // gradients flow to x (dx = dy @ dequant(W), the weight dequantized again in backward rather than
@@ -32,8 +42,11 @@ Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales,
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale);
+// positions: i32 (B, T) on x's device, a rotary position per token (packed rows).
+Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale);
+// segments: packed rows' i32 (B, T) segment ids (ops::attention); null for ordinary rows.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                 int64_t q_offset = 0);
+                 int64_t q_offset = 0, const Tensor* segments = nullptr);
 Tensor softmax(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 // Mean over the targets that are >= 0 of -log softmax(logits)[target]; logits (N, V), i32 (N).

@@ -101,7 +101,12 @@ void backward(const Tensor& root, const Tensor& seed) {
       continue;
     }
     Node& node = *m->grad_fn;
+    LMT_CHECK(node.backward, "[backward] the graph through ", node.name,
+              " was consumed by an earlier backward (its saved tensors are freed as backward uses them)");
     std::vector<Tensor> grads = node.backward(g);
+    // The rule's saved tensors (activations, masks, statistics) go as soon as it has run, so that
+    // backward's peak is not every activation of the forward plus its own temporaries.
+    node.backward = nullptr;
     LMT_CHECK(grads.size() == node.inputs.size(), "[backward] ", node.name, " returned ", grads.size(),
               " gradients for ", node.inputs.size(), " inputs");
     for (size_t i = 0; i < grads.size(); ++i) {

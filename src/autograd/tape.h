@@ -56,7 +56,8 @@ Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs,
               std::function<std::vector<Tensor>(const Tensor& dout)> backward);
 
 // Back-propagates from root with the seed gradient (ones for a one-element root when
-// omitted); leaf gradients accumulate into their grad.
+// omitted); leaf gradients accumulate into their grad. The graph is consumed: each rule frees
+// its saved tensors once run, and a second backward through it throws.
 void backward(const Tensor& root, const Tensor& seed = {});
 
 }  // namespace ag

@@ -31,6 +31,10 @@ void Backend::rope(const void*, void*, const float*, int64_t, int64_t, int64_t, 
                    bool, DType) {
   missing("rope");
 }
+void Backend::rope_at(const void*, void*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float, bool,
+                      DType) {
+  missing("rope_at");
+}
 void Backend::copy_rows_at(void*, const void*, int64_t, int64_t, const int32_t*) { missing("copy_rows_at"); }
 void Backend::graph_begin() { missing("graph_begin"); }
 void* Backend::graph_end() { missing("graph_end"); }

@@ -28,6 +28,9 @@ struct GemmArgs {
   int64_t lda = 0, ldb = 0, ldc = 0;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
   float alpha = 1.f, beta = 0.f;
+  // C (read with beta, and written) in f32 while A and B are in dtype: f32 products of 16-bit
+  // operands with f32 accumulation (LoRA's parameter gradients). The CPU's dtype is f32 anyway.
+  bool c_f32 = false;
 };
 
 struct AttentionArgs {
@@ -47,6 +50,10 @@ struct AttentionArgs {
   // a decode step captured once in a CUDA graph and replayed at every position. k and v then
   // span the whole cache capacity and the causal mask keeps the keys past the query unread.
   const int32_t* q_offset_at = nullptr;
+  // Packed rows (training with --pack), when set: i32 (B, T) segment ids, non-decreasing along each
+  // row, for self-attention (S == T, q_offset 0, causal). Key s is visible to query t only if
+  // segment[b, s] == segment[b, t] as well: attention never crosses an example boundary.
+  const int32_t* segment = nullptr;
   float scale = 1.f;
   bool causal = true;
 };
@@ -104,6 +111,10 @@ class Backend {
   // pos_at, when not null, is an i32 in device memory added to pos_offset at run time.
   virtual void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
                     int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt);
+  // rope at per-token positions: the rotation of token (b, t) uses positions[b * T + t] (i32 (B, T)
+  // in device memory), as packed rows restart their positions at each example.
+  virtual void rope_at(const void* x, void* out, const float* inv_freq, const int32_t* positions, int64_t B, int64_t T,
+                       int64_t H, int64_t D, float mscale, bool inverse, DType dt);
   // dst rows [*row_at, *row_at + n) = src (n rows of row_bytes), the row read from device
   // memory at run time (a KV-cache append inside a CUDA graph).
   virtual void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at);

@@ -52,6 +52,11 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);
   c.group_gate_up = read_switch("LMTUNE_GROUP_GATE_UP", var("LMTUNE_GROUP_GATE_UP"), d.group_gate_up);
   c.fused_epilogues = read_switch("LMTUNE_FUSED_EPILOGUES", var("LMTUNE_FUSED_EPILOGUES"), d.fused_epilogues);
+  c.cuda_profile = read_switch("LMTUNE_CUDA_PROFILE", var("LMTUNE_CUDA_PROFILE"), d.cuda_profile);
+  c.fused_xent = read_switch("LMTUNE_FUSED_XENT", var("LMTUNE_FUSED_XENT"), d.fused_xent);
+  c.lora_fused = read_switch("LMTUNE_LORA_FUSED", var("LMTUNE_LORA_FUSED"), d.lora_fused);
+  c.lora_16bit = read_switch("LMTUNE_LORA_16BIT", var("LMTUNE_LORA_16BIT"), d.lora_16bit);
+  c.xent_chunk_rows = read_count("LMTUNE_XENT_CHUNK_ROWS", var("LMTUNE_XENT_CHUNK_ROWS"), d.xent_chunk_rows);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
   c.cuda_qgemv_tma_split =

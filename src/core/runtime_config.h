@@ -38,6 +38,24 @@ struct RuntimeConfig {
   // LMTUNE_FUSED_EPILOGUES=0: a quantized decode step's swiglu and the residual add after down as
   // kernels of their own, not in the GEMVs' epilogues (variants 5 and 6; for A/B measurements).
   bool fused_epilogues = true;
+  // LMTUNE_CUDA_PROFILE=1: every kernel and cuBLASLt product timed with CUDA events and a table of
+  // time by kernel printed to stderr at exit (backend/cuda/profile.cpp; graph captures excluded).
+  bool cuda_profile = false;
+  // LMTUNE_FUSED_XENT=0: Model::loss materializes the (N, n_vocab) logits and takes the plain
+  // cross-entropy, instead of ag::linear_cross_entropy's chunks (for A/B measurements).
+  bool fused_xent = true;
+  // LMTUNE_XENT_CHUNK_ROWS: most rows a chunk of the fused loss (0: as many as keep one chunk's
+  // logits within 256 MiB).
+  int64_t xent_chunk_rows = 0;
+  // LMTUNE_LORA_FUSED=0: an adapted layer's scale * (x A) B added to the base output op by op (cast,
+  // products, scale, add), not by ag::lora_add (the scale the second product's alpha, the sum its
+  // beta = 1 into the base output); for A/B measurements.
+  bool lora_fused = true;
+  // LMTUNE_LORA_16BIT=1: with lora_add, a 16-bit base (bf16 on a GPU) keeps the adapter's products in
+  // its dtype (x and dy read as they are, A and B cast once a call, f32 accumulation; dA and dB
+  // written in f32) instead of casting x and dy to f32. Off by default until measured and checked on
+  // a GPU (bench/NOTES.md, "Training speed: the profile first").
+  bool lora_16bit = false;
 };
 
 // The config in force: read from the environment at the first call unless set before. Set it at

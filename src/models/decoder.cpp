@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "autograd/checkpoint.h"
 #include "core/error.h"
@@ -112,16 +113,44 @@ void DecoderModel::bind() {
   head_ = {{w("model.norm.weight"), eps}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
 }
 
-Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache) {
+Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache,
+                           const nn::Segments* seg) {
   const Block& b = blocks_[size_t(layer)];
   // Decoding: a few rows and no autograd, so the blocks may use their fused kernels.
   const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
-  Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding);
+  Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding, seg);
   auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
   return b.mlp.forward(h, decoding, &x1);
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
+  return head_.forward(forward_blocks(ids, pos_offset));
+}
+
+Tensor DecoderModel::forward(const Tensor& ids, const PackedRows& rows) {
+  const nn::Segments seg = segments(ids, rows);
+  return head_.forward(forward_blocks(ids, 0, &seg));
+}
+
+nn::Segments DecoderModel::segments(const Tensor& ids, const PackedRows& rows) const {
+  LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
+  check_packed_rows(ids, rows);
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  return {ops::to(rows.positions, device()), ops::to(rows.segments, device())};
+}
+
+bool DecoderModel::forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head, const PackedRows* rows) {
+  LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
+  ensure_bound();
+  if (head_.weight.adapter || head_.weight.bias) return false;
+  std::optional<nn::Segments> seg;
+  if (rows) seg = segments(ids, *rows);
+  hidden = head_.norm.forward(forward_blocks(ids, 0, seg ? &*seg : nullptr));
+  head = head_.weight.get();  // after forward_blocks: a master's cast is made there
+  return true;
+}
+
+Tensor DecoderModel::forward_blocks(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg) {
   LMT_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "[model] ids must be i32 (B, T), got ", ids.describe());
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   use_masters();
@@ -129,13 +158,17 @@ Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
   Tensor x = embed_.forward(ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     if (grad_checkpoint_ && ag::grad_enabled()) {
-      x = ag::checkpoint([this, i, pos_offset](const std::vector<Tensor>& in) { return block(i, in[0], pos_offset); },
-                         {x});
+      // The block is run again in backward, after this forward returned: the closure keeps its
+      // own copy of the segments.
+      x = ag::checkpoint(
+          [this, i, pos_offset, sc = seg ? std::optional<nn::Segments>(*seg) : std::nullopt](
+              const std::vector<Tensor>& in) { return block(i, in[0], pos_offset, nullptr, sc ? &*sc : nullptr); },
+          {x});
     } else {
-      x = block(i, x, pos_offset);
+      x = block(i, x, pos_offset, nullptr, seg);
     }
   }
-  return head_.forward(x);
+  return x;
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, KVCache& cache, bool last_only) {

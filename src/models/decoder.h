@@ -15,6 +15,8 @@ class DecoderModel final : public Model {
   explicit DecoderModel(ModelConfig cfg);
   std::vector<TensorSpec> tensor_specs() const override;
   Tensor forward(const Tensor& ids, int64_t pos_offset = 0) override;
+  Tensor forward(const Tensor& ids, const PackedRows& rows) override;
+  bool forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head, const PackedRows* rows = nullptr) override;
   Tensor forward(const Tensor& ids, KVCache& cache, bool last_only = false) override;
   // One sequence: forward(ids, cache, true) itself. More: every projection, norm and MLP once over
   // all rows; attention per sequence against its cache (nn::Attention::forward_packed).
@@ -29,10 +31,16 @@ class DecoderModel final : public Model {
   };
   void on_weights_set() override;
   void bind() override;
-  // cache null: attention over x's own keys at positions pos_offset + t.
-  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr);
+  // cache null: attention over x's own keys at positions pos_offset + t (or, with seg, at its
+  // positions within its segments).
+  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr,
+               const nn::Segments* seg = nullptr);
   Tensor forward_layers(const Tensor& ids, KVCache& cache);  // hidden states (B, T, n_embd)
-  Tensor inv_freq_;                                          // f32 (head_dim / 2) on the weights' device
+  // The same without a cache, before the final norm; packed rows when seg is set.
+  Tensor forward_blocks(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg = nullptr);
+  // Packed rows' layout checked and moved to the weights' device.
+  nn::Segments segments(const Tensor& ids, const PackedRows& rows) const;
+  Tensor inv_freq_;  // f32 (head_dim / 2) on the weights' device
   nn::Embedding embed_;
   std::vector<Block> blocks_;
   nn::LmHead head_;

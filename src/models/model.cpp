@@ -4,9 +4,12 @@
 #include <set>
 
 #include "autograd/functions.h"
+#include "autograd/linear_cross_entropy.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "io/safetensors.h"
 #include "models/registry.h"
+#include "nn/linear.h"
 #include "ops/ops.h"
 
 namespace lmtune {
@@ -46,9 +49,39 @@ Tensor Model::forward_packed(const Tensor& ids, const std::vector<PackedSequence
   return out;
 }
 
-Tensor Model::loss(const Tensor& ids, const Tensor& targets) {
-  Tensor logits = forward(ids);
+Tensor Model::forward(const Tensor&, const PackedRows&) {
+  fail("[model] ", cfg_.model_type, " cannot run packed rows (--pack)");
+}
+
+void Model::check_packed_rows(const Tensor& ids, const PackedRows& rows) {
+  for (const Tensor* t : {&rows.positions, &rows.segments})
+    LMT_CHECK(t->defined() && t->dtype() == DType::i32 && t->device() == Device::cpu && t->shape() == ids.shape(),
+              "[model] packed rows need i32 positions and segments on the CPU shaped like ids ", ids.describe(),
+              ", got ", t->defined() ? t->describe() : std::string("none"));
+  const int64_t B = ids.dim(0), T = ids.dim(1);
+  const int32_t* pos = rows.positions.data<int32_t>();
+  const int32_t* seg = rows.segments.data<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      LMT_CHECK(pos[b * T + t] >= 0, "[model] packed row ", b, ": position ", pos[b * T + t], " at token ", t);
+      LMT_CHECK(t == 0 || seg[b * T + t] >= seg[b * T + t - 1], "[model] packed row ", b, ": segment id ",
+                seg[b * T + t], " at token ", t, " after ", seg[b * T + t - 1], " (must not decrease)");
+    }
+}
+
+bool Model::forward_hidden(const Tensor&, Tensor&, nn::Linear&, const PackedRows*) { return false; }
+
+Tensor Model::loss(const Tensor& ids, const Tensor& targets, const PackedRows* rows) {
   LMT_CHECK(targets.shape() == ids.shape(), "[loss] targets ", targets.describe(), " for ids ", ids.describe());
+  const RuntimeConfig& rc = runtime_config();
+  Tensor hidden;
+  nn::Linear head;
+  if (rc.fused_xent && forward_hidden(ids, hidden, head, rows)) {
+    ag::HeadWeight w{head.weight, head.scales, head.biases, head.format, head.dense_dtype};
+    Tensor flat = ag::reshape(hidden, {ids.numel(), hidden.dim(-1)});
+    return ag::linear_cross_entropy(flat, w, targets.reshape({ids.numel()}), rc.xent_chunk_rows);
+  }
+  Tensor logits = rows ? forward(ids, *rows) : forward(ids);
   Tensor flat = ag::reshape(logits, {ids.numel(), cfg_.n_vocab});
   return ag::cross_entropy(flat, targets.reshape({ids.numel()}));
 }

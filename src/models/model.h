@@ -27,6 +27,14 @@ struct PackedSequence {
   KVCache* cache = nullptr;
 };
 
+// A packed training batch's layout (train::make_packed_batch): several examples concatenated in each
+// row. Per token its rotary position (restarting at 0 for each example) and its segment id (the
+// example's place in the row, non-decreasing along the row), i32 (B, T) on the CPU. Attention never
+// crosses a segment boundary.
+struct PackedRows {
+  Tensor positions, segments;
+};
+
 class Model {
  public:
   explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
@@ -37,6 +45,10 @@ class Model {
   virtual std::vector<TensorSpec> tensor_specs() const = 0;
   // ids i32 (B, T) on the CPU -> logits (B, T, n_vocab) in the weights' dtype.
   virtual Tensor forward(const Tensor& ids, int64_t pos_offset = 0) = 0;
+  // Packed rows: ids i32 (B, T) on the CPU laid out as rows says -> logits (B, T, n_vocab); each
+  // example's logits are those of forward(its tokens) alone. This default throws (a family whose
+  // attention cannot keep to a segment).
+  virtual Tensor forward(const Tensor& ids, const PackedRows& rows);
   // Inference with a KV cache: ids i32 (B, T) on the CPU are the tokens after the cached ones
   // (rotary positions from cache.offset()); appends their keys and values, advances the cache
   // and returns logits (B, T, n_vocab), or with last_only the last position's (B, 1, n_vocab)
@@ -50,8 +62,16 @@ class Model {
   // the rounding of a product over more rows. This default runs the sequences one by one; a
   // family with shared blocks runs every linear layer once over all N rows.
   virtual Tensor forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs);
-  // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar.
-  Tensor loss(const Tensor& ids, const Tensor& targets);
+  // Mean next-token cross-entropy: targets i32 (B, T), entries < 0 ignored; f32 scalar. With rows,
+  // ids are packed rows (forward(ids, *rows)). Where the family splits off its head (forward_hidden)
+  // and runtime_config().fused_xent is on, the head and the loss run fused in chunks
+  // (autograd/linear_cross_entropy.h): the logits are never whole.
+  Tensor loss(const Tensor& ids, const Tensor& targets, const PackedRows* rows = nullptr);
+  // forward(ids) (or with rows, forward(ids, *rows)) stopped before the head, for loss(): the final
+  // norm's output (B, T, n_embd) and the head layer that maps it to forward()'s logits (the lm_head
+  // or the tied embedding, dense or quantized). Returns false, having run nothing, where the family
+  // has no such split or its head carries a bias or an adapter (loss() then takes forward()'s logits).
+  virtual bool forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head, const PackedRows* rows = nullptr);
 
   // Weights by checkpoint name; set_weights checks every spec is present with its shape. A
   // quantized layer (set_quantized, before) holds "<layer>.weight" packed u32 (out, in * bits / 32)
@@ -105,6 +125,9 @@ class Model {
   }
   // Families call this first in every forward: weights with a master become cast(master).
   void use_masters();
+  // Throws unless rows fits ids (i32 (B, T) on the CPU, positions >= 0, segment ids non-decreasing
+  // along each row).
+  static void check_packed_rows(const Tensor& ids, const PackedRows& rows);
   ModelConfig cfg_;
   std::map<std::string, Tensor> weights_;
   bool grad_checkpoint_ = false;

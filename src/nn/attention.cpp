@@ -24,10 +24,18 @@ void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, 
   if (k_norm.defined()) kt = k_norm.forward(kt);
 }
 
-Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding) const {
+Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
+                          const Segments* seg) const {
   const int64_t B = x.dim(0), T = x.dim(1);
   Tensor qt, kt, vt;
   project(x, decoding, qt, kt, vt);
+  if (seg) {  // packed rows: no cache, positions per token, attention within each segment
+    LMT_CHECK(!cache && pos_offset == 0, "[attention] packed rows take no cache and no position offset");
+    qt = ag::rope_at(qt, *inv_freq, seg->positions, 1.f);
+    kt = ag::rope_at(kt, *inv_freq, seg->positions, 1.f);
+    Tensor a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0, &seg->ids);
+    return o.forward(ag::reshape(a, {B, T, opt.n_head * opt.head_dim}));
+  }
 
   KVCache::View kv;
   Tensor q_rot;

@@ -16,6 +16,14 @@ struct AttentionOptions {
   int64_t window = 0;  // sliding window (keys within the last `window` positions), 0 = full
 };
 
+// Packed training rows (lmtune lora --pack): several examples concatenated along T. Per token its
+// rotary position (restarting at 0 for each example) and its segment id (the example's index in
+// the row, non-decreasing along T), i32 (B, T) on the weights' device. A query attends only to
+// keys of its own segment, causally.
+struct Segments {
+  Tensor positions, ids;
+};
+
 // One sequence's rows in a packed batch (Attention::forward_packed): rows [begin, begin + length)
 // of the packed input are its new tokens, appended to its own cache at cache->offset().
 struct PackedSpan {
@@ -34,7 +42,9 @@ struct Attention {
   // positions pos_offset + t. With one: appends this layer's keys and values at cache->offset()
   // (rotary positions from it, or from the device position a recorded decode step binds) and
   // attends over what the cache holds. decoding: a few rows, no autograd (fused kernels allowed).
-  Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding) const;
+  // seg (no cache, pos_offset 0): packed rows, rotated at seg->positions, attention per segment.
+  Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
+                 const Segments* seg = nullptr) const;
   // Several sequences packed along T: x (1, N, n_embd), normed -> (1, N, n_embd). The projections
   // run once over all N rows (one read of each weight); rope, the cache update and attention run
   // per span against its own cache, as forward() does for that span alone. decoding: N is small

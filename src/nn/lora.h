@@ -18,6 +18,7 @@ struct LoraAdapter {
   Tensor lora_a;        // f32 (in, r), U(-1/sqrt(in), 1/sqrt(in)) at creation
   Tensor lora_b;        // f32 (r, out), zeros at creation
   Tensor m;             // f32 (out): DoRA's magnitude (row norms of W at creation); undefined for LoRA
+  Tensor w_row_sq;      // f32 (out): DoRA's ||W_i||^2 of the frozen base, made with the adapter
   float scale = 20.f;   // the multiplier itself (PEFT's lora_alpha / r)
   float dropout = 0.f;  // on the adapter's input only, as mlx-lm; active only while grad is on
   // The dropout counter, advanced by each draw; null uses a fixed seed. Shared, not borrowed: the
@@ -49,7 +50,13 @@ struct Linear;  // nn/linear.h
 Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, AdapterInput* shared = nullptr);
 
 // Row norms of W + scale * lora_b^T lora_a^T as f32 (out), without autograd (DoRA's denominator
-// and, with zero lora_b, its initial magnitude).
+// and, with zero lora_b, its initial magnitude). Forms the (out, in) sum: the reference.
 Tensor dora_row_norms(const Tensor& weight, const Tensor& lora_a, const Tensor& lora_b, float scale);
+
+// The same norms as the forward computes them, without an (out, in) temporary: with D = B^T A^T,
+// ||W_i + s D_i||^2 = ||W_i||^2 + 2 s sum_r B[r, i] (W A)[i, r] + s^2 b_i^T (A^T A) b_i, where
+// ||W_i||^2 is a.w_row_sq (made once with the adapter) and (W A)^T is the base layer's product of
+// A's r columns (dense or quantized; one read of W in its own dtype).
+Tensor dora_row_norms(const Linear& base, const LoraAdapter& a);
 
 }  // namespace lmtune::nn

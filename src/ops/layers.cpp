@@ -118,6 +118,23 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
   return out;
 }
 
+Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale, bool inverse) {
+  LMT_CHECK(x.ndim() == 4, "[rope_at] x must be (B, T, H, D), got ", x.describe());
+  LMT_CHECK(inv_freq.dtype() == DType::f32 && inv_freq.numel() * 2 == x.dim(3) && inv_freq.device() == x.device(),
+            "[rope_at] inv_freq ", inv_freq.describe(), " for head_dim ", x.dim(3));
+  LMT_CHECK(positions.dtype() == DType::i32 && (positions.shape() == Shape{x.dim(0), x.dim(1)}) &&
+                positions.device() == x.device(),
+            "[rope_at] positions must be i32 (B, T) on x's device, got ", positions.describe(), " for x ",
+            x.describe());
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() > 0)
+    backend(x.device())
+        .rope_at(x.raw(), out.raw(), static_cast<const float*>(inv_freq.raw()),
+                 static_cast<const int32_t*>(positions.raw()), x.dim(0), x.dim(1), x.dim(2), x.dim(3), mscale, inverse,
+                 x.dtype());
+  return out;
+}
+
 Tensor rope_append(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t pos_offset,
                    const Tensor* pos_at, Tensor& k_cache, Tensor& v_cache) {
   LMT_CHECK(q.ndim() == 4 && k.ndim() == 4 && q.dim(0) == 1 && k.dim(0) == 1 && k.shape() == v.shape() &&
@@ -168,12 +185,24 @@ AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, 
   a.q_offset = q_offset;
   return a;
 }
+
+// Packed rows' segment ids into a: only for causal self-attention over the same rows.
+void set_segments(AttentionArgs& a, const Tensor* segments, const Tensor& q) {
+  if (!segments) return;
+  LMT_CHECK(
+      segments->dtype() == DType::i32 && (segments->shape() == Shape{a.B, a.T}) && segments->device() == q.device(),
+      "[attention] segments must be i32 (B, T) on q's device, got ", segments->describe(), " for q ", q.describe());
+  LMT_CHECK(a.causal && a.S == a.T && a.q_offset == 0 && !a.q_offset_at,
+            "[attention] segments (packed rows) are for causal self-attention without a cache");
+  a.segment = static_cast<const int32_t*>(segments->raw());
+}
 }  // namespace
 
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                       int64_t q_offset, const Tensor* q_offset_at) {
+                       int64_t q_offset, const Tensor* q_offset_at, const Tensor* segments) {
   AttentionArgs a = attention_args(q, k, v, scale, causal, window, q_offset);
   a.q_offset_at = position_ptr(q_offset_at, q, "attention");
+  set_segments(a, segments, q);
   AttentionOut r{empty(q.shape(), q.dtype(), q.device()), empty({a.B, a.n_head, a.T}, DType::f32, q.device())};
   a.out = r.out.raw();
   a.lse = static_cast<float*>(r.lse.raw());
@@ -182,10 +211,12 @@ AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float 
 }
 
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
-                                  const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset) {
+                                  const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset,
+                                  const Tensor* segments) {
   check_same(q, dout, "attention_backward", "dout must match q");
   AttentionBackwardArgs ab;
   ab.fwd = attention_args(q, k, v, scale, causal, window, q_offset);
+  set_segments(ab.fwd, segments, q);
   ab.fwd.out = fwd.out.raw();
   ab.fwd.lse = static_cast<float*>(fwd.lse.raw());
   AttentionGrads g{empty(q.shape(), q.dtype(), q.device()), empty(k.shape(), k.dtype(), k.device()),

@@ -102,7 +102,9 @@ Tensor swiglu_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up) 
 
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta) {
   LMT_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "[gemm_into] needs 2-D tensors");
-  LMT_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype() && a.device() == c.device() && b.device() == c.device(),
+  // c in a's dtype, or in f32 for 16-bit a and b (f32 accumulation and output).
+  LMT_CHECK(a.dtype() == b.dtype() && (a.dtype() == c.dtype() || c.dtype() == DType::f32) && a.device() == c.device() &&
+                b.device() == c.device(),
             "[gemm_into] ", c.describe(), " = ", a.describe(), " @ ", b.describe());
   int64_t M = trans_a ? a.dim(1) : a.dim(0), K = trans_a ? a.dim(0) : a.dim(1);
   int64_t N = trans_b ? b.dim(0) : b.dim(1);
@@ -123,6 +125,7 @@ void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool t
   g.ldc = N;
   g.alpha = alpha;
   g.beta = beta;
+  g.c_f32 = c.dtype() != a.dtype();
   backend(c.device()).gemm(g);
 }
 

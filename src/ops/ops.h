@@ -61,7 +61,8 @@ std::vector<Tensor> linear_group(const Tensor& x, const std::vector<Tensor>& ws)
 Tensor swiglu_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
 // {x + y, rms_norm(x + y) * w}: a residual add and the norm after it.
 std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps);
-// c (M, N) = alpha * op(a) @ op(b) + beta * c for 2-D matrices viewed as rows (accumulation).
+// c (M, N) = alpha * op(a) @ op(b) + beta * c for 2-D matrices viewed as rows (accumulation); c in a's
+// dtype, or f32 for 16-bit a and b (f32 accumulation kept in the output).
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
 // Layers.
@@ -119,6 +120,8 @@ RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& r
 // pos_at: an optional i32 scalar on x's device added to pos_offset at run time.
 Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float mscale, bool inverse,
             const Tensor* pos_at = nullptr);
+// Packed rows: x (B, T, H, D) rotated at per-token positions, i32 (B, T) on x's device.
+Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale, bool inverse);
 // Inference, batch 1: q (1, T, H, D) rotated -> returned; k (1, T, KV, D) rotated and v stored
 // into the cache buffers k_cache, v_cache (rows, KV, D) at rows pos .. pos + T - 1, where pos =
 // pos_offset (+ *pos_at on the device) is also the rotary position. Undefined where the backend
@@ -146,13 +149,16 @@ struct AttentionOut {
   Tensor out, lse;
 };
 // q_offset_at: an optional i32 scalar on q's device added to q_offset at run time (inference).
+// segments: packed rows' i32 (B, T) segment ids on q's device, non-decreasing along each row, for
+// causal self-attention (S == T, q_offset 0): a query sees only keys of its own segment.
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                       int64_t q_offset, const Tensor* q_offset_at = nullptr);
+                       int64_t q_offset, const Tensor* q_offset_at = nullptr, const Tensor* segments = nullptr);
 struct AttentionGrads {
   Tensor dq, dk, dv;
 };
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
-                                  const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset);
+                                  const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset,
+                                  const Tensor* segments = nullptr);
 Tensor softmax(const Tensor& x);  // over the last axis
 Tensor softmax_backward(const Tensor& y, const Tensor& dy);
 Tensor swiglu(const Tensor& gate, const Tensor& up);

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -263,6 +264,111 @@ std::vector<std::vector<size_t>> length_sorted_batches(const Dataset& ds, int64_
   for (size_t i = 0; i + size_t(batch_size) <= idx.size(); i += size_t(batch_size))
     out.emplace_back(idx.begin() + long(i), idx.begin() + long(i) + long(batch_size));
   return out;
+}
+
+namespace {
+// Input slots an example fills in a packed row: its inputs tokens[:-1] after make_batch's cut.
+int64_t packed_fill(const Example& ex, int64_t max_seq_length) {
+  return std::max<int64_t>(0, std::min<int64_t>(int64_t(ex.tokens.size()), max_seq_length) - 1);
+}
+}  // namespace
+
+std::vector<PackedGroup> packed_batches(const Dataset& ds, int64_t batch_size, int64_t max_seq_length) {
+  LMT_CHECK(batch_size >= 1, "[data] batch_size must be at least 1, got ", batch_size);
+  LMT_CHECK(max_seq_length >= 2, "[data] max_seq_length must be at least 2, got ", max_seq_length);
+  LMT_CHECK(!ds.empty(), "[data] nothing to pack: the dataset is empty", ds.path.empty() ? "" : " (" + ds.path + ")");
+  const int64_t cap = max_seq_length - 1;
+  std::vector<size_t> idx(ds.size());
+  std::iota(idx.begin(), idx.end(), size_t(0));
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](size_t a, size_t b) { return ds.examples[a].tokens.size() > ds.examples[b].tokens.size(); });
+  std::vector<std::vector<size_t>> rows;
+  std::vector<int64_t> fill;
+  std::set<std::pair<int64_t, size_t>> room;  // (free slots, row): best fit = the least room that suffices
+  for (size_t i : idx) {
+    const int64_t n = packed_fill(ds.examples[i], max_seq_length);
+    auto it = room.lower_bound({n, size_t(0)});
+    size_t r;
+    if (it == room.end()) {
+      r = rows.size();
+      rows.emplace_back();
+      fill.push_back(0);
+    } else {
+      r = it->second;
+      room.erase(it);
+    }
+    rows[r].push_back(i);
+    fill[r] += n;
+    room.insert({cap - fill[r], r});
+  }
+  std::vector<size_t> order(rows.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return fill[a] < fill[b]; });
+  std::vector<PackedGroup> out;
+  for (size_t g = 0; g < order.size(); g += size_t(batch_size)) {
+    PackedGroup group;
+    for (size_t k = g; k < std::min(order.size(), g + size_t(batch_size)); ++k) group.push_back(rows[order[k]]);
+    out.push_back(std::move(group));
+  }
+  return out;
+}
+
+Batch make_packed_batch(const Dataset& ds, const PackedGroup& rows, int64_t max_seq_length, bool warn) {
+  LMT_CHECK(!rows.empty(), "[data] empty packed batch");
+  LMT_CHECK(max_seq_length >= 2, "[data] max_seq_length must be at least 2, got ", max_seq_length);
+  const int64_t cap = max_seq_length - 1;
+  int64_t widest = 0, longest = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    int64_t f = 0;
+    for (size_t i : rows[r]) {
+      const Example& ex = ds.examples.at(i);
+      f += packed_fill(ex, max_seq_length);
+      longest = std::max<int64_t>(longest, int64_t(ex.tokens.size()));
+    }
+    LMT_CHECK(f <= cap, "[data] packed row ", r, " holds ", f, " input tokens, more than max_seq_length - 1 = ", cap);
+    widest = std::max(widest, f);
+  }
+  if (longest > max_seq_length && warn)
+    std::printf(
+        "[WARNING] Some sequences are longer than %lld tokens. The longest sentence %lld will be truncated "
+        "to %lld. Consider pre-splitting your data to save memory.\n",
+        (long long)max_seq_length, (long long)longest, (long long)max_seq_length);
+  const int64_t pad_to = 32;
+  const int64_t B = int64_t(rows.size()),
+                T = std::max<int64_t>(1, std::min(pad_to * ((widest + pad_to - 1) / pad_to), cap));
+  std::vector<int32_t> in(size_t(B * T), 0), tg(size_t(B * T), -1), pos(size_t(B * T), 0), seg(size_t(B * T), 0);
+  Batch b;
+  for (int64_t r = 0; r < B; ++r) {
+    int64_t at = 0;
+    int32_t id = 0;
+    for (size_t i : rows[size_t(r)]) {
+      const Example& ex = ds.examples[i];
+      const int64_t len = std::min<int64_t>(int64_t(ex.tokens.size()), max_seq_length);
+      b.indices.push_back(i);
+      b.lengths.push_back(len);
+      b.offsets.push_back(ex.offset);
+      for (int64_t j = 0; j + 1 < len; ++j, ++at) {
+        const size_t k = size_t(r * T + at);
+        in[k] = ex.tokens[size_t(j)];
+        pos[k] = int32_t(j);
+        seg[k] = id;
+        if (j + 1 >= ex.offset) {
+          tg[k] = ex.tokens[size_t(j + 1)];
+          ++b.n_tokens;
+        }
+      }
+      if (len > 1) ++id;
+    }
+    for (int32_t p = 0; at < T; ++at, ++p) {  // the padding: one more segment of its own
+      pos[size_t(r * T + at)] = p;
+      seg[size_t(r * T + at)] = id;
+    }
+  }
+  b.inputs = Tensor::from_i32(in, {B, T});
+  b.targets = Tensor::from_i32(tg, {B, T});
+  b.positions = Tensor::from_i32(pos, {B, T});
+  b.segments = Tensor::from_i32(seg, {B, T});
+  return b;
 }
 
 std::vector<size_t> batch_order(size_t n, uint64_t seed, int64_t pass) {

@@ -76,6 +76,10 @@ struct Batch {
   std::vector<int64_t> lengths;  // per row, after truncation
   std::vector<int64_t> offsets;  // per row
   std::vector<size_t> indices;   // dataset indices of the rows
+  // Packed batches only (make_packed_batch): i32 (B, W - 1) per input token its rotary position
+  // (from 0 in each example) and its segment id (the example's place in its row; padding after the
+  // last example is one more segment). lengths, offsets and indices are then per example.
+  Tensor positions, segments;
 };
 
 // Supervised target j of a row (target j is token j + 1) iff j + 1 >= offset and j + 1 < length:
@@ -87,6 +91,21 @@ Batch make_batch(const Dataset& ds, const std::vector<size_t>& indices, int64_t 
 // of JSON keys, a no-op, issue #596), cut consecutively, the remainder dropped. Throws when the
 // dataset has fewer than batch_size examples (mlx-lm's message).
 std::vector<std::vector<size_t>> length_sorted_batches(const Dataset& ds, int64_t batch_size);
+
+// --pack: the examples placed whole into rows, best-fit decreasing: longest first, each into the
+// fullest row that still has room, else a new row. An example of n tokens (cut to max_seq_length, as
+// make_batch cuts it) fills n - 1 input slots (its inputs are tokens[:-1]) of a row's
+// max_seq_length - 1. The rows are stable-sorted by fill and cut consecutively into groups of
+// batch_size rows; the last group may have fewer, so no example is dropped. Each row lists its
+// examples in placement order.
+using PackedGroup = std::vector<std::vector<size_t>>;  // rows of dataset indices
+std::vector<PackedGroup> packed_batches(const Dataset& ds, int64_t batch_size, int64_t max_seq_length);
+
+// A batch of packed rows: row r holds its examples one after another, each with the inputs and
+// targets make_batch gives it alone (--mask-prompt offsets, the same truncation), positions from 0
+// and its own segment id; width = min(32 * ceil(fullest row / 32), max_seq_length - 1) input slots,
+// padded with id 0, target -1. Throws if a row overflows.
+Batch make_packed_batch(const Dataset& ds, const PackedGroup& rows, int64_t max_seq_length, bool warn = true);
 
 // The order of batch groups for pass `pass` of training: a permutation of 0..n-1 determined by
 // (seed, pass) alone, so the batch of any iteration is known without replaying earlier ones.

@@ -339,8 +339,20 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   auto params = trainable_parameters(model);
   LMT_CHECK(!params.empty(), "[train] the model has no trainable parameters");
   model.set_grad_checkpoint(args.grad_checkpoint);
-  const auto groups = length_sorted_batches(train_set, args.batch_size);
-  const int64_t nb = int64_t(groups.size());
+  // Unpacked: groups of batch_size examples. Packed: groups of batch_size rows of examples.
+  std::vector<std::vector<size_t>> groups;
+  std::vector<PackedGroup> packed;
+  if (args.pack)
+    packed = packed_batches(train_set, args.batch_size, args.max_seq_length);
+  else
+    groups = length_sorted_batches(train_set, args.batch_size);
+  const int64_t nb = int64_t(args.pack ? packed.size() : groups.size());
+  if (args.pack) {
+    size_t rows = 0;
+    for (const PackedGroup& g : packed) rows += g.size();
+    std::fprintf(out, "Packed %zu examples into %zu rows of up to %lld tokens (%lld batches)\n", train_set.size(), rows,
+                 (long long)args.max_seq_length, (long long)nb);
+  }
   const int64_t iters = args.epochs > 0 ? args.epochs * nb : args.iters;
   std::vector<std::vector<size_t>> val_groups;
   if (!valid_set.empty()) val_groups = fixed_subset(valid_set, args.batch_size, args.val_batches, args.seed);
@@ -374,6 +386,9 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     LMT_CHECK(ck_batch == args.batch_size && ck_seed == args.seed,
               "[train] --resume: the checkpoint was made with batch_size ", ck_batch, " and seed ", ck_seed,
               "; this run has ", args.batch_size, " and ", args.seed);
+    const bool ck_pack = j.value("pack", false);  // absent in checkpoints made before --pack
+    LMT_CHECK(ck_pack == args.pack, "[train] --resume: the checkpoint was made ", ck_pack ? "with" : "without",
+              " --pack; this run is ", args.pack ? "packed" : "not packed", " (the batches would differ)");
     // Checkpoints before the optimizer was recorded have no "optimizer" key.
     LMT_CHECK(!j.contains("optimizer") || r.str("optimizer") == opt.name(), "[train] --resume: ", args.resume,
               " holds the state of optimizer ", j.value("optimizer", ""), "; this run uses ", opt.name());
@@ -426,9 +441,14 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     // May be empty (SGD without momentum, between updates): a file with no tensors, no placeholder.
     save_safetensors((tmp / "optimizer.safetensors").string(), os);
     copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
-    json j = {
-        {"iteration", it},   {"optimizer", opt.name()}, {"optimizer_step", opt.step()}, {"batch_size", args.batch_size},
-        {"seed", args.seed}, {"iters", iters},          {"loop", to_json(st)}};
+    json j = {{"iteration", it},
+              {"optimizer", opt.name()},
+              {"optimizer_step", opt.step()},
+              {"batch_size", args.batch_size},
+              {"seed", args.seed},
+              {"iters", iters},
+              {"pack", args.pack},
+              {"loop", to_json(st)}};
     write_file_atomic((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
     fs::remove_all(fin);
     fs::rename(tmp, fin);
@@ -481,8 +501,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     auto tic = Clock::now();
     int64_t g = it - 1;
     auto order = batch_order(size_t(nb), args.seed, g / nb);
-    Batch b = make_batch(train_set, groups[order[size_t(g % nb)]], args.max_seq_length);
-    Tensor loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets);
+    const size_t gi = order[size_t(g % nb)];
+    Batch b = args.pack ? make_packed_batch(train_set, packed[gi], args.max_seq_length)
+                        : make_batch(train_set, groups[gi], args.max_seq_length);
+    const PackedRows rows{b.positions, b.segments};
+    Tensor loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets, args.pack ? &rows : nullptr);
     const double loss_value = double(ops::item(loss));
     if (b.n_tokens > 0 && !std::isfinite(loss_value))
       stop_not_finite(it, str_cat("the training loss is ", loss_value), dir.string());

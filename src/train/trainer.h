@@ -24,6 +24,7 @@ struct TrainingArgs {
   int64_t max_seq_length = 2048;
   int64_t grad_accumulation_steps = 1;
   bool grad_checkpoint = false;
+  bool pack = false;       // train on packed rows (packed_batches, make_packed_batch); validation stays unpacked
   double grad_clip = 0.0;  // max global L2 norm of the averaged gradient; 0 = off
   int64_t early_stop = 0;  // stop after this many evaluations without a better val loss; 0 = off
   uint64_t seed = 0;

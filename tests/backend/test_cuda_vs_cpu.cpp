@@ -536,11 +536,13 @@ struct AttnCase {
   int64_t chunk_rows;  // RuntimeConfig::attn_chunk_rows for the gemm path (set: the fused kernel is off), or 0
 };
 
-void run_attention_case(DType dt, const AttnCase& c) {
-  std::string name = "attention B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " S" + std::to_string(c.S) +
-                     " H" + std::to_string(c.n_head) + "/" + std::to_string(c.n_kv_head) + " D" +
-                     std::to_string(c.head_dim) + " off" + std::to_string(c.q_offset) + " win" +
-                     std::to_string(c.window) + (c.causal ? " causal" : "") + (c.chunk_rows ? " chunked" : "");
+// seg: packed rows' segment ids (B * T) for AttentionArgs::segment, or empty.
+void run_attention_case(DType dt, const AttnCase& c, const std::vector<int32_t>& seg = {}) {
+  std::string name = std::string(seg.empty() ? "" : "packed ") + "attention B" + std::to_string(c.B) + " T" +
+                     std::to_string(c.T) + " S" + std::to_string(c.S) + " H" + std::to_string(c.n_head) + "/" +
+                     std::to_string(c.n_kv_head) + " D" + std::to_string(c.head_dim) + " off" +
+                     std::to_string(c.q_offset) + " win" + std::to_string(c.window) + (c.causal ? " causal" : "") +
+                     (c.chunk_rows ? " chunked" : "");
   SCOPED_TRACE(name);
   size_t nq = size_t(c.B * c.T * c.n_head * c.head_dim), nk = size_t(c.B * c.S * c.n_kv_head * c.head_dim);
   size_t nl = size_t(c.B * c.n_head * c.T);
@@ -554,6 +556,7 @@ void run_attention_case(DType dt, const AttnCase& c) {
   Vec out(nq), lse(nl), dq(nq), dk(nk), dv(nk);
   AttentionArgs ac = a;
   ac.q = q.data(), ac.k = k.data(), ac.v = v.data(), ac.out = out.data(), ac.lse = lse.data(), ac.dtype = DType::f32;
+  ac.segment = seg.empty() ? nullptr : seg.data();
   cpu().attention(ac);
   // The CPU backward runs on the CUDA forward's output rounded the same way, so that it
   // checks the backward alone.
@@ -569,6 +572,8 @@ void run_attention_case(DType dt, const AttnCase& c) {
   AttentionArgs ag = a;
   ag.q = gq.raw(), ag.k = gk.raw(), ag.v = gv.raw(), ag.out = gout.raw(), ag.lse = static_cast<float*>(glse.raw());
   ag.dtype = dt;
+  Tensor gseg = seg.empty() ? Tensor() : on_gpu_i32(seg);
+  ag.segment = seg.empty() ? nullptr : static_cast<const int32_t*>(gseg.raw());
   gpu().attention(ag);
   check_close(read(gout), out, tol_attn(dt), name + " out");
   check_close(read(glse), lse, tol_reduce(DType::f32), name + " lse");
@@ -605,6 +610,50 @@ TEST_P(CudaVsCpu, Attention) {
       {1, 4, 3, 2, 1, 64, 10, 4, true, 0},      // fused kernel, every row fully masked
   };
   for (const AttnCase& c : cases) run_attention_case(dt, c);
+}
+
+// Packed rows (lmtune lora --pack): segment ids per token keep attention within each example. The
+// segments start and end inside and on the fused kernels' 64-row tiles, one-token segments included,
+// with a window, in chunks of the gemm path, and at head_dim 64 and 128 (bf16/f16: flash kernels).
+TEST_P(CudaVsCpu, AttentionPackedRows) {
+  struct Case {
+    AttnCase c;
+    std::vector<std::vector<int64_t>> lengths;  // per batch row, summing to T
+  };
+  const Case cases[] = {
+      {{2, 200, 200, 4, 2, 128, 0, 0, true, 0}, {{37, 64, 1, 90, 8}, {200}}},
+      {{2, 200, 200, 4, 2, 128, 0, 0, true, 16}, {{37, 64, 1, 90, 8}, {5, 5, 190}}},
+      {{1, 150, 150, 2, 2, 64, 0, 0, true, 0}, {{64, 64, 22}}},  // boundaries on the tiles
+      {{1, 150, 150, 2, 1, 64, 0, 40, true, 0}, {{3, 100, 7, 40}}},
+      {{2, 70, 70, 4, 4, 64, 0, 0, true, 0}, {{1, 1, 1, 67}, {30, 31, 9}}},
+      {{1, 33, 33, 4, 2, 16, 0, 0, true, 0}, {{10, 23}}},  // head_dim 16: the gemm path in every dtype
+  };
+  for (const Case& k : cases) {
+    std::vector<int32_t> seg;
+    for (const auto& row : k.lengths) {
+      int32_t id = 0;
+      for (int64_t n : row) seg.insert(seg.end(), size_t(n), id++);
+    }
+    ASSERT_EQ(int64_t(seg.size()), k.c.B * k.c.T);
+    run_attention_case(dt, k.c, seg);
+  }
+}
+
+TEST_P(CudaVsCpu, RopeAtPositions) {
+  const int64_t B = 2, T = 9, H = 3, D = 34;
+  Vec x = rounded(uniform(size_t(B * T * H * D), 23), dt), inv_freq(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) inv_freq[size_t(i)] = std::pow(10000.f, -2.f * float(i) / float(D));
+  const std::vector<int32_t> pos = {0, 1, 2, 0, 1, 0, 1, 2, 3, 500, 501, 502, 503, 0, 1, 2, 3, 4};
+  Tensor gx = on_gpu(x, dt), gf = on_gpu(inv_freq, DType::f32), gp = on_gpu_i32(pos),
+         gout = gpu_empty(B * T * H * D, dt);
+  for (bool inverse : {false, true}) {
+    Vec ref(x.size());
+    cpu().rope_at(x.data(), ref.data(), inv_freq.data(), pos.data(), B, T, H, D, 1.f, inverse, DType::f32);
+    gpu().rope_at(gx.raw(), gout.raw(), static_cast<const float*>(gf.raw()), static_cast<const int32_t*>(gp.raw()), B,
+                  T, H, D, 1.f, inverse, dt);
+    const Tol tol{dt == DType::f32 ? 1e-5f : 1e-2f, dt == DType::f32 ? 1e-5f : 4e-3f};
+    check_close(read(gout), ref, tol, std::string("rope_at inverse ") + (inverse ? "1" : "0"));
+  }
 }
 
 // A decode step recorded for replay: the query offset lives in device memory and k, v span the

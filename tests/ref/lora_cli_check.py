@@ -8,7 +8,9 @@ torch_losses (20 Adam steps against a PyTorch + peft run from the same adapters 
 torch_losses_mask (the same on completions with --mask-prompt), dora and full (train, mlx-lm's file
 layout, generation with the adapter differs from the base), kill_resume (SIGKILL mid-run, no torn
 file, --resume equals the uninterrupted run byte for byte), progress (the bar on a terminal, none
-through a pipe), full_master (full fine-tuning of a bf16 checkpoint keeps f32 weights and Adam state).
+through a pipe), full_master (full fine-tuning of a bf16 checkpoint keeps f32 weights and Adam state),
+pack (--pack and pack: true: the same losses as one unpacked batch of the same examples, every
+supervised token trained, --mask-prompt kept, the key recorded, --pack without --train refused).
 """
 import argparse
 import json
@@ -231,6 +233,8 @@ def main():
         cfg = json.load(open(f"{w}/ad/adapter_config.json"))
         check(cfg["lora_parameters"]["rank"] == 4 and cfg["learning_rate"] == 1e-3 and cfg["iters"] == 4
               and cfg["num_layers"] == 1, str(cfg))
+    elif c == "pack":
+        pack(a, lora, w, base)
     elif c == "torch_losses":
         torch_losses(a, lora, w)
     elif c == "torch_losses_mask":
@@ -560,6 +564,42 @@ def full_master(a, lora, w):
     g = subprocess.run([a.lmtune, "generate", "--model", bf, "--adapter-path", f"{w}/ad", "--device", device, "--dtype",
                         "bfloat16", "-p", "Define cat.", "-m", "4"], capture_output=True, text=True)
     check(g.returncode == 0, g.stderr)
+
+
+def pack(a, lora, w, base):
+    # All 12 training examples in one batch: unpacked (--batch-size 12) and packed into one row (--pack
+    # --batch-size 1) are the same examples every step, so the losses must agree step for step.
+    def losses(d):
+        return [x["train_loss"] for x in map(json.loads, open(f"{d}/metrics.jsonl")) if "train_loss" in x]
+
+    for fmt, mask in (("chat", []), ("completions", ["--mask-prompt"])):
+        write_data(f"{w}/{fmt}", fmt, (12, 12, 4))  # validation batches of 12 as well
+        common = [*base, "--data", f"{w}/{fmt}", "--iters", 5, "--steps-per-report", 1, *mask]
+        rc, out_u, err = lora(*common, "--batch-size", 12, "--adapter-path", f"{w}/{fmt}_unpacked")
+        check(rc == 0, err)
+        rc, out_p, err = lora(*common, "--batch-size", 1, "--pack", "--adapter-path", f"{w}/{fmt}_packed")
+        check(rc == 0, err)
+        check(re.search(r"Packed 12 examples into 1 rows of up to 2048 tokens \(1 batches\)", out_p), out_p)
+        tok = lambda s: re.findall(r"Trained Tokens (\d+)", s)
+        check(tok(out_u) and tok(out_u) == tok(out_p), f"pack {fmt}: trained tokens {tok(out_u)} vs {tok(out_p)}")
+        lu, lp = losses(f"{w}/{fmt}_unpacked"), losses(f"{w}/{fmt}_packed")
+        worst = max(abs(x - y) / abs(y) for x, y in zip(lp, lu)) if lu and len(lu) == len(lp) else math.inf
+        print(f"pack {fmt}{' --mask-prompt' if mask else ''}: losses packed {lp} unpacked {lu}, worst relative "
+              f"difference {worst:.2e}")
+        check(len(lu) == 5 and worst <= 1e-4, f"pack {fmt}: packed losses {lp} vs unpacked {lu}")
+        check(lu[-1] < lu[0], f"pack {fmt}: no learning {lu}")
+        cfg = json.load(open(f"{w}/{fmt}_packed/adapter_config.json"))
+        check(cfg.get("pack") is True, f"pack: adapter_config.json records pack as {cfg.get('pack')}")
+    # The YAML key, and the flag where it does nothing.
+    open(f"{w}/c.yaml", "w").write(f"data: {w}/chat\ntrain: true\npack: true\nbatch_size: 1\nnum_layers: 1\n")
+    rc, out, err = lora("-c", f"{w}/c.yaml", "--iters", 2, "--adapter-path", f"{w}/yaml")
+    check(rc == 0 and "Packed 12 examples into 1 rows" in out, out + err)
+    check(json.load(open(f"{w}/yaml/adapter_config.json")).get("pack") is True, "pack: true not recorded")
+    open(f"{w}/bad.yaml", "w").write(f"data: {w}/chat\ntrain: true\npack: 3\n")
+    rc, out, err = lora("-c", f"{w}/bad.yaml", "--iters", 2, "--adapter-path", f"{w}/bad")
+    check(rc != 0 and "pack" in err, f"pack: 3 was accepted: {out + err}")
+    rc, out, err = lora("--data", f"{w}/chat", "--test", "--pack", "--adapter-path", f"{w}/chat_packed")
+    check(rc == 1 and "--pack (pack: true) packs the training batches: it needs --train" in err, out + err)
 
 
 def torch_losses(a, lora, w, mask=False):

@@ -324,3 +324,40 @@ TEST(Adapters, SharedInputCastEqualsSeparateCasts) {
   base.weight = w, base.bias = bias;
   EXPECT_THROW(nn::lora_forward(x0, base, a, &in), Error);
 }
+
+// DoRA's denominator as the forward computes it (||W||^2 kept from creation, W A through the base
+// product, A^T A for the adapter's own term; no (out, in) temporary) equals the reference that forms
+// W + scale * B^T A^T, on a dense and on a 4-bit quantized base, with a trained-looking B.
+TEST(Adapters, DoraNormsWithoutTheFullSumEqualTheReference) {
+  Tensor w = ops::randn({37, 64}, 51, 0.3f);
+  nn::LoraAdapter a = nn::make_lora_adapter(w, nn::AdapterKind::dora, 8, 2.5f, 0.f, 52);
+  Tensor b = a.lora_b;
+  ops::copy_into(b, ops::randn(a.lora_b.shape(), 53, 0.2f));
+  nn::Linear dense{w, {}, &a};
+  std::vector<float> ref = nn::dora_row_norms(w, a.lora_a, a.lora_b, a.scale).to_f32_vector();
+  std::vector<float> got = nn::dora_row_norms(dense, a).to_f32_vector();
+  ASSERT_EQ(got.size(), ref.size());
+  // Both in f32; the expansion sums the three terms in another order: a few ulps of ~2-4.
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], 2e-5f * ref[i]) << "row " << i;
+
+  // Without w_row_sq (an adapter made elsewhere) the base's squares are taken then: the same norms.
+  nn::LoraAdapter bare = a;
+  bare.w_row_sq = Tensor();
+  std::vector<float> again = nn::dora_row_norms(nn::Linear{w, {}, &bare}, bare).to_f32_vector();
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(again[i], ref[i], 2e-5f * ref[i]) << "row " << i;
+
+  // A quantized base: the reference is formed from its dequantized weight.
+  ops::AffineQuantized q = ops::quantize_affine(w, 4, 32);
+  nn::Linear packed;
+  packed.weight = q.wq, packed.scales = q.scales, packed.biases = q.biases;
+  packed.format = QuantFormat{QuantMode::affine, 4, 32};
+  packed.dense_dtype = DType::f32;
+  Tensor wd = packed.dense_weight();
+  nn::LoraAdapter aq = nn::make_lora_adapter(wd, nn::AdapterKind::dora, 8, 2.5f, 0.f, 52);
+  Tensor bq = aq.lora_b;
+  ops::copy_into(bq, ops::randn(aq.lora_b.shape(), 53, 0.2f));
+  packed.adapter = &aq;
+  ref = nn::dora_row_norms(wd, aq.lora_a, aq.lora_b, aq.scale).to_f32_vector();
+  got = nn::dora_row_norms(packed, aq).to_f32_vector();
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], 2e-5f * ref[i]) << "quantized row " << i;
+}

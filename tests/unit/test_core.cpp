@@ -127,17 +127,27 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(d.group_gate_up);
   EXPECT_TRUE(d.fused_epilogues);
   EXPECT_EQ(d.cuda_qgemv_variant, 7);
+  EXPECT_TRUE(d.fused_xent);
+  EXPECT_EQ(d.xent_chunk_rows, 0);
+  EXPECT_TRUE(d.lora_fused);
+  EXPECT_FALSE(d.lora_16bit);
   env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
          {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
          {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"},
-         {"LMTUNE_CUDA_DECODE_SPLIT", "0"}};
+         {"LMTUNE_CUDA_DECODE_SPLIT", "0"},  {"LMTUNE_FUSED_XENT", "0"},
+         {"LMTUNE_XENT_CHUNK_ROWS", "300"},  {"LMTUNE_LORA_FUSED", "0"},
+         {"LMTUNE_LORA_16BIT", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
   EXPECT_TRUE(c.cuda_pdl);
   EXPECT_FALSE(c.group_gate_up || c.fused_epilogues);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
+  EXPECT_FALSE(c.fused_xent);
+  EXPECT_EQ(c.xent_chunk_rows, 300);
+  EXPECT_FALSE(c.lora_fused);
+  EXPECT_TRUE(c.lora_16bit);
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
   c = runtime_config_from_env(get);
   EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
@@ -145,7 +155,8 @@ TEST(RuntimeConfig, FromEnvironment) {
       {"LMTUNE_CUDA_GRAPH", "yes"},          {"LMTUNE_CUDA_FLASH", "2"},          {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
       {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},           {"LMTUNE_GROUP_GATE_UP", "2"},
       {"LMTUNE_CUDA_QGEMV_VARIANT", "8"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
-      {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"}};
+      {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"},  {"LMTUNE_FUSED_XENT", "off"},        {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
+      {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {

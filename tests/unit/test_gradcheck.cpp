@@ -8,6 +8,7 @@
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
 #include "core/allocator.h"
+#include "core/error.h"
 #include "tolerance.h"
 
 using namespace lmtune;
@@ -86,6 +87,21 @@ TEST(Gradcheck, AttentionGqaAndWindow) {
     Tensor q = rnd({2, c.T, c.H, c.D}, 16), k = rnd({2, c.T, c.KV, c.D}, 17), v = rnd({2, c.T, c.KV, c.D}, 18);
     float scale = 1.f / std::sqrt(float(c.D));
     check("attention", [c, scale](const V& x) { return ag::attention(x[0], x[1], x[2], scale, true, c.window); },
+          {q, k, v});
+  }
+}
+
+// Packed rows (lora --pack): rope at per-token positions, attention kept within segments.
+TEST(Gradcheck, PackedRowsRopeAtAndSegmentAttention) {
+  Tensor q = rnd({2, 5, 2, 8}, 21);
+  Tensor inv = Tensor::from_f32({1.f, 0.3f, 0.05f, 0.01f}, {4});
+  Tensor pos = Tensor::from_i32({0, 1, 0, 1, 2, 0, 1, 2, 3, 4}, {2, 5});
+  check("rope_at", [inv, pos](const V& in) { return ag::rope_at(in[0], inv, pos, 1.f); }, {q});
+  Tensor seg = Tensor::from_i32({0, 0, 1, 1, 1, 0, 1, 1, 1, 2}, {2, 5});
+  for (int64_t window : {0, 2}) {
+    Tensor k = rnd({2, 5, 1, 8}, 22), v = rnd({2, 5, 1, 8}, 23);
+    check("attention with segments",
+          [seg, window](const V& x) { return ag::attention(x[0], x[1], x[2], 0.35f, true, window, 0, &seg); },
           {q, k, v});
   }
 }
@@ -176,4 +192,58 @@ TEST(LoraDown, MatchesComposedOpsAndSavesNoCast) {
   Tensor z3 = ag::lora_down(xb, a3);
   ag::backward(z3, dz);
   EXPECT_TRUE(ag::grad(a3).defined());
+}
+
+// LoRA's sum written into the base output (ag::lora_add): finite differences for x, a, b and the
+// base weight (whose output lora_add overwrites), plain and masked, 3-D and 2-D inputs.
+TEST(Gradcheck, LoraAdd) {
+  Tensor x = rnd({2, 3, 5}, 60), w = rnd({6, 5}, 61), a = rnd({5, 4}, 62), b = rnd({4, 6}, 63, 0.5f);
+  check("lora_add", [](const V& in) { return ag::lora_add(ag::linear(in[0], in[1]), in[0], in[2], in[3], 1.75f); },
+        {x, w, a, b});
+  check("lora_add 2-D", [](const V& in) { return ag::lora_add(ag::linear(in[0], in[1]), in[0], in[2], in[3], -0.5f); },
+        {rnd({3, 5}, 64), w, a, b});
+  std::vector<float> m(30);
+  for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 7) % 4 == 0 ? 0.f : 4.f / 3.f;  // dropout with p = 1/4
+  Tensor mask = Tensor::from_f32(m, {2, 3, 5});
+  check("lora_add masked",
+        [mask](const V& in) { return ag::lora_add(ag::linear(in[0], in[1]), in[0], in[2], in[3], 2.f, mask); },
+        {x, w, a, b});
+}
+
+// ag::lora_add against the ops it replaces for an f32 input (lora_down, matmul, scale, add): the
+// same values and gradients (to f32 rounding: the scale is applied inside the product), and y's
+// storage is the result's.
+TEST(LoraAdd, MatchesComposedOps) {
+  Tensor x0 = rnd({2, 7, 24}, 65), w0 = rnd({16, 24}, 66, 0.3f), a0 = rnd({24, 3}, 67, 0.2f), b0 = rnd({3, 16}, 68);
+  Tensor dy = rnd({2, 7, 16}, 69);
+  std::vector<float> m(size_t(x0.numel()));
+  for (size_t i = 0; i < m.size(); ++i) m[i] = i % 5 == 2 ? 0.f : 1.25f;
+  Tensor mask = Tensor::from_f32(m, x0.shape());
+  for (bool masked : {false, true}) {
+    SCOPED_TRACE(masked ? "masked" : "plain");
+    Tensor m_in = masked ? mask : Tensor();
+    Tensor x1 = ag::param(x0), w1 = ag::param(w0), a1 = ag::param(a0), b1 = ag::param(b0);
+    Tensor y1 = ag::add(ag::linear(x1, w1), ag::scale(ag::matmul(ag::lora_down(x1, a1, m_in), b1), 3.5f));
+    ag::backward(y1, dy);
+    Tensor x2 = ag::param(x0), w2 = ag::param(w0), a2 = ag::param(a0), b2 = ag::param(b0);
+    Tensor base = ag::linear(x2, w2);
+    Tensor y2 = ag::lora_add(base, x2, a2, b2, 3.5f, m_in);
+    EXPECT_EQ(y2.raw(), base.raw()) << "the sum is written into the base output";
+    ag::backward(y2, dy);
+    // The scale multiplies inside the products (alpha) instead of scaling dy first: f32 rounding of
+    // sums over 14 rows whose terms reach ~10, so errors of ~1e-6 of the largest element, not of each.
+    expect_close(y2.to_f32_vector(), y1.to_f32_vector(), 2e-5, 1e-5, "y");
+    expect_close(ag::grad(x2).to_f32_vector(), ag::grad(x1).to_f32_vector(), 2e-5, 1e-5, "dx");
+    expect_close(ag::grad(w2).to_f32_vector(), ag::grad(w1).to_f32_vector(), 2e-5, 1e-5, "dw");
+    expect_close(ag::grad(a2).to_f32_vector(), ag::grad(a1).to_f32_vector(), 2e-5, 1e-5, "da");
+    expect_close(ag::grad(b2).to_f32_vector(), ag::grad(b1).to_f32_vector(), 2e-5, 1e-5, "db");
+  }
+  // A frozen a: only b's gradient (and x's) formed.
+  Tensor b3 = ag::param(b0), x3 = ag::param(x0);
+  ag::backward(ag::lora_add(ag::linear(x3, w0), x3, a0, b3, 1.f), dy);
+  EXPECT_TRUE(ag::grad(b3).defined());
+  EXPECT_TRUE(ag::grad(x3).defined());
+  // Shapes that do not fit are refused, naming the op.
+  EXPECT_THROW(ag::lora_add(ops::zeros({2, 7, 15}, DType::f32, Device::cpu), x0, a0, b0, 1.f), Error);
+  EXPECT_THROW(ag::lora_add(ops::zeros({2, 7, 16}, DType::f32, Device::cpu), x0, b0, a0, 1.f), Error);
 }

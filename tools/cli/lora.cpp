@@ -1,6 +1,6 @@
 // `lmtune lora`: mlx_lm.lora's flags, YAML config (-c) and defaults with its precedence
 // (CLI > config > defaults; lora_options.h), its output lines, and lmtune's additions: --epochs,
-// --grad-clip, --resume, --early-stop, --preview, --device, --dtype. Data from a local folder only.
+// --grad-clip, --resume, --early-stop, --pack, --preview, --device, --dtype. Data from a local folder only.
 #include <unistd.h>
 
 #include <cmath>
@@ -61,6 +61,8 @@ int lora(const LoraOptions& o, const json& recorded) {
         "written to %s/metrics.jsonl\n",
         o.report_to->c_str(), o.adapter_path.c_str());
   const bool do_train = o.train, do_test = o.test;
+  LMT_CHECK(!o.pack || do_train || o.preview,
+            "--pack (pack: true) packs the training batches: it needs --train (testing reads unpacked batches)");
   const train::DataOptions& dopt = o.data_options;
   const std::string& data_dir = o.data;
 
@@ -131,6 +133,7 @@ int lora(const LoraOptions& o, const json& recorded) {
     ta.max_seq_length = max_seq;
     ta.grad_accumulation_steps = o.grad_accumulation_steps;
     ta.grad_checkpoint = o.grad_checkpoint;
+    ta.pack = o.pack;
     ta.grad_clip = o.grad_clip;
     ta.early_stop = o.early_stop;
     ta.seed = uint64_t(o.seed);

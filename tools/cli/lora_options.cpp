@@ -126,6 +126,9 @@ void declare_lora_options(Options& t, LoraOptions& o) {
   t.add("--early-stop", &o.early_stop, "N", "stop after N evaluations without a better val loss; 0 = off");
   t.add("--train-embeddings", &o.train_embeddings, "",
         "with --fine-tune-type full: also train embeddings, final norm, lm_head");
+  t.add("--pack", &o.pack, "",
+        "train on rows packed with whole examples up to --max-seq-length (attention and positions stay within "
+        "each example; the loss is unchanged) instead of padded batches of --batch-size examples");
   t.add("--preview", &o.preview, "N",
         "print the first N training examples as the model sees them (supervised part marked), then exit")
       .cli_only()

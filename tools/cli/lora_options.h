@@ -54,6 +54,7 @@ struct LoraOptions {
   std::optional<std::string> resume;
   int64_t early_stop = 0;
   bool train_embeddings = false;
+  bool pack = false;
   std::optional<int64_t> preview;
   LoadOptions load;  // --device, --dtype (model is copied in after the merge)
 

@@ -1,5 +1,6 @@
-// CPU causal attention with grouped-query heads and an optional sliding window: per
-// (batch, head) the score matrix is materialized with sgemm; backward recomputes it from lse.
+// CPU causal attention with grouped-query heads and an optional sliding window (packed rows one
+// segment at a time): per (batch, head) the score matrix is materialized with sgemm; backward
+// recomputes it from lse.
 #include <cblas.h>
 
 #include <algorithm>
@@ -40,9 +41,51 @@ AttentionArgs resolve_offset(const AttentionArgs& in) {
   if (a.causal && a.B == 1) a.S = std::max<int64_t>(0, std::min(a.S, a.q_offset + a.T));
   return a;
 }
+// Packed rows (a.segment): each segment is a causal self-attention of its own (B 1, T = S = its
+// length), so no score across segments is computed. run(sub, lse) runs one; sub's q, k, v, out
+// (and in backward dq, dk, dv) point into the full tensors, whose row strides it shares; its lse
+// (n_head, length) is a scratch the caller copies from or into the full (B, n_head, T) one.
+template <typename Run>
+void for_each_segment(const AttentionArgs& a, Run run) {
+  const int64_t D = a.head_dim, ldq = a.n_head * D, ldk = a.n_kv_head * D, es = 4;
+  std::vector<float> lse;
+  for (int64_t b = 0; b < a.B; ++b) {
+    const int32_t* seg = a.segment + b * a.T;
+    for (int64_t s0 = 0, s1; s0 < a.T; s0 = s1) {
+      for (s1 = s0 + 1; s1 < a.T && seg[s1] == seg[s0];) ++s1;
+      AttentionArgs sub = a;
+      sub.B = 1, sub.T = sub.S = s1 - s0, sub.segment = nullptr;
+      const int64_t qoff = (b * a.T + s0) * ldq * es, koff = (b * a.S + s0) * ldk * es;
+      sub.q = static_cast<const char*>(a.q) + qoff, sub.out = static_cast<char*>(a.out) + qoff;
+      sub.k = static_cast<const char*>(a.k) + koff, sub.v = static_cast<const char*>(a.v) + koff;
+      lse.resize(size_t(a.n_head * sub.T));
+      sub.lse = lse.data();
+      run(sub, b, s0, qoff, koff);
+    }
+  }
+}
+
+// Copies a segment's lse (n_head, len) from or into the full lse (B, n_head, T) at (b, :, s0).
+void copy_lse(const AttentionArgs& a, const AttentionArgs& sub, int64_t b, int64_t s0, bool into_full) {
+  for (int64_t h = 0; h < a.n_head; ++h) {
+    float* full = a.lse + (b * a.n_head + h) * a.T + s0;
+    float* part = sub.lse + h * sub.T;
+    if (into_full)
+      std::memcpy(full, part, size_t(sub.T) * 4);
+    else
+      std::memcpy(part, full, size_t(sub.T) * 4);
+  }
+}
 }  // namespace
 
 void CpuBackend::attention(const AttentionArgs& args) {
+  if (args.segment) {
+    cpu_require_f32(args.dtype, "attention");
+    return for_each_segment(args, [&](const AttentionArgs& sub, int64_t b, int64_t s0, int64_t, int64_t) {
+      attention(sub);
+      copy_lse(args, sub, b, s0, true);
+    });
+  }
   const AttentionArgs a = resolve_offset(args);
   cpu_require_f32(a.dtype, "attention");
   int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
@@ -76,6 +119,15 @@ void CpuBackend::attention(const AttentionArgs& args) {
 }
 
 void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
+  if (ab.fwd.segment) {
+    cpu_require_f32(ab.fwd.dtype, "attention_backward");
+    return for_each_segment(ab.fwd, [&](AttentionArgs& sub, int64_t b, int64_t s0, int64_t qoff, int64_t koff) {
+      copy_lse(ab.fwd, sub, b, s0, false);
+      AttentionBackwardArgs sb{sub, static_cast<const char*>(ab.dout) + qoff, static_cast<char*>(ab.dq) + qoff,
+                               static_cast<char*>(ab.dk) + koff, static_cast<char*>(ab.dv) + koff};
+      attention_backward(sb);
+    });
+  }
   const AttentionArgs& a = ab.fwd;
   LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");
   cpu_require_f32(a.dtype, "attention_backward");

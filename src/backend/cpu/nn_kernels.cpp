@@ -104,6 +104,32 @@ void CpuBackend::rope(const void* x_, void* out_, const float* inv_freq, int64_t
   }
 }
 
+// Packed rows: each token's angle from its own position (the same f32 product as rope).
+void CpuBackend::rope_at(const void* x_, void* out_, const float* inv_freq, const int32_t* positions, int64_t B,
+                         int64_t T, int64_t H, int64_t D, float mscale, bool inverse, DType dt) {
+  cpu_require_f32(dt, "rope_at");
+  const float* x = F(x_);
+  float* out = F(out_);
+  const int64_t half = D / 2;
+  std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+  for (int64_t bt = 0; bt < B * T; ++bt) {
+    for (int64_t i = 0; i < half; ++i) {
+      float ang = float(positions[bt]) * inv_freq[i];
+      cs[size_t(i)] = std::cos(ang) * mscale;
+      sn[size_t(i)] = (inverse ? -std::sin(ang) : std::sin(ang)) * mscale;
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      const float* xr = x + (bt * H + h) * D;
+      float* o = out + (bt * H + h) * D;
+      for (int64_t i = 0; i < half; ++i) {
+        float x1 = xr[i], x2 = xr[i + half];
+        o[i] = x1 * cs[size_t(i)] - x2 * sn[size_t(i)];
+        o[i + half] = x2 * cs[size_t(i)] + x1 * sn[size_t(i)];
+      }
+    }
+  }
+}
+
 void CpuBackend::softmax(const void* x_, void* y_, int64_t rows, int64_t n, DType dt) {
   cpu_require_f32(dt, "softmax");
   const float* x = F(x_);

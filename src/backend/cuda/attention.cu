@@ -34,8 +34,15 @@ __global__ void heads_copy_kernel(const T* src, T* dst, int64_t n_head, int64_t 
 struct RowGeom {  // rows r = h * tc + tr of a chunk's (n_head * tc, se) score matrix
   int64_t tc, se, lds, t0, s0, T, q_offset, window;
   bool causal;
-  int64_t lse_base;  // (b * n_head) * T + t0
+  int64_t lse_base;    // (b * n_head) * T + t0
+  const int32_t* seg;  // packed rows: this batch row's segment ids (T), or null
 };
+
+// visible() and, for packed rows, the same segment (query row t0 + tr, key s0 + c).
+__device__ __forceinline__ bool visible_in(const RowGeom& g, int64_t tr, int64_t qpos, int64_t c) {
+  if (g.seg && g.seg[g.s0 + c] != g.seg[g.t0 + tr]) return false;
+  return visible(g.causal, g.window, qpos, g.s0 + c);
+}
 
 // P = softmax(S) over visible keys, written in P's dtype (in place when P is f32); lse per row.
 template <typename P>
@@ -47,12 +54,12 @@ __global__ void attn_softmax_kernel(const float* sc, P* pb, float* lse, int64_t 
     const float* row = sc + r * g.lds;
     MaxSum ms{-INFINITY, 0.f};
     for (int64_t c = threadIdx.x; c < g.se; c += blockDim.x)
-      if (visible(g.causal, g.window, qpos, g.s0 + c)) ms = maxsum_add(ms, row[c]);
+      if (visible_in(g, tr, qpos, c)) ms = maxsum_add(ms, row[c]);
     ms = block_maxsum(ms, smem);
     float l = ms.s > 0.f ? ms.m + logf(ms.s) : -INFINITY;
     if (threadIdx.x == 0) lse[g.lse_base + h * g.T + tr] = l;
     for (int64_t c = threadIdx.x; c < g.se; c += blockDim.x) {
-      float p = visible(g.causal, g.window, qpos, g.s0 + c) ? expf(row[c] - l) : 0.f;
+      float p = visible_in(g, tr, qpos, c) ? expf(row[c] - l) : 0.f;
       pb[r * g.lds + c] = from_f32<P>(p);
     }
   }
@@ -69,7 +76,7 @@ __global__ void attn_grad_kernel(const float* sc, const float* dp, P* pb, P* ds,
     float l = lse[g.lse_base + h * g.T + tr], dl = delta[r];
     for (int64_t c = threadIdx.x; c < g.se; c += blockDim.x) {
       int64_t i = r * g.lds + c;
-      float p = visible(g.causal, g.window, qpos, g.s0 + c) ? expf(sc[i] - l) : 0.f;
+      float p = visible_in(g, tr, qpos, c) ? expf(sc[i] - l) : 0.f;
       float d = p * (dp[i] - dl);
       pb[i] = from_f32<P>(p);
       ds[i] = from_f32<P>(d);
@@ -137,7 +144,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.T * a.n_head * a.head_dim == 0) return;
-  if (decode_split_attention(a) || flash_attention_forward(a)) return;
+  if ((!a.segment && decode_split_attention(a)) || flash_attention_forward(a)) return;
   if (a.q_offset_at) return decode_attention(a);  // the key range is known only on the device
   dispatch_float(a.dtype, "attention", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -162,7 +169,17 @@ void CudaBackend::attention(const AttentionArgs& a) {
         int64_t tok = (b * a.T + t0) * H * D;  // first element of the chunk in q / out
         int64_t kv0 = (b * S + s0) * KV * D;   // first visible key row in k / v
         heads_copy(q + tok, pq, H, tc, D, true);
-        RowGeom geom{tc, se, lds, t0, s0, a.T, a.q_offset, a.window, a.causal, b * H * a.T + t0};
+        RowGeom geom{tc,
+                     se,
+                     lds,
+                     t0,
+                     s0,
+                     a.T,
+                     a.q_offset,
+                     a.window,
+                     a.causal,
+                     b * H * a.T + t0,
+                     a.segment ? a.segment + b * a.T : nullptr};
         if (se > 0) {
           GemmArgs s = group_gemm(a.dtype, KV);  // S_g (G tc, se) = scale Q_g K_g^T
           s.a = pq, s.lda = D, s.stride_a = G * tc * D;
@@ -253,7 +270,17 @@ void CudaBackend::attention_backward(const AttentionBackwardArgs& ab) {
         GemmArgs d = s;  // dP_g = dO_g V_g^T
         d.a = pdo, d.b = v + kv0, d.c = pdp, d.alpha = 1.f;
         gemm_ex(d, DType::f32);
-        RowGeom geom{tc, se, lds, t0, s0, a.T, a.q_offset, a.window, a.causal, b * H * a.T + t0};
+        RowGeom geom{tc,
+                     se,
+                     lds,
+                     t0,
+                     s0,
+                     a.T,
+                     a.q_offset,
+                     a.window,
+                     a.causal,
+                     b * H * a.T + t0,
+                     a.segment ? a.segment + b * a.T : nullptr};
         launch("attention_backward", attn_grad_kernel<T>, row_blocks(rows), 128, 0, psc, pdp, pp, pds, a.lse,
                delta.as<const float>(), rows, geom);
         GemmArgs gv = group_gemm(a.dtype, KV);  // dV_g (se, D) += P_g^T dO_g

@@ -103,6 +103,8 @@ class CudaBackend final : public Backend {
                          int64_t rows, int64_t dim, DType dt) override;
   void rope(const void* x, void* out, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
             int64_t pos_offset, const int32_t* pos_at, float mscale, bool inverse, DType dt) override;
+  void rope_at(const void* x, void* out, const float* inv_freq, const int32_t* positions, int64_t B, int64_t T,
+               int64_t H, int64_t D, float mscale, bool inverse, DType dt) override;
   void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) override;
   bool has_graphs() const override { return true; }
   // Per-row counters of the split decode attention (decode_split.cu), zero between its launches.

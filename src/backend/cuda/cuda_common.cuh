@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/profile.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -182,6 +183,7 @@ __device__ __forceinline__ void pdl_enter() {
 template <typename... KArgs, typename... Args>
 void launch(const char* name, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  cuda_profile::Scope timed(name);
   if (cuda_impl().pdl()) {
     cudaLaunchConfig_t config{};
     config.gridDim = grid;

@@ -23,6 +23,7 @@ struct BwdParams {
   float *dk_acc, *dv_acc;                     // f32 (B, S, KV, D), zeroed
   T* dq;                                      // (B, T, H, D)
   int64_t T_, S, H, KV, G, q_offset, window;  // G = H / KV
+  const int32_t* seg;                         // packed rows: i32 (B, T) segment ids, or null
   bool causal;
   float scale, scale_log2;
 };
@@ -86,7 +87,11 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
     t_begin = max(int64_t(0), n0 - p.q_offset);
     if (p.window > 0) t_end = min(p.T_, max(int64_t(0), n0 + kKeyTile - 1 + p.window - p.q_offset));
   }
-  if (t_end <= t_begin || n0 >= p.S) return;
+  if (n0 >= p.S) return;
+  // Packed rows: no query after the last key's segment sees any key of the block.
+  const int32_t* segb = p.seg ? p.seg + b * p.T_ : nullptr;
+  if (segb) t_end = min(t_end, flash::segment_end(segb, min(n0 + kKeyTile, p.S) - 1, p.T_));
+  if (t_end <= t_begin) return;
   const int64_t qt_begin = t_begin / kQueryTile * kQueryTile;
   const int ntiles = int((t_end - qt_begin + kQueryTile - 1) / kQueryTile);
 
@@ -143,9 +148,10 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
     }
 
     // P^T = exp(S - lse) where visible; dS^T = P^T (dP^T - delta), both per query column.
-    const bool full =
-        n0 + kKeyTile <= p.S && (!p.causal || (p.q_offset + qi0 >= n0 + kKeyTile - 1 &&
-                                               (p.window <= 0 || p.q_offset + qi0 + kQueryTile - 1 - n0 < p.window)));
+    const bool full = n0 + kKeyTile <= p.S &&
+                      (!p.causal || (p.q_offset + qi0 >= n0 + kKeyTile - 1 &&
+                                     (p.window <= 0 || p.q_offset + qi0 + kQueryTile - 1 - n0 < p.window))) &&
+                      (!segb || (qi0 + kQueryTile <= p.T_ && segb[n0] == segb[qi0 + kQueryTile - 1]));
 #pragma unroll
     for (int n = 0; n < kQueryTile / 8; ++n) {
 #pragma unroll
@@ -154,7 +160,9 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dkdv_kernel(BwdParams<T> 
         float x = st[n][e] * p.scale_log2 - lb[ql];
         if (!full) {
           int64_t key = n0 + warp * 16 + quad_row + (e / 2) * 8, qpos = p.q_offset + qi0 + ql;
-          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) x = -INFINITY;
+          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key) ||
+              flash::other_segment(segb, qi0 + ql, key, p.T_))
+            x = -INFINITY;
         }
         float pv = flash::exp2_approx(x);
         st[n][e] = pv;
@@ -231,6 +239,8 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
     s_end = min(p.S, max(int64_t(0), qlast + 1));
     if (p.window > 0) s_begin = min(p.S, max(int64_t(0), qfirst - p.window + 1));
   }
+  const int32_t* segb = p.seg ? p.seg + b * p.T_ : nullptr;  // packed rows, as in the forward
+  if (segb) s_begin = max(s_begin, flash::segment_begin(segb, m0));
   const int64_t n_begin = s_begin / kKeyStep * kKeyStep;
   const int nblocks = s_end > s_begin ? int((s_end - n_begin + kKeyStep - 1) / kKeyStep) : 0;
 
@@ -289,7 +299,8 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
     }
 
     const bool full = n0 + kKeyStep <= p.S &&
-                      (!p.causal || (n0 + kKeyStep - 1 <= qfirst && (p.window <= 0 || qlast - n0 < p.window)));
+                      (!p.causal || (n0 + kKeyStep - 1 <= qfirst && (p.window <= 0 || qlast - n0 < p.window))) &&
+                      (!segb || segb[n0] == segb[min(m0 + kRowTile, p.T_) - 1]);
 #pragma unroll
     for (int n = 0; n < kKeyStep / 8; ++n) {
 #pragma unroll
@@ -297,7 +308,9 @@ __global__ void __launch_bounds__(kThreadsB) flash_bwd_dq_kernel(BwdParams<T> p)
         float x = s[n][e] * p.scale_log2 - lse2[e / 2];
         if (!full) {
           int64_t qpos = qfirst + warp * 16 + quad_row + (e / 2) * 8, key = n0 + n * 8 + quad_col * 2 + (e % 2);
-          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) x = -INFINITY;
+          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key) ||
+              flash::other_segment(segb, qpos - p.q_offset, key, p.T_))
+            x = -INFINITY;
         }
         float pv = flash::exp2_approx(x);
         s[n][e] = pv * (dp[n][e] - dl[e / 2]);  // dS
@@ -360,6 +373,7 @@ void launch_flash_bwd(const AttentionBackwardArgs& ab) {
                  a.n_head / a.n_kv_head,
                  a.q_offset,
                  a.window,
+                 a.segment,
                  a.causal,
                  a.scale,
                  a.scale * kLog2eB};

@@ -132,5 +132,37 @@ __device__ __forceinline__ bool visible(bool causal, int64_t window, int64_t qpo
   return s <= qpos && (window <= 0 || qpos - s < window);
 }
 
+// Packed rows (AttentionArgs::segment): seg holds a row's segment ids, non-decreasing. The first
+// index of i's segment, and one past its last (n = the row's length); binary searches.
+__device__ __forceinline__ int64_t segment_begin(const int32_t* seg, int64_t i) {
+  const int32_t id = seg[i];
+  int64_t lo = 0, hi = i;
+  while (lo < hi) {
+    int64_t mid = (lo + hi) / 2;
+    if (seg[mid] < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+__device__ __forceinline__ int64_t segment_end(const int32_t* seg, int64_t i, int64_t n) {
+  const int32_t id = seg[i];
+  int64_t lo = i + 1, hi = n;
+  while (lo < hi) {
+    int64_t mid = (lo + hi) / 2;
+    if (seg[mid] <= id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+// Whether query row q (of a row of n) may not see key s for segment reasons: q past the row (its
+// result is dropped) or another segment. Only with segb set.
+__device__ __forceinline__ bool other_segment(const int32_t* segb, int64_t q, int64_t s, int64_t n) {
+  return segb && (q >= n || segb[s] != segb[q]);
+}
+
 }  // namespace flash
 }  // namespace lmtune

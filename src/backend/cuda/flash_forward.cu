@@ -21,6 +21,7 @@ struct FwdParams {
   float* lse;                                 // f32 (B, H, T), natural log
   int64_t T_, S, H, KV, G, q_offset, window;  // G = H / KV query heads per kv head
   const int32_t* q_offset_at;                 // device i32 added to q_offset, or null
+  const int32_t* seg;                         // packed rows: i32 (B, T) segment ids, or null
   bool causal;
   float scale_log2;  // scale * log2(e): the exponent is taken in the log2 domain
 };
@@ -56,6 +57,9 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
     s_end = min(p.S, max(int64_t(0), qlast + 1));
     if (p.window > 0) s_begin = min(p.S, max(int64_t(0), qfirst - p.window + 1));
   }
+  // Packed rows: no key before the first row's segment is visible to any row of the block.
+  const int32_t* segb = p.seg ? p.seg + b * p.T_ : nullptr;
+  if (segb) s_begin = max(s_begin, flash::segment_begin(segb, m0));
   const int64_t n_begin = s_begin / kKeys * kKeys;
   const int nblocks = s_end > s_begin ? int((s_end - n_begin + kKeys - 1) / kKeys) : 0;
 
@@ -103,15 +107,18 @@ __global__ void __launch_bounds__(kThreadsFlash) flash_fwd_kernel(FwdParams<T> p
     }
 
     // Mask only tiles that straddle a boundary; scores stay unscaled until the exponent.
-    const bool full =
-        n0 + kKeys <= p.S && (!p.causal || (n0 + kKeys - 1 <= qfirst && (p.window <= 0 || qlast - n0 < p.window)));
+    const bool full = n0 + kKeys <= p.S &&
+                      (!p.causal || (n0 + kKeys - 1 <= qfirst && (p.window <= 0 || qlast - n0 < p.window))) &&
+                      (!segb || segb[n0] == segb[min(m0 + kRows, p.T_) - 1]);  // ids do not decrease: one segment
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         if (!full) {
           int64_t qpos = qfirst + warp * 16 + quad_row + (e / 2) * 8, key = n0 + n * 8 + quad_col * 2 + (e % 2);
-          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key)) s[n][e] = -INFINITY;
+          if (key >= p.S || !flash::visible(p.causal, p.window, qpos, key) ||
+              flash::other_segment(segb, qpos - q_offset, key, p.T_))
+            s[n][e] = -INFINITY;
         }
       }
     }
@@ -194,6 +201,7 @@ void launch_flash_fwd(const AttentionArgs& a) {
                  a.q_offset,
                  a.window,
                  a.q_offset_at,
+                 a.segment,
                  a.causal,
                  a.scale * kLog2e};
   constexpr size_t smem = size_t(kRows + 4 * kKeys) * D * sizeof(T);

@@ -2,6 +2,7 @@
 // column-major C^T = op(B)^T op(A)^T, so cuBLAS's first operand is our B. Plans (descriptors and
 // the heuristic's algorithm) are cached per shape, strides and pointer alignment.
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/profile.h"
 #include "core/error.h"
 
 namespace lmtune {
@@ -21,6 +22,15 @@ cudaDataType_t cuda_type(DType dt) {
 int alignment_of(const void* p, int64_t ld, int64_t stride, size_t elem) {
   uint64_t bits = uint64_t(reinterpret_cast<uintptr_t>(p)) | uint64_t(ld) * elem | uint64_t(stride) * elem | 256u;
   return int(bits & (~bits + 1));
+}
+
+// The profile's name of a product: its shape, whether an operand is transposed, its dtype and batch.
+std::string gemm_profile_name(const GemmArgs& g) {
+  std::string s = "cublasLt gemm M" + std::to_string(g.M) + " N" + std::to_string(g.N) + " K" + std::to_string(g.K);
+  s += g.trans_a ? " At" : "";
+  s += g.trans_b ? " Bt" : "";
+  if (g.batch > 1) s += " batch " + std::to_string(g.batch);
+  return s + " " + dtype_name(g.dtype);
 }
 
 constexpr size_t kMaxPlans = 4096;  // decoding grows S each step; bound the cache
@@ -94,7 +104,7 @@ const GemmPlan& CudaBackend::gemm_plan(const GemmKey& key) {
   return *gemm_plans_.emplace(key, std::move(plan)).first->second;
 }
 
-void CudaBackend::gemm(const GemmArgs& g) { gemm_ex(g, g.dtype); }
+void CudaBackend::gemm(const GemmArgs& g) { gemm_ex(g, g.c_f32 ? DType::f32 : g.dtype); }
 
 void CudaBackend::gemm_ex(const GemmArgs& g, DType c_dt) {
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
@@ -136,6 +146,7 @@ void CudaBackend::gemm_ex(const GemmArgs& g, DType c_dt) {
   std::lock_guard<std::mutex> lock(gemm_mu_);
   const GemmPlan& plan = gemm_plan(key);
   float alpha = g.alpha, beta = g.beta;
+  cuda_profile::Scope timed(cuda_profile::enabled() ? gemm_profile_name(g) : std::string());
   LMT_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.op, &alpha, g.b, plan.a, g.a, plan.b, &beta, g.c, plan.c, g.c, plan.c,
                                   &plan.algo, workspace_, workspace_bytes_, stream_));
 }

@@ -192,6 +192,18 @@ __global__ void rope_kernel(const T* x, T* out, const float* inv_freq, int64_t T
   }
 }
 
+// rope_kernel at per-token positions (packed rows): positions i32 (B * T), row = (b * T + t) * H + h.
+template <typename T>
+__global__ void rope_at_kernel(const T* x, T* out, const float* inv_freq, const int32_t* positions, int64_t H,
+                               int64_t D, float mscale, bool inverse, int64_t total) {
+  pdl_enter();
+  int64_t half = D / 2;
+  for (int64_t idx = global_tid(); idx < total; idx += grid_stride()) {
+    int64_t i = idx % half, row = idx / half;
+    rotate_pair(x + row * D, out + row * D, i, half, float(positions[row / H]), inv_freq[i], mscale, inverse);
+  }
+}
+
 // Decoding's rope of q and k and the KV-cache append in one launch: one thread per rotated pair of
 // q, of k (stored at cache row p + t) and per pair of v values copied (p + t); same arithmetic as
 // rope_kernel, so the values equal rope then copy.
@@ -389,6 +401,17 @@ void CudaBackend::rope(const void* x, void* out, const float* inv_freq, int64_t 
     using S = typename decltype(tag)::type;
     launch("rope", rope_kernel<S>, grid_for(total), kThreads, 0, static_cast<const S*>(x), static_cast<S*>(out),
            inv_freq, T, H, D, pos_offset, pos_at, mscale, inverse, total);
+  });
+}
+
+void CudaBackend::rope_at(const void* x, void* out, const float* inv_freq, const int32_t* positions, int64_t B,
+                          int64_t T, int64_t H, int64_t D, float mscale, bool inverse, DType dt) {
+  int64_t total = B * T * H * (D / 2);
+  if (total == 0) return;
+  dispatch_float(dt, "rope_at", [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    launch("rope_at", rope_at_kernel<S>, grid_for(total), kThreads, 0, static_cast<const S*>(x), static_cast<S*>(out),
+           inv_freq, positions, H, D, mscale, inverse, total);
   });
 }
 
