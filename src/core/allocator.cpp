@@ -1,20 +1,65 @@
 #include "core/allocator.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <new>
+#include <unordered_map>
 
 #include "core/error.h"
 
 namespace lmtune {
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kMapLarge = false;  // ASan watches malloc'd blocks only: keep them all there
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kMapLarge = false;
+#else
+constexpr bool kMapLarge = true;
+#endif
+#else
+constexpr bool kMapLarge = true;
+#endif
+
+// Blocks of 64 KiB and more are mapped and unmapped directly, so that a block the cache gives back
+// leaves the process. Through malloc they stayed in its heap: glibc raises its mmap threshold to
+// the largest block freed, and the heap's holes kept a second 10,000-token generation 75 MiB above
+// the first (bench/NOTES.md, "Memory that stays flat").
 struct CpuMemory final : DeviceMemory {
+  static constexpr size_t kMapBytes = size_t(64) << 10;
+  std::mutex mu;
+  std::unordered_map<void*, size_t> mapped;
+
   void* raw_alloc(size_t n) override {
+    if (kMapLarge && n >= kMapBytes) {
+      void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) fail("[allocator] cpu: out of memory mapping ", n, " bytes");
+      std::lock_guard<std::mutex> lock(mu);
+      mapped.emplace(p, n);
+      return p;
+    }
     void* p = std::aligned_alloc(64, n);
     if (!p) fail("[allocator] cpu: out of memory allocating ", n, " bytes");
     return p;
   }
-  void raw_free(void* p) override { std::free(p); }
+  void raw_free(void* p) override {
+    if (kMapLarge) {
+      std::unique_lock<std::mutex> lock(mu);
+      auto it = mapped.find(p);
+      if (it != mapped.end()) {
+        size_t n = it->second;
+        mapped.erase(it);
+        lock.unlock();
+        ::munmap(p, n);
+        return;
+      }
+    }
+    std::free(p);
+  }
 };
 
 DeviceMemory* g_memory[2] = {nullptr, nullptr};
@@ -41,21 +86,46 @@ size_t CachingAllocator::round_size(size_t n) {
   return (n + step - 1) / step * step;
 }
 
+void CachingAllocator::evict_for(size_t size) {
+  constexpr size_t kSlack = size_t(32) << 20;
+  const size_t in_use = std::max(high_water_, current_ + size);
+  const size_t bound = in_use + in_use / 4 + kSlack;
+  while (!lru_.empty() && current_ + cached_ + size > bound) {
+    const Block b = lru_.front();
+    auto [lo, hi] = free_.equal_range(b.nbytes);
+    for (auto it = lo; it != hi; ++it) {
+      if (it->second == lru_.begin()) {
+        free_.erase(it);
+        break;
+      }
+    }
+    lru_.pop_front();
+    cached_ -= b.nbytes;
+    memory_of(device_).raw_free(b.p);
+  }
+}
+
 void* CachingAllocator::allocate(size_t nbytes) {
   size_t size = round_size(nbytes);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = free_.find(size);
   void* p;
   if (it != free_.end()) {
-    p = it->second;
+    p = it->second->p;
+    lru_.erase(it->second);
     free_.erase(it);
     cached_ -= size;
   } else {
+    // Not while a CUDA graph is captured: freeing device memory would synchronize the stream.
+    // The bound applies to host memory only until it is measured on a GPU, where giving blocks back
+    // (cudaFree) synchronizes the device and a training step's varying sizes could make it churn.
+    if (!holding_ && device_ == Device::cpu) evict_for(size);
     try {
       p = memory_of(device_).raw_alloc(size);
     } catch (const Error&) {
       // Out of memory: give the cache back and try once more.
-      for (auto& [s, q] : free_) memory_of(device_).raw_free(q);
+      for (const Block& b : lru_) memory_of(device_).raw_free(b.p);
+      lru_.clear();
       free_.clear();
       cached_ = 0;
       p = memory_of(device_).raw_alloc(size);
@@ -63,6 +133,7 @@ void* CachingAllocator::allocate(size_t nbytes) {
   }
   current_ += size;
   if (current_ > peak_) peak_ = current_;
+  if (current_ > high_water_) high_water_ = current_;
   return p;
 }
 
@@ -75,7 +146,8 @@ void CachingAllocator::release(void* p, size_t nbytes) {
     return;
   }
   current_ -= size;
-  free_.emplace(size, p);
+  lru_.push_back({p, size});
+  free_.emplace(size, std::prev(lru_.end()));
   cached_ += size;
 }
 
@@ -99,7 +171,8 @@ void CachingAllocator::release_held(const std::vector<Block>& blocks) {
 
 void CachingAllocator::empty_cache() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [s, q] : free_) memory_of(device_).raw_free(q);
+  for (const Block& b : lru_) memory_of(device_).raw_free(b.p);
+  lru_.clear();
   free_.clear();
   cached_ = 0;
 }

@@ -1,7 +1,12 @@
 // Caching allocator per device: freed blocks are kept in size buckets and reused; it
-// tracks current and peak bytes, which the CLI prints as "Peak mem".
+// tracks current and peak bytes, which the CLI prints as "Peak mem". The cache is bounded: when
+// a request finds no block of its size, the least recently freed blocks go back to the device
+// until what is in use plus what is cached fits in 1.25 x the most ever in use + 32 MiB. A loop
+// of fixed shapes reuses its blocks and never evicts; sizes that keep changing (a KV cache grown
+// 256 entries at a time, attention over a longer prefix each step) no longer pile up forever.
 #pragma once
 #include <cstddef>
+#include <list>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -45,12 +50,16 @@ class CachingAllocator {
   void release_held(const std::vector<Block>& blocks);
 
  private:
+  void evict_for(size_t size);  // under mu_: frees the oldest cached blocks past the bound
+
   Device device_;
   std::mutex mu_;
-  std::multimap<size_t, void*> free_;  // rounded size -> block
+  std::list<Block> lru_;                                    // cached blocks, least recently freed first
+  std::multimap<size_t, std::list<Block>::iterator> free_;  // rounded size -> its entry in lru_
   bool holding_ = false;
   std::vector<Block> held_;
   size_t current_ = 0, peak_ = 0, cached_ = 0;
+  size_t high_water_ = 0;  // the most bytes ever in use (reset_peak leaves it): the cache's bound
 };
 
 CachingAllocator& allocator(Device d);

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/write_points.h"
 
 namespace lmtune {
 
@@ -35,6 +36,7 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd_ < 0) fail("[atomic_file] ", path_, ": cannot create temp file ", temp_, ": ", errno_str(errno));
   buf_.reserve(kBufferBytes);
+  write_point("created", path_);
 }
 
 AtomicFile::~AtomicFile() {
@@ -51,9 +53,12 @@ void AtomicFile::abandon() noexcept {
 
 void AtomicFile::write_all(const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
+  // Under the crash-safety hook, a point halfway: a kill there leaves a half-written temp file.
+  const char* half = write_points_enabled() && n >= 2 ? p + n / 2 : nullptr;
   while (n > 0) {
+    if (p == half) write_point("partial", path_);
     // Linux writes at most ~2 GiB per call; loop over partial writes and EINTR.
-    ssize_t w = ::write(fd_, p, n);
+    ssize_t w = ::write(fd_, p, half && p < half ? size_t(half - p) : n);
     if (w < 0) {
       if (errno == EINTR) continue;
       int e = errno;
@@ -101,12 +106,14 @@ void AtomicFile::commit() {
     abandon();
     fail("[atomic_file] ", path_, ": close of ", temp_, " failed: ", errno_str(e));
   }
+  write_point("written", path_);
   if (::rename(temp_.c_str(), path_.c_str()) != 0) {
     int e = errno;
     abandon();
     fail("[atomic_file] ", path_, ": rename from ", temp_, " failed: ", errno_str(e));
   }
   committed_ = true;
+  write_point("renamed", path_);
   // Make the rename itself durable. Some filesystems refuse fsync on a directory; the file is
   // already complete and in place by then, so that is not an error.
   std::filesystem::path dir = std::filesystem::path(path_).parent_path();

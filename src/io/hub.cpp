@@ -325,6 +325,7 @@ struct Hub {
       if (size > 0 && have > size) fs::remove(part);  // not a prefix of this file: start over
       last = download_append(url, headers, part, size, file);
       if (last.transport_failed()) {
+        if (attempt == kMaxAttempts) break;  // no attempt left to announce: the error below says so
         std::fprintf(stderr, "[hub] %s: transfer interrupted (%s) at %s; resuming (attempt %d of %d)\n", file.c_str(),
                      last.transport_error.c_str(), human_bytes(file_size_or_zero(part)).c_str(), attempt + 1,
                      kMaxAttempts);

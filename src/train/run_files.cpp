@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/write_points.h"
 
 namespace lmtune::train {
 
@@ -48,6 +49,7 @@ void MetricsLog::append(std::string line) {
     left -= size_t(w);
   }
   size_ += static_cast<long long>(line.size());
+  write_point("appended", path_);
 }
 
 namespace {

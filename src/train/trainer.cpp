@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/write_points.h"
 #include "ops/ops.h"
 #include "train/adapters.h"
 #include "train/run_files.h"
@@ -420,6 +421,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     fs::path cks = dir / "checkpoints", tmp = cks / (".tmp-" + iter_name(it)), fin = cks / iter_name(it);
     fs::remove_all(tmp);
     fs::create_directories(tmp);
+    write_point("folder-created", tmp.string());
     struct RemoveUnlessRenamed {
       const fs::path& p;
       bool done = false;
@@ -451,6 +453,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     fs::remove_all(fin);
     fs::rename(tmp, fin);
     tmp_guard.done = true;
+    write_point("folder-renamed", fin.string());
   };
 
   // A finite loss can still give an Inf gradient (an overflow): what an update made is checked
@@ -466,6 +469,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   auto& alloc = allocator(model.device());
   std::fprintf(out, "Starting training..., iters: %lld\n", (long long)iters);
   std::fflush(out);
+  write_points_begin_training();
   bar.update(st.iteration);
   int64_t it = st.iteration + 1;
   for (; it <= iters; ++it) {
@@ -564,7 +568,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       save_adapter_weights(adapter_file, model);
       std::string ck = (dir / (iter_name(it) + "_adapters.safetensors")).string();
       save_adapter_weights(ck, model);
-      save_checkpoint(it);
+      // The last iteration's checkpoint is written after the run's final files (below).
+      if (it < iters) save_checkpoint(it);
       bar.clear();
       std::fprintf(out, "Iter %lld: Saved adapter weights to %s and %s.\n", (long long)it, adapter_file.c_str(),
                    ck.c_str());
@@ -578,12 +583,14 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   res.best_iteration = st.best_iter;
   check_parameters(st.iteration);
   save_adapter_weights(adapter_file, model);
-  if (st.iteration % args.save_every != 0 && st.iteration > 0) save_checkpoint(st.iteration);
+  write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
+  // The final checkpoint is the run's last write: a run killed before it is resumed from the one
+  // before and redoes the final files; one killed after it has nothing left to write.
+  if (st.iteration > 0 && (st.iteration % args.save_every != 0 || st.iteration == iters)) save_checkpoint(st.iteration);
   std::fprintf(out, "Saved final weights to %s.\n", adapter_file.c_str());
   if (st.best_val >= 0)
     std::fprintf(out, "Best val loss %.3f at iter %lld: %s\n", st.best_val, (long long)st.best_iter,
                  (dir / "best_adapters.safetensors").string().c_str());
-  write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
   std::fflush(out);
   return res;
 }

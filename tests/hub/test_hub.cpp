@@ -225,6 +225,23 @@ TEST_F(Hub, ResumesAfterACutConnection) {
   EXPECT_EQ(gets[1].range, "bytes=" + std::to_string(want.size() * 2 / 5) + "-");
 }
 
+// A connection cut at every transfer: each retry is announced with its number, up to the last of
+// the 5 (not "attempt 6 of 5"), then the error keeps the partial file for the next run.
+TEST_F(Hub, GivesUpAfterTheLastAttempt) {
+  hub_.cut_next_downloads(100);
+  testing::internal::CaptureStderr();
+  std::string e = error_of("org/cut");
+  std::string log = testing::internal::GetCapturedStderr();
+  std::printf("%s", log.c_str());
+  EXPECT_NE(e.find("failed after 5 attempts"), std::string::npos) << e;
+  EXPECT_NE(e.find("run again to resume"), std::string::npos) << e;
+  for (int k = 2; k <= 5; ++k)
+    EXPECT_NE(log.find("(attempt " + std::to_string(k) + " of 5)"), std::string::npos) << k << "\n" << log;
+  EXPECT_EQ(log.find("attempt 6"), std::string::npos) << log;
+  EXPECT_EQ(log.find("attempt 1 "), std::string::npos) << log;
+  EXPECT_EQ(hub_.count("GET", "/cdn/"), 5);
+}
+
 TEST_F(Hub, ResumesAPartialFileLeftByAnEarlierRun) {
   std::string want = hub_.repo("org/cut").revisions.at("main").files.at("model.safetensors").content;
   fs::path blobs = repo_dir("models--org--cut") / "blobs";

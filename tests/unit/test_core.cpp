@@ -63,6 +63,36 @@ TEST(Allocator, TracksCurrentAndPeakAndReuses) {
   EXPECT_EQ(u.raw(), p);  // the cached block came back
 }
 
+// The cache is bounded by what was ever in use: a block grown a step at a time (a KV cache) used
+// to leave every earlier size cached for ever (~the sum of all sizes: 353 MiB here).
+TEST(Allocator, CacheOfChangingSizesIsBounded) {
+  CachingAllocator a(Device::cpu);
+  void* p = nullptr;
+  size_t n = 0;
+  for (size_t k = 1; k <= 300; ++k) {
+    void* q = a.allocate(k * 8192);
+    if (p) a.release(p, n);
+    p = q;
+    n = k * 8192;
+  }
+  const size_t peak = a.peak_bytes();  // two blocks of ~2.4 MiB
+  EXPECT_LE(a.current_bytes() + a.cached_bytes(), peak + peak / 4 + (size_t(32) << 20) + n);
+  a.release(p, n);
+  // A loop of fixed sizes reuses its blocks: nothing is evicted, no new memory is taken.
+  CachingAllocator b(Device::cpu);
+  const std::vector<size_t> sizes = {size_t(1) << 20, 3000, size_t(40) << 20};
+  std::vector<void*> first;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<void*> got;
+    for (size_t s : sizes) got.push_back(b.allocate(s));
+    if (round == 0) first = got;
+    EXPECT_EQ(got, first) << "round " << round;
+    for (size_t i = 0; i < got.size(); ++i) b.release(got[i], sizes[i]);
+  }
+  EXPECT_EQ(b.cached_bytes(), CachingAllocator::round_size(sizes[0]) + CachingAllocator::round_size(sizes[1]) +
+                                  CachingAllocator::round_size(sizes[2]));
+}
+
 TEST(Ops, CastAndCopyAcrossDtypes) {
   Tensor t = Tensor::from_f32({1.5f, -2.25f, 3.0f}, {3});
   Tensor b = ops::cast(t, DType::bf16);

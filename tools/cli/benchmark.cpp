@@ -92,6 +92,7 @@ int benchmark(const BenchmarkOptions& o) {
   run_trial(*lm.model, P, G, B, step, kv, 0);
   std::printf("Timing with prompt_tokens=%lld, generation_tokens=%lld, batch_size=%lld.\n", (long long)P, (long long)G,
               (long long)B);
+  std::fflush(stdout);  // marks the warm-up's end for a reader of a pipe (bench/bench_memory_flat.sh)
   std::vector<Trial> trials;
   for (int64_t i = 0; i < N; ++i) {
     if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));

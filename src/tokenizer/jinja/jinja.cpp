@@ -2,6 +2,7 @@
 #include "tokenizer/jinja/jinja.h"
 
 #include "core/error.h"
+#include "tokenizer/jinja/cycles.h"
 #include "tokenizer/jinja/evaluator.h"
 #include "tokenizer/jinja/lexer.h"
 #include "tokenizer/jinja/parser.h"
@@ -29,6 +30,7 @@ std::string Template::render(const nlohmann::ordered_json& context) const {
   LMT_CHECK(program_ != nullptr, "[jinja] render called on a template that was never parsed");
   LMT_CHECK(context.is_object() || context.is_null(), "[jinja] render context must be a JSON object, got ",
             context.type_name());
+  CycleCollector cycles;  // declared first: it collects after the evaluator and context are gone
   Value ctx = context.is_null() ? Value::dict() : Value::from_json(context);
   Evaluator ev(*program_->map, std::move(ctx));
   std::string out;

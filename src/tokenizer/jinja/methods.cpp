@@ -83,8 +83,7 @@ Value get_item(const Value& obj, const Value& key) {
 
 Value get_attr(const Value& obj, const std::string& name) {
   if (has_method(obj, name)) {
-    Value self = obj;
-    return Value::function(name, [self, name](Evaluator& ev, CallArgs& a) {
+    return Value::bound_method(name, obj, [name](Evaluator& ev, const Value& self, CallArgs& a) {
       bool found = false;
       return call_method(ev, self, name, a, found);
     });

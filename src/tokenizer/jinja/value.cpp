@@ -3,11 +3,13 @@
 #include "tokenizer/jinja/value.h"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstring>
 
 #include "core/error.h"
+#include "tokenizer/jinja/cycles.h"
 #include "tokenizer/jinja/limits.h"
 
 namespace lmtune::jinja {
@@ -30,6 +32,8 @@ struct ValueDepth {
   ValueDepth& operator=(const ValueDepth&) = delete;
 };
 
+std::atomic<int64_t> n_live_containers{0};
+
 // Lists and dicts are freed through a per-thread queue, so a chain of 10^5 nested lists is freed
 // in a loop rather than 10^5 nested destructor calls.
 template <class T>
@@ -43,10 +47,12 @@ struct QueuedDelete {
     }
     draining = true;
     delete p;  // children's deleters queue their payloads
+    n_live_containers.fetch_sub(1, std::memory_order_relaxed);
     while (!queue.empty()) {
       T* q = queue.back();
       queue.pop_back();
       delete q;
+      n_live_containers.fetch_sub(1, std::memory_order_relaxed);
     }
     draining = false;
   }
@@ -59,10 +65,14 @@ Value Value::string(std::string s) {
   v.ptr = std::make_shared<std::string>(std::move(s));
   return v;
 }
+int64_t live_containers() { return n_live_containers.load(std::memory_order_relaxed); }
+
 Value Value::list(List items) {
   Value v;
   v.kind = Kind::List;
   v.ptr = std::shared_ptr<List>(new List(std::move(items)), QueuedDelete<List>());
+  n_live_containers.fetch_add(1, std::memory_order_relaxed);
+  track_payload(v.ptr, Payload::List);
   return v;
 }
 Value Value::tuple(List items) {
@@ -74,6 +84,8 @@ Value Value::dict() {
   Value v;
   v.kind = Kind::Dict;
   v.ptr = std::shared_ptr<Dict>(new Dict(), QueuedDelete<Dict>());
+  n_live_containers.fetch_add(1, std::memory_order_relaxed);
+  track_payload(v.ptr, Payload::Dict);
   return v;
 }
 Value Value::namespace_() {
@@ -84,7 +96,19 @@ Value Value::namespace_() {
 Value Value::function(std::string name, NativeFn fn) {
   Value v;
   v.kind = Kind::Function;
-  v.ptr = std::make_shared<Function>(Function{std::move(name), std::move(fn)});
+  v.ptr = std::make_shared<Function>(Function{std::move(name), std::move(fn), Value()});
+  return v;
+}
+Value Value::bound_method(std::string name, Value self, MethodFn fn) {
+  auto f = std::make_shared<Function>(Function{std::move(name), nullptr, std::move(self)});
+  // The method reads self through its Function, not a copy of its own: nothing hidden from the
+  // cycle collector (cycles.h) holds self.
+  const Function* raw = f.get();
+  f->call = [raw, fn = std::move(fn)](Evaluator& ev, CallArgs& a) { return fn(ev, raw->self, a); };
+  Value v;
+  v.kind = Kind::Function;
+  v.ptr = std::move(f);
+  track_payload(v.ptr, Payload::Function);
   return v;
 }
 

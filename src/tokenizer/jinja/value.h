@@ -30,6 +30,7 @@ struct CallArgs {
 };
 
 using NativeFn = std::function<Value(Evaluator&, CallArgs&)>;
+using MethodFn = std::function<Value(Evaluator&, const Value& self, CallArgs&)>;
 
 struct Value {
   Kind kind = Kind::Undefined;
@@ -70,6 +71,8 @@ struct Value {
   static Value dict();
   static Value namespace_();
   static Value function(std::string name, NativeFn fn);
+  // A method bound to self (list.append, dict.items ...): fn gets self at each call.
+  static Value bound_method(std::string name, Value self, MethodFn fn);
   static Value from_json(const nlohmann::ordered_json& j);
 
   bool is_undefined() const { return kind == Kind::Undefined; }
@@ -99,6 +102,7 @@ struct Dict {
 struct Function {
   std::string name;
   NativeFn call;
+  Value self;  // a bound method's object (none for globals and macros); seen by cycles.h
 };
 
 // Python str(): what {{ x }} prints. Undefined prints as "".
