@@ -38,6 +38,16 @@ struct RowGeom {  // rows r = h * tc + tr of a chunk's (n_head * tc, se) score m
   const int32_t* seg;  // packed rows: this batch row's segment ids (T), or null
 };
 
+// The geometry of batch row b's chunk of tc queries from t0 against its se keys from s0.
+RowGeom row_geom(const AttentionArgs& a, int64_t b, int64_t t0, int64_t tc, int64_t s0, int64_t se, int64_t lds) {
+  RowGeom g{};
+  g.tc = tc, g.se = se, g.lds = lds, g.t0 = t0, g.s0 = s0, g.T = a.T, g.q_offset = a.q_offset, g.window = a.window;
+  g.causal = a.causal;
+  g.lse_base = b * a.n_head * a.T + t0;
+  g.seg = a.segment ? a.segment + b * a.T : nullptr;
+  return g;
+}
+
 // visible() and, for packed rows, the same segment (query row t0 + tr, key s0 + c).
 __device__ __forceinline__ bool visible_in(const RowGeom& g, int64_t tr, int64_t qpos, int64_t c) {
   if (g.seg && g.seg[g.s0 + c] != g.seg[g.t0 + tr]) return false;
@@ -169,17 +179,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
         int64_t tok = (b * a.T + t0) * H * D;  // first element of the chunk in q / out
         int64_t kv0 = (b * S + s0) * KV * D;   // first visible key row in k / v
         heads_copy(q + tok, pq, H, tc, D, true);
-        RowGeom geom{tc,
-                     se,
-                     lds,
-                     t0,
-                     s0,
-                     a.T,
-                     a.q_offset,
-                     a.window,
-                     a.causal,
-                     b * H * a.T + t0,
-                     a.segment ? a.segment + b * a.T : nullptr};
+        const RowGeom geom = row_geom(a, b, t0, tc, s0, se, lds);
         if (se > 0) {
           GemmArgs s = group_gemm(a.dtype, KV);  // S_g (G tc, se) = scale Q_g K_g^T
           s.a = pq, s.lda = D, s.stride_a = G * tc * D;
@@ -270,17 +270,7 @@ void CudaBackend::attention_backward(const AttentionBackwardArgs& ab) {
         GemmArgs d = s;  // dP_g = dO_g V_g^T
         d.a = pdo, d.b = v + kv0, d.c = pdp, d.alpha = 1.f;
         gemm_ex(d, DType::f32);
-        RowGeom geom{tc,
-                     se,
-                     lds,
-                     t0,
-                     s0,
-                     a.T,
-                     a.q_offset,
-                     a.window,
-                     a.causal,
-                     b * H * a.T + t0,
-                     a.segment ? a.segment + b * a.T : nullptr};
+        const RowGeom geom = row_geom(a, b, t0, tc, s0, se, lds);
         launch("attention_backward", attn_grad_kernel<T>, row_blocks(rows), 128, 0, psc, pdp, pp, pds, a.lse,
                delta.as<const float>(), rows, geom);
         GemmArgs gv = group_gemm(a.dtype, KV);  // dV_g (se, D) += P_g^T dO_g
