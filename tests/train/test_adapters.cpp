@@ -5,6 +5,7 @@
 // adapters and logits written to LMTUNE_ADAPTER_OUT so that the real mlx-lm loads them and compares.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include "autograd/tape.h"
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "io/safetensors.h"
 #include "nn/linear.h"
 #include "tolerance.h"
@@ -360,4 +362,55 @@ TEST(Adapters, DoraNormsWithoutTheFullSumEqualTheReference) {
   ref = nn::dora_row_norms(wd, aq.lora_a, aq.lora_b, aq.scale).to_f32_vector();
   got = nn::dora_row_norms(packed, aq).to_f32_vector();
   for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], 2e-5f * ref[i]) << "quantized row " << i;
+}
+
+// LMTUNE_LORA_16BIT's path on a GPU: ag::lora_add with bf16 x and base output (the adapter's
+// products in bf16 with f32 accumulation, dA and dB written in f32 by cuBLASLt) against the f32 CPU
+// reference on the same bf16-rounded inputs; and nn::lora_forward with the switch on against the
+// default (f32 adapter path) on the GPU. Tolerance: bf16 rounds x A, the sum and dy B^T once each
+// (2^-9 relative), so 2% of the largest element.
+TEST(Adapters, LoraAdd16BitOnCudaAgreesWithF32) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto bf = [](const Tensor& t) { return ops::cast(ops::cast(t, DType::bf16), DType::f32); };  // rounded
+  Tensor x0 = bf(ops::randn({2, 33, 96}, 81)), w0 = bf(ops::randn({80, 96}, 82, 0.1f));
+  Tensor a0 = ops::randn({96, 8}, 83, 0.1f), b0 = ops::randn({8, 80}, 84, 0.1f), dy0 = bf(ops::randn({2, 33, 80}, 85));
+  auto run = [&](Device dev, DType dt) {
+    Tensor x = ag::param(ops::to(x0, dev, dt)), a = ag::param(ops::to(a0, dev)), b = ag::param(ops::to(b0, dev));
+    Tensor y = ag::lora_add(ag::linear(x, ops::to(w0, dev, dt)), x, a, b, 2.5f);
+    ag::backward(y, ops::to(dy0, dev, dt));
+    EXPECT_EQ(ag::grad(a).dtype(), DType::f32);
+    EXPECT_EQ(ag::grad(b).dtype(), DType::f32);
+    return std::vector<std::vector<float>>{host(y), host(ag::grad(x)), host(ag::grad(a)), host(ag::grad(b))};
+  };
+  auto ref = run(Device::cpu, DType::f32), got = run(Device::cuda, DType::bf16);
+  const char* names[] = {"y", "dx", "da", "db"};
+  for (size_t i = 0; i < ref.size(); ++i) {
+    float mx = 0.f;
+    for (float v : ref[i]) mx = std::max(mx, std::fabs(v));
+    expect_close(got[i], ref[i], 2e-2 * mx, 2e-2, names[i]);
+  }
+
+  // The switch: nn::lora_forward on a bf16 GPU layer, the 16-bit path against the f32 one.
+  Tensor w = ops::to(w0, Device::cuda, DType::bf16);
+  nn::LoraAdapter ad = nn::make_lora_adapter(w, nn::AdapterKind::lora, 8, 2.5f, 0.f, 86);
+  Tensor bt = ad.lora_b;
+  ops::copy_into(bt, ops::to(b0, Device::cuda));
+  std::vector<std::vector<float>> out[2];
+  for (int sixteen = 0; sixteen < 2; ++sixteen) {
+    RuntimeConfig rc = runtime_config();
+    rc.lora_16bit = sixteen == 1;
+    ScopedRuntimeConfig scoped(rc);
+    Tensor x = ag::param(ops::to(x0, Device::cuda, DType::bf16));
+    nn::Linear l{w, {}, &ad};
+    Tensor y = l.forward(x);
+    ag::backward(y, ops::to(dy0, Device::cuda, DType::bf16));
+    out[sixteen] = {host(y), host(ag::grad(x)), host(ag::grad(ad.lora_a)), host(ag::grad(ad.lora_b))};
+    ag::zero_grad(ad.lora_a);
+    ag::zero_grad(ad.lora_b);
+  }
+  for (size_t i = 0; i < out[0].size(); ++i) {
+    float mx = 0.f;
+    for (float v : out[0][i]) mx = std::max(mx, std::fabs(v));
+    expect_close(out[1][i], out[0][i], 2e-2 * mx, 2e-2, names[i]);
+  }
 }
