@@ -45,19 +45,11 @@ lmtune="$build/bin/lmtune"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 if ldd "$lmtune" 2>/dev/null | grep -q "not found" && compgen -G "$root/.gpu/debs/*.deb" >/dev/null; then
+  debs=()
   for deb in "$root"/.gpu/debs/*.deb; do
-    [[ $deb == *-dev_* ]] && continue  # headers and static libraries: not needed to run
-    "$py" - "$deb" "$tmp/root" <<'PY' || { echo "profile_lora_gpu: cannot unpack $deb" >&2; exit 1; }
-import io, sys, tarfile
-data = open(sys.argv[1], "rb").read()
-pos = 8
-while pos < len(data):  # an ar archive: its data.tar.* member holds the files
-    name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
-    if name.startswith("data.tar"):
-        tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])).extractall(sys.argv[2], filter="tar")
-    pos += 60 + size + (size & 1)
-PY
+    [[ $deb == *-dev_* ]] || debs+=("$deb")  # headers and static libraries: not needed to run
   done
+  PYTHON="$py" bash "$root/scripts/unpack-debs" "$tmp/root" "${debs[@]}" || exit 1
   libdir="$tmp/root/usr/lib/x86_64-linux-gnu"
   for so in libgfortran.so.5 libquadmath.so.0; do  # the image's own builds of these stay
     if ldconfig -p 2>/dev/null | grep -q "$so "; then rm -f "$libdir/$so" "$libdir/$so".*; fi
