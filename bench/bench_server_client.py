@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+import urllib.request
 
 
 def one(port, body, out, barrier):
@@ -80,6 +81,17 @@ def run(a, c):
             "ttft_p50_s": pct(ttfts, 50), "ttft_p99_s": pct(ttfts, 99)}
 
 
+def step_counters(port):
+    """lmtune's lmtune_batch_*_total counters from /metrics, by the name between the prefix and suffix."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("lmtune_batch_") and "_total " in line:
+            name, value = line.split(" ", 1)
+            out[name[len("lmtune_batch_"):-len("_total")]] = float(value)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, required=True)
@@ -95,16 +107,27 @@ def main():
                          "'{\"generation_config\": \"{\\\"eos_token_id\\\": -1}\"}'; llama-server takes "
                          "'{\"ignore_eos\": true}'")
     ap.add_argument("--json")
+    ap.add_argument("--step-metrics", action="store_true",
+                    help="lmtune server: per load, the step counters of /metrics (forward and host time a step)")
     a = ap.parse_args()
     warm = argparse.Namespace(**{**vars(a), "max_tokens": 8})
     run(warm, 1)  # the first request pays for lazy set-up (plans, graphs)
     results = []
     for c in (int(s) for s in a.streams.split(",")):
+        before = step_counters(a.port) if a.step_metrics else {}
         r = run(a, c)
         results.append(r)
         print(f"streams {c:3d}: {r['tok_s']:8.1f} output tok/s ({r['completion_tokens']} tokens in {r['wall_s']:.2f} s), "
               f"TTFT p50 {r['ttft_p50_s'] * 1e3:.0f} ms, p99 {r['ttft_p99_s'] * 1e3:.0f} ms, prompt {r['prompt_tokens']} "
               f"tokens, {r['ok']} ok, {r['n_errors']} failed {r['errors']}", flush=True)
+        if a.step_metrics:
+            d = {k: v - before.get(k, 0.0) for k, v in step_counters(a.port).items()}
+            steps, dec = d.get("steps", 0), d.get("decode_steps", 0)
+            r["steps"] = {k: round(v, 6) for k, v in d.items()}
+            if steps:
+                print(f"           {steps:.0f} steps: forward {d['forward_seconds'] / steps * 1e3:.2f} ms, host "
+                      f"{d['host_seconds'] / steps * 1e3:.2f} ms a step; {dec:.0f} decode-only steps of "
+                      f"{d['decode_step_seconds'] / max(dec, 1) * 1e3:.2f} ms", flush=True)
     if a.json:
         json.dump(results, open(a.json, "w"), indent=1)
     return 0 if all(r["n_errors"] == 0 for r in results) else 1

@@ -146,11 +146,13 @@ run_peer() {  # name extra-body-json model-field command...
   server_pid=$!
   if wait_ready "$port" "$tmp/$name.log"; then
     echo "ready [$((SECONDS - start)) s]"
-    "$py" "$root/bench/bench_server_client.py" --port "$port" --streams "$streams" --eos-id "$eos" "${client_args[@]}" \
+    local sm=()
+    [[ "$name" == lmtune ]] && sm=(--step-metrics)
+    "$py" "$root/bench/bench_server_client.py" --port "$port" --streams "$streams" --eos-id "$eos" "${client_args[@]}" "${sm[@]}" \
       --model "$mfield" --extra-body "$extra" --json "$tmp/$name.json" ||
       { status=1; notrun[$name]="client errors"; echo "$name's log:"; tail -n 40 "$tmp/$name.log"; }
     [[ "$name" == lmtune ]] && "$py" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" |
-      grep -E "^lmtune_batch_(steps|tokens|graph_steps)_total" || true
+      grep -E "^lmtune_batch_(steps|tokens|graph_steps|forward_seconds|host_seconds|decode_steps|decode_step_seconds)_total" || true
   else
     status=1
     notrun[$name]="the server did not start (log above)"

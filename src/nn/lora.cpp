@@ -107,7 +107,7 @@ Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, A
   }
   Tensor out;
   const RuntimeConfig& rc = runtime_config();
-  if (rc.lora_fused && (dt == DType::f32 || rc.lora_16bit)) {
+  if (rc.lora_fused && (dt == DType::f32 || (rc.lora_16bit && x.is_cuda()))) {
     out = ag::lora_add(y, x, a.lora_a, a.lora_b, a.scale, mask);  // into y: two products, no (..., out) temporary
   } else {
     Tensor xa = ag::lora_down(x, a.lora_a, mask, shared ? shared->f32() : Tensor());  // f32 (..., r)

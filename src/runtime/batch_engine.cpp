@@ -280,6 +280,8 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   const int64_t V = model_->config().n_vocab;
   std::vector<float> host;
   bool graphed = false;
+  const Clock::time_point t0 = Clock::now();
+  const bool decode_only = std::all_of(chunk.begin(), chunk.end(), [](int64_t c) { return c == 0; });
   try {
     Sequence& first = *in_step[0];
     if (in_step.size() == 1 && first.decoding && drafts(first)) return speculative_round(first);
@@ -309,9 +311,11 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     for (Sequence* s : in_step) finish(*s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
     return;
   }
+  const Clock::time_point t1 = Clock::now();
   {
     std::lock_guard<std::mutex> lk(mu_);
     ++stats_.steps;
+    stats_.forward_seconds += std::chrono::duration<double>(t1 - t0).count();
     stats_.step_rows += ids.size();
     stats_.graph_steps += graphed;
     ++stats_.batch_counts[bucket_of(in_step.size())];
@@ -333,6 +337,10 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
       if (!s.done) finish(s, BatchEnd::failed, e.what());
     }
   }
+  const Clock::time_point t2 = Clock::now();
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.host_seconds += std::chrono::duration<double>(t2 - t1).count();
+  if (decode_only) ++stats_.decode_steps, stats_.decode_step_seconds += std::chrono::duration<double>(t2 - t0).count();
 }
 
 bool BatchEngine::after_prefill_chunk(Sequence& s, const float* row) {

@@ -108,6 +108,13 @@ struct BatchStats {
   static constexpr int kBuckets = 9;     // sequences per step <= 1, 2, 4, ..., 128, more
   uint64_t batch_counts[kBuckets] = {};  // per bucket, not cumulative; over: the last
   uint64_t batch_sum = 0;
+  // Where a step's wall time goes: the forward (launches, the device's work and the logits'
+  // copy to the host, which waits for it) and the host's work on its rows after it (sampling, stop
+  // checks, the jobs' callbacks); and of the steps, those that fed decode tokens only (no prompt
+  // chunk), with their whole wall time: their mean is a decoding step's length.
+  double forward_seconds = 0, host_seconds = 0;
+  uint64_t decode_steps = 0;
+  double decode_step_seconds = 0;
   // The prompt cache: lookups at admission, hits among them and the prompt tokens they supplied;
   // entries dropped for the bounds; the entries and bytes held now.
   uint64_t cache_lookups = 0, cache_hits = 0, cache_tokens = 0, cache_evictions = 0;

@@ -93,6 +93,20 @@ std::string Metrics::render(const BatchStats& b, uint64_t model_switches) const 
        std::to_string(b.step_rows));
   line("lmtune_batch_graph_steps_total", "counter", "Steps replayed as a recorded CUDA graph (one sequence alone).",
        std::to_string(b.graph_steps));
+  auto secs = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6f", v);
+    return std::string(buf);
+  };
+  line("lmtune_batch_forward_seconds_total", "counter",
+       "Seconds in batched steps' forwards (launches, device work, the logits' copy to the host).",
+       secs(b.forward_seconds));
+  line("lmtune_batch_host_seconds_total", "counter",
+       "Seconds in batched steps' host work on their rows (sampling, stop checks, callbacks).", secs(b.host_seconds));
+  line("lmtune_batch_decode_steps_total", "counter", "Steps that fed decode tokens only (no prompt chunk).",
+       std::to_string(b.decode_steps));
+  line("lmtune_batch_decode_step_seconds_total", "counter", "Wall seconds of the decode-only steps.",
+       secs(b.decode_step_seconds));
   line("lmtune_prompt_cache_lookups_total", "counter", "Prompts looked up in the prompt cache.",
        std::to_string(b.cache_lookups));
   line("lmtune_prompt_cache_hits_total", "counter", "Prompts that started from a prompt cache entry.",

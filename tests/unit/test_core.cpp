@@ -130,14 +130,14 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
   EXPECT_TRUE(d.lora_fused);
-  EXPECT_FALSE(d.lora_16bit);
+  EXPECT_TRUE(d.lora_16bit);
   env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
          {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
          {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"},
          {"LMTUNE_CUDA_DECODE_SPLIT", "0"},  {"LMTUNE_FUSED_XENT", "0"},
          {"LMTUNE_XENT_CHUNK_ROWS", "300"},  {"LMTUNE_LORA_FUSED", "0"},
-         {"LMTUNE_LORA_16BIT", "1"}};
+         {"LMTUNE_LORA_16BIT", "0"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
@@ -147,7 +147,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(c.fused_xent);
   EXPECT_EQ(c.xent_chunk_rows, 300);
   EXPECT_FALSE(c.lora_fused);
-  EXPECT_TRUE(c.lora_16bit);
+  EXPECT_FALSE(c.lora_16bit);
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
   c = runtime_config_from_env(get);
   EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
