@@ -255,8 +255,10 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
     x = b.mlp.forward(h, decoding, &x1);
   }
   for (const nn::PackedSpan& s : spans) s.cache->advance(s.length);
-  // Only each sequence's last row reaches the head.
+  // Only each sequence's last row reaches the head (every row, without copies, when each
+  // sequence fed one token: a decoding step).
   const int64_t S = int64_t(spans.size());
+  if (S == N) return head_.forward(x).reshape({S, cfg_.n_vocab});
   Tensor rows = x.reshape({N, C});
   Tensor last = ops::empty({S, C}, x.dtype(), x.device());
   for (int64_t i = 0; i < S; ++i) {
