@@ -46,6 +46,11 @@ Tensor scale(const Tensor& x, float s) {
   return record("scale", ops::scale(x, s), {x}, [s](const Tensor& d) { return std::vector<Tensor>{ops::scale(d, s)}; });
 }
 
+Tensor add_scalar(const Tensor& x, float s) {
+  return record("add_scalar", ops::unary(UnaryOp::add_scalar, x, s), {x},
+                [](const Tensor& d) { return std::vector<Tensor>{d}; });
+}
+
 Tensor silu(const Tensor& x) {
   Tensor xd = x.detach();
   return record("silu", ops::unary(UnaryOp::silu, x), {x},

@@ -11,6 +11,7 @@ Tensor add(const Tensor& a, const Tensor& b);  // b may broadcast over a's leadi
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& x, float s);
+Tensor add_scalar(const Tensor& x, float s);  // x + s, rounded to x's dtype
 Tensor silu(const Tensor& x);
 Tensor gelu_tanh(const Tensor& x);
 Tensor sum(const Tensor& x);   // f32 scalar

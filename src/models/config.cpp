@@ -232,15 +232,19 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   c.rms_norm_eps = r.num_or("rms_norm_eps", 1e-6);
   c.max_position_embeddings = r.int_or("max_position_embeddings", 4096);
   c.tie_word_embeddings = r.bool_or("tie_word_embeddings", false);
-  std::string act = r.str_or("hidden_act", "silu");
-  LMT_CHECK(act == "silu", "[config] ", src, ": hidden_act '", act, "' is not supported for ", c.model_type,
-            " (expected silu)");
   c.torch_dtype = r.str_or("torch_dtype", r.str_or("dtype", ""));
   parse_rope(r, c);
   check_bounds(r, c);
   parse_layer_types(r, c);
   parse_quantization(r, c);
   family.parse(r, c);
+  // A family with another activation reads and checks its own field (gemma's hidden_activation);
+  // the others take silu only.
+  if (c.activation == nn::Activation::silu) {
+    std::string act = r.str_or("hidden_act", "silu");
+    LMT_CHECK(act == "silu", "[config] ", src, ": hidden_act '", act, "' is not supported for ", c.model_type,
+              " (expected silu)");
+  }
   return c;
 }
 

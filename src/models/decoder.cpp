@@ -5,12 +5,19 @@
 #include <optional>
 
 #include "autograd/checkpoint.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace lmtune {
 
 namespace {
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+// v as the nearest value of dtype (a constant the reference multiplies in that dtype).
+float round_to(DType dt, float v) {
+  if (dt == DType::bf16) return bf16_to_f32(f32_to_bf16(v));
+  if (dt == DType::f16) return f16_to_f32(f32_to_f16(v));
+  return v;
+}
 }  // namespace
 
 DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
@@ -18,9 +25,7 @@ DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
   auto refuse = [&](bool asked, const char* what) {
     LMT_CHECK(!asked, "[model] ", c.model_type, ": ", what, " is not implemented yet");
   };
-  refuse(c.norm_unit_offset, "norm_unit_offset ((1 + w) norms)");
   refuse(c.sandwich_norms, "sandwich_norms");
-  refuse(c.embed_scale != 1.0, "embed_scale");
   refuse(c.attn_logit_softcap != 0.0, "attn_logit_softcap");
   refuse(c.final_logit_softcap != 0.0, "final_logit_softcap");
   refuse(c.fused_qkv, "fused_qkv");
@@ -93,24 +98,26 @@ void DecoderModel::bind() {
     return l;
   };
   const float eps = float(c.rms_norm_eps);
+  const bool off = c.norm_unit_offset;
   embed_ = {linear("model.embed_tokens")};
+  embed_.scale = round_to(dtype, float(c.embed_scale));
   blocks_.assign(size_t(c.n_layer), {});
   for (int64_t i = 0; i < c.n_layer; ++i) {
     std::string p = layer_prefix(i);
     Block& b = blocks_[size_t(i)];
-    b.attn_norm = {w(p + "input_layernorm.weight"), eps};
+    b.attn_norm = {w(p + "input_layernorm.weight"), eps, off};
     nn::Attention& at = b.attn;
     at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
     at.v = linear(p + "self_attn.v_proj"), at.o = linear(p + "self_attn.o_proj");
     if (c.qk_norm)
-      at.q_norm = {w(p + "self_attn.q_norm.weight"), eps}, at.k_norm = {w(p + "self_attn.k_norm.weight"), eps};
+      at.q_norm = {w(p + "self_attn.q_norm.weight"), eps, off}, at.k_norm = {w(p + "self_attn.k_norm.weight"), eps, off};
     at.inv_freq = &inv_freq_;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
     at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)]};
-    b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps};
+    b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
     b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"), c.activation};
   }
-  head_ = {{w("model.norm.weight"), eps}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
+  head_ = {{w("model.norm.weight"), eps, off}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
 }
 
 Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache,

@@ -3,6 +3,11 @@
 namespace lmtune::nn {
 
 Tensor Embedding::forward(const Tensor& ids) const {
+  Tensor rows = gather(ids);
+  return scale == 1.f ? rows : ag::scale(rows, scale);
+}
+
+Tensor Embedding::gather(const Tensor& ids) const {
   if (!table.scales) return ag::embedding(*table.weight, ids);
   Tensor flat = ids.reshape({ids.numel()});
   Tensor wq = ops::embedding(*table.weight, flat), s = ops::embedding(*table.scales, flat),

@@ -7,9 +7,15 @@ namespace lmtune::nn {
 
 struct Embedding {
   LinearRef table;  // (n_vocab, n_embd), dense or quantized
+  // The rows are multiplied by this (Gemma: sqrt(n_embd), rounded to the model's dtype first as
+  // transformers and mlx-lm do); 1 = left as they are.
+  float scale = 1.f;
   // ids i32 (B, T) on the CPU -> (B, T, n_embd) in the weight's dtype. A quantized table gathers
   // the ids' packed rows and dequantizes only those (frozen: no gradient).
   Tensor forward(const Tensor& ids) const;
+
+ private:
+  Tensor gather(const Tensor& ids) const;  // the rows, unscaled
 };
 
 struct LmHead {

@@ -9,9 +9,14 @@ namespace lmtune::nn {
 struct RmsNorm {
   const Tensor* weight = nullptr;  // (n) the model's dtype; null = no norm here
   float eps = 1e-6f;
+  // Gemma's norms scale by (1 + w): the stored weight is the offset from one. 1 + w is formed in
+  // the weight's dtype at each call (as mlx-lm's fast.rms_norm(x, 1.0 + w)), so that a trained
+  // norm's gradient reaches w.
+  bool unit_offset = false;
 
   bool defined() const { return weight != nullptr; }
   Tensor forward(const Tensor& x) const;
+  Tensor scale() const;  // the weight the norm multiplies by: w, or 1 + w
   // (x + y, norm(x + y)): the residual add and the norm after it. While decoding (a few rows, no
   // autograd) one fused kernel does both where the backend has one; the same values either way.
   std::pair<Tensor, Tensor> add_forward(const Tensor& x, const Tensor& y, bool decoding) const;

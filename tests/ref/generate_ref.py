@@ -17,7 +17,7 @@ import sys
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
-from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig,
+from transformers import (AutoTokenizer, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
@@ -34,6 +34,9 @@ CASES = {
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(
         vocab_size=91, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6)),
+    "gemma": (GemmaConfig, GemmaForCausalLM, dict(
+        vocab_size=87, hidden_size=40, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32)),
 }
 NEW_TOKENS = 24
 

@@ -15,8 +15,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 CASES = {
     # Grouped-query attention, untied, odd sizes.
@@ -57,6 +57,16 @@ CASES = {
         vocab_size=59, hidden_size=36, intermediate_size=60, num_hidden_layers=3,
         num_attention_heads=6, num_key_value_heads=3, head_dim=8, tie_word_embeddings=True,
         attention_bias=True, use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    # Gemma: (1 + w) norms, sqrt(hidden) embedding scale, GeGLU (tanh), tied; one kv head and a
+    # head_dim wider than hidden / heads, as the 2B model has.
+    "gemma_mqa": (GemmaConfig, GemmaForCausalLM, dict(
+        vocab_size=73, hidden_size=40, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, hidden_act="gelu_pytorch_tanh")),
+    # Untied head, GQA, the legacy hidden_act "gelu" (read as the tanh approximation).
+    "gemma_untied_gqa": (GemmaConfig, GemmaForCausalLM, dict(
+        vocab_size=57, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+        hidden_act="gelu", rope_theta=1e4)),
 }
 
 B, T = 2, 11

@@ -212,5 +212,5 @@ TEST_P(GreedyRef, EqualsTransformersGenerate) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, GreedyRef, ::testing::Values("llama", "mistral_window", "qwen2", "qwen3"),
+INSTANTIATE_TEST_SUITE_P(Families, GreedyRef, ::testing::Values("llama", "mistral_window", "qwen2", "qwen3", "gemma"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
