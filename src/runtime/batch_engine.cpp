@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "backend/cpu/parallel.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "ops/ops.h"
@@ -312,6 +313,28 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     return;
   }
   const Clock::time_point t1 = Clock::now();
+  // The decoding rows' samplers (each sequence's own: its logits, penalties, RNG) run over the CPU's
+  // worker pool, idle between forwards; the choices then go through after_token one by one, on this
+  // thread, in row order. Rows with a constraint sample on this thread too (a constraint may build
+  // shared tables on first use).
+  std::vector<int32_t> chosen(in_step.size(), -1);
+  std::vector<std::string> sample_error(in_step.size());
+  std::vector<size_t> pooled;
+  auto sample_row = [&](size_t i) {
+    Sequence& s = *in_step[i];
+    try {
+      const float* row = host.data() + i * size_t(V);
+      std::vector<float> logits(row, row + V);
+      chosen[i] = s.sampler.sample(logits, s.history);
+    } catch (const std::exception& e) {
+      sample_error[i] = e.what();
+    }
+  };
+  for (size_t i = 0; i < in_step.size(); ++i)
+    if (chunk[i] == 0 && !in_step[i]->sampler.constraint()) pooled.push_back(i);
+  cpu::parallel_rows(int64_t(pooled.size()), int64_t(pooled.size()) * V >> 14, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) sample_row(pooled[size_t(r)]);
+  });
   {
     std::lock_guard<std::mutex> lk(mu_);
     ++stats_.steps;
@@ -327,8 +350,9 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     try {
       if (chunk[i] == 0) {
         ++s.decode_feeds;
-        std::vector<float> logits(row, row + V);
-        after_token(s, s.sampler.sample(logits, s.history));
+        if (chosen[i] < 0 && sample_error[i].empty()) sample_row(i);  // a constrained row
+        if (!sample_error[i].empty()) throw Error(sample_error[i]);
+        after_token(s, chosen[i]);
       } else {
         s.out.prompt_fed += chunk[i];
         after_prefill_chunk(s, row);
