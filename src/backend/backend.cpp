@@ -40,6 +40,8 @@ void Backend::graph_begin() { missing("graph_begin"); }
 void* Backend::graph_end() { missing("graph_end"); }
 void Backend::graph_launch(void*) { missing("graph_launch"); }
 void Backend::graph_free(void*) { missing("graph_free"); }
+void Backend::graph_track_rows() { missing("graph_track_rows"); }
+bool Backend::graph_set_rows(void*, size_t, const DecodeRows&) { missing("graph_set_rows"); }
 void Backend::dequantize_affine(const uint32_t*, const void*, const void*, void*, int64_t, int64_t, int, int, DType) {
   missing("dequantize_affine");
 }

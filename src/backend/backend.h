@@ -173,6 +173,15 @@ class Backend {
                               float scale, int64_t window, DType dt) {
     return false;
   }
+  // A recorded step whose decoding rows change between replays (runtime/batch_graph.h). Called
+  // right after graph_begin, graph_track_rows makes the capture remember each rope_append_rows
+  // and attention_rows launch in order; graph_rows says how many a recorded graph holds, and
+  // graph_set_rows(graph, i, rows) gives the i-th of them new rows (positions and cache planes,
+  // the same n) for the replays that follow. False when the recorded launch cannot take them
+  // (its work split was sized for other positions): record again.
+  virtual void graph_track_rows();
+  virtual size_t graph_rows(void* graph) const { return 0; }
+  virtual bool graph_set_rows(void* graph, size_t i, const DecodeRows& rows);
   // sum (rows, dim) = x + y (rounded to dt); out = rms_norm(sum) * w, as add then rms_norm.
   virtual bool add_rms_norm(const void* x, const void* y, const void* w, void* sum, void* out, int64_t rows,
                             int64_t dim, float eps, DType dt) {

@@ -11,6 +11,7 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "ops/ops.h"
+#include "runtime/batch_graph.h"
 #include "runtime/decode_graph.h"
 #include "runtime/kv_cache.h"
 
@@ -137,6 +138,7 @@ void BatchEngine::loop() {
       if (stop_) break;
       if (switch_to_ && active.empty() && waiting.empty() && incoming_.empty()) {
         model_ = switch_to_;
+        batch_graphs_.clear();  // recorded for the old model's weights
         cache_key_ = std::move(switch_key_);
         switch_to_ = nullptr;
         if (model_->device() == Device::cpu) allocator(Device::cpu).empty_cache();
@@ -298,6 +300,27 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
           std::fprintf(stderr, "[batch] decoding without a CUDA graph: %s\n", e.what());
           first.graph.reset();
           first.graph_off = true;
+        }
+      }
+    }
+    // Decoding rows only, 2 to 64 of them: the recorded step for that many.
+    if (!graphed && decode_only && in_step.size() >= 2 && opts_.decode_graph && !batch_graph_off_) {
+      std::vector<DenseKVCache*> caches;
+      for (Sequence* s : in_step) caches.push_back(s->cache.get());
+      if (BatchGraph::usable(*model_, caches)) {
+        const int64_t n = int64_t(in_step.size());
+        auto it = batch_graphs_.find(n);
+        if (it == batch_graphs_.end()) {
+          if (batch_graphs_.size() >= kBatchGraphs) batch_graphs_.erase(batch_graphs_.begin());
+          it = batch_graphs_.emplace(n, std::make_unique<BatchGraph>(*model_, n)).first;
+        }
+        try {
+          host = it->second->step(ids, caches);
+          graphed = true;
+        } catch (const Error& e) {  // recording failed (the caches are as they were): eager from now on
+          std::fprintf(stderr, "[batch] batched decoding without a CUDA graph: %s\n", e.what());
+          batch_graphs_.clear();
+          batch_graph_off_ = true;
         }
       }
     }

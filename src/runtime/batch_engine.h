@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,12 +25,16 @@
 
 namespace lmtune {
 
+class BatchGraph;
+
 struct BatchEngineOptions {
   int64_t decode_concurrency = 32;   // sequences admitted at once (prefilling or decoding)
   int64_t prompt_concurrency = 8;    // of those, at most this many prefilling at once
   int64_t prefill_step_size = 2048;  // prompt tokens per step, over all prefilling sequences
   int64_t kv_block = 256;            // a sequence's cache grows by this many positions at a time
-  bool decode_graph = true;          // one sequence decoding alone replays the recorded step (CUDA)
+  // CUDA: a step of decoding rows only replays a recorded one (runtime/decode_graph.h for a
+  // sequence alone, runtime/batch_graph.h for 2 to 64 together).
+  bool decode_graph = true;
   // The prompt cache (runtime/prompt_cache.h): a finished sequence's KV cache is kept under its
   // tokens; a new prompt sharing a prefix starts from a copy of it. max_entries 0 (here the
   // default; the server's is 10): off.
@@ -104,7 +109,7 @@ struct BatchStats {
   int64_t waiting = 0, prefilling = 0, decoding = 0;
   uint64_t steps = 0;                    // forward steps run
   uint64_t step_rows = 0;                // tokens over all steps
-  uint64_t graph_steps = 0;              // of the steps, recorded-graph replays (one sequence alone)
+  uint64_t graph_steps = 0;              // of the steps, recorded-graph replays (alone or n together)
   static constexpr int kBuckets = 9;     // sequences per step <= 1, 2, 4, ..., 128, more
   uint64_t batch_counts[kBuckets] = {};  // per bucket, not cumulative; over: the last
   uint64_t batch_sum = 0;
@@ -179,6 +184,11 @@ class BatchEngine {
   BatchStats stats_;          // under mu_
   PromptCache prompt_cache_;  // the scheduler thread's only
   std::string cache_key_;     // the scheduler thread's only: the current model's prompt cache key
+  // The scheduler thread's only: recorded batched decoding steps by their sequence count (at most
+  // kBatchGraphs kept), and whether recording one failed (then batched steps stay eager).
+  static constexpr size_t kBatchGraphs = 16;
+  std::map<int64_t, std::unique_ptr<BatchGraph>> batch_graphs_;
+  bool batch_graph_off_ = false;
   std::thread thread_;
 };
 

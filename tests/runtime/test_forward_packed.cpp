@@ -1,7 +1,8 @@
 // Model::forward_packed against each sequence run alone (Model::forward with its own cache), on
 // sequences that join at different steps, at different positions, mixing prefill chunks and decode
 // tokens in one step. Dense f32, f32 with q/k norms, and 4-bit quantized on the CPU; the same on
-// CUDA (f32 weights) in the gpu-labelled binary (LMTUNE_PACKED_CUDA), which skips without a GPU.
+// CUDA (f32 weights) in the gpu-labelled binary (LMTUNE_PACKED_CUDA), which skips without a GPU;
+// there also the recorded batched step (BatchGraph) against the eager one.
 //
 // Not bit for bit: alone, a decode step's projections are one-row products (OpenBLAS's GEMV; the
 // fused decode kernels), while packed they are rows of a larger GEMM, which sums in another order.
@@ -12,11 +13,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
 
 #include "backend/backend.h"
 #include "batch_fixture.h"
 #include "core/error.h"
 #include "ops/ops.h"
+#include "runtime/batch_graph.h"
 #include "runtime/sampler.h"
 #include "tolerance.h"
 
@@ -173,4 +177,70 @@ TEST(ForwardPacked, DecodeRowsOnlyWhereTheBackendHasThem) {
     EXPECT_FALSE(ops::decode_rows_attention(q, k, bad_v, inv, rows, 0.125f, 0, out));
   else
     EXPECT_THROW(ops::decode_rows_attention(q, k, bad_v, inv, rows, 0.125f, 0, out), Error);
+}
+
+// runtime/batch_graph.h: decoding steps of n sequences replayed from a recording against the eager
+// forward_packed of the same steps on a second set of caches. The same kernels on the same inputs,
+// so equal bit for bit; over 70 steps the caches grow (16 positions at a time, so their planes
+// move between replays), the tiny model's attention changes its split of the keys as they lengthen
+// (recorded again), and the set of sequences changes (another n). Dense and 4-bit weights.
+TEST(BatchGraph, ReplaysEqualEagerSteps) {
+  if (kDevice != Device::cuda || !cuda_available()) GTEST_SKIP() << "CUDA only (the CPU has no graphs)";
+  for (int bits : {0, 4}) {
+    auto model = tiny_model({kDevice, kDtype, bits, false});
+    const int64_t V = model->config().n_vocab;
+    const std::vector<std::vector<int32_t>> prompts = {tokens(5, 1), tokens(30, 2), tokens(61, 3)};
+    auto prefilled = [&] {
+      std::vector<std::unique_ptr<DenseKVCache>> cs;
+      for (const auto& p : prompts) {
+        cs.push_back(std::make_unique<DenseKVCache>(model->config(), kDevice, kDtype, 1, 0, 4, 16));
+        (void)model->forward(Tensor::from_i32(p, {1, int64_t(p.size())}), *cs.back(), true);
+      }
+      return cs;
+    };
+    auto eager = prefilled(), graphed = prefilled();
+    std::map<size_t, std::unique_ptr<BatchGraph>> graphs;
+    int64_t recordings = 0;
+    for (int step = 0; step < 70; ++step) {
+      const size_t n = step < 40 ? 3 : 2;  // from step 40 the first sequence has ended
+      std::vector<int32_t> ids;
+      std::vector<PackedSequence> seqs;
+      std::vector<DenseKVCache*> caches;
+      for (size_t j = prompts.size() - n; j < prompts.size(); ++j) {
+        ids.push_back(int32_t((step * 7 + int(j) * 13) % V));
+        seqs.push_back({1, eager[j].get()});
+        caches.push_back(graphed[j].get());
+      }
+      ASSERT_TRUE(BatchGraph::usable(*model, caches));
+      std::vector<float> want = host_f32(model->forward_packed(Tensor::from_i32(ids, {1, int64_t(n)}), seqs));
+      auto& g = graphs[n];
+      if (!g) g = std::make_unique<BatchGraph>(*model, int64_t(n));
+      std::vector<float> got = g->step(ids, caches);
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_EQ(got, want) << bits << "-bit step " << step;
+      for (size_t j = prompts.size() - n; j < prompts.size(); ++j)
+        EXPECT_EQ(graphed[j]->offset(), eager[j]->offset()) << "step " << step;
+    }
+    for (auto& [n, g] : graphs) {
+      recordings += g->recordings();
+      EXPECT_GT(g->replays(), 20) << n << " sequences";
+    }
+    std::printf("%d-bit: %lld recordings for %zu sequence counts\n", bits, (long long)recordings, graphs.size());
+    EXPECT_GT(recordings, int64_t(graphs.size())) << "the attention's split changed at least once";
+  }
+}
+
+TEST(BatchGraph, RefusesWhatItCannotRecord) {
+  if (kDevice != Device::cuda || !cuda_available()) GTEST_SKIP() << "CUDA only (the CPU has no graphs)";
+  auto model = tiny_model({kDevice, kDtype, 0, false});
+  DenseKVCache a(model->config(), kDevice, kDtype), b(model->config(), kDevice, kDtype);
+  DenseKVCache rotating(model->config(), kDevice, kDtype, 1, 64);
+  EXPECT_TRUE(BatchGraph::usable(*model, {&a, &b}));
+  EXPECT_FALSE(BatchGraph::usable(*model, {&a}));             // one sequence: DecodeGraph's
+  EXPECT_FALSE(BatchGraph::usable(*model, {&a, &rotating}));  // a rotating cache
+  EXPECT_THROW(BatchGraph(*model, 1), Error);
+  BatchGraph g(*model, 2);
+  EXPECT_THROW(g.step({1, 2, 3}, {&a, &b}), Error);              // three ids for two sequences
+  EXPECT_THROW(g.step({1, int32_t(model->config().n_vocab)}, {&a, &b}), Error);  // outside the vocabulary
+  EXPECT_EQ(a.offset(), 0);
 }

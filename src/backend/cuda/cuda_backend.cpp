@@ -110,28 +110,85 @@ void CudaBackend::synchronize() { LMT_CUDA_CHECK(cudaStreamSynchronize(stream_))
 // Relaxed capture: the caching allocator may cudaMalloc a new block while a decode step is being
 // recorded (the block then belongs to the graph until it is freed; see CachingAllocator::hold).
 // The recorded kernels go out with programmatic dependent launch (see pdl()).
+namespace {
+// What graph_end hands out: the instantiated graph and, when rows were tracked, the graph it came
+// from (its nodes name the launches to update) and those launches.
+struct RecordedGraph {
+  cudaGraphExec_t exec = nullptr;
+  cudaGraph_t graph = nullptr;
+  std::vector<CudaBackend::TrackedRows> rows;
+};
+}  // namespace
+
 void CudaBackend::graph_begin() {
   LMT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
   pdl_ = cc_major_ >= 9 && runtime_config().cuda_pdl;
+  track_rows_ = false;
+  tracked_.clear();
+}
+
+void CudaBackend::graph_track_rows() { track_rows_ = true; }
+
+void CudaBackend::track_rows_launch(TrackedRows t) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaGraphNode_t* deps = nullptr;
+  size_t n = 0;
+  LMT_CUDA_CHECK(cudaStreamGetCaptureInfo(stream_, &status, nullptr, nullptr, &deps, nullptr, &n));
+  LMT_CHECK(status == cudaStreamCaptureStatusActive && n == 1, "[cuda] a tracked rows launch outside a capture");
+  t.node = deps[0];
+  tracked_.push_back(std::move(t));
 }
 
 void* CudaBackend::graph_end() {
   pdl_ = false;
-  cudaGraph_t graph = nullptr;
-  LMT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-  cudaGraphExec_t exec = nullptr;
-  cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-  cudaGraphDestroy(graph);
+  const bool tracked = track_rows_;
+  track_rows_ = false;
+  auto rec = std::make_unique<RecordedGraph>();
+  rec->rows = std::move(tracked_);
+  tracked_.clear();
+  LMT_CUDA_CHECK(cudaStreamEndCapture(stream_, &rec->graph));
+  cudaError_t e = cudaGraphInstantiate(&rec->exec, rec->graph, 0);
+  if (e == cudaSuccess && tracked) {
+    // Each tracked node's launch as recorded (kernel, grid, block, shared memory), its arguments
+    // from now on read from our copies.
+    for (TrackedRows& t : rec->rows) {
+      e = cudaGraphKernelNodeGetParams(t.node, &t.params);
+      if (e != cudaSuccess) break;
+      t.params.kernelParams = t.arg_ptrs.data();
+      t.params.extra = nullptr;
+    }
+  }
+  if (!tracked || e != cudaSuccess) {
+    cudaGraphDestroy(rec->graph);
+    rec->graph = nullptr;
+    rec->rows.clear();
+  }
+  if (e != cudaSuccess && rec->exec) cudaGraphExecDestroy(rec->exec);
   LMT_CUDA_CHECK(e);
-  return exec;
+  return rec.release();
 }
 
 void CudaBackend::graph_launch(void* graph) {
-  LMT_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), stream_));
+  LMT_CUDA_CHECK(cudaGraphLaunch(static_cast<RecordedGraph*>(graph)->exec, stream_));
 }
 
 void CudaBackend::graph_free(void* graph) {
-  if (graph) LMT_CUDA_CHECK(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph)));
+  if (!graph) return;
+  std::unique_ptr<RecordedGraph> rec(static_cast<RecordedGraph*>(graph));
+  if (rec->graph) cudaGraphDestroy(rec->graph);
+  LMT_CUDA_CHECK(cudaGraphExecDestroy(rec->exec));
+}
+
+size_t CudaBackend::graph_rows(void* graph) const { return graph ? static_cast<RecordedGraph*>(graph)->rows.size() : 0; }
+
+bool CudaBackend::graph_set_rows(void* graph, size_t i, const DecodeRows& rows) {
+  auto* rec = static_cast<RecordedGraph*>(graph);
+  LMT_CHECK(rec && i < rec->rows.size(), "[cuda] graph_set_rows: launch ", i, " of ", rec ? rec->rows.size() : 0);
+  TrackedRows& t = rec->rows[i];
+  if (rows.n != t.rows->n || (t.accepts && !t.accepts(rows))) return false;
+  *t.rows = rows;
+  LMT_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(rec->exec, t.node, &t.params));
+  return true;
 }
 
 }  // namespace lmtune

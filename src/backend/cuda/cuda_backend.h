@@ -7,10 +7,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -114,6 +116,23 @@ class CudaBackend final : public Backend {
   void* graph_end() override;
   void graph_launch(void* graph) override;
   void graph_free(void* graph) override;
+  void graph_track_rows() override;
+  size_t graph_rows(void* graph) const override;
+  bool graph_set_rows(void* graph, size_t i, const DecodeRows& rows) override;
+  // A rows kernel (rope_append_rows, attention_rows) launched into a capture that tracks rows: its
+  // arguments kept by value in args, arg_ptrs pointing at each, rows the DecodeRows among them;
+  // accepts (may be null) says whether new rows fit the launch as recorded.
+  struct TrackedRows {
+    cudaGraphNode_t node = nullptr;
+    cudaKernelNodeParams params{};
+    std::shared_ptr<void> args;
+    std::vector<void*> arg_ptrs;
+    DecodeRows* rows = nullptr;
+    std::function<bool(const DecodeRows&)> accepts;
+  };
+  bool tracking_rows() const { return track_rows_; }
+  // Called right after the launch: its node is the capture's last one.
+  void track_rows_launch(TrackedRows t);
   bool gemv_group(const void* x, const void* const* ws, void* const* ys, const int64_t* ns, int count, int64_t M,
                   int64_t K, DType dt) override;
   bool gemv_swiglu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t M, int64_t N, int64_t K,
@@ -170,6 +189,8 @@ class CudaBackend final : public Backend {
   int sm_count_ = 1;
   int cc_major_ = 0;
   bool pdl_ = false;
+  bool track_rows_ = false;
+  std::vector<TrackedRows> tracked_;  // the capture's, until graph_end hands them to its graph
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;

@@ -254,6 +254,19 @@ bool CudaBackend::attention_rows(const void* q, void* out, const DecodeRows& row
   p.part = part.as<float>();
   p.part_ml = p.part + n * p.splits * D;
   launch_split_for<true>(p, rows.n);
+  if (tracking_rows()) {  // a recorded batched step: new rows must keep this split (and its scratch)
+    auto a = std::make_shared<SplitParams>(p);
+    TrackedRows t;
+    t.arg_ptrs = {a.get()};
+    t.rows = &a->rows;
+    t.accepts = [n, window, splits = p.splits](const DecodeRows& r) {
+      int64_t longest = 1;
+      for (int i = 0; i < r.n; ++i) longest = std::max<int64_t>(longest, int64_t(r.pos[i]) + 1);
+      return split_count(n, window > 0 ? std::min(longest, window) : longest) == splits;
+    };
+    t.args = a;
+    track_rows_launch(std::move(t));
+  }
   return true;
 }
 

@@ -336,6 +336,22 @@ bool CudaBackend::rope_append_rows(const void* q, const void* k, const void* v, 
     launch("rope_append_rows", rope_append_rows_kernel<S>, grid_for(int64_t(rows.n) * (H + 2 * KV) * (D / 2)), kThreads,
            0, static_cast<const S*>(q), static_cast<const S*>(k), static_cast<const S*>(v), static_cast<S*>(q_out),
            inv_freq, H, KV, D, rows);
+    if (tracking_rows()) {  // a recorded batched step: its rows are set again before each replay
+      struct Args {
+        const S *q, *k, *v;
+        S* q_out;
+        const float* inv_freq;
+        int64_t H, KV, D;
+        DecodeRows rows;
+      };
+      auto a = std::make_shared<Args>(Args{static_cast<const S*>(q), static_cast<const S*>(k),
+                                           static_cast<const S*>(v), static_cast<S*>(q_out), inv_freq, H, KV, D, rows});
+      TrackedRows t;
+      t.arg_ptrs = {&a->q, &a->k, &a->v, &a->q_out, &a->inv_freq, &a->H, &a->KV, &a->D, &a->rows};
+      t.rows = &a->rows;
+      t.args = a;
+      track_rows_launch(std::move(t));
+    }
   });
   return true;
 }
