@@ -13,8 +13,8 @@ namespace lmtune {
 // the released files, which transformers reads as the tanh approximation too (mlx-lm's gemma takes
 // the exact erf gelu there, a small difference from the checkpoints' own definition).
 void parse_gemma_activation(const ConfigReader& r, ModelConfig& c) {
-  const char* key = r.has("hidden_activation") && !r.j.at("hidden_activation").is_null() ? "hidden_activation"
-                                                                                           : "hidden_act";
+  const char* key =
+      r.has("hidden_activation") && !r.j.at("hidden_activation").is_null() ? "hidden_activation" : "hidden_act";
   const std::string act = r.str_or(key, "gelu_pytorch_tanh");
   LMT_CHECK(act == "gelu_pytorch_tanh" || act == "gelu", "[config] ", r.src, ": ", key, " '", act,
             "' is not supported for ", c.model_type, " (expected gelu_pytorch_tanh)");

@@ -91,7 +91,8 @@ std::string Metrics::render(const BatchStats& b, uint64_t model_switches) const 
   line("lmtune_batch_steps_total", "counter", "Batched forward steps run.", std::to_string(b.steps));
   line("lmtune_batch_tokens_total", "counter", "Tokens fed over all steps (decode tokens and prefill chunks).",
        std::to_string(b.step_rows));
-  line("lmtune_batch_graph_steps_total", "counter", "Steps replayed as a recorded CUDA graph (a sequence alone, or 2 to 64 decoding together).",
+  line("lmtune_batch_graph_steps_total", "counter",
+       "Steps replayed as a recorded CUDA graph (a sequence alone, or 2 to 64 decoding together).",
        std::to_string(b.graph_steps));
   auto secs = [](double v) {
     char buf[32];

@@ -240,7 +240,7 @@ TEST(BatchGraph, RefusesWhatItCannotRecord) {
   EXPECT_FALSE(BatchGraph::usable(*model, {&a, &rotating}));  // a rotating cache
   EXPECT_THROW(BatchGraph(*model, 1), Error);
   BatchGraph g(*model, 2);
-  EXPECT_THROW(g.step({1, 2, 3}, {&a, &b}), Error);              // three ids for two sequences
+  EXPECT_THROW(g.step({1, 2, 3}, {&a, &b}), Error);                              // three ids for two sequences
   EXPECT_THROW(g.step({1, int32_t(model->config().n_vocab)}, {&a, &b}), Error);  // outside the vocabulary
   EXPECT_EQ(a.offset(), 0);
 }

@@ -179,7 +179,9 @@ void CudaBackend::graph_free(void* graph) {
   LMT_CUDA_CHECK(cudaGraphExecDestroy(rec->exec));
 }
 
-size_t CudaBackend::graph_rows(void* graph) const { return graph ? static_cast<RecordedGraph*>(graph)->rows.size() : 0; }
+size_t CudaBackend::graph_rows(void* graph) const {
+  return graph ? static_cast<RecordedGraph*>(graph)->rows.size() : 0;
+}
 
 bool CudaBackend::graph_set_rows(void* graph, size_t i, const DecodeRows& rows) {
   auto* rec = static_cast<RecordedGraph*>(graph);

@@ -344,8 +344,8 @@ bool CudaBackend::rope_append_rows(const void* q, const void* k, const void* v, 
         int64_t H, KV, D;
         DecodeRows rows;
       };
-      auto a = std::make_shared<Args>(Args{static_cast<const S*>(q), static_cast<const S*>(k),
-                                           static_cast<const S*>(v), static_cast<S*>(q_out), inv_freq, H, KV, D, rows});
+      auto a = std::make_shared<Args>(Args{static_cast<const S*>(q), static_cast<const S*>(k), static_cast<const S*>(v),
+                                           static_cast<S*>(q_out), inv_freq, H, KV, D, rows});
       TrackedRows t;
       t.arg_ptrs = {&a->q, &a->k, &a->v, &a->q_out, &a->inv_freq, &a->H, &a->KV, &a->D, &a->rows};
       t.rows = &a->rows;
