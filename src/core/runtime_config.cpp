@@ -49,6 +49,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_decode_split = read_switch("LMTUNE_CUDA_DECODE_SPLIT", var("LMTUNE_CUDA_DECODE_SPLIT"), d.cuda_decode_split);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
+  c.cuda_batch_graph = read_switch("LMTUNE_CUDA_BATCH_GRAPH", var("LMTUNE_CUDA_BATCH_GRAPH"), d.cuda_batch_graph);
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);
   c.group_gate_up = read_switch("LMTUNE_GROUP_GATE_UP", var("LMTUNE_GROUP_GATE_UP"), d.group_gate_up);
   c.fused_epilogues = read_switch("LMTUNE_FUSED_EPILOGUES", var("LMTUNE_FUSED_EPILOGUES"), d.fused_epilogues);

@@ -14,6 +14,9 @@ struct RuntimeConfig {
   bool cuda_decode_split = true;
   int64_t attn_chunk_rows = 0;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS: most query rows per gemm-path chunk (0: no cap)
   bool cuda_graph = true;       // LMTUNE_CUDA_GRAPH=0: decode runs eagerly, no recorded CUDA graph
+  // LMTUNE_CUDA_BATCH_GRAPH=1: the server's batched decoding steps (2-64 sequences) replay a recorded
+  // CUDA graph (runtime/batch_graph.h). Off until its GPU tests and figures have run on a GPU.
+  bool cuda_batch_graph = false;
   // LMTUNE_CUDA_PDL=1: a recorded decode step's kernels go out with programmatic dependent launch
   // (off by default: a 4-bit Mistral-7B decoded 3% slower with it on the H200; bench/NOTES.md).
   bool cuda_pdl = false;

@@ -10,6 +10,7 @@
 #include "backend/cpu/parallel.h"
 #include "core/allocator.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "ops/ops.h"
 #include "runtime/batch_graph.h"
 #include "runtime/decode_graph.h"
@@ -304,7 +305,8 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
       }
     }
     // Decoding rows only, 2 to 64 of them: the recorded step for that many.
-    if (!graphed && decode_only && in_step.size() >= 2 && opts_.decode_graph && !batch_graph_off_) {
+    if (!graphed && decode_only && in_step.size() >= 2 && opts_.decode_graph && runtime_config().cuda_batch_graph &&
+        !batch_graph_off_) {
       std::vector<DenseKVCache*> caches;
       for (Sequence* s : in_step) caches.push_back(s->cache.get());
       if (BatchGraph::usable(*model_, caches)) {

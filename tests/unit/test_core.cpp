@@ -131,13 +131,14 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(d.xent_chunk_rows, 0);
   EXPECT_TRUE(d.lora_fused);
   EXPECT_TRUE(d.lora_16bit);
+  EXPECT_FALSE(d.cuda_batch_graph);
   env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
          {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
          {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"},
          {"LMTUNE_CUDA_DECODE_SPLIT", "0"},  {"LMTUNE_FUSED_XENT", "0"},
          {"LMTUNE_XENT_CHUNK_ROWS", "300"},  {"LMTUNE_LORA_FUSED", "0"},
-         {"LMTUNE_LORA_16BIT", "0"}};
+         {"LMTUNE_LORA_16BIT", "0"},         {"LMTUNE_CUDA_BATCH_GRAPH", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
@@ -148,6 +149,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(c.xent_chunk_rows, 300);
   EXPECT_FALSE(c.lora_fused);
   EXPECT_FALSE(c.lora_16bit);
+  EXPECT_TRUE(c.cuda_batch_graph);
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
   c = runtime_config_from_env(get);
   EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
@@ -156,7 +158,7 @@ TEST(RuntimeConfig, FromEnvironment) {
       {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},           {"LMTUNE_GROUP_GATE_UP", "2"},
       {"LMTUNE_CUDA_QGEMV_VARIANT", "8"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
       {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"},  {"LMTUNE_FUSED_XENT", "off"},        {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
-      {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"}};
+      {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"},          {"LMTUNE_CUDA_BATCH_GRAPH", "on"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {
