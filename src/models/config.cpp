@@ -56,58 +56,79 @@ std::string rope_type_of(const ConfigReader& s, const char* field) {
   return type;
 }
 
-void parse_rope(const ConfigReader& r, ModelConfig& c) {
-  // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files write
-  // rope_theta and rope_scaling {type | rope_type, factor, ...}. A file with both is read from
-  // rope_parameters, but rope_scaling must agree: mlx-lm reads only rope_scaling, so a scaling
-  // ignored here would give another model there.
-  const json& j = r.j;
-  auto object = [&](const char* key) {
-    if (!j.contains(key) || j[key].is_null()) return static_cast<const json*>(nullptr);
-    LMT_CHECK(j[key].is_object(), "[config] ", r.src, ": field '", key, "' must be an object, got ", j[key].dump());
-    return &j[key];
-  };
-  const json* params = object("rope_parameters");
-  const json* legacy = object("rope_scaling");
-  const json* scaling = params ? params : legacy;
-  const char* field = params ? "rope_parameters" : "rope_scaling";
-  c.rope.theta = r.num_or("rope_theta", 10000.0);
-  if (!scaling) return;
-  ConfigReader s{*scaling, r.src};
+// One rotary setting from a rope_parameters (or rope_scaling) object, over `out` (whose theta is the
+// default when the object has none). field names the object in errors.
+void read_rope(const ConfigReader& s, const char* field, int64_t max_position, RopeConfig& out) {
   const std::string type = rope_type_of(s, field);
-  if (params && legacy) {
-    const std::string other = rope_type_of(ConfigReader{*legacy, r.src}, "rope_scaling");
-    LMT_CHECK(other == type, "[config] ", r.src, ": rope_parameters has rope type '", type, "' but rope_scaling has '",
-              other, "'; remove the one that is wrong");
-  }
-  c.rope.theta = s.num_or("rope_theta", c.rope.theta);
-  c.rope.type = type;
+  out.theta = s.num_or("rope_theta", out.theta);
+  out.type = type;
   // transformers' rope validation: each type's keys must be there (no silent defaults).
   auto need = [&](const char* key) {
-    LMT_CHECK(s.has(key), "[config] ", r.src, ": ", field, " of type '", type, "' needs '", key, "'");
+    LMT_CHECK(s.has(key), "[config] ", s.src, ": ", field, " of type '", type, "' needs '", key, "'");
   };
   if (type == "linear" || type == "llama3") need("factor");
   if (type == "llama3")
     for (const char* k : {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) need(k);
-  c.rope.factor = s.num_or("factor", 1.0);
-  c.rope.low_freq_factor = s.num_or("low_freq_factor", 1.0);
-  c.rope.high_freq_factor = s.num_or("high_freq_factor", 4.0);
-  c.rope.original_max_position_embeddings = c.max_position_embeddings;  // checked by check_bounds
+  out.factor = s.num_or("factor", 1.0);
+  out.low_freq_factor = s.num_or("low_freq_factor", 1.0);
+  out.high_freq_factor = s.num_or("high_freq_factor", 4.0);
+  out.original_max_position_embeddings = max_position;  // checked by check_bounds
   if (s.has("original_max_position_embeddings")) {
     const double original = s.num_or("original_max_position_embeddings", 0);
-    LMT_CHECK(std::isfinite(original) && original >= 1 && original <= double(int64_t(1) << 30), "[config] ", r.src,
+    LMT_CHECK(std::isfinite(original) && original >= 1 && original <= double(int64_t(1) << 30), "[config] ", s.src,
               ": ", field, " 'original_max_position_embeddings' must be 1 to 2^30, got ", original);
-    c.rope.original_max_position_embeddings = int64_t(original);
+    out.original_max_position_embeddings = int64_t(original);
   }
   if (type == "default") return;
-  LMT_CHECK(std::isfinite(c.rope.factor) && c.rope.factor > 0, "[config] ", r.src, ": ", field,
-            " 'factor' must be a positive number, got ", c.rope.factor);
+  LMT_CHECK(std::isfinite(out.factor) && out.factor > 0, "[config] ", s.src, ": ", field,
+            " 'factor' must be a positive number, got ", out.factor);
   if (type == "llama3") {
-    LMT_CHECK(std::isfinite(c.rope.low_freq_factor) && std::isfinite(c.rope.high_freq_factor) &&
-                  c.rope.low_freq_factor > 0 && c.rope.high_freq_factor > c.rope.low_freq_factor,
-              "[config] ", r.src, ": ", field, " needs 0 < 'low_freq_factor' < 'high_freq_factor', got ",
-              c.rope.low_freq_factor, " and ", c.rope.high_freq_factor);
+    LMT_CHECK(std::isfinite(out.low_freq_factor) && std::isfinite(out.high_freq_factor) && out.low_freq_factor > 0 &&
+                  out.high_freq_factor > out.low_freq_factor,
+              "[config] ", s.src, ": ", field, " needs 0 < 'low_freq_factor' < 'high_freq_factor', got ",
+              out.low_freq_factor, " and ", out.high_freq_factor);
   }
+}
+
+void parse_rope(const ConfigReader& r, ModelConfig& c) {
+  // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}, or for models whose layer
+  // types rotate differently one such object per type ({full_attention: ..., sliding_attention:
+  // ...}: gemma3); older files write rope_theta and rope_scaling {type | rope_type, factor, ...}. A
+  // file with both is read from rope_parameters, but rope_scaling must agree: mlx-lm reads only
+  // rope_scaling, so a scaling ignored here would give another model there.
+  const json& j = r.j;
+  auto object = [&](const json& o, const char* key) {
+    if (!o.contains(key) || o[key].is_null()) return static_cast<const json*>(nullptr);
+    LMT_CHECK(o[key].is_object(), "[config] ", r.src, ": field '", key, "' must be an object, got ", o[key].dump());
+    return &o[key];
+  };
+  const json* params = object(j, "rope_parameters");
+  const json* legacy = object(j, "rope_scaling");
+  c.rope.theta = r.num_or("rope_theta", 10000.0);
+  if (params && (params->contains("full_attention") || params->contains("sliding_attention"))) {
+    const json* full = object(*params, "full_attention");
+    const json* sliding = object(*params, "sliding_attention");
+    if (full)
+      read_rope(ConfigReader{*full, r.src}, "rope_parameters.full_attention", c.max_position_embeddings, c.rope);
+    if (sliding) {
+      c.rope_sliding = RopeConfig{};
+      c.rope_sliding->theta = c.rope.theta;
+      read_rope(ConfigReader{*sliding, r.src}, "rope_parameters.sliding_attention", c.max_position_embeddings,
+                *c.rope_sliding);
+    }
+    params = full;
+    if (!params) return;
+  }
+  const json* scaling = params ? params : legacy;
+  const char* field = params ? "rope_parameters" : "rope_scaling";
+  if (!scaling) return;
+  ConfigReader s{*scaling, r.src};
+  if (params && legacy) {
+    const std::string type = rope_type_of(s, field), other = rope_type_of(ConfigReader{*legacy, r.src}, "rope_scaling");
+    LMT_CHECK(other == type, "[config] ", r.src, ": rope_parameters has rope type '", type, "' but rope_scaling has '",
+              other, "'; remove the one that is wrong");
+  }
+  if (scaling != params || !c.rope_sliding) read_rope(s, field, c.max_position_embeddings, c.rope);
 }
 
 // transformers 5's layer_types, when present, says which layers slide; the family parsers handle
@@ -257,12 +278,12 @@ ModelConfig ModelConfig::load(const std::string& dir) {
   return from_json_text(ss.str(), path);
 }
 
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
+std::vector<float> rope_inv_freq(const ModelConfig& c, bool sliding) {
+  const RopeConfig& r = sliding && c.rope_sliding ? *c.rope_sliding : c.rope;
   int64_t half = c.head_dim / 2;
   std::vector<float> inv(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i)
-    inv[size_t(i)] = float(1.0 / std::pow(c.rope.theta, double(2 * i) / double(c.head_dim)));
-  const RopeConfig& r = c.rope;
+    inv[size_t(i)] = float(1.0 / std::pow(r.theta, double(2 * i) / double(c.head_dim)));
   if (r.type == "linear") {
     for (float& f : inv) f = float(f / r.factor);
   } else if (r.type == "llama3") {

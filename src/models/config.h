@@ -40,6 +40,9 @@ struct ModelConfig {
   int64_t n_vocab = 0, n_embd = 0, n_ff = 0, n_layer = 0, n_head = 0, n_kv_head = 0, head_dim = 0;
   double rms_norm_eps = 1e-6;
   RopeConfig rope;
+  // The sliding layers' own rotary settings where they differ from the full layers' (gemma3: a local
+  // base of 10,000 and no scaling); unset: every layer takes `rope`.
+  std::optional<RopeConfig> rope_sliding;
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   std::string torch_dtype;  // as the file says ("bfloat16", ...), may be empty
@@ -55,7 +58,7 @@ struct ModelConfig {
   // Declared for the families that come next (Gemma, Phi-3); the decoder refuses values other
   // than these defaults until its blocks implement them, so a config is never half-honoured.
   bool norm_unit_offset = false;     // norms scale by (1 + w) (gemma)
-  bool sandwich_norms = false;       // extra norms after attention and after the MLP (gemma2/3)
+  bool sandwich_norms = false;       // norms on the attention and MLP outputs too (gemma2/3)
   double embed_scale = 1.0;          // embeddings multiplied by this (gemma: sqrt(n_embd))
   double attn_logit_softcap = 0.0;   // tanh soft-cap of attention scores, 0 = none (gemma2)
   double final_logit_softcap = 0.0;  // tanh soft-cap of the logits, 0 = none (gemma2)
@@ -80,7 +83,8 @@ struct ConfigReader {
   std::string str_or(const char* key, const std::string& dflt) const;
 };
 
-// The rotary inverse frequencies (head_dim / 2) after the config's scaling.
-std::vector<float> rope_inv_freq(const ModelConfig& cfg);
+// The rotary inverse frequencies (head_dim / 2) after the config's scaling: cfg.rope's, or with
+// sliding, the sliding layers' (cfg.rope_sliding where set).
+std::vector<float> rope_inv_freq(const ModelConfig& cfg, bool sliding = false);
 
 }  // namespace lmtune

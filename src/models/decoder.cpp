@@ -25,7 +25,6 @@ DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
   auto refuse = [&](bool asked, const char* what) {
     LMT_CHECK(!asked, "[model] ", c.model_type, ": ", what, " is not implemented yet");
   };
-  refuse(c.sandwich_norms, "sandwich_norms");
   refuse(c.attn_logit_softcap != 0.0, "attn_logit_softcap");
   refuse(c.final_logit_softcap != 0.0, "final_logit_softcap");
   refuse(c.fused_qkv, "fused_qkv");
@@ -56,6 +55,10 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
       s.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
     }
     s.push_back({p + "post_attention_layernorm.weight", {c.n_embd}});
+    if (c.sandwich_norms) {
+      s.push_back({p + "pre_feedforward_layernorm.weight", {c.n_embd}});
+      s.push_back({p + "post_feedforward_layernorm.weight", {c.n_embd}});
+    }
     s.push_back({p + "mlp.gate_proj.weight", {c.n_ff, c.n_embd}});
     s.push_back({p + "mlp.up_proj.weight", {c.n_ff, c.n_embd}});
     s.push_back({p + "mlp.down_proj.weight", {c.n_embd, c.n_ff}});
@@ -73,6 +76,11 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
 void DecoderModel::on_weights_set() {
   std::vector<float> inv = rope_inv_freq(cfg_);
   inv_freq_ = ops::to(Tensor::from_f32(inv, {int64_t(inv.size())}), device());
+  inv_freq_sliding_ = Tensor();
+  if (cfg_.rope_sliding) {
+    std::vector<float> local = rope_inv_freq(cfg_, true);
+    inv_freq_sliding_ = ops::to(Tensor::from_f32(local, {int64_t(local.size())}), device());
+  }
 }
 
 void DecoderModel::bind() {
@@ -110,11 +118,19 @@ void DecoderModel::bind() {
     at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
     at.v = linear(p + "self_attn.v_proj"), at.o = linear(p + "self_attn.o_proj");
     if (c.qk_norm)
-      at.q_norm = {w(p + "self_attn.q_norm.weight"), eps, off}, at.k_norm = {w(p + "self_attn.k_norm.weight"), eps, off};
-    at.inv_freq = &inv_freq_;
+      at.q_norm = {w(p + "self_attn.q_norm.weight"), eps, off},
+      at.k_norm = {w(p + "self_attn.k_norm.weight"), eps, off};
+    const bool sliding = c.layer_window[size_t(i)] > 0;
+    at.inv_freq = sliding && inv_freq_sliding_.defined() ? &inv_freq_sliding_ : &inv_freq_;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
     at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)]};
-    b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
+    if (c.sandwich_norms) {
+      b.post_attn_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
+      b.mlp_norm = {w(p + "pre_feedforward_layernorm.weight"), eps, off};
+      b.post_mlp_norm = {w(p + "post_feedforward_layernorm.weight"), eps, off};
+    } else {
+      b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
+    }
     b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"), c.activation};
   }
   head_ = {{w("model.norm.weight"), eps, off}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
@@ -126,8 +142,14 @@ Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, K
   // Decoding: a few rows and no autograd, so the blocks may use their fused kernels.
   const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
   Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding, seg);
-  auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
-  return b.mlp.forward(h, decoding, &x1);
+  return b.finish(x, a, decoding);
+}
+
+Tensor DecoderModel::Block::finish(const Tensor& x, Tensor a, bool decoding) const {
+  if (post_attn_norm.defined()) a = post_attn_norm.forward(a);
+  auto [x1, h] = mlp_norm.add_forward(x, a, decoding);
+  if (!post_mlp_norm.defined()) return mlp.forward(h, decoding, &x1);  // the residual add fused where it can be
+  return ag::add(x1, post_mlp_norm.forward(mlp.forward(h, decoding)));
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
@@ -258,8 +280,7 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];
     Tensor a = b.attn.forward_packed(b.attn_norm.forward(x), i, spans, decoding);
-    auto [x1, h] = b.mlp_norm.add_forward(x, a, decoding);
-    x = b.mlp.forward(h, decoding, &x1);
+    x = b.finish(x, a, decoding);
   }
   for (const nn::PackedSpan& s : spans) s.cache->advance(s.length);
   // Only each sequence's last row reaches the head (every row, without copies, when each

@@ -26,8 +26,13 @@ class DecoderModel final : public Model {
   struct Block {
     nn::RmsNorm attn_norm;  // input_layernorm
     nn::Attention attn;     // self_attn
-    nn::RmsNorm mlp_norm;   // post_attention_layernorm
+    nn::RmsNorm mlp_norm;   // post_attention_layernorm (sandwich norms: pre_feedforward_layernorm)
     nn::GatedMlp mlp;       // mlp
+    // Sandwich norms only (gemma2/3): post_attention_layernorm on the attention's output and
+    // post_feedforward_layernorm on the MLP's, each before its residual add; undefined otherwise.
+    nn::RmsNorm post_attn_norm, post_mlp_norm;
+    // x + attention a, then the MLP half of the block: the residual stream after the block.
+    Tensor finish(const Tensor& x, Tensor a, bool decoding) const;
   };
   void on_weights_set() override;
   void bind() override;
@@ -40,7 +45,8 @@ class DecoderModel final : public Model {
   Tensor forward_blocks(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg = nullptr);
   // Packed rows' layout checked and moved to the weights' device.
   nn::Segments segments(const Tensor& ids, const PackedRows& rows) const;
-  Tensor inv_freq_;  // f32 (head_dim / 2) on the weights' device
+  Tensor inv_freq_;          // f32 (head_dim / 2) on the weights' device
+  Tensor inv_freq_sliding_;  // the sliding layers' own (config rope_sliding), or undefined
   nn::Embedding embed_;
   std::vector<Block> blocks_;
   nn::LmHead head_;

@@ -6,11 +6,12 @@
 namespace lmtune {
 
 // Each family file defines its parser; DecoderModel builds every dense family so far.
-void parse_llama(const ConfigReader& r, ModelConfig& c);    // models/llama.cpp
-void parse_mistral(const ConfigReader& r, ModelConfig& c);  // models/llama.cpp
-void parse_qwen2(const ConfigReader& r, ModelConfig& c);    // models/qwen2.cpp
-void parse_qwen3(const ConfigReader& r, ModelConfig& c);    // models/qwen3.cpp
-void parse_gemma(const ConfigReader& r, ModelConfig& c);    // models/gemma.cpp
+void parse_llama(const ConfigReader& r, ModelConfig& c);        // models/llama.cpp
+void parse_mistral(const ConfigReader& r, ModelConfig& c);      // models/llama.cpp
+void parse_qwen2(const ConfigReader& r, ModelConfig& c);        // models/qwen2.cpp
+void parse_qwen3(const ConfigReader& r, ModelConfig& c);        // models/qwen3.cpp
+void parse_gemma(const ConfigReader& r, ModelConfig& c);        // models/gemma.cpp
+void parse_gemma3_text(const ConfigReader& r, ModelConfig& c);  // models/gemma3.cpp
 
 const std::vector<ModelFamily>& model_families() {
   static const std::vector<ModelFamily> kFamilies = {
@@ -19,6 +20,7 @@ const std::vector<ModelFamily>& model_families() {
       {"qwen2", parse_qwen2, build_decoder, {"qwen2_bias_tied", "qwen2_sliding"}},
       {"qwen3", parse_qwen3, build_decoder, {"qwen3_qknorm", "qwen3_tied_bias_sliding"}},
       {"gemma", parse_gemma, build_decoder, {"gemma_mqa", "gemma_untied_gqa"}},
+      {"gemma3_text", parse_gemma3_text, build_decoder, {"gemma3_sliding", "gemma3_untied_scaled"}},
   };
   return kFamilies;
 }

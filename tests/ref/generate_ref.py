@@ -19,9 +19,9 @@ import sys
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
-from transformers import (AutoTokenizer, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 CASES = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(
@@ -39,6 +39,11 @@ CASES = {
     "gemma": (GemmaConfig, GemmaForCausalLM, dict(
         vocab_size=87, hidden_size=40, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=32)),
+    # Sliding layers (window 5, shorter than every prompt + generation) between full ones.
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
+        vocab_size=79, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=5,
+        sliding_window_pattern=2)),
 }
 NEW_TOKENS = 24
 

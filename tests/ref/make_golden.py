@@ -15,8 +15,9 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 CASES = {
     # Grouped-query attention, untied, odd sizes.
@@ -67,6 +68,19 @@ CASES = {
         vocab_size=57, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
         hidden_act="gelu", rope_theta=1e4)),
+    # Gemma 3 text: sandwich norms, (1 + w) q/k norms, query_pre_attn_scalar, sliding layers (window 4
+    # < T) on their own rope base between full ones (pattern 2 over 3 layers), one kv head, tied.
+    "gemma3_sliding": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
+        vocab_size=71, hidden_size=40, intermediate_size=88, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=24,
+        sliding_window=4, sliding_window_pattern=2)),
+    # Untied head, GQA, linear rope scaling on the full layers only.
+    "gemma3_untied_scaled": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
+        vocab_size=61, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+        sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 2000.0}})),
 }
 
 B, T = 2, 11

@@ -82,7 +82,8 @@ INSTANTIATE_TEST_SUITE_P(Families, LoraGolden,
                          ::testing::Values("llama_gqa/lora", "llama_gqa/dora", "llama_tied_llama3rope_bias/lora",
                                            "llama_tied_llama3rope_bias/dora", "mistral_window/lora",
                                            "mistral_window/dora", "qwen2_bias_tied/lora", "qwen2_bias_tied/dora",
-                                           "gemma_mqa/lora", "gemma_mqa/dora"),
+                                           "gemma_mqa/lora", "gemma_mqa/dora", "gemma3_sliding/lora",
+                                           "gemma3_sliding/dora"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)
