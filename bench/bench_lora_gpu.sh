@@ -9,10 +9,13 @@
 # About 3-5 minutes on an H100 once lmtune is built (most of it writing and loading 14.5 GB).
 # Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N]
 #          [--keys q,k,v,o,gate,up,down] [--checkpointing both|off|on] [--smoke]
+#          [--shape qwen3-0.6b|gemma3-1b] [--batch N]
 # (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report, all 7 keys, both;
 # --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
 # model's; --smoke: both sides on the CPU with a 2-layer f32 model at sequence 128, a check of the
-# scripts).
+# scripts). --shape: bench_lora_peer.py's Qwen3-0.6B- or Gemma-3-1B-shaped model instead of Mistral-7B's
+# (issue 16's pairs: qwen3-0.6b at --batch 8, gemma3-1b at --batch 4); --batch N: N records a step on
+# both sides (default 1).
 # LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default .venv/bin/python
 # if present, else python3).
 set -uo pipefail
@@ -20,7 +23,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
 table=""
 smoke=0
-warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both
+warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -30,6 +33,8 @@ while (($#)); do
     --keys) keys="$2"; shift 2 ;;
     --checkpointing) checkpointing="$2"; shift 2 ;;
     --smoke) smoke=1; shift ;;
+    --shape) shape="$2"; shift 2 ;;
+    --batch) batch="$2"; shift 2 ;;
     *) echo "bench_lora_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -54,6 +59,15 @@ if ((warmup % report || steps % report || warmup < report || steps < report)); t
   exit 2
 fi
 iters=$((warmup + steps))
+shape_flag=()
+case "$shape" in
+  "") ;; qwen3-0.6b|gemma3-1b) shape_flag=(--shape "$shape") ;;
+  *) echo "bench_lora_gpu: --shape must be qwen3-0.6b or gemma3-1b" >&2; exit 2 ;;
+esac
+if ! [[ "$batch" =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench_lora_gpu: --batch must be a positive integer" >&2
+  exit 2
+fi
 case "$checkpointing" in
   both) gcs=(off on) ;; off|on) gcs=("$checkpointing") ;;
   *) echo "bench_lora_gpu: --checkpointing must be both, off or on" >&2; exit 2 ;;
@@ -87,7 +101,7 @@ smi_stop() {
 }
 
 echo "== model and data [$((SECONDS - start)) s]"
-peer model "$tmp/model" "${smoke_flag[@]}" || { echo "bench_lora_gpu: cannot write the model"; exit 1; }
+peer model "$tmp/model" "${smoke_flag[@]}" "${shape_flag[@]}" || { echo "bench_lora_gpu: cannot write the model"; exit 1; }
 peer data "$tmp/data" --model "$tmp/model" --seq "$seq" || { echo "bench_lora_gpu: cannot write the data"; exit 1; }
 cat >"$tmp/lora.yaml" <<EOF
 lora_parameters:
@@ -102,7 +116,7 @@ for gc in "${gcs[@]}"; do
   [[ $gc == on ]] && gcflag=(--grad-checkpoint)
   echo "== lmtune lora, gradient checkpointing $gc [$((SECONDS - start)) s]"
   cmd=("$lmtune" lora --model "$tmp/model" --train --data "$tmp/data" --device "$device" -c "$tmp/lora.yaml"
-    --fine-tune-type lora --optimizer adam --num-layers -1 --batch-size 1 --iters "$iters"
+    --fine-tune-type lora --optimizer adam --num-layers -1 --batch-size "$batch" --iters "$iters"
     --steps-per-report "$report" --steps-per-eval 100000 --val-batches 1 --learning-rate 1e-5
     --max-seq-length "$seq" --save-every 100000 --seed 0 --adapter-path "$tmp/adapters-$gc" "${gcflag[@]}")
   echo "${cmd[*]#"$tmp/"}" | sed "s|$tmp/||g"
@@ -114,7 +128,7 @@ for gc in "${gcs[@]}"; do
   echo "== transformers + peft, gradient checkpointing $gc [$((SECONDS - start)) s]"
   smi_start "peer-$gc"
   peer train --model "$tmp/model" --data "$tmp/data" --seq "$seq" --warmup "$warmup" --steps "$steps" \
-    --keys "$pkeys" --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
+    --keys "$pkeys" --batch "$batch" --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
     true
   smi_stop
   [[ -s "$tmp/peer-$gc.json" ]] || { echo "bench_lora_peer.py ($gc) failed"; status=1; }
@@ -127,9 +141,10 @@ else
   card="$(nvidia-smi -L 2>/dev/null | head -n 1 | sed 's/ (UUID.*//')"
   card="${card:-unknown GPU}"
 fi
-"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" "$keys" <<'PY'
+"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" "$keys" "$batch" "${shape:-mistral-7b}" <<'PY'
 import json, os, re, sys
 tmp, warmup, steps, seq, card, out, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:8]
+batch, shape = int(sys.argv[8]), sys.argv[9]
 pat = re.compile(r"Iter (\d+): Train loss ([\d.naninf]+), Learning Rate \S+, It/sec [\d.]+, Tokens/sec ([\d.]+), "
                  r"Trained Tokens (\d+), Peak mem ([\d.]+) GB")
 
@@ -153,8 +168,9 @@ lines = []
 p0 = peer("off") or peer("on")
 vers = f"torch {p0['torch']}, transformers {p0['transformers']}, peft {p0['peft']}" if p0 else "peer failed"
 lines.append(f"{card}; peer: {vers}")
-lines.append(f"LoRA rank 8 (scale 20, dropout 0) on {keys} of every block; batch 1, sequence {seq} "
-             f"({seq - 1} supervised tokens a step); Adam lr 1e-5; {steps} timed steps after {warmup} warm-up")
+lines.append(f"{shape}-shaped model; LoRA rank 8 (scale 20, dropout 0) on {keys} of every block; batch {batch}, "
+             f"sequence {seq} ({batch * (seq - 1)} supervised tokens a step); Adam lr 1e-5; {steps} timed steps "
+             f"after {warmup} warm-up")
 lines += ["", "| config | lmtune tok/s | peer tok/s | ratio | lmtune peak GB | peer peak GB | target met? |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
 losses = []

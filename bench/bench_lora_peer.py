@@ -9,7 +9,12 @@
       --smoke: a 2-layer f32 model of the same family on the CPU. --shape qwen2-26m: a Qwen2-shaped
       f32 model on the CPU (hidden 512, n_ff 1536, 8 layers, 8 heads, 2 kv heads, head_dim 64,
       vocab 2048 = models/default's, q/k/v biases, untied lm_head: 26.2 M parameters), the
-      model of bench/bench_lora_cpu.sh --peer peft.
+      model of bench/bench_lora_cpu.sh --peer peft. --shape qwen3-0.6b / gemma3-1b: Qwen3-0.6B's shape
+      (hidden 1024, n_ff 3072, 28 layers, 16 heads, 8 kv heads, head_dim 128, q/k norms, vocab
+      151936, tied) or Gemma-3-1B's (gemma3_text: hidden 1152, n_ff 6912, 26 layers, 4 heads, 1 kv
+      head, head_dim 256, vocab 262144, tied, 5 sliding layers of window 512 to each full one,
+      query_pre_attn_scalar 256), bf16 on the GPU (the models of bench_lora_gpu.sh --shape); with
+      --smoke, a 2-layer f32 model of that family on the CPU.
   bench_lora_peer.py data DIR --model DIR --seq N [--n-train 16] [--n-valid 2]
       train.jsonl / valid.jsonl of {"text": ...} records built from the words of examples/data,
       each at least N + 64 tokens long (checked with the model's tokenizer), so that every example
@@ -44,7 +49,20 @@ LORA_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 RANK, SCALE, LR = 8, 20.0, 1e-5
 
 
+FAMILY_SHAPES = {  # --shape: the real models' dimensions
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936),
+    "gemma3-1b": dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                      num_key_value_heads=1, head_dim=256, vocab_size=262144),
+}
+
+
 def shapes(smoke, shape=None):
+    if shape in FAMILY_SHAPES:
+        d = dict(FAMILY_SHAPES[shape])
+        if smoke:  # the family's layout at a CPU size
+            d.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, vocab_size=2048)
+        return d
     if shape == "qwen2-26m":
         return dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
                     num_key_value_heads=2, head_dim=64, vocab_size=2048)
@@ -58,23 +76,36 @@ def shapes(smoke, shape=None):
 def cmd_model(a):
     import torch
     from safetensors.torch import save_file
+    import transformers
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     t0 = time.perf_counter()
-    cpu = a.smoke or a.shape == "qwen2-26m"
+    cpu = a.smoke or a.shape == "qwen2-26m"  # the family shapes are GPU models unless --smoke
     dev = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
     if not cpu and dev != "cuda":
         sys.exit("bench_lora_peer model: no CUDA device (use --smoke on the CPU)")
     dtype, dname = (torch.float32, "float32") if cpu else (torch.bfloat16, "bfloat16")
     base = json.load(open(os.path.join(DEFAULT_MODEL, "config.json")))
     Config, Model, arch = MistralConfig, MistralForCausalLM, "MistralForCausalLM"
+    ids = dict(bos_token_id=base["bos_token_id"], eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"])
     if a.shape == "qwen2-26m":
         Config, Model, arch = Qwen2Config, Qwen2ForCausalLM, "Qwen2ForCausalLM"
-    cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
-                 sliding_window=None, tie_word_embeddings=False, bos_token_id=base["bos_token_id"],
-                 eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"])
+    if a.shape == "qwen3-0.6b":
+        Config, Model, arch = transformers.Qwen3Config, transformers.Qwen3ForCausalLM, "Qwen3ForCausalLM"
+        cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
+                     tie_word_embeddings=True, **ids)
+    elif a.shape == "gemma3-1b":
+        Config, Model, arch = transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, "Gemma3ForCausalLM"
+        cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-6, max_position_embeddings=32768,
+                     sliding_window=512, query_pre_attn_scalar=256, tie_word_embeddings=True, **ids)
+    else:
+        cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
+                     sliding_window=None, tie_word_embeddings=False, **ids)
     with torch.device("meta"):  # names and shapes only, no memory
         specs = [(n, tuple(p.shape)) for n, p in Model(cfg).state_dict().items()]
+    if cfg.tie_word_embeddings:  # the head is the embedding: one tensor in the file, as save_pretrained writes
+        specs = [(n, s) for n, s in specs if n != "lm_head.weight"]
+    unit_offset = a.shape == "gemma3-1b"  # gemma's norms scale by (1 + w): w = 0 is the identity
     os.makedirs(a.dir, exist_ok=True)
     d = cfg.to_dict()
     d["architectures"] = [arch]
@@ -101,7 +132,7 @@ def cmd_model(a):
         tensors = {}
         for n, s in shard:
             if n.endswith("norm.weight"):
-                t = torch.ones(s, dtype=dtype, device=dev)
+                t = (torch.zeros if unit_offset else torch.ones)(s, dtype=dtype, device=dev)
             elif n.endswith(".bias"):
                 t = torch.zeros(s, dtype=dtype, device=dev).add_(0.02)
             else:
@@ -248,7 +279,7 @@ def main():
     m = sub.add_parser("model")
     m.add_argument("dir")
     m.add_argument("--smoke", action="store_true")
-    m.add_argument("--shape", choices=["qwen2-26m"], help="a CPU model shape instead of Mistral-7B's")
+    m.add_argument("--shape", choices=["qwen2-26m", *FAMILY_SHAPES], help="another model shape than Mistral-7B's")
     d = sub.add_parser("data")
     d.add_argument("dir")
     d.add_argument("--model", required=True)
