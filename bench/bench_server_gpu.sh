@@ -3,6 +3,7 @@
 # a Mistral-7B-shaped bf16 model with random weights (bench_lora_peer.py model, Llama 2's tokenizer so
 # that every id decodes), then one server at a time on it:
 #   lmtune        `lmtune server --device cuda --decode-concurrency 64 --prompt-cache-size 0`
+#   lmtune-graph  the same with LMTUNE_CUDA_BATCH_GRAPH=1 (batched decoding steps replayed as CUDA graphs)
 #   transformers  `transformers serve MODEL --continuous-batching --device cuda --dtype bfloat16` (the
 #                 packages it needs from --serve-site, made by scripts/gpu-peers)
 #   llamacpp      llama.cpp's `llama-server` built with CUDA from --llamacpp-src (scripts/gpu-peers), on
@@ -147,11 +148,11 @@ run_peer() {  # name extra-body-json model-field command...
   if wait_ready "$port" "$tmp/$name.log"; then
     echo "ready [$((SECONDS - start)) s]"
     local sm=()
-    [[ "$name" == lmtune ]] && sm=(--step-metrics)
+    [[ "$name" == lmtune* ]] && sm=(--step-metrics)
     "$py" "$root/bench/bench_server_client.py" --port "$port" --streams "$streams" --eos-id "$eos" "${client_args[@]}" "${sm[@]}" \
       --model "$mfield" --extra-body "$extra" --json "$tmp/$name.json" ||
       { status=1; notrun[$name]="client errors"; echo "$name's log:"; tail -n 40 "$tmp/$name.log"; }
-    [[ "$name" == lmtune ]] && "$py" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" |
+    [[ "$name" == lmtune* ]] && "$py" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" |
       grep -E "^lmtune_batch_(steps|tokens|graph_steps|forward_seconds|host_seconds|decode_steps|decode_step_seconds)_total" || true
   else
     status=1
@@ -160,9 +161,13 @@ run_peer() {  # name extra-body-json model-field command...
   stop_server
 }
 
+lmtune_server=("$build/bin/lmtune" server --model "$model" --device "$device" --decode-concurrency 64
+  --prompt-cache-size 0 --max-queued-requests 64 --max-tokens 256 --log-level WARNING)
 if want lmtune; then
-  run_peer lmtune '{}' default_model "$build/bin/lmtune" server --model "$model" --device "$device" \
-    --decode-concurrency 64 --prompt-cache-size 0 --max-queued-requests 64 --max-tokens 256 --log-level WARNING
+  run_peer lmtune '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=0 "${lmtune_server[@]}"
+fi
+if want lmtune-graph; then
+  run_peer lmtune-graph '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=1 "${lmtune_server[@]}"
 fi
 
 if want transformers; then
@@ -227,7 +232,7 @@ nr="$(for k in "${!notrun[@]}"; do printf '%s=%s\n' "$k" "${notrun[$k]}"; done)"
 import json, os, sys
 tmp, table, device, peers, nr = sys.argv[1:]
 notrun = dict(l.split("=", 1) for l in nr.splitlines() if l)
-labels = {"lmtune": "lmtune server", "transformers": "transformers serve (CB)", "llamacpp": "llama.cpp llama-server"}
+labels = {"lmtune": "lmtune server", "lmtune-graph": "lmtune server (batch graph)", "transformers": "transformers serve (CB)", "llamacpp": "llama.cpp llama-server"}
 rs_all = {p: json.load(open(os.path.join(tmp, p + ".json"))) for p in peers.split(",")
           if os.path.exists(os.path.join(tmp, p + ".json"))}
 first = next(iter(rs_all.values()), [{}])[0] if rs_all else {}
