@@ -35,6 +35,11 @@ struct QuantizationConfig {
   std::map<std::string, std::optional<LayerQuant>> layers;
 };
 
+// Where a block's RMS norms sit. pre (llama): on the attention's and the MLP's inputs. sandwich
+// (gemma2/3): on their inputs and on their outputs before each residual add. post (olmo2): on their
+// outputs only.
+enum class NormLayout { pre, sandwich, post };
+
 struct ModelConfig {
   std::string model_type;  // a row of models/registry.cpp
   int64_t n_vocab = 0, n_embd = 0, n_ff = 0, n_layer = 0, n_head = 0, n_kv_head = 0, head_dim = 0;
@@ -49,17 +54,21 @@ struct ModelConfig {
   QuantizationConfig quantization;
 
   // Family differences (DESIGN.md, "Architectures are declarations"). The defaults are Llama's.
-  bool attention_bias = false;                       // q/k/v/o biases (llama's attention_bias, qwen3's)
-  bool qkv_bias = false;                             // q/k/v only (qwen2)
-  bool mlp_bias = false;                             // gate/up/down biases
-  bool qk_norm = false;                              // RMS norm over head_dim of q and k before rotary (qwen3)
+  bool attention_bias = false;  // q/k/v/o biases (llama's attention_bias, qwen3's)
+  bool qkv_bias = false;        // q/k/v only (qwen2)
+  bool mlp_bias = false;        // gate/up/down biases
+  bool qk_norm = false;         // RMS norm over head_dim of q and k before rotary (qwen3)
+  bool qk_norm_whole = false;   // with qk_norm: over all heads' features at once, (n_head * head_dim) weights (olmo2)
   nn::Activation activation = nn::Activation::silu;  // of the gated MLP's gate
   std::vector<int64_t> layer_window;                 // per layer: 0 = full attention, else sliding window size
+  std::vector<bool> layer_rope;                      // per layer: false = no rotary positions (smollm3's NoPE)
   // Declared for the families that come next (Gemma, Phi-3); the decoder refuses values other
   // than these defaults until its blocks implement them, so a config is never half-honoured.
-  bool norm_unit_offset = false;     // norms scale by (1 + w) (gemma)
-  bool sandwich_norms = false;       // norms on the attention and MLP outputs too (gemma2/3)
-  double embed_scale = 1.0;          // embeddings multiplied by this (gemma: sqrt(n_embd))
+  bool norm_unit_offset = false;  // norms scale by (1 + w) (gemma)
+  NormLayout norm_layout = NormLayout::pre;
+  double embed_scale = 1.0;          // embeddings multiplied by this (gemma: sqrt(n_embd); granite)
+  double residual_scale = 1.0;       // attention and MLP outputs times this before their residual add (granite)
+  double logit_scale = 1.0;          // logits times this (granite: 1 / logits_scaling)
   double attn_logit_softcap = 0.0;   // tanh soft-cap of attention scores, 0 = none (gemma2)
   double final_logit_softcap = 0.0;  // tanh soft-cap of the logits, 0 = none (gemma2)
   double attn_scale = 0.0;           // on q.k; 0 = 1 / sqrt(head_dim)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "autograd/checkpoint.h"
 #include "core/dtype.h"
@@ -31,6 +32,8 @@ DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
   refuse(c.fused_gate_up, "fused_gate_up");
   LMT_CHECK(int64_t(c.layer_window.size()) == c.n_layer, "[model] ", c.model_type, ": layer_window has ",
             c.layer_window.size(), " entries for ", c.n_layer, " layers");
+  LMT_CHECK(int64_t(c.layer_rope.size()) == c.n_layer, "[model] ", c.model_type, ": layer_rope has ",
+            c.layer_rope.size(), " entries for ", c.n_layer, " layers");
 }
 
 std::vector<TensorSpec> DecoderModel::tensor_specs() const {
@@ -39,7 +42,7 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
   std::vector<TensorSpec> s{{"model.embed_tokens.weight", {c.n_vocab, c.n_embd}}};
   for (int64_t i = 0; i < c.n_layer; ++i) {
     std::string p = layer_prefix(i);
-    s.push_back({p + "input_layernorm.weight", {c.n_embd}});
+    if (c.norm_layout != NormLayout::post) s.push_back({p + "input_layernorm.weight", {c.n_embd}});
     s.push_back({p + "self_attn.q_proj.weight", {q_out, c.n_embd}});
     s.push_back({p + "self_attn.k_proj.weight", {kv_out, c.n_embd}});
     s.push_back({p + "self_attn.v_proj.weight", {kv_out, c.n_embd}});
@@ -51,14 +54,12 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
     }
     if (c.attention_bias) s.push_back({p + "self_attn.o_proj.bias", {c.n_embd}});
     if (c.qk_norm) {
-      s.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
-      s.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+      s.push_back({p + "self_attn.q_norm.weight", {c.qk_norm_whole ? q_out : c.head_dim}});
+      s.push_back({p + "self_attn.k_norm.weight", {c.qk_norm_whole ? kv_out : c.head_dim}});
     }
     s.push_back({p + "post_attention_layernorm.weight", {c.n_embd}});
-    if (c.sandwich_norms) {
-      s.push_back({p + "pre_feedforward_layernorm.weight", {c.n_embd}});
-      s.push_back({p + "post_feedforward_layernorm.weight", {c.n_embd}});
-    }
+    if (c.norm_layout == NormLayout::sandwich) s.push_back({p + "pre_feedforward_layernorm.weight", {c.n_embd}});
+    if (c.norm_layout != NormLayout::pre) s.push_back({p + "post_feedforward_layernorm.weight", {c.n_embd}});
     s.push_back({p + "mlp.gate_proj.weight", {c.n_ff, c.n_embd}});
     s.push_back({p + "mlp.up_proj.weight", {c.n_ff, c.n_embd}});
     s.push_back({p + "mlp.down_proj.weight", {c.n_embd, c.n_ff}});
@@ -80,6 +81,11 @@ void DecoderModel::on_weights_set() {
   if (cfg_.rope_sliding) {
     std::vector<float> local = rope_inv_freq(cfg_, true);
     inv_freq_sliding_ = ops::to(Tensor::from_f32(local, {int64_t(local.size())}), device());
+  }
+  inv_freq_none_ = Tensor();
+  if (std::find(cfg_.layer_rope.begin(), cfg_.layer_rope.end(), false) != cfg_.layer_rope.end()) {
+    std::vector<float> zeros(inv.size(), 0.f);  // cos 0 = 1, sin 0 = 0: every kernel's rotation is the identity
+    inv_freq_none_ = ops::to(Tensor::from_f32(zeros, {int64_t(zeros.size())}), device());
   }
 }
 
@@ -113,27 +119,31 @@ void DecoderModel::bind() {
   for (int64_t i = 0; i < c.n_layer; ++i) {
     std::string p = layer_prefix(i);
     Block& b = blocks_[size_t(i)];
-    b.attn_norm = {w(p + "input_layernorm.weight"), eps, off};
+    if (c.norm_layout != NormLayout::post) b.attn_norm = {w(p + "input_layernorm.weight"), eps, off};
     nn::Attention& at = b.attn;
     at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
     at.v = linear(p + "self_attn.v_proj"), at.o = linear(p + "self_attn.o_proj");
     if (c.qk_norm)
       at.q_norm = {w(p + "self_attn.q_norm.weight"), eps, off},
       at.k_norm = {w(p + "self_attn.k_norm.weight"), eps, off};
+    at.qk_norm_whole = c.qk_norm_whole;
     const bool sliding = c.layer_window[size_t(i)] > 0;
     at.inv_freq = sliding && inv_freq_sliding_.defined() ? &inv_freq_sliding_ : &inv_freq_;
+    if (!c.layer_rope[size_t(i)]) at.inv_freq = &inv_freq_none_;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
     at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)]};
-    if (c.sandwich_norms) {
-      b.post_attn_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
-      b.mlp_norm = {w(p + "pre_feedforward_layernorm.weight"), eps, off};
-      b.post_mlp_norm = {w(p + "post_feedforward_layernorm.weight"), eps, off};
-    } else {
+    if (c.norm_layout == NormLayout::pre) {
       b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
+    } else {
+      b.post_attn_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
+      b.post_mlp_norm = {w(p + "post_feedforward_layernorm.weight"), eps, off};
+      if (c.norm_layout == NormLayout::sandwich) b.mlp_norm = {w(p + "pre_feedforward_layernorm.weight"), eps, off};
     }
+    b.residual_scale = float(c.residual_scale);
     b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"), c.activation};
   }
   head_ = {{w("model.norm.weight"), eps, off}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
+  head_.scale = float(c.logit_scale);
 }
 
 Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache,
@@ -141,15 +151,24 @@ Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, K
   const Block& b = blocks_[size_t(layer)];
   // Decoding: a few rows and no autograd, so the blocks may use their fused kernels.
   const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
-  Tensor a = b.attn.forward(b.attn_norm.forward(x), layer, pos_offset, cache, decoding, seg);
+  Tensor a = b.attn.forward(b.attn_input(x), layer, pos_offset, cache, decoding, seg);
   return b.finish(x, a, decoding);
 }
 
 Tensor DecoderModel::Block::finish(const Tensor& x, Tensor a, bool decoding) const {
   if (post_attn_norm.defined()) a = post_attn_norm.forward(a);
-  auto [x1, h] = mlp_norm.add_forward(x, a, decoding);
-  if (!post_mlp_norm.defined()) return mlp.forward(h, decoding, &x1);  // the residual add fused where it can be
-  return ag::add(x1, post_mlp_norm.forward(mlp.forward(h, decoding)));
+  if (residual_scale != 1.f) a = ag::scale(a, residual_scale);
+  Tensor x1, h;
+  if (mlp_norm.defined())
+    std::tie(x1, h) = mlp_norm.add_forward(x, a, decoding);
+  else
+    x1 = h = ag::add(x, a);
+  // Llama's layout: the MLP's residual add fused where it can be.
+  if (!post_mlp_norm.defined() && residual_scale == 1.f) return mlp.forward(h, decoding, &x1);
+  Tensor m = mlp.forward(h, decoding);
+  if (post_mlp_norm.defined()) m = post_mlp_norm.forward(m);
+  if (residual_scale != 1.f) m = ag::scale(m, residual_scale);
+  return ag::add(x1, m);
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
@@ -174,7 +193,7 @@ bool DecoderModel::forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear&
   if (head_.weight.adapter || head_.weight.bias) return false;
   std::optional<nn::Segments> seg;
   if (rows) seg = segments(ids, *rows);
-  hidden = head_.norm.forward(forward_blocks(ids, 0, seg ? &*seg : nullptr));
+  hidden = head_.hidden(forward_blocks(ids, 0, seg ? &*seg : nullptr));
   head = head_.weight.get();  // after forward_blocks: a master's cast is made there
   return true;
 }
@@ -279,7 +298,7 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
   Tensor x = embed_.forward(ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];
-    Tensor a = b.attn.forward_packed(b.attn_norm.forward(x), i, spans, decoding);
+    Tensor a = b.attn.forward_packed(b.attn_input(x), i, spans, decoding);
     x = b.finish(x, a, decoding);
   }
   for (const nn::PackedSpan& s : spans) s.cache->advance(s.length);

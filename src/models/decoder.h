@@ -24,13 +24,16 @@ class DecoderModel final : public Model {
 
  private:
   struct Block {
-    nn::RmsNorm attn_norm;  // input_layernorm
+    nn::RmsNorm attn_norm;  // input_layernorm (undefined in the post layout)
     nn::Attention attn;     // self_attn
-    nn::RmsNorm mlp_norm;   // post_attention_layernorm (sandwich norms: pre_feedforward_layernorm)
+    nn::RmsNorm mlp_norm;   // post_attention_layernorm (sandwich: pre_feedforward_layernorm; post: undefined)
     nn::GatedMlp mlp;       // mlp
-    // Sandwich norms only (gemma2/3): post_attention_layernorm on the attention's output and
-    // post_feedforward_layernorm on the MLP's, each before its residual add; undefined otherwise.
+    // On the attention's and the MLP's outputs before their residual adds (sandwich and post
+    // layouts): post_attention_layernorm and post_feedforward_layernorm; undefined otherwise.
     nn::RmsNorm post_attn_norm, post_mlp_norm;
+    float residual_scale = 1.f;  // on both outputs before their residual adds (granite)
+    // The attention's input: x normed, or x itself where the block has no input norm.
+    Tensor attn_input(const Tensor& x) const { return attn_norm.defined() ? attn_norm.forward(x) : x; }
     // x + attention a, then the MLP half of the block: the residual stream after the block.
     Tensor finish(const Tensor& x, Tensor a, bool decoding) const;
   };
@@ -47,6 +50,7 @@ class DecoderModel final : public Model {
   nn::Segments segments(const Tensor& ids, const PackedRows& rows) const;
   Tensor inv_freq_;          // f32 (head_dim / 2) on the weights' device
   Tensor inv_freq_sliding_;  // the sliding layers' own (config rope_sliding), or undefined
+  Tensor inv_freq_none_;     // zeros: a layer without rotary positions turns by angle 0, or undefined
   nn::Embedding embed_;
   std::vector<Block> blocks_;
   nn::LmHead head_;

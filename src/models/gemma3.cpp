@@ -15,7 +15,7 @@ void parse_gemma_activation(const ConfigReader& r, ModelConfig& c);  // models/g
 
 void parse_gemma3_text(const ConfigReader& r, ModelConfig& c) {
   c.norm_unit_offset = true;
-  c.sandwich_norms = true;
+  c.norm_layout = NormLayout::sandwich;
   c.qk_norm = true;
   c.embed_scale = std::sqrt(double(c.n_embd));
   c.tie_word_embeddings = r.bool_or("tie_word_embeddings", true);

@@ -12,6 +12,9 @@ void parse_qwen2(const ConfigReader& r, ModelConfig& c);        // models/qwen2.
 void parse_qwen3(const ConfigReader& r, ModelConfig& c);        // models/qwen3.cpp
 void parse_gemma(const ConfigReader& r, ModelConfig& c);        // models/gemma.cpp
 void parse_gemma3_text(const ConfigReader& r, ModelConfig& c);  // models/gemma3.cpp
+void parse_smollm3(const ConfigReader& r, ModelConfig& c);      // models/smollm3.cpp
+void parse_granite(const ConfigReader& r, ModelConfig& c);      // models/granite.cpp
+void parse_olmo2(const ConfigReader& r, ModelConfig& c);        // models/olmo2.cpp
 
 const std::vector<ModelFamily>& model_families() {
   static const std::vector<ModelFamily> kFamilies = {
@@ -21,6 +24,9 @@ const std::vector<ModelFamily>& model_families() {
       {"qwen3", parse_qwen3, build_decoder, {"qwen3_qknorm", "qwen3_tied_bias_sliding"}},
       {"gemma", parse_gemma, build_decoder, {"gemma_mqa", "gemma_untied_gqa"}},
       {"gemma3_text", parse_gemma3_text, build_decoder, {"gemma3_sliding", "gemma3_untied_scaled"}},
+      {"smollm3", parse_smollm3, build_decoder, {"smollm3_nope", "smollm3_untied_bias"}},
+      {"granite", parse_granite, build_decoder, {"granite_multipliers"}},
+      {"olmo2", parse_olmo2, build_decoder, {"olmo2_postnorm", "olmo2_mha_bias"}},
   };
   return kFamilies;
 }

@@ -17,11 +17,17 @@ void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, 
     AdapterInput in(x);  // q, k and v's adapters share one f32 cast of x, freed at the brace
     qt = lq.forward(in), kt = lk.forward(in), vt = lv.forward(in);
   }
+  if (qk_norm_whole) {  // before the heads are split (olmo2)
+    if (q_norm.defined()) qt = q_norm.forward(qt);
+    if (k_norm.defined()) kt = k_norm.forward(kt);
+  }
   qt = ag::reshape(qt, {B, T, opt.n_head, opt.head_dim});
   kt = ag::reshape(kt, {B, T, opt.n_kv_head, opt.head_dim});
   vt = ag::reshape(vt, {B, T, opt.n_kv_head, opt.head_dim});
-  if (q_norm.defined()) qt = q_norm.forward(qt);
-  if (k_norm.defined()) kt = k_norm.forward(kt);
+  if (!qk_norm_whole) {
+    if (q_norm.defined()) qt = q_norm.forward(qt);
+    if (k_norm.defined()) kt = k_norm.forward(kt);
+  }
 }
 
 Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,

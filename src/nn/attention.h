@@ -35,6 +35,7 @@ struct Attention {
   LinearRef q, k, v;                 // (n_head * head_dim | n_kv_head * head_dim, n_embd)
   LinearRef o;                       // (n_embd, n_head * head_dim)
   RmsNorm q_norm, k_norm;            // (head_dim) before rope, or undefined (no norm)
+  bool qk_norm_whole = false;        // the norms over all heads' features at once: (n_head | n_kv_head * head_dim)
   const Tensor* inv_freq = nullptr;  // f32 (head_dim / 2) on the weights' device
   AttentionOptions opt;
 

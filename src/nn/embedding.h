@@ -19,10 +19,16 @@ struct Embedding {
 };
 
 struct LmHead {
-  RmsNorm norm;      // the final norm
-  LinearRef weight;  // (n_vocab, n_embd): lm_head, or the embedding when tied
+  RmsNorm norm;       // the final norm
+  LinearRef weight;   // (n_vocab, n_embd): lm_head, or the embedding when tied
+  float scale = 1.f;  // logits times this (granite's 1 / logits_scaling), applied to the normed input
+  // What the head's linear layer takes: x normed (and scaled).
+  Tensor hidden(const Tensor& x) const {
+    Tensor h = norm.forward(x);
+    return scale == 1.f ? h : ag::scale(h, scale);
+  }
   // x (B, T, n_embd) -> logits (B, T, n_vocab) in the weight's dtype.
-  Tensor forward(const Tensor& x) const { return weight.get().base(norm.forward(x)); }
+  Tensor forward(const Tensor& x) const { return weight.get().base(hidden(x)); }
 };
 
 }  // namespace lmtune::nn

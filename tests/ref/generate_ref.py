@@ -20,8 +20,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
 from transformers import (AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
-                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 
 CASES = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(
@@ -44,6 +45,18 @@ CASES = {
         vocab_size=79, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=5,
         sliding_window_pattern=2)),
+    # Every 2nd layer without rope (NoPE), where positions reach past what a prompt alone holds.
+    "smollm3": (SmolLM3Config, SmolLM3ForCausalLM, dict(
+        vocab_size=81, hidden_size=48, intermediate_size=80, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, no_rope_layer_interval=2,
+        pad_token_id=None)),
+    "granite": (GraniteConfig, GraniteForCausalLM, dict(
+        vocab_size=85, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=6.0,
+        attention_multiplier=0.2, residual_multiplier=0.3, logits_scaling=3.0)),
+    "olmo2": (Olmo2Config, Olmo2ForCausalLM, dict(
+        vocab_size=77, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, eos_token_id=None)),
 }
 NEW_TOKENS = 24
 

@@ -15,9 +15,10 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, LlamaConfig,
-                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GraniteConfig,
+                          GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 
 CASES = {
     # Grouped-query attention, untied, odd sizes.
@@ -81,7 +82,38 @@ CASES = {
         sliding_window=3, layer_types=["sliding_attention", "full_attention"],
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 2000.0}})),
+    # SmolLM3: tied, GQA, the middle layer without rotary positions (no_rope_layers).
+    "smollm3_nope": (SmolLM3Config, SmolLM3ForCausalLM, dict(
+        vocab_size=67, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, no_rope_layers=[1, 0, 1], pad_token_id=None,
+        rope_theta=5e5)),
+    # Untied, MLP biases, every 2nd layer without rope (no_rope_layer_interval) and sliding there
+    # (window 4 < T). No attention bias: in a layer without rope, k's bias adds the same q.b to every
+    # score of a query, so its true gradient is 0 and both sides' values are rounding noise.
+    "smollm3_untied_bias": (SmolLM3Config, SmolLM3ForCausalLM, dict(
+        vocab_size=59, hidden_size=40, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, tie_word_embeddings=False,
+        mlp_bias=True, no_rope_layer_interval=2, use_sliding_window=True, sliding_window=4,
+        pad_token_id=None)),
+    # Granite: all four multipliers away from 1, GQA, tied, attention bias.
+    "granite_multipliers": (GraniteConfig, GraniteForCausalLM, dict(
+        vocab_size=83, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, attention_bias=True,
+        embedding_multiplier=3.5, attention_multiplier=0.11, residual_multiplier=0.4,
+        logits_scaling=2.5, rope_theta=1e4)),
+    # OLMo 2: norms after attention and MLP only, q/k norms over all heads, GQA, untied.
+    "olmo2_postnorm": (Olmo2Config, Olmo2ForCausalLM, dict(
+        vocab_size=77, hidden_size=48, intermediate_size=88, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=5e5, pad_token_id=None)),
+    # Multi-head, attention bias (q/k/v/o), tied, linear rope scaling.
+    "olmo2_mha_bias": (Olmo2Config, Olmo2ForCausalLM, dict(
+        vocab_size=55, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
+        num_attention_heads=4, attention_bias=True, tie_word_embeddings=True, pad_token_id=None,
+        eos_token_id=None, rope_scaling=dict(rope_type="linear", factor=2.0))),
 }
+
+# pad_token_id None where a config's default names a token: torch's nn.Embedding(padding_idx) leaves
+# that row's gradient at zero, a choice of the reference's, not of the model (mlx-lm trains the row).
 
 B, T = 2, 11
 
