@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import CASES, randomize  # noqa: E402
 
-FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding"]
+FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding",
+                "smollm3_nope", "granite_multipliers", "olmo2_postnorm"]
 KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, SCALE = 4, 2.5
 B, T = 2, 9
@@ -35,6 +36,8 @@ B, T = 2, 9
 def make_model(name, seed):
     cfg_cls, model_cls, kw = CASES[name]
     kw = dict(kw, num_hidden_layers=2)
+    if "no_rope_layers" in kw:  # per-layer lists follow the layer count (smollm3_nope: layer 1 without rope)
+        kw["no_rope_layers"] = kw["no_rope_layers"][:2]
     cfg = cfg_cls(**kw, attn_implementation="eager")
     torch.manual_seed(seed)
     model = model_cls(cfg).float().eval()

@@ -83,7 +83,9 @@ INSTANTIATE_TEST_SUITE_P(Families, LoraGolden,
                                            "llama_tied_llama3rope_bias/dora", "mistral_window/lora",
                                            "mistral_window/dora", "qwen2_bias_tied/lora", "qwen2_bias_tied/dora",
                                            "gemma_mqa/lora", "gemma_mqa/dora", "gemma3_sliding/lora",
-                                           "gemma3_sliding/dora"),
+                                           "gemma3_sliding/dora", "smollm3_nope/lora", "smollm3_nope/dora",
+                                           "granite_multipliers/lora", "granite_multipliers/dora",
+                                           "olmo2_postnorm/lora", "olmo2_postnorm/dora"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)
