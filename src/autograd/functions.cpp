@@ -51,6 +51,12 @@ Tensor add_scalar(const Tensor& x, float s) {
                 [](const Tensor& d) { return std::vector<Tensor>{d}; });
 }
 
+Tensor slice_last(const Tensor& x, int64_t begin, int64_t n) {
+  const int64_t cols = x.dim(x.ndim() - 1);
+  return record("slice_last", ops::slice_last(x, begin, n), {x},
+                [cols, begin](const Tensor& d) { return std::vector<Tensor>{ops::place_last(d, cols, begin)}; });
+}
+
 Tensor silu(const Tensor& x) {
   Tensor xd = x.detach();
   return record("silu", ops::unary(UnaryOp::silu, x), {x},

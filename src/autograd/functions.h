@@ -11,7 +11,8 @@ Tensor add(const Tensor& a, const Tensor& b);  // b may broadcast over a's leadi
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& x, float s);
-Tensor add_scalar(const Tensor& x, float s);  // x + s, rounded to x's dtype
+Tensor add_scalar(const Tensor& x, float s);                   // x + s, rounded to x's dtype
+Tensor slice_last(const Tensor& x, int64_t begin, int64_t n);  // columns [begin, begin + n) of the last axis
 Tensor silu(const Tensor& x);
 Tensor gelu_tanh(const Tensor& x);
 Tensor sum(const Tensor& x);   // f32 scalar

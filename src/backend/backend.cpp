@@ -9,6 +9,7 @@ void Backend::missing(const char* op) const { fail("[", op, "] has no ", name(),
 void Backend::copy_h2d(void*, const void*, size_t) { missing("copy_h2d"); }
 void Backend::copy_d2h(void*, const void*, size_t) { missing("copy_d2h"); }
 void Backend::copy_d2d(void*, const void*, size_t) { missing("copy_d2d"); }
+void Backend::copy_d2d_2d(void*, size_t, const void*, size_t, size_t, size_t) { missing("copy_d2d_2d"); }
 void Backend::synchronize() {}
 void Backend::fill(void*, DType, int64_t, float) { missing("fill"); }
 void Backend::cast(const void*, DType, void*, DType, int64_t) { missing("cast"); }

@@ -75,6 +75,9 @@ class Backend {
   virtual void copy_h2d(void* dst, const void* src, size_t n);
   virtual void copy_d2h(void* dst, const void* src, size_t n);
   virtual void copy_d2d(void* dst, const void* src, size_t n);
+  // rows blocks of width bytes, from src every src_pitch bytes to dst every dst_pitch bytes
+  // (a column block of a row-major matrix), both on this device; the blocks must not overlap.
+  virtual void copy_d2d_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows);
   virtual void synchronize();
 
   // dst (n) = value, in dst's dtype.

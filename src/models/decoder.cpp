@@ -28,8 +28,6 @@ DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
   };
   refuse(c.attn_logit_softcap != 0.0, "attn_logit_softcap");
   refuse(c.final_logit_softcap != 0.0, "final_logit_softcap");
-  refuse(c.fused_qkv, "fused_qkv");
-  refuse(c.fused_gate_up, "fused_gate_up");
   LMT_CHECK(int64_t(c.layer_window.size()) == c.n_layer, "[model] ", c.model_type, ": layer_window has ",
             c.layer_window.size(), " entries for ", c.n_layer, " layers");
   LMT_CHECK(int64_t(c.layer_rope.size()) == c.n_layer, "[model] ", c.model_type, ": layer_rope has ",
@@ -43,11 +41,17 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
   for (int64_t i = 0; i < c.n_layer; ++i) {
     std::string p = layer_prefix(i);
     if (c.norm_layout != NormLayout::post) s.push_back({p + "input_layernorm.weight", {c.n_embd}});
-    s.push_back({p + "self_attn.q_proj.weight", {q_out, c.n_embd}});
-    s.push_back({p + "self_attn.k_proj.weight", {kv_out, c.n_embd}});
-    s.push_back({p + "self_attn.v_proj.weight", {kv_out, c.n_embd}});
+    if (c.fused_qkv) {
+      s.push_back({p + "self_attn.qkv_proj.weight", {q_out + 2 * kv_out, c.n_embd}});
+    } else {
+      s.push_back({p + "self_attn.q_proj.weight", {q_out, c.n_embd}});
+      s.push_back({p + "self_attn.k_proj.weight", {kv_out, c.n_embd}});
+      s.push_back({p + "self_attn.v_proj.weight", {kv_out, c.n_embd}});
+    }
     s.push_back({p + "self_attn.o_proj.weight", {c.n_embd, q_out}});
-    if (c.attention_bias || c.qkv_bias) {
+    if (c.fused_qkv && (c.attention_bias || c.qkv_bias)) {
+      s.push_back({p + "self_attn.qkv_proj.bias", {q_out + 2 * kv_out}});
+    } else if (c.attention_bias || c.qkv_bias) {
       s.push_back({p + "self_attn.q_proj.bias", {q_out}});
       s.push_back({p + "self_attn.k_proj.bias", {kv_out}});
       s.push_back({p + "self_attn.v_proj.bias", {kv_out}});
@@ -60,10 +64,17 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
     s.push_back({p + "post_attention_layernorm.weight", {c.n_embd}});
     if (c.norm_layout == NormLayout::sandwich) s.push_back({p + "pre_feedforward_layernorm.weight", {c.n_embd}});
     if (c.norm_layout != NormLayout::pre) s.push_back({p + "post_feedforward_layernorm.weight", {c.n_embd}});
-    s.push_back({p + "mlp.gate_proj.weight", {c.n_ff, c.n_embd}});
-    s.push_back({p + "mlp.up_proj.weight", {c.n_ff, c.n_embd}});
+    if (c.fused_gate_up) {
+      s.push_back({p + "mlp.gate_up_proj.weight", {2 * c.n_ff, c.n_embd}});
+    } else {
+      s.push_back({p + "mlp.gate_proj.weight", {c.n_ff, c.n_embd}});
+      s.push_back({p + "mlp.up_proj.weight", {c.n_ff, c.n_embd}});
+    }
     s.push_back({p + "mlp.down_proj.weight", {c.n_embd, c.n_ff}});
-    if (c.mlp_bias) {
+    if (c.mlp_bias && c.fused_gate_up) {
+      s.push_back({p + "mlp.gate_up_proj.bias", {2 * c.n_ff}});
+      s.push_back({p + "mlp.down_proj.bias", {c.n_embd}});
+    } else if (c.mlp_bias) {
       s.push_back({p + "mlp.gate_proj.bias", {c.n_ff}});
       s.push_back({p + "mlp.up_proj.bias", {c.n_ff}});
       s.push_back({p + "mlp.down_proj.bias", {c.n_embd}});
@@ -121,8 +132,13 @@ void DecoderModel::bind() {
     Block& b = blocks_[size_t(i)];
     if (c.norm_layout != NormLayout::post) b.attn_norm = {w(p + "input_layernorm.weight"), eps, off};
     nn::Attention& at = b.attn;
-    at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
-    at.v = linear(p + "self_attn.v_proj"), at.o = linear(p + "self_attn.o_proj");
+    if (c.fused_qkv) {
+      at.qkv = linear(p + "self_attn.qkv_proj");
+    } else {
+      at.q = linear(p + "self_attn.q_proj"), at.k = linear(p + "self_attn.k_proj");
+      at.v = linear(p + "self_attn.v_proj");
+    }
+    at.o = linear(p + "self_attn.o_proj");
     if (c.qk_norm)
       at.q_norm = {w(p + "self_attn.q_norm.weight"), eps, off},
       at.k_norm = {w(p + "self_attn.k_norm.weight"), eps, off};
@@ -140,7 +156,10 @@ void DecoderModel::bind() {
       if (c.norm_layout == NormLayout::sandwich) b.mlp_norm = {w(p + "pre_feedforward_layernorm.weight"), eps, off};
     }
     b.residual_scale = float(c.residual_scale);
-    b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"), c.activation};
+    if (c.fused_gate_up)
+      b.mlp = {{}, {}, linear(p + "mlp.gate_up_proj"), linear(p + "mlp.down_proj"), c.activation};
+    else
+      b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), {}, linear(p + "mlp.down_proj"), c.activation};
   }
   head_ = {{w("model.norm.weight"), eps, off}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
   head_.scale = float(c.logit_scale);

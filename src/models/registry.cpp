@@ -15,6 +15,7 @@ void parse_gemma3_text(const ConfigReader& r, ModelConfig& c);  // models/gemma3
 void parse_smollm3(const ConfigReader& r, ModelConfig& c);      // models/smollm3.cpp
 void parse_granite(const ConfigReader& r, ModelConfig& c);      // models/granite.cpp
 void parse_olmo2(const ConfigReader& r, ModelConfig& c);        // models/olmo2.cpp
+void parse_phi3(const ConfigReader& r, ModelConfig& c);         // models/phi3.cpp
 
 const std::vector<ModelFamily>& model_families() {
   static const std::vector<ModelFamily> kFamilies = {
@@ -27,6 +28,7 @@ const std::vector<ModelFamily>& model_families() {
       {"smollm3", parse_smollm3, build_decoder, {"smollm3_nope", "smollm3_untied_bias"}},
       {"granite", parse_granite, build_decoder, {"granite_multipliers"}},
       {"olmo2", parse_olmo2, build_decoder, {"olmo2_postnorm", "olmo2_mha_bias"}},
+      {"phi3", parse_phi3, build_decoder, {"phi3_fused", "phi3_window_tied"}},
   };
   return kFamilies;
 }

@@ -6,8 +6,22 @@ namespace lmtune::nn {
 
 void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt) const {
   const int64_t B = x.dim(0), T = x.dim(1);
-  Linear lq = q.get(), lk = k.get(), lv = v.get();
-  if (decoding && lq.plain() && lk.plain() && lv.plain()) {
+  const int64_t nq = opt.n_head * opt.head_dim, nkv = opt.n_kv_head * opt.head_dim;
+  Linear lq, lk, lv;
+  if (qkv.weight) {
+    Linear l = qkv.get();
+    if (!decoding || !(l.plain() || l.plain_quantized())) {  // one product (and adapter), then its column blocks
+      Tensor y = l.forward(x);
+      qt = ag::slice_last(y, 0, nq), kt = ag::slice_last(y, nq, nkv), vt = ag::slice_last(y, nq + nkv, nkv);
+    } else {  // the fused weight's row blocks (views) take the decoding kernels below
+      lq = l.rows(0, nq), lk = l.rows(nq, nkv), lv = l.rows(nq + nkv, nkv);
+    }
+  } else {
+    lq = q.get(), lk = k.get(), lv = v.get();
+  }
+  if (qt.defined()) {
+    // done above
+  } else if (decoding && lq.plain() && lk.plain() && lv.plain()) {
     std::vector<Tensor> qkv = ops::linear_group(x, {lq.weight, lk.weight, lv.weight});  // one launch
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
   } else if (decoding && lq.quantized_like(lk) && lq.quantized_like(lv)) {

@@ -33,6 +33,7 @@ struct PackedSpan {
 
 struct Attention {
   LinearRef q, k, v;                 // (n_head * head_dim | n_kv_head * head_dim, n_embd)
+  LinearRef qkv;                     // or one fused projection, q's rows then k's then v's (phi3); q, k, v unset
   LinearRef o;                       // (n_embd, n_head * head_dim)
   RmsNorm q_norm, k_norm;            // (head_dim) before rope, or undefined (no norm)
   bool qk_norm_whole = false;        // the norms over all heads' features at once: (n_head | n_kv_head * head_dim)

@@ -2,6 +2,16 @@
 
 namespace lmtune::nn {
 
+Linear Linear::rows(int64_t begin, int64_t n) const {
+  Linear l;
+  l.weight = weight.slice_rows(begin, begin + n);
+  if (bias.defined()) l.bias = bias.slice_rows(begin, begin + n);
+  if (scales.defined()) l.scales = scales.slice_rows(begin, begin + n);
+  if (biases.defined()) l.biases = biases.slice_rows(begin, begin + n);
+  l.format = format, l.dense_dtype = dense_dtype;
+  return l;
+}
+
 Tensor Linear::forward(const Tensor& x) const {
   if (adapter) return lora_forward(x, *this, *adapter);
   return base(x);

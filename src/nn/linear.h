@@ -33,6 +33,9 @@ struct Linear {
   // Whether two plain quantized layers can share a fused launch (one format).
   bool quantized_like(const Linear& o) const { return plain_quantized() && o.plain_quantized() && format == o.format; }
   ops::QuantizedWeight packed() const { return {&weight, &scales, &biases}; }
+  // Output rows [begin, begin + n) of the base weight (and bias, scales, biases) as views, without
+  // the adapter: a fused projection's part (phi3's qkv_proj, gate_up_proj) for the decoding kernels.
+  Linear rows(int64_t begin, int64_t n) const;
 };
 
 // A linear layer bound once, at load time, to the model's tensors: pointers into the model's

@@ -5,9 +5,24 @@
 namespace lmtune::nn {
 
 Tensor GatedMlp::forward(const Tensor& x, bool decoding, const Tensor* residual) const {
-  Linear lg = gate.get(), lu = up.get();
+  Linear lg, lu;
   Tensor act_out;
-  if (decoding && act == Activation::silu && lg.plain() && lu.plain()) {
+  if (gate_up.weight) {
+    Linear l = gate_up.get();
+    const int64_t n = l.out_features() / 2;
+    if (!decoding || !(l.plain() || l.plain_quantized())) {  // one product (and adapter), then its halves
+      Tensor y = l.forward(x);
+      Tensor g = ag::slice_last(y, 0, n), u = ag::slice_last(y, n, n);
+      act_out = act == Activation::silu ? ag::swiglu(g, u) : ag::mul(ag::gelu_tanh(g), u);
+    } else {  // row views of the fused weight take the decoding kernels below
+      lg = l.rows(0, n), lu = l.rows(n, n);
+    }
+  } else {
+    lg = gate.get(), lu = up.get();
+  }
+  if (act_out.defined()) {
+    // done above
+  } else if (decoding && act == Activation::silu && lg.plain() && lu.plain()) {
     act_out = ops::swiglu_linear(x, lg.weight, lu.weight);
   } else if (decoding && act == Activation::silu && runtime_config().group_gate_up && lg.quantized_like(lu)) {
     act_out = ops::quantized_swiglu_linear(x, lg.packed(), lu.packed(), lg.format);

@@ -7,6 +7,7 @@ namespace lmtune::nn {
 
 struct GatedMlp {
   LinearRef gate, up;  // (n_ff, n_embd)
+  LinearRef gate_up;   // or one fused (2 n_ff, n_embd) projection, gate's rows first (phi3); gate, up unset
   LinearRef down;      // (n_embd, n_ff)
   Activation act = Activation::silu;
 

@@ -56,6 +56,34 @@ void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src) {
   backend(dst.device()).copy_d2d(region.raw(), src.raw(), src.nbytes());
 }
 
+Tensor slice_last(const Tensor& x, int64_t begin, int64_t n) {
+  LMT_CHECK(x.ndim() >= 1 && begin >= 0 && n >= 0 && begin + n <= x.dim(x.ndim() - 1), "[slice_last] columns [", begin,
+            ", ", begin + n, ") of ", x.describe());
+  const int64_t cols = x.dim(x.ndim() - 1), rows = cols ? x.numel() / cols : 0;
+  Shape shape = x.shape();
+  shape.back() = n;
+  Tensor out = empty(shape, x.dtype(), x.device());
+  const size_t es = dtype_size(x.dtype());
+  backend(x.device())
+      .copy_d2d_2d(out.raw(), size_t(n) * es, static_cast<const char*>(x.raw()) + size_t(begin) * es, size_t(cols) * es,
+                   size_t(n) * es, size_t(rows));
+  return out;
+}
+
+Tensor place_last(const Tensor& x, int64_t cols, int64_t begin) {
+  LMT_CHECK(x.ndim() >= 1 && begin >= 0 && begin + x.dim(x.ndim() - 1) <= cols, "[place_last] ", x.describe(),
+            " at column ", begin, " of ", cols);
+  const int64_t n = x.dim(x.ndim() - 1), rows = n ? x.numel() / n : 0;
+  Shape shape = x.shape();
+  shape.back() = cols;
+  Tensor out = zeros(shape, x.dtype(), x.device());
+  const size_t es = dtype_size(x.dtype());
+  backend(x.device())
+      .copy_d2d_2d(static_cast<char*>(out.raw()) + size_t(begin) * es, size_t(cols) * es, x.raw(), size_t(n) * es,
+                   size_t(n) * es, size_t(rows));
+  return out;
+}
+
 Tensor to(const Tensor& x, Device d) {
   if (x.device() == d) return x;
   Tensor out = empty(x.shape(), x.dtype(), d);

@@ -26,6 +26,11 @@ void copy_rows_into(Tensor& dst, int64_t dst_row, const Tensor& src);
 // The same with the row in device memory (an i32 scalar on dst's device, read at run time): no
 // bounds check is possible on the host, so callers keep *row_at + src rows <= dst rows.
 void copy_rows_at(Tensor& dst, const Tensor& row_at, const Tensor& src);
+// Columns [begin, begin + n) of x's last axis, as a new contiguous tensor (..., n): how a fused
+// projection's output (phi3's qkv_proj, gate_up_proj) is split.
+Tensor slice_last(const Tensor& x, int64_t begin, int64_t n);
+// The reverse: zeros (..., cols) with columns [begin, begin + x's last dim) = x (a slice's gradient).
+Tensor place_last(const Tensor& x, int64_t cols, int64_t begin);
 // Deterministic N(0, std^2) / U(lo, hi) values drawn on the host from seed, then moved.
 Tensor randn(const Shape& shape, uint64_t seed, float std = 1.f, DType dt = DType::f32, Device d = Device::cpu);
 Tensor uniform(const Shape& shape, uint64_t seed, float lo, float hi, DType dt = DType::f32, Device d = Device::cpu);

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GraniteConfig,
                           GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 
 CASES = {
@@ -110,6 +110,16 @@ CASES = {
         vocab_size=55, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
         num_attention_heads=4, attention_bias=True, tie_word_embeddings=True, pad_token_id=None,
         eos_token_id=None, rope_scaling=dict(rope_type="linear", factor=2.0))),
+    # Phi-3: fused qkv_proj and gate_up_proj, GQA, untied.
+    "phi3_fused": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=69, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, rope_theta=1e4)),
+    # A sliding window on every layer (as Phi-3-mini-4k's 2047), multi-head, tied.
+    "phi3_window_tied": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=63, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, sliding_window=4, tie_word_embeddings=True,
+        pad_token_id=None, bos_token_id=None, eos_token_id=None)),
 }
 
 # pad_token_id None where a config's default names a token: torch's nn.Embedding(padding_idx) leaves

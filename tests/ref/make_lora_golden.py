@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import CASES, randomize  # noqa: E402
 
 FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding",
-                "smollm3_nope", "granite_multipliers", "olmo2_postnorm"]
+                "smollm3_nope", "granite_multipliers", "olmo2_postnorm", "phi3_fused"]
 KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FUSED_KEYS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # phi3's layers (mlx-lm adapts the fused ones)
 RANK, SCALE = 4, 2.5
 B, T = 2, 9
 
@@ -73,9 +74,10 @@ def main():
         t_masked = t_all.clone()
         t_masked[0, :3] = -100
         t_masked[1, :5] = -100
+        keys = FUSED_KEYS if name.startswith("phi3") else KEYS
         for kind in ("lora", "dora"):
             _, model = make_model(name, 300 + ci)
-            pc = LoraConfig(r=RANK, lora_alpha=SCALE * RANK, lora_dropout=0.0, target_modules=KEYS,
+            pc = LoraConfig(r=RANK, lora_alpha=SCALE * RANK, lora_dropout=0.0, target_modules=keys,
                             layers_to_transform=[1], use_dora=(kind == "dora"), bias="none")
             model = get_peft_model(model, pc)
             torch.manual_seed(900 + ci)
@@ -89,7 +91,7 @@ def main():
                     elif "lora_magnitude_vector" in n:
                         p.mul_(1.0 + 0.2 * torch.randn_like(p))
             params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-            assert len(params) == len(KEYS) * (3 if kind == "dora" else 2), sorted(params)
+            assert len(params) == len(keys) * (3 if kind == "dora" else 2), sorted(params)
             gold = {"ids": ids.int().contiguous(), "targets_all": t_all.int().contiguous(),
                     "targets_masked": t_masked.int().contiguous()}
             for tname, tg in (("all", t_all), ("masked", t_masked)):

@@ -11,6 +11,7 @@ class CpuBackend final : public Backend {
   void copy_h2d(void* dst, const void* src, size_t n) override;
   void copy_d2h(void* dst, const void* src, size_t n) override;
   void copy_d2d(void* dst, const void* src, size_t n) override;
+  void copy_d2d_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows) override;
   void fill(void* dst, DType dt, int64_t n, float value) override;
   void cast(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n) override;
   void binary(BinaryOp op, const void* a, const void* b, void* out, int64_t n, int64_t nb, DType dt) override;

@@ -31,6 +31,12 @@ void CpuBackend::copy_d2d(void* dst, const void* src, size_t n) {
   LMT_CPU_PROFILE("copy_d2d");
   std::memmove(dst, src, n);
 }
+void CpuBackend::copy_d2d_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                             size_t rows) {
+  LMT_CPU_PROFILE("copy_d2d_2d");
+  for (size_t r = 0; r < rows; ++r)
+    std::memcpy(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch, width);
+}
 void CpuBackend::copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at) {
   LMT_CPU_PROFILE("copy_rows_at");
   std::memmove(static_cast<char*>(dst) + *row_at * row_bytes, src, size_t(n * row_bytes));

@@ -105,6 +105,12 @@ void CudaBackend::copy_d2d(void* dst, const void* src, size_t n) {
   LMT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream_));
 }
 
+void CudaBackend::copy_d2d_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                              size_t rows) {
+  if (width == 0 || rows == 0) return;
+  LMT_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice, stream_));
+}
+
 void CudaBackend::synchronize() { LMT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
 // Relaxed capture: the caching allocator may cudaMalloc a new block while a decode step is being

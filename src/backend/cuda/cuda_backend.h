@@ -81,6 +81,7 @@ class CudaBackend final : public Backend {
   void copy_h2d(void* dst, const void* src, size_t n) override;
   void copy_d2h(void* dst, const void* src, size_t n) override;
   void copy_d2d(void* dst, const void* src, size_t n) override;
+  void copy_d2d_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows) override;
   void synchronize() override;
 
   void fill(void* dst, DType dt, int64_t n, float value) override;
