@@ -154,6 +154,29 @@ TEST_F(CudaVsCpuOnce, CopiesAndSynchronize) {
   EXPECT_FALSE(cuda_device_name().empty());
 }
 
+TEST_F(CudaVsCpuOnce, ColumnBlocksOfEveryDtype) {  // Backend::copy_d2d_2d (ops::slice_last / place_last)
+  const size_t rows = 21, cols = 40;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const size_t es = dtype_size(dt);
+    Vec x = uniform(rows * cols, 9);
+    Tensor g = on_gpu(x, dt);
+    std::vector<uint8_t> host = encode(x, dt);
+    for (auto [begin, n] : {std::pair<size_t, size_t>{0, 24}, {24, 8}, {32, 8}, {5, 33}}) {
+      Tensor out = gpu_empty(int64_t(rows * n), dt);
+      gpu().copy_d2d_2d(out.raw(), n * es, static_cast<const char*>(g.raw()) + begin * es, cols * es, n * es, rows);
+      std::vector<uint8_t> ref(rows * n * es);
+      cpu().copy_d2d_2d(ref.data(), n * es, host.data() + begin * es, cols * es, n * es, rows);
+      EXPECT_EQ(read(out), decode(ref, dt)) << "columns " << begin << "+" << n;
+      // And back into the middle of a wider destination (place_last).
+      Tensor wide = on_gpu(Vec(rows * cols, 0.f), dt);
+      gpu().copy_d2d_2d(static_cast<char*>(wide.raw()) + begin * es, cols * es, out.raw(), n * es, n * es, rows);
+      std::vector<uint8_t> wref(rows * cols * es, 0);
+      cpu().copy_d2d_2d(wref.data() + begin * es, cols * es, ref.data(), n * es, n * es, rows);
+      EXPECT_EQ(read(wide), decode(wref, dt)) << "placed " << begin << "+" << n;
+    }
+  }
+}
+
 TEST_F(CudaVsCpuOnce, FillEveryDtype) {
   for (DType dt : {DType::f32, DType::bf16, DType::f16, DType::i32}) {
     for (int64_t n : {1, 31, 257, 1031}) {

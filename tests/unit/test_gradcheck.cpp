@@ -39,6 +39,24 @@ TEST(Gradcheck, Elementwise) {
   check("mean", [](const V& x) { return ag::mean(ag::mul(x[0], x[1])); }, {a, b});
   check("softmax", [](const V& x) { return ag::softmax(x[0]); }, {rnd({3, 9}, 4)});
   check("swiglu", [](const V& x) { return ag::swiglu(x[0], x[1]); }, {a, b});
+  // A fused projection's column blocks, each used (one twice) so that their gradients meet in x.
+  check("slice_last",
+        [](const V& x) {
+          Tensor q = ag::slice_last(x[0], 0, 2), k = ag::slice_last(x[0], 2, 1), v = ag::slice_last(x[0], 3, 1);
+          return ag::add(ag::add(ag::sum(ag::mul(q, q)), ag::sum(ag::mul(ag::add(k, v), k))), ag::sum(ag::mul(v, v)));
+        },
+        {a});
+}
+
+TEST(SliceLast, BlocksAndPlacement) {
+  Tensor x = Tensor::from_f32({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {2, 1, 6});
+  Tensor mid = ops::slice_last(x, 2, 3);
+  EXPECT_EQ(mid.shape(), (Shape{2, 1, 3}));
+  EXPECT_EQ(mid.to_f32_vector(), (std::vector<float>{2, 3, 4, 8, 9, 10}));
+  Tensor back = ops::place_last(mid, 6, 2);
+  EXPECT_EQ(back.to_f32_vector(), (std::vector<float>{0, 0, 2, 3, 4, 0, 0, 0, 8, 9, 10, 0}));
+  EXPECT_THROW(ops::slice_last(x, 4, 3), Error);
+  EXPECT_THROW(ops::place_last(mid, 4, 2), Error);
 }
 
 TEST(Gradcheck, CastOnExactGrid) {
