@@ -69,6 +69,12 @@ Tensor gelu_tanh(const Tensor& x) {
                 [xd](const Tensor& d) { return std::vector<Tensor>{ops::unary_backward(UnaryOp::gelu_tanh, xd, d)}; });
 }
 
+Tensor tanh(const Tensor& x) {
+  Tensor xd = x.detach();
+  return record("tanh", ops::unary(UnaryOp::tanh, x), {x},
+                [xd](const Tensor& d) { return std::vector<Tensor>{ops::unary_backward(UnaryOp::tanh, xd, d)}; });
+}
+
 Tensor sum(const Tensor& x) {
   Shape s = x.shape();
   DType dt = x.dtype();
@@ -252,14 +258,14 @@ Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions,
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                 int64_t q_offset, const Tensor* segments) {
-  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset, nullptr, segments);
+                 int64_t q_offset, const Tensor* segments, float softcap) {
+  ops::AttentionOut r = ops::attention(q, k, v, scale, causal, window, q_offset, nullptr, segments, softcap);
   Tensor qd = q.detach(), kd = k.detach(), vd = v.detach();
   ops::AttentionOut saved{r.out.detach(), r.lse};
   const Tensor seg = segments ? *segments : Tensor();  // kept alive by the backward closure
   return record("attention", r.out, {q, k, v}, [=](const Tensor& d) {
-    ops::AttentionGrads g =
-        ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset, seg.defined() ? &seg : nullptr);
+    ops::AttentionGrads g = ops::attention_backward(qd, kd, vd, saved, d, scale, causal, window, q_offset,
+                                                    seg.defined() ? &seg : nullptr, softcap);
     return std::vector<Tensor>{g.dq, g.dk, g.dv};
   });
 }

@@ -15,6 +15,7 @@ Tensor add_scalar(const Tensor& x, float s);                   // x + s, rounded
 Tensor slice_last(const Tensor& x, int64_t begin, int64_t n);  // columns [begin, begin + n) of the last axis
 Tensor silu(const Tensor& x);
 Tensor gelu_tanh(const Tensor& x);
+Tensor tanh(const Tensor& x);
 Tensor sum(const Tensor& x);   // f32 scalar
 Tensor mean(const Tensor& x);  // f32 scalar
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
@@ -48,7 +49,7 @@ Tensor rope(const Tensor& x, const Tensor& inv_freq, int64_t pos_offset, float m
 Tensor rope_at(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, float mscale);
 // segments: packed rows' i32 (B, T) segment ids (ops::attention); null for ordinary rows.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                 int64_t q_offset = 0, const Tensor* segments = nullptr);
+                 int64_t q_offset = 0, const Tensor* segments = nullptr, float softcap = 0.f);
 Tensor softmax(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 // Mean over the targets that are >= 0 of -log softmax(logits)[target]; logits (N, V), i32 (N).

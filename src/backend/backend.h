@@ -13,7 +13,7 @@
 namespace lmtune {
 
 enum class BinaryOp { add, sub, mul, div };
-enum class UnaryOp { silu, gelu_tanh, exp, neg, square, sqrt, rsqrt, scale, add_scalar };
+enum class UnaryOp { silu, gelu_tanh, exp, neg, square, sqrt, rsqrt, scale, add_scalar, tanh };
 
 struct GemmArgs {
   // For b in [0, batch): C[b] (M, N) = alpha * op(A[b]) (M, K) @ op(B[b]) (K, N) + beta * C[b]
@@ -56,6 +56,9 @@ struct AttentionArgs {
   const int32_t* segment = nullptr;
   float scale = 1.f;
   bool causal = true;
+  // > 0: each score becomes softcap * tanh(score / softcap) before the mask and softmax (gemma2's
+  // attn_logit_softcapping). The CPU backend has it; CUDA refuses it for now.
+  float softcap = 0.f;
 };
 
 struct AttentionBackwardArgs {

@@ -23,11 +23,8 @@ float round_to(DType dt, float v) {
 
 DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
   const ModelConfig& c = cfg_;
-  auto refuse = [&](bool asked, const char* what) {
-    LMT_CHECK(!asked, "[model] ", c.model_type, ": ", what, " is not implemented yet");
-  };
-  refuse(c.attn_logit_softcap != 0.0, "attn_logit_softcap");
-  refuse(c.final_logit_softcap != 0.0, "final_logit_softcap");
+  LMT_CHECK(c.attn_logit_softcap >= 0 && c.final_logit_softcap >= 0, "[model] ", c.model_type,
+            ": soft-caps must be >= 0, got ", c.attn_logit_softcap, " and ", c.final_logit_softcap);
   LMT_CHECK(int64_t(c.layer_window.size()) == c.n_layer, "[model] ", c.model_type, ": layer_window has ",
             c.layer_window.size(), " entries for ", c.n_layer, " layers");
   LMT_CHECK(int64_t(c.layer_rope.size()) == c.n_layer, "[model] ", c.model_type, ": layer_rope has ",
@@ -147,7 +144,7 @@ void DecoderModel::bind() {
     at.inv_freq = sliding && inv_freq_sliding_.defined() ? &inv_freq_sliding_ : &inv_freq_;
     if (!c.layer_rope[size_t(i)]) at.inv_freq = &inv_freq_none_;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
-    at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)]};
+    at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)], float(c.attn_logit_softcap)};
     if (c.norm_layout == NormLayout::pre) {
       b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
     } else {
@@ -163,6 +160,7 @@ void DecoderModel::bind() {
   }
   head_ = {{w("model.norm.weight"), eps, off}, linear(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head")};
   head_.scale = float(c.logit_scale);
+  head_.softcap = float(c.final_logit_softcap);
 }
 
 Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache,
@@ -209,7 +207,8 @@ nn::Segments DecoderModel::segments(const Tensor& ids, const PackedRows& rows) c
 bool DecoderModel::forward_hidden(const Tensor& ids, Tensor& hidden, nn::Linear& head, const PackedRows* rows) {
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   ensure_bound();
-  if (head_.weight.adapter || head_.weight.bias) return false;
+  if (head_.weight.adapter || head_.weight.bias || head_.softcap > 0.f)
+    return false;  // the fused loss takes plain logits
   std::optional<nn::Segments> seg;
   if (rows) seg = segments(ids, *rows);
   hidden = head_.hidden(forward_blocks(ids, 0, seg ? &*seg : nullptr));

@@ -11,6 +11,7 @@ void parse_mistral(const ConfigReader& r, ModelConfig& c);      // models/llama.
 void parse_qwen2(const ConfigReader& r, ModelConfig& c);        // models/qwen2.cpp
 void parse_qwen3(const ConfigReader& r, ModelConfig& c);        // models/qwen3.cpp
 void parse_gemma(const ConfigReader& r, ModelConfig& c);        // models/gemma.cpp
+void parse_gemma2(const ConfigReader& r, ModelConfig& c);       // models/gemma2.cpp
 void parse_gemma3_text(const ConfigReader& r, ModelConfig& c);  // models/gemma3.cpp
 void parse_smollm3(const ConfigReader& r, ModelConfig& c);      // models/smollm3.cpp
 void parse_granite(const ConfigReader& r, ModelConfig& c);      // models/granite.cpp
@@ -24,6 +25,7 @@ const std::vector<ModelFamily>& model_families() {
       {"qwen2", parse_qwen2, build_decoder, {"qwen2_bias_tied", "qwen2_sliding"}},
       {"qwen3", parse_qwen3, build_decoder, {"qwen3_qknorm", "qwen3_tied_bias_sliding"}},
       {"gemma", parse_gemma, build_decoder, {"gemma_mqa", "gemma_untied_gqa"}},
+      {"gemma2", parse_gemma2, build_decoder, {"gemma2_softcaps", "gemma2_untied_nocap", "gemma2_wide_window"}},
       {"gemma3_text", parse_gemma3_text, build_decoder, {"gemma3_sliding", "gemma3_untied_scaled"}},
       {"smollm3", parse_smollm3, build_decoder, {"smollm3_nope", "smollm3_untied_bias"}},
       {"granite", parse_granite, build_decoder, {"granite_multipliers"}},

@@ -53,7 +53,7 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     LMT_CHECK(!cache && pos_offset == 0, "[attention] packed rows take no cache and no position offset");
     qt = ag::rope_at(qt, *inv_freq, seg->positions, 1.f);
     kt = ag::rope_at(kt, *inv_freq, seg->positions, 1.f);
-    Tensor a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0, &seg->ids);
+    Tensor a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0, &seg->ids, opt.softcap);
     return o.forward(ag::reshape(a, {B, T, opt.n_head * opt.head_dim}));
   }
 
@@ -74,11 +74,11 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     if (!stored) kv = cache->update(layer, kt, vt);
     int64_t w = kv.positional ? opt.window : 0;
     if (kv.q_offset_at.defined())
-      a = ops::attention(qt, kv.k, kv.v, opt.scale, true, w, kv.q_offset, &kv.q_offset_at).out;
+      a = ops::attention(qt, kv.k, kv.v, opt.scale, true, w, kv.q_offset, &kv.q_offset_at, nullptr, opt.softcap).out;
     else
-      a = ag::attention(qt, kv.k, kv.v, opt.scale, true, w, kv.q_offset);
+      a = ag::attention(qt, kv.k, kv.v, opt.scale, true, w, kv.q_offset, nullptr, opt.softcap);
   } else {
-    a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0);
+    a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0, nullptr, opt.softcap);
   }
   return o.forward(ag::reshape(a, {B, T, opt.n_head * opt.head_dim}));
 }
@@ -97,7 +97,7 @@ Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vect
   // three a sequence; the other spans (prefill chunks) below, one by one. Where the backend lacks
   // those kernels (the CPU) the rows are not even gathered.
   std::vector<bool> done(spans.size(), false);
-  if (spans.size() > 1 && ops::has_decode_rows(x.device())) {
+  if (spans.size() > 1 && opt.softcap == 0.f && ops::has_decode_rows(x.device())) {
     std::vector<ops::DecodeRowRef> rows;
     std::vector<size_t> which;
     for (size_t i = 0; i < spans.size(); ++i) {
@@ -132,7 +132,7 @@ Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vect
       kv = s.cache->update(layer, ks, vs);
     }
     const int64_t w = kv.positional ? opt.window : 0;
-    Tensor a = ops::attention(qs, kv.k, kv.v, opt.scale, true, w, kv.q_offset).out;  // (1, T, H, D)
+    Tensor a = ops::attention(qs, kv.k, kv.v, opt.scale, true, w, kv.q_offset, nullptr, nullptr, opt.softcap).out;
     ops::copy_rows_into(out, s.begin, a.reshape({T, H * D}));
   }
   return o.forward(out.reshape({1, N, H * D}));

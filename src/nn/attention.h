@@ -12,8 +12,9 @@ namespace lmtune::nn {
 
 struct AttentionOptions {
   int64_t n_head = 0, n_kv_head = 0, head_dim = 0;
-  float scale = 0.f;   // on q.k
-  int64_t window = 0;  // sliding window (keys within the last `window` positions), 0 = full
+  float scale = 0.f;    // on q.k
+  int64_t window = 0;   // sliding window (keys within the last `window` positions), 0 = full
+  float softcap = 0.f;  // > 0: scores soft-capped, softcap * tanh(score / softcap) (gemma2)
 };
 
 // Packed training rows (lmtune lora --pack): several examples concatenated along T. Per token its

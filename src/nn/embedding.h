@@ -27,8 +27,12 @@ struct LmHead {
     Tensor h = norm.forward(x);
     return scale == 1.f ? h : ag::scale(h, scale);
   }
+  float softcap = 0.f;  // > 0: logits softcap * tanh(logits / softcap) (gemma2's final_logit_softcapping)
   // x (B, T, n_embd) -> logits (B, T, n_vocab) in the weight's dtype.
-  Tensor forward(const Tensor& x) const { return weight.get().base(hidden(x)); }
+  Tensor forward(const Tensor& x) const {
+    Tensor logits = weight.get().base(hidden(x));
+    return softcap > 0.f ? ag::scale(ag::tanh(ag::scale(logits, 1.f / softcap)), softcap) : logits;
+  }
 };
 
 }  // namespace lmtune::nn

@@ -1,4 +1,5 @@
 // Fused layer ops: embedding, rms_norm, rope, attention, softmax, swiglu, cross-entropy, AdamW.
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -199,8 +200,10 @@ void set_segments(AttentionArgs& a, const Tensor* segments, const Tensor& q) {
 }  // namespace
 
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                       int64_t q_offset, const Tensor* q_offset_at, const Tensor* segments) {
+                       int64_t q_offset, const Tensor* q_offset_at, const Tensor* segments, float softcap) {
+  LMT_CHECK(softcap >= 0.f && std::isfinite(softcap), "[attention] softcap must be >= 0, got ", softcap);
   AttentionArgs a = attention_args(q, k, v, scale, causal, window, q_offset);
+  a.softcap = softcap;
   a.q_offset_at = position_ptr(q_offset_at, q, "attention");
   set_segments(a, segments, q);
   AttentionOut r{empty(q.shape(), q.dtype(), q.device()), empty({a.B, a.n_head, a.T}, DType::f32, q.device())};
@@ -212,10 +215,11 @@ AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float 
 
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
                                   const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset,
-                                  const Tensor* segments) {
+                                  const Tensor* segments, float softcap) {
   check_same(q, dout, "attention_backward", "dout must match q");
   AttentionBackwardArgs ab;
   ab.fwd = attention_args(q, k, v, scale, causal, window, q_offset);
+  ab.fwd.softcap = softcap;
   set_segments(ab.fwd, segments, q);
   ab.fwd.out = fwd.out.raw();
   ab.fwd.lse = static_cast<float*>(fwd.lse.raw());

@@ -156,14 +156,16 @@ struct AttentionOut {
 // q_offset_at: an optional i32 scalar on q's device added to q_offset at run time (inference).
 // segments: packed rows' i32 (B, T) segment ids on q's device, non-decreasing along each row, for
 // causal self-attention (S == T, q_offset 0): a query sees only keys of its own segment.
+// softcap > 0: scores softcap * tanh(score / softcap) (AttentionArgs::softcap).
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, int64_t window,
-                       int64_t q_offset, const Tensor* q_offset_at = nullptr, const Tensor* segments = nullptr);
+                       int64_t q_offset, const Tensor* q_offset_at = nullptr, const Tensor* segments = nullptr,
+                       float softcap = 0.f);
 struct AttentionGrads {
   Tensor dq, dk, dv;
 };
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOut& fwd,
                                   const Tensor& dout, float scale, bool causal, int64_t window, int64_t q_offset,
-                                  const Tensor* segments = nullptr);
+                                  const Tensor* segments = nullptr, float softcap = 0.f);
 Tensor softmax(const Tensor& x);  // over the last axis
 Tensor softmax_backward(const Tensor& y, const Tensor& dy);
 Tensor swiglu(const Tensor& gate, const Tensor& up);

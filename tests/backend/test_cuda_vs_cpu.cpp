@@ -231,8 +231,8 @@ TEST_P(CudaVsCpu, Axpby) {
 
 TEST_P(CudaVsCpu, UnaryAndBackward) {
   const int64_t n = 1031;
-  for (UnaryOp op : {UnaryOp::silu, UnaryOp::gelu_tanh, UnaryOp::exp, UnaryOp::neg, UnaryOp::square, UnaryOp::sqrt,
-                     UnaryOp::rsqrt, UnaryOp::scale, UnaryOp::add_scalar}) {
+  for (UnaryOp op : {UnaryOp::silu, UnaryOp::gelu_tanh, UnaryOp::tanh, UnaryOp::exp, UnaryOp::neg, UnaryOp::square,
+                     UnaryOp::sqrt, UnaryOp::rsqrt, UnaryOp::scale, UnaryOp::add_scalar}) {
     bool positive = op == UnaryOp::sqrt || op == UnaryOp::rsqrt;
     Vec x = rounded(uniform(n, 7, positive ? 0.1f : -4.f, 4.f), dt), ref(n);
     cpu().unary(op, x.data(), ref.data(), n, 0.3f, DType::f32);
@@ -240,7 +240,7 @@ TEST_P(CudaVsCpu, UnaryAndBackward) {
     gpu().unary(op, gx.raw(), go.raw(), n, 0.3f, dt);
     check_close(read(go), ref, tol_elem(dt), "unary op " + std::to_string(int(op)));
   }
-  for (UnaryOp op : {UnaryOp::silu, UnaryOp::gelu_tanh}) {
+  for (UnaryOp op : {UnaryOp::silu, UnaryOp::gelu_tanh, UnaryOp::tanh}) {
     Vec x = rounded(uniform(n, 8, -4.f, 4.f), dt), dy = rounded(uniform(n, 9), dt), ref(n);
     cpu().unary_backward(op, x.data(), dy.data(), ref.data(), n, DType::f32);
     Tensor gx = on_gpu(x, dt), gdy = on_gpu(dy, dt), gdx = gpu_empty(n, dt);

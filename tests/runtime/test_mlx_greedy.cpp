@@ -38,6 +38,6 @@ TEST_P(MlxGreedy, EqualsMlxLmGenerateStep) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, MlxGreedy,
-                         ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma3", "smollm3", "granite",
-                                           "olmo2", "phi3"),
+                         ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3",
+                                           "granite", "olmo2", "phi3"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });

@@ -221,7 +221,7 @@ TEST(Adapters, RoundTripAndMlxCheckFiles) {
   const char* out_env = std::getenv("LMTUNE_ADAPTER_OUT");
   std::string out = out_env && *out_env ? out_env : (fs::temp_directory_path() / "lmtune_adapter_rt").string();
   for (const char* c : {"llama_gqa", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding", "smollm3_nope",
-                        "granite_multipliers", "olmo2_postnorm", "phi3_fused"}) {
+                        "granite_multipliers", "olmo2_postnorm", "phi3_fused", "gemma2_wide_window"}) {
     for (const char* type : {"lora", "dora", "full"}) {
       auto model = load_model(golden_model(c), Device::cpu, DType::f32);
       train::AdapterConfig cfg;

@@ -88,7 +88,7 @@ INSTANTIATE_TEST_SUITE_P(Families, LoraGolden,
                                            "gemma3_sliding/dora", "smollm3_nope/lora", "smollm3_nope/dora",
                                            "granite_multipliers/lora", "granite_multipliers/dora",
                                            "olmo2_postnorm/lora", "olmo2_postnorm/dora", "phi3_fused/lora",
-                                           "phi3_fused/dora"),
+                                           "phi3_fused/dora", "gemma2_softcaps/lora", "gemma2_softcaps/dora"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)

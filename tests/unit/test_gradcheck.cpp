@@ -34,6 +34,7 @@ TEST(Gradcheck, Elementwise) {
   check("scale", [](const V& x) { return ag::scale(x[0], -1.7f); }, {a});
   check("silu", [](const V& x) { return ag::silu(x[0]); }, {a});
   check("gelu_tanh", [](const V& x) { return ag::gelu_tanh(x[0]); }, {a});
+  check("tanh", [](const V& x) { return ag::tanh(x[0]); }, {a});
   check("reshape", [](const V& x) { return ag::mul(ag::reshape(x[0], {2, 6}), ag::reshape(x[1], {2, 6})); }, {a, b});
   check("sum", [](const V& x) { return ag::sum(ag::mul(x[0], x[0])); }, {a});
   check("mean", [](const V& x) { return ag::mean(ag::mul(x[0], x[1])); }, {a, b});
@@ -105,6 +106,10 @@ TEST(Gradcheck, AttentionGqaAndWindow) {
     Tensor q = rnd({2, c.T, c.H, c.D}, 16), k = rnd({2, c.T, c.KV, c.D}, 17), v = rnd({2, c.T, c.KV, c.D}, 18);
     float scale = 1.f / std::sqrt(float(c.D));
     check("attention", [c, scale](const V& x) { return ag::attention(x[0], x[1], x[2], scale, true, c.window); },
+          {q, k, v});
+    // gemma2's score soft-cap, tight enough (0.8 against scores near 1-3) that tanh bends.
+    check("attention softcap",
+          [c](const V& x) { return ag::attention(x[0], x[1], x[2], 1.3f, true, c.window, 0, nullptr, 0.8f); },
           {q, k, v});
   }
 }

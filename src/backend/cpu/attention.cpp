@@ -39,6 +39,16 @@ void scores(const AttentionArgs& a, int64_t b, int64_t h, float* sc) {
               int(a.n_kv_head * D), 0.f, sc, int(a.S));
 }
 
+// Gemma2's soft-cap of a row's visible scores: s = cap * tanh(s / cap); the tanh values are kept
+// in t (when given) for the backward's derivative cap * (1 - t^2) / cap.
+void soft_cap(float cap, float* row, float* t, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float th = std::tanh(row[i] / cap);
+    if (t) t[i] = th;
+    row[i] = cap * th;
+  }
+}
+
 // A run-time offset (q_offset_at, host memory on the CPU) folded into q_offset; with one batch
 // row the keys past the last query are dropped (they are invisible, and may be stale).
 AttentionArgs resolve_offset(const AttentionArgs& in) {
@@ -108,6 +118,7 @@ void CpuBackend::attention(const AttentionArgs& args) {
         float* row = sc.data() + t * S;
         int64_t lo, hi;
         visible_range(a, t, &lo, &hi);
+        if (a.softcap > 0) soft_cap(a.softcap, row + lo, nullptr, hi - lo);
         const float mx = cpu::max_of(row + lo, hi - lo);
         const double sum = hi > lo ? cpu::exp_sub_sum(row + lo, mx, row + lo, hi - lo) : 0.0;
         std::fill(row, row + lo, 0.f);
@@ -144,6 +155,7 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
   std::memset(ab.dv, 0, size_t(a.B * S * ldk) * 4);
   cpu::parallel_rows(a.B * a.n_kv_head, a.B * a.n_head * T * S * D >> 16, [&](int64_t u0, int64_t u1) {
     std::vector<float> p(static_cast<size_t>(T * S)), dp(static_cast<size_t>(T * S)), delta(static_cast<size_t>(T));
+    std::vector<float> th(a.softcap > 0 ? static_cast<size_t>(T * S) : 0);  // the soft-cap's tanh values
     // Pair u = b * n_kv_head + g holds the query heads u * group ... of b * n_head + h.
     for (int64_t bh = u0 * group; bh < u1 * group; ++bh) {
       const int64_t b = bh / a.n_head, h = bh % a.n_head, g = h / group;
@@ -164,6 +176,7 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
         int64_t lo, hi;
         visible_range(a, t, &lo, &hi);
         float* row = p.data() + t * S;
+        if (a.softcap > 0) soft_cap(a.softcap, row + lo, th.data() + t * S + lo, hi - lo);
         if (hi > lo) cpu::exp_sub_sum(row + lo, lse[t], row + lo, hi - lo);
         std::fill(row, row + lo, 0.f);
         std::fill(row + hi, row + S, 0.f);
@@ -175,6 +188,8 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
                   0.f, dp.data(), int(S));
       for (int64_t t = 0; t < T; ++t)
         for (int64_t s = 0; s < S; ++s) dp[t * S + s] = p[t * S + s] * (dp[t * S + s] - delta[t]);
+      if (a.softcap > 0)  // through s = cap * tanh(u / cap): du = ds * (1 - tanh^2); p is 0 where th is unset
+        for (int64_t i = 0; i < T * S; ++i) dp[size_t(i)] *= 1.f - th[size_t(i)] * th[size_t(i)];
       // dQ = scale * dS K ; dK_g += scale * dS^T Q
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), a.scale, dp.data(), int(S), k,
                   int(ldk), 0.f, dq, int(ldq));

@@ -156,6 +156,7 @@ void CpuBackend::unary(UnaryOp op, const void* x_, void* out_, int64_t n, float 
                             case UnaryOp::rsqrt: y[i] = 1.f / std::sqrt(v); break;
                             case UnaryOp::scale: y[i] = v * param; break;
                             case UnaryOp::add_scalar: y[i] = v + param; break;
+                            case UnaryOp::tanh: y[i] = std::tanh(v); break;
                           }
                         }
                       });
@@ -167,7 +168,8 @@ void CpuBackend::unary_backward(UnaryOp op, const void* x_, const void* dy_, voi
   const float* x = static_cast<const float*>(x_);
   const float* dy = static_cast<const float*>(dy_);
   float* dx = static_cast<float*>(dx_);
-  if (op != UnaryOp::silu && op != UnaryOp::gelu_tanh) fail("[unary_backward] no backward for this unary op on cpu");
+  if (op != UnaryOp::silu && op != UnaryOp::gelu_tanh && op != UnaryOp::tanh)
+    fail("[unary_backward] no backward for this unary op on cpu");
   cpu::parallel_elems(n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       float v = x[i];
@@ -178,6 +180,11 @@ void CpuBackend::unary_backward(UnaryOp op, const void* x_, const void* dy_, voi
           break;
         }
         case UnaryOp::gelu_tanh: dx[i] = dy[i] * gelu_tanh_grad(v); break;
+        case UnaryOp::tanh: {
+          const float t = std::tanh(v);
+          dx[i] = dy[i] * (1.f - t * t);
+          break;
+        }
         default: fail("[unary_backward] no backward for this unary op on cpu");
       }
     }

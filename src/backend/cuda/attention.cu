@@ -151,6 +151,9 @@ unsigned row_blocks(int64_t rows) { return unsigned(std::min<int64_t>(rows, int6
 }  // namespace
 
 void CudaBackend::attention(const AttentionArgs& a) {
+  LMT_CHECK(a.softcap == 0.f,
+            "[attention] cuda: the score soft-cap (gemma2's attn_logit_softcapping) is not "
+            "implemented on CUDA yet; run this model with --device cpu");
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.T * a.n_head * a.head_dim == 0) return;
@@ -207,6 +210,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
 
 void CudaBackend::attention_backward(const AttentionBackwardArgs& ab) {
   const AttentionArgs& a = ab.fwd;
+  LMT_CHECK(a.softcap == 0.f, "[attention_backward] cuda: the score soft-cap is not implemented on CUDA yet");
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention_backward] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");

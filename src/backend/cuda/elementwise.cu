@@ -93,6 +93,7 @@ struct UnaryF {
       case UnaryOp::rsqrt: y[0] = 1.f / sqrtf(v); break;
       case UnaryOp::scale: y[0] = v * param; break;
       case UnaryOp::add_scalar: y[0] = v + param; break;
+      case UnaryOp::tanh: y[0] = tanhf(v); break;
     }
   }
 };
@@ -104,6 +105,9 @@ struct UnaryBackwardF {  // inputs x, dy
     if (op == UnaryOp::silu) {
       float s = sigmoid(v);
       y[0] = x[1] * s * (1.f + v * (1.f - s));
+    } else if (op == UnaryOp::tanh) {
+      const float t = tanhf(v);
+      y[0] = x[1] * (1.f - t * t);
     } else {
       y[0] = x[1] * gelu_tanh_grad(v);
     }
@@ -268,8 +272,8 @@ void CudaBackend::unary(UnaryOp op, const void* x, void* out, int64_t n, float p
 }
 
 void CudaBackend::unary_backward(UnaryOp op, const void* x, const void* dy, void* dx, int64_t n, DType dt) {
-  LMT_CHECK(op == UnaryOp::silu || op == UnaryOp::gelu_tanh,
-            "[unary_backward] cuda: only silu and gelu_tanh have a backward, got op ", int(op));
+  LMT_CHECK(op == UnaryOp::silu || op == UnaryOp::gelu_tanh || op == UnaryOp::tanh,
+            "[unary_backward] cuda: only silu, gelu_tanh and tanh have a backward, got op ", int(op));
   run_map<2, 1>("unary_backward", dt, UnaryBackwardF{op}, {x, dy}, {dx}, n);
 }
 
