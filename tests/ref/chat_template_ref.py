@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 NPM = {"llama3": "tokenizer-llama3", "qwen3": "tokenizer-qwen3", "gemma3": "tokenizer-gemma3",
-       "llama2": "tokenizer-llama2"}
+       "llama2": "tokenizer-llama2", "gemma2": "tokenizer-gemma2"}
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",

@@ -16,7 +16,7 @@ import sys
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 NPM = {"llama3": "tokenizer-llama3", "qwen3": "tokenizer-qwen3", "gemma3": "tokenizer-gemma3",
-       "llama2": "tokenizer-llama2"}
+       "llama2": "tokenizer-llama2", "gemma2": "tokenizer-gemma2"}
 
 
 def bytes_to_unicode():
