@@ -51,8 +51,9 @@ namespace {
 // The rope type an object names ("rope_type", or the older "type"), refused unless supported.
 std::string rope_type_of(const ConfigReader& s, const char* field) {
   std::string type = s.str_or("rope_type", s.str_or("type", "default"));
-  LMT_CHECK(type == "default" || type == "linear" || type == "llama3", "[config] ", s.src, ": ", field, " type '", type,
-            "' is not supported (supported: default, linear, llama3)");
+  if (type == "su") type = "longrope";  // the older name of the same scaling
+  LMT_CHECK(type == "default" || type == "linear" || type == "llama3" || type == "longrope", "[config] ", s.src, ": ",
+            field, " type '", type, "' is not supported (supported: default, linear, llama3, longrope)");
   return type;
 }
 
@@ -80,6 +81,7 @@ void read_rope(const ConfigReader& s, const char* field, int64_t max_position, R
     out.original_max_position_embeddings = int64_t(original);
   }
   if (type == "default") return;
+  if (type == "longrope") return;  // checked by read_longrope, which knows the top-level fields
   LMT_CHECK(std::isfinite(out.factor) && out.factor > 0, "[config] ", s.src, ": ", field,
             " 'factor' must be a positive number, got ", out.factor);
   if (type == "llama3") {
@@ -88,6 +90,42 @@ void read_rope(const ConfigReader& s, const char* field, int64_t max_position, R
               "[config] ", s.src, ": ", field, " needs 0 < 'low_freq_factor' < 'high_freq_factor', got ",
               out.low_freq_factor, " and ", out.high_freq_factor);
   }
+}
+
+// longrope's fields: the factor lists from the rope object, original_max_position_embeddings from it
+// or from the top level (Phi-3's older files), the attention factor given or derived.
+void read_longrope(const ConfigReader& r, const ConfigReader& s, const char* field, ModelConfig& c) {
+  RopeConfig& o = c.rope;
+  auto list = [&](const char* key) {
+    LMT_CHECK(s.j.contains(key) && s.j[key].is_array(), "[config] ", r.src, ": ", field, " of type 'longrope' needs '",
+              key, "' (a list of numbers)");
+    std::vector<double> v;
+    for (const json& x : s.j[key]) {
+      LMT_CHECK(x.is_number() && std::isfinite(x.get<double>()) && x.get<double>() > 0, "[config] ", r.src, ": ", field,
+                " '", key, "' holds ", x.dump(), "; every entry must be a positive number");
+      v.push_back(x.get<double>());
+    }
+    return v;
+  };
+  o.short_factor = list("short_factor");
+  o.long_factor = list("long_factor");
+  if (!s.has("original_max_position_embeddings")) {
+    LMT_CHECK(r.has("original_max_position_embeddings"), "[config] ", r.src, ": ", field,
+              " of type 'longrope' needs 'original_max_position_embeddings'");
+    const double original = r.num_or("original_max_position_embeddings", 0);
+    LMT_CHECK(std::isfinite(original) && original >= 1 && original <= double(int64_t(1) << 30), "[config] ", r.src,
+              ": 'original_max_position_embeddings' must be 1 to 2^30, got ", original);
+    o.original_max_position_embeddings = int64_t(original);
+  }
+  const double original = double(o.original_max_position_embeddings);
+  o.factor = s.has("factor") ? s.num_or("factor", 1.0) : double(c.max_position_embeddings) / original;
+  LMT_CHECK(std::isfinite(o.factor) && o.factor > 0, "[config] ", r.src, ": ", field,
+            " 'factor' must be positive, got ", o.factor);
+  o.attention_factor = s.has("attention_factor") ? s.num_or("attention_factor", 1.0)
+                       : o.factor <= 1.0         ? 1.0
+                                                 : std::sqrt(1.0 + std::log(o.factor) / std::log(original));
+  LMT_CHECK(std::isfinite(o.attention_factor) && o.attention_factor > 0, "[config] ", r.src, ": ", field,
+            " 'attention_factor' must be positive, got ", o.attention_factor);
 }
 
 void parse_rope(const ConfigReader& r, ModelConfig& c) {
@@ -129,6 +167,7 @@ void parse_rope(const ConfigReader& r, ModelConfig& c) {
               other, "'; remove the one that is wrong");
   }
   if (scaling != params || !c.rope_sliding) read_rope(s, field, c.max_position_embeddings, c.rope);
+  if (c.rope.type == "longrope") read_longrope(r, s, field, c);
 }
 
 // transformers 5's layer_types, when present, says which layers slide; the family parsers handle
@@ -279,10 +318,18 @@ ModelConfig ModelConfig::load(const std::string& dir) {
   return from_json_text(ss.str(), path);
 }
 
-std::vector<float> rope_inv_freq(const ModelConfig& c, bool sliding) {
+std::vector<float> rope_inv_freq(const ModelConfig& c, bool sliding, bool long_factors) {
   const RopeConfig& r = sliding && c.rope_sliding ? *c.rope_sliding : c.rope;
   int64_t half = c.head_dim / 2;
   std::vector<float> inv(static_cast<size_t>(half));
+  if (r.type == "longrope") {
+    const std::vector<double>& ext = long_factors ? r.long_factor : r.short_factor;
+    LMT_CHECK(int64_t(ext.size()) == half, "[config] longrope's ", long_factors ? "long" : "short", "_factor has ",
+              ext.size(), " entries; head_dim ", c.head_dim, " needs ", half);
+    for (int64_t i = 0; i < half; ++i)
+      inv[size_t(i)] = float(1.0 / (ext[size_t(i)] * std::pow(r.theta, double(2 * i) / double(c.head_dim))));
+    return inv;
+  }
   for (int64_t i = 0; i < half; ++i)
     inv[size_t(i)] = float(1.0 / std::pow(r.theta, double(2 * i) / double(c.head_dim)));
   if (r.type == "linear") {

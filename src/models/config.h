@@ -15,11 +15,18 @@
 namespace lmtune {
 
 struct RopeConfig {
-  std::string type = "default";  // default | linear | llama3
+  std::string type = "default";  // default | linear | llama3 | longrope (also read as "su")
   double theta = 10000.0;
   double factor = 1.0;
   double low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+  // longrope (Phi-3.5, Phi-3-128k): per-frequency divisors (head_dim / 2 each), the long set while a
+  // forward reaches past original_max_position_embeddings, as transformers switches it; and the
+  // factor cos and sin are multiplied by (the file's attention_factor, or sqrt(1 + ln(factor) /
+  // ln(original)) with factor = max_position_embeddings / original), folded into the score scale
+  // as its square.
+  std::vector<double> short_factor, long_factor;
+  double attention_factor = 1.0;
 };
 
 // How a layer's weight is quantized (MLX's layout, any mode: core/quant_format.h).
@@ -94,6 +101,7 @@ struct ConfigReader {
 
 // The rotary inverse frequencies (head_dim / 2) after the config's scaling: cfg.rope's, or with
 // sliding, the sliding layers' (cfg.rope_sliding where set).
-std::vector<float> rope_inv_freq(const ModelConfig& cfg, bool sliding = false);
+// With longrope, the short set unless long.
+std::vector<float> rope_inv_freq(const ModelConfig& cfg, bool sliding = false, bool long_factors = false);
 
 }  // namespace lmtune

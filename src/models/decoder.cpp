@@ -85,6 +85,8 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
 void DecoderModel::on_weights_set() {
   std::vector<float> inv = rope_inv_freq(cfg_);
   inv_freq_ = ops::to(Tensor::from_f32(inv, {int64_t(inv.size())}), device());
+  rope_long_ = false;
+  if (cfg_.rope.type == "longrope") rope_inv_freq(cfg_, false, true);  // the long set's size checked at load
   inv_freq_sliding_ = Tensor();
   if (cfg_.rope_sliding) {
     std::vector<float> local = rope_inv_freq(cfg_, true);
@@ -95,6 +97,15 @@ void DecoderModel::on_weights_set() {
     std::vector<float> zeros(inv.size(), 0.f);  // cos 0 = 1, sin 0 = 0: every kernel's rotation is the identity
     inv_freq_none_ = ops::to(Tensor::from_f32(zeros, {int64_t(zeros.size())}), device());
   }
+}
+
+void DecoderModel::use_rope_for(int64_t positions) {
+  if (cfg_.rope.type != "longrope") return;
+  const bool want_long = positions > cfg_.rope.original_max_position_embeddings;
+  if (want_long == rope_long_) return;
+  std::vector<float> inv = rope_inv_freq(cfg_, false, want_long);
+  ops::copy_into(inv_freq_, Tensor::from_f32(inv, {int64_t(inv.size())}));
+  rope_long_ = want_long;
 }
 
 void DecoderModel::bind() {
@@ -144,6 +155,8 @@ void DecoderModel::bind() {
     at.inv_freq = sliding && inv_freq_sliding_.defined() ? &inv_freq_sliding_ : &inv_freq_;
     if (!c.layer_rope[size_t(i)]) at.inv_freq = &inv_freq_none_;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
+    // longrope's attention factor multiplies q's and k's rotations alike: its square on the scores.
+    if (c.rope.type == "longrope") scale *= float(c.rope.attention_factor * c.rope.attention_factor);
     at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)], float(c.attn_logit_softcap)};
     if (c.norm_layout == NormLayout::pre) {
       b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};
@@ -221,6 +234,15 @@ Tensor DecoderModel::forward_blocks(const Tensor& ids, int64_t pos_offset, const
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   use_masters();
   ensure_bound();
+  if (cfg_.rope.type == "longrope") {
+    int64_t reach = pos_offset + ids.dim(1);
+    if (seg) {  // packed rows: the largest per-token position
+      Tensor pos = ops::to(seg->positions, Device::cpu);
+      reach = 0;
+      for (int64_t i = 0; i < pos.numel(); ++i) reach = std::max<int64_t>(reach, pos.data<int32_t>()[i] + 1);
+    }
+    use_rope_for(reach);
+  }
   Tensor x = embed_.forward(ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     if (grad_checkpoint_ && ag::grad_enabled()) {
@@ -285,6 +307,7 @@ Tensor DecoderModel::forward(const Tensor& ids, KVCache& cache, bool last_only) 
 
 Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
   int64_t pos = cache.offset();
+  use_rope_for(pos + ids.dim(1));
   Tensor x = embed_.forward(ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) x = block(i, x, pos, &cache);
   cache.advance(ids.dim(1));
@@ -313,6 +336,9 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
   use_masters();
   ensure_bound();
   const bool decoding = N <= 4;  // as block(): few rows may take the fused kernels
+  int64_t reach = 0;
+  for (const nn::PackedSpan& s : spans) reach = std::max(reach, s.cache->offset() + s.length);
+  use_rope_for(reach);
   Tensor x = embed_.forward(ids);
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];

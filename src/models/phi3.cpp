@@ -1,8 +1,8 @@
 // Phi-3's config fields (model_type phi3): the llama block with one fused q/k/v projection
 // (self_attn.qkv_proj) and one fused gate/up projection (mlp.gate_up_proj, gate's rows first), LoRA
 // on the fused layers as mlx-lm puts it there, and transformers' sliding window on every layer when
-// the file sets one (Phi-3-mini-4k: 2047). Not yet: longrope / su rope scaling (Phi-3.5, Phi-4-mini;
-// refused by the rope reader) and a partial rotary factor (Phi-4-mini's 0.75; refused here).
+// the file sets one (Phi-3-mini-4k: 2047); longrope scaling (Phi-3.5, the 128k models) is read by
+// models/config.cpp. Not yet: a partial rotary factor (Phi-4-mini's 0.75; refused here).
 #include <cmath>
 #include <nlohmann/json.hpp>
 

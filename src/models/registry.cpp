@@ -30,7 +30,10 @@ const std::vector<ModelFamily>& model_families() {
       {"smollm3", parse_smollm3, build_decoder, {"smollm3_nope", "smollm3_untied_bias"}},
       {"granite", parse_granite, build_decoder, {"granite_multipliers"}},
       {"olmo2", parse_olmo2, build_decoder, {"olmo2_postnorm", "olmo2_mha_bias"}},
-      {"phi3", parse_phi3, build_decoder, {"phi3_fused", "phi3_window_tied"}},
+      {"phi3",
+       parse_phi3,
+       build_decoder,
+       {"phi3_fused", "phi3_window_tied", "phi3_longrope_short", "phi3_longrope_long"}},
   };
   return kFamilies;
 }

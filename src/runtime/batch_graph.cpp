@@ -21,6 +21,7 @@ BatchGraph::~BatchGraph() {
 
 bool BatchGraph::usable(const Model& model, const std::vector<DenseKVCache*>& caches) {
   if (!backend(model.device()).has_graphs() || !runtime_config().cuda_graph) return false;
+  if (model.config().rope.type == "longrope") return false;  // its frequencies switch at a position
   if (caches.size() < 2 || int64_t(caches.size()) > kMaxRows) return false;
   for (const DenseKVCache* c : caches)
     if (!c || c->rotating() || c->quantization().enabled() || c->position()) return false;

@@ -25,8 +25,9 @@ DecodeGraph::~DecodeGraph() {
 bool DecodeGraph::usable(const Model& model, const DenseKVCache& cache) {
   // A quantized cache (--kv-bits) changes its buffers mid-run and quantizes on the host's schedule:
   // decoded eagerly.
+  // longrope switches its frequencies at a position (models/decoder.h): decoded eagerly.
   return backend(model.device()).has_graphs() && !cache.rotating() && !cache.quantization().enabled() &&
-         runtime_config().cuda_graph;
+         runtime_config().cuda_graph && model.config().rope.type != "longrope";
 }
 
 void DecodeGraph::drop() {

@@ -68,6 +68,16 @@ CASES = {
         vocab_size=75, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
         eos_token_id=None)),
+    # longrope inside original_max_position_embeddings (every prompt + generation <= 40 positions):
+    # the short factors and the attention factor through prefill and cached decoding. (Crossing it
+    # mid-generation, transformers recomputes the whole cache with the long factors; lmtune does not
+    # yet: README, Model families.)
+    "phi3_longrope": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=75, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, max_position_embeddings=160, original_max_position_embeddings=40,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.2, 1.7, 2.5, 3.3, 5.0],
+                      "long_factor": [1.4, 2.6, 4.5, 8.0, 13.0, 21.0]})),
 }
 NEW_TOKENS = 24
 

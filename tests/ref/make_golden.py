@@ -115,6 +115,21 @@ CASES = {
         vocab_size=69, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
         eos_token_id=None, rope_theta=1e4)),
+    # longrope with the sequence inside original_max_position_embeddings (16 > T): the short factors,
+    # and the attention factor sqrt(1 + ln 4 / ln 16) from max_position_embeddings 64.
+    "phi3_longrope_short": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=71, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, max_position_embeddings=64, original_max_position_embeddings=16,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.5],
+                      "long_factor": [1.5, 2.5, 4.0, 7.0, 11.0, 16.0]})),
+    # The same past it (original 4 < T): the long factors, and an explicit attention_factor.
+    "phi3_longrope_long": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=71, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, max_position_embeddings=64, original_max_position_embeddings=4,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.5],
+                      "long_factor": [1.5, 2.5, 4.0, 7.0, 11.0, 16.0], "attention_factor": 1.3})),
     # A sliding window on every layer (as Phi-3-mini-4k's 2047), multi-head, tied.
     "phi3_window_tied": (Phi3Config, Phi3ForCausalLM, dict(
         vocab_size=63, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
