@@ -57,6 +57,13 @@ Tensor slice_last(const Tensor& x, int64_t begin, int64_t n) {
                 [cols, begin](const Tensor& d) { return std::vector<Tensor>{ops::place_last(d, cols, begin)}; });
 }
 
+Tensor scatter_rows(const Tensor& y, const Tensor& ids, int64_t rows) {
+  const Tensor idc = ids;
+  const DType dt = y.dtype();
+  return record("scatter_rows", ops::cast(ops::embedding_backward(y, ids, rows), dt), {y},
+                [idc](const Tensor& d) { return std::vector<Tensor>{ops::embedding(d, idc)}; });
+}
+
 Tensor silu(const Tensor& x) {
   Tensor xd = x.detach();
   return record("silu", ops::unary(UnaryOp::silu, x), {x},

@@ -13,6 +13,8 @@ Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& x, float s);
 Tensor add_scalar(const Tensor& x, float s);                   // x + s, rounded to x's dtype
 Tensor slice_last(const Tensor& x, int64_t begin, int64_t n);  // columns [begin, begin + n) of the last axis
+// y (n, D) added into zeros (rows, D) at rows ids i32 (n) (repeats sum): the reverse of embedding.
+Tensor scatter_rows(const Tensor& y, const Tensor& ids, int64_t rows);
 Tensor silu(const Tensor& x);
 Tensor gelu_tanh(const Tensor& x);
 Tensor tanh(const Tensor& x);

@@ -175,6 +175,7 @@ void parse_rope(const ConfigReader& r, ModelConfig& c) {
 void parse_layer_types(const ConfigReader& r, ModelConfig& c) {
   c.layer_window.assign(size_t(c.n_layer), 0);
   c.layer_rope.assign(size_t(c.n_layer), true);
+  c.layer_moe.assign(size_t(c.n_layer), false);
   if (!r.j.contains("layer_types") || !r.j["layer_types"].is_array()) return;
   const json& lt = r.j["layer_types"];
   int64_t window = r.int_or("sliding_window", 0);

@@ -81,6 +81,14 @@ struct ModelConfig {
   double attn_scale = 0.0;           // on q.k; 0 = 1 / sqrt(head_dim)
   bool fused_qkv = false;            // one qkv_proj weight (phi3)
   bool fused_gate_up = false;        // one gate_up_proj weight (phi3)
+  // Mixture of experts (mixtral, qwen3_moe): in the layers marked in layer_moe, the MLP is n_expert
+  // gated MLPs of width n_ff_expert behind a router that picks n_expert_used per token.
+  int64_t n_expert = 0, n_expert_used = 0, n_ff_expert = 0;
+  bool norm_topk_prob = true;     // the chosen experts' weights renormalized to sum to 1
+  std::vector<bool> layer_moe;    // per layer: a MoE MLP (else the dense one, of width n_ff)
+  std::string moe_block = "mlp";  // the MoE MLP's module name (mixtral: block_sparse_moe)
+  // Its experts' gate, up and down layers (mixtral: w1, w3, w2).
+  std::string expert_gate = "gate_proj", expert_up = "up_proj", expert_down = "down_proj";
 
   // Throws naming the file and the field on a missing, mistyped or unsupported value.
   static ModelConfig from_json_text(const std::string& text, const std::string& source);

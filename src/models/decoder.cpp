@@ -61,6 +61,17 @@ std::vector<TensorSpec> DecoderModel::tensor_specs() const {
     s.push_back({p + "post_attention_layernorm.weight", {c.n_embd}});
     if (c.norm_layout == NormLayout::sandwich) s.push_back({p + "pre_feedforward_layernorm.weight", {c.n_embd}});
     if (c.norm_layout != NormLayout::pre) s.push_back({p + "post_feedforward_layernorm.weight", {c.n_embd}});
+    if (c.layer_moe[size_t(i)]) {
+      const std::string m = p + c.moe_block + ".";
+      s.push_back({m + "gate.weight", {c.n_expert, c.n_embd}});
+      for (int64_t e = 0; e < c.n_expert; ++e) {
+        const std::string x = m + "experts." + std::to_string(e) + ".";
+        s.push_back({x + c.expert_gate + ".weight", {c.n_ff_expert, c.n_embd}});
+        s.push_back({x + c.expert_up + ".weight", {c.n_ff_expert, c.n_embd}});
+        s.push_back({x + c.expert_down + ".weight", {c.n_embd, c.n_ff_expert}});
+      }
+      continue;  // no dense MLP in this layer (and no MLP biases in these families)
+    }
     if (c.fused_gate_up) {
       s.push_back({p + "mlp.gate_up_proj.weight", {2 * c.n_ff, c.n_embd}});
     } else {
@@ -166,7 +177,17 @@ void DecoderModel::bind() {
       if (c.norm_layout == NormLayout::sandwich) b.mlp_norm = {w(p + "pre_feedforward_layernorm.weight"), eps, off};
     }
     b.residual_scale = float(c.residual_scale);
-    if (c.fused_gate_up)
+    if (c.layer_moe[size_t(i)]) {
+      const std::string m = p + c.moe_block + ".";
+      b.moe.router = linear(m + "gate");
+      b.moe.top_k = c.n_expert_used, b.moe.norm_topk = c.norm_topk_prob;
+      b.moe.experts.clear();
+      for (int64_t e = 0; e < c.n_expert; ++e) {
+        const std::string x = m + "experts." + std::to_string(e) + ".";
+        b.moe.experts.push_back(
+            {linear(x + c.expert_gate), linear(x + c.expert_up), {}, linear(x + c.expert_down), c.activation});
+      }
+    } else if (c.fused_gate_up)
       b.mlp = {{}, {}, linear(p + "mlp.gate_up_proj"), linear(p + "mlp.down_proj"), c.activation};
     else
       b.mlp = {linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), {}, linear(p + "mlp.down_proj"), c.activation};
@@ -194,8 +215,8 @@ Tensor DecoderModel::Block::finish(const Tensor& x, Tensor a, bool decoding) con
   else
     x1 = h = ag::add(x, a);
   // Llama's layout: the MLP's residual add fused where it can be.
-  if (!post_mlp_norm.defined() && residual_scale == 1.f) return mlp.forward(h, decoding, &x1);
-  Tensor m = mlp.forward(h, decoding);
+  if (moe.experts.empty() && !post_mlp_norm.defined() && residual_scale == 1.f) return mlp.forward(h, decoding, &x1);
+  Tensor m = moe.experts.empty() ? mlp.forward(h, decoding) : moe.forward(h);
   if (post_mlp_norm.defined()) m = post_mlp_norm.forward(m);
   if (residual_scale != 1.f) m = ag::scale(m, residual_scale);
   return ag::add(x1, m);

@@ -6,6 +6,7 @@
 #include "nn/attention.h"
 #include "nn/embedding.h"
 #include "nn/mlp.h"
+#include "nn/moe.h"
 
 namespace lmtune {
 
@@ -28,6 +29,7 @@ class DecoderModel final : public Model {
     nn::Attention attn;     // self_attn
     nn::RmsNorm mlp_norm;   // post_attention_layernorm (sandwich: pre_feedforward_layernorm; post: undefined)
     nn::GatedMlp mlp;       // mlp
+    nn::MoeMlp moe;         // a mixture of experts in place of mlp (experts empty: dense)
     // On the attention's and the MLP's outputs before their residual adds (sandwich and post
     // layouts): post_attention_layernorm and post_feedforward_layernorm; undefined otherwise.
     nn::RmsNorm post_attn_norm, post_mlp_norm;

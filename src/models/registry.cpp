@@ -17,6 +17,8 @@ void parse_smollm3(const ConfigReader& r, ModelConfig& c);      // models/smollm
 void parse_granite(const ConfigReader& r, ModelConfig& c);      // models/granite.cpp
 void parse_olmo2(const ConfigReader& r, ModelConfig& c);        // models/olmo2.cpp
 void parse_phi3(const ConfigReader& r, ModelConfig& c);         // models/phi3.cpp
+void parse_mixtral(const ConfigReader& r, ModelConfig& c);      // models/moe.cpp
+void parse_qwen3_moe(const ConfigReader& r, ModelConfig& c);    // models/moe.cpp
 
 const std::vector<ModelFamily>& model_families() {
   static const std::vector<ModelFamily> kFamilies = {
@@ -34,6 +36,8 @@ const std::vector<ModelFamily>& model_families() {
        parse_phi3,
        build_decoder,
        {"phi3_fused", "phi3_window_tied", "phi3_longrope_short", "phi3_longrope_long"}},
+      {"mixtral", parse_mixtral, build_decoder, {"mixtral_top2"}},
+      {"qwen3_moe", parse_qwen3_moe, build_decoder, {"qwen3_moe_norm", "qwen3_moe_dense_layer"}},
   };
   return kFamilies;
 }

@@ -46,8 +46,11 @@ std::vector<std::string> default_lora_keys(const Model& model) {
   std::set<std::string> keys;
   int64_t layer;
   std::string key;
+  // A mixture of experts' router and experts are left out (mlx-lm adapts the experts as one stacked
+  // SwitchLinear, a layout lmtune does not train yet; the router only when asked).
+  const std::string moe = model.config().n_expert > 0 ? model.config().moe_block + "." : "";
   for (const TensorSpec& s : model.tensor_specs())
-    if (split_block_linear(s, layer, key)) keys.insert(key);
+    if (split_block_linear(s, layer, key) && (moe.empty() || key.rfind(moe, 0) != 0)) keys.insert(key);
   return {keys.begin(), keys.end()};
 }
 

@@ -15,6 +15,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
+from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GraniteConfig,
                           GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
@@ -151,6 +152,22 @@ CASES = {
         vocab_size=61, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
         sliding_window=32, attn_logit_softcapping=2.5, final_logit_softcapping=3.0, pad_token_id=None)),
+    # Mixtral: every MLP 4 experts, top 2 renormalized (the checkpoint's block_sparse_moe w1/w2/w3).
+    "mixtral_top2": (MixtralConfig, MixtralForCausalLM, dict(
+        vocab_size=61, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=None, pad_token_id=None, rope_theta=1e6)),
+    # Qwen3-MoE: q/k norms, 4 experts of width 16, top 2 with norm_topk_prob.
+    "qwen3_moe_norm": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(
+        vocab_size=59, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, pad_token_id=None)),
+    # Top 3 of 6 without renormalizing, and layer 0 dense (mlp_only_layers).
+    "qwen3_moe_dense_layer": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(
+        vocab_size=53, hidden_size=32, intermediate_size=40, moe_intermediate_size=12,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        num_experts=6, num_experts_per_tok=3, norm_topk_prob=False, mlp_only_layers=[0],
+        pad_token_id=None)),
 }
 
 # pad_token_id None where a config's default names a token: torch's nn.Embedding(padding_idx) leaves
@@ -191,6 +208,33 @@ def run(model, ids, targets):
     return logits.detach().float().cpu(), loss.detach().float().cpu(), grads
 
 
+def saved_names(grads, d):
+    """transformers 5 keeps a MoE layer's experts stacked (experts.gate_up_proj (E, 2 ff, C), gate's rows
+    first; experts.down_proj (E, C, ff)) but saves them one by one under the checkpoint's names
+    (mixtral's block_sparse_moe.experts.e.w1/w3/w2): the reference gradients take the saved names."""
+    from safetensors import safe_open
+    keys = set(safe_open(os.path.join(d, "model.safetensors"), "pt").keys())
+    out = {}
+    for n, g in grads.items():
+        if ".mlp.experts." in n:
+            layer = n[: n.index(".mlp.experts.")]
+            mix = f"{layer}.block_sparse_moe.gate.weight" in keys
+            base = f"{layer}.block_sparse_moe.experts." if mix else f"{layer}.mlp.experts."
+            gate, up, down = ("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj")
+            for e in range(g.shape[0]):
+                if n.endswith("gate_up_proj"):
+                    ff = g.shape[1] // 2
+                    out[f"{base}{e}.{gate}.weight"] = g[e, :ff].contiguous()
+                    out[f"{base}{e}.{up}.weight"] = g[e, ff:].contiguous()
+                else:
+                    out[f"{base}{e}.{down}.weight"] = g[e].contiguous()
+        elif n.endswith(".mlp.gate.weight") and n.replace(".mlp.", ".block_sparse_moe.") in keys:
+            out[n.replace(".mlp.", ".block_sparse_moe.")] = g
+        else:
+            out[n] = g
+    return out
+
+
 def rel(a, r):
     return float((a - r).abs().max() / r.abs().max().clamp_min(1e-30))
 
@@ -214,6 +258,7 @@ def main():
         model.save_pretrained(d, safe_serialization=True)
         ids, targets = batch(cfg.vocab_size, 7 + i)
         logits, loss, grads = run(model, ids, targets)
+        grads = saved_names(grads, d)
         out = {"ids": ids.int().contiguous(), "targets": targets.int().contiguous(),
                "logits": logits.contiguous(), "loss": loss.reshape(1).contiguous()}
         for n, g in grads.items():
@@ -223,6 +268,7 @@ def main():
             dt = getattr(torch, a.dtype)
             m2 = model_cls.from_pretrained(d, torch_dtype=dt, attn_implementation="eager").to(a.device)
             l2, s2, g2 = run(m2, ids.to(a.device), targets.to(a.device))
+            g2 = saved_names(g2, d)
             meta["ref_logits_rel_err"] = str(rel(l2, logits))
             meta["ref_loss_rel_err"] = str(rel(s2, loss))
             meta["ref_grad_rel_err"] = json.dumps({n: rel(g2[n], grads[n]) for n in grads})
