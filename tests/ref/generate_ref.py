@@ -21,6 +21,7 @@ import sys
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
+from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
                           GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
@@ -68,6 +69,14 @@ CASES = {
         vocab_size=75, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
         eos_token_id=None)),
+    "mixtral": (MixtralConfig, MixtralForCausalLM, dict(
+        vocab_size=79, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=None, pad_token_id=None)),
+    "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(
+        vocab_size=83, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        num_experts=6, num_experts_per_tok=2, norm_topk_prob=True, pad_token_id=None)),
     # longrope inside original_max_position_embeddings (every prompt + generation <= 40 positions):
     # the short factors and the attention factor through prefill and cached decoding. (Crossing it
     # mid-generation, transformers recomputes the whole cache with the long factors; lmtune does not

@@ -2,7 +2,7 @@
 
 Usage: mlx_generate_ref.py REF_DIR [--lmtune BIN [--cli-only]]
 REF_DIR is what generate_ref.py wrote. For each family folder (llama, qwen2, qwen3, gemma3, smollm3, granite,
-olmo2, phi3, and mistral: a copy of
+olmo2, phi3, mixtral, qwen3_moe, and mistral: a copy of
 mistral_window with sliding_window null, see below) this loads the same safetensors folder with mlx_lm.utils.load_model, runs mlx_lm.generate.generate_step
 with a greedy sampler (temp 0) on the prompts of ref.json and writes mlx_ref.json (prompts,
 outputs); test_mlx_greedy checks lmtune's Generator against it. With --lmtune and REF_DIR/chat_llama3
@@ -30,7 +30,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
 mx.set_default_device(mx.cpu)
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite", "olmo2", "phi3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite", "olmo2", "phi3", "mixtral", "qwen3_moe")
 
 
 def config_overrides(d):
@@ -39,6 +39,9 @@ def config_overrides(d):
     rp = cfg.get("rope_parameters") or {}
     if "rope_theta" not in cfg and "rope_theta" in rp:
         over["rope_theta"] = rp["rope_theta"]
+    # transformers 5 writes qwen3_moe's num_experts as num_local_experts; mlx-lm reads the Hub's name.
+    if cfg.get("model_type") == "qwen3_moe" and "num_experts" not in cfg:
+        over["num_experts"] = cfg["num_local_experts"]
     return over
 
 

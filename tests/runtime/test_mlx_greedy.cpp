@@ -39,5 +39,5 @@ TEST_P(MlxGreedy, EqualsMlxLmGenerateStep) {
 
 INSTANTIATE_TEST_SUITE_P(Families, MlxGreedy,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3",
-                                           "granite", "olmo2", "phi3"),
+                                           "granite", "olmo2", "phi3", "mixtral", "qwen3_moe"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
