@@ -57,6 +57,15 @@ Tensor slice_last(const Tensor& x, int64_t begin, int64_t n) {
                 [cols, begin](const Tensor& d) { return std::vector<Tensor>{ops::place_last(d, cols, begin)}; });
 }
 
+Tensor gather_rows(const Tensor& x, const Tensor& ids) {
+  const Tensor idc = ids;
+  const int64_t R = x.dim(0);
+  const DType dt = x.dtype();
+  return record("gather_rows", ops::embedding(x, ids), {x}, [idc, R, dt](const Tensor& d) {
+    return std::vector<Tensor>{ops::cast(ops::embedding_backward(d, idc, R), dt)};
+  });
+}
+
 Tensor scatter_rows(const Tensor& y, const Tensor& ids, int64_t rows) {
   const Tensor idc = ids;
   const DType dt = y.dtype();

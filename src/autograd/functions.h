@@ -13,7 +13,9 @@ Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& x, float s);
 Tensor add_scalar(const Tensor& x, float s);                   // x + s, rounded to x's dtype
 Tensor slice_last(const Tensor& x, int64_t begin, int64_t n);  // columns [begin, begin + n) of the last axis
-// y (n, D) added into zeros (rows, D) at rows ids i32 (n) (repeats sum): the reverse of embedding.
+// Rows ids i32 (n) of x (R, D) -> (n, D), and its reverse: y (n, D) added into zeros (rows, D) at
+// rows ids (repeats sum). A mixture of experts' gather and scatter (embedding's ops, named apart).
+Tensor gather_rows(const Tensor& x, const Tensor& ids);
 Tensor scatter_rows(const Tensor& y, const Tensor& ids, int64_t rows);
 Tensor silu(const Tensor& x);
 Tensor gelu_tanh(const Tensor& x);

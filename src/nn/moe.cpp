@@ -49,10 +49,10 @@ Tensor MoeMlp::forward(const Tensor& x) const {
     if (rows.empty()) continue;
     const int64_t n = int64_t(rows.size());
     const Tensor idx = ops::to(Tensor::from_i32(rows, {n}), x.device());
-    Tensor y = experts[size_t(e)].forward(ag::embedding(xf, idx), false);  // (n, C)
-    const Tensor we = ag::embedding(ag::slice_last(w, e, 1), idx);         // (n, 1)
-    y = ag::mul(y, ag::matmul(we, ones));                                  // each row times its weight
-    const Tensor placed = ag::scatter_rows(y, idx, N);                     // (N, C)
+    Tensor y = experts[size_t(e)].forward(ag::gather_rows(xf, idx), false);  // (n, C)
+    const Tensor we = ag::gather_rows(ag::slice_last(w, e, 1), idx);         // (n, 1)
+    y = ag::mul(y, ag::matmul(we, ones));                                    // each row times its weight
+    const Tensor placed = ag::scatter_rows(y, idx, N);                       // (N, C)
     out = out.defined() ? ag::add(out, placed) : placed;
   }
   if (!out.defined()) out = ops::zeros({N, C}, x.dtype(), x.device());

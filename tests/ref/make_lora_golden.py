@@ -28,9 +28,10 @@ from make_golden import CASES, randomize  # noqa: E402
 
 FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding",
                 "smollm3_nope", "granite_multipliers", "olmo2_postnorm", "phi3_fused",
-                "gemma2_softcaps", "gemma2_wide_window"]
+                "gemma2_softcaps", "gemma2_wide_window", "mixtral_top2", "qwen3_moe_norm"]
 KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FUSED_KEYS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # phi3's layers (mlx-lm adapts the fused ones)
+ATTN_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # MoE blocks: lmtune's default leaves router and experts out
 RANK, SCALE = 4, 2.5
 B, T = 2, 9
 
@@ -75,7 +76,7 @@ def main():
         t_masked = t_all.clone()
         t_masked[0, :3] = -100
         t_masked[1, :5] = -100
-        keys = FUSED_KEYS if name.startswith("phi3") else KEYS
+        keys = FUSED_KEYS if name.startswith("phi3") else ATTN_KEYS if "moe" in name or "mixtral" in name else KEYS
         for kind in ("lora", "dora"):
             _, model = make_model(name, 300 + ci)
             pc = LoraConfig(r=RANK, lora_alpha=SCALE * RANK, lora_dropout=0.0, target_modules=keys,

@@ -84,7 +84,7 @@ TEST(MoeMlp, EqualsAPerTokenLoopOverTheChosenExperts) {
   }
 }
 
-TEST(MoeMlp, ScatterRowsGradient) {
+TEST(MoeMlp, GatherAndScatterRowsGradients) {
   const Tensor ids = Tensor::from_i32({3, 0, 3, 1}, {4});  // row 3 twice: its gradient is read twice
   ag::GradcheckResult r = ag::gradcheck(
       [&](const std::vector<Tensor>& in) {
@@ -93,4 +93,11 @@ TEST(MoeMlp, ScatterRowsGradient) {
       },
       {ops::randn({4, 3}, 5)});
   EXPECT_TRUE(r.ok) << r.report;
+  ag::GradcheckResult g = ag::gradcheck(
+      [&](const std::vector<Tensor>& in) {
+        Tensor s = ag::gather_rows(in[0], ids);
+        return ag::sum(ag::mul(s, s));
+      },
+      {ops::randn({5, 3}, 6)});
+  EXPECT_TRUE(g.ok) << g.report;
 }
