@@ -29,4 +29,15 @@ void parse_gemma(const ConfigReader& r, ModelConfig& c) {
   parse_gemma_activation(r, c);
 }
 
+// Gemma 2 and 3: gemma's fields, norms on the attention and MLP outputs too (sandwich), and queries
+// scaled by query_pre_attn_scalar^-0.5 in place of head_dim's.
+void parse_gemma_sandwich(const ConfigReader& r, ModelConfig& c) {
+  parse_gemma(r, c);
+  c.norm_layout = NormLayout::sandwich;
+  const double scalar = r.num_or("query_pre_attn_scalar", 256.0);
+  LMT_CHECK(std::isfinite(scalar) && scalar > 0, "[config] ", r.src, ": query_pre_attn_scalar must be positive, got ",
+            scalar);
+  c.attn_scale = 1.0 / std::sqrt(scalar);
+}
+
 }  // namespace lmtune

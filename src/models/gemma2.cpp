@@ -11,19 +11,10 @@
 
 namespace lmtune {
 
-void parse_gemma_activation(const ConfigReader& r, ModelConfig& c);  // models/gemma.cpp
+void parse_gemma_sandwich(const ConfigReader& r, ModelConfig& c);  // models/gemma.cpp
 
 void parse_gemma2(const ConfigReader& r, ModelConfig& c) {
-  c.norm_unit_offset = true;
-  c.norm_layout = NormLayout::sandwich;
-  c.embed_scale = std::sqrt(double(c.n_embd));
-  c.tie_word_embeddings = r.bool_or("tie_word_embeddings", true);
-  c.attention_bias = r.bool_or("attention_bias", false);
-  parse_gemma_activation(r, c);
-  const double scalar = r.num_or("query_pre_attn_scalar", 256.0);
-  LMT_CHECK(std::isfinite(scalar) && scalar > 0, "[config] ", r.src, ": query_pre_attn_scalar must be positive, got ",
-            scalar);
-  c.attn_scale = 1.0 / std::sqrt(scalar);
+  parse_gemma_sandwich(r, c);
   auto cap = [&](const char* key, double dflt) {  // null: no cap
     if (r.j.contains(key) && r.j.at(key).is_null()) return 0.0;
     const double v = r.num_or(key, dflt);

@@ -11,20 +11,11 @@
 
 namespace lmtune {
 
-void parse_gemma_activation(const ConfigReader& r, ModelConfig& c);  // models/gemma.cpp
+void parse_gemma_sandwich(const ConfigReader& r, ModelConfig& c);  // models/gemma.cpp
 
 void parse_gemma3_text(const ConfigReader& r, ModelConfig& c) {
-  c.norm_unit_offset = true;
-  c.norm_layout = NormLayout::sandwich;
+  parse_gemma_sandwich(r, c);
   c.qk_norm = true;
-  c.embed_scale = std::sqrt(double(c.n_embd));
-  c.tie_word_embeddings = r.bool_or("tie_word_embeddings", true);
-  c.attention_bias = r.bool_or("attention_bias", false);
-  parse_gemma_activation(r, c);
-  const double scalar = r.num_or("query_pre_attn_scalar", 256.0);
-  LMT_CHECK(std::isfinite(scalar) && scalar > 0, "[config] ", r.src, ": query_pre_attn_scalar must be positive, got ",
-            scalar);
-  c.attn_scale = 1.0 / std::sqrt(scalar);
   c.attn_logit_softcap = r.num_or("attn_logit_softcapping", 0.0);
   c.final_logit_softcap = r.num_or("final_logit_softcapping", 0.0);
   LMT_CHECK(!r.bool_or("use_bidirectional_attention", false), "[config] ", r.src,
