@@ -22,13 +22,18 @@ float round_to(DType dt, float v) {
 }  // namespace
 
 DecoderModel::DecoderModel(ModelConfig cfg) : Model(std::move(cfg)) {
+  // A config built in code rather than read (tests) may leave the per-layer lists of later families
+  // empty: every layer rotates and none is a mixture of experts.
+  if (cfg_.layer_rope.empty()) cfg_.layer_rope.assign(size_t(cfg_.n_layer), true);
+  if (cfg_.layer_moe.empty()) cfg_.layer_moe.assign(size_t(cfg_.n_layer), false);
   const ModelConfig& c = cfg_;
   LMT_CHECK(c.attn_logit_softcap >= 0 && c.final_logit_softcap >= 0, "[model] ", c.model_type,
             ": soft-caps must be >= 0, got ", c.attn_logit_softcap, " and ", c.final_logit_softcap);
   LMT_CHECK(int64_t(c.layer_window.size()) == c.n_layer, "[model] ", c.model_type, ": layer_window has ",
             c.layer_window.size(), " entries for ", c.n_layer, " layers");
-  LMT_CHECK(int64_t(c.layer_rope.size()) == c.n_layer, "[model] ", c.model_type, ": layer_rope has ",
-            c.layer_rope.size(), " entries for ", c.n_layer, " layers");
+  LMT_CHECK(int64_t(c.layer_rope.size()) == c.n_layer && int64_t(c.layer_moe.size()) == c.n_layer, "[model] ",
+            c.model_type, ": layer_rope and layer_moe have ", c.layer_rope.size(), " and ", c.layer_moe.size(),
+            " entries for ", c.n_layer, " layers");
 }
 
 std::vector<TensorSpec> DecoderModel::tensor_specs() const {

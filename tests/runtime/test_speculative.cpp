@@ -49,6 +49,8 @@ std::unique_ptr<Model> truncated(const Model& model, int64_t n_layer) {
   ModelConfig c = model.config();
   c.n_layer = n_layer;
   c.layer_window.resize(size_t(n_layer));
+  c.layer_rope.resize(size_t(n_layer), true);
+  c.layer_moe.resize(size_t(n_layer), false);
   auto m = create_model(c);
   std::map<std::string, Tensor> w;
   for (const TensorSpec& spec : m->tensor_specs()) w[spec.name] = model.weights().at(spec.name);
