@@ -168,7 +168,12 @@ def case_quantized(a, tag, args):
     mlx_way, _, l_mlx, kept_mlx = fuse(a, base, ad, tag + "-requantize-mlx", ["--requantize", "mlx"])
     keep_way, r, l_keep, kept_keep = fuse(a, base, ad, tag + "-keep")
     check(kept_mlx < 0.9, f"mlx-lm's way keeps {kept_mlx:.3f} of the gain here: the case no longer shows the loss")
-    check(kept_keep >= 0.9, f"lmtune's way keeps only {kept_keep:.3f} of the gain (< 0.9)")
+    # 0.85, not fuse's own 0.9 warning line: the adapter comes from a real CPU training run whose float
+    # sums follow OpenBLAS's kernel for the host CPU, and the mxfp4 share moved with it between two VMs
+    # at the same commit (c108df0: 0.922 on one, 0.896 on another; the 4-bit case keeps ~1.0 on both).
+    # What the case shows is lmtune's way keeping far more than mlx-lm's: that margin is checked too.
+    check(kept_keep >= 0.85 and kept_keep >= kept_mlx + 0.4,
+          f"lmtune's way keeps only {kept_keep:.3f} of the gain (< 0.85, or under mlx-lm's {kept_mlx:.3f} + 0.4)")
     check("[INFO] Keeping the fine-tune: 28 merged layers written as" in r.stdout, f"no Keeping line:\n{r.stdout}")
     # The printed kept shares of mlx-lm's way against MLX's own quantize / dequantize.
     m = re.search(r"as mlx_lm\.fuse: mean ([0-9.-]+), lowest ([0-9.-]+) at (\S+)\)", r.stdout)
