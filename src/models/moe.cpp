@@ -18,8 +18,12 @@ void read_experts(const ConfigReader& r, ModelConfig& c, const char* n_key, int6
   c.n_expert = r.required_int(n_key);
   c.n_expert_used = r.required_int("num_experts_per_tok");
   c.n_ff_expert = width;
-  LMT_CHECK(c.n_expert <= 4096 && c.n_expert_used <= c.n_expert, "[config] ", r.src, ": num_experts_per_tok ",
-            c.n_expert_used, " of ", n_key, " ", c.n_expert);
+  // The largest released mixtures hold ~12k experts in all (Qwen3-235B: 94 layers x 128): a bound far above
+  // them keeps a hostile file from sizing millions of tensor names.
+  LMT_CHECK(c.n_expert <= 4096 && c.n_expert * c.n_layer <= (int64_t(1) << 18), "[config] ", r.src, ": ", n_key, " ",
+            c.n_expert, " over ", c.n_layer, " layers is beyond any released model");
+  LMT_CHECK(c.n_expert_used <= c.n_expert, "[config] ", r.src, ": num_experts_per_tok ", c.n_expert_used, " of ", n_key,
+            " ", c.n_expert);
   LMT_CHECK(c.n_ff_expert >= 1 && c.n_ff_expert <= (int64_t(1) << 20), "[config] ", r.src,
             ": the experts' intermediate size must be 1 to 2^20, got ", c.n_ff_expert);
 }

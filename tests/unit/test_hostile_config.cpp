@@ -112,6 +112,60 @@ TEST(HostileConfig, RopeScaling) {
   EXPECT_ROPE_ERROR("[1, 2]", "", "field 'rope_parameters' must be an object");
 }
 
+// The base config as `model_type` with `extra` (a JSON object) merged in, parsed: the error or "<no error>".
+std::string family_error(const std::string& model_type, const std::string& extra) {
+  nlohmann::json j = nlohmann::json::parse(kBase);
+  j["model_type"] = model_type;
+  const nlohmann::json more = nlohmann::json::parse(extra);
+  for (const auto& [k, v] : more.items()) j[k] = v;
+  try {
+    ModelConfig::from_json_text(j.dump(), "/m/config.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+#define EXPECT_FAMILY_ERROR(type, extra, field)                             \
+  do {                                                                      \
+    std::string m_ = family_error(type, extra);                             \
+    EXPECT_NE(m_.find("[config] /m/config.json"), std::string::npos) << m_; \
+    EXPECT_NE(m_.find(field), std::string::npos) << m_;                     \
+  } while (0)
+
+// The later families' own fields: each bad value is refused naming its field, before anything is
+// sized from it.
+TEST(HostileConfig, FamilyFields) {
+  const std::string moe = R"({"num_local_experts": 8, "num_experts_per_tok": 2})";
+  EXPECT_EQ(family_error("mixtral", moe), "<no error>");
+  EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 8, "num_experts_per_tok": 9})", "num_experts_per_tok");
+  EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 100000000, "num_experts_per_tok": 2})", "num_local_experts");
+  EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 8})", "num_experts_per_tok");
+  EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 8, "num_experts_per_tok": 2, "router_jitter_noise": 0.1})",
+                      "router_jitter_noise");
+  const std::string q3 = R"({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64)";
+  EXPECT_EQ(family_error("qwen3_moe", q3 + "}"), "<no error>");
+  EXPECT_FAMILY_ERROR("qwen3_moe", q3 + R"(, "mlp_only_layers": [0, 7]})", "mlp_only_layers");
+  EXPECT_FAMILY_ERROR("qwen3_moe", q3 + R"(, "mlp_only_layers": "all"})", "mlp_only_layers");
+  EXPECT_FAMILY_ERROR("qwen3_moe", q3 + R"(, "decoder_sparse_step": 0})", "decoder_sparse_step");
+  EXPECT_FAMILY_ERROR("qwen3_moe", R"({"num_experts": 8, "num_experts_per_tok": 2})", "moe_intermediate_size");
+  EXPECT_FAMILY_ERROR("smollm3", R"({"no_rope_layers": [1, 0]})", "no_rope_layers");
+  EXPECT_FAMILY_ERROR("smollm3", R"({"no_rope_layers": [1, 0, 2, 1]})", "no_rope_layers");
+  EXPECT_FAMILY_ERROR("smollm3", R"({"no_rope_layer_interval": 0})", "no_rope_layer_interval");
+  EXPECT_FAMILY_ERROR("granite", R"({"logits_scaling": 0})", "logits_scaling");
+  EXPECT_FAMILY_ERROR("granite", R"({"residual_multiplier": -1})", "residual_multiplier");
+  EXPECT_FAMILY_ERROR("gemma2", R"({"attn_logit_softcapping": -50})", "attn_logit_softcapping");
+  EXPECT_FAMILY_ERROR("gemma2", R"({"query_pre_attn_scalar": 0})", "query_pre_attn_scalar");
+  EXPECT_FAMILY_ERROR("gemma3_text", R"({"sliding_window_pattern": 0})", "sliding_window_pattern");
+  EXPECT_FAMILY_ERROR("phi3", R"({"partial_rotary_factor": 0.75})", "partial_rotary_factor");
+  const std::string longrope = R"({"original_max_position_embeddings": 64, "rope_scaling": {"type": "longrope", )";
+  EXPECT_EQ(family_error("phi3", longrope + R"("short_factor": [1, 2], "long_factor": [3, 4]}})"), "<no error>");
+  EXPECT_FAMILY_ERROR("phi3", longrope + R"("short_factor": [1, 2]}})", "long_factor");
+  EXPECT_FAMILY_ERROR("phi3", longrope + R"("short_factor": [1, -2], "long_factor": [3, 4]}})", "short_factor");
+  EXPECT_FAMILY_ERROR("phi3", R"({"rope_scaling": {"type": "su", "short_factor": [1], "long_factor": [1]}})",
+                      "original_max_position_embeddings");
+}
+
 std::string tokenizer_error(const std::string& vocab, const std::string& added = "[]") {
   std::string tj = R"({"version": "1.0", "added_tokens": )" + added +
                    R"(, "model": {"type": "WordLevel", "unk_token": "a", "vocab": )" + vocab + "}}";
