@@ -327,6 +327,40 @@ std::vector<std::pair<std::string, Tensor>> load_safetensors(const std::string& 
 // ---------------------------------------------------------------------------------------------
 // SafetensorsModel
 
+void SafetensorsFile::split_first_axis(const std::string& name, const std::vector<std::string>& parts) {
+  const SafetensorsInfo whole = info(name);
+  const uint64_t n = parts.size();
+  LMT_CHECK(n > 0 && whole.shape.size() >= 2 && uint64_t(whole.shape[0]) == n, "[safetensors] ", path_, ": tensor '",
+            name, "' has shape ", shape_str(whole.shape), "; expected ", n, " stacked tensors along its first axis");
+  for (const std::string& p : parts)
+    LMT_CHECK(!index_.count(p), "[safetensors] ", path_, ": tensor '", p,
+              "' is stored both on its own and as a slice of '", name, "'");
+  const uint64_t each = (whole.end - whole.begin) / n;
+  auto at = names_.erase(std::find(names_.begin(), names_.end(), name));
+  index_.erase(name);
+  for (uint64_t i = 0; i < n; ++i) {
+    SafetensorsInfo part = whole;
+    part.shape.erase(part.shape.begin());
+    part.begin = whole.begin + i * each, part.end = part.begin + each;
+    index_.emplace(parts[i], part);
+    at = names_.insert(at, parts[i]) + 1;
+  }
+}
+
+void SafetensorsModel::split_first_axis(const std::string& name, const std::vector<std::string>& parts) {
+  const size_t fi = file_index(name);
+  for (const std::string& p : parts)
+    LMT_CHECK(!where_.count(p), "[safetensors] ", folder_, ": tensor '", p, "' is stored both on its own (",
+              files_[where_.at(p)].path(), ") and as a slice of '", name, "'");
+  files_[fi].split_first_axis(name, parts);
+  where_.erase(name);
+  auto at = names_.erase(std::find(names_.begin(), names_.end(), name));
+  for (const std::string& p : parts) {
+    where_.emplace(p, fi);
+    at = names_.insert(at, p) + 1;
+  }
+}
+
 void SafetensorsModel::add_file(const std::string& path) {
   files_.emplace_back(path);
   const size_t fi = files_.size() - 1;

@@ -41,6 +41,11 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }  // __metadata__
   uint64_t data_offset() const { return data_offset_; }                             // file offset of the data section
   uint64_t file_size() const { return file_size_; }
+  // Replaces tensor `name` (n, ...) by n tensors parts[i] (...), its slices along the first axis
+  // (byte ranges of the same mapping: no copy), in its place in names(). Used to read a layout that
+  // stacks per-item tensors into one (MLX's switch_mlp experts). Throws naming the tensor when its
+  // first axis is not parts.size() long or a part's name is taken.
+  void split_first_axis(const std::string& name, const std::vector<std::string>& parts);
 
  private:
   std::string path_;
@@ -64,6 +69,8 @@ class SafetensorsModel {
   const SafetensorsInfo& info(const std::string& name) const;
   Tensor get(const std::string& name) const;
   const SafetensorsFile& file_of(const std::string& name) const;
+  // SafetensorsFile::split_first_axis on the file holding `name`.
+  void split_first_axis(const std::string& name, const std::vector<std::string>& parts);
   const std::vector<SafetensorsFile>& files() const { return files_; }
   // The index's "metadata" object (e.g. total_size), values as JSON text; empty without an index.
   const std::map<std::string, std::string>& index_metadata() const { return index_metadata_; }

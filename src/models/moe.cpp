@@ -2,11 +2,17 @@
 // window) with every MLP a block_sparse_moe of num_local_experts experts (w1 gate, w3 up, w2 down,
 // intermediate_size wide), the top num_experts_per_tok renormalized. qwen3_moe: the qwen3 block
 // with MoE MLPs of num_experts experts (moe_intermediate_size wide) in the layers that
-// decoder_sparse_step marks and mlp_only_layers does not, renormalized when norm_topk_prob.
+// decoder_sparse_step marks and mlp_only_layers does not, renormalized when norm_topk_prob. Also the
+// mapping of mlx-lm's stacked expert layout onto the per-expert one (models/moe_layout.h).
+#include <array>
 #include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "models/config.h"
+#include "models/moe_layout.h"
 
 namespace lmtune {
 
@@ -61,6 +67,49 @@ void parse_qwen3_moe(const ConfigReader& r, ModelConfig& c) {
     }
   }
   for (int64_t i = 0; i < c.n_layer; ++i) c.layer_moe[size_t(i)] = !dense[size_t(i)] && (i + 1) % step == 0;
+}
+
+}  // namespace lmtune
+
+namespace lmtune {
+
+namespace {
+// The experts' linear layers: (cfg's per-expert name, mlx-lm's stacked name).
+std::array<std::pair<std::string, std::string>, 3> expert_linears(const ModelConfig& c) {
+  return {{{c.expert_gate, "gate_proj"}, {c.expert_up, "up_proj"}, {c.expert_down, "down_proj"}}};
+}
+}  // namespace
+
+void read_stacked_experts(const ModelConfig& c, SafetensorsModel& files) {
+  for (size_t i = 0; i < c.layer_moe.size() && c.n_expert > 0; ++i) {
+    if (!c.layer_moe[i]) continue;
+    const std::string block = "model.layers." + std::to_string(i) + "." + c.moe_block + ".";
+    for (const auto& [hf, mlx] : expert_linears(c))
+      for (const char* part : {".weight", ".scales", ".biases"}) {
+        const std::string stacked = block + "switch_mlp." + mlx + part;
+        if (!files.contains(stacked)) continue;
+        std::vector<std::string> parts;
+        for (int64_t e = 0; e < c.n_expert; ++e)
+          parts.push_back(block + "experts." + std::to_string(e) + "." + hf + part);
+        files.split_first_axis(stacked, parts);
+      }
+  }
+}
+
+std::string stacked_expert_path(const ModelConfig& c, const std::string& path, int64_t* expert) {
+  if (c.n_expert == 0) return {};
+  const std::string mid = c.moe_block + ".experts.";
+  const size_t at = path.find(mid);
+  if (at == std::string::npos || (at > 0 && path[at - 1] != '.')) return {};
+  const size_t num = at + mid.size(), dot = path.find('.', num);
+  if (dot == std::string::npos || dot == num || path.find_first_not_of("0123456789", num) != dot) return {};
+  const std::string leaf = path.substr(dot + 1);
+  for (const auto& [hf, mlx] : expert_linears(c))
+    if (leaf == hf) {
+      if (expert) *expert = std::stoll(path.substr(num, dot - num));
+      return path.substr(0, at) + c.moe_block + ".switch_mlp." + mlx;
+    }
+  return {};
 }
 
 }  // namespace lmtune

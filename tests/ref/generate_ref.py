@@ -194,6 +194,10 @@ def main():
             rp = cj.get("rope_parameters") or {}
             if "rope_theta" in rp:
                 cj["rope_theta"] = rp["rope_theta"]
+            # transformers 5 writes qwen3_moe's num_experts as num_local_experts; the Hub's files
+            # (and mlx-lm, which reads only that key) say num_experts.
+            if cj["model_type"] == "qwen3_moe":
+                cj["num_experts"] = cj.pop("num_local_experts")
             json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
             for f in ("tokenizer.json", "tokenizer_config.json"):
                 shutil.copy(os.path.join(src, f), d)
@@ -210,6 +214,11 @@ CHAT_FAMILIES = {
                                                           residual_multiplier=0.5, logits_scaling=2.0)),
     "olmo2": (Olmo2Config, Olmo2ForCausalLM, dict()),
     "phi3": (Phi3Config, Phi3ForCausalLM, dict()),
+    # mlx_lm.convert stacks these experts (switch_mlp) and keeps qwen3_moe's router at 8 bits.
+    "mixtral": (MixtralConfig, MixtralForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2,
+                                                         sliding_window=None)),
+    "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(head_dim=16, moe_intermediate_size=64, num_experts=4,
+                                                              num_experts_per_tok=2, norm_topk_prob=True)),
 }
 
 

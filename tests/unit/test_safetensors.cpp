@@ -321,6 +321,29 @@ TEST_F(SafetensorsTest, SingleFileIsPreferredThenEveryFile) {
   EXPECT_EQ(m.names(), (std::vector<std::string>{"u", "v"}));  // files sorted by name
 }
 
+// MLX's stacked experts read as per-expert tensors: slices of the same bytes, in the stacked one's place.
+TEST_F(SafetensorsTest, SplitFirstAxis) {
+  std::vector<float> v(12);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(i);
+  save_safetensors(p("model.safetensors"), {{"a", Tensor::from_f32({7.f}, {1})},
+                                            {"s", Tensor::from_f32(v, {3, 2, 2})},
+                                            {"z", Tensor::from_f32({8.f}, {1})}});
+  SafetensorsModel m(dir_);
+  m.split_first_axis("s", {"e0", "e1", "e2"});
+  EXPECT_EQ(m.names(), (std::vector<std::string>{"a", "e0", "e1", "e2", "z"}));
+  EXPECT_FALSE(m.contains("s"));
+  EXPECT_EQ(m.info("e1").shape, (Shape{2, 2}));
+  EXPECT_EQ(m.get("e1").to_f32_vector(), (std::vector<float>{4.f, 5.f, 6.f, 7.f}));
+  EXPECT_EQ(m.get("e2").to_f32_vector(), (std::vector<float>{8.f, 9.f, 10.f, 11.f}));
+  EXPECT_EQ(m.file_of("e0").names(), m.names());
+  SafetensorsModel n(dir_);
+  std::string msg = error_of([&] { n.split_first_axis("s", {"e0", "e1"}); });  // 3 stacked, 2 names
+  EXPECT_CONTAINS(msg, "'s'");
+  EXPECT_CONTAINS(msg, "(3, 2, 2)");
+  EXPECT_CONTAINS(error_of([&] { n.split_first_axis("s", {"e0", "a", "e2"}); }), "'a' is stored both");
+  EXPECT_CONTAINS(error_of([&] { n.split_first_axis("a", {"e0"}); }), "'a'");  // 1-D: nothing to split
+}
+
 TEST_F(SafetensorsTest, FolderWithoutWeights) {
   EXPECT_CONTAINS(error_of([&] { SafetensorsModel m(dir_); }), "no model.safetensors");
   EXPECT_CONTAINS(error_of([&] { SafetensorsModel m(p("absent")); }), "not a folder");

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "models/model.h"
+#include "models/moe_layout.h"
 #include "ops/ops.h"
 
 namespace lmtune::cli::convert {
@@ -227,6 +228,7 @@ void Plan::read_leaves(const ojson& dense_config) {
   ModelConfig mc = ModelConfig::from_json_text(dense_config.dump(), cfg_path);
   n_layer_ = mc.n_layer;
   std::vector<TensorSpec> specs = create_model(mc)->tensor_specs();
+  read_stacked_experts(mc, source_);  // an mlx-lm MoE folder's switch_mlp tensors, per expert
   std::map<std::string, size_t> by_path;
   for (const TensorSpec& s : specs) {
     size_t dot = s.name.rfind('.');
@@ -264,8 +266,13 @@ void Plan::read_leaves(const ojson& dense_config) {
     return o + ")";
   };
   for (Leaf& l : leaves_) {
-    if (q.is_object() && q.contains(l.path)) {
-      const ojson& e = q[l.path];
+    // mlx-lm names an expert's entry by its stacked layer (models/moe_layout.h).
+    std::string entry = l.path;
+    if (const std::string stacked = stacked_expert_path(mc, l.path);
+        !stacked.empty() && q.is_object() && !q.contains(l.path))
+      entry = stacked;
+    if (q.is_object() && q.contains(entry)) {
+      const ojson& e = q[entry];
       LMT_CHECK(e.is_boolean() || e.is_object(), "[convert] ", cfg_path, ": quantization entry '", l.path,
                 "' must be true, false or an object, got ", e.dump());
       if (e.is_object()) l.in_quant = params_from_entry(e, cfg_path + ": quantization." + l.path);
