@@ -112,4 +112,15 @@ std::string stacked_expert_path(const ModelConfig& c, const std::string& path, i
   return {};
 }
 
+std::string per_expert_path(const ModelConfig& c, const std::string& stacked, int64_t e) {
+  if (c.n_expert == 0) return {};
+  const std::string mid = c.moe_block + ".switch_mlp.";
+  const size_t at = stacked.find(mid);
+  if (at == std::string::npos || (at > 0 && stacked[at - 1] != '.')) return {};
+  const std::string leaf = stacked.substr(at + mid.size());
+  for (const auto& [hf, mlx] : expert_linears(c))
+    if (leaf == mlx) return stacked.substr(0, at) + c.moe_block + ".experts." + std::to_string(e) + "." + hf;
+  return {};
+}
+
 }  // namespace lmtune

@@ -22,4 +22,8 @@ void read_stacked_experts(const ModelConfig& cfg, SafetensorsModel& files);
 // (expert untouched) for a path that is not an expert's linear layer of cfg.
 std::string stacked_expert_path(const ModelConfig& cfg, const std::string& path, int64_t* expert = nullptr);
 
+// The inverse: expert e's layer of a stacked path ("...switch_mlp.gate_proj", e = 2 ->
+// "...experts.2.w1"); "" for a path that is not a stacked expert layer of cfg.
+std::string per_expert_path(const ModelConfig& cfg, const std::string& stacked, int64_t e);
+
 }  // namespace lmtune

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "models/moe_layout.h"
 #include "train/peft.h"
 
 namespace lmtune::train {
@@ -42,16 +43,119 @@ int64_t first_trained_block(const Model& model, int64_t num_layers) {
 
 }  // namespace
 
-std::vector<std::string> default_lora_keys(const Model& model) {
+namespace {
+// A block's linear layer as adapter keys name it: an expert's by its stacked layer (mlx-lm's
+// switch_mlp), every other by itself.
+std::string adapter_key(const ModelConfig& c, const std::string& key) {
+  std::string stacked = stacked_expert_path(c, key);
+  return stacked.empty() ? key : stacked;
+}
+bool is_expert_key(const ModelConfig& c, const std::string& key) {
+  return c.n_expert > 0 && key.rfind(c.moe_block + ".switch_mlp.", 0) == 0;
+}
+// An (rows, cols) CPU tensor of any float dtype, transposed, as f32.
+std::vector<float> transposed(const std::vector<float>& v, int64_t rows, int64_t cols) {
+  std::vector<float> out(v.size());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[size_t(j * rows + i)] = v[size_t(i * cols + j)];
+  return out;
+}
+// lmtune keeps LoRA factors as (in, r) and (r, out); mlx-lm's SwitchLinear LoRA keeps each
+// expert's as (r, in) and (out, r).
+bool is_factor(const std::string& part) { return part == "lora_a" || part == "lora_b"; }
+
+// The trainable tensors (CPU, f32) as adapter files hold them: an expert's entries stacked with
+// the other experts' of its layer under mlx-lm's name ("...switch_mlp.gate_proj.lora_a",
+// (n_expert, r, in)); sorted by name.
+std::vector<std::pair<std::string, Tensor>> to_file_layout(const ModelConfig& c,
+                                                           std::vector<std::pair<std::string, Tensor>> params) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  std::map<std::string, std::vector<Tensor>> stacks;
+  for (auto& [name, t] : params) {
+    const size_t dot = name.rfind('.');
+    int64_t e = 0;
+    const std::string stacked = stacked_expert_path(c, name.substr(0, dot), &e);
+    if (stacked.empty()) {
+      out.push_back({name, t});
+      continue;
+    }
+    std::vector<Tensor>& v = stacks[stacked + name.substr(dot)];
+    v.resize(size_t(c.n_expert));
+    v[size_t(e)] = is_factor(name.substr(dot + 1))
+                       ? Tensor::from_f32(transposed(t.to_f32_vector(), t.dim(0), t.dim(1)), {t.dim(1), t.dim(0)})
+                       : t;
+  }
+  for (auto& [name, v] : stacks) {
+    std::vector<float> all;
+    for (size_t e = 0; e < v.size(); ++e) {
+      LMT_CHECK(v[e].defined() && v[e].shape() == v[0].shape(), "[adapters] ", name, ": expert ", e,
+                " has no trained tensor of the others' shape");
+      const std::vector<float> x = v[e].to_f32_vector();
+      all.insert(all.end(), x.begin(), x.end());
+    }
+    Shape shape = v[0].shape();
+    shape.insert(shape.begin(), int64_t(v.size()));
+    out.push_back({name, Tensor::from_f32(all, shape)});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  return out;
+}
+
+// The inverse for a file's tensors: a stacked expert entry split into the experts' own (f32).
+std::vector<std::pair<std::string, Tensor>> from_file_layout(const ModelConfig& c, const std::string& path,
+                                                             std::vector<std::pair<std::string, Tensor>> stored) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (auto& [name, t] : stored) {
+    const size_t dot = name.rfind('.');
+    const std::string layer = dot == std::string::npos ? "" : name.substr(0, dot);
+    if (layer.empty() || per_expert_path(c, layer, 0).empty()) {
+      out.push_back({name, t});
+      continue;
+    }
+    const std::string part = name.substr(dot + 1);
+    LMT_CHECK(t.ndim() == 3 && t.dim(0) == c.n_expert && is_float(t.dtype()), "[adapters] ", path, ": ", name, " is ",
+              t.describe(), "; a stacked expert tensor is (", c.n_expert, ", rows, cols) of a float dtype");
+    const std::vector<float> all = t.to_f32_vector();
+    const int64_t rows = t.dim(1), cols = t.dim(2), each = rows * cols;
+    for (int64_t e = 0; e < c.n_expert; ++e) {
+      std::vector<float> x(all.begin() + e * each, all.begin() + (e + 1) * each);
+      const std::string own = per_expert_path(c, layer, e) + "." + part;
+      out.push_back({own, is_factor(part) ? Tensor::from_f32(transposed(x, rows, cols), {cols, rows})
+                                          : Tensor::from_f32(x, {rows, cols})});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> block_linear_keys(const Model& model) {
   std::set<std::string> keys;
   int64_t layer;
   std::string key;
-  // A mixture of experts' router and experts are left out (mlx-lm adapts the experts as one stacked
-  // SwitchLinear, a layout lmtune does not train yet; the router only when asked).
   const std::string moe = model.config().n_expert > 0 ? model.config().moe_block + "." : "";
   for (const TensorSpec& s : model.tensor_specs())
     if (split_block_linear(s, layer, key) && (moe.empty() || key.rfind(moe, 0) != 0)) keys.insert(key);
   return {keys.begin(), keys.end()};
+}
+
+std::vector<std::string> default_lora_keys(const Model& model, const std::string& fine_tune_type) {
+  const ModelConfig& c = model.config();
+  std::set<std::string> keys;
+  int64_t layer;
+  std::string key;
+  for (const TensorSpec& s : model.tensor_specs())
+    if (split_block_linear(s, layer, key)) keys.insert(adapter_key(c, key));
+  if (fine_tune_type == "dora")  // mlx-lm has no DoRA for SwitchLinear
+    for (auto it = keys.begin(); it != keys.end();) it = is_expert_key(c, *it) ? keys.erase(it) : std::next(it);
+  return {keys.begin(), keys.end()};
+}
+
+std::vector<std::string> training_lora_keys(const Model& model, const std::string& fine_tune_type) {
+  std::vector<std::string> keys = default_lora_keys(model, fine_tune_type);
+  const ModelConfig& c = model.config();
+  if (c.n_expert > 0) keys.erase(std::remove(keys.begin(), keys.end(), c.moe_block + ".gate"), keys.end());
+  return keys;
 }
 
 void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
@@ -87,14 +191,21 @@ void attach_adapters(Model& model, const AdapterConfig& cfg, uint64_t seed) {
     }
     return;
   }
-  std::vector<std::string> keys = cfg.lora.keys.empty() ? default_lora_keys(model) : cfg.lora.keys;
+  std::vector<std::string> keys = cfg.lora.keys.empty() ? default_lora_keys(model, cfg.fine_tune_type) : cfg.lora.keys;
   std::set<std::string> wanted(keys.begin(), keys.end()), found;
   nn::AdapterKind kind = cfg.fine_tune_type == "dora" ? nn::AdapterKind::dora : nn::AdapterKind::lora;
+  const ModelConfig& c = model.config();
+  for (const std::string& k : wanted)
+    LMT_CHECK(kind == nn::AdapterKind::lora || !is_expert_key(c, k), "[adapters] lora key '", k,
+              "': DoRA on a mixture's experts has no mlx-lm layout (mlx-lm: SwitchLinear doesn't support DoRA); "
+              "train LoRA there, or leave the experts out of keys");
   int64_t layer;
   std::string key;
   uint64_t n = 0;
   for (const TensorSpec& s : model.tensor_specs()) {
-    if (!split_block_linear(s, layer, key) || !wanted.count(key)) continue;
+    if (!split_block_linear(s, layer, key)) continue;
+    key = adapter_key(c, key);
+    if (!wanted.count(key)) continue;
     found.insert(key);
     if (layer < first) continue;
     std::string prefix = s.name.substr(0, s.name.size() - 7);  // minus ".weight"
@@ -183,6 +294,7 @@ void save_adapter_weights(const std::string& path, Model& model) {
   std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, t] : trainable_parameters(model)) out.push_back({name, ops::to(t.detach(), Device::cpu)});
   LMT_CHECK(!out.empty(), "[adapters] the model has no trainable parameters to save to ", path);
+  out = to_file_layout(model.config(), std::move(out));
   std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   save_safetensors(path, out);
@@ -192,7 +304,7 @@ void load_adapter_weights(Model& model, const std::string& path) {
   std::map<std::string, Tensor> params;
   for (auto& [name, t] : trainable_parameters(model)) params[name] = t;
   std::ostringstream errors;
-  std::vector<std::pair<std::string, Tensor>> stored = load_safetensors(path);
+  std::vector<std::pair<std::string, Tensor>> stored = from_file_layout(model.config(), path, load_safetensors(path));
   for (const auto& [name, t] : stored) {
     auto it = params.find(name);
     if (it == params.end())

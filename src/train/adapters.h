@@ -28,9 +28,18 @@ struct AdapterConfig {
                                         // blocks (embeddings, final norm, lm_head), e.g. pretraining from scratch
 };
 
-// mlx-lm's default keys: every linear layer inside a block (for the Llama family
-// self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj), read from the family's tensor list.
-std::vector<std::string> default_lora_keys(const Model& model);
+// mlx-lm's default keys (an adapter config without keys): every linear layer inside a block (for
+// the Llama family self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj), read from the family's
+// tensor list; in a mixture of experts also the router ("block_sparse_moe.gate") and the experts
+// as mlx-lm stacks them ("block_sparse_moe.switch_mlp.gate_proj", ...), the experts left out for
+// dora (mlx-lm has no DoRA for them).
+std::vector<std::string> default_lora_keys(const Model& model, const std::string& fine_tune_type = "lora");
+// What `lmtune lora` trains when no keys are given: mlx-lm's defaults without a mixture's router
+// (whose routing a low-rank update would shift for every expert at once); ask for it by key.
+std::vector<std::string> training_lora_keys(const Model& model, const std::string& fine_tune_type);
+// The blocks' dense linear layers only (no router, no experts): the modules PEFT's "all-linear"
+// finds in a transformers model.
+std::vector<std::string> block_linear_keys(const Model& model);
 
 // Freezes the model (no weight is a parameter, adapters removed, masters baked in), then attaches
 // fresh adapters (lora | dora; lora_a from seed) or unfreezes the last num_layers blocks (full;
@@ -55,7 +64,10 @@ AdapterConfig load_adapter_config(const std::string& dir);
 
 // Writes the trainable parameters to `path` (CPU copies, f32: adapters, and for full the f32
 // weights or masters, so that updates below the model dtype's resolution are kept; mlx-lm's
-// load_weights and lmtune's loader cast them to the model's dtype).
+// load_weights and lmtune's loader cast them to the model's dtype). A mixture's experts are
+// written stacked as mlx-lm's SwitchLinear holds them: "<block>.switch_mlp.gate_proj.lora_a"
+// (n_expert, r, in), ".lora_b" (n_expert, out, r), ".weight" (n_expert, out, in); the loaders
+// below read that layout back into each expert's own tensors.
 void save_adapter_weights(const std::string& path, Model& model);
 // Reads adapter_config.json and adapters.safetensors from dir, attaches the adapters and copies
 // the stored values in; like mlx-lm's load_adapters, every stored name must be a trainable

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "models/moe_layout.h"
 
 namespace lmtune::train {
 
@@ -232,7 +233,7 @@ void load_peft_weights_into(Model& model, const AdapterConfig& cfg, const std::s
   if (dir.empty()) dir = ".";
   PeftAdapter p = read_peft_adapter(model, dir, file ? path : "");
   const int64_t n = model.config().n_layer;
-  std::vector<std::string> keys = cfg.lora.keys.empty() ? default_lora_keys(model) : cfg.lora.keys;
+  std::vector<std::string> keys = cfg.lora.keys.empty() ? block_linear_keys(model) : cfg.lora.keys;
   std::sort(keys.begin(), keys.end());
   std::vector<std::string> diff;
   auto differ = [&](const std::string& what, const std::string& ours, const std::string& theirs) {
@@ -270,13 +271,18 @@ void export_peft(const Model& model, const AdapterConfig& cfg, const std::string
   const int64_t n = model.config().n_layer, first = cfg.num_layers <= 0 ? 0 : n - cfg.num_layers;
   std::vector<std::pair<std::string, Tensor>> out;
   for (const auto& [prefix, a] : model.adapters()) {
+    const ModelConfig& mc = model.config();
+    LMT_CHECK(stacked_expert_path(mc, prefix).empty() &&
+                  (mc.n_expert == 0 || prefix.find(mc.moe_block + ".gate") == std::string::npos),
+              "[peft] ", prefix, ": transformers keeps a mixture's router and experts outside nn.Linear, so PEFT ",
+              "has no LoRA layout for this adapter; export one trained on the attention and dense layers only");
     const std::string base = kPrefix + prefix;
     out.push_back({base + ".lora_A.weight", transpose_f32(a.lora_a.detach())});  // (r, in)
     out.push_back({base + ".lora_B.weight", transpose_f32(a.lora_b.detach())});  // (out, r)
     if (a.kind == nn::AdapterKind::dora)
       out.push_back({base + ".lora_magnitude_vector", ops::to(a.m.detach(), Device::cpu, DType::f32)});
   }
-  std::vector<std::string> keys = cfg.lora.keys.empty() ? default_lora_keys(model) : cfg.lora.keys;
+  std::vector<std::string> keys = cfg.lora.keys.empty() ? block_linear_keys(model) : cfg.lora.keys;
   std::sort(keys.begin(), keys.end());
   const double alpha = double(cfg.lora.scale) * double(cfg.lora.rank);  // exact: scale is f32, r small
   json c = {{"peft_type", "LORA"},

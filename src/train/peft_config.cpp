@@ -72,7 +72,7 @@ struct Module {
 std::vector<Module> linear_modules(const Model& model) {
   std::vector<Module> out;
   const int64_t n = model.config().n_layer;
-  std::vector<std::string> keys = default_lora_keys(model);
+  std::vector<std::string> keys = block_linear_keys(model);
   for (int64_t i = 0; i < n; ++i)
     for (const std::string& k : keys) out.push_back({"model.layers." + std::to_string(i) + "." + k, i, k});
   std::set<std::string> outer = {"lm_head"};  // a tied head has no tensor of its own, but peft sees the module
@@ -214,7 +214,7 @@ AdapterConfig read_peft_config(const Model& model, const std::string& path) {
   }
   if (keys.empty()) {
     std::ostringstream known;
-    for (const std::string& k : default_lora_keys(model)) known << " " << k;
+    for (const std::string& k : block_linear_keys(model)) known << " " << k;
     refuse("target_modules", "it selects no linear layer of a " + model.config().model_type +
                                  " block (the blocks' linear layers:" + known.str() + ")");
   }

@@ -63,6 +63,9 @@ for d in sys.argv[1:]:
     cfg = json.load(open(Path(model_dir) / "config.json"))
     rp = cfg.get("rope_parameters") or {}
     over = {"rope_theta": rp["rope_theta"]} if "rope_theta" not in cfg and "rope_theta" in rp else {}
+    # transformers 5 writes qwen3_moe's num_experts as num_local_experts; mlx-lm reads only the former.
+    if cfg["model_type"] == "qwen3_moe" and "num_experts" not in cfg:
+        over["num_experts"] = cfg["num_local_experts"]
     model, _ = load_model(Path(model_dir), model_config=over)
     model.set_dtype(mx.float32)
     load_adapters(model, d)

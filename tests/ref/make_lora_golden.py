@@ -31,7 +31,7 @@ FAMILY_CASES = ["llama_gqa", "llama_tied_llama3rope_bias", "mistral_window", "qw
                 "gemma2_softcaps", "gemma2_wide_window", "mixtral_top2", "qwen3_moe_norm"]
 KEYS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FUSED_KEYS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # phi3's layers (mlx-lm adapts the fused ones)
-ATTN_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # MoE blocks: lmtune's default leaves router and experts out
+ATTN_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # MoE blocks: transformers keeps router and experts outside nn.Linear
 RANK, SCALE = 4, 2.5
 B, T = 2, 9
 
@@ -113,9 +113,11 @@ def main():
             ad = os.path.join(d, kind)
             os.makedirs(ad, exist_ok=True)
             save_file(adapters, os.path.join(ad, "adapters.safetensors"))
+            lp = {"rank": RANK, "scale": SCALE, "dropout": 0.0}
+            if keys is ATTN_KEYS:  # without keys, a mixture's adapter config means mlx-lm's set (router, experts)
+                lp["keys"] = ["self_attn." + k for k in keys]
             with open(os.path.join(ad, "adapter_config.json"), "w") as f:
-                json.dump({"fine_tune_type": kind, "num_layers": 1,
-                           "lora_parameters": {"rank": RANK, "scale": SCALE, "dropout": 0.0}}, f, indent=4)
+                json.dump({"fine_tune_type": kind, "num_layers": 1, "lora_parameters": lp}, f, indent=4)
             save_file(gold, os.path.join(ad, "golden.safetensors"),
                       metadata={"peft": __import__("peft").__version__})
             print(f"wrote {ad} (loss {gold['loss_all'].item():.6f} / {gold['loss_masked'].item():.6f})",

@@ -220,8 +220,9 @@ TEST(Adapters, FullOnBf16CudaTrainsMasters) {
 TEST(Adapters, RoundTripAndMlxCheckFiles) {
   const char* out_env = std::getenv("LMTUNE_ADAPTER_OUT");
   std::string out = out_env && *out_env ? out_env : (fs::temp_directory_path() / "lmtune_adapter_rt").string();
-  for (const char* c : {"llama_gqa", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding", "smollm3_nope",
-                        "granite_multipliers", "olmo2_postnorm", "phi3_fused", "gemma2_wide_window"}) {
+  for (const char* c :
+       {"llama_gqa", "qwen2_bias_tied", "gemma_mqa", "gemma3_sliding", "smollm3_nope", "granite_multipliers",
+        "olmo2_postnorm", "phi3_fused", "gemma2_wide_window", "mixtral_top2", "qwen3_moe_norm"}) {
     for (const char* type : {"lora", "dora", "full"}) {
       auto model = load_model(golden_model(c), Device::cpu, DType::f32);
       train::AdapterConfig cfg;
@@ -229,6 +230,10 @@ TEST(Adapters, RoundTripAndMlxCheckFiles) {
       cfg.num_layers = 1;
       cfg.lora.rank = 3;
       cfg.lora.scale = 4.f;
+      // A mixture: LoRA on mlx-lm's default set (router and stacked experts too); DoRA's keys written
+      // out as `lmtune lora` writes them (mlx-lm's default set would put DoRA on the experts).
+      if (model->config().n_expert > 0 && std::string(type) == "dora")
+        cfg.lora.keys = train::training_lora_keys(*model, type);
       train::attach_adapters(*model, cfg, 11);
       randomize(*model, 77);
       std::string dir = out + "/" + c + "_" + type;
@@ -265,6 +270,47 @@ TEST(Adapters, RoundTripAndMlxCheckFiles) {
         EXPECT_EQ(j["lora_parameters"]["rank"], 3);
     }
   }
+}
+
+// A mixture's keys: mlx-lm's default set names the router and the stacked experts; `lmtune lora`
+// leaves the router out unless asked; DoRA on the experts is refused (mlx-lm has no layout for it).
+TEST(Adapters, MixtureKeys) {
+  auto model = load_model(golden_model("mixtral_top2"), Device::cpu, DType::f32);
+  const std::vector<std::string> attn = {"self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj",
+                                         "self_attn.v_proj"};
+  std::vector<std::string> all = attn;
+  for (const char* k : {"block_sparse_moe.gate", "block_sparse_moe.switch_mlp.down_proj",
+                        "block_sparse_moe.switch_mlp.gate_proj", "block_sparse_moe.switch_mlp.up_proj"})
+    all.push_back(k);
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(train::default_lora_keys(*model), all);
+  std::vector<std::string> no_router = all;
+  no_router.erase(std::find(no_router.begin(), no_router.end(), "block_sparse_moe.gate"));
+  EXPECT_EQ(train::training_lora_keys(*model, "lora"), no_router);
+  EXPECT_EQ(train::training_lora_keys(*model, "dora"), attn);
+  EXPECT_EQ(train::block_linear_keys(*model), attn);
+  auto message = [](auto fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  train::AdapterConfig cfg;
+  cfg.num_layers = 1;
+  cfg.lora.keys = {"block_sparse_moe.switch_mlp.up_proj"};
+  train::attach_adapters(*model, cfg);
+  const int64_t E = model->config().n_expert;
+  EXPECT_EQ(int64_t(model->adapters().size()), E);  // one per expert of the last block
+  EXPECT_TRUE(model->adapters().count("model.layers.1.block_sparse_moe.experts.0.w3"));
+  cfg.fine_tune_type = "dora";
+  EXPECT_NE(message([&] { train::attach_adapters(*model, cfg); }).find("DoRA on a mixture's experts"),
+            std::string::npos);
+  cfg.fine_tune_type = "lora";
+  cfg.lora.keys = {"block_sparse_moe.experts.0.w3"};  // the per-expert name is not a key
+  EXPECT_NE(message([&] { train::attach_adapters(*model, cfg); }).find("'block_sparse_moe.experts.0.w3'"),
+            std::string::npos);
 }
 
 TEST(Adapters, LoadRefusesForeignTensorsAndShapes) {

@@ -48,7 +48,8 @@ TEST_P(LoraGolden, LossAndAdapterGradients) {
   train::AdapterConfig cfg = train::load_adapters(*model, adir);
   auto params = train::trainable_parameters(*model);
   // 7 adapted layers a block (4 where q/k/v and gate/up are fused: phi3), 2 or 3 tensors each.
-  // (MoE blocks: the 4 attention layers; router and experts are left out by default.)
+  // (MoE blocks: the 4 attention layers, named by the config's keys; PEFT has no LoRA for transformers'
+  // router and experts, which are not nn.Linear.)
   const bool four = p.rfind("phi3", 0) == 0 || p.rfind("mixtral", 0) == 0 || p.rfind("qwen3_moe", 0) == 0;
   const size_t layers = four ? 4 : 7;
   ASSERT_EQ(params.size(), layers * (cfg.fine_tune_type == "dora" ? 3 : 2));

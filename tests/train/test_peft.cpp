@@ -62,7 +62,7 @@ TEST(Peft, TargetModulesAsPeftMatchesThem) {
   // A suffix on a "." boundary: "self_attn.q_proj" and "q_proj" match, "_proj" and "proj" do not.
   EXPECT_EQ(read(*m, {{"target_modules", {"self_attn.q_proj", "_proj", "proj"}}}).lora.keys,
             (Keys{"self_attn.q_proj"}));
-  EXPECT_EQ(read(*m, {{"target_modules", "all-linear"}}).lora.keys, train::default_lora_keys(*m));
+  EXPECT_EQ(read(*m, {{"target_modules", "all-linear"}}).lora.keys, train::block_linear_keys(*m));
   // A string is full-matched against the module name: "q_proj" alone names no module.
   expect_refused(*m, {{"target_modules", "q_proj"}}, "selects no linear layer");
   EXPECT_EQ(read(*m, {{"target_modules", R"(.*\.mlp\.(up|down)_proj)"}}).lora.keys,

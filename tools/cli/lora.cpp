@@ -94,6 +94,10 @@ int lora(const LoraOptions& o, const json& recorded) {
     ac.num_layers = o.num_layers;
     ac.train_embeddings = o.train_embeddings;
     if (ac.fine_tune_type != "full") ac.lora = o.lora_parameters;
+    // A mixture of experts: the router only when asked, so the keys trained are written out (mlx-lm's
+    // default set, which the adapter's loaders would take from a config without keys, includes it).
+    if (ac.fine_tune_type != "full" && ac.lora.keys.empty() && model.config().n_expert > 0)
+      ac.lora.keys = train::training_lora_keys(model, ac.fine_tune_type);
     train::attach_adapters(model, ac, uint64_t(o.seed));
     if (o.resume_adapter_file) {
       std::printf("Loading fine-tuned weights from %s\n", o.resume_adapter_file->c_str());
