@@ -35,6 +35,11 @@ refusals        an existing --mlx-path, --q-bits 7, --q-group-size 48, a group s
                 mlx-lm refuses the same for the first, second, fifth, sixth and seventh; for 48 and
                 for a group dividing no layer it writes an unquantized model labelled quantized,
                 which lmtune refuses (the check records mlx-lm's behaviour so a change shows).
+families        each later family's chat_<family> model (generate_ref.py: gemma2, gemma3, smollm3,
+                granite, olmo2, phi3, mixtral, qwen3_moe) -q; granite, mixtral and qwen3_moe also
+                mixed_3_6, 8 bits to bfloat16 and nvfp4 (granite's and qwen3_moe's quant_predicate);
+                the mixtures also --dtype float16 and -d of mlx-lm's 4-bit folder (experts stacked
+                as switch_mlp both ways).
 hub             a Hub id (test-org/tiny-llama) resolved from a Hugging Face cache made under WORK,
                 offline (HF_HUB_OFFLINE=1): the same output as mlx-lm's, but for README.md, which
                 mlx-lm builds from the repo's own card and lmtune from the template (with base_model).
@@ -238,6 +243,24 @@ def case_quantize_qwen(a):
     check("model.layers.0.mlp.down_proj.scales" in w and "model.layers.0.mlp.up_proj.scales" not in w,
           "qwen3 group 128: down_proj (in 128) quantized and up_proj (in 64) dense expected")
     check(c["quantization"] == {"group_size": 128, "bits": 4, "mode": "affine"}, f"qwen3 g128: {c['quantization']}")
+
+
+def case_families(a):
+    # generate_ref.py's chat_<family> models (64 wide, Llama 2's tokenizer): each family's module
+    # order; granite's and qwen3_moe's own quant_predicate (8 bits for o_proj / down_proj / lm_head,
+    # for the router); the mixtures' experts written stacked (switch_mlp) from transformers' per-expert
+    # files, and read back from mlx-lm's stacked ones (-d).
+    for fam in ("gemma2", "gemma3", "smollm3", "granite", "olmo2", "phi3", "mixtral", "qwen3_moe"):
+        src = os.path.join(a.models, "chat_" + fam)
+        convert_both(a, fam + "_q4", src, ["-q"])
+        if fam in ("granite", "mixtral", "qwen3_moe"):
+            convert_both(a, fam + "_mixed_3_6", src, ["-q", "--quant-predicate", "mixed_3_6"])
+            convert_both(a, fam + "_q8_bf16", src, ["-q", "--q-bits", "8", "--dtype", "bfloat16"])
+            convert_both(a, fam + "_nvfp4", src, ["-q", "--q-mode", "nvfp4"])
+        if fam in ("mixtral", "qwen3_moe"):
+            q4 = os.path.join(a.work, "out", fam + "_q4-mlx")
+            convert_both(a, fam + "_dequantize", q4, ["-d"])
+            convert_both(a, fam + "_f16", src, ["--dtype", "float16"])
 
 
 def case_dequantize(a):
@@ -473,7 +496,8 @@ def main():
     p.add_argument("--root", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--case", required=True, choices=["quantize_llama", "quantize_qwen", "dequantize", "shards",
-                                                     "refusals", "mlx_generate", "progress", "hub"])
+                                                     "refusals", "mlx_generate", "progress", "hub", "families"])
+    p.add_argument("--models", help="generate_ref.py's output (the families case)")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     globals()["case_" + a.case](a)

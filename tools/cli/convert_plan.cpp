@@ -46,36 +46,44 @@ bool truthy(const ojson& v) {
   return false;
 }
 
-// The order of mlx-lm's module tree for the Llama-style families (models/llama.py, qwen2.py,
-// qwen3.py): attributes in the order their __init__ assigns them, list items by index, and in a
-// (quantized) linear weight, scales, biases, bias. tree_flatten(model.parameters()) walks it;
-// the shards and quantization's per-layer config entries follow it.
-int component_rank(const std::string& c) {
-  static const std::map<std::string, int> kRank = {{"model", 0},
-                                                   {"embed_tokens", 1},
-                                                   {"layers", 2},
-                                                   {"self_attn", 3},
-                                                   {"q_proj", 4},
-                                                   {"k_proj", 5},
-                                                   {"v_proj", 6},
-                                                   {"o_proj", 7},
-                                                   {"q_norm", 8},
-                                                   {"k_norm", 9},
-                                                   {"mlp", 10},
-                                                   {"gate_proj", 11},
-                                                   {"down_proj", 12},
-                                                   {"up_proj", 13},
-                                                   {"input_layernorm", 14},
-                                                   {"post_attention_layernorm", 15},
-                                                   {"norm", 16},
-                                                   {"lm_head", 17},
-                                                   {"weight", 18},
-                                                   {"scales", 19},
-                                                   {"biases", 20},
-                                                   {"bias", 21}};
+// The order of mlx-lm's module tree (models/<family>.py): attributes in the order their __init__
+// assigns them, list items by index, and in a (quantized) linear weight, scales, biases, bias.
+// tree_flatten(model.parameters()) walks it; the shards and quantization's per-layer config entries
+// follow it. A name's rank among its siblings: a block's children by family (the norms and the MLP
+// move), a stacked expert layer's (SwitchGLU: gate, up, down) apart from a dense MLP's (gate, down, up).
+int component_rank(const std::string& model_type, const std::string& parent, const std::string& c) {
+  static const std::map<std::string, std::vector<std::string>> kBlocks = {
+      {"", {"self_attn", "mlp", "block_sparse_moe", "input_layernorm", "post_attention_layernorm"}},
+      {"gemma2",
+       {"self_attn", "mlp", "input_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+        "post_attention_layernorm"}},
+      {"gemma3_text",
+       {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+        "post_feedforward_layernorm"}},
+      {"olmo2", {"self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm"}},
+      {"qwen3_moe", {"self_attn", "input_layernorm", "post_attention_layernorm", "mlp"}}};
+  static const std::vector<std::string> kSwitch = {"gate_proj", "up_proj", "down_proj"};
+  static const std::map<std::string, int> kRank = {
+      {"model", 0},         {"embed_tokens", 1}, {"layers", 2},     {"q_proj", 4},   {"k_proj", 5}, {"v_proj", 6},
+      {"qkv_proj", 7},      {"o_proj", 8},       {"q_norm", 9},     {"k_norm", 10},  {"gate", 11},  {"switch_mlp", 12},
+      {"gate_up_proj", 13}, {"gate_proj", 14},   {"down_proj", 15}, {"up_proj", 16}, {"norm", 17},  {"lm_head", 18},
+      {"weight", 19},       {"scales", 20},      {"biases", 21},    {"bias", 22}};
+  const std::vector<std::string>* list = nullptr;
+  if (!parent.empty() && std::all_of(parent.begin(), parent.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    auto b = kBlocks.find(model_type);
+    list = &(b != kBlocks.end() ? b->second : kBlocks.at(""));
+  } else if (parent == "switch_mlp" && c != "weight" && c != "scales" && c != "biases") {
+    list = &kSwitch;
+  }
+  if (list) {
+    auto at = std::find(list->begin(), list->end(), c);
+    LMT_CHECK(at != list->end(), "[convert] no mlx-lm module order is known for '", c, "' in a ", model_type,
+              " block (tools/cli/convert_plan.cpp: component_rank)");
+    return int(at - list->begin());
+  }
   auto it = kRank.find(c);
-  LMT_CHECK(it != kRank.end(), "[convert] no mlx-lm module order is known for '", c,
-            "' (tools/cli/convert_plan.cpp: component_rank lists the Llama-style families' modules)");
+  LMT_CHECK(it != kRank.end(), "[convert] no mlx-lm module order is known for '", c, "' in a ", model_type,
+            " model (tools/cli/convert_plan.cpp: component_rank)");
   return it->second;
 }
 
@@ -91,12 +99,13 @@ bool is_digits(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-bool mlx_order_less(const std::string& a, const std::string& b) {
+bool mlx_order_less(const std::string& model_type, const std::string& a, const std::string& b) {
   std::vector<std::string> pa = split_dots(a), pb = split_dots(b);
   for (size_t i = 0; i < std::min(pa.size(), pb.size()); ++i) {
     if (pa[i] == pb[i]) continue;
     if (is_digits(pa[i]) && is_digits(pb[i])) return std::stoll(pa[i]) < std::stoll(pb[i]);
-    return component_rank(pa[i]) < component_rank(pb[i]);
+    const std::string parent = i > 0 ? pa[i - 1] : "";
+    return component_rank(model_type, parent, pa[i]) < component_rank(model_type, parent, pb[i]);
   }
   return pa.size() < pb.size();
 }
@@ -127,6 +136,18 @@ ojson params_entry(const std::optional<int64_t>& group_size, int bits, const cha
   e["bits"] = bits;
   e["mode"] = mode;
   return e;
+}
+
+// A family's own quant_predicate (used when no --quant-predicate recipe is given): layers it keeps
+// at 8 bits in groups of 64 whatever the flags. granite (models/granite.py): o_proj, down_proj and
+// lm_head, whose small values low-bit fp modes underflow; qwen3_moe (models/qwen3_moe.py): the router.
+bool family_keeps_8_bits(const std::string& model_type, const std::string& path) {
+  auto ends = [&](const std::string& tail) {
+    return path.size() >= tail.size() && path.compare(path.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  if (model_type == "granite") return ends("self_attn.o_proj") || ends("mlp.down_proj") || path == "lm_head";
+  if (model_type == "qwen3_moe") return ends("mlp.gate");
+  return false;
 }
 
 Tensor cast_if(const Tensor& t, const std::optional<DType>& to) {
@@ -248,7 +269,7 @@ void Plan::read_leaves(const ojson& dense_config) {
     }
   }
   std::sort(leaves_.begin(), leaves_.end(),
-            [](const Leaf& a, const Leaf& b) { return mlx_order_less(a.path, b.path); });
+            [&](const Leaf& a, const Leaf& b) { return mlx_order_less(model_type_, a.path, b.path); });
 
   // load_model: a layer is quantized when config "quantization" names it (a dict, or true for
   // the top-level parameters), else when its .scales exist (infer_quant_config).
@@ -413,6 +434,16 @@ void Plan::plan_quantization(const Request& r) {
       if (r.q_group_size && *r.q_group_size != 0) p.group_size = int(*r.q_group_size);
       l.out_quant = p;
       qcfg[l.path] = params_entry(r.q_group_size, bits, "affine");
+    } else if (family_keeps_8_bits(model_type_, l.path)) {
+      // The family's quant_predicate returns {"group_size": 64, "bits": 8}: affine (to_quantized's
+      // default mode), recorded as returned.
+      quant::QuantParams p;
+      p.group_size = 64, p.bits = 8;
+      l.out_quant = p;
+      ojson e = ojson::object();
+      e["group_size"] = 64;
+      e["bits"] = 8;
+      qcfg[l.path] = e;
     } else {
       l.out_quant = top;
       if (fine_grained) qcfg[l.path] = params_entry(int64_t(top.group_size), top.bits, quant::mode_name(mode));
