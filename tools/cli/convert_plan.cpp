@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
@@ -213,10 +214,14 @@ Plan::Plan(const Request& r) : req_(r), source_(r.source) {
   for (const auto& [path, out] : req_.merge_outputs)
     LMT_CHECK(req_.merges.count(path), "[fuse] ", path, ": an output choice for a layer that is not merged");
   for (const auto& [name, t] : req_.replace) {
-    LMT_CHECK(source_.contains(name), "[fuse] the adapter's tensor ", name, " is not in the model ", r.source);
-    LMT_CHECK(!source_.contains(name.substr(0, name.rfind('.')) + ".scales"), "[fuse] ", name,
-              ": a full adapter's weights cannot replace a quantized layer");
-    LMT_CHECK(t.shape() == source_.info(name).shape, "[fuse] the adapter's ", name,
+    const size_t dot = name.rfind('.');
+    auto it =
+        std::find_if(leaves_.begin(), leaves_.end(), [&](const Leaf& l) { return l.path == name.substr(0, dot); });
+    const std::string part = dot == std::string::npos ? "" : name.substr(dot);
+    LMT_CHECK(it != leaves_.end() && (part == ".weight" || (part == ".bias" && it->has_bias)),
+              "[fuse] the adapter's tensor ", name, " is not in the model ", r.source);
+    LMT_CHECK(!it->in_quant, "[fuse] ", name, ": a full adapter's weights cannot replace a quantized layer");
+    LMT_CHECK(t.shape() == (part == ".bias" ? Shape{it->shape[0]} : it->stored_shape()), "[fuse] the adapter's ", name,
               " has another shape than the model's");
   }
   if (r.quantize) plan_quantization(r);
@@ -246,25 +251,32 @@ Plan::Plan(const Request& r) : req_(r), source_(r.source) {
 
 void Plan::read_leaves(const ojson& dense_config) {
   const std::string cfg_path = req_.source + "/config.json";
-  ModelConfig mc = ModelConfig::from_json_text(dense_config.dump(), cfg_path);
+  mc_ = ModelConfig::from_json_text(dense_config.dump(), cfg_path);
+  const ModelConfig& mc = mc_;
   n_layer_ = mc.n_layer;
   std::vector<TensorSpec> specs = create_model(mc)->tensor_specs();
-  read_stacked_experts(mc, source_);  // an mlx-lm MoE folder's switch_mlp tensors, per expert
+  // The source's tensors by lmtune's per-expert names (an mlx-lm MoE folder's switch_mlp ones split);
+  // the leaves are mlx-lm's modules, whose experts are one stacked SwitchLinear each.
+  read_stacked_experts(mc, source_);
   std::map<std::string, size_t> by_path;
   for (const TensorSpec& s : specs) {
     size_t dot = s.name.rfind('.');
     std::string path = s.name.substr(0, dot), param = s.name.substr(dot + 1);
+    const std::string stacked = stacked_expert_path(mc, path);
+    if (!stacked.empty()) path = stacked;
     auto [it, fresh] = by_path.emplace(path, leaves_.size());
     if (fresh) {
       leaves_.emplace_back();
       leaves_.back().path = path;
+      leaves_.back().experts = stacked.empty() ? 0 : mc.n_expert;
     }
     Leaf& l = leaves_[it->second];
     if (param == "weight") {
       l.shape = s.shape;
       l.quantizable = s.shape.size() == 2;  // Linear and Embedding; the norms are 1-D
     } else {
-      LMT_CHECK(param == "bias", "[convert] unexpected tensor ", s.name, " in the ", model_type_, " family");
+      LMT_CHECK(param == "bias" && !l.experts, "[convert] unexpected tensor ", s.name, " in the ", model_type_,
+                " family");
       l.has_bias = true;
     }
   }
@@ -275,41 +287,44 @@ void Plan::read_leaves(const ojson& dense_config) {
   // the top-level parameters), else when its .scales exist (infer_quant_config).
   const ojson q = config_.value("quantization", ojson());
   std::set<std::string> used;
-  auto need = [&](const std::string& name) -> const SafetensorsInfo& {
-    LMT_CHECK(source_.contains(name), "[convert] ", req_.source, ": tensor ", name, " is missing (a ", model_type_,
-              " model with this config.json has it)");
-    used.insert(name);
-    return source_.info(name);
-  };
-  auto shape_str = [](const Shape& s) {
-    std::string o = "(";
-    for (size_t i = 0; i < s.size(); ++i) o += str_cat(i ? ", " : "", s[i]);
-    return o + ")";
+  // A leaf's tensor's header (for stacked experts: expert 0's, its shape led by the expert count,
+  // after checking that every expert has the same).
+  auto need = [&](const Leaf& l, const std::string& part) -> SafetensorsInfo {
+    SafetensorsInfo first;
+    for (int64_t e = 0; e < std::max<int64_t>(l.experts, 1); ++e) {
+      const std::string name = source_name(l, part, e);
+      LMT_CHECK(source_.contains(name), "[convert] ", req_.source, ": tensor ", name, " is missing (a ", model_type_,
+                " model with this config.json has it)");
+      used.insert(name);
+      const SafetensorsInfo& i = source_.info(name);
+      if (e == 0) first = i;
+      LMT_CHECK(i.shape == first.shape && i.file_dtype == first.file_dtype, "[convert] ", req_.source, ": ", name,
+                " is ", i.file_dtype, " ", shape_str(i.shape), ", expert 0's is ", first.file_dtype, " ",
+                shape_str(first.shape));
+    }
+    if (l.experts) first.shape.insert(first.shape.begin(), l.experts);
+    return first;
   };
   for (Leaf& l : leaves_) {
-    // mlx-lm names an expert's entry by its stacked layer (models/moe_layout.h).
-    std::string entry = l.path;
-    if (const std::string stacked = stacked_expert_path(mc, l.path);
-        !stacked.empty() && q.is_object() && !q.contains(l.path))
-      entry = stacked;
-    if (q.is_object() && q.contains(entry)) {
-      const ojson& e = q[entry];
+    const size_t lead = l.experts ? 1 : 0;  // the stacked experts' axis
+    if (q.is_object() && q.contains(l.path)) {
+      const ojson& e = q[l.path];
       LMT_CHECK(e.is_boolean() || e.is_object(), "[convert] ", cfg_path, ": quantization entry '", l.path,
                 "' must be true, false or an object, got ", e.dump());
       if (e.is_object()) l.in_quant = params_from_entry(e, cfg_path + ": quantization." + l.path);
       if (e.is_boolean() && e.get<bool>()) l.in_quant = params_from_entry(q, cfg_path + ": quantization");
       LMT_CHECK(!l.in_quant || l.quantizable, "[convert] ", cfg_path, ": quantization entry '", l.path,
                 "' names a layer that cannot be quantized (mlx-lm: Unable to quantize model of type RMSNorm)");
-    } else if (l.quantizable && source_.contains(l.path + ".scales")) {
-      const SafetensorsInfo& w = need(l.path + ".weight");
-      const SafetensorsInfo& s = need(l.path + ".scales");
-      LMT_CHECK(w.shape.size() == 2 && s.shape.size() == 2 && s.shape[1] > 0, "[convert] ", req_.source, ": ", l.path,
-                ".weight ", shape_str(w.shape), " and .scales ", shape_str(s.shape), " are not a quantized ",
-                shape_str(l.shape), " weight");
+    } else if (l.quantizable && source_.contains(source_name(l, ".scales", 0))) {
+      const SafetensorsInfo w = need(l, ".weight");
+      const SafetensorsInfo s = need(l, ".scales");
+      LMT_CHECK(w.shape.size() == 2 + lead && s.shape.size() == 2 + lead && s.shape.back() > 0, "[convert] ",
+                req_.source, ": ", l.path, ".weight ", shape_str(w.shape), " and .scales ", shape_str(s.shape),
+                " are not a quantized ", shape_str(l.shape), " weight");
       int64_t in = l.shape[1];
       quant::QuantParams p;
-      p.group_size = int(in / s.shape[1]);
-      p.bits = int(w.shape[1] * 32 / in);
+      p.group_size = int(in / s.shape.back());
+      p.bits = int(w.shape.back() * 32 / in);
       if (s.dtype == DType::u8) {  // the fp modes each allow one (bits, group size)
         p.mode = p.bits == 4 && p.group_size == 16   ? quant::Mode::nvfp4
                  : p.bits == 4 && p.group_size == 32 ? quant::Mode::mxfp4
@@ -321,28 +336,22 @@ void Plan::read_leaves(const ojson& dense_config) {
     if (l.in_quant) {
       const quant::QuantParams& p = *l.in_quant;
       quant::check_params(p, l.shape[1], l.path);
-      quant::QuantizedWeight qw;
-      qw.params = p;
-      need(l.path + ".weight");
-      qw.wq = source_.get(l.path + ".weight");
-      need(l.path + ".scales");
-      qw.scales = source_.get(l.path + ".scales");
-      if (p.mode == quant::Mode::affine) {
-        need(l.path + ".biases");
-        qw.biases = source_.get(l.path + ".biases");
-      }
+      need(l, ".weight");
+      need(l, ".scales");
+      if (p.mode == quant::Mode::affine) need(l, ".biases");
+      const quant::QuantizedWeight qw = source_quantized(l, std::nullopt);
       quant::validate(qw, l.shape[1], l.path);
       l.source_dtype = qw.scales.dtype();
     } else {
-      const SafetensorsInfo& w = need(l.path + ".weight");
-      LMT_CHECK(w.shape == l.shape, "[convert] ", req_.source, ": ", l.path, ".weight is ", shape_str(w.shape),
-                ", expected ", shape_str(l.shape));
+      const SafetensorsInfo w = need(l, ".weight");
+      LMT_CHECK(w.shape == l.stored_shape(), "[convert] ", req_.source, ": ", l.path, ".weight is ", shape_str(w.shape),
+                ", expected ", shape_str(l.stored_shape()));
       LMT_CHECK(w.supported && is_float(w.dtype), "[convert] ", req_.source, ": ", l.path, ".weight has dtype ",
                 w.file_dtype, "; lmtune converts F32, BF16 and F16 weights");
       l.source_dtype = w.dtype;
     }
     if (l.has_bias) {
-      const SafetensorsInfo& b = need(l.path + ".bias");
+      const SafetensorsInfo b = need(l, ".bias");
       LMT_CHECK(b.shape == Shape{l.shape[0]} && b.supported && is_float(b.dtype), "[convert] ", req_.source, ": ",
                 l.path, ".bias is ", b.file_dtype, " ", shape_str(b.shape), ", expected a float ",
                 shape_str({l.shape[0]}));
@@ -363,6 +372,35 @@ void Plan::read_leaves(const ojson& dense_config) {
     fail("[convert] ", req_.source, ": ", extra.size(), " tensors are not parameters of a ", model_type_,
          " model with this config.json: ", list);
   }
+}
+
+std::string Plan::source_name(const Leaf& l, const std::string& part, int64_t expert) const {
+  return (l.experts ? per_expert_path(mc_, l.path, expert) : l.path) + part;
+}
+
+Tensor Plan::source_tensor(const Leaf& l, const std::string& part) const {
+  if (!l.experts) return source_.get(l.path + part);
+  // The experts' tensors (one stacked file tensor split, or the per-expert ones) stacked again.
+  Tensor first = source_.get(source_name(l, part, 0));
+  Shape shape = first.shape();
+  shape.insert(shape.begin(), l.experts);
+  Tensor out = Tensor::empty(shape, first.dtype());
+  for (int64_t e = 0; e < l.experts; ++e) {
+    Tensor t = e == 0 ? first : source_.get(source_name(l, part, e));
+    LMT_CHECK(t.shape() == first.shape() && t.dtype() == first.dtype(), "[convert] ", source_name(l, part, e), " is ",
+              t.describe(), ", expert 0's is ", first.describe());
+    std::memcpy(static_cast<char*>(out.raw()) + size_t(e) * t.nbytes(), t.raw(), t.nbytes());
+  }
+  return out;
+}
+
+quant::QuantizedWeight Plan::source_quantized(const Leaf& l, const std::optional<DType>& cast) const {
+  quant::QuantizedWeight q;
+  q.params = *l.in_quant;
+  q.wq = source_tensor(l, ".weight");
+  q.scales = cast_if(source_tensor(l, ".scales"), cast);
+  if (q.params.mode == quant::Mode::affine) q.biases = cast_if(source_tensor(l, ".biases"), cast);
+  return q;
 }
 
 void Plan::plan_quantization(const Request& r) {
@@ -466,25 +504,31 @@ void Plan::plan_tensors() {
   auto cast_or = [&](DType dt) { return cast_ && is_float(dt) ? *cast_ : dt; };
   for (Leaf& l : leaves_) {
     l.first_tensor = tensors_.size();
+    // A stacked leaf's tensors are led by its expert count.
+    auto stacked = [&](Shape s) {
+      if (l.experts) s.insert(s.begin(), l.experts);
+      return s;
+    };
     if (l.out_quant) {
       const quant::QuantParams& p = *l.out_quant;
       int64_t out = l.shape[0], in = l.shape[1];
       // A merged layer is quantized from the merged weight: the scales take its dtype.
       DType sdt = p.mode != quant::Mode::affine ? DType::u8 : l.merge ? l.merged_dtype : cast_or(l.source_dtype);
-      tensors_.push_back({l.path + ".weight", DType::u32, {out, in * p.bits / 32}});
-      tensors_.push_back({l.path + ".scales", sdt, {out, in / p.group_size}});
-      if (p.mode == quant::Mode::affine) tensors_.push_back({l.path + ".biases", sdt, {out, in / p.group_size}});
+      tensors_.push_back({l.path + ".weight", DType::u32, stacked({out, in * p.bits / 32})});
+      tensors_.push_back({l.path + ".scales", sdt, stacked({out, in / p.group_size})});
+      if (p.mode == quant::Mode::affine)
+        tensors_.push_back({l.path + ".biases", sdt, stacked({out, in / p.group_size})});
     } else if (l.merge) {
-      tensors_.push_back({l.path + ".weight", l.merged_dtype, l.shape});
+      tensors_.push_back({l.path + ".weight", l.merged_dtype, l.stored_shape()});
     } else if (l.in_quant) {  // mx.dequantize: the scales' dtype for affine, bfloat16 for the fp modes
       DType wdt = l.in_quant->mode == quant::Mode::affine ? cast_or(l.source_dtype) : DType::bf16;
-      tensors_.push_back({l.path + ".weight", wdt, l.shape});
+      tensors_.push_back({l.path + ".weight", wdt, l.stored_shape()});
     } else {
       auto rep = req_.replace.find(l.path + ".weight");
-      tensors_.push_back(
-          {l.path + ".weight", rep != req_.replace.end() ? rep->second.dtype() : cast_or(l.source_dtype), l.shape});
+      tensors_.push_back({l.path + ".weight", rep != req_.replace.end() ? rep->second.dtype() : cast_or(l.source_dtype),
+                          l.stored_shape()});
     }
-    total_parameters_ += numel_of(l.shape);
+    total_parameters_ += numel_of(l.stored_shape());
     if (l.has_bias) {
       auto rep = req_.replace.find(l.path + ".bias");
       DType bdt = rep != req_.replace.end() ? rep->second.dtype() : cast_or(source_.info(l.path + ".bias").dtype);
@@ -552,13 +596,8 @@ std::string Plan::index_text(const std::vector<std::vector<size_t>>& shards) con
 }
 
 Tensor Plan::source_dense(const Leaf& l) const {
-  const std::string w = l.path + ".weight";
-  if (!l.in_quant) return source_.get(w);
-  quant::QuantizedWeight q;
-  q.params = *l.in_quant;
-  q.wq = source_.get(w);
-  q.scales = cast_if(source_.get(l.path + ".scales"), cast_);
-  if (q.params.mode == quant::Mode::affine) q.biases = cast_if(source_.get(l.path + ".biases"), cast_);
+  if (!l.in_quant) return source_tensor(l, ".weight");
+  quant::QuantizedWeight q = source_quantized(l, cast_);
   return quant::dequantize(q, q.params.mode == quant::Mode::affine ? q.scales.dtype() : DType::bf16);
 }
 
@@ -571,14 +610,6 @@ Tensor Plan::merged(const Leaf& l, bool f32) const {
 std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
   std::vector<std::pair<std::string, Tensor>> out;
   const std::string w = l.path + ".weight";
-  auto source_quantized = [&] {
-    quant::QuantizedWeight q;
-    q.params = *l.in_quant;
-    q.wq = source_.get(w);
-    q.scales = cast_if(source_.get(l.path + ".scales"), cast_);
-    if (q.params.mode == quant::Mode::affine) q.biases = cast_if(source_.get(l.path + ".biases"), cast_);
-    return q;
-  };
   if (l.merge) {
     Tensor merged = this->merged(l, l.f32_merge);
     LMT_CHECK(merged.dtype() == l.merged_dtype && merged.shape() == l.shape, "[fuse] ", l.path,
@@ -592,23 +623,23 @@ std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
       out.emplace_back(w, merged);
     }
   } else if (l.out_quant) {
-    quant::QuantizedWeight q =
-        l.in_quant ? source_quantized() : quant::quantize(cast_if(source_.get(w), cast_), *l.out_quant);
+    quant::QuantizedWeight q = l.in_quant ? source_quantized(l, cast_)
+                                          : quant::quantize(cast_if(source_tensor(l, ".weight"), cast_), *l.out_quant);
     out.emplace_back(w, q.wq);
     out.emplace_back(l.path + ".scales", q.scales);
     if (q.biases.defined()) out.emplace_back(l.path + ".biases", q.biases);
   } else if (l.in_quant) {
-    quant::QuantizedWeight q = source_quantized();
+    quant::QuantizedWeight q = source_quantized(l, cast_);
     DType wdt = q.params.mode == quant::Mode::affine ? q.scales.dtype() : DType::bf16;
     out.emplace_back(w, quant::dequantize(q, wdt));
   } else {
     auto rep = req_.replace.find(w);
-    out.emplace_back(w, rep != req_.replace.end() ? rep->second : cast_if(source_.get(w), cast_));
+    out.emplace_back(w, rep != req_.replace.end() ? rep->second : cast_if(source_tensor(l, ".weight"), cast_));
   }
   if (l.has_bias) {
     auto rep = req_.replace.find(l.path + ".bias");
     out.emplace_back(l.path + ".bias",
-                     rep != req_.replace.end() ? rep->second : cast_if(source_.get(l.path + ".bias"), cast_));
+                     rep != req_.replace.end() ? rep->second : cast_if(source_tensor(l, ".bias"), cast_));
   }
   return out;
 }

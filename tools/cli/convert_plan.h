@@ -16,6 +16,7 @@
 
 #include "convert_io.h"
 #include "io/safetensors.h"
+#include "models/config.h"
 #include "quant/quant.h"
 
 namespace lmtune::cli::convert {
@@ -65,6 +66,14 @@ struct Leaf {
   DType merged_dtype = DType::f32;              // with merge: the merged weight's dtype
   bool f32_merge = false;                       // with merge: merged from the weight cast to f32
   size_t first_tensor = 0, n_tensors = 0;       // its slice of Plan::tensors
+  // > 0: a mixture's experts as mlx-lm's SwitchLinear ("...switch_mlp.gate_proj"), this many stacked
+  // along a first axis of every tensor (shape stays one expert's (out, in)); 0: a single module.
+  int64_t experts = 0;
+  Shape stored_shape() const {
+    Shape s = shape;
+    if (experts) s.insert(s.begin(), experts);
+    return s;
+  }
 };
 
 class Plan {
@@ -103,6 +112,13 @@ class Plan {
 
  private:
   void read_leaves(const nlohmann::ordered_json& dense_config);
+  // The source tensor holding a leaf's `part` (".weight", ".scales", ...): for stacked experts,
+  // expert e's (the source is read per expert, models/moe_layout.h).
+  std::string source_name(const Leaf& l, const std::string& part, int64_t expert) const;
+  // A leaf's `part` as mlx-lm holds it: stacked experts copied into one (experts, ...) tensor.
+  Tensor source_tensor(const Leaf& l, const std::string& part) const;
+  // A source-quantized leaf's packed weight, scales and biases (the float ones cast to `cast`).
+  quant::QuantizedWeight source_quantized(const Leaf& l, const std::optional<DType>& cast) const;
   void plan_quantization(const Request& r);
   void plan_tensors();
 
@@ -110,6 +126,7 @@ class Plan {
   nlohmann::ordered_json config_;  // the output config.json (not yet sorted)
   SafetensorsModel source_;
   std::string model_type_;
+  ModelConfig mc_;  // the dense config's reading
   int64_t n_layer_ = 0;
   std::optional<std::string> cast_name_;
   std::optional<DType> cast_;
