@@ -612,7 +612,7 @@ std::vector<std::pair<std::string, Tensor>> Plan::produce(const Leaf& l) const {
   const std::string w = l.path + ".weight";
   if (l.merge) {
     Tensor merged = this->merged(l, l.f32_merge);
-    LMT_CHECK(merged.dtype() == l.merged_dtype && merged.shape() == l.shape, "[fuse] ", l.path,
+    LMT_CHECK(merged.dtype() == l.merged_dtype && merged.shape() == l.stored_shape(), "[fuse] ", l.path,
               ": the merged weight is ", merged.describe(), ", planned ", dtype_name(l.merged_dtype));
     if (l.out_quant) {
       quant::QuantizedWeight q = quant::quantize(merged, *l.out_quant);

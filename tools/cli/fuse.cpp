@@ -4,7 +4,9 @@
 // (convert's planner and writer), re-quantized with each layer's own parameters unless --dequantize.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "gguf_export.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
+#include "models/moe_layout.h"
 #include "ops/ops.h"
 #include "options.h"
 #include "runtime/generate.h"
@@ -179,7 +182,36 @@ int fuse_model(const FuseOptions& o) {
     for (auto& [name, t] : load_safetensors(o.adapter_path + "/adapters.safetensors")) req.replace[name] = t;
   } else {
     const bool dora = acfg.fine_tune_type == "dora";
+    // A mixture's experts are one stacked layer in the output (mlx-lm's SwitchLinear): its merge
+    // merges each expert's slice with that expert's adapter (LoRASwitchLinear.fuse).
+    std::map<std::string, std::vector<std::pair<Tensor, Tensor>>> stacked;
+    float stacked_scale = 0.f;
     for (auto& [prefix, ad] : model->adapters()) {
+      int64_t e = 0;
+      const std::string layer = stacked_expert_path(model->config(), prefix, &e);
+      if (layer.empty()) continue;
+      std::vector<std::pair<Tensor, Tensor>>& v = stacked[layer];
+      v.resize(size_t(model->config().n_expert));
+      v[size_t(e)] = {ops::to(ad.lora_a.detach(), Device::cpu), ops::to(ad.lora_b.detach(), Device::cpu)};
+      stacked_scale = ad.scale;
+    }
+    for (auto& [layer, ab] : stacked) {
+      convert::Request::Merge mg;
+      mg.apply = [ab, scale = stacked_scale](const Tensor& w) {
+        const int64_t E = w.dim(0), out = w.dim(1), in = w.dim(2);
+        Tensor merged;
+        for (int64_t e = 0; e < E; ++e) {
+          Tensor one =
+              lora_merge(w.slice_rows(e, e + 1).reshape({out, in}), ab[size_t(e)].first, ab[size_t(e)].second, scale);
+          if (!merged.defined()) merged = Tensor::empty(w.shape(), one.dtype());
+          std::memcpy(static_cast<char*>(merged.raw()) + size_t(e) * one.nbytes(), one.raw(), one.nbytes());
+        }
+        return merged;
+      };
+      req.merges[layer] = std::move(mg);
+    }
+    for (auto& [prefix, ad] : model->adapters()) {
+      if (!stacked_expert_path(model->config(), prefix).empty()) continue;
       Tensor a = ops::to(ad.lora_a.detach(), Device::cpu), b = ops::to(ad.lora_b.detach(), Device::cpu);
       const float scale = ad.scale;  // adapter_config's lora_parameters.scale
       convert::Request::Merge mg;
