@@ -26,7 +26,8 @@ q4_dora   DoRA on the 4-bit base: mlx-lm re-quantizes the f32 merged weight, so 
           scales and biases are f32 beside the others' bf16; lmtune writes the same.
 mxfp4     the same on an mxfp4 base (u8 scales; mx.dequantize gives bf16, merged in bf16 and quantized
           again to mxfp4).
-moe       chat_mixtral and chat_qwen3_moe (generate_ref.py; f32, 4 experts): a LoRA on the attention and
+families  chat_gemma2 and chat_phi3 (generate_ref.py): a LoRA. chat_mixtral and chat_qwen3_moe (f32,
+          4 experts): a LoRA on the attention and
           the experts, merged into mlx-lm's stacked switch_mlp layers (LoRASwitchLinear.fuse), a full
           fine-tune's stacked expert weights, and a LoRA trained on their 4-bit conversion (fused
           re-quantized, and --dequantize with the adapter's greedy text).
@@ -179,17 +180,20 @@ def case_quantized(a, tag, args, ftype="lora"):
     same_text_as_adapter(a, tag + "-dequantize", base, ad, deq)
 
 
-def case_moe(a):
-    # generate_ref.py's chat_mixtral and chat_qwen3_moe (f32, 4 experts): LoRA on the attention and
+def case_families(a):
+    # gemma2 and phi3 (sandwich norms, fused layers): a LoRA. generate_ref.py's chat_mixtral and
+    # chat_qwen3_moe (f32, 4 experts): LoRA on the attention and
     # the experts (lmtune lora's default keys), merged into mlx-lm's stacked switch_mlp layers as
     # LoRASwitchLinear.fuse does; a full fine-tune's stacked expert weights; the same LoRA trained on
     # a 4-bit base (the experts re-quantized, and --dequantize).
-    for fam in ("mixtral", "qwen3_moe"):
+    for fam in ("gemma2", "phi3", "mixtral", "qwen3_moe"):
         base = os.path.join(a.models, "chat_" + fam)
         ad = train(a, base, fam, "lora")
         fused = fuse_both(a, fam, base, ad)
-        check(any(".switch_mlp." in k for k in dtypes_of(fused)), f"{fam}: no stacked expert tensors in the output")
         same_text_as_adapter(a, fam, base, ad, fused)
+        if fam in ("gemma2", "phi3"):
+            continue
+        check(any(".switch_mlp." in k for k in dtypes_of(fused)), f"{fam}: no stacked expert tensors in the output")
         full = train(a, base, fam + "-full", "full")
         same_text_as_adapter(a, fam + "-full", base, full, fuse_both(a, fam + "-full", base, full))
         q = os.path.join(a.work, fam + "-q4")
@@ -266,8 +270,8 @@ def main():
     p.add_argument("--lmtune", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--work", required=True)
-    p.add_argument("--case", required=True, choices=["lora", "dora", "full", "q4", "q4_dora", "mxfp4", "refusals", "moe"])
-    p.add_argument("--models", help="generate_ref.py's output (the moe case)")
+    p.add_argument("--case", required=True, choices=["lora", "dora", "full", "q4", "q4_dora", "mxfp4", "refusals", "families"])
+    p.add_argument("--models", help="generate_ref.py's output (the families case)")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     try:
@@ -279,8 +283,8 @@ def main():
             case_quantized(a, "q4_dora", [], "dora")
         elif a.case == "mxfp4":
             case_quantized(a, "mxfp4", ["--q-mode", "mxfp4"])
-        elif a.case == "moe":
-            case_moe(a)
+        elif a.case == "families":
+            case_families(a)
         else:
             case_refusals(a)
     except SystemExit:

@@ -201,11 +201,10 @@ def main():
             json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
             for f in ("tokenizer.json", "tokenizer_config.json"):
                 shutil.copy(os.path.join(src, f), d)
-            if cj["model_type"] in ("mixtral", "qwen3_moe"):
-                # A chat template (Llama 2's [INST] form), for the LoRA interop checks' chat data.
-                tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
-                tc["chat_template"] = LLAMA2_CHAT
-                json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
+            # A chat template (Llama 2's [INST] form), for the LoRA and fuse checks' chat data.
+            tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
+            tc["chat_template"] = LLAMA2_CHAT
+            json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
             print(f"wrote {d}", file=sys.stderr)
 
 
