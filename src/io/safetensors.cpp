@@ -347,6 +347,31 @@ void SafetensorsFile::split_first_axis(const std::string& name, const std::vecto
   }
 }
 
+void SafetensorsFile::rename(const std::string& name, const std::string& to) {
+  const SafetensorsInfo i = info(name);
+  LMT_CHECK(!index_.count(to), "[safetensors] ", path_, ": tensor '", name, "' would be read as '", to,
+            "', which the file also holds");
+  index_.erase(name);
+  index_.emplace(to, i);
+  *std::find(names_.begin(), names_.end(), name) = to;
+}
+
+void SafetensorsModel::rename(const std::string& name, const std::string& to) {
+  const size_t fi = file_index(name);
+  LMT_CHECK(!where_.count(to), "[safetensors] ", folder_, ": tensor '", name, "' would be read as '", to,
+            "', which the checkpoint also holds");
+  files_[fi].rename(name, to);
+  where_.erase(name);
+  where_.emplace(to, fi);
+  *std::find(names_.begin(), names_.end(), name) = to;
+}
+
+void SafetensorsModel::drop(const std::string& name) {
+  (void)file_index(name);
+  where_.erase(name);
+  names_.erase(std::find(names_.begin(), names_.end(), name));
+}
+
 void SafetensorsModel::split_first_axis(const std::string& name, const std::vector<std::string>& parts) {
   const size_t fi = file_index(name);
   for (const std::string& p : parts)

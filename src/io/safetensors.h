@@ -46,6 +46,8 @@ class SafetensorsFile {
   // stacks per-item tensors into one (MLX's switch_mlp experts). Throws naming the tensor when its
   // first axis is not parts.size() long or a part's name is taken.
   void split_first_axis(const std::string& name, const std::vector<std::string>& parts);
+  // The same tensor under another name, in its place in names().
+  void rename(const std::string& name, const std::string& to);
 
  private:
   std::string path_;
@@ -71,6 +73,10 @@ class SafetensorsModel {
   const SafetensorsFile& file_of(const std::string& name) const;
   // SafetensorsFile::split_first_axis on the file holding `name`.
   void split_first_axis(const std::string& name, const std::vector<std::string>& parts);
+  // Presents tensor `name` as `to` (a checkpoint's prefix stripped); throws when `to` is taken.
+  void rename(const std::string& name, const std::string& to);
+  // Leaves tensor `name` out of names() and lookups (a part of the checkpoint the model does not use).
+  void drop(const std::string& name);
   const std::vector<SafetensorsFile>& files() const { return files_; }
   // The index's "metadata" object (e.g. total_size), values as JSON text; empty without an index.
   const std::map<std::string, std::string>& index_metadata() const { return index_metadata_; }

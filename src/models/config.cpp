@@ -269,6 +269,9 @@ void check_bounds(const ConfigReader& r, const ModelConfig& c) {
 }
 }  // namespace
 
+// A multimodal gemma3 checkpoint's text model (models/gemma3.cpp).
+ModelConfig gemma3_text_tower(const nlohmann::json& j, const std::string& src);
+
 ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& src) {
   json j;
   try {
@@ -280,6 +283,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   ConfigReader r{j, src};
   ModelConfig c;
   c.model_type = r.str_or("model_type", "");
+  if (c.model_type == "gemma3") return gemma3_text_tower(j, src);
   const ModelFamily& family = model_family(c.model_type, src);
   c.n_vocab = r.required_int("vocab_size");
   c.n_embd = r.required_int("hidden_size");

@@ -58,6 +58,10 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   std::string torch_dtype;  // as the file says ("bfloat16", ...), may be empty
+  // The text model inside a multimodal checkpoint (model_type gemma3): the config read from its
+  // text_config, its tensors under this prefix ("language_model.") in the files lmtune reads and
+  // writes (models/checkpoint_layout.h). Empty for a plain text model.
+  std::string checkpoint_prefix;
   QuantizationConfig quantization;
 
   // Family differences (DESIGN.md, "Architectures are declarations"). The defaults are Llama's.

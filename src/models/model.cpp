@@ -8,7 +8,7 @@
 #include "core/error.h"
 #include "core/runtime_config.h"
 #include "io/safetensors.h"
-#include "models/moe_layout.h"
+#include "models/checkpoint_layout.h"
 #include "models/registry.h"
 #include "nn/linear.h"
 #include "ops/ops.h"
@@ -173,7 +173,7 @@ std::map<std::string, LayerQuant> quantized_layers(const std::string& dir, const
     const bool has_scales = files.contains(layer + ".scales");
     std::optional<LayerQuant> q;
     auto entry = cfg.quantization.layers.find(layer);
-    // mlx-lm names an expert's entry by its stacked layer (models/moe_layout.h).
+    // mlx-lm names an expert's entry by its stacked layer (models/checkpoint_layout.h).
     if (const std::string stacked = stacked_expert_path(cfg, layer);
         entry == cfg.quantization.layers.end() && !stacked.empty())
       entry = cfg.quantization.layers.find(stacked);
@@ -289,7 +289,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device, DType d
   ModelConfig cfg = ModelConfig::load(dir);
   auto model = create_model(cfg);
   SafetensorsModel files(dir);
-  read_stacked_experts(cfg, files);
+  read_checkpoint_layout(cfg, files);
   if (device == Device::cpu) dtype = DType::f32;
   const std::vector<TensorSpec> specs = model->tensor_specs();
   const std::map<std::string, LayerQuant> quantized = check_checkpoint(dir, cfg, specs, files);

@@ -3,7 +3,7 @@
 // intermediate_size wide), the top num_experts_per_tok renormalized. qwen3_moe: the qwen3 block
 // with MoE MLPs of num_experts experts (moe_intermediate_size wide) in the layers that
 // decoder_sparse_step marks and mlp_only_layers does not, renormalized when norm_topk_prob. Also the
-// mapping of mlx-lm's stacked expert layout onto the per-expert one (models/moe_layout.h).
+// mapping of mlx-lm's stacked expert layout onto the per-expert one (models/checkpoint_layout.h).
 #include <array>
 #include <nlohmann/json.hpp>
 #include <utility>
@@ -11,8 +11,8 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "models/checkpoint_layout.h"
 #include "models/config.h"
-#include "models/moe_layout.h"
 
 namespace lmtune {
 

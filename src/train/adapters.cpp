@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
-#include "models/moe_layout.h"
+#include "models/checkpoint_layout.h"
 #include "train/peft.h"
 
 namespace lmtune::train {

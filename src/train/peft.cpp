@@ -15,7 +15,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
-#include "models/moe_layout.h"
+#include "models/checkpoint_layout.h"
 
 namespace lmtune::train {
 

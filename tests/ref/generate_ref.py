@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_golden import randomize  # noqa: E402
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
                           GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
@@ -43,6 +44,16 @@ CASES = {
     "gemma": (GemmaConfig, GemmaForCausalLM, dict(
         vocab_size=87, hidden_size=40, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=32)),
+    # A multimodal gemma3 checkpoint (a tiny vision tower beside the text model, every text tensor
+    # under language_model.): its text tower, as transformers runs it on text alone. Its
+    # text_config leaves heads, head_dim and query_pre_attn_scalar to Gemma3TextConfig's defaults,
+    # as the Hub's files do.
+    "gemma3_mm": (Gemma3Config, Gemma3ForConditionalGeneration, dict(
+        text_config=dict(vocab_size=81, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                         sliding_window=5, sliding_window_pattern=2, rope_scaling={"rope_type": "linear",
+                                                                                  "factor": 2.0}),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)),
     # Sliding layers (window 5, shorter than every prompt + generation) between full ones.
     "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
         vocab_size=79, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
@@ -112,8 +123,18 @@ def main():
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
         model.save_pretrained(d, safe_serialization=True)
+        if name == "gemma3_mm":
+            # As the Hub's files: the text_config without the fields left at Gemma3TextConfig's
+            # defaults (transformers wrote them all); the vocabulary size also at the top level,
+            # the only place mlx-lm's gemma3 reads it.
+            cj = json.load(open(os.path.join(d, "config.json")))
+            for k in ("num_attention_heads", "num_key_value_heads", "head_dim", "query_pre_attn_scalar",
+                      "rms_norm_eps", "hidden_activation", "max_position_embeddings", "tie_word_embeddings"):
+                cj["text_config"].pop(k)
+            cj["vocab_size"] = cfg.text_config.vocab_size
+            json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
         g = torch.Generator().manual_seed(7 + i)
-        prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in (1, 5, 13)]
+        prompts = [torch.randint(0, cfg.get_text_config().vocab_size, (n,), generator=g).tolist() for n in (1, 5, 13)]
         ref = {"prompts": prompts, "outputs": [greedy(model, p, NEW_TOKENS) for p in prompts]}
         json.dump(ref, open(os.path.join(d, "ref.json"), "w"))
         print(f"wrote {d}", file=sys.stderr)

@@ -11,8 +11,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "models/checkpoint_layout.h"
 #include "models/model.h"
-#include "models/moe_layout.h"
 #include "ops/ops.h"
 
 namespace lmtune::cli::convert {
@@ -257,7 +257,7 @@ void Plan::read_leaves(const ojson& dense_config) {
   std::vector<TensorSpec> specs = create_model(mc)->tensor_specs();
   // The source's tensors by lmtune's per-expert names (an mlx-lm MoE folder's switch_mlp ones split);
   // the leaves are mlx-lm's modules, whose experts are one stacked SwitchLinear each.
-  read_stacked_experts(mc, source_);
+  read_checkpoint_layout(mc, source_);
   std::map<std::string, size_t> by_path;
   for (const TensorSpec& s : specs) {
     size_t dot = s.name.rfind('.');

@@ -113,7 +113,7 @@ class Plan {
  private:
   void read_leaves(const nlohmann::ordered_json& dense_config);
   // The source tensor holding a leaf's `part` (".weight", ".scales", ...): for stacked experts,
-  // expert e's (the source is read per expert, models/moe_layout.h).
+  // expert e's (the source is read per expert, models/checkpoint_layout.h).
   std::string source_name(const Leaf& l, const std::string& part, int64_t expert) const;
   // A leaf's `part` as mlx-lm holds it: stacked experts copied into one (experts, ...) tensor.
   Tensor source_tensor(const Leaf& l, const std::string& part) const;

@@ -19,7 +19,7 @@
 #include "gguf_export.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
-#include "models/moe_layout.h"
+#include "models/checkpoint_layout.h"
 #include "ops/ops.h"
 #include "options.h"
 #include "runtime/generate.h"

@@ -7,8 +7,8 @@
 #include "core/error.h"
 #include "io/hub.h"
 #include "io/safetensors.h"
+#include "models/checkpoint_layout.h"
 #include "models/model.h"
-#include "models/moe_layout.h"
 #include "options.h"
 #include "runtime_setup.h"
 
@@ -28,7 +28,7 @@ int inspect(const std::string& model) {
   // The weights are opened and checked as load_model would (headers, every tensor's shape and
   // dtype, nothing unused), so a broken file is an error here too, not a clean-looking listing.
   SafetensorsModel files(model);
-  read_stacked_experts(c, files);
+  read_checkpoint_layout(c, files);
   const std::vector<TensorSpec> specs = m->tensor_specs();
   const std::map<std::string, LayerQuant> quantized = check_checkpoint(model, c, specs, files);
   int64_t total = 0;
