@@ -97,6 +97,7 @@ std::vector<std::pair<std::string, Tensor>> to_file_layout(const ModelConfig& c,
     shape.insert(shape.begin(), int64_t(v.size()));
     out.push_back({name, Tensor::from_f32(all, shape)});
   }
+  for (auto& [name, t] : out) name = c.checkpoint_prefix + name;  // a multimodal checkpoint's text tower
   std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   return out;
 }
@@ -105,7 +106,10 @@ std::vector<std::pair<std::string, Tensor>> to_file_layout(const ModelConfig& c,
 std::vector<std::pair<std::string, Tensor>> from_file_layout(const ModelConfig& c, const std::string& path,
                                                              std::vector<std::pair<std::string, Tensor>> stored) {
   std::vector<std::pair<std::string, Tensor>> out;
-  for (auto& [name, t] : stored) {
+  for (auto& [stored_name, t] : stored) {
+    const std::string& prefix = c.checkpoint_prefix;
+    const std::string name =
+        !prefix.empty() && stored_name.rfind(prefix, 0) == 0 ? stored_name.substr(prefix.size()) : stored_name;
     const size_t dot = name.rfind('.');
     const std::string layer = dot == std::string::npos ? "" : name.substr(0, dot);
     if (layer.empty() || per_expert_path(c, layer, 0).empty()) {

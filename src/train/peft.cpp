@@ -268,6 +268,10 @@ void export_peft(const Model& model, const AdapterConfig& cfg, const std::string
   LMT_CHECK(!fs::exists(fs::symlink_status(save_path)), "[peft] the save path ", save_path,
             " already exists; delete it or choose another");
   LMT_CHECK(!model.adapters().empty(), "[peft] the model has no adapters to export");
+  LMT_CHECK(model.config().checkpoint_prefix.empty(), "[peft] a multimodal checkpoint's text tower (",
+            model.config().checkpoint_prefix,
+            "): transformers names its modules apart from the checkpoint, so a PEFT folder would not "
+            "match; use the mlx-lm adapter folder");
   const int64_t n = model.config().n_layer, first = cfg.num_layers <= 0 ? 0 : n - cfg.num_layers;
   std::vector<std::pair<std::string, Tensor>> out;
   for (const auto& [prefix, a] : model.adapters()) {

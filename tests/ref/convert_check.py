@@ -250,7 +250,7 @@ def case_families(a):
     # order; granite's and qwen3_moe's own quant_predicate (8 bits for o_proj / down_proj / lm_head,
     # for the router); the mixtures' experts written stacked (switch_mlp) from transformers' per-expert
     # files, and read back from mlx-lm's stacked ones (-d).
-    for fam in ("gemma2", "gemma3", "smollm3", "granite", "olmo2", "phi3", "mixtral", "qwen3_moe"):
+    for fam in ("gemma2", "gemma3", "gemma3mm", "smollm3", "granite", "olmo2", "phi3", "mixtral", "qwen3_moe"):
         src = os.path.join(a.models, "chat_" + fam)
         convert_both(a, fam + "_q4", src, ["-q"])
         if fam in ("granite", "mixtral", "qwen3_moe"):

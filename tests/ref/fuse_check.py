@@ -186,12 +186,12 @@ def case_families(a):
     # the experts (lmtune lora's default keys), merged into mlx-lm's stacked switch_mlp layers as
     # LoRASwitchLinear.fuse does; a full fine-tune's stacked expert weights; the same LoRA trained on
     # a 4-bit base (the experts re-quantized, and --dequantize).
-    for fam in ("gemma2", "phi3", "mixtral", "qwen3_moe"):
+    for fam in ("gemma2", "gemma3mm", "phi3", "mixtral", "qwen3_moe"):
         base = os.path.join(a.models, "chat_" + fam)
         ad = train(a, base, fam, "lora")
         fused = fuse_both(a, fam, base, ad)
         same_text_as_adapter(a, fam, base, ad, fused)
-        if fam in ("gemma2", "phi3"):
+        if fam in ("gemma2", "gemma3mm", "phi3"):
             continue
         check(any(".switch_mlp." in k for k in dtypes_of(fused)), f"{fam}: no stacked expert tensors in the output")
         full = train(a, base, fam + "-full", "full")

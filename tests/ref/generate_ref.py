@@ -228,6 +228,32 @@ def main():
             json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
             print(f"wrote {d}", file=sys.stderr)
 
+        # A multimodal gemma3 checkpoint with the same tokenizer: its text tower is what lmtune runs
+        # (vision tower in the file, dropped); the vocabulary size also at the top level for mlx-lm.
+        d = os.path.join(a.out, "chat_gemma3mm")
+        os.makedirs(d, exist_ok=True)
+        torch.manual_seed(330)
+        cfg = Gemma3Config(text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            head_dim=16, sliding_window=8, sliding_window_pattern=2,
+                                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                            pad_token_id=None),
+                           vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                              num_attention_heads=2, image_size=28, patch_size=14),
+                           mm_tokens_per_image=4, attn_implementation="eager")
+        model = Gemma3ForConditionalGeneration(cfg).float().eval()
+        randomize(model)
+        model.save_pretrained(d, safe_serialization=True)
+        cj = json.load(open(os.path.join(d, "config.json")))
+        cj["vocab_size"] = len(tok)
+        json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(src, f), d)
+        tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
+        tc["chat_template"] = LLAMA2_CHAT
+        json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
+        print(f"wrote {d}", file=sys.stderr)
+
 
 LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + "
                "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")

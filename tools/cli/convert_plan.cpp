@@ -61,14 +61,18 @@ int component_rank(const std::string& model_type, const std::string& parent, con
       {"gemma3_text",
        {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
         "post_feedforward_layernorm"}},
+      {"gemma3",
+       {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+        "post_feedforward_layernorm"}},
       {"olmo2", {"self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm"}},
       {"qwen3_moe", {"self_attn", "input_layernorm", "post_attention_layernorm", "mlp"}}};
   static const std::vector<std::string> kSwitch = {"gate_proj", "up_proj", "down_proj"};
   static const std::map<std::string, int> kRank = {
-      {"model", 0},         {"embed_tokens", 1}, {"layers", 2},     {"q_proj", 4},   {"k_proj", 5}, {"v_proj", 6},
-      {"qkv_proj", 7},      {"o_proj", 8},       {"q_norm", 9},     {"k_norm", 10},  {"gate", 11},  {"switch_mlp", 12},
-      {"gate_up_proj", 13}, {"gate_proj", 14},   {"down_proj", 15}, {"up_proj", 16}, {"norm", 17},  {"lm_head", 18},
-      {"weight", 19},       {"scales", 20},      {"biases", 21},    {"bias", 22}};
+      {"language_model", -1}, {"model", 0},    {"embed_tokens", 1}, {"layers", 2},        {"q_proj", 4},
+      {"k_proj", 5},          {"v_proj", 6},   {"qkv_proj", 7},     {"o_proj", 8},        {"q_norm", 9},
+      {"k_norm", 10},         {"gate", 11},    {"switch_mlp", 12},  {"gate_up_proj", 13}, {"gate_proj", 14},
+      {"down_proj", 15},      {"up_proj", 16}, {"norm", 17},        {"lm_head", 18},      {"weight", 19},
+      {"scales", 20},         {"biases", 21},  {"bias", 22}};
   const std::vector<std::string>* list = nullptr;
   if (!parent.empty() && std::all_of(parent.begin(), parent.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
     auto b = kBlocks.find(model_type);
@@ -264,6 +268,7 @@ void Plan::read_leaves(const ojson& dense_config) {
     std::string path = s.name.substr(0, dot), param = s.name.substr(dot + 1);
     const std::string stacked = stacked_expert_path(mc, path);
     if (!stacked.empty()) path = stacked;
+    path = mc.checkpoint_prefix + path;  // a multimodal checkpoint's text tower keeps its prefix
     auto [it, fresh] = by_path.emplace(path, leaves_.size());
     if (fresh) {
       leaves_.emplace_back();
@@ -375,11 +380,12 @@ void Plan::read_leaves(const ojson& dense_config) {
 }
 
 std::string Plan::source_name(const Leaf& l, const std::string& part, int64_t expert) const {
-  return (l.experts ? per_expert_path(mc_, l.path, expert) : l.path) + part;
+  const std::string path = l.path.substr(mc_.checkpoint_prefix.size());
+  return (l.experts ? per_expert_path(mc_, path, expert) : path) + part;
 }
 
 Tensor Plan::source_tensor(const Leaf& l, const std::string& part) const {
-  if (!l.experts) return source_.get(l.path + part);
+  if (!l.experts) return source_.get(source_name(l, part, 0));
   // The experts' tensors (one stacked file tensor split, or the per-expert ones) stacked again.
   Tensor first = source_.get(source_name(l, part, 0));
   Shape shape = first.shape();
@@ -531,7 +537,8 @@ void Plan::plan_tensors() {
     total_parameters_ += numel_of(l.stored_shape());
     if (l.has_bias) {
       auto rep = req_.replace.find(l.path + ".bias");
-      DType bdt = rep != req_.replace.end() ? rep->second.dtype() : cast_or(source_.info(l.path + ".bias").dtype);
+      DType bdt =
+          rep != req_.replace.end() ? rep->second.dtype() : cast_or(source_.info(source_name(l, ".bias", 0)).dtype);
       tensors_.push_back({l.path + ".bias", bdt, {l.shape[0]}});
       total_parameters_ += l.shape[0];
     }

@@ -208,7 +208,7 @@ int fuse_model(const FuseOptions& o) {
         }
         return merged;
       };
-      req.merges[layer] = std::move(mg);
+      req.merges[model->config().checkpoint_prefix + layer] = std::move(mg);
     }
     for (auto& [prefix, ad] : model->adapters()) {
       if (!stacked_expert_path(model->config(), prefix).empty()) continue;
@@ -222,7 +222,7 @@ int fuse_model(const FuseOptions& o) {
       } else {
         mg.apply = [a, b, scale](const Tensor& w) { return lora_merge(w, a, b, scale); };
       }
-      req.merges[prefix] = std::move(mg);
+      req.merges[model->config().checkpoint_prefix + prefix] = std::move(mg);
     }
   }
   model.reset();  // the planner reads the weights from the files again, one layer at a time
