@@ -325,18 +325,20 @@ ModelConfig ModelConfig::load(const std::string& dir) {
 
 std::vector<float> rope_inv_freq(const ModelConfig& c, bool sliding, bool long_factors) {
   const RopeConfig& r = sliding && c.rope_sliding ? *c.rope_sliding : c.rope;
-  int64_t half = c.head_dim / 2;
+  // A partial rotary (rotary_dim < head_dim): the frequencies of a rotary_dim-wide rotation, then
+  // zeros (angle 0) for the pairs that pass unrotated (see Attention::rope_perm).
+  const int64_t dim = c.rotary_dim > 0 ? c.rotary_dim : c.head_dim, half = dim / 2;
   std::vector<float> inv(static_cast<size_t>(half));
   if (r.type == "longrope") {
     const std::vector<double>& ext = long_factors ? r.long_factor : r.short_factor;
     LMT_CHECK(int64_t(ext.size()) == half, "[config] longrope's ", long_factors ? "long" : "short", "_factor has ",
-              ext.size(), " entries; head_dim ", c.head_dim, " needs ", half);
+              ext.size(), " entries; a rotation over ", dim, " dimensions needs ", half);
     for (int64_t i = 0; i < half; ++i)
-      inv[size_t(i)] = float(1.0 / (ext[size_t(i)] * std::pow(r.theta, double(2 * i) / double(c.head_dim))));
+      inv[size_t(i)] = float(1.0 / (ext[size_t(i)] * std::pow(r.theta, double(2 * i) / double(dim))));
+    inv.resize(size_t(c.head_dim / 2), 0.f);
     return inv;
   }
-  for (int64_t i = 0; i < half; ++i)
-    inv[size_t(i)] = float(1.0 / std::pow(r.theta, double(2 * i) / double(c.head_dim)));
+  for (int64_t i = 0; i < half; ++i) inv[size_t(i)] = float(1.0 / std::pow(r.theta, double(2 * i) / double(dim)));
   if (r.type == "linear") {
     for (float& f : inv) f = float(f / r.factor);
   } else if (r.type == "llama3") {
@@ -352,6 +354,7 @@ std::vector<float> rope_inv_freq(const ModelConfig& c, bool sliding, bool long_f
       }
     }
   }
+  inv.resize(size_t(c.head_dim / 2), 0.f);
   return inv;
 }
 

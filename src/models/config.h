@@ -62,6 +62,9 @@ struct ModelConfig {
   // text_config, its tensors under this prefix ("language_model.") in the files lmtune reads and
   // writes (models/checkpoint_layout.h). Empty for a plain text model.
   std::string checkpoint_prefix;
+  // Rotary positions on the first rotary_dim dimensions of each head only (phi3's
+  // partial_rotary_factor, Phi-4-mini); 0: all head_dim.
+  int64_t rotary_dim = 0;
   QuantizationConfig quantization;
 
   // Family differences (DESIGN.md, "Architectures are declarations"). The defaults are Llama's.

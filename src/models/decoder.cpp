@@ -108,6 +108,20 @@ void DecoderModel::on_weights_set() {
     std::vector<float> local = rope_inv_freq(cfg_, true);
     inv_freq_sliding_ = ops::to(Tensor::from_f32(local, {int64_t(local.size())}), device());
   }
+  rope_perm_ = Tensor();
+  if (const int64_t R = cfg_.rotary_dim, D = cfg_.head_dim; R > 0 && R < D) {
+    // Original dimension -> the rope kernels' place: i and i + R/2 (i < R/2) to i and i + D/2; the
+    // unrotated R + t to R/2 + t and D/2 + R/2 + t (pairs at angle 0). longrope's attention factor
+    // scales the rotated dimensions only (transformers multiplies cos and sin by it), so it goes
+    // here rather than into the score scale.
+    const float f = cfg_.rope.type == "longrope" ? float(cfg_.rope.attention_factor) : 1.f;
+    std::vector<float> p(size_t(D * D), 0.f);
+    auto to = [&](int64_t from, int64_t place, float v) { p[size_t(from * D + place)] = v; };
+    for (int64_t i = 0; i < R / 2; ++i) to(i, i, f), to(i + R / 2, i + D / 2, f);
+    for (int64_t t = 0; t < (D - R) / 2; ++t)
+      to(R + t, R / 2 + t, 1.f), to(R + (D - R) / 2 + t, D / 2 + R / 2 + t, 1.f);
+    rope_perm_ = ops::to(Tensor::from_f32(p, {D, D}), device(), dtype());
+  }
   inv_freq_none_ = Tensor();
   if (std::find(cfg_.layer_rope.begin(), cfg_.layer_rope.end(), false) != cfg_.layer_rope.end()) {
     std::vector<float> zeros(inv.size(), 0.f);  // cos 0 = 1, sin 0 = 0: every kernel's rotation is the identity
@@ -170,9 +184,12 @@ void DecoderModel::bind() {
     const bool sliding = c.layer_window[size_t(i)] > 0;
     at.inv_freq = sliding && inv_freq_sliding_.defined() ? &inv_freq_sliding_ : &inv_freq_;
     if (!c.layer_rope[size_t(i)]) at.inv_freq = &inv_freq_none_;
+    at.rope_perm = rope_perm_.defined() ? &rope_perm_ : nullptr;
     float scale = c.attn_scale > 0 ? float(c.attn_scale) : 1.f / std::sqrt(float(c.head_dim));
     // longrope's attention factor multiplies q's and k's rotations alike: its square on the scores.
-    if (c.rope.type == "longrope") scale *= float(c.rope.attention_factor * c.rope.attention_factor);
+    // (With a partial rotary it scales the rotated dimensions alone: in rope_perm_.)
+    if (c.rope.type == "longrope" && !rope_perm_.defined())
+      scale *= float(c.rope.attention_factor * c.rope.attention_factor);
     at.opt = {c.n_head, c.n_kv_head, c.head_dim, scale, c.layer_window[size_t(i)], float(c.attn_logit_softcap)};
     if (c.norm_layout == NormLayout::pre) {
       b.mlp_norm = {w(p + "post_attention_layernorm.weight"), eps, off};

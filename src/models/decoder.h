@@ -53,6 +53,7 @@ class DecoderModel final : public Model {
   Tensor inv_freq_;          // f32 (head_dim / 2) on the weights' device
   Tensor inv_freq_sliding_;  // the sliding layers' own (config rope_sliding), or undefined
   Tensor inv_freq_none_;     // zeros: a layer without rotary positions turns by angle 0, or undefined
+  Tensor rope_perm_;         // a partial rotary's permutation (nn::Attention::rope_perm), or undefined
   // longrope: inv_freq_ holds the short or the long set, chosen before each forward by the largest
   // position it reaches (written in place, so recorded launches would see it; the decode graphs
   // stay off for such models anyway: runtime/decode_graph.cpp).

@@ -18,8 +18,11 @@ void parse_phi3(const ConfigReader& r, ModelConfig& c) {
   double partial = r.num_or("partial_rotary_factor", 1.0);
   if (r.has("rope_parameters") && r.j.at("rope_parameters").is_object())
     partial = ConfigReader{r.j.at("rope_parameters"), r.src}.num_or("partial_rotary_factor", partial);
-  LMT_CHECK(partial == 1.0, "[config] ", r.src, ": partial_rotary_factor ", partial,
-            " is not supported yet for phi3 (rotary positions on every head dimension only)");
+  // transformers: the first int(head_dim * factor) dimensions of each head rotate, the rest pass.
+  LMT_CHECK(partial > 0 && partial <= 1, "[config] ", r.src, ": partial_rotary_factor ", partial, " must be in (0, 1]");
+  c.rotary_dim = int64_t(double(c.head_dim) * partial);
+  LMT_CHECK(c.rotary_dim >= 2 && c.rotary_dim % 2 == 0, "[config] ", r.src, ": partial_rotary_factor ", partial,
+            " of head_dim ", c.head_dim, " rotates ", c.rotary_dim, " dimensions; an even number >= 2 is needed");
   const int64_t window = r.int_or("sliding_window", 0);
   if (!r.has("layer_types") && window > 0) c.layer_window.assign(size_t(c.n_layer), window);
 }

@@ -35,7 +35,8 @@ const std::vector<ModelFamily>& model_families() {
       {"phi3",
        parse_phi3,
        build_decoder,
-       {"phi3_fused", "phi3_window_tied", "phi3_longrope_short", "phi3_longrope_long"}},
+       {"phi3_fused", "phi3_window_tied", "phi3_longrope_short", "phi3_longrope_long", "phi3_partial_longrope",
+        "phi3_partial_half"}},
       {"mixtral", parse_mixtral, build_decoder, {"mixtral_top2"}},
       {"qwen3_moe", parse_qwen3_moe, build_decoder, {"qwen3_moe_norm", "qwen3_moe_dense_layer"}},
   };

@@ -42,6 +42,11 @@ void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, 
     if (q_norm.defined()) qt = q_norm.forward(qt);
     if (k_norm.defined()) kt = k_norm.forward(kt);
   }
+  if (rope_perm) {  // each output is one input times 1 (or longrope's attention factor)
+    const int64_t D = opt.head_dim;
+    qt = ag::reshape(ag::matmul(ag::reshape(qt, {B * T * opt.n_head, D}), *rope_perm), {B, T, opt.n_head, D});
+    kt = ag::reshape(ag::matmul(ag::reshape(kt, {B * T * opt.n_kv_head, D}), *rope_perm), {B, T, opt.n_kv_head, D});
+  }
 }
 
 Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,

@@ -39,6 +39,12 @@ struct Attention {
   RmsNorm q_norm, k_norm;            // (head_dim) before rope, or undefined (no norm)
   bool qk_norm_whole = false;        // the norms over all heads' features at once: (n_head | n_kv_head * head_dim)
   const Tensor* inv_freq = nullptr;  // f32 (head_dim / 2) on the weights' device
+  // A partial rotary (phi3's partial_rotary_factor): a (head_dim, head_dim) permutation in the
+  // weights' dtype that q and k take after projection, moving each rotated pair (i, i + R/2) of
+  // the first R dimensions to the rope kernels' pair (i, i + head_dim/2) and the unrotated rest to
+  // the pairs inv_freq gives angle 0. q and k share it, so q.k and the attention are unchanged
+  // (but for longrope's attention factor, which it carries on the rotated dimensions); or null.
+  const Tensor* rope_perm = nullptr;
   AttentionOptions opt;
 
   // x (B, T, n_embd), normed -> (B, T, n_embd). Without a cache: causal over x's own keys at

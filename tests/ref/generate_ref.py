@@ -88,6 +88,14 @@ CASES = {
         vocab_size=83, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
         num_experts=6, num_experts_per_tok=2, norm_topk_prob=True, pad_token_id=None)),
+    # Phi-4-mini's layout: 3/4 of each head rotated (partial_rotary_factor), longrope on those pairs.
+    "phi3_partial": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=75, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, partial_rotary_factor=0.75, max_position_embeddings=160,
+        original_max_position_embeddings=40,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.2, 1.7, 2.5, 3.3, 5.0],
+                      "long_factor": [1.4, 2.6, 4.5, 8.0, 13.0, 21.0]})),
     # longrope inside original_max_position_embeddings (every prompt + generation <= 40 positions):
     # the short factors and the attention factor through prefill and cached decoding. (Crossing it
     # mid-generation, transformers recomputes the whole cache with the long factors; lmtune does not
@@ -267,7 +275,7 @@ CHAT_FAMILIES = {
     "granite": (GraniteConfig, GraniteForCausalLM, dict(embedding_multiplier=4.0, attention_multiplier=0.25,
                                                           residual_multiplier=0.5, logits_scaling=2.0)),
     "olmo2": (Olmo2Config, Olmo2ForCausalLM, dict()),
-    "phi3": (Phi3Config, Phi3ForCausalLM, dict()),
+    "phi3": (Phi3Config, Phi3ForCausalLM, dict(partial_rotary_factor=0.75)),  # Phi-4-mini: 3/4 of each head rotated
     # mlx_lm.convert stacks these experts (switch_mlp) and keeps qwen3_moe's router at 8 bits.
     "mixtral": (MixtralConfig, MixtralForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2,
                                                          sliding_window=None)),
