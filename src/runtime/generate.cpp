@@ -56,9 +56,21 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
   GenerationStats st;
   st.prompt_tokens = int64_t(prompt.size());
   auto feed = [&](const int32_t* ids, int64_t n) {
-    Tensor t = Tensor::from_i32(std::vector<int32_t>(ids, ids + n), {1, n});
+    std::vector<int32_t> in(ids, ids + n);
+    // longrope (phi3): the cache's keys and values were made with the short factors while the
+    // sequence stayed within original_max_position_embeddings; when it first passes that length,
+    // transformers drops the cache and runs the whole sequence again with the long factors
+    // (Phi3ForCausalLM.prepare_inputs_for_generation), and so does lmtune.
+    const RopeConfig& rope = model_.config().rope;
+    const int64_t held = int64_t(cached_.size()), limit = rope.original_max_position_embeddings;
+    if (rope.type == "longrope" && held > 0 && held <= limit && held + n > limit && cache_.offset() == held) {
+      in.insert(in.begin(), cached_.begin(), cached_.end());
+      cache_.reset();
+      cached_.clear();
+    }
+    Tensor t = Tensor::from_i32(in, {1, int64_t(in.size())});
     Tensor lg = model_.forward(t, cache_, true);
-    cached_.insert(cached_.end(), ids, ids + n);
+    cached_.insert(cached_.end(), in.begin(), in.end());
     return lg;
   };
 

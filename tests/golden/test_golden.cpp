@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -74,7 +75,12 @@ TEST_P(Golden, LogitsLossAndGradients) {
     if (n.rfind("grad.", 0) != 0) continue;
     std::string w = n.substr(5);
     const Tensor& g = ag::grad(model->weight(w));
-    ASSERT_TRUE(g.defined()) << "no gradient reached " << w;
+    if (!g.defined()) {  // an expert no token was routed to: the reference's gradient must be zero
+      double most = 0;
+      for (float v : host(ref.get(n))) most = std::max(most, double(std::fabs(v)));
+      EXPECT_EQ(most, 0.0) << "no gradient reached " << w;
+      continue;
+    }
     double e = max_rel_error(host(g), host(ref.get(n)));
     if (cpu) {
       EXPECT_LE(e, 1e-4) << "gradient of " << w;

@@ -44,16 +44,6 @@ CASES = {
     "gemma": (GemmaConfig, GemmaForCausalLM, dict(
         vocab_size=87, hidden_size=40, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=32)),
-    # A multimodal gemma3 checkpoint (a tiny vision tower beside the text model, every text tensor
-    # under language_model.): its text tower, as transformers runs it on text alone. Its
-    # text_config leaves heads, head_dim and query_pre_attn_scalar to Gemma3TextConfig's defaults,
-    # as the Hub's files do.
-    "gemma3_mm": (Gemma3Config, Gemma3ForConditionalGeneration, dict(
-        text_config=dict(vocab_size=81, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                         sliding_window=5, sliding_window_pattern=2, rope_scaling={"rope_type": "linear",
-                                                                                  "factor": 2.0}),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=28, patch_size=14), mm_tokens_per_image=4)),
     # Sliding layers (window 5, shorter than every prompt + generation) between full ones.
     "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
         vocab_size=79, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
@@ -88,6 +78,26 @@ CASES = {
         vocab_size=83, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
         num_experts=6, num_experts_per_tok=2, norm_topk_prob=True, pad_token_id=None)),
+    # longrope inside original_max_position_embeddings (every prompt + generation <= 40 positions):
+    # the short factors and the attention factor through prefill and cached decoding (crossing it:
+    # phi3_longrope_cross).
+    "phi3_longrope": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=75, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, max_position_embeddings=160, original_max_position_embeddings=40,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.2, 1.7, 2.5, 3.3, 5.0],
+                      "long_factor": [1.4, 2.6, 4.5, 8.0, 13.0, 21.0]})),
+    # (Cases added later go last: each case's seed follows its place in this dict.)
+    # A multimodal gemma3 checkpoint (a tiny vision tower beside the text model, every text tensor
+    # under language_model.): its text tower, as transformers runs it on text alone. Its
+    # text_config leaves heads, head_dim and query_pre_attn_scalar to Gemma3TextConfig's defaults,
+    # as the Hub's files do.
+    "gemma3_mm": (Gemma3Config, Gemma3ForConditionalGeneration, dict(
+        text_config=dict(vocab_size=81, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                         sliding_window=5, sliding_window_pattern=2, rope_scaling={"rope_type": "linear",
+                                                                                  "factor": 2.0}),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)),
     # Phi-4-mini's layout: 3/4 of each head rotated (partial_rotary_factor), longrope on those pairs.
     "phi3_partial": (Phi3Config, Phi3ForCausalLM, dict(
         vocab_size=75, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
@@ -96,14 +106,13 @@ CASES = {
         original_max_position_embeddings=40,
         rope_scaling={"type": "longrope", "short_factor": [1.0, 1.2, 1.7, 2.5, 3.3, 5.0],
                       "long_factor": [1.4, 2.6, 4.5, 8.0, 13.0, 21.0]})),
-    # longrope inside original_max_position_embeddings (every prompt + generation <= 40 positions):
-    # the short factors and the attention factor through prefill and cached decoding. (Crossing it
-    # mid-generation, transformers recomputes the whole cache with the long factors; lmtune does not
-    # yet: README, Model families.)
-    "phi3_longrope": (Phi3Config, Phi3ForCausalLM, dict(
+    # longrope across original_max_position_embeddings (8): the 1- and 5-token prompts pass it while
+    # generating, where transformers runs the whole sequence again with the long factors; the
+    # 13-token prompt starts past it.
+    "phi3_longrope_cross": (Phi3Config, Phi3ForCausalLM, dict(
         vocab_size=75, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
-        eos_token_id=None, max_position_embeddings=160, original_max_position_embeddings=40,
+        eos_token_id=None, max_position_embeddings=64, original_max_position_embeddings=8,
         rope_scaling={"type": "longrope", "short_factor": [1.0, 1.2, 1.7, 2.5, 3.3, 5.0],
                       "long_factor": [1.4, 2.6, 4.5, 8.0, 13.0, 21.0]})),
 }

@@ -131,20 +131,6 @@ CASES = {
         eos_token_id=None, max_position_embeddings=64, original_max_position_embeddings=4,
         rope_scaling={"type": "longrope", "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.5],
                       "long_factor": [1.5, 2.5, 4.0, 7.0, 11.0, 16.0], "attention_factor": 1.3})),
-    # Phi-4-mini's partial rotary: the first 3/4 of each head's 16 dimensions rotate (12), the rest pass;
-    # longrope factors over the 6 rotated pairs, the sequence past original_max_position_embeddings.
-    "phi3_partial_longrope": (Phi3Config, Phi3ForCausalLM, dict(
-        vocab_size=71, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
-        eos_token_id=None, partial_rotary_factor=0.75, max_position_embeddings=64,
-        original_max_position_embeddings=4,
-        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.5],
-                      "long_factor": [1.5, 2.5, 4.0, 7.0, 11.0, 16.0]})),
-    # Half of each head rotated, no scaling.
-    "phi3_partial_half": (Phi3Config, Phi3ForCausalLM, dict(
-        vocab_size=69, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
-        eos_token_id=None, partial_rotary_factor=0.5)),
     # A sliding window on every layer (as Phi-3-mini-4k's 2047), multi-head, tied.
     "phi3_window_tied": (Phi3Config, Phi3ForCausalLM, dict(
         vocab_size=63, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -182,6 +168,21 @@ CASES = {
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
         num_experts=6, num_experts_per_tok=3, norm_topk_prob=False, mlp_only_layers=[0],
         pad_token_id=None)),
+    # (Cases added later go last: each case's seed follows its place in this dict.)
+    # Phi-4-mini's partial rotary: the first 3/4 of each head's 16 dimensions rotate (12), the rest pass;
+    # longrope factors over the 6 rotated pairs, the sequence past original_max_position_embeddings.
+    "phi3_partial_longrope": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=71, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, partial_rotary_factor=0.75, max_position_embeddings=64,
+        original_max_position_embeddings=4,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.5],
+                      "long_factor": [1.5, 2.5, 4.0, 7.0, 11.0, 16.0]})),
+    # Half of each head rotated, no scaling.
+    "phi3_partial_half": (Phi3Config, Phi3ForCausalLM, dict(
+        vocab_size=69, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None, partial_rotary_factor=0.5)),
 }
 
 # pad_token_id None where a config's default names a token: torch's nn.Embedding(padding_idx) leaves

@@ -215,5 +215,5 @@ TEST_P(GreedyRef, EqualsTransformersGenerate) {
 INSTANTIATE_TEST_SUITE_P(Families, GreedyRef,
                          ::testing::Values("llama", "mistral_window", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
                                            "gemma3_mm", "smollm3", "granite", "olmo2", "phi3", "phi3_longrope",
-                                           "phi3_partial", "mixtral", "qwen3_moe"),
+                                           "phi3_longrope_cross", "phi3_partial", "mixtral", "qwen3_moe"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });

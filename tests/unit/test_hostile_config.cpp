@@ -152,7 +152,9 @@ TEST(HostileConfig, FamilyFields) {
   EXPECT_FAMILY_ERROR("gemma2", R"({"attn_logit_softcapping": -50})", "attn_logit_softcapping");
   EXPECT_FAMILY_ERROR("gemma2", R"({"query_pre_attn_scalar": 0})", "query_pre_attn_scalar");
   EXPECT_FAMILY_ERROR("gemma3_text", R"({"sliding_window_pattern": 0})", "sliding_window_pattern");
-  EXPECT_FAMILY_ERROR("phi3", R"({"partial_rotary_factor": 0.75})", "partial_rotary_factor");
+  EXPECT_FAMILY_ERROR("phi3", R"({"partial_rotary_factor": 1.5})", "partial_rotary_factor");
+  EXPECT_FAMILY_ERROR("phi3", R"({"partial_rotary_factor": 0})", "partial_rotary_factor");
+  EXPECT_FAMILY_ERROR("phi3", R"({"partial_rotary_factor": 0.01})", "partial_rotary_factor");  // rotates 0 dims
   const std::string longrope = R"({"original_max_position_embeddings": 64, "rope_scaling": {"type": "longrope", )";
   EXPECT_EQ(family_error("phi3", longrope + R"("short_factor": [1, 2], "long_factor": [3, 4]}})"), "<no error>");
   EXPECT_FAMILY_ERROR("phi3", longrope + R"("short_factor": [1, 2]}})", "long_factor");
