@@ -237,12 +237,7 @@ def main():
             if cj["model_type"] == "qwen3_moe":
                 cj["num_experts"] = cj.pop("num_local_experts")
             json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
-            for f in ("tokenizer.json", "tokenizer_config.json"):
-                shutil.copy(os.path.join(src, f), d)
-            # A chat template (Llama 2's [INST] form), for the LoRA and fuse checks' chat data.
-            tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
-            tc["chat_template"] = LLAMA2_CHAT
-            json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
+            add_llama2_tokenizer(src, d)
             print(f"wrote {d}", file=sys.stderr)
 
         # A multimodal gemma3 checkpoint with the same tokenizer: its text tower is what lmtune runs
@@ -264,12 +259,18 @@ def main():
         cj = json.load(open(os.path.join(d, "config.json")))
         cj["vocab_size"] = len(tok)
         json.dump(cj, open(os.path.join(d, "config.json"), "w"), indent=2)
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(os.path.join(src, f), d)
-        tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
-        tc["chat_template"] = LLAMA2_CHAT
-        json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
+        add_llama2_tokenizer(src, d)
         print(f"wrote {d}", file=sys.stderr)
+
+
+def add_llama2_tokenizer(src, d):
+    """Llama 2's tokenizer files from src into model folder d, with a chat template (Llama 2's [INST]
+    form) for the LoRA and fuse checks' chat data."""
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(src, f), d)
+    tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
+    tc["chat_template"] = LLAMA2_CHAT
+    json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)
 
 
 LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + "
