@@ -69,10 +69,6 @@ void parse_qwen3_moe(const ConfigReader& r, ModelConfig& c) {
   for (int64_t i = 0; i < c.n_layer; ++i) c.layer_moe[size_t(i)] = !dense[size_t(i)] && (i + 1) % step == 0;
 }
 
-}  // namespace lmtune
-
-namespace lmtune {
-
 namespace {
 // The experts' linear layers: (cfg's per-expert name, mlx-lm's stacked name).
 std::array<std::pair<std::string, std::string>, 3> expert_linears(const ModelConfig& c) {
