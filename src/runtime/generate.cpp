@@ -46,6 +46,11 @@ void Generator::reset() {
   history_.clear();
 }
 
+bool longrope_reruns(const ModelConfig& cfg, int64_t held, int64_t n) {
+  const int64_t limit = cfg.rope.original_max_position_embeddings;
+  return cfg.rope.type == "longrope" && held > 0 && held <= limit && held + n > limit;
+}
+
 GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const GenerationConfig& cfg,
                                     const std::function<bool(int32_t)>& on_token) {
   LMT_CHECK(!prompt.empty(), "[generate] the prompt is empty (nothing to predict from)");
@@ -57,13 +62,7 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
   st.prompt_tokens = int64_t(prompt.size());
   auto feed = [&](const int32_t* ids, int64_t n) {
     std::vector<int32_t> in(ids, ids + n);
-    // longrope (phi3): the cache's keys and values were made with the short factors while the
-    // sequence stayed within original_max_position_embeddings; when it first passes that length,
-    // transformers drops the cache and runs the whole sequence again with the long factors
-    // (Phi3ForCausalLM.prepare_inputs_for_generation), and so does lmtune.
-    const RopeConfig& rope = model_.config().rope;
-    const int64_t held = int64_t(cached_.size()), limit = rope.original_max_position_embeddings;
-    if (rope.type == "longrope" && held > 0 && held <= limit && held + n > limit && cache_.offset() == held) {
+    if (longrope_reruns(model_.config(), int64_t(cached_.size()), n) && cache_.offset() == int64_t(cached_.size())) {
       in.insert(in.begin(), cached_.begin(), cached_.end());
       cache_.reset();
       cached_.clear();

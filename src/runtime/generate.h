@@ -36,6 +36,11 @@ struct GenerationStats {
   std::vector<int32_t> tokens;    // generated ids, the EOS left out
 };
 
+// longrope (phi3): a cache holding `held` tokens made within original_max_position_embeddings (with
+// the short factors) that n more tokens would take past it must be dropped, and the whole sequence
+// run again with the long factors, as transformers' Phi3 prepare_inputs_for_generation does.
+bool longrope_reruns(const ModelConfig& cfg, int64_t held, int64_t n);
+
 class Generator {
  public:
   // model, cache and sampler must outlive the generator.

@@ -36,9 +36,15 @@ SpeculativeGenerator::SpeculativeGenerator(Model& model, DenseKVCache& cache, Mo
 
 std::vector<float> SpeculativeGenerator::feed(Model& m, DenseKVCache& c, std::vector<int32_t>& fed, const int32_t* ids,
                                               int64_t n, int64_t n_out) {
-  Tensor t = Tensor::from_i32(std::vector<int32_t>(ids, ids + n), {1, n});
-  Tensor lg = m.forward(t, c, n_out <= 1);  // (1, n or 1, V)
-  fed.insert(fed.end(), ids, ids + n);
+  std::vector<int32_t> in(ids, ids + n);
+  if (longrope_reruns(m.config(), int64_t(fed.size()), n) && c.offset() == int64_t(fed.size())) {
+    in.insert(in.begin(), fed.begin(), fed.end());  // the whole sequence again (runtime/generate.h)
+    c.reset();
+    fed.clear();
+  }
+  Tensor t = Tensor::from_i32(in, {1, int64_t(in.size())});
+  Tensor lg = m.forward(t, c, n_out <= 1);  // (1, in.size() or 1, V)
+  fed.insert(fed.end(), in.begin(), in.end());
   if (n_out == 0) return {};
   std::vector<float> all = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
   const size_t V = size_t(m.config().n_vocab);

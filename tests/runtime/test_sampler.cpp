@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "runtime/generate.h"
+#include "runtime/speculative.h"
 
 using namespace lmtune;
 
@@ -209,6 +210,36 @@ TEST_P(GreedyRef, EqualsTransformersGenerate) {
     EXPECT_EQ(st.tokens, std::vector<int32_t>(want.begin(), want.begin() + long(first)));
     EXPECT_EQ(st.finish_reason, "stop");
     EXPECT_EQ(st.generation_tokens, int64_t(first) + 1);
+  }
+}
+
+// Speculative decoding on a longrope model whose sequences pass original_max_position_embeddings
+// while generating (a verify step feeds several tokens across it): transformers' greedy tokens, with
+// the model as its own draft (every proposal accepted) and with another model as a draft (most
+// rejected, so the cache is trimmed after the re-run).
+TEST(SpeculativeRef, LongropeCrossEqualsTransformers) {
+  const char* root = std::getenv("LMTUNE_GENERATE_REF_DIR");
+  if (!root) GTEST_SKIP() << "LMTUNE_GENERATE_REF_DIR not set";
+  const std::string dir = std::string(root) + "/phi3_longrope_cross";
+  auto model = load_model(dir, Device::cpu, DType::f32);
+  auto other = load_model(std::string(root) + "/phi3_longrope", Device::cpu, DType::f32);
+  ASSERT_EQ(other->config().n_vocab, model->config().n_vocab);
+  nlohmann::json ref = nlohmann::json::parse(std::ifstream(dir + "/ref.json"));
+  for (size_t i = 0; i < ref["prompts"].size(); ++i) {
+    std::vector<int32_t> prompt = ref["prompts"][i].get<std::vector<int32_t>>();
+    std::vector<int32_t> want = ref["outputs"][i].get<std::vector<int32_t>>();
+    for (Model* draft : {model.get(), other.get()})
+      for (int64_t n_draft : {int64_t(2), int64_t(4)}) {
+        DenseKVCache cache(model->config(), Device::cpu, DType::f32);
+        DenseKVCache dcache(draft->config(), Device::cpu, DType::f32);
+        Sampler sampler(SamplerOptions{}, 0);
+        SpeculativeGenerator gen(*model, cache, *draft, dcache, sampler, n_draft);
+        GenerationConfig gc;
+        gc.max_tokens = int64_t(want.size());
+        SpeculativeStats st = gen.generate(prompt, gc, [](int32_t, bool) { return true; });
+        EXPECT_EQ(st.gen.tokens, want) << "prompt " << i << ", " << (draft == model.get() ? "self" : "other")
+                                       << " draft, " << n_draft << " proposals";
+      }
   }
 }
 
