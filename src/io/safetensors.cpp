@@ -356,6 +356,12 @@ void SafetensorsFile::rename(const std::string& name, const std::string& to) {
   *std::find(names_.begin(), names_.end(), name) = to;
 }
 
+void SafetensorsFile::drop(const std::string& name) {
+  (void)info(name);
+  index_.erase(name);
+  names_.erase(std::find(names_.begin(), names_.end(), name));
+}
+
 void SafetensorsModel::rename(const std::string& name, const std::string& to) {
   const size_t fi = file_index(name);
   LMT_CHECK(!where_.count(to), "[safetensors] ", folder_, ": tensor '", name, "' would be read as '", to,
@@ -367,7 +373,7 @@ void SafetensorsModel::rename(const std::string& name, const std::string& to) {
 }
 
 void SafetensorsModel::drop(const std::string& name) {
-  (void)file_index(name);
+  files_[file_index(name)].drop(name);
   where_.erase(name);
   names_.erase(std::find(names_.begin(), names_.end(), name));
 }

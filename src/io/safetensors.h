@@ -48,6 +48,8 @@ class SafetensorsFile {
   void split_first_axis(const std::string& name, const std::vector<std::string>& parts);
   // The same tensor under another name, in its place in names().
   void rename(const std::string& name, const std::string& to);
+  // Leaves tensor `name` out of names() and lookups.
+  void drop(const std::string& name);
 
  private:
   std::string path_;

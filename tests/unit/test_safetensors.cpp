@@ -344,6 +344,24 @@ TEST_F(SafetensorsTest, SplitFirstAxis) {
   EXPECT_CONTAINS(error_of([&] { n.split_first_axis("a", {"e0"}); }), "'a'");  // 1-D: nothing to split
 }
 
+// A multimodal checkpoint's text tower: its prefix stripped, the vision tower's tensors dropped.
+TEST_F(SafetensorsTest, RenameAndDrop) {
+  save_safetensors(p("model.safetensors"), {{"language_model.model.norm.weight", Tensor::from_f32({1.f, 2.f}, {2})},
+                                            {"vision_tower.w", Tensor::from_f32({3.f}, {1})},
+                                            {"model.norm.weight", Tensor::from_f32({4.f}, {1})}});
+  SafetensorsModel m(dir_);
+  m.drop("vision_tower.w");
+  EXPECT_FALSE(m.contains("vision_tower.w"));
+  EXPECT_CONTAINS(error_of([&] { m.rename("language_model.model.norm.weight", "model.norm.weight"); }),
+                  "'model.norm.weight', which the checkpoint also holds");
+  m.drop("model.norm.weight");
+  m.rename("language_model.model.norm.weight", "model.norm.weight");
+  EXPECT_EQ(m.names(), std::vector<std::string>{"model.norm.weight"});
+  EXPECT_EQ(m.get("model.norm.weight").to_f32_vector(), (std::vector<float>{1.f, 2.f}));
+  EXPECT_EQ(m.file_of("model.norm.weight").info("model.norm.weight").shape, (Shape{2}));
+  EXPECT_CONTAINS(error_of([&] { m.drop("absent"); }), "'absent'");
+}
+
 TEST_F(SafetensorsTest, FolderWithoutWeights) {
   EXPECT_CONTAINS(error_of([&] { SafetensorsModel m(dir_); }), "no model.safetensors");
   EXPECT_CONTAINS(error_of([&] { SafetensorsModel m(p("absent")); }), "not a folder");
