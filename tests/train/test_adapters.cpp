@@ -307,7 +307,16 @@ TEST(Adapters, MixtureKeys) {
   cfg.fine_tune_type = "dora";
   EXPECT_NE(message([&] { train::attach_adapters(*model, cfg); }).find("DoRA on a mixture's experts"),
             std::string::npos);
+  // A stacked adapter tensor with the wrong expert count is refused naming it.
   cfg.fine_tune_type = "lora";
+  train::attach_adapters(*model, cfg);
+  const std::string bad = (fs::temp_directory_path() / "lmtune_moe_bad_adapter.safetensors").string();
+  save_safetensors(bad, {{"model.layers.1.block_sparse_moe.switch_mlp.up_proj.lora_a",
+                          Tensor::from_f32(std::vector<float>(size_t((E - 1) * 8 * model->config().n_embd)),
+                                           {E - 1, 8, model->config().n_embd})}});
+  const std::string msg = message([&] { train::load_adapter_weights(*model, bad); });
+  EXPECT_NE(msg.find("switch_mlp.up_proj.lora_a"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("stacked expert tensor"), std::string::npos) << msg;
   cfg.lora.keys = {"block_sparse_moe.experts.0.w3"};  // the per-expert name is not a key
   EXPECT_NE(message([&] { train::attach_adapters(*model, cfg); }).find("'block_sparse_moe.experts.0.w3'"),
             std::string::npos);

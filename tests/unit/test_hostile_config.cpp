@@ -133,6 +133,11 @@ TEST(HostileConfig, RopeScaling) {
 TEST(HostileConfig, FamilyFields) {
   const std::string moe = R"({"num_local_experts": 8, "num_experts_per_tok": 2})";
   EXPECT_EQ(family_error("mixtral", moe), "<no error>");
+  // A multimodal gemma3: its text model comes from text_config, checked as any config.
+  EXPECT_FAMILY_ERROR("gemma3", R"({"text_config": null})", "text_config");
+  EXPECT_FAMILY_ERROR("gemma3", R"({"text_config": {"num_hidden_layers": 100000}})", "num_hidden_layers");
+  EXPECT_FAMILY_ERROR("gemma3", R"({"text_config": {"head_dim": 7}})", "head_dim");
+  EXPECT_EQ(family_error("gemma3", R"({"text_config": {"hidden_size": 64}})"), "<no error>");
   EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 8, "num_experts_per_tok": 9})", "num_experts_per_tok");
   EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 100000000, "num_experts_per_tok": 2})", "num_local_experts");
   EXPECT_FAMILY_ERROR("mixtral", R"({"num_local_experts": 8})", "num_experts_per_tok");
