@@ -57,7 +57,8 @@ struct AttentionArgs {
   float scale = 1.f;
   bool causal = true;
   // > 0: each score becomes softcap * tanh(score / softcap) before the mask and softmax (gemma2's
-  // attn_logit_softcapping). The CPU backend has it; CUDA refuses it for now.
+  // attn_logit_softcapping). CUDA computes it on its cuBLASLt path and in the run-time-offset
+  // decode kernel (the fused flash and split-decode kernels do not take it).
   float softcap = 0.f;
 };
 

@@ -22,6 +22,8 @@ BatchGraph::~BatchGraph() {
 bool BatchGraph::usable(const Model& model, const std::vector<DenseKVCache*>& caches) {
   if (!backend(model.device()).has_graphs() || !runtime_config().cuda_graph) return false;
   if (model.config().rope.type == "longrope") return false;  // its frequencies switch at a position
+  if (model.config().n_expert > 0) return false;             // routing reads the choices back to the host
+  if (model.config().attn_logit_softcap > 0) return false;   // the batched rows' kernels do not cap
   if (caches.size() < 2 || int64_t(caches.size()) > kMaxRows) return false;
   for (const DenseKVCache* c : caches)
     if (!c || c->rotating() || c->quantization().enabled() || c->position()) return false;

@@ -25,9 +25,10 @@ DecodeGraph::~DecodeGraph() {
 bool DecodeGraph::usable(const Model& model, const DenseKVCache& cache) {
   // A quantized cache (--kv-bits) changes its buffers mid-run and quantizes on the host's schedule:
   // decoded eagerly.
-  // longrope switches its frequencies at a position (models/decoder.h): decoded eagerly.
+  // longrope switches its frequencies at a position (models/decoder.h): decoded eagerly. So are
+  // mixtures of experts, whose routing reads the router's choices back to the host.
   return backend(model.device()).has_graphs() && !cache.rotating() && !cache.quantization().enabled() &&
-         runtime_config().cuda_graph && model.config().rope.type != "longrope";
+         runtime_config().cuda_graph && model.config().rope.type != "longrope" && model.config().n_expert == 0;
 }
 
 void DecodeGraph::drop() {

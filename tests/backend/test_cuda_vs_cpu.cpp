@@ -557,6 +557,7 @@ struct AttnCase {
   int64_t B, T, S, n_head, n_kv_head, head_dim, q_offset, window;
   bool causal;
   int64_t chunk_rows;  // RuntimeConfig::attn_chunk_rows for the gemm path (set: the fused kernel is off), or 0
+  float softcap = 0.f;  // gemma2's score soft-cap, or 0
 };
 
 // seg: packed rows' segment ids (B * T) for AttentionArgs::segment, or empty.
@@ -565,7 +566,7 @@ void run_attention_case(DType dt, const AttnCase& c, const std::vector<int32_t>&
                      std::to_string(c.T) + " S" + std::to_string(c.S) + " H" + std::to_string(c.n_head) + "/" +
                      std::to_string(c.n_kv_head) + " D" + std::to_string(c.head_dim) + " off" +
                      std::to_string(c.q_offset) + " win" + std::to_string(c.window) + (c.causal ? " causal" : "") +
-                     (c.chunk_rows ? " chunked" : "");
+                     (c.chunk_rows ? " chunked" : "") + (c.softcap > 0.f ? " softcap" : "");
   SCOPED_TRACE(name);
   size_t nq = size_t(c.B * c.T * c.n_head * c.head_dim), nk = size_t(c.B * c.S * c.n_kv_head * c.head_dim);
   size_t nl = size_t(c.B * c.n_head * c.T);
@@ -575,6 +576,7 @@ void run_attention_case(DType dt, const AttnCase& c, const std::vector<int32_t>&
   a.B = c.B, a.T = c.T, a.S = c.S, a.n_head = c.n_head, a.n_kv_head = c.n_kv_head, a.head_dim = c.head_dim;
   a.q_offset = c.q_offset, a.window = c.window, a.causal = c.causal;
   a.scale = 1.f / std::sqrt(float(c.head_dim));
+  a.softcap = c.softcap;
 
   Vec out(nq), lse(nl), dq(nq), dk(nk), dv(nk);
   AttentionArgs ac = a;
@@ -631,6 +633,11 @@ TEST_P(CudaVsCpu, Attention) {
       {1, 3, 200, 4, 2, 128, 197, 0, true, 0},  // decoding: few rows, many key tiles
       {1, 130, 129, 2, 1, 64, 0, 0, false, 0},  // not causal, S not a multiple of 64
       {1, 4, 3, 2, 1, 64, 10, 4, true, 0},      // fused kernel, every row fully masked
+      // gemma2's soft-cap: the gemm path in every dtype (the fused kernels do not cap).
+      {2, 33, 33, 4, 2, 16, 0, 0, true, 0, 5.f},
+      {2, 33, 33, 4, 2, 32, 0, 8, true, 5, 3.f},     // sliding window, chunked
+      {2, 70, 70, 4, 2, 128, 0, 0, true, 0, 20.f},   // a shape the fused kernel would take
+      {1, 5, 37, 4, 1, 64, 32, 0, true, 0, 4.f},     // decoding-like offset
   };
   for (const AttnCase& c : cases) run_attention_case(dt, c);
 }
@@ -650,6 +657,7 @@ TEST_P(CudaVsCpu, AttentionPackedRows) {
       {{1, 150, 150, 2, 1, 64, 0, 40, true, 0}, {{3, 100, 7, 40}}},
       {{2, 70, 70, 4, 4, 64, 0, 0, true, 0}, {{1, 1, 1, 67}, {30, 31, 9}}},
       {{1, 33, 33, 4, 2, 16, 0, 0, true, 0}, {{10, 23}}},  // head_dim 16: the gemm path in every dtype
+      {{1, 150, 150, 2, 1, 64, 0, 40, true, 0, 10.f}, {{3, 100, 7, 40}}},  // soft-capped (gemma2)
   };
   for (const Case& k : cases) {
     std::vector<int32_t> seg;
@@ -684,6 +692,7 @@ TEST_P(CudaVsCpu, RopeAtPositions) {
 TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
   struct Case {
     int64_t T, cap, H, KV, D, pos, window;
+    float softcap = 0.f;  // gemma2's score soft-cap: decode_attention.cu in every dtype
   };
   const Case cases[] = {
       {1, 256, 8, 2, 128, 150, 0},  // bf16/f16: the fused kernel; f32: decode_attention.cu
@@ -696,6 +705,7 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       {1, 64, 2, 1, 48, 50, 8},       {1, 4096, 32, 8, 128, 3000, 0},  // Mistral's heads over a long cache: many splits
       {2, 2048, 8, 2, 64, 1500, 300},                                  // two rows, a window across split boundaries
       {4, 512, 4, 4, 128, 40, 0},                                      // fewer keys than one split takes
+      {1, 256, 8, 2, 128, 150, 0, 30.f},  {3, 128, 4, 2, 128, 60, 0, 10.f}, {1, 64, 2, 1, 48, 50, 8, 10.f},
   };
   // decode_split.cu (bf16/f16, head_dim 64 and 128, T <= 4) and, with it off, the flash kernel.
   for (bool split : {true, false})
@@ -706,7 +716,7 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       std::string name = std::string(split ? "split " : "") + "attention at run-time offset T" + std::to_string(c.T) +
                          " cap" + std::to_string(c.cap) + " H" + std::to_string(c.H) + "/" + std::to_string(c.KV) +
                          " D" + std::to_string(c.D) + " pos" + std::to_string(c.pos) + " win" +
-                         std::to_string(c.window);
+                         std::to_string(c.window) + (c.softcap > 0.f ? " softcap" : "");
       SCOPED_TRACE(name);
       const int64_t S = c.pos + c.T, row = c.KV * c.D;
       size_t nq = size_t(c.T * c.H * c.D), nl = size_t(c.H * c.T);
@@ -715,6 +725,7 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       AttentionArgs a;
       a.B = 1, a.T = c.T, a.S = S, a.n_head = c.H, a.n_kv_head = c.KV, a.head_dim = c.D;
       a.q_offset = c.pos, a.window = c.window, a.causal = true, a.scale = 1.f / std::sqrt(float(c.D));
+      a.softcap = c.softcap;
       Vec out(nq), lse(nl);
       AttentionArgs ac = a;
       ac.q = q.data(), ac.k = k.data(), ac.v = v.data(), ac.out = out.data(), ac.lse = lse.data(),

@@ -36,7 +36,11 @@ struct RowGeom {  // rows r = h * tc + tr of a chunk's (n_head * tc, se) score m
   bool causal;
   int64_t lse_base;    // (b * n_head) * T + t0
   const int32_t* seg;  // packed rows: this batch row's segment ids (T), or null
+  float softcap;       // > 0: each score s becomes softcap * tanh(s / softcap) (gemma2)
 };
+
+// A score as the softmax sees it (soft-capped when the geometry says so).
+__device__ __forceinline__ float capped(const RowGeom& g, float s) { return g.softcap > 0.f ? g.softcap * tanhf(s / g.softcap) : s; }
 
 // The geometry of batch row b's chunk of tc queries from t0 against its se keys from s0.
 RowGeom row_geom(const AttentionArgs& a, int64_t b, int64_t t0, int64_t tc, int64_t s0, int64_t se, int64_t lds) {
@@ -45,6 +49,7 @@ RowGeom row_geom(const AttentionArgs& a, int64_t b, int64_t t0, int64_t tc, int6
   g.causal = a.causal;
   g.lse_base = b * a.n_head * a.T + t0;
   g.seg = a.segment ? a.segment + b * a.T : nullptr;
+  g.softcap = a.softcap;
   return g;
 }
 
@@ -64,19 +69,20 @@ __global__ void attn_softmax_kernel(const float* sc, P* pb, float* lse, int64_t 
     const float* row = sc + r * g.lds;
     MaxSum ms{-INFINITY, 0.f};
     for (int64_t c = threadIdx.x; c < g.se; c += blockDim.x)
-      if (visible_in(g, tr, qpos, c)) ms = maxsum_add(ms, row[c]);
+      if (visible_in(g, tr, qpos, c)) ms = maxsum_add(ms, capped(g, row[c]));
     ms = block_maxsum(ms, smem);
     float l = ms.s > 0.f ? ms.m + logf(ms.s) : -INFINITY;
     if (threadIdx.x == 0) lse[g.lse_base + h * g.T + tr] = l;
     for (int64_t c = threadIdx.x; c < g.se; c += blockDim.x) {
-      float p = visible_in(g, tr, qpos, c) ? expf(row[c] - l) : 0.f;
+      float p = visible_in(g, tr, qpos, c) ? expf(capped(g, row[c]) - l) : 0.f;
       pb[r * g.lds + c] = from_f32<P>(p);
     }
   }
 }
 
 // Backward: P = exp(S - lse) (masked) and dS = P * (dP - delta), both in P's dtype; with f32
-// they overwrite S and dP in place.
+// they overwrite S and dP in place. Soft-capped scores: P from the capped score and dS through
+// the cap, times 1 - tanh^2.
 template <typename P>
 __global__ void attn_grad_kernel(const float* sc, const float* dp, P* pb, P* ds, const float* lse, const float* delta,
                                  int64_t rows, RowGeom g) {
@@ -86,8 +92,11 @@ __global__ void attn_grad_kernel(const float* sc, const float* dp, P* pb, P* ds,
     float l = lse[g.lse_base + h * g.T + tr], dl = delta[r];
     for (int64_t c = threadIdx.x; c < g.se; c += blockDim.x) {
       int64_t i = r * g.lds + c;
-      float p = visible_in(g, tr, qpos, c) ? expf(sc[i] - l) : 0.f;
+      const float th = g.softcap > 0.f ? tanhf(sc[i] / g.softcap) : 0.f;
+      const float s = g.softcap > 0.f ? g.softcap * th : sc[i];
+      float p = visible_in(g, tr, qpos, c) ? expf(s - l) : 0.f;
       float d = p * (dp[i] - dl);
+      if (g.softcap > 0.f) d *= 1.f - th * th;
       pb[i] = from_f32<P>(p);
       ds[i] = from_f32<P>(d);
     }
@@ -151,13 +160,12 @@ unsigned row_blocks(int64_t rows) { return unsigned(std::min<int64_t>(rows, int6
 }  // namespace
 
 void CudaBackend::attention(const AttentionArgs& a) {
-  LMT_CHECK(a.softcap == 0.f,
-            "[attention] cuda: the score soft-cap (gemma2's attn_logit_softcapping) is not "
-            "implemented on CUDA yet; run this model with --device cpu");
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   if (a.B * a.T * a.n_head * a.head_dim == 0) return;
-  if ((!a.segment && decode_split_attention(a)) || flash_attention_forward(a)) return;
+  // The fused kernels have no soft-cap: soft-capped scores (gemma2) take the cuBLASLt path below,
+  // or the run-time-offset decode kernel, which caps.
+  if (a.softcap == 0.f && ((!a.segment && decode_split_attention(a)) || flash_attention_forward(a))) return;
   if (a.q_offset_at) return decode_attention(a);  // the key range is known only on the device
   dispatch_float(a.dtype, "attention", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -210,12 +218,11 @@ void CudaBackend::attention(const AttentionArgs& a) {
 
 void CudaBackend::attention_backward(const AttentionBackwardArgs& ab) {
   const AttentionArgs& a = ab.fwd;
-  LMT_CHECK(a.softcap == 0.f, "[attention_backward] cuda: the score soft-cap is not implemented on CUDA yet");
   LMT_CHECK(a.n_kv_head > 0 && a.n_head % a.n_kv_head == 0, "[attention_backward] cuda: n_head ", a.n_head,
             " is not a multiple of n_kv_head ", a.n_kv_head);
   LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");
   if (a.B * a.head_dim * a.n_kv_head == 0) return;
-  if (flash_attention_backward(ab)) return;
+  if (a.softcap == 0.f && flash_attention_backward(ab)) return;
   dispatch_float(a.dtype, "attention_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     constexpr bool kF32 = std::is_same_v<T, float>;

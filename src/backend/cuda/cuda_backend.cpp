@@ -152,8 +152,16 @@ void* CudaBackend::graph_end() {
   auto rec = std::make_unique<RecordedGraph>();
   rec->rows = std::move(tracked_);
   tracked_.clear();
-  LMT_CUDA_CHECK(cudaStreamEndCapture(stream_, &rec->graph));
-  cudaError_t e = cudaGraphInstantiate(&rec->exec, rec->graph, 0);
+  cudaError_t e = cudaStreamEndCapture(stream_, &rec->graph);
+  if (e != cudaSuccess) {
+    // An invalidated capture (a call that may not be recorded, such as a synchronize): the stream
+    // is out of capture mode now; clear the error it left, so the next checked launch is judged
+    // on its own.
+    (void)cudaGetLastError();
+    if (rec->graph) cudaGraphDestroy(rec->graph);
+    LMT_CUDA_CHECK(e);
+  }
+  e = cudaGraphInstantiate(&rec->exec, rec->graph, 0);
   if (e == cudaSuccess && tracked) {
     // Each tracked node's launch as recorded (kernel, grid, block, shared memory), its arguments
     // from now on read from our copies.

@@ -40,6 +40,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(Attention
     for (int i = 0; i < P; ++i)
       if (lane + 32 * i < D) dot += qr[i] * to_f32(k[s * ldk + lane + 32 * i]);
     dot = warp_sum(dot);
+    if (a.softcap > 0.f) dot = a.softcap * tanhf(dot / a.softcap);  // gemma2's soft-cap
     float m_new = fmaxf(m, dot), corr = __expf(m - m_new), p = __expf(dot - m_new);
     l = l * corr + p;
 #pragma unroll
