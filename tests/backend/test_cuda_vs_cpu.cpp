@@ -556,7 +556,7 @@ TEST_F(CudaVsCpuOnce, AdamW) {
 struct AttnCase {
   int64_t B, T, S, n_head, n_kv_head, head_dim, q_offset, window;
   bool causal;
-  int64_t chunk_rows;  // RuntimeConfig::attn_chunk_rows for the gemm path (set: the fused kernel is off), or 0
+  int64_t chunk_rows;   // RuntimeConfig::attn_chunk_rows for the gemm path (set: the fused kernel is off), or 0
   float softcap = 0.f;  // gemma2's score soft-cap, or 0
 };
 
@@ -635,9 +635,9 @@ TEST_P(CudaVsCpu, Attention) {
       {1, 4, 3, 2, 1, 64, 10, 4, true, 0},      // fused kernel, every row fully masked
       // gemma2's soft-cap: the gemm path in every dtype (the fused kernels do not cap).
       {2, 33, 33, 4, 2, 16, 0, 0, true, 0, 5.f},
-      {2, 33, 33, 4, 2, 32, 0, 8, true, 5, 3.f},     // sliding window, chunked
-      {2, 70, 70, 4, 2, 128, 0, 0, true, 0, 20.f},   // a shape the fused kernel would take
-      {1, 5, 37, 4, 1, 64, 32, 0, true, 0, 4.f},     // decoding-like offset
+      {2, 33, 33, 4, 2, 32, 0, 8, true, 5, 3.f},    // sliding window, chunked
+      {2, 70, 70, 4, 2, 128, 0, 0, true, 0, 20.f},  // a shape the fused kernel would take
+      {1, 5, 37, 4, 1, 64, 32, 0, true, 0, 4.f},    // decoding-like offset
   };
   for (const AttnCase& c : cases) run_attention_case(dt, c);
 }
@@ -656,7 +656,7 @@ TEST_P(CudaVsCpu, AttentionPackedRows) {
       {{1, 150, 150, 2, 2, 64, 0, 0, true, 0}, {{64, 64, 22}}},  // boundaries on the tiles
       {{1, 150, 150, 2, 1, 64, 0, 40, true, 0}, {{3, 100, 7, 40}}},
       {{2, 70, 70, 4, 4, 64, 0, 0, true, 0}, {{1, 1, 1, 67}, {30, 31, 9}}},
-      {{1, 33, 33, 4, 2, 16, 0, 0, true, 0}, {{10, 23}}},  // head_dim 16: the gemm path in every dtype
+      {{1, 33, 33, 4, 2, 16, 0, 0, true, 0}, {{10, 23}}},                  // head_dim 16: the gemm path in every dtype
       {{1, 150, 150, 2, 1, 64, 0, 40, true, 0, 10.f}, {{3, 100, 7, 40}}},  // soft-capped (gemma2)
   };
   for (const Case& k : cases) {
@@ -702,10 +702,14 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       {1, 100, 6, 3, 96, 70, 0},    // head_dim 96: decode_attention.cu in every dtype
       {3, 128, 4, 2, 128, 60, 0},   // a few rows at once
       {1, 64, 4, 2, 16, 30, 0},     // head_dim 16 and 48: lanes past head_dim idle
-      {1, 64, 2, 1, 48, 50, 8},       {1, 4096, 32, 8, 128, 3000, 0},  // Mistral's heads over a long cache: many splits
-      {2, 2048, 8, 2, 64, 1500, 300},                                  // two rows, a window across split boundaries
-      {4, 512, 4, 4, 128, 40, 0},                                      // fewer keys than one split takes
-      {1, 256, 8, 2, 128, 150, 0, 30.f},  {3, 128, 4, 2, 128, 60, 0, 10.f}, {1, 64, 2, 1, 48, 50, 8, 10.f},
+      {1, 64, 2, 1, 48, 50, 8},
+      {1, 4096, 32, 8, 128, 3000, 0},  // Mistral's heads over a long cache: many
+                                       // splits
+      {2, 2048, 8, 2, 64, 1500, 300},  // two rows, a window across split boundaries
+      {4, 512, 4, 4, 128, 40, 0},      // fewer keys than one split takes
+      {1, 256, 8, 2, 128, 150, 0, 30.f},
+      {3, 128, 4, 2, 128, 60, 0, 10.f},
+      {1, 64, 2, 1, 48, 50, 8, 10.f},
   };
   // decode_split.cu (bf16/f16, head_dim 64 and 128, T <= 4) and, with it off, the flash kernel.
   for (bool split : {true, false})

@@ -40,7 +40,9 @@ struct RowGeom {  // rows r = h * tc + tr of a chunk's (n_head * tc, se) score m
 };
 
 // A score as the softmax sees it (soft-capped when the geometry says so).
-__device__ __forceinline__ float capped(const RowGeom& g, float s) { return g.softcap > 0.f ? g.softcap * tanhf(s / g.softcap) : s; }
+__device__ __forceinline__ float capped(const RowGeom& g, float s) {
+  return g.softcap > 0.f ? g.softcap * tanhf(s / g.softcap) : s;
+}
 
 // The geometry of batch row b's chunk of tc queries from t0 against its se keys from s0.
 RowGeom row_geom(const AttentionArgs& a, int64_t b, int64_t t0, int64_t tc, int64_t s0, int64_t se, int64_t lds) {
