@@ -102,7 +102,8 @@ smi_stop() {
 
 echo "== model and data [$((SECONDS - start)) s]"
 peer model "$tmp/model" "${smoke_flag[@]}" "${shape_flag[@]}" || { echo "bench_lora_gpu: cannot write the model"; exit 1; }
-peer data "$tmp/data" --model "$tmp/model" --seq "$seq" || { echo "bench_lora_gpu: cannot write the data"; exit 1; }
+# A validation set of a batch at least: lmtune, as mlx-lm, refuses a smaller one.
+peer data "$tmp/data" --model "$tmp/model" --seq "$seq" --n-valid "$((batch > 2 ? batch : 2))" || { echo "bench_lora_gpu: cannot write the data"; exit 1; }
 cat >"$tmp/lora.yaml" <<EOF
 lora_parameters:
   rank: 8
