@@ -9,11 +9,12 @@
 # About 3-5 minutes on an H100 once lmtune is built (most of it writing and loading 14.5 GB).
 # Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N]
 #          [--keys q,k,v,o,gate,up,down] [--checkpointing both|off|on] [--smoke]
-#          [--shape qwen3-0.6b|gemma3-1b] [--batch N]
+#          [--shape qwen3-0.6b|gemma3-1b] [--batch N] [--compiled]
 # (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report, all 7 keys, both;
 # --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
 # model's; --smoke: both sides on the CPU with a 2-layer f32 model at sequence 128, a check of the
-# scripts). --shape: bench_lora_peer.py's Qwen3-0.6B- or Gemma-3-1B-shaped model instead of Mistral-7B's
+# scripts). --compiled: the peer is bench/hf_compiled_lora.py (transformers with a bf16 LoRA under
+# torch.compile, the strongest PyTorch path measured) instead of transformers + peft. --shape: bench_lora_peer.py's Qwen3-0.6B- or Gemma-3-1B-shaped model instead of Mistral-7B's
 # (issue 16's pairs: qwen3-0.6b at --batch 8, gemma3-1b at --batch 4); --batch N: N records a step on
 # both sides (default 1).
 # LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default .venv/bin/python
@@ -23,13 +24,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
 table=""
 smoke=0
-warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1
+warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1 compiled=0
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
     --table) table="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
+    --compiled) compiled=1; shift ;;
     --keys) keys="$2"; shift 2 ;;
     --checkpointing) checkpointing="$2"; shift 2 ;;
     --smoke) smoke=1; shift ;;
@@ -128,9 +130,26 @@ for gc in "${gcs[@]}"; do
   ((rc == 0)) || { echo "lmtune lora ($gc) failed (rc $rc)"; status=1; }
   echo "== transformers + peft, gradient checkpointing $gc [$((SECONDS - start)) s]"
   smi_start "peer-$gc"
-  peer train --model "$tmp/model" --data "$tmp/data" --seq "$seq" --warmup "$warmup" --steps "$steps" \
-    --keys "$pkeys" --batch "$batch" --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
-    true
+  if ((compiled)); then
+    # The strongest PyTorch path: bench/hf_compiled_lora.py (bf16 LoRA, torch.compile) on the same
+    # shape with its own random weights and ids; its tokens/s counts every position, ours the
+    # supervised ones (seq - 1 a row): converted here, and its GiB to GB.
+    ckflag=()
+    [[ $gc == on ]] && ckflag=(--ckpt)
+    PYTHONUNBUFFERED=1 "$py" "$root/bench/hf_compiled_lora.py" --shape "${shape:-mistral-7b}" --seq "$seq" \
+      --batch "$batch" --warmup 3 --steps "$steps" "${ckflag[@]}" 2>&1 | grep -v -i -E 'warn' | tee "$tmp/compiled-$gc.txt"
+    "$py" - "$tmp/compiled-$gc.txt" "$tmp/peer-$gc.json" "$seq" <<'PY' || true
+import json, sys
+line = [l for l in open(sys.argv[1]) if l.startswith("{")][-1]
+r, seq = json.loads(line), int(sys.argv[3])
+json.dump({"tokens_per_sec": r["tokens_per_s"] * (seq - 1) / seq, "peak_gb": r["peak_gib"] * 2**30 / 1e9,
+           "peer": r["peer"]}, open(sys.argv[2], "w"))
+PY
+  else
+    peer train --model "$tmp/model" --data "$tmp/data" --seq "$seq" --warmup "$warmup" --steps "$steps" \
+      --keys "$pkeys" --batch "$batch" --json "$tmp/peer-$gc.json" "${gcflag[@]}" "${smoke_flag[@]}" 2>&1 | grep -v -i -E 'warn|Loading weights' ||
+      true
+  fi
   smi_stop
   [[ -s "$tmp/peer-$gc.json" ]] || { echo "bench_lora_peer.py ($gc) failed"; status=1; }
 done
@@ -167,7 +186,10 @@ def peer(gc):
 
 lines = []
 p0 = peer("off") or peer("on")
-vers = f"torch {p0['torch']}, transformers {p0['transformers']}, peft {p0['peft']}" if p0 else "peer failed"
+if p0 and "peer" in p0:  # --compiled
+    vers = f"{p0['peer']} (bench/hf_compiled_lora.py: bf16 LoRA under torch.compile, its own random weights)"
+else:
+    vers = f"torch {p0['torch']}, transformers {p0['transformers']}, peft {p0['peft']}" if p0 else "peer failed"
 lines.append(f"{card}; peer: {vers}")
 lines.append(f"{shape}-shaped model; LoRA rank 8 (scale 20, dropout 0) on {keys} of every block; batch {batch}, "
              f"sequence {seq} ({batch * (seq - 1)} supervised tokens a step); Adam lr 1e-5; {steps} timed steps "
@@ -189,7 +211,7 @@ for gc, name in (("off", "no gradient checkpointing"), ("on", "gradient checkpoi
         met = "-"
     lines.append(f"| {name} | {f(o, 'tokens_per_sec', '{:.0f}')} | {f(p, 'tokens_per_sec', '{:.0f}')} | {ratio} | "
                  f"{f(o, 'peak_gb', '{:.2f}')} | {f(p, 'peak_gb', '{:.2f}')} | {met} |")
-    if o and p:
+    if o and p and "first_loss" in p:
         losses.append(f"{name}: lmtune {o['first_loss']:.3f} -> {o['last_loss']:.3f}, "
                       f"peer {p['first_loss']:.3f} -> {p['last_loss']:.3f}")
 text = "\n".join(lines) + "\n"
