@@ -14,6 +14,7 @@
 #include "ops/ops.h"
 #include "runtime/batch_graph.h"
 #include "runtime/decode_graph.h"
+#include "runtime/generate.h"
 #include "runtime/kv_cache.h"
 
 namespace lmtune {
@@ -215,15 +216,22 @@ std::unique_ptr<DenseKVCache> BatchEngine::cache_for(const std::vector<int32_t>&
   return std::make_unique<DenseKVCache>(m.config(), m.device(), m.dtype(), 1, 0, 4, opts_.kv_block);
 }
 
+std::vector<int32_t> BatchEngine::known_ids(const Sequence& s) {
+  std::vector<int32_t> ids(s.job.prompt.begin(), s.job.prompt.begin() + s.out.prompt_fed);
+  if (s.out.prompt_fed == int64_t(s.job.prompt.size())) ids.insert(ids.end(), s.out.tokens.begin(), s.out.tokens.end());
+  return ids;
+}
+
 void BatchEngine::keep_in_prompt_cache(Sequence& s) {
   if (!prompt_cache_.enabled() || !s.cache || s.out.end == BatchEnd::failed) return;
   if (s.verified >= 0 && s.cache->offset() > s.verified) s.cache->trim_to(s.verified);  // ended in a round
   const int64_t held = s.cache->offset();
-  // Fed so far: the prompt's first prompt_fed ids, then (once decoding) the generated ones but
-  // the last, which was chosen and never fed.
-  std::vector<int32_t> tokens(s.job.prompt.begin(), s.job.prompt.begin() + s.out.prompt_fed);
-  if (s.out.prompt_fed == int64_t(s.job.prompt.size()))
-    tokens.insert(tokens.end(), s.out.tokens.begin(), s.out.tokens.end());
+  // longrope: a cache past original_max_position_embeddings holds keys rotated with the long
+  // factors, wrong for a later prompt that shares only a prefix within the limit: not kept.
+  const ModelConfig& cfg = model_->config();
+  if (cfg.rope.type == "longrope" && held > cfg.rope.original_max_position_embeddings) return;
+  // Fed so far: known_ids but the last generated one, which was chosen and never fed.
+  std::vector<int32_t> tokens = known_ids(s);
   if (held <= 0 || held > int64_t(tokens.size())) return;
   tokens.resize(size_t(held));
   try {
@@ -329,7 +337,9 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     // A sequence keeps its recorded step while others run beside it (it holds only one batch-1
     // step's intermediates): eager steps write the same cache rows, and the graph is recorded
     // again only if the cache's buffers moved meanwhile (DecodeGraph::step checks).
-    if (!graphed) {
+    if (!graphed && model_->config().rope.type == "longrope") {
+      host = forward_longrope(in_step, ids, packed);
+    } else if (!graphed) {
       Tensor lg = model_->forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
       host = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
     }
@@ -390,6 +400,48 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   std::lock_guard<std::mutex> lk(mu_);
   stats_.host_seconds += std::chrono::duration<double>(t2 - t1).count();
   if (decode_only) ++stats_.decode_steps, stats_.decode_step_seconds += std::chrono::duration<double>(t2 - t0).count();
+}
+
+// longrope (Phi-3.5, the 128k Phi-3 models) rotates every row of a forward with the short factors
+// while the longest sequence in it stays within original_max_position_embeddings, and with the
+// long ones past it (models/decoder.h). A step's sequences therefore run as two packed forwards,
+// those within the limit and those past it; and a sequence whose rows cross the limit in this
+// step first feeds every id its cache holds again, into the emptied cache, so that its whole
+// history is rotated with the long factors (as Generator::generate does; runtime/generate.h).
+std::vector<float> BatchEngine::forward_longrope(const std::vector<Sequence*>& in_step, const std::vector<int32_t>& ids,
+                                                 const std::vector<PackedSequence>& packed) {
+  const ModelConfig& cfg = model_->config();
+  const size_t V = size_t(cfg.n_vocab);
+  std::vector<int32_t> group_ids[2];
+  std::vector<PackedSequence> group[2];
+  std::vector<size_t> rows[2];
+  auto at = ids.begin();
+  for (size_t i = 0; i < in_step.size(); ++i) {
+    DenseKVCache& c = *in_step[i]->cache;  // packed[i]'s
+    std::vector<int32_t> feed(at, at + packed[i].length);
+    at += packed[i].length;
+    const int64_t held = c.offset();
+    if (longrope_reruns(cfg, held, packed[i].length)) {
+      const std::vector<int32_t> known = known_ids(*in_step[i]);
+      LMT_CHECK(held <= int64_t(known.size()), "[batch] a cache of ", held, " rows for ", known.size(), " known ids");
+      feed.insert(feed.begin(), known.begin(), known.begin() + held);
+      c.reset();
+    }
+    const int g = c.offset() + int64_t(feed.size()) > cfg.rope.original_max_position_embeddings ? 1 : 0;
+    group_ids[g].insert(group_ids[g].end(), feed.begin(), feed.end());
+    group[g].push_back({int64_t(feed.size()), &c});
+    rows[g].push_back(i);
+  }
+  std::vector<float> host(in_step.size() * V);
+  for (int g = 0; g < 2; ++g) {
+    if (group[g].empty()) continue;
+    Tensor lg = model_->forward_packed(Tensor::from_i32(group_ids[g], {1, int64_t(group_ids[g].size())}), group[g]);
+    const std::vector<float> r = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+    for (size_t k = 0; k < rows[g].size(); ++k)
+      std::copy(r.begin() + ptrdiff_t(k * V), r.begin() + ptrdiff_t((k + 1) * V),
+                host.begin() + ptrdiff_t(rows[g][k] * V));
+  }
+  return host;
 }
 
 bool BatchEngine::after_prefill_chunk(Sequence& s, const float* row) {
@@ -455,7 +507,13 @@ void BatchEngine::speculative_round(Sequence& s) {
       for (size_t at = 0; at < feed.size(); at += size_t(opts_.prefill_step_size)) {
         const size_t n = std::min(feed.size() - at, size_t(opts_.prefill_step_size));
         std::vector<int32_t> chunk(feed.begin() + ptrdiff_t(at), feed.begin() + ptrdiff_t(at + n));
-        lg = draft.forward(Tensor::from_i32(chunk, {1, int64_t(n)}), *s.draft_cache, true);
+        if (longrope_reruns(draft.config(), int64_t(s.draft_fed.size()), int64_t(n)) &&
+            s.draft_cache->offset() == int64_t(s.draft_fed.size())) {  // the draft's own switch (above)
+          chunk.insert(chunk.begin(), s.draft_fed.begin(), s.draft_fed.end());
+          s.draft_cache->reset();
+          s.draft_fed.clear();
+        }
+        lg = draft.forward(Tensor::from_i32(chunk, {1, int64_t(chunk.size())}), *s.draft_cache, true);
         s.draft_fed.insert(s.draft_fed.end(), chunk.begin(), chunk.end());
       }
       std::vector<float> row = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
@@ -475,8 +533,15 @@ void BatchEngine::speculative_round(Sequence& s) {
   try {
     std::vector<int32_t> ids{s.history.back()};
     ids.insert(ids.end(), proposals.begin(), proposals.end());
+    const int64_t held = s.cache->offset(), scored = int64_t(ids.size());
+    if (longrope_reruns(model_->config(), held, scored)) {  // the whole history again (forward_longrope)
+      LMT_CHECK(held < int64_t(s.history.size()), "[batch] a cache of ", held, " rows for ", s.history.size(), " ids");
+      ids.insert(ids.begin(), s.history.begin(), s.history.begin() + held);
+      s.cache->reset();
+    }
     Tensor lg = model_->forward(Tensor::from_i32(ids, {1, int64_t(ids.size())}), *s.cache, false);
-    rows = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();  // (n_draft + 1, V)
+    rows = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+    rows.erase(rows.begin(), rows.end() - ptrdiff_t(size_t(scored) * size_t(V)));  // (n_draft + 1, V)
   } catch (const std::exception& e) {
     finish(s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
     return;

@@ -171,6 +171,12 @@ class BatchEngine {
   // Admission's cache: a copy of the prompt cache's longest prefix of the prompt, or a fresh one.
   std::unique_ptr<DenseKVCache> cache_for(const std::vector<int32_t>& prompt, int64_t& cached);
   void keep_in_prompt_cache(Sequence& s);  // a sequence ending: its cache into the prompt cache
+  // The ids s has seen, in order: the prompt's first prompt_fed, then (once the whole prompt is
+  // in) every generated one. Its cache holds a prefix of them.
+  static std::vector<int32_t> known_ids(const Sequence& s);
+  // The eager forward of a step on a longrope model (per sequence, the step's ids in packed).
+  std::vector<float> forward_longrope(const std::vector<Sequence*>& in_step, const std::vector<int32_t>& ids,
+                                      const std::vector<PackedSequence>& packed);
 
   Model* model_;  // written by the scheduler under mu_ (switch_model); read there, or under mu_
   BatchEngineOptions opts_;

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
+#include "batch_fixture.h"
 #include "runtime/generate.h"
 #include "runtime/speculative.h"
 
@@ -240,6 +241,50 @@ TEST(SpeculativeRef, LongropeCrossEqualsTransformers) {
         EXPECT_EQ(st.gen.tokens, want) << "prompt " << i << ", " << (draft == model.get() ? "self" : "other")
                                        << " draft, " << n_draft << " proposals";
       }
+  }
+}
+
+// The server's batch engine on the same model: the three prompts (1, 5 and 13 ids; the limit is
+// 8) run together, so steps mix sequences within and past the limit, prefill chunks of 3 cross it
+// and decoding rows cross it; then each alone with the model as its own draft, whose verify steps
+// cross it. Each gives transformers' tokens.
+TEST(BatchRef, LongropeCrossEqualsTransformers) {
+  const char* root = std::getenv("LMTUNE_GENERATE_REF_DIR");
+  if (!root) GTEST_SKIP() << "LMTUNE_GENERATE_REF_DIR not set";
+  const std::string dir = std::string(root) + "/phi3_longrope_cross";
+  auto model = load_model(dir, Device::cpu, DType::f32);
+  nlohmann::json ref = nlohmann::json::parse(std::ifstream(dir + "/ref.json"));
+  const size_t n = ref["prompts"].size();
+  for (int64_t step : {int64_t(3), int64_t(2048)}) {
+    BatchEngineOptions o;
+    o.prefill_step_size = step;
+    o.prompt_cache = {8, 0};
+    BatchEngine engine(*model, o);
+    for (int round = 0; round < 2; ++round) {  // the second from the prompt cache where it kept one
+      std::vector<test::Waiter> w(n);
+      for (size_t i = 0; i < n; ++i)
+        engine.submit(
+            test::greedy_job(ref["prompts"][i].get<std::vector<int32_t>>(), int64_t(ref["outputs"][i].size()), w[i]));
+      for (size_t i = 0; i < n; ++i) {
+        BatchOutcome out = w[i].result.get();
+        ASSERT_EQ(out.end, BatchEnd::length) << out.error;
+        EXPECT_EQ(out.tokens, ref["outputs"][i].get<std::vector<int32_t>>())
+            << "prompt " << i << ", prefill step " << step << ", round " << round;
+      }
+    }
+  }
+  BatchEngineOptions o;
+  o.draft_model = model.get();
+  o.num_draft_tokens = 3;
+  BatchEngine engine(*model, o);
+  for (size_t i = 0; i < n; ++i) {
+    test::Waiter w;
+    engine.submit(
+        test::greedy_job(ref["prompts"][i].get<std::vector<int32_t>>(), int64_t(ref["outputs"][i].size()), w));
+    BatchOutcome out = w.result.get();
+    ASSERT_EQ(out.end, BatchEnd::length) << out.error;
+    EXPECT_EQ(out.tokens, ref["outputs"][i].get<std::vector<int32_t>>()) << "prompt " << i << ", speculative";
+    EXPECT_GT(out.drafted, 0);
   }
 }
 
