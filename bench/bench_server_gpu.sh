@@ -4,6 +4,9 @@
 # that every id decodes), then one server at a time on it:
 #   lmtune        `lmtune server --device cuda --decode-concurrency 64 --prompt-cache-size 0`
 #   lmtune-graph  the same with LMTUNE_CUDA_BATCH_GRAPH=1 (batched decoding steps replayed as CUDA graphs)
+#   lmtune-profile  lmtune again at 32 streams only, under LMTUNE_CUDA_PROFILE=1: its kernel time by name
+#                 over that run (every kernel timed with CUDA events, so its tok/s row is not a figure to
+#                 quote) goes to the log and to TABLE's -profile.txt beside it
 #   transformers  `transformers serve MODEL --continuous-batching --device cuda --dtype bfloat16` (the
 #                 packages it needs from --serve-site, made by scripts/gpu-peers)
 #   llamacpp      llama.cpp's `llama-server` built with CUDA from --llamacpp-src (scripts/gpu-peers), on
@@ -169,6 +172,17 @@ fi
 if want lmtune-graph; then
   run_peer lmtune-graph '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=1 "${lmtune_server[@]}"
 fi
+if want lmtune-profile; then
+  all_streams="$streams"
+  streams=32
+  run_peer lmtune-profile '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=0 LMTUNE_CUDA_PROFILE=1 "${lmtune_server[@]}"
+  streams="$all_streams"
+  echo "== lmtune-profile: CUDA kernel time by name over its 32-stream run (prefill and decode steps)"
+  prof="${table:+${table%.md}-profile.txt}"
+  grep '^\[profile\]' "$tmp/lmtune-profile.log" | head -n 60 | tee "${prof:-/dev/null}"
+  [[ -s "${prof:-/dev/null}" ]] || grep -q '^\[profile\]' "$tmp/lmtune-profile.log" ||
+    { status=1; echo "lmtune-profile: no profile in its log (did the server exit cleanly?)"; tail -n 20 "$tmp/lmtune-profile.log"; }
+fi
 
 if want transformers; then
   tpath=""
@@ -232,7 +246,8 @@ nr="$(for k in "${!notrun[@]}"; do printf '%s=%s\n' "$k" "${notrun[$k]}"; done)"
 import json, os, sys
 tmp, table, device, peers, nr = sys.argv[1:]
 notrun = dict(l.split("=", 1) for l in nr.splitlines() if l)
-labels = {"lmtune": "lmtune server", "lmtune-graph": "lmtune server (batch graph)", "transformers": "transformers serve (CB)", "llamacpp": "llama.cpp llama-server"}
+labels = {"lmtune": "lmtune server", "lmtune-graph": "lmtune server (batch graph)",
+          "lmtune-profile": "lmtune server (LMTUNE_CUDA_PROFILE=1: slowed, not a figure)", "transformers": "transformers serve (CB)", "llamacpp": "llama.cpp llama-server"}
 rs_all = {p: json.load(open(os.path.join(tmp, p + ".json"))) for p in peers.split(",")
           if os.path.exists(os.path.join(tmp, p + ".json"))}
 first = next(iter(rs_all.values()), [{}])[0] if rs_all else {}
