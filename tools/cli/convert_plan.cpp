@@ -344,9 +344,17 @@ void Plan::read_leaves(const ojson& dense_config) {
       need(l, ".weight");
       need(l, ".scales");
       if (p.mode == quant::Mode::affine) need(l, ".biases");
-      const quant::QuantizedWeight qw = source_quantized(l, std::nullopt);
-      quant::validate(qw, l.shape[1], l.path);
-      l.source_dtype = qw.scales.dtype();
+      // Expert by expert, on views of the file: stacking them here as well as in produce() copied
+      // every expert layer twice.
+      for (int64_t e = 0; e < std::max<int64_t>(l.experts, 1); ++e) {
+        quant::QuantizedWeight qw;
+        qw.params = p;
+        qw.wq = source_.get(source_name(l, ".weight", e));
+        qw.scales = source_.get(source_name(l, ".scales", e));
+        if (p.mode == quant::Mode::affine) qw.biases = source_.get(source_name(l, ".biases", e));
+        quant::validate(qw, l.shape[1], l.path);  // the stacked layer's name, as the folder has it
+        l.source_dtype = qw.scales.dtype();
+      }
     } else {
       const SafetensorsInfo w = need(l, ".weight");
       LMT_CHECK(w.shape == l.stored_shape(), "[convert] ", req_.source, ": ", l.path, ".weight is ", shape_str(w.shape),
