@@ -21,7 +21,7 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           type as llama-quantize's rules give it (gguf_quant_ref.py, written from llama-quant.cpp), values
           by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
           the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
-struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, qwen2, qwen3) in f16 and
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, qwen2, qwen3) in f16 and
           q8_0 (qwen3 rows of 48: q8_0 falls back to F16 for tensors whose rows are not blocks of 32, as
           llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
           not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
@@ -86,6 +86,8 @@ def must(r, what):
 
 # ------------------------------------------------------------------------------------------ models
 
+PERMUTED = ("llama", "mistral", "granite")  # model types whose q/k rows llama.cpp wants permuted
+
 FAMILIES = {
     # name: (config class, model class, tokenizer package, config kwargs)
     "llama": ("LlamaConfig", "LlamaForCausalLM", "llama3",
@@ -103,6 +105,14 @@ FAMILIES = {
                 dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=256,
                      sliding_window=None, rope_theta=1e6)),
+    # granite: llama's block with its four multipliers (llama.cpp's granite reads them as
+    # attention.scale, embedding_scale, residual_scale and logit_scale); attention biases. Mild
+    # multipliers: with granite-3's (12, 0.0078, 0.22, 8) the tiny random model repeats one token.
+    "granite": ("GraniteConfig", "GraniteForCausalLM", "llama3",
+                dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256,
+                     rope_theta=10000.0, embedding_multiplier=1.5, attention_multiplier=0.2,
+                     residual_multiplier=0.8, logits_scaling=1.25, attention_bias=True)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen3",
               dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256, rope_theta=1e6)),
@@ -248,7 +258,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
 
     cfg = json.load(open(os.path.join(src_dir, "config.json")))
     mt = cfg["model_type"]
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[mt]
+    arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "qwen2": "qwen2", "qwen3": "qwen3"}[mt]
     check(val("general.architecture") == arch, f"{path}: architecture {val('general.architecture')} != {arch}")
     check(val("general.alignment") == 32, f"{path}: alignment")
     n_head = cfg["num_attention_heads"]
@@ -263,6 +273,10 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     check(np.float32(val(f"{arch}.rope.freq_base")) == np.float32(rope["rope_theta"]), f"{path}: rope.freq_base")
     check(np.float32(val(f"{arch}.attention.layer_norm_rms_epsilon")) == np.float32(cfg["rms_norm_eps"]),
           f"{path}: rms eps")
+    if arch == "granite":  # convert_hf_to_gguf's GraniteModel: the config's multipliers, named as scales
+        for k, c in (("attention.scale", "attention_multiplier"), ("embedding_scale", "embedding_multiplier"),
+                     ("residual_scale", "residual_multiplier"), ("logit_scale", "logits_scaling")):
+            check(np.float32(val(f"granite.{k}")) == np.float32(cfg[c]), f"{path}: granite.{k} != config {c}")
     ftype = FTYPES[want]
     check(val("general.file_type") == ftype, f"{path}: file_type {val('general.file_type')} != {ftype}")
 
@@ -322,9 +336,9 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
             continue
         hf = by_name[t.name]
         x = src[hf]
-        if mt in ("llama", "mistral") and ".q_proj." in hf:
+        if mt in PERMUTED and ".q_proj." in hf:
             x = permute(x, n_head)
-        if mt in ("llama", "mistral") and ".k_proj." in hf:
+        if mt in PERMUTED and ".k_proj." in hf:
             x = permute(x, cfg["num_key_value_heads"])
         tt = t.tensor_type.name
         et = expected_type(t.name, x.shape, want) if want not in MIXES or len(x.shape) == 1 else \
@@ -609,7 +623,7 @@ def load_gguf_weights(m, path, cfg):
     from gguf.quants import dequantize
     r = gguf.GGUFReader(path)
     ts = {t.name: t for t in r.tensors}
-    llama = cfg["model_type"] in ("llama", "mistral")
+    llama = cfg["model_type"] in PERMUTED
     with torch.no_grad():
         for n, p in m.named_parameters():
             g = gguf_name(n)

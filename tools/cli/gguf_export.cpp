@@ -1,5 +1,5 @@
 // GGUF export (see gguf_export.h). Facts taken from llama.cpp's loader and converter
-// (src/models/{llama,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
+// (src/models/{llama,granite,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
 // q/k rows of the llama architecture permuted per head so that rotary pairs are adjacent (qwen2
 // and qwen3 use NEOX rope and keep HF's order), 1-D tensors (norms, biases) always f32, llama3
 // rope scaling as a rope_freqs tensor of per-frequency divisors, no output.weight when tied.
@@ -168,6 +168,12 @@ void add_arch_metadata(gguf::Writer& w, const ModelConfig& c, const Arch& a, con
   w.set(k + "rope.dimension_count", Value::u32(uint32_t(c.head_dim)));
   w.set(k + "attention.key_length", Value::u32(uint32_t(c.head_dim)));
   w.set(k + "attention.value_length", Value::u32(uint32_t(c.head_dim)));
+  if (a.name == "granite") {  // convert_hf_to_gguf's GraniteModel: the config's multipliers as they are
+    w.set(k + "attention.scale", Value::f32(float(c.attn_scale)));
+    w.set(k + "embedding_scale", Value::f32(float(c.embed_scale)));
+    w.set(k + "residual_scale", Value::f32(float(c.residual_scale)));
+    w.set(k + "logit_scale", Value::f32(float(1.0 / c.logit_scale)));  // logits_scaling: llama.cpp divides
+  }
   if (c.rope.type == "linear") {
     w.set(k + "rope.scaling.type", Value::str("linear"));
     w.set(k + "rope.scaling.factor", Value::f32(float(c.rope.factor)));
@@ -219,6 +225,11 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
   if (c.model_type == "llama" || c.model_type == "mistral") {
     a = {"llama", true};
     LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
+  } else if (c.model_type == "granite") {
+    a = {"granite", true};  // llama's block and rope, with four multipliers (add_arch_metadata)
+    LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
+    LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's granite takes head_dim as hidden_size",
+              " / heads (", c.n_embd / c.n_head, "), this config has ", c.head_dim);
   } else if (c.model_type == "qwen2") {
     a = {"qwen2", false};
     LMT_CHECK(!c.attention_bias && !c.mlp_bias, "[gguf] ", dir,
@@ -231,7 +242,7 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
               ": llama.cpp's qwen3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
   } else {
     fail("[gguf] ", dir, ": model_type ", c.model_type,
-         " cannot be exported to GGUF (lmtune exports llama, mistral, qwen2, qwen3)");
+         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, qwen2, qwen3)");
   }
   LMT_CHECK(c.activation == nn::Activation::silu, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses SiLU, not ",
             "this config's hidden_act");
