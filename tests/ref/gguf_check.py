@@ -21,7 +21,8 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           type as llama-quantize's rules give it (gguf_quant_ref.py, written from llama-quant.cpp), values
           by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
           the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
-struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, qwen2, qwen3) in f16 and
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, smollm3, qwen2, qwen3) in
+          f16 and
           q8_0 (qwen3 rows of 48: q8_0 falls back to F16 for tensors whose rows are not blocks of 32, as
           llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
           not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
@@ -86,7 +87,7 @@ def must(r, what):
 
 # ------------------------------------------------------------------------------------------ models
 
-PERMUTED = ("llama", "mistral", "granite")  # model types whose q/k rows llama.cpp wants permuted
+PERMUTED = ("llama", "mistral", "granite", "smollm3")  # model types whose q/k rows llama.cpp wants permuted
 
 FAMILIES = {
     # name: (config class, model class, tokenizer package, config kwargs)
@@ -113,6 +114,12 @@ FAMILIES = {
                      num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256,
                      rope_theta=10000.0, embedding_multiplier=1.5, attention_multiplier=0.2,
                      residual_multiplier=0.8, logits_scaling=1.25, attention_bias=True)),
+    # smollm3: llama's block without rope on every 4th layer (transformers' default
+    # no_rope_layer_interval 4, the pattern llama.cpp's smollm3 fixes): 4 layers, the last without.
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", "llama3",
+                dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256,
+                     rope_theta=10000.0, use_sliding_window=False)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen3",
               dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256, rope_theta=1e6)),
@@ -258,7 +265,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
 
     cfg = json.load(open(os.path.join(src_dir, "config.json")))
     mt = cfg["model_type"]
-    arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "qwen2": "qwen2", "qwen3": "qwen3"}[mt]
+    arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "smollm3": "smollm3", "qwen2": "qwen2",
+            "qwen3": "qwen3"}[mt]
     check(val("general.architecture") == arch, f"{path}: architecture {val('general.architecture')} != {arch}")
     check(val("general.alignment") == 32, f"{path}: alignment")
     n_head = cfg["num_attention_heads"]
@@ -579,6 +587,15 @@ def case_refusals(a):
     json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
     refused(a, ["fuse", "--model", bad, "--adapter-path", ad, "--save-path", save, "--export-gguf"], "llama.cpp's qwen3",
             save, "qwen3 with attention_bias")
+    # A smollm3 whose layers without rope are not llama.cpp's fixed every-4th pattern.
+    bad = os.path.join(a.work, "smollm3-nope")
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(model_dir(a, "smollm3"), bad)
+    cfg = json.load(open(os.path.join(bad, "config.json")))
+    cfg["no_rope_layers"] = [1, 0, 1, 1]
+    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    refused(a, ["gguf", "--model", bad, "--gguf-path", out], "no_rope_layers differ at layer 1", out,
+            "smollm3 with another no-rope pattern")
     # A pre-tokenizer llama.cpp does not know (a changed Split regex).
     odd = os.path.join(a.work, "default-oddpre")
     shutil.rmtree(odd, ignore_errors=True)

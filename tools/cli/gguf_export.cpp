@@ -1,5 +1,5 @@
 // GGUF export (see gguf_export.h). Facts taken from llama.cpp's loader and converter
-// (src/models/{llama,granite,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
+// (src/models/{llama,granite,smollm3,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
 // q/k rows of the llama architecture permuted per head so that rotary pairs are adjacent (qwen2
 // and qwen3 use NEOX rope and keep HF's order), 1-D tensors (norms, biases) always f32, llama3
 // rope scaling as a rope_freqs tensor of per-frequency divisors, no output.weight when tied.
@@ -230,6 +230,14 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
     LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
     LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's granite takes head_dim as hidden_size",
               " / heads (", c.n_embd / c.n_head, "), this config has ", c.head_dim);
+  } else if (c.model_type == "smollm3") {
+    a = {"smollm3", true};  // llama's block and rope, but no rope on every 4th layer
+    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir,
+              ": llama.cpp's smollm3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
+    for (int64_t il = 0; il < c.n_layer; ++il)  // llama.cpp fixes the pattern (n_no_rope_layer_step = 4)
+      LMT_CHECK(c.layer_rope.empty() ? (il + 1) % 4 != 0 : c.layer_rope[size_t(il)] == ((il + 1) % 4 != 0), "[gguf] ",
+                dir, ": llama.cpp's smollm3 leaves rope out of every 4th layer (3, 7, ...); this config's ",
+                "no_rope_layers differ at layer ", il);
   } else if (c.model_type == "qwen2") {
     a = {"qwen2", false};
     LMT_CHECK(!c.attention_bias && !c.mlp_bias, "[gguf] ", dir,
@@ -242,7 +250,7 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
               ": llama.cpp's qwen3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
   } else {
     fail("[gguf] ", dir, ": model_type ", c.model_type,
-         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, qwen2, qwen3)");
+         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, qwen2, qwen3)");
   }
   LMT_CHECK(c.activation == nn::Activation::silu, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses SiLU, not ",
             "this config's hidden_act");
