@@ -21,8 +21,8 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           type as llama-quantize's rules give it (gguf_quant_ref.py, written from llama-quant.cpp), values
           by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
           the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
-struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, smollm3, qwen2, qwen3) in
-          f16 and
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, smollm3, olmo2, qwen2,
+          qwen3) in f16 and
           q8_0 (qwen3 rows of 48: q8_0 falls back to F16 for tensors whose rows are not blocks of 32, as
           llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
           not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
@@ -120,6 +120,11 @@ FAMILIES = {
                 dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256,
                      rope_theta=10000.0, use_sliding_window=False)),
+    # olmo2: q/k norms over all heads, norms after attention and the MLP, NEOX rope (no permutation).
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", "llama3",
+              dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=256,
+                   rope_theta=10000.0)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen3",
               dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256, rope_theta=1e6)),
@@ -216,13 +221,18 @@ BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_att
          "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def gguf_name(hf):
+# olmo2's norms come after attention and the MLP (llama.cpp's post_attention_norm / post_ffw_norm).
+POST_NORMS = {"post_attention_layernorm": "post_attention_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def gguf_name(hf, model_type=None):
     top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}
     if hf in top:
         return top[hf]
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf)
-    return f"blk.{m[1]}.{BLOCK[m[2]]}.{m[3]}"
+    block = dict(BLOCK, **POST_NORMS) if model_type == "olmo2" else BLOCK
+    return f"blk.{m[1]}.{block[m[2]]}.{m[3]}"
 
 
 def permute(w, n_head):
@@ -265,8 +275,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
 
     cfg = json.load(open(os.path.join(src_dir, "config.json")))
     mt = cfg["model_type"]
-    arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "smollm3": "smollm3", "qwen2": "qwen2",
-            "qwen3": "qwen3"}[mt]
+    arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "smollm3": "smollm3", "olmo2": "olmo2",
+            "qwen2": "qwen2", "qwen3": "qwen3"}[mt]
     check(val("general.architecture") == arch, f"{path}: architecture {val('general.architecture')} != {arch}")
     check(val("general.alignment") == 32, f"{path}: alignment")
     n_head = cfg["num_attention_heads"]
@@ -332,13 +342,13 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     # Tensors.
     src = dense if dense is not None else read_safetensors(src_dir)
     tied = cfg.get("tie_word_embeddings", False)
-    want_names = {gguf_name(k) for k in src if not (tied and k == "lm_head.weight")}
+    want_names = {gguf_name(k, mt) for k in src if not (tied and k == "lm_head.weight")}
     if (cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}).get("rope_type") == "llama3":
         want_names.add("rope_freqs.weight")
     names = {t.name for t in r.tensors}
     check(names == want_names, f"{path}: tensors {sorted(names ^ want_names)[:6]} differ")
     check("output.weight" not in names if tied else "output.weight" in names, f"{path}: output.weight and tying")
-    by_name = {gguf_name(k): k for k in src}
+    by_name = {gguf_name(k, mt): k for k in src}
     for t in r.tensors:
         if t.name not in by_name:
             continue
@@ -596,6 +606,14 @@ def case_refusals(a):
     json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "no_rope_layers differ at layer 1", out,
             "smollm3 with another no-rope pattern")
+    # A tied olmo2 (llama.cpp's olmo2 requires output.weight).
+    bad = os.path.join(a.work, "olmo2-tied")
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(model_dir(a, "olmo2"), bad)
+    cfg = json.load(open(os.path.join(bad, "config.json")))
+    cfg["tie_word_embeddings"] = True
+    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    refused(a, ["gguf", "--model", bad, "--gguf-path", out], "needs its own output.weight", out, "tied olmo2")
     # A pre-tokenizer llama.cpp does not know (a changed Split regex).
     odd = os.path.join(a.work, "default-oddpre")
     shutil.rmtree(odd, ignore_errors=True)
@@ -643,7 +661,7 @@ def load_gguf_weights(m, path, cfg):
     llama = cfg["model_type"] in PERMUTED
     with torch.no_grad():
         for n, p in m.named_parameters():
-            g = gguf_name(n)
+            g = gguf_name(n, cfg["model_type"])
             if g not in ts:
                 continue  # lm_head of a tied model
             t = ts[g]

@@ -1,5 +1,5 @@
 // GGUF export (see gguf_export.h). Facts taken from llama.cpp's loader and converter
-// (src/models/{llama,granite,smollm3,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
+// (src/models/{llama,granite,smollm3,olmo2,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
 // q/k rows of the llama architecture permuted per head so that rotary pairs are adjacent (qwen2
 // and qwen3 use NEOX rope and keep HF's order), 1-D tensors (norms, biases) always f32, llama3
 // rope scaling as a rope_freqs tensor of per-frequency divisors, no output.weight when tied.
@@ -31,8 +31,8 @@ namespace {
 using gguf::TensorType;
 using gguf::Value;
 
-// HF name -> llama.cpp name; "" for a name llama.cpp has no place for.
-std::string gguf_name(const std::string& hf) {
+// HF name -> llama.cpp name in architecture `arch`; "" for a name llama.cpp has no place for.
+std::string gguf_name(const std::string& hf, const std::string& arch) {
   static const std::map<std::string, std::string> kTop = {{"model.embed_tokens.weight", "token_embd.weight"},
                                                           {"model.norm.weight", "output_norm.weight"},
                                                           {"lm_head.weight", "output.weight"}};
@@ -47,8 +47,13 @@ std::string gguf_name(const std::string& hf) {
   static const std::regex kRe(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
   std::smatch m;
   if (!std::regex_match(hf, m, kRe)) return "";
-  auto it = kBlock.find(m[2].str());
-  if (it == kBlock.end()) return "";
+  // olmo2's norms follow attention and the MLP (post-norm): its post_attention_layernorm is not
+  // llama's pre-MLP norm.
+  static const std::map<std::string, std::string> kPostNorm = {{"post_attention_layernorm", "post_attention_norm"},
+                                                               {"post_feedforward_layernorm", "post_ffw_norm"}};
+  const std::map<std::string, std::string>& block = arch == "olmo2" && kPostNorm.count(m[2].str()) ? kPostNorm : kBlock;
+  auto it = block.find(m[2].str());
+  if (it == block.end()) return "";
   return "blk." + m[1].str() + "." + it->second + "." + m[3].str();
 }
 
@@ -238,6 +243,14 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
       LMT_CHECK(c.layer_rope.empty() ? (il + 1) % 4 != 0 : c.layer_rope[size_t(il)] == ((il + 1) % 4 != 0), "[gguf] ",
                 dir, ": llama.cpp's smollm3 leaves rope out of every 4th layer (3, 7, ...); this config's ",
                 "no_rope_layers differ at layer ", il);
+  } else if (c.model_type == "olmo2") {
+    a = {"olmo2", false};  // NEOX rope (HF's order), q/k norms over all heads, norms after attention and MLP
+    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir,
+              ": llama.cpp's olmo2 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
+    LMT_CHECK(!c.tie_word_embeddings, "[gguf] ", dir,
+              ": llama.cpp's olmo2 needs its own output.weight (this config ties ", "the embeddings)");
+    LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's olmo2 needs head_dim * heads (",
+              c.head_dim * c.n_head, ") = hidden_size (", c.n_embd, ")");
   } else if (c.model_type == "qwen2") {
     a = {"qwen2", false};
     LMT_CHECK(!c.attention_bias && !c.mlp_bias, "[gguf] ", dir,
@@ -250,7 +263,7 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
               ": llama.cpp's qwen3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
   } else {
     fail("[gguf] ", dir, ": model_type ", c.model_type,
-         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, qwen2, qwen3)");
+         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, olmo2, qwen2, qwen3)");
   }
   LMT_CHECK(c.activation == nn::Activation::silu, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses SiLU, not ",
             "this config's hidden_act");
@@ -299,14 +312,15 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   const TensorType asked = mix ? TensorType::f32 : tensor_type_for(type);
   // llama-quantize takes token_embd for the head when the file has no output.weight.
   MixModel mm{arch.name, c.n_layer, c.n_head, c.n_kv_head, false};
-  for (const convert::TensorEntry& e : plan->tensors()) mm.has_output |= gguf_name(e.name) == "output.weight";
+  for (const convert::TensorEntry& e : plan->tensors())
+    mm.has_output |= gguf_name(e.name, arch.name) == "output.weight";
   int fallbacks = 0;
   // A module's tensors (weight and bias) come from one produce() call, kept until both are written.
   auto cache = std::make_shared<std::pair<const convert::Leaf*, std::vector<std::pair<std::string, Tensor>>>>();
   for (const convert::Leaf& leaf : plan->leaves()) {
     for (size_t i = leaf.first_tensor; i < leaf.first_tensor + leaf.n_tensors; ++i) {
       const convert::TensorEntry& e = plan->tensors()[i];
-      const std::string name = gguf_name(e.name);
+      const std::string name = gguf_name(e.name, arch.name);
       LMT_CHECK(!name.empty(), "[gguf] ", dir, ": tensor ", e.name, " has no place in llama.cpp's ", arch.name);
       std::vector<int64_t> dims(e.shape.begin(), e.shape.end());
       TensorType t = dims.size() == 1 ? TensorType::f32 : asked, wanted = t;
@@ -379,7 +393,7 @@ void export_lora(const std::string& model_dir, const std::string& adapter_dir, c
   w.set("adapter.type", Value::str("lora"));
   std::optional<float> alpha;
   for (const auto& [prefix, ad] : model->adapters()) {
-    const std::string base = gguf_name(prefix + ".weight");
+    const std::string base = gguf_name(prefix + ".weight", arch.name);
     LMT_CHECK(!base.empty(), "[gguf] ", adapter_dir, ": the adapter of ", prefix, " has no llama.cpp tensor");
     std::vector<float> a = to_f32(ad.lora_a), b = to_f32(ad.lora_b);  // (in, r), (r, out)
     const int64_t in = ad.lora_a.shape()[0], r = ad.lora_a.shape()[1], out = ad.lora_b.shape()[1];

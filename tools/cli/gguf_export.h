@@ -18,7 +18,7 @@ OutType parse_out_type(const std::string& name);  // throws naming the value and
 const char* out_type_name(OutType t);
 
 struct Arch {
-  std::string name;         // general.architecture: llama | granite | smollm3 | qwen2 | qwen3
+  std::string name;         // general.architecture: llama | granite | smollm3 | olmo2 | qwen2 | qwen3
   bool permute_qk = false;  // llama.cpp's llama rope pairs adjacent dims: q/k rows are permuted
 };
 
