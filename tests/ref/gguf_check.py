@@ -125,6 +125,16 @@ FAMILIES = {
               dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=256,
                    rope_theta=10000.0)),
+    # gemma3_text: (1 + w) norms (llama.cpp's take w + 1), sandwich norms, q/k norms, GeGLU, sliding
+    # layers of window 4 with their own rope base and a full one every 3rd (llama.cpp reads the
+    # list), query_pre_attn_scalar = head_dim; the Gemma 3 tokenizer (SentencePiece-style, no
+    # space prefix). Untied: tied, LOGIT_SCALE also scales the input embeddings (times gemma's
+    # sqrt(hidden)), and the random model repeats one token whatever the adapter.
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3",
+               dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, tie_word_embeddings=False,
+                    max_position_embeddings=256, sliding_window=4, sliding_window_pattern=3,
+                    rope_theta=1e6, rope_local_base_freq=10000.0)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen3",
               dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256, rope_theta=1e6)),
@@ -152,8 +162,8 @@ def make_family(a, name):
     model = getattr(transformers, model_name)(cfg).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            if n.endswith("norm.weight"):  # near 1 (gemma's norms scale by 1 + w: w near 0)
+                p.copy_((0.0 if name == "gemma3" else 1.0) + 0.1 * torch.randn_like(p))
             elif n.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
             else:
@@ -232,6 +242,8 @@ def gguf_name(hf, model_type=None):
         return top[hf]
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf)
     block = dict(BLOCK, **POST_NORMS) if model_type == "olmo2" else BLOCK
+    if model_type == "gemma3_text":  # gemma3's sandwich: pre_feedforward_layernorm is the pre-MLP norm
+        block = dict(BLOCK, **POST_NORMS, pre_feedforward_layernorm="ffn_norm")
     return f"blk.{m[1]}.{block[m[2]]}.{m[3]}"
 
 
@@ -276,12 +288,13 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     cfg = json.load(open(os.path.join(src_dir, "config.json")))
     mt = cfg["model_type"]
     arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "smollm3": "smollm3", "olmo2": "olmo2",
-            "qwen2": "qwen2", "qwen3": "qwen3"}[mt]
+            "gemma3_text": "gemma3", "qwen2": "qwen2", "qwen3": "qwen3"}[mt]
     check(val("general.architecture") == arch, f"{path}: architecture {val('general.architecture')} != {arch}")
     check(val("general.alignment") == 32, f"{path}: alignment")
     n_head = cfg["num_attention_heads"]
     hd = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     rope = cfg.get("rope_parameters") or cfg
+    rope = rope.get("full_attention", rope)  # per layer type (gemma3): the full layers' base is rope.freq_base
     expect = {"context_length": cfg["max_position_embeddings"], "embedding_length": cfg["hidden_size"],
               "block_count": cfg["num_hidden_layers"], "feed_forward_length": cfg["intermediate_size"],
               "attention.head_count": n_head, "attention.head_count_kv": cfg["num_key_value_heads"],
@@ -295,6 +308,13 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
         for k, c in (("attention.scale", "attention_multiplier"), ("embedding_scale", "embedding_multiplier"),
                      ("residual_scale", "residual_multiplier"), ("logit_scale", "logits_scaling")):
             check(np.float32(val(f"granite.{k}")) == np.float32(cfg[c]), f"{path}: granite.{k} != config {c}")
+    if arch == "gemma3":  # the sliding layers as a list, their window and rope base
+        check(val("gemma3.attention.sliding_window") == cfg["sliding_window"], f"{path}: sliding_window")
+        want_pattern = [t == "sliding_attention" for t in cfg["layer_types"]]
+        check(list(val("gemma3.attention.sliding_window_pattern")) == want_pattern,
+              f"{path}: sliding_window_pattern {val('gemma3.attention.sliding_window_pattern')} != {want_pattern}")
+        check(np.float32(val("gemma3.rope.freq_base_swa")) ==
+              np.float32(cfg["rope_parameters"]["sliding_attention"]["rope_theta"]), f"{path}: rope.freq_base_swa")
     ftype = FTYPES[want]
     check(val("general.file_type") == ftype, f"{path}: file_type {val('general.file_type')} != {ftype}")
 
@@ -354,6 +374,8 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
             continue
         hf = by_name[t.name]
         x = src[hf]
+        if mt == "gemma3_text" and hf.endswith("norm.weight"):
+            x = x.astype(np.float32) + np.float32(1)  # (1 + w) norms: llama.cpp multiplies by the stored value
         if mt in PERMUTED and ".q_proj." in hf:
             x = permute(x, n_head)
         if mt in PERMUTED and ".k_proj." in hf:
@@ -606,6 +628,14 @@ def case_refusals(a):
     json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "no_rope_layers differ at layer 1", out,
             "smollm3 with another no-rope pattern")
+    # A gemma3 whose query_pre_attn_scalar is not head_dim (llama.cpp's gemma3 fixes the scale).
+    bad = os.path.join(a.work, "gemma3-scalar")
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(model_dir(a, "gemma3"), bad)
+    cfg = json.load(open(os.path.join(bad, "config.json")))
+    cfg["query_pre_attn_scalar"] = 24
+    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    refused(a, ["gguf", "--model", bad, "--gguf-path", out], "query_pre_attn_scalar", out, "gemma3's score scale")
     # A tied olmo2 (llama.cpp's olmo2 requires output.weight).
     bad = os.path.join(a.work, "olmo2-tied")
     shutil.rmtree(bad, ignore_errors=True)
@@ -670,6 +700,8 @@ def load_gguf_weights(m, path, cfg):
                 x = unpermute(x, cfg["num_attention_heads"])
             if llama and ".k_proj." in n:
                 x = unpermute(x, cfg["num_key_value_heads"])
+            if cfg["model_type"] == "gemma3_text" and n.endswith("norm.weight"):
+                x = x - np.float32(1)  # back to transformers' (1 + w) parameter
             p.copy_(torch.from_numpy(x.copy()))
 
 

@@ -1,8 +1,8 @@
 // GGUF export (see gguf_export.h). Facts taken from llama.cpp's loader and converter
-// (src/models/{llama,granite,smollm3,olmo2,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q ...,
-// q/k rows of the llama architecture permuted per head so that rotary pairs are adjacent (qwen2
-// and qwen3 use NEOX rope and keep HF's order), 1-D tensors (norms, biases) always f32, llama3
-// rope scaling as a rope_freqs tensor of per-frequency divisors, no output.weight when tied.
+// (src/models/{llama,granite,smollm3,olmo2,gemma3,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q
+// ..., q/k rows of the llama architecture permuted per head so that rotary pairs are adjacent (qwen2 and qwen3 use NEOX
+// rope and keep HF's order), 1-D tensors (norms, biases) always f32, llama3 rope scaling as a rope_freqs tensor of
+// per-frequency divisors, no output.weight when tied.
 #include "gguf_export.h"
 
 #include <cmath>
@@ -51,7 +51,13 @@ std::string gguf_name(const std::string& hf, const std::string& arch) {
   // llama's pre-MLP norm.
   static const std::map<std::string, std::string> kPostNorm = {{"post_attention_layernorm", "post_attention_norm"},
                                                                {"post_feedforward_layernorm", "post_ffw_norm"}};
-  const std::map<std::string, std::string>& block = arch == "olmo2" && kPostNorm.count(m[2].str()) ? kPostNorm : kBlock;
+  // gemma3's sandwich: its pre_feedforward_layernorm is llama's pre-MLP norm.
+  static const std::map<std::string, std::string> kSandwich = {{"post_attention_layernorm", "post_attention_norm"},
+                                                               {"pre_feedforward_layernorm", "ffn_norm"},
+                                                               {"post_feedforward_layernorm", "post_ffw_norm"}};
+  const auto& post = arch == "gemma3" ? kSandwich : kPostNorm;
+  const std::map<std::string, std::string>& block =
+      (arch == "olmo2" || arch == "gemma3") && post.count(m[2].str()) ? post : kBlock;
   auto it = block.find(m[2].str());
   if (it == block.end()) return "";
   return "blk." + m[1].str() + "." + it->second + "." + m[3].str();
@@ -179,12 +185,26 @@ void add_arch_metadata(gguf::Writer& w, const ModelConfig& c, const Arch& a, con
     w.set(k + "residual_scale", Value::f32(float(c.residual_scale)));
     w.set(k + "logit_scale", Value::f32(float(1.0 / c.logit_scale)));  // logits_scaling: llama.cpp divides
   }
+  if (a.name == "gemma3") {  // convert_hf_to_gguf's Gemma3Model, and the sliding layers as a list
+    int64_t window = 0;
+    for (int64_t win : c.layer_window) window = std::max(window, win);
+    if (window > 0) {
+      w.set(k + "attention.sliding_window", Value::u32(uint32_t(window)));
+      Value pattern;
+      pattern.type = gguf::ValueType::array;
+      pattern.elem = gguf::ValueType::boolean;
+      for (int64_t win : c.layer_window) pattern.arr.push_back(Value::boolean(win > 0));
+      w.set(k + "attention.sliding_window_pattern", pattern);
+      w.set(k + "rope.freq_base_swa", Value::f32(float(c.rope_sliding ? c.rope_sliding->theta : c.rope.theta)));
+    }
+    if (c.final_logit_softcap > 0) w.set(k + "final_logit_softcapping", Value::f32(float(c.final_logit_softcap)));
+  }
   if (c.rope.type == "linear") {
     w.set(k + "rope.scaling.type", Value::str("linear"));
     w.set(k + "rope.scaling.factor", Value::f32(float(c.rope.factor)));
   }
   for (int64_t win : c.layer_window)
-    if (win > 0 && win < c.max_position_embeddings) {
+    if (win > 0 && win < c.max_position_embeddings && a.name != "gemma3") {
       std::fprintf(stderr,
                    "[gguf] note: %s has a sliding window of %lld tokens; llama.cpp's %s ignores it, so texts "
                    "longer than the window differ\n",
@@ -251,6 +271,20 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
               ": llama.cpp's olmo2 needs its own output.weight (this config ties ", "the embeddings)");
     LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's olmo2 needs head_dim * heads (",
               c.head_dim * c.n_head, ") = hidden_size (", c.n_embd, ")");
+  } else if (c.model_type == "gemma3_text") {
+    a = {"gemma3", false};  // NEOX rope, (1 + w) norms stored as 1 + w, GeGLU, sqrt(hidden) embedding scale inside
+    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir, ": llama.cpp's gemma3 has no biases");
+    LMT_CHECK(c.n_layer != 62 && std::abs(c.attn_scale * std::sqrt(double(c.head_dim)) - 1.0) < 1e-6, "[gguf] ", dir,
+              ": llama.cpp's gemma3 scales scores by 1 / sqrt(head_dim) (but for its 62-layer 27B), not this ",
+              "config's query_pre_attn_scalar");
+    LMT_CHECK(c.attn_logit_softcap == 0, "[gguf] ", dir, ": llama.cpp's gemma3 has no attention soft-cap");
+    LMT_CHECK(c.rope.type == "default" && (!c.rope_sliding || c.rope_sliding->type == "default"), "[gguf] ", dir,
+              ": rope scaling on gemma3 (", c.rope.type, ") is not exported (Gemma 3 1B has none)");
+    int64_t window = 0;
+    for (int64_t win : c.layer_window) {
+      LMT_CHECK(win == 0 || window == 0 || win == window, "[gguf] ", dir, ": gemma3 with two window sizes");
+      window = std::max(window, win);
+    }
   } else if (c.model_type == "qwen2") {
     a = {"qwen2", false};
     LMT_CHECK(!c.attention_bias && !c.mlp_bias, "[gguf] ", dir,
@@ -263,10 +297,12 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
               ": llama.cpp's qwen3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
   } else {
     fail("[gguf] ", dir, ": model_type ", c.model_type,
-         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, olmo2, qwen2, qwen3)");
+         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, olmo2, gemma3_text, qwen2, "
+         "qwen3)");
   }
-  LMT_CHECK(c.activation == nn::Activation::silu, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses SiLU, not ",
-            "this config's hidden_act");
+  const nn::Activation act = a.name == "gemma3" ? nn::Activation::gelu_tanh : nn::Activation::silu;
+  LMT_CHECK(c.activation == act, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses ",
+            act == nn::Activation::silu ? "SiLU" : "tanh-approximated GELU", ", not this config's hidden_act");
   LMT_CHECK(c.rope.type == "default" || c.rope.type == "linear" || (c.rope.type == "llama3" && a.name == "llama"),
             "[gguf] ", dir, ": rope type ", c.rope.type, " is not exported for llama.cpp's ", a.name);
   LMT_CHECK(c.head_dim % 2 == 0, "[gguf] ", dir, ": head_dim ", c.head_dim, " is odd");
@@ -343,7 +379,9 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
       if (arch.permute_qk && e.name.find("self_attn.k_proj.") != std::string::npos) heads = c.n_kv_head;
       const std::string hf = e.name;
       const convert::Leaf* lp = &leaf;
-      w.add_tensor(name, t, dims, [plan, cache, lp, hf, t, heads, dims] {
+      // gemma's norms scale by (1 + w); llama.cpp's by w: written shifted, as convert_hf_to_gguf does.
+      const bool shift = c.norm_unit_offset && hf.ends_with("norm.weight");
+      w.add_tensor(name, t, dims, [plan, cache, lp, hf, t, heads, dims, shift] {
         if (cache->first != lp) *cache = {lp, plan->produce(*lp)};
         for (const auto& [n, tensor] : cache->second)
           if (n == hf) {
@@ -354,6 +392,8 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
                           gguf::tensor_type_name(t), " cannot encode");
             const int64_t rows = dims[0], cols = dims.size() == 1 ? 1 : dims[1];
             if (heads) x = permute_rows(x.data(), rows, cols, heads);
+            if (shift)
+              for (float& v : x) v += 1.f;
             return encode(t, x.data(), int64_t(x.size()));
           }
         fail("[gguf] tensor ", hf, " was not produced");

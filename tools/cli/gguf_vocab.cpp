@@ -84,6 +84,11 @@ bool metaspace_normalizer(const json& norm, const json& pre, bool& prepend) {
         return false;
     }
   }
+  // Gemma's: a split at " " after the normalizer replaced every " ": nothing to split.
+  if (replace && !prepend && pre.is_object() && pre.value("type", "") == "Split" && pre.contains("pattern") &&
+      pre["pattern"].value("String", "") == " " && pre.value("behavior", "") == "MergedWithPrevious" &&
+      !pre.value("invert", false))
+    return true;
   if (pre.is_object()) {
     if (pre.value("type", "") != "Metaspace" || replace) return false;
     replace = pre.value("replacement", kMeta) == kMeta;
