@@ -583,6 +583,17 @@ def case_fuse(a):
     check(os.path.exists(os.path.join(save, "m.gguf")), "fuse --gguf-path m.gguf: not written in --save-path")
 
 
+def variant(a, fam, name, **changes):
+    """A copy of FAMILY's tiny model under work/name with config.json's keys changed."""
+    d = os.path.join(a.work, name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(model_dir(a, fam), d)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    cfg.update(changes)
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    return d
+
+
 def case_refusals(a):
     base = model_dir(a, "default")
     out = os.path.join(a.work, "refused.gguf")
@@ -610,39 +621,16 @@ def case_refusals(a):
     # the fused folder is removed too, so the failed fuse leaves nothing.
     refused(a, ["fuse", "--model", base, "--adapter-path", ad, "--save-path", save, "--export-gguf", "--gguf-path",
                 "missing/m.gguf"], "was removed", save, "GGUF failing after the fuse")
-    # A config llama.cpp's qwen3 cannot load: o_proj biases.
-    bad = os.path.join(a.work, "qwen3-bias")
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(model_dir(a, "qwen3"), bad)
-    cfg = json.load(open(os.path.join(bad, "config.json")))
-    cfg["attention_bias"] = True
-    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    # Configs llama.cpp's architectures cannot load (each a copy of a family's model, config changed).
+    bad = variant(a, "qwen3", "qwen3-bias", attention_bias=True)  # o_proj biases
     refused(a, ["fuse", "--model", bad, "--adapter-path", ad, "--save-path", save, "--export-gguf"], "llama.cpp's qwen3",
             save, "qwen3 with attention_bias")
-    # A smollm3 whose layers without rope are not llama.cpp's fixed every-4th pattern.
-    bad = os.path.join(a.work, "smollm3-nope")
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(model_dir(a, "smollm3"), bad)
-    cfg = json.load(open(os.path.join(bad, "config.json")))
-    cfg["no_rope_layers"] = [1, 0, 1, 1]
-    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    bad = variant(a, "smollm3", "smollm3-nope", no_rope_layers=[1, 0, 1, 1])  # not llama.cpp's every-4th
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "no_rope_layers differ at layer 1", out,
             "smollm3 with another no-rope pattern")
-    # A gemma3 whose query_pre_attn_scalar is not head_dim (llama.cpp's gemma3 fixes the scale).
-    bad = os.path.join(a.work, "gemma3-scalar")
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(model_dir(a, "gemma3"), bad)
-    cfg = json.load(open(os.path.join(bad, "config.json")))
-    cfg["query_pre_attn_scalar"] = 24
-    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    bad = variant(a, "gemma3", "gemma3-scalar", query_pre_attn_scalar=24)  # llama.cpp fixes gemma3's scale
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "query_pre_attn_scalar", out, "gemma3's score scale")
-    # A tied olmo2 (llama.cpp's olmo2 requires output.weight).
-    bad = os.path.join(a.work, "olmo2-tied")
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(model_dir(a, "olmo2"), bad)
-    cfg = json.load(open(os.path.join(bad, "config.json")))
-    cfg["tie_word_embeddings"] = True
-    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    bad = variant(a, "olmo2", "olmo2-tied", tie_word_embeddings=True)  # llama.cpp's olmo2 requires output.weight
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "needs its own output.weight", out, "tied olmo2")
     # A pre-tokenizer llama.cpp does not know (a changed Split regex).
     odd = os.path.join(a.work, "default-oddpre")
