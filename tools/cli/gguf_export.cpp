@@ -47,19 +47,18 @@ std::string gguf_name(const std::string& hf, const std::string& arch) {
   static const std::regex kRe(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
   std::smatch m;
   if (!std::regex_match(hf, m, kRe)) return "";
-  // olmo2's norms follow attention and the MLP (post-norm): its post_attention_layernorm is not
-  // llama's pre-MLP norm.
-  static const std::map<std::string, std::string> kPostNorm = {{"post_attention_layernorm", "post_attention_norm"},
-                                                               {"post_feedforward_layernorm", "post_ffw_norm"}};
-  // gemma3's sandwich: its pre_feedforward_layernorm is llama's pre-MLP norm.
-  static const std::map<std::string, std::string> kSandwich = {{"post_attention_layernorm", "post_attention_norm"},
-                                                               {"pre_feedforward_layernorm", "ffn_norm"},
-                                                               {"post_feedforward_layernorm", "post_ffw_norm"}};
-  const auto& post = arch == "gemma3" ? kSandwich : kPostNorm;
-  const std::map<std::string, std::string>& block =
-      (arch == "olmo2" || arch == "gemma3") && post.count(m[2].str()) ? post : kBlock;
-  auto it = block.find(m[2].str());
-  if (it == block.end()) return "";
+  // Where an architecture names a block's norms otherwise: olmo2's follow attention and the MLP
+  // (its post_attention_layernorm is not llama's pre-MLP norm); gemma3's sandwich them.
+  static const std::map<std::string, std::map<std::string, std::string>> kArchNorms = {
+      {"olmo2", {{"post_attention_layernorm", "post_attention_norm"}, {"post_feedforward_layernorm", "post_ffw_norm"}}},
+      {"gemma3",
+       {{"post_attention_layernorm", "post_attention_norm"},
+        {"pre_feedforward_layernorm", "ffn_norm"},
+        {"post_feedforward_layernorm", "post_ffw_norm"}}}};
+  const std::map<std::string, std::string>* block = &kBlock;
+  if (auto a = kArchNorms.find(arch); a != kArchNorms.end() && a->second.count(m[2].str())) block = &a->second;
+  auto it = block->find(m[2].str());
+  if (it == block->end()) return "";
   return "blk." + m[1].str() + "." + it->second + "." + m[3].str();
 }
 
