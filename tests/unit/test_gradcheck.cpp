@@ -114,6 +114,25 @@ TEST(Gradcheck, AttentionGqaAndWindow) {
   }
 }
 
+// Sequences longer than the CPU kernel's 64-row query blocks: the backward's blocks each cover the
+// keys their rows see, and dK / dV sum over blocks (a window shorter than a block drops keys a
+// later block's rows no longer see).
+TEST(Gradcheck, AttentionAcrossQueryBlocks) {
+  Tensor q = rnd({1, 140, 2, 2}, 24), k = rnd({1, 140, 1, 2}, 25), v = rnd({1, 140, 1, 2}, 26);
+  for (int64_t window : {0, 50}) {
+    check("attention blocks", [window](const V& x) { return ag::attention(x[0], x[1], x[2], 0.7f, true, window); },
+          {q, k, v});
+    check("attention blocks softcap",
+          [window](const V& x) { return ag::attention(x[0], x[1], x[2], 1.3f, true, window, 0, nullptr, 0.8f); },
+          {q, k, v});
+  }
+  std::vector<int32_t> ids(140, 0);
+  for (size_t i = 70; i < 140; ++i) ids[i] = i < 75 ? 1 : 2;  // segments 70, 5 and 65 long
+  Tensor seg = Tensor::from_i32(ids, {1, 140});
+  check("attention blocks with segments",
+        [seg](const V& x) { return ag::attention(x[0], x[1], x[2], 0.5f, true, 0, 0, &seg); }, {q, k, v});
+}
+
 // Packed rows (lora --pack): rope at per-token positions, attention kept within segments.
 TEST(Gradcheck, PackedRowsRopeAtAndSegmentAttention) {
   Tensor q = rnd({2, 5, 2, 8}, 21);

@@ -133,8 +133,12 @@ TEST(OpsCpu, AttentionGqaWindowOffset) {
   struct Case {
     int64_t B, T, S, H, KV, D, window, off;
   };
+  // The last four span several of the CPU kernel's 64-row query blocks (each block's products cover
+  // only the keys its rows see): causal, a window shorter and longer than a block, a run-time-like
+  // offset where the first rows see most keys.
   for (Case c : {Case{2, 7, 7, 4, 2, 8, 0, 0}, Case{1, 9, 9, 6, 3, 16, 3, 0}, Case{1, 3, 10, 2, 1, 8, 0, 7},
-                 Case{2, 5, 5, 3, 3, 4, 2, 0}}) {
+                 Case{2, 5, 5, 3, 3, 4, 2, 0}, Case{2, 150, 150, 2, 1, 8, 0, 0}, Case{1, 150, 150, 4, 2, 8, 40, 0},
+                 Case{1, 200, 200, 2, 2, 4, 90, 0}, Case{1, 70, 200, 2, 1, 8, 0, 130}}) {
     Tensor q = rnd({c.B, c.T, c.H, c.D}, 11), k = rnd({c.B, c.S, c.KV, c.D}, 12), v = rnd({c.B, c.S, c.KV, c.D}, 13);
     float scale = 1.f / std::sqrt(float(c.D));
     auto r = ops::attention(q, k, v, scale, true, c.window, c.off);

@@ -1,6 +1,6 @@
 // CPU causal attention with grouped-query heads and an optional sliding window (packed rows one
-// segment at a time): per (batch, head) the score matrix is materialized with sgemm; backward
-// recomputes it from lse. The (batch, head) pairs are split over the pool's threads (parallel.h;
+// segment at a time): per (batch, head) the scores of a block of query rows against the keys the
+// block sees are materialized with sgemm; backward recomputes them from lse. The (batch, head) pairs are split over the pool's threads (parallel.h;
 // backward: the (batch, kv head) pairs, a pair's query heads in order, so dK and dV sum in the
 // same order on any split).
 #include <cblas.h>
@@ -28,15 +28,6 @@ void visible_range(const AttentionArgs& a, int64_t t, int64_t* lo, int64_t* hi) 
   int64_t qp = a.q_offset + t;
   *hi = std::clamp<int64_t>(qp + 1, 0, a.S);
   if (a.window > 0) *lo = std::clamp<int64_t>(qp - a.window + 1, 0, *hi);
-}
-
-// scores (T, S) = scale * Q_h K_g^T for batch b, head h.
-void scores(const AttentionArgs& a, int64_t b, int64_t h, float* sc) {
-  int64_t group = a.n_head / a.n_kv_head, g = h / group, D = a.head_dim;
-  const float* q = static_cast<const float*>(a.q) + (b * a.T * a.n_head + h) * D;
-  const float* k = static_cast<const float*>(a.k) + (b * a.S * a.n_kv_head + g) * D;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(a.T), int(a.S), int(D), a.scale, q, int(a.n_head * D), k,
-              int(a.n_kv_head * D), 0.f, sc, int(a.S));
 }
 
 // Gemma2's soft-cap of a row's visible scores: s = cap * tanh(s / cap); the tanh values are kept
@@ -96,6 +87,45 @@ void copy_lse(const AttentionArgs& a, const AttentionArgs& sub, int64_t b, int64
 }
 }  // namespace
 
+
+namespace {
+// Query rows go in blocks of kRowBlock; a block's products span only the keys some row of it sees
+// (from its first row's lo to its last row's hi), so a causal score matrix costs about half of
+// T x S instead of all of it.
+constexpr int64_t kRowBlock = 64;
+
+struct RowBlock {
+  int64_t t0, t1, k0, k1;  // query rows [t0, t1), keys [k0, k1)
+  int64_t rows() const { return t1 - t0; }
+  int64_t keys() const { return k1 - k0; }
+};
+
+RowBlock row_block(const AttentionArgs& a, int64_t t0) {
+  const int64_t t1 = std::min(a.T, t0 + kRowBlock);
+  int64_t lo0, hi0, lo1, hi1;
+  visible_range(a, t0, &lo0, &hi0);
+  visible_range(a, t1 - 1, &lo1, &hi1);
+  const int64_t k1 = std::max(hi0, hi1);
+  return {t0, t1, std::min(lo0, k1), k1};
+}
+
+// The block's scores (rows, keys) = scale * Q_h[t0:t1] K_g[k0:k1]^T for batch b, head h, row
+// stride keys().
+void block_scores(const AttentionArgs& a, int64_t b, int64_t h, const RowBlock& r, float* sc) {
+  const int64_t group = a.n_head / a.n_kv_head, D = a.head_dim, ldq = a.n_head * D, ldk = a.n_kv_head * D;
+  const float* q = static_cast<const float*>(a.q) + (b * a.T + r.t0) * ldq + h * D;
+  const float* k = static_cast<const float*>(a.k) + (b * a.S + r.k0) * ldk + (h / group) * D;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(r.rows()), int(r.keys()), int(D), a.scale, q, int(ldq), k,
+              int(ldk), 0.f, sc, int(r.keys()));
+}
+
+// Row t's visible keys [lo, hi) as offsets into its block's keys.
+void block_span(const AttentionArgs& a, const RowBlock& r, int64_t t, int64_t* lo, int64_t* hi) {
+  visible_range(a, t, lo, hi);
+  *lo = std::clamp(*lo - r.k0, int64_t(0), r.keys()), *hi = std::clamp(*hi - r.k0, *lo, r.keys());
+}
+}  // namespace
+
 void CpuBackend::attention(const AttentionArgs& args) {
   if (args.segment) {
     cpu_require_f32(args.dtype, "attention");
@@ -107,30 +137,41 @@ void CpuBackend::attention(const AttentionArgs& args) {
   LMT_CPU_PROFILE("attention");
   const AttentionArgs a = resolve_offset(args);
   cpu_require_f32(a.dtype, "attention");
-  int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
+  const int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head, ldq = a.n_head * D;
+  const int64_t ldk = a.n_kv_head * D;
   const float ninf = -std::numeric_limits<float>::infinity();
   cpu::parallel_rows(a.B * a.n_head, a.B * a.n_head * T * S * D >> 17, [&](int64_t u0, int64_t u1) {
-    std::vector<float> sc(static_cast<size_t>(T * S));
+    std::vector<float> sc(static_cast<size_t>(std::min(T, kRowBlock) * S));
     for (int64_t bh = u0; bh < u1; ++bh) {
       const int64_t b = bh / a.n_head, h = bh % a.n_head;
-      scores(a, b, h, sc.data());
-      for (int64_t t = 0; t < T; ++t) {
-        float* row = sc.data() + t * S;
-        int64_t lo, hi;
-        visible_range(a, t, &lo, &hi);
-        if (a.softcap > 0) soft_cap(a.softcap, row + lo, nullptr, hi - lo);
-        const float mx = cpu::max_of(row + lo, hi - lo);
-        const double sum = hi > lo ? cpu::exp_sub_sum(row + lo, mx, row + lo, hi - lo) : 0.0;
-        std::fill(row, row + lo, 0.f);
-        std::fill(row + hi, row + S, 0.f);
-        float inv = sum > 0 ? float(1.0 / sum) : 0.f;
-        for (int64_t s = lo; s < hi; ++s) row[s] *= inv;
-        a.lse[(b * a.n_head + h) * T + t] = sum > 0 ? mx + float(std::log(sum)) : ninf;
+      float* out = static_cast<float*>(a.out) + b * T * ldq + h * D;
+      for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+        const RowBlock r = row_block(a, t0);
+        if (r.keys() <= 0) {  // no row of the block sees a key
+          for (int64_t t = r.t0; t < r.t1; ++t) {
+            std::fill(out + t * ldq, out + t * ldq + D, 0.f);
+            a.lse[(b * a.n_head + h) * T + t] = ninf;
+          }
+          continue;
+        }
+        block_scores(a, b, h, r, sc.data());
+        for (int64_t t = r.t0; t < r.t1; ++t) {
+          float* row = sc.data() + (t - r.t0) * r.keys();
+          int64_t lo, hi;
+          block_span(a, r, t, &lo, &hi);
+          if (a.softcap > 0) soft_cap(a.softcap, row + lo, nullptr, hi - lo);
+          const float mx = cpu::max_of(row + lo, hi - lo);
+          const double sum = hi > lo ? cpu::exp_sub_sum(row + lo, mx, row + lo, hi - lo) : 0.0;
+          const float inv = sum > 0 ? float(1.0 / sum) : 0.f;
+          std::fill(row, row + lo, 0.f);
+          std::fill(row + hi, row + r.keys(), 0.f);
+          for (int64_t s = lo; s < hi; ++s) row[s] *= inv;
+          a.lse[(b * a.n_head + h) * T + t] = sum > 0 ? mx + float(std::log(sum)) : ninf;
+        }
+        const float* v = static_cast<const float*>(a.v) + (b * S + r.k0) * ldk + (h / group) * D;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(r.rows()), int(D), int(r.keys()), 1.f, sc.data(),
+                    int(r.keys()), v, int(ldk), 0.f, out + r.t0 * ldq, int(ldq));
       }
-      const float* v = static_cast<const float*>(a.v) + (b * S * a.n_kv_head + h / group) * D;
-      float* out = static_cast<float*>(a.out) + (b * T * a.n_head + h) * D;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), 1.f, sc.data(), int(S), v,
-                  int(a.n_kv_head * D), 0.f, out, int(a.n_head * D));
     }
   });
 }
@@ -149,52 +190,67 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& ab) {
   const AttentionArgs& a = ab.fwd;
   LMT_CHECK(!a.q_offset_at, "[attention_backward] a run-time q_offset is for inference only");
   cpu_require_f32(a.dtype, "attention_backward");
-  int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
-  int64_t ldq = a.n_head * D, ldk = a.n_kv_head * D;
+  const int64_t T = a.T, S = a.S, D = a.head_dim, group = a.n_head / a.n_kv_head;
+  const int64_t ldq = a.n_head * D, ldk = a.n_kv_head * D;
   std::memset(ab.dk, 0, size_t(a.B * S * ldk) * 4);
   std::memset(ab.dv, 0, size_t(a.B * S * ldk) * 4);
   cpu::parallel_rows(a.B * a.n_kv_head, a.B * a.n_head * T * S * D >> 16, [&](int64_t u0, int64_t u1) {
-    std::vector<float> p(static_cast<size_t>(T * S)), dp(static_cast<size_t>(T * S)), delta(static_cast<size_t>(T));
-    std::vector<float> th(a.softcap > 0 ? static_cast<size_t>(T * S) : 0);  // the soft-cap's tanh values
-    // Pair u = b * n_kv_head + g holds the query heads u * group ... of b * n_head + h.
+    const size_t block = static_cast<size_t>(std::min(T, kRowBlock) * S);
+    std::vector<float> p(block), dp(block), delta(static_cast<size_t>(T));
+    std::vector<float> th(a.softcap > 0 ? block : 0);  // the soft-cap's tanh values
+    // Pair u = b * n_kv_head + g holds the query heads u * group ... of b * n_head + h; their
+    // blocks run in order, so dK and dV sum in the same order on any split.
     for (int64_t bh = u0 * group; bh < u1 * group; ++bh) {
       const int64_t b = bh / a.n_head, h = bh % a.n_head, g = h / group;
-      const float* q = static_cast<const float*>(a.q) + (b * T * a.n_head + h) * D;
-      const float* k = static_cast<const float*>(a.k) + (b * S * a.n_kv_head + g) * D;
-      const float* v = static_cast<const float*>(a.v) + (b * S * a.n_kv_head + g) * D;
-      const float* o = static_cast<const float*>(a.out) + (b * T * a.n_head + h) * D;
-      const float* dout = static_cast<const float*>(ab.dout) + (b * T * a.n_head + h) * D;
-      float* dq = static_cast<float*>(ab.dq) + (b * T * a.n_head + h) * D;
-      float* dk = static_cast<float*>(ab.dk) + (b * S * a.n_kv_head + g) * D;
-      float* dv = static_cast<float*>(ab.dv) + (b * S * a.n_kv_head + g) * D;
-      scores(a, b, h, p.data());
+      const float* q = static_cast<const float*>(a.q) + b * T * ldq + h * D;
+      const float* k = static_cast<const float*>(a.k) + b * S * ldk + g * D;
+      const float* v = static_cast<const float*>(a.v) + b * S * ldk + g * D;
+      const float* o = static_cast<const float*>(a.out) + b * T * ldq + h * D;
+      const float* dout = static_cast<const float*>(ab.dout) + b * T * ldq + h * D;
+      float* dq = static_cast<float*>(ab.dq) + b * T * ldq + h * D;
+      float* dk = static_cast<float*>(ab.dk) + b * S * ldk + g * D;
+      float* dv = static_cast<float*>(ab.dv) + b * S * ldk + g * D;
       const float* lse = a.lse + (b * a.n_head + h) * T;
       for (int64_t t = 0; t < T; ++t) {
         double d = 0;
         for (int64_t j = 0; j < D; ++j) d += double(dout[t * ldq + j]) * o[t * ldq + j];
-        delta[t] = float(d);
-        int64_t lo, hi;
-        visible_range(a, t, &lo, &hi);
-        float* row = p.data() + t * S;
-        if (a.softcap > 0) soft_cap(a.softcap, row + lo, th.data() + t * S + lo, hi - lo);
-        if (hi > lo) cpu::exp_sub_sum(row + lo, lse[t], row + lo, hi - lo);
-        std::fill(row, row + lo, 0.f);
-        std::fill(row + hi, row + S, 0.f);
+        delta[size_t(t)] = float(d);
       }
-      // dV_g += P^T dO ; dP = dO V^T
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), 1.f, p.data(), int(S), dout,
-                  int(ldq), 1.f, dv, int(ldk));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), 1.f, dout, int(ldq), v, int(ldk),
-                  0.f, dp.data(), int(S));
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t s = 0; s < S; ++s) dp[t * S + s] = p[t * S + s] * (dp[t * S + s] - delta[t]);
-      if (a.softcap > 0)  // through s = cap * tanh(u / cap): du = ds * (1 - tanh^2); p is 0 where th is unset
-        for (int64_t i = 0; i < T * S; ++i) dp[size_t(i)] *= 1.f - th[size_t(i)] * th[size_t(i)];
-      // dQ = scale * dS K ; dK_g += scale * dS^T Q
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), a.scale, dp.data(), int(S), k,
-                  int(ldk), 0.f, dq, int(ldq));
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(S), int(D), int(T), a.scale, dp.data(), int(S), q,
-                  int(ldq), 1.f, dk, int(ldk));
+      for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+        const RowBlock r = row_block(a, t0);
+        const int64_t n = r.keys(), m = r.rows();
+        if (n <= 0) {  // the block's rows see no key: no gradient for their queries
+          for (int64_t t = r.t0; t < r.t1; ++t) std::fill(dq + t * ldq, dq + t * ldq + D, 0.f);
+          continue;
+        }
+        block_scores(a, b, h, r, p.data());
+        for (int64_t t = r.t0; t < r.t1; ++t) {
+          float* row = p.data() + (t - r.t0) * n;
+          int64_t lo, hi;
+          block_span(a, r, t, &lo, &hi);
+          if (a.softcap > 0) soft_cap(a.softcap, row + lo, th.data() + (t - r.t0) * n + lo, hi - lo);
+          if (hi > lo) cpu::exp_sub_sum(row + lo, lse[t], row + lo, hi - lo);
+          std::fill(row, row + lo, 0.f);
+          std::fill(row + hi, row + n, 0.f);
+        }
+        // dV_g[k0:k1] += P^T dO[t0:t1] ; dP = dO[t0:t1] V_g[k0:k1]^T
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(n), int(D), int(m), 1.f, p.data(), int(n),
+                    dout + r.t0 * ldq, int(ldq), 1.f, dv + r.k0 * ldk, int(ldk));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(D), 1.f, dout + r.t0 * ldq, int(ldq),
+                    v + r.k0 * ldk, int(ldk), 0.f, dp.data(), int(n));
+        for (int64_t t = r.t0; t < r.t1; ++t) {
+          const size_t at = size_t((t - r.t0) * n);
+          const float dt = delta[size_t(t)];
+          for (int64_t s = 0; s < n; ++s) dp[at + s] = p[at + s] * (dp[at + s] - dt);
+        }
+        if (a.softcap > 0)  // through s = cap * tanh(u / cap): du = ds * (1 - tanh^2); p is 0 where th is unset
+          for (size_t i = 0; i < size_t(m * n); ++i) dp[i] *= 1.f - th[i] * th[i];
+        // dQ[t0:t1] = scale * dS K_g[k0:k1] ; dK_g[k0:k1] += scale * dS^T Q[t0:t1]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m), int(D), int(n), a.scale, dp.data(), int(n),
+                    k + r.k0 * ldk, int(ldk), 0.f, dq + r.t0 * ldq, int(ldq));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(n), int(D), int(m), a.scale, dp.data(), int(n),
+                    q + r.t0 * ldq, int(ldq), 1.f, dk + r.k0 * ldk, int(ldk));
+      }
     }
   });
 }

@@ -36,14 +36,18 @@ void product(const GemmArgs& g, const float* a, const float* b, float* c) {
   if (g.M == 1)
     return cpu::parallel_rows(g.N, g.N * g.K >> 15, [&](int64_t j0, int64_t j1) { sgemv(g, a, b, c, j0, j1); });
   const int64_t work = g.M * g.N * g.K >> 17;
+  // A dense product in 2 pieces a thread, not 4: each piece packs the whole of the other operand
+  // again (~10% of a 960 x 512 x 1536 product cut in 8, measured on 2 cores).
+  const int per_thread = std::min({g.M, g.N, g.K}) > 32 ? 2 : 4;
   if (g.M >= g.N) {  // rows of C (and of op(A))
-    cpu::parallel_rows(g.M, work, [&](int64_t i0, int64_t i1) {
-      sgemm(g, a + (g.trans_a ? i0 : i0 * g.lda), b, c + i0 * g.ldc, i1 - i0, g.N);
-    });
+    cpu::parallel_rows(
+        g.M, work,
+        [&](int64_t i0, int64_t i1) { sgemm(g, a + (g.trans_a ? i0 : i0 * g.lda), b, c + i0 * g.ldc, i1 - i0, g.N); },
+        per_thread);
   } else {  // columns of C (and of op(B))
-    cpu::parallel_rows(g.N, work, [&](int64_t j0, int64_t j1) {
-      sgemm(g, a, b + (g.trans_b ? j0 * g.ldb : j0), c + j0, g.M, j1 - j0);
-    });
+    cpu::parallel_rows(
+        g.N, work, [&](int64_t j0, int64_t j1) { sgemm(g, a, b + (g.trans_b ? j0 * g.ldb : j0), c + j0, g.M, j1 - j0); },
+        per_thread);
   }
 }
 

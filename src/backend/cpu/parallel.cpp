@@ -36,14 +36,14 @@ class Pool {
   }
   int size() const { return int(threads_.size()) + 1; }
 
-  void run(int64_t rows, const std::function<void(int64_t, int64_t)>& f) {
+  void run(int64_t rows, const std::function<void(int64_t, int64_t)>& f, int per_thread) {
     std::lock_guard<std::mutex> serial(run_mu_);  // one job at a time (callers on several threads)
     uint64_t job;
     {
       std::lock_guard<std::mutex> lock(mu_);
       f_ = &f;
       rows_ = rows;
-      chunks_ = std::min<int64_t>(rows, int64_t(size()) * kChunksPerThread);
+      chunks_ = std::min<int64_t>(rows, int64_t(size()) * std::max(1, per_thread));
       done_.store(0, std::memory_order_relaxed);
       job = ++job_;
       next_.store(job << 32, std::memory_order_release);  // chunk 0 of this job
@@ -58,8 +58,6 @@ class Pool {
   }
 
  private:
-  static constexpr int64_t kChunksPerThread = 4;
-
   // Takes and runs chunks of job `job` until none is left (or a newer job has started: a worker
   // that woke late). A chunk's exception is kept (the first of a job) for run() to rethrow.
   void work(uint64_t job) {
@@ -127,9 +125,9 @@ int threads() {
   return n;
 }
 
-void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f) {
+void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f, int per_thread) {
   if (threads() <= 1 || rows < 2 || work < 2) return f(0, rows);
-  pool().run(rows, f);
+  pool().run(rows, f, per_thread);
 }
 
 }  // namespace lmtune::cpu

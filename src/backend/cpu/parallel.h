@@ -14,13 +14,14 @@ namespace lmtune::cpu {
 // compete for the same cores. Call it before any OpenBLAS call.
 int threads();
 
-// Runs f(r0, r1) over [0, rows) in contiguous chunks (a fixed cut, up to 4 a thread) that the
+// Runs f(r0, r1) over [0, rows) in contiguous chunks (a fixed cut, up to `per_thread` a thread) that the
 // threads (threads(), the calling one included) take as they come free; on the calling thread
 // alone when `work` is below 2 (each caller scales its element count so that 2 repays a second
 // core), on one thread, or for one row. f must give each row the same result whichever chunk or
 // thread runs it. Returns when every chunk has run; then rethrows the first exception a chunk
-// threw. Not reentrant: f must not call parallel_rows.
-void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f);
+// threw. Not reentrant: f must not call parallel_rows. More chunks share a loaded machine's free
+// core better; fewer cost less where each chunk repeats work (an sgemm packs all of B again).
+void parallel_rows(int64_t rows, int64_t work, const std::function<void(int64_t, int64_t)>& f, int per_thread = 4);
 
 // A streaming kernel over n elements (f(i0, i1) on a piece), split from 2^16 element-costs on:
 // `cost` is a rough per-element weight (1 for an add, ~16 for a kernel with an exp).
