@@ -1,8 +1,8 @@
 // CPU causal attention with grouped-query heads and an optional sliding window (packed rows one
 // segment at a time): per (batch, head) the scores of a block of query rows against the keys the
-// block sees are materialized with sgemm; backward recomputes them from lse. The (batch, head) pairs are split over the pool's threads (parallel.h;
-// backward: the (batch, kv head) pairs, a pair's query heads in order, so dK and dV sum in the
-// same order on any split).
+// block sees are materialized with sgemm; backward recomputes them from lse. The (batch, head) pairs are split over the
+// pool's threads (parallel.h; backward: the (batch, kv head) pairs, a pair's query heads in order, so dK and dV sum in
+// the same order on any split).
 #include <cblas.h>
 
 #include <algorithm>
@@ -86,7 +86,6 @@ void copy_lse(const AttentionArgs& a, const AttentionArgs& sub, int64_t b, int64
   }
 }
 }  // namespace
-
 
 namespace {
 // Query rows go in blocks of kRowBlock; a block's products span only the keys some row of it sees

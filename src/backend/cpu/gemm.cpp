@@ -46,7 +46,8 @@ void product(const GemmArgs& g, const float* a, const float* b, float* c) {
         per_thread);
   } else {  // columns of C (and of op(B))
     cpu::parallel_rows(
-        g.N, work, [&](int64_t j0, int64_t j1) { sgemm(g, a, b + (g.trans_b ? j0 * g.ldb : j0), c + j0, g.M, j1 - j0); },
+        g.N, work,
+        [&](int64_t j0, int64_t j1) { sgemm(g, a, b + (g.trans_b ? j0 * g.ldb : j0), c + j0, g.M, j1 - j0); },
         per_thread);
   }
 }
