@@ -374,6 +374,17 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
   }
   LMT_CHECK(begin == N, "[model] the packed lengths sum to ", begin, ", not ", N);
   if (seqs.size() == 1) return forward(ids, *seqs[0].cache, true).reshape({1, cfg_.n_vocab});
+  if (cfg_.rope.type == "longrope") {
+    // One set of frequencies rotates a forward's rows (use_rope_for, by the furthest position):
+    // the sequences within original_max_position_embeddings and those past it run as two packed
+    // forwards, their logits rows put back in order. (A sequence whose cache holds rows made with
+    // the short set and that now crosses the limit must be run again whole by its caller first:
+    // runtime/generate.h's longrope_reruns.)
+    std::vector<size_t> part[2];
+    for (size_t i = 0; i < seqs.size(); ++i)
+      part[seqs[i].cache->offset() + seqs[i].length > cfg_.rope.original_max_position_embeddings].push_back(i);
+    if (!part[0].empty() && !part[1].empty()) return forward_packed_parts(ids, seqs, spans, part);
+  }
   LMT_CHECK(!weights_.empty(), "[model] forward before the weights were set");
   ag::NoGradGuard no_grad;
   use_masters();
@@ -400,6 +411,27 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
     ops::copy_rows_into(last, i, rows.slice_rows(end - 1, end));
   }
   return head_.forward(last.reshape({1, S, C})).reshape({S, cfg_.n_vocab});
+}
+
+Tensor DecoderModel::forward_packed_parts(const Tensor& ids, const std::vector<PackedSequence>& seqs,
+                                          const std::vector<nn::PackedSpan>& spans,
+                                          const std::vector<size_t> (&part)[2]) {
+  const Tensor host_ids = ops::to(ids, Device::cpu);
+  const int32_t* all = host_ids.data<int32_t>();
+  Tensor out;
+  for (const std::vector<size_t>& p : part) {
+    std::vector<int32_t> sub_ids;
+    std::vector<PackedSequence> sub;
+    for (size_t i : p) {
+      sub_ids.insert(sub_ids.end(), all + spans[i].begin, all + spans[i].begin + spans[i].length);
+      sub.push_back(seqs[i]);
+    }
+    const Tensor lg = forward_packed(Tensor::from_i32(sub_ids, {1, int64_t(sub_ids.size())}), sub);
+    if (!out.defined()) out = ops::empty({int64_t(seqs.size()), cfg_.n_vocab}, lg.dtype(), lg.device());
+    for (size_t k = 0; k < p.size(); ++k)
+      ops::copy_rows_into(out, int64_t(p[k]), lg.slice_rows(int64_t(k), int64_t(k) + 1));
+  }
+  return out;
 }
 
 std::unique_ptr<Model> build_decoder(const ModelConfig& cfg) { return std::make_unique<DecoderModel>(cfg); }

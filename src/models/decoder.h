@@ -59,6 +59,10 @@ class DecoderModel final : public Model {
   // stay off for such models anyway: runtime/decode_graph.cpp).
   bool rope_long_ = false;
   void use_rope_for(int64_t positions);  // positions: the largest position of the forward + 1
+  // forward_packed of a longrope model whose sequences straddle the limit: part[0] (within) and
+  // part[1] (past it) as two packed forwards.
+  Tensor forward_packed_parts(const Tensor& ids, const std::vector<PackedSequence>& seqs,
+                              const std::vector<nn::PackedSpan>& spans, const std::vector<size_t> (&part)[2]);
   nn::Embedding embed_;
   std::vector<Block> blocks_;
   nn::LmHead head_;

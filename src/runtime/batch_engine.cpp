@@ -402,46 +402,32 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   if (decode_only) ++stats_.decode_steps, stats_.decode_step_seconds += std::chrono::duration<double>(t2 - t0).count();
 }
 
-// longrope (Phi-3.5, the 128k Phi-3 models) rotates every row of a forward with the short factors
-// while the longest sequence in it stays within original_max_position_embeddings, and with the
-// long ones past it (models/decoder.h). A step's sequences therefore run as two packed forwards,
-// those within the limit and those past it; and a sequence whose rows cross the limit in this
-// step first feeds every id its cache holds again, into the emptied cache, so that its whole
-// history is rotated with the long factors (as Generator::generate does; runtime/generate.h).
+// longrope (Phi-3.5, the 128k Phi-3 models): a sequence whose rows cross
+// original_max_position_embeddings in this step first feeds every id its cache holds again, into
+// the emptied cache, so that its whole history is rotated with the long factors (as
+// Generator::generate does; runtime/generate.h). forward_packed runs the sequences within the
+// limit and those past it with their own factors (models/decoder.h).
 std::vector<float> BatchEngine::forward_longrope(const std::vector<Sequence*>& in_step, const std::vector<int32_t>& ids,
                                                  const std::vector<PackedSequence>& packed) {
   const ModelConfig& cfg = model_->config();
-  const size_t V = size_t(cfg.n_vocab);
-  std::vector<int32_t> group_ids[2];
-  std::vector<PackedSequence> group[2];
-  std::vector<size_t> rows[2];
+  std::vector<int32_t> all_ids;
+  std::vector<PackedSequence> seqs = packed;
   auto at = ids.begin();
   for (size_t i = 0; i < in_step.size(); ++i) {
     DenseKVCache& c = *in_step[i]->cache;  // packed[i]'s
-    std::vector<int32_t> feed(at, at + packed[i].length);
-    at += packed[i].length;
     const int64_t held = c.offset();
     if (longrope_reruns(cfg, held, packed[i].length)) {
       const std::vector<int32_t> known = known_ids(*in_step[i]);
       LMT_CHECK(held <= int64_t(known.size()), "[batch] a cache of ", held, " rows for ", known.size(), " known ids");
-      feed.insert(feed.begin(), known.begin(), known.begin() + held);
+      all_ids.insert(all_ids.end(), known.begin(), known.begin() + held);
+      seqs[i].length += held;
       c.reset();
     }
-    const int g = c.offset() + int64_t(feed.size()) > cfg.rope.original_max_position_embeddings ? 1 : 0;
-    group_ids[g].insert(group_ids[g].end(), feed.begin(), feed.end());
-    group[g].push_back({int64_t(feed.size()), &c});
-    rows[g].push_back(i);
+    all_ids.insert(all_ids.end(), at, at + packed[i].length);
+    at += packed[i].length;
   }
-  std::vector<float> host(in_step.size() * V);
-  for (int g = 0; g < 2; ++g) {
-    if (group[g].empty()) continue;
-    Tensor lg = model_->forward_packed(Tensor::from_i32(group_ids[g], {1, int64_t(group_ids[g].size())}), group[g]);
-    const std::vector<float> r = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
-    for (size_t k = 0; k < rows[g].size(); ++k)
-      std::copy(r.begin() + ptrdiff_t(k * V), r.begin() + ptrdiff_t((k + 1) * V),
-                host.begin() + ptrdiff_t(rows[g][k] * V));
-  }
-  return host;
+  Tensor lg = model_->forward_packed(Tensor::from_i32(all_ids, {1, int64_t(all_ids.size())}), seqs);
+  return ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
 }
 
 bool BatchEngine::after_prefill_chunk(Sequence& s, const float* row) {
