@@ -435,6 +435,8 @@ bool hub_file_needed(const std::string& name) {
   return false;
 }
 
+bool is_hub_model_name(const std::string& spec) { return is_hub_repo_id(spec.substr(0, spec.find('@'))); }
+
 std::string resolve_model(const std::string& spec) { return resolve_model(spec, HubSettings::from_env()); }
 
 std::string resolve_model(const std::string& spec, const HubSettings& settings) {

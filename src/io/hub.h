@@ -27,6 +27,9 @@ std::string resolve_model(const std::string& spec, const HubSettings& settings);
 // '~', and the huggingface_hub repo-id grammar ([org/]name of [A-Za-z0-9_.-], no '--' or '..').
 bool is_hub_repo_id(const std::string& spec);
 
+// is_hub_repo_id of spec without an `@revision` suffix (resolve_model's grammar).
+bool is_hub_model_name(const std::string& spec);
+
 // "org/name" -> "models--org--name" (huggingface_hub's repo_folder_name).
 std::string hub_repo_folder_name(const std::string& repo_id);
 

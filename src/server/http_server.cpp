@@ -254,12 +254,19 @@ struct HttpServer::Impl {
     metrics.request_started();
     try {
       check_auth(req);
-      const std::string& id = session.served().id;
-      if (req.matches.size() > 1 && req.matches[1] != id)
-        throw ApiError(404, "The model '" + std::string(req.matches[1]) + "' does not exist", "model",
-                       "model_not_found");
-      json body = models_json(id, started);
-      reply_json(res, 200, req.matches.size() > 1 ? body["data"][0] : body);
+      // The served model, then the Hugging Face cache's (a request's `model` may name either).
+      std::vector<std::pair<std::string, int64_t>> listed{{session.served().id, started}};
+      for (auto& m : hub_cache_models())
+        if (m.first != listed[0].first) listed.push_back(std::move(m));
+      json body = models_json(listed);
+      if (req.matches.size() > 1) {
+        const std::string want = req.matches[1];
+        auto it = std::find_if(listed.begin(), listed.end(), [&](const auto& m) { return m.first == want; });
+        if (it == listed.end())
+          throw ApiError(404, "The model '" + want + "' does not exist", "model", "model_not_found");
+        body = body["data"][size_t(it - listed.begin())];
+      }
+      reply_json(res, 200, body);
       metrics.request_finished("/v1/models", 200, seconds_since(arrival));
       log_line(LogLevel::debug, "- GET " + req.path + " 200");
     } catch (const ApiError& e) {

@@ -1,11 +1,14 @@
 // Request validation: each field's JSON type and range checked once, by name, into the typed request.
 #include "server/request.h"
 
+#include "io/hub.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
 
+#include "io/hub.h"
 #include "server/api_error.h"
 #include "server/request_tools.h"
 
@@ -267,9 +270,9 @@ void parse_model(const ojson& body, const RequestDefaults& d, CompletionRequest&
   if (!m->is_string()) throw wrong_type("model", "a string", *m);
   r.model = m->get<std::string>();
   if (r.model == "default_model") return;  // mlx-lm's name for the loaded model
-  std::error_code ec;                      // a local folder: a model to switch to (Session::key_for checks it further)
+  std::error_code ec;  // a local folder or a Hub id: a model to switch to (Session::key_for checks it further)
   if (std::find(d.model_names.begin(), d.model_names.end(), r.model) == d.model_names.end() &&
-      !std::filesystem::is_directory(r.model, ec))
+      !std::filesystem::is_directory(r.model, ec) && !is_hub_model_name(r.model))
     throw ApiError(404,
                    "The model '" + r.model + "' does not exist (this server serves " +
                        (d.model_names.empty() ? std::string("none") : d.model_names[0]) + ")",

@@ -172,10 +172,11 @@ json usage_chunk_json(const ResponseHead& h, const CompletionRequest& r, int64_t
 
 std::string sse(const json& j) { return "data: " + dump_json(j) + "\n\n"; }
 
-json models_json(const std::string& model_id, int64_t created) {
-  return {
-      {"object", "list"},
-      {"data", json::array({{{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "lmtune"}}})}};
+json models_json(const std::vector<std::pair<std::string, int64_t>>& models) {
+  json data = json::array();
+  for (const auto& [id, created] : models)
+    data.push_back({{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "lmtune"}});
+  return {{"object", "list"}, {"data", data}};
 }
 
 }  // namespace lmtune::server

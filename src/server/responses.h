@@ -49,6 +49,7 @@ nlohmann::ordered_json usage_chunk_json(const ResponseHead& h, const CompletionR
 // "data: JSON\n\n".
 std::string sse(const nlohmann::ordered_json& j);
 
-nlohmann::ordered_json models_json(const std::string& model_id, int64_t created);
+// /v1/models' list: (id, created) per model, the served one first.
+nlohmann::ordered_json models_json(const std::vector<std::pair<std::string, int64_t>>& models);
 
 }  // namespace lmtune::server

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "io/hub.h"
 #include "server/api_error.h"
 #include "server/stop_matcher.h"
 #include "tokenizer/streaming_detokenizer.h"
@@ -67,6 +68,28 @@ Session::Session(ServedModel served) : served_(std::move(served)) {
 // The engine first: its thread runs on current_'s model until it stops.
 Session::~Session() { engine_.reset(); }
 
+std::vector<std::pair<std::string, int64_t>> hub_cache_models() {
+  namespace fs = std::filesystem;
+  HubSettings hs = HubSettings::from_env();
+  hs.offline = true;
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const CachedRepo& repo : scan_hub_cache(hs.cache_dir)) {
+    std::error_code ec;
+    std::string snap;
+    try {
+      snap = resolve_model(repo.repo_id, hs);  // refs/main's snapshot, checked to stay in the cache
+    } catch (const Error&) {
+      continue;  // no main snapshot, or one that leads out of the cache
+    }
+    const fs::path d(snap);
+    if (fs::is_regular_file(d / "config.json", ec) && fs::is_regular_file(d / "tokenizer_config.json", ec) &&
+        (fs::is_regular_file(d / "model.safetensors.index.json", ec) ||
+         fs::is_regular_file(d / "model.safetensors", ec)))
+      out.emplace_back(repo.repo_id, repo.last_modified);
+  }
+  return out;
+}
+
 Session::Slot Session::admit() {
   const int64_t limit = served_.decode_concurrency + served_.max_queued;
   if (++admitted_ > limit) {
@@ -85,11 +108,27 @@ std::pair<std::string, std::string> Session::key_for(const CompletionRequest& r)
   std::error_code ec;
   const bool named = !r.model.empty() && r.model != "default_model" && r.model != served_.id;
   if (named) {
-    const fs::path p(r.model);
+    fs::path p(r.model);
+    if (!fs::is_directory(p, ec) && is_hub_model_name(r.model)) {
+      // A Hub id (org/name[@revision]) from the Hugging Face cache only: a request never makes the
+      // server download (the cache is filled by `lmtune generate --model ...` or huggingface-cli).
+      HubSettings hs = HubSettings::from_env();
+      hs.offline = true;
+      try {
+        p = resolve_model(r.model, hs);
+      } catch (const Error& e) {
+        throw ApiError(404,
+                       "The model '" + r.model +
+                           "' is not in the Hugging Face cache (the server loads Hub ids from the cache only, never "
+                           "downloading; fetch it first, e.g. `lmtune generate --model " +
+                           r.model + " -p hi`): " + e.what(),
+                       "model", "model_not_found");
+      }
+    }
     if (!fs::is_directory(p, ec))
       throw ApiError(404,
                      "The model '" + r.model + "' does not exist (this server serves " + served_.id +
-                         ", and loads other models from local folders only)",
+                         ", and loads other models from local folders or the Hugging Face cache)",
                      "model", "model_not_found");
     if (!fs::is_regular_file(p / "config.json", ec))
       throw ApiError(404, "The model folder '" + r.model + "' has no config.json", "model", "model_not_found");

@@ -29,6 +29,11 @@ namespace lmtune::server {
 
 using Clock = std::chrono::steady_clock;
 
+// The Hugging Face cache's models a request's `model` may name (as mlx-lm's /v1/models lists them:
+// repos whose main snapshot holds config.json, tokenizer_config.json and the weights, here a single
+// model.safetensors too), as (repo id, last modified), sorted by id.
+std::vector<std::pair<std::string, int64_t>> hub_cache_models();
+
 // One loaded (model folder, adapters) pair and what depends on its tokenizer.
 struct Resident {
   std::string model_dir;  // the folder, canonical (the served one, or a request's `model`)

@@ -193,10 +193,24 @@ def case_adapters(a):
             return st, j, None
         return st, j["choices"][0]["text"], j["usage"]["prompt_tokens_details"]["cached_tokens"]
 
-    srv = Server(a.lmtune, a.model, "--prompt-cache-size", "10")
+    # A Hub id from the Hugging Face cache (never downloaded by a request): the truncated model
+    # under models--test--part, its refs/main naming the snapshot.
+    hub = os.path.join(a.work, "hub-cache")
+    shutil.rmtree(hub, ignore_errors=True)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(part, os.path.join(hub, "models--test--part", "snapshots", commit))
+    os.makedirs(os.path.join(hub, "models--test--part", "refs"))
+    open(os.path.join(hub, "models--test--part", "refs", "main"), "w").write(commit)
+    body["hub"], want["hub"] = {"model": "test/part"}, want["part"]
+    other = os.path.join(hub, "models--test--config-only", "snapshots", commit)  # not listed: no weights
+    os.makedirs(other)
+    shutil.copy(os.path.join(part, "config.json"), other)
+    os.makedirs(os.path.join(hub, "models--test--config-only", "refs"))
+    open(os.path.join(hub, "models--test--config-only", "refs", "main"), "w").write(commit)
+    srv = Server(a.lmtune, a.model, "--prompt-cache-size", "10", env={"HF_HUB_CACHE": hub, "HF_HUB_OFFLINE": "0"})
     try:
         seen = []
-        for which in ["base", "a", "a", "b", "base", "none", "part", "part+p", "part", "a"]:
+        for which in ["base", "a", "a", "b", "base", "none", "part", "part+p", "part", "a", "hub"]:
             st, text, cached = ask(srv, which)
             exp = want["base" if which == "none" else which]
             check(st == 200 and text == exp, f"{which}: {st} {text!r} != generate {exp!r}")
@@ -233,6 +247,16 @@ def case_adapters(a):
         expect_error(srv, chat_body(p, model="/no/such/model"), 404, "model", "model_not_found", "a missing model")
         expect_error(srv, chat_body(p, model=ad_a), 404, "model", "model_not_found", "an adapter folder as the model")
         expect_error(srv, chat_body(p, adapters=3), 400, "adapters", "invalid_type", "adapters not a string")
+        st, h, ms = srv.request("GET", "/v1/models")
+        ids = [m["id"] for m in json.loads(ms)["data"]] if st == 200 else []
+        check(ids == [a.model, "test/part"], f"/v1/models: the served model, then the cache's: {st} {ids}")
+        st, h, one = srv.request("GET", "/v1/models/test/part")
+        check(st == 200 and json.loads(one)["id"] == "test/part", f"/v1/models/test/part: {st} {one}")
+        st, h, one = srv.request("GET", "/v1/models/test/config-only")
+        check(st == 404, f"/v1/models/test/config-only (no weights): {st} {one}")
+        st, j = srv.post("/v1/chat/completions", chat_body(p, model="test/not-cached"))
+        check(st == 404 and j["error"]["code"] == "model_not_found" and "not in the Hugging Face cache" in
+              j["error"]["message"], f"a Hub id not in the cache: {st} {j}")
         st, j = srv.post("/v1/chat/completions", chat_body(p, adapters=broken))
         check(st == 400 and j["error"]["param"] == "adapters" and "cannot load" in j["error"]["message"],
               f"a broken adapter: {st} {j}")

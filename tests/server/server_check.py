@@ -47,10 +47,11 @@ def check(cond, what):
 
 
 class Server:
-    def __init__(self, lmtune, model, *extra):
+    def __init__(self, lmtune, model, *extra, env=None):
         self.proc = subprocess.Popen(
             [lmtune, "server", "--model", model, "--device", "cpu", "--port", "0", *extra],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, errors="replace")
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, errors="replace",
+            env=dict(os.environ, **env) if env else None)
         self.lines = []
         self.port = None
         ready = threading.Event()
