@@ -42,6 +42,16 @@ void bm_linear(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
   set_counters(state, 2.0 * M * K * N, 4.0 * (M * K + K * N + M * N));
 }
 
+// LoRA's rank-r products, as ag::lora_add runs them: c (M, N) = op(a) @
+// op(b) into an existing c, a stored (K, M) when ta, b stored (N, K) when tb.
+void bm_gemm_into(benchmark::State& state, int64_t M, int64_t K, int64_t N, bool ta, bool tb) {
+  Tensor a = ops::randn(ta ? lmtune::Shape{K, M} : lmtune::Shape{M, K}, 11, 1.f);
+  Tensor b = ops::randn(tb ? lmtune::Shape{N, K} : lmtune::Shape{K, N}, 12, 1.f);
+  Tensor c = ops::randn({M, N}, 13, 1.f);
+  for (auto _ : state) ops::gemm_into(c, a, b, ta, tb, 1.f, 0.f);
+  set_counters(state, 2.0 * M * K * N, 4.0 * (M * K + K * N + M * N));
+}
+
 // Causal attention, B = 1: forward FLOPs 4 B H T T D / 2; backward counted as 2.5x forward.
 double attention_flops(int64_t B, int64_t T, int64_t H, int64_t D) { return 4.0 * B * H * T * T * D / 2; }
 
@@ -92,6 +102,15 @@ void register_all() {
     configure(benchmark::RegisterBenchmark(("matmul/" + mkn(s.m, s.k, s.n)).c_str(), bm_matmul, s.m, s.k, s.n));
   for (Mm s : {Mm{256, 1024, 2816}, Mm{1, 4096, 4096}})
     configure(benchmark::RegisterBenchmark(("linear/" + mkn(s.m, s.k, s.n)).c_str(), bm_linear, s.m, s.k, s.n));
+  struct Thin {
+    int64_t m, k, n;
+    bool ta, tb;
+    const char* what;
+  };
+  for (Thin s : {Thin{960, 512, 8, false, false, "x A"}, Thin{960, 1536, 8, false, true, "dY B^T"},
+                 Thin{8, 960, 1536, true, false, "(x A)^T dY"}, Thin{512, 960, 8, true, false, "x^T (dY B^T)"}})
+    configure(benchmark::RegisterBenchmark(("lora_product/" + mkn(s.m, s.k, s.n) + " " + s.what).c_str(), bm_gemm_into,
+                                           s.m, s.k, s.n, s.ta, s.tb));
   struct Att {
     int64_t T, H, Hkv, D;
   };

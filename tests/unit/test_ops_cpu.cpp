@@ -46,6 +46,45 @@ TEST(OpsCpu, MatmulAllTransposesAndBatches) {
   EXPECT_THROW(ops::matmul(rnd({2, 3}, 1), rnd({4, 2}, 1)), Error);
 }
 
+// LoRA's rank-r products (one side <= 32 wide, the others >= 64), with alpha and beta, against a
+// double reference: x A and dY B^T (N narrow), (x A)^T dY (M narrow) and x^T (dY B^T) (N narrow, A
+// transposed); odd sizes, and 33 wide.
+TEST(OpsCpu, ThinProducts) {
+  struct Case {
+    int64_t M, K, N;
+    bool ta, tb;
+  };
+  std::vector<Case> cases;
+  for (int64_t N : {1, 5, 8, 17, 32, 33})
+    for (int64_t K : {64, 100, 515})
+      for (bool tb : {false, true}) cases.push_back({129, K, N, false, tb});
+  for (int64_t M : {3, 8, 32})
+    for (int64_t N : {64, 70, 531}) cases.push_back({M, 97, N, true, false});
+  for (int64_t N : {5, 8, 20})
+    for (int64_t M : {64, 100, 515}) cases.push_back({M, 64, N, true, false});
+  for (const Case& t : cases)
+    for (float beta : {0.f, 0.5f}) {
+      Tensor a = rnd(t.ta ? Shape{t.K, t.M} : Shape{t.M, t.K}, 31);
+      Tensor b = rnd(t.tb ? Shape{t.N, t.K} : Shape{t.K, t.N}, 32);
+      Tensor c = rnd({t.M, t.N}, 33);
+      const std::vector<float> av = vec(a), bv = vec(b), c0 = vec(c);
+      ops::gemm_into(c, a, b, t.ta, t.tb, 0.7f, beta);
+      std::vector<float> ref(size_t(t.M * t.N));
+      for (int64_t i = 0; i < t.M; ++i)
+        for (int64_t j = 0; j < t.N; ++j) {
+          double sum = 0;
+          for (int64_t k = 0; k < t.K; ++k)
+            sum += double(t.ta ? av[size_t(k * t.M + i)] : av[size_t(i * t.K + k)]) *
+                   (t.tb ? bv[size_t(j * t.K + k)] : bv[size_t(k * t.N + j)]);
+          ref[size_t(i * t.N + j)] = float(0.7 * sum + beta * c0[size_t(i * t.N + j)]);
+        }
+      expect_close(vec(c), ref, 2e-5, 1e-5,
+                   ("thin product M " + std::to_string(t.M) + " K " + std::to_string(t.K) + " N " +
+                    std::to_string(t.N) + (t.ta ? " ta" : "") + (t.tb ? " tb" : "") + " beta " + std::to_string(beta))
+                       .c_str());
+    }
+}
+
 TEST(OpsCpu, LinearWithBias) {
   Tensor x = rnd({2, 3, 5}, 5), w = rnd({4, 5}, 6), b = rnd({4}, 7);
   auto y = vec(ops::linear(x, w, b));
