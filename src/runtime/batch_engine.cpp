@@ -116,10 +116,13 @@ std::shared_ptr<BatchTicket> BatchEngine::submit(BatchJob job) {
   return ticket;
 }
 
-void BatchEngine::switch_model(Model& model, std::string cache_key) {
+void BatchEngine::switch_model(Model& model, std::string cache_key, Model* draft) {
   std::unique_lock<std::mutex> lk(mu_);
   LMT_CHECK(!stop_, "[batch] the engine has stopped");
+  LMT_CHECK(!draft || opts_.num_draft_tokens >= 1, "[batch] num_draft_tokens must be >= 1, got ",
+            opts_.num_draft_tokens);
   switch_to_ = &model;
+  switch_draft_ = draft;
   switch_key_ = std::move(cache_key);
   cv_.notify_all();
   switched_.wait(lk, [&] { return switch_to_ == nullptr; });
@@ -140,6 +143,7 @@ void BatchEngine::loop() {
       if (stop_) break;
       if (switch_to_ && active.empty() && waiting.empty() && incoming_.empty()) {
         model_ = switch_to_;
+        opts_.draft_model = switch_draft_;
         batch_graphs_.clear();  // recorded for the old model's weights
         cache_key_ = std::move(switch_key_);
         switch_to_ = nullptr;

@@ -145,8 +145,8 @@ class BatchEngine {
   // prompt cache entries kept under cache_key; the previous model's entries stay under theirs.
   // Waits until the scheduler has applied it, which it does once no job is queued or running: the
   // caller must stop submitting jobs for the old model first, and submit none meanwhile (throws).
-  // The draft model stays.
-  void switch_model(Model& model, std::string cache_key);
+  // draft (null: none) replaces the draft model alike.
+  void switch_model(Model& model, std::string cache_key, Model* draft);
   const BatchEngineOptions& options() const { return opts_; }
 
  private:
@@ -184,6 +184,7 @@ class BatchEngine {
   std::condition_variable cv_;
   std::condition_variable switched_;  // switch_to_ applied (or the engine stopped)
   Model* switch_to_ = nullptr;        // under mu_: the model switch_model asked for
+  Model* switch_draft_ = nullptr;     // under mu_: and its draft (null: none)
   std::string switch_key_;            // under mu_
   std::deque<Pending> incoming_;      // submitted, not yet seen by the scheduler
   bool stop_ = false;

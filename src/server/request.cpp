@@ -125,7 +125,7 @@ ApiError not_yet(const std::string& param, const std::string& what) {
 // Fields whose feature this slice does not have: refused unless they ask for the default.
 void check_unsupported(const ojson& body, Endpoint ep) {
   if (integer_in(body, "n", 1, 1000000, 1) != 1) throw not_yet("n", "more than one choice");
-  for (const char* k : {"draft_model", "functions", "function_call"})
+  for (const char* k : {"functions", "function_call"})
     if (field(body, k)) throw not_yet(k, std::string("'") + k + "'");
   if (ep == Endpoint::completions) {
     if (boolean(body, "echo", false)) throw not_yet("echo", "echoing the prompt");
@@ -325,6 +325,10 @@ CompletionRequest parse_request(std::string_view text, Endpoint ep, const Reques
   if (const ojson* a = field(body, "adapters"); a && !a->is_null()) {
     if (!a->is_string()) throw wrong_type("adapters", "a string (an adapter folder)", *a);
     r.adapters = a->get<std::string>();
+  }
+  if (const ojson* m = field(body, "draft_model"); m && !m->is_null()) {
+    if (!m->is_string()) throw wrong_type("draft_model", "a string (a model folder or Hub id)", *m);
+    r.draft_model = m->get<std::string>();
   }
   if (ep == Endpoint::chat) {
     r.messages = parse_messages(body);

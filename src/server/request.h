@@ -40,9 +40,12 @@ struct CompletionRequest {
   Endpoint endpoint = Endpoint::chat;
   std::string model;                    // as the client named it ("" = the served model)
   std::optional<std::string> adapters;  // an adapter folder ("" = none); absent: the model's default
-  nlohmann::ordered_json messages;      // chat: [{role, content: string}, ...]; text parts joined
-  std::string prompt;                   // completions: the text
-  std::vector<int32_t> prompt_ids;      // completions: a prompt given as token ids (then prompt is "")
+  // mlx-lm's per-request draft model (a folder or Hub id; "" = none); absent or "default_model":
+  // --draft-model's.
+  std::optional<std::string> draft_model;
+  nlohmann::ordered_json messages;  // chat: [{role, content: string}, ...]; text parts joined
+  std::string prompt;               // completions: the text
+  std::vector<int32_t> prompt_ids;  // completions: a prompt given as token ids (then prompt is "")
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // flags', then the request's
   int64_t max_tokens = 0;
   SamplerOptions sampler;

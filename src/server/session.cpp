@@ -56,11 +56,10 @@ Session::Session(ServedModel served) : served_(std::move(served)) {
   o.prompt_concurrency = served_.prompt_concurrency;
   o.prefill_step_size = served_.prefill_step_size;
   o.prompt_cache = served_.prompt_cache;
-  o.draft_model = served_.draft;
+  o.draft_model = served_.resident->draft.get();
   o.num_draft_tokens = served_.num_draft_tokens;
   o.cache_key = served_.resident->cache_key();
-  served_dir_ = served_.resident->model_dir;
-  served_adapters_ = served_.resident->adapters;
+  served_key_ = served_.resident->key();
   current_ = std::move(served_.resident);  // not kept apart: a switch frees it
   engine_ = std::make_unique<BatchEngine>(*current_->model, o);
 }
@@ -102,41 +101,53 @@ Session::Slot Session::admit() {
   return Slot(&admitted_);
 }
 
-std::pair<std::string, std::string> Session::key_for(const CompletionRequest& r) const {
+namespace {
+
+// A request's model folder or Hub id (for `param`: model or draft_model) as a canonical folder
+// holding config.json; ApiError 404 model_not_found otherwise.
+std::string model_folder(const std::string& name, const std::string& param, const std::string& served_id) {
   namespace fs = std::filesystem;
-  std::string model_dir = served_dir_, adapters = served_adapters_;
+  std::error_code ec;
+  fs::path p(name);
+  if (!fs::is_directory(p, ec) && is_hub_model_name(name)) {
+    // A Hub id (org/name[@revision]) from the Hugging Face cache only: a request never makes the
+    // server download (the cache is filled by `lmtune generate --model ...` or huggingface-cli).
+    HubSettings hs = HubSettings::from_env();
+    hs.offline = true;
+    try {
+      p = resolve_model(name, hs);
+    } catch (const Error& e) {
+      throw ApiError(404,
+                     "The model '" + name +
+                         "' is not in the Hugging Face cache (the server loads Hub ids from the cache only, never "
+                         "downloading; fetch it first, e.g. `lmtune generate --model " +
+                         name + " -p hi`): " + e.what(),
+                     param, "model_not_found");
+    }
+  }
+  if (!fs::is_directory(p, ec))
+    throw ApiError(404,
+                   "The model '" + name + "' does not exist (this server serves " + served_id +
+                       ", and loads other models from local folders or the Hugging Face cache)",
+                   param, "model_not_found");
+  if (!fs::is_regular_file(p / "config.json", ec))
+    throw ApiError(404, "The model folder '" + name + "' has no config.json", param, "model_not_found");
+  return fs::canonical(p, ec).string();
+}
+
+}  // namespace
+
+ResidentKey Session::key_for(const CompletionRequest& r) const {
+  namespace fs = std::filesystem;
+  ResidentKey key = served_key_;
   std::error_code ec;
   const bool named = !r.model.empty() && r.model != "default_model" && r.model != served_.id;
   if (named) {
-    fs::path p(r.model);
-    if (!fs::is_directory(p, ec) && is_hub_model_name(r.model)) {
-      // A Hub id (org/name[@revision]) from the Hugging Face cache only: a request never makes the
-      // server download (the cache is filled by `lmtune generate --model ...` or huggingface-cli).
-      HubSettings hs = HubSettings::from_env();
-      hs.offline = true;
-      try {
-        p = resolve_model(r.model, hs);
-      } catch (const Error& e) {
-        throw ApiError(404,
-                       "The model '" + r.model +
-                           "' is not in the Hugging Face cache (the server loads Hub ids from the cache only, never "
-                           "downloading; fetch it first, e.g. `lmtune generate --model " +
-                           r.model + " -p hi`): " + e.what(),
-                       "model", "model_not_found");
-      }
-    }
-    if (!fs::is_directory(p, ec))
-      throw ApiError(404,
-                     "The model '" + r.model + "' does not exist (this server serves " + served_.id +
-                         ", and loads other models from local folders or the Hugging Face cache)",
-                     "model", "model_not_found");
-    if (!fs::is_regular_file(p / "config.json", ec))
-      throw ApiError(404, "The model folder '" + r.model + "' has no config.json", "model", "model_not_found");
-    model_dir = fs::canonical(p, ec).string();
-    if (model_dir != served_dir_) adapters.clear();  // another model: no adapters unless named
+    key.model_dir = model_folder(r.model, "model", served_.id);
+    if (key.model_dir != served_key_.model_dir) key.adapters.clear();  // another model: no adapters unless named
   }
   if (r.adapters) {
-    adapters.clear();
+    key.adapters.clear();
     if (!r.adapters->empty()) {
       const fs::path p(*r.adapters);
       if (!fs::is_directory(p, ec))
@@ -145,10 +156,12 @@ std::pair<std::string, std::string> Session::key_for(const CompletionRequest& r)
       if (!fs::is_regular_file(p / "adapter_config.json", ec))
         throw ApiError(400, "The folder '" + *r.adapters + "' has no adapter_config.json (not an adapter folder)",
                        "adapters", "invalid_value");
-      adapters = fs::canonical(p, ec).string();
+      key.adapters = fs::canonical(p, ec).string();
     }
   }
-  return {model_dir, adapters};
+  if (r.draft_model && *r.draft_model != "default_model")
+    key.draft = r.draft_model->empty() ? "" : model_folder(*r.draft_model, "draft_model", served_.id);
+  return key;
 }
 
 void Session::Lease::release() {
@@ -163,7 +176,7 @@ void Session::Lease::release() {
 }
 
 Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point deadline) {
-  const auto [model_dir, adapters] = key_for(r);
+  const ResidentKey key = key_for(r);
   std::unique_lock<std::mutex> lk(swap_mu_);
   const uint64_t me = next_ticket_++;
   waiters_.push_back(me);
@@ -173,7 +186,7 @@ Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point de
   };
   for (;;) {
     if (!loading_ && waiters_.front() == me) {
-      if (current_->model_dir == model_dir && current_->adapters == adapters) {
+      if (current_->key() == key) {
         leave();
         ++leases_;
         return Lease(this, current_);
@@ -182,7 +195,7 @@ Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point de
         if (!served_.loader) {
           leave();
           throw ApiError(400, "this server serves one model and its adapters only",
-                         adapters.empty() ? "model" : "adapters", "unsupported_parameter");
+                         key.adapters.empty() ? "model" : "adapters", "unsupported_parameter");
         }
         // The first waiter, nothing running: load the pair (the others wait meanwhile), then
         // switch the idle engine to it. The resident model stays until the new one is loaded.
@@ -191,9 +204,9 @@ Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point de
         std::shared_ptr<Resident> next;
         std::string error;
         try {
-          next = served_.loader(model_dir, adapters);
+          next = served_.loader(key);
           LMT_CHECK(next && next->model && next->chat, "[server] the loader returned no model");
-          engine_->switch_model(*next->model, next->cache_key());
+          engine_->switch_model(*next->model, next->cache_key(), next->draft.get());
         } catch (const std::exception& e) {
           error = e.what();
           next.reset();
@@ -202,10 +215,15 @@ Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point de
         loading_ = false;
         if (!next) {
           leave();
+          const bool draft_asked = r.draft_model && !r.draft_model->empty() && *r.draft_model != "default_model";
           throw ApiError(400,
-                         "cannot load model " + model_dir + (adapters.empty() ? "" : " with adapters " + adapters) +
-                             ": " + error,
-                         r.adapters && !r.adapters->empty() ? "adapters" : "model", "invalid_value");
+                         "cannot load model " + key.model_dir +
+                             (key.adapters.empty() ? "" : " with adapters " + key.adapters) +
+                             (key.draft.empty() ? "" : " and draft model " + key.draft) + ": " + error,
+                         r.adapters && !r.adapters->empty() ? "adapters"
+                         : draft_asked                      ? "draft_model"
+                                                            : "model",
+                         "invalid_value");
         }
         current_ = std::move(next);
         ++switches_;

@@ -34,11 +34,20 @@ using Clock = std::chrono::steady_clock;
 // model.safetensors too), as (repo id, last modified), sorted by id.
 std::vector<std::pair<std::string, int64_t>> hub_cache_models();
 
-// One loaded (model folder, adapters) pair and what depends on its tokenizer.
+// What a request asks to run on: folders, canonical ("" = none for adapters and draft).
+struct ResidentKey {
+  std::string model_dir, adapters, draft;
+  bool operator==(const ResidentKey&) const = default;
+};
+
+// One loaded (model folder, adapters, draft model) triple and what depends on its tokenizer.
 struct Resident {
   std::string model_dir;  // the folder, canonical (the served one, or a request's `model`)
   std::string adapters;   // the adapter folder, canonical; "" = none
+  std::string draft_dir;  // the draft model's folder, canonical; "" = none
   std::shared_ptr<Model> model;
+  std::shared_ptr<Model> draft;  // speculative decoding's proposer (shares the tokenizer), or null
+  ResidentKey key() const { return {model_dir, adapters, draft_dir}; }
   std::shared_ptr<const ChatTemplate> chat;  // the tokenizer and its templates
   std::vector<int32_t> eos_ids;
   std::vector<int32_t> xtc_special_tokens;  // never cut by XTC: the "\n" ids and the EOS ids (mlx-lm's)
@@ -50,24 +59,25 @@ struct Resident {
   std::shared_ptr<const TokenTable> token_table;
 };
 
-// Loads (model folder, adapter folder or "") into a Resident; throws saying why it cannot.
-using ModelLoader = std::function<std::shared_ptr<Resident>(const std::string& model_dir, const std::string& adapters)>;
+// Loads a key's folders into a Resident; throws saying why it cannot (a draft whose tokenizer
+// differs in size from the model's included).
+using ModelLoader = std::function<std::shared_ptr<Resident>(const ResidentKey& key)>;
 
 struct ServedModel {
-  std::shared_ptr<Resident> resident;  // the model served at startup (--model, --adapter-path); the session takes it
-  ModelLoader loader;                  // null: requests may not name other models or adapters
-  std::string id;                      // the name /v1/models lists and responses carry
-  std::string chat_template;           // --chat-template: a template name or source; "" = the tokenizer's
+  std::shared_ptr<Resident> resident;      // the model served at startup (--model, --adapter-path, --draft-model)
+  ModelLoader loader;                      // null: requests may not name other models or adapters
+  std::string id;                          // the name /v1/models lists and responses carry
+  std::string chat_template;               // --chat-template: a template name or source; "" = the tokenizer's
   bool use_default_chat_template = false;  // no template in the tokenizer: ChatML, as HF's old default
   int64_t prefill_step_size = 2048;
   int64_t decode_concurrency = 32;        // sequences running together (prefilling or decoding)
   int64_t prompt_concurrency = 8;         // of those, prefilling at once
   int64_t max_queued = 64;                // requests admitted beyond decode_concurrency, waiting for a slot
   PromptCacheLimits prompt_cache{10, 0};  // --prompt-cache-size / --prompt-cache-bytes (0 entries: off)
-  // --draft-model (outlives the session; null: none) and --num-draft-tokens: a request decoding
-  // alone decodes speculatively, unless it is constrained (response_format, a forced tool call) or
-  // sampled with a seed (its text then does not depend on the load; see BatchEngineOptions).
-  Model* draft = nullptr;
+  // --num-draft-tokens: with a draft model (the resident's, --draft-model's or a request's
+  // draft_model), a request decoding alone decodes speculatively, unless it is constrained
+  // (response_format, a forced tool call) or sampled with a seed (its text then does not depend on
+  // the load; see BatchEngineOptions).
   int64_t num_draft_tokens = 3;
 };
 
@@ -155,12 +165,14 @@ class Session {
   ~Session();
   const ServedModel& served() const { return served_; }
 
-  // The (model folder, adapters) pair r asks for: its `model` (absent, "default_model", the
-  // served id or the served folder: the served model; else a model folder here) and `adapters`
-  // (absent: the served model's --adapter-path, none for another folder; "": none; else an
-  // adapter folder). Throws ApiError 404 (model_not_found, adapters_not_found) for a name that
-  // is no folder here, 400 for a folder without config.json / adapter_config.json.
-  std::pair<std::string, std::string> key_for(const CompletionRequest& r) const;
+  // The (model folder, adapters, draft) triple r asks for: its `model` (absent, "default_model",
+  // the served id or the served folder: the served model; else a model folder here, or a Hub id in
+  // the Hugging Face cache), `adapters` (absent: the served model's --adapter-path, none for
+  // another folder; "": none; else an adapter folder) and `draft_model` (absent or
+  // "default_model": --draft-model's; "": none; else a model folder or cached Hub id). Throws
+  // ApiError 404 (model_not_found, adapters_not_found) for a name that is no folder here, 400 for
+  // a folder without config.json / adapter_config.json.
+  ResidentKey key_for(const CompletionRequest& r) const;
 
   // Waits (arrival order) until the resident model is r's pair and holds it: when it is another,
   // once every lease on that one has ended the pair is loaded and the engine switched to it.
@@ -208,7 +220,7 @@ class Session {
   std::mutex swap_mu_;
   std::condition_variable swap_cv_;
   std::shared_ptr<Resident> current_;
-  std::string served_dir_, served_adapters_;  // the startup pair, what requests get by default
+  ResidentKey served_key_;  // the startup triple, what requests get by default
   int64_t leases_ = 0;
   bool loading_ = false;
   uint64_t next_ticket_ = 0;

@@ -317,12 +317,12 @@ TEST(BatchEngine, SwitchModelKeepsPromptCachesApart) {
   };
   BatchOutcome first = run();
   EXPECT_EQ(first.tokens, alone(*a, p, 12, 2048));
-  engine.switch_model(*b, "b");
+  engine.switch_model(*b, "b", nullptr);
   BatchOutcome other = run();
   EXPECT_EQ(other.prompt_cached, 0) << "model a's entry served model b";
   EXPECT_EQ(other.tokens, alone(*b, p, 12, 2048));
   EXPECT_NE(other.tokens, first.tokens) << "the two models must differ for this test to mean anything";
-  engine.switch_model(*a, "a");
+  engine.switch_model(*a, "a", nullptr);
   BatchOutcome back = run();
   EXPECT_EQ(back.prompt_cached, int64_t(p.size()) - 1);
   EXPECT_EQ(back.tokens, first.tokens);

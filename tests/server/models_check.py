@@ -127,6 +127,46 @@ def case_speculative(a):
             check(rounds and int(rounds.group(1)) > 0 and acc and int(acc.group(1)) > 0, f"{name}: metrics {body[-900:]}")
         finally:
             srv.stop()
+    # A request's own draft_model (mlx-lm's field), on a server started without one: the triple
+    # (model, adapters, draft) is loaded as a hot swap, and the text is still plain greedy's.
+    p, n = prompts[0]
+    srv = Server(a.lmtune, a.model)
+    try:
+        for i, (extra, drafts) in enumerate([({"draft_model": part}, True), ({}, False), ({"draft_model": ""}, False),
+                                             ({"draft_model": a.model}, True), ({"draft_model": "default_model"}, False)]):
+            st, j = srv.post("/v1/chat/completions", chat_body(p, max_tokens=n, **extra))
+            got = j["choices"][0]["message"]["content"] if st == 200 else j
+            check(got == want[p], f"request draft {extra}: {got!r} != generate {want[p]!r}")
+            c = draft_counts(srv, i, 1)[0]
+            check((c is not None and c[0] > 0) == drafts, f"request draft {extra}: drafted {c}, expected {drafts}")
+        expect_error(srv, chat_body(p, draft_model="/no/such/model"), 404, "draft_model", "model_not_found",
+                     "a missing draft model")
+        expect_error(srv, chat_body(p, draft_model=7), 400, "draft_model", "invalid_type", "draft_model not a string")
+        other = os.path.join(a.work, "other-vocab-draft")  # the truncated model with one token more
+        shutil.rmtree(other, ignore_errors=True)
+        shutil.copytree(part, other)
+        tj = json.load(open(os.path.join(other, "tokenizer.json")))
+        n_vocab = json.load(open(os.path.join(other, "config.json")))["vocab_size"]
+        tj["added_tokens"].append({"id": n_vocab, "content": "<extra_draft_token>", "single_word": False,
+                                   "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+        json.dump(tj, open(os.path.join(other, "tokenizer.json"), "w"))
+        cfg = json.load(open(os.path.join(other, "config.json")))
+        cfg["vocab_size"] = n_vocab + 1
+        json.dump(cfg, open(os.path.join(other, "config.json"), "w"))
+        import torch
+        from safetensors.torch import load_file, save_file
+        w = load_file(os.path.join(other, "model.safetensors"))
+        for k in list(w):
+            if k.endswith("embed_tokens.weight") or k.endswith("lm_head.weight"):
+                w[k] = torch.cat([w[k], w[k][:1]], dim=0)
+        save_file(w, os.path.join(other, "model.safetensors"), metadata={"format": "pt"})
+        st, j = srv.post("/v1/chat/completions", chat_body(p, draft_model=other))
+        check(st == 400 and j["error"]["param"] == "draft_model" and "share the tokenizer" in j["error"]["message"],
+              f"a draft with another tokenizer size: {st} {j}")
+        st, j = srv.post("/v1/chat/completions", chat_body(p, max_tokens=n))
+        check(st == 200 and j["choices"][0]["message"]["content"] == want[p], f"after the refusals: {st} {j}")
+    finally:
+        srv.stop()
     bad = subprocess.run([a.lmtune, "server", "--model", a.model, "--draft-model", a.model, "--num-draft-tokens", "0"],
                          capture_output=True, text=True, timeout=60)
     check(bad.returncode != 0 and "--num-draft-tokens: must be >= 1" in bad.stderr, f"--num-draft-tokens 0: {bad}")

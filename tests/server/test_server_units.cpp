@@ -141,7 +141,7 @@ TEST(Request, EachRefusalNamesItsField) {
            R"("response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a"}}})"),
        400, "response_format.json_schema.schema.pattern", "invalid_value"},
       {chat(R"("adapters": 3)"), 400, "adapters", "invalid_type"},
-      {chat(R"("draft_model": "x")"), 400, "draft_model", "unsupported_parameter"},
+      {chat(R"("draft_model": 3)"), 400, "draft_model", "invalid_type"},
       {chat(R"("num_draft_tokens": 65)"), 400, "num_draft_tokens", "invalid_value"},
       {chat(R"("num_draft_tokens": "3")"), 400, "num_draft_tokens", "invalid_type"},
       {R"({"prompt": "x", "messages": []})", 400, "messages", "unknown_parameter", Endpoint::completions},

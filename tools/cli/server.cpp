@@ -135,22 +135,31 @@ int serve(ServerOptions& o) {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGPIPE, SIG_IGN);  // a client that left must not end the process
 
-  // A (model folder, adapters) pair as the session holds it: at startup, and for a request naming
-  // another folder or adapters (loaded on the same device and dtype; it must share the draft's
-  // tokenizer size when there is a draft).
-  int32_t draft_vocab = -1;
-  server::ModelLoader loader = [&o, &draft_vocab](const std::string& model, const std::string& adapters) {
+  // A (model folder, adapters, draft model) triple as the session holds it: at startup, and for a
+  // request naming another folder, adapters or draft (loaded on the same device and dtype; a draft
+  // must have a tokenizer of the model's size).
+  server::ModelLoader loader = [&o](const server::ResidentKey& key) {
     LoadOptions lo = o.load;
-    lo.model = model;
-    lo.adapter_path = adapters;
+    lo.model = key.model_dir;
+    lo.adapter_path = key.adapters;
     LoadedModel lm = load_for_generation(lo);
     auto r = std::make_shared<server::Resident>();
     r->model_dir = std::filesystem::canonical(lm.dir).string();
-    r->adapters = adapters.empty() ? "" : std::filesystem::canonical(adapters).string();
+    r->adapters = key.adapters.empty() ? "" : std::filesystem::canonical(key.adapters).string();
     const Tokenizer& tok = lm.chat->tokenizer();
-    if (draft_vocab >= 0 && tok.vocab_size() != draft_vocab)
-      throw Error("its tokenizer has " + std::to_string(tok.vocab_size()) + " tokens, the draft model's has " +
-                  std::to_string(draft_vocab) + " (--draft-model must share the tokenizer)");
+    if (!key.draft.empty()) {
+      LoadOptions dl = o.load;
+      dl.model = key.draft;
+      dl.adapter_path.clear();
+      LoadedModel draft = load_for_generation(dl);
+      const int32_t dv = draft.chat->tokenizer().vocab_size();
+      if (dv != tok.vocab_size())
+        throw Error("the draft model " + key.draft + " has a tokenizer of " + std::to_string(dv) +
+                    " tokens, the model's has " + std::to_string(tok.vocab_size()) +
+                    " (a draft must share the tokenizer)");
+      r->draft_dir = std::filesystem::canonical(draft.dir).string();
+      r->draft = std::move(draft.model);
+    }
     r->eos_ids = collect_eos_ids(lm.dir, tok);
     r->xtc_special_tokens = tok.encode("\n", false);
     r->xtc_special_tokens.insert(r->xtc_special_tokens.end(), r->eos_ids.begin(), r->eos_ids.end());
@@ -159,8 +168,7 @@ int serve(ServerOptions& o) {
     r->chat = std::move(lm.chat);
     return r;
   };
-  std::shared_ptr<server::Resident> first = loader(o.load.model, o.load.adapter_path);
-  const Tokenizer& tok = first->chat->tokenizer();
+  std::shared_ptr<server::Resident> first = loader({o.load.model, o.load.adapter_path, o.draft_model.value_or("")});
   const std::string first_dir = first->model_dir;
   const int64_t first_vocab = first->model->config().n_vocab;
   server::ServedModel served;
@@ -175,20 +183,7 @@ int serve(ServerOptions& o) {
   served.max_queued = o.max_queued_requests;
   served.prompt_cache.max_entries = o.prompt_cache_size;
   served.prompt_cache.max_bytes = o.prompt_cache_bytes ? parse_size(*o.prompt_cache_bytes) : 0;
-  LoadedModel draft;
-  if (o.draft_model) {
-    LoadOptions dl = o.load;
-    dl.model = *o.draft_model;
-    dl.adapter_path.clear();
-    draft = load_for_generation(dl);
-    const int32_t nv = tok.vocab_size(), dv = draft.chat->tokenizer().vocab_size();
-    if (nv != dv)
-      throw UsageError("--draft-model " + *o.draft_model + ": its tokenizer has " + std::to_string(dv) +
-                       " tokens, the model's has " + std::to_string(nv) + " (the draft must share the tokenizer)");
-    draft_vocab = dv;
-    served.draft = draft.model.get();
-    served.num_draft_tokens = o.num_draft_tokens;
-  }
+  served.num_draft_tokens = o.num_draft_tokens;
   first.reset();  // the session holds it now (and frees it when a request switches models)
   server::Session session(std::move(served));
 
