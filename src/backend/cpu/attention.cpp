@@ -85,9 +85,7 @@ void copy_lse(const AttentionArgs& a, const AttentionArgs& sub, int64_t b, int64
       std::memcpy(part, full, size_t(sub.T) * 4);
   }
 }
-}  // namespace
 
-namespace {
 // Query rows go in blocks of kRowBlock; a block's products span only the keys some row of it sees
 // (from its first row's lo to its last row's hi), so a causal score matrix costs about half of
 // T x S instead of all of it.
