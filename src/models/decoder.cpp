@@ -373,7 +373,9 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
     begin += s.length;
   }
   LMT_CHECK(begin == N, "[model] the packed lengths sum to ", begin, ", not ", N);
-  if (seqs.size() == 1) return forward(ids, *seqs[0].cache, true).reshape({1, cfg_.n_vocab});
+  int64_t out_rows = 0;
+  for (const PackedSequence& s : seqs) out_rows += s.every_row ? s.length : 1;
+  if (seqs.size() == 1) return forward(ids, *seqs[0].cache, !seqs[0].every_row).reshape({out_rows, cfg_.n_vocab});
   if (cfg_.rope.type == "longrope") {
     // One set of frequencies rotates a forward's rows (use_rope_for, by the furthest position):
     // the sequences within original_max_position_embeddings and those past it run as two packed
@@ -400,17 +402,17 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
     x = b.finish(x, a, decoding);
   }
   for (const nn::PackedSpan& s : spans) s.cache->advance(s.length);
-  // Only each sequence's last row reaches the head (every row, without copies, when each
-  // sequence fed one token: a decoding step).
-  const int64_t S = int64_t(spans.size());
-  if (S == N) return head_.forward(x).reshape({S, cfg_.n_vocab});
+  // Only each sequence's last row reaches the head, or its every row with every_row (all rows,
+  // without copies, when each sequence fed one token, a decoding step, or wants all of them).
+  if (out_rows == N) return head_.forward(x).reshape({N, cfg_.n_vocab});
   Tensor rows = x.reshape({N, C});
-  Tensor last = ops::empty({S, C}, x.dtype(), x.device());
-  for (int64_t i = 0; i < S; ++i) {
-    const int64_t end = spans[size_t(i)].begin + spans[size_t(i)].length;
-    ops::copy_rows_into(last, i, rows.slice_rows(end - 1, end));
+  Tensor last = ops::empty({out_rows, C}, x.dtype(), x.device());
+  for (size_t i = 0, at = 0; i < spans.size(); ++i) {
+    const int64_t end = spans[i].begin + spans[i].length, n = seqs[i].every_row ? spans[i].length : 1;
+    ops::copy_rows_into(last, int64_t(at), rows.slice_rows(end - n, end));
+    at += size_t(n);
   }
-  return head_.forward(last.reshape({1, S, C})).reshape({S, cfg_.n_vocab});
+  return head_.forward(last.reshape({1, out_rows, C})).reshape({out_rows, cfg_.n_vocab});
 }
 
 Tensor DecoderModel::forward_packed_parts(const Tensor& ids, const std::vector<PackedSequence>& seqs,
@@ -418,6 +420,9 @@ Tensor DecoderModel::forward_packed_parts(const Tensor& ids, const std::vector<P
                                           const std::vector<size_t> (&part)[2]) {
   const Tensor host_ids = ops::to(ids, Device::cpu);
   const int32_t* all = host_ids.data<int32_t>();
+  // Each sequence's first output row (a sequence has `length` rows with every_row, else one).
+  std::vector<int64_t> first(seqs.size() + 1, 0);
+  for (size_t i = 0; i < seqs.size(); ++i) first[i + 1] = first[i] + (seqs[i].every_row ? seqs[i].length : 1);
   Tensor out;
   for (const std::vector<size_t>& p : part) {
     std::vector<int32_t> sub_ids;
@@ -427,9 +432,12 @@ Tensor DecoderModel::forward_packed_parts(const Tensor& ids, const std::vector<P
       sub.push_back(seqs[i]);
     }
     const Tensor lg = forward_packed(Tensor::from_i32(sub_ids, {1, int64_t(sub_ids.size())}), sub);
-    if (!out.defined()) out = ops::empty({int64_t(seqs.size()), cfg_.n_vocab}, lg.dtype(), lg.device());
-    for (size_t k = 0; k < p.size(); ++k)
-      ops::copy_rows_into(out, int64_t(p[k]), lg.slice_rows(int64_t(k), int64_t(k) + 1));
+    if (!out.defined()) out = ops::empty({first.back(), cfg_.n_vocab}, lg.dtype(), lg.device());
+    for (size_t k = 0, at = 0; k < p.size(); ++k) {
+      const int64_t n = first[p[k] + 1] - first[p[k]];
+      ops::copy_rows_into(out, first[p[k]], lg.slice_rows(int64_t(at), int64_t(at) + n));
+      at += size_t(n);
+    }
   }
   return out;
 }

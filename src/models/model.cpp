@@ -34,17 +34,19 @@ Tensor Model::forward_packed(const Tensor& ids, const std::vector<PackedSequence
   LMT_CHECK(!seqs.empty(), "[model] a packed forward needs at least one sequence");
   const int64_t V = cfg_.n_vocab;
   Tensor out;
-  int64_t begin = 0;
+  int64_t begin = 0, rows = 0, row = 0;
+  for (const PackedSequence& s : seqs) rows += s.every_row ? s.length : 1;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const PackedSequence& s = seqs[i];
     LMT_CHECK(s.cache && s.length >= 1 && begin + s.length <= ids.dim(1), "[model] packed sequence ", i, " (length ",
               s.length, ") does not fit the ", ids.dim(1), " packed ids");
     Tensor part = Tensor::from_i32(
         std::vector<int32_t>(ids.data<int32_t>() + begin, ids.data<int32_t>() + begin + s.length), {1, s.length});
-    Tensor lg = forward(part, *s.cache, true).reshape({1, V});
-    if (!out.defined()) out = ops::empty({int64_t(seqs.size()), V}, lg.dtype(), lg.device());
-    ops::copy_rows_into(out, int64_t(i), lg);
-    begin += s.length;
+    const int64_t n = s.every_row ? s.length : 1;
+    Tensor lg = forward(part, *s.cache, !s.every_row).reshape({n, V});
+    if (!out.defined()) out = ops::empty({rows, V}, lg.dtype(), lg.device());
+    ops::copy_rows_into(out, row, lg);
+    begin += s.length, row += n;
   }
   LMT_CHECK(begin == ids.dim(1), "[model] the packed lengths sum to ", begin, ", not ", ids.dim(1));
   return out;

@@ -25,6 +25,7 @@ struct TensorSpec {
 struct PackedSequence {
   int64_t length = 0;
   KVCache* cache = nullptr;
+  bool every_row = false;  // all `length` rows' logits, not only the last (speculative decoding's verify)
 };
 
 // A packed training batch's layout (train::make_packed_batch): several examples concatenated in each
@@ -58,6 +59,7 @@ class Model {
   // the sum of the lengths; sequences at different positions, e.g. one token of each decoding
   // sequence and a prefill chunk of another). Each cache takes its sequence's keys and values and
   // advances by its length. Returns the logits of each sequence's last new token (n_seq, n_vocab)
+  // (of each of its new tokens, in order, for a sequence with every_row: (sum of the rows, n_vocab))
   // in the weights' dtype; each row equals forward(that sequence's ids, its cache, true) up to
   // the rounding of a product over more rows. This default runs the sequences one by one; a
   // family with shared blocks runs every linear layer once over all N rows.

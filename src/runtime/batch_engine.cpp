@@ -301,6 +301,10 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   try {
     Sequence& first = *in_step[0];
     if (in_step.size() == 1 && first.decoding && drafts(first)) return speculative_round(first);
+    if (decode_only && in_step.size() >= 2 && int64_t(in_step.size()) <= opts_.spec_batch_max &&
+        std::all_of(in_step.begin(), in_step.end(), [&](const Sequence* s) { return drafts(*s); }) &&
+        model_->config().rope.type != "longrope" && opts_.draft_model->config().rope.type != "longrope")
+      return speculative_batch(in_step);
     if (in_step.size() == 1 && first.decoding && opts_.decode_graph && first.decode_feeds >= 1 && !first.graph_off) {
       // One sequence decoding alone: generate's recorded step, where the device has graphs.
       if (!first.graph && DecodeGraph::usable(*model_, *first.cache))
@@ -536,12 +540,25 @@ void BatchEngine::speculative_round(Sequence& s) {
     finish(s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
     return;
   }
+  const int64_t accepted = accept_proposals(s, proposals, rows.data());
+  std::lock_guard<std::mutex> lk(mu_);
+  ++stats_.steps;
+  stats_.step_rows += uint64_t(n_draft + 1);
+  ++stats_.batch_counts[bucket_of(1)];
+  ++stats_.batch_sum;
+  ++stats_.spec_rounds;
+  stats_.drafted += uint64_t(n_draft);
+  stats_.accepted += uint64_t(accepted);
+}
+
+int64_t BatchEngine::accept_proposals(Sequence& s, const std::vector<int32_t>& proposals, const float* rows) {
+  const size_t V = size_t(model_->config().n_vocab);
+  const int64_t n_draft = int64_t(proposals.size());
   int64_t accepted = 0;
   s.out.drafted += n_draft;
   try {
     for (int64_t n = 0; n <= n_draft; ++n) {
-      std::vector<float> row(rows.begin() + ptrdiff_t(size_t(n) * size_t(V)),
-                             rows.begin() + ptrdiff_t(size_t(n + 1) * size_t(V)));
+      std::vector<float> row(rows + size_t(n) * V, rows + size_t(n + 1) * V);
       const int32_t t = s.sampler.sample(row, s.history);
       const bool agree = n < n_draft && t == proposals[size_t(n)];
       accepted += agree;
@@ -562,14 +579,113 @@ void BatchEngine::speculative_round(Sequence& s) {
     s.draft_cache->trim_to(int64_t(common));
     s.draft_fed.resize(common);
   }
+  return accepted;
+}
+
+// speculative_round for several sequences at once (none on a longrope model or draft): each draft
+// cache first catches up on its sequence's history but the last id (prefill chunks, one sequence
+// at a time); then the draft proposes for all of them in packed steps of one token each (a
+// sequence that has proposed its n_draft drops out), and the model scores every sequence's last id
+// and proposals in one packed forward that keeps every row. A draft that fails turns the draft
+// off for the sequences of the round (they go on in plain steps); a forward that fails ends them.
+void BatchEngine::speculative_batch(const std::vector<Sequence*>& seqs) {
+  Model& draft = *opts_.draft_model;
+  const int64_t V = model_->config().n_vocab;
+  const size_t V_shared = size_t(std::min(V, draft.config().n_vocab));
+  struct Round {
+    Sequence* s;
+    int64_t n_draft;
+    std::vector<int32_t> history, proposals;  // history: the sequence's, then its proposals
+  };
+  std::vector<Round> rounds;
+  auto draft_failed = [&](Sequence& s, const std::exception& e) {
+    std::fprintf(stderr, "[batch] the draft model failed, decoding without it: %s\n", e.what());
+    s.draft_cache.reset();
+    s.draft_fed.clear();
+    s.draft_off = true;
+  };
+  for (Sequence* s : seqs) {
+    int64_t n_draft = s->job.num_draft_tokens > 0 ? s->job.num_draft_tokens : opts_.num_draft_tokens;
+    if (s->job.max_tokens >= 0)
+      n_draft = std::max<int64_t>(1, std::min(n_draft, s->job.max_tokens - int64_t(s->out.tokens.size())));
+    try {
+      LMT_CHECK(*std::max_element(s->history.begin(), s->history.end()) < int32_t(V_shared),
+                "[batch] an id past the draft model's vocabulary of ", V_shared);
+      if (!s->draft_cache) {
+        s->draft_cache =
+            std::make_unique<DenseKVCache>(draft.config(), draft.device(), draft.dtype(), 1, 0, 4, opts_.kv_block);
+        s->draft_fed.clear();
+      }
+      const size_t upto = s->history.size() - 1;
+      while (s->draft_fed.size() < upto) {
+        const size_t at = s->draft_fed.size(), n = std::min(upto - at, size_t(opts_.prefill_step_size));
+        std::vector<int32_t> chunk(s->history.begin() + ptrdiff_t(at), s->history.begin() + ptrdiff_t(at + n));
+        draft.forward(Tensor::from_i32(chunk, {1, int64_t(n)}), *s->draft_cache, true);
+        s->draft_fed.insert(s->draft_fed.end(), chunk.begin(), chunk.end());
+      }
+      rounds.push_back({s, n_draft, s->history, {}});
+    } catch (const std::exception& e) {
+      draft_failed(*s, e);  // no step for this sequence now; the next one is a plain step
+    }
+  }
+  try {
+    for (int64_t i = 0;; ++i) {
+      std::vector<Round*> live;
+      std::vector<int32_t> ids;
+      std::vector<PackedSequence> packed;
+      for (Round& r : rounds)
+        if (i < r.n_draft)
+          live.push_back(&r), ids.push_back(r.history.back()), packed.push_back({1, r.s->draft_cache.get()});
+      if (live.empty()) break;
+      const Tensor lg = draft.forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
+      const std::vector<float> host = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+      const size_t Vd = size_t(draft.config().n_vocab);
+      for (size_t k = 0; k < live.size(); ++k) {
+        Round& r = *live[k];
+        r.s->draft_fed.push_back(ids[k]);
+        // ids past the shared vocabulary are padding rows the model cannot take
+        std::vector<float> row(host.begin() + ptrdiff_t(k * Vd), host.begin() + ptrdiff_t(k * Vd + V_shared));
+        const int32_t d = r.s->sampler.sample(row, r.history);
+        r.proposals.push_back(d);
+        r.history.push_back(d);
+      }
+    }
+  } catch (const std::exception& e) {
+    for (Round& r : rounds) draft_failed(*r.s, e);
+    return;
+  }
+  if (rounds.empty()) return;
+  std::vector<int32_t> ids;
+  std::vector<PackedSequence> packed;
+  for (const Round& r : rounds) {
+    ids.push_back(r.s->history.back());
+    ids.insert(ids.end(), r.proposals.begin(), r.proposals.end());
+    packed.push_back({int64_t(r.proposals.size()) + 1, r.s->cache.get(), true});
+  }
+  std::vector<float> rows;
+  try {
+    const Tensor lg = model_->forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
+    rows = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+  } catch (const std::exception& e) {
+    for (Round& r : rounds) finish(*r.s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
+    return;
+  }
+  uint64_t drafted = 0, accepted = 0;
+  size_t at = 0;
+  for (Round& r : rounds) {
+    accepted += uint64_t(accept_proposals(*r.s, r.proposals, rows.data() + at * size_t(V)));
+    drafted += r.proposals.size();
+    at += r.proposals.size() + 1;
+  }
   std::lock_guard<std::mutex> lk(mu_);
   ++stats_.steps;
-  stats_.step_rows += uint64_t(n_draft + 1);
-  ++stats_.batch_counts[bucket_of(1)];
-  ++stats_.batch_sum;
-  ++stats_.spec_rounds;
-  stats_.drafted += uint64_t(n_draft);
-  stats_.accepted += uint64_t(accepted);
+  stats_.step_rows += ids.size();
+  ++stats_.batch_counts[bucket_of(rounds.size())];
+  stats_.batch_sum += rounds.size();
+  stats_.spec_rounds += rounds.size();
+  stats_.spec_rounds_batched += rounds.size() > 1 ? rounds.size() : 0;
+  stats_.drafted += drafted;
+  stats_.accepted += accepted;
 }
 
 void BatchEngine::finish(Sequence& s, BatchEnd end, std::string error) {

@@ -42,10 +42,14 @@ struct BatchEngineOptions {
   // Speculative decoding (mlx-lm's rounds, as runtime/speculative.h): when a step would decode one
   // sequence alone, and its job allows it, draft_model proposes num_draft_tokens tokens and the
   // model scores them in one forward, keeping the longest agreeing prefix plus its own next token.
-  // Sequences that decode together take plain batched steps. null: off. The draft must outlive
-  // the engine and share the model's tokenizer (it proposes only ids below both n_vocab).
+  // 2 to spec_batch_max sequences decoding together, each allowed to, take the rounds together:
+  // the draft proposes for all of them in packed steps and the model scores every sequence's
+  // proposals in one packed forward (longrope models excepted: plain batched steps). More, or a
+  // mix, take plain batched steps. null: off. The draft must outlive the engine and share the
+  // model's tokenizer (it proposes only ids below both n_vocab).
   Model* draft_model = nullptr;
   int64_t num_draft_tokens = 3;
+  int64_t spec_batch_max = 8;
   // The prompt cache's key for this model's entries (PromptCache: entries of one key never serve
   // another); switch_model sets a new one.
   std::string cache_key;
@@ -124,9 +128,10 @@ struct BatchStats {
   // entries dropped for the bounds; the entries and bytes held now.
   uint64_t cache_lookups = 0, cache_hits = 0, cache_tokens = 0, cache_evictions = 0;
   int64_t cache_entries = 0, cache_bytes = 0;
-  // Speculative decoding: rounds run (each also counts as a step of one sequence), draft tokens
-  // scored and, of them, accepted.
-  uint64_t spec_rounds = 0, drafted = 0, accepted = 0;
+  // Speculative decoding: rounds run (a sequence's each; a round of several sequences together is
+  // also one step of them all), draft tokens scored and, of them, accepted; rounds run together
+  // with other sequences'.
+  uint64_t spec_rounds = 0, drafted = 0, accepted = 0, spec_rounds_batched = 0;
 };
 
 class BatchEngine {
@@ -165,6 +170,12 @@ class BatchEngine {
   // after_token, as a plain step's).
   bool drafts(const Sequence& s) const;
   void speculative_round(Sequence& s);
+  // The rounds of several decoding sequences at once (options' spec_batch_max).
+  void speculative_batch(const std::vector<Sequence*>& seqs);
+  // A round's end for s: the model's rows (n_draft + 1 of V logits: s's last id and each proposal)
+  // checked against the proposals, each choice through after_token until one disagrees or s ends;
+  // then the model's and the draft's caches cut back. Returns the proposals accepted.
+  int64_t accept_proposals(Sequence& s, const std::vector<int32_t>& proposals, const float* rows);
   bool after_prefill_chunk(Sequence& s, const float* logits);  // false: the sequence ended
   bool after_token(Sequence& s, int32_t token);                // false: the sequence ended
   void finish(Sequence& s, BatchEnd end, std::string error = {});

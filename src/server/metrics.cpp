@@ -119,8 +119,11 @@ std::string Metrics::render(const BatchStats& b, uint64_t model_switches) const 
   line("lmtune_prompt_cache_entries", "gauge", "Entries in the prompt cache.", std::to_string(b.cache_entries));
   line("lmtune_prompt_cache_bytes", "gauge", "Bytes of KV cache held by the prompt cache.",
        std::to_string(b.cache_bytes));
-  line("lmtune_speculative_rounds_total", "counter", "Speculative rounds (--draft-model; one sequence decoding alone).",
+  line("lmtune_speculative_rounds_total", "counter", "Speculative rounds, a sequence's each (with a draft model).",
        std::to_string(b.spec_rounds));
+  line("lmtune_speculative_rounds_batched_total", "counter",
+       "Of them, rounds taken together with other sequences' (one packed draft step, one packed verify).",
+       std::to_string(b.spec_rounds_batched));
   line("lmtune_draft_tokens_total", "counter", "Draft tokens the model scored.", std::to_string(b.drafted));
   line("lmtune_draft_tokens_accepted_total", "counter", "Draft tokens the model chose too.",
        std::to_string(b.accepted));

@@ -300,6 +300,57 @@ TEST(BatchEngine, SpeculativeWhenAloneKeepsGreedyTokens) {
   }
 }
 
+// Sequences decoding together take their speculative rounds together (options' spec_batch_max):
+// one packed draft step a proposal for all of them, one packed forward scoring every sequence's
+// proposals. Greedy tokens stay those of generate alone, with per-job draft lengths (1, 2, the
+// default 3), max_tokens cut inside a round, an EOS inside one, and sequences ending at different
+// rounds; with spec_batch_max 1, plain batched steps.
+TEST(BatchEngine, SpeculativeTogetherKeepsGreedyTokens) {
+  auto model = tiny_model({});
+  auto self = tiny_model({});
+  auto other = tiny_model({Device::cpu, DType::f32, 0, true});
+  for (Model* draft : {self.get(), other.get()}) {
+    for (int64_t batch_max : {8, 1}) {
+      BatchEngineOptions o;
+      o.prefill_step_size = 16;
+      o.draft_model = draft;
+      o.num_draft_tokens = 3;
+      o.spec_batch_max = batch_max;
+      BatchEngine engine(*model, o);
+      const std::vector<std::vector<int32_t>> prompts = {tokens(10, 4), tokens(12, 5), tokens(8, 6)};
+      const std::vector<int64_t> lengths = {31, 24, 17}, draft_len = {0, 1, 2};
+      const std::vector<int32_t> want_eos = alone(*model, prompts[2], 40, 16);
+      std::vector<Waiter> w(prompts.size());
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        BatchJob j = greedy_job(prompts[i], lengths[i], w[i]);
+        j.num_draft_tokens = draft_len[i];
+        if (i == 2) j.max_tokens = 40, j.eos_ids = {want_eos[13]};  // ends by EOS, inside a round or not
+        engine.submit(std::move(j));
+      }
+      int64_t drafted = 0, accepted = 0;
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        ASSERT_EQ(w[i].result.wait_for(std::chrono::seconds(60)), std::future_status::ready) << i;
+        BatchOutcome out = w[i].result.get();
+        const std::vector<int32_t> want =
+            i == 2 ? alone(*model, prompts[i], 40, 16, {want_eos[13]}) : alone(*model, prompts[i], lengths[i], 16);
+        EXPECT_EQ(out.end, i == 2 ? BatchEnd::eos : BatchEnd::length) << i << ": " << out.error;
+        EXPECT_EQ(out.tokens, want) << "sequence " << i << ", spec_batch_max " << batch_max;
+        if (i != 2) drafted += out.drafted, accepted += out.accepted;  // an EOS wastes the round's later proposals
+      }
+      const BatchStats st = engine.stats();
+      EXPECT_GT(drafted, 0);
+      if (batch_max == 8)
+        EXPECT_GT(st.spec_rounds_batched, 0u) << "no round taken together";
+      else
+        EXPECT_EQ(st.spec_rounds_batched, 0u) << "a round taken together past spec_batch_max 1";
+      if (draft == self.get())
+        EXPECT_EQ(accepted, drafted) << "the model as its own draft";
+      else
+        EXPECT_LT(accepted, drafted) << "an unrelated draft";
+    }
+  }
+}
+
 // switch_model: later jobs run on the new model, and the prompt cache never hands one model's
 // entries to the other (a switch back finds its own again).
 TEST(BatchEngine, SwitchModelKeepsPromptCachesApart) {
