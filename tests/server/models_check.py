@@ -122,6 +122,8 @@ def case_speculative(a):
             c = draft_counts(srv, 11, 1)[0]
             check(c and (name != "self" or c[0] == c[1]), f"{name} draft, num_draft_tokens 1: {c}")
             st, h, body = srv.request("GET", "/metrics")
+            batched = re.search(r"lmtune_speculative_rounds_batched_total (\d+)", body.decode())
+            check(batched and int(batched.group(1)) > 0, f"{name}: no round taken together by the four at once")
             rounds = re.search(r"lmtune_speculative_rounds_total (\d+)", body.decode())
             acc = re.search(r"lmtune_draft_tokens_accepted_total (\d+)", body.decode())
             check(rounds and int(rounds.group(1)) > 0 and acc and int(acc.group(1)) > 0, f"{name}: metrics {body[-900:]}")
