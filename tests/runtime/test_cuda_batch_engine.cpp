@@ -69,3 +69,34 @@ TEST(CudaBatchEngine, LoneSequenceUsesTheGraphAndJoinersEqualAlone) {
   engine.submit(std::move(first));
   for (int i = 0; i < 3; ++i) EXPECT_EQ(results[size_t(i)].get().tokens, want[i]) << "sequence " << i;
 }
+
+// Speculative rounds taken together on CUDA: packed draft steps (the batched decode-row kernels)
+// and one packed verify keeping every row; with the model as its own draft every proposal is
+// accepted and the tokens are generate's alone.
+TEST(CudaBatchEngine, SpeculativeRoundsTogetherEqualAlone) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = tiny_model({Device::cuda, DType::f32, 0, false});
+  auto draft = tiny_model({Device::cuda, DType::f32, 0, false});
+  const std::vector<int64_t> lengths = {30, 24, 18};
+  std::vector<std::vector<int32_t>> want;
+  for (size_t i = 0; i < lengths.size(); ++i) want.push_back(alone(*model, tokens(8 + 3 * i, int(i) + 4), lengths[i]));
+  BatchEngineOptions o;
+  o.prefill_step_size = 16;
+  o.draft_model = draft.get();
+  o.num_draft_tokens = 3;
+  BatchEngine engine(*model, o);
+  std::vector<std::promise<BatchOutcome>> done(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    BatchJob j;
+    j.prompt = tokens(8 + 3 * i, int(i) + 4);
+    j.max_tokens = lengths[i];
+    j.on_done = [&, i](const BatchOutcome& out) { done[i].set_value(out); };
+    engine.submit(std::move(j));
+  }
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const BatchOutcome out = done[i].get_future().get();
+    EXPECT_EQ(out.tokens, want[i]) << "sequence " << i;
+    EXPECT_EQ(out.accepted, out.drafted) << "sequence " << i << ": the model as its own draft";
+  }
+  EXPECT_GT(engine.stats().spec_rounds_batched, 0u) << "no round taken together";
+}
