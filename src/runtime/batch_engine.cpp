@@ -245,6 +245,23 @@ void BatchEngine::keep_in_prompt_cache(Sequence& s) {
   }
 }
 
+void BatchEngine::keep_checkpoint(Sequence& s) {
+  const int64_t fed = s.out.prompt_fed;
+  const std::vector<int64_t>& points = s.job.cache_points;
+  if (!prompt_cache_.enabled() || fed >= int64_t(s.job.prompt.size()) || s.cache->offset() != fed ||
+      std::find(points.begin(), points.end(), fed) == points.end())
+    return;
+  const ModelConfig& cfg = model_->config();
+  if (cfg.rope.type == "longrope" && fed > cfg.rope.original_max_position_embeddings)
+    return;  // as keep_in_prompt_cache
+  try {
+    prompt_cache_.insert(std::vector<int32_t>(s.job.prompt.begin(), s.job.prompt.begin() + fed),
+                         s.cache->copy_prefix(fed), cache_key_, true);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[batch] prompt cache checkpoint failed: %s\n", e.what());
+  }
+}
+
 void BatchEngine::admit(std::vector<std::unique_ptr<Sequence>>& active, std::deque<Pending>& waiting) {
   int64_t prefilling = std::count_if(active.begin(), active.end(), [](const auto& s) { return !s->decoding; });
   while (!waiting.empty() && int64_t(active.size()) < opts_.decode_concurrency &&
@@ -287,7 +304,11 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   int64_t budget = opts_.prefill_step_size;
   for (auto& s : active) {
     if (s->done || s->decoding || budget <= 0) continue;
-    const int64_t fed = s->out.prompt_fed, n = std::min(int64_t(s->job.prompt.size()) - fed, budget);
+    const int64_t fed = s->out.prompt_fed;
+    int64_t n = std::min(int64_t(s->job.prompt.size()) - fed, budget);
+    if (prompt_cache_.enabled())  // a chunk ends at the next cache point
+      for (int64_t p : s->job.cache_points)
+        if (p > fed && p < fed + n) n = p - fed;
     ids.insert(ids.end(), s->job.prompt.begin() + fed, s->job.prompt.begin() + fed + n);
     in_step.push_back(s.get()), packed.push_back({n, s->cache.get()}), chunk.push_back(n);
     budget -= n;
@@ -398,6 +419,7 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
         after_token(s, chosen[i]);
       } else {
         s.out.prompt_fed += chunk[i];
+        keep_checkpoint(s);
         after_prefill_chunk(s, row);
       }
     } catch (const std::exception& e) {

@@ -96,6 +96,10 @@ struct BatchJob {
   // never does: the constraint's state cannot be rewound past rejected proposals.
   bool speculative = true;
   int64_t num_draft_tokens = 0;  // proposals per round; 0: the engine's num_draft_tokens
+  // Prompt lengths (0 < n < prompt size) where the prefill stops a chunk and, with a prompt cache,
+  // keeps a copy of the cache so far as a checkpoint entry (PromptCache::insert): the end of a
+  // chat's system prompt, reusable by other conversations while this one still runs.
+  std::vector<int64_t> cache_points;
 };
 
 // A submitted job's handle: cancel() ends it at the next step (on_done with BatchEnd::cancelled).
@@ -181,7 +185,9 @@ class BatchEngine {
   void finish(Sequence& s, BatchEnd end, std::string error = {});
   // Admission's cache: a copy of the prompt cache's longest prefix of the prompt, or a fresh one.
   std::unique_ptr<DenseKVCache> cache_for(const std::vector<int32_t>& prompt, int64_t& cached);
-  void keep_in_prompt_cache(Sequence& s);  // a sequence ending: its cache into the prompt cache
+  void keep_in_prompt_cache(Sequence& s);
+  // At a cache point of s's prompt (its cache holds exactly prompt_fed tokens): a checkpoint entry.
+  void keep_checkpoint(Sequence& s);  // a sequence ending: its cache into the prompt cache
   // The ids s has seen, in order: the prompt's first prompt_fed, then (once the whole prompt is
   // in) every generated one. Its cache holds a prefix of them.
   static std::vector<int32_t> known_ids(const Sequence& s);

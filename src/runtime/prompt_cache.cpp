@@ -42,7 +42,8 @@ PromptCache::Hit PromptCache::lookup(const std::vector<int32_t>& prompt, const s
   return {best->cache->copy_prefix(best_len), best_len};
 }
 
-void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key) {
+void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key,
+                         bool checkpoint) {
   if (!enabled() || tokens.empty() || !cache) return;
   LMT_CHECK(cache->offset() == int64_t(tokens.size()), "[prompt_cache] a cache holding ", cache->offset(),
             " tokens stored under ", tokens.size());
@@ -52,11 +53,13 @@ void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCac
       continue;
     }
     const int64_t n = common_prefix(it->tokens, tokens);
-    if (n == int64_t(tokens.size())) {  // already covered: keep the older, longer (or equal) entry
+    // Already covered: keep the older, longer (or equal) entry; a checkpoint only by an equal one.
+    if (n == int64_t(tokens.size()) && (!checkpoint || n == int64_t(it->tokens.size()))) {
+      it->checkpoint = it->checkpoint || checkpoint;
       entries_.splice(entries_.begin(), entries_, it);
       return;
     }
-    if (n == int64_t(it->tokens.size())) {  // the new entry covers this one
+    if (n == int64_t(it->tokens.size()) && !it->checkpoint) {  // the new entry covers this one
       bytes_ -= it->bytes;
       it = entries_.erase(it);
       continue;
@@ -65,7 +68,7 @@ void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCac
   }
   const int64_t b = int64_t(cache->nbytes());
   if (limits_.max_bytes > 0 && b > limits_.max_bytes) return;
-  entries_.push_front({std::move(tokens), key, std::move(cache), b});
+  entries_.push_front({std::move(tokens), key, std::move(cache), b, checkpoint});
   bytes_ += b;
   evict();
 }
@@ -73,8 +76,15 @@ void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCac
 void PromptCache::evict() {
   while (!entries_.empty() &&
          (int64_t(entries_.size()) > limits_.max_entries || (limits_.max_bytes > 0 && bytes_ > limits_.max_bytes))) {
-    bytes_ -= entries_.back().bytes;
-    entries_.pop_back();
+    // The least recently used entry that is no checkpoint, else the least recently used checkpoint.
+    auto victim = std::prev(entries_.end());
+    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it)
+      if (!it->checkpoint) {
+        victim = std::prev(it.base());
+        break;
+      }
+    bytes_ -= victim->bytes;
+    entries_.erase(victim);
     ++evictions_;
   }
 }

@@ -42,7 +42,12 @@ class PromptCache {
   // kept and marked used instead and cache is discarded. A cache over max_bytes alone is
   // discarded. Then the least recently used entries go until both bounds hold. Entries of other
   // keys are neither dropped nor kept instead (only evicted for the bounds).
-  void insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key = {});
+  // A checkpoint (mlx-lm's segment entries: the cache at the end of a chat's system prompt, kept
+  // while the request is still running) is never dropped for a longer entry that covers it, and
+  // goes for the bounds only after every other entry: a system prompt shared by conversations
+  // stays reusable however their other entries come and go.
+  void insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key = {},
+              bool checkpoint = false);
 
   bool enabled() const { return limits_.max_entries > 0; }
   int64_t entries() const { return int64_t(entries_.size()); }
@@ -57,6 +62,7 @@ class PromptCache {
     std::string key;
     std::unique_ptr<DenseKVCache> cache;
     int64_t bytes = 0;
+    bool checkpoint = false;
   };
   void evict();
   PromptCacheLimits limits_;

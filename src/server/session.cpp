@@ -240,32 +240,56 @@ Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point de
   }
 }
 
+std::vector<int32_t> Session::chat_ids(const Resident& m, const CompletionRequest& r,
+                                       const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
+  const Tokenizer& tok = m.chat->tokenizer();
+  std::string text;
+  std::string source = served_.chat_template;
+  if (source.empty() && tok.chat_templates().empty() && served_.use_default_chat_template) source = kChatMl;
+  if (!source.empty() || !tok.chat_templates().empty()) {
+    ChatTemplateOptions o;
+    o.add_generation_prompt = add_generation_prompt;
+    o.kwargs = r.template_kwargs;
+    o.chat_template = source;
+    o.tools = r.tools;
+    text = m.chat->render(messages, o);
+  } else {
+    text = role_mapping_prompt(messages);
+  }
+  // As generate: no second BOS when the template already starts with it.
+  const bool add_special = tok.bos_token().empty() || text.rfind(tok.bos_token(), 0) != 0;
+  return tok.encode(text, add_special);
+}
+
+std::vector<int64_t> Session::cache_points(const Resident& m, const CompletionRequest& r,
+                                           const std::vector<int32_t>& ids) const {
+  // mlx-lm's segment entries, the system prompt's: the conversation's system (or developer)
+  // message alone, rendered as the start of this prompt (no generation prompt); its length when
+  // its tokens begin these ids (a template that renders it otherwise alone, or refuses it, gives
+  // none).
+  if (r.endpoint != Endpoint::chat || r.messages.size() < 2) return {};
+  const std::string role = r.messages[0].value("role", "");
+  if (role != "system" && role != "developer") return {};
+  try {
+    const std::vector<int32_t> head = chat_ids(m, r, nlohmann::ordered_json::array({r.messages[0]}), false);
+    if (!head.empty() && head.size() < ids.size() && std::equal(head.begin(), head.end(), ids.begin()))
+      return {int64_t(head.size())};
+  } catch (const std::exception&) {
+  }
+  return {};
+}
+
 std::vector<int32_t> Session::prompt_ids(const Resident& m, const CompletionRequest& r) const {
   const Tokenizer& tok = m.chat->tokenizer();
   std::vector<int32_t> ids;
   if (r.endpoint == Endpoint::completions) {
     ids = r.prompt_ids.empty() ? tok.encode(r.prompt, true) : r.prompt_ids;
   } else {
-    std::string text;
-    std::string source = served_.chat_template;
-    if (source.empty() && tok.chat_templates().empty() && served_.use_default_chat_template) source = kChatMl;
-    if (!source.empty() || !tok.chat_templates().empty()) {
-      ChatTemplateOptions o;
-      o.add_generation_prompt = true;
-      o.kwargs = r.template_kwargs;
-      o.chat_template = source;
-      o.tools = r.tools;
-      try {
-        text = m.chat->render(r.messages, o);
-      } catch (const std::exception& e) {
-        throw ApiError(400, std::string("the chat template refused these messages: ") + e.what(), "messages");
-      }
-    } else {
-      text = role_mapping_prompt(r.messages);
+    try {
+      ids = chat_ids(m, r, r.messages, true);
+    } catch (const std::exception& e) {
+      throw ApiError(400, std::string("the chat template refused these messages: ") + e.what(), "messages");
     }
-    // As generate: no second BOS when the template already starts with it.
-    const bool add_special = tok.bos_token().empty() || text.rfind(tok.bos_token(), 0) != 0;
-    ids = tok.encode(text, add_special);
   }
   const char* param = r.endpoint == Endpoint::chat ? "messages" : "prompt";
   if (ids.empty()) throw ApiError(400, "the prompt is empty (no tokens to predict from)", param);
@@ -374,6 +398,7 @@ std::shared_ptr<Session::Job> Session::start(const Lease& lease, const Completio
   b.deadline = deadline;
   b.speculative = !(r.seed && r.sampler.temp > 0) && r.num_draft_tokens.value_or(1) > 0;
   b.num_draft_tokens = r.num_draft_tokens.value_or(0);
+  if (served_.prompt_cache.max_entries > 0) b.cache_points = cache_points(m, r, ids);
   if (r.grammar) {  // response_format / a forced tool call: the engine's sampler for this job masks by it
     std::call_once(m.token_table_once, [&] { m.token_table = TokenTable::from_tokenizer(m.chat->tokenizer()); });
     b.constraint = std::make_shared<JsonConstraint>(r.grammar, m.token_table, m.eos_ids);

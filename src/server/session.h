@@ -184,6 +184,10 @@ class Session {
   // model has no template). Needs no lock. Throws ApiError 400 when the template refuses the
   // messages, or the prompt is empty or longer than max_prompt_tokens.
   std::vector<int32_t> prompt_ids(const Resident& m, const CompletionRequest& r) const;
+  // Where the engine keeps a checkpoint of ids' cache (BatchJob::cache_points): the end of a
+  // chat's system prompt, as mlx-lm's segment entries.
+  std::vector<int64_t> cache_points(const Resident& m, const CompletionRequest& r,
+                                    const std::vector<int32_t>& ids) const;
 
   // A slot, or ApiError 503 server_busy at once when every one is taken.
   Slot admit();
@@ -210,6 +214,9 @@ class Session {
   uint64_t model_switches() const { return switches_; }
 
  private:
+  // messages through the chat template (or mlx-lm's role prefixes), tokenized as generate does.
+  std::vector<int32_t> chat_ids(const Resident& m, const CompletionRequest& r, const nlohmann::ordered_json& messages,
+                                bool add_generation_prompt) const;
   static TokenLogprob logprob_entry(const Tokenizer& tok, int32_t id, const std::vector<float>& logprobs, int top);
 
   ServedModel served_;

@@ -162,6 +162,33 @@ TEST(PromptCache, CoveredEntriesAndDisabled) {
   EXPECT_FALSE(off.lookup(longer).cache);
 }
 
+// Checkpoints (a system prompt's cache, BatchJob::cache_points): a longer entry covering one does
+// not drop it, an equal one merges into it, and the bounds take every other entry first.
+TEST(PromptCache, CheckpointsStayUntilNothingElseIsLeft) {
+  SKIP_WITHOUT_DEVICE();
+  PromptCache pc({3, 0});
+  const auto sys = range(1, 5), conv = cat(sys, {60, 61, 62});
+  pc.insert(sys, filled(sys), {}, true);
+  pc.insert(conv, filled(conv));  // covers the checkpoint: both kept
+  EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{conv, sys}));
+  pc.insert(sys, filled(sys), {}, true);  // equal: merged, marked used
+  EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{sys, conv}));
+  // Newer entries push out conv, the least recently used that is no checkpoint, not sys.
+  pc.insert(range(70, 3), filled(range(70, 3)));
+  pc.insert(range(80, 3), filled(range(80, 3)));
+  EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{range(80, 3), range(70, 3), sys}));
+  // The checkpoint serves a new conversation with the same system prompt.
+  const PromptCache::Hit hit = pc.lookup(cat(sys, {90, 91}));
+  EXPECT_EQ(hit.tokens, 5);
+  // A checkpoint goes last: with only checkpoints left, the least recently used of them.
+  PromptCache only({1, 0});
+  only.insert(sys, filled(sys), {}, true);
+  only.insert(range(40, 4), filled(range(40, 4)));
+  EXPECT_EQ(only.keys(), (std::vector<std::vector<int32_t>>{sys}));
+  only.insert(range(30, 4), filled(range(30, 4)), {}, true);
+  EXPECT_EQ(only.keys(), (std::vector<std::vector<int32_t>>{range(30, 4)}));
+}
+
 // Entries of one key (model and adapters) are invisible to another's lookups and inserts; the
 // bounds count them all.
 TEST(PromptCache, KeysNeverCross) {
@@ -271,6 +298,36 @@ TEST(PromptCacheEngine, SecondTurnReusesTheFirstWithTheColdTokens) {
   // first's entry is covered by b's (its tokens are a prefix): one entry is left.
   EXPECT_EQ(st.cache_entries, 1);
   EXPECT_GT(st.cache_bytes, 0);
+}
+
+// A job's cache point (the end of a chat's system prompt): the prefill stops a chunk there and
+// keeps a checkpoint, so a second conversation with the same system prompt, submitted while the
+// first still decodes, starts from it; both keep their cold greedy tokens.
+TEST(PromptCacheEngine, CheckpointServesAConversationWhileTheFirstRuns) {
+  SKIP_WITHOUT_DEVICE();
+  auto model = tiny_model({kDev, DType::f32, 0, false});
+  BatchEngineOptions o;
+  o.prefill_step_size = 16;
+  o.prompt_cache = {10, 0};
+  BatchEngine engine(*model, o);
+  const std::vector<int32_t> sys = tokens(21, 12), a = cat(sys, tokens(9, 13)), b = cat(sys, tokens(5, 14));
+  std::vector<Waiter> w(2);
+  BatchJob first = greedy_job(a, 30, w[0]);
+  first.cache_points = {21};
+  int seen = 0;
+  first.on_token = [&](int32_t, const Sampler&) {
+    if (++seen == 3) {
+      BatchJob second = greedy_job(b, 8, w[1]);
+      second.cache_points = {21};
+      engine.submit(std::move(second));
+    }
+    return true;
+  };
+  engine.submit(std::move(first));
+  const BatchOutcome ob = w[1].result.get(), oa = w[0].result.get();
+  EXPECT_EQ(ob.prompt_cached, 21) << "the checkpoint of the first conversation's system prompt";
+  EXPECT_EQ(oa.tokens, alone(*model, a, 30));
+  EXPECT_EQ(ob.tokens, alone(*model, b, 8));
 }
 
 TEST(PromptCacheEngine, QuantizedModelSecondTurn) {

@@ -822,6 +822,22 @@ def case_prompt_cache(a):
             else:
                 check(hits == 2 and entries >= 1 and held > 0 and tokens == cached + n,
                       f"metrics: hits {hits}, entries {entries}, tokens {tokens}, bytes {held}")
+                # mlx-lm's segment entries: a conversation's system prompt is kept as a checkpoint once
+                # it is prefilled, so a second conversation with it, sent while the first still
+                # streams, starts from it (a prefix of ~5 tokens is all another entry could share).
+                system = {"role": "system", "content": "You are a careful dictionary. " * 6}
+                stream = client.chat.completions.create(
+                    model=a.model, messages=[system, {"role": "user", "content": "Define: lantern"}], max_tokens=60,
+                    temperature=0, stream=True)
+                it = iter(stream)
+                next(it)  # the first chunk: the first conversation has prefilled and decodes
+                r3 = client.chat.completions.create(
+                    model=a.model, messages=[system, {"role": "user", "content": "Define: river"}], max_tokens=4,
+                    temperature=0)
+                for _ in it:
+                    pass
+                sys_cached = r3.usage.prompt_tokens_details.cached_tokens
+                check(sys_cached > 30, f"a second conversation's system prompt from the checkpoint: {r3.usage}")
         finally:
             srv.stop()
     on, off = answers.get("10"), answers.get("0")
