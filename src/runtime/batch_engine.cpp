@@ -255,8 +255,9 @@ void BatchEngine::keep_checkpoint(Sequence& s) {
   if (cfg.rope.type == "longrope" && fed > cfg.rope.original_max_position_embeddings)
     return;  // as keep_in_prompt_cache
   try {
-    prompt_cache_.insert(std::vector<int32_t>(s.job.prompt.begin(), s.job.prompt.begin() + fed),
-                         s.cache->copy_prefix(fed), cache_key_, true);
+    std::vector<int32_t> tokens(s.job.prompt.begin(), s.job.prompt.begin() + fed);
+    if (prompt_cache_.touch(tokens, cache_key_, true)) return;  // kept already: no copy
+    prompt_cache_.insert(std::move(tokens), s.cache->copy_prefix(fed), cache_key_, true);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "[batch] prompt cache checkpoint failed: %s\n", e.what());
   }

@@ -73,6 +73,16 @@ void PromptCache::insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCac
   evict();
 }
 
+bool PromptCache::touch(const std::vector<int32_t>& tokens, const std::string& key, bool checkpoint) {
+  for (auto it = entries_.begin(); it != entries_.end(); ++it)
+    if (it->key == key && it->tokens == tokens) {
+      it->checkpoint = it->checkpoint || checkpoint;
+      entries_.splice(entries_.begin(), entries_, it);
+      return true;
+    }
+  return false;
+}
+
 void PromptCache::evict() {
   while (!entries_.empty() &&
          (int64_t(entries_.size()) > limits_.max_entries || (limits_.max_bytes > 0 && bytes_ > limits_.max_bytes))) {

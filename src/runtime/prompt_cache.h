@@ -49,6 +49,10 @@ class PromptCache {
   void insert(std::vector<int32_t> tokens, std::unique_ptr<DenseKVCache> cache, const std::string& key = {},
               bool checkpoint = false);
 
+  // True when an entry of key holds exactly tokens; it becomes the most recently used (and a
+  // checkpoint, with checkpoint): what insert would do, without the copy of a cache to discard.
+  bool touch(const std::vector<int32_t>& tokens, const std::string& key, bool checkpoint);
+
   bool enabled() const { return limits_.max_entries > 0; }
   int64_t entries() const { return int64_t(entries_.size()); }
   int64_t bytes() const { return bytes_; }

@@ -173,6 +173,11 @@ TEST(PromptCache, CheckpointsStayUntilNothingElseIsLeft) {
   EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{conv, sys}));
   pc.insert(sys, filled(sys), {}, true);  // equal: merged, marked used
   EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{sys, conv}));
+  EXPECT_TRUE(pc.touch(conv, {}, false));  // the same without a cache to discard
+  EXPECT_FALSE(pc.touch(range(1, 4), {}, true));
+  EXPECT_FALSE(pc.touch(conv, "another model", false));
+  EXPECT_EQ(pc.keys(), (std::vector<std::vector<int32_t>>{conv, sys}));
+  pc.insert(sys, filled(sys), {}, true);
   // Newer entries push out conv, the least recently used that is no checkpoint, not sys.
   pc.insert(range(70, 3), filled(range(70, 3)));
   pc.insert(range(80, 3), filled(range(80, 3)));
