@@ -14,6 +14,8 @@ Usage: make_lora_golden.py OUT_DIR. For each case and type (lora, dora), OUT_DIR
 HF model folder and <type>/ holds the adapters in mlx-lm's layout (adapters.safetensors with
 lora_a (in, r) = lora_A.weight^T, lora_b (r, out) = lora_B.weight^T, m = lora_magnitude_vector,
 and adapter_config.json) plus golden.safetensors (ids, targets, losses, gradients by our names).
+For the MoE cases OUT_DIR/<case>/experts/ also holds LoRA on block 1's experts (mlx-lm's stacked
+LoRASwitchLinear layout and names), its reference written here in torch (expert_lora).
 """
 import json
 import os
@@ -34,6 +36,9 @@ FUSED_KEYS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # phi3's layer
 ATTN_KEYS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # MoE blocks: transformers keeps router and experts outside nn.Linear
 RANK, SCALE = 4, 2.5
 B, T = 2, 9
+# The experts' LoRA (mlx-lm's SwitchLinear LoRA, lmtune's keys <moe block>.switch_mlp.*): peft has
+# none for transformers' stacked experts, so the reference below is written here in torch.
+EXPERT_CASES = {"mixtral_top2": "block_sparse_moe", "qwen3_moe_norm": "mlp"}
 
 
 def make_model(name, seed):
@@ -60,6 +65,65 @@ def our_name(peft_name):
 
 def to_ours(leaf, t):
     return t.t().contiguous() if leaf in ("lora_a", "lora_b") else t.contiguous()
+
+
+def expert_lora(name, seed, out_dir, ids, targets):
+    """LoRA on every expert's gate, up and down projection of block 1: per expert e, y = W x + SCALE
+    B[e] (A[e] x), A (E, r, in) and B (E, out, r) as mlx-lm's LoRASwitchLinear keeps them; the
+    experts' forward is transformers' loop with those terms added; everything else frozen."""
+    _, model = make_model(name, seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ex = model.model.layers[1].mlp.experts
+    E, hid, ff = ex.num_experts, ex.hidden_dim, ex.intermediate_dim
+    g = torch.Generator().manual_seed(seed + 1000)
+    dims = {"gate_proj": (hid, ff), "up_proj": (hid, ff), "down_proj": (ff, hid)}
+    A = {k: (((torch.rand(E, RANK, i, generator=g) * 2 - 1) / i ** 0.5)).requires_grad_() for k, (i, o) in dims.items()}
+    Bm = {k: (0.2 * torch.randn(E, o, RANK, generator=g) / RANK ** 0.5).requires_grad_() for k, (i, o) in dims.items()}
+
+    def lora(x, w, k, e):
+        return x @ w.T + SCALE * (x @ A[k][e].T) @ Bm[k][e].T
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for e in range(E):
+            token_idx, pos = torch.where(top_k_index == e)
+            if token_idx.numel() == 0:
+                continue
+            x = hidden_states[token_idx]
+            wg, wu = self.gate_up_proj[e].chunk(2, dim=0)
+            h = self.act_fn(lora(x, wg, "gate_proj", e)) * lora(x, wu, "up_proj", e)
+            y = lora(h, self.down_proj[e], "down_proj", e) * top_k_weights[token_idx, pos, None]
+            out.index_add_(0, token_idx, y.to(out.dtype))
+        return out
+
+    ex.forward = forward.__get__(ex)
+    prefix = f"model.layers.1.{EXPERT_CASES[name]}.switch_mlp."
+    gold = {"ids": ids.int().contiguous()}
+    for tname, tg in targets:
+        gold["targets_" + tname] = tg.int().contiguous()
+        for t in list(A.values()) + list(Bm.values()):
+            t.grad = None
+        logits = model(input_ids=ids).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tg.reshape(-1),
+                                                 ignore_index=-100)
+        loss.backward()
+        gold["loss_" + tname] = loss.detach().reshape(1).contiguous()
+        for k in dims:
+            gold[f"grad_{tname}.{prefix}{k}.lora_a"] = A[k].grad.detach().contiguous()
+            gold[f"grad_{tname}.{prefix}{k}.lora_b"] = Bm[k].grad.detach().contiguous()
+    adapters = {}
+    for k in dims:
+        adapters[f"{prefix}{k}.lora_a"] = A[k].detach().contiguous()
+        adapters[f"{prefix}{k}.lora_b"] = Bm[k].detach().contiguous()
+    ad = os.path.join(out_dir, "experts")
+    os.makedirs(ad, exist_ok=True)
+    save_file(adapters, os.path.join(ad, "adapters.safetensors"))
+    lp = {"rank": RANK, "scale": SCALE, "dropout": 0.0, "keys": [EXPERT_CASES[name] + ".switch_mlp." + k for k in dims]}
+    with open(os.path.join(ad, "adapter_config.json"), "w") as f:
+        json.dump({"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": lp}, f, indent=4)
+    save_file(gold, os.path.join(ad, "golden.safetensors"), metadata={"reference": "torch, make_lora_golden.py"})
+    print(f"wrote {ad} (loss {gold['loss_all'].item():.6f} / {gold['loss_masked'].item():.6f})", file=sys.stderr)
 
 
 def main():
@@ -122,6 +186,8 @@ def main():
                       metadata={"peft": __import__("peft").__version__})
             print(f"wrote {ad} (loss {gold['loss_all'].item():.6f} / {gold['loss_masked'].item():.6f})",
                   file=sys.stderr)
+        if name in EXPERT_CASES:
+            expert_lora(name, 300 + ci, d, ids, [("all", t_all), ("masked", t_masked)])
 
 
 if __name__ == "__main__":
