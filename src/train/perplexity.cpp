@@ -4,8 +4,11 @@
 #include <limits>
 #include <random>
 
+#include "autograd/linear_cross_entropy.h"
 #include "autograd/tape.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
+#include "nn/linear.h"
 #include "ops/ops.h"
 
 namespace lmtune::train {
@@ -72,11 +75,29 @@ PerplexityResult eval_perplexity(Model& model, const std::vector<std::vector<int
         tgt.data<int32_t>()[r * T + j] = row[size_t(j + 1)];
       }
     }
-    Tensor logits = model.forward(ids);  // (B, T, V)
-    Tensor flat = logits.reshape({B * T, model.config().n_vocab});
-    Tensor l = ops::to(ops::cross_entropy(flat, ops::to(tgt, flat.device())).loss, Device::cpu);
-    const float* p = l.data<float>();
-    losses.insert(losses.end(), p, p + B * T);
+    Tensor hidden;
+    nn::Linear head;
+    if (runtime_config().fused_xent && model.forward_hidden(ids, hidden, head)) {
+      // The head in row chunks (as the training loss): the (B * T, n_vocab) logits are never whole
+      // (a 152k vocabulary at batch 8 x 2,048 would be 10 GB of them in f32).
+      const Tensor flat = hidden.reshape({B * T, hidden.dim(-1)});
+      const Tensor t = ops::to(tgt, flat.device());
+      const int64_t step = runtime_config().xent_chunk_rows > 0
+                               ? runtime_config().xent_chunk_rows
+                               : ag::default_xent_chunk_rows(model.config().n_vocab, flat.dtype());
+      for (int64_t r0 = 0; r0 < B * T; r0 += step) {
+        const int64_t r1 = std::min(B * T, r0 + step);
+        const Tensor logits = head.forward(flat.slice_rows(r0, r1));
+        const Tensor l = ops::to(ops::cross_entropy(logits, t.slice_rows(r0, r1)).loss, Device::cpu);
+        losses.insert(losses.end(), l.data<float>(), l.data<float>() + (r1 - r0));
+      }
+    } else {
+      Tensor logits = model.forward(ids);  // (B, T, V)
+      Tensor flat = logits.reshape({B * T, model.config().n_vocab});
+      Tensor l = ops::to(ops::cross_entropy(flat, ops::to(tgt, flat.device())).loss, Device::cpu);
+      const float* p = l.data<float>();
+      losses.insert(losses.end(), p, p + B * T);
+    }
     if (on_batch) on_batch(bi + 1, n_batches);
   }
   PerplexityResult r;

@@ -44,15 +44,16 @@ from checks import FAILS, check
 
 
 
-def run(cmd):
+def run(cmd, env=None):
     # bytes, decoded here: text=True would turn the progress line's \r into newlines
-    r = subprocess.run(cmd, capture_output=True)
+    r = subprocess.run(cmd, capture_output=True, env=env)
     return types.SimpleNamespace(returncode=r.returncode, stdout=r.stdout.decode(), stderr=r.stderr.decode())
 
 
-def lmtune_ppl(a, model, data, extra):
+def lmtune_ppl(a, model, data, extra, env=None):
     # --device cpu: the references are f32, and lmtune's CPU backend computes in f32
-    r = run([a.lmtune, "perplexity", "--device", "cpu", "--model", model, "--data-path", data] + extra)
+    r = run([a.lmtune, "perplexity", "--device", "cpu", "--model", model, "--data-path", data] + extra,
+            env=dict(os.environ, **env) if env else None)
     if not check(r.returncode == 0, f"lmtune perplexity {extra}: rc {r.returncode}\n{r.stdout}\n{r.stderr}"):
         raise SystemExit(1)
     return r.stdout
@@ -168,6 +169,13 @@ def case_ref(a):
         check(rows == num, f"torch reference took {rows} rows")
         close(ln, mn, 1.5e-3, 1e-5, f"lmtune vs mlx_lm (seq {seq})")
         close(ln, (tp, ts), 1.5e-3, 1e-6, f"lmtune vs torch (seq {seq})")
+        # The head in row chunks (the default: logits never whole), 37 rows a chunk here, against
+        # the whole logits (LMTUNE_FUSED_XENT=0): the same per-token losses up to rounding.
+        whole = numbers(lmtune_ppl(a, model, data, extra, {"LMTUNE_FUSED_XENT": "0"}))
+        chunked = numbers(lmtune_ppl(a, model, data, extra, {"LMTUNE_XENT_CHUNK_ROWS": "37"}))
+        print(f"seq {seq}: whole logits {whole}, chunks of 37 rows {chunked}")
+        close(chunked, whole, 0, 1e-6, f"chunked head vs whole logits (seq {seq})")
+        close(ln, whole, 0, 1e-6, f"default chunks vs whole logits (seq {seq})")
 
 
 def case_all(a):
