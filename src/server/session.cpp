@@ -204,7 +204,7 @@ Session::Lease Session::acquire(const CompletionRequest& r, Clock::time_point de
         std::shared_ptr<Resident> next;
         std::string error;
         try {
-          next = served_.loader(key);
+          next = served_.loader(key, current_);
           LMT_CHECK(next && next->model && next->chat, "[server] the loader returned no model");
           engine_->switch_model(*next->model, next->cache_key(), next->draft.get());
         } catch (const std::exception& e) {

@@ -60,8 +60,10 @@ struct Resident {
 };
 
 // Loads a key's folders into a Resident; throws saying why it cannot (a draft whose tokenizer
-// differs in size from the model's included).
-using ModelLoader = std::function<std::shared_ptr<Resident>(const ResidentKey& key)>;
+// differs in size from the model's included). `resident` (or null): the one loaded now, whose
+// model the new one shares when only the draft differs (no second copy of the weights).
+using ModelLoader =
+    std::function<std::shared_ptr<Resident>(const ResidentKey& key, const std::shared_ptr<Resident>& resident)>;
 
 struct ServedModel {
   std::shared_ptr<Resident> resident;      // the model served at startup (--model, --adapter-path, --draft-model)

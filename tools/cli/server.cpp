@@ -138,15 +138,29 @@ int serve(ServerOptions& o) {
   // A (model folder, adapters, draft model) triple as the session holds it: at startup, and for a
   // request naming another folder, adapters or draft (loaded on the same device and dtype; a draft
   // must have a tokenizer of the model's size).
-  server::ModelLoader loader = [&o](const server::ResidentKey& key) {
-    LoadOptions lo = o.load;
-    lo.model = key.model_dir;
-    lo.adapter_path = key.adapters;
-    LoadedModel lm = load_for_generation(lo);
+  server::ModelLoader loader = [&o](const server::ResidentKey& key, const std::shared_ptr<server::Resident>& now) {
     auto r = std::make_shared<server::Resident>();
-    r->model_dir = std::filesystem::canonical(lm.dir).string();
-    r->adapters = key.adapters.empty() ? "" : std::filesystem::canonical(key.adapters).string();
-    const Tokenizer& tok = lm.chat->tokenizer();
+    if (now && now->model_dir == key.model_dir && now->adapters == key.adapters) {
+      // Only the draft changes: the resident model, its tokenizer and limits are shared.
+      r->model_dir = now->model_dir, r->adapters = now->adapters, r->model = now->model, r->chat = now->chat;
+      r->eos_ids = now->eos_ids, r->xtc_special_tokens = now->xtc_special_tokens;
+      r->max_prompt_tokens = now->max_prompt_tokens;
+    } else {
+      LoadOptions lo = o.load;
+      lo.model = key.model_dir;
+      lo.adapter_path = key.adapters;
+      LoadedModel lm = load_for_generation(lo);
+      r->model_dir = std::filesystem::canonical(lm.dir).string();
+      r->adapters = key.adapters.empty() ? "" : std::filesystem::canonical(key.adapters).string();
+      const Tokenizer& tok = lm.chat->tokenizer();
+      r->eos_ids = collect_eos_ids(lm.dir, tok);
+      r->xtc_special_tokens = tok.encode("\n", false);
+      r->xtc_special_tokens.insert(r->xtc_special_tokens.end(), r->eos_ids.begin(), r->eos_ids.end());
+      r->max_prompt_tokens = o.max_prompt_tokens > 0 ? o.max_prompt_tokens : lm.model->config().max_position_embeddings;
+      r->model = std::move(lm.model);
+      r->chat = std::move(lm.chat);
+    }
+    const Tokenizer& tok = r->chat->tokenizer();
     if (!key.draft.empty()) {
       LoadOptions dl = o.load;
       dl.model = key.draft;
@@ -160,15 +174,10 @@ int serve(ServerOptions& o) {
       r->draft_dir = std::filesystem::canonical(draft.dir).string();
       r->draft = std::move(draft.model);
     }
-    r->eos_ids = collect_eos_ids(lm.dir, tok);
-    r->xtc_special_tokens = tok.encode("\n", false);
-    r->xtc_special_tokens.insert(r->xtc_special_tokens.end(), r->eos_ids.begin(), r->eos_ids.end());
-    r->max_prompt_tokens = o.max_prompt_tokens > 0 ? o.max_prompt_tokens : lm.model->config().max_position_embeddings;
-    r->model = std::move(lm.model);
-    r->chat = std::move(lm.chat);
     return r;
   };
-  std::shared_ptr<server::Resident> first = loader({o.load.model, o.load.adapter_path, o.draft_model.value_or("")});
+  std::shared_ptr<server::Resident> first =
+      loader({o.load.model, o.load.adapter_path, o.draft_model.value_or("")}, nullptr);
   const std::string first_dir = first->model_dir;
   const int64_t first_vocab = first->model->config().n_vocab;
   server::ServedModel served;
