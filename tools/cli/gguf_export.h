@@ -1,5 +1,6 @@
 // GGUF export for llama.cpp (and Ollama, LM Studio): a model folder of a family lmtune supports
-// (llama, mistral -> llama.cpp's "llama"; qwen2; qwen3), dense or quantized (dequantized first),
+// (llama, mistral -> llama.cpp's "llama"; granite, smollm3, olmo2, gemma, gemma2, gemma3_text ->
+// "gemma3", phi3, qwen2, qwen3: gguf_arch.cpp), dense or quantized (dequantized first),
 // written with llama.cpp's tensor names, hyper-parameters, rope layout and tokenizer metadata; and
 // an lmtune / mlx-lm LoRA adapter as llama.cpp's `--lora` GGUF.
 #pragma once
@@ -18,7 +19,7 @@ OutType parse_out_type(const std::string& name);  // throws naming the value and
 const char* out_type_name(OutType t);
 
 struct Arch {
-  std::string name;         // general.architecture: llama | granite | smollm3 | olmo2 | qwen2 | qwen3
+  std::string name;         // general.architecture: llama | granite | ... | phi3 | qwen2 | qwen3
   bool permute_qk = false;  // llama.cpp's llama rope pairs adjacent dims: q/k rows are permuted
 };
 
