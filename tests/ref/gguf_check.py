@@ -69,8 +69,8 @@ import numpy as np
 from checks import FAILS, check
 from gguf_quant_ref import FTYPES, MIXES, check_values, mix_type, mlx_dequantized
 
-from gguf_families import (FAMILIES, GEMMA_TYPES, PERMUTED, gguf_name, lm, make_family, model_dir, must,
-                           permute, read_safetensors, run, variant, write_adapter)
+from gguf_families import (EXPERTS, FAMILIES, GEMMA_TYPES, PERMUTED, gguf_name, lm, make_family, model_dir, must,
+                           permute, read_safetensors, run, stacked_experts, variant, write_adapter)
 from gguf_llamacpp import case_llamacpp, case_llamacpp_lora, case_q4_quantize
 
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -112,7 +112,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     mt = cfg["model_type"]
     arch = {"llama": "llama", "mistral": "llama", "granite": "granite", "smollm3": "smollm3", "olmo2": "olmo2",
             "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "qwen2": "qwen2",
-            "qwen3": "qwen3"}[mt]
+            "qwen3": "qwen3", "mixtral": "llama", "qwen3_moe": "qwen3moe"}[mt]
     check(val("general.architecture") == arch, f"{path}: architecture {val('general.architecture')} != {arch}")
     check(val("general.alignment") == 32, f"{path}: alignment")
     n_head = cfg["num_attention_heads"]
@@ -141,6 +141,13 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
         want_pattern = [t == "sliding_attention" for t in cfg["layer_types"]]
         check(list(val("gemma2.attention.sliding_window_pattern")) == want_pattern,
               f"{path}: sliding_window_pattern {val('gemma2.attention.sliding_window_pattern')} != {want_pattern}")
+    if mt in EXPERTS:  # convert_hf_to_gguf's MixtralModel / Qwen3MoeModel
+        n_exp = cfg.get("num_local_experts") or cfg["num_experts"]
+        check(val(f"{arch}.expert_count") == n_exp, f"{path}: expert_count")
+        check(val(f"{arch}.expert_used_count") == cfg["num_experts_per_tok"], f"{path}: expert_used_count")
+        if arch == "qwen3moe":
+            check(val("qwen3moe.expert_feed_forward_length") == cfg["moe_intermediate_size"],
+                  f"{path}: expert_feed_forward_length")
     if rope.get("rope_type") == "longrope":  # convert_hf_to_gguf's Phi3MiniModel; the attention factor derived
         import math
         orig = rope.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
@@ -200,7 +207,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
         check(val("tokenizer.chat_template") == tok.chat_template, f"{path}: chat template")
 
     # Tensors.
-    src = dense if dense is not None else read_safetensors(src_dir)
+    src = stacked_experts(dense if dense is not None else read_safetensors(src_dir), mt)
     tied = cfg.get("tie_word_embeddings", False)
     want_names = {gguf_name(k, mt) for k in src if not (tied and k == "lm_head.weight")}
     if (cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}).get("rope_type") == "llama3":
@@ -348,7 +355,9 @@ def case_struct_quantized(a, mode):
 
 def case_lora(a):
     import gguf
-    for fam in ("default", "llama", "qwen3", "phi3"):  # phi3: adapters on the fused qkv_proj and gate_up_proj
+    # phi3: adapters on the fused qkv_proj and gate_up_proj; mixtral: on the experts, stacked (llama.cpp's
+    # lora_a (n_expert, r, in), lora_b (n_expert, out, r): mlx-lm's own layout of them)
+    for fam in ("default", "llama", "qwen3", "phi3", "mixtral"):
         base = model_dir(a, fam)
         ad = write_adapter(a, base, f"lora-{fam}", rank=4, scale=4.0, seed=3)
         out = os.path.join(a.work, f"lora-{fam}.gguf")
@@ -359,7 +368,7 @@ def case_lora(a):
         r = gguf.GGUFReader(out)
         kv = {f.name: f.contents() for f in r.fields.values()}
         cfg = json.load(open(os.path.join(base, "config.json")))
-        arch = {"llama": "llama", "qwen3": "qwen3", "phi3": "phi3"}[cfg["model_type"]]
+        arch = {"llama": "llama", "qwen3": "qwen3", "phi3": "phi3", "mixtral": "llama"}[cfg["model_type"]]
         check(kv["general.type"] == "adapter" and kv["adapter.type"] == "lora", f"{out}: adapter keys")
         check(kv["general.architecture"] == arch, f"{out}: architecture")
         check(np.float32(kv["adapter.lora.alpha"]) == np.float32(16.0), f"{out}: alpha {kv['adapter.lora.alpha']}")
@@ -371,7 +380,7 @@ def case_lora(a):
             name = gguf_name(prefix + ".weight") + "." + part
             if not check(name in names, f"{out}: no {name}"):
                 continue
-            x = v.T  # lora_a (in, r) -> (r, in); lora_b (r, out) -> (out, r)
+            x = v.T if v.ndim == 2 else v  # lora_a (in, r) -> (r, in); lora_b (r, out) -> (out, r); experts as they are
             if part == "lora_b" and arch == "llama" and ".q_proj" in prefix:
                 x = permute(x, cfg["num_attention_heads"])
             if part == "lora_b" and arch == "llama" and ".k_proj" in prefix:
@@ -460,6 +469,20 @@ def case_refusals(a):
     bad = variant(a, "phi3", "phi3-bias", attention_bias=True)
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "llama.cpp's phi3 has no attention or MLP biases", out,
             "phi3 with attention_bias")
+    # Mixtures: llama.cpp's qwen3moe renormalizes the chosen experts' weights and has experts in every
+    # layer; the K-quant mixes' expert rules are not written (refused before fuse writes anything).
+    bad = variant(a, "qwen3moe", "qwen3moe-nonorm", norm_topk_prob=False)
+    refused(a, ["gguf", "--model", bad, "--gguf-path", out], "this config sets norm_topk_prob false", out,
+            "qwen3_moe without norm_topk_prob")
+    bad = variant(a, "qwen3moe", "qwen3moe-dense0", mlp_only_layers=[0])
+    refused(a, ["gguf", "--model", bad, "--gguf-path", out], "this config's layer 0 is dense", out,
+            "qwen3_moe with a dense layer")
+    moe = model_dir(a, "mixtral")
+    refused(a, ["gguf", "--model", moe, "--gguf-path", out, "--gguf-type", "q4_k_m"],
+            "K-quant mixes for dense models only (this one has 4 experts)", out, "a K-quant mix of mixtral")
+    moe_ad = write_adapter(a, moe, "refuse-moe", seed=1)
+    refused(a, ["fuse", "--model", moe, "--adapter-path", moe_ad, "--save-path", save, "--export-gguf", "--gguf-type",
+                "q5_k_m"], "K-quant mixes for dense models only", save, "fuse --export-gguf q5_k_m of mixtral")
     bad = variant(a, "phi3", "phi3-head-dim", head_dim=32)
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "llama.cpp's phi3 needs head_dim * heads (128)", out,
             "phi3 with head_dim * heads != hidden")

@@ -27,7 +27,7 @@ def must(r, what):
 
 # ------------------------------------------------------------------------------------------ models
 
-PERMUTED = ("llama", "mistral", "granite", "smollm3")  # model types whose q/k rows llama.cpp wants permuted
+PERMUTED = ("llama", "mistral", "mixtral", "granite", "smollm3")  # model types whose q/k rows llama.cpp wants permuted
 GEMMAS = ("gemma", "gemma2", "gemma3")  # families whose norms scale by (1 + w): llama.cpp's take w + 1
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")  # their model types
 
@@ -118,7 +118,24 @@ FAMILIES = {
                           rope_scaling=dict(rope_type="longrope", rope_theta=10000.0,
                                             short_factor=[1.0, 1.5, 2.5, 4.0, 7.0, 12.0],
                                             long_factor=[2.0, 3.0, 5.0, 8.0, 14.0, 24.0]))),
+    # mixtral: llama.cpp's llama with experts (ffn_gate_inp, ffn_{gate,up,down}_exps stacked from the
+    # checkpoint's block_sparse_moe.experts.E.w1 / w3 / w2), 4 experts, top 2 renormalized; Mixtral's
+    # tokenizer is Llama 2's.
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", "llama2",
+                dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+                     max_position_embeddings=256, sliding_window=None, rope_theta=1e6)),
+    # qwen3_moe: qwen3's block with 4 experts of width 64 (expert_feed_forward_length), top 2 with
+    # norm_topk_prob (llama.cpp's qwen3moe always renormalizes).
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", "qwen3",
+                 dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                      norm_topk_prob=True, tie_word_embeddings=False, max_position_embeddings=256, rope_theta=1e6)),
 }
+# A mixture's experts in the checkpoint (per expert) and as mlx-lm / the GGUF stack them:
+# model type -> (MoE block, {checkpoint name: mlx-lm's switch_mlp name}).
+EXPERTS = {"mixtral": ("block_sparse_moe", {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}),
+           "qwen3_moe": ("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"})}
 
 
 # Phi-3's added tokens (ids 32000-32010) on Llama 2's tokenizer, as Phi-3-mini's tokenizer.json has them
@@ -205,11 +222,23 @@ def write_adapter(a, base, tag, kind="lora", rank=4, scale=4.0, seed=0, b_std=0.
     if cfg["model_type"] == "phi3":  # the fused layers, as mlx-lm's LoRA targets them
         shapes = {"self_attn.qkv_proj": (n_embd, n_head * hd + 2 * kv), "self_attn.o_proj": (n_head * hd, n_embd),
                   "mlp.gate_up_proj": (n_embd, 2 * n_ff), "mlp.down_proj": (n_ff, n_embd)}
+    n_exp = 0
+    if cfg["model_type"] in EXPERTS:  # attention, and the experts as mlx-lm's LoRA on SwitchLinear
+        blk = EXPERTS[cfg["model_type"]][0]
+        n_exp = cfg.get("num_local_experts") or cfg["num_experts"]
+        e_ff = cfg.get("moe_intermediate_size") or n_ff
+        shapes = {k: v for k, v in shapes.items() if k.startswith("self_attn.")}
+        shapes.update({f"{blk}.switch_mlp.gate_proj": (n_embd, e_ff), f"{blk}.switch_mlp.up_proj": (n_embd, e_ff),
+                       f"{blk}.switch_mlp.down_proj": (e_ff, n_embd)})
     g = np.random.default_rng(seed)
     t = {}
     for layer in range(cfg["num_hidden_layers"]):
         for k, (i, o) in shapes.items():
             p = f"model.layers.{layer}.{k}"
+            if ".switch_mlp." in k:  # (n_expert, r, in) and (n_expert, out, r)
+                t[p + ".lora_a"] = (g.standard_normal((n_exp, rank, i)) / np.sqrt(i)).astype(np.float32)
+                t[p + ".lora_b"] = (g.standard_normal((n_exp, o, rank)) * b_std).astype(np.float32)
+                continue
             t[p + ".lora_a"] = (g.standard_normal((i, rank)) / np.sqrt(i)).astype(np.float32)
             t[p + ".lora_b"] = (g.standard_normal((rank, o)) * b_std).astype(np.float32)
             if kind == "dora":
@@ -238,7 +267,10 @@ BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_att
          "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
          "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
          "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-         "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}  # the last two: phi3's fused layers
+         "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",  # phi3's fused layers
+         # a mixture's router and stacked experts (stacked_experts below)
+         "block_sparse_moe.gate": "ffn_gate_inp", "mlp.gate": "ffn_gate_inp",
+         **{f"{b}.switch_mlp.{m}_proj": f"ffn_{m}_exps" for b in ("block_sparse_moe", "mlp") for m in ("gate", "up", "down")}}
 
 
 # olmo2's norms come after attention and the MLP (llama.cpp's post_attention_norm / post_ffw_norm).
@@ -255,6 +287,23 @@ def gguf_name(hf, model_type=None):
     if model_type in ("gemma2", "gemma3_text"):  # the sandwich: pre_feedforward_layernorm is the pre-MLP norm
         block = dict(BLOCK, **POST_NORMS, pre_feedforward_layernorm="ffn_norm")
     return f"blk.{m[1]}.{block[m[2]]}.{m[3]}"
+
+
+def stacked_experts(src, model_type):
+    """The checkpoint's per-expert tensors stacked as mlx-lm's switch_mlp (n_expert, out, in)."""
+    if model_type not in EXPERTS:
+        return src
+    blk, names = EXPERTS[model_type]
+    out, groups = {}, {}
+    for k, v in src.items():
+        m = re.fullmatch(rf"(model\.layers\.\d+\.{blk})\.experts\.(\d+)\.(\w+)\.weight", k)
+        if m:
+            groups.setdefault(f"{m[1]}.switch_mlp.{names[m[3]]}.weight", {})[int(m[2])] = v
+        else:
+            out[k] = v
+    for k, per in groups.items():
+        out[k] = np.stack([per[e] for e in sorted(per)])
+    return out
 
 
 def permute(w, n_head):

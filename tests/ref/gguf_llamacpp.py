@@ -46,6 +46,11 @@ def unpermute(w, n_head):
     return w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
+def gguf_array(t):
+    from gguf.quants import dequantize
+    return np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(tuple(int(d) for d in t.shape[::-1]))
+
+
 def load_gguf_weights(m, path, cfg):
     """Puts the GGUF's own (dequantized) weights into the transformers model m."""
     import gguf
@@ -56,6 +61,12 @@ def load_gguf_weights(m, path, cfg):
     llama = cfg["model_type"] in PERMUTED
     with torch.no_grad():
         for n, p in m.named_parameters():
+            if ".experts." in n:  # transformers' fused experts: gate_up_proj (E, 2 ff, in), down_proj (E, out, ff)
+                blk = n[:n.index(".mlp.experts.")].replace("model.layers.", "blk.")
+                parts = ("gate", "up") if n.endswith("gate_up_proj") else ("down",)
+                x = np.concatenate([gguf_array(ts[f"{blk}.ffn_{k}_exps.weight"]) for k in parts], axis=1)
+                p.copy_(torch.from_numpy(x.reshape(tuple(p.shape)).copy()))
+                continue
             g = gguf_name(n, cfg["model_type"])
             if g not in ts:
                 continue  # lm_head of a tied model
@@ -90,6 +101,16 @@ def reference_steps(model_dir, n, adapter=None, gguf_path=None):
                 if k.endswith(".lora_a"):
                     p = k[:-len(".lora_a")]
                     a_, b_ = torch.from_numpy(w[k]), torch.from_numpy(w[p + ".lora_b"])
+                    if ".switch_mlp." in p:  # experts (E, r, in), (E, out, r) into transformers' fused ones
+                        blk, lin = p.split(".switch_mlp.")
+                        blk = blk[:blk.rindex(".") + 1] + "mlp.experts."
+                        d = s * (b_ @ a_)  # (E, out, in)
+                        if lin == "down_proj":
+                            params[blk + "down_proj"].add_(d)
+                        else:
+                            gu, ff = params[blk + "gate_up_proj"], d.shape[1]
+                            gu[:, :ff].add_(d) if lin == "gate_proj" else gu[:, ff:].add_(d)
+                        continue
                     params[p + ".weight"].add_(s * (b_.T @ a_.T))
     eos = tok.eos_token_id
     x = torch.tensor([tok(PROMPT)["input_ids"]])

@@ -67,13 +67,29 @@ std::string gguf_name(const std::string& hf, const std::string& arch) {
                                                           {"model.norm.weight", "output_norm.weight"},
                                                           {"lm_head.weight", "output.weight"}};
   static const std::map<std::string, std::string> kBlock = {
-      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
-      {"self_attn.k_norm", "attn_k_norm"}, {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"},       {"self_attn.qkv_proj", "attn_qkv"},  // phi3's fused q/k/v
-      {"mlp.gate_up_proj", "ffn_up"}};  // phi3's fused gate/up: llama.cpp's ffn_up of 2 * n_ff rows
+      {"input_layernorm", "attn_norm"},
+      {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"},
+      {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"},
+      {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},
+      {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"},
+      {"self_attn.qkv_proj", "attn_qkv"},  // phi3's fused q/k/v
+      {"mlp.gate_up_proj", "ffn_up"},      // phi3's fused gate/up: llama.cpp's ffn_up of 2 * n_ff rows
+      // A mixture's router and its experts stacked as mlx-lm's switch_mlp (convert's plan stacks a
+      // checkpoint's per-expert layers so): (n_expert, out, in), llama.cpp's *_exps.
+      {"block_sparse_moe.gate", "ffn_gate_inp"},
+      {"block_sparse_moe.switch_mlp.gate_proj", "ffn_gate_exps"},
+      {"block_sparse_moe.switch_mlp.up_proj", "ffn_up_exps"},
+      {"block_sparse_moe.switch_mlp.down_proj", "ffn_down_exps"},
+      {"mlp.gate", "ffn_gate_inp"},
+      {"mlp.switch_mlp.gate_proj", "ffn_gate_exps"},
+      {"mlp.switch_mlp.up_proj", "ffn_up_exps"},
+      {"mlp.switch_mlp.down_proj", "ffn_down_exps"}};
   // gemma and gemma2 take their head from token_embd; they have no output.weight.
   if (hf == "lm_head.weight" && (arch == "gemma" || arch == "gemma2")) return "";
   if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
@@ -102,9 +118,19 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
     LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir, ": llama.cpp's ", arch,
               " has no attention or MLP biases (this config has attention_bias or mlp_bias)");
   };
-  if (c.model_type == "llama" || c.model_type == "mistral") {
-    a = {"llama", true};
+  // llama.cpp's mixtures (llama with experts, qwen3moe): every layer a MoE one, the chosen experts'
+  // softmax weights renormalized.
+  auto all_moe = [&](const std::string& arch) {
+    for (int64_t il = 0; il < c.n_layer; ++il)
+      LMT_CHECK(c.layer_moe[size_t(il)], "[gguf] ", dir, ": llama.cpp's ", arch, " has experts in every layer; ",
+                "this config's layer ", il, " is dense (mlp_only_layers / decoder_sparse_step)");
+    LMT_CHECK(c.norm_topk_prob, "[gguf] ", dir, ": llama.cpp's ", arch, " renormalizes the chosen experts' ",
+              "weights; this config sets norm_topk_prob false");
+  };
+  if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "mixtral") {
+    a = {"llama", true};  // mixtral: llama's block with experts (llama.expert_count)
     LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
+    if (c.n_expert > 0) all_moe("llama (mixtral)");
   } else if (c.model_type == "granite") {
     a = {"granite", true};  // llama's block and rope, with four multipliers (add_arch_metadata)
     LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
@@ -168,10 +194,14 @@ Arch arch_of(const ModelConfig& c, const std::string& dir) {
   } else if (c.model_type == "qwen3") {
     a = {"qwen3", false};
     no_biases(a.name);
+  } else if (c.model_type == "qwen3_moe") {
+    a = {"qwen3moe", false};  // qwen3's block (q/k norms, NEOX rope) with experts
+    no_biases(a.name);
+    all_moe(a.name);
   } else {
     fail("[gguf] ", dir, ": model_type ", c.model_type,
-         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, olmo2, gemma, gemma2, "
-         "gemma3_text, phi3, qwen2, qwen3)");
+         " cannot be exported to GGUF (lmtune exports llama, mistral, mixtral, granite, smollm3, olmo2, gemma, "
+         "gemma2, gemma3_text, phi3, qwen2, qwen3, qwen3_moe)");
   }
   const nn::Activation act = is_gemma(a.name) ? nn::Activation::gelu_tanh : nn::Activation::silu;
   LMT_CHECK(c.activation == act, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses ",
@@ -205,6 +235,11 @@ void add_arch_metadata(gguf::Writer& w, const ModelConfig& c, const Arch& a, con
   w.set(k + "rope.dimension_count", Value::u32(uint32_t(c.rotary_dim > 0 ? c.rotary_dim : c.head_dim)));
   w.set(k + "attention.key_length", Value::u32(uint32_t(c.head_dim)));
   w.set(k + "attention.value_length", Value::u32(uint32_t(c.head_dim)));
+  if (c.n_expert > 0) {  // convert_hf_to_gguf's MixtralModel / Qwen3MoeModel
+    w.set(k + "expert_count", Value::u32(uint32_t(c.n_expert)));
+    w.set(k + "expert_used_count", Value::u32(uint32_t(c.n_expert_used)));
+    if (a.name == "qwen3moe") w.set(k + "expert_feed_forward_length", Value::u32(uint32_t(c.n_ff_expert)));
+  }
   if (a.name == "granite") {  // convert_hf_to_gguf's GraniteModel: the config's multipliers as they are
     w.set(k + "attention.scale", Value::f32(float(c.attn_scale)));
     w.set(k + "embedding_scale", Value::f32(float(c.embed_scale)));

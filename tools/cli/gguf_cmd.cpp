@@ -35,7 +35,7 @@ std::optional<FuseRequest> fuse_request(bool export_gguf, const std::optional<st
   if (fs::path(name).is_absolute())
     LMT_CHECK(!fs::exists(fs::symlink_status(r.path)), "[gguf] ", r.path,
               " already exists; delete it or name another --gguf-path");
-  check_model(model_dir);  // family, config and tokenizer: refused before anything is written
+  check_model(model_dir, r.type);  // family, config, tokenizer, type: refused before anything is written
   return r;
 }
 

@@ -16,6 +16,7 @@
 #include "gguf_mix.h"
 #include "gguf_vocab.h"
 #include "io/gguf.h"
+#include "models/checkpoint_layout.h"
 #include "models/model.h"
 #include "ops/ops.h"
 #include "quant/ggml_blocks.h"
@@ -142,9 +143,20 @@ const char* out_type_name(OutType t) {
   return "?";
 }
 
-void check_model(const std::string& dir) {
+namespace {
+// llama-quantize's mixes have rules of their own for experts (n_expert 8: attn_v, attn_k in Q8_0, ...),
+// which gguf_mix.cpp does not hold.
+void check_type(const ModelConfig& c, OutType type, const std::string& dir) {
+  LMT_CHECK(c.n_expert == 0 || !k_mix_of(type), "[gguf] ", dir, ": --gguf-type ", out_type_name(type),
+            ": lmtune writes llama-quantize's K-quant mixes for dense models only (this one has ", c.n_expert,
+            " experts); write f16 or q8_0 and run llama-quantize on it");
+}
+}  // namespace
+
+void check_model(const std::string& dir, OutType type) {
   ModelConfig c = ModelConfig::load(dir);
   arch_of(c, dir);
+  check_type(c, type, dir);
   read_vocab(dir, c.n_vocab);
 }
 
@@ -152,6 +164,7 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   refuse_existing(path);
   const ModelConfig c = ModelConfig::load(dir);
   const Arch arch = arch_of(c, dir);
+  check_type(c, type, dir);
   const VocabMeta vocab = read_vocab(dir, c.n_vocab);
 
   convert::Request req;
@@ -263,8 +276,19 @@ void export_lora(const std::string& model_dir, const std::string& adapter_dir, c
   w.set("general.file_type", Value::u32(file_type(type)));
   w.set("adapter.type", Value::str("lora"));
   std::optional<float> alpha;
+  // A mixture's expert adapters (mlx-lm's LoRA on SwitchLinear), one per expert here, go stacked on
+  // llama.cpp's *_exps tensors: lora_a (n_expert, r, in), lora_b (n_expert, out, r), which its
+  // build_lora_mm_id applies per chosen expert.
+  struct Stacked {
+    int64_t in = 0, r = 0, out = 0;
+    std::vector<float> at, bt;
+    std::vector<bool> seen;
+  };
+  std::map<std::string, Stacked> stacked;  // by GGUF stem (blk.N.ffn_gate_exps)
   for (const auto& [prefix, ad] : model->adapters()) {
-    const std::string base = gguf_name(prefix + ".weight", arch.name);
+    int64_t expert = -1;
+    const std::string switch_path = stacked_expert_path(c, prefix, &expert);
+    const std::string base = gguf_name((switch_path.empty() ? prefix : switch_path) + ".weight", arch.name);
     LMT_CHECK(!base.empty(), "[gguf] ", adapter_dir, ": the adapter of ", prefix, " has no llama.cpp tensor");
     std::vector<float> a = to_f32(ad.lora_a), b = to_f32(ad.lora_b);  // (in, r), (r, out)
     const int64_t in = ad.lora_a.shape()[0], r = ad.lora_a.shape()[1], out = ad.lora_b.shape()[1];
@@ -282,8 +306,33 @@ void export_lora(const std::string& model_dir, const std::string& adapter_dir, c
     if (arch.permute_qk && prefix.find("self_attn.k_proj") != std::string::npos)
       bt = permute_rows(bt.data(), out, r, c.n_kv_head);
     const std::string stem = base.substr(0, base.size() - std::string(".weight").size());
+    if (expert >= 0) {
+      Stacked& st = stacked[stem];
+      if (st.seen.empty()) {
+        st = {in,
+              r,
+              out,
+              std::vector<float>(size_t(c.n_expert * r * in)),
+              std::vector<float>(size_t(c.n_expert * out * r)),
+              std::vector<bool>(size_t(c.n_expert))};
+      }
+      LMT_CHECK(st.in == in && st.r == r && st.out == out, "[gguf] ", adapter_dir, ": the experts of ", switch_path,
+                " have adapters of different shapes");
+      std::copy(at.begin(), at.end(), st.at.begin() + expert * r * in);
+      std::copy(bt.begin(), bt.end(), st.bt.begin() + expert * out * r);
+      st.seen[size_t(expert)] = true;
+      continue;
+    }
     w.add_tensor(stem + ".weight.lora_a", t, {r, in}, encode(t, at.data(), r * in));
     w.add_tensor(stem + ".weight.lora_b", t, {out, r}, encode(t, bt.data(), out * r));
+  }
+  for (const auto& [stem, st] : stacked) {
+    for (int64_t e = 0; e < c.n_expert; ++e)
+      LMT_CHECK(st.seen[size_t(e)], "[gguf] ", adapter_dir, ": ", stem, " has adapters on some experts but not on ",
+                "expert ", e, " (llama.cpp's expert LoRA covers all of them)");
+    const int64_t n = c.n_expert;
+    w.add_tensor(stem + ".weight.lora_a", t, {n, st.r, st.in}, encode(t, st.at.data(), n * st.r * st.in));
+    w.add_tensor(stem + ".weight.lora_b", t, {n, st.out, st.r}, encode(t, st.bt.data(), n * st.out * st.r));
   }
   LMT_CHECK(alpha.has_value(), "[gguf] ", adapter_dir, ": no LoRA adapters found");
   w.set("adapter.lora.alpha", Value::f32(*alpha));

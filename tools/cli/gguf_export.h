@@ -26,8 +26,9 @@ struct Arch {
 // The llama.cpp architecture of cfg, or an error naming what llama.cpp's loader would not take.
 Arch arch_of(const ModelConfig& cfg, const std::string& dir);
 
-// Everything that can be refused before any weight is read: the family, the config, the tokenizer.
-void check_model(const std::string& dir);
+// Everything that can be refused before any weight is read: the family, the config, the tokenizer,
+// the type (a K-quant mix of a mixture of experts).
+void check_model(const std::string& dir, OutType type);
 
 // Writes the model in dir to path (which must not exist), atomically. Prints one line per tensor
 // written in another type than asked (rows that are not whole blocks) and a summary of the types.
@@ -49,7 +50,7 @@ struct FuseRequest {
   OutType type = OutType::f16;
 };
 // nullopt without --export-gguf (then --gguf-path / --gguf-type are refused, naming them); else
-// the request, after check_model(model_dir) and a refusal of an existing absolute --gguf-path.
+// the request, after check_model(model_dir, type) and a refusal of an existing absolute --gguf-path.
 std::optional<FuseRequest> fuse_request(bool export_gguf, const std::optional<std::string>& gguf_path,
                                         const std::optional<std::string>& gguf_type, const std::string& save_path,
                                         const std::string& model_dir);
