@@ -119,8 +119,9 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     hd = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     rope = cfg.get("rope_parameters") or cfg
     rope = rope.get("full_attention", rope)  # per layer type (gemma3): the full layers' base is rope.freq_base
-    # phi3's partial rotary: the rotated dimensions of a head (convert_hf_to_gguf's rope_dims)
-    rot = int(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) * cfg["hidden_size"]) // n_head
+    # phi3's partial rotary: the rotated dimensions of a head (transformers' int(head_dim * factor); the
+    # converter's int(factor * hidden) // heads where phi3's head_dim * heads = hidden)
+    rot = int(hd * rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
     expect = {"context_length": cfg["max_position_embeddings"], "embedding_length": cfg["hidden_size"],
               "block_count": cfg["num_hidden_layers"], "feed_forward_length": cfg["intermediate_size"],
               "attention.head_count": n_head, "attention.head_count_kv": cfg["num_key_value_heads"],
