@@ -1,5 +1,5 @@
 // The llama.cpp architectures GGUF export writes (see gguf_arch.h). Facts taken from llama.cpp's loader and converter
-// (src/models/{llama,granite,smollm3,olmo2,gemma,gemma2,gemma3,phi3,qwen2,qwen3}.cpp, src/llama-model.cpp,
+// (src/models/{llama,granite,smollm3,olmo2,gemma,gemma2,gemma3,phi3,qwen2,qwen3,qwen3moe}.cpp, src/llama-model.cpp,
 // convert_hf_to_gguf.py): tensor names blk.N.attn_q ..., which configs each architecture's tensors and graph hold,
 // llama3 rope scaling as a rope_freqs tensor of per-frequency divisors, longrope's as rope_factors_long / _short.
 #include "gguf_arch.h"

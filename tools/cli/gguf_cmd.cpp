@@ -62,11 +62,12 @@ struct GgufOptions {
 
 int run_gguf(int argc, char** argv) {
   GgufOptions o;
-  Options t("gguf", "lmtune gguf --model MODEL [--adapter-path PATH] [--gguf-path PATH] [--gguf-type TYPE]",
-            "Write a model as a GGUF file for llama.cpp (llama, mistral, granite, smollm3, olmo2, gemma, gemma2, "
-            "gemma3_text, phi3, qwen2, qwen3; a quantized model is "
-            "dequantized first), or with --adapter-path its LoRA adapter as a llama.cpp --lora GGUF to use with "
-            "the base model's GGUF. `lmtune fuse --export-gguf` writes the fused model's GGUF.");
+  Options t(
+      "gguf", "lmtune gguf --model MODEL [--adapter-path PATH] [--gguf-path PATH] [--gguf-type TYPE]",
+      "Write a model as a GGUF file for llama.cpp (llama, mistral, mixtral, granite, smollm3, olmo2, gemma, gemma2, "
+      "gemma3_text, phi3, qwen2, qwen3, qwen3_moe; a quantized model is "
+      "dequantized first), or with --adapter-path its LoRA adapter as a llama.cpp --lora GGUF to use with "
+      "the base model's GGUF. `lmtune fuse --export-gguf` writes the fused model's GGUF.");
   t.add("--model", &o.model, "MODEL",
         std::string("The model (the LoRA's base with --adapter-path): ") + kModelHelp + ".");
   t.add("--adapter-path", &o.adapter_path, "PATH",

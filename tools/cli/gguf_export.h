@@ -1,8 +1,8 @@
 // GGUF export for llama.cpp (and Ollama, LM Studio): a model folder of a family lmtune supports
 // (llama, mistral -> llama.cpp's "llama"; granite, smollm3, olmo2, gemma, gemma2, gemma3_text ->
-// "gemma3", phi3, qwen2, qwen3: gguf_arch.cpp), dense or quantized (dequantized first),
-// written with llama.cpp's tensor names, hyper-parameters, rope layout and tokenizer metadata; and
-// an lmtune / mlx-lm LoRA adapter as llama.cpp's `--lora` GGUF.
+// "gemma3", phi3, qwen2, qwen3; mixtral -> "llama" with experts, qwen3_moe -> "qwen3moe": gguf_arch.cpp),
+// dense or quantized (dequantized first), written with llama.cpp's tensor names, hyper-parameters,
+// rope layout and tokenizer metadata; and an lmtune / mlx-lm LoRA adapter as llama.cpp's `--lora` GGUF.
 #pragma once
 #include <optional>
 #include <string>
