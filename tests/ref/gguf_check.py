@@ -470,6 +470,10 @@ def case_refusals(a):
     bad = variant(a, "phi3", "phi3-bias", attention_bias=True)
     refused(a, ["gguf", "--model", bad, "--gguf-path", out], "llama.cpp's phi3 has no attention or MLP biases", out,
             "phi3 with attention_bias")
+    # A folder named phi3 (general.name) without Phi-3's tokens: llama.cpp's vocabulary loader would throw.
+    bad = variant(a, "mistral", "my-phi3-mistral")
+    refused(a, ["gguf", "--model", bad, "--gguf-path", out], "this tokenizer has no <|endoftext|>; rename the folder",
+            out, "a phi3-named folder without <|endoftext|>")
     # Mixtures: llama.cpp's qwen3moe renormalizes the chosen experts' weights and has experts in every
     # layer; the K-quant mixes' expert rules are not written (refused before fuse writes anything).
     bad = variant(a, "qwen3moe", "qwen3moe-nonorm", norm_topk_prob=False)

@@ -4,6 +4,8 @@
 // gemma's (1 + w) norms written as 1 + w, no output.weight when tied.
 #include "gguf_export.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -153,6 +155,19 @@ void check_type(const ModelConfig& c, OutType type, const std::string& dir) {
 }
 }  // namespace
 
+namespace {
+// llama.cpp's vocabulary loader sets Phi-3's token attributes when general.name contains "phi-3" or
+// "phi3" (any architecture), looking these tokens up by text: a file without one of them does not load.
+void check_phi3_name(std::string name, const VocabMeta& v, const std::string& dir) {
+  for (char& ch : name) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (name.find("phi-3") == std::string::npos && name.find("phi3") == std::string::npos) return;
+  for (const char* tok : {"</s>", "<unk>", "<s>", "<|endoftext|>"})
+    LMT_CHECK(std::find(v.tokens.begin(), v.tokens.end(), tok) != v.tokens.end(), "[gguf] ", dir,
+              ": llama.cpp reads a model whose general.name (the folder's name, ", name, ") says phi3 with ",
+              "Phi-3's tokens, and this tokenizer has no ", tok, "; rename the folder");
+}
+}  // namespace
+
 void check_model(const std::string& dir, OutType type) {
   ModelConfig c = ModelConfig::load(dir);
   arch_of(c, dir);
@@ -176,7 +191,9 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   gguf::Writer w;
   w.set("general.architecture", Value::str(arch.name));
   w.set("general.type", Value::str("model"));
-  w.set("general.name", Value::str(fs::path(dir).lexically_normal().filename().string()));
+  const std::string name = fs::path(dir).lexically_normal().filename().string();
+  check_phi3_name(name, vocab, dir);
+  w.set("general.name", Value::str(name));
   w.set("general.alignment", Value::u32(32));
   w.set("general.file_type", Value::u32(file_type(type)));
   const std::optional<KMix> mix = k_mix_of(type);
