@@ -23,7 +23,8 @@ import struct
 import sys
 
 from checks import FAILS, check
-from gguf_check import LOGIT_SCALE, greedy_llamacpp, greedy_lmtune, make_family, must, run
+from gguf_families import LOGIT_SCALE, make_family, must, run
+from gguf_llamacpp import greedy_llamacpp, greedy_lmtune
 
 CPP_NAME = {"q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q5_k_s": "Q5_K_S", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K"}
 # ggml type -> (elements per block, bytes per block)

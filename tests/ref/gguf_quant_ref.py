@@ -38,6 +38,8 @@ def mix_type(mix, name, row, cfg, has_output):
             cfg["model_type"] in ("llama", "mistral") and cfg["num_attention_heads"] != cfg["num_key_value_heads"]))
         if seventy and t == "Q4_K":
             t = "Q5_K"
+    elif rest == "attn_qkv.weight":  # phi3's fused q/k/v: llama-quant.cpp's ATTENTION_QKV category
+        t = {"q4_k_m": "Q5_K", "q5_k_m": "Q6_K"}.get(mix, t)
     elif rest == "ffn_down.weight":
         if mix in ("q4_k_m", "q5_k_m") and more_bits(layer, n):
             t = "Q6_K"

@@ -35,7 +35,7 @@ std::optional<FuseRequest> fuse_request(bool export_gguf, const std::optional<st
   if (fs::path(name).is_absolute())
     LMT_CHECK(!fs::exists(fs::symlink_status(r.path)), "[gguf] ", r.path,
               " already exists; delete it or name another --gguf-path");
-  check_model(model_dir);  // family, config and tokenizer: refused before anything is written
+  check_model(model_dir, r.type);  // family, config, tokenizer, type: refused before anything is written
   return r;
 }
 
@@ -62,10 +62,12 @@ struct GgufOptions {
 
 int run_gguf(int argc, char** argv) {
   GgufOptions o;
-  Options t("gguf", "lmtune gguf --model MODEL [--adapter-path PATH] [--gguf-path PATH] [--gguf-type TYPE]",
-            "Write a model as a GGUF file for llama.cpp (llama, mistral, qwen2, qwen3; a quantized model is "
-            "dequantized first), or with --adapter-path its LoRA adapter as a llama.cpp --lora GGUF to use with "
-            "the base model's GGUF. `lmtune fuse --export-gguf` writes the fused model's GGUF.");
+  Options t(
+      "gguf", "lmtune gguf --model MODEL [--adapter-path PATH] [--gguf-path PATH] [--gguf-type TYPE]",
+      "Write a model as a GGUF file for llama.cpp (llama, mistral, mixtral, granite, smollm3, olmo2, gemma, gemma2, "
+      "gemma3_text, phi3, qwen2, qwen3, qwen3_moe; a quantized model is "
+      "dequantized first), or with --adapter-path its LoRA adapter as a llama.cpp --lora GGUF to use with "
+      "the base model's GGUF. `lmtune fuse --export-gguf` writes the fused model's GGUF.");
   t.add("--model", &o.model, "MODEL",
         std::string("The model (the LoRA's base with --adapter-path): ") + kModelHelp + ".");
   t.add("--adapter-path", &o.adapter_path, "PATH",

@@ -1,22 +1,24 @@
-// GGUF export (see gguf_export.h). Facts taken from llama.cpp's loader and converter
-// (src/models/{llama,granite,smollm3,olmo2,gemma3,qwen2,qwen3}.cpp, convert_hf_to_gguf.py): tensor names blk.N.attn_q
-// ..., q/k rows of the llama architecture permuted per head so that rotary pairs are adjacent (qwen2 and qwen3 use NEOX
-// rope and keep HF's order), 1-D tensors (norms, biases) always f32, llama3 rope scaling as a rope_freqs tensor of
-// per-frequency divisors, no output.weight when tied.
+// GGUF export (see gguf_export.h): the tensors of a model folder or LoRA adapter in llama.cpp's names and types
+// (the per-architecture facts are gguf_arch.cpp's). q/k rows of the llama architecture permuted per head so that
+// rotary pairs are adjacent (the others use NEOX rope and keep HF's order), 1-D tensors (norms, biases) always f32,
+// gemma's (1 + w) norms written as 1 + w, no output.weight when tied.
 #include "gguf_export.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <regex>
 
 #include "convert_plan.h"
 #include "core/error.h"
+#include "gguf_arch.h"
 #include "gguf_mix.h"
 #include "gguf_vocab.h"
 #include "io/gguf.h"
+#include "models/checkpoint_layout.h"
 #include "models/model.h"
 #include "ops/ops.h"
 #include "quant/ggml_blocks.h"
@@ -30,37 +32,6 @@ namespace {
 
 using gguf::TensorType;
 using gguf::Value;
-
-// HF name -> llama.cpp name in architecture `arch`; "" for a name llama.cpp has no place for.
-std::string gguf_name(const std::string& hf, const std::string& arch) {
-  static const std::map<std::string, std::string> kTop = {{"model.embed_tokens.weight", "token_embd.weight"},
-                                                          {"model.norm.weight", "output_norm.weight"},
-                                                          {"lm_head.weight", "output.weight"}};
-  static const std::map<std::string, std::string> kBlock = {
-      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
-      {"self_attn.k_norm", "attn_k_norm"}, {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"}};
-  if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
-  static const std::regex kRe(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
-  std::smatch m;
-  if (!std::regex_match(hf, m, kRe)) return "";
-  // Where an architecture names a block's norms otherwise: olmo2's follow attention and the MLP
-  // (its post_attention_layernorm is not llama's pre-MLP norm); gemma3's sandwich them.
-  static const std::map<std::string, std::map<std::string, std::string>> kArchNorms = {
-      {"olmo2", {{"post_attention_layernorm", "post_attention_norm"}, {"post_feedforward_layernorm", "post_ffw_norm"}}},
-      {"gemma3",
-       {{"post_attention_layernorm", "post_attention_norm"},
-        {"pre_feedforward_layernorm", "ffn_norm"},
-        {"post_feedforward_layernorm", "post_ffw_norm"}}}};
-  const std::map<std::string, std::string>* block = &kBlock;
-  if (auto a = kArchNorms.find(arch); a != kArchNorms.end() && a->second.count(m[2].str())) block = &a->second;
-  auto it = block->find(m[2].str());
-  if (it == block->end()) return "";
-  return "blk." + m[1].str() + "." + it->second + "." + m[3].str();
-}
 
 // convert_hf_to_gguf's LlamaModel.permute: per head, rows (half, i) -> (i, half), so rotary pairs
 // (i, i + head_dim/2) of HF's rotate_half layout become adjacent rows (2i, 2i + 1). x: f32 with
@@ -142,76 +113,6 @@ void refuse_existing(const std::string& path) {
   LMT_CHECK(parent.empty() || fs::is_directory(parent), "[gguf] the folder of ", path, " does not exist");
 }
 
-// llama3 rope scaling as llama.cpp takes it: a divisor per frequency (convert_hf_to_gguf's
-// generate_extra_tensors, in f64 as Python computes it, stored as f32).
-std::vector<float> llama3_rope_factors(const ModelConfig& c) {
-  const RopeConfig& r = c.rope;
-  const double old_ctx = double(r.original_max_position_embeddings);
-  const double low_wl = old_ctx / r.low_freq_factor, high_wl = old_ctx / r.high_freq_factor;
-  std::vector<float> out;
-  for (int64_t i = 0; i < c.head_dim; i += 2) {
-    const float freq = 1.0f / std::pow(float(r.theta), float(i) / float(c.head_dim));  // torch f32
-    const double wl = 2 * M_PI / double(freq);
-    if (wl < high_wl)
-      out.push_back(1.f);
-    else if (wl > low_wl)
-      out.push_back(float(r.factor));
-    else {
-      const double smooth = (old_ctx / wl - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
-      out.push_back(float(1.0 / ((1 - smooth) / r.factor + smooth)));
-    }
-  }
-  return out;
-}
-
-void add_arch_metadata(gguf::Writer& w, const ModelConfig& c, const Arch& a, const std::string& dir) {
-  const std::string k = a.name + ".";
-  w.set(k + "vocab_size", Value::u32(uint32_t(c.n_vocab)));
-  w.set(k + "context_length", Value::u32(uint32_t(c.max_position_embeddings)));
-  w.set(k + "embedding_length", Value::u32(uint32_t(c.n_embd)));
-  w.set(k + "block_count", Value::u32(uint32_t(c.n_layer)));
-  w.set(k + "feed_forward_length", Value::u32(uint32_t(c.n_ff)));
-  w.set(k + "attention.head_count", Value::u32(uint32_t(c.n_head)));
-  w.set(k + "attention.head_count_kv", Value::u32(uint32_t(c.n_kv_head)));
-  w.set(k + "rope.freq_base", Value::f32(float(c.rope.theta)));
-  w.set(k + "attention.layer_norm_rms_epsilon", Value::f32(float(c.rms_norm_eps)));
-  w.set(k + "rope.dimension_count", Value::u32(uint32_t(c.head_dim)));
-  w.set(k + "attention.key_length", Value::u32(uint32_t(c.head_dim)));
-  w.set(k + "attention.value_length", Value::u32(uint32_t(c.head_dim)));
-  if (a.name == "granite") {  // convert_hf_to_gguf's GraniteModel: the config's multipliers as they are
-    w.set(k + "attention.scale", Value::f32(float(c.attn_scale)));
-    w.set(k + "embedding_scale", Value::f32(float(c.embed_scale)));
-    w.set(k + "residual_scale", Value::f32(float(c.residual_scale)));
-    w.set(k + "logit_scale", Value::f32(float(1.0 / c.logit_scale)));  // logits_scaling: llama.cpp divides
-  }
-  if (a.name == "gemma3") {  // convert_hf_to_gguf's Gemma3Model, and the sliding layers as a list
-    int64_t window = 0;
-    for (int64_t win : c.layer_window) window = std::max(window, win);
-    if (window > 0) {
-      w.set(k + "attention.sliding_window", Value::u32(uint32_t(window)));
-      Value pattern;
-      pattern.type = gguf::ValueType::array;
-      pattern.elem = gguf::ValueType::boolean;
-      for (int64_t win : c.layer_window) pattern.arr.push_back(Value::boolean(win > 0));
-      w.set(k + "attention.sliding_window_pattern", pattern);
-      w.set(k + "rope.freq_base_swa", Value::f32(float(c.rope_sliding ? c.rope_sliding->theta : c.rope.theta)));
-    }
-    if (c.final_logit_softcap > 0) w.set(k + "final_logit_softcapping", Value::f32(float(c.final_logit_softcap)));
-  }
-  if (c.rope.type == "linear") {
-    w.set(k + "rope.scaling.type", Value::str("linear"));
-    w.set(k + "rope.scaling.factor", Value::f32(float(c.rope.factor)));
-  }
-  for (int64_t win : c.layer_window)
-    if (win > 0 && win < c.max_position_embeddings && a.name != "gemma3") {
-      std::fprintf(stderr,
-                   "[gguf] note: %s has a sliding window of %lld tokens; llama.cpp's %s ignores it, so texts "
-                   "longer than the window differ\n",
-                   dir.c_str(), (long long)win, a.name.c_str());
-      break;
-    }
-}
-
 }  // namespace
 
 OutType parse_out_type(const std::string& name) {
@@ -244,73 +145,33 @@ const char* out_type_name(OutType t) {
   return "?";
 }
 
-Arch arch_of(const ModelConfig& c, const std::string& dir) {
-  Arch a;
-  if (c.model_type == "llama" || c.model_type == "mistral") {
-    a = {"llama", true};
-    LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
-  } else if (c.model_type == "granite") {
-    a = {"granite", true};  // llama's block and rope, with four multipliers (add_arch_metadata)
-    LMT_CHECK(c.attention_bias || !c.qkv_bias, "[gguf] ", dir, ": q/k/v biases without an o_proj bias");
-    LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's granite takes head_dim as hidden_size",
-              " / heads (", c.n_embd / c.n_head, "), this config has ", c.head_dim);
-  } else if (c.model_type == "smollm3") {
-    a = {"smollm3", true};  // llama's block and rope, but no rope on every 4th layer
-    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir,
-              ": llama.cpp's smollm3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
-    for (int64_t il = 0; il < c.n_layer; ++il)  // llama.cpp fixes the pattern (n_no_rope_layer_step = 4)
-      LMT_CHECK(c.layer_rope.empty() ? (il + 1) % 4 != 0 : c.layer_rope[size_t(il)] == ((il + 1) % 4 != 0), "[gguf] ",
-                dir, ": llama.cpp's smollm3 leaves rope out of every 4th layer (3, 7, ...); this config's ",
-                "no_rope_layers differ at layer ", il);
-  } else if (c.model_type == "olmo2") {
-    a = {"olmo2", false};  // NEOX rope (HF's order), q/k norms over all heads, norms after attention and MLP
-    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir,
-              ": llama.cpp's olmo2 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
-    LMT_CHECK(!c.tie_word_embeddings, "[gguf] ", dir,
-              ": llama.cpp's olmo2 needs its own output.weight (this config ties ", "the embeddings)");
-    LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's olmo2 needs head_dim * heads (",
-              c.head_dim * c.n_head, ") = hidden_size (", c.n_embd, ")");
-  } else if (c.model_type == "gemma3_text") {
-    a = {"gemma3", false};  // NEOX rope, (1 + w) norms stored as 1 + w, GeGLU, sqrt(hidden) embedding scale inside
-    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir, ": llama.cpp's gemma3 has no biases");
-    LMT_CHECK(c.n_layer != 62 && std::abs(c.attn_scale * std::sqrt(double(c.head_dim)) - 1.0) < 1e-6, "[gguf] ", dir,
-              ": llama.cpp's gemma3 scales scores by 1 / sqrt(head_dim) (but for its 62-layer 27B), not this ",
-              "config's query_pre_attn_scalar");
-    LMT_CHECK(c.attn_logit_softcap == 0, "[gguf] ", dir, ": llama.cpp's gemma3 has no attention soft-cap");
-    LMT_CHECK(c.rope.type == "default" && (!c.rope_sliding || c.rope_sliding->type == "default"), "[gguf] ", dir,
-              ": rope scaling on gemma3 (", c.rope.type, ") is not exported (Gemma 3 1B has none)");
-    int64_t window = 0;
-    for (int64_t win : c.layer_window) {
-      LMT_CHECK(win == 0 || window == 0 || win == window, "[gguf] ", dir, ": gemma3 with two window sizes");
-      window = std::max(window, win);
-    }
-  } else if (c.model_type == "qwen2") {
-    a = {"qwen2", false};
-    LMT_CHECK(!c.attention_bias && !c.mlp_bias, "[gguf] ", dir,
-              ": llama.cpp's qwen2 takes q/k/v biases only (this config has o_proj or MLP biases)");
-    LMT_CHECK(c.head_dim * c.n_head == c.n_embd, "[gguf] ", dir, ": llama.cpp's qwen2 needs head_dim * heads (",
-              c.head_dim * c.n_head, ") = hidden_size (", c.n_embd, ")");
-  } else if (c.model_type == "qwen3") {
-    a = {"qwen3", false};
-    LMT_CHECK(!c.attention_bias && !c.qkv_bias && !c.mlp_bias, "[gguf] ", dir,
-              ": llama.cpp's qwen3 has no attention or MLP biases (this config has attention_bias or mlp_bias)");
-  } else {
-    fail("[gguf] ", dir, ": model_type ", c.model_type,
-         " cannot be exported to GGUF (lmtune exports llama, mistral, granite, smollm3, olmo2, gemma3_text, qwen2, "
-         "qwen3)");
-  }
-  const nn::Activation act = a.name == "gemma3" ? nn::Activation::gelu_tanh : nn::Activation::silu;
-  LMT_CHECK(c.activation == act, "[gguf] ", dir, ": llama.cpp's ", a.name, " uses ",
-            act == nn::Activation::silu ? "SiLU" : "tanh-approximated GELU", ", not this config's hidden_act");
-  LMT_CHECK(c.rope.type == "default" || c.rope.type == "linear" || (c.rope.type == "llama3" && a.name == "llama"),
-            "[gguf] ", dir, ": rope type ", c.rope.type, " is not exported for llama.cpp's ", a.name);
-  LMT_CHECK(c.head_dim % 2 == 0, "[gguf] ", dir, ": head_dim ", c.head_dim, " is odd");
-  return a;
+namespace {
+// llama-quantize's mixes have rules of their own for experts (n_expert 8: attn_v, attn_k in Q8_0, ...),
+// which gguf_mix.cpp does not hold.
+void check_type(const ModelConfig& c, OutType type, const std::string& dir) {
+  LMT_CHECK(c.n_expert == 0 || !k_mix_of(type), "[gguf] ", dir, ": --gguf-type ", out_type_name(type),
+            ": lmtune writes llama-quantize's K-quant mixes for dense models only (this one has ", c.n_expert,
+            " experts); write f16 or q8_0 and run llama-quantize on it");
 }
+}  // namespace
 
-void check_model(const std::string& dir) {
+namespace {
+// llama.cpp's vocabulary loader sets Phi-3's token attributes when general.name contains "phi-3" or
+// "phi3" (any architecture), looking these tokens up by text: a file without one of them does not load.
+void check_phi3_name(std::string name, const VocabMeta& v, const std::string& dir) {
+  for (char& ch : name) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (name.find("phi-3") == std::string::npos && name.find("phi3") == std::string::npos) return;
+  for (const char* tok : {"</s>", "<unk>", "<s>", "<|endoftext|>"})
+    LMT_CHECK(std::find(v.tokens.begin(), v.tokens.end(), tok) != v.tokens.end(), "[gguf] ", dir,
+              ": llama.cpp reads a model whose general.name (the folder's name, ", name, ") says phi3 with ",
+              "Phi-3's tokens, and this tokenizer has no ", tok, "; rename the folder");
+}
+}  // namespace
+
+void check_model(const std::string& dir, OutType type) {
   ModelConfig c = ModelConfig::load(dir);
   arch_of(c, dir);
+  check_type(c, type, dir);
   read_vocab(dir, c.n_vocab);
 }
 
@@ -318,6 +179,7 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   refuse_existing(path);
   const ModelConfig c = ModelConfig::load(dir);
   const Arch arch = arch_of(c, dir);
+  check_type(c, type, dir);
   const VocabMeta vocab = read_vocab(dir, c.n_vocab);
 
   convert::Request req;
@@ -329,7 +191,9 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   gguf::Writer w;
   w.set("general.architecture", Value::str(arch.name));
   w.set("general.type", Value::str("model"));
-  w.set("general.name", Value::str(fs::path(dir).lexically_normal().filename().string()));
+  const std::string name = fs::path(dir).lexically_normal().filename().string();
+  check_phi3_name(name, vocab, dir);
+  w.set("general.name", Value::str(name));
   w.set("general.alignment", Value::u32(32));
   w.set("general.file_type", Value::u32(file_type(type)));
   const std::optional<KMix> mix = k_mix_of(type);
@@ -337,13 +201,11 @@ void export_model(const std::string& dir, const std::string& path, OutType type)
   add_arch_metadata(w, c, arch, dir);
   add_vocab(w, vocab);
 
-  if (c.rope.type == "llama3") {
-    std::vector<float> f = llama3_rope_factors(c);
-    w.add_tensor("rope_freqs.weight", TensorType::f32, {int64_t(f.size())},
-                 quant::ggml::encode_f32(f.data(), int64_t(f.size())));
-  }
   std::map<std::string, int> counts;  // tensors per written type
-  if (c.rope.type == "llama3") ++counts["F32"];
+  for (const auto& [name, f] : config_tensors(c, arch)) {
+    w.add_tensor(name, TensorType::f32, {int64_t(f.size())}, quant::ggml::encode_f32(f.data(), int64_t(f.size())));
+    ++counts["F32"];
+  }
   const TensorType asked = mix ? TensorType::f32 : tensor_type_for(type);
   // llama-quantize takes token_embd for the head when the file has no output.weight.
   MixModel mm{arch.name, c.n_layer, c.n_head, c.n_kv_head, false};
@@ -431,8 +293,19 @@ void export_lora(const std::string& model_dir, const std::string& adapter_dir, c
   w.set("general.file_type", Value::u32(file_type(type)));
   w.set("adapter.type", Value::str("lora"));
   std::optional<float> alpha;
+  // A mixture's expert adapters (mlx-lm's LoRA on SwitchLinear), one per expert here, go stacked on
+  // llama.cpp's *_exps tensors: lora_a (n_expert, r, in), lora_b (n_expert, out, r), which its
+  // build_lora_mm_id applies per chosen expert.
+  struct Stacked {
+    int64_t in = 0, r = 0, out = 0;
+    std::vector<float> at, bt;
+    std::vector<bool> seen;
+  };
+  std::map<std::string, Stacked> stacked;  // by GGUF stem (blk.N.ffn_gate_exps)
   for (const auto& [prefix, ad] : model->adapters()) {
-    const std::string base = gguf_name(prefix + ".weight", arch.name);
+    int64_t expert = -1;
+    const std::string switch_path = stacked_expert_path(c, prefix, &expert);
+    const std::string base = gguf_name((switch_path.empty() ? prefix : switch_path) + ".weight", arch.name);
     LMT_CHECK(!base.empty(), "[gguf] ", adapter_dir, ": the adapter of ", prefix, " has no llama.cpp tensor");
     std::vector<float> a = to_f32(ad.lora_a), b = to_f32(ad.lora_b);  // (in, r), (r, out)
     const int64_t in = ad.lora_a.shape()[0], r = ad.lora_a.shape()[1], out = ad.lora_b.shape()[1];
@@ -450,8 +323,33 @@ void export_lora(const std::string& model_dir, const std::string& adapter_dir, c
     if (arch.permute_qk && prefix.find("self_attn.k_proj") != std::string::npos)
       bt = permute_rows(bt.data(), out, r, c.n_kv_head);
     const std::string stem = base.substr(0, base.size() - std::string(".weight").size());
+    if (expert >= 0) {
+      Stacked& st = stacked[stem];
+      if (st.seen.empty()) {
+        st = {in,
+              r,
+              out,
+              std::vector<float>(size_t(c.n_expert * r * in)),
+              std::vector<float>(size_t(c.n_expert * out * r)),
+              std::vector<bool>(size_t(c.n_expert))};
+      }
+      LMT_CHECK(st.in == in && st.r == r && st.out == out, "[gguf] ", adapter_dir, ": the experts of ", switch_path,
+                " have adapters of different shapes");
+      std::copy(at.begin(), at.end(), st.at.begin() + expert * r * in);
+      std::copy(bt.begin(), bt.end(), st.bt.begin() + expert * out * r);
+      st.seen[size_t(expert)] = true;
+      continue;
+    }
     w.add_tensor(stem + ".weight.lora_a", t, {r, in}, encode(t, at.data(), r * in));
     w.add_tensor(stem + ".weight.lora_b", t, {out, r}, encode(t, bt.data(), out * r));
+  }
+  for (const auto& [stem, st] : stacked) {
+    for (int64_t e = 0; e < c.n_expert; ++e)
+      LMT_CHECK(st.seen[size_t(e)], "[gguf] ", adapter_dir, ": ", stem, " has adapters on some experts but not on ",
+                "expert ", e, " (llama.cpp's expert LoRA covers all of them)");
+    const int64_t n = c.n_expert;
+    w.add_tensor(stem + ".weight.lora_a", t, {n, st.r, st.in}, encode(t, st.at.data(), n * st.r * st.in));
+    w.add_tensor(stem + ".weight.lora_b", t, {n, st.out, st.r}, encode(t, st.bt.data(), n * st.out * st.r));
   }
   LMT_CHECK(alpha.has_value(), "[gguf] ", adapter_dir, ": no LoRA adapters found");
   w.set("adapter.lora.alpha", Value::f32(*alpha));

@@ -1,7 +1,8 @@
 // GGUF export for llama.cpp (and Ollama, LM Studio): a model folder of a family lmtune supports
-// (llama, mistral -> llama.cpp's "llama"; qwen2; qwen3), dense or quantized (dequantized first),
-// written with llama.cpp's tensor names, hyper-parameters, rope layout and tokenizer metadata; and
-// an lmtune / mlx-lm LoRA adapter as llama.cpp's `--lora` GGUF.
+// (llama, mistral -> llama.cpp's "llama"; granite, smollm3, olmo2, gemma, gemma2, gemma3_text ->
+// "gemma3", phi3, qwen2, qwen3; mixtral -> "llama" with experts, qwen3_moe -> "qwen3moe": gguf_arch.cpp),
+// dense or quantized (dequantized first), written with llama.cpp's tensor names, hyper-parameters,
+// rope layout and tokenizer metadata; and an lmtune / mlx-lm LoRA adapter as llama.cpp's `--lora` GGUF.
 #pragma once
 #include <optional>
 #include <string>
@@ -18,15 +19,16 @@ OutType parse_out_type(const std::string& name);  // throws naming the value and
 const char* out_type_name(OutType t);
 
 struct Arch {
-  std::string name;         // general.architecture: llama | granite | smollm3 | olmo2 | qwen2 | qwen3
+  std::string name;         // general.architecture: llama | granite | ... | phi3 | qwen2 | qwen3
   bool permute_qk = false;  // llama.cpp's llama rope pairs adjacent dims: q/k rows are permuted
 };
 
 // The llama.cpp architecture of cfg, or an error naming what llama.cpp's loader would not take.
 Arch arch_of(const ModelConfig& cfg, const std::string& dir);
 
-// Everything that can be refused before any weight is read: the family, the config, the tokenizer.
-void check_model(const std::string& dir);
+// Everything that can be refused before any weight is read: the family, the config, the tokenizer,
+// the type (a K-quant mix of a mixture of experts).
+void check_model(const std::string& dir, OutType type);
 
 // Writes the model in dir to path (which must not exist), atomically. Prints one line per tensor
 // written in another type than asked (rows that are not whole blocks) and a summary of the types.
@@ -48,7 +50,7 @@ struct FuseRequest {
   OutType type = OutType::f16;
 };
 // nullopt without --export-gguf (then --gguf-path / --gguf-type are refused, naming them); else
-// the request, after check_model(model_dir) and a refusal of an existing absolute --gguf-path.
+// the request, after check_model(model_dir, type) and a refusal of an existing absolute --gguf-path.
 std::optional<FuseRequest> fuse_request(bool export_gguf, const std::optional<std::string>& gguf_path,
                                         const std::optional<std::string>& gguf_type, const std::string& save_path,
                                         const std::string& model_dir);

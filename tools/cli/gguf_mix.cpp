@@ -67,6 +67,11 @@ MixChoice k_mix_type(KMix mix, const MixModel& m, const std::string& name, int64
     else if (mix == KMix::q4_k_s && layer < 4)
       t = TensorType::q5_k;
     if (is_70b(m) && t == TensorType::q4_k) t = TensorType::q5_k;  // 8 heads share each attn_v row
+  } else if (rest == "attn_qkv.weight") {  // phi3's fused q/k/v (llama-quant.cpp's ATTENTION_QKV)
+    if (mix == KMix::q4_k_m)
+      t = TensorType::q5_k;
+    else if (mix == KMix::q5_k_m)
+      t = TensorType::q6_k;
   } else if (rest == "ffn_down.weight") {
     if ((mix == KMix::q4_k_m || mix == KMix::q5_k_m) && use_more_bits(layer, m.n_layer))
       t = TensorType::q6_k;

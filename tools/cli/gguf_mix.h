@@ -1,5 +1,5 @@
 // llama-quantize's K-quant mixes (q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k): which ggml type each 2-D
-// tensor of a dense llama / qwen2 / qwen3 model gets, as llama-quant.cpp's llama_tensor_get_type
+// tensor of a dense model (no experts) gets, as llama-quant.cpp's llama_tensor_get_type
 // and tensor_type_fallback choose it without an importance matrix or overrides.
 #pragma once
 #include <cstdint>
@@ -12,7 +12,7 @@ namespace lmtune::cli::gguf_export {
 enum class KMix { q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k };
 
 struct MixModel {
-  std::string arch;  // general.architecture: llama | qwen2 | qwen3
+  std::string arch;  // general.architecture (llama, qwen2, ...)
   int64_t n_layer = 0, n_head = 0, n_kv_head = 0;
   bool has_output = false;  // output.weight present (untied); else token_embd is the head too
 };
