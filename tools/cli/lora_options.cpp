@@ -175,6 +175,46 @@ void declare_lora_options(Options& t, LoraOptions& o) {
       .record_when_set();
 }
 
+namespace {
+
+// The first byte YAML 1.2 does not allow in a stream (C0 controls but tab, LF and CR; DEL; C1
+// controls but NEL, U+0080-U+009F as UTF-8), or npos. text is valid UTF-8.
+size_t find_yaml_forbidden(const std::string& text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F) return i;
+    if (c == 0xC2 && i + 1 < text.size()) {
+      const unsigned char d = static_cast<unsigned char>(text[i + 1]);
+      if (d >= 0x80 && d <= 0x9F && d != 0x85) return i;
+    }
+  }
+  return std::string::npos;
+}
+
+std::string hex_byte(char c) {
+  static const char* digits = "0123456789ABCDEF";
+  const unsigned char u = static_cast<unsigned char>(c);
+  return {digits[u >> 4], digits[u & 15]};
+}
+
+void check_utf8_strings(const json& j, const std::string& where, const std::string& key) {
+  if (j.is_string()) {
+    LMT_CHECK(tok::find_invalid_utf8(j.get_ref<const std::string&>()) == std::string::npos, "[config] ", where, ": ",
+              key.empty() ? "a value" : key, ": not valid UTF-8 once its escapes are decoded");
+  } else if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      const std::string name = key.empty() ? it.key() : key + "." + it.key();
+      LMT_CHECK(tok::find_invalid_utf8(it.key()) == std::string::npos, "[config] ", where, ": a key under ",
+                key.empty() ? "the top level" : key, " is not valid UTF-8 once its escapes are decoded");
+      check_utf8_strings(*it, where, name);
+    }
+  } else if (j.is_array()) {
+    for (size_t i = 0; i < j.size(); ++i) check_utf8_strings(j[i], where, key + "[" + std::to_string(i) + "]");
+  }
+}
+
+}  // namespace
+
 json merge_lora_config(Options& t, LoraOptions& o) {
   json unknown = json::object();
   if (o.config) {
@@ -188,6 +228,11 @@ json merge_lora_config(Options& t, LoraOptions& o) {
       if (const size_t bad = tok::find_invalid_utf8(text); bad != std::string::npos)
         fail("[config] ", *o.config, ": line ", 1 + std::count(text.begin(), text.begin() + ptrdiff_t(bad), '\n'),
              ": not valid UTF-8 (keys and values must be UTF-8 text)");
+      // Nor may it hold what YAML does not allow in a stream (a NUL, other control characters): yaml-cpp
+      // reads past a NUL into bytes that are not UTF-8 (found by fuzz_lora_yaml).
+      if (const size_t bad = find_yaml_forbidden(text); bad != std::string::npos)
+        fail("[config] ", *o.config, ": line ", 1 + std::count(text.begin(), text.begin() + ptrdiff_t(bad), '\n'),
+             ": control character 0x", hex_byte(text[bad]), " (YAML allows tab, line breaks and printable text only)");
       root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
       fail("[config] ", *o.config, ": ", e.what());
@@ -201,6 +246,9 @@ json merge_lora_config(Options& t, LoraOptions& o) {
   json recorded = unknown;
   json table = t.to_json();
   for (auto it = table.begin(); it != table.end(); ++it) recorded[it.key()] = *it;  // the table's keys win
+  // Every string as it will be written to adapter_config.json (a YAML escape such as "\ud800" can
+  // still decode to bytes that are not UTF-8): refused here, naming the key, not when the file is written.
+  check_utf8_strings(recorded, o.config ? *o.config : std::string("the command line"), "");
   o.load.model = o.model;
   return recorded;
 }
