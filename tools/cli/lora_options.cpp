@@ -237,8 +237,12 @@ json merge_lora_config(Options& t, LoraOptions& o) {
     } catch (const YAML::Exception& e) {
       fail("[config] ", *o.config, ": ", e.what());
     }
-    check_yaml_size(root, *o.config);
-    unknown = t.read_yaml(root, *o.config);
+    try {
+      check_yaml_size(root, *o.config);
+      unknown = t.read_yaml(root, *o.config);
+    } catch (const YAML::Exception& e) {  // a conversion the file's shape does not allow (a list as a key)
+      fail("[config] ", *o.config, ": ", e.what());
+    }
     warn_unused(unknown, "", "is not an mlx_lm.lora key; kept in adapter_config.json only");
   }
   LMT_CHECK(o.hf_dataset.is_null(),

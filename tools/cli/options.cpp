@@ -283,7 +283,14 @@ json yaml_to_json(const YAML::Node& n) {
   }
   if (n.IsMap()) {
     json o = json::object();
-    for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+    for (const auto& kv : n) {
+      if (!kv.first.IsScalar())  // yaml-cpp's own kind of error: the caller names the file, the mark the place
+        throw YAML::ParserException(kv.first.Mark(),
+                                    std::string("a mapping key must be text, not a ") + (kv.first.IsSequence() ? "list"
+                                                                                         : kv.first.IsMap() ? "mapping"
+                                                                                                            : "null"));
+      o[kv.first.Scalar()] = yaml_to_json(kv.second);
+    }
     return o;
   }
   const std::string& s = n.Scalar();
