@@ -107,11 +107,12 @@ double copy_bandwidth_gbps() {
   return 2.0 * double(src.nbytes()) / t[t.size() / 2] / 1e9;
 }
 
-// Decoding's weight products alone, as the model runs them (x (1, K) W (N, K)^T), through
-// gemv.cu and through cuBLASLt (RuntimeConfig::cuda_gemv off): time per call, W's bytes over it,
-// and their sum over one token's products. Several copies of W are cycled so that L2 (50 MB on an
-// H100) holds none of them between calls. Returns the per-token milliseconds {gemv, cublas}.
-std::pair<double, double> gemv_report() {
+// Decoding's weight products alone, as the model runs them (x (M, K) W (N, K)^T; M = 1 for one
+// sequence, M > 1 for a batched server step), through gemv.cu (M <= 4) and through cuBLASLt
+// (RuntimeConfig::cuda_gemv off): time per call, W's bytes over it, and their sum over one step's
+// products. Several copies of W are cycled so that L2 (50 MB on an H100) holds none of them
+// between calls. Returns the per-step milliseconds {gemv, cublas}.
+std::pair<double, double> gemv_report(int64_t M = 1) {
   struct Shape {
     const char* name;
     int64_t N, K, per_token;
@@ -123,7 +124,7 @@ std::pair<double, double> gemv_report() {
                           {"lm_head", g.vocab, g.embd, 1}};
   Tensor pool = random_pool();
   double total[2] = {0, 0};
-  std::printf("weight products of one decode token (x (1, K) W (N, K)^T, %s):\n", dtype_name(g.dtype));
+  std::printf("weight products of one decode step (x (%lld, K) W (N, K)^T, %s):\n", (long long)M, dtype_name(g.dtype));
   std::printf(
       "| product | N x K | calls/token | gemv.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | --- | --- | --- "
       "| --- |\n");
@@ -137,7 +138,7 @@ std::pair<double, double> gemv_report() {
       fill_from_pool(rows, pool);
       ws.push_back(w);
     }
-    Tensor x = ops::randn({1, sh.K}, 9, 0.5f, g.dtype, g.device);  // K is not always a multiple of n_embd
+    Tensor x = ops::randn({M, sh.K}, 9, 0.5f, g.dtype, g.device);  // K is not always a multiple of n_embd
     double us[2];
     for (int mode = 0; mode < 2; ++mode) {
       RuntimeConfig rc = runtime_config();
@@ -191,19 +192,36 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   std::string json_path;
+  std::vector<int64_t> product_rows;  // --rows 8,32: only the product table at these row counts
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
+      for (const char* c = argv[++i]; *c;) {
+        char* end = nullptr;
+        const long long m = std::strtoll(c, &end, 10);
+        if (end == c || m < 1) {
+          std::fprintf(stderr, "bench_generate: --rows takes row counts such as 8,32\n");
+          return 2;
+        }
+        product_rows.push_back(m);
+        c = *end == ',' ? end + 1 : end;
+      }
     } else if (std::strcmp(argv[i], "--smoke") == 0) {  // tiny, on the CPU: a check of this program
       g = Config{256, 512, 2, 4, 2, 64, 1000, 64, 8, 2, int64_t(1) << 20, Device::cpu, DType::f32};
     } else {
-      std::fprintf(stderr, "usage: bench_generate [--json PATH] [--smoke]\n");
+      std::fprintf(stderr, "usage: bench_generate [--json PATH] [--smoke] [--rows M1,M2,...]\n");
       return 2;
     }
   }
   try {
     if (g.device == Device::cuda) LMT_CHECK(cuda_available(), "[bench_generate] no CUDA device");
     std::string dev = g.device == Device::cuda ? cuda_device_name() : std::string("cpu (smoke)");
+    if (!product_rows.empty()) {
+      std::printf("bench_generate --rows: %s, %s\n", dev.c_str(), dtype_name(g.dtype));
+      for (int64_t m : product_rows) (void)gemv_report(m);
+      return 0;
+    }
     auto t0 = Clock::now();
     auto model = make_model();
     double build_s = secs(t0);

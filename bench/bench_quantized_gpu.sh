@@ -11,12 +11,14 @@
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
 # per-product times of the GEMV's variants 5 and 7 (7 with LMTUNE_CUDA_QGEMV_TMA_SPLIT 0, 4, 2, 1),
 # and the whole model's decode (prompts 16 and 512) with several of them, some twice (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
-# session 5 the fused epilogues the same way).
+# session 5 the fused epilogues the same way). --kernels: the kernel table (LMTUNE_CUDA_PROFILE=1) of a
+# 16-token prompt and 64 decode steps without a graph: each kernel's share of a decode step.
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
+#   [--kernels]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
-table="" llamacpp="" tokenizer="" profile=0 ab=0
+table="" llamacpp="" tokenizer="" profile=0 ab=0 kernels=0
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -25,6 +27,7 @@ while (($#)); do
     --tokenizer) tokenizer="$2"; shift 2 ;;
     --ncu) profile=1; shift ;;
     --ab) ab=1; shift ;;
+    --kernels) kernels=1; shift ;;
     *) echo "bench_quantized_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -88,6 +91,11 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 512 -g 128 -n 3 2>&1 | tee "$tmp/bench.txt" || status=1
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
+if ((kernels)); then
+  echo "== lmtune benchmark -p 16 -g 64 under LMTUNE_CUDA_PROFILE=1, no graph: the kernel table [$((SECONDS - start)) s]"
+  LMTUNE_CUDA_PROFILE=1 LMTUNE_CUDA_GRAPH=0 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 64 -n 1 \
+    2>&1 | head -n 60 || status=1
+fi
 if ((ab)); then
   for vs in 5:0 7:0 5:0 7:0; do
     for prompt in 16 512; do
