@@ -126,7 +126,8 @@ std::pair<double, double> gemv_report(int64_t M = 1) {
   double total[2] = {0, 0};
   std::printf("weight products of one decode step (x (%lld, K) W (N, K)^T, %s):\n", (long long)M, dtype_name(g.dtype));
   std::printf(
-      "| product | N x K | calls/token | gemv.cu or gemm_rows.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | --- | --- | --- "
+      "| product | N x K | calls/token | gemv.cu or gemm_rows.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | "
+      "--- | --- | --- "
       "| --- |\n");
   for (const Shape& sh : shapes) {
     const double bytes = double(sh.N * sh.K) * (g.dtype == DType::bf16 ? 2.0 : 4.0);

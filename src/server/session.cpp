@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "io/hub.h"
 #include "server/api_error.h"
+#include "server/prompt_segments.h"
 #include "server/stop_matcher.h"
 #include "tokenizer/streaming_detokenizer.h"
 
@@ -263,20 +264,25 @@ std::vector<int32_t> Session::chat_ids(const Resident& m, const CompletionReques
 
 std::vector<int64_t> Session::cache_points(const Resident& m, const CompletionRequest& r,
                                            const std::vector<int32_t>& ids) const {
-  // mlx-lm's segment entries, the system prompt's: the conversation's system (or developer)
-  // message alone, rendered as the start of this prompt (no generation prompt); its length when
-  // its tokens begin these ids (a template that renders it otherwise alone, or refuses it, gives
-  // none).
-  if (r.endpoint != Endpoint::chat || r.messages.size() < 2) return {};
-  const std::string role = r.messages[0].value("role", "");
-  if (role != "system" && role != "developer") return {};
-  try {
-    const std::vector<int32_t> head = chat_ids(m, r, nlohmann::ordered_json::array({r.messages[0]}), false);
-    if (!head.empty() && head.size() < ids.size() && std::equal(head.begin(), head.end(), ids.begin()))
-      return {int64_t(head.size())};
-  } catch (const std::exception&) {
+  // mlx-lm's segments (prompt_segments.h), for a chat whose last message is the user's. The system
+  // head: the leading system (or developer) messages and an empty user message, rendered as the
+  // start of a prompt (a template that refuses that gives no system segment).
+  if (r.endpoint != Endpoint::chat || r.messages.empty() || r.messages.back().value("role", "") != "user") return {};
+  nlohmann::ordered_json head = nlohmann::ordered_json::array();
+  for (const auto& msg : r.messages) {
+    const std::string role = msg.value("role", "");
+    if (role != "system" && role != "developer") break;
+    head.push_back(msg);
   }
-  return {};
+  std::vector<int32_t> system_head;
+  if (!head.empty()) {
+    head.push_back({{"role", "user"}, {"content", ""}});
+    try {
+      system_head = chat_ids(m, r, head, false);
+    } catch (const std::exception&) {
+    }
+  }
+  return segment_ends(ids, system_head, think_start_ids(m.chat->tokenizer()));
 }
 
 std::vector<int32_t> Session::prompt_ids(const Resident& m, const CompletionRequest& r) const {

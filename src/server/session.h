@@ -186,8 +186,8 @@ class Session {
   // model has no template). Needs no lock. Throws ApiError 400 when the template refuses the
   // messages, or the prompt is empty or longer than max_prompt_tokens.
   std::vector<int32_t> prompt_ids(const Resident& m, const CompletionRequest& r) const;
-  // Where the engine keeps a checkpoint of ids' cache (BatchJob::cache_points): the end of a
-  // chat's system prompt, as mlx-lm's segment entries.
+  // Where the engine keeps a checkpoint of ids' cache (BatchJob::cache_points): the ends of a
+  // chat prompt's system and user segments, as mlx-lm's segment entries (prompt_segments.h).
   std::vector<int64_t> cache_points(const Resident& m, const CompletionRequest& r,
                                     const std::vector<int32_t>& ids) const;
 

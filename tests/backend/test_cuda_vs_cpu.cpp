@@ -194,7 +194,8 @@ TEST_P(CudaVsCpu, GemmRowsShapes) {
         cpu().gemm(gc);
         Tensor ga = on_gpu(a, dt), gb = on_gpu(b, dt), gcu = gpu_empty(M * N, dt);
         g.a = ga.raw(), g.b = gb.raw(), g.c = gcu.raw(), g.dtype = dt;
-        const std::string what = "gemm_rows M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K);
+        const std::string what =
+            "gemm_rows M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K);
         ASSERT_EQ(gpu().gemm_rows(g), half) << what;  // f32 stays with cuBLASLt
         if (half) check_close(read(gcu), ref, tol_gemm(dt), what);
       }

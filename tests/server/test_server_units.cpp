@@ -6,9 +6,11 @@
 
 #include "server/api_error.h"
 #include "server/metrics.h"
+#include "server/prompt_segments.h"
 #include "server/request.h"
 #include "server/responses.h"
 #include "server/stop_matcher.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace lmtune;
 using namespace lmtune::server;
@@ -45,6 +47,47 @@ std::string chat(const std::string& extra) {
 }
 
 }  // namespace
+
+// mlx-lm's segments of a chat prompt (server.py's _tokenize: the system head's first difference from the
+// prompt, a thinking tail that starts in the final 11 tokens); the prompt's own end is never a point.
+TEST(PromptSegments, SystemUserAndThinkingTail) {
+  const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 99, 16, 17};
+  const std::vector<int32_t> head = {1, 2, 3, 4, 5, 50, 51};  // differs from ids at 5
+  EXPECT_EQ(segment_ends(ids, head, {99}), (std::vector<int64_t>{5, 15}));
+  EXPECT_EQ(segment_ends(ids, head, {}), (std::vector<int64_t>{5}));       // no thinking: no tail
+  EXPECT_EQ(segment_ends(ids, {}, {99}), (std::vector<int64_t>{15}));      // no system message
+  EXPECT_EQ(segment_ends(ids, {}, {99, 16}), (std::vector<int64_t>{15}));  // a start of several tokens
+  EXPECT_EQ(segment_ends(ids, {}, {99, 17}), (std::vector<int64_t>{}));    // not there
+  EXPECT_EQ(segment_ends(ids, {7}, {99}), (std::vector<int64_t>{15}));     // differs at 0: no system segment
+  EXPECT_EQ(segment_ends(ids, ids, {}), (std::vector<int64_t>{}));         // the whole prompt: its end
+  EXPECT_EQ(segment_ends(ids, {1, 2}, {}), (std::vector<int64_t>{2}));     // a head that is all a prefix
+  std::vector<int32_t> late = ids;  // the think token 12 from the end: too early for a tail
+  late[size_t(late.size()) - 12] = 99, late[15] = 15;
+  EXPECT_EQ(segment_ends(late, head, {99}), (std::vector<int64_t>{5}));
+  late[size_t(late.size()) - 11] = 99;  // 11 from the end: the tail
+  EXPECT_EQ(segment_ends(late, head, {99}), (std::vector<int64_t>{5, int64_t(late.size()) - 11}));
+  const std::vector<int32_t> last = {1, 2, 3, 4, 5, 6, 99};  // a tail of the think token alone
+  EXPECT_EQ(segment_ends(last, {1, 2, 9}, {99}), (std::vector<int64_t>{2, 6}));
+}
+
+TEST(PromptSegments, ThinkStartFromTheVocabulary) {
+  auto tokenizer = [](const std::string& added) {
+    return Tokenizer::from_json(
+        R"({"version": "1.0", "added_tokens": [)" + added +
+            R"(], "model": {"type": "WordLevel", "unk_token": "a", "vocab": {"a": 0, "b": 1}}})",
+        "", "/m/tokenizer.json");
+  };
+  auto special = [](const char* content, int id) {
+    return std::string(R"({"id": )") + std::to_string(id) + R"(, "content": ")" + content +
+           R"(", "special": true, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false})";
+  };
+  EXPECT_EQ(think_start_ids(tokenizer(special("<think>", 2) + "," + special("</think>", 3))),
+            (std::vector<int32_t>{2}));
+  EXPECT_TRUE(think_start_ids(tokenizer(special("<think>", 2))).empty());  // a pair, or none
+  EXPECT_EQ(think_start_ids(tokenizer(special("<|think:start|>", 4) + "," + special("<|think:end|>", 5))),
+            (std::vector<int32_t>{4}));
+  EXPECT_TRUE(think_start_ids(tokenizer("")).empty());
+}
 
 TEST(Request, ChatFieldsAreRead) {
   CompletionRequest r =

@@ -18,9 +18,9 @@ namespace lmtune {
 
 namespace {
 
-constexpr int kRowsWarps = 4;       // warps a block
-constexpr int kRowTiles = 2;        // 16-row tiles of W a warp
-constexpr int kRowsUnroll = 2;      // 32-wide steps whose loads are issued together
+constexpr int kRowsWarps = 4;   // warps a block
+constexpr int kRowTiles = 2;    // 16-row tiles of W a warp
+constexpr int kRowsUnroll = 2;  // 32-wide steps whose loads are issued together
 constexpr int kRowsMinM = 5, kRowsMaxM = 64;
 
 template <typename T>
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kRowsWarps * 32) gemm_rows_kernel(RowsParams<T
     const T* xr[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xr[j] = p.x + (8 * j + g < p.M ? 8 * j + g : 0) * K + 8 * t;
-    auto step = [&](const uint4 (&wv)[kRowTiles][2], int64_t s) {
+    auto step = [&](const uint4(&wv)[kRowTiles][2], int64_t s) {
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const uint4 xv = __ldg(reinterpret_cast<const uint4*>(xr[j] + s * 32));
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kRowsWarps * 32) gemm_rows_kernel(RowsParams<T
           for (int i = 0; i < 4; ++i) acc[r][j][i] += part[warp + q][(r * NT + j) * 4 + i][lane];
   }
   if (n0 >= N) return;
-  // acc[r][j]: i = 0, 1 are (x row 8 j + 2 t + i, W row n0 + 16 r + g); i = 2, 3 the same x rows, W row + 8.
+    // acc[r][j]: i = 0, 1 are (x row 8 j + 2 t + i, W row n0 + 16 r + g); i = 2, 3 the same x rows, W row + 8.
 #pragma unroll
   for (int r = 0; r < kRowTiles; ++r)
 #pragma unroll
@@ -162,17 +162,16 @@ void dispatch_rows(const RowsParams<T>& p) {
 }  // namespace
 
 bool gemm_rows(const GemmArgs& g, DType c_dt) {
-  if (c_dt != g.dtype || (g.dtype != DType::bf16 && g.dtype != DType::f16) || g.batch != 1 || g.trans_a ||
-      !g.trans_b || g.beta != 0.f || !runtime_config().cuda_gemv ||
-      !runtime_config().cuda_gemm_rows)
+  if (c_dt != g.dtype || (g.dtype != DType::bf16 && g.dtype != DType::f16) || g.batch != 1 || g.trans_a || !g.trans_b ||
+      g.beta != 0.f || !runtime_config().cuda_gemv || !runtime_config().cuda_gemm_rows)
     return false;
   if (g.M < kRowsMinM || g.M > kRowsMaxM || g.K % 32 != 0 || g.lda != g.K || g.ldb != g.K || g.ldc != g.N ||
       !aligned16(g.a) || !aligned16(g.b))
     return false;
   auto run = [&](auto tag) {
     using T = typename decltype(tag)::type;
-    RowsParams<T> p{static_cast<const T*>(g.a), static_cast<const T*>(g.b), static_cast<T*>(g.c), g.M, g.N, g.K,
-                    g.alpha, 1};
+    RowsParams<T> p{
+        static_cast<const T*>(g.a), static_cast<const T*>(g.b), static_cast<T*>(g.c), g.M, g.N, g.K, g.alpha, 1};
     dispatch_rows<T>(p);
   };
   if (g.dtype == DType::bf16)
@@ -182,6 +181,8 @@ bool gemm_rows(const GemmArgs& g, DType c_dt) {
   return true;
 }
 
-bool CudaBackend::gemm_rows(const GemmArgs& g) { return g.M != 0 && g.N != 0 && g.K != 0 && lmtune::gemm_rows(g, g.dtype); }
+bool CudaBackend::gemm_rows(const GemmArgs& g) {
+  return g.M != 0 && g.N != 0 && g.K != 0 && lmtune::gemm_rows(g, g.dtype);
+}
 
 }  // namespace lmtune
