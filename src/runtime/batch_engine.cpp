@@ -493,6 +493,30 @@ bool BatchEngine::drafts(const Sequence& s) const {
   return opts_.draft_model && s.job.speculative && !s.job.constraint && !s.draft_off;
 }
 
+int64_t BatchEngine::draft_length(const Sequence& s) const {
+  int64_t n = s.job.num_draft_tokens > 0 ? s.job.num_draft_tokens : opts_.num_draft_tokens;
+  if (s.job.max_tokens >= 0) n = std::max<int64_t>(1, std::min(n, s.job.max_tokens - int64_t(s.out.tokens.size())));
+  return n;
+}
+
+void BatchEngine::ready_draft(Sequence& s, size_t shared_vocab) {
+  LMT_CHECK(*std::max_element(s.history.begin(), s.history.end()) < int32_t(shared_vocab),
+            "[batch] an id past the draft model's vocabulary of ", shared_vocab);
+  if (!s.draft_cache) {
+    const Model& draft = *opts_.draft_model;
+    s.draft_cache =
+        std::make_unique<DenseKVCache>(draft.config(), draft.device(), draft.dtype(), 1, 0, 4, opts_.kv_block);
+    s.draft_fed.clear();
+  }
+}
+
+void BatchEngine::draft_failed(Sequence& s, const std::exception& e) {
+  std::fprintf(stderr, "[batch] the draft model failed, decoding without it: %s\n", e.what());
+  s.draft_cache.reset();
+  s.draft_fed.clear();
+  s.draft_off = true;
+}
+
 // The round of SpeculativeGenerator::generate on this sequence's caches: the draft catches up on
 // history (its first round: the whole prompt, in prefill steps), proposes, the model scores
 // history's last id and the proposals in one forward, and each row's choice goes through
@@ -504,19 +528,11 @@ void BatchEngine::speculative_round(Sequence& s) {
   Model& draft = *opts_.draft_model;
   const int64_t V = model_->config().n_vocab;
   const size_t V_shared = size_t(std::min(V, draft.config().n_vocab));
-  int64_t n_draft = s.job.num_draft_tokens > 0 ? s.job.num_draft_tokens : opts_.num_draft_tokens;
-  if (s.job.max_tokens >= 0)
-    n_draft = std::max<int64_t>(1, std::min(n_draft, s.job.max_tokens - int64_t(s.out.tokens.size())));
+  const int64_t n_draft = draft_length(s);
   std::vector<int32_t> proposals;
   std::vector<float> rows;
   try {
-    LMT_CHECK(*std::max_element(s.history.begin(), s.history.end()) < int32_t(V_shared),
-              "[batch] an id past the draft model's vocabulary of ", V_shared);
-    if (!s.draft_cache) {
-      s.draft_cache =
-          std::make_unique<DenseKVCache>(draft.config(), draft.device(), draft.dtype(), 1, 0, 4, opts_.kv_block);
-      s.draft_fed.clear();
-    }
+    ready_draft(s, V_shared);
     std::vector<int32_t> history = s.history;
     std::vector<int32_t> feed(history.begin() + ptrdiff_t(s.draft_fed.size()), history.end());
     for (int64_t i = 0; i < n_draft; ++i) {
@@ -541,10 +557,7 @@ void BatchEngine::speculative_round(Sequence& s) {
       feed.assign(1, d);
     }
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "[batch] the draft model failed, decoding without it: %s\n", e.what());
-    s.draft_cache.reset();
-    s.draft_fed.clear();
-    s.draft_off = true;
+    draft_failed(s, e);
     return;  // no step for this sequence now; the next one is a plain step
   }
   try {
@@ -621,24 +634,10 @@ void BatchEngine::speculative_batch(const std::vector<Sequence*>& seqs) {
     std::vector<int32_t> history, proposals;  // history: the sequence's, then its proposals
   };
   std::vector<Round> rounds;
-  auto draft_failed = [&](Sequence& s, const std::exception& e) {
-    std::fprintf(stderr, "[batch] the draft model failed, decoding without it: %s\n", e.what());
-    s.draft_cache.reset();
-    s.draft_fed.clear();
-    s.draft_off = true;
-  };
   for (Sequence* s : seqs) {
-    int64_t n_draft = s->job.num_draft_tokens > 0 ? s->job.num_draft_tokens : opts_.num_draft_tokens;
-    if (s->job.max_tokens >= 0)
-      n_draft = std::max<int64_t>(1, std::min(n_draft, s->job.max_tokens - int64_t(s->out.tokens.size())));
+    const int64_t n_draft = draft_length(*s);
     try {
-      LMT_CHECK(*std::max_element(s->history.begin(), s->history.end()) < int32_t(V_shared),
-                "[batch] an id past the draft model's vocabulary of ", V_shared);
-      if (!s->draft_cache) {
-        s->draft_cache =
-            std::make_unique<DenseKVCache>(draft.config(), draft.device(), draft.dtype(), 1, 0, 4, opts_.kv_block);
-        s->draft_fed.clear();
-      }
+      ready_draft(*s, V_shared);
       const size_t upto = s->history.size() - 1;
       while (s->draft_fed.size() < upto) {
         const size_t at = s->draft_fed.size(), n = std::min(upto - at, size_t(opts_.prefill_step_size));

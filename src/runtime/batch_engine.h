@@ -173,6 +173,13 @@ class BatchEngine {
   // Whether s (decoding alone) takes a speculative round, and the round (its tokens through
   // after_token, as a plain step's).
   bool drafts(const Sequence& s) const;
+  // A round's draft length: the request's or the engine's, at most the tokens left to max_tokens.
+  int64_t draft_length(const Sequence& s) const;
+  // Before a round: s's history within the ids both vocabularies share (throws otherwise), and its
+  // draft cache, made on the first round.
+  void ready_draft(Sequence& s, size_t shared_vocab);
+  // A draft that failed: s goes on in plain steps, without a draft.
+  static void draft_failed(Sequence& s, const std::exception& e);
   void speculative_round(Sequence& s);
   // The rounds of several decoding sequences at once (options' spec_batch_max).
   void speculative_batch(const std::vector<Sequence*>& seqs);
