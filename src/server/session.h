@@ -46,7 +46,8 @@ struct Resident {
   std::string adapters;   // the adapter folder, canonical; "" = none
   std::string draft_dir;  // the draft model's folder, canonical; "" = none
   std::shared_ptr<Model> model;
-  std::shared_ptr<Model> draft;  // speculative decoding's proposer (shares the tokenizer), or null
+  std::shared_ptr<Model> draft;      // speculative decoding's proposer (shares the tokenizer), or null
+  int32_t draft_tokenizer_size = 0;  // its tokenizer's vocabulary (a resident sharing the draft checks it)
   ResidentKey key() const { return {model_dir, adapters, draft_dir}; }
   std::shared_ptr<const ChatTemplate> chat;  // the tokenizer and its templates
   std::vector<int32_t> eos_ids;
@@ -61,7 +62,8 @@ struct Resident {
 
 // Loads a key's folders into a Resident; throws saying why it cannot (a draft whose tokenizer
 // differs in size from the model's included). `resident` (or null): the one loaded now, whose
-// model the new one shares when only the draft differs (no second copy of the weights).
+// model the new one shares when only the draft differs, and the draft when only the model does (no
+// second copy of the weights).
 using ModelLoader =
     std::function<std::shared_ptr<Resident>(const ResidentKey& key, const std::shared_ptr<Resident>& resident)>;
 

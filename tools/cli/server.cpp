@@ -162,17 +162,22 @@ int serve(ServerOptions& o) {
     }
     const Tokenizer& tok = r->chat->tokenizer();
     if (!key.draft.empty()) {
-      LoadOptions dl = o.load;
-      dl.model = key.draft;
-      dl.adapter_path.clear();
-      LoadedModel draft = load_for_generation(dl);
-      const int32_t dv = draft.chat->tokenizer().vocab_size();
-      if (dv != tok.vocab_size())
-        throw Error("the draft model " + key.draft + " has a tokenizer of " + std::to_string(dv) +
+      std::error_code ec;
+      if (now && now->draft && now->draft_dir == std::filesystem::canonical(key.draft, ec).string()) {
+        r->draft_dir = now->draft_dir, r->draft = now->draft, r->draft_tokenizer_size = now->draft_tokenizer_size;
+      } else {  // a draft not resident now: loaded
+        LoadOptions dl = o.load;
+        dl.model = key.draft;
+        dl.adapter_path.clear();
+        LoadedModel draft = load_for_generation(dl);
+        r->draft_dir = std::filesystem::canonical(draft.dir).string();
+        r->draft = std::move(draft.model);
+        r->draft_tokenizer_size = draft.chat->tokenizer().vocab_size();
+      }
+      if (r->draft_tokenizer_size != tok.vocab_size())
+        throw Error("the draft model " + key.draft + " has a tokenizer of " + std::to_string(r->draft_tokenizer_size) +
                     " tokens, the model's has " + std::to_string(tok.vocab_size()) +
                     " (a draft must share the tokenizer)");
-      r->draft_dir = std::filesystem::canonical(draft.dir).string();
-      r->draft = std::move(draft.model);
     }
     return r;
   };
