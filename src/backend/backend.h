@@ -216,6 +216,12 @@ class Backend {
   // and use gemm). M small (decoding: 1..8).
   virtual bool quantized_gemv(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
                               int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt);
+  // The same for a few more rows of x (a batched step's, 9-64) on a kernel that reads the packed words
+  // once; false where this backend has none for these sizes (callers then dequantize and use gemm).
+  virtual bool quantized_gemm_rows(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
+                                   int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt) {
+    return false;
+  }
   // The same for up to three weights that share x, bits and group size (decoding's q, k and v;
   // gate and up) in one launch: ys[i] (M, ns[i]). False where this backend cannot (callers then
   // run quantized_gemv per weight).

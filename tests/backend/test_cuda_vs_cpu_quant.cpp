@@ -56,72 +56,82 @@ TEST_P(CudaVsCpu, DequantizeAffine) {
 // Cases: every bits (2, 3, 4, 5, 6, 8) x group (32, 64, 128) x M (1..8) at N 37, K 256; the
 // decode shapes N 4096 x K 4096 and K 14336; K split over warps into uneven pieces (37 groups);
 // N of 1, 17 and 61 (a partial 16-row tile); x or wq not 16-byte aligned (the generic path).
-TEST_P(CudaVsCpu, QuantizedGemv) {
+void quantized_case(DType dt, uint32_t& seed, int bits, int group, int64_t M, int64_t N, int64_t K, int x_off,
+                    int w_off, bool rows = false) {
   const double u = dt == DType::bf16 ? 1.0 / 256 : dt == DType::f16 ? 1.0 / 2048 : 0.0;
   const Tol tol_mlx = dt == DType::f32 ? Tol{1e-5f, 1e-5f} : Tol{1e-2f, 1e-3f};
   const Tol tol_deq = dt == DType::f32 ? Tol{1e-5f, 1e-5f} : Tol{float(3.5 * u), float(5 * u)};
+  ++seed;
+  const int64_t words = K * bits / 32, groups = K / group;
+  std::vector<uint32_t> wq(size_t(N * words) + size_t(w_off));
+  uint32_t r = 0x9E3779B9u * seed;
+  for (uint32_t& w : wq) {
+    r = r * 1664525u + 1013904223u;
+    w = r ^ (r >> 16);
+  }
+  // Scales of either sign, biases near -scale * (2^bits - 1) / 2: centred weights, as quantize makes.
+  Vec sc = uniform(size_t(N * groups), seed + 1, 0.01f, 0.1f), bi(sc.size());
+  Vec jit = uniform(sc.size(), seed + 2, 0.8f, 1.2f);
+  for (size_t i = 0; i < sc.size(); ++i) {
+    if (i % 3 == 1) sc[i] = -sc[i];
+    bi[i] = -sc[i] * float((1 << bits) - 1) / 2 * jit[i];
+  }
+  sc = rounded(sc, dt), bi = rounded(bi, dt);
+  Vec x = rounded(uniform(size_t(M * K), seed + 3), dt);
+  // q as floats (scale 1, bias 0 in f32 is exact) and the weights as mx.dequantize gives them in dt.
+  const uint32_t* wq_host = wq.data() + w_off;
+  Vec q(size_t(N * K)), ones(sc.size(), 1.f), zeros(sc.size(), 0.f);
+  cpu().dequantize_affine(wq_host, ones.data(), zeros.data(), q.data(), N, K, bits, group, DType::f32);
+  std::vector<uint8_t> hs = encode(sc, dt), hb = encode(bi, dt), hw(size_t(N * K) * dtype_size(dt));
+  cpu().dequantize_affine(wq_host, hs.data(), hb.data(), hw.data(), N, K, bits, group, dt);
+  const Vec w = decode(hw, dt);
+  Vec ref_mlx(size_t(M * N)), ref_deq(size_t(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double y = 0, yd = 0;
+      for (int64_t G = 0; G < groups; ++G) {
+        double qx = 0, sx = 0;
+        for (int64_t k = G * group; k < (G + 1) * group; ++k) {
+          const double xv = x[size_t(m * K + k)];
+          qx += double(q[size_t(n * K + k)]) * xv;
+          sx += xv;
+          yd += double(w[size_t(n * K + k)]) * xv;
+        }
+        y += double(sc[size_t(n * groups + G)]) * qx + double(bi[size_t(n * groups + G)]) * sx;
+      }
+      ref_mlx[size_t(m * N + n)] = float(y);
+      ref_deq[size_t(m * N + n)] = float(yd);
+    }
+  Vec xpad(size_t(x_off), 0.5f);
+  xpad.insert(xpad.end(), x.begin(), x.end());
+  Tensor gx = on_gpu(xpad, dt), gs = on_gpu(sc, dt), gb = on_gpu(bi, dt), gy = gpu_empty(M * N, dt);
+  Tensor gw = Tensor::empty({int64_t(wq.size())}, DType::u32, Device::cuda);
+  gpu().copy_h2d(gw.raw(), wq.data(), wq.size() * 4);
+  gpu().fill(gy.raw(), dt, M * N, std::numeric_limits<float>::quiet_NaN());
+  const void* xp = static_cast<const char*>(gx.raw()) + size_t(x_off) * dtype_size(dt);
+  const uint32_t* wp = static_cast<const uint32_t*>(gw.raw()) + w_off;
+  const std::string what =
+      std::string(rows ? "quantized_gemm_rows" : "quantized_gemv") + " bits " + std::to_string(bits) + " group " +
+      std::to_string(group) + " M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
+      (x_off || w_off ? " unaligned" : "") + " variant " + std::to_string(runtime_config().cuda_qgemv_variant);
+  if (rows)
+    ASSERT_TRUE(gpu().quantized_gemm_rows(xp, wp, gs.raw(), gb.raw(), gy.raw(), M, N, K, bits, group, dt)) << what;
+  else
+    ASSERT_TRUE(gpu().quantized_gemv(xp, wp, gs.raw(), gb.raw(), gy.raw(), M, N, K, bits, group, dt)) << what;
+  const Vec got = read(gy);
+  int64_t unwritten = 0;
+  for (float v : got) unwritten += std::isnan(v) ? 1 : 0;
+  ASSERT_EQ(unwritten, 0) << what << ": outputs left unwritten (NaN poison)";
+  // The rows kernel rounds each w to dt (as dequantize + gemm): MLX's exact arithmetic is then as far
+  // as the dequantized reference is.
+  check_close(got, ref_mlx, rows ? tol_deq : tol_mlx, what + " vs MLX's qmv arithmetic");
+  check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
+}
+
+TEST_P(CudaVsCpu, QuantizedGemv) {
   uint32_t seed = 100;
   auto run = [&](int bits, int group, int64_t M, int64_t N, int64_t K, int x_off, int w_off) {
-    ++seed;
-    const int64_t words = K * bits / 32, groups = K / group;
-    std::vector<uint32_t> wq(size_t(N * words) + size_t(w_off));
-    uint32_t r = 0x9E3779B9u * seed;
-    for (uint32_t& w : wq) {
-      r = r * 1664525u + 1013904223u;
-      w = r ^ (r >> 16);
-    }
-    // Scales of either sign, biases near -scale * (2^bits - 1) / 2: centred weights, as quantize makes.
-    Vec sc = uniform(size_t(N * groups), seed + 1, 0.01f, 0.1f), bi(sc.size());
-    Vec jit = uniform(sc.size(), seed + 2, 0.8f, 1.2f);
-    for (size_t i = 0; i < sc.size(); ++i) {
-      if (i % 3 == 1) sc[i] = -sc[i];
-      bi[i] = -sc[i] * float((1 << bits) - 1) / 2 * jit[i];
-    }
-    sc = rounded(sc, dt), bi = rounded(bi, dt);
-    Vec x = rounded(uniform(size_t(M * K), seed + 3), dt);
-    // q as floats (scale 1, bias 0 in f32 is exact) and the weights as mx.dequantize gives them in dt.
-    const uint32_t* wq_host = wq.data() + w_off;
-    Vec q(size_t(N * K)), ones(sc.size(), 1.f), zeros(sc.size(), 0.f);
-    cpu().dequantize_affine(wq_host, ones.data(), zeros.data(), q.data(), N, K, bits, group, DType::f32);
-    std::vector<uint8_t> hs = encode(sc, dt), hb = encode(bi, dt), hw(size_t(N * K) * dtype_size(dt));
-    cpu().dequantize_affine(wq_host, hs.data(), hb.data(), hw.data(), N, K, bits, group, dt);
-    const Vec w = decode(hw, dt);
-    Vec ref_mlx(size_t(M * N)), ref_deq(size_t(M * N));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        double y = 0, yd = 0;
-        for (int64_t G = 0; G < groups; ++G) {
-          double qx = 0, sx = 0;
-          for (int64_t k = G * group; k < (G + 1) * group; ++k) {
-            const double xv = x[size_t(m * K + k)];
-            qx += double(q[size_t(n * K + k)]) * xv;
-            sx += xv;
-            yd += double(w[size_t(n * K + k)]) * xv;
-          }
-          y += double(sc[size_t(n * groups + G)]) * qx + double(bi[size_t(n * groups + G)]) * sx;
-        }
-        ref_mlx[size_t(m * N + n)] = float(y);
-        ref_deq[size_t(m * N + n)] = float(yd);
-      }
-    Vec xpad(size_t(x_off), 0.5f);
-    xpad.insert(xpad.end(), x.begin(), x.end());
-    Tensor gx = on_gpu(xpad, dt), gs = on_gpu(sc, dt), gb = on_gpu(bi, dt), gy = gpu_empty(M * N, dt);
-    Tensor gw = Tensor::empty({int64_t(wq.size())}, DType::u32, Device::cuda);
-    gpu().copy_h2d(gw.raw(), wq.data(), wq.size() * 4);
-    gpu().fill(gy.raw(), dt, M * N, std::numeric_limits<float>::quiet_NaN());
-    const void* xp = static_cast<const char*>(gx.raw()) + size_t(x_off) * dtype_size(dt);
-    const uint32_t* wp = static_cast<const uint32_t*>(gw.raw()) + w_off;
-    const std::string what = "quantized_gemv bits " + std::to_string(bits) + " group " + std::to_string(group) + " M " +
-                             std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
-                             (x_off || w_off ? " unaligned" : "") + " variant " +
-                             std::to_string(runtime_config().cuda_qgemv_variant);
-    ASSERT_TRUE(gpu().quantized_gemv(xp, wp, gs.raw(), gb.raw(), gy.raw(), M, N, K, bits, group, dt)) << what;
-    const Vec got = read(gy);
-    int64_t unwritten = 0;
-    for (float v : got) unwritten += std::isnan(v) ? 1 : 0;
-    ASSERT_EQ(unwritten, 0) << what << ": outputs left unwritten (NaN poison)";
-    check_close(got, ref_mlx, tol_mlx, what + " vs MLX's qmv arithmetic");
-    check_close(got, ref_deq, tol_deq, what + " vs dequantize + dot");
+    quantized_case(dt, seed, bits, group, M, N, K, x_off, w_off);
   };
   // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; the default is what the runs
   // below use, and 0 where it does not apply).
@@ -169,6 +179,32 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
   EXPECT_FALSE(gpu().quantized_gemv(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), 9, 2, 64, 4, 64, dt)) << "M 9";
   EXPECT_FALSE(gpu().quantized_gemv(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), 1, 2, 64, 7, 64, dt)) << "bits 7";
   EXPECT_FALSE(gpu().quantized_gemv(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), 1, 2, 64, 4, 48, dt)) << "group 48";
+}
+
+// A batched step's quantized products, 9-64 rows (qgemm_rows.cu: 4 bits, K a multiple of 128), against the
+// references above: every count of 8-row tiles of x, each group size, a last tile of W rows cut short,
+// K split over warps, the decode shapes.
+TEST_P(CudaVsCpu, QuantizedGemmRows) {
+  Tensor gx = on_gpu(Vec(64 * 256, 1.f), dt), gw = Tensor::empty({64 * 256}, DType::u32, Device::cuda);
+  Tensor gs = on_gpu(Vec(64 * 8, 1.f), dt), gy = gpu_empty(64 * 64, dt);
+  const uint32_t* wp = static_cast<const uint32_t*>(gw.raw());
+  auto covered = [&](int64_t M, int64_t N, int64_t K, int bits, int group) {
+    return gpu().quantized_gemm_rows(gx.raw(), wp, gs.raw(), gs.raw(), gy.raw(), M, N, K, bits, group, dt);
+  };
+  if (dt == DType::f32) {  // f32 models dequantize
+    EXPECT_FALSE(covered(16, 8, 256, 4, 64));
+    return;
+  }
+  uint32_t seed = 300;
+  for (int group : {32, 64, 128})
+    for (int64_t M : {9, 16, 17, 32, 33, 64}) quantized_case(dt, seed, 4, group, M, 37, 128 * 5, 0, 0, true);
+  quantized_case(dt, seed, 4, 64, 32, 4096, 4096, 0, 0, true);
+  quantized_case(dt, seed, 4, 64, 64, 300, 14336, 0, 0, true);
+  quantized_case(dt, seed, 4, 32, 24, 1, 256, 0, 0, true);
+  EXPECT_FALSE(covered(16, 8, 256, 8, 64)) << "8 bits";
+  EXPECT_FALSE(covered(16, 8, 192, 4, 64)) << "K not a multiple of 128";
+  EXPECT_FALSE(covered(8, 8, 256, 4, 64)) << "8 rows (qgemv.cu's)";
+  EXPECT_FALSE(covered(65, 8, 256, 4, 64)) << "65 rows";
 }
 
 // quantized_gemv_group (decoding's q/k/v and gate/up in one launch) against quantized_gemv on each
