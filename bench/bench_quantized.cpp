@@ -6,6 +6,7 @@
 // holds none between calls; GB/s counts the packed bytes read once (wq + scales + biases), beside
 // the device-to-device copy bandwidth (read + write) measured in the same run.
 // q, k, v and gate, up also run as one launch each (quantized_gemv_group), as decoding runs them.
+// Rows past 8 (a batched step's) take the rows kernel (Backend::quantized_gemm_rows, qgemm_rows.cu).
 //   bench_quantized [--bits B] [--group G] [--rows 1,8] [--once (one eager call each, for ncu)]
 #include <algorithm>
 #include <chrono>
@@ -164,6 +165,14 @@ int main(int argc, char** argv) {
         bool fused_ok = true;
         auto fused = [&](int call) {
           const size_t c = size_t(call % copies);
+          if (M > 8) {  // a batched step's rows: qgemm_rows.cu, one launch a matrix
+            for (int64_t i = 0; i < count; ++i)
+              fused_ok =
+                  fused_ok && be.quantized_gemm_rows(x.raw(), static_cast<const uint32_t*>(wq[size_t(i)][c].raw()),
+                                                     sc[size_t(i)][c].raw(), bi[size_t(i)][c].raw(), y[size_t(i)].raw(),
+                                                     M, pr.Ns[size_t(i)], K, bits, group, DType::bf16);
+            return;
+          }
           if (count == 1) {
             fused_ok =
                 fused_ok && be.quantized_gemv(x.raw(), static_cast<const uint32_t*>(wq[0][c].raw()), sc[0][c].raw(),
