@@ -108,7 +108,7 @@ double copy_bandwidth_gbps() {
 }
 
 // Decoding's weight products alone, as the model runs them (x (M, K) W (N, K)^T; M = 1 for one
-// sequence, M > 1 for a batched server step), through gemv.cu (M <= 4) and through cuBLASLt
+// sequence, M > 1 for a batched server step), through gemv.cu (M <= 4; cuBLASLt above) and through cuBLASLt
 // (RuntimeConfig::cuda_gemv off): time per call, W's bytes over it, and their sum over one step's
 // products. Several copies of W are cycled so that L2 (50 MB on an H100) holds none of them
 // between calls. Returns the per-step milliseconds {gemv, cublas}.
@@ -126,7 +126,7 @@ std::pair<double, double> gemv_report(int64_t M = 1) {
   double total[2] = {0, 0};
   std::printf("weight products of one decode step (x (%lld, K) W (N, K)^T, %s):\n", (long long)M, dtype_name(g.dtype));
   std::printf(
-      "| product | N x K | calls/token | gemv.cu or gemm_rows.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | "
+      "| product | N x K | calls/token | gemv.cu us | GB/s | cuBLASLt us | GB/s |\n| --- | --- | --- | "
       "--- | --- | --- "
       "| --- |\n");
   for (const Shape& sh : shapes) {

@@ -4,7 +4,6 @@
 # that every id decodes), then one server at a time on it:
 #   lmtune        `lmtune server --device cuda --decode-concurrency 64 --prompt-cache-size 0`
 #   lmtune-graph  the same with LMTUNE_CUDA_BATCH_GRAPH=1 (batched decoding steps replayed as CUDA graphs)
-#   lmtune-cublas  the same with LMTUNE_CUDA_GEMM_ROWS=0 (a batched step's products on cuBLASLt, as before gemm_rows.cu)
 #   lmtune-profile  lmtune again at 32 streams only, under LMTUNE_CUDA_PROFILE=1: its kernel time by name
 #                 over that run (every kernel timed with CUDA events, so its tok/s row is not a figure to
 #                 quote) goes to the log and to TABLE's -profile.txt beside it
@@ -173,9 +172,6 @@ fi
 if want lmtune-graph; then
   run_peer lmtune-graph '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=1 "${lmtune_server[@]}"
 fi
-if want lmtune-cublas; then
-  run_peer lmtune-cublas '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=0 LMTUNE_CUDA_GEMM_ROWS=0 "${lmtune_server[@]}"
-fi
 if want lmtune-profile; then
   all_streams="$streams"
   streams=32
@@ -251,7 +247,6 @@ import json, os, sys
 tmp, table, device, peers, nr = sys.argv[1:]
 notrun = dict(l.split("=", 1) for l in nr.splitlines() if l)
 labels = {"lmtune": "lmtune server", "lmtune-graph": "lmtune server (batch graph)",
-          "lmtune-cublas": "lmtune server (LMTUNE_CUDA_GEMM_ROWS=0: cuBLASLt)",
           "lmtune-profile": "lmtune server (LMTUNE_CUDA_PROFILE=1: slowed, not a figure)", "transformers": "transformers serve (CB)", "llamacpp": "llama.cpp llama-server"}
 rs_all = {p: json.load(open(os.path.join(tmp, p + ".json"))) for p in peers.split(",")
           if os.path.exists(os.path.join(tmp, p + ".json"))}

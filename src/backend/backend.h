@@ -138,9 +138,6 @@ class Backend {
   // Fused inference paths for decoding (a few rows, no autograd). Each returns false where this
   // backend has no such kernel or the arguments are not covered; ops/ then runs the plain ops,
   // which give the same values.
-  // g as gemm() takes it, on the kernel for a few rows of x (a batched step's 5-64) where g fits it
-  // (gemm() tries it first): a way to tell that kernel ran.
-  virtual bool gemm_rows(const GemmArgs& g) { return false; }
   // ys[i] (M, ns[i]) = x (M, K) ws[i] (ns[i], K)^T for up to 3 weights sharing x (q, k, v).
   virtual bool gemv_group(const void* x, const void* const* ws, void* const* ys, const int64_t* ns, int count,
                           int64_t M, int64_t K, DType dt) {

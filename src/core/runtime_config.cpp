@@ -45,7 +45,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   auto var = [&](const char* name) { return get ? get(name) : std::getenv(name); };
   RuntimeConfig d, c;
   c.cuda_gemv = read_switch("LMTUNE_CUDA_GEMV", var("LMTUNE_CUDA_GEMV"), d.cuda_gemv);
-  c.cuda_gemm_rows = read_switch("LMTUNE_CUDA_GEMM_ROWS", var("LMTUNE_CUDA_GEMM_ROWS"), d.cuda_gemm_rows);
+  c.cuda_qgemm_rows = read_switch("LMTUNE_CUDA_QGEMM_ROWS", var("LMTUNE_CUDA_QGEMM_ROWS"), d.cuda_qgemm_rows);
   c.cuda_flash = read_switch("LMTUNE_CUDA_FLASH", var("LMTUNE_CUDA_FLASH"), d.cuda_flash);
   c.cuda_decode_split = read_switch("LMTUNE_CUDA_DECODE_SPLIT", var("LMTUNE_CUDA_DECODE_SPLIT"), d.cuda_decode_split);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);

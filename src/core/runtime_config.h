@@ -7,9 +7,9 @@
 namespace lmtune {
 
 struct RuntimeConfig {
-  bool cuda_gemv = true;       // LMTUNE_CUDA_GEMV=0: products of 1-4 rows go to cuBLASLt, not gemv.cu
-  bool cuda_gemm_rows = true;  // LMTUNE_CUDA_GEMM_ROWS=0: those of 5-64 rows to cuBLASLt, not gemm_rows.cu
-  bool cuda_flash = true;      // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
+  bool cuda_gemv = true;        // LMTUNE_CUDA_GEMV=0: products of 1-4 rows go to cuBLASLt, not gemv.cu
+  bool cuda_qgemm_rows = true;  // LMTUNE_CUDA_QGEMM_ROWS=0: 4-bit products of 9-64 rows dequantize, not qgemm_rows.cu
+  bool cuda_flash = true;       // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
   // LMTUNE_CUDA_DECODE_SPLIT=0: decoding's attention (T <= 4) takes the flash kernel, one block a
   // head, instead of decode_split.cu's blocks over stretches of the keys.
   bool cuda_decode_split = true;

@@ -178,36 +178,6 @@ TEST_P(CudaVsCpu, GemvShapes) {
       }
 }
 
-// A batched step's products, x (5 <= M <= 64, K) W (N, K)^T (gemm_rows.cu where K % 32 == 0): every count of
-// 8-row tiles of x, a last tile of x rows and of W rows cut short, K split over 1-4 warps, alpha != 1.
-TEST_P(CudaVsCpu, GemmRowsShapes) {
-  const bool half = dt != DType::f32;
-  for (int64_t M : {5, 8, 9, 17, 32, 33, 64})
-    for (int64_t N : {1, 37, 300, 5000})
-      for (int64_t K : {32, 1024, 4128}) {
-        GemmArgs g;
-        g.M = M, g.N = N, g.K = K, g.trans_b = true, g.lda = K, g.ldb = K, g.ldc = N, g.alpha = 0.75f;
-        Vec a = rounded(uniform(size_t(M * K), 16), dt), b = rounded(uniform(size_t(N * K), 17), dt);
-        Vec ref(size_t(M * N));
-        GemmArgs gc = g;
-        gc.a = a.data(), gc.b = b.data(), gc.c = ref.data(), gc.dtype = DType::f32;
-        cpu().gemm(gc);
-        Tensor ga = on_gpu(a, dt), gb = on_gpu(b, dt), gcu = gpu_empty(M * N, dt);
-        g.a = ga.raw(), g.b = gb.raw(), g.c = gcu.raw(), g.dtype = dt;
-        const std::string what =
-            "gemm_rows M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K);
-        ASSERT_EQ(gpu().gemm_rows(g), half) << what;  // f32 stays with cuBLASLt
-        if (half) check_close(read(gcu), ref, tol_gemm(dt), what);
-      }
-  GemmArgs g;  // not covered: K not a multiple of 32, 4 rows (gemv.cu's), 65 rows
-  g.M = 8, g.N = 16, g.K = 40, g.trans_b = true, g.lda = 40, g.ldb = 40, g.ldc = 16, g.dtype = dt;
-  EXPECT_FALSE(gpu().gemm_rows(g));
-  g.K = g.lda = g.ldb = 64, g.M = 4;
-  EXPECT_FALSE(gpu().gemm_rows(g));
-  g.M = 65;
-  EXPECT_FALSE(gpu().gemm_rows(g));
-}
-
 // Decoding's fused kernels: q, k, v products sharing x in one launch, gate and up with swiglu,
 // the residual add with the rms_norm after it; each against the CPU composing the plain ops
 // with the same roundings to dt.

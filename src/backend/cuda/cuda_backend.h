@@ -134,7 +134,6 @@ class CudaBackend final : public Backend {
   bool tracking_rows() const { return track_rows_; }
   // Called right after the launch: its node is the capture's last one.
   void track_rows_launch(TrackedRows t);
-  bool gemm_rows(const GemmArgs& g) override;
   bool gemv_group(const void* x, const void* const* ws, void* const* ys, const int64_t* ns, int count, int64_t M,
                   int64_t K, DType dt) override;
   bool gemv_swiglu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t M, int64_t N, int64_t K,
@@ -215,9 +214,6 @@ bool flash_attention_backward(const AttentionBackwardArgs& a);
 // y = alpha x W^T for 1-4 rows of x in bf16/f16 (gemv.cu); false where the arguments are not
 // covered (then cuBLASLt runs). LMTUNE_CUDA_GEMV=0 turns it off.
 bool gemv(const GemmArgs& g, DType c_dt);
-// The same for 5-64 rows of x (gemm_rows.cu: W streamed once, the products on the tensor cores), K a
-// multiple of 32; false where not covered. LMTUNE_CUDA_GEMM_ROWS=0 (or LMTUNE_CUDA_GEMV=0) turns it off.
-bool gemm_rows(const GemmArgs& g, DType c_dt);
 // Decoding's attention (T <= 4, bf16/f16, head_dim 64 or 128) split over the keys
 // (decode_split.cu); false where it does not apply. LMTUNE_CUDA_DECODE_SPLIT=0 turns it off.
 bool decode_split_attention(const AttentionArgs& a);

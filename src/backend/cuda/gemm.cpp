@@ -124,8 +124,7 @@ void CudaBackend::gemm_ex(const GemmArgs& g, DType c_dt) {
     }
     return;
   }
-  if (gemv(g, c_dt)) return;               // decoding's few-row products: a streaming kernel of our own
-  if (lmtune::gemm_rows(g, c_dt)) return;  // and those of 5-64 rows (a batched step's): W streamed once
+  if (gemv(g, c_dt)) return;  // decoding's few-row products: a streaming kernel of our own
   LMT_CHECK(g.batch <= INT32_MAX, "[gemm] cuda: batch ", g.batch, " exceeds cuBLASLt's int32 limit");
   GemmKey key{int(g.dtype),
               int(c_dt),

@@ -1,16 +1,18 @@
 // Quantized products of a few rows: y (M, N) = x (M, K) dequant(W)^T for 9 <= M <= 64 (a batched
 // step of a 4-bit model; qgemv.cu takes 1-8 rows), W in MLX's affine 4-bit layout (u32 words,
-// LSB-first codes; scales and biases (N, K / group_size) in dt), bf16/f16. The structure of
-// gemm_rows.cu: a warp streams 32 rows of W, 16 bytes (32 codes) a lane and row per 128-wide step
-// of K, and multiplies them with x's rows, 8 at a time, on the tensor cores (mma m16n8k16). Each
+// LSB-first codes; scales and biases (N, K / group_size) in dt), bf16/f16. A warp streams 32 rows
+// of W, 16 bytes (32 codes) a lane and row per 128-wide step of K, past L1, and multiplies them with
+// x's rows, 8 at a time, on the tensor cores (mma m16n8k16); K may be split over up to 4 warps. Each
 // code becomes its weight in registers, w = q * scale + bias in one fused multiply-add of dt (one
 // rounding to dt, as dequantize + gemm rounds each w to dt), so the packed words are the only
 // weight bytes read: about a quarter of the dequantized weight's, which the other path writes and
 // reads again.
 //   Pairs: the word holding codes k .. k + 7 gives its codes (j, j + 4) as one register (a mask and
 // a magic exponent: 128 + q for bf16, 1024 + q for f16, then minus that), so x's values are paired
-// (k + j, k + j + 4) to match (two byte permutes per pair of registers); the mma's k order is
-// otherwise the lanes' own, as in gemm_rows.cu.
+// (k + j, k + j + 4) to match (two byte permutes per pair of registers). Otherwise the mma's k order
+// is the lanes' own: lane (g, t) holds k0 + 32 t .. + 31 of rows g and g + 8 and of x row g, and a dot
+// product does not depend on the order of its terms, so A and B only have to agree, which they do.
+// LMTUNE_CUDA_QGEMM_ROWS=0 turns it off (dequantize + gemm then run).
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -206,7 +208,7 @@ bool CudaBackend::quantized_gemm_rows(const void* x, const uint32_t* wq, const v
       (dt != DType::bf16 && dt != DType::f16))
     return false;
   if (M < kQRowsMinM || M > kQRowsMaxM || N < 1 || K < kQStep || K % kQStep != 0 || !aligned16(x) || !aligned16(wq) ||
-      !runtime_config().cuda_gemv || !runtime_config().cuda_gemm_rows)
+      !runtime_config().cuda_gemv || !runtime_config().cuda_qgemm_rows)
     return false;
   auto run = [&](auto tag) {
     using T = typename decltype(tag)::type;
