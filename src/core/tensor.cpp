@@ -52,7 +52,7 @@ Tensor Tensor::from_f32(const std::vector<float>& v, const Shape& shape) {
   LMT_CHECK(int64_t(v.size()) == numel_of(shape), "[Tensor::from_f32] ", v.size(), " values for shape ",
             shape_str(shape));
   Tensor t = empty(shape, DType::f32);
-  std::memcpy(t.raw(), v.data(), v.size() * 4);
+  if (!v.empty()) std::memcpy(t.raw(), v.data(), v.size() * 4);  // an empty vector's data() may be null
   return t;
 }
 
@@ -60,7 +60,7 @@ Tensor Tensor::from_i32(const std::vector<int32_t>& v, const Shape& shape) {
   LMT_CHECK(int64_t(v.size()) == numel_of(shape), "[Tensor::from_i32] ", v.size(), " values for shape ",
             shape_str(shape));
   Tensor t = empty(shape, DType::i32);
-  std::memcpy(t.raw(), v.data(), v.size() * 4);
+  if (!v.empty()) std::memcpy(t.raw(), v.data(), v.size() * 4);  // an empty vector's data() may be null
   return t;
 }
 
