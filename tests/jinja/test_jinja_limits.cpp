@@ -21,7 +21,16 @@ std::string repeat(const std::string& s, int n) {
   return out;
 }
 
-// The error text of parsing and rendering `src`, checking it comes within two seconds.
+// What "quickly" means: two seconds; ten times that under AddressSanitizer (scripts/sanitize), whose
+// instrumented build runs these renders 3-10x slower (2.05 s once on the loaded 2-core machine). A
+// limit that is not enforced still fails either way: the loop or recursion then runs without end.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double kQuickSeconds = 20.0;
+#else
+constexpr double kQuickSeconds = 2.0;
+#endif
+
+// The error text of parsing and rendering `src`, checking it comes within kQuickSeconds.
 std::string error_of(const std::string& src) {
   auto t0 = std::chrono::steady_clock::now();
   std::string msg = "<no error>";
@@ -31,7 +40,7 @@ std::string error_of(const std::string& src) {
     msg = e.what();
   }
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_LT(s, 2.0) << src.substr(0, 200);
+  EXPECT_LT(s, kQuickSeconds) << src.substr(0, 200);
   return msg;
 }
 
