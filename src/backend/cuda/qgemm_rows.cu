@@ -37,14 +37,6 @@ struct QRowsParams {
   int group_size, S;
 };
 
-__device__ __forceinline__ uint4 stream_codes(const uint32_t* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 // a - b and a * b + c on pairs of T (one rounding each).
 template <typename T>
 __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
@@ -112,7 +104,7 @@ __global__ void __launch_bounds__(kQRowsWarps * 32) qgemm_rows_kernel(QRowsParam
       for (int r = 0; r < kQRowTiles; ++r)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          codes[r][h] = stream_codes(p.wq + row[r][h] * row_words + k0 / 8);
+          codes[r][h] = qgemv::ld_stream4(p.wq + row[r][h] * row_words + k0 / 8);
           scale2[r][h] = twice(p.scales[row[r][h] * groups + G]);
           bias2[r][h] = twice(p.biases[row[r][h] * groups + G]);
         }
