@@ -108,10 +108,9 @@ __global__ void __launch_bounds__(kQRowsWarps * 32) qgemm_rows_kernel(QRowsParam
           scale2[r][h] = twice(p.scales[row[r][h] * groups + G]);
           bias2[r][h] = twice(p.biases[row[r][h] * groups + G]);
         }
-        // Word i of the 4 holds codes k0 + 8 i .. + 7.
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        uint32_t xp[NT][4];  // x's pairs (k0 + 8 i + j, k0 + 8 i + j + 4), j < 4
+      for (int i = 0; i < 4; ++i) {  // word i of the 4 holds codes k0 + 8 i .. + 7
+        uint32_t xp[NT][4];          // x's pairs (k0 + 8 i + j, k0 + 8 i + j + 4), j < 4
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const uint4 xv = __ldg(reinterpret_cast<const uint4*>(xr[j] + s * kQStep + 8 * i));
