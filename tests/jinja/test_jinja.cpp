@@ -36,6 +36,8 @@ TEST(Jinja, PythonPrinting) {
   EXPECT_EQ(render("{{ true }} {{ False }} {{ none }} {{ None }}"), "True False None None");
   EXPECT_EQ(render("{{ 1.0 }} {{ 0.5 }} {{ 1e-5 }} {{ 1e16 }} {{ 2.5e3 }} {{ 7 / 2 }} {{ 4 / 2 }}"),
             "1.0 0.5 1e-05 1e+16 2500.0 3.5 2.0");
+  // Float literals past the double range read as Python's float() reads them (fuzz_jinja's finding: std::stod threw).
+  EXPECT_EQ(render("{{ 1e561 }} {{ -1e561 }} {{ 1e-400 }} {{ 99000000000000000009e561 > 1 }}"), "inf -inf 0.0 True");
   EXPECT_EQ(render("{{ ['a', 1, none, true] }}"), "['a', 1, None, True]");
   EXPECT_EQ(render("{{ {'k': 'v', 'n': [1.5]} }}"), "{'k': 'v', 'n': [1.5]}");
   EXPECT_EQ(render("{{ (1, 2) }} {{ (1,) }}"), "(1, 2) (1,)");

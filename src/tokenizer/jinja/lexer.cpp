@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -318,7 +319,8 @@ class Lexer {
     text.erase(std::remove(text.begin(), text.end(), '_'), text.end());
     Token t{is_float ? Tok::Float : Tok::Int, text, 0, 0, int(start)};
     if (is_float) {
-      t.f = std::stod(text);
+      // As Python's float(): past the range inf, below it 0 or a subnormal (std::stod throws there).
+      t.f = std::strtod(text.c_str(), nullptr);
     } else {
       try {
         t.i = std::stoll(text);
