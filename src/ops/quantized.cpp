@@ -67,23 +67,22 @@ Tensor quantized_linear(const Tensor& x, const Tensor& wq, const Tensor& scales,
             "[quantized_linear] input ", x.describe(), " does not fit a quantized weight of ", K, " inputs with ",
             scales.describe(), " scales (", describe(f), ")");
   const int64_t M = x.numel() / std::max<int64_t>(K, 1);
-  if (M >= 1 && M <= 64) {  // few rows: a kernel that reads the packed weight once, where the backend has one
+  // Few rows: a kernel that reads the packed weight once, where the backend has one (1-8 rows any mode,
+  // 9-64 affine).
+  const bool affine = f.mode == QuantMode::affine;
+  if (M >= 1 && M <= (affine ? 64 : 8)) {
     check_quantized(wq, scales, biases, f, "quantized_linear");
     Shape os = x.shape();
     os.back() = N;
     Tensor y = empty(os, x.dtype(), x.device());
     Backend& b = backend(x.device());
     const auto* w = static_cast<const uint32_t*>(wq.raw());
-    bool done = false;
-    if (f.mode != QuantMode::affine)
-      done = M <= 8 && b.quantized_gemv_fp(x.raw(), w, static_cast<const uint8_t*>(scales.raw()), y.raw(), M, N, K,
-                                           f.mode, x.dtype());
-    else if (M <= 8)
-      done =
-          b.quantized_gemv(x.raw(), w, scales.raw(), biases.raw(), y.raw(), M, N, K, f.bits, f.group_size, x.dtype());
-    else
-      done = b.quantized_gemm_rows(x.raw(), w, scales.raw(), biases.raw(), y.raw(), M, N, K, f.bits, f.group_size,
-                                   x.dtype());
+    const bool done = !affine  ? b.quantized_gemv_fp(x.raw(), w, static_cast<const uint8_t*>(scales.raw()), y.raw(), M,
+                                                     N, K, f.mode, x.dtype())
+                      : M <= 8 ? b.quantized_gemv(x.raw(), w, scales.raw(), biases.raw(), y.raw(), M, N, K, f.bits,
+                                                  f.group_size, x.dtype())
+                               : b.quantized_gemm_rows(x.raw(), w, scales.raw(), biases.raw(), y.raw(), M, N, K, f.bits,
+                                                       f.group_size, x.dtype());
     if (done) return bias.defined() ? add(y, bias) : y;
   }
   return linear(x, dequantize(wq, scales, biases, f, x.dtype(), "quantized_linear"), bias);

@@ -162,8 +162,7 @@ int serve(ServerOptions& o) {
     }
     const Tokenizer& tok = r->chat->tokenizer();
     if (!key.draft.empty()) {
-      std::error_code ec;
-      if (now && now->draft && now->draft_dir == std::filesystem::canonical(key.draft, ec).string()) {
+      if (now && now->draft && now->draft_dir == key.draft) {  // a request's key holds canonical folders
         r->draft_dir = now->draft_dir, r->draft = now->draft, r->draft_tokenizer_size = now->draft_tokenizer_size;
       } else {  // a draft not resident now: loaded
         LoadOptions dl = o.load;
