@@ -9,14 +9,16 @@
 # About 3-5 minutes on an H100 once lmtune is built (most of it writing and loading 14.5 GB).
 # Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N]
 #          [--keys q,k,v,o,gate,up,down] [--checkpointing both|off|on] [--smoke]
-#          [--shape qwen3-0.6b|gemma3-1b] [--batch N] [--compiled]
+#          [--shape qwen3-0.6b|gemma3-1b|mixtral-moe] [--batch N] [--compiled] [--lmtune-env VAR=VALUE]
 # (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report, all 7 keys, both;
 # --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
 # model's; --smoke: both sides on the CPU with a 2-layer f32 model at sequence 128, a check of the
 # scripts). --compiled: the peer is bench/hf_compiled_lora.py (transformers with a bf16 LoRA under
 # torch.compile, the strongest PyTorch path measured) instead of transformers + peft. --shape: bench_lora_peer.py's Qwen3-0.6B- or Gemma-3-1B-shaped model instead of Mistral-7B's
-# (issue 16's pairs: qwen3-0.6b at --batch 8, gemma3-1b at --batch 4); --batch N: N records a step on
-# both sides (default 1).
+# (issue 16's pairs: qwen3-0.6b at --batch 8, gemma3-1b at --batch 4, mixtral-moe (8 experts, 16 layers, hidden
+# 2048) with --keys q,k,v,o: peft cannot adapt transformers' stacked experts); --batch N: N records a step on
+# both sides (default 1). --lmtune-env VAR=VALUE: lmtune runs a second time with that variable set (an A/B
+# of one of its switches, e.g. LMTUNE_MOE_GROUPED=0), reported below the table.
 # LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default .venv/bin/python
 # if present, else python3).
 set -uo pipefail
@@ -24,7 +26,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
 table=""
 smoke=0
-warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1 compiled=0
+warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1 compiled=0 alt_env=""
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -37,6 +39,7 @@ while (($#)); do
     --smoke) smoke=1; shift ;;
     --shape) shape="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
+    --lmtune-env) alt_env="$2"; shift 2 ;;
     *) echo "bench_lora_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -63,9 +66,13 @@ fi
 iters=$((warmup + steps))
 shape_flag=()
 case "$shape" in
-  "") ;; qwen3-0.6b|gemma3-1b) shape_flag=(--shape "$shape") ;;
-  *) echo "bench_lora_gpu: --shape must be qwen3-0.6b or gemma3-1b" >&2; exit 2 ;;
+  "") ;; qwen3-0.6b|gemma3-1b|mixtral-moe) shape_flag=(--shape "$shape") ;;
+  *) echo "bench_lora_gpu: --shape must be qwen3-0.6b, gemma3-1b or mixtral-moe" >&2; exit 2 ;;
 esac
+if [[ -n "$alt_env" && ! "$alt_env" =~ ^LMTUNE_[A-Z0-9_]+=[^[:space:]]*$ ]]; then
+  echo "bench_lora_gpu: --lmtune-env takes LMTUNE_NAME=VALUE, got '$alt_env'" >&2
+  exit 2
+fi
 if ! [[ "$batch" =~ ^[1-9][0-9]*$ ]]; then
   echo "bench_lora_gpu: --batch must be a positive integer" >&2
   exit 2
@@ -128,6 +135,12 @@ for gc in "${gcs[@]}"; do
   rc=${PIPESTATUS[0]}
   smi_stop
   ((rc == 0)) || { echo "lmtune lora ($gc) failed (rc $rc)"; status=1; }
+  if [[ -n "$alt_env" ]]; then
+    echo "== lmtune lora with $alt_env, gradient checkpointing $gc [$((SECONDS - start)) s]"
+    env "$alt_env" "${cmd[@]}" 2>&1 | grep -v '^\[WARNING\] Some sequences are longer' |
+      tee "$tmp/lmtune-$gc-alt.txt"
+    ((PIPESTATUS[0] == 0)) || { echo "lmtune lora with $alt_env ($gc) failed"; status=1; }
+  fi
   echo "== transformers + peft, gradient checkpointing $gc [$((SECONDS - start)) s]"
   smi_start "peer-$gc"
   if ((compiled)); then
@@ -161,15 +174,15 @@ else
   card="$(nvidia-smi -L 2>/dev/null | head -n 1 | sed 's/ (UUID.*//')"
   card="${card:-unknown GPU}"
 fi
-"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" "$keys" "$batch" "${shape:-mistral-7b}" <<'PY'
+"$py" - "$tmp" "$warmup" "$steps" "$seq" "$card" "${table:-/dev/null}" "$keys" "$batch" "${shape:-mistral-7b}" "$alt_env" <<'PY'
 import json, os, re, sys
 tmp, warmup, steps, seq, card, out, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:8]
-batch, shape = int(sys.argv[8]), sys.argv[9]
+batch, shape, alt_env = int(sys.argv[8]), sys.argv[9], sys.argv[10]
 pat = re.compile(r"Iter (\d+): Train loss ([\d.naninf]+), Learning Rate \S+, It/sec [\d.]+, Tokens/sec ([\d.]+), "
                  r"Trained Tokens (\d+), Peak mem ([\d.]+) GB")
 
-def ours(gc):
-    p = f"{tmp}/lmtune-{gc}.txt"
+def ours(gc, alt=False):
+    p = f"{tmp}/lmtune-{gc}{'-alt' if alt else ''}.txt"
     if not os.path.exists(p):
         return None
     reps = [(int(m[1]), float(m[2]), float(m[3]), int(m[4]), float(m[5])) for m in pat.finditer(open(p).read())]
@@ -215,6 +228,15 @@ for gc, name in (("off", "no gradient checkpointing"), ("on", "gradient checkpoi
         losses.append(f"{name}: lmtune {o['first_loss']:.3f} -> {o['last_loss']:.3f}, "
                       f"peer {p['first_loss']:.3f} -> {p['last_loss']:.3f}")
 text = "\n".join(lines) + "\n"
+if alt_env:
+    alts = []
+    for gc in ("off", "on"):
+        if os.path.exists(f"{tmp}/lmtune-{gc}-alt.txt"):
+            a, o = ours(gc, True), ours(gc)
+            alts.append(f"{'gradient checkpointing ' + gc}: " + (f"{a['tokens_per_sec']:.0f} tok/s, peak {a['peak_gb']:.2f} GB"
+                        + (f" ({a['tokens_per_sec'] / o['tokens_per_sec']:.2f}x the default run)" if o else "")
+                        if a else "FAILED"))
+    text += f"\nlmtune with {alt_env}, same command: " + "; ".join(alts) + "\n"
 def smi(name):
     p = f"{tmp}/smi-{name}.txt"
     v = [int(x) for x in open(p).read().split() if x.isdigit()] if os.path.exists(p) else []

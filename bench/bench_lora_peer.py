@@ -13,7 +13,9 @@
       (hidden 1024, n_ff 3072, 28 layers, 16 heads, 8 kv heads, head_dim 128, q/k norms, vocab
       151936, tied) or Gemma-3-1B's (gemma3_text: hidden 1152, n_ff 6912, 26 layers, 4 heads, 1 kv
       head, head_dim 256, vocab 262144, tied, 5 sliding layers of window 512 to each full one,
-      query_pre_attn_scalar 256), bf16 on the GPU (the models of bench_lora_gpu.sh --shape); with
+      query_pre_attn_scalar 256), or --shape mixtral-moe, Mixtral's layout scaled to one GPU (hidden
+      2048, 8 experts of width 7168, top 2, 16 layers, 16 heads, 8 kv heads, vocab 32000; the experts
+      saved per expert as the Hub's checkpoints hold them), bf16 on the GPU (the models of bench_lora_gpu.sh --shape); with
       --smoke, a 2-layer f32 model of that family on the CPU.
   bench_lora_peer.py data DIR --model DIR --seq N [--n-train 16] [--n-valid 2]
       train.jsonl / valid.jsonl of {"text": ...} records built from the words of examples/data,
@@ -54,6 +56,11 @@ FAMILY_SHAPES = {  # --shape: the real models' dimensions
                        num_key_value_heads=8, head_dim=128, vocab_size=151936),
     "gemma3-1b": dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
                       num_key_value_heads=1, head_dim=256, vocab_size=262144),
+    # Issue 16's mixture, Mixtral's layout scaled to one GPU: 8 experts (top 2) of width 7168 (Mixtral's
+    # 3.5x the hidden size), 16 layers of hidden 2048: 5.8 B parameters, 11.6 GB in bf16.
+    "mixtral-moe": dict(hidden_size=2048, intermediate_size=7168, num_hidden_layers=16, num_attention_heads=16,
+                        num_key_value_heads=8, head_dim=128, vocab_size=32000, num_local_experts=8,
+                        num_experts_per_tok=2),
 }
 
 
@@ -71,6 +78,27 @@ def shapes(smoke, shape=None):
                     num_key_value_heads=2, head_dim=64, vocab_size=2048)
     return dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=32000)
+
+
+def mixtral_checkpoint_specs(specs):
+    """transformers 5 keeps Mixtral's experts stacked in memory (mlp.experts.gate_up_proj (E, 2 ff, C),
+    mlp.experts.down_proj (E, C, ff)) and saves them as the Hub's checkpoints hold them: per expert,
+    block_sparse_moe.experts.e.w1 (gate), w3 (up), w2 (down), and the router as block_sparse_moe.gate;
+    from_pretrained and lmtune both read that layout."""
+    out = []
+    for n, s in specs:
+        if n.endswith(".mlp.experts.gate_up_proj"):
+            base = n.replace(".mlp.experts.gate_up_proj", ".block_sparse_moe.experts.")
+            for e in range(s[0]):
+                out += [(f"{base}{e}.w1.weight", (s[1] // 2, s[2])), (f"{base}{e}.w3.weight", (s[1] // 2, s[2]))]
+        elif n.endswith(".mlp.experts.down_proj"):
+            base = n.replace(".mlp.experts.down_proj", ".block_sparse_moe.experts.")
+            out += [(f"{base}{e}.w2.weight", (s[1], s[2])) for e in range(s[0])]
+        elif n.endswith(".mlp.gate.weight"):
+            out.append((n.replace(".mlp.gate.", ".block_sparse_moe.gate."), s))
+        else:
+            out.append((n, s))
+    return out
 
 
 def cmd_model(a):
@@ -94,6 +122,10 @@ def cmd_model(a):
         Config, Model, arch = transformers.Qwen3Config, transformers.Qwen3ForCausalLM, "Qwen3ForCausalLM"
         cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
                      tie_word_embeddings=True, **ids)
+    elif a.shape == "mixtral-moe":
+        Config, Model, arch = transformers.MixtralConfig, transformers.MixtralForCausalLM, "MixtralForCausalLM"
+        cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
+                     sliding_window=None, router_jitter_noise=0.0, tie_word_embeddings=False, **ids)
     elif a.shape == "gemma3-1b":
         Config, Model, arch = transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, "Gemma3ForCausalLM"
         cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-6, max_position_embeddings=32768,
@@ -103,6 +135,8 @@ def cmd_model(a):
                      sliding_window=None, tie_word_embeddings=False, **ids)
     with torch.device("meta"):  # names and shapes only, no memory
         specs = [(n, tuple(p.shape)) for n, p in Model(cfg).state_dict().items()]
+    if a.shape == "mixtral-moe":
+        specs = mixtral_checkpoint_specs(specs)
     if cfg.tie_word_embeddings:  # the head is the embedding: one tensor in the file, as save_pretrained writes
         specs = [(n, s) for n, s in specs if n != "lm_head.weight"]
     unit_offset = a.shape == "gemma3-1b"  # gemma's norms scale by (1 + w): w = 0 is the identity

@@ -127,6 +127,24 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   });
 }
 
+Tensor grouped_linear(const Tensor& x, const std::vector<Tensor>& ws, const std::vector<int64_t>& offsets) {
+  const Tensor xd = x.detach();
+  const bool gx = requires_grad(x);
+  std::vector<Tensor> inputs{x}, wd;
+  std::vector<bool> gw;
+  for (const Tensor& w : ws) {
+    inputs.push_back(w);
+    wd.push_back(w.detach());
+    gw.push_back(requires_grad(w));
+  }
+  return record("grouped_linear", ops::grouped_matmul(x, wd, offsets, true), inputs, [=](const Tensor& d) {
+    std::vector<Tensor> g{gx ? ops::grouped_matmul(d, wd, offsets, false) : Tensor()};
+    std::vector<Tensor> dw = ops::grouped_matmul_wgrad(d, xd, offsets, gw);
+    g.insert(g.end(), dw.begin(), dw.end());
+    return g;
+  });
+}
+
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Tensor xd = x.detach(), wd = w.detach();
   bool gx = requires_grad(x), gw = requires_grad(w), gb = bias.defined() && requires_grad(bias);

@@ -24,6 +24,9 @@ Tensor sum(const Tensor& x);   // f32 scalar
 Tensor mean(const Tensor& x);  // f32 scalar
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
+// x (R, in)'s rows in consecutive groups, each through its own ws[g] (out, in) (ops::grouped_matmul):
+// a mixture of experts' layers on rows sorted by expert. Gradients to x and to each weight that wants one.
+Tensor grouped_linear(const Tensor& x, const std::vector<Tensor>& ws, const std::vector<int64_t>& offsets);
 // LoRA's down projection z = (cast(x, a.dtype) * mask) @ a: x (..., in) in any float dtype,
 // a (in, r), mask (..., in) in a's dtype or undefined; z (..., r) in a's dtype. It saves x itself
 // (shared storage), never its cast: backward casts x again to form da = cast(x)^T dz and returns

@@ -19,6 +19,9 @@ void Backend::unary(UnaryOp, const void*, void*, int64_t, float, DType) { missin
 void Backend::unary_backward(UnaryOp, const void*, const void*, void*, int64_t, DType) { missing("unary_backward"); }
 void Backend::reduce_sum(const void*, void*, int64_t, int64_t, int64_t, DType, DType) { missing("reduce_sum"); }
 void Backend::gemm(const GemmArgs&) { missing("gemm"); }
+void Backend::gemm_grouped(const std::vector<GemmArgs>& problems) {
+  for (const GemmArgs& g : problems) gemm(g);
+}
 void Backend::embedding(const void*, const int32_t*, void*, int64_t, int64_t, DType) { missing("embedding"); }
 void Backend::embedding_backward(const void*, const int32_t*, float*, int64_t, int64_t, DType) {
   missing("embedding_backward");

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/quant_format.h"
@@ -100,6 +101,9 @@ class Backend {
   virtual void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt, DType out_dt);
 
   virtual void gemm(const GemmArgs& args);
+  // Independent products (each batch 1), as one launch where the backend has a grouped kernel (CUDA:
+  // cuBLAS's grouped GEMM, a mixture of experts' per-expert products); here, gemm for each in turn.
+  virtual void gemm_grouped(const std::vector<GemmArgs>& problems);
 
   // out (N, D) = weight (V, D)[ids (N)]; ids are checked by the caller to lie in [0, V).
   virtual void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt);

@@ -49,6 +49,8 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_flash = read_switch("LMTUNE_CUDA_FLASH", var("LMTUNE_CUDA_FLASH"), d.cuda_flash);
   c.cuda_decode_split = read_switch("LMTUNE_CUDA_DECODE_SPLIT", var("LMTUNE_CUDA_DECODE_SPLIT"), d.cuda_decode_split);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
+  c.cuda_grouped_gemm = read_switch("LMTUNE_CUDA_GROUPED_GEMM", var("LMTUNE_CUDA_GROUPED_GEMM"), d.cuda_grouped_gemm);
+  c.moe_grouped = read_switch("LMTUNE_MOE_GROUPED", var("LMTUNE_MOE_GROUPED"), d.moe_grouped);
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
   c.cuda_batch_graph = read_switch("LMTUNE_CUDA_BATCH_GRAPH", var("LMTUNE_CUDA_BATCH_GRAPH"), d.cuda_batch_graph);
   c.cuda_pdl = read_switch("LMTUNE_CUDA_PDL", var("LMTUNE_CUDA_PDL"), d.cuda_pdl);

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/runtime_config.h"
 
 namespace lmtune::nn {
 
@@ -16,6 +17,72 @@ std::vector<int32_t> MoeMlp::choose(const std::vector<float>& probs, int64_t row
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [p](int32_t a, int32_t b) { return p[a] > p[b]; });
     std::copy(order.begin(), order.begin() + k, out.begin() + r * k);
+  }
+  return out;
+}
+
+bool MoeMlp::grouped(DType dt) const {
+  if (!runtime_config().moe_grouped) return false;
+  for (const GatedMlp& m : experts)
+    for (const LinearRef* l : {&m.gate, &m.up, &m.down}) {
+      if (!l->weight) return false;  // a fused gate_up
+      const Linear d = l->get();
+      if (!d.plain() || d.weight.dtype() != dt) return false;
+    }
+  return true;
+}
+
+// The rows each expert was chosen for, in order of expert (then token): one gather, each of the
+// three products for all experts at once, each row times its weight, one scatter that sums a
+// token's k rows (in f32, in the order of the experts, as the loop below does).
+Tensor MoeMlp::forward_grouped(const Tensor& xf, const Tensor& w, const std::vector<std::vector<int32_t>>& rows_of,
+                               const Tensor& ones) const {
+  const int64_t N = xf.dim(0), E = int64_t(experts.size());
+  std::vector<int32_t> order, weight_at;  // the token of each sorted row; its entry of w (N * E)
+  std::vector<int64_t> offsets{0};
+  for (int64_t e = 0; e < E; ++e) {
+    for (int32_t r : rows_of[size_t(e)]) {
+      order.push_back(r);
+      weight_at.push_back(int32_t(r * E + e));
+    }
+    offsets.push_back(int64_t(order.size()));
+  }
+  const int64_t R = int64_t(order.size());
+  if (R == 0) return {};
+  const Tensor idx = ops::to(Tensor::from_i32(order, {R}), xf.device());
+  const Tensor widx = ops::to(Tensor::from_i32(weight_at, {R}), xf.device());
+  std::vector<Tensor> wg, wu, wd;
+  for (const GatedMlp& m : experts) {
+    wg.push_back(*m.gate.weight);
+    wu.push_back(*m.up.weight);
+    wd.push_back(*m.down.weight);
+  }
+  const Tensor xs = ag::gather_rows(xf, idx);  // (R, C)
+  const Tensor g = ag::grouped_linear(xs, wg, offsets), u = ag::grouped_linear(xs, wu, offsets);
+  const Activation act = experts[0].act;
+  const Tensor h = act == Activation::silu ? ag::swiglu(g, u) : ag::mul(ag::gelu_tanh(g), u);
+  Tensor y = ag::grouped_linear(h, wd, offsets);                        // (R, C)
+  const Tensor we = ag::gather_rows(ag::reshape(w, {N * E, 1}), widx);  // (R, 1)
+  y = ag::mul(y, ag::matmul(we, ones));                                 // each row times its weight
+  return ag::scatter_rows(y, idx, N);
+}
+
+// Each expert's MLP on its own gathered rows, scattered back one expert at a time: any layer
+// (quantized, adapted, fused gate_up).
+Tensor MoeMlp::forward_each(const Tensor& xf, const Tensor& w, const std::vector<std::vector<int32_t>>& rows_of,
+                            const Tensor& ones) const {
+  const int64_t N = xf.dim(0);
+  Tensor out;
+  for (size_t e = 0; e < experts.size(); ++e) {
+    const std::vector<int32_t>& rows = rows_of[e];
+    if (rows.empty()) continue;
+    const int64_t n = int64_t(rows.size());
+    const Tensor idx = ops::to(Tensor::from_i32(rows, {n}), xf.device());
+    Tensor y = experts[e].forward(ag::gather_rows(xf, idx), false);            // (n, C)
+    const Tensor we = ag::gather_rows(ag::slice_last(w, int64_t(e), 1), idx);  // (n, 1)
+    y = ag::mul(y, ag::matmul(we, ones));                                      // each row times its weight
+    const Tensor placed = ag::scatter_rows(y, idx, N);                         // (N, C)
+    out = out.defined() ? ag::add(out, placed) : placed;
   }
   return out;
 }
@@ -43,18 +110,7 @@ Tensor MoeMlp::forward(const Tensor& x) const {
   Tensor w = norm_topk ? ag::softmax(ag::add(logits, m)) : ag::mul(probs, m);
   w = ag::cast(w, x.dtype());
   const Tensor ones = ops::full({1, C}, 1.f, x.dtype(), x.device());
-  Tensor out;
-  for (int64_t e = 0; e < E; ++e) {
-    const std::vector<int32_t>& rows = rows_of[size_t(e)];
-    if (rows.empty()) continue;
-    const int64_t n = int64_t(rows.size());
-    const Tensor idx = ops::to(Tensor::from_i32(rows, {n}), x.device());
-    Tensor y = experts[size_t(e)].forward(ag::gather_rows(xf, idx), false);  // (n, C)
-    const Tensor we = ag::gather_rows(ag::slice_last(w, e, 1), idx);         // (n, 1)
-    y = ag::mul(y, ag::matmul(we, ones));                                    // each row times its weight
-    const Tensor placed = ag::scatter_rows(y, idx, N);                       // (N, C)
-    out = out.defined() ? ag::add(out, placed) : placed;
-  }
+  Tensor out = grouped(x.dtype()) ? forward_grouped(xf, w, rows_of, ones) : forward_each(xf, w, rows_of, ones);
   if (!out.defined()) out = ops::zeros({N, C}, x.dtype(), x.device());
   return ag::reshape(out, x.shape());
 }

@@ -56,6 +56,16 @@ float item(const Tensor& x);      // a one-element tensor's value, any device
 // Matrix products. matmul: a (..., M, K) (or (..., K, M) with trans_a), b (K, N) or with the
 // same leading batch shape as a (or (N, K) with trans_b) -> (..., M, N).
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// A mixture of experts' products: x (R, K)'s rows in consecutive groups, rows [offsets[g], offsets[g + 1])
+// times ws[g]^T (ws[g] (N, K), a linear layer's weight) when trans_w, else times ws[g] (K, N); all ws of
+// one shape and x's dtype; offsets from 0 to R, never decreasing (empty groups are skipped). One
+// launch on CUDA (Backend::gemm_grouped).
+Tensor grouped_matmul(const Tensor& x, const std::vector<Tensor>& ws, const std::vector<int64_t>& offsets,
+                      bool trans_w);
+// grouped_matmul(x, ws, offsets, true)'s weight gradients: dw[g] (N, K) = dy_g^T x_g for each g with want[g]
+// (zeros for an empty group), undefined where not wanted; dy (R, N) and x (R, K) in one dtype.
+std::vector<Tensor> grouped_matmul_wgrad(const Tensor& dy, const Tensor& x, const std::vector<int64_t>& offsets,
+                                         const std::vector<bool>& want);
 // x (..., in) @ w (out, in)^T (+ bias (out)) -> (..., out).
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = {});
 // Inference only (no autograd), for decoding: the backend's fused kernel where it has one for

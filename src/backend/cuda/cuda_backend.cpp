@@ -58,6 +58,7 @@ CudaBackend::~CudaBackend() {
   if (workspace_) cudaFree(workspace_);
   if (decode_counters_) cudaFree(decode_counters_);
   if (lt_) cublasLtDestroy(lt_);
+  if (blas_) cublasDestroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 

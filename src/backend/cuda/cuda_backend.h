@@ -3,6 +3,7 @@
 // naming the call. Internal to src/backend/cuda.
 #pragma once
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -96,6 +97,7 @@ class CudaBackend final : public Backend {
   // gemm with C (and D) in c_dt while A and B are in args.dtype: bf16 x bf16 -> f32 for the
   // attention scores and for f32 gradient accumulation.
   void gemm_ex(const GemmArgs& args, DType c_dt);
+  void gemm_grouped(const std::vector<GemmArgs>& problems) override;  // gemm_grouped.cpp
 
   void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt) override;
   void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,
@@ -196,6 +198,7 @@ class CudaBackend final : public Backend {
   std::vector<TrackedRows> tracked_;  // the capture's, until graph_end hands them to its graph
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
+  cublasHandle_t blas_ = nullptr;  // cuBLAS proper, made on first use (its grouped GEMM)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   int32_t* decode_counters_ = nullptr;
