@@ -61,6 +61,7 @@ import subprocess
 import sys
 import zlib
 from checks import FAILS, check
+from checks import mlx_lm_cli
 
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt"}
@@ -191,7 +192,8 @@ def convert_both(a, tag, src, args, env=None):
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(os.path.join(a.work, "out"), exist_ok=True)
     r1 = run([a.lmtune, "convert", "--hf-path", src, "--mlx-path", ours] + args)
-    r2 = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", src, "--mlx-path", theirs] + args, env=env)
+    theirs_args = ["convert", "--hf-path", src, "--mlx-path", theirs] + args
+    r2 = mlx_lm_cli(theirs_args) if env is None else run([sys.executable, "-m", "mlx_lm"] + theirs_args, env=env)
     ok = check(r1.returncode == 0, f"{tag}: lmtune convert {args}: rc {r1.returncode}\n{r1.stderr[-2000:]}")
     ok &= check(r2.returncode == 0, f"{tag}: mlx_lm convert {args}: rc {r2.returncode}\n{r2.stderr[-2000:]}")
     if not ok:
@@ -274,7 +276,7 @@ def case_dequantize(a):
     for tag, src, args in sources:
         q = os.path.join(a.work, "quantized", tag)
         shutil.rmtree(q, ignore_errors=True)
-        r = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", src, "--mlx-path", q] + args)
+        r = mlx_lm_cli(["convert", "--hf-path", src, "--mlx-path", q] + args)
         if not check(r.returncode == 0, f"{tag}: mlx_lm convert {args}: {r.stderr[-2000:]}"):
             continue
         convert_both(a, tag + "_deq", q, ["-d"])
@@ -369,7 +371,7 @@ def case_refusals(a):
         if mlx_rc is None:
             continue
         shutil.rmtree(target, ignore_errors=True)
-        m = run([sys.executable, "-m", "mlx_lm", "convert"] + args)
+        m = mlx_lm_cli(["convert"] + args)
         print(f"{tag}: mlx-lm rc {m.returncode}" + ("" if mlx_rc else
               f" (writes {path}: {re.search(r'Quantized model with (.*)', m.stdout).group(0) if m.returncode == 0 else '?'})"))
         check(m.returncode == mlx_rc, f"{tag}: mlx-lm rc {m.returncode}, expected {mlx_rc}: {m.stderr[-1500:]}")
@@ -398,7 +400,7 @@ def case_mlx_generate(a):
         return text_of(r.stdout)
 
     def mlx_text(d):
-        r = run([sys.executable, "-m", "mlx_lm", "generate", "--model", d, "--temp", "0", "-m", "24",
+        r = mlx_lm_cli(["generate", "--model", d, "--temp", "0", "-m", "24",
                  "--ignore-chat-template", "-p", PROMPT])
         check(r.returncode == 0, f"mlx_lm generate {d}: rc {r.returncode}\n{r.stderr[-2000:]}")
         return text_of(r.stdout)

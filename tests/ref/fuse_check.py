@@ -48,6 +48,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convert_check as cc  # noqa: E402  (tensors_of, compare_folders, check, FAILS)
+from checks import mlx_lm_cli  # noqa: E402
 
 check = cc.check
 TRAIN = ["--train", "--device", "cpu", "--num-layers", "2", "--batch-size", "4", "--iters", "30",
@@ -92,7 +93,7 @@ def fuse_both(a, tag, base, ad, extra=()):
     # --requantize mlx: mlx-lm's re-quantization of merged layers on a quantized base (lmtune's
     # default keeps small changes instead: tests/ref/fuse_keep_check.py); a no-op on a dense base.
     r1 = run([a.lmtune, "fuse", *args, "--requantize", "mlx", "--save-path", ours])
-    r2 = run([sys.executable, "-m", "mlx_lm", "fuse", *args, "--save-path", theirs])
+    r2 = mlx_lm_cli(["fuse", *args, "--save-path", theirs])
     ok = check(r1.returncode == 0, f"{tag}: lmtune fuse {extra}: rc {r1.returncode}\n{r1.stderr[-2000:]}")
     ok &= check(r2.returncode == 0, f"{tag}: mlx_lm fuse {extra}: rc {r2.returncode}\n{r2.stderr[-2000:]}")
     if not ok:
@@ -260,7 +261,7 @@ def case_refusals(a):
     check(not [f for f in os.listdir(out) if ".tmp." in f], f"a refused fuse left a .tmp folder: {os.listdir(out)}")
     check(os.listdir(existing) == [], "the refused fuse wrote into the existing --save-path")
     # mlx-lm writes into an existing folder (save_model: mkdir(exist_ok=True)); recorded so a change shows.
-    r = run([sys.executable, "-m", "mlx_lm", "fuse", "--model", base, "--adapter-path", ad, "--save-path", existing])
+    r = mlx_lm_cli(["fuse", "--model", base, "--adapter-path", ad, "--save-path", existing])
     check(r.returncode == 0 and os.path.exists(os.path.join(existing, "model.safetensors")),
           f"mlx_lm.fuse no longer writes into an existing --save-path (rc {r.returncode}): update the README")
 

@@ -32,6 +32,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quant_folder_checks import FAILS, check, run, text_of  # noqa: E402
+from checks import mlx_lm_cli  # noqa: E402
 
 PROMPT = "Define: lantern"
 TRAIN = ["--train", "--device", "cpu", "--num-layers", "-1", "--batch-size", "8", "--iters", "60",
@@ -214,8 +215,7 @@ def case_quantized(a, tag, args):
                   f"{path}: 8 bits in config.json, tensors {w} {hdr.get(path + '.scales')}")
     print(f"{tag}-keep: {sum(v is False for v in raised.values())} layers dense, "
           f"{sum(v is not False for v in raised.values())} at 8 bits, {28 - len(raised)} at 4 bits ({args or 'affine'})")
-    r = run([sys.executable, "-m", "mlx_lm", "generate", "--model", keep_way, "--temp", "0", "-m", "24",
-             "--ignore-chat-template", "-p", PROMPT])
+    r = mlx_lm_cli(["generate", "--model", keep_way, "--temp", "0", "-m", "24", "--ignore-chat-template", "-p", PROMPT])
     check(r.returncode == 0 and text_of(r.stdout), f"mlx_lm generate on the kept folder: rc {r.returncode}\n"
                                                    f"{r.stderr[-2000:]}")
     ours = must(run([a.lmtune, "generate", "--model", keep_way, "--device", "cpu", "--temp", "0", "-m", "24",

@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 from checks import FAILS, check
+from checks import mlx_lm_cli
 
 PROMPT = "the light of a lamp that"
 LONG_PROMPT = "A lantern is a lamp with a transparent case that protects the flame, and the light of a lamp that"
@@ -49,8 +50,7 @@ def f32_copy(a, name="default-f32"):
     d = os.path.join(a.work, name)
     if not os.path.exists(os.path.join(d, "config.json")):
         shutil.rmtree(d, ignore_errors=True)
-        r = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", a.model, "--mlx-path", d,
-                 "--dtype", "float32"])
+        r = mlx_lm_cli(["convert", "--hf-path", a.model, "--mlx-path", d, "--dtype", "float32"])
         check(r.returncode == 0, f"mlx_lm convert: {r.stderr[-2000:]}")
     return d
 

@@ -28,6 +28,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from quant_folder_checks import FAILS, check, damaged_copy, run, text_of
+from checks import mlx_lm_cli
 
 PROMPT = "Define: lantern"
 # Several raw prompts: the tiny model's greedy answers are short (it often stops at an EOS early).
@@ -53,7 +54,7 @@ def mlx_texts(d, prompts):
 
 def mlx_convert(src, dst, args):
     shutil.rmtree(dst, ignore_errors=True)
-    r = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", src, "--mlx-path", dst] + args)
+    r = mlx_lm_cli(["convert", "--hf-path", src, "--mlx-path", dst] + args)
     return check(r.returncode == 0, f"mlx_lm convert {args}: {r.stderr[-2000:]}")
 
 

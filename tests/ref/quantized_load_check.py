@@ -24,6 +24,7 @@ import sys
 import numpy as np
 from safetensors.numpy import save_file
 
+from checks import mlx_lm_cli
 from quant_folder_checks import FAILS, check, damaged_copy, run, text_of
 
 PROMPT = "Define: lantern"
@@ -37,15 +38,14 @@ def lmtune_text(a, d):
 
 
 def mlx_text(d):
-    r = run([sys.executable, "-m", "mlx_lm", "generate", "--model", d, "--temp", "0", "-m", "24",
-             "--ignore-chat-template", "-p", PROMPT])
+    r = mlx_lm_cli(["generate", "--model", d, "--temp", "0", "-m", "24", "--ignore-chat-template", "-p", PROMPT])
     check(r.returncode == 0, f"mlx_lm generate {d}: rc {r.returncode}\n{r.stderr[-2000:]}")
     return text_of(r.stdout)
 
 
 def convert(src, dst, args):
     shutil.rmtree(dst, ignore_errors=True)
-    r = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", src, "--mlx-path", dst] + args)
+    r = mlx_lm_cli(["convert", "--hf-path", src, "--mlx-path", dst] + args)
     check(r.returncode == 0, f"mlx_lm convert {args}: {r.stderr[-2000:]}")
     return r.returncode == 0
 
