@@ -277,9 +277,23 @@ std::vector<int64_t> Session::cache_points(const Resident& m, const CompletionRe
   std::vector<int32_t> system_head;
   if (!head.empty()) {
     head.push_back({{"role", "user"}, {"content", ""}});
+    const std::string key = head.dump() + '\x1f' + r.tools.dump() + '\x1f' + r.template_kwargs.dump();
+    {
+      std::lock_guard<std::mutex> lock(m.system_heads_mu);
+      auto it = m.system_heads.find(key);
+      if (it != m.system_heads.end()) return segment_ends(ids, it->second, think_start_ids(m.chat->tokenizer()));
+    }
     try {
       system_head = chat_ids(m, r, head, false);
-    } catch (const std::exception&) {
+    } catch (const std::exception&) {  // a template that refuses the head: no system segment (remembered as such)
+    }
+    std::lock_guard<std::mutex> lock(m.system_heads_mu);
+    if (m.system_heads.emplace(key, system_head).second) {
+      m.system_head_order.push_back(key);
+      if (m.system_head_order.size() > Resident::kSystemHeads) {
+        m.system_heads.erase(m.system_head_order.front());
+        m.system_head_order.pop_front();
+      }
     }
   }
   return segment_ends(ids, system_head, think_start_ids(m.chat->tokenizer()));

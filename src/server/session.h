@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -58,6 +59,13 @@ struct Resident {
   // Each vocabulary token's bytes for constrained decoding, built by the first request that needs them.
   std::once_flag token_table_once;
   std::shared_ptr<const TokenTable> token_table;
+  // The system segment's ids (Session::cache_points) by what renders them (the leading system
+  // messages, tools, template kwargs): a conversation's requests repeat its system prompt, so its head
+  // is rendered and tokenized once. At most kSystemHeads entries, the oldest dropped first.
+  static constexpr size_t kSystemHeads = 32;
+  mutable std::mutex system_heads_mu;
+  mutable std::map<std::string, std::vector<int32_t>> system_heads;
+  mutable std::deque<std::string> system_head_order;
 };
 
 // Loads a key's folders into a Resident; throws saying why it cannot (a draft whose tokenizer
