@@ -128,18 +128,21 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
 }
 
 Tensor grouped_linear(const Tensor& x, const std::vector<Tensor>& ws, const std::vector<int64_t>& offsets) {
-  const Tensor xd = x.detach();
   const bool gx = requires_grad(x);
   std::vector<Tensor> inputs{x}, wd;
   std::vector<bool> gw;
+  bool any_w = false;
   for (const Tensor& w : ws) {
     inputs.push_back(w);
     wd.push_back(w.detach());
     gw.push_back(requires_grad(w));
+    any_w = any_w || gw.back();
   }
+  const Tensor xd = any_w ? x.detach() : Tensor();  // kept only for the weights' gradients (frozen experts: not)
+  const size_t n = ws.size();
   return record("grouped_linear", ops::grouped_matmul(x, wd, offsets, true), inputs, [=](const Tensor& d) {
     std::vector<Tensor> g{gx ? ops::grouped_matmul(d, wd, offsets, false) : Tensor()};
-    std::vector<Tensor> dw = ops::grouped_matmul_wgrad(d, xd, offsets, gw);
+    std::vector<Tensor> dw = any_w ? ops::grouped_matmul_wgrad(d, xd, offsets, gw) : std::vector<Tensor>(n);
     g.insert(g.end(), dw.begin(), dw.end());
     return g;
   });

@@ -1,6 +1,7 @@
 #include "nn/moe.h"
 
 #include <algorithm>
+#include <climits>
 #include <limits>
 #include <numeric>
 
@@ -38,6 +39,7 @@ bool MoeMlp::grouped(DType dt) const {
 Tensor MoeMlp::forward_grouped(const Tensor& xf, const Tensor& w, const std::vector<std::vector<int32_t>>& rows_of,
                                const Tensor& ones) const {
   const int64_t N = xf.dim(0), E = int64_t(experts.size());
+  LMT_CHECK(N * E <= INT32_MAX, "[moe] ", N, " rows x ", E, " experts exceed the gather's 32-bit row ids");
   std::vector<int32_t> order, weight_at;  // the token of each sorted row; its entry of w (N * E)
   std::vector<int64_t> offsets{0};
   for (int64_t e = 0; e < E; ++e) {

@@ -2,14 +2,19 @@
 // each product a group of one (their M, N, K differ: a mixture of experts' per-expert rows). Where it
 // does not apply (one product, mixed dtypes, f32 output of 16-bit operands, strided batches, sizes past
 // int32) or LMTUNE_CUDA_GROUPED_GEMM=0, the products go to gemm() one by one.
+#include <atomic>
 #include <climits>
+#include <cstdio>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/profile.h"
 #include "core/runtime_config.h"
 
 namespace lmtune {
 
 namespace {
+
+std::atomic<bool> grouped_unsupported{false};  // set when cuBLAS answered NOT_SUPPORTED once
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
@@ -35,43 +40,50 @@ void CudaBackend::gemm_grouped(const std::vector<GemmArgs>& problems) {
   std::vector<const GemmArgs*> live;
   for (const GemmArgs& g : problems)
     if (g.M > 0 && g.N > 0 && g.batch > 0) live.push_back(&g);
-  bool direct = true;  // K == 0 (C = beta C) and gemv-sized products keep gemm()'s own paths
+  bool direct = !grouped_unsupported.load();  // K == 0 (C = beta C) keeps gemm()'s own path
   for (const GemmArgs* g : live) direct = direct && g->K > 0;
-  if (!direct || !groupable(live)) {
-    for (const GemmArgs& g : problems) gemm(g);
-    return;
+  cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+  if (direct && groupable(live)) {
+    std::lock_guard<std::mutex> lock(gemm_mu_);
+    if (!blas_) {
+      LMT_CUBLAS_CHECK(cublasCreate(&blas_));
+      LMT_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    }
+    // Row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T: cuBLAS's first
+    // operand is B, as in gemm_ex.
+    const size_t n = live.size();
+    std::vector<cublasOperation_t> ta(n), tb(n);
+    std::vector<int> m(n), nn(n), k(n), lda(n), ldb(n), ldc(n), group(n, 1);
+    std::vector<float> alpha(n), beta(n);
+    std::vector<const void*> ptrs(3 * n);  // first operands, second operands, outputs
+    for (size_t i = 0; i < n; ++i) {
+      const GemmArgs& g = *live[i];
+      ta[i] = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+      tb[i] = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+      m[i] = int(g.N), nn[i] = int(g.M), k[i] = int(g.K);
+      lda[i] = int(g.ldb), ldb[i] = int(g.lda), ldc[i] = int(g.ldc);
+      alpha[i] = g.alpha, beta[i] = g.beta;
+      ptrs[i] = g.b, ptrs[n + i] = g.a, ptrs[2 * n + i] = g.c;
+    }
+    // The pointer arrays live on the device; the copy and the product are ordered on the one stream.
+    DeviceScratch dev_ptrs(ptrs.size() * sizeof(void*));
+    LMT_CUDA_CHECK(cudaMemcpyAsync(dev_ptrs.as<void*>(), ptrs.data(), ptrs.size() * sizeof(void*),
+                                   cudaMemcpyHostToDevice, stream_));
+    const void* const* dp = dev_ptrs.as<const void* const>();
+    const cudaDataType_t t = blas_type(live[0]->dtype);
+    cuda_profile::Scope timed("gemm_grouped");
+    st =
+        cublasGemmGroupedBatchedEx(blas_, ta.data(), tb.data(), m.data(), nn.data(), k.data(), alpha.data(), dp, t,
+                                   lda.data(), dp + n, t, ldb.data(), beta.data(), const_cast<void* const*>(dp + 2 * n),
+                                   t, ldc.data(), int(n), group.data(), CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_SUCCESS) return;
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) LMT_CUBLAS_CHECK(st);
+    // This cuBLAS lacks the grouped GEMM for these types: one product after another from now on.
+    grouped_unsupported.store(true);
+    std::fprintf(stderr, "[gemm_grouped] cuBLAS has no grouped GEMM for %s here: the products run one by one\n",
+                 dtype_name(live[0]->dtype));
   }
-  std::lock_guard<std::mutex> lock(gemm_mu_);
-  if (!blas_) {
-    LMT_CUBLAS_CHECK(cublasCreate(&blas_));
-    LMT_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
-  }
-  // Row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T: cuBLAS's first
-  // operand is B, as in gemm_ex.
-  const size_t n = live.size();
-  std::vector<cublasOperation_t> ta(n), tb(n);
-  std::vector<int> m(n), nn(n), k(n), lda(n), ldb(n), ldc(n), group(n, 1);
-  std::vector<float> alpha(n), beta(n);
-  std::vector<const void*> ptrs(3 * n);  // first operands, second operands, outputs
-  for (size_t i = 0; i < n; ++i) {
-    const GemmArgs& g = *live[i];
-    ta[i] = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    tb[i] = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    m[i] = int(g.N), nn[i] = int(g.M), k[i] = int(g.K);
-    lda[i] = int(g.ldb), ldb[i] = int(g.lda), ldc[i] = int(g.ldc);
-    alpha[i] = g.alpha, beta[i] = g.beta;
-    ptrs[i] = g.b, ptrs[n + i] = g.a, ptrs[2 * n + i] = g.c;
-  }
-  // The pointer arrays live on the device; the copy and the product are ordered on the one stream.
-  DeviceScratch dev_ptrs(ptrs.size() * sizeof(void*));
-  LMT_CUDA_CHECK(
-      cudaMemcpyAsync(dev_ptrs.as<void*>(), ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_));
-  const void* const* dp = dev_ptrs.as<const void* const>();
-  const cudaDataType_t t = blas_type(live[0]->dtype);
-  LMT_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(blas_, ta.data(), tb.data(), m.data(), nn.data(), k.data(), alpha.data(),
-                                              dp, t, lda.data(), dp + n, t, ldb.data(), beta.data(),
-                                              const_cast<void* const*>(dp + 2 * n), t, ldc.data(), int(n), group.data(),
-                                              CUBLAS_COMPUTE_32F));
+  for (const GemmArgs& g : problems) gemm(g);
 }
 
 }  // namespace lmtune
