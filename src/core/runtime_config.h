@@ -10,9 +10,10 @@ struct RuntimeConfig {
   bool cuda_gemv = true;        // LMTUNE_CUDA_GEMV=0: products of 1-4 rows go to cuBLASLt, not gemv.cu
   bool cuda_qgemm_rows = true;  // LMTUNE_CUDA_QGEMM_ROWS=0: 4-bit products of 9-64 rows dequantize, not qgemm_rows.cu
   bool cuda_flash = true;       // LMTUNE_CUDA_FLASH=0: attention takes attention.cu's gemm path
-  // LMTUNE_CUDA_GROUPED_GEMM=0: Backend::gemm_grouped runs one cuBLASLt product after another
-  // instead of cuBLAS's grouped GEMM (one launch); for A/B measurements.
-  bool cuda_grouped_gemm = true;
+  // LMTUNE_CUDA_GROUPED_GEMM=1: Backend::gemm_grouped (a mixture's per-expert products) as one launch of
+  // cuBLAS's grouped GEMM instead of one cuBLASLt product after another: off by default, a Mixtral-shaped
+  // LoRA step ran 1.09x faster on cuBLASLt on an H100 (8 experts of ~2k rows; bench/NOTES.md).
+  bool cuda_grouped_gemm = false;
   // LMTUNE_MOE_GROUPED=0: a mixture of experts runs each expert's MLP on its gathered rows and
   // scatters each result (nn/moe.cpp's loop), instead of one gather, grouped products and one scatter.
   bool moe_grouped = true;

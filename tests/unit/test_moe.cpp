@@ -214,13 +214,18 @@ TEST(MoeMlp, GroupedMatmulSkipsEmptyGroupsAndChecksOffsets) {
 
 TEST(MoeMlp, CudaGroupedAgainstCpuAndTheLoop) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or lmtune built without CUDA): skipping";
-  for (DType dt : {DType::bf16, DType::f16}) {
-    const MoeRun ref = run_moe(Device::cpu, DType::f32, true, 2, true, nn::Activation::silu);
-    const MoeRun g = run_moe(Device::cuda, dt, true, 2, true, nn::Activation::silu);
-    const MoeRun l = run_moe(Device::cuda, dt, false, 2, true, nn::Activation::silu);
-    // 16-bit weights and activations against f32: the inputs themselves are rounded (2^-8 for bf16).
-    const double tol = dt == DType::bf16 ? 3e-2 : 5e-3;
-    expect_runs_close(g, ref, tol, tol, std::string(dtype_name(dt)) + " grouped vs CPU f32");
-    expect_runs_close(g, l, tol, tol, std::string(dtype_name(dt)) + " grouped vs CUDA's loop");
-  }
+  const MoeRun ref = run_moe(Device::cpu, DType::f32, true, 2, true, nn::Activation::silu);
+  for (bool one_launch : {false, true})  // cuBLASLt product by product, or cuBLAS's grouped GEMM
+    for (DType dt : {DType::bf16, DType::f16}) {
+      RuntimeConfig rc = runtime_config();
+      rc.cuda_grouped_gemm = one_launch;
+      ScopedRuntimeConfig scoped(rc);
+      const MoeRun g = run_moe(Device::cuda, dt, true, 2, true, nn::Activation::silu);
+      const MoeRun l = run_moe(Device::cuda, dt, false, 2, true, nn::Activation::silu);
+      // 16-bit weights and activations against f32: the inputs themselves are rounded (2^-8 for bf16).
+      const double tol = dt == DType::bf16 ? 3e-2 : 5e-3;
+      const std::string what = std::string(dtype_name(dt)) + (one_launch ? " (one launch)" : " (cuBLASLt each)");
+      expect_runs_close(g, ref, tol, tol, what + " grouped vs CPU f32");
+      expect_runs_close(g, l, tol, tol, what + " grouped vs CUDA's loop");
+    }
 }
