@@ -101,8 +101,8 @@ class Backend {
   virtual void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt, DType out_dt);
 
   virtual void gemm(const GemmArgs& args);
-  // Independent products (each batch 1), as one launch where the backend has a grouped kernel (CUDA:
-  // cuBLAS's grouped GEMM, a mixture of experts' per-expert products); here, gemm for each in turn.
+  // Independent products (each batch 1; a mixture of experts' per-expert rows): here gemm for each in
+  // turn; CUDA may take them as one launch of cuBLAS's grouped GEMM (LMTUNE_CUDA_GROUPED_GEMM=1).
   virtual void gemm_grouped(const std::vector<GemmArgs>& problems);
 
   // out (N, D) = weight (V, D)[ids (N)]; ids are checked by the caller to lie in [0, V).

@@ -1,5 +1,6 @@
 // A mixture of experts' products: rows sorted by expert, each run of rows times its expert's weight,
-// all of them handed to the backend together (Backend::gemm_grouped: one launch on CUDA).
+// all of them handed to the backend together (Backend::gemm_grouped: cuBLASLt an expert on CUDA, or one
+// launch of cuBLAS's grouped GEMM with LMTUNE_CUDA_GROUPED_GEMM=1).
 #include "backend/backend.h"
 #include "core/error.h"
 #include "ops/ops.h"

@@ -58,8 +58,8 @@ float item(const Tensor& x);      // a one-element tensor's value, any device
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // A mixture of experts' products: x (R, K)'s rows in consecutive groups, rows [offsets[g], offsets[g + 1])
 // times ws[g]^T (ws[g] (N, K), a linear layer's weight) when trans_w, else times ws[g] (K, N); all ws of
-// one shape and x's dtype; offsets from 0 to R, never decreasing (empty groups are skipped). One
-// launch on CUDA (Backend::gemm_grouped).
+// one shape and x's dtype; offsets from 0 to R, never decreasing (empty groups are skipped); handed to
+// Backend::gemm_grouped together.
 Tensor grouped_matmul(const Tensor& x, const std::vector<Tensor>& ws, const std::vector<int64_t>& offsets,
                       bool trans_w);
 // grouped_matmul(x, ws, offsets, true)'s weight gradients: dw[g] (N, K) = dy_g^T x_g for each g with want[g]
