@@ -3,7 +3,7 @@
 // each times its routing weight (renormalized over the chosen k when norm_topk). This is the
 // correct, general path: each expert runs on the rows routed to it (gathered, then scattered back
 // with their gradients); the choice itself is made on the host. Dense experts take one gather, grouped
-// products (one launch each on CUDA) and one scatter.
+// products (ops::grouped_matmul) and one scatter.
 #pragma once
 #include <vector>
 

@@ -8,18 +8,23 @@
 namespace lmtune::ops {
 
 namespace {
+// offsets: groups + 1 entries from 0 to rows, never decreasing.
+void check_offsets(const char* op, int64_t rows, const std::vector<int64_t>& offsets, size_t groups) {
+  LMT_CHECK(offsets.size() == groups + 1 && offsets.front() == 0 && offsets.back() == rows, "[", op, "] ", groups,
+            " groups need ", groups + 1, " offsets from 0 to ", rows, ", got ", offsets.size());
+  for (size_t g = 0; g < groups; ++g)
+    LMT_CHECK(offsets[g + 1] >= offsets[g], "[", op, "] offsets must not decrease (group ", g, ")");
+}
+
 void check_groups(const char* op, const Tensor& x, const std::vector<Tensor>& ws, const std::vector<int64_t>& offsets) {
   LMT_CHECK(x.ndim() == 2, "[", op, "] rows must be 2-D, got ", x.describe());
-  LMT_CHECK(!ws.empty() && offsets.size() == ws.size() + 1 && offsets.front() == 0 && offsets.back() == x.dim(0), "[",
-            op, "] ", ws.size(), " weights need ", ws.size() + 1, " offsets from 0 to ", x.dim(0), ", got ",
-            offsets.size());
-  for (size_t g = 0; g < ws.size(); ++g) {
-    LMT_CHECK(offsets[g + 1] >= offsets[g], "[", op, "] offsets must not decrease (group ", g, ")");
+  LMT_CHECK(!ws.empty(), "[", op, "] needs at least one weight");
+  check_offsets(op, x.dim(0), offsets, ws.size());
+  for (size_t g = 0; g < ws.size(); ++g)
     LMT_CHECK(ws[g].ndim() == 2 && ws[g].shape() == ws[0].shape() && ws[g].dtype() == x.dtype() &&
                   ws[g].device() == x.device(),
               "[", op, "] weight ", g, " ", ws[g].describe(), " does not match weight 0 ", ws[0].describe(),
               " and rows ", x.describe());
-  }
 }
 }  // namespace
 
@@ -53,9 +58,9 @@ Tensor grouped_matmul(const Tensor& x, const std::vector<Tensor>& ws, const std:
 std::vector<Tensor> grouped_matmul_wgrad(const Tensor& dy, const Tensor& x, const std::vector<int64_t>& offsets,
                                          const std::vector<bool>& want) {
   LMT_CHECK(dy.ndim() == 2 && x.ndim() == 2 && dy.dim(0) == x.dim(0) && dy.dtype() == x.dtype() &&
-                dy.device() == x.device() && offsets.size() == want.size() + 1 && offsets.front() == 0 &&
-                offsets.back() == x.dim(0),
-            "[grouped_matmul_wgrad] dy ", dy.describe(), ", rows ", x.describe(), ", ", want.size(), " groups");
+                dy.device() == x.device(),
+            "[grouped_matmul_wgrad] dy ", dy.describe(), " does not match rows ", x.describe());
+  check_offsets("grouped_matmul_wgrad", x.dim(0), offsets, want.size());
   const int64_t out_f = dy.dim(1), in_f = x.dim(1);
   const size_t es = dtype_size(x.dtype());
   std::vector<Tensor> dw(want.size());
@@ -63,7 +68,6 @@ std::vector<Tensor> grouped_matmul_wgrad(const Tensor& dy, const Tensor& x, cons
   for (size_t g = 0; g < want.size(); ++g) {
     if (!want[g]) continue;
     const int64_t rows = offsets[g + 1] - offsets[g];
-    LMT_CHECK(rows >= 0, "[grouped_matmul_wgrad] offsets must not decrease (group ", g, ")");
     dw[g] = rows == 0 ? zeros({out_f, in_f}, x.dtype(), x.device()) : empty({out_f, in_f}, x.dtype(), x.device());
     if (rows == 0) continue;
     GemmArgs a;  // dw (out, in) = dy_g^T (out, rows) @ x_g (rows, in)

@@ -277,22 +277,29 @@ std::vector<int64_t> Session::cache_points(const Resident& m, const CompletionRe
   std::vector<int32_t> system_head;
   if (!head.empty()) {
     head.push_back({{"role", "user"}, {"content", ""}});
-    const std::string key = head.dump() + '\x1f' + r.tools.dump() + '\x1f' + r.template_kwargs.dump();
+    // Keyed by a hash of what renders it: 32 request bodies' worth of strings is not kept (a collision
+    // would only move a checkpoint: segment_ends cuts at the first difference from the prompt).
+    const size_t key =
+        std::hash<std::string>{}(head.dump() + '\x1f' + r.tools.dump() + '\x1f' + r.template_kwargs.dump());
+    bool known = false;
     {
       std::lock_guard<std::mutex> lock(m.system_heads_mu);
       auto it = m.system_heads.find(key);
-      if (it != m.system_heads.end()) return segment_ends(ids, it->second, think_start_ids(m.chat->tokenizer()));
+      known = it != m.system_heads.end();
+      if (known) system_head = it->second;
     }
-    try {
-      system_head = chat_ids(m, r, head, false);
-    } catch (const std::exception&) {  // a template that refuses the head: no system segment (remembered as such)
-    }
-    std::lock_guard<std::mutex> lock(m.system_heads_mu);
-    if (m.system_heads.emplace(key, system_head).second) {
-      m.system_head_order.push_back(key);
-      if (m.system_head_order.size() > Resident::kSystemHeads) {
-        m.system_heads.erase(m.system_head_order.front());
-        m.system_head_order.pop_front();
+    if (!known) {
+      try {
+        system_head = chat_ids(m, r, head, false);
+      } catch (const std::exception&) {  // a template that refuses the head: no system segment (remembered as such)
+      }
+      std::lock_guard<std::mutex> lock(m.system_heads_mu);
+      if (m.system_heads.emplace(key, system_head).second) {
+        m.system_head_order.push_back(key);
+        if (m.system_head_order.size() > Resident::kSystemHeads) {
+          m.system_heads.erase(m.system_head_order.front());
+          m.system_head_order.pop_front();
+        }
       }
     }
   }

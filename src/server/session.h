@@ -64,8 +64,8 @@ struct Resident {
   // is rendered and tokenized once. At most kSystemHeads entries, the oldest dropped first.
   static constexpr size_t kSystemHeads = 32;
   mutable std::mutex system_heads_mu;
-  mutable std::map<std::string, std::vector<int32_t>> system_heads;
-  mutable std::deque<std::string> system_head_order;
+  mutable std::map<size_t, std::vector<int32_t>> system_heads;  // by a hash of those inputs
+  mutable std::deque<size_t> system_head_order;
 };
 
 // Loads a key's folders into a Resident; throws saying why it cannot (a draft whose tokenizer

@@ -19,14 +19,15 @@ std::atomic<bool> grouped_unsupported{false};  // set when cuBLAS answered NOT_S
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-// Whether one launch can take all of these (non-empty) products.
+// Whether one launch can take all of these (non-empty) products. K == 0 (C = beta C) keeps gemm()'s
+// own path.
 bool groupable(const std::vector<const GemmArgs*>& live) {
-  if (live.size() < 2 || !runtime_config().cuda_grouped_gemm) return false;
+  if (live.size() < 2 || !runtime_config().cuda_grouped_gemm || grouped_unsupported.load()) return false;
   const DType dt = live[0]->dtype;
   if (dt != DType::bf16 && dt != DType::f16 && dt != DType::f32) return false;
   for (const GemmArgs* g : live)
-    if (g->dtype != dt || g->c_f32 || g->batch != 1 || !fits_int(g->M) || !fits_int(g->N) || !fits_int(g->K) ||
-        !fits_int(g->lda) || !fits_int(g->ldb) || !fits_int(g->ldc))
+    if (g->dtype != dt || g->c_f32 || g->batch != 1 || g->K == 0 || !fits_int(g->M) || !fits_int(g->N) ||
+        !fits_int(g->K) || !fits_int(g->lda) || !fits_int(g->ldb) || !fits_int(g->ldc))
       return false;
   return true;
 }
@@ -41,10 +42,7 @@ void CudaBackend::gemm_grouped(const std::vector<GemmArgs>& problems) {
   std::vector<const GemmArgs*> live;
   for (const GemmArgs& g : problems)
     if (g.M > 0 && g.N > 0 && g.batch > 0) live.push_back(&g);
-  bool direct = !grouped_unsupported.load();  // K == 0 (C = beta C) keeps gemm()'s own path
-  for (const GemmArgs* g : live) direct = direct && g->K > 0;
-  cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
-  if (direct && groupable(live)) {
+  if (groupable(live)) {
     std::lock_guard<std::mutex> lock(gemm_mu_);
     if (!blas_) {
       LMT_CUBLAS_CHECK(cublasCreate(&blas_));
@@ -73,7 +71,7 @@ void CudaBackend::gemm_grouped(const std::vector<GemmArgs>& problems) {
     const void* const* dp = dev_ptrs.as<const void* const>();
     const cudaDataType_t t = blas_type(live[0]->dtype);
     cuda_profile::Scope timed("gemm_grouped");
-    st =
+    const cublasStatus_t st =
         cublasGemmGroupedBatchedEx(blas_, ta.data(), tb.data(), m.data(), nn.data(), k.data(), alpha.data(), dp, t,
                                    lda.data(), dp + n, t, ldb.data(), beta.data(), const_cast<void* const*>(dp + 2 * n),
                                    t, ldc.data(), int(n), group.data(), CUBLAS_COMPUTE_32F);
