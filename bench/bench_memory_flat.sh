@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory that stays flat (issue 13): resident memory (and, with --device cuda, the GPU memory that
-# nvidia-smi gives the process) sampled over a 1,000-step LoRA run and a 10,000-token generation of
+# nvidia-smi gives the process, or the device's used memory where it lists no process) sampled over a 1,000-step LoRA run and a 10,000-token generation of
 # a small model (models/default unless --model), by bench/memory_sampler.py. Prints, for each, a
 # table over time and the RSS at warm-up, at the end and the largest growth after warm-up.
 #   training:   `lmtune lora`, 1,000 iterations (batch 4, validation every 200, saves every 250);
@@ -38,7 +38,7 @@ mkdir -p "$out"
 lmtune="$build/bin/lmtune"
 [[ -x "$lmtune" ]] || { echo "bench_memory_flat: $lmtune not built" >&2; exit 2; }
 gpu=()
-[[ "$device" == cuda ]] && gpu=(--gpu)
+[[ "$device" == cuda ]] && gpu=(--gpu --gpu-device)
 export OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
 sampler=(python3 "$root/bench/memory_sampler.py")
 

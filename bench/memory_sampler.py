@@ -4,7 +4,7 @@ the process (every 0.5 s). Each sample is tagged with the command's progress, th
 --progress regex matched on its stdout (the command must flush its lines). Prints a table of the
 samples over the run and a summary line; writes every sample to --csv.
 
-Usage: memory_sampler.py --label NAME --progress REGEX --warmup N --every K [--gpu] [--csv FILE] -- CMD...
+Usage: memory_sampler.py --label NAME --progress REGEX --warmup N --every K [--gpu [--gpu-device]] [--csv FILE] -- CMD...
 Rows: the first sample at each multiple of K, and one every 5% of the run's time. "warm-up" is the first sample at progress >= N; "max growth after warm-up" is the largest
 sample after it minus it.
 """
@@ -39,7 +39,19 @@ def gpu_mib(pid):
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
             return int(parts[1])
-    return None
+    # In a container nvidia-smi often lists no process (its PIDs are the host's): then the whole
+    # device's used memory, which on a machine of our own is this process plus the driver's share.
+    if not GPU_WHOLE_DEVICE[0]:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return int(out) if out.isdigit() else None
+
+
+GPU_WHOLE_DEVICE = [False]  # --gpu-device: fall back to the device's used memory
 
 
 def main():
@@ -50,10 +62,13 @@ def main():
     ap.add_argument("--warmup", type=int, required=True)
     ap.add_argument("--every", type=int, required=True)
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--gpu-device", action="store_true", help="with --gpu: where nvidia-smi does not list the "
+                    "process, sample the device's used memory instead (a machine nothing else uses)")
     ap.add_argument("--csv")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    GPU_WHOLE_DEVICE[0] = a.gpu_device
     rx = re.compile(a.progress)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     progress = [0]
