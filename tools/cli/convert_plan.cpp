@@ -195,7 +195,8 @@ Plan::Plan(const Request& r) : req_(r), source_(r.source) {
 
   for (Leaf& l : leaves_) l.out_quant = r.dequantize ? std::nullopt : l.in_quant;
   for (const auto& [path, merge] : req_.merges) {
-    auto it = std::find_if(leaves_.begin(), leaves_.end(), [&](const Leaf& l) { return l.path == path; });
+    // (A named copy: clang before 16 cannot capture a structured binding.)
+    auto it = std::find_if(leaves_.begin(), leaves_.end(), [&p = path](const Leaf& l) { return l.path == p; });
     LMT_CHECK(it != leaves_.end() && it->quantizable && it->shape.size() == 2, "[fuse] ", path,
               " is not a linear layer of the ", model_type_, " model in ", r.source);
     it->merge = &merge;
@@ -219,8 +220,8 @@ Plan::Plan(const Request& r) : req_(r), source_(r.source) {
     LMT_CHECK(req_.merges.count(path), "[fuse] ", path, ": an output choice for a layer that is not merged");
   for (const auto& [name, t] : req_.replace) {
     const size_t dot = name.rfind('.');
-    auto it =
-        std::find_if(leaves_.begin(), leaves_.end(), [&](const Leaf& l) { return l.path == name.substr(0, dot); });
+    const std::string layer = name.substr(0, dot);
+    auto it = std::find_if(leaves_.begin(), leaves_.end(), [&](const Leaf& l) { return l.path == layer; });
     const std::string part = dot == std::string::npos ? "" : name.substr(dot);
     LMT_CHECK(it != leaves_.end() && (part == ".weight" || (part == ".bias" && it->has_bias)),
               "[fuse] the adapter's tensor ", name, " is not in the model ", r.source);

@@ -197,7 +197,7 @@ int fuse_model(const FuseOptions& o) {
     }
     for (auto& [layer, ab] : stacked) {
       convert::Request::Merge mg;
-      mg.apply = [ab, scale = stacked_scale](const Tensor& w) {
+      mg.apply = [ab = ab, scale = stacked_scale](const Tensor& w) {  // (clang < 16: no capture of a binding)
         const int64_t E = w.dim(0), out = w.dim(1), in = w.dim(2);
         Tensor merged;
         for (int64_t e = 0; e < E; ++e) {
