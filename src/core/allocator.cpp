@@ -9,21 +9,12 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/sanitizer.h"
 
 namespace lmtune {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kMapLarge = false;  // ASan watches malloc'd blocks only: keep them all there
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kMapLarge = false;
-#else
-constexpr bool kMapLarge = true;
-#endif
-#else
-constexpr bool kMapLarge = true;
-#endif
+constexpr bool kMapLarge = !LMTUNE_ASAN;  // ASan watches malloc'd blocks only: keep them all there
 
 // Blocks of 64 KiB and more are mapped and unmapped directly, so that a block the cache gives back
 // leaves the process. Through malloc they stayed in its heap: glibc raises its mmap threshold to

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/sanitizer.h"
 #include "tokenizer/jinja/cycles.h"
 #include "tokenizer/jinja/jinja.h"
 
@@ -24,11 +25,7 @@ std::string repeat(const std::string& s, int n) {
 // What "quickly" means: two seconds; ten times that under AddressSanitizer (scripts/sanitize), whose
 // instrumented build runs these renders 3-10x slower (2.05 s once on the loaded 2-core machine). A
 // limit that is not enforced still fails either way: the loop or recursion then runs without end.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr double kQuickSeconds = 20.0;
-#else
-constexpr double kQuickSeconds = 2.0;
-#endif
+constexpr double kQuickSeconds = LMTUNE_ASAN ? 20.0 : 2.0;
 
 // This thread's CPU time: the work a render did, which other processes on a loaded machine do not
 // stretch (wall time did: one render took over 2 s of wall time while a build ran beside ctest -j2).
