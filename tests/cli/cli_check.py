@@ -5,29 +5,18 @@ adapter_config.json of a 1-iteration training on models/default, --help listing 
 
 Usage: cli_check.py --lmtune BIN --root REPO --work DIR --case NAME
 """
-import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
-from checks import FAILS, check  # noqa: E402  (the shared failure list, tests/ref/checks.py)
+from checks import FAILS, check, cli_case_args  # noqa: E402  (the shared failure list, tests/ref/checks.py)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lmtune", required=True)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--case", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.work, ignore_errors=True)
-    os.makedirs(a.work)
-    model = os.path.join(a.root, "models", "default")
-    data = os.path.join(a.root, "examples", "data")
+    a, model, data = cli_case_args()
 
     def run(*args, stdin=None):
         p = subprocess.run([a.lmtune, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=300)

@@ -9,7 +9,6 @@ mistyped trainer_state.json and training rows; checkpoints with tensors the conf
 
 Usage: hostile_check.py --lmtune BIN --root REPO --work DIR --case NAME
 """
-import argparse
 import glob
 import hashlib
 import json
@@ -22,20 +21,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
-from checks import FAILS, check  # noqa: E402  (the shared failure list, tests/ref/checks.py)
+from checks import FAILS, check, cli_case_args  # noqa: E402  (the shared failure list, tests/ref/checks.py)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lmtune", required=True)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--case", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.work, ignore_errors=True)
-    os.makedirs(a.work)
-    model = os.path.join(a.root, "models", "default")
-    data = os.path.join(a.root, "examples", "data")
+    a, model, data = cli_case_args()
 
     def refused(args, rc, *needles, env=None, limit=20):
         t0 = time.time()

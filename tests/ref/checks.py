@@ -6,6 +6,25 @@ import sys
 FAILS = []
 
 
+def cli_case_args():
+    """The command line of a script that runs the lmtune binary case by case (--lmtune BIN --root REPO
+    --work DIR --case NAME): the parsed arguments with DIR emptied, and the paths of models/default and
+    examples/data."""
+    import argparse
+    import os
+    import shutil
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lmtune", required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--case", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.work, ignore_errors=True)
+    os.makedirs(a.work)
+    return a, os.path.join(a.root, "models", "default"), os.path.join(a.root, "examples", "data")
+
+
 def check(cond, msg):
     if not cond:
         FAILS.append(msg)
