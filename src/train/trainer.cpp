@@ -11,8 +11,10 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
+#include "autograd/functions.h"
 #include "autograd/tape.h"
 #include "core/allocator.h"
 #include "core/error.h"
@@ -21,6 +23,7 @@
 #include "io/write_points.h"
 #include "ops/ops.h"
 #include "train/adapters.h"
+#include "train/data_parallel.h"
 #include "train/run_files.h"
 
 namespace lmtune::train {
@@ -269,19 +272,22 @@ class Progress {
 }  // namespace
 
 double evaluate(Model& model, const Dataset& ds, int64_t batch_size, int64_t num_batches, int64_t max_seq_length,
-                uint64_t seed) {
+                uint64_t seed, dist::Comm* comm) {
   ag::NoGradGuard ng;
   double total = 0;
   int64_t ntok = 0;
   for (const auto& g : fixed_subset(ds, batch_size, num_batches, seed)) {
-    Batch b = make_batch(ds, g, max_seq_length);
+    const std::vector<size_t> share = rank_share(g, comm);
+    if (share.empty()) continue;
+    Batch b = make_batch(ds, share, max_seq_length);
     if (b.n_tokens == 0) continue;
     double l = ops::item(model.loss(b.inputs, b.targets));
     total += l * double(b.n_tokens);
     ntok += b.n_tokens;
   }
+  if (comm) std::tie(total, ntok) = all_reduce_mean(comm, ntok > 0 ? total / double(ntok) : 0.0, ntok);
   LMT_CHECK(ntok > 0, "[evaluate] no supervised tokens in ", ds.path.empty() ? "the data" : ds.path);
-  return total / double(ntok);
+  return comm ? total : total / double(ntok);
 }
 
 void write_loss_svg(const std::string& metrics_jsonl, const std::string& svg_path) {
@@ -338,6 +344,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
             "steps_per_report, steps_per_eval and save_every must be at least 1");
   auto params = trainable_parameters(model);
   LMT_CHECK(!params.empty(), "[train] the model has no trainable parameters");
+  dist::Comm* comm = args.comm && args.comm->world() > 1 ? args.comm : nullptr;
+  const bool root = !comm || comm->rank() == 0;  // the one that writes files
+  LMT_CHECK(!comm || args.batch_size % comm->world() == 0, "[train] --batch-size ", args.batch_size,
+            " is not divisible by WORLD_SIZE ", comm ? comm->world() : 1,
+            ": each rank takes batch_size / WORLD_SIZE rows of every batch, as mlx-lm's trainer");
   model.set_grad_checkpoint(args.grad_checkpoint);
   // Unpacked: groups of batch_size examples. Packed: groups of batch_size rows of examples.
   std::vector<std::vector<size_t>> groups;
@@ -358,9 +369,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   if (!valid_set.empty()) val_groups = fixed_subset(valid_set, args.batch_size, args.val_batches, args.seed);
 
   fs::path dir(args.adapter_path);
-  fs::create_directories(dir);
-  for (const std::string& f : remove_stale_temp_files(dir.string()))
-    std::fprintf(out, "Removed %s, left by an interrupted save\n", f.c_str());
+  if (root) {
+    fs::create_directories(dir);
+    for (const std::string& f : remove_stale_temp_files(dir.string()))
+      std::fprintf(out, "Removed %s, left by an interrupted save\n", f.c_str());
+  }
   const std::string adapter_file = (dir / "adapters.safetensors").string();
   const fs::path metrics_path = dir / "metrics.jsonl";
 
@@ -405,8 +418,9 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
     OptimizerFile of = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
     opt.set_state(of.state, optimizer_step);
+    // Gradients accumulated before the save: the group's sum (below), so only rank 0 takes them back.
     for (auto& [name, p] : params)
-      if (of.grads.count(name)) p.ag()->grad = of.grads[name];
+      if (of.grads.count(name) && root) p.ag()->grad = of.grads[name];
     if (fs::exists(ck / "metrics.jsonl")) {
       std::ifstream f(ck / "metrics.jsonl");
       std::stringstream s;
@@ -415,9 +429,18 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     }
     std::fprintf(out, "Resuming from %s at iteration %lld\n", args.resume.c_str(), (long long)st.iteration);
   }
-  MetricsLog metrics(metrics_path.string(), metrics_text);
+  std::optional<MetricsLog> metrics;
+  if (root) metrics.emplace(metrics_path.string(), metrics_text);
 
   auto save_checkpoint = [&](int64_t it) {
+    // Mid-accumulation, the checkpoint keeps the group's gradient sum so far: rank 0 holds it from
+    // here on and the others start again from zero, so the next sum counts each share once.
+    if (comm && it % args.grad_accumulation_steps != 0) {
+      all_reduce_gradients(*comm, params);
+      if (!root)
+        for (auto& [name, p] : params) ag::zero_grad(p);
+    }
+    if (!root) return;
     fs::path cks = dir / "checkpoints", tmp = cks / (".tmp-" + iter_name(it)), fin = cks / iter_name(it);
     fs::remove_all(tmp);
     fs::create_directories(tmp);
@@ -475,17 +498,17 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   for (; it <= iters; ++it) {
     if (!val_groups.empty() && (it == 1 || it % args.steps_per_eval == 0 || it == iters)) {
       auto tic = Clock::now();
-      double vl = evaluate(model, valid_set, args.batch_size, args.val_batches, args.max_seq_length, args.seed);
+      double vl = evaluate(model, valid_set, args.batch_size, args.val_batches, args.max_seq_length, args.seed, comm);
       double vt = seconds_since(tic);
       if (!std::isfinite(vl)) stop_not_finite(it, str_cat("the validation loss is ", vl), dir.string());
       bar.clear();
       std::fprintf(out, "Iter %lld: Val loss %.3f, Val took %.3fs\n", (long long)it, vl, vt);
-      metrics.append(json{{"iteration", it}, {"val_loss", vl}, {"val_time", vt}}.dump());
+      if (metrics) metrics->append(json{{"iteration", it}, {"val_loss", vl}, {"val_time", vt}}.dump());
       if (st.best_val < 0 || vl < st.best_val) {
         st.best_val = vl;
         st.best_iter = it;
         st.evals_since_best = 0;
-        save_adapter_weights((dir / "best_adapters.safetensors").string(), model);
+        if (root) save_adapter_weights((dir / "best_adapters.safetensors").string(), model);
       } else {
         ++st.evals_since_best;
       }
@@ -502,18 +525,35 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     int64_t g = it - 1;
     auto order = batch_order(size_t(nb), args.seed, g / nb);
     const size_t gi = order[size_t(g % nb)];
-    Batch b = args.pack ? make_packed_batch(train_set, packed[gi], args.max_seq_length)
-                        : make_batch(train_set, groups[gi], args.max_seq_length);
-    const PackedRows rows{b.positions, b.segments};
-    Tensor loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets, args.pack ? &rows : nullptr);
-    const double loss_value = double(ops::item(loss));
-    if (b.n_tokens > 0 && !std::isfinite(loss_value))
+    // This rank's share of the batch (all of it on one process); a share may be empty (a packed
+    // batch of fewer rows than ranks): the rank then only joins the sums.
+    Batch b;
+    Tensor loss;
+    double local_loss = 0;
+    if (args.pack) {
+      const PackedGroup share = rank_share(packed[gi], comm);
+      if (!share.empty()) b = make_packed_batch(train_set, share, args.max_seq_length);
+    } else {
+      const std::vector<size_t> share = rank_share(groups[gi], comm);
+      if (!share.empty()) b = make_batch(train_set, share, args.max_seq_length);
+    }
+    if (b.inputs.defined()) {
+      const PackedRows rows{b.positions, b.segments};
+      loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets, args.pack ? &rows : nullptr);
+      local_loss = double(ops::item(loss));
+    }
+    // With a group: the batch's token-weighted mean and its tokens, the same on every rank.
+    const auto [loss_value, n_tokens] = all_reduce_mean(comm, local_loss, b.n_tokens);
+    if (n_tokens > 0 && !std::isfinite(loss_value))
       stop_not_finite(it, str_cat("the training loss is ", loss_value), dir.string());
-    if (b.n_tokens > 0) ag::backward(loss);
+    // A share's mean loss weighted by its part of the batch's tokens: the group's summed gradients
+    // are then those of the batch's mean.
+    if (b.n_tokens > 0) ag::backward(comm ? ag::scale(loss, float(double(b.n_tokens) / double(n_tokens))) : loss);
     st.report_loss += loss_value;
-    st.report_tokens += b.n_tokens;
+    st.report_tokens += n_tokens;
     st.report_steps += 1;
     if (it % args.grad_accumulation_steps == 0) {
+      if (comm) all_reduce_gradients(*comm, params);
       std::map<std::string, Tensor> grads;
       double sq = 0;
       for (auto& [name, p] : params) {
@@ -548,15 +588,16 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
                    "Peak mem %.3f GB\n",
                    (long long)it, tl, rate, it_sec, tok_sec, (long long)st.trained_tokens, peak);
       std::fflush(out);
-      metrics.append(json{
-          {"iteration", it},
-          {"train_loss", tl},
-          {"learning_rate", rate},
-          {"iterations_per_second", it_sec},
-          {"tokens_per_second", tok_sec},
-          {"trained_tokens", st.trained_tokens},
-          {"peak_memory",
-           peak}}.dump());
+      if (metrics)
+        metrics->append(json{
+            {"iteration", it},
+            {"train_loss", tl},
+            {"learning_rate", rate},
+            {"iterations_per_second", it_sec},
+            {"tokens_per_second", tok_sec},
+            {"trained_tokens", st.trained_tokens},
+            {"peak_memory",
+             peak}}.dump());
       st.report_loss = 0;
       st.report_tokens = 0;
       st.report_steps = 0;
@@ -565,9 +606,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     st.iteration = it;
     if (it % args.save_every == 0) {
       check_parameters(it);
-      save_adapter_weights(adapter_file, model);
       std::string ck = (dir / (iter_name(it) + "_adapters.safetensors")).string();
-      save_adapter_weights(ck, model);
+      if (root) {
+        save_adapter_weights(adapter_file, model);
+        save_adapter_weights(ck, model);
+      }
       // The last iteration's checkpoint is written after the run's final files (below).
       if (it < iters) save_checkpoint(it);
       bar.clear();
@@ -582,8 +625,10 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   res.best_val_loss = st.best_val;
   res.best_iteration = st.best_iter;
   check_parameters(st.iteration);
-  save_adapter_weights(adapter_file, model);
-  write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
+  if (root) {
+    save_adapter_weights(adapter_file, model);
+    write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
+  }
   // The final checkpoint is the run's last write: a run killed before it is resumed from the one
   // before and redoes the final files; one killed after it has nothing left to write.
   if (st.iteration > 0 && (st.iteration % args.save_every != 0 || st.iteration == iters)) save_checkpoint(st.iteration);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "dist/comm.h"
 #include "models/model.h"
 #include "train/dataset.h"
 #include "train/optimizers.h"
@@ -32,6 +33,10 @@ struct TrainingArgs {
   std::string resume;     // a checkpoint folder (adapter_path/checkpoints/NNNNNNN) to continue from
   bool progress = false;  // a progress bar (rate, ETA, last loss) on stderr; the CLI turns it on
                           // when stdout and stderr are both terminals
+  // Data parallel (WORLD_SIZE > 1; train/data_parallel.h): this rank trains and validates on its share
+  // of every batch, the group adds up losses and gradients, and only rank 0 writes files (the CLI
+  // gives the other ranks an `out` that discards). Null: one process, as before.
+  dist::Comm* comm = nullptr;
 };
 
 struct TrainResult {
@@ -42,9 +47,10 @@ struct TrainResult {
 };
 
 // Token-weighted mean loss over num_batches (-1 = all) of ds's length-sorted batches, taken in an
-// order fixed by seed (mlx-lm draws a new random subset each time). No gradients.
+// order fixed by seed (mlx-lm draws a new random subset each time). No gradients. With comm, each
+// rank scores its share of every batch and every rank gets the group's mean.
 double evaluate(Model& model, const Dataset& ds, int64_t batch_size, int64_t num_batches, int64_t max_seq_length,
-                uint64_t seed = 0);
+                uint64_t seed = 0, dist::Comm* comm = nullptr);
 
 // Trains model's trainable parameters (train/adapters.h) in place. `lr` is the optimizer's schedule
 // (for the printed learning rate). Writes into args.adapter_path: adapters.safetensors (final),

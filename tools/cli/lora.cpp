@@ -5,12 +5,15 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cli_commands.h"
 #include "core/error.h"
+#include "dist/comm.h"
 #include "lora_options.h"
 #include "runtime/generate.h"
 #include "runtime_setup.h"
@@ -54,6 +57,32 @@ void load_resume_file(Model& model, const train::AdapterConfig& ac, const std::s
   }
 }
 
+// Data parallel (WORLD_SIZE > 1 in the environment, as torchrun sets it): each process uses the GPU
+// of its LOCAL_RANK (the LOCAL_RANK-th of CUDA_VISIBLE_DEVICES, set before CUDA starts), ranks other
+// than 0 print nothing to stdout (their errors still go to stderr), and the group meets here, before
+// the model loads, so that a rank that fails to load stops the others at once.
+std::unique_ptr<dist::Comm> join_group() {
+  const dist::DistEnv env = dist::dist_env_from_environment();
+  if (env.world == 1) return nullptr;
+  std::vector<std::string> visible;
+  if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES"); v && *v) {
+    std::stringstream ss(v);
+    for (std::string item; std::getline(ss, item, ',');) visible.push_back(item);
+  }
+  const std::string mine = visible.empty()                           ? std::to_string(env.local_rank)
+                           : size_t(env.local_rank) < visible.size() ? visible[size_t(env.local_rank)]
+                                                                     : std::string();
+  LMT_CHECK(!mine.empty(), "[dist] LOCAL_RANK ", env.local_rank,
+            " has no device in CUDA_VISIBLE_DEVICES=", std::getenv("CUDA_VISIBLE_DEVICES"));
+  ::setenv("CUDA_VISIBLE_DEVICES", mine.c_str(), 1);
+  if (env.rank > 0) LMT_CHECK(std::freopen("/dev/null", "w", stdout), "[dist] cannot silence rank ", env.rank);
+  std::unique_ptr<dist::Comm> comm = dist::connect_tcp(env);
+  std::printf("Data parallel: %d processes (WORLD_SIZE), rank 0 at %s:%d; each takes every %d-th row of a batch\n",
+              env.world, env.master_addr.c_str(), env.master_port, env.world);
+  std::fflush(stdout);
+  return comm;
+}
+
 int lora(const LoraOptions& o, const json& recorded) {
   if (o.report_to)
     std::printf(
@@ -74,6 +103,8 @@ int lora(const LoraOptions& o, const json& recorded) {
     return 0;
   }
 
+  std::unique_ptr<dist::Comm> comm = join_group();
+  const bool root = !comm || comm->rank() == 0;
   std::printf("Loading pretrained model\n");
   std::fflush(stdout);
   LoadedModel lm = load_for_generation(o.load);
@@ -109,7 +140,7 @@ int lora(const LoraOptions& o, const json& recorded) {
     if (ac.fine_tune_type != "full") total += double(train::count_parameters(params));
     total /= 1e6;
     std::printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", trainable * 100 / total, trainable, total);
-    train::save_adapter_config(adapter_path, ac, recorded);
+    if (root) train::save_adapter_config(adapter_path, ac, recorded);
 
     // Both come from the config file only: their errors name it and the key.
     const std::string config_file = o.config ? *o.config + ": " : std::string();
@@ -145,13 +176,14 @@ int lora(const LoraOptions& o, const json& recorded) {
     ta.resume = o.resume.value_or("");
     // The bar goes to stderr, and only when stdout is a terminal too: under `| tee log` it would
     // interleave with the piped lines.
-    ta.progress = isatty(fileno(stdout)) && isatty(fileno(stderr));
+    ta.progress = root && isatty(fileno(stdout)) && isatty(fileno(stderr));
+    ta.comm = comm.get();
     train::train(model, *opt, lr, data.train, data.valid, ta, stdout);
   }
   if (do_test) {
     std::printf("Testing\n");
     std::fflush(stdout);
-    double loss = train::evaluate(model, data.test, batch_size, o.test_batches, max_seq, uint64_t(o.seed));
+    double loss = train::evaluate(model, data.test, batch_size, o.test_batches, max_seq, uint64_t(o.seed), comm.get());
     std::printf("Test loss %.3f, Test ppl %.3f.\n", loss, std::exp(loss));
   }
   return 0;

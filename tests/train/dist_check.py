@@ -1,0 +1,210 @@
+"""Data-parallel `lmtune lora` on the CPU (issue 14): WORLD_SIZE processes started as torchrun starts
+them (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), each on its share of every batch, must
+train as one process does on the whole batch, within float tolerance, with only rank 0 writing files
+and printing. Cases:
+  equal     2 ranks against 1 process (SGD, so that the adapters compare; and Adam's default run's
+            losses), train / validation / test losses and the adapters; rank 1 writes and prints nothing
+  pack      the same with --pack
+  accum     --grad-accumulation-steps 2 on 2 ranks, and their checkpoint in the middle of an accumulation
+            resumed by 1 process: both the same run as 1 process throughout (resume with another world size)
+  torchrun  `torchrun --nproc-per-node 2 --no-python lmtune lora ...` against 1 process
+  world1    WORLD_SIZE=1 (and RANK 0): byte for byte the files of a run without the variables
+  refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE: clear errors
+  rank_dies rank 1 killed mid-run: rank 0 stops within seconds naming rank 1, nothing torn
+
+Tolerances. This tiny random model is chaotic under training: one process on 2 threads instead of 1
+(the same sums in another order) moves the adapters by up to 2.5e-4 of their largest value after 10
+SGD steps at LoRA scale 1 (1.5% at scale 20; Adam's near-zero gradients flip the sign of their update,
+so Adam's adapters are not compared). 2 ranks moved them by 4.4e-4 in the same run; the bound is 5e-3.
+Losses agree to ~1e-7 relative; the bound is 1e-5.
+
+Usage: dist_check.py --lmtune BIN --root REPO --work DIR --case NAME
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from safetensors.numpy import load_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
+from checks import FAILS, check, cli_case_args  # noqa: E402
+
+CONFIG = "lora_parameters: {rank: 8, scale: 1.0, dropout: 0.0}\n"
+ADAPTER_TOL = 5e-3
+LOSS_TOL = 1e-5
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    a, model, data = cli_case_args()
+    cfg = os.path.join(a.work, "config.yaml")
+    with open(cfg, "w") as f:
+        f.write(CONFIG)
+    base = ["lora", "--model", model, "--train", "--data", data, "--batch-size", "4", "--max-seq-length", "128",
+            "--num-layers", "-1", "--steps-per-report", "2", "--val-batches", "2", "-c", cfg]
+    env0 = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env0["OPENBLAS_NUM_THREADS"] = "1"  # each rank one thread: the two ranks share the machine's cores
+
+    def one(out, *args, env=None):
+        p = subprocess.run([a.lmtune, *base, *map(str, args), "--adapter-path", os.path.join(a.work, out)],
+                           capture_output=True, text=True, timeout=300, env={**env0, **(env or {})})
+        check(p.returncode == 0, f"{out}: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def group(out, world, *args, extra=None, timeout=300):
+        """world ranks of the same command (rank r > 0 writes to OUT-rR, which must stay absent)."""
+        port = str(free_port())
+        procs = []
+        for r in range(world):
+            path = os.path.join(a.work, out if r == 0 else f"{out}-r{r}")
+            env = {**env0, "WORLD_SIZE": str(world), "RANK": str(r), "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": port, **(extra or {})}
+            procs.append(subprocess.Popen([a.lmtune, *base, *map(str, args), "--adapter-path", path], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=timeout) for p in procs]
+        return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+
+    def losses(out):
+        rows = [json.loads(x) for x in open(os.path.join(a.work, out, "metrics.jsonl"))]
+        return [(r["iteration"], k, r[k]) for r in rows for k in ("train_loss", "val_loss") if k in r]
+
+    def same_losses(x, y):
+        lx, ly = losses(x), losses(y)
+        check([r[:2] for r in lx] == [r[:2] for r in ly], f"{x} / {y}: metrics rows differ: {lx} / {ly}")
+        worst = max((abs(p[2] - q[2]) / abs(p[2]) for p, q in zip(lx, ly)), default=0)
+        check(worst <= LOSS_TOL, f"{x} / {y}: losses differ by {worst:.3g} relative: {lx} / {ly}")
+
+    def same_adapters(x, y, name="adapters.safetensors"):
+        u, v = load_file(os.path.join(a.work, x, name)), load_file(os.path.join(a.work, y, name))
+        check(sorted(u) == sorted(v), f"{x} / {y}: {name} has other tensors")
+        for k in sorted(set(u) & set(v)):
+            rel = float(np.max(np.abs(u[k] - v[k]))) / (float(np.max(np.abs(u[k]))) + 1e-30)
+            check(rel <= ADAPTER_TOL, f"{x} / {y}: {name} {k} differs by {rel:.3g} of its largest value")
+
+    def group_ok(res, out):
+        for r, (rc, o, e) in enumerate(res):
+            check(rc == 0, f"{out}: rank {r} exit {rc}\n{o}\n{e}")
+        check(res[0][1].count("Data parallel: 2 processes") == 1, f"{out}: rank 0 did not say so:\n{res[0][1]}")
+        for r in range(1, len(res)):
+            check(res[r][1] == "", f"{out}: rank {r} printed to stdout:\n{res[r][1]}")
+            check(not os.path.exists(os.path.join(a.work, f"{out}-r{r}")), f"{out}: rank {r} wrote files")
+
+    test_line = lambda s: [x for x in s.splitlines() if x.startswith("Test loss")]  # noqa: E731
+
+    if a.case == "equal":
+        sgd = ["--iters", "10", "--steps-per-eval", "5", "--save-every", "5", "--optimizer", "sgd",
+               "--learning-rate", "0.1", "--test", "--test-batches", "3"]
+        p1 = one("one", *sgd)
+        res = group("two", 2, *sgd)
+        group_ok(res, "two")
+        same_losses("one", "two")
+        same_adapters("one", "two")
+        same_adapters("one", "two", "0000005_adapters.safetensors")
+        t1, t2 = test_line(p1.stdout), test_line(res[0][1])
+        check(len(t1) == 1 and len(t2) == 1, f"test lines: {t1} / {t2}")
+        if t1 and t2:
+            x, y = float(t1[0].split()[2].rstrip(",")), float(t2[0].split()[2].rstrip(","))
+            check(abs(x - y) <= 1e-3, f"test loss {x} / {y}")
+        adam = ["--iters", "10", "--steps-per-eval", "5", "--save-every", "50"]
+        one("one-adam", *adam)
+        group_ok(group("two-adam", 2, *adam), "two-adam")
+        same_losses("one-adam", "two-adam")
+    elif a.case == "pack":
+        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
+                "--learning-rate", "0.1", "--pack", "--max-seq-length", "512"]
+        one("one", *args)
+        group_ok(group("two", 2, *args), "two")
+        same_losses("one", "two")
+        same_adapters("one", "two")
+    elif a.case == "accum":
+        args = ["--iters", "8", "--steps-per-eval", "4", "--save-every", "3", "--grad-accumulation-steps", "2",
+                "--optimizer", "sgd", "--learning-rate", "0.1"]
+        one("one", *args)
+        group_ok(group("two", 2, *args), "two")
+        same_losses("one", "two")
+        same_adapters("one", "two")
+        # Its checkpoint at iteration 3, between the two micro-batches of an update, resumed by 1 process.
+        ck = os.path.join(a.work, "two", "checkpoints", "0000003")
+        check(os.path.isdir(ck), f"no checkpoint {ck}")
+        one("resumed", *args, "--resume", ck)
+        same_losses("one", "resumed")
+        same_adapters("one", "resumed")
+    elif a.case == "torchrun":
+        # torchrun itself (torch's, from the test venv) starting 2 ranks: its agent holds MASTER_PORT.
+        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
+                "--learning-rate", "0.1"]
+        one("one", *args)
+        torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+        p = subprocess.run([torchrun, "--nproc-per-node", "2", "--no-python", a.lmtune, *base, *args,
+                            "--adapter-path", os.path.join(a.work, "two")], capture_output=True, text=True,
+                           timeout=300, env=env0)
+        check(p.returncode == 0, f"torchrun: exit {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}")
+        check(p.stdout.count("Data parallel: 2 processes") == 1, f"torchrun: one rank prints:\n{p.stdout}")
+        same_losses("one", "two")
+        same_adapters("one", "two")
+    elif a.case == "world1":
+        args = ["--iters", "4", "--steps-per-eval", "2", "--save-every", "2"]
+        one("plain", *args)
+        one("world1", *args, env={"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_PORT": "1"})
+        for name in ["adapters.safetensors", "0000002_adapters.safetensors", "best_adapters.safetensors",
+                     "checkpoints/0000004/optimizer.safetensors"]:
+            x = open(os.path.join(a.work, "plain", name), "rb").read()
+            y = open(os.path.join(a.work, "world1", name), "rb").read()
+            check(x == y, f"WORLD_SIZE=1: {name} differs from a run without it")
+    elif a.case == "refused":
+        res = group("three", 3, "--iters", "2", timeout=60)
+        for r, (rc, o, e) in enumerate(res):
+            check(rc != 0 and "not divisible by WORLD_SIZE 3" in e, f"batch 4 on 3 ranks, rank {r}: exit {rc}\n{e}")
+
+        def refused(env, needle):
+            p = subprocess.run([a.lmtune, *base, "--iters", "1", "--adapter-path", os.path.join(a.work, "x")],
+                               capture_output=True, text=True, timeout=60, env={**env0, **env})
+            check(p.returncode != 0 and needle in p.stderr, f"{env}: exit {p.returncode}, want {needle!r}\n{p.stderr}")
+        refused({"WORLD_SIZE": "2", "RANK": "0"}, "needs MASTER_PORT")
+        refused({"WORLD_SIZE": "2", "RANK": "2", "MASTER_PORT": "1234"}, "RANK=2 is not a whole number from 0 to 1")
+        refused({"WORLD_SIZE": "two", "RANK": "0", "MASTER_PORT": "1234"}, "WORLD_SIZE=two")
+        refused({"WORLD_SIZE": "2", "MASTER_PORT": "1234"}, "needs RANK")
+        # Rank 1 alone: rank 0 never comes; it gives up after LMTUNE_DIST_TIMEOUT, naming where it looked.
+        t0 = time.time()
+        refused({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": str(free_port()), "LMTUNE_DIST_TIMEOUT": "2"},
+                "could not connect to rank 0")
+        check(time.time() - t0 < 30, f"the lone rank took {time.time() - t0:.0f} s to give up")
+    elif a.case == "rank_dies":
+        port = str(free_port())
+        procs = []
+        for r in range(2):
+            env = {**env0, "WORLD_SIZE": "2", "RANK": str(r), "MASTER_PORT": port}
+            procs.append(subprocess.Popen([a.lmtune, *base, "--iters", "100000", "--steps-per-eval", "1000000",
+                                           "--adapter-path", os.path.join(a.work, f"dies-{r}")], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(4)  # loaded and training
+        check(procs[0].poll() is None and procs[1].poll() is None, "a rank ended before the kill")
+        procs[1].send_signal(signal.SIGKILL)
+        t0 = time.time()
+        try:
+            out, err = procs[0].communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            procs[0].kill()
+            out, err = procs[0].communicate()
+        procs[1].communicate()
+        check(procs[0].returncode not in (0, None) and "rank 1 closed its connection" in err,
+              f"rank 0 after rank 1's death: exit {procs[0].returncode}\n{err[-2000:]}")
+        check(time.time() - t0 < 30, f"rank 0 took {time.time() - t0:.0f} s to stop")
+        check("Starting training" in out, f"rank 0 never trained:\n{out}")
+    else:
+        sys.exit(f"unknown case {a.case}")
+    sys.exit(1 if FAILS else 0)
+
+
+if __name__ == "__main__":
+    main()
