@@ -8,6 +8,7 @@ and printing. Cases:
   accum     --grad-accumulation-steps 2 on 2 ranks, and their checkpoint in the middle of an accumulation
             resumed by 1 process: both the same run as 1 process throughout (resume with another world size)
   torchrun  `torchrun --nproc-per-node 2 --no-python lmtune lora ...` against 1 process
+  gpus      `lmtune lora --gpus 2` (lmtune's own launcher) against 1 process; a failing rank's status
   world1    WORLD_SIZE=1 (and RANK 0): byte for byte the files of a run without the variables
   refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE: clear errors
   rank_dies rank 1 killed mid-run: rank 0 stops within seconds naming rank 1, nothing torn
@@ -152,6 +153,25 @@ def main():
         check(p.stdout.count("Data parallel: 2 processes") == 1, f"torchrun: one rank prints:\n{p.stdout}")
         same_losses("one", "two")
         same_adapters("one", "two")
+    elif a.case == "gpus":
+        # lmtune's own launcher: --gpus 2 starts 2 ranks of the same command (on the CPU here).
+        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
+                "--learning-rate", "0.1", "--device", "cpu"]
+        one("one", *args)
+        p = one("two", *args, "--gpus", "2")
+        check(p.stdout.count("Data parallel: 2 processes") == 1, f"--gpus 2: one rank prints:\n{p.stdout}")
+        same_losses("one", "two")
+        same_adapters("one", "two")
+        # A rank that fails stops the launcher with its status: batch 4 on 3 ranks.
+        q = subprocess.run([a.lmtune, *base, *args, "--gpus", "3", "--adapter-path", os.path.join(a.work, "three")],
+                           capture_output=True, text=True, timeout=120, env=env0)
+        check(q.returncode != 0 and "not divisible by WORLD_SIZE 3" in q.stderr and "[launch] rank" in q.stderr,
+              f"--gpus 3 with batch 4: exit {q.returncode}\n{q.stderr}")
+        # Under torchrun (WORLD_SIZE set), a different --gpus is refused.
+        p = subprocess.run([a.lmtune, *base, *args, "--gpus", "2", "--adapter-path", os.path.join(a.work, "x")],
+                           capture_output=True, text=True, timeout=60,
+                           env={**env0, "WORLD_SIZE": "4", "RANK": "0", "MASTER_PORT": "1"})
+        check(p.returncode != 0 and "leave --gpus out" in p.stderr, f"--gpus under WORLD_SIZE=4:\n{p.stderr}")
     elif a.case == "world1":
         args = ["--iters", "4", "--steps-per-eval", "2", "--save-every", "2"]
         one("plain", *args)

@@ -11,6 +11,8 @@ int run_chat(int argc, char** argv);
 int run_benchmark(int argc, char** argv);
 int run_manage(int argc, char** argv);
 int run_lora(int argc, char** argv);
+// lora --gpus N: N ranks of `lmtune lora ARGV...` on this node, with torchrun's variables (lora_launch.cpp).
+int launch_local_ranks(int n, int argc, char** argv);
 int run_convert(int argc, char** argv);
 int run_fuse(int argc, char** argv);
 int run_gguf(int argc, char** argv);

@@ -209,6 +209,15 @@ int run_lora(int argc, char** argv) {
     if (!std::isfinite(o.learning_rate) || o.learning_rate < 0)
       throw UsageError("--learning-rate (learning_rate in a config) must be a finite number >= 0, got " +
                        show_default(o.learning_rate));
+    if (o.gpus < 0) throw UsageError("--gpus must be 0 or more, got " + std::to_string(o.gpus));
+    if (o.gpus > 1) {
+      const char* world = std::getenv("WORLD_SIZE");
+      if (!world) return launch_local_ranks(int(o.gpus), argc, argv);
+      // A rank the launcher (or torchrun) started: --gpus must agree with the group it is in.
+      if (std::to_string(o.gpus) != world)
+        throw UsageError("--gpus " + std::to_string(o.gpus) + " in a process started with WORLD_SIZE=" + world +
+                         " (torchrun starts the processes itself: leave --gpus out)");
+    }
     return lora(o, recorded);
   });
 }

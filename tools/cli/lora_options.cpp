@@ -129,6 +129,11 @@ void declare_lora_options(Options& t, LoraOptions& o) {
   t.add("--pack", &o.pack, "",
         "train on rows packed with whole examples up to --max-seq-length (attention and positions stay within "
         "each example; the loss is unchanged) instead of padded batches of --batch-size examples");
+  t.add("--gpus", &o.gpus, "N",
+        "data parallel on this node: start N processes, one per GPU (with --device cpu, N CPU processes), "
+        "as `torchrun --nproc-per-node N` would; 0 or 1 = this process alone")
+      .cli_only()
+      .unrecorded();
   t.add("--preview", &o.preview, "N",
         "print the first N training examples as the model sees them (supervised part marked), then exit")
       .cli_only()

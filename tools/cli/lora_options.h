@@ -56,6 +56,7 @@ struct LoraOptions {
   bool train_embeddings = false;
   bool pack = false;
   std::optional<int64_t> preview;
+  int64_t gpus = 0;  // > 1: start that many ranks of this command on this node (lora_launch.cpp)
   LoadOptions load;  // --device, --dtype (model is copied in after the merge)
 
   LoraOptions();
