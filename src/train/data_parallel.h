@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/collective.h"
 #include "core/tensor.h"
 #include "dist/comm.h"
 
@@ -22,9 +23,15 @@ std::vector<T> rank_share(const std::vector<T>& g, const dist::Comm* comm) {
 }
 
 // Every trainable parameter's gradient summed over the ranks, in place, in the parameters' order; a
-// parameter without a gradient on a rank (no supervised token in its share) adds zeros there. The
-// sums are made in host memory (f32), then put back on the parameter's device.
-void all_reduce_gradients(dist::Comm& comm, const std::vector<std::pair<std::string, Tensor>>& params);
+// parameter without a gradient on a rank (no supervised token in its share) adds zeros there. With a
+// device collective (NCCL) the sums are made on the devices, as one group of all-reduces; without,
+// in host memory (f32) through comm, then put back on the parameter's device.
+void all_reduce_gradients(dist::Comm& comm, DeviceCollective* device,
+                          const std::vector<std::pair<std::string, Tensor>>& params);
+
+// The device collective of the group for dev, when every rank has one (NCCL on CUDA), made from an id
+// that rank 0 draws and comm hands to the others; else null, and *why says why not (on rank 0).
+std::unique_ptr<DeviceCollective> make_group_collective(dist::Comm& comm, Device dev, std::string* why);
 
 // The token-weighted mean of per-share mean losses: (sum over ranks of mean * tokens) / tokens, and the
 // tokens; on one process (comm null) the inputs unchanged. A share without tokens adds nothing.

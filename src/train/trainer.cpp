@@ -436,7 +436,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     // Mid-accumulation, the checkpoint keeps the group's gradient sum so far: rank 0 holds it from
     // here on and the others start again from zero, so the next sum counts each share once.
     if (comm && it % args.grad_accumulation_steps != 0) {
-      all_reduce_gradients(*comm, params);
+      all_reduce_gradients(*comm, args.device_comm, params);
       if (!root)
         for (auto& [name, p] : params) ag::zero_grad(p);
     }
@@ -553,7 +553,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     st.report_tokens += n_tokens;
     st.report_steps += 1;
     if (it % args.grad_accumulation_steps == 0) {
-      if (comm) all_reduce_gradients(*comm, params);
+      if (comm) all_reduce_gradients(*comm, args.device_comm, params);
       std::map<std::string, Tensor> grads;
       double sq = 0;
       for (auto& [name, p] : params) {

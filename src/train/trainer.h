@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "backend/collective.h"
 #include "dist/comm.h"
 #include "models/model.h"
 #include "train/dataset.h"
@@ -37,6 +38,7 @@ struct TrainingArgs {
   // of every batch, the group adds up losses and gradients, and only rank 0 writes files (the CLI
   // gives the other ranks an `out` that discards). Null: one process, as before.
   dist::Comm* comm = nullptr;
+  DeviceCollective* device_comm = nullptr;  // with comm: the gradients' sums on the devices (NCCL)
 };
 
 struct TrainResult {

@@ -9,6 +9,7 @@ and printing. Cases:
             resumed by 1 process: both the same run as 1 process throughout (resume with another world size)
   torchrun  `torchrun --nproc-per-node 2 --no-python lmtune lora ...` against 1 process
   gpus      `lmtune lora --gpus 2` (lmtune's own launcher) against 1 process; a failing rank's status
+  nccl      (label gpu; 2 GPUs, else skipped) --gpus 2 on CUDA sums with NCCL and equals 1 GPU
   world1    WORLD_SIZE=1 (and RANK 0): byte for byte the files of a run without the variables
   refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE: clear errors
   rank_dies rank 1 killed mid-run: rank 0 stops within seconds naming rank 1, nothing torn
@@ -172,6 +173,28 @@ def main():
                            capture_output=True, text=True, timeout=60,
                            env={**env0, "WORLD_SIZE": "4", "RANK": "0", "MASTER_PORT": "1"})
         check(p.returncode != 0 and "leave --gpus out" in p.stderr, f"--gpus under WORLD_SIZE=4:\n{p.stderr}")
+    elif a.case == "nccl":
+        # 2 GPUs (skipped, exit 77, where fewer): --gpus 2 on CUDA sums with NCCL, and equals 1 GPU.
+        n = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU ")
+        if n < 2:
+            print(f"skipped: needs 2 GPUs, this machine has {n}")
+            sys.exit(77)
+        env = {}
+        if not os.environ.get("LMTUNE_NCCL_LIB"):  # PyTorch's NCCL wheel, where the test's Python has one
+            try:
+                import nvidia.nccl
+                lib = os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2")
+                if os.path.exists(lib):
+                    env["LMTUNE_NCCL_LIB"] = lib
+            except ImportError:
+                pass
+        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
+                "--learning-rate", "0.1", "--device", "cuda", "--dtype", "float32"]
+        one("one", *args, env=env)
+        p = one("two", *args, "--gpus", "2", env=env)
+        check("gradients summed with NCCL" in p.stdout, f"--gpus 2 on CUDA did not use NCCL:\n{p.stdout}")
+        same_losses("one", "two")
+        same_adapters("one", "two")
     elif a.case == "world1":
         args = ["--iters", "4", "--steps-per-eval", "2", "--save-every", "2"]
         one("plain", *args)

@@ -18,6 +18,7 @@
 #include "runtime/generate.h"
 #include "runtime_setup.h"
 #include "train/adapters.h"
+#include "train/data_parallel.h"
 #include "train/dataset.h"
 #include "train/peft.h"
 #include "train/trainer.h"
@@ -178,6 +179,16 @@ int lora(const LoraOptions& o, const json& recorded) {
     // interleave with the piped lines.
     ta.progress = root && isatty(fileno(stdout)) && isatty(fileno(stderr));
     ta.comm = comm.get();
+    std::unique_ptr<DeviceCollective> device_comm;
+    if (comm && model.device() == Device::cuda) {
+      std::string why;
+      device_comm = train::make_group_collective(*comm, model.device(), &why);
+      if (device_comm)
+        std::printf("Data parallel: gradients summed with NCCL\n");
+      else
+        std::printf("Data parallel: gradients summed through host memory over TCP (NCCL: %s)\n", why.c_str());
+      ta.device_comm = device_comm.get();
+    }
     train::train(model, *opt, lr, data.train, data.valid, ta, stdout);
   }
   if (do_test) {

@@ -1,5 +1,7 @@
 // Linked where the CUDA backend is not built: every kernel throws "[op] has no cuda implementation".
 #include "backend/backend.h"
+#include "backend/collective.h"
+#include "core/error.h"
 
 namespace lmtune {
 namespace {
@@ -16,5 +18,14 @@ Backend& cuda_backend() {
 bool cuda_available() { return false; }
 std::string cuda_device_name() { return ""; }
 int64_t cuda_qgemv_tma_launches() { return 0; }
+
+std::string device_collective_unavailable(Device dev) {
+  return dev == Device::cuda ? "lmtune was built without CUDA"
+                             : "the CPU has no device collective (its sums go over TCP)";
+}
+std::vector<uint8_t> device_collective_id(Device dev) { fail("[collective] ", device_collective_unavailable(dev)); }
+std::unique_ptr<DeviceCollective> make_device_collective(Device dev, const std::vector<uint8_t>&, int, int) {
+  fail("[collective] ", device_collective_unavailable(dev));
+}
 
 }  // namespace lmtune
