@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -125,6 +126,24 @@ class TcpComm final : public Comm {
 
   static std::string rank_name(int r) { return "rank " + std::to_string(r); }
 
+  // A connecting rank's hello, within 5 s; false when it does not come whole.
+  static bool read_hello(int fd, Header& h) {
+    constexpr int kHelloMs = 5000;
+    char* p = reinterpret_cast<char*>(&h);
+    size_t n = sizeof h;
+    while (n > 0) {
+      pollfd q{fd, POLLIN, 0};
+      int r = ::poll(&q, 1, kHelloMs);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      ssize_t k = ::recv(fd, p, n, 0);
+      if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (k <= 0) return false;
+      p += k, n -= size_t(k);
+    }
+    return true;
+  }
+
   void listen_and_accept(const DistEnv& env) {
     Socket s(::socket(AF_INET, SOCK_STREAM, 0));
     LMT_CHECK(s.fd() >= 0, "[dist] socket: ", std::strerror(errno));
@@ -147,10 +166,14 @@ class TcpComm final : public Comm {
         fail("[dist] accept: ", std::strerror(errno));
       }
       ::setsockopt(c.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      // Anything else that connects to the port (a scanner, a health check, a stale client) is
+      // dropped: only a well-formed hello within a few seconds counts.
       Header h;
-      recv_all(c.fd(), &h, sizeof h, "a connecting rank");
-      LMT_CHECK(h.magic == kMagic && h.kind == 1, "[dist] rank 0: a connection to port ", env.master_port,
-                " is not from an lmtune rank of this version");
+      if (!read_hello(c.fd(), h) || h.magic != kMagic || h.kind != 1) {
+        std::fprintf(stderr, "[dist] rank 0: dropped a connection to port %d that is not an lmtune rank\n",
+                     env.master_port);
+        continue;
+      }
       LMT_CHECK(h.count == uint64_t(env.world), "[dist] rank ", h.seq, " was started with WORLD_SIZE ", h.count,
                 "; rank 0 has ", env.world);
       LMT_CHECK(h.seq >= 1 && h.seq < uint64_t(env.world) && by_rank[h.seq].fd() < 0, "[dist] rank 0: rank ", h.seq,

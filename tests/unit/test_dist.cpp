@@ -6,7 +6,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
@@ -133,6 +135,32 @@ TEST(Dist, ARankThatLeavesStopsTheOthers) {
   });
   EXPECT_EQ(errors[1], "");
   EXPECT_NE(errors[0].find("rank 1 closed its connection"), std::string::npos) << errors[0];
+}
+
+TEST(Dist, StrangersOnThePortAreDropped) {
+  const int port = free_port();
+  std::vector<std::string> errors;
+  std::thread group([&] {
+    errors = run_ranks({env_of(0, 2, port), env_of(1, 2, port)}, [](int, Comm& c) {
+      double x = 2;
+      c.all_reduce_sum(&x, 1);
+      EXPECT_EQ(x, 4.0);
+    });
+  });
+  // Before and while the ranks meet: a client that sends garbage, and one that connects and leaves.
+  for (const char* junk : {"GET / HTTP/1.0\r\n\r\n0123456789abcdef", ""}) {
+    int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(uint16_t(port));
+    for (int tries = 0; tries < 100 && ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (*junk) (void)::send(s, junk, std::strlen(junk), MSG_NOSIGNAL);
+    ::close(s);
+  }
+  group.join();
+  EXPECT_EQ(errors, (std::vector<std::string>{"", ""}));
 }
 
 TEST(Dist, EnvironmentVariables) {
