@@ -78,7 +78,7 @@ std::unique_ptr<dist::Comm> join_group() {
   ::setenv("CUDA_VISIBLE_DEVICES", mine.c_str(), 1);
   if (env.rank > 0) LMT_CHECK(std::freopen("/dev/null", "w", stdout), "[dist] cannot silence rank ", env.rank);
   std::unique_ptr<dist::Comm> comm = dist::connect_tcp(env);
-  std::printf("Data parallel: %d processes (WORLD_SIZE), rank 0 at %s:%d; each takes every %d-th row of a batch\n",
+  std::printf("Data parallel: %d processes (WORLD_SIZE), rank 0 at %s:%d; each takes 1 row in %d of every batch\n",
               env.world, env.master_addr.c_str(), env.master_port, env.world);
   std::fflush(stdout);
   return comm;
