@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "core/sanitizer.h"
 
 namespace lmtune {
@@ -108,9 +109,7 @@ void* CachingAllocator::allocate(size_t nbytes) {
     cached_ -= size;
   } else {
     // Not while a CUDA graph is captured: freeing device memory would synchronize the stream.
-    // The bound applies to host memory only until it is measured on a GPU, where giving blocks back
-    // (cudaFree) synchronizes the device and a training step's varying sizes could make it churn.
-    if (!holding_ && device_ == Device::cpu) evict_for(size);
+    if (!holding_ && bounded_) evict_for(size);
     try {
       p = memory_of(device_).raw_alloc(size);
     } catch (const Error&) {
@@ -175,7 +174,7 @@ CachingAllocator::~CachingAllocator() {
 
 CachingAllocator& allocator(Device d) {
   static CachingAllocator* cpu = new CachingAllocator(Device::cpu);
-  static CachingAllocator* cuda = new CachingAllocator(Device::cuda);
+  static CachingAllocator* cuda = new CachingAllocator(Device::cuda, runtime_config().cuda_cache_bound);
   return d == Device::cpu ? *cpu : *cuda;
 }
 

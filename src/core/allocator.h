@@ -26,7 +26,9 @@ void register_device_memory(Device d, DeviceMemory* mem);
 
 class CachingAllocator {
  public:
-  explicit CachingAllocator(Device d) : device_(d) {}
+  // bounded: the cache is kept within 1.25 x the most bytes ever in use + 32 MiB (evict_for). The
+  // process-wide allocators: always on the CPU, on CUDA with LMTUNE_CUDA_CACHE_BOUND=1.
+  explicit CachingAllocator(Device d, bool bounded = true) : device_(d), bounded_(bounded) {}
   ~CachingAllocator();
   void* allocate(size_t nbytes);
   void release(void* p, size_t nbytes);
@@ -53,6 +55,7 @@ class CachingAllocator {
   void evict_for(size_t size);  // under mu_: frees the oldest cached blocks past the bound
 
   Device device_;
+  bool bounded_;
   std::mutex mu_;
   std::list<Block> lru_;                                    // cached blocks, least recently freed first
   std::multimap<size_t, std::list<Block>::iterator> free_;  // rounded size -> its entry in lru_

@@ -50,6 +50,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_decode_split = read_switch("LMTUNE_CUDA_DECODE_SPLIT", var("LMTUNE_CUDA_DECODE_SPLIT"), d.cuda_decode_split);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
   c.cuda_grouped_gemm = read_switch("LMTUNE_CUDA_GROUPED_GEMM", var("LMTUNE_CUDA_GROUPED_GEMM"), d.cuda_grouped_gemm);
+  c.cuda_cache_bound = read_switch("LMTUNE_CUDA_CACHE_BOUND", var("LMTUNE_CUDA_CACHE_BOUND"), d.cuda_cache_bound);
   c.moe_grouped = read_switch("LMTUNE_MOE_GROUPED", var("LMTUNE_MOE_GROUPED"), d.moe_grouped);
   c.cuda_graph = read_switch("LMTUNE_CUDA_GRAPH", var("LMTUNE_CUDA_GRAPH"), d.cuda_graph);
   c.cuda_batch_graph = read_switch("LMTUNE_CUDA_BATCH_GRAPH", var("LMTUNE_CUDA_BATCH_GRAPH"), d.cuda_batch_graph);

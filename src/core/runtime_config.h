@@ -13,6 +13,10 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_GROUPED_GEMM=1: Backend::gemm_grouped (a mixture's per-expert products) as one launch of
   // cuBLAS's grouped GEMM instead of one cuBLASLt product after another: off by default, a Mixtral-shaped
   // LoRA step ran 1.09x faster on cuBLASLt on an H100 (8 experts of ~2k rows; bench/NOTES.md).
+  // LMTUNE_CUDA_CACHE_BOUND=1: the GPU allocator's cache bounded as the CPU's is (1.25 x the most bytes
+  // ever in use + 32 MiB; least recently freed blocks go back first). Off by default until measured:
+  // cudaFree synchronizes, and a training step's varying sizes could make the cache churn.
+  bool cuda_cache_bound = false;
   bool cuda_grouped_gemm = false;
   // LMTUNE_MOE_GROUPED=0: a mixture of experts runs each expert's MLP on its gathered rows and
   // scatters each result (nn/moe.cpp's loop), instead of one gather, grouped products and one scatter.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 
 #include "core/allocator.h"
@@ -78,6 +79,20 @@ TEST(Allocator, CacheOfChangingSizesIsBounded) {
   const size_t peak = a.peak_bytes();  // two blocks of ~2.4 MiB
   EXPECT_LE(a.current_bytes() + a.cached_bytes(), peak + peak / 4 + (size_t(32) << 20) + n);
   a.release(p, n);
+  // Unbounded (the GPU's default, LMTUNE_CUDA_CACHE_BOUND unset): a block of every size class met stays
+  // cached (~140 MiB of address space here, never touched); bounded, the same sizes stay within the bound.
+  CachingAllocator u(Device::cpu, /*bounded=*/false), w(Device::cpu);
+  std::set<size_t> classes;
+  for (size_t m = size_t(1) << 20; m <= size_t(12) << 20; m += size_t(512) << 10) {
+    u.release(u.allocate(m), m);
+    w.release(w.allocate(m), m);
+    classes.insert(CachingAllocator::round_size(m));
+  }
+  size_t kept = 0;
+  for (size_t c : classes) kept += c;
+  EXPECT_EQ(u.cached_bytes(), kept);
+  EXPECT_LE(w.cached_bytes(), w.peak_bytes() + w.peak_bytes() / 4 + (size_t(32) << 20));
+  EXPECT_LT(w.cached_bytes(), kept);
   // A loop of fixed sizes reuses its blocks: nothing is evicted, no new memory is taken.
   CachingAllocator b(Device::cpu);
   const std::vector<size_t> sizes = {size_t(1) << 20, 3000, size_t(40) << 20};
