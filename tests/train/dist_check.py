@@ -37,6 +37,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from checks import FAILS, check, cli_case_args  # noqa: E402
 
 CONFIG = "lora_parameters: {rank: 8, scale: 1.0, dropout: 0.0}\n"
+# SGD, so that the adapters compare (see above); 6 steps, validation at 3 and 6, no numbered saves.
+SHORT_SGD = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
+             "--learning-rate", "0.1"]
 ADAPTER_TOL = 5e-3
 LOSS_TOL = 1e-5
 
@@ -122,8 +125,7 @@ def main():
         group_ok(group("two-adam", 2, *adam), "two-adam")
         same_losses("one-adam", "two-adam")
     elif a.case == "pack":
-        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
-                "--learning-rate", "0.1", "--pack", "--max-seq-length", "512"]
+        args = [*SHORT_SGD, "--pack", "--max-seq-length", "512"]
         one("one", *args)
         group_ok(group("two", 2, *args), "two")
         same_losses("one", "two")
@@ -143,8 +145,7 @@ def main():
         same_adapters("one", "resumed")
     elif a.case == "torchrun":
         # torchrun itself (torch's, from the test venv) starting 2 ranks: its agent holds MASTER_PORT.
-        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
-                "--learning-rate", "0.1"]
+        args = SHORT_SGD
         one("one", *args)
         torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
         p = subprocess.run([torchrun, "--nproc-per-node", "2", "--no-python", a.lmtune, *base, *args,
@@ -156,8 +157,7 @@ def main():
         same_adapters("one", "two")
     elif a.case == "gpus":
         # lmtune's own launcher: --gpus 2 starts 2 ranks of the same command (on the CPU here).
-        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
-                "--learning-rate", "0.1", "--device", "cpu"]
+        args = [*SHORT_SGD, "--device", "cpu"]
         one("one", *args)
         p = one("two", *args, "--gpus", "2")
         check(p.stdout.count("Data parallel: 2 processes") == 1, f"--gpus 2: one rank prints:\n{p.stdout}")
@@ -191,8 +191,7 @@ def main():
                     env["LMTUNE_NCCL_LIB"] = lib
             except ImportError:
                 pass
-        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
-                "--learning-rate", "0.1", "--device", "cuda", "--dtype", "float32"]
+        args = [*SHORT_SGD, "--device", "cuda", "--dtype", "float32"]
         one("one", *args, env=env)
         p = one("two", *args, "--gpus", "2", env=env)
         check("gradients summed with NCCL" in p.stdout, f"--gpus 2 on CUDA did not use NCCL:\n{p.stdout}")
