@@ -73,6 +73,10 @@ TEST(CpuParallel, ExpPolyWithinTwoUlp) {
   EXPECT_LT(worst, 2 * 5.97e-8) << "relative error " << worst;
   EXPECT_EQ(cpu::exp_poly(-std::numeric_limits<float>::infinity()), 0.f);
   EXPECT_EQ(cpu::exp_poly(0.f), 1.f);
+  EXPECT_EQ(cpu::exp_poly(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
+  // NaN stays NaN (a NaN loss must stop training), with no undefined float-to-int conversion on the way
+  // (UBSan in the sanitized build: NaN weights through the CLI).
+  EXPECT_TRUE(std::isnan(cpu::exp_poly(std::numeric_limits<float>::quiet_NaN())));
   std::vector<float> x(37), y(37);
   for (size_t i = 0; i < x.size(); ++i) x[i] = -0.25f * float(i);
   const double sum = cpu::exp_sub_sum(x.data(), -1.f, y.data(), int64_t(x.size()));

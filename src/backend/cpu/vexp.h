@@ -25,8 +25,10 @@ inline float exp_poly(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.f;
-  // 2^k as an f32 bit pattern; k = -127 (x = -88) gives the bits of 0.
-  return y * std::bit_cast<float>((int32_t(kf) + 127) << 23);
+  // 2^k as an f32 bit pattern; k = -127 (x = -88) gives the bits of 0. A NaN x stays NaN through y;
+  // its k is taken as 0, since converting NaN to an integer is undefined (UBSan found it: NaN weights).
+  const float kd = kf == kf ? kf : 0.f;
+  return y * std::bit_cast<float>((int32_t(kd) + 127) << 23);
 }
 
 // The largest of x[0, n) (-inf for n = 0).
