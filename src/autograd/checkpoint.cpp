@@ -2,7 +2,7 @@
 
 namespace lmtune::ag {
 
-Tensor checkpoint(const BlockFn& fn, const std::vector<Tensor>& inputs) {
+Tensor checkpoint(const BlockFn& fn, const std::vector<Tensor>& inputs, std::function<void()> after_backward) {
   if (!grad_enabled()) return fn(inputs);
   Tensor out;
   {
@@ -13,7 +13,7 @@ Tensor checkpoint(const BlockFn& fn, const std::vector<Tensor>& inputs) {
   for (const Tensor& t : inputs) saved.push_back(t.detach());
   std::vector<bool> wants;
   for (const Tensor& t : inputs) wants.push_back(requires_grad(t));
-  auto node_fn = [fn, saved, wants](const Tensor& dout) {
+  auto node_fn = [fn, saved, wants, after_backward](const Tensor& dout) {
     std::vector<Tensor> leaves;
     for (size_t i = 0; i < saved.size(); ++i) leaves.push_back(wants[i] ? param(saved[i]) : saved[i]);
     EnableGradGuard enable;
@@ -24,6 +24,7 @@ Tensor checkpoint(const BlockFn& fn, const std::vector<Tensor>& inputs) {
       for (size_t i = 0; i < leaves.size(); ++i)
         if (wants[i]) grads[i] = grad(leaves[i]);
     }
+    if (after_backward) after_backward();
     return grads;
   };
   // Attached even when no input needs a gradient: the parameters inside fn may.

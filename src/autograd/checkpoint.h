@@ -11,7 +11,8 @@ namespace lmtune::ag {
 using BlockFn = std::function<Tensor(const std::vector<Tensor>& inputs)>;
 
 // Returns fn(inputs). Parameters that fn captures receive their gradients when the block
-// is recomputed in backward; inputs receive theirs through the returned tensor.
-Tensor checkpoint(const BlockFn& fn, const std::vector<Tensor>& inputs);
+// is recomputed in backward; inputs receive theirs through the returned tensor. after_backward, when
+// given, runs once the recomputed block's backward is done (its parameters' gradients complete).
+Tensor checkpoint(const BlockFn& fn, const std::vector<Tensor>& inputs, std::function<void()> after_backward = {});
 
 }  // namespace lmtune::ag

@@ -30,7 +30,23 @@ Storage::Storage(Device d, void* data, size_t nbytes, std::shared_ptr<void> owne
 }
 
 Storage::~Storage() {
-  if (!owner_) allocator(device_).release(data_, nbytes_);
+  if (!owner_ && !released_) allocator(device_).release(data_, nbytes_);
+}
+
+void Storage::release() {
+  if (released_) return;
+  if (owner_)
+    owner_.reset();
+  else
+    allocator(device_).release(data_, nbytes_);
+  data_ = nullptr;
+  released_ = true;
+}
+
+void Storage::restore() {
+  if (!released_) return;
+  data_ = allocator(device_).allocate(nbytes_);
+  released_ = false;
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dt, Device d) {
@@ -125,6 +141,8 @@ Tensor Tensor::detach() const {
 
 void Tensor::check_host_access() const {
   LMT_CHECK(defined(), "[Tensor::data] undefined tensor");
+  LMT_CHECK(!storage_->released(), "[Tensor::data] the memory of ", describe(),
+            " is released (a sharded weight outside its block)");
   LMT_CHECK(device() == Device::cpu, "[Tensor::data] host access to a ", device_name(device()),
             " tensor; copy it to the cpu first");
 }

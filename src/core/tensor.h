@@ -28,11 +28,20 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  // Sharded training (train/sharding.h) frees a weight's memory between the uses of its block and
+  // keeps the object, so that every tensor on it (the model's, the autograd leaf's) sees the memory
+  // come back: release() frees it (a borrowed one is let go), restore() allocates nbytes again
+  // (contents undefined until written). A released storage must not be read.
+  void release();
+  void restore();
+  bool released() const { return released_; }
+
  private:
   Device device_;
   void* data_;
   size_t nbytes_;
   std::shared_ptr<void> owner_;  // null when the allocator owns data_
+  bool released_ = false;
 };
 
 struct AutogradMeta;  // defined by autograd/; core only carries the slot

@@ -287,16 +287,27 @@ Tensor DecoderModel::forward_blocks(const Tensor& ids, int64_t pos_offset, const
     use_rope_for(reach);
   }
   Tensor x = embed_.forward(ids);
+  BlockHooks* hooks = block_hooks_;
+  LMT_CHECK(!hooks || grad_checkpoint_ || !ag::grad_enabled(),
+            "[model] block hooks (sharded training) free a block's weights after it: they need gradient checkpointing");
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     if (grad_checkpoint_ && ag::grad_enabled()) {
       // The block is run again in backward, after this forward returned: the closure keeps its
-      // own copy of the segments.
+      // own copy of the segments. Hooks see the first run (recording nothing) end, and the
+      // recomputed one's backward.
       x = ag::checkpoint(
-          [this, i, pos_offset, sc = seg ? std::optional<nn::Segments>(*seg) : std::nullopt](
-              const std::vector<Tensor>& in) { return block(i, in[0], pos_offset, nullptr, sc ? &*sc : nullptr); },
-          {x});
+          [this, i, pos_offset, hooks,
+           sc = seg ? std::optional<nn::Segments>(*seg) : std::nullopt](const std::vector<Tensor>& in) {
+            if (hooks) hooks->before_block(i);
+            Tensor out = block(i, in[0], pos_offset, nullptr, sc ? &*sc : nullptr);
+            if (hooks && !ag::grad_enabled()) hooks->after_block(i);
+            return out;
+          },
+          {x}, hooks ? std::function<void()>([hooks, i] { hooks->after_block_backward(i); }) : nullptr);
     } else {
+      if (hooks) hooks->before_block(i);
       x = block(i, x, pos_offset, nullptr, seg);
+      if (hooks) hooks->after_block(i);
     }
   }
   return x;

@@ -132,10 +132,13 @@ Tensor Model::dense_weight(const std::string& name) const {
 }
 
 void Model::use_masters() {
-  for (auto& [name, m] : masters_) {
-    Tensor& w = weights_.at(name);
-    w = ag::cast(m, w.dtype());
-  }
+  for (auto& [name, m] : masters_)
+    if (!m.storage()->released()) use_master(name);
+}
+
+void Model::use_master(const std::string& name) {
+  Tensor& w = weights_.at(name);
+  w = ag::cast(masters_.at(name), w.dtype());
 }
 
 void Model::bake_masters() {

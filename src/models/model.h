@@ -36,6 +36,17 @@ struct PackedRows {
   Tensor positions, segments;
 };
 
+// Calls around each block of a forward that trains or scores (not one with a KV cache), for sharded
+// training (train/sharding.h), which keeps a block's weights whole only while the block runs.
+class BlockHooks {
+ public:
+  virtual ~BlockHooks() = default;
+  virtual void before_block(int64_t block) = 0;  // the block is about to run (forward, or recomputed in backward)
+  virtual void after_block(int64_t block) = 0;   // it ran in a forward that records no graph
+  virtual void after_block_backward(int64_t block) = 0;  // its recomputation's backward is done
+  virtual void idle_forward() {}                         // this process has no rows for a forward that its peers run
+};
+
 class Model {
  public:
   explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
@@ -97,6 +108,11 @@ class Model {
   DType dtype() const;
 
   void set_grad_checkpoint(bool on) { grad_checkpoint_ = on; }
+  bool grad_checkpoint() const { return grad_checkpoint_; }
+  // Null (the default) or hooks called around every block (above); they need gradient checkpointing
+  // when the forward records a graph, since they free a block's weights after it.
+  void set_block_hooks(BlockHooks* hooks) { block_hooks_ = hooks; }
+  BlockHooks* block_hooks() const { return block_hooks_; }
 
   // LoRA / DoRA adapters by linear-layer prefix ("model.layers.3.self_attn.q_proj"); the family's
   // linear layers use them in forward (train/adapters.h attaches, saves and loads them).
@@ -114,8 +130,12 @@ class Model {
     bound_ = false;
     return masters_;
   }
+  const std::map<std::string, Tensor>& masters() const { return masters_; }
   // Casts each master into its weight (frozen, the weight's dtype) and drops the masters.
   void bake_masters();
+  // The weight `name` becomes cast(its master), recorded (what every forward does for all masters
+  // whose memory is not released; sharded training does it for a block's when it gathers them).
+  void use_master(const std::string& name);
 
  protected:
   virtual void on_weights_set() {}
@@ -133,6 +153,7 @@ class Model {
   ModelConfig cfg_;
   std::map<std::string, Tensor> weights_;
   bool grad_checkpoint_ = false;
+  BlockHooks* block_hooks_ = nullptr;
   std::map<std::string, nn::LoraAdapter> adapters_;
   std::map<std::string, Tensor> masters_;  // f32 leaves by weight name; empty unless full-FT of non-f32 weights
   bool bound_ = false;

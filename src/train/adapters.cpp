@@ -297,8 +297,13 @@ AdapterConfig load_adapter_config(const std::string& dir) {
 void save_adapter_weights(const std::string& path, Model& model) {
   std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, t] : trainable_parameters(model)) out.push_back({name, ops::to(t.detach(), Device::cpu)});
+  save_adapter_tensors(path, model.config(), std::move(out));
+}
+
+void save_adapter_tensors(const std::string& path, const ModelConfig& cfg,
+                          std::vector<std::pair<std::string, Tensor>> out) {
   LMT_CHECK(!out.empty(), "[adapters] the model has no trainable parameters to save to ", path);
-  out = to_file_layout(model.config(), std::move(out));
+  out = to_file_layout(cfg, std::move(out));
   std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   save_safetensors(path, out);

@@ -69,6 +69,10 @@ AdapterConfig load_adapter_config(const std::string& dir);
 // (n_expert, r, in), ".lora_b" (n_expert, out, r), ".weight" (n_expert, out, in); the loaders
 // below read that layout back into each expert's own tensors.
 void save_adapter_weights(const std::string& path, Model& model);
+// The same for tensors already taken out of the model: trainable_parameters' names, CPU tensors in
+// their shapes (sharded training gathers them one by one, train/sharding.h).
+void save_adapter_tensors(const std::string& path, const ModelConfig& cfg,
+                          std::vector<std::pair<std::string, Tensor>> tensors);
 // Reads adapter_config.json and adapters.safetensors from dir, attaches the adapters and copies
 // the stored values in; like mlx-lm's load_adapters, every stored name must be a trainable
 // parameter (lora_a / lora_b / m leaves for lora and dora) with the right shape. A Hugging Face

@@ -25,6 +25,7 @@
 #include "train/adapters.h"
 #include "train/data_parallel.h"
 #include "train/run_files.h"
+#include "train/sharding.h"
 
 namespace lmtune::train {
 
@@ -278,9 +279,13 @@ double evaluate(Model& model, const Dataset& ds, int64_t batch_size, int64_t num
   int64_t ntok = 0;
   for (const auto& g : fixed_subset(ds, batch_size, num_batches, seed)) {
     const std::vector<size_t> share = rank_share(g, comm);
-    if (share.empty()) continue;
-    Batch b = make_batch(ds, share, max_seq_length);
-    if (b.n_tokens == 0) continue;
+    Batch b;
+    if (!share.empty()) b = make_batch(ds, share, max_seq_length);
+    if (b.n_tokens == 0) {
+      // Sharded weights: the others' forward gathers them, with this rank's slices.
+      if (comm && model.block_hooks()) model.block_hooks()->idle_forward();
+      continue;
+    }
     double l = ops::item(model.loss(b.inputs, b.targets));
     total += l * double(b.n_tokens);
     ntok += b.n_tokens;
@@ -342,7 +347,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   LMT_CHECK(args.grad_accumulation_steps >= 1, "grad_accumulation_steps must be at least 1");
   LMT_CHECK(args.steps_per_report >= 1 && args.steps_per_eval >= 1 && args.save_every >= 1,
             "steps_per_report, steps_per_eval and save_every must be at least 1");
-  auto params = trainable_parameters(model);
+  const auto params = trainable_parameters(model);
   LMT_CHECK(!params.empty(), "[train] the model has no trainable parameters");
   dist::Comm* comm = args.comm && args.comm->world() > 1 ? args.comm : nullptr;
   const bool root = !comm || comm->rank() == 0;  // the one that writes files
@@ -381,6 +386,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   *st.dropout_seed = args.seed * 0x2545F4914F6CDD1Dull + 7;
   for (auto& [name, a] : model.adapters()) a.dropout_seed = st.dropout_seed;
   std::string metrics_text;
+  std::optional<OptimizerFile> resumed;
+  int64_t resumed_step = 0;
   if (!args.resume.empty()) {
     fs::path ck(args.resume);
     LMT_CHECK(
@@ -414,13 +421,9 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
                   : " (--iters)",
               ": nothing left to train; raise ", args.epochs > 0 ? "--epochs" : "--iters",
               " to continue training from it");
-    const int64_t optimizer_step = r.count("optimizer_step");
+    resumed_step = r.count("optimizer_step");
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
-    OptimizerFile of = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
-    opt.set_state(of.state, optimizer_step);
-    // Gradients accumulated before the save: the group's sum (below), so only rank 0 takes them back.
-    for (auto& [name, p] : params)
-      if (of.grads.count(name) && root) p.ag()->grad = of.grads[name];
+    resumed = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
     if (fs::exists(ck / "metrics.jsonl")) {
       std::ifstream f(ck / "metrics.jsonl");
       std::stringstream s;
@@ -429,6 +432,50 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     }
     std::fprintf(out, "Resuming from %s at iteration %lld\n", args.resume.c_str(), (long long)st.iteration);
   }
+  // Sharded: from here on the blocks' weights are whole only inside their blocks, and the optimizer
+  // updates this rank's slices (train_params); else train_params are the parameters themselves.
+  std::unique_ptr<ShardedWeights> sharded;
+  if (args.shard) sharded = std::make_unique<ShardedWeights>(model, params, comm, args.device_comm);
+  const auto& train_params = sharded ? sharded->parameters() : params;
+  auto is_sliced = [&](const std::string& name) { return sharded && sharded->is_sharded(name); };
+  if (resumed) {
+    // A checkpoint holds whole tensors, whatever the world size that wrote it: a sharded run takes
+    // its slices. Gradients accumulated before the save are the group's sum: each rank takes its
+    // slice of a sharded weight's, rank 0 alone the rest.
+    std::map<std::string, Tensor> state;
+    for (auto& [key, t] : resumed->state) {
+      const std::string name = key.substr(0, key.rfind('.'));
+      state[key] = is_sliced(name) ? sharded->slice_of(name, t) : t;
+    }
+    opt.set_state(state, resumed_step);
+    for (auto& [name, p] : train_params) {
+      auto g = resumed->grads.find(name);
+      if (g == resumed->grads.end()) continue;
+      if (is_sliced(name))
+        p.ag()->grad = sharded->slice_of(name, g->second);
+      else if (root)
+        p.ag()->grad = g->second;
+    }
+    resumed.reset();
+  }
+  // Writes the trained weights to each path (rank 0); sharded weights are gathered whole for it.
+  auto save_weights = [&](std::initializer_list<std::string> paths) {
+    if (sharded) {
+      std::vector<std::pair<std::string, Tensor>> host = sharded->host_copies(root);
+      if (root)
+        for (const std::string& p : paths) save_adapter_tensors(p, model.config(), host);
+    } else if (root) {
+      for (const std::string& p : paths) save_adapter_weights(p, model);
+    }
+  };
+  // The group's sums of the gradients not summed yet (data parallel: all; sharded: the whole weights').
+  auto sum_gradients = [&] {
+    if (sharded)
+      sharded->sum_whole_gradients();
+    else if (comm)
+      all_reduce_gradients(*comm, args.device_comm, params);
+  };
+
   std::optional<MetricsLog> metrics;
   if (root) metrics.emplace(metrics_path.string(), metrics_text);
 
@@ -436,10 +483,24 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     // Mid-accumulation, the checkpoint keeps the group's gradient sum so far: rank 0 holds it from
     // here on and the others start again from zero, so the next sum counts each share once.
     if (comm && it % args.grad_accumulation_steps != 0) {
-      all_reduce_gradients(*comm, args.device_comm, params);
+      sum_gradients();
       if (!root)
-        for (auto& [name, p] : params) ag::zero_grad(p);
+        for (auto& [name, p] : train_params)
+          if (!is_sliced(name)) ag::zero_grad(p);
     }
+    // Whole tensors in the file whatever the world size (a sharded run's slices gathered, on every
+    // rank: a collective), so that any number of processes can resume from it.
+    auto whole = [&](const std::string& name, const Tensor& t) {
+      return ops::to(is_sliced(name) ? sharded->gather(name, t) : t, Device::cpu, DType::f32);
+    };
+    std::vector<std::pair<std::string, Tensor>> os;
+    if (root || sharded) {
+      for (auto& [key, t] : opt.state()) os.push_back({kStatePrefix + key, whole(key.substr(0, key.rfind('.')), t)});
+      for (auto& [name, p] : train_params)
+        if (p.ag() && p.ag()->grad.defined()) os.push_back({kGradPrefix + name, whole(name, p.ag()->grad)});
+    }
+    std::vector<std::pair<std::string, Tensor>> weights;
+    if (sharded) weights = sharded->host_copies(root);
     if (!root) return;
     fs::path cks = dir / "checkpoints", tmp = cks / (".tmp-" + iter_name(it)), fin = cks / iter_name(it);
     fs::remove_all(tmp);
@@ -453,14 +514,12 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
         if (!done) fs::remove_all(p, ec);
       }
     } tmp_guard{tmp};
-    save_adapter_weights((tmp / "adapters.safetensors").string(), model);
+    if (sharded)
+      save_adapter_tensors((tmp / "adapters.safetensors").string(), model.config(), std::move(weights));
+    else
+      save_adapter_weights((tmp / "adapters.safetensors").string(), model);
     if (fs::exists(dir / "adapter_config.json"))
       copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
-    std::vector<std::pair<std::string, Tensor>> os;
-    for (auto& [name, t] : opt.state()) os.push_back({kStatePrefix + name, ops::to(t, Device::cpu)});
-    for (auto& [name, p] : params)
-      if (p.ag() && p.ag()->grad.defined())
-        os.push_back({kGradPrefix + name, ops::to(p.ag()->grad, Device::cpu, DType::f32)});
     // May be empty (SGD without momentum, between updates): a file with no tensors, no placeholder.
     save_safetensors((tmp / "optimizer.safetensors").string(), os);
     copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
@@ -482,7 +541,12 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   // A finite loss can still give an Inf gradient (an overflow): what an update made is checked
   // before it is saved.
   auto check_parameters = [&](int64_t it) {
-    std::string bad = first_non_finite(params);
+    std::string bad = first_non_finite(train_params);
+    if (sharded && comm) {  // each rank sees its slices only: all stop, or none
+      double any = bad.empty() ? 0 : 1;
+      comm->all_reduce_sum(&any, 1);
+      if (any > 0 && bad.empty()) bad = "(a slice on another rank)";
+    }
     if (!bad.empty()) stop_not_finite(it, str_cat("parameter '", bad, "' is NaN or Inf"), dir.string());
   };
 
@@ -508,7 +572,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
         st.best_val = vl;
         st.best_iter = it;
         st.evals_since_best = 0;
-        if (root) save_adapter_weights((dir / "best_adapters.safetensors").string(), model);
+        save_weights({(dir / "best_adapters.safetensors").string()});
       } else {
         ++st.evals_since_best;
       }
@@ -541,6 +605,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       const PackedRows rows{b.positions, b.segments};
       loss = model.loss(ops::to(b.inputs, Device::cpu), b.targets, args.pack ? &rows : nullptr);
       local_loss = double(ops::item(loss));
+    } else if (sharded) {
+      sharded->idle_forward();
     }
     // With a group: the batch's token-weighted mean and its tokens, the same on every rank.
     const auto [loss_value, n_tokens] = all_reduce_mean(comm, local_loss, b.n_tokens);
@@ -548,21 +614,25 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       stop_not_finite(it, str_cat("the training loss is ", loss_value), dir.string());
     // A share's mean loss weighted by its part of the batch's tokens: the group's summed gradients
     // are then those of the batch's mean.
-    if (b.n_tokens > 0) ag::backward(comm ? ag::scale(loss, float(double(b.n_tokens) / double(n_tokens))) : loss);
+    if (b.n_tokens > 0)
+      ag::backward(comm ? ag::scale(loss, float(double(b.n_tokens) / double(n_tokens))) : loss);
+    else if (sharded)
+      sharded->idle_backward();
     st.report_loss += loss_value;
     st.report_tokens += n_tokens;
     st.report_steps += 1;
     if (it % args.grad_accumulation_steps == 0) {
-      if (comm) all_reduce_gradients(*comm, args.device_comm, params);
+      sum_gradients();
       std::map<std::string, Tensor> grads;
       double sq = 0;
-      for (auto& [name, p] : params) {
+      for (auto& [name, p] : train_params) {
         const Tensor& gr = p.ag()->grad;
         if (!gr.defined()) continue;
         Tensor gg = args.grad_accumulation_steps > 1 ? ops::scale(gr, 1.f / float(args.grad_accumulation_steps)) : gr;
-        if (args.grad_clip > 0) sq += double(ops::item(ops::sum_all(ops::mul(gg, gg))));
+        if (args.grad_clip > 0 && !sharded) sq += double(ops::item(ops::sum_all(ops::mul(gg, gg))));
         grads[name] = gg;
       }
+      if (args.grad_clip > 0 && sharded) sq = sharded->gradient_square_sum(grads);
       if (args.grad_clip > 0) {
         double norm = std::sqrt(sq);
         if (norm > args.grad_clip) {
@@ -570,8 +640,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
           for (auto& [name, gg] : grads) gg = ops::scale(gg, c);
         }
       }
-      opt.update(params, grads);
-      for (auto& [name, p] : params) ag::zero_grad(p);
+      opt.update(train_params, grads);
+      for (auto& [name, p] : train_params) ag::zero_grad(p);
     }
     train_time += seconds_since(tic);
     if (it % args.steps_per_report == 0 || it == iters) {
@@ -607,10 +677,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     if (it % args.save_every == 0) {
       check_parameters(it);
       std::string ck = (dir / (iter_name(it) + "_adapters.safetensors")).string();
-      if (root) {
-        save_adapter_weights(adapter_file, model);
-        save_adapter_weights(ck, model);
-      }
+      save_weights({adapter_file, ck});
       // The last iteration's checkpoint is written after the run's final files (below).
       if (it < iters) save_checkpoint(it);
       bar.clear();
@@ -625,13 +692,12 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   res.best_val_loss = st.best_val;
   res.best_iteration = st.best_iter;
   check_parameters(st.iteration);
-  if (root) {
-    save_adapter_weights(adapter_file, model);
-    write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
-  }
+  save_weights({adapter_file});
+  if (root) write_loss_svg(metrics_path.string(), (dir / "loss.svg").string());
   // The final checkpoint is the run's last write: a run killed before it is resumed from the one
   // before and redoes the final files; one killed after it has nothing left to write.
   if (st.iteration > 0 && (st.iteration % args.save_every != 0 || st.iteration == iters)) save_checkpoint(st.iteration);
+  if (sharded) sharded->finish();  // the weights whole again (for --test, or a caller's forward)
   std::fprintf(out, "Saved final weights to %s.\n", adapter_file.c_str());
   if (st.best_val >= 0)
     std::fprintf(out, "Best val loss %.3f at iter %lld: %s\n", st.best_val, (long long)st.best_iter,

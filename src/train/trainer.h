@@ -39,6 +39,9 @@ struct TrainingArgs {
   // gives the other ranks an `out` that discards). Null: one process, as before.
   dist::Comm* comm = nullptr;
   DeviceCollective* device_comm = nullptr;  // with comm: the gradients' sums on the devices (NCCL)
+  // Full fine-tuning with the blocks' weights, their gradients and optimizer state sharded across the
+  // group (train/sharding.h; gradient checkpointing on). The optimizer must update element by element.
+  bool shard = false;
 };
 
 struct TrainResult {

@@ -13,6 +13,12 @@ and printing. Cases:
   world1    WORLD_SIZE=1 (and RANK 0): byte for byte the files of a run without the variables
   refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE: clear errors
   rank_dies rank 1 killed mid-run: rank 0 stops within seconds naming rank 1, nothing torn
+  shard     --shard (full fine-tuning, ZeRO-3 style): 2 sharded ranks write the very bytes of 2 data-parallel
+            ranks with --grad-checkpoint (the same sums), packed batches with a rank left idle and trained
+            embeddings included, at a lower peak memory; WORLD_SIZE 1 sharded equals 1 process; refusals
+  shard_resume --shard with --grad-accumulation-steps 2: close to data parallel (the micro-batches are summed
+            in another order); its checkpoint mid-accumulation resumed by 1 process, sharded or not (the same
+            bytes), and a data-parallel checkpoint resumed by 2 sharded ranks
 
 Tolerances. This tiny random model is chaotic under training: one process on 2 threads instead of 1
 (the same sums in another order) moves the adapters by up to 2.5e-4 of their largest value after 10
@@ -246,6 +252,69 @@ def main():
               f"rank 0 after rank 1's death: exit {procs[0].returncode}\n{err[-2000:]}")
         check(time.time() - t0 < 30, f"rank 0 took {time.time() - t0:.0f} s to stop")
         check("Starting training" in out, f"rank 0 never trained:\n{out}")
+    elif a.case == "shard":
+        full = ["--fine-tune-type", "full", "--learning-rate", "1e-4", "--iters", "6", "--steps-per-eval", "3",
+                "--save-every", "4"]
+        files = ["adapters.safetensors", "0000004_adapters.safetensors", "best_adapters.safetensors",
+                 "checkpoints/0000004/optimizer.safetensors", "checkpoints/0000006/optimizer.safetensors"]
+
+        def same_bytes(x, y):
+            for name in files:
+                u, v = (open(os.path.join(a.work, d, name), "rb").read() for d in (x, y))
+                check(u == v, f"{x} / {y}: {name} differs")
+
+        def first_peak(out):
+            return [json.loads(x) for x in open(os.path.join(a.work, out, "metrics.jsonl"))
+                    if "train_loss" in x][0]["peak_memory"]
+
+        group_ok(group("dp", 2, *full, "--grad-checkpoint"), "dp")
+        res = group("sharded", 2, *full, "--shard")
+        group_ok(res, "sharded")
+        check("Sharded: each of 2 processes" in res[0][1], f"sharded: rank 0 did not say so:\n{res[0][1]}")
+        same_bytes("dp", "sharded")
+        # Rank 0's peak before the first save (which holds the whole weights on the host to write them).
+        check(first_peak("sharded") < 0.75 * first_peak("dp"),
+              f"peak memory: sharded {first_peak('sharded')} GB, data parallel {first_peak('dp')} GB")
+        one("one", *full, "--grad-checkpoint")
+        one("one-sharded", *full, "--shard")
+        same_bytes("one", "one-sharded")
+        # Packed rows: 9 rows in batches of 4, 4 and 1, so rank 1 sits out every third step; with
+        # embeddings trained (whole on every rank, summed as data parallel sums them).
+        packed = [*full, "--pack", "--max-seq-length", "2048", "--train-embeddings"]
+        group_ok(group("dp-packed", 2, *packed, "--grad-checkpoint"), "dp-packed")
+        group_ok(group("sharded-packed", 2, *packed, "--shard"), "sharded-packed")
+        same_bytes("dp-packed", "sharded-packed")
+        # 3 ranks: slices of 65,536 and 256 elements padded at the end.
+        three = [*full, "--batch-size", "3"]
+        group_ok3 = lambda res, out: [check(rc == 0, f"{out}: rank {r} exit {rc}\n{e}")  # noqa: E731
+                                      for r, (rc, o, e) in enumerate(res)]
+        group_ok3(group("dp-3", 3, *three, "--grad-checkpoint"), "dp-3")
+        group_ok3(group("sharded-3", 3, *three, "--shard"), "sharded-3")
+        same_bytes("dp-3", "sharded-3")
+
+        def refused(args, needle):
+            p = subprocess.run([a.lmtune, *base, "--iters", "1", *args, "--adapter-path", os.path.join(a.work, "x")],
+                               capture_output=True, text=True, timeout=60, env=env0)
+            check(p.returncode != 0 and needle in p.stderr, f"{args}: exit {p.returncode}, want {needle!r}\n{p.stderr}")
+        refused(["--shard"], "--shard splits the weights that full fine-tuning trains")
+        refused(["--shard", "--fine-tune-type", "full", "--optimizer", "adafactor"], "adafactor works on whole")
+    elif a.case == "shard_resume":
+        args = ["--fine-tune-type", "full", "--learning-rate", "1e-4", "--iters", "8", "--steps-per-eval", "4",
+                "--save-every", "3", "--grad-accumulation-steps", "2"]
+        group_ok(group("dp", 2, *args, "--grad-checkpoint"), "dp")
+        group_ok(group("sharded", 2, *args, "--shard"), "sharded")
+        same_losses("dp", "sharded")
+        ck = os.path.join(a.work, "sharded", "checkpoints", "0000003")  # between two micro-batches
+        check(os.path.isdir(ck), f"no checkpoint {ck}")
+        one("resumed-sharded", *args, "--shard", "--resume", ck)
+        one("resumed", *args, "--grad-checkpoint", "--resume", ck)
+        for name in ["adapters.safetensors", "checkpoints/0000008/optimizer.safetensors"]:
+            u, v = (open(os.path.join(a.work, d, name), "rb").read() for d in ("resumed", "resumed-sharded"))
+            check(u == v, f"resumed / resumed-sharded: {name} differs")
+        same_losses("sharded", "resumed-sharded")
+        group_ok(group("sharded-from-dp", 2, *args, "--shard", "--resume",
+                       os.path.join(a.work, "dp", "checkpoints", "0000003")), "sharded-from-dp")
+        same_losses("dp", "sharded-from-dp")
     else:
         sys.exit(f"unknown case {a.case}")
     sys.exit(1 if FAILS else 0)

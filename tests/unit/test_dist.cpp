@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "dist/comm.h"
 #include "train/data_parallel.h"
+#include "train/sharding.h"
 
 using lmtune::dist::Comm;
 using lmtune::dist::DistEnv;
@@ -211,4 +212,19 @@ TEST(Dist, RankShareTakesEveryWorldthRow) {
   EXPECT_EQ(shares[1], (std::vector<int>{11, 14}));
   EXPECT_EQ(shares[2], (std::vector<int>{12, 15}));
   EXPECT_EQ(lmtune::train::rank_share(batch, nullptr), batch);  // one process: the whole batch
+}
+
+// Which block a trained weight belongs to decides whether sharded training slices it (train/sharding.h).
+TEST(Dist, BlockOfWeight) {
+  using lmtune::train::block_of_weight;
+  EXPECT_EQ(block_of_weight("model.layers.12.mlp.up_proj.weight"), 12);
+  EXPECT_EQ(block_of_weight("model.layers.0.input_layernorm.weight"), 0);
+  EXPECT_EQ(block_of_weight("layers.3.attention.wq.weight"), 3);
+  EXPECT_EQ(block_of_weight("language_model.model.layers.7.self_attn.q_norm.weight"), 7);
+  EXPECT_EQ(block_of_weight("model.layers.2.block_sparse_moe.experts.5.w1.weight"), 2);
+  EXPECT_EQ(block_of_weight("model.embed_tokens.weight"), -1);
+  EXPECT_EQ(block_of_weight("model.norm.weight"), -1);
+  EXPECT_EQ(block_of_weight("lm_head.weight"), -1);
+  EXPECT_EQ(block_of_weight("model.sublayers.4.weight"), -1);  // not "layers." after a dot
+  EXPECT_EQ(block_of_weight("model.layers.x.weight"), -1);
 }

@@ -130,6 +130,17 @@ int lora(const LoraOptions& o, const json& recorded) {
     // default set, which the adapter's loaders would take from a config without keys, includes it).
     if (ac.fine_tune_type != "full" && ac.lora.keys.empty() && model.config().n_expert > 0)
       ac.lora.keys = train::training_lora_keys(model, ac.fine_tune_type);
+    if (o.shard) {
+      LMT_CHECK(ac.fine_tune_type == "full",
+                "--shard splits the weights that full fine-tuning trains (--fine-tune-type "
+                "full); ",
+                ac.fine_tune_type, " adapters are small enough to stay whole on every process");
+      LMT_CHECK(o.optimizer == "adam" || o.optimizer == "adamw" || o.optimizer == "sgd",
+                "--shard: each process "
+                "updates a slice of every flattened weight, which needs an optimizer that works element by element "
+                "(adam, adamw, sgd); ",
+                o.optimizer, " works on whole matrices");
+    }
     train::attach_adapters(model, ac, uint64_t(o.seed));
     if (o.resume_adapter_file) {
       std::printf("Loading fine-tuned weights from %s\n", o.resume_adapter_file->c_str());
@@ -168,7 +179,8 @@ int lora(const LoraOptions& o, const json& recorded) {
     ta.save_every = o.save_every;
     ta.max_seq_length = max_seq;
     ta.grad_accumulation_steps = o.grad_accumulation_steps;
-    ta.grad_checkpoint = o.grad_checkpoint;
+    ta.grad_checkpoint = o.grad_checkpoint || o.shard;
+    ta.shard = o.shard;
     ta.pack = o.pack;
     ta.grad_clip = o.grad_clip;
     ta.early_stop = o.early_stop;
@@ -189,6 +201,11 @@ int lora(const LoraOptions& o, const json& recorded) {
         std::printf("Data parallel: gradients summed through host memory over TCP (NCCL: %s)\n", why.c_str());
       ta.device_comm = device_comm.get();
     }
+    if (o.shard)
+      std::printf(
+          "Sharded: each of %d processes holds 1/%d of the blocks' weights, gradients and optimizer state "
+          "(gradient checkpointing on)\n",
+          comm ? comm->world() : 1, comm ? comm->world() : 1);
     train::train(model, *opt, lr, data.train, data.valid, ta, stdout);
   }
   if (do_test) {

@@ -129,6 +129,10 @@ void declare_lora_options(Options& t, LoraOptions& o) {
   t.add("--pack", &o.pack, "",
         "train on rows packed with whole examples up to --max-seq-length (attention and positions stay within "
         "each example; the loss is unchanged) instead of padded batches of --batch-size examples");
+  t.add("--shard", &o.shard, "",
+        "with --fine-tune-type full: split the blocks' weights, their gradients and optimizer state across the "
+        "data-parallel processes (ZeRO-3 / FSDP style; each block gathered while it runs), so a model too big for "
+        "one device trains on several; turns --grad-checkpoint on");
   t.add("--gpus", &o.gpus, "N",
         "data parallel on this node: start N processes, one per GPU (with --device cpu, N CPU processes), "
         "as `torchrun --nproc-per-node N` would; 0 or 1 = this process alone")

@@ -54,6 +54,7 @@ struct LoraOptions {
   std::optional<std::string> resume;
   int64_t early_stop = 0;
   bool train_embeddings = false;
+  bool shard = false;  // full fine-tuning sharded across the data-parallel ranks (train/sharding.h)
   bool pack = false;
   std::optional<int64_t> preview;
   int64_t gpus = 0;  // > 1: start that many ranks of this command on this node (lora_launch.cpp)
