@@ -98,6 +98,7 @@ void backward(const Tensor& root, const Tensor& seed) {
     pending.erase(p);
     if (!m->grad_fn) {
       accumulate(m->grad, g);
+      if (m->on_grad) m->on_grad();
       continue;
     }
     Node& node = *m->grad_fn;

@@ -15,6 +15,9 @@ struct AutogradMeta {
   bool requires_grad = false;
   Tensor grad;                    // accumulated gradient of a leaf
   std::shared_ptr<Node> grad_fn;  // null for a leaf
+  // A leaf's: called each time a backward has added its last part to grad (data parallel's sums
+  // start then, overlapping the rest of backward: train/grad_buckets.h).
+  std::function<void()> on_grad;
 };
 
 // A recorded op: given the gradient of its output, returns one gradient per input (an

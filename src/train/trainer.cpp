@@ -24,6 +24,7 @@
 #include "ops/ops.h"
 #include "train/adapters.h"
 #include "train/data_parallel.h"
+#include "train/grad_buckets.h"
 #include "train/run_files.h"
 #include "train/sharding.h"
 
@@ -468,6 +469,10 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       for (const std::string& p : paths) save_adapter_weights(p, model);
     }
   };
+  // Data parallel through host memory: each step's sums start during backward (train/grad_buckets.h).
+  std::unique_ptr<GradientBuckets> buckets;
+  if (comm && !sharded && !args.device_comm && GradientBuckets::enabled())
+    buckets = std::make_unique<GradientBuckets>(*comm, params);
   // The group's sums of the gradients not summed yet (data parallel: all; sharded: the whole weights').
   auto sum_gradients = [&] {
     if (sharded)
@@ -614,6 +619,8 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       stop_not_finite(it, str_cat("the training loss is ", loss_value), dir.string());
     // A share's mean loss weighted by its part of the batch's tokens: the group's summed gradients
     // are then those of the batch's mean.
+    const bool updates = it % args.grad_accumulation_steps == 0;
+    if (buckets && updates) buckets->arm();
     if (b.n_tokens > 0)
       ag::backward(comm ? ag::scale(loss, float(double(b.n_tokens) / double(n_tokens))) : loss);
     else if (sharded)
@@ -621,8 +628,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     st.report_loss += loss_value;
     st.report_tokens += n_tokens;
     st.report_steps += 1;
-    if (it % args.grad_accumulation_steps == 0) {
-      sum_gradients();
+    if (updates) {
+      if (buckets)
+        buckets->finish();
+      else
+        sum_gradients();
       std::map<std::string, Tensor> grads;
       double sq = 0;
       for (auto& [name, p] : train_params) {

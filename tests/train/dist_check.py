@@ -13,6 +13,8 @@ and printing. Cases:
   world1    WORLD_SIZE=1 (and RANK 0): byte for byte the files of a run without the variables
   refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE: clear errors
   rank_dies rank 1 killed mid-run: rank 0 stops within seconds naming rank 1, nothing torn
+  overlap   the sums overlapped with backward in buckets of 10 kB (many buckets) and not overlapped
+            (LMTUNE_DIST_OVERLAP=0): the same bytes, with gradient accumulation and checkpointing
   shard     --shard (full fine-tuning, ZeRO-3 style): 2 sharded ranks write the very bytes of 2 data-parallel
             ranks with --grad-checkpoint (the same sums), packed batches with a rank left idle and trained
             embeddings included, at a lower peak memory; WORLD_SIZE 1 sharded equals 1 process; refusals
@@ -252,6 +254,16 @@ def main():
               f"rank 0 after rank 1's death: exit {procs[0].returncode}\n{err[-2000:]}")
         check(time.time() - t0 < 30, f"rank 0 took {time.time() - t0:.0f} s to stop")
         check("Starting training" in out, f"rank 0 never trained:\n{out}")
+    elif a.case == "overlap":
+        args = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "4", "--grad-accumulation-steps", "2"]
+        for ck in ([], ["--grad-checkpoint"]):
+            tag = "-ck" if ck else ""
+            group_ok(group("off" + tag, 2, *args, *ck, extra={"LMTUNE_DIST_OVERLAP": "0"}), "off" + tag)
+            group_ok(group("on" + tag, 2, *args, *ck, extra={"LMTUNE_DIST_BUCKET_MB": "0.01"}), "on" + tag)
+            for name in ["adapters.safetensors", "checkpoints/0000004/optimizer.safetensors",
+                         "checkpoints/0000006/optimizer.safetensors"]:
+                u, v = (open(os.path.join(a.work, d + tag, name), "rb").read() for d in ("off", "on"))
+                check(u == v, f"overlap{tag}: {name} differs from the sums after backward")
     elif a.case == "shard":
         full = ["--fine-tune-type", "full", "--learning-rate", "1e-4", "--iters", "6", "--steps-per-eval", "3",
                 "--save-every", "4"]

@@ -14,9 +14,13 @@
 #include <thread>
 #include <vector>
 
+#include "autograd/checkpoint.h"
+#include "autograd/functions.h"
+#include "autograd/tape.h"
 #include "core/error.h"
 #include "dist/comm.h"
 #include "train/data_parallel.h"
+#include "train/grad_buckets.h"
 #include "train/sharding.h"
 
 using lmtune::dist::Comm;
@@ -227,4 +231,58 @@ TEST(Dist, BlockOfWeight) {
   EXPECT_EQ(block_of_weight("lm_head.weight"), -1);
   EXPECT_EQ(block_of_weight("model.sublayers.4.weight"), -1);  // not "layers." after a dot
   EXPECT_EQ(block_of_weight("model.layers.x.weight"), -1);
+}
+
+// Data parallel's sums overlapped with backward (train/grad_buckets.h), 3 threads as ranks: with one
+// bucket per weight, every bucket starts during backward, and the gradients end as the rank-order sums
+// of the ranks' gradients. A weight used in two checkpointed blocks gets its gradient in two backward
+// passes: its bucket starts after the first, so the sums are made again, and still come out right.
+TEST(Dist, GradientBucketsOverlapBackward) {
+  namespace ag = lmtune::ag;
+  using lmtune::Tensor;
+  ::setenv("LMTUNE_DIST_BUCKET_MB", "0.00001", 1);  // 2 floats: one bucket per weight
+  const int world = 3, port = free_port();
+  std::vector<DistEnv> envs;
+  for (int r = 0; r < world; ++r) envs.push_back(env_of(r, world, port));
+  // Rank r's input x_r = (r + 1) * [1, 2]: its loss sum((w1 * x_r) * w2) + sum(w3 * x_r).
+  auto x_of = [](int r) { return Tensor::from_f32({float(r + 1), float(2 * (r + 1))}, {2}); };
+  for (bool shared : {false, true}) {
+    std::vector<std::vector<std::vector<float>>> got(world);
+    std::vector<size_t> early(world), buckets(world);
+    std::vector<int> resummed(world);
+    auto errors = run_ranks(envs, [&](int r, Comm& comm) {
+      Tensor w1 = ag::param(Tensor::from_f32({1.f, 2.f}, {2})), w2 = ag::param(Tensor::from_f32({3.f, 4.f}, {2}));
+      Tensor w3 = ag::param(Tensor::from_f32({5.f, 6.f}, {2}));
+      lmtune::train::GradientBuckets gb(comm, {{"a", w1}, {"b", w2}, {"c", w3}});
+      const Tensor x = x_of(r);
+      gb.arm();
+      Tensor loss;
+      if (shared) {  // w2 in two checkpointed blocks
+        auto blk = [&](const std::vector<Tensor>& in) { return ag::mul(in[0], w2); };
+        Tensor h = ag::checkpoint(blk, {ag::checkpoint(blk, {ag::mul(w1, x)})});
+        loss = ag::add(ag::sum(h), ag::sum(ag::mul(w3, x)));
+      } else {
+        loss = ag::add(ag::sum(ag::mul(ag::mul(w1, x), w2)), ag::sum(ag::mul(w3, x)));
+      }
+      ag::backward(loss);
+      gb.finish();
+      early[r] = gb.started_in_backward(), buckets[r] = gb.bucket_count(), resummed[r] = gb.resummed();
+      for (const Tensor& w : {w1, w2, w3}) got[r].push_back(ag::grad(w).to_f32_vector());
+    });
+    for (int r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+    // x_r = k [1, 2] with k = r + 1, summed over the ranks: 6 [1, 2]; each gradient is linear in x.
+    const float s = 6.f;
+    std::vector<std::vector<float>> want =
+        shared ? std::vector<std::vector<float>>{{s * 1 * 9, s * 2 * 16},
+                                                 {s * 2 * 1 * 3, s * 2 * 2 * 2 * 4},
+                                                 {s * 1, s * 2}}
+               : std::vector<std::vector<float>>{{s * 1 * 3, s * 2 * 4}, {s * 1 * 1, s * 2 * 2}, {s * 1, s * 2}};
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(got[r], want) << "rank " << r << (shared ? " (shared weight)" : "");
+      EXPECT_EQ(buckets[r], 3u);
+      EXPECT_EQ(resummed[r], shared ? 1 : 0) << "rank " << r;
+      if (!shared) EXPECT_EQ(early[r], 3u) << "rank " << r << ": buckets started during backward";
+    }
+  }
+  ::unsetenv("LMTUNE_DIST_BUCKET_MB");
 }
