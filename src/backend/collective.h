@@ -21,6 +21,12 @@ class DeviceCollective {
   virtual void all_reduce_sum_f32(void* ptr, size_t n) = 0;
   virtual void group_begin() = 0;
   virtual void group_end() = 0;
+  // The same sum without holding the device's stream: it runs on the collective's own stream once
+  // the work queued so far on the device's stream is done, so the device computes meanwhile (data
+  // parallel's buckets, overlapped with backward). ptr must stay allocated until wait_started().
+  virtual void start_all_reduce_sum_f32(void* ptr, size_t n) = 0;
+  // The device's stream waits (on the device, the host goes on) for every sum started so far.
+  virtual void wait_started() = 0;
 };
 
 // "" when dev has a device collective here, else why not (no CUDA, no libnccl.so.2, ...).

@@ -29,11 +29,14 @@ size_t bucket_floats() {
 
 bool GradientBuckets::enabled() {
   const char* v = std::getenv("LMTUNE_DIST_OVERLAP");
-  return !(v && std::string(v) == "0");
+  if (!v || !*v) return true;
+  LMT_CHECK(std::string(v) == "0" || std::string(v) == "1", "[dist] LMTUNE_DIST_OVERLAP=", v, " is not 0 or 1");
+  return v[0] == '1';
 }
 
-GradientBuckets::GradientBuckets(dist::Comm& comm, std::vector<std::pair<std::string, Tensor>> params)
-    : comm_(comm), params_(std::move(params)) {
+GradientBuckets::GradientBuckets(dist::Comm& comm, DeviceCollective* device,
+                                 std::vector<std::pair<std::string, Tensor>> params)
+    : comm_(comm), device_(device), params_(std::move(params)) {
   // Backward finishes the last block first: buckets from the last block down, the weights outside
   // the blocks (the embeddings finish last) at the end; by name within a block.
   std::vector<size_t> order(params_.size());
@@ -58,7 +61,7 @@ GradientBuckets::GradientBuckets(dist::Comm& comm, std::vector<std::pair<std::st
   }
   for (Bucket& b : buckets_) b.waiting = b.params.size();
   for (size_t i = 0; i < params_.size(); ++i) params_[i].second.ag()->on_grad = [this, i] { on_grad(i); };
-  thread_ = std::thread([this] { worker(); });
+  if (!device_) thread_ = std::thread([this] { worker(); });
 }
 
 GradientBuckets::~GradientBuckets() {
@@ -68,7 +71,7 @@ GradientBuckets::~GradientBuckets() {
     stop_ = true;
   }
   cv_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 void GradientBuckets::arm() { armed_ = true; }
@@ -90,6 +93,19 @@ void GradientBuckets::start_ready() {
 
 void GradientBuckets::fill_and_start(size_t bi) {
   Bucket& b = buckets_[bi];
+  if (device_) {  // copies queued on the device's stream; the sum waits for them on its own
+    const Device dev = params_[b.params[0]].second.device();
+    b.dev = ops::zeros({int64_t(b.floats)}, DType::f32, dev);
+    for (size_t i : b.params) {
+      const Tensor& g = params_[i].second.ag()->grad;
+      if (!g.defined()) continue;
+      const int64_t n = g.numel();
+      Tensor dst = b.dev.slice_rows(int64_t(offset_[i]), int64_t(offset_[i]) + n);
+      ops::copy_into(dst, ops::cast(g, DType::f32).reshape({n}));
+    }
+    device_->start_all_reduce_sum_f32(b.dev.raw(), b.floats);
+    return;
+  }
   b.buf.assign(b.floats, 0.f);
   for (size_t i : b.params) {
     const Tensor& g = params_[i].second.ag()->grad;
@@ -133,33 +149,41 @@ void GradientBuckets::worker() {
   }
 }
 
+void GradientBuckets::wait_all(size_t count) {
+  if (device_) {
+    device_->wait_started();
+    return;
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return done_ == count; });
+  if (error_) std::rethrow_exception(error_);
+}
+
 void GradientBuckets::finish() {
   started_in_backward_ = next_;
   while (next_ < buckets_.size()) fill_and_start(next_++);
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_ == buckets_.size(); });
-    if (error_) std::rethrow_exception(error_);
-  }
+  wait_all(buckets_.size());
   // Every rank says whether a gradient grew after its bucket was sent; if one did, all sum again.
   double late = late_ ? 1 : 0;
   comm_.all_reduce_sum(&late, 1);
   resummed_ = late > 0;
   if (late > 0) {
     for (size_t bi = 0; bi < buckets_.size(); ++bi) fill_and_start(bi);  // from the final gradients
-
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_ == 2 * buckets_.size(); });
-    if (error_) std::rethrow_exception(error_);
+    wait_all(2 * buckets_.size());
   }
   for (size_t i = 0; i < params_.size(); ++i) {
     const Bucket& b = buckets_[bucket_of_[i]];
     const Tensor& p = params_[i].second;
+    const int64_t n = p.numel(), at = int64_t(offset_[i]);
+    if (device_) {  // a view of the bucket (gradients are never written in place)
+      p.ag()->grad = b.dev.slice_rows(at, at + n).reshape(p.shape());
+      continue;
+    }
     Tensor g = Tensor::empty(p.shape(), DType::f32);
-    std::memcpy(g.data<float>(), b.buf.data() + offset_[i], g.nbytes());
+    std::memcpy(g.data<float>(), b.buf.data() + at, g.nbytes());
     p.ag()->grad = ops::to(g, p.device());
   }
-  for (Bucket& b : buckets_) b.waiting = b.params.size(), b.buf.clear(), b.buf.shrink_to_fit();
+  for (Bucket& b : buckets_) b.waiting = b.params.size(), b.buf.clear(), b.buf.shrink_to_fit(), b.dev = Tensor();
   std::fill(seen_.begin(), seen_.end(), false);
   next_ = 0;
   {

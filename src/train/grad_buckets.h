@@ -5,9 +5,10 @@
 // below. The sums are the same element-wise sums in rank order as all_reduce_gradients' one buffer,
 // so the result is bit for bit the same, only sooner.
 //
-// Host buffers through dist::Comm (the CPU, or CUDA without NCCL, where each bucket is copied to the
-// host as it completes); NCCL's sums stay one group after backward (train/data_parallel.h).
-// LMTUNE_DIST_OVERLAP=0 turns it off.
+// With a device collective (NCCL) a bucket is a device buffer summed on the collective's own stream
+// while the device's stream goes on with backward; else host buffers through dist::Comm (the CPU, or
+// CUDA without NCCL, where each bucket is copied to the host as it completes) summed by a worker
+// thread. LMTUNE_DIST_OVERLAP=0 turns it off (the sums are then made after backward).
 #pragma once
 #include <condition_variable>
 #include <cstddef>
@@ -19,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/collective.h"
 #include "core/tensor.h"
 #include "dist/comm.h"
 
@@ -26,8 +28,8 @@ namespace lmtune::train {
 
 class GradientBuckets {
  public:
-  // Hooks every parameter's gradient (autograd's on_grad); starts the worker thread.
-  GradientBuckets(dist::Comm& comm, std::vector<std::pair<std::string, Tensor>> params);
+  // Hooks every parameter's gradient (autograd's on_grad); starts the worker thread (host path).
+  GradientBuckets(dist::Comm& comm, DeviceCollective* device, std::vector<std::pair<std::string, Tensor>> params);
   ~GradientBuckets();  // unhooks, stops the worker
   GradientBuckets(const GradientBuckets&) = delete;
   GradientBuckets& operator=(const GradientBuckets&) = delete;
@@ -52,14 +54,17 @@ class GradientBuckets {
     std::vector<size_t> params;  // indices into params_
     size_t floats = 0;
     size_t waiting = 0;      // gradients not final yet in this step
-    std::vector<float> buf;  // the gradients, then their sums
+    std::vector<float> buf;  // the gradients, then their sums (host path)
+    Tensor dev;              // the same on the device (device path)
   };
   void on_grad(size_t param);
   void fill_and_start(size_t bucket);
   void start_ready();  // buckets start in order: the ranks' collectives must line up
   void worker();
+  void wait_all(size_t count);  // until count buckets are summed
 
   dist::Comm& comm_;
+  DeviceCollective* device_;
   std::vector<std::pair<std::string, Tensor>> params_;
   std::vector<size_t> bucket_of_, offset_;  // per parameter
   std::vector<bool> seen_;                  // per parameter, in this step

@@ -469,10 +469,10 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       for (const std::string& p : paths) save_adapter_weights(p, model);
     }
   };
-  // Data parallel through host memory: each step's sums start during backward (train/grad_buckets.h).
+  // Data parallel: each step's sums start during backward (train/grad_buckets.h).
   std::unique_ptr<GradientBuckets> buckets;
-  if (comm && !sharded && !args.device_comm && GradientBuckets::enabled())
-    buckets = std::make_unique<GradientBuckets>(*comm, params);
+  if (comm && !sharded && GradientBuckets::enabled())
+    buckets = std::make_unique<GradientBuckets>(*comm, args.device_comm, params);
   // The group's sums of the gradients not summed yet (data parallel: all; sharded: the whole weights').
   auto sum_gradients = [&] {
     if (sharded)

@@ -253,7 +253,7 @@ TEST(Dist, GradientBucketsOverlapBackward) {
     auto errors = run_ranks(envs, [&](int r, Comm& comm) {
       Tensor w1 = ag::param(Tensor::from_f32({1.f, 2.f}, {2})), w2 = ag::param(Tensor::from_f32({3.f, 4.f}, {2}));
       Tensor w3 = ag::param(Tensor::from_f32({5.f, 6.f}, {2}));
-      lmtune::train::GradientBuckets gb(comm, {{"a", w1}, {"b", w2}, {"c", w3}});
+      lmtune::train::GradientBuckets gb(comm, nullptr, {{"a", w1}, {"b", w2}, {"c", w3}});
       const Tensor x = x_of(r);
       gb.arm();
       Tensor loss;

@@ -80,9 +80,24 @@ class NcclCollective final : public DeviceCollective {
     std::memcpy(u.internal, id.data(), sizeof u.internal);
     (void)cuda_impl();  // the device is chosen and its stream made before NCCL binds to it
     nccl().check(nccl().comm_init_rank(&comm_, world, u, rank), "ncclCommInitRank");
+    LMT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    LMT_CUDA_CHECK(cudaEventCreateWithFlags(&queued_, cudaEventDisableTiming));
+    LMT_CUDA_CHECK(cudaEventCreateWithFlags(&summed_, cudaEventDisableTiming));
   }
   ~NcclCollective() override {
+    if (summed_) cudaEventDestroy(summed_);
+    if (queued_) cudaEventDestroy(queued_);
+    if (side_) cudaStreamDestroy(side_);
     if (comm_) nccl().comm_destroy(comm_);
+  }
+  void start_all_reduce_sum_f32(void* ptr, size_t n) override {
+    LMT_CUDA_CHECK(cudaEventRecord(queued_, cuda_impl().stream()));
+    LMT_CUDA_CHECK(cudaStreamWaitEvent(side_, queued_, 0));
+    nccl().check(nccl().all_reduce(ptr, ptr, n, kNcclFloat32, kNcclSum, comm_, side_), "ncclAllReduce");
+  }
+  void wait_started() override {
+    LMT_CUDA_CHECK(cudaEventRecord(summed_, side_));
+    LMT_CUDA_CHECK(cudaStreamWaitEvent(cuda_impl().stream(), summed_, 0));
   }
   void all_reduce_sum_f32(void* ptr, size_t n) override {
     nccl().check(nccl().all_reduce(ptr, ptr, n, kNcclFloat32, kNcclSum, comm_, cuda_impl().stream()), "ncclAllReduce");
@@ -92,6 +107,8 @@ class NcclCollective final : public DeviceCollective {
 
  private:
   NcclComm comm_ = nullptr;
+  cudaStream_t side_ = nullptr;  // the started sums' stream
+  cudaEvent_t queued_ = nullptr, summed_ = nullptr;
 };
 
 }  // namespace
