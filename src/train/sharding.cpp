@@ -29,7 +29,6 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
   const auto& masters = std::as_const(model_).masters();
   for (auto& [name, p] : params) {
     const int64_t block = block_of_weight(name);
-    whole_.push_back({name, p});
     if (block < 0 || block >= model_.config().n_layer) {
       replicated_.push_back({name, p});
       params_.push_back({name, p});
@@ -38,8 +37,12 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
     LMT_CHECK(p.dtype() == DType::f32, "[shard] ", name, " is ", p.describe(), "; trained weights are f32");
     Entry e;
     e.name = name;
-    e.whole = p;
     e.master = masters.count(name) > 0;
+    // A storage of its own, which release() can free: a weight read from the checkpoint may share
+    // one mapping with every other. The model's entry is replaced; the leaf (its autograd meta) stays.
+    e.whole = ops::clone(p.detach());
+    e.whole.set_ag(p.ag());
+    (e.master ? model_.masters() : model_.weights()).at(name) = e.whole;
     e.numel = p.numel();
     e.c = (e.numel + world_ - 1) / world_;
     // This rank's slice, zero-padded past the end.

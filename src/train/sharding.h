@@ -28,7 +28,8 @@ class ShardedWeights final : public BlockHooks {
  public:
   // Takes over params (trainable_parameters(model), after attach_adapters for full fine-tuning): the
   // blocks' weights are cut into slices and freed; the model's block hooks are set to this and its
-  // gradient checkpointing turned on. comm null: one process, each slice a whole weight.
+  // gradient checkpointing turned on. comm null: one process, each slice a whole weight. The memory
+  // is freed only when no one else holds the block weights' tensors: the caller drops its copies.
   ShardedWeights(Model& model, std::vector<std::pair<std::string, Tensor>> params, dist::Comm* comm,
                  DeviceCollective* device);
   // Unhooks the model; its block weights stay freed unless finish() made them whole.
@@ -42,8 +43,6 @@ class ShardedWeights final : public BlockHooks {
   const std::vector<std::pair<std::string, Tensor>>& parameters() const { return params_; }
   void sum_whole_gradients();
   bool is_sharded(const std::string& name) const { return index_.count(name) > 0; }
-  // Each weight whole, shaped as in the model: for names and shapes (their memory may be released).
-  const std::vector<std::pair<std::string, Tensor>>& whole_parameters() const { return whole_; }
   // The sum over the group of the squares of every gradient element, each counted once.
   double gradient_square_sum(const std::map<std::string, Tensor>& grads) const;
 
@@ -87,7 +86,7 @@ class ShardedWeights final : public BlockHooks {
   std::vector<Entry> entries_;
   std::map<int64_t, std::vector<size_t>> by_block_;  // entries of each block
   std::map<std::string, size_t> index_;
-  std::vector<std::pair<std::string, Tensor>> params_, whole_, replicated_;
+  std::vector<std::pair<std::string, Tensor>> params_, replicated_;
 };
 
 // The block a trained weight belongs to ("model.layers.12.mlp.up_proj.weight" -> 12), or -1.

@@ -348,7 +348,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   LMT_CHECK(args.grad_accumulation_steps >= 1, "grad_accumulation_steps must be at least 1");
   LMT_CHECK(args.steps_per_report >= 1 && args.steps_per_eval >= 1 && args.save_every >= 1,
             "steps_per_report, steps_per_eval and save_every must be at least 1");
-  const auto params = trainable_parameters(model);
+  auto params = trainable_parameters(model);
   LMT_CHECK(!params.empty(), "[train] the model has no trainable parameters");
   dist::Comm* comm = args.comm && args.comm->world() > 1 ? args.comm : nullptr;
   const bool root = !comm || comm->rank() == 0;  // the one that writes files
@@ -436,7 +436,10 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   // Sharded: from here on the blocks' weights are whole only inside their blocks, and the optimizer
   // updates this rank's slices (train_params); else train_params are the parameters themselves.
   std::unique_ptr<ShardedWeights> sharded;
-  if (args.shard) sharded = std::make_unique<ShardedWeights>(model, params, comm, args.device_comm);
+  if (args.shard) {
+    sharded = std::make_unique<ShardedWeights>(model, std::move(params), comm, args.device_comm);
+    params.clear();  // its copies of the whole weights would keep their memory
+  }
   const auto& train_params = sharded ? sharded->parameters() : params;
   auto is_sliced = [&](const std::string& name) { return sharded && sharded->is_sharded(name); };
   if (resumed) {

@@ -146,10 +146,11 @@ int lora(const LoraOptions& o, const json& recorded) {
       std::printf("Loading fine-tuned weights from %s\n", o.resume_adapter_file->c_str());
       load_resume_file(model, ac, *o.resume_adapter_file);
     }
-    auto params = train::trainable_parameters(model);
-    double trainable = double(train::count_parameters(params)) / 1e6;
+    // Counted, not held: --shard frees the weights that no one else holds.
+    const double trained = double(train::count_parameters(train::trainable_parameters(model)));
+    double trainable = trained / 1e6;
     double total = total_parameters(model);  // mlx-lm's get_total_parameters
-    if (ac.fine_tune_type != "full") total += double(train::count_parameters(params));
+    if (ac.fine_tune_type != "full") total += trained;
     total /= 1e6;
     std::printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", trainable * 100 / total, trainable, total);
     if (root) train::save_adapter_config(adapter_path, ac, recorded);
