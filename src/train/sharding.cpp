@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "autograd/tape.h"
+#include "core/allocator.h"
 #include "core/error.h"
 #include "ops/ops.h"
 #include "train/data_parallel.h"
@@ -59,6 +60,8 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
     entries_.push_back(std::move(e));
   }
   for (Entry& e : entries_) release_entry(e);
+  // The whole weights' blocks went to the allocator's cache, sized as no later tensor is: give them back.
+  if (!entries_.empty()) allocator(entries_[0].slice.device()).empty_cache();
   model_.set_grad_checkpoint(true);
   model_.set_block_hooks(this);
 }

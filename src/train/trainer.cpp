@@ -135,15 +135,15 @@ const std::string kStatePrefix = "state.", kGradPrefix = "grad.";
 const std::string kLegacyPlaceholder = "empty";
 
 struct OptimizerFile {
-  std::map<std::string, Tensor> state;  // by "<parameter>.<slot>", on the model's device
-  std::map<std::string, Tensor> grads;  // by parameter, f32 on the model's device
+  // As the file holds them (CPU, read in place from its mapping): the caller copies what it keeps.
+  std::map<std::string, Tensor> state;  // by "<parameter>.<slot>"
+  std::map<std::string, Tensor> grads;  // by parameter
 };
 
 // Every tensor must name a trainable parameter of this model under a known prefix: a file from
 // another model, adapter layout or lmtune version is refused here, naming it, rather than later
 // as a shape mismatch or never (a state slot of an unknown parameter would be kept silently).
-OptimizerFile read_optimizer_file(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& params,
-                                  Device dev) {
+OptimizerFile read_optimizer_file(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& params) {
   std::map<std::string, Shape> shapes;
   for (const auto& [name, p] : params) shapes[name] = p.shape();
   auto starts = [](const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; };
@@ -157,13 +157,13 @@ OptimizerFile read_optimizer_file(const std::string& path, const std::vector<std
                 "', which is not a trainable parameter of this model");
       LMT_CHECK(t.shape() == it->second, "[train] --resume: ", path, ": '", key, "' is ", t.describe(),
                 "; the parameter is ", shape_str(it->second));
-      f.grads[name] = ops::to(ops::clone(t), dev, DType::f32);
+      f.grads[name] = t;
     } else if (starts(key, kStatePrefix)) {
       std::string slot = key.substr(kStatePrefix.size());
       size_t dot = slot.rfind('.');
       LMT_CHECK(dot != std::string::npos && shapes.count(slot.substr(0, dot)), "[train] --resume: ", path, ": '", key,
                 "' is not the state of a trainable parameter of this model (state.<parameter>.<slot>)");
-      f.state[slot] = ops::to(ops::clone(t), dev);
+      f.state[slot] = t;
     } else {
       fail("[train] --resume: ", path, ": unknown tensor '", key, "' (expected ", kStatePrefix,
            "<parameter>.<slot> or ", kGradPrefix, "<parameter>)");
@@ -424,7 +424,7 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
               " to continue training from it");
     resumed_step = r.count("optimizer_step");
     load_adapter_weights(model, (ck / "adapters.safetensors").string());
-    resumed = read_optimizer_file((ck / "optimizer.safetensors").string(), params, model.device());
+    resumed = read_optimizer_file((ck / "optimizer.safetensors").string(), params);
     if (fs::exists(ck / "metrics.jsonl")) {
       std::ifstream f(ck / "metrics.jsonl");
       std::stringstream s;
@@ -443,22 +443,19 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   const auto& train_params = sharded ? sharded->parameters() : params;
   auto is_sliced = [&](const std::string& name) { return sharded && sharded->is_sharded(name); };
   if (resumed) {
-    // A checkpoint holds whole tensors, whatever the world size that wrote it: a sharded run takes
-    // its slices. Gradients accumulated before the save are the group's sum: each rank takes its
-    // slice of a sharded weight's, rank 0 alone the rest.
+    // A checkpoint holds whole tensors, whatever the world size that wrote it: a sharded run copies
+    // only its slices out of the file's mapping. Gradients accumulated before the save are the group's
+    // sum: each rank takes its slice of a sharded weight's, rank 0 alone the rest.
+    const Device dev = model.device();
+    auto keep = [&](const std::string& name, const Tensor& t, DType dt) {
+      return ops::to(is_sliced(name) ? sharded->slice_of(name, t) : ops::clone(t), dev, dt);
+    };
     std::map<std::string, Tensor> state;
-    for (auto& [key, t] : resumed->state) {
-      const std::string name = key.substr(0, key.rfind('.'));
-      state[key] = is_sliced(name) ? sharded->slice_of(name, t) : t;
-    }
+    for (auto& [key, t] : resumed->state) state[key] = keep(key.substr(0, key.rfind('.')), t, t.dtype());
     opt.set_state(state, resumed_step);
     for (auto& [name, p] : train_params) {
       auto g = resumed->grads.find(name);
-      if (g == resumed->grads.end()) continue;
-      if (is_sliced(name))
-        p.ag()->grad = sharded->slice_of(name, g->second);
-      else if (root)
-        p.ag()->grad = g->second;
+      if (g != resumed->grads.end() && (root || is_sliced(name))) p.ag()->grad = keep(name, g->second, DType::f32);
     }
     resumed.reset();
   }

@@ -296,6 +296,18 @@ def main():
         group_ok(group("dp-packed", 2, *packed, "--grad-checkpoint"), "dp-packed")
         group_ok(group("sharded-packed", 2, *packed, "--shard"), "sharded-packed")
         same_bytes("dp-packed", "sharded-packed")
+        # An f32 checkpoint: its weights are read in place from one mapping of the file, which each
+        # sharded weight must leave (its memory is freed and restored apart from the others').
+        import shutil
+        import torch
+        from safetensors.torch import load_file as load_torch, save_file as save_torch
+        f32 = os.path.join(a.work, "model-f32")
+        shutil.copytree(model, f32)
+        st = os.path.join(f32, "model.safetensors")
+        save_torch({k: v.float() for k, v in load_torch(st).items()}, st, metadata={"format": "pt"})
+        group_ok(group("dp-f32", 2, *full, "--grad-checkpoint", "--model", f32), "dp-f32")
+        group_ok(group("sharded-f32", 2, *full, "--shard", "--model", f32), "sharded-f32")
+        same_bytes("dp-f32", "sharded-f32")
         # 3 ranks: slices of 65,536 and 256 elements padded at the end.
         three = [*full, "--batch-size", "3"]
         group_ok3 = lambda res, out: [check(rc == 0, f"{out}: rank {r} exit {rc}\n{e}")  # noqa: E731
