@@ -114,9 +114,10 @@ void ShardedWeights::gather_entry(Entry& e) {
 
 void ShardedWeights::release_entry(Entry& e) {
   if (e.master) {
-    // The cast the forward read (or, before the first forward, the weight as loaded) goes too.
-    const Tensor& w = std::as_const(model_).weights().at(e.name);
-    if (w.defined()) w.storage()->release();
+    // The cast the forward read (or, before the first forward, the weight as loaded, which may share
+    // its storage with others) is dropped for an empty tensor of its dtype, which use_master reads.
+    Tensor& w = model_.weights().at(e.name);
+    if (w.numel() > 0) w = ops::zeros({0}, w.dtype(), w.device());
   }
   e.whole.storage()->release();
 }
