@@ -112,12 +112,29 @@ class TcpComm final : public Comm {
     }
   }
 
-  void recv_all(int fd, void* buf, size_t n, const std::string& peer) const {
-    char* p = static_cast<char*>(buf);
-    while (n > 0) {
-      wait(fd, POLLIN, peer);
+  // One recv of up to n bytes once data comes within ms: the bytes read, 0 when the peer closed, -1
+  // on an error (errno says which), kTimedOut. Interrupted calls are retried.
+  static constexpr ssize_t kTimedOut = -2;
+  static ssize_t recv_within(int fd, void* p, size_t n, int ms) {
+    for (;;) {
+      pollfd q{fd, POLLIN, 0};
+      int r = ::poll(&q, 1, ms);
+      if (r < 0 && errno == EINTR) continue;
+      if (r == 0) return kTimedOut;
+      if (r < 0) return -1;
       ssize_t k = ::recv(fd, p, n, 0);
       if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      return k;
+    }
+  }
+
+  void recv_all(int fd, void* buf, size_t n, const std::string& peer) const {
+    char* p = static_cast<char*>(buf);
+    const int ms = int(std::min(timeout_ * 1000.0, 2e9));
+    while (n > 0) {
+      ssize_t k = recv_within(fd, p, n, ms);
+      LMT_CHECK(k != kTimedOut, "[dist] rank ", rank(), " waited ", timeout_, " s for ", peer,
+                " (LMTUNE_DIST_TIMEOUT sets the limit; is every rank still running?)");
       if (k == 0 || (k < 0 && errno == ECONNRESET)) closed(peer);
       LMT_CHECK(k > 0, "[dist] rank ", rank(), ": receiving from ", peer, " failed: ", std::strerror(errno));
       p += k, n -= size_t(k);
@@ -130,15 +147,9 @@ class TcpComm final : public Comm {
   static bool read_hello(int fd, Header& h) {
     constexpr int kHelloMs = 5000;
     char* p = reinterpret_cast<char*>(&h);
-    size_t n = sizeof h;
-    while (n > 0) {
-      pollfd q{fd, POLLIN, 0};
-      int r = ::poll(&q, 1, kHelloMs);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return false;
-      ssize_t k = ::recv(fd, p, n, 0);
-      if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (k <= 0) return false;
+    for (size_t n = sizeof h; n > 0;) {
+      ssize_t k = recv_within(fd, p, n, kHelloMs);
+      if (k <= 0) return false;  // closed, failed or silent: not an lmtune rank
       p += k, n -= size_t(k);
     }
     return true;

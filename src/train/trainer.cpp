@@ -291,9 +291,10 @@ double evaluate(Model& model, const Dataset& ds, int64_t batch_size, int64_t num
     total += l * double(b.n_tokens);
     ntok += b.n_tokens;
   }
-  if (comm) std::tie(total, ntok) = all_reduce_mean(comm, ntok > 0 ? total / double(ntok) : 0.0, ntok);
+  double mean = ntok > 0 ? total / double(ntok) : 0.0;
+  if (comm) std::tie(mean, ntok) = all_reduce_mean(comm, mean, ntok);
   LMT_CHECK(ntok > 0, "[evaluate] no supervised tokens in ", ds.path.empty() ? "the data" : ds.path);
-  return comm ? total : total / double(ntok);
+  return mean;
 }
 
 void write_loss_svg(const std::string& metrics_jsonl, const std::string& svg_path) {
