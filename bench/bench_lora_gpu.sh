@@ -10,6 +10,7 @@
 # Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N]
 #          [--keys q,k,v,o,gate,up,down] [--checkpointing both|off|on] [--smoke]
 #          [--shape qwen3-0.6b|gemma3-1b|mixtral-moe] [--batch N] [--compiled] [--lmtune-env VAR=VALUE]
+#          [--gpus N]
 # (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report, all 7 keys, both;
 # --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
 # model's; --smoke: both sides on the CPU with a 2-layer f32 model at sequence 128, a check of the
@@ -18,7 +19,10 @@
 # (issue 16's pairs: qwen3-0.6b at --batch 8, gemma3-1b at --batch 4, mixtral-moe (8 experts, 16 layers, hidden
 # 2048) with --keys q,k,v,o: peft cannot adapt transformers' stacked experts); --batch N: N records a step on
 # both sides (default 1). --lmtune-env VAR=VALUE: lmtune runs a second time with that variable set (an A/B
-# of one of its switches, e.g. LMTUNE_MOE_GROUPED=0), reported below the table.
+# of one of its switches, e.g. LMTUNE_MOE_GROUPED=0), reported below the table. --gpus N: lmtune trains data
+# parallel over N GPUs of this machine (`lmtune lora --gpus N`; --batch is the global batch, so N must divide
+# it; tokens/s is the group's, peak memory rank 0's) and the peer, which has no multi-GPU path here, is left
+# out: for issue 14's scaling figures, run once per N.
 # LMTUNE_PYTHON: the Python with torch + transformers + peft + tokenizers (default .venv/bin/python
 # if present, else python3).
 set -uo pipefail
@@ -26,7 +30,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
 table=""
 smoke=0
-warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1 compiled=0 alt_env=""
+warmup=5 steps=20 keys=q,k,v,o,gate,up,down checkpointing=both shape="" batch=1 compiled=0 alt_env="" gpus=1
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -40,6 +44,7 @@ while (($#)); do
     --shape) shape="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
     --lmtune-env) alt_env="$2"; shift 2 ;;
+    --gpus) gpus="$2"; shift 2 ;;
     *) echo "bench_lora_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -129,6 +134,7 @@ for gc in "${gcs[@]}"; do
     --fine-tune-type lora --optimizer adam --num-layers -1 --batch-size "$batch" --iters "$iters"
     --steps-per-report "$report" --steps-per-eval 100000 --val-batches 1 --learning-rate 1e-5
     --max-seq-length "$seq" --save-every 100000 --seed 0 --adapter-path "$tmp/adapters-$gc" "${gcflag[@]}")
+  ((gpus > 1)) && cmd+=(--gpus "$gpus")
   echo "${cmd[*]#"$tmp/"}" | sed "s|$tmp/||g"
   smi_start "lmtune-$gc"
   "${cmd[@]}" 2>&1 | grep -v '^\[WARNING\] Some sequences are longer' | tee "$tmp/lmtune-$gc.txt"
@@ -141,6 +147,7 @@ for gc in "${gcs[@]}"; do
       tee "$tmp/lmtune-$gc-alt.txt"
     ((PIPESTATUS[0] == 0)) || { echo "lmtune lora with $alt_env ($gc) failed"; status=1; }
   fi
+  ((gpus > 1)) && continue  # no multi-GPU peer
   echo "== transformers + peft, gradient checkpointing $gc [$((SECONDS - start)) s]"
   smi_start "peer-$gc"
   if ((compiled)); then

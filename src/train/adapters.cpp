@@ -309,7 +309,7 @@ void save_adapter_tensors(const std::string& path, const ModelConfig& cfg,
   save_safetensors(path, out);
 }
 
-void load_adapter_weights(Model& model, const std::string& path) {
+std::vector<std::pair<std::string, Tensor>> read_adapter_weights(Model& model, const std::string& path) {
   std::map<std::string, Tensor> params;
   for (auto& [name, t] : trainable_parameters(model)) params[name] = t;
   std::ostringstream errors;
@@ -324,8 +324,14 @@ void load_adapter_weights(Model& model, const std::string& path) {
   }
   std::string e = errors.str();
   LMT_CHECK(e.empty(), "[adapters] ", path, " contains incompatible tensors:", e);
-  for (const auto& [name, t] : stored) {
-    Tensor dst = params[name];
+  return stored;
+}
+
+void load_adapter_weights(Model& model, const std::string& path) {
+  std::map<std::string, Tensor> params;
+  for (auto& [name, t] : trainable_parameters(model)) params[name] = t;
+  for (const auto& [name, t] : read_adapter_weights(model, path)) {
+    Tensor dst = params.at(name);
     ops::copy_into(dst, ops::cast(t, dst.dtype()));
   }
 }

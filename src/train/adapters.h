@@ -81,5 +81,8 @@ AdapterConfig load_adapters(Model& model, const std::string& dir);
 // Copies the tensors of a safetensors file into the model's trainable parameters (names and
 // shapes checked as above); used for --resume-adapter-file.
 void load_adapter_weights(Model& model, const std::string& path);
+// The same file's tensors by trainable_parameters' names, checked, not copied (CPU, in place in the
+// file's mapping): sharded training takes its slices of them.
+std::vector<std::pair<std::string, Tensor>> read_adapter_weights(Model& model, const std::string& path);
 
 }  // namespace lmtune::train

@@ -39,11 +39,6 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
     Entry e;
     e.name = name;
     e.master = masters.count(name) > 0;
-    // A storage of its own, which release() can free: a weight read from the checkpoint may share
-    // one mapping with every other. The model's entry is replaced; the leaf (its autograd meta) stays.
-    e.whole = ops::clone(p.detach());
-    e.whole.set_ag(p.ag());
-    (e.master ? model_.masters() : model_.weights()).at(name) = e.whole;
     e.numel = p.numel();
     e.c = (e.numel + world_ - 1) / world_;
     // This rank's slice, zero-padded past the end.
@@ -54,12 +49,19 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
       ops::copy_into(dst, p.detach().reshape({e.numel}).slice_rows(lo, hi));
     }
     e.slice = ag::param(s);
+    // The whole weight gets a storage of its own, which release() frees and restore() gives back (one
+    // read from the checkpoint may share a mapping with every other); the model's entry is replaced,
+    // the leaf (its autograd meta) stays. This copy of the old weight goes, so its memory can too.
+    e.whole = Tensor::empty(p.shape(), DType::f32, p.device());
+    e.whole.set_ag(p.ag());
+    (e.master ? model_.masters() : model_.weights()).at(name) = e.whole;
+    p = Tensor();
+    release_entry(e);
     index_[name] = entries_.size();
     by_block_[block].push_back(entries_.size());
     params_.push_back({name, e.slice});
     entries_.push_back(std::move(e));
   }
-  for (Entry& e : entries_) release_entry(e);
   // The whole weights' blocks went to the allocator's cache, sized as no later tensor is: give them back.
   if (!entries_.empty()) allocator(entries_[0].slice.device()).empty_cache();
   model_.set_grad_checkpoint(true);
@@ -196,9 +198,20 @@ std::vector<std::pair<std::string, Tensor>> ShardedWeights::host_copies(bool kee
   return out;
 }
 
-void ShardedWeights::finish() {
-  for (Entry& e : entries_) gather_entry(e);
-  model_.set_block_hooks(nullptr);
+void ShardedWeights::assign(const std::vector<std::pair<std::string, Tensor>>& weights) {
+  std::map<std::string, Tensor> replicated(replicated_.begin(), replicated_.end());
+  for (const auto& [name, t] : weights) {
+    if (is_sharded(name)) {
+      Entry& e = entries_[index_.at(name)];
+      Tensor dst = e.slice.detach();
+      ops::copy_into(dst, ops::to(slice_of(name, t), dst.device(), DType::f32));
+    } else {
+      auto it = replicated.find(name);
+      LMT_CHECK(it != replicated.end(), "[shard] '", name, "' is not a trained weight of this model");
+      Tensor dst = it->second.detach();
+      ops::copy_into(dst, ops::to(t, dst.device(), dst.dtype()));
+    }
+  }
 }
 
 }  // namespace lmtune::train

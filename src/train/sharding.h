@@ -32,7 +32,8 @@ class ShardedWeights final : public BlockHooks {
   // is freed only when no one else holds the block weights' tensors: the caller drops its copies.
   ShardedWeights(Model& model, std::vector<std::pair<std::string, Tensor>> params, dist::Comm* comm,
                  DeviceCollective* device);
-  // Unhooks the model; its block weights stay freed unless finish() made them whole.
+  // Unhooks the model. Its block weights stay freed: a model trained sharded is written out through
+  // host_copies, not run whole again.
   ~ShardedWeights() override;
   ShardedWeights(const ShardedWeights&) = delete;
   ShardedWeights& operator=(const ShardedWeights&) = delete;
@@ -54,8 +55,9 @@ class ShardedWeights final : public BlockHooks {
   // Every trained weight whole, as CPU tensors by name in parameters()' order, to write them out: a
   // collective that gathers one weight at a time; `keep` false (ranks that write nothing) returns none.
   std::vector<std::pair<std::string, Tensor>> host_copies(bool keep) const;
-  // Training is over: every weight whole again and the hooks removed (the model runs as before).
-  void finish();
+  // The trained weights set from whole tensors by name (a checkpoint's, read_adapter_weights): each
+  // rank keeps its slices of the sharded ones; the rest are copied in.
+  void assign(const std::vector<std::pair<std::string, Tensor>>& weights);
 
   // A rank without rows in a step joins the others' collectives with zeros.
   void idle_forward() override;

@@ -349,14 +349,15 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   LMT_CHECK(args.grad_accumulation_steps >= 1, "grad_accumulation_steps must be at least 1");
   LMT_CHECK(args.steps_per_report >= 1 && args.steps_per_eval >= 1 && args.save_every >= 1,
             "steps_per_report, steps_per_eval and save_every must be at least 1");
-  auto params = trainable_parameters(model);
+  const auto params = trainable_parameters(model);
   LMT_CHECK(!params.empty(), "[train] the model has no trainable parameters");
   dist::Comm* comm = args.comm && args.comm->world() > 1 ? args.comm : nullptr;
   const bool root = !comm || comm->rank() == 0;  // the one that writes files
   LMT_CHECK(!comm || args.batch_size % comm->world() == 0, "[train] --batch-size ", args.batch_size,
             " is not divisible by WORLD_SIZE ", comm ? comm->world() : 1,
             ": each rank takes batch_size / WORLD_SIZE rows of every batch, as mlx-lm's trainer");
-  model.set_grad_checkpoint(args.grad_checkpoint);
+  ShardedWeights* const sharded = args.sharded;
+  model.set_grad_checkpoint(args.grad_checkpoint || sharded);  // sharding frees a block's weights after it
   // Unpacked: groups of batch_size examples. Packed: groups of batch_size rows of examples.
   std::vector<std::vector<size_t>> groups;
   std::vector<PackedGroup> packed;
@@ -424,7 +425,11 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
               ": nothing left to train; raise ", args.epochs > 0 ? "--epochs" : "--iters",
               " to continue training from it");
     resumed_step = r.count("optimizer_step");
-    load_adapter_weights(model, (ck / "adapters.safetensors").string());
+    const std::string weights_file = (ck / "adapters.safetensors").string();
+    if (sharded)  // the blocks' weights are freed: each rank takes its slices of the file's
+      sharded->assign(read_adapter_weights(model, weights_file));
+    else
+      load_adapter_weights(model, weights_file);
     resumed = read_optimizer_file((ck / "optimizer.safetensors").string(), params);
     if (fs::exists(ck / "metrics.jsonl")) {
       std::ifstream f(ck / "metrics.jsonl");
@@ -434,13 +439,9 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
     }
     std::fprintf(out, "Resuming from %s at iteration %lld\n", args.resume.c_str(), (long long)st.iteration);
   }
-  // Sharded: from here on the blocks' weights are whole only inside their blocks, and the optimizer
-  // updates this rank's slices (train_params); else train_params are the parameters themselves.
-  std::unique_ptr<ShardedWeights> sharded;
-  if (args.shard) {
-    sharded = std::make_unique<ShardedWeights>(model, std::move(params), comm, args.device_comm);
-    params.clear();  // its copies of the whole weights would keep their memory
-  }
+  // Sharded: the blocks' weights are whole only inside their blocks (params' tensors are those, their
+  // memory released), and the optimizer updates this rank's slices (train_params); else train_params
+  // are the parameters themselves.
   const auto& train_params = sharded ? sharded->parameters() : params;
   auto is_sliced = [&](const std::string& name) { return sharded && sharded->is_sharded(name); };
   if (resumed) {
@@ -708,7 +709,6 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   // The final checkpoint is the run's last write: a run killed before it is resumed from the one
   // before and redoes the final files; one killed after it has nothing left to write.
   if (st.iteration > 0 && (st.iteration % args.save_every != 0 || st.iteration == iters)) save_checkpoint(st.iteration);
-  if (sharded) sharded->finish();  // the weights whole again (for --test, or a caller's forward)
   std::fprintf(out, "Saved final weights to %s.\n", adapter_file.c_str());
   if (st.best_val >= 0)
     std::fprintf(out, "Best val loss %.3f at iter %lld: %s\n", st.best_val, (long long)st.best_iter,

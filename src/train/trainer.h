@@ -12,6 +12,7 @@
 #include "models/model.h"
 #include "train/dataset.h"
 #include "train/optimizers.h"
+#include "train/sharding.h"
 
 namespace lmtune::train {
 
@@ -40,8 +41,10 @@ struct TrainingArgs {
   dist::Comm* comm = nullptr;
   DeviceCollective* device_comm = nullptr;  // with comm: the gradients' sums on the devices (NCCL)
   // Full fine-tuning with the blocks' weights, their gradients and optimizer state sharded across the
-  // group (train/sharding.h; gradient checkpointing on). The optimizer must update element by element.
-  bool shard = false;
+  // group (train/sharding.h; gradient checkpointing on), made by the caller over the model's trainable
+  // parameters; it outlives train(), so that an evaluate after it runs sharded too. The optimizer must
+  // update element by element.
+  ShardedWeights* sharded = nullptr;
 };
 
 struct TrainResult {

@@ -279,11 +279,15 @@ def main():
             return [json.loads(x) for x in open(os.path.join(a.work, out, "metrics.jsonl"))
                     if "train_loss" in x][0]["peak_memory"]
 
-        group_ok(group("dp", 2, *full, "--grad-checkpoint"), "dp")
-        res = group("sharded", 2, *full, "--shard")
+        dp = group("dp", 2, *full, "--grad-checkpoint", "--test", "--test-batches", "2")
+        group_ok(dp, "dp")
+        res = group("sharded", 2, *full, "--shard", "--test", "--test-batches", "2")
         group_ok(res, "sharded")
         check("Sharded: each of 2 processes" in res[0][1], f"sharded: rank 0 did not say so:\n{res[0][1]}")
         same_bytes("dp", "sharded")
+        # --test after training runs on the sharded weights (each block gathered as it runs).
+        t_dp, t_sh = test_line(dp[0][1]), test_line(res[0][1])
+        check(len(t_dp) == 1 and t_dp == t_sh, f"test lines: data parallel {t_dp}, sharded {t_sh}")
         # Rank 0's peak before the first save (which holds the whole weights on the host to write them).
         check(first_peak("sharded") < 0.75 * first_peak("dp"),
               f"peak memory: sharded {first_peak('sharded')} GB, data parallel {first_peak('dp')} GB")

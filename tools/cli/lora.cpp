@@ -117,6 +117,9 @@ int lora(const LoraOptions& o, const json& recorded) {
 
   const int64_t batch_size = o.batch_size, max_seq = o.max_seq_length;
   const std::string& adapter_path = o.adapter_path;
+  // Declared here, after the model and the group: --test after training still runs sharded.
+  std::unique_ptr<DeviceCollective> device_comm;
+  std::unique_ptr<train::ShardedWeights> sharded;
   if (do_test && !do_train) {
     if (!adapter_path.empty()) train::load_adapters(model, adapter_path);
   } else if (do_train) {
@@ -181,7 +184,6 @@ int lora(const LoraOptions& o, const json& recorded) {
     ta.max_seq_length = max_seq;
     ta.grad_accumulation_steps = o.grad_accumulation_steps;
     ta.grad_checkpoint = o.grad_checkpoint || o.shard;
-    ta.shard = o.shard;
     ta.pack = o.pack;
     ta.grad_clip = o.grad_clip;
     ta.early_stop = o.early_stop;
@@ -192,7 +194,6 @@ int lora(const LoraOptions& o, const json& recorded) {
     // interleave with the piped lines.
     ta.progress = root && isatty(fileno(stdout)) && isatty(fileno(stderr));
     ta.comm = comm.get();
-    std::unique_ptr<DeviceCollective> device_comm;
     if (comm && model.device() == Device::cuda) {
       std::string why;
       device_comm = train::make_group_collective(*comm, model.device(), &why);
@@ -202,11 +203,15 @@ int lora(const LoraOptions& o, const json& recorded) {
         std::printf("Data parallel: gradients summed through host memory over TCP (NCCL: %s)\n", why.c_str());
       ta.device_comm = device_comm.get();
     }
-    if (o.shard)
+    if (o.shard) {
+      sharded = std::make_unique<train::ShardedWeights>(model, train::trainable_parameters(model), comm.get(),
+                                                        device_comm.get());
+      ta.sharded = sharded.get();
       std::printf(
           "Sharded: each of %d processes holds 1/%d of the blocks' weights, gradients and optimizer state "
           "(gradient checkpointing on)\n",
           comm ? comm->world() : 1, comm ? comm->world() : 1);
+    }
     train::train(model, *opt, lr, data.train, data.valid, ta, stdout);
   }
   if (do_test) {
