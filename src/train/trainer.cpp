@@ -501,11 +501,16 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
       return ops::to(is_sliced(name) ? sharded->gather(name, t) : t, Device::cpu, DType::f32);
     };
     std::vector<std::pair<std::string, Tensor>> os;
-    if (root || sharded) {
-      for (auto& [key, t] : opt.state()) os.push_back({kStatePrefix + key, whole(key.substr(0, key.rfind('.')), t)});
-      for (auto& [name, p] : train_params)
-        if (p.ag() && p.ag()->grad.defined()) os.push_back({kGradPrefix + name, whole(name, p.ag()->grad)});
-    }
+    // Only rank 0 keeps them (the others join each gather and drop its result at once).
+    auto add = [&](std::string key, const std::string& name, const Tensor& t) {
+      if (root)
+        os.push_back({std::move(key), whole(name, t)});
+      else if (is_sliced(name))
+        (void)whole(name, t);
+    };
+    for (auto& [key, t] : opt.state()) add(kStatePrefix + key, key.substr(0, key.rfind('.')), t);
+    for (auto& [name, p] : train_params)
+      if (p.ag() && p.ag()->grad.defined()) add(kGradPrefix + name, name, p.ag()->grad);
     std::vector<std::pair<std::string, Tensor>> weights;
     if (sharded) weights = sharded->host_copies(root);
     if (!root) return;
