@@ -489,18 +489,57 @@ std::string json_string(const std::string& s, const std::string& where, const st
   }
 }
 
+// The header of a file holding entries[i] at data bytes [begin[i], begin[i] + nbytes), listed in
+// entries' order, padded with spaces to a multiple of 8; names checked (unique, not __metadata__).
+std::string make_header(const std::vector<TensorEntry>& entries, const std::vector<uint64_t>& begin,
+                        const std::map<std::string, std::string>& metadata, const std::string& where) {
+  std::unordered_set<std::string> seen;
+  for (const TensorEntry& e : entries) {
+    LMT_CHECK(e.name != "__metadata__", where, "'__metadata__' is reserved and cannot name a tensor");
+    LMT_CHECK(seen.insert(e.name).second, where, "tensor '", e.name, "' is given twice");
+  }
+  // Assembled by hand to keep the caller's order (json's map would sort it).
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+      if (!first) header += ',';
+      first = false;
+      header += json_string(k, where, str_cat("metadata key '", k, "'"));
+      header += ':';
+      header += json_string(v, where, str_cat("metadata value of '", k, "'"));
+    }
+    header += '}';
+  }
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const TensorEntry& e = entries[i];
+    if (header.size() > 1) header += ',';
+    header += json_string(e.name, where, str_cat("tensor name '", e.name, "'"));
+    header += str_cat(":{\"dtype\":\"", safetensors_dtype_name(e.dtype), "\",\"shape\":[");
+    for (size_t d = 0; d < e.shape.size(); ++d) header += str_cat(d ? "," : "", e.shape[d]);
+    header += str_cat("],\"data_offsets\":[", begin[i], ",", begin[i] + e.nbytes(), "]}");
+  }
+  header += '}';
+  header.append((8 - header.size() % 8) % 8, ' ');
+  LMT_CHECK(header.size() <= kMaxHeaderBytes, where, "header of ", header.size(), " bytes exceeds the limit of ",
+            kMaxHeaderBytes, " bytes that readers accept");
+  return header;
+}
+
 }  // namespace
+
+size_t TensorEntry::nbytes() const { return size_t(numel_of(shape)) * dtype_size(dtype); }
 
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   const std::string where = str_cat("[save_safetensors] ", path, ": ");
-  std::unordered_set<std::string> seen;
+  std::vector<TensorEntry> entries;
   for (const auto& [name, t] : tensors) {
-    LMT_CHECK(name != "__metadata__", where, "'__metadata__' is reserved and cannot name a tensor");
-    LMT_CHECK(seen.insert(name).second, where, "tensor '", name, "' is given twice");
     LMT_CHECK(t.defined(), where, "tensor '", name, "' is undefined");
     LMT_CHECK(t.device() == Device::cpu, where, "tensor '", name, "' is on ", device_name(t.device()),
               "; copy it to the cpu first");
+    entries.push_back({name, t.shape(), t.dtype()});
   }
   // Data layout: largest element size first (stable), so with the header padded to 8 bytes every
   // tensor starts at a multiple of its element size, as in Hugging Face's writer.
@@ -515,39 +554,40 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     begin[i] = offset;
     offset += tensors[i].second.nbytes();
   }
-
-  // The header is assembled by hand to keep the caller's order (json's map would sort it).
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    bool first = true;
-    for (const auto& [k, v] : metadata) {
-      if (!first) header += ',';
-      first = false;
-      header += json_string(k, where, str_cat("metadata key '", k, "'"));
-      header += ':';
-      header += json_string(v, where, str_cat("metadata value of '", k, "'"));
-    }
-    header += '}';
-  }
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const auto& [name, t] = tensors[i];
-    if (header.size() > 1) header += ',';
-    header += json_string(name, where, str_cat("tensor name '", name, "'"));
-    header += str_cat(":{\"dtype\":\"", safetensors_dtype_name(t.dtype()), "\",\"shape\":[");
-    for (int d = 0; d < t.ndim(); ++d) header += str_cat(d ? "," : "", t.shape()[d]);
-    header += str_cat("],\"data_offsets\":[", begin[i], ",", begin[i] + t.nbytes(), "]}");
-  }
-  header += '}';
-  header.append((8 - header.size() % 8) % 8, ' ');
-  LMT_CHECK(header.size() <= kMaxHeaderBytes, where, "header of ", header.size(), " bytes exceeds the limit of ",
-            kMaxHeaderBytes, " bytes that readers accept");
-
+  const std::string header = make_header(entries, begin, metadata, where);
   AtomicFile out(path);  // its destructor removes the temp file if anything below throws
   const uint64_t header_len = header.size();
   out.write(&header_len, 8);
   out.write(header.data(), header.size());
   for (size_t i : order) out.write(tensors[i].second.raw(), tensors[i].second.nbytes());
+  out.commit();
+}
+
+void save_safetensors_streamed(const std::string& path, const std::vector<TensorEntry>& entries,
+                               const std::function<Tensor(size_t)>& produce,
+                               const std::map<std::string, std::string>& metadata) {
+  const std::string where = str_cat("[save_safetensors] ", path, ": ");
+  std::vector<uint64_t> begin(entries.size());
+  uint64_t offset = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    LMT_CHECK(offset % dtype_size(entries[i].dtype) == 0, where, "tensor '", entries[i].name, "' would start at byte ",
+              offset, ", not a multiple of its element size: give the entries from the largest element size down");
+    begin[i] = offset;
+    offset += entries[i].nbytes();
+  }
+  const std::string header = make_header(entries, begin, metadata, where);
+  AtomicFile out(path);
+  const uint64_t header_len = header.size();
+  out.write(&header_len, 8);
+  out.write(header.data(), header.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Tensor t = produce(i);
+    LMT_CHECK(t.defined() && t.device() == Device::cpu && t.shape() == entries[i].shape &&
+                  t.dtype() == entries[i].dtype,
+              where, "tensor '", entries[i].name, "' came as ", t.defined() ? t.describe() : "undefined", ", not ",
+              dtype_name(entries[i].dtype), " ", shape_str(entries[i].shape), " on the cpu");
+    out.write(t.raw(), t.nbytes());
+  }
   out.commit();
 }
 

@@ -3,6 +3,7 @@
 // lmtune::Error naming the file and the tensor; nothing in a file can make the reader read out of range.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -103,6 +104,21 @@ std::vector<std::pair<std::string, Tensor>> load_safetensors(const std::string& 
 // multiple of 8, as Hugging Face's writer does). Names must be unique and not "__metadata__".
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+
+// A tensor of a file written by save_safetensors_streamed, its data to come.
+struct TensorEntry {
+  std::string name;
+  Shape shape;
+  DType dtype;
+  size_t nbytes() const;
+};
+// Writes a file whose tensors come one at a time, so that only one is held: produce(i), called for
+// i = 0, 1, ... in order, returns a CPU tensor of entries[i]'s shape and dtype. Header and data in the
+// entries' order (each tensor must start at a multiple of its element size: give the entries from the
+// largest element size down); atomic, as save_safetensors, whose file it equals for the same order.
+void save_safetensors_streamed(const std::string& path, const std::vector<TensorEntry>& entries,
+                               const std::function<Tensor(size_t)>& produce,
+                               const std::map<std::string, std::string>& metadata = {});
 
 // The safetensors dtype string of an lmtune dtype ("F32", "BF16", ...).
 const char* safetensors_dtype_name(DType dt);

@@ -7,6 +7,7 @@
 #include "autograd/tape.h"
 #include "core/allocator.h"
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "ops/ops.h"
 #include "train/data_parallel.h"
 
@@ -196,6 +197,22 @@ std::vector<std::pair<std::string, Tensor>> ShardedWeights::host_copies(bool kee
     if (keep) out.push_back({name, ops::to(t, Device::cpu)});
   }
   return out;
+}
+
+void ShardedWeights::write_whole(const std::string& path, const std::vector<FileTensor>& tensors, bool writer) const {
+  auto whole = [&](const FileTensor& f) {
+    return ops::to(is_sharded(f.name) ? gather(f.name, f.t) : f.t, Device::cpu, DType::f32);
+  };
+  if (!writer) {
+    for (const FileTensor& f : tensors)
+      if (is_sharded(f.name)) (void)gather(f.name, f.t);
+    return;
+  }
+  std::vector<TensorEntry> entries;
+  for (const FileTensor& f : tensors)
+    entries.push_back(
+        {f.key, is_sharded(f.name) ? entries_[index_.at(f.name)].whole.shape() : f.t.shape(), DType::f32});
+  save_safetensors_streamed(path, entries, [&](size_t i) { return whole(tensors[i]); });
 }
 
 void ShardedWeights::assign(const std::vector<std::pair<std::string, Tensor>>& weights) {

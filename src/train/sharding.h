@@ -55,6 +55,15 @@ class ShardedWeights final : public BlockHooks {
   // Every trained weight whole, as CPU tensors by name in parameters()' order, to write them out: a
   // collective that gathers one weight at a time; `keep` false (ranks that write nothing) returns none.
   std::vector<std::pair<std::string, Tensor>> host_copies(bool keep) const;
+  // A file of whole f32 tensors made from this rank's tensors (a sharded weight's slice-shaped ones
+  // gathered): each is gathered, written and dropped before the next, so no rank holds more than one
+  // whole. A collective; the rank with `writer` writes path (atomically), the others only join.
+  struct FileTensor {
+    std::string key;   // its name in the file
+    std::string name;  // the trained weight it belongs to
+    Tensor t;          // slice-shaped for a sharded weight, else whole
+  };
+  void write_whole(const std::string& path, const std::vector<FileTensor>& tensors, bool writer) const;
   // The trained weights set from whole tensors by name (a checkpoint's, read_adapter_weights): each
   // rank keeps its slices of the sharded ones; the rest are copied in.
   void assign(const std::vector<std::pair<std::string, Tensor>>& weights);

@@ -463,7 +463,13 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
   }
   // Writes the trained weights to each path (rank 0); sharded weights are gathered whole for it.
   auto save_weights = [&](std::initializer_list<std::string> paths) {
-    if (sharded) {
+    if (sharded && model.config().n_expert == 0) {  // streamed, one weight whole at a time
+      std::vector<ShardedWeights::FileTensor> ts;
+      for (const auto& [name, p] : train_params) ts.push_back({name, name, p.detach()});
+      sharded->write_whole(*paths.begin(), ts, root);
+      if (root)
+        for (auto p = paths.begin() + 1; p != paths.end(); ++p) copy_file_atomic(*paths.begin(), *p);
+    } else if (sharded) {  // a mixture's experts are stacked in the file: all whole on rank 0
       std::vector<std::pair<std::string, Tensor>> host = sharded->host_copies(root);
       if (root)
         for (const std::string& p : paths) save_adapter_tensors(p, model.config(), host);
@@ -495,45 +501,40 @@ TrainResult train(Model& model, Optimizer& opt, const Schedule& lr, const Datase
         for (auto& [name, p] : train_params)
           if (!is_sliced(name)) ag::zero_grad(p);
     }
-    // Whole tensors in the file whatever the world size (a sharded run's slices gathered, on every
-    // rank: a collective), so that any number of processes can resume from it.
-    auto whole = [&](const std::string& name, const Tensor& t) {
-      return ops::to(is_sliced(name) ? sharded->gather(name, t) : t, Device::cpu, DType::f32);
-    };
-    std::vector<std::pair<std::string, Tensor>> os;
-    // Only rank 0 keeps them (the others join each gather and drop its result at once).
-    auto add = [&](std::string key, const std::string& name, const Tensor& t) {
-      if (root)
-        os.push_back({std::move(key), whole(name, t)});
-      else if (is_sliced(name))
-        (void)whole(name, t);
-    };
-    for (auto& [key, t] : opt.state()) add(kStatePrefix + key, key.substr(0, key.rfind('.')), t);
-    for (auto& [name, p] : train_params)
-      if (p.ag() && p.ag()->grad.defined()) add(kGradPrefix + name, name, p.ag()->grad);
-    std::vector<std::pair<std::string, Tensor>> weights;
-    if (sharded) weights = sharded->host_copies(root);
-    if (!root) return;
+    if (!root && !sharded) return;  // a sharded run's files are written by all: they gather
     fs::path cks = dir / "checkpoints", tmp = cks / (".tmp-" + iter_name(it)), fin = cks / iter_name(it);
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    write_point("folder-created", tmp.string());
     struct RemoveUnlessRenamed {
-      const fs::path& p;
+      fs::path p;  // empty on the ranks that write nothing
       bool done = false;
       ~RemoveUnlessRenamed() {
         std::error_code ec;
-        if (!done) fs::remove_all(p, ec);
+        if (!done && !p.empty()) fs::remove_all(p, ec);
       }
-    } tmp_guard{tmp};
-    if (sharded)
-      save_adapter_tensors((tmp / "adapters.safetensors").string(), model.config(), std::move(weights));
-    else
-      save_adapter_weights((tmp / "adapters.safetensors").string(), model);
+    } tmp_guard{root ? tmp : fs::path()};
+    if (root) {
+      fs::remove_all(tmp);
+      fs::create_directories(tmp);
+      write_point("folder-created", tmp.string());
+    }
+    save_weights({(tmp / "adapters.safetensors").string()});
+    // Whole tensors in the file whatever the world size (a sharded run's slices gathered one at a
+    // time, on every rank), so that any number of processes can resume from it. It may hold none
+    // (SGD without momentum, between updates): a file with no tensors, no placeholder.
+    std::vector<ShardedWeights::FileTensor> os;
+    for (auto& [key, t] : opt.state()) os.push_back({kStatePrefix + key, key.substr(0, key.rfind('.')), t});
+    for (auto& [name, p] : train_params)
+      if (p.ag() && p.ag()->grad.defined()) os.push_back({kGradPrefix + name, name, p.ag()->grad});
+    const std::string opt_file = (tmp / "optimizer.safetensors").string();
+    if (sharded) {
+      sharded->write_whole(opt_file, os, root);
+    } else {
+      std::vector<std::pair<std::string, Tensor>> host;
+      for (const auto& f : os) host.push_back({f.key, ops::to(f.t, Device::cpu, DType::f32)});
+      save_safetensors(opt_file, host);
+    }
+    if (!root) return;
     if (fs::exists(dir / "adapter_config.json"))
       copy_file_atomic(dir / "adapter_config.json", tmp / "adapter_config.json");
-    // May be empty (SGD without momentum, between updates): a file with no tensors, no placeholder.
-    save_safetensors((tmp / "optimizer.safetensors").string(), os);
     copy_file_atomic(metrics_path, tmp / "metrics.jsonl");
     json j = {{"iteration", it},
               {"optimizer", opt.name()},

@@ -151,6 +151,43 @@ TEST_F(SafetensorsTest, NoMetadataWritesNoMetadataKey) {
   EXPECT_EQ(f.names(), std::vector<std::string>{"w"});
 }
 
+// The streamed writer (sharded training's checkpoints) asks for each tensor in turn and writes the
+// very bytes save_safetensors writes for the same order; an order that would misalign a tensor, or a
+// tensor unlike its entry, is refused and leaves no file.
+TEST_F(SafetensorsTest, StreamedWriterEqualsWholeWriter) {
+  const std::vector<std::pair<std::string, Tensor>> ts = {{"a", patterned({2, 3}, DType::f32, 1)},
+                                                          {"b", patterned({5}, DType::bf16, 2)},
+                                                          {"c", patterned({3}, DType::u8, 3)}};
+  save_safetensors(p("whole.safetensors"), ts, {{"k", "v"}});
+  std::vector<TensorEntry> entries;
+  for (const auto& [n, t] : ts) entries.push_back({n, t.shape(), t.dtype()});
+  std::vector<size_t> asked;
+  save_safetensors_streamed(p("streamed.safetensors"), entries,
+                            [&](size_t i) {
+                              asked.push_back(i);
+                              return ts[i].second;
+                            },
+                            {{"k", "v"}});
+  EXPECT_EQ(asked, (std::vector<size_t>{0, 1, 2}));
+  auto bytes = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_EQ(bytes(p("streamed.safetensors")), bytes(p("whole.safetensors")));
+  // bf16 after u8 would start at an odd byte.
+  const std::vector<TensorEntry> bad = {{"c", {3}, DType::u8}, {"b", {5}, DType::bf16}};
+  EXPECT_NE(error_of([&] {
+              save_safetensors_streamed(p("bad.safetensors"), bad, [&](size_t) { return Tensor(); });
+            }).find("not a multiple of its element size"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              save_safetensors_streamed(p("bad.safetensors"), {{"a", {2, 2}, DType::f32}},
+                                        [&](size_t) { return ts[0].second; });
+            }).find("tensor 'a' came as f32 (2, 3)"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(p("bad.safetensors")));
+}
+
 TEST_F(SafetensorsTest, GetIsZeroCopy) {
   const std::string path = p("z.safetensors");
   save_safetensors(path, {{"a", patterned({4, 4}, DType::f32, 1)}, {"b", patterned({3}, DType::bf16, 2)}});
