@@ -1,6 +1,7 @@
 #include "train/data_parallel.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "autograd/tape.h"
 #include "core/error.h"
@@ -33,18 +34,18 @@ void all_reduce_gradients(dist::Comm& comm, DeviceCollective* device,
     if (g.defined()) {
       LMT_CHECK(g.numel() == p.numel(), "[train] the gradient of ", name, " is ", g.describe(), "; the parameter is ",
                 p.describe());
-      std::vector<float> v = ops::to(g, Device::cpu, DType::f32).to_f32_vector();
-      std::copy(v.begin(), v.end(), buf.begin() + std::ptrdiff_t(off));
+      const Tensor h = ops::to(g, Device::cpu, DType::f32);
+      std::memcpy(buf.data() + off, h.data<float>(), h.nbytes());
     }
     off += size_t(p.numel());
   }
   comm.all_reduce_sum(buf.data(), buf.size());
   off = 0;
   for (const auto& [name, p] : params) {
-    const size_t n = size_t(p.numel());
-    std::vector<float> v(buf.begin() + std::ptrdiff_t(off), buf.begin() + std::ptrdiff_t(off + n));
-    p.ag()->grad = ops::to(Tensor::from_f32(v, p.shape()), p.device(), DType::f32);
-    off += n;
+    Tensor sum = Tensor::empty(p.shape(), DType::f32);
+    std::memcpy(sum.data<float>(), buf.data() + off, sum.nbytes());
+    p.ag()->grad = ops::to(sum, p.device());
+    off += size_t(p.numel());
   }
 }
 
