@@ -63,7 +63,7 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
     params_.push_back({name, e.slice});
     entries_.push_back(std::move(e));
   }
-  // The whole weights' blocks went to the allocator's cache, sized as no later tensor is: give them back.
+  // The whole weights' memory just freed went to the allocator's cache: give it back (a gather asks anew).
   if (!entries_.empty()) allocator(entries_[0].slice.device()).empty_cache();
   model_.set_grad_checkpoint(true);
   model_.set_block_hooks(this);
