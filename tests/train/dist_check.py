@@ -16,8 +16,9 @@ and printing. Cases:
   overlap   the sums overlapped with backward in buckets of 10 kB (many buckets) and not overlapped
             (LMTUNE_DIST_OVERLAP=0): the same bytes, with gradient accumulation and checkpointing
   shard     --shard (full fine-tuning, ZeRO-3 style): 2 sharded ranks write the very bytes of 2 data-parallel
-            ranks with --grad-checkpoint (the same sums), packed batches with a rank left idle and trained
-            embeddings included, at a lower peak memory; WORLD_SIZE 1 sharded equals 1 process; refusals
+            ranks with --grad-checkpoint (the same sums) and the same --test line, at a lower peak memory; so
+            do packed batches with a rank left idle and trained embeddings, and 3 ranks (padded slices); 1
+            sharded process on an f32 checkpoint (weights in the file's mapping) equals 1 process; refusals
   shard_resume --shard with --grad-accumulation-steps 2: close to data parallel (the micro-batches are summed
             in another order); its checkpoint mid-accumulation resumed by 1 process, sharded or not (the same
             bytes), and a data-parallel checkpoint resumed by 2 sharded ranks
@@ -265,13 +266,14 @@ def main():
                 u, v = (open(os.path.join(a.work, d + tag, name), "rb").read() for d in ("off", "on"))
                 check(u == v, f"overlap{tag}: {name} differs from the sums after backward")
     elif a.case == "shard":
-        full = ["--fine-tune-type", "full", "--learning-rate", "1e-4", "--iters", "6", "--steps-per-eval", "3",
-                "--save-every", "4"]
-        files = ["adapters.safetensors", "0000004_adapters.safetensors", "best_adapters.safetensors",
-                 "checkpoints/0000004/optimizer.safetensors", "checkpoints/0000006/optimizer.safetensors"]
+        def run_args(iters, save):
+            return ["--fine-tune-type", "full", "--learning-rate", "1e-4", "--iters", str(iters), "--steps-per-eval",
+                    str(iters), "--save-every", str(save)]
 
-        def same_bytes(x, y):
-            for name in files:
+        def same_bytes(x, y, iters, save):
+            for name in ["adapters.safetensors", f"{save:07d}_adapters.safetensors", "best_adapters.safetensors",
+                         f"checkpoints/{save:07d}/optimizer.safetensors",
+                         f"checkpoints/{iters:07d}/optimizer.safetensors"]:
                 u, v = (open(os.path.join(a.work, d, name), "rb").read() for d in (x, y))
                 check(u == v, f"{x} / {y}: {name} differs")
 
@@ -279,46 +281,43 @@ def main():
             return [json.loads(x) for x in open(os.path.join(a.work, out, "metrics.jsonl"))
                     if "train_loss" in x][0]["peak_memory"]
 
+        full = run_args(6, 4)
         dp = group("dp", 2, *full, "--grad-checkpoint", "--test", "--test-batches", "2")
         group_ok(dp, "dp")
         res = group("sharded", 2, *full, "--shard", "--test", "--test-batches", "2")
         group_ok(res, "sharded")
         check("Sharded: each of 2 processes" in res[0][1], f"sharded: rank 0 did not say so:\n{res[0][1]}")
-        same_bytes("dp", "sharded")
+        same_bytes("dp", "sharded", 6, 4)
         # --test after training runs on the sharded weights (each block gathered as it runs).
         t_dp, t_sh = test_line(dp[0][1]), test_line(res[0][1])
         check(len(t_dp) == 1 and t_dp == t_sh, f"test lines: data parallel {t_dp}, sharded {t_sh}")
-        # Rank 0's peak before the first save (which holds the whole weights on the host to write them).
+        # Rank 0's peak tensors before the first save (models/default is bf16: its weights are f32 copies).
         check(first_peak("sharded") < 0.75 * first_peak("dp"),
               f"peak memory: sharded {first_peak('sharded')} GB, data parallel {first_peak('dp')} GB")
-        one("one", *full, "--grad-checkpoint")
-        one("one-sharded", *full, "--shard")
-        same_bytes("one", "one-sharded")
-        # Packed rows: 9 rows in batches of 4, 4 and 1, so rank 1 sits out every third step; with
-        # embeddings trained (whole on every rank, summed as data parallel sums them).
-        packed = [*full, "--pack", "--max-seq-length", "2048", "--train-embeddings"]
-        group_ok(group("dp-packed", 2, *packed, "--grad-checkpoint"), "dp-packed")
-        group_ok(group("sharded-packed", 2, *packed, "--shard"), "sharded-packed")
-        same_bytes("dp-packed", "sharded-packed")
-        # An f32 checkpoint: its weights are read in place from one mapping of the file, which each
-        # sharded weight must leave (its memory is freed and restored apart from the others').
+        # One process on an f32 checkpoint: its weights are read in place from one mapping of the file,
+        # which each sharded weight must leave (its memory is freed and restored apart from the others').
         import shutil
-        import torch
         from safetensors.torch import load_file as load_torch, save_file as save_torch
         f32 = os.path.join(a.work, "model-f32")
         shutil.copytree(model, f32)
         st = os.path.join(f32, "model.safetensors")
         save_torch({k: v.float() for k, v in load_torch(st).items()}, st, metadata={"format": "pt"})
-        group_ok(group("dp-f32", 2, *full, "--grad-checkpoint", "--model", f32), "dp-f32")
-        group_ok(group("sharded-f32", 2, *full, "--shard", "--model", f32), "sharded-f32")
-        same_bytes("dp-f32", "sharded-f32")
+        one("one", *run_args(4, 2), "--grad-checkpoint", "--model", f32)
+        one("one-sharded", *run_args(4, 2), "--shard", "--model", f32)
+        same_bytes("one", "one-sharded", 4, 2)
+        # Packed rows: 9 rows in batches of 4, 4 and 1, so rank 1 sits out one step of the three; with
+        # embeddings trained (whole on every rank, summed as data parallel sums them).
+        packed = [*run_args(3, 2), "--pack", "--max-seq-length", "2048", "--train-embeddings"]
+        group_ok(group("dp-packed", 2, *packed, "--grad-checkpoint"), "dp-packed")
+        group_ok(group("sharded-packed", 2, *packed, "--shard"), "sharded-packed")
+        same_bytes("dp-packed", "sharded-packed", 3, 2)
         # 3 ranks: slices of 65,536 and 256 elements padded at the end.
-        three = [*full, "--batch-size", "3"]
+        three = [*run_args(4, 2), "--batch-size", "3"]
         group_ok3 = lambda res, out: [check(rc == 0, f"{out}: rank {r} exit {rc}\n{e}")  # noqa: E731
                                       for r, (rc, o, e) in enumerate(res)]
         group_ok3(group("dp-3", 3, *three, "--grad-checkpoint"), "dp-3")
         group_ok3(group("sharded-3", 3, *three, "--shard"), "sharded-3")
-        same_bytes("dp-3", "sharded-3")
+        same_bytes("dp-3", "sharded-3", 4, 2)
 
         def refused(args, needle):
             p = subprocess.run([a.lmtune, *base, "--iters", "1", *args, "--adapter-path", os.path.join(a.work, "x")],
