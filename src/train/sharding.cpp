@@ -13,6 +13,22 @@
 
 namespace lmtune::train {
 
+namespace {
+
+// Elements [rank c, (rank + 1) c) of whole, flattened, as a tensor of c, zero-padded past the end.
+Tensor cut_slice(const Tensor& whole, int64_t c, int rank) {
+  const int64_t n = whole.numel();
+  Tensor s = ops::zeros({c}, whole.dtype(), whole.device());
+  const int64_t lo = std::min<int64_t>(n, int64_t(rank) * c), hi = std::min<int64_t>(n, lo + c);
+  if (hi > lo) {
+    Tensor dst = s.slice_rows(0, hi - lo);
+    ops::copy_into(dst, whole.detach().reshape({n}).slice_rows(lo, hi));
+  }
+  return s;
+}
+
+}  // namespace
+
 int64_t block_of_weight(const std::string& name) {
   // "<...>layers.<i>.<...>", the way every family names its blocks' weights.
   for (size_t at = name.find("layers."); at != std::string::npos; at = name.find("layers.", at + 1)) {
@@ -42,14 +58,7 @@ ShardedWeights::ShardedWeights(Model& model, std::vector<std::pair<std::string, 
     e.master = masters.count(name) > 0;
     e.numel = p.numel();
     e.c = (e.numel + world_ - 1) / world_;
-    // This rank's slice, zero-padded past the end.
-    Tensor s = ops::zeros({e.c}, DType::f32, p.device());
-    const int64_t lo = std::min<int64_t>(e.numel, int64_t(rank_) * e.c), hi = std::min<int64_t>(e.numel, lo + e.c);
-    if (hi > lo) {
-      Tensor dst = s.slice_rows(0, hi - lo);
-      ops::copy_into(dst, p.detach().reshape({e.numel}).slice_rows(lo, hi));
-    }
-    e.slice = ag::param(s);
+    e.slice = ag::param(cut_slice(p, e.c, rank_));
     // The whole weight gets a storage of its own, which release() frees and restore() gives back (one
     // read from the checkpoint may share a mapping with every other); the model's entry is replaced,
     // the leaf (its autograd meta) stays. This copy of the old weight goes, so its memory can too.
@@ -84,31 +93,28 @@ void ShardedWeights::sum(Tensor& buf) const {
   }
 }
 
-Tensor ShardedWeights::gather(const std::string& name, const Tensor& slice) const {
-  const Entry& e = entries_.at(index_.at(name));
-  LMT_CHECK(slice.numel() == e.c, "[shard] ", name, ": a slice of ", e.c, " elements, got ", slice.describe());
+Tensor ShardedWeights::gathered(const Entry& e, const Tensor& slice) const {
+  LMT_CHECK(slice.numel() == e.c, "[shard] ", e.name, ": a slice of ", e.c, " elements, got ", slice.describe());
   Tensor buf = ops::zeros({e.c * world_}, DType::f32, slice.device());
   Tensor mine = buf.slice_rows(int64_t(rank_) * e.c, int64_t(rank_ + 1) * e.c);
   ops::copy_into(mine, ops::cast(slice.detach().reshape({e.c}), DType::f32));
   sum(buf);
-  return ops::clone(buf.slice_rows(0, e.numel)).reshape(e.whole.shape());
+  return buf.slice_rows(0, e.numel).reshape(e.whole.shape());
+}
+
+Tensor ShardedWeights::gather(const std::string& name, const Tensor& slice) const {
+  return ops::clone(gathered(entries_.at(index_.at(name)), slice));
 }
 
 Tensor ShardedWeights::slice_of(const std::string& name, const Tensor& whole) const {
   const Entry& e = entries_.at(index_.at(name));
   LMT_CHECK(whole.numel() == e.numel, "[shard] ", name, ": ", e.numel, " elements, got ", whole.describe());
-  Tensor s = ops::zeros({e.c}, whole.dtype(), whole.device());
-  const int64_t lo = std::min<int64_t>(e.numel, int64_t(rank_) * e.c), hi = std::min<int64_t>(e.numel, lo + e.c);
-  if (hi > lo) {
-    Tensor dst = s.slice_rows(0, hi - lo);
-    ops::copy_into(dst, whole.detach().reshape({e.numel}).slice_rows(lo, hi));
-  }
-  return s;
+  return cut_slice(whole, e.c, rank_);
 }
 
 void ShardedWeights::gather_entry(Entry& e) {
   if (!e.whole.storage()->released()) return;
-  Tensor full = gather(e.name, e.slice);
+  const Tensor full = gathered(e, e.slice);  // a view of the summed buffer, copied once, into the weight
   e.whole.storage()->restore();
   Tensor dst = e.whole.detach();
   ops::copy_into(dst, full);

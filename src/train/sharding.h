@@ -86,6 +86,8 @@ class ShardedWeights final : public BlockHooks {
   };
   // buf (f32, world * c elements, on the slices' device) summed over the group in place.
   void sum(Tensor& buf) const;
+  // e's weight whole from this rank's slice-shaped tensor: a view of the summed buffer (a collective).
+  Tensor gathered(const Entry& e, const Tensor& slice) const;
   void gather_entry(Entry& e);
   void release_entry(Entry& e);
   void reduce_entry(Entry& e);
