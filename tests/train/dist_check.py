@@ -11,7 +11,8 @@ and printing. Cases:
   gpus      `lmtune lora --gpus 2` (lmtune's own launcher) against 1 process; a failing rank's status
   nccl      (label gpu; 2 GPUs, else skipped) --gpus 2 on CUDA sums with NCCL and equals 1 GPU
   world1    WORLD_SIZE=1 (and RANK 0): byte for byte the files of a run without the variables
-  refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE: clear errors
+  refused   a batch not divisible by WORLD_SIZE, a missing MASTER_PORT, RANK past WORLD_SIZE, a bad
+            LMTUNE_DIST_OVERLAP or LMTUNE_DIST_BUCKET_MB: clear errors
   rank_dies rank 1 killed mid-run: rank 0 stops within seconds naming rank 1, nothing torn
   overlap   the sums overlapped with backward in buckets of 10 kB (many buckets) and not overlapped
             (LMTUNE_DIST_OVERLAP=0): the same bytes, with gradient accumulation and checkpointing
@@ -224,6 +225,12 @@ def main():
             p = subprocess.run([a.lmtune, *base, "--iters", "1", "--adapter-path", os.path.join(a.work, "x")],
                                capture_output=True, text=True, timeout=60, env={**env0, **env})
             check(p.returncode != 0 and needle in p.stderr, f"{env}: exit {p.returncode}, want {needle!r}\n{p.stderr}")
+        # The overlap's switches, read once the group has met: a bad value stops every rank, naming it.
+        for var, val, needle in (("LMTUNE_DIST_OVERLAP", "2", "LMTUNE_DIST_OVERLAP=2 is not 0 or 1"),
+                                 ("LMTUNE_DIST_BUCKET_MB", "lots", "LMTUNE_DIST_BUCKET_MB=lots is not a number")):
+            res = group("bad-env", 2, "--iters", "1", extra={var: val}, timeout=60)
+            for r, (rc, o, e) in enumerate(res):
+                check(rc != 0 and needle in e, f"{var}={val}, rank {r}: exit {rc}, want {needle!r}\n{e}")
         refused({"WORLD_SIZE": "2", "RANK": "0"}, "needs MASTER_PORT")
         refused({"WORLD_SIZE": "2", "RANK": "2", "MASTER_PORT": "1234"}, "RANK=2 is not a whole number from 0 to 1")
         refused({"WORLD_SIZE": "two", "RANK": "0", "MASTER_PORT": "1234"}, "WORLD_SIZE=two")
