@@ -14,11 +14,12 @@
 # session 5 the fused epilogues the same way). --kernels: the kernel table (LMTUNE_CUDA_PROFILE=1) of a
 # 16-token prompt and 64 decode steps without a graph: each kernel's share of a decode step.
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
-#   [--kernels]
+#   [--kernels] [--ab-gqa]
+# --ab-gqa: the 4-bit decode at prompts 512 and 4096 with LMTUNE_CUDA_DECODE_GQA=0 and 1, twice each.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
-table="" llamacpp="" tokenizer="" profile=0 ab=0 kernels=0
+table="" llamacpp="" tokenizer="" profile=0 ab=0 kernels=0 ab_gqa=0
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -27,6 +28,7 @@ while (($#)); do
     --tokenizer) tokenizer="$2"; shift 2 ;;
     --ncu) profile=1; shift ;;
     --ab) ab=1; shift ;;
+    --ab-gqa) ab_gqa=1; shift ;;
     --kernels) kernels=1; shift ;;
     *) echo "bench_quantized_gpu: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -91,6 +93,15 @@ echo "== lmtune benchmark [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 512 -g 128 -n 3 2>&1 | tee "$tmp/bench.txt" || status=1
 echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
+if ((ab_gqa)); then  # decoding's attention a block a query head (A) against blocks of the heads sharing a kv head (B)
+  for gqa in 0 1 0 1; do
+    for prompt in 512 4096; do
+      echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_DECODE_GQA=$gqa [$((SECONDS - start)) s]"
+      LMTUNE_CUDA_DECODE_GQA=$gqa "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p $prompt -g 128 -n 2 \
+        2>&1 | grep -E "Averages|Peak" || status=1
+    done
+  done
+fi
 if ((kernels)); then
   echo "== lmtune benchmark -p 16 -g 64 under LMTUNE_CUDA_PROFILE=1, no graph: the kernel table [$((SECONDS - start)) s]"
   LMTUNE_CUDA_PROFILE=1 LMTUNE_CUDA_GRAPH=0 "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 64 -n 1 \

@@ -48,6 +48,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_qgemm_rows = read_switch("LMTUNE_CUDA_QGEMM_ROWS", var("LMTUNE_CUDA_QGEMM_ROWS"), d.cuda_qgemm_rows);
   c.cuda_flash = read_switch("LMTUNE_CUDA_FLASH", var("LMTUNE_CUDA_FLASH"), d.cuda_flash);
   c.cuda_decode_split = read_switch("LMTUNE_CUDA_DECODE_SPLIT", var("LMTUNE_CUDA_DECODE_SPLIT"), d.cuda_decode_split);
+  c.cuda_decode_gqa = read_switch("LMTUNE_CUDA_DECODE_GQA", var("LMTUNE_CUDA_DECODE_GQA"), d.cuda_decode_gqa);
   c.attn_chunk_rows = read_count("LMTUNE_CUDA_ATTN_CHUNK_ROWS", var("LMTUNE_CUDA_ATTN_CHUNK_ROWS"), d.attn_chunk_rows);
   c.cuda_grouped_gemm = read_switch("LMTUNE_CUDA_GROUPED_GEMM", var("LMTUNE_CUDA_GROUPED_GEMM"), d.cuda_grouped_gemm);
   c.cuda_cache_bound = read_switch("LMTUNE_CUDA_CACHE_BOUND", var("LMTUNE_CUDA_CACHE_BOUND"), d.cuda_cache_bound);

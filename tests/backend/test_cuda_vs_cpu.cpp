@@ -571,17 +571,26 @@ TEST_P(CudaVsCpu, AttentionAtRunTimeOffset) {
       {1, 256, 8, 2, 128, 150, 0, 30.f},
       {3, 128, 4, 2, 128, 60, 0, 10.f},
       {1, 64, 2, 1, 48, 50, 8, 10.f},
+      {2, 512, 16, 2, 64, 400, 0},    // 8 heads a kv head: two blocks of 4 a kv head
+      {1, 300, 6, 2, 128, 250, 0},    // 3 heads a kv head: a block a head
+      {1, 1024, 12, 2, 128, 900, 0},  // 6 heads a kv head: blocks of 2
   };
-  // decode_split.cu (bf16/f16, head_dim 64 and 128, T <= 4) and, with it off, the flash kernel.
-  for (bool split : {true, false})
+  // decode_split.cu (bf16/f16, head_dim 64 and 128, T <= 4) with blocks of the query heads that share
+  // a kv head and with a block a head, and, with it off, the flash kernel.
+  for (int mode : {0, 1, 2})
     for (const Case& c : cases) {
+      const bool split = mode < 2;
       RuntimeConfig rc = runtime_config();
       rc.cuda_decode_split = split;
+      rc.cuda_decode_gqa = mode == 0;
       ScopedRuntimeConfig scoped(rc);
-      std::string name = std::string(split ? "split " : "") + "attention at run-time offset T" + std::to_string(c.T) +
-                         " cap" + std::to_string(c.cap) + " H" + std::to_string(c.H) + "/" + std::to_string(c.KV) +
-                         " D" + std::to_string(c.D) + " pos" + std::to_string(c.pos) + " win" +
-                         std::to_string(c.window) + (c.softcap > 0.f ? " softcap" : "");
+      std::string name = std::string(mode == 0   ? "split gqa "
+                                     : mode == 1 ? "split "
+                                                 : "") +
+                         "attention at run-time offset T" + std::to_string(c.T) + " cap" + std::to_string(c.cap) +
+                         " H" + std::to_string(c.H) + "/" + std::to_string(c.KV) + " D" + std::to_string(c.D) + " pos" +
+                         std::to_string(c.pos) + " win" + std::to_string(c.window) +
+                         (c.softcap > 0.f ? " softcap" : "");
       SCOPED_TRACE(name);
       const int64_t S = c.pos + c.T, row = c.KV * c.D;
       size_t nq = size_t(c.T * c.H * c.D), nl = size_t(c.H * c.T);
