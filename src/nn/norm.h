@@ -17,8 +17,8 @@ struct RmsNorm {
   bool defined() const { return weight != nullptr; }
   Tensor forward(const Tensor& x) const;
   Tensor scale() const;  // the weight the norm multiplies by: w, or 1 + w
-  // (x + y, norm(x + y)): the residual add and the norm after it. While decoding (a few rows, no
-  // autograd) one fused kernel does both where the backend has one; the same values either way.
+  // (x + y, norm(x + y)): the residual add and the norm after it. While decoding, or whenever
+  // autograd is off, one fused kernel does both where the backend has one; the same values either way.
   std::pair<Tensor, Tensor> add_forward(const Tensor& x, const Tensor& y, bool decoding) const;
 };
 
