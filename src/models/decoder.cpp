@@ -219,16 +219,18 @@ void DecoderModel::bind() {
   head_.softcap = float(c.final_logit_softcap);
 }
 
-Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache,
-                           const nn::Segments* seg) {
+Tensor DecoderModel::block(int64_t layer, const Tensor& x, int64_t pos_offset, const nn::Segments* seg) {
   const Block& b = blocks_[size_t(layer)];
-  // Decoding: a few rows and no autograd, so the blocks may use their fused kernels.
-  const bool decoding = cache && !ag::grad_enabled() && x.dim(0) * x.dim(1) <= 4;
-  Tensor a = b.attn.forward(b.attn_input(x), layer, pos_offset, cache, decoding, seg);
-  return b.finish(x, a, decoding);
+  Tensor a = b.attn.forward(b.attn_input(x), layer, pos_offset, nullptr, false, seg);
+  return b.finish(x, a, false);
 }
 
 Tensor DecoderModel::Block::finish(const Tensor& x, Tensor a, bool decoding) const {
+  auto [x1, m] = finish_parts(x, std::move(a), decoding);
+  return m.defined() ? ag::add(x1, m) : x1;
+}
+
+std::pair<Tensor, Tensor> DecoderModel::Block::finish_parts(const Tensor& x, Tensor a, bool decoding) const {
   if (post_attn_norm.defined()) a = post_attn_norm.forward(a);
   if (residual_scale != 1.f) a = ag::scale(a, residual_scale);
   Tensor x1, h;
@@ -236,12 +238,23 @@ Tensor DecoderModel::Block::finish(const Tensor& x, Tensor a, bool decoding) con
     std::tie(x1, h) = mlp_norm.add_forward(x, a, decoding);
   else
     x1 = h = ag::add(x, a);
-  // Llama's layout: the MLP's residual add fused where it can be.
-  if (moe.experts.empty() && !post_mlp_norm.defined() && residual_scale == 1.f) return mlp.forward(h, decoding, &x1);
+  // Llama's layout: the MLP's residual add fused into the down product where it can be.
+  const bool plain = moe.experts.empty() && !post_mlp_norm.defined() && residual_scale == 1.f;
+  if (plain && mlp.fuses_residual(decoding)) return {mlp.forward(h, decoding, &x1), Tensor()};
   Tensor m = moe.experts.empty() ? mlp.forward(h, decoding) : moe.forward(h);
   if (post_mlp_norm.defined()) m = post_mlp_norm.forward(m);
   if (residual_scale != 1.f) m = ag::scale(m, residual_scale);
-  return ag::add(x1, m);
+  return {x1, m};
+}
+
+Tensor DecoderModel::Block::input_after(Tensor& x, const Tensor& pending, bool decoding) const {
+  if (!pending.defined()) return attn_input(x);
+  Tensor h;
+  if (attn_norm.defined())
+    std::tie(x, h) = attn_norm.add_forward(x, pending, decoding);
+  else
+    x = h = ag::add(x, pending);
+  return h;
 }
 
 Tensor DecoderModel::forward(const Tensor& ids, int64_t pos_offset) {
@@ -299,14 +312,14 @@ Tensor DecoderModel::forward_blocks(const Tensor& ids, int64_t pos_offset, const
           [this, i, pos_offset, hooks,
            sc = seg ? std::optional<nn::Segments>(*seg) : std::nullopt](const std::vector<Tensor>& in) {
             if (hooks) hooks->before_block(i);
-            Tensor out = block(i, in[0], pos_offset, nullptr, sc ? &*sc : nullptr);
+            Tensor out = block(i, in[0], pos_offset, sc ? &*sc : nullptr);
             if (hooks && !ag::grad_enabled()) hooks->after_block(i);
             return out;
           },
           {x}, hooks ? std::function<void()>([hooks, i] { hooks->after_block_backward(i); }) : nullptr);
     } else {
       if (hooks) hooks->before_block(i);
-      x = block(i, x, pos_offset, nullptr, seg);
+      x = block(i, x, pos_offset, seg);
       if (hooks) hooks->after_block(i);
     }
   }
@@ -362,10 +375,17 @@ Tensor DecoderModel::forward(const Tensor& ids, KVCache& cache, bool last_only) 
 Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
   int64_t pos = cache.offset();
   use_rope_for(pos + ids.dim(1));
-  Tensor x = embed_.forward(ids);
-  for (int64_t i = 0; i < cfg_.n_layer; ++i) x = block(i, x, pos, &cache);
+  // Decoding: a few rows and no autograd, so the blocks may use their fused kernels. Each block's
+  // last residual add is left to the next block's input norm.
+  const bool decoding = !ag::grad_enabled() && ids.numel() <= 4;
+  Tensor x = embed_.forward(ids), pending;
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    const Block& b = blocks_[size_t(i)];
+    Tensor a = b.attn.forward(b.input_after(x, pending, decoding), i, pos, &cache, decoding, nullptr);
+    std::tie(x, pending) = b.finish_parts(x, a, decoding);
+  }
   cache.advance(ids.dim(1));
-  return x;
+  return pending.defined() ? ag::add(x, pending) : x;
 }
 
 Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedSequence>& seqs) {
@@ -406,12 +426,13 @@ Tensor DecoderModel::forward_packed(const Tensor& ids, const std::vector<PackedS
   int64_t reach = 0;
   for (const nn::PackedSpan& s : spans) reach = std::max(reach, s.cache->offset() + s.length);
   use_rope_for(reach);
-  Tensor x = embed_.forward(ids);
+  Tensor x = embed_.forward(ids), pending;  // each block's last residual add left to the next one's norm
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];
-    Tensor a = b.attn.forward_packed(b.attn_input(x), i, spans, decoding);
-    x = b.finish(x, a, decoding);
+    Tensor a = b.attn.forward_packed(b.input_after(x, pending, decoding), i, spans, decoding);
+    std::tie(x, pending) = b.finish_parts(x, a, decoding);
   }
+  if (pending.defined()) x = ag::add(x, pending);
   for (const nn::PackedSpan& s : spans) s.cache->advance(s.length);
   // Only each sequence's last row reaches the head, or its every row with every_row (all rows,
   // without copies, when each sequence fed one token, a decoding step, or wants all of them).

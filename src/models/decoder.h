@@ -38,13 +38,19 @@ class DecoderModel final : public Model {
     Tensor attn_input(const Tensor& x) const { return attn_norm.defined() ? attn_norm.forward(x) : x; }
     // x + attention a, then the MLP half of the block: the residual stream after the block.
     Tensor finish(const Tensor& x, Tensor a, bool decoding) const;
+    // The same as (x1, m), the stream after the block being x1 + m, so that an inference forward
+    // adds m in the next block's input norm (one fused kernel); m undefined where the add was made
+    // already (a quantized down product's fused epilogue while decoding).
+    std::pair<Tensor, Tensor> finish_parts(const Tensor& x, Tensor a, bool decoding) const;
+    // The attention's input from the stream x + pending (pending undefined: x alone); x becomes
+    // the sum. The same values as attn_input(x + pending).
+    Tensor input_after(Tensor& x, const Tensor& pending, bool decoding) const;
   };
   void on_weights_set() override;
   void bind() override;
-  // cache null: attention over x's own keys at positions pos_offset + t (or, with seg, at its
-  // positions within its segments).
-  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, KVCache* cache = nullptr,
-               const nn::Segments* seg = nullptr);
+  // Attention over x's own keys at positions pos_offset + t (or, with seg, at its positions within
+  // its segments): training and scoring (forward_layers runs the cached inference forward).
+  Tensor block(int64_t layer, const Tensor& x, int64_t pos_offset, const nn::Segments* seg = nullptr);
   Tensor forward_layers(const Tensor& ids, KVCache& cache);  // hidden states (B, T, n_embd)
   // The same without a cache, before the final norm; packed rows when seg is set.
   Tensor forward_blocks(const Tensor& ids, int64_t pos_offset, const nn::Segments* seg = nullptr);

@@ -42,8 +42,10 @@ Tensor GatedMlp::forward(const Tensor& x, bool decoding, const Tensor* residual)
     act_out = act == Activation::silu ? ag::swiglu(g, u) : ag::mul(ag::gelu_tanh(g), u);
   }
   if (!residual) return down.forward(act_out);
-  Linear ld = down.get();
-  if (decoding && ld.plain_quantized()) return ops::quantized_linear_add(act_out, ld.packed(), *residual, ld.format);
+  if (fuses_residual(decoding)) {
+    Linear ld = down.get();
+    return ops::quantized_linear_add(act_out, ld.packed(), *residual, ld.format);
+  }
   return ag::add(*residual, down.forward(act_out));
 }
 

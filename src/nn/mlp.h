@@ -16,6 +16,8 @@ struct GatedMlp {
   // in its epilogue, and a plain quantized down product with the residual add in its epilogue,
   // where the backend has such kernels.
   Tensor forward(const Tensor& x, bool decoding, const Tensor* residual = nullptr) const;
+  // Whether forward() adds a residual inside the down product's kernel (else it is a separate add).
+  bool fuses_residual(bool decoding) const { return decoding && down.get().plain_quantized(); }
 };
 
 }  // namespace lmtune::nn

@@ -10,8 +10,8 @@ std::pair<Tensor, Tensor> RmsNorm::add_forward(const Tensor& x, const Tensor& y,
   // Without autograd (decoding, prefill, a server's batched steps, scoring) any number of rows may
   // take the fused kernel: its sum is rounded to the dtype before the norm, as ag::add's is.
   const Tensor w = scale();
-  if ((decoding || !ag::grad_enabled()) && x.dtype() == y.dtype() && x.shape() == y.shape() &&
-      w.dtype() == x.dtype() && x.device() == y.device())
+  if ((decoding || !ag::grad_enabled()) && x.dtype() == y.dtype() && x.shape() == y.shape() && w.dtype() == x.dtype() &&
+      x.device() == y.device())
     return ops::add_rms_norm(x, y, w, eps);
   Tensor sum = ag::add(x, y);
   return {sum, ag::rms_norm(sum, w, eps)};
