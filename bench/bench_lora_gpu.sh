@@ -9,7 +9,7 @@
 # About 3-5 minutes on an H100 once lmtune is built (most of it writing and loading 14.5 GB).
 # Usage: bench/bench_lora_gpu.sh [--build DIR] [--table PATH] [--warmup N] [--steps N]
 #          [--keys q,k,v,o,gate,up,down] [--checkpointing both|off|on] [--smoke]
-#          [--shape qwen3-0.6b|gemma3-1b|mixtral-moe] [--batch N] [--compiled] [--lmtune-env VAR=VALUE]
+#          [--shape qwen3-0.6b|gemma3-1b|mixtral-moe|qwen3-moe] [--batch N] [--compiled] [--lmtune-env VAR=VALUE]
 #          [--gpus N]
 # (default build/, 5 warm-up and 20 timed steps, multiples of the 5-step report, all 7 keys, both;
 # --keys adapts fewer linear layers on both sides, to split the LoRA path's cost from the base
@@ -71,8 +71,8 @@ fi
 iters=$((warmup + steps))
 shape_flag=()
 case "$shape" in
-  "") ;; qwen3-0.6b|gemma3-1b|mixtral-moe) shape_flag=(--shape "$shape") ;;
-  *) echo "bench_lora_gpu: --shape must be qwen3-0.6b, gemma3-1b or mixtral-moe" >&2; exit 2 ;;
+  "") ;; qwen3-0.6b|gemma3-1b|mixtral-moe|qwen3-moe) shape_flag=(--shape "$shape") ;;
+  *) echo "bench_lora_gpu: --shape must be qwen3-0.6b, gemma3-1b, mixtral-moe or qwen3-moe" >&2; exit 2 ;;
 esac
 if [[ -n "$alt_env" && ! "$alt_env" =~ ^LMTUNE_[A-Z0-9_]+=[^[:space:]]*$ ]]; then
   echo "bench_lora_gpu: --lmtune-env takes LMTUNE_NAME=VALUE, got '$alt_env'" >&2

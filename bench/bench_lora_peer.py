@@ -15,7 +15,9 @@
       head, head_dim 256, vocab 262144, tied, 5 sliding layers of window 512 to each full one,
       query_pre_attn_scalar 256), or --shape mixtral-moe, Mixtral's layout scaled to one GPU (hidden
       2048, 8 experts of width 7168, top 2, 16 layers, 16 heads, 8 kv heads, vocab 32000; the experts
-      saved per expert as the Hub's checkpoints hold them), bf16 on the GPU (the models of bench_lora_gpu.sh --shape); with
+      saved per expert as the Hub's checkpoints hold them), or --shape qwen3-moe, Qwen3-30B-A3B's layout with
+      16 of its 48 layers (hidden 2048, 128 experts of width 768, top 8, 32 heads, 4 kv heads, q/k norms,
+      vocab 151936, untied; saved per expert), bf16 on the GPU (the models of bench_lora_gpu.sh --shape); with
       --smoke, a 2-layer f32 model of that family on the CPU.
   bench_lora_peer.py data DIR --model DIR --seq N [--n-train 16] [--n-valid 2]
       train.jsonl / valid.jsonl of {"text": ...} records built from the words of examples/data,
@@ -61,6 +63,12 @@ FAMILY_SHAPES = {  # --shape: the real models' dimensions
     "mixtral-moe": dict(hidden_size=2048, intermediate_size=7168, num_hidden_layers=16, num_attention_heads=16,
                         num_key_value_heads=8, head_dim=128, vocab_size=32000, num_local_experts=8,
                         num_experts_per_tok=2),
+    # A mixture of many small experts, Qwen3-30B-A3B's layout (128 experts of width 768, top 8, normalised
+    # top-k weights, q/k norms, 32 heads, 4 kv heads, vocab 151936) with 16 of its 48 layers: 10.6 B
+    # parameters, 21 GB in bf16.
+    "qwen3-moe": dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=16,
+                      num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936,
+                      num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1),
 }
 
 
@@ -78,6 +86,23 @@ def shapes(smoke, shape=None):
                     num_key_value_heads=2, head_dim=64, vocab_size=2048)
     return dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=32000)
+
+
+def qwen3_moe_checkpoint_specs(specs):
+    """As mixtral_checkpoint_specs for Qwen3-MoE: stacked in memory, saved per expert as the Hub's
+    checkpoints hold them (mlp.experts.e.gate_proj / up_proj / down_proj, the router mlp.gate)."""
+    out = []
+    for n, s in specs:
+        if n.endswith(".mlp.experts.gate_up_proj"):
+            base = n.replace(".gate_up_proj", ".")
+            for e in range(s[0]):
+                out += [(f"{base}{e}.gate_proj.weight", (s[1] // 2, s[2])), (f"{base}{e}.up_proj.weight", (s[1] // 2, s[2]))]
+        elif n.endswith(".mlp.experts.down_proj"):
+            base = n.replace(".down_proj", ".")
+            out += [(f"{base}{e}.down_proj.weight", (s[1], s[2])) for e in range(s[0])]
+        else:
+            out.append((n, s))
+    return out
 
 
 def mixtral_checkpoint_specs(specs):
@@ -122,6 +147,10 @@ def cmd_model(a):
         Config, Model, arch = transformers.Qwen3Config, transformers.Qwen3ForCausalLM, "Qwen3ForCausalLM"
         cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
                      tie_word_embeddings=True, **ids)
+    elif a.shape == "qwen3-moe":
+        Config, Model, arch = transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM, "Qwen3MoeForCausalLM"
+        cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
+                     tie_word_embeddings=False, router_aux_loss_coef=0.0, **ids)
     elif a.shape == "mixtral-moe":
         Config, Model, arch = transformers.MixtralConfig, transformers.MixtralForCausalLM, "MixtralForCausalLM"
         cfg = Config(**shapes(a.smoke, a.shape), rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768,
@@ -137,6 +166,8 @@ def cmd_model(a):
         specs = [(n, tuple(p.shape)) for n, p in Model(cfg).state_dict().items()]
     if a.shape == "mixtral-moe":
         specs = mixtral_checkpoint_specs(specs)
+    if a.shape == "qwen3-moe":
+        specs = qwen3_moe_checkpoint_specs(specs)
     if cfg.tie_word_embeddings:  # the head is the embedding: one tensor in the file, as save_pretrained writes
         specs = [(n, s) for n, s in specs if n != "lm_head.weight"]
     unit_offset = a.shape == "gemma3-1b"  # gemma's norms scale by (1 + w): w = 0 is the identity
