@@ -69,8 +69,8 @@ import numpy as np
 from checks import FAILS, check
 from gguf_quant_ref import FTYPES, MIXES, check_values, mix_type, mlx_dequantized
 
-from gguf_families import (EXPERTS, FAMILIES, GEMMA_TYPES, PERMUTED, gguf_name, lm, make_family, model_dir, must,
-                           permute, read_safetensors, run, stacked_experts, variant, write_adapter)
+from gguf_families import (EXPERTS, FAMILIES, GEMMA_TYPES, PERMUTED, gguf_name, gguf_reader, lm, make_family, model_dir,
+                           must, permute, read_safetensors, run, stacked_experts, variant, write_adapter)
 from gguf_llamacpp import case_llamacpp, case_llamacpp_lora, case_q4_quantize
 
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -101,7 +101,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     """Checks the GGUF at path against the model folder src_dir (dense: its tensors, if not the folder's)."""
     import gguf
     from gguf.quants import dequantize, quantize
-    r = gguf.GGUFReader(path)
+    r = gguf_reader(path)
     kv = {f.name: f for f in r.fields.values()}
 
     def val(k):
@@ -366,7 +366,7 @@ def case_lora(a):
             os.remove(out)
         must(lm(a, "gguf", "--model", base, "--adapter-path", ad, "--gguf-path", out, "--gguf-type", "f32"),
              "lmtune gguf --adapter-path")
-        r = gguf.GGUFReader(out)
+        r = gguf_reader(out)
         kv = {f.name: f.contents() for f in r.fields.values()}
         cfg = json.load(open(os.path.join(base, "config.json")))
         arch = {"llama": "llama", "qwen3": "qwen3", "phi3": "phi3", "mixtral": "llama"}[cfg["model_type"]]

@@ -25,6 +25,25 @@ def must(r, what):
     return r
 
 
+def gguf_reader(path):
+    """gguf-py's own GGUFReader on path, its parsing code unchanged, run over a plain ndarray view of the
+    file's np.memmap instead of the memmap itself: the values, fields and tensors are the same, but the
+    parse takes ~2.5 s on a 128k-token vocabulary instead of ~9 s (it slices the file a million times,
+    and each memmap slice runs numpy.memmap's Python __array_finalize__ and __getitem__)."""
+    import gguf
+
+    class Reader(gguf.GGUFReader):
+        @property
+        def data(self):
+            return self._plain
+
+        @data.setter
+        def data(self, mm):  # GGUFReader.__init__ assigns np.memmap(path, mode)
+            self._plain = np.asarray(mm)  # a base-class view of the same mapped bytes
+
+    return Reader(path)
+
+
 # ------------------------------------------------------------------------------------------ models
 
 PERMUTED = ("llama", "mistral", "mixtral", "granite", "smollm3")  # model types whose q/k rows llama.cpp wants permuted

@@ -9,7 +9,8 @@ import sys
 
 import numpy as np
 from checks import check
-from gguf_families import GEMMA_TYPES, PERMUTED, PROMPT, gguf_name, lm, model_dir, must, run, write_adapter
+from gguf_families import (GEMMA_TYPES, PERMUTED, PROMPT, gguf_name, gguf_reader, lm, model_dir, must, run,
+                           write_adapter)
 
 
 def greedy_lmtune(a, model, adapter=None, n=24):
@@ -56,7 +57,7 @@ def load_gguf_weights(m, path, cfg):
     import gguf
     import torch
     from gguf.quants import dequantize
-    r = gguf.GGUFReader(path)
+    r = gguf_reader(path)
     ts = {t.name: t for t in r.tensors}
     llama = cfg["model_type"] in PERMUTED
     with torch.no_grad():
@@ -202,7 +203,7 @@ def case_q4_quantize(a):
     must(lm(a, "gguf", "--model", base, "--gguf-path", f32, "--gguf-type", "f32"), "gguf f32")
     must(lm(a, "gguf", "--model", base, "--gguf-path", q4, "--gguf-type", "q4_0"), "gguf q4_0")
     must(run([os.path.join(a.llamacpp_bin, "llama-quantize"), "--pure", f32, cpp, "Q4_0", "2"]), "llama-quantize")
-    ra, rb = gguf.GGUFReader(q4), gguf.GGUFReader(cpp)
+    ra, rb = gguf_reader(q4), gguf_reader(cpp)
     tb = {t.name: t for t in rb.tensors}
     n = 0
     for t in ra.tensors:
