@@ -62,3 +62,47 @@ def mlx_lm_cli(args):
         return b.getvalue().replace("\r\n", "\n").replace("\r", "\n")
 
     return subprocess.CompletedProcess(["mlx_lm", *map(str, args)], rc, text(out), text(err))
+
+
+def reuse_mlx_tokenizers():
+    """Makes mlx_lm load a tokenizer once per distinct input and hand the same one back after: its
+    commands, run by mlx_lm_cli one after another, each load their folder's tokenizer afresh, 2-4 s
+    apiece for the test models' real 128k-262k-token vocabularies (most of a convert or generate of a
+    tiny model). The key is every input mlx_lm.utils.load_tokenizer has: the bytes of each file in
+    the folder but the weights and their index, with config.json's quantization entries set aside (a
+    model's quantized folders differ only there), and its arguments; so a loaded tokenizer is reused
+    only for byte-identical tokenizer files. The TokenizerWrapper keeps no state between commands
+    (convert saves it; generate takes a fresh copy of its detokenizer); generate's --extra-eos-token
+    would add to it, so a script that passes that flag must not call this."""
+    import hashlib
+    import json
+    import os
+
+    import mlx_lm.utils as mu
+
+    load, cache = mu.load_tokenizer, {}
+
+    def key(path, extra, eos):
+        parts = []
+        for f in sorted(os.listdir(path)):
+            p = os.path.join(path, f)
+            if not os.path.isfile(p) or f.endswith((".safetensors", ".safetensors.index.json")):
+                continue
+            data = open(p, "rb").read()
+            if f == "config.json":
+                c = json.loads(data)
+                for q in ("quantization", "quantization_config"):
+                    c.pop(q, None)
+                data = json.dumps(c, sort_keys=True).encode()
+            parts.append((f, hashlib.sha256(data).hexdigest()))
+        return (tuple(parts), json.dumps(extra, sort_keys=True, default=repr), repr(eos))
+
+    def cached(model_path, tokenizer_config_extra=None, eos_token_ids=None):
+        if not os.path.isdir(model_path):  # a hub name: as mlx_lm does it
+            return load(model_path, tokenizer_config_extra, eos_token_ids=eos_token_ids)
+        k = key(str(model_path), tokenizer_config_extra, eos_token_ids)
+        if k not in cache:
+            cache[k] = load(model_path, tokenizer_config_extra, eos_token_ids=eos_token_ids)
+        return cache[k]
+
+    mu.load_tokenizer = cached
