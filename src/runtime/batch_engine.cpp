@@ -19,6 +19,38 @@
 
 namespace lmtune {
 
+namespace {
+
+// A step's logits on the host: the forward's output downloaded in the model's dtype, each row made
+// f32 by whoever samples it (no cast on the device, no copy of the whole (rows, V) block), or the
+// f32 values a recorded step or longrope's path returned.
+struct HostLogits {
+  Tensor t;              // (rows, V) on the CPU, f32/bf16/f16; or undefined
+  std::vector<float> v;  // else rows * V values
+  size_t V = 0;
+
+  void row(size_t i, std::vector<float>& out) const {
+    out.resize(V);
+    if (!t.defined()) {
+      std::copy_n(v.data() + i * V, V, out.data());
+      return;
+    }
+    const void* base = t.raw();
+    switch (t.dtype()) {
+      case DType::f32: std::copy_n(static_cast<const float*>(base) + i * V, V, out.data()); break;
+      case DType::bf16:
+        for (size_t j = 0; j < V; ++j) out[j] = bf16_to_f32(static_cast<const uint16_t*>(base)[i * V + j]);
+        break;
+      case DType::f16:
+        for (size_t j = 0; j < V; ++j) out[j] = f16_to_f32(static_cast<const uint16_t*>(base)[i * V + j]);
+        break;
+      default: LMT_CHECK(false, "[batch] logits of dtype ", dtype_name(t.dtype()));
+    }
+  }
+};
+
+}  // namespace
+
 using Clock = std::chrono::steady_clock;
 
 std::string BatchOutcome::finish_reason() const {
@@ -316,7 +348,8 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   }
   if (in_step.empty()) return;
   const int64_t V = model_->config().n_vocab;
-  std::vector<float> host;
+  HostLogits host;
+  host.V = size_t(V);
   bool graphed = false;
   const Clock::time_point t0 = Clock::now();
   const bool decode_only = std::all_of(chunk.begin(), chunk.end(), [](int64_t c) { return c == 0; });
@@ -333,7 +366,7 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
         first.graph = std::make_unique<DecodeGraph>(*model_, *first.cache);
       if (first.graph) {
         try {
-          host = first.graph->step(first.next);
+          host.v = first.graph->step(first.next);
           graphed = true;
         } catch (const Error& e) {  // recording failed (the cache is as it was): eager from now on
           std::fprintf(stderr, "[batch] decoding without a CUDA graph: %s\n", e.what());
@@ -355,7 +388,7 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
           it = batch_graphs_.emplace(n, std::make_unique<BatchGraph>(*model_, n)).first;
         }
         try {
-          host = it->second->step(ids, caches);
+          host.v = it->second->step(ids, caches);
           graphed = true;
         } catch (const Error& e) {  // recording failed (the caches are as they were): eager from now on
           std::fprintf(stderr, "[batch] batched decoding without a CUDA graph: %s\n", e.what());
@@ -368,10 +401,10 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     // step's intermediates): eager steps write the same cache rows, and the graph is recorded
     // again only if the cache's buffers moved meanwhile (DecodeGraph::step checks).
     if (!graphed && model_->config().rope.type == "longrope") {
-      host = forward_longrope(in_step, ids, packed);
+      host.v = forward_longrope(in_step, ids, packed);
     } else if (!graphed) {
       Tensor lg = model_->forward_packed(Tensor::from_i32(ids, {1, int64_t(ids.size())}), packed);
-      host = ops::to(lg, Device::cpu, DType::f32).to_f32_vector();
+      host.t = ops::to(lg, Device::cpu);
     }
   } catch (const std::exception& e) {
     for (Sequence* s : in_step) finish(*s, BatchEnd::failed, std::string("the forward failed: ") + e.what());
@@ -388,8 +421,8 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   auto sample_row = [&](size_t i) {
     Sequence& s = *in_step[i];
     try {
-      const float* row = host.data() + i * size_t(V);
-      std::vector<float> logits(row, row + V);
+      std::vector<float> logits;
+      host.row(i, logits);
       chosen[i] = s.sampler.sample(logits, s.history);
     } catch (const std::exception& e) {
       sample_error[i] = e.what();
@@ -409,9 +442,9 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     ++stats_.batch_counts[bucket_of(in_step.size())];
     stats_.batch_sum += in_step.size();
   }
+  std::vector<float> row;
   for (size_t i = 0; i < in_step.size(); ++i) {
     Sequence& s = *in_step[i];
-    const float* row = host.data() + i * size_t(V);
     try {
       if (chunk[i] == 0) {
         ++s.decode_feeds;
@@ -421,7 +454,8 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
       } else {
         s.out.prompt_fed += chunk[i];
         keep_checkpoint(s);
-        after_prefill_chunk(s, row);
+        host.row(i, row);
+        after_prefill_chunk(s, row.data());
       }
     } catch (const std::exception& e) {
       if (!s.done) finish(s, BatchEnd::failed, e.what());
