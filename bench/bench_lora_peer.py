@@ -88,39 +88,22 @@ def shapes(smoke, shape=None):
                 num_key_value_heads=8, head_dim=128, vocab_size=32000)
 
 
-def qwen3_moe_checkpoint_specs(specs):
-    """As mixtral_checkpoint_specs for Qwen3-MoE: stacked in memory, saved per expert as the Hub's
-    checkpoints hold them (mlp.experts.e.gate_proj / up_proj / down_proj, the router mlp.gate)."""
-    out = []
-    for n, s in specs:
-        if n.endswith(".mlp.experts.gate_up_proj"):
-            base = n.replace(".gate_up_proj", ".")
-            for e in range(s[0]):
-                out += [(f"{base}{e}.gate_proj.weight", (s[1] // 2, s[2])), (f"{base}{e}.up_proj.weight", (s[1] // 2, s[2]))]
-        elif n.endswith(".mlp.experts.down_proj"):
-            base = n.replace(".down_proj", ".")
-            out += [(f"{base}{e}.down_proj.weight", (s[1], s[2])) for e in range(s[0])]
-        else:
-            out.append((n, s))
-    return out
-
-
-def mixtral_checkpoint_specs(specs):
-    """transformers 5 keeps Mixtral's experts stacked in memory (mlp.experts.gate_up_proj (E, 2 ff, C),
-    mlp.experts.down_proj (E, C, ff)) and saves them as the Hub's checkpoints hold them: per expert,
-    block_sparse_moe.experts.e.w1 (gate), w3 (up), w2 (down), and the router as block_sparse_moe.gate;
+def per_expert_specs(specs, experts, gate, up, down, router=None):
+    """transformers 5 keeps a mixture's experts stacked in memory (mlp.experts.gate_up_proj (E, 2 ff, C),
+    mlp.experts.down_proj (E, C, ff)) and saves them as the Hub's checkpoints hold them, per expert:
+    <experts>e.<gate>.weight, <up>, <down>, and the router mlp.gate renamed to <router> where given;
     from_pretrained and lmtune both read that layout."""
     out = []
     for n, s in specs:
         if n.endswith(".mlp.experts.gate_up_proj"):
-            base = n.replace(".mlp.experts.gate_up_proj", ".block_sparse_moe.experts.")
+            base = n.replace(".mlp.experts.gate_up_proj", experts)
             for e in range(s[0]):
-                out += [(f"{base}{e}.w1.weight", (s[1] // 2, s[2])), (f"{base}{e}.w3.weight", (s[1] // 2, s[2]))]
+                out += [(f"{base}{e}.{gate}.weight", (s[1] // 2, s[2])), (f"{base}{e}.{up}.weight", (s[1] // 2, s[2]))]
         elif n.endswith(".mlp.experts.down_proj"):
-            base = n.replace(".mlp.experts.down_proj", ".block_sparse_moe.experts.")
-            out += [(f"{base}{e}.w2.weight", (s[1], s[2])) for e in range(s[0])]
-        elif n.endswith(".mlp.gate.weight"):
-            out.append((n.replace(".mlp.gate.", ".block_sparse_moe.gate."), s))
+            base = n.replace(".mlp.experts.down_proj", experts)
+            out += [(f"{base}{e}.{down}.weight", (s[1], s[2])) for e in range(s[0])]
+        elif router and n.endswith(".mlp.gate.weight"):
+            out.append((n.replace(".mlp.gate.", router), s))
         else:
             out.append((n, s))
     return out
@@ -164,10 +147,10 @@ def cmd_model(a):
                      sliding_window=None, tie_word_embeddings=False, **ids)
     with torch.device("meta"):  # names and shapes only, no memory
         specs = [(n, tuple(p.shape)) for n, p in Model(cfg).state_dict().items()]
-    if a.shape == "mixtral-moe":
-        specs = mixtral_checkpoint_specs(specs)
-    if a.shape == "qwen3-moe":
-        specs = qwen3_moe_checkpoint_specs(specs)
+    if a.shape == "mixtral-moe":  # block_sparse_moe.experts.e.w1 (gate), w3 (up), w2 (down); block_sparse_moe.gate
+        specs = per_expert_specs(specs, ".block_sparse_moe.experts.", "w1", "w3", "w2", ".block_sparse_moe.gate.")
+    if a.shape == "qwen3-moe":  # mlp.experts.e.gate_proj, up_proj, down_proj; the router stays mlp.gate
+        specs = per_expert_specs(specs, ".mlp.experts.", "gate_proj", "up_proj", "down_proj")
     if cfg.tie_word_embeddings:  # the head is the embedding: one tensor in the file, as save_pretrained writes
         specs = [(n, s) for n, s in specs if n != "lm_head.weight"]
     unit_offset = a.shape == "gemma3-1b"  # gemma's norms scale by (1 + w): w = 0 is the identity
