@@ -4,8 +4,8 @@
 # that every id decodes), then one server at a time on it:
 #   lmtune        `lmtune server --device cuda --decode-concurrency 64 --prompt-cache-size 0`
 #   lmtune-graph  the same with LMTUNE_CUDA_BATCH_GRAPH=1 (batched decoding steps replayed as CUDA graphs)
-#   lmtune-nogqa  the same with LMTUNE_CUDA_DECODE_GQA=0 (decoding's attention a block a query head, each
-#                 reading its kv head's keys and values: the A of an A/B against the grouped blocks)
+#   lmtune-gqa    the same with LMTUNE_CUDA_DECODE_GQA=1 (decoding's attention a block for the query heads
+#                 that share a kv head: the B of an A/B against the default, a block a head)
 #   lmtune-profile  lmtune again at 32 streams only, under LMTUNE_CUDA_PROFILE=1: its kernel time by name
 #                 over that run (every kernel timed with CUDA events, so its tok/s row is not a figure to
 #                 quote) goes to the log and to TABLE's -profile.txt beside it
@@ -171,8 +171,8 @@ lmtune_server=("$build/bin/lmtune" server --model "$model" --device "$device" --
 if want lmtune; then
   run_peer lmtune '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=0 "${lmtune_server[@]}"
 fi
-if want lmtune-nogqa; then
-  run_peer lmtune-nogqa '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=0 LMTUNE_CUDA_DECODE_GQA=0 "${lmtune_server[@]}"
+if want lmtune-gqa; then
+  run_peer lmtune-gqa '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=0 LMTUNE_CUDA_DECODE_GQA=1 "${lmtune_server[@]}"
 fi
 if want lmtune-graph; then
   run_peer lmtune-graph '{}' default_model env LMTUNE_CUDA_BATCH_GRAPH=1 "${lmtune_server[@]}"
@@ -252,7 +252,7 @@ import json, os, sys
 tmp, table, device, peers, nr = sys.argv[1:]
 notrun = dict(l.split("=", 1) for l in nr.splitlines() if l)
 labels = {"lmtune": "lmtune server", "lmtune-graph": "lmtune server (batch graph)",
-          "lmtune-nogqa": "lmtune server (LMTUNE_CUDA_DECODE_GQA=0)",
+          "lmtune-gqa": "lmtune server (LMTUNE_CUDA_DECODE_GQA=1)",
           "lmtune-profile": "lmtune server (LMTUNE_CUDA_PROFILE=1: slowed, not a figure)", "transformers": "transformers serve (CB)", "llamacpp": "llama.cpp llama-server"}
 rs_all = {p: json.load(open(os.path.join(tmp, p + ".json"))) for p in peers.split(",")
           if os.path.exists(os.path.join(tmp, p + ".json"))}

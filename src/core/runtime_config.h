@@ -24,9 +24,10 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_DECODE_SPLIT=0: decoding's attention (T <= 4) takes the flash kernel, one block a
   // head, instead of decode_split.cu's blocks over stretches of the keys.
   bool cuda_decode_split = true;
-  // LMTUNE_CUDA_DECODE_GQA=0: decode_split.cu gives each query head its own blocks, which read the
-  // keys and values of their kv head once a head, instead of one block for up to 4 heads that share it.
-  bool cuda_decode_gqa = true;
+  // LMTUNE_CUDA_DECODE_GQA=1: decode_split.cu gives one block to up to 4 query heads that share a kv
+  // head (each key and value read once for all of them) instead of blocks a head. Off by default until
+  // its gpu tests and figures have run on a GPU (written in session 18, when none could be started).
+  bool cuda_decode_gqa = false;
   int64_t attn_chunk_rows = 0;  // LMTUNE_CUDA_ATTN_CHUNK_ROWS: most query rows per gemm-path chunk (0: no cap)
   bool cuda_graph = true;       // LMTUNE_CUDA_GRAPH=0: decode runs eagerly, no recorded CUDA graph
   // LMTUNE_CUDA_BATCH_GRAPH=1: the server's batched decoding steps (2-64 sequences) replay a recorded

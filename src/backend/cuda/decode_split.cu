@@ -3,9 +3,9 @@
 // decoding rows, each against its own cache, in f32/bf16/f16 with head_dim 32, 64 or 128. flash_forward.cu gives such a
 // row one block per head that walks every key in turn (32 blocks for Mistral-7B, 5.8 us a layer at 80 keys on the H200,
 // growing with the context); here each (split, head, row) block takes its own stretch of the visible keys, and the last
-// block of a row to finish merges the stretches. A block takes up to 4 query heads that share a kv
-// head (grouped-query attention), so that each key and value is read once for all of them rather
-// than once a head (LMTUNE_CUDA_DECODE_GQA=0: a head a block).
+// block of a row to finish merges the stretches. With LMTUNE_CUDA_DECODE_GQA=1 a block takes up to 4
+// query heads that share a kv head (grouped-query attention), so that each key and value is read
+// once for all of them rather than once a head.
 //   A lane holds 8 dimensions (16 bytes) of q and of its running output: D / 8 lanes share a key,
 // 32 / (D / 8) keys a warp at once, each lane group with its own online softmax (scores in the
 // log2 domain). The block merges its groups through shared memory; with one split it writes the
@@ -220,8 +220,8 @@ void launch_split(const SplitParams& p, int64_t rows_bt) {
          dim3(unsigned(p.splits), unsigned(p.a.n_head / GQ), unsigned(rows_bt)), dim3(kWarps * 32), 0, p);
 }
 
-// Query heads a block takes: the most of 4, 2, 1 that divides the heads sharing a kv head
-// (LMTUNE_CUDA_DECODE_GQA=0: one).
+// Query heads a block takes: with LMTUNE_CUDA_DECODE_GQA=1 the most of 4, 2, 1 that divides the
+// heads sharing a kv head; otherwise one.
 int heads_per_block(int64_t n_head, int64_t n_kv_head) {
   const int64_t g = n_head / n_kv_head;
   if (!runtime_config().cuda_decode_gqa) return 1;
