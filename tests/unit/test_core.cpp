@@ -147,6 +147,9 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(d.lora_fused);
   EXPECT_TRUE(d.lora_16bit);
   EXPECT_FALSE(d.cuda_batch_graph);
+  EXPECT_FALSE(d.cuda_decode_gqa);
+  env = {{"LMTUNE_CUDA_DECODE_GQA", "1"}};
+  EXPECT_TRUE(runtime_config_from_env(get).cuda_decode_gqa);
   env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
          {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
          {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
@@ -173,7 +176,8 @@ TEST(RuntimeConfig, FromEnvironment) {
       {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},           {"LMTUNE_GROUP_GATE_UP", "2"},
       {"LMTUNE_CUDA_QGEMV_VARIANT", "8"},    {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
       {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"},  {"LMTUNE_FUSED_XENT", "off"},        {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
-      {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"},          {"LMTUNE_CUDA_BATCH_GRAPH", "on"}};
+      {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"},          {"LMTUNE_CUDA_BATCH_GRAPH", "on"},
+      {"LMTUNE_CUDA_DECODE_GQA", "2"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {
