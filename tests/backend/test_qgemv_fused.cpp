@@ -58,7 +58,9 @@ void check_case(const Case& c, DType dt, int variant, uint64_t seed) {
   const bool ran =
       cuda_backend().quantized_gemv_swiglu(x.raw(), wqs, sc, bi, direct.raw(), c.M, c.N, c.K, c.bits, c.group, dt);
   ASSERT_EQ(ran, fuses) << what << ": swiglu kernel";
-  if (ran) EXPECT_EQ(bytes(direct), bytes(plain)) << what << ": swiglu kernel";
+  if (ran) {
+    EXPECT_EQ(bytes(direct), bytes(plain)) << what << ": swiglu kernel";
+  }
 
   // residual + down(x), down (N, K) with the residual (M, N)
   Tensor residual = ops::randn({c.M, c.N}, seed + 3, 1.f, dt, Device::cuda);
@@ -69,7 +71,9 @@ void check_case(const Case& c, DType dt, int variant, uint64_t seed) {
   const bool ran_add = cuda_backend().quantized_gemv_add(x.raw(), wqs[0], sc[0], bi[0], residual.raw(),
                                                          direct_add.raw(), c.M, c.N, c.K, c.bits, c.group, dt);
   ASSERT_EQ(ran_add, fuses) << what << ": residual add kernel";
-  if (ran_add) EXPECT_EQ(bytes(direct_add), bytes(plain_add)) << what << ": residual add kernel";
+  if (ran_add) {
+    EXPECT_EQ(bytes(direct_add), bytes(plain_add)) << what << ": residual add kernel";
+  }
 }
 
 TEST(QgemvFused, SameAsPlainOps) {

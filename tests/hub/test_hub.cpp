@@ -156,7 +156,7 @@ TEST_F(Hub, CachedRefThatIsAPathIsRefused) {
 // A listing that names a file outside the repo is refused before anything is downloaded: nothing
 // lands outside the cache (issue 13).
 TEST_F(Hub, ListingWithPathTraversalIsRefused) {
-  for (const std::string& repo : {"org/dots", "org/absolute", "org/inner-dots"}) {
+  for (const std::string repo : {"org/dots", "org/absolute", "org/inner-dots"}) {
     std::string e = error_of(repo);
     EXPECT_NE(e.find("lists a file named"), std::string::npos) << repo << ": " << e;
     EXPECT_NE(e.find("not a relative path inside the repo"), std::string::npos) << repo << ": " << e;

@@ -281,7 +281,9 @@ TEST(Dist, GradientBucketsOverlapBackward) {
       EXPECT_EQ(got[r], want) << "rank " << r << (shared ? " (shared weight)" : "");
       EXPECT_EQ(buckets[r], 3u);
       EXPECT_EQ(resummed[r], shared ? 1 : 0) << "rank " << r;
-      if (!shared) EXPECT_EQ(early[r], 3u) << "rank " << r << ": buckets started during backward";
+      if (!shared) {
+        EXPECT_EQ(early[r], 3u) << "rank " << r << ": buckets started during backward";
+      }
     }
   }
   ::unsetenv("LMTUNE_DIST_BUCKET_MB");
