@@ -29,23 +29,9 @@ struct HostLogits {
   std::vector<float> v;  // else rows * V values
   size_t V = 0;
 
-  void row(size_t i, std::vector<float>& out) const {
-    out.resize(V);
-    if (!t.defined()) {
-      std::copy_n(v.data() + i * V, V, out.data());
-      return;
-    }
-    const void* base = t.raw();
-    switch (t.dtype()) {
-      case DType::f32: std::copy_n(static_cast<const float*>(base) + i * V, V, out.data()); break;
-      case DType::bf16:
-        for (size_t j = 0; j < V; ++j) out[j] = bf16_to_f32(static_cast<const uint16_t*>(base)[i * V + j]);
-        break;
-      case DType::f16:
-        for (size_t j = 0; j < V; ++j) out[j] = f16_to_f32(static_cast<const uint16_t*>(base)[i * V + j]);
-        break;
-      default: LMT_CHECK(false, "[batch] logits of dtype ", dtype_name(t.dtype()));
-    }
+  std::vector<float> row(size_t i) const {
+    if (t.defined()) return t.slice_rows(int64_t(i), int64_t(i) + 1).to_f32_vector();
+    return std::vector<float>(v.begin() + ptrdiff_t(i * V), v.begin() + ptrdiff_t((i + 1) * V));
   }
 };
 
@@ -421,8 +407,7 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   auto sample_row = [&](size_t i) {
     Sequence& s = *in_step[i];
     try {
-      std::vector<float> logits;
-      host.row(i, logits);
+      std::vector<float> logits = host.row(i);
       chosen[i] = s.sampler.sample(logits, s.history);
     } catch (const std::exception& e) {
       sample_error[i] = e.what();
@@ -442,7 +427,6 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
     ++stats_.batch_counts[bucket_of(in_step.size())];
     stats_.batch_sum += in_step.size();
   }
-  std::vector<float> row;
   for (size_t i = 0; i < in_step.size(); ++i) {
     Sequence& s = *in_step[i];
     try {
@@ -454,8 +438,7 @@ void BatchEngine::step(std::vector<std::unique_ptr<Sequence>>& active) {
       } else {
         s.out.prompt_fed += chunk[i];
         keep_checkpoint(s);
-        host.row(i, row);
-        after_prefill_chunk(s, row.data());
+        after_prefill_chunk(s, host.row(i).data());
       }
     } catch (const std::exception& e) {
       if (!s.done) finish(s, BatchEnd::failed, e.what());
