@@ -9,8 +9,8 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 5 and 7 (7 with LMTUNE_CUDA_QGEMV_TMA_SPLIT 0, 4, 2, 1),
-# and the whole model's decode (prompts 16 and 512) with several of them, some twice (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
+# per-product times of the GEMV's variants 7 and 8 (the ring), twice each, and the whole model's
+# decode (prompts 16 and 512) with each, twice (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
 # session 5 the fused epilogues the same way). --kernels: the kernel table (LMTUNE_CUDA_PROFILE=1) of a
 # 16-token prompt and 64 decode steps without a graph: each kernel's share of a decode step.
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
@@ -45,7 +45,7 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for vs in 5:0 7:0 7:4 7:2 7:1; do
+  for vs in 7:0 8:0 7:0 8:0; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} [$((SECONDS - start)) s]"
     LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} "$build/bin/bench_quantized" --rows 1 2>&1 |
       grep -v "^#" || status=1
@@ -108,7 +108,7 @@ if ((kernels)); then
     2>&1 | head -n 60 || status=1
 fi
 if ((ab)); then
-  for vs in 5:0 7:0 5:0 7:0; do
+  for vs in 7:0 8:0 7:0 8:0; do
     for prompt in 16 512; do
       echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} [$((SECONDS - start)) s]"
       LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_TMA_SPLIT=${vs#*:} "$build/bin/lmtune" benchmark \

@@ -292,5 +292,6 @@ std::string cuda_device_name();  // "" where none
 // Launches of the bulk-tensor-copy quantized GEMV so far (qgemv_tma.cu; 0 without CUDA): lets a
 // test tell that kernel ran rather than its fallback.
 int64_t cuda_qgemv_tma_launches();
+int64_t cuda_qgemv_ring_launches();
 
 }  // namespace lmtune

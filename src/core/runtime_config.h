@@ -43,9 +43,11 @@ struct RuntimeConfig {
   // instructions a chunk (qgemv_lean.cu): +5-10% decode over 0 on the H200; 6 is 5 with x's group
   // sums computed once a block (qgemv_lean.cu); 7, the default, is 5 with the weights brought by
   // bulk tensor copies (qgemv_tma.cu; the same sums; 5 where its copies cannot take a shape): a
-  // token's products 2.13 ms against 5's 2.31 on the H200 (bench/NOTES.md); where 3-7 do not
-  // apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused
-  // epilogues (swiglu of gate and up, the residual add of down) run with 5, 6 and 7 only.
+  // token's products 2.13 ms against 5's 2.31 on the H200 (bench/NOTES.md); 8 streams each block's
+  // tiles through a ring of bulk copies while 8 warps compute (qgemv_ring.cu; 7, then 5, where its
+  // copies cannot take a shape); where 3-8 do not apply (4 bits in groups of 128, 8 bits in groups of
+  // 64 or 128, 2 bits), 0. Decoding's fused epilogues (swiglu of gate and up, the residual add of
+  // down) run with 5 to 8 only.
   int64_t cuda_qgemv_variant = 7;
   // LMTUNE_CUDA_QGEMV_TMA_SPLIT: variant 7's most warps sharing a row tile's K (1, 2, 4, 8; 0: as
   // the lean kernel splits, which gives the lean kernel's sums bit for bit). Fewer warps a tile

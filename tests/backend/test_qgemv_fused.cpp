@@ -1,6 +1,6 @@
 // Decoding's fused quantized steps (ops::quantized_swiglu_linear: gate and up with swiglu in one
 // launch; ops::quantized_linear_add: down with the residual add) on CUDA against the plain ops
-// they replace, under the GEMV variants that fuse them (5, 6): the same values bit for bit (the
+// they replace, under the GEMV variants that fuse them (5 to 8): the same values bit for bit (the
 // fused epilogues round each product to the dtype first, as the plain ops do), on odd sizes and
 // Mistral 7B's. Each case also checks that the backend ran the fused kernel, so that the test
 // cannot pass by comparing the fallback with itself; variant 0 must fall back.
@@ -44,7 +44,7 @@ void check_case(const Case& c, DType dt, int variant, uint64_t seed) {
   Tensor x = ops::randn({c.M, c.K}, seed, 1.f, dt, Device::cuda);
   const ops::AffineQuantized gate = random_weight(c.N, c.K, c, dt, seed + 1),
                              up = random_weight(c.N, c.K, c, dt, seed + 2);
-  const bool fuses = variant == 5 || variant == 6 || variant == 7;
+  const bool fuses = variant >= 5 && variant <= 8;
 
   // swiglu(gate, up)
   Tensor fused = ops::quantized_swiglu_linear(x, ref(gate), ref(up), f);
@@ -88,7 +88,7 @@ TEST(QgemvFused, SameAsPlainOps) {
   };
   uint64_t seed = 11;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {0, 5, 6, 7}) {
+    for (int variant : {0, 5, 6, 7, 8}) {
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant;
       ScopedRuntimeConfig scoped(rc);
@@ -162,6 +162,75 @@ TEST(QgemvFused, TmaEqualsLean) {
       for (size_t i = 0; i < got.size() && i < lean_product.size(); ++i)
         worst = std::max(worst, std::fabs(got[i] - lean_product[i]));
       EXPECT_LE(worst, 1.6e-2f * peak) << what << ": split 1 against the lean kernel";
+    }
+}
+
+// Variant 8 (qgemv_ring.cu) sums a row's groups in another order than the lean kernel (each of 8
+// warps over its groups of every stage, then the warps in order), so its products equal variant
+// 5's to f32 rounding and one rounding to the dtype: a unit in the last place of bf16 is 2^-8 of
+// the value, hence 1.6e-2 of the largest output (4 ulp) as the bound, as for TMA split 1 above.
+// Its own product, swiglu, residual add and group must agree with each other as the plain ops
+// (SameAsPlainOps); here every shape fits its copies (groups a row a multiple of 8), the launch
+// counter shows it ran, and the shapes cover a stage cut short by K (40 and 24 groups against
+// stages of 16 or 32), blocks of several tiles (32000 rows: lm_head) and rows past N.
+TEST(QgemvFused, RingMatchesLean) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 14336, 4096}, {4, 64, 1, 4096, 14336}, {4, 64, 1, 32000, 4096}, {4, 64, 3, 37, 512},
+      {4, 32, 8, 61, 1024},    {8, 32, 2, 45, 768},     {4, 64, 1, 8, 64 * 40},  {4, 32, 5, 300, 32 * 24},
+  };
+  uint64_t seed = 301;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const Case& c : cases) {
+      const std::string what = std::string(dtype_name(dt)) + " bits " + std::to_string(c.bits) + " group " +
+                               std::to_string(c.group) + " M " + std::to_string(c.M) + " N " + std::to_string(c.N) +
+                               " K " + std::to_string(c.K);
+      const QuantFormat f{QuantMode::affine, c.bits, c.group};
+      Tensor x = ops::randn({c.M, c.K}, seed += 5, 1.f, dt, Device::cuda);
+      const ops::AffineQuantized a = random_weight(c.N, c.K, c, dt, seed + 1),
+                                 b = random_weight(c.N, c.K, c, dt, seed + 2),
+                                 v = random_weight(c.N / 2 + 3, c.K, c, dt, seed + 3);
+      Tensor residual = ops::randn({c.M, c.N}, seed + 4, 1.f, dt, Device::cuda);
+      std::vector<std::vector<float>> out[2];
+      for (int run = 0; run < 2; ++run) {
+        RuntimeConfig rc = runtime_config();
+        rc.cuda_qgemv_variant = run == 0 ? 5 : 8;
+        ScopedRuntimeConfig scoped(rc);
+        const int64_t before = cuda_qgemv_ring_launches();
+        auto host = [](const Tensor& t) { return ops::to(t, Device::cpu).to_f32_vector(); };
+        out[run].push_back(host(ops::quantized_linear(x, a.wq, a.scales, a.biases, f)));
+        out[run].push_back(host(ops::quantized_swiglu_linear(x, ref(a), ref(b), f)));
+        out[run].push_back(host(ops::quantized_linear_add(x, ref(a), residual, f)));
+        Tensor ys[3] = {ops::empty({c.M, c.N}, dt, Device::cuda), ops::empty({c.M, c.N}, dt, Device::cuda),
+                        ops::empty({c.M, c.N / 2 + 3}, dt, Device::cuda)};
+        const uint32_t* wqs[3] = {static_cast<const uint32_t*>(a.wq.raw()), static_cast<const uint32_t*>(b.wq.raw()),
+                                  static_cast<const uint32_t*>(v.wq.raw())};
+        const void* sc[3] = {a.scales.raw(), b.scales.raw(), v.scales.raw()};
+        const void* bi[3] = {a.biases.raw(), b.biases.raw(), v.biases.raw()};
+        void* yp[3] = {ys[0].raw(), ys[1].raw(), ys[2].raw()};
+        const int64_t ns[3] = {c.N, c.N, c.N / 2 + 3};
+        ASSERT_TRUE(cuda_backend().quantized_gemv_group(x.raw(), wqs, sc, bi, yp, ns, 3, c.M, c.K, c.bits, c.group, dt))
+            << what;
+        for (const Tensor& y : ys) out[run].push_back(host(y));
+        if (run == 1) {
+          EXPECT_EQ(cuda_qgemv_ring_launches() - before, 4) << what << ": the ring kernel did not run";
+        }
+      }
+      const char* names[] = {"product", "swiglu", "residual add", "group 0", "group 1", "group 2"};
+      for (size_t i = 0; i < out[0].size(); ++i) {
+        ASSERT_EQ(out[0][i].size(), out[1][i].size()) << what << ": " << names[i];
+        float peak = 0.f, worst = 0.f;
+        for (float u : out[0][i]) peak = std::max(peak, std::fabs(u));
+        for (size_t k = 0; k < out[0][i].size(); ++k) {
+          ASSERT_FALSE(std::isnan(out[1][i][k])) << what << ": " << names[i] << " element " << k;
+          worst = std::max(worst, std::fabs(out[1][i][k] - out[0][i][k]));
+        }
+        EXPECT_LE(worst, 1.6e-2f * peak) << what << ": " << names[i] << " against the lean kernel";
+        EXPECT_GT(peak, 0.f) << what << ": " << names[i];
+      }
+      // The ring's own fused epilogues and group equal its plain product bit for bit (a row's sum
+      // does not depend on the rows sharing its tile).
+      EXPECT_EQ(out[1][3], out[1][0]) << what << ": group 0 against the product";
     }
 }
 

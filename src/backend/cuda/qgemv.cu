@@ -133,8 +133,9 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
-  if (wanted == 7 && launch_tma<T>(BITS, GS, p)) return;
-  if ((wanted >= 5 && wanted <= 7) && launch_lean<T>(BITS, GS, p, wanted == 6)) return;
+  if (wanted == 8 && launch_ring<T>(BITS, GS, p)) return;
+  if (wanted >= 7 && launch_tma<T>(BITS, GS, p)) return;
+  if (wanted >= 5 && launch_lean<T>(BITS, GS, p, wanted == 6)) return;
   if ((wanted == 3 || wanted == 4) && launch_async<T>(BITS, GS, wanted == 3 ? 64 : 128, p)) return;
   const int variant = Sh::kVariants && wanted <= 2 ? wanted : 0;
   if (group && variant == 0) {
@@ -320,13 +321,14 @@ bool CudaBackend::quantized_gemv_group(const void* x, const uint32_t* const* wqs
   return true;
 }
 
-// Decoding's fused steps, on the lean kernels only (variants 5 and 6, qgemv_lean.cu; 7, qgemv_tma.cu): false
+// Decoding's fused steps, on the lean kernels only (variants 5 and 6, qgemv_lean.cu; 7, qgemv_tma.cu; 8,
+// qgemv_ring.cu): false
 // elsewhere, and the caller composes the plain ops, which give the same values.
 namespace {
 int lean_variant() {
   const RuntimeConfig& rc = runtime_config();
   const int v = int(rc.cuda_qgemv_variant);
-  return rc.fused_epilogues && (v == 5 || v == 6 || v == 7) ? v : 0;
+  return rc.fused_epilogues && v >= 5 && v <= 8 ? v : 0;
 }
 bool aligned4(const void* p) { return reinterpret_cast<uintptr_t>(p) % 4 == 0; }
 }  // namespace
@@ -344,7 +346,8 @@ bool CudaBackend::quantized_gemv_add(const void* x, const uint32_t* wq, const vo
     if constexpr (!std::is_same_v<T, float>) {
       QgemvParams<T> p = single_params<T>(x, wq, scales, biases, y, M, N, K);
       p.residual = static_cast<const T*>(residual);
-      done = (variant == 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
+      done = (variant == 8 && launch_ring<T>(bits, group_size, p)) ||
+             (variant >= 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
     }
   });
   return done;
@@ -369,7 +372,8 @@ bool CudaBackend::quantized_gemv_swiglu(const void* x, const uint32_t* const* wq
       }
       p.swiglu = true;
       p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 7) / 8;  // 8 rows of gate and of up a tile
-      done = (variant == 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
+      done = (variant == 8 && launch_ring<T>(bits, group_size, p)) ||
+             (variant >= 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
     }
   });
   return done;

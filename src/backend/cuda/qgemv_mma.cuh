@@ -276,5 +276,10 @@ bool launch_lean(int bits, int group_size, QgemvParams<T> p, bool presum);
 // the shapes or addresses (the caller falls back to the lean kernel).
 template <typename T>
 bool launch_tma(int bits, int group_size, QgemvParams<T> p);
+// The ring kernel (qgemv_ring.cu, variant 8): a producer warp streams each block's tiles through
+// a ring of bulk copies while 8 warps compute; false where its copies cannot take the shapes or
+// addresses (the caller falls back to variant 7's kernel, then the lean one).
+template <typename T>
+bool launch_ring(int bits, int group_size, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv

@@ -9,9 +9,6 @@
 // piece c of row r lands at piece c ^ (r % 8)). Lane (g, t) reads quarter t of each group of two
 // rows; taking A's row g from box row perm(g) = {0, 2, 4, 6, 1, 3, 5, 7}[g] (and A's row g + 8
 // from box row 8 + perm(g)) makes every half-warp's reads fall in distinct banks.
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -19,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/qgemv_mma.cuh"
+#include "backend/cuda/qgemv_tma.cuh"
 #include "core/runtime_config.h"
 
 namespace lmtune {
@@ -52,39 +50,6 @@ struct TmaShape {
   static_assert(kScaleRow % 16 == 0 && C % 8 == 0, "scale boxes of whole 16-byte pieces");
   static_assert(kBoxBytes % kGroupBytes == 0 && kQuarter >= 4, "groups tile the code box");
 };
-
-// The bulk tensor copies' descriptors: per matrix (up to three), codes, scales and biases.
-struct TmaMaps {
-  CUtensorMap codes[3], scales[3], biases[3];
-};
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-// Box at coordinates (x, y) of map into shared memory at dst; completes on bar.
-__device__ __forceinline__ void tma_2d(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
-      "[%4];" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
-      : "memory");
-}
-
-__device__ __forceinline__ int box_row(int g) { return g < 4 ? 2 * g : 2 * g - 7; }
 
 template <typename T, int BITS, int GS, int MODE, int STAGES>
 __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
@@ -287,66 +252,6 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
 // ---------------------------------------------------------------------------------------------
 // Host side: descriptors made once per (address, shape, box) and kept.
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult status{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &status) !=
-            cudaSuccess ||
-        status != cudaDriverEntryPointSuccess)
-      f = nullptr;
-    (void)cudaGetLastError();
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-struct MapKey {
-  const void* ptr;
-  uint64_t inner, rows, box_inner, box_rows;
-  int kind;
-  bool operator==(const MapKey& o) const { return std::memcmp(this, &o, sizeof(MapKey)) == 0; }
-};
-struct MapKeyHash {
-  size_t operator()(const MapKey& k) const {
-    return std::hash<const void*>()(k.ptr) ^ (k.inner * 0x9E3779B97F4A7C15ull) ^ (k.rows << 7) ^ (k.box_rows << 3) ^
-           uint64_t(k.kind);
-  }
-};
-
-// A (rows, inner) row-major matrix of 1-byte (kind 0: codes, 128-byte swizzle) or 2-byte
-// elements (kind 1: scales or biases, no swizzle), boxes of (box_rows, box_inner). False when the
-// driver refuses it.
-bool make_map(CUtensorMap* out, const void* ptr, uint64_t inner, uint64_t rows, uint32_t box_inner, uint32_t box_rows,
-              int kind) {
-  static std::mutex mu;
-  static std::unordered_map<MapKey, CUtensorMap, MapKeyHash> cache;
-  MapKey key{};
-  key.ptr = ptr, key.inner = inner, key.rows = rows, key.box_inner = box_inner, key.box_rows = box_rows;
-  key.kind = kind;
-  std::lock_guard<std::mutex> lock(mu);
-  if (auto it = cache.find(key); it != cache.end()) {
-    *out = it->second;
-    return true;
-  }
-  auto fn = encode_fn();
-  if (!fn) return false;
-  const uint64_t elem = kind == 0 ? 1 : 2;
-  cuuint64_t dims[2] = {inner, rows};
-  cuuint64_t strides[1] = {inner * elem};
-  cuuint32_t box[2] = {box_inner, box_rows};
-  cuuint32_t estr[2] = {1, 1};
-  CUtensorMap map;
-  const CUresult r = fn(&map, kind == 0 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16, 2,
-                        const_cast<void*>(ptr), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        kind == 0 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
-                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return false;
-  cache.emplace(key, map);
-  *out = map;
-  return true;
-}
-
 template <typename T, int BITS, int GS, int MODE, int STAGES>
 void launch_tma_kernel(const TmaMaps& maps, const QgemvParams<T>& p, dim3 grid) {
   using Ts = TmaShape<T, BITS, GS>;
@@ -412,7 +317,65 @@ bool launch_tma_shape(QgemvParams<T> p) {
   return true;
 }
 
+// Descriptors made once per (address, shape, box) and kept.
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &status) !=
+            cudaSuccess ||
+        status != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    (void)cudaGetLastError();
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+struct MapKey {
+  const void* ptr;
+  uint64_t inner, rows, box_inner, box_rows;
+  int kind;
+  bool operator==(const MapKey& o) const { return std::memcmp(this, &o, sizeof(MapKey)) == 0; }
+};
+struct MapKeyHash {
+  size_t operator()(const MapKey& k) const {
+    return std::hash<const void*>()(k.ptr) ^ (k.inner * 0x9E3779B97F4A7C15ull) ^ (k.rows << 7) ^ (k.box_rows << 3) ^
+           uint64_t(k.kind);
+  }
+};
+
 }  // namespace
+
+bool make_map(CUtensorMap* out, const void* ptr, uint64_t inner, uint64_t rows, uint32_t box_inner, uint32_t box_rows,
+              int kind) {
+  static std::mutex mu;
+  static std::unordered_map<MapKey, CUtensorMap, MapKeyHash> cache;
+  MapKey key{};
+  key.ptr = ptr, key.inner = inner, key.rows = rows, key.box_inner = box_inner, key.box_rows = box_rows;
+  key.kind = kind;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) {
+    *out = it->second;
+    return true;
+  }
+  auto fn = encode_fn();
+  if (!fn) return false;
+  const uint64_t elem = kind == 0 ? 1 : 2;
+  cuuint64_t dims[2] = {inner, rows};
+  cuuint64_t strides[1] = {inner * elem};
+  cuuint32_t box[2] = {box_inner, box_rows};
+  cuuint32_t estr[2] = {1, 1};
+  CUtensorMap map;
+  const CUresult r = fn(&map, kind == 0 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16, 2,
+                        const_cast<void*>(ptr), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        kind == 0 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return false;
+  cache.emplace(key, map);
+  *out = map;
+  return true;
+}
 
 template <typename T>
 bool launch_tma(int bits, int group_size, QgemvParams<T> p) {
