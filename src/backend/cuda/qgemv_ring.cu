@@ -58,6 +58,25 @@ struct RingShape {
   static_assert(kBoxBytes % kGroupBytes == 0 && kQuarter >= 4, "groups tile the code box");
 };
 
+// mbar_wait with a bound: a stage that never lands (a copy refused, a count of bytes wrong) stops the
+// kernel with an error after ~2^24 tries (seconds), where an unbounded wait would hang the process.
+__device__ __forceinline__ void ring_wait(uint32_t bar, uint32_t parity) {
+  for (uint32_t n = 0;; ++n) {
+    uint32_t done;
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (done) return;
+    if (n == (1u << 24)) __trap();
+  }
+}
+
 __device__ __forceinline__ int ring_box_row(int g) { return g < 4 ? 2 * g : 2 * g - 7; }
 
 // Lane (g, t)'s four sums of tile `tile` into y: rows ra, rb of the tile, x rows 2t, 2t + 1 (swiglu: gate's and
@@ -126,20 +145,24 @@ __global__ void __launch_bounds__(kRingThreads, 2)
     if (lane != 0) return;
     for (int i = 0; i < total; ++i) {
       const int s = i % ST, j = i % per_tile;
-      if (i >= ST) mbar_wait(empty0 + 8 * s, uint32_t(i / ST - 1) & 1u);
+      if (i >= ST) ring_wait(empty0 + 8 * s, uint32_t(i / ST - 1) & 1u);
       const int64_t tile = first + i / per_tile;
       const uint32_t bar = full0 + 8 * s, cst = base + uint32_t(s * Rs::kCodeStage),
                      sst = base + uint32_t(kScales + s * Rs::kScaleStage);
-      mbar_expect_tx(bar, Rs::kStageBytes);
-      const int gx = j * G;
+      // Code boxes wholly past the row's end (a last stage cut short by K) are not asked for: the
+      // consumers read no group past K. Boxes in part past it (rows past N too) come zero-filled.
+      const int gx = j * G, row_bytes = int(K * BITS / 8);
+      const int boxes = min(Rs::kBoxes, (row_bytes - gx * Rs::kGroupBytes + Rs::kBoxBytes - 1) / Rs::kBoxBytes);
+      mbar_expect_tx(bar, uint32_t(Rs::kScaleStage + boxes * Rs::kBoxSmem));
       if constexpr (MODE == kRingSwiglu) {
         const int y = int(tile * 8);
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
 #pragma unroll
           for (int b = 0; b < Rs::kBoxes; ++b)
-            tma_2d(cst + b * Rs::kBoxSmem + m * 8 * Rs::kBoxBytes, &maps.codes[m],
-                   gx * Rs::kGroupBytes + b * Rs::kBoxBytes, y, bar);
+            if (b < boxes)
+              tma_2d(cst + b * Rs::kBoxSmem + m * 8 * Rs::kBoxBytes, &maps.codes[m],
+                     gx * Rs::kGroupBytes + b * Rs::kBoxBytes, y, bar);
           tma_2d(sst + m * 8 * Rs::kScaleRow, &maps.scales[m], gx, y, bar);
           tma_2d(sst + (16 + m * 8) * Rs::kScaleRow, &maps.biases[m], gx, y, bar);
         }
@@ -148,7 +171,8 @@ __global__ void __launch_bounds__(kRingThreads, 2)
         const int y = int((tile - p.tile_start[mi]) * 16);
 #pragma unroll
         for (int b = 0; b < Rs::kBoxes; ++b)
-          tma_2d(cst + b * Rs::kBoxSmem, &maps.codes[mi], gx * Rs::kGroupBytes + b * Rs::kBoxBytes, y, bar);
+          if (b < boxes)
+            tma_2d(cst + b * Rs::kBoxSmem, &maps.codes[mi], gx * Rs::kGroupBytes + b * Rs::kBoxBytes, y, bar);
         tma_2d(sst, &maps.scales[mi], gx, y, bar);
         tma_2d(sst + 16 * Rs::kScaleRow, &maps.biases[mi], gx, y, bar);
       }
@@ -165,7 +189,7 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   int meet_buf = 0;
   for (int i = 0; i < total; ++i) {
     const int s = i % ST, j = i % per_tile;
-    mbar_wait(full0 + 8 * s, uint32_t(i / ST) & 1u);
+    ring_wait(full0 + 8 * s, uint32_t(i / ST) & 1u);
     __syncwarp();  // the mmas want the whole warp, whatever the stores before did
     const uint8_t* cst = aligned + s * Rs::kCodeStage;
     const T* ss = reinterpret_cast<const T*>(aligned + kScales + s * Rs::kScaleStage);
