@@ -65,6 +65,8 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.xent_chunk_rows = read_count("LMTUNE_XENT_CHUNK_ROWS", var("LMTUNE_XENT_CHUNK_ROWS"), d.xent_chunk_rows);
   c.cuda_qgemv_variant =
       read_count("LMTUNE_CUDA_QGEMV_VARIANT", var("LMTUNE_CUDA_QGEMV_VARIANT"), d.cuda_qgemv_variant);
+  c.cuda_qgemv_ring_x_smem =
+      read_switch("LMTUNE_CUDA_QGEMV_RING_X_SMEM", var("LMTUNE_CUDA_QGEMV_RING_X_SMEM"), d.cuda_qgemv_ring_x_smem);
   c.cuda_qgemv_tma_split =
       read_count("LMTUNE_CUDA_QGEMV_TMA_SPLIT", var("LMTUNE_CUDA_QGEMV_TMA_SPLIT"), d.cuda_qgemv_tma_split);
   LMT_CHECK(c.cuda_qgemv_tma_split <= 8, "[runtime_config] LMTUNE_CUDA_QGEMV_TMA_SPLIT must be 0 to 8, got ",

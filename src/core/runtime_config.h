@@ -53,6 +53,9 @@ struct RuntimeConfig {
   // the lean kernel splits, which gives the lean kernel's sums bit for bit). Fewer warps a tile
   // give each warp more chunks to stream through its two stages (for A/B measurements).
   int64_t cuda_qgemv_tma_split = 0;
+  // LMTUNE_CUDA_QGEMV_RING_X_SMEM=0: variant 8 reads x through L1 for every group instead of from
+  // its own copy in shared memory (made once a block where x is at most 28 KB; for A/B measurements).
+  bool cuda_qgemv_ring_x_smem = true;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

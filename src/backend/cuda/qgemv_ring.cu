@@ -54,6 +54,10 @@ struct RingShape {
   static constexpr int kQuarter = kGroupBytes / 4;       // bytes of a group a lane reads a row
   static constexpr int kMeet = kConsumers * 4 * 32 * 4;  // one tile's partial sums
   static constexpr int kSmem = 1024 + kRingStages * kStageBytes + 2 * kMeet;
+  // x (M, K) kept in shared memory after the meeting buffers when it is at most this big (XS):
+  // every group's x then comes from there, not through L1 from a memory system busy with the
+  // weights' stream.
+  static constexpr int kMaxX = 28 * 1024;
   static_assert(GW >= 1 && G % kConsumers == 0 && kScaleRow % 16 == 0, "whole groups a consumer, 16-byte boxes");
   static_assert(kBoxBytes % kGroupBytes == 0 && kQuarter >= 4, "groups tile the code box");
 };
@@ -111,7 +115,7 @@ __device__ __forceinline__ void ring_store(const QgemvParams<T>& p, int64_t tile
   }
 }
 
-template <typename T, int BITS, int GS, int MODE>
+template <typename T, int BITS, int GS, int MODE, bool XS>
 __global__ void __launch_bounds__(kRingThreads, 2)
     qgemv_ring_kernel(const __grid_constant__ TmaMaps maps, QgemvParams<T> p, int tiles_per_block) {
   using Sh = MmaShape<BITS, GS>;
@@ -181,9 +185,25 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   }
 
   pdl_wait();  // x and the residual come from the kernels before
+  const T* xsrc = p.x;
+  if constexpr (XS) {  // the consumers copy x in once, then meet
+    uint8_t* xs = aligned + ST * Rs::kStageBytes + 2 * Rs::kMeet;
+    const int n16 = int(int64_t(p.M) * K * int64_t(sizeof(T)) / 16);
+    const uint4* src = reinterpret_cast<const uint4*>(p.x);
+    uint4* dst = reinterpret_cast<uint4*>(xs);
+    int k = int(threadIdx.x);
+    for (; k + 3 * kConsumers * 32 < n16; k += 4 * kConsumers * 32) {
+      const uint4 a = __ldg(src + k), b = __ldg(src + k + kConsumers * 32), c = __ldg(src + k + 2 * kConsumers * 32),
+                  d = __ldg(src + k + 3 * kConsumers * 32);
+      dst[k] = a, dst[k + kConsumers * 32] = b, dst[k + 2 * kConsumers * 32] = c, dst[k + 3 * kConsumers * 32] = d;
+    }
+    for (; k < n16; k += kConsumers * 32) dst[k] = __ldg(src + k);
+    asm volatile("bar.sync 1, %0;" ::"n"(kConsumers * 32) : "memory");
+    xsrc = reinterpret_cast<const T*>(xs);
+  }
   const int g = lane / 4, t = lane % 4;
   const bool has_x = g < p.M;
-  const T* const xrow = p.x + int64_t(has_x ? g : 0) * K + t * Sh::QV;
+  const T* const xrow = xsrc + int64_t(has_x ? g : 0) * K + t * Sh::QV;
   const int ra = ring_box_row(g), rb = 8 + ra;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   int meet_buf = 0;
@@ -214,7 +234,16 @@ __global__ void __launch_bounds__(kRingThreads, 2)
         wb[0] = *reinterpret_cast<const uint32_t*>(bx + rb * Rs::kBoxBytes + pb);
       }
       if (has_x) {
-        load_x(xc + v * GS, xw);
+        if constexpr (XS) {
+          const uint4* q = reinterpret_cast<const uint4*>(xc + v * GS);
+#pragma unroll
+          for (int k = 0; k < Sh::XW / 4; ++k) {
+            const uint4 w = q[k];
+            xw[4 * k] = w.x, xw[4 * k + 1] = w.y, xw[4 * k + 2] = w.z, xw[4 * k + 3] = w.w;
+          }
+        } else {
+          load_x(xc + v * GS, xw);
+        }
       } else {
 #pragma unroll
         for (int k = 0; k < Sh::XW; ++k) xw[k] = 0u;
@@ -306,13 +335,17 @@ bool launch_ring_shape(const QgemvParams<T>& p) {
   const dim3 grid(unsigned((tiles + per_block - 1) / per_block));
   auto go = [&](auto mode) {
     constexpr int MODE = decltype(mode)::value;
-    auto k = qgemv_ring_kernel<T, BITS, GS, MODE>;
+    const int64_t x_bytes = int64_t(p.M) * p.K * int64_t(sizeof(T));
+    const bool xs = x_bytes <= Rs::kMaxX && runtime_config().cuda_qgemv_ring_x_smem;
+    auto k = xs ? qgemv_ring_kernel<T, BITS, GS, MODE, true> : qgemv_ring_kernel<T, BITS, GS, MODE, false>;
     static const bool sized = [&] {
-      LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, Rs::kSmem));
+      for (auto f : {qgemv_ring_kernel<T, BITS, GS, MODE, true>, qgemv_ring_kernel<T, BITS, GS, MODE, false>})
+        LMT_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, Rs::kSmem + Rs::kMaxX));
       return true;
     }();
     (void)sized;
-    launch("quantized_gemv", k, grid, kRingThreads, size_t(Rs::kSmem), maps, p, int(per_block));
+    const size_t smem = size_t(Rs::kSmem + (xs ? x_bytes : 0));
+    launch("quantized_gemv", k, grid, kRingThreads, smem, maps, p, int(per_block));
   };
   if (p.swiglu)
     go(std::integral_constant<int, kRingSwiglu>{});
