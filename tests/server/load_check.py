@@ -106,11 +106,14 @@ def stream_content(body):
     return text, (usage or {}).get("completion_tokens"), done
 
 
-def slow_sender(port, body, byte_delay, slow_headers, out):
-    """Sends the request body (and with slow_headers the head too) one byte at a time."""
+def slow_sender(port, body, byte_delay, slow_headers, out, socks=None):
+    """Sends the request body (and with slow_headers the head too) one byte at a time. socks: a list
+    the connected socket is appended to, for the caller to shut down once it has what it needs."""
     head, payload = raw_request("/v1/chat/completions", body)
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        if socks is not None:
+            socks.append(s)
         if slow_headers:
             for b in head:
                 s.sendall(bytes([b]))
@@ -337,11 +340,12 @@ def case_backlog(a):
 def case_slowloris(a):
     srv = sc.Server(a.lmtune, a.model)
     try:
-        n, outs = 300, []
+        n, outs, socks = 300, [], []
         body = json.dumps(sc.chat_body("Define: river", max_tokens=4)).encode()
         for _ in range(n):  # each sends its head a byte a second, under httplib's 5 s read timeout
             outs.append({})
-            threading.Thread(target=slow_sender, args=(srv.port, body, 1.0, True, outs[-1]), daemon=True).start()
+            threading.Thread(target=slow_sender, args=(srv.port, body, 1.0, True, outs[-1], socks),
+                             daemon=True).start()
         time.sleep(4)
         t0 = time.time()
         try:
@@ -356,6 +360,14 @@ def case_slowloris(a):
               "per connection, and a connection that sends a byte every few seconds keeps its thread)")
         check(srv.alive(), "the server died")
     finally:
+        # The slow heads would keep their connection threads (and so the server's exit on SIGTERM) for
+        # the ~130 s they take to send: shut them down first, as the clients going away would, so that
+        # stop() does not wait out its 20 s and kill the server.
+        for s in list(socks):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         srv.stop()
 
 
