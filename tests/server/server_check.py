@@ -54,6 +54,7 @@ class Server:
             env=dict(os.environ, **env) if env else None)
         self.lines = []
         self.port = None
+        self.clients = []
         ready = threading.Event()
 
         def drain():
@@ -104,7 +105,18 @@ class Server:
     def alive(self):
         return self.proc.poll() is None
 
+    def openai_client(self, **kw):
+        """An openai.OpenAI client of this server, closed by stop(): an idle keep-alive connection in its
+        pool holds a connection thread, and so the server's exit on SIGTERM, for the 5 s keep-alive timeout."""
+        import openai
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", **kw)
+        self.clients.append(c)
+        return c
+
     def stop(self):
+        for c in self.clients:
+            c.close()
+        self.clients = []
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -141,7 +153,7 @@ def case_openai(a):
     import openai
     srv = Server(a.lmtune, a.model, "--api-key", "sk-test")
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="sk-test", max_retries=0)
+        client = srv.openai_client(api_key="sk-test", max_retries=0)
         ids = [m.id for m in client.models.list().data]
         check(ids == [a.model], f"models list: {ids}")
 
@@ -232,7 +244,7 @@ def case_openai(a):
         check(b.choices[0].logprobs.tokens == [b.choices[0].logprobs.tokens[0]] * 3, f"logit_bias: {b}")
 
         # The API key and the model name are checked.
-        bad = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="wrong", max_retries=0)
+        bad = srv.openai_client(api_key="wrong", max_retries=0)
         try:
             bad.models.list()
             check(False, "a wrong API key was accepted")
@@ -695,7 +707,7 @@ def case_batch(a):
     # 1. Sixteen at once beside a stream that keeps decoding (so every step of theirs is batched).
     srv = Server(a.lmtune, a.model)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="x", max_retries=0, timeout=120)
+        client = srv.openai_client(api_key="x", max_retries=0, timeout=120)
         conn, held = hold_stream(srv)
         held.read1(64)  # the role chunk: the holder is running
         def drain():
@@ -725,7 +737,7 @@ def case_batch(a):
     srv = Server(a.lmtune, a.model, "--decode-concurrency", "16", "--prompt-concurrency", "4",
                  "--max-queued-requests", "2")
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="x", max_retries=0, timeout=120)
+        client = srv.openai_client(api_key="x", max_retries=0, timeout=120)
         holders = [hold_stream(srv) for _ in range(16)]
         results = [None] * 16
         queued = fire(client, [0, 5], results)
@@ -775,13 +787,12 @@ def render_chat(messages):
 
 
 def case_prompt_cache(a):
-    import openai
     turns = ["Define: lantern", "Define: river"]  # with a 3-token first answer: a long second one on models/default
     answers = {}
     for size in ("10", "0"):
         srv = Server(a.lmtune, a.model, "--prompt-cache-size", size, "--prompt-cache-bytes", "1GB")
         try:
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="x", max_retries=0, timeout=60)
+            client = srv.openai_client(api_key="x", max_retries=0, timeout=60)
             messages = [{"role": "user", "content": turns[0]}]
             r1 = client.chat.completions.create(model=a.model, messages=messages, max_tokens=3, temperature=0)
             check(r1.usage.prompt_tokens_details.cached_tokens == 0, f"a first request cached: {r1.usage}")

@@ -95,8 +95,7 @@ def valid(v, s):
 
 
 def client_for(srv):
-    import openai
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="unused", max_retries=0)
+    return srv.openai_client(api_key="unused", max_retries=0)
 
 
 def check_call(call, what):
