@@ -279,11 +279,10 @@ __global__ void __launch_bounds__(kRingThreads, 2)
         group(v);
       }
     }
-    __syncwarp();  // every lane is done with stage s
-    if (lane == 0) {
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      mbar_arrive(empty0 + 8 * s);
-    }
+    // Every lane is done with stage s, so its slot may be refilled: the arrival orders the reads before the
+    // producer's next copy (no proxy fence, as in CUTLASS's TMA pipelines).
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty0 + 8 * s);
     if (j != per_tile - 1) continue;
 
     // The tile's end: the consumers' partial sums meet in warp order; the warp tile % 8 stores.
