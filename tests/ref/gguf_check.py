@@ -97,6 +97,31 @@ def expected_type(name, shape, want):
     return want.upper()
 
 
+_TOKENIZER_REFS = {}
+
+
+def tokenizer_ref(src_dir, what):
+    """src_dir's tokenizer.json parsed (what "json") or transformers' AutoTokenizer of it ("auto"), read
+    once per process for each state of the folder's files (a case checks up to 4 GGUFs of one folder, and
+    a 262k-token tokenizer takes ~2 s to read both ways); check_model_gguf changes neither."""
+    def stamp(f):
+        try:
+            st = os.stat(os.path.join(src_dir, f))
+            return st.st_mtime_ns, st.st_size
+        except FileNotFoundError:
+            return None
+
+    files = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "config.json")
+    key = (what, os.path.realpath(src_dir)) + tuple(stamp(f) for f in files)
+    if key not in _TOKENIZER_REFS:
+        if what == "json":
+            _TOKENIZER_REFS[key] = json.load(open(os.path.join(src_dir, "tokenizer.json")))
+        else:
+            from transformers import AutoTokenizer
+            _TOKENIZER_REFS[key] = AutoTokenizer.from_pretrained(src_dir)
+    return _TOKENIZER_REFS[key]
+
+
 def check_model_gguf(a, path, src_dir, want, dense=None):
     """Checks the GGUF at path against the model folder src_dir (dense: its tensors, if not the folder's)."""
     import gguf
@@ -167,7 +192,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
     check(val("general.file_type") == ftype, f"{path}: file_type {val('general.file_type')} != {ftype}")
 
     # Tokenizer metadata against tokenizer.json.
-    tj = json.load(open(os.path.join(src_dir, "tokenizer.json")))
+    tj = tokenizer_ref(src_dir, "json")
     vocab = {v: k for k, v in tj["model"]["vocab"].items()}
     added = {t["id"]: t for t in tj["added_tokens"]}
     for i, t in added.items():
@@ -195,8 +220,7 @@ def check_model_gguf(a, path, src_dir, want, dense=None):
         want_pre = "gpt-2" if '"ByteLevel"' in pre and "Split" not in pre else (
             "llama-bpe" if "\\\\p{N}{1,3}" in pre else "qwen2")
         check(val("tokenizer.ggml.pre") == want_pre, f"{path}: pre {val('tokenizer.ggml.pre')} != {want_pre}")
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(src_dir)
+    tok = tokenizer_ref(src_dir, "auto")
     with_special, plain = tok("a")["input_ids"], tok("a", add_special_tokens=False)["input_ids"]
     add_bos = len(with_special) > len(plain) and with_special[0] != plain[0]
     check(bool(val("tokenizer.ggml.add_bos_token")) == add_bos, f"{path}: add_bos_token")
