@@ -309,25 +309,8 @@ __global__ void __launch_bounds__(kRingThreads, 2)
 template <typename T, int BITS, int GS>
 bool launch_ring_shape(const QgemvParams<T>& p) {
   using Rs = RingShape<T, BITS, GS>;
-  const int64_t groups = p.K / GS;
-  // Every row of codes and of scales must start on 16 bytes (the copies' global strides).
-  if ((groups * int64_t(sizeof(T))) % 16 != 0 || (p.K * BITS / 8) % 16 != 0) return false;
-  const int box_rows = p.swiglu ? 8 : 16;
-  TmaMaps maps{};
-  const int count = p.swiglu ? 2 : p.count;
-  for (int i = 0; i < count; ++i) {
-    const uint32_t* wq = i == 0 ? p.wq : p.wqs[i];
-    const T* sc = i == 0 ? p.scales : p.scaless[i];
-    const T* bi = i == 0 ? p.biases : p.biasess[i];
-    const int64_t N = p.swiglu || i == 0 ? p.N : p.Ns[i];
-    if (reinterpret_cast<uintptr_t>(sc) % 16 != 0 || reinterpret_cast<uintptr_t>(bi) % 16 != 0 ||
-        reinterpret_cast<uintptr_t>(wq) % 16 != 0)
-      return false;
-    if (!make_map(&maps.codes[i], wq, uint64_t(p.K * BITS / 8), uint64_t(N), Rs::kBoxBytes, box_rows, 0) ||
-        !make_map(&maps.scales[i], sc, uint64_t(groups), uint64_t(N), Rs::G, box_rows, 1) ||
-        !make_map(&maps.biases[i], bi, uint64_t(groups), uint64_t(N), Rs::G, box_rows, 1))
-      return false;
-  }
+  TmaMaps maps;
+  if (!make_maps(p, BITS, GS, Rs::G, &maps)) return false;
   const int64_t tiles = p.tile_start[p.count];
   const int64_t slots = int64_t(cuda_impl().sm_count()) * 2;
   const int64_t per_block = (tiles + slots - 1) / slots;

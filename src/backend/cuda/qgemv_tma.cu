@@ -270,24 +270,8 @@ template <typename T, int BITS, int GS>
 bool launch_tma_shape(QgemvParams<T> p) {
   using Ts = TmaShape<T, BITS, GS>;
   const int64_t groups = p.K / GS;
-  // Every row of codes and of scales must start on 16 bytes (the copies' global strides).
-  if ((groups * int64_t(sizeof(T))) % 16 != 0 || (p.K * BITS / 8) % 16 != 0) return false;
-  const int box_rows = p.swiglu ? 8 : 16;
-  TmaMaps maps{};
-  const int count = p.swiglu ? 2 : p.count;
-  for (int i = 0; i < count; ++i) {
-    const uint32_t* wq = i == 0 ? p.wq : p.wqs[i];
-    const T* sc = i == 0 ? p.scales : p.scaless[i];
-    const T* bi = i == 0 ? p.biases : p.biasess[i];
-    const int64_t N = p.swiglu || i == 0 ? p.N : p.Ns[i];
-    if (reinterpret_cast<uintptr_t>(sc) % 16 != 0 || reinterpret_cast<uintptr_t>(bi) % 16 != 0 ||
-        reinterpret_cast<uintptr_t>(wq) % 16 != 0)
-      return false;
-    if (!make_map(&maps.codes[i], wq, uint64_t(p.K * BITS / 8), uint64_t(N), Ts::kBoxBytes, box_rows, 0) ||
-        !make_map(&maps.scales[i], sc, uint64_t(groups), uint64_t(N), Ts::kScaleBox, box_rows, 1) ||
-        !make_map(&maps.biases[i], bi, uint64_t(groups), uint64_t(N), Ts::kScaleBox, box_rows, 1))
-      return false;
-  }
+  TmaMaps maps;
+  if (!make_maps(p, BITS, GS, Ts::kScaleBox, &maps)) return false;
   // qgemv_lean.cu's split of K (the same S, so the same sums).
   constexpr int kLeanC = 64 / Ts::kGroupBytes;
   const int64_t tiles = p.tile_start[p.count];

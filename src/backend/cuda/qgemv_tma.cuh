@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/qgemv_mma.cuh"
+
 namespace lmtune::qgemv {
 
 // The bulk tensor copies' descriptors: per matrix (up to three), codes, scales and biases.
@@ -50,5 +52,32 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 // driver refuses it. Descriptors are made once per (address, shape, box) and kept.
 bool make_map(CUtensorMap* out, const void* ptr, uint64_t inner, uint64_t rows, uint32_t box_inner, uint32_t box_rows,
               int kind);
+
+// The descriptors of a launch's matrices (codes: 128-byte boxes; scales and biases: boxes of
+// scale_box groups), boxes of 8 rows for swiglu's two matrices and 16 otherwise. False when a row of
+// codes or scales does not start on 16 bytes (the copies' global strides), a pointer is off 16
+// bytes or the driver refuses a map: the caller then takes another kernel.
+template <typename T>
+bool make_maps(const QgemvParams<T>& p, int bits, int group_size, uint32_t scale_box, TmaMaps* maps) {
+  const int64_t groups = p.K / group_size;
+  if ((groups * int64_t(sizeof(T))) % 16 != 0 || (p.K * bits / 8) % 16 != 0) return false;
+  const uint32_t box_rows = p.swiglu ? 8 : 16;
+  *maps = TmaMaps{};
+  const int count = p.swiglu ? 2 : p.count;
+  for (int i = 0; i < count; ++i) {
+    const uint32_t* wq = i == 0 ? p.wq : p.wqs[i];
+    const T* sc = i == 0 ? p.scales : p.scaless[i];
+    const T* bi = i == 0 ? p.biases : p.biasess[i];
+    const int64_t N = p.swiglu || i == 0 ? p.N : p.Ns[i];
+    if (reinterpret_cast<uintptr_t>(sc) % 16 != 0 || reinterpret_cast<uintptr_t>(bi) % 16 != 0 ||
+        reinterpret_cast<uintptr_t>(wq) % 16 != 0)
+      return false;
+    if (!make_map(&maps->codes[i], wq, uint64_t(p.K * bits / 8), uint64_t(N), 128, box_rows, 0) ||
+        !make_map(&maps->scales[i], sc, uint64_t(groups), uint64_t(N), scale_box, box_rows, 1) ||
+        !make_map(&maps->biases[i], bi, uint64_t(groups), uint64_t(N), scale_box, box_rows, 1))
+      return false;
+  }
+  return true;
+}
 
 }  // namespace lmtune::qgemv
