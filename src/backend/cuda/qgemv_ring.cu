@@ -1,10 +1,12 @@
-// Decoding's quantized products as one stream a block (LMTUNE_CUDA_QGEMV_VARIANT=8). The kernels
-// before it (qgemv_lean.cu, qgemv_tma.cu) give each warp one stretch of one tile: its copies go out
-// at the start, the warp waits for them, computes, and the block ends; all the blocks on a
-// multiprocessor are in the same phase, so the memory idles while they compute and the warps idle
-// while it loads (bench/NOTES.md, session 19: a gate-sized product's ~4.2 M warp instructions need
+// Decoding's quantized products as one stream a block (LMTUNE_CUDA_QGEMV_VARIANT=8, opt-in). The
+// kernels before it (qgemv_lean.cu, qgemv_tma.cu) give each warp one stretch of one tile: its copies
+// go out at the start, the warp waits for them, computes, and the block ends. The premise here was
+// that all the blocks on a multiprocessor are then in the same phase, so that the memory idles while
+// they compute (bench/NOTES.md, session 19: a gate-sized product's ~4.2 M warp instructions need
 // ~4.6 us of issue on the H200 next to ~8.9 us of reads, and the two added up match its ~20 us).
-// Here one warp of a block (the producer) brings stages of weights by bulk tensor copies into a
+// Measured on an H100 it is not faster: the small products gain ~6-8%, the large ones lose 1-27%, and
+// a stage takes ~1.3 us whatever the shape, not yet explained (RESULTS.md "Session 19").
+//   One warp of a block (the producer) brings stages of weights by bulk tensor copies into a
 // ring of 8, each stage 16 rows x 512 bytes of codes with their scales and biases, for all the
 // block's tiles one after another, while 8 consumer warps compute the stage before: a warp takes
 // G / 8 groups of each stage (the arithmetic per group is qgemv_tma.cu's), keeps its sums across
@@ -14,7 +16,7 @@
 // tile, so a product alone, in a group, in swiglu's tile of 8 gate and 8 up rows or with the
 // residual gives the same values a row.
 //   A block takes ceil(tiles / (2 x multiprocessors)) consecutive tiles, so the grid is about two
-// blocks a multiprocessor (83-91 KB of shared memory each).
+// blocks a multiprocessor (83-91 KB of shared memory each, and x's copy where it is made).
 #include <atomic>
 
 #include "backend/backend.h"
