@@ -36,7 +36,10 @@ LONG_PROMPT = "A lantern is a lamp with a transparent case that protects the fla
 
 
 def run(cmd, stdin=None):
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300)
+    # bytes, decoded here: text=True would turn a generated "\r" into "\n" (universal newlines) and hide it
+    r = subprocess.run(cmd, input=None if stdin is None else stdin.encode(), capture_output=True, timeout=300)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode("utf-8", "replace"),
+                                       r.stderr.decode("utf-8", "replace"))
 
 
 def lmtune_text(a, d, flags, prompt=PROMPT, m=32):
