@@ -197,15 +197,21 @@ def cache_flags(a):
     f, plain_f = os.path.join(a.work, "eos.safetensors"), os.path.join(a.work, "plain.safetensors")
     base = ["cache_prompt", "--model", a.model, "--device", "cpu", "--prompt", PREFIX, "--prompt-cache-file"]
     lmtune(a, base + [plain_f])
-    lmtune(a, base + [f, "--eos-token", "\u0120person"])
-    _, meta = header(f)
-    check(json.loads(meta.get("0.tokenizer_config", "{}")) == {"trust_remote_code": False, "eos_token": "\u0120person"},
-          f"tokenizer_config metadata: {meta.get('0.tokenizer_config')!r}")
     gen = ["generate", "--device", "cpu", "-m", "24", "--temp", "0", "--verbose", "False", "-p", SUFFIX,
            "--prompt-cache-file"]
-    ref, ours = text_of(lmtune(a, gen + [plain_f])), text_of(lmtune(a, gen + [f]))
-    check(" person" in ref and ours == ref.split(" person")[0],
-          f"--eos-token ' person' in the file: {ours!r}, without it {ref!r}")
+    ref = text_of(lmtune(a, gen + [plain_f]))
+    # The end token: a word of the plain continuation (past its first three) that is one token of the vocabulary,
+    # so the answer with it as --eos-token must stop right before that word's first use.
+    vocab = json.load(open(os.path.join(a.model, "tokenizer.json"), encoding="utf-8"))["model"]["vocab"]
+    words = [w for w in ref.split(" ")[3:] if w.isalpha() and "\u0120" + w in vocab]
+    check(bool(words), f"no one-token word in the plain continuation {ref!r}")
+    word = words[0] if words else "person"
+    lmtune(a, base + [f, "--eos-token", "\u0120" + word])
+    _, meta = header(f)
+    check(json.loads(meta.get("0.tokenizer_config", "{}")) == {"trust_remote_code": False, "eos_token": "\u0120" + word},
+          f"tokenizer_config metadata: {meta.get('0.tokenizer_config')!r}")
+    ours = text_of(lmtune(a, gen + [f]))
+    check(ours == ref.split(" " + word)[0], f"--eos-token ' {word}' in the file: {ours!r}, without it {ref!r}")
     out = mlx_cli(["generate", "--prompt-cache-file", f, "--max-tokens", "24", "--temp", "0", "--verbose", "False",
                    "--prompt", SUFFIX])
     check(same(out[:-1] if out.endswith("\n") else out, ours), f"mlx-lm with the eos file: {out!r} != {ours!r}")
