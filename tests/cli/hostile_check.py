@@ -139,8 +139,10 @@ def main():
                     f"{d}/config.json", f"'{field}'")
 
         # within the bounds but beyond what the weights file holds: the loader names the tensor
-        for field, value, needle in [("num_hidden_layers", 4000, "has no tensor 'model.layers.4."),
-                                     ("vocab_size", 16000000, "the config implies (16000000, 256)")]:
+        base = json.load(open(os.path.join(model, "config.json")))
+        layers, width = base["num_hidden_layers"], base["hidden_size"]
+        for field, value, needle in [("num_hidden_layers", 4000, f"has no tensor 'model.layers.{layers}."),
+                                     ("vocab_size", 16000000, f"the config implies (16000000, {width})")]:
             d = model_copy(f"{field}-{value}", config={field: value})
             refused(["generate", "--model", d, "--prompt", "hi", "--max-tokens", "1"], 1, needle)
 
