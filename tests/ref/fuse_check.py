@@ -228,6 +228,7 @@ def case_refusals(a):
         json.dump(c, open(p, "w"))
         return d
 
+    ff = str(json.load(open(os.path.join(base, "config.json")))["intermediate_size"])  # down_proj's input width
     existing = os.path.join(out, "existing")
     shutil.rmtree(existing, ignore_errors=True)
     os.makedirs(existing, exist_ok=True)
@@ -235,8 +236,8 @@ def case_refusals(a):
         ("missing adapter folder", ["--adapter-path", os.path.join(a.work, "no-such-adapters")],
          r"The adapter path does not exist: .*no-such-adapters"),
         ("rank edited to 4", ["--adapter-path", edited("rank", rank=4)],
-         r"incompatible tensors:\n(.*\n)*  model\.layers\.2\.mlp\.down_proj\.lora_a: adapter shape \(768, 8\) does "
-         r"not match model parameter shape \(768, 4\)"),
+         r"incompatible tensors:\n(.*\n)*  model\.layers\.2\.mlp\.down_proj\.lora_a: adapter shape \(" + ff + r", 8\) "
+         r"does not match model parameter shape \(" + ff + r", 4\)"),
         ("num_layers edited to 1", ["--adapter-path", edited("layers", num_layers=1)],
          r"model\.layers\.2\.mlp\.down_proj\.lora_a: not an adapter parameter in the model"),
         ("existing --save-path", ["--adapter-path", ad, "--save-path", existing],
