@@ -533,11 +533,13 @@ def case_refusals(a):
     from safetensors.torch import load_file, save_file
     st = os.path.join(nan, "model.safetensors")
     w = load_file(st)
-    w["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    up = w["model.layers.1.mlp.up_proj.weight"]
+    up[3, 5] = float("nan")
     save_file(w, st, metadata={"format": "pt"})
+    at = 3 * up.shape[1] + 5  # the element's index in the row-major tensor
     for want in ("q4_k_m", "q8_0"):
         refused(a, ["gguf", "--model", nan, "--gguf-path", out, "--gguf-type", want],
-                "tensor model.layers.1.mlp.up_proj.weight holds nan at element 773", out, f"a NaN weight in {want}")
+                f"tensor model.layers.1.mlp.up_proj.weight holds nan at element {at}", out, f"a NaN weight in {want}")
 
 def main():
     ap = argparse.ArgumentParser()
