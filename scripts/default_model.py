@@ -2,7 +2,8 @@
 """Helper of scripts/make-default-model: builds lmtune's built-in default model from Debian's wordnet-base.
 
 Python is used only to prepare files (this is a build-time script, not a run-time dependency):
-  corpus  DIR       WordNet glosses and example sentences -> DIR/{train,valid}.jsonl ({"text": ...})
+  corpus  DIR       WordNet glosses and example sentences, and each entry once more as a question and its
+                    answer ("What is a W?\nW: GLOSS.") -> DIR/{train,valid}.jsonl ({"text": ...})
   init    DIR OUT   trains a byte-level BPE tokenizer with Hugging Face `tokenizers` on DIR/train.jsonl and
                     saves a randomly initialized Llama (transformers save_pretrained) with it into OUT
   finalize INIT ADAPTERS OUT   the initial weights with every tensor trained by `lmtune lora
@@ -12,7 +13,7 @@ The weights themselves are trained by lmtune (see scripts/make-default-model).
 """
 import json, os, random, re, shutil, sys
 
-WN = "/usr/share/wordnet"
+WN = os.environ.get("WORDNET_DIR", "/usr/share/wordnet")  # Debian wordnet-base (or its unpacked .deb)
 VOCAB = 2048
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -42,6 +43,18 @@ def split_gloss(g):
     return "; ".join(defs), exs
 
 
+def question(pos, w, d):
+    # The same entry asked and answered: the word in the question and again at the start of the answer's
+    # line, so that the text holds words said twice, in both of the forms a byte-level BPE gives a word
+    # (" word" inside a line, "word" at a line's start). A model learns from such text to copy a word from
+    # its context; the demo's adapter needs that to answer "Define: WORD" with "WORD (noun): ...".
+    if pos == "noun":
+        return f"What is {'an' if w[:1].lower() in 'aeiou' else 'a'} {w}?\n{w}: {d}."
+    if pos == "verb":
+        return f"What does it mean to {w}?\n{w}: {d}."
+    return f"What does {w} mean?\n{w}: {d}."
+
+
 def corpus(out):
     os.makedirs(out, exist_ok=True)
     rnd = random.Random(0)
@@ -52,9 +65,11 @@ def corpus(out):
         if exs:
             s += " " + " ".join(e[0].upper() + e[1:] + ("" if e[-1:] in ".?!" else ".") for e in exs if e)
         recs.append(s)
+        if d:
+            recs.append(question(pos, rnd.choice(words), d))
     rnd.shuffle(recs)
-    # pack a few entries per line so sequences are ~100 tokens
-    lines = [" ".join(recs[i:i + 4]) for i in range(0, len(recs), 4)]
+    # a few entries per example (one per line of its text) so sequences are ~100 tokens
+    lines = ["\n".join(recs[i:i + 4]) for i in range(0, len(recs), 4)]
     nv = 200
     for name, part in (("valid", lines[:nv]), ("train", lines[nv:])):
         with open(f"{out}/{name}.jsonl", "w") as f:
