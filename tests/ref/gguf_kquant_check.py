@@ -24,7 +24,8 @@ import sys
 
 from checks import FAILS, check
 from gguf_families import LOGIT_SCALE, make_family, must, run
-from gguf_llamacpp import greedy_llamacpp, greedy_lmtune
+import gguf_llamacpp
+from gguf_llamacpp import RHO, compare_greedy, greedy_llamacpp
 
 CPP_NAME = {"q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q5_k_s": "Q5_K_S", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K"}
 # ggml type -> (elements per block, bytes per block)
@@ -106,12 +107,15 @@ def make_kq(a, name="kq", n_layer=8, n_ff=768):
             else:
                 p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
         model.get_output_embeddings().weight.mul_(LOGIT_SCALE)
-    tmp = d + ".tmp"
+    tmp = f"{d}.tmp{os.getpid()}"  # the mixes' processes may make the same model at once
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(a.root, "models", "default", f), tmp)
-    os.replace(tmp, d)
+    try:
+        os.replace(tmp, d)
+    except OSError:  # another mix's process put the same model there first
+        shutil.rmtree(tmp, ignore_errors=True)
     return d
 
 
@@ -122,7 +126,9 @@ def fresh(*paths):
 
 
 def compare(a, name, model, mix):
-    f32, ours, cpp = (os.path.join(a.work, f"kq-{name}-{s}.gguf") for s in ("f32", mix, f"cpp-{mix}"))
+    # each mix its own f32 file: ctest -j runs the mixes side by side, and a shared one was deleted under another's
+    # llama-quantize
+    f32, ours, cpp = (os.path.join(a.work, f"kq-{name}-{s}.gguf") for s in (f"f32-{mix}", mix, f"cpp-{mix}"))
     fresh(f32, ours, cpp)
     must(run([a.lmtune, "gguf", "--model", model, "--gguf-path", f32, "--gguf-type", "f32"]), "lmtune gguf f32")
     r = must(run([a.lmtune, "gguf", "--model", model, "--gguf-path", ours, "--gguf-type", mix]), f"lmtune gguf {mix}")
@@ -145,10 +151,15 @@ def compare(a, name, model, mix):
     print(f"llama.cpp on lmtune's {mix}: {theirs!r}\nllama.cpp on llama-quantize's: {cpp_text!r}")
     check(len(theirs.strip()) > 0, f"{name} {mix}: llama.cpp generated nothing")
     check(theirs == cpp_text, f"{name} {mix}: llama.cpp's text differs between the two files")
-    if name == "default":  # a trained model: its confident choices survive the quantization
-        ours = greedy_lmtune(a, model)
-        print(f"lmtune generate (bf16 weights): {ours!r}")
-        check(theirs == ours, f"default {mix}: llama.cpp's greedy text differs from lmtune generate's")
+    if name == "default":
+        # A trained model: llama.cpp gives transformers' greedy text on the file's own (dequantized) weights up to
+        # the first near-tie. (Against lmtune's bf16 text, as before session 20, it held only while the old model's
+        # choices were confident enough to survive the quantization; the GPU-trained one's leave it after 12 steps.)
+        # Prompted with the model's own question form, whose first steps are confident ("lantern (noun):" opens
+        # with a near-tie on the Q4_K_S weights).
+        RHO.setdefault(mix, 3e-2 if mix.startswith("q4") else 2e-2 if mix.startswith("q5") else 1e-2)
+        gguf_llamacpp.PROMPT = "What is a lantern?\n"
+        compare_greedy(a, model, mix, None, greedy_llamacpp(a, ours), gguf_path=ours, what=f"default {mix}")
     return counts
 
 
