@@ -458,9 +458,11 @@ def case_refusals(a):
         sd = load_file(os.path.join(d, "adapter_model.safetensors"))
         torch.save(sd, os.path.join(d, "adapter_model.bin"))
 
+    width = str(json.load(open(os.path.join(base, "config.json")))["hidden_size"])  # q_proj's input width
     cases = [
         ("rank mismatch (r 8, a lora_A of rank 4)", edited("rank", tensors=rank4),
-         r"layers\.1\.self_attn\.q_proj\.lora_A\.weight: rank 4 \(shape \(4, 256\)\) but adapter_config\.json has r = 8"),
+         r"layers\.1\.self_attn\.q_proj\.lora_A\.weight: rank 4 \(shape \(4, " + width + r"\)\) but adapter_config\.json "
+         r"has r = 8"),
         ("config r edited to 4", edited("r4", cfg={"r": 4}), r"lora_A\.weight: rank 8 .* has r = 4"),
         ("an adapter for a shallower model", edited("shallow", tensors=drop_top),
          r"no tensors for layers 2\.\.3: the model has 4 layers and the adapter stops at layer 1"),
