@@ -48,8 +48,10 @@ from checks import FAILS, check, cli_case_args  # noqa: E402
 
 CONFIG = "lora_parameters: {rank: 8, scale: 1.0, dropout: 0.0}\n"
 # SGD, so that the adapters compare (see above); 6 steps, validation at 3 and 6, no numbered saves.
+# lr 0.05: at 0.1 the GPU-trained models/default (session 20) amplified the summation-order differences of the
+# sanitizer build (clang -O1) to 5.6e-3 of the packed adapter's largest value, over ADAPTER_TOL.
 SHORT_SGD = ["--iters", "6", "--steps-per-eval", "3", "--save-every", "50", "--optimizer", "sgd",
-             "--learning-rate", "0.1"]
+             "--learning-rate", "0.05"]
 ADAPTER_TOL = 5e-3
 LOSS_TOL = 1e-5
 
