@@ -158,7 +158,7 @@ def compare(a, name, model, mix):
         # Prompted with the model's own question form, whose first steps are confident ("lantern (noun):" opens
         # with a near-tie on the Q4_K_S weights).
         RHO.setdefault(mix, 3e-2 if mix.startswith("q4") else 2e-2 if mix.startswith("q5") else 1e-2)
-        gguf_llamacpp.PROMPT = "What is a lantern?\n"
+        gguf_llamacpp.PROMPT = gguf_llamacpp.DEFAULT_PROMPT
         compare_greedy(a, model, mix, None, greedy_llamacpp(a, ours), gguf_path=ours, what=f"default {mix}")
     return counts
 

@@ -39,6 +39,8 @@ def greedy_llamacpp(a, gguf_path, lora=None, n=24):
 # below RHO * |top logit| can go either way under another summation order, an f16 KV cache (llama.cpp's
 # default) or quantized activations (llama.cpp's Q8_0 / Q4_0 / BF16 dot products round the
 # activations too). Texts must agree exactly up to the first such step, and entirely without one.
+# models/default's own question form: its first answer steps are confident (used where its text is checked)
+DEFAULT_PROMPT = "What is a lantern?\n"
 RHO = {"f32": 2e-4, "f16": 5e-4, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 3e-2}
 
 
@@ -170,7 +172,7 @@ def case_llamacpp(a, fam, want):
         # The prompt is the model's own question form, whose first answer steps are confident (the shared
         # "lantern (noun):" starts with a near-tie on the fused Q4_0 weights: 2% of the top logit).
         global PROMPT
-        PROMPT = "What is a lantern?\n"
+        PROMPT = DEFAULT_PROMPT
         theirs = greedy_llamacpp(a, path)
         if want != "q4_0":
             compare_greedy(a, save, want, None, theirs, gguf_path=path, what=f"{fam} {want}")
