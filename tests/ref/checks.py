@@ -25,6 +25,52 @@ def cli_case_args():
     return a, os.path.join(a.root, "models", "default"), os.path.join(a.root, "examples", "data")
 
 
+def small_llama(root, dst, hidden=256, layers=2, intermediate=768, seed=0):
+    """A small random Llama with models/default's tokenizer, config and dtype (bf16; tied embeddings), in
+    dst (made once; written under a temporary name, then renamed): for the tests that drive lmtune's
+    training machinery (data parallel, sharding) rather than judge a model's text. Their runs also go
+    through the sanitizer build (scripts/sanitize), where models/default's 11.5M parameters made each
+    training step ~6x slower than this model's 2.1M do."""
+    import json
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    if os.path.isdir(dst):
+        return dst
+    src = os.path.join(root, "models", "default")
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    heads, kv, hd = 4, 2, hidden // 4
+    cfg.update(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate, num_attention_heads=heads,
+               num_key_value_heads=kv, head_dim=hd)
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    t = {"model.embed_tokens.weight": w(cfg["vocab_size"], hidden), "model.norm.weight": torch.ones(hidden).bfloat16()}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": torch.ones(hidden).bfloat16(),
+                  p + "post_attention_layernorm.weight": torch.ones(hidden).bfloat16(),
+                  p + "self_attn.q_proj.weight": w(heads * hd, hidden), p + "self_attn.k_proj.weight": w(kv * hd, hidden),
+                  p + "self_attn.v_proj.weight": w(kv * hd, hidden), p + "self_attn.o_proj.weight": w(hidden, heads * hd),
+                  p + "mlp.gate_proj.weight": w(intermediate, hidden), p + "mlp.up_proj.weight": w(intermediate, hidden),
+                  p + "mlp.down_proj.weight": w(hidden, intermediate)})
+    tmp = dst + ".part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file(t, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(src, name), tmp)
+    os.rename(tmp, dst)
+    return dst
+
+
 def check(cond, msg):
     if not cond:
         FAILS.append(msg)

@@ -24,6 +24,8 @@ and printing. Cases:
             in another order); its checkpoint mid-accumulation resumed by 1 process, sharded or not (the same
             bytes), and a data-parallel checkpoint resumed by 2 sharded ranks
 
+The model is checks.small_llama: random, bf16, 2 blocks of hidden 256, models/default's tokenizer.
+
 Tolerances. This tiny random model is chaotic under training: one process on 2 threads instead of 1
 (the same sums in another order) moves the adapters by up to 2.5e-4 of their largest value after 10
 SGD steps at LoRA scale 1 (1.5% at scale 20; Adam's near-zero gradients flip the sign of their update,
@@ -44,7 +46,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
-from checks import FAILS, check, cli_case_args  # noqa: E402
+from checks import FAILS, check, cli_case_args, small_llama  # noqa: E402
 
 CONFIG = "lora_parameters: {rank: 8, scale: 1.0, dropout: 0.0}\n"
 # SGD, so that the adapters compare (see above); 6 steps, validation at 3 and 6, no numbered saves.
@@ -63,7 +65,10 @@ def free_port():
 
 
 def main():
-    a, model, data = cli_case_args()
+    a, _, data = cli_case_args()
+    # A small random Llama (2 blocks, hidden 256) with models/default's tokenizer: these cases test the group's
+    # sums and files, not the text; it keeps them (and their runs under the sanitizers) short.
+    model = small_llama(a.root, os.path.join(a.work, "model"))
     cfg = os.path.join(a.work, "config.yaml")
     with open(cfg, "w") as f:
         f.write(CONFIG)
@@ -300,7 +305,7 @@ def main():
         # --test after training runs on the sharded weights (each block gathered as it runs).
         t_dp, t_sh = test_line(dp[0][1]), test_line(res[0][1])
         check(len(t_dp) == 1 and t_dp == t_sh, f"test lines: data parallel {t_dp}, sharded {t_sh}")
-        # Rank 0's peak tensors before the first save (models/default is bf16: its weights are f32 copies).
+        # Rank 0's peak tensors before the first save (the model is bf16: its weights are f32 copies).
         check(first_peak("sharded") < 0.75 * first_peak("dp"),
               f"peak memory: sharded {first_peak('sharded')} GB, data parallel {first_peak('dp')} GB")
         # One process on an f32 checkpoint: its weights are read in place from one mapping of the file,
@@ -320,7 +325,7 @@ def main():
         group_ok(group("dp-packed", 2, *packed, "--grad-checkpoint"), "dp-packed")
         group_ok(group("sharded-packed", 2, *packed, "--shard"), "sharded-packed")
         same_bytes("dp-packed", "sharded-packed", 3, 2)
-        # 3 ranks: slices of 65,536 and 256 elements padded at the end.
+        # 3 ranks: the tensors of 65,536 and 256 elements (q/o, norms) padded at the end of their slices.
         three = [*run_args(4, 2), "--batch-size", "3"]
         group_ok3 = lambda res, out: [check(rc == 0, f"{out}: rank {r} exit {rc}\n{e}")  # noqa: E731
                                       for r, (rc, o, e) in enumerate(res)]
