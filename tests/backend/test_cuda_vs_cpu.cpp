@@ -114,7 +114,8 @@ TEST_P(CudaVsCpu, ReduceSum) {
   struct Case {
     int64_t outer, n, inner;
   };
-  for (Case c : {Case{3, 257, 1}, Case{2, 33, 31}, Case{1, 4099, 7}, Case{5, 1, 3}, Case{1, 20000, 33}}) {
+  for (Case c : {Case{3, 257, 1}, Case{2, 33, 31}, Case{1, 4099, 7}, Case{5, 1, 3}, Case{1, 20000, 33},
+                 Case{1, 1 << 20, 1}, Case{3, 300007, 1}, Case{1, 8191, 1}}) {
     Vec x = rounded(uniform(size_t(c.outer * c.n * c.inner), 10), dt), ref(size_t(c.outer * c.inner));
     cpu().reduce_sum(x.data(), ref.data(), c.outer, c.n, c.inner, DType::f32, DType::f32);
     Tensor gx = on_gpu(x, dt);

@@ -1,6 +1,6 @@
 // reduce_sum over the middle axis of x (outer, n, inner) with f32 accumulation. Long
 // reductions are split across blocks into f32 partials and summed by a second pass, so the
-// result does not depend on scheduling (no atomics).
+// result does not depend on scheduling (no atomics), for rows (inner == 1) and columns alike.
 #include "backend/cuda/cuda_common.cuh"
 
 namespace lmtune {
@@ -19,6 +19,23 @@ __global__ void row_sum_kernel(const T* x, O* out, int64_t outer, int64_t n) {
     acc = block_sum(acc, smem);
     if (threadIdx.x == 0) out[r] = from_f32<O>(acc);
   }
+}
+
+// inner == 1 with few long rows (a whole tensor's sum: the gradient norm of --grad-clip): block (r, s) sums
+// piece s of row r, [s * piece, (s + 1) * piece), into the f32 partial (outer, splits); row_sum_kernel then sums
+// each row's partials. One block a row read a 1M-element gradient at ~5 GB/s (session 21's profile of the
+// built-in model's pretraining step: 33% of the GPU time).
+template <typename T>
+__global__ void row_piece_sum_kernel(const T* x, float* partial, int64_t n, int64_t piece, int splits) {
+  pdl_enter();
+  __shared__ float smem[32];
+  const int64_t r = blockIdx.x / splits, sp = blockIdx.x % splits;
+  const int64_t k0 = sp * piece, k1 = min(n, k0 + piece);
+  const T* row = x + r * n;
+  float acc = 0.f;
+  for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) acc += to_f32(row[k]);
+  acc = block_sum(acc, smem);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
 // inner > 1: thread (o, j) sums rows [k0, k1) of column j, for split blockIdx.y. With one
@@ -70,6 +87,20 @@ void CudaBackend::reduce_sum(const void* x, void* out, int64_t outer, int64_t n,
       const T* px = static_cast<const T*>(x);
       O* po = static_cast<O*>(out);
       if (inner == 1) {
+        // Rows too few to fill the GPU and long enough to split: pieces of at least 4096 elements, ~4 blocks a
+        // multiprocessor in all, then a second pass over the f32 partials (fixed order: no atomics).
+        const int64_t want = int64_t(sm_count_) * 4;
+        const int64_t splits = outer >= want ? 1 : std::clamp<int64_t>(std::min(want / outer, n / 4096), 1, 1024);
+        if (splits > 1) {
+          const int64_t piece = (n + splits - 1) / splits;
+          DeviceScratch partial(size_t(outer * splits) * sizeof(float));
+          launch("reduce_sum", row_piece_sum_kernel<T>, unsigned(outer * splits), kThreads, 0, px,
+                 partial.as<float>(), n, piece, int(splits));
+          unsigned blocks = unsigned(std::min<int64_t>(outer, int64_t(sm_count_) * 32));
+          launch("reduce_sum", row_sum_kernel<float, O>, blocks, kThreads, 0, partial.as<const float>(), po, outer,
+                 splits);
+          return;
+        }
         unsigned blocks = unsigned(std::min<int64_t>(outer, int64_t(sm_count_) * 32));
         launch("reduce_sum", row_sum_kernel<T, O>, blocks, kThreads, 0, px, po, outer, n);
         return;
