@@ -15,8 +15,10 @@
 // wait). The order of a row's sum depends only on the group index, never on which rows share the
 // tile, so a product alone, in a group, in swiglu's tile of 8 gate and 8 up rows or with the
 // residual gives the same values a row.
-//   A block takes ceil(tiles / (2 x multiprocessors)) consecutive tiles, so the grid is about two
-// blocks a multiprocessor (83-91 KB of shared memory each, and x's copy where it is made).
+//   The grid is two blocks a multiprocessor (83-91 KB of shared memory each, and x's copy where it is made),
+// or one a tile where there are fewer tiles; block b takes q + (b < r) consecutive tiles, q and r the
+// quotient and remainder of tiles / blocks (session 20's ncu: ceil(tiles / blocks) a block left 40 of 132
+// multiprocessors with one block, and the busiest with 8 tiles where 6.8 is even).
 #include <atomic>
 
 #include "backend/backend.h"
@@ -119,7 +121,7 @@ __device__ __forceinline__ void ring_store(const QgemvParams<T>& p, int64_t tile
 
 template <typename T, int BITS, int GS, int MODE, bool XS>
 __global__ void __launch_bounds__(kRingThreads, 2)
-    qgemv_ring_kernel(const __grid_constant__ TmaMaps maps, QgemvParams<T> p, int tiles_per_block) {
+    qgemv_ring_kernel(const __grid_constant__ TmaMaps maps, QgemvParams<T> p) {
   using Sh = MmaShape<BITS, GS>;
   using Rs = RingShape<T, BITS, GS>;
   constexpr int G = Rs::G, GW = Rs::GW, QW = Sh::QW, H = Sh::H, ST = kRingStages;
@@ -129,7 +131,10 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   __shared__ __align__(8) uint64_t full[ST], empty[ST];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t tiles = p.tile_start[p.count], K = p.K, groups = K / GS;
-  const int64_t first = int64_t(blockIdx.x) * tiles_per_block, last = min(tiles, first + tiles_per_block);
+  // Block b takes q + (b < r) consecutive tiles (q, r: tiles / blocks and its remainder): the r blocks with an
+  // extra tile are the first to start, one a multiprocessor while r is at most their count.
+  const int64_t q = tiles / gridDim.x, r = tiles % gridDim.x, b = blockIdx.x;
+  const int64_t first = b * q + min(b, r), last = first + q + (b < r ? 1 : 0);
   const int per_tile = int((groups + G - 1) / G), total = int(last - first) * per_tile;
   const uint32_t base = (uint32_t(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
   uint8_t* const aligned = smem_raw + (base - uint32_t(__cvta_generic_to_shared(smem_raw)));
@@ -315,8 +320,7 @@ bool launch_ring_shape(const QgemvParams<T>& p) {
   if (!make_maps(p, BITS, GS, Rs::G, &maps)) return false;
   const int64_t tiles = p.tile_start[p.count];
   const int64_t slots = int64_t(cuda_impl().sm_count()) * 2;
-  const int64_t per_block = (tiles + slots - 1) / slots;
-  const dim3 grid(unsigned((tiles + per_block - 1) / per_block));
+  const dim3 grid(unsigned(std::min(tiles, slots)));
   auto go = [&](auto mode) {
     constexpr int MODE = decltype(mode)::value;
     const int64_t x_bytes = int64_t(p.M) * p.K * int64_t(sizeof(T));
@@ -329,7 +333,7 @@ bool launch_ring_shape(const QgemvParams<T>& p) {
     }();
     (void)sized;
     const size_t smem = size_t(Rs::kSmem + (xs ? x_bytes : 0));
-    launch("quantized_gemv", k, grid, kRingThreads, smem, maps, p, int(per_block));
+    launch("quantized_gemv", k, grid, kRingThreads, smem, maps, p);
   };
   if (p.swiglu)
     go(std::integral_constant<int, kRingSwiglu>{});
