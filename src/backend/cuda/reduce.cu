@@ -94,8 +94,8 @@ void CudaBackend::reduce_sum(const void* x, void* out, int64_t outer, int64_t n,
         if (splits > 1) {
           const int64_t piece = (n + splits - 1) / splits;
           DeviceScratch partial(size_t(outer * splits) * sizeof(float));
-          launch("reduce_sum", row_piece_sum_kernel<T>, unsigned(outer * splits), kThreads, 0, px,
-                 partial.as<float>(), n, piece, int(splits));
+          launch("reduce_sum", row_piece_sum_kernel<T>, unsigned(outer * splits), kThreads, 0, px, partial.as<float>(),
+                 n, piece, int(splits));
           unsigned blocks = unsigned(std::min<int64_t>(outer, int64_t(sm_count_) * 32));
           launch("reduce_sum", row_sum_kernel<float, O>, blocks, kThreads, 0, partial.as<const float>(), po, outer,
                  splits);
