@@ -756,12 +756,17 @@ def case_batch(a):
         queued = fire(client, [0, 5], results)
         end = time.time() + 30
 
-        def settled():  # the two queued ones submitted and waiting, the 16 held ones in the batch
-            return metric(srv, "lmtune_sequences_waiting") == 2 and \
-                metric(srv, "lmtune_sequences_running") + metric(srv, "lmtune_sequences_prefilling") == 16
-        while not settled() and time.time() < end:
+        def snapshot():  # one read of /metrics: the three gauges of the same moment
+            _, _, body = srv.request("GET", "/metrics")
+            return [float(re.search(f"^lmtune_sequences_{k} (\\S+)$", body.decode(), re.M).group(1))
+                    for k in ("waiting", "running", "prefilling")]
+
+        # Until the two queued ones are submitted and waiting and the 16 held ones are in the batch; the checks use
+        # that same reading (separate reads raced with a sequence moving from prefilling to running under ASan).
+        waiting, running, prefilling = snapshot()
+        while not (waiting == 2 and running + prefilling == 16) and time.time() < end:
             time.sleep(0.05)
-        waiting, running, prefilling = (metric(srv, "lmtune_sequences_" + k) for k in ("waiting", "running", "prefilling"))
+            waiting, running, prefilling = snapshot()
         check(waiting == 2, f"the two queued requests are not waiting: {waiting} waiting, {running} running, "
               f"{prefilling} prefilling\n" + srv.log())
         check(running + prefilling == 16, f"not 16 sequences in the batch: {running} running, {prefilling} prefilling")
