@@ -668,10 +668,12 @@ def hold_stream(srv, max_tokens=30000):
     return c, r
 
 
-def metric(srv, name):
+def metric(srv, *names):
+    """The named gauges or counters from one /metrics response (one value for one name, else a list)."""
     _, _, body = srv.request("GET", "/metrics")
-    m = re.search("^" + re.escape(name) + r" (\S+)$", body.decode(), re.M)
-    return float(m.group(1)) if m else None
+    ms = [re.search("^" + re.escape(n) + r" (\S+)$", body.decode(), re.M) for n in names]
+    vals = [float(m.group(1)) if m else None for m in ms]
+    return vals[0] if len(names) == 1 else vals
 
 
 def case_batch(a):
@@ -757,9 +759,7 @@ def case_batch(a):
         end = time.time() + 30
 
         def snapshot():  # one read of /metrics: the three gauges of the same moment
-            _, _, body = srv.request("GET", "/metrics")
-            return [float(re.search(f"^lmtune_sequences_{k} (\\S+)$", body.decode(), re.M).group(1))
-                    for k in ("waiting", "running", "prefilling")]
+            return metric(srv, *("lmtune_sequences_" + k for k in ("waiting", "running", "prefilling")))
 
         # Until the two queued ones are submitted and waiting and the 16 held ones are in the batch; the checks use
         # that same reading (separate reads raced with a sequence moving from prefilling to running under ASan).

@@ -91,17 +91,16 @@ void CudaBackend::reduce_sum(const void* x, void* out, int64_t outer, int64_t n,
         // multiprocessor in all, then a second pass over the f32 partials (fixed order: no atomics).
         const int64_t want = int64_t(sm_count_) * 4;
         const int64_t splits = outer >= want ? 1 : std::clamp<int64_t>(std::min(want / outer, n / 4096), 1, 1024);
+        const unsigned blocks = unsigned(std::min<int64_t>(outer, int64_t(sm_count_) * 32));
         if (splits > 1) {
           const int64_t piece = (n + splits - 1) / splits;
           DeviceScratch partial(size_t(outer * splits) * sizeof(float));
           launch("reduce_sum", row_piece_sum_kernel<T>, unsigned(outer * splits), kThreads, 0, px, partial.as<float>(),
                  n, piece, int(splits));
-          unsigned blocks = unsigned(std::min<int64_t>(outer, int64_t(sm_count_) * 32));
           launch("reduce_sum", row_sum_kernel<float, O>, blocks, kThreads, 0, partial.as<const float>(), po, outer,
                  splits);
           return;
         }
-        unsigned blocks = unsigned(std::min<int64_t>(outer, int64_t(sm_count_) * 32));
         launch("reduce_sum", row_sum_kernel<T, O>, blocks, kThreads, 0, px, po, outer, n);
         return;
       }
