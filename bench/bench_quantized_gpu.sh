@@ -9,8 +9,9 @@
 # the same weights (Q4_0 and Q4_K_M); --tokenizer TARBALL: Llama 2's tokenizer files put into the
 # model folder first (llama.cpp's converter needs a tokenizer it knows); --ncu: ncu sections of each
 # fused product and the duration of every kernel of a short generation (into $OUT). --ab: also the
-# per-product times of the GEMV's variants 7 and 8 (the ring; also with x read through L1,
-# LMTUNE_CUDA_QGEMV_RING_X_SMEM=0), and the whole model's decode (prompts 16 and 512) with each (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
+# per-product times of the GEMV's variants named by LMTUNE_BENCH_AB (default "7:1 9:1 7:1 9:1", each
+# VARIANT:RING_X_SMEM: 7 the default, 8 the ring, 9 the CUDA-core kernel), and the whole model's decode (prompts
+# 16 and 512) with each (runtime_config.h; session 6 compared LMTUNE_CUDA_DECODE_SPLIT,
 # session 5 the fused epilogues the same way). --kernels: the kernel table (LMTUNE_CUDA_PROFILE=1) of a
 # 16-token prompt and 64 decode steps without a graph: each kernel's share of a decode step.
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
@@ -45,7 +46,7 @@ fi
 echo "== bench_quantized [$((SECONDS - start)) s]"
 "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
 if ((ab)); then
-  for vs in 7:1 8:1 8:0 7:1 8:1; do
+  for vs in ${LMTUNE_BENCH_AB:-7:1 9:1 7:1 9:1}; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} [$((SECONDS - start)) s]"
     LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} "$build/bin/bench_quantized" --rows 1 2>&1 |
       grep -v "^#" || status=1
@@ -108,7 +109,7 @@ if ((kernels)); then
     2>&1 | head -n 60 || status=1
 fi
 if ((ab)); then
-  for vs in 7:1 8:1 8:0 7:1 8:1; do
+  for vs in ${LMTUNE_BENCH_AB:-7:1 9:1 7:1 9:1}; do
     for prompt in 16 512; do
       echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} [$((SECONDS - start)) s]"
       LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} "$build/bin/lmtune" benchmark \

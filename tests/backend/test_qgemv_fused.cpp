@@ -1,6 +1,6 @@
 // Decoding's fused quantized steps (ops::quantized_swiglu_linear: gate and up with swiglu in one
 // launch; ops::quantized_linear_add: down with the residual add) on CUDA against the plain ops
-// they replace, under the GEMV variants that fuse them (5 to 8): the same values bit for bit (the
+// they replace, under the GEMV variants that fuse them (5 to 9): the same values bit for bit (the
 // fused epilogues round each product to the dtype first, as the plain ops do), on odd sizes and
 // Mistral 7B's. Each case also checks that the backend ran the fused kernel, so that the test
 // cannot pass by comparing the fallback with itself; variant 0 must fall back.
@@ -44,7 +44,7 @@ void check_case(const Case& c, DType dt, int variant, uint64_t seed) {
   Tensor x = ops::randn({c.M, c.K}, seed, 1.f, dt, Device::cuda);
   const ops::AffineQuantized gate = random_weight(c.N, c.K, c, dt, seed + 1),
                              up = random_weight(c.N, c.K, c, dt, seed + 2);
-  const bool fuses = variant >= 5 && variant <= 8;
+  const bool fuses = variant >= 5 && variant <= 9;
 
   // swiglu(gate, up)
   Tensor fused = ops::quantized_swiglu_linear(x, ref(gate), ref(up), f);
@@ -88,7 +88,7 @@ TEST(QgemvFused, SameAsPlainOps) {
   };
   uint64_t seed = 11;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {0, 5, 6, 7, 8}) {
+    for (int variant : {0, 5, 6, 7, 8, 9}) {
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant;
       ScopedRuntimeConfig scoped(rc);

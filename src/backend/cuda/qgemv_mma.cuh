@@ -281,5 +281,9 @@ bool launch_tma(int bits, int group_size, QgemvParams<T> p);
 // addresses (the caller falls back to variant 7's kernel, then the lean one).
 template <typename T>
 bool launch_ring(int bits, int group_size, QgemvParams<T> p);
+// The CUDA-core kernel (qgemv_simt.cu, variant 9): M = 1, 4 bits and K <= 12288, rows streamed by warps
+// grid-stride; false elsewhere (the caller falls back to variant 7's kernel, then the lean one).
+template <typename T>
+bool launch_simt(int bits, int group_size, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv
