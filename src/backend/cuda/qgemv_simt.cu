@@ -38,7 +38,7 @@ __device__ __forceinline__ float code_f32(uint32_t w, int k) {
 // quarter-warp, whose chunks are consecutive, read eight different bank groups.
 __device__ __forceinline__ int x_unit(int64_t c, int u) { return int(c * 8 + (u ^ int(c & 7))); }
 
-// Where task `task`'s row r (0..R-1) lives: its words, scales and biases, and its output index.
+// Where task `task`'s row r (0..R-1) lives: its words, scales and biases.
 template <typename T, int R, bool SWIGLU>
 struct SimtRows {
   const uint32_t* w[R];
