@@ -12,6 +12,8 @@
 // rounded to T first), the residual add (the product rounded to T first, then added in f32 and rounded).
 // M = 1, 4 bits and K <= 12288 only; the caller falls back to variant 7 elsewhere.
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -39,16 +41,16 @@ __device__ __forceinline__ float code_f32(uint32_t w, int k) {
 __device__ __forceinline__ int x_unit(int64_t c, int u) { return int(c * 8 + (u ^ int(c & 7))); }
 
 // Where task `task`'s row r (0..R-1) lives: its words, scales and biases.
-template <typename T, int R, bool SWIGLU>
+template <typename T, int R>
 struct SimtRows {
   const uint32_t* w[R];
   const T* sc[R];
   const T* bi[R];
 };
 template <typename T, int R, bool SWIGLU>
-__device__ __forceinline__ SimtRows<T, R, SWIGLU> simt_rows(const QgemvParams<T>& p, int64_t task, int64_t row_words,
-                                                            int64_t groups) {
-  SimtRows<T, R, SWIGLU> rs;
+__device__ __forceinline__ SimtRows<T, R> simt_rows(const QgemvParams<T>& p, int64_t task, int64_t row_words,
+                                                    int64_t groups) {
+  SimtRows<T, R> rs;
   if constexpr (SWIGLU) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -121,7 +123,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t task = int64_t(blockIdx.x) * kSimtWarps + warp; task < tasks; task += int64_t(gridDim.x) * kSimtWarps) {
-    const SimtRows<T, R, SWIGLU> rs = simt_rows<T, R, SWIGLU>(p, task, row_words, groups);
+    const SimtRows<T, R> rs = simt_rows<T, R, SWIGLU>(p, task, row_words, groups);
     float y[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) y[r] = 0.f;
@@ -192,13 +194,24 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
 template <typename T, int GS, int R, bool SWIGLU>
 void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
   auto k = qgemv_simt_kernel<T, GS, R, SWIGLU>;
-  static const int per_sm = [&] {
+  static const bool sized = [&] {  // more than 48 KB of shared memory a block needs the opt-in
     LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSimtMaxSmem));
-    return 0;
+    return true;
   }();
-  (void)per_sm;
+  (void)sized;
+  // Blocks a multiprocessor holds at this shared memory (it follows K), asked once per K, not at every launch.
+  static std::mutex mu;
+  static std::map<size_t, int> blocks_at;
   int blocks_per_sm = 0;
-  LMT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, k, kSimtWarps * 32, smem));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = blocks_at.find(smem);
+    if (it == blocks_at.end()) {
+      LMT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, k, kSimtWarps * 32, smem));
+      it = blocks_at.emplace(smem, blocks_per_sm).first;
+    }
+    blocks_per_sm = it->second;
+  }
   // Every block stages x, so small products take fewer blocks: at least two tasks a warp.
   const int64_t full = int64_t(cuda_impl().sm_count()) * std::max(1, blocks_per_sm);
   const int64_t enough = (tasks + 2 * kSimtWarps - 1) / (2 * kSimtWarps);
@@ -226,7 +239,6 @@ bool launch_simt_shape(QgemvParams<T> p) {
     if (i < p.count) start += ((i == 0 ? p.N : p.Ns[i]) + R - 1) / R;
   }
   p.tile_start[3] = start;
-  if (p.count == 1) p.tile_start[1] = p.tile_start[2] = start;
   if (two)
     launch_simt_kernel<T, GS, 2, false>(p, start, smem);
   else
