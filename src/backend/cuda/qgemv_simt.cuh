@@ -1,0 +1,187 @@
+// The pieces of the one-row 4-bit products on the CUDA cores that variant 9 (qgemv_simt.cu: each lane loads its chunks
+// into registers) and variant 10 (qgemv_simt_ring.cu: each warp streams them through a ring in shared memory) share:
+// x staged as f32 with its chunk sums, a code as the exact float 1 + q / 16, a chunk's dot, and the stores.
+//   A chunk is 32 codes of a row (16 bytes, 4 words); chunk c covers x[32 c, 32 c + 32). A code q becomes 1 + q / 16 by
+// one shift and one LOP3 (q into mantissa bits 19-22 under 1.0's exponent), so a chunk's dot is 32 FFMAs on exact
+// values: a = sum (1 + q / 16) x, and the group's scale and bias fold in as y += 16 scale (a - sx) + bias sx, sx the
+// chunk's sum of x.
+#pragma once
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/qgemv_mma.cuh"
+
+namespace lmtune::qgemv::simt {
+
+// Code k (0..7) of word w as 1 + q / 16.
+__device__ __forceinline__ float code_f32(uint32_t w, int k) {
+  const int s = 19 - 4 * k;
+  const uint32_t v = s >= 0 ? w << s : w >> -s;
+  return __uint_as_float(and_or(v, 0x00780000u, 0x3F800000u));
+}
+
+// x's 16-byte unit u (codes 4u .. 4u + 3) of chunk c in shared memory: units swizzled by c % 8, so the eight lanes of a
+// quarter-warp, whose chunks are consecutive, read eight different bank groups.
+__device__ __forceinline__ int x_unit(int64_t c, int u) { return int(c * 8 + (u ^ int(c & 7))); }
+
+// Shared memory x takes: K / 4 units of f32, then K / 32 chunk sums.
+inline size_t x_bytes(int64_t K) { return size_t(K) * 4 + size_t(K / 32) * 4; }
+
+template <typename T>
+__device__ __forceinline__ uint32_t bits16(const T* p) {
+  return uint32_t(*reinterpret_cast<const uint16_t*>(p));
+}
+// The T whose bits are the low 16 of v, as f32.
+template <typename T>
+__device__ __forceinline__ float f32_of_bits(uint32_t v) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return __uint_as_float(v << 16);
+  } else {
+    return __half2float(__ushort_as_half(uint16_t(v & 0xFFFFu)));
+  }
+}
+
+// x (K values of T) into xs as f32, 8 codes a thread at a time, then each chunk's sum into sx; the block's threads all
+// take part, and it ends on a block barrier.
+template <typename T>
+__device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float* sx) {
+  for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    const uint32_t h[4] = {v.x, v.y, v.z, v.w};
+    float f[8];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f[2 * j] = f32_of_bits<T>(h[j]), f[2 * j + 1] = f32_of_bits<T>(h[j] >> 16);
+    const int64_t c = i / 4;
+    const int u = int(i % 4) * 2;
+    xs[x_unit(c, u)] = make_float4(f[0], f[1], f[2], f[3]);
+    xs[x_unit(c, u + 1)] = make_float4(f[4], f[5], f[6], f[7]);
+  }
+  __syncthreads();
+  const float* xf = reinterpret_cast<const float*>(xs);
+  for (int64_t c = threadIdx.x; c < K / 32; c += blockDim.x) {
+    float s = 0.f;
+    for (int i = 0; i < 32; ++i) s += xf[c * 32 + ((i + int(threadIdx.x)) & 31)];  // rotated: no bank conflicts
+    sx[c] = s;
+  }
+  __syncthreads();
+}
+
+// Chunk c of R rows (their words w[r], the group's scale and bias as f32) added into y[r].
+template <int R>
+__device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, int64_t c, const uint4 (&w)[R],
+                                          const float (&scale)[R], const float (&bias)[R], float (&y)[R]) {
+  float a[R][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float4 x0 = xs[x_unit(c, 2 * j)], x1 = xs[x_unit(c, 2 * j + 1)];
+    const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint32_t word = j == 0 ? w[r].x : j == 1 ? w[r].y : j == 2 ? w[r].z : w[r].w;
+      float s = code_f32(word, 0) * xv[0];
+#pragma unroll
+      for (int k = 1; k < 8; ++k) s = fmaf(code_f32(word, k), xv[k], s);
+      a[r][j] = s;
+    }
+  }
+  const float s_c = sx[c];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float d = ((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) - s_c;
+    y[r] = fmaf(16.f * scale[r], d, fmaf(bias[r], s_c, y[r]));
+  }
+}
+
+// Where task `task`'s row r (0..R-1) lives: its words, scales and biases. With SWIGLU, task t is row t of gate (r = 0)
+// and of up (r = 1); else tasks are numbered matrix after matrix (tile = task), R rows each.
+template <typename T, int R>
+struct Rows {
+  const uint32_t* w[R];
+  const T* sc[R];
+  const T* bi[R];
+};
+template <typename T, int R, bool SWIGLU>
+__device__ __forceinline__ Rows<T, R> rows_of(const QgemvParams<T>& p, int64_t task, int64_t row_words,
+                                              int64_t groups) {
+  Rows<T, R> rs;
+  if constexpr (SWIGLU) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      rs.w[r] = p.wqs[r] + task * row_words;
+      rs.sc[r] = p.scaless[r] + task * groups;
+      rs.bi[r] = p.biasess[r] + task * groups;
+    }
+  } else {
+    const QMatrix<T> mt = select_matrix(p, task);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = min(mt.tile * R + r, mt.N - 1);  // a last task cut short reads row N - 1, never written
+      rs.w[r] = mt.wq + row * row_words;
+      rs.sc[r] = mt.scales + row * groups;
+      rs.bi[r] = mt.biases + row * groups;
+    }
+  }
+  return rs;
+}
+
+// Task `task`'s results (y summed over the warp, held by the lane that calls this) stored with the epilogues of
+// variants 5-8: swiglu of gate and up (each rounded to T first); the residual add (the product rounded to T first,
+// then added in f32 and rounded).
+template <typename T, int R, bool SWIGLU>
+__device__ __forceinline__ void store_task(const QgemvParams<T>& p, int64_t task, const float (&y)[R]) {
+  if constexpr (SWIGLU) {
+    const float gv = to_f32(from_f32<T>(y[0])), uv = to_f32(from_f32<T>(y[1]));
+    p.y[task] = from_f32<T>(gv * (1.f / (1.f + expf(-gv))) * uv);  // elementwise.cu's SwigluF
+  } else {
+    const QMatrix<T> mt = select_matrix(p, task);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t n = mt.tile * R + r;
+      if (n >= mt.N) break;
+      float v = y[r];
+      if (p.residual) v = to_f32(p.residual[n]) + to_f32(from_f32<T>(v));
+      mt.y[n] = from_f32<T>(v);
+    }
+  }
+}
+
+// Tasks numbered matrix after matrix, R rows each, as select_matrix reads them (tile = task); returns their count.
+template <typename T>
+inline int64_t number_tasks(QgemvParams<T>& p, int R) {
+  int64_t start = 0;
+  for (int i = 0; i < 3; ++i) {
+    p.tile_start[i] = start;
+    if (i < p.count) start += ((i == 0 ? p.N : p.Ns[i]) + R - 1) / R;
+  }
+  p.tile_start[3] = start;
+  return start;
+}
+
+// Rows over all of p's matrices.
+template <typename T>
+inline int64_t total_rows(const QgemvParams<T>& p) {
+  int64_t rows = 0;
+  for (int i = 0; i < p.count; ++i) rows += i == 0 ? p.N : p.Ns[i];
+  return rows;
+}
+
+// Blocks of `threads` threads with `smem` bytes of dynamic shared memory that a multiprocessor holds of kernel k, asked
+// of the runtime once per kernel and size, not at every launch.
+inline int blocks_per_sm(const void* k, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, size_t>, int> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find({k, smem});
+  if (it == known.end()) {
+    int n = 0;
+    LMT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem));
+    it = known.emplace(std::make_pair(k, smem), std::max(1, n)).first;
+  }
+  return it->second;
+}
+
+}  // namespace lmtune::qgemv::simt
