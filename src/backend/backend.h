@@ -293,5 +293,6 @@ std::string cuda_device_name();  // "" where none
 // test tell that kernel ran rather than its fallback.
 int64_t cuda_qgemv_tma_launches();
 int64_t cuda_qgemv_ring_launches();
+int64_t cuda_qgemv_simt_ring_launches();
 
 }  // namespace lmtune

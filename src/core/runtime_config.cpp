@@ -71,7 +71,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
       read_count("LMTUNE_CUDA_QGEMV_TMA_SPLIT", var("LMTUNE_CUDA_QGEMV_TMA_SPLIT"), d.cuda_qgemv_tma_split);
   LMT_CHECK(c.cuda_qgemv_tma_split <= 8, "[runtime_config] LMTUNE_CUDA_QGEMV_TMA_SPLIT must be 0 to 8, got ",
             c.cuda_qgemv_tma_split);
-  LMT_CHECK(c.cuda_qgemv_variant <= 9, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 9, got ",
+  LMT_CHECK(c.cuda_qgemv_variant <= 10, "[runtime_config] LMTUNE_CUDA_QGEMV_VARIANT must be 0 to 10, got ",
             c.cuda_qgemv_variant);
   return c;
 }

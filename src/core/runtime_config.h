@@ -46,10 +46,11 @@ struct RuntimeConfig {
   // token's products 2.13 ms against 5's 2.31 on the H200 (bench/NOTES.md); 8 streams each block's
   // tiles through a ring of bulk copies while 8 warps compute (qgemv_ring.cu; 7, then 5, where its
   // copies cannot take a shape); 9 runs one-row 4-bit products (any group) on the CUDA cores, warps
-  // streaming rows grid-stride (qgemv_simt.cu; 7 for the others); where 3-8 do not apply (4 bits in
-  // groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused epilogues (swiglu of gate and up, the
-  // residual add of down) run with 5 to 9 only.
-  int64_t cuda_qgemv_variant = 7;
+  // streaming rows grid-stride (qgemv_simt.cu; 7 for the others); 10 is 9 with each warp's chunks brought through a
+  // ring of cp.async stages in shared memory (qgemv_simt_ring.cu; 9, then 7, where it cannot take a shape); where 3-8
+  // do not apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused epilogues
+  // (swiglu of gate and up, the residual add of down) run with 5 to 10 only.
+  int64_t cuda_qgemv_variant = 9;
   // LMTUNE_CUDA_QGEMV_TMA_SPLIT: variant 7's most warps sharing a row tile's K (1, 2, 4, 8; 0: as
   // the lean kernel splits, which gives the lean kernel's sums bit for bit). Fewer warps a tile
   // give each warp more chunks to stream through its two stages (for A/B measurements).

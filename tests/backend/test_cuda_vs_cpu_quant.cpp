@@ -135,7 +135,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
   };
   // The tensor-core kernel's variants (LMTUNE_CUDA_QGEMV_VARIANT; the default is what the runs
   // below use, and 0 where it does not apply).
-  for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}) {
+  for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);
@@ -265,7 +265,7 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
     }
   };
   // The register kernel (big matrices split into launches of their own), the lean ones, the CUDA-core one.
-  for (int variant : {0, 5, 6, 7, 8, 9}) {
+  for (int variant : {0, 5, 6, 7, 8, 9, 10}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
     ScopedRuntimeConfig scoped(rc);

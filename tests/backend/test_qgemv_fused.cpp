@@ -1,6 +1,6 @@
 // Decoding's fused quantized steps (ops::quantized_swiglu_linear: gate and up with swiglu in one
 // launch; ops::quantized_linear_add: down with the residual add) on CUDA against the plain ops
-// they replace, under the GEMV variants that fuse them (5 to 9): the same values bit for bit (the
+// they replace, under the GEMV variants that fuse them (5 to 10): the same values bit for bit (the
 // fused epilogues round each product to the dtype first, as the plain ops do), on odd sizes and
 // Mistral 7B's. Each case also checks that the backend ran the fused kernel, so that the test
 // cannot pass by comparing the fallback with itself; variant 0 must fall back.
@@ -44,7 +44,7 @@ void check_case(const Case& c, DType dt, int variant, uint64_t seed) {
   Tensor x = ops::randn({c.M, c.K}, seed, 1.f, dt, Device::cuda);
   const ops::AffineQuantized gate = random_weight(c.N, c.K, c, dt, seed + 1),
                              up = random_weight(c.N, c.K, c, dt, seed + 2);
-  const bool fuses = variant >= 5 && variant <= 9;
+  const bool fuses = variant >= 5 && variant <= 10;
 
   // swiglu(gate, up)
   Tensor fused = ops::quantized_swiglu_linear(x, ref(gate), ref(up), f);
@@ -88,7 +88,7 @@ TEST(QgemvFused, SameAsPlainOps) {
   };
   uint64_t seed = 11;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {0, 5, 6, 7, 8, 9}) {
+    for (int variant : {0, 5, 6, 7, 8, 9, 10}) {
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant;
       ScopedRuntimeConfig scoped(rc);
@@ -231,6 +231,74 @@ TEST(QgemvFused, RingMatchesLean) {
       // The ring's own fused epilogues and group equal its plain product bit for bit (a row's sum
       // does not depend on the rows sharing its tile).
       EXPECT_EQ(out[1][3], out[1][0]) << what << ": group 0 against the product";
+    }
+}
+
+// Variant 10 (qgemv_simt_ring.cu) brings variant 9's chunks through a ring of cp.async stages and sums them in the same
+// order, so wherever variant 9 runs (K <= 12288) every product, swiglu, residual add and group must equal it bit for
+// bit; Mistral's down (K = 14336), which variant 9 leaves to variant 7, is held to variant 5 within 4 ulp of bf16 (as
+// RingMatchesLean). The shapes cover a last stage cut short by K (72 chunks against stages of 64), groups of 32, 64
+// and 128, one-row tasks (few rows), several tasks a warp (lm_head) and rows past N; the launch counter shows the
+// ring ran, not a fallback.
+TEST(QgemvFused, SimtRingEqualsSimt) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 14336, 4096}, {4, 64, 1, 4096, 14336}, {4, 64, 1, 32000, 4096}, {4, 32, 1, 61, 32 * 72},
+      {4, 128, 1, 300, 1024},  {4, 64, 1, 37, 512},     {4, 32, 1, 7001, 768},
+  };
+  uint64_t seed = 501;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const Case& c : cases) {
+      const std::string what = std::string(dtype_name(dt)) + " group " + std::to_string(c.group) + " N " +
+                               std::to_string(c.N) + " K " + std::to_string(c.K);
+      const QuantFormat f{QuantMode::affine, c.bits, c.group};
+      Tensor x = ops::randn({c.M, c.K}, seed += 5, 1.f, dt, Device::cuda);
+      const ops::AffineQuantized a = random_weight(c.N, c.K, c, dt, seed + 1),
+                                 b = random_weight(c.N, c.K, c, dt, seed + 2),
+                                 v = random_weight(c.N / 2 + 3, c.K, c, dt, seed + 3);
+      Tensor residual = ops::randn({c.M, c.N}, seed + 4, 1.f, dt, Device::cuda);
+      const bool exact = c.K <= 12288;
+      std::vector<std::vector<float>> out[2];
+      for (int run = 0; run < 2; ++run) {
+        RuntimeConfig rc = runtime_config();
+        rc.cuda_qgemv_variant = run == 1 ? 10 : exact ? 9 : 5;
+        ScopedRuntimeConfig scoped(rc);
+        const int64_t before = cuda_qgemv_simt_ring_launches();
+        auto host = [](const Tensor& t) { return ops::to(t, Device::cpu).to_f32_vector(); };
+        out[run].push_back(host(ops::quantized_linear(x, a.wq, a.scales, a.biases, f)));
+        out[run].push_back(host(ops::quantized_swiglu_linear(x, ref(a), ref(b), f)));
+        out[run].push_back(host(ops::quantized_linear_add(x, ref(a), residual, f)));
+        Tensor ys[3] = {ops::empty({c.M, c.N}, dt, Device::cuda), ops::empty({c.M, c.N}, dt, Device::cuda),
+                        ops::empty({c.M, c.N / 2 + 3}, dt, Device::cuda)};
+        const uint32_t* wqs[3] = {static_cast<const uint32_t*>(a.wq.raw()), static_cast<const uint32_t*>(b.wq.raw()),
+                                  static_cast<const uint32_t*>(v.wq.raw())};
+        const void* sc[3] = {a.scales.raw(), b.scales.raw(), v.scales.raw()};
+        const void* bi[3] = {a.biases.raw(), b.biases.raw(), v.biases.raw()};
+        void* yp[3] = {ys[0].raw(), ys[1].raw(), ys[2].raw()};
+        const int64_t ns[3] = {c.N, c.N, c.N / 2 + 3};
+        ASSERT_TRUE(cuda_backend().quantized_gemv_group(x.raw(), wqs, sc, bi, yp, ns, 3, c.M, c.K, c.bits, c.group, dt))
+            << what;
+        for (const Tensor& y : ys) out[run].push_back(host(y));
+        if (run == 1) {
+          EXPECT_EQ(cuda_qgemv_simt_ring_launches() - before, 4) << what << ": the ring did not run";
+        }
+      }
+      const char* names[] = {"product", "swiglu", "residual add", "group 0", "group 1", "group 2"};
+      for (size_t i = 0; i < out[0].size(); ++i) {
+        ASSERT_EQ(out[0][i].size(), out[1][i].size()) << what << ": " << names[i];
+        float peak = 0.f, worst = 0.f;
+        for (float u : out[0][i]) peak = std::max(peak, std::fabs(u));
+        for (size_t k = 0; k < out[0][i].size(); ++k) {
+          ASSERT_FALSE(std::isnan(out[1][i][k])) << what << ": " << names[i] << " element " << k;
+          worst = std::max(worst, std::fabs(out[1][i][k] - out[0][i][k]));
+        }
+        EXPECT_GT(peak, 0.f) << what << ": " << names[i];
+        if (exact) {
+          EXPECT_EQ(worst, 0.f) << what << ": " << names[i] << " against variant 9";
+        } else {
+          EXPECT_LE(worst, 1.6e-2f * peak) << what << ": " << names[i] << " against variant 5";
+        }
+      }
     }
 }
 

@@ -111,13 +111,13 @@ TEST(DecodeGraphQuantized, SameLogitsAsEager) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   ASSERT_FALSE(model->quantized().empty());
-  for (int run = 0; run < 20; ++run) {  // each of the 10 variants with and without PDL
+  for (int run = 0; run < 22; ++run) {  // each of the 11 variants with and without PDL
     RuntimeConfig rc = runtime_config();
-    rc.cuda_qgemv_variant = run % 10;
-    rc.cuda_pdl = run >= 10;
-    rc.group_gate_up = (run + run / 10) % 2 == 1;  // each variant both ways: once with PDL, once without
+    rc.cuda_qgemv_variant = run % 11;
+    rc.cuda_pdl = run >= 11;
+    rc.group_gate_up = (run + run / 11) % 2 == 1;  // each variant both ways: once with PDL, once without
     ScopedRuntimeConfig scoped(rc);
-    const std::string what = "GEMV variant " + std::to_string(run % 10) + (rc.cuda_pdl ? ", PDL" : ", no PDL") +
+    const std::string what = "GEMV variant " + std::to_string(run % 11) + (rc.cuda_pdl ? ", PDL" : ", no PDL") +
                              (rc.group_gate_up ? ", gate/up grouped" : "");
     DenseKVCache eager(model->config(), Device::cuda, DType::bf16), graphed(model->config(), Device::cuda, DType::bf16);
     std::vector<int32_t> prompt(30);

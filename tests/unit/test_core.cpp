@@ -141,7 +141,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(d.cuda_pdl);
   EXPECT_TRUE(d.group_gate_up);
   EXPECT_TRUE(d.fused_epilogues);
-  EXPECT_EQ(d.cuda_qgemv_variant, 7);
+  EXPECT_EQ(d.cuda_qgemv_variant, 9);
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
   EXPECT_TRUE(d.lora_fused);
@@ -174,7 +174,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   const std::pair<const char*, const char*> bad[] = {
       {"LMTUNE_CUDA_GRAPH", "yes"},          {"LMTUNE_CUDA_FLASH", "2"},          {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
       {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},           {"LMTUNE_GROUP_GATE_UP", "2"},
-      {"LMTUNE_CUDA_QGEMV_VARIANT", "10"},   {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
+      {"LMTUNE_CUDA_QGEMV_VARIANT", "11"},   {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
       {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"},  {"LMTUNE_FUSED_XENT", "off"},        {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
       {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"},          {"LMTUNE_CUDA_BATCH_GRAPH", "on"},
       {"LMTUNE_CUDA_DECODE_GQA", "2"}};

@@ -133,7 +133,8 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
-  if (wanted == 9 && launch_simt<T>(BITS, GS, p)) return;
+  if (wanted == 10 && launch_simt_ring<T>(BITS, GS, p)) return;
+  if (wanted >= 9 && launch_simt<T>(BITS, GS, p)) return;
   if (wanted == 8 && launch_ring<T>(BITS, GS, p)) return;
   if (wanted >= 7 && launch_tma<T>(BITS, GS, p)) return;
   if (wanted >= 5 && launch_lean<T>(BITS, GS, p, wanted == 6)) return;
@@ -329,7 +330,7 @@ namespace {
 int lean_variant() {
   const RuntimeConfig& rc = runtime_config();
   const int v = int(rc.cuda_qgemv_variant);
-  return rc.fused_epilogues && v >= 5 && v <= 9 ? v : 0;
+  return rc.fused_epilogues && v >= 5 && v <= 10 ? v : 0;
 }
 bool aligned4(const void* p) { return reinterpret_cast<uintptr_t>(p) % 4 == 0; }
 }  // namespace
@@ -347,7 +348,8 @@ bool CudaBackend::quantized_gemv_add(const void* x, const uint32_t* wq, const vo
     if constexpr (!std::is_same_v<T, float>) {
       QgemvParams<T> p = single_params<T>(x, wq, scales, biases, y, M, N, K);
       p.residual = static_cast<const T*>(residual);
-      done = (variant == 9 && launch_simt<T>(bits, group_size, p)) ||
+      done = (variant == 10 && launch_simt_ring<T>(bits, group_size, p)) ||
+             (variant >= 9 && launch_simt<T>(bits, group_size, p)) ||
              (variant == 8 && launch_ring<T>(bits, group_size, p)) ||
              (variant >= 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
     }
@@ -374,7 +376,8 @@ bool CudaBackend::quantized_gemv_swiglu(const void* x, const uint32_t* const* wq
       }
       p.swiglu = true;
       p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 7) / 8;  // 8 rows of gate and of up a tile
-      done = (variant == 9 && launch_simt<T>(bits, group_size, p)) ||
+      done = (variant == 10 && launch_simt_ring<T>(bits, group_size, p)) ||
+             (variant >= 9 && launch_simt<T>(bits, group_size, p)) ||
              (variant == 8 && launch_ring<T>(bits, group_size, p)) ||
              (variant >= 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
     }

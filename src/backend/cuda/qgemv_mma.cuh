@@ -285,5 +285,10 @@ bool launch_ring(int bits, int group_size, QgemvParams<T> p);
 // grid-stride; false elsewhere (the caller falls back to variant 7's kernel, then the lean one).
 template <typename T>
 bool launch_simt(int bits, int group_size, QgemvParams<T> p);
+// Variant 9's lanes fed through a ring of cp.async stages a warp (qgemv_simt_ring.cu, variant 10): M = 1, 4 bits,
+// K <= 28672, groups a row a multiple of 8 and 16-byte aligned scales and biases; false elsewhere (the caller falls
+// back to variant 9's kernel, then 7's).
+template <typename T>
+bool launch_simt_ring(int bits, int group_size, QgemvParams<T> p);
 
 }  // namespace lmtune::qgemv
