@@ -41,12 +41,13 @@ struct RuntimeConfig {
   // loads 16 words, then uses them; 3 stages the weights through shared memory by cp.async
   // in 64-byte chunks of a row, 4 in 128-byte chunks (qgemv_async.cu), 5 is 3 with fewer
   // instructions a chunk (qgemv_lean.cu): +5-10% decode over 0 on the H200; 6 is 5 with x's group
-  // sums computed once a block (qgemv_lean.cu); 7, the default, is 5 with the weights brought by
+  // sums computed once a block (qgemv_lean.cu); 7 is 5 with the weights brought by
   // bulk tensor copies (qgemv_tma.cu; the same sums; 5 where its copies cannot take a shape): a
   // token's products 2.13 ms against 5's 2.31 on the H200 (bench/NOTES.md); 8 streams each block's
   // tiles through a ring of bulk copies while 8 warps compute (qgemv_ring.cu; 7, then 5, where its
-  // copies cannot take a shape); 9 runs one-row 4-bit products (any group) on the CUDA cores, warps
-  // streaming rows grid-stride (qgemv_simt.cu; 7 for the others); 10 is 9 with each warp's chunks brought through a
+  // copies cannot take a shape); 9, the default, runs one-row 4-bit products (any group, K <= 12288) on the CUDA
+  // cores, warps streaming rows grid-stride (qgemv_simt.cu; 7 for the others): decode +7-8% over 7 on an H100,
+  // session 23 (bench/NOTES.md); 10 is 9 with each warp's chunks brought through a
   // ring of cp.async stages in shared memory (qgemv_simt_ring.cu; 9, then 7, where it cannot take a shape); where 3-8
   // do not apply (4 bits in groups of 128, 8 bits in groups of 64 or 128, 2 bits), 0. Decoding's fused epilogues
   // (swiglu of gate and up, the residual add of down) run with 5 to 10 only.
