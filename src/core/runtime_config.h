@@ -59,6 +59,9 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_QGEMV_RING_X_SMEM=0: variant 8 reads x through L1 for every group instead of from
   // its own copy in shared memory (made once a block where x is at most 28 KB; for A/B measurements).
   bool cuda_qgemv_ring_x_smem = true;
+  // LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1: variant 9 turns codes into floats in place in three copies of each word, x staged
+  // pre-scaled (qgemv_simt.cuh's SPREAD: 10 instructions a word on the codes instead of 16; for A/B measurements).
+  bool cuda_qgemv_simt_spread = false;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

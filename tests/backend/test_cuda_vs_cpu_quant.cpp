@@ -148,6 +148,18 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
     run(4, 64, 3, 37, 64 * 37, 0, 0);
     if (variant >= 5) run(4, 64, 1, 32000, 4096, 0, 0);  // lm_head: more blocks than the card holds
   }
+  {  // variant 9 with its codes spread in place and x pre-scaled (LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1)
+    RuntimeConfig rc = runtime_config();
+    rc.cuda_qgemv_variant = 9;
+    rc.cuda_qgemv_simt_spread = true;
+    ScopedRuntimeConfig scoped(rc);
+    for (int group : {32, 64, 128}) run(4, group, 1, 37, 128 * 7, 0, 0);
+    run(4, 64, 1, 4096, 4096, 0, 0);
+    run(4, 32, 1, 1000, 4096, 0, 0);
+    run(4, 64, 1, 37, 64 * 37, 0, 0);
+    run(4, 64, 1, 32000, 4096, 0, 0);
+    run(4, 128, 1, 300, 12288, 0, 0);  // the longest rows it takes
+  }
   for (int bits : {2, 3, 4, 5, 6, 8})
     for (int group : {32, 64, 128})
       for (int64_t M = 1; M <= 8; ++M) run(bits, group, M, 37, 256, 0, 0);

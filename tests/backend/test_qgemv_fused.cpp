@@ -88,11 +88,12 @@ TEST(QgemvFused, SameAsPlainOps) {
   };
   uint64_t seed = 11;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {0, 5, 6, 7, 8, 9, 10}) {
+    for (int variant : {0, 5, 6, 7, 8, 9, 10, 11}) {  // 11: variant 9 with LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1
       RuntimeConfig rc = runtime_config();
-      rc.cuda_qgemv_variant = variant;
+      rc.cuda_qgemv_variant = variant == 11 ? 9 : variant;
+      rc.cuda_qgemv_simt_spread = variant == 11;
       ScopedRuntimeConfig scoped(rc);
-      for (const Case& c : cases) check_case(c, dt, variant, seed += 7);
+      for (const Case& c : cases) check_case(c, dt, int(rc.cuda_qgemv_variant), seed += 7);
     }
 }
 

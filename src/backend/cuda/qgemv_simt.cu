@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "backend/cuda/qgemv_simt.cuh"
+#include "core/runtime_config.h"
 
 namespace lmtune::qgemv {
 
@@ -17,9 +18,10 @@ namespace {
 
 constexpr int kSimtWarps = 8;  // warps a block
 constexpr int kSimtB = 2;      // chunks a lane loads before using any
-// x as f32 and its chunk sums, at most: K <= 12288. Longer rows (Mistral's down, K = 14336) would hold a
-// multiprocessor to three blocks, and measured slower than variant 7 (bench/NOTES.md): they go there.
-constexpr int kSimtMaxSmem = 12288 * 4 + 12288 / 32 * 4;
+// K <= 12288: longer rows (Mistral's down, K = 14336) would hold a multiprocessor to three blocks, and measured slower
+// than variant 7 (bench/NOTES.md): they go there. x as f32 and its chunk sums take at most kSimtMaxSmem.
+constexpr int64_t kSimtMaxK = 12288;
+constexpr int kSimtMaxSmem = int(simt::x_bytes(kSimtMaxK, true));
 
 // One round of a lane: B chunks (c0, c0 + 32, ...) of each of the task's R rows, with their scales (low 16 bits) and
 // biases (high) as T's bits, two to a register.
@@ -29,7 +31,7 @@ struct SimtRound {
   uint32_t sb[kSimtB][R];
 };
 
-template <typename T, int GS, int R, bool SWIGLU>
+template <typename T, int GS, int R, bool SWIGLU, bool SPREAD>
 __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvParams<T> p, int64_t tasks) {
   using namespace simt;
   extern __shared__ float4 smem_simt[];
@@ -37,7 +39,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   float4* xs = smem_simt;                                   // K / 4 units
   float* sx = reinterpret_cast<float*>(smem_simt + K / 4);  // C chunk sums
   pdl_enter();
-  stage_x(p.x, K, xs, sx);
+  stage_x<T, SPREAD>(p.x, K, xs, sx);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t task = int64_t(blockIdx.x) * kSimtWarps + warp; task < tasks; task += int64_t(gridDim.x) * kSimtWarps) {
@@ -68,7 +70,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
         float scale[R], bias[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) scale[r] = f32_of_bits<T>(rd.sb[b][r]), bias[r] = f32_of_bits<T>(rd.sb[b][r] >> 16);
-        chunk_dot<R>(xs, sx, c, rd.w[b], scale, bias, y);
+        chunk_dot<R, SPREAD>(xs, sx, c, rd.w[b], scale, bias, y, C);
       }
     }
 #pragma unroll
@@ -77,9 +79,9 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   }
 }
 
-template <typename T, int GS, int R, bool SWIGLU>
+template <typename T, int GS, int R, bool SWIGLU, bool SPREAD>
 void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
-  auto k = qgemv_simt_kernel<T, GS, R, SWIGLU>;
+  auto k = qgemv_simt_kernel<T, GS, R, SWIGLU, SPREAD>;
   static const bool sized = [&] {  // more than 48 KB of shared memory a block needs the opt-in
     LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSimtMaxSmem));
     return true;
@@ -93,22 +95,28 @@ void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
   launch("quantized_gemv_simt", k, grid, kSimtWarps * 32, smem, p, tasks);
 }
 
-template <typename T, int GS>
+template <typename T, int GS, bool SPREAD>
 bool launch_simt_shape(QgemvParams<T> p) {
-  const size_t smem = simt::x_bytes(p.K);
-  if (smem > size_t(kSimtMaxSmem)) return false;
+  if (p.K > kSimtMaxK) return false;
+  const size_t smem = simt::x_bytes(p.K, SPREAD);
   if (p.swiglu) {
-    launch_simt_kernel<T, GS, 2, true>(p, p.N, smem);
+    launch_simt_kernel<T, GS, 2, true, SPREAD>(p, p.N, smem);
     return true;
   }
   // Two rows a task where that still gives the card ~24 warps a multiprocessor; else one.
   const bool two = simt::total_rows(p) / 2 >= int64_t(cuda_impl().sm_count()) * 24;
   const int64_t tasks = simt::number_tasks(p, two ? 2 : 1);
   if (two)
-    launch_simt_kernel<T, GS, 2, false>(p, tasks, smem);
+    launch_simt_kernel<T, GS, 2, false, SPREAD>(p, tasks, smem);
   else
-    launch_simt_kernel<T, GS, 1, false>(p, tasks, smem);
+    launch_simt_kernel<T, GS, 1, false, SPREAD>(p, tasks, smem);
   return true;
+}
+
+template <typename T, int GS>
+bool launch_simt_shape(const QgemvParams<T>& p) {
+  return runtime_config().cuda_qgemv_simt_spread ? launch_simt_shape<T, GS, true>(p)
+                                                 : launch_simt_shape<T, GS, false>(p);
 }
 
 }  // namespace

@@ -5,6 +5,12 @@
 // one shift and one LOP3 (q into mantissa bits 19-22 under 1.0's exponent), so a chunk's dot is 32 FFMAs on exact
 // values: a = sum (1 + q / 16) x, and the group's scale and bias fold in as y += 16 scale (a - sx) + bias sx, sx the
 // chunk's sum of x.
+//   SPREAD (LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1, variant 9 only, for A/B measurements) spends 10 instructions a word on its
+// codes instead of 16: the codes are masked in place in three copies of the word (w << 11, w itself, w >> 9), landing
+// at mantissa bits p = 11, 15, 19, 12, 16, 11, 15, 19 (codes 0..7), so a code is 1 + q 2^(p - 23) and x is staged
+// pre-multiplied by 2^(19 - p) (exact: a power of two). Each product is then x 2^(19 - p) + q x / 16; their sum less
+// the chunk's sum of the scaled x is sum q x / 16 as before, with an f32 rounding of at most 2^-24 of 256 |x| a term
+// (against 2^-24 of 2 |x|): below 2^-13 of each term's q x / 16, far under the 2^-9 of the bf16 result.
 #pragma once
 #include <algorithm>
 #include <map>
@@ -28,8 +34,34 @@ __device__ __forceinline__ float code_f32(uint32_t w, int k) {
 // quarter-warp, whose chunks are consecutive, read eight different bank groups.
 __device__ __forceinline__ int x_unit(int64_t c, int u) { return int(c * 8 + (u ^ int(c & 7))); }
 
-// Shared memory x takes: K / 4 units of f32, then K / 32 chunk sums.
-inline size_t x_bytes(int64_t K) { return size_t(K) * 4 + size_t(K / 32) * 4; }
+// Shared memory x takes: K / 4 units of f32, then K / 32 chunk sums (and with SPREAD, K / 32 sums of the scaled x).
+constexpr size_t x_bytes(int64_t K, bool spread = false) {
+  return size_t(K) * 4 + size_t(K / 32) * 4 * (spread ? 2 : 1);
+}
+
+// SPREAD's exponent e_k = 19 - p_k of code k (0..7), a nibble each: 8, 4, 0, 7, 3, 8, 4, 0.
+constexpr uint32_t kSpreadExp = 0x04837048u;
+__host__ __device__ constexpr int spread_exp(int k) { return int(kSpreadExp >> (4 * k)) & 0xF; }
+
+// The eight codes of word w as floats: 1 + q / 16 each, or with SPREAD 1 + q 2^(p_k - 23).
+template <bool SPREAD>
+__device__ __forceinline__ void word_codes(uint32_t w, float (&c)[8]) {
+  if constexpr (SPREAD) {
+    const uint32_t lo = w << 11, hi = w >> 9;
+    constexpr uint32_t one = 0x3F800000u;
+    c[0] = __uint_as_float(and_or(lo, 0xFu << 11, one));
+    c[1] = __uint_as_float(and_or(lo, 0xFu << 15, one));
+    c[2] = __uint_as_float(and_or(lo, 0xFu << 19, one));
+    c[3] = __uint_as_float(and_or(w, 0xFu << 12, one));
+    c[4] = __uint_as_float(and_or(w, 0xFu << 16, one));
+    c[5] = __uint_as_float(and_or(hi, 0xFu << 11, one));
+    c[6] = __uint_as_float(and_or(hi, 0xFu << 15, one));
+    c[7] = __uint_as_float(and_or(hi, 0xFu << 19, one));
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) c[k] = code_f32(w, k);
+  }
+}
 
 template <typename T>
 __device__ __forceinline__ uint32_t bits16(const T* p) {
@@ -45,9 +77,9 @@ __device__ __forceinline__ float f32_of_bits(uint32_t v) {
   }
 }
 
-// x (K values of T) into xs as f32, 8 codes a thread at a time, then each chunk's sum into sx; the block's threads all
-// take part, and it ends on a block barrier.
-template <typename T>
+// x (K values of T) into xs as f32, 8 codes a thread at a time, then each chunk's sum into sx (with SPREAD, x scaled by
+// 2^e_k and the scaled sums into sx + K / 32); the block's threads all take part, and it ends on a block barrier.
+template <typename T, bool SPREAD = false>
 __device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float* sx) {
   for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(x) + i);
@@ -55,6 +87,10 @@ __device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float
     float f[8];
 #pragma unroll
     for (int j = 0; j < 4; ++j) f[2 * j] = f32_of_bits<T>(h[j]), f[2 * j + 1] = f32_of_bits<T>(h[j] >> 16);
+    if constexpr (SPREAD) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) f[k] *= float(1 << spread_exp(k));
+    }
     const int64_t c = i / 4;
     const int u = int(i % 4) * 2;
     xs[x_unit(c, u)] = make_float4(f[0], f[1], f[2], f[3]);
@@ -63,17 +99,31 @@ __device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float
   __syncthreads();
   const float* xf = reinterpret_cast<const float*>(xs);
   for (int64_t c = threadIdx.x; c < K / 32; c += blockDim.x) {
-    float s = 0.f;
-    for (int i = 0; i < 32; ++i) s += xf[c * 32 + ((i + int(threadIdx.x)) & 31)];  // rotated: no bank conflicts
+    float s = 0.f, ss = 0.f;
+    for (int i = 0; i < 32; ++i) {
+      const int at = (i + int(threadIdx.x)) & 31;  // rotated: no bank conflicts
+      const float v = xf[c * 32 + at];
+      if constexpr (SPREAD) {
+        // The unit at physical place pu holds logical unit pu ^ (c % 8) (x_unit), whose codes are 4 (u % 2) ... + 3 of
+        // their word: so code k = (at % 8) with bit 2 flipped for odd chunks. Scaled back to x itself, exactly.
+        s += v * __uint_as_float(uint32_t(127 - spread_exp((at & 7) ^ int((c & 1) << 2))) << 23);
+        ss += v;
+      } else {
+        s += v;
+      }
+    }
     sx[c] = s;
+    if constexpr (SPREAD) sx[K / 32 + c] = ss;
   }
   __syncthreads();
 }
 
-// Chunk c of R rows (their words w[r], the group's scale and bias as f32) added into y[r].
-template <int R>
+// Chunk c of R rows (their words w[r], the group's scale and bias as f32) added into y[r]; with SPREAD, xs and sx as
+// stage_x<T, true> left them.
+template <int R, bool SPREAD = false>
 __device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, int64_t c, const uint4 (&w)[R],
-                                          const float (&scale)[R], const float (&bias)[R], float (&y)[R]) {
+                                          const float (&scale)[R], const float (&bias)[R], float (&y)[R],
+                                          int64_t C = 0) {
   float a[R][4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -82,16 +132,18 @@ __device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, int
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const uint32_t word = j == 0 ? w[r].x : j == 1 ? w[r].y : j == 2 ? w[r].z : w[r].w;
-      float s = code_f32(word, 0) * xv[0];
+      float q[8];
+      word_codes<SPREAD>(word, q);
+      float s = q[0] * xv[0];
 #pragma unroll
-      for (int k = 1; k < 8; ++k) s = fmaf(code_f32(word, k), xv[k], s);
+      for (int k = 1; k < 8; ++k) s = fmaf(q[k], xv[k], s);
       a[r][j] = s;
     }
   }
-  const float s_c = sx[c];
+  const float s_c = sx[c], s_q = SPREAD ? sx[C + c] : s_c;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const float d = ((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) - s_c;
+    const float d = ((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) - s_q;
     y[r] = fmaf(16.f * scale[r], d, fmaf(bias[r], s_c, y[r]));
   }
 }
