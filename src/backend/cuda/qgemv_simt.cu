@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
         float scale[R], bias[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) scale[r] = f32_of_bits<T>(rd.sb[b][r]), bias[r] = f32_of_bits<T>(rd.sb[b][r] >> 16);
-        chunk_dot<R, SPREAD>(xs, sx, c, rd.w[b], scale, bias, y, C);
+        chunk_dot<R, SPREAD>(xs, sx, SPREAD ? sx + C : sx, c, rd.w[b], scale, bias, y);
       }
     }
 #pragma unroll
@@ -87,11 +87,7 @@ void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
     return true;
   }();
   (void)sized;
-  const int blocks_per_sm = simt::blocks_per_sm(reinterpret_cast<const void*>(k), kSimtWarps * 32, smem);
-  // Every block stages x, so small products take fewer blocks: at least two tasks a warp.
-  const int64_t full = int64_t(cuda_impl().sm_count()) * std::max(1, blocks_per_sm);
-  const int64_t enough = (tasks + 2 * kSimtWarps - 1) / (2 * kSimtWarps);
-  const dim3 grid(unsigned(std::max<int64_t>(1, std::min(full, enough))));
+  const dim3 grid = simt::grid_for(reinterpret_cast<const void*>(k), kSimtWarps, smem, tasks);
   launch("quantized_gemv_simt", k, grid, kSimtWarps * 32, smem, p, tasks);
 }
 
@@ -103,8 +99,7 @@ bool launch_simt_shape(QgemvParams<T> p) {
     launch_simt_kernel<T, GS, 2, true, SPREAD>(p, p.N, smem);
     return true;
   }
-  // Two rows a task where that still gives the card ~24 warps a multiprocessor; else one.
-  const bool two = simt::total_rows(p) / 2 >= int64_t(cuda_impl().sm_count()) * 24;
+  const bool two = simt::rows_a_task(p) == 2;
   const int64_t tasks = simt::number_tasks(p, two ? 2 : 1);
   if (two)
     launch_simt_kernel<T, GS, 2, false, SPREAD>(p, tasks, smem);
@@ -123,13 +118,8 @@ bool launch_simt_shape(const QgemvParams<T>& p) {
 
 template <typename T>
 bool launch_simt(int bits, int group_size, QgemvParams<T> p) {
-  if (p.M != 1 || bits != 4 || p.K % 32 != 0 || (p.residual && (p.count > 1 || p.swiglu))) return false;
-  switch (group_size) {
-    case 32: return launch_simt_shape<T, 32>(p);
-    case 64: return launch_simt_shape<T, 64>(p);
-    case 128: return launch_simt_shape<T, 128>(p);
-    default: return false;
-  }
+  return simt::takes(bits, p) &&
+         simt::by_group_size(group_size, [&](auto gs) { return launch_simt_shape<T, decltype(gs)::value>(p); });
 }
 
 template bool launch_simt<bf16>(int, int, QgemvParams<bf16>);

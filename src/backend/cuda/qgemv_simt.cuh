@@ -118,12 +118,12 @@ __device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float
   __syncthreads();
 }
 
-// Chunk c of R rows (their words w[r], the group's scale and bias as f32) added into y[r]; with SPREAD, xs and sx as
-// stage_x<T, true> left them.
+// Chunk c of R rows (their words w[r], the group's scale and bias as f32) added into y[r]. sx: the chunk sums of x;
+// sxq: those of the x staged in xs (sx itself, or with SPREAD the scaled sums stage_x<T, true> put after sx).
 template <int R, bool SPREAD = false>
-__device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, int64_t c, const uint4 (&w)[R],
-                                          const float (&scale)[R], const float (&bias)[R], float (&y)[R],
-                                          int64_t C = 0) {
+__device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, const float* sxq, int64_t c,
+                                          const uint4 (&w)[R], const float (&scale)[R], const float (&bias)[R],
+                                          float (&y)[R]) {
   float a[R][4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -140,7 +140,7 @@ __device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, int
       a[r][j] = s;
     }
   }
-  const float s_c = sx[c], s_q = SPREAD ? sx[C + c] : s_c;
+  const float s_c = sx[c], s_q = sxq[c];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const float d = ((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) - s_q;
@@ -213,12 +213,30 @@ inline int64_t number_tasks(QgemvParams<T>& p, int R) {
   return start;
 }
 
-// Rows over all of p's matrices.
+// Whether these kernels take p: one row of x, 4 bits, whole chunks, and a residual add only on a single product.
 template <typename T>
-inline int64_t total_rows(const QgemvParams<T>& p) {
+inline bool takes(int bits, const QgemvParams<T>& p) {
+  return p.M == 1 && bits == 4 && p.K % 32 == 0 && !(p.residual && (p.count > 1 || p.swiglu));
+}
+
+// Rows a task of a product that is not swiglu: two where that still gives the card ~24 warps a multiprocessor; else
+// one.
+template <typename T>
+inline int rows_a_task(const QgemvParams<T>& p) {
   int64_t rows = 0;
   for (int i = 0; i < p.count; ++i) rows += i == 0 ? p.N : p.Ns[i];
-  return rows;
+  return rows / 2 >= int64_t(cuda_impl().sm_count()) * 24 ? 2 : 1;
+}
+
+// f(std::integral_constant<int, GS>{}) for group sizes 32, 64 and 128; false for others.
+template <typename F>
+inline bool by_group_size(int group_size, F&& f) {
+  switch (group_size) {
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return false;
+  }
 }
 
 // Blocks of `threads` threads with `smem` bytes of dynamic shared memory that a multiprocessor holds of kernel k, asked
@@ -234,6 +252,14 @@ inline int blocks_per_sm(const void* k, int threads, size_t smem) {
     it = known.emplace(std::make_pair(k, smem), std::max(1, n)).first;
   }
   return it->second;
+}
+
+// The grid of kernel k (blocks of `warps` warps, `smem` bytes) for `tasks` tasks walked grid-stride: as many blocks as
+// the card holds, but fewer for small products, since every block stages x: at least two tasks a warp.
+inline dim3 grid_for(const void* k, int warps, size_t smem, int64_t tasks) {
+  const int64_t full = int64_t(cuda_impl().sm_count()) * blocks_per_sm(k, warps * 32, smem);
+  const int64_t enough = (tasks + 2 * warps - 1) / (2 * warps);
+  return dim3(unsigned(std::max<int64_t>(1, std::min(full, enough))));
 }
 
 }  // namespace lmtune::qgemv::simt

@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kRingWarps * 32, 3) qgemv_simt_ring_kernel(Qge
           scale[r] = to_f32(ssc[r * S::kGroups + gl]);
           bias[r] = to_f32(sbi[r * S::kGroups + gl]);
         }
-        chunk_dot<R>(xs, sx, c, w, scale, bias, y);
+        chunk_dot<R>(xs, sx, sx, c, w, scale, bias, y);
       }
       slot = slot + 1 == kStages ? 0 : slot + 1;
     }
@@ -156,16 +156,10 @@ void launch_ring_kernel(const QgemvParams<T>& p, int64_t tasks) {
     return true;
   }();
   (void)sized;
-  const int64_t full =
-      int64_t(cuda_impl().sm_count()) * simt::blocks_per_sm(reinterpret_cast<const void*>(k), kRingWarps * 32, smem);
-  // Every block stages x, so small products take fewer blocks: at least two tasks a warp.
-  const int64_t enough = (tasks + 2 * kRingWarps - 1) / (2 * kRingWarps);
-  const dim3 grid(unsigned(std::max<int64_t>(1, std::min(full, enough))));
+  const dim3 grid = simt::grid_for(reinterpret_cast<const void*>(k), kRingWarps, smem, tasks);
   launch("quantized_gemv_simt_ring", k, grid, kRingWarps * 32, smem, p, tasks);
   simt_ring_launches.fetch_add(1, std::memory_order_relaxed);
 }
-
-bool aligned16(const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; }
 
 template <typename T, int GS>
 bool launch_ring_shape(QgemvParams<T> p) {
@@ -182,8 +176,7 @@ bool launch_ring_shape(QgemvParams<T> p) {
     launch_ring_kernel<T, GS, 2, true>(p, p.N);
     return true;
   }
-  // Two rows a task where that still gives the card ~24 warps a multiprocessor; else one (as variant 9).
-  const bool two = simt::total_rows(p) / 2 >= int64_t(cuda_impl().sm_count()) * 24;
+  const bool two = simt::rows_a_task(p) == 2;  // as variant 9
   const int64_t tasks = simt::number_tasks(p, two ? 2 : 1);
   if (two)
     launch_ring_kernel<T, GS, 2, false>(p, tasks);
@@ -196,13 +189,8 @@ bool launch_ring_shape(QgemvParams<T> p) {
 
 template <typename T>
 bool launch_simt_ring(int bits, int group_size, QgemvParams<T> p) {
-  if (p.M != 1 || bits != 4 || p.K % 32 != 0 || (p.residual && (p.count > 1 || p.swiglu))) return false;
-  switch (group_size) {
-    case 32: return launch_ring_shape<T, 32>(p);
-    case 64: return launch_ring_shape<T, 64>(p);
-    case 128: return launch_ring_shape<T, 128>(p);
-    default: return false;
-  }
+  return simt::takes(bits, p) &&
+         simt::by_group_size(group_size, [&](auto gs) { return launch_ring_shape<T, decltype(gs)::value>(p); });
 }
 
 template bool launch_simt_ring<bf16>(int, int, QgemvParams<bf16>);
