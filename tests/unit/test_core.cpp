@@ -171,13 +171,23 @@ TEST(RuntimeConfig, FromEnvironment) {
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
   c = runtime_config_from_env(get);
   EXPECT_TRUE(c.cuda_gemv && c.cuda_graph);
-  const std::pair<const char*, const char*> bad[] = {
-      {"LMTUNE_CUDA_GRAPH", "yes"},          {"LMTUNE_CUDA_FLASH", "2"},          {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
-      {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"}, {"LMTUNE_CUDA_PDL", "on"},           {"LMTUNE_GROUP_GATE_UP", "2"},
-      {"LMTUNE_CUDA_QGEMV_VARIANT", "11"},   {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"}, {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
-      {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"},  {"LMTUNE_FUSED_XENT", "off"},        {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
-      {"LMTUNE_LORA_FUSED", "no"},           {"LMTUNE_LORA_16BIT", "2"},          {"LMTUNE_CUDA_BATCH_GRAPH", "on"},
-      {"LMTUNE_CUDA_DECODE_GQA", "2"}};
+  const std::pair<const char*, const char*> bad[] = {{"LMTUNE_CUDA_GRAPH", "yes"},
+                                                     {"LMTUNE_CUDA_FLASH", "2"},
+                                                     {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "-1"},
+                                                     {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7x"},
+                                                     {"LMTUNE_CUDA_PDL", "on"},
+                                                     {"LMTUNE_GROUP_GATE_UP", "2"},
+                                                     {"LMTUNE_CUDA_QGEMV_VARIANT", "11"},
+                                                     {"LMTUNE_CUDA_QGEMV_VARIANT", "-1"},
+                                                     {"LMTUNE_CUDA_DECODE_SPLIT", "x"},
+                                                     {"LMTUNE_CUDA_QGEMV_TMA_SPLIT", "9"},
+                                                     {"LMTUNE_FUSED_XENT", "off"},
+                                                     {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
+                                                     {"LMTUNE_LORA_FUSED", "no"},
+                                                     {"LMTUNE_LORA_16BIT", "2"},
+                                                     {"LMTUNE_CUDA_BATCH_GRAPH", "on"},
+                                                     {"LMTUNE_CUDA_DECODE_GQA", "2"},
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "yes"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {
