@@ -12,7 +12,8 @@
 namespace lmtune::tok {
 namespace {
 
-// (left id, right id) -> (rank, merged id), open addressing.
+// (left id, right id) -> (rank, merged id), open addressing; a key and its value share a slot (one
+// cache line to touch).
 class PairMap {
  public:
   struct Value {
@@ -21,34 +22,35 @@ class PairMap {
   void reserve(size_t n) {
     size_t cap = 16;
     while (cap < n * 2) cap <<= 1;
-    keys_.assign(cap, kEmpty);
-    vals_.assign(cap, {0, 0});
+    slots_.assign(cap, {kEmpty, {0, 0}});
   }
   void insert_or_assign(int32_t a, int32_t b, Value v) {
     uint64_t k = key(a, b);
     size_t i = slot(k);
-    while (keys_[i] != kEmpty && keys_[i] != k) i = (i + 1) & (keys_.size() - 1);
-    keys_[i] = k;
-    vals_[i] = v;
+    while (slots_[i].key != kEmpty && slots_[i].key != k) i = (i + 1) & (slots_.size() - 1);
+    slots_[i] = {k, v};
   }
   const Value* find(int32_t a, int32_t b) const {
     uint64_t k = key(a, b);
     size_t i = slot(k);
-    while (keys_[i] != kEmpty) {
-      if (keys_[i] == k) return &vals_[i];
-      i = (i + 1) & (keys_.size() - 1);
+    while (slots_[i].key != kEmpty) {
+      if (slots_[i].key == k) return &slots_[i].value;
+      i = (i + 1) & (slots_.size() - 1);
     }
     return nullptr;
   }
 
  private:
   static constexpr uint64_t kEmpty = ~0ull;
+  struct Slot {
+    uint64_t key;
+    Value value;
+  };
   static uint64_t key(int32_t a, int32_t b) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
   }
-  size_t slot(uint64_t k) const { return (k * 0x9E3779B97F4A7C15ull >> 17) & (keys_.size() - 1); }
-  std::vector<uint64_t> keys_;
-  std::vector<Value> vals_;
+  size_t slot(uint64_t k) const { return (k * 0x9E3779B97F4A7C15ull >> 17) & (slots_.size() - 1); }
+  std::vector<Slot> slots_;
 };
 
 struct Symbol {
@@ -66,11 +68,16 @@ struct Merge {
 
 class Bpe : public Model {
  public:
-  explicit Bpe(const nlohmann::json& j) {
-    const auto& vocab = j.at("vocab");
-    LMT_CHECK(vocab.is_object(), "[tokenizer] BPE vocab must be an object");
-    vocab_.reserve(vocab.size());
-    for (const auto& [tok, id] : vocab.items()) add_token(tok, token_id(id));
+  Bpe(const nlohmann::json& j, const ModelTables* t) {
+    if (t) {
+      LMT_CHECK(t->vocab == ModelTables::kMap, "[tokenizer] BPE vocab must be an object");
+      set_vocab(t->tokens, t->ids);
+    } else {
+      const auto& vocab = j.at("vocab");
+      LMT_CHECK(vocab.is_object(), "[tokenizer] BPE vocab must be an object");
+      vocab_.reserve(vocab.size());
+      for (const auto& [tok, id] : vocab.items()) add_token(tok, token_id(id));
+    }
     auto opt_string = [&](const char* k) {
       return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
     };
@@ -87,28 +94,26 @@ class Bpe : public Model {
       std::snprintf(name, sizeof(name), "<0x%02X>", b);
       byte_ids_[b] = vocab_.find(name);
     }
+    if (t) {
+      LMT_CHECK(t->has_merges, "[tokenizer] BPE model has no merges");
+      add_merges(t->merges);
+      return;
+    }
+    std::string merged;  // reused: no allocation per merge
     const auto& merges = j.at("merges");
     merges_.reserve(merges.size());
     int32_t rank = 0;
     for (const auto& m : merges) {
-      std::string a, b;
       if (m.is_string()) {
         const std::string& s = m.get_ref<const std::string&>();
         size_t sp = s.find(' ');
         LMT_CHECK(sp != std::string::npos, "[tokenizer] BPE merge \"", s, "\" is not two tokens");
-        a = s.substr(0, sp);
-        b = s.substr(sp + 1);
+        add_merge(std::string_view(s).substr(0, sp), std::string_view(s).substr(sp + 1), rank++, merged);
       } else {
         LMT_CHECK(m.is_array() && m.size() == 2, "[tokenizer] BPE merge ", m.dump(), " is not a pair");
-        a = m[0].get<std::string>();
-        b = m[1].get<std::string>();
+        std::string a = m[0].get<std::string>(), b = m[1].get<std::string>();
+        add_merge(a, b, rank++, merged);
       }
-      int32_t ia = vocab_.find(a), ib = vocab_.find(b);
-      LMT_CHECK(ia >= 0 && ib >= 0, "[tokenizer] BPE merge \"", a, " ", b, "\" uses a token missing from the vocab");
-      std::string merged = a + b.substr(std::min(prefix_.size(), b.size()));
-      int32_t inew = vocab_.find(merged);
-      LMT_CHECK(inew >= 0, "[tokenizer] BPE merge \"", a, " ", b, "\" makes ", merged, ", missing from the vocab");
-      merges_.insert_or_assign(ia, ib, {rank++, inew});
     }
   }
 
@@ -140,6 +145,52 @@ class Bpe : public Model {
 
  private:
   static constexpr size_t kCacheCapacity = 100000;
+
+  // The merges of ModelTables (left, right, left, right, ...), a block at a time: the block's vocab
+  // lookups (left, right and merged token of each) go to find_many together. An error here only sends
+  // the load back to the DOM path (tokenizer.cpp build), whose add_merge names the problem.
+  void add_merges(const StringList& pairs) {
+    constexpr size_t kBlock = 1024;
+    size_t n = pairs.size() / 2;
+    merges_.reserve(n);
+    std::string merged;  // the block's merged tokens, back to back
+    std::vector<size_t> merged_end;
+    std::vector<std::string_view> keys(3 * kBlock);
+    std::vector<int32_t> ids(3 * kBlock);
+    for (size_t first = 0; first < n; first += kBlock) {
+      size_t m = std::min(kBlock, n - first);
+      merged.clear();
+      merged_end.clear();
+      for (size_t k = 0; k < m; ++k) {
+        std::string_view a = pairs[2 * (first + k)], b = pairs[2 * (first + k) + 1];
+        merged.append(a);
+        merged.append(b.substr(std::min(prefix_.size(), b.size())));
+        merged_end.push_back(merged.size());
+      }
+      for (size_t k = 0; k < m; ++k) {
+        size_t begin = k ? merged_end[k - 1] : 0;
+        keys[3 * k] = pairs[2 * (first + k)];
+        keys[3 * k + 1] = pairs[2 * (first + k) + 1];
+        keys[3 * k + 2] = std::string_view(merged).substr(begin, merged_end[k] - begin);
+      }
+      vocab_.find_many(keys.data(), 3 * m, ids.data());
+      for (size_t k = 0; k < m; ++k) {
+        LMT_CHECK(ids[3 * k] >= 0 && ids[3 * k + 1] >= 0 && ids[3 * k + 2] >= 0, "[tokenizer] BPE merge \"",
+                  keys[3 * k], " ", keys[3 * k + 1], "\" is not made of vocab tokens");
+        merges_.insert_or_assign(ids[3 * k], ids[3 * k + 1], {static_cast<int32_t>(first + k), ids[3 * k + 2]});
+      }
+    }
+  }
+
+  void add_merge(std::string_view a, std::string_view b, int32_t rank, std::string& merged) {
+    int32_t ia = vocab_.find(a), ib = vocab_.find(b);
+    LMT_CHECK(ia >= 0 && ib >= 0, "[tokenizer] BPE merge \"", a, " ", b, "\" uses a token missing from the vocab");
+    merged.assign(a);
+    merged.append(b.substr(std::min(prefix_.size(), b.size())));
+    int32_t inew = vocab_.find(merged);
+    LMT_CHECK(inew >= 0, "[tokenizer] BPE merge \"", a, " ", b, "\" makes ", merged, ", missing from the vocab");
+    merges_.insert_or_assign(ia, ib, {rank, inew});
+  }
 
   void merge_word(std::string_view w, std::vector<int32_t>& ids) const {
     std::vector<Symbol> syms;
@@ -228,6 +279,6 @@ class Bpe : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> make_bpe(const nlohmann::json& j) { return std::make_unique<Bpe>(j); }
+std::unique_ptr<Model> make_bpe(const nlohmann::json& j, const ModelTables* t) { return std::make_unique<Bpe>(j, t); }
 
 }  // namespace lmtune::tok

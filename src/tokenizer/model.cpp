@@ -10,47 +10,70 @@
 namespace lmtune::tok {
 
 void StrIdMap::reserve(size_t n) {
-  keys_.reserve(n);
-  ids_.reserve(n);
   size_t cap = 16;
   while (cap < n * 2) cap <<= 1;
   if (cap > slots_.size()) rehash(cap);
 }
 
 void StrIdMap::rehash(size_t cap) {
-  slots_.assign(cap, -1);
-  for (size_t k = 0; k < keys_.size(); ++k) {
-    size_t h = std::hash<std::string_view>{}(keys_[k]) & (cap - 1);
-    while (slots_[h] >= 0) h = (h + 1) & (cap - 1);
-    slots_[h] = static_cast<int32_t>(k);
-  }
+  std::vector<Slot> old(cap);
+  old.swap(slots_);
+  for (const Slot& s : old)
+    if (s.begin != kEmpty) slots_[probe(key(s), std::hash<std::string_view>{}(key(s)))] = s;
 }
 
-void StrIdMap::insert(std::string key, int32_t id) {
-  if ((keys_.size() + 1) * 2 > slots_.size()) rehash(std::max<size_t>(16, slots_.size() * 2));
+size_t StrIdMap::probe(std::string_view k, size_t hash) const {
   size_t mask = slots_.size() - 1;
-  size_t h = std::hash<std::string_view>{}(key)&mask;
-  while (slots_[h] >= 0) {
-    if (keys_[slots_[h]] == key) {
-      ids_[slots_[h]] = id;
-      return;
-    }
-    h = (h + 1) & mask;
-  }
-  slots_[h] = static_cast<int32_t>(keys_.size());
-  keys_.push_back(std::move(key));
-  ids_.push_back(id);
+  uint32_t tag = static_cast<uint32_t>(hash >> 32);
+  size_t i = hash & mask;
+  while (slots_[i].begin != kEmpty && (slots_[i].tag != tag || key(slots_[i]) != k)) i = (i + 1) & mask;
+  return i;
 }
 
-int32_t StrIdMap::find(std::string_view key) const {
+bool StrIdMap::insert(std::string_view k, int32_t id) {
+  if ((size_ + 1) * 2 > slots_.size()) rehash(std::max<size_t>(16, slots_.size() * 2));
+  size_t h = std::hash<std::string_view>{}(k);
+  Slot& slot = slots_[probe(k, h)];
+  if (slot.begin != kEmpty) {
+    slot.id = id;
+    return false;
+  }
+  LMT_CHECK(chars_.size() + k.size() < kEmpty, "[tokenizer] the vocab's tokens pass 4 GB");
+  slot = {static_cast<uint32_t>(h >> 32), id, static_cast<uint32_t>(chars_.size()), static_cast<uint32_t>(k.size())};
+  chars_.append(k);
+  ++size_;
+  return true;
+}
+
+int32_t StrIdMap::find(std::string_view k) const {
   if (slots_.empty()) return -1;
-  size_t mask = slots_.size() - 1;
-  size_t h = std::hash<std::string_view>{}(key)&mask;
-  while (slots_[h] >= 0) {
-    if (keys_[slots_[h]] == key) return ids_[slots_[h]];
-    h = (h + 1) & mask;
+  const Slot& slot = slots_[probe(k, std::hash<std::string_view>{}(k))];
+  return slot.begin != kEmpty ? slot.id : -1;
+}
+
+void StrIdMap::find_many(const std::string_view* keys, size_t n, int32_t* ids) const {
+  if (slots_.empty()) {
+    std::fill(ids, ids + n, -1);
+    return;
   }
-  return -1;
+  constexpr size_t kBatch = 32;
+  size_t hashes[kBatch];
+  size_t mask = slots_.size() - 1;
+  for (size_t b = 0; b < n; b += kBatch) {
+    size_t m = std::min(kBatch, n - b);
+    for (size_t k = 0; k < m; ++k) {
+      hashes[k] = std::hash<std::string_view>{}(keys[b + k]);
+      __builtin_prefetch(&slots_[hashes[k] & mask]);
+    }
+    for (size_t k = 0; k < m; ++k) {
+      const Slot& s = slots_[hashes[k] & mask];
+      if (s.begin != kEmpty) __builtin_prefetch(chars_.data() + s.begin);
+    }
+    for (size_t k = 0; k < m; ++k) {
+      const Slot& s = slots_[probe(keys[b + k], hashes[k])];
+      ids[b + k] = s.begin != kEmpty ? s.id : -1;
+    }
+  }
 }
 
 int64_t token_id(const nlohmann::json& v) {
@@ -82,12 +105,35 @@ void Model::add_token(const std::string& token, int64_t id) {
   has_id_[id] = 1;
 }
 
+void Model::set_vocab(const StringList& tokens, const std::vector<int64_t>& ids) {
+  int64_t n = 0;
+  for (int64_t id : ids) {
+    LMT_CHECK(id >= 0 && id < kMaxTokenId, "[tokenizer] vocab id ", id, " is out of range");
+    n = std::max(n, id + 1);
+  }
+  vocab_.reserve(tokens.size());
+  id_to_token_.resize(n);
+  has_id_.assign(n, 0);
+  for (size_t k = 0; k < tokens.size(); ++k) {
+    LMT_CHECK(vocab_.insert(tokens[k], static_cast<int32_t>(ids[k])), "[tokenizer] vocab token ",
+              shown(std::string(tokens[k])), " is repeated");
+    LMT_CHECK(!has_id_[ids[k]], "[tokenizer] vocab id ", ids[k], " is given to two tokens");
+    id_to_token_[ids[k]] = tokens[k];
+    has_id_[ids[k]] = 1;
+  }
+}
+
 namespace {
 
 class WordLevel : public Model {
  public:
-  explicit WordLevel(const nlohmann::json& j) {
-    for (const auto& [tok, id] : j.at("vocab").items()) add_token(tok, token_id(id));
+  WordLevel(const nlohmann::json& j, const ModelTables* t) {
+    if (t) {
+      LMT_CHECK(t->vocab == ModelTables::kMap, "[tokenizer] WordLevel vocab must be an object");
+      set_vocab(t->tokens, t->ids);
+    } else {
+      for (const auto& [tok, id] : j.at("vocab").items()) add_token(tok, token_id(id));
+    }
     unk_ = j.contains("unk_token") && j["unk_token"].is_string() ? j["unk_token"].get<std::string>() : "";
   }
   void tokenize(std::string_view word, std::vector<int32_t>& out) const override {
@@ -106,21 +152,21 @@ class WordLevel : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> make_model(const nlohmann::json& j) {
+std::unique_ptr<Model> make_model(const nlohmann::json& j, const ModelTables* t) {
   LMT_CHECK(j.is_object(), "[tokenizer] tokenizer.json has no \"model\" object");
   std::string type;
   if (j.contains("type")) {
     type = component_type(j, "model");
-  } else if (j.contains("merges")) {
+  } else if (j.contains("merges") || (t && t->has_merges)) {
     type = "BPE";  // older files omit the model type
-  } else if (j.contains("vocab") && j["vocab"].is_array()) {
+  } else if ((j.contains("vocab") && j["vocab"].is_array()) || (t && t->vocab == ModelTables::kList)) {
     type = "Unigram";
   } else {
     type = "WordLevel";
   }
-  if (type == "BPE") return make_bpe(j);
-  if (type == "Unigram") return make_unigram(j);
-  if (type == "WordLevel") return std::make_unique<WordLevel>(j);
+  if (type == "BPE") return make_bpe(j, t);
+  if (type == "Unigram") return make_unigram(j, t);
+  if (type == "WordLevel") return std::make_unique<WordLevel>(j, t);
   fail("[tokenizer] unsupported model type ", type);
 }
 

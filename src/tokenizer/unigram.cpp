@@ -1,5 +1,6 @@
 // Unigram (SentencePiece) model: Viterbi best path over a byte trie of the pieces, unknown
 // characters fused into one unk, optional byte fallback; mirrors Hugging Face's encode_optimized.
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
@@ -14,27 +15,33 @@ constexpr double kUnkPenalty = 10.0;
 
 class Unigram : public Model {
  public:
-  explicit Unigram(const nlohmann::json& j) {
-    const auto& vocab = j.at("vocab");
-    LMT_CHECK(vocab.is_array(), "[tokenizer] Unigram vocab must be a list of [piece, score]");
-    vocab_.reserve(vocab.size());
-    scores_.reserve(vocab.size());
+  Unigram(const nlohmann::json& j, const ModelTables* t) {
     nodes_.push_back({});
-    double min_score = 0.0;
-    for (size_t id = 0; id < vocab.size(); ++id) {
-      const auto& e = vocab[id];
-      LMT_CHECK(e.is_array() && e.size() == 2, "[tokenizer] Unigram vocab entry ", id, " is not [piece, score]");
-      std::string piece = e[0].get<std::string>();
-      double score = e[1].get<double>();
-      add_token(piece, static_cast<int32_t>(id));
-      scores_.push_back(score);
-      min_score = id == 0 ? score : std::min(min_score, score);
-      insert_trie(piece, static_cast<int32_t>(id));
+    size_t n_vocab = 0;
+    if (t) {
+      LMT_CHECK(t->vocab == ModelTables::kList, "[tokenizer] Unigram vocab must be a list of [piece, score]");
+      n_vocab = t->tokens.size();
+      vocab_.reserve(n_vocab);
+      scores_.reserve(n_vocab);
+      for (size_t id = 0; id < n_vocab; ++id) add_piece(std::string(t->tokens[id]), t->scores[id], id);
+    } else {
+      const auto& vocab = j.at("vocab");
+      LMT_CHECK(vocab.is_array(), "[tokenizer] Unigram vocab must be a list of [piece, score]");
+      n_vocab = vocab.size();
+      vocab_.reserve(n_vocab);
+      scores_.reserve(n_vocab);
+      for (size_t id = 0; id < n_vocab; ++id) {
+        const auto& e = vocab[id];
+        LMT_CHECK(e.is_array() && e.size() == 2, "[tokenizer] Unigram vocab entry ", id, " is not [piece, score]");
+        std::string piece = e[0].get<std::string>();
+        add_piece(piece, e[1].get<double>(), id);
+      }
     }
+    double min_score = scores_.empty() ? 0.0 : *std::min_element(scores_.begin(), scores_.end());
     unk_score_ = min_score - kUnkPenalty;
     unk_id_ = j.contains("unk_id") && j["unk_id"].is_number() ? j["unk_id"].get<int32_t>() : -1;
-    LMT_CHECK(unk_id_ < static_cast<int32_t>(vocab.size()), "[tokenizer] Unigram unk_id ", unk_id_,
-              " is outside the vocab of ", vocab.size());
+    LMT_CHECK(unk_id_ < static_cast<int32_t>(n_vocab), "[tokenizer] Unigram unk_id ", unk_id_,
+              " is outside the vocab of ", n_vocab);
     byte_fallback_ = j.value("byte_fallback", false);
   }
 
@@ -66,6 +73,12 @@ class Unigram : public Model {
     double score = 0;
     int32_t start = -1, id = -1;
   };
+
+  void add_piece(const std::string& piece, double score, size_t id) {
+    add_token(piece, static_cast<int32_t>(id));
+    scores_.push_back(score);
+    insert_trie(piece, static_cast<int32_t>(id));
+  }
 
   void insert_trie(const std::string& piece, int32_t id) {
     int32_t n = 0;
@@ -166,6 +179,8 @@ class Unigram : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> make_unigram(const nlohmann::json& j) { return std::make_unique<Unigram>(j); }
+std::unique_ptr<Model> make_unigram(const nlohmann::json& j, const ModelTables* t) {
+  return std::make_unique<Unigram>(j, t);
+}
 
 }  // namespace lmtune::tok

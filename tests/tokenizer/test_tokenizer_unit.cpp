@@ -1,5 +1,6 @@
 // Tokenizer unit tests on small synthetic files: refused inputs (unknown component, malformed
-// JSON naming the file, missing file, invalid UTF-8), tokenizer_config.json, and streaming.
+// JSON naming the file, missing file, invalid UTF-8), vocab and merges as the DOM has them,
+// tokenizer_config.json, and streaming.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -140,6 +141,46 @@ TEST(TokenizerRefuses, BadRegexMergeAndUtf8) {
   EXPECT_NE(error_of([&] { Tokenizer::from_json(j.dump()); }).find("missing from the vocab"), std::string::npos);
   Tokenizer t = Tokenizer::from_json(byte_level_json().dump());
   EXPECT_NE(error_of([&] { t.encode("ok \xC3("); }).find("invalid UTF-8 at byte 3"), std::string::npos);
+}
+
+// tokenizer.json's vocab and merges are read into flat tables (tokenizer_json.h), the whole DOM
+// being the fallback for anything unusual: either way the result is what json::parse's DOM gives.
+TEST(TokenizerLoad, VocabAndMergesReadAsTheDomHasThem) {
+  auto bpe = [](const std::string& vocab, const std::string& merges) {
+    return "{\"model\": {\"type\": \"BPE\", \"vocab\": " + vocab + ", \"merges\": " + merges + "}}";
+  };
+  // A repeated token: the last one wins, and the id it had first is left unused.
+  Tokenizer t = Tokenizer::from_json(bpe(R"({"a": 0, "b": 1, "ab": 2, "a": 3})", R"(["a b"])"));
+  EXPECT_EQ(t.token_to_id("a"), 3);
+  EXPECT_EQ(t.id_to_token(0), std::nullopt);
+  EXPECT_EQ(t.vocab_size(), 4);
+  EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{2}));
+  EXPECT_EQ(t.encode("ba"), (std::vector<int32_t>{1, 3}));
+  // Merges as "a b" strings and [a, b] pairs mixed, before the vocab; a repeated "model": the last.
+  std::string second =
+      R"({"type": "BPE", "merges": [["x", "y"], "xy z"], "vocab": {"x": 0, "y": 1, "z": 2, "xy": 3, "xyz": 4}})";
+  t = Tokenizer::from_json(R"({"model": )" + bpe(R"({"q": 0})", "[]") + R"(, "model": )" + second + "}");
+  EXPECT_EQ(t.encode("xyz"), (std::vector<int32_t>{4}));
+  EXPECT_EQ(t.token_to_id("q"), -1);
+  // Unigram's [piece, score] list, integer scores included.
+  t = Tokenizer::from_json(R"({"model": {"type": "Unigram", "vocab": [["a", -1.0], ["b", -2], ["ab", -0.5]]}})");
+  EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{2}));
+  // Malformed entries keep their messages.
+  const std::pair<std::string, std::string> bad[] = {
+      {bpe(R"({"a": 1.5})", "[]"), "token id must be an integer, got 1.5"},
+      {bpe(R"({"a": 0, "b": 0})", "[]"), "vocab id 0 is given to two tokens, \"a\" and \"b\""},
+      {bpe(R"({"a": 16777216})", "[]"), "vocab id 16777216 of token a is out of range"},
+      {bpe(R"({"a": 0})", R"(["ab"])"), "BPE merge \"ab\" is not two tokens"},
+      {bpe(R"({"a": 0})", R"([["a"]])"), "BPE merge [\"a\"] is not a pair"},
+      {bpe(R"({"a": 0})", R"(["a b"])"), "BPE merge \"a b\" uses a token missing from the vocab"},
+      {bpe(R"({"a": 0, "b": 1})", R"(["a b"])"), "BPE merge \"a b\" makes ab, missing from the vocab"},
+      {bpe(R"([["a", 0.0]])", "[]"), "BPE vocab must be an object"},
+  };
+  for (const auto& [text, needle] : bad) {
+    std::string msg = error_of([&] { Tokenizer::from_json(text); });
+    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+    EXPECT_NE(msg.find("(in tokenizer.json)"), std::string::npos) << msg;
+  }
 }
 
 TEST(TokenizerRefuses, MissingAndMalformedFilesNamed) {
