@@ -244,6 +244,17 @@ class Backend {
                                      int group_size, DType dt) {
     return false;
   }
+  // Decoding's rms_norm fused into the products after it: one row x (K), and the products take rms_norm(x) * norm_w
+  // (norm_w (K) in dt, eps; rounded to dt, the values rms_norm writes) in place of x. Either up to three products as
+  // quantized_gemv_group (ys[i] (ns[i])), or with swiglu gate and up (count 2, ns[0] == ns[1]) into ys[0] as
+  // quantized_gemv_swiglu. False where this backend has no such kernel (ops/ then runs rms_norm and the plain products,
+  // which give the same values).
+  virtual bool quantized_gemv_normed(const void* x, const void* norm_w, float eps, const uint32_t* const* wqs,
+                                     const void* const* scales, const void* const* biases, void* const* ys,
+                                     const int64_t* ns, int count, bool swiglu, int64_t K, int bits, int group_size,
+                                     DType dt) {
+    return false;
+  }
   // MLX's fp modes (mode mxfp4, nvfp4 or mxfp8; core/quant_format.h): out (rows, in) in dt, element
   // i of row r = round_dt(round_dt(v) * round_dt(s)), v the value of the code at bit offset i * bits
   // of row r's stream (E2M1 for the fp4 modes, E4M3 for mxfp8; core/fp_formats.h) and s the value of
@@ -294,5 +305,6 @@ std::string cuda_device_name();  // "" where none
 int64_t cuda_qgemv_tma_launches();
 int64_t cuda_qgemv_ring_launches();
 int64_t cuda_qgemv_simt_ring_launches();
+int64_t cuda_qgemv_normed_launches();  // Backend::quantized_gemv_normed calls that ran
 
 }  // namespace lmtune

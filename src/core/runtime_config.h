@@ -68,6 +68,10 @@ struct RuntimeConfig {
   // LMTUNE_FUSED_EPILOGUES=0: a quantized decode step's swiglu and the residual add after down as
   // kernels of their own, not in the GEMVs' epilogues (variants 5 and 6; for A/B measurements).
   bool fused_epilogues = true;
+  // LMTUNE_FUSED_NORMS=1: a quantized decode step's rms_norms inside the q/k/v and gate/up products' staging of x
+  // (variants 9 and 10; Backend::quantized_gemv_normed) and the residual add after attention in o's epilogue, instead
+  // of an rms_norm and an add_rms_norm kernel a layer (the same values; off until its gpu tests have run on a GPU).
+  bool fused_norms = false;
   // LMTUNE_CUDA_PROFILE=1: every kernel and cuBLASLt product timed with CUDA events and a table of
   // time by kernel printed to stderr at exit (backend/cuda/profile.cpp; graph captures excluded).
   bool cuda_profile = false;

@@ -8,6 +8,7 @@
 #include "autograd/checkpoint.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 
 namespace lmtune {
 
@@ -247,6 +248,18 @@ std::pair<Tensor, Tensor> DecoderModel::Block::finish_parts(const Tensor& x, Ten
   return {x1, m};
 }
 
+bool DecoderModel::Block::fuses_norms(bool decoding) const {
+  return decoding && runtime_config().fused_norms && attn_norm.defined() && mlp_norm.defined() &&
+         !post_attn_norm.defined() && !post_mlp_norm.defined() && residual_scale == 1.f && moe.experts.empty() &&
+         mlp.fuses_residual(decoding) && attn.o.get().plain_quantized();
+}
+
+Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const {
+  const nn::Attention::DecodeFusion fuse{&attn_norm, &x};
+  const Tensor x1 = attn.forward(x, layer, pos, &cache, true, nullptr, &fuse);
+  return mlp.forward(x1, true, &x1, &mlp_norm);
+}
+
 Tensor DecoderModel::Block::input_after(Tensor& x, const Tensor& pending, bool decoding) const {
   if (!pending.defined()) return attn_input(x);
   Tensor h;
@@ -381,6 +394,10 @@ Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
   Tensor x = embed_.forward(ids), pending;
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];
+    if (!pending.defined() && b.fuses_norms(decoding)) {
+      x = b.decode_fused(x, i, pos, cache);
+      continue;
+    }
     Tensor a = b.attn.forward(b.input_after(x, pending, decoding), i, pos, &cache, decoding, nullptr);
     std::tie(x, pending) = b.finish_parts(x, a, decoding);
   }

@@ -45,6 +45,12 @@ class DecoderModel final : public Model {
     // The attention's input from the stream x + pending (pending undefined: x alone); x becomes
     // the sum. The same values as attn_input(x + pending).
     Tensor input_after(Tensor& x, const Tensor& pending, bool decoding) const;
+    // Whether a decoding step runs this block as x + attn(norm(x)) -> x1, x1 + mlp(norm(x1)) with each norm inside the
+    // products after it and each residual add in the product before it (a plain pre-norm block of quantized weights:
+    // no post norms, no scale, no experts): the same values as the plain path.
+    bool fuses_norms(bool decoding) const;
+    // That path: the stream after the block.
+    Tensor decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const;
   };
   void on_weights_set() override;
   void bind() override;

@@ -4,28 +4,36 @@
 
 namespace lmtune::nn {
 
-void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt) const {
-  const int64_t B = x.dim(0), T = x.dim(1);
+void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,
+                        const RmsNorm* in_norm) const {
+  const int64_t B = x_in.dim(0), T = x_in.dim(1);
   const int64_t nq = opt.n_head * opt.head_dim, nkv = opt.n_kv_head * opt.head_dim;
-  Linear lq, lk, lv;
+  Linear lq, lk, lv, whole;
   if (qkv.weight) {
     Linear l = qkv.get();
-    if (!decoding || !(l.plain() || l.plain_quantized())) {  // one product (and adapter), then its column blocks
-      Tensor y = l.forward(x);
-      qt = ag::slice_last(y, 0, nq), kt = ag::slice_last(y, nq, nkv), vt = ag::slice_last(y, nq + nkv, nkv);
-    } else {  // the fused weight's row blocks (views) take the decoding kernels below
+    if (!decoding || !(l.plain() || l.plain_quantized()))  // one product (and adapter), then its column blocks
+      whole = l;
+    else  // the fused weight's row blocks (views) take the decoding kernels below
       lq = l.rows(0, nq), lk = l.rows(nq, nkv), lv = l.rows(nq + nkv, nkv);
-    }
   } else {
     lq = q.get(), lk = k.get(), lv = v.get();
   }
-  if (qt.defined()) {
-    // done above
-  } else if (decoding && lq.plain() && lk.plain() && lv.plain()) {
+  const bool dense_group = !whole.weight.defined() && decoding && lq.plain() && lk.plain() && lv.plain();
+  const bool quantized_group =
+      !whole.weight.defined() && !dense_group && decoding && lq.quantized_like(lk) && lq.quantized_like(lv);
+  // The input norm: inside the grouped quantized products' launch where they run, else here.
+  const Tensor x = in_norm && !quantized_group ? in_norm->forward(x_in) : x_in;
+  if (whole.weight.defined()) {
+    Tensor y = whole.forward(x);
+    qt = ag::slice_last(y, 0, nq), kt = ag::slice_last(y, nq, nkv), vt = ag::slice_last(y, nq + nkv, nkv);
+  } else if (dense_group) {
     std::vector<Tensor> qkv = ops::linear_group(x, {lq.weight, lk.weight, lv.weight});  // one launch
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
-  } else if (decoding && lq.quantized_like(lk) && lq.quantized_like(lv)) {
-    std::vector<Tensor> qkv = ops::quantized_linear_group(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format);
+  } else if (quantized_group) {
+    const Tensor w = in_norm ? in_norm->scale() : Tensor();
+    const ops::InputNorm norm{&w, in_norm ? in_norm->eps : 0.f};
+    std::vector<Tensor> qkv =
+        ops::quantized_linear_group(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format, in_norm ? &norm : nullptr);
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
   } else {
     AdapterInput in(x);  // q, k and v's adapters share one f32 cast of x, freed at the brace
@@ -50,10 +58,11 @@ void Attention::project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, 
 }
 
 Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
-                          const Segments* seg) const {
+                          const Segments* seg, const DecodeFusion* fuse) const {
   const int64_t B = x.dim(0), T = x.dim(1);
+  LMT_CHECK(!fuse || (decoding && cache && !seg), "[attention] the decoding fusions need a decoding step with a cache");
   Tensor qt, kt, vt;
-  project(x, decoding, qt, kt, vt);
+  project(x, decoding, qt, kt, vt, fuse ? fuse->in_norm : nullptr);
   if (seg) {  // packed rows: no cache, positions per token, attention within each segment
     LMT_CHECK(!cache && pos_offset == 0, "[attention] packed rows take no cache and no position offset");
     qt = ag::rope_at(qt, *inv_freq, seg->positions, 1.f);
@@ -85,7 +94,11 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
   } else {
     a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0, nullptr, opt.softcap);
   }
-  return o.forward(ag::reshape(a, {B, T, opt.n_head * opt.head_dim}));
+  a = ag::reshape(a, {B, T, opt.n_head * opt.head_dim});
+  if (!fuse || !fuse->residual) return o.forward(a);
+  const Linear lo = o.get();
+  if (lo.plain_quantized()) return ops::quantized_linear_add(a, lo.packed(), *fuse->residual, lo.format);
+  return ag::add(*fuse->residual, o.forward(a));
 }
 
 Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vector<PackedSpan>& spans,

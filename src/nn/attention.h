@@ -52,8 +52,15 @@ struct Attention {
   // (rotary positions from it, or from the device position a recorded decode step binds) and
   // attends over what the cache holds. decoding: a few rows, no autograd (fused kernels allowed).
   // seg (no cache, pos_offset 0): packed rows, rotated at seg->positions, attention per segment.
+  // fuse (decoding with a cache; DecoderModel's plain pre-norm layers): x is the stream before the input norm, which
+  // the q, k and v products take inside their launch, and the o product adds *fuse->residual (-> x + block's
+  // attention); where a kernel cannot, the plain ops run, with the same values.
+  struct DecodeFusion {
+    const RmsNorm* in_norm;
+    const Tensor* residual;
+  };
   Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
-                 const Segments* seg = nullptr) const;
+                 const Segments* seg = nullptr, const DecodeFusion* fuse = nullptr) const;
   // Several sequences packed along T: x (1, N, n_embd), normed -> (1, N, n_embd). The projections
   // run once over all N rows (one read of each weight); rope, the cache update and attention run
   // per span against its own cache, as forward() does for that span alone. decoding: N is small
@@ -62,7 +69,9 @@ struct Attention {
 
  private:
   // q (B, T, n_head, head_dim), k and v (B, T, n_kv_head, head_dim), q/k norms applied, no rope.
-  void project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt) const;
+  // in_norm: x is its input, normed here (inside the grouped quantized products where they run).
+  void project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,
+               const RmsNorm* in_norm = nullptr) const;
 };
 
 }  // namespace lmtune::nn

@@ -4,9 +4,20 @@
 
 namespace lmtune::nn {
 
-Tensor GatedMlp::forward(const Tensor& x, bool decoding, const Tensor* residual) const {
+Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residual, const RmsNorm* in_norm) const {
   Linear lg, lu;
   Tensor act_out;
+  if (in_norm) {  // inside the fused gate/up product's launch where it runs (below), else here
+    const Linear g = gate.weight ? gate.get() : Linear(), u = up.weight ? up.get() : Linear();
+    if (decoding && act == Activation::silu && gate.weight && up.weight && runtime_config().group_gate_up &&
+        g.quantized_like(u)) {
+      const Tensor w = in_norm->scale();
+      const ops::InputNorm norm{&w, in_norm->eps};
+      return finish(ops::quantized_swiglu_linear(x_in, g.packed(), u.packed(), g.format, &norm), decoding, residual);
+    }
+    return forward(in_norm->forward(x_in), decoding, residual);
+  }
+  const Tensor& x = x_in;
   if (gate_up.weight) {
     Linear l = gate_up.get();
     const int64_t n = l.out_features() / 2;
@@ -41,6 +52,10 @@ Tensor GatedMlp::forward(const Tensor& x, bool decoding, const Tensor* residual)
     }
     act_out = act == Activation::silu ? ag::swiglu(g, u) : ag::mul(ag::gelu_tanh(g), u);
   }
+  return finish(act_out, decoding, residual);
+}
+
+Tensor GatedMlp::finish(const Tensor& act_out, bool decoding, const Tensor* residual) const {
   if (!residual) return down.forward(act_out);
   if (fuses_residual(decoding)) {
     Linear ld = down.get();

@@ -2,6 +2,7 @@
 #pragma once
 #include "nn/activation.h"
 #include "nn/linear.h"
+#include "nn/norm.h"
 
 namespace lmtune::nn {
 
@@ -15,9 +16,16 @@ struct GatedMlp {
   // (a few rows, no autograd), plain gate and up products with silu run as one kernel with swiglu
   // in its epilogue, and a plain quantized down product with the residual add in its epilogue,
   // where the backend has such kernels.
-  Tensor forward(const Tensor& x, bool decoding, const Tensor* residual = nullptr) const;
+  // in_norm (decoding): x is the input of that norm, which a fused gate/up product takes inside its launch (else it
+  // runs first); the same values.
+  Tensor forward(const Tensor& x, bool decoding, const Tensor* residual = nullptr,
+                 const RmsNorm* in_norm = nullptr) const;
   // Whether forward() adds a residual inside the down product's kernel (else it is a separate add).
   bool fuses_residual(bool decoding) const { return decoding && down.get().plain_quantized(); }
+
+ private:
+  // down(act_out), plus *residual when given (in the down product's epilogue where fuses_residual).
+  Tensor finish(const Tensor& act_out, bool decoding, const Tensor* residual) const;
 };
 
 }  // namespace lmtune::nn

@@ -103,14 +103,22 @@ struct QuantizedWeight {
   const Tensor* scales;
   const Tensor* biases;
 };
+// An rms_norm that decoding's products below take on x first: rms_norm(x, *weight, eps).out (weight: what the norm
+// multiplies by, in x's dtype). One row of x may have it inside the products' launch (Backend::quantized_gemv_normed);
+// the same values either way.
+struct InputNorm {
+  const Tensor* weight;
+  float eps;
+};
 // Inference only, for decoding: up to 3 quantized weights of one format that share x ->
 // quantized_linear(x, W_i) each, in one launch where the backend can (q, k and v; gate and up).
+// With norm, of rms_norm(x) instead of x.
 std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
-                                           const QuantFormat& f);
+                                           const QuantFormat& f, const InputNorm* norm = nullptr);
 // Inference only, for decoding: swiglu(quantized_linear(x, gate), quantized_linear(x, up)) in one
-// launch where the backend can; the same values either way.
+// launch where the backend can; the same values either way. With norm, of rms_norm(x) instead of x.
 Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, const QuantizedWeight& up,
-                               const QuantFormat& f);
+                               const QuantFormat& f, const InputNorm* norm = nullptr);
 // Inference only, for decoding: add(residual, quantized_linear(x, W)) in one launch where the
 // backend can; the same values either way.
 Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Tensor& residual, const QuantFormat& f);

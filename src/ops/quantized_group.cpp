@@ -1,13 +1,56 @@
 // Decoding's fused quantized products: those that share x (quantized_linear_group), gate and up
-// with swiglu, a product with the residual add; one launch each where the backend can.
+// with swiglu, a product with the residual add; one launch each where the backend can, the rms_norm before the first
+// two inside it too.
 #include "core/error.h"
 #include "ops/ops.h"
 
 namespace lmtune::ops {
 
+namespace {
+// The norm inside the products' launch (one row of x, affine weights of x's dtype and device): their outputs, or none
+// where the backend cannot.
+std::vector<Tensor> normed_products(const Tensor& x, const std::vector<QuantizedWeight>& ws, const QuantFormat& f,
+                                    const InputNorm& norm, bool swiglu) {
+  const int64_t K = x.dim(-1);
+  if (x.numel() != K || f.mode != QuantMode::affine || norm.weight->dtype() != x.dtype() ||
+      norm.weight->shape() != Shape{K} || norm.weight->device() != x.device())
+    return {};
+  std::vector<const uint32_t*> wp;
+  std::vector<const void*> sp, bp;
+  std::vector<void*> yp;
+  std::vector<int64_t> ns;
+  std::vector<Tensor> out;
+  for (const QuantizedWeight& w : ws) {
+    if (w.wq->dim(1) * 32 / f.bits != K || w.scales->dtype() != x.dtype() || w.wq->device() != x.device()) return {};
+    Shape os = x.shape();
+    os.back() = w.wq->dim(0);
+    if (!swiglu || out.empty()) {
+      out.push_back(empty(os, x.dtype(), x.device()));
+      yp.push_back(out.back().raw());
+    }
+    wp.push_back(static_cast<const uint32_t*>(w.wq->raw()));
+    sp.push_back(w.scales->raw());
+    bp.push_back(w.biases->raw());
+    ns.push_back(w.wq->dim(0));
+  }
+  if (swiglu) yp.push_back(yp[0]);
+  if (!backend(x.device())
+           .quantized_gemv_normed(x.raw(), norm.weight->raw(), norm.eps, wp.data(), sp.data(), bp.data(), yp.data(),
+                                  ns.data(), int(ws.size()), swiglu, K, f.bits, f.group_size, x.dtype()))
+    return {};
+  return out;
+}
+}  // namespace
+
 std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
-                                           const QuantFormat& f) {
+                                           const QuantFormat& f, const InputNorm* norm) {
   LMT_CHECK(!ws.empty() && ws.size() <= 3, "[quantized_linear_group] takes 1 to 3 weights, got ", ws.size());
+  if (norm) {
+    for (const QuantizedWeight& w : ws) check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_linear_group");
+    std::vector<Tensor> out = normed_products(x, ws, f, *norm, false);
+    if (!out.empty()) return out;
+    return quantized_linear_group(rms_norm(x, *norm->weight, norm->eps).out, ws, f);
+  }
   const int64_t K = x.dim(-1), M = x.numel() / (K ? K : 1);
   std::vector<Tensor> out;
   std::vector<const uint32_t*> wp;
@@ -49,9 +92,16 @@ bool fusable(const Tensor& x, const QuantizedWeight& w, const QuantFormat& f, in
 }  // namespace
 
 Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, const QuantizedWeight& up,
-                               const QuantFormat& f) {
+                               const QuantFormat& f, const InputNorm* norm) {
   check_quantized(*gate.wq, *gate.scales, *gate.biases, f, "quantized_swiglu_linear");
   check_quantized(*up.wq, *up.scales, *up.biases, f, "quantized_swiglu_linear");
+  if (norm) {
+    if (gate.wq->shape() == up.wq->shape()) {
+      std::vector<Tensor> out = normed_products(x, {gate, up}, f, *norm, true);
+      if (!out.empty()) return out[0];
+    }
+    return quantized_swiglu_linear(rms_norm(x, *norm->weight, norm->eps).out, gate, up, f);
+  }
   int64_t M = 0, K = 0;
   if (fusable(x, gate, f, M, K) && fusable(x, up, f, M, K) && gate.wq->shape() == up.wq->shape()) {
     const int64_t N = gate.wq->dim(0);

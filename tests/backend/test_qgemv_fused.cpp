@@ -285,5 +285,57 @@ TEST(QgemvFused, SimtRingEqualsSimt) {
     }
 }
 
+// Decoding's rms_norm inside the products' staging of x (ops::InputNorm; Backend::quantized_gemv_normed, variants 9 and
+// 10): q/k/v's grouped products and gate/up's swiglu of rms_norm(x) equal rms_norm (CudaBackend::rms_norm, the kernel
+// it replaces) followed by the plain fused products, bit for bit: the factor is summed in that kernel's order and each
+// normed value rounded to the dtype as it writes it. The backend must say it ran the normed kernel (so the test cannot
+// compare the fallback with itself); variant 7 has none, and ops/ falls back to the same values.
+TEST(QgemvFused, NormedEqualsNormThenProducts) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 14336, 4096}, {4, 64, 1, 1024, 4096}, {4, 32, 1, 61, 32 * 72},
+      {4, 128, 1, 300, 1024},  {4, 64, 1, 7001, 8192}, {4, 64, 1, 37, 12288},
+  };
+  uint64_t seed = 901;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (int variant : {7, 9, 10, 11})  // 11: variant 9 with LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1
+      for (const Case& c : cases) {
+        const Operands o = make_operands(c, dt, seed += 5);
+        const std::string what = o.what + " variant " + std::to_string(variant);
+        RuntimeConfig rc = runtime_config();
+        rc.cuda_qgemv_variant = variant == 11 ? 9 : variant;
+        rc.cuda_qgemv_simt_spread = variant == 11;
+        ScopedRuntimeConfig scoped(rc);
+        std::vector<float> wv = ops::randn({c.K}, seed + 1, 0.2f, DType::f32, Device::cpu).to_f32_vector();
+        for (float& u : wv) u += 1.f;  // a norm's weight: near one
+        const Tensor w = ops::to(Tensor::from_f32(wv, {c.K}), Device::cuda, dt);
+        const float eps = 1e-5f;
+        const ops::InputNorm norm{&w, eps};
+        const Tensor h = ops::rms_norm(o.x, w, eps).out;
+        const std::vector<ops::QuantizedWeight> ws = {ref(o.a), ref(o.b), ref(o.v)};
+        const std::vector<Tensor> plain = ops::quantized_linear_group(h, ws, o.f),
+                                  fused = ops::quantized_linear_group(o.x, ws, o.f, &norm);
+        ASSERT_EQ(fused.size(), 3u) << what;
+        for (int i = 0; i < 3; ++i) EXPECT_EQ(bytes(fused[i]), bytes(plain[i])) << what << ": group " << i;
+        EXPECT_EQ(bytes(ops::quantized_swiglu_linear(o.x, ref(o.a), ref(o.b), o.f, &norm)),
+                  bytes(ops::quantized_swiglu_linear(h, ref(o.a), ref(o.b), o.f)))
+            << what << ": swiglu";
+        // The kernel itself ran (variant 7: refused).
+        Tensor y = ops::empty({1, c.N}, dt, Device::cuda);
+        const uint32_t* wqs[2] = {static_cast<const uint32_t*>(o.a.wq.raw()),
+                                  static_cast<const uint32_t*>(o.b.wq.raw())};
+        const void* sc[2] = {o.a.scales.raw(), o.b.scales.raw()};
+        const void* bi[2] = {o.a.biases.raw(), o.b.biases.raw()};
+        void* yp[2] = {y.raw(), y.raw()};
+        const int64_t ns[2] = {c.N, c.N};
+        const bool ran = cuda_backend().quantized_gemv_normed(o.x.raw(), w.raw(), eps, wqs, sc, bi, yp, ns, 2, true,
+                                                              c.K, c.bits, c.group, dt);
+        ASSERT_EQ(ran, variant != 7) << what << ": the normed kernel";
+        if (ran) {
+          EXPECT_EQ(bytes(y), bytes(ops::quantized_swiglu_linear(h, ref(o.a), ref(o.b), o.f))) << what << ": kernel";
+        }
+      }
+}
+
 }  // namespace
 }  // namespace lmtune

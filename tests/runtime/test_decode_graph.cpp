@@ -135,6 +135,42 @@ TEST(DecodeGraphQuantized, SameLogitsAsEager) {
   }
 }
 
+// A 4-bit model's decode step with its rms_norms inside the q/k/v and gate/up products (RuntimeConfig::fused_norms, the
+// CUDA-core variants 9 and 10) against the step with the norms as kernels of their own: the same logits bit for bit,
+// eagerly and recorded; the normed kernels must have run (4 launches a step: two a layer). Variant 7 has no such
+// kernel and falls back to the plain ops.
+TEST(DecodeGraphQuantized, FusedNormsSameLogits) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = random_model({DType::bf16, 128}, 4);
+  for (int variant : {9, 10, 7}) {
+    std::vector<std::vector<float>> logits[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      RuntimeConfig rc = runtime_config();
+      rc.cuda_qgemv_variant = variant;
+      rc.fused_norms = fused == 1;
+      ScopedRuntimeConfig scoped(rc);
+      const std::string what = "GEMV variant " + std::to_string(variant) + (fused ? ", fused norms" : "");
+      DenseKVCache eager(model->config(), Device::cuda, DType::bf16),
+          graphed(model->config(), Device::cuda, DType::bf16);
+      std::vector<int32_t> prompt(20);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 31 + 7) % 301);
+      Tensor ids = Tensor::from_i32(prompt, {1, int64_t(prompt.size())});
+      model->forward(ids, eager, true);
+      model->forward(ids, graphed, true);
+      DecodeGraph graph(*model, graphed);
+      for (int step = 0; step < 6; ++step) {
+        const int32_t token = int32_t((step * 43 + 11) % 301);
+        const int64_t before = cuda_qgemv_normed_launches();
+        std::vector<float> eager_logits = host_logits(model->forward(Tensor::from_i32({token}, {1, 1}), eager, true));
+        EXPECT_EQ(cuda_qgemv_normed_launches() - before, fused && variant != 7 ? 4 : 0) << what << ", step " << step;
+        ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
+        logits[fused].push_back(eager_logits);
+      }
+    }
+    ASSERT_EQ(logits[1], logits[0]) << "GEMV variant " << variant << ": fused norms against plain";
+  }
+}
+
 // Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the
 // same tokens, including past a capacity boundary.
 TEST(DecodeGraphGenerate, SameTokensWithAndWithoutGraphs) {

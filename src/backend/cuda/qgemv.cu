@@ -2,6 +2,7 @@
 // affine layout (wq u32 (N, K * bits / 32), LSB-first codes; scales, biases (N, K / group_size)),
 // read once and never written out dense. As MLX's qmv, each group adds scale * sum(q x) +
 // bias * sum(x) in f32: no dequantized weight is rounded to dt (dequantize + gemm rounds every w).
+#include <atomic>
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -382,6 +383,47 @@ bool CudaBackend::quantized_gemv_swiglu(const void* x, const uint32_t* const* wq
              (variant >= 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);
     }
   });
+  return done;
+}
+
+namespace {
+std::atomic<int64_t> normed_launches{0};
+}  // namespace
+int64_t cuda_qgemv_normed_launches() { return normed_launches.load(); }
+
+// The CUDA-core kernels only (variants 9 and 10): their staging of x normalizes it (qgemv_simt.cuh's stage_x).
+bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float eps, const uint32_t* const* wqs,
+                                        const void* const* scales, const void* const* biases, void* const* ys,
+                                        const int64_t* ns, int count, bool swiglu, int64_t K, int bits, int group_size,
+                                        DType dt) {
+  const int variant = int(runtime_config().cuda_qgemv_variant);
+  if (variant < 9 || (swiglu && (lean_variant() == 0 || count != 2 || ns[0] != ns[1])) || count < 1 || count > 3 ||
+      !gemv_shape_ok(1, K, bits, group_size, dt) || !mma_path(bits, group_size, dt) || !aligned16(x) ||
+      !aligned16(norm_w))
+    return false;
+  for (int i = 0; i < count; ++i)
+    if (ns[i] < 1 || !aligned16(wqs[i]) || !aligned4(scales[i]) || !aligned4(biases[i])) return false;
+  bool done = false;
+  dispatch_float(dt, "quantized_gemv_normed", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      QgemvParams<T> p = single_params<T>(x, wqs[0], scales[0], biases[0], ys[0], 1, ns[0], K);
+      p.count = swiglu ? 1 : count;
+      for (int i = 0; i < 3; ++i) {
+        const int j = i < count ? i : count - 1;
+        p.wqs[i] = wqs[j];
+        p.scaless[i] = static_cast<const T*>(scales[j]);
+        p.biasess[i] = static_cast<const T*>(biases[j]);
+        p.ys[i] = static_cast<T*>(ys[j]);
+        p.Ns[i] = ns[j];
+      }
+      p.swiglu = swiglu;
+      p.norm_w = static_cast<const T*>(norm_w);
+      p.norm_eps = eps;
+      done = (variant == 10 && launch_simt_ring<T>(bits, group_size, p)) || launch_simt<T>(bits, group_size, p);
+    }
+  });
+  if (done) normed_launches.fetch_add(1, std::memory_order_relaxed);
   return done;
 }
 

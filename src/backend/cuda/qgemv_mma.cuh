@@ -36,6 +36,11 @@ struct QgemvParams {
   // (M, N) = swiglu(gate, up), each product rounded to T first as ops::swiglu after the products.
   const T* residual;
   bool swiglu;
+  // Decoding's rms_norm fused into the staging of x (the CUDA-core kernels only, qgemv_simt.cuh's stage_x): x is the
+  // norm's input and the products take rms_norm(x) * norm_w rounded to T, the values CudaBackend::rms_norm gives; null:
+  // x as it is.
+  const T* norm_w;
+  float norm_eps;
 };
 
 // The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:

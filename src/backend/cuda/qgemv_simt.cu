@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   float4* xs = smem_simt;                                   // K / 4 units
   float* sx = reinterpret_cast<float*>(smem_simt + K / 4);  // C chunk sums (and C more with SPREAD)
   pdl_enter();
-  stage_x<T, SPREAD>(p.x, K, xs, sx);
+  stage_x<T, SPREAD>(p.x, K, xs, sx, p.norm_w, p.norm_eps);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t task = int64_t(blockIdx.x) * kSimtWarps + warp; task < tasks; task += int64_t(gridDim.x) * kSimtWarps) {

@@ -77,16 +77,49 @@ __device__ __forceinline__ float f32_of_bits(uint32_t v) {
   }
 }
 
+// rms_norm's factor 1 / sqrt(mean(x^2) + eps) of x (K values of T), in the order of sums of norm_rope.cu's
+// rms_norm_reg_kernel (thread t: 8 values at a time at t, t + blockDim.x, ...; then the block's sum) with the same
+// 256 threads: the same float bit for bit. Every thread gets it; it ends on block_sum's barriers.
+template <typename T>
+__device__ __forceinline__ float rms_factor(const T* x, int64_t K, float eps) {
+  __shared__ float red[32];
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    const uint32_t h[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float a = f32_of_bits<T>(h[j]), b = f32_of_bits<T>(h[j] >> 16);
+      ss += a * a;
+      ss += b * b;
+    }
+  }
+  ss = block_sum(ss, red);
+  return 1.f / sqrtf(ss / float(K) + eps);
+}
+
 // x (K values of T) into xs as f32, 8 codes a thread at a time, then each chunk's sum into sx (with SPREAD, x scaled by
-// 2^e_k and the scaled sums into sx + K / 32); the block's threads all take part, and it ends on a block barrier.
+// 2^e_k and the scaled sums into sx + K / 32); the block's threads all take part, and it ends on a block barrier. With
+// norm_w, x is first rms-normed with it and rounded to T, as CudaBackend::rms_norm writes it (QgemvParams::norm_w).
 template <typename T, bool SPREAD = false>
-__device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float* sx) {
+__device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float* sx, const T* norm_w = nullptr,
+                                        float eps = 0.f) {
+  const float rs = norm_w ? rms_factor(x, K, eps) : 1.f;
   for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(x) + i);
     const uint32_t h[4] = {v.x, v.y, v.z, v.w};
     float f[8];
 #pragma unroll
     for (int j = 0; j < 4; ++j) f[2 * j] = f32_of_bits<T>(h[j]), f[2 * j + 1] = f32_of_bits<T>(h[j] >> 16);
+    if (norm_w) {  // rms_norm_reg_kernel's expression: (x * factor) * w, rounded to T
+      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(norm_w) + i);
+      const uint32_t wh[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        f[2 * j] = to_f32(from_f32<T>(f[2 * j] * rs * f32_of_bits<T>(wh[j])));
+        f[2 * j + 1] = to_f32(from_f32<T>(f[2 * j + 1] * rs * f32_of_bits<T>(wh[j] >> 16)));
+      }
+    }
     if constexpr (SPREAD) {
 #pragma unroll
       for (int k = 0; k < 8; ++k) f[k] *= float(1 << spread_exp(k));

@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kRingWarps * 32, 3) qgemv_simt_ring_kernel(Qge
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) ask(s);
   pdl_wait();
-  stage_x(p.x, K, xs, sx);
+  stage_x(p.x, K, xs, sx, p.norm_w, p.norm_eps);
 
   int slot = 0;
   for (int64_t task = int64_t(blockIdx.x) * kRingWarps + warp; task < tasks; task += stride) {
