@@ -261,6 +261,25 @@ QgemvParams<T> single_params(const void* x, const uint32_t* wq, const void* scal
   return p;
 }
 
+// Matrices 0 .. count - 1 of a launch over up to three (p.wqs, scaless, biasess, ys, Ns; the slots past count repeat
+// the last), their 16-row tiles numbered one after another, and matrix 0 in the single product's fields.
+template <typename T>
+void set_matrices(QgemvParams<T>& p, const uint32_t* const* wqs, const void* const* scales, const void* const* biases,
+                  void* const* ys, const int64_t* ns, int count) {
+  p.count = count;
+  p.tile_start[0] = 0;
+  for (int i = 0; i < 3; ++i) {
+    const int j = i < count ? i : count - 1;
+    p.wqs[i] = wqs[j];
+    p.scaless[i] = static_cast<const T*>(scales[j]);
+    p.biasess[i] = static_cast<const T*>(biases[j]);
+    p.ys[i] = static_cast<T*>(ys[j]);
+    p.Ns[i] = ns[j];
+    p.tile_start[i + 1] = p.tile_start[i] + (i < count ? (ns[i] + 15) / 16 : 0);
+  }
+  p.wq = p.wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0], p.y = p.ys[0], p.N = p.Ns[0];
+}
+
 bool gemv_shape_ok(int64_t M, int64_t K, int bits, int group_size, DType dt) {
   if (M < 1 || M > 8 || K < 1 || !runtime_config().cuda_gemv) return false;
   if ((bits < 2 || bits > 8 || bits == 7) || (group_size != 32 && group_size != 64 && group_size != 128) ||
@@ -307,17 +326,7 @@ bool CudaBackend::quantized_gemv_group(const void* x, const uint32_t* const* wqs
       p.K = K;
       p.M = int(M);
       p.S = 1;
-      p.count = count;
-      for (int i = 0; i < 3; ++i) {
-        const int j = i < count ? i : count - 1;
-        p.wqs[i] = wqs[j];
-        p.scaless[i] = static_cast<const T*>(scales[j]);
-        p.biasess[i] = static_cast<const T*>(biases[j]);
-        p.ys[i] = static_cast<T*>(ys[j]);
-        p.Ns[i] = ns[j];
-        p.tile_start[i + 1] = p.tile_start[i] + (i < count ? (ns[i] + 15) / 16 : 0);
-      }
-      p.wq = p.wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0], p.y = p.ys[0], p.N = p.Ns[0];
+      set_matrices(p, wqs, scales, biases, ys, ns, count);
       launch_mma_for<T>(bits, group_size, p);
     }
   });
@@ -408,14 +417,10 @@ bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
       QgemvParams<T> p = single_params<T>(x, wqs[0], scales[0], biases[0], ys[0], 1, ns[0], K);
-      p.count = swiglu ? 1 : count;
-      for (int i = 0; i < 3; ++i) {
-        const int j = i < count ? i : count - 1;
-        p.wqs[i] = wqs[j];
-        p.scaless[i] = static_cast<const T*>(scales[j]);
-        p.biasess[i] = static_cast<const T*>(biases[j]);
-        p.ys[i] = static_cast<T*>(ys[j]);
-        p.Ns[i] = ns[j];
+      set_matrices(p, wqs, scales, biases, ys, ns, count);
+      if (swiglu) {  // gate and up are one task's two rows (wqs[0], wqs[1]), written to ys[0]
+        p.count = 1;
+        p.tile_start[2] = p.tile_start[3] = p.tile_start[1];
       }
       p.swiglu = swiglu;
       p.norm_w = static_cast<const T*>(norm_w);
