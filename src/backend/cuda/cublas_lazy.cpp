@@ -64,10 +64,10 @@ void* symbol(Library& lib, const char* name) {
 }  // namespace lmtune
 
 // One forwarding definition per entry point: the library's function, looked up once.
-#define LMT_FORWARD(lib, name, params, args)                                                     \
-  extern "C" cublasStatus_t name params {                                                        \
+#define LMT_FORWARD(lib, name, params, args)                                                           \
+  extern "C" cublasStatus_t name params {                                                              \
     static const auto f = reinterpret_cast<decltype(&name)>(::lmtune::symbol(::lmtune::lib(), #name)); \
-    return f args;                                                                               \
+    return f args;                                                                                     \
   }
 
 LMT_FORWARD(cublas_lt, cublasLtCreate, (cublasLtHandle_t * h), (h))
@@ -105,11 +105,10 @@ LMT_FORWARD(cublas_full, cublasSetStream_v2, (cublasHandle_t h, cudaStream_t s),
 
 // cublasGemmGroupedBatchedEx's parameter list, as cublas_api.h declares it (CUBLAS 12.5 on).
 LMT_FORWARD(cublas_full, cublasGemmGroupedBatchedEx,
-            (cublasHandle_t h, const cublasOperation_t ta[], const cublasOperation_t tb[], const int m[],
-             const int n[], const int k[], const void* alpha, const void* const A[], cudaDataType_t at,
-             const int lda[], const void* const B[], cudaDataType_t bt, const int ldb[], const void* beta,
-             void* const C[], cudaDataType_t ct, const int ldc[], int groups, const int group_size[],
-             cublasComputeType_t compute),
+            (cublasHandle_t h, const cublasOperation_t ta[], const cublasOperation_t tb[], const int m[], const int n[],
+             const int k[], const void* alpha, const void* const A[], cudaDataType_t at, const int lda[],
+             const void* const B[], cudaDataType_t bt, const int ldb[], const void* beta, void* const C[],
+             cudaDataType_t ct, const int ldc[], int groups, const int group_size[], cublasComputeType_t compute),
             (h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, groups, group_size, compute))
 
 // The one entry point that returns a string: if the library cannot be opened, the error is the
