@@ -69,23 +69,37 @@ std::unique_ptr<Model> random_model(const GraphCase& gc, int quant_bits = 0) {
 
 std::vector<float> host_logits(const Tensor& t) { return ops::to(t, Device::cpu, DType::f32).to_f32_vector(); }
 
+// One prompt (token i is (i * mul + add) % 301) run into two caches of the same model: `eager` for the step
+// token by token, `graphed` for the recorded step.
+struct Prefilled {
+  Prefilled(Model& model, DType dt, size_t n, int mul, int add)
+      : eager(model.config(), Device::cuda, dt), graphed(model.config(), Device::cuda, dt) {
+    std::vector<int32_t> prompt(n);
+    for (size_t i = 0; i < n; ++i) prompt[i] = int32_t((i * mul + add) % 301);
+    Tensor ids = Tensor::from_i32(prompt, {1, int64_t(n)});
+    model.forward(ids, eager, true);
+    model.forward(ids, graphed, true);
+  }
+  DenseKVCache eager, graphed;
+};
+
+// The eager cached forward of one token, its logits on the host.
+std::vector<float> eager_step(Model& model, DenseKVCache& cache, int32_t token) {
+  return host_logits(model.forward(Tensor::from_i32({token}, {1, 1}), cache, true));
+}
+
 class DecodeGraphVsEager : public ::testing::TestWithParam<GraphCase> {};
 
 TEST_P(DecodeGraphVsEager, SameLogitsAcrossRecordings) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const GraphCase gc = GetParam();
   auto model = random_model(gc);
-  DenseKVCache eager(model->config(), Device::cuda, gc.dt), graphed(model->config(), Device::cuda, gc.dt);
-  std::vector<int32_t> prompt(240);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 37 + 11) % 301);
-  Tensor ids = Tensor::from_i32(prompt, {1, int64_t(prompt.size())});
-  model->forward(ids, eager, true);
-  model->forward(ids, graphed, true);
-  DecodeGraph graph(*model, graphed);
+  Prefilled c(*model, gc.dt, 240, 37, 11);
+  DecodeGraph graph(*model, c.graphed);
   const bool exact = gc.dt != DType::f32 && (gc.head_dim == 64 || gc.head_dim == 128);
   for (int step = 0; step < 40; ++step) {  // positions 240..279: the cache grows past 256
     int32_t token = int32_t((step * 53 + 7) % 301);
-    std::vector<float> want = host_logits(model->forward(Tensor::from_i32({token}, {1, 1}), eager, true));
+    std::vector<float> want = eager_step(*model, c.eager, token);
     std::vector<float> got = graph.step(token);
     ASSERT_EQ(got.size(), want.size());
     if (exact)
@@ -93,7 +107,7 @@ TEST_P(DecodeGraphVsEager, SameLogitsAcrossRecordings) {
     else
       expect_close(got, want, 1e-4, 1e-4, "step " + std::to_string(step));
   }
-  EXPECT_EQ(graphed.offset(), 280);
+  EXPECT_EQ(c.graphed.offset(), 280);
   EXPECT_EQ(graph.recordings(), 2) << "recorded at capacity 256 and again at 512";
 }
 
@@ -119,16 +133,11 @@ TEST(DecodeGraphQuantized, SameLogitsAsEager) {
     ScopedRuntimeConfig scoped(rc);
     const std::string what = "GEMV variant " + std::to_string(run % 11) + (rc.cuda_pdl ? ", PDL" : ", no PDL") +
                              (rc.group_gate_up ? ", gate/up grouped" : "");
-    DenseKVCache eager(model->config(), Device::cuda, DType::bf16), graphed(model->config(), Device::cuda, DType::bf16);
-    std::vector<int32_t> prompt(30);
-    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + 3) % 301);
-    Tensor ids = Tensor::from_i32(prompt, {1, int64_t(prompt.size())});
-    model->forward(ids, eager, true);
-    model->forward(ids, graphed, true);
-    DecodeGraph graph(*model, graphed);
+    Prefilled c(*model, DType::bf16, 30, 29, 3);
+    DecodeGraph graph(*model, c.graphed);
     for (int step = 0; step < 12; ++step) {
       int32_t token = int32_t((step * 41 + 5) % 301);
-      std::vector<float> want = host_logits(model->forward(Tensor::from_i32({token}, {1, 1}), eager, true));
+      std::vector<float> want = eager_step(*model, c.eager, token);
       std::vector<float> got = graph.step(token);
       ASSERT_EQ(got, want) << what << ", step " << step;
     }
@@ -150,18 +159,12 @@ TEST(DecodeGraphQuantized, FusedNormsSameLogits) {
       rc.fused_norms = fused == 1;
       ScopedRuntimeConfig scoped(rc);
       const std::string what = "GEMV variant " + std::to_string(variant) + (fused ? ", fused norms" : "");
-      DenseKVCache eager(model->config(), Device::cuda, DType::bf16),
-          graphed(model->config(), Device::cuda, DType::bf16);
-      std::vector<int32_t> prompt(20);
-      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 31 + 7) % 301);
-      Tensor ids = Tensor::from_i32(prompt, {1, int64_t(prompt.size())});
-      model->forward(ids, eager, true);
-      model->forward(ids, graphed, true);
-      DecodeGraph graph(*model, graphed);
+      Prefilled c(*model, DType::bf16, 20, 31, 7);
+      DecodeGraph graph(*model, c.graphed);
       for (int step = 0; step < 6; ++step) {
         const int32_t token = int32_t((step * 43 + 11) % 301);
         const int64_t before = cuda_qgemv_normed_launches();
-        std::vector<float> eager_logits = host_logits(model->forward(Tensor::from_i32({token}, {1, 1}), eager, true));
+        std::vector<float> eager_logits = eager_step(*model, c.eager, token);
         EXPECT_EQ(cuda_qgemv_normed_launches() - before, fused && variant != 7 ? 4 : 0) << what << ", step " << step;
         ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
         logits[fused].push_back(eager_logits);
