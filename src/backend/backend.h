@@ -244,15 +244,28 @@ class Backend {
                                      int group_size, DType dt) {
     return false;
   }
+  // Decoding's rope and KV-cache append in the q/k/v products' epilogue (quantized_gemv_normed's rope): the products'
+  // results rounded to dt, then q's rows rotated into ys[0] and k's rotated and v's as they are into the cache planes
+  // (capacity, n_kv_head, head_dim) at row pos (+ *pos_at, an i32 on the device, where not null), with rope_append's
+  // arithmetic, so the values it writes are rope_append's.
+  struct RopeAppendArgs {
+    const float* inv_freq;  // (head_dim / 2)
+    void* k_cache;
+    void* v_cache;
+    int64_t pos;
+    const int32_t* pos_at;
+    int64_t head_dim;
+  };
   // Decoding's rms_norm fused into the products after it: one row x (K), and the products take rms_norm(x) * norm_w
-  // (norm_w (K) in dt, eps; rounded to dt, the values rms_norm writes) in place of x. Either up to three products as
-  // quantized_gemv_group (ys[i] (ns[i])), or with swiglu gate and up (count 2, ns[0] == ns[1]) into ys[0] as
-  // quantized_gemv_swiglu. False where this backend has no such kernel (ops/ then runs rms_norm and the plain products,
-  // which give the same values).
+  // (norm_w (K) in dt, eps; rounded to dt, the values rms_norm writes) in place of x; norm_w null: x itself. Either up
+  // to three products as quantized_gemv_group (ys[i] (ns[i])), or with swiglu gate and up (count 2, ns[0] == ns[1])
+  // into ys[0] as quantized_gemv_swiglu; or with rope, q, k and v (count 3) as RopeAppendArgs says. False where this
+  // backend has no such kernel (ops/ then runs rms_norm, the plain products and rope_append, which give the same
+  // values).
   virtual bool quantized_gemv_normed(const void* x, const void* norm_w, float eps, const uint32_t* const* wqs,
                                      const void* const* scales, const void* const* biases, void* const* ys,
                                      const int64_t* ns, int count, bool swiglu, int64_t K, int bits, int group_size,
-                                     DType dt) {
+                                     DType dt, const RopeAppendArgs* rope = nullptr) {
     return false;
   }
   // MLX's fp modes (mode mxfp4, nvfp4 or mxfp8; core/quant_format.h): out (rows, in) in dt, element
@@ -306,5 +319,6 @@ int64_t cuda_qgemv_tma_launches();
 int64_t cuda_qgemv_ring_launches();
 int64_t cuda_qgemv_simt_ring_launches();
 int64_t cuda_qgemv_normed_launches();  // Backend::quantized_gemv_normed calls that ran
+int64_t cuda_qgemv_rope_launches();    // those of them with RopeAppendArgs
 
 }  // namespace lmtune

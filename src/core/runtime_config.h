@@ -72,6 +72,10 @@ struct RuntimeConfig {
   // (variants 9 and 10; Backend::quantized_gemv_normed) and the residual add after attention in o's epilogue, instead
   // of an rms_norm and an add_rms_norm kernel a layer (the same values; off until its gpu tests have run on a GPU).
   bool fused_norms = false;
+  // LMTUNE_FUSED_ROPE=1: a quantized decode step's rope and KV-cache append in the epilogue of the q/k/v products
+  // (variant 9; Backend::quantized_gemv_normed's rope) instead of a rope_append kernel a layer (the same values; off
+  // until its gpu tests have run on a GPU).
+  bool fused_rope = false;
   // LMTUNE_CUDA_PROFILE=1: every kernel and cuBLASLt product timed with CUDA events and a table of
   // time by kernel printed to stderr at exit (backend/cuda/profile.cpp; graph captures excluded).
   bool cuda_profile = false;

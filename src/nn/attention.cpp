@@ -1,14 +1,12 @@
 #include "nn/attention.h"
 
 #include "core/error.h"
+#include "core/runtime_config.h"
 
 namespace lmtune::nn {
 
-void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,
-                        const RmsNorm* in_norm) const {
-  const int64_t B = x_in.dim(0), T = x_in.dim(1);
+void Attention::split_qkv(bool decoding, Linear& lq, Linear& lk, Linear& lv, Linear& whole) const {
   const int64_t nq = opt.n_head * opt.head_dim, nkv = opt.n_kv_head * opt.head_dim;
-  Linear lq, lk, lv, whole;
   if (qkv.weight) {
     Linear l = qkv.get();
     if (!decoding || !(l.plain() || l.plain_quantized()))  // one product (and adapter), then its column blocks
@@ -18,6 +16,31 @@ void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& k
   } else {
     lq = q.get(), lk = k.get(), lv = v.get();
   }
+}
+
+bool Attention::project_rotary(const Tensor& x, int64_t layer, KVCache& cache, const RmsNorm* in_norm, Tensor& q_rot,
+                               KVCache::View& kv) const {
+  if (!runtime_config().fused_rope || q_norm.defined() || k_norm.defined() || rope_perm || !inv_freq) return false;
+  Linear lq, lk, lv, whole;
+  split_qkv(true, lq, lk, lv, whole);
+  if (whole.weight.defined() || !lq.quantized_like(lk) || !lq.quantized_like(lv)) return false;
+  const Tensor w = in_norm ? in_norm->scale() : Tensor();
+  const ops::InputNorm norm{&w, in_norm ? in_norm->eps : 0.f};
+  auto write = [&](Tensor& kb, Tensor& vb, int64_t row, const Tensor* pos_at) {
+    return ops::quantized_qkv_rope_append(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format,
+                                          in_norm ? &norm : nullptr, {inv_freq, &kb, &vb, row, pos_at});
+  };
+  if (!cache.update_rotary_by(layer, x.dtype(), write, q_rot, kv)) return false;
+  q_rot = q_rot.reshape({1, 1, opt.n_head, opt.head_dim});
+  return true;
+}
+
+void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,
+                        const RmsNorm* in_norm) const {
+  const int64_t B = x_in.dim(0), T = x_in.dim(1);
+  const int64_t nq = opt.n_head * opt.head_dim, nkv = opt.n_kv_head * opt.head_dim;
+  Linear lq, lk, lv, whole;
+  split_qkv(decoding, lq, lk, lv, whole);
   const bool dense_group = !whole.weight.defined() && decoding && lq.plain() && lk.plain() && lv.plain();
   const bool quantized_group =
       !whole.weight.defined() && !dense_group && decoding && lq.quantized_like(lk) && lq.quantized_like(lv);
@@ -61,8 +84,12 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
                           const Segments* seg, const DecodeFusion* fuse) const {
   const int64_t B = x.dim(0), T = x.dim(1);
   LMT_CHECK(!fuse || (decoding && cache && !seg), "[attention] the decoding fusions need a decoding step with a cache");
-  Tensor qt, kt, vt;
-  project(x, decoding, qt, kt, vt, fuse ? fuse->in_norm : nullptr);
+  const RmsNorm* in_norm = fuse ? fuse->in_norm : nullptr;
+  Tensor qt, kt, vt, q_rot;
+  KVCache::View kv;
+  // One token's rope and cache append inside the q/k/v products' launch where it runs (RuntimeConfig::fused_rope).
+  bool stored = decoding && cache && !seg && B == 1 && T == 1 && project_rotary(x, layer, *cache, in_norm, q_rot, kv);
+  if (!stored) project(x, decoding, qt, kt, vt, in_norm);
   if (seg) {  // packed rows: no cache, positions per token, attention within each segment
     LMT_CHECK(!cache && pos_offset == 0, "[attention] packed rows take no cache and no position offset");
     qt = ag::rope_at(qt, *inv_freq, seg->positions, 1.f);
@@ -71,9 +98,7 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     return o.forward(ag::reshape(a, {B, T, opt.n_head * opt.head_dim}));
   }
 
-  KVCache::View kv;
-  Tensor q_rot;
-  const bool stored = decoding && cache->update_rotary(layer, qt, kt, vt, *inv_freq, q_rot, kv);  // rope + append
+  if (!stored) stored = decoding && cache->update_rotary(layer, qt, kt, vt, *inv_freq, q_rot, kv);  // rope + append
   if (stored) {
     qt = q_rot;
   } else if (const Tensor* pos_at = cache ? cache->position() : nullptr) {  // a recorded decode step

@@ -72,6 +72,13 @@ struct Attention {
   // in_norm: x is its input, normed here (inside the grouped quantized products where they run).
   void project(const Tensor& x, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,
                const RmsNorm* in_norm = nullptr) const;
+  // The projections' layers: q, k and v (a fused qkv's row blocks when decoding can take them), or whole (the fused
+  // layer as one product).
+  void split_qkv(bool decoding, Linear& lq, Linear& lk, Linear& lv, Linear& whole) const;
+  // One decoding token: q, k and v's products with the rope and the cache append in their launch (the same values as
+  // project, then update_rotary): q_rot (1, 1, n_head, head_dim) and kv set; false where they cannot, nothing done.
+  bool project_rotary(const Tensor& x, int64_t layer, KVCache& cache, const RmsNorm* in_norm, Tensor& q_rot,
+                      KVCache::View& kv) const;
 };
 
 }  // namespace lmtune::nn

@@ -2,6 +2,7 @@
 // above the nn and models layers, so attention sees only this interface.
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "core/tensor.h"
 
@@ -32,6 +33,14 @@ class KVCache {
   // no fused path: then nothing was stored, and the caller rotates and calls update().
   virtual bool update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
                              Tensor& q_rot, View& view) {
+    return false;
+  }
+  // Decoding's fused path where the q/k/v products' own launch rotates and stores one token (batch 1): `write` gets the
+  // layer's planes k, v (capacity, n_kv_head, head_dim), the row to write and the bound run-time position (or null),
+  // writes k and v there and returns q rotated, or an undefined tensor where it cannot (having written nothing). True:
+  // stored, q_rot and view set as update_rotary sets them. False: nothing was stored.
+  using RotaryWriter = std::function<Tensor(Tensor& k, Tensor& v, int64_t row, const Tensor* pos_at)>;
+  virtual bool update_rotary_by(int64_t layer, DType dtype, const RotaryWriter& write, Tensor& q_rot, View& view) {
     return false;
   }
   // A packed batch's decoding row (nn::Attention::forward_packed): room made for one new entry at

@@ -115,6 +115,20 @@ struct InputNorm {
 // With norm, of rms_norm(x) instead of x.
 std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
                                            const QuantFormat& f, const InputNorm* norm = nullptr);
+// Decoding's rope and KV-cache append inside the q/k/v products' launch (Backend::quantized_gemv_normed's rope): one
+// row x, qkv = {q, k, v} of one format with head_dim = inv_freq's 2 x numel; returns q's product rotated at position
+// pos (+ *pos_at, an i32 scalar on x's device, where not null), and writes k's rotated and v's into the cache planes
+// k_cache, v_cache (capacity, n_kv_head, head_dim) at that row: rope_append's values on the plain products'. With
+// norm, of rms_norm(x). Undefined where the backend has no such launch; then nothing was written.
+struct RopeAppend {
+  const Tensor* inv_freq;
+  Tensor* k_cache;
+  Tensor* v_cache;
+  int64_t pos;
+  const Tensor* pos_at;
+};
+Tensor quantized_qkv_rope_append(const Tensor& x, const std::vector<QuantizedWeight>& qkv, const QuantFormat& f,
+                                 const InputNorm* norm, const RopeAppend& rope);
 // Inference only, for decoding: swiglu(quantized_linear(x, gate), quantized_linear(x, up)) in one
 // launch where the backend can; the same values either way. With norm, of rms_norm(x) instead of x.
 Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, const QuantizedWeight& up,

@@ -7,13 +7,14 @@
 namespace lmtune::ops {
 
 namespace {
-// The norm inside the products' launch (one row of x, affine weights of x's dtype and device): their outputs, or none
-// where the backend cannot.
+// The norm (where given) and the rope epilogue (where given) inside the products' launch (one row of x, affine weights
+// of x's dtype and device): their outputs (with rope, q's alone), or none where the backend cannot.
 std::vector<Tensor> normed_products(const Tensor& x, const std::vector<QuantizedWeight>& ws, const QuantFormat& f,
-                                    const InputNorm& norm, bool swiglu) {
+                                    const InputNorm* norm, bool swiglu, const Backend::RopeAppendArgs* rope = nullptr) {
   const int64_t K = x.dim(-1);
-  if (x.numel() != K || f.mode != QuantMode::affine || norm.weight->dtype() != x.dtype() ||
-      norm.weight->shape() != Shape{K} || norm.weight->device() != x.device())
+  if (x.numel() != K || f.mode != QuantMode::affine ||
+      (norm && (norm->weight->dtype() != x.dtype() || norm->weight->shape() != Shape{K} ||
+                norm->weight->device() != x.device())))
     return {};
   std::vector<const uint32_t*> wp;
   std::vector<const void*> sp, bp;
@@ -24,7 +25,7 @@ std::vector<Tensor> normed_products(const Tensor& x, const std::vector<Quantized
     if (w.wq->dim(1) * 32 / f.bits != K || w.scales->dtype() != x.dtype() || w.wq->device() != x.device()) return {};
     Shape os = x.shape();
     os.back() = w.wq->dim(0);
-    if (!swiglu || out.empty()) {
+    if ((!swiglu && !rope) || out.empty()) {
       out.push_back(empty(os, x.dtype(), x.device()));
       yp.push_back(out.back().raw());
     }
@@ -33,21 +34,50 @@ std::vector<Tensor> normed_products(const Tensor& x, const std::vector<Quantized
     bp.push_back(w.biases->raw());
     ns.push_back(w.wq->dim(0));
   }
-  if (swiglu) yp.push_back(yp[0]);
+  while (yp.size() < ws.size()) yp.push_back(yp[0]);  // swiglu's one output; with rope, the cache planes take k, v
   if (!backend(x.device())
-           .quantized_gemv_normed(x.raw(), norm.weight->raw(), norm.eps, wp.data(), sp.data(), bp.data(), yp.data(),
-                                  ns.data(), int(ws.size()), swiglu, K, f.bits, f.group_size, x.dtype()))
+           .quantized_gemv_normed(x.raw(), norm ? norm->weight->raw() : nullptr, norm ? norm->eps : 0.f, wp.data(),
+                                  sp.data(), bp.data(), yp.data(), ns.data(), int(ws.size()), swiglu, K, f.bits,
+                                  f.group_size, x.dtype(), rope))
     return {};
   return out;
 }
 }  // namespace
+
+Tensor quantized_qkv_rope_append(const Tensor& x, const std::vector<QuantizedWeight>& qkv, const QuantFormat& f,
+                                 const InputNorm* norm, const RopeAppend& rope) {
+  LMT_CHECK(qkv.size() == 3, "[quantized_qkv_rope_append] takes q, k and v, got ", qkv.size(), " weights");
+  for (const QuantizedWeight& w : qkv) check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_qkv_rope_append");
+  const Tensor &kc = *rope.k_cache, &vc = *rope.v_cache, &inv_freq = *rope.inv_freq;
+  const int64_t D = inv_freq.numel() * 2;
+  LMT_CHECK(inv_freq.dtype() == DType::f32 && inv_freq.device() == x.device() && D > 0,
+            "[quantized_qkv_rope_append] inv_freq ", inv_freq.describe(), " for x ", x.describe());
+  LMT_CHECK(kc.ndim() == 3 && kc.shape() == vc.shape() && kc.dim(2) == D && kc.dim(1) * D == qkv[1].wq->dim(0) &&
+                qkv[1].wq->dim(0) == qkv[2].wq->dim(0) && qkv[0].wq->dim(0) % D == 0 && kc.dtype() == x.dtype() &&
+                vc.dtype() == x.dtype() && kc.device() == x.device() && vc.device() == x.device(),
+            "[quantized_qkv_rope_append] cache ", kc.describe(), " for k of ", qkv[1].wq->dim(0), " rows, head_dim ", D,
+            ", x ", x.describe());
+  const int32_t* pos_at = nullptr;
+  if (rope.pos_at) {
+    LMT_CHECK(rope.pos_at->dtype() == DType::i32 && rope.pos_at->numel() == 1 && rope.pos_at->device() == x.device(),
+              "[quantized_qkv_rope_append] a run-time position must be one i32 on x's device, got ",
+              rope.pos_at->describe());
+    pos_at = static_cast<const int32_t*>(rope.pos_at->raw());
+  }
+  LMT_CHECK(pos_at || (rope.pos >= 0 && rope.pos < kc.dim(0)), "[quantized_qkv_rope_append] row ", rope.pos,
+            " out of range for ", kc.describe());
+  const Backend::RopeAppendArgs args{
+      static_cast<const float*>(inv_freq.raw()), rope.k_cache->raw(), rope.v_cache->raw(), rope.pos, pos_at, D};
+  std::vector<Tensor> out = normed_products(x, qkv, f, norm, false, &args);
+  return out.empty() ? Tensor() : out[0];
+}
 
 std::vector<Tensor> quantized_linear_group(const Tensor& x, const std::vector<QuantizedWeight>& ws,
                                            const QuantFormat& f, const InputNorm* norm) {
   LMT_CHECK(!ws.empty() && ws.size() <= 3, "[quantized_linear_group] takes 1 to 3 weights, got ", ws.size());
   if (norm) {
     for (const QuantizedWeight& w : ws) check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_linear_group");
-    std::vector<Tensor> out = normed_products(x, ws, f, *norm, false);
+    std::vector<Tensor> out = normed_products(x, ws, f, norm, false);
     if (!out.empty()) return out;
     return quantized_linear_group(rms_norm(x, *norm->weight, norm->eps).out, ws, f);
   }
@@ -97,7 +127,7 @@ Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, con
   check_quantized(*up.wq, *up.scales, *up.biases, f, "quantized_swiglu_linear");
   if (norm) {
     if (gate.wq->shape() == up.wq->shape()) {
-      std::vector<Tensor> out = normed_products(x, {gate, up}, f, *norm, true);
+      std::vector<Tensor> out = normed_products(x, {gate, up}, f, norm, true);
       if (!out.empty()) return out[0];
     }
     return quantized_swiglu_linear(rms_norm(x, *norm->weight, norm->eps).out, gate, up, f);

@@ -220,16 +220,27 @@ void DenseKVCache::quantize_held() {
 
 bool DenseKVCache::update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& inv_freq, Tensor& q_rot, View& view) {
+  if (k.ndim() != 4 || k.dim(0) != 1 || k.dtype() != v.dtype()) return false;
+  return rotary(layer, k.dim(1), k.dtype(), q_rot, view,
+                [&](Tensor& kb, Tensor& vb, int64_t row, const Tensor* pos_at) {
+                  return ops::rope_append(q, k, v, inv_freq, row, pos_at, kb, vb);
+                });
+}
+
+bool DenseKVCache::update_rotary_by(int64_t layer, DType dtype, const RotaryWriter& write, Tensor& q_rot, View& view) {
+  return rotary(layer, 1, dtype, q_rot, view, write);
+}
+
+bool DenseKVCache::rotary(int64_t layer, int64_t T, DType dtype, Tensor& q_rot, View& view, const RotaryWriter& write) {
   LMT_CHECK(layer >= 0 && layer < n_layer_, "[kv_cache] layer ", layer, " of ", n_layer_);
-  if (quantized_ || batch_ != 1 || k.ndim() != 4 || k.dim(0) != 1 || k.dtype() != dtype_ || v.dtype() != dtype_)
-    return false;
-  const int64_t T = k.dim(1), H = n_kv_head_, D = head_dim_;
+  if (quantized_ || batch_ != 1 || dtype != dtype_) return false;
+  const int64_t H = n_kv_head_, D = head_dim_;
   const bool bound = position_.defined();
   if (!bound && max_size_ > 0 && offset_ + T > max_size_) return false;  // about to wrap: the plain path
   make_room(T);
   const int64_t cap = capacity_;
   Tensor kb = k_[size_t(layer)].reshape({cap, H, D}), vb = v_[size_t(layer)].reshape({cap, H, D});
-  q_rot = ops::rope_append(q, k, v, inv_freq, bound ? 0 : offset_, bound ? &position_ : nullptr, kb, vb);
+  q_rot = write(kb, vb, bound ? 0 : offset_, bound ? &position_ : nullptr);
   if (!q_rot.defined()) return false;
   view = bound ? prefix_view(layer, cap, 0) : prefix_view(layer, offset_ + T, offset_);
   return true;

@@ -39,6 +39,7 @@ class DenseKVCache final : public KVCache {
   // Batch 1, linear (or a bound position): one fused kernel where the backend has it.
   bool update_rotary(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& inv_freq,
                      Tensor& q_rot, View& view) override;
+  bool update_rotary_by(int64_t layer, DType dtype, const RotaryWriter& write, Tensor& q_rot, View& view) override;
   bool decode_planes(int64_t layer, DType dtype, Tensor& k, Tensor& v) override;
 
   int64_t size() const;  // entries held per layer: min(offset, max_size)
@@ -90,6 +91,8 @@ class DenseKVCache final : public KVCache {
  private:
   View update_at(int64_t layer, const Tensor& k, const Tensor& v);  // with a bound position
   void make_room(int64_t T);  // for T entries at offset(): grow, or check the bound capacity
+  // update_rotary and update_rotary_by: T tokens of dtype stored by `write` where the cache can take them fused.
+  bool rotary(int64_t layer, int64_t T, DType dtype, Tensor& q_rot, View& view, const RotaryWriter& write);
   // Batch 1: layer's first S entries, for queries at q_offset (+ the bound position, if any).
   View prefix_view(int64_t layer, int64_t S, int64_t q_offset) const;
   // The layer's stored planes, each (B, capacity, n_kv_head, width): dense {k, v}; quantized

@@ -337,5 +337,75 @@ TEST(QgemvFused, NormedEqualsNormThenProducts) {
       }
 }
 
+// Decoding's rope and KV-cache append in the q/k/v launch's epilogue (ops::quantized_qkv_rope_append;
+// Backend::quantized_gemv_normed's rope, variant 9's kernel): q rotated, k rotated and v into the cache planes, bit for
+// bit what the plain grouped products followed by rope_append (the kernel it replaces) give, with and without the input
+// norm, at a position given on the host and at one read on the device (a recorded step's). The backend must say it ran
+// the rope epilogue; variant 7 has none and writes nothing.
+TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  struct Heads {
+    int64_t H, KV, D, K;
+  };
+  const std::vector<Heads> shapes = {{32, 8, 128, 4096}, {4, 2, 64, 1024}, {6, 2, 48, 768}, {14, 2, 64, 896}};
+  uint64_t seed = 1201;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (int variant : {7, 9, 10, 11})  // 10: the rope takes variant 9's kernel; 11: 9 with SPREAD
+      for (const Heads& s : shapes)
+        for (int mode = 0; mode < 4; ++mode) {  // bit 0: the input norm; bit 1: the position on the device
+          const bool normed = mode & 1, at = mode & 2;
+          const std::string what = std::string(dtype_name(dt)) + " H" + std::to_string(s.H) + " KV" +
+                                   std::to_string(s.KV) + " D" + std::to_string(s.D) + " K" + std::to_string(s.K) +
+                                   " variant " + std::to_string(variant) + (normed ? ", normed" : "") +
+                                   (at ? ", position on the device" : "");
+          RuntimeConfig rc = runtime_config();
+          rc.cuda_qgemv_variant = variant == 11 ? 9 : variant;
+          rc.cuda_qgemv_simt_spread = variant == 11;
+          ScopedRuntimeConfig scoped(rc);
+          const Case c{4, 64, 1, s.H * s.D, s.K};
+          const QuantFormat f{QuantMode::affine, 4, 64};
+          const ops::AffineQuantized wq = random_weight(s.H * s.D, s.K, c, dt, seed += 7),
+                                     wk = random_weight(s.KV * s.D, s.K, c, dt, seed + 1),
+                                     wv = random_weight(s.KV * s.D, s.K, c, dt, seed + 2);
+          const std::vector<ops::QuantizedWeight> ws = {ref(wq), ref(wk), ref(wv)};
+          const Tensor x = ops::randn({1, 1, s.K}, seed + 3, 1.f, dt, Device::cuda);
+          std::vector<float> wn = ops::randn({s.K}, seed + 4, 0.2f, DType::f32, Device::cpu).to_f32_vector();
+          for (float& u : wn) u += 1.f;
+          const Tensor w = ops::to(Tensor::from_f32(wn, {s.K}), Device::cuda, dt);
+          const ops::InputNorm norm{&w, 1e-5f};
+          std::vector<float> fr(size_t(s.D / 2));
+          for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(s.D));
+          const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {s.D / 2}), Device::cuda);
+          const int64_t cap = 16, pos = 11;
+          const Tensor pos_at = ops::to(Tensor::from_i32({int32_t(pos)}, {}), Device::cuda);
+          Tensor kc = ops::randn({cap, s.KV, s.D}, seed + 5, 1.f, dt, Device::cuda);
+          Tensor vc = ops::randn({cap, s.KV, s.D}, seed + 6, 1.f, dt, Device::cuda);
+          Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
+          const std::vector<uint8_t> k_before = bytes(kc), v_before = bytes(vc);
+
+          const int64_t launches = cuda_qgemv_rope_launches();
+          const Tensor q_rot = ops::quantized_qkv_rope_append(
+              x, ws, f, normed ? &norm : nullptr, {&inv_freq, &kc, &vc, at ? 0 : pos, at ? &pos_at : nullptr});
+          const bool ran = variant != 7;
+          ASSERT_EQ(q_rot.defined(), ran) << what;
+          ASSERT_EQ(cuda_qgemv_rope_launches() - launches, ran ? 1 : 0) << what;
+          if (!ran) {
+            EXPECT_EQ(bytes(kc), k_before) << what << ": declined, yet k's cache changed";
+            EXPECT_EQ(bytes(vc), v_before) << what << ": declined, yet v's cache changed";
+            continue;
+          }
+          const Tensor h = normed ? ops::rms_norm(x, w, 1e-5f).out : x;
+          const std::vector<Tensor> qkv = ops::quantized_linear_group(h, ws, f);
+          const Tensor q_ref = ops::rope_append(qkv[0].reshape({1, 1, s.H, s.D}), qkv[1].reshape({1, 1, s.KV, s.D}),
+                                                qkv[2].reshape({1, 1, s.KV, s.D}), inv_freq, at ? 0 : pos,
+                                                at ? &pos_at : nullptr, kc_ref, vc_ref);
+          ASSERT_TRUE(q_ref.defined()) << what;
+          EXPECT_EQ(bytes(q_rot), bytes(q_ref)) << what << ": q";
+          EXPECT_EQ(bytes(kc), bytes(kc_ref)) << what << ": k's cache";
+          EXPECT_EQ(bytes(vc), bytes(vc_ref)) << what << ": v's cache";
+          EXPECT_NE(bytes(kc), k_before) << what << ": k's row was not written";
+        }
+}
+
 }  // namespace
 }  // namespace lmtune

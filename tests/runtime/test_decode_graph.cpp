@@ -145,32 +145,44 @@ TEST(DecodeGraphQuantized, SameLogitsAsEager) {
 }
 
 // A 4-bit model's decode step with its rms_norms inside the q/k/v and gate/up products (RuntimeConfig::fused_norms, the
-// CUDA-core variants 9 and 10) against the step with the norms as kernels of their own: the same logits bit for bit,
-// eagerly and recorded; the normed kernels must have run (4 launches a step: two a layer). Variant 7 has no such
-// kernel and falls back to the plain ops.
-TEST(DecodeGraphQuantized, FusedNormsSameLogits) {
+// CUDA-core variants 9 and 10) and its rope and cache append in the q/k/v products' epilogue (fused_rope: variant 9's
+// kernel, which variant 10 also takes for it) against the step with both as kernels of their own: the same logits bit
+// for bit, eagerly and recorded. The fused kernels must have run: a step's normed launches are two a layer with the
+// norms fused (q/k/v and gate/up), else one with the rope (q/k/v); the rope's one a layer. Variant 7 has neither kernel
+// and falls back to the plain ops.
+TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
+  const int64_t layers = model->config().n_layer;
   for (int variant : {9, 10, 7}) {
-    std::vector<std::vector<float>> logits[2];
-    for (int fused = 0; fused < 2; ++fused) {
+    std::vector<std::vector<float>> logits[4];
+    for (int mode = 0; mode < 4; ++mode) {  // bit 0: fused norms; bit 1: fused rope
+      const bool norms = mode & 1, rope = mode & 2;
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant;
-      rc.fused_norms = fused == 1;
+      rc.fused_norms = norms;
+      rc.fused_rope = rope;
       ScopedRuntimeConfig scoped(rc);
-      const std::string what = "GEMV variant " + std::to_string(variant) + (fused ? ", fused norms" : "");
+      const std::string what =
+          "GEMV variant " + std::to_string(variant) + (norms ? ", fused norms" : "") + (rope ? ", fused rope" : "");
+      const bool kernels = variant != 7;
+      const int64_t want_normed = kernels ? (norms ? 2 : rope ? 1 : 0) * layers : 0;
+      const int64_t want_rope = kernels && rope ? layers : 0;
       Prefilled c(*model, DType::bf16, 20, 31, 7);
       DecodeGraph graph(*model, c.graphed);
       for (int step = 0; step < 6; ++step) {
         const int32_t token = int32_t((step * 43 + 11) % 301);
-        const int64_t before = cuda_qgemv_normed_launches();
+        const int64_t normed_before = cuda_qgemv_normed_launches(), rope_before = cuda_qgemv_rope_launches();
         std::vector<float> eager_logits = eager_step(*model, c.eager, token);
-        EXPECT_EQ(cuda_qgemv_normed_launches() - before, fused && variant != 7 ? 4 : 0) << what << ", step " << step;
+        EXPECT_EQ(cuda_qgemv_normed_launches() - normed_before, want_normed) << what << ", step " << step;
+        EXPECT_EQ(cuda_qgemv_rope_launches() - rope_before, want_rope) << what << ", step " << step;
         ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
-        logits[fused].push_back(eager_logits);
+        logits[mode].push_back(eager_logits);
       }
+      EXPECT_EQ(c.eager.offset(), 26) << what;
     }
-    ASSERT_EQ(logits[1], logits[0]) << "GEMV variant " << variant << ": fused norms against plain";
+    for (int mode = 1; mode < 4; ++mode)
+      ASSERT_EQ(logits[mode], logits[0]) << "GEMV variant " << variant << ", mode " << mode << ": fused against plain";
   }
 }
 

@@ -169,7 +169,8 @@ class CudaBackend final : public Backend {
                              int group_size, DType dt) override;
   bool quantized_gemv_normed(const void* x, const void* norm_w, float eps, const uint32_t* const* wqs,
                              const void* const* scales, const void* const* biases, void* const* ys, const int64_t* ns,
-                             int count, bool swiglu, int64_t K, int bits, int group_size, DType dt) override;
+                             int count, bool swiglu, int64_t K, int bits, int group_size, DType dt,
+                             const RopeAppendArgs* rope = nullptr) override;
   void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in, QuantMode mode,
                      DType dt) override;
   void attention(const AttentionArgs& a) override;

@@ -112,6 +112,19 @@ __device__ __forceinline__ float block_max(float v, float* smem) {
   return warp_max(v);
 }
 
+// One rotated pair (x1, x2) = (x[i], x[i + D/2]) at position pos, the arithmetic every rope shares (norm_rope.cu's
+// kernels, the quantized q/k/v products' rope epilogue), rounded to T.
+template <typename T>
+__device__ __forceinline__ void rope_pair(float x1, float x2, float pos, float inv_freq, float mscale, bool inverse,
+                                          T& o1, T& o2) {
+  float sn, cs;
+  sincosf(pos * inv_freq, &sn, &cs);
+  cs *= mscale;
+  sn = (inverse ? -sn : sn) * mscale;
+  o1 = from_f32<T>(x1 * cs - x2 * sn);
+  o2 = from_f32<T>(x2 * cs + x1 * sn);
+}
+
 // Online softmax state: running max m and sum s of exp(x - m). -inf max means empty.
 struct MaxSum {
   float m, s;

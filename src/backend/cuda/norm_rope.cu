@@ -169,13 +169,7 @@ __global__ void sum_rows_f32_kernel(const float* partial, float* out, int64_t nr
 template <typename T>
 __device__ __forceinline__ void rotate_pair(const T* xr, T* o, int64_t i, int64_t half, float pos, float inv_freq,
                                             float mscale, bool inverse) {
-  float sn, cs;
-  sincosf(pos * inv_freq, &sn, &cs);
-  cs *= mscale;
-  sn = (inverse ? -sn : sn) * mscale;
-  float x1 = to_f32(xr[i]), x2 = to_f32(xr[i + half]);
-  o[i] = from_f32<T>(x1 * cs - x2 * sn);
-  o[i + half] = from_f32<T>(x2 * cs + x1 * sn);
+  rope_pair(to_f32(xr[i]), to_f32(xr[i + half]), pos, inv_freq, mscale, inverse, o[i], o[i + half]);
 }
 
 // x, out (B, T, H, D); inv_freq f32 (D / 2); one thread per rotated pair, total = B T H D/2.

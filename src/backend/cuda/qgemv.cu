@@ -396,19 +396,24 @@ bool CudaBackend::quantized_gemv_swiglu(const void* x, const uint32_t* const* wq
 }
 
 namespace {
-std::atomic<int64_t> normed_launches{0};
+std::atomic<int64_t> normed_launches{0}, rope_launches{0};
 }  // namespace
 int64_t cuda_qgemv_normed_launches() { return normed_launches.load(); }
+int64_t cuda_qgemv_rope_launches() { return rope_launches.load(); }
 
 // The CUDA-core kernels only (variants 9 and 10): their staging of x normalizes it (qgemv_simt.cuh's stage_x).
 bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float eps, const uint32_t* const* wqs,
                                         const void* const* scales, const void* const* biases, void* const* ys,
                                         const int64_t* ns, int count, bool swiglu, int64_t K, int bits, int group_size,
-                                        DType dt) {
+                                        DType dt, const RopeAppendArgs* rope) {
   const int variant = int(runtime_config().cuda_qgemv_variant);
   if (variant < 9 || (swiglu && (lean_variant() == 0 || count != 2 || ns[0] != ns[1])) || count < 1 || count > 3 ||
       !gemv_shape_ok(1, K, bits, group_size, dt) || !mma_path(bits, group_size, dt) || !aligned16(x) ||
       !aligned16(norm_w))
+    return false;
+  // The rope epilogue: q, k and v of whole heads of an even head_dim; a task is one rotated pair (two rows).
+  if (rope && (swiglu || count != 3 || rope->head_dim < 2 || rope->head_dim % 2 != 0 || ns[0] % rope->head_dim != 0 ||
+               ns[1] != ns[2] || ns[1] % rope->head_dim != 0 || rope->pos < 0))
     return false;
   for (int i = 0; i < count; ++i)
     if (ns[i] < 1 || !aligned16(wqs[i]) || !aligned4(scales[i]) || !aligned4(biases[i])) return false;
@@ -425,10 +430,20 @@ bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float
       p.swiglu = swiglu;
       p.norm_w = static_cast<const T*>(norm_w);
       p.norm_eps = eps;
-      done = (variant == 10 && launch_simt_ring<T>(bits, group_size, p)) || launch_simt<T>(bits, group_size, p);
+      if (rope) {  // k's and v's results go to the cache planes (at row pos, added in the kernel)
+        p.ys[1] = static_cast<T*>(rope->k_cache);
+        p.ys[2] = static_cast<T*>(rope->v_cache);
+        p.rope_inv_freq = rope->inv_freq;
+        p.rope_pos = rope->pos;
+        p.rope_pos_at = rope->pos_at;
+        p.rope_half = rope->head_dim / 2;
+      }
+      done =
+          (variant == 10 && !rope && launch_simt_ring<T>(bits, group_size, p)) || launch_simt<T>(bits, group_size, p);
     }
   });
   if (done) normed_launches.fetch_add(1, std::memory_order_relaxed);
+  if (done && rope) rope_launches.fetch_add(1, std::memory_order_relaxed);
   return done;
 }
 

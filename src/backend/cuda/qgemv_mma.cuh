@@ -41,6 +41,15 @@ struct QgemvParams {
   // x as it is.
   const T* norm_w;
   float norm_eps;
+  // Decoding's rope and KV-cache append in the q/k/v launch's epilogue (the CUDA-core kernels only, two rows a task:
+  // qgemv_simt.cuh's rope_rows and store_task): with rope_inv_freq, task i of a matrix is the rotated pair (n, n +
+  // rope_half) of one head, n = (i / rope_half) * 2 rope_half + i % rope_half; q's pair is rotated into ys[0], k's
+  // rotated and v's as they are into ys[1] and ys[2] at row rope_pos (+ *rope_pos_at) of Ns[i] values (Backend::
+  // RopeAppendArgs). Null: no rope.
+  const float* rope_inv_freq;
+  int64_t rope_pos;
+  const int32_t* rope_pos_at;
+  int64_t rope_half;
 };
 
 // The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:

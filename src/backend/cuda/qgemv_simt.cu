@@ -99,7 +99,7 @@ bool launch_simt_shape(QgemvParams<T> p) {
     launch_simt_kernel<T, GS, 2, true, SPREAD>(p, p.N, smem);
     return true;
   }
-  const bool two = simt::rows_a_task(p) == 2;
+  const bool two = p.rope_inv_freq || simt::rows_a_task(p) == 2;  // the rope epilogue's task is a pair
   const int64_t tasks = simt::number_tasks(p, two ? 2 : 1);
   if (two)
     launch_simt_kernel<T, GS, 2, false, SPREAD>(p, tasks, smem);

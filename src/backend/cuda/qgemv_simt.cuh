@@ -181,6 +181,13 @@ __device__ __forceinline__ void chunk_dot(const float4* xs, const float* sx, con
   }
 }
 
+// Row r (0 or 1) of a matrix's task `tile` under the rope epilogue: the pair (n, n + half) of one head.
+template <typename T>
+__device__ __forceinline__ int64_t rope_row(const QgemvParams<T>& p, int64_t tile, int r) {
+  const int64_t half = p.rope_half;
+  return (tile / half) * 2 * half + tile % half + r * half;
+}
+
 // Where task `task`'s row r (0..R-1) lives: its words, scales and biases. With SWIGLU, task t is row t of gate (r = 0)
 // and of up (r = 1); else tasks are numbered matrix after matrix (tile = task), R rows each.
 template <typename T, int R>
@@ -204,7 +211,8 @@ __device__ __forceinline__ Rows<T, R> rows_of(const QgemvParams<T>& p, int64_t t
     const QMatrix<T> mt = select_matrix(p, task);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const int64_t row = min(mt.tile * R + r, mt.N - 1);  // a last task cut short reads row N - 1, never written
+      // A last task cut short reads row N - 1, never written; with the rope epilogue a task is a rotated pair.
+      const int64_t row = R == 2 && p.rope_inv_freq ? rope_row(p, mt.tile, r) : min(mt.tile * R + r, mt.N - 1);
       rs.w[r] = mt.wq + row * row_words;
       rs.sc[r] = mt.scales + row * groups;
       rs.bi[r] = mt.biases + row * groups;
@@ -223,6 +231,22 @@ __device__ __forceinline__ void store_task(const QgemvParams<T>& p, int64_t task
     p.y[task] = from_f32<T>(gv * (1.f / (1.f + expf(-gv))) * uv);  // elementwise.cu's SwigluF
   } else {
     const QMatrix<T> mt = select_matrix(p, task);
+    if constexpr (R == 2) {
+      if (p.rope_inv_freq) {  // rope_append's arithmetic on the products rounded to T, as it reads them
+        const bool is_q = task < p.tile_start[1], is_v = task >= p.tile_start[2];
+        const int64_t i = mt.tile % p.rope_half, n = rope_row(p, mt.tile, 0);
+        const int64_t pos = p.rope_pos + (p.rope_pos_at ? int64_t(*p.rope_pos_at) : 0);
+        T* out = is_q ? mt.y : mt.y + pos * mt.N;  // k's and v's row of the cache planes
+        const float a = to_f32(from_f32<T>(y[0])), b = to_f32(from_f32<T>(y[1]));
+        if (is_v) {
+          out[n] = from_f32<T>(a);
+          out[n + p.rope_half] = from_f32<T>(b);
+        } else {
+          rope_pair(a, b, float(pos), p.rope_inv_freq[i], 1.f, false, out[n], out[n + p.rope_half]);
+        }
+        return;
+      }
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int64_t n = mt.tile * R + r;
@@ -246,10 +270,12 @@ inline int64_t number_tasks(QgemvParams<T>& p, int R) {
   return start;
 }
 
-// Whether these kernels take p: one row of x, 4 bits, whole chunks, and a residual add only on a single product.
+// Whether these kernels take p: one row of x, 4 bits, whole chunks, and a residual add only on a single product; the
+// rope epilogue only without the other epilogues.
 template <typename T>
 inline bool takes(int bits, const QgemvParams<T>& p) {
-  return p.M == 1 && bits == 4 && p.K % 32 == 0 && !(p.residual && (p.count > 1 || p.swiglu));
+  return p.M == 1 && bits == 4 && p.K % 32 == 0 && !(p.residual && (p.count > 1 || p.swiglu)) &&
+         !(p.rope_inv_freq && (p.residual || p.swiglu));
 }
 
 // Rows a task of a product that is not swiglu: two where that still gives the card ~24 warps a multiprocessor; else
