@@ -313,6 +313,43 @@ TEST(QuantKernels, QuantizedLinearEqualsDenseProduct) {
   for (size_t i = 0; i < g1.size(); ++i) EXPECT_NEAR(g1[i], g2[i], 1e-5f) << "dx " << i;
 }
 
+// Decoding's q/k/v products with the rope and the cache append in their launch: the CPU has no such launch, so the op
+// says so (an undefined result) and writes nothing; a cache or inv_freq that does not fit q/k/v is an error naming the
+// op and the tensor, on any device.
+TEST(QuantKernels, QkvRopeAppendDeclinesOnCpuAndChecksItsCache) {
+  const QuantParams p{Mode::affine, 4, 64};
+  const int64_t K = 128, D = 16, H = 4, KV = 2;
+  QuantizedWeight wq = quantize(ops::randn({H * D, K}, 11, 0.5f), p),
+                  wk = quantize(ops::randn({KV * D, K}, 12, 0.5f), p),
+                  wv = quantize(ops::randn({KV * D, K}, 13, 0.5f), p);
+  const std::vector<ops::QuantizedWeight> qkv = {
+      {&wq.wq, &wq.scales, &wq.biases}, {&wk.wq, &wk.scales, &wk.biases}, {&wv.wq, &wv.scales, &wv.biases}};
+  const Tensor x = ops::randn({1, 1, K}, 14), inv_freq = ops::full({D / 2}, 0.5f, DType::f32, Device::cpu);
+  Tensor kc = ops::randn({8, KV, D}, 15), vc = ops::randn({8, KV, D}, 16);
+  const std::vector<float> k_before = kc.to_f32_vector(), v_before = vc.to_f32_vector();
+  EXPECT_FALSE(ops::quantized_qkv_rope_append(x, qkv, p, nullptr, {&inv_freq, &kc, &vc, 3, nullptr}).defined());
+  EXPECT_EQ(kc.to_f32_vector(), k_before);
+  EXPECT_EQ(vc.to_f32_vector(), v_before);
+  Tensor narrow = ops::randn({8, KV, D / 2}, 17);
+  EXPECT_NE(error_of([&] {
+              ops::quantized_qkv_rope_append(x, qkv, p, nullptr, {&inv_freq, &narrow, &narrow, 3, nullptr});
+            }).find("[quantized_qkv_rope_append] cache"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              ops::quantized_qkv_rope_append(x, qkv, p, nullptr, {&inv_freq, &kc, &vc, 8, nullptr});
+            }).find("row 8 out of range"),
+            std::string::npos);
+  const Tensor wrong_freq = ops::full({D / 2}, 0.5f, DType::bf16, Device::cpu);
+  EXPECT_NE(error_of([&] {
+              ops::quantized_qkv_rope_append(x, qkv, p, nullptr, {&wrong_freq, &kc, &vc, 3, nullptr});
+            }).find("[quantized_qkv_rope_append] inv_freq"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              ops::quantized_qkv_rope_append(x, {qkv[0], qkv[1]}, p, nullptr, {&inv_freq, &kc, &vc, 3, nullptr});
+            }).find("takes q, k and v"),
+            std::string::npos);
+}
+
 // The CPU backend's fp kernels (ops::dequantize) equal the reference for every packed word and
 // every u8 scale (so every code, E4M3's NaN too, and the scales 0 = 2^-127 and 255 = inf, whose
 // 0 * inf is a NaN written as MLX writes it), into f32, bf16 and f16.
