@@ -17,6 +17,8 @@
 # Usage: bench/bench_quantized_gpu.sh [--build DIR] [--table PATH] [--llamacpp DIR] [--tokenizer TARBALL] [--ncu] [--ab]
 #   [--kernels] [--ab-gqa]
 # --ab-gqa: the 4-bit decode at prompts 512 and 4096 with LMTUNE_CUDA_DECODE_GQA=0 and 1, twice each.
+# LMTUNE_BENCH_AB_ENV="A=0,B=0 A=1,B=0 ...": also the whole model's decode (prompts 16 and 512) under each
+# comma-separated set of environment switches, in the order given (alternate them to see the drift).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
@@ -114,6 +116,16 @@ if ((ab)); then
       echo "== lmtune benchmark -p $prompt -g 128, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} [$((SECONDS - start)) s]"
       LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} "$build/bin/lmtune" benchmark \
         --model "$tmp/q4" --device cuda -p $prompt -g 128 -n 3 2>&1 | grep -E "Averages|Peak" || status=1
+    done
+  done
+fi
+if [[ -n "${LMTUNE_BENCH_AB_ENV:-}" ]]; then  # whole-model decode under each set of switches, in the order given
+  for spec in $LMTUNE_BENCH_AB_ENV; do
+    IFS=, read -r -a assigns <<<"$spec"
+    for prompt in 16 512; do
+      echo "== lmtune benchmark -p $prompt -g 128, ${assigns[*]} [$((SECONDS - start)) s]"
+      env "${assigns[@]}" "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p $prompt -g 128 -n 3 2>&1 |
+        grep -E "Averages|Peak" || status=1
     done
   done
 fi
