@@ -62,7 +62,7 @@ YAML
 status=0
 ours() {  # ours NAME BUILD ROUND
   local env=()
-  ((profile)) && env=(LMTUNE_CPU_PROFILE=1)
+  ((profile)) && env=(LMTUNE_CPU_PROFILE="${LMTUNE_CPU_PROFILE:-1}")
   echo "== $1 (round $3) [$((SECONDS - start)) s], load $(cut -d' ' -f1-3 /proc/loadavg)"
   env "${env[@]}" "$2/bin/lmtune" lora --model "$tmp/model" --train --data "$tmp/data" --device cpu -c "$tmp/lora.yaml" \
     --fine-tune-type lora --optimizer adam --num-layers -1 --batch-size "$batch" --iters $((warmup + steps)) \

@@ -7,6 +7,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <string>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/parallel.h"
@@ -56,7 +57,14 @@ void product(const GemmArgs& g, const float* a, const float* b, float* c) {
 
 void CpuBackend::gemm(const GemmArgs& g) {
   // LoRA's rank-r products (x A, (x A) B and their gradients) apart from the dense ones.
-  LMT_CPU_PROFILE(g.K <= 32 ? "gemm, K <= 32" : std::min(g.M, g.N) <= 32 ? "gemm, M or N <= 32" : "gemm");
+  std::string shape;
+  if (cpu::profiling_shapes())
+    shape = "gemm " + std::to_string(g.M) + "x" + std::to_string(g.N) + "x" + std::to_string(g.K) +
+            (g.trans_a ? " tA" : "") + (g.trans_b ? " tB" : "") + (g.batch > 1 ? " b" + std::to_string(g.batch) : "");
+  LMT_CPU_PROFILE(!shape.empty()       ? shape.c_str()
+                  : g.K <= 32          ? "gemm, K <= 32"
+                  : std::min(g.M, g.N) <= 32 ? "gemm, M or N <= 32"
+                                       : "gemm");
   cpu_require_f32(g.dtype, "gemm");
   cpu::threads();  // OpenBLAS to one thread before its first call
   const float* a = static_cast<const float*>(g.a);

@@ -39,15 +39,15 @@ class Profile {
     std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
     double sum = 0;
     std::fprintf(stderr, "\nLMTUNE_CPU_PROFILE: wall time per CPU kernel, %.1f ms since the first call\n", wall);
-    std::fprintf(stderr, "%-26s %10s %12s %7s %10s\n", "kernel", "calls", "total ms", "share", "us/call");
+    std::fprintf(stderr, "%-34s %10s %12s %7s %10s\n", "kernel", "calls", "total ms", "share", "us/call");
     for (const auto& [name, r] : v) {
       double ms = double(r.ns) / 1e6;
       sum += ms;
-      std::fprintf(stderr, "%-26s %10lld %12.1f %6.1f%% %10.1f\n", name.c_str(), r.calls, ms, 100 * ms / wall,
+      std::fprintf(stderr, "%-34s %10lld %12.1f %6.1f%% %10.1f\n", name.c_str(), r.calls, ms, 100 * ms / wall,
                    1e3 * ms / double(r.calls));
     }
-    std::fprintf(stderr, "%-26s %10s %12.1f %6.1f%%\n", "(all kernels)", "", sum, 100 * sum / wall);
-    std::fprintf(stderr, "%-26s %10s %12.1f %6.1f%%\n", "(outside the kernels)", "", wall - sum,
+    std::fprintf(stderr, "%-34s %10s %12.1f %6.1f%%\n", "(all kernels)", "", sum, 100 * sum / wall);
+    std::fprintf(stderr, "%-34s %10s %12.1f %6.1f%%\n", "(outside the kernels)", "", wall - sum,
                  100 * (wall - sum) / wall);
   }
   std::mutex mu_;
@@ -67,6 +67,14 @@ bool profiling() {
   static const bool on = [] {
     const char* e = std::getenv("LMTUNE_CPU_PROFILE");
     return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
+bool profiling_shapes() {
+  static const bool on = [] {
+    const char* e = std::getenv("LMTUNE_CPU_PROFILE");
+    return e && std::strcmp(e, "shapes") == 0;
   }();
   return on;
 }
