@@ -61,10 +61,10 @@ void CpuBackend::gemm(const GemmArgs& g) {
   if (cpu::profiling_shapes())
     shape = "gemm " + std::to_string(g.M) + "x" + std::to_string(g.N) + "x" + std::to_string(g.K) +
             (g.trans_a ? " tA" : "") + (g.trans_b ? " tB" : "") + (g.batch > 1 ? " b" + std::to_string(g.batch) : "");
-  LMT_CPU_PROFILE(!shape.empty()       ? shape.c_str()
-                  : g.K <= 32          ? "gemm, K <= 32"
+  LMT_CPU_PROFILE(!shape.empty()             ? shape.c_str()
+                  : g.K <= 32                ? "gemm, K <= 32"
                   : std::min(g.M, g.N) <= 32 ? "gemm, M or N <= 32"
-                                       : "gemm");
+                                             : "gemm");
   cpu_require_f32(g.dtype, "gemm");
   cpu::threads();  // OpenBLAS to one thread before its first call
   const float* a = static_cast<const float*>(g.a);
