@@ -264,6 +264,26 @@ Tensor lora_add(const Tensor& y, const Tensor& x, const Tensor& a, const Tensor&
   });
 }
 
+Tensor lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& a, const Tensor& b,
+                   float scale) {
+  if (requires_grad(w) || (bias.defined() && requires_grad(bias))) return {};
+  const Tensor xd = x.detach(), wd = w.detach(), ad = a.detach(), bd = b.detach();
+  ops::LoraLinearOut o = ops::lora_linear(xd, wd, bias.defined() ? bias.detach() : Tensor(), ad, bd, scale);
+  if (!o.y.defined()) return {};
+  const bool gx = requires_grad(x), ga = requires_grad(a), gb = requires_grad(b);
+  std::vector<Tensor> inputs{x, w, a, b};
+  if (bias.defined()) inputs.push_back(bias);
+  const size_t n = inputs.size();
+  const Tensor xa = o.xa;
+  return record("lora_linear", o.y, inputs, [=](const Tensor& d) {
+    ops::LoraLinearGrads g = ops::lora_linear_backward(d, xd, xa, wd, ad, bd, scale, gx, ga, gb);
+    LMT_CHECK(g.ok, "[lora_linear] the backend ran the forward but not the backward");
+    std::vector<Tensor> out(n);
+    out[0] = g.dx, out[2] = g.da, out[3] = g.db;
+    return out;
+  });
+}
+
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   Tensor idc = ids.detach();
   int64_t V = weight.dim(0);

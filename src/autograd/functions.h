@@ -43,6 +43,12 @@ Tensor lora_down(const Tensor& x, const Tensor& a, const Tensor& mask = {}, cons
 // the cast a and b, and the mask.
 Tensor lora_add(const Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, float scale,
                 const Tensor& mask = {});
+// x @ w^T (+ bias) + scale * (x @ a) @ b as one node (ops::lora_linear: each block of rows through all its
+// products while in cache), for a frozen f32 weight and bias and an f32 adapter a (in, r), b (r, out).
+// Backward: dx = dy @ w + (scale dy b^T) a^T, da and db as lora_add's, from one backend call. Undefined (nothing
+// recorded) where the backend has no such kernel or the weight or bias would need a gradient: the caller then
+// composes linear and lora_add. Saves x, x a, and the references to w, a and b.
+Tensor lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& a, const Tensor& b, float scale);
 // x @ dequant(W)^T (+ bias) for a frozen weight in MLX's quantized layout, any mode
 // (ops::quantized_linear);
 // gradients flow to x (dx = dy @ dequant(W), the weight dequantized again in backward rather than

@@ -34,6 +34,28 @@ struct GemmArgs {
   bool c_f32 = false;
 };
 
+struct LoraLinearArgs {
+  // A linear layer and its LoRA in one call, f32, every matrix contiguous row-major:
+  //   forward:  xa (rows, r) = x (rows, in) @ a (in, r);  y (rows, out) = x @ w^T [+ bias] + scale * xa @ b
+  //             (w (out, in), b (r, out), bias (out) or null)
+  //   backward: dxa = scale * dy @ b^T;  dx = dy @ w + dxa @ a^T;  da = x^T @ dxa;  db = scale * xa^T @ dy
+  //             (each of dx, da, db written when not null; da and db are sums over the rows)
+  // The same sums as the separate products, taken a block of rows at a time while it is in cache.
+  int64_t rows = 0, in = 0, out = 0, r = 0;
+  float scale = 1.f;
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const float* bias = nullptr;
+  const float* a = nullptr;
+  const float* b = nullptr;
+  float* xa = nullptr;  // written by forward, read by backward
+  float* y = nullptr;
+  const float* dy = nullptr;
+  float* dx = nullptr;
+  float* da = nullptr;
+  float* db = nullptr;
+};
+
 struct AttentionArgs {
   // q (B, T, n_head, head_dim); k, v (B, S, n_kv_head, head_dim); out like q; lse f32 (B, n_head, T).
   // Query t is at absolute position q_offset + t, key s at position s. With causal, key s is
@@ -133,6 +155,11 @@ class Backend {
   // Graph capture (CUDA graphs): the work this backend enqueues between graph_begin and
   // graph_end is recorded, not run, and graph_launch replays it with the same pointers and
   // sizes. Nothing in between may synchronize or copy from the host. Not every backend has it.
+  // LoraLinearArgs' forward and backward; false (nothing written) where the backend has no such kernel, and the
+  // caller composes the separate products instead.
+  virtual bool lora_linear(const LoraLinearArgs&) { return false; }
+  virtual bool lora_linear_backward(const LoraLinearArgs&) { return false; }
+
   virtual bool has_graphs() const { return false; }
   virtual void graph_begin();
   virtual void* graph_end();  // the replayable graph; graph_free releases it

@@ -63,6 +63,7 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_profile = read_switch("LMTUNE_CUDA_PROFILE", var("LMTUNE_CUDA_PROFILE"), d.cuda_profile);
   c.fused_xent = read_switch("LMTUNE_FUSED_XENT", var("LMTUNE_FUSED_XENT"), d.fused_xent);
   c.lora_fused = read_switch("LMTUNE_LORA_FUSED", var("LMTUNE_LORA_FUSED"), d.lora_fused);
+  c.lora_linear = read_switch("LMTUNE_LORA_LINEAR", var("LMTUNE_LORA_LINEAR"), d.lora_linear);
   c.lora_16bit = read_switch("LMTUNE_LORA_16BIT", var("LMTUNE_LORA_16BIT"), d.lora_16bit);
   c.xent_chunk_rows = read_count("LMTUNE_XENT_CHUNK_ROWS", var("LMTUNE_XENT_CHUNK_ROWS"), d.xent_chunk_rows);
   c.cuda_qgemv_variant =

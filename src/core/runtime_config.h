@@ -89,6 +89,9 @@ struct RuntimeConfig {
   // products, scale, add), not by ag::lora_add (the scale the second product's alpha, the sum its
   // beta = 1 into the base output); for A/B measurements.
   bool lora_fused = true;
+  // LMTUNE_LORA_LINEAR=0: an adapted f32 layer's base product and LoRA as separate nodes (linear, lora_add) even
+  // where the backend runs them as one (ag::lora_linear: the CPU, a block of rows at a time); for A/B measurements.
+  bool lora_linear = true;
   // With lora_add on CUDA, a 16-bit base (bf16) keeps the adapter's products in its dtype (x and dy
   // read as they are, A and B cast once a call, f32 accumulation; dA and dB written in f32) instead
   // of casting x and dy to f32: 1.41x a Mistral-7B LoRA step on an H200, the same losses

@@ -97,16 +97,23 @@ Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, A
             a.lora_a.describe(), " and lora_b ", a.lora_b.describe(), " do not fit a (", out_dim, ", ", in, ") weight");
   bool dora = a.kind == AdapterKind::dora;
   DType dt = x.dtype();
+  const RuntimeConfig& rc = runtime_config();
+  const bool dropout = a.dropout > 0.f && ag::grad_enabled();
+  if (!dora && !dropout && rc.lora_fused && rc.lora_linear && dt == DType::f32 && !base.quantized() &&
+      a.lora_a.dtype() == DType::f32 && a.lora_b.dtype() == DType::f32 && base.weight.dtype() == DType::f32 &&
+      (!base.bias.defined() || base.bias.dtype() == DType::f32)) {
+    Tensor out = ag::lora_linear(x, base.weight, base.bias, a.lora_a, a.lora_b, a.scale);
+    if (out.defined()) return out;  // else (no such kernel on this device) the nodes below
+  }
   // DoRA adds the bias after the magnitude rescaling, so its base product has none.
   Tensor y = base.base(x, !dora);
   LMT_CHECK(!shared || shared->x.raw() == x.raw(), "[lora] shared input cast made for another tensor");
   Tensor mask;  // f32 (..., in)
-  if (a.dropout > 0.f && ag::grad_enabled()) {
+  if (dropout) {
     uint64_t seed = a.dropout_seed ? (*a.dropout_seed)++ : 0x5eedull;
     mask = dropout_mask(x.shape(), a.dropout, seed, x.device());
   }
   Tensor out;
-  const RuntimeConfig& rc = runtime_config();
   if (rc.lora_fused && (dt == DType::f32 || (rc.lora_16bit && x.is_cuda()))) {
     out = ag::lora_add(y, x, a.lora_a, a.lora_b, a.scale, mask);  // into y: two products, no (..., out) temporary
   } else {

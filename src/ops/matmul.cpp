@@ -129,4 +129,66 @@ void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool t
   backend(c.device()).gemm(g);
 }
 
+namespace {
+
+LoraLinearArgs lora_args(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b, float scale,
+                         const char* op) {
+  LMT_CHECK(x.ndim() >= 2 && w.ndim() == 2 && a.ndim() == 2 && b.ndim() == 2 && x.dim(-1) == w.dim(1) &&
+                a.dim(0) == w.dim(1) && b.dim(0) == a.dim(1) && b.dim(1) == w.dim(0),
+            "[", op, "] ", x.describe(), ", weight ", w.describe(), ", lora_a ", a.describe(), ", lora_b ",
+            b.describe());
+  for (const Tensor* t : {&x, &w, &a, &b})
+    LMT_CHECK(t->dtype() == DType::f32 && t->device() == x.device(), "[", op, "] needs f32 tensors on one device, got ",
+              t->describe(), " beside ", x.describe());
+  LoraLinearArgs g;
+  g.in = w.dim(1);
+  g.out = w.dim(0);
+  g.r = a.dim(1);
+  g.rows = x.numel() / g.in;
+  g.scale = scale;
+  g.x = x.data<float>();
+  g.w = w.data<float>();
+  g.a = a.data<float>();
+  g.b = b.data<float>();
+  return g;
+}
+
+}  // namespace
+
+LoraLinearOut lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& a, const Tensor& b,
+                          float scale) {
+  LoraLinearArgs g = lora_args(x, w, a, b, scale, "lora_linear");
+  if (bias.defined()) {
+    LMT_CHECK(bias.dtype() == DType::f32 && bias.numel() == g.out && bias.device() == x.device(), "[lora_linear] bias ",
+              bias.describe(), " for weight ", w.describe());
+    g.bias = bias.data<float>();
+  }
+  Shape ys = x.shape();
+  ys.back() = g.out;
+  Tensor y = empty(ys, DType::f32, x.device()), xa = empty({g.rows, g.r}, DType::f32, x.device());
+  g.y = y.data<float>();
+  g.xa = xa.data<float>();
+  if (!backend(x.device()).lora_linear(g)) return {};
+  return {y, xa};
+}
+
+LoraLinearGrads lora_linear_backward(const Tensor& dy, const Tensor& x, const Tensor& xa, const Tensor& w,
+                                     const Tensor& a, const Tensor& b, float scale, bool want_dx, bool want_da,
+                                     bool want_db) {
+  LoraLinearArgs g = lora_args(x, w, a, b, scale, "lora_linear_backward");
+  LMT_CHECK(dy.dtype() == DType::f32 && dy.numel() == g.rows * g.out && xa.dtype() == DType::f32 &&
+                xa.numel() == g.rows * g.r && dy.device() == x.device() && xa.device() == x.device(),
+            "[lora_linear_backward] dy ", dy.describe(), ", xa ", xa.describe(), " for ", x.describe(), " and ",
+            w.describe());
+  LoraLinearGrads r;
+  g.dy = dy.data<float>();
+  g.xa = const_cast<float*>(xa.data<float>());  // read only in backward
+  if (want_dx) r.dx = empty(x.shape(), DType::f32, x.device()), g.dx = r.dx.data<float>();
+  if (want_da) r.da = empty({g.in, g.r}, DType::f32, x.device()), g.da = r.da.data<float>();
+  if (want_db) r.db = empty({g.r, g.out}, DType::f32, x.device()), g.db = r.db.data<float>();
+  r.ok = backend(x.device()).lora_linear_backward(g);
+  if (!r.ok) r = {};
+  return r;
+}
+
 }  // namespace lmtune::ops

@@ -80,6 +80,24 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const T
 // dtype, or f32 for 16-bit a and b (f32 accumulation kept in the output).
 void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
+// A linear layer with its LoRA in one backend call (Backend::lora_linear): y (..., out) = x @ w^T [+ bias] +
+// scale * xa @ b with xa (rows, r) = x (..., in) @ a (in, r), w (out, in), b (r, out); all f32 on one device.
+// Both undefined where the backend has no such kernel (the caller composes linear and the LoRA products).
+struct LoraLinearOut {
+  Tensor y, xa;
+};
+LoraLinearOut lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& a, const Tensor& b,
+                          float scale);
+// Its backward from dy (like y): dx (like x), da (in, r), db (r, out), each only where wanted. ok false (nothing
+// made) where the backend has no such kernel.
+struct LoraLinearGrads {
+  bool ok = false;
+  Tensor dx, da, db;
+};
+LoraLinearGrads lora_linear_backward(const Tensor& dy, const Tensor& x, const Tensor& xa, const Tensor& w,
+                                     const Tensor& a, const Tensor& b, float scale, bool want_dx, bool want_da,
+                                     bool want_db);
+
 // Layers.
 // MLX's quantized layout (quant/quant.h; the mode, bits and group size in f: core/quant_format.h):
 // wq u32 (rows, in * bits / 32); scales (rows, in / group_size), a float dtype for affine (with

@@ -147,6 +147,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
   EXPECT_TRUE(d.lora_fused);
+  EXPECT_TRUE(d.lora_linear);
   EXPECT_TRUE(d.lora_16bit);
   EXPECT_FALSE(d.cuda_batch_graph);
   EXPECT_FALSE(d.cuda_decode_gqa);
@@ -159,7 +160,8 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_DECODE_SPLIT", "0"},  {"LMTUNE_FUSED_XENT", "0"},
          {"LMTUNE_XENT_CHUNK_ROWS", "300"},  {"LMTUNE_LORA_FUSED", "0"},
          {"LMTUNE_LORA_16BIT", "0"},         {"LMTUNE_CUDA_BATCH_GRAPH", "1"},
-         {"LMTUNE_FUSED_NORMS", "1"},        {"LMTUNE_FUSED_ROPE", "1"}};
+         {"LMTUNE_FUSED_NORMS", "1"},        {"LMTUNE_FUSED_ROPE", "1"},
+         {"LMTUNE_LORA_LINEAR", "0"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
@@ -171,6 +173,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(c.fused_xent);
   EXPECT_EQ(c.xent_chunk_rows, 300);
   EXPECT_FALSE(c.lora_fused);
+  EXPECT_FALSE(c.lora_linear);
   EXPECT_FALSE(c.lora_16bit);
   EXPECT_TRUE(c.cuda_batch_graph);
   env = {{"LMTUNE_CUDA_GEMV", "1"}, {"LMTUNE_CUDA_GRAPH", ""}};  // empty: the default
@@ -190,6 +193,7 @@ TEST(RuntimeConfig, FromEnvironment) {
                                                      {"LMTUNE_XENT_CHUNK_ROWS", "-5"},
                                                      {"LMTUNE_LORA_FUSED", "no"},
                                                      {"LMTUNE_LORA_16BIT", "2"},
+                                                     {"LMTUNE_LORA_LINEAR", "x"},
                                                      {"LMTUNE_CUDA_BATCH_GRAPH", "on"},
                                                      {"LMTUNE_CUDA_DECODE_GQA", "2"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "yes"}};

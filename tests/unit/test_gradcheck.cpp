@@ -289,3 +289,77 @@ TEST(LoraAdd, MatchesComposedOps) {
   EXPECT_THROW(ag::lora_add(ops::zeros({2, 7, 15}, DType::f32, Device::cpu), x0, a0, b0, 1.f), Error);
   EXPECT_THROW(ag::lora_add(ops::zeros({2, 7, 16}, DType::f32, Device::cpu), x0, b0, a0, 1.f), Error);
 }
+
+// ag::lora_linear (the base product and its LoRA as one node, a block of rows at a time on the CPU): finite
+// differences for x, a and b with and without a bias, on 2-D and 3-D inputs.
+TEST(Gradcheck, LoraLinear) {
+  Tensor w = rnd({6, 5}, 70), bias = rnd({6}, 71), a = rnd({5, 4}, 72), b = rnd({4, 6}, 73, 0.5f);
+  check("lora_linear", [&](const V& in) { return ag::lora_linear(in[0], w, Tensor(), in[1], in[2], 1.75f); },
+        {rnd({2, 3, 5}, 74), a, b});
+  check("lora_linear bias", [&](const V& in) { return ag::lora_linear(in[0], w, bias, in[1], in[2], -0.5f); },
+        {rnd({3, 5}, 75), a, b});
+}
+
+// ag::lora_linear against the nodes it replaces (linear, then lora_add) on shapes that cut into several
+// blocks of rows of unequal size (700 and 1029 rows: 4 and 6 blocks) and into one (9 rows): the same values and
+// gradients to f32 rounding, every gradient only where asked, and nothing recorded for a weight or bias that
+// trains (the caller composes the nodes then).
+TEST(LoraLinear, MatchesLinearThenLoraAdd) {
+  for (int64_t rows : {9, 700, 1029}) {
+    for (bool with_bias : {false, true}) {
+      SCOPED_TRACE(std::to_string(rows) + (with_bias ? " rows, bias" : " rows"));
+      const uint64_t s = uint64_t(rows) * 10 + with_bias;
+      Tensor x0 = rnd({rows, 40}, s), w = rnd({33, 40}, s + 1, 0.3f), a0 = rnd({40, 3}, s + 2, 0.2f),
+             b0 = rnd({3, 33}, s + 3), dy = rnd({rows, 33}, s + 4);
+      Tensor bias = with_bias ? rnd({33}, s + 5) : Tensor();
+      Tensor x1 = ag::param(x0), a1 = ag::param(a0), b1 = ag::param(b0);
+      Tensor y1 = ag::lora_add(ag::linear(x1, w, bias), x1, a1, b1, 2.5f);
+      ag::backward(y1, dy);
+      Tensor x2 = ag::param(x0), a2 = ag::param(a0), b2 = ag::param(b0);
+      Tensor y2 = ag::lora_linear(x2, w, bias, a2, b2, 2.5f);
+      ASSERT_TRUE(y2.defined()) << "the CPU backend has the kernel";
+      ag::backward(y2, dy);
+      // Sums of 40 (y, the base part) and 33 (dx) f32 terms of magnitude ~1-10.
+      expect_close(y2.to_f32_vector(), y1.to_f32_vector(), 2e-5, 1e-5, "y");
+      expect_close(ag::grad(x2).to_f32_vector(), ag::grad(x1).to_f32_vector(), 2e-5, 1e-5, "dx");
+      // da and db sum over every row (the blocks' parts added in block order, not in one sgemm's order), terms
+      // that cancel: each node against a double reference, within a few f32 roundings of the terms' absolute sum.
+      const std::vector<float> xv = x0.to_f32_vector(), av = a0.to_f32_vector(), bv = b0.to_f32_vector(),
+                               dv = dy.to_f32_vector();
+      std::vector<double> dxa(size_t(rows * 3)), xa(size_t(rows * 3));
+      for (int64_t i = 0; i < rows; ++i)
+        for (int j = 0; j < 3; ++j) {
+          for (int o = 0; o < 33; ++o) dxa[i * 3 + j] += 2.5 * dv[i * 33 + o] * bv[j * 33 + o];
+          for (int k = 0; k < 40; ++k) xa[i * 3 + j] += double(xv[i * 40 + k]) * av[k * 3 + j];
+        }
+      auto near_reference = [&](const Tensor& got, int64_t n_out, const char* what, auto term) {
+        const std::vector<float> g = got.to_f32_vector();
+        for (int64_t e = 0; e < int64_t(g.size()); ++e) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < rows; ++i)
+            ref += term(i, e / n_out, e % n_out), mag += std::abs(term(i, e / n_out, e % n_out));
+          ASSERT_LE(std::abs(g[size_t(e)] - ref), 4 * 6e-8 * mag + 1e-6)
+              << what << "[" << e << "]: " << g[size_t(e)] << " vs " << ref;
+        }
+      };
+      auto da_term = [&](int64_t i, int64_t k, int64_t j) { return double(xv[i * 40 + k]) * dxa[i * 3 + j]; };
+      auto db_term = [&](int64_t i, int64_t j, int64_t o) { return 2.5 * xa[i * 3 + j] * dv[i * 33 + o]; };
+      near_reference(ag::grad(a1), 3, "da (linear + lora_add)", da_term);
+      near_reference(ag::grad(a2), 3, "da (lora_linear)", da_term);
+      near_reference(ag::grad(b1), 33, "db (linear + lora_add)", db_term);
+      near_reference(ag::grad(b2), 33, "db (lora_linear)", db_term);
+    }
+  }
+  Tensor x0 = rnd({300, 8}, 80), w = rnd({5, 8}, 81), a0 = rnd({8, 2}, 82), b0 = rnd({2, 5}, 83);
+  // A frozen input and a frozen a: only b's gradient.
+  Tensor b1 = ag::param(b0);
+  ag::backward(ag::lora_linear(x0, w, Tensor(), a0, b1, 1.f), rnd({300, 5}, 84));
+  EXPECT_TRUE(ag::grad(b1).defined());
+  // A weight or bias that trains: not this node's work.
+  EXPECT_FALSE(ag::lora_linear(x0, ag::param(w), Tensor(), a0, b0, 1.f).defined());
+  EXPECT_FALSE(ag::lora_linear(x0, w, ag::param(rnd({5}, 85)), a0, b0, 1.f).defined());
+  // Shapes that do not fit are refused, naming the op.
+  EXPECT_THROW(ag::lora_linear(x0, w, Tensor(), b0, a0, 1.f), Error);
+  EXPECT_THROW(ag::lora_linear(rnd({300, 7}, 86), w, Tensor(), a0, b0, 1.f), Error);
+  EXPECT_THROW(ag::lora_linear(x0, w, rnd({4}, 87), a0, b0, 1.f), Error);
+}
