@@ -97,6 +97,7 @@ Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, A
             a.lora_a.describe(), " and lora_b ", a.lora_b.describe(), " do not fit a (", out_dim, ", ", in, ") weight");
   bool dora = a.kind == AdapterKind::dora;
   DType dt = x.dtype();
+  LMT_CHECK(!shared || shared->x.raw() == x.raw(), "[lora] shared input cast made for another tensor");
   const RuntimeConfig& rc = runtime_config();
   const bool dropout = a.dropout > 0.f && ag::grad_enabled();
   if (!dora && !dropout && rc.lora_fused && rc.lora_linear && dt == DType::f32 && !base.quantized() &&
@@ -107,7 +108,6 @@ Tensor lora_forward(const Tensor& x, const Linear& base, const LoraAdapter& a, A
   }
   // DoRA adds the bias after the magnitude rescaling, so its base product has none.
   Tensor y = base.base(x, !dora);
-  LMT_CHECK(!shared || shared->x.raw() == x.raw(), "[lora] shared input cast made for another tensor");
   Tensor mask;  // f32 (..., in)
   if (dropout) {
     uint64_t seed = a.dropout_seed ? (*a.dropout_seed)++ : 0x5eedull;
