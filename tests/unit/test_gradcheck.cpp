@@ -290,22 +290,22 @@ TEST(LoraAdd, MatchesComposedOps) {
   EXPECT_THROW(ag::lora_add(ops::zeros({2, 7, 16}, DType::f32, Device::cpu), x0, b0, a0, 1.f), Error);
 }
 
-// ag::lora_linear (the base product and its LoRA as one node, a block of rows at a time on the CPU): finite
-// differences for x, a and b with and without a bias, on 2-D and 3-D inputs.
+// ag::lora_linear (the base product and its LoRA as one node, a block of rows at a time on the CPU, from 64 rows
+// on): finite differences for x, a and b with and without a bias, on 2-D and 3-D inputs.
 TEST(Gradcheck, LoraLinear) {
   Tensor w = rnd({6, 5}, 70), bias = rnd({6}, 71), a = rnd({5, 4}, 72), b = rnd({4, 6}, 73, 0.5f);
   check("lora_linear", [&](const V& in) { return ag::lora_linear(in[0], w, Tensor(), in[1], in[2], 1.75f); },
-        {rnd({2, 3, 5}, 74), a, b});
+        {rnd({2, 33, 5}, 74), a, b});
   check("lora_linear bias", [&](const V& in) { return ag::lora_linear(in[0], w, bias, in[1], in[2], -0.5f); },
-        {rnd({3, 5}, 75), a, b});
+        {rnd({70, 5}, 75), a, b});
 }
 
 // ag::lora_linear against the nodes it replaces (linear, then lora_add) on shapes that cut into several
-// blocks of rows of unequal size (700 and 1029 rows: 4 and 6 blocks) and into one (9 rows): the same values and
+// blocks of rows of unequal size (700 and 1029 rows: 4 and 6 blocks) and into one (64 rows): the same values and
 // gradients to f32 rounding, every gradient only where asked, and nothing recorded for a weight or bias that
-// trains (the caller composes the nodes then).
+// trains or for fewer than 64 rows (the caller composes the nodes then).
 TEST(LoraLinear, MatchesLinearThenLoraAdd) {
-  for (int64_t rows : {9, 700, 1029}) {
+  for (int64_t rows : {64, 700, 1029}) {
     for (bool with_bias : {false, true}) {
       SCOPED_TRACE(std::to_string(rows) + (with_bias ? " rows, bias" : " rows"));
       const uint64_t s = uint64_t(rows) * 10 + with_bias;
@@ -355,7 +355,8 @@ TEST(LoraLinear, MatchesLinearThenLoraAdd) {
   Tensor b1 = ag::param(b0);
   ag::backward(ag::lora_linear(x0, w, Tensor(), a0, b1, 1.f), rnd({300, 5}, 84));
   EXPECT_TRUE(ag::grad(b1).defined());
-  // A weight or bias that trains: not this node's work.
+  // Decoding's few rows, a weight or bias that trains: not this node's work.
+  EXPECT_FALSE(ag::lora_linear(rnd({2, 8}, 88), w, Tensor(), a0, b0, 1.f).defined());
   EXPECT_FALSE(ag::lora_linear(x0, ag::param(w), Tensor(), a0, b0, 1.f).defined());
   EXPECT_FALSE(ag::lora_linear(x0, w, ag::param(rnd({5}, 85)), a0, b0, 1.f).defined());
   // Shapes that do not fit are refused, naming the op.

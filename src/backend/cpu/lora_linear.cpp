@@ -31,6 +31,8 @@ int64_t block_count(int64_t rows) {
   return n > 1 && n % 2 ? n + 1 : n;
 }
 
+constexpr int64_t kMinRows = 64;
+
 void check(const LoraLinearArgs& g) {
   LMT_CHECK(g.rows > 0 && g.in > 0 && g.out > 0 && g.r > 0 && g.x && g.w && g.a && g.b && g.xa, "[lora_linear] rows ",
             g.rows, ", in ", g.in, ", out ", g.out, ", r ", g.r, " or a missing matrix");
@@ -39,6 +41,9 @@ void check(const LoraLinearArgs& g) {
 }  // namespace
 
 bool CpuBackend::lora_linear(const LoraLinearArgs& g) {
+  // A few rows (decoding with an adapter): the separate products, whose one-row GEMVs split over the threads by
+  // columns; a block here would run on one thread.
+  if (g.rows < kMinRows) return false;
   LMT_CPU_PROFILE("lora_linear");
   check(g);
   LMT_CHECK(g.y, "[lora_linear] no output");
