@@ -152,14 +152,14 @@ class Backend {
   // memory at run time (a KV-cache append inside a CUDA graph).
   virtual void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at);
 
-  // Graph capture (CUDA graphs): the work this backend enqueues between graph_begin and
-  // graph_end is recorded, not run, and graph_launch replays it with the same pointers and
-  // sizes. Nothing in between may synchronize or copy from the host. Not every backend has it.
   // LoraLinearArgs' forward and backward; false (nothing written) where the backend has no such kernel, and the
   // caller composes the separate products instead.
   virtual bool lora_linear(const LoraLinearArgs&) { return false; }
   virtual bool lora_linear_backward(const LoraLinearArgs&) { return false; }
 
+  // Graph capture (CUDA graphs): the work this backend enqueues between graph_begin and
+  // graph_end is recorded, not run, and graph_launch replays it with the same pointers and
+  // sizes. Nothing in between may synchronize or copy from the host. Not every backend has it.
   virtual bool has_graphs() const { return false; }
   virtual void graph_begin();
   virtual void* graph_end();  // the replayable graph; graph_free releases it

@@ -61,23 +61,21 @@ Profile& profile() {
   return p;
 }
 
+// LMTUNE_CPU_PROFILE, read once: 0 off, 1 on, 2 on with a row per product shape ("shapes").
+int profile_mode() {
+  static const int mode = [] {
+    const char* e = std::getenv("LMTUNE_CPU_PROFILE");
+    if (!e || !*e || std::strcmp(e, "0") == 0) return 0;
+    return std::strcmp(e, "shapes") == 0 ? 2 : 1;
+  }();
+  return mode;
+}
+
 }  // namespace
 
-bool profiling() {
-  static const bool on = [] {
-    const char* e = std::getenv("LMTUNE_CPU_PROFILE");
-    return e && *e && std::strcmp(e, "0") != 0;
-  }();
-  return on;
-}
+bool profiling() { return profile_mode() != 0; }
 
-bool profiling_shapes() {
-  static const bool on = [] {
-    const char* e = std::getenv("LMTUNE_CPU_PROFILE");
-    return e && std::strcmp(e, "shapes") == 0;
-  }();
-  return on;
-}
+bool profiling_shapes() { return profile_mode() == 2; }
 
 void profile_add(const char* name, long long ns) { profile().add(name, ns); }
 
