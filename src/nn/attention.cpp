@@ -24,11 +24,10 @@ bool Attention::project_rotary(const Tensor& x, int64_t layer, KVCache& cache, c
   Linear lq, lk, lv, whole;
   split_qkv(true, lq, lk, lv, whole);
   if (whole.weight.defined() || !lq.quantized_like(lk) || !lq.quantized_like(lv)) return false;
-  const Tensor w = in_norm ? in_norm->scale() : Tensor();
-  const ops::InputNorm norm{&w, in_norm ? in_norm->eps : 0.f};
+  const FusedNorm norm(in_norm);
   auto write = [&](Tensor& kb, Tensor& vb, int64_t row, const Tensor* pos_at) {
-    return ops::quantized_qkv_rope_append(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format,
-                                          in_norm ? &norm : nullptr, {inv_freq, &kb, &vb, row, pos_at});
+    return ops::quantized_qkv_rope_append(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format, norm.get(),
+                                          {inv_freq, &kb, &vb, row, pos_at});
   };
   if (!cache.update_rotary_by(layer, x.dtype(), write, q_rot, kv)) return false;
   q_rot = q_rot.reshape({1, 1, opt.n_head, opt.head_dim});
@@ -53,10 +52,9 @@ void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& k
     std::vector<Tensor> qkv = ops::linear_group(x, {lq.weight, lk.weight, lv.weight});  // one launch
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
   } else if (quantized_group) {
-    const Tensor w = in_norm ? in_norm->scale() : Tensor();
-    const ops::InputNorm norm{&w, in_norm ? in_norm->eps : 0.f};
+    const FusedNorm norm(in_norm);
     std::vector<Tensor> qkv =
-        ops::quantized_linear_group(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format, in_norm ? &norm : nullptr);
+        ops::quantized_linear_group(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format, norm.get());
     qt = qkv[0], kt = qkv[1], vt = qkv[2];
   } else {
     AdapterInput in(x);  // q, k and v's adapters share one f32 cast of x, freed at the brace

@@ -11,9 +11,9 @@ Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residu
     const Linear g = gate.weight ? gate.get() : Linear(), u = up.weight ? up.get() : Linear();
     if (decoding && act == Activation::silu && gate.weight && up.weight && runtime_config().group_gate_up &&
         g.quantized_like(u)) {
-      const Tensor w = in_norm->scale();
-      const ops::InputNorm norm{&w, in_norm->eps};
-      return finish(ops::quantized_swiglu_linear(x_in, g.packed(), u.packed(), g.format, &norm), decoding, residual);
+      const FusedNorm norm(in_norm);
+      return finish(ops::quantized_swiglu_linear(x_in, g.packed(), u.packed(), g.format, norm.get()), decoding,
+                    residual);
     }
     return forward(in_norm->forward(x_in), decoding, residual);
   }

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "autograd/functions.h"
+#include "ops/ops.h"
 
 namespace lmtune::nn {
 
@@ -20,6 +21,22 @@ struct RmsNorm {
   // (x + y, norm(x + y)): the residual add and the norm after it. While decoding, or whenever
   // autograd is off, one fused kernel does both where the backend has one; the same values either way.
   std::pair<Tensor, Tensor> add_forward(const Tensor& x, const Tensor& y, bool decoding) const;
+};
+
+// A norm as decoding's fused products take it (ops::InputNorm), with the scale it points to; get() is null where
+// there is no norm. Not copyable: the InputNorm points into it.
+class FusedNorm {
+ public:
+  explicit FusedNorm(const RmsNorm* n)
+      : scale_(n ? n->scale() : Tensor()), norm_{&scale_, n ? n->eps : 0.f}, on_(n != nullptr) {}
+  FusedNorm(const FusedNorm&) = delete;
+  FusedNorm& operator=(const FusedNorm&) = delete;
+  const ops::InputNorm* get() const { return on_ ? &norm_ : nullptr; }
+
+ private:
+  Tensor scale_;
+  ops::InputNorm norm_;
+  bool on_;
 };
 
 }  // namespace lmtune::nn
