@@ -9,16 +9,18 @@
 # load change on the shared machine hits both; with --baseline DIR a second lmtune build (an older
 # binary) takes a turn too, for an A/B of lmtune itself. Prints each turn's tokens/s and a table
 # of the medians. --profile: lmtune's runs also print the CPU kernel profile (LMTUNE_CPU_PROFILE).
+# --compile-peer: a third tool each round, the same peft model under torch.compile (inductor, f32 on the
+# CPU; its first warm-up step compiles, ~50 s here).
 # torch's OpenMP threads spin at each barrier and lose most when another process holds a core; on
 # a shared machine OMP_WAIT_POLICY=PASSIVE in the environment (it reaches only the peer: lmtune
 # uses no OpenMP) gives the peer its better figure.
 # Usage: bench/bench_lora_cpu_peft.sh [--build DIR] [--baseline DIR] [--rounds N] [--warmup W]
-#          [--steps S] [--batch N] [--seq N] [--threads N] [--profile]
+#          [--steps S] [--batch N] [--seq N] [--threads N] [--profile] [--compile-peer]
 # (defaults build/, none, 2, 5, 20, 4, 241, 2; W and S multiples of the 5-step report).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build" baseline=""
-rounds=2 warmup=5 steps=20 batch=4 seq=241 threads=2 report=5 profile=0
+rounds=2 warmup=5 steps=20 batch=4 seq=241 threads=2 report=5 profile=0 compile_peer=0
 while (($#)); do
   case "$1" in
     --build) build="$(cd "$2" && pwd)"; shift 2 ;;
@@ -30,6 +32,7 @@ while (($#)); do
     --seq) seq="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --profile) profile=1; shift ;;
+    --compile-peer) compile_peer=1; shift ;;
     *) echo "bench_lora_cpu_peft: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -72,13 +75,17 @@ ours() {  # ours NAME BUILD ROUND
   ((PIPESTATUS[0] == 0)) || { echo "$1 failed"; status=1; }
   grep -E '^Iter|LMTUNE_CPU_PROFILE|^kernel|^[a-z_(].* +[0-9]+ +[0-9.]+ +[0-9.]+%' "$tmp/$1-$3.txt"
 }
+peer_turn() {  # peer_turn NAME JSON [--compile]
+  echo "== $1 (round $r) [$((SECONDS - start)) s], load $(cut -d' ' -f1-3 /proc/loadavg)"
+  peer train --cpu --model "$tmp/model" --data "$tmp/data" --seq "$seq" --batch "$batch" --threads "$threads" \
+    --warmup "$warmup" --steps "$steps" --json "$tmp/$2-$r.json" "${@:3}" 2>&1 | grep -v -i -E 'warn|Loading weights'
+  [[ -s "$tmp/$2-$r.json" ]] || { echo "$1 failed"; status=1; }
+}
 for ((r = 1; r <= rounds; r++)); do
   ours lmtune "$build" "$r"
   [[ -n "$baseline" ]] && ours baseline "$baseline" "$r"
-  echo "== transformers + peft (round $r) [$((SECONDS - start)) s], load $(cut -d' ' -f1-3 /proc/loadavg)"
-  peer train --cpu --model "$tmp/model" --data "$tmp/data" --seq "$seq" --batch "$batch" --threads "$threads" \
-    --warmup "$warmup" --steps "$steps" --json "$tmp/peer-$r.json" 2>&1 | grep -v -i -E 'warn|Loading weights'
-  [[ -s "$tmp/peer-$r.json" ]] || { echo "transformers + peft failed"; status=1; }
+  peer_turn "transformers + peft" peer
+  if ((compile_peer)); then peer_turn "transformers + peft, torch.compile" compiled --compile; fi
 done
 echo "== done [$((SECONDS - start)) s], load $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" - "$tmp" "$rounds" "$warmup" "$steps" "$batch" "$seq" "$threads" <<'PY' || status=1
@@ -95,13 +102,14 @@ def ours(name, r):
     if not timed or timed[-1][0] != warmup + steps:
         return None
     return {"tps": len(timed) / sum(1 / x[2] for x in timed), "loss": (reps[0][1], reps[-1][1])}
-def peer(r):
-    p = f"{tmp}/peer-{r}.json"
+def peer(r, name="peer"):
+    p = f"{tmp}/{name}-{r}.json"
     if not (os.path.exists(p) and os.path.getsize(p)):
         return None
     j = json.load(open(p))
     return {"tps": j["tokens_per_sec"], "loss": (j["first_loss"], j["last_loss"]), "v": j}
-tools = [("lmtune", lambda r: ours("lmtune", r)), ("baseline", lambda r: ours("baseline", r)), ("peft", peer)]
+tools = [("lmtune", lambda r: ours("lmtune", r)), ("baseline", lambda r: ours("baseline", r)), ("peft", peer),
+         ("peft + torch.compile", lambda r: peer(r, "compiled"))]
 res = {n: [f(r) for r in range(1, rounds + 1)] for n, f in tools}
 res = {n: v for n, v in res.items() if any(x is not None for x in v)}
 v = next((x["v"] for x in res.get("peft", []) if x), None)
@@ -117,6 +125,10 @@ for n, v in res.items():
     first = next((x for x in v if x), None)
     loss = f"{first['loss'][0]:.3f} -> {first['loss'][1]:.3f}" if first else "-"
     print(f"| {n} | {per} | {med[n]:.0f} | {ratio} | {loss} |")
+peers = [n for n in med if n.startswith("peft")]
+if "lmtune" in med and len(peers) > 1:
+    best = max(peers, key=lambda n: med[n])
+    print(f"\nlmtune / the strongest peer ({best}), by medians: {med['lmtune'] / med[best]:.2f}")
 if any(x is None for v in res.values() for x in v):
     sys.exit(1)
 PY

@@ -266,10 +266,12 @@ def cmd_train(a):
     ldt = sorted({str(p.dtype) for p in params})
     n_all = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(params, lr=LR)
-    extra = ""
+    if a.compile:  # the peft model under torch.compile (inductor), the forward and the backward it derives
+        model = torch.compile(model)
+    extra = ", torch.compile" if a.compile else ""
     if a.nf4:
         import bitsandbytes
-        extra = f", bitsandbytes {bitsandbytes.__version__} nf4 base"
+        extra += f", bitsandbytes {bitsandbytes.__version__} nf4 base"
     print(f"peer: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}{extra}; "
           f"{n_all / 1e9:.3f} B parameters ({dtype}, {dev}), LoRA {n_lora / 1e6:.3f} M trainable ({', '.join(ldt)}), "
           f"gradient checkpointing {'on' if a.grad_checkpoint else 'off'}; loaded in {load_s:.1f} s", flush=True)
@@ -347,6 +349,7 @@ def main():
     t.add_argument("--nf4", action="store_true", help="the base in bitsandbytes nf4 (QLoRA), bf16 compute")
     t.add_argument("--smoke", action="store_true")
     t.add_argument("--cpu", action="store_true", help="f32 on the CPU")
+    t.add_argument("--compile", action="store_true", help="the peft model under torch.compile")
     t.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
     {"model": cmd_model, "data": cmd_data, "train": cmd_train}[a.cmd](a)
