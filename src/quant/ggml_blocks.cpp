@@ -18,6 +18,18 @@ void check_blocks(int64_t n, const char* what) {
   LMT_CHECK(n % kBlock == 0, "[ggml] ", what, ": ", n, " elements are not a multiple of the block of ", kBlock);
 }
 
+// The block's element of largest magnitude, with its sign (the first of equal magnitudes), as Q4_0's and Q5_0's
+// reference quantizers take it.
+float signed_absmax(const float* v) {
+  float amax = 0.f, max = 0.f;
+  for (int j = 0; j < kBlock; ++j)
+    if (amax < std::fabs(v[j])) {
+      amax = std::fabs(v[j]);
+      max = v[j];
+    }
+  return max;
+}
+
 }  // namespace
 
 std::string encode_q8_0(const float* x, int64_t n) {
@@ -41,13 +53,7 @@ std::string encode_q4_0(const float* x, int64_t n) {
   std::string out(size_t(n / kBlock * 18), '\0');
   for (int64_t b = 0; b < n / kBlock; ++b) {
     const float* v = x + b * kBlock;
-    float amax = 0.f, max = 0.f;
-    for (int j = 0; j < kBlock; ++j)
-      if (amax < std::fabs(v[j])) {
-        amax = std::fabs(v[j]);
-        max = v[j];
-      }
-    const float d = max / -8;
+    const float d = signed_absmax(v) / -8;
     const float id = d != 0.f ? 1.0f / d : 0.0f;
     char* p = out.data() + b * 18;
     put_f16(p, d);
@@ -91,13 +97,7 @@ std::string encode_q5_0(const float* x, int64_t n) {
   std::string out(size_t(n / kBlock * 22), '\0');
   for (int64_t b = 0; b < n / kBlock; ++b) {
     const float* v = x + b * kBlock;
-    float amax = 0.f, max = 0.f;
-    for (int j = 0; j < kBlock; ++j)
-      if (amax < std::fabs(v[j])) {
-        amax = std::fabs(v[j]);
-        max = v[j];
-      }
-    const float d = max / -16;
+    const float d = signed_absmax(v) / -16;
     const float id = d != 0.f ? 1.0f / d : 0.0f;
     uint8_t q[kBlock];
     for (int j = 0; j < kBlock; ++j) q[j] = uint8_t(std::min<int>(31, int8_t(v[j] * id + 16.5f)));
