@@ -59,23 +59,24 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_QGEMV_RING_X_SMEM=0: variant 8 reads x through L1 for every group instead of from
   // its own copy in shared memory (made once a block where x is at most 28 KB; for A/B measurements).
   bool cuda_qgemv_ring_x_smem = true;
-  // LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1: variant 9 turns codes into floats in place in three copies of each word, x staged
-  // pre-scaled (qgemv_simt.cuh's SPREAD: 10 instructions a word on the codes instead of 16; for A/B measurements).
-  bool cuda_qgemv_simt_spread = false;
+  // LMTUNE_CUDA_QGEMV_SIMT_SPREAD=0: variant 9 without its SPREAD layout (qgemv_simt.cuh: codes turned into floats in
+  // place in three copies of each word, x staged pre-scaled; 10 instructions a word on the codes instead of 16; +3%
+  // decode on an H100, session 27). Only where variant 9 is the one chosen: variant 10's fused rope borrows variant 9's
+  // kernel without it, so that its sums stay variant 10's.
+  bool cuda_qgemv_simt_spread = true;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;
   // LMTUNE_FUSED_EPILOGUES=0: a quantized decode step's swiglu and the residual add after down as
   // kernels of their own, not in the GEMVs' epilogues (variants 5 and 6; for A/B measurements).
   bool fused_epilogues = true;
-  // LMTUNE_FUSED_NORMS=1: a quantized decode step's rms_norms inside the q/k/v and gate/up products' staging of x
-  // (variants 9 and 10; Backend::quantized_gemv_normed) and the residual add after attention in o's epilogue, instead
-  // of an rms_norm and an add_rms_norm kernel a layer (the same values; off until its gpu tests have run on a GPU).
-  bool fused_norms = false;
-  // LMTUNE_FUSED_ROPE=1: a quantized decode step's rope and KV-cache append in the epilogue of the q/k/v products
-  // (variant 9; Backend::quantized_gemv_normed's rope) instead of a rope_append kernel a layer (the same values; off
-  // until its gpu tests have run on a GPU).
-  bool fused_rope = false;
+  // LMTUNE_FUSED_NORMS=0: a quantized decode step's rms_norms as kernels of their own, not inside the q/k/v and gate/up
+  // products' staging of x (variants 9 and 10; Backend::quantized_gemv_normed) with the residual add after attention
+  // in o's epilogue (the same values; +6% decode on an H100, session 27).
+  bool fused_norms = true;
+  // LMTUNE_FUSED_ROPE=0: a quantized decode step's rope and KV-cache append as a rope_append kernel a layer, not in the
+  // epilogue of the q/k/v products (variant 9; Backend::quantized_gemv_normed's rope; the same values).
+  bool fused_rope = true;
   // LMTUNE_CUDA_PROFILE=1: every kernel and cuBLASLt product timed with CUDA events and a table of
   // time by kernel printed to stderr at exit (backend/cuda/profile.cpp; graph captures excluded).
   bool cuda_profile = false;

@@ -141,8 +141,9 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(d.cuda_pdl);
   EXPECT_TRUE(d.group_gate_up);
   EXPECT_TRUE(d.fused_epilogues);
-  EXPECT_FALSE(d.fused_norms);
-  EXPECT_FALSE(d.fused_rope);
+  EXPECT_TRUE(d.fused_norms);
+  EXPECT_TRUE(d.fused_rope);
+  EXPECT_TRUE(d.cuda_qgemv_simt_spread);
   EXPECT_EQ(d.cuda_qgemv_variant, 9);
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
@@ -160,15 +161,16 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_DECODE_SPLIT", "0"},  {"LMTUNE_FUSED_XENT", "0"},
          {"LMTUNE_XENT_CHUNK_ROWS", "300"},  {"LMTUNE_LORA_FUSED", "0"},
          {"LMTUNE_LORA_16BIT", "0"},         {"LMTUNE_CUDA_BATCH_GRAPH", "1"},
-         {"LMTUNE_FUSED_NORMS", "1"},        {"LMTUNE_FUSED_ROPE", "1"},
-         {"LMTUNE_LORA_LINEAR", "0"}};
+         {"LMTUNE_FUSED_NORMS", "0"},        {"LMTUNE_FUSED_ROPE", "0"},
+         {"LMTUNE_LORA_LINEAR", "0"},        {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "0"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
   EXPECT_TRUE(c.cuda_pdl);
   EXPECT_FALSE(c.group_gate_up || c.fused_epilogues);
-  EXPECT_TRUE(c.fused_norms);
-  EXPECT_TRUE(c.fused_rope);
+  EXPECT_FALSE(c.fused_norms);
+  EXPECT_FALSE(c.fused_rope);
+  EXPECT_FALSE(c.cuda_qgemv_simt_spread);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
   EXPECT_FALSE(c.fused_xent);
   EXPECT_EQ(c.xent_chunk_rows, 300);

@@ -110,8 +110,11 @@ bool launch_simt_shape(QgemvParams<T> p) {
 
 template <typename T, int GS>
 bool launch_simt_shape(const QgemvParams<T>& p) {
-  return runtime_config().cuda_qgemv_simt_spread ? launch_simt_shape<T, GS, true>(p)
-                                                 : launch_simt_shape<T, GS, false>(p);
+  // SPREAD only where variant 9 is the chosen one: variant 10 takes this kernel for its fused rope, and its sums must
+  // stay those of its own kernel, which has no SPREAD layout.
+  const RuntimeConfig& rc = runtime_config();
+  return rc.cuda_qgemv_simt_spread && rc.cuda_qgemv_variant == 9 ? launch_simt_shape<T, GS, true>(p)
+                                                                 : launch_simt_shape<T, GS, false>(p);
 }
 
 }  // namespace
