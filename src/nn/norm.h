@@ -27,16 +27,14 @@ struct RmsNorm {
 // there is no norm. Not copyable: the InputNorm points into it.
 class FusedNorm {
  public:
-  explicit FusedNorm(const RmsNorm* n)
-      : scale_(n ? n->scale() : Tensor()), norm_{&scale_, n ? n->eps : 0.f}, on_(n != nullptr) {}
+  explicit FusedNorm(const RmsNorm* n) : scale_(n ? n->scale() : Tensor()), norm_{&scale_, n ? n->eps : 0.f} {}
   FusedNorm(const FusedNorm&) = delete;
   FusedNorm& operator=(const FusedNorm&) = delete;
-  const ops::InputNorm* get() const { return on_ ? &norm_ : nullptr; }
+  const ops::InputNorm* get() const { return scale_.defined() ? &norm_ : nullptr; }
 
  private:
-  Tensor scale_;
+  Tensor scale_;  // undefined where there is no norm
   ops::InputNorm norm_;
-  bool on_;
 };
 
 }  // namespace lmtune::nn
