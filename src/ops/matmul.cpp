@@ -131,6 +131,11 @@ void gemm_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool t
 
 namespace {
 
+// The backend's pointers: device memory where the tensors live on a GPU (Tensor::data is for host memory only, and
+// the backend may decline the call, as CUDA does).
+const float* f32_ptr(const Tensor& t) { return static_cast<const float*>(t.raw()); }
+float* f32_ptr_mut(const Tensor& t) { return static_cast<float*>(t.raw()); }
+
 LoraLinearArgs lora_args(const Tensor& x, const Tensor& w, const Tensor& a, const Tensor& b, float scale,
                          const char* op) {
   LMT_CHECK(x.ndim() >= 2 && w.ndim() == 2 && a.ndim() == 2 && b.ndim() == 2 && x.dim(-1) == w.dim(1) &&
@@ -146,10 +151,10 @@ LoraLinearArgs lora_args(const Tensor& x, const Tensor& w, const Tensor& a, cons
   g.r = a.dim(1);
   g.rows = x.numel() / g.in;
   g.scale = scale;
-  g.x = x.data<float>();
-  g.w = w.data<float>();
-  g.a = a.data<float>();
-  g.b = b.data<float>();
+  g.x = f32_ptr(x);
+  g.w = f32_ptr(w);
+  g.a = f32_ptr(a);
+  g.b = f32_ptr(b);
   return g;
 }
 
@@ -161,13 +166,13 @@ LoraLinearOut lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, 
   if (bias.defined()) {
     LMT_CHECK(bias.dtype() == DType::f32 && bias.numel() == g.out && bias.device() == x.device(), "[lora_linear] bias ",
               bias.describe(), " for weight ", w.describe());
-    g.bias = bias.data<float>();
+    g.bias = f32_ptr(bias);
   }
   Shape ys = x.shape();
   ys.back() = g.out;
   Tensor y = empty(ys, DType::f32, x.device()), xa = empty({g.rows, g.r}, DType::f32, x.device());
-  g.y = y.data<float>();
-  g.xa = xa.data<float>();
+  g.y = f32_ptr_mut(y);
+  g.xa = f32_ptr_mut(xa);
   if (!backend(x.device()).lora_linear(g)) return {};
   return {y, xa};
 }
@@ -181,11 +186,11 @@ LoraLinearGrads lora_linear_backward(const Tensor& dy, const Tensor& x, const Te
             "[lora_linear_backward] dy ", dy.describe(), ", xa ", xa.describe(), " for ", x.describe(), " and ",
             w.describe());
   LoraLinearGrads r;
-  g.dy = dy.data<float>();
-  g.xa = const_cast<float*>(xa.data<float>());  // read only in backward
-  if (want_dx) r.dx = empty(x.shape(), DType::f32, x.device()), g.dx = r.dx.data<float>();
-  if (want_da) r.da = empty({g.in, g.r}, DType::f32, x.device()), g.da = r.da.data<float>();
-  if (want_db) r.db = empty({g.r, g.out}, DType::f32, x.device()), g.db = r.db.data<float>();
+  g.dy = f32_ptr(dy);
+  g.xa = f32_ptr_mut(xa);  // read only in backward
+  if (want_dx) r.dx = empty(x.shape(), DType::f32, x.device()), g.dx = f32_ptr_mut(r.dx);
+  if (want_da) r.da = empty({g.in, g.r}, DType::f32, x.device()), g.da = f32_ptr_mut(r.da);
+  if (want_db) r.db = empty({g.r, g.out}, DType::f32, x.device()), g.db = f32_ptr_mut(r.db);
   r.ok = backend(x.device()).lora_linear_backward(g);
   if (!r.ok) r = {};
   return r;
