@@ -8,6 +8,8 @@
 // q, k, v and gate, up also run as one launch each (quantized_gemv_group), as decoding runs them.
 // Rows past 8 (a batched step's) take the rows kernel (Backend::quantized_gemm_rows, qgemm_rows.cu).
 //   bench_quantized [--bits B] [--group G] [--rows 1,8] [--once (one eager call each, for ncu)]
+//   [--warm (one copy of each weight, so that the products that fit in L2 read it from there: what a product costs
+//   with its weights already in L2)]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -88,6 +90,7 @@ struct Product {
 int main(int argc, char** argv) {
   int bits = 4, group = 64;
   bool once = false;  // --once: one eager call of each fused product, no timing (for ncu)
+  bool warm = false;  // --warm: one copy of each weight (L2 serves those that fit)
   std::vector<int64_t> rows_list = {1, 8};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--bits") == 0 && i + 1 < argc) {
@@ -102,8 +105,10 @@ int main(int argc, char** argv) {
       }
     } else if (std::strcmp(argv[i], "--once") == 0) {
       once = true;
+    } else if (std::strcmp(argv[i], "--warm") == 0) {
+      warm = true;
     } else {
-      std::fprintf(stderr, "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once]\n");
+      std::fprintf(stderr, "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once] [--warm]\n");
       return 2;
     }
   }
@@ -133,7 +138,7 @@ int main(int argc, char** argv) {
         const int64_t K = pr.K, words = K * bits / 32, groups = K / group, count = int64_t(pr.Ns.size());
         double bytes = 0;
         for (int64_t N : pr.Ns) bytes += double(N * words) * 4 + 2.0 * double(N * groups) * 2;
-        const int copies = int(std::max(1.0, std::ceil(256e6 / bytes)));
+        const int copies = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / bytes)));
         // One host draw of the packed words per matrix, uploaded into every copy (distinct
         // addresses are what keeps L2 from serving a call); scales of either sign, biases around
         // -7.5 scales.
