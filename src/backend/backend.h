@@ -283,14 +283,6 @@ class Backend {
     const int32_t* pos_at;
     int64_t head_dim;
   };
-  // A scheduling hint for decoding (bench/NOTES.md, session 28): byte ranges (ptrs[i], bytes[i]) that a later kernel
-  // reads, such as the next product's weights. The backend's next kernel that takes hints (CUDA on sm_90: the one-row
-  // quantized products of variants 7 and 9, and the split decode attention) brings them into L2 while it runs; any
-  // other kernel leaves the hint for the next one that does. No effect on any result; ignored where there is no such
-  // kernel.
-  virtual void l2_prefetch_next(const void* const* ptrs, const size_t* bytes, int n) {
-    (void)ptrs, (void)bytes, (void)n;
-  }
   // Decoding's rms_norm fused into the products after it: one row x (K), and the products take rms_norm(x) * norm_w
   // (norm_w (K) in dt, eps; rounded to dt, the values rms_norm writes) in place of x; norm_w null: x itself. Either up
   // to three products as quantized_gemv_group (ys[i] (ns[i])), or with swiglu gate and up (count 2, ns[0] == ns[1])
@@ -348,7 +340,6 @@ Backend& cpu_backend();
 Backend& cuda_backend();         // defined by cuda/ or no_cuda/
 bool cuda_available();           // a CUDA device is present and the backend is built
 std::string cuda_device_name();  // "" where none
-int cuda_compute_major();        // its compute capability's major number (9: sm_90); 0 where none
 // Launches of the bulk-tensor-copy quantized GEMV so far (qgemv_tma.cu; 0 without CUDA): lets a
 // test tell that kernel ran rather than its fallback.
 int64_t cuda_qgemv_tma_launches();
@@ -356,6 +347,5 @@ int64_t cuda_qgemv_ring_launches();
 int64_t cuda_qgemv_simt_ring_launches();
 int64_t cuda_qgemv_normed_launches();  // Backend::quantized_gemv_normed calls that ran
 int64_t cuda_qgemv_rope_launches();    // those of them with RopeAppendArgs
-int64_t cuda_l2_prefetch_launches();   // kernels launched with a Backend::l2_prefetch_next hint
 
 }  // namespace lmtune

@@ -60,9 +60,6 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.fused_epilogues = read_switch("LMTUNE_FUSED_EPILOGUES", var("LMTUNE_FUSED_EPILOGUES"), d.fused_epilogues);
   c.fused_norms = read_switch("LMTUNE_FUSED_NORMS", var("LMTUNE_FUSED_NORMS"), d.fused_norms);
   c.fused_rope = read_switch("LMTUNE_FUSED_ROPE", var("LMTUNE_FUSED_ROPE"), d.fused_rope);
-  c.cuda_l2_prefetch = read_count("LMTUNE_CUDA_L2_PREFETCH", var("LMTUNE_CUDA_L2_PREFETCH"), d.cuda_l2_prefetch);
-  LMT_CHECK(c.cuda_l2_prefetch <= 7, "[runtime_config] LMTUNE_CUDA_L2_PREFETCH must be 0 to 7 (a sum of 1, 2, 4), got ",
-            c.cuda_l2_prefetch);
   c.cuda_profile = read_switch("LMTUNE_CUDA_PROFILE", var("LMTUNE_CUDA_PROFILE"), d.cuda_profile);
   c.fused_xent = read_switch("LMTUNE_FUSED_XENT", var("LMTUNE_FUSED_XENT"), d.fused_xent);
   c.lora_fused = read_switch("LMTUNE_LORA_FUSED", var("LMTUNE_LORA_FUSED"), d.lora_fused);

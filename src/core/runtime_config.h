@@ -77,10 +77,6 @@ struct RuntimeConfig {
   // LMTUNE_FUSED_ROPE=0: a quantized decode step's rope and KV-cache append as a rope_append kernel a layer, not in the
   // epilogue of the q/k/v products (variant 9; Backend::quantized_gemv_normed's rope; the same values).
   bool fused_rope = true;
-  // LMTUNE_CUDA_L2_PREFETCH: a fused quantized decode step's L2 prefetch hints (ops::l2_prefetch_next; sm_90), a sum
-  // of: 1, o's weights brought into L2 while attention runs; 2, the next layer's q/k/v weights while down runs; 4, the
-  // first eighth of gate's and up's rows while o runs. 0: none (bench/NOTES.md, session 28).
-  int64_t cuda_l2_prefetch = 0;
   // LMTUNE_CUDA_PROFILE=1: every kernel and cuBLASLt product timed with CUDA events and a table of
   // time by kernel printed to stderr at exit (backend/cuda/profile.cpp; graph captures excluded).
   bool cuda_profile = false;

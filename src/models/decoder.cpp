@@ -254,18 +254,10 @@ bool DecoderModel::Block::fuses_norms(bool decoding) const {
          mlp.fuses_residual(decoding) && attn.o.get().plain_quantized();
 }
 
-Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache,
-                                         const Block* next) const {
-  nn::Attention::DecodeFusion fuse{&attn_norm, &x};
-  // L2 prefetch hints (RuntimeConfig::cuda_l2_prefetch; bit 1 is the attention's own): the MLP's first rows while o
-  // runs, the next layer's q/k/v while down runs.
-  const int64_t prefetch = runtime_config().cuda_l2_prefetch;
-  std::vector<Tensor> gate_up, next_qkv;
-  if (prefetch & 4) gate_up = mlp.decode_gate_up_weights();
-  if (!gate_up.empty()) fuse.after_o = &gate_up, fuse.after_o_fraction = 1.0 / 8;
-  if ((prefetch & 2) && next && next->fuses_norms(true)) next_qkv = next->attn.decode_qkv_weights();
+Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const {
+  const nn::Attention::DecodeFusion fuse{&attn_norm, &x};
   const Tensor x1 = attn.forward(x, layer, pos, &cache, true, nullptr, &fuse);
-  return mlp.forward(x1, true, &x1, &mlp_norm, next_qkv.empty() ? nullptr : &next_qkv);
+  return mlp.forward(x1, true, &x1, &mlp_norm);
 }
 
 Tensor DecoderModel::Block::input_after(Tensor& x, const Tensor& pending, bool decoding) const {
@@ -403,7 +395,7 @@ Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];
     if (!pending.defined() && b.fuses_norms(decoding)) {
-      x = b.decode_fused(x, i, pos, cache, i + 1 < cfg_.n_layer ? &blocks_[size_t(i + 1)] : nullptr);
+      x = b.decode_fused(x, i, pos, cache);
       continue;
     }
     Tensor a = b.attn.forward(b.input_after(x, pending, decoding), i, pos, &cache, decoding, nullptr);

@@ -49,9 +49,8 @@ class DecoderModel final : public Model {
     // products after it and each residual add in the product before it (a plain pre-norm block of quantized weights:
     // no post norms, no scale, no experts): the same values as the plain path.
     bool fuses_norms(bool decoding) const;
-    // That path: the stream after the block. next: the block after this one (its first weights are prefetched into L2
-    // where RuntimeConfig::cuda_l2_prefetch says), or null.
-    Tensor decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache, const Block* next) const;
+    // That path: the stream after the block.
+    Tensor decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const;
   };
   void on_weights_set() override;
   void bind() override;

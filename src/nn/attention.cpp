@@ -18,13 +18,6 @@ void Attention::split_qkv(bool decoding, Linear& lq, Linear& lk, Linear& lv, Lin
   }
 }
 
-std::vector<Tensor> Attention::decode_qkv_weights() const {
-  Linear lq, lk, lv, whole;
-  split_qkv(true, lq, lk, lv, whole);
-  if (whole.weight.defined() || !lq.quantized_like(lk) || !lq.quantized_like(lv)) return {};
-  return {lq.weight, lq.scales, lq.biases, lk.weight, lk.scales, lk.biases, lv.weight, lv.scales, lv.biases};
-}
-
 bool Attention::project_rotary(const Tensor& x, int64_t layer, KVCache& cache, const RmsNorm* in_norm, Tensor& q_rot,
                                KVCache::View& kv) const {
   if (!runtime_config().fused_rope || q_norm.defined() || k_norm.defined() || rope_perm || !inv_freq) return false;
@@ -114,10 +107,6 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     kt = ag::rope(kt, *inv_freq, pos_offset, 1.f);
   }
   Tensor a;
-  if (fuse && (runtime_config().cuda_l2_prefetch & 1)) {  // o's weights into L2 while attention runs
-    const Linear lo = o.get();
-    if (lo.plain_quantized()) ops::l2_prefetch_next({lo.weight, lo.scales, lo.biases});
-  }
   if (cache) {
     if (!stored) kv = cache->update(layer, kt, vt);
     int64_t w = kv.positional ? opt.window : 0;
@@ -131,7 +120,6 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
   a = ag::reshape(a, {B, T, opt.n_head * opt.head_dim});
   if (!fuse || !fuse->residual) return o.forward(a);
   const Linear lo = o.get();
-  if (fuse->after_o) ops::l2_prefetch_next(*fuse->after_o, fuse->after_o_fraction);
   if (lo.plain_quantized()) return ops::quantized_linear_add(a, lo.packed(), *fuse->residual, lo.format);
   return ag::add(*fuse->residual, o.forward(a));
 }

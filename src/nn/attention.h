@@ -55,13 +55,9 @@ struct Attention {
   // fuse (decoding with a cache; DecoderModel's plain pre-norm layers): x is the stream before the input norm, which
   // the q, k and v products take inside their launch, and the o product adds *fuse->residual (-> x + block's
   // attention); where a kernel cannot, the plain ops run, with the same values.
-  // after_o (may be null): tensors whose first after_o_fraction the o product brings into L2 while it runs (the MLP's
-  // first rows; ops::l2_prefetch_next). RuntimeConfig::cuda_l2_prefetch's bit 1 has attention bring o's weights.
   struct DecodeFusion {
     const RmsNorm* in_norm;
     const Tensor* residual;
-    const std::vector<Tensor>* after_o = nullptr;
-    double after_o_fraction = 1.0;
   };
   Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
                  const Segments* seg = nullptr, const DecodeFusion* fuse = nullptr) const;
@@ -70,9 +66,6 @@ struct Attention {
   // per span against its own cache, as forward() does for that span alone. decoding: N is small
   // enough for the fused projection kernels (the block decides, as for forward()).
   Tensor forward_packed(const Tensor& x, int64_t layer, const std::vector<PackedSpan>& spans, bool decoding) const;
-  // The tensors a decoding step's q/k/v products read (codes, scales and biases of each, quantized layers without
-  // adapters), for an L2 prefetch hint; empty otherwise.
-  std::vector<Tensor> decode_qkv_weights() const;
 
  private:
   // q (B, T, n_head, head_dim), k and v (B, T, n_kv_head, head_dim), q/k norms applied, no rope.

@@ -4,8 +4,7 @@
 
 namespace lmtune::nn {
 
-Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residual, const RmsNorm* in_norm,
-                         const std::vector<Tensor>* before_down) const {
+Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residual, const RmsNorm* in_norm) const {
   Linear lg, lu;
   Tensor act_out;
   if (in_norm) {  // inside the fused gate/up product's launch where it runs (below), else here
@@ -14,9 +13,9 @@ Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residu
         g.quantized_like(u)) {
       const FusedNorm norm(in_norm);
       return finish(ops::quantized_swiglu_linear(x_in, g.packed(), u.packed(), g.format, norm.get()), decoding,
-                    residual, before_down);
+                    residual);
     }
-    return forward(in_norm->forward(x_in), decoding, residual, nullptr, before_down);
+    return forward(in_norm->forward(x_in), decoding, residual);
   }
   const Tensor& x = x_in;
   if (gate_up.weight) {
@@ -53,22 +52,13 @@ Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residu
     }
     act_out = act == Activation::silu ? ag::swiglu(g, u) : ag::mul(ag::gelu_tanh(g), u);
   }
-  return finish(act_out, decoding, residual, before_down);
+  return finish(act_out, decoding, residual);
 }
 
-std::vector<Tensor> GatedMlp::decode_gate_up_weights() const {
-  if (!gate.weight || !up.weight) return {};
-  const Linear g = gate.get(), u = up.get();
-  if (!g.quantized_like(u)) return {};
-  return {g.weight, g.scales, g.biases, u.weight, u.scales, u.biases};
-}
-
-Tensor GatedMlp::finish(const Tensor& act_out, bool decoding, const Tensor* residual,
-                        const std::vector<Tensor>* before_down) const {
+Tensor GatedMlp::finish(const Tensor& act_out, bool decoding, const Tensor* residual) const {
   if (!residual) return down.forward(act_out);
   if (fuses_residual(decoding)) {
     Linear ld = down.get();
-    if (before_down) ops::l2_prefetch_next(*before_down);
     return ops::quantized_linear_add(act_out, ld.packed(), *residual, ld.format);
   }
   return ag::add(*residual, down.forward(act_out));

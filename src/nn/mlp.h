@@ -18,20 +18,14 @@ struct GatedMlp {
   // where the backend has such kernels.
   // in_norm (decoding): x is the input of that norm, which a fused gate/up product takes inside its launch (else it
   // runs first); the same values.
-  // before_down (decoding, may be null): tensors the down product brings into L2 while it runs (ops::l2_prefetch_next:
-  // the next layer's first weights).
-  Tensor forward(const Tensor& x, bool decoding, const Tensor* residual = nullptr, const RmsNorm* in_norm = nullptr,
-                 const std::vector<Tensor>* before_down = nullptr) const;
-  // The tensors a decoding step's gate and up products read (codes, scales and biases, gate's first; quantized layers
-  // without adapters, two of them), for an L2 prefetch hint; empty otherwise.
-  std::vector<Tensor> decode_gate_up_weights() const;
+  Tensor forward(const Tensor& x, bool decoding, const Tensor* residual = nullptr,
+                 const RmsNorm* in_norm = nullptr) const;
   // Whether forward() adds a residual inside the down product's kernel (else it is a separate add).
   bool fuses_residual(bool decoding) const { return decoding && down.get().plain_quantized(); }
 
  private:
   // down(act_out), plus *residual when given (in the down product's epilogue where fuses_residual).
-  Tensor finish(const Tensor& act_out, bool decoding, const Tensor* residual,
-                const std::vector<Tensor>* before_down = nullptr) const;
+  Tensor finish(const Tensor& act_out, bool decoding, const Tensor* residual) const;
 };
 
 }  // namespace lmtune::nn

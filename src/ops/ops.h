@@ -154,10 +154,6 @@ Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, con
 // Inference only, for decoding: add(residual, quantized_linear(x, W)) in one launch where the
 // backend can; the same values either way.
 Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Tensor& residual, const QuantFormat& f);
-// Decoding's scheduling hint (Backend::l2_prefetch_next): the first `fraction` of each tensor's bytes (its first rows)
-// is read by a kernel soon after the next one; where the device can, the next kernel brings them into L2 while it
-// runs. No effect on any value; nothing on the CPU. At most 9 tensors, all on one device.
-void l2_prefetch_next(const std::vector<Tensor>& tensors, double fraction = 1.0);
 // The inverse of affine dequantize: x (rows, in) in a float dtype -> {wq u32 (rows, in * bits / 32), scales and biases
 // (rows, in / group_size) in x's dtype} on x's device, bit for bit mx.quantize (quant::quantize is
 // the reference). Bits 2, 3, 4, 5, 6, 8; group size 32, 64, 128 dividing in.

@@ -166,20 +166,4 @@ Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Ten
   return add(residual, quantized_linear(x, *w.wq, *w.scales, *w.biases, f));
 }
 
-void l2_prefetch_next(const std::vector<Tensor>& tensors, double fraction) {
-  if (tensors.empty()) return;
-  LMT_CHECK(tensors.size() <= 9 && fraction > 0.0 && fraction <= 1.0, "[l2_prefetch_next] ", tensors.size(),
-            " tensors, fraction ", fraction, " (at most 9, fraction in (0, 1])");
-  const void* ptrs[9];
-  size_t bytes[9];
-  int n = 0;
-  for (const Tensor& t : tensors) {
-    LMT_CHECK(t.defined() && t.device() == tensors[0].device(), "[l2_prefetch_next] ", t.describe(), " beside ",
-              tensors[0].describe(), " (tensors on one device)");
-    ptrs[n] = t.raw();
-    bytes[n++] = size_t(double(t.nbytes()) * fraction);
-  }
-  backend(tensors[0].device()).l2_prefetch_next(ptrs, bytes, n);
-}
-
 }  // namespace lmtune::ops

@@ -186,36 +186,6 @@ TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
   }
 }
 
-// The L2 prefetch hints of a fused quantized decode step (RuntimeConfig::cuda_l2_prefetch: 1, o's weights during
-// attention; 2, the next layer's q/k/v during down; 4, gate's and up's first rows during o) change no value: the same
-// logits bit for bit as without them, eagerly and recorded. Each hint must have gone with a kernel that takes it: per
-// eager step, one a layer for bits 1 and 4, one a layer but the last for bit 2 (sm_90; none below).
-TEST(DecodeGraphQuantized, L2PrefetchHintsSameLogits) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  auto model = random_model({DType::bf16, 128}, 4);
-  const int64_t layers = model->config().n_layer;
-  const int major = cuda_compute_major();
-  std::vector<std::vector<float>> logits[8];
-  for (int mode : {0, 1, 2, 4, 7}) {
-    RuntimeConfig rc = runtime_config();
-    rc.cuda_l2_prefetch = mode;
-    ScopedRuntimeConfig scoped(rc);
-    const int64_t want =
-        major < 9 ? 0 : ((mode & 1) ? layers : 0) + ((mode & 2) ? layers - 1 : 0) + ((mode & 4) ? layers : 0);
-    Prefilled c(*model, DType::bf16, 20, 31, 7);
-    DecodeGraph graph(*model, c.graphed);
-    for (int step = 0; step < 6; ++step) {
-      const int32_t token = int32_t((step * 43 + 11) % 301);
-      const int64_t before = cuda_l2_prefetch_launches();
-      std::vector<float> eager_logits = eager_step(*model, c.eager, token);
-      EXPECT_EQ(cuda_l2_prefetch_launches() - before, want) << "mode " << mode << ", step " << step;
-      ASSERT_EQ(graph.step(token), eager_logits) << "mode " << mode << ", step " << step << ": graph";
-      logits[mode].push_back(eager_logits);
-    }
-    if (mode) ASSERT_EQ(logits[mode], logits[0]) << "mode " << mode << ": with hints against without";
-  }
-}
-
 // Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the
 // same tokens, including past a capacity boundary.
 TEST(DecodeGraphGenerate, SameTokensWithAndWithoutGraphs) {

@@ -2,9 +2,6 @@
 // workspace, the cudaMalloc-backed DeviceMemory behind Tensor::empty(..., Device::cuda), copies.
 #include "backend/cuda/cuda_backend.h"
 
-#include <algorithm>
-#include <atomic>
-
 #include "core/allocator.h"
 #include "core/error.h"
 #include "core/runtime_config.h"
@@ -92,13 +89,6 @@ std::string cuda_device_name() {
   return prop.name;
 }
 
-int cuda_compute_major() {
-  if (!cuda_available()) return 0;
-  int major = 0;
-  LMT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  return major;
-}
-
 void CudaBackend::copy_h2d(void* dst, const void* src, size_t n) {
   if (n == 0) return;
   // From pageable memory this returns once src is staged, so the caller may free src.
@@ -122,36 +112,7 @@ void CudaBackend::copy_d2d_2d(void* dst, size_t dst_pitch, const void* src, size
   LMT_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice, stream_));
 }
 
-void CudaBackend::synchronize() {
-  pending_prefetch_.n = 0;  // a hint is for the kernels right after it
-  LMT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-}
-
-namespace {
-std::atomic<int64_t> prefetch_launches{0};
-}  // namespace
-int64_t cuda_l2_prefetch_launches() { return prefetch_launches.load(); }
-
-void CudaBackend::l2_prefetch_next(const void* const* ptrs, const size_t* bytes, int n) {
-  pending_prefetch_.n = 0;
-  if (cc_major_ < 9) return;  // cp.async.bulk.prefetch is sm_90's
-  for (int i = 0; i < n && pending_prefetch_.n < L2Prefetch::kMax; ++i) {
-    // Whole 16-byte pieces inside the range (the instruction's unit), at most 4 GB - 16 a range.
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(ptrs[i]) + 15) & ~uintptr_t(15);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(ptrs[i]) + bytes[i]) & ~uintptr_t(15);
-    if (!ptrs[i] || end <= begin) continue;
-    const int k = pending_prefetch_.n++;
-    pending_prefetch_.ptr[k] = reinterpret_cast<const void*>(begin);
-    pending_prefetch_.bytes[k] = uint32_t(std::min<uintptr_t>(end - begin, 0xfffffff0u));
-  }
-}
-
-L2Prefetch CudaBackend::take_l2_prefetch() {
-  L2Prefetch p = pending_prefetch_;
-  pending_prefetch_.n = 0;
-  if (p.n > 0) prefetch_launches.fetch_add(1);
-  return p;
-}
+void CudaBackend::synchronize() { LMT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
 // Relaxed capture: the caching allocator may cudaMalloc a new block while a decode step is being
 // recorded (the block then belongs to the graph until it is freed; see CachingAllocator::hold).
@@ -169,7 +130,6 @@ struct RecordedGraph {
 void CudaBackend::graph_begin() {
   LMT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
   pdl_ = cc_major_ >= 9 && runtime_config().cuda_pdl;
-  pending_prefetch_.n = 0;
   track_rows_ = false;
   tracked_.clear();
 }
@@ -188,7 +148,6 @@ void CudaBackend::track_rows_launch(TrackedRows t) {
 
 void* CudaBackend::graph_end() {
   pdl_ = false;
-  pending_prefetch_.n = 0;
   const bool tracked = track_rows_;
   track_rows_ = false;
   auto rec = std::make_unique<RecordedGraph>();

@@ -55,15 +55,6 @@ class DeviceScratch {
   size_t nbytes_;
 };
 
-// Byte ranges for a kernel to prefetch into L2 (Backend::l2_prefetch_next): each 16-byte aligned, a multiple of 16
-// bytes; n of them.
-struct L2Prefetch {
-  static constexpr int kMax = 9;  // q, k and v's codes, scales and biases
-  const void* ptr[kMax];
-  uint32_t bytes[kMax];
-  int n;
-};
-
 // One cached cuBLASLt plan: descriptors and the heuristic's algorithm for a shape key.
 struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
@@ -87,9 +78,6 @@ class CudaBackend final : public Backend {
   // recorded (its weights are constant, which the quantized products' early weight loads need),
   // on sm_90 and newer, with LMTUNE_CUDA_PDL=1.
   bool pdl() const { return pdl_; }
-  void l2_prefetch_next(const void* const* ptrs, const size_t* bytes, int n) override;
-  // The pending hint for a kernel that takes it (n = 0 where none), cleared; with the count of such launches.
-  L2Prefetch take_l2_prefetch();
 
   void copy_h2d(void* dst, const void* src, size_t n) override;
   void copy_d2h(void* dst, const void* src, size_t n) override;
@@ -210,7 +198,6 @@ class CudaBackend final : public Backend {
   int sm_count_ = 1;
   int cc_major_ = 0;
   bool pdl_ = false;
-  L2Prefetch pending_prefetch_{};
   bool track_rows_ = false;
   std::vector<TrackedRows> tracked_;  // the capture's, until graph_end hands them to its graph
   cudaStream_t stream_ = nullptr;

@@ -191,34 +191,6 @@ __device__ __forceinline__ void pdl_enter() {
   pdl_wait();
 }
 
-// Backend::l2_prefetch_next's ranges brought into L2 while the calling kernel runs: pieces of 16 KB dealt round-robin
-// over the grid's blocks, one piece to each lane of warp 0 at a time, a bulk prefetch each (a hint: nothing waits on
-// it). Every block calls it; n = 0 costs a branch.
-__device__ __forceinline__ void l2_prefetch(const L2Prefetch& pf) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (pf.n == 0 || threadIdx.x >= 32) return;
-  constexpr uint32_t kPiece = 16384;
-  const int64_t blocks = int64_t(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t worker = (int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x + blocks * threadIdx.x;
-  const int64_t workers = blocks * 32;
-  int64_t first = 0;  // pieces of the ranges before this one
-#pragma unroll
-  for (int r = 0; r < L2Prefetch::kMax; ++r) {
-    if (r >= pf.n) break;
-    const char* base = static_cast<const char*>(pf.ptr[r]);
-    const uint32_t bytes = pf.bytes[r];
-    const int64_t pieces = (int64_t(bytes) + kPiece - 1) / kPiece;
-    for (int64_t i = ((worker - first) % workers + workers) % workers; i < pieces; i += workers) {
-      const uint32_t size = min(kPiece, uint32_t(bytes - uint32_t(i) * kPiece));
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + i * kPiece), "r"(size) : "memory");
-    }
-    first += pieces;
-  }
-#else
-  (void)pf;
-#endif
-}
-
 // Launches kernel k on the backend's stream and checks the launch; an empty grid is a no-op.
 // While a decode step is recorded (CudaBackend::pdl), with programmatic dependent launch.
 template <typename... KArgs, typename... Args>

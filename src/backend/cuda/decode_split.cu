@@ -31,7 +31,6 @@ struct SplitParams {
   float* part_ml;            // (rows, splits, 2): its max (log2 domain) and sum
   int32_t* counters;
   int splits;
-  L2Prefetch pf;  // brought into L2 while the attention runs (Backend::l2_prefetch_next)
 };
 
 // 8 consecutive values (16 bytes of bf16/f16, 32 of f32) as raw words, then as floats.
@@ -59,7 +58,6 @@ __device__ __forceinline__ void unpack8(const Raw8<T>& r, float (&f)[8]) {
 template <typename T, int D, bool ROWS, int GQ>
 __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(SplitParams p) {
   constexpr int kLanesPerKey = D / 8, kKeysPerWarp = 32 / kLanesPerKey, kGroups = kWarps * kKeysPerWarp;
-  l2_prefetch(p.pf);  // constant data of later kernels: before the wait on the previous one
   pdl_enter();
   const AttentionArgs& a = p.a;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
@@ -279,13 +277,7 @@ bool decode_split_attention(const AttentionArgs& a) {
   if (rows > CudaBackend::kDecodeCounters) return false;
   // With a run-time query offset, S is the cache's capacity.
   const int gq = heads_per_block(a.n_head, a.n_kv_head);
-  SplitParams p{a,
-                {},
-                nullptr,
-                nullptr,
-                cuda_impl().decode_counters(),
-                split_count_for(rows, gq, a.S),
-                cuda_impl().take_l2_prefetch()};
+  SplitParams p{a, {}, nullptr, nullptr, cuda_impl().decode_counters(), split_count_for(rows, gq, a.S)};
   const size_t part_floats = p.splits > 1 ? size_t(rows * p.splits * (a.head_dim + 2)) : 0;
   DeviceScratch part(part_floats * sizeof(float));  // held by a recorded graph (CachingAllocator::hold)
   p.part = part.as<float>();
@@ -315,8 +307,7 @@ bool CudaBackend::attention_rows(const void* q, void* out, const DecodeRows& row
                 nullptr,
                 nullptr,
                 decode_counters(),
-                split_count_for(n, gq, window > 0 ? std::min(longest, window) : longest),
-                {}};
+                split_count_for(n, gq, window > 0 ? std::min(longest, window) : longest)};
   DeviceScratch part(p.splits > 1 ? size_t(n * p.splits * (D + 2)) * sizeof(float) : 0);
   p.part = part.as<float>();
   p.part_ml = p.part + n * p.splits * D;

@@ -258,7 +258,6 @@ QgemvParams<T> single_params(const void* x, const uint32_t* wq, const void* scal
   p.y = static_cast<T*>(y);
   p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1;
   p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
-  p.pf = cuda_impl().take_l2_prefetch();  // the pending hint goes with this product
   return p;
 }
 

@@ -50,8 +50,6 @@ struct QgemvParams {
   int64_t rope_pos;
   const int32_t* rope_pos_at;
   int64_t rope_half;
-  // Ranges to bring into L2 while the product runs (Backend::l2_prefetch_next; variants 7 and 9 only); n = 0: none.
-  L2Prefetch pf;
 };
 
 // The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:

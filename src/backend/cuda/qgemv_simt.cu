@@ -38,7 +38,6 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   const int64_t K = p.K, C = K / 32, groups = K / GS, row_words = K / 8;
   float4* xs = smem_simt;                                   // K / 4 units
   float* sx = reinterpret_cast<float*>(smem_simt + K / 4);  // C chunk sums (and C more with SPREAD)
-  l2_prefetch(p.pf);  // weights of later kernels: constant, so before the wait on the previous kernel
   pdl_enter();
   stage_x<T, SPREAD>(p.x, K, xs, sx, p.norm_w, p.norm_eps);
 

@@ -120,7 +120,6 @@ __global__ void __launch_bounds__(kQWarps * 32, STAGES == 1 ? 3 : 2)
   pdl_trigger();
 #pragma unroll
   for (int i = 0; i < STAGES; ++i) issue(i);  // weights only: before the wait
-  l2_prefetch(p.pf);                          // later kernels' weights, after this warp's own first stages
   pdl_wait();
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};

@@ -17,13 +17,11 @@ Backend& cuda_backend() {
 }
 bool cuda_available() { return false; }
 std::string cuda_device_name() { return ""; }
-int cuda_compute_major() { return 0; }
 int64_t cuda_qgemv_tma_launches() { return 0; }
 int64_t cuda_qgemv_ring_launches() { return 0; }
 int64_t cuda_qgemv_simt_ring_launches() { return 0; }
 int64_t cuda_qgemv_normed_launches() { return 0; }
 int64_t cuda_qgemv_rope_launches() { return 0; }
-int64_t cuda_l2_prefetch_launches() { return 0; }
 
 std::string device_collective_unavailable(Device dev) {
   return dev == Device::cuda ? "lmtune was built without CUDA"
