@@ -87,7 +87,8 @@ void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
     return true;
   }();
   (void)sized;
-  const dim3 grid = simt::grid_for(reinterpret_cast<const void*>(k), kSimtWarps, smem, tasks);
+  const dim3 grid = simt::grid_for(reinterpret_cast<const void*>(k), kSimtWarps, smem, tasks,
+                                   int(runtime_config().cuda_qgemv_simt_tasks));
   launch("quantized_gemv_simt", k, grid, kSimtWarps * 32, smem, p, tasks);
 }
 

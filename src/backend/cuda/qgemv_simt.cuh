@@ -314,10 +314,10 @@ inline int blocks_per_sm(const void* k, int threads, size_t smem) {
 }
 
 // The grid of kernel k (blocks of `warps` warps, `smem` bytes) for `tasks` tasks walked grid-stride: as many blocks as
-// the card holds, but fewer for small products, since every block stages x: at least two tasks a warp.
-inline dim3 grid_for(const void* k, int warps, size_t smem, int64_t tasks) {
+// the card holds, but fewer for small products, since every block stages x: at least `per_warp` tasks a warp.
+inline dim3 grid_for(const void* k, int warps, size_t smem, int64_t tasks, int per_warp = 2) {
   const int64_t full = int64_t(cuda_impl().sm_count()) * blocks_per_sm(k, warps * 32, smem);
-  const int64_t enough = (tasks + 2 * warps - 1) / (2 * warps);
+  const int64_t enough = (tasks + per_warp * warps - 1) / (per_warp * warps);
   return dim3(unsigned(std::max<int64_t>(1, std::min(full, enough))));
 }
 
