@@ -65,9 +65,10 @@ struct RuntimeConfig {
   // kernel without it, so that its sums stay variant 10's.
   bool cuda_qgemv_simt_spread = true;
   // LMTUNE_CUDA_QGEMV_SIMT_TASKS: variant 9's least tasks a warp (1-8) before its grid reaches what the card holds:
-  // fewer blocks for the small products, since every block stages x; 0, the default: one where the tasks fit the card's
-  // warps at once, else two (qgemv_simt.cuh's grid_for; for A/B measurements; the sums do not change).
-  int64_t cuda_qgemv_simt_tasks = 0;
+  // fewer blocks for the small products, since every block stages x; 0: one where the tasks fit the card's warps at
+  // once, else two (qgemv_simt.cuh's grid_for; the products alone measured faster, a decode step not yet: bench/
+  // NOTES.md, session 28). The sums do not change.
+  int64_t cuda_qgemv_simt_tasks = 2;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;
