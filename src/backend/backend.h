@@ -345,7 +345,8 @@ std::string cuda_device_name();  // "" where none
 int64_t cuda_qgemv_tma_launches();
 int64_t cuda_qgemv_ring_launches();
 int64_t cuda_qgemv_simt_ring_launches();
-int64_t cuda_qgemv_normed_launches();  // Backend::quantized_gemv_normed calls that ran
-int64_t cuda_qgemv_rope_launches();    // those of them with RopeAppendArgs
+int64_t cuda_qgemv_normed_launches();      // Backend::quantized_gemv_normed calls that ran
+int64_t cuda_qgemv_rope_launches();        // those of them with RopeAppendArgs
+int64_t cuda_qgemv_simt_early_launches();  // variant 9's launches with RuntimeConfig::cuda_qgemv_simt_early
 
 }  // namespace lmtune

@@ -69,6 +69,10 @@ struct RuntimeConfig {
   // once, else two (qgemv_simt.cuh's grid_for; the products alone measured faster, a decode step not yet: bench/
   // NOTES.md, session 28). The sums do not change.
   int64_t cuda_qgemv_simt_tasks = 2;
+  // LMTUNE_CUDA_QGEMV_SIMT_EARLY=1: variant 9's warps load the first round of their first task before x is staged (and
+  // before the wait on the previous kernel), so that its latency runs under the staging (qgemv_simt.cu; the same sums;
+  // off until measured on a GPU: bench/NOTES.md, session 28).
+  bool cuda_qgemv_simt_early = false;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

@@ -286,6 +286,39 @@ TEST(QgemvFused, SimtRingEqualsSimt) {
     }
 }
 
+// Variant 9 with its warps' first round loaded before x is staged (LMTUNE_CUDA_QGEMV_SIMT_EARLY=1) against without:
+// the same loads and sums, so the same bits, for each of the six outputs, with and without SPREAD, on shapes with one
+// task a warp or several, partial rounds (K = 2304: 72 chunks) and one-row or two-row tasks. The early kernel must have
+// run (four launches a run: the product, swiglu, the residual add, the grouped launch).
+TEST(QgemvFused, SimtEarlyEqualsSimt) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 14336, 4096}, {4, 64, 1, 4096, 4096}, {4, 32, 1, 61, 32 * 72}, {4, 128, 1, 300, 1024},
+      {4, 64, 1, 37, 512},     {4, 32, 1, 7001, 768},  {4, 64, 1, 1024, 12288},
+  };
+  uint64_t seed = 1501;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (bool spread : {false, true})
+      for (const Case& c : cases) {
+        const Operands o = make_operands(c, dt, seed += 5);
+        const std::string what = o.what + (spread ? " SPREAD" : "");
+        std::vector<std::vector<float>> out[2];
+        for (int early = 0; early < 2; ++early) {
+          RuntimeConfig rc = runtime_config();
+          rc.cuda_qgemv_variant = 9;
+          rc.cuda_qgemv_simt_spread = spread;
+          rc.cuda_qgemv_simt_early = early == 1;
+          ScopedRuntimeConfig scoped(rc);
+          const int64_t before = cuda_qgemv_simt_early_launches();
+          out[early] = run_outputs(o, host_f32);
+          ASSERT_EQ(out[early].size(), 6u) << what << ": the grouped launch refused";
+          EXPECT_EQ(cuda_qgemv_simt_early_launches() - before, early ? 4 : 0) << what << ": early launches";
+        }
+        for (size_t i = 0; i < out[0].size(); ++i)
+          expect_within(out[1][i], out[0][i], 0.f, what + ": " + kOutputNames[i] + " early against not");
+      }
+}
+
 // Decoding's rms_norm inside the products' staging of x (ops::InputNorm; Backend::quantized_gemv_normed, variants 9 and
 // 10): q/k/v's grouped products and gate/up's swiglu of rms_norm(x) equal rms_norm (CudaBackend::rms_norm, the kernel
 // it replaces) followed by the plain fused products, bit for bit: the factor is summed in that kernel's order and each
@@ -299,13 +332,14 @@ TEST(QgemvFused, NormedEqualsNormThenProducts) {
   };
   uint64_t seed = 901;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {7, 9, 10, 11})  // 11: variant 9 with LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1
+    for (int variant : {7, 9, 10, 11, 12})  // 11: variant 9 with SPREAD; 12: and LMTUNE_CUDA_QGEMV_SIMT_EARLY=1
       for (const Case& c : cases) {
         const Operands o = make_operands(c, dt, seed += 5);
         const std::string what = o.what + " variant " + std::to_string(variant);
         RuntimeConfig rc = runtime_config();
-        rc.cuda_qgemv_variant = variant == 11 ? 9 : variant;
-        rc.cuda_qgemv_simt_spread = variant == 11;
+        rc.cuda_qgemv_variant = variant >= 11 ? 9 : variant;
+        rc.cuda_qgemv_simt_spread = variant >= 11;
+        rc.cuda_qgemv_simt_early = variant == 12;
         ScopedRuntimeConfig scoped(rc);
         std::vector<float> wv = ops::randn({c.K}, seed + 1, 0.2f, DType::f32, Device::cpu).to_f32_vector();
         for (float& u : wv) u += 1.f;  // a norm's weight: near one
@@ -351,7 +385,7 @@ TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
   const std::vector<Heads> shapes = {{32, 8, 128, 4096}, {4, 2, 64, 1024}, {6, 2, 48, 768}, {14, 2, 64, 896}};
   uint64_t seed = 1201;
   for (DType dt : {DType::bf16, DType::f16})
-    for (int variant : {7, 9, 10, 11})  // 10: the rope takes variant 9's kernel; 11: 9 with SPREAD
+    for (int variant : {7, 9, 10, 11, 12})  // 10: the rope takes variant 9's kernel; 11: 9 with SPREAD; 12: and EARLY
       for (const Heads& s : shapes)
         for (int mode = 0; mode < 4; ++mode) {  // bit 0: the input norm; bit 1: the position on the device
           const bool normed = mode & 1, at = mode & 2;
@@ -360,8 +394,9 @@ TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
                                    " variant " + std::to_string(variant) + (normed ? ", normed" : "") +
                                    (at ? ", position on the device" : "");
           RuntimeConfig rc = runtime_config();
-          rc.cuda_qgemv_variant = variant == 11 ? 9 : variant;
-          rc.cuda_qgemv_simt_spread = variant == 11;
+          rc.cuda_qgemv_variant = variant >= 11 ? 9 : variant;
+          rc.cuda_qgemv_simt_spread = variant >= 11;
+          rc.cuda_qgemv_simt_early = variant == 12;
           ScopedRuntimeConfig scoped(rc);
           const Case c{4, 64, 1, s.H * s.D, s.K};
           const QuantFormat f{QuantMode::affine, 4, 64};

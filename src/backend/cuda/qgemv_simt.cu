@@ -8,9 +8,18 @@
 // 5-8; the order differs, so the values are not theirs bit for bit.
 // M = 1, 4 bits and K <= 12288 only; the caller falls back to variant 7 elsewhere.
 #include <algorithm>
+#include <atomic>
 
+#include "backend/backend.h"
 #include "backend/cuda/qgemv_simt.cuh"
 #include "core/runtime_config.h"
+
+namespace lmtune {
+namespace {
+std::atomic<int64_t> early_launches{0};
+}  // namespace
+int64_t cuda_qgemv_simt_early_launches() { return early_launches.load(); }
+}  // namespace lmtune
 
 namespace lmtune::qgemv {
 
@@ -31,38 +40,53 @@ struct SimtRound {
   uint32_t sb[kSimtB][R];
 };
 
-template <typename T, int GS, int R, bool SWIGLU, bool SPREAD>
+// A round of a lane: the B chunks c0, c0 + 32, ... of each of the task's rows, all loads issued before any is used.
+template <typename T, int GS, int R>
+__device__ __forceinline__ void load_round(const simt::Rows<T, R>& rs, int64_t c0, int64_t C, SimtRound<R>& rd) {
+#pragma unroll
+  for (int b = 0; b < kSimtB; ++b) {
+    const int64_t c = c0 + 32 * b;
+    if (c < C) {
+      const int64_t g = c * 32 / GS;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        rd.w[b][r] = ld_stream4(rs.w[r] + c * 4);
+        rd.sb[b][r] = simt::bits16(rs.sc[r] + g) | simt::bits16(rs.bi[r] + g) << 16;
+      }
+    }
+  }
+}
+
+// EARLY: the warp's first round of its first task is loaded before x is staged (and before the wait on the previous
+// kernel: weights are constant), so that its DRAM latency runs under the staging rather than after it.
+template <typename T, int GS, int R, bool SWIGLU, bool SPREAD, bool EARLY>
 __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvParams<T> p, int64_t tasks) {
   using namespace simt;
   extern __shared__ float4 smem_simt[];
   const int64_t K = p.K, C = K / 32, groups = K / GS, row_words = K / 8;
   float4* xs = smem_simt;                                   // K / 4 units
   float* sx = reinterpret_cast<float*>(smem_simt + K / 4);  // C chunk sums (and C more with SPREAD)
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t first = int64_t(blockIdx.x) * kSimtWarps + warp;
+  SimtRound<R> rd;
+  Rows<T, R> rs;
+  if (EARLY && first < tasks) {
+    rs = rows_of<T, R, SWIGLU>(p, first, row_words, groups);
+    load_round<T, GS, R>(rs, lane, C, rd);
+  }
   pdl_enter();
   stage_x<T, SPREAD>(p.x, K, xs, sx, p.norm_w, p.norm_eps);
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t task = int64_t(blockIdx.x) * kSimtWarps + warp; task < tasks; task += int64_t(gridDim.x) * kSimtWarps) {
-    const Rows<T, R> rs = rows_of<T, R, SWIGLU>(p, task, row_words, groups);
+  for (int64_t task = first; task < tasks; task += int64_t(gridDim.x) * kSimtWarps) {
+    const bool loaded = EARLY && task == first;  // rs and its first round already there
+    if (!loaded) rs = rows_of<T, R, SWIGLU>(p, task, row_words, groups);
     float y[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) y[r] = 0.f;
     // A round: the lane's B chunks c0, c0 + 32, ... of each row, all loads issued before any is used. (Keeping the
     // next round in flight while this one is used cost registers, so warps, and measured slower: bench/NOTES.md.)
     for (int64_t c0 = lane; c0 < C; c0 += 32 * kSimtB) {
-      SimtRound<R> rd;
-#pragma unroll
-      for (int b = 0; b < kSimtB; ++b) {
-        const int64_t c = c0 + 32 * b;
-        if (c < C) {
-          const int64_t g = c * 32 / GS;
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            rd.w[b][r] = ld_stream4(rs.w[r] + c * 4);
-            rd.sb[b][r] = bits16(rs.sc[r] + g) | bits16(rs.bi[r] + g) << 16;
-          }
-        }
-      }
+      if (!loaded || c0 != lane) load_round<T, GS, R>(rs, c0, C, rd);
 #pragma unroll
       for (int b = 0; b < kSimtB; ++b) {
         const int64_t c = c0 + 32 * b;
@@ -79,9 +103,9 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   }
 }
 
-template <typename T, int GS, int R, bool SWIGLU, bool SPREAD>
+template <typename T, int GS, int R, bool SWIGLU, bool SPREAD, bool EARLY>
 void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
-  auto k = qgemv_simt_kernel<T, GS, R, SWIGLU, SPREAD>;
+  auto k = qgemv_simt_kernel<T, GS, R, SWIGLU, SPREAD, EARLY>;
   static const bool sized = [&] {  // more than 48 KB of shared memory a block needs the opt-in
     LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSimtMaxSmem));
     return true;
@@ -90,32 +114,35 @@ void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
   const dim3 grid = simt::grid_for(reinterpret_cast<const void*>(k), kSimtWarps, smem, tasks,
                                    int(runtime_config().cuda_qgemv_simt_tasks));
   launch("quantized_gemv_simt", k, grid, kSimtWarps * 32, smem, p, tasks);
+  if (EARLY) early_launches.fetch_add(1);
 }
 
-template <typename T, int GS, bool SPREAD>
+template <typename T, int GS, bool SPREAD, bool EARLY>
 bool launch_simt_shape(QgemvParams<T> p) {
   if (p.K > kSimtMaxK) return false;
   const size_t smem = simt::x_bytes(p.K, SPREAD);
   if (p.swiglu) {
-    launch_simt_kernel<T, GS, 2, true, SPREAD>(p, p.N, smem);
+    launch_simt_kernel<T, GS, 2, true, SPREAD, EARLY>(p, p.N, smem);
     return true;
   }
   const bool two = p.rope_inv_freq || simt::rows_a_task(p) == 2;  // the rope epilogue's task is a pair
   const int64_t tasks = simt::number_tasks(p, two ? 2 : 1);
   if (two)
-    launch_simt_kernel<T, GS, 2, false, SPREAD>(p, tasks, smem);
+    launch_simt_kernel<T, GS, 2, false, SPREAD, EARLY>(p, tasks, smem);
   else
-    launch_simt_kernel<T, GS, 1, false, SPREAD>(p, tasks, smem);
+    launch_simt_kernel<T, GS, 1, false, SPREAD, EARLY>(p, tasks, smem);
   return true;
 }
 
 template <typename T, int GS>
 bool launch_simt_shape(const QgemvParams<T>& p) {
   // SPREAD only where variant 9 is the chosen one: variant 10 takes this kernel for its fused rope, and its sums must
-  // stay those of its own kernel, which has no SPREAD layout.
+  // stay those of its own kernel, which has no SPREAD layout. EARLY likewise (the same sums either way).
   const RuntimeConfig& rc = runtime_config();
-  return rc.cuda_qgemv_simt_spread && rc.cuda_qgemv_variant == 9 ? launch_simt_shape<T, GS, true>(p)
-                                                                 : launch_simt_shape<T, GS, false>(p);
+  const bool nine = rc.cuda_qgemv_variant == 9, spread = rc.cuda_qgemv_simt_spread && nine,
+             early = rc.cuda_qgemv_simt_early && nine;
+  if (spread) return early ? launch_simt_shape<T, GS, true, true>(p) : launch_simt_shape<T, GS, true, false>(p);
+  return early ? launch_simt_shape<T, GS, false, true>(p) : launch_simt_shape<T, GS, false, false>(p);
 }
 
 }  // namespace
