@@ -348,5 +348,6 @@ int64_t cuda_qgemv_simt_ring_launches();
 int64_t cuda_qgemv_normed_launches();      // Backend::quantized_gemv_normed calls that ran
 int64_t cuda_qgemv_rope_launches();        // those of them with RopeAppendArgs
 int64_t cuda_qgemv_simt_early_launches();  // variant 9's launches with RuntimeConfig::cuda_qgemv_simt_early
+int64_t cuda_qgemv_simt_wide_launches();   // and those with one-row tasks under cuda_qgemv_simt_wide
 
 }  // namespace lmtune

@@ -74,6 +74,8 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
       read_switch("LMTUNE_CUDA_QGEMV_SIMT_SPREAD", var("LMTUNE_CUDA_QGEMV_SIMT_SPREAD"), d.cuda_qgemv_simt_spread);
   c.cuda_qgemv_simt_early =
       read_switch("LMTUNE_CUDA_QGEMV_SIMT_EARLY", var("LMTUNE_CUDA_QGEMV_SIMT_EARLY"), d.cuda_qgemv_simt_early);
+  c.cuda_qgemv_simt_wide =
+      read_switch("LMTUNE_CUDA_QGEMV_SIMT_WIDE", var("LMTUNE_CUDA_QGEMV_SIMT_WIDE"), d.cuda_qgemv_simt_wide);
   c.cuda_qgemv_simt_tasks =
       read_count("LMTUNE_CUDA_QGEMV_SIMT_TASKS", var("LMTUNE_CUDA_QGEMV_SIMT_TASKS"), d.cuda_qgemv_simt_tasks);
   LMT_CHECK(c.cuda_qgemv_simt_tasks <= 8, "[runtime_config] LMTUNE_CUDA_QGEMV_SIMT_TASKS must be 0 to 8, got ",

@@ -73,6 +73,10 @@ struct RuntimeConfig {
   // before the wait on the previous kernel), so that its latency runs under the staging (qgemv_simt.cu; the same sums;
   // off until measured on a GPU: bench/NOTES.md, session 28).
   bool cuda_qgemv_simt_early = false;
+  // LMTUNE_CUDA_QGEMV_SIMT_WIDE=1: variant 9's one-row tasks (o's product, k's, v's) load 4 chunks a lane a round
+  // instead of 2 (the registers two-row tasks' rounds take): half the dependent rounds; the same sums (qgemv_simt.cu;
+  // off until measured on a GPU: bench/NOTES.md, session 28).
+  bool cuda_qgemv_simt_wide = false;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

@@ -286,10 +286,12 @@ TEST(QgemvFused, SimtRingEqualsSimt) {
     }
 }
 
-// Variant 9 with its warps' first round loaded before x is staged (LMTUNE_CUDA_QGEMV_SIMT_EARLY=1) against without:
-// the same loads and sums, so the same bits, for each of the six outputs, with and without SPREAD, on shapes with one
-// task a warp or several, partial rounds (K = 2304: 72 chunks) and one-row or two-row tasks. The early kernel must have
-// run (four launches a run: the product, swiglu, the residual add, the grouped launch).
+// Variant 9 with its warps' first round loaded before x is staged (LMTUNE_CUDA_QGEMV_SIMT_EARLY=1), with 4 chunks a
+// lane a round for one-row tasks (LMTUNE_CUDA_QGEMV_SIMT_WIDE=1), and with both, against neither: the same loads and
+// sums, so the same bits, for each of the six outputs, with and without SPREAD, on shapes with one task a warp or
+// several, partial rounds (K = 2304: 72 chunks) and one-row or two-row tasks. The kernels must have run: four early
+// launches a run (the product, swiglu, the residual add, the grouped launch), and at least the product and the residual
+// add wide where N <= 1024 (one-row tasks on any card of 22 or more multiprocessors).
 TEST(QgemvFused, SimtEarlyEqualsSimt) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const std::vector<Case> cases = {
@@ -302,20 +304,30 @@ TEST(QgemvFused, SimtEarlyEqualsSimt) {
       for (const Case& c : cases) {
         const Operands o = make_operands(c, dt, seed += 5);
         const std::string what = o.what + (spread ? " SPREAD" : "");
-        std::vector<std::vector<float>> out[2];
-        for (int early = 0; early < 2; ++early) {
+        std::vector<std::vector<float>> out[4];
+        for (int mode = 0; mode < 4; ++mode) {  // bit 0: early; bit 1: wide
+          const bool early = mode & 1, wide = mode & 2;
           RuntimeConfig rc = runtime_config();
           rc.cuda_qgemv_variant = 9;
           rc.cuda_qgemv_simt_spread = spread;
-          rc.cuda_qgemv_simt_early = early == 1;
+          rc.cuda_qgemv_simt_early = early;
+          rc.cuda_qgemv_simt_wide = wide;
           ScopedRuntimeConfig scoped(rc);
-          const int64_t before = cuda_qgemv_simt_early_launches();
-          out[early] = run_outputs(o, host_f32);
-          ASSERT_EQ(out[early].size(), 6u) << what << ": the grouped launch refused";
-          EXPECT_EQ(cuda_qgemv_simt_early_launches() - before, early ? 4 : 0) << what << ": early launches";
+          const int64_t early_before = cuda_qgemv_simt_early_launches(), wide_before = cuda_qgemv_simt_wide_launches();
+          out[mode] = run_outputs(o, host_f32);
+          ASSERT_EQ(out[mode].size(), 6u) << what << ": the grouped launch refused";
+          EXPECT_EQ(cuda_qgemv_simt_early_launches() - early_before, early ? 4 : 0) << what << ": early launches";
+          const int64_t wide_launches = cuda_qgemv_simt_wide_launches() - wide_before;
+          if (!wide)
+            EXPECT_EQ(wide_launches, 0) << what;
+          else if (c.N <= 1024)
+            EXPECT_GE(wide_launches, 2) << what << ": wide launches";
+          if (mode == 0) continue;
+          for (size_t i = 0; i < out[0].size(); ++i)
+            expect_within(out[mode][i], out[0][i], 0.f,
+                          what + ": " + kOutputNames[i] + (early ? " early" : "") + (wide ? " wide" : "") +
+                              " against neither");
         }
-        for (size_t i = 0; i < out[0].size(); ++i)
-          expect_within(out[1][i], out[0][i], 0.f, what + ": " + kOutputNames[i] + " early against not");
       }
 }
 

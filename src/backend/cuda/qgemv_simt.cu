@@ -16,9 +16,10 @@
 
 namespace lmtune {
 namespace {
-std::atomic<int64_t> early_launches{0};
+std::atomic<int64_t> early_launches{0}, wide_launches{0};
 }  // namespace
 int64_t cuda_qgemv_simt_early_launches() { return early_launches.load(); }
+int64_t cuda_qgemv_simt_wide_launches() { return wide_launches.load(); }
 }  // namespace lmtune
 
 namespace lmtune::qgemv {
@@ -26,7 +27,7 @@ namespace lmtune::qgemv {
 namespace {
 
 constexpr int kSimtWarps = 8;  // warps a block
-constexpr int kSimtB = 2;      // chunks a lane loads before using any
+constexpr int kSimtB = 2;      // chunks a lane loads before using any (4 for one-row tasks with cuda_qgemv_simt_wide)
 // K <= 12288: longer rows (Mistral's down, K = 14336) would hold a multiprocessor to three blocks, and measured slower
 // than variant 7 (bench/NOTES.md): they go there. x as f32 and its chunk sums take at most kSimtMaxSmem.
 constexpr int64_t kSimtMaxK = 12288;
@@ -34,17 +35,17 @@ constexpr int kSimtMaxSmem = int(simt::x_bytes(kSimtMaxK, true));
 
 // One round of a lane: B chunks (c0, c0 + 32, ...) of each of the task's R rows, with their scales (low 16 bits) and
 // biases (high) as T's bits, two to a register.
-template <int R>
+template <int R, int B>
 struct SimtRound {
-  uint4 w[kSimtB][R];
-  uint32_t sb[kSimtB][R];
+  uint4 w[B][R];
+  uint32_t sb[B][R];
 };
 
 // A round of a lane: the B chunks c0, c0 + 32, ... of each of the task's rows, all loads issued before any is used.
-template <typename T, int GS, int R>
-__device__ __forceinline__ void load_round(const simt::Rows<T, R>& rs, int64_t c0, int64_t C, SimtRound<R>& rd) {
+template <typename T, int GS, int R, int B>
+__device__ __forceinline__ void load_round(const simt::Rows<T, R>& rs, int64_t c0, int64_t C, SimtRound<R, B>& rd) {
 #pragma unroll
-  for (int b = 0; b < kSimtB; ++b) {
+  for (int b = 0; b < B; ++b) {
     const int64_t c = c0 + 32 * b;
     if (c < C) {
       const int64_t g = c * 32 / GS;
@@ -57,9 +58,10 @@ __device__ __forceinline__ void load_round(const simt::Rows<T, R>& rs, int64_t c
   }
 }
 
-// EARLY: the warp's first round of its first task is loaded before x is staged (and before the wait on the previous
-// kernel: weights are constant), so that its DRAM latency runs under the staging rather than after it.
-template <typename T, int GS, int R, bool SWIGLU, bool SPREAD, bool EARLY>
+// B chunks a lane a round. EARLY: the warp's first round of its first task is loaded before x is staged (and before
+// the wait on the previous kernel: weights are constant), so that its DRAM latency runs under the staging rather than
+// after it. A lane adds its chunks in the order c = lane, lane + 32, ... whatever B is, so B and EARLY change no sum.
+template <typename T, int GS, int R, int B, bool SWIGLU, bool SPREAD, bool EARLY>
 __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvParams<T> p, int64_t tasks) {
   using namespace simt;
   extern __shared__ float4 smem_simt[];
@@ -68,11 +70,11 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   float* sx = reinterpret_cast<float*>(smem_simt + K / 4);  // C chunk sums (and C more with SPREAD)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t first = int64_t(blockIdx.x) * kSimtWarps + warp;
-  SimtRound<R> rd;
+  SimtRound<R, B> rd;
   Rows<T, R> rs;
   if (EARLY && first < tasks) {
     rs = rows_of<T, R, SWIGLU>(p, first, row_words, groups);
-    load_round<T, GS, R>(rs, lane, C, rd);
+    load_round<T, GS, R, B>(rs, lane, C, rd);
   }
   pdl_enter();
   stage_x<T, SPREAD>(p.x, K, xs, sx, p.norm_w, p.norm_eps);
@@ -85,10 +87,10 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
     for (int r = 0; r < R; ++r) y[r] = 0.f;
     // A round: the lane's B chunks c0, c0 + 32, ... of each row, all loads issued before any is used. (Keeping the
     // next round in flight while this one is used cost registers, so warps, and measured slower: bench/NOTES.md.)
-    for (int64_t c0 = lane; c0 < C; c0 += 32 * kSimtB) {
-      if (!loaded || c0 != lane) load_round<T, GS, R>(rs, c0, C, rd);
+    for (int64_t c0 = lane; c0 < C; c0 += 32 * B) {
+      if (!loaded || c0 != lane) load_round<T, GS, R, B>(rs, c0, C, rd);
 #pragma unroll
-      for (int b = 0; b < kSimtB; ++b) {
+      for (int b = 0; b < B; ++b) {
         const int64_t c = c0 + 32 * b;
         if (c >= C) break;
         float scale[R], bias[R];
@@ -103,9 +105,9 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   }
 }
 
-template <typename T, int GS, int R, bool SWIGLU, bool SPREAD, bool EARLY>
+template <typename T, int GS, int R, int B, bool SWIGLU, bool SPREAD, bool EARLY>
 void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
-  auto k = qgemv_simt_kernel<T, GS, R, SWIGLU, SPREAD, EARLY>;
+  auto k = qgemv_simt_kernel<T, GS, R, B, SWIGLU, SPREAD, EARLY>;
   static const bool sized = [&] {  // more than 48 KB of shared memory a block needs the opt-in
     LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSimtMaxSmem));
     return true;
@@ -115,6 +117,7 @@ void launch_simt_kernel(const QgemvParams<T>& p, int64_t tasks, size_t smem) {
                                    int(runtime_config().cuda_qgemv_simt_tasks));
   launch("quantized_gemv_simt", k, grid, kSimtWarps * 32, smem, p, tasks);
   if (EARLY) early_launches.fetch_add(1);
+  if (B != kSimtB) wide_launches.fetch_add(1);
 }
 
 template <typename T, int GS, bool SPREAD, bool EARLY>
@@ -122,15 +125,17 @@ bool launch_simt_shape(QgemvParams<T> p) {
   if (p.K > kSimtMaxK) return false;
   const size_t smem = simt::x_bytes(p.K, SPREAD);
   if (p.swiglu) {
-    launch_simt_kernel<T, GS, 2, true, SPREAD, EARLY>(p, p.N, smem);
+    launch_simt_kernel<T, GS, 2, kSimtB, true, SPREAD, EARLY>(p, p.N, smem);
     return true;
   }
   const bool two = p.rope_inv_freq || simt::rows_a_task(p) == 2;  // the rope epilogue's task is a pair
   const int64_t tasks = simt::number_tasks(p, two ? 2 : 1);
   if (two)
-    launch_simt_kernel<T, GS, 2, false, SPREAD, EARLY>(p, tasks, smem);
+    launch_simt_kernel<T, GS, 2, kSimtB, false, SPREAD, EARLY>(p, tasks, smem);
+  else if (runtime_config().cuda_qgemv_simt_wide)  // one row's B chunks cost the registers two rows' kSimtB take
+    launch_simt_kernel<T, GS, 1, 2 * kSimtB, false, SPREAD, EARLY>(p, tasks, smem);
   else
-    launch_simt_kernel<T, GS, 1, false, SPREAD, EARLY>(p, tasks, smem);
+    launch_simt_kernel<T, GS, 1, kSimtB, false, SPREAD, EARLY>(p, tasks, smem);
   return true;
 }
 
