@@ -10,6 +10,10 @@
 //   bench_quantized [--bits B] [--group G] [--rows 1,8] [--once (one eager call each, for ncu)]
 //   [--warm (one copy of each weight, so that the products that fit in L2 read it from there: what a product costs
 //   with its weights already in L2)]
+// With one row, a second table: the launches a fused decode step makes (the input norm inside q/k/v's launch with the
+// rope and cache append in its epilogue, o with the residual add, the norm inside gate/up's launch with swiglu, down
+// with the residual add, lm_head), each alone and a layer's four in sequence, under the runtime config in force
+// (LMTUNE_CUDA_QGEMV_* and the fusion switches reach them as they reach lmtune).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -84,6 +88,128 @@ struct Product {
   int64_t K;
   int per_token_single, per_token_grouped;
 };
+
+// A matrix's packed words (random), scales and biases, in `copies` copies at distinct addresses.
+struct Packed {
+  std::vector<Tensor> wq, sc, bi;
+};
+Packed make_packed(int64_t N, int64_t K, int bits, int group, int copies, uint64_t seed) {
+  Backend& be = backend(Device::cuda);
+  const int64_t words = K * bits / 32, groups = K / group;
+  std::vector<uint32_t> host(size_t(N * words));
+  uint64_t r = 0x9E3779B97F4A7C15ull * (seed + 1);
+  for (uint32_t& w : host) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    w = uint32_t(r >> 16);
+  }
+  Packed p;
+  for (int c = 0; c < copies; ++c) {
+    Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
+    be.copy_h2d(w.raw(), host.data(), host.size() * 4);
+    p.wq.push_back(w);
+    p.sc.push_back(ops::uniform({N, groups}, seed * 7 + uint64_t(c), 0.005f, 0.05f, DType::bf16, Device::cuda));
+    p.bi.push_back(ops::uniform({N, groups}, seed * 7 + 3 + uint64_t(c), -0.4f, -0.04f, DType::bf16, Device::cuda));
+  }
+  return p;
+}
+double packed_bytes(int64_t N, int64_t K, int bits, int group) {
+  return double(N * K * bits / 8) + 2.0 * 2.0 * double(N * (K / group));
+}
+
+// The launches of a fused decode step at Mistral-7B's shapes (one row, bf16), each timed alone and the layer's four
+// in sequence, as the main table times the plain products.
+void decode_launches(int bits, int group, bool warm, double bw) {
+  Backend& be = backend(Device::cuda);
+  constexpr int64_t E = 4096, F = 14336, H = 32, KV = 8, D = 128, V = 32000, cap = 64;
+  const double b_qkv = packed_bytes(H * D + 2 * KV * D, E, bits, group), b_o = packed_bytes(E, E, bits, group),
+               b_gu = 2 * packed_bytes(F, E, bits, group), b_down = packed_bytes(E, F, bits, group),
+               b_head = packed_bytes(V, E, bits, group), b_layer = b_qkv + b_o + b_gu + b_down;
+  const int copies = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_layer)));
+  const Packed q = make_packed(H * D, E, bits, group, copies, 1), k = make_packed(KV * D, E, bits, group, copies, 2),
+               v = make_packed(KV * D, E, bits, group, copies, 3), o = make_packed(E, E, bits, group, copies, 4),
+               g = make_packed(F, E, bits, group, copies, 5), u = make_packed(F, E, bits, group, copies, 6),
+               dn = make_packed(E, F, bits, group, copies, 7);
+  const int head_copies = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_head)));
+  const Packed head = make_packed(V, E, bits, group, head_copies, 8);
+  const Tensor x = ops::uniform({1, E}, 9, -1.f, 1.f, DType::bf16, Device::cuda),
+               norm_w = ops::uniform({E}, 10, 0.8f, 1.2f, DType::bf16, Device::cuda),
+               attn = ops::uniform({1, E}, 11, -1.f, 1.f, DType::bf16, Device::cuda),
+               act = ops::uniform({1, F}, 12, -1.f, 1.f, DType::bf16, Device::cuda);
+  std::vector<float> fr(size_t(D / 2));
+  for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(1e6f, -2.f * float(i) / float(D));
+  const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {D / 2}), Device::cuda);
+  const Tensor k_cache = ops::zeros({cap, KV * D}, DType::bf16, Device::cuda),
+               v_cache = ops::zeros({cap, KV * D}, DType::bf16, Device::cuda);
+  Tensor yq = ops::empty({1, H * D}, DType::bf16, Device::cuda), x1 = ops::empty({1, E}, DType::bf16, Device::cuda),
+         h = ops::empty({1, F}, DType::bf16, Device::cuda), x2 = ops::empty({1, E}, DType::bf16, Device::cuda),
+         logits = ops::empty({1, V}, DType::bf16, Device::cuda);
+  bool ok = true;
+  const auto u32 = [](const Tensor& t) { return static_cast<const uint32_t*>(t.raw()); };
+  auto qkv = [&](int call) {
+    const size_t c = size_t(call % copies);
+    const uint32_t* wqs[3] = {u32(q.wq[c]), u32(k.wq[c]), u32(v.wq[c])};
+    const void* sc[3] = {q.sc[c].raw(), k.sc[c].raw(), v.sc[c].raw()};
+    const void* bi[3] = {q.bi[c].raw(), k.bi[c].raw(), v.bi[c].raw()};
+    void* ys[3] = {yq.raw(), nullptr, nullptr};
+    const int64_t ns[3] = {H * D, KV * D, KV * D};
+    const Backend::RopeAppendArgs rope{
+        static_cast<const float*>(inv_freq.raw()), k_cache.raw(), v_cache.raw(), 5, nullptr, D};
+    ok = ok && be.quantized_gemv_normed(x.raw(), norm_w.raw(), 1e-5f, wqs, sc, bi, ys, ns, 3, false, E, bits, group,
+                                        DType::bf16, &rope);
+  };
+  auto oproj = [&](int call) {
+    const size_t c = size_t(call % copies);
+    ok = ok && be.quantized_gemv_add(attn.raw(), u32(o.wq[c]), o.sc[c].raw(), o.bi[c].raw(), x.raw(), x1.raw(), 1, E, E,
+                                     bits, group, DType::bf16);
+  };
+  auto gate_up = [&](int call) {
+    const size_t c = size_t(call % copies);
+    const uint32_t* wqs[2] = {u32(g.wq[c]), u32(u.wq[c])};
+    const void* sc[2] = {g.sc[c].raw(), u.sc[c].raw()};
+    const void* bi[2] = {g.bi[c].raw(), u.bi[c].raw()};
+    void* ys[2] = {h.raw(), h.raw()};
+    const int64_t ns[2] = {F, F};
+    ok = ok && be.quantized_gemv_normed(x1.raw(), norm_w.raw(), 1e-5f, wqs, sc, bi, ys, ns, 2, true, E, bits, group,
+                                        DType::bf16);
+  };
+  auto down = [&](int call) {
+    const size_t c = size_t(call % copies);
+    ok = ok && be.quantized_gemv_add(act.raw(), u32(dn.wq[c]), dn.sc[c].raw(), dn.bi[c].raw(), x1.raw(), x2.raw(), 1, E,
+                                     F, bits, group, DType::bf16);
+  };
+  auto lm_head = [&](int call) {
+    const size_t c = size_t(call % head_copies);
+    ok = ok && be.quantized_gemv(x2.raw(), u32(head.wq[c]), head.sc[c].raw(), head.bi[c].raw(), logits.raw(), 1, V, E,
+                                 bits, group, DType::bf16);
+  };
+  auto layer = [&](int call) { qkv(call), oproj(call), gate_up(call), down(call); };
+  const int calls = copies * std::max(1, 40 / copies), head_calls = head_copies * std::max(1, 40 / head_copies);
+  std::printf("\nA fused decode step's launches (one row, bf16, Mistral-7B shape%s):\n", warm ? ", weights in L2" : "");
+  std::printf("| launch | packed MB | us | GB/s | %% of copy |\n| --- | --- | --- | --- | --- |\n");
+  struct Row {
+    const char* name;
+    double bytes, us;
+  };
+  std::vector<Row> rows = {{"q/k/v, input norm inside, rope + cache append after", b_qkv, time_graph(qkv, calls)},
+                           {"o, residual add after", b_o, time_graph(oproj, calls)},
+                           {"gate/up, input norm inside, swiglu after", b_gu, time_graph(gate_up, calls)},
+                           {"down, residual add after", b_down, time_graph(down, calls)},
+                           {"the layer's four in sequence", b_layer, time_graph(layer, calls)},
+                           {"lm_head", b_head, time_graph(lm_head, head_calls)}};
+  if (!ok) {  // variants 0-8 have no normed launch (LMTUNE_CUDA_QGEMV_VARIANT), nor 5-10 without fused epilogues
+    std::printf("(a fused decode launch was declined under the runtime config in force: no figures)\n");
+    return;
+  }
+  for (const Row& r : rows)
+    std::printf("| %s | %.2f | %.2f | %.0f | %.0f%% |\n", r.name, r.bytes / 1e6, r.us, r.bytes / r.us / 1e3,
+                100.0 * r.bytes / r.us / 1e3 / bw);
+  const double step_us = 32 * rows[4].us + rows[5].us, step_bytes = 32 * b_layer + b_head;
+  std::printf(
+      "a step's products in these launches (32 layers in sequence + lm_head, %.3f GB): %.3f ms (%.0f GB/s); "
+      "the launches one by one %.3f ms; bound at the copy bandwidth %.3f ms\n",
+      step_bytes / 1e9, step_us / 1e3, step_bytes / step_us / 1e3,
+      (32 * (rows[0].us + rows[1].us + rows[2].us + rows[3].us) + rows[5].us) / 1e3, step_bytes / (bw * 1e9) * 1e3);
+}
 
 }  // namespace
 
@@ -243,6 +369,8 @@ int main(int argc, char** argv) {
       std::printf("one token's products with q/k/v and gate/up grouped (%.3f GB): fused %.3f ms (%.0f GB/s)\n",
                   tok_grouped_bytes / 1e9, tok_grouped / 1e3, tok_grouped_bytes / tok_grouped / 1e3);
     }
+    if (!once && std::find(rows_list.begin(), rows_list.end(), int64_t(1)) != rows_list.end())
+      decode_launches(bits, group, warm, bw);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_quantized: %s\n", e.what());
     return 1;
