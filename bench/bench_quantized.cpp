@@ -13,7 +13,9 @@
 // With one row, a second table: the launches a fused decode step makes (the input norm inside q/k/v's launch with the
 // rope and cache append in its epilogue, o with the residual add, the norm inside gate/up's launch with swiglu, down
 // with the residual add, lm_head), each alone and a layer's four in sequence, under the runtime config in force
-// (LMTUNE_CUDA_QGEMV_* and the fusion switches reach them as they reach lmtune).
+// (LMTUNE_CUDA_QGEMV_* and the fusion switches reach them as they reach lmtune). --configs "SPEC ...": instead, that
+// table under each SPEC (comma-separated NAME=VALUE settings over the environment, "-" for none) in turn, the specs
+// alternated twice: an A/B of the switches in one process, with no model to write.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,6 +27,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/runtime_config.h"
 #include "ops/ops.h"
 
 namespace {
@@ -116,107 +119,186 @@ double packed_bytes(int64_t N, int64_t K, int bits, int group) {
   return double(N * K * bits / 8) + 2.0 * 2.0 * double(N * (K / group));
 }
 
-// The launches of a fused decode step at Mistral-7B's shapes (one row, bf16), each timed alone and the layer's four
-// in sequence, as the main table times the plain products.
-void decode_launches(int bits, int group, bool warm, double bw) {
-  Backend& be = backend(Device::cuda);
-  constexpr int64_t E = 4096, F = 14336, H = 32, KV = 8, D = 128, V = 32000, cap = 64;
-  const double b_qkv = packed_bytes(H * D + 2 * KV * D, E, bits, group), b_o = packed_bytes(E, E, bits, group),
-               b_gu = 2 * packed_bytes(F, E, bits, group), b_down = packed_bytes(E, F, bits, group),
-               b_head = packed_bytes(V, E, bits, group), b_layer = b_qkv + b_o + b_gu + b_down;
-  const int copies = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_layer)));
-  const Packed q = make_packed(H * D, E, bits, group, copies, 1), k = make_packed(KV * D, E, bits, group, copies, 2),
-               v = make_packed(KV * D, E, bits, group, copies, 3), o = make_packed(E, E, bits, group, copies, 4),
-               g = make_packed(F, E, bits, group, copies, 5), u = make_packed(F, E, bits, group, copies, 6),
-               dn = make_packed(E, F, bits, group, copies, 7);
-  const int head_copies = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_head)));
-  const Packed head = make_packed(V, E, bits, group, head_copies, 8);
-  const Tensor x = ops::uniform({1, E}, 9, -1.f, 1.f, DType::bf16, Device::cuda),
-               norm_w = ops::uniform({E}, 10, 0.8f, 1.2f, DType::bf16, Device::cuda),
-               attn = ops::uniform({1, E}, 11, -1.f, 1.f, DType::bf16, Device::cuda),
-               act = ops::uniform({1, F}, 12, -1.f, 1.f, DType::bf16, Device::cuda);
-  std::vector<float> fr(size_t(D / 2));
-  for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(1e6f, -2.f * float(i) / float(D));
-  const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {D / 2}), Device::cuda);
-  const Tensor k_cache = ops::zeros({cap, KV * D}, DType::bf16, Device::cuda),
-               v_cache = ops::zeros({cap, KV * D}, DType::bf16, Device::cuda);
-  Tensor yq = ops::empty({1, H * D}, DType::bf16, Device::cuda), x1 = ops::empty({1, E}, DType::bf16, Device::cuda),
-         h = ops::empty({1, F}, DType::bf16, Device::cuda), x2 = ops::empty({1, E}, DType::bf16, Device::cuda),
-         logits = ops::empty({1, V}, DType::bf16, Device::cuda);
-  bool ok = true;
-  const auto u32 = [](const Tensor& t) { return static_cast<const uint32_t*>(t.raw()); };
-  auto qkv = [&](int call) {
-    const size_t c = size_t(call % copies);
-    const uint32_t* wqs[3] = {u32(q.wq[c]), u32(k.wq[c]), u32(v.wq[c])};
-    const void* sc[3] = {q.sc[c].raw(), k.sc[c].raw(), v.sc[c].raw()};
-    const void* bi[3] = {q.bi[c].raw(), k.bi[c].raw(), v.bi[c].raw()};
-    void* ys[3] = {yq.raw(), nullptr, nullptr};
-    const int64_t ns[3] = {H * D, KV * D, KV * D};
-    const Backend::RopeAppendArgs rope{
-        static_cast<const float*>(inv_freq.raw()), k_cache.raw(), v_cache.raw(), 5, nullptr, D};
-    ok = ok && be.quantized_gemv_normed(x.raw(), norm_w.raw(), 1e-5f, wqs, sc, bi, ys, ns, 3, false, E, bits, group,
-                                        DType::bf16, &rope);
-  };
-  auto oproj = [&](int call) {
-    const size_t c = size_t(call % copies);
-    ok = ok && be.quantized_gemv_add(attn.raw(), u32(o.wq[c]), o.sc[c].raw(), o.bi[c].raw(), x.raw(), x1.raw(), 1, E, E,
-                                     bits, group, DType::bf16);
-  };
-  auto gate_up = [&](int call) {
-    const size_t c = size_t(call % copies);
-    const uint32_t* wqs[2] = {u32(g.wq[c]), u32(u.wq[c])};
-    const void* sc[2] = {g.sc[c].raw(), u.sc[c].raw()};
-    const void* bi[2] = {g.bi[c].raw(), u.bi[c].raw()};
-    void* ys[2] = {h.raw(), h.raw()};
-    const int64_t ns[2] = {F, F};
-    ok = ok && be.quantized_gemv_normed(x1.raw(), norm_w.raw(), 1e-5f, wqs, sc, bi, ys, ns, 2, true, E, bits, group,
-                                        DType::bf16);
-  };
-  auto down = [&](int call) {
-    const size_t c = size_t(call % copies);
-    ok = ok && be.quantized_gemv_add(act.raw(), u32(dn.wq[c]), dn.sc[c].raw(), dn.bi[c].raw(), x1.raw(), x2.raw(), 1, E,
-                                     F, bits, group, DType::bf16);
-  };
-  auto lm_head = [&](int call) {
-    const size_t c = size_t(call % head_copies);
-    ok = ok && be.quantized_gemv(x2.raw(), u32(head.wq[c]), head.sc[c].raw(), head.bi[c].raw(), logits.raw(), 1, V, E,
-                                 bits, group, DType::bf16);
-  };
-  auto layer = [&](int call) { qkv(call), oproj(call), gate_up(call), down(call); };
-  const int calls = copies * std::max(1, 40 / copies), head_calls = head_copies * std::max(1, 40 / head_copies);
-  std::printf("\nA fused decode step's launches (one row, bf16, Mistral-7B shape%s):\n", warm ? ", weights in L2" : "");
-  std::printf("| launch | packed MB | us | GB/s | %% of copy |\n| --- | --- | --- | --- | --- |\n");
+// The launches of a fused decode step at Mistral-7B's shapes (one row, bf16): each timed alone and the layer's four in
+// sequence, as the main table times the plain products, under the runtime config in force when time() runs.
+class DecodeLaunches {
+ public:
+  static constexpr int64_t E = 4096, F = 14336, H = 32, KV = 8, D = 128, V = 32000, cap = 64;
   struct Row {
     const char* name;
     double bytes, us;
   };
-  std::vector<Row> rows = {{"q/k/v, input norm inside, rope + cache append after", b_qkv, time_graph(qkv, calls)},
-                           {"o, residual add after", b_o, time_graph(oproj, calls)},
-                           {"gate/up, input norm inside, swiglu after", b_gu, time_graph(gate_up, calls)},
-                           {"down, residual add after", b_down, time_graph(down, calls)},
-                           {"the layer's four in sequence", b_layer, time_graph(layer, calls)},
-                           {"lm_head", b_head, time_graph(lm_head, head_calls)}};
-  if (!ok) {  // variants 0-8 have no normed launch (LMTUNE_CUDA_QGEMV_VARIANT), nor 5-10 without fused epilogues
+
+  DecodeLaunches(int bits, int group, bool warm) : bits_(bits), group_(group), warm_(warm) {
+    b_qkv_ = packed_bytes(H * D + 2 * KV * D, E, bits, group), b_o_ = packed_bytes(E, E, bits, group);
+    b_gu_ = 2 * packed_bytes(F, E, bits, group), b_down_ = packed_bytes(E, F, bits, group);
+    b_head_ = packed_bytes(V, E, bits, group), b_layer_ = b_qkv_ + b_o_ + b_gu_ + b_down_;
+    copies_ = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_layer_)));
+    head_copies_ = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_head_)));
+    q_ = make_packed(H * D, E, bits, group, copies_, 1), k_ = make_packed(KV * D, E, bits, group, copies_, 2);
+    v_ = make_packed(KV * D, E, bits, group, copies_, 3), o_ = make_packed(E, E, bits, group, copies_, 4);
+    g_ = make_packed(F, E, bits, group, copies_, 5), u_ = make_packed(F, E, bits, group, copies_, 6);
+    dn_ = make_packed(E, F, bits, group, copies_, 7), head_ = make_packed(V, E, bits, group, head_copies_, 8);
+    x_ = ops::uniform({1, E}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
+    norm_w_ = ops::uniform({E}, 10, 0.8f, 1.2f, DType::bf16, Device::cuda);
+    attn_ = ops::uniform({1, E}, 11, -1.f, 1.f, DType::bf16, Device::cuda);
+    act_ = ops::uniform({1, F}, 12, -1.f, 1.f, DType::bf16, Device::cuda);
+    std::vector<float> fr(size_t(D / 2));
+    for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(1e6f, -2.f * float(i) / float(D));
+    inv_freq_ = ops::to(Tensor::from_f32(fr, {D / 2}), Device::cuda);
+    k_cache_ = ops::zeros({cap, KV * D}, DType::bf16, Device::cuda);
+    v_cache_ = ops::zeros({cap, KV * D}, DType::bf16, Device::cuda);
+    yq_ = ops::empty({1, H * D}, DType::bf16, Device::cuda), x1_ = ops::empty({1, E}, DType::bf16, Device::cuda);
+    h_ = ops::empty({1, F}, DType::bf16, Device::cuda), x2_ = ops::empty({1, E}, DType::bf16, Device::cuda);
+    logits_ = ops::empty({1, V}, DType::bf16, Device::cuda);
+  }
+
+  // The rows: q/k/v, o, gate/up, down, the layer's four in sequence, lm_head; empty where a launch was declined
+  // (variants 0-8 have no normed launch, nor 5-10 without fused epilogues).
+  std::vector<Row> time() {
+    ok_ = true;
+    const int calls = copies_ * std::max(1, 40 / copies_), head_calls = head_copies_ * std::max(1, 40 / head_copies_);
+    auto layer = [&](int call) { qkv(call), oproj(call), gate_up(call), down(call); };
+    std::vector<Row> rows = {
+        {"q/k/v, input norm inside, rope + cache append after", b_qkv_, time_graph([&](int c) { qkv(c); }, calls)},
+        {"o, residual add after", b_o_, time_graph([&](int c) { oproj(c); }, calls)},
+        {"gate/up, input norm inside, swiglu after", b_gu_, time_graph([&](int c) { gate_up(c); }, calls)},
+        {"down, residual add after", b_down_, time_graph([&](int c) { down(c); }, calls)},
+        {"the layer's four in sequence", b_layer_, time_graph(layer, calls)},
+        {"lm_head", b_head_, time_graph([&](int c) { lm_head(c); }, head_calls)}};
+    if (!ok_) rows.clear();
+    return rows;
+  }
+  static double step_us(const std::vector<Row>& r) { return 32 * r[4].us + r[5].us; }
+  double step_bytes() const { return 32 * b_layer_ + b_head_; }
+
+ private:
+  static const uint32_t* u32(const Tensor& t) { return static_cast<const uint32_t*>(t.raw()); }
+  void qkv(int call) {
+    const size_t c = size_t(call % copies_);
+    const uint32_t* wqs[3] = {u32(q_.wq[c]), u32(k_.wq[c]), u32(v_.wq[c])};
+    const void* sc[3] = {q_.sc[c].raw(), k_.sc[c].raw(), v_.sc[c].raw()};
+    const void* bi[3] = {q_.bi[c].raw(), k_.bi[c].raw(), v_.bi[c].raw()};
+    void* ys[3] = {yq_.raw(), k_cache_.raw(), v_cache_.raw()};
+    const int64_t ns[3] = {H * D, KV * D, KV * D};
+    const Backend::RopeAppendArgs rope{
+        static_cast<const float*>(inv_freq_.raw()), k_cache_.raw(), v_cache_.raw(), 5, nullptr, D};
+    ok_ = ok_ && be().quantized_gemv_normed(x_.raw(), norm_w_.raw(), 1e-5f, wqs, sc, bi, ys, ns, 3, false, E, bits_,
+                                            group_, DType::bf16, &rope);
+  }
+  void oproj(int call) {
+    const size_t c = size_t(call % copies_);
+    ok_ = ok_ && be().quantized_gemv_add(attn_.raw(), u32(o_.wq[c]), o_.sc[c].raw(), o_.bi[c].raw(), x_.raw(),
+                                         x1_.raw(), 1, E, E, bits_, group_, DType::bf16);
+  }
+  void gate_up(int call) {
+    const size_t c = size_t(call % copies_);
+    const uint32_t* wqs[2] = {u32(g_.wq[c]), u32(u_.wq[c])};
+    const void* sc[2] = {g_.sc[c].raw(), u_.sc[c].raw()};
+    const void* bi[2] = {g_.bi[c].raw(), u_.bi[c].raw()};
+    void* ys[2] = {h_.raw(), h_.raw()};
+    const int64_t ns[2] = {F, F};
+    ok_ = ok_ && be().quantized_gemv_normed(x1_.raw(), norm_w_.raw(), 1e-5f, wqs, sc, bi, ys, ns, 2, true, E, bits_,
+                                            group_, DType::bf16);
+  }
+  void down(int call) {
+    const size_t c = size_t(call % copies_);
+    ok_ = ok_ && be().quantized_gemv_add(act_.raw(), u32(dn_.wq[c]), dn_.sc[c].raw(), dn_.bi[c].raw(), x1_.raw(),
+                                         x2_.raw(), 1, E, F, bits_, group_, DType::bf16);
+  }
+  void lm_head(int call) {
+    const size_t c = size_t(call % head_copies_);
+    ok_ = ok_ && be().quantized_gemv(x2_.raw(), u32(head_.wq[c]), head_.sc[c].raw(), head_.bi[c].raw(), logits_.raw(),
+                                     1, V, E, bits_, group_, DType::bf16);
+  }
+  static Backend& be() { return backend(Device::cuda); }
+
+  int bits_, group_;
+  bool warm_, ok_ = true;
+  double b_qkv_, b_o_, b_gu_, b_down_, b_head_, b_layer_;
+  int copies_, head_copies_;
+  Packed q_, k_, v_, o_, g_, u_, dn_, head_;
+  Tensor x_, norm_w_, attn_, act_, inv_freq_, k_cache_, v_cache_, yq_, x1_, h_, x2_, logits_;
+};
+
+void print_decode_launches(DecodeLaunches& dl, bool warm, double bw) {
+  std::printf("\nA fused decode step's launches (one row, bf16, Mistral-7B shape%s):\n", warm ? ", weights in L2" : "");
+  const std::vector<DecodeLaunches::Row> rows = dl.time();
+  if (rows.empty()) {
     std::printf("(a fused decode launch was declined under the runtime config in force: no figures)\n");
     return;
   }
-  for (const Row& r : rows)
+  std::printf("| launch | packed MB | us | GB/s | %% of copy |\n| --- | --- | --- | --- | --- |\n");
+  for (const DecodeLaunches::Row& r : rows)
     std::printf("| %s | %.2f | %.2f | %.0f | %.0f%% |\n", r.name, r.bytes / 1e6, r.us, r.bytes / r.us / 1e3,
                 100.0 * r.bytes / r.us / 1e3 / bw);
-  const double step_us = 32 * rows[4].us + rows[5].us, step_bytes = 32 * b_layer + b_head;
+  const double us = DecodeLaunches::step_us(rows), bytes = dl.step_bytes();
   std::printf(
       "a step's products in these launches (32 layers in sequence + lm_head, %.3f GB): %.3f ms (%.0f GB/s); "
       "the launches one by one %.3f ms; bound at the copy bandwidth %.3f ms\n",
-      step_bytes / 1e9, step_us / 1e3, step_bytes / step_us / 1e3,
-      (32 * (rows[0].us + rows[1].us + rows[2].us + rows[3].us) + rows[5].us) / 1e3, step_bytes / (bw * 1e9) * 1e3);
+      bytes / 1e9, us / 1e3, bytes / us / 1e3,
+      (32 * (rows[0].us + rows[1].us + rows[2].us + rows[3].us) + rows[5].us) / 1e3, bytes / (bw * 1e9) * 1e3);
+}
+
+// --configs: the same launches under each spec in turn (comma-separated NAME=VALUE settings over the environment, "-"
+// for none), the specs alternated `rounds` times: a row per launch, a column per spec and round, us a launch.
+void sweep_decode_launches(DecodeLaunches& dl, const std::vector<std::string>& specs, int rounds) {
+  std::vector<std::vector<std::vector<DecodeLaunches::Row>>> got(specs.size());
+  for (int r = 0; r < rounds; ++r)
+    for (size_t i = 0; i < specs.size(); ++i) {
+      std::vector<std::pair<std::string, std::string>> set;
+      if (specs[i] != "-")
+        for (size_t at = 0; at < specs[i].size();) {
+          size_t comma = specs[i].find(',', at);
+          if (comma == std::string::npos) comma = specs[i].size();
+          const std::string kv = specs[i].substr(at, comma - at);
+          const size_t eq = kv.find('=');
+          LMT_CHECK(eq != std::string::npos && eq > 0, "[bench_quantized] --configs: '", kv, "' is not NAME=VALUE");
+          set.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+          at = comma + 1;
+        }
+      const RuntimeConfig rc = runtime_config_from_env([&](const char* name) -> const char* {
+        for (const auto& [k, v] : set)
+          if (k == name) return v.c_str();
+        return std::getenv(name);
+      });
+      ScopedRuntimeConfig scoped(rc);
+      got[i].push_back(dl.time());
+    }
+  std::printf(
+      "\nA fused decode step's launches under each --configs spec, us a launch (rounds alternated):\n| launch |");
+  for (const std::string& s : specs) std::printf(" %s |", s.c_str());
+  std::printf("\n| --- |");
+  for (size_t i = 0; i < specs.size(); ++i) std::printf(" --- |");
+  std::printf("\n");
+  const char* names[] = {
+      "q/k/v + norm + rope",          "o + residual", "gate/up + norm + swiglu",         "down + residual",
+      "the layer's four in sequence", "lm_head",      "a step (32 layers + lm_head), ms"};
+  for (int row = 0; row < 7; ++row) {
+    std::printf("| %s |", names[row]);
+    for (size_t i = 0; i < specs.size(); ++i) {
+      std::string cell;
+      for (const auto& rows : got[i]) {
+        char buf[32];
+        if (rows.empty())
+          std::snprintf(buf, sizeof buf, "declined");
+        else
+          std::snprintf(buf, sizeof buf, "%.2f", row < 6 ? rows[size_t(row)].us : DecodeLaunches::step_us(rows) / 1e3);
+        cell += (cell.empty() ? "" : " / ") + std::string(buf);
+      }
+      std::printf(" %s |", cell.c_str());
+    }
+    std::printf("\n");
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int bits = 4, group = 64;
-  bool once = false;  // --once: one eager call of each fused product, no timing (for ncu)
-  bool warm = false;  // --warm: one copy of each weight (L2 serves those that fit)
+  bool once = false;                 // --once: one eager call of each fused product, no timing (for ncu)
+  bool warm = false;                 // --warm: one copy of each weight (L2 serves those that fit)
+  std::vector<std::string> configs;  // --configs "SPEC ...": the decode launches under each
   std::vector<int64_t> rows_list = {1, 8};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--bits") == 0 && i + 1 < argc) {
@@ -233,8 +315,19 @@ int main(int argc, char** argv) {
       once = true;
     } else if (std::strcmp(argv[i], "--warm") == 0) {
       warm = true;
+    } else if (std::strcmp(argv[i], "--configs") == 0 && i + 1 < argc) {
+      configs.clear();
+      for (const char* s = argv[++i]; *s;) {
+        while (*s == ' ') ++s;
+        const char* e = s;
+        while (*e && *e != ' ') ++e;
+        if (e > s) configs.emplace_back(s, e);
+        s = e;
+      }
     } else {
-      std::fprintf(stderr, "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once] [--warm]\n");
+      std::fprintf(
+          stderr,
+          "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once] [--warm] [--configs \"SPEC ...\"]\n");
       return 2;
     }
   }
@@ -369,8 +462,13 @@ int main(int argc, char** argv) {
       std::printf("one token's products with q/k/v and gate/up grouped (%.3f GB): fused %.3f ms (%.0f GB/s)\n",
                   tok_grouped_bytes / 1e9, tok_grouped / 1e3, tok_grouped_bytes / tok_grouped / 1e3);
     }
-    if (!once && std::find(rows_list.begin(), rows_list.end(), int64_t(1)) != rows_list.end())
-      decode_launches(bits, group, warm, bw);
+    if (!once && std::find(rows_list.begin(), rows_list.end(), int64_t(1)) != rows_list.end()) {
+      DecodeLaunches dl(bits, group, warm);
+      if (configs.empty())
+        print_decode_launches(dl, warm, bw);
+      else
+        sweep_decode_launches(dl, configs, 2);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_quantized: %s\n", e.what());
     return 1;
