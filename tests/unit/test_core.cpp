@@ -144,6 +144,9 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(d.fused_norms);
   EXPECT_TRUE(d.fused_rope);
   EXPECT_TRUE(d.cuda_qgemv_simt_spread);
+  EXPECT_EQ(d.cuda_qgemv_simt_tasks, 2);
+  EXPECT_FALSE(d.cuda_qgemv_simt_early);
+  EXPECT_FALSE(d.cuda_qgemv_simt_wide);
   EXPECT_EQ(d.cuda_qgemv_variant, 9);
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
@@ -154,15 +157,27 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(d.cuda_decode_gqa);
   env = {{"LMTUNE_CUDA_DECODE_GQA", "1"}};
   EXPECT_TRUE(runtime_config_from_env(get).cuda_decode_gqa);
-  env = {{"LMTUNE_CUDA_GEMV", "0"},          {"LMTUNE_CUDA_FLASH", "0"},
-         {"LMTUNE_CUDA_GRAPH", "0"},         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
-         {"LMTUNE_CUDA_PDL", "1"},           {"LMTUNE_GROUP_GATE_UP", "0"},
-         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"}, {"LMTUNE_FUSED_EPILOGUES", "0"},
-         {"LMTUNE_CUDA_DECODE_SPLIT", "0"},  {"LMTUNE_FUSED_XENT", "0"},
-         {"LMTUNE_XENT_CHUNK_ROWS", "300"},  {"LMTUNE_LORA_FUSED", "0"},
-         {"LMTUNE_LORA_16BIT", "0"},         {"LMTUNE_CUDA_BATCH_GRAPH", "1"},
-         {"LMTUNE_FUSED_NORMS", "0"},        {"LMTUNE_FUSED_ROPE", "0"},
-         {"LMTUNE_LORA_LINEAR", "0"},        {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "0"}};
+  env = {{"LMTUNE_CUDA_GEMV", "0"},
+         {"LMTUNE_CUDA_FLASH", "0"},
+         {"LMTUNE_CUDA_GRAPH", "0"},
+         {"LMTUNE_CUDA_ATTN_CHUNK_ROWS", "7"},
+         {"LMTUNE_CUDA_PDL", "1"},
+         {"LMTUNE_GROUP_GATE_UP", "0"},
+         {"LMTUNE_CUDA_QGEMV_VARIANT", "3"},
+         {"LMTUNE_FUSED_EPILOGUES", "0"},
+         {"LMTUNE_CUDA_DECODE_SPLIT", "0"},
+         {"LMTUNE_FUSED_XENT", "0"},
+         {"LMTUNE_XENT_CHUNK_ROWS", "300"},
+         {"LMTUNE_LORA_FUSED", "0"},
+         {"LMTUNE_LORA_16BIT", "0"},
+         {"LMTUNE_CUDA_BATCH_GRAPH", "1"},
+         {"LMTUNE_FUSED_NORMS", "0"},
+         {"LMTUNE_FUSED_ROPE", "0"},
+         {"LMTUNE_LORA_LINEAR", "0"},
+         {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "0"},
+         {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "0"},
+         {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
+         {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
@@ -171,6 +186,9 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(c.fused_norms);
   EXPECT_FALSE(c.fused_rope);
   EXPECT_FALSE(c.cuda_qgemv_simt_spread);
+  EXPECT_EQ(c.cuda_qgemv_simt_tasks, 0);
+  EXPECT_TRUE(c.cuda_qgemv_simt_early);
+  EXPECT_TRUE(c.cuda_qgemv_simt_wide);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
   EXPECT_FALSE(c.fused_xent);
   EXPECT_EQ(c.xent_chunk_rows, 300);
@@ -198,7 +216,11 @@ TEST(RuntimeConfig, FromEnvironment) {
                                                      {"LMTUNE_LORA_LINEAR", "x"},
                                                      {"LMTUNE_CUDA_BATCH_GRAPH", "on"},
                                                      {"LMTUNE_CUDA_DECODE_GQA", "2"},
-                                                     {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "yes"}};
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "yes"},
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "9"},
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "-1"},
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "2"},
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "on"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {
