@@ -92,15 +92,18 @@ struct Product {
   int per_token_single, per_token_grouped;
 };
 
-// A matrix's packed words (random), scales and biases, in `copies` copies at distinct addresses.
+// A matrix's packed words, scales and biases in `copies` copies: one host draw of the words (from word_seed), uploaded
+// into every copy (distinct addresses are what keeps L2 from serving a call); copy c's scales (of either sign) and
+// biases (around -7.5 scales) drawn from scale_seed + c and bias_seed + c.
 struct Packed {
   std::vector<Tensor> wq, sc, bi;
 };
-Packed make_packed(int64_t N, int64_t K, int bits, int group, int copies, uint64_t seed) {
+Packed make_packed(int64_t N, int64_t K, int bits, int group, int copies, uint64_t word_seed, uint64_t scale_seed,
+                   uint64_t bias_seed) {
   Backend& be = backend(Device::cuda);
   const int64_t words = K * bits / 32, groups = K / group;
   std::vector<uint32_t> host(size_t(N * words));
-  uint64_t r = 0x9E3779B97F4A7C15ull * (seed + 1);
+  uint64_t r = 0x9E3779B97F4A7C15ull * word_seed;
   for (uint32_t& w : host) {
     r ^= r << 13, r ^= r >> 7, r ^= r << 17;
     w = uint32_t(r >> 16);
@@ -110,8 +113,8 @@ Packed make_packed(int64_t N, int64_t K, int bits, int group, int copies, uint64
     Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
     be.copy_h2d(w.raw(), host.data(), host.size() * 4);
     p.wq.push_back(w);
-    p.sc.push_back(ops::uniform({N, groups}, seed * 7 + uint64_t(c), 0.005f, 0.05f, DType::bf16, Device::cuda));
-    p.bi.push_back(ops::uniform({N, groups}, seed * 7 + 3 + uint64_t(c), -0.4f, -0.04f, DType::bf16, Device::cuda));
+    p.sc.push_back(ops::uniform({N, groups}, scale_seed + uint64_t(c), 0.005f, 0.05f, DType::bf16, Device::cuda));
+    p.bi.push_back(ops::uniform({N, groups}, bias_seed + uint64_t(c), -0.4f, -0.04f, DType::bf16, Device::cuda));
   }
   return p;
 }
@@ -129,16 +132,18 @@ class DecodeLaunches {
     double bytes, us;
   };
 
-  DecodeLaunches(int bits, int group, bool warm) : bits_(bits), group_(group), warm_(warm) {
+  DecodeLaunches(int bits, int group, bool warm) : bits_(bits), group_(group) {
     b_qkv_ = packed_bytes(H * D + 2 * KV * D, E, bits, group), b_o_ = packed_bytes(E, E, bits, group);
     b_gu_ = 2 * packed_bytes(F, E, bits, group), b_down_ = packed_bytes(E, F, bits, group);
     b_head_ = packed_bytes(V, E, bits, group), b_layer_ = b_qkv_ + b_o_ + b_gu_ + b_down_;
     copies_ = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_layer_)));
     head_copies_ = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / b_head_)));
-    q_ = make_packed(H * D, E, bits, group, copies_, 1), k_ = make_packed(KV * D, E, bits, group, copies_, 2);
-    v_ = make_packed(KV * D, E, bits, group, copies_, 3), o_ = make_packed(E, E, bits, group, copies_, 4);
-    g_ = make_packed(F, E, bits, group, copies_, 5), u_ = make_packed(F, E, bits, group, copies_, 6);
-    dn_ = make_packed(E, F, bits, group, copies_, 7), head_ = make_packed(V, E, bits, group, head_copies_, 8);
+    auto make = [&](int64_t N, int64_t K, int copies, uint64_t seed) {
+      return make_packed(N, K, bits, group, copies, seed + 1, seed * 7, seed * 7 + 3);
+    };
+    q_ = make(H * D, E, copies_, 1), k_ = make(KV * D, E, copies_, 2), v_ = make(KV * D, E, copies_, 3);
+    o_ = make(E, E, copies_, 4), g_ = make(F, E, copies_, 5), u_ = make(F, E, copies_, 6);
+    dn_ = make(E, F, copies_, 7), head_ = make(V, E, head_copies_, 8);
     x_ = ops::uniform({1, E}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
     norm_w_ = ops::uniform({E}, 10, 0.8f, 1.2f, DType::bf16, Device::cuda);
     attn_ = ops::uniform({1, E}, 11, -1.f, 1.f, DType::bf16, Device::cuda);
@@ -214,7 +219,7 @@ class DecodeLaunches {
   static Backend& be() { return backend(Device::cuda); }
 
   int bits_, group_;
-  bool warm_, ok_ = true;
+  bool ok_ = true;
   double b_qkv_, b_o_, b_gu_, b_down_, b_head_, b_layer_;
   int copies_, head_copies_;
   Packed q_, k_, v_, o_, g_, u_, dn_, head_;
@@ -243,26 +248,29 @@ void print_decode_launches(DecodeLaunches& dl, bool warm, double bw) {
 // --configs: the same launches under each spec in turn (comma-separated NAME=VALUE settings over the environment, "-"
 // for none), the specs alternated `rounds` times: a row per launch, a column per spec and round, us a launch.
 void sweep_decode_launches(DecodeLaunches& dl, const std::vector<std::string>& specs, int rounds) {
+  std::vector<RuntimeConfig> configs;  // each spec's settings over the environment, read (and checked) once
+  for (const std::string& spec : specs) {
+    std::vector<std::pair<std::string, std::string>> set;
+    if (spec != "-")
+      for (size_t at = 0; at < spec.size();) {
+        size_t comma = spec.find(',', at);
+        if (comma == std::string::npos) comma = spec.size();
+        const std::string kv = spec.substr(at, comma - at);
+        const size_t eq = kv.find('=');
+        LMT_CHECK(eq != std::string::npos && eq > 0, "[bench_quantized] --configs: '", kv, "' is not NAME=VALUE");
+        set.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+        at = comma + 1;
+      }
+    configs.push_back(runtime_config_from_env([&](const char* name) -> const char* {
+      for (const auto& [k, v] : set)
+        if (k == name) return v.c_str();
+      return std::getenv(name);
+    }));
+  }
   std::vector<std::vector<std::vector<DecodeLaunches::Row>>> got(specs.size());
   for (int r = 0; r < rounds; ++r)
     for (size_t i = 0; i < specs.size(); ++i) {
-      std::vector<std::pair<std::string, std::string>> set;
-      if (specs[i] != "-")
-        for (size_t at = 0; at < specs[i].size();) {
-          size_t comma = specs[i].find(',', at);
-          if (comma == std::string::npos) comma = specs[i].size();
-          const std::string kv = specs[i].substr(at, comma - at);
-          const size_t eq = kv.find('=');
-          LMT_CHECK(eq != std::string::npos && eq > 0, "[bench_quantized] --configs: '", kv, "' is not NAME=VALUE");
-          set.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
-          at = comma + 1;
-        }
-      const RuntimeConfig rc = runtime_config_from_env([&](const char* name) -> const char* {
-        for (const auto& [k, v] : set)
-          if (k == name) return v.c_str();
-        return std::getenv(name);
-      });
-      ScopedRuntimeConfig scoped(rc);
+      ScopedRuntimeConfig scoped(configs[i]);
       got[i].push_back(dl.time());
     }
   std::printf(
@@ -354,33 +362,16 @@ int main(int argc, char** argv) {
           "rel diff |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
       double tok_fused = 0, tok_base = 0, tok_bytes = 0, tok_grouped = 0, tok_grouped_bytes = 0;
       for (const Product& pr : products) {
-        const int64_t K = pr.K, words = K * bits / 32, groups = K / group, count = int64_t(pr.Ns.size());
+        const int64_t K = pr.K, count = int64_t(pr.Ns.size());
         double bytes = 0;
-        for (int64_t N : pr.Ns) bytes += double(N * words) * 4 + 2.0 * double(N * groups) * 2;
+        for (int64_t N : pr.Ns) bytes += packed_bytes(N, K, bits, group);
         const int copies = warm ? 1 : int(std::max(1.0, std::ceil(256e6 / bytes)));
-        // One host draw of the packed words per matrix, uploaded into every copy (distinct
-        // addresses are what keeps L2 from serving a call); scales of either sign, biases around
-        // -7.5 scales.
-        std::vector<std::vector<Tensor>> wq(static_cast<size_t>(count)), sc(static_cast<size_t>(count)),
-            bi(static_cast<size_t>(count));
+        std::vector<Packed> w;
         std::vector<Tensor> y;
         for (int64_t i = 0; i < count; ++i) {
           const int64_t N = pr.Ns[size_t(i)];
-          std::vector<uint32_t> host(size_t(N * words));
-          uint64_t r = 0x9E3779B97F4A7C15ull * uint64_t(N + K + i);
-          for (uint32_t& w : host) {
-            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-            w = uint32_t(r >> 16);
-          }
-          for (int c = 0; c < copies; ++c) {
-            Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
-            be.copy_h2d(w.raw(), host.data(), host.size() * 4);
-            wq[size_t(i)].push_back(w);
-            sc[size_t(i)].push_back(
-                ops::uniform({N, groups}, uint64_t(11 + c + 100 * i), 0.005f, 0.05f, DType::bf16, Device::cuda));
-            bi[size_t(i)].push_back(
-                ops::uniform({N, groups}, uint64_t(51 + c + 100 * i), -0.4f, -0.04f, DType::bf16, Device::cuda));
-          }
+          w.push_back(make_packed(N, K, bits, group, copies, uint64_t(N + K + i), uint64_t(11 + 100 * i),
+                                  uint64_t(51 + 100 * i)));
           y.push_back(ops::empty({M, N}, DType::bf16, Device::cuda));
         }
         Tensor x = ops::uniform({M, K}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
@@ -391,24 +382,24 @@ int main(int argc, char** argv) {
           const size_t c = size_t(call % copies);
           if (M > 8) {  // a batched step's rows: qgemm_rows.cu, one launch a matrix
             for (int64_t i = 0; i < count; ++i)
-              fused_ok =
-                  fused_ok && be.quantized_gemm_rows(x.raw(), static_cast<const uint32_t*>(wq[size_t(i)][c].raw()),
-                                                     sc[size_t(i)][c].raw(), bi[size_t(i)][c].raw(), y[size_t(i)].raw(),
-                                                     M, pr.Ns[size_t(i)], K, bits, group, DType::bf16);
+              fused_ok = fused_ok &&
+                         be.quantized_gemm_rows(x.raw(), static_cast<const uint32_t*>(w[size_t(i)].wq[c].raw()),
+                                                w[size_t(i)].sc[c].raw(), w[size_t(i)].bi[c].raw(), y[size_t(i)].raw(),
+                                                M, pr.Ns[size_t(i)], K, bits, group, DType::bf16);
             return;
           }
           if (count == 1) {
             fused_ok =
-                fused_ok && be.quantized_gemv(x.raw(), static_cast<const uint32_t*>(wq[0][c].raw()), sc[0][c].raw(),
-                                              bi[0][c].raw(), y[0].raw(), M, pr.Ns[0], K, bits, group, DType::bf16);
+                fused_ok && be.quantized_gemv(x.raw(), static_cast<const uint32_t*>(w[0].wq[c].raw()), w[0].sc[c].raw(),
+                                              w[0].bi[c].raw(), y[0].raw(), M, pr.Ns[0], K, bits, group, DType::bf16);
             return;
           }
           const uint32_t* wp[3];
           const void *sp[3], *bp[3];
           void* yp[3];
           for (int64_t i = 0; i < count; ++i) {
-            wp[i] = static_cast<const uint32_t*>(wq[size_t(i)][c].raw());
-            sp[i] = sc[size_t(i)][c].raw(), bp[i] = bi[size_t(i)][c].raw(), yp[i] = y[size_t(i)].raw();
+            wp[i] = static_cast<const uint32_t*>(w[size_t(i)].wq[c].raw());
+            sp[i] = w[size_t(i)].sc[c].raw(), bp[i] = w[size_t(i)].bi[c].raw(), yp[i] = y[size_t(i)].raw();
           }
           fused_ok = fused_ok && be.quantized_gemv_group(x.raw(), wp, sp, bp, yp, pr.Ns.data(), int(count), M, K, bits,
                                                          group, DType::bf16);
@@ -416,16 +407,16 @@ int main(int argc, char** argv) {
         auto baseline = [&](int call) {
           const size_t c = size_t(call % copies);
           for (int64_t i = 0; i < count; ++i)
-            (void)ops::linear(x,
-                              ops::dequantize(wq[size_t(i)][c], sc[size_t(i)][c], bi[size_t(i)][c], fmt, DType::bf16));
+            (void)ops::linear(
+                x, ops::dequantize(w[size_t(i)].wq[c], w[size_t(i)].sc[c], w[size_t(i)].bi[c], fmt, DType::bf16));
         };
         // The two paths on copy 0: the same function up to the dense path's rounding of each w.
         fused(0);
         double num = 0, den = 0;
         for (int64_t i = 0; i < count; ++i) {
           const std::vector<float> a = ops::to(y[size_t(i)], Device::cpu, DType::f32).to_f32_vector();
-          const std::vector<float> b = ops::to(ops::linear(x, ops::dequantize(wq[size_t(i)][0], sc[size_t(i)][0],
-                                                                              bi[size_t(i)][0], fmt, DType::bf16)),
+          const std::vector<float> b = ops::to(ops::linear(x, ops::dequantize(w[size_t(i)].wq[0], w[size_t(i)].sc[0],
+                                                                              w[size_t(i)].bi[0], fmt, DType::bf16)),
                                                Device::cpu, DType::f32)
                                            .to_f32_vector();
           for (size_t j = 0; j < a.size(); ++j) {
