@@ -153,7 +153,9 @@ class Backend {
   virtual void copy_rows_at(void* dst, const void* src, int64_t row_bytes, int64_t n, const int32_t* row_at);
 
   // LoraLinearArgs' forward and backward; false (nothing written) where the backend has no such kernel, and the
-  // caller composes the separate products instead.
+  // caller composes the separate products instead. takes_lora_linear says beforehand whether lora_linear would run
+  // for that many rows, so that a caller allocates its outputs only where it will.
+  virtual bool takes_lora_linear(int64_t /*rows*/) const { return false; }
   virtual bool lora_linear(const LoraLinearArgs&) { return false; }
   virtual bool lora_linear_backward(const LoraLinearArgs&) { return false; }
 

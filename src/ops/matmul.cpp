@@ -168,6 +168,7 @@ LoraLinearOut lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, 
               bias.describe(), " for weight ", w.describe());
     g.bias = f32_ptr(bias);
   }
+  if (!backend(x.device()).takes_lora_linear(g.rows)) return {};  // before allocating outputs it would not write
   Shape ys = x.shape();
   ys.back() = g.out;
   Tensor y = empty(ys, DType::f32, x.device()), xa = empty({g.rows, g.r}, DType::f32, x.device());

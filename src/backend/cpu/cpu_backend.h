@@ -20,7 +20,8 @@ class CpuBackend final : public Backend {
   void unary_backward(UnaryOp op, const void* x, const void* dy, void* dx, int64_t n, DType dt) override;
   void reduce_sum(const void* x, void* out, int64_t outer, int64_t n, int64_t inner, DType dt, DType out_dt) override;
   void gemm(const GemmArgs& args) override;
-  bool lora_linear(const LoraLinearArgs& args) override;  // declines below 64 rows (decoding: the GEMVs split)
+  bool takes_lora_linear(int64_t rows) const override;    // from 64 rows (fewer, decoding: the GEMVs split)
+  bool lora_linear(const LoraLinearArgs& args) override;  // declines where takes_lora_linear does
   bool lora_linear_backward(const LoraLinearArgs& args) override;
   void embedding(const void* weight, const int32_t* ids, void* out, int64_t N, int64_t D, DType dt) override;
   void embedding_backward(const void* dout, const int32_t* ids, float* dweight, int64_t N, int64_t D,

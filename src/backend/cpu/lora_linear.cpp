@@ -40,10 +40,12 @@ void check(const LoraLinearArgs& g) {
 
 }  // namespace
 
+// A few rows (decoding with an adapter): the separate products, whose one-row GEMVs split over the threads by columns;
+// a block here would run on one thread.
+bool CpuBackend::takes_lora_linear(int64_t rows) const { return rows >= kMinRows; }
+
 bool CpuBackend::lora_linear(const LoraLinearArgs& g) {
-  // A few rows (decoding with an adapter): the separate products, whose one-row GEMVs split over the threads by
-  // columns; a block here would run on one thread.
-  if (g.rows < kMinRows) return false;
+  if (!takes_lora_linear(g.rows)) return false;
   LMT_CPU_PROFILE("lora_linear");
   check(g);
   LMT_CHECK(g.y, "[lora_linear] no output");
