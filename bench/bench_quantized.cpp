@@ -172,9 +172,20 @@ class DecodeLaunches {
         {"the layer's four in sequence", b_layer_, time_graph(layer, calls)},
         {"lm_head", b_head_, time_graph([&](int c) { lm_head(c); }, head_calls)}};
     if (!ok_) rows.clear();
+    // The chain (LMTUNE_CUDA_DECODE_CHAIN=1): o, gate/up and down as one launch; -1 where it declines.
+    const bool chains = ok_ && chain(0);
+    auto chained = [&](int c) { chain(c); };
+    auto layer_chained = [&](int c) { qkv(c), chain(c); };
+    if (!rows.empty()) {
+      rows.push_back({"o, gate/up, down as one launch (the decode chain)", b_o_ + b_gu_ + b_down_,
+                      chains ? time_graph(chained, calls) : -1.0});
+      rows.push_back({"q/k/v, then the chain", b_layer_, chains ? time_graph(layer_chained, calls) : -1.0});
+    }
     return rows;
   }
   static double step_us(const std::vector<Row>& r) { return 32 * r[4].us + r[5].us; }
+  // A step with the chain: 32 of its layers + lm_head; -1 where it declined.
+  static double chained_step_us(const std::vector<Row>& r) { return r[7].us < 0 ? -1.0 : 32 * r[7].us + r[5].us; }
   double step_bytes() const { return 32 * b_layer_ + b_head_; }
 
  private:
@@ -211,6 +222,18 @@ class DecodeLaunches {
     ok_ = ok_ && be().quantized_gemv_add(act_.raw(), u32(dn_.wq[c]), dn_.sc[c].raw(), dn_.bi[c].raw(), x1_.raw(),
                                          x2_.raw(), 1, E, F, bits_, group_, DType::bf16);
   }
+  bool chain(int call) {
+    const size_t c = size_t(call % copies_);
+    Backend::QuantizedDecodeChain a{};
+    a.a = attn_.raw(), a.x = x_.raw(), a.x1 = x1_.raw(), a.act = h_.raw(), a.out = x2_.raw();
+    a.norm_w = norm_w_.raw(), a.eps = 1e-5f;
+    const Packed* ws[4] = {&o_, &g_, &u_, &dn_};
+    for (int i = 0; i < 4; ++i)
+      a.wq[i] = u32(ws[i]->wq[c]), a.scales[i] = ws[i]->sc[c].raw(), a.biases[i] = ws[i]->bi[c].raw();
+    a.n_embd = E, a.n_attn = E, a.n_ff = F;
+    a.bits = bits_, a.group_size = group_, a.dt = DType::bf16;
+    return be().quantized_decode_chain(a);
+  }
   void lm_head(int call) {
     const size_t c = size_t(call % head_copies_);
     ok_ = ok_ && be().quantized_gemv(x2_.raw(), u32(head_.wq[c]), head_.sc[c].raw(), head_.bi[c].raw(), logits_.raw(),
@@ -235,14 +258,19 @@ void print_decode_launches(DecodeLaunches& dl, bool warm, double bw) {
   }
   std::printf("| launch | packed MB | us | GB/s | %% of copy |\n| --- | --- | --- | --- | --- |\n");
   for (const DecodeLaunches::Row& r : rows)
-    std::printf("| %s | %.2f | %.2f | %.0f | %.0f%% |\n", r.name, r.bytes / 1e6, r.us, r.bytes / r.us / 1e3,
-                100.0 * r.bytes / r.us / 1e3 / bw);
+    if (r.us < 0)
+      std::printf("| %s | %.2f | declined | | |\n", r.name, r.bytes / 1e6);
+    else
+      std::printf("| %s | %.2f | %.2f | %.0f | %.0f%% |\n", r.name, r.bytes / 1e6, r.us, r.bytes / r.us / 1e3,
+                  100.0 * r.bytes / r.us / 1e3 / bw);
   const double us = DecodeLaunches::step_us(rows), bytes = dl.step_bytes();
   std::printf(
       "a step's products in these launches (32 layers in sequence + lm_head, %.3f GB): %.3f ms (%.0f GB/s); "
       "the launches one by one %.3f ms; bound at the copy bandwidth %.3f ms\n",
       bytes / 1e9, us / 1e3, bytes / us / 1e3,
       (32 * (rows[0].us + rows[1].us + rows[2].us + rows[3].us) + rows[5].us) / 1e3, bytes / (bw * 1e9) * 1e3);
+  if (const double chained = DecodeLaunches::chained_step_us(rows); chained > 0)
+    std::printf("with the decode chain: %.3f ms (%.0f GB/s)\n", chained / 1e3, bytes / chained / 1e3);
 }
 
 // --configs: the same launches under each spec in turn (comma-separated NAME=VALUE settings over the environment, "-"
@@ -279,19 +307,30 @@ void sweep_decode_launches(DecodeLaunches& dl, const std::vector<std::string>& s
   std::printf("\n| --- |");
   for (size_t i = 0; i < specs.size(); ++i) std::printf(" --- |");
   std::printf("\n");
-  const char* names[] = {
-      "q/k/v + norm + rope",          "o + residual", "gate/up + norm + swiglu",         "down + residual",
-      "the layer's four in sequence", "lm_head",      "a step (32 layers + lm_head), ms"};
-  for (int row = 0; row < 7; ++row) {
+  const char* names[] = {"q/k/v + norm + rope",
+                         "o + residual",
+                         "gate/up + norm + swiglu",
+                         "down + residual",
+                         "the layer's four in sequence",
+                         "lm_head",
+                         "o, gate/up, down chained",
+                         "q/k/v, then the chain",
+                         "a step (32 layers + lm_head), ms",
+                         "a step with the chain, ms"};
+  for (int row = 0; row < 10; ++row) {
     std::printf("| %s |", names[row]);
     for (size_t i = 0; i < specs.size(); ++i) {
       std::string cell;
       for (const auto& rows : got[i]) {
         char buf[32];
-        if (rows.empty())
+        const double v = rows.empty() ? -1.0
+                         : row < 8    ? rows[size_t(row)].us
+                         : row == 8   ? DecodeLaunches::step_us(rows) / 1e3
+                                      : DecodeLaunches::chained_step_us(rows) / 1e3;
+        if (v < 0)
           std::snprintf(buf, sizeof buf, "declined");
         else
-          std::snprintf(buf, sizeof buf, "%.2f", row < 6 ? rows[size_t(row)].us : DecodeLaunches::step_us(rows) / 1e3);
+          std::snprintf(buf, sizeof buf, "%.2f", v);
         cell += (cell.empty() ? "" : " / ") + std::string(buf);
       }
       std::printf(" %s |", cell.c_str());

@@ -297,6 +297,26 @@ class Backend {
                                      DType dt, const RopeAppendArgs* rope = nullptr) {
     return false;
   }
+  // Decoding's attention output through o, then the MLP, in one launch: x1 = x + a W_o^T; out = x1 + down(swiglu(n
+  // W_gate^T, n W_up^T)), n = rms_norm(x1) * norm_w; act the swiglu. One row each, affine weights of dt; each value as
+  // quantized_gemv_add and quantized_gemv_normed write it (x1 and act are written too). False where this backend has no
+  // such kernel, and the caller runs those launches.
+  struct QuantizedDecodeChain {
+    const void* a;  // (n_attn) attention output
+    const void* x;  // (n_embd) the stream before attention
+    void* x1;       // (n_embd)
+    void* act;      // (n_ff)
+    void* out;      // (n_embd)
+    const void* norm_w;
+    float eps;
+    const uint32_t* wq[4];  // o (n_embd, n_attn), gate and up (n_ff, n_embd), down (n_embd, n_ff)
+    const void* scales[4];
+    const void* biases[4];
+    int64_t n_embd, n_attn, n_ff;
+    int bits, group_size;
+    DType dt;
+  };
+  virtual bool quantized_decode_chain(const QuantizedDecodeChain&) { return false; }
   // MLX's fp modes (mode mxfp4, nvfp4 or mxfp8; core/quant_format.h): out (rows, in) in dt, element
   // i of row r = round_dt(round_dt(v) * round_dt(s)), v the value of the code at bit offset i * bits
   // of row r's stream (E2M1 for the fp4 modes, E4M3 for mxfp8; core/fp_formats.h) and s the value of
@@ -351,5 +371,6 @@ int64_t cuda_qgemv_normed_launches();      // Backend::quantized_gemv_normed cal
 int64_t cuda_qgemv_rope_launches();        // those of them with RopeAppendArgs
 int64_t cuda_qgemv_simt_early_launches();  // variant 9's launches with RuntimeConfig::cuda_qgemv_simt_early
 int64_t cuda_qgemv_simt_wide_launches();   // and those with one-row tasks under cuda_qgemv_simt_wide
+int64_t cuda_decode_chain_launches();      // Backend::quantized_decode_chain calls that ran
 
 }  // namespace lmtune

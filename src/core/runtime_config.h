@@ -77,6 +77,9 @@ struct RuntimeConfig {
   // instead of 2 (the registers two-row tasks' rounds take): half the dependent rounds; the same sums (qgemv_simt.cu;
   // off until measured on a GPU: bench/NOTES.md, session 28).
   bool cuda_qgemv_simt_wide = false;
+  // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
+  // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off until measured on a GPU).
+  bool cuda_decode_chain = false;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

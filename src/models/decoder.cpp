@@ -255,6 +255,14 @@ bool DecoderModel::Block::fuses_norms(bool decoding) const {
 }
 
 Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const {
+  if (runtime_config().cuda_decode_chain) {  // o, the norm, gate/up and down in one launch where it runs
+    const nn::Attention::DecodeFusion before_o{&attn_norm, &x, true};
+    const Tensor a = attn.forward(x, layer, pos, &cache, true, nullptr, &before_o);
+    const nn::Linear lo = attn.o.get();
+    if (Tensor out = mlp.forward_chained(a, lo, x, mlp_norm); out.defined()) return out;
+    const Tensor x1 = ops::quantized_linear_add(a, lo.packed(), x, lo.format);
+    return mlp.forward(x1, true, &x1, &mlp_norm);
+  }
   const nn::Attention::DecodeFusion fuse{&attn_norm, &x};
   const Tensor x1 = attn.forward(x, layer, pos, &cache, true, nullptr, &fuse);
   return mlp.forward(x1, true, &x1, &mlp_norm);

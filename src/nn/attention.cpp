@@ -118,6 +118,7 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
     a = ag::attention(qt, kt, vt, opt.scale, true, opt.window, 0, nullptr, opt.softcap);
   }
   a = ag::reshape(a, {B, T, opt.n_head * opt.head_dim});
+  if (fuse && fuse->before_o) return a;
   if (!fuse || !fuse->residual) return o.forward(a);
   const Linear lo = o.get();
   if (lo.plain_quantized()) return ops::quantized_linear_add(a, lo.packed(), *fuse->residual, lo.format);

@@ -55,9 +55,12 @@ struct Attention {
   // fuse (decoding with a cache; DecoderModel's plain pre-norm layers): x is the stream before the input norm, which
   // the q, k and v products take inside their launch, and the o product adds *fuse->residual (-> x + block's
   // attention); where a kernel cannot, the plain ops run, with the same values.
+  // before_o: the attention's output (B, T, n_head * head_dim) is returned as it is, o's product left to the caller
+  // (the decode chain, ops::quantized_decode_chain).
   struct DecodeFusion {
     const RmsNorm* in_norm;
     const Tensor* residual;
+    bool before_o = false;
   };
   Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
                  const Segments* seg = nullptr, const DecodeFusion* fuse = nullptr) const;

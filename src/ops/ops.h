@@ -154,6 +154,12 @@ Tensor quantized_swiglu_linear(const Tensor& x, const QuantizedWeight& gate, con
 // Inference only, for decoding: add(residual, quantized_linear(x, W)) in one launch where the
 // backend can; the same values either way.
 Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Tensor& residual, const QuantFormat& f);
+// Inference only, for decoding one row: x1 = quantized_linear_add(a, o, x), then quantized_linear_add(
+// quantized_swiglu_linear(x1, gate, up, f, &norm), down, x1), in one launch (Backend::quantized_decode_chain) where the
+// backend has it: the same values. Undefined where it has not (nothing was written; the caller runs those ops).
+Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const Tensor& x, const InputNorm& norm,
+                              const QuantizedWeight& gate, const QuantizedWeight& up, const QuantizedWeight& down,
+                              const QuantFormat& f);
 // The inverse of affine dequantize: x (rows, in) in a float dtype -> {wq u32 (rows, in * bits / 32), scales and biases
 // (rows, in / group_size) in x's dtype} on x's device, bit for bit mx.quantize (quant::quantize is
 // the reference). Bits 2, 3, 4, 5, 6, 8; group size 32, 64, 128 dividing in.

@@ -166,4 +166,36 @@ Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Ten
   return add(residual, quantized_linear(x, *w.wq, *w.scales, *w.biases, f));
 }
 
+Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const Tensor& x, const InputNorm& norm,
+                              const QuantizedWeight& gate, const QuantizedWeight& up, const QuantizedWeight& down,
+                              const QuantFormat& f) {
+  const QuantizedWeight ws[4] = {o, gate, up, down};
+  for (const QuantizedWeight& w : ws) check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_decode_chain");
+  const int64_t n_attn = a.dim(-1), n_embd = x.dim(-1), n_ff = gate.wq->dim(0);
+  const DType dt = x.dtype();
+  auto fits = [&](const QuantizedWeight& w, int64_t rows, int64_t in) {
+    return w.wq->dim(0) == rows && w.wq->dim(1) * 32 / f.bits == in && w.scales->dtype() == dt &&
+           w.wq->device() == x.device();
+  };
+  if (f.mode != QuantMode::affine || a.numel() != n_attn || x.numel() != n_embd || a.dtype() != dt ||
+      a.device() != x.device() || !fits(o, n_embd, n_attn) || !fits(gate, n_ff, n_embd) || !fits(up, n_ff, n_embd) ||
+      !fits(down, n_embd, n_ff) || norm.weight->shape() != Shape{n_embd} || norm.weight->dtype() != dt ||
+      norm.weight->device() != x.device())
+    return {};
+  Tensor x1 = empty(x.shape(), dt, x.device()), act = empty({n_ff}, dt, x.device()),
+         out = empty(x.shape(), dt, x.device());
+  Backend::QuantizedDecodeChain c{};
+  c.a = a.raw(), c.x = x.raw(), c.x1 = x1.raw(), c.act = act.raw(), c.out = out.raw();
+  c.norm_w = norm.weight->raw(), c.eps = norm.eps;
+  for (int i = 0; i < 4; ++i) {
+    c.wq[i] = static_cast<const uint32_t*>(ws[i].wq->raw());
+    c.scales[i] = ws[i].scales->raw();
+    c.biases[i] = ws[i].biases->raw();
+  }
+  c.n_embd = n_embd, c.n_attn = n_attn, c.n_ff = n_ff;
+  c.bits = f.bits, c.group_size = f.group_size, c.dt = dt;
+  if (!backend(x.device()).quantized_decode_chain(c)) return {};
+  return out;
+}
+
 }  // namespace lmtune::ops

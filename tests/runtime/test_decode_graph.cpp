@@ -186,6 +186,33 @@ TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
   }
 }
 
+// A 4-bit model's decode step with each layer's o product, norm, gate/up and down as one launch (RuntimeConfig::
+// cuda_decode_chain, qgemv_chain.cu) against the step without: the same logits bit for bit, eagerly and recorded, over
+// several steps (a recorded graph replays the chain's grid barriers). The chain must have run, once a layer a step.
+TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = random_model({DType::bf16, 128}, 4);
+  const int64_t layers = model->config().n_layer;
+  std::vector<std::vector<float>> logits[2];
+  for (int chain = 0; chain < 2; ++chain) {
+    RuntimeConfig rc = runtime_config();
+    rc.cuda_decode_chain = chain == 1;
+    ScopedRuntimeConfig scoped(rc);
+    const std::string what = chain ? "decode chain" : "separate launches";
+    Prefilled c(*model, DType::bf16, 20, 31, 7);
+    DecodeGraph graph(*model, c.graphed);
+    for (int step = 0; step < 6; ++step) {
+      const int32_t token = int32_t((step * 43 + 11) % 301);
+      const int64_t before = cuda_decode_chain_launches();
+      std::vector<float> eager_logits = eager_step(*model, c.eager, token);
+      EXPECT_EQ(cuda_decode_chain_launches() - before, chain ? layers : 0) << what << ", step " << step;
+      ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
+      logits[chain].push_back(eager_logits);
+    }
+  }
+  ASSERT_EQ(logits[1], logits[0]) << "decode chain against separate launches";
+}
+
 // Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the
 // same tokens, including past a capacity boundary.
 TEST(DecodeGraphGenerate, SameTokensWithAndWithoutGraphs) {

@@ -147,6 +147,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(d.cuda_qgemv_simt_tasks, 2);
   EXPECT_FALSE(d.cuda_qgemv_simt_early);
   EXPECT_FALSE(d.cuda_qgemv_simt_wide);
+  EXPECT_FALSE(d.cuda_decode_chain);
   EXPECT_EQ(d.cuda_qgemv_variant, 9);
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
@@ -177,7 +178,8 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "0"},
          {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "0"},
          {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
-         {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"}};
+         {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"},
+         {"LMTUNE_CUDA_DECODE_CHAIN", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
@@ -189,6 +191,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(c.cuda_qgemv_simt_tasks, 0);
   EXPECT_TRUE(c.cuda_qgemv_simt_early);
   EXPECT_TRUE(c.cuda_qgemv_simt_wide);
+  EXPECT_TRUE(c.cuda_decode_chain);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
   EXPECT_FALSE(c.fused_xent);
   EXPECT_EQ(c.xent_chunk_rows, 300);
@@ -220,7 +223,8 @@ TEST(RuntimeConfig, FromEnvironment) {
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "9"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "-1"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "2"},
-                                                     {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "on"}};
+                                                     {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "on"},
+                                                     {"LMTUNE_CUDA_DECODE_CHAIN", "2"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {

@@ -47,6 +47,8 @@ CudaBackend::CudaBackend() {
   LMT_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
   LMT_CUDA_CHECK(cudaMalloc(&decode_counters_, size_t(kDecodeCounters) * sizeof(int32_t)));
   LMT_CUDA_CHECK(cudaMemset(decode_counters_, 0, size_t(kDecodeCounters) * sizeof(int32_t)));
+  LMT_CUDA_CHECK(cudaMalloc(&chain_barrier_, 2 * sizeof(unsigned)));
+  LMT_CUDA_CHECK(cudaMemset(chain_barrier_, 0, 2 * sizeof(unsigned)));
   static CudaMemory memory;
   register_device_memory(Device::cuda, &memory);
 }
@@ -57,6 +59,7 @@ CudaBackend::~CudaBackend() {
   gemm_plans_.clear();
   if (workspace_) cudaFree(workspace_);
   if (decode_counters_) cudaFree(decode_counters_);
+  if (chain_barrier_) cudaFree(chain_barrier_);
   if (lt_) cublasLtDestroy(lt_);
   if (blas_) cublasDestroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);

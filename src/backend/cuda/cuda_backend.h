@@ -171,6 +171,7 @@ class CudaBackend final : public Backend {
                              const void* const* scales, const void* const* biases, void* const* ys, const int64_t* ns,
                              int count, bool swiglu, int64_t K, int bits, int group_size, DType dt,
                              const RopeAppendArgs* rope = nullptr) override;
+  bool quantized_decode_chain(const QuantizedDecodeChain& args) override;  // qgemv.cu
   void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in, QuantMode mode,
                      DType dt) override;
   void attention(const AttentionArgs& a) override;
@@ -206,6 +207,7 @@ class CudaBackend final : public Backend {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   int32_t* decode_counters_ = nullptr;
+  unsigned* chain_barrier_ = nullptr;  // quantized_decode_chain's grid barrier: two words, zero between its launches
   std::mutex gemm_mu_;
   std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans_;
 };

@@ -33,31 +33,6 @@ constexpr int kSimtB = 2;      // chunks a lane loads before using any (4 for on
 constexpr int64_t kSimtMaxK = 12288;
 constexpr int kSimtMaxSmem = int(simt::x_bytes(kSimtMaxK, true));
 
-// One round of a lane: B chunks (c0, c0 + 32, ...) of each of the task's R rows, with their scales (low 16 bits) and
-// biases (high) as T's bits, two to a register.
-template <int R, int B>
-struct SimtRound {
-  uint4 w[B][R];
-  uint32_t sb[B][R];
-};
-
-// A round of a lane: the B chunks c0, c0 + 32, ... of each of the task's rows, all loads issued before any is used.
-template <typename T, int GS, int R, int B>
-__device__ __forceinline__ void load_round(const simt::Rows<T, R>& rs, int64_t c0, int64_t C, SimtRound<R, B>& rd) {
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-    const int64_t c = c0 + 32 * b;
-    if (c < C) {
-      const int64_t g = c * 32 / GS;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        rd.w[b][r] = ld_stream4(rs.w[r] + c * 4);
-        rd.sb[b][r] = simt::bits16(rs.sc[r] + g) | simt::bits16(rs.bi[r] + g) << 16;
-      }
-    }
-  }
-}
-
 // B chunks a lane a round. EARLY: the warp's first round of its first task is loaded before x is staged (and before
 // the wait on the previous kernel: weights are constant), so that its DRAM latency runs under the staging rather than
 // after it. A lane adds its chunks in the order c = lane, lane + 32, ... whatever B is, so B and EARLY change no sum.
@@ -70,7 +45,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   float* sx = reinterpret_cast<float*>(smem_simt + K / 4);  // C chunk sums (and C more with SPREAD)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t first = int64_t(blockIdx.x) * kSimtWarps + warp;
-  SimtRound<R, B> rd;
+  Round<R, B> rd;
   Rows<T, R> rs;
   if (EARLY && first < tasks) {
     rs = rows_of<T, R, SWIGLU>(p, first, row_words, groups);
@@ -78,31 +53,7 @@ __global__ void __launch_bounds__(kSimtWarps * 32, 4) qgemv_simt_kernel(QgemvPar
   }
   pdl_enter();
   stage_x<T, SPREAD>(p.x, K, xs, sx, p.norm_w, p.norm_eps);
-
-  for (int64_t task = first; task < tasks; task += int64_t(gridDim.x) * kSimtWarps) {
-    const bool loaded = EARLY && task == first;  // rs and its first round already there
-    if (!loaded) rs = rows_of<T, R, SWIGLU>(p, task, row_words, groups);
-    float y[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) y[r] = 0.f;
-    // A round: the lane's B chunks c0, c0 + 32, ... of each row, all loads issued before any is used. (Keeping the
-    // next round in flight while this one is used cost registers, so warps, and measured slower: bench/NOTES.md.)
-    for (int64_t c0 = lane; c0 < C; c0 += 32 * B) {
-      if (!loaded || c0 != lane) load_round<T, GS, R, B>(rs, c0, C, rd);
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        const int64_t c = c0 + 32 * b;
-        if (c >= C) break;
-        float scale[R], bias[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) scale[r] = f32_of_bits<T>(rd.sb[b][r]), bias[r] = f32_of_bits<T>(rd.sb[b][r] >> 16);
-        chunk_dot<R, SPREAD>(xs, sx, SPREAD ? sx + C : sx, c, rd.w[b], scale, bias, y);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) y[r] = warp_sum(y[r]);
-    if (lane == 0) store_task<T, R, SWIGLU>(p, task, y);
-  }
+  run_tasks<T, GS, R, B, SWIGLU, SPREAD>(p, tasks, first, int64_t(gridDim.x) * kSimtWarps, xs, sx, EARLY, rs, rd);
 }
 
 template <typename T, int GS, int R, int B, bool SWIGLU, bool SPREAD, bool EARLY>

@@ -63,6 +63,14 @@ __device__ __forceinline__ void word_codes(uint32_t w, float (&c)[8]) {
   }
 }
 
+// 16 bytes of x: through the read-only path, or (COHERENT: x written earlier in the same launch by other blocks, the
+// chained launch of qgemv_chain.cu) from L2, never a stale line of this multiprocessor's L1.
+template <bool COHERENT>
+__device__ __forceinline__ uint4 load_x16(const void* p) {
+  if constexpr (COHERENT) return __ldcg(static_cast<const uint4*>(p));
+  return __ldg(static_cast<const uint4*>(p));
+}
+
 template <typename T>
 __device__ __forceinline__ uint32_t bits16(const T* p) {
   return uint32_t(*reinterpret_cast<const uint16_t*>(p));
@@ -80,12 +88,12 @@ __device__ __forceinline__ float f32_of_bits(uint32_t v) {
 // rms_norm's factor 1 / sqrt(mean(x^2) + eps) of x (K values of T), in the order of sums of norm_rope.cu's
 // rms_norm_reg_kernel (thread t: 8 values at a time at t, t + blockDim.x, ...; then the block's sum) with the same
 // 256 threads: the same float bit for bit. Every thread gets it; it ends on block_sum's barriers.
-template <typename T>
+template <typename T, bool COHERENT = false>
 __device__ __forceinline__ float rms_factor(const T* x, int64_t K, float eps) {
   __shared__ float red[32];
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    const uint4 v = load_x16<COHERENT>(reinterpret_cast<const uint4*>(x) + i);
     const uint32_t h[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -101,12 +109,12 @@ __device__ __forceinline__ float rms_factor(const T* x, int64_t K, float eps) {
 // x (K values of T) into xs as f32, 8 codes a thread at a time, then each chunk's sum into sx (with SPREAD, x scaled by
 // 2^e_k and the scaled sums into sx + K / 32); the block's threads all take part, and it ends on a block barrier. With
 // norm_w, x is first rms-normed with it and rounded to T, as CudaBackend::rms_norm writes it (QgemvParams::norm_w).
-template <typename T, bool SPREAD = false>
+template <typename T, bool SPREAD = false, bool COHERENT = false>
 __device__ __forceinline__ void stage_x(const T* x, int64_t K, float4* xs, float* sx, const T* norm_w = nullptr,
                                         float eps = 0.f) {
-  const float rs = norm_w ? rms_factor(x, K, eps) : 1.f;
+  const float rs = norm_w ? rms_factor<T, COHERENT>(x, K, eps) : 1.f;
   for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    const uint4 v = load_x16<COHERENT>(reinterpret_cast<const uint4*>(x) + i);
     const uint32_t h[4] = {v.x, v.y, v.z, v.w};
     float f[8];
 #pragma unroll
@@ -223,8 +231,8 @@ __device__ __forceinline__ Rows<T, R> rows_of(const QgemvParams<T>& p, int64_t t
 
 // Task `task`'s results (y summed over the warp, held by the lane that calls this) stored with the epilogues of
 // variants 5-8: swiglu of gate and up (each rounded to T first); the residual add (the product rounded to T first,
-// then added in f32 and rounded).
-template <typename T, int R, bool SWIGLU>
+// then added in f32 and rounded; COHERENT: the residual read from L2, as load_x16).
+template <typename T, int R, bool SWIGLU, bool COHERENT = false>
 __device__ __forceinline__ void store_task(const QgemvParams<T>& p, int64_t task, const float (&y)[R]) {
   if constexpr (SWIGLU) {
     const float gv = to_f32(from_f32<T>(y[0])), uv = to_f32(from_f32<T>(y[1]));
@@ -252,9 +260,74 @@ __device__ __forceinline__ void store_task(const QgemvParams<T>& p, int64_t task
       const int64_t n = mt.tile * R + r;
       if (n >= mt.N) break;
       float v = y[r];
-      if (p.residual) v = to_f32(p.residual[n]) + to_f32(from_f32<T>(v));
+      if (p.residual) {
+        const float res = COHERENT ? f32_of_bits<T>(__ldcg(reinterpret_cast<const unsigned short*>(p.residual) + n))
+                                   : to_f32(p.residual[n]);
+        v = res + to_f32(from_f32<T>(v));
+      }
       mt.y[n] = from_f32<T>(v);
     }
+  }
+}
+
+// One round of a lane: B chunks (c0, c0 + 32, ...) of each of a task's R rows, with their scales (low 16 bits) and
+// biases (high) as T's bits, two to a register.
+template <int R, int B>
+struct Round {
+  uint4 w[B][R];
+  uint32_t sb[B][R];
+};
+
+// A round of a lane: the B chunks c0, c0 + 32, ... of each of the task's rows, all loads issued before any is used.
+template <typename T, int GS, int R, int B>
+__device__ __forceinline__ void load_round(const Rows<T, R>& rs, int64_t c0, int64_t C, Round<R, B>& rd) {
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    const int64_t c = c0 + 32 * b;
+    if (c < C) {
+      const int64_t g = c * 32 / GS;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        rd.w[b][r] = ld_stream4(rs.w[r] + c * 4);
+        rd.sb[b][r] = bits16(rs.sc[r] + g) | bits16(rs.bi[r] + g) << 16;
+      }
+    }
+  }
+}
+
+// A warp's tasks first, first + stride, ... of p, x staged in xs and sx (stage_x<T, SPREAD>), into their outputs
+// (store_task). pre: the first task's rows and first round are already in rs and rd (loaded before x was staged). A
+// lane adds its chunks in the order c = lane, lane + 32, ... whatever B is, so B, pre and which warp takes a task
+// change no sum.
+template <typename T, int GS, int R, int B, bool SWIGLU, bool SPREAD, bool COHERENT = false>
+__device__ __forceinline__ void run_tasks(const QgemvParams<T>& p, int64_t tasks, int64_t first, int64_t stride,
+                                          const float4* xs, const float* sx, bool pre, Rows<T, R>& rs,
+                                          Round<R, B>& rd) {
+  const int64_t K = p.K, C = K / 32, groups = K / GS, row_words = K / 8;
+  const int lane = threadIdx.x % 32;
+  for (int64_t task = first; task < tasks; task += stride) {
+    const bool loaded = pre && task == first;  // rs and its first round already there
+    if (!loaded) rs = rows_of<T, R, SWIGLU>(p, task, row_words, groups);
+    float y[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) y[r] = 0.f;
+    // A round: the lane's B chunks c0, c0 + 32, ... of each row, all loads issued before any is used. (Keeping the
+    // next round in flight while this one is used cost registers, so warps, and measured slower: bench/NOTES.md.)
+    for (int64_t c0 = lane; c0 < C; c0 += 32 * B) {
+      if (!loaded || c0 != lane) load_round<T, GS, R, B>(rs, c0, C, rd);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const int64_t c = c0 + 32 * b;
+        if (c >= C) break;
+        float scale[R], bias[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) scale[r] = f32_of_bits<T>(rd.sb[b][r]), bias[r] = f32_of_bits<T>(rd.sb[b][r] >> 16);
+        chunk_dot<R, SPREAD>(xs, sx, SPREAD ? sx + C : sx, c, rd.w[b], scale, bias, y);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) y[r] = warp_sum(y[r]);
+    if (lane == 0) store_task<T, R, SWIGLU, COHERENT>(p, task, y);
   }
 }
 

@@ -1,0 +1,143 @@
+// Backend::quantized_decode_chain (qgemv_chain.cu: decoding's o product with the residual add, the norm, gate/up with
+// swiglu and down with the residual add in one launch of three phases) against the three launches it replaces under
+// variant 9 (quantized_linear_add, quantized_swiglu_linear with the norm, quantized_linear_add): x1, the swiglu and the
+// output the same bit for bit, for bf16 and f16, groups of 32, 64 and 128, with o's input wider than the model (GQA
+// models' n_head * head_dim may differ from n_embd) and odd row counts; twice in a row (the grid barrier's words must
+// come back to zero). Rows of down longer than variant 9's own launch takes (K > 12288, Mistral's 14336): there the
+// reference down product is variant 7's, whose sums run in another order, so only x1 and the swiglu are compared bit
+// for bit and the output within a bound. The chain must have run (its launch counter), and refuse where it cannot.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/runtime_config.h"
+#include "ops/ops.h"
+
+namespace lmtune {
+namespace {
+
+struct ChainCase {
+  int group;
+  int64_t n_embd, n_attn, n_ff;
+};
+
+std::vector<float> host(const Tensor& t) { return ops::to(t, Device::cpu).to_f32_vector(); }
+
+ops::QuantizedWeight ref(const ops::AffineQuantized& w) { return {&w.wq, &w.scales, &w.biases}; }
+
+struct Chain {
+  Tensor x1, act, out;
+};
+
+TEST(DecodeChain, EqualsItsLaunches) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<ChainCase> cases = {{64, 512, 512, 1536},    {32, 256, 384, 1056},    {128, 1024, 1024, 2816},
+                                        {64, 4096, 4096, 12288}, {64, 1024, 1024, 14336}, {32, 96, 160, 416}};
+  uint64_t seed = 2701;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const ChainCase& c : cases) {
+      const std::string what = std::string(dtype_name(dt)) + " group " + std::to_string(c.group) + " n_embd " +
+                               std::to_string(c.n_embd) + " n_attn " + std::to_string(c.n_attn) + " n_ff " +
+                               std::to_string(c.n_ff);
+      const QuantFormat f{QuantMode::affine, 4, c.group};
+      auto weight = [&](int64_t rows, int64_t in) {
+        return ops::quantize_affine(ops::randn({rows, in}, seed += 3, 0.05f, dt, Device::cuda), 4, c.group);
+      };
+      const ops::AffineQuantized o = weight(c.n_embd, c.n_attn), gate = weight(c.n_ff, c.n_embd),
+                                 up = weight(c.n_ff, c.n_embd), down = weight(c.n_embd, c.n_ff);
+      const Tensor a = ops::randn({1, 1, c.n_attn}, seed += 3, 1.f, dt, Device::cuda);
+      const Tensor x = ops::randn({1, 1, c.n_embd}, seed += 3, 1.f, dt, Device::cuda);
+      const Tensor norm_w = ops::add(ops::full({c.n_embd}, 1.f, dt, Device::cuda),
+                                     ops::randn({c.n_embd}, seed += 3, 0.2f, dt, Device::cuda));
+      const ops::InputNorm norm{&norm_w, 1e-5f};
+
+      RuntimeConfig rc = runtime_config();
+      rc.cuda_qgemv_variant = 9;
+      rc.cuda_decode_chain = true;
+      ScopedRuntimeConfig scoped(rc);
+      const Tensor x1 = ops::quantized_linear_add(a, ref(o), x, f);
+      const Tensor act = ops::quantized_swiglu_linear(x1, ref(gate), ref(up), f, &norm);
+      const Tensor out = ops::quantized_linear_add(act, ref(down), x1, f);
+
+      for (int round = 0; round < 2; ++round) {
+        Chain got{ops::empty({c.n_embd}, dt, Device::cuda), ops::empty({c.n_ff}, dt, Device::cuda),
+                  ops::empty({c.n_embd}, dt, Device::cuda)};
+        Backend::QuantizedDecodeChain args{};
+        args.a = a.raw(), args.x = x.raw(), args.x1 = got.x1.raw(), args.act = got.act.raw(), args.out = got.out.raw();
+        args.norm_w = norm_w.raw(), args.eps = norm.eps;
+        const ops::AffineQuantized* ws[4] = {&o, &gate, &up, &down};
+        for (int i = 0; i < 4; ++i) {
+          args.wq[i] = static_cast<const uint32_t*>(ws[i]->wq.raw());
+          args.scales[i] = ws[i]->scales.raw();
+          args.biases[i] = ws[i]->biases.raw();
+        }
+        args.n_embd = c.n_embd, args.n_attn = c.n_attn, args.n_ff = c.n_ff;
+        args.bits = 4, args.group_size = c.group, args.dt = dt;
+        const int64_t before = cuda_decode_chain_launches();
+        ASSERT_TRUE(cuda_backend().quantized_decode_chain(args)) << what << ": refused";
+        EXPECT_EQ(cuda_decode_chain_launches() - before, 1) << what;
+        const std::string w = what + ", round " + std::to_string(round);
+        EXPECT_EQ(host(got.x1), host(x1)) << w << ": x1";
+        EXPECT_EQ(host(got.act), host(act)) << w << ": swiglu";
+        const std::vector<float> want = host(out), have = host(got.out);
+        if (c.n_ff <= 12288) {
+          EXPECT_EQ(have, want) << w << ": output";
+        } else {  // variant 7's down against variant 9's: f32 sums in other orders, each rounded to dt once
+          float peak = 0.f, worst = 0.f;
+          for (size_t i = 0; i < want.size(); ++i) {
+            peak = std::max(peak, std::fabs(want[i]));
+            worst = std::max(worst, std::fabs(have[i] - want[i]));
+          }
+          EXPECT_LE(worst, 1e-2f * peak) << w << ": output";
+        }
+      }
+      // ops' entry point: the same output (through the same launch).
+      const Tensor via_ops = ops::quantized_decode_chain(a, ref(o), x, norm, ref(gate), ref(up), ref(down), f);
+      ASSERT_TRUE(via_ops.defined()) << what;
+      if (c.n_ff <= 12288) {
+        EXPECT_EQ(host(via_ops), host(out)) << what << ": ops::quantized_decode_chain";
+      }
+    }
+}
+
+// Where it cannot run, it declines and launches nothing: the switch off, another variant, SPREAD off, rows too long.
+TEST(DecodeChain, Declines) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const DType dt = DType::bf16;
+  auto make = [&](int bits, int64_t n_ff) {
+    return ops::quantize_affine(ops::randn({n_ff, 256}, 5, 0.05f, dt, Device::cuda), bits, 64);
+  };
+  const Tensor a = ops::randn({1, 1, 256}, 6, 1.f, dt, Device::cuda),
+               x = ops::randn({1, 1, 256}, 7, 1.f, dt, Device::cuda);
+  const Tensor norm_w = ops::full({256}, 1.f, dt, Device::cuda);
+  const ops::InputNorm norm{&norm_w, 1e-5f};
+  const ops::AffineQuantized o = make(4, 256), g = make(4, 512);
+  const ops::AffineQuantized d = ops::quantize_affine(ops::randn({256, 512}, 8, 0.05f, dt, Device::cuda), 4, 64);
+  const QuantFormat f{QuantMode::affine, 4, 64};
+  for (int what = 0; what < 3; ++what) {
+    RuntimeConfig rc = runtime_config();
+    rc.cuda_qgemv_variant = what == 1 ? 7 : 9;
+    rc.cuda_decode_chain = what != 0;
+    rc.cuda_qgemv_simt_spread = what != 2;
+    ScopedRuntimeConfig scoped(rc);
+    const int64_t before = cuda_decode_chain_launches();
+    EXPECT_FALSE(ops::quantized_decode_chain(a, ref(o), x, norm, ref(g), ref(g), ref(d), f).defined()) << what;
+    EXPECT_EQ(cuda_decode_chain_launches(), before) << what;
+  }
+  RuntimeConfig rc = runtime_config();
+  rc.cuda_qgemv_variant = 9;
+  rc.cuda_decode_chain = true;
+  ScopedRuntimeConfig scoped(rc);
+  EXPECT_TRUE(ops::quantized_decode_chain(a, ref(o), x, norm, ref(g), ref(g), ref(d), f).defined());
+  // Rows of down past 16384 (x staged in shared memory would not fit three blocks a multiprocessor).
+  const ops::AffineQuantized g_long = make(4, 16416);
+  const ops::AffineQuantized d_long = ops::quantize_affine(ops::randn({256, 16416}, 9, 0.05f, dt, Device::cuda), 4, 64);
+  EXPECT_FALSE(ops::quantized_decode_chain(a, ref(o), x, norm, ref(g_long), ref(g_long), ref(d_long), f).defined());
+}
+
+}  // namespace
+}  // namespace lmtune
