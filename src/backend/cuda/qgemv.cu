@@ -245,22 +245,6 @@ void launch_mma_for(int bits, int group_size, const QgemvParams<T>& p) {
   }
 }
 
-// One product's parameters: y (M, N) = x (M, K) dequant(wq, scales, biases)^T in 16-row tiles
-// (count 1; matrix 0 only). Callers add what their launch needs (residual, swiglu).
-template <typename T>
-QgemvParams<T> single_params(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
-                             int64_t M, int64_t N, int64_t K) {
-  QgemvParams<T> p{};
-  p.x = static_cast<const T*>(x);
-  p.wq = wq;
-  p.scales = static_cast<const T*>(scales);
-  p.biases = static_cast<const T*>(biases);
-  p.y = static_cast<T*>(y);
-  p.N = N, p.K = K, p.M = int(M), p.S = 1, p.count = 1;
-  p.tile_start[1] = p.tile_start[2] = p.tile_start[3] = (N + 15) / 16;
-  return p;
-}
-
 // Matrices 0 .. count - 1 of a launch over up to three (p.wqs, scaless, biasess, ys, Ns; the slots past count repeat
 // the last), their 16-row tiles numbered one after another, and matrix 0 in the single product's fields.
 template <typename T>

@@ -99,30 +99,13 @@ __global__ void __launch_bounds__(kChainWarps * 32, 3) decode_chain_kernel(Chain
   phase<T, GS, 1, false>(c.down, c.down_tasks, first, stride, smem_chain, rs1, rd1);
 }
 
-template <typename T>
-QgemvParams<T> product(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y, int64_t N,
-                       int64_t K) {
-  QgemvParams<T> p{};
-  p.x = static_cast<const T*>(x);
-  p.wq = wq;
-  p.scales = static_cast<const T*>(scales);
-  p.biases = static_cast<const T*>(biases);
-  p.y = static_cast<T*>(y);
-  p.N = N;
-  p.K = K;
-  p.M = 1;
-  p.S = 1;
-  p.count = 1;
-  return p;
-}
-
 template <typename T, int GS>
 void launch_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
   ChainParams<T> c{};
-  c.o = product<T>(a.a, a.wq[0], a.scales[0], a.biases[0], a.x1, a.n_embd, a.n_attn);
+  c.o = single_params<T>(a.a, a.wq[0], a.scales[0], a.biases[0], a.x1, 1, a.n_embd, a.n_attn);
   c.o.residual = static_cast<const T*>(a.x);
   c.o_tasks = simt::number_tasks(c.o, 1);
-  c.gu = product<T>(a.x1, a.wq[1], a.scales[1], a.biases[1], a.act, a.n_ff, a.n_embd);
+  c.gu = single_params<T>(a.x1, a.wq[1], a.scales[1], a.biases[1], a.act, 1, a.n_ff, a.n_embd);
   c.gu.wqs[0] = a.wq[1], c.gu.wqs[1] = a.wq[2];
   c.gu.scaless[0] = static_cast<const T*>(a.scales[1]), c.gu.scaless[1] = static_cast<const T*>(a.scales[2]);
   c.gu.biasess[0] = static_cast<const T*>(a.biases[1]), c.gu.biasess[1] = static_cast<const T*>(a.biases[2]);
@@ -130,7 +113,7 @@ void launch_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
   c.gu.norm_w = static_cast<const T*>(a.norm_w);
   c.gu.norm_eps = a.eps;
   c.gu_tasks = a.n_ff;
-  c.down = product<T>(a.act, a.wq[3], a.scales[3], a.biases[3], a.out, a.n_embd, a.n_ff);
+  c.down = single_params<T>(a.act, a.wq[3], a.scales[3], a.biases[3], a.out, 1, a.n_embd, a.n_ff);
   c.down.residual = static_cast<const T*>(a.x1);
   c.down_tasks = simt::number_tasks(c.down, 1);
   c.bar = bar;
