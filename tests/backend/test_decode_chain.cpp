@@ -134,8 +134,8 @@ TEST(DecodeChain, Declines) {
   ScopedRuntimeConfig scoped(rc);
   EXPECT_TRUE(ops::quantized_decode_chain(a, ref(o), x, norm, ref(g), ref(g), ref(d), f).defined());
   // Rows of down past 16384 (x staged in shared memory would not fit three blocks a multiprocessor).
-  const ops::AffineQuantized g_long = make(4, 16416);
-  const ops::AffineQuantized d_long = ops::quantize_affine(ops::randn({256, 16416}, 9, 0.05f, dt, Device::cuda), 4, 64);
+  const ops::AffineQuantized g_long = make(4, 16448);
+  const ops::AffineQuantized d_long = ops::quantize_affine(ops::randn({256, 16448}, 9, 0.05f, dt, Device::cuda), 4, 64);
   EXPECT_FALSE(ops::quantized_decode_chain(a, ref(o), x, norm, ref(g_long), ref(g_long), ref(d_long), f).defined());
 }
 
