@@ -299,8 +299,11 @@ class Backend {
   }
   // Decoding's attention output through o, then the MLP, in one launch: x1 = x + a W_o^T; out = x1 + down(swiglu(n
   // W_gate^T, n W_up^T)), n = rms_norm(x1) * norm_w; act the swiglu. One row each, affine weights of dt; each value as
-  // quantized_gemv_add and quantized_gemv_normed write it (x1 and act are written too). False where this backend has no
-  // such kernel, and the caller runs those launches.
+  // quantized_gemv_add and quantized_gemv_normed write it where they take variant 9's kernel (rows up to 12288; longer
+  // rows, which they give to variant 7, take variant 9's arithmetic here: the same function, summed in another order).
+  // x1 and act are written too; x1, act and out must be buffers of their own (other blocks read a, x1 and act while
+  // the launch writes), out may be x. False where this backend has no such kernel (nothing written), and the caller
+  // runs those launches; takes_decode_chain says so beforehand from everything but the three outputs.
   struct QuantizedDecodeChain {
     const void* a;  // (n_attn) attention output
     const void* x;  // (n_embd) the stream before attention
@@ -316,6 +319,7 @@ class Backend {
     int bits, group_size;
     DType dt;
   };
+  virtual bool takes_decode_chain(const QuantizedDecodeChain&) const { return false; }
   virtual bool quantized_decode_chain(const QuantizedDecodeChain&) { return false; }
   // MLX's fp modes (mode mxfp4, nvfp4 or mxfp8; core/quant_format.h): out (rows, in) in dt, element
   // i of row r = round_dt(round_dt(v) * round_dt(s)), v the value of the code at bit offset i * bits

@@ -182,10 +182,8 @@ Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const T
       !fits(down, n_embd, n_ff) || norm.weight->shape() != Shape{n_embd} || norm.weight->dtype() != dt ||
       norm.weight->device() != x.device())
     return {};
-  Tensor x1 = empty(x.shape(), dt, x.device()), act = empty({n_ff}, dt, x.device()),
-         out = empty(x.shape(), dt, x.device());
   Backend::QuantizedDecodeChain c{};
-  c.a = a.raw(), c.x = x.raw(), c.x1 = x1.raw(), c.act = act.raw(), c.out = out.raw();
+  c.a = a.raw(), c.x = x.raw();
   c.norm_w = norm.weight->raw(), c.eps = norm.eps;
   for (int i = 0; i < 4; ++i) {
     c.wq[i] = static_cast<const uint32_t*>(ws[i].wq->raw());
@@ -194,7 +192,12 @@ Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const T
   }
   c.n_embd = n_embd, c.n_attn = n_attn, c.n_ff = n_ff;
   c.bits = f.bits, c.group_size = f.group_size, c.dt = dt;
-  if (!backend(x.device()).quantized_decode_chain(c)) return {};
+  Backend& be = backend(x.device());
+  if (!be.takes_decode_chain(c)) return {};  // before allocating outputs it would not write
+  Tensor x1 = empty(x.shape(), dt, x.device()), act = empty({n_ff}, dt, x.device()),
+         out = empty(x.shape(), dt, x.device());
+  c.x1 = x1.raw(), c.act = act.raw(), c.out = out.raw();
+  if (!be.quantized_decode_chain(c)) return {};
   return out;
 }
 

@@ -318,10 +318,11 @@ TEST(QgemvFused, SimtEarlyEqualsSimt) {
           ASSERT_EQ(out[mode].size(), 6u) << what << ": the grouped launch refused";
           EXPECT_EQ(cuda_qgemv_simt_early_launches() - early_before, early ? 4 : 0) << what << ": early launches";
           const int64_t wide_launches = cuda_qgemv_simt_wide_launches() - wide_before;
-          if (!wide)
+          if (!wide) {
             EXPECT_EQ(wide_launches, 0) << what;
-          else if (c.N <= 1024)
+          } else if (c.N <= 1024) {
             EXPECT_GE(wide_launches, 2) << what << ": wide launches";
+          }
           if (mode == 0) continue;
           for (size_t i = 0; i < out[0].size(); ++i)
             expect_within(out[mode][i], out[0][i], 0.f,

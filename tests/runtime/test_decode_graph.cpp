@@ -188,17 +188,23 @@ TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
 
 // A 4-bit model's decode step with each layer's o product, norm, gate/up and down as one launch (RuntimeConfig::
 // cuda_decode_chain, qgemv_chain.cu) against the step without: the same logits bit for bit, eagerly and recorded, over
-// several steps (a recorded graph replays the chain's grid barriers). The chain must have run, once a layer a step.
+// several steps (a recorded graph replays the chain's grid barriers), with and without programmatic dependent launch
+// in the recorded step (the launches' one overlap). The chain must have run, once a layer a step.
 TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   const int64_t layers = model->config().n_layer;
-  std::vector<std::vector<float>> logits[2];
-  for (int chain = 0; chain < 2; ++chain) {
+  std::vector<std::vector<float>> logits[4];
+  for (int mode = 0; mode < 4; ++mode) {  // bit 0: the chain; bit 1: programmatic dependent launch in the graph
+    const bool chain = mode & 1, pdl = mode & 2;
     RuntimeConfig rc = runtime_config();
-    rc.cuda_decode_chain = chain == 1;
+    rc.cuda_qgemv_variant = 9;
+    rc.cuda_qgemv_simt_spread = true;
+    rc.fused_epilogues = rc.fused_norms = rc.cuda_gemv = true;
+    rc.cuda_decode_chain = chain;
+    rc.cuda_pdl = pdl;
     ScopedRuntimeConfig scoped(rc);
-    const std::string what = chain ? "decode chain" : "separate launches";
+    const std::string what = std::string(chain ? "decode chain" : "separate launches") + (pdl ? ", PDL" : "");
     Prefilled c(*model, DType::bf16, 20, 31, 7);
     DecodeGraph graph(*model, c.graphed);
     for (int step = 0; step < 6; ++step) {
@@ -207,10 +213,10 @@ TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
       std::vector<float> eager_logits = eager_step(*model, c.eager, token);
       EXPECT_EQ(cuda_decode_chain_launches() - before, chain ? layers : 0) << what << ", step " << step;
       ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
-      logits[chain].push_back(eager_logits);
+      logits[mode].push_back(eager_logits);
     }
   }
-  ASSERT_EQ(logits[1], logits[0]) << "decode chain against separate launches";
+  for (int mode = 1; mode < 4; ++mode) ASSERT_EQ(logits[mode], logits[0]) << "mode " << mode << " against mode 0";
 }
 
 // Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the

@@ -171,7 +171,8 @@ class CudaBackend final : public Backend {
                              const void* const* scales, const void* const* biases, void* const* ys, const int64_t* ns,
                              int count, bool swiglu, int64_t K, int bits, int group_size, DType dt,
                              const RopeAppendArgs* rope = nullptr) override;
-  bool quantized_decode_chain(const QuantizedDecodeChain& args) override;  // qgemv.cu
+  bool takes_decode_chain(const QuantizedDecodeChain& args) const override;  // qgemv.cu
+  bool quantized_decode_chain(const QuantizedDecodeChain& args) override;    // qgemv.cu
   void dequantize_fp(const uint32_t* wq, const uint8_t* scales, void* out, int64_t rows, int64_t in, QuantMode mode,
                      DType dt) override;
   void attention(const AttentionArgs& a) override;

@@ -432,15 +432,24 @@ bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float
 }
 
 // Variant 9's arithmetic (SPREAD included) in one launch of three phases (qgemv_chain.cu); only where variant 9 with
-// its defaults would run each of the three launches it replaces, so that the values are theirs.
-bool CudaBackend::quantized_decode_chain(const QuantizedDecodeChain& a) {
+// its defaults would run the three launches it replaces (the fused epilogues on, the quantized GEMV not switched off),
+// so that the values are theirs.
+bool CudaBackend::takes_decode_chain(const QuantizedDecodeChain& a) const {
   const RuntimeConfig& rc = runtime_config();
   if (!rc.cuda_decode_chain || rc.cuda_qgemv_variant != 9 || !rc.cuda_qgemv_simt_spread || lean_variant() == 0 ||
-      !mma_path(a.bits, a.group_size, a.dt) || !aligned16(a.a) || !aligned16(a.x) || !aligned16(a.x1) ||
-      !aligned16(a.act) || !aligned16(a.out) || !aligned16(a.norm_w))
+      !mma_path(a.bits, a.group_size, a.dt) || !aligned16(a.a) || !aligned16(a.x) || !aligned16(a.norm_w))
     return false;
+  for (int64_t K : {a.n_attn, a.n_embd, a.n_ff})
+    if (!gemv_shape_ok(1, K, a.bits, a.group_size, a.dt)) return false;
   for (int i = 0; i < 4; ++i)
     if (!aligned16(a.wq[i]) || !aligned4(a.scales[i]) || !aligned4(a.biases[i])) return false;
+  return qgemv::takes_decode_chain(a);
+}
+
+bool CudaBackend::quantized_decode_chain(const QuantizedDecodeChain& a) {
+  if (!takes_decode_chain(a) || !aligned16(a.x1) || !aligned16(a.act) || !aligned16(a.out)) return false;
+  LMT_CHECK(a.x1 != a.a && a.act != a.x1 && a.out != a.act && a.out != a.x1 && a.x1 != a.x,
+            "[quantized_decode_chain] x1, act and out must be buffers of their own");
   return qgemv::launch_decode_chain(a, chain_barrier_);
 }
 

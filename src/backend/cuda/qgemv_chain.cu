@@ -1,13 +1,15 @@
 // Decoding's attention output through o, then the MLP, as one launch (LMTUNE_CUDA_DECODE_CHAIN=1; Backend::
 // quantized_decode_chain): o's product with the residual add, gate and up of the rms-normed sum with swiglu, and down
 // with the residual add. Each phase is variant 9's kernel body (qgemv_simt.cuh's stage_x and run_tasks, SPREAD as the
-// default) over the tasks of the launch it replaces, so each value is the one those three launches write, bit for bit:
-// a row's sum depends only on the lanes' order, never on which warp takes the row. Between phases a grid barrier stands
+// default) over the tasks of the launch it replaces, so each value is the one those three launches write, bit for bit,
+// where they take variant 9 (rows up to 12288): a row's sum depends only on the lanes' order, never on which warp takes
+// the row. Between phases a grid barrier stands
 // where two kernel boundaries stood (the drain of one kernel, the launch and staging of the next); before it waits
 // there, every warp loads the first round of its next task (weights are constant), so that DRAM latency runs under the
 // wait. The barrier needs every block resident at once: the grid is what the card holds (occupancy), and the launch is
-// plain, the only work on its stream. Rows of down up to kChainMaxK (Mistral's 14336 included: variant 9's own launch
-// stops at 12288, but here its x staging costs one block a multiprocessor, not a kernel's worth of them).
+// plain, the only work on its stream. Rows up to kChainMaxK (Mistral's down, 14336, included: variant 9's own launch
+// stops at 12288 and gives longer rows to variant 7, whose sums run in another order, so there the chain's values are
+// variant 9's arithmetic on the same function, not the separate launches' bits).
 #include <atomic>
 
 #include "backend/cuda/cuda_backend.h"
@@ -131,17 +133,22 @@ void launch_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
 
 }  // namespace
 
-bool launch_decode_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
+bool takes_decode_chain(const Backend::QuantizedDecodeChain& a) {
   const int64_t widest = std::max(a.n_attn, std::max(a.n_embd, a.n_ff));
-  if (a.bits != 4 || widest > kChainMaxK || a.n_attn % 32 || a.n_embd % 32 || a.n_ff % 32 || a.n_embd % 8 ||
-      a.n_ff % 8 || a.n_attn % 8 || (a.dt != DType::bf16 && a.dt != DType::f16))
+  if (a.bits != 4 || widest > kChainMaxK || (a.dt != DType::bf16 && a.dt != DType::f16) ||
+      (a.group_size != 32 && a.group_size != 64 && a.group_size != 128))
     return false;
+  for (int64_t K : {a.n_attn, a.n_embd, a.n_ff})
+    if (K < 32 || K % 32 != 0 || K % a.group_size != 0) return false;
+  return true;
+}
+
+bool launch_decode_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
+  if (!takes_decode_chain(a)) return false;
   bool done = false;
   auto run = [&](auto tag) {
     using T = typename decltype(tag)::type;
     done = simt::by_group_size(a.group_size, [&](auto gs) {
-      if (a.n_attn % decltype(gs)::value || a.n_embd % decltype(gs)::value || a.n_ff % decltype(gs)::value)
-        return false;
       launch_chain<T, decltype(gs)::value>(a, bar);
       return true;
     });

@@ -320,8 +320,10 @@ bool launch_simt(int bits, int group_size, QgemvParams<T> p);
 // back to variant 9's kernel, then 7's).
 template <typename T>
 bool launch_simt_ring(int bits, int group_size, QgemvParams<T> p);
-// Backend::quantized_decode_chain's one launch (qgemv_chain.cu): 4 bits, bf16 or f16, rows of at most 16384; bar: two
-// zeroed words of device memory the launch leaves zeroed. False elsewhere.
+// Backend::quantized_decode_chain's one launch (qgemv_chain.cu): 4 bits, bf16 or f16, rows of at most 16384 in whole
+// chunks and groups (takes_decode_chain); bar: two zeroed words of device memory the launch leaves zeroed. False
+// elsewhere.
+bool takes_decode_chain(const Backend::QuantizedDecodeChain& a);
 bool launch_decode_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar);
 
 }  // namespace lmtune::qgemv
