@@ -255,17 +255,16 @@ bool DecoderModel::Block::fuses_norms(bool decoding) const {
 }
 
 Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const {
-  if (runtime_config().cuda_decode_chain) {  // o, the norm, gate/up and down in one launch where it runs
-    const nn::Attention::DecodeFusion before_o{&attn_norm, &x, true};
-    const Tensor a = attn.forward(x, layer, pos, &cache, true, nullptr, &before_o);
-    const nn::Linear lo = attn.o.get();
-    if (Tensor out = mlp.forward_chained(a, lo, x, mlp_norm); out.defined()) return out;
-    const Tensor x1 = ops::quantized_linear_add(a, lo.packed(), x, lo.format);
-    return mlp.forward(x1, true, &x1, &mlp_norm);
+  // With the decode chain, o, the norm, gate/up and down in one launch where it runs; else (or where it declines) o
+  // with the residual, then the MLP.
+  const bool chain = runtime_config().cuda_decode_chain;
+  const nn::Attention::DecodeFusion fuse{&attn_norm, &x, chain};
+  Tensor h = attn.forward(x, layer, pos, &cache, true, nullptr, &fuse);  // x + attention; chain: attention alone
+  if (chain) {
+    if (Tensor out = mlp.forward_chained(h, attn.o.get(), x, mlp_norm); out.defined()) return out;
+    h = attn.output(h, &x);
   }
-  const nn::Attention::DecodeFusion fuse{&attn_norm, &x};
-  const Tensor x1 = attn.forward(x, layer, pos, &cache, true, nullptr, &fuse);
-  return mlp.forward(x1, true, &x1, &mlp_norm);
+  return mlp.forward(h, true, &h, &mlp_norm);
 }
 
 Tensor DecoderModel::Block::input_after(Tensor& x, const Tensor& pending, bool decoding) const {

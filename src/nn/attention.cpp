@@ -119,10 +119,14 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
   }
   a = ag::reshape(a, {B, T, opt.n_head * opt.head_dim});
   if (fuse && fuse->before_o) return a;
-  if (!fuse || !fuse->residual) return o.forward(a);
+  return output(a, fuse ? fuse->residual : nullptr);
+}
+
+Tensor Attention::output(const Tensor& a, const Tensor* residual) const {
+  if (!residual) return o.forward(a);
   const Linear lo = o.get();
-  if (lo.plain_quantized()) return ops::quantized_linear_add(a, lo.packed(), *fuse->residual, lo.format);
-  return ag::add(*fuse->residual, o.forward(a));
+  if (lo.plain_quantized()) return ops::quantized_linear_add(a, lo.packed(), *residual, lo.format);
+  return ag::add(*residual, o.forward(a));
 }
 
 Tensor Attention::forward_packed(const Tensor& x, int64_t layer, const std::vector<PackedSpan>& spans,

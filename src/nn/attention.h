@@ -64,6 +64,9 @@ struct Attention {
   };
   Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
                  const Segments* seg = nullptr, const DecodeFusion* fuse = nullptr) const;
+  // o's product of the attention's output a, + *residual where given (inside the product's launch where it is
+  // quantized): forward's last step.
+  Tensor output(const Tensor& a, const Tensor* residual) const;
   // Several sequences packed along T: x (1, N, n_embd), normed -> (1, N, n_embd). The projections
   // run once over all N rows (one read of each weight); rope, the cache update and attention run
   // per span against its own cache, as forward() does for that span alone. decoding: N is small
