@@ -16,6 +16,8 @@
 // (LMTUNE_CUDA_QGEMV_* and the fusion switches reach them as they reach lmtune). --configs "SPEC ...": instead, that
 // table under each SPEC (comma-separated NAME=VALUE settings over the environment, "-" for none) in turn, the specs
 // alternated twice: an A/B of the switches in one process, with no model to write.
+// --fp: instead, one row through MLX's fp modes (mxfp4, nvfp4, mxfp8) at the same shapes: the fused product
+// (Backend::quantized_gemv_fp, qgemv_fp.cu) against ops::dequantize + ops::linear.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -339,12 +341,85 @@ void sweep_decode_launches(DecodeLaunches& dl, const std::vector<std::string>& s
   }
 }
 
+// --fp: one row through each fp mode's fused product against dequantize + linear, at Mistral-7B's shapes. The words
+// are random (mxfp8's codes with bit 6 clear: no NaN), the scales near 1 (E8M0 120-127; nvfp4's E4M3 0x30-0x3f).
+void print_fp_products(double bw) {
+  Backend& be = backend(Device::cuda);
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{"q_proj, o_proj", 4096, 4096},
+                          {"k_proj, v_proj", 1024, 4096},
+                          {"gate_proj, up_proj", 14336, 4096},
+                          {"down_proj", 4096, 14336}};
+  const QuantMode modes[] = {QuantMode::mxfp4, QuantMode::nvfp4, QuantMode::mxfp8};
+  std::printf(
+      "\nx (1, K) @ dequant(W)^T in MLX's fp modes, bf16 x:\n| mode | product | N x K | packed MB | fused us | GB/s | "
+      "%% of copy | dequantize + linear us | speedup | max rel diff |\n| --- | --- | --- | --- | --- | --- | --- | --- "
+      "| "
+      "--- | --- |\n");
+  for (QuantMode mode : modes) {
+    const QuantFormat f = default_quant_format(mode);
+    for (const Shape& sh : shapes) {
+      const int64_t words = sh.K * f.bits / 32, groups = sh.K / f.group_size;
+      const double bytes = double(sh.N * words * 4 + sh.N * groups);
+      const int copies = int(std::max(1.0, std::ceil(256e6 / bytes)));
+      std::vector<uint32_t> hw(size_t(sh.N * words));
+      std::vector<uint8_t> hs(size_t(sh.N * groups));
+      uint64_t r = 0x9E3779B97F4A7C15ull * uint64_t(sh.N + sh.K + int(mode));
+      auto next = [&] {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        return uint32_t(r >> 16);
+      };
+      for (uint32_t& w : hw) w = next() & (mode == QuantMode::mxfp8 ? 0xbfbfbfbfu : 0xffffffffu);
+      for (uint8_t& v : hs) v = uint8_t(mode == QuantMode::nvfp4 ? 0x30 + next() % 16 : 120 + next() % 8);
+      std::vector<Tensor> wq, sc;
+      for (int c = 0; c < copies; ++c) {
+        wq.push_back(ops::empty({sh.N, words}, DType::u32, Device::cuda));
+        sc.push_back(ops::empty({sh.N, groups}, DType::u8, Device::cuda));
+        be.copy_h2d(wq.back().raw(), hw.data(), hw.size() * 4);
+        be.copy_h2d(sc.back().raw(), hs.data(), hs.size());
+      }
+      const Tensor x = ops::uniform({1, sh.K}, 9, -1.f, 1.f, DType::bf16, Device::cuda);
+      Tensor y = ops::empty({1, sh.N}, DType::bf16, Device::cuda);
+      bool ok = true;
+      auto fused = [&](int call) {
+        const size_t c = size_t(call % copies);
+        ok = ok &&
+             be.quantized_gemv_fp(x.raw(), static_cast<const uint32_t*>(wq[c].raw()),
+                                  static_cast<const uint8_t*>(sc[c].raw()), y.raw(), 1, sh.N, sh.K, mode, DType::bf16);
+      };
+      auto baseline = [&](int call) {
+        const size_t c = size_t(call % copies);
+        (void)ops::linear(x, ops::dequantize(wq[c], sc[c], {}, f, DType::bf16));
+      };
+      fused(0);
+      const std::vector<float> a = ops::to(y, Device::cpu, DType::f32).to_f32_vector();
+      const std::vector<float> b =
+          ops::to(ops::linear(x, ops::dequantize(wq[0], sc[0], {}, f, DType::bf16)), Device::cpu, DType::f32)
+              .to_f32_vector();
+      double num = 0, den = 0;
+      for (size_t j = 0; j < a.size(); ++j) {
+        num = std::max(num, std::fabs(double(a[j]) - b[j]));
+        den = std::max(den, std::fabs(double(b[j])));
+      }
+      const int calls = copies * std::max(1, 40 / copies);
+      const double us_f = ok ? time_graph(fused, calls) : NAN, us_b = time_graph(baseline, calls);
+      std::printf("| %s | %s | %lld x %lld | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2fx | %.1e |\n",
+                  quant_mode_name(mode), sh.name, (long long)sh.N, (long long)sh.K, bytes / 1e6, us_f,
+                  bytes / us_f / 1e3, 100.0 * bytes / us_f / 1e3 / bw, us_b, us_b / us_f, den > 0 ? num / den : num);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int bits = 4, group = 64;
   bool once = false;                 // --once: one eager call of each fused product, no timing (for ncu)
   bool warm = false;                 // --warm: one copy of each weight (L2 serves those that fit)
+  bool fp = false;                   // --fp: the fp modes' fused product instead
   std::vector<std::string> configs;  // --configs "SPEC ...": the decode launches under each
   std::vector<int64_t> rows_list = {1, 8};
   for (int i = 1; i < argc; ++i) {
@@ -362,6 +437,8 @@ int main(int argc, char** argv) {
       once = true;
     } else if (std::strcmp(argv[i], "--warm") == 0) {
       warm = true;
+    } else if (std::strcmp(argv[i], "--fp") == 0) {
+      fp = true;
     } else if (std::strcmp(argv[i], "--configs") == 0 && i + 1 < argc) {
       configs.clear();
       for (const char* s = argv[++i]; *s;) {
@@ -374,7 +451,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(
           stderr,
-          "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once] [--warm] [--configs \"SPEC ...\"]\n");
+          "usage: bench_quantized [--bits B] [--group G] [--rows 1,8] [--once] [--warm] [--configs \"SPEC ...\"] "
+          "[--fp]\n");
       return 2;
     }
   }
@@ -392,6 +470,10 @@ int main(int argc, char** argv) {
     std::printf(
         "bench_quantized: %s, %d-bit, group %d, bf16 scales/biases; copy bandwidth (d2d, read + write) %.0f GB/s\n",
         cuda_device_name().c_str(), bits, group, bw);
+    if (fp) {
+      print_fp_products(bw);
+      return 0;
+    }
     for (int64_t M : rows_list) {
       LMT_CHECK(M >= 1, "[bench_quantized] rows must be >= 1");
       std::printf("\nx (%lld, K) @ dequant(W)^T, bf16:\n", (long long)M);

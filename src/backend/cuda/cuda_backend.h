@@ -158,6 +158,8 @@ class CudaBackend final : public Backend {
                       int64_t N, int64_t K, int bits, int group_size, DType dt) override;
   bool quantized_gemm_rows(const void* x, const uint32_t* wq, const void* scales, const void* biases, void* y,
                            int64_t M, int64_t N, int64_t K, int bits, int group_size, DType dt) override;
+  bool quantized_gemv_fp(const void* x, const uint32_t* wq, const uint8_t* scales, void* y, int64_t M, int64_t N,
+                         int64_t K, QuantMode mode, DType dt) override;
   bool quantized_gemv_group(const void* x, const uint32_t* const* wqs, const void* const* scales,
                             const void* const* biases, void* const* ys, const int64_t* ns, int count, int64_t M,
                             int64_t K, int bits, int group_size, DType dt) override;
