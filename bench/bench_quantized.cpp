@@ -182,12 +182,20 @@ class DecodeLaunches {
       rows.push_back({"o, gate/up, down as one launch (the decode chain)", b_o_ + b_gu_ + b_down_,
                       chains ? time_graph(chained, calls) : -1.0});
       rows.push_back({"q/k/v, then the chain", b_layer_, chains ? time_graph(layer_chained, calls) : -1.0});
+      // With the next layer's q/k/v as a fourth phase (LMTUNE_CUDA_DECODE_CHAIN_QKV=1): a layer's products in one.
+      const bool with_qkv = chains && chain(0, true);
+      rows.push_back({"o, gate/up, down, the next q/k/v as one launch", b_layer_,
+                      with_qkv ? time_graph([&](int c) { chain(c, true); }, calls) : -1.0});
     }
     return rows;
   }
   static double step_us(const std::vector<Row>& r) { return 32 * r[4].us + r[5].us; }
   // A step with the chain: 32 of its layers + lm_head; -1 where it declined.
   static double chained_step_us(const std::vector<Row>& r) { return r[7].us < 0 ? -1.0 : 32 * r[7].us + r[5].us; }
+  // And with q/k/v in the chain: the first layer's q/k/v, 32 four-phase chains, lm_head; -1 where it declined.
+  static double chained_qkv_step_us(const std::vector<Row>& r) {
+    return r[8].us < 0 ? -1.0 : r[0].us + 32 * r[8].us + r[5].us;
+  }
   double step_bytes() const { return 32 * b_layer_ + b_head_; }
 
  private:
@@ -224,7 +232,7 @@ class DecodeLaunches {
     ok_ = ok_ && be().quantized_gemv_add(act_.raw(), u32(dn_.wq[c]), dn_.sc[c].raw(), dn_.bi[c].raw(), x1_.raw(),
                                          x2_.raw(), 1, E, F, bits_, group_, DType::bf16);
   }
-  bool chain(int call) {
+  bool chain(int call, bool next_qkv = false) {
     const size_t c = size_t(call % copies_);
     Backend::QuantizedDecodeChain a{};
     a.a = attn_.raw(), a.x = x_.raw(), a.x1 = x1_.raw(), a.act = h_.raw(), a.out = x2_.raw();
@@ -234,6 +242,15 @@ class DecodeLaunches {
       a.wq[i] = u32(ws[i]->wq[c]), a.scales[i] = ws[i]->sc[c].raw(), a.biases[i] = ws[i]->bi[c].raw();
     a.n_embd = E, a.n_attn = E, a.n_ff = F;
     a.bits = bits_, a.group_size = group_, a.dt = DType::bf16;
+    if (next_qkv) {  // this layer's q, k and v stand in for the next layer's (another copy's words on the next call)
+      const Packed* qkv[3] = {&q_, &k_, &v_};
+      for (int i = 0; i < 3; ++i)
+        a.next_wq[i] = u32(qkv[i]->wq[c]), a.next_scales[i] = qkv[i]->sc[c].raw(),
+        a.next_biases[i] = qkv[i]->bi[c].raw();
+      a.next_n[0] = H * D, a.next_n[1] = a.next_n[2] = KV * D;
+      a.next_norm_w = norm_w_.raw(), a.next_eps = 1e-5f, a.next_q = yq_.raw();
+      a.next_rope = {static_cast<const float*>(inv_freq_.raw()), k_cache_.raw(), v_cache_.raw(), 5, nullptr, D};
+    }
     return be().quantized_decode_chain(a);
   }
   void lm_head(int call) {
@@ -273,6 +290,8 @@ void print_decode_launches(DecodeLaunches& dl, bool warm, double bw) {
       (32 * (rows[0].us + rows[1].us + rows[2].us + rows[3].us) + rows[5].us) / 1e3, bytes / (bw * 1e9) * 1e3);
   if (const double chained = DecodeLaunches::chained_step_us(rows); chained > 0)
     std::printf("with the decode chain: %.3f ms (%.0f GB/s)\n", chained / 1e3, bytes / chained / 1e3);
+  if (const double chained = DecodeLaunches::chained_qkv_step_us(rows); chained > 0)
+    std::printf("with the decode chain and q/k/v in it: %.3f ms (%.0f GB/s)\n", chained / 1e3, bytes / chained / 1e3);
 }
 
 // --configs: the same launches under each spec in turn (comma-separated NAME=VALUE settings over the environment, "-"
@@ -317,18 +336,21 @@ void sweep_decode_launches(DecodeLaunches& dl, const std::vector<std::string>& s
                          "lm_head",
                          "o, gate/up, down chained",
                          "q/k/v, then the chain",
+                         "o, gate/up, down, next q/k/v chained",
                          "a step (32 layers + lm_head), ms",
-                         "a step with the chain, ms"};
-  for (int row = 0; row < 10; ++row) {
+                         "a step with the chain, ms",
+                         "a step with the chain + q/k/v, ms"};
+  for (int row = 0; row < 12; ++row) {
     std::printf("| %s |", names[row]);
     for (size_t i = 0; i < specs.size(); ++i) {
       std::string cell;
       for (const auto& rows : got[i]) {
         char buf[32];
         const double v = rows.empty() ? -1.0
-                         : row < 8    ? rows[size_t(row)].us
-                         : row == 8   ? DecodeLaunches::step_us(rows) / 1e3
-                                      : DecodeLaunches::chained_step_us(rows) / 1e3;
+                         : row < 9    ? rows[size_t(row)].us
+                         : row == 9   ? DecodeLaunches::step_us(rows) / 1e3
+                         : row == 10  ? DecodeLaunches::chained_step_us(rows) / 1e3
+                                      : DecodeLaunches::chained_qkv_step_us(rows) / 1e3;
         if (v < 0)
           std::snprintf(buf, sizeof buf, "declined");
         else

@@ -318,6 +318,17 @@ class Backend {
     int64_t n_embd, n_attn, n_ff;
     int bits, group_size;
     DType dt;
+    // Optional (next_wq[0] null: none), a fourth phase: the next layer's q, k and v of out, rms-normed with
+    // next_norm_w, as quantized_gemv_normed with next_rope writes them (q rotated into next_q, k rotated and v into
+    // the cache planes), the same format as the rest. next_q must be a buffer of its own.
+    const uint32_t* next_wq[3];
+    const void* next_scales[3];
+    const void* next_biases[3];
+    int64_t next_n[3];
+    const void* next_norm_w;
+    float next_eps;
+    void* next_q;
+    RopeAppendArgs next_rope;
   };
   virtual bool takes_decode_chain(const QuantizedDecodeChain&) const { return false; }
   virtual bool quantized_decode_chain(const QuantizedDecodeChain&) { return false; }
@@ -376,5 +387,6 @@ int64_t cuda_qgemv_rope_launches();        // those of them with RopeAppendArgs
 int64_t cuda_qgemv_simt_early_launches();  // variant 9's launches with RuntimeConfig::cuda_qgemv_simt_early
 int64_t cuda_qgemv_simt_wide_launches();   // and those with one-row tasks under cuda_qgemv_simt_wide
 int64_t cuda_decode_chain_launches();      // Backend::quantized_decode_chain calls that ran
+int64_t cuda_decode_chain_qkv_launches();  // those of them with the next layer's q, k and v
 
 }  // namespace lmtune

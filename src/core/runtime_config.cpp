@@ -77,6 +77,8 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
   c.cuda_qgemv_simt_wide =
       read_switch("LMTUNE_CUDA_QGEMV_SIMT_WIDE", var("LMTUNE_CUDA_QGEMV_SIMT_WIDE"), d.cuda_qgemv_simt_wide);
   c.cuda_decode_chain = read_switch("LMTUNE_CUDA_DECODE_CHAIN", var("LMTUNE_CUDA_DECODE_CHAIN"), d.cuda_decode_chain);
+  c.cuda_decode_chain_qkv =
+      read_switch("LMTUNE_CUDA_DECODE_CHAIN_QKV", var("LMTUNE_CUDA_DECODE_CHAIN_QKV"), d.cuda_decode_chain_qkv);
   c.cuda_qgemv_simt_tasks =
       read_count("LMTUNE_CUDA_QGEMV_SIMT_TASKS", var("LMTUNE_CUDA_QGEMV_SIMT_TASKS"), d.cuda_qgemv_simt_tasks);
   LMT_CHECK(c.cuda_qgemv_simt_tasks <= 8, "[runtime_config] LMTUNE_CUDA_QGEMV_SIMT_TASKS must be 0 to 8, got ",

@@ -80,6 +80,9 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
   // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off until measured on a GPU).
   bool cuda_decode_chain = false;
+  // LMTUNE_CUDA_DECODE_CHAIN_QKV=1 (with the chain): the next layer's q/k/v products (its input norm, rope and cache
+  // append) as the chain's fourth phase, so that a layer's step is its attention and one launch (off until measured).
+  bool cuda_decode_chain_qkv = false;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).
   bool group_gate_up = true;

@@ -254,13 +254,28 @@ bool DecoderModel::Block::fuses_norms(bool decoding) const {
          mlp.fuses_residual(decoding) && attn.o.get().plain_quantized();
 }
 
-Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const {
-  // With the decode chain, o, the norm, gate/up and down in one launch where it runs; else (or where it declines) o
-  // with the residual, then the MLP.
-  const bool chain = runtime_config().cuda_decode_chain;
-  const nn::Attention::DecodeFusion fuse{&attn_norm, &x, chain};
+Tensor DecoderModel::Block::decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache,
+                                         const nn::Attention::Projected* pre, const Block* next,
+                                         std::optional<nn::Attention::Projected>* next_pre) const {
+  // With the decode chain, o, the norm, gate/up and down in one launch where it runs (and the next block's q, k and v
+  // with cuda_decode_chain_qkv); else (or where it declines) o with the residual, then the MLP.
+  const RuntimeConfig& rc = runtime_config();
+  const bool chain = rc.cuda_decode_chain;
+  const nn::Attention::DecodeFusion fuse{&attn_norm, &x, chain, pre};
   Tensor h = attn.forward(x, layer, pos, &cache, true, nullptr, &fuse);  // x + attention; chain: attention alone
   if (chain) {
+    if (next && next_pre && rc.cuda_decode_chain_qkv) {
+      Tensor out;
+      auto run = [&](const ops::DecodeChainNext& nx, const QuantFormat& f) {
+        out = mlp.forward_chained(h, attn.o.get(), x, mlp_norm, &nx, &f);
+        return out.defined();
+      };
+      nn::Attention::Projected projected;
+      if (next->attn.project_by(layer + 1, cache, x.dtype(), next->attn_norm, run, projected)) {
+        *next_pre = std::move(projected);
+        return out;
+      }
+    }
     if (Tensor out = mlp.forward_chained(h, attn.o.get(), x, mlp_norm); out.defined()) return out;
     h = attn.output(h, &x);
   }
@@ -399,12 +414,21 @@ Tensor DecoderModel::forward_layers(const Tensor& ids, KVCache& cache) {
   // last residual add is left to the next block's input norm.
   const bool decoding = !ag::grad_enabled() && ids.numel() <= 4;
   Tensor x = embed_.forward(ids), pending;
+  // Decoding one token with the decode chain's fourth phase: the next block's q, k and v, projected by this one.
+  std::optional<nn::Attention::Projected> pre;
+  const bool one_token = decoding && ids.numel() == 1;
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     const Block& b = blocks_[size_t(i)];
     if (!pending.defined() && b.fuses_norms(decoding)) {
-      x = b.decode_fused(x, i, pos, cache);
+      const Block* next = one_token && i + 1 < cfg_.n_layer && blocks_[size_t(i + 1)].fuses_norms(decoding)
+                              ? &blocks_[size_t(i + 1)]
+                              : nullptr;
+      std::optional<nn::Attention::Projected> next_pre;
+      x = b.decode_fused(x, i, pos, cache, pre ? &*pre : nullptr, next, &next_pre);
+      pre = std::move(next_pre);
       continue;
     }
+    LMT_CHECK(!pre, "[model] layer ", i, " was projected by the layer before but does not take it");
     Tensor a = b.attn.forward(b.input_after(x, pending, decoding), i, pos, &cache, decoding, nullptr);
     std::tie(x, pending) = b.finish_parts(x, a, decoding);
   }

@@ -2,6 +2,8 @@
 // (nn::Attention and nn::GatedMlp), final norm and head. The config's typed fields say what
 // differs (biases, q/k norms, windows, rope, tied head); family files only parse them.
 #pragma once
+#include <optional>
+
 #include "models/model.h"
 #include "nn/attention.h"
 #include "nn/embedding.h"
@@ -49,8 +51,12 @@ class DecoderModel final : public Model {
     // products after it and each residual add in the product before it (a plain pre-norm block of quantized weights:
     // no post norms, no scale, no experts): the same values as the plain path.
     bool fuses_norms(bool decoding) const;
-    // That path: the stream after the block.
-    Tensor decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache) const;
+    // That path: the stream after the block. pre: this block's q, k and v already projected by the block before
+    // (else null). next (the block after, also on this path; else null): its q, k and v projected in this block's
+    // decode chain where that runs (RuntimeConfig::cuda_decode_chain_qkv), into *next_pre (left alone otherwise).
+    Tensor decode_fused(const Tensor& x, int64_t layer, int64_t pos, KVCache& cache,
+                        const nn::Attention::Projected* pre = nullptr, const Block* next = nullptr,
+                        std::optional<nn::Attention::Projected>* next_pre = nullptr) const;
   };
   void on_weights_set() override;
   void bind() override;

@@ -34,6 +34,25 @@ bool Attention::project_rotary(const Tensor& x, int64_t layer, KVCache& cache, c
   return true;
 }
 
+bool Attention::project_by(int64_t layer, KVCache& cache, DType dt, const RmsNorm& in_norm, const ProjectRun& run,
+                           Projected& pre) const {
+  if (!runtime_config().fused_rope || q_norm.defined() || k_norm.defined() || rope_perm || !inv_freq) return false;
+  Linear lq, lk, lv, whole;
+  split_qkv(true, lq, lk, lv, whole);
+  if (whole.weight.defined() || !lq.quantized_like(lk) || !lq.quantized_like(lv)) return false;
+  const FusedNorm norm(&in_norm);
+  if (!norm.get()) return false;
+  auto write = [&](Tensor& kb, Tensor& vb, int64_t row, const Tensor* pos_at) {
+    Tensor q;
+    const ops::DecodeChainNext next{
+        {lq.packed(), lk.packed(), lv.packed()}, *norm.get(), {inv_freq, &kb, &vb, row, pos_at}, &q};
+    return run(next, lq.format) ? q : Tensor();
+  };
+  if (!cache.update_rotary_by(layer, dt, write, pre.q_rot, pre.kv)) return false;
+  pre.q_rot = pre.q_rot.reshape({1, 1, opt.n_head, opt.head_dim});
+  return true;
+}
+
 void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,
                         const RmsNorm* in_norm) const {
   const int64_t B = x_in.dim(0), T = x_in.dim(1);
@@ -85,8 +104,10 @@ Tensor Attention::forward(const Tensor& x, int64_t layer, int64_t pos_offset, KV
   const RmsNorm* in_norm = fuse ? fuse->in_norm : nullptr;
   Tensor qt, kt, vt, q_rot;
   KVCache::View kv;
+  if (fuse && fuse->pre) q_rot = fuse->pre->q_rot, kv = fuse->pre->kv;  // projected by the launch before
   // One token's rope and cache append inside the q/k/v products' launch where it runs (RuntimeConfig::fused_rope).
-  bool stored = decoding && cache && !seg && B == 1 && T == 1 && project_rotary(x, layer, *cache, in_norm, q_rot, kv);
+  bool stored = (fuse && fuse->pre) ||
+                (decoding && cache && !seg && B == 1 && T == 1 && project_rotary(x, layer, *cache, in_norm, q_rot, kv));
   if (!stored) project(x, decoding, qt, kt, vt, in_norm);
   if (seg) {  // packed rows: no cache, positions per token, attention within each segment
     LMT_CHECK(!cache && pos_offset == 0, "[attention] packed rows take no cache and no position offset");

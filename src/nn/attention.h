@@ -6,6 +6,7 @@
 #include "nn/linear.h"
 #include "nn/norm.h"
 
+#include <functional>
 #include <vector>
 
 namespace lmtune::nn {
@@ -57,16 +58,31 @@ struct Attention {
   // attention); where a kernel cannot, the plain ops run, with the same values.
   // before_o: the attention's output (B, T, n_head * head_dim) is returned as it is, o's product left to the caller
   // (the decode chain, ops::quantized_decode_chain).
+  // pre: this layer's q, k and v already projected, rotated and stored by the launch before (project_by), so the step
+  // starts at the attention.
+  struct Projected {
+    Tensor q_rot;  // (1, 1, n_head, head_dim)
+    KVCache::View kv;
+  };
   struct DecodeFusion {
     const RmsNorm* in_norm;
     const Tensor* residual;
     bool before_o = false;
+    const Projected* pre = nullptr;
   };
   Tensor forward(const Tensor& x, int64_t layer, int64_t pos_offset, KVCache* cache, bool decoding,
                  const Segments* seg = nullptr, const DecodeFusion* fuse = nullptr) const;
   // o's product of the attention's output a, + *residual where given (inside the product's launch where it is
   // quantized): forward's last step.
   Tensor output(const Tensor& a, const Tensor* residual) const;
+  // Decoding one token (batch 1): this layer's q, k and v of the stream normed with in_norm, computed by `run` inside
+  // a launch that does other work first (the previous layer's decode chain), as forward's fused projection would
+  // compute them. run gets them as ops::DecodeChainNext takes them (its q to fill) with their format, and returns
+  // false where it declined (having written nothing). True: stored in the cache, and pre set for DecodeFusion::pre.
+  // False where the fused projection would not run or run declined: nothing stored.
+  using ProjectRun = std::function<bool(const ops::DecodeChainNext&, const QuantFormat&)>;
+  bool project_by(int64_t layer, KVCache& cache, DType dt, const RmsNorm& in_norm, const ProjectRun& run,
+                  Projected& pre) const;
   // Several sequences packed along T: x (1, N, n_embd), normed -> (1, N, n_embd). The projections
   // run once over all N rows (one read of each weight); rope, the cache update and attention run
   // per span against its own cache, as forward() does for that span alone. decoding: N is small

@@ -55,12 +55,15 @@ Tensor GatedMlp::forward(const Tensor& x_in, bool decoding, const Tensor* residu
   return finish(act_out, decoding, residual);
 }
 
-Tensor GatedMlp::forward_chained(const Tensor& a, const Linear& o, const Tensor& x, const RmsNorm& norm) const {
+Tensor GatedMlp::forward_chained(const Tensor& a, const Linear& o, const Tensor& x, const RmsNorm& norm,
+                                 const ops::DecodeChainNext* next, const QuantFormat* next_format) const {
   if (act != Activation::silu || !gate.weight || !up.weight) return {};
   const Linear g = gate.get(), u = up.get(), d = down.get();
   const FusedNorm fused(&norm);
   if (!fused.get() || !o.quantized_like(g) || !g.quantized_like(u) || !g.quantized_like(d)) return {};
-  return ops::quantized_decode_chain(a, o.packed(), x, *fused.get(), g.packed(), u.packed(), d.packed(), g.format);
+  if (next && !(next_format && *next_format == g.format)) return {};  // one format for the whole launch
+  return ops::quantized_decode_chain(a, o.packed(), x, *fused.get(), g.packed(), u.packed(), d.packed(), g.format,
+                                     next);
 }
 
 Tensor GatedMlp::finish(const Tensor& act_out, bool decoding, const Tensor* residual) const {

@@ -23,8 +23,10 @@ struct GatedMlp {
   // Whether forward() adds a residual inside the down product's kernel (else it is a separate add).
   bool fuses_residual(bool decoding) const { return decoding && down.get().plain_quantized(); }
   // Decoding one row: x1 = x + o(a), then x1 + forward(norm(x1)), in one launch where the backend has it (ops::
-  // quantized_decode_chain: o, gate, up and down quantized alike, silu); undefined where not (nothing written).
-  Tensor forward_chained(const Tensor& a, const Linear& o, const Tensor& x, const RmsNorm& norm) const;
+  // quantized_decode_chain: o, gate, up and down quantized alike, silu); undefined where not (nothing written). With
+  // next (the next layer's q, k and v, quantized as next_format says), those too in the same launch.
+  Tensor forward_chained(const Tensor& a, const Linear& o, const Tensor& x, const RmsNorm& norm,
+                         const ops::DecodeChainNext* next = nullptr, const QuantFormat* next_format = nullptr) const;
 
  private:
   // down(act_out), plus *residual when given (in the down product's epilogue where fuses_residual).

@@ -157,9 +157,18 @@ Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Ten
 // Inference only, for decoding one row: x1 = quantized_linear_add(a, o, x), then quantized_linear_add(
 // quantized_swiglu_linear(x1, gate, up, f, &norm), down, x1), in one launch (Backend::quantized_decode_chain) where the
 // backend has it: the same values. Undefined where it has not (nothing was written; the caller runs those ops).
+// With next, a fourth phase in the same launch: the next layer's quantized_qkv_rope_append(out, next->qkv, f,
+// &next->norm, next->rope), its rotated q into *next->q (the same values); undefined where the backend cannot (nothing
+// written).
+struct DecodeChainNext {
+  std::vector<QuantizedWeight> qkv;  // q, k, v
+  InputNorm norm;
+  RopeAppend rope;
+  Tensor* q;
+};
 Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const Tensor& x, const InputNorm& norm,
                               const QuantizedWeight& gate, const QuantizedWeight& up, const QuantizedWeight& down,
-                              const QuantFormat& f);
+                              const QuantFormat& f, const DecodeChainNext* next = nullptr);
 // The inverse of affine dequantize: x (rows, in) in a float dtype -> {wq u32 (rows, in * bits / 32), scales and biases
 // (rows, in / group_size) in x's dtype} on x's device, bit for bit mx.quantize (quant::quantize is
 // the reference). Bits 2, 3, 4, 5, 6, 8; group size 32, 64, 128 dividing in.

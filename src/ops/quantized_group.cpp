@@ -44,30 +44,36 @@ std::vector<Tensor> normed_products(const Tensor& x, const std::vector<Quantized
 }
 }  // namespace
 
-Tensor quantized_qkv_rope_append(const Tensor& x, const std::vector<QuantizedWeight>& qkv, const QuantFormat& f,
-                                 const InputNorm* norm, const RopeAppend& rope) {
-  LMT_CHECK(qkv.size() == 3, "[quantized_qkv_rope_append] takes q, k and v, got ", qkv.size(), " weights");
-  for (const QuantizedWeight& w : qkv) check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_qkv_rope_append");
+namespace {
+// quantized_qkv_rope_append's inputs checked (a clear error where they do not fit) and put as the backend takes them.
+Backend::RopeAppendArgs rope_args(const Tensor& x, const std::vector<QuantizedWeight>& qkv, const QuantFormat& f,
+                                  const RopeAppend& rope, const char* what) {
+  LMT_CHECK(qkv.size() == 3, "[", what, "] takes q, k and v, got ", qkv.size(), " weights");
+  for (const QuantizedWeight& w : qkv) check_quantized(*w.wq, *w.scales, *w.biases, f, what);
   const Tensor &kc = *rope.k_cache, &vc = *rope.v_cache, &inv_freq = *rope.inv_freq;
   const int64_t D = inv_freq.numel() * 2;
-  LMT_CHECK(inv_freq.dtype() == DType::f32 && inv_freq.device() == x.device() && D > 0,
-            "[quantized_qkv_rope_append] inv_freq ", inv_freq.describe(), " for x ", x.describe());
+  LMT_CHECK(inv_freq.dtype() == DType::f32 && inv_freq.device() == x.device() && D > 0, "[", what, "] inv_freq ",
+            inv_freq.describe(), " for x ", x.describe());
   LMT_CHECK(kc.ndim() == 3 && kc.shape() == vc.shape() && kc.dim(2) == D && kc.dim(1) * D == qkv[1].wq->dim(0) &&
                 qkv[1].wq->dim(0) == qkv[2].wq->dim(0) && qkv[0].wq->dim(0) % D == 0 && kc.dtype() == x.dtype() &&
                 vc.dtype() == x.dtype() && kc.device() == x.device() && vc.device() == x.device(),
-            "[quantized_qkv_rope_append] cache ", kc.describe(), " for k of ", qkv[1].wq->dim(0), " rows, head_dim ", D,
-            ", x ", x.describe());
+            "[", what, "] cache ", kc.describe(), " for k of ", qkv[1].wq->dim(0), " rows, head_dim ", D, ", x ",
+            x.describe());
   const int32_t* pos_at = nullptr;
   if (rope.pos_at) {
     LMT_CHECK(rope.pos_at->dtype() == DType::i32 && rope.pos_at->numel() == 1 && rope.pos_at->device() == x.device(),
-              "[quantized_qkv_rope_append] a run-time position must be one i32 on x's device, got ",
-              rope.pos_at->describe());
+              "[", what, "] a run-time position must be one i32 on x's device, got ", rope.pos_at->describe());
     pos_at = static_cast<const int32_t*>(rope.pos_at->raw());
   }
-  LMT_CHECK(pos_at || (rope.pos >= 0 && rope.pos < kc.dim(0)), "[quantized_qkv_rope_append] row ", rope.pos,
-            " out of range for ", kc.describe());
-  const Backend::RopeAppendArgs args{
-      static_cast<const float*>(inv_freq.raw()), rope.k_cache->raw(), rope.v_cache->raw(), rope.pos, pos_at, D};
+  LMT_CHECK(pos_at || (rope.pos >= 0 && rope.pos < kc.dim(0)), "[", what, "] row ", rope.pos, " out of range for ",
+            kc.describe());
+  return {static_cast<const float*>(inv_freq.raw()), rope.k_cache->raw(), rope.v_cache->raw(), rope.pos, pos_at, D};
+}
+}  // namespace
+
+Tensor quantized_qkv_rope_append(const Tensor& x, const std::vector<QuantizedWeight>& qkv, const QuantFormat& f,
+                                 const InputNorm* norm, const RopeAppend& rope) {
+  const Backend::RopeAppendArgs args = rope_args(x, qkv, f, rope, "quantized_qkv_rope_append");
   std::vector<Tensor> out = normed_products(x, qkv, f, norm, false, &args);
   return out.empty() ? Tensor() : out[0];
 }
@@ -168,7 +174,7 @@ Tensor quantized_linear_add(const Tensor& x, const QuantizedWeight& w, const Ten
 
 Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const Tensor& x, const InputNorm& norm,
                               const QuantizedWeight& gate, const QuantizedWeight& up, const QuantizedWeight& down,
-                              const QuantFormat& f) {
+                              const QuantFormat& f, const DecodeChainNext* next) {
   const QuantizedWeight ws[4] = {o, gate, up, down};
   for (const QuantizedWeight& w : ws) check_quantized(*w.wq, *w.scales, *w.biases, f, "quantized_decode_chain");
   const int64_t n_attn = a.dim(-1), n_embd = x.dim(-1), n_ff = gate.wq->dim(0);
@@ -192,12 +198,32 @@ Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const T
   }
   c.n_embd = n_embd, c.n_attn = n_attn, c.n_ff = n_ff;
   c.bits = f.bits, c.group_size = f.group_size, c.dt = dt;
+  if (next) {  // as quantized_qkv_rope_append of out would run them
+    const Tensor& nw = *next->norm.weight;
+    if (next->qkv.size() != 3 || !fits(next->qkv[0], next->qkv[0].wq->dim(0), n_embd) ||
+        !fits(next->qkv[1], next->qkv[1].wq->dim(0), n_embd) || !fits(next->qkv[2], next->qkv[2].wq->dim(0), n_embd) ||
+        nw.shape() != Shape{n_embd} || nw.dtype() != dt || nw.device() != x.device())
+      return {};
+    c.next_rope = rope_args(x, next->qkv, f, next->rope, "quantized_decode_chain");
+    for (int i = 0; i < 3; ++i) {
+      c.next_wq[i] = static_cast<const uint32_t*>(next->qkv[size_t(i)].wq->raw());
+      c.next_scales[i] = next->qkv[size_t(i)].scales->raw();
+      c.next_biases[i] = next->qkv[size_t(i)].biases->raw();
+      c.next_n[i] = next->qkv[size_t(i)].wq->dim(0);
+    }
+    c.next_norm_w = nw.raw(), c.next_eps = next->norm.eps;
+  }
   Backend& be = backend(x.device());
   if (!be.takes_decode_chain(c)) return {};  // before allocating outputs it would not write
   Tensor x1 = empty(x.shape(), dt, x.device()), act = empty({n_ff}, dt, x.device()),
-         out = empty(x.shape(), dt, x.device());
+         out = empty(x.shape(), dt, x.device()), q;
   c.x1 = x1.raw(), c.act = act.raw(), c.out = out.raw();
+  if (next) {
+    q = empty({c.next_n[0]}, dt, x.device());
+    c.next_q = q.raw();
+  }
   if (!be.quantized_decode_chain(c)) return {};
+  if (next) *next->q = q;
   return out;
 }
 

@@ -6,10 +6,14 @@
 // come back to zero). Rows of down longer than variant 9's own launch takes (K > 12288, Mistral's 14336): there the
 // reference down product is variant 7's, whose sums run in another order, so only x1 and the swiglu are compared bit
 // for bit and the output within a bound. The chain must have run (its launch counter), and refuse where it cannot.
+// With the next layer's q, k and v as a fourth phase: the chain, then quantized_qkv_rope_append of its output (itself
+// held to the products and rope_append by test_qgemv_fused), bit for bit: q, the cache rows, the output.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -102,6 +106,85 @@ TEST(DecodeChain, EqualsItsLaunches) {
         EXPECT_EQ(host(via_ops), host(out)) << what << ": ops::quantized_decode_chain";
       }
     }
+}
+
+std::vector<uint8_t> bytes(const Tensor& t) {
+  const Tensor c = ops::to(t, Device::cpu);
+  std::vector<uint8_t> b(size_t(c.nbytes()));
+  std::memcpy(b.data(), c.raw(), b.size());
+  return b;
+}
+
+TEST(DecodeChain, NextQkvEqualsChainThenQkv) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  struct QkvCase {
+    int group;
+    int64_t n_embd, n_ff, H, KV, D;
+  };
+  const std::vector<QkvCase> cases = {{64, 512, 1536, 8, 2, 64},
+                                      {32, 768, 2048, 6, 2, 128},
+                                      {128, 1024, 2816, 16, 4, 64},
+                                      {64, 4096, 14336, 32, 8, 128}};
+  uint64_t seed = 9101;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const QkvCase& c : cases)
+      for (bool at : {false, true}) {  // the position on the host, or on the device (a recorded step)
+        const std::string what = std::string(dtype_name(dt)) + " group " + std::to_string(c.group) + " n_embd " +
+                                 std::to_string(c.n_embd) + " heads " + std::to_string(c.H) + "/" +
+                                 std::to_string(c.KV) + "x" + std::to_string(c.D) + (at ? ", device position" : "");
+        const QuantFormat f{QuantMode::affine, 4, c.group};
+        auto weight = [&](int64_t rows, int64_t in) {
+          return ops::quantize_affine(ops::randn({rows, in}, seed += 3, 0.05f, dt, Device::cuda), 4, c.group);
+        };
+        const int64_t n_attn = c.H * c.D, n_kv = c.KV * c.D;
+        const ops::AffineQuantized o = weight(c.n_embd, n_attn), gate = weight(c.n_ff, c.n_embd),
+                                   up = weight(c.n_ff, c.n_embd), down = weight(c.n_embd, c.n_ff),
+                                   wq = weight(n_attn, c.n_embd), wk = weight(n_kv, c.n_embd),
+                                   wv = weight(n_kv, c.n_embd);
+        const std::vector<ops::QuantizedWeight> qkv = {ref(wq), ref(wk), ref(wv)};
+        const Tensor a = ops::randn({1, 1, n_attn}, seed += 3, 1.f, dt, Device::cuda);
+        const Tensor x = ops::randn({1, 1, c.n_embd}, seed += 3, 1.f, dt, Device::cuda);
+        auto norm_weight = [&] {
+          return ops::add(ops::full({c.n_embd}, 1.f, dt, Device::cuda),
+                          ops::randn({c.n_embd}, seed += 3, 0.2f, dt, Device::cuda));
+        };
+        const Tensor mlp_w = norm_weight(), attn_w = norm_weight();
+        const ops::InputNorm mlp_norm{&mlp_w, 1e-5f}, attn_norm{&attn_w, 1e-6f};
+        std::vector<float> fr(size_t(c.D / 2));
+        for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(c.D));
+        const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {c.D / 2}), Device::cuda);
+        const int64_t cap = 16, pos = 9;
+        const Tensor pos_at = ops::to(Tensor::from_i32({int32_t(pos)}, {}), Device::cuda);
+        Tensor kc = ops::randn({cap, c.KV, c.D}, seed += 3, 1.f, dt, Device::cuda);
+        Tensor vc = ops::randn({cap, c.KV, c.D}, seed += 3, 1.f, dt, Device::cuda);
+        Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
+        const std::vector<uint8_t> k_before = bytes(kc);
+
+        RuntimeConfig rc = runtime_config();
+        rc.cuda_qgemv_variant = 9;
+        rc.cuda_qgemv_simt_spread = rc.fused_epilogues = rc.cuda_gemv = true;
+        rc.cuda_decode_chain = true;
+        ScopedRuntimeConfig scoped(rc);
+        const ops::RopeAppend rope_ref{&inv_freq, &kc_ref, &vc_ref, at ? 0 : pos, at ? &pos_at : nullptr};
+        const Tensor out_ref = ops::quantized_decode_chain(a, ref(o), x, mlp_norm, ref(gate), ref(up), ref(down), f);
+        ASSERT_TRUE(out_ref.defined()) << what << ": the three-phase chain refused";
+        const Tensor q_ref = ops::quantized_qkv_rope_append(out_ref, qkv, f, &attn_norm, rope_ref);
+        ASSERT_TRUE(q_ref.defined()) << what << ": the q/k/v launch refused";
+
+        Tensor q;
+        const ops::DecodeChainNext next{
+            qkv, attn_norm, {&inv_freq, &kc, &vc, at ? 0 : pos, at ? &pos_at : nullptr}, &q};
+        const int64_t before = cuda_decode_chain_qkv_launches();
+        const Tensor out = ops::quantized_decode_chain(a, ref(o), x, mlp_norm, ref(gate), ref(up), ref(down), f, &next);
+        ASSERT_TRUE(out.defined()) << what << ": the four-phase chain refused";
+        EXPECT_EQ(cuda_decode_chain_qkv_launches() - before, 1) << what;
+        ASSERT_TRUE(q.defined()) << what;
+        EXPECT_EQ(bytes(out), bytes(out_ref)) << what << ": output";
+        EXPECT_EQ(bytes(q), bytes(q_ref)) << what << ": q";
+        EXPECT_EQ(bytes(kc), bytes(kc_ref)) << what << ": k's cache";
+        EXPECT_EQ(bytes(vc), bytes(vc_ref)) << what << ": v's cache";
+        EXPECT_NE(bytes(kc), k_before) << what << ": k's row was not written";
+      }
 }
 
 // Where it cannot run, it declines and launches nothing: the switch off, another variant, SPREAD off, the quantized

@@ -187,36 +187,42 @@ TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
 }
 
 // A 4-bit model's decode step with each layer's o product, norm, gate/up and down as one launch (RuntimeConfig::
-// cuda_decode_chain, qgemv_chain.cu) against the step without: the same logits bit for bit, eagerly and recorded, over
-// several steps (a recorded graph replays the chain's grid barriers), with and without programmatic dependent launch
-// in the recorded step (the launches' one overlap). The chain must have run, once a layer a step.
+// cuda_decode_chain, qgemv_chain.cu), and with the next layer's q/k/v as its fourth phase (cuda_decode_chain_qkv),
+// against the step without: the same logits bit for bit, eagerly and recorded, over several steps (a recorded graph
+// replays the chain's grid barriers), with and without programmatic dependent launch in the recorded step (the
+// launches' one overlap). The chain must have run, once a layer a step (with q/k/v in all but the last layer's).
 TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   const int64_t layers = model->config().n_layer;
-  std::vector<std::vector<float>> logits[4];
-  for (int mode = 0; mode < 4; ++mode) {  // bit 0: the chain; bit 1: programmatic dependent launch in the graph
-    const bool chain = mode & 1, pdl = mode & 2;
+  std::vector<std::vector<float>> logits[6];
+  for (int mode = 0; mode < 6; ++mode) {  // 0, 1: the chain off, on; bit 1: PDL in the graph; 4, 5: the chain + q/k/v
+    const bool chain = mode & 1 || mode >= 4, qkv = mode >= 4, pdl = mode & 2 || mode == 5;
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = 9;
     rc.cuda_qgemv_simt_spread = true;
-    rc.fused_epilogues = rc.fused_norms = rc.cuda_gemv = true;
+    rc.fused_epilogues = rc.fused_norms = rc.fused_rope = rc.cuda_gemv = true;
     rc.cuda_decode_chain = chain;
+    rc.cuda_decode_chain_qkv = qkv;
     rc.cuda_pdl = pdl;
     ScopedRuntimeConfig scoped(rc);
-    const std::string what = std::string(chain ? "decode chain" : "separate launches") + (pdl ? ", PDL" : "");
+    const std::string what = std::string(qkv     ? "decode chain + q/k/v"
+                                         : chain ? "decode chain"
+                                                 : "separate launches") +
+                             (pdl ? ", PDL" : "");
     Prefilled c(*model, DType::bf16, 20, 31, 7);
     DecodeGraph graph(*model, c.graphed);
     for (int step = 0; step < 6; ++step) {
       const int32_t token = int32_t((step * 43 + 11) % 301);
-      const int64_t before = cuda_decode_chain_launches();
+      const int64_t before = cuda_decode_chain_launches(), before_qkv = cuda_decode_chain_qkv_launches();
       std::vector<float> eager_logits = eager_step(*model, c.eager, token);
       EXPECT_EQ(cuda_decode_chain_launches() - before, chain ? layers : 0) << what << ", step " << step;
+      EXPECT_EQ(cuda_decode_chain_qkv_launches() - before_qkv, qkv ? layers - 1 : 0) << what << ", step " << step;
       ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
       logits[mode].push_back(eager_logits);
     }
   }
-  for (int mode = 1; mode < 4; ++mode) ASSERT_EQ(logits[mode], logits[0]) << "mode " << mode << " against mode 0";
+  for (int mode = 1; mode < 6; ++mode) ASSERT_EQ(logits[mode], logits[0]) << "mode " << mode << " against mode 0";
 }
 
 // Greedy generation through Generator with graphs on and off (RuntimeConfig::cuda_graph) gives the

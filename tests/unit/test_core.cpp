@@ -148,6 +148,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(d.cuda_qgemv_simt_early);
   EXPECT_FALSE(d.cuda_qgemv_simt_wide);
   EXPECT_FALSE(d.cuda_decode_chain);
+  EXPECT_FALSE(d.cuda_decode_chain_qkv);
   EXPECT_EQ(d.cuda_qgemv_variant, 9);
   EXPECT_TRUE(d.fused_xent);
   EXPECT_EQ(d.xent_chunk_rows, 0);
@@ -179,7 +180,8 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "0"},
          {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
          {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"},
-         {"LMTUNE_CUDA_DECODE_CHAIN", "1"}};
+         {"LMTUNE_CUDA_DECODE_CHAIN", "1"},
+         {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
   EXPECT_FALSE(c.cuda_gemv || c.cuda_flash || c.cuda_graph || c.cuda_decode_split);
   EXPECT_EQ(c.attn_chunk_rows, 7);
@@ -192,6 +194,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(c.cuda_qgemv_simt_early);
   EXPECT_TRUE(c.cuda_qgemv_simt_wide);
   EXPECT_TRUE(c.cuda_decode_chain);
+  EXPECT_TRUE(c.cuda_decode_chain_qkv);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
   EXPECT_FALSE(c.fused_xent);
   EXPECT_EQ(c.xent_chunk_rows, 300);
@@ -224,7 +227,8 @@ TEST(RuntimeConfig, FromEnvironment) {
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "-1"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "2"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "on"},
-                                                     {"LMTUNE_CUDA_DECODE_CHAIN", "2"}};
+                                                     {"LMTUNE_CUDA_DECODE_CHAIN", "2"},
+                                                     {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "x"}};
   for (const auto& [name, value] : bad) {
     env = {{name, value}};
     try {

@@ -245,25 +245,6 @@ void launch_mma_for(int bits, int group_size, const QgemvParams<T>& p) {
   }
 }
 
-// Matrices 0 .. count - 1 of a launch over up to three (p.wqs, scaless, biasess, ys, Ns; the slots past count repeat
-// the last), their 16-row tiles numbered one after another, and matrix 0 in the single product's fields.
-template <typename T>
-void set_matrices(QgemvParams<T>& p, const uint32_t* const* wqs, const void* const* scales, const void* const* biases,
-                  void* const* ys, const int64_t* ns, int count) {
-  p.count = count;
-  p.tile_start[0] = 0;
-  for (int i = 0; i < 3; ++i) {
-    const int j = i < count ? i : count - 1;
-    p.wqs[i] = wqs[j];
-    p.scaless[i] = static_cast<const T*>(scales[j]);
-    p.biasess[i] = static_cast<const T*>(biases[j]);
-    p.ys[i] = static_cast<T*>(ys[j]);
-    p.Ns[i] = ns[j];
-    p.tile_start[i + 1] = p.tile_start[i] + (i < count ? (ns[i] + 15) / 16 : 0);
-  }
-  p.wq = p.wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0], p.y = p.ys[0], p.N = p.Ns[0];
-}
-
 bool gemv_shape_ok(int64_t M, int64_t K, int bits, int group_size, DType dt) {
   if (M < 1 || M > 8 || K < 1 || !runtime_config().cuda_gemv) return false;
   if ((bits < 2 || bits > 8 || bits == 7) || (group_size != 32 && group_size != 64 && group_size != 128) ||
@@ -443,6 +424,11 @@ bool CudaBackend::takes_decode_chain(const QuantizedDecodeChain& a) const {
     if (!gemv_shape_ok(1, K, a.bits, a.group_size, a.dt)) return false;
   for (int i = 0; i < 4; ++i)
     if (!aligned16(a.wq[i]) || !aligned4(a.scales[i]) || !aligned4(a.biases[i])) return false;
+  if (a.next_wq[0]) {
+    if (!aligned16(a.next_norm_w)) return false;
+    for (int i = 0; i < 3; ++i)
+      if (!aligned16(a.next_wq[i]) || !aligned4(a.next_scales[i]) || !aligned4(a.next_biases[i])) return false;
+  }
   return qgemv::takes_decode_chain(a);
 }
 
@@ -450,6 +436,9 @@ bool CudaBackend::quantized_decode_chain(const QuantizedDecodeChain& a) {
   if (!takes_decode_chain(a) || !aligned16(a.x1) || !aligned16(a.act) || !aligned16(a.out)) return false;
   LMT_CHECK(a.x1 != a.a && a.act != a.x1 && a.out != a.act && a.out != a.x1 && a.x1 != a.x,
             "[quantized_decode_chain] x1, act and out must be buffers of their own");
+  LMT_CHECK(!a.next_wq[0] || (a.next_q && a.next_q != a.out && a.next_q != a.x1 && a.next_q != a.act &&
+                              a.next_q != a.a && a.next_q != a.x),
+            "[quantized_decode_chain] the next layer's q must be a buffer of its own");
   return qgemv::launch_decode_chain(a, chain_barrier_);
 }
 

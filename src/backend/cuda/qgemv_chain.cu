@@ -10,6 +10,9 @@
 // plain, the only work on its stream. Rows up to kChainMaxK (Mistral's down, 14336, included: variant 9's own launch
 // stops at 12288 and gives longer rows to variant 7, whose sums run in another order, so there the chain's values are
 // variant 9's arithmetic on the same function, not the separate launches' bits).
+//   With the next layer's q, k and v (QuantizedDecodeChain::next_wq), a fourth phase: the products of the layer's
+// output, normed, with the rope and KV-cache append epilogue, as quantized_gemv_normed's launch writes them (variant 9,
+// two rows a task), so that the next layer starts at its attention.
 #include <atomic>
 
 #include "backend/cuda/cuda_backend.h"
@@ -18,9 +21,10 @@
 
 namespace lmtune {
 namespace {
-std::atomic<int64_t> chain_launches{0};
+std::atomic<int64_t> chain_launches{0}, chain_qkv_launches{0};
 }  // namespace
 int64_t cuda_decode_chain_launches() { return chain_launches.load(); }
+int64_t cuda_decode_chain_qkv_launches() { return chain_qkv_launches.load(); }
 }  // namespace lmtune
 
 namespace lmtune::qgemv {
@@ -34,7 +38,8 @@ constexpr int kChainMaxSmem = int(simt::x_bytes(kChainMaxK, true));
 template <typename T>
 struct ChainParams {
   QgemvParams<T> o, gu, down;  // o: x the attention output, with residual; gu: swiglu with norm_w; down: residual
-  int64_t o_tasks, gu_tasks, down_tasks;
+  QgemvParams<T> qkv;          // the next layer's q, k, v of down's output: norm_w and the rope epilogue
+  int64_t o_tasks, gu_tasks, down_tasks, qkv_tasks;  // qkv: the fourth phase's (decode_chain_kernel's QKV)
   unsigned* bar;  // bar[0]: blocks arrived at the current barrier; bar[1]: barriers passed (CudaBackend's scratch)
 };
 
@@ -82,7 +87,7 @@ __device__ __forceinline__ void phase(const QgemvParams<T>& p, int64_t tasks, in
   simt::run_tasks<T, GS, R, kChainB, SWIGLU, true, true>(p, tasks, first, stride, smem, sx, first < tasks, rs, rd);
 }
 
-template <typename T, int GS>
+template <typename T, int GS, bool QKV>
 __global__ void __launch_bounds__(kChainWarps * 32, 3) decode_chain_kernel(ChainParams<T> c) {
   extern __shared__ float4 smem_chain[];
   const int64_t first = int64_t(blockIdx.x) * kChainWarps + threadIdx.x / 32, stride = int64_t(gridDim.x) * kChainWarps;
@@ -99,6 +104,10 @@ __global__ void __launch_bounds__(kChainWarps * 32, 3) decode_chain_kernel(Chain
   preload<T, GS, 1, false>(c.down, c.down_tasks, first, rs1, rd1);
   grid_barrier(c.bar);
   phase<T, GS, 1, false>(c.down, c.down_tasks, first, stride, smem_chain, rs1, rd1);
+  if constexpr (!QKV) return;
+  preload<T, GS, 2, false>(c.qkv, c.qkv_tasks, first, rs2, rd2);
+  grid_barrier(c.bar);
+  phase<T, GS, 2, false>(c.qkv, c.qkv_tasks, first, stride, smem_chain, rs2, rd2);
 }
 
 template <typename T, int GS>
@@ -118,10 +127,24 @@ void launch_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
   c.down = single_params<T>(a.act, a.wq[3], a.scales[3], a.biases[3], a.out, 1, a.n_embd, a.n_ff);
   c.down.residual = static_cast<const T*>(a.x1);
   c.down_tasks = simt::number_tasks(c.down, 1);
+  if (a.next_wq[0]) {  // as quantized_gemv_normed sets up its launch with RopeAppendArgs
+    void* const ys[3] = {a.next_q, a.next_rope.k_cache, a.next_rope.v_cache};
+    c.qkv =
+        single_params<T>(a.out, a.next_wq[0], a.next_scales[0], a.next_biases[0], a.next_q, 1, a.next_n[0], a.n_embd);
+    set_matrices(c.qkv, a.next_wq, a.next_scales, a.next_biases, ys, a.next_n, 3);
+    c.qkv.norm_w = static_cast<const T*>(a.next_norm_w);
+    c.qkv.norm_eps = a.next_eps;
+    c.qkv.rope_inv_freq = a.next_rope.inv_freq;
+    c.qkv.rope_pos = a.next_rope.pos;
+    c.qkv.rope_pos_at = a.next_rope.pos_at;
+    c.qkv.rope_half = a.next_rope.head_dim / 2;
+    c.qkv_tasks = simt::number_tasks(c.qkv, 2);
+  }
   c.bar = bar;
-  auto k = decode_chain_kernel<T, GS>;
-  static const bool sized = [&] {  // more than 48 KB of shared memory a block needs the opt-in
-    LMT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kChainMaxSmem));
+  auto k = a.next_wq[0] ? decode_chain_kernel<T, GS, true> : decode_chain_kernel<T, GS, false>;
+  static const bool sized = [] {  // more than 48 KB of shared memory a block needs the opt-in (both kernels)
+    for (auto kk : {decode_chain_kernel<T, GS, false>, decode_chain_kernel<T, GS, true>})
+      LMT_CUDA_CHECK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, kChainMaxSmem));
     return true;
   }();
   (void)sized;
@@ -140,7 +163,12 @@ bool takes_decode_chain(const Backend::QuantizedDecodeChain& a) {
     return false;
   for (int64_t K : {a.n_attn, a.n_embd, a.n_ff})
     if (K < 32 || K % 32 != 0 || K % a.group_size != 0) return false;
-  return true;
+  if (!a.next_wq[0]) return true;
+  // The rope epilogue's tasks (quantized_gemv_normed's conditions): q, k and v of whole heads of an even head_dim.
+  const int64_t D = a.next_rope.head_dim;
+  return a.next_norm_w && a.next_rope.inv_freq && a.next_rope.k_cache && a.next_rope.v_cache && D >= 2 && D % 2 == 0 &&
+         a.next_n[0] >= D && a.next_n[0] % D == 0 && a.next_n[1] >= D && a.next_n[1] == a.next_n[2] &&
+         a.next_n[1] % D == 0 && a.next_rope.pos >= 0;
 }
 
 bool launch_decode_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
@@ -158,6 +186,7 @@ bool launch_decode_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) 
   else
     run(TypeTag<f16>{});
   if (done) chain_launches.fetch_add(1, std::memory_order_relaxed);
+  if (done && a.next_wq[0]) chain_qkv_launches.fetch_add(1, std::memory_order_relaxed);
   return done;
 }
 

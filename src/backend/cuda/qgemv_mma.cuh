@@ -68,6 +68,25 @@ QgemvParams<T> single_params(const void* x, const uint32_t* wq, const void* scal
   return p;
 }
 
+// Matrices 0 .. count - 1 of a launch over up to three (p.wqs, scaless, biasess, ys, Ns; the slots past count repeat
+// the last), their 16-row tiles numbered one after another, and matrix 0 in the single product's fields.
+template <typename T>
+void set_matrices(QgemvParams<T>& p, const uint32_t* const* wqs, const void* const* scales, const void* const* biases,
+                  void* const* ys, const int64_t* ns, int count) {
+  p.count = count;
+  p.tile_start[0] = 0;
+  for (int i = 0; i < 3; ++i) {
+    const int j = i < count ? i : count - 1;
+    p.wqs[i] = wqs[j];
+    p.scaless[i] = static_cast<const T*>(scales[j]);
+    p.biasess[i] = static_cast<const T*>(biases[j]);
+    p.ys[i] = static_cast<T*>(ys[j]);
+    p.Ns[i] = ns[j];
+    p.tile_start[i + 1] = p.tile_start[i] + (i < count ? (ns[i] + 15) / 16 : 0);
+  }
+  p.wq = p.wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0], p.y = p.ys[0], p.N = p.Ns[0];
+}
+
 // The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:
 // selects between constant-bank parameters (modifying p itself would copy the whole struct into
 // local memory). Single products have count 1 and tile_start {0, tiles, tiles, tiles}.
