@@ -65,10 +65,10 @@ struct RuntimeConfig {
   // kernel without it, so that its sums stay variant 10's.
   bool cuda_qgemv_simt_spread = true;
   // LMTUNE_CUDA_QGEMV_SIMT_TASKS: variant 9's least tasks a warp (1-8) before its grid reaches what the card holds:
-  // fewer blocks for the small products, since every block stages x; 0: one where the tasks fit the card's warps at
-  // once, else two (qgemv_simt.cuh's grid_for; the products alone measured faster, a decode step not yet: bench/
-  // NOTES.md, session 28). The sums do not change.
-  int64_t cuda_qgemv_simt_tasks = 2;
+  // fewer blocks for the small products, since every block stages x; 0 (the default): one where the tasks fit the
+  // card's warps at once, else two (qgemv_simt.cuh's grid_for; a 4-bit Mistral-7B decode +4.1% against 2 on an H100,
+  // bench/NOTES.md, session 30). The sums do not change.
+  int64_t cuda_qgemv_simt_tasks = 0;
   // LMTUNE_CUDA_QGEMV_SIMT_EARLY=1: variant 9's warps load the first round of their first task before x is staged (and
   // before the wait on the previous kernel), so that its latency runs under the staging (qgemv_simt.cu; the same sums;
   // off until measured on a GPU: bench/NOTES.md, session 28).

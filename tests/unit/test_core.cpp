@@ -144,7 +144,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(d.fused_norms);
   EXPECT_TRUE(d.fused_rope);
   EXPECT_TRUE(d.cuda_qgemv_simt_spread);
-  EXPECT_EQ(d.cuda_qgemv_simt_tasks, 2);
+  EXPECT_EQ(d.cuda_qgemv_simt_tasks, 0);
   EXPECT_FALSE(d.cuda_qgemv_simt_early);
   EXPECT_FALSE(d.cuda_qgemv_simt_wide);
   EXPECT_FALSE(d.cuda_decode_chain);
@@ -177,7 +177,7 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_FUSED_ROPE", "0"},
          {"LMTUNE_LORA_LINEAR", "0"},
          {"LMTUNE_CUDA_QGEMV_SIMT_SPREAD", "0"},
-         {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "0"},
+         {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "2"},
          {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
          {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"},
          {"LMTUNE_CUDA_DECODE_CHAIN", "1"},
@@ -190,7 +190,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(c.fused_norms);
   EXPECT_FALSE(c.fused_rope);
   EXPECT_FALSE(c.cuda_qgemv_simt_spread);
-  EXPECT_EQ(c.cuda_qgemv_simt_tasks, 0);
+  EXPECT_EQ(c.cuda_qgemv_simt_tasks, 2);
   EXPECT_TRUE(c.cuda_qgemv_simt_early);
   EXPECT_TRUE(c.cuda_qgemv_simt_wide);
   EXPECT_TRUE(c.cuda_decode_chain);
