@@ -2,6 +2,7 @@
 // E2M1 (mxfp4 / nvfp4 values), E4M3 (mxfp8 values, nvfp4 scales) and E8M0 (mx scales), each exact in f32.
 // Shared by the dequantization kernels (quantized_fp.cu) and the fused products (qgemv_fp.cu).
 #pragma once
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -15,22 +16,21 @@ __device__ __forceinline__ float e2m1_value(uint32_t c) {
   return c & 8u ? -mag : mag;
 }
 
-// E4M3 (bias 7, no infinities, magnitude 0x7f NaN) -> f32, exactly.
+// E4M3 (bias 7, no infinities, magnitude 0x7f NaN) -> f32, exactly, without branches. The magnitude's seven bits at
+// bits 7..13 of an IEEE half make it the value times 2^-8: exponent field e (bias 15 for E4M3's 7) and mantissa m << 7,
+// so (1 + m / 8) 2^(e - 15) for e > 0 and the half subnormal (m / 8) 2^-14 for e = 0 (E4M3's subnormal (m / 8) 2^-6).
+// The half -> f32 conversion is exact (half subnormals included) and so is the product with 2^8: for 0x01..0x7e the f32
+// is at least 2^-9, a normal.
 __device__ __forceinline__ float e4m3_value(uint32_t c) {
-  const uint32_t e = (c >> 3) & 15u, m = c & 7u;
-  float mag;
-  if ((c & 127u) == 127u)
-    mag = __int_as_float(0x7fc00000);
-  else if (e == 0)
-    mag = float(m) * 0.001953125f;  // m * 2^-9: subnormals
-  else
-    mag = __int_as_float(int((e + 120u) << 23 | m << 20));  // (1 + m / 8) * 2^(e - 7)
+  const uint32_t bits = c & 127u;
+  const float v = __half2float(__ushort_as_half(uint16_t(bits << 7))) * 256.f;
+  const float mag = bits == 127u ? __int_as_float(0x7fc00000) : v;
   return c & 128u ? -mag : mag;
 }
 
-// E8M0 -> 2^(s - 127): 0 is the f32 subnormal 2^-127, 255 is +inf (as MLX's 2^(s - 127)).
-__device__ __forceinline__ float e8m0_value(uint32_t s) {
-  return s == 0 ? __int_as_float(0x00400000) : s == 255 ? __int_as_float(0x7f800000) : __int_as_float(int(s << 23));
-}
+// E8M0 -> 2^(s - 127): 0 is the f32 subnormal 2^-127, 255 is +inf (as MLX's 2^(s - 127)). s << 23 is the f32 bits
+// of 2^(s - 127) for s = 1..254 and of +inf for 255 (exponent field all ones, mantissa 0); for s = 0 it is 0, below
+// every other, so the max with 2^-127's bits picks that one alone, without branches.
+__device__ __forceinline__ float e8m0_value(uint32_t s) { return __uint_as_float(max(s << 23, 0x00400000u)); }
 
 }  // namespace lmtune
