@@ -94,6 +94,16 @@ struct Product {
   int per_token_single, per_token_grouped;
 };
 
+// Host random words: xorshift64 from seed, 32 bits of each draw.
+struct Draws {
+  uint64_t r;
+  explicit Draws(uint64_t seed) : r(0x9E3779B97F4A7C15ull * seed) {}
+  uint32_t next() {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    return uint32_t(r >> 16);
+  }
+};
+
 // A matrix's packed words, scales and biases in `copies` copies: one host draw of the words (from word_seed), uploaded
 // into every copy (distinct addresses are what keeps L2 from serving a call); copy c's scales (of either sign) and
 // biases (around -7.5 scales) drawn from scale_seed + c and bias_seed + c.
@@ -105,11 +115,8 @@ Packed make_packed(int64_t N, int64_t K, int bits, int group, int copies, uint64
   Backend& be = backend(Device::cuda);
   const int64_t words = K * bits / 32, groups = K / group;
   std::vector<uint32_t> host(size_t(N * words));
-  uint64_t r = 0x9E3779B97F4A7C15ull * word_seed;
-  for (uint32_t& w : host) {
-    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-    w = uint32_t(r >> 16);
-  }
+  Draws draws(word_seed);
+  for (uint32_t& w : host) w = draws.next();
   Packed p;
   for (int c = 0; c < copies; ++c) {
     Tensor w = ops::empty({N, words}, DType::u32, Device::cuda);
@@ -376,11 +383,12 @@ void print_fp_products(double bw) {
                           {"gate_proj, up_proj", 14336, 4096},
                           {"down_proj", 4096, 14336}};
   const QuantMode modes[] = {QuantMode::mxfp4, QuantMode::nvfp4, QuantMode::mxfp8};
+  std::printf("\nx (1, K) @ dequant(W)^T in MLX's fp modes, bf16 x:\n");
   std::printf(
-      "\nx (1, K) @ dequant(W)^T in MLX's fp modes, bf16 x:\n| mode | product | N x K | packed MB | fused us | GB/s | "
-      "%% of copy | dequantize + linear us | speedup | max rel diff |\n| --- | --- | --- | --- | --- | --- | --- | --- "
-      "| "
-      "--- | --- |\n");
+      "| mode | product | N x K | packed MB | fused us | GB/s | %% of copy | dequantize + linear us | speedup | max "
+      "rel "
+      "diff |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (QuantMode mode : modes) {
     const QuantFormat f = default_quant_format(mode);
     for (const Shape& sh : shapes) {
@@ -389,13 +397,9 @@ void print_fp_products(double bw) {
       const int copies = int(std::max(1.0, std::ceil(256e6 / bytes)));
       std::vector<uint32_t> hw(size_t(sh.N * words));
       std::vector<uint8_t> hs(size_t(sh.N * groups));
-      uint64_t r = 0x9E3779B97F4A7C15ull * uint64_t(sh.N + sh.K + int(mode));
-      auto next = [&] {
-        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-        return uint32_t(r >> 16);
-      };
-      for (uint32_t& w : hw) w = next() & (mode == QuantMode::mxfp8 ? 0xbfbfbfbfu : 0xffffffffu);
-      for (uint8_t& v : hs) v = uint8_t(mode == QuantMode::nvfp4 ? 0x30 + next() % 16 : 120 + next() % 8);
+      Draws draws(uint64_t(sh.N + sh.K + int(mode)));
+      for (uint32_t& w : hw) w = draws.next() & (mode == QuantMode::mxfp8 ? 0xbfbfbfbfu : 0xffffffffu);
+      for (uint8_t& v : hs) v = uint8_t(mode == QuantMode::nvfp4 ? 0x30 + draws.next() % 16 : 120 + draws.next() % 8);
       std::vector<Tensor> wq, sc;
       for (int c = 0; c < copies; ++c) {
         wq.push_back(ops::empty({sh.N, words}, DType::u32, Device::cuda));

@@ -71,17 +71,19 @@ struct RuntimeConfig {
   int64_t cuda_qgemv_simt_tasks = 0;
   // LMTUNE_CUDA_QGEMV_SIMT_EARLY=1: variant 9's warps load the first round of their first task before x is staged (and
   // before the wait on the previous kernel), so that its latency runs under the staging (qgemv_simt.cu; the same sums;
-  // off until measured on a GPU: bench/NOTES.md, session 28).
+  // off: a decode step lost 2-3% with it on an H100, bench/NOTES.md, session 30).
   bool cuda_qgemv_simt_early = false;
   // LMTUNE_CUDA_QGEMV_SIMT_WIDE=1: variant 9's one-row tasks (o's product, k's, v's) load 4 chunks a lane a round
   // instead of 2 (the registers two-row tasks' rounds take): half the dependent rounds; the same sums (qgemv_simt.cu;
   // off until measured on a GPU: bench/NOTES.md, session 28).
   bool cuda_qgemv_simt_wide = false;
   // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
-  // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off until measured on a GPU).
+  // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off: slower than the launches it
+  // replaces on an H100, 67 against 55 us a layer, bench/NOTES.md, session 30).
   bool cuda_decode_chain = false;
   // LMTUNE_CUDA_DECODE_CHAIN_QKV=1 (with the chain): the next layer's q/k/v products (its input norm, rope and cache
-  // append) as the chain's fourth phase, so that a layer's step is its attention and one launch (off until measured).
+  // append) as the chain's fourth phase, so that a layer's step is its attention and one launch (off: slower again,
+  // session 30).
   bool cuda_decode_chain_qkv = false;
   // LMTUNE_GROUP_GATE_UP=0: a decode step's quantized gate and up products as two launches, not
   // one (grouped: +4% with variant 5; variant 0 runs big grouped matrices one by one anyway).

@@ -18,39 +18,38 @@ void Attention::split_qkv(bool decoding, Linear& lq, Linear& lk, Linear& lv, Lin
   }
 }
 
-bool Attention::project_rotary(const Tensor& x, int64_t layer, KVCache& cache, const RmsNorm* in_norm, Tensor& q_rot,
-                               KVCache::View& kv) const {
+bool Attention::rotary_by(int64_t layer, KVCache& cache, DType dt, const RmsNorm* in_norm, const RotaryProduct& product,
+                          Tensor& q_rot, KVCache::View& kv) const {
   if (!runtime_config().fused_rope || q_norm.defined() || k_norm.defined() || rope_perm || !inv_freq) return false;
   Linear lq, lk, lv, whole;
   split_qkv(true, lq, lk, lv, whole);
   if (whole.weight.defined() || !lq.quantized_like(lk) || !lq.quantized_like(lv)) return false;
   const FusedNorm norm(in_norm);
   auto write = [&](Tensor& kb, Tensor& vb, int64_t row, const Tensor* pos_at) {
-    return ops::quantized_qkv_rope_append(x, {lq.packed(), lk.packed(), lv.packed()}, lq.format, norm.get(),
-                                          {inv_freq, &kb, &vb, row, pos_at});
+    return product({lq.packed(), lk.packed(), lv.packed()}, lq.format, norm.get(), {inv_freq, &kb, &vb, row, pos_at});
   };
-  if (!cache.update_rotary_by(layer, x.dtype(), write, q_rot, kv)) return false;
+  if (!cache.update_rotary_by(layer, dt, write, q_rot, kv)) return false;
   q_rot = q_rot.reshape({1, 1, opt.n_head, opt.head_dim});
   return true;
 }
 
+bool Attention::project_rotary(const Tensor& x, int64_t layer, KVCache& cache, const RmsNorm* in_norm, Tensor& q_rot,
+                               KVCache::View& kv) const {
+  auto product = [&](const std::vector<ops::QuantizedWeight>& qkv, const QuantFormat& f, const ops::InputNorm* norm,
+                     const ops::RopeAppend& rope) { return ops::quantized_qkv_rope_append(x, qkv, f, norm, rope); };
+  return rotary_by(layer, cache, x.dtype(), in_norm, product, q_rot, kv);
+}
+
 bool Attention::project_by(int64_t layer, KVCache& cache, DType dt, const RmsNorm& in_norm, const ProjectRun& run,
                            Projected& pre) const {
-  if (!runtime_config().fused_rope || q_norm.defined() || k_norm.defined() || rope_perm || !inv_freq) return false;
-  Linear lq, lk, lv, whole;
-  split_qkv(true, lq, lk, lv, whole);
-  if (whole.weight.defined() || !lq.quantized_like(lk) || !lq.quantized_like(lv)) return false;
-  const FusedNorm norm(&in_norm);
-  if (!norm.get()) return false;
-  auto write = [&](Tensor& kb, Tensor& vb, int64_t row, const Tensor* pos_at) {
+  auto product = [&](const std::vector<ops::QuantizedWeight>& qkv, const QuantFormat& f, const ops::InputNorm* norm,
+                     const ops::RopeAppend& rope) {
     Tensor q;
-    const ops::DecodeChainNext next{
-        {lq.packed(), lk.packed(), lv.packed()}, *norm.get(), {inv_freq, &kb, &vb, row, pos_at}, &q};
-    return run(next, lq.format) ? q : Tensor();
+    if (!norm) return q;  // the chain's fourth phase always takes an input norm: without one it declines
+    const ops::DecodeChainNext next{qkv, *norm, rope, &q};
+    return run(next, f) ? q : Tensor();
   };
-  if (!cache.update_rotary_by(layer, dt, write, pre.q_rot, pre.kv)) return false;
-  pre.q_rot = pre.q_rot.reshape({1, 1, opt.n_head, opt.head_dim});
-  return true;
+  return rotary_by(layer, cache, dt, &in_norm, product, pre.q_rot, pre.kv);
 }
 
 void Attention::project(const Tensor& x_in, bool decoding, Tensor& qt, Tensor& kt, Tensor& vt,

@@ -101,6 +101,13 @@ struct Attention {
   // project, then update_rotary): q_rot (1, 1, n_head, head_dim) and kv set; false where they cannot, nothing done.
   bool project_rotary(const Tensor& x, int64_t layer, KVCache& cache, const RmsNorm* in_norm, Tensor& q_rot,
                       KVCache::View& kv) const;
+  // What project_rotary and project_by share: where the fused projection can run, `product` gets q, k and v's packed
+  // weights, their format, the input norm (null: none) and the cache's rope target, writes k and v there and returns q
+  // rotated (undefined where it declined, nothing written); q_rot (1, 1, n_head, head_dim) and kv then set.
+  using RotaryProduct = std::function<Tensor(const std::vector<ops::QuantizedWeight>&, const QuantFormat&,
+                                             const ops::InputNorm*, const ops::RopeAppend&)>;
+  bool rotary_by(int64_t layer, KVCache& cache, DType dt, const RmsNorm* in_norm, const RotaryProduct& product,
+                 Tensor& q_rot, KVCache::View& kv) const;
 };
 
 }  // namespace lmtune::nn

@@ -200,10 +200,10 @@ Tensor quantized_decode_chain(const Tensor& a, const QuantizedWeight& o, const T
   c.bits = f.bits, c.group_size = f.group_size, c.dt = dt;
   if (next) {  // as quantized_qkv_rope_append of out would run them
     const Tensor& nw = *next->norm.weight;
-    if (next->qkv.size() != 3 || !fits(next->qkv[0], next->qkv[0].wq->dim(0), n_embd) ||
-        !fits(next->qkv[1], next->qkv[1].wq->dim(0), n_embd) || !fits(next->qkv[2], next->qkv[2].wq->dim(0), n_embd) ||
-        nw.shape() != Shape{n_embd} || nw.dtype() != dt || nw.device() != x.device())
+    if (next->qkv.size() != 3 || nw.shape() != Shape{n_embd} || nw.dtype() != dt || nw.device() != x.device())
       return {};
+    for (const QuantizedWeight& w : next->qkv)
+      if (!fits(w, w.wq->dim(0), n_embd)) return {};  // any rows, of out's width
     c.next_rope = rope_args(x, next->qkv, f, next->rope, "quantized_decode_chain");
     for (int i = 0; i < 3; ++i) {
       c.next_wq[i] = static_cast<const uint32_t*>(next->qkv[size_t(i)].wq->raw());

@@ -377,9 +377,7 @@ bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float
       !aligned16(norm_w))
     return false;
   // The rope epilogue: q, k and v of whole heads of an even head_dim; a task is one rotated pair (two rows).
-  if (rope && (swiglu || count != 3 || rope->head_dim < 2 || rope->head_dim % 2 != 0 || ns[0] % rope->head_dim != 0 ||
-               ns[1] != ns[2] || ns[1] % rope->head_dim != 0 || rope->pos < 0))
-    return false;
+  if (rope && (swiglu || count != 3 || !rope_fits(*rope, ns))) return false;
   for (int i = 0; i < count; ++i)
     if (ns[i] < 1 || !aligned16(wqs[i]) || !aligned4(scales[i]) || !aligned4(biases[i])) return false;
   bool done = false;
@@ -395,14 +393,7 @@ bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float
       p.swiglu = swiglu;
       p.norm_w = static_cast<const T*>(norm_w);
       p.norm_eps = eps;
-      if (rope) {  // k's and v's results go to the cache planes (at row pos, added in the kernel)
-        p.ys[1] = static_cast<T*>(rope->k_cache);
-        p.ys[2] = static_cast<T*>(rope->v_cache);
-        p.rope_inv_freq = rope->inv_freq;
-        p.rope_pos = rope->pos;
-        p.rope_pos_at = rope->pos_at;
-        p.rope_half = rope->head_dim / 2;
-      }
+      if (rope) set_rope(p, *rope);
       done =
           (variant == 10 && !rope && launch_simt_ring<T>(bits, group_size, p)) || launch_simt<T>(bits, group_size, p);
     }

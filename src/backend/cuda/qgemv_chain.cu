@@ -128,16 +128,13 @@ void launch_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {
   c.down.residual = static_cast<const T*>(a.x1);
   c.down_tasks = simt::number_tasks(c.down, 1);
   if (a.next_wq[0]) {  // as quantized_gemv_normed sets up its launch with RopeAppendArgs
-    void* const ys[3] = {a.next_q, a.next_rope.k_cache, a.next_rope.v_cache};
+    void* const ys[3] = {a.next_q, a.next_q, a.next_q};  // k's and v's: the cache planes (set_rope)
     c.qkv =
         single_params<T>(a.out, a.next_wq[0], a.next_scales[0], a.next_biases[0], a.next_q, 1, a.next_n[0], a.n_embd);
     set_matrices(c.qkv, a.next_wq, a.next_scales, a.next_biases, ys, a.next_n, 3);
+    set_rope(c.qkv, a.next_rope);
     c.qkv.norm_w = static_cast<const T*>(a.next_norm_w);
     c.qkv.norm_eps = a.next_eps;
-    c.qkv.rope_inv_freq = a.next_rope.inv_freq;
-    c.qkv.rope_pos = a.next_rope.pos;
-    c.qkv.rope_pos_at = a.next_rope.pos_at;
-    c.qkv.rope_half = a.next_rope.head_dim / 2;
     c.qkv_tasks = simt::number_tasks(c.qkv, 2);
   }
   c.bar = bar;
@@ -164,11 +161,8 @@ bool takes_decode_chain(const Backend::QuantizedDecodeChain& a) {
   for (int64_t K : {a.n_attn, a.n_embd, a.n_ff})
     if (K < 32 || K % 32 != 0 || K % a.group_size != 0) return false;
   if (!a.next_wq[0]) return true;
-  // The rope epilogue's tasks (quantized_gemv_normed's conditions): q, k and v of whole heads of an even head_dim.
-  const int64_t D = a.next_rope.head_dim;
-  return a.next_norm_w && a.next_rope.inv_freq && a.next_rope.k_cache && a.next_rope.v_cache && D >= 2 && D % 2 == 0 &&
-         a.next_n[0] >= D && a.next_n[0] % D == 0 && a.next_n[1] >= D && a.next_n[1] == a.next_n[2] &&
-         a.next_n[1] % D == 0 && a.next_rope.pos >= 0;
+  return a.next_norm_w && a.next_rope.inv_freq && a.next_rope.k_cache && a.next_rope.v_cache &&
+         rope_fits(a.next_rope, a.next_n);  // quantized_gemv_normed's conditions
 }
 
 bool launch_decode_chain(const Backend::QuantizedDecodeChain& a, unsigned* bar) {

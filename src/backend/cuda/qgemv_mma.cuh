@@ -87,6 +87,26 @@ void set_matrices(QgemvParams<T>& p, const uint32_t* const* wqs, const void* con
   p.wq = p.wqs[0], p.scales = p.scaless[0], p.biases = p.biasess[0], p.y = p.ys[0], p.N = p.Ns[0];
 }
 
+// Whether the rope epilogue takes q, k and v of ns[0..2] rows: whole heads of an even head_dim, k and v alike, a row
+// of the cache at or after 0 (Backend::RopeAppendArgs).
+inline bool rope_fits(const Backend::RopeAppendArgs& r, const int64_t* ns) {
+  const int64_t D = r.head_dim;
+  return D >= 2 && D % 2 == 0 && ns[0] >= D && ns[0] % D == 0 && ns[1] >= D && ns[1] == ns[2] && ns[1] % D == 0 &&
+         r.pos >= 0;
+}
+
+// The rope epilogue's fields of a q/k/v launch (set_matrices first): k's and v's results go to the cache planes, at
+// row pos (+ *pos_at, added in the kernel).
+template <typename T>
+void set_rope(QgemvParams<T>& p, const Backend::RopeAppendArgs& r) {
+  p.ys[1] = static_cast<T*>(r.k_cache);
+  p.ys[2] = static_cast<T*>(r.v_cache);
+  p.rope_inv_freq = r.inv_freq;
+  p.rope_pos = r.pos;
+  p.rope_pos_at = r.pos_at;
+  p.rope_half = r.head_dim / 2;
+}
+
 // The matrix of global tile `tile` (< p.tile_start[p.count]) as plain values, tile made local:
 // selects between constant-bank parameters (modifying p itself would copy the whole struct into
 // local memory). Single products have count 1 and tile_start {0, tiles, tiles, tiles}.
