@@ -332,6 +332,45 @@ TEST(QgemvFused, SimtEarlyEqualsSimt) {
       }
 }
 
+// Variant 9's single products streamed without staging x (LMTUNE_CUDA_QGEMV_STREAM=1 or 2, qgemv_stream.cu) against
+// variant 9's own kernel without SPREAD: the same chunk arithmetic with each chunk's sum of x taken in another order,
+// so the product and the residual add within 4 ulp of dt of the largest output (as test_decode_chain holds sums in
+// other orders; down's K = 14336 goes to variant 7 without the switch). The other four outputs (swiglu, the grouped
+// launch) are not the stream kernel's to take: the same bits. Shapes: Mistral's o and down, partial steps (K = 2304: 72
+// chunks), one row, odd N; M = 3, which the kernel declines. The kernel must have run exactly twice a run where M = 1.
+TEST(QgemvFused, StreamMatchesSimt) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 4096, 14336}, {4, 64, 1, 4096, 4096}, {4, 32, 1, 61, 32 * 72}, {4, 128, 1, 300, 1024},
+      {4, 64, 1, 37, 512},     {4, 32, 1, 7001, 768},  {4, 64, 1, 1, 256},      {4, 64, 3, 45, 256},
+  };
+  uint64_t seed = 2701;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const Case& c : cases) {
+      const Operands o = make_operands(c, dt, seed += 5);
+      const float ulp = dt == DType::bf16 ? 0.00390625f : 0.00048828125f;  // 2^-8, 2^-11
+      std::vector<std::vector<float>> out[3];
+      for (int ku = 0; ku <= 2; ++ku) {
+        RuntimeConfig rc = runtime_config();
+        rc.cuda_qgemv_variant = 9;
+        rc.cuda_qgemv_simt_spread = false;
+        rc.cuda_qgemv_stream = ku;
+        ScopedRuntimeConfig scoped(rc);
+        const int64_t before = cuda_qgemv_stream_launches();
+        out[ku] = run_outputs(o, host_f32);
+        ASSERT_EQ(out[ku].size(), 6u) << o.what << ": the grouped launch refused";
+        EXPECT_EQ(cuda_qgemv_stream_launches() - before, ku == 0 || c.M != 1 ? 0 : 2)
+            << o.what << " stream " << ku << ": launches";
+        if (ku == 0) continue;
+        for (size_t i = 0; i < out[0].size(); ++i) {
+          const bool streamed = i == 0 || i == 2;
+          expect_within(out[ku][i], out[0][i], streamed && c.M == 1 ? 4 * ulp : 0.f,
+                        o.what + " stream " + std::to_string(ku) + ": " + kOutputNames[i] + " against variant 9");
+        }
+      }
+    }
+}
+
 // Decoding's rms_norm inside the products' staging of x (ops::InputNorm; Backend::quantized_gemv_normed, variants 9 and
 // 10): q/k/v's grouped products and gate/up's swiglu of rms_norm(x) equal rms_norm (CudaBackend::rms_norm, the kernel
 // it replaces) followed by the plain fused products, bit for bit: the factor is summed in that kernel's order and each

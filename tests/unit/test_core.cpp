@@ -147,6 +147,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(d.cuda_qgemv_simt_tasks, 0);
   EXPECT_FALSE(d.cuda_qgemv_simt_early);
   EXPECT_FALSE(d.cuda_qgemv_simt_wide);
+  EXPECT_EQ(d.cuda_qgemv_stream, 0);
   EXPECT_FALSE(d.cuda_decode_chain);
   EXPECT_FALSE(d.cuda_decode_chain_qkv);
   EXPECT_EQ(d.cuda_qgemv_variant, 9);
@@ -180,6 +181,7 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "2"},
          {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
          {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"},
+         {"LMTUNE_CUDA_QGEMV_STREAM", "2"},
          {"LMTUNE_CUDA_DECODE_CHAIN", "1"},
          {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
@@ -193,6 +195,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(c.cuda_qgemv_simt_tasks, 2);
   EXPECT_TRUE(c.cuda_qgemv_simt_early);
   EXPECT_TRUE(c.cuda_qgemv_simt_wide);
+  EXPECT_EQ(c.cuda_qgemv_stream, 2);
   EXPECT_TRUE(c.cuda_decode_chain);
   EXPECT_TRUE(c.cuda_decode_chain_qkv);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
@@ -227,6 +230,7 @@ TEST(RuntimeConfig, FromEnvironment) {
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "-1"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "2"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "on"},
+                                                     {"LMTUNE_CUDA_QGEMV_STREAM", "3"},
                                                      {"LMTUNE_CUDA_DECODE_CHAIN", "2"},
                                                      {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "x"}};
   for (const auto& [name, value] : bad) {

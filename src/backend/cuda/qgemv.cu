@@ -134,6 +134,7 @@ void launch_mma(QgemvParams<T> p) {
   const int64_t want = int64_t(cuda_impl().sm_count()) * 24;
   p.S = 1;
   const int wanted = int(runtime_config().cuda_qgemv_variant);
+  if (wanted == 9 && launch_stream<T>(BITS, GS, p)) return;
   if (wanted == 10 && launch_simt_ring<T>(BITS, GS, p)) return;
   if (wanted >= 9 && launch_simt<T>(BITS, GS, p)) return;
   if (wanted == 8 && launch_ring<T>(BITS, GS, p)) return;
@@ -323,7 +324,8 @@ bool CudaBackend::quantized_gemv_add(const void* x, const uint32_t* wq, const vo
     if constexpr (!std::is_same_v<T, float>) {
       QgemvParams<T> p = single_params<T>(x, wq, scales, biases, y, M, N, K);
       p.residual = static_cast<const T*>(residual);
-      done = (variant == 10 && launch_simt_ring<T>(bits, group_size, p)) ||
+      done = (variant == 9 && launch_stream<T>(bits, group_size, p)) ||
+             (variant == 10 && launch_simt_ring<T>(bits, group_size, p)) ||
              (variant >= 9 && launch_simt<T>(bits, group_size, p)) ||
              (variant == 8 && launch_ring<T>(bits, group_size, p)) ||
              (variant >= 7 && launch_tma<T>(bits, group_size, p)) || launch_lean<T>(bits, group_size, p, variant == 6);

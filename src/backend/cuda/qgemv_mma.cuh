@@ -354,6 +354,11 @@ bool launch_ring(int bits, int group_size, QgemvParams<T> p);
 // grid-stride; false elsewhere (the caller falls back to variant 7's kernel, then the lean one).
 template <typename T>
 bool launch_simt(int bits, int group_size, QgemvParams<T> p);
+// Variant 9's single products streamed without staging x (qgemv_stream.cu; RuntimeConfig::cuda_qgemv_stream): M = 1,
+// 4 bits, one matrix with or without the residual add; false elsewhere or when the switch is off (the caller goes on to
+// variant 9's own kernel).
+template <typename T>
+bool launch_stream(int bits, int group_size, const QgemvParams<T>& p);
 // Variant 9's lanes fed through a ring of cp.async stages a warp (qgemv_simt_ring.cu, variant 10): M = 1, 4 bits,
 // K <= 28672, groups a row a multiple of 8 and 16-byte aligned scales and biases; false elsewhere (the caller falls
 // back to variant 9's kernel, then 7's).
