@@ -78,9 +78,9 @@ struct RuntimeConfig {
   // off until measured on a GPU: bench/NOTES.md, session 28).
   bool cuda_qgemv_simt_wide = false;
   // LMTUNE_CUDA_QGEMV_STREAM=1 or 2: variant 9's single products (o and down with their residual add, lm_head) through
-  // a kernel that reads x through L1 as it goes instead of staging it a block, with a step of 1 or 2 chunks a lane
-  // loaded ahead (qgemv_stream.cu; variant 9's arithmetic without SPREAD, the chunk sums of x in another order); 0 (the
-  // default): variant 9's own kernel.
+  // a kernel that reads x through L1 as it goes instead of staging it a block, the next chunk of its two rows loaded
+  // ahead, with 1 or 2 warps a pair of rows (qgemv_stream.cu; variant 9's arithmetic without SPREAD, the chunk sums of
+  // x in another order); 0: variant 9's own kernel.
   int64_t cuda_qgemv_stream = 0;
   // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
   // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off: slower than the launches it

@@ -332,12 +332,13 @@ TEST(QgemvFused, SimtEarlyEqualsSimt) {
       }
 }
 
-// Variant 9's single products streamed without staging x (LMTUNE_CUDA_QGEMV_STREAM=1 or 2, qgemv_stream.cu) against
-// variant 9's own kernel without SPREAD: the same chunk arithmetic with each chunk's sum of x taken in another order,
-// so the product and the residual add within 4 ulp of dt of the largest output (as test_decode_chain holds sums in
-// other orders; down's K = 14336 goes to variant 7 without the switch). The other four outputs (swiglu, the grouped
-// launch) are not the stream kernel's to take: the same bits. Shapes: Mistral's o and down, partial steps (K = 2304: 72
-// chunks), one row, odd N; M = 3, which the kernel declines. The kernel must have run exactly twice a run where M = 1.
+// Variant 9's single products streamed without staging x (LMTUNE_CUDA_QGEMV_STREAM=1, or 2 with two warps a pair of
+// rows; qgemv_stream.cu) against variant 9's own kernel without SPREAD: the same chunk arithmetic with each chunk's sum
+// of x taken in another order (and with 2 the two warps' sums added at the end), so the product and the residual add
+// within 4 ulp of dt of the largest output (as test_decode_chain holds sums in other orders; down's K = 14336 goes to
+// variant 7 without the switch). The other four outputs (swiglu, the grouped launch) are not the stream kernel's to
+// take: the same bits. Shapes: Mistral's o and down, partial steps (K = 2304: 72 chunks), one row, odd N, K = 256 (one
+// warp of a pair idle); M = 3, which the kernel declines. The kernel must have run exactly twice a run where M = 1.
 TEST(QgemvFused, StreamMatchesSimt) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const std::vector<Case> cases = {

@@ -3,8 +3,9 @@
 // sums once a block before any warp uses a weight; here, as in the fp modes' product (qgemv_fp.cu), which streams the
 // same shapes at 74-80% of the copy bandwidth where variant 9 reaches ~60% on down (bench/NOTES.md, session 30), a
 // warp reads x itself through L1 as it goes and its weights' next step is in flight while it uses the step before.
-//   A warp takes two rows; lane l the chunks (32 codes, 16 bytes a row) c = l, l + 32, ... of both, KU of them a step
-// (LMTUNE_CUDA_QGEMV_STREAM's value), with each chunk's scale and bias. The first step is loaded before the wait on the
+//   A warp takes two rows; lane l the chunks (32 codes, 16 bytes a row) c = l, l + 32, ... of both, one a step, with
+// its scale and bias (with LMTUNE_CUDA_QGEMV_STREAM=2 two warps take the two rows, each every other stripe of 32
+// chunks, below). The first step is loaded before the wait on the
 // previous kernel (the weights are constant: cuda_common.cuh's pdl_enter). A chunk's arithmetic is variant 9's without
 // SPREAD (qgemv_simt.cuh's chunk_dot): codes as the exact floats 1 + q / 16, a = sum (1 + q / 16) x over the chunk in
 // f32, y += 16 scale (a - sx) + bias sx, where sx, the chunk's sum of x, is summed here in order by the lane (variant 9
@@ -32,33 +33,28 @@ namespace {
 constexpr int kStreamWarps = 8;  // warps a block
 constexpr int kRows = 2;         // rows a warp
 
-// A lane's step: KU chunks of each row, with each chunk's scale (low 16 bits) and bias (high) as T's bits.
-template <int KU>
+// A lane's step: one chunk of each row, with its scale (low 16 bits) and bias (high) as T's bits.
 struct Step {
-  uint4 w[kRows][KU];
-  uint32_t sb[kRows][KU];
+  uint4 w[kRows];
+  uint32_t sb[kRows];
 };
 
-// The step whose first chunk is c (then c + 32, ...; those below C): w, sc, bi at that chunk's words, scale and bias.
-template <typename T, int GS, int KU>
+// The step at the lane's chunk c (nothing where c >= C): w, sc, bi at that chunk's words, scale and bias.
+template <typename T>
 __device__ __forceinline__ void load_step(const uint32_t* const (&w)[kRows], const T* const (&sc)[kRows],
-                                          const T* const (&bi)[kRows], int64_t c, int64_t C, Step<KU>& st) {
+                                          const T* const (&bi)[kRows], int64_t c, int64_t C, Step& st) {
+  if (c < C) {
 #pragma unroll
-  for (int u = 0; u < KU; ++u) {
-    if (c + 32 * u < C) {
-      constexpr int kGroupStep = 32 * 32 / GS;  // groups from one chunk to the lane's next (32 chunks on)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        st.w[r][u] = ld_stream4(w[r] + 32 * 4 * u);
-        st.sb[r][u] = simt::bits16(sc[r] + kGroupStep * u) | simt::bits16(bi[r] + kGroupStep * u) << 16;
-      }
+    for (int r = 0; r < kRows; ++r) {
+      st.w[r] = ld_stream4(w[r]);
+      st.sb[r] = simt::bits16(sc[r]) | simt::bits16(bi[r]) << 16;
     }
   }
 }
 
-// Chunk u of step st (x at xc, the chunk's 32 values) added into y: variant 9's chunk_dot with x from global memory.
-template <typename T, int KU>
-__device__ __forceinline__ void chunk_use(const T* xc, const Step<KU>& st, int u, float (&y)[kRows]) {
+// The chunk of step st (x at xc, its 32 values) added into y: variant 9's chunk_dot with x from global memory.
+template <typename T>
+__device__ __forceinline__ void chunk_use(const T* xc, const Step& st, float (&y)[kRows]) {
   uint4 xu[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) xu[j] = __ldg(reinterpret_cast<const uint4*>(xc) + j);
@@ -74,7 +70,7 @@ __device__ __forceinline__ void chunk_use(const T* xc, const Step<KU>& st, int u
     for (int k = 0; k < 8; ++k) sx += xv[k];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const uint4& wr = st.w[r][u];
+      const uint4& wr = st.w[r];
       const uint32_t word = j == 0 ? wr.x : j == 1 ? wr.y : j == 2 ? wr.z : wr.w;
       float q[8];
       simt::word_codes<false>(word, q);
@@ -86,90 +82,98 @@ __device__ __forceinline__ void chunk_use(const T* xc, const Step<KU>& st, int u
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const float scale = simt::f32_of_bits<T>(st.sb[r][u]), bias = simt::f32_of_bits<T>(st.sb[r][u] >> 16);
+    const float scale = simt::f32_of_bits<T>(st.sb[r]), bias = simt::f32_of_bits<T>(st.sb[r] >> 16);
     const float d = ((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) - sx;
     y[r] = fmaf(16.f * scale, d, fmaf(bias, sx, y[r]));
   }
 }
 
-// KU chunks a lane a step; RES: y = residual + y (the product rounded to T first, then added in f32 and rounded, as
-// qgemv_simt.cuh's store_task). Blocks a multiprocessor: the most at which -Xptxas -v shows no spills.
-template <int KU>
-constexpr int kStreamMinBlocks = KU == 1 ? 4 : 3;
-
-template <typename T, int GS, int KU, bool RES>
-__global__ void __launch_bounds__(kStreamWarps * 32, kStreamMinBlocks<KU>)
+// SPLIT warps a pair of rows (1 or 2: LMTUNE_CUDA_QGEMV_STREAM's value), piece p of them taking the stripes of 32
+// chunks p, p + SPLIT, ..., so that a product of few rows (o's, down's 4,096) has twice the warps with 2; the pieces'
+// sums meet in shared memory, piece 0's first. RES: y = residual + y (the product rounded to T first, then added in f32
+// and rounded, as qgemv_simt.cuh's store_task). 64 registers, no spills (-Xptxas -v): 4 blocks a multiprocessor.
+template <typename T, int GS, int SPLIT, bool RES>
+__global__ void __launch_bounds__(kStreamWarps * 32, 4)
     qgemv_stream_kernel(const T* __restrict__ x, const uint32_t* __restrict__ wq, const T* __restrict__ scales,
                         const T* __restrict__ biases, const T* residual, T* y, int64_t N, int64_t K) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n0 = (int64_t(blockIdx.x) * kStreamWarps + warp) * kRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, piece = warp % SPLIT;
+  const int64_t n0 = (int64_t(blockIdx.x) * (kStreamWarps / SPLIT) + warp / SPLIT) * kRows;
   const int64_t C = K / 32, groups = K / GS;
+  const int64_t c_first = lane + 32 * piece;  // the lane's first chunk
+  constexpr int kStride = 32 * SPLIT;         // chunks from one of its steps to the next
   // Each row's words, scales and biases at the lane's first chunk. A last warp of one row reads it twice and stores it
-  // once.
+  // once; warps past N load nothing and add nothing, but meet the others at the barrier.
   const uint32_t* w[kRows];
   const T* sc[kRows];
   const T* bi[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int64_t row = min(n0 + r, N - 1);
-    w[r] = wq + row * (K / 8) + lane * 4;
-    sc[r] = scales + row * groups + lane * 32 / GS;
-    bi[r] = biases + row * groups + lane * 32 / GS;
+    w[r] = wq + row * (K / 8) + c_first * 4;
+    sc[r] = scales + row * groups + c_first * 32 / GS;
+    bi[r] = biases + row * groups + c_first * 32 / GS;
     asm("" : "+l"(w[r]), "+l"(sc[r]), "+l"(bi[r]));  // opaque: not worked out again from n0 at every step
   }
-  const T* xc = x + lane * 32;
+  const int64_t C_here = n0 < N ? C : 0;  // chunks this warp streams
+  const T* xc = x + c_first * 32;
   pdl_trigger();
-  Step<KU> cur;
-  if (n0 < N) load_step<T, GS, KU>(w, sc, bi, lane, C, cur);
+  Step cur;
+  load_step<T>(w, sc, bi, c_first, C_here, cur);
   pdl_wait();
-  if (n0 >= N) return;  // whole warps
   float acc[kRows] = {0.f, 0.f};
-  constexpr int kStep = 32 * KU;  // chunks a warp covers a step
   const auto advance = [&] {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) w[r] += kStep * 4, sc[r] += kStep * 32 / GS, bi[r] += kStep * 32 / GS;
-  };
-  const auto use = [&](const Step<KU>& st, int64_t c0, const T* xs) {
-#pragma unroll
-    for (int u = 0; u < KU; ++u) {
-      if (c0 + 32 * u >= C) break;
-      chunk_use<T, KU>(xs + 32 * 32 * u, st, u, acc);
-    }
+    for (int r = 0; r < kRows; ++r) w[r] += kStride * 4, sc[r] += kStride * 32 / GS, bi[r] += kStride * 32 / GS;
   };
   // Two steps an iteration, two buffers taking turns: each step's loads go out before the step loaded last is used.
-  Step<KU> next;
-  for (int64_t c0 = lane; c0 < C; c0 += 2 * kStep) {
+  Step next;
+  for (int64_t c0 = c_first; c0 < C_here; c0 += 2 * kStride) {
     advance();
-    load_step<T, GS, KU>(w, sc, bi, c0 + kStep, C, next);
-    use(cur, c0, xc);
-    if (c0 + kStep >= C) break;
+    load_step<T>(w, sc, bi, c0 + kStride, C_here, next);
+    chunk_use<T>(xc, cur, acc);
+    if (c0 + kStride >= C_here) break;
     advance();
-    load_step<T, GS, KU>(w, sc, bi, c0 + 2 * kStep, C, cur);
-    use(next, c0 + kStep, xc + kStep * 32);
-    xc += 2 * kStep * 32;
+    load_step<T>(w, sc, bi, c0 + 2 * kStride, C_here, cur);
+    chunk_use<T>(xc + kStride * 32, next, acc);
+    xc += 2 * kStride * 32;
   }
 #pragma unroll
+  for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
+  if constexpr (SPLIT > 1) {
+    __shared__ float part[kStreamWarps][kRows];
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) part[warp][r] = acc[r];
+    __syncthreads();
+    if (piece != 0) return;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int i = 1; i < SPLIT; ++i) acc[r] += part[warp + i][r];
+  }
+  if (lane != 0) return;
+#pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const float v = warp_sum(acc[r]);
     const int64_t n = n0 + r;
-    if (lane == 0 && n < N) {
+    if (n < N) {
       if constexpr (RES) {
-        y[n] = from_f32<T>(to_f32(residual[n]) + to_f32(from_f32<T>(v)));
+        y[n] = from_f32<T>(to_f32(residual[n]) + to_f32(from_f32<T>(acc[r])));
       } else {
-        y[n] = from_f32<T>(v);
+        y[n] = from_f32<T>(acc[r]);
       }
     }
   }
 }
 
-template <typename T, int GS, int KU>
+template <typename T, int GS, int SPLIT>
 void launch_stream_kernel(const QgemvParams<T>& p) {
-  const dim3 grid(unsigned((p.N + kStreamWarps * kRows - 1) / (kStreamWarps * kRows)));
+  constexpr int kRowsBlock = kStreamWarps / SPLIT * kRows;
+  const dim3 grid(unsigned((p.N + kRowsBlock - 1) / kRowsBlock));
   if (p.residual)
-    launch("quantized_gemv_stream", qgemv_stream_kernel<T, GS, KU, true>, grid, kStreamWarps * 32, 0, p.x, p.wq,
+    launch("quantized_gemv_stream", qgemv_stream_kernel<T, GS, SPLIT, true>, grid, kStreamWarps * 32, 0, p.x, p.wq,
            p.scales, p.biases, p.residual, p.y, p.N, p.K);
   else
-    launch("quantized_gemv_stream", qgemv_stream_kernel<T, GS, KU, false>, grid, kStreamWarps * 32, 0, p.x, p.wq,
+    launch("quantized_gemv_stream", qgemv_stream_kernel<T, GS, SPLIT, false>, grid, kStreamWarps * 32, 0, p.x, p.wq,
            p.scales, p.biases, p.residual, p.y, p.N, p.K);
   stream_launches.fetch_add(1, std::memory_order_relaxed);
 }
@@ -178,13 +182,13 @@ void launch_stream_kernel(const QgemvParams<T>& p) {
 
 template <typename T>
 bool launch_stream(int bits, int group_size, const QgemvParams<T>& p) {
-  const int64_t ku = runtime_config().cuda_qgemv_stream;
-  if (ku == 0 || p.M != 1 || bits != 4 || p.count != 1 || p.swiglu || p.norm_w || p.rope_inv_freq || p.K % 32 != 0 ||
+  const int64_t split = runtime_config().cuda_qgemv_stream;
+  if (split == 0 || p.M != 1 || bits != 4 || p.count != 1 || p.swiglu || p.norm_w || p.rope_inv_freq || p.K % 32 != 0 ||
       p.N < 1)
     return false;
   return simt::by_group_size(group_size, [&](auto gs) {
     constexpr int GS = decltype(gs)::value;
-    if (ku == 1)
+    if (split == 1)
       launch_stream_kernel<T, GS, 1>(p);
     else
       launch_stream_kernel<T, GS, 2>(p);
