@@ -351,22 +351,22 @@ TEST(QgemvFused, StreamMatchesSimt) {
       const Operands o = make_operands(c, dt, seed += 5);
       const float ulp = dt == DType::bf16 ? 0.00390625f : 0.00048828125f;  // 2^-8, 2^-11
       std::vector<std::vector<float>> out[3];
-      for (int ku = 0; ku <= 2; ++ku) {
+      for (int stream = 0; stream <= 2; ++stream) {
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = 9;
         rc.cuda_qgemv_simt_spread = false;
-        rc.cuda_qgemv_stream = ku;
+        rc.cuda_qgemv_stream = stream;
         ScopedRuntimeConfig scoped(rc);
         const int64_t before = cuda_qgemv_stream_launches();
-        out[ku] = run_outputs(o, host_f32);
-        ASSERT_EQ(out[ku].size(), 6u) << o.what << ": the grouped launch refused";
-        EXPECT_EQ(cuda_qgemv_stream_launches() - before, ku == 0 || c.M != 1 ? 0 : 2)
-            << o.what << " stream " << ku << ": launches";
-        if (ku == 0) continue;
+        out[stream] = run_outputs(o, host_f32);
+        ASSERT_EQ(out[stream].size(), 6u) << o.what << ": the grouped launch refused";
+        EXPECT_EQ(cuda_qgemv_stream_launches() - before, stream == 0 || c.M != 1 ? 0 : 2)
+            << o.what << " stream " << stream << ": launches";
+        if (stream == 0) continue;
         for (size_t i = 0; i < out[0].size(); ++i) {
           const bool streamed = i == 0 || i == 2;
-          expect_within(out[ku][i], out[0][i], streamed && c.M == 1 ? 4 * ulp : 0.f,
-                        o.what + " stream " + std::to_string(ku) + ": " + kOutputNames[i] + " against variant 9");
+          expect_within(out[stream][i], out[0][i], streamed && c.M == 1 ? 4 * ulp : 0.f,
+                        o.what + " stream " + std::to_string(stream) + ": " + kOutputNames[i] + " against variant 9");
         }
       }
     }

@@ -3,14 +3,15 @@
 // sums once a block before any warp uses a weight; here, as in the fp modes' product (qgemv_fp.cu), which streams the
 // same shapes at 74-80% of the copy bandwidth where variant 9 reaches ~60% on down (bench/NOTES.md, session 30), a
 // warp reads x itself through L1 as it goes and its weights' next step is in flight while it uses the step before.
+// (On an H100, session 31: o 7.45 -> 6.55 us, down 18.4 -> 16.1, a 4-bit Mistral-7B decode +2-4%.)
 //   A warp takes two rows; lane l the chunks (32 codes, 16 bytes a row) c = l, l + 32, ... of both, one a step, with
 // its scale and bias (with LMTUNE_CUDA_QGEMV_STREAM=2 two warps take the two rows, each every other stripe of 32
-// chunks, below). The first step is loaded before the wait on the
-// previous kernel (the weights are constant: cuda_common.cuh's pdl_enter). A chunk's arithmetic is variant 9's without
-// SPREAD (qgemv_simt.cuh's chunk_dot): codes as the exact floats 1 + q / 16, a = sum (1 + q / 16) x over the chunk in
-// f32, y += 16 scale (a - sx) + bias sx, where sx, the chunk's sum of x, is summed here in order by the lane (variant 9
-// sums it rotated by the chunk's place): the values differ from variant 9's only by that order (and by SPREAD's
-// rounding where it is on), and each x value is loaded and converted once for both rows.
+// chunks: the kernel's comment). The first step is loaded before the wait on the previous kernel (the weights are
+// constant: cuda_common.cuh's pdl_enter). A chunk's arithmetic is variant 9's without SPREAD (qgemv_simt.cuh's
+// chunk_dot): codes as the exact floats 1 + q / 16, a = sum (1 + q / 16) x over the chunk in f32, y += 16 scale (a -
+// sx) + bias sx, where sx, the chunk's sum of x, is summed here in order by the lane (variant 9 sums it rotated by the
+// chunk's place): the values differ from variant 9's only by that order (and by SPREAD's rounding where it is on), and
+// each x value is loaded and converted once for both rows.
 // M = 1, 4 bits, groups 32, 64, 128; one matrix, without the norm, swiglu and rope epilogues (those stay variant 9's).
 #include <atomic>
 #include <type_traits>
