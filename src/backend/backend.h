@@ -382,12 +382,13 @@ std::string cuda_device_name();  // "" where none
 int64_t cuda_qgemv_tma_launches();
 int64_t cuda_qgemv_ring_launches();
 int64_t cuda_qgemv_simt_ring_launches();
-int64_t cuda_qgemv_normed_launches();      // Backend::quantized_gemv_normed calls that ran
-int64_t cuda_qgemv_rope_launches();        // those of them with RopeAppendArgs
-int64_t cuda_qgemv_simt_early_launches();  // variant 9's launches with RuntimeConfig::cuda_qgemv_simt_early
-int64_t cuda_qgemv_simt_wide_launches();   // and those with one-row tasks under cuda_qgemv_simt_wide
-int64_t cuda_qgemv_stream_launches();      // variant 9's single products through qgemv_stream.cu
-int64_t cuda_decode_chain_launches();      // Backend::quantized_decode_chain calls that ran
-int64_t cuda_decode_chain_qkv_launches();  // those of them with the next layer's q, k and v
+int64_t cuda_qgemv_normed_launches();         // Backend::quantized_gemv_normed calls that ran
+int64_t cuda_qgemv_rope_launches();           // those of them with RopeAppendArgs
+int64_t cuda_qgemv_simt_early_launches();     // variant 9's launches with RuntimeConfig::cuda_qgemv_simt_early
+int64_t cuda_qgemv_simt_wide_launches();      // and those with one-row tasks under cuda_qgemv_simt_wide
+int64_t cuda_qgemv_stream_launches();         // variant 9's single products through qgemv_stream.cu
+int64_t cuda_qgemv_stream_normed_launches();  // and its normed launches there
+int64_t cuda_decode_chain_launches();         // Backend::quantized_decode_chain calls that ran
+int64_t cuda_decode_chain_qkv_launches();     // those of them with the next layer's q, k and v
 
 }  // namespace lmtune

@@ -82,6 +82,11 @@ struct RuntimeConfig {
   // ahead, with 1 or 2 warps a pair of rows (qgemv_stream.cu; variant 9's arithmetic without SPREAD, the chunk sums of
   // x in another order); 0: variant 9's own kernel.
   int64_t cuda_qgemv_stream = 0;
+  // LMTUNE_CUDA_QGEMV_STREAM_NORMED=1: variant 9's normed launches (q/k/v with the rope epilogue, gate/up with swiglu)
+  // streamed the same way, one two-row task a warp, rms_norm's factor taken out of the sums (y = rs sum q (x w)) so
+  // that x is never staged; the values differ from rms_norm's then the products' by its rounding of the normed x (a few
+  // ulp of the output; qgemv_stream.cu). Off: written in session 31 without a GPU, not yet measured.
+  bool cuda_qgemv_stream_normed = false;
   // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
   // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off: slower than the launches it
   // replaces on an H100, 67 against 55 us a layer, bench/NOTES.md, session 30).

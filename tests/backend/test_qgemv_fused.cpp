@@ -372,6 +372,86 @@ TEST(QgemvFused, StreamMatchesSimt) {
     }
 }
 
+// Variant 9's normed launches streamed (LMTUNE_CUDA_QGEMV_STREAM_NORMED=1, qgemv_stream.cu), rms_norm's factor taken
+// out of the sums: q/k/v's grouped products and gate/up's swiglu of rms_norm(x) within 4 ulp of dt of the largest
+// output of rms_norm followed by the plain products (the kernel does not round the normed x to dt as rms_norm does);
+// the rope epilogue (with and without the norm, the position on the host and on the device): q and k's and v's cache
+// rows within 4 ulp of the products followed by rope_append, the rest of the caches untouched. The kernel must have
+// run: the normed launches counted.
+TEST(QgemvFused, StreamNormedMatchesNormThenProducts) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Case> cases = {
+      {4, 64, 1, 14336, 4096}, {4, 64, 1, 1024, 4096}, {4, 32, 1, 61, 32 * 72}, {4, 128, 1, 300, 1024}};
+  uint64_t seed = 3301;
+  RuntimeConfig rc = runtime_config();
+  rc.cuda_qgemv_variant = 9;
+  rc.cuda_qgemv_stream_normed = true;
+  ScopedRuntimeConfig scoped(rc);
+  for (DType dt : {DType::bf16, DType::f16}) {
+    const float ulp = dt == DType::bf16 ? 0.00390625f : 0.00048828125f;  // 2^-8, 2^-11
+    for (const Case& c : cases) {
+      const Operands o = make_operands(c, dt, seed += 5);
+      std::vector<float> wv = ops::randn({c.K}, seed + 1, 0.2f, DType::f32, Device::cpu).to_f32_vector();
+      for (float& u : wv) u += 1.f;  // a norm's weight: near one
+      const Tensor w = ops::to(Tensor::from_f32(wv, {c.K}), Device::cuda, dt);
+      const ops::InputNorm norm{&w, 1e-5f};
+      const Tensor h = ops::rms_norm(o.x, w, 1e-5f).out;
+      const std::vector<ops::QuantizedWeight> ws = {ref(o.a), ref(o.b), ref(o.v)};
+      const int64_t before = cuda_qgemv_stream_normed_launches();
+      const std::vector<Tensor> plain = ops::quantized_linear_group(h, ws, o.f),
+                                fused = ops::quantized_linear_group(o.x, ws, o.f, &norm);
+      ASSERT_EQ(fused.size(), 3u) << o.what;
+      for (int i = 0; i < 3; ++i)
+        expect_within(host_f32(fused[i]), host_f32(plain[i]), 4 * ulp, o.what + ": group " + std::to_string(i));
+      expect_within(host_f32(ops::quantized_swiglu_linear(o.x, ref(o.a), ref(o.b), o.f, &norm)),
+                    host_f32(ops::quantized_swiglu_linear(h, ref(o.a), ref(o.b), o.f)), 4 * ulp, o.what + ": swiglu");
+      EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before, 2) << o.what << ": streamed normed launches";
+    }
+    struct Heads {
+      int64_t H, KV, D, K;
+    };
+    for (const Heads& s : std::vector<Heads>{{32, 8, 128, 4096}, {6, 2, 48, 768}})
+      for (int mode = 0; mode < 4; ++mode) {  // bit 0: the input norm; bit 1: the position on the device
+        const bool normed = mode & 1, at = mode & 2;
+        const std::string what = std::string(dtype_name(dt)) + " H" + std::to_string(s.H) + " D" + std::to_string(s.D) +
+                                 (normed ? ", normed" : "") + (at ? ", position on the device" : "");
+        const Case c{4, 64, 1, s.H * s.D, s.K};
+        const QuantFormat f{QuantMode::affine, 4, 64};
+        const ops::AffineQuantized wq = random_weight(s.H * s.D, s.K, c, dt, seed += 7),
+                                   wk = random_weight(s.KV * s.D, s.K, c, dt, seed + 1),
+                                   wv = random_weight(s.KV * s.D, s.K, c, dt, seed + 2);
+        const std::vector<ops::QuantizedWeight> ws = {ref(wq), ref(wk), ref(wv)};
+        const Tensor x = ops::randn({1, 1, s.K}, seed + 3, 1.f, dt, Device::cuda);
+        std::vector<float> wn = ops::randn({s.K}, seed + 4, 0.2f, DType::f32, Device::cpu).to_f32_vector();
+        for (float& u : wn) u += 1.f;
+        const Tensor w = ops::to(Tensor::from_f32(wn, {s.K}), Device::cuda, dt);
+        const ops::InputNorm norm{&w, 1e-5f};
+        std::vector<float> fr(size_t(s.D / 2));
+        for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(s.D));
+        const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {s.D / 2}), Device::cuda);
+        const int64_t cap = 16, pos = 11;
+        const Tensor pos_at = ops::to(Tensor::from_i32({int32_t(pos)}, {}), Device::cuda);
+        Tensor kc = ops::zeros({cap, s.KV, s.D}, dt, Device::cuda), vc = ops::zeros({cap, s.KV, s.D}, dt, Device::cuda);
+        Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
+        const int64_t before = cuda_qgemv_stream_normed_launches();
+        const Tensor q_rot = ops::quantized_qkv_rope_append(
+            x, ws, f, normed ? &norm : nullptr, {&inv_freq, &kc, &vc, at ? 0 : pos, at ? &pos_at : nullptr});
+        ASSERT_TRUE(q_rot.defined()) << what;
+        EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before, 1) << what << ": streamed normed launches";
+        const Tensor h = normed ? ops::rms_norm(x, w, 1e-5f).out : x;
+        const std::vector<Tensor> qkv = ops::quantized_linear_group(h, ws, f);
+        const Tensor q_ref = ops::rope_append(qkv[0].reshape({1, 1, s.H, s.D}), qkv[1].reshape({1, 1, s.KV, s.D}),
+                                              qkv[2].reshape({1, 1, s.KV, s.D}), inv_freq, at ? 0 : pos,
+                                              at ? &pos_at : nullptr, kc_ref, vc_ref);
+        ASSERT_TRUE(q_ref.defined()) << what;
+        // The caches are zero but for row pos, so a bound relative to their largest value is row pos's.
+        expect_within(host_f32(q_rot), host_f32(q_ref), 4 * ulp, what + ": q");
+        expect_within(host_f32(kc), host_f32(kc_ref), 4 * ulp, what + ": k's cache");
+        expect_within(host_f32(vc), host_f32(vc_ref), 4 * ulp, what + ": v's cache");
+      }
+  }
+}
+
 // Decoding's rms_norm inside the products' staging of x (ops::InputNorm; Backend::quantized_gemv_normed, variants 9 and
 // 10): q/k/v's grouped products and gate/up's swiglu of rms_norm(x) equal rms_norm (CudaBackend::rms_norm, the kernel
 // it replaces) followed by the plain fused products, bit for bit: the factor is summed in that kernel's order and each

@@ -227,37 +227,46 @@ TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
 }
 
 // A 4-bit model's decode step with o's and down's products (and their residual adds) through the streamed kernel
-// (RuntimeConfig::cuda_qgemv_stream 1 and 2, qgemv_stream.cu), with and without programmatic dependent launch: the
+// (RuntimeConfig::cuda_qgemv_stream 1 and 2, qgemv_stream.cu), and with the normed launches (q/k/v with the rope,
+// gate/up with swiglu) streamed too (cuda_qgemv_stream_normed), with and without programmatic dependent launch: the
 // recorded step equals the eager one bit for bit, and both stay within 2^-6 of the largest logit of variant 9's own
-// kernel (the streamed sums take each chunk's sum of x in another order, and variant 9 here has SPREAD: the hidden
-// states differ by bf16 roundings, not by a wrong product, which would move the logits by their own size). The kernel
-// must have run twice a layer a step.
+// kernels (the streamed sums take each chunk's sum of x in another order, the streamed norm does not round the normed
+// x, and variant 9 here has SPREAD: the hidden states differ by bf16 roundings, not by a wrong product, which would
+// move the logits by their own size). The kernels must have run: two single products a layer a step, and two normed
+// launches.
 TEST(DecodeGraphQuantized, StreamSameLogitsEagerAndRecorded) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   const int64_t layers = model->config().n_layer;
-  std::vector<std::vector<float>> logits[5];
-  for (int mode = 0; mode < 5; ++mode) {  // 0: variant 9's kernel; 1, 2: STREAM=1, 2; 3, 4: the same with PDL
-    const int stream = mode == 0 ? 0 : 2 - mode % 2;
+  constexpr int kModes = 7;
+  std::vector<std::vector<float>> logits[kModes];
+  for (int mode = 0; mode < kModes;
+       ++mode) {  // 0: variant 9's kernels; 1, 2: STREAM=1, 2; 3, 4: with PDL; 5, 6: normed
+    const int stream = mode == 0 ? 0 : mode >= 5 ? 1 : 2 - mode % 2;
+    const bool normed = mode >= 5;
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = 9;
     rc.fused_epilogues = rc.fused_norms = rc.fused_rope = rc.cuda_gemv = true;
     rc.cuda_qgemv_stream = stream;
-    rc.cuda_pdl = mode >= 3;
+    rc.cuda_qgemv_stream_normed = normed;
+    rc.cuda_pdl = (mode >= 3 && mode <= 4) || mode == 6;
     ScopedRuntimeConfig scoped(rc);
-    const std::string what = "stream " + std::to_string(stream) + (rc.cuda_pdl ? ", PDL" : "");
+    const std::string what =
+        "stream " + std::to_string(stream) + (normed ? ", normed streamed" : "") + (rc.cuda_pdl ? ", PDL" : "");
     Prefilled c(*model, DType::bf16, 20, 31, 7);
     DecodeGraph graph(*model, c.graphed);
     for (int step = 0; step < 6; ++step) {
       const int32_t token = int32_t((step * 43 + 11) % 301);
-      const int64_t before = cuda_qgemv_stream_launches();
+      const int64_t before = cuda_qgemv_stream_launches(), before_normed = cuda_qgemv_stream_normed_launches();
       std::vector<float> eager_logits = eager_step(*model, c.eager, token);
       EXPECT_EQ(cuda_qgemv_stream_launches() - before, stream ? 2 * layers : 0) << what << ", step " << step;
+      EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before_normed, normed ? 2 * layers : 0)
+          << what << ", step " << step;
       ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
       logits[mode].push_back(eager_logits);
     }
   }
-  for (int mode = 1; mode < 5; ++mode)
+  for (int mode = 1; mode < kModes; ++mode)
     for (size_t step = 0; step < logits[0].size(); ++step) {
       const std::vector<float>&want = logits[0][step], &got = logits[mode][step];
       ASSERT_EQ(got.size(), want.size());
@@ -267,7 +276,7 @@ TEST(DecodeGraphQuantized, StreamSameLogitsEagerAndRecorded) {
         worst = std::max(worst, std::fabs(got[i] - want[i]));
       }
       EXPECT_GT(peak, 0.f);
-      EXPECT_LE(worst, peak / 64) << "mode " << mode << ", step " << step << " against variant 9's kernel";
+      EXPECT_LE(worst, peak / 64) << "mode " << mode << ", step " << step << " against variant 9's kernels";
     }
 }
 

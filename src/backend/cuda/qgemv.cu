@@ -396,8 +396,9 @@ bool CudaBackend::quantized_gemv_normed(const void* x, const void* norm_w, float
       p.norm_w = static_cast<const T*>(norm_w);
       p.norm_eps = eps;
       if (rope) set_rope(p, *rope);
-      done =
-          (variant == 10 && !rope && launch_simt_ring<T>(bits, group_size, p)) || launch_simt<T>(bits, group_size, p);
+      done = (variant == 9 && launch_stream_normed<T>(bits, group_size, p)) ||
+             (variant == 10 && !rope && launch_simt_ring<T>(bits, group_size, p)) ||
+             launch_simt<T>(bits, group_size, p);
     }
   });
   if (done) normed_launches.fetch_add(1, std::memory_order_relaxed);

@@ -359,6 +359,11 @@ bool launch_simt(int bits, int group_size, QgemvParams<T> p);
 // variant 9's own kernel).
 template <typename T>
 bool launch_stream(int bits, int group_size, const QgemvParams<T>& p);
+// Variant 9's normed launches (q/k/v with or without the rope epilogue, gate/up with swiglu) streamed the same way, the
+// norm's factor taken out of the sums (qgemv_stream.cu; RuntimeConfig::cuda_qgemv_stream_normed); false elsewhere or
+// when the switch is off.
+template <typename T>
+bool launch_stream_normed(int bits, int group_size, QgemvParams<T> p);
 // Variant 9's lanes fed through a ring of cp.async stages a warp (qgemv_simt_ring.cu, variant 10): M = 1, 4 bits,
 // K <= 28672, groups a row a multiple of 8 and 16-byte aligned scales and biases; false elsewhere (the caller falls
 // back to variant 9's kernel, then 7's).

@@ -22,9 +22,10 @@
 
 namespace lmtune {
 namespace {
-std::atomic<int64_t> stream_launches{0};
+std::atomic<int64_t> stream_launches{0}, stream_normed_launches{0};
 }  // namespace
 int64_t cuda_qgemv_stream_launches() { return stream_launches.load(); }
+int64_t cuda_qgemv_stream_normed_launches() { return stream_normed_launches.load(); }
 }  // namespace lmtune
 
 namespace lmtune::qgemv {
@@ -53,20 +54,36 @@ __device__ __forceinline__ void load_step(const uint32_t* const (&w)[kRows], con
   }
 }
 
-// The chunk of step st (x at xc, its 32 values) added into y: variant 9's chunk_dot with x from global memory.
-template <typename T>
-__device__ __forceinline__ void chunk_use(const T* xc, const Step& st, float (&y)[kRows]) {
-  uint4 xu[4];
+// The chunk of step st (x at xc, its 32 values) added into y: variant 9's chunk_dot with x from global memory. NORM:
+// x times the norm's weight (at wc) in f32, unrounded, and x^2 added into ss (the caller scales the sums by the rms
+// factor at the end).
+template <typename T, bool NORM = false>
+__device__ __forceinline__ void chunk_use(const T* xc, const Step& st, float (&y)[kRows], const T* wc = nullptr,
+                                          float* ss = nullptr) {
+  uint4 xu[4];  // all four loads first; with NORM (a weight load each too) one at a time, for registers
+  if constexpr (!NORM) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) xu[j] = __ldg(reinterpret_cast<const uint4*>(xc) + j);
+    for (int j = 0; j < 4; ++j) xu[j] = __ldg(reinterpret_cast<const uint4*>(xc) + j);
+  }
   float a[kRows][4], sx = 0.f;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
+    if constexpr (NORM) xu[j] = __ldg(reinterpret_cast<const uint4*>(xc) + j);
     const uint32_t h[4] = {xu[j].x, xu[j].y, xu[j].z, xu[j].w};
     float xv[8];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
       xv[2 * i] = simt::f32_of_bits<T>(h[i]), xv[2 * i + 1] = simt::f32_of_bits<T>(h[i] >> 16);
+    if constexpr (NORM) {
+      const uint4 wu = __ldg(reinterpret_cast<const uint4*>(wc) + j);
+      const uint32_t g[4] = {wu.x, wu.y, wu.z, wu.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        *ss = fmaf(xv[2 * i], xv[2 * i], *ss);
+        *ss = fmaf(xv[2 * i + 1], xv[2 * i + 1], *ss);
+        xv[2 * i] *= simt::f32_of_bits<T>(g[i]), xv[2 * i + 1] *= simt::f32_of_bits<T>(g[i] >> 16);
+      }
+    }
 #pragma unroll
     for (int k = 0; k < 8; ++k) sx += xv[k];
 #pragma unroll
@@ -179,6 +196,76 @@ void launch_stream_kernel(const QgemvParams<T>& p) {
   stream_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
+// Variant 9's normed launches streamed (LMTUNE_CUDA_QGEMV_STREAM_NORMED=1): q/k/v with the rope epilogue, or gate/up
+// with swiglu, x normed inside. A warp takes one of variant 9's two-row tasks (simt::rows_of: a rotated pair of q, k
+// or v; gate's and up's row for swiglu; else two rows of a matrix), one task a warp, and stores it with variant 9's
+// epilogues (simt::store_task). NORM: rms_norm's factor comes out of the sums, y = rs sum q (x w): each warp adds
+// x^2 over all of x as it streams it (every warp covers the whole row, lanes in the same order: the same rs in every
+// warp) and multiplies its two sums by rs = 1 / sqrt(mean(x^2) + eps) at the end. The values differ from rms_norm's
+// followed by the products by rms_norm's rounding of the normed x to T (not made here) and by its order of the sum of
+// x^2: within a few ulp of the output, not bit for bit. With NORM 3 blocks a multiprocessor (at 4, 64 registers,
+// ptxas spilled ~100 bytes).
+template <typename T, int GS, bool SWIGLU, bool NORM>
+__global__ void __launch_bounds__(kStreamWarps * 32, NORM ? 3 : 4)
+    qgemv_stream_tasks_kernel(QgemvParams<T> p, int64_t tasks) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t task = int64_t(blockIdx.x) * kStreamWarps + warp;
+  const int64_t K = p.K, C = K / 32, groups = K / GS;
+  const bool here = task < tasks;
+  const simt::Rows<T, kRows> rows = simt::rows_of<T, kRows, SWIGLU>(p, here ? task : tasks - 1, K / 8, groups);
+  const uint32_t* w[kRows];
+  const T* sc[kRows];
+  const T* bi[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    w[r] = rows.w[r] + lane * 4;
+    sc[r] = rows.sc[r] + lane * 32 / GS;
+    bi[r] = rows.bi[r] + lane * 32 / GS;
+    asm("" : "+l"(w[r]), "+l"(sc[r]), "+l"(bi[r]));  // opaque, as in qgemv_stream_kernel
+  }
+  const int64_t C_here = here ? C : 0;
+  const T* xc = p.x + lane * 32;
+  const T* wc = NORM ? p.norm_w + lane * 32 : nullptr;
+  pdl_trigger();
+  Step cur;
+  load_step<T>(w, sc, bi, lane, C_here, cur);
+  pdl_wait();
+  if (!here) return;  // whole warps; no barrier below
+  float acc[kRows] = {0.f, 0.f}, ss = 0.f;
+  const auto advance = [&] {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) w[r] += 32 * 4, sc[r] += 32 * 32 / GS, bi[r] += 32 * 32 / GS;
+  };
+  Step next;
+  for (int64_t c0 = lane; c0 < C_here; c0 += 64) {
+    advance();
+    load_step<T>(w, sc, bi, c0 + 32, C_here, next);
+    chunk_use<T, NORM>(xc, cur, acc, wc, &ss);
+    if (c0 + 32 >= C_here) break;
+    advance();
+    load_step<T>(w, sc, bi, c0 + 64, C_here, cur);
+    chunk_use<T, NORM>(xc + 32 * 32, next, acc, NORM ? wc + 32 * 32 : nullptr, &ss);
+    xc += 64 * 32;
+    if constexpr (NORM) wc += 64 * 32;
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
+  if constexpr (NORM) {
+    const float rs = 1.f / sqrtf(warp_sum(ss) / float(K) + p.norm_eps);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] *= rs;
+  }
+  if (lane == 0) simt::store_task<T, kRows, SWIGLU>(p, task, acc);
+}
+
+template <typename T, int GS, bool SWIGLU, bool NORM>
+void launch_stream_tasks(const QgemvParams<T>& p, int64_t tasks) {
+  const dim3 grid(unsigned((tasks + kStreamWarps - 1) / kStreamWarps));
+  launch("quantized_gemv_stream_normed", qgemv_stream_tasks_kernel<T, GS, SWIGLU, NORM>, grid, kStreamWarps * 32, 0, p,
+         tasks);
+  stream_normed_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 template <typename T>
@@ -197,7 +284,27 @@ bool launch_stream(int bits, int group_size, const QgemvParams<T>& p) {
   });
 }
 
+template <typename T>
+bool launch_stream_normed(int bits, int group_size, QgemvParams<T> p) {
+  if (!runtime_config().cuda_qgemv_stream_normed || p.M != 1 || bits != 4 || p.residual || p.K % 32 != 0 ||
+      (p.swiglu && p.rope_inv_freq))
+    return false;
+  const int64_t tasks = p.swiglu ? p.N : simt::number_tasks(p, kRows);
+  if (tasks < 1) return false;
+  return simt::by_group_size(group_size, [&](auto gs) {
+    constexpr int GS = decltype(gs)::value;
+    const bool norm = p.norm_w != nullptr;
+    if (p.swiglu)
+      norm ? launch_stream_tasks<T, GS, true, true>(p, tasks) : launch_stream_tasks<T, GS, true, false>(p, tasks);
+    else
+      norm ? launch_stream_tasks<T, GS, false, true>(p, tasks) : launch_stream_tasks<T, GS, false, false>(p, tasks);
+    return true;
+  });
+}
+
 template bool launch_stream<bf16>(int, int, const QgemvParams<bf16>&);
 template bool launch_stream<f16>(int, int, const QgemvParams<f16>&);
+template bool launch_stream_normed<bf16>(int, int, QgemvParams<bf16>);
+template bool launch_stream_normed<f16>(int, int, QgemvParams<f16>);
 
 }  // namespace lmtune::qgemv

@@ -25,6 +25,7 @@ int64_t cuda_qgemv_rope_launches() { return 0; }
 int64_t cuda_qgemv_simt_early_launches() { return 0; }
 int64_t cuda_qgemv_simt_wide_launches() { return 0; }
 int64_t cuda_qgemv_stream_launches() { return 0; }
+int64_t cuda_qgemv_stream_normed_launches() { return 0; }
 int64_t cuda_decode_chain_launches() { return 0; }
 int64_t cuda_decode_chain_qkv_launches() { return 0; }
 
