@@ -125,6 +125,42 @@ auto run_outputs(const Operands& o, Host host) {
 
 std::vector<float> host_f32(const Tensor& t) { return ops::to(t, Device::cpu).to_f32_vector(); }
 
+// The rope epilogue's operands: H query heads and KV kv heads of head_dim D over K inputs, 4-bit q, k and v weights
+// (groups of 64), one row of x, a norm's weight near one, rope's inverse frequencies, a cache of 16 rows for k and v
+// (random, or zero) and the position 11 as a device value. Not copied: ws(), norm() and the rope's arguments point into
+// it.
+struct Heads {
+  int64_t H, KV, D, K;
+};
+struct RopeOperands {
+  RopeOperands(const Heads& s, DType dt, uint64_t seed, bool zero_cache)
+      : c{4, 64, 1, s.H * s.D, s.K},
+        wq(random_weight(s.H * s.D, s.K, c, dt, seed)),
+        wk(random_weight(s.KV * s.D, s.K, c, dt, seed + 1)),
+        wv(random_weight(s.KV * s.D, s.K, c, dt, seed + 2)),
+        x(ops::randn({1, 1, s.K}, seed + 3, 1.f, dt, Device::cuda)),
+        pos_at(ops::to(Tensor::from_i32({int32_t(pos)}, {}), Device::cuda)) {
+    std::vector<float> wn = ops::randn({s.K}, seed + 4, 0.2f, DType::f32, Device::cpu).to_f32_vector();
+    for (float& u : wn) u += 1.f;
+    w = ops::to(Tensor::from_f32(wn, {s.K}), Device::cuda, dt);
+    std::vector<float> fr(size_t(s.D / 2));
+    for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(s.D));
+    inv_freq = ops::to(Tensor::from_f32(fr, {s.D / 2}), Device::cuda);
+    kc = zero_cache ? ops::zeros({cap, s.KV, s.D}, dt, Device::cuda)
+                    : ops::randn({cap, s.KV, s.D}, seed + 5, 1.f, dt, Device::cuda);
+    vc = zero_cache ? ops::zeros({cap, s.KV, s.D}, dt, Device::cuda)
+                    : ops::randn({cap, s.KV, s.D}, seed + 6, 1.f, dt, Device::cuda);
+  }
+  RopeOperands(const RopeOperands&) = delete;
+  std::vector<ops::QuantizedWeight> ws() const { return {ref(wq), ref(wk), ref(wv)}; }
+  ops::InputNorm norm() const { return {&w, 1e-5f}; }
+  static constexpr int64_t cap = 16, pos = 11;
+  const QuantFormat f{QuantMode::affine, 4, 64};
+  Case c;
+  ops::AffineQuantized wq, wk, wv;
+  Tensor x, pos_at, w, inv_freq, kc, vc;
+};
+
 // The largest difference of got from want over want's largest magnitude (want's peak must not be 0; got no NaN).
 void expect_within(const std::vector<float>& got, const std::vector<float>& want, float bound,
                    const std::string& what) {
@@ -407,31 +443,18 @@ TEST(QgemvFused, StreamNormedMatchesNormThenProducts) {
                     host_f32(ops::quantized_swiglu_linear(h, ref(o.a), ref(o.b), o.f)), 4 * ulp, o.what + ": swiglu");
       EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before, 2) << o.what << ": streamed normed launches";
     }
-    struct Heads {
-      int64_t H, KV, D, K;
-    };
     for (const Heads& s : std::vector<Heads>{{32, 8, 128, 4096}, {6, 2, 48, 768}})
       for (int mode = 0; mode < 4; ++mode) {  // bit 0: the input norm; bit 1: the position on the device
         const bool normed = mode & 1, at = mode & 2;
         const std::string what = std::string(dtype_name(dt)) + " H" + std::to_string(s.H) + " D" + std::to_string(s.D) +
                                  (normed ? ", normed" : "") + (at ? ", position on the device" : "");
-        const Case c{4, 64, 1, s.H * s.D, s.K};
-        const QuantFormat f{QuantMode::affine, 4, 64};
-        const ops::AffineQuantized wq = random_weight(s.H * s.D, s.K, c, dt, seed += 7),
-                                   wk = random_weight(s.KV * s.D, s.K, c, dt, seed + 1),
-                                   wv = random_weight(s.KV * s.D, s.K, c, dt, seed + 2);
-        const std::vector<ops::QuantizedWeight> ws = {ref(wq), ref(wk), ref(wv)};
-        const Tensor x = ops::randn({1, 1, s.K}, seed + 3, 1.f, dt, Device::cuda);
-        std::vector<float> wn = ops::randn({s.K}, seed + 4, 0.2f, DType::f32, Device::cpu).to_f32_vector();
-        for (float& u : wn) u += 1.f;
-        const Tensor w = ops::to(Tensor::from_f32(wn, {s.K}), Device::cuda, dt);
-        const ops::InputNorm norm{&w, 1e-5f};
-        std::vector<float> fr(size_t(s.D / 2));
-        for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(s.D));
-        const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {s.D / 2}), Device::cuda);
-        const int64_t cap = 16, pos = 11;
-        const Tensor pos_at = ops::to(Tensor::from_i32({int32_t(pos)}, {}), Device::cuda);
-        Tensor kc = ops::zeros({cap, s.KV, s.D}, dt, Device::cuda), vc = ops::zeros({cap, s.KV, s.D}, dt, Device::cuda);
+        RopeOperands r(s, dt, seed += 7, true);
+        const Tensor &x = r.x, &w = r.w, &inv_freq = r.inv_freq, &pos_at = r.pos_at;
+        Tensor &kc = r.kc, &vc = r.vc;
+        const std::vector<ops::QuantizedWeight> ws = r.ws();
+        const ops::InputNorm norm = r.norm();
+        const QuantFormat& f = r.f;
+        const int64_t pos = r.pos;
         Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
         const int64_t before = cuda_qgemv_stream_normed_launches();
         const Tensor q_rot = ops::quantized_qkv_rope_append(
@@ -512,9 +535,6 @@ TEST(QgemvFused, NormedEqualsNormThenProducts) {
 // the rope epilogue; variant 7 has none and writes nothing.
 TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  struct Heads {
-    int64_t H, KV, D, K;
-  };
   const std::vector<Heads> shapes = {{32, 8, 128, 4096}, {4, 2, 64, 1024}, {6, 2, 48, 768}, {14, 2, 64, 896}};
   uint64_t seed = 1201;
   for (DType dt : {DType::bf16, DType::f16})
@@ -531,24 +551,13 @@ TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
           rc.cuda_qgemv_simt_spread = variant >= 11;
           rc.cuda_qgemv_simt_early = variant == 12;
           ScopedRuntimeConfig scoped(rc);
-          const Case c{4, 64, 1, s.H * s.D, s.K};
-          const QuantFormat f{QuantMode::affine, 4, 64};
-          const ops::AffineQuantized wq = random_weight(s.H * s.D, s.K, c, dt, seed += 7),
-                                     wk = random_weight(s.KV * s.D, s.K, c, dt, seed + 1),
-                                     wv = random_weight(s.KV * s.D, s.K, c, dt, seed + 2);
-          const std::vector<ops::QuantizedWeight> ws = {ref(wq), ref(wk), ref(wv)};
-          const Tensor x = ops::randn({1, 1, s.K}, seed + 3, 1.f, dt, Device::cuda);
-          std::vector<float> wn = ops::randn({s.K}, seed + 4, 0.2f, DType::f32, Device::cpu).to_f32_vector();
-          for (float& u : wn) u += 1.f;
-          const Tensor w = ops::to(Tensor::from_f32(wn, {s.K}), Device::cuda, dt);
-          const ops::InputNorm norm{&w, 1e-5f};
-          std::vector<float> fr(size_t(s.D / 2));
-          for (size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(s.D));
-          const Tensor inv_freq = ops::to(Tensor::from_f32(fr, {s.D / 2}), Device::cuda);
-          const int64_t cap = 16, pos = 11;
-          const Tensor pos_at = ops::to(Tensor::from_i32({int32_t(pos)}, {}), Device::cuda);
-          Tensor kc = ops::randn({cap, s.KV, s.D}, seed + 5, 1.f, dt, Device::cuda);
-          Tensor vc = ops::randn({cap, s.KV, s.D}, seed + 6, 1.f, dt, Device::cuda);
+          RopeOperands r(s, dt, seed += 7, false);
+          const Tensor &x = r.x, &w = r.w, &inv_freq = r.inv_freq, &pos_at = r.pos_at;
+          Tensor &kc = r.kc, &vc = r.vc;
+          const std::vector<ops::QuantizedWeight> ws = r.ws();
+          const ops::InputNorm norm = r.norm();
+          const QuantFormat& f = r.f;
+          const int64_t pos = r.pos;
           Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
           const std::vector<uint8_t> k_before = bytes(kc), v_before = bytes(vc);
 
