@@ -133,8 +133,9 @@ struct Heads {
   int64_t H, KV, D, K;
 };
 struct RopeOperands {
-  RopeOperands(const Heads& s, DType dt, uint64_t seed, bool zero_cache)
-      : c{4, 64, 1, s.H * s.D, s.K},
+  RopeOperands(const Heads& shape, DType dt, uint64_t seed, bool zero_cache)
+      : s(shape),
+        c{4, 64, 1, s.H * s.D, s.K},
         wq(random_weight(s.H * s.D, s.K, c, dt, seed)),
         wk(random_weight(s.KV * s.D, s.K, c, dt, seed + 1)),
         wv(random_weight(s.KV * s.D, s.K, c, dt, seed + 2)),
@@ -153,9 +154,24 @@ struct RopeOperands {
   }
   RopeOperands(const RopeOperands&) = delete;
   std::vector<ops::QuantizedWeight> ws() const { return {ref(wq), ref(wk), ref(wv)}; }
-  ops::InputNorm norm() const { return {&w, 1e-5f}; }
+  // The fused launch into kc and vc (normed: with the input norm; at: the position as a device value): q rotated, or
+  // undefined where the backend declined.
+  Tensor fused(bool normed, bool at) {
+    const ops::InputNorm norm{&w, 1e-5f};
+    return ops::quantized_qkv_rope_append(x, ws(), f, normed ? &norm : nullptr,
+                                          {&inv_freq, &kc, &vc, at ? 0 : pos, at ? &pos_at : nullptr});
+  }
+  // The same by the plain ops (rms_norm, the grouped products, rope_append) into k_cache and v_cache.
+  Tensor reference(bool normed, bool at, Tensor& k_cache, Tensor& v_cache) const {
+    const Tensor h = normed ? ops::rms_norm(x, w, 1e-5f).out : x;
+    const std::vector<Tensor> qkv = ops::quantized_linear_group(h, ws(), f);
+    return ops::rope_append(qkv[0].reshape({1, 1, s.H, s.D}), qkv[1].reshape({1, 1, s.KV, s.D}),
+                            qkv[2].reshape({1, 1, s.KV, s.D}), inv_freq, at ? 0 : pos, at ? &pos_at : nullptr, k_cache,
+                            v_cache);
+  }
   static constexpr int64_t cap = 16, pos = 11;
   const QuantFormat f{QuantMode::affine, 4, 64};
+  Heads s;
   Case c;
   ops::AffineQuantized wq, wk, wv;
   Tensor x, pos_at, w, inv_freq, kc, vc;
@@ -449,28 +465,17 @@ TEST(QgemvFused, StreamNormedMatchesNormThenProducts) {
         const std::string what = std::string(dtype_name(dt)) + " H" + std::to_string(s.H) + " D" + std::to_string(s.D) +
                                  (normed ? ", normed" : "") + (at ? ", position on the device" : "");
         RopeOperands r(s, dt, seed += 7, true);
-        const Tensor &x = r.x, &w = r.w, &inv_freq = r.inv_freq, &pos_at = r.pos_at;
-        Tensor &kc = r.kc, &vc = r.vc;
-        const std::vector<ops::QuantizedWeight> ws = r.ws();
-        const ops::InputNorm norm = r.norm();
-        const QuantFormat& f = r.f;
-        const int64_t pos = r.pos;
-        Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
+        Tensor kc_ref = ops::clone(r.kc), vc_ref = ops::clone(r.vc);
         const int64_t before = cuda_qgemv_stream_normed_launches();
-        const Tensor q_rot = ops::quantized_qkv_rope_append(
-            x, ws, f, normed ? &norm : nullptr, {&inv_freq, &kc, &vc, at ? 0 : pos, at ? &pos_at : nullptr});
+        const Tensor q_rot = r.fused(normed, at);
         ASSERT_TRUE(q_rot.defined()) << what;
         EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before, 1) << what << ": streamed normed launches";
-        const Tensor h = normed ? ops::rms_norm(x, w, 1e-5f).out : x;
-        const std::vector<Tensor> qkv = ops::quantized_linear_group(h, ws, f);
-        const Tensor q_ref = ops::rope_append(qkv[0].reshape({1, 1, s.H, s.D}), qkv[1].reshape({1, 1, s.KV, s.D}),
-                                              qkv[2].reshape({1, 1, s.KV, s.D}), inv_freq, at ? 0 : pos,
-                                              at ? &pos_at : nullptr, kc_ref, vc_ref);
+        const Tensor q_ref = r.reference(normed, at, kc_ref, vc_ref);
         ASSERT_TRUE(q_ref.defined()) << what;
         // The caches are zero but for row pos, so a bound relative to their largest value is row pos's.
         expect_within(host_f32(q_rot), host_f32(q_ref), 4 * ulp, what + ": q");
-        expect_within(host_f32(kc), host_f32(kc_ref), 4 * ulp, what + ": k's cache");
-        expect_within(host_f32(vc), host_f32(vc_ref), 4 * ulp, what + ": v's cache");
+        expect_within(host_f32(r.kc), host_f32(kc_ref), 4 * ulp, what + ": k's cache");
+        expect_within(host_f32(r.vc), host_f32(vc_ref), 4 * ulp, what + ": v's cache");
       }
   }
 }
@@ -552,18 +557,12 @@ TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
           rc.cuda_qgemv_simt_early = variant == 12;
           ScopedRuntimeConfig scoped(rc);
           RopeOperands r(s, dt, seed += 7, false);
-          const Tensor &x = r.x, &w = r.w, &inv_freq = r.inv_freq, &pos_at = r.pos_at;
           Tensor &kc = r.kc, &vc = r.vc;
-          const std::vector<ops::QuantizedWeight> ws = r.ws();
-          const ops::InputNorm norm = r.norm();
-          const QuantFormat& f = r.f;
-          const int64_t pos = r.pos;
           Tensor kc_ref = ops::clone(kc), vc_ref = ops::clone(vc);
           const std::vector<uint8_t> k_before = bytes(kc), v_before = bytes(vc);
 
           const int64_t launches = cuda_qgemv_rope_launches();
-          const Tensor q_rot = ops::quantized_qkv_rope_append(
-              x, ws, f, normed ? &norm : nullptr, {&inv_freq, &kc, &vc, at ? 0 : pos, at ? &pos_at : nullptr});
+          const Tensor q_rot = r.fused(normed, at);
           const bool ran = variant != 7;
           ASSERT_EQ(q_rot.defined(), ran) << what;
           ASSERT_EQ(cuda_qgemv_rope_launches() - launches, ran ? 1 : 0) << what;
@@ -572,11 +571,7 @@ TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
             EXPECT_EQ(bytes(vc), v_before) << what << ": declined, yet v's cache changed";
             continue;
           }
-          const Tensor h = normed ? ops::rms_norm(x, w, 1e-5f).out : x;
-          const std::vector<Tensor> qkv = ops::quantized_linear_group(h, ws, f);
-          const Tensor q_ref = ops::rope_append(qkv[0].reshape({1, 1, s.H, s.D}), qkv[1].reshape({1, 1, s.KV, s.D}),
-                                                qkv[2].reshape({1, 1, s.KV, s.D}), inv_freq, at ? 0 : pos,
-                                                at ? &pos_at : nullptr, kc_ref, vc_ref);
+          const Tensor q_ref = r.reference(normed, at, kc_ref, vc_ref);
           ASSERT_TRUE(q_ref.defined()) << what;
           EXPECT_EQ(bytes(q_rot), bytes(q_ref)) << what << ": q";
           EXPECT_EQ(bytes(kc), bytes(kc_ref)) << what << ": k's cache";
