@@ -106,6 +106,53 @@ __device__ __forceinline__ void chunk_use(const T* xc, const Step& st, float (&y
   }
 }
 
+// A warp's two rows streamed (rows: each row's words, scales and biases from its start): the lane's chunks c_first,
+// c_first + STRIDE, ... below C, one a step. The first step is loaded on construction, before the wait on the previous
+// kernel (the weights are constant); run() then adds every chunk into acc (NORM: chunk_use's), two steps an iteration
+// with two buffers taking turns, so that each step's loads go out before the step loaded last is used.
+template <typename T, int GS, int STRIDE>
+struct Stream {
+  const uint32_t* w[kRows];
+  const T* sc[kRows];
+  const T* bi[kRows];
+  int64_t c_first, C;
+  Step cur;
+
+  __device__ __forceinline__ Stream(const simt::Rows<T, kRows>& rows, int64_t c_first_, int64_t C_)
+      : c_first(c_first_), C(C_) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      w[r] = rows.w[r] + c_first * 4;
+      sc[r] = rows.sc[r] + c_first * 32 / GS;
+      bi[r] = rows.bi[r] + c_first * 32 / GS;
+      asm("" : "+l"(w[r]), "+l"(sc[r]), "+l"(bi[r]));  // opaque: not worked out again from the rows at every step
+    }
+    load_step<T>(w, sc, bi, c_first, C, cur);
+  }
+
+  template <bool NORM = false>
+  __device__ __forceinline__ void run(const T* x, float (&acc)[kRows], const T* norm_w = nullptr, float* ss = nullptr) {
+    const T* xc = x + c_first * 32;
+    const T* wc = NORM ? norm_w + c_first * 32 : nullptr;
+    const auto advance = [&] {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) w[r] += STRIDE * 4, sc[r] += STRIDE * 32 / GS, bi[r] += STRIDE * 32 / GS;
+    };
+    Step next;
+    for (int64_t c0 = c_first; c0 < C; c0 += 2 * STRIDE) {
+      advance();
+      load_step<T>(w, sc, bi, c0 + STRIDE, C, next);
+      chunk_use<T, NORM>(xc, cur, acc, wc, ss);
+      if (c0 + STRIDE >= C) break;
+      advance();
+      load_step<T>(w, sc, bi, c0 + 2 * STRIDE, C, cur);
+      chunk_use<T, NORM>(xc + STRIDE * 32, next, acc, NORM ? wc + STRIDE * 32 : nullptr, ss);
+      xc += 2 * STRIDE * 32;
+      if constexpr (NORM) wc += 2 * STRIDE * 32;
+    }
+  }
+};
+
 // SPLIT warps a pair of rows (1 or 2: LMTUNE_CUDA_QGEMV_STREAM's value), piece p of them taking the stripes of 32
 // chunks p, p + SPLIT, ..., so that a product of few rows (o's, down's 4,096) has twice the warps with 2; the pieces'
 // sums meet in shared memory, piece 0's first. RES: y = residual + y (the product rounded to T first, then added in f32
@@ -116,45 +163,20 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4)
                         const T* __restrict__ biases, const T* residual, T* y, int64_t N, int64_t K) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, piece = warp % SPLIT;
   const int64_t n0 = (int64_t(blockIdx.x) * (kStreamWarps / SPLIT) + warp / SPLIT) * kRows;
-  const int64_t C = K / 32, groups = K / GS;
-  const int64_t c_first = lane + 32 * piece;  // the lane's first chunk
-  constexpr int kStride = 32 * SPLIT;         // chunks from one of its steps to the next
-  // Each row's words, scales and biases at the lane's first chunk. A last warp of one row reads it twice and stores it
-  // once; warps past N load nothing and add nothing, but meet the others at the barrier.
-  const uint32_t* w[kRows];
-  const T* sc[kRows];
-  const T* bi[kRows];
+  const int64_t groups = K / GS;
+  // Each row's words, scales and biases. A last warp of one row reads it twice and stores it once; warps past N load
+  // nothing and add nothing, but meet the others at the barrier.
+  simt::Rows<T, kRows> rows;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int64_t row = min(n0 + r, N - 1);
-    w[r] = wq + row * (K / 8) + c_first * 4;
-    sc[r] = scales + row * groups + c_first * 32 / GS;
-    bi[r] = biases + row * groups + c_first * 32 / GS;
-    asm("" : "+l"(w[r]), "+l"(sc[r]), "+l"(bi[r]));  // opaque: not worked out again from n0 at every step
+    rows.w[r] = wq + row * (K / 8), rows.sc[r] = scales + row * groups, rows.bi[r] = biases + row * groups;
   }
-  const int64_t C_here = n0 < N ? C : 0;  // chunks this warp streams
-  const T* xc = x + c_first * 32;
   pdl_trigger();
-  Step cur;
-  load_step<T>(w, sc, bi, c_first, C_here, cur);
+  Stream<T, GS, 32 * SPLIT> stream(rows, lane + 32 * piece, n0 < N ? K / 32 : 0);
   pdl_wait();
   float acc[kRows] = {0.f, 0.f};
-  const auto advance = [&] {
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) w[r] += kStride * 4, sc[r] += kStride * 32 / GS, bi[r] += kStride * 32 / GS;
-  };
-  // Two steps an iteration, two buffers taking turns: each step's loads go out before the step loaded last is used.
-  Step next;
-  for (int64_t c0 = c_first; c0 < C_here; c0 += 2 * kStride) {
-    advance();
-    load_step<T>(w, sc, bi, c0 + kStride, C_here, next);
-    chunk_use<T>(xc, cur, acc);
-    if (c0 + kStride >= C_here) break;
-    advance();
-    load_step<T>(w, sc, bi, c0 + 2 * kStride, C_here, cur);
-    chunk_use<T>(xc + kStride * 32, next, acc);
-    xc += 2 * kStride * 32;
-  }
+  stream.run(x, acc);
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
   if constexpr (SPLIT > 1) {
@@ -210,44 +232,15 @@ __global__ void __launch_bounds__(kStreamWarps * 32, NORM ? 3 : 4)
     qgemv_stream_tasks_kernel(QgemvParams<T> p, int64_t tasks) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t task = int64_t(blockIdx.x) * kStreamWarps + warp;
-  const int64_t K = p.K, C = K / 32, groups = K / GS;
+  const int64_t K = p.K, groups = K / GS;
   const bool here = task < tasks;
   const simt::Rows<T, kRows> rows = simt::rows_of<T, kRows, SWIGLU>(p, here ? task : tasks - 1, K / 8, groups);
-  const uint32_t* w[kRows];
-  const T* sc[kRows];
-  const T* bi[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    w[r] = rows.w[r] + lane * 4;
-    sc[r] = rows.sc[r] + lane * 32 / GS;
-    bi[r] = rows.bi[r] + lane * 32 / GS;
-    asm("" : "+l"(w[r]), "+l"(sc[r]), "+l"(bi[r]));  // opaque, as in qgemv_stream_kernel
-  }
-  const int64_t C_here = here ? C : 0;
-  const T* xc = p.x + lane * 32;
-  const T* wc = NORM ? p.norm_w + lane * 32 : nullptr;
   pdl_trigger();
-  Step cur;
-  load_step<T>(w, sc, bi, lane, C_here, cur);
+  Stream<T, GS, 32> stream(rows, lane, here ? K / 32 : 0);
   pdl_wait();
   if (!here) return;  // whole warps; no barrier below
   float acc[kRows] = {0.f, 0.f}, ss = 0.f;
-  const auto advance = [&] {
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) w[r] += 32 * 4, sc[r] += 32 * 32 / GS, bi[r] += 32 * 32 / GS;
-  };
-  Step next;
-  for (int64_t c0 = lane; c0 < C_here; c0 += 64) {
-    advance();
-    load_step<T>(w, sc, bi, c0 + 32, C_here, next);
-    chunk_use<T, NORM>(xc, cur, acc, wc, &ss);
-    if (c0 + 32 >= C_here) break;
-    advance();
-    load_step<T>(w, sc, bi, c0 + 64, C_here, cur);
-    chunk_use<T, NORM>(xc + 32 * 32, next, acc, NORM ? wc + 32 * 32 : nullptr, &ss);
-    xc += 64 * 32;
-    if constexpr (NORM) wc += 64 * 32;
-  }
+  stream.template run<NORM>(p.x, acc, p.norm_w, &ss);
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
   if constexpr (NORM) {
@@ -271,8 +264,7 @@ void launch_stream_tasks(const QgemvParams<T>& p, int64_t tasks) {
 template <typename T>
 bool launch_stream(int bits, int group_size, const QgemvParams<T>& p) {
   const int64_t split = runtime_config().cuda_qgemv_stream;
-  if (split == 0 || p.M != 1 || bits != 4 || p.count != 1 || p.swiglu || p.norm_w || p.rope_inv_freq || p.K % 32 != 0 ||
-      p.N < 1)
+  if (split == 0 || p.count != 1 || p.swiglu || p.norm_w || p.rope_inv_freq || p.N < 1 || !simt::takes(bits, p))
     return false;
   return simt::by_group_size(group_size, [&](auto gs) {
     constexpr int GS = decltype(gs)::value;
@@ -286,9 +278,7 @@ bool launch_stream(int bits, int group_size, const QgemvParams<T>& p) {
 
 template <typename T>
 bool launch_stream_normed(int bits, int group_size, QgemvParams<T> p) {
-  if (!runtime_config().cuda_qgemv_stream_normed || p.M != 1 || bits != 4 || p.residual || p.K % 32 != 0 ||
-      (p.swiglu && p.rope_inv_freq))
-    return false;
+  if (!runtime_config().cuda_qgemv_stream_normed || p.residual || !simt::takes(bits, p)) return false;
   const int64_t tasks = p.swiglu ? p.N : simt::number_tasks(p, kRows);
   if (tasks < 1) return false;
   return simt::by_group_size(group_size, [&](auto gs) {
