@@ -83,8 +83,10 @@ RuntimeConfig runtime_config_from_env(const std::function<const char*(const char
       read_count("LMTUNE_CUDA_QGEMV_SIMT_TASKS", var("LMTUNE_CUDA_QGEMV_SIMT_TASKS"), d.cuda_qgemv_simt_tasks);
   LMT_CHECK(c.cuda_qgemv_simt_tasks <= 8, "[runtime_config] LMTUNE_CUDA_QGEMV_SIMT_TASKS must be 0 to 8, got ",
             c.cuda_qgemv_simt_tasks);
-  c.cuda_qgemv_stream_normed = read_switch("LMTUNE_CUDA_QGEMV_STREAM_NORMED", var("LMTUNE_CUDA_QGEMV_STREAM_NORMED"),
-                                           d.cuda_qgemv_stream_normed);
+  c.cuda_qgemv_stream_normed =
+      read_count("LMTUNE_CUDA_QGEMV_STREAM_NORMED", var("LMTUNE_CUDA_QGEMV_STREAM_NORMED"), d.cuda_qgemv_stream_normed);
+  LMT_CHECK(c.cuda_qgemv_stream_normed <= 2, "[runtime_config] LMTUNE_CUDA_QGEMV_STREAM_NORMED must be 0, 1 or 2, got ",
+            c.cuda_qgemv_stream_normed);
   c.cuda_qgemv_stream = read_count("LMTUNE_CUDA_QGEMV_STREAM", var("LMTUNE_CUDA_QGEMV_STREAM"), d.cuda_qgemv_stream);
   LMT_CHECK(c.cuda_qgemv_stream <= 2, "[runtime_config] LMTUNE_CUDA_QGEMV_STREAM must be 0, 1 or 2, got ",
             c.cuda_qgemv_stream);

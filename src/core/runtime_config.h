@@ -85,8 +85,9 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_QGEMV_STREAM_NORMED=1: variant 9's normed launches (q/k/v with the rope epilogue, gate/up with swiglu)
   // streamed the same way, one two-row task a warp, rms_norm's factor taken out of the sums (y = rs sum q (x w)) so
   // that x is never staged; the values differ from rms_norm's then the products' by its rounding of the normed x (a few
-  // ulp of the output; qgemv_stream.cu). Off: written in session 31 without a GPU, not yet measured.
-  bool cuda_qgemv_stream_normed = false;
+  // ulp of the output; qgemv_stream.cu). 2: q/k/v only (gate/up, issue-bound at ~6 slots a code, stays variant 9's).
+  // 0: off (written in session 31 without a GPU, not yet measured).
+  int64_t cuda_qgemv_stream_normed = 0;
   // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
   // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off: slower than the launches it
   // replaces on an H100, 67 against 55 us a layer, bench/NOTES.md, session 30).

@@ -437,7 +437,7 @@ TEST(QgemvFused, StreamNormedMatchesNormThenProducts) {
   uint64_t seed = 3301;
   RuntimeConfig rc = runtime_config();
   rc.cuda_qgemv_variant = 9;
-  rc.cuda_qgemv_stream_normed = true;
+  rc.cuda_qgemv_stream_normed = 1;
   ScopedRuntimeConfig scoped(rc);
   for (DType dt : {DType::bf16, DType::f16}) {
     const float ulp = dt == DType::bf16 ? 0.00390625f : 0.00048828125f;  // 2^-8, 2^-11

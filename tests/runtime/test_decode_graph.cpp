@@ -233,17 +233,17 @@ TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
 // kernels (the streamed sums take each chunk's sum of x in another order, the streamed norm does not round the normed
 // x, and variant 9 here has SPREAD: the hidden states differ by bf16 roundings, not by a wrong product, which would
 // move the logits by their own size). The kernels must have run: two single products a layer a step, and two normed
-// launches.
+// launches (one, q/k/v's, with cuda_qgemv_stream_normed 2).
 TEST(DecodeGraphQuantized, StreamSameLogitsEagerAndRecorded) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = random_model({DType::bf16, 128}, 4);
   const int64_t layers = model->config().n_layer;
-  constexpr int kModes = 7;
+  constexpr int kModes = 8;
   std::vector<std::vector<float>> logits[kModes];
-  for (int mode = 0; mode < kModes;
-       ++mode) {  // 0: variant 9's kernels; 1, 2: STREAM=1, 2; 3, 4: with PDL; 5, 6: normed
+  // 0: variant 9's kernels; 1, 2: STREAM=1, 2; 3, 4: with PDL; 5, 6: normed (6 with PDL); 7: q/k/v's normed only
+  for (int mode = 0; mode < kModes; ++mode) {
     const int stream = mode == 0 ? 0 : mode >= 5 ? 1 : 2 - mode % 2;
-    const bool normed = mode >= 5;
+    const int64_t normed = mode == 7 ? 2 : mode >= 5 ? 1 : 0;
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = 9;
     rc.fused_epilogues = rc.fused_norms = rc.fused_rope = rc.cuda_gemv = true;
@@ -252,7 +252,7 @@ TEST(DecodeGraphQuantized, StreamSameLogitsEagerAndRecorded) {
     rc.cuda_pdl = (mode >= 3 && mode <= 4) || mode == 6;
     ScopedRuntimeConfig scoped(rc);
     const std::string what =
-        "stream " + std::to_string(stream) + (normed ? ", normed streamed" : "") + (rc.cuda_pdl ? ", PDL" : "");
+        "stream " + std::to_string(stream) + ", normed " + std::to_string(normed) + (rc.cuda_pdl ? ", PDL" : "");
     Prefilled c(*model, DType::bf16, 20, 31, 7);
     DecodeGraph graph(*model, c.graphed);
     for (int step = 0; step < 6; ++step) {
@@ -260,7 +260,9 @@ TEST(DecodeGraphQuantized, StreamSameLogitsEagerAndRecorded) {
       const int64_t before = cuda_qgemv_stream_launches(), before_normed = cuda_qgemv_stream_normed_launches();
       std::vector<float> eager_logits = eager_step(*model, c.eager, token);
       EXPECT_EQ(cuda_qgemv_stream_launches() - before, stream ? 2 * layers : 0) << what << ", step " << step;
-      EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before_normed, normed ? 2 * layers : 0)
+      EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before_normed, normed == 1   ? 2 * layers
+                                                                     : normed == 2 ? layers
+                                                                                   : 0)
           << what << ", step " << step;
       ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
       logits[mode].push_back(eager_logits);

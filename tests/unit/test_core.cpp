@@ -148,7 +148,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_FALSE(d.cuda_qgemv_simt_early);
   EXPECT_FALSE(d.cuda_qgemv_simt_wide);
   EXPECT_EQ(d.cuda_qgemv_stream, 0);
-  EXPECT_FALSE(d.cuda_qgemv_stream_normed);
+  EXPECT_EQ(d.cuda_qgemv_stream_normed, 0);
   EXPECT_FALSE(d.cuda_decode_chain);
   EXPECT_FALSE(d.cuda_decode_chain_qkv);
   EXPECT_EQ(d.cuda_qgemv_variant, 9);
@@ -183,7 +183,7 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
          {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"},
          {"LMTUNE_CUDA_QGEMV_STREAM", "2"},
-         {"LMTUNE_CUDA_QGEMV_STREAM_NORMED", "1"},
+         {"LMTUNE_CUDA_QGEMV_STREAM_NORMED", "2"},
          {"LMTUNE_CUDA_DECODE_CHAIN", "1"},
          {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "1"}};
   RuntimeConfig c = runtime_config_from_env(get);
@@ -198,7 +198,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_TRUE(c.cuda_qgemv_simt_early);
   EXPECT_TRUE(c.cuda_qgemv_simt_wide);
   EXPECT_EQ(c.cuda_qgemv_stream, 2);
-  EXPECT_TRUE(c.cuda_qgemv_stream_normed);
+  EXPECT_EQ(c.cuda_qgemv_stream_normed, 2);
   EXPECT_TRUE(c.cuda_decode_chain);
   EXPECT_TRUE(c.cuda_decode_chain_qkv);
   EXPECT_EQ(c.cuda_qgemv_variant, 3);
@@ -234,7 +234,7 @@ TEST(RuntimeConfig, FromEnvironment) {
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "2"},
                                                      {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "on"},
                                                      {"LMTUNE_CUDA_QGEMV_STREAM", "3"},
-                                                     {"LMTUNE_CUDA_QGEMV_STREAM_NORMED", "2"},
+                                                     {"LMTUNE_CUDA_QGEMV_STREAM_NORMED", "3"},
                                                      {"LMTUNE_CUDA_DECODE_CHAIN", "2"},
                                                      {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "x"}};
   for (const auto& [name, value] : bad) {

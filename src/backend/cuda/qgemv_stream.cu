@@ -278,7 +278,8 @@ bool launch_stream(int bits, int group_size, const QgemvParams<T>& p) {
 
 template <typename T>
 bool launch_stream_normed(int bits, int group_size, QgemvParams<T> p) {
-  if (!runtime_config().cuda_qgemv_stream_normed || p.residual || !simt::takes(bits, p)) return false;
+  const int64_t which = runtime_config().cuda_qgemv_stream_normed;  // 1: q/k/v and gate/up; 2: q/k/v only
+  if (which == 0 || (which == 2 && p.swiglu) || p.residual || !simt::takes(bits, p)) return false;
   const int64_t tasks = p.swiglu ? p.N : simt::number_tasks(p, kRows);
   if (tasks < 1) return false;
   return simt::by_group_size(group_size, [&](auto gs) {
