@@ -6,6 +6,15 @@
 #       into DIR/build (without ggml's flash-attention kernels, GGML_CUDA_FA=OFF: they double the
 #       build, ~6 min on the GPU machine's 16 cores, and tg128 attends over at most 128 tokens, a
 #       fraction of a percent of a decode step); touches DIR/built when done.
+#   bench/bench_llamacpp_gpu.sh prebuild TARBALL BIN_TARBALL   (here, on the CPU machine: ~25 min on 2 cores)
+#       the same build for sm_90, made where no GPU (and no libcuda) is: the driver's symbols come from a stub
+#       libcuda.so.1 that the real driver replaces at run time, cuBLAS's headers and libraries from .deps/cublas
+#       (scripts/fetch-cublas); llama-bench, llama-quantize and their libraries, stripped, go to BIN_TARBALL (~29 MB
+#       of xz), so that a device call spends no time on the build (scripts/gpu-check takes
+#       .gpu/peers/llamacpp-sm90-bin.tar.xz when it is there).
+#   bench/bench_llamacpp_gpu.sh unpack TARBALL BIN_TARBALL DIR
+#       on the GPU machine: the source (for the converter) and the prebuilt binaries into DIR; touches DIR/built
+#       when every library they need resolves (ldd), else exits 1 (gpu-check then builds instead).
 #   bench/bench_llamacpp_gpu.sh run DIR MODEL OUT
 #       waits for DIR/built, converts the Hugging Face folder MODEL with llama.cpp's own
 #       convert_hf_to_gguf.py to F16, quantizes it with llama-quantize to Q4_0 and Q4_K_M, and runs
@@ -13,6 +22,18 @@
 #       both; the markdown table goes to OUT.
 set -uo pipefail
 cmd="${1:-}"
+# The prebuilt binaries' run path names this machine's folders: on the GPU machine their own libraries come first,
+# then the folders of the CUDA runtime and cuBLAS there (the toolkit beside nvcc, or the Python packages' copies).
+bench_llamacpp_libpath() {
+  local cuda path="$1/build/bin" lib f
+  cuda="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")")"
+  for lib in libcudart.so.13 libcublas.so.13; do
+    f="$(find "$cuda" /usr/local /usr/lib /opt $(python3 -c 'import site; print(*site.getsitepackages())' 2>/dev/null) \
+      -name "$lib" 2>/dev/null | head -n 1)"
+    [[ -n "$f" ]] && path="$path:$(dirname "$f")"
+  done
+  echo "$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
 case "$cmd" in
   build)
     tarball="$2" dir="$3"
@@ -25,8 +46,45 @@ case "$cmd" in
     ninja -C "$dir/build" -j "${JOBS:-$(nproc)}" llama-bench llama-quantize || exit 1
     touch "$dir/built"
     ;;
+  prebuild)
+    tarball="$(realpath "$2")" bin="$(realpath -m "$3")" cublas="$(cd "$(dirname "$0")/.." && pwd)/.deps/cublas"
+    [[ -f "$cublas/include/cublas_v2.h" ]] || { echo "bench_llamacpp_gpu: no cuBLAS in $cublas (scripts/fetch-cublas)"; exit 1; }
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    mkdir -p "$work/src" "$work/stub" "$work/pkg/build"
+    tar xJf "$tarball" -C "$work/src" --strip-components=1 || exit 1
+    # The driver calls ggml-cuda makes, as symbols only: the stub is never loaded at run time.
+    for f in cuDeviceGet cuDeviceGetAttribute cuGetErrorString cuMemAddressFree cuMemAddressReserve cuMemCreate \
+      cuMemGetAllocationGranularity cuMemMap cuMemRelease cuMemSetAccess cuMemUnmap; do
+      echo "int $f(void) { return 0; }"
+    done >"$work/stub/stub.c"
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$work/stub/libcuda.so" "$work/stub/stub.c" || exit 1
+    ln -s libcuda.so "$work/stub/libcuda.so.1"
+    cmake -S "$work/src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DCMAKE_LIBRARY_PATH="$cublas/lib" \
+      -DCMAKE_CUDA_FLAGS="-I$cublas/include" -DCMAKE_CXX_FLAGS="-I$cublas/include" \
+      -DCUDA_cuda_driver_LIBRARY="$work/stub/libcuda.so" -DCMAKE_SKIP_RPATH=ON >"$work/configure.log" 2>&1 ||
+      { tail -n 30 "$work/configure.log"; exit 1; }
+    LD_LIBRARY_PATH="$work/stub:$cublas/lib" ninja -C "$work/build" -j "${JOBS:-$(nproc)}" llama-bench llama-quantize ||
+      exit 1
+    cp -a "$work/build/bin" "$work/pkg/build/" && strip --strip-unneeded "$work/pkg/build/bin"/*.so.* \
+      "$work/pkg/build/bin"/llama-* || exit 1
+    tar cJf "$bin.part" -C "$work/pkg" build && mv "$bin.part" "$bin"
+    ls -la "$bin"
+    ;;
+  unpack)
+    tarball="$2" bin="$3" dir="$4"
+    mkdir -p "$dir/src"
+    tar xJf "$tarball" -C "$dir/src" --strip-components=1 && tar xJf "$bin" -C "$dir" || exit 1
+    export LD_LIBRARY_PATH="$(bench_llamacpp_libpath "$dir")"
+    missing="$(ldd "$dir/build/bin/llama-bench" "$dir/build/bin/llama-quantize" | grep "not found" | sort -u)"
+    [[ -z "$missing" ]] || { echo "bench_llamacpp_gpu: the prebuilt binaries lack: $missing"; exit 1; }
+    touch "$dir/built"
+    ;;
   run)
     dir="$2" model="$3" out="$4"
+    export LD_LIBRARY_PATH="$(bench_llamacpp_libpath "$dir")"
     for _ in $(seq 1 900); do
       [[ -e "$dir/built" ]] && break
       sleep 1
@@ -51,7 +109,8 @@ case "$cmd" in
     exit "$rc"
     ;;
   *)
-    echo "usage: bench_llamacpp_gpu.sh build TARBALL DIR | run DIR MODEL OUT" >&2
+    echo "usage: bench_llamacpp_gpu.sh build TARBALL DIR | prebuild TARBALL BIN_TARBALL | unpack TARBALL BIN_TARBALL DIR" \
+      "| run DIR MODEL OUT" >&2
     exit 2
     ;;
 esac
