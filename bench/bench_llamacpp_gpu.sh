@@ -19,7 +19,7 @@
 #       waits for DIR/built, converts the Hugging Face folder MODEL with llama.cpp's own
 #       convert_hf_to_gguf.py to F16, quantizes it with llama-quantize to Q4_0 and Q4_K_M, and runs
 #       llama-bench (all layers on the GPU, -fa 0, pp512 and tg128, 3 repetitions) on
-#       both; the markdown table goes to OUT.
+#       both (LLAMACPP_QUANTS="Q4_0" for one); the markdown table goes to OUT.
 set -uo pipefail
 cmd="${1:-}"
 # The prebuilt binaries' run path names this machine's folders: on the GPU machine their own libraries come first,
@@ -96,13 +96,16 @@ case "$cmd" in
     PYTHONPATH="$dir/src/gguf-py${PYTHONPATH:+:$PYTHONPATH}" "$py" "$dir/src/convert_hf_to_gguf.py" "$model" \
       --outtype f16 --outfile "$work/f16.gguf" >"$work/convert.log" 2>&1 || { tail -n 30 "$work/convert.log"; exit 1; }
     tail -n 3 "$work/convert.log"
-    for q in Q4_0 Q4_K_M; do
+    quants=(${LLAMACPP_QUANTS:-Q4_0 Q4_K_M})  # LLAMACPP_QUANTS="Q4_0": one quantization, a shorter call
+    for q in "${quants[@]}"; do
       "$dir/build/bin/llama-quantize" "$work/f16.gguf" "$work/$q.gguf" "$q" >"$work/quantize.log" 2>&1 ||
         { tail -n 30 "$work/quantize.log"; exit 1; }
       grep -E "model size|quant size" "$work/quantize.log"
     done
     rm -f "$work/f16.gguf"
-    "$dir/build/bin/llama-bench" -m "$work/Q4_0.gguf" -m "$work/Q4_K_M.gguf" -ngl 99 -fa 0 -p 512 -n 128 -r 3 \
+    models=()
+    for q in "${quants[@]}"; do models+=(-m "$work/$q.gguf"); done
+    "$dir/build/bin/llama-bench" "${models[@]}" -ngl 99 -fa 0 -p 512 -n 128 -r 3 \
       -o md | tee "$out"
     rc=${PIPESTATUS[0]}
     rm -rf "$work"
