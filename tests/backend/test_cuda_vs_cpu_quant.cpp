@@ -138,6 +138,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
   for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
+    rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
     ScopedRuntimeConfig scoped(rc);
     for (int bits : {2, 4, 8})
       for (int group : {32, 64, 128})
@@ -151,6 +152,7 @@ TEST_P(CudaVsCpu, QuantizedGemv) {
   {  // variant 9 with its codes spread in place and x pre-scaled (LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1)
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = 9;
+    rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
     rc.cuda_qgemv_simt_spread = true;
     ScopedRuntimeConfig scoped(rc);
     for (int group : {32, 64, 128}) run(4, group, 1, 37, 128 * 7, 0, 0);
@@ -280,6 +282,7 @@ TEST_P(CudaVsCpu, QuantizedGemvGroup) {
   for (int variant : {0, 5, 6, 7, 8, 9, 10}) {
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = variant;
+    rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
     ScopedRuntimeConfig scoped(rc);
     run(4, 64, 1, 4096, {4096, 1024, 1024});  // Mistral 7B's q, k, v
     run(4, 64, 1, 4096, {14336, 14336});      // gate, up

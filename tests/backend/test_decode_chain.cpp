@@ -61,6 +61,7 @@ TEST(DecodeChain, EqualsItsLaunches) {
 
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = 9;
+      rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
       rc.cuda_qgemv_simt_spread = rc.fused_epilogues = rc.cuda_gemv = true;
       rc.cuda_decode_chain = true;
       ScopedRuntimeConfig scoped(rc);
@@ -171,6 +172,7 @@ TEST(DecodeChain, NextQkvEqualsChainThenQkv) {
 
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = 9;
+        rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
         rc.cuda_qgemv_simt_spread = rc.fused_epilogues = rc.cuda_gemv = true;
         rc.cuda_decode_chain = true;
         ScopedRuntimeConfig scoped(rc);
@@ -214,6 +216,7 @@ TEST(DecodeChain, Declines) {
   for (int what = 0; what < 4; ++what) {  // the switch off, variant 7, SPREAD off, the quantized GEMV off
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = what == 1 ? 7 : 9;
+    rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
     rc.cuda_decode_chain = what != 0;
     rc.cuda_qgemv_simt_spread = what != 2;
     rc.cuda_gemv = what != 3;
@@ -225,6 +228,7 @@ TEST(DecodeChain, Declines) {
   }
   RuntimeConfig rc = runtime_config();
   rc.cuda_qgemv_variant = 9;
+  rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
   rc.cuda_qgemv_simt_spread = rc.fused_epilogues = rc.cuda_gemv = true;
   rc.cuda_decode_chain = true;
   ScopedRuntimeConfig scoped(rc);

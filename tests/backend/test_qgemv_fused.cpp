@@ -210,6 +210,7 @@ TEST(QgemvFused, SameAsPlainOps) {
     for (int variant : {0, 5, 6, 7, 8, 9, 10, 11}) {  // 11: variant 9 with LMTUNE_CUDA_QGEMV_SIMT_SPREAD=1
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant == 11 ? 9 : variant;
+      rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
       rc.cuda_qgemv_simt_spread = variant == 11;
       ScopedRuntimeConfig scoped(rc);
       for (const Case& c : cases) check_case(c, dt, int(rc.cuda_qgemv_variant), seed += 7);
@@ -234,6 +235,7 @@ TEST(QgemvFused, TmaEqualsLean) {
       for (int run = 0; run < 2; ++run) {
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = run == 0 ? 5 : 7;
+        rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
         ScopedRuntimeConfig scoped(rc);
         const int64_t before = cuda_qgemv_tma_launches();
         out[run] = run_outputs(o, bytes);
@@ -247,6 +249,7 @@ TEST(QgemvFused, TmaEqualsLean) {
       {
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = 5;
+        rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
         ScopedRuntimeConfig scoped(rc);
         lean_product = host_f32(ops::quantized_linear(o.x, o.a.wq, o.a.scales, o.a.biases, o.f));
       }
@@ -256,6 +259,7 @@ TEST(QgemvFused, TmaEqualsLean) {
       // largest output, 4 ulp, as the bound).
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = 7;
+      rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
       rc.cuda_qgemv_tma_split = 1;
       ScopedRuntimeConfig scoped(rc);
       const std::vector<float> got = host_f32(ops::quantized_linear(o.x, o.a.wq, o.a.scales, o.a.biases, o.f));
@@ -286,6 +290,7 @@ TEST(QgemvFused, RingMatchesLean) {
       for (int run = 0; run < 2; ++run) {
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = run == 0 ? 5 : 8;
+        rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
         ScopedRuntimeConfig scoped(rc);
         const int64_t before = cuda_qgemv_ring_launches();
         out[run] = run_outputs(o, host_f32);
@@ -323,6 +328,7 @@ TEST(QgemvFused, SimtRingEqualsSimt) {
       for (int run = 0; run < 2; ++run) {
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = run == 1 ? 10 : exact ? 9 : 5;
+        rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
         rc.cuda_qgemv_simt_spread = false;  // the ring shares variant 9's sums without the SPREAD layout
         ScopedRuntimeConfig scoped(rc);
         const int64_t before = cuda_qgemv_simt_ring_launches();
@@ -361,6 +367,7 @@ TEST(QgemvFused, SimtEarlyEqualsSimt) {
           const bool early = mode & 1, wide = mode & 2;
           RuntimeConfig rc = runtime_config();
           rc.cuda_qgemv_variant = 9;
+          rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
           rc.cuda_qgemv_simt_spread = spread;
           rc.cuda_qgemv_simt_early = early;
           rc.cuda_qgemv_simt_wide = wide;
@@ -499,6 +506,7 @@ TEST(QgemvFused, NormedEqualsNormThenProducts) {
         const std::string what = o.what + " variant " + std::to_string(variant);
         RuntimeConfig rc = runtime_config();
         rc.cuda_qgemv_variant = variant >= 11 ? 9 : variant;
+        rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
         rc.cuda_qgemv_simt_spread = variant >= 11;
         rc.cuda_qgemv_simt_early = variant == 12;
         ScopedRuntimeConfig scoped(rc);
@@ -553,6 +561,7 @@ TEST(QgemvFused, RopeAppendEqualsProductsThenRopeAppend) {
                                    (at ? ", position on the device" : "");
           RuntimeConfig rc = runtime_config();
           rc.cuda_qgemv_variant = variant >= 11 ? 9 : variant;
+          rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
           rc.cuda_qgemv_simt_spread = variant >= 11;
           rc.cuda_qgemv_simt_early = variant == 12;
           ScopedRuntimeConfig scoped(rc);

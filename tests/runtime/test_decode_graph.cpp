@@ -129,6 +129,7 @@ TEST(DecodeGraphQuantized, SameLogitsAsEager) {
   for (int run = 0; run < 22; ++run) {  // each of the 11 variants with and without PDL
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = run % 11;
+    rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
     rc.cuda_pdl = run >= 11;
     rc.group_gate_up = (run + run / 11) % 2 == 1;  // each variant both ways: once with PDL, once without
     ScopedRuntimeConfig scoped(rc);
@@ -161,6 +162,7 @@ TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
       const bool norms = mode & 1, rope = mode & 2;
       RuntimeConfig rc = runtime_config();
       rc.cuda_qgemv_variant = variant;
+      rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
       rc.fused_norms = norms;
       rc.fused_rope = rope;
       ScopedRuntimeConfig scoped(rc);
@@ -201,6 +203,7 @@ TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
     const bool chain = mode & 1 || mode >= 4, qkv = mode >= 4, pdl = mode & 2 || mode == 5;
     RuntimeConfig rc = runtime_config();
     rc.cuda_qgemv_variant = 9;
+    rc.cuda_qgemv_stream = rc.cuda_qgemv_stream_normed = 0;  // the variant's own kernels
     rc.cuda_qgemv_simt_spread = true;
     rc.fused_epilogues = rc.fused_norms = rc.fused_rope = rc.cuda_gemv = true;
     rc.cuda_decode_chain = chain;
