@@ -18,7 +18,8 @@
 #   [--kernels] [--ab-gqa]
 # --ab-gqa: the 4-bit decode at prompts 512 and 4096 with LMTUNE_CUDA_DECODE_GQA=0 and 1, twice each.
 # LMTUNE_BENCH_AB_ENV="A=0,B=0 A=1,B=0 ...": also the whole model's decode (prompts 16 and 512) under each
-# comma-separated set of environment switches, in the order given (alternate them to see the drift).
+# comma-separated set of environment switches, in the order given (alternate them to see the drift);
+# LMTUNE_BENCH_AB_ONLY=1 leaves out everything else but the model and its convert (no table then).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build"
@@ -41,12 +42,15 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 status=0
 start=$SECONDS
-if [[ -x "$build/bin/bench_stream" ]]; then
+only_ab="${LMTUNE_BENCH_AB_ONLY:-0}"  # 1: only the model, its convert and the LMTUNE_BENCH_AB_ENV runs (a short call)
+if ((!only_ab)) && [[ -x "$build/bin/bench_stream" ]]; then
   echo "== bench_stream: reads alone, row-major tile order against contiguous [$((SECONDS - start)) s]"
   "$build/bin/bench_stream" || status=1
 fi
-echo "== bench_quantized [$((SECONDS - start)) s]"
-"$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
+if ((!only_ab)); then
+  echo "== bench_quantized [$((SECONDS - start)) s]"
+  "$build/bin/bench_quantized" 2>&1 | tee "$tmp/products.txt" || status=1
+fi
 if ((ab)); then
   for vs in ${LMTUNE_BENCH_AB:-7:1 9:1 7:1 9:1}; do
     echo "== bench_quantized --rows 1, LMTUNE_CUDA_QGEMV_VARIANT=${vs%:*} LMTUNE_CUDA_QGEMV_RING_X_SMEM=${vs#*:} [$((SECONDS - start)) s]"
@@ -71,9 +75,10 @@ if ((profile)) && command -v ncu >/dev/null; then
   grep -E "qgemv|Duration|DRAM Throughput|dram__bytes_read|hit_rate|dram__sectors|srcunit_tex|Stall" \
     "$logdir/ncu-qgemv-v3.txt" | head -n 80
 fi
-echo "== lmtune perplexity on the CPU and on CUDA: models/default and its 4-bit convert [$((SECONDS - start)) s]"
-"$build/bin/lmtune" convert --hf-path "$root/models/default" --mlx-path "$tmp/default-q4" -q >/dev/null || status=1
-for m in "$root/models/default" "$tmp/default-q4"; do
+((only_ab)) || echo "== lmtune perplexity on the CPU and on CUDA: models/default and its 4-bit convert [$((SECONDS - start)) s]"
+((only_ab)) || "$build/bin/lmtune" convert --hf-path "$root/models/default" --mlx-path "$tmp/default-q4" -q >/dev/null ||
+  status=1
+((only_ab)) || for m in "$root/models/default" "$tmp/default-q4"; do
   for dev in cpu cuda; do
     echo "-- $(basename "$m") on $dev"
     "$build/bin/lmtune" perplexity --model "$m" --device "$dev" --data-path "$root/examples/data" --sequence-length 64 \
@@ -92,10 +97,13 @@ if [[ -n "$llamacpp" ]]; then
   LMTUNE_PYTHON="$py" bash "$root/bench/bench_llamacpp_gpu.sh" run "$llamacpp" "$tmp/model" "$tmp/llamacpp.md" || status=1
 fi
 rm -rf "$tmp/model"
-echo "== lmtune benchmark [$((SECONDS - start)) s]"
-"$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 512 -g 128 -n 3 2>&1 | tee "$tmp/bench.txt" || status=1
-echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
-"$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" || status=1
+if ((!only_ab)); then
+  echo "== lmtune benchmark [$((SECONDS - start)) s]"
+  "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 512 -g 128 -n 3 2>&1 | tee "$tmp/bench.txt" || status=1
+  echo "== lmtune benchmark, prompt 16 (llama-bench's tg128 starts from an empty cache) [$((SECONDS - start)) s]"
+  "$build/bin/lmtune" benchmark --model "$tmp/q4" --device cuda -p 16 -g 128 -n 3 2>&1 | tee "$tmp/bench16.txt" ||
+    status=1
+fi
 if ((ab_gqa)); then  # decoding's attention a block a query head (A) against blocks of the heads sharing a kv head (B)
   for gqa in 0 1 0 1; do
     for prompt in 512 4096; do
@@ -155,6 +163,7 @@ for k, us in sorted(tot.items(), key=lambda x: -x[1])[:25]:
     print(f"  {us:9.1f} us  {cnt[k]:4d} x  {k}")
 PY
 fi
+((only_ab)) && exit "$status"  # the table needs the runs left out
 # Bytes a decode step streams: every tensor but the embedding (of which it gathers one row).
 "$py" - "$tmp/q4" >"$tmp/bytes.txt" <<'PY'
 import glob, json, struct, sys
