@@ -80,13 +80,15 @@ struct RuntimeConfig {
   // LMTUNE_CUDA_QGEMV_STREAM=1 or 2: variant 9's single products (o and down with their residual add, lm_head) through
   // a kernel that reads x through L1 as it goes instead of staging it a block, the next chunk of its two rows loaded
   // ahead, with 1 or 2 warps a pair of rows (qgemv_stream.cu; variant 9's arithmetic without SPREAD, the chunk sums of
-  // x in another order); 0: variant 9's own kernel.
-  int64_t cuda_qgemv_stream = 0;
+  // x in another order); 0: variant 9's own kernel. Default 2: the decode step's products 2.07 -> 1.95 ms and decode
+  // +2.2% / +4.7% at prompts 16 / 512 on an H200 (bench/RESULTS.md, session 32).
+  int64_t cuda_qgemv_stream = 2;
   // LMTUNE_CUDA_QGEMV_STREAM_NORMED=1: variant 9's normed launches (q/k/v with the rope epilogue, gate/up with swiglu)
   // streamed the same way, one two-row task a warp, rms_norm's factor taken out of the sums (y = rs sum q (x w)) so
   // that x is never staged; the values differ from rms_norm's then the products' by its rounding of the normed x (a few
   // ulp of the output; qgemv_stream.cu). 2: q/k/v only (gate/up, issue-bound at ~6 slots a code, stays variant 9's).
-  // 0: off (written in session 31 without a GPU, not yet measured).
+  // 0: off (the default: on an H200 it made q/k/v 10.6 -> 11.2 us and gate/up 26.7 -> 38.1, decode -1% with 2 and
+  // -12% with 1; bench/RESULTS.md, session 32).
   int64_t cuda_qgemv_stream_normed = 0;
   // LMTUNE_CUDA_DECODE_CHAIN=1: a quantized decode step's o product, gate/up and down as one launch of three phases
   // with grid barriers between them (qgemv_chain.cu; variant 9's values, bit for bit; off: slower than the launches it

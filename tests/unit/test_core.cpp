@@ -147,7 +147,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(d.cuda_qgemv_simt_tasks, 0);
   EXPECT_FALSE(d.cuda_qgemv_simt_early);
   EXPECT_FALSE(d.cuda_qgemv_simt_wide);
-  EXPECT_EQ(d.cuda_qgemv_stream, 0);
+  EXPECT_EQ(d.cuda_qgemv_stream, 2);
   EXPECT_EQ(d.cuda_qgemv_stream_normed, 0);
   EXPECT_FALSE(d.cuda_decode_chain);
   EXPECT_FALSE(d.cuda_decode_chain_qkv);
@@ -182,7 +182,7 @@ TEST(RuntimeConfig, FromEnvironment) {
          {"LMTUNE_CUDA_QGEMV_SIMT_TASKS", "2"},
          {"LMTUNE_CUDA_QGEMV_SIMT_EARLY", "1"},
          {"LMTUNE_CUDA_QGEMV_SIMT_WIDE", "1"},
-         {"LMTUNE_CUDA_QGEMV_STREAM", "2"},
+         {"LMTUNE_CUDA_QGEMV_STREAM", "1"},
          {"LMTUNE_CUDA_QGEMV_STREAM_NORMED", "2"},
          {"LMTUNE_CUDA_DECODE_CHAIN", "1"},
          {"LMTUNE_CUDA_DECODE_CHAIN_QKV", "1"}};
@@ -197,7 +197,7 @@ TEST(RuntimeConfig, FromEnvironment) {
   EXPECT_EQ(c.cuda_qgemv_simt_tasks, 2);
   EXPECT_TRUE(c.cuda_qgemv_simt_early);
   EXPECT_TRUE(c.cuda_qgemv_simt_wide);
-  EXPECT_EQ(c.cuda_qgemv_stream, 2);
+  EXPECT_EQ(c.cuda_qgemv_stream, 1);
   EXPECT_EQ(c.cuda_qgemv_stream_normed, 2);
   EXPECT_TRUE(c.cuda_decode_chain);
   EXPECT_TRUE(c.cuda_decode_chain_qkv);

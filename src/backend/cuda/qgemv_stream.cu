@@ -1,9 +1,10 @@
 // Decoding's single 4-bit products (o's and down's with the residual add, lm_head's) on the CUDA cores without x
-// staged in shared memory (LMTUNE_CUDA_QGEMV_STREAM=1 or 2, with variant 9; opt-in). Variant 9 stages x and its chunk
-// sums once a block before any warp uses a weight; here, as in the fp modes' product (qgemv_fp.cu), which streams the
-// same shapes at 74-80% of the copy bandwidth where variant 9 reaches ~60% on down (bench/NOTES.md, session 30), a
+// staged in shared memory (LMTUNE_CUDA_QGEMV_STREAM=1 or 2, with variant 9; 2 by default). Variant 9 stages x and its
+// chunk sums once a block before any warp uses a weight; here, as in the fp modes' product (qgemv_fp.cu), which streams
+// the same shapes at 74-80% of the copy bandwidth where variant 9 reaches ~60% on down (bench/NOTES.md, session 30), a
 // warp reads x itself through L1 as it goes and its weights' next step is in flight while it uses the step before.
-// (On an H100, session 31: o 7.45 -> 6.55 us, down 18.4 -> 16.1, a 4-bit Mistral-7B decode +2-4%.)
+// (On an H100, session 31: o 7.45 -> 6.55 us, down 18.4 -> 16.1, a 4-bit Mistral-7B decode +2-4%; with 2 on an H200,
+// session 32: o 7.2 -> 6.2, down 16.7 -> 15.2, the decode +2.2% / +4.7% at prompts 16 / 512.)
 //   A warp takes two rows; lane l the chunks (32 codes, 16 bytes a row) c = l, l + 32, ... of both, one a step, with
 // its scale and bias (with LMTUNE_CUDA_QGEMV_STREAM=2 two warps take the two rows, each every other stripe of 32
 // chunks: the kernel's comment). The first step is loaded before the wait on the previous kernel (the weights are
