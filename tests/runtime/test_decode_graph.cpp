@@ -89,6 +89,32 @@ std::vector<float> eager_step(Model& model, DenseKVCache& cache, int32_t token) 
   return host_logits(model.forward(Tensor::from_i32({token}, {1, 1}), cache, true));
 }
 
+// A launch counter and how far each eager step must move it.
+struct Counted {
+  int64_t (*count)();
+  int64_t want;
+};
+
+// Six steps of the 4-bit model after a 20-token prompt, eagerly and recorded: each recorded step's logits equal the
+// eager step's bit for bit, and every counter moved by its `want` during the eager step. The eager logits are
+// appended to `logits`, a step each; `eager_offset` (if given) gets the eager cache's length at the end.
+void six_steps_counted(Model& model, const std::string& what, const std::vector<Counted>& counted,
+                       std::vector<std::vector<float>>& logits, int64_t* eager_offset = nullptr) {
+  Prefilled c(model, DType::bf16, 20, 31, 7);
+  DecodeGraph graph(model, c.graphed);
+  for (int step = 0; step < 6; ++step) {
+    const int32_t token = int32_t((step * 43 + 11) % 301);
+    std::vector<int64_t> before;
+    for (const Counted& k : counted) before.push_back(k.count());
+    std::vector<float> eager_logits = eager_step(model, c.eager, token);
+    for (size_t i = 0; i < counted.size(); ++i)
+      EXPECT_EQ(counted[i].count() - before[i], counted[i].want) << what << ", step " << step << ", counter " << i;
+    ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
+    logits.push_back(eager_logits);
+  }
+  if (eager_offset) *eager_offset = c.eager.offset();
+}
+
 class DecodeGraphVsEager : public ::testing::TestWithParam<GraphCase> {};
 
 TEST_P(DecodeGraphVsEager, SameLogitsAcrossRecordings) {
@@ -171,18 +197,11 @@ TEST(DecodeGraphQuantized, FusedNormsAndRopeSameLogits) {
       const bool kernels = variant != 7;
       const int64_t want_normed = kernels ? (norms ? 2 : rope ? 1 : 0) * layers : 0;
       const int64_t want_rope = kernels && rope ? layers : 0;
-      Prefilled c(*model, DType::bf16, 20, 31, 7);
-      DecodeGraph graph(*model, c.graphed);
-      for (int step = 0; step < 6; ++step) {
-        const int32_t token = int32_t((step * 43 + 11) % 301);
-        const int64_t normed_before = cuda_qgemv_normed_launches(), rope_before = cuda_qgemv_rope_launches();
-        std::vector<float> eager_logits = eager_step(*model, c.eager, token);
-        EXPECT_EQ(cuda_qgemv_normed_launches() - normed_before, want_normed) << what << ", step " << step;
-        EXPECT_EQ(cuda_qgemv_rope_launches() - rope_before, want_rope) << what << ", step " << step;
-        ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
-        logits[mode].push_back(eager_logits);
-      }
-      EXPECT_EQ(c.eager.offset(), 26) << what;
+      int64_t offset = 0;
+      ASSERT_NO_FATAL_FAILURE(six_steps_counted(
+          *model, what, {{cuda_qgemv_normed_launches, want_normed}, {cuda_qgemv_rope_launches, want_rope}},
+          logits[mode], &offset));
+      EXPECT_EQ(offset, 26) << what;
     }
     for (int mode = 1; mode < 4; ++mode)
       ASSERT_EQ(logits[mode], logits[0]) << "GEMV variant " << variant << ", mode " << mode << ": fused against plain";
@@ -214,17 +233,10 @@ TEST(DecodeGraphQuantized, DecodeChainSameLogits) {
                                          : chain ? "decode chain"
                                                  : "separate launches") +
                              (pdl ? ", PDL" : "");
-    Prefilled c(*model, DType::bf16, 20, 31, 7);
-    DecodeGraph graph(*model, c.graphed);
-    for (int step = 0; step < 6; ++step) {
-      const int32_t token = int32_t((step * 43 + 11) % 301);
-      const int64_t before = cuda_decode_chain_launches(), before_qkv = cuda_decode_chain_qkv_launches();
-      std::vector<float> eager_logits = eager_step(*model, c.eager, token);
-      EXPECT_EQ(cuda_decode_chain_launches() - before, chain ? layers : 0) << what << ", step " << step;
-      EXPECT_EQ(cuda_decode_chain_qkv_launches() - before_qkv, qkv ? layers - 1 : 0) << what << ", step " << step;
-      ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
-      logits[mode].push_back(eager_logits);
-    }
+    ASSERT_NO_FATAL_FAILURE(six_steps_counted(
+        *model, what,
+        {{cuda_decode_chain_launches, chain ? layers : 0}, {cuda_decode_chain_qkv_launches, qkv ? layers - 1 : 0}},
+        logits[mode]));
   }
   for (int mode = 1; mode < 6; ++mode) ASSERT_EQ(logits[mode], logits[0]) << "mode " << mode << " against mode 0";
 }
@@ -256,20 +268,11 @@ TEST(DecodeGraphQuantized, StreamSameLogitsEagerAndRecorded) {
     ScopedRuntimeConfig scoped(rc);
     const std::string what =
         "stream " + std::to_string(stream) + ", normed " + std::to_string(normed) + (rc.cuda_pdl ? ", PDL" : "");
-    Prefilled c(*model, DType::bf16, 20, 31, 7);
-    DecodeGraph graph(*model, c.graphed);
-    for (int step = 0; step < 6; ++step) {
-      const int32_t token = int32_t((step * 43 + 11) % 301);
-      const int64_t before = cuda_qgemv_stream_launches(), before_normed = cuda_qgemv_stream_normed_launches();
-      std::vector<float> eager_logits = eager_step(*model, c.eager, token);
-      EXPECT_EQ(cuda_qgemv_stream_launches() - before, stream ? 2 * layers : 0) << what << ", step " << step;
-      EXPECT_EQ(cuda_qgemv_stream_normed_launches() - before_normed, normed == 1   ? 2 * layers
-                                                                     : normed == 2 ? layers
-                                                                                   : 0)
-          << what << ", step " << step;
-      ASSERT_EQ(graph.step(token), eager_logits) << what << ", step " << step << ": graph";
-      logits[mode].push_back(eager_logits);
-    }
+    const int64_t want_normed = normed == 1 ? 2 * layers : normed == 2 ? layers : 0;
+    ASSERT_NO_FATAL_FAILURE(six_steps_counted(
+        *model, what,
+        {{cuda_qgemv_stream_launches, stream ? 2 * layers : 0}, {cuda_qgemv_stream_normed_launches, want_normed}},
+        logits[mode]));
   }
   for (int mode = 1; mode < kModes; ++mode)
     for (size_t step = 0; step < logits[0].size(); ++step) {
