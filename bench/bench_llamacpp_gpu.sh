@@ -77,18 +77,20 @@ case "$cmd" in
     tarball="$2" bin="$3" dir="$4"
     mkdir -p "$dir/src"
     tar xJf "$tarball" -C "$dir/src" --strip-components=1 && tar xJf "$bin" -C "$dir" || exit 1
-    export LD_LIBRARY_PATH="$(bench_llamacpp_libpath "$dir")"
+    bench_llamacpp_libpath "$dir" >"$dir/ld_library_path"  # found once here, read by run
+    export LD_LIBRARY_PATH="$(cat "$dir/ld_library_path")"
     missing="$(ldd "$dir/build/bin/llama-bench" "$dir/build/bin/llama-quantize" | grep "not found" | sort -u)"
     [[ -z "$missing" ]] || { echo "bench_llamacpp_gpu: the prebuilt binaries lack: $missing"; exit 1; }
     touch "$dir/built"
     ;;
   run)
     dir="$2" model="$3" out="$4"
-    export LD_LIBRARY_PATH="$(bench_llamacpp_libpath "$dir")"
     for _ in $(seq 1 900); do
       [[ -e "$dir/built" ]] && break
       sleep 1
     done
+    # Prebuilt binaries (unpack) carry no usable run path; a build made here has its own.
+    [[ -f "$dir/ld_library_path" ]] && export LD_LIBRARY_PATH="$(cat "$dir/ld_library_path")"
     [[ -e "$dir/built" ]] || { echo "bench_llamacpp_gpu: llama.cpp did not build (see its log)"; exit 1; }
     py="${LMTUNE_PYTHON:-$(command -v python3)}"
     work="$(dirname "$out")/llamacpp-gguf"

@@ -75,16 +75,17 @@ if ((profile)) && command -v ncu >/dev/null; then
   grep -E "qgemv|Duration|DRAM Throughput|dram__bytes_read|hit_rate|dram__sectors|srcunit_tex|Stall" \
     "$logdir/ncu-qgemv-v3.txt" | head -n 80
 fi
-((only_ab)) || echo "== lmtune perplexity on the CPU and on CUDA: models/default and its 4-bit convert [$((SECONDS - start)) s]"
-((only_ab)) || "$build/bin/lmtune" convert --hf-path "$root/models/default" --mlx-path "$tmp/default-q4" -q >/dev/null ||
-  status=1
-((only_ab)) || for m in "$root/models/default" "$tmp/default-q4"; do
-  for dev in cpu cuda; do
-    echo "-- $(basename "$m") on $dev"
-    "$build/bin/lmtune" perplexity --model "$m" --device "$dev" --data-path "$root/examples/data" --sequence-length 64 \
-      --num-samples 32 --batch-size 8 2>&1 | grep -E "Perplexity|Error|error" || status=1
+if ((!only_ab)); then
+  echo "== lmtune perplexity on the CPU and on CUDA: models/default and its 4-bit convert [$((SECONDS - start)) s]"
+  "$build/bin/lmtune" convert --hf-path "$root/models/default" --mlx-path "$tmp/default-q4" -q >/dev/null || status=1
+  for m in "$root/models/default" "$tmp/default-q4"; do
+    for dev in cpu cuda; do
+      echo "-- $(basename "$m") on $dev"
+      "$build/bin/lmtune" perplexity --model "$m" --device "$dev" --data-path "$root/examples/data" \
+        --sequence-length 64 --num-samples 32 --batch-size 8 2>&1 | grep -E "Perplexity|Error|error" || status=1
+    done
   done
-done
+fi
 echo "== model [$((SECONDS - start)) s]"
 PYTHONUNBUFFERED=1 "$py" "$root/bench/bench_lora_peer.py" model "$tmp/model" || exit 1
 if [[ -n "$tokenizer" ]]; then  # Llama 2's tokenizer (vocabulary 32000): llama.cpp's converter knows it
