@@ -8,7 +8,8 @@ Python is used only to prepare files (this is a build-time script, not a run-tim
                     saves a randomly initialized Llama (transformers save_pretrained) with it into OUT
   finalize INIT ADAPTERS OUT   the initial weights with every tensor trained by `lmtune lora
                     --fine-tune-type full --train-embeddings` put in, stored as bfloat16 safetensors
-  task    OUTDIR    the example fine-tuning task: "Define: WORD" -> "WORD (noun): GLOSS" (completions)
+  task    OUTDIR    the example fine-tuning task: "Define: WORD" -> "WORD (noun): GLOSS" (completions;
+                    50 test, 50 valid, 3,000 train)
 The weights themselves are trained by lmtune (see scripts/make-default-model).
 """
 import json, os, random, re, shutil, sys
@@ -148,7 +149,10 @@ def task(out):
         seen.add(w)
         rows.append({"prompt": f"Define: {w}", "completion": f"{w} (noun): {d}."})
     rnd.shuffle(rows)
-    rows = rows[:600]
+    # 3,000 training rows, not 500: the same 800 steps then see each headword about twice instead of about 13
+    # times, and the adapter copies unseen headwords better (held-out test rate 27.0 of 50 against 21.5, mean of
+    # seeds 0-3; bench/NOTES.md, session 33). The first 100 rows (test, valid) are unchanged by the count.
+    rows = rows[:3100]
     for name, part in (("test", rows[:50]), ("valid", rows[50:100]), ("train", rows[100:])):
         with open(f"{out}/{name}.jsonl", "w") as f:
             for r in part:
